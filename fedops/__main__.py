@@ -1,0 +1,5 @@
+import sys
+
+from fedops.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The client agent: dials out to a coordinator and runs a site's tasks."""

@@ -1,0 +1,262 @@
+"""``fedops client``: a site's agent. Dials out, pulls tasks, pushes results.
+
+The agent keeps no state the coordinator depends on: if the coordinator goes
+away it retries with exponential backoff (bounded by ``--max-retries``), and
+if the coordinator no longer knows it (a restart) it simply registers again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from fedops.core.params import Params, digest, specs_of, total_bytes
+from fedops.runtime.settings import ClientConfig
+from fedops.tasks.site import Site
+from fedops.v1 import fedops_pb2 as pb
+from fedops.v1 import fedops_pb2_grpc as pb_grpc
+from fedops.wire import codec
+
+log = logging.getLogger("fedops.client")
+
+PROTOCOL_VERSION = "fedops.v1"
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+T = TypeVar("T")
+
+
+class CoordinatorUnreachable(RuntimeError):
+    """Gave up after ``max_retries`` consecutive failed attempts."""
+
+
+class _Reregister(Exception):
+    """The coordinator does not know this node (it restarted): register again."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Session:
+    node_id: str
+    token: str
+    run_id: str
+    heartbeat_s: float
+    chunk_bytes: int
+
+
+class Agent:
+    """Runs one site against one coordinator until told to shut down."""
+
+    def __init__(self, cfg: ClientConfig, site: Site) -> None:
+        self.cfg = cfg
+        self.site = site
+        self.channel = grpc.insecure_channel(
+            cfg.coordinator,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self.stub = pb_grpc.CoordinatorStub(self.channel)
+        self.session: Session | None = None
+        self._stop = threading.Event()
+        self._rng = random.Random(f"{cfg.site}-{time.time_ns()}")
+        self._journal = None
+        if cfg.run_dir is not None:
+            Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+            self._journal = Path(cfg.run_dir) / "client.jsonl"
+
+    # -- plumbing --------------------------------------------------------
+    def _retrying(self, what: str, call: Callable[[], T]) -> T:
+        failures = 0
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE:
+                    raise
+                failures += 1
+                if failures > self.cfg.max_retries:
+                    raise CoordinatorUnreachable(
+                        f"coordinator {self.cfg.coordinator} unreachable: {what} failed "
+                        f"{failures} times in a row ({exc.code().name}); giving up "
+                        f"(--max-retries {self.cfg.max_retries})"
+                    ) from exc
+                delay = min(10.0, 0.5 * 2 ** (failures - 1)) * (0.5 + self._rng.random())
+                log.warning(
+                    "%s failed (%s); retry %d/%d in %.1f s",
+                    what,
+                    exc.code().name,
+                    failures,
+                    self.cfg.max_retries,
+                    delay,
+                )
+                if self._stop.wait(delay):
+                    raise CoordinatorUnreachable("stopped") from exc
+
+    def _record(self, **entry: Any) -> None:
+        if self._journal is not None:
+            with self._journal.open("a") as f:
+                f.write(json.dumps({"time": time.time(), "site": self.cfg.site, **entry}) + "\n")
+
+    def _register(self) -> Session:
+        request = pb.RegisterRequest(
+            protocol_version=PROTOCOL_VERSION,
+            site_name=self.cfg.site_name or f"site-{self.cfg.site}",
+            num_train_examples=self.site.num_train_examples,
+        )
+        reply = self._retrying("register", lambda: self.stub.Register(request, timeout=10))
+        log.info(
+            "registered with %s as %s (run %s)", self.cfg.coordinator, reply.node_id, reply.run_id
+        )
+        self._record(event="registered", node_id=reply.node_id, run_id=reply.run_id)
+        return Session(
+            node_id=reply.node_id,
+            token=reply.token,
+            run_id=reply.run_id,
+            heartbeat_s=reply.heartbeat_interval_ms / 1000 or 2.0,
+            chunk_bytes=reply.max_chunk_bytes or codec.DEFAULT_CHUNK_BYTES,
+        )
+
+    def _heartbeats(self) -> None:
+        while not self._stop.wait(self.session.heartbeat_s if self.session else 2.0):
+            session = self.session
+            if session is None:
+                continue
+            with contextlib.suppress(grpc.RpcError):  # the main loop notices and reconnects
+                self.stub.Heartbeat(
+                    pb.HeartbeatRequest(node_id=session.node_id, token=session.token), timeout=5
+                )
+
+    # -- the loop ----------------------------------------------------------
+    def run(self) -> int:
+        """Serve tasks until SHUTDOWN (exit code 0)."""
+        beat = threading.Thread(target=self._heartbeats, name="fedops-heartbeat", daemon=True)
+        beat.start()
+        try:
+            self.session = self._register()
+            while True:
+                try:
+                    if not self._step():
+                        return 0
+                except _Reregister:
+                    log.warning("the coordinator no longer knows this node; registering again")
+                    self.session = self._register()
+        finally:
+            self._stop.set()
+            self.channel.close()
+
+    def _step(self) -> bool:
+        session = self.session
+        assert session is not None
+        request = pb.PullTaskRequest(
+            node_id=session.node_id, token=session.token, wait_ms=int(self.cfg.poll_wait_s * 1000)
+        )
+        task = self._guarded(
+            "pull", lambda: self.stub.PullTask(request, timeout=self.cfg.poll_wait_s + 15)
+        )
+        if task.kind == pb.TASK_KIND_SHUTDOWN:
+            log.info("coordinator says: %s; exiting", task.message or "shutdown")
+            self._record(event="shutdown", run_id=task.run_id)
+            return False
+        if task.kind == pb.TASK_KIND_WAIT:
+            return True
+        if task.kind == pb.TASK_KIND_SEND_INITIAL:
+            params = self.site.initial_params()
+            self._push(task, params, self.site.num_train_examples, {})
+        elif task.kind == pb.TASK_KIND_FIT:
+            params = self._fetch(task)
+            new, n, metrics = self.site.fit(params, task.round, dict(task.config))
+            self._push(task, new, n, metrics)
+        elif task.kind == pb.TASK_KIND_EVALUATE:
+            params = self._fetch(task)
+            n, metrics = self.site.evaluate(params)
+            self._push(task, {}, n, metrics)
+        else:
+            log.warning("ignoring task of unknown kind %d", task.kind)
+        return True
+
+    def _guarded(self, what: str, call: Callable[[], T]) -> T:
+        try:
+            return self._retrying(what, call)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise _Reregister() from exc
+            raise
+
+    def _fetch(self, task: pb.Task) -> Params:
+        session = self.session
+        assert session is not None
+        request = pb.FetchModelRequest(
+            node_id=session.node_id, token=session.token, task_id=task.task_id
+        )
+
+        def download() -> Params:
+            stream = self.stub.FetchModel(request, timeout=600)
+            first = next(stream)
+            header = first.header
+            specs = codec.specs_from_proto(header.tensors)
+            assembler = codec.Assembler(specs, max_bytes=header.total_bytes)
+            for chunk in stream:
+                assembler.add(chunk.data)
+            return assembler.finish()
+
+        params = self._guarded("fetch model", download)
+        got = digest(params)
+        if got != task.model_digest:
+            raise RuntimeError(f"model digest mismatch: task says {task.model_digest}, got {got}")
+        self._record(
+            event="model", round=task.round, kind=pb.TaskKind.Name(task.kind), model_digest=got
+        )
+        return params
+
+    def _push(
+        self, task: pb.Task, params: Params, num_examples: int, metrics: Mapping[str, float]
+    ) -> None:
+        session = self.session
+        assert session is not None
+        specs = specs_of(params)
+        header = pb.ResultHeader(
+            node_id=session.node_id,
+            token=session.token,
+            run_id=task.run_id,
+            round=task.round,
+            task_id=task.task_id,
+            kind=task.kind,
+            num_examples=num_examples,
+            metrics={k: float(v) for k, v in metrics.items()},
+            tensors=codec.specs_to_proto(specs),
+            total_bytes=total_bytes(specs),
+        )
+
+        def messages() -> Iterator[pb.PushResultRequest]:
+            yield pb.PushResultRequest(header=header)
+            for chunk in codec.iter_chunks(params, session.chunk_bytes):
+                yield pb.PushResultRequest(data=chunk)
+
+        try:
+            self._guarded("push result", lambda: self.stub.PushResult(messages(), timeout=600))
+        except grpc.RpcError as exc:
+            log.warning(
+                "round %d: result refused (%s): %s", task.round, exc.code().name, exc.details()
+            )
+            self._record(
+                event="refused", round=task.round, code=exc.code().name, reason=exc.details()
+            )
+            return
+        self._record(
+            event="pushed",
+            round=task.round,
+            kind=pb.TaskKind.Name(task.kind),
+            num_examples=num_examples,
+            metrics=dict(metrics),
+            model_digest=digest(params) if params else "",
+        )

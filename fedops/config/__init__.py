@@ -1,0 +1,16 @@
+"""User-facing configuration: the CLI's and (with Hydra) the simulator's front door.
+
+The schemas live beside the runtimes that consume them
+(:mod:`fedops.runtime.settings`); this layer maps what the user typed onto
+them and names the offending flag or key when a value is refused.
+"""
+
+from fedops.runtime.settings import (
+    FLAG_NAMES,
+    ClientConfig,
+    ConfigError,
+    CoordinatorConfig,
+    SimulateConfig,
+)
+
+__all__ = ["FLAG_NAMES", "ClientConfig", "ConfigError", "CoordinatorConfig", "SimulateConfig"]

@@ -1,0 +1,1 @@
+"""The deployment coordinator: a gRPC shell around the round driver."""

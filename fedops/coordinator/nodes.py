@@ -1,0 +1,71 @@
+"""Who is connected: node ids, their bearer tokens, and when each was last heard from."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+
+class Unauthenticated(Exception):
+    """A call named a node that is unknown, or with the wrong token."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Node:
+    node_id: str
+    token: str
+    site_name: str
+    num_train_examples: int
+    last_seen: float
+
+
+class NodeRegistry:
+    """Thread-safe map of registered nodes (the gRPC handlers run on a pool)."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, Node] = {}
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    def register(self, site_name: str, num_train_examples: int) -> Node:
+        with self._lock:
+            self._counter += 1
+            node = Node(
+                node_id=f"node-{self._counter:04d}-{secrets.token_hex(3)}",
+                token=secrets.token_urlsafe(24),
+                site_name=site_name,
+                num_train_examples=num_train_examples,
+                last_seen=time.monotonic(),
+            )
+            self._nodes[node.node_id] = node
+            return node
+
+    def authenticate(self, node_id: str, token: str) -> Node:
+        """The node, touched; raise :class:`Unauthenticated` on any mismatch."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None or not hmac.compare_digest(node.token.encode(), token.encode()):
+                raise Unauthenticated(f"unknown node {node_id!r} or wrong token: register again")
+            node.last_seen = time.monotonic()
+            return node
+
+    def get(self, node_id: str) -> Node | None:
+        with self._lock:
+            return self._nodes.get(node_id)
+
+    def remove(self, node_id: str) -> None:
+        with self._lock:
+            self._nodes.pop(node_id, None)
+
+    def node_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._nodes)
+
+    def silent_since(self, seconds: float) -> list[str]:
+        """Nodes not heard from (pull, heartbeat, push) for ``seconds``."""
+        cutoff = time.monotonic() - seconds
+        with self._lock:
+            return [n.node_id for n in self._nodes.values() if n.last_seen < cutoff]

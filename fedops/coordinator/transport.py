@@ -1,0 +1,436 @@
+"""The coordinator's side of the wire: tasks waiting for pull, results coming in.
+
+Clients dial out, so "sending" a task means leaving it where the node's next
+``PullTask`` finds it, and "receiving" a result means a ``PushResult`` call
+that passes every check before it becomes an event for the driver. Every
+refusal carries a gRPC status and a reason, is recorded, and (when it answers
+the node's current task) tells the round to stop waiting for that node.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from fedops.coordinator.nodes import NodeRegistry, Unauthenticated
+from fedops.core.params import (
+    InvalidUpdate,
+    Params,
+    TensorSpec,
+    check_finite,
+    check_specs_match,
+    digest,
+    specs_of,
+    total_bytes,
+)
+from fedops.core.results import EvaluateResult, FitResult
+from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived, ResultRejected
+from fedops.v1 import fedops_pb2 as pb
+from fedops.wire import codec
+
+log = logging.getLogger("fedops.coordinator")
+
+PROTOCOL_VERSION = "fedops.v1"
+MAX_NUM_EXAMPLES = 1 << 40
+MAX_POLL_S = 10.0
+
+_KIND_OF_PHASE = {Phase.FIT: pb.TASK_KIND_FIT, Phase.EVALUATE: pb.TASK_KIND_EVALUATE}
+
+
+class Reject(Exception):
+    """Refuse a call with ``code`` and a reason the client can act on."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(slots=True, kw_only=True)
+class Assignment:
+    """A task handed to one node, and the model it must work on."""
+
+    task: pb.Task
+    params: Params
+    specs: list[TensorSpec]
+    model_digest: str
+    delivered: bool = False
+
+
+class GrpcTransport:
+    """Coordinator state shared by the gRPC handlers and the round driver.
+
+    Args:
+        run_id: the run this coordinator serves; results for others are refused.
+        heartbeat_interval_s: how often agents should heartbeat.
+        liveness_timeout_s: a node silent this long while holding a task is
+            declared dropped, so a killed client never stalls a round.
+        max_chunk_bytes: chunk size for model downloads (told to clients).
+        on_rejection: ``(round, node_id, code, reason)`` for the run store.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        heartbeat_interval_s: float = 2.0,
+        liveness_timeout_s: float = 10.0,
+        max_chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
+        on_rejection: Callable[[int, str, str, str], None] = lambda *a: None,
+    ) -> None:
+        self.run_id = run_id
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.liveness_timeout_s = liveness_timeout_s
+        self.max_chunk_bytes = max_chunk_bytes
+        self.on_rejection = on_rejection
+        self.registry = NodeRegistry()
+        self._cond = threading.Condition()
+        self._assignments: dict[str, Assignment] = {}
+        self._answered: set[str] = set()
+        self._events: queue.Queue[Event] = queue.Queue()
+        self._closed = False
+        self._round = 0
+        self._task_counter = 0
+
+    # ------------------------------------------------------------------
+    # Transport protocol (called by the round driver)
+    # ------------------------------------------------------------------
+    def wait_for_nodes(self, count: int, timeout_s: float) -> list[str]:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while len(self.available_nodes()) < count and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(min(remaining, 1.0))
+                self._drop_silent()
+        return self.available_nodes()
+
+    def available_nodes(self) -> list[str]:
+        return self.registry.node_ids()
+
+    def dispatch(
+        self,
+        server_round: int,
+        phase: Phase,
+        nodes: Sequence[str],
+        params: Params,
+        config: Mapping[str, float],
+    ) -> dict[str, str]:
+        specs = specs_of(params)
+        model_digest = digest(params)
+        with self._cond:
+            self._round = server_round
+            tasks = {}
+            for node in nodes:
+                task = self._new_task(_KIND_OF_PHASE[phase], server_round, config, model_digest)
+                self._assignments[node] = Assignment(
+                    task=task, params=params, specs=specs, model_digest=model_digest
+                )
+                tasks[node] = task.task_id
+            self._cond.notify_all()
+        return tasks
+
+    def next_event(self, timeout_s: float) -> Event | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._cond:
+                self._drop_silent()
+            try:
+                return self._events.get(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    return None
+
+    def fetch_initial_params(self, timeout_s: float) -> Params:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            nodes = self.wait_for_nodes(1, deadline - time.monotonic())
+            if not nodes:
+                break
+            node = nodes[0]
+            with self._cond:
+                task = self._new_task(pb.TASK_KIND_SEND_INITIAL, 0, {}, "")
+                self._assignments[node] = Assignment(
+                    task=task, params={}, specs=[], model_digest=""
+                )
+                self._cond.notify_all()
+            while time.monotonic() < deadline:
+                event = self.next_event(1.0)
+                if event is None or event.node_id != node:
+                    continue
+                if isinstance(event, ResultArrived) and isinstance(event.result, FitResult):
+                    return event.result.params
+                log.warning("initial model from %s refused: %s", node, getattr(event, "reason", ""))
+                break
+        raise TimeoutError(f"no client sent an initial model within {timeout_s:.0f} s")
+
+    def close(self, grace_s: float = 5.0) -> None:
+        """Answer every poll with SHUTDOWN; wait (bounded) until nodes have heard it."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + grace_s
+        while self.registry.node_ids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    # ------------------------------------------------------------------
+    # RPC handlers' logic (called by the servicer, on gRPC threads)
+    # ------------------------------------------------------------------
+    def register(self, request: pb.RegisterRequest) -> pb.RegisterResponse:
+        if request.protocol_version != PROTOCOL_VERSION:
+            self._reject(
+                0,
+                "?",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol {request.protocol_version!r} is not supported; "
+                f"this coordinator speaks {PROTOCOL_VERSION!r}",
+            )
+        if not 0 <= request.num_train_examples <= MAX_NUM_EXAMPLES:
+            self._reject(
+                0,
+                "?",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"num_train_examples {request.num_train_examples} is out of range",
+            )
+        node = self.registry.register(request.site_name or "anonymous", request.num_train_examples)
+        log.info(
+            "registered %s (site %r, %d examples)",
+            node.node_id,
+            node.site_name,
+            node.num_train_examples,
+        )
+        with self._cond:
+            self._cond.notify_all()
+        return pb.RegisterResponse(
+            node_id=node.node_id,
+            token=node.token,
+            run_id=self.run_id,
+            heartbeat_interval_ms=int(self.heartbeat_interval_s * 1000),
+            max_chunk_bytes=self.max_chunk_bytes,
+        )
+
+    def pull(self, request: pb.PullTaskRequest) -> pb.Task:
+        self._authenticate(request.node_id, request.token)
+        wait_s = min(max(request.wait_ms, 0) / 1000.0, MAX_POLL_S)
+        deadline = time.monotonic() + wait_s
+        with self._cond:
+            while True:
+                if self._closed:
+                    self.registry.remove(request.node_id)
+                    return pb.Task(
+                        kind=pb.TASK_KIND_SHUTDOWN,
+                        run_id=self.run_id,
+                        message="the run is complete",
+                    )
+                assignment = self._assignments.get(request.node_id)
+                if assignment is not None and not assignment.delivered:
+                    assignment.delivered = True
+                    return assignment.task
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return pb.Task(kind=pb.TASK_KIND_WAIT, run_id=self.run_id, round=self._round)
+                self._cond.wait(remaining)
+
+    def model_chunks(self, request: pb.FetchModelRequest) -> Iterator[pb.ModelChunk]:
+        self._authenticate(request.node_id, request.token)
+        with self._cond:
+            assignment = self._assignments.get(request.node_id)
+        if assignment is None or assignment.task.task_id != request.task_id:
+            self._reject(
+                self._round,
+                request.node_id,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"task {request.task_id!r} is not this node's current task",
+            )
+        header = pb.ModelHeader(
+            tensors=codec.specs_to_proto(assignment.specs),
+            total_bytes=total_bytes(assignment.specs),
+            model_digest=assignment.model_digest,
+        )
+        yield pb.ModelChunk(header=header)
+        for chunk in codec.iter_chunks(assignment.params, self.max_chunk_bytes):
+            yield pb.ModelChunk(data=chunk)
+
+    def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        try:
+            self.registry.authenticate(request.node_id, request.token)
+        except Unauthenticated:
+            return pb.HeartbeatResponse(known=False)
+        return pb.HeartbeatResponse(known=True)
+
+    def push(self, messages: Iterable[pb.PushResultRequest]) -> pb.PushResultResponse:
+        stream = iter(messages)
+        first = next(stream, None)
+        if first is None or first.WhichOneof("part") != "header":
+            self._reject(
+                self._round,
+                "?",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first PushResult message must be a ResultHeader",
+            )
+        header = first.header
+        self._authenticate(header.node_id, header.token)
+        assignment = self._check_current(header)
+        try:
+            event = self._receive(header, assignment, stream)
+        except InvalidUpdate as exc:
+            self._fail_task(
+                header.node_id,
+                assignment,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"update rejected: {exc}",
+            )
+        self._events.put(event)
+        return pb.PushResultResponse(accepted=True, message="accepted")
+
+    # ------------------------------------------------------------------
+    # helpers
+    # ------------------------------------------------------------------
+    def _new_task(
+        self, kind: int, server_round: int, config: Mapping[str, float], model_digest: str
+    ) -> pb.Task:
+        self._task_counter += 1
+        return pb.Task(
+            kind=kind,
+            run_id=self.run_id,
+            round=server_round,
+            task_id=f"{self.run_id}-{server_round}-{self._task_counter}",
+            config={k: float(v) for k, v in config.items()},
+            model_digest=model_digest,
+        )
+
+    def _authenticate(self, node_id: str, token: str) -> None:
+        try:
+            self.registry.authenticate(node_id, token)
+        except Unauthenticated as exc:
+            self._reject(self._round, node_id or "?", grpc.StatusCode.UNAUTHENTICATED, str(exc))
+
+    def _check_current(self, header: pb.ResultHeader) -> Assignment:
+        """The node's open assignment that this header answers, or a rejection."""
+        node = header.node_id
+        if header.run_id != self.run_id:
+            self._reject(
+                self._round,
+                node,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"result for run {header.run_id!r}; this coordinator runs {self.run_id!r}",
+            )
+        with self._cond:
+            if header.task_id in self._answered:
+                self._reject(
+                    self._round,
+                    node,
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"replayed result: task {header.task_id!r} was already answered",
+                )
+            assignment = self._assignments.get(node)
+        if assignment is None or assignment.task.task_id != header.task_id:
+            current = f"round {assignment.task.round}" if assignment else "no open task"
+            self._reject(
+                self._round,
+                node,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"stale result: task {header.task_id!r} of round {header.round} is not "
+                f"this node's current task ({current})",
+            )
+        if header.round != assignment.task.round or header.kind != assignment.task.kind:
+            self._reject(
+                self._round,
+                node,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"result declares round {header.round} kind {header.kind}; the task was "
+                f"round {assignment.task.round} kind {assignment.task.kind}",
+            )
+        return assignment
+
+    def _receive(
+        self,
+        header: pb.ResultHeader,
+        assignment: Assignment,
+        stream: Iterator[pb.PushResultRequest],
+    ) -> Event:
+        node, kind = header.node_id, assignment.task.kind
+        low = 1 if kind in (pb.TASK_KIND_FIT, pb.TASK_KIND_SEND_INITIAL) else 0
+        if not low <= header.num_examples <= MAX_NUM_EXAMPLES:
+            raise InvalidUpdate(f"num_examples {header.num_examples} is out of range")
+        bad = [k for k, v in header.metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise InvalidUpdate(f"metrics {bad} are not finite")
+        params: Params = {}
+        if kind in (pb.TASK_KIND_FIT, pb.TASK_KIND_SEND_INITIAL):
+            specs = codec.specs_from_proto(header.tensors)
+            if kind == pb.TASK_KIND_FIT:
+                check_specs_match(assignment.specs, specs)
+            limit = total_bytes(assignment.specs) if kind == pb.TASK_KIND_FIT else 1 << 34
+            if header.total_bytes != total_bytes(specs):
+                raise InvalidUpdate(
+                    f"total_bytes {header.total_bytes} disagrees with the "
+                    f"declared tensors ({total_bytes(specs)} bytes)"
+                )
+            assembler = codec.Assembler(specs, max_bytes=limit)
+            for message in stream:
+                if message.WhichOneof("part") != "data":
+                    raise InvalidUpdate("a second header arrived inside the payload")
+                assembler.add(message.data)
+            params = assembler.finish()
+            check_finite(params)
+            result: FitResult | EvaluateResult = FitResult(
+                node_id=node,
+                params=params,
+                num_examples=header.num_examples,
+                metrics=dict(header.metrics),
+            )
+        else:
+            if next(stream, None) is not None:
+                raise InvalidUpdate("an evaluation result carries no payload")
+            result = EvaluateResult(
+                node_id=node, num_examples=header.num_examples, metrics=dict(header.metrics)
+            )
+        with self._cond:
+            if self._assignments.get(node) is not assignment:
+                self._reject(
+                    self._round,
+                    node,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "stale result: the task was withdrawn while it was uploading",
+                )
+            self._answered.add(assignment.task.task_id)
+            del self._assignments[node]
+        return ResultArrived(node_id=node, task_id=assignment.task.task_id, result=result)
+
+    def _fail_task(
+        self, node: str, assignment: Assignment, code: grpc.StatusCode, reason: str
+    ) -> None:
+        """Close the node's task as rejected (the round stops waiting), then refuse."""
+        with self._cond:
+            if self._assignments.get(node) is assignment:
+                del self._assignments[node]
+                self._answered.add(assignment.task.task_id)
+                self._events.put(
+                    ResultRejected(node_id=node, task_id=assignment.task.task_id, reason=reason)
+                )
+        self._reject(assignment.task.round, node, code, reason)
+
+    def _reject(self, server_round: int, node: str, code: grpc.StatusCode, reason: str):
+        log.warning("rejected call from %s: %s (%s)", node, reason, code.name)
+        self.on_rejection(server_round, node, code.name, reason)
+        raise Reject(code, reason)
+
+    def _drop_silent(self) -> None:
+        """Declare nodes dropped after ``liveness_timeout_s`` of silence (lock held)."""
+        for node in self.registry.silent_since(self.liveness_timeout_s):
+            self.registry.remove(node)
+            assignment = self._assignments.pop(node, None)
+            if assignment is not None:
+                self._events.put(
+                    NodeDropped(node_id=node, reason=f"silent for {self.liveness_timeout_s:.0f} s")
+                )
+            log.warning("node %s dropped: silent for %.0f s", node, self.liveness_timeout_s)

@@ -1,0 +1,106 @@
+"""Model parameters as an ordered mapping of named numpy arrays.
+
+Named arrays (rather than Flower's bare lists) let every check say *which*
+tensor is wrong, and map one-to-one onto safetensors checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Params = dict[str, np.ndarray]
+
+#: dtypes accepted on the wire and in checkpoints; everything else is refused.
+ALLOWED_DTYPES = frozenset(
+    {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
+)
+
+
+class InvalidUpdate(ValueError):
+    """An update that cannot be aggregated; the message says what and why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TensorSpec:
+    """Name, dtype and shape of one array: what a peer must send for it."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def specs_of(params: Mapping[str, np.ndarray]) -> list[TensorSpec]:
+    return [
+        TensorSpec(name=name, dtype=arr.dtype.name, shape=tuple(int(d) for d in arr.shape))
+        for name, arr in params.items()
+    ]
+
+
+def total_bytes(specs: Sequence[TensorSpec]) -> int:
+    return sum(spec.nbytes for spec in specs)
+
+
+def digest(params: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes: equal digests, equal models."""
+    h = hashlib.sha256()
+    for name, arr in params.items():
+        h.update(f"{name}|{arr.dtype.name}|{tuple(arr.shape)}|".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def check_specs_match(expected: Sequence[TensorSpec], got: Sequence[TensorSpec]) -> None:
+    """Raise :class:`InvalidUpdate` unless ``got`` describes the same tensors."""
+    if len(got) != len(expected):
+        raise InvalidUpdate(
+            f"wrong number of tensors: got {len(got)}, the global model has {len(expected)}"
+        )
+    for exp, spec in zip(expected, got, strict=True):
+        if spec.name != exp.name:
+            raise InvalidUpdate(f"tensor name {spec.name!r} where the model has {exp.name!r}")
+        if spec.dtype != exp.dtype:
+            raise InvalidUpdate(
+                f"tensor {exp.name!r} has dtype {spec.dtype}, the model has {exp.dtype}"
+            )
+        if spec.shape != exp.shape:
+            raise InvalidUpdate(
+                f"tensor {exp.name!r} has shape {spec.shape}, the model has {exp.shape}"
+            )
+
+
+def check_finite(params: Mapping[str, np.ndarray]) -> None:
+    """Raise :class:`InvalidUpdate` naming the first tensor with NaN or Inf."""
+    for name, arr in params.items():
+        if arr.dtype.kind == "f":
+            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            if bad:
+                raise InvalidUpdate(f"tensor {name!r} has {bad} non-finite values (NaN/Inf)")
+
+
+def weighted_average(updates: Sequence[tuple[Mapping[str, np.ndarray], float]]) -> Params:
+    """Average parameter sets, each weighted (e.g. by its number of examples).
+
+    Accumulates in float64 so the result does not depend on the order of the
+    updates beyond rounding of the final cast; integer tensors are rounded.
+    """
+    if not updates:
+        raise ValueError("cannot average zero updates")
+    total = float(sum(weight for _, weight in updates))
+    if not total > 0:
+        raise ValueError(f"weights must sum to a positive number, got {total}")
+    first = updates[0][0]
+    out: Params = {}
+    for name, ref in first.items():
+        acc = np.zeros(ref.shape, dtype=np.float64)
+        for params, weight in updates:
+            acc += np.asarray(params[name], dtype=np.float64) * (weight / total)
+        out[name] = (np.rint(acc) if ref.dtype.kind in "iub" else acc).astype(ref.dtype)
+    return out

@@ -1,0 +1,119 @@
+"""The round as a state machine: who was asked, who answered, when it is over.
+
+The runtime feeds it events (a result arrived, was rejected, a node dropped)
+and asks whether the round is complete; it never waits or reads a clock
+itself, so the same logic serves a gRPC coordinator and an in-memory
+simulation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+from fedops.core.results import EvaluateResult, FitResult
+
+
+class Phase(StrEnum):
+    FIT = "fit"
+    EVALUATE = "evaluate"
+
+
+class Outcome(StrEnum):
+    PENDING = "pending"
+    OK = "ok"
+    REJECTED = "rejected"
+    DROPPED = "dropped"
+    TIMED_OUT = "timed_out"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResultArrived:
+    node_id: str
+    task_id: str
+    result: FitResult | EvaluateResult
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResultRejected:
+    node_id: str
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeDropped:
+    node_id: str
+    reason: str
+
+
+Event = ResultArrived | ResultRejected | NodeDropped
+
+
+def sample_clients(
+    available: Sequence[str], count: int | None, *, seed: int, server_round: int
+) -> list[str]:
+    """Pick ``count`` of the available nodes (all when ``None``), reproducibly.
+
+    The choice depends only on (seed, round) and the sorted node ids, never on
+    arrival order, so a rerun with the same seed samples the same clients.
+    """
+    ordered = sorted(available)
+    if count is None or count >= len(ordered):
+        return ordered
+    rng = np.random.default_rng([seed, server_round])
+    picked = rng.choice(len(ordered), size=count, replace=False)
+    return [ordered[i] for i in sorted(picked.tolist())]
+
+
+@dataclass(slots=True)
+class RoundTracker:
+    """Outcome of each selected node in one phase of one round."""
+
+    server_round: int
+    phase: Phase
+    tasks: dict[str, str]  # node_id -> task_id
+    outcomes: dict[str, Outcome] = field(init=False)
+    reasons: dict[str, str] = field(init=False)
+    results: list[FitResult | EvaluateResult] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outcomes = {node: Outcome.PENDING for node in self.tasks}
+        self.reasons = {}
+        self.results = []
+
+    def apply(self, event: Event) -> bool:
+        """Record an event; return False (and change nothing) if it is not for us."""
+        node = event.node_id
+        if self.outcomes.get(node) is not Outcome.PENDING:
+            return False
+        if isinstance(event, ResultArrived | ResultRejected) and event.task_id != self.tasks[node]:
+            return False
+        if isinstance(event, ResultArrived):
+            self.outcomes[node] = Outcome.OK
+            self.results.append(event.result)
+        elif isinstance(event, ResultRejected):
+            self.outcomes[node] = Outcome.REJECTED
+            self.reasons[node] = event.reason
+        else:
+            self.outcomes[node] = Outcome.DROPPED
+            self.reasons[node] = event.reason
+        return True
+
+    def expire(self) -> None:
+        """The deadline passed: every node still pending is a straggler."""
+        for node, outcome in self.outcomes.items():
+            if outcome is Outcome.PENDING:
+                self.outcomes[node] = Outcome.TIMED_OUT
+                self.reasons[node] = "no result before the round deadline"
+
+    @property
+    def pending(self) -> list[str]:
+        return [n for n, o in self.outcomes.items() if o is Outcome.PENDING]
+
+    @property
+    def done(self) -> bool:
+        return not self.pending

@@ -1,0 +1,1 @@
+"""What both runtimes share: the round driver, the transport seam and the run store."""

@@ -1,0 +1,176 @@
+"""The round driver: sample, dispatch, collect, aggregate, evaluate, record.
+
+It owns the order of a federated run and nothing else. Clients are behind a
+:class:`~fedops.runtime.transport.Transport`, the aggregation rule is a
+:class:`~fedops.core.strategies.Strategy`, and the per-round bookkeeping is
+:class:`~fedops.core.rounds.RoundTracker`; the driver only waits on events
+until every selected node has answered, dropped, or the deadline passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedops.core.params import Params
+from fedops.core.results import FitResult
+from fedops.core.rounds import Phase, ResultArrived, RoundTracker, sample_clients
+from fedops.core.strategies.base import Strategy
+from fedops.runtime.store import Participant, RunStore
+from fedops.runtime.transport import Transport
+
+log = logging.getLogger("fedops.driver")
+
+
+class RunAborted(RuntimeError):
+    """The run cannot go on (e.g. too few clients joined); the message says why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriverConfig:
+    rounds: int
+    min_clients: int = 1
+    clients_per_round: int | None = None
+    round_timeout_s: float = 300.0
+    join_timeout_s: float = 600.0
+    seed: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
+class RoundRecord:
+    """One finished round: the metrics line plus who took part."""
+
+    server_round: int
+    metrics: dict[str, Any]
+    participants: list[Participant] = field(default_factory=list)
+
+
+class RoundDriver:
+    """Runs rounds over a transport and commits each one to the store.
+
+    Args:
+        evaluate_global: optional ``params -> {"loss", "accuracy"}`` on data
+            the coordinator holds (reported as ``global_loss`` and
+            ``global_accuracy``).
+        site_names: node id -> site name, for the participants table.
+        on_round: called after every committed round (progress display).
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        strategy: Strategy,
+        config: DriverConfig,
+        store: RunStore,
+        evaluate_global: Callable[[Params], Mapping[str, float]] | None = None,
+        site_names: Callable[[str], str] = lambda node: node,
+        on_round: Callable[[RoundRecord], None] = lambda record: None,
+    ) -> None:
+        self.transport = transport
+        self.strategy = strategy
+        self.config = config
+        self.store = store
+        self.evaluate_global = evaluate_global
+        self.site_names = site_names
+        self.on_round = on_round
+
+    def run(self, params: Params, *, start_round: int = 1) -> Params:
+        for server_round in range(start_round, self.config.rounds + 1):
+            params, record = self.run_round(server_round, params)
+            self.store.save_round(server_round, params, record.metrics, record.participants)
+            self.on_round(record)
+        return params
+
+    def run_round(self, server_round: int, params: Params) -> tuple[Params, RoundRecord]:
+        started = time.monotonic()
+        cfg = self.config
+        nodes = self.transport.wait_for_nodes(cfg.min_clients, cfg.join_timeout_s)
+        if len(nodes) < cfg.min_clients:
+            raise RunAborted(
+                f"round {server_round}: only {len(nodes)} of the {cfg.min_clients} required "
+                f"clients (--min-clients) joined within {cfg.join_timeout_s:.0f} s"
+            )
+        selected = sample_clients(
+            nodes, cfg.clients_per_round, seed=cfg.seed, server_round=server_round
+        )
+        fit_config = {**self.strategy.fit_config(server_round), "seed": float(cfg.seed)}
+        fit = self._collect(server_round, Phase.FIT, selected, params, fit_config)
+        fit_results = [r for r in fit.results if isinstance(r, FitResult)]
+        if fit_results:
+            params = self.strategy.aggregate_fit(server_round, params, fit_results)
+        else:
+            log.warning("round %d: no accepted fit results; the model is unchanged", server_round)
+        alive = set(self.transport.available_nodes())
+        evaluators = [n for n in selected if n in alive]
+        evaluation = self._collect(server_round, Phase.EVALUATE, evaluators, params, {})
+        eval_metrics = self.strategy.aggregate_evaluate(server_round, evaluation.results)
+        train_metrics = self.strategy.aggregate_evaluate(server_round, fit_results)  # type: ignore[arg-type]
+        metrics: dict[str, Any] = {
+            "num_clients": len(fit_results),
+            "train_loss": train_metrics.get("train_loss", math.nan),
+            "eval_loss": eval_metrics.get("loss", math.nan),
+            "eval_accuracy": eval_metrics.get("accuracy", math.nan),
+            "num_eval_clients": len(evaluation.results),
+        }
+        if self.evaluate_global is not None:
+            glob = self.evaluate_global(params)
+            metrics["global_loss"] = float(glob["loss"])
+            metrics["global_accuracy"] = float(glob["accuracy"])
+        metrics["duration_s"] = round(time.monotonic() - started, 4)
+        participants = self._participants(fit) + self._participants(evaluation)
+        return params, RoundRecord(
+            server_round=server_round, metrics=metrics, participants=participants
+        )
+
+    def _collect(
+        self,
+        server_round: int,
+        phase: Phase,
+        nodes: list[str],
+        params: Params,
+        config: Mapping[str, float],
+    ) -> RoundTracker:
+        tasks = self.transport.dispatch(server_round, phase, nodes, params, config) if nodes else {}
+        tracker = RoundTracker(server_round=server_round, phase=phase, tasks=tasks)
+        deadline = time.monotonic() + self.config.round_timeout_s
+        while not tracker.done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                tracker.expire()
+                log.warning(
+                    "round %d %s: deadline passed; going on without %s",
+                    server_round,
+                    phase,
+                    ", ".join(n for n, o in tracker.outcomes.items() if o == "timed_out"),
+                )
+                break
+            event = self.transport.next_event(min(remaining, 1.0))
+            if event is None or not tracker.apply(event) or isinstance(event, ResultArrived):
+                continue
+            log.warning(
+                "round %d %s: %s left the round: %s",
+                server_round,
+                phase,
+                event.node_id,
+                event.reason,
+            )
+        return tracker
+
+    def _participants(self, tracker: RoundTracker) -> list[Participant]:
+        examples = {r.node_id: r.num_examples for r in tracker.results}
+        return [
+            Participant(
+                phase=str(tracker.phase),
+                node_id=node,
+                site=self.site_names(node),
+                outcome=str(outcome),
+                num_examples=examples.get(node, 0),
+                reason=tracker.reasons.get(node, ""),
+            )
+            for node, outcome in tracker.outcomes.items()
+        ]

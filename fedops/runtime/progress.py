@@ -1,0 +1,66 @@
+"""The terminal view of a run: a live bar on a terminal, one line per round always."""
+
+from __future__ import annotations
+
+import math
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedops.runtime.driver import RoundRecord
+
+
+def _fmt(value: object, digits: int = 4) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+class RoundProgress:
+    """Context manager; call :meth:`update` with each finished round."""
+
+    def __init__(self, *, total_rounds: int, first_round: int, label: str) -> None:
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=not self.console.is_terminal,
+        )
+        self.task = self.progress.add_task(
+            label, total=total_rounds, completed=first_round - 1, status="waiting for clients"
+        )
+
+    def __enter__(self) -> RoundProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.progress.__exit__(exc_type, exc, tb)
+
+    def update(self, record: RoundRecord) -> None:
+        m = record.metrics
+        status = (
+            f"acc {_fmt(m.get('eval_accuracy'))} loss {_fmt(m.get('eval_loss'))} "
+            f"({m.get('num_clients')} clients)"
+        )
+        self.progress.update(self.task, advance=1, status=status)
+        line = (
+            f"round {record.server_round}: clients={m.get('num_clients')} "
+            f"train_loss={_fmt(m.get('train_loss'))} eval_loss={_fmt(m.get('eval_loss'))} "
+            f"eval_accuracy={_fmt(m.get('eval_accuracy'))}"
+        )
+        if "global_accuracy" in m:
+            line += f" global_accuracy={_fmt(m['global_accuracy'])}"
+        self.console.print(
+            line + f" ({_fmt(m.get('duration_s'), 2)} s)", highlight=False, soft_wrap=True
+        )

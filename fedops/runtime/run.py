@@ -1,0 +1,58 @@
+"""Start or resume a run: the part of a run's life both runtimes share."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fedops.core.params import Params
+from fedops.core.strategies import STRATEGIES, FedProx
+from fedops.core.strategies.base import Strategy
+from fedops.runtime.store import RunStore, config_digest
+
+log = logging.getLogger("fedops.run")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartPoint:
+    run_id: str
+    params: Params
+    start_round: int
+    resumed: bool
+
+
+def make_strategy(name: str, *, mu: float) -> Strategy:
+    cls = STRATEGIES[name]
+    return FedProx(mu=mu) if cls is FedProx else cls()
+
+
+def start_or_resume(
+    store: RunStore, config: Mapping[str, Any], initial_params: Callable[[], Params]
+) -> StartPoint:
+    """Continue after the last committed round, or commit round 0 (the initial model).
+
+    Round 0 is checkpointed too, so a coordinator that dies during round 1
+    restarts from the very same initial model instead of a new random one.
+    """
+    stored_digest = store.stored_config_digest()
+    run_id, _ = store.open_run(config)
+    last = store.last_round()
+    if last is None:
+        params = initial_params()
+        store.save_round(0, params, {})
+        return StartPoint(run_id=run_id, params=params, start_round=1, resumed=False)
+    if stored_digest and stored_digest != config_digest(config):
+        log.warning(
+            "resuming run %s with a configuration that differs from the one it started with", run_id
+        )
+    params = store.load_round(last)
+    log.info(
+        "resuming run %s at round %d from the checkpoint of round %d (model %s)",
+        run_id,
+        last + 1,
+        last,
+        store.model_digest(last),
+    )
+    return StartPoint(run_id=run_id, params=params, start_round=last + 1, resumed=True)

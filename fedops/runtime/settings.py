@@ -1,0 +1,193 @@
+"""Configuration schemas. Each check names the key it refuses.
+
+The CLI turns a key into its flag (``round_timeout_s`` -> ``--round-timeout``
+via :data:`FLAG_NAMES`), so every error the user sees names what they typed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fedops.core.strategies import STRATEGIES
+from fedops.core.training import OPTIMIZERS
+
+FLAG_NAMES = {
+    "round_timeout_s": "--round-timeout",
+    "join_timeout_s": "--join-timeout",
+    "liveness_timeout_s": "--liveness-timeout",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; ``key`` names it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+def parse_address(key: str, address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    _require(
+        bool(sep) and bool(host) and port.isdigit(), key, f"expected HOST:PORT, got {address!r}"
+    )
+    _require(0 <= int(port) <= 65535, key, f"port {port} is out of range")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskOptions:
+    """How a built-in task splits its data (ignored by user tasks)."""
+
+    task: str | None = "digits"
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    data_seed: int = 0
+
+    def check_task_options(self) -> None:
+        _require(
+            self.partition in ("iid", "dirichlet"),
+            "partition",
+            f"must be iid or dirichlet, got {self.partition!r}",
+        )
+        _require(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+
+    def builtin_options(self) -> dict[str, Any]:
+        return {"partition": self.partition, "alpha": self.alpha, "seed": self.data_seed}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundOptions:
+    rounds: int = 10
+    min_clients: int = 2
+    clients_per_round: int | None = None
+    strategy: str = "fedavg"
+    mu: float = 0.01
+    seed: int = 0
+    run_dir: Path = Path("runs/latest")
+
+    def check_round_options(self) -> None:
+        _require(self.rounds >= 1, "rounds", f"must be >= 1, got {self.rounds}")
+        _require(self.min_clients >= 1, "min_clients", f"must be >= 1, got {self.min_clients}")
+        _require(
+            self.clients_per_round is None or self.clients_per_round >= 1,
+            "clients_per_round",
+            f"must be >= 1, got {self.clients_per_round}",
+        )
+        _require(
+            self.strategy in STRATEGIES,
+            "strategy",
+            f"must be one of {sorted(STRATEGIES)}, got {self.strategy!r}",
+        )
+        _require(self.mu >= 0, "mu", f"must be >= 0, got {self.mu}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOptions:
+    # Tuned for the built-in digits tasks; set --lr for your own model.
+    epochs: int = 5
+    batch_size: int = 16
+    lr: float = 0.5
+    optimizer: str = "sgd"
+
+    def check_train_options(self) -> None:
+        _require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _require(
+            self.optimizer in OPTIMIZERS,
+            "optimizer",
+            f"must be one of {OPTIMIZERS}, got {self.optimizer!r}",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoordinatorConfig(RoundOptions, TaskOptions):
+    address: str = "127.0.0.1:8765"
+    task: str | None = None
+    round_timeout_s: float = 120.0
+    join_timeout_s: float = 600.0
+    insecure: bool = False
+    heartbeat_interval_s: float = 2.0
+    liveness_timeout_s: float = 10.0
+    keep_checkpoints: int = 3
+    max_workers: int = 64
+
+    def __post_init__(self) -> None:
+        self.check_round_options()
+        self.check_task_options()
+        host, _ = parse_address("address", self.address)
+        _require(self.round_timeout_s > 0, "round_timeout_s", "must be > 0")
+        _require(self.join_timeout_s > 0, "join_timeout_s", "must be > 0")
+        _require(self.liveness_timeout_s >= 1, "liveness_timeout_s", "must be >= 1")
+        _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        _require(self.max_workers >= 4, "max_workers", "must be >= 4")
+        _require(
+            is_loopback(host) or self.insecure,
+            "address",
+            f"refusing to serve plaintext gRPC on {host}: without certificates the "
+            "coordinator binds loopback only; pass --insecure to accept the risk",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig(TrainOptions, TaskOptions):
+    coordinator: str = "127.0.0.1:8765"
+    site: int = 0
+    num_sites: int = 1
+    site_name: str = ""
+    run_dir: Path | None = None
+    max_retries: int = 30
+    poll_wait_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        self.check_train_options()
+        self.check_task_options()
+        parse_address("coordinator", self.coordinator)
+        _require(self.task is not None, "task", "a client needs a task")
+        _require(self.num_sites >= 1, "num_sites", f"must be >= 1, got {self.num_sites}")
+        _require(
+            0 <= self.site < self.num_sites,
+            "site",
+            f"must be in [0, {self.num_sites}) for --num-sites {self.num_sites}, got {self.site}",
+        )
+        _require(self.max_retries >= 0, "max_retries", "must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulateConfig(RoundOptions, TrainOptions, TaskOptions):
+    num_sites: int = 5
+    min_clients: int = 1
+    run_dir: Path = Path("runs/simulate")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.check_round_options()
+        self.check_train_options()
+        self.check_task_options()
+        _require(self.num_sites >= 1, "num_sites", f"must be >= 1, got {self.num_sites}")
+
+
+def as_dict(config: Any) -> dict[str, Any]:
+    return {
+        f.name: (str(v) if isinstance(v := getattr(config, f.name), Path) else v)
+        for f in fields(config)
+    }

@@ -1,0 +1,256 @@
+"""A run directory: SQLite state (WAL), safetensors checkpoints, metrics.jsonl.
+
+SQLite is the source of truth; ``metrics.jsonl`` and ``summary.json`` are
+rewritten from it, so a coordinator killed between two writes never leaves
+them disagreeing after it resumes. A checkpoint is written and fsynced before
+the round that produced it is committed, and its sha256 is checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from fedops.core.params import Params, digest
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, created REAL, config_json TEXT, config_digest TEXT
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY, finished REAL, metrics_json TEXT,
+    checkpoint TEXT, checkpoint_sha256 TEXT, model_digest TEXT
+);
+CREATE TABLE IF NOT EXISTS participants (
+    round INTEGER, phase TEXT, node_id TEXT, site TEXT, outcome TEXT,
+    num_examples INTEGER, reason TEXT
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    time REAL, round INTEGER, node_id TEXT, code TEXT, reason TEXT
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The run directory is unusable or inconsistent; the message says how."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Participant:
+    phase: str
+    node_id: str
+    site: str
+    outcome: str
+    num_examples: int = 0
+    reason: str = ""
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: Path) -> Params:
+    """Named arrays of a safetensors checkpoint, in the model's order."""
+    with safe_open(str(path), framework="np") as f:
+        meta = f.metadata() or {}
+        names = json.loads(meta["order"]) if "order" in meta else list(f.keys())
+        return {name: f.get_tensor(name) for name in names}
+
+
+class RunStore:
+    """Everything a run persists, in one directory.
+
+    Args:
+        run_dir: created if missing; reopened (for resume) if it holds a run.
+        keep_checkpoints: how many of the newest round checkpoints to keep
+            (round 0, the initial model, is always kept).
+    """
+
+    def __init__(self, run_dir: Path, *, keep_checkpoints: int = 3) -> None:
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "checkpoints").mkdir(exist_ok=True)
+        self.keep_checkpoints = max(1, keep_checkpoints)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.dir / "state.sqlite", check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    # --- run identity -------------------------------------------------
+    def open_run(self, config: Mapping[str, Any]) -> tuple[str, bool]:
+        """Return (run_id, resumed): the existing run's id, or a new one."""
+        with self._lock:
+            row = self._db.execute("SELECT run_id, config_digest FROM runs").fetchone()
+            if row:
+                return row[0], True
+            run_id = uuid.uuid4().hex[:12]
+            with self._db:
+                self._db.execute(
+                    "INSERT INTO runs VALUES (?, ?, ?, ?)",
+                    (
+                        run_id,
+                        time.time(),
+                        json.dumps(config, sort_keys=True, default=str),
+                        config_digest(config),
+                    ),
+                )
+            return run_id, False
+
+    def stored_config_digest(self) -> str | None:
+        row = self._db.execute("SELECT config_digest FROM runs").fetchone()
+        return row[0] if row else None
+
+    # --- rounds and checkpoints ---------------------------------------
+    def last_round(self) -> int | None:
+        row = self._db.execute("SELECT MAX(round) FROM rounds").fetchone()
+        return row[0]
+
+    def save_round(
+        self,
+        server_round: int,
+        params: Params,
+        metrics: Mapping[str, Any],
+        participants: list[Participant] = (),  # type: ignore[assignment]
+    ) -> str:
+        """Checkpoint ``params`` and commit the round; return the model digest."""
+        path = self.dir / "checkpoints" / f"round-{server_round:05d}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        tensors = {k: np.ascontiguousarray(v) for k, v in params.items()}
+        # safetensors sorts tensors by name; the metadata keeps the model's order.
+        save_file(tensors, str(tmp), metadata={"order": json.dumps(list(params))})
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        model_digest = digest(params)
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    server_round,
+                    time.time(),
+                    json.dumps(dict(metrics)),
+                    path.name,
+                    _file_sha256(path),
+                    model_digest,
+                ),
+            )
+            self._db.executemany(
+                "INSERT INTO participants VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (server_round, p.phase, p.node_id, p.site, p.outcome, p.num_examples, p.reason)
+                    for p in participants
+                ],
+            )
+        self._prune_checkpoints()
+        if server_round > 0:
+            self.write_metrics_jsonl()
+        return model_digest
+
+    def load_round(self, server_round: int) -> Params:
+        """The checkpoint of a committed round, verified against its sha256."""
+        row = self._db.execute(
+            "SELECT checkpoint, checkpoint_sha256, model_digest FROM rounds WHERE round = ?",
+            (server_round,),
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"round {server_round} was never committed in {self.dir}")
+        path = self.dir / "checkpoints" / row[0]
+        if not path.exists():
+            raise StoreError(f"checkpoint {path} of round {server_round} is missing")
+        if _file_sha256(path) != row[1]:
+            raise StoreError(f"checkpoint {path} does not match its recorded sha256")
+        params = read_checkpoint(path)
+        if digest(params) != row[2]:
+            raise StoreError(f"checkpoint {path} does not match the recorded model digest")
+        return params
+
+    def model_digest(self, server_round: int) -> str | None:
+        row = self._db.execute(
+            "SELECT model_digest FROM rounds WHERE round = ?", (server_round,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def _prune_checkpoints(self) -> None:
+        rows = self._db.execute(
+            "SELECT round, checkpoint FROM rounds WHERE round > 0 ORDER BY round"
+        ).fetchall()
+        for _, name in rows[: -self.keep_checkpoints]:
+            (self.dir / "checkpoints" / name).unlink(missing_ok=True)
+
+    # --- metrics, rejections, summary ----------------------------------
+    def round_metrics(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT round, metrics_json FROM rounds WHERE round > 0 ORDER BY round"
+        ).fetchall()
+        return [{"round": r, **json.loads(m)} for r, m in rows]
+
+    def write_metrics_jsonl(self) -> None:
+        lines = [json.dumps(m) for m in self.round_metrics()]
+        tmp = self.dir / "metrics.jsonl.tmp"
+        tmp.write_text("".join(line + "\n" for line in lines))
+        tmp.replace(self.dir / "metrics.jsonl")
+
+    def record_rejection(self, server_round: int, node_id: str, code: str, reason: str) -> None:
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO rejections VALUES (?, ?, ?, ?, ?)",
+                (time.time(), server_round, node_id, code, reason),
+            )
+
+    def rejections(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT round, node_id, code, reason FROM rejections ORDER BY time"
+        ).fetchall()
+        return [dict(zip(("round", "node_id", "code", "reason"), r, strict=True)) for r in rows]
+
+    def participants(self, server_round: int) -> list[Participant]:
+        rows = self._db.execute(
+            "SELECT phase, node_id, site, outcome, num_examples, reason FROM participants "
+            "WHERE round = ?",
+            (server_round,),
+        ).fetchall()
+        return [
+            Participant(phase=a, node_id=b, site=c, outcome=d, num_examples=e, reason=f)
+            for a, b, c, d, e, f in rows
+        ]
+
+    def write_summary(self, extra: Mapping[str, Any]) -> dict[str, Any]:
+        last = self.last_round()
+        metrics = self.round_metrics()
+        summary = {
+            "run_id": self._db.execute("SELECT run_id FROM runs").fetchone()[0],
+            "config_digest": self.stored_config_digest(),
+            "rounds_completed": max(last or 0, 0),
+            "final_metrics": metrics[-1] if metrics else {},
+            "model_digest": self.model_digest(last) if last is not None else None,
+            "rejections": len(self.rejections()),
+            **extra,
+        }
+        (self.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

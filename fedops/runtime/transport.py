@@ -1,0 +1,48 @@
+"""The one narrow network seam between the round driver and the clients.
+
+The driver hands the transport instructions and reads back events. gRPC
+(:mod:`fedops.coordinator.transport`) and in-memory
+(:mod:`fedops.simulation.inmemory`) transports implement it, so a deployed
+round and a simulated round run through the same driver code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from fedops.core.params import Params
+from fedops.core.rounds import Event, Phase
+
+
+class Transport(Protocol):
+    def wait_for_nodes(self, count: int, timeout_s: float) -> list[str]:
+        """Block until ``count`` nodes are available (or the timeout); return them."""
+        ...
+
+    def available_nodes(self) -> list[str]:
+        """Nodes that are connected and have not been declared dropped."""
+        ...
+
+    def dispatch(
+        self,
+        server_round: int,
+        phase: Phase,
+        nodes: Sequence[str],
+        params: Params,
+        config: Mapping[str, float],
+    ) -> dict[str, str]:
+        """Give each node a task on ``params``; return node id -> task id."""
+        ...
+
+    def next_event(self, timeout_s: float) -> Event | None:
+        """The next result, rejection or dropout, or None after ``timeout_s``."""
+        ...
+
+    def fetch_initial_params(self, timeout_s: float) -> Params:
+        """Ask the first available client for its freshly built model."""
+        ...
+
+    def close(self) -> None:
+        """Tell every client the run is over and release resources."""
+        ...

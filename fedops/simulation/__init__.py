@@ -1,0 +1,1 @@
+"""The simulation runtime: many virtual sites in one process, same driver."""

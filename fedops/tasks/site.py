@@ -1,0 +1,93 @@
+"""One site's side of a task: its data, its model, and what it does per instruction.
+
+The deployed agent and the in-memory simulation both drive a :class:`Site`,
+so local training is the same code in both. Training shuffles with a seed
+derived from (run seed, round, site), never from global random state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+
+import numpy as np
+
+from fedops.core import training
+from fedops.core.params import Params
+from fedops.core.training import TrainConfig, as_tensors, get_params, num_examples, set_params
+from fedops.tasks.base import Task
+
+
+def shuffle_seed(run_seed: int, server_round: int, site: int) -> int:
+    """A 63-bit seed that differs per (run seed, round, site) and is reproducible."""
+    return int(
+        np.random.SeedSequence([run_seed, server_round, site]).generate_state(2, np.uint64)[0] >> 1
+    )
+
+
+class Site:
+    """A task bound to one site's train/test split.
+
+    Args:
+        task: the task (built-in or user).
+        site: this site's index in ``[0, num_sites)``.
+        num_sites: how many sites the data is split across.
+        train_config: local hyperparameters (the coordinator may add
+            ``proximal_mu`` and ``seed`` per round).
+    """
+
+    def __init__(self, task: Task, *, site: int, num_sites: int, train_config: TrainConfig) -> None:
+        self.task = task
+        self.site = site
+        self.train_config = train_config
+        train, test = task.load_data(site, num_sites)
+        self.train_data = as_tensors(train)
+        self.test_data = as_tensors(test)
+        self.model = task.build_model()
+
+    @property
+    def num_train_examples(self) -> int:
+        return num_examples(self.train_data)
+
+    def initial_params(self) -> Params:
+        return get_params(self.model)
+
+    def fit(
+        self, params: Params, server_round: int, config: Mapping[str, float]
+    ) -> tuple[Params, int, dict[str, float]]:
+        """Train from ``params``; return (new params, examples used, metrics)."""
+        cfg = replace(
+            self.train_config,
+            proximal_mu=float(config.get("proximal_mu", self.train_config.proximal_mu)),
+            seed=shuffle_seed(int(config.get("seed", 0)), server_round, self.site),
+        )
+        set_params(self.model, params)
+        run = self.task.train or training.train
+        metrics = run(self.model, self.train_data, cfg)
+        return (
+            get_params(self.model),
+            self.num_train_examples,
+            {k: float(v) for k, v in metrics.items()},
+        )
+
+    def evaluate(self, params: Params) -> tuple[int, dict[str, float]]:
+        """Loss and accuracy of ``params`` on this site's test split."""
+        set_params(self.model, params)
+        run = self.task.evaluate or training.evaluate
+        metrics = run(self.model, self.test_data)
+        return num_examples(self.test_data), {k: float(v) for k, v in metrics.items()}
+
+
+def global_evaluator(task: Task) -> Callable[[Params], Mapping[str, float]] | None:
+    """``params -> metrics`` on the task's held-out data, if it has any."""
+    if task.load_server_data is None:
+        return None
+    data = as_tensors(task.load_server_data())
+    model = task.build_model()
+    run = task.evaluate or training.evaluate
+
+    def evaluate_global(params: Params) -> Mapping[str, float]:
+        set_params(model, params)
+        return run(model, data)
+
+    return evaluate_global
