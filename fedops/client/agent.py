@@ -151,7 +151,10 @@ class Agent:
                     log.warning("the coordinator no longer knows this node; registering again")
                     self.session = self._register()
         finally:
+            # Join the heartbeat thread before closing the channel: a gRPC call still in
+            # flight at interpreter exit aborts the process.
             self._stop.set()
+            beat.join(timeout=10)
             self.channel.close()
 
     def _step(self) -> bool:

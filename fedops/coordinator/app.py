@@ -76,7 +76,7 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
                 ),
                 store=store,
                 evaluate_global=global_evaluator(task) if task else None,
-                site_names=lambda node: getattr(transport.registry.get(node), "site_name", node),
+                site_names=transport.registry.site_name,
                 on_round=progress.update,
             )
             driver.run(start.params, start_round=start.start_round)

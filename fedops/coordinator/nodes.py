@@ -27,6 +27,7 @@ class NodeRegistry:
 
     def __init__(self) -> None:
         self._nodes: dict[str, Node] = {}
+        self._site_names: dict[str, str] = {}  # kept after removal, for the records
         self._lock = threading.Lock()
         self._counter = 0
 
@@ -41,6 +42,7 @@ class NodeRegistry:
                 last_seen=time.monotonic(),
             )
             self._nodes[node.node_id] = node
+            self._site_names[node.node_id] = site_name
             return node
 
     def authenticate(self, node_id: str, token: str) -> Node:
@@ -55,6 +57,11 @@ class NodeRegistry:
     def get(self, node_id: str) -> Node | None:
         with self._lock:
             return self._nodes.get(node_id)
+
+    def site_name(self, node_id: str) -> str:
+        """The site name a node registered with, even after it was removed."""
+        with self._lock:
+            return self._site_names.get(node_id, node_id)
 
     def remove(self, node_id: str) -> None:
         with self._lock:

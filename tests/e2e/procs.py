@@ -1,0 +1,127 @@
+"""Launch real ``fedops`` processes on loopback and wait on what they write."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# One torch thread per process: five clients and a coordinator share two cores.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+FAST_TRAINING = ["--epochs", "5", "--batch-size", "16", "--lr", "0.5"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Procs:
+    """Starts processes, keeps their logs, and kills whatever is left at the end."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None):
+        log = (self.workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fedops", *args],
+            stdout=log, stderr=subprocess.STDOUT, env={**ENV, **(env or {})}, cwd=self.workdir,
+        )
+        self.procs.append((name, proc))
+        return proc
+
+    def coordinator(self, name: str, port: int, run_dir: Path, *args: str):
+        return self.start(name, "coordinator", "--address", f"127.0.0.1:{port}",
+                          "--run-dir", str(run_dir), *args)
+
+    def client(self, name: str, port: int, site: int, num_sites: int, *args: str,
+               task: str = "digits", env: dict[str, str] | None = None):
+        return self.start(name, "client", "--coordinator", f"127.0.0.1:{port}", "--task", task,
+                          "--site", str(site), "--num-sites", str(num_sites),
+                          "--run-dir", str(self.workdir / name), *FAST_TRAINING, *args, env=env)
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait(self, proc: subprocess.Popen[bytes], timeout: float, name: str = "") -> int:
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            logs = "\n".join(f"--- {n} ---\n{self.log(n)[-3000:]}" for n, _ in self.procs)
+            raise AssertionError(f"{name or proc.args} still running after {timeout} s\n{logs}") from exc
+
+    def kill_all(self) -> None:
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def journal(path: Path) -> list[dict[str, Any]]:
+    file = path / "client.jsonl"
+    if not file.exists():
+        return []
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+def query(run_dir: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(run_dir / "state.sqlite") as db:
+        return db.execute(sql, params).fetchall()
+
+
+SLOW_TASK = '''
+import os
+import time
+
+from fedops.core.training import train as default_train
+from fedops.tasks.digits import make_task
+
+_digits = make_task()
+build_model = _digits.build_model
+load_data = _digits.load_data
+_calls = 0
+
+
+def train(model, data, config):
+    """Digits, but from the second call on every training sleeps first (a straggler)."""
+    global _calls
+    _calls += 1
+    if _calls >= 2:
+        time.sleep(float(os.environ.get("FEDOPS_TEST_SLEEP_S", "0")))
+    return default_train(model, data, config)
+'''
+
+
+def slow_task(workdir: Path) -> str:
+    path = workdir / "slow_task.py"
+    path.write_text(SLOW_TASK)
+    return str(path)
