@@ -36,20 +36,46 @@ class Procs:
         log = (self.workdir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "fedops", *args],
-            stdout=log, stderr=subprocess.STDOUT, env={**ENV, **(env or {})}, cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**ENV, **(env or {})},
+            cwd=self.workdir,
         )
         self.procs.append((name, proc))
         return proc
 
     def coordinator(self, name: str, port: int, run_dir: Path, *args: str):
-        return self.start(name, "coordinator", "--address", f"127.0.0.1:{port}",
-                          "--run-dir", str(run_dir), *args)
+        return self.start(
+            name, "coordinator", "--address", f"127.0.0.1:{port}", "--run-dir", str(run_dir), *args
+        )
 
-    def client(self, name: str, port: int, site: int, num_sites: int, *args: str,
-               task: str = "digits", env: dict[str, str] | None = None):
-        return self.start(name, "client", "--coordinator", f"127.0.0.1:{port}", "--task", task,
-                          "--site", str(site), "--num-sites", str(num_sites),
-                          "--run-dir", str(self.workdir / name), *FAST_TRAINING, *args, env=env)
+    def client(
+        self,
+        name: str,
+        port: int,
+        site: int,
+        num_sites: int,
+        *args: str,
+        task: str = "digits",
+        env: dict[str, str] | None = None,
+    ):
+        return self.start(
+            name,
+            "client",
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--task",
+            task,
+            "--site",
+            str(site),
+            "--num-sites",
+            str(num_sites),
+            "--run-dir",
+            str(self.workdir / name),
+            *FAST_TRAINING,
+            *args,
+            env=env,
+        )
 
     def log(self, name: str) -> str:
         path = self.workdir / f"{name}.log"
@@ -60,7 +86,9 @@ class Procs:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             logs = "\n".join(f"--- {n} ---\n{self.log(n)[-3000:]}" for n, _ in self.procs)
-            raise AssertionError(f"{name or proc.args} still running after {timeout} s\n{logs}") from exc
+            raise AssertionError(
+                f"{name or proc.args} still running after {timeout} s\n{logs}"
+            ) from exc
 
     def kill_all(self) -> None:
         for _, proc in self.procs:

@@ -16,11 +16,24 @@ pytestmark = pytest.mark.slow
 def test_five_sites_dirichlet_reach_90_percent(procs: Procs, tmp_path: Path, strategy: str):
     port, run_dir = free_port(), tmp_path / "run"
     coord = procs.coordinator(
-        "coordinator", port, run_dir, "--task", "digits", "--rounds", "10",
-        "--min-clients", "5", "--strategy", strategy, "--mu", "0.01",
+        "coordinator",
+        port,
+        run_dir,
+        "--task",
+        "digits",
+        "--rounds",
+        "10",
+        "--min-clients",
+        "5",
+        "--strategy",
+        strategy,
+        "--mu",
+        "0.01",
     )
-    clients = [procs.client(f"site{i}", port, i, 5, "--partition", "dirichlet",
-                            "--alpha", "0.5") for i in range(5)]
+    clients = [
+        procs.client(f"site{i}", port, i, 5, "--partition", "dirichlet", "--alpha", "0.5")
+        for i in range(5)
+    ]
     assert procs.wait(coord, 240, "coordinator") == 0, procs.log("coordinator")
     for i, client in enumerate(clients):
         assert procs.wait(client, 30, f"site{i}") == 0, procs.log(f"site{i}")
@@ -65,8 +78,9 @@ def test_user_task_file_and_initial_model_from_first_client(procs: Procs, tmp_pa
     task.write_text(USER_TASK)
     port, run_dir = free_port(), tmp_path / "run"
     coord = procs.coordinator("coordinator", port, run_dir, "--rounds", "4", "--min-clients", "3")
-    clients = [procs.client(f"site{i}", port, i, 3, "--lr", "0.1", task=str(task))
-               for i in range(3)]
+    clients = [
+        procs.client(f"site{i}", port, i, 3, "--lr", "0.1", task=str(task)) for i in range(3)
+    ]
     assert procs.wait(coord, 180, "coordinator") == 0, procs.log("coordinator")
     for i, client in enumerate(clients):
         assert procs.wait(client, 30, f"site{i}") == 0
