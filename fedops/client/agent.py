@@ -13,14 +13,14 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
-from fedops.core.params import Params, digest, specs_of, total_bytes
+from fedops.client.calls import Session, fetch_model, push_result
+from fedops.core.params import Params
 from fedops.runtime.settings import ClientConfig
 from fedops.tasks.site import Site
 from fedops.v1 import fedops_pb2 as pb
@@ -43,15 +43,6 @@ class _Reregister(Exception):
     """The coordinator does not know this node (it restarted): register again."""
 
 
-@dataclass(slots=True, kw_only=True)
-class Session:
-    node_id: str
-    token: str
-    run_id: str
-    heartbeat_s: float
-    chunk_bytes: int
-
-
 class Agent:
     """Runs one site against one coordinator until told to shut down."""
 
@@ -69,6 +60,7 @@ class Agent:
         self.session: Session | None = None
         self._stop = threading.Event()
         self._rng = random.Random(f"{cfg.site}-{time.time_ns()}")
+        self._buffer = bytearray()  # reused for every model download
         self._journal = None
         if cfg.run_dir is not None:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
@@ -198,24 +190,9 @@ class Agent:
     def _fetch(self, task: pb.Task) -> Params:
         session = self.session
         assert session is not None
-        request = pb.FetchModelRequest(
-            node_id=session.node_id, token=session.token, task_id=task.task_id
+        params, got = self._guarded(
+            "fetch model", lambda: fetch_model(self.channel, session, task, buffer=self._buffer)
         )
-
-        def download() -> Params:
-            stream = self.stub.FetchModel(request, timeout=600)
-            first = next(stream)
-            header = first.header
-            specs = codec.specs_from_proto(header.tensors)
-            assembler = codec.Assembler(specs, max_bytes=header.total_bytes)
-            for chunk in stream:
-                assembler.add(chunk.data)
-            return assembler.finish()
-
-        params = self._guarded("fetch model", download)
-        got = digest(params)
-        if got != task.model_digest:
-            raise RuntimeError(f"model digest mismatch: task says {task.model_digest}, got {got}")
         self._record(
             event="model", round=task.round, kind=pb.TaskKind.Name(task.kind), model_digest=got
         )
@@ -226,27 +203,19 @@ class Agent:
     ) -> None:
         session = self.session
         assert session is not None
-        specs = specs_of(params)
-        header = pb.ResultHeader(
-            node_id=session.node_id,
-            token=session.token,
-            run_id=task.run_id,
-            round=task.round,
-            task_id=task.task_id,
-            kind=task.kind,
-            num_examples=num_examples,
-            metrics={k: float(v) for k, v in metrics.items()},
-            tensors=codec.specs_to_proto(specs),
-            total_bytes=total_bytes(specs),
-        )
-
-        def messages() -> Iterator[pb.PushResultRequest]:
-            yield pb.PushResultRequest(header=header)
-            for chunk in codec.iter_chunks(params, session.chunk_bytes):
-                yield pb.PushResultRequest(data=chunk)
-
         try:
-            self._guarded("push result", lambda: self.stub.PushResult(messages(), timeout=600))
+            sent = self._guarded(
+                "push result",
+                lambda: push_result(
+                    self.channel,
+                    session,
+                    task,
+                    params,
+                    num_examples,
+                    metrics,
+                    digest=self._journal is not None,
+                ),
+            )
         except grpc.RpcError as exc:
             log.warning(
                 "round %d: result refused (%s): %s", task.round, exc.code().name, exc.details()
@@ -261,5 +230,5 @@ class Agent:
             kind=pb.TaskKind.Name(task.kind),
             num_examples=num_examples,
             metrics=dict(metrics),
-            model_digest=digest(params) if params else "",
+            model_digest=sent if params else "",
         )

@@ -17,13 +17,18 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from fedops.coordinator.transport import GrpcTransport, Reject
+from fedops.core.params import InvalidUpdate
 from fedops.v1 import fedops_pb2 as pb
+from fedops.wire import framing
 
 log = logging.getLogger("fedops.coordinator")
 
 SERVICE = "fedops.v1.Coordinator"
-#: per-message limit; payloads travel in chunks far below it
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: gRPC's own per-message limit: past it gRPC cuts the call before fedops sees it.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: fedops' limit for one payload chunk (clients are told to send 2 MiB chunks);
+#: checked by fedops so that an oversized chunk rejects the update with a reason.
+MAX_CHUNK_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 class Malformed:
@@ -60,12 +65,53 @@ def _unary(transport: GrpcTransport, fn: Callable[[Any], Any]) -> Callable[[Any,
     return handler
 
 
-def _checked_stream(transport: GrpcTransport, requests: Iterator[Any]) -> Iterator[Any]:
-    for request in requests:
-        if isinstance(request, Malformed):
-            transport.on_rejection(0, "?", "INVALID_ARGUMENT", request.reason)
-            raise Reject(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
-        yield request
+def _push_part(data: bytes) -> Any:
+    """A payload chunk without parsing (see :mod:`fedops.wire.framing`), else a message."""
+    if len(data) > MAX_CHUNK_MESSAGE_BYTES:
+        return Malformed(f"a message of {len(data)} bytes exceeds the "
+                         f"{MAX_CHUNK_MESSAGE_BYTES}-byte chunk limit")
+    chunk = framing.unframe_data(data)
+    return chunk if chunk is not None else _tolerant(pb.PushResultRequest)(data)
+
+
+def _malformed(transport: GrpcTransport, request: Malformed) -> Reject:
+    transport.on_rejection(0, "?", "INVALID_ARGUMENT", request.reason)
+    return Reject(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+
+
+def _split_push(
+    transport: GrpcTransport, requests: Iterator[Any], context: grpc.ServicerContext
+) -> tuple[pb.ResultHeader, Iterator[bytes | memoryview]]:
+    """The leading header, and the payload chunks after it (anything else is refused).
+
+    A stream that gRPC cut off (a message over the size limit, a cancelled
+    call) ends like a finished one; the context tells them apart, and a cut
+    stream is never taken as a complete result.
+    """
+    first = next(requests, None)
+    if isinstance(first, Malformed):
+        raise _malformed(transport, first)
+    if not isinstance(first, pb.PushResultRequest) or first.WhichOneof("part") != "header":
+        transport.on_rejection(0, "?", "INVALID_ARGUMENT", "no leading ResultHeader")
+        raise Reject(
+            grpc.StatusCode.INVALID_ARGUMENT, "the first PushResult message must be a ResultHeader"
+        )
+
+    def chunks() -> Iterator[bytes | memoryview]:
+        # Past the header the result is attributable: anything wrong rejects the update.
+        for request in requests:
+            if isinstance(request, memoryview):
+                yield request
+            elif isinstance(request, Malformed):
+                raise InvalidUpdate(request.reason)
+            elif request.WhichOneof("part") == "data":
+                yield request.data
+            else:
+                raise InvalidUpdate("a second header arrived inside the payload")
+        if not context.is_active():
+            raise InvalidUpdate("the upload was cut off before its end")
+
+    return first.header, chunks()
 
 
 def build_server(transport: GrpcTransport, *, max_workers: int = 64) -> grpc.Server:
@@ -73,7 +119,7 @@ def build_server(transport: GrpcTransport, *, max_workers: int = 64) -> grpc.Ser
 
     def push(requests: Iterator[Any], context: grpc.ServicerContext) -> pb.PushResultResponse:
         try:
-            return transport.push(_checked_stream(transport, requests))
+            return transport.push(*_split_push(transport, requests, context))
         except Reject as exc:
             _abort(context, exc.code, exc.reason)
         raise AssertionError("unreachable")
@@ -86,7 +132,10 @@ def build_server(transport: GrpcTransport, *, max_workers: int = 64) -> grpc.Ser
         except Reject as exc:
             _abort(context, exc.code, exc.reason)
 
-    ser = lambda message: message.SerializeToString()  # noqa: E731
+    def ser(message: Any) -> bytes:
+        # model chunks arrive pre-serialized (fedops.wire.framing); the rest are messages
+        return message if isinstance(message, bytes) else message.SerializeToString()
+
     handlers = {
         "Register": grpc.unary_unary_rpc_method_handler(
             _unary(transport, transport.register),
@@ -107,7 +156,7 @@ def build_server(transport: GrpcTransport, *, max_workers: int = 64) -> grpc.Ser
             fetch, request_deserializer=_tolerant(pb.FetchModelRequest), response_serializer=ser
         ),
         "PushResult": grpc.stream_unary_rpc_method_handler(
-            push, request_deserializer=_tolerant(pb.PushResultRequest), response_serializer=ser
+            push, request_deserializer=_push_part, response_serializer=ser
         ),
     }
     server = grpc.server(

@@ -10,7 +10,6 @@ the node's current task) tells the round to stop waiting for that node.
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
@@ -30,15 +29,14 @@ from fedops.core.params import (
     specs_of,
     total_bytes,
 )
-from fedops.core.results import EvaluateResult, FitResult
+from fedops.core.results import MAX_NUM_EXAMPLES, EvaluateResult, FitResult, check_reported
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived, ResultRejected
 from fedops.v1 import fedops_pb2 as pb
-from fedops.wire import codec
+from fedops.wire import codec, framing
 
 log = logging.getLogger("fedops.coordinator")
 
 PROTOCOL_VERSION = "fedops.v1"
-MAX_NUM_EXAMPLES = 1 << 40
 MAX_POLL_S = 10.0
 
 _KIND_OF_PHASE = {Phase.FIT: pb.TASK_KIND_FIT, Phase.EVALUATE: pb.TASK_KIND_EVALUATE}
@@ -239,7 +237,7 @@ class GrpcTransport:
                     return pb.Task(kind=pb.TASK_KIND_WAIT, run_id=self.run_id, round=self._round)
                 self._cond.wait(remaining)
 
-    def model_chunks(self, request: pb.FetchModelRequest) -> Iterator[pb.ModelChunk]:
+    def model_chunks(self, request: pb.FetchModelRequest) -> Iterator[pb.ModelChunk | bytes]:
         self._authenticate(request.node_id, request.token)
         with self._cond:
             assignment = self._assignments.get(request.node_id)
@@ -257,7 +255,7 @@ class GrpcTransport:
         )
         yield pb.ModelChunk(header=header)
         for chunk in codec.iter_chunks(assignment.params, self.max_chunk_bytes):
-            yield pb.ModelChunk(data=chunk)
+            yield framing.frame_data(chunk)  # a serialized ModelChunk{data}, built in one copy
 
     def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         try:
@@ -266,21 +264,14 @@ class GrpcTransport:
             return pb.HeartbeatResponse(known=False)
         return pb.HeartbeatResponse(known=True)
 
-    def push(self, messages: Iterable[pb.PushResultRequest]) -> pb.PushResultResponse:
-        stream = iter(messages)
-        first = next(stream, None)
-        if first is None or first.WhichOneof("part") != "header":
-            self._reject(
-                self._round,
-                "?",
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "the first PushResult message must be a ResultHeader",
-            )
-        header = first.header
+    def push(
+        self, header: pb.ResultHeader, chunks: Iterable[bytes | memoryview]
+    ) -> pb.PushResultResponse:
+        """Check and take a result: ``header`` first, then the payload ``chunks``."""
         self._authenticate(header.node_id, header.token)
         assignment = self._check_current(header)
         try:
-            event = self._receive(header, assignment, stream)
+            event = self._receive(header, assignment, iter(chunks))
         except InvalidUpdate as exc:
             self._fail_task(
                 header.node_id,
@@ -355,15 +346,11 @@ class GrpcTransport:
         self,
         header: pb.ResultHeader,
         assignment: Assignment,
-        stream: Iterator[pb.PushResultRequest],
+        stream: Iterator[bytes | memoryview],
     ) -> Event:
         node, kind = header.node_id, assignment.task.kind
-        low = 1 if kind in (pb.TASK_KIND_FIT, pb.TASK_KIND_SEND_INITIAL) else 0
-        if not low <= header.num_examples <= MAX_NUM_EXAMPLES:
-            raise InvalidUpdate(f"num_examples {header.num_examples} is out of range")
-        bad = [k for k, v in header.metrics.items() if not math.isfinite(v)]
-        if bad:
-            raise InvalidUpdate(f"metrics {bad} are not finite")
+        training = kind in (pb.TASK_KIND_FIT, pb.TASK_KIND_SEND_INITIAL)
+        check_reported(num_examples=header.num_examples, metrics=header.metrics, training=training)
         params: Params = {}
         if kind in (pb.TASK_KIND_FIT, pb.TASK_KIND_SEND_INITIAL):
             specs = codec.specs_from_proto(header.tensors)
@@ -376,10 +363,8 @@ class GrpcTransport:
                     f"declared tensors ({total_bytes(specs)} bytes)"
                 )
             assembler = codec.Assembler(specs, max_bytes=limit)
-            for message in stream:
-                if message.WhichOneof("part") != "data":
-                    raise InvalidUpdate("a second header arrived inside the payload")
-                assembler.add(message.data)
+            for chunk in stream:
+                assembler.add(chunk)
             params = assembler.finish()
             check_finite(params)
             result: FitResult | EvaluateResult = FitResult(

@@ -7,6 +7,8 @@ tensor is wrong, and map one-to-one onto safetensors checkpoints.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,7 +36,8 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        # Python ints: np.prod would silently wrap around for a hostile shape.
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
 
 def specs_of(params: Mapping[str, np.ndarray]) -> list[TensorSpec]:
@@ -48,12 +51,29 @@ def total_bytes(specs: Sequence[TensorSpec]) -> int:
     return sum(spec.nbytes for spec in specs)
 
 
+def digest_header(specs: Sequence[TensorSpec]) -> bytes:
+    """What a digest commits to before the bytes: every name, dtype and shape."""
+    return json.dumps(
+        [[s.name, s.dtype, list(s.shape)] for s in specs], separators=(",", ":")
+    ).encode()
+
+
+def le_bytes(arr: np.ndarray) -> memoryview:
+    """The array's bytes in little-endian order, as a flat view (no copy when possible)."""
+    contiguous = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    return memoryview(contiguous.reshape(-1)).cast("B")
+
+
 def digest(params: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes: equal digests, equal models."""
-    h = hashlib.sha256()
-    for name, arr in params.items():
-        h.update(f"{name}|{arr.dtype.name}|{tuple(arr.shape)}|".encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
+    """SHA-256 of the specs header, then every tensor's little-endian bytes in order.
+
+    Equal digests, equal models. The bytes are hashed in wire order, so a
+    receiver can compute the same digest chunk by chunk while they arrive
+    (:class:`fedops.wire.codec.Assembler`) instead of in a second pass.
+    """
+    h = hashlib.sha256(digest_header(specs_of(params)))
+    for arr in params.values():
+        h.update(le_bytes(arr))
     return h.hexdigest()
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fedops.core.params import Params
+from fedops.core.params import InvalidUpdate, Params
+
+MAX_NUM_EXAMPLES = 1 << 40
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,3 +43,19 @@ def weighted_metrics(results: Sequence[FitResult | EvaluateResult]) -> dict[str,
         name: sum(float(r.metrics[name]) * r.num_examples for r in usable) / total
         for name in sorted(names)
     }
+
+
+def check_reported(*, num_examples: int, metrics: Mapping[str, float], training: bool) -> None:
+    """Refuse example counts and metrics no honest client reports.
+
+    A training result must rest on at least one example (FedAvg weights by
+    it); every metric must be finite. Both runtimes apply the same rule.
+    """
+    low = 1 if training else 0
+    if not low <= num_examples <= MAX_NUM_EXAMPLES:
+        raise InvalidUpdate(
+            f"num_examples {num_examples} is out of range [{low}, {MAX_NUM_EXAMPLES}]"
+        )
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad:
+        raise InvalidUpdate(f"metrics {bad} are not finite")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -68,6 +69,13 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _json_safe(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """NaN/Inf become null: strict JSON readers refuse bare NaN in metrics.jsonl."""
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()
+    }
 
 
 def read_checkpoint(path: Path) -> Params:
@@ -137,7 +145,8 @@ class RunStore:
         """Checkpoint ``params`` and commit the round; return the model digest."""
         path = self.dir / "checkpoints" / f"round-{server_round:05d}.safetensors"
         tmp = path.with_suffix(".tmp")
-        tensors = {k: np.ascontiguousarray(v) for k, v in params.items()}
+        # np.require keeps 0-d tensors 0-d (ascontiguousarray would make them 1-d).
+        tensors = {k: np.require(v, requirements="C") for k, v in params.items()}
         # safetensors sorts tensors by name; the metadata keeps the model's order.
         save_file(tensors, str(tmp), metadata={"order": json.dumps(list(params))})
         with tmp.open("rb") as f:

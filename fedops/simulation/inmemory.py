@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
 from fedops.core.params import InvalidUpdate, Params, check_finite, check_specs_match, specs_of
-from fedops.core.results import EvaluateResult, FitResult
+from fedops.core.results import EvaluateResult, FitResult, check_reported
 from fedops.core.rounds import Event, Phase, ResultArrived, ResultRejected
 from fedops.tasks.site import Site
 
@@ -53,6 +53,7 @@ class InMemoryTransport:
     ) -> Event:
         new, n, metrics = self.sites[node].fit(params, server_round, config)
         try:
+            check_reported(num_examples=n, metrics=metrics, training=True)
             check_specs_match(specs_of(params), specs_of(new))
             check_finite(new)
         except InvalidUpdate as exc:
@@ -69,6 +70,10 @@ class InMemoryTransport:
         config: Mapping[str, float],
     ) -> Event:
         n, metrics = self.sites[node].evaluate(params)
+        try:
+            check_reported(num_examples=n, metrics=metrics, training=False)
+        except InvalidUpdate as exc:
+            return ResultRejected(node_id=node, task_id=task_id, reason=str(exc))
         result = EvaluateResult(node_id=node, num_examples=n, metrics=metrics)
         return ResultArrived(node_id=node, task_id=task_id, result=result)
 

@@ -1,0 +1,145 @@
+"""Unit tests for the configuration schemas: every refused value names its key.
+
+The schemas are re-exported by :mod:`fedops.config` and defined in
+:mod:`fedops.runtime.settings` (with the address helpers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedops.config import ClientConfig, ConfigError, CoordinatorConfig, SimulateConfig
+from fedops.runtime.settings import as_dict, is_loopback, parse_address
+
+
+def _key(factory, **kwargs) -> str:
+    with pytest.raises(ConfigError) as info:
+        factory(**kwargs)
+    assert str(info.value).startswith(f"{info.value.key}: ")
+    return info.value.key
+
+
+def test_defaults_are_valid():
+    CoordinatorConfig()
+    ClientConfig()
+    SimulateConfig()
+
+
+def test_config_error_carries_key_and_message():
+    err = ConfigError("rounds", "must be >= 1, got 0")
+    assert (err.key, err.message, str(err)) == (
+        "rounds",
+        "must be >= 1, got 0",
+        "rounds: must be >= 1, got 0",
+    )
+    assert isinstance(err, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"rounds": 0}, "rounds"),
+        ({"min_clients": 0}, "min_clients"),
+        ({"clients_per_round": 0}, "clients_per_round"),
+        ({"strategy": "fedsgd"}, "strategy"),
+        ({"mu": -0.1}, "mu"),
+        ({"partition": "shards"}, "partition"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"round_timeout_s": 0.0}, "round_timeout_s"),
+        ({"join_timeout_s": -1.0}, "join_timeout_s"),
+        ({"liveness_timeout_s": 0.5}, "liveness_timeout_s"),
+        ({"keep_checkpoints": 0}, "keep_checkpoints"),
+        ({"max_workers": 3}, "max_workers"),
+        ({"address": "8765"}, "address"),
+        ({"address": "127.0.0.1:99999"}, "address"),
+        ({"address": ":8765"}, "address"),
+    ],
+)
+def test_coordinator_errors_name_the_key(kwargs, key):
+    assert _key(CoordinatorConfig, **kwargs) == key
+
+
+def test_rounds_zero_message():
+    with pytest.raises(ConfigError, match="rounds: must be >= 1, got 0") as info:
+        SimulateConfig(rounds=0)
+    assert info.value.key == "rounds"
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:8765", "10.1.2.3:8765", "example.org:443", "[::]:80"])
+def test_non_loopback_address_needs_insecure(address):
+    with pytest.raises(ConfigError, match="--insecure") as info:
+        CoordinatorConfig(address=address)
+    assert info.value.key == "address"
+    assert CoordinatorConfig(address=address, insecure=True).address == address
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:1", "127.9.9.9:8765", "localhost:8765", "[::1]:8765"]
+)
+def test_loopback_addresses_are_accepted(address):
+    assert CoordinatorConfig(address=address).address == address
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"site": 2, "num_sites": 2}, "site"),
+        ({"site": -1, "num_sites": 2}, "site"),
+        ({"num_sites": 0}, "num_sites"),
+        ({"task": None}, "task"),
+        ({"coordinator": "nohost"}, "coordinator"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": 0.0}, "lr"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+    ],
+)
+def test_client_errors_name_the_key(kwargs, key):
+    assert _key(ClientConfig, **kwargs) == key
+
+
+def test_site_out_of_range_message_names_num_sites():
+    with pytest.raises(ConfigError, match=r"must be in \[0, 3\) for --num-sites 3, got 3") as info:
+        ClientConfig(site=3, num_sites=3)
+    assert info.value.key == "site"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"num_sites": 0}, "num_sites"),
+        ({"rounds": -5}, "rounds"),
+        ({"lr": -1.0}, "lr"),
+        ({"alpha": -1.0}, "alpha"),
+        ({"strategy": "FedAvg"}, "strategy"),
+    ],
+)
+def test_simulate_errors_name_the_key(kwargs, key):
+    assert _key(SimulateConfig, **kwargs) == key
+
+
+def test_parse_address():
+    assert parse_address("x", "host.example:80") == ("host.example", 80)
+    assert parse_address("x", "[::1]:9") == ("::1", 9)
+    with pytest.raises(ConfigError) as info:
+        parse_address("coordinator", "host:port")
+    assert info.value.key == "coordinator"
+
+
+def test_is_loopback():
+    assert is_loopback("localhost")
+    assert is_loopback("127.0.0.1") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0")
+    assert not is_loopback("192.168.1.1")
+    assert not is_loopback("my-laptop")
+
+
+def test_as_dict_turns_paths_into_strings():
+    d = as_dict(SimulateConfig(run_dir=Path("/tmp/x"), rounds=2))
+    assert d["run_dir"] == "/tmp/x"
+    assert d["rounds"] == 2
+    assert d["task"] == "digits"
+    assert d["min_clients"] == 1

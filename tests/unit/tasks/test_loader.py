@@ -1,0 +1,113 @@
+"""Unit tests for fedops.tasks.loader.load_task: built-ins, user files, modules."""
+
+from __future__ import annotations
+
+import hashlib
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from fedops.tasks import BUILTIN_TASKS, Task, load_task
+from fedops.tasks.loader import TaskError
+
+USER_TASK = textwrap.dedent(
+    """
+    import numpy as np
+    from torch import nn
+
+    def build_model():
+        return nn.Linear(3, 2)
+
+    def load_data(site, num_sites):
+        x = np.full((4, 3), float(site), dtype=np.float32)
+        y = np.array([0, 1, 0, 1])
+        return (x, y), (x[:2], y[:2])
+
+    def train(model, data, config):
+        return {"train_loss": 0.0}
+    """
+)
+
+
+def test_builtin_digits_task():
+    task = load_task("digits")
+    assert isinstance(task, Task)
+    assert task.name == "digits"
+    assert task.options == {"model": "logreg", "partition": "dirichlet", "alpha": 0.5, "seed": 0}
+    model = task.build_model()
+    assert model(torch.zeros(5, 64)).shape == (5, 10)
+    assert task.load_server_data is not None
+    assert set(BUILTIN_TASKS) == {"digits", "digits-mlp"}
+
+
+def test_builtin_options_are_passed_through():
+    task = load_task("digits-mlp", partition="iid", alpha=2.0, seed=4)
+    assert task.name == "digits-mlp"
+    assert task.options == {"model": "mlp", "partition": "iid", "alpha": 2.0, "seed": 4}
+    assert len(list(task.build_model().parameters())) == 4
+
+
+def test_user_task_file(tmp_path):
+    path = tmp_path / "my_task.py"
+    path.write_text(USER_TASK)
+    task = load_task(str(path))
+    assert task.name == str(path)
+    assert task.build_model()(torch.zeros(1, 3)).shape == (1, 2)
+    (x, _), (xt, _) = task.load_data(1, 2)
+    np.testing.assert_array_equal(x, np.ones((4, 3), np.float32))
+    assert len(xt) == 2
+    assert task.train(None, None, None) == {"train_loss": 0.0}
+    assert task.evaluate is None and task.load_server_data is None
+    assert task.digest == hashlib.sha256(USER_TASK.encode()).hexdigest()
+
+
+def test_user_task_digest_follows_the_source(tmp_path):
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text(USER_TASK)
+    b.write_text(USER_TASK + "\nLR = 0.1\n")
+    assert load_task(str(a)).digest != load_task(str(b)).digest
+
+
+def test_user_file_without_build_model_names_it(tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text("def load_data(site, num_sites):\n    return None, None\n")
+    with pytest.raises(TaskError, match=r"does not define build_model\(\)") as info:
+        load_task(str(path))
+    assert "load_data()" not in str(info.value).split(";")[0]
+    assert str(path) in str(info.value)
+
+
+def test_user_file_without_either_function_names_both(tmp_path):
+    path = tmp_path / "empty.py"
+    path.write_text("build_model = 3\n")
+    with pytest.raises(TaskError, match=r"does not define build_model\(\), load_data\(\)"):
+        load_task(str(path))
+
+
+def test_missing_task_file(tmp_path):
+    with pytest.raises(TaskError, match="does not exist"):
+        load_task(str(tmp_path / "nope.py"))
+
+
+def test_task_file_that_fails_to_import(tmp_path):
+    path = tmp_path / "bad_import.py"
+    path.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(TaskError, match=r"failed to import.*boom"):
+        load_task(str(path))
+
+
+def test_unknown_name_is_neither_builtin_file_nor_module():
+    with pytest.raises(TaskError, match=r"is not a built-in.*digits"):
+        load_task("no_such_module_for_fedops_tests")
+
+
+def test_importable_module_as_task():
+    # fedops.tasks.models has neither build_model nor load_data
+    with pytest.raises(TaskError, match="does not define build_model"):
+        load_task("fedops.tasks.models")
+
+
+def test_task_error_is_a_value_error():
+    assert issubclass(TaskError, ValueError)
