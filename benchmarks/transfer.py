@@ -60,7 +60,7 @@ import numpy as np
 
 from fedops.client.calls import Session, fetch_model, push_result
 from fedops.coordinator.server import build_server
-from fedops.coordinator.transport import PROTOCOL_VERSION, GrpcTransport
+from fedops.coordinator.transport import GrpcTransport
 from fedops.core.params import (
     Params,
     check_finite,
@@ -73,7 +73,7 @@ from fedops.core.results import FitResult
 from fedops.core.rounds import Phase, ResultArrived
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
-from fedops.wire import codec
+from fedops.wire import PROTOCOL_VERSION, codec
 
 MB = 1_000_000
 CHUNK_BYTES = codec.DEFAULT_CHUNK_BYTES  # what the coordinator tells clients to use

@@ -91,7 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fedops {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _coordinator_parser(sub)
+    _client_parser(sub)
+    _simulate_parser(sub)
+    return parser
 
+
+def _coordinator_parser(sub: Any) -> None:
     coord = sub.add_parser("coordinator", help="serve a federated run over gRPC")
     coord.add_argument(
         "--address",
@@ -126,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     coord.add_argument("--keep-checkpoints", type=int, default=3)
     coord.add_argument("--max-workers", type=int, default=64, help="gRPC handler threads")
 
+
+def _client_parser(sub: Any) -> None:
     client = sub.add_parser("client", help="run a site's agent against a coordinator")
     client.add_argument("--coordinator", default="127.0.0.1:8765", help="HOST:PORT to dial")
     _task_flags(client, required=True, default=None)
@@ -141,12 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _train_flags(client)
 
+
+def _simulate_parser(sub: Any) -> None:
     sim = sub.add_parser("simulate", help="simulate a federation in this process")
     _task_flags(sim, required=False, default="digits")
     sim.add_argument("--num-sites", type=int, default=5, help="virtual sites (default: 5)")
     _round_flags(sim, min_clients=1, run_dir="runs/simulate")
     _train_flags(sim)
-    return parser
 
 
 def _config(args: argparse.Namespace) -> Any:

@@ -25,11 +25,11 @@ from fedops.runtime.settings import ClientConfig
 from fedops.tasks.site import Site
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
-from fedops.wire import codec
+from fedops.wire import PROTOCOL_VERSION, codec
 
 log = logging.getLogger("fedops.client")
 
-PROTOCOL_VERSION = "fedops.v1"
+
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 T = TypeVar("T")

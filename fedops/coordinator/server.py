@@ -68,8 +68,9 @@ def _unary(transport: GrpcTransport, fn: Callable[[Any], Any]) -> Callable[[Any,
 def _push_part(data: bytes) -> Any:
     """A payload chunk without parsing (see :mod:`fedops.wire.framing`), else a message."""
     if len(data) > MAX_CHUNK_MESSAGE_BYTES:
-        return Malformed(f"a message of {len(data)} bytes exceeds the "
-                         f"{MAX_CHUNK_MESSAGE_BYTES}-byte chunk limit")
+        return Malformed(
+            f"a message of {len(data)} bytes exceeds the {MAX_CHUNK_MESSAGE_BYTES}-byte chunk limit"
+        )
     chunk = framing.unframe_data(data)
     return chunk if chunk is not None else _tolerant(pb.PushResultRequest)(data)
 

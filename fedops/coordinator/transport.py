@@ -18,25 +18,24 @@ from dataclasses import dataclass
 
 import grpc
 
+from fedops.coordinator.intake import read_result
 from fedops.coordinator.nodes import NodeRegistry, Unauthenticated
 from fedops.core.params import (
     InvalidUpdate,
     Params,
     TensorSpec,
-    check_finite,
-    check_specs_match,
     digest,
     specs_of,
     total_bytes,
 )
-from fedops.core.results import MAX_NUM_EXAMPLES, EvaluateResult, FitResult, check_reported
+from fedops.core.results import MAX_NUM_EXAMPLES, FitResult
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived, ResultRejected
 from fedops.v1 import fedops_pb2 as pb
-from fedops.wire import codec, framing
+from fedops.wire import PROTOCOL_VERSION, codec, framing
 
 log = logging.getLogger("fedops.coordinator")
 
-PROTOCOL_VERSION = "fedops.v1"
+
 MAX_POLL_S = 10.0
 
 _KIND_OF_PHASE = {Phase.FIT: pb.TASK_KIND_FIT, Phase.EVALUATE: pb.TASK_KIND_EVALUATE}
@@ -348,37 +347,8 @@ class GrpcTransport:
         assignment: Assignment,
         stream: Iterator[bytes | memoryview],
     ) -> Event:
-        node, kind = header.node_id, assignment.task.kind
-        training = kind in (pb.TASK_KIND_FIT, pb.TASK_KIND_SEND_INITIAL)
-        check_reported(num_examples=header.num_examples, metrics=header.metrics, training=training)
-        params: Params = {}
-        if kind in (pb.TASK_KIND_FIT, pb.TASK_KIND_SEND_INITIAL):
-            specs = codec.specs_from_proto(header.tensors)
-            if kind == pb.TASK_KIND_FIT:
-                check_specs_match(assignment.specs, specs)
-            limit = total_bytes(assignment.specs) if kind == pb.TASK_KIND_FIT else 1 << 34
-            if header.total_bytes != total_bytes(specs):
-                raise InvalidUpdate(
-                    f"total_bytes {header.total_bytes} disagrees with the "
-                    f"declared tensors ({total_bytes(specs)} bytes)"
-                )
-            assembler = codec.Assembler(specs, max_bytes=limit)
-            for chunk in stream:
-                assembler.add(chunk)
-            params = assembler.finish()
-            check_finite(params)
-            result: FitResult | EvaluateResult = FitResult(
-                node_id=node,
-                params=params,
-                num_examples=header.num_examples,
-                metrics=dict(header.metrics),
-            )
-        else:
-            if next(stream, None) is not None:
-                raise InvalidUpdate("an evaluation result carries no payload")
-            result = EvaluateResult(
-                node_id=node, num_examples=header.num_examples, metrics=dict(header.metrics)
-            )
+        node = header.node_id
+        result = read_result(header, assignment.task.kind, assignment.specs, stream)
         with self._cond:
             if self._assignments.get(node) is not assignment:
                 self._reject(

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedops.core.params import Params
 from fedops.core.strategies import STRATEGIES, FedProx
 from fedops.core.strategies.base import Strategy
+from fedops.runtime.driver import DriverConfig, RoundDriver
+from fedops.runtime.progress import RoundProgress
 from fedops.runtime.store import RunStore, config_digest
+from fedops.runtime.transport import Transport
 
 log = logging.getLogger("fedops.run")
 
@@ -56,3 +59,58 @@ def start_or_resume(
         store.model_digest(last),
     )
     return StartPoint(run_id=run_id, params=params, start_round=last + 1, resumed=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunPlan:
+    """Everything a run needs besides its transport: the same for both runtimes."""
+
+    label: str
+    config: Mapping[str, Any]
+    strategy: Strategy
+    driver: DriverConfig
+    initial_params: Callable[[], Params]
+    evaluate_global: Callable[[Params], Mapping[str, float]] | None = None
+    site_names: Callable[[str], str] = str
+    summary: Mapping[str, Any] = field(default_factory=dict)
+
+
+def execute(
+    plan: RunPlan,
+    *,
+    store: RunStore,
+    transport: Transport,
+    on_exit: Callable[[str], None] = lambda status: None,
+) -> dict[str, Any]:
+    """Start or resume, drive every round with a progress view, write the summary.
+
+    ``on_exit(status)`` runs before the summary is written, whatever happened
+    (the coordinator stops its server there); Ctrl-C leaves the committed
+    rounds in the store and a summary that says "interrupted".
+    """
+    status = "failed"
+    try:
+        start = start_or_resume(store, plan.config, plan.initial_params)
+        with RoundProgress(
+            total_rounds=plan.driver.rounds,
+            first_round=start.start_round,
+            label=f"{plan.label} {start.run_id}",
+        ) as progress:
+            RoundDriver(
+                transport=transport,
+                strategy=plan.strategy,
+                config=plan.driver,
+                store=store,
+                evaluate_global=plan.evaluate_global,
+                site_names=plan.site_names,
+                on_round=progress.update,
+            ).run(start.params, start_round=start.start_round)
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        on_exit(status)
+        summary = store.write_summary({"status": status, **plan.summary})
+        store.close()
+    return summary

@@ -7,22 +7,16 @@ driver, run store and metrics are exactly the coordinator's.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import torch
-
-from fedops.core.training import TrainConfig, get_params
-from fedops.runtime.driver import DriverConfig, RoundDriver
-from fedops.runtime.progress import RoundProgress
-from fedops.runtime.run import make_strategy, start_or_resume
+from fedops.core.training import TrainConfig
+from fedops.runtime.driver import DriverConfig
+from fedops.runtime.run import RunPlan, execute, make_strategy
 from fedops.runtime.settings import SimulateConfig, as_dict
 from fedops.runtime.store import RunStore
 from fedops.simulation.inmemory import InMemoryTransport
 from fedops.tasks import load_task
-from fedops.tasks.site import Site, global_evaluator
-
-log = logging.getLogger("fedops.simulate")
+from fedops.tasks.site import Site, global_evaluator, initial_params
 
 
 def run_simulation(cfg: SimulateConfig) -> dict[str, Any]:
@@ -36,45 +30,18 @@ def run_simulation(cfg: SimulateConfig) -> dict[str, Any]:
         Site(task, site=i, num_sites=cfg.num_sites, train_config=train_config)
         for i in range(cfg.num_sites)
     ]
-    transport = InMemoryTransport(sites)
-    store = RunStore(cfg.run_dir)
-    config = as_dict(cfg)
-
-    def initial_params():
-        torch.manual_seed(cfg.seed)
-        return get_params(task.build_model())
-
-    status = "failed"
-    try:
-        start = start_or_resume(store, config, initial_params)
-        with RoundProgress(
-            total_rounds=cfg.rounds, first_round=start.start_round, label=f"simulate {start.run_id}"
-        ) as progress:
-            RoundDriver(
-                transport=transport,
-                strategy=make_strategy(cfg.strategy, mu=cfg.mu),
-                config=DriverConfig(
-                    rounds=cfg.rounds,
-                    min_clients=cfg.min_clients,
-                    clients_per_round=cfg.clients_per_round,
-                    seed=cfg.seed,
-                ),
-                store=store,
-                evaluate_global=global_evaluator(task),
-                on_round=progress.update,
-            ).run(start.params, start_round=start.start_round)
-        status = "completed"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        summary = store.write_summary(
-            {
-                "status": status,
-                "task": cfg.task,
-                "strategy": cfg.strategy,
-                "rounds_planned": cfg.rounds,
-            }
-        )
-        store.close()
-    return summary
+    plan = RunPlan(
+        label="simulate",
+        config=as_dict(cfg),
+        strategy=make_strategy(cfg.strategy, mu=cfg.mu),
+        driver=DriverConfig(
+            rounds=cfg.rounds,
+            min_clients=cfg.min_clients,
+            clients_per_round=cfg.clients_per_round,
+            seed=cfg.seed,
+        ),
+        initial_params=lambda: initial_params(task, cfg.seed),
+        evaluate_global=global_evaluator(task),
+        summary={"task": cfg.task, "strategy": cfg.strategy, "rounds_planned": cfg.rounds},
+    )
+    return execute(plan, store=RunStore(cfg.run_dir), transport=InMemoryTransport(sites))

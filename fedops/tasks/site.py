@@ -11,11 +11,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import numpy as np
+import torch
 
 from fedops.core import training
 from fedops.core.params import Params
 from fedops.core.training import TrainConfig, as_tensors, get_params, num_examples, set_params
 from fedops.tasks.base import Task
+
+
+def initial_params(task: Task, seed: int) -> Params:
+    """A freshly built model's parameters, seeded, without touching global RNG state."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return get_params(task.build_model())
 
 
 def shuffle_seed(run_seed: int, server_round: int, site: int) -> int:
