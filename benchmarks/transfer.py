@@ -73,7 +73,7 @@ from fedops.core.results import FitResult
 from fedops.core.rounds import Phase, ResultArrived
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
-from fedops.wire import PROTOCOL_VERSION, codec
+from fedops.wire import PROTOCOL_VERSION, codec, framing
 
 MB = 1_000_000
 CHUNK_BYTES = codec.DEFAULT_CHUNK_BYTES  # what the coordinator tells clients to use
@@ -448,9 +448,17 @@ def stage_costs(nbytes: int, repeats: int) -> list[tuple[str, str, float]]:
         for _ in codec.iter_chunks(params, CHUNK_BYTES):
             pass
 
+    def framed() -> None:
+        for _ in codec.iter_chunks(params, CHUNK_BYTES, framed=True):
+            pass
+
     def serialize() -> None:
         for _ in sizes:
             pb.PushResultRequest(data=chunk).SerializeToString()
+
+    def unframe() -> None:
+        for _ in sizes:
+            framing.unframe_data(wire)
 
     def parse() -> None:
         for _ in sizes:
@@ -473,14 +481,12 @@ def stage_costs(nbytes: int, repeats: int) -> list[tuple[str, str, float]]:
     model = received.finish()
     return [
         ("reference: memcpy of the payload into a warm buffer", "-", _best(memcpy, repeats)),
-        ("codec.iter_chunks (one bytes copy per chunk)", "sender", _best(chunking, repeats)),
-        ("protobuf wrap + SerializeToString per chunk", "sender", _best(serialize, repeats)),
-        ("protobuf FromString + .data per chunk", "receiver", _best(parse, repeats)),
-        (
-            "Assembler(): bytearray(n), zero-filled fresh pages",
-            "receiver",
-            _best(allocate, repeats),
-        ),
+        ("codec.iter_chunks (one copy per chunk)", "sender", _best(chunking, repeats)),
+        ("iter_chunks(framed=True): what is sent", "sender", _best(framed, repeats)),
+        ("  vs protobuf wrap + SerializeToString", "(not used)", _best(serialize, repeats)),
+        ("framing.unframe_data: what is received", "receiver", _best(unframe, repeats)),
+        ("  vs protobuf FromString + .data", "(not used)", _best(parse, repeats)),
+        ("Assembler(): np.empty(n), huge pages", "receiver", _best(allocate, repeats)),
         (
             "Assembler.add + finish (buffer allocated)",
             "receiver",

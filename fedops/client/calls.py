@@ -119,8 +119,8 @@ def push_result(
 
     def messages() -> Iterator[pb.PushResultRequest | bytes]:
         yield pb.PushResultRequest(header=header)
-        for chunk in codec.iter_chunks(params, session.chunk_bytes, hasher=hasher):
-            yield framing.frame_data(chunk)  # a serialized PushResultRequest{data}
+        # pre-serialized PushResultRequest{data} messages, each built in one copy
+        yield from codec.iter_chunks(params, session.chunk_bytes, hasher=hasher, framed=True)
 
     call = channel.stream_unary(
         PUSH_RESULT,

@@ -31,7 +31,7 @@ from fedops.core.params import (
 from fedops.core.results import MAX_NUM_EXAMPLES, FitResult
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived, ResultRejected
 from fedops.v1 import fedops_pb2 as pb
-from fedops.wire import PROTOCOL_VERSION, codec, framing
+from fedops.wire import PROTOCOL_VERSION, codec
 
 log = logging.getLogger("fedops.coordinator")
 
@@ -95,6 +95,7 @@ class GrpcTransport:
         self._closed = False
         self._round = 0
         self._task_counter = 0
+        self._last_dispatched: tuple[Params, str] | None = None
 
     # ------------------------------------------------------------------
     # Transport protocol (called by the round driver)
@@ -122,7 +123,10 @@ class GrpcTransport:
         config: Mapping[str, float],
     ) -> dict[str, str]:
         specs = specs_of(params)
-        model_digest = digest(params)
+        # A round evaluates the model the next round trains: digest it once, not twice.
+        if self._last_dispatched is None or self._last_dispatched[0] is not params:
+            self._last_dispatched = (params, digest(params))
+        model_digest = self._last_dispatched[1]
         with self._cond:
             self._round = server_round
             tasks = {}
@@ -253,8 +257,8 @@ class GrpcTransport:
             model_digest=assignment.model_digest,
         )
         yield pb.ModelChunk(header=header)
-        for chunk in codec.iter_chunks(assignment.params, self.max_chunk_bytes):
-            yield framing.frame_data(chunk)  # a serialized ModelChunk{data}, built in one copy
+        # pre-serialized ModelChunk{data} messages, each built in one copy
+        yield from codec.iter_chunks(assignment.params, self.max_chunk_bytes, framed=True)
 
     def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         try:

@@ -26,6 +26,7 @@ from fedops.core.params import (
     total_bytes,
 )
 from fedops.v1 import fedops_pb2 as pb
+from fedops.wire import framing
 
 DEFAULT_CHUNK_BYTES = 2 * 1024 * 1024
 MAX_TENSORS = 100_000
@@ -90,19 +91,27 @@ def iter_chunks(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     *,
     hasher: PayloadHasher | None = None,
+    framed: bool = False,
 ) -> Iterator[bytes]:
     """Yield the concatenated tensor bytes in pieces of ``chunk_bytes`` (last one shorter).
 
     With ``hasher`` (from :func:`payload_hasher`), each chunk is hashed as it
-    is sent, giving the model digest without a second pass.
+    is sent, giving the model digest without a second pass. With ``framed``,
+    each piece comes as a serialized ``{data: piece}`` message
+    (:mod:`fedops.wire.framing`), built in the same single copy.
     """
-    for chunk in _chunks(params, chunk_bytes):
+    for pieces in _pieces(params, chunk_bytes):
         if hasher is not None:
-            hasher.update(chunk)
-        yield chunk
+            for piece in pieces:
+                hasher.update(piece)
+        if framed:
+            yield framing.frame_pieces(pieces)
+        else:
+            yield pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
 
 
-def _chunks(params: Mapping[str, np.ndarray], chunk_bytes: int) -> Iterator[bytes]:
+def _pieces(params: Mapping[str, np.ndarray], chunk_bytes: int) -> Iterator[list[memoryview]]:
+    """Views into the arrays, grouped into chunks of ``chunk_bytes`` (no copying)."""
     pending: list[memoryview] = []
     pending_len = 0
     for arr in params.values():
@@ -114,10 +123,10 @@ def _chunks(params: Mapping[str, np.ndarray], chunk_bytes: int) -> Iterator[byte
             pending_len += take
             offset += take
             if pending_len == chunk_bytes:
-                yield pending[0].tobytes() if len(pending) == 1 else b"".join(pending)
+                yield pending
                 pending, pending_len = [], 0
     if pending_len:
-        yield b"".join(pending)
+        yield pending
 
 
 class Assembler:

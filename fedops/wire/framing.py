@@ -11,6 +11,8 @@ Anything that is not a lone data field falls back to the protobuf parser.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 DATA_TAG = 0x12  # field number 2, wire type 2 (length-delimited)
 
 
@@ -28,7 +30,13 @@ def _varint(value: int) -> bytes:
 
 def frame_data(chunk: bytes | memoryview) -> bytes:
     """The serialized message ``{data: chunk}`` (field 2), built with one copy."""
-    return b"".join((bytes((DATA_TAG,)), _varint(len(chunk)), chunk))
+    return frame_pieces([chunk])
+
+
+def frame_pieces(pieces: Sequence[bytes | memoryview]) -> bytes:
+    """The serialized message ``{data: b"".join(pieces)}``, built with one copy."""
+    length = sum(len(p) for p in pieces)
+    return b"".join((bytes((DATA_TAG,)), _varint(length), *pieces))
 
 
 def unframe_data(message: bytes) -> memoryview | None:

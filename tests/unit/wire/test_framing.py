@@ -27,3 +27,14 @@ def test_anything_but_a_lone_data_field_falls_back_to_the_parser():
     assert unframe_data(b"\x12\x05ab") is None  # declared 5 bytes, has 2
     assert unframe_data(frame_data(b"abc") + b"\x08\x01") is None  # a trailing field
     assert unframe_data(b"\x12" + b"\xff" * 11) is None  # runaway varint
+
+
+def test_framed_chunks_are_the_protobuf_messages_of_the_plain_chunks():
+    import numpy as np
+
+    from fedops.wire.codec import iter_chunks
+
+    params = {"a": np.arange(1000, dtype=np.float32), "b": np.ones((7, 3), np.int64)}
+    plain = list(iter_chunks(params, 777))
+    framed = list(iter_chunks(params, 777, framed=True))
+    assert framed == [pb.PushResultRequest(data=c).SerializeToString() for c in plain]
