@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def _task_flags(p: argparse.ArgumentParser, *, required: bool, default: str | No
     p.add_argument("--data-seed", type=int, default=0, help="seed of the data split")
 
 
-def _round_flags(p: argparse.ArgumentParser, *, min_clients: int, run_dir: str) -> None:
+def _round_flags(p: argparse.ArgumentParser, *, min_clients: int, run_dir: str | None) -> None:
     p.add_argument("--rounds", type=int, default=10, help="rounds to run (default: 10)")
     p.add_argument(
         "--min-clients",
@@ -67,8 +68,9 @@ def _round_flags(p: argparse.ArgumentParser, *, min_clients: int, run_dir: str) 
     p.add_argument(
         "--run-dir",
         type=Path,
-        default=Path(run_dir),
-        help=f"where state, checkpoints and metrics go (default: {run_dir})",
+        default=Path(run_dir) if run_dir else None,
+        help="where state, checkpoints and metrics go; an existing run there is resumed "
+        f"(default: {run_dir or 'a new runs/simulate/DATE-TIME'})",
     )
 
 
@@ -154,7 +156,7 @@ def _simulate_parser(sub: Any) -> None:
     sim = sub.add_parser("simulate", help="simulate a federation in this process")
     _task_flags(sim, required=False, default="digits")
     sim.add_argument("--num-sites", type=int, default=5, help="virtual sites (default: 5)")
-    _round_flags(sim, min_clients=1, run_dir="runs/simulate")
+    _round_flags(sim, min_clients=1, run_dir=None)
     _train_flags(sim)
 
 
@@ -167,6 +169,8 @@ def _config(args: argparse.Namespace) -> Any:
         return CoordinatorConfig(**values)
     if args.command == "client":
         return ClientConfig(**values)
+    if values["run_dir"] is None:
+        values["run_dir"] = Path("runs/simulate") / time.strftime("%Y%m%d-%H%M%S")
     return SimulateConfig(**values)
 
 

@@ -32,6 +32,13 @@ def test_import_layers_hold():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_core_and_wire_pass_mypy_strict():
+    if shutil.which("mypy") is None and not Path(sys.executable).with_name("mypy").exists():
+        pytest.skip("mypy not installed (pip install -e '.[dev]')")
+    result = _run(sys.executable, "-m", "mypy")  # files and strictness: pyproject.toml
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_no_pickle_and_no_torch_load_in_the_package():
     offenders = [
         f"{path.relative_to(ROOT)}:{n}"

@@ -61,7 +61,7 @@ def digest_header(specs: Sequence[TensorSpec]) -> bytes:
 def le_bytes(arr: np.ndarray) -> memoryview:
     """The array's bytes in little-endian order, as a flat view (no copy when possible)."""
     contiguous = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-    return memoryview(contiguous.reshape(-1)).cast("B")
+    return contiguous.reshape(-1).data.cast("B")
 
 
 def digest(params: Mapping[str, np.ndarray]) -> str:

@@ -6,8 +6,9 @@ the same way: same batching, same seeded shuffling, same FedProx term.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedops.core.params import Params
 
-Data = Dataset | tuple[torch.Tensor, torch.Tensor]
+Data = Dataset[Any] | tuple[torch.Tensor, torch.Tensor]
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -73,7 +74,9 @@ def num_examples(data: Data) -> int:
     return len(data)  # type: ignore[arg-type]
 
 
-def _batches(data: Data, batch_size: int, generator: torch.Generator | None):
+def _batches(
+    data: Data, batch_size: int, generator: torch.Generator | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (inputs, targets); shuffled when a generator is given."""
     if isinstance(data, tuple):
         x, y = data

@@ -91,6 +91,15 @@ def execute(
     status = "failed"
     try:
         start = start_or_resume(store, plan.config, plan.initial_params)
+        if start.start_round > plan.driver.rounds:
+            log.warning(
+                "run %s in %s already has %d of %d rounds: nothing to do. Use a new run "
+                "directory for a new run, or more rounds to extend this one.",
+                start.run_id,
+                store.dir,
+                start.start_round - 1,
+                plan.driver.rounds,
+            )
         with RoundProgress(
             total_rounds=plan.driver.rounds,
             first_round=start.start_round,

@@ -162,7 +162,8 @@ class Assembler:
         if buffer is None:
             # numpy's large allocations get transparent huge pages: filling a fresh
             # 300 MB bytearray page-faults about 5x longer than this.
-            self._buf = memoryview(np.empty(self.expected, dtype=np.uint8)).cast("B")
+            fresh = np.empty(self.expected, dtype=np.uint8)
+            self._buf = fresh.data.cast("B")
         else:
             if len(buffer) < self.expected:
                 buffer.extend(bytes(self.expected - len(buffer)))
