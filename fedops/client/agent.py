@@ -194,7 +194,11 @@ class Agent:
             "fetch model", lambda: fetch_model(self.channel, session, task, buffer=self._buffer)
         )
         self._record(
-            event="model", round=task.round, kind=pb.TaskKind.Name(task.kind), model_digest=got
+            event="model",
+            round=task.round,
+            kind=pb.TaskKind.Name(task.kind),
+            model_digest=got,
+            config=dict(task.config),
         )
         return params
 

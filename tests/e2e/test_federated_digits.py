@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from procs import Procs, free_port, metrics
+from procs import Procs, free_port, journal, metrics
 
 pytestmark = pytest.mark.slow
 
@@ -47,9 +47,16 @@ def test_five_sites_dirichlet_reach_90_percent(procs: Procs, tmp_path: Path, str
     assert summary["status"] == "completed"
     assert summary["rounds_completed"] == 10
     assert summary["strategy"] == strategy
-    if strategy == "fedprox":
-        pushed = [json.loads(line) for line in (tmp_path / "site0" / "client.jsonl").open()]
-        assert any(e.get("event") == "pushed" for e in pushed)
+    # Every site was told the proximal coefficient exactly when FedProx ran.
+    for i in range(5):
+        fits = [
+            e
+            for e in journal(tmp_path / f"site{i}")
+            if e.get("event") == "model" and e["kind"] == "TASK_KIND_FIT"
+        ]
+        assert len(fits) == 10
+        mus = {e["config"].get("proximal_mu") for e in fits}
+        assert mus == ({0.01} if strategy == "fedprox" else {None}), mus
 
 
 USER_TASK = textwrap.dedent('''
