@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from fedops.config import (
     ClientConfig,
     ConfigError,
     CoordinatorConfig,
-    SimulateConfig,
 )
 from fedops.core.strategies import STRATEGIES
 from fedops.tasks.loader import BUILTIN_TASKS, TaskError
@@ -153,11 +151,13 @@ def _client_parser(sub: Any) -> None:
 
 
 def _simulate_parser(sub: Any) -> None:
-    sim = sub.add_parser("simulate", help="simulate a federation in this process")
-    _task_flags(sim, required=False, default="digits")
-    sim.add_argument("--num-sites", type=int, default=5, help="virtual sites (default: 5)")
-    _round_flags(sim, min_clients=1, run_dir=None)
-    _train_flags(sim)
+    # Parsed by Hydra (fedops.config.hydra_app); listed here for `fedops --help`.
+    sub.add_parser(
+        "simulate",
+        help="simulate a federation in this process (Hydra overrides, e.g. rounds=20 "
+        "simulation.num_clients=1000 strategy=fedprox; --help for the config)",
+        add_help=False,
+    )
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -169,12 +169,15 @@ def _config(args: argparse.Namespace) -> Any:
         return CoordinatorConfig(**values)
     if args.command == "client":
         return ClientConfig(**values)
-    if values["run_dir"] is None:
-        values["run_dir"] = Path("runs/simulate") / time.strftime("%Y%m%d-%H%M%S")
-    return SimulateConfig(**values)
+    raise AssertionError(f"no config for {args.command}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulate"]:
+        from fedops.config.hydra_app import simulate_main
+
+        return simulate_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -228,16 +231,7 @@ def _dispatch(command: str, cfg: Any) -> int:
         except CoordinatorUnreachable as exc:
             print(f"fedops client: error: {exc}", file=sys.stderr)
             return 1
-    from fedops.simulation.engine import run_simulation
-
-    summary = run_simulation(cfg)
-    final = summary["final_metrics"]
-    print(
-        f"simulation {summary['run_id']} {summary['status']}: "
-        f"eval_accuracy={final.get('eval_accuracy', float('nan')):.4f} after "
-        f"{summary['rounds_completed']} rounds; results in {cfg.run_dir}"
-    )
-    return 0
+    raise AssertionError(f"unknown command {command}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from fedops.runtime.settings import (
     ClientConfig,
     ConfigError,
     CoordinatorConfig,
-    SimulateConfig,
 )
 
-__all__ = ["FLAG_NAMES", "ClientConfig", "ConfigError", "CoordinatorConfig", "SimulateConfig"]
+__all__ = ["FLAG_NAMES", "ClientConfig", "ConfigError", "CoordinatorConfig"]

@@ -7,7 +7,7 @@ via :data:`FLAG_NAMES`), so every error the user sees names what they typed.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -170,20 +170,6 @@ class ClientConfig(TrainOptions, TaskOptions):
             f"must be in [0, {self.num_sites}) for --num-sites {self.num_sites}, got {self.site}",
         )
         _require(self.max_retries >= 0, "max_retries", "must be >= 0")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SimulateConfig(RoundOptions, TrainOptions, TaskOptions):
-    num_sites: int = 5
-    min_clients: int = 1
-    run_dir: Path = Path("runs/simulate")
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.check_round_options()
-        self.check_train_options()
-        self.check_task_options()
-        _require(self.num_sites >= 1, "num_sites", f"must be >= 1, got {self.num_sites}")
 
 
 def as_dict(config: Any) -> dict[str, Any]:

@@ -1,47 +1,139 @@
-"""``fedops simulate``: a whole federation in this process, through the same driver.
+"""``fedops simulate``: a whole federation in this process, through the deployment's driver.
 
-Every virtual site is a :class:`~fedops.tasks.site.Site` behind an
-:class:`~fedops.simulation.inmemory.InMemoryTransport`; strategy, round
-driver, run store and metrics are exactly the coordinator's.
+The engine only assembles parts: data and model (a built-in dataset or the
+user's task), a backend transport, and the same strategy, round driver, run
+store and metrics as the coordinator. Nothing here decides how a round goes.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from fedops.core.training import TrainConfig
+from fedops.data import FederatedData
+from fedops.data.build import DATASETS, from_task
+from fedops.reporting.plots import plot_run
 from fedops.runtime.driver import DriverConfig
 from fedops.runtime.run import RunPlan, execute, make_strategy
-from fedops.runtime.settings import SimulateConfig, as_dict
+from fedops.runtime.simulate_settings import SimulateConfig
 from fedops.runtime.store import RunStore
+from fedops.runtime.transport import Transport
+from fedops.simulation.faults import FaultPlan
 from fedops.simulation.inmemory import InMemoryTransport
-from fedops.tasks import load_task
+from fedops.simulation.vectorized import VectorizedTransport
+from fedops.tasks import Task, load_task
+from fedops.tasks.federated import task_from_data
 from fedops.tasks.site import Site, global_evaluator, initial_params
 
+log = logging.getLogger("fedops.simulate")
 
-def run_simulation(cfg: SimulateConfig) -> dict[str, Any]:
-    """Run (or resume) a simulated federation; return its summary."""
-    assert cfg.task is not None
-    task = load_task(cfg.task, **cfg.builtin_options())
-    train_config = TrainConfig(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer
+
+def load_federation(cfg: SimulateConfig) -> tuple[Task, FederatedData | None]:
+    """The task every client runs, and (for built-in data) all clients' rows."""
+    n = cfg.simulation.num_clients
+    if cfg.task:
+        task = load_task(cfg.task)
+        data = from_task(task, n) if cfg.simulation.backend == "vectorized" else None
+        return task, data
+    d, p = cfg.dataset, cfg.partition
+    if d.name == "synthetic":
+        data = DATASETS["synthetic"](
+            num_clients=n,
+            alpha=d.alpha,
+            beta=d.beta,
+            iid=d.iid,
+            num_features=d.num_features,
+            num_classes=d.num_classes,
+            seed=cfg.seed,
+            mean_log=d.mean_log,
+            sigma_log=d.sigma_log,
+            min_samples=d.min_samples,
+            max_samples=d.max_samples,
+        )
+    else:
+        data = DATASETS[d.name](num_clients=n, partition=p.name, alpha=p.alpha, seed=cfg.seed)
+    task = task_from_data(data, name=d.name, model=cfg.model.name, hidden=cfg.model.hidden)
+    return task, data
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("simulation.device=cuda but no CUDA device is available")
+    return name
+
+
+def make_transport(cfg: SimulateConfig, task: Task, data: FederatedData | None) -> Transport:
+    c, s = cfg.client, cfg.simulation
+    train = TrainConfig(
+        epochs=c.epochs,
+        batch_size=c.batch_size,
+        lr=c.lr,
+        optimizer=c.optimizer,
+        momentum=c.momentum,
     )
-    sites = [
-        Site(task, site=i, num_sites=cfg.num_sites, train_config=train_config)
-        for i in range(cfg.num_sites)
-    ]
+    faults = FaultPlan(
+        seed=cfg.seed,
+        dropout_rate=s.dropout_rate,
+        straggler_rate=s.straggler_rate,
+        drop_stragglers=s.drop_stragglers,
+    )
+    if s.backend == "vectorized":
+        assert data is not None
+        return VectorizedTransport(
+            data,
+            initial_model(task, cfg.seed),
+            train,
+            faults=faults,
+            max_chunk=s.max_chunk,
+            device=_device(s.device),
+        )
+    if s.backend == "sequential":
+        shared = task.build_model()
+        sites = [
+            Site(task, site=i, num_sites=s.num_clients, train_config=train, model=shared)
+            for i in range(s.num_clients)
+        ]
+        return InMemoryTransport(sites, faults=faults)
+    raise ValueError(f"simulation.backend={s.backend} is not available yet")
+
+
+def initial_model(task: Task, seed: int) -> torch.nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return task.build_model()
+
+
+def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
+    """Run (or resume) the configured federation in ``run_dir``; return its summary."""
+    task, data = load_federation(cfg)
+    transport = make_transport(cfg, task, data)
+    s = cfg.simulation
     plan = RunPlan(
         label="simulate",
-        config=as_dict(cfg),
-        strategy=make_strategy(cfg.strategy, mu=cfg.mu),
+        config=asdict(cfg),
+        strategy=make_strategy(cfg.strategy.name, mu=cfg.strategy.mu),
         driver=DriverConfig(
-            rounds=cfg.rounds,
-            min_clients=cfg.min_clients,
-            clients_per_round=cfg.clients_per_round,
-            seed=cfg.seed,
+            rounds=cfg.rounds, min_clients=1, clients_per_round=s.clients_per_round, seed=cfg.seed
         ),
         initial_params=lambda: initial_params(task, cfg.seed),
         evaluate_global=global_evaluator(task),
-        summary={"task": cfg.task, "strategy": cfg.strategy, "rounds_planned": cfg.rounds},
+        summary={
+            "task": cfg.task,
+            "dataset": None if cfg.task else cfg.dataset.name,
+            "strategy": cfg.strategy.name,
+            "backend": s.backend,
+            "num_clients": s.num_clients,
+            "rounds_planned": cfg.rounds,
+        },
     )
-    return execute(plan, store=RunStore(cfg.run_dir), transport=InMemoryTransport(sites))
+    try:
+        return execute(plan, store=RunStore(run_dir), transport=transport)
+    finally:
+        plot_run(run_dir)

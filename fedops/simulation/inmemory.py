@@ -1,8 +1,9 @@
-"""A transport that runs sites in this process: the simulation's network.
+"""A transport that runs sites in this process, one after another: the reference backend.
 
 Work is done lazily in :meth:`InMemoryTransport.next_event`, one site per
 event, so the driver sees exactly the event stream a gRPC coordinator would
-(including rejections of invalid updates), only without sockets.
+(including rejections of invalid updates and injected dropouts), only
+without sockets.
 """
 
 from __future__ import annotations
@@ -12,15 +13,55 @@ from collections.abc import Callable, Mapping, Sequence
 
 from fedops.core.params import InvalidUpdate, Params, check_finite, check_specs_match, specs_of
 from fedops.core.results import EvaluateResult, FitResult, check_reported
-from fedops.core.rounds import Event, Phase, ResultArrived, ResultRejected
+from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived, ResultRejected
+from fedops.simulation.faults import FaultPlan
 from fedops.tasks.site import Site
+
+
+def node_id(client: int) -> str:
+    return f"site-{client}"
+
+
+def fit_event(
+    node: str,
+    task_id: str,
+    start: Params,
+    new: Params,
+    num_examples: int,
+    metrics: Mapping[str, float],
+) -> Event:
+    """The coordinator's checks, applied to a simulated fit result."""
+    try:
+        check_reported(num_examples=num_examples, metrics=metrics, training=True)
+        check_specs_match(specs_of(start), specs_of(new))
+        check_finite(new)
+    except InvalidUpdate as exc:
+        return ResultRejected(node_id=node, task_id=task_id, reason=str(exc))
+    result = FitResult(node_id=node, params=new, num_examples=num_examples, metrics=metrics)
+    return ResultArrived(node_id=node, task_id=task_id, result=result)
+
+
+def evaluate_event(
+    node: str, task_id: str, num_examples: int, metrics: Mapping[str, float]
+) -> Event:
+    try:
+        check_reported(num_examples=num_examples, metrics=metrics, training=False)
+    except InvalidUpdate as exc:
+        return ResultRejected(node_id=node, task_id=task_id, reason=str(exc))
+    result = EvaluateResult(node_id=node, num_examples=num_examples, metrics=metrics)
+    return ResultArrived(node_id=node, task_id=task_id, result=result)
+
+
+def task_ids(server_round: int, phase: Phase, nodes: Sequence[str]) -> dict[str, str]:
+    return {node: f"{node}:{server_round}:{phase}" for node in nodes}
 
 
 class InMemoryTransport:
     """Drives in-process :class:`Site` objects; node ids are ``site-<index>``."""
 
-    def __init__(self, sites: Sequence[Site]) -> None:
-        self.sites = {f"site-{s.site}": s for s in sites}
+    def __init__(self, sites: Sequence[Site], faults: FaultPlan | None = None) -> None:
+        self.sites = {node_id(s.site): s for s in sites}
+        self.faults = faults or FaultPlan()
         self._work: deque[Callable[[], Event]] = deque()
 
     def wait_for_nodes(self, count: int, timeout_s: float) -> list[str]:
@@ -37,7 +78,7 @@ class InMemoryTransport:
         params: Params,
         config: Mapping[str, float],
     ) -> dict[str, str]:
-        tasks = {node: f"{node}:{server_round}:{phase}" for node in nodes}
+        tasks = task_ids(server_round, phase, nodes)
         for node in nodes:
             run = self._fit if phase is Phase.FIT else self._evaluate
             self._work.append(lambda n=node, r=run: r(n, tasks[n], server_round, params, config))
@@ -51,15 +92,14 @@ class InMemoryTransport:
         params: Params,
         config: Mapping[str, float],
     ) -> Event:
-        new, n, metrics = self.sites[node].fit(params, server_round, config)
-        try:
-            check_reported(num_examples=n, metrics=metrics, training=True)
-            check_specs_match(specs_of(params), specs_of(new))
-            check_finite(new)
-        except InvalidUpdate as exc:
-            return ResultRejected(node_id=node, task_id=task_id, reason=str(exc))
-        result = FitResult(node_id=node, params=new, num_examples=n, metrics=metrics)
-        return ResultArrived(node_id=node, task_id=task_id, result=result)
+        site = self.sites[node]
+        if self.faults.drops(server_round, site.site):
+            return NodeDropped(node_id=node, reason="injected dropout")
+        epochs = self.faults.epochs(server_round, site.site, site.train_config.epochs)
+        if epochs < site.train_config.epochs and self.faults.drop_stragglers:
+            return NodeDropped(node_id=node, reason="straggler dropped")
+        new, n, metrics = site.fit(params, server_round, {**config, "epochs": float(epochs)})
+        return fit_event(node, task_id, params, new, n, metrics)
 
     def _evaluate(
         self,
@@ -70,12 +110,7 @@ class InMemoryTransport:
         config: Mapping[str, float],
     ) -> Event:
         n, metrics = self.sites[node].evaluate(params)
-        try:
-            check_reported(num_examples=n, metrics=metrics, training=False)
-        except InvalidUpdate as exc:
-            return ResultRejected(node_id=node, task_id=task_id, reason=str(exc))
-        result = EvaluateResult(node_id=node, num_examples=n, metrics=metrics)
-        return ResultArrived(node_id=node, task_id=task_id, result=result)
+        return evaluate_event(node, task_id, n, metrics)
 
     def next_event(self, timeout_s: float) -> Event | None:
         return self._work.popleft()() if self._work else None

@@ -12,10 +12,18 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from torch import nn
 
 from fedops.core import training
 from fedops.core.params import Params
-from fedops.core.training import TrainConfig, as_tensors, get_params, num_examples, set_params
+from fedops.core.training import (
+    Data,
+    TrainConfig,
+    as_tensors,
+    get_params,
+    num_examples,
+    set_params,
+)
 from fedops.tasks.base import Task
 
 
@@ -42,16 +50,29 @@ class Site:
         num_sites: how many sites the data is split across.
         train_config: local hyperparameters (the coordinator may add
             ``proximal_mu`` and ``seed`` per round).
+        data: the site's (train, test), when the caller already has them
+            (a simulation slicing one array); otherwise ``task.load_data``.
+        model: a model to train in (sites of one simulation share one, since
+            parameters are loaded before every use); otherwise a new one.
     """
 
-    def __init__(self, task: Task, *, site: int, num_sites: int, train_config: TrainConfig) -> None:
+    def __init__(
+        self,
+        task: Task,
+        *,
+        site: int,
+        num_sites: int,
+        train_config: TrainConfig,
+        data: tuple[Data, Data] | None = None,
+        model: nn.Module | None = None,
+    ) -> None:
         self.task = task
         self.site = site
         self.train_config = train_config
-        train, test = task.load_data(site, num_sites)
+        train, test = data if data is not None else task.load_data(site, num_sites)
         self.train_data = as_tensors(train)
         self.test_data = as_tensors(test)
-        self.model = task.build_model()
+        self.model = model if model is not None else task.build_model()
 
     @property
     def num_train_examples(self) -> int:
@@ -66,6 +87,7 @@ class Site:
         """Train from ``params``; return (new params, examples used, metrics)."""
         cfg = replace(
             self.train_config,
+            epochs=int(config.get("epochs", self.train_config.epochs)),
             proximal_mu=float(config.get("proximal_mu", self.train_config.proximal_mu)),
             seed=shuffle_seed(int(config.get("seed", 0)), server_round, self.site),
         )

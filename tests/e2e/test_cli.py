@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -28,7 +29,8 @@ BAD = [
         ["client", "--task", "no_such_module_xyz", "--site", "0", "--num-sites", "1"],
         "is not a built-in",
     ),
-    (["simulate", "--num-sites", "0"], "--num-sites: must be >= 1"),
+    (["simulate", "simulation.num_clients=0"], "simulation.num_clients: must be >= 1"),
+    (["simulate", "client.lr=-1"], "client.lr: must be > 0"),
 ]
 
 
@@ -41,19 +43,65 @@ def test_bad_flag_is_named(args: list[str], message: str):
     assert message in result.stderr, result.stderr
 
 
-def test_simulate_default_runs_and_writes_a_run_directory(tmp_path):
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("strategy.muu=1", "Key 'muu' not in 'StrategyConfig'"),
+        ("rounds=abc", "full_key: rounds"),
+        ("strategy=fedsgd", "Could not find 'strategy/fedsgd'"),
+    ],
+)
+def test_simulate_config_errors_come_from_hydra_naming_the_key(override: str, message: str):
+    result = subprocess.run(
+        [sys.executable, "-m", "fedops", "simulate", override],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert message in result.stderr, result.stderr
+
+
+def test_simulate_writes_a_run_directory(tmp_path):
     run_dir = tmp_path / "sim"
     result = subprocess.run(
-        [sys.executable, "-m", "fedops", "simulate", "--rounds", "3", "--run-dir", str(run_dir)],
+        [sys.executable, "-m", "fedops", "simulate", "rounds=3", f"hydra.run.dir={run_dir}"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "completed" in result.stdout
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 3
-    for key in ("round", "num_clients", "train_loss", "eval_loss", "eval_accuracy", "duration_s"):
-        assert key in lines[0]
-    assert (run_dir / "summary.json").exists()
-    assert (run_dir / "state.sqlite").exists()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    for key in ("num_clients", "train_loss", "eval_loss", "eval_accuracy", "duration_s"):
+        assert key in rows[0]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["backend"] == "vectorized"
+    for name in ("state.sqlite", "config.yaml", "accuracy.png", "loss.png"):
+        assert (run_dir / name).exists(), name
+    assert "rounds: 3" in (run_dir / "config.yaml").read_text()
+
+
+def test_simulate_multirun_sweeps(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedops",
+            "simulate",
+            "-m",
+            "strategy=fedavg,fedprox",
+            "rounds=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    strategies = {
+        json.loads((sweep / d / "summary.json").read_text())["strategy"] for d in ("0", "1")
+    }
+    assert strategies == {"fedavg", "fedprox"}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedops.config import ClientConfig, ConfigError, CoordinatorConfig, SimulateConfig
+from fedops.config import ClientConfig, ConfigError, CoordinatorConfig
 from fedops.runtime.settings import as_dict, is_loopback, parse_address
 
 
@@ -24,7 +24,6 @@ def _key(factory, **kwargs) -> str:
 def test_defaults_are_valid():
     CoordinatorConfig()
     ClientConfig()
-    SimulateConfig()
 
 
 def test_config_error_carries_key_and_message():
@@ -63,7 +62,7 @@ def test_coordinator_errors_name_the_key(kwargs, key):
 
 def test_rounds_zero_message():
     with pytest.raises(ConfigError, match="rounds: must be >= 1, got 0") as info:
-        SimulateConfig(rounds=0)
+        CoordinatorConfig(rounds=0)
     assert info.value.key == "rounds"
 
 
@@ -107,20 +106,6 @@ def test_site_out_of_range_message_names_num_sites():
     assert info.value.key == "site"
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "key"),
-    [
-        ({"num_sites": 0}, "num_sites"),
-        ({"rounds": -5}, "rounds"),
-        ({"lr": -1.0}, "lr"),
-        ({"alpha": -1.0}, "alpha"),
-        ({"strategy": "FedAvg"}, "strategy"),
-    ],
-)
-def test_simulate_errors_name_the_key(kwargs, key):
-    assert _key(SimulateConfig, **kwargs) == key
-
-
 def test_parse_address():
     assert parse_address("x", "host.example:80") == ("host.example", 80)
     assert parse_address("x", "[::1]:9") == ("::1", 9)
@@ -138,8 +123,8 @@ def test_is_loopback():
 
 
 def test_as_dict_turns_paths_into_strings():
-    d = as_dict(SimulateConfig(run_dir=Path("/tmp/x"), rounds=2))
+    d = as_dict(CoordinatorConfig(run_dir=Path("/tmp/x"), rounds=2))
     assert d["run_dir"] == "/tmp/x"
     assert d["rounds"] == 2
-    assert d["task"] == "digits"
-    assert d["min_clients"] == 1
+    assert d["task"] is None
+    assert d["min_clients"] == 2

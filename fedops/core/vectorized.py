@@ -1,0 +1,176 @@
+"""Train many clients of one architecture at once: torch.func + vmap over stacked weights.
+
+Every client runs exactly the loop of :func:`fedops.core.training.train` (SGD,
+optional momentum, FedProx term, shuffling seeded per client), only side by
+side: at step ``t`` all clients of a chunk take their own ``t``-th minibatch
+through one vmapped forward/backward. Clients differ in data size, so a
+chunk holds clients with similar step counts (few idle slots) and short
+batches are padded with a mask that keeps the padded rows out of the loss;
+a client whose steps are done is frozen, not updated. The result equals the
+per-client loop up to floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from fedops.core.params import Params
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientJob:
+    """One client's local training: its rows (in the flat arrays), epochs and shuffle seed."""
+
+    start: int
+    stop: int
+    epochs: int
+    seed: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    def steps(self, batch_size: int) -> int:
+        return self.epochs * math.ceil(self.size / batch_size)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VectorConfig:
+    batch_size: int
+    lr: float
+    momentum: float = 0.0
+    proximal_mu: float = 0.0
+    max_chunk: int = 1024  # clients trained together, at most
+    step_ratio: float = 2.0  # longest / shortest step count within a chunk
+    max_chunk_rows: int = 1 << 21  # bound on chunk * batch_size * features (memory)
+
+
+def supports(model: nn.Module) -> str | None:
+    """Why this model cannot be trained vectorized, or None if it can."""
+    if any(True for _ in model.buffers()):
+        return "the model has buffers (e.g. BatchNorm running statistics)"
+    if not any(p.requires_grad for p in model.parameters()):
+        return "the model has no trainable parameters"
+    return None
+
+
+def _batch_plan(job: ClientJob, batch_size: int, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices [steps, batch] and mask for one client, as the sequential loop draws them."""
+    idx = np.zeros((total_steps, batch_size), dtype=np.int64)
+    mask = np.zeros((total_steps, batch_size), dtype=np.float32)
+    generator = torch.Generator().manual_seed(job.seed)
+    step = 0
+    for _ in range(job.epochs):
+        order = torch.randperm(job.size, generator=generator).numpy() + job.start
+        for lo in range(0, job.size, batch_size):
+            rows = order[lo : lo + batch_size]
+            idx[step, : len(rows)] = rows
+            mask[step, : len(rows)] = 1.0
+            step += 1
+    return idx, mask
+
+
+def chunks(jobs: Sequence[ClientJob], cfg: VectorConfig, row_width: int) -> Iterator[list[int]]:
+    """Client positions grouped so that steps within a group differ by at most ``step_ratio``.
+
+    Padding every client to the longest one wastes most slots under power-law
+    sizes; grouping by step count keeps idle slots few while each group is
+    still wide enough to amortise the per-step overhead. Groups also respect
+    the memory bound ``max_chunk_rows``.
+    """
+    steps = [job.steps(cfg.batch_size) for job in jobs]
+    order = sorted(range(len(jobs)), key=lambda i: steps[i])
+    width = max(1, min(cfg.max_chunk, cfg.max_chunk_rows // max(1, cfg.batch_size * row_width)))
+    group: list[int] = []
+    for i in order:
+        if group and (len(group) >= width or steps[i] > cfg.step_ratio * steps[group[0]]):
+            yield group
+            group = []
+        group.append(i)
+    if group:
+        yield group
+
+
+def train_many(
+    model: nn.Module,
+    start: Mapping[str, np.ndarray],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    jobs: Sequence[ClientJob],
+    cfg: VectorConfig,
+) -> list[tuple[Params, float]]:
+    """Train every job from ``start``; return (params, mean training loss) per job, in order."""
+    reason = supports(model)
+    if reason is not None:
+        raise ValueError(f"cannot train this model vectorized: {reason}")
+    names = [n for n, p in model.named_parameters()]
+    base = {n: torch.as_tensor(np.asarray(start[n])).to(x.device) for n in names}
+    results: list[tuple[Params, float] | None] = [None] * len(jobs)
+    row_width = int(np.prod(x.shape[1:])) if x.dim() > 1 else 1
+    for group in chunks(jobs, cfg, row_width):
+        trained, losses = _train_chunk(model, base, x, y, [jobs[i] for i in group], cfg)
+        for slot, i in enumerate(group):
+            results[i] = ({n: trained[n][slot].cpu().numpy() for n in names}, losses[slot])
+    return [r for r in results if r is not None]
+
+
+def _train_chunk(
+    model: nn.Module,
+    base: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    jobs: Sequence[ClientJob],
+    cfg: VectorConfig,
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    count = len(jobs)
+    total = max(job.steps(cfg.batch_size) for job in jobs)
+    plans = [_batch_plan(job, cfg.batch_size, total) for job in jobs]
+    idx = torch.from_numpy(np.stack([p[0] for p in plans])).to(x.device)  # [clients, steps, B]
+    mask = torch.from_numpy(np.stack([p[1] for p in plans])).to(x.device)
+    params = {n: t.unsqueeze(0).repeat(count, *([1] * t.dim())).clone() for n, t in base.items()}
+    velocity = {n: torch.zeros_like(t) for n, t in params.items()} if cfg.momentum else {}
+    mu = cfg.proximal_mu
+
+    def loss_fn(
+        p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = functional_call(model, p, (xb,))
+        per_row = nn.functional.cross_entropy(logits, yb, reduction="none")
+        data_loss = (per_row * mb).sum() / mb.sum().clamp(min=1.0)
+        loss = data_loss
+        if mu > 0:
+            prox = sum(((p[n] - base[n]) ** 2).sum() for n in p)
+            loss = loss + 0.5 * mu * prox
+        return loss, data_loss
+
+    step_fn = vmap(grad_and_value(loss_fn, has_aux=True))
+    loss_sum = torch.zeros(count, dtype=torch.float64, device=x.device)
+    model.train()
+    for t in range(total):
+        rows, mb = idx[:, t], mask[:, t]
+        grads, (_, data_loss) = step_fn(params, x[rows], y[rows], mb)
+        seen = mb.sum(dim=1)
+        active = (seen > 0).to(x.dtype)
+        loss_sum += (data_loss.detach() * seen).double()
+        with torch.no_grad():
+            for n in params:
+                shape = (count,) + (1,) * (params[n].dim() - 1)
+                step = grads[n]
+                if cfg.momentum:
+                    velocity[n] = torch.where(
+                        active.view(shape) > 0, cfg.momentum * velocity[n] + step, velocity[n]
+                    )
+                    step = velocity[n]
+                params[n] = params[n] - cfg.lr * active.view(shape) * step
+    sizes = torch.tensor(
+        [job.size * job.epochs for job in jobs], dtype=torch.float64, device=x.device
+    )
+    mean_loss = (loss_sum / sizes.clamp(min=1)).tolist()
+    return {n: t.detach() for n, t in params.items()}, mean_loss

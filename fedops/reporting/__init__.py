@@ -1,0 +1,1 @@
+"""Run reports: plots of a run directory's metrics (later: HTML report, Prometheus)."""

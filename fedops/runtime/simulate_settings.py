@@ -1,0 +1,157 @@
+"""The simulator's configuration tree: one dataclass per Hydra config group.
+
+These are Hydra structured-config schemas (registered in
+:mod:`fedops.config.hydra_app`) and, once composed and converted, the very
+objects the simulation runtime reads. Types are checked by OmegaConf when
+the config is composed (an unknown key or a string for an int fails there,
+naming the key); ranges and choices are checked by :func:`validate`, which
+names the dotted key it refuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedops.core.strategies import STRATEGIES
+from fedops.core.training import OPTIMIZERS
+from fedops.runtime.settings import ConfigError
+
+DATASETS = ("digits", "breast_cancer", "synthetic")
+PARTITIONS = ("iid", "dirichlet")
+MODELS = ("logreg", "mlp")
+BACKENDS = ("vectorized", "sequential", "process", "ray")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass
+class DatasetConfig:
+    """Built-in data. ``synthetic`` is FedProx's Synthetic(alpha, beta)."""
+
+    name: str = "digits"
+    alpha: float = 1.0
+    beta: float = 1.0
+    iid: bool = False
+    num_features: int = 60
+    num_classes: int = 10
+    mean_log: float = 4.0
+    sigma_log: float = 2.0
+    min_samples: int = 50
+    max_samples: int | None = None
+
+
+@dataclass
+class PartitionConfig:
+    """How digits / breast cancer rows are split across clients (synthetic is per client)."""
+
+    name: str = "dirichlet"
+    alpha: float = 0.5
+
+
+@dataclass
+class ModelConfig:
+    name: str = "logreg"
+    hidden: int = 64
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "fedavg"
+    mu: float = 0.0
+
+
+@dataclass
+class ClientTrainConfig:
+    """Local training, the same semantics as ``fedops client``'s flags."""
+
+    epochs: int = 5
+    batch_size: int = 16
+    lr: float = 0.5
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+
+
+@dataclass
+class SimulationConfig:
+    backend: str = "vectorized"
+    num_clients: int = 5
+    clients_per_round: int | None = None
+    dropout_rate: float = 0.0
+    straggler_rate: float = 0.0
+    drop_stragglers: bool = False
+    device: str = "cpu"
+    max_chunk: int = 1024
+    workers: int = 2
+
+
+@dataclass
+class PrivacyConfig:
+    name: str = "none"
+
+
+@dataclass
+class SecAggConfig:
+    name: str = "none"
+
+
+@dataclass
+class SimulateConfig:
+    """The root of ``fedops simulate``'s configuration."""
+
+    rounds: int = 10
+    seed: int = 0
+    task: str | None = None
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    client: ClientTrainConfig = field(default_factory=ClientTrainConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+def _one_of(value: Any, choices: tuple[str, ...] | Any, key: str) -> None:
+    _require(value in choices, key, f"must be one of {sorted(choices)}, got {value!r}")
+
+
+def validate(cfg: SimulateConfig) -> SimulateConfig:
+    """Check ranges and choices; raise :class:`ConfigError` naming the dotted key."""
+    _require(cfg.rounds >= 1, "rounds", f"must be >= 1, got {cfg.rounds}")
+    d, p, s, c = cfg.dataset, cfg.partition, cfg.simulation, cfg.client
+    _one_of(d.name, DATASETS, "dataset.name")
+    _require(d.alpha >= 0 and d.beta >= 0, "dataset.alpha", "alpha and beta must be >= 0")
+    _require(d.num_features >= 1, "dataset.num_features", "must be >= 1")
+    _require(d.num_classes >= 2, "dataset.num_classes", "must be >= 2")
+    _require(d.min_samples >= 2, "dataset.min_samples", "must be >= 2")
+    _one_of(p.name, PARTITIONS, "partition.name")
+    _require(p.alpha > 0, "partition.alpha", f"must be > 0, got {p.alpha}")
+    _one_of(cfg.model.name, MODELS, "model.name")
+    _require(cfg.model.hidden >= 1, "model.hidden", "must be >= 1")
+    _one_of(cfg.strategy.name, tuple(STRATEGIES), "strategy.name")
+    _require(cfg.strategy.mu >= 0, "strategy.mu", f"must be >= 0, got {cfg.strategy.mu}")
+    _require(c.epochs >= 1, "client.epochs", f"must be >= 1, got {c.epochs}")
+    _require(c.batch_size >= 1, "client.batch_size", f"must be >= 1, got {c.batch_size}")
+    _require(c.lr > 0, "client.lr", f"must be > 0, got {c.lr}")
+    _one_of(c.optimizer, OPTIMIZERS, "client.optimizer")
+    _require(0 <= c.momentum < 1, "client.momentum", "must be in [0, 1)")
+    _one_of(s.backend, BACKENDS, "simulation.backend")
+    _require(s.num_clients >= 1, "simulation.num_clients", f"must be >= 1, got {s.num_clients}")
+    _require(
+        s.clients_per_round is None or 1 <= s.clients_per_round <= s.num_clients,
+        "simulation.clients_per_round",
+        f"must be in [1, simulation.num_clients={s.num_clients}], got {s.clients_per_round}",
+    )
+    _require(0 <= s.dropout_rate < 1, "simulation.dropout_rate", "must be in [0, 1)")
+    _require(0 <= s.straggler_rate <= 1, "simulation.straggler_rate", "must be in [0, 1]")
+    _one_of(s.device, DEVICES, "simulation.device")
+    _require(s.max_chunk >= 1, "simulation.max_chunk", "must be >= 1")
+    _require(s.workers >= 1, "simulation.workers", "must be >= 1")
+    _one_of(cfg.privacy.name, ("none",), "privacy.name")
+    _one_of(cfg.secagg.name, ("none",), "secagg.name")
+    return cfg

@@ -1,0 +1,161 @@
+"""The default simulation backend: all selected clients of a round trained together.
+
+Training goes through :func:`fedops.core.vectorized.train_many` (the same
+loop as a deployed client, vmapped over clients); evaluation of the global
+model is one forward pass over every test row, summed per client. The
+driver still sees one event per client, exactly as from a coordinator.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedops.core.params import Params
+from fedops.core.rounds import Event, NodeDropped, Phase
+from fedops.core.training import TrainConfig, set_params
+from fedops.core.vectorized import ClientJob, VectorConfig, supports, train_many
+from fedops.data import FederatedData
+from fedops.simulation.faults import FaultPlan
+from fedops.simulation.inmemory import evaluate_event, fit_event, node_id, task_ids
+from fedops.tasks.site import shuffle_seed
+
+
+class VectorizedTransport:
+    """Clients are rows ranges of one :class:`FederatedData`; node ids are ``site-<index>``."""
+
+    def __init__(
+        self,
+        data: FederatedData,
+        model: nn.Module,
+        train: TrainConfig,
+        *,
+        faults: FaultPlan | None = None,
+        max_chunk: int = 1024,
+        device: str = "cpu",
+    ) -> None:
+        reason = supports(model)
+        if reason is not None:
+            raise ValueError(
+                f"simulation.backend=vectorized cannot train this model: {reason}; "
+                "use simulation=sequential"
+            )
+        if train.optimizer != "sgd":
+            raise ValueError(
+                "simulation.backend=vectorized trains with SGD (client.optimizer="
+                f"sgd); got {train.optimizer!r}: use simulation=sequential"
+            )
+        self.data = data
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.train = train
+        self.faults = faults or FaultPlan()
+        self.max_chunk = max_chunk
+        self.x = torch.from_numpy(data.train_x).to(self.device)
+        self.y = torch.from_numpy(data.train_y).to(self.device)
+        self._test_owner = np.repeat(np.arange(data.num_clients), np.diff(data.test_offsets))
+        self._index = {node_id(i): i for i in range(data.num_clients)}
+        self._events: deque[Event] = deque()
+
+    def wait_for_nodes(self, count: int, timeout_s: float) -> list[str]:
+        return self.available_nodes()
+
+    def available_nodes(self) -> list[str]:
+        return list(self._index)
+
+    def dispatch(
+        self,
+        server_round: int,
+        phase: Phase,
+        nodes: Sequence[str],
+        params: Params,
+        config: Mapping[str, float],
+    ) -> dict[str, str]:
+        tasks = task_ids(server_round, phase, nodes)
+        if phase is Phase.FIT:
+            self._events.extend(self._fit(server_round, nodes, tasks, params, config))
+        else:
+            self._events.extend(self._evaluate(nodes, tasks, params))
+        return tasks
+
+    def _fit(
+        self,
+        server_round: int,
+        nodes: Sequence[str],
+        tasks: Mapping[str, str],
+        params: Params,
+        config: Mapping[str, float],
+    ) -> list[Event]:
+        events: list[Event] = []
+        jobs: list[ClientJob] = []
+        working: list[str] = []
+        run_seed = int(config.get("seed", 0))
+        for node in nodes:
+            client = self._index[node]
+            if self.faults.drops(server_round, client):
+                events.append(NodeDropped(node_id=node, reason="injected dropout"))
+                continue
+            epochs = self.faults.epochs(server_round, client, self.train.epochs)
+            if epochs < self.train.epochs and self.faults.drop_stragglers:
+                events.append(NodeDropped(node_id=node, reason="straggler dropped"))
+                continue
+            start, stop = self.data.train_offsets[client], self.data.train_offsets[client + 1]
+            jobs.append(
+                ClientJob(
+                    start=int(start),
+                    stop=int(stop),
+                    epochs=epochs,
+                    seed=shuffle_seed(run_seed, server_round, client),
+                )
+            )
+            working.append(node)
+        cfg = VectorConfig(
+            batch_size=self.train.batch_size,
+            lr=self.train.lr,
+            momentum=self.train.momentum,
+            proximal_mu=float(config.get("proximal_mu", 0.0)),
+            max_chunk=self.max_chunk,
+        )
+        trained = train_many(self.model, params, self.x, self.y, jobs, cfg) if jobs else []
+        for node, job, (new, loss) in zip(working, jobs, trained, strict=True):
+            events.append(fit_event(node, tasks[node], params, new, job.size, {"train_loss": loss}))
+        return events
+
+    @torch.no_grad()
+    def _evaluate(
+        self, nodes: Sequence[str], tasks: Mapping[str, str], params: Params
+    ) -> list[Event]:
+        set_params(self.model, params)
+        self.model.eval()
+        data, n_clients = self.data, self.data.num_clients
+        loss_sum = np.zeros(n_clients)
+        correct = np.zeros(n_clients)
+        for lo in range(0, len(data.test_y), 65536):
+            x = torch.from_numpy(data.test_x[lo : lo + 65536]).to(self.device)
+            y = torch.from_numpy(data.test_y[lo : lo + 65536]).to(self.device)
+            logits = self.model(x)
+            rows = nn.functional.cross_entropy(logits, y, reduction="none").double().cpu().numpy()
+            hits = (logits.argmax(dim=1) == y).double().cpu().numpy()
+            owner = self._test_owner[lo : lo + 65536]
+            loss_sum += np.bincount(owner, weights=rows, minlength=n_clients)
+            correct += np.bincount(owner, weights=hits, minlength=n_clients)
+        sizes = np.diff(data.test_offsets)
+        events: list[Event] = []
+        for node in nodes:
+            c, n = self._index[node], int(sizes[self._index[node]])
+            metrics = {"loss": loss_sum[c] / n, "accuracy": correct[c] / n} if n else {}
+            events.append(evaluate_event(node, tasks[node], n, metrics))
+        return events
+
+    def next_event(self, timeout_s: float) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def fetch_initial_params(self, timeout_s: float) -> Params:
+        raise NotImplementedError("the simulation builds its initial model itself")
+
+    def close(self) -> None:
+        self._events.clear()
