@@ -79,11 +79,13 @@ class RoundTracker:
     outcomes: dict[str, Outcome] = field(init=False)
     reasons: dict[str, str] = field(init=False)
     results: list[FitResult | EvaluateResult] = field(init=False)
+    _waiting: int = field(init=False)  # kept, not counted: done is asked after every event
 
     def __post_init__(self) -> None:
         self.outcomes = {node: Outcome.PENDING for node in self.tasks}
         self.reasons = {}
         self.results = []
+        self._waiting = len(self.outcomes)
 
     def apply(self, event: Event) -> bool:
         """Record an event; return False (and change nothing) if it is not for us."""
@@ -92,6 +94,7 @@ class RoundTracker:
             return False
         if isinstance(event, ResultArrived | ResultRejected) and event.task_id != self.tasks[node]:
             return False
+        self._waiting -= 1
         if isinstance(event, ResultArrived):
             self.outcomes[node] = Outcome.OK
             self.results.append(event.result)
@@ -109,6 +112,7 @@ class RoundTracker:
             if outcome is Outcome.PENDING:
                 self.outcomes[node] = Outcome.TIMED_OUT
                 self.reasons[node] = "no result before the round deadline"
+        self._waiting = 0
 
     @property
     def pending(self) -> list[str]:
@@ -116,4 +120,4 @@ class RoundTracker:
 
     @property
     def done(self) -> bool:
-        return not self.pending
+        return self._waiting == 0

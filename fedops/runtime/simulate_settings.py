@@ -20,7 +20,7 @@ from fedops.runtime.settings import ConfigError
 DATASETS = ("digits", "breast_cancer", "synthetic")
 PARTITIONS = ("iid", "dirichlet")
 MODELS = ("logreg", "mlp")
-BACKENDS = ("vectorized", "sequential", "process", "ray")
+BACKENDS = ("vectorized", "sequential")  # process and ray: not yet
 DEVICES = ("cpu", "cuda", "auto")
 
 

@@ -101,7 +101,7 @@ def make_transport(cfg: SimulateConfig, task: Task, data: FederatedData | None) 
             for i in range(s.num_clients)
         ]
         return InMemoryTransport(sites, faults=faults)
-    raise ValueError(f"simulation.backend={s.backend} is not available yet")
+    raise ValueError(f"unknown simulation.backend {s.backend!r}")
 
 
 def initial_model(task: Task, seed: int) -> torch.nn.Module:
