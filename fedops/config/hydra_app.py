@@ -21,6 +21,8 @@ from fedops.runtime.settings import ConfigError
 from fedops.runtime.simulate_settings import SimulateConfig, validate
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: scenario presets (`+scenario=NAME`), in the repository beside the package
+SCENARIO_DIR = Path(__file__).resolve().parents[2] / "simulations"
 
 
 def register() -> None:
@@ -56,7 +58,10 @@ def simulate_main(argv: Sequence[str]) -> int:
     register()
     app = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="simulate")(_run)
     saved = sys.argv
-    sys.argv = ["fedops simulate", *argv]
+    extra = []
+    if SCENARIO_DIR.is_dir() and not any(a.startswith("hydra.searchpath") for a in argv):
+        extra = [f"hydra.searchpath=[file://{SCENARIO_DIR}]"]
+    sys.argv = ["fedops simulate", *argv, *extra]
     try:
         app()
     except SystemExit as exc:

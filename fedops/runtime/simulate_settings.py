@@ -20,7 +20,7 @@ from fedops.runtime.settings import ConfigError
 DATASETS = ("digits", "breast_cancer", "synthetic")
 PARTITIONS = ("iid", "dirichlet")
 MODELS = ("logreg", "mlp")
-BACKENDS = ("vectorized", "sequential")  # process and ray: not yet
+BACKENDS = ("vectorized", "sequential", "process")
 DEVICES = ("cpu", "cuda", "auto")
 
 

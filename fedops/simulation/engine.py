@@ -25,6 +25,7 @@ from fedops.runtime.store import RunStore
 from fedops.runtime.transport import Transport
 from fedops.simulation.faults import FaultPlan
 from fedops.simulation.inmemory import InMemoryTransport
+from fedops.simulation.process import ProcessTransport
 from fedops.simulation.vectorized import VectorizedTransport
 from fedops.tasks import Task, load_task
 from fedops.tasks.federated import task_from_data
@@ -94,6 +95,8 @@ def make_transport(cfg: SimulateConfig, task: Task, data: FederatedData | None) 
             max_chunk=s.max_chunk,
             device=_device(s.device),
         )
+    if s.backend == "process":
+        return ProcessTransport(cfg, faults=faults)
     if s.backend == "sequential":
         shared = task.build_model()
         sites = [
@@ -134,6 +137,11 @@ def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
         },
     )
     try:
-        return execute(plan, store=RunStore(run_dir), transport=transport)
+        return execute(
+            plan,
+            store=RunStore(run_dir),
+            transport=transport,
+            on_exit=lambda status: transport.close(),
+        )
     finally:
         plot_run(run_dir)

@@ -79,3 +79,19 @@ def test_validation_names_the_dotted_key(override: str, key: str):
     with pytest.raises(ConfigError) as info:
         validate(_compose(override))
     assert info.value.key == key
+
+
+@pytest.mark.parametrize(
+    ("scenario", "dataset", "clients"),
+    [
+        ("fleet_1000", "synthetic", 1000),
+        ("hospitals_20", "digits", 20),
+        ("banks_5", "breast_cancer", 5),
+    ],
+)
+def test_scenarios_compose_and_validate(scenario: str, dataset: str, clients: int):
+    from fedops.config.hydra_app import SCENARIO_DIR
+
+    cfg = validate(_compose(f"hydra.searchpath=[file://{SCENARIO_DIR}]", f"+scenario={scenario}"))
+    assert cfg.dataset.name == dataset
+    assert cfg.simulation.num_clients == clients
