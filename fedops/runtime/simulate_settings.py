@@ -20,7 +20,7 @@ from fedops.runtime.settings import ConfigError
 DATASETS = ("digits", "breast_cancer", "synthetic")
 PARTITIONS = ("iid", "dirichlet")
 MODELS = ("logreg", "mlp")
-BACKENDS = ("vectorized", "sequential", "process")
+BACKENDS = ("vectorized", "sequential", "process", "ray")
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -82,6 +82,7 @@ class SimulationConfig:
     device: str = "cpu"
     max_chunk: int = 1024
     workers: int = 2
+    ray_address: str | None = None
 
 
 @dataclass

@@ -97,6 +97,10 @@ def make_transport(cfg: SimulateConfig, task: Task, data: FederatedData | None) 
         )
     if s.backend == "process":
         return ProcessTransport(cfg, faults=faults)
+    if s.backend == "ray":
+        from fedops.simulation.ray_backend import RayTransport  # optional dependency
+
+        return RayTransport(cfg, faults=faults)
     if s.backend == "sequential":
         shared = task.build_model()
         sites = [

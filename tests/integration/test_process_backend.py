@@ -13,7 +13,7 @@ from fedops.simulation.engine import run_simulation
 
 pytestmark = pytest.mark.slow
 
-BATCHNORM_TASK = '''
+BATCHNORM_TASK = """
 import numpy as np
 import torch
 from fedops.tasks.digits import make_task
@@ -26,7 +26,7 @@ def build_model():
     # BatchNorm has buffers: the vectorized backend refuses it, the process backend runs it.
     return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32),
                                torch.nn.ReLU(), torch.nn.Linear(32, 10))
-'''
+"""
 
 
 def _final(run_dir: Path) -> dict[str, np.ndarray]:
@@ -42,8 +42,14 @@ def test_process_pool_equals_sequential_on_a_user_task(tmp_path: Path):
     task.write_text(BATCHNORM_TASK)
     finals = {}
     for backend in ("process", "sequential"):
-        cfg = SimulateConfig(rounds=2, seed=1, task=str(task), simulation=SimulationConfig(
-            backend=backend, num_clients=4, workers=2, dropout_rate=0.25))
+        cfg = SimulateConfig(
+            rounds=2,
+            seed=1,
+            task=str(task),
+            simulation=SimulationConfig(
+                backend=backend, num_clients=4, workers=2, dropout_rate=0.25
+            ),
+        )
         cfg.client.lr, cfg.client.epochs, cfg.client.batch_size = 0.1, 1, 64
         summary = run_simulation(validate(cfg), tmp_path / backend)
         assert summary["status"] == "completed"
