@@ -49,9 +49,11 @@ class RoundProgress:
 
     def update(self, record: RoundRecord) -> None:
         m = record.metrics
+        duration = float(m.get("duration_s") or 0.0)
+        rate = f", {m.get('num_clients', 0) / duration:.0f} clients/s" if duration > 0 else ""
         status = (
             f"acc {_fmt(m.get('eval_accuracy'))} loss {_fmt(m.get('eval_loss'))} "
-            f"({m.get('num_clients')} clients)"
+            f"({m.get('num_clients')} clients{rate})"
         )
         self.progress.update(self.task, advance=1, status=status)
         line = (
