@@ -38,3 +38,12 @@ class FaultPlan:
         if not self.is_straggler(server_round, client):
             return epochs
         return int(self._rng(server_round, client, 3).integers(1, epochs + 1))
+
+    def plan(self, server_round: int, client: int, epochs: int) -> tuple[int, str | None]:
+        """(local epochs to run, None), or (0, why the client drops out of this round)."""
+        if self.drops(server_round, client):
+            return 0, "injected dropout"
+        done = self.epochs(server_round, client, epochs)
+        if done < epochs and self.drop_stragglers:
+            return 0, "straggler dropped"
+        return done, None

@@ -20,12 +20,18 @@ from fedops.core.rounds import Event, NodeDropped, Phase
 from fedops.core.training import TrainConfig, set_params
 from fedops.core.vectorized import ClientJob, VectorConfig, supports, train_many
 from fedops.data import FederatedData
+from fedops.simulation.base import (
+    SimulatedTransport,
+    evaluate_event,
+    fit_event,
+    node_id,
+    task_ids,
+)
 from fedops.simulation.faults import FaultPlan
-from fedops.simulation.inmemory import evaluate_event, fit_event, node_id, task_ids
 from fedops.tasks.site import shuffle_seed
 
 
-class VectorizedTransport:
+class VectorizedTransport(SimulatedTransport):
     """Clients are rows ranges of one :class:`FederatedData`; node ids are ``site-<index>``."""
 
     def __init__(
@@ -49,6 +55,7 @@ class VectorizedTransport:
                 "simulation.backend=vectorized trains with SGD (client.optimizer="
                 f"sgd); got {train.optimizer!r}: use simulation=sequential"
             )
+        super().__init__(data.num_clients)
         self.data = data
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -60,12 +67,6 @@ class VectorizedTransport:
         self._test_owner = np.repeat(np.arange(data.num_clients), np.diff(data.test_offsets))
         self._index = {node_id(i): i for i in range(data.num_clients)}
         self._events: deque[Event] = deque()
-
-    def wait_for_nodes(self, count: int, timeout_s: float) -> list[str]:
-        return self.available_nodes()
-
-    def available_nodes(self) -> list[str]:
-        return list(self._index)
 
     def dispatch(
         self,
@@ -96,12 +97,9 @@ class VectorizedTransport:
         run_seed = int(config.get("seed", 0))
         for node in nodes:
             client = self._index[node]
-            if self.faults.drops(server_round, client):
-                events.append(NodeDropped(node_id=node, reason="injected dropout"))
-                continue
-            epochs = self.faults.epochs(server_round, client, self.train.epochs)
-            if epochs < self.train.epochs and self.faults.drop_stragglers:
-                events.append(NodeDropped(node_id=node, reason="straggler dropped"))
+            epochs, dropped = self.faults.plan(server_round, client, self.train.epochs)
+            if dropped:
+                events.append(NodeDropped(node_id=node, reason=dropped))
                 continue
             start, stop = self.data.train_offsets[client], self.data.train_offsets[client + 1]
             jobs.append(
@@ -153,9 +151,6 @@ class VectorizedTransport:
 
     def next_event(self, timeout_s: float) -> Event | None:
         return self._events.popleft() if self._events else None
-
-    def fetch_initial_params(self, timeout_s: float) -> Params:
-        raise NotImplementedError("the simulation builds its initial model itself")
 
     def close(self) -> None:
         self._events.clear()

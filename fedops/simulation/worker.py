@@ -9,6 +9,7 @@ Parameters travel as the wire codec's raw bytes plus a JSON spec list.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,14 @@ from fedops.core.params import Params, TensorSpec, specs_of
 from fedops.core.rounds import Event, NodeDropped, Phase
 from fedops.core.training import TrainConfig
 from fedops.runtime.simulate_settings import SimulateConfig
+from fedops.simulation.base import (
+    SimulatedTransport,
+    client_index,
+    evaluate_event,
+    fit_event,
+    node_id,
+    task_ids,
+)
 from fedops.simulation.faults import FaultPlan
 from fedops.tasks.site import Site
 from fedops.wire import codec
@@ -57,15 +66,12 @@ def fault_jobs(
     jobs: list[Job] = []
     dropped: list[Event] = []
     for node in nodes:
-        client = int(node.rsplit("-", 1)[1])
+        client = client_index(node)
         job_config = dict(config)
         if phase is Phase.FIT:
-            if faults.drops(server_round, client):
-                dropped.append(NodeDropped(node_id=node, reason="injected dropout"))
-                continue
-            done = faults.epochs(server_round, client, epochs)
-            if done < epochs and faults.drop_stragglers:
-                dropped.append(NodeDropped(node_id=node, reason="straggler dropped"))
+            done, reason = faults.plan(server_round, client, epochs)
+            if reason:
+                dropped.append(NodeDropped(node_id=node, reason=reason))
                 continue
             job_config["epochs"] = float(done)
         jobs.append((str(phase), client, server_round, blob, job_config))
@@ -111,3 +117,57 @@ class ClientWorker:
             return client, n, metrics, encode(new)
         n, metrics = site.evaluate(decode(blob))
         return client, n, metrics, None
+
+
+class WorkerTransport(SimulatedTransport):
+    """Dispatch as jobs to out-of-process workers; events as their results come back.
+
+    Subclasses say how jobs are submitted (:meth:`_submit`) and how the next
+    finished one is collected (:meth:`_next_result`); injected faults, task
+    ids and the coordinator's checks on results are shared here.
+    """
+
+    def __init__(self, cfg: SimulateConfig, faults: FaultPlan | None) -> None:
+        super().__init__(cfg.simulation.num_clients)
+        self.epochs = cfg.client.epochs
+        self.faults = faults or FaultPlan()
+        self._dropped: deque[Event] = deque()
+        self._current: tuple[Phase, dict[str, str], Params] | None = None
+
+    def _submit(self, jobs: list[Job]) -> None:
+        raise NotImplementedError
+
+    def _next_result(self, timeout_s: float) -> tuple[Any, ...] | None:
+        raise NotImplementedError
+
+    def dispatch(
+        self,
+        server_round: int,
+        phase: Phase,
+        nodes: Sequence[str],
+        params: Params,
+        config: Mapping[str, float],
+    ) -> dict[str, str]:
+        tasks = task_ids(server_round, phase, nodes)
+        jobs, dropped = fault_jobs(
+            self.faults, server_round, phase, nodes, params, config, self.epochs
+        )
+        self._dropped.extend(dropped)
+        self._current = (phase, tasks, params)
+        self._submit(jobs)
+        return tasks
+
+    def next_event(self, timeout_s: float) -> Event | None:
+        if self._dropped:
+            return self._dropped.popleft()
+        if self._current is None:
+            return None
+        result = self._next_result(timeout_s)
+        if result is None:
+            return None
+        phase, tasks, start = self._current
+        client, n, metrics, blob = result
+        node = node_id(client)
+        if phase is Phase.FIT:
+            return fit_event(node, tasks[node], start, decode(blob), n, metrics)
+        return evaluate_event(node, tasks[node], n, metrics)

@@ -1,0 +1,67 @@
+"""What every simulation transport shares: a fixed set of virtual sites, always there."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from fedops.core.params import InvalidUpdate, Params, check_finite, check_specs_match, specs_of
+from fedops.core.results import EvaluateResult, FitResult, check_reported
+from fedops.core.rounds import Event, Phase, ResultArrived, ResultRejected
+
+
+def node_id(client: int) -> str:
+    return f"site-{client}"
+
+
+def client_index(node: str) -> int:
+    return int(node.rsplit("-", 1)[1])
+
+
+def fit_event(
+    node: str,
+    task_id: str,
+    start: Params,
+    new: Params,
+    num_examples: int,
+    metrics: Mapping[str, float],
+) -> Event:
+    """The coordinator's checks, applied to a simulated fit result."""
+    try:
+        check_reported(num_examples=num_examples, metrics=metrics, training=True)
+        check_specs_match(specs_of(start), specs_of(new))
+        check_finite(new)
+    except InvalidUpdate as exc:
+        return ResultRejected(node_id=node, task_id=task_id, reason=str(exc))
+    result = FitResult(node_id=node, params=new, num_examples=num_examples, metrics=metrics)
+    return ResultArrived(node_id=node, task_id=task_id, result=result)
+
+
+def evaluate_event(
+    node: str, task_id: str, num_examples: int, metrics: Mapping[str, float]
+) -> Event:
+    try:
+        check_reported(num_examples=num_examples, metrics=metrics, training=False)
+    except InvalidUpdate as exc:
+        return ResultRejected(node_id=node, task_id=task_id, reason=str(exc))
+    result = EvaluateResult(node_id=node, num_examples=num_examples, metrics=metrics)
+    return ResultArrived(node_id=node, task_id=task_id, result=result)
+
+
+def task_ids(server_round: int, phase: Phase, nodes: Sequence[str]) -> dict[str, str]:
+    return {node: f"{node}:{server_round}:{phase}" for node in nodes}
+
+
+class SimulatedTransport:
+    """Node ids ``site-0 … site-(n-1)``; nobody joins late, nobody needs waiting for."""
+
+    def __init__(self, num_clients: int) -> None:
+        self._nodes = [node_id(i) for i in range(num_clients)]
+
+    def wait_for_nodes(self, count: int, timeout_s: float) -> list[str]:
+        return list(self._nodes)
+
+    def available_nodes(self) -> list[str]:
+        return list(self._nodes)
+
+    def fetch_initial_params(self, timeout_s: float) -> Params:
+        raise NotImplementedError("a simulation builds its initial model itself")
