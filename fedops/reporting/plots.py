@@ -19,6 +19,7 @@ def plot_run(run_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = read_metrics(run_dir)
     if not rows:
@@ -33,7 +34,14 @@ def plot_run(run_dir: Path) -> list[Path]:
         for key in keys:
             values = [r.get(key) for r in rows]
             if any(v is not None for v in values):
-                ax.plot(rounds, [float("nan") if v is None else v for v in values], label=key)
+                ax.plot(
+                    rounds,
+                    [float("nan") if v is None else v for v in values],
+                    label=key,
+                    marker="o" if len(rounds) <= 50 else None,
+                    markersize=3,
+                )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("round")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
