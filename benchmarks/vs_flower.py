@@ -32,8 +32,10 @@ Per-round time excludes one-time start-up, reported separately: for fedops, from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -93,9 +95,7 @@ def _client_rows(data_dir: str, split: str, partition: int):  # type: ignore[no-
 
     arrays = _CLIENT_DATA.get(data_dir)
     if arrays is None:
-        arrays = {
-            p.stem: np.load(p, mmap_mode="r") for p in Path(data_dir).glob("*.npy")
-        }
+        arrays = {p.stem: np.load(p, mmap_mode="r") for p in Path(data_dir).glob("*.npy")}
         _CLIENT_DATA[data_dir] = arrays
     off = arrays[f"{split}_offsets"]
     a, b = int(off[partition]), int(off[partition + 1])
@@ -130,9 +130,7 @@ def flower_train(msg, context):  # type: ignore[no-untyped-def]
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),
-            "metrics": MetricRecord(
-                {"train_loss": total / max(len(x), 1), "num-examples": len(x)}
-            ),
+            "metrics": MetricRecord({"train_loss": total / max(len(x), 1), "num-examples": len(x)}),
         }
     )
     return Message(content=content, reply_to=msg)
@@ -215,7 +213,9 @@ def child_flower(spec: dict) -> dict:
     def _main(grid, context) -> None:  # type: ignore[no-untyped-def]
         # Warm-up (start-up, not a round): wait for the Ray actor pool and let every actor
         # import torch and map the data once, through a few query messages.
-        node_ids = list(grid.get_node_ids())
+        deadline = time.monotonic() + spec["timeout"]
+        while len(node_ids := list(grid.get_node_ids())) < n and time.monotonic() < deadline:
+            time.sleep(0.05)  # the SuperNodes register after the ServerApp thread starts
         k = min(len(node_ids), WARMUP_MESSAGES_PER_ACTOR * spec["flower_actors"])
         warm = [
             Message(RecordDict({"config": config}), dst_node_id=i, message_type=MessageType.QUERY)
@@ -277,11 +277,15 @@ def child_flower(spec: dict) -> dict:
 # fedops side: the real simulate path, vectorized backend
 # --------------------------------------------------------------------------------------
 def child_fedops(spec: dict) -> dict:
+    import torch
+
     from fedops.data.synthetic import synthetic
     from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
     from fedops.runtime.store import RunStore, read_checkpoint
     from fedops.simulation import engine
 
+    if spec["fedops_threads"]:
+        torch.set_num_threads(spec["fedops_threads"])
     n, seed, rounds = spec["clients"], spec["seed"], spec["rounds"]
     t = time.perf_counter()
     data = synthetic(num_clients=n, alpha=1.0, beta=1.0, seed=seed)
@@ -299,9 +303,7 @@ def child_fedops(spec: dict) -> dict:
     RunStore.save_round = save_round  # type: ignore[method-assign]
     engine.load_federation = lambda _cfg: (engine.task_from_data(data, name="synthetic"), data)
 
-    cfg = SimulateConfig(
-        rounds=rounds, seed=seed, simulation=SimulationConfig(num_clients=n)
-    )
+    cfg = SimulateConfig(rounds=rounds, seed=seed, simulation=SimulationConfig(num_clients=n))
     cfg.dataset.name = "synthetic"
     cfg.client.epochs, cfg.client.batch_size, cfg.client.lr = 1, spec["batch"], spec["lr"]
     run_dir = Path(spec["work_dir"]) / "run"
@@ -318,6 +320,7 @@ def child_fedops(spec: dict) -> dict:
         "teardown_s": t_end - commits[rounds],
         "accuracy": global_accuracy(params, data.test_x, data.test_y),
         "reported_accuracy": {i + 1: m["eval_accuracy"] for i, m in enumerate(metrics)},
+        "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -358,6 +361,21 @@ def _proc_kb(path: str, key: str) -> int:
     return 0
 
 
+def _session_members(sid: int) -> list[int]:
+    """Live processes of the session ``sid`` (one this script created with setsid)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid:  # state ppid pgrp session ...
+                members.append(int(entry.name))
+    return members
+
+
 class TreeMemory(threading.Thread):
     """Peak of the summed RSS (and PSS) over a process and all its descendants.
 
@@ -369,7 +387,6 @@ class TreeMemory(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.interval, self.pss_every = root, interval, pss_every
         self.peak_rss_kb = self.peak_pss_kb = self.max_procs = 0
-        self.seen: set[int] = {root}
         self._stop_event = threading.Event()
         try:
             import psutil  # noqa: F401
@@ -398,7 +415,6 @@ class TreeMemory(threading.Thread):
         i = 0
         while not self._stop_event.is_set():
             pids = self.tree()
-            self.seen.update(pids)
             self.max_procs = max(self.max_procs, len(pids))
             rss = sum(_proc_kb(f"/proc/{p}/status", "VmRSS:") for p in pids)
             self.peak_rss_kb = max(self.peak_rss_kb, rss)
@@ -426,7 +442,7 @@ def run_child(framework: str, spec: dict, timeout: float, work: Path) -> dict:
     }
     code = "import sys, vs_flower; sys.exit(vs_flower.child_main(sys.argv[1:]))"
     log_path = work / "log.txt"
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-c", code, framework, str(work / "spec.json")],
@@ -446,23 +462,33 @@ def run_child(framework: str, spec: dict, timeout: float, work: Path) -> dict:
         except subprocess.TimeoutExpired:
             status = f"timed out after {timeout:.0f} s"
         mem.stop()
-        # Whatever is left of this run's tree (only processes this child started).
-        for pid in sorted(mem.seen | set(mem.tree()), reverse=True):
-            try:
-                os.kill(pid, 9)
-            except (ProcessLookupError, PermissionError):
-                pass
+        # Whatever is left of this run (Ray's processes included) is in the session and
+        # process group this child leads: end exactly those, never anything by name.
+        for pid in _session_members(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait()
     wall = time.perf_counter() - t0
-    result = {"status": status, "wall_s": wall, "peak_rss_mb": mem.peak_rss_kb / 1024,
-              "peak_pss_mb": mem.peak_pss_kb / 1024, "max_procs": mem.max_procs,
-              "mem_source": mem.source}
+    result = {
+        "status": status,
+        "wall_s": wall,
+        "peak_rss_mb": mem.peak_rss_kb / 1024,
+        "peak_pss_mb": mem.peak_pss_kb / 1024,
+        "max_procs": mem.max_procs,
+        "mem_source": mem.source,
+        "load_avg": (load0, os.getloadavg()[0]),
+    }
     if status == "ok":
         result.update(json.loads((work / "result.json").read_text()))
     else:
         tail = log_path.read_text(errors="replace").splitlines()[-25:]
         result["log_tail"] = tail
     return result
+
+
+def steady_round(rounds_s: list[float]) -> float:
+    """Median round time after the first (which pays lazy one-time costs), if there is one."""
+    return statistics.median(rounds_s[1:] if len(rounds_s) > 1 else rounds_s)
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -488,6 +514,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=1.0,
         help="Ray num_cpus per virtual client (actors = cpus / this)",
+    )
+    parser.add_argument(
+        "--fedops-threads",
+        type=int,
+        default=0,
+        help="torch threads in the fedops process (0: torch's default, one per core)",
     )
     parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS))
     args = parser.parse_args(argv)
@@ -525,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
                     "timeout": args.timeout,
                     "cpus": args.cpus,
                     "flower_client_cpus": args.flower_client_cpus,
+                    "fedops_threads": args.fedops_threads,
                     "flower_actors": actors,
                 }
                 print(f"\n[{n} clients] {framework}, {rounds} rounds ...", flush=True)
@@ -539,9 +572,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"(PSS {r['peak_pss_mb']:.0f} MB, up to {r['max_procs']} processes); "
                         f"accuracy {r['accuracy']:.4f} (framework's own per round: "
                         + ", ".join(f"{v:.4f}" for v in r["reported_accuracy"].values())
-                        + ")",
+                        + f"); 1-min load average {r['load_avg'][0]:.1f} -> {r['load_avg'][1]:.1f}",
                         flush=True,
                     )
+                    if r.get("warmup_errors"):
+                        print(f"  ({r['warmup_errors']} warm-up queries failed)", flush=True)
                 else:
                     print(f"  {framework} {r['status']}; last log lines:", flush=True)
                     for line in r["log_tail"]:
@@ -549,18 +584,20 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(r)
 
     print(
-        "\n| clients | framework | rounds | startup s | s/round (median) | peak RSS MB "
+        "\n| clients | framework | rounds | startup s | round 1 s | s/round | peak RSS MB "
         "| peak PSS MB | final accuracy |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ok = r["status"] == "ok"
-        per_round = statistics.median(r["rounds_s"]) if ok else None
+        per_round = steady_round(r["rounds_s"]) if ok else None
         r["s_per_round"] = per_round
         status = "" if ok else f" ({r['status']})"
+        first = r["rounds_s"][0] if ok else None
         print(
             f"| {r['clients']} | {r['framework']}{status} | {r['rounds']} "
-            f"| {_fmt(r.get('startup_s'), '.1f')} | {_fmt(per_round, '.3f')} "
+            f"| {_fmt(r.get('startup_s'), '.1f')} | {_fmt(first, '.2f')} "
+            f"| {_fmt(per_round, '.3f')} "
             f"| {r['peak_rss_mb']:.0f} | {r['peak_pss_mb']:.0f} "
             f"| {_fmt(r.get('accuracy'), '.4f')} |"
         )
