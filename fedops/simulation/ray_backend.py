@@ -11,6 +11,7 @@ existing cluster. Ray is an optional extra: ``pip install -e ".[ray]"``.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from typing import Any
 
@@ -20,6 +21,8 @@ from fedops.simulation.worker import ClientWorker, Job, WorkerTransport
 
 
 def _ray() -> Any:
+    # Keep Ray's hands off CUDA_VISIBLE_DEVICES for CPU-only actors (and its warning quiet).
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     try:
         import ray
     except ImportError as exc:
