@@ -177,7 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["simulate"]:
         from fedops.config.hydra_app import simulate_main
 
-        return simulate_main(argv[1:])
+        try:
+            return simulate_main(argv[1:])
+        except KeyboardInterrupt:
+            print(
+                "fedops simulate: interrupted; the rounds completed so far are saved in the "
+                "run directory (summary.json says status: interrupted)",
+                file=sys.stderr,
+            )
+            return 130
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -105,3 +105,35 @@ def test_simulate_multirun_sweeps(tmp_path):
         json.loads((sweep / d / "summary.json").read_text())["strategy"] for d in ("0", "1")
     }
     assert strategies == {"fedavg", "fedprox"}
+
+
+def test_simulate_ctrl_c_keeps_the_completed_rounds(tmp_path):
+    import signal
+    import time
+
+    run_dir = tmp_path / "sim"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedops", "simulate", "rounds=100000", f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        metrics = run_dir / "metrics.jsonl"
+        while time.monotonic() < deadline:
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["rounds_completed"] >= 2
+    assert len(metrics.read_text().splitlines()) == summary["rounds_completed"]
