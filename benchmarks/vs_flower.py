@@ -495,6 +495,96 @@ def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _variants(args: argparse.Namespace, torch_threads: int) -> list[tuple[str, str, dict]]:
+    """(framework, label, spec overrides) for every configuration to run at every size."""
+    out = []
+    if "fedops" in args.frameworks:
+        for t in args.fedops_threads:
+            label = f"fedops, torch threads {t or torch_threads}{'' if t else ' (default)'}"
+            out.append(("fedops", label, {"fedops_threads": t}))
+    if "flower" in args.frameworks:
+        for c in args.flower_client_cpus:
+            actors = int(args.cpus / c)
+            out.append(
+                (
+                    "flower",
+                    f"Flower, num_cpus {c:g}/client ({actors} actors)",
+                    {"flower_client_cpus": c, "flower_actors": actors},
+                )
+            )
+    return out
+
+
+def _print_run(r: dict) -> None:
+    if r["status"] != "ok":
+        print(f"  {r['label']} {r['status']}; last log lines:", flush=True)
+        for line in r["log_tail"]:
+            print(f"    {line}")
+        return
+    print(
+        f"  startup {r['startup_s']:.1f} s, rounds "
+        + ", ".join(f"{s:.2f}" for s in r["rounds_s"])
+        + f" s, teardown {r['teardown_s']:.1f} s, data {r['data_s']:.1f} s, "
+        f"wall {r['wall_s']:.1f} s; peak RSS {r['peak_rss_mb']:.0f} MB "
+        f"(PSS {r['peak_pss_mb']:.0f} MB, up to {r['max_procs']} processes); "
+        f"accuracy {r['accuracy']:.4f} (framework's own per round: "
+        + ", ".join(f"{v:.4f}" for v in r["reported_accuracy"].values())
+        + f"); 1-min load average {r['load_avg'][0]:.1f} -> {r['load_avg'][1]:.1f}",
+        flush=True,
+    )
+    if r.get("warmup_errors"):
+        print(f"  ({r['warmup_errors']} warm-up queries failed)", flush=True)
+
+
+def _accuracy_gap(f: dict, o: dict) -> str:
+    if f["rounds"] == o["rounds"]:
+        return f"{100 * (f['accuracy'] - o['accuracy']):+.2f}"
+    # Fewer Flower rounds: compare both frameworks' own (same-metric) accuracy at that round.
+    fl = f["reported_accuracy"][str(f["rounds"])]
+    fo = o["reported_accuracy"][str(f["rounds"])]
+    return f"{100 * (fl - fo):+.2f} (after round {f['rounds']})"
+
+
+def print_tables(rows: list[dict], clients: list[int]) -> None:
+    print(
+        "\n| clients | framework | rounds | startup s | round 1 s | s/round | peak RSS MB "
+        "| peak PSS MB | final accuracy |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ok = r["status"] == "ok"
+        r["s_per_round"] = steady_round(r["rounds_s"]) if ok else None
+        status = "" if ok else f" **{r['status']}**"
+        print(
+            f"| {r['clients']} | {r['label']}{status} | {r['rounds']} "
+            f"| {_fmt(r.get('startup_s'), '.1f')} "
+            f"| {_fmt(r['rounds_s'][0] if ok else None, '.2f')} "
+            f"| {_fmt(r['s_per_round'], '.3f')} "
+            f"| {r['peak_rss_mb']:.0f} | {r['peak_pss_mb']:.0f} "
+            f"| {_fmt(r.get('accuracy'), '.4f')} |"
+        )
+    print(
+        "\n| clients | Flower | fedops | Flower s/round / fedops s/round "
+        "| Flower RSS / fedops RSS | Flower PSS / fedops PSS | accuracy Flower - fedops (points) |"
+    )
+    print("|---:|---|---|---:|---:|---:|---:|")
+    for n in clients:
+        flowers = [r for r in rows if r["clients"] == n and r["framework"] == "flower"]
+        fedopses = [r for r in rows if r["clients"] == n and r["framework"] == "fedops"]
+        for f in flowers:
+            for o in fedopses:
+                if f["status"] != "ok" or o["status"] != "ok":
+                    why = f["status"] if f["status"] != "ok" else "fedops " + o["status"]
+                    print(f"| {n} | {f['label']} | {o['label']} | - ({why}) | - | - | - |")
+                    continue
+                print(
+                    f"| {n} | {f['label']} | {o['label']} "
+                    f"| {f['s_per_round'] / o['s_per_round']:.1f}x "
+                    f"| {f['peak_rss_mb'] / o['peak_rss_mb']:.1f}x "
+                    f"| {f['peak_pss_mb'] / o['peak_pss_mb']:.1f}x | {_accuracy_gap(f, o)} |"
+                )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 1000])
@@ -506,20 +596,22 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="Flower's rounds per size (one value, or one per --clients); default --rounds",
     )
-    parser.add_argument("--timeout", type=float, default=1200.0, help="s per framework per size")
+    parser.add_argument("--timeout", type=float, default=1200.0, help="s per run (one size)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="Ray's num_cpus")
     parser.add_argument(
         "--flower-client-cpus",
         type=float,
-        default=1.0,
-        help="Ray num_cpus per virtual client (actors = cpus / this)",
+        nargs="+",
+        default=[1.0, 0.5],
+        help="Ray num_cpus per virtual client, one Flower run each (actors = cpus / this)",
     )
     parser.add_argument(
         "--fedops-threads",
         type=int,
-        default=0,
-        help="torch threads in the fedops process (0: torch's default, one per core)",
+        nargs="+",
+        default=[0, 1],
+        help="torch threads in the fedops process, one fedops run each (0: torch's default)",
     )
     parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS))
     args = parser.parse_args(argv)
@@ -533,20 +625,19 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
-    actors = int(args.cpus / args.flower_client_cpus)
     print(
         f"Synthetic(1,1), logistic regression 60->10, 1 local epoch, batch 10, lr 0.01 SGD, "
         f"all clients train and evaluate every round, FedAvg by examples.\n"
-        f"fedops (vectorized backend) vs flwr {flwr.__version__} run_simulation + Ray "
-        f"{ray.__version__} (num_cpus {args.cpus}, {args.flower_client_cpus} CPU per virtual "
-        f"client -> {actors} actors); torch {torch.__version__}; {os.cpu_count()} CPUs here; "
-        f"load average {os.getloadavg()[0]:.2f} at start.",
+        f"fedops (vectorized backend) vs flwr {flwr.__version__} run_simulation on Ray "
+        f"{ray.__version__} (ray.init num_cpus={args.cpus}); torch {torch.__version__}; "
+        f"{os.cpu_count()} CPUs here; load average {os.getloadavg()[0]:.2f} at start.",
         flush=True,
     )
+    variants = _variants(args, torch.get_num_threads())
     rows = []
     with tempfile.TemporaryDirectory(prefix="vs_flower_") as tmp:
         for n, f_rounds in zip(args.clients, flower_rounds, strict=True):
-            for framework in args.frameworks:
+            for k, (framework, label, overrides) in enumerate(variants):
                 rounds = f_rounds if framework == "flower" else args.rounds
                 spec = {
                     "clients": n,
@@ -556,74 +647,14 @@ def main(argv: list[str] | None = None) -> int:
                     "batch": 10,
                     "timeout": args.timeout,
                     "cpus": args.cpus,
-                    "flower_client_cpus": args.flower_client_cpus,
-                    "fedops_threads": args.fedops_threads,
-                    "flower_actors": actors,
+                    **overrides,
                 }
-                print(f"\n[{n} clients] {framework}, {rounds} rounds ...", flush=True)
-                r = run_child(framework, spec, args.timeout, Path(tmp) / f"{framework}-{n}")
-                r.update(clients=n, framework=framework, rounds=rounds)
-                if r["status"] == "ok":
-                    print(
-                        f"  startup {r['startup_s']:.1f} s, rounds "
-                        + ", ".join(f"{s:.2f}" for s in r["rounds_s"])
-                        + f" s, teardown {r['teardown_s']:.1f} s, data {r['data_s']:.1f} s, "
-                        f"wall {r['wall_s']:.1f} s; peak RSS {r['peak_rss_mb']:.0f} MB "
-                        f"(PSS {r['peak_pss_mb']:.0f} MB, up to {r['max_procs']} processes); "
-                        f"accuracy {r['accuracy']:.4f} (framework's own per round: "
-                        + ", ".join(f"{v:.4f}" for v in r["reported_accuracy"].values())
-                        + f"); 1-min load average {r['load_avg'][0]:.1f} -> {r['load_avg'][1]:.1f}",
-                        flush=True,
-                    )
-                    if r.get("warmup_errors"):
-                        print(f"  ({r['warmup_errors']} warm-up queries failed)", flush=True)
-                else:
-                    print(f"  {framework} {r['status']}; last log lines:", flush=True)
-                    for line in r["log_tail"]:
-                        print(f"    {line}")
+                print(f"\n[{n} clients] {label}, {rounds} rounds ...", flush=True)
+                r = run_child(framework, spec, args.timeout, Path(tmp) / f"{n}-{k}-{framework}")
+                r.update(clients=n, framework=framework, label=label, rounds=rounds)
+                _print_run(r)
                 rows.append(r)
-
-    print(
-        "\n| clients | framework | rounds | startup s | round 1 s | s/round | peak RSS MB "
-        "| peak PSS MB | final accuracy |"
-    )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        ok = r["status"] == "ok"
-        per_round = steady_round(r["rounds_s"]) if ok else None
-        r["s_per_round"] = per_round
-        status = "" if ok else f" ({r['status']})"
-        first = r["rounds_s"][0] if ok else None
-        print(
-            f"| {r['clients']} | {r['framework']}{status} | {r['rounds']} "
-            f"| {_fmt(r.get('startup_s'), '.1f')} | {_fmt(first, '.2f')} "
-            f"| {_fmt(per_round, '.3f')} "
-            f"| {r['peak_rss_mb']:.0f} | {r['peak_pss_mb']:.0f} "
-            f"| {_fmt(r.get('accuracy'), '.4f')} |"
-        )
-    print(
-        "\n| clients | Flower s/round / fedops s/round | Flower RSS / fedops RSS "
-        "| Flower PSS / fedops PSS | accuracy Flower - fedops (points) |"
-    )
-    print("|---:|---:|---:|---:|---:|")
-    for n in args.clients:
-        by = {r["framework"]: r for r in rows if r["clients"] == n}
-        f, o = by.get("flower"), by.get("fedops")
-        if not f or not o or f["status"] != "ok" or o["status"] != "ok":
-            why = "Flower " + f["status"] if f and f["status"] != "ok" else "missing run"
-            print(f"| {n} | - ({why}) | - | - | - |")
-            continue
-        if f["rounds"] == o["rounds"]:
-            gap = f"{100 * (f['accuracy'] - o['accuracy']):+.2f}"
-        else:  # compare the frameworks' own (same-metric) accuracies after Flower's last round
-            fo = o["reported_accuracy"][str(f["rounds"])]
-            fl = f["reported_accuracy"][str(f["rounds"])]
-            gap = f"{100 * (fl - fo):+.2f} (after round {f['rounds']})"
-        print(
-            f"| {n} | {f['s_per_round'] / o['s_per_round']:.1f}x "
-            f"| {f['peak_rss_mb'] / o['peak_rss_mb']:.1f}x "
-            f"| {f['peak_pss_mb'] / o['peak_pss_mb']:.1f}x | {gap} |"
-        )
+    print_tables(rows, args.clients)
     return 0
 
 

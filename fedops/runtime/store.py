@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,7 +140,7 @@ class RunStore:
         server_round: int,
         params: Params,
         metrics: Mapping[str, Any],
-        participants: list[Participant] = (),  # type: ignore[assignment]
+        participants: Sequence[Participant] = (),
     ) -> str:
         """Checkpoint ``params`` and commit the round; return the model digest."""
         path = self.dir / "checkpoints" / f"round-{server_round:05d}.safetensors"
