@@ -24,9 +24,14 @@ Ray's GCS/raylet/agents, Ray workers) from /proc, so peaks never mix.
     python benchmarks/vs_flower.py                      # --clients 100 1000 --rounds 3
     python benchmarks/vs_flower.py --clients 50 --rounds 2 --timeout 300
 
+Configurations, one subprocess each per size: fedops with torch's default threads and with
+1 thread (``--fedops-threads 0 1``); Flower with ``client_resources.num_cpus`` 1 and 0.5 per
+virtual client on ``ray.init(num_cpus=2)``, i.e. 2 and 4 actors (``--flower-client-cpus 1 0.5``).
+
 Per-round time excludes one-time start-up, reported separately: for fedops, from the
-``run_simulation`` call to the round-0 checkpoint; for Flower, from the
-``run_simulation`` call until Ray is up and a warm-up query has reached every actor.
+``run_simulation`` call to the round-0 checkpoint; for Flower, from the ``run_simulation``
+call until Ray is up and warm-up queries (4 per actor) came back. "s/round" is the median
+of rounds 2..R; round 1 (lazy one-time costs in both frameworks) is shown on its own.
 """
 
 from __future__ import annotations

@@ -83,6 +83,7 @@ class SimulationConfig:
     max_chunk: int = 1024
     workers: int = 2
     ray_address: str | None = None
+    threads: int = 1  # torch threads per process; 0 = torch's default (all cores)
 
 
 @dataclass
@@ -153,6 +154,7 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     _one_of(s.device, DEVICES, "simulation.device")
     _require(s.max_chunk >= 1, "simulation.max_chunk", "must be >= 1")
     _require(s.workers >= 1, "simulation.workers", "must be >= 1")
+    _require(s.threads >= 0, "simulation.threads", "must be >= 0 (0: torch's default)")
     _one_of(cfg.privacy.name, ("none",), "privacy.name")
     _one_of(cfg.secagg.name, ("none",), "secagg.name")
     return cfg

@@ -82,9 +82,10 @@ class ClientWorker:
     """One worker's task, shared model and lazily built sites."""
 
     def __init__(self, config_json: str) -> None:
-        from fedops.simulation.engine import load_federation  # the parent's own recipe
+        from fedops.simulation.engine import load_federation, use_threads  # parent's recipe
 
         self.cfg = settings_from_json(config_json)
+        use_threads(self.cfg.simulation.threads)
         self.task, _ = load_federation(self.cfg)
         self.model = self.task.build_model()
         c = self.cfg.client
