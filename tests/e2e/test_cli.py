@@ -35,9 +35,14 @@ BAD = [
 
 
 @pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_bad_flag_is_named(args: list[str], message: str):
+def test_bad_flag_is_named(args: list[str], message: str, tmp_path):
+    # cwd: a refused simulate config still gets a Hydra run directory; keep it out of the repo
     result = subprocess.run(
-        [sys.executable, "-m", "fedops", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "fedops", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr, result.stderr
@@ -51,12 +56,15 @@ def test_bad_flag_is_named(args: list[str], message: str):
         ("strategy=fedsgd", "Could not find 'strategy/fedsgd'"),
     ],
 )
-def test_simulate_config_errors_come_from_hydra_naming_the_key(override: str, message: str):
+def test_simulate_config_errors_come_from_hydra_naming_the_key(
+    override: str, message: str, tmp_path
+):
     result = subprocess.run(
         [sys.executable, "-m", "fedops", "simulate", override],
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=tmp_path,
     )
     assert result.returncode == 1, result.stderr
     assert message in result.stderr, result.stderr
