@@ -22,9 +22,9 @@ from fedops.core.vectorized import ClientJob, VectorConfig, supports, train_many
 from fedops.data import FederatedData
 from fedops.simulation.base import (
     SimulatedTransport,
+    client_index,
     evaluate_event,
     fit_event,
-    node_id,
     task_ids,
 )
 from fedops.simulation.faults import FaultPlan
@@ -65,7 +65,6 @@ class VectorizedTransport(SimulatedTransport):
         self.x = torch.from_numpy(data.train_x).to(self.device)
         self.y = torch.from_numpy(data.train_y).to(self.device)
         self._test_owner = np.repeat(np.arange(data.num_clients), np.diff(data.test_offsets))
-        self._index = {node_id(i): i for i in range(data.num_clients)}
         self._events: deque[Event] = deque()
 
     def dispatch(
@@ -96,7 +95,7 @@ class VectorizedTransport(SimulatedTransport):
         working: list[str] = []
         run_seed = int(config.get("seed", 0))
         for node in nodes:
-            client = self._index[node]
+            client = client_index(node)
             epochs, dropped = self.faults.plan(server_round, client, self.train.epochs)
             if dropped:
                 events.append(NodeDropped(node_id=node, reason=dropped))
@@ -144,7 +143,8 @@ class VectorizedTransport(SimulatedTransport):
         sizes = np.diff(data.test_offsets)
         events: list[Event] = []
         for node in nodes:
-            c, n = self._index[node], int(sizes[self._index[node]])
+            c = client_index(node)
+            n = int(sizes[c])
             metrics = {"loss": loss_sum[c] / n, "accuracy": correct[c] / n} if n else {}
             events.append(evaluate_event(node, tasks[node], n, metrics))
         return events
