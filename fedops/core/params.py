@@ -18,7 +18,7 @@ Params = dict[str, np.ndarray]
 
 #: dtypes accepted on the wire and in checkpoints; everything else is refused.
 ALLOWED_DTYPES = frozenset(
-    {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
+    {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint32", "bool"}
 )
 
 

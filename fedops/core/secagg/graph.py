@@ -1,0 +1,45 @@
+"""Who shares secrets with whom: a random Harary graph (Bell et al. 2020, §3).
+
+Clients sit on a ring in a random order and each is joined to the ``k/2``
+nearest on either side, so every client has ``k`` neighbours (``k`` is
+rounded up to even) and the graph stays connected when neighbours drop.
+``k >= n - 1`` gives the complete graph, i.e. classic SecAgg.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def default_degree(num_clients: int) -> int:
+    """``2·⌈log2 n⌉``, at most ``n - 1``: the paper's logarithmic neighbourhood."""
+    if num_clients < 2:
+        return 0
+    return min(num_clients - 1, 2 * math.ceil(math.log2(num_clients)))
+
+
+def default_threshold(degree: int) -> int:
+    """The smallest honest majority of a neighbourhood: ``⌊k/2⌋ + 1``."""
+    return degree // 2 + 1
+
+
+def neighbours(clients: Sequence[int], degree: int, seed: int) -> dict[int, tuple[int, ...]]:
+    """Each client's neighbours (sorted), symmetric, reproducible from ``seed``."""
+    ordered = sorted(clients)
+    n = len(ordered)
+    if len(set(ordered)) != n:
+        raise ValueError("client indices must be distinct")
+    half = math.ceil(degree / 2)
+    if 2 * half >= n - 1:
+        return {c: tuple(x for x in ordered if x != c) for c in ordered}
+    order = [ordered[i] for i in np.random.default_rng(seed).permutation(n)]
+    graph: dict[int, set[int]] = {c: set() for c in ordered}
+    for pos, client in enumerate(order):
+        for offset in range(1, half + 1):
+            other = order[(pos + offset) % n]
+            graph[client].add(other)
+            graph[other].add(client)
+    return {c: tuple(sorted(v)) for c, v in graph.items()}

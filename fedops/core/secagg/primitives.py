@@ -1,0 +1,60 @@
+"""What the protocol needs from cryptography, as an interface.
+
+:mod:`fedops.crypto` implements it with the ``cryptography`` package (X25519,
+HKDF-SHA256, AES-GCM, AES-CTR); tests may pass deterministic fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+#: signs a message with the party's identity key (consortium mode)
+Signer = Callable[[bytes], bytes]
+#: ``(identity, message, signature) -> valid?`` against the identity's known key
+Verifier = Callable[[str, bytes, bytes], bool]
+
+
+class ProtocolError(ValueError):
+    """A party sent something the protocol forbids; the message says what."""
+
+
+class SecAggAborted(RuntimeError):
+    """Too few clients survived to unmask the sum; the round must not aggregate."""
+
+
+class DecryptionFailed(Exception):
+    """A ciphertext did not authenticate under the expected key."""
+
+
+class SecAggCrypto(Protocol):
+    def keypair(self) -> tuple[bytes, bytes]:
+        """A fresh key-agreement pair ``(private, public)``, raw bytes."""
+        ...
+
+    def public_key(self, private: bytes) -> bytes:
+        """The public half of ``private``."""
+        ...
+
+    def agree(self, private: bytes, peer_public: bytes, info: bytes) -> bytes:
+        """A 32-byte key both sides derive: KDF(DH(private, peer_public), info)."""
+        ...
+
+    def seal(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """Authenticated encryption (nonce included in the output)."""
+        ...
+
+    def open(self, key: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        """Inverse of :meth:`seal`; raises :class:`DecryptionFailed`."""
+        ...
+
+    def random(self, size: int) -> bytes:
+        """``size`` bytes from a cryptographically secure generator."""
+        ...
+
+    def expand(self, seed: bytes, count: int) -> NDArray[np.uint32]:
+        """``count`` pseudorandom words from a 32-byte seed (the mask PRG)."""
+        ...

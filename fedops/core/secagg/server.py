@@ -1,0 +1,342 @@
+"""The server's side of a SecAgg+ round: route messages, then unmask only the sum.
+
+Stage by stage the server keeps the sets of Bonawitz et al.: ``U1`` advertised
+keys, ``U2`` shared them, ``U3`` sent a masked input (the survivors), and the
+dropped ``U2 \\ U3``. A client whose secrets could no longer be rebuilt (fewer
+than ``threshold`` neighbours left) is excluded before it masks anything;
+once inputs are masked, too few survivors abort the round
+(:class:`SecAggAborted`) and nothing is aggregated. Every exclusion carries a
+reason in :attr:`SecAggServer.excluded`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fedops.core.secagg import graph, shamir
+from fedops.core.secagg.client import KEY_BYTES, MASK_INFO, mask_sign
+from fedops.core.secagg.messages import (
+    EncryptedShare,
+    MaskedInput,
+    MaskRequest,
+    NeighbourKeys,
+    PublicKeys,
+    Reveal,
+    Setup,
+    ShareKeys,
+    UnmaskRequest,
+)
+from fedops.core.secagg.primitives import ProtocolError, SecAggAborted, SecAggCrypto
+from fedops.core.secagg.quantize import MODULUS, Quantizer
+from fedops.core.secagg.update import Encoding
+
+MAX_RECOVERY_TRIES = 64
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecureSum:
+    total: NDArray[np.uint32]  # sum of the survivors' encoded updates, masks removed
+    survivors: tuple[int, ...]
+    encoding: Encoding
+
+
+class SecAggServer:
+    """One round of SecAgg+ for ``clients`` (indices ``1 … n``).
+
+    Args:
+        context: bytes unique to the run and round (binds every key and share).
+        clients: the indices taking part.
+        degree: neighbours per client (``None``: ``2·⌈log2 n⌉``).
+        threshold: shares needed to rebuild a secret (``None``: ``⌊k/2⌋ + 1``).
+        vector_length: words in every client's encoded update.
+        clip: the quantizer's clipping range.
+        seed: picks the neighbour graph.
+        min_survivors: fewest inputs the server may sum (default ``max(2, threshold)``).
+    """
+
+    def __init__(
+        self,
+        *,
+        context: bytes,
+        clients: Sequence[int],
+        vector_length: int,
+        clip: float,
+        crypto: SecAggCrypto,
+        degree: int | None = None,
+        threshold: int | None = None,
+        seed: int = 0,
+        min_survivors: int | None = None,
+    ) -> None:
+        n = len(clients)
+        if n < 2:
+            raise ValueError(f"secure aggregation needs at least 2 clients, got {n}")
+        k = graph.default_degree(n) if degree is None else min(int(degree), n - 1)
+        self.graph = graph.neighbours(clients, k, seed)
+        actual = min(len(v) for v in self.graph.values())
+        self.threshold = graph.default_threshold(actual) if threshold is None else int(threshold)
+        if not actual / 2 < self.threshold <= actual:
+            raise ValueError(
+                f"secagg threshold {self.threshold} must be above half the neighbourhood size "
+                f"{actual} and at most {actual}"
+            )
+        self.min_survivors = max(2, self.threshold) if min_survivors is None else min_survivors
+        self.context = context
+        self.vector_length = vector_length
+        self.clip = clip
+        self.crypto = crypto
+        self.clients = tuple(sorted(clients))
+        self.excluded: dict[int, str] = {}
+        self.stage = 1
+        self._keys: dict[int, PublicKeys] = {}
+        self._shares: dict[int, ShareKeys] = {}
+        self._u1: set[int] = set()
+        self._u2: set[int] = set()
+        self._u3: set[int] = set()
+        self._held: dict[int, set[int]] = {}  # holder -> owners whose shares it holds
+        self._masked: dict[int, NDArray[np.uint32]] = {}
+        self._reveals: dict[int, Reveal] = {}
+        self._requests: dict[int, UnmaskRequest] = {}
+        self.encoding: Encoding | None = None
+
+    @property
+    def degree(self) -> int:
+        return max(len(v) for v in self.graph.values())
+
+    def _expect(self, stage: int, index: int, members: set[int] | tuple[int, ...]) -> None:
+        if self.stage != stage:
+            raise ProtocolError(f"stage {stage} message, but the round is in stage {self.stage}")
+        if index not in members:
+            raise ProtocolError(f"client {index} is not part of stage {stage}")
+
+    def _exclude(self, members: set[int], need: Callable[[int], int], why: str) -> None:
+        """Drop members with fewer than ``threshold`` neighbours, until none is left."""
+        changed = True
+        while changed:
+            changed = False
+            for u in sorted(members):
+                if need(u) < self.threshold:
+                    members.discard(u)
+                    self.excluded[u] = why.format(count=need(u), threshold=self.threshold)
+                    changed = True
+
+    def _alive(self, u: int, members: set[int]) -> int:
+        return sum(1 for v in self.graph[u] if v in members)
+
+    def _enough(self, members: set[int], stage: str) -> None:
+        if len(members) < self.min_survivors:
+            raise SecAggAborted(
+                f"only {len(members)} clients are left after {stage}; secure aggregation "
+                f"needs at least {self.min_survivors}: the round is aborted and the model "
+                "is unchanged"
+            )
+
+    # -- stage 1: advertise keys --------------------------------------------
+    def setup_for(self, index: int) -> Setup:
+        return Setup(
+            context=self.context,
+            index=index,
+            neighbours=self.graph[index],
+            threshold=self.threshold,
+        )
+
+    def receive_keys(self, index: int, keys: PublicKeys) -> None:
+        self._expect(1, index, self.clients)
+        if keys.index != index:
+            raise ProtocolError(f"client {index} sent keys labelled as client {keys.index}")
+        if len(keys.cipher_key) != KEY_BYTES or len(keys.mask_key) != KEY_BYTES:
+            raise ProtocolError(f"public keys must be {KEY_BYTES} bytes")
+        if keys.cipher_key == keys.mask_key:
+            raise ProtocolError("the cipher key and the mask key must differ")
+        if not 1 <= keys.num_examples < MODULUS:
+            raise ProtocolError(f"num_examples {keys.num_examples} is out of range")
+        self._keys[index] = keys
+
+    def close_keys(self) -> dict[int, NeighbourKeys]:
+        self.stage = 2
+        self._u1 = set(self._keys)
+        self._exclude(
+            self._u1,
+            lambda u: self._alive(u, self._u1),
+            "only {count} of its neighbours advertised keys (threshold {threshold})",
+        )
+        self._enough(self._u1, "advertising keys")
+        return {
+            u: NeighbourKeys(keys=tuple(self._keys[v] for v in self.graph[u] if v in self._u1))
+            for u in sorted(self._u1)
+        }
+
+    # -- stage 2: share keys --------------------------------------------------
+    def receive_shares(self, index: int, reply: ShareKeys) -> None:
+        self._expect(2, index, self._u1)
+        expected = {v for v in self.graph[index] if v in self._u1}
+        targets = [s.target for s in reply.shares]
+        if any(s.source != index for s in reply.shares):
+            raise ProtocolError(f"client {index} sent shares labelled with another source")
+        if len(set(targets)) != len(targets) or set(targets) != expected:
+            raise ProtocolError(
+                f"client {index} must send one share to each of its {len(expected)} "
+                f"neighbours; got {len(targets)} for {sorted(set(targets) ^ expected)[:5]}…"
+            )
+        if len(reply.commitment) != 32:
+            raise ProtocolError("the self-mask commitment must be 32 bytes")
+        self._shares[index] = reply
+
+    def close_shares(self) -> dict[int, MaskRequest]:
+        self.stage = 3
+        self._u2 = set(self._shares) & self._u1
+        for u in self._u1 - self._u2:
+            self.excluded.setdefault(u, "did not share its keys")
+        self._exclude(
+            self._u2,
+            lambda u: self._alive(u, self._u2),
+            "only {count} of its neighbours shared keys (threshold {threshold})",
+        )
+        self._enough(self._u2, "sharing keys")
+        n = len(self._u2)
+        max_weight = min(max(self._keys[u].num_examples for u in self._u2), (MODULUS - 1) // n)
+        self.encoding = Encoding(
+            quantizer=Quantizer.for_summands(self.clip, n), max_weight=max_weight
+        )
+        inbox: dict[int, list[EncryptedShare]] = {v: [] for v in self._u2}
+        for u in sorted(self._u2):
+            for share in self._shares[u].shares:
+                if share.target in self._u2:
+                    inbox[share.target].append(share)
+        self._held = {v: {s.source for s in inbox[v]} for v in self._u2}
+        return {
+            v: MaskRequest(shares=tuple(inbox[v]), encoding=self.encoding) for v in sorted(self._u2)
+        }
+
+    # -- stage 3: masked inputs ---------------------------------------------------
+    def receive_masked(self, index: int, reply: MaskedInput) -> None:
+        self._expect(3, index, self._u2)
+        vec = reply.vector
+        if vec.dtype != np.uint32 or vec.shape != (self.vector_length,):
+            raise ProtocolError(
+                f"masked input must be uint32 of shape ({self.vector_length},), "
+                f"got {vec.dtype} {vec.shape}"
+            )
+        unknown = set(reply.complaints) - self._held[index]
+        if unknown:
+            raise ProtocolError(f"complaints about clients {sorted(unknown)} it holds no shares of")
+        self._masked[index] = vec
+        self._held[index] -= set(reply.complaints)
+        for u in reply.complaints:
+            self.excluded[u] = f"client {index} could not decrypt the share it sent"
+
+    def close_masked(self) -> dict[int, UnmaskRequest]:
+        self.stage = 4
+        accused = {u for u in self.excluded if u in self._u2}
+        self._u3 = (set(self._masked) & self._u2) - accused
+        for u in self._u2 - self._u3:
+            self.excluded.setdefault(u, "sent no masked input")
+        self._enough(self._u3, "masking")
+        for u in sorted(self._u2):
+            holders = self._holders(u, self._u3)
+            if holders < self.threshold:
+                raise SecAggAborted(
+                    f"client {u}'s masks cannot be removed: only {holders} of its neighbours "
+                    f"survive (threshold {self.threshold}); the round is aborted and the model "
+                    "is unchanged"
+                )
+        dropped = self._u2 - self._u3
+        self._requests = {
+            v: UnmaskRequest(
+                survivors=tuple(sorted(self._held[v] & self._u3)),
+                dropped=tuple(sorted(self._held[v] & dropped)),
+            )
+            for v in sorted(self._u3)
+        }
+        return dict(self._requests)
+
+    def _holders(self, owner: int, members: set[int]) -> int:
+        return sum(1 for v in members if owner in self._held[v])
+
+    # -- stage 4: unmask ----------------------------------------------------------
+    def receive_reveal(self, index: int, reply: Reveal) -> None:
+        self._expect(4, index, self._u3)
+        request = self._requests[index]
+        if (
+            tuple(u for u, _ in reply.self_mask) != request.survivors
+            or tuple(u for u, _ in reply.mask_key) != request.dropped
+        ):
+            raise ProtocolError("revealed shares do not answer the unmask request")
+        if any(len(s) != shamir.SHARE_BYTES for _, s in reply.self_mask + reply.mask_key):
+            raise ProtocolError(f"shares must be {shamir.SHARE_BYTES} bytes")
+        self._reveals[index] = reply
+
+    def finish(self) -> SecureSum:
+        """Remove every mask from the survivors' sum (or abort, saying why)."""
+        self.stage = 5
+        assert self.encoding is not None
+        seeds: dict[int, dict[int, bytes]] = {u: {} for u in self._u3}
+        keys: dict[int, dict[int, bytes]] = {u: {} for u in self._u2 - self._u3}
+        for v, reveal in sorted(self._reveals.items()):
+            for u, s in reveal.self_mask:
+                seeds[u][v] = s
+            for u, s in reveal.mask_key:
+                keys[u][v] = s
+        total = np.zeros(self.vector_length, dtype=np.uint32)
+        for v in sorted(self._u3):
+            total += self._masked[v]
+        for u in sorted(self._u3):
+            commitment = self._shares[u].commitment
+            seed = self._recover(u, seeds[u], self._commits_to(commitment))
+            total -= self.crypto.expand(seed, self.vector_length)
+        for u in sorted(self._u2 - self._u3):
+            mask_pk = self._keys[u].mask_key
+            secret = self._recover(u, keys[u], self._opens(mask_pk))
+            for v in sorted(self._u3):
+                if u not in self._held[v]:
+                    continue  # v never masked with u
+                pair = self.crypto.agree(secret, self._keys[v].mask_key, MASK_INFO + self.context)
+                if mask_sign(v, u) > 0:
+                    total -= self.crypto.expand(pair, self.vector_length)
+                else:
+                    total += self.crypto.expand(pair, self.vector_length)
+        return SecureSum(total=total, survivors=tuple(sorted(self._u3)), encoding=self.encoding)
+
+    def _commits_to(self, commitment: bytes) -> Callable[[bytes], bool]:
+        return lambda seed: hashlib.sha256(self.context + seed).digest() == commitment
+
+    def _opens(self, public: bytes) -> Callable[[bytes], bool]:
+        return lambda private: self.crypto.public_key(private) == public
+
+    def _recover(
+        self, owner: int, shares: Mapping[int, bytes], valid: Callable[[bytes], bool]
+    ) -> bytes:
+        """Rebuild ``owner``'s secret from ``threshold`` consistent shares; flag the rest."""
+        t = self.threshold
+        if len(shares) < t:
+            raise SecAggAborted(
+                f"only {len(shares)} shares of client {owner}'s secret were revealed "
+                f"(threshold {t}); the round is aborted and the model is unchanged"
+            )
+        holders = sorted(shares)
+        rng = np.random.default_rng(owner)
+        for attempt in range(MAX_RECOVERY_TRIES):
+            chosen = (
+                holders[:t]
+                if attempt == 0
+                else sorted(int(x) for x in rng.choice(holders, t, replace=False))
+            )
+            subset = {x: shares[x] for x in chosen}
+            try:
+                secret = shamir.combine(subset)
+            except ValueError:
+                continue
+            if not valid(secret):
+                continue
+            for x in holders:
+                if x not in subset and shamir.evaluate(subset, x) != shares[x]:
+                    self.excluded[x] = f"revealed a wrong share of client {owner}'s secret"
+            return secret
+        raise SecAggAborted(
+            f"the revealed shares of client {owner}'s secret are inconsistent; the round is "
+            "aborted and the model is unchanged"
+        )

@@ -1,0 +1,87 @@
+"""A client's model update as one integer vector, and the sum back as a model.
+
+The vector holds ``w/W · clip(trained - start)`` quantized (``w``: the
+client's example count, capped at ``W = max_weight``), then ``w`` itself as
+one exact integer. Summed over the survivors, the last word is ``Σw`` and the
+rest decodes to ``Σ w/W · Δ``, so ``start + W/Σw · that`` is FedAvg's
+example-weighted mean, computed without seeing any single update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fedops.core.params import InvalidUpdate, Params, check_specs_match, specs_of
+from fedops.core.secagg.quantize import MODULUS, Quantizer
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Encoding:
+    """How updates become integers this round (the server picks it, clients apply it)."""
+
+    quantizer: Quantizer
+    max_weight: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_weight < MODULUS:
+            raise ValueError(f"max_weight must be in [1, 2^32), got {self.max_weight}")
+
+
+def vector_length(params: Params) -> int:
+    """Words in an encoded update: every parameter, plus the weight."""
+    return sum(int(a.size) for a in params.values()) + 1
+
+
+def encode_update(
+    start: Params,
+    trained: Params,
+    num_examples: int,
+    encoding: Encoding,
+    rng: np.random.Generator,
+) -> tuple[NDArray[np.uint32], float]:
+    """``(vector, fraction of values clipped)`` for one client's update."""
+    check_specs_match(specs_of(start), specs_of(trained))
+    delta = np.concatenate(
+        [
+            (np.asarray(trained[k], np.float64) - np.asarray(start[k], np.float64)).ravel()
+            for k in start
+        ]
+    )
+    if not np.all(np.isfinite(delta)):
+        raise InvalidUpdate("the trained model has NaN or Inf values")
+    weight = min(int(num_examples), encoding.max_weight)
+    if weight < 1:
+        raise InvalidUpdate(f"a training result needs at least one example, got {num_examples}")
+    clip = encoding.quantizer.clip
+    scaled = np.clip(delta, -clip, clip) * (weight / encoding.max_weight)
+    words, _ = encoding.quantizer.encode(scaled, rng)
+    clipped = int(np.count_nonzero(np.abs(delta) > clip))
+    vector = np.empty(delta.size + 1, dtype=np.uint32)
+    vector[:-1] = words
+    vector[-1] = weight
+    return vector, clipped / max(delta.size, 1)
+
+
+def decode_mean(
+    start: Params, total: NDArray[np.uint32], count: int, encoding: Encoding
+) -> tuple[Params, int]:
+    """``(start + weighted mean update, Σ weights)`` from the unmasked sum of ``count``."""
+    if total.shape != (vector_length(start),):
+        raise ValueError(f"sum has shape {total.shape}, expected ({vector_length(start)},)")
+    weight = int(total[-1])
+    if weight < 1:
+        raise ValueError("the unmasked sum carries no weight")
+    mean = encoding.quantizer.decode_sum(total[:-1], count) * (encoding.max_weight / weight)
+    out: Params = {}
+    offset = 0
+    for name, arr in start.items():
+        n = int(arr.size)
+        new = np.asarray(arr, np.float64) + mean[offset : offset + n].reshape(arr.shape)
+        if np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
+            new = np.rint(new)
+        out[name] = new.astype(arr.dtype)
+        offset += n
+    return out, weight

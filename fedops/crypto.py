@@ -1,0 +1,152 @@
+"""The one place fedops touches the ``cryptography`` package.
+
+:class:`Crypto` gives the SecAgg+ protocol its primitives: X25519 key
+agreement, HKDF-SHA256, AES-256-GCM for shares, AES-256-CTR as the mask PRG
+(about 8 GB/s with AES-NI: expansion is never the bottleneck), and Ed25519
+identities for consortium mode.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from numpy.typing import NDArray
+
+from fedops.core.secagg.primitives import DecryptionFailed
+
+NONCE_BYTES = 12
+_ZERO_IV = bytes(16)
+
+
+class Crypto:
+    """The real :class:`~fedops.core.secagg.primitives.SecAggCrypto`."""
+
+    def keypair(self) -> tuple[bytes, bytes]:
+        key = X25519PrivateKey.generate()
+        return _raw_private(key), key.public_key().public_bytes_raw()
+
+    def public_key(self, private: bytes) -> bytes:
+        return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+
+    def agree(self, private: bytes, peer_public: bytes, info: bytes) -> bytes:
+        shared = X25519PrivateKey.from_private_bytes(private).exchange(
+            X25519PublicKey.from_public_bytes(peer_public)
+        )
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
+
+    def seal(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+    def open(self, key: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        if len(ciphertext) < NONCE_BYTES + 16:
+            raise DecryptionFailed("ciphertext too short")
+        try:
+            return AESGCM(key).decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:], aad)
+        except InvalidTag as exc:
+            raise DecryptionFailed("ciphertext does not authenticate") from exc
+
+    def random(self, size: int) -> bytes:
+        return os.urandom(size)
+
+    def expand(self, seed: bytes, count: int) -> NDArray[np.uint32]:
+        out = bytearray(4 * count + 15)  # update_into wants room for a block
+        encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_IV)).encryptor()
+        encryptor.update_into(_zeros(4 * count), out)
+        return np.frombuffer(out, dtype=np.uint32, count=count)
+
+
+_ZEROS = bytearray()
+
+
+def _zeros(size: int) -> memoryview:
+    """A shared all-zero buffer of at least ``size`` bytes (CTR keystream = E(0 … ))."""
+    global _ZEROS
+    if len(_ZEROS) < size:
+        _ZEROS = bytearray(size)
+    return memoryview(_ZEROS)[:size]
+
+
+def _raw_private(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+
+
+# -- identities (consortium mode) -----------------------------------------------
+class Identity:
+    """A party's Ed25519 signing key."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self.key = key
+
+    @classmethod
+    def generate(cls) -> Identity:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load(cls, path: Path) -> Identity:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} is not an Ed25519 private key")
+        return cls(key)
+
+    def save(self, path: Path) -> None:
+        pem = self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        path = Path(path)
+        path.write_bytes(b"")
+        path.chmod(0o600)
+        path.write_bytes(pem)
+
+    def public_pem(self) -> bytes:
+        return self.key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def sign(self, message: bytes) -> bytes:
+        return self.key.sign(message)
+
+
+class TrustedKeys:
+    """Known sites' Ed25519 public keys: ``verify(identity, message, signature)``."""
+
+    def __init__(self, keys: dict[str, Ed25519PublicKey]) -> None:
+        self.keys = keys
+
+    @classmethod
+    def from_pem(cls, pems: dict[str, bytes]) -> TrustedKeys:
+        keys = {}
+        for name, pem in pems.items():
+            key = serialization.load_pem_public_key(pem)
+            if not isinstance(key, Ed25519PublicKey):
+                raise ValueError(f"the key of {name!r} is not an Ed25519 public key")
+            keys[name] = key
+        return cls(keys)
+
+    @classmethod
+    def from_dir(cls, directory: Path) -> TrustedKeys:
+        """``NAME.pub`` files (PEM) in ``directory``, one per site."""
+        return cls.from_pem({p.stem: p.read_bytes() for p in sorted(Path(directory).glob("*.pub"))})
+
+    def __call__(self, identity: str, message: bytes, signature: bytes) -> bool:
+        key = self.keys.get(identity)
+        if key is None:
+            return False
+        try:
+            key.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
