@@ -16,6 +16,8 @@ from typing import Any
 from fedops import __version__
 from fedops.config import (
     FLAG_NAMES,
+    SECAGG_CLIP,
+    SECAGG_MODES,
     ClientConfig,
     ConfigError,
     CoordinatorConfig,
@@ -131,6 +133,28 @@ def _coordinator_parser(sub: Any) -> None:
     )
     coord.add_argument("--keep-checkpoints", type=int, default=3)
     coord.add_argument("--max-workers", type=int, default=64, help="gRPC handler threads")
+    secure = coord.add_argument_group("secure aggregation (SecAgg+)")
+    secure.add_argument(
+        "--secagg",
+        choices=SECAGG_MODES,
+        default="none",
+        help="secaggplus: the coordinator only ever sees the sum of the updates",
+    )
+    secure.add_argument(
+        "--secagg-k", type=int, default=None, help="neighbours per client (default: 2*log2(n))"
+    )
+    secure.add_argument(
+        "--secagg-threshold",
+        type=int,
+        default=None,
+        help="shares needed to unmask a client (default: k/2 + 1)",
+    )
+    secure.add_argument(
+        "--secagg-clip",
+        type=float,
+        default=SECAGG_CLIP,
+        help=f"clip each update coordinate to [-c, c] before quantizing (default: {SECAGG_CLIP})",
+    )
 
 
 def _client_parser(sub: Any) -> None:
@@ -146,6 +170,23 @@ def _client_parser(sub: Any) -> None:
         type=int,
         default=30,
         help="consecutive failed connection attempts before giving up",
+    )
+    client.add_argument(
+        "--require-secagg",
+        action="store_true",
+        help="site policy: decline to train unless the round uses secure aggregation",
+    )
+    client.add_argument(
+        "--identity-key",
+        type=Path,
+        default=None,
+        help="Ed25519 private key (PEM) this site signs its SecAgg keys with",
+    )
+    client.add_argument(
+        "--trusted-keys",
+        type=Path,
+        default=None,
+        help="directory of NAME.pub (PEM) keys: refuse SecAgg keys not signed by those sites",
     )
     _train_flags(client)
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from numpy.typing import NDArray
 
-from fedops.core.secagg.primitives import DecryptionFailed
+from fedops.core.secagg.primitives import DecryptionFailed, ProtocolError
 
 NONCE_BYTES = 12
 _ZERO_IV = bytes(16)
@@ -38,9 +38,12 @@ class Crypto:
         return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
     def agree(self, private: bytes, peer_public: bytes, info: bytes) -> bytes:
-        shared = X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(peer_public)
-        )
+        try:
+            shared = X25519PrivateKey.from_private_bytes(private).exchange(
+                X25519PublicKey.from_public_bytes(peer_public)
+            )
+        except ValueError as exc:  # wrong length, or a low-order point (all-zero secret)
+            raise ProtocolError(f"unusable X25519 public key: {exc}") from exc
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
 
     def seal(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:

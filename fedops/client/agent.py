@@ -20,7 +20,10 @@ from typing import Any, TypeVar
 import grpc
 
 from fedops.client.calls import Session, fetch_model, push_result
-from fedops.core.params import Params
+from fedops.client.secure import SecureParticipant, secure_identity
+from fedops.core.params import InvalidUpdate, Params
+from fedops.core.secagg.primitives import ProtocolError
+from fedops.crypto import Crypto
 from fedops.runtime.settings import ClientConfig
 from fedops.tasks.site import Site
 from fedops.v1 import fedops_pb2 as pb
@@ -62,6 +65,9 @@ class Agent:
         self._rng = random.Random(f"{cfg.site}-{time.time_ns()}")
         self._buffer = bytearray()  # reused for every model download
         self._journal = None
+        self.secure = SecureParticipant(
+            site, Crypto(), **secure_identity(cfg.identity_key, cfg.trusted_keys, cfg.site_name)
+        )
         if cfg.run_dir is not None:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
             self._journal = Path(cfg.run_dir) / "client.jsonl"
@@ -167,6 +173,8 @@ class Agent:
         if task.kind == pb.TASK_KIND_SEND_INITIAL:
             params = self.site.initial_params()
             self._push(task, params, self.site.num_train_examples, {})
+        elif task.kind == pb.TASK_KIND_FIT and self.cfg.require_secagg:
+            self._decline(task, "this site only trains under secure aggregation (--require-secagg)")
         elif task.kind == pb.TASK_KIND_FIT:
             params = self._fetch(task)
             new, n, metrics = self.site.fit(params, task.round, dict(task.config))
@@ -175,9 +183,23 @@ class Agent:
             params = self._fetch(task)
             n, metrics = self.site.evaluate(params)
             self._push(task, {}, n, metrics)
+        elif task.kind == pb.TASK_KIND_SECAGG:
+            self._secure_step(task)
         else:
             log.warning("ignoring task of unknown kind %d", task.kind)
         return True
+
+    def _secure_step(self, task: pb.Task) -> None:
+        try:
+            reply, payload, n, metrics = self.secure.answer(task, lambda: self._fetch(task))
+        except (ProtocolError, InvalidUpdate) as exc:
+            self._decline(task, f"secure aggregation: {exc}")
+            return
+        self._push(task, payload, n, metrics, secagg=reply)
+
+    def _decline(self, task: pb.Task, reason: str) -> None:
+        log.warning("round %d: declining the task: %s", task.round, reason)
+        self._push(task, {}, 0, {}, declined=reason)
 
     def _guarded(self, what: str, call: Callable[[], T]) -> T:
         try:
@@ -203,7 +225,14 @@ class Agent:
         return params
 
     def _push(
-        self, task: pb.Task, params: Params, num_examples: int, metrics: Mapping[str, float]
+        self,
+        task: pb.Task,
+        params: Params,
+        num_examples: int,
+        metrics: Mapping[str, float],
+        *,
+        secagg: pb.SecAggReply | None = None,
+        declined: str = "",
     ) -> None:
         session = self.session
         assert session is not None
@@ -218,6 +247,8 @@ class Agent:
                     num_examples,
                     metrics,
                     digest=self._journal is not None,
+                    secagg=secagg,
+                    declined=declined,
                 ),
             )
         except grpc.RpcError as exc:
@@ -235,4 +266,6 @@ class Agent:
             num_examples=num_examples,
             metrics=dict(metrics),
             model_digest=sent if params else "",
+            **({"declined": declined} if declined else {}),
+            **({"secagg": secagg.WhichOneof("stage")} if secagg is not None else {}),
         )

@@ -95,6 +95,8 @@ def push_result(
     metrics: Mapping[str, float],
     *,
     digest: bool = True,
+    secagg: pb.SecAggReply | None = None,
+    declined: str = "",
 ) -> str:
     """Upload a result (header, then the payload in chunks).
 
@@ -114,7 +116,10 @@ def push_result(
         metrics={k: float(v) for k, v in metrics.items()},
         tensors=codec.specs_to_proto(specs),
         total_bytes=total_bytes(specs),
+        declined=declined,
     )
+    if secagg is not None:
+        header.secagg.CopyFrom(secagg)
     hasher = codec.payload_hasher(specs) if digest else None
 
     def messages() -> Iterator[pb.PushResultRequest | bytes]:

@@ -7,9 +7,18 @@ them and names the offending flag or key when a value is refused.
 
 from fedops.runtime.settings import (
     FLAG_NAMES,
+    SECAGG_CLIP,
+    SECAGG_MODES,
     ClientConfig,
     ConfigError,
     CoordinatorConfig,
 )
 
-__all__ = ["FLAG_NAMES", "ClientConfig", "ConfigError", "CoordinatorConfig"]
+__all__ = [
+    "FLAG_NAMES",
+    "SECAGG_CLIP",
+    "SECAGG_MODES",
+    "ClientConfig",
+    "ConfigError",
+    "CoordinatorConfig",
+]

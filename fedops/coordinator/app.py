@@ -12,6 +12,7 @@ from fedops.coordinator.transport import GrpcTransport
 from fedops.core.params import Params
 from fedops.runtime.driver import DriverConfig
 from fedops.runtime.run import RunPlan, execute, make_strategy
+from fedops.runtime.secure_fit import SecAggSettings
 from fedops.runtime.settings import CoordinatorConfig, as_dict
 from fedops.runtime.store import RunStore
 from fedops.tasks import load_task
@@ -69,7 +70,19 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
         initial_params=first_params,
         evaluate_global=global_evaluator(task) if task else None,
         site_names=transport.registry.site_name,
-        summary={"task": cfg.task, "strategy": cfg.strategy, "rounds_planned": cfg.rounds},
+        summary={
+            "task": cfg.task,
+            "strategy": cfg.strategy,
+            "rounds_planned": cfg.rounds,
+            "secagg": cfg.secagg,
+        },
+        secagg=(
+            SecAggSettings(
+                degree=cfg.secagg_k, threshold=cfg.secagg_threshold, clip=cfg.secagg_clip
+            )
+            if cfg.secagg == "secaggplus"
+            else None
+        ),
     )
     return execute(plan, store=store, transport=transport, on_exit=stop)
 

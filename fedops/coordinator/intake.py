@@ -16,9 +16,10 @@ from fedops.core.params import (
     check_specs_match,
     total_bytes,
 )
-from fedops.core.results import EvaluateResult, FitResult, check_reported
+from fedops.core.results import EvaluateResult, FitResult, StageResult, check_reported
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import codec
+from fedops.wire import secagg as secagg_codec
 
 #: the most a first client may send as the initial model (no reference to match yet)
 MAX_INITIAL_MODEL_BYTES = 4 << 30
@@ -29,7 +30,7 @@ def read_result(
     kind: int,
     reference: Sequence[TensorSpec],
     chunks: Iterator[bytes | memoryview],
-) -> FitResult | EvaluateResult:
+) -> FitResult | EvaluateResult | StageResult:
     """Check and assemble one result for a task of ``kind``.
 
     Args:
@@ -38,6 +39,8 @@ def read_result(
         reference: the specs of the model the node was given (fit tasks).
         chunks: the payload, as it arrives.
     """
+    if kind == pb.TASK_KIND_SECAGG:
+        return _read_stage(header, reference, chunks)
     training = kind in (pb.TASK_KIND_FIT, pb.TASK_KIND_SEND_INITIAL)
     check_reported(num_examples=header.num_examples, metrics=header.metrics, training=training)
     metrics = dict(header.metrics)
@@ -63,4 +66,26 @@ def read_result(
     check_finite(params)
     return FitResult(
         node_id=header.node_id, params=params, num_examples=header.num_examples, metrics=metrics
+    )
+
+
+def _read_stage(
+    header: pb.ResultHeader, reference: Sequence[TensorSpec], chunks: Iterator[bytes | memoryview]
+) -> StageResult:
+    """A secure-aggregation answer: protocol fields, plus the masked vector if one is due."""
+    metrics = dict(header.metrics)
+    check_reported(num_examples=header.num_examples, metrics=metrics, training=False)
+    specs = codec.specs_from_proto(header.tensors)
+    check_specs_match(reference, specs)
+    payload = {}
+    if specs:
+        assembler = codec.Assembler(specs, max_bytes=total_bytes(reference))
+        for chunk in chunks:
+            assembler.add(chunk)
+        payload = assembler.finish()
+    elif next(chunks, None) is not None:
+        raise InvalidUpdate("this secure-aggregation stage carries no payload")
+    reply = secagg_codec.reply_from_proto(header.secagg, payload)
+    return StageResult(
+        node_id=header.node_id, reply=reply, num_examples=header.num_examples, metrics=metrics
     )

@@ -30,8 +30,10 @@ from fedops.core.params import (
 )
 from fedops.core.results import MAX_NUM_EXAMPLES, FitResult
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived, ResultRejected
+from fedops.runtime.transport import StageRequest
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import PROTOCOL_VERSION, codec
+from fedops.wire import secagg as secagg_codec
 
 log = logging.getLogger("fedops.coordinator")
 
@@ -39,6 +41,8 @@ log = logging.getLogger("fedops.coordinator")
 MAX_POLL_S = 10.0
 
 _KIND_OF_PHASE = {Phase.FIT: pb.TASK_KIND_FIT, Phase.EVALUATE: pb.TASK_KIND_EVALUATE}
+#: the secure-aggregation stage that trains (and so downloads the model)
+_TRAINING_STAGE = Phase.SECAGG_MASKED
 
 
 class Reject(Exception):
@@ -58,6 +62,7 @@ class Assignment:
     params: Params
     specs: list[TensorSpec]
     model_digest: str
+    result_specs: list[TensorSpec] | None = None  # what the answer carries, if not ``specs``
     delivered: bool = False
 
 
@@ -121,20 +126,30 @@ class GrpcTransport:
         nodes: Sequence[str],
         params: Params,
         config: Mapping[str, float],
+        stage: StageRequest | None = None,
     ) -> dict[str, str]:
+        if stage is not None and phase is not _TRAINING_STAGE:
+            params, config = {}, {}  # key exchange and unmasking need no model
         specs = specs_of(params)
-        # A round evaluates the model the next round trains: digest it once, not twice.
-        if self._last_dispatched is None or self._last_dispatched[0] is not params:
-            self._last_dispatched = (params, digest(params))
-        model_digest = self._last_dispatched[1]
+        model_digest = ""
+        if params:
+            # A round evaluates the model the next round trains: digest it once, not twice.
+            if self._last_dispatched is None or self._last_dispatched[0] is not params:
+                self._last_dispatched = (params, digest(params))
+            model_digest = self._last_dispatched[1]
+        kind = pb.TASK_KIND_SECAGG if stage is not None else _KIND_OF_PHASE[phase]
         with self._cond:
             self._round = server_round
             tasks = {}
             for node in nodes:
-                task = self._new_task(_KIND_OF_PHASE[phase], server_round, config, model_digest)
-                self._assignments[node] = Assignment(
+                task = self._new_task(kind, server_round, config, model_digest)
+                assignment = Assignment(
                     task=task, params=params, specs=specs, model_digest=model_digest
                 )
+                if stage is not None:
+                    task.secagg.CopyFrom(secagg_codec.request_to_proto(stage.messages[node]))
+                    assignment.result_specs = list(stage.result_specs)
+                self._assignments[node] = assignment
                 tasks[node] = task.task_id
             self._cond.notify_all()
         return tasks
@@ -273,6 +288,20 @@ class GrpcTransport:
         """Check and take a result: ``header`` first, then the payload ``chunks``."""
         self._authenticate(header.node_id, header.token)
         assignment = self._check_current(header)
+        if header.declined:
+            reason = f"the client declined the task: {header.declined[:500]}"
+            with self._cond:
+                if self._assignments.get(header.node_id) is assignment:
+                    del self._assignments[header.node_id]
+                    self._answered.add(assignment.task.task_id)
+                    self._events.put(
+                        ResultRejected(
+                            node_id=header.node_id, task_id=assignment.task.task_id, reason=reason
+                        )
+                    )
+            log.warning("%s %s", header.node_id, reason)
+            self.on_rejection(assignment.task.round, header.node_id, "DECLINED", reason)
+            return pb.PushResultResponse(accepted=False, message="noted: task declined")
         try:
             event = self._receive(header, assignment, iter(chunks))
         except InvalidUpdate as exc:
@@ -352,7 +381,8 @@ class GrpcTransport:
         stream: Iterator[bytes | memoryview],
     ) -> Event:
         node = header.node_id
-        result = read_result(header, assignment.task.kind, assignment.specs, stream)
+        reference = assignment.specs if assignment.result_specs is None else assignment.result_specs
+        result = read_result(header, assignment.task.kind, reference, stream)
         with self._cond:
             if self._assignments.get(node) is not assignment:
                 self._reject(

@@ -30,7 +30,23 @@ class EvaluateResult:
     metrics: Mapping[str, float] = field(default_factory=dict)
 
 
-def weighted_metrics(results: Sequence[FitResult | EvaluateResult]) -> dict[str, float]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageResult:
+    """A client's answer to one secure-aggregation stage (a ``secagg.messages`` reply).
+
+    The masked-input stage also reports, in the clear as without secure
+    aggregation, how many examples it trained on and its training metrics.
+    """
+
+    node_id: str
+    reply: object
+    num_examples: int = 0
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+def weighted_metrics(
+    results: Sequence[FitResult | EvaluateResult | StageResult],
+) -> dict[str, float]:
     """Example-weighted mean of every metric that all results report."""
     usable = [r for r in results if r.num_examples > 0]
     if not usable:

@@ -14,12 +14,17 @@ from enum import StrEnum
 
 import numpy as np
 
-from fedops.core.results import EvaluateResult, FitResult
+from fedops.core.results import EvaluateResult, FitResult, StageResult
 
 
 class Phase(StrEnum):
     FIT = "fit"
     EVALUATE = "evaluate"
+    # the four round trips of secure aggregation, which replace FIT when it is on
+    SECAGG_KEYS = "secagg_keys"
+    SECAGG_SHARES = "secagg_shares"
+    SECAGG_MASKED = "secagg_masked"
+    SECAGG_UNMASK = "secagg_unmask"
 
 
 class Outcome(StrEnum):
@@ -34,7 +39,7 @@ class Outcome(StrEnum):
 class ResultArrived:
     node_id: str
     task_id: str
-    result: FitResult | EvaluateResult
+    result: FitResult | EvaluateResult | StageResult
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,7 +83,7 @@ class RoundTracker:
     tasks: dict[str, str]  # node_id -> task_id
     outcomes: dict[str, Outcome] = field(init=False)
     reasons: dict[str, str] = field(init=False)
-    results: list[FitResult | EvaluateResult] = field(init=False)
+    results: list[FitResult | EvaluateResult | StageResult] = field(init=False)
     _waiting: int = field(init=False)  # kept, not counted: done is asked after every event
 
     def __post_init__(self) -> None:

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedops.core.params import Params
-from fedops.core.results import FitResult
-from fedops.core.rounds import Phase, ResultArrived, RoundTracker, sample_clients
+from fedops.core.results import FitResult, weighted_metrics
+from fedops.core.rounds import Phase, RoundTracker, sample_clients
 from fedops.core.strategies.base import Strategy
+from fedops.runtime.collect import collect
+from fedops.runtime.secure_fit import FitOutcome, SecureFit
 from fedops.runtime.store import Participant, RunStore
 from fedops.runtime.transport import Transport
 
@@ -58,6 +60,7 @@ class RoundDriver:
             ``global_accuracy``).
         site_names: node id -> site name, for the participants table.
         on_round: called after every committed round (progress display).
+        secure: runs the fit phase under secure aggregation, when it is on.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class RoundDriver:
         evaluate_global: Callable[[Params], Mapping[str, float]] | None = None,
         site_names: Callable[[str], str] = lambda node: node,
         on_round: Callable[[RoundRecord], None] = lambda record: None,
+        secure: SecureFit | None = None,
     ) -> None:
         self.transport = transport
         self.strategy = strategy
@@ -78,6 +82,7 @@ class RoundDriver:
         self.evaluate_global = evaluate_global
         self.site_names = site_names
         self.on_round = on_round
+        self.secure = secure
 
     def run(self, params: Params, *, start_round: int = 1) -> Params:
         for server_round in range(start_round, self.config.rounds + 1):
@@ -99,19 +104,21 @@ class RoundDriver:
             nodes, cfg.clients_per_round, seed=cfg.seed, server_round=server_round
         )
         fit_config = {**self.strategy.fit_config(server_round), "seed": float(cfg.seed)}
-        fit = self._collect(server_round, Phase.FIT, selected, params, fit_config)
-        fit_results = [r for r in fit.results if isinstance(r, FitResult)]
-        if fit_results:
-            params = self.strategy.aggregate_fit(server_round, params, fit_results)
+        if self.secure is not None:
+            fit = self.secure.run(server_round, selected, params, fit_config)
+        else:
+            fit = self._plain_fit(server_round, selected, params, fit_config)
+        if fit.results:
+            params = self.strategy.aggregate_fit(server_round, params, fit.results)
         else:
             log.warning("round %d: no accepted fit results; the model is unchanged", server_round)
         alive = set(self.transport.available_nodes())
         evaluators = [n for n in selected if n in alive]
         evaluation = self._collect(server_round, Phase.EVALUATE, evaluators, params, {})
-        eval_metrics = self.strategy.aggregate_evaluate(server_round, evaluation.results)
-        train_metrics = self.strategy.aggregate_evaluate(server_round, fit_results)  # type: ignore[arg-type]
+        eval_metrics = self.strategy.aggregate_evaluate(server_round, evaluation.results)  # type: ignore[arg-type]
+        train_metrics = weighted_metrics(fit.reported)
         metrics: dict[str, Any] = {
-            "num_clients": len(fit_results),
+            "num_clients": len(fit.reported),
             "train_loss": train_metrics.get("train_loss", math.nan),
             "eval_loss": eval_metrics.get("loss", math.nan),
             "eval_accuracy": eval_metrics.get("accuracy", math.nan),
@@ -121,8 +128,9 @@ class RoundDriver:
             glob = self.evaluate_global(params)
             metrics["global_loss"] = float(glob["loss"])
             metrics["global_accuracy"] = float(glob["accuracy"])
+        metrics.update(fit.metrics)
         metrics["duration_s"] = round(time.monotonic() - started, 4)
-        participants = self._participants(fit) + self._participants(evaluation)
+        participants = fit.participants + self._participants(evaluation)
         return params, RoundRecord(
             server_round=server_round, metrics=metrics, participants=participants
         )
@@ -135,31 +143,24 @@ class RoundDriver:
         params: Params,
         config: Mapping[str, float],
     ) -> RoundTracker:
-        tasks = self.transport.dispatch(server_round, phase, nodes, params, config) if nodes else {}
-        tracker = RoundTracker(server_round=server_round, phase=phase, tasks=tasks)
-        deadline = time.monotonic() + self.config.round_timeout_s
-        while not tracker.done:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                tracker.expire()
-                log.warning(
-                    "round %d %s: deadline passed; going on without %s",
-                    server_round,
-                    phase,
-                    ", ".join(n for n, o in tracker.outcomes.items() if o == "timed_out"),
-                )
-                break
-            event = self.transport.next_event(min(remaining, 1.0))
-            if event is None or not tracker.apply(event) or isinstance(event, ResultArrived):
-                continue
-            log.warning(
-                "round %d %s: %s left the round: %s",
-                server_round,
-                phase,
-                event.node_id,
-                event.reason,
-            )
-        return tracker
+        return collect(
+            self.transport,
+            server_round,
+            phase,
+            nodes,
+            params,
+            config,
+            timeout_s=self.config.round_timeout_s,
+        )
+
+    def _plain_fit(
+        self, server_round: int, nodes: list[str], params: Params, config: Mapping[str, float]
+    ) -> FitOutcome:
+        tracker = self._collect(server_round, Phase.FIT, nodes, params, config)
+        results = [r for r in tracker.results if isinstance(r, FitResult)]
+        return FitOutcome(
+            results=results, reported=list(results), participants=self._participants(tracker)
+        )
 
     def _participants(self, tracker: RoundTracker) -> list[Participant]:
         examples = {r.node_id: r.num_examples for r in tracker.results}

@@ -10,8 +10,10 @@ from typing import Any
 from fedops.core.params import Params
 from fedops.core.strategies import STRATEGIES, FedProx
 from fedops.core.strategies.base import Strategy
+from fedops.crypto import Crypto
 from fedops.runtime.driver import DriverConfig, RoundDriver
 from fedops.runtime.progress import RoundProgress
+from fedops.runtime.secure_fit import SecAggSettings, SecureFit
 from fedops.runtime.store import RunStore, config_digest
 from fedops.runtime.transport import Transport
 
@@ -73,6 +75,7 @@ class RunPlan:
     evaluate_global: Callable[[Params], Mapping[str, float]] | None = None
     site_names: Callable[[str], str] = str
     summary: Mapping[str, Any] = field(default_factory=dict)
+    secagg: SecAggSettings | None = None  # secure aggregation of the fit phase, when on
 
 
 def execute(
@@ -113,6 +116,7 @@ def execute(
                 evaluate_global=plan.evaluate_global,
                 site_names=plan.site_names,
                 on_round=progress.update,
+                secure=_secure_fit(plan, start.run_id, transport),
             ).run(start.params, start_round=start.start_round)
         status = "completed"
     except KeyboardInterrupt:
@@ -123,3 +127,17 @@ def execute(
         summary = store.write_summary({"status": status, **plan.summary})
         store.close()
     return summary
+
+
+def _secure_fit(plan: RunPlan, run_id: str, transport: Transport) -> SecureFit | None:
+    if plan.secagg is None:
+        return None
+    return SecureFit(
+        transport=transport,
+        settings=plan.secagg,
+        crypto=Crypto(),
+        run_id=run_id,
+        timeout_s=plan.driver.round_timeout_s,
+        seed=plan.driver.seed,
+        site_names=plan.site_names,
+    )

@@ -100,6 +100,27 @@ class RoundOptions:
         _require(self.mu >= 0, "mu", f"must be >= 0, got {self.mu}")
 
 
+#: the quantizer's range for each coordinate of a model update under SecAgg
+SECAGG_CLIP = 4.0
+SECAGG_MODES = ("none", "secaggplus")
+
+
+def check_secagg(mode: str, k: int | None, threshold: int | None, clip: float) -> None:
+    """The same rules for ``--secagg*`` flags and the ``secagg.*`` Hydra keys."""
+    _require(mode in SECAGG_MODES, "secagg", f"must be one of {SECAGG_MODES}, got {mode!r}")
+    _require(k is None or k >= 2, "secagg_k", f"must be >= 2, got {k}")
+    _require(
+        threshold is None or threshold >= 1, "secagg_threshold", f"must be >= 1, got {threshold}"
+    )
+    _require(
+        threshold is None or k is None or k / 2 < threshold <= k,
+        "secagg_threshold",
+        f"must be above k/2 and at most k={k} (so a server can never rebuild both secrets "
+        f"of one client), got {threshold}",
+    )
+    _require(clip > 0, "secagg_clip", f"must be > 0, got {clip}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainOptions:
     # Tuned for the built-in digits tasks; set --lr for your own model.
@@ -130,6 +151,10 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
     liveness_timeout_s: float = 10.0
     keep_checkpoints: int = 3
     max_workers: int = 64
+    secagg: str = "none"
+    secagg_k: int | None = None
+    secagg_threshold: int | None = None
+    secagg_clip: float = SECAGG_CLIP
 
     def __post_init__(self) -> None:
         self.check_round_options()
@@ -140,6 +165,12 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
         _require(self.liveness_timeout_s >= 1, "liveness_timeout_s", "must be >= 1")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         _require(self.max_workers >= 4, "max_workers", "must be >= 4")
+        check_secagg(self.secagg, self.secagg_k, self.secagg_threshold, self.secagg_clip)
+        _require(
+            self.secagg == "none" or self.min_clients >= 2,
+            "min_clients",
+            "secure aggregation needs at least 2 clients per round",
+        )
         _require(
             is_loopback(host) or self.insecure,
             "address",
@@ -157,6 +188,9 @@ class ClientConfig(TrainOptions, TaskOptions):
     run_dir: Path | None = None
     max_retries: int = 30
     poll_wait_s: float = 5.0
+    require_secagg: bool = False
+    identity_key: Path | None = None
+    trusted_keys: Path | None = None
 
     def __post_init__(self) -> None:
         self.check_train_options()
@@ -170,6 +204,9 @@ class ClientConfig(TrainOptions, TaskOptions):
             f"must be in [0, {self.num_sites}) for --num-sites {self.num_sites}, got {self.site}",
         )
         _require(self.max_retries >= 0, "max_retries", "must be >= 0")
+        for key in ("identity_key", "trusted_keys"):
+            path = getattr(self, key)
+            _require(path is None or Path(path).exists(), key, f"{path} does not exist")
 
 
 def as_dict(config: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from fedops.core.strategies import STRATEGIES
 from fedops.core.training import OPTIMIZERS
-from fedops.runtime.settings import ConfigError
+from fedops.runtime.settings import SECAGG_CLIP, ConfigError, check_secagg
 
 DATASETS = ("digits", "breast_cancer", "synthetic")
 PARTITIONS = ("iid", "dirichlet")
@@ -93,7 +93,13 @@ class PrivacyConfig:
 
 @dataclass
 class SecAggConfig:
+    """``secagg=secaggplus``: SecAgg+ over every round's fit phase (DESIGN §5)."""
+
     name: str = "none"
+    k: int | None = None  # neighbours per client; None: 2*ceil(log2 n); >= n-1: classic SecAgg
+    threshold: int | None = None  # shares that unmask a client; None: k/2 + 1
+    clip: float = SECAGG_CLIP  # each update coordinate is clipped to [-clip, clip]
+    min_survivors: int | None = None  # fewest inputs summed; None: max(2, threshold)
 
 
 @dataclass
@@ -156,5 +162,15 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     _require(s.workers >= 1, "simulation.workers", "must be >= 1")
     _require(s.threads >= 0, "simulation.threads", "must be >= 0 (0: torch's default)")
     _one_of(cfg.privacy.name, ("none",), "privacy.name")
-    _one_of(cfg.secagg.name, ("none",), "secagg.name")
+    a = cfg.secagg
+    try:
+        check_secagg(a.name, a.k, a.threshold, a.clip)
+    except ConfigError as exc:
+        key = "name" if exc.key == "secagg" else exc.key.removeprefix("secagg_")
+        raise ConfigError(f"secagg.{key}", exc.message) from None
+    _require(
+        a.name == "none" or (s.clients_per_round or s.num_clients) >= 2,
+        "simulation.clients_per_round",
+        "secure aggregation needs at least 2 clients per round",
+    )
     return cfg

@@ -9,10 +9,20 @@ round and a simulated round run through the same driver code.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-from fedops.core.params import Params
+from fedops.core.params import Params, TensorSpec
 from fedops.core.rounds import Event, Phase
+from fedops.core.secagg.messages import Request
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageRequest:
+    """One secure-aggregation stage: a message for each node, and what its answer carries."""
+
+    messages: Mapping[str, Request]
+    result_specs: tuple[TensorSpec, ...] = ()
 
 
 class Transport(Protocol):
@@ -31,8 +41,13 @@ class Transport(Protocol):
         nodes: Sequence[str],
         params: Params,
         config: Mapping[str, float],
+        stage: StageRequest | None = None,
     ) -> dict[str, str]:
-        """Give each node a task on ``params``; return node id -> task id."""
+        """Give each node a task on ``params``; return node id -> task id.
+
+        SecAgg phases pass ``stage``; ``params`` is then the model the round
+        trains, downloaded only at the masked-input stage.
+        """
         ...
 
     def next_event(self, timeout_s: float) -> Event | None:

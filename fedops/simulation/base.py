@@ -47,6 +47,12 @@ def evaluate_event(
     return ResultArrived(node_id=node, task_id=task_id, result=result)
 
 
+def check_plain(phase: Phase, stage: object) -> None:
+    """Backends train and evaluate; secure aggregation wraps them (simulation.secure)."""
+    if stage is not None or phase not in (Phase.FIT, Phase.EVALUATE):
+        raise NotImplementedError(f"{phase} needs SecureSimTransport around the simulation backend")
+
+
 def task_ids(server_round: int, phase: Phase, nodes: Sequence[str]) -> dict[str, str]:
     return {node: f"{node}:{server_round}:{phase}" for node in nodes}
 

@@ -15,17 +15,20 @@ from typing import Any
 import torch
 
 from fedops.core.training import TrainConfig
+from fedops.crypto import Crypto
 from fedops.data import FederatedData
 from fedops.data.build import DATASETS, from_task
 from fedops.reporting.plots import plot_run
 from fedops.runtime.driver import DriverConfig
 from fedops.runtime.run import RunPlan, execute, make_strategy
+from fedops.runtime.secure_fit import SecAggSettings
 from fedops.runtime.simulate_settings import SimulateConfig
 from fedops.runtime.store import RunStore
 from fedops.runtime.transport import Transport
 from fedops.simulation.faults import FaultPlan
 from fedops.simulation.inmemory import InMemoryTransport
 from fedops.simulation.process import ProcessTransport
+from fedops.simulation.secure import SecureSimTransport
 from fedops.simulation.vectorized import VectorizedTransport
 from fedops.tasks import Task, load_task
 from fedops.tasks.federated import task_from_data
@@ -129,7 +132,13 @@ def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
     use_threads(cfg.simulation.threads)
     task, data = load_federation(cfg)
     transport = make_transport(cfg, task, data)
-    s = cfg.simulation
+    s, a = cfg.simulation, cfg.secagg
+    secagg = None
+    if a.name == "secaggplus":
+        transport = SecureSimTransport(transport, Crypto(), seed=cfg.seed)
+        secagg = SecAggSettings(
+            degree=a.k, threshold=a.threshold, clip=a.clip, min_survivors=a.min_survivors
+        )
     plan = RunPlan(
         label="simulate",
         config=asdict(cfg),
@@ -146,7 +155,9 @@ def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
             "backend": s.backend,
             "num_clients": s.num_clients,
             "rounds_planned": cfg.rounds,
+            "secagg": a.name,
         },
+        secagg=secagg,
     )
     try:
         return execute(

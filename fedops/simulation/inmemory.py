@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from fedops.core.params import Params
 from fedops.core.rounds import Event, NodeDropped, Phase
+from fedops.runtime.transport import StageRequest
 from fedops.simulation.base import (
     SimulatedTransport,
+    check_plain,
     evaluate_event,
     fit_event,
     node_id,
@@ -40,7 +42,9 @@ class InMemoryTransport(SimulatedTransport):
         nodes: Sequence[str],
         params: Params,
         config: Mapping[str, float],
+        stage: StageRequest | None = None,
     ) -> dict[str, str]:
+        check_plain(phase, stage)
         tasks = task_ids(server_round, phase, nodes)
         for node in nodes:
             run = self._fit if phase is Phase.FIT else self._evaluate

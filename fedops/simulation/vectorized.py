@@ -20,8 +20,10 @@ from fedops.core.rounds import Event, NodeDropped, Phase
 from fedops.core.training import TrainConfig, set_params
 from fedops.core.vectorized import ClientJob, VectorConfig, supports, train_many
 from fedops.data import FederatedData
+from fedops.runtime.transport import StageRequest
 from fedops.simulation.base import (
     SimulatedTransport,
+    check_plain,
     client_index,
     evaluate_event,
     fit_event,
@@ -74,7 +76,9 @@ class VectorizedTransport(SimulatedTransport):
         nodes: Sequence[str],
         params: Params,
         config: Mapping[str, float],
+        stage: StageRequest | None = None,
     ) -> dict[str, str]:
+        check_plain(phase, stage)
         tasks = task_ids(server_round, phase, nodes)
         if phase is Phase.FIT:
             self._events.extend(self._fit(server_round, nodes, tasks, params, config))

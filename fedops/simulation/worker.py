@@ -19,8 +19,10 @@ from fedops.core.params import Params, TensorSpec, specs_of
 from fedops.core.rounds import Event, NodeDropped, Phase
 from fedops.core.training import TrainConfig
 from fedops.runtime.simulate_settings import SimulateConfig
+from fedops.runtime.transport import StageRequest
 from fedops.simulation.base import (
     SimulatedTransport,
+    check_plain,
     client_index,
     evaluate_event,
     fit_event,
@@ -148,7 +150,9 @@ class WorkerTransport(SimulatedTransport):
         nodes: Sequence[str],
         params: Params,
         config: Mapping[str, float],
+        stage: StageRequest | None = None,
     ) -> dict[str, str]:
+        check_plain(phase, stage)
         tasks = task_ids(server_round, phase, nodes)
         jobs, dropped = fault_jobs(
             self.faults, server_round, phase, nodes, params, config, self.epochs

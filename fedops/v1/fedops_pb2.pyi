@@ -15,12 +15,14 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_EVALUATE: _ClassVar[TaskKind]
     TASK_KIND_SEND_INITIAL: _ClassVar[TaskKind]
     TASK_KIND_SHUTDOWN: _ClassVar[TaskKind]
+    TASK_KIND_SECAGG: _ClassVar[TaskKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_WAIT: TaskKind
 TASK_KIND_FIT: TaskKind
 TASK_KIND_EVALUATE: TaskKind
 TASK_KIND_SEND_INITIAL: TaskKind
 TASK_KIND_SHUTDOWN: TaskKind
+TASK_KIND_SECAGG: TaskKind
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "dtype", "shape")
@@ -76,7 +78,7 @@ class PullTaskRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., token: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "run_id", "round", "task_id", "config", "model_digest", "message")
+    __slots__ = ("kind", "run_id", "round", "task_id", "config", "model_digest", "message", "secagg")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +93,7 @@ class Task(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_FIELD_NUMBER: _ClassVar[int]
     kind: TaskKind
     run_id: str
     round: int
@@ -98,7 +101,8 @@ class Task(_message.Message):
     config: _containers.ScalarMap[str, float]
     model_digest: str
     message: str
-    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., config: _Optional[_Mapping[str, float]] = ..., model_digest: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    secagg: SecAggRequest
+    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., config: _Optional[_Mapping[str, float]] = ..., model_digest: _Optional[str] = ..., message: _Optional[str] = ..., secagg: _Optional[_Union[SecAggRequest, _Mapping]] = ...) -> None: ...
 
 class FetchModelRequest(_message.Message):
     __slots__ = ("node_id", "token", "task_id")
@@ -137,7 +141,7 @@ class PushResultRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("node_id", "token", "run_id", "round", "task_id", "kind", "num_examples", "metrics", "tensors", "total_bytes")
+    __slots__ = ("node_id", "token", "run_id", "round", "task_id", "kind", "num_examples", "metrics", "tensors", "total_bytes", "secagg", "declined")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +159,8 @@ class ResultHeader(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_FIELD_NUMBER: _ClassVar[int]
+    DECLINED_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     token: str
     run_id: str
@@ -165,7 +171,9 @@ class ResultHeader(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     total_bytes: int
-    def __init__(self, node_id: _Optional[str] = ..., token: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    secagg: SecAggReply
+    declined: str
+    def __init__(self, node_id: _Optional[str] = ..., token: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., total_bytes: _Optional[int] = ..., secagg: _Optional[_Union[SecAggReply, _Mapping]] = ..., declined: _Optional[str] = ...) -> None: ...
 
 class PushResultResponse(_message.Message):
     __slots__ = ("accepted", "message")
@@ -188,3 +196,121 @@ class HeartbeatResponse(_message.Message):
     KNOWN_FIELD_NUMBER: _ClassVar[int]
     known: bool
     def __init__(self, known: _Optional[bool] = ...) -> None: ...
+
+class SecAggSetup(_message.Message):
+    __slots__ = ("context", "index", "neighbours", "threshold")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    context: bytes
+    index: int
+    neighbours: _containers.RepeatedScalarFieldContainer[int]
+    threshold: int
+    def __init__(self, context: _Optional[bytes] = ..., index: _Optional[int] = ..., neighbours: _Optional[_Iterable[int]] = ..., threshold: _Optional[int] = ...) -> None: ...
+
+class SecAggPublicKeys(_message.Message):
+    __slots__ = ("index", "cipher_key", "mask_key", "num_examples", "identity", "signature")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CIPHER_KEY_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    cipher_key: bytes
+    mask_key: bytes
+    num_examples: int
+    identity: str
+    signature: bytes
+    def __init__(self, index: _Optional[int] = ..., cipher_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ..., num_examples: _Optional[int] = ..., identity: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SecAggNeighbourKeys(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[SecAggPublicKeys]
+    def __init__(self, keys: _Optional[_Iterable[_Union[SecAggPublicKeys, _Mapping]]] = ...) -> None: ...
+
+class SecAggShare(_message.Message):
+    __slots__ = ("source", "target", "ciphertext")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    source: int
+    target: int
+    ciphertext: bytes
+    def __init__(self, source: _Optional[int] = ..., target: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class SecAggShareKeys(_message.Message):
+    __slots__ = ("shares", "commitment")
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    shares: _containers.RepeatedCompositeFieldContainer[SecAggShare]
+    commitment: bytes
+    def __init__(self, shares: _Optional[_Iterable[_Union[SecAggShare, _Mapping]]] = ..., commitment: _Optional[bytes] = ...) -> None: ...
+
+class SecAggMaskRequest(_message.Message):
+    __slots__ = ("shares", "clip", "levels", "max_weight")
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    shares: _containers.RepeatedCompositeFieldContainer[SecAggShare]
+    clip: float
+    levels: int
+    max_weight: int
+    def __init__(self, shares: _Optional[_Iterable[_Union[SecAggShare, _Mapping]]] = ..., clip: _Optional[float] = ..., levels: _Optional[int] = ..., max_weight: _Optional[int] = ...) -> None: ...
+
+class SecAggMasked(_message.Message):
+    __slots__ = ("complaints",)
+    COMPLAINTS_FIELD_NUMBER: _ClassVar[int]
+    complaints: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, complaints: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SecAggUnmaskRequest(_message.Message):
+    __slots__ = ("survivors", "dropped")
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    survivors: _containers.RepeatedScalarFieldContainer[int]
+    dropped: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, survivors: _Optional[_Iterable[int]] = ..., dropped: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SecAggRevealedShare(_message.Message):
+    __slots__ = ("owner", "share")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    owner: int
+    share: bytes
+    def __init__(self, owner: _Optional[int] = ..., share: _Optional[bytes] = ...) -> None: ...
+
+class SecAggReveal(_message.Message):
+    __slots__ = ("self_mask", "mask_key")
+    SELF_MASK_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    self_mask: _containers.RepeatedCompositeFieldContainer[SecAggRevealedShare]
+    mask_key: _containers.RepeatedCompositeFieldContainer[SecAggRevealedShare]
+    def __init__(self, self_mask: _Optional[_Iterable[_Union[SecAggRevealedShare, _Mapping]]] = ..., mask_key: _Optional[_Iterable[_Union[SecAggRevealedShare, _Mapping]]] = ...) -> None: ...
+
+class SecAggRequest(_message.Message):
+    __slots__ = ("setup", "keys", "mask", "unmask")
+    SETUP_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    UNMASK_FIELD_NUMBER: _ClassVar[int]
+    setup: SecAggSetup
+    keys: SecAggNeighbourKeys
+    mask: SecAggMaskRequest
+    unmask: SecAggUnmaskRequest
+    def __init__(self, setup: _Optional[_Union[SecAggSetup, _Mapping]] = ..., keys: _Optional[_Union[SecAggNeighbourKeys, _Mapping]] = ..., mask: _Optional[_Union[SecAggMaskRequest, _Mapping]] = ..., unmask: _Optional[_Union[SecAggUnmaskRequest, _Mapping]] = ...) -> None: ...
+
+class SecAggReply(_message.Message):
+    __slots__ = ("keys", "shares", "masked", "reveal")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    MASKED_FIELD_NUMBER: _ClassVar[int]
+    REVEAL_FIELD_NUMBER: _ClassVar[int]
+    keys: SecAggPublicKeys
+    shares: SecAggShareKeys
+    masked: SecAggMasked
+    reveal: SecAggReveal
+    def __init__(self, keys: _Optional[_Union[SecAggPublicKeys, _Mapping]] = ..., shares: _Optional[_Union[SecAggShareKeys, _Mapping]] = ..., masked: _Optional[_Union[SecAggMasked, _Mapping]] = ..., reveal: _Optional[_Union[SecAggReveal, _Mapping]] = ...) -> None: ...

@@ -127,6 +127,7 @@ class SecAggClient:
         setup = self.setup
         neighbours = set(setup.neighbours)
         own = {self.crypto.public_key(self._cipher_sk), self.crypto.public_key(self._mask_sk)}
+        identities: set[str] = set()
         for keys in request.keys:
             if keys.index not in neighbours:
                 raise ProtocolError(f"keys of client {keys.index}, who is not a neighbour")
@@ -143,6 +144,12 @@ class SecAggClient:
                         f"keys of client {keys.index} ({keys.identity or 'no identity'}) are not "
                         "signed by that site: refusing to share secrets with them"
                     )
+                if keys.identity in identities:
+                    raise ProtocolError(
+                        f"site {keys.identity!r} signed keys for two neighbours: refusing to "
+                        "share secrets (one site must be one client)"
+                    )
+                identities.add(keys.identity)
             self._keys[keys.index] = keys
         if len(self._keys) < setup.threshold:
             raise ProtocolError(

@@ -40,7 +40,10 @@ class SecAggCrypto(Protocol):
         ...
 
     def agree(self, private: bytes, peer_public: bytes, info: bytes) -> bytes:
-        """A 32-byte key both sides derive: KDF(DH(private, peer_public), info)."""
+        """A 32-byte key both sides derive: KDF(DH(private, peer_public), info).
+
+        Raises :class:`ProtocolError` for a public key that is malformed or weak.
+        """
         ...
 
     def seal(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:

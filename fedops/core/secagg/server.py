@@ -12,7 +12,9 @@ reason in :attr:`SecAggServer.excluded`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+import itertools
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +37,8 @@ from fedops.core.secagg.primitives import ProtocolError, SecAggAborted, SecAggCr
 from fedops.core.secagg.quantize import MODULUS, Quantizer
 from fedops.core.secagg.update import Encoding
 
-MAX_RECOVERY_TRIES = 64
+#: subsets of revealed shares tried when some are wrong: all of them up to this many
+MAX_RECOVERY_TRIES = 4096
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,6 +105,7 @@ class SecAggServer:
         self._reveals: dict[int, Reveal] = {}
         self._requests: dict[int, UnmaskRequest] = {}
         self.encoding: Encoding | None = None
+        self._probe, _ = crypto.keypair()
 
     @property
     def degree(self) -> int:
@@ -154,11 +158,20 @@ class SecAggServer:
             raise ProtocolError("the cipher key and the mask key must differ")
         if not 1 <= keys.num_examples < MODULUS:
             raise ProtocolError(f"num_examples {keys.num_examples} is out of range")
+        for key in (keys.cipher_key, keys.mask_key):
+            self.crypto.agree(self._probe, key, b"fedops-secagg probe")  # refuses weak keys
         self._keys[index] = keys
 
+    def _close(self, stage: int) -> None:
+        if self.stage != stage:
+            raise ProtocolError(f"cannot close stage {stage}: the round is in stage {self.stage}")
+        self.stage = stage + 1
+
     def close_keys(self) -> dict[int, NeighbourKeys]:
-        self.stage = 2
+        self._close(1)
         self._u1 = set(self._keys)
+        for u in set(self.clients) - self._u1:
+            self.excluded[u] = "did not advertise keys"
         self._exclude(
             self._u1,
             lambda u: self._alive(u, self._u1),
@@ -187,7 +200,7 @@ class SecAggServer:
         self._shares[index] = reply
 
     def close_shares(self) -> dict[int, MaskRequest]:
-        self.stage = 3
+        self._close(2)
         self._u2 = set(self._shares) & self._u1
         for u in self._u1 - self._u2:
             self.excluded.setdefault(u, "did not share its keys")
@@ -230,7 +243,7 @@ class SecAggServer:
             self.excluded[u] = f"client {index} could not decrypt the share it sent"
 
     def close_masked(self) -> dict[int, UnmaskRequest]:
-        self.stage = 4
+        self._close(3)
         accused = {u for u in self.excluded if u in self._u2}
         self._u3 = (set(self._masked) & self._u2) - accused
         for u in self._u2 - self._u3:
@@ -272,7 +285,7 @@ class SecAggServer:
 
     def finish(self) -> SecureSum:
         """Remove every mask from the survivors' sum (or abort, saying why)."""
-        self.stage = 5
+        self._close(4)
         assert self.encoding is not None
         seeds: dict[int, dict[int, bytes]] = {u: {} for u in self._u3}
         keys: dict[int, dict[int, bytes]] = {u: {} for u in self._u2 - self._u3}
@@ -318,13 +331,7 @@ class SecAggServer:
                 f"(threshold {t}); the round is aborted and the model is unchanged"
             )
         holders = sorted(shares)
-        rng = np.random.default_rng(owner)
-        for attempt in range(MAX_RECOVERY_TRIES):
-            chosen = (
-                holders[:t]
-                if attempt == 0
-                else sorted(int(x) for x in rng.choice(holders, t, replace=False))
-            )
+        for chosen in _subsets(holders, t, owner):
             subset = {x: shares[x] for x in chosen}
             try:
                 secret = shamir.combine(subset)
@@ -340,3 +347,14 @@ class SecAggServer:
             f"the revealed shares of client {owner}'s secret are inconsistent; the round is "
             "aborted and the model is unchanged"
         )
+
+
+def _subsets(holders: list[int], t: int, seed: int) -> Iterator[tuple[int, ...]]:
+    """The first ``t`` holders, then every ``t``-subset (random ones if there are too many)."""
+    yield tuple(holders[:t])
+    if math.comb(len(holders), t) <= MAX_RECOVERY_TRIES:
+        yield from itertools.combinations(holders, t)
+        return
+    rng = np.random.default_rng(seed)
+    for _ in range(MAX_RECOVERY_TRIES):
+        yield tuple(sorted(int(x) for x in rng.choice(holders, t, replace=False)))

@@ -40,6 +40,8 @@ def split(
 def combine(shares: Mapping[int, bytes]) -> bytes:
     """The secret behind ``shares`` (exactly as many as the threshold, or more)."""
     points = [(x, int.from_bytes(s, "big")) for x, s in shares.items()]
+    if not points:
+        raise ValueError("no shares to combine")
     if any(len(s) != SHARE_BYTES for s in shares.values()) or any(y >= PRIME for _, y in points):
         raise ValueError("malformed share")
     secret = 0

@@ -66,6 +66,7 @@ def test_allowed_dtypes_are_exactly_the_plain_numeric_ones():
         "int32",
         "int64",
         "uint8",
+        "uint32",  # masked SecAgg+ vectors
         "bool",
     } == ALLOWED_DTYPES
 

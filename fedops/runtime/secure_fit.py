@@ -1,0 +1,242 @@
+"""The fit phase under secure aggregation: four round trips, and only the sum is seen.
+
+It replaces the plain fit phase of :class:`~fedops.runtime.driver.RoundDriver`
+and drives the pure :class:`~fedops.core.secagg.server.SecAggServer` over any
+transport (gRPC or simulated), so deployment and simulation run the same
+protocol code. The outcome is one :class:`FitResult` holding the example-
+weighted mean model, which FedAvg and FedProx aggregate to itself; nothing
+that leaves this module is an individual update.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedops.core.params import Params, TensorSpec
+from fedops.core.results import FitResult, StageResult
+from fedops.core.rounds import Outcome, Phase, RoundTracker
+from fedops.core.secagg.messages import MaskedInput, PublicKeys, Reply, Reveal, ShareKeys
+from fedops.core.secagg.primitives import ProtocolError, SecAggAborted, SecAggCrypto
+from fedops.core.secagg.server import SecAggServer
+from fedops.core.secagg.update import decode_mean, vector_length
+from fedops.runtime.collect import collect
+from fedops.runtime.store import Participant
+from fedops.runtime.transport import StageRequest, Transport
+from fedops.wire.secagg import MASKED_TENSOR
+
+log = logging.getLogger("fedops.secagg")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecAggSettings:
+    """``secagg.*`` keys: neighbourhood degree, threshold and the quantizer's clipping range."""
+
+    degree: int | None = None
+    threshold: int | None = None
+    clip: float = 1.0
+    min_survivors: int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class FitOutcome:
+    """What the fit phase hands the driver, with or without secure aggregation."""
+
+    results: list[FitResult]  # what the strategy aggregates
+    reported: list[FitResult | StageResult]  # whose training metrics are averaged
+    participants: list[Participant]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class SecureFit:
+    """Runs SecAgg+ rounds over ``transport``.
+
+    Args:
+        run_id: with the round number, the context every key and share is bound to.
+        site_names: node id -> site name, for the participants table.
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        settings: SecAggSettings,
+        crypto: SecAggCrypto,
+        run_id: str,
+        timeout_s: float,
+        seed: int,
+        site_names: Callable[[str], str] = lambda node: node,
+    ) -> None:
+        self.transport = transport
+        self.settings = settings
+        self.crypto = crypto
+        self.run_id = run_id
+        self.timeout_s = timeout_s
+        self.seed = seed
+        self.site_names = site_names
+
+    def run(
+        self, server_round: int, nodes: Sequence[str], params: Params, config: Mapping[str, float]
+    ) -> FitOutcome:
+        round_ = _SecureRound(self, server_round, sorted(nodes), params, config)
+        return round_.run()
+
+
+def _graph_seed(seed: int, server_round: int) -> int:
+    return int(np.random.SeedSequence([seed, server_round]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _graph_seed(seed: int, server_round: int) -> int:
+    return int(np.random.SeedSequence([seed, server_round]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class _SecureRound:
+    """One round's state: who is which index, and why each node left."""
+
+    def __init__(
+        self,
+        owner: SecureFit,
+        server_round: int,
+        nodes: list[str],
+        params: Params,
+        config: Mapping[str, float],
+    ) -> None:
+        self.owner = owner
+        self.server_round = server_round
+        self.nodes = nodes
+        self.params = params
+        self.config = config
+        self.index = {node: i for i, node in enumerate(nodes, start=1)}
+        self.node = {i: node for node, i in self.index.items()}
+        self.left: dict[str, tuple[Outcome, str]] = {}
+        self.trained: dict[str, StageResult] = {}
+
+    def run(self) -> FitOutcome:
+        s = self.owner.settings
+        n = len(self.nodes)
+        try:
+            if n < 2:
+                raise SecAggAborted(f"secure aggregation needs at least 2 clients, got {n}")
+            server = SecAggServer(
+                context=f"{self.owner.run_id}:{self.server_round}".encode(),
+                clients=list(self.node),
+                vector_length=vector_length(self.params),
+                clip=s.clip,
+                crypto=self.owner.crypto,
+                degree=s.degree,
+                threshold=s.threshold,
+                seed=_graph_seed(self.owner.seed, self.server_round),
+                min_survivors=s.min_survivors,
+            )
+            result = self._protocol(server)
+        except SecAggAborted as exc:
+            log.error("round %d: %s", self.server_round, exc)
+            return self._outcome([], {"secagg_error": str(exc)})
+        return self._outcome(
+            [result],
+            {"secagg_degree": server.degree, "secagg_threshold": server.threshold},
+        )
+
+    def _protocol(self, server: SecAggServer) -> FitResult:
+        requests: Mapping[int, Any] = {i: server.setup_for(i) for i in self.node}
+        self._stage(Phase.SECAGG_KEYS, requests, PublicKeys, server.receive_keys)
+        requests = server.close_keys()
+        self._stage(Phase.SECAGG_SHARES, requests, ShareKeys, server.receive_shares)
+        requests = server.close_shares()
+        spec = TensorSpec(name=MASKED_TENSOR, dtype="uint32", shape=(server.vector_length,))
+        self._stage(
+            Phase.SECAGG_MASKED, requests, MaskedInput, server.receive_masked, specs=(spec,)
+        )
+        requests = server.close_masked()
+        self._stage(Phase.SECAGG_UNMASK, requests, Reveal, server.receive_reveal)
+        secure_sum = server.finish()
+        self._note_excluded(server)
+        params, weight = decode_mean(
+            self.params, secure_sum.total, len(secure_sum.survivors), secure_sum.encoding
+        )
+        survivors = [self.node[i] for i in secure_sum.survivors]
+        self.trained = {n: r for n, r in self.trained.items() if n in survivors}
+        log.info(
+            "round %d: securely aggregated %d of %d clients (%d examples)",
+            self.server_round,
+            len(survivors),
+            len(self.nodes),
+            weight,
+        )
+        return FitResult(node_id="secagg", params=params, num_examples=weight)
+
+    def _stage(
+        self,
+        phase: Phase,
+        requests: Mapping[int, Any],
+        reply_type: type,
+        receive: Callable[[int, Any], None],
+        specs: tuple[TensorSpec, ...] = (),
+    ) -> None:
+        messages = {self.node[i]: r for i, r in requests.items()}
+        tracker = collect(
+            self.owner.transport,
+            self.server_round,
+            phase,
+            list(messages),
+            self.params,
+            self.config,
+            timeout_s=self.owner.timeout_s,
+            stage=StageRequest(messages=messages, result_specs=specs),
+        )
+        self._note_left(tracker)
+        for result in tracker.results:
+            assert isinstance(result, StageResult)
+            reply: Reply = result.reply  # type: ignore[assignment]
+            try:
+                if not isinstance(reply, reply_type):
+                    raise ProtocolError(f"expected a {reply_type.__name__} reply")
+                receive(self.index[result.node_id], reply)
+            except ProtocolError as exc:
+                reason = f"{phase}: {exc}"
+                log.warning("round %d: %s excluded: %s", self.server_round, result.node_id, reason)
+                self.left[result.node_id] = (Outcome.REJECTED, reason)
+                continue
+            if phase is Phase.SECAGG_MASKED:
+                self.trained[result.node_id] = result
+
+    def _note_left(self, tracker: RoundTracker) -> None:
+        for node, outcome in tracker.outcomes.items():
+            if outcome is not Outcome.OK and node not in self.left:
+                self.left[node] = (outcome, f"{tracker.phase}: {tracker.reasons.get(node, '')}")
+
+    def _note_excluded(self, server: SecAggServer) -> None:
+        for i, reason in server.excluded.items():
+            node = self.node[i]
+            if node not in self.left:
+                self.left[node] = (Outcome.REJECTED, f"secagg: {reason}")
+
+    def _outcome(self, results: list[FitResult], metrics: dict[str, Any]) -> FitOutcome:
+        survivors = set(self.trained) if results else set()
+        participants = []
+        for node in self.nodes:
+            outcome, reason = self.left.get(node, (Outcome.OK, ""))
+            if node in survivors:
+                outcome = Outcome.OK  # its input is in the sum, even if it left afterwards
+            elif outcome is Outcome.OK:
+                outcome, reason = Outcome.REJECTED, metrics.get("secagg_error", "not aggregated")
+            trained = self.trained.get(node)
+            participants.append(
+                Participant(
+                    phase=str(Phase.FIT),
+                    node_id=node,
+                    site=self.owner.site_names(node),
+                    outcome=str(outcome),
+                    num_examples=trained.num_examples if trained else 0,
+                    reason=reason,
+                )
+            )
+        metrics["secagg_survivors"] = len(survivors)
+        reported: list[FitResult | StageResult] = [self.trained[n] for n in sorted(survivors)]
+        return FitOutcome(
+            results=results, reported=reported, participants=participants, metrics=metrics
+        )

@@ -1,0 +1,168 @@
+"""SecAgg+ messages between their core values and protobuf: the only place that maps them.
+
+Decoding never trusts the peer: out-of-range integers and missing stages
+raise :class:`~fedops.core.params.InvalidUpdate` with the reason, which the
+coordinator turns into a rejection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedops.core.params import InvalidUpdate, Params
+from fedops.core.secagg.messages import (
+    EncryptedShare,
+    MaskedInput,
+    MaskRequest,
+    NeighbourKeys,
+    PublicKeys,
+    Reply,
+    Request,
+    Reveal,
+    Setup,
+    ShareKeys,
+    UnmaskRequest,
+)
+from fedops.core.secagg.quantize import Quantizer
+from fedops.core.secagg.update import Encoding
+from fedops.v1 import fedops_pb2 as pb
+
+#: the name of the one tensor a masked-input result carries
+MASKED_TENSOR = "masked"
+
+
+def _keys_to(k: PublicKeys) -> pb.SecAggPublicKeys:
+    return pb.SecAggPublicKeys(
+        index=k.index,
+        cipher_key=k.cipher_key,
+        mask_key=k.mask_key,
+        num_examples=k.num_examples,
+        identity=k.identity,
+        signature=k.signature,
+    )
+
+
+def _keys_from(m: pb.SecAggPublicKeys) -> PublicKeys:
+    return PublicKeys(
+        index=m.index,
+        cipher_key=m.cipher_key,
+        mask_key=m.mask_key,
+        num_examples=m.num_examples,
+        identity=m.identity,
+        signature=m.signature,
+    )
+
+
+def _shares_to(shares: Sequence[EncryptedShare]) -> list[pb.SecAggShare]:
+    return [
+        pb.SecAggShare(source=s.source, target=s.target, ciphertext=s.ciphertext) for s in shares
+    ]
+
+
+def _shares_from(shares: Sequence[pb.SecAggShare]) -> tuple[EncryptedShare, ...]:
+    return tuple(
+        EncryptedShare(source=s.source, target=s.target, ciphertext=s.ciphertext) for s in shares
+    )
+
+
+def _revealed(pairs: Sequence[tuple[int, bytes]]) -> list[pb.SecAggRevealedShare]:
+    return [pb.SecAggRevealedShare(owner=owner, share=share) for owner, share in pairs]
+
+
+def request_to_proto(request: Request) -> pb.SecAggRequest:
+    if isinstance(request, Setup):
+        return pb.SecAggRequest(
+            setup=pb.SecAggSetup(
+                context=request.context,
+                index=request.index,
+                neighbours=request.neighbours,
+                threshold=request.threshold,
+            )
+        )
+    if isinstance(request, NeighbourKeys):
+        return pb.SecAggRequest(
+            keys=pb.SecAggNeighbourKeys(keys=[_keys_to(k) for k in request.keys])
+        )
+    if isinstance(request, MaskRequest):
+        q = request.encoding.quantizer
+        return pb.SecAggRequest(
+            mask=pb.SecAggMaskRequest(
+                shares=_shares_to(request.shares),
+                clip=q.clip,
+                levels=q.levels,
+                max_weight=request.encoding.max_weight,
+            )
+        )
+    return pb.SecAggRequest(
+        unmask=pb.SecAggUnmaskRequest(survivors=request.survivors, dropped=request.dropped)
+    )
+
+
+def request_from_proto(message: pb.SecAggRequest) -> Request:
+    stage = message.WhichOneof("stage")
+    if stage == "setup":
+        s = message.setup
+        return Setup(
+            context=s.context,
+            index=s.index,
+            neighbours=tuple(s.neighbours),
+            threshold=s.threshold,
+        )
+    if stage == "keys":
+        return NeighbourKeys(keys=tuple(_keys_from(k) for k in message.keys.keys))
+    if stage == "mask":
+        m = message.mask
+        try:
+            encoding = Encoding(
+                quantizer=Quantizer(clip=m.clip, levels=m.levels), max_weight=m.max_weight
+            )
+        except ValueError as exc:
+            raise InvalidUpdate(f"secagg mask request: {exc}") from exc
+        return MaskRequest(shares=_shares_from(m.shares), encoding=encoding)
+    if stage == "unmask":
+        return UnmaskRequest(
+            survivors=tuple(message.unmask.survivors), dropped=tuple(message.unmask.dropped)
+        )
+    raise InvalidUpdate("secagg task names no stage")
+
+
+def reply_to_proto(reply: Reply) -> tuple[pb.SecAggReply, Params]:
+    """The reply header, and the arrays that travel as the payload (masked input only)."""
+    if isinstance(reply, PublicKeys):
+        return pb.SecAggReply(keys=_keys_to(reply)), {}
+    if isinstance(reply, ShareKeys):
+        shares = pb.SecAggShareKeys(shares=_shares_to(reply.shares), commitment=reply.commitment)
+        return pb.SecAggReply(shares=shares), {}
+    if isinstance(reply, MaskedInput):
+        masked = pb.SecAggMasked(complaints=reply.complaints)
+        return pb.SecAggReply(masked=masked), {MASKED_TENSOR: reply.vector}
+    reveal = pb.SecAggReveal(
+        self_mask=_revealed(reply.self_mask), mask_key=_revealed(reply.mask_key)
+    )
+    return pb.SecAggReply(reveal=reveal), {}
+
+
+def reply_from_proto(message: pb.SecAggReply, payload: Params) -> Reply:
+    stage = message.WhichOneof("stage")
+    if stage != "masked" and payload:
+        raise InvalidUpdate(f"a secagg {stage or 'empty'} reply carries no arrays")
+    if stage == "keys":
+        return _keys_from(message.keys)
+    if stage == "shares":
+        return ShareKeys(
+            shares=_shares_from(message.shares.shares), commitment=message.shares.commitment
+        )
+    if stage == "masked":
+        vector = payload.get(MASKED_TENSOR)
+        if vector is None or vector.dtype != np.uint32 or vector.ndim != 1:
+            raise InvalidUpdate(f"a masked input is one flat uint32 tensor {MASKED_TENSOR!r}")
+        return MaskedInput(vector=vector, complaints=tuple(message.masked.complaints))
+    if stage == "reveal":
+        r = message.reveal
+        return Reveal(
+            self_mask=tuple((s.owner, s.share) for s in r.self_mask),
+            mask_key=tuple((s.owner, s.share) for s in r.mask_key),
+        )
+    raise InvalidUpdate("secagg reply names no stage")
