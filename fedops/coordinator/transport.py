@@ -142,6 +142,10 @@ class GrpcTransport:
             self._round = server_round
             tasks = {}
             for node in nodes:
+                if self.registry.get(node) is None:  # dropped since it was selected
+                    self._events.put(NodeDropped(node_id=node, reason="no longer connected"))
+                    tasks[node] = ""
+                    continue
                 task = self._new_task(kind, server_round, config, model_digest)
                 assignment = Assignment(
                     task=task, params=params, specs=specs, model_digest=model_digest

@@ -38,7 +38,7 @@ class SecAggSettings:
 
     degree: int | None = None
     threshold: int | None = None
-    clip: float = 1.0
+    clip: float = 4.0  # = settings.SECAGG_CLIP, the CLI's and Hydra's default
     min_survivors: int | None = None
 
 
@@ -90,10 +90,6 @@ def _graph_seed(seed: int, server_round: int) -> int:
     return int(np.random.SeedSequence([seed, server_round]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _graph_seed(seed: int, server_round: int) -> int:
-    return int(np.random.SeedSequence([seed, server_round]).generate_state(1, np.uint64)[0] >> 1)
-
-
 class _SecureRound:
     """One round's state: who is which index, and why each node left."""
 
@@ -116,12 +112,23 @@ class _SecureRound:
         self.trained: dict[str, StageResult] = {}
 
     def run(self) -> FitOutcome:
-        s = self.owner.settings
-        n = len(self.nodes)
         try:
-            if n < 2:
-                raise SecAggAborted(f"secure aggregation needs at least 2 clients, got {n}")
-            server = SecAggServer(
+            server = self._server()
+            result = self._protocol(server)
+        except SecAggAborted as exc:
+            log.error("round %d: %s", self.server_round, exc)
+            return self._outcome([], {"secagg_error": str(exc)})
+        return self._outcome(
+            [result],
+            {"secagg_degree": server.degree, "secagg_threshold": server.threshold},
+        )
+
+    def _server(self) -> SecAggServer:
+        s, n = self.owner.settings, len(self.nodes)
+        if n < 2:
+            raise SecAggAborted(f"secure aggregation needs at least 2 clients, got {n}")
+        try:
+            return SecAggServer(
                 context=f"{self.owner.run_id}:{self.server_round}".encode(),
                 clients=list(self.node),
                 vector_length=vector_length(self.params),
@@ -132,14 +139,11 @@ class _SecureRound:
                 seed=_graph_seed(self.owner.seed, self.server_round),
                 min_survivors=s.min_survivors,
             )
-            result = self._protocol(server)
-        except SecAggAborted as exc:
-            log.error("round %d: %s", self.server_round, exc)
-            return self._outcome([], {"secagg_error": str(exc)})
-        return self._outcome(
-            [result],
-            {"secagg_degree": server.degree, "secagg_threshold": server.threshold},
-        )
+        except ValueError as exc:  # e.g. a threshold this round's neighbourhoods cannot meet
+            raise SecAggAborted(
+                f"{exc} with the {n} clients of this round (secagg k/threshold); the round "
+                "is aborted and the model is unchanged"
+            ) from exc
 
     def _protocol(self, server: SecAggServer) -> FitResult:
         requests: Mapping[int, Any] = {i: server.setup_for(i) for i in self.node}

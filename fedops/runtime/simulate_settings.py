@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedops.core.secagg import graph
 from fedops.core.strategies import STRATEGIES
 from fedops.core.training import OPTIMIZERS
 from fedops.runtime.settings import SECAGG_CLIP, ConfigError, check_secagg
@@ -168,9 +169,23 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     except ConfigError as exc:
         key = "name" if exc.key == "secagg" else exc.key.removeprefix("secagg_")
         raise ConfigError(f"secagg.{key}", exc.message) from None
+    per_round = s.clients_per_round or s.num_clients
     _require(
-        a.name == "none" or (s.clients_per_round or s.num_clients) >= 2,
-        "simulation.clients_per_round",
+        a.name == "none" or per_round >= 2,
+        "simulation.clients_per_round" if s.clients_per_round else "simulation.num_clients",
         "secure aggregation needs at least 2 clients per round",
+    )
+    if a.name != "none" and a.threshold is not None:
+        k = graph.effective_degree(per_round, a.k)
+        _require(
+            k / 2 < a.threshold <= k,
+            "secagg.threshold",
+            f"with {per_round} clients per round each has {k} neighbours, so the threshold "
+            f"must be above {k / 2:g} and at most {k}, got {a.threshold}",
+        )
+    _require(
+        a.min_survivors is None or a.min_survivors >= 2,
+        "secagg.min_survivors",
+        f"must be >= 2 (a sum of one input is that input), got {a.min_survivors}",
     )
     return cfg

@@ -83,8 +83,10 @@ def test_secagg_round_survives_two_killed_clients(procs: Procs, tmp_path: Path):
     # its masked input), site6 has sent its masked input but will not live to unmask.
     # Unmasking cannot start before site7 is declared dropped, so site6 dies in between.
     wait_until(
-        lambda: _pushed(tmp_path / "site7", ROUNDS, "shares")
-        and _pushed(tmp_path / "site6", ROUNDS, "masked"),
+        lambda: (
+            _pushed(tmp_path / "site7", ROUNDS, "shares")
+            and _pushed(tmp_path / "site6", ROUNDS, "masked")
+        ),
         180,
         "site7 training and site6 masked in the last round",
     )
@@ -118,16 +120,29 @@ def test_secagg_round_survives_two_killed_clients(procs: Procs, tmp_path: Path):
         for column in query(run_dir, f"PRAGMA table_info({table})"):
             assert column[2].upper() != "BLOB", (table, column)
 
-    # The same seeded run without SecAgg (and nobody killed) ends within 1 point.
+    # The same seeded run without SecAgg, losing site7 the same way, ends within 1 point.
     port2, plain_dir = free_port(), tmp_path / "plain"
     coord2 = _coordinator(procs, "plain-coordinator", port2, plain_dir)
-    for i in range(NUM_SITES):
+    for i in range(NUM_SITES - 1):
         procs.client(f"plain{i}", port2, i, NUM_SITES)
+    plain7 = procs.client(
+        "plain7", port2, 7, NUM_SITES, task=str(slow), env={"FEDOPS_TEST_SLOW_CALL": str(ROUNDS)}
+    )
+    wait_until(
+        lambda: any(
+            e.get("event") == "model" and e.get("round") == ROUNDS
+            for e in journal(tmp_path / "plain7")
+        ),
+        180,
+        "plain7 training in the last round",
+    )
+    plain7.send_signal(signal.SIGKILL)
     assert procs.wait(coord2, 180, "plain coordinator") == 0, procs.log("plain-coordinator")
     plain = metrics(plain_dir)
+    assert [r["num_clients"] for r in plain] == [8, 8, 7]
     secure, reference = rows[-1]["global_accuracy"], plain[-1]["global_accuracy"]
     assert abs(secure - reference) <= 0.01, (secure, reference)
-    assert secure > 0.85
+    assert secure > 0.8
 
 
 def test_site_that_requires_secagg_declines_plain_training(procs: Procs, tmp_path: Path):
@@ -146,8 +161,6 @@ def test_site_that_requires_secagg_declines_plain_training(procs: Procs, tmp_pat
     procs.client("site0", port, 0, 2)
     procs.client("site1", port, 1, 2, "--require-secagg")
     assert procs.wait(coord, 120, "coordinator") == 0, procs.log("coordinator")
-    rows = dict(
-        query(run_dir, "SELECT site, reason FROM participants WHERE phase = 'fit'")
-    )
+    rows = dict(query(run_dir, "SELECT site, reason FROM participants WHERE phase = 'fit'"))
     assert "declined" in rows["site-1"] and "--require-secagg" in rows["site-1"], rows
     assert metrics(run_dir)[0]["num_clients"] == 1

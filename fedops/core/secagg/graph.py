@@ -21,6 +21,13 @@ def default_degree(num_clients: int) -> int:
     return min(num_clients - 1, 2 * math.ceil(math.log2(num_clients)))
 
 
+def effective_degree(num_clients: int, degree: int | None) -> int:
+    """Neighbours each of ``num_clients`` gets for a requested ``degree`` (``None``: default)."""
+    k = default_degree(num_clients) if degree is None else min(int(degree), num_clients - 1)
+    half = math.ceil(k / 2)
+    return num_clients - 1 if 2 * half >= num_clients - 1 else 2 * half
+
+
 def default_threshold(degree: int) -> int:
     """The smallest honest majority of a neighbourhood: ``⌊k/2⌋ + 1``."""
     return degree // 2 + 1

@@ -333,14 +333,18 @@ class SecAggServer:
         holders = sorted(shares)
         for chosen in _subsets(holders, t, owner):
             subset = {x: shares[x] for x in chosen}
-            try:
-                secret = shamir.combine(subset)
+            spares = [x for x in holders if x not in subset]
+            try:  # the secret (at 0) and what every other holder should have revealed
+                at_zero, *expected = shamir.evaluate_many(subset, [0, *spares])
             except ValueError:
                 continue
+            if at_zero >> (8 * shamir.SECRET_BYTES):
+                continue
+            secret = at_zero.to_bytes(shamir.SECRET_BYTES, "big")
             if not valid(secret):
                 continue
-            for x in holders:
-                if x not in subset and shamir.evaluate(subset, x) != shares[x]:
+            for x, y in zip(spares, expected, strict=True):
+                if y.to_bytes(shamir.SHARE_BYTES, "big") != shares[x]:
                     self.excluded[x] = f"revealed a wrong share of client {owner}'s secret"
             return secret
         raise SecAggAborted(

@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedops.core.params import InvalidUpdate, Params, check_specs_match, specs_of
-from fedops.core.secagg.quantize import MODULUS, Quantizer
+from fedops.core.secagg.quantize import CHUNK, MODULUS, Quantizer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,25 +44,28 @@ def encode_update(
 ) -> tuple[NDArray[np.uint32], float]:
     """``(vector, fraction of values clipped)`` for one client's update."""
     check_specs_match(specs_of(start), specs_of(trained))
-    delta = np.concatenate(
-        [
-            (np.asarray(trained[k], np.float64) - np.asarray(start[k], np.float64)).ravel()
-            for k in start
-        ]
-    )
-    if not np.all(np.isfinite(delta)):
-        raise InvalidUpdate("the trained model has NaN or Inf values")
     weight = min(int(num_examples), encoding.max_weight)
     if weight < 1:
         raise InvalidUpdate(f"a training result needs at least one example, got {num_examples}")
-    clip = encoding.quantizer.clip
-    scaled = np.clip(delta, -clip, clip) * (weight / encoding.max_weight)
-    words, _ = encoding.quantizer.encode(scaled, rng)
-    clipped = int(np.count_nonzero(np.abs(delta) > clip))
-    vector = np.empty(delta.size + 1, dtype=np.uint32)
-    vector[:-1] = words
+    size = vector_length(start) - 1
+    vector = np.empty(size + 1, dtype=np.uint32)
+    buf = np.empty(min(CHUNK, max(size, 1)))
+    clipped, offset = 0, 0
+    for name, first in start.items():
+        old, new = np.asarray(first).ravel(), np.asarray(trained[name]).ravel()
+        for lo in range(0, old.size, CHUNK):
+            hi = min(lo + CHUNK, old.size)
+            delta = buf[: hi - lo]
+            np.subtract(new[lo:hi], old[lo:hi], out=delta, dtype=np.float64)
+            if not np.all(np.isfinite(delta)):
+                raise InvalidUpdate(f"the trained model has NaN or Inf values in {name!r}")
+            words = vector[offset + lo : offset + hi]
+            clipped += encoding.quantizer.encode_into(
+                delta, words, rng, scale=weight / encoding.max_weight
+            )
+        offset += old.size
     vector[-1] = weight
-    return vector, clipped / max(delta.size, 1)
+    return vector, clipped / max(size, 1)
 
 
 def decode_mean(

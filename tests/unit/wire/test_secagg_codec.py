@@ -49,9 +49,7 @@ def _over_the_wire_request(request):
     assert isinstance(message, pb.SecAggRequest)
     data = message.SerializeToString()
     # inside a task, as the agent pulls it
-    task = pb.Task.FromString(
-        pb.Task(kind=pb.TASK_KIND_SECAGG, secagg=message).SerializeToString()
-    )
+    task = pb.Task.FromString(pb.Task(kind=pb.TASK_KIND_SECAGG, secagg=message).SerializeToString())
     assert task.secagg == pb.SecAggRequest.FromString(data)
     return request_from_proto(pb.SecAggRequest.FromString(data))
 
@@ -119,9 +117,7 @@ REQUESTS = {
 REPLIES = {
     "keys": _keys(4, identity="site-4", signature=b"sig"),
     "keys-unsigned": _keys(1),
-    "shares": ShareKeys(
-        shares=tuple(_share(2, t) for t in (1, 3, 5)), commitment=bytes(range(32))
-    ),
+    "shares": ShareKeys(shares=tuple(_share(2, t) for t in (1, 3, 5)), commitment=bytes(range(32))),
     "shares-empty": ShareKeys(shares=(), commitment=b""),
     "reveal": Reveal(
         self_mask=((1, b"\x02" * 66), (3, b"\x03" * 66)), mask_key=((5, b"\x05" * 66),)
@@ -339,7 +335,9 @@ def test_intake_reads_a_masked_stage_result():
     vector = np.arange(16, dtype=np.uint32) * 0x10001
     payload = {MASKED_TENSOR: vector}
     reply = MaskedInput(vector=vector, complaints=(2,))
-    result = read_result(_stage_header(reply, payload), pb.TASK_KIND_SECAGG, MASKED_SPEC, _chunks(payload))
+    result = read_result(
+        _stage_header(reply, payload), pb.TASK_KIND_SECAGG, MASKED_SPEC, _chunks(payload)
+    )
     assert isinstance(result, StageResult)
     assert (result.node_id, result.num_examples, dict(result.metrics)) == (
         "n1",
