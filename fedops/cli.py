@@ -149,6 +149,29 @@ def _coordinator_parser(sub: Any) -> None:
         default=None,
         help="shares needed to unmask a client (default: k/2 + 1)",
     )
+    private = coord.add_argument_group("differential privacy (central DP-FedAvg)")
+    private.add_argument("--privacy", choices=("none", "central"), default="none")
+    private.add_argument(
+        "--noise-multiplier",
+        default="1.0",
+        help="sigma: noise std / clip norm; 'auto' derives it from --target-epsilon (default: 1.0)",
+    )
+    private.add_argument(
+        "--clip-norm", type=float, default=1.0, help="L2 bound of each update (default: 1.0)"
+    )
+    private.add_argument("--delta", type=float, default=1e-5, help="DP delta (default: 1e-5)")
+    private.add_argument(
+        "--target-epsilon",
+        type=float,
+        default=None,
+        help="stop the run before a round would spend more epsilon",
+    )
+    private.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
+    private.add_argument(
+        "--adaptive-clipping",
+        action="store_true",
+        help="let the clip norm track the median update norm (Andrew et al. 2021)",
+    )
     secure.add_argument(
         "--secagg-clip",
         type=float,
@@ -259,6 +282,9 @@ def _dispatch(command: str, cfg: Any) -> int:
             print(f"fedops coordinator: error: {exc}", file=sys.stderr)
             return 1
         print(f"run {summary['run_id']} {summary['status']}: {cfg.run_dir}/summary.json")
+        for key in ("privacy", "stop_reason"):
+            if key in summary:
+                print(f"{key.replace('_', ' ')}: {summary[key]}")
         return 0
     if command == "client":
         from fedops.client.agent import Agent, CoordinatorUnreachable

@@ -50,6 +50,10 @@ def _run(cfg: DictConfig) -> float | None:
         f"{final if final is None else round(final, 4)} after {summary['rounds_completed']} "
         f"rounds; results in {run_dir}"
     )
+    if "privacy" in summary:
+        print(f"privacy: {summary['privacy']}")
+    if "stop_reason" in summary:
+        print(summary["stop_reason"])
     return final
 
 

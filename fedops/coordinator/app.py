@@ -10,7 +10,9 @@ import grpc
 from fedops.coordinator.server import build_server
 from fedops.coordinator.transport import GrpcTransport
 from fedops.core.params import Params
+from fedops.core.privacy.central import AdaptiveClipping
 from fedops.runtime.driver import DriverConfig
+from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.run import RunPlan, execute, make_strategy
 from fedops.runtime.secure_fit import SecAggSettings
 from fedops.runtime.settings import CoordinatorConfig, as_dict
@@ -75,7 +77,22 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
             "strategy": cfg.strategy,
             "rounds_planned": cfg.rounds,
             "secagg": cfg.secagg,
+            "privacy_mode": cfg.privacy,
         },
+        privacy=(
+            PrivacySettings(
+                noise_multiplier=(
+                    None if cfg.noise_multiplier == "auto" else float(cfg.noise_multiplier)
+                ),
+                clip_norm=cfg.clip_norm,
+                delta=cfg.delta,
+                target_epsilon=cfg.target_epsilon,
+                accountant=cfg.accountant,
+                adaptive=AdaptiveClipping() if cfg.adaptive_clipping else None,
+            )
+            if cfg.privacy == "central"
+            else None
+        ),
         secagg=(
             SecAggSettings(
                 degree=cfg.secagg_k, threshold=cfg.secagg_threshold, clip=cfg.secagg_clip

@@ -21,6 +21,7 @@ from fedops.core.results import FitResult, weighted_metrics
 from fedops.core.rounds import Phase, RoundTracker, sample_clients
 from fedops.core.strategies.base import Strategy
 from fedops.runtime.collect import collect
+from fedops.runtime.privacy import CentralPrivacy
 from fedops.runtime.secure_fit import FitOutcome, SecureFit
 from fedops.runtime.store import Participant, RunStore
 from fedops.runtime.transport import Transport
@@ -61,6 +62,7 @@ class RoundDriver:
         site_names: node id -> site name, for the participants table.
         on_round: called after every committed round (progress display).
         secure: runs the fit phase under secure aggregation, when it is on.
+        privacy: central DP (clipping, noise, accounting, budget), when it is on.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class RoundDriver:
         site_names: Callable[[str], str] = lambda node: node,
         on_round: Callable[[RoundRecord], None] = lambda record: None,
         secure: SecureFit | None = None,
+        privacy: CentralPrivacy | None = None,
     ) -> None:
         self.transport = transport
         self.strategy = strategy
@@ -83,6 +86,7 @@ class RoundDriver:
         self.site_names = site_names
         self.on_round = on_round
         self.secure = secure
+        self.privacy = privacy
 
     def run(self, params: Params, *, start_round: int = 1) -> Params:
         for server_round in range(start_round, self.config.rounds + 1):
@@ -103,12 +107,18 @@ class RoundDriver:
         selected = sample_clients(
             nodes, cfg.clients_per_round, seed=cfg.seed, server_round=server_round
         )
+        if self.privacy is not None:
+            self.privacy.check_budget(server_round, len(selected), len(nodes))
         fit_config = {**self.strategy.fit_config(server_round), "seed": float(cfg.seed)}
         if self.secure is not None:
             fit = self.secure.run(server_round, selected, params, fit_config)
         else:
             fit = self._plain_fit(server_round, selected, params, fit_config)
-        if fit.results:
+        if fit.results and self.privacy is not None:
+            params = self.privacy.aggregate(
+                server_round, params, fit.results, sampled=len(selected), population=len(nodes)
+            )
+        elif fit.results:
             params = self.strategy.aggregate_fit(server_round, params, fit.results)
         else:
             log.warning("round %d: no accepted fit results; the model is unchanged", server_round)
@@ -129,6 +139,8 @@ class RoundDriver:
             metrics["global_loss"] = float(glob["loss"])
             metrics["global_accuracy"] = float(glob["accuracy"])
         metrics.update(fit.metrics)
+        if self.privacy is not None:
+            metrics.update(self.privacy.metrics())
         metrics["duration_s"] = round(time.monotonic() - started, 4)
         participants = fit.participants + self._participants(evaluation)
         return params, RoundRecord(

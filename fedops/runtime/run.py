@@ -12,6 +12,7 @@ from fedops.core.strategies import STRATEGIES, FedProx
 from fedops.core.strategies.base import Strategy
 from fedops.crypto import Crypto
 from fedops.runtime.driver import DriverConfig, RoundDriver
+from fedops.runtime.privacy import BudgetExhausted, CentralPrivacy, PrivacySettings
 from fedops.runtime.progress import RoundProgress
 from fedops.runtime.secure_fit import SecAggSettings, SecureFit
 from fedops.runtime.store import RunStore, config_digest
@@ -76,6 +77,7 @@ class RunPlan:
     site_names: Callable[[str], str] = str
     summary: Mapping[str, Any] = field(default_factory=dict)
     secagg: SecAggSettings | None = None  # secure aggregation of the fit phase, when on
+    privacy: PrivacySettings | None = None  # central DP, when on
 
 
 def execute(
@@ -92,8 +94,14 @@ def execute(
     rounds in the store and a summary that says "interrupted".
     """
     status = "failed"
+    privacy = (
+        CentralPrivacy(plan.privacy, planned_rounds=plan.driver.rounds) if plan.privacy else None
+    )
+    extra: dict[str, Any] = {}
     try:
         start = start_or_resume(store, plan.config, plan.initial_params)
+        if privacy is not None:
+            privacy.restore(store.round_metrics())
         if start.start_round > plan.driver.rounds:
             log.warning(
                 "run %s in %s already has %d of %d rounds: nothing to do. Use a new run "
@@ -117,14 +125,22 @@ def execute(
                 site_names=plan.site_names,
                 on_round=progress.update,
                 secure=_secure_fit(plan, start.run_id, transport),
+                privacy=privacy,
             ).run(start.params, start_round=start.start_round)
         status = "completed"
+    except BudgetExhausted as exc:
+        log.warning("%s", exc)
+        status = "budget_exhausted"
+        extra["stop_reason"] = str(exc)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
         on_exit(status)
-        summary = store.write_summary({"status": status, **plan.summary})
+        if privacy is not None:
+            extra["privacy"] = privacy.guarantee()
+            log.info("privacy: %s", extra["privacy"])
+        summary = store.write_summary({"status": status, **plan.summary, **extra})
         store.close()
     return summary
 

@@ -155,6 +155,13 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
     secagg_k: int | None = None
     secagg_threshold: int | None = None
     secagg_clip: float = SECAGG_CLIP
+    privacy: str = "none"
+    noise_multiplier: str = "1.0"  # a number or "auto"
+    clip_norm: float = 1.0
+    delta: float = 1e-5
+    target_epsilon: float | None = None
+    accountant: str = "rdp"
+    adaptive_clipping: bool = False
 
     def __post_init__(self) -> None:
         self.check_round_options()
@@ -166,6 +173,7 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         _require(self.max_workers >= 4, "max_workers", "must be >= 4")
         check_secagg(self.secagg, self.secagg_k, self.secagg_threshold, self.secagg_clip)
+        self.check_privacy()
         _require(
             self.secagg == "none" or self.min_clients >= 2,
             "min_clients",
@@ -177,6 +185,47 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
             f"refusing to serve plaintext gRPC on {host}: without certificates the "
             "coordinator binds loopback only; pass --insecure to accept the risk",
         )
+
+    def check_privacy(self) -> None:
+        _require(
+            self.privacy in ("none", "central"),
+            "privacy",
+            f"must be none or central, got {self.privacy!r}",
+        )
+        if self.privacy == "none":
+            return
+        sigma = self.noise_multiplier
+        _require(
+            sigma == "auto" or (_is_number(sigma) and float(sigma) >= 0),
+            "noise_multiplier",
+            f"must be a number >= 0 or auto, got {sigma!r}",
+        )
+        _require(
+            sigma != "auto" or self.target_epsilon is not None,
+            "target_epsilon",
+            "--noise-multiplier auto derives the noise from --target-epsilon: set it",
+        )
+        _require(self.clip_norm > 0, "clip_norm", f"must be > 0, got {self.clip_norm}")
+        _require(0 < self.delta < 1, "delta", f"must be in (0, 1), got {self.delta}")
+        _require(
+            self.target_epsilon is None or self.target_epsilon > 0,
+            "target_epsilon",
+            f"must be > 0, got {self.target_epsilon}",
+        )
+        _require(self.accountant in ("rdp", "prv"), "accountant", "must be rdp or prv")
+        _require(
+            self.secagg == "none",
+            "privacy",
+            "central DP clips each update in the clear: it cannot run with --secagg",
+        )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -89,7 +89,19 @@ class SimulationConfig:
 
 @dataclass
 class PrivacyConfig:
+    """``privacy=central``: DP-FedAvg with an accountant and a budget (DESIGN §6)."""
+
     name: str = "none"
+    noise_multiplier: Any = 1.0  # a number, or "auto" (derived from target_epsilon and rounds)
+    clip_norm: float = 1.0  # L2 bound of each client's update (the initial one if adaptive)
+    delta: float = 1e-5
+    target_epsilon: float | None = None  # the run stops before a round would exceed it
+    accountant: str = "rdp"  # rdp | prv (PRV is reported beside RDP when cheap)
+    adaptive: bool = False  # track a quantile of the update norms (Andrew et al. 2021)
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    count_noise: float = 10.0  # noise multiplier of the clipped-count estimate (adaptive)
+    seed: int | None = None  # noise seed; None: derived from the run's seed
 
 
 @dataclass
@@ -129,6 +141,9 @@ def _one_of(value: Any, choices: tuple[str, ...] | Any, key: str) -> None:
     _require(value in choices, key, f"must be one of {sorted(choices)}, got {value!r}")
 
 
+PRIVACY_MODES = ("none", "central")
+
+
 def validate(cfg: SimulateConfig) -> SimulateConfig:
     """Check ranges and choices; raise :class:`ConfigError` naming the dotted key."""
     _require(cfg.rounds >= 1, "rounds", f"must be >= 1, got {cfg.rounds}")
@@ -162,7 +177,7 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     _require(s.max_chunk >= 1, "simulation.max_chunk", "must be >= 1")
     _require(s.workers >= 1, "simulation.workers", "must be >= 1")
     _require(s.threads >= 0, "simulation.threads", "must be >= 0 (0: torch's default)")
-    _one_of(cfg.privacy.name, ("none",), "privacy.name")
+    check_privacy(cfg.privacy, secagg=cfg.secagg.name, rounds=cfg.rounds)
     a = cfg.secagg
     try:
         check_secagg(a.name, a.k, a.threshold, a.clip)
@@ -189,3 +204,41 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
         f"must be >= 2 (a sum of one input is that input), got {a.min_survivors}",
     )
     return cfg
+
+
+def check_privacy(p: PrivacyConfig, *, secagg: str, rounds: int) -> None:
+    _one_of(p.name, PRIVACY_MODES, "privacy.name")
+    if p.name == "none":
+        return
+    auto = p.noise_multiplier == "auto"
+    _require(
+        auto or (isinstance(p.noise_multiplier, int | float) and p.noise_multiplier >= 0),
+        "privacy.noise_multiplier",
+        f"must be a number >= 0 or 'auto', got {p.noise_multiplier!r}",
+    )
+    _require(
+        not auto or p.target_epsilon is not None,
+        "privacy.target_epsilon",
+        "noise_multiplier=auto derives the noise from the target: set privacy.target_epsilon",
+    )
+    _require(p.clip_norm > 0, "privacy.clip_norm", f"must be > 0, got {p.clip_norm}")
+    _require(0 < p.delta < 1, "privacy.delta", f"must be in (0, 1), got {p.delta}")
+    _require(
+        p.target_epsilon is None or p.target_epsilon > 0,
+        "privacy.target_epsilon",
+        f"must be > 0, got {p.target_epsilon}",
+    )
+    _one_of(p.accountant, ("rdp", "prv"), "privacy.accountant")
+    _require(0 < p.target_quantile < 1, "privacy.target_quantile", "must be in (0, 1)")
+    _require(p.clip_learning_rate > 0, "privacy.clip_learning_rate", "must be > 0")
+    _require(
+        not p.adaptive or auto or 2 * p.count_noise > float(p.noise_multiplier),
+        "privacy.count_noise",
+        "adaptive clipping needs count_noise > noise_multiplier / 2",
+    )
+    _require(
+        secagg == "none",
+        "privacy.name",
+        "central DP needs each update in the clear to clip it; with secagg=secaggplus use "
+        "distributed DP (not available yet)",
+    )

@@ -14,12 +14,14 @@ from typing import Any
 
 import torch
 
+from fedops.core.privacy.central import AdaptiveClipping
 from fedops.core.training import TrainConfig
 from fedops.crypto import Crypto
 from fedops.data import FederatedData
 from fedops.data.build import DATASETS, from_task
 from fedops.reporting.plots import plot_run
 from fedops.runtime.driver import DriverConfig
+from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.run import RunPlan, execute, make_strategy
 from fedops.runtime.secure_fit import SecAggSettings
 from fedops.runtime.simulate_settings import SimulateConfig
@@ -156,8 +158,10 @@ def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
             "num_clients": s.num_clients,
             "rounds_planned": cfg.rounds,
             "secagg": a.name,
+            "privacy_mode": cfg.privacy.name,
         },
         secagg=secagg,
+        privacy=privacy_settings(cfg),
     )
     try:
         return execute(
@@ -168,3 +172,25 @@ def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
         )
     finally:
         plot_run(run_dir)
+
+
+def privacy_settings(cfg: SimulateConfig) -> PrivacySettings | None:
+    p = cfg.privacy
+    if p.name == "none":
+        return None
+    adaptive = None
+    if p.adaptive:
+        adaptive = AdaptiveClipping(
+            target_quantile=p.target_quantile,
+            learning_rate=p.clip_learning_rate,
+            count_noise=p.count_noise,
+        )
+    return PrivacySettings(
+        noise_multiplier=None if p.noise_multiplier == "auto" else float(p.noise_multiplier),
+        clip_norm=p.clip_norm,
+        delta=p.delta,
+        target_epsilon=p.target_epsilon,
+        accountant=p.accountant,
+        adaptive=adaptive,
+        seed=cfg.seed if p.seed is None else p.seed,  # a simulation is reproducible
+    )

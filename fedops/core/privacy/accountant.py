@@ -1,0 +1,84 @@
+"""User-level ε of a run, from Opacus's accountants (never a hand-rolled RDP).
+
+One federated round is one step of the subsampled Gaussian mechanism with
+sampling rate q = sampled clients / population and noise multiplier σ. The
+history is kept as ``(σ, q, steps)`` triples, so ε after 10,000 rounds costs
+the same as after one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from opacus.accountants import PRVAccountant, RDPAccountant
+
+ACCOUNTANTS = ("rdp", "prv")
+
+
+@dataclass(slots=True)
+class PrivacyLedger:
+    """Every DP round of a run: ``[(noise_multiplier, sample_rate, rounds), …]``."""
+
+    history: list[tuple[float, float, int]] = field(default_factory=list)
+
+    def record(self, noise_multiplier: float, sample_rate: float, rounds: int = 1) -> None:
+        if self.history and self.history[-1][:2] == (noise_multiplier, sample_rate):
+            sigma, q, steps = self.history[-1]
+            self.history[-1] = (sigma, q, steps + rounds)
+        else:
+            self.history.append((noise_multiplier, sample_rate, rounds))
+
+    def epsilon(self, delta: float, accountant: str = "rdp") -> float:
+        return epsilon(self.history, delta, accountant)
+
+    @property
+    def rounds(self) -> int:
+        return sum(steps for _, _, steps in self.history)
+
+
+def epsilon(history: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
+    """ε at ``delta`` after the rounds in ``history`` (0 for none)."""
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+    steps = [h for h in history if h[2] > 0]
+    if not steps:
+        return 0.0
+    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
+    acc.history = list(steps)
+    return float(acc.get_epsilon(delta))
+
+
+def noise_for_target(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    rounds: int,
+    accountant: str = "rdp",
+    rel_tol: float = 1e-3,
+) -> float:
+    """The smallest σ whose ε after ``rounds`` rounds is at most ``target_epsilon``.
+
+    Bisection on σ (ε falls as σ grows) until ε is within ``rel_tol`` of the
+    target from below.
+    """
+    if target_epsilon <= 0:
+        raise ValueError(f"target epsilon must be > 0, got {target_epsilon}")
+
+    def eps(sigma: float) -> float:
+        return epsilon([(sigma, sample_rate, rounds)], delta, accountant)
+
+    low, high = 0.05, 1.0
+    while eps(high) > target_epsilon:
+        low, high = high, high * 2
+        if high > 1e4:
+            raise ValueError(f"no noise multiplier up to 1e4 reaches ε={target_epsilon}")
+    for _ in range(100):
+        mid = (low + high) / 2
+        if eps(mid) > target_epsilon:
+            low = mid
+        else:
+            high = mid
+        if target_epsilon - eps(high) <= rel_tol * target_epsilon or math.isclose(low, high):
+            break
+    return high

@@ -1,0 +1,84 @@
+"""Central DP with real coordinator and client processes: ε per round, and the budget stop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from procs import Procs, free_port, metrics
+
+pytestmark = pytest.mark.slow
+
+
+def test_central_dp_reports_epsilon_and_the_budget_stops_the_run(procs: Procs, tmp_path: Path):
+    port, run_dir = free_port(), tmp_path / "run"
+    coord = procs.coordinator(
+        "coordinator",
+        port,
+        run_dir,
+        "--task",
+        "digits",
+        "--rounds",
+        "10",
+        "--min-clients",
+        "4",
+        "--clients-per-round",
+        "2",
+        "--privacy",
+        "central",
+        "--noise-multiplier",
+        "1.0",
+        "--clip-norm",
+        "2.0",
+        "--target-epsilon",
+        "5.0",
+    )
+    for i in range(4):
+        procs.client(f"site{i}", port, i, 4)
+    assert procs.wait(coord, 180, "coordinator") == 0, procs.log("coordinator")
+
+    rows = metrics(run_dir)
+    eps = [r["epsilon"] for r in rows]
+    assert 1 <= len(rows) < 10, eps  # stopped before the planned 10 rounds
+    assert eps == sorted(eps) and eps[-1] <= 5.0
+    for r in rows:
+        assert (r["delta"], r["noise_multiplier"], r["clip_norm"], r["sample_rate"]) == (
+            1e-5,
+            1.0,
+            2.0,
+            0.5,
+        )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "budget_exhausted"
+    assert "--target-epsilon" in summary["stop_reason"], summary["stop_reason"]
+    assert f"over {len(rows)} rounds" in summary["privacy"], summary["privacy"]
+    assert "2 of 4 clients per round" in summary["privacy"]
+    log = procs.log("coordinator")
+    assert "privacy budget reached" in log and "budget_exhausted" in log
+
+
+FLEET = [
+    "+scenario=fleet_1000",
+    "rounds=20",
+    "simulation.clients_per_round=100",
+    "dataset.iid=true",
+    "dataset.sigma_log=0",  # equal sizes: DP-FedAvg weighs clients equally, FedAvg by size
+]
+
+
+def test_1000_clients_with_central_dp_stay_within_5_points(procs: Procs, tmp_path: Path):
+    runs = {}
+    for name, extra in {
+        "plain": [],
+        "central": ["privacy=central", "privacy.clip_norm=0.3"],
+    }.items():
+        run_dir = tmp_path / name
+        proc = procs.start(name, "simulate", *FLEET, *extra, f"hydra.run.dir={run_dir}")
+        assert procs.wait(proc, 300, name) == 0, procs.log(name)
+        runs[name] = metrics(run_dir)[-1]
+    plain, private = runs["plain"], runs["central"]
+    assert abs(plain["eval_accuracy"] - private["eval_accuracy"]) <= 0.05, (plain, private)
+    assert private["noise_multiplier"] == 1.0 and private["sample_rate"] == 0.1
+    assert 3 < private["epsilon"] < 6  # RDP: 4.22 for q=0.1, sigma=1, 20 rounds, delta=1e-5
+    assert "privacy: (ε=" in procs.log("central")
