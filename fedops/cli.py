@@ -150,7 +150,12 @@ def _coordinator_parser(sub: Any) -> None:
         help="shares needed to unmask a client (default: k/2 + 1)",
     )
     private = coord.add_argument_group("differential privacy (central DP-FedAvg)")
-    private.add_argument("--privacy", choices=("none", "central"), default="none")
+    private.add_argument(
+        "--privacy",
+        choices=("none", "central", "local"),
+        default="none",
+        help="central: DP-FedAvg at the coordinator; local: DP-SGD (Opacus) at every site",
+    )
     private.add_argument(
         "--noise-multiplier",
         default="1.0",
@@ -198,6 +203,12 @@ def _client_parser(sub: Any) -> None:
         "--require-secagg",
         action="store_true",
         help="site policy: decline to train unless the round uses secure aggregation",
+    )
+    client.add_argument(
+        "--max-epsilon",
+        type=float,
+        default=None,
+        help="site policy: train only with local DP, and only while this site's ε stays <= this",
     )
     client.add_argument(
         "--identity-key",
@@ -300,6 +311,7 @@ def _dispatch(command: str, cfg: Any) -> int:
             train_config=TrainConfig(
                 epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer
             ),
+            max_epsilon=cfg.max_epsilon,
         )
         try:
             return Agent(cfg, site).run()

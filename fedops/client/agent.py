@@ -25,7 +25,7 @@ from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.primitives import ProtocolError
 from fedops.crypto import Crypto
 from fedops.runtime.settings import ClientConfig
-from fedops.tasks.site import Site
+from fedops.tasks.site import PolicyRefusal, Site
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
 from fedops.wire import PROTOCOL_VERSION, codec
@@ -177,7 +177,11 @@ class Agent:
             self._decline(task, "this site only trains under secure aggregation (--require-secagg)")
         elif task.kind == pb.TASK_KIND_FIT:
             params = self._fetch(task)
-            new, n, metrics = self.site.fit(params, task.round, dict(task.config))
+            try:
+                new, n, metrics = self.site.fit(params, task.round, dict(task.config))
+            except PolicyRefusal as exc:
+                self._decline(task, str(exc))
+                return True
             self._push(task, new, n, metrics)
         elif task.kind == pb.TASK_KIND_EVALUATE:
             params = self._fetch(task)
@@ -194,6 +198,9 @@ class Agent:
             reply, payload, n, metrics = self.secure.answer(task, lambda: self._fetch(task))
         except (ProtocolError, InvalidUpdate) as exc:
             self._decline(task, f"secure aggregation: {exc}")
+            return
+        except PolicyRefusal as exc:
+            self._decline(task, str(exc))
             return
         self._push(task, payload, n, metrics, secagg=reply)
 

@@ -21,7 +21,7 @@ from fedops.core.results import FitResult, weighted_metrics
 from fedops.core.rounds import Phase, RoundTracker, sample_clients
 from fedops.core.strategies.base import Strategy
 from fedops.runtime.collect import collect
-from fedops.runtime.privacy import CentralPrivacy
+from fedops.runtime.privacy import CentralPrivacy, LocalPrivacy
 from fedops.runtime.secure_fit import FitOutcome, SecureFit
 from fedops.runtime.store import Participant, RunStore
 from fedops.runtime.transport import Transport
@@ -76,7 +76,7 @@ class RoundDriver:
         site_names: Callable[[str], str] = lambda node: node,
         on_round: Callable[[RoundRecord], None] = lambda record: None,
         secure: SecureFit | None = None,
-        privacy: CentralPrivacy | None = None,
+        privacy: CentralPrivacy | LocalPrivacy | None = None,
     ) -> None:
         self.transport = transport
         self.strategy = strategy
@@ -110,11 +110,13 @@ class RoundDriver:
         if self.privacy is not None:
             self.privacy.check_budget(server_round, len(selected), len(nodes))
         fit_config = {**self.strategy.fit_config(server_round), "seed": float(cfg.seed)}
+        if self.privacy is not None:
+            fit_config.update(self.privacy.fit_config())
         if self.secure is not None:
             fit = self.secure.run(server_round, selected, params, fit_config)
         else:
             fit = self._plain_fit(server_round, selected, params, fit_config)
-        if fit.results and self.privacy is not None:
+        if fit.results and self.privacy is not None and self.privacy.aggregates:
             params = self.privacy.aggregate(
                 server_round, params, fit.results, sampled=len(selected), population=len(nodes)
             )
@@ -140,7 +142,7 @@ class RoundDriver:
             metrics["global_accuracy"] = float(glob["accuracy"])
         metrics.update(fit.metrics)
         if self.privacy is not None:
-            metrics.update(self.privacy.metrics())
+            metrics.update(self.privacy.metrics(fit.reported))
         metrics["duration_s"] = round(time.monotonic() - started, 4)
         participants = fit.participants + self._participants(evaluation)
         return params, RoundRecord(

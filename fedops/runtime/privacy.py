@@ -42,10 +42,16 @@ class PrivacySettings:
     accountant: str = "rdp"
     adaptive: AdaptiveClipping | None = None
     seed: int | None = None  # None: fresh entropy (deployment); a seed makes noise reproducible
+    local: bool = False  # privacy=local: the sites run DP-SGD; clip_norm is the max grad norm
 
 
 class CentralPrivacy:
     """DP-FedAvg's server side for one run (see :mod:`fedops.core.privacy.central`)."""
+
+    aggregates = True  # the driver aggregates through :meth:`aggregate`, not the strategy
+
+    def fit_config(self) -> dict[str, float]:
+        return {}
 
     def __init__(self, settings: PrivacySettings, *, planned_rounds: int) -> None:
         if settings.noise_multiplier is None and settings.target_epsilon is None:
@@ -132,7 +138,7 @@ class CentralPrivacy:
         self.clip_norm = noise.next_clip_norm
         return new
 
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self, reported: Sequence[Any] = ()) -> dict[str, Any]:
         """ε so far (RDP, and PRV when cheap), δ and this round's DP parameters."""
         s = self.settings
         out = {
@@ -162,4 +168,59 @@ class CentralPrivacy:
             f"(ε={eps:.3g}, δ={s.delta:g}) user-level DP over {rounds} rounds{per_round} "
             f"({s.accountant.upper()} accountant, {sigma}, "
             f"{'adaptive clip from' if s.adaptive else 'clip'} {s.clip_norm:g})"
+        )
+
+
+class LocalPrivacy:
+    """``privacy=local``: every site runs DP-SGD (Opacus) and enforces its own ε limit.
+
+    The coordinator only asks for it (noise multiplier, max grad norm, δ in the fit
+    config), aggregates as usual, and reports the largest ε a site reported: each
+    site's records are (ε, δ)-DP against everyone else, the coordinator included.
+    """
+
+    aggregates = False
+
+    def __init__(self, settings: PrivacySettings) -> None:
+        if settings.noise_multiplier is None:
+            raise ValueError("local DP needs a numeric noise_multiplier")
+        self.settings = settings
+        self.epsilon = 0.0
+        self.rounds = 0
+
+    def fit_config(self) -> dict[str, float]:
+        s = self.settings
+        assert s.noise_multiplier is not None
+        return {
+            "dp_noise_multiplier": s.noise_multiplier,
+            "dp_max_grad_norm": s.clip_norm,
+            "dp_delta": s.delta,
+        }
+
+    def restore(self, metrics: Sequence[Mapping[str, Any]]) -> None:
+        for row in metrics:
+            self.epsilon = max(self.epsilon, float(row.get("epsilon", 0.0)))
+            self.rounds += 1
+
+    def check_budget(self, server_round: int, sampled: int, population: int) -> None:
+        """Sites enforce their own limits (``--max-epsilon``) and decline when it is reached."""
+
+    def metrics(self, reported: Sequence[Any] = ()) -> dict[str, Any]:
+        site = [float(r.metrics["local_epsilon"]) for r in reported if "local_epsilon" in r.metrics]
+        self.epsilon = max([self.epsilon, *site])
+        self.rounds += 1
+        s = self.settings
+        return {
+            "epsilon": self.epsilon,
+            "delta": s.delta,
+            "noise_multiplier": s.noise_multiplier,
+            "clip_norm": s.clip_norm,
+        }
+
+    def guarantee(self) -> str:
+        s = self.settings
+        return (
+            f"(ε={self.epsilon:.3g}, δ={s.delta:g}) record-level DP at every site over "
+            f"{self.rounds} rounds (local DP-SGD with Opacus, σ={s.noise_multiplier:g}, max grad "
+            f"norm {s.clip_norm:g}; ε is the largest any site reported)"
         )

@@ -12,7 +12,12 @@ from fedops.core.strategies import STRATEGIES, FedProx
 from fedops.core.strategies.base import Strategy
 from fedops.crypto import Crypto
 from fedops.runtime.driver import DriverConfig, RoundDriver
-from fedops.runtime.privacy import BudgetExhausted, CentralPrivacy, PrivacySettings
+from fedops.runtime.privacy import (
+    BudgetExhausted,
+    CentralPrivacy,
+    LocalPrivacy,
+    PrivacySettings,
+)
 from fedops.runtime.progress import RoundProgress
 from fedops.runtime.secure_fit import SecAggSettings, SecureFit
 from fedops.runtime.store import RunStore, config_digest
@@ -94,9 +99,11 @@ def execute(
     rounds in the store and a summary that says "interrupted".
     """
     status = "failed"
-    privacy = (
-        CentralPrivacy(plan.privacy, planned_rounds=plan.driver.rounds) if plan.privacy else None
-    )
+    privacy: CentralPrivacy | LocalPrivacy | None = None
+    if plan.privacy is not None and plan.privacy.local:
+        privacy = LocalPrivacy(plan.privacy)
+    elif plan.privacy is not None:
+        privacy = CentralPrivacy(plan.privacy, planned_rounds=plan.driver.rounds)
     extra: dict[str, Any] = {}
     try:
         start = start_or_resume(store, plan.config, plan.initial_params)

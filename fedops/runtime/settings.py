@@ -188,9 +188,9 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
 
     def check_privacy(self) -> None:
         _require(
-            self.privacy in ("none", "central"),
+            self.privacy in ("none", "central", "local"),
             "privacy",
-            f"must be none or central, got {self.privacy!r}",
+            f"must be none, central or local, got {self.privacy!r}",
         )
         if self.privacy == "none":
             return
@@ -214,9 +214,14 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
         )
         _require(self.accountant in ("rdp", "prv"), "accountant", "must be rdp or prv")
         _require(
-            self.secagg == "none",
+            self.secagg == "none" or self.privacy == "local",
             "privacy",
             "central DP clips each update in the clear: it cannot run with --secagg",
+        )
+        _require(
+            self.privacy != "local" or sigma != "auto",
+            "noise_multiplier",
+            "--privacy local needs a number",
         )
 
 
@@ -238,6 +243,7 @@ class ClientConfig(TrainOptions, TaskOptions):
     max_retries: int = 30
     poll_wait_s: float = 5.0
     require_secagg: bool = False
+    max_epsilon: float | None = None
     identity_key: Path | None = None
     trusted_keys: Path | None = None
 
@@ -253,6 +259,11 @@ class ClientConfig(TrainOptions, TaskOptions):
             f"must be in [0, {self.num_sites}) for --num-sites {self.num_sites}, got {self.site}",
         )
         _require(self.max_retries >= 0, "max_retries", "must be >= 0")
+        _require(
+            self.max_epsilon is None or self.max_epsilon > 0,
+            "max_epsilon",
+            f"must be > 0, got {self.max_epsilon}",
+        )
         for key in ("identity_key", "trusted_keys"):
             path = getattr(self, key)
             _require(path is None or Path(path).exists(), key, f"{path} does not exist")

@@ -102,6 +102,7 @@ class PrivacyConfig:
     clip_learning_rate: float = 0.2
     count_noise: float = 10.0  # noise multiplier of the clipped-count estimate (adaptive)
     seed: int | None = None  # noise seed; None: derived from the run's seed
+    site_max_epsilon: float | None = None  # privacy=local: each site's own ε limit (policy)
 
 
 @dataclass
@@ -141,7 +142,7 @@ def _one_of(value: Any, choices: tuple[str, ...] | Any, key: str) -> None:
     _require(value in choices, key, f"must be one of {sorted(choices)}, got {value!r}")
 
 
-PRIVACY_MODES = ("none", "central")
+PRIVACY_MODES = ("none", "central", "local")
 
 
 def validate(cfg: SimulateConfig) -> SimulateConfig:
@@ -178,6 +179,12 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     _require(s.workers >= 1, "simulation.workers", "must be >= 1")
     _require(s.threads >= 0, "simulation.threads", "must be >= 0 (0: torch's default)")
     check_privacy(cfg.privacy, secagg=cfg.secagg.name, rounds=cfg.rounds)
+    _require(
+        cfg.privacy.name != "local" or s.backend == "sequential",
+        "simulation.backend",
+        "privacy=local (DP-SGD per site, each site keeping its own ε) runs with "
+        "simulation=sequential for now",
+    )
     a = cfg.secagg
     try:
         check_secagg(a.name, a.k, a.threshold, a.clip)
@@ -237,8 +244,18 @@ def check_privacy(p: PrivacyConfig, *, secagg: str, rounds: int) -> None:
         "adaptive clipping needs count_noise > noise_multiplier / 2",
     )
     _require(
-        secagg == "none",
+        secagg == "none" or p.name == "local",
         "privacy.name",
         "central DP needs each update in the clear to clip it; with secagg=secaggplus use "
-        "distributed DP (not available yet)",
+        "privacy=local (distributed DP is not available yet)",
+    )
+    _require(
+        p.name != "local" or not auto,
+        "privacy.noise_multiplier",
+        "privacy=local needs a number (each site derives its own ε from it)",
+    )
+    _require(
+        p.site_max_epsilon is None or p.site_max_epsilon > 0,
+        "privacy.site_max_epsilon",
+        f"must be > 0, got {p.site_max_epsilon}",
     )

@@ -109,7 +109,14 @@ def make_transport(cfg: SimulateConfig, task: Task, data: FederatedData | None) 
     if s.backend == "sequential":
         shared = task.build_model()
         sites = [
-            Site(task, site=i, num_sites=s.num_clients, train_config=train, model=shared)
+            Site(
+                task,
+                site=i,
+                num_sites=s.num_clients,
+                train_config=train,
+                model=shared,
+                max_epsilon=cfg.privacy.site_max_epsilon,
+            )
             for i in range(s.num_clients)
         ]
         return InMemoryTransport(sites, faults=faults)
@@ -193,4 +200,5 @@ def privacy_settings(cfg: SimulateConfig) -> PrivacySettings | None:
         accountant=p.accountant,
         adaptive=adaptive,
         seed=cfg.seed if p.seed is None else p.seed,  # a simulation is reproducible
+        local=p.name == "local",
     )

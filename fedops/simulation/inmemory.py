@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
 from fedops.core.params import Params
-from fedops.core.rounds import Event, NodeDropped, Phase
+from fedops.core.rounds import Event, NodeDropped, Phase, ResultRejected
 from fedops.runtime.transport import StageRequest
 from fedops.simulation.base import (
     SimulatedTransport,
@@ -23,7 +23,7 @@ from fedops.simulation.base import (
     task_ids,
 )
 from fedops.simulation.faults import FaultPlan
-from fedops.tasks.site import Site
+from fedops.tasks.site import PolicyRefusal, Site
 
 
 class InMemoryTransport(SimulatedTransport):
@@ -63,7 +63,10 @@ class InMemoryTransport(SimulatedTransport):
         epochs, dropped = self.faults.plan(server_round, site.site, site.train_config.epochs)
         if dropped:
             return NodeDropped(node_id=node, reason=dropped)
-        new, n, metrics = site.fit(params, server_round, {**config, "epochs": float(epochs)})
+        try:
+            new, n, metrics = site.fit(params, server_round, {**config, "epochs": float(epochs)})
+        except PolicyRefusal as exc:
+            return ResultRejected(node_id=node, task_id=task_id, reason=f"declined: {exc}")
         return fit_event(node, task_id, params, new, n, metrics)
 
     def _evaluate(

@@ -16,6 +16,7 @@ from torch import nn
 
 from fedops.core import training
 from fedops.core.params import Params
+from fedops.core.privacy.local import LocalDP, SiteLedger, train_private
 from fedops.core.training import (
     Data,
     TrainConfig,
@@ -25,6 +26,21 @@ from fedops.core.training import (
     set_params,
 )
 from fedops.tasks.base import Task
+
+
+class PolicyRefusal(Exception):
+    """The site's own policy forbids this task; the message says which rule."""
+
+
+def local_dp(config: Mapping[str, float]) -> LocalDP | None:
+    """The local DP-SGD the coordinator asks for in a fit task's config, if any."""
+    if "dp_noise_multiplier" not in config:
+        return None
+    return LocalDP(
+        noise_multiplier=float(config["dp_noise_multiplier"]),
+        max_grad_norm=float(config["dp_max_grad_norm"]),
+        delta=float(config.get("dp_delta", 1e-5)),
+    )
 
 
 def initial_params(task: Task, seed: int) -> Params:
@@ -54,6 +70,8 @@ class Site:
             (a simulation slicing one array); otherwise ``task.load_data``.
         model: a model to train in (sites of one simulation share one, since
             parameters are loaded before every use); otherwise a new one.
+        max_epsilon: site policy: train only with local DP-SGD, and only while this
+            site's own record-level ε stays at most this (``--max-epsilon``).
     """
 
     def __init__(
@@ -65,8 +83,11 @@ class Site:
         train_config: TrainConfig,
         data: tuple[Data, Data] | None = None,
         model: nn.Module | None = None,
+        max_epsilon: float | None = None,
     ) -> None:
         self.task = task
+        self.max_epsilon = max_epsilon
+        self.ledger: SiteLedger | None = None
         self.site = site
         self.train_config = train_config
         train, test = data if data is not None else task.load_data(site, num_sites)
@@ -91,14 +112,42 @@ class Site:
             proximal_mu=float(config.get("proximal_mu", self.train_config.proximal_mu)),
             seed=shuffle_seed(int(config.get("seed", 0)), server_round, self.site),
         )
+        dp = local_dp(config)
+        self._check_policy(dp, cfg)
         set_params(self.model, params)
-        run = self.task.train or training.train
-        metrics = run(self.model, self.train_data, cfg)
+        if dp is not None:
+            if self.task.train is not None:
+                raise PolicyRefusal(
+                    "local DP trains with fedops' DP-SGD loop, not the task's train()"
+                )
+            metrics = train_private(self.model, self.train_data, cfg, dp)
+            if self.ledger is None:
+                self.ledger = SiteLedger(dp.delta)
+            metrics["local_epsilon"] = self.ledger.spend(dp, self.num_train_examples, cfg)
+        else:
+            run = self.task.train or training.train
+            metrics = run(self.model, self.train_data, cfg)
         return (
             get_params(self.model),
             self.num_train_examples,
             {k: float(v) for k, v in metrics.items()},
         )
+
+    def _check_policy(self, dp: LocalDP | None, cfg: TrainConfig) -> None:
+        if self.max_epsilon is None:
+            return
+        if dp is None:
+            raise PolicyRefusal(
+                f"this site trains only with local DP at ε <= {self.max_epsilon:g} "
+                "(--max-epsilon); the task asks for none"
+            )
+        ledger = self.ledger or SiteLedger(dp.delta)
+        after = ledger.epsilon_after(dp, self.num_train_examples, cfg)
+        if after > self.max_epsilon:
+            raise PolicyRefusal(
+                f"training this round would raise this site's ε to {after:.3g}, above its "
+                f"limit {self.max_epsilon:g} (--max-epsilon)"
+            )
 
     def evaluate(self, params: Params) -> tuple[int, dict[str, float]]:
         """Loss and accuracy of ``params`` on this site's test split."""

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from procs import Procs, free_port, metrics
+from procs import Procs, free_port, metrics, query
 
 pytestmark = pytest.mark.slow
 
@@ -82,3 +82,38 @@ def test_1000_clients_with_central_dp_stay_within_5_points(procs: Procs, tmp_pat
     assert private["noise_multiplier"] == 1.0 and private["sample_rate"] == 0.1
     assert 3 < private["epsilon"] < 6  # RDP: 4.22 for q=0.1, sigma=1, 20 rounds, delta=1e-5
     assert "privacy: (ε=" in procs.log("central")
+
+
+def test_local_dp_sites_report_epsilon_and_enforce_their_limit(procs: Procs, tmp_path: Path):
+    port, run_dir = free_port(), tmp_path / "local"
+    coord = procs.coordinator(
+        "coordinator",
+        port,
+        run_dir,
+        "--task",
+        "digits",
+        "--rounds",
+        "3",
+        "--min-clients",
+        "3",
+        "--privacy",
+        "local",
+        "--noise-multiplier",
+        "1.0",
+        "--clip-norm",
+        "1.0",
+    )
+    procs.client("site0", port, 0, 3)
+    procs.client("site1", port, 1, 3, "--max-epsilon", "1000")
+    procs.client("site2", port, 2, 3, "--max-epsilon", "0.5")  # refuses: one round costs more
+    assert procs.wait(coord, 180, "coordinator") == 0, procs.log("coordinator")
+    rows = metrics(run_dir)
+    assert [r["num_clients"] for r in rows] == [2, 2, 2]
+    eps = [r["epsilon"] for r in rows]
+    assert 0 < eps[0] < eps[1] < eps[2], eps
+    reasons = dict(
+        query(run_dir, "SELECT site, reason FROM participants WHERE round = 1 AND phase = 'fit'")
+    )
+    assert "--max-epsilon" in reasons["site-2"], reasons
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "record-level DP at every site over 3 rounds" in summary["privacy"]
