@@ -61,7 +61,6 @@ class CentralPrivacy:
         self.sigma = settings.noise_multiplier
         self.clip_norm = settings.clip_norm
         self.ledger = PrivacyLedger()
-        self.rng = np.random.default_rng(settings.seed)
         self._last: dict[str, Any] = {}
         self.population: int | None = None
 
@@ -77,6 +76,7 @@ class CentralPrivacy:
         """Raise :class:`BudgetExhausted` if this round would push ε past the target."""
         q = sampled / population
         self.population = population
+        self._last = {}  # this round's DP parameters, once it aggregates
         if self.sigma is None:
             self.sigma = noise_for_target(
                 self.settings.target_epsilon or 0.0,
@@ -123,7 +123,7 @@ class CentralPrivacy:
             sampled=sampled,
             clip_norm=self.clip_norm,
             noise_multiplier=self.sigma,
-            rng=self.rng,
+            rng=self._rng(server_round),
             adaptive=self.settings.adaptive,
         )
         q = sampled / population
@@ -137,6 +137,13 @@ class CentralPrivacy:
         }
         self.clip_norm = noise.next_clip_norm
         return new
+
+    def _rng(self, server_round: int) -> np.random.Generator:
+        """Fresh entropy in a deployment; per (seed, round) in a simulation, so a resumed run
+        draws new noise for new rounds (reusing a round's noise would cancel it out)."""
+        if self.settings.seed is None:
+            return np.random.default_rng()
+        return np.random.default_rng([self.settings.seed, server_round])
 
     def metrics(self, reported: Sequence[Any] = ()) -> dict[str, Any]:
         """ε so far (RDP, and PRV when cheap), δ and this round's DP parameters."""

@@ -10,6 +10,7 @@ names the dotted key it refuses.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,7 +220,13 @@ def check_privacy(p: PrivacyConfig, *, secagg: str, rounds: int) -> None:
         return
     auto = p.noise_multiplier == "auto"
     _require(
-        auto or (isinstance(p.noise_multiplier, int | float) and p.noise_multiplier >= 0),
+        auto
+        or (
+            isinstance(p.noise_multiplier, int | float)
+            and not isinstance(p.noise_multiplier, bool)
+            and math.isfinite(p.noise_multiplier)
+            and p.noise_multiplier >= 0
+        ),
         "privacy.noise_multiplier",
         f"must be a number >= 0 or 'auto', got {p.noise_multiplier!r}",
     )

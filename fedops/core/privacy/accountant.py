@@ -73,12 +73,14 @@ def noise_for_target(
         low, high = high, high * 2
         if high > 1e4:
             raise ValueError(f"no noise multiplier up to 1e4 reaches ε={target_epsilon}")
+    at_high = eps(high)
     for _ in range(100):
+        if target_epsilon - at_high <= rel_tol * target_epsilon or math.isclose(low, high):
+            break
         mid = (low + high) / 2
-        if eps(mid) > target_epsilon:
+        at_mid = eps(mid)
+        if at_mid > target_epsilon:
             low = mid
         else:
-            high = mid
-        if target_epsilon - eps(high) <= rel_tol * target_epsilon or math.isclose(low, high):
-            break
+            high, at_high = mid, at_mid
     return high

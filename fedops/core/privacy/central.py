@@ -34,6 +34,8 @@ class AdaptiveClipping:
 
     def update_noise(self, sigma: float) -> float:
         """σ_Δ such that the update and the count together spend exactly σ."""
+        if sigma == 0:
+            return 0.0  # no noise at all: nothing to share out
         rest = sigma**-2 - (2 * self.count_noise) ** -2
         if rest <= 0:
             raise ValueError(

@@ -11,7 +11,11 @@ from fedops.core.params import Params
 
 def l2_norm(update: Params) -> float:
     """The L2 norm of all arrays of ``update`` taken together."""
-    return math.sqrt(sum(float(np.vdot(a, a).real) for a in update.values()))
+    total = 0.0
+    for a in update.values():
+        x = np.asarray(a, np.float64)  # float32 sums lose digits: measure in float64
+        total += float(np.vdot(x, x).real)
+    return math.sqrt(total)
 
 
 def clip(update: Params, max_norm: float) -> tuple[Params, float]:

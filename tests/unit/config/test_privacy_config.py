@@ -1,0 +1,235 @@
+"""Central DP settings: the ``privacy`` group's defaults, and every refused value names its key.
+
+``privacy=central`` and ``privacy=central_adaptive`` are Hydra config groups
+(fedops/configs/privacy/); :func:`fedops.runtime.simulate_settings.check_privacy`
+checks them inside :func:`validate`, raising a ConfigError that names the
+dotted ``privacy.*`` key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from fedops.config.hydra_app import CONFIG_DIR, register, simulate_main
+from fedops.core.privacy.central import AdaptiveClipping
+from fedops.runtime.privacy import PrivacySettings
+from fedops.runtime.settings import ConfigError
+from fedops.runtime.simulate_settings import SimulateConfig, validate
+from fedops.simulation.engine import privacy_settings
+
+
+def _compose(*overrides: str) -> SimulateConfig:
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name="simulate", overrides=list(overrides))
+    settings = OmegaConf.to_object(cfg)
+    assert isinstance(settings, SimulateConfig)
+    return settings
+
+
+def _refused(*overrides: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        validate(_compose(*overrides))
+    assert str(info.value) == f"{info.value.key}: {info.value.message}"
+    return info.value
+
+
+CENTRAL_DEFAULTS = {
+    "name": "central",
+    "noise_multiplier": 1.0,
+    "clip_norm": 1.0,
+    "delta": 1e-5,
+    "target_epsilon": None,
+    "accountant": "rdp",
+    "adaptive": False,
+    "target_quantile": 0.5,
+    "clip_learning_rate": 0.2,
+    "count_noise": 10.0,
+    "seed": None,
+}
+
+
+def _fields(cfg: SimulateConfig) -> dict:
+    return {key: getattr(cfg.privacy, key) for key in CENTRAL_DEFAULTS}
+
+
+# -- composition ---------------------------------------------------------------------------------
+def test_privacy_is_off_by_default():
+    cfg = validate(_compose())
+    assert cfg.privacy.name == "none"
+    assert privacy_settings(cfg) is None
+
+
+def test_central_composes_with_its_documented_defaults():
+    cfg = validate(_compose("privacy=central"))
+    assert _fields(cfg) == CENTRAL_DEFAULTS
+    settings = privacy_settings(cfg)
+    assert settings == PrivacySettings(
+        noise_multiplier=1.0,
+        clip_norm=1.0,
+        delta=1e-5,
+        target_epsilon=None,
+        accountant="rdp",
+        adaptive=None,
+        seed=cfg.seed,  # the noise of a simulation is seeded by the run's seed
+    )
+
+
+def test_central_adaptive_composes_with_its_documented_defaults():
+    cfg = validate(_compose("privacy=central_adaptive"))
+    assert _fields(cfg) == {**CENTRAL_DEFAULTS, "adaptive": True, "clip_norm": 0.1}
+    settings = privacy_settings(cfg)
+    assert settings is not None
+    assert settings.adaptive == AdaptiveClipping(
+        target_quantile=0.5, learning_rate=0.2, count_noise=10.0
+    )
+    assert settings.clip_norm == 0.1 and settings.noise_multiplier == 1.0
+
+
+def test_privacy_keys_override():
+    cfg = validate(
+        _compose(
+            "privacy=central_adaptive",
+            "privacy.noise_multiplier=0.7",
+            "privacy.clip_norm=2.5",
+            "privacy.delta=1e-6",
+            "privacy.target_epsilon=4",
+            "privacy.accountant=prv",
+            "privacy.target_quantile=0.8",
+            "privacy.clip_learning_rate=0.1",
+            "privacy.count_noise=3",
+            "privacy.seed=9",
+            "seed=4",
+        )
+    )
+    settings = privacy_settings(cfg)
+    assert settings == PrivacySettings(
+        noise_multiplier=0.7,
+        clip_norm=2.5,
+        delta=1e-6,
+        target_epsilon=4.0,
+        accountant="prv",
+        adaptive=AdaptiveClipping(target_quantile=0.8, learning_rate=0.1, count_noise=3.0),
+        seed=9,
+    )
+
+
+def test_auto_noise_with_a_target_is_accepted():
+    cfg = validate(
+        _compose("privacy=central", "privacy.noise_multiplier=auto", "privacy.target_epsilon=2")
+    )
+    assert cfg.privacy.noise_multiplier == "auto" and cfg.privacy.target_epsilon == 2
+    settings = privacy_settings(cfg)
+    assert settings is not None
+    assert settings.noise_multiplier is None and settings.target_epsilon == 2.0
+
+
+@pytest.mark.parametrize("sigma", ["0", "0.0", "3", "1.5", "100"])
+def test_any_noise_multiplier_from_zero_up_is_accepted(sigma: str):
+    cfg = validate(_compose("privacy=central", f"privacy.noise_multiplier={sigma}"))
+    settings = privacy_settings(cfg)
+    assert settings is not None and settings.noise_multiplier == float(sigma)
+
+
+# -- refused values name their key ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "key", "words"),
+    [
+        (["privacy.noise_multiplier=-1"], "privacy.noise_multiplier", "number >= 0 or 'auto'"),
+        (["privacy.noise_multiplier=lots"], "privacy.noise_multiplier", "'lots'"),
+        (["privacy.noise_multiplier=Auto"], "privacy.noise_multiplier", "'Auto'"),
+        (["privacy.noise_multiplier='1.5'"], "privacy.noise_multiplier", "'1.5'"),
+        (["privacy.noise_multiplier=null"], "privacy.noise_multiplier", "None"),
+        (["privacy.noise_multiplier=nan"], "privacy.noise_multiplier", "number >= 0"),
+        (["privacy.noise_multiplier=auto"], "privacy.target_epsilon", "set privacy.target_epsilon"),
+        (["privacy.target_epsilon=0"], "privacy.target_epsilon", "must be > 0"),
+        (
+            ["privacy.noise_multiplier=auto", "privacy.target_epsilon=0"],
+            "privacy.target_epsilon",
+            "must be > 0",
+        ),
+        (["privacy.clip_norm=0"], "privacy.clip_norm", "must be > 0"),
+        (["privacy.delta=0"], "privacy.delta", "(0, 1)"),
+        (["privacy.delta=1"], "privacy.delta", "(0, 1)"),
+        (["privacy.accountant=gdp"], "privacy.accountant", "must be one of"),
+        (["privacy.accountant=RDP"], "privacy.accountant", "must be one of"),
+        (["privacy.name=distributed"], "privacy.name", "must be one of"),
+        (["secagg=secaggplus"], "privacy.name", "secagg=secaggplus"),
+        (["privacy.target_quantile=1"], "privacy.target_quantile", "(0, 1)"),
+        (["privacy.clip_learning_rate=0"], "privacy.clip_learning_rate", "must be > 0"),
+    ],
+)
+def test_validation_names_the_privacy_key(overrides: list[str], key: str, words: str):
+    error = _refused("privacy=central", *overrides)
+    assert error.key == key, error
+    assert words in error.message, error.message
+
+
+def test_an_unknown_mode_is_refused_even_without_the_group():
+    error = _refused("privacy.name=centrall")
+    assert error.key == "privacy.name" and "must be one of" in error.message
+
+
+@pytest.mark.parametrize("sigma", ["20", "25"])
+def test_adaptive_clipping_refuses_a_sigma_its_count_noise_cannot_pay_for(sigma: str):
+    error = _refused("privacy=central_adaptive", f"privacy.noise_multiplier={sigma}")
+    assert error.key == "privacy.count_noise"
+
+
+def test_adaptive_clipping_accepts_auto_noise_with_a_target():
+    cfg = validate(
+        _compose(
+            "privacy=central_adaptive",
+            "privacy.noise_multiplier=auto",
+            "privacy.target_epsilon=3",
+        )
+    )
+    assert cfg.privacy.adaptive and cfg.privacy.noise_multiplier == "auto"
+
+
+@pytest.mark.parametrize("value", ["true", "inf"])
+def test_a_boolean_or_infinite_noise_multiplier_is_refused(value: str):
+    error = _refused("privacy=central", f"privacy.noise_multiplier={value}")
+    assert error.key == "privacy.noise_multiplier"
+
+
+def test_privacy_none_ignores_the_other_privacy_keys():
+    cfg = validate(_compose("privacy.clip_norm=-1", "secagg=secaggplus"))
+    assert cfg.privacy.name == "none"
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("privacy=gaussian", "privacy/gaussian"),
+        ("privacy.epsilon=1", "epsilon"),
+        ("privacy.clip_norm=wide", "privacy.clip_norm"),
+        ("privacy.target_epsilon=many", "privacy.target_epsilon"),
+    ],
+)
+def test_hydra_refuses_unknown_privacy_keys_and_types_by_name(override: str, words: str):
+    with pytest.raises(Exception) as info:
+        _compose("privacy=central", override)
+    assert words in str(info.value), str(info.value)
+
+
+def test_simulate_command_exits_2_naming_the_privacy_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    code = simulate_main(
+        [
+            "privacy=central",
+            "privacy.noise_multiplier=auto",
+            f"hydra.run.dir={tmp_path / 'sim'}",
+            "hydra/job_logging=none",
+            "hydra/hydra_logging=none",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "fedops simulate: error: privacy.target_epsilon:" in err, err
+    assert not (tmp_path / "sim" / "state.sqlite").exists()  # refused before any run
