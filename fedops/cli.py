@@ -152,9 +152,10 @@ def _coordinator_parser(sub: Any) -> None:
     private = coord.add_argument_group("differential privacy (central DP-FedAvg)")
     private.add_argument(
         "--privacy",
-        choices=("none", "central", "local"),
+        choices=("none", "central", "distributed", "local"),
         default="none",
-        help="central: DP-FedAvg at the coordinator; local: DP-SGD (Opacus) at every site",
+        help="central: DP-FedAvg at the coordinator; distributed: clients add the noise under "
+        "SecAgg+; local: DP-SGD (Opacus) at every site",
     )
     private.add_argument(
         "--noise-multiplier",

@@ -89,7 +89,7 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
                 target_epsilon=cfg.target_epsilon,
                 accountant=cfg.accountant,
                 adaptive=AdaptiveClipping() if cfg.adaptive_clipping else None,
-                local=cfg.privacy == "local",
+                mode=cfg.privacy,
             )
             if cfg.privacy != "none"
             else None

@@ -113,7 +113,8 @@ class RoundDriver:
         if self.privacy is not None:
             fit_config.update(self.privacy.fit_config())
         if self.secure is not None:
-            fit = self.secure.run(server_round, selected, params, fit_config)
+            noise = self.privacy.secure_noise() if self.privacy is not None else None
+            fit = self.secure.run(server_round, selected, params, fit_config, noise=noise)
         else:
             fit = self._plain_fit(server_round, selected, params, fit_config)
         if fit.results and self.privacy is not None and self.privacy.aggregates:

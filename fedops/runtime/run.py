@@ -15,6 +15,7 @@ from fedops.runtime.driver import DriverConfig, RoundDriver
 from fedops.runtime.privacy import (
     BudgetExhausted,
     CentralPrivacy,
+    DistributedPrivacy,
     LocalPrivacy,
     PrivacySettings,
 )
@@ -100,8 +101,10 @@ def execute(
     """
     status = "failed"
     privacy: CentralPrivacy | LocalPrivacy | None = None
-    if plan.privacy is not None and plan.privacy.local:
+    if plan.privacy is not None and plan.privacy.mode == "local":
         privacy = LocalPrivacy(plan.privacy)
+    elif plan.privacy is not None and plan.privacy.mode == "distributed":
+        privacy = DistributedPrivacy(plan.privacy, planned_rounds=plan.driver.rounds)
     elif plan.privacy is not None:
         privacy = CentralPrivacy(plan.privacy, planned_rounds=plan.driver.rounds)
     extra: dict[str, Any] = {}

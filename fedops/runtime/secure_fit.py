@@ -80,9 +80,17 @@ class SecureFit:
         self.site_names = site_names
 
     def run(
-        self, server_round: int, nodes: Sequence[str], params: Params, config: Mapping[str, float]
+        self,
+        server_round: int,
+        nodes: Sequence[str],
+        params: Params,
+        config: Mapping[str, float],
+        *,
+        noise: tuple[float, float] | None = None,
     ) -> FitOutcome:
+        """One secure fit phase; ``noise=(σ, clip)`` makes the clients add distributed DP."""
         round_ = _SecureRound(self, server_round, sorted(nodes), params, config)
+        round_.noise = noise
         return round_.run()
 
 
@@ -110,6 +118,7 @@ class _SecureRound:
         self.node = {i: node for node, i in self.index.items()}
         self.left: dict[str, tuple[Outcome, str]] = {}
         self.trained: dict[str, StageResult] = {}
+        self.noise: tuple[float, float] | None = None
 
     def run(self) -> FitOutcome:
         try:
@@ -138,6 +147,7 @@ class _SecureRound:
                 threshold=s.threshold,
                 seed=_graph_seed(self.owner.seed, self.server_round),
                 min_survivors=s.min_survivors,
+                noise=self.noise,
             )
         except ValueError as exc:  # e.g. a threshold this round's neighbourhoods cannot meet
             raise SecAggAborted(

@@ -188,9 +188,9 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
 
     def check_privacy(self) -> None:
         _require(
-            self.privacy in ("none", "central", "local"),
+            self.privacy in ("none", "central", "distributed", "local"),
             "privacy",
-            f"must be none, central or local, got {self.privacy!r}",
+            f"must be none, central, distributed or local, got {self.privacy!r}",
         )
         if self.privacy == "none":
             return
@@ -214,9 +214,15 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
         )
         _require(self.accountant in ("rdp", "prv"), "accountant", "must be rdp or prv")
         _require(
-            self.secagg == "none" or self.privacy == "local",
+            self.secagg == "none" or self.privacy != "central",
             "privacy",
-            "central DP clips each update in the clear: it cannot run with --secagg",
+            "central DP clips each update in the clear: with --secagg use --privacy distributed",
+        )
+        _require(
+            self.privacy != "distributed" or self.secagg == "secaggplus",
+            "secagg",
+            "--privacy distributed adds its noise under secure aggregation: add "
+            "--secagg secaggplus",
         )
         _require(
             self.privacy != "local" or sigma != "auto",

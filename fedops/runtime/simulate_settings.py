@@ -143,7 +143,7 @@ def _one_of(value: Any, choices: tuple[str, ...] | Any, key: str) -> None:
     _require(value in choices, key, f"must be one of {sorted(choices)}, got {value!r}")
 
 
-PRIVACY_MODES = ("none", "central", "local")
+PRIVACY_MODES = ("none", "central", "distributed", "local")
 
 
 def validate(cfg: SimulateConfig) -> SimulateConfig:
@@ -251,10 +251,20 @@ def check_privacy(p: PrivacyConfig, *, secagg: str, rounds: int) -> None:
         "adaptive clipping needs count_noise > noise_multiplier / 2",
     )
     _require(
-        secagg == "none" or p.name == "local",
+        secagg == "none" or p.name != "central",
         "privacy.name",
         "central DP needs each update in the clear to clip it; with secagg=secaggplus use "
-        "privacy=local (distributed DP is not available yet)",
+        "privacy=distributed (or privacy=local)",
+    )
+    _require(
+        p.name != "distributed" or secagg == "secaggplus",
+        "secagg.name",
+        "privacy=distributed adds the noise under secure aggregation: set secagg=secaggplus",
+    )
+    _require(
+        p.name != "distributed" or not p.adaptive,
+        "privacy.adaptive",
+        "adaptive clipping is not available with distributed DP",
     )
     _require(
         p.name != "local" or not auto,

@@ -200,5 +200,5 @@ def privacy_settings(cfg: SimulateConfig) -> PrivacySettings | None:
         accountant=p.accountant,
         adaptive=adaptive,
         seed=cfg.seed if p.seed is None else p.seed,  # a simulation is reproducible
-        local=p.name == "local",
+        mode=p.name,
     )

@@ -250,16 +250,20 @@ class SecAggShareKeys(_message.Message):
     def __init__(self, shares: _Optional[_Iterable[_Union[SecAggShare, _Mapping]]] = ..., commitment: _Optional[bytes] = ...) -> None: ...
 
 class SecAggMaskRequest(_message.Message):
-    __slots__ = ("shares", "clip", "levels", "max_weight")
+    __slots__ = ("shares", "clip", "levels", "max_weight", "l2_clip", "noise_mu")
     SHARES_FIELD_NUMBER: _ClassVar[int]
     CLIP_FIELD_NUMBER: _ClassVar[int]
     LEVELS_FIELD_NUMBER: _ClassVar[int]
     MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    L2_CLIP_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MU_FIELD_NUMBER: _ClassVar[int]
     shares: _containers.RepeatedCompositeFieldContainer[SecAggShare]
     clip: float
     levels: int
     max_weight: int
-    def __init__(self, shares: _Optional[_Iterable[_Union[SecAggShare, _Mapping]]] = ..., clip: _Optional[float] = ..., levels: _Optional[int] = ..., max_weight: _Optional[int] = ...) -> None: ...
+    l2_clip: float
+    noise_mu: float
+    def __init__(self, shares: _Optional[_Iterable[_Union[SecAggShare, _Mapping]]] = ..., clip: _Optional[float] = ..., levels: _Optional[int] = ..., max_weight: _Optional[int] = ..., l2_clip: _Optional[float] = ..., noise_mu: _Optional[float] = ...) -> None: ...
 
 class SecAggMasked(_message.Message):
     __slots__ = ("complaints",)

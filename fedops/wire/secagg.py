@@ -93,6 +93,8 @@ def request_to_proto(request: Request) -> pb.SecAggRequest:
                 clip=q.clip,
                 levels=q.levels,
                 max_weight=request.encoding.max_weight,
+                l2_clip=request.encoding.l2_clip,
+                noise_mu=request.encoding.noise_mu,
             )
         )
     return pb.SecAggRequest(
@@ -116,7 +118,10 @@ def request_from_proto(message: pb.SecAggRequest) -> Request:
         m = message.mask
         try:
             encoding = Encoding(
-                quantizer=Quantizer(clip=m.clip, levels=m.levels), max_weight=m.max_weight
+                quantizer=Quantizer(clip=m.clip, levels=m.levels),
+                max_weight=m.max_weight,
+                l2_clip=m.l2_clip,
+                noise_mu=m.noise_mu,
             )
         except ValueError as exc:
             raise InvalidUpdate(f"secagg mask request: {exc}") from exc

@@ -72,16 +72,21 @@ def test_1000_clients_with_central_dp_stay_within_5_points(procs: Procs, tmp_pat
     for name, extra in {
         "plain": [],
         "central": ["privacy=central", "privacy.clip_norm=0.3"],
+        "distributed": ["privacy=distributed", "secagg=secaggplus", "privacy.clip_norm=0.3"],
     }.items():
         run_dir = tmp_path / name
         proc = procs.start(name, "simulate", *FLEET, *extra, f"hydra.run.dir={run_dir}")
         assert procs.wait(proc, 300, name) == 0, procs.log(name)
         runs[name] = metrics(run_dir)[-1]
-    plain, private = runs["plain"], runs["central"]
-    assert abs(plain["eval_accuracy"] - private["eval_accuracy"]) <= 0.05, (plain, private)
-    assert private["noise_multiplier"] == 1.0 and private["sample_rate"] == 0.1
-    assert 3 < private["epsilon"] < 6  # RDP: 4.22 for q=0.1, sigma=1, 20 rounds, delta=1e-5
+    plain, central, distributed = runs["plain"], runs["central"], runs["distributed"]
+    assert abs(plain["eval_accuracy"] - central["eval_accuracy"]) <= 0.05, (plain, central)
+    assert central["noise_multiplier"] == 1.0 and central["sample_rate"] == 0.1
+    assert 3 < central["epsilon"] < 6  # RDP: 4.22 for q=0.1, sigma=1, 20 rounds, delta=1e-5
     assert "privacy: (ε=" in procs.log("central")
+    # the clients add the noise under SecAgg+: same epsilon, comparable accuracy
+    assert distributed["secagg_survivors"] == 100
+    assert abs(distributed["epsilon"] - central["epsilon"]) <= 0.01 * central["epsilon"]
+    assert abs(distributed["eval_accuracy"] - central["eval_accuracy"]) <= 0.05
 
 
 def test_local_dp_sites_report_epsilon_and_enforce_their_limit(procs: Procs, tmp_path: Path):

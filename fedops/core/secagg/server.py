@@ -39,6 +39,8 @@ from fedops.core.secagg.update import Encoding
 
 #: subsets of revealed shares tried when some are wrong: all of them up to this many
 MAX_RECOVERY_TRIES = 4096
+#: largest Skellam parameter a client samples (numpy's Poisson is accurate well beyond it)
+MAX_SKELLAM_MU = 1e10
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +62,8 @@ class SecAggServer:
         clip: the quantizer's clipping range.
         seed: picks the neighbour graph.
         min_survivors: fewest inputs the server may sum (default ``max(2, threshold)``).
+        noise: ``(noise_multiplier, l2_clip)`` for distributed DP: clients clip their update
+            and add Skellam noise so the sum over all clients carries ``N(0, (σ·clip)²)``.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class SecAggServer:
         threshold: int | None = None,
         seed: int = 0,
         min_survivors: int | None = None,
+        noise: tuple[float, float] | None = None,
     ) -> None:
         n = len(clients)
         if n < 2:
@@ -90,6 +95,7 @@ class SecAggServer:
         self.min_survivors = max(2, self.threshold) if min_survivors is None else min_survivors
         self.context = context
         self.vector_length = vector_length
+        self.noise = noise
         self.clip = clip
         self.crypto = crypto
         self.clients = tuple(sorted(clients))
@@ -210,11 +216,7 @@ class SecAggServer:
             "only {count} of its neighbours shared keys (threshold {threshold})",
         )
         self._enough(self._u2, "sharing keys")
-        n = len(self._u2)
-        max_weight = min(max(self._keys[u].num_examples for u in self._u2), (MODULUS - 1) // n)
-        self.encoding = Encoding(
-            quantizer=Quantizer.for_summands(self.clip, n), max_weight=max_weight
-        )
+        self.encoding = self._encoding(len(self._u2))
         inbox: dict[int, list[EncryptedShare]] = {v: [] for v in self._u2}
         for u in sorted(self._u2):
             for share in self._shares[u].shares:
@@ -224,6 +226,29 @@ class SecAggServer:
         return {
             v: MaskRequest(shares=tuple(inbox[v]), encoding=self.encoding) for v in sorted(self._u2)
         }
+
+    def _encoding(self, n: int) -> Encoding:
+        """The grid for ``n`` summands; with distributed DP, room for the noise too."""
+        if self.noise is None:
+            max_weight = min(max(self._keys[u].num_examples for u in self._u2), (MODULUS - 1) // n)
+            return Encoding(quantizer=Quantizer.for_summands(self.clip, n), max_weight=max_weight)
+        sigma, l2_clip = self.noise
+        # |signal| <= n·levels/2 and the noise stays within 8σ·levels/2 (p < 1e-15), so the
+        # centred sum fits in ±2^31 and is read exactly (update._decode_private_sum)
+        levels = max(1, int((MODULUS - 1) // (n + 8 * sigma)))
+        if sigma > 0:  # keep µ where numpy's Poisson sampler is exact (its variance drifts
+            # by percents above ~1e13); the grid stays far finer than the noise
+            cap = 2 * math.sqrt(2 * len(self.clients) * MAX_SKELLAM_MU) / sigma
+            levels = max(1, min(levels, int(cap)))
+        # every sampled client adds its share of Skellam noise: variance 2µ each, so the
+        # sum over all sampled has std sigma·levels/2 words = sigma·l2_clip in value
+        mu = (sigma * levels / 2) ** 2 / (2 * len(self.clients))
+        return Encoding(
+            quantizer=Quantizer(clip=l2_clip, levels=levels),
+            max_weight=1,
+            l2_clip=l2_clip,
+            noise_mu=mu,
+        )
 
     # -- stage 3: masked inputs ---------------------------------------------------
     def receive_masked(self, index: int, reply: MaskedInput) -> None:

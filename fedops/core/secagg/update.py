@@ -9,6 +9,7 @@ example-weighted mean, computed without seeing any single update.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,10 +25,22 @@ class Encoding:
 
     quantizer: Quantizer
     max_weight: int
+    # distributed DP (privacy=distributed): L2-clip each update to l2_clip, weigh clients
+    # equally, and add Skellam(noise_mu) integer noise to every word before masking
+    l2_clip: float = 0.0
+    noise_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_weight < MODULUS:
             raise ValueError(f"max_weight must be in [1, 2^32), got {self.max_weight}")
+        if not (math.isfinite(self.l2_clip) and self.l2_clip >= 0):
+            raise ValueError(f"l2_clip must be >= 0, got {self.l2_clip}")
+        if not (math.isfinite(self.noise_mu) and 0 <= self.noise_mu < 2**62):
+            raise ValueError(f"noise_mu must be in [0, 2^62), got {self.noise_mu}")
+
+    @property
+    def private(self) -> bool:
+        return self.l2_clip > 0
 
 
 def vector_length(params: Params) -> int:
@@ -47,6 +60,8 @@ def encode_update(
     weight = min(int(num_examples), encoding.max_weight)
     if weight < 1:
         raise InvalidUpdate(f"a training result needs at least one example, got {num_examples}")
+    if encoding.private:
+        return _encode_private(start, trained, encoding, rng)
     size = vector_length(start) - 1
     vector = np.empty(size + 1, dtype=np.uint32)
     buf = np.empty(min(CHUNK, max(size, 1)))
@@ -68,6 +83,47 @@ def encode_update(
     return vector, clipped / max(size, 1)
 
 
+def _encode_private(
+    start: Params, trained: Params, encoding: Encoding, rng: np.random.Generator
+) -> tuple[NDArray[np.uint32], float]:
+    """Distributed DP: clip to L2 norm ``l2_clip``, quantize, add Skellam noise, weight 1."""
+    names = list(start)
+    deltas = [
+        np.asarray(trained[k], np.float64).ravel() - np.asarray(start[k], np.float64).ravel()
+        for k in names
+    ]
+    if not all(np.all(np.isfinite(d)) for d in deltas):
+        raise InvalidUpdate("the trained model has NaN or Inf values")
+    norm = math.sqrt(sum(float(np.dot(d, d)) for d in deltas))
+    scale = min(1.0, encoding.l2_clip / norm) if norm > 0 else 1.0
+    flat = np.concatenate(deltas) * scale if deltas else np.zeros(0)
+    words, _ = encoding.quantizer.encode(flat, rng)
+    if encoding.noise_mu > 0:
+        for lo in range(0, words.size, CHUNK):
+            hi = min(lo + CHUNK, words.size)
+            noise = rng.poisson(encoding.noise_mu, hi - lo) - rng.poisson(
+                encoding.noise_mu, hi - lo
+            )  # Skellam: the difference of two Poissons; sums of Skellams are Skellam
+            words[lo:hi] = (words[lo:hi].astype(np.int64) + noise) % MODULUS
+    vector = np.empty(words.size + 1, dtype=np.uint32)
+    vector[:-1] = words
+    vector[-1] = 1
+    return vector, float(norm > encoding.l2_clip)
+
+
+def _decode_private_sum(total: NDArray[np.uint32], count: int, q: Quantizer) -> NDArray[np.float64]:
+    """Σ of ``count`` clipped updates plus noise, reading the words as signed around zero.
+
+    Noise may push the sum below the offset or past 2^32; the levels leave room for it
+    (see ``SecAggServer``), so the centred reading modulo 2^32 is exact.
+    """
+    twice_offset = count * q.levels  # each client's zero sits at levels / 2
+    offset = twice_offset // 2
+    centred = (total.astype(np.int64) - offset) % MODULUS
+    centred[centred >= MODULUS // 2] -= MODULUS
+    return (centred.astype(np.float64) - (twice_offset - 2 * offset) / 2) * q.step
+
+
 def decode_mean(
     start: Params, total: NDArray[np.uint32], count: int, encoding: Encoding
 ) -> tuple[Params, int]:
@@ -77,7 +133,10 @@ def decode_mean(
     weight = int(total[-1])
     if weight < 1:
         raise ValueError("the unmasked sum carries no weight")
-    mean = encoding.quantizer.decode_sum(total[:-1], count) * (encoding.max_weight / weight)
+    if encoding.private:  # equal weights: the mean over the clients summed
+        mean = _decode_private_sum(total[:-1], count, encoding.quantizer) / count
+    else:
+        mean = encoding.quantizer.decode_sum(total[:-1], count) * (encoding.max_weight / weight)
     out: Params = {}
     offset = 0
     for name, arr in start.items():

@@ -303,3 +303,20 @@ def test_the_guarantee_before_any_round_says_zero_and_auto():
     sentence = dp.guarantee()
     assert "ε=0" in sentence and "over 0 rounds" in sentence
     assert "σ=auto" in sentence and "adaptive" in sentence
+
+
+def test_distributed_dp_accounts_dropouts_with_less_noise():
+    from types import SimpleNamespace
+
+    from fedops.runtime.privacy import DistributedPrivacy
+
+    settings = PrivacySettings(noise_multiplier=1.0, clip_norm=0.5, delta=1e-5, mode="distributed")
+    full = DistributedPrivacy(settings, planned_rounds=5)
+    partial = DistributedPrivacy(settings, planned_rounds=5)
+    for dp, survivors in ((full, 10), (partial, 6)):
+        dp.check_budget(1, sampled=10, population=100)
+        assert dp.secure_noise() == (1.0, 0.5)
+        m = dp.metrics([SimpleNamespace(metrics={})] * survivors)
+        assert m["effective_noise_multiplier"] == pytest.approx(np.sqrt(survivors / 10))
+    assert partial.ledger.epsilon(1e-5) > full.ledger.epsilon(1e-5)  # less noise: more ε
+    assert full.ledger.history == [(1.0, 0.1, 1)]
