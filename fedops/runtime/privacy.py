@@ -232,21 +232,23 @@ class LocalPrivacy:
 
     aggregates = False
 
-    def __init__(self, settings: PrivacySettings) -> None:
-        if settings.noise_multiplier is None:
-            raise ValueError("local DP needs a numeric noise_multiplier")
+    def __init__(self, settings: PrivacySettings, *, planned_rounds: int) -> None:
+        if settings.noise_multiplier is None and settings.target_epsilon is None:
+            raise ValueError("local DP needs a noise_multiplier or a target_epsilon")
         self.settings = settings
+        self.planned_rounds = planned_rounds
         self.epsilon = 0.0
         self.rounds = 0
 
     def fit_config(self) -> dict[str, float]:
         s = self.settings
-        assert s.noise_multiplier is not None
-        return {
-            "dp_noise_multiplier": s.noise_multiplier,
-            "dp_max_grad_norm": s.clip_norm,
-            "dp_delta": s.delta,
-        }
+        out = {"dp_max_grad_norm": s.clip_norm, "dp_delta": s.delta}
+        if s.noise_multiplier is None:  # auto: every site derives σ from its own data size
+            assert s.target_epsilon is not None
+            out |= {"dp_target_epsilon": s.target_epsilon, "dp_rounds": self.planned_rounds}
+        else:
+            out["dp_noise_multiplier"] = s.noise_multiplier
+        return out
 
     def restore(self, metrics: Sequence[Mapping[str, Any]]) -> None:
         for row in metrics:
@@ -267,14 +269,15 @@ class LocalPrivacy:
         return {
             "epsilon": self.epsilon,
             "delta": s.delta,
-            "noise_multiplier": s.noise_multiplier,
+            "noise_multiplier": s.noise_multiplier if s.noise_multiplier is not None else "auto",
             "clip_norm": s.clip_norm,
         }
 
     def guarantee(self) -> str:
         s = self.settings
+        sigma = f"σ={s.noise_multiplier:g}" if s.noise_multiplier is not None else "σ per site"
         return (
             f"(ε={self.epsilon:.3g}, δ={s.delta:g}) record-level DP at every site over "
-            f"{self.rounds} rounds (local DP-SGD with Opacus, σ={s.noise_multiplier:g}, max grad "
-            f"norm {s.clip_norm:g}; ε is the largest any site reported)"
+            f"{self.rounds} rounds (local DP-SGD with Opacus, {sigma}, max grad norm "
+            f"{s.clip_norm:g}; ε is the largest any site reported)"
         )

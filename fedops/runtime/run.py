@@ -102,7 +102,7 @@ def execute(
     status = "failed"
     privacy: CentralPrivacy | LocalPrivacy | None = None
     if plan.privacy is not None and plan.privacy.mode == "local":
-        privacy = LocalPrivacy(plan.privacy)
+        privacy = LocalPrivacy(plan.privacy, planned_rounds=plan.driver.rounds)
     elif plan.privacy is not None and plan.privacy.mode == "distributed":
         privacy = DistributedPrivacy(plan.privacy, planned_rounds=plan.driver.rounds)
     elif plan.privacy is not None:

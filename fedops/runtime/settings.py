@@ -224,11 +224,6 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
             "--privacy distributed adds its noise under secure aggregation: add "
             "--secagg secaggplus",
         )
-        _require(
-            self.privacy != "local" or sigma != "auto",
-            "noise_multiplier",
-            "--privacy local needs a number",
-        )
 
 
 def _is_number(text: str) -> bool:

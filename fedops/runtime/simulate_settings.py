@@ -267,11 +267,6 @@ def check_privacy(p: PrivacyConfig, *, secagg: str, rounds: int) -> None:
         "adaptive clipping is not available with distributed DP",
     )
     _require(
-        p.name != "local" or not auto,
-        "privacy.noise_multiplier",
-        "privacy=local needs a number (each site derives its own ε from it)",
-    )
-    _require(
         p.site_max_epsilon is None or p.site_max_epsilon > 0,
         "privacy.site_max_epsilon",
         f"must be > 0, got {p.site_max_epsilon}",

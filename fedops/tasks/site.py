@@ -16,7 +16,8 @@ from torch import nn
 
 from fedops.core import training
 from fedops.core.params import Params
-from fedops.core.privacy.local import LocalDP, SiteLedger, train_private
+from fedops.core.privacy.accountant import noise_for_target
+from fedops.core.privacy.local import LocalDP, SiteLedger, steps_per_round, train_private
 from fedops.core.training import (
     Data,
     TrainConfig,
@@ -32,14 +33,28 @@ class PolicyRefusal(Exception):
     """The site's own policy forbids this task; the message says which rule."""
 
 
-def local_dp(config: Mapping[str, float]) -> LocalDP | None:
-    """The local DP-SGD the coordinator asks for in a fit task's config, if any."""
-    if "dp_noise_multiplier" not in config:
+def local_dp(config: Mapping[str, float], num_examples: int, train: TrainConfig) -> LocalDP | None:
+    """The local DP-SGD the coordinator asks for in a fit task's config, if any.
+
+    With ``dp_target_epsilon`` (``noise_multiplier=auto``) the site derives its own σ
+    from its own data size: the smallest that keeps it within the target over
+    ``dp_rounds`` rounds of its local steps.
+    """
+    if "dp_noise_multiplier" not in config and "dp_target_epsilon" not in config:
         return None
+    delta = float(config.get("dp_delta", 1e-5))
+    if "dp_target_epsilon" in config:
+        q, steps = steps_per_round(num_examples, train)
+        sigma = noise_for_target(
+            float(config["dp_target_epsilon"]),
+            delta,
+            q,
+            steps * int(config.get("dp_rounds", 1)),
+        )
+    else:
+        sigma = float(config["dp_noise_multiplier"])
     return LocalDP(
-        noise_multiplier=float(config["dp_noise_multiplier"]),
-        max_grad_norm=float(config["dp_max_grad_norm"]),
-        delta=float(config.get("dp_delta", 1e-5)),
+        noise_multiplier=sigma, max_grad_norm=float(config["dp_max_grad_norm"]), delta=delta
     )
 
 
@@ -88,6 +103,8 @@ class Site:
         self.task = task
         self.max_epsilon = max_epsilon
         self.ledger: SiteLedger | None = None
+        self._dp_key: tuple[tuple[str, float], ...] | None = None
+        self._dp: LocalDP | None = None
         self.site = site
         self.train_config = train_config
         train, test = data if data is not None else task.load_data(site, num_sites)
@@ -112,7 +129,7 @@ class Site:
             proximal_mu=float(config.get("proximal_mu", self.train_config.proximal_mu)),
             seed=shuffle_seed(int(config.get("seed", 0)), server_round, self.site),
         )
-        dp = local_dp(config)
+        dp = self._local_dp(config, cfg)
         self._check_policy(dp, cfg)
         set_params(self.model, params)
         if dp is not None:
@@ -132,6 +149,12 @@ class Site:
             self.num_train_examples,
             {k: float(v) for k, v in metrics.items()},
         )
+
+    def _local_dp(self, config: Mapping[str, float], cfg: TrainConfig) -> LocalDP | None:
+        key = tuple(sorted((k, v) for k, v in config.items() if k.startswith("dp_")))
+        if key != self._dp_key:  # derive σ once per setting, not every round
+            self._dp_key, self._dp = key, local_dp(config, self.num_train_examples, cfg)
+        return self._dp
 
     def _check_policy(self, dp: LocalDP | None, cfg: TrainConfig) -> None:
         if self.max_epsilon is None:

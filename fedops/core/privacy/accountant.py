@@ -8,6 +8,7 @@ the same as after one.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -49,6 +50,7 @@ def epsilon(history: list[tuple[float, float, int]], delta: float, accountant: s
     return float(acc.get_epsilon(delta))
 
 
+@functools.lru_cache(maxsize=256)
 def noise_for_target(
     target_epsilon: float,
     delta: float,

@@ -187,3 +187,22 @@ def test_adaptive_clipping_without_noise_runs_or_is_refused_by_name(tmp_path: Pa
         return
     run = _simulate(cfg, tmp_path / "run")
     assert run.summary["status"] == "completed"
+
+
+def test_local_dp_with_a_target_lets_every_site_derive_its_noise(tmp_path: Path):
+    cfg = _config(mode="local", noise_multiplier="auto", target_epsilon=5.0)
+    run = _simulate(cfg, tmp_path / "run")
+    eps = [m["epsilon"] for m in run.metrics]
+    assert eps == sorted(eps)
+    # every site spends its budget over exactly the planned rounds, from below
+    assert 0.99 * 5.0 <= eps[-1] <= 5.0, eps
+    assert all(m["noise_multiplier"] == "auto" for m in run.metrics)
+    assert "σ per site" in run.summary["privacy"]
+
+
+def test_local_dp_site_policy_declines_rounds_past_its_limit(tmp_path: Path):
+    cfg = _config(mode="local", noise_multiplier=1.0, rounds=3, site_max_epsilon=6.0)
+    run = _simulate(cfg, tmp_path / "run")
+    clients = [m["num_clients"] for m in run.metrics]
+    assert clients[0] == 10 and clients[-1] < 10, clients  # sites stop once ε would pass 6
+    assert all(m["epsilon"] <= 6.0 for m in run.metrics)
