@@ -68,7 +68,10 @@ def train_private(model: nn.Module, data: Data, cfg: TrainConfig, dp: LocalDP) -
             mask = torch.rand(n, generator=generator) < q
             opt.zero_grad(set_to_none=True)
             if not bool(mask.any()):
-                opt.step()  # an empty Poisson batch still gets its noise
+                # an empty Poisson batch still releases its noise (skipping it would tell)
+                for p in trainable:
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                opt.step()
                 continue
             loss = loss_fn(wrapped(x[mask]), y[mask])
             total += float(loss.detach()) * int(mask.sum())

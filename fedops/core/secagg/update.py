@@ -94,7 +94,7 @@ def _encode_private(
     ]
     if not all(np.all(np.isfinite(d)) for d in deltas):
         raise InvalidUpdate("the trained model has NaN or Inf values")
-    norm = math.sqrt(sum(float(np.dot(d, d)) for d in deltas))
+    norm = math.sqrt(sum(float(np.sum(d * d)) for d in deltas))  # not BLAS (see clipping)
     scale = min(1.0, encoding.l2_clip / norm) if norm > 0 else 1.0
     flat = np.concatenate(deltas) * scale if deltas else np.zeros(0)
     words, _ = encoding.quantizer.encode(flat, rng)
