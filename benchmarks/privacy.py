@@ -13,9 +13,9 @@ set of Hydra overrides on top of the same composed ``simulate`` config:
 * ``privacy=distributed secagg=secaggplus``: clients clip and add Skellam noise before masking;
 * ``secagg=secaggplus``: SecAgg+ without DP, for comparison;
 * ``privacy=central`` with numpy's BLAS limited to 1 thread (threadpoolctl) while its slots run
-  (workload (b) only, not with --quick): DP's clipping takes norms with ``np.vdot``, which
-  OpenBLAS runs on several threads, and on a shared 2-core machine that makes a call anywhere
-  from 1x to ~100x slower;
+  (workload (b) only, not with --quick): DP's clipping took norms with ``np.vdot``, which
+  OpenBLAS ran on several threads, and on a shared 2-core machine that made a call anywhere
+  from 1x to ~100x slower; norms now avoid BLAS, and this row checks it stays so;
 * ``privacy=local``: DP-SGD with Opacus on every site; it runs with ``simulation=sequential``
   only, so it has its own table (c) against ``none`` on that backend.
 A mode whose config ``validate`` refuses (not implemented yet, or not with this backend) is
@@ -578,7 +578,7 @@ def server_dp_cost(
 
 
 def blas_threads() -> str:
-    """numpy's BLAS and its thread count (private_mean's norms go through np.vdot)."""
+    """numpy's BLAS and its thread count (private_mean's norms used to go through BLAS)."""
     if threadpool_info is None:
         return "BLAS threads unknown (threadpoolctl is not installed)"
     pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
@@ -736,10 +736,9 @@ def report(results: dict[str, Any]) -> None:
     )
     if blas1:
         print(
-            "\n    private_mean's clipping takes each update's norm with np.vdot, i.e. numpy's "
-            "BLAS; with more than one BLAS thread on a shared machine one call can take up to "
-            "~100x longer (the 1-thread columns: the same calls under threadpoolctl's limit of "
-            "1). FedAvg does not call BLAS."
+            "\n    private_mean's norms no longer use BLAS (with np.vdot, a call on a shared "
+            "machine took up to ~100x longer with 2 BLAS threads); the 1-thread columns are "
+            "the same calls under threadpoolctl's limit of 1, for comparison."
         )
     rows = [
         [
