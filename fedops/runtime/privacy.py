@@ -51,13 +51,6 @@ class CentralPrivacy:
 
     aggregates = True  # the driver aggregates through :meth:`aggregate`, not the strategy
 
-    def fit_config(self) -> dict[str, float]:
-        return {}
-
-    def secure_noise(self) -> tuple[float, float] | None:
-        """``(σ, clip)`` the clients add under SecAgg+ (distributed DP only)."""
-        return None
-
     def __init__(self, settings: PrivacySettings, *, planned_rounds: int) -> None:
         if settings.noise_multiplier is None and settings.target_epsilon is None:
             raise ValueError("noise_multiplier=auto needs a target_epsilon")
@@ -69,6 +62,14 @@ class CentralPrivacy:
         self._last: dict[str, Any] = {}
         self.population: int | None = None
         self.sampled = 0
+
+    def fit_config(self) -> dict[str, float]:
+        """What the clients are told (nothing: the coordinator adds the noise)."""
+        return {}
+
+    def secure_noise(self) -> tuple[float, float] | None:
+        """``(σ, clip)`` the clients add under SecAgg+ (distributed DP only)."""
+        return None
 
     def restore(self, metrics: Sequence[Mapping[str, Any]]) -> None:
         """Re-spend the rounds a resumed run already committed."""

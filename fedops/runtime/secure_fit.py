@@ -89,9 +89,7 @@ class SecureFit:
         noise: tuple[float, float] | None = None,
     ) -> FitOutcome:
         """One secure fit phase; ``noise=(σ, clip)`` makes the clients add distributed DP."""
-        round_ = _SecureRound(self, server_round, sorted(nodes), params, config)
-        round_.noise = noise
-        return round_.run()
+        return _SecureRound(self, server_round, sorted(nodes), params, config, noise).run()
 
 
 def _graph_seed(seed: int, server_round: int) -> int:
@@ -108,6 +106,7 @@ class _SecureRound:
         nodes: list[str],
         params: Params,
         config: Mapping[str, float],
+        noise: tuple[float, float] | None,
     ) -> None:
         self.owner = owner
         self.server_round = server_round
@@ -118,7 +117,7 @@ class _SecureRound:
         self.node = {i: node for node, i in self.index.items()}
         self.left: dict[str, tuple[Outcome, str]] = {}
         self.trained: dict[str, StageResult] = {}
-        self.noise: tuple[float, float] | None = None
+        self.noise = noise  # (σ, clip): the clients add distributed DP noise
 
     def run(self) -> FitOutcome:
         try:
