@@ -1,0 +1,1 @@
+"""Data drift and fairness statistics, computed from counts a site may share (no raw data)."""
