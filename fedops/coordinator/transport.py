@@ -294,15 +294,7 @@ class GrpcTransport:
         assignment = self._check_current(header)
         if header.declined:
             reason = f"the client declined the task: {header.declined[:500]}"
-            with self._cond:
-                if self._assignments.get(header.node_id) is assignment:
-                    del self._assignments[header.node_id]
-                    self._answered.add(assignment.task.task_id)
-                    self._events.put(
-                        ResultRejected(
-                            node_id=header.node_id, task_id=assignment.task.task_id, reason=reason
-                        )
-                    )
+            self._close_rejected(header.node_id, assignment, reason)
             log.warning("%s %s", header.node_id, reason)
             self.on_rejection(assignment.task.round, header.node_id, "DECLINED", reason)
             return pb.PushResultResponse(accepted=False, message="noted: task declined")
@@ -403,6 +395,11 @@ class GrpcTransport:
         self, node: str, assignment: Assignment, code: grpc.StatusCode, reason: str
     ) -> None:
         """Close the node's task as rejected (the round stops waiting), then refuse."""
+        self._close_rejected(node, assignment, reason)
+        self._reject(assignment.task.round, node, code, reason)
+
+    def _close_rejected(self, node: str, assignment: Assignment, reason: str) -> None:
+        """If ``assignment`` is still the node's task, close it and tell the round why."""
         with self._cond:
             if self._assignments.get(node) is assignment:
                 del self._assignments[node]
@@ -410,7 +407,6 @@ class GrpcTransport:
                 self._events.put(
                     ResultRejected(node_id=node, task_id=assignment.task.task_id, reason=reason)
                 )
-        self._reject(assignment.task.round, node, code, reason)
 
     def _reject(self, server_round: int, node: str, code: grpc.StatusCode, reason: str):
         log.warning("rejected call from %s: %s (%s)", node, reason, code.name)
