@@ -7,10 +7,12 @@ via :data:`FLAG_NAMES`), so every error the user sees names what they typed.
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from fedops.core.privacy.accountant import ACCOUNTANTS
 from fedops.core.strategies import STRATEGIES
 from fedops.core.training import OPTIMIZERS
 
@@ -121,6 +123,63 @@ def check_secagg(mode: str, k: int | None, threshold: int | None, clip: float) -
     _require(clip > 0, "secagg_clip", f"must be > 0, got {clip}")
 
 
+PRIVACY_MODES = ("none", "central", "distributed", "local")
+
+
+def check_dp(
+    *,
+    mode: str,
+    sigma: float | None,
+    raw_sigma: object,
+    clip_norm: float,
+    delta: float,
+    target_epsilon: float | None,
+    accountant: str,
+    secagg: str,
+) -> None:
+    """The rules ``--privacy``/``--noise-multiplier``… and ``privacy.*`` share.
+
+    ``sigma`` is the parsed noise multiplier (``None``: auto; NaN: not a number),
+    ``raw_sigma`` what the user wrote. Keys are the field names; the Hydra side
+    prefixes them with ``privacy.``.
+    """
+    _require(
+        sigma is None or (math.isfinite(sigma) and sigma >= 0),
+        "noise_multiplier",
+        f"must be a number >= 0 or 'auto', got {raw_sigma!r}",
+    )
+    _require(
+        sigma is not None or target_epsilon is not None,
+        "target_epsilon",
+        "noise_multiplier=auto derives the noise from the target: set privacy.target_epsilon "
+        "(--target-epsilon)",
+    )
+    _require(clip_norm > 0, "clip_norm", f"must be > 0, got {clip_norm}")
+    _require(0 < delta < 1, "delta", f"must be in (0, 1), got {delta}")
+    _require(
+        target_epsilon is None or target_epsilon > 0,
+        "target_epsilon",
+        f"must be > 0, got {target_epsilon}",
+    )
+    _require(
+        accountant in ACCOUNTANTS,
+        "accountant",
+        f"must be one of {list(ACCOUNTANTS)}, got {accountant!r}",
+    )
+    _require(
+        secagg == "none" or mode != "central",
+        "privacy",
+        "central DP needs each update in the clear to clip it; with secagg=secaggplus "
+        "(--secagg) use privacy=distributed (or privacy=local)",
+    )
+    _require(
+        mode != "distributed" or secagg == "secaggplus",
+        "secagg",
+        "privacy=distributed adds its noise under secure aggregation: set secagg=secaggplus "
+        "(--secagg secaggplus)",
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainOptions:
     # Tuned for the built-in digits tasks; set --lr for your own model.
@@ -188,41 +247,23 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
 
     def check_privacy(self) -> None:
         _require(
-            self.privacy in ("none", "central", "distributed", "local"),
+            self.privacy in PRIVACY_MODES,
             "privacy",
-            f"must be none, central, distributed or local, got {self.privacy!r}",
+            f"must be one of {list(PRIVACY_MODES)}, got {self.privacy!r}",
         )
         if self.privacy == "none":
             return
-        sigma = self.noise_multiplier
-        _require(
-            sigma == "auto" or (_is_number(sigma) and float(sigma) >= 0),
-            "noise_multiplier",
-            f"must be a number >= 0 or auto, got {sigma!r}",
-        )
-        _require(
-            sigma != "auto" or self.target_epsilon is not None,
-            "target_epsilon",
-            "--noise-multiplier auto derives the noise from --target-epsilon: set it",
-        )
-        _require(self.clip_norm > 0, "clip_norm", f"must be > 0, got {self.clip_norm}")
-        _require(0 < self.delta < 1, "delta", f"must be in (0, 1), got {self.delta}")
-        _require(
-            self.target_epsilon is None or self.target_epsilon > 0,
-            "target_epsilon",
-            f"must be > 0, got {self.target_epsilon}",
-        )
-        _require(self.accountant in ("rdp", "prv"), "accountant", "must be rdp or prv")
-        _require(
-            self.secagg == "none" or self.privacy != "central",
-            "privacy",
-            "central DP clips each update in the clear: with --secagg use --privacy distributed",
-        )
-        _require(
-            self.privacy != "distributed" or self.secagg == "secaggplus",
-            "secagg",
-            "--privacy distributed adds its noise under secure aggregation: add "
-            "--secagg secaggplus",
+        text = self.noise_multiplier
+        sigma = None if text == "auto" else float(text) if _is_number(text) else math.nan
+        check_dp(
+            mode=self.privacy,
+            sigma=sigma,
+            raw_sigma=text,
+            clip_norm=self.clip_norm,
+            delta=self.delta,
+            target_epsilon=self.target_epsilon,
+            accountant=self.accountant,
+            secagg=self.secagg,
         )
 
 

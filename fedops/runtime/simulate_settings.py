@@ -17,7 +17,13 @@ from typing import Any
 from fedops.core.secagg import graph
 from fedops.core.strategies import STRATEGIES
 from fedops.core.training import OPTIMIZERS
-from fedops.runtime.settings import SECAGG_CLIP, ConfigError, check_secagg
+from fedops.runtime.settings import (
+    PRIVACY_MODES,
+    SECAGG_CLIP,
+    ConfigError,
+    check_dp,
+    check_secagg,
+)
 
 DATASETS = ("digits", "breast_cancer", "synthetic")
 PARTITIONS = ("iid", "dirichlet")
@@ -143,9 +149,6 @@ def _one_of(value: Any, choices: tuple[str, ...] | Any, key: str) -> None:
     _require(value in choices, key, f"must be one of {sorted(choices)}, got {value!r}")
 
 
-PRIVACY_MODES = ("none", "central", "distributed", "local")
-
-
 def validate(cfg: SimulateConfig) -> SimulateConfig:
     """Check ranges and choices; raise :class:`ConfigError` naming the dotted key."""
     _require(cfg.rounds >= 1, "rounds", f"must be >= 1, got {cfg.rounds}")
@@ -218,48 +221,30 @@ def check_privacy(p: PrivacyConfig, *, secagg: str, rounds: int) -> None:
     _one_of(p.name, PRIVACY_MODES, "privacy.name")
     if p.name == "none":
         return
-    auto = p.noise_multiplier == "auto"
-    _require(
-        auto
-        or (
-            isinstance(p.noise_multiplier, int | float)
-            and not isinstance(p.noise_multiplier, bool)
-            and math.isfinite(p.noise_multiplier)
-            and p.noise_multiplier >= 0
-        ),
-        "privacy.noise_multiplier",
-        f"must be a number >= 0 or 'auto', got {p.noise_multiplier!r}",
-    )
-    _require(
-        not auto or p.target_epsilon is not None,
-        "privacy.target_epsilon",
-        "noise_multiplier=auto derives the noise from the target: set privacy.target_epsilon",
-    )
-    _require(p.clip_norm > 0, "privacy.clip_norm", f"must be > 0, got {p.clip_norm}")
-    _require(0 < p.delta < 1, "privacy.delta", f"must be in (0, 1), got {p.delta}")
-    _require(
-        p.target_epsilon is None or p.target_epsilon > 0,
-        "privacy.target_epsilon",
-        f"must be > 0, got {p.target_epsilon}",
-    )
-    _one_of(p.accountant, ("rdp", "prv"), "privacy.accountant")
+    value = p.noise_multiplier
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    sigma = None if value == "auto" else float(value) if number else math.nan
+    try:
+        check_dp(
+            mode=p.name,
+            sigma=sigma,
+            raw_sigma=value,
+            clip_norm=p.clip_norm,
+            delta=p.delta,
+            target_epsilon=p.target_epsilon,
+            accountant=p.accountant,
+            secagg=secagg,
+        )
+    except ConfigError as exc:
+        key = {"privacy": "privacy.name", "secagg": "secagg.name"}.get(exc.key)
+        raise ConfigError(key or f"privacy.{exc.key}", exc.message) from None
+    auto = sigma is None
     _require(0 < p.target_quantile < 1, "privacy.target_quantile", "must be in (0, 1)")
     _require(p.clip_learning_rate > 0, "privacy.clip_learning_rate", "must be > 0")
     _require(
         not p.adaptive or auto or 2 * p.count_noise > float(p.noise_multiplier),
         "privacy.count_noise",
         "adaptive clipping needs count_noise > noise_multiplier / 2",
-    )
-    _require(
-        secagg == "none" or p.name != "central",
-        "privacy.name",
-        "central DP needs each update in the clear to clip it; with secagg=secaggplus use "
-        "privacy=distributed (or privacy=local)",
-    )
-    _require(
-        p.name != "distributed" or secagg == "secaggplus",
-        "secagg.name",
-        "privacy=distributed adds the noise under secure aggregation: set secagg=secaggplus",
     )
     _require(
         p.name != "distributed" or not p.adaptive,
