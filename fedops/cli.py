@@ -267,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,  # Opacus calls basicConfig when imported; the CLI owns the process's logs
     )
     try:
         cfg = _config(args)
