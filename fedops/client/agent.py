@@ -28,7 +28,7 @@ from fedops.runtime.settings import ClientConfig
 from fedops.tasks.site import PolicyRefusal, Site
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
-from fedops.wire import PROTOCOL_VERSION, codec
+from fedops.wire import PROTOCOL_VERSION, codec, monitoring
 
 log = logging.getLogger("fedops.client")
 
@@ -184,14 +184,27 @@ class Agent:
                 return True
             self._push(task, new, n, metrics)
         elif task.kind == pb.TASK_KIND_EVALUATE:
-            params = self._fetch(task)
-            n, metrics = self.site.evaluate(params)
-            self._push(task, {}, n, metrics)
+            self._evaluate(task)
         elif task.kind == pb.TASK_KIND_SECAGG:
             self._secure_step(task)
         else:
             log.warning("ignoring task of unknown kind %d", task.kind)
         return True
+
+    def _evaluate(self, task: pb.Task) -> None:
+        params = self._fetch(task)
+        n, metrics = self.site.evaluate(params, task.round)
+        report = None
+        if task.HasField("monitor"):
+            try:
+                spec = monitoring.spec_from_proto(task.monitor)
+            except InvalidUpdate as exc:
+                self._decline(task, f"monitoring request: {exc}")
+                return
+            site_report = self.site.report(params, spec)
+            if site_report is not None:
+                report = monitoring.report_to_proto(site_report)
+        self._push(task, {}, n, metrics, report=report)
 
     def _secure_step(self, task: pb.Task) -> None:
         try:
@@ -240,6 +253,7 @@ class Agent:
         *,
         secagg: pb.SecAggReply | None = None,
         declined: str = "",
+        report: pb.SiteReport | None = None,
     ) -> None:
         session = self.session
         assert session is not None
@@ -256,6 +270,7 @@ class Agent:
                     digest=self._journal is not None,
                     secagg=secagg,
                     declined=declined,
+                    report=report,
                 ),
             )
         except grpc.RpcError as exc:

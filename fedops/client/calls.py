@@ -97,6 +97,7 @@ def push_result(
     digest: bool = True,
     secagg: pb.SecAggReply | None = None,
     declined: str = "",
+    report: pb.SiteReport | None = None,
 ) -> str:
     """Upload a result (header, then the payload in chunks).
 
@@ -120,6 +121,8 @@ def push_result(
     )
     if secagg is not None:
         header.secagg.CopyFrom(secagg)
+    if report is not None:
+        header.report.CopyFrom(report)
     hasher = codec.payload_hasher(specs) if digest else None
 
     def messages() -> Iterator[pb.PushResultRequest | bytes]:

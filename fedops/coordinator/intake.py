@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from fedops.core.monitoring.profile import MonitorSpec, SiteReport
 from fedops.core.params import (
     InvalidUpdate,
     TensorSpec,
@@ -18,7 +19,7 @@ from fedops.core.params import (
 )
 from fedops.core.results import EvaluateResult, FitResult, StageResult, check_reported
 from fedops.v1 import fedops_pb2 as pb
-from fedops.wire import codec
+from fedops.wire import codec, monitoring
 from fedops.wire import secagg as secagg_codec
 
 #: the most a first client may send as the initial model (no reference to match yet)
@@ -30,6 +31,8 @@ def read_result(
     kind: int,
     reference: Sequence[TensorSpec],
     chunks: Iterator[bytes | memoryview],
+    *,
+    monitor: MonitorSpec | None = None,
 ) -> FitResult | EvaluateResult | StageResult:
     """Check and assemble one result for a task of ``kind``.
 
@@ -38,6 +41,8 @@ def read_result(
         kind: the task's kind (fit, evaluate or send-initial).
         reference: the specs of the model the node was given (fit tasks).
         chunks: the payload, as it arrives.
+        monitor: the monitoring request an evaluation answers (its report is
+            required then, and refused otherwise).
     """
     if kind == pb.TASK_KIND_SECAGG:
         return _read_stage(header, reference, chunks)
@@ -48,7 +53,10 @@ def read_result(
         if next(chunks, None) is not None:
             raise InvalidUpdate("an evaluation result carries no payload")
         return EvaluateResult(
-            node_id=header.node_id, num_examples=header.num_examples, metrics=metrics
+            node_id=header.node_id,
+            num_examples=header.num_examples,
+            metrics=metrics,
+            report=_report(header, monitor),
         )
     specs = codec.specs_from_proto(header.tensors)
     if kind == pb.TASK_KIND_FIT:
@@ -67,6 +75,14 @@ def read_result(
     return FitResult(
         node_id=header.node_id, params=params, num_examples=header.num_examples, metrics=metrics
     )
+
+
+def _report(header: pb.ResultHeader, monitor: MonitorSpec | None) -> SiteReport | None:
+    if not header.HasField("report"):
+        return None  # a site with no data to report on sends none
+    if monitor is None:
+        raise InvalidUpdate("a monitoring report that no task asked for")
+    return monitoring.report_from_proto(header.report, monitor)
 
 
 def _read_stage(

@@ -20,6 +20,7 @@ import grpc
 
 from fedops.coordinator.intake import read_result
 from fedops.coordinator.nodes import NodeRegistry, Unauthenticated
+from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import (
     InvalidUpdate,
     Params,
@@ -32,7 +33,7 @@ from fedops.core.results import MAX_NUM_EXAMPLES, FitResult
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived, ResultRejected
 from fedops.runtime.transport import StageRequest
 from fedops.v1 import fedops_pb2 as pb
-from fedops.wire import PROTOCOL_VERSION, codec
+from fedops.wire import PROTOCOL_VERSION, codec, monitoring
 from fedops.wire import secagg as secagg_codec
 
 log = logging.getLogger("fedops.coordinator")
@@ -63,6 +64,7 @@ class Assignment:
     specs: list[TensorSpec]
     model_digest: str
     result_specs: list[TensorSpec] | None = None  # what the answer carries, if not ``specs``
+    monitor: MonitorSpec | None = None  # the monitoring report an evaluation owes
     delivered: bool = False
 
 
@@ -127,6 +129,7 @@ class GrpcTransport:
         params: Params,
         config: Mapping[str, float],
         stage: StageRequest | None = None,
+        monitor: MonitorSpec | None = None,
     ) -> dict[str, str]:
         if stage is not None and phase is not _TRAINING_STAGE:
             params, config = {}, {}  # key exchange and unmasking need no model
@@ -138,6 +141,7 @@ class GrpcTransport:
                 self._last_dispatched = (params, digest(params))
             model_digest = self._last_dispatched[1]
         kind = pb.TASK_KIND_SECAGG if stage is not None else _KIND_OF_PHASE[phase]
+        monitor_proto = monitoring.spec_to_proto(monitor) if monitor is not None else None
         with self._cond:
             self._round = server_round
             tasks = {}
@@ -153,6 +157,9 @@ class GrpcTransport:
                 if stage is not None:
                     task.secagg.CopyFrom(secagg_codec.request_to_proto(stage.messages[node]))
                     assignment.result_specs = list(stage.result_specs)
+                if monitor is not None and phase is Phase.EVALUATE:
+                    task.monitor.CopyFrom(monitor_proto)
+                    assignment.monitor = monitor
                 self._assignments[node] = assignment
                 tasks[node] = task.task_id
             self._cond.notify_all()
@@ -378,7 +385,9 @@ class GrpcTransport:
     ) -> Event:
         node = header.node_id
         reference = assignment.specs if assignment.result_specs is None else assignment.result_specs
-        result = read_result(header, assignment.task.kind, reference, stream)
+        result = read_result(
+            header, assignment.task.kind, reference, stream, monitor=assignment.monitor
+        )
         with self._cond:
             if self._assignments.get(node) is not assignment:
                 self._reject(

@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from fedops.core.monitoring.profile import SiteReport
 from fedops.core.params import InvalidUpdate, Params
 
 MAX_NUM_EXAMPLES = 1 << 40
@@ -23,11 +24,15 @@ class FitResult:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EvaluateResult:
-    """A client's evaluation of the global model on its own test split."""
+    """A client's evaluation of the global model on its own test split.
+
+    ``report`` is the site's drift and fairness answer, when monitoring asked for one.
+    """
 
     node_id: str
     num_examples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
+    report: SiteReport | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,1 +1,1 @@
-"""Run reports: plots of a run directory's metrics (later: HTML report, Prometheus)."""
+"""Run reports: plots, the HTML run report and the audit compliance export."""

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+#: file name -> the metrics drawn in it
+RUN_PLOTS = {
+    "accuracy": ("eval_accuracy", "global_accuracy"),
+    "loss": ("train_loss", "eval_loss", "global_loss"),
+}
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
@@ -15,40 +22,14 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
 
 def plot_run(run_dir: Path) -> list[Path]:
     """Write ``accuracy.png`` and ``loss.png`` into ``run_dir``; return their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    from fedops.reporting.figures import DPI, metric_figure  # matplotlib only when drawing
 
     rows = read_metrics(run_dir)
     if not rows:
         return []
-    rounds = [r["round"] for r in rows]
     written = []
-    for name, keys in (
-        ("accuracy", ("eval_accuracy", "global_accuracy")),
-        ("loss", ("train_loss", "eval_loss", "global_loss")),
-    ):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key in keys:
-            values = [r.get(key) for r in rows]
-            if any(v is not None for v in values):
-                ax.plot(
-                    rounds,
-                    [float("nan") if v is None else v for v in values],
-                    label=key,
-                    marker="o" if len(rounds) <= 50 else None,
-                    markersize=3,
-                )
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("round")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
+    for name, keys in RUN_PLOTS.items():
         path = Path(run_dir) / f"{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        metric_figure(rows, keys, name).savefig(path, dpi=DPI)
         written.append(path)
     return written

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 
+from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params
 from fedops.core.rounds import Phase, ResultArrived, RoundTracker
 from fedops.runtime.transport import StageRequest, Transport
@@ -23,10 +24,15 @@ def collect(
     *,
     timeout_s: float,
     stage: StageRequest | None = None,
+    monitor: MonitorSpec | None = None,
 ) -> RoundTracker:
     """Dispatch ``phase`` to ``nodes`` and feed their events to a tracker until it is done."""
     tasks: dict[str, str] = {}
-    if nodes and stage is None:  # plain phases: transports without SecAgg support work too
+    if nodes and monitor is not None:
+        tasks = transport.dispatch(
+            server_round, phase, list(nodes), params, config, monitor=monitor
+        )
+    elif nodes and stage is None:  # plain phases: transports without SecAgg support work too
         tasks = transport.dispatch(server_round, phase, list(nodes), params, config)
     elif nodes:
         tasks = transport.dispatch(server_round, phase, list(nodes), params, config, stage=stage)

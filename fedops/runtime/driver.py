@@ -16,11 +16,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params
-from fedops.core.results import FitResult, weighted_metrics
+from fedops.core.results import EvaluateResult, FitResult, weighted_metrics
 from fedops.core.rounds import Phase, RoundTracker, sample_clients
 from fedops.core.strategies.base import Strategy
 from fedops.runtime.collect import collect
+from fedops.runtime.monitoring import RoundMonitor
 from fedops.runtime.privacy import CentralPrivacy, LocalPrivacy
 from fedops.runtime.secure_fit import FitOutcome, SecureFit
 from fedops.runtime.store import Participant, RunStore
@@ -63,6 +65,7 @@ class RoundDriver:
         on_round: called after every committed round (progress display).
         secure: runs the fit phase under secure aggregation, when it is on.
         privacy: central DP (clipping, noise, accounting, budget), when it is on.
+        monitor: drift and fairness reports with every evaluation, when it is on.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class RoundDriver:
         on_round: Callable[[RoundRecord], None] = lambda record: None,
         secure: SecureFit | None = None,
         privacy: CentralPrivacy | LocalPrivacy | None = None,
+        monitor: RoundMonitor | None = None,
     ) -> None:
         self.transport = transport
         self.strategy = strategy
@@ -87,6 +91,7 @@ class RoundDriver:
         self.on_round = on_round
         self.secure = secure
         self.privacy = privacy
+        self.monitor = monitor
 
     def run(self, params: Params, *, start_round: int = 1) -> Params:
         for server_round in range(start_round, self.config.rounds + 1):
@@ -104,6 +109,8 @@ class RoundDriver:
                 f"round {server_round}: only {len(nodes)} of the {cfg.min_clients} required "
                 f"clients (--min-clients) joined within {cfg.join_timeout_s:.0f} s"
             )
+        if self.monitor is not None:  # action=exclude: flagged sites train no more
+            nodes = [n for n in nodes if not self.monitor.excluded(self.site_names(n))]
         selected = sample_clients(
             nodes, cfg.clients_per_round, seed=cfg.seed, server_round=server_round
         )
@@ -127,7 +134,14 @@ class RoundDriver:
             log.warning("round %d: no accepted fit results; the model is unchanged", server_round)
         alive = set(self.transport.available_nodes())
         evaluators = [n for n in selected if n in alive]
-        evaluation = self._collect(server_round, Phase.EVALUATE, evaluators, params, {})
+        evaluation = self._collect(
+            server_round,
+            Phase.EVALUATE,
+            evaluators,
+            params,
+            {},
+            monitor=self.monitor.spec if self.monitor is not None else None,
+        )
         eval_metrics = self.strategy.aggregate_evaluate(server_round, evaluation.results)  # type: ignore[arg-type]
         train_metrics = weighted_metrics(fit.reported)
         metrics: dict[str, Any] = {
@@ -144,6 +158,9 @@ class RoundDriver:
         metrics.update(fit.metrics)
         if self.privacy is not None:
             metrics.update(self.privacy.metrics(fit.reported))
+        if self.monitor is not None:
+            evaluated = [r for r in evaluation.results if isinstance(r, EvaluateResult)]
+            metrics.update(self.monitor.summarize(server_round, evaluated, self.site_names))
         metrics["duration_s"] = round(time.monotonic() - started, 4)
         participants = fit.participants + self._participants(evaluation)
         return params, RoundRecord(
@@ -157,6 +174,8 @@ class RoundDriver:
         nodes: list[str],
         params: Params,
         config: Mapping[str, float],
+        *,
+        monitor: MonitorSpec | None = None,
     ) -> RoundTracker:
         return collect(
             self.transport,
@@ -166,6 +185,7 @@ class RoundDriver:
             params,
             config,
             timeout_s=self.config.round_timeout_s,
+            monitor=monitor,
         )
 
     def _plain_fit(

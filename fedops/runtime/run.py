@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +11,8 @@ from fedops.core.params import Params
 from fedops.core.strategies import STRATEGIES, FedProx
 from fedops.core.strategies.base import Strategy
 from fedops.crypto import Crypto
-from fedops.runtime.driver import DriverConfig, RoundDriver
+from fedops.runtime.driver import DriverConfig, RoundDriver, RoundRecord
+from fedops.runtime.monitoring import MonitorSettings, RoundMonitor, monitor_spec
 from fedops.runtime.privacy import (
     BudgetExhausted,
     CentralPrivacy,
@@ -23,6 +24,7 @@ from fedops.runtime.progress import RoundProgress
 from fedops.runtime.secure_fit import SecAggSettings, SecureFit
 from fedops.runtime.store import RunStore, config_digest
 from fedops.runtime.transport import Transport
+from fedops.tasks.base import Task
 
 log = logging.getLogger("fedops.run")
 
@@ -84,6 +86,11 @@ class RunPlan:
     summary: Mapping[str, Any] = field(default_factory=dict)
     secagg: SecAggSettings | None = None  # secure aggregation of the fit phase, when on
     privacy: PrivacySettings | None = None  # central DP, when on
+    monitoring: MonitorSettings | None = None  # drift and fairness reports, when on
+    task: Task | None = None  # the coordinator's copy of the task (monitoring bins)
+    #: called after every committed round, besides the progress view (audit, metrics)
+    observers: Sequence[Callable[[RoundRecord], None]] = ()
+    on_alert: Callable[[dict[str, Any]], None] = lambda alert: None
 
 
 def execute(
@@ -126,6 +133,12 @@ def execute(
             first_round=start.start_round,
             label=f"{plan.label} {start.run_id}",
         ) as progress:
+
+            def on_round(record: RoundRecord) -> None:
+                progress.update(record)
+                for observe in plan.observers:
+                    observe(record)
+
             RoundDriver(
                 transport=transport,
                 strategy=plan.strategy,
@@ -133,9 +146,10 @@ def execute(
                 store=store,
                 evaluate_global=plan.evaluate_global,
                 site_names=plan.site_names,
-                on_round=progress.update,
+                on_round=on_round,
                 secure=_secure_fit(plan, start.run_id, transport),
                 privacy=privacy,
+                monitor=_monitor(plan, start.params),
             ).run(start.params, start_round=start.start_round)
         status = "completed"
     except BudgetExhausted as exc:
@@ -153,6 +167,18 @@ def execute(
         summary = store.write_summary({"status": status, **plan.summary, **extra})
         store.close()
     return summary
+
+
+def _monitor(plan: RunPlan, params: Params) -> RoundMonitor | None:
+    if plan.monitoring is None:
+        return None
+    spec = monitor_spec(plan.monitoring, plan.task, params)
+    log.info(
+        "monitoring drift on %s and fairness (favourable class %d) at every evaluation",
+        f"{len(spec.edges)} input features" if spec.edges else "the model's outputs",
+        spec.positive_label,
+    )
+    return RoundMonitor(plan.monitoring, spec, on_alert=plan.on_alert)
 
 
 def _secure_fit(plan: RunPlan, run_id: str, transport: Transport) -> SecureFit | None:

@@ -124,6 +124,25 @@ class SecAggConfig:
 
 
 @dataclass
+class MonitoringConfig:
+    """``monitoring=default``: drift and fairness reports with every evaluation (DESIGN §7)."""
+
+    name: str = "none"
+    bins: int = 10  # quantile bins per input feature (from the held-out data)
+    positive_label: int = 1  # the favourable outcome in fairness statistics
+    psi_alert: float = 0.25  # PSI above this alerts ("significant")
+    js_alert: float = 0.1  # Jensen-Shannon distance above this alerts
+    ks_pvalue_alert: float = 0.0  # KS p-value below this alerts (0: KS never alerts)
+    demographic_parity_difference: float | None = 0.1  # null: no alert on this metric
+    demographic_parity_ratio: float | None = 0.8  # alerts when below (four-fifths rule)
+    equalized_odds_difference: float | None = 0.1
+    equal_opportunity_difference: float | None = 0.1
+    group_accuracy_gap: float | None = 0.1
+    site_accuracy_gap: float | None = 0.15
+    action: str = "none"  # none | exclude (a site with a drift alert trains no more)
+
+
+@dataclass
 class SimulateConfig:
     """The root of ``fedops simulate``'s configuration."""
 
@@ -138,6 +157,7 @@ class SimulateConfig:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -214,7 +234,26 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
         "secagg.min_survivors",
         f"must be >= 2 (a sum of one input is that input), got {a.min_survivors}",
     )
+    check_monitoring(cfg.monitoring, backend=s.backend)
     return cfg
+
+
+def check_monitoring(m: MonitoringConfig, *, backend: str) -> None:
+    _one_of(m.name, ("none", "default"), "monitoring.name")
+    if m.name == "none":
+        return
+    _require(
+        backend == "sequential",
+        "simulation.backend",
+        "monitoring=default needs simulation=sequential: drift and fairness are measured by "
+        "each site on its own data window",
+    )
+    _require(m.bins >= 2, "monitoring.bins", f"must be >= 2, got {m.bins}")
+    _require(m.positive_label >= 0, "monitoring.positive_label", "must be >= 0")
+    for key in ("psi_alert", "js_alert"):
+        _require(getattr(m, key) > 0, f"monitoring.{key}", "must be > 0")
+    _require(0 <= m.ks_pvalue_alert < 1, "monitoring.ks_pvalue_alert", "must be in [0, 1)")
+    _one_of(m.action, ("none", "exclude"), "monitoring.action")
 
 
 def check_privacy(p: PrivacyConfig, *, secagg: str, rounds: int) -> None:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -71,11 +72,15 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _json_safe(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """NaN/Inf become null: strict JSON readers refuse bare NaN in metrics.jsonl."""
-    return {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()
-    }
+def _json_safe(value: Any) -> Any:
+    """NaN/Inf become null, at any depth: strict JSON readers refuse bare NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def read_checkpoint(path: Path) -> Params:
@@ -216,7 +221,7 @@ class RunStore:
         return [{"round": r, **json.loads(m)} for r, m in rows]
 
     def write_metrics_jsonl(self) -> None:
-        lines = [json.dumps(m) for m in self.round_metrics()]
+        lines = [json.dumps(_json_safe(m), allow_nan=False) for m in self.round_metrics()]
         tmp = self.dir / "metrics.jsonl.tmp"
         tmp.write_text("".join(line + "\n" for line in lines))
         tmp.replace(self.dir / "metrics.jsonl")
@@ -257,8 +262,21 @@ class RunStore:
             "rejections": len(self.rejections()),
             **extra,
         }
+        if last is not None:
+            summary["model_file"] = self.export_model(last).name
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+    def export_model(self, server_round: int) -> Path:
+        """The round's model as ``model.safetensors``, named as ``build_model().state_dict()``."""
+        row = self._db.execute(
+            "SELECT checkpoint FROM rounds WHERE round = ?", (server_round,)
+        ).fetchone()
+        out = self.dir / "model.safetensors"
+        tmp = out.with_suffix(".tmp")
+        shutil.copyfile(self.dir / "checkpoints" / row[0], tmp)
+        tmp.replace(out)
+        return out
 
     def close(self) -> None:
         with self._lock:

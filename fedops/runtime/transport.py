@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params, TensorSpec
 from fedops.core.rounds import Event, Phase
 from fedops.core.secagg.messages import Request
@@ -42,11 +43,13 @@ class Transport(Protocol):
         params: Params,
         config: Mapping[str, float],
         stage: StageRequest | None = None,
+        monitor: MonitorSpec | None = None,
     ) -> dict[str, str]:
         """Give each node a task on ``params``; return node id -> task id.
 
         SecAgg phases pass ``stage``; ``params`` is then the model the round
-        trains, downloaded only at the masked-input stage.
+        trains, downloaded only at the masked-input stage. Evaluations may pass
+        ``monitor``: each node then also answers with a drift and fairness report.
         """
         ...
 

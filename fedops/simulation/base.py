@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from fedops.core.monitoring.profile import MonitorSpec, SiteReport
 from fedops.core.params import InvalidUpdate, Params, check_finite, check_specs_match, specs_of
 from fedops.core.results import EvaluateResult, FitResult, check_reported
 from fedops.core.rounds import Event, Phase, ResultArrived, ResultRejected
+from fedops.wire import monitoring
 
 
 def node_id(client: int) -> str:
@@ -37,20 +39,44 @@ def fit_event(
 
 
 def evaluate_event(
-    node: str, task_id: str, num_examples: int, metrics: Mapping[str, float]
+    node: str,
+    task_id: str,
+    num_examples: int,
+    metrics: Mapping[str, float],
+    *,
+    report: SiteReport | None = None,
+    spec: MonitorSpec | None = None,
 ) -> Event:
+    """The coordinator's checks, applied to a simulated evaluation (and its report).
+
+    A monitoring report makes the round trip through its wire form, so a
+    simulated site's report is checked exactly as a deployed one's.
+    """
     try:
         check_reported(num_examples=num_examples, metrics=metrics, training=False)
+        if report is not None and spec is not None:
+            report = monitoring.report_from_proto(monitoring.report_to_proto(report), spec)
     except InvalidUpdate as exc:
         return ResultRejected(node_id=node, task_id=task_id, reason=str(exc))
-    result = EvaluateResult(node_id=node, num_examples=num_examples, metrics=metrics)
+    result = EvaluateResult(node_id=node, num_examples=num_examples, metrics=metrics, report=report)
     return ResultArrived(node_id=node, task_id=task_id, result=result)
 
 
-def check_plain(phase: Phase, stage: object) -> None:
-    """Backends train and evaluate; secure aggregation wraps them (simulation.secure)."""
+def check_plain(phase: Phase, stage: object, monitor: object = None) -> None:
+    """Backends train and evaluate; secure aggregation wraps them (simulation.secure).
+
+    Monitoring needs a site object per client with its own data window: the
+    sequential backend (or a deployment) has one, batched backends do not.
+    """
     if stage is not None or phase not in (Phase.FIT, Phase.EVALUATE):
         raise NotImplementedError(f"{phase} needs SecureSimTransport around the simulation backend")
+    if monitor is not None:
+        raise NotImplementedError(MONITORING_BACKENDS)
+
+
+MONITORING_BACKENDS = (
+    "drift and fairness monitoring runs with simulation.backend=sequential (or in a deployment)"
+)
 
 
 def task_ids(server_round: int, phase: Phase, nodes: Sequence[str]) -> dict[str, str]:

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from fedops.core.monitoring.fairness import FairnessThresholds
+from fedops.core.monitoring.summary import MonitorThresholds
 from fedops.core.privacy.central import AdaptiveClipping
 from fedops.core.training import TrainConfig
 from fedops.crypto import Crypto
@@ -21,10 +23,11 @@ from fedops.data import FederatedData
 from fedops.data.build import DATASETS, from_task
 from fedops.reporting.plots import plot_run
 from fedops.runtime.driver import DriverConfig
+from fedops.runtime.monitoring import MonitorSettings
 from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.run import RunPlan, execute, make_strategy
 from fedops.runtime.secure_fit import SecAggSettings
-from fedops.runtime.simulate_settings import SimulateConfig
+from fedops.runtime.simulate_settings import MonitoringConfig, SimulateConfig
 from fedops.runtime.store import RunStore
 from fedops.runtime.transport import Transport
 from fedops.simulation.faults import FaultPlan
@@ -169,6 +172,8 @@ def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
         },
         secagg=secagg,
         privacy=privacy_settings(cfg),
+        monitoring=monitor_settings(cfg.monitoring),
+        task=task,
     )
     try:
         return execute(
@@ -179,6 +184,23 @@ def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
         )
     finally:
         plot_run(run_dir)
+
+
+def monitor_settings(m: MonitoringConfig) -> MonitorSettings | None:
+    """The ``monitoring`` group as the runtime's settings (None when off)."""
+    if m.name == "none":
+        return None
+    fairness = FairnessThresholds(
+        **{f: getattr(m, f) for f in FairnessThresholds.__dataclass_fields__}
+    )
+    return MonitorSettings(
+        bins=m.bins,
+        positive_label=m.positive_label,
+        thresholds=MonitorThresholds(
+            psi=m.psi_alert, js=m.js_alert, ks_pvalue=m.ks_pvalue_alert, fairness=fairness
+        ),
+        action=m.action,
+    )
 
 
 def privacy_settings(cfg: SimulateConfig) -> PrivacySettings | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
+from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultRejected
 from fedops.runtime.transport import StageRequest
@@ -43,12 +44,19 @@ class InMemoryTransport(SimulatedTransport):
         params: Params,
         config: Mapping[str, float],
         stage: StageRequest | None = None,
+        monitor: MonitorSpec | None = None,
     ) -> dict[str, str]:
-        check_plain(phase, stage)
+        check_plain(phase, stage)  # monitoring: supported here
         tasks = task_ids(server_round, phase, nodes)
         for node in nodes:
-            run = self._fit if phase is Phase.FIT else self._evaluate
-            self._work.append(lambda n=node, r=run: r(n, tasks[n], server_round, params, config))
+            if phase is Phase.FIT:
+                self._work.append(
+                    lambda n=node: self._fit(n, tasks[n], server_round, params, config)
+                )
+            else:
+                self._work.append(
+                    lambda n=node: self._evaluate(n, tasks[n], server_round, params, monitor)
+                )
         return tasks
 
     def _fit(
@@ -75,10 +83,12 @@ class InMemoryTransport(SimulatedTransport):
         task_id: str,
         server_round: int,
         params: Params,
-        config: Mapping[str, float],
+        monitor: MonitorSpec | None,
     ) -> Event:
-        n, metrics = self.sites[node].evaluate(params)
-        return evaluate_event(node, task_id, n, metrics)
+        site = self.sites[node]
+        n, metrics = site.evaluate(params, server_round)
+        report = site.report(params, monitor) if monitor is not None else None
+        return evaluate_event(node, task_id, n, metrics, report=report, spec=monitor)
 
     def fetch_initial_params(self, timeout_s: float) -> Params:
         """The first site's freshly built model, as a coordinator without a task asks for."""

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params
 from fedops.core.results import FitResult, StageResult
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived, ResultRejected
@@ -65,9 +66,10 @@ class SecureSimTransport:
         params: Params,
         config: Mapping[str, float],
         stage: StageRequest | None = None,
+        monitor: MonitorSpec | None = None,
     ) -> dict[str, str]:
         if stage is None:
-            return self.inner.dispatch(server_round, phase, nodes, params, config)
+            return self.inner.dispatch(server_round, phase, nodes, params, config, monitor=monitor)
         tasks = task_ids(server_round, phase, nodes)
         if phase is Phase.SECAGG_KEYS:
             self._train(server_round, nodes, params, config)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params
 from fedops.core.rounds import Event, NodeDropped, Phase
 from fedops.core.training import TrainConfig, set_params
@@ -77,8 +78,9 @@ class VectorizedTransport(SimulatedTransport):
         params: Params,
         config: Mapping[str, float],
         stage: StageRequest | None = None,
+        monitor: MonitorSpec | None = None,
     ) -> dict[str, str]:
-        check_plain(phase, stage)
+        check_plain(phase, stage, monitor)
         tasks = task_ids(server_round, phase, nodes)
         if phase is Phase.FIT:
             self._events.extend(self._fit(server_round, nodes, tasks, params, config))

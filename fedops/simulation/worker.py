@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params, TensorSpec, specs_of
 from fedops.core.rounds import Event, NodeDropped, Phase
 from fedops.core.training import TrainConfig
@@ -151,8 +152,9 @@ class WorkerTransport(SimulatedTransport):
         params: Params,
         config: Mapping[str, float],
         stage: StageRequest | None = None,
+        monitor: MonitorSpec | None = None,
     ) -> dict[str, str]:
-        check_plain(phase, stage)
+        check_plain(phase, stage, monitor)
         tasks = task_ids(server_round, phase, nodes)
         jobs, dropped = fault_jobs(
             self.faults, server_round, phase, nodes, params, config, self.epochs

@@ -10,7 +10,8 @@ from torch import nn
 
 from fedops.core.training import Data
 
-LoadData = Callable[[int, int], tuple[Data, Data]]
+#: ``load_data(site, num_sites)`` or ``load_data(site, num_sites, round)``
+LoadData = Callable[..., tuple[Data, Data]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -22,11 +23,18 @@ class Task:
         build_model: returns a fresh ``torch.nn.Module``; every party must
             build the same architecture.
         load_data: ``load_data(site, num_sites) -> (train, test)``, each a
-            torch ``Dataset`` or an ``(X, y)`` pair of arrays/tensors.
+            torch ``Dataset`` or an ``(X, y)`` pair of arrays/tensors. With a
+            third argument ``round`` agents call it again every round (0 at
+            startup: that first window is the site's drift reference), so a
+            site's data can change over time. The test split may carry a third
+            tensor of sensitive-group ids (``(X, y, group)``).
         train: optional ``train(model, train_data, config) -> metrics`` that
             replaces the default loop (``config`` is a ``TrainConfig``).
         evaluate: optional ``evaluate(model, test_data) -> {"loss", "accuracy"}``.
-        load_server_data: optional held-out data the coordinator evaluates on.
+        load_server_data: optional held-out data the coordinator evaluates on
+            (its feature quantiles also become the drift monitor's bins).
+        sensitive_groups: optional ``sensitive_groups(X) -> group ids`` for
+            fairness statistics, when the test split has no group column.
         digest: sha256 of the task's source, recorded so parties can compare.
     """
 
@@ -36,5 +44,6 @@ class Task:
     train: Callable[..., dict[str, float]] | None = None
     evaluate: Callable[..., dict[str, float]] | None = None
     load_server_data: Callable[[], Data] | None = None
+    sensitive_groups: Callable[..., object] | None = None
     digest: str = ""
     options: dict[str, Any] | None = None

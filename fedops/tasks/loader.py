@@ -55,6 +55,7 @@ def load_task(spec: str, **options: Any) -> Task:
         train=getattr(module, "train", None),
         evaluate=getattr(module, "evaluate", None),
         load_server_data=getattr(module, "load_server_data", None),
+        sensitive_groups=getattr(module, "sensitive_groups", None),
         digest=hashlib.sha256(source).hexdigest(),
     )
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fedops.core import training
+from fedops.core.monitoring.profile import MonitorSpec, SiteReport
 from fedops.core.params import Params
 from fedops.core.privacy.accountant import noise_for_target
 from fedops.core.privacy.local import LocalDP, SiteLedger, steps_per_round, train_private
@@ -27,6 +28,7 @@ from fedops.core.training import (
     set_params,
 )
 from fedops.tasks.base import Task
+from fedops.tasks.monitor import SiteMonitor, split_groups, takes_round
 
 
 class PolicyRefusal(Exception):
@@ -106,11 +108,33 @@ class Site:
         self._dp_key: tuple[tuple[str, float], ...] | None = None
         self._dp: LocalDP | None = None
         self.site = site
+        self.num_sites = num_sites
         self.train_config = train_config
-        train, test = data if data is not None else task.load_data(site, num_sites)
+        # a task whose load_data takes the round is asked again each round
+        self.round_aware = data is None and takes_round(task.load_data)
+        self._data_round = 0
+        self._load(data)
+        self.monitor = SiteMonitor(self.train_data, task.sensitive_groups)
+        self.model = model if model is not None else task.build_model()
+
+    def _load(self, data: tuple[Data, Data] | None = None) -> None:
+        if data is None:
+            args = (self.site, self.num_sites)
+            data = (
+                self.task.load_data(*args, self._data_round)
+                if self.round_aware
+                else (self.task.load_data(*args))
+            )
+        train, test = data
+        test, self.test_groups = split_groups(test)
         self.train_data = as_tensors(train)
         self.test_data = as_tensors(test)
-        self.model = model if model is not None else task.build_model()
+
+    def at_round(self, server_round: int) -> None:
+        """Load this round's data, when the task's data changes with the round."""
+        if self.round_aware and server_round != self._data_round:
+            self._data_round = server_round
+            self._load()
 
     @property
     def num_train_examples(self) -> int:
@@ -123,6 +147,7 @@ class Site:
         self, params: Params, server_round: int, config: Mapping[str, float]
     ) -> tuple[Params, int, dict[str, float]]:
         """Train from ``params``; return (new params, examples used, metrics)."""
+        self.at_round(server_round)
         cfg = replace(
             self.train_config,
             epochs=int(config.get("epochs", self.train_config.epochs)),
@@ -172,12 +197,25 @@ class Site:
                 f"limit {self.max_epsilon:g} (--max-epsilon)"
             )
 
-    def evaluate(self, params: Params) -> tuple[int, dict[str, float]]:
-        """Loss and accuracy of ``params`` on this site's test split."""
+    def evaluate(
+        self, params: Params, server_round: int | None = None
+    ) -> tuple[int, dict[str, float]]:
+        """Loss and accuracy of ``params`` on this site's test split (of that round)."""
+        if server_round is not None:
+            self.at_round(server_round)
         set_params(self.model, params)
         run = self.task.evaluate or training.evaluate
         metrics = run(self.model, self.test_data)
         return num_examples(self.test_data), {k: float(v) for k, v in metrics.items()}
+
+    def report(self, params: Params, spec: MonitorSpec) -> SiteReport | None:
+        """Drift of this round's training data against the first window, and fairness
+        counts on the test split (None when the site has no data to report on)."""
+        if self.num_train_examples == 0 or len(self.monitor.reference.y) == 0:
+            return None
+        set_params(self.model, params)
+        test = self.monitor.test_window(self.test_data, self.test_groups)
+        return self.monitor.report(self.model, spec, self.train_data, test)
 
 
 def global_evaluator(task: Task) -> Callable[[Params], Mapping[str, float]] | None:

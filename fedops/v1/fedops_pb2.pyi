@@ -78,7 +78,7 @@ class PullTaskRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., token: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "run_id", "round", "task_id", "config", "model_digest", "message", "secagg")
+    __slots__ = ("kind", "run_id", "round", "task_id", "config", "model_digest", "message", "secagg", "monitor")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class Task(_message.Message):
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
+    MONITOR_FIELD_NUMBER: _ClassVar[int]
     kind: TaskKind
     run_id: str
     round: int
@@ -102,7 +103,8 @@ class Task(_message.Message):
     model_digest: str
     message: str
     secagg: SecAggRequest
-    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., config: _Optional[_Mapping[str, float]] = ..., model_digest: _Optional[str] = ..., message: _Optional[str] = ..., secagg: _Optional[_Union[SecAggRequest, _Mapping]] = ...) -> None: ...
+    monitor: MonitorRequest
+    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., config: _Optional[_Mapping[str, float]] = ..., model_digest: _Optional[str] = ..., message: _Optional[str] = ..., secagg: _Optional[_Union[SecAggRequest, _Mapping]] = ..., monitor: _Optional[_Union[MonitorRequest, _Mapping]] = ...) -> None: ...
 
 class FetchModelRequest(_message.Message):
     __slots__ = ("node_id", "token", "task_id")
@@ -141,7 +143,7 @@ class PushResultRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("node_id", "token", "run_id", "round", "task_id", "kind", "num_examples", "metrics", "tensors", "total_bytes", "secagg", "declined")
+    __slots__ = ("node_id", "token", "run_id", "round", "task_id", "kind", "num_examples", "metrics", "tensors", "total_bytes", "secagg", "declined", "report")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +163,7 @@ class ResultHeader(_message.Message):
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
     DECLINED_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     token: str
     run_id: str
@@ -173,7 +176,8 @@ class ResultHeader(_message.Message):
     total_bytes: int
     secagg: SecAggReply
     declined: str
-    def __init__(self, node_id: _Optional[str] = ..., token: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., total_bytes: _Optional[int] = ..., secagg: _Optional[_Union[SecAggReply, _Mapping]] = ..., declined: _Optional[str] = ...) -> None: ...
+    report: SiteReport
+    def __init__(self, node_id: _Optional[str] = ..., token: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., total_bytes: _Optional[int] = ..., secagg: _Optional[_Union[SecAggReply, _Mapping]] = ..., declined: _Optional[str] = ..., report: _Optional[_Union[SiteReport, _Mapping]] = ...) -> None: ...
 
 class PushResultResponse(_message.Message):
     __slots__ = ("accepted", "message")
@@ -318,3 +322,73 @@ class SecAggReply(_message.Message):
     masked: SecAggMasked
     reveal: SecAggReveal
     def __init__(self, keys: _Optional[_Union[SecAggPublicKeys, _Mapping]] = ..., shares: _Optional[_Union[SecAggShareKeys, _Mapping]] = ..., masked: _Optional[_Union[SecAggMasked, _Mapping]] = ..., reveal: _Optional[_Union[SecAggReveal, _Mapping]] = ...) -> None: ...
+
+class FeatureEdges(_message.Message):
+    __slots__ = ("name", "edges")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    edges: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, name: _Optional[str] = ..., edges: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class MonitorRequest(_message.Message):
+    __slots__ = ("edges", "num_classes", "positive_label")
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_LABEL_FIELD_NUMBER: _ClassVar[int]
+    edges: _containers.RepeatedCompositeFieldContainer[FeatureEdges]
+    num_classes: int
+    positive_label: int
+    def __init__(self, edges: _Optional[_Iterable[_Union[FeatureEdges, _Mapping]]] = ..., num_classes: _Optional[int] = ..., positive_label: _Optional[int] = ...) -> None: ...
+
+class Histogram(_message.Message):
+    __slots__ = ("name", "reference", "current")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reference: _containers.RepeatedScalarFieldContainer[int]
+    current: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., reference: _Optional[_Iterable[int]] = ..., current: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DriftStatistic(_message.Message):
+    __slots__ = ("feature", "psi", "js", "ks", "ks_pvalue")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    PSI_FIELD_NUMBER: _ClassVar[int]
+    JS_FIELD_NUMBER: _ClassVar[int]
+    KS_FIELD_NUMBER: _ClassVar[int]
+    KS_PVALUE_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    psi: float
+    js: float
+    ks: float
+    ks_pvalue: float
+    def __init__(self, feature: _Optional[str] = ..., psi: _Optional[float] = ..., js: _Optional[float] = ..., ks: _Optional[float] = ..., ks_pvalue: _Optional[float] = ...) -> None: ...
+
+class GroupConfusion(_message.Message):
+    __slots__ = ("group", "n", "tp", "fp", "tn", "fn", "correct")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    TP_FIELD_NUMBER: _ClassVar[int]
+    FP_FIELD_NUMBER: _ClassVar[int]
+    TN_FIELD_NUMBER: _ClassVar[int]
+    FN_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    group: int
+    n: int
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    correct: int
+    def __init__(self, group: _Optional[int] = ..., n: _Optional[int] = ..., tp: _Optional[int] = ..., fp: _Optional[int] = ..., tn: _Optional[int] = ..., fn: _Optional[int] = ..., correct: _Optional[int] = ...) -> None: ...
+
+class SiteReport(_message.Message):
+    __slots__ = ("drift", "histograms", "fairness")
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAMS_FIELD_NUMBER: _ClassVar[int]
+    FAIRNESS_FIELD_NUMBER: _ClassVar[int]
+    drift: _containers.RepeatedCompositeFieldContainer[DriftStatistic]
+    histograms: _containers.RepeatedCompositeFieldContainer[Histogram]
+    fairness: _containers.RepeatedCompositeFieldContainer[GroupConfusion]
+    def __init__(self, drift: _Optional[_Iterable[_Union[DriftStatistic, _Mapping]]] = ..., histograms: _Optional[_Iterable[_Union[Histogram, _Mapping]]] = ..., fairness: _Optional[_Iterable[_Union[GroupConfusion, _Mapping]]] = ...) -> None: ...

@@ -228,6 +228,7 @@ def test_write_summary(store):
         "model_digest": digest(_params(2.0)),
         "rejections": 1,
         "status": "completed",
+        "model_file": "model.safetensors",
     }
     assert json.loads((store.dir / "summary.json").read_text()) == summary
 
@@ -243,3 +244,15 @@ def test_state_survives_reopening(tmp_path):
     assert digest(second.load_round(1)) == digest(_params(1.0))
     assert second.round_metrics() == [{"round": 1, "acc": 0.5}]
     second.close()
+
+
+def test_final_model_file_has_the_last_rounds_parameters_and_names(store, tmp_path):
+    store.open_run({"rounds": 2})
+    store.save_round(1, _params(1.0), {})
+    store.save_round(2, _params(2.0), {})
+    store.write_summary({"status": "completed"})
+    saved = read_checkpoint(store.dir / "model.safetensors")
+    expected = _params(2.0)
+    assert list(saved) == list(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(saved[name], value)

@@ -1,0 +1,149 @@
+"""What a site measures for monitoring, and how it turns its data into shareable counts.
+
+A site keeps its first data window as its reference and, each time the
+coordinator asks, counts the reference and its current window into the same
+bins: per input feature (tabular data, on edges the coordinator distributes)
+or per model output (images and embeddings: class probabilities on fixed
+edges in [0, 1]), plus the label and prediction distributions. Only these
+counts and the statistics computed from them leave the site. Predictions on
+both windows come from the current model, so prediction drift shows a change
+in the data, not the model's training progress.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fedops.core.monitoring.drift import Counts, FeatureDrift, drift_report, histogram
+from fedops.core.monitoring.fairness import GroupCounts, confusion_counts
+
+#: input-feature drift only for tabular inputs up to this many columns; wider
+#: inputs (images, embeddings) are monitored through the model's outputs
+MAX_INPUT_FEATURES = 512
+#: bins of a class probability: ten deciles, open at both ends
+OUTPUT_EDGES: NDArray[np.float64] = np.concatenate([[-np.inf], np.linspace(0.1, 0.9, 9), [np.inf]])
+LABEL = "label"
+PREDICTION = "prediction"
+
+Array = NDArray[np.floating] | NDArray[np.integer]
+Predict = Callable[[NDArray[np.float32]], NDArray[np.float64]]  # inputs -> class probabilities
+
+
+def feature_names(num_features: int) -> list[str]:
+    return [f"x{i}" for i in range(num_features)]
+
+
+def class_edges(num_classes: int) -> NDArray[np.float64]:
+    """Edges with one bin per class id ``0 … num_classes-1``."""
+    inner = np.arange(num_classes - 1, dtype=np.float64) + 0.5
+    return np.concatenate([[-np.inf], inner, [np.inf]])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MonitorSpec:
+    """What the coordinator asks every site to report with its evaluation.
+
+    Attributes:
+        edges: input feature name -> bin edges (all sites count into the same
+            bins); empty: monitor the model's outputs instead.
+        num_classes: classes of the task (label and prediction bins).
+        positive_label: the class that counts as the favourable outcome in
+            fairness statistics (one-vs-rest for multiclass tasks).
+    """
+
+    edges: Mapping[str, NDArray[np.float64]] = field(default_factory=dict)
+    num_classes: int = 2
+    positive_label: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        if not 0 <= self.positive_label < self.num_classes:
+            raise ValueError(
+                f"positive_label {self.positive_label} is not a class of a "
+                f"{self.num_classes}-class task"
+            )
+
+
+def input_edges(x: Array, bins: int = 10) -> dict[str, NDArray[np.float64]]:
+    """Quantile bin edges per column of held-out data (the coordinator's reference)."""
+    from fedops.core.monitoring.drift import bin_edges
+
+    rows = np.asarray(x, np.float64)
+    rows = rows.reshape(len(rows), -1)
+    if rows.shape[1] > MAX_INPUT_FEATURES:
+        return {}
+    return {
+        name: bin_edges(rows[:, j], bins) for j, name in enumerate(feature_names(rows.shape[1]))
+    }
+
+
+def histograms(
+    spec: MonitorSpec, x: Array, y: Array, probs: NDArray[np.float64]
+) -> dict[str, Counts]:
+    """One window's counts: inputs (or outputs), labels and predicted classes."""
+    out: dict[str, Counts] = {}
+    if spec.edges:
+        rows = np.asarray(x, np.float64).reshape(len(x), -1)
+        if rows.shape[1] != len(spec.edges):
+            raise ValueError(
+                f"the data has {rows.shape[1]} features, the monitoring spec {len(spec.edges)}"
+            )
+        for j, (name, edges) in enumerate(spec.edges.items()):
+            out[name] = histogram(rows[:, j], edges)
+    else:
+        for k in range(probs.shape[1]):
+            out[f"output{k}"] = histogram(probs[:, k], OUTPUT_EDGES)
+    classes = class_edges(spec.num_classes)
+    out[LABEL] = histogram(np.asarray(y), classes)
+    out[PREDICTION] = histogram(probs.argmax(axis=1), classes)
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteReport:
+    """One site's monitoring answer for one round: counts and the statistics on them."""
+
+    drift: tuple[FeatureDrift, ...] = ()
+    reference: Mapping[str, Counts] = field(default_factory=dict)
+    current: Mapping[str, Counts] = field(default_factory=dict)
+    fairness: Mapping[int, GroupCounts] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Window:
+    """Rows of one data window: inputs and labels (optionally sensitive-group ids)."""
+
+    x: NDArray[np.float32]
+    y: NDArray[np.int64]
+    groups: NDArray[np.int64] | None = None
+
+
+def site_report(
+    spec: MonitorSpec,
+    predict: Predict,
+    *,
+    reference: Window,
+    current: Window,
+    test: Window | None = None,
+) -> SiteReport:
+    """Drift of ``current`` against ``reference``, and fairness counts on ``test``.
+
+    Fairness needs the test window's sensitive-group ids; without them the
+    report has drift only.
+    """
+    ref = histograms(spec, reference.x, reference.y, predict(reference.x))
+    cur = histograms(spec, current.x, current.y, predict(current.x))
+    names = list(ref)
+    drift = tuple(drift_report(names, [ref[n] for n in names], [cur[n] for n in names]))
+    fairness: dict[int, GroupCounts] = {}
+    if test is not None and test.groups is not None and len(test.y):
+        predicted = predict(test.x).argmax(axis=1)
+        fairness = confusion_counts(
+            test.y, predicted, test.groups, positive_label=spec.positive_label
+        )
+    return SiteReport(drift=drift, reference=ref, current=cur, fairness=fairness)

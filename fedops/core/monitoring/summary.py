@@ -1,0 +1,128 @@
+"""The coordinator's view of one round's monitoring: per-site drift, pooled numbers, alerts.
+
+Sites send counts and their own drift statistics; here they become the
+``drift``, ``drift_alerts``, ``fairness`` and ``fairness_alerts`` fields of a
+round's metrics line. Fairness is computed once, on counts summed over sites,
+which is what makes it equal to the same metric on the pooled data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedops.core.monitoring.drift import (
+    JS_ALERT,
+    PSI_SIGNIFICANT,
+    FeatureDrift,
+    drift_report,
+    pooled,
+    psi_level,
+)
+from fedops.core.monitoring.fairness import (
+    FairnessThresholds,
+    fairness_alerts,
+    fairness_metrics,
+    pool,
+    site_accuracy_gap,
+)
+from fedops.core.monitoring.profile import SiteReport
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MonitorThresholds:
+    """When drift and fairness numbers become alerts (the ``monitoring`` config)."""
+
+    psi: float = PSI_SIGNIFICANT
+    js: float = JS_ALERT
+    ks_pvalue: float = 0.0  # KS is reported; it alerts only when this is set above 0
+    fairness: FairnessThresholds = field(default_factory=FairnessThresholds)
+
+    def __post_init__(self) -> None:
+        for name in ("psi", "js"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"the {name} alert threshold must be > 0")
+        if not 0 <= self.ks_pvalue < 1:
+            raise ValueError(f"ks_pvalue must be in [0, 1), got {self.ks_pvalue}")
+
+
+def _largest(drift: Sequence[FeatureDrift], statistic: str) -> tuple[float, str]:
+    best = max(drift, key=lambda d: getattr(d, statistic))
+    return float(getattr(best, statistic)), best.feature
+
+
+def drift_summary(drift: Sequence[FeatureDrift]) -> dict[str, Any]:
+    """The largest PSI, JS and KS of one site (and their features), plus PSI per feature."""
+    if not drift:
+        return {}
+    out: dict[str, Any] = {}
+    for statistic in ("psi", "js", "ks"):
+        out[statistic], out[f"{statistic}_feature"] = _largest(drift, statistic)
+    out["by_feature"] = {d.feature: d.psi for d in drift}
+    return out
+
+
+def drift_alerts(
+    site: str, drift: Sequence[FeatureDrift], thresholds: MonitorThresholds
+) -> list[dict[str, Any]]:
+    """One alert per (feature, statistic) over its threshold."""
+    alerts = []
+    for d in drift:
+        if d.psi > thresholds.psi:
+            alerts.append(_alert(site, d.feature, "psi", d.psi, psi_level(d.psi)))
+        if d.js > thresholds.js:
+            alerts.append(_alert(site, d.feature, "js", d.js, "significant"))
+        if d.ks_pvalue < thresholds.ks_pvalue:
+            alerts.append(_alert(site, d.feature, "ks_pvalue", d.ks_pvalue, "significant"))
+    return alerts
+
+
+def _alert(site: str, feature: str, statistic: str, value: float, level: str) -> dict[str, Any]:
+    return {
+        "site": site,
+        "feature": feature,
+        "statistic": statistic,
+        "value": value,
+        "level": level,
+    }
+
+
+def pooled_drift(reports: Sequence[SiteReport]) -> list[FeatureDrift]:
+    """The federation's drift: statistics of the sites' summed histograms."""
+    with_counts = [r for r in reports if r.reference]
+    if not with_counts:
+        return []
+    names = [n for n in with_counts[0].reference if all(n in r.reference for r in with_counts)]
+    ref = [pooled([r.reference[n] for r in with_counts]) for n in names]
+    cur = [pooled([r.current[n] for r in with_counts]) for n in names]
+    return drift_report(names, ref, cur)
+
+
+def summarize(
+    reports: Mapping[str, SiteReport],
+    site_accuracy: Mapping[str, float],
+    thresholds: MonitorThresholds,
+) -> dict[str, Any]:
+    """The monitoring fields of one round's metrics line."""
+    out: dict[str, Any] = {
+        "drift": {site: drift_summary(r.drift) for site, r in sorted(reports.items()) if r.drift},
+        "drift_alerts": [
+            alert
+            for site, r in sorted(reports.items())
+            for alert in drift_alerts(site, r.drift, thresholds)
+        ],
+    }
+    pooled_stats = pooled_drift(list(reports.values()))
+    if pooled_stats:
+        out["drift_pooled"] = {k: v for k, v in drift_summary(pooled_stats).items()}
+    counts = pool([r.fairness for r in reports.values() if r.fairness])
+    fairness: dict[str, float] = fairness_metrics(counts) if counts else {}
+    gap = site_accuracy_gap(site_accuracy)
+    if not math.isnan(gap):
+        fairness["site_accuracy_gap"] = gap
+    if fairness:
+        out["fairness"] = fairness
+        out["fairness_alerts"] = fairness_alerts(fairness, thresholds.fairness)
+    return out
