@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _coordinator_parser(sub)
     _client_parser(sub)
     _simulate_parser(sub)
+    _report_parsers(sub)
     return parser
 
 
@@ -178,11 +179,55 @@ def _coordinator_parser(sub: Any) -> None:
         action="store_true",
         help="let the clip norm track the median update norm (Andrew et al. 2021)",
     )
+    _monitoring_flags(coord)
     secure.add_argument(
         "--secagg-clip",
         type=float,
         default=SECAGG_CLIP,
         help=f"clip each update coordinate to [-c, c] before quantizing (default: {SECAGG_CLIP})",
+    )
+
+
+def _monitoring_flags(coord: argparse.ArgumentParser) -> None:
+    watch = coord.add_argument_group("monitoring (drift, fairness, metrics)")
+    watch.add_argument(
+        "--monitoring",
+        choices=("default", "none"),
+        default="default",
+        help="sites report drift and per-group confusion counts with every evaluation "
+        "(default: default)",
+    )
+    watch.add_argument(
+        "--positive-label",
+        type=int,
+        default=1,
+        help="the favourable class in fairness statistics (default: 1)",
+    )
+    watch.add_argument(
+        "--psi-alert", type=float, default=0.25, help="PSI above this alerts (default: 0.25)"
+    )
+    watch.add_argument(
+        "--js-alert",
+        type=float,
+        default=0.1,
+        help="Jensen-Shannon distance above this alerts (default: 0.1)",
+    )
+    watch.add_argument(
+        "--drift-action",
+        choices=("none", "exclude"),
+        default="none",
+        help="exclude: a site with a drift alert trains no more in this run (default: none)",
+    )
+    watch.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (0: any free port; default: off)",
+    )
+    watch.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        help="address of the metrics endpoint (default: 127.0.0.1)",
     )
 
 
@@ -226,6 +271,40 @@ def _client_parser(sub: Any) -> None:
     _train_flags(client)
 
 
+def _report_parsers(sub: Any) -> None:
+    report = sub.add_parser(
+        "report", help="render a run directory as one self-contained HTML page with plots"
+    )
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    report.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/report.html")
+    audit = sub.add_parser("audit", help="verify signed audit logs; export a compliance report")
+    verbs = audit.add_subparsers(dest="audit_command", required=True, metavar="VERB")
+    verify = verbs.add_parser(
+        "verify",
+        help="check a party's hash chain and signatures; exit 1 naming the first bad entry",
+    )
+    verify.add_argument("path", type=Path, metavar="PATH", help="audit.jsonl or its run directory")
+    verify.add_argument(
+        "--public-key",
+        type=Path,
+        default=None,
+        help="the party's public key (PEM); default: trust the key in the log's first entry",
+    )
+    export = verbs.add_parser(
+        "export",
+        help="cross-check the coordinator's and sites' logs; write compliance.json and .html",
+    )
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    export.add_argument("--out", type=Path, default=None, help="default: RUN_DIR")
+    export.add_argument(
+        "--site-log",
+        type=Path,
+        action="append",
+        default=[],
+        help="a site's audit.jsonl (repeatable; logs under RUN_DIR are found on their own)",
+    )
+
+
 def _simulate_parser(sub: Any) -> None:
     # Parsed by Hydra (fedops.config.hydra_app); listed here for `fedops --help`.
     sub.add_parser(
@@ -234,6 +313,19 @@ def _simulate_parser(sub: Any) -> None:
         "simulation.num_clients=1000 strategy=fedprox; --help for the config)",
         add_help=False,
     )
+
+
+def _run_tool(args: argparse.Namespace) -> int:
+    """Commands that read a run directory: no config schema, no training."""
+    if args.command == "report":
+        from fedops.reporting.report import report_command
+
+        return report_command(args.run_dir, args.out)
+    from fedops.reporting.compliance import audit_export_command, audit_verify_command
+
+    if args.audit_command == "verify":
+        return audit_verify_command(args.path, args.public_key)
+    return audit_export_command(args.run_dir, args.out, list(args.site_log))
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -269,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,  # Opacus calls basicConfig when imported; the CLI owns the process's logs
     )
+    if args.command in ("report", "audit"):
+        return _run_tool(args)
     try:
         cfg = _config(args)
     except ConfigError as exc:

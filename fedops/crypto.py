@@ -115,9 +115,19 @@ class Identity:
             serialization.NoEncryption(),
         )
         path = Path(path)
-        path.write_bytes(b"")
-        path.chmod(0o600)
-        path.write_bytes(pem)
+        # created 0600 from the first byte: no window where the key is world-readable
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)  # an existing file keeps its mode on O_CREAT
+            f.write(pem)
+
+    def private_pem(self) -> bytes:
+        """PKCS#8 PEM, unencrypted: the caller writes it to a file only it can read."""
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
 
     def public_pem(self) -> bytes:
         return self.key.public_key().public_bytes(
@@ -158,3 +168,26 @@ class TrustedKeys:
         except InvalidSignature:
             return False
         return True
+
+
+@functools.lru_cache(maxsize=64)
+def _ed25519_public(pem: bytes) -> Ed25519PublicKey:
+    """Parsed public keys, kept: an audit log is verified with one key thousands of times."""
+    key = serialization.load_pem_public_key(pem)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("not an Ed25519 public key")
+    return key
+
+
+def verify_ed25519(public_pem: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is the Ed25519 signature of ``message`` by the PEM key.
+
+    False, never an exception, for an unparsable or non-Ed25519 key as well:
+    whoever verifies an audit log wants a verdict, not a traceback.
+    """
+    try:
+        key = _ed25519_public(bytes(public_pem))
+        key.verify(signature, message)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True

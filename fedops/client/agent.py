@@ -24,6 +24,7 @@ from fedops.client.secure import SecureParticipant, secure_identity
 from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.primitives import ProtocolError
 from fedops.crypto import Crypto
+from fedops.runtime.audit import AuditLog
 from fedops.runtime.settings import ClientConfig
 from fedops.tasks.site import PolicyRefusal, Site
 from fedops.v1 import fedops_pb2 as pb
@@ -68,9 +69,23 @@ class Agent:
         self.secure = SecureParticipant(
             site, Crypto(), **secure_identity(cfg.identity_key, cfg.trusted_keys, cfg.site_name)
         )
+        self.audit: AuditLog | None = None
         if cfg.run_dir is not None:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
             self._journal = Path(cfg.run_dir) / "client.jsonl"
+            self.audit = AuditLog.open(Path(cfg.run_dir), self.site_name)
+            self._audit(
+                "site_started",
+                site=cfg.site,
+                task=cfg.task,
+                task_digest=site.task.digest,
+                coordinator=cfg.coordinator,
+                policy={"require_secagg": cfg.require_secagg, "max_epsilon": cfg.max_epsilon},
+            )
+
+    @property
+    def site_name(self) -> str:
+        return self.cfg.site_name or f"site-{self.cfg.site}"
 
     # -- plumbing --------------------------------------------------------
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
@@ -100,6 +115,10 @@ class Agent:
                 if self._stop.wait(delay):
                     raise CoordinatorUnreachable("stopped") from exc
 
+    def _audit(self, event: str, **payload: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(event, payload)
+
     def _record(self, **entry: Any) -> None:
         if self._journal is not None:
             with self._journal.open("a") as f:
@@ -108,7 +127,7 @@ class Agent:
     def _register(self) -> Session:
         request = pb.RegisterRequest(
             protocol_version=PROTOCOL_VERSION,
-            site_name=self.cfg.site_name or f"site-{self.cfg.site}",
+            site_name=self.site_name,
             num_train_examples=self.site.num_train_examples,
         )
         reply = self._retrying("register", lambda: self.stub.Register(request, timeout=10))
@@ -116,6 +135,7 @@ class Agent:
             "registered with %s as %s (run %s)", self.cfg.coordinator, reply.node_id, reply.run_id
         )
         self._record(event="registered", node_id=reply.node_id, run_id=reply.run_id)
+        self._audit("registered", node_id=reply.node_id, run_id=reply.run_id)
         return Session(
             node_id=reply.node_id,
             token=reply.token,
@@ -154,6 +174,8 @@ class Agent:
             self._stop.set()
             beat.join(timeout=10)
             self.channel.close()
+            if self.audit is not None:
+                self.audit.close()
 
     def _step(self) -> bool:
         session = self.session
@@ -167,6 +189,7 @@ class Agent:
         if task.kind == pb.TASK_KIND_SHUTDOWN:
             log.info("coordinator says: %s; exiting", task.message or "shutdown")
             self._record(event="shutdown", run_id=task.run_id)
+            self._audit("run_finished", run_id=task.run_id, message=task.message)
             return False
         if task.kind == pb.TASK_KIND_WAIT:
             return True
@@ -219,7 +242,45 @@ class Agent:
 
     def _decline(self, task: pb.Task, reason: str) -> None:
         log.warning("round %d: declining the task: %s", task.round, reason)
+        self._audit("task_declined", round=task.round, kind=_phase(task), reason=reason)
         self._push(task, {}, 0, {}, declined=reason)
+
+    def _audit_sent(
+        self, task: pb.Task, node: str, digest: str, n: int, metrics: Mapping[str, float]
+    ) -> None:
+        if digest:
+            self._audit(
+                "update_sent",
+                round=task.round,
+                phase=_phase(task),
+                digest=digest,
+                num_examples=n,
+                node_id=node,
+            )
+        if "local_epsilon" in metrics:
+            self._audit("privacy_spent", round=task.round, local_epsilon=metrics["local_epsilon"])
+
+    def _audit_report(self, server_round: int, report: pb.SiteReport) -> None:
+        """The statistics this site shared: its largest drift figures and its group counts."""
+        if report.drift:
+            worst = {
+                stat: max(report.drift, key=lambda d, s=stat: getattr(d, s))
+                for stat in ("psi", "js", "ks")
+            }
+            self._audit(
+                "drift_report",
+                round=server_round,
+                **{k: getattr(d, k) for k, d in worst.items()},
+                **{f"{k}_feature": d.feature for k, d in worst.items()},
+            )
+        if report.fairness:
+            self._audit(
+                "fairness_counts",
+                round=server_round,
+                groups={
+                    str(g.group): [g.n, g.tp, g.fp, g.tn, g.fn, g.correct] for g in report.fairness
+                },
+            )
 
     def _guarded(self, what: str, call: Callable[[], T]) -> T:
         try:
@@ -240,6 +301,14 @@ class Agent:
             round=task.round,
             kind=pb.TaskKind.Name(task.kind),
             model_digest=got,
+            config=dict(task.config),
+        )
+        self._audit(
+            "model_received",
+            round=task.round,
+            phase=_phase(task),
+            model_digest=got,
+            node_id=session.node_id,
             config=dict(task.config),
         )
         return params
@@ -267,7 +336,7 @@ class Agent:
                     params,
                     num_examples,
                     metrics,
-                    digest=self._journal is not None,
+                    digest=self._journal is not None or self.audit is not None,
                     secagg=secagg,
                     declined=declined,
                     report=report,
@@ -280,7 +349,13 @@ class Agent:
             self._record(
                 event="refused", round=task.round, code=exc.code().name, reason=exc.details()
             )
+            self._audit(
+                "result_refused", round=task.round, code=exc.code().name, reason=exc.details()
+            )
             return
+        self._audit_sent(task, session.node_id, sent if params else "", num_examples, metrics)
+        if report is not None:
+            self._audit_report(task.round, report)
         self._record(
             event="pushed",
             round=task.round,
@@ -291,3 +366,22 @@ class Agent:
             **({"declined": declined} if declined else {}),
             **({"secagg": secagg.WhichOneof("stage")} if secagg is not None else {}),
         )
+
+
+_SECAGG_PHASES = {
+    "setup": "secagg_keys",
+    "keys": "secagg_shares",
+    "mask": "secagg_masked",
+    "unmask": "secagg_unmask",
+}
+
+
+def _phase(task: pb.Task) -> str:
+    """The phase name the coordinator's audit log uses for the same task."""
+    if task.kind == pb.TASK_KIND_SECAGG:
+        return _SECAGG_PHASES.get(task.secagg.WhichOneof("stage") or "", "secagg")
+    return {
+        pb.TASK_KIND_FIT: "fit",
+        pb.TASK_KIND_EVALUATE: "evaluate",
+        pb.TASK_KIND_SEND_INITIAL: "initial",
+    }.get(task.kind, pb.TaskKind.Name(task.kind))

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from fedops.coordinator.server import build_server
 from fedops.coordinator.transport import GrpcTransport
+from fedops.core.monitoring.summary import MonitorThresholds
 from fedops.core.params import Params
 from fedops.core.privacy.central import AdaptiveClipping
+from fedops.runtime.audit import AuditLog
 from fedops.runtime.driver import DriverConfig
+from fedops.runtime.metrics import RunMetrics
+from fedops.runtime.monitoring import MonitorSettings
 from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.run import RunPlan, execute, make_strategy
 from fedops.runtime.secure_fit import SecAggSettings
 from fedops.runtime.settings import CoordinatorConfig, as_dict
 from fedops.runtime.store import RunStore
+from fedops.runtime.trail import RunTrail
 from fedops.tasks import load_task
 from fedops.tasks.site import global_evaluator, initial_params
 
@@ -35,15 +41,29 @@ class BindError(RuntimeError):
 def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
     """Serve (or resume) the configured run until its last round; return its summary."""
     store = RunStore(cfg.run_dir, keep_checkpoints=cfg.keep_checkpoints)
-    config = {k: v for k, v in as_dict(cfg).items() if k != "address"}
+    config = {k: v for k, v in as_dict(cfg).items() if k not in ("address", "metrics_port")}
     run_id, _ = store.open_run(config)
     task = load_task(cfg.task, **cfg.builtin_options()) if cfg.task else None
+    audit = AuditLog.open(Path(cfg.run_dir), "coordinator")
+    trail = RunTrail(audit, store)
+    trail.run_started(run_id, config, task_digest=task.digest if task else "")
+    metrics = RunMetrics()
+
+    def on_rejection(server_round: int, node: str, code: str, reason: str) -> None:
+        store.record_rejection(server_round, node, code, reason)
+        trail.rejection(server_round, node, code, reason)
+        metrics.observe_rejection(server_round, node, code, reason)
+
     transport = GrpcTransport(
         run_id=run_id,
         heartbeat_interval_s=cfg.heartbeat_interval_s,
         liveness_timeout_s=cfg.liveness_timeout_s,
-        on_rejection=store.record_rejection,
+        on_rejection=on_rejection,
+        audit=audit.record,
     )
+    metrics.connected.set_function(lambda: len(transport.available_nodes()))
+    if cfg.metrics_port is not None:
+        metrics.serve(cfg.metrics_port, cfg.metrics_address)
     server = _serve(transport, cfg)
     log.info("coordinator for run %s listening on %s", run_id, cfg.address)
 
@@ -56,6 +76,7 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
     def stop(status: str) -> None:
         transport.close(grace_s=5.0 if status == "completed" else 0.5)
         server.stop(grace=1.0).wait(5)
+        metrics.close()
 
     plan = RunPlan(
         label="run",
@@ -71,6 +92,9 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
         ),
         initial_params=first_params,
         evaluate_global=global_evaluator(task) if task else None,
+        task=task,
+        monitoring=_monitoring(cfg),
+        observers=(trail.observe_round, metrics.observe_round),
         site_names=transport.registry.site_name,
         summary={
             "task": cfg.task,
@@ -102,7 +126,23 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
             else None
         ),
     )
-    return execute(plan, store=store, transport=transport, on_exit=stop)
+    summary: dict[str, Any] = {"status": "failed"}
+    try:
+        summary = execute(plan, store=store, transport=transport, on_exit=stop)
+    finally:
+        trail.run_finished(summary)
+        audit.close()
+    return summary
+
+
+def _monitoring(cfg: CoordinatorConfig) -> MonitorSettings | None:
+    if cfg.monitoring == "none":
+        return None
+    return MonitorSettings(
+        positive_label=cfg.positive_label,
+        thresholds=MonitorThresholds(psi=cfg.psi_alert, js=cfg.js_alert),
+        action=cfg.drift_action,
+    )
 
 
 def _serve(transport: GrpcTransport, cfg: CoordinatorConfig) -> grpc.Server:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -29,8 +30,9 @@ from fedops.core.params import (
     specs_of,
     total_bytes,
 )
-from fedops.core.results import MAX_NUM_EXAMPLES, FitResult
+from fedops.core.results import MAX_NUM_EXAMPLES, EvaluateResult, FitResult, StageResult
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived, ResultRejected
+from fedops.core.secagg.messages import MaskedInput
 from fedops.runtime.transport import StageRequest
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import PROTOCOL_VERSION, codec, monitoring
@@ -78,6 +80,8 @@ class GrpcTransport:
             declared dropped, so a killed client never stalls a round.
         max_chunk_bytes: chunk size for model downloads (told to clients).
         on_rejection: ``(round, node_id, code, reason)`` for the run store.
+        audit: ``(event, payload)`` for the coordinator's audit log: joins,
+            models sent and updates received, each with its digest.
     """
 
     def __init__(
@@ -88,12 +92,14 @@ class GrpcTransport:
         liveness_timeout_s: float = 10.0,
         max_chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
         on_rejection: Callable[[int, str, str, str], None] = lambda *a: None,
+        audit: Callable[[str, Mapping[str, Any]], None] = lambda event, payload: None,
     ) -> None:
         self.run_id = run_id
         self.heartbeat_interval_s = heartbeat_interval_s
         self.liveness_timeout_s = liveness_timeout_s
         self.max_chunk_bytes = max_chunk_bytes
         self.on_rejection = on_rejection
+        self.audit = audit
         self.registry = NodeRegistry()
         self._cond = threading.Condition()
         self._assignments: dict[str, Assignment] = {}
@@ -163,6 +169,17 @@ class GrpcTransport:
                 self._assignments[node] = assignment
                 tasks[node] = task.task_id
             self._cond.notify_all()
+        if model_digest:
+            sent = sorted(n for n, t in tasks.items() if t)
+            self.audit(
+                "model_sent",
+                {
+                    "round": server_round,
+                    "phase": str(phase),
+                    "model_digest": model_digest,
+                    "nodes": sent,
+                },
+            )
         return tasks
 
     def next_event(self, timeout_s: float) -> Event | None:
@@ -234,6 +251,7 @@ class GrpcTransport:
             node.site_name,
             node.num_train_examples,
         )
+        self.audit("node_joined", {"node_id": node.node_id, "site": node.site_name})
         with self._cond:
             self._cond.notify_all()
         return pb.RegisterResponse(
@@ -398,7 +416,34 @@ class GrpcTransport:
                 )
             self._answered.add(assignment.task.task_id)
             del self._assignments[node]
+        self._audit_result(assignment, node, result)
         return ResultArrived(node_id=node, task_id=assignment.task.task_id, result=result)
+
+    def _audit_result(
+        self, assignment: Assignment, node: str, result: FitResult | EvaluateResult | StageResult
+    ) -> None:
+        """Record an accepted update's digest (the same hash the site computed as it sent)."""
+        if isinstance(result, FitResult):
+            payload = result.params
+        elif isinstance(result, StageResult) and isinstance(result.reply, MaskedInput):
+            payload = {secagg_codec.MASKED_TENSOR: result.reply.vector}
+        else:
+            return
+        kind = assignment.task.kind
+        phase = "fit" if kind == pb.TASK_KIND_FIT else str(_TRAINING_STAGE)
+        if kind == pb.TASK_KIND_SEND_INITIAL:
+            phase = "initial"
+        self.audit(
+            "update_received",
+            {
+                "round": assignment.task.round,
+                "node_id": node,
+                "site": self.registry.site_name(node),
+                "phase": phase,
+                "digest": digest(payload),
+                "num_examples": result.num_examples,
+            },
+        )
 
     def _fail_task(
         self, node: str, assignment: Assignment, code: grpc.StatusCode, reason: str

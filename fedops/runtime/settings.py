@@ -221,10 +221,18 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
     target_epsilon: float | None = None
     accountant: str = "rdp"
     adaptive_clipping: bool = False
+    monitoring: str = "default"
+    positive_label: int = 1
+    psi_alert: float = 0.25
+    js_alert: float = 0.1
+    drift_action: str = "none"
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         self.check_round_options()
         self.check_task_options()
+        self.check_monitoring()
         host, _ = parse_address("address", self.address)
         _require(self.round_timeout_s > 0, "round_timeout_s", "must be > 0")
         _require(self.join_timeout_s > 0, "join_timeout_s", "must be > 0")
@@ -243,6 +251,31 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
             "address",
             f"refusing to serve plaintext gRPC on {host}: without certificates the "
             "coordinator binds loopback only; pass --insecure to accept the risk",
+        )
+
+    def check_monitoring(self) -> None:
+        _require(
+            self.monitoring in ("default", "none"),
+            "monitoring",
+            f"must be default or none, got {self.monitoring!r}",
+        )
+        _require(self.positive_label >= 0, "positive_label", "must be >= 0")
+        _require(self.psi_alert > 0, "psi_alert", "must be > 0")
+        _require(self.js_alert > 0, "js_alert", "must be > 0")
+        _require(
+            self.drift_action in ("none", "exclude"),
+            "drift_action",
+            f"must be none or exclude, got {self.drift_action!r}",
+        )
+        _require(
+            self.metrics_port is None or 0 <= self.metrics_port <= 65535,
+            "metrics_port",
+            f"must be a TCP port (0: any free one), got {self.metrics_port}",
+        )
+        _require(
+            is_loopback(self.metrics_address) or self.insecure,
+            "metrics_address",
+            f"refusing to expose metrics on {self.metrics_address} without --insecure",
         )
 
     def check_privacy(self) -> None:

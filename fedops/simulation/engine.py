@@ -22,6 +22,7 @@ from fedops.crypto import Crypto
 from fedops.data import FederatedData
 from fedops.data.build import DATASETS, from_task
 from fedops.reporting.plots import plot_run
+from fedops.runtime.audit import AuditLog
 from fedops.runtime.driver import DriverConfig
 from fedops.runtime.monitoring import MonitorSettings
 from fedops.runtime.privacy import PrivacySettings
@@ -29,6 +30,7 @@ from fedops.runtime.run import RunPlan, execute, make_strategy
 from fedops.runtime.secure_fit import SecAggSettings
 from fedops.runtime.simulate_settings import MonitoringConfig, SimulateConfig
 from fedops.runtime.store import RunStore
+from fedops.runtime.trail import RunTrail
 from fedops.runtime.transport import Transport
 from fedops.simulation.faults import FaultPlan
 from fedops.simulation.inmemory import InMemoryTransport
@@ -151,6 +153,11 @@ def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
         secagg = SecAggSettings(
             degree=a.k, threshold=a.threshold, clip=a.clip, min_survivors=a.min_survivors
         )
+    store = RunStore(run_dir)
+    run_id, _ = store.open_run(asdict(cfg))
+    audit = AuditLog.open(run_dir, "coordinator")  # the simulated coordinator's signed log
+    trail = RunTrail(audit, store)
+    trail.run_started(run_id, asdict(cfg), task_digest=task.digest)
     plan = RunPlan(
         label="simulate",
         config=asdict(cfg),
@@ -174,15 +181,17 @@ def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
         privacy=privacy_settings(cfg),
         monitoring=monitor_settings(cfg.monitoring),
         task=task,
+        observers=(trail.observe_round,),
     )
+    summary: dict[str, Any] = {"status": "failed"}
     try:
-        return execute(
-            plan,
-            store=RunStore(run_dir),
-            transport=transport,
-            on_exit=lambda status: transport.close(),
+        summary = execute(
+            plan, store=store, transport=transport, on_exit=lambda status: transport.close()
         )
+        return summary
     finally:
+        trail.run_finished(summary)
+        audit.close()
         plot_run(run_dir)
 
 

@@ -1,0 +1,342 @@
+"""A compliance report from the parties' audit logs: is every log intact, do they agree?
+
+Each party's log proves only what that party recorded. Put side by side they
+prove more: the model a site says it received must be the one the
+coordinator says it sent, and every update a site says it sent must have
+arrived (``update_received``, same digest) or have been refused
+(``update_rejected``); an update the coordinator recorded from a node whose
+site log never sent it is flagged too. Only the verified prefix of a log that
+fails verification is used, and the failure itself fails the report.
+
+Payloads cross-checked (``round`` int, ``phase`` ``"fit"`` or ``"evaluate"``):
+
+* coordinator ``model_sent``: ``{round, phase, model_digest, nodes}``;
+  ``update_received``: ``{round, node_id, site, phase, digest, num_examples}``;
+  ``update_rejected``: ``{round, node_id, site, reason}`` (``phase`` optional);
+* site ``model_received``: ``{round, phase, model_digest, node_id}``;
+  ``update_sent``: ``{round, phase, digest, num_examples, node_id}`` (an empty
+  digest, e.g. a masked SecAgg+ contribution, is not cross-checked).
+
+Event totals group event names by substring (:data:`CATEGORIES`). Keys are
+trusted on first use (the report shows each key's fingerprint, to compare with
+the parties' ``audit_key.pub``). Writes ``compliance.json`` and a
+self-contained ``compliance.html`` (inline CSS, no scripts, every string escaped).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fedops.core.audit import VerifyResult, split_log, verify_log_bytes
+from fedops.crypto import verify_ed25519
+from fedops.reporting.compliance_html import render_html
+
+LOG_NAME = "audit.jsonl"
+#: report totals: event names containing any of the substrings
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "joins": ("join",),
+    "rejections": ("reject",),
+    "privacy": ("privacy", "epsilon", "dp_"),
+    "drift": ("drift",),
+    "fairness": ("fairness",),
+    "alerts": ("alert",),
+}
+_PHASES = {"fit": 0, "evaluate": 1}
+
+Key = tuple[int, str, str]  # (round, phase, node_id)
+
+
+def verify_log_file(path: Path, public_key_pem: bytes | None = None) -> VerifyResult:
+    """As :func:`fedops.runtime.audit.verify_log` (which this layer may not import)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LOG_NAME
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return VerifyResult(ok=False, entries=0, reason=f"cannot read {path}: {exc.strerror}")
+    head = path.with_suffix(".head")
+    return verify_log_bytes(
+        data,
+        verify_ed25519,
+        public_key_pem=public_key_pem,
+        head=head.read_bytes() if head.exists() else None,
+    )
+
+
+@dataclass(slots=True)
+class _Party:
+    role: str
+    path: Path
+    result: VerifyResult
+    entries: list[dict[str, Any]]
+
+    def summary(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "role": self.role,
+            "path": str(self.path),
+            "actor": r.actor,
+            "ok": r.ok,
+            "entries": r.entries,
+            "fingerprint": r.fingerprint,
+            "pinned": r.pinned,
+            "reason": r.reason,
+            "first_bad": r.first_bad,
+            "warnings": list(r.warnings),
+        }
+
+
+def _load(path: Path, role: str) -> _Party:
+    """Verify a log; keep its verified entries (a prefix, when it fails)."""
+    result = verify_log_file(path)
+    entries: list[dict[str, Any]] = []
+    if result.entries:
+        lines, _ = split_log(path.read_bytes())
+        entries = [json.loads(line) for line in lines[: result.entries]]
+    return _Party(role, path, result, entries)
+
+
+def _site_paths(run_dir: Path, coordinator: Path, given: Sequence[Path]) -> list[Path]:
+    found = [p / LOG_NAME if p.is_dir() else p for p in map(Path, given)]
+    found += sorted(run_dir.rglob(LOG_NAME)) if run_dir.is_dir() else []
+    seen, out = {coordinator.resolve()}, []
+    for p in found:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            out.append(p)
+    return out
+
+
+def _fields(payload: Mapping[str, Any], *names: str) -> tuple[Any, ...] | None:
+    """The named fields, or None when one is missing or has the wrong type."""
+    values = tuple(payload.get(n) for n in names)
+    for name, value in zip(names, values, strict=True):
+        want: type = int if name in ("round", "num_examples") else str
+        if not isinstance(value, want) or isinstance(value, bool):
+            return None
+    return values
+
+
+@dataclass(slots=True)
+class _Coordinator:
+    sent: dict[tuple[int, str], set[str]] = field(default_factory=dict)
+    sent_to: dict[Key, str] = field(default_factory=dict)
+    received: dict[Key, tuple[str, str]] = field(default_factory=dict)  # -> (digest, site)
+    rejected: set[tuple[int, str]] = field(default_factory=set)
+
+    @classmethod
+    def index(cls, entries: list[dict[str, Any]]) -> _Coordinator:
+        c = cls()
+        for e in entries:
+            event, p = e["event"], e["payload"]
+            if event == "model_sent" and (f := _fields(p, "round", "phase", "model_digest")):
+                c.sent.setdefault((f[0], f[1]), set()).add(f[2])
+                nodes = p.get("nodes")
+                for node in nodes if isinstance(nodes, list) else []:
+                    c.sent_to[(f[0], f[1], str(node))] = f[2]
+            elif event == "update_received" and (
+                f := _fields(p, "round", "phase", "node_id", "digest")
+            ):
+                c.received[(f[0], f[1], f[2])] = (f[3], str(p.get("site", "")))
+            elif event == "update_rejected" and (f := _fields(p, "round", "node_id")):
+                c.rejected.add((f[0], f[1]))
+        return c
+
+
+@dataclass(slots=True)
+class _Check:
+    """The cross-check's tables, filled site by site."""
+
+    coordinator: _Coordinator
+    rows: dict[tuple[int, str, str, str], dict[str, Any]] = field(default_factory=dict)
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+    site_sent: set[Key] = field(default_factory=set)
+    site_nodes: set[str] = field(default_factory=set)
+
+    def row(self, site: str, key: Key) -> dict[str, Any]:
+        r, phase, node = key
+        return self.rows.setdefault(
+            (r, phase, site, node),
+            {"site": site, "node_id": node, "model_digest": None, "model_match": None,
+             "update_digest": None, "coordinator_digest": None, "update_status": None},
+        )  # fmt: skip
+
+    def mismatch(self, kind: str, site: str, key: Key, message: str, **digests: Any) -> None:
+        r, phase, node = key
+        where = f"round {r} {phase}: site {site!r} (node {node})"
+        self.mismatches.append(
+            {"kind": kind, "round": r, "phase": phase, "site": site, "node_id": node,
+             "message": f"{where}: {message}", **digests}
+        )  # fmt: skip
+
+    def model_received(self, site: str, key: Key, digest: str) -> None:
+        self.site_nodes.add(key[2])
+        expected = self.coordinator.sent_to.get(key)
+        sent = {expected} if expected else self.coordinator.sent.get(key[:2], set())
+        row = self.row(site, key)
+        row["model_digest"], row["model_match"] = digest, digest in sent
+        if not sent:
+            self.mismatch("model_not_sent", site, key, "the coordinator recorded no model_sent")
+        elif digest not in sent:
+            self.mismatch(
+                "model_digest", site, key,
+                f"received model {digest[:16]}…, the coordinator sent {_short(sent)}",
+                site_digest=digest, coordinator_digest=sorted(sent),
+            )  # fmt: skip
+
+    def update_sent(self, site: str, key: Key, digest: object) -> None:
+        self.site_nodes.add(key[2])
+        self.site_sent.add(key)
+        if not isinstance(digest, str) or not digest:
+            return  # e.g. a masked SecAgg+ contribution: nothing to compare
+        row = self.row(site, key)
+        got = self.coordinator.received.get(key)
+        row["update_digest"], row["coordinator_digest"] = digest, got and got[0]
+        if got is not None and got[0] == digest:
+            row["update_status"] = "match"
+        elif (key[0], key[2]) in self.coordinator.rejected:
+            row["update_status"] = "rejected"
+        elif got is None:
+            row["update_status"] = "missing"
+            self.mismatch("update_missing", site, key, "the coordinator has no record of it")
+        else:
+            row["update_status"] = "mismatch"
+            self.mismatch(
+                "update_digest", site, key,
+                f"sent update {digest[:16]}…, the coordinator received {got[0][:16]}…",
+                site_digest=digest, coordinator_digest=got[0],
+            )  # fmt: skip
+
+    def unsent_updates(self) -> None:
+        for key, (digest, site) in sorted(self.coordinator.received.items()):
+            if key[2] in self.site_nodes and key not in self.site_sent and digest:
+                self.mismatch(
+                    "update_not_sent", site or "?", key,
+                    "the coordinator recorded an update the site's log never sent",
+                    coordinator_digest=digest,
+                )  # fmt: skip
+
+
+def _short(digests: set[str]) -> str:
+    return " or ".join(f"{d[:16]}…" for d in sorted(digests))
+
+
+def _cross_check(coordinator: _Party, sites: list[_Party]) -> _Check:
+    check = _Check(_Coordinator.index(coordinator.entries))
+    for party in sites:
+        site = party.result.actor or str(party.path)
+        for e in party.entries:
+            p = e["payload"]
+            if e["event"] == "model_received" and (
+                f := _fields(p, "round", "phase", "node_id", "model_digest")
+            ):
+                check.model_received(site, (f[0], f[1], f[2]), f[3])
+            elif e["event"] == "update_sent" and (f := _fields(p, "round", "phase", "node_id")):
+                check.update_sent(site, (f[0], f[1], f[2]), p.get("digest"))
+    check.unsent_updates()
+    return check
+
+
+def _round_table(check: _Check) -> list[dict[str, Any]]:
+    keys = set(check.coordinator.sent) | {k[:2] for k in check.rows}
+    table = []
+    for r, phase in sorted(keys, key=lambda k: (k[0], _PHASES.get(k[1], 2), k[1])):
+        sites = [v for k, v in sorted(check.rows.items()) if k[:2] == (r, phase)]
+        digests = sorted(check.coordinator.sent.get((r, phase), set()))
+        table.append({"round": r, "phase": phase, "model_digests": digests, "sites": sites})
+    return table
+
+
+def _event_totals(parties: list[_Party]) -> dict[str, Any]:
+    by_role: dict[str, Counter[str]] = {"coordinator": Counter(), "sites": Counter()}
+    for party in parties:
+        role = "coordinator" if party.role == "coordinator" else "sites"
+        by_role[role].update(e["event"] for e in party.entries)
+    total = by_role["coordinator"] + by_role["sites"]
+    categories = {
+        name: sum(n for event, n in total.items() if any(s in event for s in needles))
+        for name, needles in CATEGORIES.items()
+    }
+    return {
+        "by_event": dict(sorted(total.items())),
+        "coordinator": dict(sorted(by_role["coordinator"].items())),
+        "sites": dict(sorted(by_role["sites"].items())),
+        "categories": categories,
+    }
+
+
+def export_compliance(
+    run_dir: Path, out_dir: Path | None = None, site_logs: Sequence[Path] = ()
+) -> dict[str, Any]:
+    """Verify all logs, cross-check digests, write ``compliance.{json,html}``; the report."""
+    run_dir = Path(run_dir)
+    coordinator = _load(run_dir / LOG_NAME, "coordinator")
+    sites = [_load(p, "site") for p in _site_paths(run_dir, coordinator.path, site_logs)]
+    parties = [coordinator, *sites]
+    check = _cross_check(coordinator, sites)
+    report: dict[str, Any] = {
+        "ok": all(p.result.ok for p in parties) and not check.mismatches,
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "run_dir": str(run_dir),
+        "parties": [p.summary() for p in parties],
+        "rounds": _round_table(check),
+        "mismatches": check.mismatches,
+        "events": _event_totals(parties),
+    }
+    out = Path(out_dir) if out_dir is not None else run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False)
+    (out / "compliance.json").write_text(text + "\n", encoding="utf-8")
+    (out / "compliance.html").write_text(render_html(report), encoding="utf-8")
+    report["paths"] = {"json": str(out / "compliance.json"), "html": str(out / "compliance.html")}
+    return report
+
+
+# -- CLI glue (fedops/cli.py parses the arguments) ------------------------------------
+def audit_verify_command(path: Path, public_key: Path | None) -> int:
+    """``fedops audit verify``: 0 when the log verifies, 1 otherwise (verdict on stderr)."""
+    try:
+        pem = None if public_key is None else Path(public_key).read_bytes()
+    except OSError as exc:
+        print(f"FAILED: cannot read the public key {public_key}: {exc.strerror}", file=sys.stderr)
+        return 1
+    result = verify_log_file(Path(path), pem)
+    if not result.ok:
+        print(f"FAILED: {path}: {result.reason}", file=sys.stderr)
+        return 1
+    trust = "pinned key" if result.pinned else "key trusted on first use"
+    print(
+        f"OK: {result.entries} entries, chain and signatures valid "
+        f"(key fingerprint {result.fingerprint}, {trust}, actor {result.actor!r})",
+        file=sys.stderr,
+    )
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def audit_export_command(run_dir: Path, out: Path | None, site_logs: list[Path]) -> int:
+    """``fedops audit export``: 0 when every log verifies and every digest matches."""
+    report = export_compliance(run_dir, out, site_logs)
+    print(f"compliance report: {report['paths']['html']} (and {report['paths']['json']})")
+    bad = [p for p in report["parties"] if not p["ok"]]
+    logs, n_bad = len(report["parties"]), len(report["mismatches"])
+    if report["ok"]:
+        print(f"OK: {logs} logs verified, {len(report['rounds'])} round phases, no mismatches")
+        return 0
+    problems = [f"{len(bad)} of {logs} logs do not verify"] if bad else []
+    problems += [f"{n_bad} digest mismatch{'es' if n_bad > 1 else ''}"] if n_bad else []
+    print(f"FAILED: {', '.join(problems)}", file=sys.stderr)
+    for party in bad:
+        print(f"  {party['path']}: {party['reason']}", file=sys.stderr)
+    for m in report["mismatches"][:20]:
+        print(f"  {m['message']}", file=sys.stderr)
+    return 1

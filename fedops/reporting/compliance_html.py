@@ -1,0 +1,139 @@
+"""The compliance report as one self-contained HTML page.
+
+Inline CSS, no scripts, no external resources: the file is archived and
+opened offline, possibly years later. Every value comes from the audit logs,
+which parties write with their own names in them, so every string goes
+through :func:`html.escape`, attribute values included.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}code{font-size:.9em}
+.ok{color:#11772d;font-weight:bold}.bad{color:#b3261e;font-weight:bold}
+.verdict{padding:.6em 1em;border-radius:4px;display:inline-block}
+.verdict.ok{background:#e6f4ea}.verdict.bad{background:#fce8e6}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _digest(value: Any) -> str:
+    """A digest, shortened for the table, in full in its title."""
+    if not value:
+        return ""
+    text = str(value)
+    short = text if len(text) <= 16 else text[:16] + "…"
+    return f'<code title="{_e(text)}">{_e(short)}</code>'
+
+
+def _flag(value: bool | None, yes: str = "yes", no: str = "NO") -> str:
+    if value is None:
+        return ""
+    return f'<span class="ok">{_e(yes)}</span>' if value else f'<span class="bad">{_e(no)}</span>'
+
+
+def _status(status: str | None) -> str:
+    if not status:
+        return ""
+    css = "ok" if status in ("match", "rejected") else "bad"
+    return f'<span class="{css}">{_e(status)}</span>'
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """``rows`` hold HTML already escaped by the caller."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _parties(parties: Sequence[Mapping[str, Any]]) -> str:
+    rows = [
+        [
+            _e(p["role"]),
+            _e(p["actor"]),
+            _flag(p["ok"], "verified", "FAILED"),
+            _e(p["entries"]),
+            f"<code>{_e(p['fingerprint'])}</code>",
+            "<br>".join(
+                [_e(p["reason"])] * bool(p["reason"]) + [f"⚠ {_e(w)}" for w in p["warnings"]]
+            ),
+            f"<code>{_e(p['path'])}</code>",
+        ]
+        for p in parties
+    ]
+    headers = ["role", "actor", "verification", "entries", "key fingerprint", "notes", "log"]
+    return _table(headers, rows)
+
+
+def _rounds(rounds: Sequence[Mapping[str, Any]]) -> str:
+    rows = []
+    for r in rounds:
+        sent = "<br>".join(_digest(d) for d in r["model_digests"]) or "<em>none recorded</em>"
+        sites = r["sites"] or [{}]
+        for i, s in enumerate(sites):
+            first = [_e(r["round"]), _e(r["phase"]), sent] if i == 0 else ["", "", ""]
+            rows.append(
+                [
+                    *first,
+                    _e(s.get("site")),
+                    _e(s.get("node_id")),
+                    _digest(s.get("model_digest")),
+                    _flag(s.get("model_match")),
+                    _digest(s.get("update_digest")),
+                    _digest(s.get("coordinator_digest")),
+                    _status(s.get("update_status")),
+                ]
+            )
+    headers = ["round", "phase", "model sent", "site", "node", "model received", "match",
+               "update sent", "update received", "update"]  # fmt: skip
+    return _table(headers, rows)
+
+
+def _events(events: Mapping[str, Any]) -> str:
+    categories = _table(
+        ["category", "events"], [[_e(k), _e(v)] for k, v in events["categories"].items()]
+    )
+    coordinator, sites = events["coordinator"], events["sites"]
+    by_event = _table(
+        ["event", "coordinator", "sites", "total"],
+        [
+            [f"<code>{_e(k)}</code>", _e(coordinator.get(k, 0)), _e(sites.get(k, 0)), _e(v)]
+            for k, v in events["by_event"].items()
+        ],
+    )
+    return categories + by_event
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """The report dict of :func:`fedops.reporting.compliance.export_compliance` as HTML."""
+    ok = bool(report["ok"])
+    verdict = (
+        "All logs verify and every digest matches."
+        if ok
+        else "FAILED: a log does not verify or digests disagree."
+    )
+    mismatches = "".join(f"<li>{_e(m['message'])}</li>" for m in report["mismatches"])
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>fedops compliance report</title><style>{_CSS}</style></head><body>"
+        f"<h1>Compliance report</h1><p>Run directory <code>{_e(report['run_dir'])}</code>, "
+        f"generated {_e(report['generated'])}.</p>"
+        f'<p class="verdict {"ok" if ok else "bad"}">{_e(verdict)}</p>'
+        f"<h2>Audit logs</h2>{_parties(report['parties'])}"
+        f"<h2>Mismatches ({len(report['mismatches'])})</h2>"
+        + (f"<ul>{mismatches}</ul>" if mismatches else "<p>None.</p>")
+        + f"<h2>Model and update digests per round</h2>{_rounds(report['rounds'])}"
+        f"<h2>Events</h2>{_events(report['events'])}"
+        "</body></html>\n"
+    )

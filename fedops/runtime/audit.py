@@ -1,0 +1,273 @@
+"""A party's append-only, signed audit log in its run directory.
+
+Files (``run_dir`` is the coordinator's or a site's own directory):
+
+* ``audit.jsonl``: the log, one canonical JSON entry per line
+  (:mod:`fedops.core.audit` defines entries and verification);
+* ``audit_key.pem``: the party's Ed25519 signing key, mode 0600 from the
+  moment it exists (written to a 0600 temporary file, then renamed);
+* ``audit_key.pub``: its public key (0644), to hand to auditors for pinning;
+* ``audit.head``: the last entry's ``{seq, hash, signature}``, replaced
+  atomically after every append, so that entries deleted from the *end* of
+  the log are noticed (the chain alone cannot tell a shorter log from a
+  truncated one). A missing head file is a warning, not a failure.
+
+Every entry is written, flushed and fsynced before :meth:`AuditLog.record`
+returns (``fsync=False`` for tests and benchmarks), under a lock: the
+coordinator records from many gRPC threads. An ``flock`` keeps a second
+process (or a second AuditLog) from extending the same chain.
+
+Reopening verifies the whole log with the key file (Ed25519 checks, about
+7k entries a second) and continues the chain. A torn last line, left by a
+crash in the middle of a write, is cut off and recorded as
+``audit_recovered``. Anything else that does not verify, or a log whose key
+file is gone, is refused: continuing would launder the damage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fedops.core.audit import (
+    GENESIS_PREV,
+    OPEN_EVENT,
+    Head,
+    VerifyResult,
+    encode_entry,
+    key_fingerprint,
+    make_entry,
+    opened_payload,
+    sha256_hex,
+    split_log,
+    verify_log_bytes,
+)
+from fedops.crypto import Identity, verify_ed25519
+
+LOG_NAME = "audit.jsonl"
+HEAD_NAME = "audit.head"
+KEY_NAME = "audit_key.pem"
+PUBLIC_NAME = "audit_key.pub"
+
+log = logging.getLogger(__name__)
+
+
+class AuditError(RuntimeError):
+    """The audit log cannot be opened or written; the message says why and what to do."""
+
+
+def head_path(log_path: Path) -> Path:
+    """``audit.jsonl`` -> ``audit.head``, in the same directory."""
+    return Path(log_path).with_suffix(".head")
+
+
+def verify_log(path: Path, public_key_pem: bytes | str | None = None) -> VerifyResult:
+    """Verify a log file (or a run directory's ``audit.jsonl``) and its head file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LOG_NAME
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return VerifyResult(ok=False, entries=0, reason=f"cannot read {path}: {exc.strerror}")
+    head = head_path(path)
+    return verify_log_bytes(
+        data,
+        verify_ed25519,
+        public_key_pem=public_key_pem,
+        head=head.read_bytes() if head.exists() else None,
+    )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a file that is 0600 from creation, then rename it into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask can only narrow it; make it exact
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _write_atomic(path: Path, data: bytes, *, fsync: bool, mode: int = 0o644) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+    tmp.chmod(mode)
+    os.replace(tmp, path)
+
+
+def _load_key(run_dir: Path, log_has_entries: bool) -> Identity:
+    key_path, public_path = run_dir / KEY_NAME, run_dir / PUBLIC_NAME
+    if key_path.exists():
+        try:
+            identity = Identity.load(key_path)
+        except (ValueError, TypeError) as exc:
+            raise AuditError(f"cannot load the audit key {key_path}: {exc}") from exc
+    elif log_has_entries:
+        raise AuditError(
+            f"{run_dir / LOG_NAME} exists but its key {key_path} is missing: the chain "
+            "cannot be continued without it (move the log aside to start a new one)"
+        )
+    else:
+        identity = Identity.generate()
+        _write_private(key_path, identity.private_pem())
+    public = identity.public_pem()
+    if not public_path.exists() or public_path.read_bytes() != public:
+        _write_atomic(public_path, public, fsync=True)
+    return identity
+
+
+def _lock(fd: int, path: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AuditError(f"{path} is already open for writing (another process?)") from None
+
+
+class AuditLog:
+    """One party's log: ``record(event, payload)`` appends a signed, chained entry."""
+
+    def __init__(
+        self, fd: int, path: Path, identity: Identity, actor: str, *, fsync: bool = True
+    ) -> None:
+        """Use :meth:`open`; ``fd`` is the log, locked, at a verified end of the chain."""
+        self._fd: int | None = fd
+        self.path = path
+        self.actor = actor
+        self.fsync = fsync
+        self._identity = identity
+        self._lock = threading.Lock()
+        self._broken = False
+        self._size = os.fstat(fd).st_size
+        self._next_seq = 0
+        self._prev_hash = GENESIS_PREV
+        self.public_pem = identity.public_pem()
+        self.fingerprint = key_fingerprint(self.public_pem)
+
+    @classmethod
+    def open(cls, run_dir: Path, actor: str, *, fsync: bool = True) -> AuditLog:
+        """Open (or start) ``run_dir/audit.jsonl``; see the module docstring."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / LOG_NAME
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _lock(fd, path)
+        try:
+            return cls._resume(fd, path, actor, fsync=fsync)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+
+    @classmethod
+    def _resume(cls, fd: int, path: Path, actor: str, *, fsync: bool) -> AuditLog:
+        data = path.read_bytes()
+        lines, tail = split_log(data)
+        identity = _load_key(path.parent, bool(lines))
+        if tail:
+            os.ftruncate(fd, len(data) - len(tail))
+        self = cls(fd, path, identity, actor, fsync=fsync)
+        head = head_path(path)
+        if lines or head.exists():
+            self._continue(data[: len(data) - len(tail)], head)
+        else:
+            self.record(OPEN_EVENT, opened_payload(actor, self.public_pem))
+        if tail:
+            self.record(
+                "audit_recovered",
+                {"dropped_bytes": len(tail), "dropped_sha256": sha256_hex(tail)},
+            )
+        if lines:
+            self.record("log_reopened", {"actor": actor, "pid": os.getpid()})
+        return self
+
+    def _continue(self, data: bytes, head: Path) -> None:
+        result = verify_log_bytes(
+            data,
+            verify_ed25519,
+            public_key_pem=self.public_pem,
+            head=head.read_bytes() if head.exists() else None,
+        )
+        if not result.ok:
+            raise AuditError(
+                f"{self.path} does not verify with {self.path.parent / KEY_NAME}, refusing to "
+                f"continue it: {result.reason}"
+            )
+        if result.actor != self.actor:
+            raise AuditError(f"{self.path} is {result.actor!r}'s log, not {self.actor!r}'s")
+        assert result.head_seq is not None and result.head_hash is not None
+        self._next_seq, self._prev_hash = result.head_seq + 1, result.head_hash
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the last entry."""
+        with self._lock:
+            return self._next_seq - 1, self._prev_hash
+
+    def record(self, event: str, payload: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Append one signed entry and return it. ValueError for a NaN/Inf payload."""
+        with self._lock:
+            if self._fd is None or self._broken:
+                raise AuditError(f"{self.path} is closed, or broken by a failed write")
+            entry = make_entry(
+                seq=self._next_seq,
+                prev_hash=self._prev_hash,
+                actor=self.actor,
+                event=event,
+                payload=payload or {},
+                time=time.time(),
+                sign=self._identity.sign,
+            )
+            self._append(self._fd, encode_entry(entry))
+            self._next_seq, self._prev_hash = entry["seq"] + 1, entry["hash"]
+            try:
+                _write_atomic(head_path(self.path), Head.of(entry).encode(), fsync=self.fsync)
+            except OSError as exc:  # the entry is durable; the head lags until the next one
+                log.warning("audit head file not updated: %s", exc)
+            return entry
+
+    def _append(self, fd: int, line: bytes) -> None:
+        """The whole line or nothing: a failed write is cut back off the file."""
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.fsync:
+                os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, self._size)
+            except OSError:
+                self._broken = True
+                raise AuditError(f"{self.path}: a failed write could not be undone") from None
+            raise
+        self._size += len(line)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)  # also releases the flock
+                self._fd = None
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,104 @@
+"""What a coordinator writes into its audit log about a run, round by round.
+
+Per-node events (joins, models sent, updates received, each with digests)
+come from the transport; this adds the run's frame (config digest, start,
+end) and, for every committed round, the model digest, the privacy spent,
+the drift and fairness reports and the alerts, so an auditor can answer
+"what happened in round 37" from the signed log alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fedops.runtime.audit import AuditLog
+from fedops.runtime.driver import RoundRecord
+from fedops.runtime.store import RunStore, config_digest
+
+PRIVACY_KEYS = (
+    "epsilon",
+    "epsilon_prv",
+    "delta",
+    "noise_multiplier",
+    "effective_noise_multiplier",
+    "clip_norm",
+    "sample_rate",
+)
+DRIFT_KEYS = ("psi", "psi_feature", "js", "js_feature", "ks", "ks_feature")
+
+
+class RunTrail:
+    """Turns a run's milestones into signed audit entries."""
+
+    def __init__(self, audit: AuditLog, store: RunStore) -> None:
+        self.audit = audit
+        self.store = store
+
+    def run_started(self, run_id: str, config: Mapping[str, Any], *, task_digest: str = "") -> None:
+        self.audit.record(
+            "run_started",
+            {
+                "run_id": run_id,
+                "config_digest": config_digest(config),
+                "config": dict(config),
+                "task_digest": task_digest,
+                "resume_after_round": self.store.last_round(),
+            },
+        )
+
+    def rejection(self, server_round: int, node: str, code: str, reason: str) -> None:
+        self.audit.record(
+            "update_rejected",
+            {"round": server_round, "node_id": node, "code": code, "reason": reason[:2000]},
+        )
+
+    def observe_round(self, record: RoundRecord) -> None:
+        r, m = record.server_round, record.metrics
+        self.audit.record(
+            "round_committed",
+            {
+                "round": r,
+                "model_digest": self.store.model_digest(r),
+                "num_clients": m.get("num_clients"),
+                "participants": [
+                    {"node_id": p.node_id, "site": p.site, "phase": p.phase, "outcome": p.outcome}
+                    for p in record.participants
+                ],
+            },
+        )
+        privacy = {k: m[k] for k in PRIVACY_KEYS if k in m}
+        if privacy:
+            self.audit.record("privacy_spent", {"round": r, **privacy})
+        for site, drift in m.get("drift", {}).items():
+            self.audit.record(
+                "drift_report", {"round": r, "site": site, **{k: drift.get(k) for k in DRIFT_KEYS}}
+            )
+        if "fairness" in m:
+            self.audit.record("fairness_report", {"round": r, **m["fairness"]})
+        self._alerts(r, m)
+
+    def _alerts(self, server_round: int, m: Mapping[str, Any]) -> None:
+        """One entry per alerting site (drift) or metric (fairness), not per statistic."""
+        by_site: dict[str, list[dict[str, Any]]] = {}
+        for alert in m.get("drift_alerts", []):
+            by_site.setdefault(alert["site"], []).append(alert)
+        for site, alerts in sorted(by_site.items()):
+            worst = max(alerts, key=lambda a: a["value"])
+            self.audit.record(
+                "alert",
+                {
+                    "round": server_round,
+                    "kind": "drift",
+                    "site": site,
+                    "statistics_over_threshold": len(alerts),
+                    "features": sorted({a["feature"] for a in alerts}),
+                    "worst": worst,
+                },
+            )
+        for alert in m.get("fairness_alerts", []):
+            self.audit.record("alert", {"round": server_round, "kind": "fairness", **alert})
+
+    def run_finished(self, summary: Mapping[str, Any]) -> None:
+        keys = ("status", "rounds_completed", "model_digest", "privacy", "stop_reason")
+        self.audit.record("run_finished", {k: summary[k] for k in keys if k in summary})

@@ -1,0 +1,189 @@
+"""A real coordinator and three bank agents: signed audit logs, monitoring, metrics, reports.
+
+Everything runs as separate ``fedops`` processes on 127.0.0.1: the agents
+keep their own audit logs, the coordinator serves Prometheus metrics, and
+afterwards the CLI verifies every log, exports the compliance report and
+renders the run report.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedops.tasks import load_task
+from tests.e2e.procs import ENV, Procs, free_port, metrics, wait_until
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+TASK = str(ROOT / "simulations" / "tasks" / "bank_credit.py")
+SITES = 3
+ROUNDS = 6
+FAIRNESS_KEYS = {
+    "demographic_parity_difference",
+    "demographic_parity_ratio",
+    "equalized_odds_difference",
+    "equal_opportunity_difference",
+    "group_accuracy_gap",
+    "site_accuracy_gap",
+}
+
+
+def _fedops(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedops", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+
+
+def _scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    values = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"([a-z_]+(?:\{[^}]*\})?) ([-+.eE0-9naif]+)", line)
+        if match:
+            values[match[1]] = float(match[2])
+    return values
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("audit")
+    procs = Procs(work)
+    port, metrics_port = free_port(), free_port()
+    coord_dir = work / "coordinator"
+    try:
+        coord = procs.coordinator(
+            "coordinator",
+            port,
+            coord_dir,
+            "--task",
+            TASK,
+            "--rounds",
+            str(ROUNDS),
+            "--min-clients",
+            str(SITES),
+            "--metrics-port",
+            str(metrics_port),
+        )
+        for site in range(SITES):
+            procs.client(f"bank{site}", port, site, SITES, "--lr", "0.1", task=TASK)
+        wait_until(lambda: len(metrics(coord_dir)) >= 1, 180, "round 1")
+        early = _scrape(metrics_port)
+        wait_until(lambda: len(metrics(coord_dir)) >= 3, 180, "round 3")
+        later = _scrape(metrics_port)
+        assert procs.wait(coord, 300, "coordinator") == 0, procs.log("coordinator")
+        for name, proc in procs.procs[1:]:
+            assert procs.wait(proc, 60, name) == 0, procs.log(name)
+    finally:
+        procs.kill_all()
+    return {"work": work, "coord": coord_dir, "early": early, "later": later}
+
+
+def test_metrics_endpoint_counters_move_during_the_run(run):
+    early, later = run["early"], run["later"]
+    # metrics.jsonl is written as a round commits, the counters just after: a scrape
+    # may trail the file by one round
+    assert later["fedops_rounds_total"] > early["fedops_rounds_total"]
+    assert later["fedops_round"] == later["fedops_rounds_total"] >= 2
+    assert later["fedops_connected_nodes"] == SITES
+    assert later["fedops_round_duration_seconds_count"] == later["fedops_rounds_total"]
+    assert 0 < later["fedops_eval_accuracy"] <= 1
+    psi = [v for k, v in later.items() if k.startswith("fedops_drift_max_psi{")]
+    assert len(psi) == SITES and all(v == 0 for v in psi)  # the banks' data never changes
+
+
+def test_every_round_reports_drift_and_pooled_fairness(run):
+    rows = metrics(run["coord"])
+    assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
+    for row in rows:
+        assert set(row["fairness"]) == FAIRNESS_KEYS
+        assert set(row["drift"]) == {f"site-{i}" for i in range(SITES)}
+        assert set(row["sites"]) == {f"site-{i}" for i in range(SITES)}
+        assert row["drift_alerts"] == []  # the banks' data never changes
+    model = load_file(run["coord"] / "model.safetensors")
+    net = load_task(TASK).build_model()
+    assert set(model) == set(net.state_dict())
+    net.load_state_dict(model)
+    assert net(torch.zeros(1, 6)).shape == (1, 2)
+
+
+def _logs(run) -> list[Path]:
+    return [run["coord"] / "audit.jsonl"] + [
+        run["work"] / f"bank{i}" / "audit.jsonl" for i in range(SITES)
+    ]
+
+
+def test_each_party_log_verifies_and_a_one_byte_edit_is_caught(run, tmp_path):
+    for log in _logs(run):
+        ok = _fedops("audit", "verify", str(log), "--public-key", str(log.parent / "audit_key.pub"))
+        assert ok.returncode == 0, ok.stderr
+        assert "OK:" in ok.stderr
+        data = bytearray(log.read_bytes())
+        at = data.index(b'"round":2') + len(b'"round":')
+        data[at] = ord("7")  # one byte: round 2 becomes round 7 in one entry
+        copy = tmp_path / f"{log.parent.name}.jsonl"
+        copy.write_bytes(bytes(data))
+        line = data[:at].count(b"\n") + 1
+        bad = _fedops(
+            "audit", "verify", str(copy), "--public-key", str(log.parent / "audit_key.pub")
+        )
+        assert bad.returncode == 1
+        assert f"line {line} " in bad.stderr, bad.stderr
+
+
+def test_site_logs_record_what_they_shared(run):
+    entries = [
+        json.loads(x) for x in (run["work"] / "bank0" / "audit.jsonl").read_text().split("\n") if x
+    ]
+    events = [e["event"] for e in entries]
+    assert events[0] == "log_opened" and "site_started" in events
+    assert events.count("model_received") == 2 * ROUNDS  # fit and evaluation each round
+    assert events.count("update_sent") == ROUNDS
+    assert events.count("drift_report") == ROUNDS
+    assert events.count("fairness_counts") == ROUNDS
+    assert events[-1] == "run_finished"
+
+
+def test_compliance_export_cross_checks_model_digests(run):
+    sites = [str(p) for p in _logs(run)[1:]]
+    out = _fedops(
+        "audit", "export", str(run["coord"]), *(a for s in sites for a in ("--site-log", s))
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads((run["coord"] / "compliance.json").read_text())
+    assert report["ok"] and report["mismatches"] == []
+    assert len(report["parties"]) == SITES + 1
+    assert len(report["rounds"]) >= 2 * ROUNDS  # fit and evaluate phases of every round
+    html = (run["coord"] / "compliance.html").read_text()
+    assert "<script" not in html
+
+
+def test_run_report_embeds_real_plots(run):
+    out = _fedops("report", str(run["coord"]))
+    assert out.returncode == 0, out.stderr
+    html = (run["coord"] / "report.html").read_text()
+    images = re.findall(r'<img[^>]+src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) >= 5  # curves, per-site accuracy, drift heatmap and lines, fairness
+    for data in images:
+        raw = base64.b64decode(data)
+        assert raw.startswith(b"\x89PNG\r\n\x1a\n")
+        pixels = matplotlib.image.imread(io.BytesIO(raw))
+        assert pixels.shape[0] >= 150 and pixels.shape[1] >= 200
+        assert pixels.reshape(-1, pixels.shape[-1]).std(axis=0).max() > 0
