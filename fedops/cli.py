@@ -385,6 +385,9 @@ def _dispatch(command: str, cfg: Any) -> int:
 
         try:
             summary = run_coordinator(cfg)
+        except ConfigError as exc:  # checked against the task at start (e.g. its classes)
+            print(f"fedops coordinator: error: {exc.key}: {exc.message}", file=sys.stderr)
+            return 2
         except (BindError, RunAborted, TimeoutError) as exc:
             print(f"fedops coordinator: error: {exc}", file=sys.stderr)
             return 1

@@ -21,6 +21,7 @@ import grpc
 
 from fedops.client.calls import Session, fetch_model, push_result
 from fedops.client.secure import SecureParticipant, secure_identity
+from fedops.core.audit import json_values
 from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.primitives import ProtocolError
 from fedops.crypto import Crypto
@@ -117,7 +118,7 @@ class Agent:
 
     def _audit(self, event: str, **payload: Any) -> None:
         if self.audit is not None:
-            self.audit.record(event, payload)
+            self.audit.record(event, json_values(payload))
 
     def _record(self, **entry: Any) -> None:
         if self._journal is not None:

@@ -37,13 +37,14 @@ def _run(cfg: DictConfig) -> float | None:
     assert isinstance(settings, SimulateConfig)
     try:
         validate(settings)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        # some settings can only be checked against the task's data (e.g. its classes)
+        summary = run_simulation(settings, run_dir)
     except ConfigError as exc:
         print(f"fedops simulate: error: {exc.key}: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from exc
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    summary = run_simulation(settings, run_dir)
     final = summary.get("final_metrics", {}).get("eval_accuracy")
     print(
         f"simulation {summary['run_id']} {summary['status']}: eval_accuracy="

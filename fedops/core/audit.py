@@ -45,6 +45,21 @@ def canonical_json(value: Any) -> bytes:
     return text.encode("utf-8")  # lone surrogates raise UnicodeEncodeError, a ValueError
 
 
+def json_values(value: Any) -> Any:
+    """``value`` with what a signed entry cannot hold made explicit: NaN and ±Inf become the
+    strings ``"nan"``/``"inf"``/``"-inf"`` (ε is infinite without noise), numpy scalars become
+    Python numbers, tuples become lists."""
+    if isinstance(value, Mapping):
+        return {str(k): json_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_values(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

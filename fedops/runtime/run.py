@@ -22,6 +22,7 @@ from fedops.runtime.privacy import (
 )
 from fedops.runtime.progress import RoundProgress
 from fedops.runtime.secure_fit import SecAggSettings, SecureFit
+from fedops.runtime.settings import ConfigError
 from fedops.runtime.store import RunStore, config_digest
 from fedops.runtime.transport import Transport
 from fedops.tasks.base import Task
@@ -172,7 +173,10 @@ def execute(
 def _monitor(plan: RunPlan, params: Params) -> RoundMonitor | None:
     if plan.monitoring is None:
         return None
-    spec = monitor_spec(plan.monitoring, plan.task, params)
+    try:
+        spec = monitor_spec(plan.monitoring, plan.task, params)
+    except ValueError as exc:  # e.g. a positive label that is not one of the task's classes
+        raise ConfigError("monitoring.positive_label", str(exc)) from exc
     log.info(
         "monitoring drift on %s and fairness (favourable class %d) at every evaluation",
         f"{len(spec.edges)} input features" if spec.edges else "the model's outputs",

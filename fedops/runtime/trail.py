@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from fedops.core.audit import json_values
 from fedops.runtime.audit import AuditLog
 from fedops.runtime.driver import RoundRecord
 from fedops.runtime.store import RunStore, config_digest
@@ -35,8 +36,11 @@ class RunTrail:
         self.audit = audit
         self.store = store
 
+    def _record(self, event: str, payload: Mapping[str, Any]) -> None:
+        self.audit.record(event, json_values(payload))
+
     def run_started(self, run_id: str, config: Mapping[str, Any], *, task_digest: str = "") -> None:
-        self.audit.record(
+        self._record(
             "run_started",
             {
                 "run_id": run_id,
@@ -48,14 +52,14 @@ class RunTrail:
         )
 
     def rejection(self, server_round: int, node: str, code: str, reason: str) -> None:
-        self.audit.record(
+        self._record(
             "update_rejected",
             {"round": server_round, "node_id": node, "code": code, "reason": reason[:2000]},
         )
 
     def observe_round(self, record: RoundRecord) -> None:
         r, m = record.server_round, record.metrics
-        self.audit.record(
+        self._record(
             "round_committed",
             {
                 "round": r,
@@ -69,13 +73,13 @@ class RunTrail:
         )
         privacy = {k: m[k] for k in PRIVACY_KEYS if k in m}
         if privacy:
-            self.audit.record("privacy_spent", {"round": r, **privacy})
+            self._record("privacy_spent", {"round": r, **privacy})
         for site, drift in m.get("drift", {}).items():
-            self.audit.record(
+            self._record(
                 "drift_report", {"round": r, "site": site, **{k: drift.get(k) for k in DRIFT_KEYS}}
             )
         if "fairness" in m:
-            self.audit.record("fairness_report", {"round": r, **m["fairness"]})
+            self._record("fairness_report", {"round": r, **m["fairness"]})
         self._alerts(r, m)
 
     def _alerts(self, server_round: int, m: Mapping[str, Any]) -> None:
@@ -85,7 +89,7 @@ class RunTrail:
             by_site.setdefault(alert["site"], []).append(alert)
         for site, alerts in sorted(by_site.items()):
             worst = max(alerts, key=lambda a: a["value"])
-            self.audit.record(
+            self._record(
                 "alert",
                 {
                     "round": server_round,
@@ -97,8 +101,8 @@ class RunTrail:
                 },
             )
         for alert in m.get("fairness_alerts", []):
-            self.audit.record("alert", {"round": server_round, "kind": "fairness", **alert})
+            self._record("alert", {"round": server_round, "kind": "fairness", **alert})
 
     def run_finished(self, summary: Mapping[str, Any]) -> None:
         keys = ("status", "rounds_completed", "model_digest", "privacy", "stop_reason")
-        self.audit.record("run_finished", {k: summary[k] for k in keys if k in summary})
+        self._record("run_finished", {k: summary[k] for k in keys if k in summary})

@@ -28,6 +28,7 @@ from fedops.runtime.monitoring import MonitorSettings
 from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.run import RunPlan, execute, make_strategy
 from fedops.runtime.secure_fit import SecAggSettings
+from fedops.runtime.settings import ConfigError
 from fedops.runtime.simulate_settings import MonitoringConfig, SimulateConfig
 from fedops.runtime.store import RunStore
 from fedops.runtime.trail import RunTrail
@@ -39,6 +40,7 @@ from fedops.simulation.secure import SecureSimTransport
 from fedops.simulation.vectorized import VectorizedTransport
 from fedops.tasks import Task, load_task
 from fedops.tasks.federated import task_from_data
+from fedops.tasks.monitor import takes_round
 from fedops.tasks.site import Site, global_evaluator, initial_params
 
 log = logging.getLogger("fedops.simulate")
@@ -49,7 +51,15 @@ def load_federation(cfg: SimulateConfig) -> tuple[Task, FederatedData | None]:
     n = cfg.simulation.num_clients
     if cfg.task:
         task = load_task(cfg.task)
-        data = from_task(task, n) if cfg.simulation.backend == "vectorized" else None
+        vectorized = cfg.simulation.backend == "vectorized"
+        if vectorized and takes_round(task.load_data):
+            raise ConfigError(
+                "simulation.backend",
+                f"task {cfg.task!r} loads new data every round (load_data takes the round); "
+                "the vectorized backend holds every client's data fixed: use "
+                "simulation=sequential, process or ray",
+            )
+        data = from_task(task, n) if vectorized else None
         return task, data
     d, p = cfg.dataset, cfg.partition
     if d.name == "synthetic":

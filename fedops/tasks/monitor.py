@@ -25,13 +25,20 @@ GroupsOf = Callable[[Any], Any]
 
 
 def takes_round(load_data: Callable[..., Any]) -> bool:
-    """Whether ``load_data`` accepts a third argument, the round (its data can change)."""
+    """Whether ``load_data`` takes a third argument, the round (its data can change).
+
+    A third parameter counts when it is named ``round`` or has no default: an
+    optional ``load_data(site, num_sites, data_dir="/data")`` keeps its default.
+    """
     try:
         params = list(inspect.signature(load_data).parameters.values())
     except (TypeError, ValueError):
         return False
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in params)
+    if len(positional) >= 3:
+        third = positional[2]
+        return third.name == "round" or third.default is inspect.Parameter.empty
+    return any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
 def split_groups(data: Data) -> tuple[Data, np.ndarray | None]:

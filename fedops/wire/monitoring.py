@@ -100,6 +100,12 @@ def report_from_proto(msg: pb.SiteReport, spec: MonitorSpec) -> SiteReport:
     for h in msg.histograms:
         reference[h.name] = _counts(h.name, h.reference, bins[h.name])
         current[h.name] = _counts(h.name, h.current, bins[h.name])
+    for window, counts in (("reference", reference), ("current", current)):
+        rows = {int(c.sum()) for c in counts.values()}
+        if len(rows) != 1:
+            raise InvalidUpdate(
+                f"the {window} histograms count different numbers of rows ({sorted(rows)[:4]})"
+            )
     drift = _checked_drift(msg, reference, current)
     return SiteReport(drift=drift, reference=reference, current=current, fairness=_fairness(msg))
 
@@ -108,7 +114,8 @@ def _counts(name: str, values: object, bins: int) -> np.ndarray:
     c = np.asarray(values, np.int64)
     if c.shape != (bins,):
         raise InvalidUpdate(f"histogram {name!r} has {c.size} bins, the request defines {bins}")
-    if np.any(c < 0) or int(c.sum()) > MAX_COUNT or int(c.sum()) == 0:
+    total = sum(int(v) for v in c.tolist())  # Python ints: an int64 sum could wrap around
+    if np.any(c < 0) or not 0 < total <= MAX_COUNT:
         raise InvalidUpdate(f"histogram {name!r} has negative, empty or implausible counts")
     return c
 

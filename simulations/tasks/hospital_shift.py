@@ -32,7 +32,7 @@ def new_scanner(x: np.ndarray) -> np.ndarray:
     return np.clip(0.6 * x + 0.25, 0.0, 1.0).astype(np.float32)
 
 
-def load_data(site: int, num_sites: int, round: int):  # noqa: A002 - the task contract's name
+def load_data(site: int, num_sites: int, round: int):
     (x_train, y_train), (x_test, y_test) = _BASE.load_data(site, num_sites)
     if site in SHIFTED_SITES and round >= SHIFT_ROUND:
         x_train, x_test = new_scanner(x_train), new_scanner(x_test)

@@ -390,7 +390,7 @@ def test_secure_rounds_over_grpc_reveal_only_the_sum(tmp_path: Path):
     files = sorted(p.relative_to(run.run_dir).as_posix() for p in run.run_dir.rglob("*"))
     checkpoint_names = [f"checkpoints/round-{r:05d}.safetensors" for r in range(rounds + 1)]
     allowed = {"checkpoints", "state.sqlite", "state.sqlite-wal", "state.sqlite-shm"}
-    allowed |= {"metrics.jsonl", "summary.json", *checkpoint_names}
+    allowed |= {"metrics.jsonl", "summary.json", "model.safetensors", *checkpoint_names}
     assert set(files) <= allowed, set(files) - allowed
     assert [f for f in files if f.startswith("checkpoints/")] == checkpoint_names
     client_digests = {digest(trained) for site in run.sites for _, trained, _ in site.fits.values()}
