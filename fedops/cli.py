@@ -225,6 +225,13 @@ def _monitoring_flags(coord: argparse.ArgumentParser) -> None:
         help="serve Prometheus metrics on this port (0: any free port; default: off)",
     )
     watch.add_argument(
+        "--mlflow-uri",
+        default=None,
+        help="also log every round to MLflow at this tracking URI, e.g. sqlite:///mlflow.db "
+        "(needs fedops[mlflow])",
+    )
+    watch.add_argument("--mlflow-experiment", default="fedops", help="(default: fedops)")
+    watch.add_argument(
         "--metrics-address",
         default="127.0.0.1",
         help="address of the metrics endpoint (default: 127.0.0.1)",

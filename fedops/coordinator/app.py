@@ -16,6 +16,7 @@ from fedops.core.privacy.central import AdaptiveClipping
 from fedops.runtime.audit import AuditLog
 from fedops.runtime.driver import DriverConfig
 from fedops.runtime.metrics import RunMetrics
+from fedops.runtime.mlflow_sink import MlflowSink
 from fedops.runtime.monitoring import MonitorSettings
 from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.run import RunPlan, execute, make_strategy
@@ -48,6 +49,11 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
     trail = RunTrail(audit, store)
     trail.run_started(run_id, config, task_digest=task.digest if task else "")
     metrics = RunMetrics()
+    mlflow = (
+        MlflowSink(cfg.mlflow_uri, cfg.mlflow_experiment, run_id, config)
+        if cfg.mlflow_uri
+        else None
+    )
 
     def on_rejection(server_round: int, node: str, code: str, reason: str) -> None:
         store.record_rejection(server_round, node, code, reason)
@@ -94,7 +100,11 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
         evaluate_global=global_evaluator(task) if task else None,
         task=task,
         monitoring=_monitoring(cfg),
-        observers=(trail.observe_round, metrics.observe_round),
+        observers=(
+            trail.observe_round,
+            metrics.observe_round,
+            *([mlflow.observe_round] if mlflow else []),
+        ),
         site_names=transport.registry.site_name,
         summary={
             "task": cfg.task,
@@ -132,6 +142,8 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
     finally:
         trail.run_finished(summary)
         audit.close()
+        if mlflow is not None:
+            mlflow.finish(summary["status"])
     return summary
 
 

@@ -16,7 +16,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from fedops.coordinator.transport import GrpcTransport, Reject
+from fedops.coordinator.results import Reject
+from fedops.coordinator.transport import GrpcTransport
 from fedops.core.params import InvalidUpdate
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import framing

@@ -54,7 +54,7 @@ Key = tuple[int, str, str]  # (round, phase, node_id)
 
 
 def verify_log_file(path: Path, public_key_pem: bytes | None = None) -> VerifyResult:
-    """As :func:`fedops.runtime.audit.verify_log` (which this layer may not import)."""
+    """Verify a log file (or a run directory's ``audit.jsonl``) and its signed head file."""
     path = Path(path)
     if path.is_dir():
         path = path / LOG_NAME

@@ -40,7 +40,6 @@ from fedops.core.audit import (
     GENESIS_PREV,
     OPEN_EVENT,
     Head,
-    VerifyResult,
     encode_entry,
     key_fingerprint,
     make_entry,
@@ -66,24 +65,6 @@ class AuditError(RuntimeError):
 def head_path(log_path: Path) -> Path:
     """``audit.jsonl`` -> ``audit.head``, in the same directory."""
     return Path(log_path).with_suffix(".head")
-
-
-def verify_log(path: Path, public_key_pem: bytes | str | None = None) -> VerifyResult:
-    """Verify a log file (or a run directory's ``audit.jsonl``) and its head file."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / LOG_NAME
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return VerifyResult(ok=False, entries=0, reason=f"cannot read {path}: {exc.strerror}")
-    head = head_path(path)
-    return verify_log_bytes(
-        data,
-        verify_ed25519,
-        public_key_pem=public_key_pem,
-        head=head.read_bytes() if head.exists() else None,
-    )
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -228,6 +228,8 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
     drift_action: str = "none"
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
+    mlflow_uri: str | None = None
+    mlflow_experiment: str = "fedops"
 
     def __post_init__(self) -> None:
         self.check_round_options()

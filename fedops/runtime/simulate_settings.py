@@ -158,6 +158,8 @@ class SimulateConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    mlflow_uri: str | None = None  # also log every round to MLflow (needs fedops[mlflow])
+    mlflow_experiment: str = "fedops"
 
 
 def _require(ok: bool, key: str, message: str) -> None:

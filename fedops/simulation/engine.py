@@ -24,6 +24,7 @@ from fedops.data.build import DATASETS, from_task
 from fedops.reporting.plots import plot_run
 from fedops.runtime.audit import AuditLog
 from fedops.runtime.driver import DriverConfig
+from fedops.runtime.mlflow_sink import MlflowSink
 from fedops.runtime.monitoring import MonitorSettings
 from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.run import RunPlan, execute, make_strategy
@@ -168,6 +169,9 @@ def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
     audit = AuditLog.open(run_dir, "coordinator")  # the simulated coordinator's signed log
     trail = RunTrail(audit, store)
     trail.run_started(run_id, asdict(cfg), task_digest=task.digest)
+    mlflow = None
+    if cfg.mlflow_uri:
+        mlflow = MlflowSink(cfg.mlflow_uri, cfg.mlflow_experiment, run_id, _flat(asdict(cfg)))
     plan = RunPlan(
         label="simulate",
         config=asdict(cfg),
@@ -191,7 +195,7 @@ def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
         privacy=privacy_settings(cfg),
         monitoring=monitor_settings(cfg.monitoring),
         task=task,
-        observers=(trail.observe_round,),
+        observers=(trail.observe_round, *([mlflow.observe_round] if mlflow else [])),
     )
     summary: dict[str, Any] = {"status": "failed"}
     try:
@@ -202,7 +206,20 @@ def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
     finally:
         trail.run_finished(summary)
         audit.close()
+        if mlflow is not None:
+            mlflow.finish(summary["status"])
         plot_run(run_dir)
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"client": {"lr": 0.1}}`` -> ``{"client.lr": 0.1}`` (MLflow params are flat)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def monitor_settings(m: MonitoringConfig) -> MonitorSettings | None:

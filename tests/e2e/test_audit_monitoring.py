@@ -20,10 +20,10 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import torch
+from procs import ENV, Procs, free_port, metrics, wait_until
 from safetensors.torch import load_file
 
 from fedops.tasks import load_task
-from tests.e2e.procs import ENV, Procs, free_port, metrics, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,19 @@ def test_coordinator_killed_and_restarted_resumes_with_the_same_model(procs: Pro
         and e.get("kind") == "TASK_KIND_FIT"
     ]
     assert fetched and fetched[-1]["model_digest"] == digest
+    # The signed audit chain went on across the crash: it verifies, says it was reopened,
+    # commits no round twice, and its digests agree with both sites' own logs.
+    entries = [json.loads(x) for x in (run_dir / "audit.jsonl").read_text().splitlines()]
+    assert [e["seq"] for e in entries] == list(range(len(entries)))
+    assert "log_reopened" in [e["event"] for e in entries]
+    committed = [e["payload"]["round"] for e in entries if e["event"] == "round_committed"]
+    assert len(committed) == len(set(committed)) and set(range(last + 1, 7)) <= set(committed)
+    logs = [str(tmp_path / f"site{i}" / "audit.jsonl") for i in range(2)]
+    export = subprocess.run(
+        [sys.executable, "-m", "fedops", "audit", "export", str(run_dir)]
+        + [a for log in logs for a in ("--site-log", log)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert export.returncode == 0, export.stdout + export.stderr

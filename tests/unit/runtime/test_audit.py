@@ -31,6 +31,7 @@ from fedops.core.audit import (
     verify_entries,
 )
 from fedops.crypto import Identity, verify_ed25519
+from fedops.reporting.compliance import verify_log_file as verify_log
 from fedops.runtime.audit import (
     HEAD_NAME,
     KEY_NAME,
@@ -38,7 +39,6 @@ from fedops.runtime.audit import (
     PUBLIC_NAME,
     AuditError,
     AuditLog,
-    verify_log,
 )
 
 # -- strategies -----------------------------------------------------------------------

@@ -1,0 +1,214 @@
+"""Results coming in: every check a pushed result passes before the round sees it.
+
+Split from :mod:`fedops.coordinator.transport` (the task board) so each file
+holds one side of the wire. A result must answer the node's current task
+(not a replayed, stale or foreign one), may be declined with a reason, and is
+assembled and checked by :func:`~fedops.coordinator.intake.read_result`;
+every refusal closes the node's task, so the round stops waiting for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import grpc
+
+from fedops.coordinator.intake import read_result
+from fedops.coordinator.nodes import NodeRegistry, Unauthenticated
+from fedops.core.monitoring.profile import MonitorSpec
+from fedops.core.params import InvalidUpdate, Params, TensorSpec, digest
+from fedops.core.results import EvaluateResult, FitResult, StageResult
+from fedops.core.rounds import Event, Phase, ResultArrived, ResultRejected
+from fedops.core.secagg.messages import MaskedInput
+from fedops.v1 import fedops_pb2 as pb
+from fedops.wire import secagg as secagg_codec
+
+log = logging.getLogger("fedops.coordinator")
+
+#: the secure-aggregation stage that trains (and so downloads the model)
+TRAINING_STAGE = Phase.SECAGG_MASKED
+
+
+class Reject(Exception):
+    """Refuse a call with ``code`` and a reason the client can act on."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(slots=True, kw_only=True)
+class Assignment:
+    """A task handed to one node, and the model it must work on."""
+
+    task: pb.Task
+    params: Params
+    specs: list[TensorSpec]
+    model_digest: str
+    result_specs: list[TensorSpec] | None = None  # what the answer carries, if not ``specs``
+    monitor: MonitorSpec | None = None  # the monitoring report an evaluation owes
+    delivered: bool = False
+
+
+class ResultIntake:
+    """The result-taking half of :class:`~fedops.coordinator.transport.GrpcTransport`.
+
+    The state below is the transport's (its task board): which task each node
+    holds, which task ids were answered, and the event queue the driver reads.
+    """
+
+    run_id: str
+    registry: NodeRegistry
+    on_rejection: Callable[[int, str, str, str], None]
+    audit: Callable[[str, Mapping[str, Any]], None]
+    _cond: threading.Condition
+    _assignments: dict[str, Assignment]
+    _answered: set[str]
+    _events: queue.Queue[Event]
+    _round: int
+
+    def _authenticate(self, node_id: str, token: str) -> None:
+        try:
+            self.registry.authenticate(node_id, token)
+        except Unauthenticated as exc:
+            self._reject(self._round, node_id or "?", grpc.StatusCode.UNAUTHENTICATED, str(exc))
+
+    def _reject(self, server_round: int, node: str, code: grpc.StatusCode, reason: str) -> NoReturn:
+        log.warning("rejected call from %s: %s (%s)", node, reason, code.name)
+        self.on_rejection(server_round, node, code.name, reason)
+        raise Reject(code, reason)
+
+    def push(
+        self, header: pb.ResultHeader, chunks: Iterable[bytes | memoryview]
+    ) -> pb.PushResultResponse:
+        """Check and take a result: ``header`` first, then the payload ``chunks``."""
+        self._authenticate(header.node_id, header.token)
+        assignment = self._check_current(header)
+        if header.declined:
+            reason = f"the client declined the task: {header.declined[:500]}"
+            self._close_rejected(header.node_id, assignment, reason)
+            log.warning("%s %s", header.node_id, reason)
+            self.on_rejection(assignment.task.round, header.node_id, "DECLINED", reason)
+            return pb.PushResultResponse(accepted=False, message="noted: task declined")
+        try:
+            event = self._receive(header, assignment, iter(chunks))
+        except InvalidUpdate as exc:
+            self._fail_task(
+                header.node_id,
+                assignment,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"update rejected: {exc}",
+            )
+        self._events.put(event)
+        return pb.PushResultResponse(accepted=True, message="accepted")
+
+    def _check_current(self, header: pb.ResultHeader) -> Assignment:
+        """The node's open assignment that this header answers, or a rejection."""
+        node = header.node_id
+        if header.run_id != self.run_id:
+            self._reject(
+                self._round,
+                node,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"result for run {header.run_id!r}; this coordinator runs {self.run_id!r}",
+            )
+        with self._cond:
+            if header.task_id in self._answered:
+                self._reject(
+                    self._round,
+                    node,
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"replayed result: task {header.task_id!r} was already answered",
+                )
+            assignment = self._assignments.get(node)
+        if assignment is None or assignment.task.task_id != header.task_id:
+            current = f"round {assignment.task.round}" if assignment else "no open task"
+            self._reject(
+                self._round,
+                node,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"stale result: task {header.task_id!r} of round {header.round} is not "
+                f"this node's current task ({current})",
+            )
+        if header.round != assignment.task.round or header.kind != assignment.task.kind:
+            self._reject(
+                self._round,
+                node,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"result declares round {header.round} kind {header.kind}; the task was "
+                f"round {assignment.task.round} kind {assignment.task.kind}",
+            )
+        return assignment
+
+    def _receive(
+        self,
+        header: pb.ResultHeader,
+        assignment: Assignment,
+        stream: Iterator[bytes | memoryview],
+    ) -> Event:
+        node = header.node_id
+        reference = assignment.specs if assignment.result_specs is None else assignment.result_specs
+        result = read_result(
+            header, assignment.task.kind, reference, stream, monitor=assignment.monitor
+        )
+        with self._cond:
+            if self._assignments.get(node) is not assignment:
+                self._reject(
+                    self._round,
+                    node,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "stale result: the task was withdrawn while it was uploading",
+                )
+            self._answered.add(assignment.task.task_id)
+            del self._assignments[node]
+        self._audit_result(assignment, node, result)
+        return ResultArrived(node_id=node, task_id=assignment.task.task_id, result=result)
+
+    def _audit_result(
+        self, assignment: Assignment, node: str, result: FitResult | EvaluateResult | StageResult
+    ) -> None:
+        """Record an accepted update's digest (the same hash the site computed as it sent)."""
+        if isinstance(result, FitResult):
+            payload = result.params
+        elif isinstance(result, StageResult) and isinstance(result.reply, MaskedInput):
+            payload = {secagg_codec.MASKED_TENSOR: result.reply.vector}
+        else:
+            return
+        kind = assignment.task.kind
+        phase = "fit" if kind == pb.TASK_KIND_FIT else str(TRAINING_STAGE)
+        if kind == pb.TASK_KIND_SEND_INITIAL:
+            phase = "initial"
+        self.audit(
+            "update_received",
+            {
+                "round": assignment.task.round,
+                "node_id": node,
+                "site": self.registry.site_name(node),
+                "phase": phase,
+                "digest": digest(payload),
+                "num_examples": result.num_examples,
+            },
+        )
+
+    def _fail_task(
+        self, node: str, assignment: Assignment, code: grpc.StatusCode, reason: str
+    ) -> None:
+        """Close the node's task as rejected (the round stops waiting), then refuse."""
+        self._close_rejected(node, assignment, reason)
+        self._reject(assignment.task.round, node, code, reason)
+
+    def _close_rejected(self, node: str, assignment: Assignment, reason: str) -> None:
+        """If ``assignment`` is still the node's task, close it and tell the round why."""
+        with self._cond:
+            if self._assignments.get(node) is assignment:
+                del self._assignments[node]
+                self._answered.add(assignment.task.task_id)
+                self._events.put(
+                    ResultRejected(node_id=node, task_id=assignment.task.task_id, reason=reason)
+                )
