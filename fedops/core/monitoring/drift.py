@@ -96,8 +96,8 @@ def ks(reference: Counts, current: Counts) -> tuple[float, float]:
     cdf_r = np.cumsum(reference) / max(n, 1)
     cdf_c = np.cumsum(current) / max(m, 1)
     d = float(np.max(np.abs(cdf_r - cdf_c)))
-    if n == 0 or m == 0:
-        return d, 1.0
+    if n == 0 or m == 0 or d == 0.0:
+        return d, 1.0  # identical distributions: Kolmogorov's survival function at 0 is 1
     # as scipy's ks_2samp(method="asymp"): Kolmogorov's distribution at the effective size
     p = float(kstwo.sf(d, max(1, round(n * m / (n + m)))))
     return d, min(1.0, max(0.0, p))

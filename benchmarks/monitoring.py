@@ -1,0 +1,177 @@
+"""What drift and fairness monitoring and the audit log cost, measured side by side in one run.
+
+    python benchmarks/monitoring.py            # about 2 minutes on 2 cores
+    python benchmarks/monitoring.py --quick    # about 40 s
+
+(a) Round time of the hospital-drift scenario (20 hospitals, digits MLP, sequential backend, 2
+    local epochs) with ``monitoring=none`` and ``monitoring=default``: the two runs alternate,
+    --pairs times each, and each round of a monitored run is paired with the same round of the
+    unmonitored run before it (same seed: same clients, same model). Printed: median s/round over
+    rounds 2..R and the median of the paired ratios. Both runs write the same signed audit log.
+(b) Where it goes, each timed on its own (median of --reps): one site's ``Site.report`` (drift
+    of its 64 features, label and prediction against its first window, on the coordinator's
+    bins) beside the ``Site.evaluate`` it rides along with; the wire check of one report
+    (protobuf round trip, bins checked, every statistic recomputed); the coordinator's
+    ``summarize`` of 20 reports (pooled drift, fairness, alerts).
+(c) The audit log: appends per second with and without fsync (each append also rewrites the
+    signed head file), and verification speed in entries per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fedops.config.hydra_app import CONFIG_DIR, SCENARIO_DIR, register  # noqa: E402
+
+
+def _config(*overrides: str):  # type: ignore[no-untyped-def]
+    from omegaconf import OmegaConf
+
+    from fedops.runtime.simulate_settings import validate
+
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(
+            config_name="simulate",
+            overrides=[
+                f"hydra.searchpath=[file://{SCENARIO_DIR}]",
+                "+scenario=hospital_drift",
+                f"task={ROOT / 'simulations' / 'tasks' / 'hospital_shift.py'}",
+                *overrides,
+            ],
+        )
+    return validate(OmegaConf.to_object(cfg))
+
+
+def _durations(run_dir: Path) -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["duration_s"] for line in lines]
+
+
+def round_cost(rounds: int, pairs: int, work: Path) -> dict[str, float]:
+    from fedops.simulation.engine import run_simulation
+
+    off, on, ratios = [], [], []
+    for i in range(pairs):
+        runs = {}
+        for mode in ("none", "default"):
+            cfg = _config(f"monitoring={mode}", f"rounds={rounds}", "simulation.threads=1")
+            run_dir = work / f"{mode}-{i}"
+            run_simulation(cfg, run_dir)
+            runs[mode] = _durations(run_dir)[1:]
+        off += runs["none"]
+        on += runs["default"]
+        ratios += [b / a for a, b in zip(runs["none"], runs["default"], strict=True)]
+    return {
+        "off_s": statistics.median(off),
+        "on_s": statistics.median(on),
+        "ratio": statistics.median(ratios),
+    }
+
+
+def _median_ms(fn: Callable[[], object], reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def parts(reps: int) -> dict[str, float]:
+    from fedops.core.monitoring.summary import MonitorThresholds, summarize
+    from fedops.core.training import TrainConfig
+    from fedops.runtime.monitoring import MonitorSettings, monitor_spec
+    from fedops.tasks import load_task
+    from fedops.tasks.site import Site, initial_params
+    from fedops.wire import monitoring
+
+    task = load_task(str(ROOT / "simulations" / "tasks" / "hospital_shift.py"))
+    params = initial_params(task, 0)
+    spec = monitor_spec(MonitorSettings(), task, params)
+    sites = [Site(task, site=i, num_sites=20, train_config=TrainConfig()) for i in range(20)]
+    for s in sites:
+        s.at_round(5)  # two of them now image with the new scanner
+    site = sites[3]
+    reports = {f"site-{i}": s.report(params, spec) for i, s in enumerate(sites)}
+    one = reports["site-3"]
+    assert one is not None
+    accuracy = {name: 0.9 for name in reports}
+    return {
+        "site_evaluate_ms": _median_ms(lambda: site.evaluate(params), reps),
+        "site_report_ms": _median_ms(lambda: site.report(params, spec), reps),
+        "wire_check_ms": _median_ms(
+            lambda: monitoring.report_from_proto(monitoring.report_to_proto(one), spec), reps
+        ),
+        "summarize_20_sites_ms": _median_ms(
+            lambda: summarize(
+                {k: v for k, v in reports.items() if v is not None}, accuracy, MonitorThresholds()
+            ),
+            reps,
+        ),
+    }
+
+
+def audit_rates(entries: int, work: Path) -> dict[str, float]:
+    from fedops.reporting.compliance import verify_log_file
+    from fedops.runtime.audit import AuditLog
+
+    out = {}
+    payload = {"round": 7, "node_id": "n-1", "digest": "ab" * 32, "num_examples": 123}
+    for fsync in (False, True):
+        folder = work / f"audit-{fsync}"
+        with AuditLog.open(folder, "bench", fsync=fsync) as log:
+            start = time.perf_counter()
+            for _ in range(entries):
+                log.record("update_received", payload)
+            elapsed = time.perf_counter() - start
+        out[f"append_per_s_fsync_{str(fsync).lower()}"] = entries / elapsed
+    start = time.perf_counter()
+    result = verify_log_file(work / "audit-False")
+    assert result.ok, result.reason
+    out["verify_per_s"] = result.entries / (time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    rounds, pairs, reps, entries = (4, 1, 10, 300) if args.quick else (6, 3, 30, 2000)
+    import logging
+
+    logging.disable(logging.WARNING)  # the shifted sites' alerts, every round
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        cost = round_cost(rounds, pairs, work)
+        split = parts(reps)
+        audit = audit_rates(entries, work)
+    print(f"(a) hospital_drift, 20 sites, sequential backend, rounds 2..{rounds}, {pairs} pairs")
+    print(f"    monitoring=none     {cost['off_s']:.3f} s/round")
+    print(f"    monitoring=default  {cost['on_s']:.3f} s/round   ratio {cost['ratio']:.3f}x")
+    print("(b) per call, median of", reps)
+    for key, value in split.items():
+        print(f"    {key:<24} {value:8.2f} ms")
+    print("(c) audit log")
+    for key, value in audit.items():
+        print(f"    {key:<28} {value:10.0f}")
+    if args.json:
+        args.json.write_text(json.dumps({**cost, **split, **audit}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
