@@ -64,6 +64,27 @@ def _round_flags(p: argparse.ArgumentParser, *, min_clients: int, run_dir: str |
     )
     p.add_argument("--strategy", choices=sorted(STRATEGIES), default="fedavg")
     p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal coefficient")
+    robust = p.add_argument_group("robust aggregation (trimmed_mean, median, krum, multi_krum)")
+    robust.add_argument(
+        "--trim-fraction",
+        type=float,
+        default=0.1,
+        help="trimmed_mean: fraction of values dropped at each end of every coordinate; "
+        "at least f/n to tolerate f Byzantine clients (default: 0.1)",
+    )
+    robust.add_argument(
+        "--byzantine",
+        type=int,
+        default=1,
+        help="krum/multi_krum: Byzantine clients f tolerated; a round needs more than "
+        "2f+2 clients (default: 1)",
+    )
+    robust.add_argument(
+        "--krum-select",
+        type=int,
+        default=None,
+        help="multi_krum: how many best-scoring models to average (default: n - f)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of sampling, init and shuffling")
     p.add_argument(
         "--run-dir",
@@ -275,6 +296,24 @@ def _client_parser(sub: Any) -> None:
         default=None,
         help="directory of NAME.pub (PEM) keys: refuse SecAgg keys not signed by those sites",
     )
+    policy = client.add_argument_group("site policy (enforced here, whatever the coordinator asks)")
+    policy.add_argument(
+        "--max-rounds", type=int, default=None, help="take part in rounds 1..N only"
+    )
+    policy.add_argument(
+        "--allowed-task",
+        action="append",
+        default=None,
+        metavar="SHA256",
+        help="run only task code with this digest (repeatable; a task file's digest is in the "
+        "coordinator's summary and the site's audit log)",
+    )
+    policy.add_argument(
+        "--consent-file",
+        type=Path,
+        default=None,
+        help='JSON {"consent": true}; set it to false to withdraw: the site declines and leaves',
+    )
     _train_flags(client)
 
 
@@ -407,6 +446,7 @@ def _dispatch(command: str, cfg: Any) -> int:
         from fedops.client.agent import Agent, CoordinatorUnreachable
         from fedops.core.training import TrainConfig
         from fedops.tasks import load_task
+        from fedops.tasks.policy import PolicyViolation
         from fedops.tasks.site import Site
 
         task = load_task(cfg.task, **cfg.builtin_options())
@@ -421,7 +461,7 @@ def _dispatch(command: str, cfg: Any) -> int:
         )
         try:
             return Agent(cfg, site).run()
-        except CoordinatorUnreachable as exc:
+        except (CoordinatorUnreachable, PolicyViolation) as exc:
             print(f"fedops client: error: {exc}", file=sys.stderr)
             return 1
     raise AssertionError(f"unknown command {command}")

@@ -27,6 +27,7 @@ from fedops.core.secagg.primitives import ProtocolError
 from fedops.crypto import Crypto
 from fedops.runtime.audit import AuditLog
 from fedops.runtime.settings import ClientConfig
+from fedops.tasks.policy import PolicyViolation, SitePolicy
 from fedops.tasks.site import PolicyRefusal, Site
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
@@ -70,6 +71,12 @@ class Agent:
         self.secure = SecureParticipant(
             site, Crypto(), **secure_identity(cfg.identity_key, cfg.trusted_keys, cfg.site_name)
         )
+        self.policy = SitePolicy(
+            max_epsilon=cfg.max_epsilon,
+            max_rounds=cfg.max_rounds,
+            allowed_tasks=tuple(cfg.allowed_task or ()),
+            consent_file=cfg.consent_file,
+        )
         self.audit: AuditLog | None = None
         if cfg.run_dir is not None:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
@@ -81,7 +88,13 @@ class Agent:
                 task=cfg.task,
                 task_digest=site.task.digest,
                 coordinator=cfg.coordinator,
-                policy={"require_secagg": cfg.require_secagg, "max_epsilon": cfg.max_epsilon},
+                policy={
+                    "require_secagg": cfg.require_secagg,
+                    "max_epsilon": cfg.max_epsilon,
+                    "max_rounds": cfg.max_rounds,
+                    "allowed_tasks": list(cfg.allowed_task or ()),
+                    "consent_file": cfg.consent_file,
+                },
             )
 
     @property
@@ -161,6 +174,11 @@ class Agent:
         beat = threading.Thread(target=self._heartbeats, name="fedops-heartbeat", daemon=True)
         beat.start()
         try:
+            try:
+                self.policy.check_task(self.site.task)
+            except PolicyViolation as exc:
+                self._audit("policy_refused", reason=str(exc))
+                raise
             self.session = self._register()
             while True:
                 try:
@@ -194,6 +212,8 @@ class Agent:
             return False
         if task.kind == pb.TASK_KIND_WAIT:
             return True
+        if not self._policy_allows(task):
+            return self.policy.consents()  # consent withdrawn: this site leaves the run
         if task.kind == pb.TASK_KIND_SEND_INITIAL:
             params = self.site.initial_params()
             self._push(task, params, self.site.num_train_examples, {})
@@ -213,6 +233,20 @@ class Agent:
             self._secure_step(task)
         else:
             log.warning("ignoring task of unknown kind %d", task.kind)
+        return True
+
+    def _policy_allows(self, task: pb.Task) -> bool:
+        """Consent and the round limit, checked before any work; False: declined."""
+        if not self.policy.consents():
+            log.warning("consent withdrawn: declining round %d and leaving the run", task.round)
+            self._audit("consent_withdrawn", round=task.round, consent_file=self.cfg.consent_file)
+            self._decline(task, "this site's consent is withdrawn (site policy)")
+            return False
+        try:
+            self.policy.check_round(task.round)
+        except PolicyViolation as exc:
+            self._decline(task, f"site policy: {exc}")
+            return False
         return True
 
     def _evaluate(self, task: pb.Task) -> None:

@@ -87,7 +87,13 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
     plan = RunPlan(
         label="run",
         config=config,
-        strategy=make_strategy(cfg.strategy, mu=cfg.mu),
+        strategy=make_strategy(
+            cfg.strategy,
+            mu=cfg.mu,
+            trim_fraction=cfg.trim_fraction,
+            byzantine=cfg.byzantine,
+            krum_select=cfg.krum_select,
+        ),
         driver=DriverConfig(
             rounds=cfg.rounds,
             min_clients=cfg.min_clients,

@@ -50,7 +50,7 @@ def read_result(
     check_reported(num_examples=header.num_examples, metrics=header.metrics, training=training)
     metrics = dict(header.metrics)
     if not training:
-        if next(chunks, None) is not None:
+        if header.tensors or header.total_bytes or next(chunks, None) is not None:
             raise InvalidUpdate("an evaluation result carries no payload")
         return EvaluateResult(
             node_id=header.node_id,

@@ -50,7 +50,9 @@ class NodeRegistry:
         with self._lock:
             node = self._nodes.get(node_id)
             if node is None or not hmac.compare_digest(node.token.encode(), token.encode()):
-                raise Unauthenticated(f"unknown node {node_id!r} or wrong token: register again")
+                raise Unauthenticated(
+                    f"unknown node {node_id[:64]!r} or wrong token: register again"
+                )
             node.last_seen = time.monotonic()
             return node
 

@@ -27,8 +27,12 @@ from fedops.core.rounds import Event, Phase, ResultArrived, ResultRejected
 from fedops.core.secagg.messages import MaskedInput
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import secagg as secagg_codec
+from fedops.wire.codec import shown
 
 log = logging.getLogger("fedops.coordinator")
+
+MAX_NODE_ID = 64  # node ids are ours ("node-0001-…"); a longer one is a peer's invention
+MAX_REASON = 2000
 
 #: the secure-aggregation stage that trains (and so downloads the model)
 TRAINING_STAGE = Phase.SECAGG_MASKED
@@ -80,6 +84,9 @@ class ResultIntake:
             self._reject(self._round, node_id or "?", grpc.StatusCode.UNAUTHENTICATED, str(exc))
 
     def _reject(self, server_round: int, node: str, code: grpc.StatusCode, reason: str) -> NoReturn:
+        # a peer's strings are capped: a megabyte node id must not fill the store or the
+        # status metadata (gRPC would then answer RESOURCE_EXHAUSTED instead of ``code``)
+        node, reason = node[:MAX_NODE_ID], reason[:MAX_REASON]
         log.warning("rejected call from %s: %s (%s)", node, reason, code.name)
         self.on_rejection(server_round, node, code.name, reason)
         raise Reject(code, reason)
@@ -116,7 +123,7 @@ class ResultIntake:
                 self._round,
                 node,
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"result for run {header.run_id!r}; this coordinator runs {self.run_id!r}",
+                f"result for run {shown(header.run_id)}; this coordinator runs {self.run_id!r}",
             )
         with self._cond:
             if header.task_id in self._answered:
@@ -124,7 +131,7 @@ class ResultIntake:
                     self._round,
                     node,
                     grpc.StatusCode.ALREADY_EXISTS,
-                    f"replayed result: task {header.task_id!r} was already answered",
+                    f"replayed result: task {shown(header.task_id)} was already answered",
                 )
             assignment = self._assignments.get(node)
         if assignment is None or assignment.task.task_id != header.task_id:
@@ -133,7 +140,7 @@ class ResultIntake:
                 self._round,
                 node,
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"stale result: task {header.task_id!r} of round {header.round} is not "
+                f"stale result: task {shown(header.task_id)} of round {header.round} is not "
                 f"this node's current task ({current})",
             )
         if header.round != assignment.task.round or header.kind != assignment.task.kind:

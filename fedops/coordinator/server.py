@@ -101,15 +101,18 @@ def _split_push(
 
     def chunks() -> Iterator[bytes | memoryview]:
         # Past the header the result is attributable: anything wrong rejects the update.
-        for request in requests:
-            if isinstance(request, memoryview):
-                yield request
-            elif isinstance(request, Malformed):
-                raise InvalidUpdate(request.reason)
-            elif request.WhichOneof("part") == "data":
-                yield request.data
-            else:
-                raise InvalidUpdate("a second header arrived inside the payload")
+        try:
+            for request in requests:
+                if isinstance(request, memoryview):
+                    yield request
+                elif isinstance(request, Malformed):
+                    raise InvalidUpdate(request.reason)
+                elif request.WhichOneof("part") == "data":
+                    yield request.data
+                else:
+                    raise InvalidUpdate("a second header arrived inside the payload")
+        except grpc.RpcError as exc:  # gRPC cut the stream (cancelled, over its size limit)
+            raise InvalidUpdate(f"the upload was cut off before its end ({exc})") from exc
         if not context.is_active():
             raise InvalidUpdate("the upload was cut off before its end")
 
@@ -128,6 +131,7 @@ def build_server(transport: GrpcTransport, *, max_workers: int = 64) -> grpc.Ser
 
     def fetch(request: Any, context: grpc.ServicerContext) -> Iterator[pb.ModelChunk]:
         if isinstance(request, Malformed):
+            transport.on_rejection(0, "?", "INVALID_ARGUMENT", request.reason)
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.reason)
         try:
             yield from transport.model_chunks(request)

@@ -33,6 +33,7 @@ from fedops.runtime.transport import StageRequest
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import PROTOCOL_VERSION, codec, monitoring
 from fedops.wire import secagg as secagg_codec
+from fedops.wire.codec import shown
 
 log = logging.getLogger("fedops.coordinator")
 
@@ -206,7 +207,7 @@ class GrpcTransport(ResultIntake):
                 0,
                 "?",
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"protocol {request.protocol_version!r} is not supported; "
+                f"protocol {shown(request.protocol_version)} is not supported; "
                 f"this coordinator speaks {PROTOCOL_VERSION!r}",
             )
         if not 0 <= request.num_train_examples <= MAX_NUM_EXAMPLES:
@@ -265,7 +266,7 @@ class GrpcTransport(ResultIntake):
                 self._round,
                 request.node_id,
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"task {request.task_id!r} is not this node's current task",
+                f"task {shown(request.task_id)} is not this node's current task",
             )
         header = pb.ModelHeader(
             tensors=codec.specs_to_proto(assignment.specs),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -48,7 +49,7 @@ def canonical_json(value: Any) -> bytes:
 def json_values(value: Any) -> Any:
     """``value`` with what a signed entry cannot hold made explicit: NaN and ±Inf become the
     strings ``"nan"``/``"inf"``/``"-inf"`` (ε is infinite without noise), numpy scalars become
-    Python numbers, tuples become lists."""
+    Python numbers, tuples become lists, paths become strings."""
     if isinstance(value, Mapping):
         return {str(k): json_values(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -57,6 +58,8 @@ def json_values(value: Any) -> Any:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     return value
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedops.core.params import Params
-from fedops.core.strategies import STRATEGIES, FedProx
+from fedops.core.strategies import STRATEGIES, FedProx, Krum, MultiKrum, TrimmedMean
 from fedops.core.strategies.base import Strategy
 from fedops.crypto import Crypto
 from fedops.runtime.driver import DriverConfig, RoundDriver, RoundRecord
@@ -38,9 +38,30 @@ class StartPoint:
     resumed: bool
 
 
-def make_strategy(name: str, *, mu: float) -> Strategy:
+def make_strategy(
+    name: str,
+    *,
+    mu: float = 0.01,
+    trim_fraction: float = 0.1,
+    byzantine: int = 1,
+    krum_select: int | None = None,
+) -> Strategy:
+    """The strategy registered as ``name``, given the options that concern it.
+
+    ``mu``: FedProx; ``trim_fraction``: trimmed_mean (its beta); ``byzantine``
+    (f) and ``krum_select`` (m, None: n - f): multi_krum; krum takes
+    ``byzantine`` and always selects one model. Other options are ignored.
+    """
     cls = STRATEGIES[name]
-    return FedProx(mu=mu) if cls is FedProx else cls()
+    if cls is FedProx:
+        return FedProx(mu=mu)
+    if cls is TrimmedMean:
+        return TrimmedMean(beta=trim_fraction)
+    if cls is MultiKrum:
+        return MultiKrum(byzantine=byzantine, select=krum_select)
+    if cls is Krum:
+        return Krum(byzantine=byzantine, select=1)
+    return cls()
 
 
 def start_or_resume(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedops.core.privacy.accountant import ACCOUNTANTS
-from fedops.core.strategies import STRATEGIES
+from fedops.core.strategies import ROBUST_STRATEGIES, STRATEGIES
 from fedops.core.training import OPTIMIZERS
 
 FLAG_NAMES = {
@@ -83,6 +83,9 @@ class RoundOptions:
     clients_per_round: int | None = None
     strategy: str = "fedavg"
     mu: float = 0.01
+    trim_fraction: float = 0.1
+    byzantine: int = 1
+    krum_select: int | None = None
     seed: int = 0
     run_dir: Path = Path("runs/latest")
 
@@ -100,6 +103,57 @@ class RoundOptions:
             f"must be one of {sorted(STRATEGIES)}, got {self.strategy!r}",
         )
         _require(self.mu >= 0, "mu", f"must be >= 0, got {self.mu}")
+
+
+def check_robust(
+    strategy: str,
+    *,
+    trim_fraction: float,
+    byzantine: int,
+    krum_select: int | None,
+    per_round: int,
+    secagg: str,
+    privacy: str,
+) -> None:
+    """The rules ``--trim-fraction``/``--byzantine``/``--krum-select`` and ``strategy.*`` share.
+
+    ``per_round``: the fewest clients a round is sure to sample.
+    """
+    _require(0 <= trim_fraction < 0.5, "trim_fraction", f"must be in [0, 0.5), got {trim_fraction}")
+    _require(byzantine >= 0, "byzantine", f"must be >= 0, got {byzantine}")
+    _require(krum_select is None or krum_select >= 1, "krum_select", "must be >= 1")
+    _require(
+        strategy != "krum" or krum_select in (None, 1),
+        "krum_select",
+        f"krum keeps a single model; use multi_krum to average {krum_select}",
+    )
+    if strategy not in ROBUST_STRATEGIES:
+        return
+    _require(
+        secagg == "none",
+        "strategy",
+        f"{strategy} needs every client's model, secure aggregation reveals only their sum",
+    )
+    _require(
+        privacy not in ("central", "distributed"),
+        "strategy",
+        f"{strategy} cannot be combined with {privacy} DP, which aggregates by its own "
+        "clipped and noised mean",
+    )
+    if strategy in ("krum", "multi_krum"):
+        need = 2 * byzantine + 3
+        _require(
+            per_round >= need,
+            "byzantine",
+            f"{strategy} with byzantine={byzantine} needs more than 2f+2, i.e. at least "
+            f"{need} clients per round, but a round may have only {per_round}: sample more "
+            "clients per round or lower byzantine",
+        )
+        _require(
+            krum_select is None or krum_select <= per_round,
+            "krum_select",
+            f"cannot select {krum_select} of the {per_round} clients a round may have",
+        )
 
 
 #: the quantizer's range for each coordinate of a model update under SecAgg
@@ -243,6 +297,15 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
         _require(self.max_workers >= 4, "max_workers", "must be >= 4")
         check_secagg(self.secagg, self.secagg_k, self.secagg_threshold, self.secagg_clip)
         self.check_privacy()
+        check_robust(
+            self.strategy,
+            trim_fraction=self.trim_fraction,
+            byzantine=self.byzantine,
+            krum_select=self.krum_select,
+            per_round=min(self.min_clients, self.clients_per_round or self.min_clients),
+            secagg=self.secagg,
+            privacy=self.privacy,
+        )
         _require(
             self.secagg == "none" or self.min_clients >= 2,
             "min_clients",
@@ -323,6 +386,9 @@ class ClientConfig(TrainOptions, TaskOptions):
     max_epsilon: float | None = None
     identity_key: Path | None = None
     trusted_keys: Path | None = None
+    max_rounds: int | None = None
+    allowed_task: list[str] | None = None
+    consent_file: Path | None = None
 
     def __post_init__(self) -> None:
         self.check_train_options()
@@ -344,6 +410,17 @@ class ClientConfig(TrainOptions, TaskOptions):
         for key in ("identity_key", "trusted_keys"):
             path = getattr(self, key)
             _require(path is None or Path(path).exists(), key, f"{path} does not exist")
+        _require(
+            self.max_rounds is None or self.max_rounds >= 1,
+            "max_rounds",
+            f"must be >= 1, got {self.max_rounds}",
+        )
+        for digest in self.allowed_task or ():
+            _require(
+                len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
+                "allowed_task",
+                f"must be a sha256 hex digest (64 lowercase hex digits), got {digest!r}",
+            )
 
 
 def as_dict(config: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from fedops.runtime.settings import (
     SECAGG_CLIP,
     ConfigError,
     check_dp,
+    check_robust,
     check_secagg,
 )
 
@@ -65,7 +66,10 @@ class ModelConfig:
 @dataclass
 class StrategyConfig:
     name: str = "fedavg"
-    mu: float = 0.0
+    mu: float = 0.0  # fedprox
+    trim_fraction: float = 0.1  # trimmed_mean: dropped at each end of every coordinate
+    byzantine: int = 1  # krum, multi_krum: Byzantine clients f tolerated (n > 2f + 2)
+    select: int | None = None  # multi_krum: models averaged; null: n - f
 
 
 @dataclass
@@ -204,6 +208,7 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     _require(s.max_chunk >= 1, "simulation.max_chunk", "must be >= 1")
     _require(s.workers >= 1, "simulation.workers", "must be >= 1")
     _require(s.threads >= 0, "simulation.threads", "must be >= 0 (0: torch's default)")
+    check_strategy(cfg)
     check_privacy(cfg.privacy, secagg=cfg.secagg.name, rounds=cfg.rounds)
     _require(
         cfg.privacy.name != "local" or s.backend == "sequential",
@@ -238,6 +243,23 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     )
     check_monitoring(cfg.monitoring, backend=s.backend)
     return cfg
+
+
+def check_strategy(cfg: SimulateConfig) -> None:
+    st, s = cfg.strategy, cfg.simulation
+    try:
+        check_robust(
+            st.name,
+            trim_fraction=st.trim_fraction,
+            byzantine=st.byzantine,
+            krum_select=st.select,
+            per_round=s.clients_per_round or s.num_clients,
+            secagg=cfg.secagg.name,
+            privacy=cfg.privacy.name,
+        )
+    except ConfigError as exc:
+        key = {"strategy": "name", "krum_select": "select"}.get(exc.key, exc.key)
+        raise ConfigError(f"strategy.{key}", exc.message) from None
 
 
 def check_monitoring(m: MonitoringConfig, *, backend: str) -> None:

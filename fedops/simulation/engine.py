@@ -175,7 +175,13 @@ def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
     plan = RunPlan(
         label="simulate",
         config=asdict(cfg),
-        strategy=make_strategy(cfg.strategy.name, mu=cfg.strategy.mu),
+        strategy=make_strategy(
+            cfg.strategy.name,
+            mu=cfg.strategy.mu,
+            trim_fraction=cfg.strategy.trim_fraction,
+            byzantine=cfg.strategy.byzantine,
+            krum_select=cfg.strategy.select,
+        ),
         driver=DriverConfig(
             rounds=cfg.rounds, min_clients=1, clients_per_round=s.clients_per_round, seed=cfg.seed
         ),

@@ -30,6 +30,8 @@ from fedops.wire import framing
 
 DEFAULT_CHUNK_BYTES = 2 * 1024 * 1024
 MAX_TENSORS = 100_000
+MAX_DIMS = 32  # numpy's limit is 64; no model tensor needs more than a handful
+MAX_ELEMENTS = 1 << 40  # per tensor (the byte limits of each call are far smaller)
 
 
 def specs_to_proto(specs: Sequence[TensorSpec]) -> list[pb.TensorSpec]:
@@ -42,12 +44,24 @@ def specs_from_proto(messages: Sequence[pb.TensorSpec]) -> list[TensorSpec]:
         raise InvalidUpdate(f"{len(messages)} tensors declared; the limit is {MAX_TENSORS}")
     specs = []
     for msg in messages:
+        name = shown(msg.name)
         if msg.dtype not in ALLOWED_DTYPES:
-            raise InvalidUpdate(f"tensor {msg.name!r} has unsupported dtype {msg.dtype!r}")
+            raise InvalidUpdate(f"tensor {name} has unsupported dtype {shown(msg.dtype)}")
+        if len(msg.shape) > MAX_DIMS:
+            raise InvalidUpdate(f"tensor {name} has {len(msg.shape)} dimensions (most: {MAX_DIMS})")
         if any(d < 0 for d in msg.shape):
-            raise InvalidUpdate(f"tensor {msg.name!r} has a negative dimension {list(msg.shape)}")
+            shape = list(msg.shape[:8]) + (["…"] if len(msg.shape) > 8 else [])
+            raise InvalidUpdate(f"tensor {name} has a negative dimension {shape}")
+        # every dimension counts, zeros aside: numpy cannot build [0, 2**62] either
+        if math.prod(max(d, 1) for d in msg.shape) > MAX_ELEMENTS:
+            raise InvalidUpdate(f"tensor {name} declares more than {MAX_ELEMENTS} elements")
         specs.append(TensorSpec(name=msg.name, dtype=msg.dtype, shape=tuple(msg.shape)))
     return specs
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """A peer's string as it may appear in a refusal: quoted, and never longer than ``limit``."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}… ({len(value)} chars)"
 
 
 def _wire_dtype(dtype: str) -> np.dtype:

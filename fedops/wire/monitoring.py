@@ -24,6 +24,7 @@ from fedops.core.monitoring.profile import (
 )
 from fedops.core.params import InvalidUpdate
 from fedops.v1 import fedops_pb2 as pb
+from fedops.wire.codec import shown
 
 MAX_FEATURES = 4096
 MAX_BINS = 1024
@@ -44,11 +45,18 @@ def spec_to_proto(spec: MonitorSpec) -> pb.MonitorRequest:
 def spec_from_proto(msg: pb.MonitorRequest) -> MonitorSpec:
     if len(msg.edges) > MAX_FEATURES:
         raise InvalidUpdate(f"a monitoring request with {len(msg.edges)} features")
+    if not 2 <= msg.num_classes <= MAX_BINS:
+        raise InvalidUpdate(
+            f"monitoring request: num_classes must be >= 2 and <= {MAX_BINS}, got {msg.num_classes}"
+        )
     edges = {}
     for f in msg.edges:
         e = np.asarray(f.edges, np.float64)
-        if not 2 <= len(e) <= MAX_BINS + 1 or np.any(np.isnan(e)) or np.any(np.diff(e) <= 0):
-            raise InvalidUpdate(f"bin edges of feature {f.name!r} are not increasing")
+        # e[1:] > e[:-1], not diff > 0: the difference of two infinities is NaN
+        if not 2 <= len(e) <= MAX_BINS + 1 or not np.all(e[1:] > e[:-1]):
+            raise InvalidUpdate(f"bin edges of feature {shown(f.name)} are not increasing")
+        if f.name in edges:
+            raise InvalidUpdate(f"feature {shown(f.name)} appears twice in the request")
         edges[f.name] = e
     try:
         return MonitorSpec(

@@ -15,7 +15,10 @@ class Strategy(Protocol):
     Implementations are pure: same inputs, same outputs, no I/O.
     """
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The strategy's registry name (read-only, so frozen dataclasses qualify)."""
+        ...
 
     def fit_config(self, server_round: int) -> dict[str, float]:
         """Hyperparameters sent to every client selected for training."""

@@ -21,7 +21,7 @@ def _fit(node: str, w: list[float], b: float, n: int, **metrics: float) -> FitRe
 
 
 def test_registry_maps_names_to_classes():
-    assert {"fedavg": FedAvg, "fedprox": FedProx} == STRATEGIES
+    assert {"fedavg": FedAvg, "fedprox": FedProx}.items() <= STRATEGIES.items()
     assert FedAvg().name == "fedavg"
     assert FedProx().name == "fedprox"
 

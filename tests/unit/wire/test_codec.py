@@ -141,10 +141,13 @@ def test_assembler_refuses_excess_split_across_a_chunk():
         asm.add(b"\x00" * 3)
 
 
-def test_assembler_refuses_a_declaration_whose_size_overflows():
-    specs = specs_from_proto([pb.TensorSpec(name="w", dtype="float32", shape=[2**32, 2**32])])
+def test_a_declaration_whose_size_overflows_is_refused():
+    huge = [pb.TensorSpec(name="w", dtype="float32", shape=[2**32, 2**32])]
+    with pytest.raises(InvalidUpdate, match="declares more than"):
+        specs_from_proto(huge)
+    big = specs_from_proto([pb.TensorSpec(name="w", dtype="float32", shape=[2**20, 2**20])])
     with pytest.raises(InvalidUpdate):
-        Assembler(specs, max_bytes=1 << 20).finish()
+        Assembler(big, max_bytes=1 << 20).finish()
 
 
 def _new_threads_after(before: set[threading.Thread], wait_s: float = 0.5) -> list[str]:

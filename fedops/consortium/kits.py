@@ -1,0 +1,566 @@
+"""Startup kits: one folder per party with its key, its certificate, the CA, and a signed manifest.
+
+Layout under ``OUT``::
+
+    ca/ca.pem            the consortium CA's certificate
+    ca/ca_key.pem        its private key (0600; keep it offline)
+    ca/crl.pem           the current CA-signed CRL
+    ca/serials.json      name -> {serial (hex), role, revoked}
+    ca/consortium.json   the consortium's name and coordinator, for add-site
+    kits/<name>/cert.pem      the party's certificate (CN name, O consortium, OU role)
+    kits/<name>/key.pem       its private key (0600)
+    kits/<name>/ca.pem        the CA certificate it trusts
+    kits/<name>/crl.pem       (coordinator kit only) the CRL it enforces
+    kits/<name>/kit.json      {consortium, name, role, coordinator: {name, address}, policy}
+    kits/<name>/manifest.json {algorithm, files: {file: sha256}, signature}
+
+The manifest's signature is the CA's ECDSA-SHA256 over the canonical JSON
+of ``files`` (sorted keys, no spaces). ``crl.pem`` is left out of it on
+purpose, as :func:`revoke` replaces it; the CRL carries the CA's own
+signature, which :func:`load_kit` checks instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fedops.consortium import pki
+from fedops.consortium.spec import (
+    ConsortiumError,
+    CoordinatorSpec,
+    check_address,
+    check_name,
+    check_policy,
+    load_spec,
+)
+
+MANIFEST = "manifest.json"
+CRL = "crl.pem"
+KIT_FILES = ("ca.pem", "cert.pem", "key.pem", "kit.json")
+SIGNATURE_ALGORITHM = "ecdsa-p256-sha256"
+
+
+class KitError(ConsortiumError):
+    """A kit that must not be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Kit:
+    """A verified startup kit (from :func:`load_kit`)."""
+
+    directory: Path
+    name: str
+    role: str
+    consortium: str
+    coordinator_name: str
+    coordinator_address: str
+    policy: Mapping[str, Any]
+    paths: Mapping[str, Path]  # file name -> path, for every file in the kit
+    cert_pem: bytes
+    key_pem: bytes = field(repr=False)
+    ca_pem: bytes
+
+    @property
+    def cert(self) -> x509.Certificate:
+        return pki.load_cert(self.cert_pem)
+
+    @property
+    def ca_cert(self) -> x509.Certificate:
+        return pki.load_cert(self.ca_pem)
+
+    @property
+    def crl_path(self) -> Path | None:
+        """The kit's CRL (the coordinator's kit has one), or ``None``."""
+        return self.paths.get(CRL)
+
+
+@dataclass(frozen=True)
+class Revoked:
+    name: str
+    serial: int
+    crl_paths: tuple[Path, ...]  # where the new CRL was written
+    already: bool  # it had been revoked before; the CRL was rewritten all the same
+
+
+# -- provisioning -------------------------------------------------------------------------------
+
+
+def init_consortium(spec_file: str | Path, out_dir: str | Path) -> list[Path]:
+    """Create the CA and every party's kit under ``out_dir``; the kit folders, coordinator first.
+
+    Refuses (:class:`ConsortiumError`) when ``out_dir/ca`` or ``out_dir/kits``
+    already exists: a second CA would silently split the consortium. Everything
+    is built in a staging folder and moved into place at the end, so a failure
+    leaves nothing behind.
+    """
+    spec = load_spec(spec_file)
+    out = Path(out_dir)
+    for existing in (out / "ca", out / "kits"):
+        if existing.exists() or existing.is_symlink():
+            raise ConsortiumError(
+                f"{existing}: already exists; refusing to overwrite a consortium "
+                "(choose another --out, or remove it on purpose)"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / f".init-{os.urandom(6).hex()}"
+    staging.mkdir(mode=0o700)
+    try:
+        ca_dir = staging / "ca"
+        ca_dir.mkdir(mode=0o700)
+        ca_cert, ca_key = pki.new_ca(spec.name)
+        pki.write_public(ca_dir / "ca.pem", pki.cert_pem(ca_cert))
+        pki.write_private(ca_dir / "ca_key.pem", pki.key_pem(ca_key))
+        crl = pki.build_crl(ca_cert, ca_key, (), number=1)
+        pki.write_public(ca_dir / CRL, pki.crl_pem(crl))
+        _write_json(ca_dir / "consortium.json", _consortium_record(spec.name, spec.coordinator))
+
+        kits_dir = staging / "kits"
+        kits_dir.mkdir()
+        serials: dict[str, dict[str, Any]] = {}
+        policies = {p.name: dict(p.policy) for p in spec.sites}
+        for name, role in spec.parties():
+            hosts = spec.coordinator.hosts() if role == "coordinator" else ()
+            cert, key = pki.issue(ca_cert, ca_key, name, role, consortium=spec.name, hosts=hosts)
+            _write_kit(
+                kits_dir / name,
+                ca_cert=ca_cert,
+                ca_key=ca_key,
+                cert=cert,
+                key=key,
+                info=_kit_info(spec.name, name, role, spec.coordinator, policies.get(name, {})),
+                crl=crl if role == "coordinator" else None,
+            )
+            serials[name] = {"serial": _hex(cert.serial_number), "role": role, "revoked": False}
+        _write_json(ca_dir / "serials.json", serials)
+
+        os.rename(kits_dir, out / "kits")
+        os.rename(ca_dir, out / "ca")  # last: the CA's presence marks a finished init
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / "kits" / name for name, _ in spec.parties()]
+
+
+def add_site(out_dir: str | Path, name: str, policy: Mapping[str, Any] | None = None) -> Path:
+    """Issue a kit for a new site ``name`` with the consortium's CA; its kit folder."""
+    out = Path(out_dir)
+    check_name(name, "name")
+    checked_policy = check_policy(dict(policy) if policy is not None else None, "policy")
+    with _ca_lock(out):
+        ca_cert, ca_key = _load_ca(out)
+        record = _read_json(out / "ca" / "consortium.json")
+        serials = _read_serials(out)
+        taken = {n.lower(): n for n in serials}
+        if name.lower() in taken:
+            raise ConsortiumError(
+                f"name: {name!r} is already in the consortium as {taken[name.lower()]!r} "
+                f"({out / 'ca' / 'serials.json'}); names cannot be reused, even once revoked"
+            )
+        consortium, coordinator = _parse_consortium_record(record, out / "ca" / "consortium.json")
+        kit_dir = out / "kits" / name
+        if kit_dir.exists() or kit_dir.is_symlink():
+            raise ConsortiumError(f"{kit_dir}: already exists")
+        (out / "kits").mkdir(exist_ok=True)
+        staging = out / "kits" / f".{name}.{os.urandom(6).hex()}.tmp"
+        try:
+            cert, key = pki.issue(ca_cert, ca_key, name, "site", consortium=consortium)
+            _write_kit(
+                staging,
+                ca_cert=ca_cert,
+                ca_key=ca_key,
+                cert=cert,
+                key=key,
+                info=_kit_info(consortium, name, "site", coordinator, checked_policy),
+                crl=None,
+            )
+            os.rename(staging, kit_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        serials[name] = {"serial": _hex(cert.serial_number), "role": "site", "revoked": False}
+        _write_json(out / "ca" / "serials.json", serials, replace=True)
+    return kit_dir
+
+
+def revoke(out_dir: str | Path, name: str) -> Revoked:
+    """Revoke party ``name``: a new CA-signed CRL listing every revoked serial.
+
+    The CRL replaces ``ca/crl.pem`` and the coordinator kit's ``crl.pem``
+    (each atomically: written beside, then renamed over). A running
+    coordinator whose :class:`~fedops.consortium.tls.Revocation` watches that
+    file refuses the party from its next call on. Revoking a party again
+    rewrites the CRL (a repair after an interrupted revoke).
+    """
+    out = Path(out_dir)
+    with _ca_lock(out):
+        ca_cert, ca_key = _load_ca(out)
+        serials_path = out / "ca" / "serials.json"
+        serials = _read_serials(out)
+        entry = serials.get(name)
+        if not isinstance(entry, dict):
+            raise ConsortiumError(f"{serials_path}: no party named {name!r}")
+        if entry.get("role") == "coordinator":
+            raise ConsortiumError(
+                f"{name!r} is the coordinator: sites do not check a CRL, so revoking it "
+                "would protect nothing; provision a new consortium instead"
+            )
+        already = bool(entry.get("revoked"))
+        entry["revoked"] = True
+        entry.setdefault("revoked_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        revoked = [int(e["serial"], 16) for e in serials.values() if e.get("revoked")]
+        try:
+            previous = pki.crl_number(pki.load_crl((out / "ca" / CRL).read_bytes()))
+        except (OSError, ValueError):
+            previous = 0
+        crl = pki.build_crl(ca_cert, ca_key, revoked, number=previous + 1)
+        data = pki.crl_pem(crl)
+        # serials.json first: if the CRL write is cut short, revoking again repairs it
+        _write_json(serials_path, serials, replace=True)
+        written = [pki.write_public(out / "ca" / CRL, data, replace=True)]
+        coordinator = next(
+            (
+                n
+                for n, e in serials.items()
+                if isinstance(e, dict) and e.get("role") == "coordinator"
+            ),
+            None,
+        )
+        if coordinator is not None and (out / "kits" / coordinator).is_dir():
+            written.append(pki.write_public(out / "kits" / coordinator / CRL, data, replace=True))
+    return Revoked(name, int(entry["serial"], 16), tuple(written), already)
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def load_kit(directory: str | Path, *, ca_fingerprint: str | None = None) -> Kit:
+    """Read and verify the kit in ``directory``; :class:`KitError` names the file otherwise.
+
+    Checked: the manifest's signature by the kit's CA (and, with
+    ``ca_fingerprint``, that the CA is the one whose certificate has that
+    sha256), every listed file's hash, no unlisted files, the certificate
+    signed by the CA and in its validity period, the key matching the
+    certificate, the key file readable by its owner only, and kit.json's
+    name, role and consortium matching the certificate's CN, OU and O. A
+    ``crl.pem`` (required in the coordinator's kit) must carry the CA's
+    signature.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise KitError(f"{d}: not a kit folder")
+
+    def fail(file: str, problem: str) -> KitError:
+        return KitError(f"{d / file}: {problem}")
+
+    manifest = _read_kit_json(d, MANIFEST, fail)
+    files = manifest.get("files")
+    signature = manifest.get("signature")
+    if (
+        not isinstance(files, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
+        or not isinstance(signature, str)
+    ):
+        raise fail(MANIFEST, "malformed (expected {files: {name: sha256}, signature})")
+    if manifest.get("algorithm", SIGNATURE_ALGORITHM) != SIGNATURE_ALGORITHM:
+        raise fail(MANIFEST, f"unknown algorithm {manifest.get('algorithm')!r}")
+
+    ca_pem = _read_bytes(d, "ca.pem", fail)
+    try:
+        ca_cert = pki.load_cert(ca_pem)
+    except ValueError as exc:
+        raise fail("ca.pem", "not a PEM certificate") from exc
+    if ca_fingerprint is not None:
+        actual = ca_cert.fingerprint(hashes.SHA256()).hex()
+        if actual != ca_fingerprint.lower().replace(":", ""):
+            raise fail("ca.pem", f"not the expected CA (sha256 {actual})")
+    ca_public = ca_cert.public_key()
+    if not isinstance(ca_public, ec.EllipticCurvePublicKey):
+        raise fail("ca.pem", "not an ECDSA CA certificate")
+    try:
+        ca_public.verify(
+            base64.b64decode(signature, validate=True),
+            _canonical(files),
+            ec.ECDSA(hashes.SHA256()),
+        )
+    except (InvalidSignature, ValueError) as exc:
+        raise fail(
+            MANIFEST,
+            "signature does not verify with ca.pem (the kit was altered, or signed by another CA)",
+        ) from exc
+
+    for required in KIT_FILES:
+        if required not in files:
+            raise fail(MANIFEST, f"does not list {required}")
+    for listed in files:
+        if listed in (MANIFEST, CRL) or Path(listed).name != listed or listed in ("", ".", ".."):
+            raise fail(MANIFEST, f"lists {listed!r}, which it must not")
+    for entry in sorted(d.iterdir()):
+        leftover = entry.name.startswith(".") and entry.name.endswith(".tmp")  # a cut-off write
+        if entry.name not in files and entry.name not in (MANIFEST, CRL) and not leftover:
+            raise fail(entry.name, "not in the manifest (files cannot be added to a kit)")
+
+    key_path = d / "key.pem"
+    try:
+        key_stat = key_path.lstat()
+    except OSError as exc:
+        raise fail("key.pem", f"cannot read: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(key_stat.st_mode):
+        raise fail("key.pem", "not a regular file")
+    if key_stat.st_mode & 0o077:
+        raise fail(
+            "key.pem",
+            f"mode {stat.S_IMODE(key_stat.st_mode):04o} lets group or others read the key "
+            "(chmod 600 it, and consider it exposed)",
+        )
+
+    contents: dict[str, bytes] = {}
+    for listed, digest in sorted(files.items()):
+        data = ca_pem if listed == "ca.pem" else _read_bytes(d, listed, fail)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise fail(listed, "sha256 does not match manifest.json (the file was changed)")
+        contents[listed] = data
+
+    info = _parse_json(contents["kit.json"], lambda problem: fail("kit.json", problem))
+    try:
+        consortium = info["consortium"]
+        name = info["name"]
+        role = info["role"]
+        coordinator = info["coordinator"]
+        coordinator_name = coordinator["name"]
+        coordinator_address = coordinator["address"]
+        policy = info.get("policy") or {}
+        if not all(
+            isinstance(v, str)
+            for v in (consortium, name, role, coordinator_name, coordinator_address)
+        ) or not isinstance(policy, dict):
+            raise TypeError
+    except (KeyError, TypeError) as exc:
+        raise fail(
+            "kit.json",
+            "malformed (expected consortium, name, role, coordinator {name, address}, policy)",
+        ) from exc
+
+    try:
+        cert = pki.load_cert(contents["cert.pem"])
+    except ValueError as exc:
+        raise fail("cert.pem", "not a PEM certificate") from exc
+    if not pki.issued_by(cert, ca_cert):
+        raise fail("cert.pem", "not signed by ca.pem")
+    now = dt.datetime.now(dt.UTC)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise fail(
+            "cert.pem",
+            f"not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} to "
+            f"{cert.not_valid_after_utc:%Y-%m-%d})",
+        )
+    try:
+        key = pki.load_key(contents["key.pem"])
+    except (ValueError, TypeError) as exc:
+        raise fail("key.pem", f"not a usable private key ({exc})") from exc
+    if not pki.same_key(cert, key):
+        raise fail("key.pem", "does not match cert.pem (another party's key?)")
+
+    for label, stated, certified in (
+        ("role", role, pki.role_of(cert)),
+        ("name", name, pki.name_of(cert)),
+        ("consortium", consortium, pki.consortium_of(cert)),
+    ):
+        if stated != certified:
+            raise fail(
+                "kit.json", f"{label} {stated!r} but cert.pem certifies {label} {certified!r}"
+            )
+    if pki.consortium_of(ca_cert) != consortium:
+        raise fail("ca.pem", f"the CA of {pki.consortium_of(ca_cert)!r}, not of {consortium!r}")
+
+    paths = {n: d / n for n in (*sorted(files), MANIFEST)}
+    crl_file = d / CRL
+    if crl_file.exists():
+        try:
+            crl = pki.load_crl(crl_file.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise fail(CRL, "not a readable PEM CRL") from exc
+        if not pki.crl_signed_by(crl, ca_cert):
+            raise fail(CRL, "not signed by ca.pem")
+        paths[CRL] = crl_file
+    elif role == "coordinator":
+        raise fail(CRL, "missing (the coordinator's kit carries the CRL it enforces)")
+
+    return Kit(
+        directory=d,
+        name=name,
+        role=role,
+        consortium=consortium,
+        coordinator_name=coordinator_name,
+        coordinator_address=coordinator_address,
+        policy=policy,
+        paths=paths,
+        cert_pem=contents["cert.pem"],
+        key_pem=contents["key.pem"],
+        ca_pem=ca_pem,
+    )
+
+
+def sign_manifest(kit_dir: str | Path, ca_key: ec.EllipticCurvePrivateKey) -> Path:
+    """(Re)write ``kit_dir/manifest.json`` over the kit's files, signed with ``ca_key``."""
+    d = Path(kit_dir)
+    names = sorted(p.name for p in d.iterdir() if p.is_file() and p.name not in (MANIFEST, CRL))
+    files = {n: hashlib.sha256((d / n).read_bytes()).hexdigest() for n in names}
+    signature = ca_key.sign(_canonical(files), ec.ECDSA(hashes.SHA256()))
+    manifest = {
+        "algorithm": SIGNATURE_ALGORITHM,
+        "files": files,
+        "signature": base64.b64encode(signature).decode(),
+    }
+    return _write_json(d / MANIFEST, manifest, replace=True)
+
+
+# -- internals ----------------------------------------------------------------------------------
+
+
+def _write_kit(
+    kit_dir: Path,
+    *,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    cert: x509.Certificate,
+    key: ec.EllipticCurvePrivateKey,
+    info: dict[str, Any],
+    crl: x509.CertificateRevocationList | None,
+) -> None:
+    kit_dir.mkdir(mode=0o700)
+    pki.write_public(kit_dir / "ca.pem", pki.cert_pem(ca_cert))
+    pki.write_public(kit_dir / "cert.pem", pki.cert_pem(cert))
+    pki.write_private(kit_dir / "key.pem", pki.key_pem(key))
+    _write_json(kit_dir / "kit.json", info)
+    if crl is not None:
+        pki.write_public(kit_dir / CRL, pki.crl_pem(crl))
+    sign_manifest(kit_dir, ca_key)
+
+
+def _kit_info(
+    consortium: str, name: str, role: str, coordinator: CoordinatorSpec, policy: Mapping[str, Any]
+) -> dict[str, Any]:
+    return {
+        "consortium": consortium,
+        "name": name,
+        "role": role,
+        "coordinator": {"name": coordinator.name, "address": coordinator.address},
+        "policy": dict(policy),
+    }
+
+
+def _consortium_record(name: str, coordinator: CoordinatorSpec) -> dict[str, Any]:
+    return {"name": name, "coordinator": {"name": coordinator.name, "address": coordinator.address}}
+
+
+def _parse_consortium_record(record: Any, path: Path) -> tuple[str, CoordinatorSpec]:
+    try:
+        name = check_name(record["name"], "name")
+        coordinator = CoordinatorSpec(
+            check_name(record["coordinator"]["name"], "coordinator.name"),
+            check_address(record["coordinator"]["address"], "coordinator.address"),
+        )
+    except (KeyError, TypeError, ConsortiumError) as exc:
+        raise ConsortiumError(f"{path}: malformed ({exc})") from exc
+    return name, coordinator
+
+
+def _load_ca(out: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    ca_dir = out / "ca"
+    if not ca_dir.is_dir():
+        raise ConsortiumError(f"{ca_dir}: no CA here (run `fedops consortium init` first)")
+    try:
+        cert = pki.load_cert((ca_dir / "ca.pem").read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConsortiumError(f"{ca_dir / 'ca.pem'}: cannot load the CA certificate") from exc
+    try:
+        key = pki.load_key((ca_dir / "ca_key.pem").read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConsortiumError(f"{ca_dir / 'ca_key.pem'}: cannot load the CA key") from exc
+    if not pki.same_key(cert, key):
+        raise ConsortiumError(f"{ca_dir / 'ca_key.pem'}: does not match ca.pem")
+    return cert, key
+
+
+@contextlib.contextmanager
+def _ca_lock(out: Path) -> Iterator[None]:
+    """One writer at a time on ``out/ca`` (add-site and revoke both rewrite serials.json)."""
+    ca_dir = out / "ca"
+    if not ca_dir.is_dir():
+        raise ConsortiumError(f"{ca_dir}: no CA here (run `fedops consortium init` first)")
+    fd = os.open(ca_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _canonical(files: Mapping[str, str]) -> bytes:
+    return json.dumps(dict(files), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _hex(serial: int) -> str:
+    return format(serial, "x")
+
+
+def _write_json(path: Path, data: Any, *, replace: bool = False) -> Path:
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    return pki.write_public(path, text.encode(), replace=replace)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise ConsortiumError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ConsortiumError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def _read_serials(out: Path) -> dict[str, Any]:
+    path = out / "ca" / "serials.json"
+    serials = _read_json(path)
+    if not isinstance(serials, dict) or not all(
+        isinstance(e, dict) and isinstance(e.get("serial"), str) for e in serials.values()
+    ):
+        raise ConsortiumError(f"{path}: malformed (expected name -> {{serial, role, revoked}})")
+    return serials
+
+
+def _read_bytes(d: Path, name: str, fail: Any) -> bytes:
+    try:
+        return (d / name).read_bytes()
+    except FileNotFoundError as exc:
+        raise fail(name, "missing") from exc
+    except OSError as exc:
+        raise fail(name, f"cannot read: {exc.strerror or exc}") from exc
+
+
+def _read_kit_json(d: Path, name: str, fail: Any) -> dict[str, Any]:
+    return _parse_json(_read_bytes(d, name, fail), lambda problem: fail(name, problem))
+
+
+def _parse_json(data: bytes, fail: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise fail(f"not valid JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise fail("not a JSON object")
+    return value

@@ -1,0 +1,335 @@
+"""The consortium's X.509: a CA, party certificates, a CRL, and PEM files written safely.
+
+Keys are ECDSA P-256 (what gRPC's BoringSSL TLS takes everywhere). A party
+certificate says who and what it is in its subject: CN = party name,
+O = consortium, OU = role (``coordinator``, ``site``, ``admin``,
+``observer``). The coordinator's certificate is for TLS servers and clients
+and names its hosts as SANs; the others are TLS-client certificates only.
+Serials are random (:func:`x509.random_serial_number`), so a CRL names one
+certificate exactly.
+
+Files that hold a private key are created with mode 0600 and ``O_EXCL``:
+there is never a moment when the key sits in a file others can read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+ROLES = ("coordinator", "site", "admin", "observer")
+CA_ROLE = "ca"
+CA_DAYS = 3650
+PARTY_DAYS = 825
+#: how far back ``not_valid_before`` is set, for clocks a little behind the CA's
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+Certificate = x509.Certificate
+PrivateKey = ec.EllipticCurvePrivateKey
+
+
+def new_key() -> PrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def new_ca(consortium: str, *, days: int = CA_DAYS) -> tuple[Certificate, PrivateKey]:
+    """A self-signed CA for ``consortium`` (CN = "<consortium> CA", O = consortium, OU = ca)."""
+    key = new_key()
+    subject = _name(f"{consortium} CA", consortium, CA_ROLE)
+    now = _now()
+    public = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def issue(
+    ca_cert: Certificate,
+    ca_key: PrivateKey,
+    name: str,
+    role: str,
+    *,
+    consortium: str,
+    hosts: Iterable[str] = (),
+    days: int = PARTY_DAYS,
+) -> tuple[Certificate, PrivateKey]:
+    """A fresh key and its certificate for party ``name`` in ``role``, signed by the CA.
+
+    ``hosts`` (coordinator only) become SANs: an IP address entry for what
+    parses as one, a DNS entry otherwise.
+    """
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r} (expected one of: {', '.join(ROLES)})")
+    hosts = tuple(hosts)
+    if hosts and role != "coordinator":
+        raise ValueError(f"only the coordinator's certificate names hosts, not a {role}'s")
+    key = new_key()
+    public = key.public_key()
+    now = _now()
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if role == "coordinator":
+        usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name, consortium, role))
+        .issuer_name(ca_cert.subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    if hosts:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False
+        )
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def role_of(cert: Certificate) -> str | None:
+    """The certificate's OU (its role), or ``None`` when it has none."""
+    return _attribute(cert, NameOID.ORGANIZATIONAL_UNIT_NAME)
+
+
+def name_of(cert: Certificate) -> str | None:
+    """The certificate's CN (the party's name), or ``None`` when it has none."""
+    return _attribute(cert, NameOID.COMMON_NAME)
+
+
+def consortium_of(cert: Certificate) -> str | None:
+    """The certificate's O (the consortium's name), or ``None`` when it has none."""
+    return _attribute(cert, NameOID.ORGANIZATION_NAME)
+
+
+def issued_by(cert: Certificate, ca_cert: Certificate) -> bool:
+    """Whether ``ca_cert`` signed ``cert`` (issuer name and signature both match)."""
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def same_key(cert: Certificate, key: PrivateKey) -> bool:
+    """Whether ``key`` is the private half of ``cert``'s public key."""
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, spki
+    ) == key.public_key().public_bytes(serialization.Encoding.DER, spki)
+
+
+# -- revocation ---------------------------------------------------------------------------------
+
+
+def build_crl(
+    ca_cert: Certificate,
+    ca_key: PrivateKey,
+    revoked_serials: Iterable[int],
+    *,
+    number: int = 1,
+    days: int = PARTY_DAYS,
+) -> x509.CertificateRevocationList:
+    """A CA-signed CRL naming ``revoked_serials``; ``number`` should grow with each new one."""
+    now = _now()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - CLOCK_SKEW)
+        .next_update(now + dt.timedelta(days=days))
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    for serial in sorted(set(revoked_serials)):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return 0
+
+
+def crl_signed_by(crl: x509.CertificateRevocationList, ca_cert: Certificate) -> bool:
+    """Whether the CRL is the CA's: its issuer is the CA's subject and the CA's key signed it."""
+    public = ca_cert.public_key()
+    if crl.issuer != ca_cert.subject or not isinstance(public, ec.EllipticCurvePublicKey):
+        return False
+    return crl.is_signature_valid(public)
+
+
+def is_revoked(cert: Certificate, crl: x509.CertificateRevocationList) -> bool:
+    """Whether ``crl`` (from ``cert``'s issuer) lists ``cert``'s serial."""
+    if crl.issuer != cert.issuer:
+        return False
+    return crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+
+
+# -- PEM ----------------------------------------------------------------------------------------
+
+
+def cert_pem(cert: Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def key_pem(key: PrivateKey) -> bytes:
+    """PKCS#8, unencrypted: the file's mode protects it, as gRPC wants the key in the clear."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def crl_pem(crl: x509.CertificateRevocationList) -> bytes:
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
+def load_cert(data: bytes) -> Certificate:
+    """A PEM certificate; ``ValueError`` when it is not one."""
+    return x509.load_pem_x509_certificate(data)
+
+
+def load_key(data: bytes) -> PrivateKey:
+    """A PEM P-256 private key; ``ValueError`` when it is not one."""
+    key = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise ValueError("not an ECDSA P-256 private key")
+    return key
+
+
+def load_crl(data: bytes) -> x509.CertificateRevocationList:
+    """A PEM CRL; ``ValueError`` when it is not one."""
+    return x509.load_pem_x509_crl(data)
+
+
+def write_private(path: str | Path, data: bytes) -> Path:
+    """Create ``path`` (it must not exist) with mode 0600 and write ``data`` to it."""
+    path = Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def write_public(path: str | Path, data: bytes, *, replace: bool = False) -> Path:
+    """Write ``data`` to ``path`` (mode 0644); with ``replace``, atomically over what is there.
+
+    A replacement is written to a temporary file beside ``path`` and renamed
+    over it, so readers see the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    if not replace:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    write_public(tmp, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _name(cn: str, org: str, ou: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _attribute(cert: Certificate, oid: x509.ObjectIdentifier) -> str | None:
+    values = cert.subject.get_attributes_for_oid(oid)
+    if len(values) != 1:
+        return None
+    value = values[0].value
+    return value if isinstance(value, str) else value.decode()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)

@@ -1,0 +1,85 @@
+"""A site's own rules, enforced at the site: the coordinator is never trusted to follow them.
+
+A consortium member states what it agreed to (in its startup kit's policy,
+or with the client's flags): which task code it runs (by sha256 digest), how
+many rounds, how much privacy loss (``max_epsilon``, checked per round by
+:class:`~fedops.tasks.site.Site`), and whether it consents at all. Consent
+can be withdrawn while the agent runs by editing a small JSON file; the
+agent then declines, records why in its audit log, and leaves the run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedops.tasks.base import Task
+
+
+class PolicyViolation(Exception):
+    """A task or round the site's policy forbids; the message names the rule."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SitePolicy:
+    """Args:
+    max_epsilon: the most record-level ε this site may spend (local DP).
+    max_rounds: the last round this site takes part in.
+    allowed_tasks: sha256 digests of task code this site agreed to run (empty: any).
+    consent_file: JSON ``{"consent": true|false}``, read before every task.
+    """
+
+    max_epsilon: float | None = None
+    max_rounds: int | None = None
+    allowed_tasks: Sequence[str] = field(default_factory=tuple)
+    consent_file: Path | None = None
+    consent: bool = True
+
+    @classmethod
+    def from_mapping(cls, policy: Mapping[str, Any], **overrides: Any) -> SitePolicy:
+        """A kit's ``policy`` (``max_epsilon``, ``max_rounds``, ``allowed_tasks``), overridden
+        by the flags the operator gave (those that are not None)."""
+        known = {"max_epsilon", "max_rounds", "allowed_tasks", "consent", "consent_file"}
+        unknown = sorted(set(policy) - known)
+        if unknown:
+            raise ValueError(f"policy: unknown rule(s) {unknown}; known: {sorted(known)}")
+        values = {
+            "max_epsilon": policy.get("max_epsilon"),
+            "max_rounds": policy.get("max_rounds"),
+            "allowed_tasks": tuple(policy.get("allowed_tasks", ())),
+            "consent_file": Path(policy["consent_file"]) if policy.get("consent_file") else None,
+            "consent": bool(policy.get("consent", True)),
+        }
+        values |= {k: v for k, v in overrides.items() if v not in (None, ())}
+        return cls(**values)
+
+    def check_task(self, task: Task) -> None:
+        """Refuse to start with task code the site did not agree to."""
+        if self.allowed_tasks and task.digest not in self.allowed_tasks:
+            shown = task.digest or "(a built-in task, no source digest)"
+            raise PolicyViolation(
+                f"task {task.name!r} has digest {shown}, which this site's policy does not "
+                f"allow (allowed_tasks: {', '.join(self.allowed_tasks)})"
+            )
+
+    def check_round(self, server_round: int) -> None:
+        if self.max_rounds is not None and server_round > self.max_rounds:
+            raise PolicyViolation(
+                f"round {server_round} is past this site's limit of {self.max_rounds} rounds "
+                "(max_rounds)"
+            )
+
+    def consents(self) -> bool:
+        """False once the consent file says so (a missing or unreadable file: no consent)."""
+        if not self.consent:
+            return False
+        if self.consent_file is None:
+            return True
+        try:
+            value = json.loads(Path(self.consent_file).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(value, dict) and value.get("consent") is True
