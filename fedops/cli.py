@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _client_parser(sub)
     _simulate_parser(sub)
     _report_parsers(sub)
+    _consortium_parser(sub)
     return parser
 
 
@@ -125,8 +126,15 @@ def _coordinator_parser(sub: Any) -> None:
     coord = sub.add_parser("coordinator", help="serve a federated run over gRPC")
     coord.add_argument(
         "--address",
-        default="127.0.0.1:8765",
-        help="HOST:PORT to listen on (default: 127.0.0.1:8765)",
+        default=None,
+        help="HOST:PORT to listen on (default: the kit's address, else 127.0.0.1:8765)",
+    )
+    coord.add_argument(
+        "--kit",
+        type=Path,
+        default=None,
+        help="the coordinator's consortium startup kit: serve mTLS, admit only the "
+        "consortium's sites (see `fedops consortium init`)",
     )
     _task_flags(coord, required=False, default=None)
     _round_flags(coord, min_clients=2, run_dir="runs/latest")
@@ -261,7 +269,22 @@ def _monitoring_flags(coord: argparse.ArgumentParser) -> None:
 
 def _client_parser(sub: Any) -> None:
     client = sub.add_parser("client", help="run a site's agent against a coordinator")
-    client.add_argument("--coordinator", default="127.0.0.1:8765", help="HOST:PORT to dial")
+    client.add_argument(
+        "--coordinator",
+        default=None,
+        help="HOST:PORT to dial (default: the kit's coordinator, else 127.0.0.1:8765)",
+    )
+    client.add_argument(
+        "--kit",
+        type=Path,
+        default=None,
+        help="this site's consortium startup kit: mTLS identity, coordinator address, policy",
+    )
+    client.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext gRPC, no certificates: local development only",
+    )
     _task_flags(client, required=True, default=None)
     client.add_argument("--site", type=int, required=True, help="this site's index (0-based)")
     client.add_argument("--num-sites", type=int, required=True, help="number of sites")
@@ -351,6 +374,24 @@ def _report_parsers(sub: Any) -> None:
     )
 
 
+def _consortium_parser(sub: Any) -> None:
+    consortium = sub.add_parser(
+        "consortium", help="provision a consortium: a CA and one mTLS startup kit per party"
+    )
+    verbs = consortium.add_subparsers(dest="consortium_command", required=True, metavar="VERB")
+    init = verbs.add_parser("init", help="create the CA and every party's kit from a spec")
+    init.add_argument("file", type=Path, metavar="FILE", help="consortium.yaml")
+    init.add_argument("--out", type=Path, required=True, help="where ca/ and kits/ go")
+    add = verbs.add_parser("add-site", help="issue a kit for a new site")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--out", type=Path, required=True, help="the consortium folder (with ca/)")
+    revoke = verbs.add_parser(
+        "revoke", help="revoke a party's certificate: the coordinator refuses it at once"
+    )
+    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument("--out", type=Path, required=True, help="the consortium folder (with ca/)")
+
+
 def _simulate_parser(sub: Any) -> None:
     # Parsed by Hydra (fedops.config.hydra_app); listed here for `fedops --help`.
     sub.add_parser(
@@ -367,6 +408,14 @@ def _run_tool(args: argparse.Namespace) -> int:
         from fedops.reporting.report import report_command
 
         return report_command(args.run_dir, args.out)
+    if args.command == "consortium":
+        from fedops.consortium import commands
+
+        if args.consortium_command == "init":
+            return commands.init_command(args.file, args.out)
+        if args.consortium_command == "add-site":
+            return commands.add_site_command(args.out, args.name)
+        return commands.revoke_command(args.out, args.name)
     from fedops.reporting.compliance import audit_export_command, audit_verify_command
 
     if args.audit_command == "verify":
@@ -374,14 +423,32 @@ def _run_tool(args: argparse.Namespace) -> int:
     return audit_export_command(args.run_dir, args.out, list(args.site_log))
 
 
+def _kit_address(kit: Path | None, given: str | None) -> str:
+    """The address flag if given, else the kit's coordinator address, else the default."""
+    if given:
+        return given
+    if kit is not None:
+        from fedops.consortium.kits import KitError, load_kit
+
+        try:
+            return load_kit(kit).coordinator_address
+        except KitError as exc:
+            raise ConfigError("kit", str(exc)) from exc
+    return "127.0.0.1:8765"
+
+
 def _config(args: argparse.Namespace) -> Any:
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "verbose")}
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "insecure")}
     if args.command == "coordinator":
+        values["insecure"] = args.insecure
+        values["address"] = _kit_address(args.kit, args.address)
         values["round_timeout_s"] = values.pop("round_timeout")
         values["join_timeout_s"] = values.pop("join_timeout")
         values["liveness_timeout_s"] = values.pop("liveness_timeout")
         return CoordinatorConfig(**values)
     if args.command == "client":
+        values["coordinator"] = _kit_address(args.kit, args.coordinator)
+        values["insecure"] = args.insecure
         return ClientConfig(**values)
     raise AssertionError(f"no config for {args.command}")
 
@@ -407,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,  # Opacus calls basicConfig when imported; the CLI owns the process's logs
     )
-    if args.command in ("report", "audit"):
+    if args.command in ("report", "audit", "consortium"):
         return _run_tool(args)
     try:
         cfg = _config(args)
@@ -443,28 +510,46 @@ def _dispatch(command: str, cfg: Any) -> int:
                 print(f"{key.replace('_', ' ')}: {summary[key]}")
         return 0
     if command == "client":
-        from fedops.client.agent import Agent, CoordinatorUnreachable
-        from fedops.core.training import TrainConfig
-        from fedops.tasks import load_task
-        from fedops.tasks.policy import PolicyViolation
-        from fedops.tasks.site import Site
-
-        task = load_task(cfg.task, **cfg.builtin_options())
-        site = Site(
-            task,
-            site=cfg.site,
-            num_sites=cfg.num_sites,
-            train_config=TrainConfig(
-                epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer
-            ),
-            max_epsilon=cfg.max_epsilon,
-        )
-        try:
-            return Agent(cfg, site).run()
-        except (CoordinatorUnreachable, PolicyViolation) as exc:
-            print(f"fedops client: error: {exc}", file=sys.stderr)
-            return 1
+        return _run_client(cfg)
     raise AssertionError(f"unknown command {command}")
+
+
+def _run_client(cfg: Any) -> int:
+    from fedops.client.agent import (
+        Agent,
+        CoordinatorRefused,
+        CoordinatorUnreachable,
+        site_policy,
+    )
+    from fedops.consortium.kits import KitError, load_kit
+    from fedops.core.training import TrainConfig
+    from fedops.tasks import load_task
+    from fedops.tasks.policy import PolicyViolation
+    from fedops.tasks.site import Site
+
+    try:
+        kit = load_kit(cfg.kit) if cfg.kit is not None else None
+        if kit is not None and kit.role != "site":
+            raise KitError(f"{cfg.kit}: a {kit.role}'s kit; a client needs a site's kit")
+        policy = site_policy(cfg, kit)
+    except (KitError, ValueError) as exc:
+        print(f"fedops client: error: --kit: {exc}", file=sys.stderr)
+        return 2
+    task = load_task(cfg.task, **cfg.builtin_options())
+    site = Site(
+        task,
+        site=cfg.site,
+        num_sites=cfg.num_sites,
+        train_config=TrainConfig(
+            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer
+        ),
+        max_epsilon=policy.max_epsilon,
+    )
+    try:
+        return Agent(cfg, site, kit=kit, policy=policy).run()
+    except (CoordinatorUnreachable, CoordinatorRefused, PolicyViolation) as exc:
+        print(f"fedops client: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import grpc
 
 from fedops.client.calls import Session, fetch_model, push_result
 from fedops.client.secure import SecureParticipant, secure_identity
+from fedops.consortium.kits import Kit
+from fedops.consortium.tls import channel_credentials
 from fedops.core.audit import json_values
 from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.primitives import ProtocolError
@@ -41,6 +43,27 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 T = TypeVar("T")
 
 
+INSECURE_WARNING = (
+    "WARNING: dialing %s over plaintext gRPC (no TLS, no certificate): anyone on the path can "
+    "read and alter this site's updates. Use a consortium kit (--kit) outside local development."
+)
+
+
+def site_policy(cfg: ClientConfig, kit: Kit | None) -> SitePolicy:
+    """The site's policy: its kit's, with the flags the operator gave taking precedence."""
+    return SitePolicy.from_mapping(
+        kit.policy if kit is not None else {},
+        max_epsilon=cfg.max_epsilon,
+        max_rounds=cfg.max_rounds,
+        allowed_tasks=tuple(cfg.allowed_task or ()),
+        consent_file=cfg.consent_file,
+    )
+
+
+class CoordinatorRefused(RuntimeError):
+    """The coordinator denies this site (e.g. its certificate was revoked)."""
+
+
 class CoordinatorUnreachable(RuntimeError):
     """Gave up after ``max_retries`` consecutive failed attempts."""
 
@@ -52,16 +75,28 @@ class _Reregister(Exception):
 class Agent:
     """Runs one site against one coordinator until told to shut down."""
 
-    def __init__(self, cfg: ClientConfig, site: Site) -> None:
+    def __init__(
+        self,
+        cfg: ClientConfig,
+        site: Site,
+        *,
+        kit: Kit | None = None,
+        policy: SitePolicy | None = None,
+    ) -> None:
         self.cfg = cfg
         self.site = site
-        self.channel = grpc.insecure_channel(
-            cfg.coordinator,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self.kit = kit
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if kit is not None:  # consortium: mTLS, the kit's certificate is this site's identity
+            self.channel = grpc.secure_channel(
+                cfg.coordinator, channel_credentials(kit), options=options
+            )
+        else:
+            log.warning(INSECURE_WARNING, cfg.coordinator)
+            self.channel = grpc.insecure_channel(cfg.coordinator, options=options)
         self.stub = pb_grpc.CoordinatorStub(self.channel)
         self.session: Session | None = None
         self._stop = threading.Event()
@@ -71,12 +106,7 @@ class Agent:
         self.secure = SecureParticipant(
             site, Crypto(), **secure_identity(cfg.identity_key, cfg.trusted_keys, cfg.site_name)
         )
-        self.policy = SitePolicy(
-            max_epsilon=cfg.max_epsilon,
-            max_rounds=cfg.max_rounds,
-            allowed_tasks=tuple(cfg.allowed_task or ()),
-            consent_file=cfg.consent_file,
-        )
+        self.policy = policy or site_policy(cfg, kit)
         self.audit: AuditLog | None = None
         if cfg.run_dir is not None:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
@@ -99,6 +129,8 @@ class Agent:
 
     @property
     def site_name(self) -> str:
+        if self.kit is not None:
+            return self.kit.name
         return self.cfg.site_name or f"site-{self.cfg.site}"
 
     # -- plumbing --------------------------------------------------------
@@ -187,6 +219,11 @@ class Agent:
                 except _Reregister:
                     log.warning("the coordinator no longer knows this node; registering again")
                     self.session = self._register()
+        except grpc.RpcError as exc:
+            if exc.code() is not grpc.StatusCode.PERMISSION_DENIED:
+                raise
+            self._audit("refused_by_coordinator", code=exc.code().name, reason=exc.details())
+            raise CoordinatorRefused(f"the coordinator refuses this site: {exc.details()}") from exc
         finally:
             # Join the heartbeat thread before closing the channel: a gRPC call still in
             # flight at interpreter exit aborts the process.

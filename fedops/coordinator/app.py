@@ -8,6 +8,9 @@ from typing import Any
 
 import grpc
 
+from fedops.consortium.kits import Kit, KitError, load_kit
+from fedops.consortium.tls import Revocation, server_credentials
+from fedops.coordinator.peers import PeerGate
 from fedops.coordinator.server import build_server
 from fedops.coordinator.transport import GrpcTransport
 from fedops.core.monitoring.summary import MonitorThresholds
@@ -21,7 +24,7 @@ from fedops.runtime.monitoring import MonitorSettings
 from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.run import RunPlan, execute, make_strategy
 from fedops.runtime.secure_fit import SecAggSettings
-from fedops.runtime.settings import CoordinatorConfig, as_dict
+from fedops.runtime.settings import ConfigError, CoordinatorConfig, as_dict
 from fedops.runtime.store import RunStore
 from fedops.runtime.trail import RunTrail
 from fedops.tasks import load_task
@@ -164,9 +167,32 @@ def _monitoring(cfg: CoordinatorConfig) -> MonitorSettings | None:
 
 
 def _serve(transport: GrpcTransport, cfg: CoordinatorConfig) -> grpc.Server:
-    server = build_server(transport, max_workers=cfg.max_workers)
-    if server.add_insecure_port(cfg.address) == 0:
+    if cfg.kit is None:
+        server = build_server(transport, max_workers=cfg.max_workers)
+        bound = server.add_insecure_port(cfg.address)
+        log.warning(INSECURE_WARNING, cfg.address)
+    else:
+        kit = _coordinator_kit(cfg.kit)
+        registry = transport.registry
+        gate = PeerGate(
+            Revocation.from_kit(kit),
+            site_of_node=lambda node: registry.site_name(node) if registry.get(node) else None,
+            on_refusal=lambda who, code, reason: transport.on_rejection(0, who, code, reason),
+        )
+        server = build_server(transport, max_workers=cfg.max_workers, gate=gate)
+        bound = server.add_secure_port(cfg.address, server_credentials(kit))
+        log.info("mTLS: consortium %r, serving as %r", kit.consortium, kit.name)
+    if bound == 0:
         raise BindError(f"cannot listen on {cfg.address} (in use or not a local address)")
-    log.warning(INSECURE_WARNING, cfg.address)
     server.start()
     return server
+
+
+def _coordinator_kit(path: Path) -> Kit:
+    try:
+        kit = load_kit(path)
+    except KitError as exc:
+        raise ConfigError("kit", str(exc)) from exc
+    if kit.role != "coordinator":
+        raise ConfigError("kit", f"{path} is a {kit.role}'s kit; serving needs the coordinator's")
+    return kit

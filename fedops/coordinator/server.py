@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from fedops.coordinator.peers import PeerGate
 from fedops.coordinator.results import Reject
 from fedops.coordinator.transport import GrpcTransport
 from fedops.core.params import InvalidUpdate
@@ -53,17 +54,38 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, reason: str) ->
     context.abort(code, reason)
 
 
-def _unary(transport: GrpcTransport, fn: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
+def _unary(
+    transport: GrpcTransport,
+    fn: Callable[[Any], Any],
+    method: str,
+    gate: PeerGate | None,
+) -> Callable[[Any, Any], Any]:
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
         if isinstance(request, Malformed):
             transport.on_rejection(0, "?", "INVALID_ARGUMENT", request.reason)
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.reason)
         try:
+            if gate is not None:
+                _check_peer(gate, context, method, request)
             return fn(request)
         except Reject as exc:
             _abort(context, exc.code, exc.reason)
 
     return handler
+
+
+def _check_peer(gate: PeerGate, context: grpc.ServicerContext, method: str, request: Any) -> None:
+    """mTLS: the certificate names the site; a registration takes that name, nothing else."""
+    if method != "Register":
+        gate.check_node(context, method, request.node_id)
+        return
+    name = gate.caller(context, method)
+    if request.site_name and request.site_name != name:
+        raise Reject(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"the certificate names {name!r}; the registration claims {request.site_name[:64]!r}",
+        )
+    request.site_name = name
 
 
 def _push_part(data: bytes) -> Any:
@@ -119,12 +141,21 @@ def _split_push(
     return first.header, chunks()
 
 
-def build_server(transport: GrpcTransport, *, max_workers: int = 64) -> grpc.Server:
-    """A gRPC server with the Coordinator service; the caller binds and starts it."""
+def build_server(
+    transport: GrpcTransport, *, max_workers: int = 64, gate: PeerGate | None = None
+) -> grpc.Server:
+    """A gRPC server with the Coordinator service; the caller binds and starts it.
+
+    With ``gate`` (consortium mode, mTLS) every call is checked against the
+    caller's certificate first.
+    """
 
     def push(requests: Iterator[Any], context: grpc.ServicerContext) -> pb.PushResultResponse:
         try:
-            return transport.push(*_split_push(transport, requests, context))
+            header, chunks = _split_push(transport, requests, context)
+            if gate is not None:
+                gate.check_node(context, "PushResult", header.node_id)
+            return transport.push(header, chunks)
         except Reject as exc:
             _abort(context, exc.code, exc.reason)
         raise AssertionError("unreachable")
@@ -134,6 +165,8 @@ def build_server(transport: GrpcTransport, *, max_workers: int = 64) -> grpc.Ser
             transport.on_rejection(0, "?", "INVALID_ARGUMENT", request.reason)
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.reason)
         try:
+            if gate is not None:
+                gate.check_node(context, "FetchModel", request.node_id)
             yield from transport.model_chunks(request)
         except Reject as exc:
             _abort(context, exc.code, exc.reason)
@@ -144,17 +177,17 @@ def build_server(transport: GrpcTransport, *, max_workers: int = 64) -> grpc.Ser
 
     handlers = {
         "Register": grpc.unary_unary_rpc_method_handler(
-            _unary(transport, transport.register),
+            _unary(transport, transport.register, "Register", gate),
             request_deserializer=_tolerant(pb.RegisterRequest),
             response_serializer=ser,
         ),
         "PullTask": grpc.unary_unary_rpc_method_handler(
-            _unary(transport, transport.pull),
+            _unary(transport, transport.pull, "PullTask", gate),
             request_deserializer=_tolerant(pb.PullTaskRequest),
             response_serializer=ser,
         ),
         "Heartbeat": grpc.unary_unary_rpc_method_handler(
-            _unary(transport, transport.heartbeat),
+            _unary(transport, transport.heartbeat, "Heartbeat", gate),
             request_deserializer=_tolerant(pb.HeartbeatRequest),
             response_serializer=ser,
         ),

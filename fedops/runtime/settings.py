@@ -256,6 +256,7 @@ class TrainOptions:
 @dataclass(frozen=True, kw_only=True)
 class CoordinatorConfig(RoundOptions, TaskOptions):
     address: str = "127.0.0.1:8765"
+    kit: Path | None = None  # consortium startup kit: mTLS, and only the consortium's sites
     task: str | None = None
     round_timeout_s: float = 120.0
     join_timeout_s: float = 600.0
@@ -312,7 +313,7 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
             "secure aggregation needs at least 2 clients per round",
         )
         _require(
-            is_loopback(host) or self.insecure,
+            is_loopback(host) or self.insecure or self.kit is not None,
             "address",
             f"refusing to serve plaintext gRPC on {host}: without certificates the "
             "coordinator binds loopback only; pass --insecure to accept the risk",
@@ -376,6 +377,8 @@ def _is_number(text: str) -> bool:
 @dataclass(frozen=True, kw_only=True)
 class ClientConfig(TrainOptions, TaskOptions):
     coordinator: str = "127.0.0.1:8765"
+    kit: Path | None = None  # consortium startup kit: mTLS identity, coordinator address, policy
+    insecure: bool = False  # plaintext to a non-loopback coordinator (development only)
     site: int = 0
     num_sites: int = 1
     site_name: str = ""
@@ -393,7 +396,13 @@ class ClientConfig(TrainOptions, TaskOptions):
     def __post_init__(self) -> None:
         self.check_train_options()
         self.check_task_options()
-        parse_address("coordinator", self.coordinator)
+        host, _ = parse_address("coordinator", self.coordinator)
+        _require(
+            self.kit is not None or is_loopback(host) or self.insecure,
+            "coordinator",
+            f"refusing plaintext gRPC to {host}: outside loopback a site dials with its "
+            "consortium kit (--kit); pass --insecure to accept the risk",
+        )
         _require(self.task is not None, "task", "a client needs a task")
         _require(self.num_sites >= 1, "num_sites", f"must be >= 1, got {self.num_sites}")
         _require(

@@ -1,0 +1,196 @@
+"""A consortium on loopback: kits from ``fedops consortium init``, mTLS, roles, revocation.
+
+Real processes: the coordinator serves with its kit, sites dial with theirs.
+Raw gRPC calls with other parties' credentials check what the coordinator
+refuses: plaintext, another consortium's certificate, a non-site role, one
+site acting as another's node, and a certificate revoked during the run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from procs import ENV, Procs, free_port, metrics, query, wait_until
+
+from fedops.consortium.kits import load_kit, revoke
+from fedops.consortium.tls import channel_credentials
+from fedops.v1 import fedops_pb2 as pb
+from fedops.v1 import fedops_pb2_grpc as pb_grpc
+from fedops.wire import PROTOCOL_VERSION
+
+pytestmark = pytest.mark.slow
+#: enough rounds (a fraction of a second each) for the checks to run while the run goes on
+ROUNDS = 40
+
+
+def _fedops(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedops", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def _init(tmp: Path, name: str, port: int) -> Path:
+    spec = tmp / f"{name}.yaml"
+    spec.write_text(
+        f"name: {name}\n"
+        f"coordinator: {{name: coord, address: '127.0.0.1:{port}'}}\n"
+        "sites: [{name: bank-a}, {name: bank-b}, {name: bank-c}]\n"
+        "admins: [{name: alice}]\n"
+        "observers: [{name: auditor}]\n"
+    )
+    out = tmp / name
+    done = _fedops("consortium", "init", str(spec), "--out", str(out), cwd=tmp)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def _stub(kit_dir: Path, port: int) -> pb_grpc.CoordinatorStub:
+    channel = grpc.secure_channel(f"127.0.0.1:{port}", channel_credentials(load_kit(kit_dir)))
+    return pb_grpc.CoordinatorStub(channel)
+
+
+def _register(stub: pb_grpc.CoordinatorStub, site_name: str = "") -> pb.RegisterResponse:
+    request = pb.RegisterRequest(
+        protocol_version=PROTOCOL_VERSION, site_name=site_name, num_train_examples=10
+    )
+    return stub.Register(request, timeout=10)
+
+
+def _code(call) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code(), caught.value.details() or ""
+
+
+def test_a_consortium_trains_over_mtls_and_refuses_everyone_else(procs: Procs, tmp_path: Path):
+    port = free_port()
+    cons = _init(tmp_path, "banks", port)
+    kits = cons / "kits"
+    run_dir = tmp_path / "run"
+    coord = procs.start(
+        "coordinator",
+        "coordinator",
+        "--kit",
+        str(kits / "coord"),
+        "--task",
+        "digits",
+        "--rounds",
+        str(ROUNDS),
+        "--min-clients",
+        "1",
+        "--liveness-timeout",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--round-timeout",
+        "30",
+    )
+    # before any site joins: plaintext, and another consortium's certificate, are refused at
+    # the handshake
+    plain = pb_grpc.CoordinatorStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+    assert _code(lambda: _register(plain))[0] is grpc.StatusCode.UNAVAILABLE
+    other = _init(tmp_path, "strangers", free_port())
+    assert _code(lambda: _register(_stub(other / "kits" / "bank-a", port)))[0] is (
+        grpc.StatusCode.UNAVAILABLE
+    )
+    # a valid certificate with the wrong role: no training calls
+    for party in ("alice", "auditor"):
+        code, reason = _code(lambda p=party: _register(_stub(kits / p, port)))
+        assert code is grpc.StatusCode.PERMISSION_DENIED and "only sites" in reason, reason
+    # a site claiming another name, and a site using another site's node
+    bank_c = _stub(kits / "bank-c", port)
+    code, reason = _code(lambda: _register(bank_c, site_name="bank-a"))
+    assert code is grpc.StatusCode.PERMISSION_DENIED and "certificate names 'bank-c'" in reason
+    mine = _register(_stub(kits / "bank-a", port))  # bank-a's certificate: a node of bank-a
+    assert mine.node_id
+    pull = pb.PullTaskRequest(node_id=mine.node_id, token=mine.token, wait_ms=0)
+    code, reason = _code(lambda: bank_c.PullTask(pull, timeout=10))
+    assert code is grpc.StatusCode.PERMISSION_DENIED and "registered by 'bank-a'" in reason
+
+    # the sites join (the run starts), and bank-b is revoked during the run: refused at its
+    # next call, the others go on
+    sites = {
+        name: procs.start(
+            name,
+            "client",
+            "--kit",
+            str(kits / name),
+            "--task",
+            "digits",
+            "--site",
+            str(i),
+            "--num-sites",
+            "2",
+            "--run-dir",
+            str(tmp_path / name),
+            "--max-retries",
+            "3",
+            "--epochs",
+            "1",
+        )
+        for i, name in enumerate(("bank-a", "bank-b"))
+    }
+    wait_until(lambda: len(metrics(run_dir)) >= 2, 120, "two rounds over mTLS")
+    revoke(cons, "bank-b")
+    assert procs.wait(coord, 240, "coordinator") == 0, procs.log("coordinator")
+    assert procs.wait(sites["bank-a"], 30, "bank-a") == 0, procs.log("bank-a")
+    assert sites["bank-b"].wait(timeout=120) == 1  # it cannot take part any more, and says why
+    assert "the coordinator refuses this site" in procs.log("bank-b")
+    assert "revoked" in procs.log("bank-b")
+
+    rows = metrics(run_dir)
+    assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
+    fit = query(run_dir, "SELECT DISTINCT site FROM participants WHERE outcome = 'ok'")
+    assert {s for (s,) in fit} == {"bank-a", "bank-b"}  # names from the certificates
+    refused = query(run_dir, "SELECT reason FROM rejections")
+    assert any("revoked" in r for (r,) in refused)
+    assert any("only sites" in r for (r,) in refused)
+    last_b = query(
+        run_dir, "SELECT MAX(round) FROM participants WHERE site = 'bank-b' AND outcome = 'ok'"
+    )[0][0]
+    assert last_b is not None and last_b < ROUNDS
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+
+
+def test_a_tampered_kit_is_refused_before_anything_is_dialled(tmp_path: Path):
+    cons = _init(tmp_path, "banks", free_port())
+    kit = cons / "kits" / "bank-a"
+    meta = json.loads((kit / "kit.json").read_text())
+    meta["role"] = "coordinator"
+    (kit / "kit.json").write_text(json.dumps(meta))
+    done = _fedops(
+        "client",
+        "--kit",
+        str(kit),
+        "--task",
+        "digits",
+        "--site",
+        "0",
+        "--num-sites",
+        "1",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "kit.json" in done.stderr, done.stderr
+    served = _fedops(
+        "coordinator",
+        "--kit",
+        str(cons / "kits" / "bank-b"),
+        "--task",
+        "digits",
+        "--run-dir",
+        str(tmp_path / "run"),
+        cwd=tmp_path,
+    )
+    assert served.returncode == 2 and "coordinator's" in served.stderr, served.stderr
