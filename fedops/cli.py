@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _simulate_parser(sub)
     _report_parsers(sub)
     _consortium_parser(sub)
+    _admin_parser(sub)
     return parser
 
 
@@ -135,6 +136,11 @@ def _coordinator_parser(sub: Any) -> None:
         default=None,
         help="the coordinator's consortium startup kit: serve mTLS, admit only the "
         "consortium's sites (see `fedops consortium init`)",
+    )
+    coord.add_argument(
+        "--wait-for-start",
+        action="store_true",
+        help="with --kit: hold round 1 until an admin runs `fedops admin start`",
     )
     _task_flags(coord, required=False, default=None)
     _round_flags(coord, min_clients=2, run_dir="runs/latest")
@@ -392,6 +398,20 @@ def _consortium_parser(sub: Any) -> None:
     revoke.add_argument("--out", type=Path, required=True, help="the consortium folder (with ca/)")
 
 
+def _admin_parser(sub: Any) -> None:
+    admin = sub.add_parser(
+        "admin", help="start, stop or query a running consortium coordinator (admin kit)"
+    )
+    admin.add_argument("verb", choices=("status", "start", "stop"))
+    admin.add_argument(
+        "--kit", type=Path, required=True, help="an admin's kit (observers: status only)"
+    )
+    admin.add_argument(
+        "--coordinator", default=None, help="HOST:PORT (default: the kit's coordinator)"
+    )
+    admin.add_argument("--reason", default="", help="recorded in the coordinator's audit log")
+
+
 def _simulate_parser(sub: Any) -> None:
     # Parsed by Hydra (fedops.config.hydra_app); listed here for `fedops --help`.
     sub.add_parser(
@@ -408,6 +428,10 @@ def _run_tool(args: argparse.Namespace) -> int:
         from fedops.reporting.report import report_command
 
         return report_command(args.run_dir, args.out)
+    if args.command == "admin":
+        from fedops.coordinator.admin import admin_command
+
+        return admin_command(args.verb, args.kit, args.coordinator, args.reason)
     if args.command == "consortium":
         from fedops.consortium import commands
 
@@ -474,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,  # Opacus calls basicConfig when imported; the CLI owns the process's logs
     )
-    if args.command in ("report", "audit", "consortium"):
+    if args.command in ("report", "audit", "consortium", "admin"):
         return _run_tool(args)
     try:
         cfg = _config(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import grpc
 
 from fedops.consortium.kits import Kit, KitError, load_kit
 from fedops.consortium.tls import Revocation, server_credentials
+from fedops.coordinator.admin import admin_handler
 from fedops.coordinator.peers import PeerGate
 from fedops.coordinator.server import build_server
 from fedops.coordinator.transport import GrpcTransport
@@ -17,6 +19,7 @@ from fedops.core.monitoring.summary import MonitorThresholds
 from fedops.core.params import Params
 from fedops.core.privacy.central import AdaptiveClipping
 from fedops.runtime.audit import AuditLog
+from fedops.runtime.control import RunControl
 from fedops.runtime.driver import DriverConfig
 from fedops.runtime.metrics import RunMetrics
 from fedops.runtime.mlflow_sink import MlflowSink
@@ -73,8 +76,11 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
     metrics.connected.set_function(lambda: len(transport.available_nodes()))
     if cfg.metrics_port is not None:
         metrics.serve(cfg.metrics_port, cfg.metrics_address)
-    server = _serve(transport, cfg)
+    control = RunControl(rounds_planned=cfg.rounds, started=not cfg.wait_for_start)
+    server = _serve(transport, cfg, control=control, run_id=run_id, audit=audit.record)
     log.info("coordinator for run %s listening on %s", run_id, cfg.address)
+    if cfg.wait_for_start:
+        log.info("waiting for an admin's `fedops admin start` before round 1")
 
     def first_params() -> Params:
         if task is not None:
@@ -106,6 +112,7 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
             seed=cfg.seed,
         ),
         initial_params=first_params,
+        control=control,
         evaluate_global=global_evaluator(task) if task else None,
         task=task,
         monitoring=_monitoring(cfg),
@@ -166,7 +173,14 @@ def _monitoring(cfg: CoordinatorConfig) -> MonitorSettings | None:
     )
 
 
-def _serve(transport: GrpcTransport, cfg: CoordinatorConfig) -> grpc.Server:
+def _serve(
+    transport: GrpcTransport,
+    cfg: CoordinatorConfig,
+    *,
+    control: RunControl,
+    run_id: str,
+    audit: Callable[[str, Mapping[str, Any]], None],
+) -> grpc.Server:
     if cfg.kit is None:
         server = build_server(transport, max_workers=cfg.max_workers)
         bound = server.add_insecure_port(cfg.address)
@@ -180,6 +194,17 @@ def _serve(transport: GrpcTransport, cfg: CoordinatorConfig) -> grpc.Server:
             on_refusal=lambda who, code, reason: transport.on_rejection(0, who, code, reason),
         )
         server = build_server(transport, max_workers=cfg.max_workers, gate=gate)
+        server.add_generic_rpc_handlers(
+            (
+                admin_handler(
+                    control,
+                    run_id=run_id,
+                    revocation=gate.revocation,
+                    sites=lambda: [registry.site_name(n) for n in registry.node_ids()],
+                    audit=audit,
+                ),
+            )
+        )
         bound = server.add_secure_port(cfg.address, server_credentials(kit))
         log.info("mTLS: consortium %r, serving as %r", kit.consortium, kit.name)
     if bound == 0:

@@ -22,6 +22,7 @@ from fedops.core.results import EvaluateResult, FitResult, weighted_metrics
 from fedops.core.rounds import Phase, RoundTracker, sample_clients
 from fedops.core.strategies.base import Strategy
 from fedops.runtime.collect import collect
+from fedops.runtime.control import RunControl
 from fedops.runtime.monitoring import RoundMonitor
 from fedops.runtime.privacy import CentralPrivacy, LocalPrivacy
 from fedops.runtime.secure_fit import FitOutcome, SecureFit
@@ -66,6 +67,7 @@ class RoundDriver:
         secure: runs the fit phase under secure aggregation, when it is on.
         privacy: central DP (clipping, noise, accounting, budget), when it is on.
         monitor: drift and fairness reports with every evaluation, when it is on.
+        control: an admin's start and stop (consortium mode), checked between rounds.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class RoundDriver:
         secure: SecureFit | None = None,
         privacy: CentralPrivacy | LocalPrivacy | None = None,
         monitor: RoundMonitor | None = None,
+        control: RunControl | None = None,
     ) -> None:
         self.transport = transport
         self.strategy = strategy
@@ -92,11 +95,16 @@ class RoundDriver:
         self.secure = secure
         self.privacy = privacy
         self.monitor = monitor
+        self.control = control
 
     def run(self, params: Params, *, start_round: int = 1) -> Params:
         for server_round in range(start_round, self.config.rounds + 1):
+            if self.control is not None:  # an admin may hold the start or stop the run
+                self.control.before_round(server_round, self.config.join_timeout_s)
             params, record = self.run_round(server_round, params)
             self.store.save_round(server_round, params, record.metrics, record.participants)
+            if self.control is not None:
+                self.control.committed(server_round)
             self.on_round(record)
         return params
 

@@ -11,6 +11,7 @@ from fedops.core.params import Params
 from fedops.core.strategies import STRATEGIES, FedProx, Krum, MultiKrum, TrimmedMean
 from fedops.core.strategies.base import Strategy
 from fedops.crypto import Crypto
+from fedops.runtime.control import RunControl, RunStopped
 from fedops.runtime.driver import DriverConfig, RoundDriver, RoundRecord
 from fedops.runtime.monitoring import MonitorSettings, RoundMonitor, monitor_spec
 from fedops.runtime.privacy import (
@@ -113,6 +114,7 @@ class RunPlan:
     #: called after every committed round, besides the progress view (audit, metrics)
     observers: Sequence[Callable[[RoundRecord], None]] = ()
     on_alert: Callable[[dict[str, Any]], None] = lambda alert: None
+    control: RunControl | None = None  # admin start/stop (consortium mode)
 
 
 def execute(
@@ -172,16 +174,23 @@ def execute(
                 secure=_secure_fit(plan, start.run_id, transport),
                 privacy=privacy,
                 monitor=_monitor(plan, start.params),
+                control=plan.control,
             ).run(start.params, start_round=start.start_round)
         status = "completed"
     except BudgetExhausted as exc:
         log.warning("%s", exc)
         status = "budget_exhausted"
         extra["stop_reason"] = str(exc)
+    except RunStopped as exc:
+        log.warning("%s", exc)
+        status = "stopped"
+        extra["stop_reason"] = str(exc)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
+        if plan.control is not None:
+            plan.control.finished = True
         on_exit(status)
         if privacy is not None:
             extra["privacy"] = privacy.guarantee()

@@ -257,6 +257,7 @@ class TrainOptions:
 class CoordinatorConfig(RoundOptions, TaskOptions):
     address: str = "127.0.0.1:8765"
     kit: Path | None = None  # consortium startup kit: mTLS, and only the consortium's sites
+    wait_for_start: bool = False  # hold round 1 until an admin runs `fedops admin start`
     task: str | None = None
     round_timeout_s: float = 120.0
     join_timeout_s: float = 600.0
@@ -290,6 +291,11 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
         self.check_round_options()
         self.check_task_options()
         self.check_monitoring()
+        _require(
+            not self.wait_for_start or self.kit is not None,
+            "wait_for_start",
+            "only a consortium coordinator (--kit) has admins to start it",
+        )
         host, _ = parse_address("address", self.address)
         _require(self.round_timeout_s > 0, "round_timeout_s", "must be > 0")
         _require(self.join_timeout_s > 0, "join_timeout_s", "must be > 0")

@@ -392,3 +392,25 @@ class SiteReport(_message.Message):
     histograms: _containers.RepeatedCompositeFieldContainer[Histogram]
     fairness: _containers.RepeatedCompositeFieldContainer[GroupConfusion]
     def __init__(self, drift: _Optional[_Iterable[_Union[DriftStatistic, _Mapping]]] = ..., histograms: _Optional[_Iterable[_Union[Histogram, _Mapping]]] = ..., fairness: _Optional[_Iterable[_Union[GroupConfusion, _Mapping]]] = ...) -> None: ...
+
+class AdminRequest(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class RunStatus(_message.Message):
+    __slots__ = ("run_id", "state", "round", "rounds_planned", "sites", "message")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_PLANNED_FIELD_NUMBER: _ClassVar[int]
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    state: str
+    round: int
+    rounds_planned: int
+    sites: _containers.RepeatedScalarFieldContainer[str]
+    message: str
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., rounds_planned: _Optional[int] = ..., sites: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ...) -> None: ...

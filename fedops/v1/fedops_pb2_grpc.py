@@ -267,3 +267,161 @@ class Coordinator:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Status = channel.unary_unary(
+                '/fedops.v1.Admin/Status',
+                request_serializer=fedops_dot_v1_dot_fedops__pb2.AdminRequest.SerializeToString,
+                response_deserializer=fedops_dot_v1_dot_fedops__pb2.RunStatus.FromString,
+                _registered_method=True)
+        self.Start = channel.unary_unary(
+                '/fedops.v1.Admin/Start',
+                request_serializer=fedops_dot_v1_dot_fedops__pb2.AdminRequest.SerializeToString,
+                response_deserializer=fedops_dot_v1_dot_fedops__pb2.RunStatus.FromString,
+                _registered_method=True)
+        self.Stop = channel.unary_unary(
+                '/fedops.v1.Admin/Stop',
+                request_serializer=fedops_dot_v1_dot_fedops__pb2.AdminRequest.SerializeToString,
+                response_deserializer=fedops_dot_v1_dot_fedops__pb2.RunStatus.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Start(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stop(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=fedops_dot_v1_dot_fedops__pb2.AdminRequest.FromString,
+                    response_serializer=fedops_dot_v1_dot_fedops__pb2.RunStatus.SerializeToString,
+            ),
+            'Start': grpc.unary_unary_rpc_method_handler(
+                    servicer.Start,
+                    request_deserializer=fedops_dot_v1_dot_fedops__pb2.AdminRequest.FromString,
+                    response_serializer=fedops_dot_v1_dot_fedops__pb2.RunStatus.SerializeToString,
+            ),
+            'Stop': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stop,
+                    request_deserializer=fedops_dot_v1_dot_fedops__pb2.AdminRequest.FromString,
+                    response_serializer=fedops_dot_v1_dot_fedops__pb2.RunStatus.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedops.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedops.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedops.v1.Admin/Status',
+            fedops_dot_v1_dot_fedops__pb2.AdminRequest.SerializeToString,
+            fedops_dot_v1_dot_fedops__pb2.RunStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Start(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedops.v1.Admin/Start',
+            fedops_dot_v1_dot_fedops__pb2.AdminRequest.SerializeToString,
+            fedops_dot_v1_dot_fedops__pb2.RunStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedops.v1.Admin/Stop',
+            fedops_dot_v1_dot_fedops__pb2.AdminRequest.SerializeToString,
+            fedops_dot_v1_dot_fedops__pb2.RunStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -95,6 +95,7 @@ def test_a_consortium_trains_over_mtls_and_refuses_everyone_else(procs: Procs, t
         "--round-timeout",
         "30",
     )
+    wait_until(lambda: "listening on" in procs.log("coordinator"), 120, "the coordinator")
     # before any site joins: plaintext, and another consortium's certificate, are refused at
     # the handshake
     plain = pb_grpc.CoordinatorStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
@@ -194,3 +195,67 @@ def test_a_tampered_kit_is_refused_before_anything_is_dialled(tmp_path: Path):
         cwd=tmp_path,
     )
     assert served.returncode == 2 and "coordinator's" in served.stderr, served.stderr
+
+
+def test_admins_start_and_stop_a_run_and_observers_only_watch(procs: Procs, tmp_path: Path):
+    port = free_port()
+    kits = _init(tmp_path, "banks", port) / "kits"
+    run_dir = tmp_path / "run"
+    coord = procs.start(
+        "coordinator",
+        "coordinator",
+        "--kit",
+        str(kits / "coord"),
+        "--task",
+        "digits",
+        "--rounds",
+        "500",
+        "--min-clients",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--wait-for-start",
+    )
+    wait_until(lambda: "listening on" in procs.log("coordinator"), 120, "the coordinator")
+    for i, name in enumerate(("bank-a", "bank-b")):
+        procs.start(
+            name,
+            "client",
+            "--kit",
+            str(kits / name),
+            "--task",
+            "digits",
+            "--site",
+            str(i),
+            "--num-sites",
+            "2",
+            "--run-dir",
+            str(tmp_path / name),
+            "--epochs",
+            "1",
+        )
+
+    def admin(verb: str, party: str) -> subprocess.CompletedProcess[str]:
+        return _fedops("admin", verb, "--kit", str(kits / party), "--reason", "test", cwd=tmp_path)
+
+    waiting = wait_until(
+        lambda: (r := admin("status", "auditor")).returncode == 0 and "bank-b" in r.stdout and r,
+        60,
+        "both sites connected",
+    )
+    assert "waiting_for_start, round 0 of 500" in waiting.stdout
+    assert metrics(run_dir) == []  # nothing runs before an admin starts it
+    refused = admin("start", "auditor")
+    assert refused.returncode == 1 and "may not call Admin.Start" in refused.stderr
+    assert admin("start", "alice").returncode == 0
+    wait_until(lambda: len(metrics(run_dir)) >= 2, 120, "two rounds after the start")
+    stopped = admin("stop", "alice")
+    assert stopped.returncode == 0 and "stopping" in stopped.stdout, stopped.stderr
+    assert procs.wait(coord, 120, "coordinator") == 0, procs.log("coordinator")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped" and "alice: test" in summary["stop_reason"]
+    assert 2 <= summary["rounds_completed"] < 500
+    events = [json.loads(x) for x in (run_dir / "audit.jsonl").read_text().splitlines()]
+    said = [(e["event"], e["payload"].get("caller")) for e in events if "admin" in e["event"]]
+    assert ("admin_refused", "auditor") in said
+    assert ("admin_start", "alice") in said and ("admin_stop", "alice") in said

@@ -61,7 +61,9 @@ def test_train_many_matches_the_sequential_loop(sizes, batch, momentum, mu, arch
             ),
         )
         for name, value in get_params(model).items():
-            np.testing.assert_allclose(params[name], value, rtol=1e-5, atol=1e-6)
+            # float32, summed in another order by the batched loop; momentum over up to 80
+            # single-example steps grows last-bit differences to a few 1e-6 (seen: 4.8e-6)
+            np.testing.assert_allclose(params[name], value, rtol=1e-5, atol=2e-5)
         assert loss == pytest.approx(want["train_loss"], rel=1e-5, abs=1e-6)
 
 
