@@ -66,6 +66,27 @@ def _register(stub: pb_grpc.CoordinatorStub, site_name: str = "") -> pb.Register
     return stub.Register(request, timeout=10)
 
 
+def _site(procs: Procs, kits: Path, name: str, index: int, tmp: Path, *extra: str):  # type: ignore[no-untyped-def]
+    """One of two sites, dialling with its kit (1 local epoch: rounds stay short)."""
+    return procs.start(
+        name,
+        "client",
+        "--kit",
+        str(kits / name),
+        "--task",
+        "digits",
+        "--site",
+        str(index),
+        "--num-sites",
+        "2",
+        "--run-dir",
+        str(tmp / name),
+        "--epochs",
+        "1",
+        *extra,
+    )
+
+
 def _code(call) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.RpcError) as caught:
         call()
@@ -121,24 +142,7 @@ def test_a_consortium_trains_over_mtls_and_refuses_everyone_else(procs: Procs, t
     # the sites join (the run starts), and bank-b is revoked during the run: refused at its
     # next call, the others go on
     sites = {
-        name: procs.start(
-            name,
-            "client",
-            "--kit",
-            str(kits / name),
-            "--task",
-            "digits",
-            "--site",
-            str(i),
-            "--num-sites",
-            "2",
-            "--run-dir",
-            str(tmp_path / name),
-            "--max-retries",
-            "3",
-            "--epochs",
-            "1",
-        )
+        name: _site(procs, kits, name, i, tmp_path, "--max-retries", "3")
         for i, name in enumerate(("bank-a", "bank-b"))
     }
     wait_until(lambda: len(metrics(run_dir)) >= 2, 120, "two rounds over mTLS")
@@ -218,22 +222,7 @@ def test_admins_start_and_stop_a_run_and_observers_only_watch(procs: Procs, tmp_
     )
     wait_until(lambda: "listening on" in procs.log("coordinator"), 120, "the coordinator")
     for i, name in enumerate(("bank-a", "bank-b")):
-        procs.start(
-            name,
-            "client",
-            "--kit",
-            str(kits / name),
-            "--task",
-            "digits",
-            "--site",
-            str(i),
-            "--num-sites",
-            "2",
-            "--run-dir",
-            str(tmp_path / name),
-            "--epochs",
-            "1",
-        )
+        _site(procs, kits, name, i, tmp_path)
 
     def admin(verb: str, party: str) -> subprocess.CompletedProcess[str]:
         return _fedops("admin", verb, "--kit", str(kits / party), "--reason", "test", cwd=tmp_path)

@@ -153,6 +153,7 @@ def test_compose_has_the_coordinator_and_three_sites(compose):
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_every_service_is_built_from_the_dockerfile(compose, name):
+    assert compose["services"][name].get("pull_policy") == "build", "never pulled instead"
     build = compose["services"][name]["build"]
     context = (COMPOSE.parent / build["context"]).resolve()
     assert context == ROOT
@@ -286,6 +287,11 @@ def test_the_image_is_python_311_slim_and_runs_as_a_non_root_user():
 def test_the_entrypoint_is_fedops_with_help_by_default():
     assert _exec_form("ENTRYPOINT") == ["fedops"]
     assert _exec_form("CMD") == ["--help"]
+
+
+def test_docker_stop_sends_the_signal_fedops_handles():
+    """PID 1 ignores an unhandled SIGTERM; fedops handles SIGINT (state saved, exit 130)."""
+    assert [rest for keyword, rest in _stages()[-1] if keyword == "STOPSIGNAL"] == ["SIGINT"]
 
 
 def test_torch_comes_from_the_cpu_index_before_the_project():
