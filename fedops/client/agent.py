@@ -8,26 +8,23 @@ if the coordinator no longer knows it (a restart) it simply registers again.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
 from fedops.client.calls import Session, fetch_model, push_result
 from fedops.client.secure import SecureParticipant, secure_identity
+from fedops.client.trail import SiteTrail, phase_of
 from fedops.consortium.kits import Kit
 from fedops.consortium.tls import channel_credentials
-from fedops.core.audit import json_values
 from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.primitives import ProtocolError
 from fedops.crypto import Crypto
-from fedops.runtime.audit import AuditLog
 from fedops.runtime.settings import ClientConfig
 from fedops.tasks.policy import PolicyViolation, SitePolicy
 from fedops.tasks.site import PolicyRefusal, Site
@@ -102,30 +99,28 @@ class Agent:
         self._stop = threading.Event()
         self._rng = random.Random(f"{cfg.site}-{time.time_ns()}")
         self._buffer = bytearray()  # reused for every model download
-        self._journal = None
         self.secure = SecureParticipant(
             site, Crypto(), **secure_identity(cfg.identity_key, cfg.trusted_keys, cfg.site_name)
         )
         self.policy = policy or site_policy(cfg, kit)
-        self.audit: AuditLog | None = None
-        if cfg.run_dir is not None:
-            Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-            self._journal = Path(cfg.run_dir) / "client.jsonl"
-            self.audit = AuditLog.open(Path(cfg.run_dir), self.site_name)
-            self._audit(
-                "site_started",
-                site=cfg.site,
-                task=cfg.task,
-                task_digest=site.task.digest,
-                coordinator=cfg.coordinator,
-                policy={
-                    "require_secagg": cfg.require_secagg,
-                    "max_epsilon": cfg.max_epsilon,
-                    "max_rounds": cfg.max_rounds,
-                    "allowed_tasks": list(cfg.allowed_task or ()),
-                    "consent_file": cfg.consent_file,
-                },
-            )
+        self.trail = SiteTrail(cfg.run_dir, cfg.site, self.site_name)
+        p = self.policy
+        self._audit(
+            "site_started",
+            site=cfg.site,
+            task=cfg.task,
+            task_digest=site.task.digest,
+            coordinator=cfg.coordinator,
+            consortium=kit.consortium if kit is not None else None,
+            policy={
+                "require_secagg": cfg.require_secagg,
+                "max_epsilon": p.max_epsilon,
+                "max_rounds": p.max_rounds,
+                "allowed_tasks": list(p.allowed_tasks),
+                "consent": p.consent,
+                "consent_file": p.consent_file,
+            },
+        )
 
     @property
     def site_name(self) -> str:
@@ -162,13 +157,10 @@ class Agent:
                     raise CoordinatorUnreachable("stopped") from exc
 
     def _audit(self, event: str, **payload: Any) -> None:
-        if self.audit is not None:
-            self.audit.record(event, json_values(payload))
+        self.trail.audit(event, **payload)
 
     def _record(self, **entry: Any) -> None:
-        if self._journal is not None:
-            with self._journal.open("a") as f:
-                f.write(json.dumps({"time": time.time(), "site": self.cfg.site, **entry}) + "\n")
+        self.trail.journal(**entry)
 
     def _register(self) -> Session:
         request = pb.RegisterRequest(
@@ -230,8 +222,7 @@ class Agent:
             self._stop.set()
             beat.join(timeout=10)
             self.channel.close()
-            if self.audit is not None:
-                self.audit.close()
+            self.trail.close()
 
     def _step(self) -> bool:
         session = self.session
@@ -314,45 +305,8 @@ class Agent:
 
     def _decline(self, task: pb.Task, reason: str) -> None:
         log.warning("round %d: declining the task: %s", task.round, reason)
-        self._audit("task_declined", round=task.round, kind=_phase(task), reason=reason)
+        self._audit("task_declined", round=task.round, kind=phase_of(task), reason=reason)
         self._push(task, {}, 0, {}, declined=reason)
-
-    def _audit_sent(
-        self, task: pb.Task, node: str, digest: str, n: int, metrics: Mapping[str, float]
-    ) -> None:
-        if digest:
-            self._audit(
-                "update_sent",
-                round=task.round,
-                phase=_phase(task),
-                digest=digest,
-                num_examples=n,
-                node_id=node,
-            )
-        if "local_epsilon" in metrics:
-            self._audit("privacy_spent", round=task.round, local_epsilon=metrics["local_epsilon"])
-
-    def _audit_report(self, server_round: int, report: pb.SiteReport) -> None:
-        """The statistics this site shared: its largest drift figures and its group counts."""
-        if report.drift:
-            worst = {
-                stat: max(report.drift, key=lambda d, s=stat: getattr(d, s))
-                for stat in ("psi", "js", "ks")
-            }
-            self._audit(
-                "drift_report",
-                round=server_round,
-                **{k: getattr(d, k) for k, d in worst.items()},
-                **{f"{k}_feature": d.feature for k, d in worst.items()},
-            )
-        if report.fairness:
-            self._audit(
-                "fairness_counts",
-                round=server_round,
-                groups={
-                    str(g.group): [g.n, g.tp, g.fp, g.tn, g.fn, g.correct] for g in report.fairness
-                },
-            )
 
     def _guarded(self, what: str, call: Callable[[], T]) -> T:
         try:
@@ -378,7 +332,7 @@ class Agent:
         self._audit(
             "model_received",
             round=task.round,
-            phase=_phase(task),
+            phase=phase_of(task),
             model_digest=got,
             node_id=session.node_id,
             config=dict(task.config),
@@ -408,7 +362,7 @@ class Agent:
                     params,
                     num_examples,
                     metrics,
-                    digest=self._journal is not None or self.audit is not None,
+                    digest=self.trail.keeping,
                     secagg=secagg,
                     declined=declined,
                     report=report,
@@ -425,9 +379,9 @@ class Agent:
                 "result_refused", round=task.round, code=exc.code().name, reason=exc.details()
             )
             return
-        self._audit_sent(task, session.node_id, sent if params else "", num_examples, metrics)
+        self.trail.sent(task, session.node_id, sent if params else "", num_examples, metrics)
         if report is not None:
-            self._audit_report(task.round, report)
+            self.trail.shared(task.round, report)
         self._record(
             event="pushed",
             round=task.round,
@@ -438,22 +392,3 @@ class Agent:
             **({"declined": declined} if declined else {}),
             **({"secagg": secagg.WhichOneof("stage")} if secagg is not None else {}),
         )
-
-
-_SECAGG_PHASES = {
-    "setup": "secagg_keys",
-    "keys": "secagg_shares",
-    "mask": "secagg_masked",
-    "unmask": "secagg_unmask",
-}
-
-
-def _phase(task: pb.Task) -> str:
-    """The phase name the coordinator's audit log uses for the same task."""
-    if task.kind == pb.TASK_KIND_SECAGG:
-        return _SECAGG_PHASES.get(task.secagg.WhichOneof("stage") or "", "secagg")
-    return {
-        pb.TASK_KIND_FIT: "fit",
-        pb.TASK_KIND_EVALUATE: "evaluate",
-        pb.TASK_KIND_SEND_INITIAL: "initial",
-    }.get(task.kind, pb.TaskKind.Name(task.kind))

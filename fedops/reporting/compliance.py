@@ -300,7 +300,7 @@ def export_compliance(
     return report
 
 
-# -- CLI glue (fedops/cli.py parses the arguments) ------------------------------------
+# -- CLI glue (fedops/cli parses the arguments) ------------------------------------
 def audit_verify_command(path: Path, public_key: Path | None) -> int:
     """``fedops audit verify``: 0 when the log verifies, 1 otherwise (verdict on stderr)."""
     try:

@@ -1,29 +1,20 @@
-"""The ``fedops`` command: coordinator, client and simulate.
+"""The ``fedops`` command line's flags: one sub-parser per command, help texts included.
 
-Flags map one-to-one onto the config schemas in :mod:`fedops.config`; a bad
-value exits with status 2 and a message naming the flag.
+Kept apart from :mod:`fedops.cli` (which turns parsed flags into configs and
+runs commands) so each file has one job; flag names map one-to-one onto the
+config schemas in :mod:`fedops.config`.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fedops import __version__
-from fedops.config import (
-    FLAG_NAMES,
-    SECAGG_CLIP,
-    SECAGG_MODES,
-    ClientConfig,
-    ConfigError,
-    CoordinatorConfig,
-)
+from fedops.config import SECAGG_CLIP, SECAGG_MODES
 from fedops.core.strategies import STRATEGIES
-from fedops.tasks.loader import BUILTIN_TASKS, TaskError
+from fedops.tasks.loader import BUILTIN_TASKS
 
 
 def _task_flags(p: argparse.ArgumentParser, *, required: bool, default: str | None) -> None:
@@ -420,161 +411,3 @@ def _simulate_parser(sub: Any) -> None:
         "simulation.num_clients=1000 strategy=fedprox; --help for the config)",
         add_help=False,
     )
-
-
-def _run_tool(args: argparse.Namespace) -> int:
-    """Commands that read a run directory: no config schema, no training."""
-    if args.command == "report":
-        from fedops.reporting.report import report_command
-
-        return report_command(args.run_dir, args.out)
-    if args.command == "admin":
-        from fedops.coordinator.admin import admin_command
-
-        return admin_command(args.verb, args.kit, args.coordinator, args.reason)
-    if args.command == "consortium":
-        from fedops.consortium import commands
-
-        if args.consortium_command == "init":
-            return commands.init_command(args.file, args.out)
-        if args.consortium_command == "add-site":
-            return commands.add_site_command(args.out, args.name)
-        return commands.revoke_command(args.out, args.name)
-    from fedops.reporting.compliance import audit_export_command, audit_verify_command
-
-    if args.audit_command == "verify":
-        return audit_verify_command(args.path, args.public_key)
-    return audit_export_command(args.run_dir, args.out, list(args.site_log))
-
-
-def _kit_address(kit: Path | None, given: str | None) -> str:
-    """The address flag if given, else the kit's coordinator address, else the default."""
-    if given:
-        return given
-    if kit is not None:
-        from fedops.consortium.kits import KitError, load_kit
-
-        try:
-            return load_kit(kit).coordinator_address
-        except KitError as exc:
-            raise ConfigError("kit", str(exc)) from exc
-    return "127.0.0.1:8765"
-
-
-def _config(args: argparse.Namespace) -> Any:
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "insecure")}
-    if args.command == "coordinator":
-        values["insecure"] = args.insecure
-        values["address"] = _kit_address(args.kit, args.address)
-        values["round_timeout_s"] = values.pop("round_timeout")
-        values["join_timeout_s"] = values.pop("join_timeout")
-        values["liveness_timeout_s"] = values.pop("liveness_timeout")
-        return CoordinatorConfig(**values)
-    if args.command == "client":
-        values["coordinator"] = _kit_address(args.kit, args.coordinator)
-        values["insecure"] = args.insecure
-        return ClientConfig(**values)
-    raise AssertionError(f"no config for {args.command}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["simulate"]:
-        from fedops.config.hydra_app import simulate_main
-
-        try:
-            return simulate_main(argv[1:])
-        except KeyboardInterrupt:
-            print(
-                "fedops simulate: interrupted; the rounds completed so far are saved in the "
-                "run directory (summary.json says status: interrupted)",
-                file=sys.stderr,
-            )
-            return 130
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,  # Opacus calls basicConfig when imported; the CLI owns the process's logs
-    )
-    if args.command in ("report", "audit", "consortium", "admin"):
-        return _run_tool(args)
-    try:
-        cfg = _config(args)
-    except ConfigError as exc:
-        flag = FLAG_NAMES.get(exc.key, "--" + exc.key.replace("_", "-"))
-        parser.error(f"{flag}: {exc.message}")
-    try:
-        return _dispatch(args.command, cfg)
-    except TaskError as exc:
-        print(f"fedops: error: --task: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fedops: interrupted; state so far is saved in the run directory", file=sys.stderr)
-        return 130
-
-
-def _dispatch(command: str, cfg: Any) -> int:
-    if command == "coordinator":
-        from fedops.coordinator.app import BindError, run_coordinator
-        from fedops.runtime.driver import RunAborted
-
-        try:
-            summary = run_coordinator(cfg)
-        except ConfigError as exc:  # checked against the task at start (e.g. its classes)
-            print(f"fedops coordinator: error: {exc.key}: {exc.message}", file=sys.stderr)
-            return 2
-        except (BindError, RunAborted, TimeoutError) as exc:
-            print(f"fedops coordinator: error: {exc}", file=sys.stderr)
-            return 1
-        print(f"run {summary['run_id']} {summary['status']}: {cfg.run_dir}/summary.json")
-        for key in ("privacy", "stop_reason"):
-            if key in summary:
-                print(f"{key.replace('_', ' ')}: {summary[key]}")
-        return 0
-    if command == "client":
-        return _run_client(cfg)
-    raise AssertionError(f"unknown command {command}")
-
-
-def _run_client(cfg: Any) -> int:
-    from fedops.client.agent import (
-        Agent,
-        CoordinatorRefused,
-        CoordinatorUnreachable,
-        site_policy,
-    )
-    from fedops.consortium.kits import KitError, load_kit
-    from fedops.core.training import TrainConfig
-    from fedops.tasks import load_task
-    from fedops.tasks.policy import PolicyViolation
-    from fedops.tasks.site import Site
-
-    try:
-        kit = load_kit(cfg.kit) if cfg.kit is not None else None
-        if kit is not None and kit.role != "site":
-            raise KitError(f"{cfg.kit}: a {kit.role}'s kit; a client needs a site's kit")
-        policy = site_policy(cfg, kit)
-    except (KitError, ValueError) as exc:
-        print(f"fedops client: error: --kit: {exc}", file=sys.stderr)
-        return 2
-    task = load_task(cfg.task, **cfg.builtin_options())
-    site = Site(
-        task,
-        site=cfg.site,
-        num_sites=cfg.num_sites,
-        train_config=TrainConfig(
-            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer
-        ),
-        max_epsilon=policy.max_epsilon,
-    )
-    try:
-        return Agent(cfg, site, kit=kit, policy=policy).run()
-    except (CoordinatorUnreachable, CoordinatorRefused, PolicyViolation) as exc:
-        print(f"fedops client: error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
