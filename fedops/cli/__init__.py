@@ -55,7 +55,7 @@ def _kit_address(kit: Path | None, given: str | None) -> str:
     if given:
         return given
     if kit is not None:
-        from fedops.consortium.kits import KitError, load_kit
+        from fedops.consortium.kit import KitError, load_kit
 
         try:
             return load_kit(kit).coordinator_address
@@ -148,7 +148,7 @@ def _run_client(cfg: Any) -> int:
         CoordinatorUnreachable,
         site_policy,
     )
-    from fedops.consortium.kits import KitError, load_kit
+    from fedops.consortium.kit import KitError, load_kit
     from fedops.core.training import TrainConfig
     from fedops.tasks import load_task
     from fedops.tasks.policy import PolicyViolation

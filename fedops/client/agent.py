@@ -20,7 +20,7 @@ import grpc
 from fedops.client.calls import Session, fetch_model, push_result
 from fedops.client.secure import SecureParticipant, secure_identity
 from fedops.client.trail import SiteTrail, phase_of
-from fedops.consortium.kits import Kit
+from fedops.consortium.kit import Kit
 from fedops.consortium.tls import channel_credentials
 from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.primitives import ProtocolError

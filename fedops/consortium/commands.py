@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedops.consortium.kits import add_site, init_consortium, load_kit, revoke
+from fedops.consortium.kit import load_kit
+from fedops.consortium.kits import add_site, init_consortium, revoke
 from fedops.consortium.spec import ConsortiumError
 
 USAGE_ERROR = 2

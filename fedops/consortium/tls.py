@@ -22,7 +22,7 @@ import grpc
 from cryptography import x509
 
 from fedops.consortium import pki
-from fedops.consortium.kits import Kit, KitError
+from fedops.consortium.kit import Kit, KitError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from fedops.consortium import pki
-from fedops.consortium.kits import KitError, load_kit
+from fedops.consortium.kit import KitError, load_kit
 from fedops.consortium.tls import Revocation, channel_credentials, peer_certificate
 from fedops.runtime.control import RunControl
 from fedops.v1 import fedops_pb2 as pb

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from fedops.consortium.kits import Kit, KitError, load_kit
+from fedops.consortium.kit import Kit, KitError, load_kit
 from fedops.consortium.tls import Revocation, server_credentials
 from fedops.coordinator.admin import admin_handler
 from fedops.coordinator.peers import PeerGate

@@ -17,7 +17,8 @@ import grpc
 import pytest
 from procs import ENV, Procs, free_port, metrics, query, wait_until
 
-from fedops.consortium.kits import load_kit, revoke
+from fedops.consortium.kit import load_kit
+from fedops.consortium.kits import revoke
 from fedops.consortium.tls import channel_credentials
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from fedops.consortium import pki
-from fedops.consortium.kits import Kit, KitError, init_consortium, load_kit, revoke
+from fedops.consortium.kit import Kit, KitError, load_kit
+from fedops.consortium.kits import init_consortium, revoke
 from fedops.consortium.tls import (
     Revocation,
     channel_credentials,

@@ -20,7 +20,8 @@ from cryptography import x509
 
 from fedops.cli import _config, build_parser
 from fedops.config import ClientConfig, CoordinatorConfig
-from fedops.consortium.kits import init_consortium, load_kit
+from fedops.consortium.kit import load_kit
+from fedops.consortium.kits import init_consortium
 from fedops.runtime.settings import is_loopback, parse_address
 
 ROOT = Path(__file__).resolve().parents[2]

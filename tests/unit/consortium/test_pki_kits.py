@@ -21,14 +21,8 @@ import yaml
 
 from fedops.consortium import pki
 from fedops.consortium.commands import add_site_command, init_command, revoke_command
-from fedops.consortium.kits import (
-    KitError,
-    add_site,
-    init_consortium,
-    load_kit,
-    revoke,
-    sign_manifest,
-)
+from fedops.consortium.kit import KitError, load_kit
+from fedops.consortium.kits import add_site, init_consortium, revoke, sign_manifest
 from fedops.consortium.spec import ConsortiumError, SpecError, load_spec, parse_spec
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "fedops" / "configs" / "consortium" / "example.yaml"
