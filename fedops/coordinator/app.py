@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ from fedops.coordinator.transport import GrpcTransport
 from fedops.core.monitoring.summary import MonitorThresholds
 from fedops.core.params import Params
 from fedops.core.privacy.central import AdaptiveClipping
+from fedops.core.strategies.base import Strategy
 from fedops.runtime.audit import AuditLog
 from fedops.runtime.control import RunControl
-from fedops.runtime.driver import DriverConfig
+from fedops.runtime.driver import DriverConfig, RoundRecord
 from fedops.runtime.metrics import RunMetrics
 from fedops.runtime.mlflow_sink import MlflowSink
 from fedops.runtime.monitoring import MonitorSettings
@@ -30,7 +32,7 @@ from fedops.runtime.secure_fit import SecAggSettings
 from fedops.runtime.settings import ConfigError, CoordinatorConfig, as_dict
 from fedops.runtime.store import RunStore
 from fedops.runtime.trail import RunTrail
-from fedops.tasks import load_task
+from fedops.tasks import Task, load_task
 from fedops.tasks.site import global_evaluator, initial_params
 
 log = logging.getLogger("fedops.coordinator")
@@ -51,26 +53,13 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
     config = {k: v for k, v in as_dict(cfg).items() if k not in ("address", "metrics_port")}
     run_id, _ = store.open_run(config)
     task = load_task(cfg.task, **cfg.builtin_options()) if cfg.task else None
-    audit = AuditLog.open(Path(cfg.run_dir), "coordinator")
-    trail = RunTrail(audit, store)
-    trail.run_started(run_id, config, task_digest=task.digest if task else "")
-    metrics = RunMetrics()
-    mlflow = (
-        MlflowSink(cfg.mlflow_uri, cfg.mlflow_experiment, run_id, config)
-        if cfg.mlflow_uri
-        else None
-    )
-
-    def on_rejection(server_round: int, node: str, code: str, reason: str) -> None:
-        store.record_rejection(server_round, node, code, reason)
-        trail.rejection(server_round, node, code, reason)
-        metrics.observe_rejection(server_round, node, code, reason)
-
+    records = Records.open(cfg, store, run_id, config, task)
+    audit, metrics = records.audit, records.metrics
     transport = GrpcTransport(
         run_id=run_id,
         heartbeat_interval_s=cfg.heartbeat_interval_s,
         liveness_timeout_s=cfg.liveness_timeout_s,
-        on_rejection=on_rejection,
+        on_rejection=records.rejection,
         audit=audit.record,
     )
     metrics.connected.set_function(lambda: len(transport.available_nodes()))
@@ -96,31 +85,14 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
     plan = RunPlan(
         label="run",
         config=config,
-        strategy=make_strategy(
-            cfg.strategy,
-            mu=cfg.mu,
-            trim_fraction=cfg.trim_fraction,
-            byzantine=cfg.byzantine,
-            krum_select=cfg.krum_select,
-        ),
-        driver=DriverConfig(
-            rounds=cfg.rounds,
-            min_clients=cfg.min_clients,
-            clients_per_round=cfg.clients_per_round,
-            round_timeout_s=cfg.round_timeout_s,
-            join_timeout_s=cfg.join_timeout_s,
-            seed=cfg.seed,
-        ),
+        strategy=_strategy(cfg),
+        driver=_driver(cfg),
         initial_params=first_params,
         control=control,
         evaluate_global=global_evaluator(task) if task else None,
         task=task,
         monitoring=_monitoring(cfg),
-        observers=(
-            trail.observe_round,
-            metrics.observe_round,
-            *([mlflow.observe_round] if mlflow else []),
-        ),
+        observers=records.observers(),
         site_names=transport.registry.site_name,
         summary={
             "task": cfg.task,
@@ -129,38 +101,100 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
             "secagg": cfg.secagg,
             "privacy_mode": cfg.privacy,
         },
-        privacy=(
-            PrivacySettings(
-                noise_multiplier=(
-                    None if cfg.noise_multiplier == "auto" else float(cfg.noise_multiplier)
-                ),
-                clip_norm=cfg.clip_norm,
-                delta=cfg.delta,
-                target_epsilon=cfg.target_epsilon,
-                accountant=cfg.accountant,
-                adaptive=AdaptiveClipping() if cfg.adaptive_clipping else None,
-                mode=cfg.privacy,
-            )
-            if cfg.privacy != "none"
-            else None
-        ),
-        secagg=(
-            SecAggSettings(
-                degree=cfg.secagg_k, threshold=cfg.secagg_threshold, clip=cfg.secagg_clip
-            )
-            if cfg.secagg == "secaggplus"
-            else None
-        ),
+        privacy=_privacy(cfg),
+        secagg=_secagg(cfg),
     )
     summary: dict[str, Any] = {"status": "failed"}
     try:
         summary = execute(plan, store=store, transport=transport, on_exit=stop)
     finally:
-        trail.run_finished(summary)
-        audit.close()
-        if mlflow is not None:
-            mlflow.finish(summary["status"])
+        records.finish(summary)
     return summary
+
+
+@dataclass(slots=True)
+class Records:
+    """Where a coordinator's run is written down besides its store: the signed audit log,
+    Prometheus metrics and (optionally) MLflow."""
+
+    store: RunStore
+    audit: AuditLog
+    trail: RunTrail
+    metrics: RunMetrics
+    mlflow: MlflowSink | None
+
+    @classmethod
+    def open(
+        cls,
+        cfg: CoordinatorConfig,
+        store: RunStore,
+        run_id: str,
+        config: Mapping[str, Any],
+        task: Task | None,
+    ) -> Records:
+        audit = AuditLog.open(Path(cfg.run_dir), "coordinator")
+        trail = RunTrail(audit, store)
+        trail.run_started(run_id, config, task_digest=task.digest if task else "")
+        mlflow = None
+        if cfg.mlflow_uri:
+            mlflow = MlflowSink(cfg.mlflow_uri, cfg.mlflow_experiment, run_id, config)
+        return cls(store, audit, trail, RunMetrics(), mlflow)
+
+    def rejection(self, server_round: int, node: str, code: str, reason: str) -> None:
+        self.store.record_rejection(server_round, node, code, reason)
+        self.trail.rejection(server_round, node, code, reason)
+        self.metrics.observe_rejection(server_round, node, code, reason)
+
+    def observers(self) -> tuple[Callable[[RoundRecord], None], ...]:
+        extra = (self.mlflow.observe_round,) if self.mlflow is not None else ()
+        return (self.trail.observe_round, self.metrics.observe_round, *extra)
+
+    def finish(self, summary: Mapping[str, Any]) -> None:
+        self.trail.run_finished(summary)
+        self.audit.close()
+        if self.mlflow is not None:
+            self.mlflow.finish(str(summary["status"]))
+
+
+def _strategy(cfg: CoordinatorConfig) -> Strategy:
+    return make_strategy(
+        cfg.strategy,
+        mu=cfg.mu,
+        trim_fraction=cfg.trim_fraction,
+        byzantine=cfg.byzantine,
+        krum_select=cfg.krum_select,
+    )
+
+
+def _driver(cfg: CoordinatorConfig) -> DriverConfig:
+    return DriverConfig(
+        rounds=cfg.rounds,
+        min_clients=cfg.min_clients,
+        clients_per_round=cfg.clients_per_round,
+        round_timeout_s=cfg.round_timeout_s,
+        join_timeout_s=cfg.join_timeout_s,
+        seed=cfg.seed,
+    )
+
+
+def _privacy(cfg: CoordinatorConfig) -> PrivacySettings | None:
+    if cfg.privacy == "none":
+        return None
+    return PrivacySettings(
+        noise_multiplier=None if cfg.noise_multiplier == "auto" else float(cfg.noise_multiplier),
+        clip_norm=cfg.clip_norm,
+        delta=cfg.delta,
+        target_epsilon=cfg.target_epsilon,
+        accountant=cfg.accountant,
+        adaptive=AdaptiveClipping() if cfg.adaptive_clipping else None,
+        mode=cfg.privacy,
+    )
+
+
+def _secagg(cfg: CoordinatorConfig) -> SecAggSettings | None:
+    if cfg.secagg != "secaggplus":
+        return None
+    return SecAggSettings(degree=cfg.secagg_k, threshold=cfg.secagg_threshold, clip=cfg.secagg_clip)
 
 
 def _monitoring(cfg: CoordinatorConfig) -> MonitorSettings | None:

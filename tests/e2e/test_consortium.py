@@ -146,7 +146,14 @@ def test_a_consortium_trains_over_mtls_and_refuses_everyone_else(procs: Procs, t
         name: _site(procs, kits, name, i, tmp_path, "--max-retries", "3")
         for i, name in enumerate(("bank-a", "bank-b"))
     }
-    wait_until(lambda: len(metrics(run_dir)) >= 2, 120, "two rounds over mTLS")
+    trained = (
+        "SELECT COUNT(*) FROM participants WHERE site = ? AND phase = 'fit' AND outcome = 'ok'"
+    )
+    wait_until(
+        lambda: metrics(run_dir) and all(query(run_dir, trained, n)[0][0] for n in sites),
+        120,
+        "both sites training over mTLS",
+    )
     revoke(cons, "bank-b")
     assert procs.wait(coord, 240, "coordinator") == 0, procs.log("coordinator")
     assert procs.wait(sites["bank-a"], 30, "bank-a") == 0, procs.log("bank-a")
