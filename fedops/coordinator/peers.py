@@ -11,6 +11,7 @@ certificate is refused on its next call, and parties that are not sites
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NoReturn
 
 import grpc
 
@@ -70,6 +71,6 @@ class PeerGate:
                 f"{name!r} called {method} for a node registered by {owner!r}",
             )
 
-    def _refuse(self, who: str, code: grpc.StatusCode, reason: str) -> None:
+    def _refuse(self, who: str, code: grpc.StatusCode, reason: str) -> NoReturn:
         self.on_refusal(who, code.name, reason)
         raise Reject(code, reason)
