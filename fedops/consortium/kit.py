@@ -1,0 +1,300 @@
+"""A startup kit as a party receives it, and every check before it is used.
+
+:func:`load_kit` refuses a kit whose manifest does not verify with its CA,
+whose files were changed, added or swapped, whose key is readable by others
+or does not match its certificate, or whose kit.json disagrees with what the
+certificate certifies; provisioning (writing kits) is :mod:`fedops.consortium.kits`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fedops.consortium import pki
+from fedops.consortium.spec import ConsortiumError
+
+MANIFEST = "manifest.json"
+CRL = "crl.pem"
+KIT_FILES = ("ca.pem", "cert.pem", "key.pem", "kit.json")
+SIGNATURE_ALGORITHM = "ecdsa-p256-sha256"
+
+
+class KitError(ConsortiumError):
+    """A kit that must not be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Kit:
+    """A verified startup kit (from :func:`load_kit`)."""
+
+    directory: Path
+    name: str
+    role: str
+    consortium: str
+    coordinator_name: str
+    coordinator_address: str
+    policy: Mapping[str, Any]
+    paths: Mapping[str, Path]  # file name -> path, for every file in the kit
+    cert_pem: bytes
+    key_pem: bytes = field(repr=False)
+    ca_pem: bytes
+
+    @property
+    def cert(self) -> x509.Certificate:
+        return pki.load_cert(self.cert_pem)
+
+    @property
+    def ca_cert(self) -> x509.Certificate:
+        return pki.load_cert(self.ca_pem)
+
+    @property
+    def crl_path(self) -> Path | None:
+        """The kit's CRL (the coordinator's kit has one), or ``None``."""
+        return self.paths.get(CRL)
+
+
+def load_kit(directory: str | Path, *, ca_fingerprint: str | None = None) -> Kit:
+    """Read and verify the kit in ``directory``; :class:`KitError` names the file otherwise.
+
+    Checked: the manifest's signature by the kit's CA (and, with
+    ``ca_fingerprint``, that the CA is the one whose certificate has that
+    sha256), every listed file's hash, no unlisted files, the certificate
+    signed by the CA and in its validity period, the key matching the
+    certificate, the key file readable by its owner only, and kit.json's
+    name, role and consortium matching the certificate's CN, OU and O. A
+    ``crl.pem`` (required in the coordinator's kit) must carry the CA's
+    signature.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise KitError(f"{d}: not a kit folder")
+
+    def fail(file: str, problem: str) -> KitError:
+        return KitError(f"{d / file}: {problem}")
+
+    files, signature = _manifest(d, fail)
+    ca_pem, ca_cert = _trusted_ca(d, fail, files, signature, ca_fingerprint)
+    _check_listing(d, fail, files)
+    _check_key_mode(d, fail)
+    contents = _hashed_contents(d, fail, files, ca_pem)
+    info = _kit_info_of(contents, fail)
+    _check_certificate(contents, fail, ca_cert, info)
+    paths = {n: d / n for n in (*sorted(files), MANIFEST)}
+    crl = _checked_crl(d, fail, ca_cert, info["role"])
+    if crl is not None:
+        paths[CRL] = crl
+    return Kit(
+        directory=d,
+        name=info["name"],
+        role=info["role"],
+        consortium=info["consortium"],
+        coordinator_name=info["coordinator"]["name"],
+        coordinator_address=info["coordinator"]["address"],
+        policy=info.get("policy") or {},
+        paths=paths,
+        cert_pem=contents["cert.pem"],
+        key_pem=contents["key.pem"],
+        ca_pem=ca_pem,
+    )
+
+
+Fail = Callable[[str, str], KitError]
+
+
+def _manifest(d: Path, fail: Fail) -> tuple[dict[str, str], str]:
+    manifest = _read_kit_json(d, MANIFEST, fail)
+    files = manifest.get("files")
+    signature = manifest.get("signature")
+    if (
+        not isinstance(files, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
+        or not isinstance(signature, str)
+    ):
+        raise fail(MANIFEST, "malformed (expected {files: {name: sha256}, signature})")
+    if manifest.get("algorithm", SIGNATURE_ALGORITHM) != SIGNATURE_ALGORITHM:
+        raise fail(MANIFEST, f"unknown algorithm {manifest.get('algorithm')!r}")
+    return files, signature
+
+
+def _trusted_ca(
+    d: Path, fail: Fail, files: dict[str, str], signature: str, ca_fingerprint: str | None
+) -> tuple[bytes, x509.Certificate]:
+    """The kit's CA certificate, once it has verified the manifest's signature."""
+    ca_pem = _read_bytes(d, "ca.pem", fail)
+    try:
+        ca_cert = pki.load_cert(ca_pem)
+    except ValueError as exc:
+        raise fail("ca.pem", "not a PEM certificate") from exc
+    if ca_fingerprint is not None:
+        actual = ca_cert.fingerprint(hashes.SHA256()).hex()
+        if actual != ca_fingerprint.lower().replace(":", ""):
+            raise fail("ca.pem", f"not the expected CA (sha256 {actual})")
+    ca_public = ca_cert.public_key()
+    if not isinstance(ca_public, ec.EllipticCurvePublicKey):
+        raise fail("ca.pem", "not an ECDSA CA certificate")
+    try:
+        ca_public.verify(
+            base64.b64decode(signature, validate=True),
+            canonical_files(files),
+            ec.ECDSA(hashes.SHA256()),
+        )
+    except (InvalidSignature, ValueError) as exc:
+        raise fail(
+            MANIFEST,
+            "signature does not verify with ca.pem (the kit was altered, or signed by another CA)",
+        ) from exc
+    return ca_pem, ca_cert
+
+
+def _check_listing(d: Path, fail: Fail, files: dict[str, str]) -> None:
+    for required in KIT_FILES:
+        if required not in files:
+            raise fail(MANIFEST, f"does not list {required}")
+    for listed in files:
+        if listed in (MANIFEST, CRL) or Path(listed).name != listed or listed in ("", ".", ".."):
+            raise fail(MANIFEST, f"lists {listed!r}, which it must not")
+    for entry in sorted(d.iterdir()):
+        leftover = entry.name.startswith(".") and entry.name.endswith(".tmp")  # a cut-off write
+        if entry.name not in files and entry.name not in (MANIFEST, CRL) and not leftover:
+            raise fail(entry.name, "not in the manifest (files cannot be added to a kit)")
+
+
+def _check_key_mode(d: Path, fail: Fail) -> None:
+    key_path = d / "key.pem"
+    try:
+        key_stat = key_path.lstat()
+    except OSError as exc:
+        raise fail("key.pem", f"cannot read: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(key_stat.st_mode):
+        raise fail("key.pem", "not a regular file")
+    if key_stat.st_mode & 0o077:
+        raise fail(
+            "key.pem",
+            f"mode {stat.S_IMODE(key_stat.st_mode):04o} lets group or others read the key "
+            "(chmod 600 it, and consider it exposed)",
+        )
+
+
+def _hashed_contents(d: Path, fail: Fail, files: dict[str, str], ca_pem: bytes) -> dict[str, bytes]:
+    contents: dict[str, bytes] = {}
+    for listed, digest in sorted(files.items()):
+        data = ca_pem if listed == "ca.pem" else _read_bytes(d, listed, fail)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise fail(listed, "sha256 does not match manifest.json (the file was changed)")
+        contents[listed] = data
+    return contents
+
+
+def _kit_info_of(contents: dict[str, bytes], fail: Fail) -> dict[str, Any]:
+    info = _parse_json(contents["kit.json"], lambda problem: fail("kit.json", problem))
+    try:
+        consortium = info["consortium"]
+        name = info["name"]
+        role = info["role"]
+        coordinator = info["coordinator"]
+        coordinator_name = coordinator["name"]
+        coordinator_address = coordinator["address"]
+        policy = info.get("policy") or {}
+        if not all(
+            isinstance(v, str)
+            for v in (consortium, name, role, coordinator_name, coordinator_address)
+        ) or not isinstance(policy, dict):
+            raise TypeError
+    except (KeyError, TypeError) as exc:
+        raise fail(
+            "kit.json",
+            "malformed (expected consortium, name, role, coordinator {name, address}, policy)",
+        ) from exc
+    return info
+
+
+def _check_certificate(
+    contents: dict[str, bytes], fail: Fail, ca_cert: x509.Certificate, info: dict[str, Any]
+) -> None:
+    name, role, consortium = info["name"], info["role"], info["consortium"]
+    try:
+        cert = pki.load_cert(contents["cert.pem"])
+    except ValueError as exc:
+        raise fail("cert.pem", "not a PEM certificate") from exc
+    if not pki.issued_by(cert, ca_cert):
+        raise fail("cert.pem", "not signed by ca.pem")
+    now = dt.datetime.now(dt.UTC)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise fail(
+            "cert.pem",
+            f"not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} to "
+            f"{cert.not_valid_after_utc:%Y-%m-%d})",
+        )
+    try:
+        key = pki.load_key(contents["key.pem"])
+    except (ValueError, TypeError) as exc:
+        raise fail("key.pem", f"not a usable private key ({exc})") from exc
+    if not pki.same_key(cert, key):
+        raise fail("key.pem", "does not match cert.pem (another party's key?)")
+
+    for label, stated, certified in (
+        ("role", role, pki.role_of(cert)),
+        ("name", name, pki.name_of(cert)),
+        ("consortium", consortium, pki.consortium_of(cert)),
+    ):
+        if stated != certified:
+            raise fail(
+                "kit.json", f"{label} {stated!r} but cert.pem certifies {label} {certified!r}"
+            )
+    if pki.consortium_of(ca_cert) != consortium:
+        raise fail("ca.pem", f"the CA of {pki.consortium_of(ca_cert)!r}, not of {consortium!r}")
+
+
+def _checked_crl(d: Path, fail: Fail, ca_cert: x509.Certificate, role: str) -> Path | None:
+    crl_file = d / CRL
+    if crl_file.exists():
+        try:
+            crl = pki.load_crl(crl_file.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise fail(CRL, "not a readable PEM CRL") from exc
+        if not pki.crl_signed_by(crl, ca_cert):
+            raise fail(CRL, "not signed by ca.pem")
+        return crl_file
+    elif role == "coordinator":
+        raise fail(CRL, "missing (the coordinator's kit carries the CRL it enforces)")
+    return None
+
+
+def canonical_files(files: Mapping[str, str]) -> bytes:
+    return json.dumps(dict(files), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _read_bytes(d: Path, name: str, fail: Any) -> bytes:
+    try:
+        return (d / name).read_bytes()
+    except FileNotFoundError as exc:
+        raise fail(name, "missing") from exc
+    except OSError as exc:
+        raise fail(name, f"cannot read: {exc.strerror or exc}") from exc
+
+
+def _read_kit_json(d: Path, name: str, fail: Any) -> dict[str, Any]:
+    return _parse_json(_read_bytes(d, name, fail), lambda problem: fail(name, problem))
+
+
+def _parse_json(data: bytes, fail: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise fail(f"not valid JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise fail("not a JSON object")
+    return value
