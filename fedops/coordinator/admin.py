@@ -14,9 +14,10 @@ from typing import Any
 
 import grpc
 
-from fedops.consortium import pki
 from fedops.consortium.kit import KitError, load_kit
-from fedops.consortium.tls import Revocation, channel_credentials, peer_certificate
+from fedops.consortium.tls import Revocation, channel_credentials
+from fedops.coordinator.peers import certified
+from fedops.coordinator.results import Reject
 from fedops.runtime.control import RunControl
 from fedops.v1 import fedops_pb2 as pb
 
@@ -49,14 +50,10 @@ def admin_handler(
         )
 
     def caller(context: grpc.ServicerContext, method: str) -> str:
-        cert = peer_certificate(context)
-        if cert is None:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
-        name, role = pki.name_of(cert) or "?", pki.role_of(cert) or "?"
-        if revocation.is_revoked(cert):
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"the certificate of {name!r} is revoked"
-            )
+        try:
+            name, role = certified(context, revocation)
+        except Reject as exc:
+            context.abort(exc.code, exc.reason)
         if method not in ALLOWED.get(role, frozenset()):
             audit("admin_refused", {"caller": name, "role": role, "method": method})
             context.abort(

@@ -8,6 +8,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from fedops.wire.codec import shown
+
 
 class Unauthenticated(Exception):
     """A call named a node that is unknown, or with the wrong token."""
@@ -51,7 +53,7 @@ class NodeRegistry:
             node = self._nodes.get(node_id)
             if node is None or not hmac.compare_digest(node.token.encode(), token.encode()):
                 raise Unauthenticated(
-                    f"unknown node {node_id[:64]!r} or wrong token: register again"
+                    f"unknown node {shown(node_id)} or wrong token: register again"
                 )
             node.last_seen = time.monotonic()
             return node

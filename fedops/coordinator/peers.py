@@ -23,6 +23,17 @@ from fedops.coordinator.results import Reject
 TRAINING_ROLES = frozenset({"site"})
 
 
+def certified(context: grpc.ServicerContext, revocation: Revocation) -> tuple[str, str]:
+    """``(name, role)`` from the caller's certificate; :class:`Reject` without a valid one."""
+    cert = peer_certificate(context)
+    if cert is None:
+        raise Reject(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
+    name, role = pki.name_of(cert) or "?", pki.role_of(cert) or "?"
+    if revocation.is_revoked(cert):
+        raise Reject(grpc.StatusCode.PERMISSION_DENIED, f"the certificate of {name!r} is revoked")
+    return name, role
+
+
 class PeerGate:
     """Checks the caller's certificate before every Coordinator RPC.
 
@@ -44,14 +55,10 @@ class PeerGate:
 
     def caller(self, context: grpc.ServicerContext, method: str) -> str:
         """The calling site's name; refuses callers without a valid, unrevoked site certificate."""
-        cert = peer_certificate(context)
-        if cert is None:
-            self._refuse("?", grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
-        name, role = pki.name_of(cert) or "?", pki.role_of(cert) or "?"
-        if self.revocation.is_revoked(cert):
-            self._refuse(
-                name, grpc.StatusCode.PERMISSION_DENIED, f"the certificate of {name!r} is revoked"
-            )
+        try:
+            name, role = certified(context, self.revocation)
+        except Reject as exc:
+            self._refuse("?", exc.code, exc.reason)
         if role not in TRAINING_ROLES:
             self._refuse(
                 name,
