@@ -92,10 +92,16 @@ def _raw_private(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
 
 # -- identities (consortium mode) -----------------------------------------------
 class Identity:
-    """A party's Ed25519 signing key."""
+    """A party's Ed25519 signing key, and the CA's certificate for it when it has one.
 
-    def __init__(self, key: Ed25519PrivateKey) -> None:
+    ``certificate`` (PEM, empty without one) is a consortium kit's
+    ``signing.crt``: what lets a party that never met this one check its
+    signatures (audit logs, SecAgg keys) against the consortium CA alone.
+    """
+
+    def __init__(self, key: Ed25519PrivateKey, certificate: bytes = b"") -> None:
         self.key = key
+        self.certificate = certificate
 
     @classmethod
     def generate(cls) -> Identity:
@@ -103,10 +109,18 @@ class Identity:
 
     @classmethod
     def load(cls, path: Path) -> Identity:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+        try:
+            return cls.from_pem(Path(path).read_bytes())
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+    @classmethod
+    def from_pem(cls, pem: bytes, certificate: bytes = b"") -> Identity:
+        """A PKCS#8 PEM Ed25519 key (``ValueError`` otherwise), with its certificate if any."""
+        key = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} is not an Ed25519 private key")
-        return cls(key)
+            raise ValueError("not an Ed25519 private key")
+        return cls(key, certificate)
 
     def save(self, path: Path) -> None:
         pem = self.key.private_bytes(
@@ -159,7 +173,11 @@ class TrustedKeys:
         """``NAME.pub`` files (PEM) in ``directory``, one per site."""
         return cls.from_pem({p.stem: p.read_bytes() for p in sorted(Path(directory).glob("*.pub"))})
 
-    def __call__(self, identity: str, message: bytes, signature: bytes) -> bool:
+    def __call__(
+        self, identity: str, message: bytes, signature: bytes, certificate: bytes = b""
+    ) -> bool:
+        """Whether ``identity``'s known key signed ``message``; ``certificate`` is ignored:
+        the directory of keys is the trust here, not a CA."""
         key = self.keys.get(identity)
         if key is None:
             return False

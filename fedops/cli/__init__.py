@@ -46,8 +46,8 @@ def _run_tool(args: argparse.Namespace) -> int:
     from fedops.reporting.compliance import audit_export_command, audit_verify_command
 
     if args.audit_command == "verify":
-        return audit_verify_command(args.path, args.public_key)
-    return audit_export_command(args.run_dir, args.out, list(args.site_log))
+        return audit_verify_command(args.path, args.public_key, args.ca)
+    return audit_export_command(args.run_dir, args.out, list(args.site_log), args.ca)
 
 
 def _kit_address(kit: Path | None, given: str | None) -> str:
@@ -72,6 +72,7 @@ def _config(args: argparse.Namespace) -> Any:
         values["round_timeout_s"] = values.pop("round_timeout")
         values["join_timeout_s"] = values.pop("join_timeout")
         values["liveness_timeout_s"] = values.pop("liveness_timeout")
+        values["heartbeat_interval_s"] = values.pop("heartbeat_interval")
         return CoordinatorConfig(**values)
     if args.command == "client":
         values["coordinator"] = _kit_address(args.kit, args.coordinator)

@@ -154,6 +154,13 @@ def _coordinator_parser(sub: Any) -> None:
         help="seconds of silence after which a client counts as dropped (default: 10)",
     )
     coord.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=2.0,
+        help="seconds between client heartbeats, told to clients at registration; raise it "
+        "with --liveness-timeout for thousands of clients (default: 2)",
+    )
+    coord.add_argument(
         "--insecure",
         action="store_true",
         help="allow plaintext gRPC on a non-loopback address (dangerous)",
@@ -350,11 +357,20 @@ def _report_parsers(sub: Any) -> None:
         help="check a party's hash chain and signatures; exit 1 naming the first bad entry",
     )
     verify.add_argument("path", type=Path, metavar="PATH", help="audit.jsonl or its run directory")
-    verify.add_argument(
+    trust = verify.add_mutually_exclusive_group()
+    trust.add_argument(
         "--public-key",
         type=Path,
         default=None,
         help="the party's public key (PEM); default: trust the key in the log's first entry",
+    )
+    trust.add_argument(
+        "--ca",
+        type=Path,
+        default=None,
+        metavar="CA_PEM",
+        help="the consortium CA's certificate (ca.pem): the log's key must be the one the CA "
+        "certified (audit_key.crt beside the log); prints the certified party",
     )
     export = verbs.add_parser(
         "export",
@@ -368,6 +384,14 @@ def _report_parsers(sub: Any) -> None:
         action="append",
         default=[],
         help="a site's audit.jsonl (repeatable; logs under RUN_DIR are found on their own)",
+    )
+    export.add_argument(
+        "--ca",
+        type=Path,
+        default=None,
+        metavar="CA_PEM",
+        help="the consortium CA's certificate: pin every log to the key the CA certified for "
+        "its party (coordinator or site) and name the parties in the report",
     )
 
 

@@ -99,11 +99,13 @@ class Agent:
         self._stop = threading.Event()
         self._rng = random.Random(f"{cfg.site}-{time.time_ns()}")
         self._buffer = bytearray()  # reused for every model download
+        name = kit.name if kit is not None else cfg.site_name  # with a kit: its certified name
         self.secure = SecureParticipant(
-            site, Crypto(), **secure_identity(cfg.identity_key, cfg.trusted_keys, cfg.site_name)
+            site, Crypto(), **secure_identity(cfg.identity_key, cfg.trusted_keys, name, kit=kit)
         )
         self.policy = policy or site_policy(cfg, kit)
-        self.trail = SiteTrail(cfg.run_dir, cfg.site, self.site_name)
+        signer = kit.signing_identity() if kit is not None else None  # the log's key: the kit's
+        self.trail = SiteTrail(cfg.run_dir, cfg.site, self.site_name, identity=signer)
         p = self.policy
         self._audit(
             "site_started",
@@ -168,7 +170,7 @@ class Agent:
             site_name=self.site_name,
             num_train_examples=self.site.num_train_examples,
         )
-        reply = self._retrying("register", lambda: self.stub.Register(request, timeout=10))
+        reply = self._retrying("register", lambda: self.stub.Register(request, timeout=30))
         log.info(
             "registered with %s as %s (run %s)", self.cfg.coordinator, reply.node_id, reply.run_id
         )

@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from fedops.consortium.kit import Kit
+from fedops.consortium.signing import CertificateVerifier
+from fedops.consortium.tls import Revocation
 from fedops.core.params import Params
 from fedops.core.secagg.client import SecAggClient
 from fedops.core.secagg.messages import MaskRequest, NeighbourKeys, Setup, UnmaskRequest
@@ -30,6 +33,8 @@ class SecureParticipant:
     Args:
         sign / verify / identity: the site's signing identity and its trust in
             other sites' keys (consortium mode); both ``None`` otherwise.
+        certificate: what vouches for ``sign``'s key (the kit's signing
+            certificate), sent along with this site's keys.
     """
 
     def __init__(
@@ -40,12 +45,14 @@ class SecureParticipant:
         sign: Signer | None = None,
         verify: Verifier | None = None,
         identity: str = "",
+        certificate: bytes = b"",
     ) -> None:
         self.site = site
         self.crypto = crypto
         self.sign = sign
         self.verify = verify
         self.identity = identity
+        self.certificate = certificate
         self._round = -1
         self._client: SecAggClient | None = None
         self._rng = np.random.default_rng()
@@ -61,7 +68,12 @@ class SecureParticipant:
         request = secagg_codec.request_from_proto(task.secagg)
         if isinstance(request, Setup):
             self._client = SecAggClient(
-                request, self.crypto, sign=self.sign, verify=self.verify, identity=self.identity
+                request,
+                self.crypto,
+                sign=self.sign,
+                verify=self.verify,
+                identity=self.identity,
+                certificate=self.certificate,
             )
             self._round = task.round
             reply: Any = self._client.advertise(self.site.num_train_examples)
@@ -96,17 +108,30 @@ class SecureParticipant:
 
 
 def secure_identity(
-    identity_key: Path | None, trusted_keys: Path | None, name: str
+    identity_key: Path | None, trusted_keys: Path | None, name: str, *, kit: Kit | None = None
 ) -> dict[str, Any]:
-    """Keyword arguments for :class:`SecureParticipant` from the client's flags.
+    """Keyword arguments for :class:`SecureParticipant` from the client's flags and kit.
 
     With ``--identity-key`` the site signs its SecAgg public keys; with
     ``--trusted-keys DIR`` (``NAME.pub`` per site) it refuses neighbours whose
     keys are not signed by a known site, so the coordinator cannot substitute keys.
+    With a kit, neither is needed: the site signs with the kit's signing key and
+    sends its certificate along, and trusts a neighbour's keys only with a
+    certificate the consortium CA issued to a site of the name it claims (not
+    revoked, if the kit holds a CRL). A flag, when given, takes the place of
+    the kit for its half.
     """
     out: dict[str, Any] = {"identity": name}
     if identity_key is not None:
         out["sign"] = Identity.load(identity_key).sign
+    elif kit is not None:
+        signer = kit.signing_identity()
+        out["sign"], out["certificate"] = signer.sign, signer.certificate
     if trusted_keys is not None:
         out["verify"] = TrustedKeys.from_dir(trusted_keys)
+    elif kit is not None:
+        crl = Revocation(kit.crl_path, kit.ca_cert) if kit.crl_path is not None else None
+        out["verify"] = CertificateVerifier(
+            kit.ca_cert, role="site", revoked=crl.is_revoked if crl is not None else None
+        )
     return out

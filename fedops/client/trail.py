@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedops.core.audit import json_values
+from fedops.crypto import Identity
 from fedops.runtime.audit import AuditLog
 from fedops.v1 import fedops_pb2 as pb
 
@@ -36,16 +37,22 @@ def phase_of(task: pb.Task) -> str:
 
 
 class SiteTrail:
-    """The journal and audit log of one site (both off without a ``--run-dir``)."""
+    """The journal and audit log of one site (both off without a ``--run-dir``).
 
-    def __init__(self, run_dir: Path | None, site: int, actor: str) -> None:
+    ``identity``: the key the log is signed with, a consortium kit's (so the
+    log is the certified site's); ``None`` for the run directory's own key.
+    """
+
+    def __init__(
+        self, run_dir: Path | None, site: int, actor: str, *, identity: Identity | None = None
+    ) -> None:
         self.site = site
         self.journal_path: Path | None = None
         self.log: AuditLog | None = None
         if run_dir is not None:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
             self.journal_path = Path(run_dir) / "client.jsonl"
-            self.log = AuditLog.open(Path(run_dir), actor)
+            self.log = AuditLog.open(Path(run_dir), actor, identity=identity)
 
     @property
     def keeping(self) -> bool:

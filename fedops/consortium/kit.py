@@ -1,9 +1,10 @@
 """A startup kit as a party receives it, and every check before it is used.
 
 :func:`load_kit` refuses a kit whose manifest does not verify with its CA,
-whose files were changed, added or swapped, whose key is readable by others
-or does not match its certificate, or whose kit.json disagrees with what the
-certificate certifies; provisioning (writing kits) is :mod:`fedops.consortium.kits`.
+whose files were changed, added or swapped, whose keys are readable by others
+or do not match their certificates, whose signing certificate is not the CA's
+for the same party, or whose kit.json disagrees with what the certificate
+certifies; provisioning (writing kits) is :mod:`fedops.consortium.kits`.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedops.consortium import pki
+from fedops.consortium import pki, signing
 from fedops.consortium.spec import ConsortiumError
+from fedops.crypto import Identity
 
 MANIFEST = "manifest.json"
 CRL = "crl.pem"
-KIT_FILES = ("ca.pem", "cert.pem", "key.pem", "kit.json")
+KIT_FILES = ("ca.pem", "cert.pem", "key.pem", "kit.json", "signing.crt", "signing.key")
+#: files holding private keys: mode 0600, or the kit is refused
+PRIVATE_FILES = ("key.pem", "signing.key")
 SIGNATURE_ALGORITHM = "ecdsa-p256-sha256"
 
 
@@ -51,6 +55,8 @@ class Kit:
     cert_pem: bytes
     key_pem: bytes = field(repr=False)
     ca_pem: bytes
+    signing_cert_pem: bytes  # Ed25519 signing certificate: audit logs, SecAgg keys
+    signing_key_pem: bytes = field(repr=False)
 
     @property
     def cert(self) -> x509.Certificate:
@@ -59,6 +65,14 @@ class Kit:
     @property
     def ca_cert(self) -> x509.Certificate:
         return pki.load_cert(self.ca_pem)
+
+    @property
+    def signing_cert(self) -> x509.Certificate:
+        return pki.load_cert(self.signing_cert_pem)
+
+    def signing_identity(self) -> Identity:
+        """The party's Ed25519 signing key, carrying its CA-issued certificate (PEM)."""
+        return Identity.from_pem(self.signing_key_pem, self.signing_cert_pem)
 
     @property
     def crl_path(self) -> Path | None:
@@ -73,8 +87,10 @@ def load_kit(directory: str | Path, *, ca_fingerprint: str | None = None) -> Kit
     ``ca_fingerprint``, that the CA is the one whose certificate has that
     sha256), every listed file's hash, no unlisted files, the certificate
     signed by the CA and in its validity period, the key matching the
-    certificate, the key file readable by its owner only, and kit.json's
-    name, role and consortium matching the certificate's CN, OU and O. A
+    certificate, the key files readable by their owner only, kit.json's
+    name, role and consortium matching the certificate's CN, OU and O, and the
+    signing certificate issued by the CA for signing only, to the same party,
+    for the Ed25519 key in signing.key. A
     ``crl.pem`` (required in the coordinator's kit) must carry the CA's
     signature.
     """
@@ -92,6 +108,7 @@ def load_kit(directory: str | Path, *, ca_fingerprint: str | None = None) -> Kit
     contents = _hashed_contents(d, fail, files, ca_pem)
     info = _kit_info_of(contents, fail)
     _check_certificate(contents, fail, ca_cert, info)
+    _check_signing(contents, fail, ca_cert)
     paths = {n: d / n for n in (*sorted(files), MANIFEST)}
     crl = _checked_crl(d, fail, ca_cert, info["role"])
     if crl is not None:
@@ -108,6 +125,8 @@ def load_kit(directory: str | Path, *, ca_fingerprint: str | None = None) -> Kit
         cert_pem=contents["cert.pem"],
         key_pem=contents["key.pem"],
         ca_pem=ca_pem,
+        signing_cert_pem=contents["signing.crt"],
+        signing_key_pem=contents["signing.key"],
     )
 
 
@@ -173,19 +192,19 @@ def _check_listing(d: Path, fail: Fail, files: dict[str, str]) -> None:
 
 
 def _check_key_mode(d: Path, fail: Fail) -> None:
-    key_path = d / "key.pem"
-    try:
-        key_stat = key_path.lstat()
-    except OSError as exc:
-        raise fail("key.pem", f"cannot read: {exc.strerror or exc}") from exc
-    if not stat.S_ISREG(key_stat.st_mode):
-        raise fail("key.pem", "not a regular file")
-    if key_stat.st_mode & 0o077:
-        raise fail(
-            "key.pem",
-            f"mode {stat.S_IMODE(key_stat.st_mode):04o} lets group or others read the key "
-            "(chmod 600 it, and consider it exposed)",
-        )
+    for name in PRIVATE_FILES:
+        try:
+            key_stat = (d / name).lstat()
+        except OSError as exc:
+            raise fail(name, f"cannot read: {exc.strerror or exc}") from exc
+        if not stat.S_ISREG(key_stat.st_mode):
+            raise fail(name, "not a regular file")
+        if key_stat.st_mode & 0o077:
+            raise fail(
+                name,
+                f"mode {stat.S_IMODE(key_stat.st_mode):04o} lets group or others read the key "
+                "(chmod 600 it, and consider it exposed)",
+            )
 
 
 def _hashed_contents(d: Path, fail: Fail, files: dict[str, str], ca_pem: bytes) -> dict[str, bytes]:
@@ -256,6 +275,29 @@ def _check_certificate(
             )
     if pki.consortium_of(ca_cert) != consortium:
         raise fail("ca.pem", f"the CA of {pki.consortium_of(ca_cert)!r}, not of {consortium!r}")
+
+
+def _check_signing(contents: dict[str, bytes], fail: Fail, ca_cert: x509.Certificate) -> None:
+    """The signing certificate: the CA's, for signing, for the TLS certificate's party and key."""
+    tls = pki.load_cert(contents["cert.pem"])  # already checked
+    try:
+        signer = signing.certified_signer(
+            contents["signing.crt"], ca_cert, at=dt.datetime.now(dt.UTC)
+        )
+    except signing.CertificateError as exc:
+        raise fail("signing.crt", str(exc)) from exc
+    if (signer.name, signer.role) != (pki.name_of(tls), pki.role_of(tls)):
+        raise fail(
+            "signing.crt",
+            f"certifies {signer.name!r} ({signer.role}), but cert.pem certifies "
+            f"{pki.name_of(tls)!r} ({pki.role_of(tls)})",
+        )
+    try:
+        key = signing.load_signing_key(contents["signing.key"])
+    except (ValueError, TypeError) as exc:
+        raise fail("signing.key", f"not a usable Ed25519 private key ({exc})") from exc
+    if signing.public_pem(key) != signer.public_pem:
+        raise fail("signing.key", "does not match signing.crt (another party's key?)")
 
 
 def _checked_crl(d: Path, fail: Fail, ca_cert: x509.Certificate, role: str) -> Path | None:

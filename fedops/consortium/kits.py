@@ -5,10 +5,12 @@ Layout under ``OUT``::
     ca/ca.pem            the consortium CA's certificate
     ca/ca_key.pem        its private key (0600; keep it offline)
     ca/crl.pem           the current CA-signed CRL
-    ca/serials.json      name -> {serial (hex), role, revoked}
+    ca/serials.json      name -> {serial, signing_serial (hex), role, revoked}
     ca/consortium.json   the consortium's name and coordinator, for add-site
     kits/<name>/cert.pem      the party's certificate (CN name, O consortium, OU role)
     kits/<name>/key.pem       its private key (0600)
+    kits/<name>/signing.crt   its Ed25519 signing certificate (same subject; signing only)
+    kits/<name>/signing.key   the signing key (0600): audit logs, SecAgg public keys
     kits/<name>/ca.pem        the CA certificate it trusts
     kits/<name>/crl.pem       (coordinator kit only) the CRL it enforces
     kits/<name>/kit.json      {consortium, name, role, coordinator: {name, address}, policy}
@@ -18,6 +20,11 @@ The manifest's signature is the CA's ECDSA-SHA256 over the canonical JSON
 of ``files`` (sorted keys, no spaces). ``crl.pem`` is left out of it on
 purpose, as :func:`revoke` replaces it; the CRL carries the CA's own
 signature, which :func:`load_kit` checks instead.
+
+Revoking a party lists *both* its serials in the CRL, the TLS certificate's
+and the signing certificate's: a party the consortium no longer trusts can
+neither call the coordinator nor vouch for SecAgg keys. The CRL is the
+standard one, serials only, so any X.509 tool reads it the same way.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedops.consortium import pki
+from fedops.consortium import pki, signing
 from fedops.consortium.kit import (
     CRL,
     MANIFEST,
@@ -62,6 +69,7 @@ class Revoked:
     serial: int
     crl_paths: tuple[Path, ...]  # where the new CRL was written
     already: bool  # it had been revoked before; the CRL was rewritten all the same
+    signing_serial: int | None = None  # its signing certificate's, listed too (None: old kit)
 
 
 # -- provisioning -------------------------------------------------------------------------------
@@ -101,18 +109,13 @@ def init_consortium(spec_file: str | Path, out_dir: str | Path) -> list[Path]:
         serials: dict[str, dict[str, Any]] = {}
         policies = {p.name: dict(p.policy) for p in spec.sites}
         for name, role in spec.parties():
-            hosts = spec.coordinator.hosts() if role == "coordinator" else ()
-            cert, key = pki.issue(ca_cert, ca_key, name, role, consortium=spec.name, hosts=hosts)
-            _write_kit(
+            serials[name] = _write_kit(
                 kits_dir / name,
-                ca_cert=ca_cert,
-                ca_key=ca_key,
-                cert=cert,
-                key=key,
+                ca=(ca_cert, ca_key),
                 info=_kit_info(spec.name, name, role, spec.coordinator, policies.get(name, {})),
+                hosts=spec.coordinator.hosts() if role == "coordinator" else (),
                 crl=crl if role == "coordinator" else None,
             )
-            serials[name] = {"serial": _hex(cert.serial_number), "role": role, "revoked": False}
         _write_json(ca_dir / "serials.json", serials)
 
         os.rename(kits_dir, out / "kits")
@@ -144,26 +147,20 @@ def add_site(out_dir: str | Path, name: str, policy: Mapping[str, Any] | None = 
         (out / "kits").mkdir(exist_ok=True)
         staging = out / "kits" / f".{name}.{os.urandom(6).hex()}.tmp"
         try:
-            cert, key = pki.issue(ca_cert, ca_key, name, "site", consortium=consortium)
-            _write_kit(
+            serials[name] = _write_kit(
                 staging,
-                ca_cert=ca_cert,
-                ca_key=ca_key,
-                cert=cert,
-                key=key,
+                ca=(ca_cert, ca_key),
                 info=_kit_info(consortium, name, "site", coordinator, checked_policy),
-                crl=None,
             )
             os.rename(staging, kit_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        serials[name] = {"serial": _hex(cert.serial_number), "role": "site", "revoked": False}
         _write_json(out / "ca" / "serials.json", serials, replace=True)
     return kit_dir
 
 
 def revoke(out_dir: str | Path, name: str) -> Revoked:
-    """Revoke party ``name``: a new CA-signed CRL listing every revoked serial.
+    """Revoke party ``name``: a new CA-signed CRL listing every revoked serial (TLS and signing).
 
     The CRL replaces ``ca/crl.pem`` and the coordinator kit's ``crl.pem``
     (each atomically: written beside, then renamed over). A running
@@ -187,7 +184,13 @@ def revoke(out_dir: str | Path, name: str) -> Revoked:
         already = bool(entry.get("revoked"))
         entry["revoked"] = True
         entry.setdefault("revoked_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-        revoked = [int(e["serial"], 16) for e in serials.values() if e.get("revoked")]
+        revoked = [
+            int(e[key], 16)
+            for e in serials.values()
+            if e.get("revoked")
+            for key in ("serial", "signing_serial")
+            if isinstance(e.get(key), str)
+        ]
         try:
             previous = pki.crl_number(pki.load_crl((out / "ca" / CRL).read_bytes()))
         except (OSError, ValueError):
@@ -207,7 +210,14 @@ def revoke(out_dir: str | Path, name: str) -> Revoked:
         )
         if coordinator is not None and (out / "kits" / coordinator).is_dir():
             written.append(pki.write_public(out / "kits" / coordinator / CRL, data, replace=True))
-    return Revoked(name, int(entry["serial"], 16), tuple(written), already)
+    signing_serial = entry.get("signing_serial")
+    return Revoked(
+        name,
+        int(entry["serial"], 16),
+        tuple(written),
+        already,
+        int(signing_serial, 16) if isinstance(signing_serial, str) else None,
+    )
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -233,21 +243,32 @@ def sign_manifest(kit_dir: str | Path, ca_key: ec.EllipticCurvePrivateKey) -> Pa
 def _write_kit(
     kit_dir: Path,
     *,
-    ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
-    cert: x509.Certificate,
-    key: ec.EllipticCurvePrivateKey,
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
     info: dict[str, Any],
-    crl: x509.CertificateRevocationList | None,
-) -> None:
+    hosts: tuple[str, ...] = (),
+    crl: x509.CertificateRevocationList | None = None,
+) -> dict[str, Any]:
+    """Issue the party's two certificates, write its kit, sign it; its serials.json entry."""
+    ca_cert, ca_key = ca
+    name, role, consortium = info["name"], info["role"], info["consortium"]
+    cert, key = pki.issue(ca_cert, ca_key, name, role, consortium=consortium, hosts=hosts)
+    sign_cert, sign_key = signing.issue_signing(ca_cert, ca_key, name, role, consortium=consortium)
     kit_dir.mkdir(mode=0o700)
     pki.write_public(kit_dir / "ca.pem", pki.cert_pem(ca_cert))
     pki.write_public(kit_dir / "cert.pem", pki.cert_pem(cert))
     pki.write_private(kit_dir / "key.pem", pki.key_pem(key))
+    pki.write_public(kit_dir / "signing.crt", pki.cert_pem(sign_cert))
+    pki.write_private(kit_dir / "signing.key", signing.signing_key_pem(sign_key))
     _write_json(kit_dir / "kit.json", info)
     if crl is not None:
         pki.write_public(kit_dir / CRL, pki.crl_pem(crl))
     sign_manifest(kit_dir, ca_key)
+    return {
+        "serial": _hex(cert.serial_number),
+        "signing_serial": _hex(sign_cert.serial_number),
+        "role": role,
+        "revoked": False,
+    }
 
 
 def _kit_info(

@@ -1,6 +1,7 @@
 """The consortium's X.509: a CA, party certificates, a CRL, and PEM files written safely.
 
-Keys are ECDSA P-256 (what gRPC's BoringSSL TLS takes everywhere). A party
+TLS keys are ECDSA P-256 (what gRPC's BoringSSL TLS takes everywhere); each
+party's Ed25519 signing certificate is :mod:`fedops.consortium.signing`'s. A party
 certificate says who and what it is in its subject: CN = party name,
 O = consortium, OU = role (``coordinator``, ``site``, ``admin``,
 ``observer``). The coordinator's certificate is for TLS servers and clients
@@ -24,6 +25,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 ROLES = ("coordinator", "site", "admin", "observer")
@@ -44,13 +46,13 @@ def new_key() -> PrivateKey:
 def new_ca(consortium: str, *, days: int = CA_DAYS) -> tuple[Certificate, PrivateKey]:
     """A self-signed CA for ``consortium`` (CN = "<consortium> CA", O = consortium, OU = ca)."""
     key = new_key()
-    subject = _name(f"{consortium} CA", consortium, CA_ROLE)
+    name = subject(f"{consortium} CA", consortium, CA_ROLE)
     now = _now()
     public = key.public_key()
     cert = (
         x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
+        .subject_name(name)
+        .issuer_name(name)
         .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
@@ -104,7 +106,7 @@ def issue(
         usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(name, consortium, role))
+        .subject_name(subject(name, consortium, role))
         .issuer_name(ca_cert.subject)
         .public_key(public)
         .serial_number(x509.random_serial_number())
@@ -163,7 +165,7 @@ def issued_by(cert: Certificate, ca_cert: Certificate) -> bool:
     return True
 
 
-def same_key(cert: Certificate, key: PrivateKey) -> bool:
+def same_key(cert: Certificate, key: PrivateKey | Ed25519PrivateKey) -> bool:
     """Whether ``key`` is the private half of ``cert``'s public key."""
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     return cert.public_key().public_bytes(
@@ -306,7 +308,8 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _name(cn: str, org: str, ou: str) -> x509.Name:
+def subject(cn: str, org: str, ou: str) -> x509.Name:
+    """A party's subject: CN = name, O = consortium, OU = role (TLS and signing certificates)."""
     return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),

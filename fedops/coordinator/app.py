@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from fedops.consortium.kit import Kit, KitError, load_kit
 from fedops.consortium.tls import Revocation, server_credentials
 from fedops.coordinator.admin import admin_handler
+from fedops.coordinator.aio import LoopServer
 from fedops.coordinator.peers import PeerGate
 from fedops.coordinator.server import build_server
 from fedops.coordinator.transport import GrpcTransport
@@ -132,7 +131,9 @@ class Records:
         config: Mapping[str, Any],
         task: Task | None,
     ) -> Records:
-        audit = AuditLog.open(Path(cfg.run_dir), "coordinator")
+        # consortium mode: signed with the kit's CA-certified key, not a generated one
+        identity = _coordinator_kit(cfg.kit).signing_identity() if cfg.kit is not None else None
+        audit = AuditLog.open(Path(cfg.run_dir), "coordinator", identity=identity)
         trail = RunTrail(audit, store)
         trail.run_started(run_id, config, task_digest=task.digest if task else "")
         mlflow = None
@@ -214,7 +215,7 @@ def _serve(
     control: RunControl,
     run_id: str,
     audit: Callable[[str, Mapping[str, Any]], None],
-) -> grpc.Server:
+) -> LoopServer:
     if cfg.kit is None:
         server = build_server(transport, max_workers=cfg.max_workers)
         bound = server.add_insecure_port(cfg.address)

@@ -22,6 +22,9 @@ class Node:
     site_name: str
     num_train_examples: int
     last_seen: float
+    #: has polled for a task: a registration whose reply was lost (the agent
+    #: timed out and registered again) never polls, and is never given work
+    polled: bool = False
 
 
 class NodeRegistry:
@@ -58,6 +61,15 @@ class NodeRegistry:
             node.last_seen = time.monotonic()
             return node
 
+    def mark_polled(self, node_id: str) -> bool:
+        """Note that the node asked for work; True the first time (it just became available)."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None or node.polled:
+                return False
+            node.polled = True
+            return True
+
     def get(self, node_id: str) -> Node | None:
         with self._lock:
             return self._nodes.get(node_id)
@@ -71,9 +83,10 @@ class NodeRegistry:
         with self._lock:
             self._nodes.pop(node_id, None)
 
-    def node_ids(self) -> list[str]:
+    def node_ids(self, *, polled: bool = False) -> list[str]:
+        """Registered nodes (``polled``: only those that have asked for work)."""
         with self._lock:
-            return list(self._nodes)
+            return [n.node_id for n in self._nodes.values() if n.polled or not polled]
 
     def silent_since(self, seconds: float) -> list[str]:
         """Nodes not heard from (pull, heartbeat, push) for ``seconds``."""

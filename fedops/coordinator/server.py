@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from fedops.coordinator.aio import LoopServer, ParkedPolls
 from fedops.coordinator.peers import PeerGate
 from fedops.coordinator.results import Reject
 from fedops.coordinator.transport import GrpcTransport
@@ -104,13 +104,14 @@ def _malformed(transport: GrpcTransport, request: Malformed) -> Reject:
 
 
 def _split_push(
-    transport: GrpcTransport, requests: Iterator[Any], context: grpc.ServicerContext
+    transport: GrpcTransport, requests: Iterator[Any]
 ) -> tuple[pb.ResultHeader, Iterator[bytes | memoryview]]:
     """The leading header, and the payload chunks after it (anything else is refused).
 
     A stream that gRPC cut off (a message over the size limit, a cancelled
-    call) ends like a finished one; the context tells them apart, and a cut
-    stream is never taken as a complete result.
+    call, a client that died) ends like a finished one; the header's declared
+    size tells them apart, so a cut stream is refused as truncated, never
+    taken as a complete result.
     """
     first = next(requests, None)
     if isinstance(first, Malformed):
@@ -135,24 +136,53 @@ def _split_push(
                     raise InvalidUpdate("a second header arrived inside the payload")
         except grpc.RpcError as exc:  # gRPC cut the stream (cancelled, over its size limit)
             raise InvalidUpdate(f"the upload was cut off before its end ({exc})") from exc
-        if not context.is_active():
-            raise InvalidUpdate("the upload was cut off before its end")
 
     return first.header, chunks()
 
 
+def _pull(
+    transport: GrpcTransport, gate: PeerGate | None, parked: ParkedPolls
+) -> Callable[[Any, Any], Any]:
+    """``PullTask`` as a coroutine: a long-poll waits on the event loop, not on a thread."""
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            if isinstance(request, Malformed):
+                raise _malformed(transport, request)
+            if gate is not None:
+                _check_peer(gate, context, "PullTask", request)
+            task = await parked.wait(
+                request.node_id, transport.poll_wait_s(request), lambda: transport.poll(request)
+            )
+        except Reject as exc:
+            await context.abort(exc.code, exc.reason)
+        return task if task is not None else transport.idle_task()
+
+    return handler
+
+
 def build_server(
     transport: GrpcTransport, *, max_workers: int = 64, gate: PeerGate | None = None
-) -> grpc.Server:
+) -> LoopServer:
     """A gRPC server with the Coordinator service; the caller binds and starts it.
 
     With ``gate`` (consortium mode, mTLS) every call is checked against the
-    caller's certificate first.
+    caller's certificate first. ``max_workers`` bounds the threads that run
+    the blocking handlers; parked ``PullTask`` polls hold none.
     """
+    server = LoopServer(
+        max_workers=max_workers,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    parked = ParkedPolls(server.loop)
+    transport.on_task_posted(parked.wake)
 
     def push(requests: Iterator[Any], context: grpc.ServicerContext) -> pb.PushResultResponse:
         try:
-            header, chunks = _split_push(transport, requests, context)
+            header, chunks = _split_push(transport, requests)
             if gate is not None:
                 gate.check_node(context, "PushResult", header.node_id)
             return transport.push(header, chunks)
@@ -182,7 +212,7 @@ def build_server(
             response_serializer=ser,
         ),
         "PullTask": grpc.unary_unary_rpc_method_handler(
-            _unary(transport, transport.pull, "PullTask", gate),
+            _pull(transport, gate, parked),
             request_deserializer=_tolerant(pb.PullTaskRequest),
             response_serializer=ser,
         ),
@@ -198,12 +228,5 @@ def build_server(
             push, request_deserializer=_push_part, response_serializer=ser
         ),
     }
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedops-rpc"),
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
-    )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     return server

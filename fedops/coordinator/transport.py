@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -82,6 +82,7 @@ class GrpcTransport(ResultIntake):
         self._round = 0
         self._task_counter = 0
         self._last_dispatched: tuple[Params, str] | None = None
+        self._posted: list[Callable[[Collection[str] | None], None]] = []
 
     # ------------------------------------------------------------------
     # Transport protocol (called by the round driver)
@@ -98,7 +99,8 @@ class GrpcTransport(ResultIntake):
         return self.available_nodes()
 
     def available_nodes(self) -> list[str]:
-        return self.registry.node_ids()
+        """Nodes that have polled for work (see :attr:`~fedops.coordinator.nodes.Node.polled`)."""
+        return self.registry.node_ids(polled=True)
 
     def dispatch(
         self,
@@ -141,7 +143,7 @@ class GrpcTransport(ResultIntake):
                     assignment.monitor = monitor
                 self._assignments[node] = assignment
                 tasks[node] = task.task_id
-            self._cond.notify_all()
+            self._post([node for node, task_id in tasks.items() if task_id])
         if model_digest:
             sent = sorted(n for n, t in tasks.items() if t)
             self.audit(
@@ -178,7 +180,7 @@ class GrpcTransport(ResultIntake):
                 self._assignments[node] = Assignment(
                     task=task, params={}, specs=[], model_digest=""
                 )
-                self._cond.notify_all()
+                self._post([node])
             while time.monotonic() < deadline:
                 event = self.next_event(1.0)
                 if event is None or event.node_id != node:
@@ -193,9 +195,9 @@ class GrpcTransport(ResultIntake):
         """Answer every poll with SHUTDOWN; wait (bounded) until nodes have heard it."""
         with self._cond:
             self._closed = True
-            self._cond.notify_all()
+            self._post(None)
         deadline = time.monotonic() + grace_s
-        while self.registry.node_ids() and time.monotonic() < deadline:
+        while self.registry.node_ids(polled=True) and time.monotonic() < deadline:
             time.sleep(0.1)
 
     # ------------------------------------------------------------------
@@ -225,8 +227,6 @@ class GrpcTransport(ResultIntake):
             node.num_train_examples,
         )
         self.audit("node_joined", {"node_id": node.node_id, "site": node.site_name})
-        with self._cond:
-            self._cond.notify_all()
         return pb.RegisterResponse(
             node_id=node.node_id,
             token=node.token,
@@ -235,27 +235,50 @@ class GrpcTransport(ResultIntake):
             max_chunk_bytes=self.max_chunk_bytes,
         )
 
-    def pull(self, request: pb.PullTaskRequest) -> pb.Task:
+    def poll(self, request: pb.PullTaskRequest) -> pb.Task | None:
+        """The node's next task if there is one now (SHUTDOWN once closed), else None.
+
+        Never blocks: the server parks an unanswered poll without holding a
+        thread (see :mod:`fedops.coordinator.server`) and polls again when
+        :meth:`on_task_posted`'s callback names the node.
+        """
         self._authenticate(request.node_id, request.token)
-        wait_s = min(max(request.wait_ms, 0) / 1000.0, MAX_POLL_S)
-        deadline = time.monotonic() + wait_s
         with self._cond:
-            while True:
-                if self._closed:
-                    self.registry.remove(request.node_id)
-                    return pb.Task(
-                        kind=pb.TASK_KIND_SHUTDOWN,
-                        run_id=self.run_id,
-                        message="the run is complete",
-                    )
-                assignment = self._assignments.get(request.node_id)
-                if assignment is not None and not assignment.delivered:
-                    assignment.delivered = True
-                    return assignment.task
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return pb.Task(kind=pb.TASK_KIND_WAIT, run_id=self.run_id, round=self._round)
-                self._cond.wait(remaining)
+            if self.registry.mark_polled(request.node_id):
+                self._cond.notify_all()  # one more node available: wake wait_for_nodes
+            if self._closed:
+                self.registry.remove(request.node_id)
+                return pb.Task(
+                    kind=pb.TASK_KIND_SHUTDOWN, run_id=self.run_id, message="the run is complete"
+                )
+            assignment = self._assignments.get(request.node_id)
+            if assignment is not None and not assignment.delivered:
+                assignment.delivered = True
+                return assignment.task
+        return None
+
+    def idle_task(self) -> pb.Task:
+        """The answer to a poll that waited its full time for nothing."""
+        return pb.Task(kind=pb.TASK_KIND_WAIT, run_id=self.run_id, round=self._round)
+
+    @staticmethod
+    def poll_wait_s(request: pb.PullTaskRequest) -> float:
+        """How long a poll may wait for a task: what the node asked, at most ``MAX_POLL_S``."""
+        return min(max(request.wait_ms, 0) / 1000.0, MAX_POLL_S)
+
+    def on_task_posted(self, callback: Callable[[Collection[str] | None], None]) -> None:
+        """Have ``callback(nodes)`` called when tasks are posted (``None``: every node).
+
+        It is called with the transport's lock held, so it must only hand the
+        news on (e.g. ``loop.call_soon_threadsafe``), never call back in.
+        """
+        self._posted.append(callback)
+
+    def _post(self, nodes: Collection[str] | None) -> None:
+        """Wake whoever waits for ``nodes`` (lock held)."""
+        self._cond.notify_all()
+        for callback in self._posted:
+            callback(nodes)
 
     def model_chunks(self, request: pb.FetchModelRequest) -> Iterator[pb.ModelChunk | bytes]:
         self._authenticate(request.node_id, request.token)

@@ -19,8 +19,13 @@ Payloads cross-checked (``round`` int, ``phase`` ``"fit"`` or ``"evaluate"``):
 
 Event totals group event names by substring (:data:`CATEGORIES`). Keys are
 trusted on first use (the report shows each key's fingerprint, to compare with
-the parties' ``audit_key.pub``). Writes ``compliance.json`` and a
-self-contained ``compliance.html`` (inline CSS, no scripts, every string escaped).
+the parties' ``audit_key.pub``), unless the consortium's CA certificate is
+given: then every log must verify with the key of the certificate beside it
+(``audit_key.crt``, written by a party started with its kit), which that CA
+must have issued, for a coordinator's log to the coordinator and for a site's
+to a site; the report names the certified party of each log. Writes
+``compliance.json`` and a self-contained ``compliance.html`` (inline CSS, no
+scripts, every string escaped).
 """
 
 from __future__ import annotations
@@ -34,11 +39,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedops.core.audit import VerifyResult, split_log, verify_log_bytes
-from fedops.crypto import verify_ed25519
+from fedops.consortium.signing import Signer
+from fedops.core.audit import VerifyResult, split_log
 from fedops.reporting.compliance_html import render_html
+from fedops.reporting.logs import (
+    LOG_NAME,
+    certified_summary,
+    verify_certified_log,
+    verify_log_file,
+)
 
-LOG_NAME = "audit.jsonl"
+__all__ = [
+    "audit_export_command",
+    "audit_verify_command",
+    "export_compliance",
+    "verify_certified_log",
+    "verify_log_file",
+]
 #: report totals: event names containing any of the substrings
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "joins": ("join",),
@@ -53,34 +70,18 @@ _PHASES = {"fit": 0, "evaluate": 1}
 Key = tuple[int, str, str]  # (round, phase, node_id)
 
 
-def verify_log_file(path: Path, public_key_pem: bytes | None = None) -> VerifyResult:
-    """Verify a log file (or a run directory's ``audit.jsonl``) and its signed head file."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / LOG_NAME
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return VerifyResult(ok=False, entries=0, reason=f"cannot read {path}: {exc.strerror}")
-    head = path.with_suffix(".head")
-    return verify_log_bytes(
-        data,
-        verify_ed25519,
-        public_key_pem=public_key_pem,
-        head=head.read_bytes() if head.exists() else None,
-    )
-
-
 @dataclass(slots=True)
 class _Party:
     role: str
     path: Path
     result: VerifyResult
     entries: list[dict[str, Any]]
+    certified: Signer | None = None
 
     def summary(self) -> dict[str, Any]:
         r = self.result
         return {
+            "certified": certified_summary(self.certified),
             "role": self.role,
             "path": str(self.path),
             "actor": r.actor,
@@ -94,14 +95,19 @@ class _Party:
         }
 
 
-def _load(path: Path, role: str) -> _Party:
-    """Verify a log; keep its verified entries (a prefix, when it fails)."""
-    result = verify_log_file(path)
+def _load(path: Path, role: str, ca_pem: bytes | None = None) -> _Party:
+    """Verify a log (pinned to the CA, with one); keep its verified entries (a prefix, when
+    it fails)."""
+    signer = None
+    if ca_pem is None:
+        result = verify_log_file(path)
+    else:
+        result, signer = verify_certified_log(path, ca_pem, role=role)
     entries: list[dict[str, Any]] = []
     if result.entries:
         lines, _ = split_log(path.read_bytes())
         entries = [json.loads(line) for line in lines[: result.entries]]
-    return _Party(role, path, result, entries)
+    return _Party(role, path, result, entries, signer)
 
 
 def _site_paths(run_dir: Path, coordinator: Path, given: Sequence[Path]) -> list[Path]:
@@ -274,18 +280,27 @@ def _event_totals(parties: list[_Party]) -> dict[str, Any]:
 
 
 def export_compliance(
-    run_dir: Path, out_dir: Path | None = None, site_logs: Sequence[Path] = ()
+    run_dir: Path,
+    out_dir: Path | None = None,
+    site_logs: Sequence[Path] = (),
+    *,
+    ca_pem: bytes | None = None,
 ) -> dict[str, Any]:
-    """Verify all logs, cross-check digests, write ``compliance.{json,html}``; the report."""
+    """Verify all logs, cross-check digests, write ``compliance.{json,html}``; the report.
+
+    With ``ca_pem`` (the consortium CA's certificate) every log is pinned to
+    the key the CA certified for its party (:func:`verify_certified_log`).
+    """
     run_dir = Path(run_dir)
-    coordinator = _load(run_dir / LOG_NAME, "coordinator")
-    sites = [_load(p, "site") for p in _site_paths(run_dir, coordinator.path, site_logs)]
+    coordinator = _load(run_dir / LOG_NAME, "coordinator", ca_pem)
+    sites = [_load(p, "site", ca_pem) for p in _site_paths(run_dir, coordinator.path, site_logs)]
     parties = [coordinator, *sites]
     check = _cross_check(coordinator, sites)
     report: dict[str, Any] = {
         "ok": all(p.result.ok for p in parties) and not check.mismatches,
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "run_dir": str(run_dir),
+        "ca_pinned": ca_pem is not None,
         "parties": [p.summary() for p in parties],
         "rounds": _round_table(check),
         "mismatches": check.mismatches,
@@ -301,18 +316,42 @@ def export_compliance(
 
 
 # -- CLI glue (fedops/cli parses the arguments) ------------------------------------
-def audit_verify_command(path: Path, public_key: Path | None) -> int:
-    """``fedops audit verify``: 0 when the log verifies, 1 otherwise (verdict on stderr)."""
+def _read(path: Path | None, what: str) -> bytes | None:
+    """The file's bytes; ``None`` without a path; OSError names the file and ``what`` it is."""
+    if path is None:
+        return None
     try:
-        pem = None if public_key is None else Path(public_key).read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
-        print(f"FAILED: cannot read the public key {public_key}: {exc.strerror}", file=sys.stderr)
+        raise OSError(f"cannot read the {what} {path}: {exc.strerror}") from exc
+
+
+def audit_verify_command(path: Path, public_key: Path | None, ca: Path | None = None) -> int:
+    """``fedops audit verify``: 0 when the log verifies, 1 otherwise (verdict on stderr).
+
+    ``ca`` (the consortium's ``ca.pem``) also requires the log's key to be the
+    one the CA certified (``audit_key.crt`` beside the log) and names its party.
+    """
+    try:
+        pem, ca_pem = _read(public_key, "public key"), _read(ca, "CA certificate")
+    except OSError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
         return 1
-    result = verify_log_file(Path(path), pem)
+    signer = None
+    if ca_pem is not None:
+        result, signer = verify_certified_log(Path(path), ca_pem)
+    else:
+        result = verify_log_file(Path(path), pem)
     if not result.ok:
         print(f"FAILED: {path}: {result.reason}", file=sys.stderr)
         return 1
-    trust = "pinned key" if result.pinned else "key trusted on first use"
+    if signer is not None:
+        trust = (
+            f"key certified by the consortium CA for {signer.name!r} (role {signer.role}, "
+            f"consortium {signer.consortium!r}, serial {signer.serial:x})"
+        )
+    else:
+        trust = "pinned key" if result.pinned else "key trusted on first use"
     print(
         f"OK: {result.entries} entries, chain and signatures valid "
         f"(key fingerprint {result.fingerprint}, {trust}, actor {result.actor!r})",
@@ -323,10 +362,21 @@ def audit_verify_command(path: Path, public_key: Path | None) -> int:
     return 0
 
 
-def audit_export_command(run_dir: Path, out: Path | None, site_logs: list[Path]) -> int:
+def audit_export_command(
+    run_dir: Path, out: Path | None, site_logs: list[Path], ca: Path | None = None
+) -> int:
     """``fedops audit export``: 0 when every log verifies and every digest matches."""
-    report = export_compliance(run_dir, out, site_logs)
+    try:
+        ca_pem = _read(ca, "CA certificate")
+    except OSError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    report = export_compliance(run_dir, out, site_logs, ca_pem=ca_pem)
     print(f"compliance report: {report['paths']['html']} (and {report['paths']['json']})")
+    for party in report["parties"]:
+        if party["certified"] is not None:
+            c = party["certified"]
+            print(f"  {party['path']}: certified {c['name']!r} ({c['role']})")
     bad = [p for p in report["parties"] if not p["ok"]]
     logs, n_bad = len(report["parties"]), len(report["mismatches"])
     if report["ok"]:

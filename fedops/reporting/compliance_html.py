@@ -57,6 +57,14 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _certified(p: Mapping[str, Any]) -> str:
+    """Who the consortium CA certified the log's key for, when the report was pinned to it."""
+    c = p.get("certified")
+    if not c:
+        return "—"
+    return f"{_e(c['name'])} ({_e(c['role'])}, {_e(c['consortium'])})"
+
+
 def _parties(parties: Sequence[Mapping[str, Any]]) -> str:
     rows = [
         [
@@ -65,6 +73,7 @@ def _parties(parties: Sequence[Mapping[str, Any]]) -> str:
             _flag(p["ok"], "verified", "FAILED"),
             _e(p["entries"]),
             f"<code>{_e(p['fingerprint'])}</code>",
+            _certified(p),
             "<br>".join(
                 [_e(p["reason"])] * bool(p["reason"]) + [f"⚠ {_e(w)}" for w in p["warnings"]]
             ),
@@ -72,7 +81,10 @@ def _parties(parties: Sequence[Mapping[str, Any]]) -> str:
         ]
         for p in parties
     ]
-    headers = ["role", "actor", "verification", "entries", "key fingerprint", "notes", "log"]
+    headers = [
+        "role", "actor", "verification", "entries", "key fingerprint", "certified by the CA",
+        "notes", "log",
+    ]  # fmt: skip
     return _table(headers, rows)
 
 

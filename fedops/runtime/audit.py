@@ -7,6 +7,11 @@ Files (``run_dir`` is the coordinator's or a site's own directory):
 * ``audit_key.pem``: the party's Ed25519 signing key, mode 0600 from the
   moment it exists (written to a 0600 temporary file, then renamed);
 * ``audit_key.pub``: its public key (0644), to hand to auditors for pinning;
+* ``audit_key.crt`` (consortium mode only): the certificate the consortium CA
+  issued for the signing key. A party started with a kit signs with the
+  kit's key (``signing.key``) instead of generating ``audit_key.pem``, so an
+  auditor who trusts the CA alone can tell whose log it is
+  (``fedops audit verify --ca``);
 * ``audit.head``: the last entry's ``{seq, hash, signature}``, replaced
   atomically after every append, so that entries deleted from the *end* of
   the log are noticed (the chain alone cannot tell a shorter log from a
@@ -17,10 +22,11 @@ returns (``fsync=False`` for tests and benchmarks), under a lock: the
 coordinator records from many gRPC threads. An ``flock`` keeps a second
 process (or a second AuditLog) from extending the same chain.
 
-Reopening verifies the whole log with the key file (Ed25519 checks, about
-7k entries a second) and continues the chain. A torn last line, left by a
-crash in the middle of a write, is cut off and recorded as
-``audit_recovered``. Anything else that does not verify, or a log whose key
+Reopening verifies the whole log with the key file, or the kit's key
+(Ed25519 checks, about 7k entries a second), and continues the chain: a log
+begun with another key (a generated one, another kit's) is refused. A torn
+last line, left by a crash in the middle of a write, is cut off and recorded
+as ``audit_recovered``. Anything else that does not verify, or a log whose key
 file is gone, is refused: continuing would launder the damage.
 """
 
@@ -54,6 +60,7 @@ LOG_NAME = "audit.jsonl"
 HEAD_NAME = "audit.head"
 KEY_NAME = "audit_key.pem"
 PUBLIC_NAME = "audit_key.pub"
+CERT_NAME = "audit_key.crt"
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +100,7 @@ def _write_atomic(path: Path, data: bytes, *, fsync: bool, mode: int = 0o644) ->
 
 
 def _load_key(run_dir: Path, log_has_entries: bool) -> Identity:
-    key_path, public_path = run_dir / KEY_NAME, run_dir / PUBLIC_NAME
+    key_path = run_dir / KEY_NAME
     if key_path.exists():
         try:
             identity = Identity.load(key_path)
@@ -107,10 +114,17 @@ def _load_key(run_dir: Path, log_has_entries: bool) -> Identity:
     else:
         identity = Identity.generate()
         _write_private(key_path, identity.private_pem())
-    public = identity.public_pem()
-    if not public_path.exists() or public_path.read_bytes() != public:
-        _write_atomic(public_path, public, fsync=True)
     return identity
+
+
+def _publish(run_dir: Path, identity: Identity) -> None:
+    """The public key, and the key's certificate when it has one, beside the log for auditors."""
+    for name, data in ((PUBLIC_NAME, identity.public_pem()), (CERT_NAME, identity.certificate)):
+        path = run_dir / name
+        if data and (not path.exists() or path.read_bytes() != data):
+            _write_atomic(path, data, fsync=True)
+    if not identity.certificate:
+        (run_dir / CERT_NAME).unlink(missing_ok=True)  # no stale certificate for another key
 
 
 def _lock(fd: int, path: Path) -> None:
@@ -142,32 +156,45 @@ class AuditLog:
         self.fingerprint = key_fingerprint(self.public_pem)
 
     @classmethod
-    def open(cls, run_dir: Path, actor: str, *, fsync: bool = True) -> AuditLog:
-        """Open (or start) ``run_dir/audit.jsonl``; see the module docstring."""
+    def open(
+        cls, run_dir: Path, actor: str, *, fsync: bool = True, identity: Identity | None = None
+    ) -> AuditLog:
+        """Open (or start) ``run_dir/audit.jsonl``; see the module docstring.
+
+        ``identity``: sign with this key (a consortium kit's, with its
+        certificate) instead of the run directory's own ``audit_key.pem``.
+        """
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / LOG_NAME
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         _lock(fd, path)
         try:
-            return cls._resume(fd, path, actor, fsync=fsync)
+            return cls._resume(fd, path, actor, fsync=fsync, identity=identity)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
 
     @classmethod
-    def _resume(cls, fd: int, path: Path, actor: str, *, fsync: bool) -> AuditLog:
+    def _resume(
+        cls, fd: int, path: Path, actor: str, *, fsync: bool, identity: Identity | None
+    ) -> AuditLog:
         data = path.read_bytes()
         lines, tail = split_log(data)
-        identity = _load_key(path.parent, bool(lines))
+        key_source = (
+            "the kit's signing key" if identity is not None else str(path.parent / KEY_NAME)
+        )
+        if identity is None:
+            identity = _load_key(path.parent, bool(lines))
         if tail:
             os.ftruncate(fd, len(data) - len(tail))
         self = cls(fd, path, identity, actor, fsync=fsync)
         head = head_path(path)
         if lines or head.exists():
-            self._continue(data[: len(data) - len(tail)], head)
-        else:
+            self._continue(data[: len(data) - len(tail)], head, key_source)
+        _publish(path.parent, identity)  # only once the log is known to be this key's
+        if not (lines or head.exists()):
             self.record(OPEN_EVENT, opened_payload(actor, self.public_pem))
         if tail:
             self.record(
@@ -178,7 +205,7 @@ class AuditLog:
             self.record("log_reopened", {"actor": actor, "pid": os.getpid()})
         return self
 
-    def _continue(self, data: bytes, head: Path) -> None:
+    def _continue(self, data: bytes, head: Path, key_source: str) -> None:
         result = verify_log_bytes(
             data,
             verify_ed25519,
@@ -187,7 +214,7 @@ class AuditLog:
         )
         if not result.ok:
             raise AuditError(
-                f"{self.path} does not verify with {self.path.parent / KEY_NAME}, refusing to "
+                f"{self.path} does not verify with {key_source}, refusing to "
                 f"continue it: {result.reason}"
             )
         if result.actor != self.actor:

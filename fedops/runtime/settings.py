@@ -20,6 +20,7 @@ FLAG_NAMES = {
     "round_timeout_s": "--round-timeout",
     "join_timeout_s": "--join-timeout",
     "liveness_timeout_s": "--liveness-timeout",
+    "heartbeat_interval_s": "--heartbeat-interval",
 }
 
 
@@ -300,6 +301,12 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
         _require(self.round_timeout_s > 0, "round_timeout_s", "must be > 0")
         _require(self.join_timeout_s > 0, "join_timeout_s", "must be > 0")
         _require(self.liveness_timeout_s >= 1, "liveness_timeout_s", "must be >= 1")
+        _require(
+            0.1 <= self.heartbeat_interval_s <= self.liveness_timeout_s,
+            "heartbeat_interval_s",
+            f"must be >= 0.1 s and at most --liveness-timeout "
+            f"({self.liveness_timeout_s:g} s), got {self.heartbeat_interval_s:g}",
+        )
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         _require(self.max_workers >= 4, "max_workers", "must be >= 4")
         check_secagg(self.secagg, self.secagg_k, self.secagg_threshold, self.secagg_clip)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64ops/v1/fedops.proto\x12\tfedops.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xcd\x01\n\x0fRegisterRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\x11\n\tsite_name\x18\x02 \x01(\t\x12\x1a\n\x12num_train_examples\x18\x03 \x01(\x03\x12>\n\nproperties\x18\x04 \x03(\x0b\x32*.fedops.v1.RegisterRequest.PropertiesEntry\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x10RegisterResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x04 \x01(\x03\x12\x17\n\x0fmax_chunk_bytes\x18\x05 \x01(\x03\"B\n\x0fPullTaskRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07wait_ms\x18\x03 \x01(\x03\"\xb2\x02\n\x04Task\x12!\n\x04kind\x18\x01 \x01(\x0e\x32\x13.fedops.v1.TaskKind\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12+\n\x06\x63onfig\x18\x05 \x03(\x0b\x32\x1b.fedops.v1.Task.ConfigEntry\x12\x14\n\x0cmodel_digest\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12(\n\x06secagg\x18\x08 \x01(\x0b\x32\x18.fedops.v1.SecAggRequest\x12*\n\x07monitor\x18\t \x01(\x0b\x32\x19.fedops.v1.MonitorRequest\x1a-\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"D\n\x11\x46\x65tchModelRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\"N\n\nModelChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.fedops.v1.ModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"`\n\x0bModelHeader\x12&\n\x07tensors\x18\x01 \x03(\x0b\x32\x15.fedops.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\x14\n\x0cmodel_digest\x18\x03 \x01(\t\"V\n\x11PushResultRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedops.v1.ResultHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x9c\x03\n\x0cResultHeader\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x03\x12\x0f\n\x07task_id\x18\x05 \x01(\t\x12!\n\x04kind\x18\x06 \x01(\x0e\x32\x13.fedops.v1.TaskKind\x12\x14\n\x0cnum_examples\x18\x07 \x01(\x03\x12\x35\n\x07metrics\x18\x08 \x03(\x0b\x32$.fedops.v1.ResultHeader.MetricsEntry\x12&\n\x07tensors\x18\t \x03(\x0b\x32\x15.fedops.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\n \x01(\x03\x12&\n\x06secagg\x18\x0b \x01(\x0b\x32\x16.fedops.v1.SecAggReply\x12\x10\n\x08\x64\x65\x63lined\x18\x0c \x01(\t\x12%\n\x06report\x18\r \x01(\x0b\x32\x15.fedops.v1.SiteReport\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"7\n\x12PushResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"2\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"T\n\x0bSecAggSetup\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x12\n\nneighbours\x18\x03 \x03(\x05\x12\x11\n\tthreshold\x18\x04 \x01(\x05\"\x82\x01\n\x10SecAggPublicKeys\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x12\n\ncipher_key\x18\x02 \x01(\x0c\x12\x10\n\x08mask_key\x18\x03 \x01(\x0c\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x03\x12\x10\n\x08identity\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"@\n\x13SecAggNeighbourKeys\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x1b.fedops.v1.SecAggPublicKeys\"A\n\x0bSecAggShare\x12\x0e\n\x06source\x18\x01 \x01(\x05\x12\x0e\n\x06target\x18\x02 \x01(\x05\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"M\n\x0fSecAggShareKeys\x12&\n\x06shares\x18\x01 \x03(\x0b\x32\x16.fedops.v1.SecAggShare\x12\x12\n\ncommitment\x18\x02 \x01(\x0c\"\x90\x01\n\x11SecAggMaskRequest\x12&\n\x06shares\x18\x01 \x03(\x0b\x32\x16.fedops.v1.SecAggShare\x12\x0c\n\x04\x63lip\x18\x02 \x01(\x01\x12\x0e\n\x06levels\x18\x03 \x01(\x03\x12\x12\n\nmax_weight\x18\x04 \x01(\x03\x12\x0f\n\x07l2_clip\x18\x05 \x01(\x01\x12\x10\n\x08noise_mu\x18\x06 \x01(\x01\"\"\n\x0cSecAggMasked\x12\x12\n\ncomplaints\x18\x01 \x03(\x05\"9\n\x13SecAggUnmaskRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\x05\x12\x0f\n\x07\x64ropped\x18\x02 \x03(\x05\"3\n\x13SecAggRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\x05\x12\r\n\x05share\x18\x02 \x01(\x0c\"s\n\x0cSecAggReveal\x12\x31\n\tself_mask\x18\x01 \x03(\x0b\x32\x1e.fedops.v1.SecAggRevealedShare\x12\x30\n\x08mask_key\x18\x02 \x03(\x0b\x32\x1e.fedops.v1.SecAggRevealedShare\"\xd1\x01\n\rSecAggRequest\x12\'\n\x05setup\x18\x01 \x01(\x0b\x32\x16.fedops.v1.SecAggSetupH\x00\x12.\n\x04keys\x18\x02 \x01(\x0b\x32\x1e.fedops.v1.SecAggNeighbourKeysH\x00\x12,\n\x04mask\x18\x03 \x01(\x0b\x32\x1c.fedops.v1.SecAggMaskRequestH\x00\x12\x30\n\x06unmask\x18\x04 \x01(\x0b\x32\x1e.fedops.v1.SecAggUnmaskRequestH\x00\x42\x07\n\x05stage\"\xc7\x01\n\x0bSecAggReply\x12+\n\x04keys\x18\x01 \x01(\x0b\x32\x1b.fedops.v1.SecAggPublicKeysH\x00\x12,\n\x06shares\x18\x02 \x01(\x0b\x32\x1a.fedops.v1.SecAggShareKeysH\x00\x12)\n\x06masked\x18\x03 \x01(\x0b\x32\x17.fedops.v1.SecAggMaskedH\x00\x12)\n\x06reveal\x18\x04 \x01(\x0b\x32\x17.fedops.v1.SecAggRevealH\x00\x42\x07\n\x05stage\"+\n\x0c\x46\x65\x61tureEdges\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65\x64ges\x18\x02 \x03(\x01\"e\n\x0eMonitorRequest\x12&\n\x05\x65\x64ges\x18\x01 \x03(\x0b\x32\x17.fedops.v1.FeatureEdges\x12\x13\n\x0bnum_classes\x18\x02 \x01(\x05\x12\x16\n\x0epositive_label\x18\x03 \x01(\x05\"=\n\tHistogram\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x03(\x03\x12\x0f\n\x07\x63urrent\x18\x03 \x03(\x03\"Y\n\x0e\x44riftStatistic\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0b\n\x03psi\x18\x02 \x01(\x01\x12\n\n\x02js\x18\x03 \x01(\x01\x12\n\n\x02ks\x18\x04 \x01(\x01\x12\x11\n\tks_pvalue\x18\x05 \x01(\x01\"k\n\x0eGroupConfusion\x12\r\n\x05group\x18\x01 \x01(\x03\x12\t\n\x01n\x18\x02 \x01(\x03\x12\n\n\x02tp\x18\x03 \x01(\x03\x12\n\n\x02\x66p\x18\x04 \x01(\x03\x12\n\n\x02tn\x18\x05 \x01(\x03\x12\n\n\x02\x66n\x18\x06 \x01(\x03\x12\x0f\n\x07\x63orrect\x18\x07 \x01(\x03\"\x8d\x01\n\nSiteReport\x12(\n\x05\x64rift\x18\x01 \x03(\x0b\x32\x19.fedops.v1.DriftStatistic\x12(\n\nhistograms\x18\x02 \x03(\x0b\x32\x14.fedops.v1.Histogram\x12+\n\x08\x66\x61irness\x18\x03 \x03(\x0b\x32\x19.fedops.v1.GroupConfusion\"\x1e\n\x0c\x41\x64minRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"q\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x16\n\x0erounds_planned\x18\x04 \x01(\x03\x12\r\n\x05sites\x18\x05 \x03(\t\x12\x0f\n\x07message\x18\x06 \x01(\t*\xae\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_WAIT\x10\x01\x12\x11\n\rTASK_KIND_FIT\x10\x02\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x03\x12\x1a\n\x16TASK_KIND_SEND_INITIAL\x10\x04\x12\x16\n\x12TASK_KIND_SHUTDOWN\x10\x05\x12\x14\n\x10TASK_KIND_SECAGG\x10\x06\x32\xe5\x02\n\x0b\x43oordinator\x12\x43\n\x08Register\x12\x1a.fedops.v1.RegisterRequest\x1a\x1b.fedops.v1.RegisterResponse\x12\x37\n\x08PullTask\x12\x1a.fedops.v1.PullTaskRequest\x1a\x0f.fedops.v1.Task\x12\x43\n\nFetchModel\x12\x1c.fedops.v1.FetchModelRequest\x1a\x15.fedops.v1.ModelChunk0\x01\x12K\n\nPushResult\x12\x1c.fedops.v1.PushResultRequest\x1a\x1d.fedops.v1.PushResultResponse(\x01\x12\x46\n\tHeartbeat\x12\x1b.fedops.v1.HeartbeatRequest\x1a\x1c.fedops.v1.HeartbeatResponse2\xaf\x01\n\x05\x41\x64min\x12\x37\n\x06Status\x12\x17.fedops.v1.AdminRequest\x1a\x14.fedops.v1.RunStatus\x12\x36\n\x05Start\x12\x17.fedops.v1.AdminRequest\x1a\x14.fedops.v1.RunStatus\x12\x35\n\x04Stop\x12\x17.fedops.v1.AdminRequest\x1a\x14.fedops.v1.RunStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64ops/v1/fedops.proto\x12\tfedops.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xcd\x01\n\x0fRegisterRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\x11\n\tsite_name\x18\x02 \x01(\t\x12\x1a\n\x12num_train_examples\x18\x03 \x01(\x03\x12>\n\nproperties\x18\x04 \x03(\x0b\x32*.fedops.v1.RegisterRequest.PropertiesEntry\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x10RegisterResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x04 \x01(\x03\x12\x17\n\x0fmax_chunk_bytes\x18\x05 \x01(\x03\"B\n\x0fPullTaskRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07wait_ms\x18\x03 \x01(\x03\"\xb2\x02\n\x04Task\x12!\n\x04kind\x18\x01 \x01(\x0e\x32\x13.fedops.v1.TaskKind\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12+\n\x06\x63onfig\x18\x05 \x03(\x0b\x32\x1b.fedops.v1.Task.ConfigEntry\x12\x14\n\x0cmodel_digest\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12(\n\x06secagg\x18\x08 \x01(\x0b\x32\x18.fedops.v1.SecAggRequest\x12*\n\x07monitor\x18\t \x01(\x0b\x32\x19.fedops.v1.MonitorRequest\x1a-\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"D\n\x11\x46\x65tchModelRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\"N\n\nModelChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.fedops.v1.ModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"`\n\x0bModelHeader\x12&\n\x07tensors\x18\x01 \x03(\x0b\x32\x15.fedops.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\x14\n\x0cmodel_digest\x18\x03 \x01(\t\"V\n\x11PushResultRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedops.v1.ResultHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x9c\x03\n\x0cResultHeader\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x03\x12\x0f\n\x07task_id\x18\x05 \x01(\t\x12!\n\x04kind\x18\x06 \x01(\x0e\x32\x13.fedops.v1.TaskKind\x12\x14\n\x0cnum_examples\x18\x07 \x01(\x03\x12\x35\n\x07metrics\x18\x08 \x03(\x0b\x32$.fedops.v1.ResultHeader.MetricsEntry\x12&\n\x07tensors\x18\t \x03(\x0b\x32\x15.fedops.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\n \x01(\x03\x12&\n\x06secagg\x18\x0b \x01(\x0b\x32\x16.fedops.v1.SecAggReply\x12\x10\n\x08\x64\x65\x63lined\x18\x0c \x01(\t\x12%\n\x06report\x18\r \x01(\x0b\x32\x15.fedops.v1.SiteReport\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"7\n\x12PushResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"2\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"T\n\x0bSecAggSetup\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x12\n\nneighbours\x18\x03 \x03(\x05\x12\x11\n\tthreshold\x18\x04 \x01(\x05\"\x97\x01\n\x10SecAggPublicKeys\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x12\n\ncipher_key\x18\x02 \x01(\x0c\x12\x10\n\x08mask_key\x18\x03 \x01(\x0c\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x03\x12\x10\n\x08identity\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x07 \x01(\x0c\"@\n\x13SecAggNeighbourKeys\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x1b.fedops.v1.SecAggPublicKeys\"A\n\x0bSecAggShare\x12\x0e\n\x06source\x18\x01 \x01(\x05\x12\x0e\n\x06target\x18\x02 \x01(\x05\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"M\n\x0fSecAggShareKeys\x12&\n\x06shares\x18\x01 \x03(\x0b\x32\x16.fedops.v1.SecAggShare\x12\x12\n\ncommitment\x18\x02 \x01(\x0c\"\x90\x01\n\x11SecAggMaskRequest\x12&\n\x06shares\x18\x01 \x03(\x0b\x32\x16.fedops.v1.SecAggShare\x12\x0c\n\x04\x63lip\x18\x02 \x01(\x01\x12\x0e\n\x06levels\x18\x03 \x01(\x03\x12\x12\n\nmax_weight\x18\x04 \x01(\x03\x12\x0f\n\x07l2_clip\x18\x05 \x01(\x01\x12\x10\n\x08noise_mu\x18\x06 \x01(\x01\"\"\n\x0cSecAggMasked\x12\x12\n\ncomplaints\x18\x01 \x03(\x05\"9\n\x13SecAggUnmaskRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\x05\x12\x0f\n\x07\x64ropped\x18\x02 \x03(\x05\"3\n\x13SecAggRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\x05\x12\r\n\x05share\x18\x02 \x01(\x0c\"s\n\x0cSecAggReveal\x12\x31\n\tself_mask\x18\x01 \x03(\x0b\x32\x1e.fedops.v1.SecAggRevealedShare\x12\x30\n\x08mask_key\x18\x02 \x03(\x0b\x32\x1e.fedops.v1.SecAggRevealedShare\"\xd1\x01\n\rSecAggRequest\x12\'\n\x05setup\x18\x01 \x01(\x0b\x32\x16.fedops.v1.SecAggSetupH\x00\x12.\n\x04keys\x18\x02 \x01(\x0b\x32\x1e.fedops.v1.SecAggNeighbourKeysH\x00\x12,\n\x04mask\x18\x03 \x01(\x0b\x32\x1c.fedops.v1.SecAggMaskRequestH\x00\x12\x30\n\x06unmask\x18\x04 \x01(\x0b\x32\x1e.fedops.v1.SecAggUnmaskRequestH\x00\x42\x07\n\x05stage\"\xc7\x01\n\x0bSecAggReply\x12+\n\x04keys\x18\x01 \x01(\x0b\x32\x1b.fedops.v1.SecAggPublicKeysH\x00\x12,\n\x06shares\x18\x02 \x01(\x0b\x32\x1a.fedops.v1.SecAggShareKeysH\x00\x12)\n\x06masked\x18\x03 \x01(\x0b\x32\x17.fedops.v1.SecAggMaskedH\x00\x12)\n\x06reveal\x18\x04 \x01(\x0b\x32\x17.fedops.v1.SecAggRevealH\x00\x42\x07\n\x05stage\"+\n\x0c\x46\x65\x61tureEdges\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65\x64ges\x18\x02 \x03(\x01\"e\n\x0eMonitorRequest\x12&\n\x05\x65\x64ges\x18\x01 \x03(\x0b\x32\x17.fedops.v1.FeatureEdges\x12\x13\n\x0bnum_classes\x18\x02 \x01(\x05\x12\x16\n\x0epositive_label\x18\x03 \x01(\x05\"=\n\tHistogram\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x03(\x03\x12\x0f\n\x07\x63urrent\x18\x03 \x03(\x03\"Y\n\x0e\x44riftStatistic\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0b\n\x03psi\x18\x02 \x01(\x01\x12\n\n\x02js\x18\x03 \x01(\x01\x12\n\n\x02ks\x18\x04 \x01(\x01\x12\x11\n\tks_pvalue\x18\x05 \x01(\x01\"k\n\x0eGroupConfusion\x12\r\n\x05group\x18\x01 \x01(\x03\x12\t\n\x01n\x18\x02 \x01(\x03\x12\n\n\x02tp\x18\x03 \x01(\x03\x12\n\n\x02\x66p\x18\x04 \x01(\x03\x12\n\n\x02tn\x18\x05 \x01(\x03\x12\n\n\x02\x66n\x18\x06 \x01(\x03\x12\x0f\n\x07\x63orrect\x18\x07 \x01(\x03\"\x8d\x01\n\nSiteReport\x12(\n\x05\x64rift\x18\x01 \x03(\x0b\x32\x19.fedops.v1.DriftStatistic\x12(\n\nhistograms\x18\x02 \x03(\x0b\x32\x14.fedops.v1.Histogram\x12+\n\x08\x66\x61irness\x18\x03 \x03(\x0b\x32\x19.fedops.v1.GroupConfusion\"\x1e\n\x0c\x41\x64minRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"q\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x16\n\x0erounds_planned\x18\x04 \x01(\x03\x12\r\n\x05sites\x18\x05 \x03(\t\x12\x0f\n\x07message\x18\x06 \x01(\t*\xae\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_WAIT\x10\x01\x12\x11\n\rTASK_KIND_FIT\x10\x02\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x03\x12\x1a\n\x16TASK_KIND_SEND_INITIAL\x10\x04\x12\x16\n\x12TASK_KIND_SHUTDOWN\x10\x05\x12\x14\n\x10TASK_KIND_SECAGG\x10\x06\x32\xe5\x02\n\x0b\x43oordinator\x12\x43\n\x08Register\x12\x1a.fedops.v1.RegisterRequest\x1a\x1b.fedops.v1.RegisterResponse\x12\x37\n\x08PullTask\x12\x1a.fedops.v1.PullTaskRequest\x1a\x0f.fedops.v1.Task\x12\x43\n\nFetchModel\x12\x1c.fedops.v1.FetchModelRequest\x1a\x15.fedops.v1.ModelChunk0\x01\x12K\n\nPushResult\x12\x1c.fedops.v1.PushResultRequest\x1a\x1d.fedops.v1.PushResultResponse(\x01\x12\x46\n\tHeartbeat\x12\x1b.fedops.v1.HeartbeatRequest\x1a\x1c.fedops.v1.HeartbeatResponse2\xaf\x01\n\x05\x41\x64min\x12\x37\n\x06Status\x12\x17.fedops.v1.AdminRequest\x1a\x14.fedops.v1.RunStatus\x12\x36\n\x05Start\x12\x17.fedops.v1.AdminRequest\x1a\x14.fedops.v1.RunStatus\x12\x35\n\x04Stop\x12\x17.fedops.v1.AdminRequest\x1a\x14.fedops.v1.RunStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASK_CONFIGENTRY']._serialized_options = b'8\001'
   _globals['_RESULTHEADER_METRICSENTRY']._loaded_options = None
   _globals['_RESULTHEADER_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKKIND']._serialized_start=3660
-  _globals['_TASKKIND']._serialized_end=3834
+  _globals['_TASKKIND']._serialized_start=3681
+  _globals['_TASKKIND']._serialized_end=3855
   _globals['_TENSORSPEC']._serialized_start=37
   _globals['_TENSORSPEC']._serialized_end=93
   _globals['_REGISTERREQUEST']._serialized_start=96
@@ -74,45 +74,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SECAGGSETUP']._serialized_start=1700
   _globals['_SECAGGSETUP']._serialized_end=1784
   _globals['_SECAGGPUBLICKEYS']._serialized_start=1787
-  _globals['_SECAGGPUBLICKEYS']._serialized_end=1917
-  _globals['_SECAGGNEIGHBOURKEYS']._serialized_start=1919
-  _globals['_SECAGGNEIGHBOURKEYS']._serialized_end=1983
-  _globals['_SECAGGSHARE']._serialized_start=1985
-  _globals['_SECAGGSHARE']._serialized_end=2050
-  _globals['_SECAGGSHAREKEYS']._serialized_start=2052
-  _globals['_SECAGGSHAREKEYS']._serialized_end=2129
-  _globals['_SECAGGMASKREQUEST']._serialized_start=2132
-  _globals['_SECAGGMASKREQUEST']._serialized_end=2276
-  _globals['_SECAGGMASKED']._serialized_start=2278
-  _globals['_SECAGGMASKED']._serialized_end=2312
-  _globals['_SECAGGUNMASKREQUEST']._serialized_start=2314
-  _globals['_SECAGGUNMASKREQUEST']._serialized_end=2371
-  _globals['_SECAGGREVEALEDSHARE']._serialized_start=2373
-  _globals['_SECAGGREVEALEDSHARE']._serialized_end=2424
-  _globals['_SECAGGREVEAL']._serialized_start=2426
-  _globals['_SECAGGREVEAL']._serialized_end=2541
-  _globals['_SECAGGREQUEST']._serialized_start=2544
-  _globals['_SECAGGREQUEST']._serialized_end=2753
-  _globals['_SECAGGREPLY']._serialized_start=2756
-  _globals['_SECAGGREPLY']._serialized_end=2955
-  _globals['_FEATUREEDGES']._serialized_start=2957
-  _globals['_FEATUREEDGES']._serialized_end=3000
-  _globals['_MONITORREQUEST']._serialized_start=3002
-  _globals['_MONITORREQUEST']._serialized_end=3103
-  _globals['_HISTOGRAM']._serialized_start=3105
-  _globals['_HISTOGRAM']._serialized_end=3166
-  _globals['_DRIFTSTATISTIC']._serialized_start=3168
-  _globals['_DRIFTSTATISTIC']._serialized_end=3257
-  _globals['_GROUPCONFUSION']._serialized_start=3259
-  _globals['_GROUPCONFUSION']._serialized_end=3366
-  _globals['_SITEREPORT']._serialized_start=3369
-  _globals['_SITEREPORT']._serialized_end=3510
-  _globals['_ADMINREQUEST']._serialized_start=3512
-  _globals['_ADMINREQUEST']._serialized_end=3542
-  _globals['_RUNSTATUS']._serialized_start=3544
-  _globals['_RUNSTATUS']._serialized_end=3657
-  _globals['_COORDINATOR']._serialized_start=3837
-  _globals['_COORDINATOR']._serialized_end=4194
-  _globals['_ADMIN']._serialized_start=4197
-  _globals['_ADMIN']._serialized_end=4372
+  _globals['_SECAGGPUBLICKEYS']._serialized_end=1938
+  _globals['_SECAGGNEIGHBOURKEYS']._serialized_start=1940
+  _globals['_SECAGGNEIGHBOURKEYS']._serialized_end=2004
+  _globals['_SECAGGSHARE']._serialized_start=2006
+  _globals['_SECAGGSHARE']._serialized_end=2071
+  _globals['_SECAGGSHAREKEYS']._serialized_start=2073
+  _globals['_SECAGGSHAREKEYS']._serialized_end=2150
+  _globals['_SECAGGMASKREQUEST']._serialized_start=2153
+  _globals['_SECAGGMASKREQUEST']._serialized_end=2297
+  _globals['_SECAGGMASKED']._serialized_start=2299
+  _globals['_SECAGGMASKED']._serialized_end=2333
+  _globals['_SECAGGUNMASKREQUEST']._serialized_start=2335
+  _globals['_SECAGGUNMASKREQUEST']._serialized_end=2392
+  _globals['_SECAGGREVEALEDSHARE']._serialized_start=2394
+  _globals['_SECAGGREVEALEDSHARE']._serialized_end=2445
+  _globals['_SECAGGREVEAL']._serialized_start=2447
+  _globals['_SECAGGREVEAL']._serialized_end=2562
+  _globals['_SECAGGREQUEST']._serialized_start=2565
+  _globals['_SECAGGREQUEST']._serialized_end=2774
+  _globals['_SECAGGREPLY']._serialized_start=2777
+  _globals['_SECAGGREPLY']._serialized_end=2976
+  _globals['_FEATUREEDGES']._serialized_start=2978
+  _globals['_FEATUREEDGES']._serialized_end=3021
+  _globals['_MONITORREQUEST']._serialized_start=3023
+  _globals['_MONITORREQUEST']._serialized_end=3124
+  _globals['_HISTOGRAM']._serialized_start=3126
+  _globals['_HISTOGRAM']._serialized_end=3187
+  _globals['_DRIFTSTATISTIC']._serialized_start=3189
+  _globals['_DRIFTSTATISTIC']._serialized_end=3278
+  _globals['_GROUPCONFUSION']._serialized_start=3280
+  _globals['_GROUPCONFUSION']._serialized_end=3387
+  _globals['_SITEREPORT']._serialized_start=3390
+  _globals['_SITEREPORT']._serialized_end=3531
+  _globals['_ADMINREQUEST']._serialized_start=3533
+  _globals['_ADMINREQUEST']._serialized_end=3563
+  _globals['_RUNSTATUS']._serialized_start=3565
+  _globals['_RUNSTATUS']._serialized_end=3678
+  _globals['_COORDINATOR']._serialized_start=3858
+  _globals['_COORDINATOR']._serialized_end=4215
+  _globals['_ADMIN']._serialized_start=4218
+  _globals['_ADMIN']._serialized_end=4393
 # @@protoc_insertion_point(module_scope)

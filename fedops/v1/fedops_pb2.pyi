@@ -214,20 +214,22 @@ class SecAggSetup(_message.Message):
     def __init__(self, context: _Optional[bytes] = ..., index: _Optional[int] = ..., neighbours: _Optional[_Iterable[int]] = ..., threshold: _Optional[int] = ...) -> None: ...
 
 class SecAggPublicKeys(_message.Message):
-    __slots__ = ("index", "cipher_key", "mask_key", "num_examples", "identity", "signature")
+    __slots__ = ("index", "cipher_key", "mask_key", "num_examples", "identity", "signature", "certificate")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     CIPHER_KEY_FIELD_NUMBER: _ClassVar[int]
     MASK_KEY_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     index: int
     cipher_key: bytes
     mask_key: bytes
     num_examples: int
     identity: str
     signature: bytes
-    def __init__(self, index: _Optional[int] = ..., cipher_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ..., num_examples: _Optional[int] = ..., identity: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    certificate: bytes
+    def __init__(self, index: _Optional[int] = ..., cipher_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ..., num_examples: _Optional[int] = ..., identity: _Optional[str] = ..., signature: _Optional[bytes] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class SecAggNeighbourKeys(_message.Message):
     __slots__ = ("keys",)

@@ -31,6 +31,8 @@ from fedops.v1 import fedops_pb2 as pb
 
 #: the name of the one tensor a masked-input result carries
 MASKED_TENSOR = "masked"
+#: a signing certificate is about 600 bytes; the coordinator relays each to k neighbours
+MAX_CERTIFICATE_BYTES = 8192
 
 
 def _keys_to(k: PublicKeys) -> pb.SecAggPublicKeys:
@@ -41,10 +43,16 @@ def _keys_to(k: PublicKeys) -> pb.SecAggPublicKeys:
         num_examples=k.num_examples,
         identity=k.identity,
         signature=k.signature,
+        certificate=k.certificate,
     )
 
 
 def _keys_from(m: pb.SecAggPublicKeys) -> PublicKeys:
+    if len(m.certificate) > MAX_CERTIFICATE_BYTES:
+        raise InvalidUpdate(
+            f"secagg keys of client {m.index}: a {len(m.certificate)}-byte certificate "
+            f"(at most {MAX_CERTIFICATE_BYTES})"
+        )
     return PublicKeys(
         index=m.index,
         cipher_key=m.cipher_key,
@@ -52,6 +60,7 @@ def _keys_from(m: pb.SecAggPublicKeys) -> PublicKeys:
         num_examples=m.num_examples,
         identity=m.identity,
         signature=m.signature,
+        certificate=m.certificate,
     )
 
 

@@ -18,8 +18,9 @@ import pytest
 from procs import ENV, Procs, free_port, metrics, query, wait_until
 
 from fedops.consortium.kit import load_kit
-from fedops.consortium.kits import revoke
+from fedops.consortium.kits import init_consortium, revoke
 from fedops.consortium.tls import channel_credentials
+from fedops.reporting.compliance import audit_export_command, audit_verify_command
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
 from fedops.wire import PROTOCOL_VERSION
@@ -40,7 +41,7 @@ def _fedops(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _init(tmp: Path, name: str, port: int) -> Path:
+def _init(tmp: Path, name: str, port: int, *, cli: bool = True) -> Path:
     spec = tmp / f"{name}.yaml"
     spec.write_text(
         f"name: {name}\n"
@@ -50,6 +51,9 @@ def _init(tmp: Path, name: str, port: int) -> Path:
         "observers: [{name: auditor}]\n"
     )
     out = tmp / name
+    if not cli:  # the same kits, without a process's seconds of imports
+        init_consortium(spec, out)
+        return out
     done = _fedops("consortium", "init", str(spec), "--out", str(out), cwd=tmp)
     assert done.returncode == 0, done.stderr
     return out
@@ -256,3 +260,49 @@ def test_admins_start_and_stop_a_run_and_observers_only_watch(procs: Procs, tmp_
     said = [(e["event"], e["payload"].get("caller")) for e in events if "admin" in e["event"]]
     assert ("admin_refused", "auditor") in said
     assert ("admin_start", "alice") in said and ("admin_stop", "alice") in said
+
+
+def test_a_consortium_secagg_run_signs_keys_and_audit_logs_with_kit_identities(
+    procs: Procs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """SecAgg+ over mTLS with no --identity-key or --trusted-keys: each site signs its keys with
+    its kit's signing key and checks its neighbours' certificates against the CA; every audit
+    log is signed with its party's certified key, which `audit verify --ca` names."""
+    port = free_port()
+    cons = _init(tmp_path, "banks", port, cli=False)
+    kits, run_dir, names = cons / "kits", tmp_path / "run", ("bank-a", "bank-b", "bank-c")
+    coordinator = ["--kit", str(kits / "coord"), "--task", "digits", "--rounds", "2"]
+    coordinator += ["--min-clients", "3", "--run-dir", str(run_dir), "--round-timeout", "60"]
+    coord = procs.start("coordinator", "coordinator", *coordinator, "--secagg", "secaggplus")
+    wait_until(lambda: "listening on" in procs.log("coordinator"), 120, "the coordinator")
+    sites = {}
+    for i, name in enumerate(names):
+        site = ["--kit", str(kits / name), "--task", "digits", "--site", str(i)]
+        site += ["--num-sites", "3", "--run-dir", str(tmp_path / name), "--epochs", "1"]
+        sites[name] = procs.start(name, "client", *site, "--require-secagg")
+    assert procs.wait(coord, 240, "coordinator") == 0, procs.log("coordinator")
+    for name, proc in sites.items():
+        assert procs.wait(proc, 60, name) == 0, procs.log(name)
+        assert "refused" not in procs.log(name), procs.log(name)
+    rows = metrics(run_dir)
+    assert [r["secagg_survivors"] for r in rows] == [3, 3], rows
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+    ca = str(cons / "ca" / "ca.pem")
+    for log_dir, certified in (
+        (run_dir, "'coord' (role coordinator"),
+        (tmp_path / "bank-a", "'bank-a' (role site"),
+    ):
+        assert not (log_dir / "audit_key.pem").exists()  # the kit's key, not a generated one
+        done = _fedops("audit", "verify", str(log_dir / "audit.jsonl"), "--ca", ca, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert f"certified by the consortium CA for {certified}" in done.stderr, done.stderr
+    # in this process from here on (each `fedops` process costs seconds of imports)
+    site_logs = [tmp_path / n / "audit.jsonl" for n in names]
+    assert audit_export_command(run_dir, None, site_logs, Path(ca)) == 0
+    report = json.loads((run_dir / "compliance.json").read_text())
+    assert [p["certified"]["name"] for p in report["parties"]] == ["coord", *names]
+    # the CA of another consortium did not certify these keys
+    other = _init(tmp_path, "strangers", free_port(), cli=False) / "ca" / "ca.pem"
+    assert audit_verify_command(run_dir, None, other) == 1
+    assert "not issued by the consortium CA" in capsys.readouterr().err

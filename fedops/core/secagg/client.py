@@ -71,6 +71,8 @@ class SecAggClient:
         sign: the site's identity signer, if it has one (consortium mode).
         verify: checks neighbours' signatures; when given, unsigned keys are refused.
         identity: the site's name, sent with its keys.
+        certificate: what vouches for the signing key (its consortium certificate), sent
+            with the keys so that neighbours need no list of known keys.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class SecAggClient:
         sign: Signer | None = None,
         verify: Verifier | None = None,
         identity: str = "",
+        certificate: bytes = b"",
     ) -> None:
         check_setup(setup)
         self.setup = setup
@@ -88,6 +91,7 @@ class SecAggClient:
         self.sign = sign
         self.verify = verify
         self.identity = identity
+        self.certificate = certificate
         self.stage = 0
         self._cipher_sk = b""
         self._mask_sk = b""
@@ -119,6 +123,7 @@ class SecAggClient:
             num_examples=num_examples,
             identity=self.identity,
             signature=signature,
+            certificate=self.certificate if signature else b"",
         )
 
     # -- stage 2 -----------------------------------------------------------
@@ -139,7 +144,9 @@ class SecAggClient:
                 raise ProtocolError(f"client {keys.index} advertises keys of the wrong length")
             if self.verify is not None:
                 message = signed_message(setup.context, keys.index, keys.cipher_key, keys.mask_key)
-                if not keys.signature or not self.verify(keys.identity, message, keys.signature):
+                if not keys.signature or not self.verify(
+                    keys.identity, message, keys.signature, keys.certificate
+                ):
                     raise ProtocolError(
                         f"keys of client {keys.index} ({keys.identity or 'no identity'}) are not "
                         "signed by that site: refusing to share secrets with them"

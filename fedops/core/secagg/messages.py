@@ -34,6 +34,7 @@ class PublicKeys:
     num_examples: int  # FedAvg weight (also reported in the clear without SecAgg)
     identity: str = ""  # the site, when sites have signing identities
     signature: bytes = b""  # identity's Ed25519 signature over (context, index, keys)
+    certificate: bytes = b""  # what vouches for identity's signing key (consortium mode)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,8 +14,11 @@ from numpy.typing import NDArray
 
 #: signs a message with the party's identity key (consortium mode)
 Signer = Callable[[bytes], bytes]
-#: ``(identity, message, signature) -> valid?`` against the identity's known key
-Verifier = Callable[[str, bytes, bytes], bool]
+#: ``(identity, message, signature, certificate) -> valid?``: whether ``identity``'s key signed
+#: ``message``. ``certificate`` is what the signer sent along to vouch for its key (a consortium
+#: CA's certificate, opaque here; empty when it sent none): a verifier holding known keys
+#: ignores it, one trusting a CA checks it (:class:`fedops.consortium.signing.CertificateVerifier`)
+Verifier = Callable[[str, bytes, bytes, bytes], bool]
 
 
 class ProtocolError(ValueError):

@@ -200,16 +200,18 @@ def test_init_creates_the_ca_and_every_kit_with_private_keys(consortium):
         "auditor": "observer",
     }
     assert not any(e["revoked"] for e in serials.values())
-    assert len({e["serial"] for e in serials.values()}) == 5
+    assert len({e[k] for e in serials.values() for k in ("serial", "signing_serial")}) == 10
 
     ca_cert = pki.load_cert((ca_dir / "ca.pem").read_bytes())
     for name, entry in serials.items():
         kit_dir = consortium / "kits" / name
         expected = {"cert.pem", "key.pem", "ca.pem", "kit.json", "manifest.json"}
+        expected |= {"signing.crt", "signing.key"}
         if entry["role"] == "coordinator":
             expected.add("crl.pem")
         assert {p.name for p in kit_dir.iterdir()} == expected, name
         assert stat.S_IMODE((kit_dir / "key.pem").stat().st_mode) == 0o600, name
+        assert stat.S_IMODE((kit_dir / "signing.key").stat().st_mode) == 0o600, name
         kit = load_kit(kit_dir)
         assert (kit.name, kit.role, kit.consortium) == (name, entry["role"], "banks")
         assert kit.coordinator_address == "coordinator.example.org:8443"
@@ -425,6 +427,7 @@ def test_add_site_creates_a_loadable_kit(fresh):
     serials = json.loads((fresh / "ca" / "serials.json").read_text())
     assert serials["bank-c"] == {
         "serial": format(kit.cert.serial_number, "x"),
+        "signing_serial": format(kit.signing_cert.serial_number, "x"),
         "role": "site",
         "revoked": False,
     }

@@ -1,0 +1,313 @@
+"""Load: a thousand real client agents against one coordinator on loopback.
+
+    python benchmarks/load.py                      # 1000 agents, 5 rounds
+    python benchmarks/load.py --agents 200 --rounds 2 --json out.json
+
+The coordinator is the real ``fedops coordinator`` process; the agents are
+the real :class:`fedops.client.agent.Agent` (the code ``fedops client``
+runs), many per process on threads, each with its own gRPC channel,
+heartbeats, journal and signed audit log, so the coordinator sees a
+thousand independent connections. Every agent takes part in every round
+(all clients per round), training a small logistic regression
+(``benchmarks/load_task.py``) for one local epoch.
+
+Printed and written with ``--json``:
+* round latency p50 / p95 / max (the coordinator's ``duration_s``: model
+  out to every agent, local training, every update in and aggregated);
+* the coordinator's peak RSS (VmHWM) and CPU (seconds, mean and peak cores);
+* lost updates: per round, the agents whose journal says their update was
+  accepted against the participants the coordinator's signed audit log
+  committed. Zero lost means the two sets are equal in every round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TASK = HERE / "load_task.py"
+#: the longest the whole benchmark may run; every wait below is bounded by it
+MAX_WALL_S = 1800.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--processes", type=int, default=4, help="agent processes")
+    parser.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval, s")
+    parser.add_argument("--liveness", type=float, default=60.0, help="liveness timeout, s")
+    parser.add_argument("--max-workers", type=int, default=64, help="coordinator RPC threads")
+    parser.add_argument("--out", type=Path, default=None, help="run directory (default: temp)")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--worker", nargs=4, metavar=("ADDR", "FIRST", "COUNT", "DIR"))
+    args = parser.parse_args()
+    if args.worker:
+        address, first, count, run_dir = args.worker
+        return run_agents(address, int(first), int(count), args.agents, Path(run_dir))
+    out = args.out or Path(tempfile.mkdtemp(prefix="fedops-load-"))
+    figures = run_load(args, out)
+    print(format_figures(figures))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0 if figures["lost_updates"] == 0 and figures["rounds_completed"] == args.rounds else 1
+
+
+# ----------------------------------------------------------------------------
+# the agents' side
+# ----------------------------------------------------------------------------
+def run_agents(address: str, first: int, count: int, num_sites: int, run_dir: Path) -> int:
+    """Run agents ``first .. first+count-1`` on threads; exit 0 when all finished cleanly."""
+    import torch
+
+    from fedops.client.agent import Agent
+    from fedops.core.training import TrainConfig
+    from fedops.runtime.settings import ClientConfig
+    from fedops.tasks import load_task
+    from fedops.tasks.site import Site
+
+    torch.set_num_threads(1)
+    logging.basicConfig(
+        filename=run_dir / f"agents-{first}.log",
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,  # Opacus configures the root logger on import
+    )
+    task = load_task(str(TASK))
+    train = TrainConfig(epochs=1, batch_size=10, lr=0.1, optimizer="sgd")
+    agents = []
+    for index in range(first, first + count):
+        cfg = ClientConfig(
+            coordinator=address,
+            task=str(TASK),
+            site=index,
+            num_sites=num_sites,
+            run_dir=run_dir / f"site-{index}",
+            epochs=1,
+            batch_size=10,
+            lr=0.1,
+        )
+        site = Site(task, site=index, num_sites=num_sites, train_config=train)
+        agents.append(Agent(cfg, site))
+    codes: dict[int, int] = {}
+
+    def run(i: int, agent: Agent) -> None:
+        try:
+            codes[i] = agent.run()
+        except Exception:
+            logging.getLogger("load").exception("agent %d failed", i)
+            codes[i] = 1
+
+    threads = [threading.Thread(target=run, args=(i, a), daemon=True) for i, a in enumerate(agents)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + MAX_WALL_S
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    failed = count - sum(1 for code in codes.values() if code == 0)
+    return 0 if failed == 0 else 1
+
+
+# ----------------------------------------------------------------------------
+# the coordinator's side and the measurement
+# ----------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ProcessSampler:
+    """Samples a process's RSS, peak RSS and CPU time from /proc every ``period_s``."""
+
+    def __init__(self, pid: int, period_s: float = 0.25) -> None:
+        self.pid = pid
+        self.period_s = period_s
+        self.peak_rss = 0
+        self.cpu_s = 0.0
+        self.peak_cores = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> tuple[int, float] | None:
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return None
+        hwm = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")]
+        if not hwm:  # exited, not yet reaped
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return hwm[0] * 1024, (int(fields[11]) + int(fields[12])) / ticks
+
+    def _run(self) -> None:
+        last = (time.monotonic(), 0.0)
+        while not self._stop.wait(self.period_s):
+            read = self._read()
+            if read is None:
+                return
+            self.peak_rss, self.cpu_s = max(self.peak_rss, read[0]), read[1]
+            now = time.monotonic()
+            if now - last[0] >= 1.0:
+                self.peak_cores = max(self.peak_cores, (self.cpu_s - last[1]) / (now - last[0]))
+                last = (now, self.cpu_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def run_load(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    address = f"127.0.0.1:{_free_port()}"
+    coordinator_dir, sites_dir = out / "coordinator", out / "sites"
+    sites_dir.mkdir(parents=True, exist_ok=True)
+    n = args.agents
+    cmd = [
+        sys.executable, "-m", "fedops", "coordinator",
+        "--address", address, "--task", str(TASK), "--run-dir", str(coordinator_dir),
+        "--rounds", str(args.rounds), "--min-clients", str(n), "--clients-per-round", str(n),
+        "--round-timeout", "600", "--join-timeout", "900",
+        "--heartbeat-interval", str(args.heartbeat), "--liveness-timeout", str(args.liveness),
+        "--max-workers", str(args.max_workers),
+    ]  # fmt: skip
+    log = (out / "coordinator.log").open("w")
+    started = time.monotonic()
+    coordinator = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    sampler = ProcessSampler(coordinator.pid)
+    _wait_listening(out / "coordinator.log", coordinator)
+    per = -(-n // args.processes)
+    worker = [sys.executable, __file__, "--agents", str(n), "--worker", address]
+    workers = [
+        subprocess.Popen([*worker, str(first), str(min(per, n - first)), str(sites_dir)])
+        for first in range(0, n, per)
+    ]
+    try:
+        coordinator.wait(MAX_WALL_S)
+        left = max(1.0, MAX_WALL_S - (time.monotonic() - started))
+        worker_codes = [w.wait(left) for w in workers]
+    finally:
+        sampler.stop()
+        for proc in (coordinator, *workers):
+            if proc.poll() is None:
+                proc.kill()
+        log.close()
+    wall = time.monotonic() - started
+    return _figures(args, coordinator_dir, sites_dir, sampler, wall, worker_codes)
+
+
+def _wait_listening(log_path: Path, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if "listening on" in log_path.read_text():
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"the coordinator exited: {log_path.read_text()[-2000:]}")
+        time.sleep(0.2)
+    raise TimeoutError("the coordinator did not start listening within 120 s")
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def accepted_by_sites(sites_dir: Path) -> dict[int, set[str]]:
+    """Round -> the node ids whose journal says the coordinator accepted their update."""
+    accepted: dict[int, set[str]] = {}
+    for journal in sites_dir.glob("site-*/client.jsonl"):
+        node = ""
+        for entry in _jsonl(journal):
+            if entry.get("event") == "registered":
+                node = entry["node_id"]
+            elif entry.get("event") == "pushed" and entry.get("kind") == "TASK_KIND_FIT":
+                accepted.setdefault(int(entry["round"]), set()).add(node)
+    return accepted
+
+
+def committed_by_coordinator(coordinator_dir: Path) -> dict[int, set[str]]:
+    """Round -> the participants the coordinator's audit log committed."""
+    committed: dict[int, set[str]] = {}
+    for line in _jsonl(coordinator_dir / "audit.jsonl"):
+        if line.get("event") == "round_committed":
+            payload = line["payload"]
+            committed[int(payload["round"])] = {
+                p["node_id"]
+                for p in payload["participants"]
+                if p["phase"] == "fit" and p["outcome"] == "ok"
+            }
+    return committed
+
+
+def _figures(
+    args: argparse.Namespace,
+    coordinator_dir: Path,
+    sites_dir: Path,
+    sampler: ProcessSampler,
+    wall: float,
+    worker_codes: list[int],
+) -> dict[str, Any]:
+    rounds = _jsonl(coordinator_dir / "metrics.jsonl")
+    durations = sorted(float(r["duration_s"]) for r in rounds)
+    sent, committed = accepted_by_sites(sites_dir), committed_by_coordinator(coordinator_dir)
+    lost = sum(len(sent.get(r, set()) - committed.get(r, set())) for r in committed)
+    unexplained = sum(len(committed[r] - sent.get(r, set())) for r in committed)
+    return {
+        "agents": args.agents,
+        "agent_processes": len(worker_codes),
+        "rounds_completed": len(rounds),
+        "round_s_p50": statistics.median(durations) if durations else None,
+        "round_s_p95": _percentile(durations, 0.95),
+        "round_s_max": durations[-1] if durations else None,
+        "updates_per_round": [len(committed.get(r, ())) for r in sorted(committed)],
+        "lost_updates": lost,
+        "committed_without_site_record": unexplained,
+        "final_global_accuracy": rounds[-1].get("global_accuracy") if rounds else None,
+        "coordinator_peak_rss_mb": round(sampler.peak_rss / 2**20, 1),
+        "coordinator_cpu_s": round(sampler.cpu_s, 1),
+        "coordinator_mean_cores": round(sampler.cpu_s / wall, 2),
+        "coordinator_peak_cores": round(sampler.peak_cores, 2),
+        "wall_s": round(wall, 1),
+        "agent_processes_ok": sum(1 for c in worker_codes if c == 0),
+    }
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def format_figures(f: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"{f['agents']} agents in {f['agent_processes']} processes, "
+            f"{f['rounds_completed']} rounds, {f['wall_s']} s wall",
+            f"round latency: p50 {f['round_s_p50']} s, p95 {f['round_s_p95']} s, "
+            f"max {f['round_s_max']} s",
+            f"updates committed per round: {f['updates_per_round']}; lost: {f['lost_updates']}",
+            f"coordinator: peak RSS {f['coordinator_peak_rss_mb']} MB, CPU "
+            f"{f['coordinator_cpu_s']} s (mean {f['coordinator_mean_cores']} cores, "
+            f"peak {f['coordinator_peak_cores']})",
+            f"final global accuracy: {f['final_global_accuracy']}",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
