@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from procs import Procs, free_port, journal, metrics, query, slow_task, wait_until
+from safetensors.numpy import load_file
 
 pytestmark = pytest.mark.slow
 
@@ -184,3 +188,188 @@ def test_coordinator_killed_and_restarted_resumes_with_the_same_model(procs: Pro
         timeout=120,
     )
     assert export.returncode == 0, export.stdout + export.stderr
+
+
+# A real `fedops client` whose process SIGKILLs itself at one stage of its FIT task number
+# FEDOPS_TEST_CRASH_CALL: right after pulling it (before fetching the model: "after_pull"),
+# or in the middle of uploading the result, once the header and the first quarter of the
+# payload are on the wire ("mid_upload"). It patches the very functions the agent calls
+# (fedops.client.agent.fetch_model, fedops.wire.codec.iter_chunks), so everything up to
+# the crash is the deployed agent's code.
+CRASH_TASK = """
+import os
+import signal
+import time
+
+import fedops.client.agent as agent
+from fedops.tasks.digits import make_task
+from fedops.v1 import fedops_pb2 as pb
+from fedops.wire import codec
+
+_digits = make_task()
+build_model = _digits.build_model
+load_data = _digits.load_data
+
+STAGE = os.environ["FEDOPS_TEST_CRASH_STAGE"]
+CALL = int(os.environ["FEDOPS_TEST_CRASH_CALL"])
+_fits = 0
+
+
+def _die(what):
+    with open(os.environ["FEDOPS_TEST_CRASH_MARK"], "w") as f:
+        f.write(what)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+_fetch_model = agent.fetch_model
+
+
+def fetch_model(channel, session, task, **kwargs):
+    global _fits
+    if task.kind == pb.TASK_KIND_FIT:
+        _fits += 1
+        if STAGE == "after_pull" and _fits == CALL:
+            _die(f"pulled round {task.round}")
+    return _fetch_model(channel, session, task, **kwargs)
+
+
+agent.fetch_model = fetch_model
+_iter_chunks = codec.iter_chunks
+
+
+def iter_chunks(params, chunk_bytes=codec.DEFAULT_CHUNK_BYTES, **kwargs):
+    if STAGE != "mid_upload" or _fits != CALL or not params:
+        yield from _iter_chunks(params, chunk_bytes, **kwargs)
+        return
+    total = sum(a.nbytes for a in params.values())
+    chunks = _iter_chunks(params, max(1, total // 4), **kwargs)
+    yield next(chunks)
+    # gRPC asks for the next message only once the previous one was sent: the header and
+    # the first chunk are out. Give the coordinator time to read them, then die mid-stream.
+    time.sleep(1.0)
+    _die(f"sent 1 of 4+ chunks of {total} bytes")
+
+
+codec.iter_chunks = iter_chunks
+"""
+
+
+def _says_cut(reason: str) -> bool:
+    """The coordinator's reason for refusing an upload whose sender died mid-stream.
+
+    When the connection drops, gRPC either raises in the handler's request iterator (the
+    upload is refused as cut off) or just ends it, like a finished stream (refused as
+    truncated: fewer bytes than the header declared). Either way it is refused.
+    """
+    return "update rejected: the upload was cut off before its end" in reason or bool(
+        re.search(r"update rejected: payload truncated: \d+ of \d+ declared bytes", reason)
+    )
+
+
+@pytest.mark.parametrize("stage", ["after_pull", "mid_upload"])
+def test_client_killed_after_pulling_or_mid_upload_does_not_count(
+    procs: Procs, tmp_path: Path, stage: str
+):
+    """Site2 dies in round 2 (the last) at ``stage``; sites 0 and 1 finish the round alone.
+
+    (Killed while training: test_killed_client_does_not_stall_the_round. Killed between
+    sending its masked input and unmasking, under SecAgg+: test_secagg.py.)
+    """
+    port, run_dir = free_port(), tmp_path / "run"
+    coord = procs.coordinator(
+        "coordinator",
+        port,
+        run_dir,
+        "--task",
+        "digits",
+        "--rounds",
+        "2",
+        "--min-clients",
+        "3",
+        "--round-timeout",
+        "120",
+        "--liveness-timeout",
+        "3",
+        "--heartbeat-interval",
+        "1",
+    )
+    for i in range(2):
+        procs.client(f"site{i}", port, i, 3)
+    task, mark = tmp_path / "crash_task.py", tmp_path / "crashed"
+    task.write_text(CRASH_TASK)
+    env = {
+        "FEDOPS_TEST_CRASH_STAGE": stage,
+        "FEDOPS_TEST_CRASH_CALL": "2",
+        "FEDOPS_TEST_CRASH_MARK": str(mark),
+    }
+    victim = procs.client("site2", port, 2, 3, task=str(task), env=env)
+    assert procs.wait(coord, 60, "coordinator") == 0, procs.log("coordinator")
+    # It died by its own SIGKILL, at the stage asked for, in round 2.
+    assert procs.wait(victim, 10, "site2") == -signal.SIGKILL, procs.log("site2")
+    assert mark.read_text().startswith("sent 1 of" if stage == "mid_upload" else "pulled round 2")
+
+    rows = metrics(run_dir)
+    assert [r["round"] for r in rows] == [1, 2]
+    assert [r["num_clients"] for r in rows] == [3, 2]
+    assert rows[1]["duration_s"] < 30  # not the 120 s deadline
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 2, summary
+    fit = {
+        site: (outcome, n, reason)
+        for site, outcome, n, reason in query(
+            run_dir,
+            "SELECT site, outcome, num_examples, reason FROM participants "
+            "WHERE round = 2 AND phase = 'fit'",
+        )
+    }
+    assert fit["site-0"][0] == fit["site-1"][0] == "ok", fit
+    outcome, n, reason = fit["site-2"]
+    assert n == 0, fit
+    if stage == "mid_upload":  # the coordinator saw the stream break: rejected at once
+        assert outcome == "rejected" and _says_cut(reason), fit
+    else:  # it never heard from the node again: dropped at the liveness timeout
+        assert outcome == "dropped" and "silent" in reason, fit
+
+    # The aggregate is the two survivors' and it is finite.
+    (final,) = sorted((run_dir / "checkpoints").iterdir())[-1:]
+    assert final.name == "round-00002.safetensors"
+    assert all(np.isfinite(v).all() for v in load_file(str(final)).values())
+    assert math.isfinite(rows[1]["global_loss"]) and rows[1]["global_accuracy"] > 0.5, rows
+
+    # The signed audit log verifies and tells the same story: no update from site-2 in
+    # round 2, and (mid-upload) the cut upload recorded as a rejected update.
+    verify = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedops",
+            "audit",
+            "verify",
+            str(run_dir),
+            "--public-key",
+            str(run_dir / "audit_key.pub"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    entries = []
+    for line in (run_dir / "audit.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        entries.append({**entry["payload"], "event": entry["event"]})
+    (victim_node,) = {
+        e["node_id"] for e in entries if e["event"] == "node_joined" and e["site"] == "site-2"
+    }
+    received = [e for e in entries if e["event"] == "update_received" and e["round"] == 2]
+    assert sorted(e["site"] for e in received) == ["site-0", "site-1"], received
+    rejected = [
+        e for e in entries if e["event"] == "update_rejected" and e["node_id"] == victim_node
+    ]
+    if stage == "mid_upload":
+        assert [e["round"] for e in rejected] == [2], rejected
+        assert _says_cut(rejected[0]["reason"]) and rejected[0]["code"] == "INVALID_ARGUMENT"
+    else:
+        assert rejected == [], rejected
+    (committed,) = [e for e in entries if e["event"] == "round_committed" and e["round"] == 2]
+    assert committed["num_clients"] == 2
