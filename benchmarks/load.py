@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -50,6 +51,13 @@ def main() -> int:
     parser.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval, s")
     parser.add_argument("--liveness", type=float, default=60.0, help="liveness timeout, s")
     parser.add_argument("--max-workers", type=int, default=64, help="coordinator RPC threads")
+    parser.add_argument(
+        "--monitoring",
+        choices=("none", "default"),
+        default="none",
+        help="drift/fairness reports with every evaluation (default: none; each report costs "
+        "the coordinator ~11 ms to check, see the monitoring benchmark)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="run directory (default: temp)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--worker", nargs=4, metavar=("ADDR", "FIRST", "COUNT", "DIR"))
@@ -183,7 +191,7 @@ def run_load(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "--rounds", str(args.rounds), "--min-clients", str(n), "--clients-per-round", str(n),
         "--round-timeout", "600", "--join-timeout", "900",
         "--heartbeat-interval", str(args.heartbeat), "--liveness-timeout", str(args.liveness),
-        "--max-workers", str(args.max_workers),
+        "--max-workers", str(args.max_workers), "--monitoring", args.monitoring,
     ]  # fmt: skip
     log = (out / "coordinator.log").open("w")
     started = time.monotonic()
@@ -254,6 +262,17 @@ def committed_by_coordinator(coordinator_dir: Path) -> dict[int, set[str]]:
     return committed
 
 
+def agent_retries(sites_dir: Path) -> dict[str, int]:
+    """``"call CODE" -> count`` of the agents' retried calls (from their warning logs)."""
+    pattern = re.compile(r"fedops\.client: (.+?) failed \((\w+)\); retry")
+    counts: dict[str, int] = {}
+    for log_file in sites_dir.glob("agents-*.log"):
+        for match in pattern.finditer(log_file.read_text()):
+            key = f"{match.group(1)} {match.group(2)}"
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _figures(
     args: argparse.Namespace,
     coordinator_dir: Path,
@@ -269,6 +288,7 @@ def _figures(
     unexplained = sum(len(committed[r] - sent.get(r, set())) for r in committed)
     return {
         "agents": args.agents,
+        "monitoring": args.monitoring,
         "agent_processes": len(worker_codes),
         "rounds_completed": len(rounds),
         "round_s_p50": statistics.median(durations) if durations else None,
@@ -277,6 +297,7 @@ def _figures(
         "updates_per_round": [len(committed.get(r, ())) for r in sorted(committed)],
         "lost_updates": lost,
         "committed_without_site_record": unexplained,
+        "agent_retries": agent_retries(sites_dir),
         "final_global_accuracy": rounds[-1].get("global_accuracy") if rounds else None,
         "coordinator_peak_rss_mb": round(sampler.peak_rss / 2**20, 1),
         "coordinator_cpu_s": round(sampler.cpu_s, 1),
@@ -301,6 +322,7 @@ def format_figures(f: dict[str, Any]) -> str:
             f"round latency: p50 {f['round_s_p50']} s, p95 {f['round_s_p95']} s, "
             f"max {f['round_s_max']} s",
             f"updates committed per round: {f['updates_per_round']}; lost: {f['lost_updates']}",
+            f"calls the agents retried: {f['agent_retries'] or 'none'}",
             f"coordinator: peak RSS {f['coordinator_peak_rss_mb']} MB, CPU "
             f"{f['coordinator_cpu_s']} s (mean {f['coordinator_mean_cores']} cores, "
             f"peak {f['coordinator_peak_cores']})",

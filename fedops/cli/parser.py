@@ -154,6 +154,13 @@ def _coordinator_parser(sub: Any) -> None:
         help="seconds of silence after which a client counts as dropped (default: 10)",
     )
     coord.add_argument(
+        "--min-fit-results",
+        type=int,
+        default=1,
+        help="abort a round (model unchanged, recorded with the reason) when fewer updates "
+        "are accepted, e.g. after clients crash mid-round (default: 1)",
+    )
+    coord.add_argument(
         "--heartbeat-interval",
         type=float,
         default=2.0,

@@ -36,7 +36,16 @@ log = logging.getLogger("fedops.client")
 
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+#: client keepalive ping period; the coordinator allows pings this often (its server options)
+KEEPALIVE_MS = 20_000
+#: a call that failed in the network, not by the coordinator's decision: try again.
+#: CANCELLED without a word from the coordinator (it never cancels a call itself) is
+#: the connection under it going away.
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+}
 T = TypeVar("T")
 
 
@@ -86,6 +95,15 @@ class Agent:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # its own connection even when several agents share a process (tests, load
+            # benchmarks), as separate sites would; gRPC otherwise shares one per address
+            ("grpc.use_local_subchannel_pool", 1),
+            # a connection that died silently (a NAT or firewall dropping its state) fails
+            # the call in ~30 s, and the agent reconnects, instead of hanging until a deadline
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
         ]
         if kit is not None:  # consortium: mTLS, the kit's certificate is this site's identity
             self.channel = grpc.secure_channel(

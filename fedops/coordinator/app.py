@@ -175,6 +175,7 @@ def _driver(cfg: CoordinatorConfig) -> DriverConfig:
         round_timeout_s=cfg.round_timeout_s,
         join_timeout_s=cfg.join_timeout_s,
         seed=cfg.seed,
+        min_fit_results=cfg.min_fit_results,
     )
 
 

@@ -175,6 +175,9 @@ def build_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # agents ping every 20 s (fedops.client.agent.KEEPALIVE_MS), also while idle
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ],
     )
     parked = ParkedPolls(server.loop)

@@ -44,6 +44,8 @@ class DriverConfig:
     round_timeout_s: float = 300.0
     join_timeout_s: float = 600.0
     seed: int = 0
+    #: fewer accepted updates than this abort the round: the model stays as it was
+    min_fit_results: int = 1
 
 
 @dataclass(slots=True, kw_only=True)
@@ -132,14 +134,7 @@ class RoundDriver:
             fit = self.secure.run(server_round, selected, params, fit_config, noise=noise)
         else:
             fit = self._plain_fit(server_round, selected, params, fit_config)
-        if fit.results and self.privacy is not None and self.privacy.aggregates:
-            params = self.privacy.aggregate(
-                server_round, params, fit.results, sampled=len(selected), population=len(nodes)
-            )
-        elif fit.results:
-            params = self.strategy.aggregate_fit(server_round, params, fit.results)
-        else:
-            log.warning("round %d: no accepted fit results; the model is unchanged", server_round)
+        params, aborted = self._aggregate(server_round, params, fit, len(selected), len(nodes))
         alive = set(self.transport.available_nodes())
         evaluators = [n for n in selected if n in alive]
         evaluation = self._collect(
@@ -164,6 +159,8 @@ class RoundDriver:
             metrics["global_loss"] = float(glob["loss"])
             metrics["global_accuracy"] = float(glob["accuracy"])
         metrics.update(fit.metrics)
+        if aborted:
+            metrics["round_aborted"] = aborted
         if self.privacy is not None:
             metrics.update(self.privacy.metrics(fit.reported))
         if self.monitor is not None:
@@ -174,6 +171,23 @@ class RoundDriver:
         return params, RoundRecord(
             server_round=server_round, metrics=metrics, participants=participants
         )
+
+    def _aggregate(
+        self, server_round: int, params: Params, fit: FitOutcome, sampled: int, population: int
+    ) -> tuple[Params, str]:
+        """The new model from the accepted updates, or the old one and why the round aborted."""
+        need = self.config.min_fit_results
+        # under SecAgg the results are one masked sum; ``reported`` lists who is in it
+        accepted = len(fit.reported) if fit.results else 0
+        if accepted < need:
+            reason = f"{accepted} accepted update(s), fewer than the {need} required"
+            log.warning("round %d aborted: %s; the model is unchanged", server_round, reason)
+            return params, reason
+        if self.privacy is not None and self.privacy.aggregates:
+            return self.privacy.aggregate(
+                server_round, params, fit.results, sampled=sampled, population=population
+            ), ""
+        return self.strategy.aggregate_fit(server_round, params, fit.results), ""
 
     def _collect(
         self,

@@ -265,6 +265,7 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
     insecure: bool = False
     heartbeat_interval_s: float = 2.0
     liveness_timeout_s: float = 10.0
+    min_fit_results: int = 1  # fewer accepted updates abort the round (model unchanged)
     keep_checkpoints: int = 3
     max_workers: int = 64
     secagg: str = "none"
@@ -308,6 +309,11 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
             f"({self.liveness_timeout_s:g} s), got {self.heartbeat_interval_s:g}",
         )
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        _require(
+            1 <= self.min_fit_results <= (self.clients_per_round or self.min_fit_results),
+            "min_fit_results",
+            f"must be >= 1 and at most --clients-per-round, got {self.min_fit_results}",
+        )
         _require(self.max_workers >= 4, "max_workers", "must be >= 4")
         check_secagg(self.secagg, self.secagg_k, self.secagg_threshold, self.secagg_clip)
         self.check_privacy()

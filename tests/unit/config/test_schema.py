@@ -50,6 +50,10 @@ def test_config_error_carries_key_and_message():
         ({"join_timeout_s": -1.0}, "join_timeout_s"),
         ({"liveness_timeout_s": 0.5}, "liveness_timeout_s"),
         ({"keep_checkpoints": 0}, "keep_checkpoints"),
+        ({"min_fit_results": 0}, "min_fit_results"),
+        ({"min_fit_results": 5, "clients_per_round": 3}, "min_fit_results"),
+        ({"heartbeat_interval_s": 0.0}, "heartbeat_interval_s"),
+        ({"heartbeat_interval_s": 20.0}, "heartbeat_interval_s"),  # beyond liveness (10 s)
         ({"max_workers": 3}, "max_workers"),
         ({"address": "8765"}, "address"),
         ({"address": "127.0.0.1:99999"}, "address"),

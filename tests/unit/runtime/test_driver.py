@@ -347,3 +347,35 @@ def test_a_round_whose_only_site_has_no_training_data_keeps_the_model(tmp_path):
     ).run(initial)
     assert digest(final) == digest(initial)
     store.close()
+
+
+def test_a_round_with_fewer_updates_than_min_fit_results_aborts_and_keeps_the_model(tmp_path):
+    transport = _ScriptedTransport(["a", "b", "c"], answer={"a": 2.0, "b": 4.0})
+    store = RunStore(tmp_path / "run")
+    driver = RoundDriver(
+        transport=transport,
+        strategy=FedAvg(),
+        config=DriverConfig(rounds=1, round_timeout_s=0.05, min_fit_results=3),
+        store=store,
+    )
+    final = driver.run({"w": np.array([1.0, -1.0])})
+    np.testing.assert_array_equal(final["w"], [1.0, -1.0])  # two updates arrived, none applied
+    (metrics,) = store.round_metrics()
+    assert metrics["num_clients"] == 2
+    assert metrics["round_aborted"] == "2 accepted update(s), fewer than the 3 required"
+    store.close()
+
+
+def test_min_fit_results_met_aggregates_as_usual(tmp_path):
+    transport = _ScriptedTransport(["a", "b", "c"], answer={"a": 2.0, "b": 4.0})
+    store = RunStore(tmp_path / "run")
+    final = RoundDriver(
+        transport=transport,
+        strategy=FedAvg(),
+        config=DriverConfig(rounds=1, round_timeout_s=0.05, min_fit_results=2),
+        store=store,
+    ).run({"w": np.zeros(2)})
+    assert final["w"][0] != 0.0  # aggregated
+    (metrics,) = store.round_metrics()
+    assert "round_aborted" not in metrics
+    store.close()
