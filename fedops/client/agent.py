@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 import grpc
 
 from fedops.client.calls import Session, fetch_model, push_result
+from fedops.client.channel import dial
 from fedops.client.secure import SecureParticipant, secure_identity
 from fedops.client.trail import SiteTrail, phase_of
 from fedops.consortium.kit import Kit
-from fedops.consortium.tls import channel_credentials
 from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.primitives import ProtocolError
 from fedops.crypto import Crypto
@@ -35,9 +35,6 @@ from fedops.wire import PROTOCOL_VERSION, codec, monitoring
 log = logging.getLogger("fedops.client")
 
 
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-#: client keepalive ping period; the coordinator allows pings this often (its server options)
-KEEPALIVE_MS = 20_000
 #: a call that failed in the network, not by the coordinator's decision: try again.
 #: CANCELLED without a word from the coordinator (it never cancels a call itself) is
 #: the connection under it going away.
@@ -47,12 +44,6 @@ RETRYABLE = {
     grpc.StatusCode.CANCELLED,
 }
 T = TypeVar("T")
-
-
-INSECURE_WARNING = (
-    "WARNING: dialing %s over plaintext gRPC (no TLS, no certificate): anyone on the path can "
-    "read and alter this site's updates. Use a consortium kit (--kit) outside local development."
-)
 
 
 def site_policy(cfg: ClientConfig, kit: Kit | None) -> SitePolicy:
@@ -92,26 +83,7 @@ class Agent:
         self.cfg = cfg
         self.site = site
         self.kit = kit
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # its own connection even when several agents share a process (tests, load
-            # benchmarks), as separate sites would; gRPC otherwise shares one per address
-            ("grpc.use_local_subchannel_pool", 1),
-            # a connection that died silently (a NAT or firewall dropping its state) fails
-            # the call in ~30 s, and the agent reconnects, instead of hanging until a deadline
-            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
-        ]
-        if kit is not None:  # consortium: mTLS, the kit's certificate is this site's identity
-            self.channel = grpc.secure_channel(
-                cfg.coordinator, channel_credentials(kit), options=options
-            )
-        else:
-            log.warning(INSECURE_WARNING, cfg.coordinator)
-            self.channel = grpc.insecure_channel(cfg.coordinator, options=options)
+        self.channel = dial(cfg.coordinator, kit)
         self.stub = pb_grpc.CoordinatorStub(self.channel)
         self.session: Session | None = None
         self._stop = threading.Event()

@@ -31,6 +31,8 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: fedops' limit for one payload chunk (clients are told to send 2 MiB chunks);
 #: checked by fedops so that an oversized chunk rejects the update with a reason.
 MAX_CHUNK_MESSAGE_BYTES = 8 * 1024 * 1024
+#: calls that may wait for the server to pick them up before gRPC sheds new ones
+MAX_PENDING_CALLS = 20_000
 
 
 class Malformed:
@@ -161,6 +163,40 @@ def _pull(
     return handler
 
 
+def _push(transport: GrpcTransport, gate: PeerGate | None) -> Callable[[Any, Any], Any]:
+    def handler(requests: Iterator[Any], context: grpc.ServicerContext) -> pb.PushResultResponse:
+        try:
+            header, chunks = _split_push(transport, requests)
+            if gate is not None:
+                gate.check_node(context, "PushResult", header.node_id)
+            return transport.push(header, chunks)
+        except Reject as exc:
+            _abort(context, exc.code, exc.reason)
+        raise AssertionError("unreachable")
+
+    return handler
+
+
+def _fetch(transport: GrpcTransport, gate: PeerGate | None) -> Callable[[Any, Any], Any]:
+    def handler(request: Any, context: grpc.ServicerContext) -> Iterator[pb.ModelChunk]:
+        if isinstance(request, Malformed):
+            transport.on_rejection(0, "?", "INVALID_ARGUMENT", request.reason)
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+        try:
+            if gate is not None:
+                gate.check_node(context, "FetchModel", request.node_id)
+            yield from transport.model_chunks(request)
+        except Reject as exc:
+            _abort(context, exc.code, exc.reason)
+
+    return handler
+
+
+def _serialize(message: Any) -> bytes:
+    # model chunks arrive pre-serialized (fedops.wire.framing); the rest are messages
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
 def build_server(
     transport: GrpcTransport, *, max_workers: int = 64, gate: PeerGate | None = None
 ) -> LoopServer:
@@ -175,60 +211,40 @@ def build_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # agents ping every 20 s (fedops.client.agent.KEEPALIVE_MS), also while idle
+            # agents ping every 20 s (fedops.client.channel.KEEPALIVE_MS), also while idle
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            # gRPC sheds calls as CANCELLED once 1000 wait to be picked up (its default);
+            # a thousand agents all start a call when a round's tasks go out
+            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
         ],
     )
     parked = ParkedPolls(server.loop)
     transport.on_task_posted(parked.wake)
-
-    def push(requests: Iterator[Any], context: grpc.ServicerContext) -> pb.PushResultResponse:
-        try:
-            header, chunks = _split_push(transport, requests)
-            if gate is not None:
-                gate.check_node(context, "PushResult", header.node_id)
-            return transport.push(header, chunks)
-        except Reject as exc:
-            _abort(context, exc.code, exc.reason)
-        raise AssertionError("unreachable")
-
-    def fetch(request: Any, context: grpc.ServicerContext) -> Iterator[pb.ModelChunk]:
-        if isinstance(request, Malformed):
-            transport.on_rejection(0, "?", "INVALID_ARGUMENT", request.reason)
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.reason)
-        try:
-            if gate is not None:
-                gate.check_node(context, "FetchModel", request.node_id)
-            yield from transport.model_chunks(request)
-        except Reject as exc:
-            _abort(context, exc.code, exc.reason)
-
-    def ser(message: Any) -> bytes:
-        # model chunks arrive pre-serialized (fedops.wire.framing); the rest are messages
-        return message if isinstance(message, bytes) else message.SerializeToString()
-
     handlers = {
         "Register": grpc.unary_unary_rpc_method_handler(
             _unary(transport, transport.register, "Register", gate),
             request_deserializer=_tolerant(pb.RegisterRequest),
-            response_serializer=ser,
+            response_serializer=_serialize,
         ),
         "PullTask": grpc.unary_unary_rpc_method_handler(
             _pull(transport, gate, parked),
             request_deserializer=_tolerant(pb.PullTaskRequest),
-            response_serializer=ser,
+            response_serializer=_serialize,
         ),
         "Heartbeat": grpc.unary_unary_rpc_method_handler(
             _unary(transport, transport.heartbeat, "Heartbeat", gate),
             request_deserializer=_tolerant(pb.HeartbeatRequest),
-            response_serializer=ser,
+            response_serializer=_serialize,
         ),
         "FetchModel": grpc.unary_stream_rpc_method_handler(
-            fetch, request_deserializer=_tolerant(pb.FetchModelRequest), response_serializer=ser
+            _fetch(transport, gate),
+            request_deserializer=_tolerant(pb.FetchModelRequest),
+            response_serializer=_serialize,
         ),
         "PushResult": grpc.stream_unary_rpc_method_handler(
-            push, request_deserializer=_push_part, response_serializer=ser
+            _push(transport, gate), request_deserializer=_push_part, response_serializer=_serialize
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
