@@ -5,10 +5,9 @@ The schemas live beside the runtimes that consume them
 them and names the offending flag or key when a value is refused.
 """
 
+from fedops.runtime.rules import SECAGG_CLIP, SECAGG_MODES
 from fedops.runtime.settings import (
     FLAG_NAMES,
-    SECAGG_CLIP,
-    SECAGG_MODES,
     ClientConfig,
     ConfigError,
     CoordinatorConfig,

@@ -12,9 +12,28 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from fedops.core.privacy.accountant import ACCOUNTANTS
-from fedops.core.strategies import ROBUST_STRATEGIES, STRATEGIES
+from fedops.core.strategies import STRATEGIES
 from fedops.core.training import OPTIMIZERS
+from fedops.runtime.rules import (
+    PRIVACY_MODES,
+    SECAGG_CLIP,
+    ConfigError,
+    check_dp,
+    check_robust,
+    check_secagg,
+)
+from fedops.runtime.rules import require as _require
+
+__all__ = [
+    "FLAG_NAMES",
+    "SECAGG_CLIP",
+    "ClientConfig",
+    "ConfigError",
+    "CoordinatorConfig",
+    "as_dict",
+    "is_loopback",
+    "parse_address",
+]
 
 FLAG_NAMES = {
     "round_timeout_s": "--round-timeout",
@@ -22,20 +41,6 @@ FLAG_NAMES = {
     "liveness_timeout_s": "--liveness-timeout",
     "heartbeat_interval_s": "--heartbeat-interval",
 }
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; ``key`` names it."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(key, message)
 
 
 def parse_address(key: str, address: str) -> tuple[str, int]:
@@ -104,135 +109,6 @@ class RoundOptions:
             f"must be one of {sorted(STRATEGIES)}, got {self.strategy!r}",
         )
         _require(self.mu >= 0, "mu", f"must be >= 0, got {self.mu}")
-
-
-def check_robust(
-    strategy: str,
-    *,
-    trim_fraction: float,
-    byzantine: int,
-    krum_select: int | None,
-    per_round: int,
-    secagg: str,
-    privacy: str,
-) -> None:
-    """The rules ``--trim-fraction``/``--byzantine``/``--krum-select`` and ``strategy.*`` share.
-
-    ``per_round``: the fewest clients a round is sure to sample.
-    """
-    _require(0 <= trim_fraction < 0.5, "trim_fraction", f"must be in [0, 0.5), got {trim_fraction}")
-    _require(byzantine >= 0, "byzantine", f"must be >= 0, got {byzantine}")
-    _require(krum_select is None or krum_select >= 1, "krum_select", "must be >= 1")
-    _require(
-        strategy != "krum" or krum_select in (None, 1),
-        "krum_select",
-        f"krum keeps a single model; use multi_krum to average {krum_select}",
-    )
-    if strategy not in ROBUST_STRATEGIES:
-        return
-    _require(
-        secagg == "none",
-        "strategy",
-        f"{strategy} needs every client's model, secure aggregation reveals only their sum",
-    )
-    _require(
-        privacy not in ("central", "distributed"),
-        "strategy",
-        f"{strategy} cannot be combined with {privacy} DP, which aggregates by its own "
-        "clipped and noised mean",
-    )
-    if strategy in ("krum", "multi_krum"):
-        need = 2 * byzantine + 3
-        _require(
-            per_round >= need,
-            "byzantine",
-            f"{strategy} with byzantine={byzantine} needs more than 2f+2, i.e. at least "
-            f"{need} clients per round, but a round may have only {per_round}: sample more "
-            "clients per round or lower byzantine",
-        )
-        _require(
-            krum_select is None or krum_select <= per_round,
-            "krum_select",
-            f"cannot select {krum_select} of the {per_round} clients a round may have",
-        )
-
-
-#: the quantizer's range for each coordinate of a model update under SecAgg
-SECAGG_CLIP = 4.0
-SECAGG_MODES = ("none", "secaggplus")
-
-
-def check_secagg(mode: str, k: int | None, threshold: int | None, clip: float) -> None:
-    """The same rules for ``--secagg*`` flags and the ``secagg.*`` Hydra keys."""
-    _require(mode in SECAGG_MODES, "secagg", f"must be one of {SECAGG_MODES}, got {mode!r}")
-    _require(k is None or k >= 2, "secagg_k", f"must be >= 2, got {k}")
-    _require(
-        threshold is None or threshold >= 1, "secagg_threshold", f"must be >= 1, got {threshold}"
-    )
-    _require(
-        threshold is None or k is None or k / 2 < threshold <= k,
-        "secagg_threshold",
-        f"must be above k/2 and at most k={k} (so a server can never rebuild both secrets "
-        f"of one client), got {threshold}",
-    )
-    _require(clip > 0, "secagg_clip", f"must be > 0, got {clip}")
-
-
-PRIVACY_MODES = ("none", "central", "distributed", "local")
-
-
-def check_dp(
-    *,
-    mode: str,
-    sigma: float | None,
-    raw_sigma: object,
-    clip_norm: float,
-    delta: float,
-    target_epsilon: float | None,
-    accountant: str,
-    secagg: str,
-) -> None:
-    """The rules ``--privacy``/``--noise-multiplier``… and ``privacy.*`` share.
-
-    ``sigma`` is the parsed noise multiplier (``None``: auto; NaN: not a number),
-    ``raw_sigma`` what the user wrote. Keys are the field names; the Hydra side
-    prefixes them with ``privacy.``.
-    """
-    _require(
-        sigma is None or (math.isfinite(sigma) and sigma >= 0),
-        "noise_multiplier",
-        f"must be a number >= 0 or 'auto', got {raw_sigma!r}",
-    )
-    _require(
-        sigma is not None or target_epsilon is not None,
-        "target_epsilon",
-        "noise_multiplier=auto derives the noise from the target: set privacy.target_epsilon "
-        "(--target-epsilon)",
-    )
-    _require(clip_norm > 0, "clip_norm", f"must be > 0, got {clip_norm}")
-    _require(0 < delta < 1, "delta", f"must be in (0, 1), got {delta}")
-    _require(
-        target_epsilon is None or target_epsilon > 0,
-        "target_epsilon",
-        f"must be > 0, got {target_epsilon}",
-    )
-    _require(
-        accountant in ACCOUNTANTS,
-        "accountant",
-        f"must be one of {list(ACCOUNTANTS)}, got {accountant!r}",
-    )
-    _require(
-        secagg == "none" or mode != "central",
-        "privacy",
-        "central DP needs each update in the clear to clip it; with secagg=secaggplus "
-        "(--secagg) use privacy=distributed (or privacy=local)",
-    )
-    _require(
-        mode != "distributed" or secagg == "secaggplus",
-        "secagg",
-        "privacy=distributed adds its noise under secure aggregation: set secagg=secaggplus "
-        "(--secagg secaggplus)",
-    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,7 @@ from typing import Any
 from fedops.core.secagg import graph
 from fedops.core.strategies import STRATEGIES
 from fedops.core.training import OPTIMIZERS
-from fedops.runtime.settings import (
+from fedops.runtime.rules import (
     PRIVACY_MODES,
     SECAGG_CLIP,
     ConfigError,

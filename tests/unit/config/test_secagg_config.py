@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from fedops import cli
 from fedops.config import ClientConfig, ConfigError, CoordinatorConfig
 from fedops.config.hydra_app import CONFIG_DIR, register, simulate_main
-from fedops.runtime.settings import SECAGG_CLIP, SECAGG_MODES, check_secagg
+from fedops.runtime.rules import SECAGG_CLIP, SECAGG_MODES, check_secagg
 from fedops.runtime.simulate_settings import SimulateConfig, validate
 
 
