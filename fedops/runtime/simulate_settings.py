@@ -91,6 +91,7 @@ class SimulationConfig:
     dropout_rate: float = 0.0
     straggler_rate: float = 0.0
     drop_stragglers: bool = False
+    min_fit_results: int = 1  # fewer updates abort the round (model unchanged), as deployed
     device: str = "cpu"
     max_chunk: int = 1024
     workers: int = 2
@@ -204,6 +205,11 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     )
     _require(0 <= s.dropout_rate < 1, "simulation.dropout_rate", "must be in [0, 1)")
     _require(0 <= s.straggler_rate <= 1, "simulation.straggler_rate", "must be in [0, 1]")
+    _require(
+        1 <= s.min_fit_results <= (s.clients_per_round or s.num_clients),
+        "simulation.min_fit_results",
+        f"must be in [1, clients per round], got {s.min_fit_results}",
+    )
     _one_of(s.device, DEVICES, "simulation.device")
     _require(s.max_chunk >= 1, "simulation.max_chunk", "must be >= 1")
     _require(s.workers >= 1, "simulation.workers", "must be >= 1")

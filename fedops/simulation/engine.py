@@ -183,7 +183,11 @@ def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
             krum_select=cfg.strategy.select,
         ),
         driver=DriverConfig(
-            rounds=cfg.rounds, min_clients=1, clients_per_round=s.clients_per_round, seed=cfg.seed
+            rounds=cfg.rounds,
+            min_clients=1,
+            clients_per_round=s.clients_per_round,
+            seed=cfg.seed,
+            min_fit_results=s.min_fit_results,
         ),
         initial_params=lambda: initial_params(task, cfg.seed),
         evaluate_global=global_evaluator(task),

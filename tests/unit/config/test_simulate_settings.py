@@ -67,6 +67,8 @@ def test_wrong_type_fails_naming_the_key():
         ("simulation.clients_per_round=9", "simulation.clients_per_round"),
         ("simulation.backend=gpu", "simulation.backend"),
         ("simulation.dropout_rate=1.0", "simulation.dropout_rate"),
+        ("simulation.min_fit_results=0", "simulation.min_fit_results"),
+        ("simulation.min_fit_results=6", "simulation.min_fit_results"),  # of 5 clients
         ("client.lr=0", "client.lr"),
         ("client.batch_size=0", "client.batch_size"),
         ("partition.alpha=0", "partition.alpha"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,35 @@ def test_faults_are_reproducible_and_roughly_at_rate():
     assert all(1 <= e <= 20 for e in epochs)
     assert 0.4 < np.mean([e < 20 for e in epochs]) < 0.6
     assert FaultPlan().epochs(1, 1, 20) == 20 and not FaultPlan().drops(1, 1)
+
+
+def test_min_fit_results_aborts_thin_rounds_in_simulation_as_deployed(tmp_path: Path):
+    """The simulation hands simulation.min_fit_results to the same round driver."""
+    cfg = SimulateConfig(
+        rounds=6,
+        seed=5,
+        simulation=SimulationConfig(
+            backend="sequential", num_clients=4, dropout_rate=0.4, min_fit_results=3
+        ),
+    )
+    cfg.client.epochs = 1
+    summary = run_simulation(validate(cfg), tmp_path)
+    assert summary["status"] == "completed"
+    rows = [
+        json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if line
+    ]
+    store = RunStore(tmp_path)
+    try:
+        digests = [store.model_digest(r) for r in range(len(rows) + 1)]
+    finally:
+        store.close()
+    thin = [r for r in rows if r["num_clients"] < 3]
+    assert thin, "with 40% dropout some round must lose two clients (seeded)"
+    assert len(thin) < len(rows), "and some round must keep three (seeded)"
+    for i, row in enumerate(rows, start=1):
+        if row["num_clients"] < 3:
+            assert "fewer than the 3 required" in row["round_aborted"]
+            assert digests[i] == digests[i - 1]  # the model is the one the round started from
+        else:
+            assert "round_aborted" not in row
+            assert digests[i] != digests[i - 1]
