@@ -123,11 +123,7 @@ class Identity:
         return cls(key, certificate)
 
     def save(self, path: Path) -> None:
-        pem = self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        pem = self.private_pem()
         path = Path(path)
         # created 0600 from the first byte: no window where the key is world-readable
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

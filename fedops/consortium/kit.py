@@ -293,7 +293,7 @@ def _check_signing(contents: dict[str, bytes], fail: Fail, ca_cert: x509.Certifi
             f"{pki.name_of(tls)!r} ({pki.role_of(tls)})",
         )
     try:
-        key = signing.load_signing_key(contents["signing.key"])
+        key = Identity.from_pem(contents["signing.key"]).key
     except (ValueError, TypeError) as exc:
         raise fail("signing.key", f"not a usable Ed25519 private key ({exc})") from exc
     if signing.public_pem(key) != signer.public_pem:

@@ -61,6 +61,7 @@ from fedops.consortium.spec import (
     check_policy,
     load_spec,
 )
+from fedops.crypto import Identity
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,7 @@ def _write_kit(
     pki.write_public(kit_dir / "cert.pem", pki.cert_pem(cert))
     pki.write_private(kit_dir / "key.pem", pki.key_pem(key))
     pki.write_public(kit_dir / "signing.crt", pki.cert_pem(sign_cert))
-    pki.write_private(kit_dir / "signing.key", signing.signing_key_pem(sign_key))
+    pki.write_private(kit_dir / "signing.key", Identity(sign_key).private_pem())
     _write_json(kit_dir / "kit.json", info)
     if crl is not None:
         pki.write_public(kit_dir / CRL, pki.crl_pem(crl))

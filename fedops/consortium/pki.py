@@ -78,6 +78,57 @@ def new_ca(consortium: str, *, days: int = CA_DAYS) -> tuple[Certificate, Privat
     return cert, key
 
 
+#: a party's key signs (TLS handshakes, or content): never certificates, CRLs or encryption
+PARTY_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
+def party_certificate(
+    ca_cert: Certificate,
+    ca_key: PrivateKey,
+    public: x509.CertificatePublicKeyTypes,
+    name: str,
+    role: str,
+    *,
+    consortium: str,
+    days: int = PARTY_DAYS,
+) -> x509.CertificateBuilder:
+    """What every certificate the CA issues to a party says; the caller adds its usages.
+
+    Subject CN = name, O = consortium, OU = role; not a CA; key usage
+    :data:`PARTY_KEY_USAGE`; valid from now (less the clock skew) for
+    ``days``, never past the CA's own expiry.
+    """
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r} (expected one of: {', '.join(ROLES)})")
+    now = _now()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject(name, consortium, role))
+        .issuer_name(ca_cert.subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(PARTY_KEY_USAGE, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+
+
 def issue(
     ca_cert: Certificate,
     ca_key: PrivateKey,
@@ -88,52 +139,22 @@ def issue(
     hosts: Iterable[str] = (),
     days: int = PARTY_DAYS,
 ) -> tuple[Certificate, PrivateKey]:
-    """A fresh key and its certificate for party ``name`` in ``role``, signed by the CA.
+    """A fresh key and its TLS certificate for party ``name`` in ``role``, signed by the CA.
 
     ``hosts`` (coordinator only) become SANs: an IP address entry for what
     parses as one, a DNS entry otherwise.
     """
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r} (expected one of: {', '.join(ROLES)})")
     hosts = tuple(hosts)
     if hosts and role != "coordinator":
         raise ValueError(f"only the coordinator's certificate names hosts, not a {role}'s")
     key = new_key()
-    public = key.public_key()
-    now = _now()
+    builder = party_certificate(
+        ca_cert, ca_key, key.public_key(), name, role, consortium=consortium, days=days
+    )
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
     if role == "coordinator":
         usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject(name, consortium, role))
-        .issuer_name(ca_cert.subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-    )
+    builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     if hosts:
         builder = builder.add_extension(
             x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False

@@ -68,60 +68,14 @@ def issue_signing(
     days: int = pki.PARTY_DAYS,
 ) -> tuple[pki.Certificate, Ed25519PrivateKey]:
     """A fresh Ed25519 key and its signing certificate for party ``name`` in ``role``."""
-    if role not in pki.ROLES:
-        raise ValueError(f"unknown role {role!r} (expected one of: {', '.join(pki.ROLES)})")
     key = Ed25519PrivateKey.generate()
-    public = key.public_key()
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(pki.subject(name, consortium, role))
-        .issuer_name(ca_cert.subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - pki.CLOCK_SKEW)
-        .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_SIGNING_ONLY, critical=True)
-        .add_extension(x509.ExtendedKeyUsage([DOCUMENT_SIGNING]), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    builder = pki.party_certificate(
+        ca_cert, ca_key, key.public_key(), name, role, consortium=consortium, days=days
+    )
+    cert = builder.add_extension(x509.ExtendedKeyUsage([DOCUMENT_SIGNING]), critical=True).sign(
+        ca_key, hashes.SHA256()
     )
     return cert, key
-
-
-_SIGNING_ONLY = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=False,
-    crl_sign=False,
-    encipher_only=False,
-    decipher_only=False,
-)
-
-
-def signing_key_pem(key: Ed25519PrivateKey) -> bytes:
-    """PKCS#8 PEM, unencrypted: the file's mode (0600) protects it, like ``key.pem``."""
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def load_signing_key(data: bytes) -> Ed25519PrivateKey:
-    """A PEM Ed25519 private key; ``ValueError`` when it is not one."""
-    key = serialization.load_pem_private_key(data, password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError("not an Ed25519 private key")
-    return key
 
 
 def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
