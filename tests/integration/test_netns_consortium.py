@@ -11,59 +11,38 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from netns import ENV, cannot_make_namespaces, ip
 
 from fedops.consortium.kits import init_consortium
 
 pytestmark = pytest.mark.slow
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
-def _can_make_namespaces() -> str:
-    """Empty when this process may create namespaces; else why not."""
-    if shutil.which("ip") is None:
-        return "iproute2 (`ip`) is not installed"
-    if os.geteuid() != 0:
-        return "creating network namespaces needs root"
-    probe = f"fedops-probe-{os.getpid()}"
-    try:
-        _ip("netns", "add", probe)
-    except subprocess.CalledProcessError as exc:
-        return f"`ip netns add` failed: {exc.stderr.decode(errors='replace').strip()}"
-    _ip("netns", "del", probe)
-    return ""
-
 
 @pytest.fixture
 def hosts() -> Iterator[tuple[str, str, str]]:
     """(coordinator namespace, site namespace, coordinator address): a link between them."""
-    why = _can_make_namespaces()
+    why = cannot_make_namespaces()
     if why:
         pytest.skip(why)
     tag = f"{os.getpid() % 100000}"
     coord, site = f"fedops-c{tag}", f"fedops-s{tag}"
     subnet = 77 + os.getpid() % 100  # per test process: xdist workers never share a subnet
     try:
-        _ip("netns", "add", coord)
-        _ip("netns", "add", site)
-        _ip("link", "add", f"vc{tag}", "type", "veth", "peer", "name", f"vs{tag}")
-        _ip("link", "set", f"vc{tag}", "netns", coord)
-        _ip("link", "set", f"vs{tag}", "netns", site)
+        ip("netns", "add", coord)
+        ip("netns", "add", site)
+        ip("link", "add", f"vc{tag}", "type", "veth", "peer", "name", f"vs{tag}")
+        ip("link", "set", f"vc{tag}", "netns", coord)
+        ip("link", "set", f"vs{tag}", "netns", site)
         for ns, dev, host in ((coord, f"vc{tag}", 1), (site, f"vs{tag}", 2)):
-            _ip("-n", ns, "addr", "add", f"10.{subnet}.0.{host}/24", "dev", dev)
-            _ip("-n", ns, "link", "set", dev, "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "addr", "add", f"10.{subnet}.0.{host}/24", "dev", dev)
+            ip("-n", ns, "link", "set", dev, "up")
+            ip("-n", ns, "link", "set", "lo", "up")
         yield coord, site, f"10.{subnet}.0.1:8443"
     finally:
         for ns in (coord, site):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -37,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netns import ENV, cannot_make_namespaces, ip
 
 pytestmark = pytest.mark.slow
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SITES = 3
 PORT = 8443
 
@@ -66,27 +65,6 @@ def train(model, data, config):
 """
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
-def _cannot_make_namespaces() -> str:
-    """Empty when this process may create namespaces; else why not."""
-    if shutil.which("ip") is None:
-        return "iproute2 (`ip`) is not installed"
-    if os.geteuid() != 0:
-        return "creating network namespaces needs root"
-    probe = f"fdp-probe-{os.getpid()}"
-    try:
-        _ip("netns", "add", probe)
-    except subprocess.CalledProcessError as exc:
-        return f"`ip netns add` failed: {exc.stderr.decode(errors='replace').strip()}"
-    except subprocess.TimeoutExpired:
-        return "`ip netns add` hung"
-    _ip("netns", "del", probe)
-    return ""
-
-
 @dataclass(frozen=True)
 class Net:
     coordinator: str  # the coordinator's namespace
@@ -95,12 +73,12 @@ class Net:
     address: str  # where the coordinator listens
 
     def set_link(self, site: int, state: str) -> None:
-        _ip("-n", self.sites[site], "link", "set", "dev", self.links[site], state)
+        ip("-n", self.sites[site], "link", "set", "dev", self.links[site], state)
 
 
 @pytest.fixture
 def net() -> Iterator[Net]:
-    why = _cannot_make_namespaces()
+    why = cannot_make_namespaces()
     if why:
         pytest.skip(why)
     tag = f"{os.getpid() % 100000}"
@@ -111,20 +89,20 @@ def net() -> Iterator[Net]:
     namespaces = [coord, *sites]
     try:
         for ns in namespaces:
-            _ip("netns", "add", ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
+            ip("netns", "add", ns)
+            ip("-n", ns, "link", "set", "lo", "up")
         bridge = f"pb{tag}"
-        _ip("-n", coord, "link", "add", bridge, "type", "bridge")
-        _ip("-n", coord, "addr", "add", f"10.{subnet}.0.1/24", "dev", bridge)
-        _ip("-n", coord, "link", "set", bridge, "up")
+        ip("-n", coord, "link", "add", bridge, "type", "bridge")
+        ip("-n", coord, "addr", "add", f"10.{subnet}.0.1/24", "dev", bridge)
+        ip("-n", coord, "link", "set", bridge, "up")
         for i, (ns, link) in enumerate(zip(sites, links, strict=True)):
             peer = f"pv{tag}c{i}"
-            _ip("link", "add", link, "netns", ns, "type", "veth", "peer", "name", peer,
+            ip("link", "add", link, "netns", ns, "type", "veth", "peer", "name", peer,
                 "netns", coord)  # fmt: skip
-            _ip("-n", coord, "link", "set", peer, "master", bridge)
-            _ip("-n", coord, "link", "set", peer, "up")
-            _ip("-n", ns, "addr", "add", f"10.{subnet}.0.{10 + i}/24", "dev", link)
-            _ip("-n", ns, "link", "set", link, "up")
+            ip("-n", coord, "link", "set", peer, "master", bridge)
+            ip("-n", coord, "link", "set", peer, "up")
+            ip("-n", ns, "addr", "add", f"10.{subnet}.0.{10 + i}/24", "dev", link)
+            ip("-n", ns, "link", "set", link, "up")
         yield Net(coord, sites, links, f"10.{subnet}.0.1:{PORT}")
     finally:
         for ns in namespaces:  # deleting a namespace deletes the links in it
