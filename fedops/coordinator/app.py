@@ -48,11 +48,12 @@ class BindError(RuntimeError):
 
 def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
     """Serve (or resume) the configured run until its last round; return its summary."""
+    kit = _coordinator_kit(cfg.kit) if cfg.kit is not None else None  # verified once
     store = RunStore(cfg.run_dir, keep_checkpoints=cfg.keep_checkpoints)
     config = {k: v for k, v in as_dict(cfg).items() if k not in ("address", "metrics_port")}
     run_id, _ = store.open_run(config)
     task = load_task(cfg.task, **cfg.builtin_options()) if cfg.task else None
-    records = Records.open(cfg, store, run_id, config, task)
+    records = Records.open(cfg, store, run_id, config, task, kit)
     audit, metrics = records.audit, records.metrics
     transport = GrpcTransport(
         run_id=run_id,
@@ -65,7 +66,7 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
     if cfg.metrics_port is not None:
         metrics.serve(cfg.metrics_port, cfg.metrics_address)
     control = RunControl(rounds_planned=cfg.rounds, started=not cfg.wait_for_start)
-    server = _serve(transport, cfg, control=control, run_id=run_id, audit=audit.record)
+    server = _serve(transport, cfg, kit, control=control, run_id=run_id, audit=audit.record)
     log.info("coordinator for run %s listening on %s", run_id, cfg.address)
     if cfg.wait_for_start:
         log.info("waiting for an admin's `fedops admin start` before round 1")
@@ -130,9 +131,10 @@ class Records:
         run_id: str,
         config: Mapping[str, Any],
         task: Task | None,
+        kit: Kit | None,
     ) -> Records:
         # consortium mode: signed with the kit's CA-certified key, not a generated one
-        identity = _coordinator_kit(cfg.kit).signing_identity() if cfg.kit is not None else None
+        identity = kit.signing_identity() if kit is not None else None
         audit = AuditLog.open(Path(cfg.run_dir), "coordinator", identity=identity)
         trail = RunTrail(audit, store)
         trail.run_started(run_id, config, task_digest=task.digest if task else "")
@@ -212,17 +214,17 @@ def _monitoring(cfg: CoordinatorConfig) -> MonitorSettings | None:
 def _serve(
     transport: GrpcTransport,
     cfg: CoordinatorConfig,
+    kit: Kit | None,
     *,
     control: RunControl,
     run_id: str,
     audit: Callable[[str, Mapping[str, Any]], None],
 ) -> LoopServer:
-    if cfg.kit is None:
+    if kit is None:
         server = build_server(transport, max_workers=cfg.max_workers)
         bound = server.add_insecure_port(cfg.address)
         log.warning(INSECURE_WARNING, cfg.address)
     else:
-        kit = _coordinator_kit(cfg.kit)
         registry = transport.registry
         gate = PeerGate(
             Revocation.from_kit(kit),

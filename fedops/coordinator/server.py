@@ -63,10 +63,9 @@ def _unary(
     gate: PeerGate | None,
 ) -> Callable[[Any, Any], Any]:
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
-        if isinstance(request, Malformed):
-            transport.on_rejection(0, "?", "INVALID_ARGUMENT", request.reason)
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.reason)
         try:
+            if isinstance(request, Malformed):
+                raise _malformed(transport, request)
             if gate is not None:
                 _check_peer(gate, context, method, request)
             return fn(request)
@@ -179,10 +178,9 @@ def _push(transport: GrpcTransport, gate: PeerGate | None) -> Callable[[Any, Any
 
 def _fetch(transport: GrpcTransport, gate: PeerGate | None) -> Callable[[Any, Any], Any]:
     def handler(request: Any, context: grpc.ServicerContext) -> Iterator[pb.ModelChunk]:
-        if isinstance(request, Malformed):
-            transport.on_rejection(0, "?", "INVALID_ARGUMENT", request.reason)
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.reason)
         try:
+            if isinstance(request, Malformed):
+                raise _malformed(transport, request)
             if gate is not None:
                 gate.check_node(context, "FetchModel", request.node_id)
             yield from transport.model_chunks(request)
