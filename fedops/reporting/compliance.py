@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from fedops.consortium.signing import Signer
-from fedops.core.audit import VerifyResult, split_log
+from fedops.core.audit_verify import VerifyResult, split_log
 from fedops.reporting.compliance_html import render_html
 from fedops.reporting.logs import (
     LOG_NAME,

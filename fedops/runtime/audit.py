@@ -51,9 +51,8 @@ from fedops.core.audit import (
     make_entry,
     opened_payload,
     sha256_hex,
-    split_log,
-    verify_log_bytes,
 )
+from fedops.core.audit_verify import split_log, verify_log_bytes
 from fedops.crypto import Identity, verify_ed25519
 
 LOG_NAME = "audit.jsonl"

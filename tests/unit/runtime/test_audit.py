@@ -28,8 +28,8 @@ from fedops.core.audit import (
     make_entry,
     opened_payload,
     payload_digest,
-    verify_entries,
 )
+from fedops.core.audit_verify import verify_entries
 from fedops.crypto import Identity, verify_ed25519
 from fedops.reporting.compliance import verify_log_file as verify_log
 from fedops.runtime.audit import (
