@@ -12,9 +12,7 @@ per-client loop up to floating-point summation order.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,36 +20,9 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from fedops.core.params import Params
+from fedops.core.schedule import ClientJob, VectorConfig
+from fedops.core.stacked import chain_of, train_stacked
 from fedops.core.training import TrainConfig, get_params, set_params, train
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientJob:
-    """One client's local training: its rows (in the flat arrays), epochs and shuffle seed."""
-
-    start: int
-    stop: int
-    epochs: int
-    seed: int
-
-    @property
-    def size(self) -> int:
-        return self.stop - self.start
-
-    def steps(self, batch_size: int) -> int:
-        return self.epochs * math.ceil(self.size / batch_size)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VectorConfig:
-    batch_size: int
-    lr: float
-    momentum: float = 0.0
-    proximal_mu: float = 0.0
-    max_chunk: int = 1024  # clients trained together, at most
-    step_ratio: float = 3.0  # longest / shortest step count within a chunk
-    min_width: int = 4  # narrower groups train client by client (same result, less overhead)
-    max_chunk_rows: int = 1 << 21  # bound on chunk * batch_size * features (memory)
 
 
 def supports(model: nn.Module) -> str | None:
@@ -112,6 +83,9 @@ def train_many(
     reason = supports(model)
     if reason is not None:
         raise ValueError(f"cannot train this model vectorized: {reason}")
+    chain = chain_of(model, x) if cfg.stacked else None
+    if isinstance(chain, list):
+        return train_stacked(chain, start, x, y, jobs, cfg)
     names = [n for n, p in model.named_parameters()]
     base = {n: torch.as_tensor(np.asarray(start[n])).to(x.device) for n in names}
     results: list[tuple[Params, float] | None] = [None] * len(jobs)

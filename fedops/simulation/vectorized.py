@@ -18,8 +18,9 @@ from torch import nn
 from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params
 from fedops.core.rounds import Event, NodeDropped, Phase
+from fedops.core.schedule import ClientJob, VectorConfig
 from fedops.core.training import TrainConfig, set_params
-from fedops.core.vectorized import ClientJob, VectorConfig, supports, train_many
+from fedops.core.vectorized import supports, train_many
 from fedops.data import FederatedData
 from fedops.runtime.transport import StageRequest
 from fedops.simulation.base import (

@@ -9,8 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from fedops.core.schedule import ClientJob, VectorConfig
+from fedops.core.stacked import chain_of
 from fedops.core.training import TrainConfig, get_params, set_params, train
-from fedops.core.vectorized import ClientJob, VectorConfig, chunks, supports, train_many
+from fedops.core.vectorized import chunks, supports, train_many
 
 
 def _models():
@@ -18,19 +20,51 @@ def _models():
     return {
         "logreg": nn.Sequential(nn.Flatten(), nn.Linear(6, 3)),
         "mlp": nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)),
+        # every activation the stacked trainer writes out, a layer without bias, nesting
+        "deep": nn.Sequential(
+            nn.Flatten(),
+            nn.Sequential(nn.Linear(6, 5), nn.Tanh()),
+            nn.Linear(5, 4, bias=False),
+            nn.LeakyReLU(0.2),
+            nn.Identity(),
+            nn.Linear(4, 4),
+            nn.Sigmoid(),
+            nn.Linear(4, 3),
+        ),
     }
 
 
-@settings(max_examples=15, deadline=None)
+def _sequential(model, start, x, y, job, batch, momentum, mu):
+    set_params(model, start)
+    metrics = train(
+        model,
+        (x[job.start : job.stop], y[job.start : job.stop]),
+        TrainConfig(
+            epochs=job.epochs,
+            batch_size=batch,
+            lr=0.1,
+            momentum=momentum,
+            proximal_mu=mu,
+            seed=job.seed,
+        ),
+    )
+    return get_params(model), metrics["train_loss"]
+
+
+@settings(max_examples=25, deadline=None)
 @given(
-    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=9),
+    sizes=st.lists(st.integers(0, 40), min_size=1, max_size=9),
     batch=st.integers(1, 12),
     momentum=st.sampled_from([0.0, 0.9]),
     mu=st.sampled_from([0.0, 0.3]),
-    arch=st.sampled_from(["logreg", "mlp"]),
+    arch=st.sampled_from(["logreg", "mlp", "deep"]),
     max_chunk=st.integers(1, 5),
+    stacked=st.booleans(),
 )
-def test_train_many_matches_the_sequential_loop(sizes, batch, momentum, mu, arch, max_chunk):
+def test_train_many_matches_the_sequential_loop(
+    sizes, batch, momentum, mu, arch, max_chunk, stacked
+):
+    """Both batched trainers (stacked chains and torch.func) compute the per-client loop."""
     rng = np.random.default_rng(len(sizes) * 31 + batch)
     total = sum(sizes)
     x = torch.tensor(rng.normal(size=(total, 6)), dtype=torch.float32)
@@ -43,28 +77,106 @@ def test_train_many_matches_the_sequential_loop(sizes, batch, momentum, mu, arch
         for i in range(len(sizes))
     ]
     cfg = VectorConfig(
-        batch_size=batch, lr=0.1, momentum=momentum, proximal_mu=mu, max_chunk=max_chunk
+        batch_size=batch,
+        lr=0.1,
+        momentum=momentum,
+        proximal_mu=mu,
+        max_chunk=max_chunk,
+        stacked=stacked,
     )
     got = train_many(model, start, x, y, jobs, cfg)
+    assert len(got) == len(jobs)
     for job, (params, loss) in zip(jobs, got, strict=True):
-        set_params(model, start)
-        want = train(
-            model,
-            (x[job.start : job.stop], y[job.start : job.stop]),
-            TrainConfig(
-                epochs=job.epochs,
-                batch_size=batch,
-                lr=0.1,
-                momentum=momentum,
-                proximal_mu=mu,
-                seed=job.seed,
-            ),
-        )
-        for name, value in get_params(model).items():
+        want, want_loss = _sequential(model, start, x, y, job, batch, momentum, mu)
+        assert params.keys() == want.keys()
+        for name, value in want.items():
             # float32, summed in another order by the batched loop; momentum over up to 80
             # single-example steps grows last-bit differences to a few 1e-6 (seen: 4.8e-6)
             np.testing.assert_allclose(params[name], value, rtol=1e-5, atol=2e-5)
-        assert loss == pytest.approx(want["train_loss"], rel=1e-5, abs=1e-6)
+        assert loss == pytest.approx(want_loss, rel=1e-5, abs=1e-6)
+
+
+def test_the_stacked_trainer_takes_chains_of_linear_layers_and_names_what_it_cannot():
+    models, rows = _models(), torch.zeros(2, 6)
+    for name in ("logreg", "mlp", "deep"):
+        chain = chain_of(models[name], rows)
+        assert isinstance(chain, list), name
+        assert [layer.kind for layer in chain if layer.kind not in ("linear", "flatten")] == {
+            "logreg": [],
+            "mlp": ["relu"],
+            "deep": ["tanh", "leaky_relu", "sigmoid"],
+        }[name]
+    pairs = torch.zeros(2, 2)
+
+    def why(*modules: nn.Module, inputs: torch.Tensor = pairs) -> str:
+        reason = chain_of(nn.Sequential(*modules), inputs)
+        assert isinstance(reason, str)
+        return reason
+
+    assert "Conv2d" in why(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+    assert "Flatten" in why(nn.Flatten(0), nn.Linear(2, 2))
+    assert "ending in a linear layer" in why(nn.Linear(2, 2), nn.ReLU())
+    frozen = nn.Linear(2, 2)
+    frozen.weight.requires_grad_(False)
+    assert "trainable" in why(frozen, nn.ReLU(), nn.Linear(2, 2))
+    assert "BatchNorm1d" in why(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    buffered = nn.Sequential(nn.Linear(2, 2))
+    buffered.register_buffer("scale", torch.ones(1))
+    assert "buffers" in str(chain_of(buffered, pairs))
+
+    class Doubled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    assert "Doubled" in why(Doubled(2, 2))  # a subclass may change forward: not trusted
+    assert "floating point" in why(nn.Linear(2, 2), inputs=pairs.double())
+    # nn.Linear on [rows, 3, 2] maps the last axis only: not the stacked 2-D layout
+    assert "Flatten" in why(nn.Linear(2, 2), inputs=torch.zeros(4, 3, 2))
+    assert isinstance(
+        chain_of(nn.Sequential(nn.Flatten(), nn.Linear(6, 2)), torch.zeros(4, 3, 2)), list
+    )
+
+
+def test_rows_with_several_feature_axes_are_flattened_as_the_model_does():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    rng = np.random.default_rng(1)
+    x = torch.tensor(rng.normal(size=(25, 2, 3)), dtype=torch.float32)
+    y = torch.tensor(rng.integers(0, 3, 25))
+    start = get_params(model)
+    jobs = [
+        ClientJob(start=0, stop=9, epochs=2, seed=3),
+        ClientJob(start=9, stop=25, epochs=1, seed=4),
+    ]
+    got = train_many(model, start, x, y, jobs, VectorConfig(batch_size=4, lr=0.1, momentum=0.9))
+    for job, (params, loss) in zip(jobs, got, strict=True):
+        want, want_loss = _sequential(model, start, x, y, job, 4, 0.9, 0.0)
+        for name, value in want.items():
+            np.testing.assert_allclose(params[name], value, rtol=1e-5, atol=2e-5)
+        assert loss == pytest.approx(want_loss, rel=1e-5)
+
+
+def test_a_model_the_stacked_trainer_cannot_take_still_trains_vectorized():
+    """A Conv net falls back to torch.func and still equals the per-client loop."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Unflatten(1, (1, 6)), nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3)
+    )
+    assert isinstance(chain_of(model, torch.zeros(2, 6)), str)
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.normal(size=(30, 6)), dtype=torch.float32)
+    y = torch.tensor(rng.integers(0, 3, 30))
+    start = get_params(model)
+    jobs = [
+        ClientJob(start=0, stop=12, epochs=1, seed=1),
+        ClientJob(start=12, stop=30, epochs=2, seed=2),
+    ]
+    got = train_many(model, start, x, y, jobs, VectorConfig(batch_size=4, lr=0.1, min_width=1))
+    for job, (params, loss) in zip(jobs, got, strict=True):
+        want, want_loss = _sequential(model, start, x, y, job, 4, 0.0, 0.0)
+        for name, value in want.items():
+            np.testing.assert_allclose(params[name], value, rtol=1e-5, atol=2e-5)
+        assert loss == pytest.approx(want_loss, rel=1e-5)
 
 
 def test_chunks_group_similar_step_counts_and_cover_every_client():
