@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import kstwo
 
 PSI_MODERATE = 0.1
 PSI_SIGNIFICANT = 0.25
@@ -98,6 +97,9 @@ def ks(reference: Counts, current: Counts) -> tuple[float, float]:
     d = float(np.max(np.abs(cdf_r - cdf_c)))
     if n == 0 or m == 0 or d == 0.0:
         return d, 1.0  # identical distributions: Kolmogorov's survival function at 0 is 1
+    # Imported here: scipy.stats costs ~60 MB, paid only by runs that monitor drift.
+    from scipy.stats import kstwo
+
     # as scipy's ks_2samp(method="asymp"): Kolmogorov's distribution at the effective size
     p = float(kstwo.sf(d, max(1, round(n * m / (n + m)))))
     return d, min(1.0, max(0.0, p))
