@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from fedops.core.monitoring.profile import MonitorSpec
-from fedops.core.params import Params
+from fedops.core.params import Params, specs_of
 from fedops.core.rounds import Event, NodeDropped, Phase
 from fedops.core.schedule import ClientJob, VectorConfig
+from fedops.core.seeds import shuffle_seeds
 from fedops.core.training import TrainConfig, set_params
 from fedops.core.vectorized import supports, train_many
 from fedops.data import FederatedData
@@ -32,7 +33,6 @@ from fedops.simulation.base import (
     task_ids,
 )
 from fedops.simulation.faults import FaultPlan
-from fedops.tasks.site import shuffle_seed
 
 
 class VectorizedTransport(SimulatedTransport):
@@ -68,6 +68,7 @@ class VectorizedTransport(SimulatedTransport):
         self.max_chunk = max_chunk
         self.x = torch.from_numpy(data.train_x).to(self.device)
         self.y = torch.from_numpy(data.train_y).to(self.device)
+        self._offsets: list[int] = data.train_offsets.tolist()  # Python ints: a job per client
         self._test_owner = np.repeat(np.arange(data.num_clients), np.diff(data.test_offsets))
         self._events: deque[Event] = deque()
 
@@ -98,25 +99,26 @@ class VectorizedTransport(SimulatedTransport):
         config: Mapping[str, float],
     ) -> list[Event]:
         events: list[Event] = []
-        jobs: list[ClientJob] = []
-        working: list[str] = []
-        run_seed = int(config.get("seed", 0))
+        working: list[tuple[str, int, int]] = []  # node, client, epochs
         for node in nodes:
             client = client_index(node)
             epochs, dropped = self.faults.plan(server_round, client, self.train.epochs)
             if dropped:
                 events.append(NodeDropped(node_id=node, reason=dropped))
-                continue
-            start, stop = self.data.train_offsets[client], self.data.train_offsets[client + 1]
-            jobs.append(
-                ClientJob(
-                    start=int(start),
-                    stop=int(stop),
-                    epochs=epochs,
-                    seed=shuffle_seed(run_seed, server_round, client),
-                )
+            else:
+                working.append((node, client, epochs))
+        # each site's own shuffle seed (tasks.site.shuffle_seed), for all sites at once
+        clients = np.array([client for _, client, _ in working], dtype=np.int64)
+        seeds = shuffle_seeds(int(config.get("seed", 0)), server_round, clients).tolist()
+        jobs = [
+            ClientJob(
+                start=self._offsets[client],
+                stop=self._offsets[client + 1],
+                epochs=epochs,
+                seed=seed,
             )
-            working.append(node)
+            for (_, client, epochs), seed in zip(working, seeds, strict=True)
+        ]
         cfg = VectorConfig(
             batch_size=self.train.batch_size,
             lr=self.train.lr,
@@ -125,8 +127,10 @@ class VectorizedTransport(SimulatedTransport):
             max_chunk=self.max_chunk,
         )
         trained = train_many(self.model, params, self.x, self.y, jobs, cfg) if jobs else []
-        for node, job, (new, loss) in zip(working, jobs, trained, strict=True):
-            events.append(fit_event(node, tasks[node], params, new, job.size, {"train_loss": loss}))
+        expected = specs_of(params)
+        for (node, _, _), job, (new, loss) in zip(working, jobs, trained, strict=True):
+            metrics = {"train_loss": loss}
+            events.append(fit_event(node, tasks[node], expected, new, job.size, metrics))
         return events
 
     @torch.no_grad()
