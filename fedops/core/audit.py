@@ -46,10 +46,15 @@ def canonical_json(value: Any) -> bytes:
     return text.encode("utf-8")  # lone surrogates raise UnicodeEncodeError, a ValueError
 
 
+_PLAIN = (str, int, bool)
+
+
 def json_values(value: Any) -> Any:
     """``value`` with what a signed entry cannot hold made explicit: NaN and ±Inf become the
     strings ``"nan"``/``"inf"``/``"-inf"`` (ε is infinite without noise), numpy scalars become
     Python numbers, tuples become lists, paths become strings."""
+    if value is None or type(value) in _PLAIN:  # most values; skips the slower checks below
+        return value
     if isinstance(value, Mapping):
         return {str(k): json_values(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -113,7 +118,8 @@ def make_entry(
     if not math.isfinite(time):
         raise ValueError(f"audit time must be finite, got {time}")
     encoded = canonical_json(dict(payload))
-    if canonical_json(json.loads(encoded)) != encoded:
+    decoded = json.loads(encoded)  # what a verifier will read back
+    if canonical_json(decoded) != encoded:
         raise ValueError("the payload changes in a JSON round trip (non-string keys?)")
     digest = sha256_hex(encoded)
     hashed = entry_hash(seq, time, actor, event, digest, prev_hash)
@@ -122,7 +128,7 @@ def make_entry(
         "time": time,
         "actor": actor,
         "event": event,
-        "payload": json.loads(encoded),
+        "payload": decoded,
         "payload_digest": digest,
         "prev_hash": prev_hash,
         "hash": hashed,

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
 from fedops.core.monitoring.profile import MonitorSpec
-from fedops.core.params import Params
+from fedops.core.params import Params, specs_of
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultRejected
 from fedops.runtime.transport import StageRequest
 from fedops.simulation.base import (
@@ -75,7 +75,7 @@ class InMemoryTransport(SimulatedTransport):
             new, n, metrics = site.fit(params, server_round, {**config, "epochs": float(epochs)})
         except PolicyRefusal as exc:
             return ResultRejected(node_id=node, task_id=task_id, reason=f"declined: {exc}")
-        return fit_event(node, task_id, params, new, n, metrics)
+        return fit_event(node, task_id, specs_of(params), new, n, metrics)
 
     def _evaluate(
         self,

@@ -176,5 +176,5 @@ class WorkerTransport(SimulatedTransport):
         client, n, metrics, blob = result
         node = node_id(client)
         if phase is Phase.FIT:
-            return fit_event(node, tasks[node], start, decode(blob), n, metrics)
+            return fit_event(node, tasks[node], specs_of(start), decode(blob), n, metrics)
         return evaluate_event(node, tasks[node], n, metrics)

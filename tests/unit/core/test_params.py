@@ -15,6 +15,7 @@ from fedops.core.params import (
     InvalidUpdate,
     TensorSpec,
     check_finite,
+    check_params_match,
     check_specs_match,
     digest,
     specs_of,
@@ -72,6 +73,37 @@ def test_allowed_dtypes_are_exactly_the_plain_numeric_ones():
 
 
 # --- check_specs_match ------------------------------------------------------------------------
+
+
+def _variants() -> list[dict[str, np.ndarray]]:
+    m = _model()
+    renamed = {("conv.b" if k == "conv.bias" else k): v for k, v in m.items()}
+    return [
+        m,
+        dict(list(m.items())[:2]),
+        {**m, "extra": np.zeros(1, dtype=np.float32)},
+        renamed,
+        {**m, "conv.bias": m["conv.bias"].astype(np.float64)},
+        {**m, "conv.weight": m["conv.weight"].reshape(3, 2)},
+        dict(reversed(list(m.items()))),
+    ]
+
+
+@pytest.mark.parametrize("got", _variants())
+def test_check_params_match_agrees_with_check_specs_match_message_for_message(got):
+    """The fast path for matching updates refuses exactly what the spec check refuses."""
+    expected = specs_of(_model())
+    try:
+        check_specs_match(expected, specs_of(got))
+        want = None
+    except InvalidUpdate as exc:
+        want = str(exc)
+    if want is None:
+        check_params_match(expected, got)
+    else:
+        with pytest.raises(InvalidUpdate) as caught:
+            check_params_match(expected, got)
+        assert str(caught.value) == want
 
 
 def test_check_specs_match_accepts_identical_specs():
