@@ -51,6 +51,19 @@ def _sequential(model, start, x, y, job, batch, momentum, mu):
     return get_params(model), metrics["train_loss"]
 
 
+def _assert_loop_results(model, start, x, y, jobs, got, *, batch, momentum=0.0, mu=0.0):
+    """``got`` (from train_many) holds what the per-client loop computes for every job."""
+    assert len(got) == len(jobs)
+    for job, (params, loss) in zip(jobs, got, strict=True):
+        want, want_loss = _sequential(model, start, x, y, job, batch, momentum, mu)
+        assert params.keys() == want.keys()
+        for name, value in want.items():
+            # float32, summed in another order by the batched loop; momentum over up to 80
+            # single-example steps grows last-bit differences to a few 1e-6 (seen: 4.8e-6)
+            np.testing.assert_allclose(params[name], value, rtol=1e-5, atol=2e-5)
+        assert loss == pytest.approx(want_loss, rel=1e-5, abs=1e-6)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     sizes=st.lists(st.integers(0, 40), min_size=1, max_size=9),
@@ -85,15 +98,7 @@ def test_train_many_matches_the_sequential_loop(
         stacked=stacked,
     )
     got = train_many(model, start, x, y, jobs, cfg)
-    assert len(got) == len(jobs)
-    for job, (params, loss) in zip(jobs, got, strict=True):
-        want, want_loss = _sequential(model, start, x, y, job, batch, momentum, mu)
-        assert params.keys() == want.keys()
-        for name, value in want.items():
-            # float32, summed in another order by the batched loop; momentum over up to 80
-            # single-example steps grows last-bit differences to a few 1e-6 (seen: 4.8e-6)
-            np.testing.assert_allclose(params[name], value, rtol=1e-5, atol=2e-5)
-        assert loss == pytest.approx(want_loss, rel=1e-5, abs=1e-6)
+    _assert_loop_results(model, start, x, y, jobs, got, batch=batch, momentum=momentum, mu=mu)
 
 
 def test_the_stacked_trainer_takes_chains_of_linear_layers_and_names_what_it_cannot():
@@ -149,11 +154,7 @@ def test_rows_with_several_feature_axes_are_flattened_as_the_model_does():
         ClientJob(start=9, stop=25, epochs=1, seed=4),
     ]
     got = train_many(model, start, x, y, jobs, VectorConfig(batch_size=4, lr=0.1, momentum=0.9))
-    for job, (params, loss) in zip(jobs, got, strict=True):
-        want, want_loss = _sequential(model, start, x, y, job, 4, 0.9, 0.0)
-        for name, value in want.items():
-            np.testing.assert_allclose(params[name], value, rtol=1e-5, atol=2e-5)
-        assert loss == pytest.approx(want_loss, rel=1e-5)
+    _assert_loop_results(model, start, x, y, jobs, got, batch=4, momentum=0.9)
 
 
 def test_a_model_the_stacked_trainer_cannot_take_still_trains_vectorized():
@@ -172,11 +173,7 @@ def test_a_model_the_stacked_trainer_cannot_take_still_trains_vectorized():
         ClientJob(start=12, stop=30, epochs=2, seed=2),
     ]
     got = train_many(model, start, x, y, jobs, VectorConfig(batch_size=4, lr=0.1, min_width=1))
-    for job, (params, loss) in zip(jobs, got, strict=True):
-        want, want_loss = _sequential(model, start, x, y, job, 4, 0.0, 0.0)
-        for name, value in want.items():
-            np.testing.assert_allclose(params[name], value, rtol=1e-5, atol=2e-5)
-        assert loss == pytest.approx(want_loss, rel=1e-5)
+    _assert_loop_results(model, start, x, y, jobs, got, batch=4)
 
 
 def test_chunks_group_similar_step_counts_and_cover_every_client():
