@@ -137,7 +137,7 @@ def train_stacked(
 class _Plan:
     """Every step's minibatches, step-major: step t holds the first ``active[t]`` clients."""
 
-    rows: torch.Tensor  # [sum of steps, batch] row indices into x (0 where padded)
+    rows: torch.Tensor  # [sum of steps, batch] row indices into x (the client's first where padded)
     weights: torch.Tensor  # [sum of steps, batch] 1/len(minibatch), 0 where padded
     owner: np.ndarray  # [sum of steps] client slot of each entry
     lengths: np.ndarray  # [sum of steps] rows in each minibatch
@@ -155,7 +155,9 @@ def _plan(jobs: Sequence[ClientJob], steps: np.ndarray, batch: int) -> _Plan:
         per_epoch = -(-job.size // batch)
         for _ in range(job.epochs if per_epoch else 0):
             order = torch.randperm(job.size, generator=generator).numpy() + job.start
-            padded = np.zeros(per_epoch * batch, dtype=np.int64)
+            # padding repeats one of the client's own rows (weight 0): another client's row
+            # with NaN or Inf would turn a zero weight into a NaN gradient
+            padded = np.full(per_epoch * batch, job.start, dtype=np.int64)
             padded[: job.size] = order
             rows[at : at + per_epoch] = padded.reshape(per_epoch, batch)
             lengths[at : at + per_epoch] = batch

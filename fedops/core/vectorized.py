@@ -36,7 +36,9 @@ def supports(model: nn.Module) -> str | None:
 
 def _batch_plan(job: ClientJob, batch_size: int, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Row indices [steps, batch] and mask for one client, as the sequential loop draws them."""
-    idx = np.zeros((total_steps, batch_size), dtype=np.int64)
+    # padded slots (mask 0) hold the client's own first row, never another client's: a NaN
+    # there would make the masked loss NaN (NaN * 0); a client without rows has no first row
+    idx = np.full((total_steps, batch_size), job.start if job.size else 0, dtype=np.int64)
     mask = np.zeros((total_steps, batch_size), dtype=np.float32)
     generator = torch.Generator().manual_seed(job.seed)
     step = 0

@@ -101,6 +101,28 @@ def test_train_many_matches_the_sequential_loop(
     _assert_loop_results(model, start, x, y, jobs, got, batch=batch, momentum=momentum, mu=mu)
 
 
+@pytest.mark.parametrize("stacked", [True, False])
+def test_a_client_with_nan_rows_does_not_leak_into_the_others(stacked):
+    """Padding never borrows another client's rows: a NaN there would poison a zero weight."""
+    model = _models()["mlp"]
+    rng = np.random.default_rng(2)
+    x = torch.tensor(rng.normal(size=(23, 6)), dtype=torch.float32)
+    x[:3] = float("nan")  # all of client 0's rows
+    y = torch.tensor(rng.integers(0, 3, 23))
+    start = get_params(model)
+    jobs = [
+        ClientJob(start=0, stop=3, epochs=1, seed=5),
+        ClientJob(start=3, stop=10, epochs=2, seed=6),  # batches of 4: every epoch padded
+        ClientJob(start=10, stop=23, epochs=1, seed=7),
+    ]
+    cfg = VectorConfig(batch_size=4, lr=0.1, min_width=1, stacked=stacked)
+    got = train_many(model, start, x, y, jobs, cfg)
+    assert all(np.isnan(v).all() for v in got[0][0].values())
+    for params, _ in got[1:]:
+        assert all(np.isfinite(v).all() for v in params.values())
+    _assert_loop_results(model, start, x, y, jobs[1:], got[1:], batch=4)
+
+
 def test_the_stacked_trainer_takes_chains_of_linear_layers_and_names_what_it_cannot():
     models, rows = _models(), torch.zeros(2, 6)
     for name in ("logreg", "mlp", "deep"):
