@@ -115,7 +115,7 @@ def train_stacked(
     cfg: VectorConfig,
 ) -> list[tuple[Params, float]]:
     """Train every job from ``start``; return (params, mean training loss) per job, in order."""
-    x = x.reshape(len(x), -1)
+    x = x.flatten(1) if x.dim() > 2 else x  # as the leading nn.Flatten does (chain_of checks)
     names = [n for layer in layers if layer.kind == "linear" for n in (layer.weight, layer.bias)]
     base = {n: torch.as_tensor(np.asarray(start[n])).to(x.device, x.dtype) for n in names if n}
     per_client = sum(t.numel() for t in base.values()) * x.element_size() * 3
