@@ -753,7 +753,8 @@ def report(results: dict[str, Any]) -> None:
     ]
     print_table(
         f"(e) accountant: one ε computation after R rounds (q = {results['sample_rate']:g}, "
-        f"σ = 1, δ = {results['delta']:g}; Opacus, rebuilt from the history on every call)",
+        f"σ = 1, δ = {results['delta']:g}; PRV: Opacus's accountant, rebuilt from the history "
+        "on every call; RDP: Opacus's one-round RDP, cached per (σ, q) and scaled by the rounds)",
         ["R", "RDP ms", "PRV ms", "per round (RDP + PRV) ms", "ε RDP", "ε PRV"],
         rows,
     )
