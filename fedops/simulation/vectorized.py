@@ -8,6 +8,7 @@ driver still sees one event per client, exactly as from a coordinator.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
 
@@ -20,6 +21,7 @@ from fedops.core.params import Params, specs_of
 from fedops.core.rounds import Event, NodeDropped, Phase
 from fedops.core.schedule import ClientJob, VectorConfig
 from fedops.core.seeds import shuffle_seeds
+from fedops.core.stacked import chain_of
 from fedops.core.training import TrainConfig, set_params
 from fedops.core.vectorized import supports, train_many
 from fedops.data import FederatedData
@@ -33,6 +35,8 @@ from fedops.simulation.base import (
     task_ids,
 )
 from fedops.simulation.faults import FaultPlan
+
+log = logging.getLogger("fedops.simulate")
 
 
 class VectorizedTransport(SimulatedTransport):
@@ -71,6 +75,11 @@ class VectorizedTransport(SimulatedTransport):
         self._offsets: list[int] = data.train_offsets.tolist()  # Python ints: a job per client
         self._test_owner = np.repeat(np.arange(data.num_clients), np.diff(data.test_offsets))
         self._events: deque[Event] = deque()
+        chain = chain_of(self.model, self.x)
+        if isinstance(chain, str):  # say why a model misses the fast path, once per run
+            log.info("vectorized backend: training through torch.func/vmap (%s)", chain)
+        else:
+            log.info("vectorized backend: training a linear/MLP chain with the stacked trainer")
 
     def dispatch(
         self,

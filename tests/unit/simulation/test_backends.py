@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
+from torch import nn
 
+from fedops.core.training import TrainConfig
+from fedops.data import FederatedData
 from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
 from fedops.runtime.store import RunStore
 from fedops.simulation.engine import run_simulation
 from fedops.simulation.faults import FaultPlan
+from fedops.simulation.vectorized import VectorizedTransport
 
 
 def _final(run_dir: Path) -> dict[str, np.ndarray]:
@@ -95,3 +100,26 @@ def test_min_fit_results_aborts_thin_rounds_in_simulation_as_deployed(tmp_path: 
         else:
             assert "round_aborted" not in row
             assert digests[i] != digests[i - 1]
+
+
+def test_the_vectorized_backend_says_which_trainer_a_model_gets(caplog: pytest.LogCaptureFixture):
+    """A user whose model misses the fast stacked trainer is told why, once, at start."""
+    rng = np.random.default_rng(0)
+    data = FederatedData(
+        train_x=rng.normal(size=(12, 6)).astype(np.float32),
+        train_y=rng.integers(0, 2, 12),
+        train_offsets=np.array([0, 5, 12]),
+        test_x=rng.normal(size=(4, 6)).astype(np.float32),
+        test_y=rng.integers(0, 2, 4),
+        test_offsets=np.array([0, 2, 4]),
+        num_classes=2,
+    )
+    train = TrainConfig(batch_size=4, lr=0.1)
+    mlp = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 2))
+    conv = nn.Sequential(nn.Unflatten(1, (1, 6)), nn.Conv1d(1, 1, 3), nn.Flatten(), nn.Linear(4, 2))
+    with caplog.at_level(logging.INFO, logger="fedops.simulate"):
+        VectorizedTransport(data, mlp, train)
+        VectorizedTransport(data, conv, train)
+    said = [r.getMessage() for r in caplog.records if r.name == "fedops.simulate"]
+    assert said[0].endswith("with the stacked trainer")
+    assert "torch.func" in said[1] and "Unflatten" in said[1]
