@@ -1,7 +1,8 @@
 """The default simulation backend: all selected clients of a round trained together.
 
 Training goes through :func:`fedops.core.vectorized.train_many` (the same
-loop as a deployed client, vmapped over clients); evaluation of the global
+loop as a deployed client, batched over clients: the stacked trainer for
+linear/MLP chains, torch.func + vmap for other models); evaluation of the global
 model is one forward pass over every test row, summed per client. The
 driver still sees one event per client, exactly as from a coordinator.
 """
