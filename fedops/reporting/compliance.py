@@ -5,8 +5,13 @@ prove more: the model a site says it received must be the one the
 coordinator says it sent, and every update a site says it sent must have
 arrived (``update_received``, same digest) or have been refused
 (``update_rejected``); an update the coordinator recorded from a node whose
-site log never sent it is flagged too. Only the verified prefix of a log that
-fails verification is used, and the failure itself fails the report.
+site log never sent it is flagged too, unless the coordinator had not committed
+that round when its log was reopened: a coordinator that crashes after logging
+an upload but before acknowledging it leaves the site without the
+acknowledgement its ``update_sent`` waits for, and the round is redone, so such
+an update reached no model (listed as ``abandoned_updates``). Only the verified
+prefix of a log that fails verification is used, and the failure itself fails
+the report.
 
 Payloads cross-checked (``round`` int, ``phase`` ``"fit"`` or ``"evaluate"``):
 
@@ -137,12 +142,20 @@ class _Coordinator:
     sent_to: dict[Key, str] = field(default_factory=dict)
     received: dict[Key, tuple[str, str]] = field(default_factory=dict)  # -> (digest, site)
     rejected: set[tuple[int, str]] = field(default_factory=set)
+    # received in a round the coordinator had not committed when it crashed (log reopened)
+    abandoned: set[Key] = field(default_factory=set)
 
     @classmethod
     def index(cls, entries: list[dict[str, Any]]) -> _Coordinator:
         c = cls()
+        pending: set[Key] = set()  # received in rounds not yet committed, in this life
         for e in entries:
             event, p = e["event"], e["payload"]
+            if event == "log_reopened":  # the previous life's uncommitted rounds are redone
+                c.abandoned |= pending
+                pending = set()
+            elif event == "round_committed" and isinstance(p.get("round"), int):
+                pending = {k for k in pending if k[0] != p["round"]}
             if event == "model_sent" and (f := _fields(p, "round", "phase", "model_digest")):
                 c.sent.setdefault((f[0], f[1]), set()).add(f[2])
                 nodes = p.get("nodes")
@@ -152,6 +165,8 @@ class _Coordinator:
                 f := _fields(p, "round", "phase", "node_id", "digest")
             ):
                 c.received[(f[0], f[1], f[2])] = (f[3], str(p.get("site", "")))
+                pending.add((f[0], f[1], f[2]))
+                c.abandoned.discard((f[0], f[1], f[2]))
             elif event == "update_rejected" and (f := _fields(p, "round", "node_id")):
                 c.rejected.add((f[0], f[1]))
         return c
@@ -223,6 +238,8 @@ class _Check:
 
     def unsent_updates(self) -> None:
         for key, (digest, site) in sorted(self.coordinator.received.items()):
+            if key in self.coordinator.abandoned:
+                continue  # its round was redone: the site may never have had the ack
             if key[2] in self.site_nodes and key not in self.site_sent and digest:
                 self.mismatch(
                     "update_not_sent", site or "?", key,
@@ -304,6 +321,10 @@ def export_compliance(
         "parties": [p.summary() for p in parties],
         "rounds": _round_table(check),
         "mismatches": check.mismatches,
+        "abandoned_updates": [
+            {"round": r, "phase": phase, "node_id": node}
+            for r, phase, node in sorted(check.coordinator.abandoned)
+        ],
         "events": _event_totals(parties),
     }
     out = Path(out_dir) if out_dir is not None else run_dir

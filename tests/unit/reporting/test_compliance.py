@@ -174,3 +174,42 @@ def test_masked_updates_with_no_site_digest_are_not_flagged(tmp_path):
                                        "digest": "", "num_examples": 10})  # fmt: skip
     report = export_compliance(run_dir)
     assert report["ok"], report["mismatches"]
+
+
+@pytest.mark.parametrize("committed_before_crash", [False, True])
+def test_an_update_logged_just_before_a_crash_is_flagged_only_if_its_round_was_committed(
+    tmp_path, committed_before_crash
+):
+    """The coordinator logs an upload, dies before acknowledging it, and redoes the round.
+
+    The site never got the acknowledgement, so its log has no ``update_sent`` for that
+    upload (it retrains and sends again under its new node id). The early upload reached
+    no model unless its round was committed before the crash, which is what is flagged.
+    """
+    run_dir, digest = tmp_path / "run", "cd" * 32
+    with AuditLog.open(run_dir, "coordinator", fsync=False) as log:
+        log.record("update_received", {"round": 3, "node_id": "node-1", "site": "hospital-a",
+                                       "phase": "fit", "digest": "ab" * 32,
+                                       "num_examples": 5})  # fmt: skip
+        if committed_before_crash:
+            log.record("round_committed", {"round": 3})
+    with AuditLog.open(run_dir, "coordinator", fsync=False) as log:  # restarted: log_reopened
+        log.record("update_received", {"round": 3, "node_id": "node-9", "site": "hospital-a",
+                                       "phase": "fit", "digest": digest,
+                                       "num_examples": 5})  # fmt: skip
+        log.record("round_committed", {"round": 3})
+    with AuditLog.open(run_dir / "a", "hospital-a", fsync=False) as log:
+        log.record("joined", {"node_id": "node-1"})
+        log.record("joined", {"node_id": "node-9"})
+        log.record("update_sent", {"round": 3, "phase": "fit", "node_id": "node-9",
+                                   "digest": digest, "num_examples": 5})  # fmt: skip
+        # a site log that mentions node-1 at all, so its updates are cross-checked
+        log.record("model_received", {"round": 3, "phase": "fit", "model_digest": "0" * 64,
+                                      "node_id": "node-1"})  # fmt: skip
+    report = export_compliance(run_dir)
+    kinds = [m["kind"] for m in report["mismatches"] if m["kind"].startswith("update")]
+    if committed_before_crash:
+        assert kinds == ["update_not_sent"] and report["abandoned_updates"] == []
+    else:
+        assert kinds == []
+        assert report["abandoned_updates"] == [{"round": 3, "phase": "fit", "node_id": "node-1"}]
