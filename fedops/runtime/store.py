@@ -251,8 +251,15 @@ class RunStore:
         ]
 
     def write_summary(self, extra: Mapping[str, Any]) -> dict[str, Any]:
+        """Write ``summary.json`` and bring ``metrics.jsonl`` up to date with the store.
+
+        A Ctrl-C between a round's commit and its ``metrics.jsonl`` rewrite would
+        otherwise leave the file one round short of ``rounds_completed``.
+        """
         last = self.last_round()
         metrics = self.round_metrics()
+        if metrics:
+            self.write_metrics_jsonl()
         summary = {
             "run_id": self._db.execute("SELECT run_id FROM runs").fetchone()[0],
             "config_digest": self.stored_config_digest(),

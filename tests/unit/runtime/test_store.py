@@ -192,6 +192,18 @@ def test_write_metrics_jsonl_rebuilds_a_damaged_file(store):
     assert [json.loads(line)["round"] for line in lines] == [1, 2]
 
 
+def test_the_summary_brings_a_round_short_metrics_file_up_to_date(store):
+    """Ctrl-C between a round's commit and its metrics.jsonl rewrite loses no line."""
+    store.open_run({"rounds": 3})
+    for r in (1, 2):
+        store.save_round(r, _params(), {"loss": float(r)})
+    (store.dir / "metrics.jsonl").write_text(json.dumps({"round": 1, "loss": 1.0}) + "\n")
+    summary = store.write_summary({"status": "interrupted"})
+    lines = (store.dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines] == [1, 2]
+    assert summary["rounds_completed"] == len(lines)
+
+
 def test_participants_roundtrip(store):
     people = [
         Participant(phase="fit", node_id="n1", site="hospital-a", outcome="ok", num_examples=40),
