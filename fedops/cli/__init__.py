@@ -43,7 +43,7 @@ def _run_tool(args: argparse.Namespace) -> int:
         if args.consortium_command == "add-site":
             return commands.add_site_command(args.out, args.name)
         return commands.revoke_command(args.out, args.name)
-    from fedops.reporting.compliance import audit_export_command, audit_verify_command
+    from fedops.reporting.audit_commands import audit_export_command, audit_verify_command
 
     if args.audit_command == "verify":
         return audit_verify_command(args.path, args.public_key, args.ca)

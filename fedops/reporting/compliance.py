@@ -36,7 +36,6 @@ scripts, every string escaped).
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,13 +53,7 @@ from fedops.reporting.logs import (
     verify_log_file,
 )
 
-__all__ = [
-    "audit_export_command",
-    "audit_verify_command",
-    "export_compliance",
-    "verify_certified_log",
-    "verify_log_file",
-]
+__all__ = ["export_compliance", "verify_certified_log", "verify_log_file"]
 #: report totals: event names containing any of the substrings
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "joins": ("join",),
@@ -334,80 +327,3 @@ def export_compliance(
     (out / "compliance.html").write_text(render_html(report), encoding="utf-8")
     report["paths"] = {"json": str(out / "compliance.json"), "html": str(out / "compliance.html")}
     return report
-
-
-# -- CLI glue (fedops/cli parses the arguments) ------------------------------------
-def _read(path: Path | None, what: str) -> bytes | None:
-    """The file's bytes; ``None`` without a path; OSError names the file and ``what`` it is."""
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise OSError(f"cannot read the {what} {path}: {exc.strerror}") from exc
-
-
-def audit_verify_command(path: Path, public_key: Path | None, ca: Path | None = None) -> int:
-    """``fedops audit verify``: 0 when the log verifies, 1 otherwise (verdict on stderr).
-
-    ``ca`` (the consortium's ``ca.pem``) also requires the log's key to be the
-    one the CA certified (``audit_key.crt`` beside the log) and names its party.
-    """
-    try:
-        pem, ca_pem = _read(public_key, "public key"), _read(ca, "CA certificate")
-    except OSError as exc:
-        print(f"FAILED: {exc}", file=sys.stderr)
-        return 1
-    signer = None
-    if ca_pem is not None:
-        result, signer = verify_certified_log(Path(path), ca_pem)
-    else:
-        result = verify_log_file(Path(path), pem)
-    if not result.ok:
-        print(f"FAILED: {path}: {result.reason}", file=sys.stderr)
-        return 1
-    if signer is not None:
-        trust = (
-            f"key certified by the consortium CA for {signer.name!r} (role {signer.role}, "
-            f"consortium {signer.consortium!r}, serial {signer.serial:x})"
-        )
-    else:
-        trust = "pinned key" if result.pinned else "key trusted on first use"
-    print(
-        f"OK: {result.entries} entries, chain and signatures valid "
-        f"(key fingerprint {result.fingerprint}, {trust}, actor {result.actor!r})",
-        file=sys.stderr,
-    )
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    return 0
-
-
-def audit_export_command(
-    run_dir: Path, out: Path | None, site_logs: list[Path], ca: Path | None = None
-) -> int:
-    """``fedops audit export``: 0 when every log verifies and every digest matches."""
-    try:
-        ca_pem = _read(ca, "CA certificate")
-    except OSError as exc:
-        print(f"FAILED: {exc}", file=sys.stderr)
-        return 1
-    report = export_compliance(run_dir, out, site_logs, ca_pem=ca_pem)
-    print(f"compliance report: {report['paths']['html']} (and {report['paths']['json']})")
-    for party in report["parties"]:
-        if party["certified"] is not None:
-            c = party["certified"]
-            print(f"  {party['path']}: certified {c['name']!r} ({c['role']})")
-    bad = [p for p in report["parties"] if not p["ok"]]
-    logs, n_bad = len(report["parties"]), len(report["mismatches"])
-    if report["ok"]:
-        print(f"OK: {logs} logs verified, {len(report['rounds'])} round phases, no mismatches")
-        return 0
-    problems = [f"{len(bad)} of {logs} logs do not verify"] if bad else []
-    problems += [f"{n_bad} digest mismatch{'es' if n_bad > 1 else ''}"] if n_bad else []
-    print(f"FAILED: {', '.join(problems)}", file=sys.stderr)
-    for party in bad:
-        print(f"  {party['path']}: {party['reason']}", file=sys.stderr)
-    for m in report["mismatches"][:20]:
-        print(f"  {m['message']}", file=sys.stderr)
-    return 1

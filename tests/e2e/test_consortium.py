@@ -20,7 +20,7 @@ from procs import ENV, Procs, free_port, metrics, query, wait_until
 from fedops.consortium.kit import load_kit
 from fedops.consortium.kits import init_consortium, revoke
 from fedops.consortium.tls import channel_credentials
-from fedops.reporting.compliance import audit_export_command, audit_verify_command
+from fedops.reporting.audit_commands import audit_export_command, audit_verify_command
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
 from fedops.wire import PROTOCOL_VERSION

@@ -7,11 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fedops.reporting.compliance import (
-    audit_export_command,
-    audit_verify_command,
-    export_compliance,
-)
+from fedops.reporting.audit_commands import audit_export_command, audit_verify_command
+from fedops.reporting.compliance import export_compliance
 from fedops.runtime.audit import LOG_NAME, PUBLIC_NAME, AuditLog
 
 MODEL = {
