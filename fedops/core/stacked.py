@@ -146,23 +146,10 @@ class _Plan:
 
 
 def _plan(jobs: Sequence[ClientJob], steps: np.ndarray, batch: int) -> _Plan:
-    """Draw every client's shuffles exactly as the sequential loop does, then go step-major."""
-    rows = np.zeros((int(steps.sum()), batch), dtype=np.int64)
-    lengths = np.zeros(int(steps.sum()), dtype=np.int64)
-    at = 0
-    for job in jobs:
-        generator = torch.Generator().manual_seed(job.seed)
-        per_epoch = -(-job.size // batch)
-        for _ in range(job.epochs if per_epoch else 0):
-            order = torch.randperm(job.size, generator=generator).numpy() + job.start
-            # padding repeats one of the client's own rows (weight 0): another client's row
-            # with NaN or Inf would turn a zero weight into a NaN gradient
-            padded = np.full(per_epoch * batch, job.start, dtype=np.int64)
-            padded[: job.size] = order
-            rows[at : at + per_epoch] = padded.reshape(per_epoch, batch)
-            lengths[at : at + per_epoch] = batch
-            lengths[at + per_epoch - 1] = job.size - (per_epoch - 1) * batch
-            at += per_epoch
+    """Every client's minibatches (:meth:`ClientJob.batches`), rearranged step-major."""
+    drawn = [job.batches(batch) for job in jobs]
+    rows = np.concatenate([r for r, _ in drawn])
+    lengths = np.concatenate([n for _, n in drawn])
     total = int(steps[0]) if len(steps) else 0
     active = len(steps) - np.searchsorted(steps[::-1], np.arange(total), side="right")
     starts = np.concatenate([[0], np.cumsum(active)])

@@ -39,20 +39,14 @@ def supports(model: nn.Module) -> str | None:
 
 
 def _batch_plan(job: ClientJob, batch_size: int, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices [steps, batch] and mask for one client, as the sequential loop draws them."""
-    # padded slots (mask 0) hold the client's own first row, never another client's: a NaN
-    # there would make the masked loss NaN (NaN * 0); a client without rows has no first row
+    """Row indices [steps, batch] and mask for one client (:meth:`ClientJob.batches`), with
+    steps past the client's own padded by its first row, masked out (a client without rows
+    has no first row: row 0, masked out all the same)."""
+    rows, lengths = job.batches(batch_size)
     idx = np.full((total_steps, batch_size), job.start if job.size else 0, dtype=np.int64)
+    idx[: len(rows)] = rows
     mask = np.zeros((total_steps, batch_size), dtype=np.float32)
-    generator = torch.Generator().manual_seed(job.seed)
-    step = 0
-    for _ in range(job.epochs):
-        order = torch.randperm(job.size, generator=generator).numpy() + job.start
-        for lo in range(0, job.size, batch_size):
-            rows = order[lo : lo + batch_size]
-            idx[step, : len(rows)] = rows
-            mask[step, : len(rows)] = 1.0
-            step += 1
+    mask[: len(rows)] = np.arange(batch_size)[None, :] < lengths[:, None]
     return idx, mask
 
 
