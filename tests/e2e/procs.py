@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedops.reporting.plots import read_metrics
+
 # One torch thread per process: five clients and a coordinator share two cores.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 FAST_TRAINING = ["--epochs", "5", "--batch-size", "16", "--lr", "0.5"]
@@ -97,21 +99,26 @@ class Procs:
                 proc.wait(timeout=10)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    context: Callable[[], str] | None = None,
+) -> Any:
+    """The predicate's first truthy value; on timeout, fail naming ``what`` (and ``context()``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    extra = f"\n{context()}" if context is not None else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{extra}")
 
 
 def metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The run's ``metrics.jsonl`` rows (none yet: [])."""
+    return read_metrics(run_dir)
 
 
 def journal(path: Path) -> list[dict[str, Any]]:

@@ -30,13 +30,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from netns import ENV, cannot_make_namespaces, ip
+from procs import journal, metrics, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -154,30 +155,6 @@ def hosts(tmp_path: Path) -> Iterator[Hosts]:
         h.kill_all()
 
 
-def _wait_until(predicate: Callable[[], Any], timeout: float, what: str, hosts: Hosts) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{hosts.logs()}")
-
-
-def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
-def _journal(site_dir: Path) -> list[dict[str, Any]]:
-    path = site_dir / "client.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
 def _run(
     net: Net,
     hosts: Hosts,
@@ -235,7 +212,7 @@ RETRY = re.compile(
 
 
 def _registrations(site_dir: Path) -> list[str]:
-    return [e["node_id"] for e in _journal(site_dir) if e.get("event") == "registered"]
+    return [e["node_id"] for e in journal(site_dir) if e.get("event") == "registered"]
 
 
 def _outcomes(run_dir: Path, node: str) -> dict[tuple[int, str], str]:
@@ -257,7 +234,7 @@ def _completed(run_dir: Path, rounds: int) -> list[dict[str, Any]]:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed", summary
     assert summary["rounds_completed"] == rounds, summary
-    rows = _metrics(run_dir)
+    rows = metrics(run_dir)
     assert [r["round"] for r in rows] == list(range(1, rounds + 1))
     return rows
 
@@ -266,7 +243,7 @@ def test_partition_shorter_than_liveness_heals_in_place(net: Net, hosts: Hosts, 
     """A 6 s cut with a 20 s liveness timeout: the round waits, the site stays in."""
     rounds = 5
     run_dir = _run(net, hosts, tmp_path, rounds=rounds, liveness_s=20, min_clients=SITES)
-    _wait_until(lambda: len(_metrics(run_dir)) >= 2, 60, "two rounds", hosts)
+    wait_until(lambda: len(metrics(run_dir)) >= 2, 60, "two rounds", hosts.logs)
     _partition(net, 2, 6)
     _pace(tmp_path, 0)
     for name in ("coordinator", *(f"site{i}" for i in range(SITES))):
@@ -283,7 +260,7 @@ def test_partition_shorter_than_liveness_heals_in_place(net: Net, hosts: Hosts, 
     assert all(outcomes.get((r, "fit")) == "ok" for r in range(1, rounds + 1)), outcomes
     pushed = {
         e["round"]
-        for e in _journal(tmp_path / "site2")
+        for e in journal(tmp_path / "site2")
         if e.get("event") == "pushed" and e.get("kind") == "TASK_KIND_FIT"
     }
     assert pushed == set(range(1, rounds + 1)), pushed
@@ -297,14 +274,20 @@ def test_partition_longer_than_liveness_drops_then_reregisters(
     rounds = 20
     run_dir = _run(net, hosts, tmp_path, rounds=rounds, liveness_s=3, cut_off_from_start=2)
     site2 = tmp_path / "site2"
-    _wait_until(lambda: len(RETRY.findall(hosts.log("site2"))) >= 3, 60, "site2 retrying", hosts)
+    wait_until(
+        lambda: len(RETRY.findall(hosts.log("site2"))) >= 3, 60, "site2 retrying", hosts.logs
+    )
     net.set_link(2, "up")
-    first = _wait_until(lambda: _registrations(site2), 60, "site2 registered", hosts)[0]
-    _wait_until(lambda: "ok" in _outcomes(run_dir, first).values(), 60, "site2 in a round", hosts)
+    first = wait_until(lambda: _registrations(site2), 60, "site2 registered", hosts.logs)[0]
+    wait_until(
+        lambda: "ok" in _outcomes(run_dir, first).values(), 60, "site2 in a round", hosts.logs
+    )
     _partition(net, 2, 6)
-    second = _wait_until(lambda: _registrations(site2)[1:], 60, "site2 registering again", hosts)[0]
-    _wait_until(
-        lambda: "ok" in _outcomes(run_dir, second).values(), 60, "site2 training again", hosts
+    second = wait_until(
+        lambda: _registrations(site2)[1:], 60, "site2 registering again", hosts.logs
+    )[0]
+    wait_until(
+        lambda: "ok" in _outcomes(run_dir, second).values(), 60, "site2 training again", hosts.logs
     )
     _pace(tmp_path, 0)
     for name in ("coordinator", *(f"site{i}" for i in range(SITES))):
