@@ -18,8 +18,12 @@ from safetensors.numpy import load_file
 pytestmark = pytest.mark.slow
 
 
-def test_killed_client_does_not_stall_the_round(procs: Procs, tmp_path: Path):
-    port, run_dir = free_port(), tmp_path / "run"
+def _two_sites_and_a_victim(procs: Procs, port: int, run_dir: Path, *extra: str):
+    """A 2-round digits coordinator waiting for 3 sites, and sites 0 and 1; site 2 is the test's.
+
+    A 3 s liveness timeout drops a dead site quickly; the 120 s round timeout is what a
+    stalled round would wait for instead.
+    """
     coord = procs.coordinator(
         "coordinator",
         port,
@@ -34,9 +38,16 @@ def test_killed_client_does_not_stall_the_round(procs: Procs, tmp_path: Path):
         "120",
         "--liveness-timeout",
         "3",
+        *extra,
     )
     for i in range(2):
         procs.client(f"site{i}", port, i, 3)
+    return coord
+
+
+def test_killed_client_does_not_stall_the_round(procs: Procs, tmp_path: Path):
+    port, run_dir = free_port(), tmp_path / "run"
+    coord = _two_sites_and_a_victim(procs, port, run_dir)
     victim = procs.client(
         "site2", port, 2, 3, task=slow_task(tmp_path), env={"FEDOPS_TEST_SLEEP_S": "60"}
     )
@@ -276,25 +287,7 @@ def test_client_killed_after_pulling_or_mid_upload_does_not_count(
     sending its masked input and unmasking, under SecAgg+: test_secagg.py.)
     """
     port, run_dir = free_port(), tmp_path / "run"
-    coord = procs.coordinator(
-        "coordinator",
-        port,
-        run_dir,
-        "--task",
-        "digits",
-        "--rounds",
-        "2",
-        "--min-clients",
-        "3",
-        "--round-timeout",
-        "120",
-        "--liveness-timeout",
-        "3",
-        "--heartbeat-interval",
-        "1",
-    )
-    for i in range(2):
-        procs.client(f"site{i}", port, i, 3)
+    coord = _two_sites_and_a_victim(procs, port, run_dir, "--heartbeat-interval", "1")
     task, mark = tmp_path / "crash_task.py", tmp_path / "crashed"
     task.write_text(CRASH_TASK)
     env = {
