@@ -341,6 +341,26 @@ def _client_parser(sub: Any) -> None:
         help="run only task code with this digest (repeatable; a task file's digest is in the "
         "coordinator's summary and the site's audit log)",
     )
+    for flag, kind, text in (
+        ("--secagg-min-cohort", int, "fewest sites in a secure-aggregation cohort (default 3)"),
+        (
+            "--secagg-min-degree",
+            int,
+            "fewest SecAgg neighbours per site (default min(n-1, 2*ceil(log2 n)))",
+        ),
+        (
+            "--secagg-max-colluders",
+            int,
+            "colluding sites the SecAgg threshold must withstand: 2t > k + c (default 0)",
+        ),
+        (
+            "--secagg-min-noise-multiplier",
+            float,
+            "distributed DP: refuse rounds whose summed noise multiplier is below this",
+        ),
+        ("--secagg-max-l2-clip", float, "distributed DP: refuse a larger L2 clip"),
+    ):
+        policy.add_argument(flag, type=kind, default=None, help=text)
     policy.add_argument(
         "--consent-file",
         type=Path,

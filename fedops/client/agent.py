@@ -54,6 +54,11 @@ def site_policy(cfg: ClientConfig, kit: Kit | None) -> SitePolicy:
         max_rounds=cfg.max_rounds,
         allowed_tasks=tuple(cfg.allowed_task or ()),
         consent_file=cfg.consent_file,
+        secagg_min_cohort=cfg.secagg_min_cohort,
+        secagg_min_degree=cfg.secagg_min_degree,
+        secagg_max_colluders=cfg.secagg_max_colluders,
+        secagg_min_noise_multiplier=cfg.secagg_min_noise_multiplier,
+        secagg_max_l2_clip=cfg.secagg_max_l2_clip,
     )
 
 
@@ -89,11 +94,22 @@ class Agent:
         self._stop = threading.Event()
         self._rng = random.Random(f"{cfg.site}-{time.time_ns()}")
         self._buffer = bytearray()  # reused for every model download
-        name = kit.name if kit is not None else cfg.site_name  # with a kit: its certified name
-        self.secure = SecureParticipant(
-            site, Crypto(), **secure_identity(cfg.identity_key, cfg.trusted_keys, name, kit=kit)
-        )
         self.policy = policy or site_policy(cfg, kit)
+        self.secure = SecureParticipant(
+            site,
+            Crypto(),
+            policy=self.policy.secagg,
+            run_dir=cfg.run_dir,
+            **secure_identity(cfg.identity_key, cfg.trusted_keys, self.site_name, kit=kit),
+        )
+        self._working = False  # set by the first round's task: no initial model after it
+        if cfg.require_secagg and self.secure.verify is None:
+            log.warning(
+                "secure aggregation without site identities: the coordinator could pose as "
+                "every other site, so this site is protected from an honest-but-curious "
+                "coordinator only; use a consortium kit (or --identity-key and --trusted-keys) "
+                "for protection from a malicious one"
+            )
         signer = kit.signing_identity() if kit is not None else None  # the log's key: the kit's
         self.trail = SiteTrail(cfg.run_dir, cfg.site, self.site_name, identity=signer)
         p = self.policy
@@ -111,6 +127,14 @@ class Agent:
                 "allowed_tasks": list(p.allowed_tasks),
                 "consent": p.consent,
                 "consent_file": p.consent_file,
+                "secagg": {
+                    "min_cohort": p.secagg.min_cohort,
+                    "min_degree": p.secagg.min_degree,
+                    "max_colluders": p.secagg.max_colluders,
+                    "min_noise_multiplier": p.secagg.min_noise_multiplier,
+                    "max_l2_clip": p.secagg.max_l2_clip,
+                },
+                "secagg_identity": self.secure.verify is not None,
             },
         )
 
@@ -235,9 +259,10 @@ class Agent:
         if not self._policy_allows(task):
             return self.policy.consents()  # consent withdrawn: this site leaves the run
         if task.kind == pb.TASK_KIND_SEND_INITIAL:
-            params = self.site.initial_params()
-            self._push(task, params, self.site.num_train_examples, {})
-        elif task.kind == pb.TASK_KIND_FIT and self.cfg.require_secagg:
+            self._send_initial(task)
+            return True
+        self._working = True
+        if task.kind == pb.TASK_KIND_FIT and self.cfg.require_secagg:
             self._decline(task, "this site only trains under secure aggregation (--require-secagg)")
         elif task.kind == pb.TASK_KIND_FIT:
             params = self._fetch(task)
@@ -252,8 +277,19 @@ class Agent:
         elif task.kind == pb.TASK_KIND_SECAGG:
             self._secure_step(task)
         else:
-            log.warning("ignoring task of unknown kind %d", task.kind)
+            self._decline(task, f"unknown task kind {task.kind}")
         return True
+
+    def _send_initial(self, task: pb.Task) -> None:
+        """A freshly built model, and only before round 1: never state this site trained."""
+        if self._working:
+            self._decline(
+                task,
+                "the initial model is sent only before the first round (it would be "
+                "this site's trained model: refused)",
+            )
+            return
+        self._push(task, self.site.initial_params(), self.site.num_train_examples, {})
 
     def _policy_allows(self, task: pb.Task) -> bool:
         """Consent and the round limit, checked before any work; False: declined."""
@@ -286,7 +322,7 @@ class Agent:
 
     def _secure_step(self, task: pb.Task) -> None:
         try:
-            reply, payload, n, metrics = self.secure.answer(task, lambda: self._fetch(task))
+            reply, payload, n, metrics = self.secure.answer(task, lambda: self._fetch_digest(task))
         except (ProtocolError, InvalidUpdate) as exc:
             self._decline(task, f"secure aggregation: {exc}")
             return
@@ -309,6 +345,9 @@ class Agent:
             raise
 
     def _fetch(self, task: pb.Task) -> Params:
+        return self._fetch_digest(task)[0]
+
+    def _fetch_digest(self, task: pb.Task) -> tuple[Params, str]:
         session = self.session
         assert session is not None
         params, got = self._guarded(
@@ -329,7 +368,7 @@ class Agent:
             node_id=session.node_id,
             config=dict(task.config),
         )
-        return params
+        return params, got
 
     def _push(
         self,

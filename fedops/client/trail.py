@@ -21,6 +21,7 @@ _SECAGG_PHASES = {
     "setup": "secagg_keys",
     "keys": "secagg_shares",
     "mask": "secagg_masked",
+    "consistency": "secagg_consistency",
     "unmask": "secagg_unmask",
 }
 

@@ -20,10 +20,11 @@ from fedops.core.results import EvaluateResult, FitResult, StageResult
 class Phase(StrEnum):
     FIT = "fit"
     EVALUATE = "evaluate"
-    # the four round trips of secure aggregation, which replace FIT when it is on
+    # the five round trips of secure aggregation, which replace FIT when it is on
     SECAGG_KEYS = "secagg_keys"
     SECAGG_SHARES = "secagg_shares"
     SECAGG_MASKED = "secagg_masked"
+    SECAGG_CONSISTENCY = "secagg_consistency"
     SECAGG_UNMASK = "secagg_unmask"
 
 

@@ -224,6 +224,5 @@ def _secure_fit(plan: RunPlan, run_id: str, transport: Transport) -> SecureFit |
         crypto=Crypto(),
         run_id=run_id,
         timeout_s=plan.driver.round_timeout_s,
-        seed=plan.driver.seed,
         site_names=plan.site_names,
     )

@@ -1,4 +1,4 @@
-"""The fit phase under secure aggregation: four round trips, and only the sum is seen.
+"""The fit phase under secure aggregation: five round trips, and only the sum is seen.
 
 It replaces the plain fit phase of :class:`~fedops.runtime.driver.RoundDriver`
 and drives the pure :class:`~fedops.core.secagg.server.SecAggServer` over any
@@ -15,14 +15,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from fedops.core.params import Params, TensorSpec
 from fedops.core.results import FitResult, StageResult
 from fedops.core.rounds import Outcome, Phase, RoundTracker
-from fedops.core.secagg.messages import MaskedInput, PublicKeys, Reply, Reveal, ShareKeys
+from fedops.core.secagg.messages import (
+    MaskedInput,
+    PublicKeys,
+    Reply,
+    Reveal,
+    ShareKeys,
+    SurvivorSignature,
+    round_context,
+)
 from fedops.core.secagg.primitives import ProtocolError, SecAggAborted, SecAggCrypto
-from fedops.core.secagg.server import SecAggServer
+from fedops.core.secagg.quantize import MODULUS
+from fedops.core.secagg.server import SecAggServer, SecureSum
 from fedops.core.secagg.update import decode_mean, vector_length
 from fedops.runtime.collect import collect
 from fedops.runtime.store import Participant
@@ -68,7 +75,6 @@ class SecureFit:
         crypto: SecAggCrypto,
         run_id: str,
         timeout_s: float,
-        seed: int,
         site_names: Callable[[str], str] = lambda node: node,
     ) -> None:
         self.transport = transport
@@ -76,7 +82,6 @@ class SecureFit:
         self.crypto = crypto
         self.run_id = run_id
         self.timeout_s = timeout_s
-        self.seed = seed
         self.site_names = site_names
 
     def run(
@@ -90,10 +95,6 @@ class SecureFit:
     ) -> FitOutcome:
         """One secure fit phase; ``noise=(σ, clip)`` makes the clients add distributed DP."""
         return _SecureRound(self, server_round, sorted(nodes), params, config, noise).run()
-
-
-def _graph_seed(seed: int, server_round: int) -> int:
-    return int(np.random.SeedSequence([seed, server_round]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class _SecureRound:
@@ -137,14 +138,13 @@ class _SecureRound:
             raise SecAggAborted(f"secure aggregation needs at least 2 clients, got {n}")
         try:
             return SecAggServer(
-                context=f"{self.owner.run_id}:{self.server_round}".encode(),
-                clients=list(self.node),
+                context=round_context(self.owner.run_id, self.server_round),
+                cohort=self._cohort(),
                 vector_length=vector_length(self.params),
                 clip=s.clip,
                 crypto=self.owner.crypto,
                 degree=s.degree,
                 threshold=s.threshold,
-                seed=_graph_seed(self.owner.seed, self.server_round),
                 min_survivors=s.min_survivors,
                 noise=self.noise,
             )
@@ -153,6 +153,16 @@ class _SecureRound:
                 f"{exc} with the {n} clients of this round (secagg k/threshold); the round "
                 "is aborted and the model is unchanged"
             ) from exc
+
+    def _cohort(self) -> list[str]:
+        """Site names by index; a site with two nodes here is named apart (its agent refuses)."""
+        names = [self.owner.site_names(self.node[i]) for i in sorted(self.node)]
+        seen: set[str] = set()
+        out = []
+        for i, name in enumerate(names, start=1):
+            out.append(name if name not in seen else f"{name} (node {self.node[i]})")
+            seen.add(name)
+        return out
 
     def _protocol(self, server: SecAggServer) -> FitResult:
         requests: Mapping[int, Any] = {i: server.setup_for(i) for i in self.node}
@@ -165,13 +175,13 @@ class _SecureRound:
             Phase.SECAGG_MASKED, requests, MaskedInput, server.receive_masked, specs=(spec,)
         )
         requests = server.close_masked()
+        self._stage(Phase.SECAGG_CONSISTENCY, requests, SurvivorSignature, server.receive_signature)
+        requests = server.close_consistency()
         self._stage(Phase.SECAGG_UNMASK, requests, Reveal, server.receive_reveal)
         secure_sum = server.finish()
         self._note_excluded(server)
-        params, weight = decode_mean(
-            self.params, secure_sum.total, len(secure_sum.survivors), secure_sum.encoding
-        )
         survivors = [self.node[i] for i in secure_sum.survivors]
+        params, weight = self._decode(secure_sum, survivors)
         self.trained = {n: r for n, r in self.trained.items() if n in survivors}
         log.info(
             "round %d: securely aggregated %d of %d clients (%d examples)",
@@ -181,6 +191,34 @@ class _SecureRound:
             weight,
         )
         return FitResult(node_id="secagg", params=params, num_examples=weight)
+
+    def _decode(self, secure_sum: SecureSum, survivors: list[str]) -> tuple[Params, int]:
+        """The mean model, after checking the sum's weight against what the sites reported.
+
+        A site may put anything in its masked vector; a weight word that does not match
+        the example counts the survivors reported (capped as the encoding caps them) means
+        one of them sent a malformed input: the round is aborted, never the run.
+        """
+        encoding = secure_sum.encoding
+        reported = [self.trained[n].num_examples for n in survivors if n in self.trained]
+        if encoding.private:
+            expected = len(survivors)
+        else:
+            expected = sum(min(max(int(n), 1), encoding.max_weight) for n in reported)
+        got = int(secure_sum.total[-1])
+        if len(reported) != len(survivors) or got != expected % MODULUS:
+            raise SecAggAborted(
+                f"the unmasked sum carries weight {got}, but its {len(survivors)} sites reported "
+                f"{expected}: a site sent a malformed masked input; the round is aborted and "
+                "the model is unchanged"
+            )
+        try:
+            return decode_mean(self.params, secure_sum.total, len(survivors), encoding)
+        except ValueError as exc:
+            raise SecAggAborted(
+                f"the unmasked sum cannot be decoded ({exc}); the round is aborted and the "
+                "model is unchanged"
+            ) from exc
 
     def _stage(
         self,

@@ -287,6 +287,12 @@ class ClientConfig(TrainOptions, TaskOptions):
     max_rounds: int | None = None
     allowed_task: list[str] | None = None
     consent_file: Path | None = None
+    # secure-aggregation floors (None: the kit's rule, else SecAggPolicy's default)
+    secagg_min_cohort: int | None = None
+    secagg_min_degree: int | None = None
+    secagg_max_colluders: int | None = None
+    secagg_min_noise_multiplier: float | None = None
+    secagg_max_l2_clip: float | None = None
 
     def __post_init__(self) -> None:
         self.check_train_options()
@@ -306,6 +312,24 @@ class ClientConfig(TrainOptions, TaskOptions):
             f"must be in [0, {self.num_sites}) for --num-sites {self.num_sites}, got {self.site}",
         )
         _require(self.max_retries >= 0, "max_retries", "must be >= 0")
+        for name, low in (
+            ("secagg_min_cohort", 2),
+            ("secagg_min_degree", 1),
+            ("secagg_max_colluders", 0),
+        ):
+            value = getattr(self, name)
+            _require(value is None or value >= low, name, f"must be >= {low}, got {value}")
+        noise, clip = self.secagg_min_noise_multiplier, self.secagg_max_l2_clip
+        _require(
+            noise is None or (math.isfinite(noise) and noise >= 0),
+            "secagg_min_noise_multiplier",
+            f"must be a number >= 0, got {noise}",
+        )
+        _require(
+            clip is None or (math.isfinite(clip) and clip > 0),
+            "secagg_max_l2_clip",
+            f"must be a number > 0, got {clip}",
+        )
         _require(
             self.max_epsilon is None or self.max_epsilon > 0,
             "max_epsilon",

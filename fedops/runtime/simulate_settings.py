@@ -125,7 +125,7 @@ class SecAggConfig:
     k: int | None = None  # neighbours per client; None: 2*ceil(log2 n); >= n-1: classic SecAgg
     threshold: int | None = None  # shares that unmask a client; None: k/2 + 1
     clip: float = SECAGG_CLIP  # each update coordinate is clipped to [-clip, clip]
-    min_survivors: int | None = None  # fewest inputs summed; None: max(2, threshold)
+    min_survivors: int | None = None  # fewest inputs summed; None: max(3, threshold)
 
 
 @dataclass
@@ -243,9 +243,10 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
             f"must be above {k / 2:g} and at most {k}, got {a.threshold}",
         )
     _require(
-        a.min_survivors is None or a.min_survivors >= 2,
+        a.min_survivors is None or a.min_survivors >= 3,
         "secagg.min_survivors",
-        f"must be >= 2 (a sum of one input is that input), got {a.min_survivors}",
+        "must be >= 3 (sites reveal nothing for a sum of two: each would learn the other's "
+        f"update), got {a.min_survivors}",
     )
     check_monitoring(cfg.monitoring, backend=s.backend)
     return cfg

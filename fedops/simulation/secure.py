@@ -4,7 +4,7 @@
 deployment's own :class:`~fedops.runtime.secure_fit.SecureFit`; here each
 virtual node holds a :class:`~fedops.core.secagg.client.SecAggClient` with
 real X25519/AES keys, so a simulated round performs the full protocol,
-messages passing in memory instead of over gRPC.
+consistency check included, messages passing in memory instead of over gRPC.
 
 Training goes through the wrapped backend (so vectorized training still
 trains clients together) when the round starts; a client the fault plan
@@ -26,6 +26,7 @@ from fedops.core.results import FitResult, StageResult
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived, ResultRejected
 from fedops.core.secagg.client import SecAggClient
 from fedops.core.secagg.messages import MaskRequest, Setup
+from fedops.core.secagg.policy import SecAggPolicy
 from fedops.core.secagg.primitives import ProtocolError, SecAggCrypto
 from fedops.core.secagg.update import encode_update
 from fedops.runtime.transport import StageRequest, Transport
@@ -36,10 +37,18 @@ TRAIN_TIMEOUT_S = 24 * 3600.0
 
 
 class SecureSimTransport:
-    def __init__(self, inner: Transport, crypto: SecAggCrypto, *, seed: int) -> None:
+    def __init__(
+        self,
+        inner: Transport,
+        crypto: SecAggCrypto,
+        *,
+        seed: int,
+        policy: SecAggPolicy | None = None,
+    ) -> None:
         self.inner = inner
         self.crypto = crypto
         self.seed = seed
+        self.policy = policy  # the virtual sites' floors (the deployment's defaults)
         self._clients: dict[str, SecAggClient] = {}
         self._trained: dict[str, Event] = {}
         self._events: deque[Event] = deque()
@@ -117,7 +126,9 @@ class SecureSimTransport:
         try:
             if phase is Phase.SECAGG_KEYS:
                 assert isinstance(message, Setup)
-                client = self._clients[node] = SecAggClient(message, self.crypto, identity=node)
+                client = self._clients[node] = SecAggClient(
+                    message, self.crypto, policy=self.policy
+                )
                 trained = self._trained.get(node)
                 examples = trained.result.num_examples if isinstance(trained, ResultArrived) else 1
                 reply: object = client.advertise(examples)
@@ -126,6 +137,8 @@ class SecureSimTransport:
                 return self._mask(server_round, node, task_id, message, params)
             elif phase is Phase.SECAGG_SHARES:
                 reply = self._clients[node].share(message)  # type: ignore[arg-type]
+            elif phase is Phase.SECAGG_CONSISTENCY:
+                reply = self._clients[node].sign_survivors(message)  # type: ignore[arg-type]
             else:
                 reply = self._clients[node].unmask(message)  # type: ignore[arg-type]
         except ProtocolError as exc:

@@ -16,7 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedops.core.secagg.policy import SecAggPolicy
 from fedops.tasks.base import Task
+
+#: kit policy keys (and ``fedops client --secagg-*`` flags) -> SecAggPolicy fields
+SECAGG_RULES = {
+    "secagg_min_cohort": "min_cohort",
+    "secagg_min_degree": "min_degree",
+    "secagg_max_colluders": "max_colluders",
+    "secagg_min_noise_multiplier": "min_noise_multiplier",
+    "secagg_max_l2_clip": "max_l2_clip",
+}
 
 
 class PolicyViolation(Exception):
@@ -30,6 +40,7 @@ class SitePolicy:
     max_rounds: the last round this site takes part in.
     allowed_tasks: sha256 digests of task code this site agreed to run (empty: any).
     consent_file: JSON ``{"consent": true|false}``, read before every task.
+    secagg: the floors this site holds a secure-aggregation round to (``secagg_*`` rules).
     """
 
     max_epsilon: float | None = None
@@ -37,21 +48,30 @@ class SitePolicy:
     allowed_tasks: Sequence[str] = field(default_factory=tuple)
     consent_file: Path | None = None
     consent: bool = True
+    secagg: SecAggPolicy = field(default_factory=SecAggPolicy)
 
     @classmethod
     def from_mapping(cls, policy: Mapping[str, Any], **overrides: Any) -> SitePolicy:
         """A kit's ``policy`` (``max_epsilon``, ``max_rounds``, ``allowed_tasks``), overridden
         by the flags the operator gave (those that are not None)."""
         known = {"max_epsilon", "max_rounds", "allowed_tasks", "consent", "consent_file"}
+        known |= set(SECAGG_RULES)
         unknown = sorted(set(policy) - known)
         if unknown:
             raise ValueError(f"policy: unknown rule(s) {unknown}; known: {sorted(known)}")
+        overrides = dict(overrides)
+        secagg: dict[str, Any] = {}  # a flag the operator gave wins over the kit's rule
+        for key, name in SECAGG_RULES.items():
+            flag, rule = overrides.pop(key, None), policy.get(key)
+            if flag is not None or rule is not None:
+                secagg[name] = flag if flag is not None else rule
         values = {
             "max_epsilon": policy.get("max_epsilon"),
             "max_rounds": policy.get("max_rounds"),
             "allowed_tasks": tuple(policy.get("allowed_tasks", ())),
             "consent_file": Path(policy["consent_file"]) if policy.get("consent_file") else None,
             "consent": bool(policy.get("consent", True)),
+            "secagg": SecAggPolicy(**secagg),
         }
         values |= {k: v for k, v in overrides.items() if v not in (None, ())}
         return cls(**values)

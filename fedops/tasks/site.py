@@ -141,7 +141,8 @@ class Site:
         return num_examples(self.train_data)
 
     def initial_params(self) -> Params:
-        return get_params(self.model)
+        """A freshly built model: never the model this site trains in (its update would leak)."""
+        return get_params(self.task.build_model())
 
     def fit(
         self, params: Params, server_round: int, config: Mapping[str, float]

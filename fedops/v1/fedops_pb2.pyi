@@ -202,16 +202,18 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, known: _Optional[bool] = ...) -> None: ...
 
 class SecAggSetup(_message.Message):
-    __slots__ = ("context", "index", "neighbours", "threshold")
+    __slots__ = ("context", "index", "threshold", "cohort", "degree")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
-    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    COHORT_FIELD_NUMBER: _ClassVar[int]
+    DEGREE_FIELD_NUMBER: _ClassVar[int]
     context: bytes
     index: int
-    neighbours: _containers.RepeatedScalarFieldContainer[int]
     threshold: int
-    def __init__(self, context: _Optional[bytes] = ..., index: _Optional[int] = ..., neighbours: _Optional[_Iterable[int]] = ..., threshold: _Optional[int] = ...) -> None: ...
+    cohort: _containers.RepeatedScalarFieldContainer[str]
+    degree: int
+    def __init__(self, context: _Optional[bytes] = ..., index: _Optional[int] = ..., threshold: _Optional[int] = ..., cohort: _Optional[_Iterable[str]] = ..., degree: _Optional[int] = ...) -> None: ...
 
 class SecAggPublicKeys(_message.Message):
     __slots__ = ("index", "cipher_key", "mask_key", "num_examples", "identity", "signature", "certificate")
@@ -277,13 +279,35 @@ class SecAggMasked(_message.Message):
     complaints: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, complaints: _Optional[_Iterable[int]] = ...) -> None: ...
 
-class SecAggUnmaskRequest(_message.Message):
-    __slots__ = ("survivors", "dropped")
+class SecAggConsistencyRequest(_message.Message):
+    __slots__ = ("survivors",)
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
-    DROPPED_FIELD_NUMBER: _ClassVar[int]
     survivors: _containers.RepeatedScalarFieldContainer[int]
-    dropped: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, survivors: _Optional[_Iterable[int]] = ..., dropped: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, survivors: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SecAggSurvivorSignature(_message.Message):
+    __slots__ = ("signature",)
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    signature: bytes
+    def __init__(self, signature: _Optional[bytes] = ...) -> None: ...
+
+class SecAggSignedSurvivors(_message.Message):
+    __slots__ = ("index", "signature", "certificate")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    signature: bytes
+    certificate: bytes
+    def __init__(self, index: _Optional[int] = ..., signature: _Optional[bytes] = ..., certificate: _Optional[bytes] = ...) -> None: ...
+
+class SecAggUnmaskRequest(_message.Message):
+    __slots__ = ("survivors", "signatures")
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    survivors: _containers.RepeatedScalarFieldContainer[int]
+    signatures: _containers.RepeatedCompositeFieldContainer[SecAggSignedSurvivors]
+    def __init__(self, survivors: _Optional[_Iterable[int]] = ..., signatures: _Optional[_Iterable[_Union[SecAggSignedSurvivors, _Mapping]]] = ...) -> None: ...
 
 class SecAggRevealedShare(_message.Message):
     __slots__ = ("owner", "share")
@@ -302,28 +326,32 @@ class SecAggReveal(_message.Message):
     def __init__(self, self_mask: _Optional[_Iterable[_Union[SecAggRevealedShare, _Mapping]]] = ..., mask_key: _Optional[_Iterable[_Union[SecAggRevealedShare, _Mapping]]] = ...) -> None: ...
 
 class SecAggRequest(_message.Message):
-    __slots__ = ("setup", "keys", "mask", "unmask")
+    __slots__ = ("setup", "keys", "mask", "unmask", "consistency")
     SETUP_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     UNMASK_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     setup: SecAggSetup
     keys: SecAggNeighbourKeys
     mask: SecAggMaskRequest
     unmask: SecAggUnmaskRequest
-    def __init__(self, setup: _Optional[_Union[SecAggSetup, _Mapping]] = ..., keys: _Optional[_Union[SecAggNeighbourKeys, _Mapping]] = ..., mask: _Optional[_Union[SecAggMaskRequest, _Mapping]] = ..., unmask: _Optional[_Union[SecAggUnmaskRequest, _Mapping]] = ...) -> None: ...
+    consistency: SecAggConsistencyRequest
+    def __init__(self, setup: _Optional[_Union[SecAggSetup, _Mapping]] = ..., keys: _Optional[_Union[SecAggNeighbourKeys, _Mapping]] = ..., mask: _Optional[_Union[SecAggMaskRequest, _Mapping]] = ..., unmask: _Optional[_Union[SecAggUnmaskRequest, _Mapping]] = ..., consistency: _Optional[_Union[SecAggConsistencyRequest, _Mapping]] = ...) -> None: ...
 
 class SecAggReply(_message.Message):
-    __slots__ = ("keys", "shares", "masked", "reveal")
+    __slots__ = ("keys", "shares", "masked", "reveal", "signature")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     SHARES_FIELD_NUMBER: _ClassVar[int]
     MASKED_FIELD_NUMBER: _ClassVar[int]
     REVEAL_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     keys: SecAggPublicKeys
     shares: SecAggShareKeys
     masked: SecAggMasked
     reveal: SecAggReveal
-    def __init__(self, keys: _Optional[_Union[SecAggPublicKeys, _Mapping]] = ..., shares: _Optional[_Union[SecAggShareKeys, _Mapping]] = ..., masked: _Optional[_Union[SecAggMasked, _Mapping]] = ..., reveal: _Optional[_Union[SecAggReveal, _Mapping]] = ...) -> None: ...
+    signature: SecAggSurvivorSignature
+    def __init__(self, keys: _Optional[_Union[SecAggPublicKeys, _Mapping]] = ..., shares: _Optional[_Union[SecAggShareKeys, _Mapping]] = ..., masked: _Optional[_Union[SecAggMasked, _Mapping]] = ..., reveal: _Optional[_Union[SecAggReveal, _Mapping]] = ..., signature: _Optional[_Union[SecAggSurvivorSignature, _Mapping]] = ...) -> None: ...
 
 class FeatureEdges(_message.Message):
     __slots__ = ("name", "edges")

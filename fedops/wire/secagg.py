@@ -13,6 +13,7 @@ import numpy as np
 
 from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.messages import (
+    ConsistencyRequest,
     EncryptedShare,
     MaskedInput,
     MaskRequest,
@@ -23,6 +24,8 @@ from fedops.core.secagg.messages import (
     Reveal,
     Setup,
     ShareKeys,
+    SignedSurvivors,
+    SurvivorSignature,
     UnmaskRequest,
 )
 from fedops.core.secagg.quantize import Quantizer
@@ -33,6 +36,11 @@ from fedops.v1 import fedops_pb2 as pb
 MASKED_TENSOR = "masked"
 #: a signing certificate is about 600 bytes; the coordinator relays each to k neighbours
 MAX_CERTIFICATE_BYTES = 8192
+#: an Ed25519 signature is 64 bytes
+MAX_SIGNATURE_BYTES = 1024
+#: sites in one secure-aggregation cohort, and bytes in one site's name
+MAX_COHORT = 1 << 20
+MAX_NAME_BYTES = 256
 
 
 def _keys_to(k: PublicKeys) -> pb.SecAggPublicKeys:
@@ -86,7 +94,8 @@ def request_to_proto(request: Request) -> pb.SecAggRequest:
             setup=pb.SecAggSetup(
                 context=request.context,
                 index=request.index,
-                neighbours=request.neighbours,
+                cohort=request.cohort,
+                degree=request.degree,
                 threshold=request.threshold,
             )
         )
@@ -106,8 +115,16 @@ def request_to_proto(request: Request) -> pb.SecAggRequest:
                 noise_mu=request.encoding.noise_mu,
             )
         )
+    if isinstance(request, ConsistencyRequest):
+        return pb.SecAggRequest(
+            consistency=pb.SecAggConsistencyRequest(survivors=request.survivors)
+        )
+    signatures = [
+        pb.SecAggSignedSurvivors(index=s.index, signature=s.signature, certificate=s.certificate)
+        for s in request.signatures
+    ]
     return pb.SecAggRequest(
-        unmask=pb.SecAggUnmaskRequest(survivors=request.survivors, dropped=request.dropped)
+        unmask=pb.SecAggUnmaskRequest(survivors=request.survivors, signatures=signatures)
     )
 
 
@@ -115,10 +132,15 @@ def request_from_proto(message: pb.SecAggRequest) -> Request:
     stage = message.WhichOneof("stage")
     if stage == "setup":
         s = message.setup
+        if len(s.cohort) > MAX_COHORT or any(len(n.encode()) > MAX_NAME_BYTES for n in s.cohort):
+            raise InvalidUpdate(
+                f"secagg setup: at most {MAX_COHORT} sites of names up to {MAX_NAME_BYTES} bytes"
+            )
         return Setup(
             context=s.context,
             index=s.index,
-            neighbours=tuple(s.neighbours),
+            cohort=tuple(s.cohort),
+            degree=s.degree,
             threshold=s.threshold,
         )
     if stage == "keys":
@@ -135,9 +157,24 @@ def request_from_proto(message: pb.SecAggRequest) -> Request:
         except ValueError as exc:
             raise InvalidUpdate(f"secagg mask request: {exc}") from exc
         return MaskRequest(shares=_shares_from(m.shares), encoding=encoding)
+    if stage == "consistency":
+        return ConsistencyRequest(survivors=tuple(message.consistency.survivors))
     if stage == "unmask":
+        u = message.unmask
+        if any(
+            len(s.signature) > MAX_SIGNATURE_BYTES or len(s.certificate) > MAX_CERTIFICATE_BYTES
+            for s in u.signatures
+        ):
+            raise InvalidUpdate(
+                f"secagg unmask: signatures of at most {MAX_SIGNATURE_BYTES} bytes, "
+                f"certificates of at most {MAX_CERTIFICATE_BYTES}"
+            )
         return UnmaskRequest(
-            survivors=tuple(message.unmask.survivors), dropped=tuple(message.unmask.dropped)
+            survivors=tuple(u.survivors),
+            signatures=tuple(
+                SignedSurvivors(index=s.index, signature=s.signature, certificate=s.certificate)
+                for s in u.signatures
+            ),
         )
     raise InvalidUpdate("secagg task names no stage")
 
@@ -152,6 +189,8 @@ def reply_to_proto(reply: Reply) -> tuple[pb.SecAggReply, Params]:
     if isinstance(reply, MaskedInput):
         masked = pb.SecAggMasked(complaints=reply.complaints)
         return pb.SecAggReply(masked=masked), {MASKED_TENSOR: reply.vector}
+    if isinstance(reply, SurvivorSignature):
+        return pb.SecAggReply(signature=pb.SecAggSurvivorSignature(signature=reply.signature)), {}
     reveal = pb.SecAggReveal(
         self_mask=_revealed(reply.self_mask), mask_key=_revealed(reply.mask_key)
     )
@@ -173,6 +212,10 @@ def reply_from_proto(message: pb.SecAggReply, payload: Params) -> Reply:
         if vector is None or vector.dtype != np.uint32 or vector.ndim != 1:
             raise InvalidUpdate(f"a masked input is one flat uint32 tensor {MASKED_TENSOR!r}")
         return MaskedInput(vector=vector, complaints=tuple(message.masked.complaints))
+    if stage == "signature":
+        if len(message.signature.signature) > MAX_SIGNATURE_BYTES:
+            raise InvalidUpdate(f"a survivor-set signature is at most {MAX_SIGNATURE_BYTES} bytes")
+        return SurvivorSignature(signature=message.signature.signature)
     if stage == "reveal":
         r = message.reveal
         return Reveal(

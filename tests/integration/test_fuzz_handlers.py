@@ -58,7 +58,12 @@ from fedops.core.params import (
 )
 from fedops.core.results import MAX_NUM_EXAMPLES, EvaluateResult, FitResult, StageResult
 from fedops.core.rounds import Event, Phase, ResultArrived, ResultRejected
-from fedops.core.secagg.messages import MaskedInput, MaskRequest
+from fedops.core.secagg.messages import (
+    ConsistencyRequest,
+    MaskedInput,
+    MaskRequest,
+    SurvivorSignature,
+)
 from fedops.core.secagg.quantize import Quantizer
 from fedops.core.secagg.update import Encoding
 from fedops.reporting.compliance import verify_log_file
@@ -1278,7 +1283,7 @@ def test_a_flood_of_garbage_does_not_disturb_honest_rounds(batch: Harness):
 
 
 # =============================================================================================
-# 5. secure aggregation: the masked-input stage
+# 5. secure aggregation: the masked-input and consistency stages
 # =============================================================================================
 MASK_LENGTH = sum(int(v.size) for v in PARAMS.values()) + 1
 
@@ -1321,6 +1326,11 @@ SECAGG_MUTATIONS = [
         "carries no arrays",
     ),
     ("no stage", {"secagg": pb.SecAggReply()}, "carries no arrays"),
+    (
+        "signature reply with the vector",
+        {"secagg": pb.SecAggReply(signature=pb.SecAggSurvivorSignature(signature=b"s" * 64))},
+        "carries no arrays",
+    ),
     ("NaN metric", {"metrics": {"loss": math.nan}}, "not finite"),
 ]
 
@@ -1361,6 +1371,68 @@ def test_bad_masked_inputs(batch: Harness, name: str, fields: dict[str, Any], te
     assert [(e["event"], e["payload"]["phase"]) for e in audit] == [
         ("update_received", str(Phase.SECAGG_MASKED))
     ]
+
+
+def _signature_case(c: Ctx, signature: bytes, payload: Params | None = None) -> list[bytes]:
+    payload = payload or {}
+    specs = specs_of(payload)
+    header = c.h.header(
+        c.me,
+        c.task,
+        secagg=pb.SecAggReply(signature=pb.SecAggSurvivorSignature(signature=signature)),
+        tensors=codec.specs_to_proto(specs),
+        total_bytes=total_bytes(specs),
+    )
+    return [_hdr(header), *codec.iter_chunks(payload, 64, framed=True)]
+
+
+SIGNATURE_MUTATIONS = [
+    ("oversized signature", b"s" * 1025, None, "at most 1024 bytes"),
+    # the stage expects no tensors: refused before the reply is even decoded
+    (
+        "with a vector",
+        b"s" * 64,
+        {MASKED_TENSOR: np.zeros(4, np.uint32)},
+        "wrong number of tensors",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "name, signature, payload, text", SIGNATURE_MUTATIONS, ids=[m[0] for m in SIGNATURE_MUTATIONS]
+)
+def test_bad_survivor_signatures(
+    batch: Harness, name: str, signature: bytes, payload: Params | None, text: str
+):
+    h = batch
+    me, other = h.nodes
+    h.round += 1
+    stage = StageRequest(
+        messages={n.node_id: ConsistencyRequest(survivors=(1, 2)) for n in h.nodes}
+    )
+    h.transport.dispatch(
+        h.round, Phase.SECAGG_CONSISTENCY, [n.node_id for n in h.nodes], PARAMS, {}, stage=stage
+    )
+    tasks = {n.node_id: h.pull(n) for n in h.nodes}
+    c = Ctx(h, me, other, tasks[me.node_id], tasks[other.node_id])
+    assert c.task.kind == pb.TASK_KIND_SECAGG
+    assert c.task.secagg.WhichOneof("stage") == "consistency"
+    assert list(c.task.secagg.consistency.survivors) == [1, 2]
+    h.new_audit()
+    before = len(h.rejections)
+    reply = h.push(_signature_case(c, signature, payload))
+    assert reply.code == Code.INVALID_ARGUMENT and text in reply.details, (name, reply)
+    (event,) = h.events()
+    assert isinstance(event, ResultRejected) and event.node_id == me.node_id
+    _check_only_rejections(h, before)
+    # the honest signature of the other node goes through
+    honest = Ctx(h, other, me, c.other_task, c.task)
+    reply = h.push(_signature_case(honest, b"\x07" * 64))
+    assert reply.code == Code.OK and reply.body.accepted, reply
+    (event,) = h.events()
+    assert isinstance(event, ResultArrived) and isinstance(event.result, StageResult)
+    assert event.result.reply == SurvivorSignature(signature=b"\x07" * 64)
+    h.new_audit()
 
 
 # =============================================================================================

@@ -4,7 +4,8 @@ The coordinator's transport records everything it receives (every pushed
 header, every event the driver reads) and every stage request it sends;
 each site records what it trained. From those records the tests check that
 the coordinator only ever held public keys, encrypted shares, masked uint32
-vectors and revealed shares; that each masked vector is far from the
+vectors, survivor-set signatures and revealed shares; that every site was
+asked to sign and reveal for one survivor set; that each masked vector is far from the
 client's own encoded update; that the round's model is the example-weighted
 FedAvg of the clients' trained models within the quantization bound; and that
 the run directory holds no per-client parameters. A client that answers a
@@ -34,13 +35,22 @@ from fedops.coordinator.transport import GrpcTransport
 from fedops.core.params import Params, digest, specs_of
 from fedops.core.results import EvaluateResult, FitResult, StageResult
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived, ResultRejected
-from fedops.core.secagg.messages import MaskedInput, MaskRequest, PublicKeys, Reveal, ShareKeys
+from fedops.core.secagg.messages import (
+    ConsistencyRequest,
+    MaskedInput,
+    MaskRequest,
+    PublicKeys,
+    Reveal,
+    ShareKeys,
+    SurvivorSignature,
+    UnmaskRequest,
+)
 from fedops.core.secagg.quantize import MODULUS
 from fedops.core.secagg.update import Encoding, encode_update, vector_length
 from fedops.core.strategies import FedAvg
 from fedops.core.training import TrainConfig
 from fedops.crypto import Crypto
-from fedops.runtime.driver import DriverConfig, RunAborted
+from fedops.runtime.driver import DriverConfig
 from fedops.runtime.run import RunPlan, execute
 from fedops.runtime.secure_fit import SecAggSettings
 from fedops.runtime.settings import SECAGG_CLIP, ClientConfig
@@ -51,7 +61,7 @@ from fedops.tasks.site import Site, global_evaluator, initial_params
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire.secagg import MASKED_TENSOR
 
-SECAGG_STAGES = {"keys", "shares", "masked", "reveal"}
+SECAGG_STAGES = {"keys", "shares", "masked", "signature", "reveal"}
 
 
 @pytest.fixture(autouse=True)
@@ -352,11 +362,39 @@ def test_secure_rounds_over_grpc_reveal_only_the_sum(tmp_path: Path):
         assert isinstance(result, StageResult | EvaluateResult), type(result)
         if isinstance(result, StageResult):
             reply = result.reply
-            assert isinstance(reply, PublicKeys | ShareKeys | MaskedInput | Reveal), type(reply)
+            assert isinstance(
+                reply, PublicKeys | ShareKeys | MaskedInput | SurvivorSignature | Reveal
+            ), type(reply)
             if isinstance(reply, MaskedInput):
                 assert reply.vector.dtype == np.uint32 and reply.vector.shape == (length,)
+            if isinstance(reply, SurvivorSignature):
+                assert reply.signature == b""  # these sites have no signing identity
             kinds.add(type(reply))
-    assert kinds == {PublicKeys, ShareKeys, MaskedInput, Reveal}
+    assert kinds == {PublicKeys, ShareKeys, MaskedInput, SurvivorSignature, Reveal}
+    # (e) every site was asked to sign, then to reveal for, one and the same survivor set;
+    # the keys relayed to the sites carried no example counts (only the coordinator sees them)
+    for server_round in range(1, rounds + 1):
+        sets = {
+            phase: {tuple(m.survivors) for m in stage.messages.values()}
+            for r, phase, stage in run.transport.sent
+            if r == server_round and stage is not None
+            and phase in (Phase.SECAGG_CONSISTENCY, Phase.SECAGG_UNMASK)
+        }  # fmt: skip
+        everyone = tuple(range(1, num_sites + 1))
+        assert sets == {Phase.SECAGG_CONSISTENCY: {everyone}, Phase.SECAGG_UNMASK: {everyone}}
+        for r, phase, stage in run.transport.sent:
+            if r == server_round and phase is Phase.SECAGG_KEYS and stage is not None:
+                cohorts = {m.cohort for m in stage.messages.values()}
+                assert len(cohorts) == 1 and sorted(next(iter(cohorts))) == sorted(
+                    f"site-{i}" for i in range(num_sites)
+                )
+            if r == server_round and phase is Phase.SECAGG_SHARES and stage is not None:
+                relayed = [k for m in stage.messages.values() for k in m.keys]
+                assert relayed and all(k.num_examples == 0 for k in relayed)
+            if r == server_round and phase is Phase.SECAGG_UNMASK and stage is not None:
+                assert all(isinstance(m, UnmaskRequest) for m in stage.messages.values())
+            if r == server_round and phase is Phase.SECAGG_CONSISTENCY and stage is not None:
+                assert all(isinstance(m, ConsistencyRequest) for m in stage.messages.values())
 
     for server_round in range(1, rounds + 1):
         masked = run.masked(server_round)
@@ -452,17 +490,20 @@ def test_client_sending_garbage_is_excluded_and_the_others_aggregate(tmp_path: P
     }
     bad_node = next(n for n in sent_to[Phase.SECAGG_KEYS] if run.site_of(n) == bad)
     assert bad_node in sent_to[Phase.SECAGG_SHARES]
-    assert bad_node not in sent_to[Phase.SECAGG_MASKED] | sent_to[Phase.SECAGG_UNMASK]
+    later = (Phase.SECAGG_MASKED, Phase.SECAGG_CONSISTENCY, Phase.SECAGG_UNMASK)
+    assert all(bad_node not in sent_to[phase] for phase in later)
     assert len(run.masked(1)) == num_sites - 1
     _check_matches_fedavg(run, 1, others)
 
 
 def test_threshold_too_high_for_the_clients_present_fails_with_a_reason(tmp_path: Path):
-    try:
-        run = _run(tmp_path, num_sites=4, rounds=1, secagg=SecAggSettings(degree=8, threshold=6))
-    except RunAborted as exc:
-        assert "threshold" in str(exc)
-        return
+    """The round is aborted with the reason, the model is unchanged, and the run goes on."""
+    run = _run(tmp_path, num_sites=4, rounds=1, secagg=SecAggSettings(degree=8, threshold=6))
+    assert run.summary["status"] == "completed"
     (metrics,) = run.metrics
-    assert "threshold" in metrics["secagg_error"]
+    assert "secagg threshold 6 must be above half" in metrics["secagg_error"]
+    assert metrics["secagg_survivors"] == 0 and metrics["num_clients"] == 0
+    assert "round_aborted" in metrics
     assert digest(run.checkpoints[1]) == digest(run.checkpoints[0])
+    # no site was asked anything: the coordinator refused its own parameters first
+    assert [stage for _, _, stage in run.transport.sent if stage is not None] == []

@@ -1,10 +1,15 @@
-"""One client's side of a SecAgg+ round: a state machine over the four stages.
+"""One client's side of a SecAgg+ round: a state machine over the five stages.
 
-The client protects itself against a curious server: it checks that keys come
-from its own neighbours (and are signed, when sites have identities), refuses
-to go on with fewer than ``threshold`` neighbours, and in the last stage never
-reveals both secrets of the same neighbour, so the server can rebuild either
-a survivor's self-mask or a dropped client's mask key, never both.
+The client does not trust the coordinator. It derives its neighbours itself
+from the cohort and a hash of the round (:func:`graph.neighbourhood`), refuses
+parameters below its :class:`~fedops.core.secagg.policy.SecAggPolicy`, checks
+that keys come from the site the cohort names at that index (signed, when sites
+have identities), and before it reveals anything it checks the consistency of
+the survivor set (Bonawitz et al. 2017, Fig. 4): it signs one set per round,
+and reveals only once a quorum of the cohort (``⌊(n + c)/2⌋ + 1``) signed the
+very same set, so no two sets can both be revealed for. Which secret it
+reveals for a neighbour (self-mask seed for a survivor, mask key otherwise)
+follows from that one set, so no two honest sites can be told different stories.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import hashlib
 import numpy as np
 from numpy.typing import NDArray
 
-from fedops.core.secagg import shamir
+from fedops.core.secagg import graph, shamir
 from fedops.core.secagg.messages import (
+    ConsistencyRequest,
     EncryptedShare,
     MaskedInput,
     MaskRequest,
@@ -24,9 +30,12 @@ from fedops.core.secagg.messages import (
     Reveal,
     Setup,
     ShareKeys,
+    SurvivorSignature,
     UnmaskRequest,
     signed_message,
+    survivors_message,
 )
+from fedops.core.secagg.policy import SecAggPolicy
 from fedops.core.secagg.primitives import (
     DecryptionFailed,
     ProtocolError,
@@ -34,6 +43,7 @@ from fedops.core.secagg.primitives import (
     Signer,
     Verifier,
 )
+from fedops.core.secagg.update import Encoding
 
 KEY_BYTES = 32
 SHARE_INFO = b"fedops-secagg share key"
@@ -49,30 +59,42 @@ def mask_sign(own: int, other: int) -> int:
     return 1 if own < other else -1
 
 
-def check_setup(setup: Setup) -> None:
-    k = len(setup.neighbours)
-    if setup.index < 1 or setup.index in setup.neighbours:
-        raise ProtocolError(f"client index {setup.index} is invalid for this neighbourhood")
-    if len(set(setup.neighbours)) != k or any(v < 1 for v in setup.neighbours):
-        raise ProtocolError("neighbour indices must be distinct and positive")
-    if not (k / 2 < setup.threshold <= k):
+def check_setup(
+    setup: Setup, policy: SecAggPolicy | None = None, identity: str = ""
+) -> tuple[int, ...]:
+    """This client's neighbours, derived here; refuses a setup that breaks the policy."""
+    policy = policy or SecAggPolicy()
+    n = len(setup.cohort)
+    if not 1 <= setup.index <= n:
+        raise ProtocolError(f"client index {setup.index} is not in the cohort of {n}")
+    if len(set(setup.cohort)) != n or any(not name for name in setup.cohort):
+        raise ProtocolError("the cohort names a site twice, or an empty name")
+    if identity and setup.cohort[setup.index - 1] != identity:
         raise ProtocolError(
-            f"threshold {setup.threshold} must be above half of the {k} neighbours and at "
-            f"most {k}, or the server could learn both secrets of one client"
+            f"the cohort puts {setup.cohort[setup.index - 1]!r} at this site's index "
+            f"{setup.index}; this site is {identity!r}"
         )
+    if setup.degree < 1:
+        raise ProtocolError(f"degree {setup.degree} is invalid")
+    seed = graph.graph_seed(setup.bound_context())
+    mine = graph.neighbourhood(setup.index, n, setup.degree, seed)
+    policy.check_round(n, len(mine), setup.threshold)
+    return mine
 
 
 class SecAggClient:
     """Holds one round's keys and shares; call the stage methods in order.
 
     Args:
-        setup: this client's index, neighbours and threshold.
+        setup: the round as the coordinator proposes it.
         crypto: key agreement, encryption and PRG.
         sign: the site's identity signer, if it has one (consortium mode).
-        verify: checks neighbours' signatures; when given, unsigned keys are refused.
-        identity: the site's name, sent with its keys.
+        verify: checks neighbours' signatures; when given, unsigned keys and survivor
+            sets are refused.
+        identity: the site's name, sent with its keys and checked against the cohort.
         certificate: what vouches for the signing key (its consortium certificate), sent
             with the keys so that neighbours need no list of known keys.
+        policy: the site's floors (cohort, degree, threshold, distributed-DP noise).
     """
 
     def __init__(
@@ -84,15 +106,20 @@ class SecAggClient:
         verify: Verifier | None = None,
         identity: str = "",
         certificate: bytes = b"",
+        policy: SecAggPolicy | None = None,
     ) -> None:
-        check_setup(setup)
+        self.policy = policy or SecAggPolicy()
+        self.neighbours = check_setup(setup, self.policy, identity)
         self.setup = setup
+        self.context = setup.bound_context()
         self.crypto = crypto
         self.sign = sign
         self.verify = verify
         self.identity = identity
         self.certificate = certificate
         self.stage = 0
+        self.survivors: tuple[int, ...] | None = None  # the one set this client signed
+        self._encoding: Encoding | None = None
         self._cipher_sk = b""
         self._mask_sk = b""
         self._seed = b""
@@ -103,7 +130,7 @@ class SecAggClient:
     def _advance(self, expected: int, name: str) -> None:
         if self.stage != expected:
             raise ProtocolError(
-                f"{name} is stage {expected + 1}, but this client is past stage {self.stage}"
+                f"{name} is stage {expected + 1}, but this client is at stage {self.stage + 1}"
             )
         self.stage = expected + 1
 
@@ -114,7 +141,7 @@ class SecAggClient:
         self._mask_sk, mask_pk = self.crypto.keypair()
         signature = b""
         if self.sign is not None:
-            message = signed_message(self.setup.context, self.setup.index, cipher_pk, mask_pk)
+            message = signed_message(self.context, self.setup.index, cipher_pk, mask_pk)
             signature = self.sign(message)
         return PublicKeys(
             index=self.setup.index,
@@ -129,75 +156,75 @@ class SecAggClient:
     # -- stage 2 -----------------------------------------------------------
     def share(self, request: NeighbourKeys) -> ShareKeys:
         self._advance(1, "sharing keys")
-        setup = self.setup
-        neighbours = set(setup.neighbours)
-        own = {self.crypto.public_key(self._cipher_sk), self.crypto.public_key(self._mask_sk)}
-        identities: set[str] = set()
         for keys in request.keys:
-            if keys.index not in neighbours:
-                raise ProtocolError(f"keys of client {keys.index}, who is not a neighbour")
-            if keys.index in self._keys:
-                raise ProtocolError(f"two sets of keys for client {keys.index}")
-            if {keys.cipher_key, keys.mask_key} & own or keys.cipher_key == keys.mask_key:
-                raise ProtocolError(f"client {keys.index} advertises reused keys")
-            if len(keys.cipher_key) != KEY_BYTES or len(keys.mask_key) != KEY_BYTES:
-                raise ProtocolError(f"client {keys.index} advertises keys of the wrong length")
-            if self.verify is not None:
-                message = signed_message(setup.context, keys.index, keys.cipher_key, keys.mask_key)
-                if not keys.signature or not self.verify(
-                    keys.identity, message, keys.signature, keys.certificate
-                ):
-                    raise ProtocolError(
-                        f"keys of client {keys.index} ({keys.identity or 'no identity'}) are not "
-                        "signed by that site: refusing to share secrets with them"
-                    )
-                if keys.identity in identities:
-                    raise ProtocolError(
-                        f"site {keys.identity!r} signed keys for two neighbours: refusing to "
-                        "share secrets (one site must be one client)"
-                    )
-                identities.add(keys.identity)
-            self._keys[keys.index] = keys
-        if len(self._keys) < setup.threshold:
+            self._accept_keys(keys)
+        t = self.setup.threshold
+        if len(self._keys) < t:
             raise ProtocolError(
-                f"only {len(self._keys)} neighbours advertised keys; the threshold is "
-                f"{setup.threshold}"
+                f"only {len(self._keys)} neighbours advertised keys; the threshold is {t}"
             )
         self._seed = self.crypto.random(KEY_BYTES)
         holders = sorted(self._keys)
-        seed_shares = shamir.split(self._seed, setup.threshold, holders, self.crypto.random)
-        key_shares = shamir.split(self._mask_sk, setup.threshold, holders, self.crypto.random)
-        shares = []
+        seed_shares = shamir.split(self._seed, t, holders, self.crypto.random)
+        key_shares = shamir.split(self._mask_sk, t, holders, self.crypto.random)
+        index, shares = self.setup.index, []
         for v in holders:
             key = self.crypto.agree(
-                self._cipher_sk, self._keys[v].cipher_key, SHARE_INFO + setup.context
+                self._cipher_sk, self._keys[v].cipher_key, SHARE_INFO + self.context
             )
             self._share_keys[v] = key
-            plaintext = seed_shares[v] + key_shares[v]
-            aad = share_aad(setup.context, setup.index, v)
-            shares.append(
-                EncryptedShare(
-                    source=setup.index, target=v, ciphertext=self.crypto.seal(key, plaintext, aad)
-                )
+            ciphertext = self.crypto.seal(
+                key, seed_shares[v] + key_shares[v], share_aad(self.context, index, v)
             )
-        commitment = hashlib.sha256(setup.context + self._seed).digest()
+            shares.append(EncryptedShare(source=index, target=v, ciphertext=ciphertext))
+        commitment = hashlib.sha256(self.context + self._seed).digest()
         return ShareKeys(shares=tuple(shares), commitment=commitment)
+
+    def _accept_keys(self, keys: PublicKeys) -> None:
+        own = {self.crypto.public_key(self._cipher_sk), self.crypto.public_key(self._mask_sk)}
+        if keys.index not in self.neighbours:
+            raise ProtocolError(f"keys of client {keys.index}, who is not a neighbour")
+        if keys.index in self._keys:
+            raise ProtocolError(f"two sets of keys for client {keys.index}")
+        if {keys.cipher_key, keys.mask_key} & own or keys.cipher_key == keys.mask_key:
+            raise ProtocolError(f"client {keys.index} advertises reused keys")
+        if len(keys.cipher_key) != KEY_BYTES or len(keys.mask_key) != KEY_BYTES:
+            raise ProtocolError(f"client {keys.index} advertises keys of the wrong length")
+        if self.verify is not None:
+            named = self.setup.cohort[keys.index - 1]
+            message = signed_message(self.context, keys.index, keys.cipher_key, keys.mask_key)
+            if keys.identity != named or not self._signed(keys, message, keys.signature):
+                raise ProtocolError(
+                    f"keys of client {keys.index} are not signed by {named!r}, the site the "
+                    "cohort names there: refusing to share secrets with them"
+                )
+        self._keys[keys.index] = keys
+
+    def _signed(self, keys: PublicKeys, message: bytes, signature: bytes) -> bool:
+        assert self.verify is not None
+        return bool(signature) and self.verify(keys.identity, message, signature, keys.certificate)
 
     # -- stage 3 -----------------------------------------------------------
     def mask(self, request: MaskRequest, vector: NDArray[np.uint32]) -> MaskedInput:
-        """Mask ``vector`` (the encoded update) with the self mask and one mask per neighbour."""
+        """Mask ``vector`` (the encoded update) with the self mask and one mask per neighbour.
+
+        A share that does not decrypt is a complaint: this client does not mask with
+        that neighbour, and the server leaves this client's input out of the sum.
+        """
         self._advance(2, "masking the input")
-        setup = self.setup
+        self.policy.check_encoding(request.encoding, len(self.setup.cohort))
+        self._encoding = request.encoding
+        index = self.setup.index
         complaints = []
         for share in request.shares:
-            if share.target != setup.index or share.source not in self._share_keys:
+            if share.target != index or share.source not in self._share_keys:
                 raise ProtocolError(
                     f"share from client {share.source} to {share.target} was routed to "
-                    f"client {setup.index}"
+                    f"client {index}"
                 )
             if share.source in self._held or share.source in complaints:
                 raise ProtocolError(f"two shares from client {share.source}")
-            aad = share_aad(setup.context, share.source, setup.index)
+            aad = share_aad(self.context, share.source, index)
             try:
                 plain = self.crypto.open(self._share_keys[share.source], share.ciphertext, aad)
             except DecryptionFailed:
@@ -207,10 +234,10 @@ class SecAggClient:
                 complaints.append(share.source)
                 continue
             self._held[share.source] = (plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :])
-        if len(self._held) < setup.threshold:
+        if len(self._held) < self.setup.threshold:
             raise ProtocolError(
                 f"only {len(self._held)} neighbours are still in the round; the threshold is "
-                f"{setup.threshold}"
+                f"{self.setup.threshold}"
             )
         if vector.dtype != np.uint32 or vector.ndim != 1:
             raise ProtocolError("the input to mask must be a flat uint32 vector")
@@ -218,32 +245,76 @@ class SecAggClient:
         out += self.crypto.expand(self._seed, out.size)
         for v in sorted(self._held):
             seed = self.crypto.agree(
-                self._mask_sk, self._keys[v].mask_key, MASK_INFO + setup.context
+                self._mask_sk, self._keys[v].mask_key, MASK_INFO + self.context
             )
-            if mask_sign(setup.index, v) > 0:
+            if mask_sign(index, v) > 0:
                 out += self.crypto.expand(seed, out.size)
             else:
                 out -= self.crypto.expand(seed, out.size)
         return MaskedInput(vector=out, complaints=tuple(sorted(complaints)))
 
     # -- stage 4 -----------------------------------------------------------
+    def sign_survivors(self, request: ConsistencyRequest) -> SurvivorSignature:
+        """Sign the survivor set: the only one this client will ever reveal for this round."""
+        self._advance(3, "signing the survivor set")
+        survivors = self._check_survivors(request.survivors)
+        self.survivors = survivors
+        signature = b""
+        if self.sign is not None:
+            signature = self.sign(survivors_message(self.context, survivors))
+        return SurvivorSignature(signature=signature)
+
+    def _check_survivors(self, survivors: tuple[int, ...]) -> tuple[int, ...]:
+        n, index = len(self.setup.cohort), self.setup.index
+        if list(survivors) != sorted(set(survivors)) or any(not 1 <= u <= n for u in survivors):
+            raise ProtocolError("the survivor set must list distinct cohort indices in order")
+        if index not in survivors:
+            raise ProtocolError(f"the survivor set leaves out this client ({index})")
+        self.policy.check_survivors(len(survivors))
+        if self._encoding is not None:  # the noise actually summed is the survivors' shares
+            self.policy.check_encoding(self._encoding, len(survivors))
+        # a neighbour called a survivor must be one this client masked with: otherwise its
+        # pairwise mask is in one input only, and the server could split the sum around it
+        strangers = set(survivors) & set(self.neighbours) - set(self._held)
+        if strangers:
+            raise ProtocolError(
+                f"the survivor set names neighbours {sorted(strangers)} whose shares this "
+                "client never received"
+            )
+        return tuple(survivors)
+
+    # -- stage 5 -----------------------------------------------------------
     def unmask(self, request: UnmaskRequest) -> Reveal:
-        self._advance(3, "unmasking")
-        survivors, dropped = set(request.survivors), set(request.dropped)
-        if survivors & dropped:
+        """Reveal shares for the set this client signed, once a quorum of the cohort signed it."""
+        self._advance(4, "unmasking")
+        if tuple(request.survivors) != self.survivors:
             raise ProtocolError(
-                f"the server calls clients {sorted(survivors & dropped)} both survivors and "
-                "dropped: refusing to reveal both of their secrets"
+                "the unmask request names another survivor set than the one this client "
+                "signed: refusing to reveal (the coordinator shows sites different views)"
             )
-        unknown = (survivors | dropped) - set(self._held)
-        if unknown:
-            raise ProtocolError(f"no shares held for clients {sorted(unknown)}")
-        if len(survivors) + 1 < self.setup.threshold:
-            raise ProtocolError(
-                f"only {len(survivors) + 1} clients of this neighbourhood survive; the "
-                f"threshold is {self.setup.threshold}"
-            )
+        survivors = set(self.survivors)
+        if self.verify is not None:
+            self._check_quorum(request)
         return Reveal(
-            self_mask=tuple((u, self._held[u][0]) for u in sorted(survivors)),
-            mask_key=tuple((u, self._held[u][1]) for u in sorted(dropped)),
+            self_mask=tuple((u, self._held[u][0]) for u in sorted(self._held) if u in survivors),
+            mask_key=tuple((u, self._held[u][1]) for u in sorted(self._held) if u not in survivors),
         )
+
+    def _check_quorum(self, request: UnmaskRequest) -> None:
+        """More than half the cohort (plus the colluders) signed this very set."""
+        assert self.survivors is not None and self.verify is not None
+        need = self.policy.quorum(len(self.setup.cohort))
+        message = survivors_message(self.context, self.survivors)
+        members, signed = set(self.survivors), set()
+        for entry in request.signatures:
+            if entry.index in signed or entry.index not in members:
+                continue
+            name = self.setup.cohort[entry.index - 1]
+            if entry.signature and self.verify(name, message, entry.signature, entry.certificate):
+                signed.add(entry.index)
+        if len(signed) < need:
+            raise ProtocolError(
+                f"only {len(signed)} valid signatures over this survivor set; this site "
+                f"reveals only when {need} of the {len(self.setup.cohort)} sites signed the "
+                "same set (more than half the cohort plus the colluders it allows)"
+            )

@@ -8,6 +8,7 @@ rounded up to even) and the graph stays connected when neighbours drop.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -50,3 +51,25 @@ def neighbours(clients: Sequence[int], degree: int, seed: int) -> dict[int, tupl
             graph[client].add(other)
             graph[other].add(client)
     return {c: tuple(sorted(v)) for c, v in graph.items()}
+
+
+def graph_seed(context: bytes) -> int:
+    """The graph's seed: a hash of the round's bound context, so no party picks it."""
+    return int.from_bytes(hashlib.sha256(b"fedops-secagg-graph\x00" + context).digest()[:8]) >> 1
+
+
+def neighbourhood(index: int, size: int, degree: int, seed: int) -> tuple[int, ...]:
+    """Client ``index``'s neighbours among ``1 … size``: ``neighbours(...)[index]``, cheaply.
+
+    A site computes its own neighbourhood with this (O(n) numpy, O(k) Python)
+    instead of trusting the one the coordinator names.
+    """
+    if not 1 <= index <= size:
+        raise ValueError(f"client index {index} is not in 1..{size}")
+    half = math.ceil(degree / 2)
+    if 2 * half >= size - 1:
+        return tuple(x for x in range(1, size + 1) if x != index)
+    order = np.random.default_rng(seed).permutation(size) + 1
+    pos = int(np.flatnonzero(order == index)[0])
+    near = {int(order[(pos + o) % size]) for o in range(-half, half + 1) if o != 0}
+    return tuple(sorted(near))

@@ -1,15 +1,18 @@
-"""The four SecAgg+ round trips, as values. Requests go server → client.
+"""The five SecAgg+ round trips, as values. Requests go server → client.
 
 1. :class:`Setup` → :class:`PublicKeys` (advertise keys)
 2. :class:`NeighbourKeys` → :class:`ShareKeys` (Shamir shares, encrypted per neighbour)
 3. :class:`MaskRequest` → :class:`MaskedInput` (train, quantize, mask)
-4. :class:`UnmaskRequest` → :class:`Reveal` (shares that remove the masks)
+4. :class:`ConsistencyRequest` → :class:`SurvivorSignature` (sign the one survivor set)
+5. :class:`UnmaskRequest` → :class:`Reveal` (shares that remove the masks)
 
-Clients are numbered ``1 … n`` within a round (Shamir x-coordinates).
+Clients are numbered ``1 … n`` within a round (Shamir x-coordinates); client
+``i`` is the site ``Setup.cohort[i - 1]``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,10 +23,37 @@ from fedops.core.secagg.update import Encoding
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Setup:
-    context: bytes  # binds keys, shares and signatures to one run and round
+    """The round as the coordinator proposes it; every site derives the same graph from it."""
+
+    context: bytes  # the run and round
     index: int
-    neighbours: tuple[int, ...]
+    cohort: tuple[str, ...]  # the sites taking part, by index (client i is cohort[i - 1])
+    degree: int  # requested neighbours per client (the graph rounds it up to even)
     threshold: int
+
+    def bound_context(self) -> bytes:
+        """What every key, share and signature of the round is bound to (see :func:`bind`)."""
+        return bind(self.context, self.cohort, self.degree, self.threshold)
+
+
+def round_context(run_id: str, server_round: int) -> bytes:
+    """The context of one round of one run; a site refuses a setup naming any other."""
+    return f"{run_id}:{server_round}".encode()
+
+
+def bind(context: bytes, cohort: tuple[str, ...], degree: int, threshold: int) -> bytes:
+    """A digest of the run, round, cohort and parameters.
+
+    Keys are signed over it and shares are encrypted with it as associated data,
+    so a coordinator that shows two sites different cohorts or parameters makes
+    their keys unverifiable to each other: one round, one view of who is in it.
+    """
+    h = hashlib.sha256(b"fedops-secagg-round\x00")
+    for part in (context, *(name.encode() for name in cohort)):
+        h.update(len(part).to_bytes(8, "big") + part)
+    h.update(len(cohort).to_bytes(8, "big") + degree.to_bytes(8, "big", signed=True))
+    h.update(threshold.to_bytes(8, "big", signed=True))
+    return h.digest()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,7 +61,7 @@ class PublicKeys:
     index: int
     cipher_key: bytes  # X25519: encrypts Shamir shares between neighbours
     mask_key: bytes  # X25519: agrees the pairwise mask seeds
-    num_examples: int  # FedAvg weight (also reported in the clear without SecAgg)
+    num_examples: int  # FedAvg weight: for the coordinator only (zeroed when relayed)
     identity: str = ""  # the site, when sites have signing identities
     signature: bytes = b""  # identity's Ed25519 signature over (context, index, keys)
     certificate: bytes = b""  # what vouches for identity's signing key (consortium mode)
@@ -68,9 +98,35 @@ class MaskedInput:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ConsistencyRequest:
+    survivors: tuple[int, ...]  # every client whose masked input is in the sum
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SurvivorSignature:
+    signature: bytes  # over (bound context, survivors); empty for a site without identity
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignedSurvivors:
+    """One survivor's signature over the set, with what vouches for its key."""
+
+    index: int
+    signature: bytes
+    certificate: bytes = b""  # the signer's signing certificate (consortium mode)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UnmaskRequest:
-    survivors: tuple[int, ...]  # reveal their self-mask shares
-    dropped: tuple[int, ...]  # reveal their mask-key shares
+    """The survivor set again, with the signatures the survivors made over it.
+
+    The client reveals self-mask shares of the survivors it holds shares of and
+    mask-key shares of the others it holds shares of: which is which follows
+    from ``survivors`` alone, never from a per-client list the server could vary.
+    """
+
+    survivors: tuple[int, ...]
+    signatures: tuple[SignedSurvivors, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,10 +135,16 @@ class Reveal:
     mask_key: tuple[tuple[int, bytes], ...]  # (owner, share of its mask private key)
 
 
-Request = Setup | NeighbourKeys | MaskRequest | UnmaskRequest
-Reply = PublicKeys | ShareKeys | MaskedInput | Reveal
+Request = Setup | NeighbourKeys | MaskRequest | ConsistencyRequest | UnmaskRequest
+Reply = PublicKeys | ShareKeys | MaskedInput | SurvivorSignature | Reveal
 
 
 def signed_message(context: bytes, index: int, cipher_key: bytes, mask_key: bytes) -> bytes:
-    """What a site signs so a coordinator cannot substitute its keys."""
+    """What a site signs so a coordinator cannot substitute its keys (``context``: bound)."""
     return b"fedops-secagg-keys\x00" + context + index.to_bytes(4, "big") + cipher_key + mask_key
+
+
+def survivors_message(context: bytes, survivors: tuple[int, ...]) -> bytes:
+    """What a site signs in the consistency check: the one survivor set of the round."""
+    digest = hashlib.sha256(b"".join(i.to_bytes(4, "big") for i in sorted(survivors))).digest()
+    return b"fedops-secagg-survivors\x00" + context + len(survivors).to_bytes(4, "big") + digest

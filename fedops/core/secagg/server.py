@@ -3,9 +3,11 @@
 Stage by stage the server keeps the sets of Bonawitz et al.: ``U1`` advertised
 keys, ``U2`` shared them, ``U3`` sent a masked input (the survivors), and the
 dropped ``U2 \\ U3``. A client whose secrets could no longer be rebuilt (fewer
-than ``threshold`` neighbours left) is excluded before it masks anything;
-once inputs are masked, too few survivors abort the round
-(:class:`SecAggAborted`) and nothing is aggregated. Every exclusion carries a
+than ``threshold`` neighbours left) is excluded before it masks anything; a
+client that complained about a share is left out of the sum (so a false
+complaint costs only its sender). The survivors then sign the survivor set;
+fewer signers than a majority of the cohort, or too few survivors, abort the
+round (:class:`SecAggAborted`) and nothing is aggregated. Every exclusion carries a
 reason in :attr:`SecAggServer.excluded`.
 """
 
@@ -15,7 +17,7 @@ import hashlib
 import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,6 +25,7 @@ from numpy.typing import NDArray
 from fedops.core.secagg import graph, shamir
 from fedops.core.secagg.client import KEY_BYTES, MASK_INFO, mask_sign
 from fedops.core.secagg.messages import (
+    ConsistencyRequest,
     EncryptedShare,
     MaskedInput,
     MaskRequest,
@@ -31,7 +34,10 @@ from fedops.core.secagg.messages import (
     Reveal,
     Setup,
     ShareKeys,
+    SignedSurvivors,
+    SurvivorSignature,
     UnmaskRequest,
+    bind,
 )
 from fedops.core.secagg.primitives import ProtocolError, SecAggAborted, SecAggCrypto
 from fedops.core.secagg.quantize import MODULUS, Quantizer
@@ -51,17 +57,16 @@ class SecureSum:
 
 
 class SecAggServer:
-    """One round of SecAgg+ for ``clients`` (indices ``1 … n``).
+    """One round of SecAgg+ for the sites of ``cohort`` (indices ``1 … n``).
 
     Args:
-        context: bytes unique to the run and round (binds every key and share).
-        clients: the indices taking part.
+        context: bytes unique to the run and round (bound with the cohort and parameters).
+        cohort: the sites taking part; site ``cohort[i - 1]`` is client ``i``.
         degree: neighbours per client (``None``: ``2·⌈log2 n⌉``).
         threshold: shares needed to rebuild a secret (``None``: ``⌊k/2⌋ + 1``).
         vector_length: words in every client's encoded update.
         clip: the quantizer's clipping range.
-        seed: picks the neighbour graph.
-        min_survivors: fewest inputs the server may sum (default ``max(2, threshold)``).
+        min_survivors: fewest inputs the server may sum (default ``max(3, threshold)``).
         noise: ``(noise_multiplier, l2_clip)`` for distributed DP: clients clip their update
             and add Skellam noise so the sum over all clients carries ``N(0, (σ·clip)²)``.
     """
@@ -70,30 +75,34 @@ class SecAggServer:
         self,
         *,
         context: bytes,
-        clients: Sequence[int],
+        cohort: Sequence[str],
         vector_length: int,
         clip: float,
         crypto: SecAggCrypto,
         degree: int | None = None,
         threshold: int | None = None,
-        seed: int = 0,
         min_survivors: int | None = None,
         noise: tuple[float, float] | None = None,
     ) -> None:
-        n = len(clients)
+        n = len(cohort)
         if n < 2:
             raise ValueError(f"secure aggregation needs at least 2 clients, got {n}")
+        self.cohort = tuple(cohort)
+        clients = list(range(1, n + 1))
         k = graph.default_degree(n) if degree is None else min(int(degree), n - 1)
-        self.graph = graph.neighbours(clients, k, seed)
-        actual = min(len(v) for v in self.graph.values())
+        k = max(k, 1)
+        actual = graph.effective_degree(n, k)
         self.threshold = graph.default_threshold(actual) if threshold is None else int(threshold)
         if not actual / 2 < self.threshold <= actual:
             raise ValueError(
                 f"secagg threshold {self.threshold} must be above half the neighbourhood size "
                 f"{actual} and at most {actual}"
             )
-        self.min_survivors = max(2, self.threshold) if min_survivors is None else min_survivors
+        self.requested_degree = k
         self.context = context
+        self.bound = bind(context, self.cohort, k, self.threshold)
+        self.graph = graph.neighbours(clients, k, graph.graph_seed(self.bound))
+        self.min_survivors = max(3, self.threshold) if min_survivors is None else min_survivors
         self.vector_length = vector_length
         self.noise = noise
         self.clip = clip
@@ -109,6 +118,7 @@ class SecAggServer:
         self._held: dict[int, set[int]] = {}  # holder -> owners whose shares it holds
         self._masked: dict[int, NDArray[np.uint32]] = {}
         self._reveals: dict[int, Reveal] = {}
+        self._signatures: dict[int, bytes] = {}
         self._requests: dict[int, UnmaskRequest] = {}
         self.encoding: Encoding | None = None
         self._probe, _ = crypto.keypair()
@@ -150,7 +160,8 @@ class SecAggServer:
         return Setup(
             context=self.context,
             index=index,
-            neighbours=self.graph[index],
+            cohort=self.cohort,
+            degree=self.requested_degree,
             threshold=self.threshold,
         )
 
@@ -184,8 +195,9 @@ class SecAggServer:
             "only {count} of its neighbours advertised keys (threshold {threshold})",
         )
         self._enough(self._u1, "advertising keys")
+        relayed = {v: replace(self._keys[v], num_examples=0) for v in self._u1}  # counts: ours
         return {
-            u: NeighbourKeys(keys=tuple(self._keys[v] for v in self.graph[u] if v in self._u1))
+            u: NeighbourKeys(keys=tuple(relayed[v] for v in self.graph[u] if v in self._u1))
             for u in sorted(self._u1)
         }
 
@@ -262,47 +274,88 @@ class SecAggServer:
         unknown = set(reply.complaints) - self._held[index]
         if unknown:
             raise ProtocolError(f"complaints about clients {sorted(unknown)} it holds no shares of")
-        self._masked[index] = vec
         self._held[index] -= set(reply.complaints)
-        for u in reply.complaints:
-            self.excluded[u] = f"client {index} could not decrypt the share it sent"
+        if reply.complaints:  # it masked without those neighbours: its input cannot be
+            # unmasked in the sum, and only it can know whether the shares were bad
+            self.excluded[index] = (
+                f"could not decrypt the shares of clients {list(reply.complaints)}; its input "
+                "is left out of the sum"
+            )
+            return
+        self._masked[index] = vec
 
-    def close_masked(self) -> dict[int, UnmaskRequest]:
+    def close_masked(self) -> dict[int, ConsistencyRequest]:
+        """The survivor set, the same for every survivor (they sign it next)."""
         self._close(3)
-        accused = {u for u in self.excluded if u in self._u2}
-        self._u3 = (set(self._masked) & self._u2) - accused
+        self._u3 = set(self._masked) & self._u2
         for u in self._u2 - self._u3:
             self.excluded.setdefault(u, "sent no masked input")
         self._enough(self._u3, "masking")
+        quorum = len(self.cohort) // 2 + 1
+        if len(self._u3) < quorum:
+            raise SecAggAborted(
+                f"only {len(self._u3)} of the {len(self.cohort)} sites sent a masked input; "
+                f"sites reveal only for a survivor set that at least {quorum} of them signed: "
+                "the round is aborted and the model is unchanged"
+            )
         for u in sorted(self._u2):
             holders = self._holders(u, self._u3)
-            if holders < self.threshold:
+            if holders < self.threshold and (u in self._u3 or self._masked_with(u)):
                 raise SecAggAborted(
                     f"client {u}'s masks cannot be removed: only {holders} of its neighbours "
                     f"survive (threshold {self.threshold}); the round is aborted and the model "
                     "is unchanged"
                 )
-        dropped = self._u2 - self._u3
-        self._requests = {
-            v: UnmaskRequest(
-                survivors=tuple(sorted(self._held[v] & self._u3)),
-                dropped=tuple(sorted(self._held[v] & dropped)),
+        survivors = tuple(sorted(self._u3))
+        return {v: ConsistencyRequest(survivors=survivors) for v in survivors}
+
+    def _masked_with(self, owner: int) -> bool:
+        return any(owner in self._held[v] for v in self._u3)
+
+    # -- stage 4: consistency check ------------------------------------------------
+    def receive_signature(self, index: int, reply: SurvivorSignature) -> None:
+        self._expect(4, index, self._u3)
+        if len(reply.signature) > 1024:
+            raise ProtocolError("a survivor-set signature is at most 1024 bytes")
+        self._signatures[index] = reply.signature
+
+    def close_consistency(self) -> dict[int, UnmaskRequest]:
+        """The signers' unmask requests: the set again, with every signature over it.
+
+        A survivor that did not sign stays a survivor (its input is in the sum; its
+        neighbours reveal its self mask); it is just not asked to reveal.
+        """
+        self._close(4)
+        signers = sorted(self._signatures)
+        quorum = len(self.cohort) // 2 + 1
+        if len(signers) < quorum:
+            raise SecAggAborted(
+                f"only {len(signers)} of the {len(self.cohort)} sites signed the survivor set; "
+                f"sites reveal only when at least {quorum} did: the round is aborted and the "
+                "model is unchanged"
             )
-            for v in sorted(self._u3)
+        survivors = tuple(sorted(self._u3))
+        signatures = tuple(
+            SignedSurvivors(
+                index=w, signature=self._signatures[w], certificate=self._keys[w].certificate
+            )
+            for w in signers
+        )
+        self._requests = {
+            v: UnmaskRequest(survivors=survivors, signatures=signatures) for v in signers
         }
         return dict(self._requests)
 
     def _holders(self, owner: int, members: set[int]) -> int:
         return sum(1 for v in members if owner in self._held[v])
 
-    # -- stage 4: unmask ----------------------------------------------------------
+    # -- stage 5: unmask ----------------------------------------------------------
     def receive_reveal(self, index: int, reply: Reveal) -> None:
-        self._expect(4, index, self._u3)
-        request = self._requests[index]
-        if (
-            tuple(u for u, _ in reply.self_mask) != request.survivors
-            or tuple(u for u, _ in reply.mask_key) != request.dropped
-        ):
+        self._expect(5, index, set(self._requests))
+        held = self._held[index]
+        if tuple(u for u, _ in reply.self_mask) != tuple(sorted(held & self._u3)) or tuple(
+            u for u, _ in reply.mask_key
+        ) != tuple(sorted(held - self._u3)):
             raise ProtocolError("revealed shares do not answer the unmask request")
         if any(len(s) != shamir.SHARE_BYTES for _, s in reply.self_mask + reply.mask_key):
             raise ProtocolError(f"shares must be {shamir.SHARE_BYTES} bytes")
@@ -310,7 +363,7 @@ class SecAggServer:
 
     def finish(self) -> SecureSum:
         """Remove every mask from the survivors' sum (or abort, saying why)."""
-        self._close(4)
+        self._close(5)
         assert self.encoding is not None
         seeds: dict[int, dict[int, bytes]] = {u: {} for u in self._u3}
         keys: dict[int, dict[int, bytes]] = {u: {} for u in self._u2 - self._u3}
@@ -327,12 +380,14 @@ class SecAggServer:
             seed = self._recover(u, seeds[u], self._commits_to(commitment))
             total -= self.crypto.expand(seed, self.vector_length)
         for u in sorted(self._u2 - self._u3):
+            if not self._masked_with(u):
+                continue  # no survivor's input carries a mask shared with u
             mask_pk = self._keys[u].mask_key
             secret = self._recover(u, keys[u], self._opens(mask_pk))
             for v in sorted(self._u3):
                 if u not in self._held[v]:
                     continue  # v never masked with u
-                pair = self.crypto.agree(secret, self._keys[v].mask_key, MASK_INFO + self.context)
+                pair = self.crypto.agree(secret, self._keys[v].mask_key, MASK_INFO + self.bound)
                 if mask_sign(v, u) > 0:
                     total -= self.crypto.expand(pair, self.vector_length)
                 else:
@@ -340,7 +395,7 @@ class SecAggServer:
         return SecureSum(total=total, survivors=tuple(sorted(self._u3)), encoding=self.encoding)
 
     def _commits_to(self, commitment: bytes) -> Callable[[bytes], bool]:
-        return lambda seed: hashlib.sha256(self.context + seed).digest() == commitment
+        return lambda seed: hashlib.sha256(self.bound + seed).digest() == commitment
 
     def _opens(self, public: bytes) -> Callable[[bytes], bool]:
         return lambda private: self.crypto.public_key(private) == public

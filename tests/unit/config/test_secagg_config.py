@@ -81,6 +81,7 @@ def test_secagg_keys_override():
         (["secagg.k=4", "secagg.threshold=1"], "secagg.threshold", "above k/2"),
         (["secagg.k=5", "secagg.threshold=2"], "secagg.threshold", "above k/2"),
         (["secagg.k=4", "secagg.threshold=5"], "secagg.threshold", "at most k=4"),
+        (["secagg.min_survivors=2"], "secagg.min_survivors", "must be >= 3"),
         (["secagg.clip=0"], "secagg.clip", "must be > 0"),
         (["secagg.clip=-1.5"], "secagg.clip", "must be > 0"),
         (["secagg.name=secagg"], "secagg.name", "must be one of"),
@@ -326,3 +327,78 @@ def test_client_cli_maps_secagg_flags_onto_the_config(tmp_path: Path):
     cfg = cli._config(args)
     assert isinstance(cfg, ClientConfig)
     assert (cfg.require_secagg, cfg.identity_key, cfg.trusted_keys) == (True, key, trusted)
+
+
+# -- a site's secure-aggregation floors (--secagg-min-* flags) -------------------------------------
+SITE_FLOORS_BAD = [
+    ({"secagg_min_cohort": 1}, "secagg_min_cohort", "must be >= 2, got 1"),
+    ({"secagg_min_degree": 0}, "secagg_min_degree", "must be >= 1, got 0"),
+    ({"secagg_max_colluders": -1}, "secagg_max_colluders", "must be >= 0, got -1"),
+    ({"secagg_min_noise_multiplier": -0.5}, "secagg_min_noise_multiplier", "must be a number >= 0"),
+    (
+        {"secagg_min_noise_multiplier": float("nan")},
+        "secagg_min_noise_multiplier",
+        "must be a number >= 0",
+    ),
+    ({"secagg_max_l2_clip": 0.0}, "secagg_max_l2_clip", "must be a number > 0"),
+    ({"secagg_max_l2_clip": float("inf")}, "secagg_max_l2_clip", "must be a number > 0"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "key", "words"), SITE_FLOORS_BAD)
+def test_client_secagg_floors_are_checked_by_name(kwargs, key, words):
+    error = _key(ClientConfig, **kwargs)
+    assert error.key == key and words in error.message, error
+
+
+def test_client_secagg_floors_default_to_unset_and_accept_their_boundaries():
+    cfg = ClientConfig()
+    assert (
+        cfg.secagg_min_cohort,
+        cfg.secagg_min_degree,
+        cfg.secagg_max_colluders,
+        cfg.secagg_min_noise_multiplier,
+        cfg.secagg_max_l2_clip,
+    ) == (None, None, None, None, None)
+    ClientConfig(
+        secagg_min_cohort=2,
+        secagg_min_degree=1,
+        secagg_max_colluders=0,
+        secagg_min_noise_multiplier=0.0,
+        secagg_max_l2_clip=1e-9,
+    )
+
+
+def test_client_cli_maps_the_secagg_floor_flags_onto_the_config():
+    base = ["client", "--task", "digits", "--site", "0", "--num-sites", "2"]
+    floors = [
+        *("--secagg-min-cohort", "5", "--secagg-min-degree", "6"),
+        *("--secagg-max-colluders", "2", "--secagg-min-noise-multiplier", "0.8"),
+        *("--secagg-max-l2-clip", "1.5"),
+    ]
+    cfg = cli._config(cli.build_parser().parse_args([*base, *floors]))
+    assert isinstance(cfg, ClientConfig)
+    assert (
+        cfg.secagg_min_cohort,
+        cfg.secagg_min_degree,
+        cfg.secagg_max_colluders,
+        cfg.secagg_min_noise_multiplier,
+        cfg.secagg_max_l2_clip,
+    ) == (5, 6, 2, 0.8, 1.5)
+    plain = cli._config(cli.build_parser().parse_args(base))
+    assert plain.secagg_min_cohort is None and plain.secagg_max_l2_clip is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--secagg-min-cohort", "1"], "--secagg-min-cohort: must be >= 2"),
+        (["--secagg-max-colluders", "-1"], "--secagg-max-colluders: must be >= 0"),
+        (["--secagg-min-degree", "two"], "--secagg-min-degree: invalid int value"),
+        (["--secagg-max-l2-clip", "0"], "--secagg-max-l2-clip: must be a number > 0"),
+    ],
+)
+def test_client_cli_names_a_bad_secagg_floor_flag(flags, message, capsys: pytest.CaptureFixture):
+    argv = ["client", "--task", "digits", "--site", "0", "--num-sites", "1", *flags]
+    err = _cli_error(argv, capsys)
+    assert message in err, err

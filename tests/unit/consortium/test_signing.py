@@ -15,6 +15,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from cryptography import x509
@@ -29,7 +30,12 @@ from fedops.consortium.tls import Revocation
 from fedops.core.params import InvalidUpdate
 from fedops.core.secagg import ProtocolError
 from fedops.core.secagg.client import SecAggClient
-from fedops.core.secagg.messages import NeighbourKeys, signed_message
+from fedops.core.secagg.messages import (
+    NeighbourKeys,
+    SignedSurvivors,
+    signed_message,
+    survivors_message,
+)
 from fedops.core.secagg.server import SecAggServer
 from fedops.crypto import Crypto, Identity, TrustedKeys
 from fedops.wire import secagg as secagg_codec
@@ -272,14 +278,7 @@ def test_the_verifier_refuses_an_expired_certificate(banks):
 
 def _round(root: Path, names: tuple[str, ...]) -> tuple[SecAggServer, dict[int, SecAggClient]]:
     crypto = Crypto()
-    server = SecAggServer(
-        context=CONTEXT,
-        clients=list(range(1, len(names) + 1)),
-        vector_length=4,
-        clip=1.0,
-        crypto=crypto,
-        seed=0,
-    )
+    server = SecAggServer(context=CONTEXT, cohort=names, vector_length=4, clip=1.0, crypto=crypto)
     clients = {
         i: SecAggClient(
             server.setup_for(i),
@@ -312,6 +311,74 @@ def test_kit_sites_sign_their_keys_and_accept_each_others(banks):
         server.receive_shares(i, clients[i].share(request))
 
 
+def _over_the_wire(request):
+    return secagg_codec.request_from_proto(secagg_codec.request_to_proto(request))
+
+
+def test_kit_sites_sign_the_survivor_set_and_the_round_sums_exactly(banks):
+    server, clients = _round(banks, SITES)
+    for i, request in _advertised(server, clients).items():
+        server.receive_shares(i, clients[i].share(request))
+    inputs = {}
+    for i, request in server.close_shares().items():
+        if i != 4:  # bank-d drops before masking
+            inputs[i] = np.full(4, 10 * i, np.uint32)
+            server.receive_masked(i, clients[i].mask(_over_the_wire(request), inputs[i]))
+    for i, request in server.close_masked().items():
+        reply, _ = secagg_codec.reply_to_proto(clients[i].sign_survivors(_over_the_wire(request)))
+        server.receive_signature(i, secagg_codec.reply_from_proto(reply, {}))
+    unmask = server.close_consistency()
+    for i, request in unmask.items():
+        assert request.survivors == (1, 2, 3)
+        for signed in request.signatures:  # each with the certificate that vouches for it
+            assert len(signed.signature) == 64
+            assert signed.certificate == _kit(banks, SITES[signed.index - 1]).signing_cert_pem
+        server.receive_reveal(i, clients[i].unmask(_over_the_wire(request)))
+    result = server.finish()
+    assert result.survivors == (1, 2, 3)
+    np.testing.assert_array_equal(result.total, np.full(4, 60, np.uint32))
+
+
+@pytest.mark.parametrize(
+    ("forger", "why"),
+    [
+        ("hub", "certifies role 'coordinator'"),
+        ("strangers-bank-b", "not issued by the consortium CA"),
+        ("bank-c-for-bank-b", "certifies 'bank-c', not 'bank-b'"),
+    ],
+)
+def test_survivor_set_signatures_the_coordinator_makes_do_not_count(
+    banks, strangers, forger, why, caplog
+):
+    """A quorum (3 of the 4 banks) must sign the set; the coordinator cannot make up the
+    missing ones with its own key, another CA's site or a genuine site posing as another."""
+    server, clients = _round(banks, SITES)
+    for i, request in _advertised(server, clients).items():
+        server.receive_shares(i, clients[i].share(request))
+    for i, request in server.close_shares().items():
+        server.receive_masked(i, clients[i].mask(request, np.zeros(4, np.uint32)))
+    consistency = server.close_masked()
+    for i in (1, 2, 3):  # bank-d never signs
+        server.receive_signature(i, clients[i].sign_survivors(consistency[i]))
+    request = server.close_consistency()[1]
+    assert [s.index for s in request.signatures] == [1, 2, 3]
+    kit = {
+        "hub": _kit(banks, "hub"),
+        "strangers-bank-b": _kit(strangers, "bank-b"),
+        "bank-c-for-bank-b": _kit(banks, "bank-c"),
+    }[forger]
+    signer = kit.signing_identity()
+    forged = SignedSurvivors(
+        index=2,
+        signature=signer.sign(survivors_message(server.bound, request.survivors)),
+        certificate=signer.certificate,
+    )
+    signatures = (request.signatures[0], forged)  # bank-a's, and bank-b's made up
+    with pytest.raises(ProtocolError, match="only 1 valid signatures over this survivor set"):
+        clients[1].unmask(dataclasses.replace(request, signatures=signatures))
+    assert why in caplog.text
+
+
 def _substituted(requests, target: int, victim: int, **changes) -> NeighbourKeys:
     return NeighbourKeys(
         keys=tuple(
@@ -321,10 +388,11 @@ def _substituted(requests, target: int, victim: int, **changes) -> NeighbourKeys
     )
 
 
-def _keys_signed_by(kit: Kit, keys, identity: str | None = None) -> dict:
-    """What a coordinator holding ``kit`` could send in place of ``keys``: its own signature."""
+def _keys_signed_by(kit: Kit, keys, context: bytes, identity: str | None = None) -> dict:
+    """What a coordinator holding ``kit`` could send in place of ``keys``: its own signature
+    (over the round's bound ``context``, so only the certificate can give it away)."""
     signer = kit.signing_identity()
-    message = signed_message(CONTEXT, keys.index, keys.cipher_key, keys.mask_key)
+    message = signed_message(context, keys.index, keys.cipher_key, keys.mask_key)
     return {
         "identity": identity or kit.name,
         "signature": signer.sign(message),
@@ -355,8 +423,8 @@ def test_the_coordinator_cannot_substitute_a_sites_keys(banks, strangers, forger
         "strangers-bank-b": (_kit(strangers, "bank-b"), "bank-b"),
         "bank-c-for-bank-b": (_kit(banks, "bank-c"), "bank-b"),
     }[forger]
-    changes = {"mask_key": fresh, **_keys_signed_by(kit, forged, claimed)}
-    with pytest.raises(ProtocolError, match="not signed by that site"):
+    changes = {"mask_key": fresh, **_keys_signed_by(kit, forged, server.bound, claimed)}
+    with pytest.raises(ProtocolError, match="not signed by 'bank-b'"):
         clients[1].share(_substituted(requests, 1, victim.index, **changes))
     assert why in caplog.text
 
@@ -365,7 +433,7 @@ def test_a_sites_own_certificate_with_substituted_keys_is_refused(banks):
     server, clients = _round(banks, SITES)
     requests = _advertised(server, clients)
     victim = next(k for k in requests[1].keys if k.identity == "bank-b")
-    with pytest.raises(ProtocolError, match="not signed by that site"):
+    with pytest.raises(ProtocolError, match="not signed by 'bank-b'"):
         clients[1].share(_substituted(requests, 1, victim.index, mask_key=Crypto().keypair()[1]))
 
 

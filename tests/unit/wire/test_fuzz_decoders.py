@@ -45,6 +45,7 @@ from fedops.core.params import (
 )
 from fedops.core.results import EvaluateResult, FitResult, StageResult
 from fedops.core.secagg.messages import (
+    ConsistencyRequest,
     MaskedInput,
     MaskRequest,
     NeighbourKeys,
@@ -52,6 +53,7 @@ from fedops.core.secagg.messages import (
     Reveal,
     Setup,
     ShareKeys,
+    SurvivorSignature,
     UnmaskRequest,
 )
 from fedops.v1 import fedops_pb2 as pb
@@ -539,7 +541,8 @@ def _requests() -> st.SearchStrategy[pb.SecAggRequest]:
                 pb.SecAggSetup,
                 context=BYTES,
                 index=INT32,
-                neighbours=st.lists(INT32, max_size=4),
+                cohort=st.lists(TEXT, max_size=4),
+                degree=INT32,
                 threshold=INT32,
             ),
         ),
@@ -560,11 +563,23 @@ def _requests() -> st.SearchStrategy[pb.SecAggRequest]:
             ),
         ),
         st.builds(
+            lambda c: pb.SecAggRequest(consistency=pb.SecAggConsistencyRequest(survivors=c)),
+            st.lists(INT32, max_size=4),
+        ),
+        st.builds(
             lambda u: pb.SecAggRequest(unmask=u),
             st.builds(
                 pb.SecAggUnmaskRequest,
                 survivors=st.lists(INT32, max_size=4),
-                dropped=st.lists(INT32, max_size=4),
+                signatures=st.lists(
+                    st.builds(
+                        pb.SecAggSignedSurvivors,
+                        index=INT32,
+                        signature=st.one_of(BYTES, st.binary(min_size=1020, max_size=1030)),
+                        certificate=st.one_of(BYTES, st.binary(min_size=8190, max_size=8195)),
+                    ),
+                    max_size=3,
+                ),
             ),
         ),
     )
@@ -587,6 +602,10 @@ def _replies() -> st.SearchStrategy[pb.SecAggReply]:
             lambda a, b: pb.SecAggReply(reveal=pb.SecAggReveal(self_mask=a, mask_key=b)),
             REVEALED,
             REVEALED,
+        ),
+        st.builds(
+            lambda b: pb.SecAggReply(signature=pb.SecAggSurvivorSignature(signature=b)),
+            st.one_of(BYTES, st.binary(min_size=1020, max_size=1030)),
         ),
     )
 
@@ -619,7 +638,12 @@ def test_secagg_request_from_proto_returns_a_request_or_refuses(message: pb.SecA
         event("refused")
         return
     event(f"accepted: {type(request).__name__}")
-    assert isinstance(request, Setup | NeighbourKeys | MaskRequest | UnmaskRequest)
+    assert isinstance(
+        request, Setup | NeighbourKeys | MaskRequest | ConsistencyRequest | UnmaskRequest
+    )
+    if isinstance(request, UnmaskRequest):
+        assert all(len(s.signature) <= 1024 for s in request.signatures)
+        assert all(len(s.certificate) <= 8192 for s in request.signatures)
     if isinstance(request, MaskRequest):
         q = request.encoding.quantizer
         assert q.clip > 0 and math.isfinite(q.clip) and 1 <= q.levels < 2**32
@@ -637,7 +661,9 @@ def test_secagg_reply_from_proto_returns_a_reply_or_refuses(message: pb.SecAggRe
         event("refused")
         return
     event(f"accepted: {type(reply).__name__}")
-    assert isinstance(reply, PublicKeys | ShareKeys | MaskedInput | Reveal)
+    assert isinstance(reply, PublicKeys | ShareKeys | MaskedInput | Reveal | SurvivorSignature)
+    if isinstance(reply, SurvivorSignature):
+        assert len(reply.signature) <= 1024
     if isinstance(reply, MaskedInput):
         assert reply.vector.dtype == np.uint32 and reply.vector.ndim == 1
     else:

@@ -18,6 +18,7 @@ from fedops.coordinator.intake import read_result
 from fedops.core.params import InvalidUpdate, TensorSpec, specs_of, total_bytes
 from fedops.core.results import StageResult
 from fedops.core.secagg.messages import (
+    ConsistencyRequest,
     EncryptedShare,
     MaskedInput,
     MaskRequest,
@@ -26,6 +27,8 @@ from fedops.core.secagg.messages import (
     Reveal,
     Setup,
     ShareKeys,
+    SignedSurvivors,
+    SurvivorSignature,
     UnmaskRequest,
 )
 from fedops.core.secagg.quantize import MODULUS, Quantizer
@@ -34,6 +37,10 @@ from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import codec
 from fedops.wire.secagg import (
     MASKED_TENSOR,
+    MAX_CERTIFICATE_BYTES,
+    MAX_COHORT,
+    MAX_NAME_BYTES,
+    MAX_SIGNATURE_BYTES,
     reply_from_proto,
     reply_to_proto,
     request_from_proto,
@@ -91,10 +98,17 @@ def _keys(index: int, **kw) -> PublicKeys:
 ENCODING = Encoding(quantizer=Quantizer.for_summands(4.0, 7), max_weight=1234)
 
 REQUESTS = {
-    "setup": Setup(context=b"run-1:3\x00\xff", index=2, neighbours=(1, 3, 5, 9), threshold=3),
-    "setup-large-indices": Setup(
-        context=b"", index=INT32_MAX, neighbours=(1, INT32_MAX - 1), threshold=2
+    "setup": Setup(
+        context=b"run-1:3\x00\xff",
+        index=2,
+        cohort=("hospital-a", "hospital-ä", "lab 3"),
+        degree=4,
+        threshold=3,
     ),
+    "setup-large-indices": Setup(
+        context=b"", index=INT32_MAX, cohort=("x",), degree=INT32_MAX, threshold=2
+    ),
+    "setup-negative": Setup(context=b"", index=-1, cohort=(), degree=-3, threshold=-2),
     "keys": NeighbourKeys(
         keys=(
             _keys(1),
@@ -110,8 +124,19 @@ REQUESTS = {
             quantizer=Quantizer(clip=1e-3, levels=MODULUS - 1), max_weight=MODULUS - 1
         ),
     ),
-    "unmask": UnmaskRequest(survivors=(1, 3, 4), dropped=(2, 7)),
-    "unmask-nobody-dropped": UnmaskRequest(survivors=(1,), dropped=()),
+    "consistency": ConsistencyRequest(survivors=(1, 3, 4, INT32_MAX)),
+    "consistency-empty": ConsistencyRequest(survivors=()),
+    "unmask": UnmaskRequest(
+        survivors=(1, 3, 4),
+        signatures=(
+            SignedSurvivors(index=1, signature=b"\x01" * 64, certificate=b"-----BEGIN"),
+            SignedSurvivors(index=4, signature=b"\x04" * 64),
+        ),
+    ),
+    "unmask-unsigned": UnmaskRequest(
+        survivors=(1,), signatures=(SignedSurvivors(index=3, signature=b""),)
+    ),
+    "unmask-nothing": UnmaskRequest(survivors=(), signatures=()),
 }
 
 REPLIES = {
@@ -123,6 +148,8 @@ REPLIES = {
         self_mask=((1, b"\x02" * 66), (3, b"\x03" * 66)), mask_key=((5, b"\x05" * 66),)
     ),
     "reveal-empty": Reveal(self_mask=(), mask_key=()),
+    "signature": SurvivorSignature(signature=bytes(range(64))),
+    "signature-empty": SurvivorSignature(signature=b""),
 }
 
 
@@ -188,6 +215,10 @@ _keys_st = st.builds(
     signature=_bytes,
 )
 _index_tuple = st.lists(_ints, max_size=12).map(tuple)
+_names = st.lists(st.text(max_size=12), max_size=6).map(tuple)
+_signatures = st.lists(
+    st.builds(SignedSurvivors, index=_ints, signature=_bytes, certificate=_bytes), max_size=5
+).map(tuple)
 _encoding_st = st.builds(
     Encoding,
     quantizer=st.builds(
@@ -198,18 +229,20 @@ _encoding_st = st.builds(
     max_weight=st.integers(1, MODULUS - 1),
 )
 _request_st = st.one_of(
-    st.builds(Setup, context=_bytes, index=_ints, neighbours=_index_tuple, threshold=_ints),
+    st.builds(Setup, context=_bytes, index=_ints, cohort=_names, degree=_ints, threshold=_ints),
     st.builds(NeighbourKeys, keys=st.lists(_keys_st, max_size=5).map(tuple)),
     st.builds(
         MaskRequest, shares=st.lists(_share_st, max_size=5).map(tuple), encoding=_encoding_st
     ),
-    st.builds(UnmaskRequest, survivors=_index_tuple, dropped=_index_tuple),
+    st.builds(ConsistencyRequest, survivors=_index_tuple),
+    st.builds(UnmaskRequest, survivors=_index_tuple, signatures=_signatures),
 )
 _revealed = st.lists(st.tuples(_ints, _bytes), max_size=5).map(tuple)
 _reply_st = st.one_of(
     _keys_st,
     st.builds(ShareKeys, shares=st.lists(_share_st, max_size=5).map(tuple), commitment=_bytes),
     st.builds(Reveal, self_mask=_revealed, mask_key=_revealed),
+    st.builds(SurvivorSignature, signature=_bytes),
 )
 
 
@@ -274,8 +307,9 @@ def test_masked_reply_needs_one_flat_uint32_tensor(payload):
         pb.SecAggReply(keys=pb.SecAggPublicKeys(index=1)),
         pb.SecAggReply(shares=pb.SecAggShareKeys()),
         pb.SecAggReply(reveal=pb.SecAggReveal()),
+        pb.SecAggReply(signature=pb.SecAggSurvivorSignature()),
     ],
-    ids=["keys", "shares", "reveal"],
+    ids=["keys", "shares", "reveal", "signature"],
 )
 @pytest.mark.parametrize(
     "payload",
@@ -307,6 +341,53 @@ def test_mask_request_with_an_unusable_encoding_is_refused(fields, word):
     message = pb.SecAggRequest.FromString(message.SerializeToString())
     reason = _invalid(request_from_proto, message)
     assert reason.startswith("secagg mask request: ") and word in reason
+
+
+def test_a_setup_with_too_large_a_cohort_is_refused():
+    names = pb.SecAggRequest(setup=pb.SecAggSetup(cohort=["a", "b" * (MAX_NAME_BYTES + 1)]))
+    assert "names up to" in _invalid(request_from_proto, names)
+    ok = pb.SecAggRequest(setup=pb.SecAggSetup(cohort=["a", "é" * (MAX_NAME_BYTES // 2)]))
+    assert request_from_proto(ok).cohort == ("a", "é" * (MAX_NAME_BYTES // 2))
+    wide = pb.SecAggRequest(setup=pb.SecAggSetup(cohort=["s"] * (MAX_COHORT + 1)))
+    assert f"at most {MAX_COHORT} sites" in _invalid(request_from_proto, wide)
+
+
+def test_oversized_survivor_set_signatures_and_certificates_are_refused():
+    big = b"s" * (MAX_SIGNATURE_BYTES + 1)
+    fine = b"s" * MAX_SIGNATURE_BYTES
+    reply = pb.SecAggReply(signature=pb.SecAggSurvivorSignature(signature=big))
+    assert "at most" in _invalid(reply_from_proto, reply, {})
+    reply = pb.SecAggReply(signature=pb.SecAggSurvivorSignature(signature=fine))
+    assert reply_from_proto(reply, {}) == SurvivorSignature(signature=fine)
+    cert, big_cert = b"c" * MAX_CERTIFICATE_BYTES, b"c" * (MAX_CERTIFICATE_BYTES + 1)
+    for signature, certificate, ok in (
+        (fine, cert, True),
+        (big, b"", False),
+        (fine, big_cert, False),
+    ):
+        relayed = pb.SecAggSignedSurvivors(index=2, signature=signature, certificate=certificate)
+        message = pb.SecAggRequest(
+            unmask=pb.SecAggUnmaskRequest(survivors=[1], signatures=[relayed])
+        )
+        if ok:
+            (entry,) = request_from_proto(message).signatures
+            assert entry == SignedSurvivors(index=2, signature=fine, certificate=cert)
+        else:
+            reason = _invalid(request_from_proto, message)
+            assert f"signatures of at most {MAX_SIGNATURE_BYTES} bytes" in reason
+
+
+def test_the_retired_fields_are_not_read():
+    """``neighbours`` (setup) and ``dropped`` (unmask) are reserved: the bytes an old
+    coordinator sends for them are skipped, never taken as the new fields."""
+    old_setup = pb.SecAggSetup(index=1, threshold=2).SerializeToString() + bytes([0x1A, 2, 5, 6])
+    setup = request_from_proto(pb.SecAggRequest(setup=pb.SecAggSetup.FromString(old_setup)))
+    assert setup == Setup(context=b"", index=1, cohort=(), degree=0, threshold=2)
+    old_unmask = pb.SecAggUnmaskRequest(survivors=[1]).SerializeToString() + bytes([0x12, 1, 7])
+    unmask = request_from_proto(
+        pb.SecAggRequest(unmask=pb.SecAggUnmaskRequest.FromString(old_unmask))
+    )
+    assert unmask == UnmaskRequest(survivors=(1,), signatures=())
 
 
 # -- the coordinator's intake of a stage result ---------------------------------------------

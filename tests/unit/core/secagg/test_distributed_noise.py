@@ -16,7 +16,7 @@ def _round(updates, *, sigma, clip, drop=(), seed=0):
     crypto = FakeCrypto(seed)
     server = SecAggServer(
         context=b"dp",
-        clients=list(range(1, n + 1)),
+        cohort=[f"site-{i}" for i in range(1, n + 1)],
         vector_length=updates[0].size + 1,
         clip=clip,
         crypto=crypto,
@@ -35,6 +35,8 @@ def _round(updates, *, sigma, clip, drop=(), seed=0):
         vec, _ = encode_update(start, {"w": updates[i - 1]}, 10, req.encoding, rng)
         server.receive_masked(i, clients[i].mask(req, vec))
     for i, req in server.close_masked().items():
+        server.receive_signature(i, clients[i].sign_survivors(req))
+    for i, req in server.close_consistency().items():
         server.receive_reveal(i, clients[i].unmask(req))
     result = server.finish()
     new, weight = decode_mean(start, result.total, len(result.survivors), result.encoding)

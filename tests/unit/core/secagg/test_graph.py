@@ -106,3 +106,44 @@ def test_default_threshold_is_the_smallest_majority(k):
     t = graph.default_threshold(k)
     assert k / 2 < t <= k
     assert not k / 2 < t - 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(2, 200),
+    degree=st.integers(1, 210),
+    seed=st.integers(0, 2**63 - 1),
+    data=st.data(),
+)
+def test_one_clients_neighbourhood_is_its_row_of_the_graph(n, degree, seed, data):
+    full = graph.neighbours(range(1, n + 1), degree, seed)
+    for i in data.draw(st.lists(st.integers(1, n), min_size=1, max_size=5, unique=True)):
+        assert graph.neighbourhood(i, n, degree, seed) == full[i]
+
+
+@pytest.mark.parametrize("n", [2, 3, 9, 40])
+def test_every_neighbourhood_matches_the_graph(n):
+    for degree in range(1, n + 1):
+        full = graph.neighbours(range(1, n + 1), degree, seed=n + degree)
+        assert {i: graph.neighbourhood(i, n, degree, n + degree) for i in full} == full
+
+
+@pytest.mark.parametrize("index", [0, -1, 6])
+def test_a_neighbourhood_outside_the_cohort_is_refused(index):
+    with pytest.raises(ValueError, match=f"client index {index} is not in 1..5"):
+        graph.neighbourhood(index, 5, 2, seed=0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(2, 300), degree=st.one_of(st.none(), st.integers(1, 400)))
+def test_effective_degree_is_what_the_graph_gives(n, degree):
+    requested = graph.default_degree(n) if degree is None else min(degree, n - 1)
+    g = graph.neighbours(range(1, n + 1), requested, seed=1)
+    assert {len(v) for v in g.values()} == {graph.effective_degree(n, degree)}
+
+
+def test_the_graph_seed_is_a_63_bit_hash_of_the_context():
+    seeds = {graph.graph_seed(bytes([i])) for i in range(64)}
+    assert len(seeds) == 64
+    assert all(0 <= s < 2**63 for s in seeds)
+    assert graph.graph_seed(b"round-1") == graph.graph_seed(b"round-1")

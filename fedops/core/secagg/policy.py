@@ -1,0 +1,140 @@
+"""What a site pins before it takes part in a SecAgg+ round, whatever the coordinator says.
+
+The coordinator proposes the cohort, the degree ``k`` and the threshold ``t``;
+the site refuses a round whose parameters would let a coordinator (with up to
+``max_colluders`` colluding sites) rebuild its update, and a distributed-DP
+encoding with less noise or a larger clip than it agreed to. Every refusal is a
+:class:`~fedops.core.secagg.primitives.ProtocolError` whose message names the rule.
+
+Why ``2t >= k + c + 1``: a client reveals, for each neighbour, one share of either
+its self-mask seed or its mask key, never both. An honest owner's two secrets
+are both rebuilt only if ``t`` holders reveal each; with ``c`` colluders among
+its ``k`` holders that needs ``(t - c) + (t - c) <= k - c`` honest holders, i.e.
+``2t <= k + c``. The same count bounds the cross-owner attack that the
+consistency check closes (see :mod:`fedops.core.secagg`): with one survivor
+set for every honest revealer, a victim's self-mask holders (in the set) and
+the partners whose mask keys are rebuilt (not in it) are disjoint sets of at
+least ``t`` of its ``k`` neighbours, up to the ``c`` colluders.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fedops.core.secagg import graph
+from fedops.core.secagg.primitives import ProtocolError
+from fedops.core.secagg.update import Encoding
+
+#: the smallest cohort a site takes part in by default: a sum of two reveals the other
+DEFAULT_MIN_COHORT = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecAggPolicy:
+    """A site's floors for secure aggregation (kit policy ``secagg_*`` keys or client flags).
+
+    Args:
+        min_cohort: fewest sites in the cohort, and in the survivor set it reveals for.
+        min_degree: fewest neighbours (``None``: ``min(n - 1, 2·⌈log2 n⌉)`` for a cohort of n).
+        max_colluders: colluding sites the threshold must withstand (``2t >= k + c + 1``).
+        min_noise_multiplier: distributed DP: the least noise multiplier of the cohort's
+            summed noise (0: the site does not require distributed DP).
+        max_l2_clip: distributed DP: the largest L2 clip (``None``: any).
+    """
+
+    min_cohort: int = DEFAULT_MIN_COHORT
+    min_degree: int | None = None
+    max_colluders: int = 0
+    min_noise_multiplier: float = 0.0
+    max_l2_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_cohort < 2:
+            raise ValueError(f"secagg min_cohort must be at least 2, got {self.min_cohort}")
+        if self.min_degree is not None and self.min_degree < 1:
+            raise ValueError(f"secagg min_degree must be at least 1, got {self.min_degree}")
+        if self.max_colluders < 0:
+            raise ValueError(f"secagg max_colluders must be >= 0, got {self.max_colluders}")
+        if not (math.isfinite(self.min_noise_multiplier) and self.min_noise_multiplier >= 0):
+            raise ValueError("secagg min_noise_multiplier must be a number >= 0")
+        if self.max_l2_clip is not None and not self.max_l2_clip > 0:
+            raise ValueError("secagg max_l2_clip must be > 0")
+
+    def required_degree(self, cohort: int) -> int:
+        wanted = graph.default_degree(cohort) if self.min_degree is None else self.min_degree
+        return min(cohort - 1, wanted)
+
+    def check_round(self, cohort: int, degree: int, threshold: int) -> None:
+        """Refuse a cohort, degree or threshold below this site's floors."""
+        if cohort < self.min_cohort:
+            raise ProtocolError(
+                f"the cohort has {cohort} sites; this site's policy needs at least "
+                f"{self.min_cohort} (secagg min_cohort)"
+            )
+        need = self.required_degree(cohort)
+        if degree < need:
+            raise ProtocolError(
+                f"{degree} neighbours per site in a cohort of {cohort}; this site's policy needs "
+                f"at least {need} (secagg min_degree)"
+            )
+        if not threshold <= degree:
+            raise ProtocolError(f"threshold {threshold} exceeds the {degree} neighbours")
+        c = self.max_colluders
+        if 2 * threshold < degree + c + 1:
+            raise ProtocolError(
+                f"threshold {threshold} of {degree} neighbours would let the coordinator with "
+                f"{c} colluding site(s) rebuild both secrets of one site: it must be at least "
+                f"{(degree + c) // 2 + 1} (2t > k + c, secagg max_colluders={c})"
+            )
+
+    def quorum(self, cohort: int) -> int:
+        """Signatures over one survivor set a site needs before it reveals: ``⌊(n + c)/2⌋ + 1``.
+
+        Each honest site signs one set per round, so two different sets cannot both
+        gather this many signatures (their honest signers would have to number more
+        than the ``n - c`` honest sites): every honest site that reveals, reveals for
+        the same set.
+        """
+        return (cohort + self.max_colluders) // 2 + 1
+
+    def check_survivors(self, count: int) -> None:
+        if count < self.min_cohort:
+            raise ProtocolError(
+                f"only {count} sites survive; this site reveals nothing for a sum of fewer "
+                f"than {self.min_cohort} (secagg min_cohort)"
+            )
+
+    def check_encoding(self, encoding: Encoding, cohort: int) -> None:
+        """Refuse distributed-DP noise below the floor, or a clip above the ceiling."""
+        if not encoding.private:
+            if self.min_noise_multiplier > 0:
+                raise ProtocolError(
+                    "this site only sends updates with distributed DP noise (secagg "
+                    f"min_noise_multiplier={self.min_noise_multiplier}); the request has none"
+                )
+            return
+        if self.max_l2_clip is not None and encoding.l2_clip > self.max_l2_clip:
+            raise ProtocolError(
+                f"distributed DP clip {encoding.l2_clip:g} exceeds this site's "
+                f"max_l2_clip {self.max_l2_clip:g}"
+            )
+        sigma = implied_noise_multiplier(encoding, cohort)
+        if sigma < self.min_noise_multiplier * (1 - 1e-9):
+            raise ProtocolError(
+                f"the requested noise gives the cohort's sum a noise multiplier of {sigma:.4g}; "
+                f"this site's policy needs at least {self.min_noise_multiplier:g} "
+                "(secagg min_noise_multiplier)"
+            )
+
+
+def implied_noise_multiplier(encoding: Encoding, cohort: int) -> float:
+    """σ of the noise summed over ``cohort`` clients, in units of the L2 clip.
+
+    Each client adds Skellam(µ) noise, variance ``2µ`` words²; one word is
+    ``2·clip/levels`` in value, so ``cohort`` clients give std
+    ``√(2µ·cohort)·2·clip/levels``, which is ``σ·clip`` for the σ returned here.
+    """
+    if not encoding.private:
+        return 0.0
+    return math.sqrt(2 * encoding.noise_mu * cohort) * 2 / encoding.quantizer.levels
