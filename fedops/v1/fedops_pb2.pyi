@@ -202,18 +202,20 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, known: _Optional[bool] = ...) -> None: ...
 
 class SecAggSetup(_message.Message):
-    __slots__ = ("context", "index", "threshold", "cohort", "degree")
+    __slots__ = ("context", "index", "threshold", "cohort", "degree", "committee")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     COHORT_FIELD_NUMBER: _ClassVar[int]
     DEGREE_FIELD_NUMBER: _ClassVar[int]
+    COMMITTEE_FIELD_NUMBER: _ClassVar[int]
     context: bytes
     index: int
     threshold: int
     cohort: _containers.RepeatedScalarFieldContainer[str]
     degree: int
-    def __init__(self, context: _Optional[bytes] = ..., index: _Optional[int] = ..., threshold: _Optional[int] = ..., cohort: _Optional[_Iterable[str]] = ..., degree: _Optional[int] = ...) -> None: ...
+    committee: int
+    def __init__(self, context: _Optional[bytes] = ..., index: _Optional[int] = ..., threshold: _Optional[int] = ..., cohort: _Optional[_Iterable[str]] = ..., degree: _Optional[int] = ..., committee: _Optional[int] = ...) -> None: ...
 
 class SecAggPublicKeys(_message.Message):
     __slots__ = ("index", "cipher_key", "mask_key", "num_examples", "identity", "signature", "certificate")

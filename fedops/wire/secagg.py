@@ -97,6 +97,7 @@ def request_to_proto(request: Request) -> pb.SecAggRequest:
                 cohort=request.cohort,
                 degree=request.degree,
                 threshold=request.threshold,
+                committee=request.committee,
             )
         )
     if isinstance(request, NeighbourKeys):
@@ -142,6 +143,7 @@ def request_from_proto(message: pb.SecAggRequest) -> Request:
             cohort=tuple(s.cohort),
             degree=s.degree,
             threshold=s.threshold,
+            committee=s.committee,
         )
     if stage == "keys":
         return NeighbourKeys(keys=tuple(_keys_from(k) for k in message.keys.keys))

@@ -730,7 +730,12 @@ def _spec_change(draw: st.DrawFn) -> tuple[list[pb.TensorSpec], str]:
         shape = draw(st.lists(INT64, max_size=6).filter(lambda s: s != list(specs[i].shape)))
         del specs[i].shape[:]
         specs[i].shape.extend(shape)
-        text = "negative dimension" if any(d < 0 for d in shape) else "has shape"
+        if any(d < 0 for d in shape):
+            text = "negative dimension"
+        elif math.prod(max(d, 1) for d in shape) > codec.MAX_ELEMENTS:
+            text = "declares more than"  # refused for its size before its shape is compared
+        else:
+            text = "has shape"
     elif what == "name":
         specs[i].name = _other_text(specs[i].name, draw(TEXT))
         text = "tensor name"

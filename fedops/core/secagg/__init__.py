@@ -16,8 +16,9 @@ claim is tested in ``tests/unit/core/secagg`` and ``tests/adversary``):
 * It must never rebuild an honest site's update; it learns the sum of the
   survivors, at least the sites' ``min_cohort`` of them. The consistency
   check (Bonawitz et al. 2017, Fig. 4) makes every honest revealer act on one
-  survivor set: a site reveals only once ``⌊(n + c)/2⌋ + 1`` of the cohort
-  signed the set it signed, and two sets cannot both reach that. Each site
+  survivor set: a site reveals only once ``⌊(m + c)/2⌋ + 1`` of the round's
+  committee (its first ``m`` sites) signed the set it signed, and two sets
+  cannot both reach that, whatever the committee. Each site
   derives its neighbours itself from a hash of the round
   (:func:`graph.graph_seed`), so the coordinator picks neither.
 * In clear: example counts (coordinator only), losses, evaluation metrics.

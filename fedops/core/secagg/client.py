@@ -6,8 +6,9 @@ parameters below its :class:`~fedops.core.secagg.policy.SecAggPolicy`, checks
 that keys come from the site the cohort names at that index (signed, when sites
 have identities), and before it reveals anything it checks the consistency of
 the survivor set (Bonawitz et al. 2017, Fig. 4): it signs one set per round,
-and reveals only once a quorum of the cohort (``⌊(n + c)/2⌋ + 1``) signed the
-very same set, so no two sets can both be revealed for. Which secret it
+and reveals only once a quorum of the round's committee (``⌊(m + c)/2⌋ + 1`` of
+its first ``m`` sites) signed the very same set, so no two sets can both be
+revealed for. Which secret it
 reveals for a neighbour (self-mask seed for a survivor, mask key otherwise)
 follows from that one set, so no two honest sites can be told different stories.
 """
@@ -76,6 +77,8 @@ def check_setup(
         )
     if setup.degree < 1:
         raise ProtocolError(f"degree {setup.degree} is invalid")
+    if not 0 <= setup.committee <= n:
+        raise ProtocolError(f"a committee of {setup.committee} in a cohort of {n}")
     seed = graph.graph_seed(setup.bound_context())
     mine = graph.neighbourhood(setup.index, n, setup.degree, seed)
     policy.check_round(n, len(mine), setup.threshold)
@@ -285,7 +288,7 @@ class SecAggClient:
 
     # -- stage 5 -----------------------------------------------------------
     def unmask(self, request: UnmaskRequest) -> Reveal:
-        """Reveal shares for the set this client signed, once a quorum of the cohort signed it."""
+        """Reveal shares for the set this client signed, once a committee quorum signed it."""
         self._advance(4, "unmasking")
         if tuple(request.survivors) != self.survivors:
             raise ProtocolError(
@@ -301,20 +304,23 @@ class SecAggClient:
         )
 
     def _check_quorum(self, request: UnmaskRequest) -> None:
-        """More than half the cohort (plus the colluders) signed this very set."""
+        """More than half the committee (plus the colluders) signed this very set."""
         assert self.survivors is not None and self.verify is not None
-        need = self.policy.quorum(len(self.setup.cohort))
+        m = self.setup.committee_size
+        need = self.policy.quorum(m)
         message = survivors_message(self.context, self.survivors)
         members, signed = set(self.survivors), set()
         for entry in request.signatures:
-            if entry.index in signed or entry.index not in members:
+            if len(signed) >= need:
+                break  # enough: every further check is cost, not safety
+            if entry.index in signed or entry.index not in members or entry.index > m:
                 continue
             name = self.setup.cohort[entry.index - 1]
             if entry.signature and self.verify(name, message, entry.signature, entry.certificate):
                 signed.add(entry.index)
         if len(signed) < need:
             raise ProtocolError(
-                f"only {len(signed)} valid signatures over this survivor set; this site "
-                f"reveals only when {need} of the {len(self.setup.cohort)} sites signed the "
-                "same set (more than half the cohort plus the colluders it allows)"
+                f"only {len(signed)} valid committee signatures over this survivor set; this "
+                f"site reveals only when {need} of the round's committee of {m} signed the "
+                "same set (more than half, plus the colluders it allows)"
             )

@@ -30,10 +30,15 @@ class Setup:
     cohort: tuple[str, ...]  # the sites taking part, by index (client i is cohort[i - 1])
     degree: int  # requested neighbours per client (the graph rounds it up to even)
     threshold: int
+    committee: int = 0  # the first m sites, whose survivor-set signatures count; 0: all
+
+    @property
+    def committee_size(self) -> int:
+        return self.committee or len(self.cohort)
 
     def bound_context(self) -> bytes:
         """What every key, share and signature of the round is bound to (see :func:`bind`)."""
-        return bind(self.context, self.cohort, self.degree, self.threshold)
+        return bind(self.context, self.cohort, self.degree, self.threshold, self.committee_size)
 
 
 def round_context(run_id: str, server_round: int) -> bytes:
@@ -41,7 +46,9 @@ def round_context(run_id: str, server_round: int) -> bytes:
     return f"{run_id}:{server_round}".encode()
 
 
-def bind(context: bytes, cohort: tuple[str, ...], degree: int, threshold: int) -> bytes:
+def bind(
+    context: bytes, cohort: tuple[str, ...], degree: int, threshold: int, committee: int = 0
+) -> bytes:
     """A digest of the run, round, cohort and parameters.
 
     Keys are signed over it and shares are encrypted with it as associated data,
@@ -53,6 +60,7 @@ def bind(context: bytes, cohort: tuple[str, ...], degree: int, threshold: int) -
         h.update(len(part).to_bytes(8, "big") + part)
     h.update(len(cohort).to_bytes(8, "big") + degree.to_bytes(8, "big", signed=True))
     h.update(threshold.to_bytes(8, "big", signed=True))
+    h.update((committee or len(cohort)).to_bytes(8, "big", signed=True))
     return h.digest()
 
 

@@ -88,15 +88,17 @@ class SecAggPolicy:
                 f"{(degree + c) // 2 + 1} (2t > k + c, secagg max_colluders={c})"
             )
 
-    def quorum(self, cohort: int) -> int:
-        """Signatures over one survivor set a site needs before it reveals: ``⌊(n + c)/2⌋ + 1``.
+    def quorum(self, committee: int) -> int:
+        """Committee signatures over one survivor set a site needs before it reveals.
 
-        Each honest site signs one set per round, so two different sets cannot both
-        gather this many signatures (their honest signers would have to number more
-        than the ``n - c`` honest sites): every honest site that reveals, reveals for
-        the same set.
+        ``⌊(m + c)/2⌋ + 1`` of the round's committee of ``m`` sites. Each honest site
+        signs one set per round, so two different sets cannot both gather this many
+        (their honest signers would have to number more than the committee's honest
+        members, even with all ``c`` colluders in it): every honest site that
+        reveals, reveals for the same set. This holds for any committee the
+        coordinator names; a committee that drops out only stops the round.
         """
-        return (cohort + self.max_colluders) // 2 + 1
+        return (committee + self.max_colluders) // 2 + 1
 
     def check_survivors(self, count: int) -> None:
         if count < self.min_cohort:

@@ -45,6 +45,10 @@ from fedops.core.secagg.update import Encoding
 
 #: subsets of revealed shares tried when some are wrong: all of them up to this many
 MAX_RECOVERY_TRIES = 4096
+#: sites whose survivor-set signatures count: the first this many of the cohort. Each site
+#: verifies about half of them (Ed25519, ~0.1 ms each here); a larger committee tolerates
+#: more dropouts among its members, a smaller one costs less
+DEFAULT_COMMITTEE = 64
 #: largest Skellam parameter a client samples (numpy's Poisson is accurate well beyond it)
 MAX_SKELLAM_MU = 1e10
 
@@ -67,6 +71,8 @@ class SecAggServer:
         vector_length: words in every client's encoded update.
         clip: the quantizer's clipping range.
         min_survivors: fewest inputs the server may sum (default ``max(3, threshold)``).
+        committee: the first ``m`` sites, whose signatures over the survivor set count
+            (default ``min(n, DEFAULT_COMMITTEE)``).
         noise: ``(noise_multiplier, l2_clip)`` for distributed DP: clients clip their update
             and add Skellam noise so the sum over all clients carries ``N(0, (σ·clip)²)``.
     """
@@ -83,6 +89,7 @@ class SecAggServer:
         threshold: int | None = None,
         min_survivors: int | None = None,
         noise: tuple[float, float] | None = None,
+        committee: int | None = None,
     ) -> None:
         n = len(cohort)
         if n < 2:
@@ -99,8 +106,11 @@ class SecAggServer:
                 f"{actual} and at most {actual}"
             )
         self.requested_degree = k
+        self.committee = min(n, DEFAULT_COMMITTEE) if committee is None else int(committee)
+        if not 1 <= self.committee <= n:
+            raise ValueError(f"secagg committee must be in 1..{n}, got {self.committee}")
         self.context = context
-        self.bound = bind(context, self.cohort, k, self.threshold)
+        self.bound = bind(context, self.cohort, k, self.threshold, self.committee)
         self.graph = graph.neighbours(clients, k, graph.graph_seed(self.bound))
         self.min_survivors = max(3, self.threshold) if min_survivors is None else min_survivors
         self.vector_length = vector_length
@@ -163,6 +173,7 @@ class SecAggServer:
             cohort=self.cohort,
             degree=self.requested_degree,
             threshold=self.threshold,
+            committee=self.committee,
         )
 
     def receive_keys(self, index: int, keys: PublicKeys) -> None:
@@ -291,13 +302,7 @@ class SecAggServer:
         for u in self._u2 - self._u3:
             self.excluded.setdefault(u, "sent no masked input")
         self._enough(self._u3, "masking")
-        quorum = len(self.cohort) // 2 + 1
-        if len(self._u3) < quorum:
-            raise SecAggAborted(
-                f"only {len(self._u3)} of the {len(self.cohort)} sites sent a masked input; "
-                f"sites reveal only for a survivor set that at least {quorum} of them signed: "
-                "the round is aborted and the model is unchanged"
-            )
+        self._quorate(self._u3, "sent a masked input")
         for u in sorted(self._u2):
             holders = self._holders(u, self._u3)
             if holders < self.threshold and (u in self._u3 or self._masked_with(u)):
@@ -308,6 +313,17 @@ class SecAggServer:
                 )
         survivors = tuple(sorted(self._u3))
         return {v: ConsistencyRequest(survivors=survivors) for v in survivors}
+
+    def _quorate(self, members: set[int], what: str) -> None:
+        """Abort unless more than half the committee is among ``members``."""
+        present = sum(1 for u in members if u <= self.committee)
+        need = self.committee // 2 + 1
+        if present < need:
+            raise SecAggAborted(
+                f"only {present} of the {self.committee} committee sites {what}; sites reveal "
+                f"only for a survivor set that at least {need} of them signed: the round is "
+                "aborted and the model is unchanged"
+            )
 
     def _masked_with(self, owner: int) -> bool:
         return any(owner in self._held[v] for v in self._u3)
@@ -327,19 +343,14 @@ class SecAggServer:
         """
         self._close(4)
         signers = sorted(self._signatures)
-        quorum = len(self.cohort) // 2 + 1
-        if len(signers) < quorum:
-            raise SecAggAborted(
-                f"only {len(signers)} of the {len(self.cohort)} sites signed the survivor set; "
-                f"sites reveal only when at least {quorum} did: the round is aborted and the "
-                "model is unchanged"
-            )
+        self._quorate(set(signers), "signed the survivor set")
         survivors = tuple(sorted(self._u3))
         signatures = tuple(
             SignedSurvivors(
                 index=w, signature=self._signatures[w], certificate=self._keys[w].certificate
             )
             for w in signers
+            if w <= self.committee
         )
         self._requests = {
             v: UnmaskRequest(survivors=survivors, signatures=signatures) for v in signers

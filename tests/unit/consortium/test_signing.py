@@ -374,7 +374,7 @@ def test_survivor_set_signatures_the_coordinator_makes_do_not_count(
         certificate=signer.certificate,
     )
     signatures = (request.signatures[0], forged)  # bank-a's, and bank-b's made up
-    with pytest.raises(ProtocolError, match="only 1 valid signatures over this survivor set"):
+    with pytest.raises(ProtocolError, match="only 1 valid committee signatures over this"):
         clients[1].unmask(dataclasses.replace(request, signatures=signatures))
     assert why in caplog.text
 

@@ -66,6 +66,7 @@ class Attack:
     withheld: set[tuple[int, int]]  # (source, target) shares the coordinator never delivers
     views: dict[int, tuple[int, ...]]  # the survivor set each site is shown
     seed: int = 0
+    committee: int | None = None  # whose signatures count (None: the server's default)
 
 
 @dataclass
@@ -95,6 +96,7 @@ def play(
         degree=attack.degree,
         threshold=attack.threshold,
         min_survivors=2,
+        committee=attack.committee,
     )
     t = server.threshold
     policy = SecAggPolicy(min_cohort=2, min_degree=1, max_colluders=len(attack.colluders))
@@ -187,7 +189,10 @@ def attacks(draw) -> Attack:
     clients = list(range(1, n + 1))
     colluders = set(draw(st.lists(st.sampled_from(clients), max_size=c, unique=True)))
     seed = draw(st.integers(0, 2**16))
-    nbrs = graph.neighbours(clients, degree, graph.graph_seed(_bound(n, degree, threshold)))
+    committee = draw(st.integers(1, n))  # any committee the coordinator names
+    nbrs = graph.neighbours(
+        clients, degree, graph.graph_seed(_bound(n, degree, threshold, committee))
+    )
     edges = [(u, v) for u in clients for v in nbrs[u]]
     withheld = set(draw(st.lists(st.sampled_from(edges), max_size=min(len(edges), 2 * n))))
     # a handful of candidate survivor sets, each site shown one of them
@@ -209,12 +214,13 @@ def attacks(draw) -> Attack:
         withheld=withheld,
         views=views,
         seed=seed,
+        committee=committee,
     )
 
 
-def _bound(n: int, degree: int, threshold: int) -> bytes:
+def _bound(n: int, degree: int, threshold: int, committee: int = 0) -> bytes:
     cohort = tuple(f"site-{i}" for i in range(1, n + 1))
-    return bind(CONTEXT, cohort, min(degree, n - 1), threshold)
+    return bind(CONTEXT, cohort, min(degree, n - 1), threshold, committee)
 
 
 def split_view_attack(n: int = 16, degree: int = 6, victim: int = 1) -> Attack:

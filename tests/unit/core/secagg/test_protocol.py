@@ -419,7 +419,7 @@ def test_a_survivor_that_does_not_sign_stays_in_the_sum_but_reveals_nothing():
 def test_fewer_signers_than_a_majority_of_the_cohort_abort():
     r = new_round(6)  # quorum 4
     requests = r.to_consistency()
-    with pytest.raises(SecAggAborted, match="only 3 of the 6 sites signed the survivor set"):
+    with pytest.raises(SecAggAborted, match="only 3 of the 6 committee sites signed the survivor"):
         r.consistency(requests, skip={1, 2, 3})
 
 
@@ -427,7 +427,7 @@ def test_fewer_survivors_than_a_majority_of_the_cohort_abort():
     r = new_round(9, degree=8, threshold=5, min_survivors=3)  # quorum 5
     for i, reply in r.masked(r.to_mask(), skip={1, 2, 3, 4, 5}).items():
         r.server.receive_masked(i, reply)
-    with pytest.raises(SecAggAborted, match="only 4 of the 9 sites sent a masked input"):
+    with pytest.raises(SecAggAborted, match="only 4 of the 9 committee sites sent a masked input"):
         r.server.close_masked()
 
 
@@ -893,7 +893,7 @@ def test_client_reveals_only_once_a_majority_of_the_cohort_signed_its_set(kind):
     three = dataclasses.replace(requests[1], signatures=keeping(3))
     assert r.clients[1].unmask(three).self_mask  # three good signatures: the boundary
     two = dataclasses.replace(requests[2], signatures=keeping(2))
-    with pytest.raises(ProtocolError, match="only 2 valid signatures over this survivor set"):
+    with pytest.raises(ProtocolError, match="only 2 valid committee signatures over this survivor"):
         r.clients[2].unmask(two)
 
 
@@ -910,7 +910,7 @@ def test_the_quorum_grows_with_the_colluders_a_site_allows():
     r = Round(*make_round(7, FakeCrypto(7), degree=6, threshold=5, client_kwargs=kwargs))
     requests = r.to_unmask()
     four = tuple(requests[1].signatures[:4])  # the server's quorum: 7 // 2 + 1
-    with pytest.raises(ProtocolError, match=r"only 4 valid signatures.*5 of the 7 sites"):
+    with pytest.raises(ProtocolError, match=r"only 4 valid committee signatures.*committee of 7"):
         r.clients[1].unmask(dataclasses.replace(requests[1], signatures=four))
     assert r.clients[2].unmask(dataclasses.replace(requests[2], signatures=four)).self_mask
 
@@ -930,7 +930,7 @@ def test_two_survivor_sets_cannot_both_gather_a_quorum():
         )
         for i, c in r.clients.items()
     )
-    with pytest.raises(ProtocolError, match="only 2 valid signatures"):
+    with pytest.raises(ProtocolError, match="only 2 valid committee signatures"):
         r.clients[4].unmask(UnmaskRequest(survivors=without_6, signatures=signed))
     with pytest.raises(ProtocolError, match="another survivor set"):
         r.clients[5].unmask(UnmaskRequest(survivors=everyone, signatures=signed))
