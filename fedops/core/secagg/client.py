@@ -309,7 +309,7 @@ class SecAggClient:
         m = self.setup.committee_size
         need = self.policy.quorum(m)
         message = survivors_message(self.context, self.survivors)
-        members, signed = set(self.survivors), set()
+        members, signed = set(self.survivors), set[int]()
         for entry in request.signatures:
             if len(signed) >= need:
                 break  # enough: every further check is cost, not safety
