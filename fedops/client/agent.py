@@ -322,7 +322,7 @@ class Agent:
 
     def _secure_step(self, task: pb.Task) -> None:
         try:
-            reply, payload, n, metrics = self.secure.answer(task, lambda: self._fetch_digest(task))
+            reply, payload, n, metrics = self.secure.answer(task, lambda: self._fetch(task))
         except (ProtocolError, InvalidUpdate) as exc:
             self._decline(task, f"secure aggregation: {exc}")
             return
@@ -345,9 +345,6 @@ class Agent:
             raise
 
     def _fetch(self, task: pb.Task) -> Params:
-        return self._fetch_digest(task)[0]
-
-    def _fetch_digest(self, task: pb.Task) -> tuple[Params, str]:
         session = self.session
         assert session is not None
         params, got = self._guarded(
@@ -368,7 +365,7 @@ class Agent:
             node_id=session.node_id,
             config=dict(task.config),
         )
-        return params, got
+        return params
 
     def _push(
         self,

@@ -4,8 +4,8 @@ The site trains at the masked-input stage, so a site that goes away while
 training is simply a client that dropped after sharing its keys, which the
 protocol recovers from. Every message is checked against the stage the round
 is in; anything else is refused (the agent declines the task and its audit
-log says why), and :class:`SigningRecord` keeps a coordinator from replaying
-rounds or start models.
+log says why), and :class:`ContributionRecord` keeps a coordinator from
+replaying a round or running a second session of it.
 """
 
 from __future__ import annotations
@@ -40,73 +40,65 @@ from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import secagg as secagg_codec
 
 
-class SigningRecord:
-    """Which rounds and start models this site has signed a survivor set for, per run.
+class ContributionRecord:
+    """The last round of each run this site sent a masked input for, kept across restarts.
 
-    Signing the survivor set is what lets the coordinator unmask this site's input
-    (its neighbours reveal its self-mask only after checking that signature). A
-    site that signed for round r, or for a start model, never masks again for a
-    round up to r of that run, or from that model in any run (the run id is the
-    coordinator's to choose): a coordinator that replays a round, or reruns a
-    model with a different cohort, cannot difference two sums that both hold
-    this site's update. Kept in ``secagg_signed.json`` in the site's
-    run directory (written and fsynced before the signature leaves), so a
-    restarted agent remembers; without a run directory, in memory only.
+    A masked input is what the coordinator unmasks (the site's neighbours reveal
+    its self mask), so a site sends at most one per round, and rounds only go
+    forward: a coordinator that replays a round, or runs a second session of
+    it, gets a refusal instead of a second sum holding this site's update.
+    Kept in ``secagg_rounds.json`` in the site's run directory, written and
+    fsynced before the masked input leaves; a file that does not read back as
+    such a record refuses every secure-aggregation task, with the reason,
+    rather than forget. Without a run directory, in memory only.
     """
 
-    FILE = "secagg_signed.json"
+    FILE = "secagg_rounds.json"
 
     def __init__(self, run_dir: Path | None) -> None:
         self.path = Path(run_dir) / self.FILE if run_dir is not None else None
-        self._runs: dict[str, dict[str, Any]] = {}
+        self._last: dict[str, int] = {}
+        self._broken = ""
         if self.path is not None and self.path.exists():
             try:
-                loaded = json.loads(self.path.read_text())
+                self._last = _read_record(self.path)
             except (OSError, ValueError) as exc:
-                raise ProtocolError(
-                    f"{self.path} is unreadable ({exc}): refusing secure aggregation rather "
-                    "than forget what this site signed"
-                ) from exc
-            self._runs = loaded if isinstance(loaded, dict) else {}
-
-    def _run(self, run_id: str) -> dict[str, Any]:
-        return self._runs.get(run_id, {"last_round": 0, "models": []})
+                self._broken = (
+                    f"{self.path} is not a record of contributed rounds ({exc}): refusing "
+                    "secure aggregation rather than forget which rounds this site sent"
+                )
 
     def check_round(self, run_id: str, server_round: int) -> None:
-        last = int(self._run(run_id)["last_round"])
+        if self._broken:
+            raise ProtocolError(self._broken)
+        last = self._last.get(run_id, 0)
         if server_round <= last:
             raise ProtocolError(
-                f"round {server_round}: this site already signed the survivor set of round "
+                f"round {server_round}: this site already sent a masked input for round "
                 f"{last} of this run; rounds only go forward (replay refused)"
             )
 
-    def check_model(self, run_id: str, digest: str) -> None:
-        # every run's, not only ``run_id``'s: the run id is the coordinator's word, and a
-        # coordinator that names a new run would otherwise get a second sum from the model
-        for run, record in self._runs.items():
-            if digest in record["models"]:
-                where = "this run" if run == run_id else f"run {run!r}"
-                raise ProtocolError(
-                    f"this site already contributed an update trained from model "
-                    f"{digest[:12]}… to a signed round of {where}: training it again would let "
-                    "two sums be differenced"
-                )
-
-    def remember(self, run_id: str, server_round: int, digest: str) -> None:
-        run = self._run(run_id)
-        self._runs[run_id] = {
-            "last_round": max(int(run["last_round"]), server_round),
-            "models": [*run["models"], digest],
-        }
+    def remember(self, run_id: str, server_round: int) -> None:
+        self.check_round(run_id, server_round)
+        self._last[run_id] = server_round
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w") as f:
-            json.dump(self._runs, f)
+            json.dump(self._last, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+
+
+def _read_record(path: Path) -> dict[str, int]:
+    loaded = json.loads(path.read_text())
+    if not isinstance(loaded, dict) or not all(
+        isinstance(k, str) and type(v) is int and v >= 1 for k, v in loaded.items()
+    ):
+        raise ValueError("expected an object of run id -> last round (a positive integer)")
+    return dict(loaded)
 
 
 class SecureParticipant:
@@ -140,14 +132,13 @@ class SecureParticipant:
         self.identity = identity
         self.certificate = certificate
         self.policy = policy or SecAggPolicy()
-        self.record = SigningRecord(run_dir)
+        self.record = ContributionRecord(run_dir)
         self._round = -1
-        self._digest = ""
         self._client: SecAggClient | None = None
         self._rng = np.random.default_rng()
 
     def answer(
-        self, task: pb.Task, fetch: Callable[[], tuple[Params, str]]
+        self, task: pb.Task, fetch: Callable[[], Params]
     ) -> tuple[pb.SecAggReply, Params, int, dict[str, float]]:
         """``(reply, payload, num_examples, metrics)`` for one SecAgg task.
 
@@ -170,7 +161,6 @@ class SecureParticipant:
         elif isinstance(request, MaskRequest):
             return self._train_and_mask(task, client, request, fetch)
         elif isinstance(request, ConsistencyRequest):
-            self.record.remember(task.run_id, task.round, self._digest)  # before it leaves
             reply = client.sign_survivors(request)
         else:
             assert isinstance(request, UnmaskRequest)
@@ -206,7 +196,7 @@ class SecureParticipant:
             certificate=self.certificate,
             policy=self.policy,
         )
-        self._round, self._digest = task.round, ""
+        self._round = task.round
         reply = self._client.advertise(self.site.num_train_examples)
         return (*secagg_codec.reply_to_proto(reply), 0, {})
 
@@ -215,19 +205,18 @@ class SecureParticipant:
         task: pb.Task,
         client: SecAggClient,
         request: MaskRequest,
-        fetch: Callable[[], tuple[Params, str]],
+        fetch: Callable[[], Params],
     ) -> tuple[pb.SecAggReply, Params, int, dict[str, float]]:
         if client.stage != 2:
             raise ProtocolError(
                 f"a mask request, but this round's session is at stage {client.stage + 1}"
             )
-        client.policy.check_encoding(request.encoding, len(client.setup.cohort))
-        start, digest = fetch()
-        self.record.check_model(task.run_id, digest)
+        self.record.check_round(task.run_id, task.round)
+        start = fetch()
         trained, n, metrics = self.site.fit(start, task.round, dict(task.config))
         vector, clipped = encode_update(start, trained, n, request.encoding, self._rng)
-        masked = client.mask(request, vector)
-        self._digest = digest
+        masked = client.mask(request, vector)  # checks the encoding against the sealed one
+        self.record.remember(task.run_id, task.round)  # fsynced before the input leaves
         reply, payload = secagg_codec.reply_to_proto(masked)
         return reply, payload, n, {**metrics, "secagg_clipped": clipped}
 

@@ -193,11 +193,13 @@ class _SecureRound:
         return FitResult(node_id="secagg", params=params, num_examples=weight)
 
     def _decode(self, secure_sum: SecureSum, survivors: list[str]) -> tuple[Params, int]:
-        """The mean model, after checking the sum's weight against what the sites reported.
+        """The mean model, weighted by the example counts the survivors reported.
 
-        A site may put anything in its masked vector; a weight word that does not match
-        the example counts the survivors reported (capped as the encoding caps them) means
-        one of them sent a malformed input: the round is aborted, never the run.
+        A site may put anything in its masked vector, its weight word included. The
+        coordinator knows each survivor's count anyway (it travels in the clear), so the
+        sum is divided by those counts, capped as the encoding caps them: a lying site
+        biases the sum, as it could without SecAgg, but cannot stop the round (an abort
+        after the survivors signed would leave them refusing that round again).
         """
         encoding = secure_sum.encoding
         reported = [self.trained[n].num_examples for n in survivors if n in self.trained]
@@ -205,20 +207,20 @@ class _SecureRound:
             expected = len(survivors)
         else:
             expected = sum(min(max(int(n), 1), encoding.max_weight) for n in reported)
-        got = int(secure_sum.total[-1])
-        if len(reported) != len(survivors) or got != expected % MODULUS:
-            raise SecAggAborted(
-                f"the unmasked sum carries weight {got}, but its {len(survivors)} sites reported "
-                f"{expected}: a site sent a malformed masked input; the round is aborted and "
-                "the model is unchanged"
+        total = secure_sum.total
+        got = int(total[-1])
+        if got != expected:
+            log.warning(
+                "round %d: the unmasked sum carries weight %d but its %d sites reported %d: "
+                "a site sent a malformed masked input; decoding with the reported counts",
+                self.server_round,
+                got,
+                len(survivors),
+                expected,
             )
-        try:
-            return decode_mean(self.params, secure_sum.total, len(survivors), encoding)
-        except ValueError as exc:
-            raise SecAggAborted(
-                f"the unmasked sum cannot be decoded ({exc}); the round is aborted and the "
-                "model is unchanged"
-            ) from exc
+            total = total.copy()
+            total[-1] = expected % MODULUS
+        return decode_mean(self.params, total, len(survivors), encoding)
 
     def _stage(
         self,

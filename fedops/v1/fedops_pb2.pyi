@@ -235,11 +235,27 @@ class SecAggPublicKeys(_message.Message):
     certificate: bytes
     def __init__(self, index: _Optional[int] = ..., cipher_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ..., num_examples: _Optional[int] = ..., identity: _Optional[str] = ..., signature: _Optional[bytes] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
+class SecAggEncoding(_message.Message):
+    __slots__ = ("clip", "levels", "max_weight", "l2_clip", "noise_mu")
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    L2_CLIP_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MU_FIELD_NUMBER: _ClassVar[int]
+    clip: float
+    levels: int
+    max_weight: int
+    l2_clip: float
+    noise_mu: float
+    def __init__(self, clip: _Optional[float] = ..., levels: _Optional[int] = ..., max_weight: _Optional[int] = ..., l2_clip: _Optional[float] = ..., noise_mu: _Optional[float] = ...) -> None: ...
+
 class SecAggNeighbourKeys(_message.Message):
-    __slots__ = ("keys",)
+    __slots__ = ("keys", "encoding")
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[SecAggPublicKeys]
-    def __init__(self, keys: _Optional[_Iterable[_Union[SecAggPublicKeys, _Mapping]]] = ...) -> None: ...
+    encoding: SecAggEncoding
+    def __init__(self, keys: _Optional[_Iterable[_Union[SecAggPublicKeys, _Mapping]]] = ..., encoding: _Optional[_Union[SecAggEncoding, _Mapping]] = ...) -> None: ...
 
 class SecAggShare(_message.Message):
     __slots__ = ("source", "target", "ciphertext")

@@ -101,9 +101,19 @@ def request_to_proto(request: Request) -> pb.SecAggRequest:
             )
         )
     if isinstance(request, NeighbourKeys):
-        return pb.SecAggRequest(
-            keys=pb.SecAggNeighbourKeys(keys=[_keys_to(k) for k in request.keys])
-        )
+        keys = pb.SecAggNeighbourKeys(keys=[_keys_to(k) for k in request.keys])
+        if request.encoding is not None:
+            q, e = request.encoding.quantizer, request.encoding
+            keys.encoding.CopyFrom(
+                pb.SecAggEncoding(
+                    clip=q.clip,
+                    levels=q.levels,
+                    max_weight=e.max_weight,
+                    l2_clip=e.l2_clip,
+                    noise_mu=e.noise_mu,
+                )
+            )
+        return pb.SecAggRequest(keys=keys)
     if isinstance(request, MaskRequest):
         q = request.encoding.quantizer
         return pb.SecAggRequest(
@@ -129,6 +139,18 @@ def request_to_proto(request: Request) -> pb.SecAggRequest:
     )
 
 
+def _encoding_from(m: pb.SecAggEncoding | pb.SecAggMaskRequest, where: str) -> Encoding:
+    try:
+        return Encoding(
+            quantizer=Quantizer(clip=m.clip, levels=m.levels),
+            max_weight=m.max_weight,
+            l2_clip=m.l2_clip,
+            noise_mu=m.noise_mu,
+        )
+    except ValueError as exc:
+        raise InvalidUpdate(f"secagg {where}: {exc}") from exc
+
+
 def request_from_proto(message: pb.SecAggRequest) -> Request:
     stage = message.WhichOneof("stage")
     if stage == "setup":
@@ -146,19 +168,14 @@ def request_from_proto(message: pb.SecAggRequest) -> Request:
             committee=s.committee,
         )
     if stage == "keys":
-        return NeighbourKeys(keys=tuple(_keys_from(k) for k in message.keys.keys))
+        k = message.keys
+        encoding = _encoding_from(k.encoding, "key request") if k.HasField("encoding") else None
+        return NeighbourKeys(keys=tuple(_keys_from(x) for x in k.keys), encoding=encoding)
     if stage == "mask":
         m = message.mask
-        try:
-            encoding = Encoding(
-                quantizer=Quantizer(clip=m.clip, levels=m.levels),
-                max_weight=m.max_weight,
-                l2_clip=m.l2_clip,
-                noise_mu=m.noise_mu,
-            )
-        except ValueError as exc:
-            raise InvalidUpdate(f"secagg mask request: {exc}") from exc
-        return MaskRequest(shares=_shares_from(m.shares), encoding=encoding)
+        return MaskRequest(
+            shares=_shares_from(m.shares), encoding=_encoding_from(m, "mask request")
+        )
     if stage == "consistency":
         return ConsistencyRequest(survivors=tuple(message.consistency.survivors))
     if stage == "unmask":

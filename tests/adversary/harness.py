@@ -520,9 +520,10 @@ class Round:
         noise: tuple[float, float] | None = None,
         context: bytes | None = None,
         run_id: str = RUN_ID,
+        number: int | None = None,  # a round number already used: a second session of it
     ) -> None:
         self.fleet = fleet
-        self.number = fleet.next_round()
+        self.number = fleet.next_round() if number is None else number
         self.cohort = tuple(cohort)
         self.start = fleet.fresh_model()
         self.server = SecAggServer(

@@ -39,7 +39,6 @@ from fedops.core.secagg.client import SecAggClient
 from fedops.core.secagg.messages import (
     ConsistencyRequest,
     MaskedInput,
-    MaskRequest,
     NeighbourKeys,
     PublicKeys,
     Reveal,
@@ -482,21 +481,19 @@ def test_crafted_cohorts_and_non_neighbour_keys_are_refused(fleet: Fleet):
 
 
 # -- 7. replays -----------------------------------------------------------------------------------
-def test_replayed_rounds_contexts_and_models_are_refused(fleet: Fleet):
+def test_replayed_rounds_sessions_and_contexts_are_refused(fleet: Fleet):
     first = Round(fleet, REGULAR)
-    first.through("consistency")  # every site signed round `first`
+    first.through("consistency")  # every site sent its masked input for round `first`
     setups = {i: first.server.setup_for(i) for i in first.names}
 
-    # the whole setup of the signed round again, and a setup for an earlier round
+    # the whole setup of that round again (a second session), and a setup for an earlier round
     for number in (first.number, first.number - 1):
         answers = fleet.ask(number, {first.names[i]: s for i, s in setups.items()})
         assert_declined(fleet, number, answers, "secagg_keys", "rounds only go forward")
         if number == first.number:
-            assert (
-                f"already signed the survivor set of round {number}" in answers["site-0"].declined
-            )
+            assert f"already sent a masked input for round {number}" in answers["site-0"].declined
 
-    # a later round number with the signed round's context: its signatures would verify again
+    # a later round number with that round's context: its signatures would verify again
     reused = Round(fleet, REGULAR, context=round_context(RUN_ID, first.number))
     answers = reused.ask({i: reused.server.setup_for(i) for i in reused.names})
     assert_declined(
@@ -507,40 +504,20 @@ def test_replayed_rounds_contexts_and_models_are_refused(fleet: Fleet):
         f"is not this task's run and round '{RUN_ID}:{reused.number}'",
     )
 
-    # a new round, trained from the start model of the signed round
+    # a second session of a round whose mask stage a site already answered, never asked to
+    # sign (red-team finding: its input would be in two sums of one round)
     rnd = Round(fleet, REGULAR)
-    rnd.advertise()
-    rnd.share()
-    requests = rnd.server.close_shares()
-    trainings = {name: len(fleet.trainings(name)) for name in REGULAR}
-    answers = rnd.ask(requests, start=first.start)
-    assert_declined(
-        fleet, rnd.number, by_name(rnd, answers), "secagg_masked", "already contributed an update"
-    )
-    assert {name: len(fleet.trainings(name)) for name in REGULAR} == trainings
-    # with a model it never signed for, the round goes on
-    answers = rnd.ask(requests)
-    assert all(isinstance(a.reply, MaskedInput) for a in answers.values()), answers
-    assert_unrecoverable(rnd, fleet, list(rnd.names))
-
-    # the signed model again under another run id: the run id is the coordinator's to pick
-    trainings = {name: len(fleet.trainings(name)) for name in REGULAR}
-    fleet.transport.run_id = "another-run"
-    try:
-        other = Round(fleet, REGULAR, run_id="another-run")
-        other.advertise()
-        other.share()
-        answers = other.ask(other.server.close_shares(), start=first.start)
-    finally:
-        fleet.transport.run_id = RUN_ID
+    rnd.through("mask")
+    again = Round(fleet, REGULAR, number=rnd.number)
+    answers = again.ask({i: again.server.setup_for(i) for i in again.names})
     assert_declined(
         fleet,
-        other.number,
-        by_name(other, answers),
-        "secagg_masked",
-        "already contributed an update",
+        rnd.number,
+        by_name(again, answers),
+        "secagg_keys",
+        f"already sent a masked input for round {rnd.number}",
     )
-    assert {name: len(fleet.trainings(name)) for name in REGULAR} == trainings
+    assert_unrecoverable(rnd, fleet, list(rnd.names))
 
 
 # -- 8. distributed DP at the extremes -----------------------------------------------------------
@@ -568,14 +545,20 @@ def test_distributed_dp_below_the_site_floor_is_refused(fleet: Fleet):
             l2_clip=1e6,
         ),
     }
-    trainings = len(fleet.trainings(DP_SITE))
-    for reason, encoding in bad.items():
-        request = MaskRequest(shares=honest.shares, encoding=encoding)
-        answers = rnd.ask({dp: request})
-        assert_declined(fleet, rnd.number, by_name(rnd, answers), "secagg_masked", reason)
-    assert len(fleet.trainings(DP_SITE)) == trainings  # refused before training
+    for reason, encoding in bad.items():  # the encoding comes with the keys: refused there
+        rnd = Round(fleet, cohort, noise=(1.0, 1.0))
+        rnd.advertise()
+        requests = rnd.server.close_keys()
+        request = dataclasses.replace(requests[rnd.index(DP_SITE)], encoding=encoding)
+        answers = rnd.ask({rnd.index(DP_SITE): request})
+        assert_declined(fleet, rnd.number, by_name(rnd, answers), "secagg_shares", reason)
     # the noise it agreed to: it trains and masks
-    (answer,) = rnd.ask({dp: honest}).values()
+    rnd = Round(fleet, cohort, noise=(1.0, 1.0))
+    rnd.advertise()
+    rnd.share()
+    dp = rnd.index(DP_SITE)
+    trainings = len(fleet.trainings(DP_SITE))
+    (answer,) = rnd.ask({dp: rnd.server.close_shares()[dp]}).values()
     assert isinstance(answer.reply, MaskedInput)
     assert len(fleet.trainings(DP_SITE)) == trainings + 1
     assert_unrecoverable(rnd, fleet, [dp])

@@ -33,6 +33,7 @@ from fedops.core.secagg.messages import (
     ShareKeys,
     SurvivorSignature,
     UnmaskRequest,
+    encoding_digest,
     signed_message,
     survivors_message,
 )
@@ -122,7 +123,8 @@ class SecAggClient:
         self.certificate = certificate
         self.stage = 0
         self.survivors: tuple[int, ...] | None = None  # the one set this client signed
-        self._encoding: Encoding | None = None
+        self._encoding: Encoding | None = None  # the round's, from the key request
+        self.sealed = b""  # bound context + encoding digest: share AAD, survivor signatures
         self._cipher_sk = b""
         self._mask_sk = b""
         self._seed = b""
@@ -166,6 +168,11 @@ class SecAggClient:
             raise ProtocolError(
                 f"only {len(self._keys)} neighbours advertised keys; the threshold is {t}"
             )
+        if request.encoding is None:
+            raise ProtocolError("the key request names no encoding for the round")
+        self.policy.check_encoding(request.encoding, len(self.setup.cohort))
+        self._encoding = request.encoding
+        self.sealed = self.context + encoding_digest(request.encoding)
         self._seed = self.crypto.random(KEY_BYTES)
         holders = sorted(self._keys)
         seed_shares = shamir.split(self._seed, t, holders, self.crypto.random)
@@ -177,7 +184,7 @@ class SecAggClient:
             )
             self._share_keys[v] = key
             ciphertext = self.crypto.seal(
-                key, seed_shares[v] + key_shares[v], share_aad(self.context, index, v)
+                key, seed_shares[v] + key_shares[v], share_aad(self.sealed, index, v)
             )
             shares.append(EncryptedShare(source=index, target=v, ciphertext=ciphertext))
         commitment = hashlib.sha256(self.context + self._seed).digest()
@@ -215,8 +222,11 @@ class SecAggClient:
         that neighbour, and the server leaves this client's input out of the sum.
         """
         self._advance(2, "masking the input")
-        self.policy.check_encoding(request.encoding, len(self.setup.cohort))
-        self._encoding = request.encoding
+        if request.encoding != self._encoding:
+            raise ProtocolError(
+                "the mask request's encoding is not the one this round's shares were sealed "
+                "with: refusing to mask"
+            )
         index = self.setup.index
         complaints = []
         for share in request.shares:
@@ -227,7 +237,7 @@ class SecAggClient:
                 )
             if share.source in self._held or share.source in complaints:
                 raise ProtocolError(f"two shares from client {share.source}")
-            aad = share_aad(self.context, share.source, index)
+            aad = share_aad(self.sealed, share.source, index)
             try:
                 plain = self.crypto.open(self._share_keys[share.source], share.ciphertext, aad)
             except DecryptionFailed:
@@ -264,7 +274,7 @@ class SecAggClient:
         self.survivors = survivors
         signature = b""
         if self.sign is not None:
-            signature = self.sign(survivors_message(self.context, survivors))
+            signature = self.sign(survivors_message(self.sealed, survivors))
         return SurvivorSignature(signature=signature)
 
     def _check_survivors(self, survivors: tuple[int, ...]) -> tuple[int, ...]:
@@ -308,7 +318,7 @@ class SecAggClient:
         assert self.survivors is not None and self.verify is not None
         m = self.setup.committee_size
         need = self.policy.quorum(m)
-        message = survivors_message(self.context, self.survivors)
+        message = survivors_message(self.sealed, self.survivors)
         members, signed = set(self.survivors), set[int]()
         for entry in request.signatures:
             if len(signed) >= need:

@@ -1,8 +1,9 @@
 """The five SecAgg+ round trips, as values. Requests go server → client.
 
 1. :class:`Setup` → :class:`PublicKeys` (advertise keys)
-2. :class:`NeighbourKeys` → :class:`ShareKeys` (Shamir shares, encrypted per neighbour)
-3. :class:`MaskRequest` → :class:`MaskedInput` (train, quantize, mask)
+2. :class:`NeighbourKeys` → :class:`ShareKeys` (the round's encoding; Shamir shares,
+   encrypted per neighbour)
+3. :class:`MaskRequest` → :class:`MaskedInput` (train, quantize, mask; the same encoding)
 4. :class:`ConsistencyRequest` → :class:`SurvivorSignature` (sign the one survivor set)
 5. :class:`UnmaskRequest` → :class:`Reveal` (shares that remove the masks)
 
@@ -78,6 +79,23 @@ class PublicKeys:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NeighbourKeys:
     keys: tuple[PublicKeys, ...]
+    # the round's one encoding, fixed before any secret is shared: sealed into every share
+    # (associated data) and every survivor-set signature, so sites told different encodings
+    # can neither decrypt each other's shares nor count each other's signatures
+    encoding: Encoding | None = None
+
+
+def encoding_digest(encoding: Encoding) -> bytes:
+    """Every parameter of an encoding, hashed: what shares and signatures are sealed with."""
+    q = encoding.quantizer
+    fields = (
+        float(q.clip).hex(),
+        str(q.levels),
+        str(encoding.max_weight),
+        float(encoding.l2_clip).hex(),
+        float(encoding.noise_mu).hex(),
+    )
+    return hashlib.sha256(b"fedops-secagg-encoding\x00" + "|".join(fields).encode()).digest()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -206,9 +206,13 @@ class SecAggServer:
             "only {count} of its neighbours advertised keys (threshold {threshold})",
         )
         self._enough(self._u1, "advertising keys")
+        self.encoding = self._encoding(self._u1)
         relayed = {v: replace(self._keys[v], num_examples=0) for v in self._u1}  # counts: ours
         return {
-            u: NeighbourKeys(keys=tuple(relayed[v] for v in self.graph[u] if v in self._u1))
+            u: NeighbourKeys(
+                keys=tuple(relayed[v] for v in self.graph[u] if v in self._u1),
+                encoding=self.encoding,
+            )
             for u in sorted(self._u1)
         }
 
@@ -239,7 +243,7 @@ class SecAggServer:
             "only {count} of its neighbours shared keys (threshold {threshold})",
         )
         self._enough(self._u2, "sharing keys")
-        self.encoding = self._encoding(len(self._u2))
+        assert self.encoding is not None
         inbox: dict[int, list[EncryptedShare]] = {v: [] for v in self._u2}
         for u in sorted(self._u2):
             for share in self._shares[u].shares:
@@ -250,10 +254,15 @@ class SecAggServer:
             v: MaskRequest(shares=tuple(inbox[v]), encoding=self.encoding) for v in sorted(self._u2)
         }
 
-    def _encoding(self, n: int) -> Encoding:
-        """The grid for ``n`` summands; with distributed DP, room for the noise too."""
+    def _encoding(self, members: set[int]) -> Encoding:
+        """The grid for the ``members`` who may be summed; with distributed DP, room for noise.
+
+        Fixed once the keys are in, before any secret is shared, and the same for every
+        client (they seal their shares and signatures with it).
+        """
+        n = len(members)
         if self.noise is None:
-            max_weight = min(max(self._keys[u].num_examples for u in self._u2), (MODULUS - 1) // n)
+            max_weight = min(max(self._keys[u].num_examples for u in members), (MODULUS - 1) // n)
             return Encoding(quantizer=Quantizer.for_summands(self.clip, n), max_weight=max_weight)
         sigma, l2_clip = self.noise
         # |signal| <= n·levels/2 and the noise stays within 8σ·levels/2 (p < 1e-15), so the

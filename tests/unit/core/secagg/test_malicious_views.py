@@ -19,11 +19,13 @@ partner "dropped" for the partner's neighbours).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 from fakes import FakeCrypto
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -271,3 +273,39 @@ def test_the_split_view_attack_is_refused_and_works_without_the_check():
     assert exposed(*play(attack)) == []
     found = exposed(*play(attack, check_signatures=False))
     assert (1, "self mask and every pairwise mask") in found
+
+
+def test_a_site_told_another_encoding_shares_with_no_one_and_masks_nothing():
+    """Red-team finding: one site's own grid (the others' words made to vanish) isolated it.
+
+    The encoding comes with the keys and is sealed into every share's associated data:
+    a site shown a different encoding can decrypt no neighbour's share, and its own
+    shares decrypt for no neighbour, so it refuses to mask (below threshold).
+    """
+    n = 8
+    cohort = [f"site-{i}" for i in range(1, n + 1)]
+    crypto = FakeCrypto(3)
+    server = SecAggServer(
+        context=CONTEXT, cohort=cohort, vector_length=LENGTH, clip=4.0, crypto=crypto
+    )
+    clients = {i: SecAggClient(server.setup_for(i), crypto) for i in range(1, n + 1)}
+    for i, c in clients.items():
+        server.receive_keys(i, c.advertise(1))
+    requests = server.close_keys()
+    honest = requests[1].encoding
+    assert honest is not None
+    odd = dataclasses.replace(
+        honest, quantizer=dataclasses.replace(honest.quantizer, levels=1 << 29)
+    )
+    requests[1] = dataclasses.replace(requests[1], encoding=odd)  # the victim's own grid
+    for i, request in requests.items():
+        server.receive_shares(i, clients[i].share(request))
+    masks = server.close_shares()
+    victim_request = MaskRequest(shares=masks[1].shares, encoding=odd)
+    with pytest.raises(ProtocolError, match="only 0 neighbours are still in the round"):
+        clients[1].mask(victim_request, np.zeros(LENGTH, np.uint32))
+    # and a mask request whose encoding is not the one the shares were sealed with
+    with pytest.raises(ProtocolError, match="not the one this round's shares were sealed with"):
+        clients[2].mask(
+            MaskRequest(shares=masks[2].shares, encoding=odd), np.zeros(LENGTH, np.uint32)
+        )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 from fakes import FakeCrypto
 from hypothesis import given, settings
@@ -245,7 +244,8 @@ def test_the_implied_noise_multiplier_is_the_servers(n, sigma, clip, dropped):
     assert "(secagg min_noise_multiplier)" in refused(floor.check_encoding, encoding, cohort)
 
 
-def test_a_client_refuses_to_mask_below_its_noise_floor():
+def test_a_client_refuses_to_share_below_its_noise_floor():
+    """Checked when the encoding arrives with the keys, before any secret is shared."""
     n, sigma, clip = 6, 2.0, 0.5
     crypto = FakeCrypto(1)
     server = SecAggServer(
@@ -263,10 +263,7 @@ def test_a_client_refuses_to_mask_below_its_noise_floor():
     }
     for i, client in clients.items():
         server.receive_keys(i, client.advertise(1))
-    for i, request in server.close_keys().items():
-        server.receive_shares(i, clients[i].share(request))
-    requests = server.close_shares()
-    vector = np.zeros(3, np.uint32)
-    clients[2].mask(requests[2], vector)
+    requests = server.close_keys()
+    assert clients[2].share(requests[2]).shares
     with pytest.raises(ProtocolError, match=r"noise multiplier of 2;.*needs at least 2\.5"):
-        clients[1].mask(requests[1], vector)
+        clients[1].share(requests[1])

@@ -747,7 +747,7 @@ def test_signed_keys_and_survivor_sets_are_accepted_and_the_round_completes():
         r.server.receive_masked(i, reply)
     unmask = r.consistency(r.server.close_masked())
     survivors = (1, 2, 3, 4, 5)
-    message = survivors_message(r.server.bound, survivors)
+    message = survivors_message(r.clients[1].sealed, survivors)
     trusted = r.clients[1].verify
     for request in unmask.values():
         assert request.survivors == survivors
@@ -1294,10 +1294,11 @@ def test_a_low_order_public_key_is_a_protocol_error(key):
     requests = r.server.close_keys()
     # a dishonest server forwards it anyway: the client declines instead of crashing
     forged = tuple(weak if k.index == 2 else k for k in requests[1].keys)
+    encoding = requests[1].encoding
     if key == "cipher_key":  # used right away, to encrypt the shares for client 2
         with pytest.raises(ProtocolError):
-            r.clients[1].share(NeighbourKeys(keys=forged))
+            r.clients[1].share(NeighbourKeys(keys=forged, encoding=encoding))
         return
-    r.clients[1].share(NeighbourKeys(keys=forged))  # mask keys are only used in stage 3,
+    r.clients[1].share(NeighbourKeys(keys=forged, encoding=encoding))  # mask keys: stage 3,
     with pytest.raises(ProtocolError):  # where every agreement goes through Crypto.agree
         Crypto().agree(Crypto().keypair()[0], bytes(32), b"fedops-secagg pairwise mask")
