@@ -274,6 +274,12 @@ class Agent:
             self._push(task, new, n, metrics)
         elif task.kind == pb.TASK_KIND_EVALUATE:
             self._evaluate(task)
+        elif task.kind == pb.TASK_KIND_SECAGG and task.run_id != session.run_id:
+            self._decline(
+                task,
+                f"secure aggregation: the task names run {task.run_id!r}, but this site "
+                f"registered for run {session.run_id!r}",
+            )
         elif task.kind == pb.TASK_KIND_SECAGG:
             self._secure_step(task)
         else:

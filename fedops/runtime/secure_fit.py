@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from fedops.core.params import Params, TensorSpec
 from fedops.core.results import FitResult, StageResult
 from fedops.core.rounds import Outcome, Phase, RoundTracker
@@ -95,6 +97,24 @@ class SecureFit:
     ) -> FitOutcome:
         """One secure fit phase; ``noise=(σ, clip)`` makes the clients add distributed DP."""
         return _SecureRound(self, server_round, sorted(nodes), params, config, noise).run()
+
+
+def bounded(start: Params, mean: Params, clip: float) -> Params:
+    """``mean`` moved at most ``clip`` per value from ``start``, and finite.
+
+    An honest weighted mean of clipped updates never moves a value further; a site
+    that lied about its example count could (the sum is divided by the counts), so
+    the step is clamped: a lie biases one round, it cannot put the model out of range.
+    """
+    out: Params = {}
+    for name, old in start.items():
+        base = np.asarray(old, np.float64)
+        step = np.clip(np.asarray(mean[name], np.float64) - base, -clip, clip)
+        new = base + np.nan_to_num(step, nan=0.0)  # a value that is no number does not move
+        if np.issubdtype(old.dtype, np.integer) or old.dtype == np.bool_:
+            new = np.rint(new)
+        out[name] = new.astype(old.dtype)
+    return out
 
 
 class _SecureRound:
@@ -220,7 +240,8 @@ class _SecureRound:
             )
             total = total.copy()
             total[-1] = expected % MODULUS
-        return decode_mean(self.params, total, len(survivors), encoding)
+        params, weight = decode_mean(self.params, total, len(survivors), encoding)
+        return bounded(self.params, params, encoding.quantizer.clip), weight
 
     def _stage(
         self,

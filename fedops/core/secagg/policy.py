@@ -121,7 +121,7 @@ class SecAggPolicy:
                 f"distributed DP clip {encoding.l2_clip:g} exceeds this site's "
                 f"max_l2_clip {self.max_l2_clip:g}"
             )
-        sigma = implied_noise_multiplier(encoding, cohort)
+        sigma = implied_noise_multiplier(encoding, max(cohort - self.max_colluders, 0))
         if sigma < self.min_noise_multiplier * (1 - 1e-9):
             raise ProtocolError(
                 f"the requested noise gives the cohort's sum a noise multiplier of {sigma:.4g}; "
@@ -134,9 +134,13 @@ def implied_noise_multiplier(encoding: Encoding, cohort: int) -> float:
     """σ of the noise summed over ``cohort`` clients, in units of the L2 clip.
 
     Each client adds Skellam(µ) noise, variance ``2µ`` words²; one word is
-    ``2·clip/levels`` in value, so ``cohort`` clients give std
-    ``√(2µ·cohort)·2·clip/levels``, which is ``σ·clip`` for the σ returned here.
+    ``2·qclip/levels`` in value, so ``cohort`` clients give std
+    ``√(2µ·cohort)·2·qclip/levels``, which is ``σ·l2_clip`` for the σ returned here.
+    The site's policy counts only the noise of ``cohort − c`` sites: colluders add none.
     """
     if not encoding.private:
         return 0.0
-    return math.sqrt(2 * encoding.noise_mu * cohort) * 2 / encoding.quantizer.levels
+    # one word is 2·qclip/levels in value, and a site's update moves the sum by up to
+    # l2_clip: a quantizer clip below the L2 clip shrinks the noise, not the sensitivity
+    step = 2 * encoding.quantizer.clip / encoding.quantizer.levels
+    return math.sqrt(2 * encoding.noise_mu * cohort) * step / encoding.l2_clip

@@ -267,3 +267,30 @@ def test_a_client_refuses_to_share_below_its_noise_floor():
     assert clients[2].share(requests[2]).shares
     with pytest.raises(ProtocolError, match=r"noise multiplier of 2;.*needs at least 2\.5"):
         clients[1].share(requests[1])
+
+
+def test_a_quantizer_clip_below_the_l2_clip_counts_as_less_noise():
+    """Red-team finding: the grid's own clip scales the noise, the L2 clip the sensitivity."""
+    honest = Encoding(
+        quantizer=Quantizer(clip=1.0, levels=1 << 20), max_weight=1, l2_clip=1.0, noise_mu=1e9
+    )
+    shrunk = Encoding(
+        quantizer=Quantizer(clip=0.02, levels=1 << 20), max_weight=1, l2_clip=1.0, noise_mu=1e9
+    )
+    assert math.isclose(
+        implied_noise_multiplier(shrunk, 8), 0.02 * implied_noise_multiplier(honest, 8)
+    )
+    floor = SecAggPolicy(min_noise_multiplier=implied_noise_multiplier(honest, 8))
+    floor.check_encoding(honest, 8)
+    with pytest.raises(ProtocolError, match="min_noise_multiplier"):
+        floor.check_encoding(shrunk, 8)
+
+
+def test_colluders_add_no_noise_to_what_the_floor_counts():
+    encoding = Encoding(
+        quantizer=Quantizer(clip=1.0, levels=1 << 20), max_weight=1, l2_clip=1.0, noise_mu=1e9
+    )
+    six = implied_noise_multiplier(encoding, 6)
+    SecAggPolicy(min_noise_multiplier=six).check_encoding(encoding, 6)
+    with pytest.raises(ProtocolError, match="min_noise_multiplier"):  # only 4 add noise
+        SecAggPolicy(min_noise_multiplier=six, max_colluders=2).check_encoding(encoding, 6)
