@@ -110,7 +110,7 @@ class SecureParticipant:
         certificate: what vouches for ``sign``'s key (the kit's signing
             certificate), sent along with this site's keys.
         policy: the floors the site holds every round to.
-        run_dir: where the record of signed rounds is kept.
+        run_dir: where the record of contributed rounds is kept (secagg_rounds.json).
     """
 
     def __init__(

@@ -6,7 +6,7 @@ dropped ``U2 \\ U3``. A client whose secrets could no longer be rebuilt (fewer
 than ``threshold`` neighbours left) is excluded before it masks anything; a
 client that complained about a share is left out of the sum (so a false
 complaint costs only its sender). The survivors then sign the survivor set;
-fewer signers than a majority of the cohort, or too few survivors, abort the
+fewer signers than a majority of the committee, or too few survivors, abort the
 round (:class:`SecAggAborted`) and nothing is aggregated. Every exclusion carries a
 reason in :attr:`SecAggServer.excluded`.
 """
