@@ -103,6 +103,7 @@ class Agent:
             **secure_identity(cfg.identity_key, cfg.trusted_keys, self.site_name, kit=kit),
         )
         self._working = False  # set by the first round's task: no initial model after it
+        self._evaluated = 0  # the last round evaluated (one per round under --require-secagg)
         if cfg.require_secagg and self.secure.verify is None:
             log.warning(
                 "secure aggregation without site identities: the coordinator could pose as "
@@ -258,10 +259,31 @@ class Agent:
             return True
         if not self._policy_allows(task):
             return self.policy.consents()  # consent withdrawn: this site leaves the run
+        try:
+            self._handle(task, session)
+        except (grpc.RpcError, _Reregister, CoordinatorUnreachable):
+            raise
+        except Exception as exc:  # whatever a task does to the site's code, never fatal
+            log.exception("round %d: the task failed at this site", task.round)
+            self._decline(task, f"the task failed at this site: {type(exc).__name__}: {exc}"[:500])
+        return True
+
+    def _handle(self, task: pb.Task, session: Session) -> None:
+        """Carry out one task; anything it raises is declined by :meth:`_step`."""
         if task.kind == pb.TASK_KIND_SEND_INITIAL:
             self._send_initial(task)
-            return True
+            return
         self._working = True
+        if task.kind == pb.TASK_KIND_EVALUATE and self.cfg.require_secagg:
+            if task.round <= self._evaluated:
+                self._decline(
+                    task,
+                    f"round {task.round}: this site evaluates once per round, rounds only forward "
+                    "(--require-secagg: each evaluation runs a coordinator-chosen model over its "
+                    "data)",
+                )
+                return
+            self._evaluated = task.round
         if task.kind == pb.TASK_KIND_FIT and self.cfg.require_secagg:
             self._decline(task, "this site only trains under secure aggregation (--require-secagg)")
         elif task.kind == pb.TASK_KIND_FIT:
@@ -270,7 +292,7 @@ class Agent:
                 new, n, metrics = self.site.fit(params, task.round, dict(task.config))
             except PolicyRefusal as exc:
                 self._decline(task, str(exc))
-                return True
+                return
             self._push(task, new, n, metrics)
         elif task.kind == pb.TASK_KIND_EVALUATE:
             self._evaluate(task)
@@ -284,7 +306,6 @@ class Agent:
             self._secure_step(task)
         else:
             self._decline(task, f"unknown task kind {task.kind}")
-        return True
 
     def _send_initial(self, task: pb.Task) -> None:
         """A freshly built model, and only before round 1: never state this site trained."""

@@ -41,7 +41,7 @@ from fedops.core.secagg.messages import (
 )
 from fedops.core.secagg.primitives import ProtocolError, SecAggAborted, SecAggCrypto
 from fedops.core.secagg.quantize import MODULUS, Quantizer
-from fedops.core.secagg.update import Encoding
+from fedops.core.secagg.update import MAX_SKELLAM_MU, Encoding
 
 #: subsets of revealed shares tried when some are wrong: all of them up to this many
 MAX_RECOVERY_TRIES = 4096
@@ -49,8 +49,6 @@ MAX_RECOVERY_TRIES = 4096
 #: verifies about half of them (Ed25519, ~0.1 ms each here); a larger committee tolerates
 #: more dropouts among its members, a smaller one costs less
 DEFAULT_COMMITTEE = 64
-#: largest Skellam parameter a client samples (numpy's Poisson is accurate well beyond it)
-MAX_SKELLAM_MU = 1e10
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -274,7 +272,7 @@ class SecAggServer:
             levels = max(1, min(levels, int(cap)))
         # every sampled client adds its share of Skellam noise: variance 2µ each, so the
         # sum over all sampled has std sigma·levels/2 words = sigma·l2_clip in value
-        mu = (sigma * levels / 2) ** 2 / (2 * len(self.clients))
+        mu = min((sigma * levels / 2) ** 2 / (2 * len(self.clients)), MAX_SKELLAM_MU)
         return Encoding(
             quantizer=Quantizer(clip=l2_clip, levels=levels),
             max_weight=1,

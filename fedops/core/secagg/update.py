@@ -18,6 +18,11 @@ from numpy.typing import NDArray
 from fedops.core.params import InvalidUpdate, Params, check_specs_match, specs_of
 from fedops.core.secagg.quantize import CHUNK, MODULUS, Quantizer
 
+#: largest Skellam parameter a client samples: numpy's Poisson sampler is accurate well
+#: beyond it, while far above (2^53) its samples are multiples of a power of two, so noise
+#: that large would leave the low bits of a word noise-free
+MAX_SKELLAM_MU = 1e10
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Encoding:
@@ -35,8 +40,11 @@ class Encoding:
             raise ValueError(f"max_weight must be in [1, 2^32), got {self.max_weight}")
         if not (math.isfinite(self.l2_clip) and self.l2_clip >= 0):
             raise ValueError(f"l2_clip must be >= 0, got {self.l2_clip}")
-        if not (math.isfinite(self.noise_mu) and 0 <= self.noise_mu < 2**62):
-            raise ValueError(f"noise_mu must be in [0, 2^62), got {self.noise_mu}")
+        if not (math.isfinite(self.noise_mu) and 0 <= self.noise_mu <= MAX_SKELLAM_MU):
+            raise ValueError(
+                f"noise_mu must be in [0, {MAX_SKELLAM_MU:g}] (numpy's Poisson samples are exact "
+                f"there; far above, they are coarse in the low bits), got {self.noise_mu}"
+            )
 
     @property
     def private(self) -> bool:

@@ -165,7 +165,7 @@ def test_two_quorums_share_an_honest_site(n, c):
 
 
 # -- check_encoding ---------------------------------------------------------------------------
-def _private(sigma: float, n: int, clip: float = 1.0, levels: int = 1 << 20) -> Encoding:
+def _private(sigma: float, n: int, clip: float = 1.0, levels: int = 1 << 16) -> Encoding:
     mu = (sigma * levels / 2) ** 2 / (2 * n)
     return Encoding(
         quantizer=Quantizer(clip=clip, levels=levels), max_weight=1, l2_clip=clip, noise_mu=mu
@@ -294,3 +294,15 @@ def test_colluders_add_no_noise_to_what_the_floor_counts():
     SecAggPolicy(min_noise_multiplier=six).check_encoding(encoding, 6)
     with pytest.raises(ProtocolError, match="min_noise_multiplier"):  # only 4 add noise
         SecAggPolicy(min_noise_multiplier=six, max_colluders=2).check_encoding(encoding, 6)
+
+
+def test_noise_too_large_for_exact_poisson_samples_is_refused():
+    """Red-team finding: at µ near 2^62 numpy's Poisson samples are multiples of 512, so the
+    low bits of every word carried no noise while the floor check passed."""
+    with pytest.raises(ValueError, match="noise_mu must be in"):
+        Encoding(
+            quantizer=Quantizer(clip=1.0, levels=1 << 31),
+            max_weight=1,
+            l2_clip=1.0,
+            noise_mu=float(2**62 - 2**40),
+        )

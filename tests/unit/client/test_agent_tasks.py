@@ -1,0 +1,86 @@
+"""The agent's task loop: a task that breaks the site's code is declined, never fatal, and
+under --require-secagg a site evaluates at most once per round.
+
+A real :class:`Agent` over a real site (digits), with the coordinator replaced by a stub
+that hands out one crafted task per step and a push that records what the site answered
+(no network: the handling, not the wire, is under test here).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedops.client.agent import Agent
+from fedops.client.calls import Session
+from fedops.core.training import TrainConfig, get_params
+from fedops.runtime.settings import ClientConfig
+from fedops.tasks import load_task
+from fedops.tasks.site import Site
+from fedops.v1 import fedops_pb2 as pb
+
+
+class _Stub:
+    def __init__(self) -> None:
+        self.task: pb.Task | None = None
+
+    def PullTask(self, request: Any, timeout: float | None = None) -> pb.Task:
+        assert self.task is not None
+        return self.task
+
+
+@pytest.fixture()
+def agent(tmp_path: Path) -> Agent:
+    cfg = ClientConfig(
+        task="digits", site=0, num_sites=3, require_secagg=True, run_dir=tmp_path / "site"
+    )
+    site = Site(load_task("digits"), site=0, num_sites=3, train_config=TrainConfig(epochs=1))
+    a = Agent(cfg, site)
+    a.session = Session(
+        node_id="n1", token="t", run_id="run-A", heartbeat_s=2.0, chunk_bytes=1 << 20
+    )
+    a.stub = _Stub()  # type: ignore[assignment]
+    a.pushed = []  # type: ignore[attr-defined]
+    a.model = get_params(site.task.build_model())  # type: ignore[attr-defined]
+
+    def push(task: pb.Task, params: Any, n: int, metrics: Any, **kw: Any) -> None:
+        a.pushed.append({"round": task.round, "kind": task.kind, **kw})  # type: ignore[attr-defined]
+
+    a._push = push  # type: ignore[method-assign]
+    a._fetch = lambda task: a.model  # type: ignore[method-assign,attr-defined]
+    return a
+
+
+def _step(agent: Agent, task: pb.Task) -> dict[str, Any]:
+    agent.stub.task = task  # type: ignore[attr-defined]
+    assert agent._step() is True
+    return agent.pushed[-1]  # type: ignore[attr-defined]
+
+
+def test_a_task_that_breaks_the_sites_code_is_declined_with_the_reason(agent: Agent):
+    wrong = {k: v[..., :1] for k, v in agent.model.items()}  # type: ignore[attr-defined]
+    agent.model = wrong  # type: ignore[attr-defined]
+    task = pb.Task(kind=pb.TASK_KIND_EVALUATE, run_id="run-A", round=1, task_id="e1")
+    answer = _step(agent, task)
+    assert answer["declined"].startswith("the task failed at this site: RuntimeError")
+    audit = (agent.cfg.run_dir / "audit.jsonl").read_text()  # type: ignore[operator]
+    assert "the task failed at this site" in audit
+
+
+def test_a_secagg_site_evaluates_once_per_round_rounds_only_forward(agent: Agent):
+    for number, expect_declined in ((1, False), (1, True), (2, False), (1, True)):
+        task = pb.Task(
+            kind=pb.TASK_KIND_EVALUATE, run_id="run-A", round=number, task_id=f"e{number}"
+        )
+        answer = _step(agent, task)
+        assert ("declined" in answer) is expect_declined, (number, answer)
+        if expect_declined:
+            assert "evaluates once per round" in answer["declined"]
+
+
+def test_a_secagg_task_for_another_run_is_declined(agent: Agent):
+    task = pb.Task(kind=pb.TASK_KIND_SECAGG, run_id="run-B", round=1, task_id="s1")
+    answer = _step(agent, task)
+    assert "registered for run 'run-A'" in answer["declined"]
