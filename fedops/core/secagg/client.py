@@ -161,8 +161,9 @@ class SecAggClient:
     # -- stage 2 -----------------------------------------------------------
     def share(self, request: NeighbourKeys) -> ShareKeys:
         self._advance(1, "sharing keys")
+        own = {self.crypto.public_key(self._cipher_sk), self.crypto.public_key(self._mask_sk)}
         for keys in request.keys:
-            self._accept_keys(keys)
+            self._accept_keys(keys, own)
         t = self.setup.threshold
         if len(self._keys) < t:
             raise ProtocolError(
@@ -190,8 +191,7 @@ class SecAggClient:
         commitment = hashlib.sha256(self.context + self._seed).digest()
         return ShareKeys(shares=tuple(shares), commitment=commitment)
 
-    def _accept_keys(self, keys: PublicKeys) -> None:
-        own = {self.crypto.public_key(self._cipher_sk), self.crypto.public_key(self._mask_sk)}
+    def _accept_keys(self, keys: PublicKeys, own: set[bytes]) -> None:
         if keys.index not in self.neighbours:
             raise ProtocolError(f"keys of client {keys.index}, who is not a neighbour")
         if keys.index in self._keys:
