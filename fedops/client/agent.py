@@ -8,6 +8,7 @@ if the coordinator no longer knows it (a restart) it simply registers again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import threading
@@ -19,6 +20,7 @@ import grpc
 
 from fedops.client.calls import Session, fetch_model, push_result
 from fedops.client.channel import dial
+from fedops.client.guard import TaskGuard
 from fedops.client.secure import SecureParticipant, secure_identity
 from fedops.client.trail import SiteTrail, phase_of
 from fedops.consortium.kit import Kit
@@ -26,7 +28,7 @@ from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.primitives import ProtocolError
 from fedops.crypto import Crypto
 from fedops.runtime.settings import ClientConfig
-from fedops.tasks.policy import PolicyViolation, SitePolicy
+from fedops.tasks.policy import SECAGG_RULES, PolicyViolation, SitePolicy
 from fedops.tasks.site import PolicyRefusal, Site
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
@@ -54,11 +56,7 @@ def site_policy(cfg: ClientConfig, kit: Kit | None) -> SitePolicy:
         max_rounds=cfg.max_rounds,
         allowed_tasks=tuple(cfg.allowed_task or ()),
         consent_file=cfg.consent_file,
-        secagg_min_cohort=cfg.secagg_min_cohort,
-        secagg_min_degree=cfg.secagg_min_degree,
-        secagg_max_colluders=cfg.secagg_max_colluders,
-        secagg_min_noise_multiplier=cfg.secagg_min_noise_multiplier,
-        secagg_max_l2_clip=cfg.secagg_max_l2_clip,
+        **{rule: getattr(cfg, rule) for rule in SECAGG_RULES},  # the --secagg-* flags
     )
 
 
@@ -102,8 +100,7 @@ class Agent:
             run_dir=cfg.run_dir,
             **secure_identity(cfg.identity_key, cfg.trusted_keys, self.site_name, kit=kit),
         )
-        self._working = False  # set by the first round's task: no initial model after it
-        self._evaluated = 0  # the last round evaluated (one per round under --require-secagg)
+        self.guard = TaskGuard(require_secagg=cfg.require_secagg)
         if cfg.require_secagg and self.secure.verify is None:
             log.warning(
                 "secure aggregation without site identities: the coordinator could pose as "
@@ -128,13 +125,7 @@ class Agent:
                 "allowed_tasks": list(p.allowed_tasks),
                 "consent": p.consent,
                 "consent_file": p.consent_file,
-                "secagg": {
-                    "min_cohort": p.secagg.min_cohort,
-                    "min_degree": p.secagg.min_degree,
-                    "max_colluders": p.secagg.max_colluders,
-                    "min_noise_multiplier": p.secagg.min_noise_multiplier,
-                    "max_l2_clip": p.secagg.max_l2_clip,
-                },
+                "secagg": dataclasses.asdict(p.secagg),
                 "secagg_identity": self.secure.verify is not None,
             },
         )
@@ -270,22 +261,11 @@ class Agent:
 
     def _handle(self, task: pb.Task, session: Session) -> None:
         """Carry out one task; anything it raises is declined by :meth:`_step`."""
-        if task.kind == pb.TASK_KIND_SEND_INITIAL:
-            self._send_initial(task)
-            return
-        self._working = True
-        if task.kind == pb.TASK_KIND_EVALUATE and self.cfg.require_secagg:
-            if task.round <= self._evaluated:
-                self._decline(
-                    task,
-                    f"round {task.round}: this site evaluates once per round, rounds only forward "
-                    "(--require-secagg: each evaluation runs a coordinator-chosen model over its "
-                    "data)",
-                )
-                return
-            self._evaluated = task.round
-        if task.kind == pb.TASK_KIND_FIT and self.cfg.require_secagg:
-            self._decline(task, "this site only trains under secure aggregation (--require-secagg)")
+        refusal = self.guard.refusal(task, session.run_id)
+        if refusal:
+            self._decline(task, refusal)
+        elif task.kind == pb.TASK_KIND_SEND_INITIAL:
+            self._push(task, self.site.initial_params(), self.site.num_train_examples, {})
         elif task.kind == pb.TASK_KIND_FIT:
             params = self._fetch(task)
             try:
@@ -296,27 +276,10 @@ class Agent:
             self._push(task, new, n, metrics)
         elif task.kind == pb.TASK_KIND_EVALUATE:
             self._evaluate(task)
-        elif task.kind == pb.TASK_KIND_SECAGG and task.run_id != session.run_id:
-            self._decline(
-                task,
-                f"secure aggregation: the task names run {task.run_id!r}, but this site "
-                f"registered for run {session.run_id!r}",
-            )
         elif task.kind == pb.TASK_KIND_SECAGG:
             self._secure_step(task)
         else:
             self._decline(task, f"unknown task kind {task.kind}")
-
-    def _send_initial(self, task: pb.Task) -> None:
-        """A freshly built model, and only before round 1: never state this site trained."""
-        if self._working:
-            self._decline(
-                task,
-                "the initial model is sent only before the first round (it would be "
-                "this site's trained model: refused)",
-            )
-            return
-        self._push(task, self.site.initial_params(), self.site.num_train_examples, {})
 
     def _policy_allows(self, task: pb.Task) -> bool:
         """Consent and the round limit, checked before any work; False: declined."""

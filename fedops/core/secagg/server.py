@@ -14,15 +14,13 @@ reason in :attr:`SecAggServer.excluded`.
 from __future__ import annotations
 
 import hashlib
-import itertools
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
-from fedops.core.secagg import graph, shamir
+from fedops.core.secagg import graph, recovery, shamir
 from fedops.core.secagg.client import KEY_BYTES, MASK_INFO, mask_sign
 from fedops.core.secagg.messages import (
     ConsistencyRequest,
@@ -40,11 +38,9 @@ from fedops.core.secagg.messages import (
     bind,
 )
 from fedops.core.secagg.primitives import ProtocolError, SecAggAborted, SecAggCrypto
-from fedops.core.secagg.quantize import MODULUS, Quantizer
-from fedops.core.secagg.update import MAX_SKELLAM_MU, Encoding
+from fedops.core.secagg.quantize import MODULUS
+from fedops.core.secagg.update import Encoding, round_encoding
 
-#: subsets of revealed shares tried when some are wrong: all of them up to this many
-MAX_RECOVERY_TRIES = 4096
 #: sites whose survivor-set signatures count: the first this many of the cohort. Each site
 #: verifies about half of them (Ed25519, ~0.1 ms each here); a larger committee tolerates
 #: more dropouts among its members, a smaller one costs less
@@ -253,31 +249,15 @@ class SecAggServer:
         }
 
     def _encoding(self, members: set[int]) -> Encoding:
-        """The grid for the ``members`` who may be summed; with distributed DP, room for noise.
-
-        Fixed once the keys are in, before any secret is shared, and the same for every
-        client (they seal their shares and signatures with it).
-        """
-        n = len(members)
-        if self.noise is None:
-            max_weight = min(max(self._keys[u].num_examples for u in members), (MODULUS - 1) // n)
-            return Encoding(quantizer=Quantizer.for_summands(self.clip, n), max_weight=max_weight)
-        sigma, l2_clip = self.noise
-        # |signal| <= n·levels/2 and the noise stays within 8σ·levels/2 (p < 1e-15), so the
-        # centred sum fits in ±2^31 and is read exactly (update._decode_private_sum)
-        levels = max(1, int((MODULUS - 1) // (n + 8 * sigma)))
-        if sigma > 0:  # keep µ where numpy's Poisson sampler is exact (its variance drifts
-            # by percents above ~1e13); the grid stays far finer than the noise
-            cap = 2 * math.sqrt(2 * len(self.clients) * MAX_SKELLAM_MU) / sigma
-            levels = max(1, min(levels, int(cap)))
-        # every sampled client adds its share of Skellam noise: variance 2µ each, so the
-        # sum over all sampled has std sigma·levels/2 words = sigma·l2_clip in value
-        mu = min((sigma * levels / 2) ** 2 / (2 * len(self.clients)), MAX_SKELLAM_MU)
-        return Encoding(
-            quantizer=Quantizer(clip=l2_clip, levels=levels),
-            max_weight=1,
-            l2_clip=l2_clip,
-            noise_mu=mu,
+        """The grid for the ``members`` who may be summed, fixed once the keys are in,
+        before any secret is shared, and the same for every client (they seal their
+        shares and signatures with it)."""
+        return round_encoding(
+            summands=len(members),
+            cohort=len(self.clients),
+            clip=self.clip,
+            max_examples=max(self._keys[u].num_examples for u in members),
+            noise=self.noise,
         )
 
     # -- stage 3: masked inputs ---------------------------------------------------
@@ -421,42 +401,8 @@ class SecAggServer:
     def _recover(
         self, owner: int, shares: Mapping[int, bytes], valid: Callable[[bytes], bool]
     ) -> bytes:
-        """Rebuild ``owner``'s secret from ``threshold`` consistent shares; flag the rest."""
-        t = self.threshold
-        if len(shares) < t:
-            raise SecAggAborted(
-                f"only {len(shares)} shares of client {owner}'s secret were revealed "
-                f"(threshold {t}); the round is aborted and the model is unchanged"
-            )
-        holders = sorted(shares)
-        for chosen in _subsets(holders, t, owner):
-            subset = {x: shares[x] for x in chosen}
-            spares = [x for x in holders if x not in subset]
-            try:  # the secret (at 0) and what every other holder should have revealed
-                at_zero, *expected = shamir.evaluate_many(subset, [0, *spares])
-            except ValueError:
-                continue
-            if at_zero >> (8 * shamir.SECRET_BYTES):
-                continue
-            secret = at_zero.to_bytes(shamir.SECRET_BYTES, "big")
-            if not valid(secret):
-                continue
-            for x, y in zip(spares, expected, strict=True):
-                if y.to_bytes(shamir.SHARE_BYTES, "big") != shares[x]:
-                    self.excluded[x] = f"revealed a wrong share of client {owner}'s secret"
-            return secret
-        raise SecAggAborted(
-            f"the revealed shares of client {owner}'s secret are inconsistent; the round is "
-            "aborted and the model is unchanged"
-        )
-
-
-def _subsets(holders: list[int], t: int, seed: int) -> Iterator[tuple[int, ...]]:
-    """The first ``t`` holders, then every ``t``-subset (random ones if there are too many)."""
-    yield tuple(holders[:t])
-    if math.comb(len(holders), t) <= MAX_RECOVERY_TRIES:
-        yield from itertools.combinations(holders, t)
-        return
-    rng = np.random.default_rng(seed)
-    for _ in range(MAX_RECOVERY_TRIES):
-        yield tuple(sorted(int(x) for x in rng.choice(holders, t, replace=False)))
+        """``owner``'s secret from the revealed shares; holders that lied are excluded."""
+        secret, liars = recovery.recover(owner, shares, self.threshold, valid)
+        for x in liars:
+            self.excluded[x] = f"revealed a wrong share of client {owner}'s secret"
+        return secret

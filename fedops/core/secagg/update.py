@@ -51,6 +51,39 @@ class Encoding:
         return self.l2_clip > 0
 
 
+def round_encoding(
+    *,
+    summands: int,
+    cohort: int,
+    clip: float,
+    max_examples: int,
+    noise: tuple[float, float] | None,
+) -> Encoding:
+    """The grid for ``summands`` updates; with distributed DP ``noise=(σ, l2_clip)``,
+    room for the noise the ``cohort`` clients add between them."""
+    n = summands
+    if noise is None:
+        max_weight = min(max_examples, (MODULUS - 1) // n)
+        return Encoding(quantizer=Quantizer.for_summands(clip, n), max_weight=max_weight)
+    sigma, l2_clip = noise
+    # |signal| <= n·levels/2 and the noise stays within 8σ·levels/2 (p < 1e-15), so the
+    # centred sum fits in ±2^31 and is read exactly (_decode_private_sum)
+    levels = max(1, int((MODULUS - 1) // (n + 8 * sigma)))
+    if sigma > 0:  # keep µ where numpy's Poisson sampler is exact (its variance drifts
+        # by percents above ~1e13); the grid stays far finer than the noise
+        cap = 2 * math.sqrt(2 * cohort * MAX_SKELLAM_MU) / sigma
+        levels = max(1, min(levels, int(cap)))
+    # every sampled client adds its share of Skellam noise: variance 2µ each, so the
+    # sum over all sampled has std sigma·levels/2 words = sigma·l2_clip in value
+    mu = min((sigma * levels / 2) ** 2 / (2 * cohort), MAX_SKELLAM_MU)
+    return Encoding(
+        quantizer=Quantizer(clip=l2_clip, levels=levels),
+        max_weight=1,
+        l2_clip=l2_clip,
+        noise_mu=mu,
+    )
+
+
 def vector_length(params: Params) -> int:
     """Words in an encoded update: every parameter, plus the weight."""
     return sum(int(a.size) for a in params.values()) + 1

@@ -1,0 +1,49 @@
+"""Which tasks a site answers at all, by its policy and its history in the run.
+
+Checked before any work, so a refusal costs the site nothing: the initial
+model only before the first round (it is then freshly built, never the model
+the site trains in); under ``--require-secagg`` no plain training, at most one
+evaluation per round with rounds only forward (each one runs a model the
+coordinator chose over this site's data), and secure aggregation only for the
+run the site registered for.
+"""
+
+from __future__ import annotations
+
+from fedops.v1 import fedops_pb2 as pb
+
+
+class TaskGuard:
+    def __init__(self, *, require_secagg: bool) -> None:
+        self.require_secagg = require_secagg
+        self._working = False  # set by the first round's task: no initial model after it
+        self._evaluated = 0  # the last round evaluated (one per round under --require-secagg)
+
+    def refusal(self, task: pb.Task, run_id: str) -> str:
+        """Why ``task`` is declined ("" when it may run); ``run_id``: the run registered for."""
+        if task.kind == pb.TASK_KIND_SEND_INITIAL:
+            if self._working:
+                return (
+                    "the initial model is sent only before the first round (it would be "
+                    "this site's trained model: refused)"
+                )
+            return ""
+        self._working = True
+        if task.kind == pb.TASK_KIND_SECAGG and task.run_id != run_id:
+            return (
+                f"secure aggregation: the task names run {task.run_id!r}, but this site "
+                f"registered for run {run_id!r}"
+            )
+        if not self.require_secagg:
+            return ""
+        if task.kind == pb.TASK_KIND_FIT:
+            return "this site only trains under secure aggregation (--require-secagg)"
+        if task.kind == pb.TASK_KIND_EVALUATE:
+            if task.round <= self._evaluated:
+                return (
+                    f"round {task.round}: this site evaluates once per round, rounds only "
+                    "forward (--require-secagg: each evaluation runs a coordinator-chosen model "
+                    "over its data)"
+                )
+            self._evaluated = task.round
+        return ""
