@@ -172,6 +172,8 @@ def _run_client(cfg: Any) -> int:
             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer
         ),
         max_epsilon=policy.max_epsilon,
+        max_delta=policy.max_delta,
+        ledger_dir=cfg.run_dir,  # the site's privacy ledger survives restarts there
     )
     try:
         return Agent(cfg, site, kit=kit, policy=policy).run()

@@ -212,7 +212,37 @@ def _coordinator_parser(sub: Any) -> None:
         default=None,
         help="stop the run before a round would spend more epsilon",
     )
-    private.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
+    private.add_argument(
+        "--accountant",
+        choices=("pld", "rdp"),
+        default="pld",
+        help="the headline accountant (dp_accounting); the other is reported beside it "
+        "(default: pld; fixed sampling is accounted with rdp)",
+    )
+    private.add_argument(
+        "--sampling",
+        choices=("poisson", "fixed"),
+        default="poisson",
+        help="central DP: each client joins a round with probability q (poisson, the "
+        "default) or exactly --clients-per-round of them join (fixed, replace-one adjacency)",
+    )
+    private.add_argument(
+        "--publish-participants",
+        action="store_true",
+        help="central DP: account as if who took part were public (no amplification by sampling)",
+    )
+    private.add_argument(
+        "--colluders",
+        type=int,
+        default=0,
+        help="distributed DP: sites that may pool their noise with the coordinator (default: 0)",
+    )
+    private.add_argument(
+        "--release-site-metrics",
+        action="store_true",
+        help="under DP, record the sites' train loss in the metrics (outside the DP "
+        "guarantee; off by default)",
+    )
     private.add_argument(
         "--adaptive-clipping",
         action="store_true",
@@ -316,6 +346,13 @@ def _client_parser(sub: Any) -> None:
         type=float,
         default=None,
         help="site policy: train only with local DP, and only while this site's ε stays <= this",
+    )
+    client.add_argument(
+        "--dp-delta",
+        type=float,
+        default=None,
+        help="site policy: the δ this site accounts its local DP at; a coordinator may ask "
+        "for a smaller one, never a larger (default: the kit's max_delta, else 1e-5)",
     )
     client.add_argument(
         "--identity-key",

@@ -53,10 +53,26 @@ def site_policy(cfg: ClientConfig, kit: Kit | None) -> SitePolicy:
     return SitePolicy.from_mapping(
         kit.policy if kit is not None else {},
         max_epsilon=cfg.max_epsilon,
+        max_delta=cfg.dp_delta,
         max_rounds=cfg.max_rounds,
         allowed_tasks=tuple(cfg.allowed_task or ()),
         consent_file=cfg.consent_file,
         **{rule: getattr(cfg, rule) for rule in SECAGG_RULES},  # the --secagg-* flags
+    )
+
+
+def _check_ledger(cfg: ClientConfig, site: Site, policy: SitePolicy) -> None:
+    """A privacy cap holds across restarts only if the site's ledger is on disk."""
+    if site.ledger.path is not None:
+        return
+    if policy.max_epsilon is not None:
+        raise PolicyViolation(
+            f"max_epsilon {policy.max_epsilon:g} needs --run-dir: this site's privacy ledger "
+            "is kept there, and without it a restarted agent would count its ε from zero"
+        )
+    log.warning(
+        "no --run-dir: this site's privacy ledger (local DP) is kept in memory and "
+        "forgotten when the agent stops"
     )
 
 
@@ -93,6 +109,7 @@ class Agent:
         self._rng = random.Random(f"{cfg.site}-{time.time_ns()}")
         self._buffer = bytearray()  # reused for every model download
         self.policy = policy or site_policy(cfg, kit)
+        _check_ledger(cfg, site, self.policy)
         self.secure = SecureParticipant(
             site,
             Crypto(),
@@ -121,6 +138,8 @@ class Agent:
             policy={
                 "require_secagg": cfg.require_secagg,
                 "max_epsilon": p.max_epsilon,
+                "max_delta": p.max_delta,
+                "privacy_ledger": site.ledger.path,
                 "max_rounds": p.max_rounds,
                 "allowed_tasks": list(p.allowed_tasks),
                 "consent": p.consent,
@@ -269,7 +288,9 @@ class Agent:
         elif task.kind == pb.TASK_KIND_FIT:
             params = self._fetch(task)
             try:
-                new, n, metrics = self.site.fit(params, task.round, dict(task.config))
+                new, n, metrics = self.site.fit(
+                    params, task.round, dict(task.config), run_id=task.run_id
+                )
             except PolicyRefusal as exc:
                 self._decline(task, str(exc))
                 return

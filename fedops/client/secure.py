@@ -213,11 +213,17 @@ class SecureParticipant:
             )
         self.record.check_round(task.run_id, task.round)
         start = fetch()
-        trained, n, metrics = self.site.fit(start, task.round, dict(task.config))
+        trained, n, metrics = self.site.fit(
+            start, task.round, dict(task.config), run_id=task.run_id
+        )
         vector, clipped = encode_update(start, trained, n, request.encoding, self._rng)
         masked = client.mask(request, vector)  # checks the encoding against the sealed one
         self.record.remember(task.run_id, task.round)  # fsynced before the input leaves
         reply, payload = secagg_codec.reply_to_proto(masked)
+        if request.encoding.private:
+            # distributed DP: the noised sum is all that may leave; the site's loss, its
+            # example count and whether its update was clipped are outside the mechanism
+            return reply, payload, 0, {}
         return reply, payload, n, {**metrics, "secagg_clipped": clipped}
 
 

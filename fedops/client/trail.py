@@ -17,6 +17,14 @@ from fedops.crypto import Identity
 from fedops.runtime.audit import AuditLog
 from fedops.v1 import fedops_pb2 as pb
 
+#: what a site's local_epsilon is a guarantee of (README: "Privacy guarantees")
+LOCAL_DP_MECHANISM = (
+    "record-level DP-SGD (Opacus): Poisson sampling of records, add/remove-one record "
+    "adjacency, PLD accountant (dp_accounting) over every round this site trained with DP, "
+    "noise from the site's OS entropy; holds against the coordinator, other sites and "
+    "readers of the released models"
+)
+
 _SECAGG_PHASES = {
     "setup": "secagg_keys",
     "keys": "secagg_shares",
@@ -81,7 +89,13 @@ class SiteTrail:
                 node_id=node,
             )
         if "local_epsilon" in metrics:
-            self.audit("privacy_spent", round=task.round, local_epsilon=metrics["local_epsilon"])
+            self.audit(
+                "privacy_spent",
+                round=task.round,
+                local_epsilon=metrics["local_epsilon"],
+                local_delta=metrics.get("local_delta"),
+                mechanism=LOCAL_DP_MECHANISM,
+            )
 
     def shared(self, server_round: int, report: pb.SiteReport) -> None:
         """The statistics this site shared: its largest drift figures and its group counts."""

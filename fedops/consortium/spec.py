@@ -37,6 +37,7 @@ DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
 #: :meth:`fedops.tasks.policy.SitePolicy.from_mapping` reads from a kit)
 POLICY_KEYS = {
     "max_epsilon": "a positive number: the largest total privacy budget the site accepts",
+    "max_delta": "a number in (0, 1): the largest δ the site accounts its local DP at",
     "max_rounds": "a positive integer: the most rounds the site takes part in",
     "allowed_tasks": "a list of sha256 digests (64 lowercase hex) of the task sources it runs",
     "consent": "true or false: whether the site has consented to take part",
@@ -224,6 +225,10 @@ def check_policy(value: Any, where: str) -> dict[str, Any]:
                 or not math.isfinite(item)
                 or item <= 0
             ):
+                raise SpecError(f"{path}: {POLICY_KEYS[key]}, got {item!r}")
+            out[key] = float(item)
+        elif key == "max_delta":
+            if isinstance(item, bool) or not isinstance(item, int | float) or not 0 < item < 1:
                 raise SpecError(f"{path}: {POLICY_KEYS[key]}, got {item!r}")
             out[key] = float(item)
         elif key == "max_rounds":

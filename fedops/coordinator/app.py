@@ -192,6 +192,11 @@ def _privacy(cfg: CoordinatorConfig) -> PrivacySettings | None:
         accountant=cfg.accountant,
         adaptive=AdaptiveClipping() if cfg.adaptive_clipping else None,
         mode=cfg.privacy,
+        sampling=cfg.sampling,
+        publish_participants=cfg.publish_participants,
+        colluders=cfg.colluders,
+        min_survivors=max(3, cfg.min_fit_results),
+        release_site_metrics=cfg.release_site_metrics,
     )
 
 

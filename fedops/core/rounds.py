@@ -8,6 +8,7 @@ simulation.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -65,7 +66,9 @@ def sample_clients(
     """Pick ``count`` of the available nodes (all when ``None``), reproducibly.
 
     The choice depends only on (seed, round) and the sorted node ids, never on
-    arrival order, so a rerun with the same seed samples the same clients.
+    arrival order, so a rerun with the same seed samples the same clients. Not
+    for DP rounds: anyone who knows the seed knows the sample (see
+    :func:`poisson_sample`).
     """
     ordered = sorted(available)
     if count is None or count >= len(ordered):
@@ -73,6 +76,36 @@ def sample_clients(
     rng = np.random.default_rng([seed, server_round])
     picked = rng.choice(len(ordered), size=count, replace=False)
     return [ordered[i] for i in sorted(picked.tolist())]
+
+
+def poisson_sample(
+    available: Sequence[str], rate: float, rng: np.random.Generator | None = None
+) -> list[str]:
+    """Each available node independently with probability ``rate`` (possibly none).
+
+    The sampling that DP-FedAvg's amplification assumes (McMahan et al. 2018).
+    Without ``rng`` the coins come from the OS's CSPRNG (``secrets``), so
+    nobody, the coordinator's own seed included, can predict or replay who
+    was sampled; ``rng`` is for reproducible simulations, which are not private.
+    """
+    if not 0 < rate <= 1:
+        raise ValueError(f"sampling rate must be in (0, 1], got {rate}")
+    ordered = sorted(available)
+    if rng is None:
+        # 53-bit uniform coins from os.urandom: P(coin < rate) = rate up to 2^-53
+        coins = [secrets.randbits(53) / 2**53 for _ in ordered]
+    else:
+        coins = rng.random(len(ordered)).tolist()
+    return [node for node, coin in zip(ordered, coins, strict=True) if coin < rate]
+
+
+def secret_fixed_sample(available: Sequence[str], count: int) -> list[str]:
+    """``count`` of the available nodes uniformly without replacement, from the CSPRNG."""
+    ordered = sorted(available)
+    if count >= len(ordered):
+        return ordered
+    picked = secrets.SystemRandom().sample(range(len(ordered)), count)
+    return [ordered[i] for i in sorted(picked)]
 
 
 @dataclass(slots=True)

@@ -24,7 +24,7 @@ from fedops.core.strategies.base import Strategy
 from fedops.runtime.collect import collect
 from fedops.runtime.control import RunControl
 from fedops.runtime.monitoring import RoundMonitor
-from fedops.runtime.privacy import CentralPrivacy, LocalPrivacy
+from fedops.runtime.privacy import CentralPrivacy, LocalPrivacy, RoundSample
 from fedops.runtime.secure_fit import FitOutcome, SecureFit
 from fedops.runtime.store import Participant, RunStore
 from fedops.runtime.transport import Transport
@@ -121,11 +121,15 @@ class RoundDriver:
             )
         if self.monitor is not None:  # action=exclude: flagged sites train no more
             nodes = [n for n in nodes if not self.monitor.excluded(self.site_names(n))]
-        selected = sample_clients(
-            nodes, cfg.clients_per_round, seed=cfg.seed, server_round=server_round
-        )
-        if self.privacy is not None:
-            self.privacy.check_budget(server_round, len(selected), len(nodes))
+        sample: RoundSample | None = None
+        if self.privacy is not None:  # DP samples from a CSPRNG, and checks its budget first
+            sample = self.privacy.sample(nodes, cfg.clients_per_round, server_round)
+            self.privacy.begin_round(server_round, sample, params)
+            selected = sample.selected
+        else:
+            selected = sample_clients(
+                nodes, cfg.clients_per_round, seed=cfg.seed, server_round=server_round
+            )
         fit_config = {**self.strategy.fit_config(server_round), "seed": float(cfg.seed)}
         if self.privacy is not None:
             fit_config.update(self.privacy.fit_config())
@@ -134,7 +138,12 @@ class RoundDriver:
             fit = self.secure.run(server_round, selected, params, fit_config, noise=noise)
         else:
             fit = self._plain_fit(server_round, selected, params, fit_config)
-        params, aborted = self._aggregate(server_round, params, fit, len(selected), len(nodes))
+        params, aborted = self._aggregate(server_round, params, fit, sample)
+        if self.privacy is not None and sample is not None:
+            self.privacy.spend(fit.reported if not aborted else [])
+            # committed before the noised model leaves for evaluation (a crash between
+            # the two must not forget the round)
+            self.store.spend_privacy(server_round, self.privacy.ledger_json())
         alive = set(self.transport.available_nodes())
         evaluators = [n for n in selected if n in alive]
         evaluation = self._collect(
@@ -146,14 +155,15 @@ class RoundDriver:
             monitor=self.monitor.spec if self.monitor is not None else None,
         )
         eval_metrics = self.strategy.aggregate_evaluate(server_round, evaluation.results)  # type: ignore[arg-type]
-        train_metrics = weighted_metrics(fit.reported)
         metrics: dict[str, Any] = {
             "num_clients": len(fit.reported),
-            "train_loss": train_metrics.get("train_loss", math.nan),
             "eval_loss": eval_metrics.get("loss", math.nan),
             "eval_accuracy": eval_metrics.get("accuracy", math.nan),
             "num_eval_clients": len(evaluation.results),
         }
+        if self.privacy is None or self.privacy.settings.release_site_metrics:
+            # under DP the sites' own losses are outside the mechanism: off unless released
+            metrics["train_loss"] = weighted_metrics(fit.reported).get("train_loss", math.nan)
         if self.evaluate_global is not None:
             glob = self.evaluate_global(params)
             metrics["global_loss"] = float(glob["loss"])
@@ -162,7 +172,7 @@ class RoundDriver:
         if aborted:
             metrics["round_aborted"] = aborted
         if self.privacy is not None:
-            metrics.update(self.privacy.metrics(fit.reported))
+            metrics.update(self.privacy.metrics())
         if self.monitor is not None:
             evaluated = [r for r in evaluation.results if isinstance(r, EvaluateResult)]
             metrics.update(self.monitor.summarize(server_round, evaluated, self.site_names))
@@ -173,9 +183,13 @@ class RoundDriver:
         )
 
     def _aggregate(
-        self, server_round: int, params: Params, fit: FitOutcome, sampled: int, population: int
+        self, server_round: int, params: Params, fit: FitOutcome, sample: RoundSample | None
     ) -> tuple[Params, str]:
         """The new model from the accepted updates, or the old one and why the round aborted."""
+        if isinstance(self.privacy, CentralPrivacy) and self.privacy.aggregates and sample:
+            # central DP releases its noised mean whatever the count: aborting on too few
+            # updates would tell, outside the noise, how many were sampled
+            return self.privacy.aggregate(server_round, params, fit.results, sample=sample), ""
         need = self.config.min_fit_results
         # under SecAgg the results are one masked sum; ``reported`` lists who is in it
         accepted = len(fit.reported) if fit.results else 0
@@ -183,10 +197,6 @@ class RoundDriver:
             reason = f"{accepted} accepted update(s), fewer than the {need} required"
             log.warning("round %d aborted: %s; the model is unchanged", server_round, reason)
             return params, reason
-        if self.privacy is not None and self.privacy.aggregates:
-            return self.privacy.aggregate(
-                server_round, params, fit.results, sampled=sampled, population=population
-            ), ""
         return self.strategy.aggregate_fit(server_round, params, fit.results), ""
 
     def _collect(

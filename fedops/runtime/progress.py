@@ -56,11 +56,12 @@ class RoundProgress:
             f"({m.get('num_clients')} clients{rate})"
         )
         self.progress.update(self.task, advance=1, status=status)
-        line = (
-            f"round {record.server_round}: clients={m.get('num_clients')} "
-            f"train_loss={_fmt(m.get('train_loss'))} eval_loss={_fmt(m.get('eval_loss'))} "
-            f"eval_accuracy={_fmt(m.get('eval_accuracy'))}"
-        )
+        line = f"round {record.server_round}: clients={m.get('num_clients')} "
+        if "train_loss" in m:  # withheld under DP (privacy.release_site_metrics)
+            line += f"train_loss={_fmt(m['train_loss'])} "
+        line += f"eval_loss={_fmt(m.get('eval_loss'))} eval_accuracy={_fmt(m.get('eval_accuracy'))}"
+        if "epsilon" in m:
+            line += f" ε={_fmt(m['epsilon'])}"
         if "global_accuracy" in m:
             line += f" global_accuracy={_fmt(m['global_accuracy'])}"
         self.console.print(

@@ -112,6 +112,8 @@ def check_dp(
     target_epsilon: float | None,
     accountant: str,
     secagg: str,
+    sampling: str = "poisson",
+    colluders: int = 0,
 ) -> None:
     """The rules ``--privacy``/``--noise-multiplier``… and ``privacy.*`` share.
 
@@ -141,6 +143,25 @@ def check_dp(
         accountant in ACCOUNTANTS,
         "accountant",
         f"must be one of {list(ACCOUNTANTS)}, got {accountant!r}",
+    )
+    require(
+        sampling in ("poisson", "fixed"),
+        "sampling",
+        f"must be poisson or fixed, got {sampling!r}",
+    )
+    require(
+        not (sampling == "fixed" and mode == "central" and accountant == "pld"),
+        "accountant",
+        "fixed-size sampling (without replacement) has no PLD event in dp_accounting: "
+        "use accountant=rdp (--accountant rdp) or sampling=poisson",
+    )
+    require(colluders >= 0, "colluders", f"must be >= 0, got {colluders}")
+    require(
+        not (mode == "local" and sigma is not None and target_epsilon is not None),
+        "target_epsilon",
+        "local DP takes noise_multiplier or target_epsilon, not both (set "
+        "noise_multiplier=auto to derive it from the target; each site caps its own ε "
+        "with --max-epsilon)",
     )
     require(
         secagg == "none" or mode != "central",

@@ -20,6 +20,7 @@ from fedops.runtime.privacy import (
     DistributedPrivacy,
     LocalPrivacy,
     PrivacySettings,
+    restore_ledger,
 )
 from fedops.runtime.progress import RoundProgress
 from fedops.runtime.secure_fit import SecAggSettings, SecureFit
@@ -142,7 +143,7 @@ def execute(
     try:
         start = start_or_resume(store, plan.config, plan.initial_params)
         if privacy is not None:
-            privacy.restore(store.round_metrics())
+            restore_ledger(privacy, store.privacy_ledger(), store.round_metrics())
         if start.start_round > plan.driver.rounds:
             log.warning(
                 "run %s in %s already has %d of %d rounds: nothing to do. Use a new run "

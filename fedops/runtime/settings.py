@@ -153,8 +153,12 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
     clip_norm: float = 1.0
     delta: float = 1e-5
     target_epsilon: float | None = None
-    accountant: str = "rdp"
+    accountant: str = "pld"
     adaptive_clipping: bool = False
+    sampling: str = "poisson"
+    publish_participants: bool = False
+    colluders: int = 0
+    release_site_metrics: bool = False
     monitoring: str = "default"
     positive_label: int = 1
     psi_alert: float = 0.25
@@ -258,6 +262,8 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
             target_epsilon=self.target_epsilon,
             accountant=self.accountant,
             secagg=self.secagg,
+            sampling=self.sampling,
+            colluders=self.colluders,
         )
 
 
@@ -282,6 +288,7 @@ class ClientConfig(TrainOptions, TaskOptions):
     poll_wait_s: float = 5.0
     require_secagg: bool = False
     max_epsilon: float | None = None
+    dp_delta: float | None = None  # the δ the site accounts local DP at (None: kit's, else 1e-5)
     identity_key: Path | None = None
     trusted_keys: Path | None = None
     max_rounds: int | None = None
@@ -334,6 +341,11 @@ class ClientConfig(TrainOptions, TaskOptions):
             self.max_epsilon is None or self.max_epsilon > 0,
             "max_epsilon",
             f"must be > 0, got {self.max_epsilon}",
+        )
+        _require(
+            self.dp_delta is None or (math.isfinite(self.dp_delta) and 0 < self.dp_delta < 1),
+            "dp_delta",
+            f"must be in (0, 1), got {self.dp_delta}",
         )
         for key in ("identity_key", "trusted_keys"):
             path = getattr(self, key)

@@ -108,12 +108,16 @@ class PrivacyConfig:
     clip_norm: float = 1.0  # L2 bound of each client's update (the initial one if adaptive)
     delta: float = 1e-5
     target_epsilon: float | None = None  # the run stops before a round would exceed it
-    accountant: str = "rdp"  # rdp | prv (PRV is reported beside RDP when cheap)
+    accountant: str = "pld"  # pld | rdp: the headline (dp_accounting); the other beside it
+    sampling: str = "poisson"  # poisson | fixed (clients_per_round of num_clients)
+    publish_participants: bool = False  # account as if who took part were public
+    colluders: int = 0  # distributed: sites that may pool their noise with the coordinator
+    release_site_metrics: bool = False  # sites' train loss in the metrics (outside DP)
     adaptive: bool = False  # track a quantile of the update norms (Andrew et al. 2021)
     target_quantile: float = 0.5
     clip_learning_rate: float = 0.2
     count_noise: float = 10.0  # noise multiplier of the clipped-count estimate (adaptive)
-    seed: int | None = None  # noise seed; None: derived from the run's seed
+    seed: int | None = None  # noise and sampling seed; None: OS entropy (private)
     site_max_epsilon: float | None = None  # privacy=local: each site's own ε limit (policy)
 
 
@@ -304,6 +308,8 @@ def check_privacy(p: PrivacyConfig, *, secagg: str, rounds: int) -> None:
             target_epsilon=p.target_epsilon,
             accountant=p.accountant,
             secagg=secagg,
+            sampling=p.sampling,
+            colluders=p.colluders,
         )
     except ConfigError as exc:
         key = {"privacy": "privacy.name", "secagg": "secagg.name"}.get(exc.key)

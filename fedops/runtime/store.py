@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS participants (
 CREATE TABLE IF NOT EXISTS rejections (
     time REAL, round INTEGER, node_id TEXT, code TEXT, reason TEXT
 );
+CREATE TABLE IF NOT EXISTS privacy_spent (
+    round INTEGER PRIMARY KEY, ledger_json TEXT
+);
 """
 
 
@@ -212,6 +215,26 @@ class RunStore:
         ).fetchall()
         for _, name in rows[: -self.keep_checkpoints]:
             (self.dir / "checkpoints" / name).unlink(missing_ok=True)
+
+    # --- the privacy ledger ------------------------------------------
+    def spend_privacy(self, server_round: int, ledger: Any) -> None:
+        """Commit the DP ledger as of ``server_round`` (JSON), before its model leaves.
+
+        A noised model may reach evaluators before its round is committed; if the
+        coordinator crashes in between, the resumed run must still count the round.
+        """
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO privacy_spent VALUES (?, ?)",
+                (server_round, json.dumps(ledger)),
+            )
+
+    def privacy_ledger(self) -> Any:
+        """The last ledger committed (``None`` before the first DP round)."""
+        row = self._db.execute(
+            "SELECT ledger_json FROM privacy_spent ORDER BY round DESC LIMIT 1"
+        ).fetchone()
+        return json.loads(row[0]) if row else None
 
     # --- metrics, rejections, summary ----------------------------------
     def round_metrics(self) -> list[dict[str, Any]]:

@@ -18,13 +18,18 @@ from fedops.runtime.driver import RoundRecord
 from fedops.runtime.store import RunStore, config_digest
 
 PRIVACY_KEYS = (
+    "privacy_mechanism",
+    "accountant",
     "epsilon",
-    "epsilon_prv",
+    "epsilon_pld",
+    "epsilon_rdp",
+    "epsilon_known_participants",
     "delta",
     "noise_multiplier",
+    "update_noise_multiplier",
     "effective_noise_multiplier",
     "clip_norm",
-    "sample_rate",
+    "privacy_event",
 )
 DRIFT_KEYS = ("psi", "psi_feature", "js", "js_feature", "ks", "ks_feature")
 

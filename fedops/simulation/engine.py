@@ -132,6 +132,7 @@ def make_transport(cfg: SimulateConfig, task: Task, data: FederatedData | None) 
                 train_config=train,
                 model=shared,
                 max_epsilon=cfg.privacy.site_max_epsilon,
+                max_delta=cfg.privacy.delta,  # a simulated site accounts at the run's δ
             )
             for i in range(s.num_clients)
         ]
@@ -169,7 +170,9 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
     s, a = cfg.simulation, cfg.secagg
     secagg = None
     if a.name == "secaggplus":
-        transport = SecureSimTransport(transport, Crypto(), seed=cfg.seed)
+        transport = SecureSimTransport(
+            transport, Crypto(), seed=cfg.seed, noise_seed=cfg.privacy.seed
+        )
         secagg = SecAggSettings(
             degree=a.k, threshold=a.threshold, clip=a.clip, min_survivors=a.min_survivors
         )
@@ -275,6 +278,11 @@ def privacy_settings(cfg: SimulateConfig) -> PrivacySettings | None:
         target_epsilon=p.target_epsilon,
         accountant=p.accountant,
         adaptive=adaptive,
-        seed=cfg.seed if p.seed is None else p.seed,  # a simulation is reproducible
+        seed=p.seed,  # None: OS entropy; a seed is reproducible and says it is not private
         mode=p.name,
+        sampling=p.sampling,
+        publish_participants=p.publish_participants,
+        colluders=p.colluders,
+        min_survivors=max(3, cfg.simulation.min_fit_results, cfg.secagg.min_survivors or 0),
+        release_site_metrics=p.release_site_metrics,
     )

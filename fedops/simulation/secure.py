@@ -43,11 +43,15 @@ class SecureSimTransport:
         crypto: SecAggCrypto,
         *,
         seed: int,
+        noise_seed: int | None = None,
         policy: SecAggPolicy | None = None,
     ) -> None:
         self.inner = inner
         self.crypto = crypto
         self.seed = seed
+        #: distributed DP's noise: None draws it from OS entropy, as a deployed site does
+        #: (noise from the run's public seed would be noise the coordinator can subtract)
+        self.noise_seed = noise_seed
         self.policy = policy  # the virtual sites' floors (the deployment's defaults)
         self._clients: dict[str, SecAggClient] = {}
         self._trained: dict[str, Event] = {}
@@ -159,7 +163,11 @@ class SecureSimTransport:
             return trained  # dropped while training
         result = trained.result
         assert isinstance(result, FitResult)
-        rng = np.random.default_rng([self.seed, server_round, client_index(node)])
+        if request.encoding.private:
+            entropy = None if self.noise_seed is None else [self.noise_seed, server_round]
+            rng = np.random.default_rng(entropy and [*entropy, client_index(node)])
+        else:
+            rng = np.random.default_rng([self.seed, server_round, client_index(node)])
         vector, clipped = encode_update(
             params, result.params, result.num_examples, request.encoding, rng
         )
@@ -167,7 +175,10 @@ class SecureSimTransport:
         reply = StageResult(
             node_id=node,
             reply=masked,
-            num_examples=result.num_examples,
-            metrics={**result.metrics, "secagg_clipped": clipped},
+            num_examples=0 if request.encoding.private else result.num_examples,
+            # distributed DP: nothing of the site's leaves outside the noised sum
+            metrics={}
+            if request.encoding.private
+            else {**result.metrics, "secagg_clipped": clipped},
         )
         return ResultArrived(node_id=node, task_id=task_id, result=reply)

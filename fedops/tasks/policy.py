@@ -2,10 +2,11 @@
 
 A consortium member states what it agreed to (in its startup kit's policy,
 or with the client's flags): which task code it runs (by sha256 digest), how
-many rounds, how much privacy loss (``max_epsilon``, checked per round by
-:class:`~fedops.tasks.site.Site`), and whether it consents at all. Consent
-can be withdrawn while the agent runs by editing a small JSON file; the
-agent then declines, records why in its audit log, and leaves the run.
+many rounds, how much privacy loss (``max_epsilon`` at δ ``max_delta``, checked
+per round by :class:`~fedops.tasks.site.Site` against its persisted ledger), and
+whether it consents at all. Consent can be withdrawn while the agent runs by
+editing a small JSON file; the agent then declines, records why in its audit
+log, and leaves the run.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedops.core.privacy.accountant import check_delta
 from fedops.core.secagg.policy import SecAggPolicy
 from fedops.tasks.base import Task
 
@@ -37,6 +39,8 @@ class PolicyViolation(Exception):
 class SitePolicy:
     """Args:
     max_epsilon: the most record-level ε this site may spend (local DP).
+    max_delta: the δ this site accounts its local DP at; a coordinator may ask for a
+        smaller one, never a larger (``--dp-delta``, kit rule ``max_delta``).
     max_rounds: the last round this site takes part in.
     allowed_tasks: sha256 digests of task code this site agreed to run (empty: any).
     consent_file: JSON ``{"consent": true|false}``, read before every task.
@@ -44,17 +48,25 @@ class SitePolicy:
     """
 
     max_epsilon: float | None = None
+    max_delta: float = 1e-5
     max_rounds: int | None = None
     allowed_tasks: Sequence[str] = field(default_factory=tuple)
     consent_file: Path | None = None
     consent: bool = True
     secagg: SecAggPolicy = field(default_factory=SecAggPolicy)
 
+    def __post_init__(self) -> None:
+        try:
+            check_delta(self.max_delta)
+        except ValueError as exc:
+            raise ValueError(f"policy: max_delta: {exc}") from None
+
     @classmethod
     def from_mapping(cls, policy: Mapping[str, Any], **overrides: Any) -> SitePolicy:
-        """A kit's ``policy`` (``max_epsilon``, ``max_rounds``, ``allowed_tasks``), overridden
-        by the flags the operator gave (those that are not None)."""
-        known = {"max_epsilon", "max_rounds", "allowed_tasks", "consent", "consent_file"}
+        """A kit's ``policy`` (``max_epsilon``, ``max_delta``, ``max_rounds``, ``allowed_tasks``),
+        overridden by the flags the operator gave (those that are not None)."""
+        known = {"max_epsilon", "max_delta", "max_rounds", "allowed_tasks"}
+        known |= {"consent", "consent_file"}
         known |= set(SECAGG_RULES)
         unknown = sorted(set(policy) - known)
         if unknown:
@@ -67,6 +79,7 @@ class SitePolicy:
                 secagg[name] = flag if flag is not None else rule
         values = {
             "max_epsilon": policy.get("max_epsilon"),
+            "max_delta": float(policy.get("max_delta", 1e-5)),
             "max_rounds": policy.get("max_rounds"),
             "allowed_tasks": tuple(policy.get("allowed_tasks", ())),
             "consent_file": Path(policy["consent_file"]) if policy.get("consent_file") else None,

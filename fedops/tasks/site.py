@@ -2,13 +2,17 @@
 
 The deployed agent and the in-memory simulation both drive a :class:`Site`,
 so local training is the same code in both. Training shuffles with a seed
-derived from (run seed, round, site), never from global random state.
+derived from (run seed, round, site), never from global random state; local
+DP-SGD alone draws from OS entropy (the coordinator knows that seed), and a
+site's own policy (its ε cap, its δ, its persisted ledger) is enforced here.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,8 +21,8 @@ from torch import nn
 from fedops.core import training
 from fedops.core.monitoring.profile import MonitorSpec, SiteReport
 from fedops.core.params import Params
-from fedops.core.privacy.accountant import noise_for_target
-from fedops.core.privacy.local import LocalDP, SiteLedger, steps_per_round, train_private
+from fedops.core.privacy.accountant import RoundEvent, check_delta, noise_for_target
+from fedops.core.privacy.local import LocalDP, round_event, steps_per_round, train_private
 from fedops.core.training import (
     Data,
     TrainConfig,
@@ -28,36 +32,72 @@ from fedops.core.training import (
     set_params,
 )
 from fedops.tasks.base import Task
+from fedops.tasks.ledger import Charge, LedgerError, SiteLedger
 from fedops.tasks.monitor import SiteMonitor, split_groups, takes_round
+
+#: the δ a site accounts its local DP at unless its policy says otherwise (``--dp-delta``)
+DEFAULT_DELTA = 1e-5
 
 
 class PolicyRefusal(Exception):
     """The site's own policy forbids this task; the message says which rule."""
 
 
-def local_dp(config: Mapping[str, float], num_examples: int, train: TrainConfig) -> LocalDP | None:
+def accounting_delta(config: Mapping[str, float], max_delta: float) -> float:
+    """The δ this site accounts at: its own, or the coordinator's ``dp_delta`` if smaller.
+
+    δ bounds the probability that the ε guarantee fails outright, so it is the
+    site's to set: a coordinator may ask for a smaller one, never a larger, and a
+    ``dp_delta`` that is not a probability (δ = 5 once printed ε = −15.2) is refused.
+    """
+    if "dp_delta" not in config:
+        return max_delta
+    raw = config["dp_delta"]
+    try:
+        asked = float(raw)
+    except (TypeError, ValueError):
+        asked = math.nan
+    if not (math.isfinite(asked) and 0 < asked < 1):
+        raise PolicyRefusal(
+            f"the coordinator's dp_delta={raw!r} is not a probability in (0, 1); this site "
+            "accounts local DP at its own δ or a smaller one, never at that"
+        )
+    return min(asked, max_delta)
+
+
+def local_dp(
+    config: Mapping[str, float],
+    num_examples: int,
+    train: TrainConfig,
+    *,
+    max_delta: float = DEFAULT_DELTA,
+) -> LocalDP | None:
     """The local DP-SGD the coordinator asks for in a fit task's config, if any.
 
     With ``dp_target_epsilon`` (``noise_multiplier=auto``) the site derives its own σ
-    from its own data size: the smallest that keeps it within the target over
-    ``dp_rounds`` rounds of its local steps.
+    from its own data size: the smallest that keeps this run's rounds within the
+    target over ``dp_rounds`` rounds of its local steps. Settings that cannot be
+    used are refused (:class:`PolicyRefusal`), naming the setting.
     """
     if "dp_noise_multiplier" not in config and "dp_target_epsilon" not in config:
         return None
-    delta = float(config.get("dp_delta", 1e-5))
-    if "dp_target_epsilon" in config:
-        q, steps = steps_per_round(num_examples, train)
-        sigma = noise_for_target(
-            float(config["dp_target_epsilon"]),
-            delta,
-            q,
-            steps * int(config.get("dp_rounds", 1)),
+    delta = accounting_delta(config, max_delta)
+    try:
+        if "dp_target_epsilon" in config:
+            q, steps = steps_per_round(num_examples, train)
+            template = RoundEvent(noise_multiplier=1.0, sampling="poisson", sample_rate=q)
+            rounds = int(config.get("dp_rounds", 1))
+            target = float(config["dp_target_epsilon"])
+            sigma = noise_for_target(target, delta, template, steps * rounds)
+        else:
+            sigma = float(config["dp_noise_multiplier"])
+        return LocalDP(
+            noise_multiplier=sigma, max_grad_norm=float(config["dp_max_grad_norm"]), delta=delta
         )
-    else:
-        sigma = float(config["dp_noise_multiplier"])
-    return LocalDP(
-        noise_multiplier=sigma, max_grad_norm=float(config["dp_max_grad_norm"]), delta=delta
-    )
+    except KeyError as exc:
+        raise PolicyRefusal(f"local DP settings: {exc.args[0]} is missing") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise PolicyRefusal(f"local DP settings cannot be used: {exc}") from exc
 
 
 def initial_params(task: Task, seed: int) -> Params:
@@ -89,6 +129,10 @@ class Site:
             parameters are loaded before every use); otherwise a new one.
         max_epsilon: site policy: train only with local DP-SGD, and only while this
             site's own record-level ε stays at most this (``--max-epsilon``).
+        max_delta: site policy: the largest δ this site accounts at (``--dp-delta``);
+            a coordinator may ask for a smaller one.
+        ledger_dir: where the site's privacy ledger is kept (the agent's run
+            directory), so its ε survives restarts; None: in memory (simulation).
     """
 
     def __init__(
@@ -101,10 +145,14 @@ class Site:
         data: tuple[Data, Data] | None = None,
         model: nn.Module | None = None,
         max_epsilon: float | None = None,
+        max_delta: float = DEFAULT_DELTA,
+        ledger_dir: Path | None = None,
     ) -> None:
+        check_delta(max_delta)
         self.task = task
         self.max_epsilon = max_epsilon
-        self.ledger: SiteLedger | None = None
+        self.max_delta = max_delta
+        self.ledger = SiteLedger(ledger_dir)
         self._dp_key: tuple[tuple[str, float], ...] | None = None
         self._dp: LocalDP | None = None
         self.site = site
@@ -145,9 +193,19 @@ class Site:
         return get_params(self.task.build_model())
 
     def fit(
-        self, params: Params, server_round: int, config: Mapping[str, float]
+        self,
+        params: Params,
+        server_round: int,
+        config: Mapping[str, float],
+        *,
+        run_id: str = "",
     ) -> tuple[Params, int, dict[str, float]]:
-        """Train from ``params``; return (new params, examples used, metrics)."""
+        """Train from ``params``; return (new params, examples used, metrics).
+
+        Under local DP the round is in the site's ledger, committed, before this
+        returns (``run_id`` labels it there); a ledger that cannot record it raises
+        :class:`PolicyRefusal` and nothing is returned.
+        """
         self.at_round(server_round)
         cfg = replace(
             self.train_config,
@@ -159,14 +217,7 @@ class Site:
         self._check_policy(dp, cfg)
         set_params(self.model, params)
         if dp is not None:
-            if self.task.train is not None:
-                raise PolicyRefusal(
-                    "local DP trains with fedops' DP-SGD loop, not the task's train()"
-                )
-            metrics = train_private(self.model, self.train_data, cfg, dp)
-            if self.ledger is None:
-                self.ledger = SiteLedger(dp.delta)
-            metrics["local_epsilon"] = self.ledger.spend(dp, self.num_train_examples, cfg)
+            metrics = self._fit_private(dp, cfg, run_id, server_round)
         else:
             run = self.task.train or training.train
             metrics = run(self.model, self.train_data, cfg)
@@ -176,26 +227,52 @@ class Site:
             {k: float(v) for k, v in metrics.items()},
         )
 
+    def _fit_private(
+        self, dp: LocalDP, cfg: TrainConfig, run_id: str, server_round: int
+    ) -> dict[str, float]:
+        """DP-SGD, then the round charged to the ledger before anything leaves."""
+        metrics = train_private(self.model, self.train_data, cfg, dp)
+        event, steps = round_event(dp, self.num_train_examples, cfg)
+        try:
+            spent = self.ledger.spend(Charge(run_id, server_round, event, steps), dp.delta)
+        except LedgerError as exc:
+            # the noised model is not on record: it must not stay in the site's model either
+            set_params(self.model, self.initial_params())
+            raise PolicyRefusal(str(exc)) from exc
+        metrics["local_epsilon"] = spent
+        metrics["local_delta"] = dp.delta  # the site's own δ (at most the one asked for)
+        return metrics
+
     def _local_dp(self, config: Mapping[str, float], cfg: TrainConfig) -> LocalDP | None:
         key = tuple(sorted((k, v) for k, v in config.items() if k.startswith("dp_")))
+        # auto σ spreads the target over this round's steps: epochs and data size count too
+        key += (("epochs", float(cfg.epochs)), ("n", float(self.num_train_examples)))
         if key != self._dp_key:  # derive σ once per setting, not every round
-            self._dp_key, self._dp = key, local_dp(config, self.num_train_examples, cfg)
+            self._dp = local_dp(config, self.num_train_examples, cfg, max_delta=self.max_delta)
+            self._dp_key = key
         return self._dp
 
     def _check_policy(self, dp: LocalDP | None, cfg: TrainConfig) -> None:
-        if self.max_epsilon is None:
-            return
+        """Before any training: the site's cap against its ledger plus this round."""
         if dp is None:
+            if self.max_epsilon is not None:
+                raise PolicyRefusal(
+                    f"this site trains only with local DP at ε <= {self.max_epsilon:g} "
+                    "(--max-epsilon); the task asks for none"
+                )
+            return
+        if self.task.train is not None:
+            raise PolicyRefusal("local DP trains with fedops' DP-SGD loop, not the task's train()")
+        event, steps = round_event(dp, self.num_train_examples, cfg)
+        try:
+            after = self.ledger.epsilon_after(event, steps, dp.delta)
+        except LedgerError as exc:
+            raise PolicyRefusal(str(exc)) from exc
+        if self.max_epsilon is not None and after > self.max_epsilon:
             raise PolicyRefusal(
-                f"this site trains only with local DP at ε <= {self.max_epsilon:g} "
-                "(--max-epsilon); the task asks for none"
-            )
-        ledger = self.ledger or SiteLedger(dp.delta)
-        after = ledger.epsilon_after(dp, self.num_train_examples, cfg)
-        if after > self.max_epsilon:
-            raise PolicyRefusal(
-                f"training this round would raise this site's ε to {after:.3g}, above its "
-                f"limit {self.max_epsilon:g} (--max-epsilon)"
+                f"training this round would raise this site's ε to {after:.3g} (δ={dp.delta:g}, "
+                f"over every round in its privacy ledger), above its limit "
+                f"{self.max_epsilon:g} (--max-epsilon)"
             )
 
     def evaluate(

@@ -1,17 +1,22 @@
 """Central DP-FedAvg (McMahan et al. 2018): clip every update, noise the sum, average.
 
 Each sampled client's update ``Δ_i`` is clipped to L2 norm ``C``; the server
-adds ``N(0, σ²C²)`` to their sum and divides by the number of clients the
-round *sampled* (a fixed denominator: dividing by how many answered would
-let one client's presence change the scale). Clients are weighted equally:
+adds ``N(0, σ²C²)`` to their sum and divides by a fixed denominator, the
+expected number of sampled clients ``qN`` (dividing by how many were sampled
+or answered would let one client's presence change the scale). Clients are weighted equally:
 example-weighting would let a large client's data weigh beyond ``C``.
 The result is (ε, δ) user-level DP per the accountant; dropped clients only
 add zeros, which keeps the guarantee.
 
 Adaptive clipping (Andrew et al. 2021) tracks a quantile γ of the update
 norms: ``C ← C·exp(−η(b̄ − γ))`` where ``b̄`` is the noised fraction of
-clients whose norm was at most ``C``; the count's own noise σ_b is paid for by
-raising the update noise so that the round's total noise multiplier stays σ.
+clients whose norm was at most ``C``. The count is summed *centred*,
+``Σ(b_i − ½) + N(0, σ_b²)``, so one client moves it by at most ½ and the
+count is a Gaussian mechanism with noise multiplier ``2σ_b``; with the
+update's ``σ_Δ`` chosen so that ``σ_Δ⁻² + (2σ_b)⁻² = σ⁻²`` the pair spends
+exactly what one Gaussian round at σ does. (Summing the uncentred
+``b_i ∈ {0, 1}`` has sensitivity 1 and would spend far more than σ.)
+The exact clipped fraction is never released: only the noised ``b̄`` is.
 """
 
 from __future__ import annotations
@@ -51,23 +56,24 @@ class RoundNoise:
 
     clip_norm: float
     noise_std: float  # of the noise added to the sum of clipped updates
-    clipped_fraction: float  # of this round's updates
     next_clip_norm: float
+    #: adaptive clipping's noised fraction of updates within the clip (None without it)
+    noised_unclipped_fraction: float | None = None
 
 
 def private_mean(
     current: Params,
     trained: Sequence[Params],
     *,
-    sampled: int,
+    denominator: float,
     clip_norm: float,
     noise_multiplier: float,
     rng: np.random.Generator,
     adaptive: AdaptiveClipping | None = None,
 ) -> tuple[Params, RoundNoise]:
-    """``current`` + the clipped, noised mean update of ``trained`` over ``sampled`` clients."""
-    if sampled < 1 or sampled < len(trained):
-        raise ValueError(f"sampled ({sampled}) must be >= the {len(trained)} results")
+    """``current`` + (Σ clipped updates of ``trained`` + noise) / ``denominator``."""
+    if not (math.isfinite(denominator) and denominator > 0):
+        raise ValueError(f"the denominator must be > 0, got {denominator}")
     sigma = noise_multiplier if adaptive is None else adaptive.update_noise(noise_multiplier)
     total = {k: np.zeros(np.shape(v), np.float64) for k, v in current.items()}
     unclipped = 0
@@ -80,15 +86,15 @@ def private_mean(
     new: Params = {}
     for k, arr in current.items():
         noised = total[k] + rng.normal(0.0, std, size=total[k].shape)
-        new[k] = (np.asarray(arr, np.float64) + noised / sampled).astype(np.asarray(arr).dtype)
-    next_clip = clip_norm
+        new[k] = (np.asarray(arr, np.float64) + noised / denominator).astype(np.asarray(arr).dtype)
+    next_clip, b = clip_norm, None
     if adaptive is not None:
-        b = (unclipped + rng.normal(0.0, adaptive.count_noise)) / sampled
+        centred = unclipped - len(trained) / 2  # Σ(b_i − ½): sensitivity ½
+        b = (centred + rng.normal(0.0, adaptive.count_noise)) / denominator + 0.5
         next_clip = clip_norm * math.exp(-adaptive.learning_rate * (b - adaptive.target_quantile))
-    clipped_fraction = 1 - unclipped / len(trained) if trained else 0.0
     return new, RoundNoise(
         clip_norm=clip_norm,
         noise_std=std,
-        clipped_fraction=clipped_fraction,
         next_clip_norm=next_clip,
+        noised_unclipped_fraction=b,
     )

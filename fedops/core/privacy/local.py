@@ -4,32 +4,53 @@ Per-example gradients (Opacus's ``GradSampleModule``) are clipped to
 ``max_grad_norm`` and Gaussian noise ``noise_multiplier · max_grad_norm`` is
 added to each batch's sum (Opacus's ``DPOptimizer``). Batches are drawn by
 Poisson sampling (each record joins a batch with probability
-``batch_size / n``), the sampling the accountant assumes. The guarantee is
-record-level, per site: :class:`SiteLedger` accumulates ``(σ, q, steps)``
-over the rounds a site trains and answers its ε with Opacus's accountant.
+``batch_size / n``), the sampling the accountant assumes.
+
+The guarantee is record-level, per site, and it holds against the
+coordinator only if the coordinator cannot replay the site's randomness: the
+batch masks and the noise therefore come from OS entropy, never from the run
+seed the coordinator sends (with that seed a coordinator replays training on
+D and on a neighbour D' and sees which one matches, bit for bit).
+
+What a site spent is kept by :class:`fedops.tasks.ledger.SiteLedger`, on disk
+at the site (the core does no I/O); :func:`round_event` is what it records.
 """
 
 from __future__ import annotations
 
+import math
+import secrets
 import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from fedops.core.privacy.accountant import PrivacyLedger
+from fedops.core.privacy.accountant import RoundEvent, check_delta
 from fedops.core.training import Data, TrainConfig, as_tensors, num_examples
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LocalDP:
+    """One round's DP-SGD at a site.
+
+    ``delta`` is the δ the site accounts at (its own policy's, or the
+    coordinator's when smaller). ``noise_seed`` makes batch sampling and noise
+    reproducible, for tests and experiments only: with a seed anyone who knows it
+    can subtract the noise, so nothing in a deployment sets it (None: OS entropy).
+    """
+
     noise_multiplier: float
     max_grad_norm: float
     delta: float = 1e-5
+    noise_seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.noise_multiplier < 0 or not self.max_grad_norm > 0:
-            raise ValueError("local DP needs noise_multiplier >= 0 and max_grad_norm > 0")
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise ValueError(f"local DP needs noise_multiplier >= 0, got {self.noise_multiplier}")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"local DP needs max_grad_norm > 0, got {self.max_grad_norm}")
+        check_delta(self.delta)
 
 
 def steps_per_round(n: int, cfg: TrainConfig) -> tuple[float, int]:
@@ -38,8 +59,31 @@ def steps_per_round(n: int, cfg: TrainConfig) -> tuple[float, int]:
     return q, cfg.epochs * max(1, round(1 / q))
 
 
+def round_event(dp: LocalDP, n: int, cfg: TrainConfig) -> tuple[RoundEvent, int]:
+    """One round of DP-SGD as the accountant sees it: ``steps`` Poisson-sampled Gaussians."""
+    q, steps = steps_per_round(n, cfg)
+    event = RoundEvent(noise_multiplier=dp.noise_multiplier, sampling="poisson", sample_rate=q)
+    return event, steps
+
+
+def _generator(dp: LocalDP) -> torch.Generator:
+    """Where batch masks and noise come from: 63 fresh bits from the OS per call.
+
+    The generator itself is torch's Mersenne Twister; its 63-bit seed is secret and
+    new every round, and its raw outputs never leave the site (only their sum with
+    clipped gradients does). Opacus's ``PrivacyEngine(secure_mode=True)`` would draw from
+    torchcsprng instead, which fedops does not depend on (its releases target torch 1.x);
+    ``DPOptimizer``'s own ``secure_mode`` (used below) does not need it (opacus 1.6).
+    """
+    seed = dp.noise_seed if dp.noise_seed is not None else secrets.randbits(63)
+    return torch.Generator().manual_seed(seed)
+
+
 def train_private(model: nn.Module, data: Data, cfg: TrainConfig, dp: LocalDP) -> dict[str, float]:
-    """DP-SGD in place for ``cfg.epochs`` (FedProx's term is not supported here)."""
+    """DP-SGD in place for ``cfg.epochs`` (FedProx's term is not supported here).
+
+    ``cfg.seed`` (derived from the coordinator's run seed) is deliberately not used.
+    """
     # Imported here: opacus costs ~115 MB and ~1 s to import, paid only by DP-SGD sites.
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
@@ -47,7 +91,7 @@ def train_private(model: nn.Module, data: Data, cfg: TrainConfig, dp: LocalDP) -
     x, y = as_tensors(data)  # type: ignore[misc]
     n = num_examples((x, y))
     q, steps = steps_per_round(n, cfg)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = _generator(dp)
     wrapped = GradSampleModule(model)
     trainable = [p for p in wrapped.parameters() if p.requires_grad]
     base: torch.optim.Optimizer
@@ -61,6 +105,9 @@ def train_private(model: nn.Module, data: Data, cfg: TrainConfig, dp: LocalDP) -
         max_grad_norm=dp.max_grad_norm,
         expected_batch_size=max(1, round(q * n)),
         generator=generator,
+        # noise as a sum of Gaussians, robust to floating-point attacks on the sampler
+        # (Mironov 2012; Opacus's fix for arXiv 2112.05307)
+        secure_mode=True,
     )
     loss_fn = nn.CrossEntropyLoss()
     total, seen = 0.0, 0
@@ -85,23 +132,3 @@ def train_private(model: nn.Module, data: Data, cfg: TrainConfig, dp: LocalDP) -
     finally:
         wrapped._close()  # remove Opacus's hooks: the site's model is reused
     return {"train_loss": total / max(seen, 1)}
-
-
-class SiteLedger:
-    """A site's own record-level ε across the rounds it trained with DP-SGD."""
-
-    def __init__(self, delta: float) -> None:
-        self.delta = delta
-        self.ledger = PrivacyLedger()
-
-    def epsilon_after(self, dp: LocalDP, n: int, cfg: TrainConfig) -> float:
-        """ε if the site trains one more round with ``dp``."""
-        q, steps = steps_per_round(n, cfg)
-        trial = PrivacyLedger(history=list(self.ledger.history))
-        trial.record(dp.noise_multiplier, q, steps)
-        return trial.epsilon(self.delta)
-
-    def spend(self, dp: LocalDP, n: int, cfg: TrainConfig) -> float:
-        q, steps = steps_per_round(n, cfg)
-        self.ledger.record(dp.noise_multiplier, q, steps)
-        return self.ledger.epsilon(self.delta)

@@ -1,322 +1,356 @@
-"""Unit tests for fedops.runtime.privacy.CentralPrivacy: the budget, σ=auto, resume, reporting.
+"""Unit tests for fedops.runtime.privacy: budgets, σ=auto, resume, what is claimed against whom.
 
-The expected rounds and ε are computed here with the accountant directly
-(:func:`fedops.core.privacy.accountant.epsilon`), never read back from the
-object under test.
+Expected ε are composed here with Google's dp_accounting from the mechanism's
+description (the oracle), never read back from the object under test.
 """
 
 from __future__ import annotations
 
-import re
-import warnings
-from typing import Any
+import math
+from types import SimpleNamespace
 
+import dp_accounting as dpa
 import numpy as np
 import pytest
+from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
 
-from fedops.core.privacy.accountant import epsilon
 from fedops.core.privacy.central import AdaptiveClipping
 from fedops.core.results import FitResult
-from fedops.runtime import privacy
-from fedops.runtime.privacy import BudgetExhausted, CentralPrivacy, PrivacySettings
+from fedops.core.secagg.update import round_encoding
+from fedops.core.strategies import FedAvg
+from fedops.core.training import TrainConfig, get_params
+from fedops.runtime.driver import DriverConfig, RoundDriver
+from fedops.runtime.privacy import (
+    BudgetExhausted,
+    CentralPrivacy,
+    DistributedPrivacy,
+    LocalPrivacy,
+    PrivacySettings,
+    RoundSample,
+    restore_ledger,
+)
+from fedops.runtime.store import RunStore
+from fedops.simulation.inmemory import InMemoryTransport
+from fedops.tasks import load_task
+from fedops.tasks.site import Site
 
-
-@pytest.fixture(autouse=True)
-def _quiet_opacus():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        yield
+NODES = [f"n{i:02d}" for i in range(10)]
 
 
 def _current() -> dict[str, np.ndarray]:
     return {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
 
 
-def _results(current, n: int, scale: float = 2.0) -> list[FitResult]:
-    rng = np.random.default_rng(n)
+def _results(current, nodes, scale: float = 2.0) -> list[FitResult]:
+    rng = np.random.default_rng(len(nodes))
     return [
         FitResult(
-            node_id=f"site-{i}",
+            node_id=node,
             params={
                 k: (v + scale * rng.normal(size=v.shape)).astype(v.dtype)
                 for k, v in current.items()
             },
-            num_examples=10 + i,
+            num_examples=10,
         )
-        for i in range(n)
+        for node in nodes
     ]
 
 
-def _round(dp: CentralPrivacy, server_round: int, sampled: int, population: int, params=None):
-    """One round as the driver runs it: budget check, then the private aggregate."""
-    params = _current() if params is None else params
-    dp.check_budget(server_round, sampled, population)
-    return dp.aggregate(
-        server_round,
-        params,
-        _results(params, sampled),
-        sampled=sampled,
-        population=population,
-    )
+def _round(dp: CentralPrivacy, server_round: int, per_round: int, nodes=NODES):
+    """One round as the driver runs it: sample, check the budget, aggregate, spend."""
+    params = _current()
+    sample = dp.sample(nodes, per_round, server_round)
+    dp.begin_round(server_round, sample, params)
+    new = dp.aggregate(server_round, params, _results(params, sample.selected), sample=sample)
+    dp.spend(sample.selected)
+    return sample, new
 
 
-def _first_round_over(target: float, sigma: float, q: float, delta: float = 1e-5) -> int:
-    r = 1
-    while epsilon([(sigma, q, r)], delta, "rdp") <= target:
-        r += 1
-    return r
+def _pld(events, delta=1e-5, relation=dpa.NeighboringRelation.ADD_OR_REMOVE_ONE) -> float:
+    acc = PLDAccountant(neighboring_relation=relation)
+    for event, count in events:
+        acc.compose(event, count)
+    return float(acc.get_epsilon(delta))
 
 
-# -- the budget --------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("sigma", "sampled", "population", "target"),
-    [(1.0, 2, 10, 4.0), (1.0, 10, 10, 8.0), (2.0, 10, 10, 5.0)],
-)
-def test_the_budget_stops_exactly_at_the_first_round_that_would_exceed_it(
-    sigma, sampled, population, target
-):
-    q = sampled / population
-    stop = _first_round_over(target, sigma, q)
-    assert stop > 1  # the premise: some rounds fit
+def _poisson(sigma: float, q: float):
+    return dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(sigma))
+
+
+# -- central DP: sampling and the budget -----------------------------------------------------
+def test_central_dp_samples_poisson_with_a_fixed_denominator_and_accounts_it():
+    dp = CentralPrivacy(PrivacySettings(noise_multiplier=1.1), planned_rounds=50)
+    sizes = []
+    for server_round in range(1, 31):
+        sample, _ = _round(dp, server_round, 3)
+        assert sample.denominator == 3.0 and sample.population == 10
+        sizes.append(len(sample.selected))
+    assert len(set(sizes)) > 1  # a Poisson cohort's size varies; a fixed one would not
+    close = _pld([(_poisson(1.1, 0.3), 30)])
+    assert close <= dp.epsilon() <= close * 1.005 + 1e-3
+
+
+def test_the_budget_stops_before_the_first_round_that_would_exceed_it():
+    target, sigma, q = 4.0, 1.0, 0.2
+    stop = 1
+    while _pld([(_poisson(sigma, q), stop)]) <= target:
+        stop += 1
     dp = CentralPrivacy(
-        PrivacySettings(noise_multiplier=sigma, target_epsilon=target, seed=0),
-        planned_rounds=100,
+        PrivacySettings(noise_multiplier=sigma, target_epsilon=target), planned_rounds=100
     )
     for server_round in range(1, stop):
-        _round(dp, server_round, sampled, population)
-    assert dp.ledger.rounds == stop - 1
-    spent = dp.ledger.epsilon(1e-5)
-    assert spent <= target
+        _round(dp, server_round, 2)
+    spent = dp.epsilon()
+    assert dp.ledger.rounds == stop - 1 and spent <= target
+    sample = dp.sample(NODES, 2, stop)
     with pytest.raises(BudgetExhausted) as info:
-        dp.check_budget(stop, sampled, population)
+        dp.begin_round(stop, sample, _current())
     message = str(info.value)
     assert "privacy.target_epsilon" in message and f"ε={target:g}" in message, message
-    assert f"round {stop} would raise" in message and f"after {stop - 1} rounds" in message
-    # the refused round spent nothing
-    assert dp.ledger.rounds == stop - 1 and dp.ledger.epsilon(1e-5) == spent
+    assert f"round {stop} could raise" in message and f"after {stop - 1} rounds" in message
+    assert dp.ledger.rounds == stop - 1 and dp.epsilon() == spent  # the refusal spent nothing
 
 
-def test_a_target_below_one_round_stops_before_the_first():
+def test_fixed_size_sampling_is_accounted_without_replacement_under_replace_one():
     dp = CentralPrivacy(
-        PrivacySettings(noise_multiplier=0.5, target_epsilon=0.1, seed=0), planned_rounds=5
+        PrivacySettings(noise_multiplier=1.0, sampling="fixed", accountant="rdp"),
+        planned_rounds=5,
     )
-    with pytest.raises(BudgetExhausted, match=r"ε=0\.1\b.*privacy\.target_epsilon.*after 0 rounds"):
-        dp.check_budget(1, 10, 10)
-    assert dp.ledger.rounds == 0
+    for server_round in (1, 2, 3):
+        sample, _ = _round(dp, server_round, 4)
+        assert len(sample.selected) == 4
+    acc = RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
+    acc.compose(dpa.SampledWithoutReplacementDpEvent(10, 4, dpa.GaussianDpEvent(0.5)), 3)
+    truth = float(acc.get_epsilon(1e-5))
+    assert truth * 0.9 <= dp.epsilon() <= truth + 1e-12
+    assert "replace-one" in dp.guarantee() and "RDP" in dp.guarantee()
 
 
-def test_without_a_target_the_budget_never_stops_the_run():
-    dp = CentralPrivacy(PrivacySettings(noise_multiplier=0.3, seed=0), planned_rounds=3)
-    for server_round in range(1, 6):
-        _round(dp, server_round, 10, 10)
-    assert dp.ledger.rounds == 5 and dp.ledger.epsilon(1e-5) > 50
-
-
-# -- noise_multiplier=auto ---------------------------------------------------------------------
-@pytest.mark.parametrize(("sampled", "population", "rounds"), [(2, 10, 5), (10, 10, 4)])
-def test_auto_noise_spends_the_target_over_the_planned_rounds(sampled, population, rounds):
-    target, q = 2.0, sampled / population
+@pytest.mark.parametrize(("per_round", "rounds"), [(2, 5), (10, 4)])
+def test_auto_noise_spends_at_most_the_target_over_the_planned_rounds(per_round, rounds):
+    target, q = 2.0, per_round / 10
     dp = CentralPrivacy(
-        PrivacySettings(noise_multiplier=None, target_epsilon=target, seed=0),
-        planned_rounds=rounds,
+        PrivacySettings(noise_multiplier=None, target_epsilon=target), planned_rounds=rounds
     )
-    assert dp.sigma is None
-    dp.check_budget(1, sampled, population)
+    for server_round in range(1, rounds + 1):
+        _round(dp, server_round, per_round)
     sigma = dp.sigma
     assert sigma is not None and sigma > 0
-    dp.aggregate(
-        1, _current(), _results(_current(), sampled), sampled=sampled, population=population
-    )
-    for server_round in range(2, rounds + 1):
-        _round(dp, server_round, sampled, population)
-    assert dp.sigma == sigma  # derived once
-    spent = dp.ledger.epsilon(1e-5)
-    assert 0.99 * target <= spent <= target
-    assert spent == pytest.approx(epsilon([(sigma, q, rounds)], 1e-5, "rdp"), rel=1e-9)
+    truth = _pld([(_poisson(sigma, q), rounds)])
+    assert 0.98 * target <= truth <= dp.epsilon() <= target
     with pytest.raises(BudgetExhausted, match=r"privacy\.target_epsilon"):
-        dp.check_budget(rounds + 1, sampled, population)
+        dp.begin_round(rounds + 1, dp.sample(NODES, per_round, rounds + 1), _current())
 
 
-def test_auto_noise_without_a_target_is_refused():
-    with pytest.raises(ValueError, match="target_epsilon"):
-        CentralPrivacy(PrivacySettings(noise_multiplier=None), planned_rounds=3)
+def test_publishing_the_participants_accounts_without_amplification():
+    dp = CentralPrivacy(
+        PrivacySettings(noise_multiplier=1.0, publish_participants=True), planned_rounds=5
+    )
+    for server_round in (1, 2, 3):
+        _round(dp, server_round, 2)
+    close = _pld([(dpa.GaussianDpEvent(1.0), 3)])
+    assert close <= dp.epsilon() <= close * 1.005 + 1e-3
+    assert "no amplification" in dp.guarantee()
+
+
+def test_the_guarantee_reports_both_the_amplified_and_the_known_participation_bound():
+    dp = CentralPrivacy(PrivacySettings(noise_multiplier=1.0), planned_rounds=5)
+    for server_round in (1, 2, 3):
+        _round(dp, server_round, 2)
+    m = dp.metrics()
+    known = _pld([(dpa.GaussianDpEvent(1.0), 3)])
+    assert known <= m["epsilon_known_participants"] <= known * 1.005 + 1e-3
+    assert m["epsilon"] < m["epsilon_known_participants"]
+    sentence = dp.guarantee()
+    for words in (
+        "secret Poisson sampling",
+        "add/remove-one",
+        "PLD accountant",
+        "who took part",
+        "none against the coordinator",
+    ):
+        assert words in sentence, (words, sentence)
+
+
+# -- what is released ----------------------------------------------------------------------------
+def test_metrics_release_no_exact_statistic_of_the_updates():
+    dp = CentralPrivacy(
+        PrivacySettings(noise_multiplier=1.1, adaptive=AdaptiveClipping(count_noise=5.0)),
+        planned_rounds=3,
+    )
+    _round(dp, 1, 5)
+    m = dp.metrics()
+    assert "dp_clipped_fraction" not in m
+    assert {"epsilon", "epsilon_rdp", "delta", "accountant", "privacy_event"} <= set(m)
+    assert m["privacy_event"] == {
+        "noise_multiplier": 1.1,
+        "sampling": "poisson",
+        "sample_rate": 0.5,
+    }
+    assert "dp_noised_unclipped_fraction" in m  # adaptive clipping's count, noised and paid for
+
+
+def test_a_round_without_noise_reports_epsilon_as_the_string_inf():
+    dp = CentralPrivacy(PrivacySettings(noise_multiplier=0.0), planned_rounds=2)
+    _round(dp, 1, 5)
+    assert dp.metrics()["epsilon"] == "inf"
+
+
+def test_a_seeded_run_says_it_is_not_private_and_an_unseeded_one_draws_fresh_noise():
+    seeded = [CentralPrivacy(PrivacySettings(seed=3), planned_rounds=2) for _ in range(2)]
+    a, b = (_round(dp, 1, 5) for dp in seeded)
+    assert a[0].selected == b[0].selected
+    np.testing.assert_array_equal(a[1]["w"], b[1]["w"])
+    assert "NOT private" in seeded[0].guarantee()
+    fresh = [CentralPrivacy(PrivacySettings(), planned_rounds=2) for _ in range(2)]
+    c, d = (_round(dp, 1, 10) for dp in fresh)  # q = 1: the same cohort, noise differs
+    assert not np.array_equal(c[1]["w"], d[1]["w"])
+    assert "NOT private" not in fresh[0].guarantee()
 
 
 # -- resume --------------------------------------------------------------------------------------
-def _stored_rows(dp: CentralPrivacy, rounds: range, schedule) -> list[dict[str, Any]]:
-    """Run ``rounds`` and return their metric rows the way RunStore.round_metrics gives them."""
-    rows = []
-    for server_round in rounds:
-        sampled, population = schedule(server_round)
-        _round(dp, server_round, sampled, population)
-        rows.append({"round": server_round, "num_clients": sampled, **dp.metrics()})
-    return rows
-
-
-def _schedule(server_round: int) -> tuple[int, int]:
-    return (10, 10) if server_round % 3 == 0 else (5, 10)  # q changes between rounds
-
-
-@pytest.fixture
-def rdp_only(monkeypatch: pytest.MonkeyPatch):
-    """Skip the PRV ε beside RDP's (seconds for a mixed history; not what is checked here)."""
-    monkeypatch.setattr(privacy, "PRV_MAX_ENTRIES", -1)
-
-
-@pytest.mark.usefixtures("rdp_only")
-def test_a_restored_ledger_and_clip_norm_continue_like_an_uninterrupted_run():
+def test_a_restored_ledger_continues_like_an_uninterrupted_run():
     settings = PrivacySettings(
-        noise_multiplier=1.2,
-        clip_norm=0.5,
-        adaptive=AdaptiveClipping(count_noise=5.0),  # the clip norm is restored too
-        seed=3,
+        noise_multiplier=1.2, clip_norm=0.5, adaptive=AdaptiveClipping(count_noise=5.0)
     )
     whole = CentralPrivacy(settings, planned_rounds=4)
-    rows = _stored_rows(whole, range(1, 5), _schedule)
-
+    for server_round in (1, 2):
+        _round(whole, server_round, 5)
+    saved = whole.ledger_json()
     resumed = CentralPrivacy(settings, planned_rounds=4)
-    # a row without DP keys (a round committed before privacy was on) is skipped
-    resumed.restore([{"round": 0, "num_clients": 3}, *rows[:2]])
-    assert resumed.ledger.rounds == 2
-    assert resumed.clip_norm == pytest.approx(rows[1]["next_clip_norm"])
-    assert resumed.ledger.epsilon(1e-5) == pytest.approx(rows[1]["epsilon"], rel=1e-12)
-    for server_round in (3, 4):
-        sampled, population = _schedule(server_round)
-        _round(resumed, server_round, sampled, population)
-    assert resumed.ledger.history == whole.ledger.history
-    assert resumed.ledger.epsilon(1e-5) == pytest.approx(rows[-1]["epsilon"], rel=1e-12)
-    expected = epsilon([(1.2, 0.5, 2), (1.2, 1.0, 1), (1.2, 0.5, 1)], 1e-5, "rdp")
-    assert rows[-1]["epsilon"] == pytest.approx(expected, rel=1e-9)
-    assert [r["epsilon"] for r in rows] == sorted(r["epsilon"] for r in rows)
+    restore_ledger(resumed, saved, [{"epsilon": 1.0}])
+    assert resumed.ledger == whole.ledger and resumed.clip_norm == whole.clip_norm
+    for dp in (whole, resumed):
+        _round(dp, 3, 10)  # q = 1: the same event for both
+    assert resumed.ledger == whole.ledger and resumed.epsilon() == whole.epsilon()
 
 
-@pytest.mark.usefixtures("rdp_only")
-def test_restore_keeps_an_auto_sigma_and_the_budget_counts_the_restored_rounds():
-    settings = PrivacySettings(noise_multiplier=None, target_epsilon=3.0, seed=0)
-    whole = CentralPrivacy(settings, planned_rounds=3)
-    rows = _stored_rows(whole, range(1, 4), lambda r: (10, 10))
-    resumed = CentralPrivacy(settings, planned_rounds=3)
-    resumed.restore(rows)
-    assert resumed.sigma == whole.sigma  # not derived again
-    with pytest.raises(BudgetExhausted, match=r"round 4 .*ε=3\b.*privacy\.target_epsilon"):
-        resumed.check_budget(4, 10, 10)
+def test_a_run_that_spent_dp_rounds_but_lost_its_ledger_refuses_to_resume():
+    dp = CentralPrivacy(PrivacySettings(), planned_rounds=4)
+    with pytest.raises(ValueError, match="no committed privacy ledger"):
+        restore_ledger(dp, None, [{"round": 1, "epsilon": 0.8}])
+    restore_ledger(dp, None, [{"round": 1}])  # rounds before DP was on: nothing to restore
 
 
-def test_a_resumed_run_never_repeats_the_noise_of_an_earlier_round():
-    def noises(dp: CentralPrivacy, rounds: range) -> list[np.ndarray]:
-        out = []
-        for server_round in rounds:
-            current = _current()
-            dp.check_budget(server_round, 4, 10)
-            # every client sends the model back unchanged: the result is current + noise / 4
-            same = [FitResult(node_id=f"n{i}", params=current, num_examples=1) for i in range(4)]
-            new = dp.aggregate(server_round, current, same, sampled=4, population=10)
-            out.append(np.concatenate([np.ravel(new[k]) for k in ("w", "b")]) * 4)
-        return out
+def test_the_driver_commits_the_ledger_before_the_noised_model_reaches_evaluators(tmp_path):
+    """A coordinator that crashes after sending the round's model must still count it."""
 
-    settings = PrivacySettings(noise_multiplier=1.0, seed=7)
-    whole = CentralPrivacy(settings, planned_rounds=3)
-    before = noises(whole, range(1, 3))
-    rows = [{"noise_multiplier": 1.0, "sample_rate": 0.4, "clip_norm": 1.0}] * 2
-    resumed = CentralPrivacy(settings, planned_rounds=3)
-    resumed.restore(rows)
-    (after,) = noises(resumed, range(3, 4))
-    assert np.any(after != 0)
-    for earlier in before:
-        assert not np.allclose(after, earlier), "round 3 re-used an earlier round's noise"
+    class CrashAtEvaluation(InMemoryTransport):
+        def dispatch(self, server_round, phase, nodes, params, config, **kwargs):
+            if str(phase) == "evaluate":
+                raise SystemExit("the coordinator crashed while sending the model")
+            return super().dispatch(server_round, phase, nodes, params, config, **kwargs)
 
-
-# -- what is reported --------------------------------------------------------------------------
-def test_metrics_report_epsilon_delta_and_the_round_parameters():
-    dp = CentralPrivacy(
-        PrivacySettings(noise_multiplier=1.1, clip_norm=0.8, delta=1e-6, seed=0),
-        planned_rounds=3,
+    task = load_task("digits")
+    sites = [Site(task, site=i, num_sites=3, train_config=TrainConfig(epochs=1)) for i in range(3)]
+    store = RunStore(tmp_path)
+    privacy = CentralPrivacy(PrivacySettings(noise_multiplier=1.0), planned_rounds=2)
+    driver = RoundDriver(
+        transport=CrashAtEvaluation(sites),
+        strategy=FedAvg(),
+        config=DriverConfig(rounds=2, min_clients=3),
+        store=store,
+        privacy=privacy,
     )
-    assert dp.metrics()["epsilon"] == 0.0
-    _round(dp, 1, 5, 10)
-    _round(dp, 2, 5, 10)
-    m = dp.metrics()
-    assert set(m) == {
-        "epsilon",
-        "epsilon_prv",
-        "delta",
-        "noise_multiplier",
-        "clip_norm",
-        "next_clip_norm",
-        "dp_clipped_fraction",
-        "sample_rate",
-    }
-    assert m["epsilon"] == pytest.approx(epsilon([(1.1, 0.5, 2)], 1e-6, "rdp"), rel=1e-12)
-    assert m["epsilon_prv"] == pytest.approx(epsilon([(1.1, 0.5, 2)], 1e-6, "prv"), rel=1e-9)
-    assert 0 < m["epsilon_prv"] < m["epsilon"]
-    assert (m["delta"], m["noise_multiplier"], m["clip_norm"], m["next_clip_norm"]) == (
-        1e-6,
-        1.1,
-        0.8,
-        0.8,
+    with pytest.raises(SystemExit):
+        driver.run(get_params(task.build_model()))
+    assert store.last_round() is None  # the round never committed …
+    saved = store.privacy_ledger()
+    assert saved is not None  # … but its ε is on disk
+    assert sum(e["rounds"] for e in saved["events"]) == 1
+
+
+# -- distributed DP ------------------------------------------------------------------------------
+def _distributed(*, rounds: int = 50, **kw) -> DistributedPrivacy:
+    settings = PrivacySettings(
+        noise_multiplier=kw.pop("sigma", 1.0), clip_norm=0.5, mode="distributed", **kw
     )
-    assert m["sample_rate"] == 0.5
-    assert m["dp_clipped_fraction"] == 1.0  # updates of norm ~2·√8 against a clip of 0.8
+    return DistributedPrivacy(settings, planned_rounds=rounds)
 
 
-def test_with_the_prv_accountant_epsilon_is_prv_and_reported_once():
-    dp = CentralPrivacy(PrivacySettings(accountant="prv", seed=0), planned_rounds=2)
-    _round(dp, 1, 10, 10)
-    m = dp.metrics()
-    assert "epsilon_prv" not in m
-    assert m["epsilon"] == pytest.approx(epsilon([(1.0, 1.0, 1)], 1e-5, "prv"), rel=1e-9)
+def _expected_effective(sigma, cohort, survivors, colluders, d, clip=0.5) -> float:
+    levels = round_encoding(
+        summands=cohort, cohort=cohort, clip=clip, max_examples=1, noise=(sigma, clip)
+    ).quantizer.levels
+    return sigma * math.sqrt((survivors - colluders) / cohort) / (1 + math.sqrt(d) / (levels / 2))
 
 
-def test_the_guarantee_names_epsilon_delta_rounds_and_clients_per_round():
-    dp = CentralPrivacy(
-        PrivacySettings(noise_multiplier=1.5, clip_norm=2.0, seed=0), planned_rounds=3
-    )
-    for server_round in (1, 2, 3):
-        _round(dp, server_round, 3, 10)
-    sentence = dp.guarantee()
-    eps = epsilon([(1.5, 0.3, 3)], 1e-5, "rdp")
-    assert f"ε={eps:.3g}" in sentence, sentence
-    assert "δ=1e-05" in sentence
-    assert "over 3 rounds" in sentence
-    assert "3 of 10 clients per round" in sentence
-    assert "RDP" in sentence and "σ=1.5" in sentence and "clip 2" in sentence
-    assert "adaptive" not in sentence
+@pytest.mark.parametrize(("survivors", "colluders"), [(10, 0), (6, 0), (10, 3), (6, 2)])
+def test_distributed_dp_accounts_dropouts_colluders_and_rounding_without_amplification(
+    survivors, colluders
+):
+    dp = _distributed(colluders=colluders)
+    params = {"w": np.zeros(100_000, np.float32)}
+    sample = dp.sample(NODES, 10, 1)
+    dp.begin_round(1, sample, params)
+    assert dp.secure_noise() == (1.0, 0.5)
+    dp.spend([SimpleNamespace(metrics={})] * survivors)
+    expected = _expected_effective(1.0, 10, survivors, colluders, 100_000)
+    assert dp.metrics()["effective_noise_multiplier"] == pytest.approx(expected, rel=1e-12)
+    truth = _pld([(dpa.GaussianDpEvent(expected), 1)])
+    assert truth <= dp.epsilon() <= truth * 1.005 + 1e-3
+    assert "no amplification" in dp.guarantee() and "against the coordinator" in dp.guarantee()
 
 
-def test_the_guarantee_of_a_run_whose_sample_rate_changed_omits_clients_per_round():
-    dp = CentralPrivacy(PrivacySettings(seed=0), planned_rounds=3)
-    _round(dp, 1, 5, 10)
-    _round(dp, 2, 10, 10)
-    sentence = dp.guarantee()
-    assert "over 2 rounds" in sentence and "clients per round" not in sentence
-    assert re.search(r"ε=[0-9.]+", sentence), sentence
+def test_the_rounding_term_matters_for_a_large_model():
+    small = _expected_effective(1.0, 10, 10, 0, 10)
+    large = _expected_effective(1.0, 10, 10, 0, 10_000_000)
+    assert small > 0.999 and large < 0.995  # about 1% of the noise at d = 10^7
 
 
-def test_the_guarantee_before_any_round_says_zero_and_auto():
-    dp = CentralPrivacy(
-        PrivacySettings(
-            noise_multiplier=None, target_epsilon=1.0, adaptive=AdaptiveClipping(), seed=0
-        ),
-        planned_rounds=3,
-    )
-    sentence = dp.guarantee()
-    assert "ε=0" in sentence and "over 0 rounds" in sentence
-    assert "σ=auto" in sentence and "adaptive" in sentence
+def test_distributed_budget_never_overshoots_when_rounds_end_at_the_fewest_survivors():
+    """Issue 16, finding 7: the budget was checked with the nominal σ and dropouts cut it
+    after (target 6 ended at 6.027); now it is checked with the fewest survivors."""
+    target = 6.0
+    dp = _distributed(sigma=3.0, target_epsilon=target, min_survivors=3)
+    params = {"w": np.zeros(1000, np.float32)}
+    rounds = 0
+    for server_round in range(1, 200):
+        sample = dp.sample(NODES, 10, server_round)
+        try:
+            dp.begin_round(server_round, sample, params)
+        except BudgetExhausted:
+            break
+        dp.spend([SimpleNamespace(metrics={})] * 3)  # every round ends with the fewest
+        rounds += 1
+    assert rounds > 1 and dp.epsilon() <= target
+    sigma = _expected_effective(3.0, 10, 3, 0, 1000)
+    assert _pld([(dpa.GaussianDpEvent(sigma), rounds)]) <= target
 
 
-def test_distributed_dp_accounts_dropouts_with_less_noise():
-    from types import SimpleNamespace
+def test_auto_noise_under_distributed_dp_reaches_the_target_with_the_fewest_survivors():
+    target, rounds = 3.0, 5
+    dp = _distributed(sigma=None, target_epsilon=target, min_survivors=4, rounds=rounds)
+    params = {"w": np.zeros(1000, np.float32)}
+    for server_round in range(1, rounds + 1):
+        dp.begin_round(server_round, dp.sample(NODES, 10, server_round), params)
+        dp.spend([SimpleNamespace(metrics={})] * 4)
+    assert 0.95 * target <= dp.epsilon() <= target
 
-    from fedops.runtime.privacy import DistributedPrivacy
 
-    settings = PrivacySettings(noise_multiplier=1.0, clip_norm=0.5, delta=1e-5, mode="distributed")
-    full = DistributedPrivacy(settings, planned_rounds=5)
-    partial = DistributedPrivacy(settings, planned_rounds=5)
-    for dp, survivors in ((full, 10), (partial, 6)):
-        dp.check_budget(1, sampled=10, population=100)
-        assert dp.secure_noise() == (1.0, 0.5)
-        m = dp.metrics([SimpleNamespace(metrics={})] * survivors)
-        assert m["effective_noise_multiplier"] == pytest.approx(np.sqrt(survivors / 10))
-    assert partial.ledger.epsilon(1e-5) > full.ledger.epsilon(1e-5)  # less noise: more ε
-    assert full.ledger.history == [(1.0, 0.1, 1)]
+def test_colluders_that_leave_no_honest_noise_give_infinite_epsilon():
+    dp = _distributed(colluders=10)
+    dp.begin_round(1, RoundSample(selected=NODES, population=10, denominator=10), _current())
+    dp.spend([SimpleNamespace(metrics={})] * 10)
+    assert dp.metrics()["epsilon"] == "inf"
+
+
+# -- local DP --------------------------------------------------------------------------------
+def test_local_dp_refuses_a_noise_multiplier_and_a_target_together():
+    """Issue 16, finding 7: target_epsilon was silently ignored beside an explicit σ."""
+    with pytest.raises(ValueError, match="not both"):
+        LocalPrivacy(
+            PrivacySettings(mode="local", noise_multiplier=1.0, target_epsilon=1.0),
+            planned_rounds=3,
+        )
+
+
+def test_local_dp_reports_the_largest_site_epsilon_and_restores_it():
+    dp = LocalPrivacy(PrivacySettings(mode="local"), planned_rounds=3)
+    dp.spend([SimpleNamespace(metrics={"local_epsilon": 0.5}), SimpleNamespace(metrics={})])
+    dp.spend([SimpleNamespace(metrics={"local_epsilon": 0.9})])
+    again = LocalPrivacy(PrivacySettings(mode="local"), planned_rounds=3)
+    again.restore(dp.ledger_json())
+    assert again.metrics()["epsilon"] == 0.9 and again.rounds == 2
+    assert "coordinator" in again.guarantee() and "Poisson sampling of records" in again.guarantee()

@@ -67,25 +67,21 @@ def test_without_noise_the_result_is_current_plus_the_clipped_sum_over_sampled(s
     current = _model(rng)
     trained = _trained(current, rng, scales)
     new, noise = private_mean(
-        current, trained, sampled=sampled, clip_norm=1.0, noise_multiplier=0.0, rng=_rng(2)
+        current, trained, denominator=sampled, clip_norm=1.0, noise_multiplier=0.0, rng=_rng(2)
     )
     expected = _expected_noiseless(current, trained, sampled, 1.0)
     assert set(new) == set(current)
     for k in current:
         np.testing.assert_allclose(new[k], expected[k], rtol=1e-12, atol=1e-12)
-    assert noise == RoundNoise(
-        clip_norm=1.0,
-        noise_std=0.0,
-        clipped_fraction=pytest.approx(sum(s > 1.0 for s in scales) / len(scales)),
-        next_clip_norm=1.0,
-    )
+    # nothing about the updates is released beside the model: no exact clipped fraction
+    assert noise == RoundNoise(clip_norm=1.0, noise_std=0.0, next_clip_norm=1.0)
 
 
 def test_the_denominator_is_fixed_not_the_number_of_answers():
     current = {"w": np.zeros(2)}
     trained = [{"w": np.array([0.3, 0.0])}, {"w": np.array([0.0, 0.6])}]
     new, _ = private_mean(
-        current, trained, sampled=4, clip_norm=10.0, noise_multiplier=0.0, rng=_rng()
+        current, trained, denominator=4, clip_norm=10.0, noise_multiplier=0.0, rng=_rng()
     )
     np.testing.assert_allclose(new["w"], [0.3 / 4, 0.6 / 4])  # not / 2
 
@@ -94,10 +90,10 @@ def test_clients_are_weighted_equally_and_each_is_clipped_separately():
     current = {"w": np.zeros(1)}
     trained = [{"w": np.array([5.0])}, {"w": np.array([-0.5])}]
     new, noise = private_mean(
-        current, trained, sampled=2, clip_norm=1.0, noise_multiplier=0.0, rng=_rng()
+        current, trained, denominator=2, clip_norm=1.0, noise_multiplier=0.0, rng=_rng()
     )
     np.testing.assert_allclose(new["w"], [(1.0 - 0.5) / 2])
-    assert noise.clipped_fraction == 0.5
+    assert noise.noised_unclipped_fraction is None
 
 
 def test_the_result_keeps_each_array_dtype():
@@ -105,20 +101,20 @@ def test_the_result_keeps_each_array_dtype():
     current = _model(rng, np.float32)
     trained = _trained(current, rng, [0.5, 3.0])
     new, _ = private_mean(
-        current, trained, sampled=2, clip_norm=1.0, noise_multiplier=1.0, rng=_rng(4)
+        current, trained, denominator=2, clip_norm=1.0, noise_multiplier=1.0, rng=_rng(4)
     )
     assert {k: v.dtype for k, v in new.items()} == {k: v.dtype for k, v in current.items()}
     assert {k: v.shape for k, v in new.items()} == {k: v.shape for k, v in current.items()}
 
 
-@pytest.mark.parametrize(("sampled", "answers"), [(0, 0), (1, 2), (2, 3)])
-def test_fewer_sampled_than_results_is_refused(sampled, answers):
+@pytest.mark.parametrize("denominator", [0, -1.0, math.nan, math.inf])
+def test_a_denominator_that_is_not_a_positive_number_is_refused(denominator):
     current = {"w": np.zeros(2)}
-    with pytest.raises(ValueError, match="sampled"):
+    with pytest.raises(ValueError, match="denominator"):
         private_mean(
             current,
-            [current] * answers,
-            sampled=sampled,
+            [current],
+            denominator=denominator,
             clip_norm=1.0,
             noise_multiplier=1.0,
             rng=_rng(),
@@ -128,9 +124,9 @@ def test_fewer_sampled_than_results_is_refused(sampled, answers):
 def test_no_answers_still_release_only_noise_over_sampled():
     current = {"w": np.zeros(COORDS)}
     new, noise = private_mean(
-        current, [], sampled=4, clip_norm=2.0, noise_multiplier=1.5, rng=_rng(5)
+        current, [], denominator=4, clip_norm=2.0, noise_multiplier=1.5, rng=_rng(5)
     )
-    assert noise.clipped_fraction == 0.0 and noise.noise_std == 3.0
+    assert noise.noise_std == 3.0
     s = 1.5 * 2.0 / 4
     assert abs(float(np.std(new["w"])) - s) <= SIGMAS_OF_SLACK * s / math.sqrt(2 * COORDS)
 
@@ -144,7 +140,7 @@ def _noise_on_the_mean(sigma, clip_norm, sampled, answers, adaptive=None, seed=7
     new, noise = private_mean(
         current,
         trained,
-        sampled=sampled,
+        denominator=sampled,
         clip_norm=clip_norm,
         noise_multiplier=sigma,
         rng=_rng(seed + 1),
@@ -218,7 +214,7 @@ def test_adaptive_clipping_without_noise_does_not_crash():
         new, noise = private_mean(
             current,
             [{"w": np.ones(3)}],
-            sampled=1,
+            denominator=1,
             clip_norm=1.0,
             noise_multiplier=0.0,
             rng=_rng(),
@@ -249,7 +245,7 @@ def _adapt(clip_norm, rounds, adaptive, *, sigma=0.05, seed=0):
         _, noise = private_mean(
             current,
             trained,
-            sampled=len(trained),
+            denominator=len(trained),
             clip_norm=path[-1],
             noise_multiplier=sigma,
             rng=rng,
@@ -284,23 +280,48 @@ def test_next_clip_norm_follows_the_geometric_update_rule():
         _, noise = private_mean(
             current,
             trained,
-            sampled=len(trained) + 9,  # nine dropped out: b̄ is over the sampled count
+            denominator=len(trained) + 9,  # nine dropped out: b̄ is over the denominator
             clip_norm=clip_norm,
             noise_multiplier=0.5,
             rng=_rng(4),
             adaptive=adaptive,
         )
         unclipped = int(np.sum(norms <= clip_norm))
-        assert noise.clipped_fraction == pytest.approx(1 - unclipped / len(trained))
-        # C' = C·exp(−η(b̄ − γ)) with b̄ = (unclipped + N(0, σ_b²)) / sampled
+        # C' = C·exp(−η(b̄ − γ)) with b̄ = (Σ(b_i − ½) + N(0, σ_b²)) / denominator + ½
         b = adaptive.target_quantile - math.log(noise.next_clip_norm / clip_norm) / 0.3
-        count_noise = b * (len(trained) + 9) - unclipped
+        assert b == pytest.approx(noise.noised_unclipped_fraction, rel=1e-9)
+        count_noise = (b - 0.5) * (len(trained) + 9) - (unclipped - len(trained) / 2)
         assert abs(count_noise) <= SIGMAS_OF_SLACK * adaptive.count_noise
+
+
+@pytest.mark.parametrize("extra_norm", [0.01, 100.0])  # the added client: within C, or clipped
+def test_one_client_moves_the_noised_count_by_exactly_one_half_over_the_denominator(extra_norm):
+    """The sensitivity that σ_Δ⁻² + (2σ_b)⁻² = σ⁻² pays for is ½ (the centred indicator).
+
+    Finding 5 of issue 16: the uncentred sum Σb_i moves by 1 when a client that is
+    within the clip joins, which doubles the count's sensitivity (σ=0.9 with count
+    noise 0.5 then spent ε≈19 where 5.2 was reported)."""
+    adaptive = AdaptiveClipping(count_noise=0.5)
+    current, trained, _ = _norm_population()
+    extra = {"w": np.array([extra_norm, 0.0, 0.0, 0.0])}
+    counts = []
+    for cohort in (trained, [*trained, extra]):
+        _, noise = private_mean(
+            current,
+            cohort,
+            denominator=50,
+            clip_norm=1.0,
+            noise_multiplier=0.9,
+            rng=_rng(11),  # the same noise for both neighbours
+            adaptive=adaptive,
+        )
+        counts.append(noise.noised_unclipped_fraction)
+    assert abs(counts[1] - counts[0]) * 50 == pytest.approx(0.5, rel=1e-9)
 
 
 def test_without_adaptive_clipping_the_clip_norm_stays():
     current, trained, _ = _norm_population()
     _, noise = private_mean(
-        current, trained, sampled=len(trained), clip_norm=0.7, noise_multiplier=1.0, rng=_rng()
+        current, trained, denominator=len(trained), clip_norm=0.7, noise_multiplier=1.0, rng=_rng()
     )
     assert noise.next_clip_norm == noise.clip_norm == 0.7
