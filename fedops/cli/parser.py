@@ -261,10 +261,10 @@ def _monitoring_flags(coord: argparse.ArgumentParser) -> None:
     watch = coord.add_argument_group("monitoring (drift, fairness, metrics)")
     watch.add_argument(
         "--monitoring",
-        choices=("default", "none"),
-        default="default",
-        help="sites report drift and per-group confusion counts with every evaluation "
-        "(default: default)",
+        choices=("auto", "default", "none"),
+        default="auto",
+        help="sites report drift and per-group confusion counts with every evaluation; auto "
+        "(the default): on without DP, off under DP, whose guarantee does not cover them",
     )
     watch.add_argument(
         "--positive-label",

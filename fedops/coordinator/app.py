@@ -24,7 +24,7 @@ from fedops.runtime.control import RunControl
 from fedops.runtime.driver import DriverConfig, RoundRecord
 from fedops.runtime.metrics import RunMetrics
 from fedops.runtime.mlflow_sink import MlflowSink
-from fedops.runtime.monitoring import MonitorSettings
+from fedops.runtime.monitoring import MonitorSettings, monitoring_under_dp
 from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.run import RunPlan, execute, make_strategy
 from fedops.runtime.secure_fit import SecAggSettings
@@ -207,7 +207,7 @@ def _secagg(cfg: CoordinatorConfig) -> SecAggSettings | None:
 
 
 def _monitoring(cfg: CoordinatorConfig) -> MonitorSettings | None:
-    if cfg.monitoring == "none":
+    if monitoring_under_dp(cfg.monitoring, cfg.privacy) == "none":
         return None
     return MonitorSettings(
         positive_label=cfg.positive_label,

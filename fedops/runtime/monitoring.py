@@ -68,6 +68,27 @@ def monitor_spec(settings: MonitorSettings, task: Task | None, params: Params) -
     )
 
 
+#: said once per run where monitoring runs beside DP (README: "Privacy guarantees")
+OUTSIDE_DP = (
+    "monitoring is on beside differential privacy: the sites' drift histograms and per-group "
+    "confusion counts are released un-noised, outside the DP guarantee"
+)
+
+
+def monitoring_under_dp(mode: str, privacy: str) -> str:
+    """``auto`` as ``default`` without DP and ``none`` under it; warns when both are on."""
+    if mode == "auto":
+        mode = "none" if privacy != "none" else "default"
+        if privacy != "none":
+            log.info(
+                "monitoring is off under DP (its statistics are not noised); "
+                "--monitoring default / monitoring=default turns it on"
+            )
+    if mode != "none" and privacy != "none":
+        log.warning("%s", OUTSIDE_DP)
+    return mode
+
+
 class RoundMonitor:
     """Summarises each round's site reports; remembers flagged sites."""
 

@@ -159,7 +159,7 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
     publish_participants: bool = False
     colluders: int = 0
     release_site_metrics: bool = False
-    monitoring: str = "default"
+    monitoring: str = "auto"  # auto: default without DP, none under DP
     positive_label: int = 1
     psi_alert: float = 0.25
     js_alert: float = 0.1
@@ -220,9 +220,9 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
 
     def check_monitoring(self) -> None:
         _require(
-            self.monitoring in ("default", "none"),
+            self.monitoring in ("auto", "default", "none"),
             "monitoring",
-            f"must be default or none, got {self.monitoring!r}",
+            f"must be auto, default or none, got {self.monitoring!r}",
         )
         _require(self.positive_label >= 0, "positive_label", "must be >= 0")
         _require(self.psi_alert > 0, "psi_alert", "must be > 0")

@@ -25,7 +25,7 @@ from fedops.reporting.plots import plot_run
 from fedops.runtime.audit import AuditLog
 from fedops.runtime.driver import DriverConfig
 from fedops.runtime.mlflow_sink import MlflowSink
-from fedops.runtime.monitoring import MonitorSettings
+from fedops.runtime.monitoring import MonitorSettings, monitoring_under_dp
 from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.run import RunPlan, execute, make_strategy
 from fedops.runtime.secure_fit import SecAggSettings
@@ -215,7 +215,7 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
         },
         secagg=secagg,
         privacy=privacy_settings(cfg),
-        monitoring=monitor_settings(cfg.monitoring),
+        monitoring=monitor_settings(cfg.monitoring, privacy=cfg.privacy.name),
         task=task,
         observers=(trail.observe_round, *([mlflow.observe_round] if mlflow else [])),
     )
@@ -243,9 +243,9 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def monitor_settings(m: MonitoringConfig) -> MonitorSettings | None:
+def monitor_settings(m: MonitoringConfig, *, privacy: str = "none") -> MonitorSettings | None:
     """The ``monitoring`` group as the runtime's settings (None when off)."""
-    if m.name == "none":
+    if monitoring_under_dp(m.name, privacy) == "none":
         return None
     fairness = FairnessThresholds(
         **{f: getattr(m, f) for f in FairnessThresholds.__dataclass_fields__}

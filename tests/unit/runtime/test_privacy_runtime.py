@@ -354,3 +354,18 @@ def test_local_dp_reports_the_largest_site_epsilon_and_restores_it():
     again.restore(dp.ledger_json())
     assert again.metrics()["epsilon"] == 0.9 and again.rounds == 2
     assert "coordinator" in again.guarantee() and "Poisson sampling of records" in again.guarantee()
+
+
+# -- monitoring beside DP --------------------------------------------------------------------
+def test_monitoring_is_off_under_dp_unless_asked_for_and_then_says_it_is_outside_dp(caplog):
+    """Issue 16, finding 8: drift histograms and fairness counts ran by default under DP."""
+    from fedops.coordinator.app import _monitoring
+    from fedops.runtime.monitoring import OUTSIDE_DP
+    from fedops.runtime.settings import CoordinatorConfig
+
+    assert _monitoring(CoordinatorConfig()) is not None  # no DP: on by default
+    assert _monitoring(CoordinatorConfig(privacy="central")) is None
+    assert OUTSIDE_DP not in caplog.text
+    explicit = CoordinatorConfig(privacy="central", monitoring="default")
+    assert _monitoring(explicit) is not None
+    assert OUTSIDE_DP in caplog.text
