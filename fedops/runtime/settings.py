@@ -195,6 +195,12 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
             f"must be >= 1 and at most --clients-per-round, got {self.min_fit_results}",
         )
         _require(self.max_workers >= 4, "max_workers", "must be >= 4")
+        _require(
+            self.privacy != "central" or self.min_fit_results == 1,
+            "min_fit_results",
+            "central DP releases its noised mean whatever the number of updates (aborting on "
+            "a count would tell, outside the noise, how many were sampled): leave it at 1",
+        )
         check_secagg(self.secagg, self.secagg_k, self.secagg_threshold, self.secagg_clip)
         self.check_privacy()
         check_robust(

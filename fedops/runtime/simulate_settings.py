@@ -221,6 +221,12 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     check_strategy(cfg)
     check_privacy(cfg.privacy, secagg=cfg.secagg.name, rounds=cfg.rounds)
     _require(
+        cfg.privacy.name != "central" or s.min_fit_results == 1,
+        "simulation.min_fit_results",
+        "central DP releases its noised mean whatever the number of updates (aborting on a "
+        "count would tell, outside the noise, how many were sampled): leave it at 1",
+    )
+    _require(
         cfg.privacy.name != "local" or s.backend == "sequential",
         "simulation.backend",
         "privacy=local (DP-SGD per site, each site keeping its own ε) runs with "

@@ -369,3 +369,11 @@ def test_monitoring_is_off_under_dp_unless_asked_for_and_then_says_it_is_outside
     explicit = CoordinatorConfig(privacy="central", monitoring="default")
     assert _monitoring(explicit) is not None
     assert OUTSIDE_DP in caplog.text
+
+
+def test_central_dp_refuses_a_minimum_of_updates_it_would_not_honour():
+    from fedops.runtime.settings import ConfigError, CoordinatorConfig
+
+    with pytest.raises(ConfigError) as info:
+        CoordinatorConfig(privacy="central", clients_per_round=5, min_fit_results=2)
+    assert info.value.key == "min_fit_results" and "noised mean" in str(info.value)
