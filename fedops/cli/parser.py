@@ -342,6 +342,12 @@ def _client_parser(sub: Any) -> None:
         help="site policy: decline to train unless the round uses secure aggregation",
     )
     client.add_argument(
+        "--share-monitoring",
+        action="store_true",
+        help="send drift histograms and fairness counts of this site's data even under "
+        "--require-secagg or --max-epsilon (they are not noised; off there by default)",
+    )
+    client.add_argument(
         "--max-epsilon",
         type=float,
         default=None,

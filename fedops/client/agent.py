@@ -118,6 +118,11 @@ class Agent:
             **secure_identity(cfg.identity_key, cfg.trusted_keys, self.site_name, kit=kit),
         )
         self.guard = TaskGuard(require_secagg=cfg.require_secagg)
+        # statistics of this site's own rows under a coordinator-chosen model are an
+        # exact counting oracle: a site that protects its data keeps them unless it opts in
+        self.withhold_monitoring = not cfg.share_monitoring and (
+            cfg.require_secagg or self.policy.max_epsilon is not None
+        )
         if cfg.require_secagg and self.secure.verify is None:
             log.warning(
                 "secure aggregation without site identities: the coordinator could pose as "
@@ -137,6 +142,7 @@ class Agent:
             consortium=kit.consortium if kit is not None else None,
             policy={
                 "require_secagg": cfg.require_secagg,
+                "share_monitoring": not self.withhold_monitoring,
                 "max_epsilon": p.max_epsilon,
                 "max_delta": p.max_delta,
                 "privacy_ledger": site.ledger.path,
@@ -320,7 +326,13 @@ class Agent:
         params = self._fetch(task)
         n, metrics = self.site.evaluate(params, task.round)
         report = None
-        if task.HasField("monitor"):
+        if task.HasField("monitor") and self.withhold_monitoring:
+            log.info(
+                "round %d: drift and fairness statistics withheld (site policy: "
+                "--require-secagg / --max-epsilon without --share-monitoring)",
+                task.round,
+            )
+        elif task.HasField("monitor"):
             try:
                 spec = monitoring.spec_from_proto(task.monitor)
             except InvalidUpdate as exc:

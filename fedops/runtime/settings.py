@@ -293,6 +293,8 @@ class ClientConfig(TrainOptions, TaskOptions):
     max_retries: int = 30
     poll_wait_s: float = 5.0
     require_secagg: bool = False
+    #: send drift and fairness statistics even under --require-secagg or --max-epsilon
+    share_monitoring: bool = False
     max_epsilon: float | None = None
     dp_delta: float | None = None  # the δ the site accounts local DP at (None: kit's, else 1e-5)
     identity_key: Path | None = None

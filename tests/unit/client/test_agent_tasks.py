@@ -84,3 +84,22 @@ def test_a_secagg_task_for_another_run_is_declined(agent: Agent):
     task = pb.Task(kind=pb.TASK_KIND_SECAGG, run_id="run-B", round=1, task_id="s1")
     answer = _step(agent, task)
     assert "registered for run 'run-A'" in answer["declined"]
+
+
+def _monitored_evaluation(number: int) -> pb.Task:
+    from fedops.core.monitoring.profile import MonitorSpec
+    from fedops.wire import monitoring
+
+    task = pb.Task(kind=pb.TASK_KIND_EVALUATE, run_id="run-A", round=number, task_id=f"m{number}")
+    task.monitor.CopyFrom(monitoring.spec_to_proto(MonitorSpec(num_classes=10)))
+    return task
+
+
+def test_a_secagg_site_withholds_monitoring_statistics_unless_it_opts_in(agent: Agent):
+    """Histograms of the site's training rows under a coordinator-chosen model count rows
+    exactly (issue 15): a site that requires SecAgg sends its evaluation, not them."""
+    answer = _step(agent, _monitored_evaluation(1))
+    assert "declined" not in answer and answer["report"] is None
+    agent.withhold_monitoring = False  # what --share-monitoring sets
+    answer = _step(agent, _monitored_evaluation(2))
+    assert answer["report"] is not None and len(answer["report"].histograms) > 0
