@@ -1,0 +1,51 @@
+"""DP for a run: sample, noise, account, enforce the budget, and say what ε holds against whom.
+
+The coordinator and ``fedops simulate`` both hand the round driver one of
+:class:`CentralPrivacy`, :class:`DistributedPrivacy` or :class:`LocalPrivacy`;
+the maths lives in :mod:`fedops.core.privacy`. Each round the driver asks the
+privacy object to :meth:`~CentralPrivacy.sample` the cohort, to
+:meth:`~CentralPrivacy.begin_round` (σ=auto and the budget, checked with the
+worst case the round can end in), then to :meth:`~CentralPrivacy.spend` the
+round, and commits the ledger (``RunStore.spend_privacy``) before the new
+model leaves for evaluation. A resumed run restores the committed ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fedops.runtime.privacy.central import CentralPrivacy
+from fedops.runtime.privacy.distributed import DistributedPrivacy
+from fedops.runtime.privacy.local import LocalPrivacy
+from fedops.runtime.privacy.settings import (
+    SAMPLINGS,
+    BudgetExhausted,
+    PrivacySettings,
+    RoundSample,
+)
+
+__all__ = [
+    "SAMPLINGS",
+    "BudgetExhausted",
+    "CentralPrivacy",
+    "DistributedPrivacy",
+    "LocalPrivacy",
+    "Privacy",
+    "PrivacySettings",
+    "RoundSample",
+    "restore_ledger",
+]
+
+Privacy = CentralPrivacy | LocalPrivacy
+
+
+def restore_ledger(privacy: Privacy, saved: Any, metrics: Sequence[Mapping[str, Any]]) -> None:
+    """Restore from the committed ledger; refuse a run that spent DP rounds but lost it."""
+    spent = any("epsilon" in row for row in metrics)
+    if saved is None and spent:
+        raise ValueError(
+            "this run directory holds DP rounds but no committed privacy ledger "
+            "(state.sqlite's privacy_spent): refusing to resume and under-report ε"
+        )
+    privacy.restore(saved)

@@ -1,0 +1,45 @@
+"""What a run's DP is configured with, and what one round sampled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedops.core.privacy.central import AdaptiveClipping
+
+SAMPLINGS = ("poisson", "fixed")
+
+
+class BudgetExhausted(RuntimeError):
+    """The next round would spend more ε than ``target_epsilon``; the run stops before it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrivacySettings:
+    """``privacy.*`` keys (and the coordinator's ``--noise-multiplier`` etc.)."""
+
+    noise_multiplier: float | None = 1.0  # None: derived from target_epsilon ("auto")
+    clip_norm: float = 1.0
+    delta: float = 1e-5
+    target_epsilon: float | None = None
+    accountant: str = "pld"  # the headline; the other is reported beside it
+    adaptive: AdaptiveClipping | None = None
+    #: None: noise and sampling from the OS's CSPRNG (deployment); a seed makes both
+    #: reproducible for experiments, and the guarantee then says it is not private
+    seed: int | None = None
+    mode: str = "central"  # central | distributed (clients add noise under SecAgg+) | local
+    sampling: str = "poisson"  # poisson | fixed (m of N without replacement)
+    #: write who took part in a DP round to the audit log and exports; amplification by
+    #: sampling then no longer holds and the accountant reports the bound without it
+    publish_participants: bool = False
+    colluders: int = 0  # distributed: sites that may pool their noise shares with the server
+    min_survivors: int = 1  # distributed: the fewest noise shares a committed round can hold
+    release_site_metrics: bool = False  # sites' train loss and counts, in the clear
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundSample:
+    """Who a round asked, out of how many, and what the mean divides by."""
+
+    selected: list[str]
+    population: int
+    denominator: float  # central DP's fixed denominator: the expected cohort size
