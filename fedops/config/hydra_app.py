@@ -8,6 +8,7 @@ ConfigStore, so composition rejects unknown keys and wrong types by name.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,9 +46,12 @@ def _run(cfg: DictConfig) -> float | None:
     except ConfigError as exc:
         print(f"fedops simulate: error: {exc.key}: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from exc
-    final = summary.get("final_metrics", {}).get("eval_accuracy")
+    last = summary.get("final_metrics", {})
+    # under DP the sites' evaluation is withheld: the coordinator's own data then speaks
+    name = "eval_accuracy" if "eval_accuracy" in last else "global_accuracy"
+    final = last.get(name)
     print(
-        f"simulation {summary['run_id']} {summary['status']}: eval_accuracy="
+        f"simulation {summary['run_id']} {summary['status']}: {name}="
         f"{final if final is None else round(final, 4)} after {summary['rounds_completed']} "
         f"rounds; results in {run_dir}"
     )
@@ -67,10 +71,17 @@ def simulate_main(argv: Sequence[str]) -> int:
     if SCENARIO_DIR.is_dir() and not any(a.startswith("hydra.searchpath") for a in argv):
         extra = [f"hydra.searchpath=[file://{SCENARIO_DIR}]"]
     sys.argv = ["fedops simulate", *argv, *extra]
+    # Hydra points the root logger at the streams of the moment; an in-process caller
+    # (a notebook, a test) keeps its own logging once the run is over, not handlers on
+    # streams that may since have closed
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     try:
         app()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     finally:
         sys.argv = saved
+        root.handlers[:] = handlers
+        root.setLevel(level)
     return 0

@@ -144,26 +144,29 @@ class RoundDriver:
             # committed before the noised model leaves for evaluation (a crash between
             # the two must not forget the round)
             self.store.spend_privacy(server_round, self.privacy.ledger_json())
-        alive = set(self.transport.available_nodes())
-        evaluators = [n for n in selected if n in alive]
-        evaluation = self._collect(
-            server_round,
-            Phase.EVALUATE,
-            evaluators,
-            params,
-            {},
-            monitor=self.monitor.spec if self.monitor is not None else None,
-        )
-        eval_metrics = self.strategy.aggregate_evaluate(server_round, evaluation.results)  # type: ignore[arg-type]
-        metrics: dict[str, Any] = {
-            "num_clients": len(fit.reported),
-            "eval_loss": eval_metrics.get("loss", math.nan),
-            "eval_accuracy": eval_metrics.get("accuracy", math.nan),
-            "num_eval_clients": len(evaluation.results),
-        }
-        if self.privacy is None or self.privacy.settings.release_site_metrics:
-            # under DP the sites' own losses are outside the mechanism: off unless released
-            metrics["train_loss"] = weighted_metrics(fit.reported).get("train_loss", math.nan)
+        # under DP the sites' own losses, accuracies and counts of their data are outside
+        # the mechanism: the sites evaluate only when the operator releases them
+        release = self.privacy is None or self.privacy.settings.release_site_metrics
+        evaluation = None
+        if release or self.monitor is not None:
+            alive = set(self.transport.available_nodes())
+            evaluation = self._collect(
+                server_round,
+                Phase.EVALUATE,
+                [n for n in selected if n in alive],
+                params,
+                {},
+                monitor=self.monitor.spec if self.monitor is not None else None,
+            )
+        metrics: dict[str, Any] = {"num_clients": len(fit.reported)}
+        if release and evaluation is not None:
+            eval_metrics = self.strategy.aggregate_evaluate(server_round, evaluation.results)  # type: ignore[arg-type]
+            metrics |= {
+                "train_loss": weighted_metrics(fit.reported).get("train_loss", math.nan),
+                "eval_loss": eval_metrics.get("loss", math.nan),
+                "eval_accuracy": eval_metrics.get("accuracy", math.nan),
+                "num_eval_clients": len(evaluation.results),
+            }
         if self.evaluate_global is not None:
             glob = self.evaluate_global(params)
             metrics["global_loss"] = float(glob["loss"])
@@ -173,11 +176,13 @@ class RoundDriver:
             metrics["round_aborted"] = aborted
         if self.privacy is not None:
             metrics.update(self.privacy.metrics())
-        if self.monitor is not None:
+        if self.monitor is not None and evaluation is not None:
             evaluated = [r for r in evaluation.results if isinstance(r, EvaluateResult)]
             metrics.update(self.monitor.summarize(server_round, evaluated, self.site_names))
         metrics["duration_s"] = round(time.monotonic() - started, 4)
-        participants = fit.participants + self._participants(evaluation)
+        participants = fit.participants
+        if evaluation is not None:
+            participants = participants + self._participants(evaluation)
         return params, RoundRecord(
             server_round=server_round, metrics=metrics, participants=participants
         )

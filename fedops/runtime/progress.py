@@ -51,19 +51,16 @@ class RoundProgress:
         m = record.metrics
         duration = float(m.get("duration_s") or 0.0)
         rate = f", {m.get('num_clients', 0) / duration:.0f} clients/s" if duration > 0 else ""
-        status = (
-            f"acc {_fmt(m.get('eval_accuracy'))} loss {_fmt(m.get('eval_loss'))} "
-            f"({m.get('num_clients')} clients{rate})"
-        )
+        accuracy = m.get("eval_accuracy", m.get("global_accuracy"))
+        loss = m.get("eval_loss", m.get("global_loss"))
+        status = f"acc {_fmt(accuracy)} loss {_fmt(loss)} ({m.get('num_clients')} clients{rate})"
         self.progress.update(self.task, advance=1, status=status)
-        line = f"round {record.server_round}: clients={m.get('num_clients')} "
-        if "train_loss" in m:  # withheld under DP (privacy.release_site_metrics)
-            line += f"train_loss={_fmt(m['train_loss'])} "
-        line += f"eval_loss={_fmt(m.get('eval_loss'))} eval_accuracy={_fmt(m.get('eval_accuracy'))}"
-        if "epsilon" in m:
-            line += f" ε={_fmt(m['epsilon'])}"
-        if "global_accuracy" in m:
-            line += f" global_accuracy={_fmt(m['global_accuracy'])}"
+        parts = [f"round {record.server_round}:", f"clients={m.get('num_clients')}"]
+        # the sites' own losses and accuracies are withheld under DP (release_site_metrics)
+        for key in ("train_loss", "eval_loss", "eval_accuracy", "epsilon", "global_accuracy"):
+            if key in m:
+                parts.append(f"{'ε' if key == 'epsilon' else key}={_fmt(m[key])}")
+        line = " ".join(parts)
         self.console.print(
             line + f" ({_fmt(m.get('duration_s'), 2)} s)", highlight=False, soft_wrap=True
         )

@@ -19,6 +19,7 @@ from fedops.runtime.store import RunStore, config_digest
 
 PRIVACY_KEYS = (
     "privacy_mechanism",
+    "privacy_holds_against",
     "accountant",
     "epsilon",
     "epsilon_pld",

@@ -1,14 +1,42 @@
-"""Central DP with real coordinator and client processes: ε per round, and the budget stop."""
+"""DP with real coordinator and client processes: ε per round, the budget stop, every mode.
+
+Every expected ε is dp_accounting's (PLD, add/remove adjacency) composed here
+over the events the run recorded, the replay an auditor would do.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import dp_accounting as dpa
 import pytest
+from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from procs import Procs, free_port, metrics, query
 
 pytestmark = pytest.mark.slow
+
+
+def pld_epsilon(events: list[Any], delta: float = 1e-5) -> float:
+    accountant = PLDAccountant()
+    for event in events:
+        accountant.compose(event)
+    return float(accountant.get_epsilon(delta))
+
+
+def dp_event(raw: dict[str, Any]) -> Any:
+    """A round's recorded ``privacy_event`` as dp_accounting's event."""
+    gaussian = dpa.GaussianDpEvent(raw["noise_multiplier"])
+    if raw["sampling"] == "poisson":
+        return dpa.PoissonSampledDpEvent(raw["sample_rate"], gaussian)
+    assert raw["sampling"] == "known", raw
+    return gaussian
+
+
+def assert_pld_bound(reported: float, oracle: float) -> None:
+    """fedops' PLD ε (pessimistic, coarser grid) bounds dp_accounting's from above, closely."""
+    assert oracle * (1 - 1e-6) <= reported <= oracle * (1 + 1e-3), (reported, oracle)
 
 
 def test_central_dp_reports_epsilon_and_the_budget_stops_the_run(procs: Procs, tmp_path: Path):
@@ -40,20 +68,33 @@ def test_central_dp_reports_epsilon_and_the_budget_stops_the_run(procs: Procs, t
 
     rows = metrics(run_dir)
     eps = [r["epsilon"] for r in rows]
-    assert 1 <= len(rows) < 10, eps  # stopped before the planned 10 rounds
+    # Poisson at q = 2/4, σ = 1: dp_accounting puts 2 rounds under 5 and 3 above it
+    poisson = dpa.PoissonSampledDpEvent(0.5, dpa.GaussianDpEvent(1.0))
+    assert pld_epsilon([poisson] * 2) <= 5.0 < pld_epsilon([poisson] * 3)
+    assert len(rows) == 2, eps  # stopped before the round that could pass the target
     assert eps == sorted(eps) and eps[-1] <= 5.0
-    for r in rows:
-        assert (r["delta"], r["noise_multiplier"], r["clip_norm"], r["sample_rate"]) == (
+    for n, r in enumerate(rows, start=1):
+        assert (r["delta"], r["noise_multiplier"], r["clip_norm"], r["accountant"]) == (
             1e-5,
             1.0,
             2.0,
-            0.5,
+            "pld",
         )
+        assert r["privacy_event"] == {
+            "noise_multiplier": 1.0,
+            "sampling": "poisson",
+            "sample_rate": 0.5,
+        }
+        assert_pld_bound(r["epsilon"], pld_epsilon([poisson] * n))
+        assert "train_loss" not in r and "dp_clipped_fraction" not in r  # outside the noise
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "budget_exhausted"
     assert "--target-epsilon" in summary["stop_reason"], summary["stop_reason"]
-    assert f"over {len(rows)} rounds" in summary["privacy"], summary["privacy"]
-    assert "2 of 4 clients per round" in summary["privacy"]
+    sentence = summary["privacy"]
+    assert f"over {len(rows)} rounds" in sentence, sentence
+    for words in ("Poisson", "add/remove", "PLD", "coordinator", "released models"):
+        assert words in sentence, (words, sentence)
+    assert "NOT private" not in sentence  # the coordinator draws from the OS, not --seed
     log = procs.log("coordinator")
     assert "privacy budget reached" in log and "budget_exhausted" in log
 
@@ -71,8 +112,18 @@ def test_1000_clients_with_central_dp_stay_within_5_points(procs: Procs, tmp_pat
     runs = {}
     for name, extra in {
         "plain": [],
-        "central": ["privacy=central", "privacy.clip_norm=0.3"],
-        "distributed": ["privacy=distributed", "secagg=secaggplus", "privacy.clip_norm=0.3"],
+        # the sites' accuracies are released for the comparison (outside the DP guarantee)
+        "central": [
+            "privacy=central",
+            "privacy.clip_norm=0.3",
+            "privacy.release_site_metrics=true",
+        ],
+        "distributed": [
+            "privacy=distributed",
+            "secagg=secaggplus",
+            "privacy.clip_norm=0.3",
+            "privacy.release_site_metrics=true",
+        ],
     }.items():
         run_dir = tmp_path / name
         proc = procs.start(name, "simulate", *FLEET, *extra, f"hydra.run.dir={run_dir}")
@@ -80,12 +131,21 @@ def test_1000_clients_with_central_dp_stay_within_5_points(procs: Procs, tmp_pat
         runs[name] = metrics(run_dir)[-1]
     plain, central, distributed = runs["plain"], runs["central"], runs["distributed"]
     assert abs(plain["eval_accuracy"] - central["eval_accuracy"]) <= 0.05, (plain, central)
-    assert central["noise_multiplier"] == 1.0 and central["sample_rate"] == 0.1
-    assert 3 < central["epsilon"] < 6  # RDP: 4.22 for q=0.1, sigma=1, 20 rounds, delta=1e-5
+    assert central["noise_multiplier"] == 1.0
+    q = {"noise_multiplier": 1.0, "sampling": "poisson", "sample_rate": 0.1}
+    assert central["privacy_event"] == q
+    # PLD for q = 0.1, σ = 1, 20 rounds, δ = 1e-5: 3.59 (RDP said 4.22)
+    assert_pld_bound(central["epsilon"], pld_epsilon([dp_event(q)] * 20))
     assert "privacy: (ε=" in procs.log("central")
-    # the clients add the noise under SecAgg+: same epsilon, comparable accuracy
+    # the clients add the noise under SecAgg+, but the coordinator knows the cohort: no
+    # amplification by sampling, so ε is the Gaussian's over the noise the survivors left
     assert distributed["secagg_survivors"] == 100
-    assert abs(distributed["epsilon"] - central["epsilon"]) <= 0.01 * central["epsilon"]
+    assert distributed["privacy_event"]["sampling"] == "known"
+    rows = metrics(tmp_path / "distributed")
+    assert_pld_bound(
+        distributed["epsilon"], pld_epsilon([dp_event(r["privacy_event"]) for r in rows])
+    )
+    assert distributed["epsilon"] > 2 * central["epsilon"]  # 10.7-ish against 3.59
     assert abs(distributed["eval_accuracy"] - central["eval_accuracy"]) <= 0.05
 
 
@@ -121,4 +181,6 @@ def test_local_dp_sites_report_epsilon_and_enforce_their_limit(procs: Procs, tmp
     )
     assert "--max-epsilon" in reasons["site-2"], reasons
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert "record-level DP at every site over 3 rounds" in summary["privacy"]
+    sentence = summary["privacy"]
+    for words in ("record-level local DP at every site", "3 rounds", "against the coordinator"):
+        assert words in sentence, (words, sentence)

@@ -164,7 +164,7 @@ class CentralPrivacy:
             adaptive=adaptive,
         )
         self.ledger.record(self._event)
-        self.known.record(RoundEvent(noise_multiplier=self._event_sigma(), sampling="known"))
+        self.known.record(RoundEvent(noise_multiplier=self._known_sigma(), sampling="known"))
         self._last = {"clip_norm": noise.clip_norm, "update_noise_multiplier": sigma}
         if adaptive is not None:
             self._last |= {
@@ -181,9 +181,12 @@ class CentralPrivacy:
         known = self.known.epsilon(self.settings.delta, self.headline())
         return known > self.epsilon() * (1 + 1e-6)
 
-    def _event_sigma(self) -> float:
+    def _known_sigma(self) -> float:
+        """σ of the round for a party that knows who took part: the plain Gaussian, at σ/2
+        under replace-one (fixed sampling), where the sum moves by up to 2C."""
         assert self._event is not None
-        return self._event.noise_multiplier
+        sigma = self._event.noise_multiplier
+        return sigma / 2 if self._event.sampling == "fixed" else sigma
 
     def spend(self, reported: Sequence[Any]) -> None:
         """Central DP spent its round in :meth:`aggregate`."""
@@ -220,6 +223,7 @@ class CentralPrivacy:
             "delta": s.delta,
             "accountant": self.headline(),
             "privacy_mechanism": self.mechanism(),
+            "privacy_holds_against": self.holds_against(),
             "noise_multiplier": self.sigma,
             **self._last,
         }
@@ -234,15 +238,39 @@ class CentralPrivacy:
             out[f"epsilon_{other}"] = epsilon_text(self.ledger.epsilon(s.delta, other))
         return out
 
+    def holds_against(self) -> str:
+        """Whom the headline ε is a guarantee against."""
+        if self.settings.publish_participants:
+            return "anyone, the coordinator excepted (it sees every update)"
+        return (
+            "anyone who sees only the released models; readers of the run's records "
+            "(metrics, state, audit log: they name the participants or their number) get "
+            "epsilon_known_participants; the coordinator sees every update"
+        )
+
+    def _rates(self) -> str:
+        """``q=0.1 of N=1000`` when every round sampled alike, else ``q per round``."""
+        events = {e for e, _ in self.ledger.history}
+        if len(events) != 1 or self.population is None:
+            return ""
+        (event,) = events
+        if event.sampling == "poisson":
+            return f" (q={event.sample_rate:.3g} of {self.population})"
+        if event.sampling == "fixed":
+            return f" ({event.sample_size} of {event.population})"
+        return ""
+
     def mechanism(self) -> str:
         """Sampling, adjacency and the accountant, in words."""
         s = self.settings
         if s.publish_participants:
             sampling = "participants published (no amplification by sampling)"
         elif s.sampling == "poisson":
-            sampling = "secret Poisson sampling of clients"
+            sampling = f"secret Poisson sampling of clients{self._rates()}"
         else:
-            sampling = "secret sampling of a fixed number of clients without replacement"
+            sampling = (
+                f"secret sampling of a fixed number of clients without replacement{self._rates()}"
+            )
         adjacency = (
             "replace-one"
             if s.sampling == "fixed" and not s.publish_participants
@@ -267,8 +295,8 @@ class CentralPrivacy:
         known = ""
         if self._amplified():
             known = (
-                f"; against anyone who learns who took part (the coordinator's state, audit "
-                f"log and exports name the participants) "
+                f"; against anyone who reads the run's records (its metrics, state, audit "
+                f"log and exports name the participants or their number) "
                 f"ε={self.known.epsilon(s.delta, self.headline()):.3g}"
             )
         return (

@@ -129,6 +129,13 @@ class DistributedPrivacy(CentralPrivacy):
         self._event = event
         self._last = {"effective_noise_multiplier": effective, "clip_norm": self.clip_norm}
 
+    def holds_against(self) -> str:
+        c = self.settings.colluders
+        return (
+            f"the coordinator, up to {c} colluding site{'s' if c != 1 else ''}, and anyone "
+            "who sees the released models or the run's records"
+        )
+
     def mechanism(self) -> str:
         c = self.settings.colluders
         return (

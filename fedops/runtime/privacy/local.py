@@ -77,6 +77,10 @@ class LocalPrivacy:
         s = self.settings
         return {
             "epsilon": epsilon_text(self.epsilon),
+            "privacy_mechanism": "record-level DP-SGD at every site (Poisson sampling of "
+            "records, add/remove-one record adjacency, PLD accountant at the site)",
+            "privacy_holds_against": "the coordinator, the other sites and anyone who sees "
+            "the released models (the sites' training records only)",
             "delta": self.site_delta or s.delta,
             "noise_multiplier": s.noise_multiplier if s.noise_multiplier is not None else "auto",
             "clip_norm": s.clip_norm,

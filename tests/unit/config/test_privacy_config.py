@@ -1,9 +1,11 @@
-"""Central DP settings: the ``privacy`` group's defaults, and every refused value names its key.
+"""DP settings: the ``privacy`` group's defaults, and every refused value names its key.
 
 ``privacy=central`` and ``privacy=central_adaptive`` are Hydra config groups
 (fedops/configs/privacy/); :func:`fedops.runtime.simulate_settings.check_privacy`
 checks them inside :func:`validate`, raising a ConfigError that names the
-dotted ``privacy.*`` key.
+dotted ``privacy.*`` key. The coordinator's ``--privacy``… flags share the
+rules (:func:`fedops.runtime.rules.check_dp`) and reach the same
+:class:`~fedops.runtime.privacy.PrivacySettings`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from fedops import cli
+from fedops.config import CoordinatorConfig
 from fedops.config.hydra_app import CONFIG_DIR, register, simulate_main
+from fedops.coordinator.app import _privacy as coordinator_privacy
 from fedops.core.privacy.central import AdaptiveClipping
 from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.settings import ConfigError
@@ -44,7 +49,11 @@ CENTRAL_DEFAULTS = {
     "clip_norm": 1.0,
     "delta": 1e-5,
     "target_epsilon": None,
-    "accountant": "rdp",
+    "accountant": "pld",
+    "sampling": "poisson",
+    "publish_participants": False,
+    "colluders": 0,
+    "release_site_metrics": False,
     "adaptive": False,
     "target_quantile": 0.5,
     "clip_learning_rate": 0.2,
@@ -73,10 +82,17 @@ def test_central_composes_with_its_documented_defaults():
         clip_norm=1.0,
         delta=1e-5,
         target_epsilon=None,
-        accountant="rdp",
+        accountant="pld",
         adaptive=None,
-        seed=cfg.seed,  # the noise of a simulation is seeded by the run's seed
+        seed=None,  # OS entropy, whatever the run's seed: a seeded run is not private
+        mode="central",
+        sampling="poisson",
+        publish_participants=False,
+        colluders=0,
+        min_survivors=3,
+        release_site_metrics=False,
     )
+    assert cfg.seed == 0  # the run's seed is set, and still not the noise's
 
 
 def test_central_adaptive_composes_with_its_documented_defaults():
@@ -98,7 +114,10 @@ def test_privacy_keys_override():
             "privacy.clip_norm=2.5",
             "privacy.delta=1e-6",
             "privacy.target_epsilon=4",
-            "privacy.accountant=prv",
+            "privacy.accountant=rdp",
+            "privacy.sampling=fixed",
+            "privacy.publish_participants=true",
+            "privacy.release_site_metrics=true",
             "privacy.target_quantile=0.8",
             "privacy.clip_learning_rate=0.1",
             "privacy.count_noise=3",
@@ -112,10 +131,33 @@ def test_privacy_keys_override():
         clip_norm=2.5,
         delta=1e-6,
         target_epsilon=4.0,
-        accountant="prv",
+        accountant="rdp",
         adaptive=AdaptiveClipping(target_quantile=0.8, learning_rate=0.1, count_noise=3.0),
         seed=9,
+        mode="central",
+        sampling="fixed",
+        publish_participants=True,
+        colluders=0,
+        min_survivors=3,
+        release_site_metrics=True,
     )
+
+
+def test_distributed_takes_its_colluders():
+    cfg = validate(_compose("privacy=distributed", "secagg=secaggplus", "privacy.colluders=2"))
+    settings = privacy_settings(cfg)
+    assert settings is not None
+    assert (settings.mode, settings.colluders, settings.accountant) == ("distributed", 2, "pld")
+    # distributed DP accounts known participation: fixed sampling needs no RDP there
+    fixed = validate(_compose("privacy=distributed", "secagg=secaggplus", "privacy.sampling=fixed"))
+    assert fixed.privacy.sampling == "fixed" and fixed.privacy.accountant == "pld"
+
+
+def test_fixed_sampling_with_the_rdp_accountant_is_accepted():
+    cfg = validate(_compose("privacy=central", "privacy.sampling=fixed", "privacy.accountant=rdp"))
+    settings = privacy_settings(cfg)
+    assert settings is not None
+    assert (settings.sampling, settings.accountant) == ("fixed", "rdp")
 
 
 def test_auto_noise_with_a_target_is_accepted():
@@ -157,6 +199,17 @@ def test_any_noise_multiplier_from_zero_up_is_accepted(sigma: str):
         (["privacy.delta=1"], "privacy.delta", "(0, 1)"),
         (["privacy.accountant=gdp"], "privacy.accountant", "must be one of"),
         (["privacy.accountant=RDP"], "privacy.accountant", "must be one of"),
+        # Opacus's PRV accountant is gone: dp_accounting's PLD is the headline now
+        (["privacy.accountant=prv"], "privacy.accountant", "got 'prv'"),
+        # dp_accounting's PLD has no sampling-without-replacement event
+        (["privacy.sampling=fixed"], "privacy.accountant", "accountant=rdp"),
+        (
+            ["privacy.sampling=fixed", "privacy.accountant=pld"],
+            "privacy.accountant",
+            "without replacement",
+        ),
+        (["privacy.sampling=uniform"], "privacy.sampling", "poisson or fixed"),
+        (["privacy.colluders=-1"], "privacy.colluders", "must be >= 0, got -1"),
         (["privacy.name=laplace"], "privacy.name", "must be one of"),
         (["privacy.name=distributed"], "secagg.name", "set secagg=secaggplus"),
         (
@@ -173,6 +226,38 @@ def test_validation_names_the_privacy_key(overrides: list[str], key: str, words:
     error = _refused("privacy=central", *overrides)
     assert error.key == key, error
     assert words in error.message, error.message
+
+
+@pytest.mark.parametrize(
+    "sigma",
+    [
+        [],  # privacy=local's own noise_multiplier (1.0) is an explicit one
+        ["privacy.noise_multiplier=0.8"],
+    ],
+)
+def test_local_dp_refuses_a_target_beside_an_explicit_noise_multiplier(sigma: list[str]):
+    # the target used to be ignored silently (target 1 ended at ε 5.83)
+    error = _refused("privacy=local", "simulation=sequential", *sigma, "privacy.target_epsilon=1")
+    assert error.key == "privacy.target_epsilon", error
+    assert "not both" in error.message and "auto" in error.message, error.message
+
+
+def test_local_dp_with_a_target_and_auto_noise_is_accepted():
+    cfg = validate(
+        _compose(
+            "privacy=local",
+            "simulation=sequential",
+            "privacy.noise_multiplier=auto",
+            "privacy.target_epsilon=1",
+        )
+    )
+    settings = privacy_settings(cfg)
+    assert settings is not None
+    assert (settings.mode, settings.noise_multiplier, settings.target_epsilon) == (
+        "local",
+        None,
+        1.0,
+    )
 
 
 def test_an_unknown_mode_is_refused_even_without_the_group():
@@ -239,3 +324,122 @@ def test_simulate_command_exits_2_naming_the_privacy_key(
     err = capsys.readouterr().err
     assert "fedops simulate: error: privacy.target_epsilon:" in err, err
     assert not (tmp_path / "sim" / "state.sqlite").exists()  # refused before any run
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["privacy=central", "privacy.sampling=fixed"], "privacy.accountant"),
+        (["privacy=central", "privacy.accountant=prv"], "privacy.accountant"),
+        (
+            ["privacy=local", "simulation=sequential", "privacy.target_epsilon=1"],
+            "privacy.target_epsilon",
+        ),
+        (["privacy=central", "privacy.colluders=-1"], "privacy.colluders"),
+    ],
+)
+def test_simulate_command_refuses_the_new_privacy_keys_by_name(
+    overrides: list[str], key: str, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    code = simulate_main(
+        [
+            *overrides,
+            f"hydra.run.dir={tmp_path / 'sim'}",
+            "hydra/job_logging=none",
+            "hydra/hydra_logging=none",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"fedops simulate: error: {key}:" in err, err
+    assert not (tmp_path / "sim" / "state.sqlite").exists()
+
+
+# -- the coordinator's flags ---------------------------------------------------------------------
+def _coordinator(*flags: str) -> CoordinatorConfig:
+    cfg = cli._config(cli.build_parser().parse_args(["coordinator", *flags]))
+    assert isinstance(cfg, CoordinatorConfig)
+    return cfg
+
+
+def test_coordinator_privacy_flags_default_to_the_private_choices():
+    settings = coordinator_privacy(_coordinator("--privacy", "central"))
+    assert settings is not None
+    assert (
+        settings.accountant,
+        settings.sampling,
+        settings.publish_participants,
+        settings.colluders,
+        settings.release_site_metrics,
+        settings.seed,
+    ) == ("pld", "poisson", False, 0, False, None)
+
+
+def test_coordinator_privacy_flags_reach_the_privacy_settings():
+    cfg = _coordinator(
+        *("--privacy", "central", "--sampling", "fixed", "--accountant", "rdp"),
+        *("--colluders", "2", "--publish-participants", "--release-site-metrics"),
+    )
+    assert (cfg.sampling, cfg.accountant, cfg.colluders) == ("fixed", "rdp", 2)
+    assert cfg.publish_participants and cfg.release_site_metrics
+    settings = coordinator_privacy(cfg)
+    assert settings == PrivacySettings(
+        noise_multiplier=1.0,
+        clip_norm=1.0,
+        delta=1e-5,
+        target_epsilon=None,
+        accountant="rdp",
+        adaptive=None,
+        seed=None,
+        mode="central",
+        sampling="fixed",
+        publish_participants=True,
+        colluders=2,
+        min_survivors=3,
+        release_site_metrics=True,
+    )
+
+
+def test_coordinator_colluders_reach_distributed_dp():
+    cfg = _coordinator(
+        *("--privacy", "distributed", "--secagg", "secaggplus", "--colluders", "3"),
+        *("--clients-per-round", "10", "--min-fit-results", "6"),
+    )
+    settings = coordinator_privacy(cfg)
+    assert settings is not None
+    assert (settings.mode, settings.colluders) == ("distributed", 3)
+    # the budget is checked with the fewest survivors a committed round may have
+    assert settings.min_survivors == 6
+
+
+@pytest.mark.parametrize("flag", ["--publish-participants", "--release-site-metrics"])
+def test_coordinator_privacy_switches_are_off_unless_given(flag: str):
+    key = flag.removeprefix("--").replace("-", "_")
+    assert getattr(coordinator_privacy(_coordinator("--privacy", "central")), key) is False
+    assert getattr(coordinator_privacy(_coordinator("--privacy", "central", flag)), key) is True
+
+
+def _cli_error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--sampling", "fixed"], "--accountant: fixed-size sampling"),
+        (["--accountant", "prv"], "--accountant: invalid choice: 'prv'"),
+        (["--sampling", "uniform"], "--sampling: invalid choice"),
+        (["--colluders", "-1"], "--colluders: must be >= 0, got -1"),
+        (["--colluders", "two"], "--colluders: invalid int value"),
+    ],
+)
+def test_coordinator_cli_refuses_bad_privacy_flags_by_name(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    argv = ["coordinator", "--privacy", "central", "--run-dir", str(tmp_path / "run"), *flags]
+    err = _cli_error(argv, capsys)
+    assert message in err, err
+    assert not (tmp_path / "run").exists()  # refused before anything started

@@ -167,13 +167,42 @@ def test_the_guarantee_reports_both_the_amplified_and_the_known_participation_bo
         "secret Poisson sampling",
         "add/remove-one",
         "PLD accountant",
-        "who took part",
+        "reads the run's records",
         "none against the coordinator",
     ):
         assert words in sentence, (words, sentence)
 
 
 # -- what is released ----------------------------------------------------------------------------
+def test_under_dp_the_sites_are_not_asked_to_evaluate_unless_their_metrics_are_released(
+    tmp_path,
+):
+    """Red team, issue 16: the sampled sites' eval metrics named the secret cohort."""
+    task = load_task("digits")
+    asked = []
+
+    class Recording(InMemoryTransport):
+        def dispatch(self, server_round, phase, nodes, params, config, **kwargs):
+            asked.append(str(phase))
+            return super().dispatch(server_round, phase, nodes, params, config, **kwargs)
+
+    for release in (False, True):
+        asked.clear()
+        sites = [
+            Site(task, site=i, num_sites=3, train_config=TrainConfig(epochs=1)) for i in range(3)
+        ]
+        RoundDriver(
+            transport=Recording(sites),
+            strategy=FedAvg(),
+            config=DriverConfig(rounds=1, min_clients=3),
+            store=RunStore(tmp_path / str(release)),
+            privacy=CentralPrivacy(PrivacySettings(release_site_metrics=release), planned_rounds=1),
+        ).run(get_params(task.build_model()))
+        assert ("evaluate" in asked) is release, asked
+        metrics = RunStore(tmp_path / str(release)).round_metrics()[-1]
+        assert ("eval_accuracy" in metrics) is release and ("train_loss" in metrics) is release
+
+
 def test_metrics_release_no_exact_statistic_of_the_updates():
     dp = CentralPrivacy(
         PrivacySettings(noise_multiplier=1.1, adaptive=AdaptiveClipping(count_noise=5.0)),
@@ -245,7 +274,9 @@ def test_the_driver_commits_the_ledger_before_the_noised_model_reaches_evaluator
     task = load_task("digits")
     sites = [Site(task, site=i, num_sites=3, train_config=TrainConfig(epochs=1)) for i in range(3)]
     store = RunStore(tmp_path)
-    privacy = CentralPrivacy(PrivacySettings(noise_multiplier=1.0), planned_rounds=2)
+    # the sites evaluate under DP only when their metrics are released
+    settings = PrivacySettings(noise_multiplier=1.0, release_site_metrics=True)
+    privacy = CentralPrivacy(settings, planned_rounds=2)
     driver = RoundDriver(
         transport=CrashAtEvaluation(sites),
         strategy=FedAvg(),

@@ -1,0 +1,16 @@
+"""Shared setup for the whole suite.
+
+dp_accounting imports absl, whose logging handler binds the ``sys.stderr`` of
+the moment. Imported while pytest captures output, that is pytest's capture
+file, and any ``logging.config.dictConfig`` later in the session (Hydra's, when
+a test runs ``fedops simulate`` in-process) closes every handler: absl's then
+closes pytest's capture file, and the session dies with "lost sys.stderr".
+Pointing it at the process's own stderr, which absl never closes, keeps the
+suite independent of which test imports dp_accounting first.
+"""
+
+import sys
+
+from absl import logging as absl_logging
+
+absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
