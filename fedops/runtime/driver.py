@@ -140,7 +140,8 @@ class RoundDriver:
             fit = self._plain_fit(server_round, selected, params, fit_config)
         params, aborted = self._aggregate(server_round, params, fit, sample)
         if self.privacy is not None and sample is not None:
-            self.privacy.spend(fit.reported if not aborted else [])
+            # what was unmasked or aggregated is spent, even if the round then aborted
+            self.privacy.spend(fit.reported)
             # committed before the noised model leaves for evaluation (a crash between
             # the two must not forget the round)
             self.store.spend_privacy(server_round, self.privacy.ledger_json())

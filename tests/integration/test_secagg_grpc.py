@@ -123,9 +123,9 @@ class RecordingSite(Site):
         super().__init__(*args, **kwargs)
         self.fits: dict[int, tuple[Params, Params, int]] = {}
 
-    def fit(self, params, server_round, config):
+    def fit(self, params, server_round, config, **kwargs):
         start = _copy(params)  # the agent's download buffer is reused
-        new, n, metrics = super().fit(params, server_round, config)
+        new, n, metrics = super().fit(params, server_round, config, **kwargs)
         self.fits[server_round] = (start, _copy(new), n)
         return new, n, metrics
 

@@ -124,6 +124,7 @@ class SecAggClient:
         self.stage = 0
         self.survivors: tuple[int, ...] | None = None  # the one set this client signed
         self._encoding: Encoding | None = None  # the round's, from the key request
+        self._dimension = 0  # the update's length, known once it is masked
         self.sealed = b""  # bound context + encoding digest: share AAD, survivor signatures
         self._cipher_sk = b""
         self._mask_sk = b""
@@ -227,6 +228,9 @@ class SecAggClient:
                 "the mask request's encoding is not the one this round's shares were sealed "
                 "with: refusing to mask"
             )
+        # the update's length is known now: the floor is checked with the grid's rounding
+        self._dimension = max(int(vector.size) - 1, 0)  # the last word is the weight
+        self.policy.check_encoding(self._encoding, len(self.setup.cohort), self._dimension)
         index = self.setup.index
         complaints = []
         for share in request.shares:
@@ -285,7 +289,7 @@ class SecAggClient:
             raise ProtocolError(f"the survivor set leaves out this client ({index})")
         self.policy.check_survivors(len(survivors))
         if self._encoding is not None:  # the noise actually summed is the survivors' shares
-            self.policy.check_encoding(self._encoding, len(survivors))
+            self.policy.check_encoding(self._encoding, len(survivors), self._dimension)
         # a neighbour called a survivor must be one this client masked with: otherwise its
         # pairwise mask is in one input only, and the server could split the sum around it
         strangers = set(survivors) & set(self.neighbours) - set(self._held)

@@ -26,6 +26,10 @@ from fedops.core.secagg import graph
 from fedops.core.secagg.primitives import ProtocolError
 from fedops.core.secagg.update import Encoding
 
+#: below this Skellam parameter per word, accounting the noise as the Gaussian of its
+#: variance is no longer sound (Agarwal et al. 2021); honest rounds use µ ~ 1e6 to 1e10
+MIN_SKELLAM_MU = 100.0
+
 #: the smallest cohort a site takes part in by default: a sum of two reveals the other
 DEFAULT_MIN_COHORT = 3
 
@@ -107,8 +111,13 @@ class SecAggPolicy:
                 f"than {self.min_cohort} (secagg min_cohort)"
             )
 
-    def check_encoding(self, encoding: Encoding, cohort: int) -> None:
-        """Refuse distributed-DP noise below the floor, or a clip above the ceiling."""
+    def check_encoding(self, encoding: Encoding, cohort: int, dimension: int = 0) -> None:
+        """Refuse distributed-DP noise below the floor, or a clip above the ceiling.
+
+        ``dimension``: the update's length, once the site knows it (at masking): the
+        rounding to the grid then counts in the sensitivity, so a coarse grid the
+        coordinator picks cannot turn the noise floor into noise-free ±1 words.
+        """
         if not encoding.private:
             if self.min_noise_multiplier > 0:
                 raise ProtocolError(
@@ -121,26 +130,35 @@ class SecAggPolicy:
                 f"distributed DP clip {encoding.l2_clip:g} exceeds this site's "
                 f"max_l2_clip {self.max_l2_clip:g}"
             )
-        sigma = implied_noise_multiplier(encoding, max(cohort - self.max_colluders, 0))
+        honest = max(cohort - self.max_colluders, 0)
+        sigma = implied_noise_multiplier(encoding, honest, dimension)
         if sigma < self.min_noise_multiplier * (1 - 1e-9):
             raise ProtocolError(
                 f"the requested noise gives the cohort's sum a noise multiplier of {sigma:.4g}; "
                 f"this site's policy needs at least {self.min_noise_multiplier:g} "
                 "(secagg min_noise_multiplier)"
             )
+        if self.min_noise_multiplier > 0 and encoding.noise_mu < MIN_SKELLAM_MU:
+            raise ProtocolError(
+                f"Skellam noise µ={encoding.noise_mu:.4g} per word is below {MIN_SKELLAM_MU:g}, "
+                "where accounting it as a Gaussian no longer holds (secagg "
+                "min_noise_multiplier)"
+            )
 
 
-def implied_noise_multiplier(encoding: Encoding, cohort: int) -> float:
-    """σ of the noise summed over ``cohort`` clients, in units of the L2 clip.
+def implied_noise_multiplier(encoding: Encoding, cohort: int, dimension: int = 0) -> float:
+    """σ of the noise summed over ``cohort`` clients, over one update's sensitivity.
 
-    Each client adds Skellam(µ) noise, variance ``2µ`` words²; one word is
-    ``2·qclip/levels`` in value, so ``cohort`` clients give std
-    ``√(2µ·cohort)·2·qclip/levels``, which is ``σ·l2_clip`` for the σ returned here.
-    The site's policy counts only the noise of ``cohort − c`` sites: colluders add none.
+    Each client adds Skellam(µ) noise, variance ``2µ`` words², so ``cohort``
+    clients give std ``√(2µ·cohort)`` words. One word is ``2·qclip/levels`` in
+    value; an update of L2 norm at most ``l2_clip`` is ``S = l2_clip/step`` words,
+    and stochastic rounding moves each of its ``dimension`` words by less than
+    one: the sum moves by at most ``S + √dimension`` words. The site's policy
+    counts only the noise of ``cohort − c`` sites: colluders add none.
     """
     if not encoding.private:
         return 0.0
-    # one word is 2·qclip/levels in value, and a site's update moves the sum by up to
-    # l2_clip: a quantizer clip below the L2 clip shrinks the noise, not the sensitivity
+    # a quantizer clip below the L2 clip shrinks the noise, not the sensitivity
     step = 2 * encoding.quantizer.clip / encoding.quantizer.levels
-    return math.sqrt(2 * encoding.noise_mu * cohort) * step / encoding.l2_clip
+    sensitivity = encoding.l2_clip / step + math.sqrt(dimension)
+    return math.sqrt(2 * encoding.noise_mu * cohort) / sensitivity

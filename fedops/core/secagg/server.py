@@ -258,6 +258,7 @@ class SecAggServer:
             clip=self.clip,
             max_examples=max(self._keys[u].num_examples for u in members),
             noise=self.noise,
+            dimension=self.vector_length - 1,  # the last word is the weight
         )
 
     # -- stage 3: masked inputs ---------------------------------------------------

@@ -58,24 +58,33 @@ def round_encoding(
     clip: float,
     max_examples: int,
     noise: tuple[float, float] | None,
+    dimension: int = 0,
 ) -> Encoding:
     """The grid for ``summands`` updates; with distributed DP ``noise=(σ, l2_clip)``,
-    room for the noise the ``cohort`` clients add between them."""
+    room for the noise the ``cohort`` clients add between them.
+
+    Stochastic rounding moves a clipped update of ``S = levels/2`` words by up to
+    ``√dimension`` more, so the noise is scaled to ``σ·(S + √dimension)`` words:
+    σ is then the noise over the true sensitivity, as the sites' policy checks it.
+    """
     n = summands
     if noise is None:
         max_weight = min(max_examples, (MODULUS - 1) // n)
         return Encoding(quantizer=Quantizer.for_summands(clip, n), max_weight=max_weight)
     sigma, l2_clip = noise
-    # |signal| <= n·levels/2 and the noise stays within 8σ·levels/2 (p < 1e-15), so the
-    # centred sum fits in ±2^31 and is read exactly (_decode_private_sum)
-    levels = max(1, int((MODULUS - 1) // (n + 8 * sigma)))
-    if sigma > 0:  # keep µ where numpy's Poisson sampler is exact (its variance drifts
-        # by percents above ~1e13); the grid stays far finer than the noise
-        cap = 2 * math.sqrt(2 * cohort * MAX_SKELLAM_MU) / sigma
-        levels = max(1, min(levels, int(cap)))
+    inflated = sigma  # σ·(1 + √d/S): the noise in units of the clip, rounding included
+    for _ in range(3):  # the grid depends on the noise it must hold, and back: settle it
+        # |signal| <= n·levels/2 and the noise stays within 8σ'·levels/2 (p < 1e-15), so
+        # the centred sum fits in ±2^31 and is read exactly (_decode_private_sum)
+        levels = max(1, int((MODULUS - 1) // (n + 8 * inflated)))
+        if sigma > 0:  # keep µ where numpy's Poisson sampler is exact (its variance drifts
+            # by percents above ~1e13); the grid stays far finer than the noise
+            cap = 2 * math.sqrt(2 * cohort * MAX_SKELLAM_MU) / inflated
+            levels = max(1, min(levels, int(cap)))
+        inflated = sigma * (1 + math.sqrt(dimension) / (levels / 2))
     # every sampled client adds its share of Skellam noise: variance 2µ each, so the
-    # sum over all sampled has std sigma·levels/2 words = sigma·l2_clip in value
-    mu = min((sigma * levels / 2) ** 2 / (2 * cohort), MAX_SKELLAM_MU)
+    # sum over all sampled has std σ·(S + √d) words, S = levels/2 the clip in words
+    mu = min((inflated * levels / 2) ** 2 / (2 * cohort), MAX_SKELLAM_MU)
     return Encoding(
         quantizer=Quantizer(clip=l2_clip, levels=levels),
         max_weight=1,

@@ -4,7 +4,6 @@ cannot subtract (dropouts, colluders, the rounding to the integer grid)."""
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,18 +63,25 @@ class DistributedPrivacy(CentralPrivacy):
         return RoundSample(selected=selected, population=population, denominator=float(m))
 
     def effective(self, sigma: float, survivors: int) -> float:
-        """σ left in the sum that the coordinator cannot subtract, over the true sensitivity."""
+        """σ left in the sum that the coordinator cannot subtract, over the true sensitivity:
+        what the sites' own policy computes (``implied_noise_multiplier``) for the grid
+        the coordinator sends, over the ``survivors − colluders`` honest shares."""
+        from fedops.core.secagg.policy import implied_noise_multiplier
         from fedops.core.secagg.update import round_encoding
 
         n, c = self._cohort, self.settings.colluders
         honest = max(survivors - c, 0)
         if n == 0 or honest == 0 or sigma == 0:
             return 0.0
-        levels = round_encoding(
-            summands=n, cohort=n, clip=self.clip_norm, max_examples=1, noise=(sigma, self.clip_norm)
-        ).quantizer.levels
-        rounding = 1 + math.sqrt(self._dimension) / (levels / 2)
-        return sigma * math.sqrt(honest / n) / rounding
+        encoding = round_encoding(
+            summands=n,
+            cohort=n,
+            clip=self.clip_norm,
+            max_examples=1,
+            noise=(sigma, self.clip_norm),
+            dimension=self._dimension,
+        )
+        return implied_noise_multiplier(encoding, honest, self._dimension)
 
     def worst_case_event(self, sample: RoundSample, params: Params) -> RoundEvent:
         assert self.sigma is not None
@@ -121,7 +127,9 @@ class DistributedPrivacy(CentralPrivacy):
     def spend(self, reported: Sequence[Any]) -> None:
         """Account the round with the noise its survivors actually left."""
         assert self.sigma is not None
-        if not self._cohort:
+        if not self._cohort or not reported:
+            # nothing was unmasked (the round aborted before the sum): nothing was released
+            self._last = {"effective_noise_multiplier": None, "clip_norm": self.clip_norm}
             return
         effective = self.effective(self.sigma, len(reported))
         event = RoundEvent(noise_multiplier=effective, sampling="known")

@@ -17,6 +17,7 @@ from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
 
 from fedops.core.privacy.central import AdaptiveClipping
 from fedops.core.results import FitResult
+from fedops.core.secagg.policy import implied_noise_multiplier
 from fedops.core.secagg.update import round_encoding
 from fedops.core.strategies import FedAvg
 from fedops.core.training import TrainConfig, get_params
@@ -301,10 +302,8 @@ def _distributed(*, rounds: int = 50, **kw) -> DistributedPrivacy:
 
 
 def _expected_effective(sigma, cohort, survivors, colluders, d, clip=0.5) -> float:
-    levels = round_encoding(
-        summands=cohort, cohort=cohort, clip=clip, max_examples=1, noise=(sigma, clip)
-    ).quantizer.levels
-    return sigma * math.sqrt((survivors - colluders) / cohort) / (1 + math.sqrt(d) / (levels / 2))
+    """The grid scales the noise to cover the rounding: σ survives it whole."""
+    return sigma * math.sqrt((survivors - colluders) / cohort)
 
 
 @pytest.mark.parametrize(("survivors", "colluders"), [(10, 0), (6, 0), (10, 3), (6, 2)])
@@ -324,10 +323,19 @@ def test_distributed_dp_accounts_dropouts_colluders_and_rounding_without_amplifi
     assert "no amplification" in dp.guarantee() and "against the coordinator" in dp.guarantee()
 
 
-def test_the_rounding_term_matters_for_a_large_model():
-    small = _expected_effective(1.0, 10, 10, 0, 10)
-    large = _expected_effective(1.0, 10, 10, 0, 10_000_000)
-    assert small > 0.999 and large < 0.995  # about 1% of the noise at d = 10^7
+@pytest.mark.parametrize(("cohort", "d"), [(10, 10), (10, 10_000_000), (1000, 100_000)])
+def test_the_grid_covers_the_rounding_so_the_site_and_the_accountant_agree(cohort, d):
+    """Stochastic rounding adds up to √d grid units to a clipped update (issue 16, finding
+    9): the coordinator scales the noise to σ·(S + √d) words, and a site's policy, which
+    counts the rounding in the sensitivity, sees exactly σ."""
+    encoding = round_encoding(
+        summands=cohort, cohort=cohort, clip=0.5, max_examples=1, noise=(1.0, 0.5), dimension=d
+    )
+    assert implied_noise_multiplier(encoding, cohort, d) == pytest.approx(1.0, rel=1e-9)
+    plain = round_encoding(
+        summands=cohort, cohort=cohort, clip=0.5, max_examples=1, noise=(1.0, 0.5)
+    )
+    assert implied_noise_multiplier(plain, cohort, d) < 1.0  # without it, less than claimed
 
 
 def test_distributed_budget_never_overshoots_when_rounds_end_at_the_fewest_survivors():
@@ -408,3 +416,16 @@ def test_central_dp_refuses_a_minimum_of_updates_it_would_not_honour():
     with pytest.raises(ConfigError) as info:
         CoordinatorConfig(privacy="central", clients_per_round=5, min_fit_results=2)
     assert info.value.key == "min_fit_results" and "noised mean" in str(info.value)
+
+
+def test_a_distributed_round_that_aborted_before_the_sum_spends_nothing():
+    """Red team, issue 16: an aborted SecAgg round was charged as σ = 0, so ε became ∞ and
+    any one site able to abort a round could end the run."""
+    dp = _distributed(target_epsilon=20.0)
+    params = {"w": np.zeros(100, np.float32)}
+    dp.begin_round(1, dp.sample(NODES, 10, 1), params)
+    dp.spend([])  # nothing unmasked
+    assert dp.ledger.rounds == 0 and dp.epsilon() == 0.0
+    dp.begin_round(2, dp.sample(NODES, 10, 2), params)  # the budget still allows rounds
+    dp.spend([SimpleNamespace(metrics={})] * 10)
+    assert dp.ledger.rounds == 1 and 0 < dp.epsilon() < 20.0

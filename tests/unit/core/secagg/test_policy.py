@@ -19,7 +19,7 @@ from fedops.core.secagg.client import SecAggClient
 from fedops.core.secagg.policy import DEFAULT_MIN_COHORT, SecAggPolicy, implied_noise_multiplier
 from fedops.core.secagg.quantize import Quantizer
 from fedops.core.secagg.server import SecAggServer
-from fedops.core.secagg.update import Encoding
+from fedops.core.secagg.update import Encoding, round_encoding
 
 LAX = SecAggPolicy(min_cohort=2, min_degree=1)
 
@@ -199,6 +199,38 @@ def test_the_clip_ceiling():
     policy.check_encoding(PLAIN, 5)  # no distributed DP: the clip rule does not apply
 
 
+@pytest.mark.parametrize(
+    ("qclip", "levels", "why"),
+    [
+        (100.0, 2, "noise multiplier of 0.00"),  # the rounding dwarfs the noise
+        (100.0, 1000, "noise multiplier of 0.16"),
+        (1.0, 64, "noise multiplier of 0.5"),
+    ],
+)
+def test_a_coarse_grid_cannot_meet_the_floor_with_noise_free_words(qclip, levels, why):
+    """Red team, issue 16: levels = 2 and a quantizer clip far above the L2 clip make the
+    floor's noise µ tiny per word, and stochastic rounding turns an update into a few
+    noise-free ±1 words. Counting the rounding (√d words) in the sensitivity, and
+    refusing µ where Skellam is no Gaussian, the site refuses it at masking."""
+    n, d, floor = 5, 650, 1.0
+    step = 2 * qclip / levels
+    # µ such that the old rule (sensitivity = l2_clip / step words) saw exactly the floor
+    mu = (floor * (1.0 / step)) ** 2 / (2 * n)
+    crafted = Encoding(
+        quantizer=Quantizer(clip=qclip, levels=levels), max_weight=1, l2_clip=1.0, noise_mu=mu
+    )
+    policy = SecAggPolicy(min_noise_multiplier=floor, max_l2_clip=1.0)
+    # what the old rule (sensitivity l2_clip/step words, any µ) saw: exactly the floor
+    assert math.sqrt(2 * mu * n) * step / 1.0 == pytest.approx(floor)
+    message = refused(policy.check_encoding, crafted, n, d)
+    assert "(secagg min_noise_multiplier)" in message and why in message, message
+    # the same floor met honestly, with the rounding covered, passes
+    honest = round_encoding(
+        summands=n, cohort=n, clip=1.0, max_examples=1, noise=(floor, 1.0), dimension=d
+    )
+    policy.check_encoding(honest, n, d)
+
+
 def test_a_plain_encoding_implies_no_noise():
     assert implied_noise_multiplier(PLAIN, 10) == 0.0
 
@@ -237,7 +269,7 @@ def _server_encoding(n: int, sigma: float, clip: float, dropped: int) -> tuple[E
 def test_the_implied_noise_multiplier_is_the_servers(n, sigma, clip, dropped):
     encoding, cohort = _server_encoding(n, sigma, clip, dropped)
     assert encoding.private and encoding.l2_clip == clip
-    implied = implied_noise_multiplier(encoding, cohort)
+    implied = implied_noise_multiplier(encoding, cohort, dimension=2)  # 3 words: 2 values
     assert implied == pytest.approx(sigma, rel=1e-6)
     SecAggPolicy(min_noise_multiplier=sigma, max_l2_clip=clip).check_encoding(encoding, cohort)
     floor = SecAggPolicy(min_noise_multiplier=sigma * 1.001)
