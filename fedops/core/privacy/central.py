@@ -29,6 +29,7 @@ import numpy as np
 
 from fedops.core.params import Params
 from fedops.core.privacy.clipping import clip, delta
+from fedops.core.privacy.noise import NormalSource
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,7 +69,7 @@ def private_mean(
     denominator: float,
     clip_norm: float,
     noise_multiplier: float,
-    rng: np.random.Generator,
+    rng: NormalSource,
     adaptive: AdaptiveClipping | None = None,
 ) -> tuple[Params, RoundNoise]:
     """``current`` + (Σ clipped updates of ``trained`` + noise) / ``denominator``."""
@@ -90,7 +91,7 @@ def private_mean(
     next_clip, b = clip_norm, None
     if adaptive is not None:
         centred = unclipped - len(trained) / 2  # Σ(b_i − ½): sensitivity ½
-        b = (centred + rng.normal(0.0, adaptive.count_noise)) / denominator + 0.5
+        b = (centred + float(rng.normal(0.0, adaptive.count_noise))) / denominator + 0.5
         next_clip = clip_norm * math.exp(-adaptive.learning_rate * (b - adaptive.target_quantile))
     return new, RoundNoise(
         clip_norm=clip_norm,

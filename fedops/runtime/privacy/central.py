@@ -16,6 +16,7 @@ from fedops.core.privacy.accountant import (
     noise_for_target,
 )
 from fedops.core.privacy.central import private_mean
+from fedops.core.privacy.noise import SecureNormal
 from fedops.core.results import FitResult
 from fedops.core.rounds import poisson_sample, sample_clients, secret_fixed_sample
 from fedops.runtime.privacy.settings import (
@@ -160,7 +161,7 @@ class CentralPrivacy:
             denominator=sample.denominator,
             clip_norm=self.clip_norm,
             noise_multiplier=self.sigma,
-            rng=self._rng(server_round, 2) or np.random.default_rng(),
+            rng=self._rng(server_round, 2) or SecureNormal(),
             adaptive=adaptive,
         )
         self.ledger.record(self._event)

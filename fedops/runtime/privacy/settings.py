@@ -28,12 +28,14 @@ class PrivacySettings:
     seed: int | None = None
     mode: str = "central"  # central | distributed (clients add noise under SecAgg+) | local
     sampling: str = "poisson"  # poisson | fixed (m of N without replacement)
-    #: write who took part in a DP round to the audit log and exports; amplification by
-    #: sampling then no longer holds and the accountant reports the bound without it
+    #: headline the bound for a party that knows who took part (no amplification by
+    #: sampling): for runs whose participants are made public. Either way the operator's
+    #: records (state, audit log, metrics) name them, and the known-participation ε is
+    #: reported beside the headline
     publish_participants: bool = False
     colluders: int = 0  # distributed: sites that may pool their noise shares with the server
     min_survivors: int = 1  # distributed: the fewest noise shares a committed round can hold
-    release_site_metrics: bool = False  # sites' train loss and counts, in the clear
+    release_site_metrics: bool = False  # sites' losses and accuracies, outside the guarantee
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
