@@ -74,17 +74,59 @@ def _consortium_parser(sub: Any) -> None:
         "consortium", help="provision a consortium: a CA and one mTLS startup kit per party"
     )
     verbs = consortium.add_subparsers(dest="consortium_command", required=True, metavar="VERB")
-    init = verbs.add_parser("init", help="create the CA and every party's kit from a spec")
+    init = verbs.add_parser(
+        "init", help="create the CA and the list of who may enrol (--demo-keys: every kit too)"
+    )
     init.add_argument("file", type=Path, metavar="FILE", help="consortium.yaml")
-    init.add_argument("--out", type=Path, required=True, help="where ca/ and kits/ go")
-    add = verbs.add_parser("add-site", help="issue a kit for a new site")
+    init.add_argument("--out", type=Path, required=True, help="where ca/ (and kits/) go")
+    _demo_keys(init)
+    add = verbs.add_parser("add-site", help="let a new site enrol (--demo-keys: issue its kit)")
     add.add_argument("name", metavar="NAME")
     add.add_argument("--out", type=Path, required=True, help="the consortium folder (with ca/)")
+    _demo_keys(add)
+    req = verbs.add_parser(
+        "request", help="at a party: make its keys here and write NAME.csr for the CA"
+    )
+    req.add_argument("name", metavar="NAME")
+    req.add_argument("--role", required=True, choices=("site", "coordinator", "observer", "admin"))
+    req.add_argument("--out", type=Path, required=True, help="the party's key folder (0700)")
+    req.add_argument("--consortium", default=None, help="the consortium's name, checked by the CA")
+    sign = verbs.add_parser("sign", help="at the CA: issue certificates for parties' CSRs")
+    sign.add_argument("csrs", type=Path, nargs="+", metavar="CSR")
+    sign.add_argument("--ca", type=Path, required=True, help="the consortium folder (with ca/)")
+    sign.add_argument("--out", type=Path, required=True, help="one signed folder per party here")
+    assemble = verbs.add_parser(
+        "assemble", help="at a party: verify the CA's signed folder and make the kit"
+    )
+    assemble.add_argument("keys", type=Path, metavar="DIR", help="the folder `request` wrote")
+    assemble.add_argument(
+        "--signed", type=Path, required=True, help="the folder the CA's `sign` returned"
+    )
+    assemble.add_argument(
+        "--ca-fingerprint",
+        required=True,
+        metavar="HEX",
+        help="the CA certificate's sha256, got from the CA's operator out of band",
+    )
     revoke = verbs.add_parser(
         "revoke", help="revoke a party's certificate: the coordinator refuses it at once"
     )
     revoke.add_argument("name", metavar="NAME")
     revoke.add_argument("--out", type=Path, required=True, help="the consortium folder (with ca/)")
+    crl = verbs.add_parser(
+        "crl", help="re-issue the CRL (next number) before parties refuse it as stale"
+    )
+    crl.add_argument("--out", type=Path, required=True, help="the consortium folder (with ca/)")
+    crl.add_argument("--days", type=int, default=825, help="until its next_update (default: 825)")
+
+
+def _demo_keys(parser: Any) -> None:
+    parser.add_argument(
+        "--demo-keys",
+        action="store_true",
+        help="generate the parties' private keys here, at the CA (demos and tests only: "
+        "whoever holds this folder can pose as any party)",
+    )
 
 
 def _admin_parser(sub: Any) -> None:

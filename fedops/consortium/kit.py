@@ -4,7 +4,17 @@
 whose files were changed, added or swapped, whose keys are readable by others
 or do not match their certificates, whose signing certificate is not the CA's
 for the same party, or whose kit.json disagrees with what the certificate
-certifies; provisioning (writing kits) is :mod:`fedops.consortium.kits`.
+certifies; provisioning (writing kits) is :mod:`fedops.consortium.kits`
+and :mod:`fedops.consortium.enrol`.
+
+Pins (see the package's threat model): kit.json records the CA fingerprint
+the party checked at enrolment, catching a swapped ca.pem; ``ca_fingerprint``
+(the run-time ``--ca-fingerprint``, kept outside the folder) catches a kit
+replaced whole, which nothing inside the folder can.
+
+Private key files may be listed in the manifest (demo kits, made at the CA)
+or not (kits assembled from a CSR: the CA never saw the keys, so it cannot
+hash them); either way each must be the private half of its certificate.
 """
 
 from __future__ import annotations
@@ -24,15 +34,20 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fedops.consortium import crl as crl_checks
 from fedops.consortium import pki, signing
+from fedops.consortium.crl import CRL_STATE
 from fedops.consortium.spec import ConsortiumError
 from fedops.crypto import Identity
 
 MANIFEST = "manifest.json"
 CRL = "crl.pem"
-KIT_FILES = ("ca.pem", "cert.pem", "key.pem", "kit.json", "signing.crt", "signing.key")
-#: files holding private keys: mode 0600, or the kit is refused
+#: files the CA's signed manifest must list
+KIT_FILES = ("ca.pem", "cert.pem", "kit.json", "signing.crt")
+#: files holding private keys: mode 0600, or the kit is refused; listed only in demo kits
 PRIVATE_FILES = ("key.pem", "signing.key")
+#: files a kit may hold outside the manifest (the CRL has its own signature)
+UNLISTED_FILES = (MANIFEST, CRL, CRL_STATE)
 SIGNATURE_ALGORITHM = "ecdsa-p256-sha256"
 
 
@@ -57,6 +72,11 @@ class Kit:
     ca_pem: bytes
     signing_cert_pem: bytes  # Ed25519 signing certificate: audit logs, SecAgg keys
     signing_key_pem: bytes = field(repr=False)
+
+    @property
+    def ca_fingerprint(self) -> str:
+        """sha256 of the CA certificate's DER: what operators compare out of band."""
+        return pki.fingerprint(self.ca_cert)
 
     @property
     def cert(self) -> x509.Certificate:
@@ -85,14 +105,16 @@ def load_kit(directory: str | Path, *, ca_fingerprint: str | None = None) -> Kit
 
     Checked: the manifest's signature by the kit's CA (and, with
     ``ca_fingerprint``, that the CA is the one whose certificate has that
-    sha256), every listed file's hash, no unlisted files, the certificate
+    sha256; a malformed pin is refused too), that kit.json's recorded pin
+    (if any) is that CA, every listed file's hash, no unlisted files, the certificate
     signed by the CA and in its validity period, the key matching the
     certificate, the key files readable by their owner only, kit.json's
     name, role and consortium matching the certificate's CN, OU and O, and the
     signing certificate issued by the CA for signing only, to the same party,
     for the Ed25519 key in signing.key. A
     ``crl.pem`` (required in the coordinator's kit) must carry the CA's
-    signature.
+    signature, be current and not older than the highest CRL number the kit
+    has accepted (``crl-seen.json``).
     """
     d = Path(directory)
     if not d.is_dir():
@@ -107,9 +129,10 @@ def load_kit(directory: str | Path, *, ca_fingerprint: str | None = None) -> Kit
     _check_key_mode(d, fail)
     contents = _hashed_contents(d, fail, files, ca_pem)
     info = _kit_info_of(contents, fail)
+    _check_pin(fail, info, ca_cert, ca_fingerprint)
     _check_certificate(contents, fail, ca_cert, info)
     _check_signing(contents, fail, ca_cert)
-    paths = {n: d / n for n in (*sorted(files), MANIFEST)}
+    paths = {n: d / n for n in (*sorted({*files, *PRIVATE_FILES}), MANIFEST)}
     crl = _checked_crl(d, fail, ca_cert, info["role"])
     if crl is not None:
         paths[CRL] = crl
@@ -158,9 +181,17 @@ def _trusted_ca(
     except ValueError as exc:
         raise fail("ca.pem", "not a PEM certificate") from exc
     if ca_fingerprint is not None:
-        actual = ca_cert.fingerprint(hashes.SHA256()).hex()
-        if actual != ca_fingerprint.lower().replace(":", ""):
-            raise fail("ca.pem", f"not the expected CA (sha256 {actual})")
+        try:
+            expected = pki.normal_fingerprint(ca_fingerprint)
+        except ValueError as exc:
+            raise KitError(f"--ca-fingerprint: {exc}") from exc
+        actual = pki.fingerprint(ca_cert)
+        if actual != expected:
+            raise fail(
+                "ca.pem",
+                f"not the expected CA (sha256 {actual}, pinned {expected}): the kit was "
+                "replaced or issued by another CA; do not use it",
+            )
     ca_public = ca_cert.public_key()
     if not isinstance(ca_public, ec.EllipticCurvePublicKey):
         raise fail("ca.pem", "not an ECDSA CA certificate")
@@ -183,11 +214,12 @@ def _check_listing(d: Path, fail: Fail, files: dict[str, str]) -> None:
         if required not in files:
             raise fail(MANIFEST, f"does not list {required}")
     for listed in files:
-        if listed in (MANIFEST, CRL) or Path(listed).name != listed or listed in ("", ".", ".."):
+        if listed in UNLISTED_FILES or Path(listed).name != listed or listed in ("", ".", ".."):
             raise fail(MANIFEST, f"lists {listed!r}, which it must not")
     for entry in sorted(d.iterdir()):
         leftover = entry.name.startswith(".") and entry.name.endswith(".tmp")  # a cut-off write
-        if entry.name not in files and entry.name not in (MANIFEST, CRL) and not leftover:
+        allowed = (*UNLISTED_FILES, *PRIVATE_FILES)
+        if entry.name not in files and entry.name not in allowed and not leftover:
             raise fail(entry.name, "not in the manifest (files cannot be added to a kit)")
 
 
@@ -214,6 +246,9 @@ def _hashed_contents(d: Path, fail: Fail, files: dict[str, str], ca_pem: bytes) 
         if hashlib.sha256(data).hexdigest() != digest:
             raise fail(listed, "sha256 does not match manifest.json (the file was changed)")
         contents[listed] = data
+    for private in PRIVATE_FILES:  # unlisted: checked against their certificates instead
+        if private not in contents:
+            contents[private] = _read_bytes(d, private, fail)
     return contents
 
 
@@ -237,7 +272,29 @@ def _kit_info_of(contents: dict[str, bytes], fail: Fail) -> dict[str, Any]:
             "kit.json",
             "malformed (expected consortium, name, role, coordinator {name, address}, policy)",
         ) from exc
+    pin = info.get("ca_fingerprint")
+    if pin is not None and not isinstance(pin, str):
+        raise fail("kit.json", "malformed ca_fingerprint (expected 64 hex digits)")
     return info
+
+
+def _check_pin(
+    fail: Fail, info: dict[str, Any], ca_cert: x509.Certificate, pinned: str | None
+) -> None:
+    """kit.json's recorded pin must name ca.pem's CA, and agree with a run-time pin."""
+    recorded = info.get("ca_fingerprint")
+    if recorded is None:
+        return
+    try:
+        recorded = pki.normal_fingerprint(recorded)
+    except ValueError as exc:
+        raise fail("kit.json", f"ca_fingerprint: {exc}") from exc
+    actual = pki.fingerprint(ca_cert)
+    if recorded != actual:
+        raise fail(
+            "kit.json",
+            f"pins the CA sha256 {recorded}, but ca.pem is sha256 {actual} (the CA was swapped)",
+        )
 
 
 def _check_certificate(
@@ -304,11 +361,9 @@ def _checked_crl(d: Path, fail: Fail, ca_cert: x509.Certificate, role: str) -> P
     crl_file = d / CRL
     if crl_file.exists():
         try:
-            crl = pki.load_crl(crl_file.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise fail(CRL, "not a readable PEM CRL") from exc
-        if not pki.crl_signed_by(crl, ca_cert):
-            raise fail(CRL, "not signed by ca.pem")
+            crl_checks.load_checked(crl_file, ca_cert, d / CRL_STATE)
+        except crl_checks.CrlError as exc:
+            raise fail(CRL, str(exc)) from exc
         return crl_file
     elif role == "coordinator":
         raise fail(CRL, "missing (the coordinator's kit carries the CRL it enforces)")

@@ -1,4 +1,12 @@
-"""Startup kits: one folder per party with its key, its certificate, the CA, and a signed manifest.
+"""The CA's side: create it, issue demo kits, revoke. Kits are one folder per party.
+
+Parties normally make their own keys and send a CSR
+(:mod:`fedops.consortium.enrol`): the CA operator may be the coordinator's
+operator, and must not hold the keys that let it pose as a site. The kits
+written here with :func:`init_consortium` and :func:`add_site` are *demo
+kits*: every private key is generated at the CA, which suits one machine or
+one team, and nothing else. :func:`init_ca` and :func:`register_site` are
+the CSR path's counterparts: the CA and the list of who may enrol, no keys.
 
 Layout under ``OUT``::
 
@@ -6,14 +14,15 @@ Layout under ``OUT``::
     ca/ca_key.pem        its private key (0600; keep it offline)
     ca/crl.pem           the current CA-signed CRL
     ca/serials.json      name -> {serial, signing_serial (hex), role, revoked}
-    ca/consortium.json   the consortium's name and coordinator, for add-site
+    ca/consortium.json   the consortium's name, coordinator and parties {name: {role, policy}}
     kits/<name>/cert.pem      the party's certificate (CN name, O consortium, OU role)
     kits/<name>/key.pem       its private key (0600)
     kits/<name>/signing.crt   its Ed25519 signing certificate (same subject; signing only)
     kits/<name>/signing.key   the signing key (0600): audit logs, SecAgg public keys
     kits/<name>/ca.pem        the CA certificate it trusts
     kits/<name>/crl.pem       (coordinator kit only) the CRL it enforces
-    kits/<name>/kit.json      {consortium, name, role, coordinator: {name, address}, policy}
+    kits/<name>/kit.json      {consortium, name, role, coordinator: {name, address}, policy,
+                               ca_fingerprint}
     kits/<name>/manifest.json {algorithm, files: {file: sha256}, signature}
 
 The manifest's signature is the CA's ECDSA-SHA256 over the canonical JSON
@@ -29,39 +38,42 @@ standard one, serials only, so any X.509 tool reads it the same way.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import datetime as dt
-import fcntl
-import hashlib
-import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fedops.consortium import ca as authority
 from fedops.consortium import pki, signing
+from fedops.consortium.ca import sign_manifest
 from fedops.consortium.kit import (
     CRL,
-    MANIFEST,
-    SIGNATURE_ALGORITHM,
-    canonical_files,
 )
 from fedops.consortium.spec import (
     ConsortiumError,
-    CoordinatorSpec,
-    check_address,
+    ConsortiumSpec,
     check_name,
     check_policy,
     load_spec,
 )
 from fedops.crypto import Identity
+
+__all__ = [
+    "Revoked",
+    "add_site",
+    "init_ca",
+    "init_consortium",
+    "refresh_crl",
+    "register_site",
+    "revoke",
+    "sign_manifest",
+]
 
 
 @dataclass(frozen=True)
@@ -76,14 +88,30 @@ class Revoked:
 # -- provisioning -------------------------------------------------------------------------------
 
 
-def init_consortium(spec_file: str | Path, out_dir: str | Path) -> list[Path]:
-    """Create the CA and every party's kit under ``out_dir``; the kit folders, coordinator first.
+def init_ca(spec_file: str | Path, out_dir: str | Path) -> Path:
+    """Create the CA alone under ``out_dir``, recording who may enrol; the CA folder.
 
-    Refuses (:class:`ConsortiumError`) when ``out_dir/ca`` or ``out_dir/kits``
+    The CSR path: each party then runs ``fedops consortium request``, and the
+    CA signs what they send (:func:`fedops.consortium.enrol.sign_requests`).
+    """
+    _init(spec_file, out_dir, demo_keys=False)
+    return Path(out_dir) / "ca"
+
+
+def init_consortium(spec_file: str | Path, out_dir: str | Path) -> list[Path]:
+    """Create the CA and every party's *demo* kit (keys made here); the kit folders.
+
+    Demo only: every private key passes through the CA's machine. Refuses
+    (:class:`ConsortiumError`) when ``out_dir/ca`` or ``out_dir/kits``
     already exists: a second CA would silently split the consortium. Everything
     is built in a staging folder and moved into place at the end, so a failure
     leaves nothing behind.
     """
+    spec = _init(spec_file, out_dir, demo_keys=True)
+    return [Path(out_dir) / "kits" / name for name, _ in spec.parties()]
+
+
+def _init(spec_file: str | Path, out_dir: str | Path, *, demo_keys: bool) -> ConsortiumSpec:
     spec = load_spec(spec_file)
     out = Path(out_dir)
     for existing in (out / "ca", out / "kits"):
@@ -103,45 +131,60 @@ def init_consortium(spec_file: str | Path, out_dir: str | Path) -> list[Path]:
         pki.write_private(ca_dir / "ca_key.pem", pki.key_pem(ca_key))
         crl = pki.build_crl(ca_cert, ca_key, (), number=1)
         pki.write_public(ca_dir / CRL, pki.crl_pem(crl))
-        _write_json(ca_dir / "consortium.json", _consortium_record(spec.name, spec.coordinator))
-
-        kits_dir = staging / "kits"
-        kits_dir.mkdir()
-        serials: dict[str, dict[str, Any]] = {}
         policies = {p.name: dict(p.policy) for p in spec.sites}
-        for name, role in spec.parties():
-            serials[name] = _write_kit(
-                kits_dir / name,
-                ca=(ca_cert, ca_key),
-                info=_kit_info(spec.name, name, role, spec.coordinator, policies.get(name, {})),
-                hosts=spec.coordinator.hosts() if role == "coordinator" else (),
-                crl=crl if role == "coordinator" else None,
-            )
-        _write_json(ca_dir / "serials.json", serials)
+        parties = {n: {"role": r, "policy": policies.get(n, {})} for n, r in spec.parties()}
+        record = authority.consortium_record(spec.name, spec.coordinator, parties)
+        authority.write_json(ca_dir / "consortium.json", record)
 
-        os.rename(kits_dir, out / "kits")
+        serials: dict[str, dict[str, Any]] = {}
+        if demo_keys:
+            kits_dir = staging / "kits"
+            kits_dir.mkdir()
+            for name, role in spec.parties():
+                serials[name] = _write_kit(
+                    kits_dir / name,
+                    ca=(ca_cert, ca_key),
+                    info=authority.kit_info(
+                        spec.name, name, role, spec.coordinator, policies.get(name, {})
+                    ),
+                    hosts=spec.coordinator.hosts() if role == "coordinator" else (),
+                    crl=crl if role == "coordinator" else None,
+                )
+            os.rename(kits_dir, out / "kits")
+        authority.write_json(ca_dir / "serials.json", serials)
         os.rename(ca_dir, out / "ca")  # last: the CA's presence marks a finished init
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return [out / "kits" / name for name, _ in spec.parties()]
+    return spec
 
 
-def add_site(out_dir: str | Path, name: str, policy: Mapping[str, Any] | None = None) -> Path:
-    """Issue a kit for a new site ``name`` with the consortium's CA; its kit folder."""
+def register_site(out_dir: str | Path, name: str, policy: Mapping[str, Any] | None = None) -> None:
+    """Let a new site ``name`` enrol by CSR (no keys made here): record it in consortium.json."""
     out = Path(out_dir)
     check_name(name, "name")
     checked_policy = check_policy(dict(policy) if policy is not None else None, "policy")
-    with _ca_lock(out):
-        ca_cert, ca_key = _load_ca(out)
-        record = _read_json(out / "ca" / "consortium.json")
-        serials = _read_serials(out)
-        taken = {n.lower(): n for n in serials}
-        if name.lower() in taken:
-            raise ConsortiumError(
-                f"name: {name!r} is already in the consortium as {taken[name.lower()]!r} "
-                f"({out / 'ca' / 'serials.json'}); names cannot be reused, even once revoked"
-            )
-        consortium, coordinator = _parse_consortium_record(record, out / "ca" / "consortium.json")
+    with authority.ca_lock(out):
+        path = out / "ca" / "consortium.json"
+        record = authority.read_json(path)
+        authority.parse_consortium_record(record, path)
+        authority.refuse_taken(out, name, record)
+        record.setdefault("parties", {})[name] = {"role": "site", "policy": checked_policy}
+        authority.write_json(path, record, replace=True)
+
+
+def add_site(out_dir: str | Path, name: str, policy: Mapping[str, Any] | None = None) -> Path:
+    """Issue a *demo* kit (key made here) for a new site ``name``; its kit folder."""
+    out = Path(out_dir)
+    check_name(name, "name")
+    checked_policy = check_policy(dict(policy) if policy is not None else None, "policy")
+    with authority.ca_lock(out):
+        ca_cert, ca_key = authority.load_ca(out)
+        record = authority.read_json(out / "ca" / "consortium.json")
+        serials = authority.read_serials(out)
+        authority.refuse_taken(out, name, record)
+        consortium, coordinator = authority.parse_consortium_record(
+            record, out / "ca" / "consortium.json"
+        )
         kit_dir = out / "kits" / name
         if kit_dir.exists() or kit_dir.is_symlink():
             raise ConsortiumError(f"{kit_dir}: already exists")
@@ -151,12 +194,14 @@ def add_site(out_dir: str | Path, name: str, policy: Mapping[str, Any] | None = 
             serials[name] = _write_kit(
                 staging,
                 ca=(ca_cert, ca_key),
-                info=_kit_info(consortium, name, "site", coordinator, checked_policy),
+                info=authority.kit_info(consortium, name, "site", coordinator, checked_policy),
             )
+            record.setdefault("parties", {})[name] = {"role": "site", "policy": checked_policy}
             os.rename(staging, kit_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        _write_json(out / "ca" / "serials.json", serials, replace=True)
+        authority.write_json(out / "ca" / "serials.json", serials, replace=True)
+        authority.write_json(out / "ca" / "consortium.json", record, replace=True)
     return kit_dir
 
 
@@ -170,10 +215,10 @@ def revoke(out_dir: str | Path, name: str) -> Revoked:
     rewrites the CRL (a repair after an interrupted revoke).
     """
     out = Path(out_dir)
-    with _ca_lock(out):
-        ca_cert, ca_key = _load_ca(out)
+    with authority.ca_lock(out):
+        ca_cert, ca_key = authority.load_ca(out)
         serials_path = out / "ca" / "serials.json"
-        serials = _read_serials(out)
+        serials = authority.read_serials(out)
         entry = serials.get(name)
         if not isinstance(entry, dict):
             raise ConsortiumError(f"{serials_path}: no party named {name!r}")
@@ -185,57 +230,64 @@ def revoke(out_dir: str | Path, name: str) -> Revoked:
         already = bool(entry.get("revoked"))
         entry["revoked"] = True
         entry.setdefault("revoked_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-        revoked = [
-            int(e[key], 16)
-            for e in serials.values()
-            if e.get("revoked")
-            for key in ("serial", "signing_serial")
-            if isinstance(e.get(key), str)
-        ]
-        try:
-            previous = pki.crl_number(pki.load_crl((out / "ca" / CRL).read_bytes()))
-        except (OSError, ValueError):
-            previous = 0
-        crl = pki.build_crl(ca_cert, ca_key, revoked, number=previous + 1)
-        data = pki.crl_pem(crl)
         # serials.json first: if the CRL write is cut short, revoking again repairs it
-        _write_json(serials_path, serials, replace=True)
-        written = [pki.write_public(out / "ca" / CRL, data, replace=True)]
-        coordinator = next(
-            (
-                n
-                for n, e in serials.items()
-                if isinstance(e, dict) and e.get("role") == "coordinator"
-            ),
-            None,
-        )
-        if coordinator is not None and (out / "kits" / coordinator).is_dir():
-            written.append(pki.write_public(out / "kits" / coordinator / CRL, data, replace=True))
+        authority.write_json(serials_path, serials, replace=True)
+        written = _publish_crl(out, (ca_cert, ca_key), serials)
     signing_serial = entry.get("signing_serial")
     return Revoked(
         name,
         int(entry["serial"], 16),
-        tuple(written),
+        written,
         already,
         int(signing_serial, 16) if isinstance(signing_serial, str) else None,
     )
 
 
-# -- loading ------------------------------------------------------------------------------------
+def refresh_crl(out_dir: str | Path, *, days: int = pki.PARTY_DAYS) -> tuple[Path, ...]:
+    """Re-issue the CRL (same revocations, next number) valid ``days``; where it was written.
+
+    Parties refuse a CRL past its ``next_update``, so a consortium that keeps
+    CRLs short-lived (the shorter, the sooner a withheld CRL is noticed)
+    runs this before each one expires.
+    """
+    if days < 1:
+        raise ConsortiumError(f"--days: must be at least 1, got {days}")
+    out = Path(out_dir)
+    with authority.ca_lock(out):
+        ca = authority.load_ca(out)
+        return _publish_crl(out, ca, authority.read_serials(out), days=days)
 
 
-def sign_manifest(kit_dir: str | Path, ca_key: ec.EllipticCurvePrivateKey) -> Path:
-    """(Re)write ``kit_dir/manifest.json`` over the kit's files, signed with ``ca_key``."""
-    d = Path(kit_dir)
-    names = sorted(p.name for p in d.iterdir() if p.is_file() and p.name not in (MANIFEST, CRL))
-    files = {n: hashlib.sha256((d / n).read_bytes()).hexdigest() for n in names}
-    signature = ca_key.sign(canonical_files(files), ec.ECDSA(hashes.SHA256()))
-    manifest = {
-        "algorithm": SIGNATURE_ALGORITHM,
-        "files": files,
-        "signature": base64.b64encode(signature).decode(),
-    }
-    return _write_json(d / MANIFEST, manifest, replace=True)
+def _publish_crl(
+    out: Path,
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    serials: Mapping[str, Any],
+    *,
+    days: int = pki.PARTY_DAYS,
+) -> tuple[Path, ...]:
+    """A CRL of every revoked serial, numbered one past the last, into ca/ and the hub's kit."""
+    ca_cert, ca_key = ca
+    revoked = [
+        int(e[key], 16)
+        for e in serials.values()
+        if e.get("revoked")
+        for key in ("serial", "signing_serial")
+        if isinstance(e.get(key), str)
+    ]
+    try:
+        previous = pki.crl_number(pki.load_crl((out / "ca" / CRL).read_bytes()))
+    except (OSError, ValueError):
+        previous = 0
+    crl = pki.build_crl(ca_cert, ca_key, revoked, number=previous + 1, days=days)
+    data = pki.crl_pem(crl)
+    written = [pki.write_public(out / "ca" / CRL, data, replace=True)]
+    coordinator = next(
+        (n for n, e in serials.items() if isinstance(e, dict) and e.get("role") == "coordinator"),
+        None,
+    )
+    if coordinator is not None and (out / "kits" / coordinator).is_dir():
+        written.append(pki.write_public(out / "kits" / coordinator / CRL, data, replace=True))
+    return tuple(written)
 
 
 # -- internals ----------------------------------------------------------------------------------
@@ -251,6 +303,7 @@ def _write_kit(
 ) -> dict[str, Any]:
     """Issue the party's two certificates, write its kit, sign it; its serials.json entry."""
     ca_cert, ca_key = ca
+    info = {**info, "ca_fingerprint": pki.fingerprint(ca_cert)}
     name, role, consortium = info["name"], info["role"], info["consortium"]
     cert, key = pki.issue(ca_cert, ca_key, name, role, consortium=consortium, hosts=hosts)
     sign_cert, sign_key = signing.issue_signing(ca_cert, ca_key, name, role, consortium=consortium)
@@ -260,100 +313,13 @@ def _write_kit(
     pki.write_private(kit_dir / "key.pem", pki.key_pem(key))
     pki.write_public(kit_dir / "signing.crt", pki.cert_pem(sign_cert))
     pki.write_private(kit_dir / "signing.key", Identity(sign_key).private_pem())
-    _write_json(kit_dir / "kit.json", info)
+    authority.write_json(kit_dir / "kit.json", info)
     if crl is not None:
         pki.write_public(kit_dir / CRL, pki.crl_pem(crl))
     sign_manifest(kit_dir, ca_key)
     return {
-        "serial": _hex(cert.serial_number),
-        "signing_serial": _hex(sign_cert.serial_number),
+        "serial": authority.hex_serial(cert.serial_number),
+        "signing_serial": authority.hex_serial(sign_cert.serial_number),
         "role": role,
         "revoked": False,
     }
-
-
-def _kit_info(
-    consortium: str, name: str, role: str, coordinator: CoordinatorSpec, policy: Mapping[str, Any]
-) -> dict[str, Any]:
-    return {
-        "consortium": consortium,
-        "name": name,
-        "role": role,
-        "coordinator": {"name": coordinator.name, "address": coordinator.address},
-        "policy": dict(policy),
-    }
-
-
-def _consortium_record(name: str, coordinator: CoordinatorSpec) -> dict[str, Any]:
-    return {"name": name, "coordinator": {"name": coordinator.name, "address": coordinator.address}}
-
-
-def _parse_consortium_record(record: Any, path: Path) -> tuple[str, CoordinatorSpec]:
-    try:
-        name = check_name(record["name"], "name")
-        coordinator = CoordinatorSpec(
-            check_name(record["coordinator"]["name"], "coordinator.name"),
-            check_address(record["coordinator"]["address"], "coordinator.address"),
-        )
-    except (KeyError, TypeError, ConsortiumError) as exc:
-        raise ConsortiumError(f"{path}: malformed ({exc})") from exc
-    return name, coordinator
-
-
-def _load_ca(out: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    ca_dir = out / "ca"
-    if not ca_dir.is_dir():
-        raise ConsortiumError(f"{ca_dir}: no CA here (run `fedops consortium init` first)")
-    try:
-        cert = pki.load_cert((ca_dir / "ca.pem").read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConsortiumError(f"{ca_dir / 'ca.pem'}: cannot load the CA certificate") from exc
-    try:
-        key = pki.load_key((ca_dir / "ca_key.pem").read_bytes())
-    except (OSError, ValueError, TypeError) as exc:
-        raise ConsortiumError(f"{ca_dir / 'ca_key.pem'}: cannot load the CA key") from exc
-    if not pki.same_key(cert, key):
-        raise ConsortiumError(f"{ca_dir / 'ca_key.pem'}: does not match ca.pem")
-    return cert, key
-
-
-@contextlib.contextmanager
-def _ca_lock(out: Path) -> Iterator[None]:
-    """One writer at a time on ``out/ca`` (add-site and revoke both rewrite serials.json)."""
-    ca_dir = out / "ca"
-    if not ca_dir.is_dir():
-        raise ConsortiumError(f"{ca_dir}: no CA here (run `fedops consortium init` first)")
-    fd = os.open(ca_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _hex(serial: int) -> str:
-    return format(serial, "x")
-
-
-def _write_json(path: Path, data: Any, *, replace: bool = False) -> Path:
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    return pki.write_public(path, text.encode(), replace=replace)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise ConsortiumError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise ConsortiumError(f"{path}: not valid JSON ({exc})") from exc
-
-
-def _read_serials(out: Path) -> dict[str, Any]:
-    path = out / "ca" / "serials.json"
-    serials = _read_json(path)
-    if not isinstance(serials, dict) or not all(
-        isinstance(e, dict) and isinstance(e.get("serial"), str) for e in serials.values()
-    ):
-        raise ConsortiumError(f"{path}: malformed (expected name -> {{serial, role, revoked}})")
-    return serials

@@ -26,6 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 ROLES = ("coordinator", "site", "admin", "observer")
@@ -95,7 +96,7 @@ PARTY_KEY_USAGE = x509.KeyUsage(
 def party_certificate(
     ca_cert: Certificate,
     ca_key: PrivateKey,
-    public: x509.CertificatePublicKeyTypes,
+    public: CertificatePublicKeyTypes,
     name: str,
     role: str,
     *,
@@ -139,17 +140,43 @@ def issue(
     hosts: Iterable[str] = (),
     days: int = PARTY_DAYS,
 ) -> tuple[Certificate, PrivateKey]:
-    """A fresh key and its TLS certificate for party ``name`` in ``role``, signed by the CA.
+    """A fresh key and its TLS certificate (demo kits only: the key is made at the CA)."""
+    key = new_key()
+    cert = certify_tls(
+        ca_cert,
+        ca_key,
+        key.public_key(),
+        name,
+        role,
+        consortium=consortium,
+        hosts=hosts,
+        days=days,
+    )
+    return cert, key
+
+
+def certify_tls(
+    ca_cert: Certificate,
+    ca_key: PrivateKey,
+    public: ec.EllipticCurvePublicKey,
+    name: str,
+    role: str,
+    *,
+    consortium: str,
+    hosts: Iterable[str] = (),
+    days: int = PARTY_DAYS,
+) -> Certificate:
+    """The TLS certificate for ``public`` (a party's own key, from its CSR) as ``name``/``role``.
 
     ``hosts`` (coordinator only) become SANs: an IP address entry for what
-    parses as one, a DNS entry otherwise.
+    parses as one, a DNS entry otherwise. The CA chooses them from the spec,
+    never from a request, so a party cannot ask to be another host.
     """
     hosts = tuple(hosts)
     if hosts and role != "coordinator":
         raise ValueError(f"only the coordinator's certificate names hosts, not a {role}'s")
-    key = new_key()
     builder = party_certificate(
-        ca_cert, ca_key, key.public_key(), name, role, consortium=consortium, days=days
+        ca_cert, ca_key, public, name, role, consortium=consortium, days=days
     )
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
     if role == "coordinator":
@@ -159,7 +186,20 @@ def issue(
         builder = builder.add_extension(
             x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False
         )
-    return builder.sign(ca_key, hashes.SHA256()), key
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def fingerprint(cert: Certificate) -> str:
+    """sha256 of the certificate's DER, lowercase hex: the CA pin operators compare out of band."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def normal_fingerprint(text: str) -> str:
+    """``text`` as :func:`fingerprint` writes it (no colons, lowercase); else ``ValueError``."""
+    value = text.strip().lower().replace(":", "")
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError(f"{text!r} is not a sha256 fingerprint (64 hex digits)")
+    return value
 
 
 def role_of(cert: Certificate) -> str | None:

@@ -69,13 +69,29 @@ def issue_signing(
 ) -> tuple[pki.Certificate, Ed25519PrivateKey]:
     """A fresh Ed25519 key and its signing certificate for party ``name`` in ``role``."""
     key = Ed25519PrivateKey.generate()
-    builder = pki.party_certificate(
+    cert = certify_signing(
         ca_cert, ca_key, key.public_key(), name, role, consortium=consortium, days=days
     )
-    cert = builder.add_extension(x509.ExtendedKeyUsage([DOCUMENT_SIGNING]), critical=True).sign(
+    return cert, key
+
+
+def certify_signing(
+    ca_cert: pki.Certificate,
+    ca_key: pki.PrivateKey,
+    public: Ed25519PublicKey,
+    name: str,
+    role: str,
+    *,
+    consortium: str,
+    days: int = pki.PARTY_DAYS,
+) -> pki.Certificate:
+    """The signing certificate for a party's own Ed25519 ``public`` key (from its CSR)."""
+    builder = pki.party_certificate(
+        ca_cert, ca_key, public, name, role, consortium=consortium, days=days
+    )
+    return builder.add_extension(x509.ExtendedKeyUsage([DOCUMENT_SIGNING]), critical=True).sign(
         ca_key, hashes.SHA256()
     )
-    return cert, key
 
 
 def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:

@@ -11,6 +11,7 @@ revoke`` takes effect on a running coordinator at the party's next call.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import threading
@@ -21,7 +22,9 @@ from typing import Any
 import grpc
 from cryptography import x509
 
+from fedops.consortium import crl as crl_checks
 from fedops.consortium import pki
+from fedops.consortium.crl import CRL_STATE
 from fedops.consortium.kit import Kit, KitError
 
 log = logging.getLogger(__name__)
@@ -93,24 +96,37 @@ def peer_identity(context: Any, revocation: Revocation | None) -> Identity | Non
 class Revocation:
     """The CRL at ``crl_path`` (verified against ``ca_cert``), reloaded when the file changes.
 
-    Fails closed: while the file is missing, unreadable, or not signed by the
-    CA, every certificate counts as revoked (and the problem is logged).
+    Fails closed: while the file is missing, unreadable, not signed by the
+    CA, past its ``next_update``, or older (by CRL number) than the highest
+    this party has accepted, every certificate counts as revoked (and the
+    problem is logged). With ``state_path`` that highest number survives
+    restarts (:mod:`fedops.consortium.crl`), so an old CRL put back while
+    the coordinator was down is refused too.
     """
 
-    def __init__(self, crl_path: str | Path, ca_cert: x509.Certificate | bytes) -> None:
+    def __init__(
+        self,
+        crl_path: str | Path,
+        ca_cert: x509.Certificate | bytes,
+        *,
+        state_path: str | Path | None = None,
+    ) -> None:
         self.path = Path(crl_path)
+        self.state_path = Path(state_path) if state_path is not None else None
         self._ca = pki.load_cert(ca_cert) if isinstance(ca_cert, bytes) else ca_cert
         self._lock = threading.Lock()
         self._seen: tuple[int, int, int, int] | None = None
         self._crl: x509.CertificateRevocationList | None = None
+        self._highest = 0  # in memory too: a rollback is caught without a state file
 
     @classmethod
     def from_kit(cls, kit: Kit) -> Revocation:
+        """The kit's CRL, its high-water mark kept in the kit folder (``crl-seen.json``)."""
         if kit.crl_path is None:
             raise KitError(
                 f"{kit.directory / 'crl.pem'}: missing (only the coordinator's kit has one)"
             )
-        return cls(kit.crl_path, kit.ca_cert)
+        return cls(kit.crl_path, kit.ca_cert, state_path=kit.directory / CRL_STATE)
 
     def is_revoked(self, cert: x509.Certificate) -> bool:
         crl = self._current()
@@ -131,6 +147,10 @@ class Revocation:
             seen = None
         with self._lock:
             if seen is not None and seen == self._seen:
+                crl = self._crl
+                if crl is not None and _stale(crl):  # went stale while in use
+                    log.error("%s: CRL past its next_update; refusing every peer", self.path)
+                    self._crl = None
                 return self._crl
             self._seen = seen
             self._crl = self._load() if seen is not None else None
@@ -140,15 +160,26 @@ class Revocation:
 
     def _load(self) -> x509.CertificateRevocationList | None:
         try:
-            crl = pki.load_crl(self.path.read_bytes())
-        except (OSError, ValueError) as exc:
-            log.error(
-                "%s: unreadable CRL (%s); refusing every peer until it is fixed", self.path, exc
-            )
+            crl, number = crl_checks.load_checked(self.path, self._ca, self.state_path)
+            crl_checks.check_crl(crl, self._ca, highest_seen=self._highest)
+        except (crl_checks.CrlError, OSError) as exc:
+            log.error("%s: %s; refusing every peer until it is fixed", self.path, exc)
             return None
-        if not pki.crl_signed_by(crl, self._ca):
-            log.error(
-                "%s: CRL not signed by the CA; refusing every peer until it is fixed", self.path
-            )
-            return None
+        self._highest = max(self._highest, number)
+        if self.state_path is not None:
+            try:  # a read-only kit (a container's mount) still works: the mark stays in memory
+                crl_checks.record_seen(self.state_path, number)
+            except (crl_checks.CrlError, OSError) as exc:
+                log.warning(
+                    "%s: cannot record CRL number %d (%s); a CRL rolled back while this "
+                    "process is down will not be caught",
+                    self.state_path,
+                    number,
+                    exc,
+                )
         return crl
+
+
+def _stale(crl: x509.CertificateRevocationList) -> bool:
+    next_update = crl.next_update_utc
+    return next_update is None or dt.datetime.now(dt.UTC) > next_update

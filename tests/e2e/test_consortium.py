@@ -1,5 +1,8 @@
 """A consortium on loopback: kits from ``fedops consortium init``, mTLS, roles, revocation.
 
+One run enrols every party by CSR (keys made at the party, certificates at
+the CA) and pins the CA's fingerprint at the coordinator and the sites.
+
 Real processes: the coordinator serves with its kit, sites dial with theirs.
 Raw gRPC calls with other parties' credentials check what the coordinator
 refuses: plaintext, another consortium's certificate, a non-site role, one
@@ -17,8 +20,10 @@ import grpc
 import pytest
 from procs import ENV, Procs, free_port, metrics, query, wait_until
 
+from fedops.consortium import pki
+from fedops.consortium.enrol import assemble, request, sign_requests
 from fedops.consortium.kit import load_kit
-from fedops.consortium.kits import init_consortium, revoke
+from fedops.consortium.kits import init_ca, init_consortium, revoke
 from fedops.consortium.tls import channel_credentials
 from fedops.reporting.audit_commands import audit_export_command, audit_verify_command
 from fedops.v1 import fedops_pb2 as pb
@@ -54,7 +59,7 @@ def _init(tmp: Path, name: str, port: int, *, cli: bool = True) -> Path:
     if not cli:  # the same kits, without a process's seconds of imports
         init_consortium(spec, out)
         return out
-    done = _fedops("consortium", "init", str(spec), "--out", str(out), cwd=tmp)
+    done = _fedops("consortium", "init", str(spec), "--out", str(out), "--demo-keys", cwd=tmp)
     assert done.returncode == 0, done.stderr
     return out
 
@@ -178,6 +183,57 @@ def test_a_consortium_trains_over_mtls_and_refuses_everyone_else(procs: Procs, t
     assert last_b is not None and last_b < ROUNDS
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
+
+
+def test_a_csr_enrolled_consortium_trains_over_mtls_with_a_pinned_ca(procs: Procs, tmp_path: Path):
+    port = free_port()
+    spec = tmp_path / "banks.yaml"
+    spec.write_text(
+        "name: banks\n"
+        f"coordinator: {{name: coord, address: '127.0.0.1:{port}'}}\n"
+        "sites: [{name: bank-a}, {name: bank-b}]\n"
+        "admins: [{name: alice}]\n"
+    )
+    ca_root = tmp_path / "ca-host"
+    init_ca(spec, ca_root)  # the CA alone: no party's key is made here
+    pin = pki.fingerprint(pki.load_cert((ca_root / "ca" / "ca.pem").read_bytes()))
+    parties = {"coord": "coordinator", "bank-a": "site", "bank-b": "site"}
+    csrs = [request(name, role, tmp_path / name) for name, role in parties.items()]
+    for bundle in sign_requests(csrs, ca_root, tmp_path / "signed"):
+        assemble(tmp_path / bundle.name, bundle, pin)
+    assert not any(b"PRIVATE KEY" in f.read_bytes() for f in (tmp_path / "signed").rglob("*.*"))
+
+    run_dir = tmp_path / "run"
+    pinned = ("--ca-fingerprint", pin)
+    coord = procs.start(
+        "coordinator",
+        "coordinator",
+        "--kit",
+        str(tmp_path / "coord"),
+        *pinned,
+        "--task",
+        "digits",
+        "--rounds",
+        "2",
+        "--min-clients",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--round-timeout",
+        "60",
+    )
+    wait_until(lambda: "listening on" in procs.log("coordinator"), 120, "the coordinator")
+    sites = [
+        _site(procs, tmp_path, n, i, tmp_path / "runs", *pinned)
+        for i, n in enumerate(("bank-a", "bank-b"))
+    ]
+    assert procs.wait(coord, 180, "coordinator") == 0, procs.log("coordinator")
+    for site in sites:
+        assert site.wait(timeout=60) == 0
+    assert [r["round"] for r in metrics(run_dir)] == [1, 2]
+    fit = query(run_dir, "SELECT DISTINCT site FROM participants WHERE outcome = 'ok'")
+    assert {s for (s,) in fit} == {"bank-a", "bank-b"}  # names from the CSR-issued certificates
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
 
 def test_a_tampered_kit_is_refused_before_anything_is_dialled(tmp_path: Path):

@@ -226,7 +226,15 @@ def test_init_creates_the_ca_and_every_kit_with_private_keys(consortium):
         assert pki.issued_by(cert, ca_cert)
         assert kit.ca_pem == (ca_dir / "ca.pem").read_bytes()
         info = json.loads((kit_dir / "kit.json").read_text())
-        assert set(info) == {"consortium", "name", "role", "coordinator", "policy"}
+        assert set(info) == {
+            "consortium",
+            "name",
+            "role",
+            "coordinator",
+            "policy",
+            "ca_fingerprint",
+        }
+        assert info["ca_fingerprint"] == pki.fingerprint(ca_cert)
     assert load_kit(consortium / "kits" / "bank-a").policy == {
         "max_epsilon": 8.0,
         "max_rounds": 10,
@@ -482,10 +490,13 @@ def test_a_crl_from_another_issuer_revokes_nothing(consortium):
 
 def test_commands_print_what_they_did_and_return_2_naming_the_problem(tmp_path, capsys):
     out = tmp_path / "out"
-    assert init_command(EXAMPLE, out) == 0
-    printed = capsys.readouterr().out
+    assert init_command(EXAMPLE, out, demo_keys=True) == 0
+    printed = capsys.readouterr()
     for name in ("coordinator", "hospital-a", "hospital-b", "clinic-c", "alice", "auditor"):
-        assert str(out / "kits" / name) in printed
+        assert str(out / "kits" / name) in printed.out
+    ca_cert = pki.load_cert((out / "ca" / "ca.pem").read_bytes())
+    assert f"CA fingerprint (sha256): {pki.fingerprint(ca_cert)}" in printed.out
+    assert "--demo-keys" in printed.err and "generated HERE" in printed.err
 
     assert init_command(EXAMPLE, out) == 2
     assert f"{out / 'ca'}: already exists" in capsys.readouterr().err
@@ -495,7 +506,7 @@ def test_commands_print_what_they_did_and_return_2_naming_the_problem(tmp_path, 
     assert init_command(bad, tmp_path / "other") == 2
     assert "coordinator.address: port '0'" in capsys.readouterr().err
 
-    assert add_site_command(out, "bank-z") == 0
+    assert add_site_command(out, "bank-z", demo_keys=True) == 0
     assert str(out / "kits" / "bank-z") in capsys.readouterr().out
     assert add_site_command(out, "bank-z") == 2
     assert "already in the consortium" in capsys.readouterr().err

@@ -1,0 +1,102 @@
+"""CRL freshness and rollback: a revocation list is only as good as it is current.
+
+A CRL carries the CA's signature, so nobody but the CA can forge one; but
+anyone who can write the file a party reads can *replay* an old, genuine one
+that was issued before a party was revoked. Two checks close that:
+
+* freshness: a CRL past its ``next_update`` is refused (the CA promised a
+  newer one by then, so this one may be missing revocations);
+* rollback: every CRL the CA issues carries a CRL number that grows
+  (:func:`fedops.consortium.kits.revoke`); the highest number a party has
+  accepted is kept in ``crl-seen.json`` beside the CRL, and a CRL with a lower
+  number is refused.
+
+Both fail closed: the caller (:class:`fedops.consortium.tls.Revocation`,
+:func:`fedops.consortium.kit.load_kit`) then refuses every peer, or the kit,
+until a current CRL is put back. The high-water mark is a plain file of the
+party's: whoever can write it can raise it (denying service, which they could
+do anyway by deleting the CRL) but lowering it needs the same write access,
+so it guards against a CRL swapped in transit or restored from an old copy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from cryptography import x509
+
+from fedops.consortium import pki
+from fedops.consortium.spec import ConsortiumError
+
+#: where a party keeps the highest CRL number it has accepted (beside its crl.pem)
+CRL_STATE = "crl-seen.json"
+
+
+class CrlError(ConsortiumError):
+    """A CRL that must not be used: not the CA's, stale, or older than one already seen."""
+
+
+def check_crl(
+    crl: x509.CertificateRevocationList,
+    ca_cert: x509.Certificate,
+    *,
+    highest_seen: int = 0,
+    now: dt.datetime | None = None,
+) -> int:
+    """The CRL's number, once it is the CA's, current, and not older than ``highest_seen``."""
+    if not pki.crl_signed_by(crl, ca_cert):
+        raise CrlError("not signed by ca.pem")
+    now = now or dt.datetime.now(dt.UTC)
+    next_update = crl.next_update_utc
+    if next_update is None:
+        raise CrlError("has no next_update, so its freshness cannot be checked")
+    if now > next_update:
+        raise CrlError(
+            f"stale: its next_update {next_update:%Y-%m-%d %H:%M} UTC has passed "
+            "(ask the CA for a current CRL)"
+        )
+    if crl.last_update_utc > now + pki.CLOCK_SKEW:
+        raise CrlError(f"not valid yet (issued {crl.last_update_utc:%Y-%m-%d %H:%M} UTC)")
+    number = pki.crl_number(crl)
+    if number < highest_seen:
+        raise CrlError(
+            f"rolled back: CRL number {number} is lower than {highest_seen}, "
+            "the highest this party has accepted (an old CRL was put back)"
+        )
+    return number
+
+
+def highest_seen(state_path: Path) -> int:
+    """The highest CRL number recorded in ``state_path`` (0 when there is none yet)."""
+    try:
+        data = json.loads(state_path.read_text())
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError) as exc:
+        raise CrlError(f"{state_path}: unreadable ({exc}); refusing to guess a lower mark") from exc
+    number = data.get("crl_number") if isinstance(data, dict) else None
+    if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+        raise CrlError(f"{state_path}: malformed (expected {{crl_number: N}})")
+    return number
+
+
+def record_seen(state_path: Path, number: int) -> None:
+    """Raise the high-water mark in ``state_path`` to ``number`` (never lower it)."""
+    if number <= highest_seen(state_path):
+        return
+    text = json.dumps({"crl_number": number}) + "\n"
+    pki.write_public(state_path, text.encode(), replace=True)
+
+
+def load_checked(
+    crl_path: Path, ca_cert: x509.Certificate, state_path: Path | None
+) -> tuple[x509.CertificateRevocationList, int]:
+    """Read ``crl_path`` and :func:`check_crl` it against the mark in ``state_path``."""
+    try:
+        crl = pki.load_crl(crl_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CrlError("not a readable PEM CRL") from exc
+    mark = highest_seen(state_path) if state_path is not None else 0
+    return crl, check_crl(crl, ca_cert, highest_seen=mark)
