@@ -12,6 +12,8 @@ code shared with the simulation) run on a bounded thread pool as before.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import threading
 from collections.abc import Callable, Collection, Coroutine, Sequence
 from concurrent import futures
@@ -49,6 +51,19 @@ class LoopServer:
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    async def in_pool(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the handler pool, awaited from the loop.
+
+        For the short blocking steps of a call that otherwise waits on the
+        loop (checks that write refusals to disk, the result intake): the
+        thread is held for the work, never while the peer is being waited
+        for. The caller's context variables (who is calling) go along.
+        """
+        context = contextvars.copy_context()
+        return await self.loop.run_in_executor(
+            self._pool, functools.partial(context.run, fn, *args)
+        )
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(tuple(handlers))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from fedops.consortium.kit import Kit, KitError, load_kit
 from fedops.consortium.tls import Revocation, server_credentials
 from fedops.coordinator.admin import admin_handler
 from fedops.coordinator.aio import LoopServer
+from fedops.coordinator.guard import RefusalThrottle
 from fedops.coordinator.peers import PeerGate
 from fedops.coordinator.server import build_server
 from fedops.coordinator.transport import GrpcTransport
@@ -46,9 +47,12 @@ class BindError(RuntimeError):
     pass
 
 
-def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
-    """Serve (or resume) the configured run until its last round; return its summary."""
-    kit = _coordinator_kit(cfg.kit) if cfg.kit is not None else None  # verified once
+def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None) -> dict[str, Any]:
+    """Serve (or resume) the configured run until its last round; return its summary.
+
+    ``ca_fingerprint`` (``--ca-fingerprint``) pins the kit's CA from outside its folder.
+    """
+    kit = _coordinator_kit(cfg.kit, ca_fingerprint) if cfg.kit is not None else None
     store = RunStore(cfg.run_dir, keep_checkpoints=cfg.keep_checkpoints)
     config = {k: v for k, v in as_dict(cfg).items() if k not in ("address", "metrics_port")}
     run_id, _ = store.open_run(config)
@@ -59,9 +63,15 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
         run_id=run_id,
         heartbeat_interval_s=cfg.heartbeat_interval_s,
         liveness_timeout_s=cfg.liveness_timeout_s,
-        on_rejection=records.rejection,
         audit=audit.record,
     )
+    # refusals cost the refused peer, not our disk: a few rows per offender per minute
+    records.throttle = RefusalThrottle(
+        records.write_rejection,
+        is_node=lambda node: transport.registry.get(node) is not None,
+        on_every=metrics.observe_rejection,
+    )
+    transport.on_rejection = records.throttle
     metrics.connected.set_function(lambda: len(transport.available_nodes()))
     if cfg.metrics_port is not None:
         metrics.serve(cfg.metrics_port, cfg.metrics_address)
@@ -80,6 +90,7 @@ def run_coordinator(cfg: CoordinatorConfig) -> dict[str, Any]:
     def stop(status: str) -> None:
         transport.close(grace_s=5.0 if status == "completed" else 0.5)
         server.stop(grace=1.0).wait(5)
+        records.throttle.flush()  # counts not yet written, while the store is open
         metrics.close()
 
     plan = RunPlan(
@@ -122,6 +133,7 @@ class Records:
     trail: RunTrail
     metrics: RunMetrics
     mlflow: MlflowSink | None
+    throttle: RefusalThrottle = field(init=False)
 
     @classmethod
     def open(
@@ -144,9 +156,13 @@ class Records:
         return cls(store, audit, trail, RunMetrics(), mlflow)
 
     def rejection(self, server_round: int, node: str, code: str, reason: str) -> None:
+        self.write_rejection(server_round, node, code, reason)
+        self.metrics.observe_rejection(server_round, node, code, reason)
+
+    def write_rejection(self, server_round: int, node: str, code: str, reason: str) -> None:
+        """The run store's row and the audit entry (disk work: see ``RefusalThrottle``)."""
         self.store.record_rejection(server_round, node, code, reason)
         self.trail.rejection(server_round, node, code, reason)
-        self.metrics.observe_rejection(server_round, node, code, reason)
 
     def observers(self) -> tuple[Callable[[RoundRecord], None], ...]:
         extra = (self.mlflow.observe_round,) if self.mlflow is not None else ()
@@ -256,9 +272,9 @@ def _serve(
     return server
 
 
-def _coordinator_kit(path: Path) -> Kit:
+def _coordinator_kit(path: Path, ca_fingerprint: str | None = None) -> Kit:
     try:
-        kit = load_kit(path)
+        kit = load_kit(path, ca_fingerprint=ca_fingerprint)
     except KitError as exc:
         raise ConfigError("kit", str(exc)) from exc
     if kit.role != "coordinator":

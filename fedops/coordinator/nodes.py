@@ -1,4 +1,10 @@
-"""Who is connected: node ids, their bearer tokens, and when each was last heard from."""
+"""Who is connected: node ids, their bearer tokens, and when each was last heard from.
+
+One node per site: a site that registers again replaces its node. Otherwise
+one site (one certificate in kit mode, one name without) could register any
+number of nodes and be counted that many times by ``--min-clients``, cohort
+sampling, robust aggregation's f and SecAgg neighbourhoods (issue 17).
+"""
 
 from __future__ import annotations
 
@@ -33,11 +39,16 @@ class NodeRegistry:
     def __init__(self) -> None:
         self._nodes: dict[str, Node] = {}
         self._site_names: dict[str, str] = {}  # kept after removal, for the records
+        self._node_of_site: dict[str, str] = {}  # each site's one live node
         self._lock = threading.Lock()
         self._counter = 0
 
-    def register(self, site_name: str, num_train_examples: int) -> Node:
+    def register(self, site_name: str, num_train_examples: int) -> tuple[Node, str | None]:
+        """A new node for ``site_name``, and the node it replaces (removed), if any."""
         with self._lock:
+            replaced = self._node_of_site.get(site_name)
+            if replaced is not None:
+                self._nodes.pop(replaced, None)
             self._counter += 1
             node = Node(
                 node_id=f"node-{self._counter:04d}-{secrets.token_hex(3)}",
@@ -48,7 +59,8 @@ class NodeRegistry:
             )
             self._nodes[node.node_id] = node
             self._site_names[node.node_id] = site_name
-            return node
+            self._node_of_site[site_name] = node.node_id
+            return node, replaced
 
     def authenticate(self, node_id: str, token: str) -> Node:
         """The node, touched; raise :class:`Unauthenticated` on any mismatch."""
@@ -81,7 +93,9 @@ class NodeRegistry:
 
     def remove(self, node_id: str) -> None:
         with self._lock:
-            self._nodes.pop(node_id, None)
+            node = self._nodes.pop(node_id, None)
+            if node is not None and self._node_of_site.get(node.site_name) == node_id:
+                del self._node_of_site[node.site_name]
 
     def node_ids(self, *, polled: bool = False) -> list[str]:
         """Registered nodes (``polled``: only those that have asked for work)."""

@@ -9,6 +9,7 @@ every refusal closes the node's task, so the round stops waiting for it.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
@@ -30,6 +31,13 @@ from fedops.wire import secagg as secagg_codec
 from fedops.wire.codec import shown
 
 log = logging.getLogger("fedops.coordinator")
+
+#: set while a refusal that closes a node's task is recorded: it is part of the round's
+#: record, and bounded by the tasks dispatched, so it is never rate-limited
+#: (see :class:`~fedops.coordinator.guard.RefusalThrottle`)
+ANSWERS_TASK: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "fedops_answers_task", default=False
+)
 
 MAX_NODE_ID = 64  # node ids are ours ("node-0001-…"); a longer one is a peer's invention
 MAX_REASON = 2000
@@ -101,7 +109,11 @@ class ResultIntake:
             reason = f"the client declined the task: {header.declined[:500]}"
             self._close_rejected(header.node_id, assignment, reason)
             log.warning("%s %s", header.node_id, reason)
-            self.on_rejection(assignment.task.round, header.node_id, "DECLINED", reason)
+            closing = ANSWERS_TASK.set(True)
+            try:
+                self.on_rejection(assignment.task.round, header.node_id, "DECLINED", reason)
+            finally:
+                ANSWERS_TASK.reset(closing)
             return pb.PushResultResponse(accepted=False, message="noted: task declined")
         try:
             event = self._receive(header, assignment, iter(chunks))
@@ -208,7 +220,11 @@ class ResultIntake:
     ) -> None:
         """Close the node's task as rejected (the round stops waiting), then refuse."""
         self._close_rejected(node, assignment, reason)
-        self._reject(assignment.task.round, node, code, reason)
+        closing = ANSWERS_TASK.set(True)
+        try:
+            self._reject(assignment.task.round, node, code, reason)
+        finally:
+            ANSWERS_TASK.reset(closing)
 
     def _close_rejected(self, node: str, assignment: Assignment, reason: str) -> None:
         """If ``assignment`` is still the node's task, close it and tell the round why."""

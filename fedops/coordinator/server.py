@@ -9,16 +9,29 @@ generic "Exception deserializing request!".
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from fedops.consortium import pki
+from fedops.consortium.tls import peer_certificate
 from fedops.coordinator.aio import LoopServer, ParkedPolls
+from fedops.coordinator.guard import (
+    HEADER_DEADLINE_S,
+    MAX_SITE_NAME,
+    MAX_UPLOADS_PER_ADDRESS,
+    MAX_UPLOADS_PER_SITE,
+    PEER,
+    PeerSlots,
+    address_of,
+)
 from fedops.coordinator.peers import PeerGate
 from fedops.coordinator.results import Reject
 from fedops.coordinator.transport import GrpcTransport
+from fedops.coordinator.upload import push_handler
 from fedops.core.params import InvalidUpdate
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import framing
@@ -62,8 +75,14 @@ def _unary(
     method: str,
     gate: PeerGate | None,
 ) -> Callable[[Any, Any], Any]:
+    peer_of = _peer_key(gate)
+
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        # a pool thread's own context: set per call, reset so it never leaks to the next
+        who = PEER.set(peer_of(context))
         try:
+            if gate is not None:  # the certificate first: nobody unknown gets the parser's work
+                gate.caller(context, method)
             if isinstance(request, Malformed):
                 raise _malformed(transport, request)
             if gate is not None:
@@ -71,6 +90,8 @@ def _unary(
             return fn(request)
         except Reject as exc:
             _abort(context, exc.code, exc.reason)
+        finally:
+            PEER.reset(who)
 
     return handler
 
@@ -104,17 +125,8 @@ def _malformed(transport: GrpcTransport, request: Malformed) -> Reject:
     return Reject(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
 
 
-def _split_push(
-    transport: GrpcTransport, requests: Iterator[Any]
-) -> tuple[pb.ResultHeader, Iterator[bytes | memoryview]]:
-    """The leading header, and the payload chunks after it (anything else is refused).
-
-    A stream that gRPC cut off (a message over the size limit, a cancelled
-    call, a client that died) ends like a finished one; the header's declared
-    size tells them apart, so a cut stream is refused as truncated, never
-    taken as a complete result.
-    """
-    first = next(requests, None)
+def _first_header(transport: GrpcTransport, first: Any) -> pb.ResultHeader:
+    """The upload's leading message as its header; anything else is refused."""
     if isinstance(first, Malformed):
         raise _malformed(transport, first)
     if not isinstance(first, pb.PushResultRequest) or first.WhichOneof("part") != "header":
@@ -122,32 +134,45 @@ def _split_push(
         raise Reject(
             grpc.StatusCode.INVALID_ARGUMENT, "the first PushResult message must be a ResultHeader"
         )
+    return first.header
 
-    def chunks() -> Iterator[bytes | memoryview]:
-        # Past the header the result is attributable: anything wrong rejects the update.
-        try:
-            for request in requests:
-                if isinstance(request, memoryview):
-                    yield request
-                elif isinstance(request, Malformed):
-                    raise InvalidUpdate(request.reason)
-                elif request.WhichOneof("part") == "data":
-                    yield request.data
-                else:
-                    raise InvalidUpdate("a second header arrived inside the payload")
-        except grpc.RpcError as exc:  # gRPC cut the stream (cancelled, over its size limit)
-            raise InvalidUpdate(f"the upload was cut off before its end ({exc})") from exc
 
-    return first.header, chunks()
+def _payload_part(request: Any) -> bytes | memoryview:
+    """A message after the header: payload bytes (past the header, a bad one rejects the update)."""
+    if isinstance(request, memoryview):
+        return request
+    if isinstance(request, Malformed):
+        raise InvalidUpdate(request.reason)
+    if request.WhichOneof("part") == "data":
+        return request.data
+    raise InvalidUpdate("a second header arrived inside the payload")
+
+
+def _peer_key(gate: PeerGate | None) -> Callable[[Any], str]:
+    """Who a call comes from: its certificate's name with a kit, its address without."""
+
+    def key(context: Any) -> str:
+        if gate is not None:
+            cert = peer_certificate(context)
+            name = pki.name_of(cert) if cert is not None else None
+            if name:
+                return f"cert:{name[:MAX_SITE_NAME]}"
+        return address_of(context)
+
+    return key
 
 
 def _pull(
     transport: GrpcTransport, gate: PeerGate | None, parked: ParkedPolls
 ) -> Callable[[Any, Any], Any]:
     """``PullTask`` as a coroutine: a long-poll waits on the event loop, not on a thread."""
+    peer_of = _peer_key(gate)
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        PEER.set(peer_of(context))  # this call's task has its own context
         try:
+            if gate is not None:
+                gate.caller(context, "PullTask")
             if isinstance(request, Malformed):
                 raise _malformed(transport, request)
             if gate is not None:
@@ -162,30 +187,37 @@ def _pull(
     return handler
 
 
-def _push(transport: GrpcTransport, gate: PeerGate | None) -> Callable[[Any, Any], Any]:
-    def handler(requests: Iterator[Any], context: grpc.ServicerContext) -> pb.PushResultResponse:
+def _fetch(
+    transport: GrpcTransport, gate: PeerGate | None, server: LoopServer
+) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    """``FetchModel`` as an async generator: a slow reader waits on the loop, not on a thread.
+
+    A pool-thread generator blocks its thread while the peer does not read
+    (HTTP/2 flow control), so a few stalled downloads starved every other
+    call. Here each chunk is built on the pool (one copy of at most a chunk)
+    and written from the loop; a peer that stops reading holds one chunk.
+    """
+    peer_of = _peer_key(gate)
+
+    def checked(request: Any, context: Any) -> tuple[Any, Iterator[Any]]:
+        if gate is not None:
+            gate.caller(context, "FetchModel")
+        if isinstance(request, Malformed):
+            raise _malformed(transport, request)
+        if gate is not None:
+            gate.check_node(context, "FetchModel", request.node_id)
+        chunks = transport.model_chunks(request)
+        return next(chunks), chunks  # the first step authenticates and checks the task
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        PEER.set(peer_of(context))  # this call's task has its own context
         try:
-            header, chunks = _split_push(transport, requests)
-            if gate is not None:
-                gate.check_node(context, "PushResult", header.node_id)
-            return transport.push(header, chunks)
+            header, chunks = await server.in_pool(checked, request, context)
         except Reject as exc:
-            _abort(context, exc.code, exc.reason)
-        raise AssertionError("unreachable")
-
-    return handler
-
-
-def _fetch(transport: GrpcTransport, gate: PeerGate | None) -> Callable[[Any, Any], Any]:
-    def handler(request: Any, context: grpc.ServicerContext) -> Iterator[pb.ModelChunk]:
-        try:
-            if isinstance(request, Malformed):
-                raise _malformed(transport, request)
-            if gate is not None:
-                gate.check_node(context, "FetchModel", request.node_id)
-            yield from transport.model_chunks(request)
-        except Reject as exc:
-            _abort(context, exc.code, exc.reason)
+            await context.abort(exc.code, exc.reason)
+        yield header
+        while (chunk := await server.in_pool(next, chunks, None)) is not None:
+            yield chunk
 
     return handler
 
@@ -196,14 +228,28 @@ def _serialize(message: Any) -> bytes:
 
 
 def build_server(
-    transport: GrpcTransport, *, max_workers: int = 64, gate: PeerGate | None = None
+    transport: GrpcTransport,
+    *,
+    max_workers: int = 64,
+    gate: PeerGate | None = None,
+    header_deadline_s: float = HEADER_DEADLINE_S,
+    max_uploads_per_peer: int | None = None,
+    slots: PeerSlots | None = None,
 ) -> LoopServer:
     """A gRPC server with the Coordinator service; the caller binds and starts it.
 
     With ``gate`` (consortium mode, mTLS) every call is checked against the
     caller's certificate first. ``max_workers`` bounds the threads that run
-    the blocking handlers; parked ``PullTask`` polls hold none.
+    the blocking handlers; parked ``PullTask`` polls and uploads waiting for
+    their header (at most ``header_deadline_s``) hold none. Each peer (a
+    certificate with a kit, an address without) may have at most
+    ``max_uploads_per_peer`` uploads open (default: see
+    :mod:`fedops.coordinator.guard`); ``slots`` counts them (given: shared).
     """
+    if slots is None:
+        if max_uploads_per_peer is None:
+            max_uploads_per_peer = MAX_UPLOADS_PER_SITE if gate else MAX_UPLOADS_PER_ADDRESS
+        slots = PeerSlots(max_uploads_per_peer)
     server = LoopServer(
         max_workers=max_workers,
         options=[
@@ -237,12 +283,23 @@ def build_server(
             response_serializer=_serialize,
         ),
         "FetchModel": grpc.unary_stream_rpc_method_handler(
-            _fetch(transport, gate),
+            _fetch(transport, gate, server),
             request_deserializer=_tolerant(pb.FetchModelRequest),
             response_serializer=_serialize,
         ),
         "PushResult": grpc.stream_unary_rpc_method_handler(
-            _push(transport, gate), request_deserializer=_push_part, response_serializer=_serialize
+            push_handler(
+                transport,
+                server,
+                gate=gate,
+                peer_of=_peer_key(gate),
+                first_header=partial(_first_header, transport),
+                unpack=_payload_part,
+                slots=slots,
+                header_deadline_s=header_deadline_s,
+            ),
+            request_deserializer=_push_part,
+            response_serializer=_serialize,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

@@ -3,8 +3,10 @@
 Clients dial out, so "sending" a task means leaving it where the node's next
 ``PullTask`` finds it, and "receiving" a result means a ``PushResult`` call
 that passes every check before it becomes an event for the driver. Every
-refusal carries a gRPC status and a reason, is recorded, and (when it answers
-the node's current task) tells the round to stop waiting for that node.
+refusal carries a gRPC status and a reason, is reported to ``on_rejection``
+(which the coordinator rate-limits per offender: :mod:`fedops.coordinator.guard`),
+and (when it answers the node's current task) tells the round to stop waiting
+for that node. One node per site: a site registering again replaces its node.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any
 
 import grpc
 
+from fedops.coordinator.guard import check_site_name
 from fedops.coordinator.nodes import NodeRegistry, Unauthenticated
-from fedops.coordinator.results import TRAINING_STAGE, Assignment, ResultIntake
+from fedops.coordinator.results import TRAINING_STAGE, Assignment, Reject, ResultIntake
 from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import (
     Params,
@@ -219,7 +222,15 @@ class GrpcTransport(ResultIntake):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"num_train_examples {request.num_train_examples} is out of range",
             )
-        node = self.registry.register(request.site_name or "anonymous", request.num_train_examples)
+        site = request.site_name or "anonymous"
+        try:  # bounded before it reaches the registry, the audit log or the store
+            check_site_name(site)
+        except Reject as exc:
+            self._reject(0, "?", exc.code, exc.reason)
+        with self._cond:
+            node, replaced = self.registry.register(site, request.num_train_examples)
+            if replaced is not None:
+                self._drop_replaced(replaced, site)
         log.info(
             "registered %s (site %r, %d examples)",
             node.node_id,
@@ -322,6 +333,15 @@ class GrpcTransport(ResultIntake):
             config={k: float(v) for k, v in config.items()},
             model_digest=model_digest,
         )
+
+    def _drop_replaced(self, node: str, site: str) -> None:
+        """The site registered a new node: close the old one's task, wake its poll (lock held)."""
+        log.warning("node %s replaced: site %r registered a new node", node, site)
+        if self._assignments.pop(node, None) is not None:
+            self._events.put(
+                NodeDropped(node_id=node, reason="replaced: its site registered a new node")
+            )
+        self._post([node])
 
     def _drop_silent(self) -> None:
         """Declare nodes dropped after ``liveness_timeout_s`` of silence (lock held)."""

@@ -1,0 +1,339 @@
+"""Hostile peers against a real coordinator on 127.0.0.1 (issue 17, findings 1 and 2).
+
+Outcomes only, no latency bounds: with well over a pool's worth of idle
+upload streams open, honest registrations and heartbeats succeed and a live
+node is not declared dead; idle streams are cancelled by the header
+deadline; downloads that stop reading hold no thread; a peer past its
+upload cap is refused; a certificate that may not train is refused before
+its upload's header is read; a flood of refused calls leaves a handful of
+store rows and audit entries, not one per call; a 16 MiB site name is
+refused and stored nowhere; a site that registers again replaces its node
+(by name without a kit, by certificate with one).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+
+from fedops.consortium.kit import load_kit
+from fedops.consortium.kits import init_consortium
+from fedops.consortium.tls import Revocation, channel_credentials, server_credentials
+from fedops.coordinator.aio import LoopServer
+from fedops.coordinator.guard import PeerSlots, RefusalThrottle
+from fedops.coordinator.peers import PeerGate
+from fedops.coordinator.server import SERVICE, build_server
+from fedops.coordinator.transport import GrpcTransport
+from fedops.core.rounds import Phase
+from fedops.runtime.audit import LOG_NAME, AuditLog
+from fedops.runtime.store import RunStore
+from fedops.runtime.trail import RunTrail
+from fedops.v1 import fedops_pb2 as pb
+from fedops.wire import PROTOCOL_VERSION
+
+Code = grpc.StatusCode
+CALL_S = 10.0  # a call's deadline: generous, these are loopback calls
+ATTACKERS = 200  # idle upload streams (as in issue 17): far more than the pool's threads
+
+
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+@dataclass
+class Coordinator:
+    """A coordinator on loopback, wired like ``fedops coordinator`` wires its records."""
+
+    root: Path
+    pool: int = 4
+    header_deadline_s: float = 600.0  # long: the attack's streams stay open for the test
+    uploads_per_peer: int = 1024
+    liveness_timeout_s: float = 3600.0
+    slots: PeerSlots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.store = RunStore(self.root / "run")
+        run_id, _ = self.store.open_run({"test": "hostile-peers"})
+        self.audit = AuditLog.open(self.root / "run", "coordinator", fsync=False)
+        self.trail = RunTrail(self.audit, self.store)
+        self.transport = GrpcTransport(
+            run_id=run_id,
+            heartbeat_interval_s=0.2,
+            liveness_timeout_s=self.liveness_timeout_s,
+            audit=self.audit.record,
+        )
+        self.throttle = RefusalThrottle(
+            self._write, is_node=lambda node: self.transport.registry.get(node) is not None
+        )
+        self.transport.on_rejection = self.throttle
+        self.slots = PeerSlots(self.uploads_per_peer)
+        self.server: LoopServer = build_server(
+            self.transport,
+            max_workers=self.pool,
+            header_deadline_s=self.header_deadline_s,
+            slots=self.slots,
+        )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+
+    def _write(self, server_round: int, node: str, code: str, reason: str) -> None:
+        self.store.record_rejection(server_round, node, code, reason)
+        self.trail.rejection(server_round, node, code, reason)
+
+    def close(self) -> None:
+        self.transport.close(grace_s=0)
+        self.server.stop(grace=0).wait(5)
+        self.channel.close()
+        self.audit.close()
+        self.store.close()
+
+    def call(self, method: str, request: bytes) -> bytes:
+        return self.channel.unary_unary(
+            f"/{SERVICE}/{method}", request_serializer=_raw, response_deserializer=_raw
+        )(request, timeout=CALL_S)
+
+    def register(self, site: str) -> pb.RegisterResponse:
+        request = pb.RegisterRequest(
+            protocol_version=PROTOCOL_VERSION, site_name=site, num_train_examples=10
+        )
+        return pb.RegisterResponse.FromString(self.call("Register", request.SerializeToString()))
+
+    def heartbeat(self, node: pb.RegisterResponse) -> bool:
+        request = pb.HeartbeatRequest(node_id=node.node_id, token=node.token)
+        return pb.HeartbeatResponse.FromString(
+            self.call("Heartbeat", request.SerializeToString())
+        ).known
+
+    def poll(self, node: pb.RegisterResponse) -> pb.Task:
+        request = pb.PullTaskRequest(node_id=node.node_id, token=node.token, wait_ms=0)
+        return pb.Task.FromString(self.call("PullTask", request.SerializeToString()))
+
+
+class IdleUploads:
+    """``PushResult`` streams that open and send nothing until released (or cancelled)."""
+
+    def __init__(self, target: str, count: int, credentials: grpc.ChannelCredentials | None):
+        self.released = threading.Event()
+        self.channels = [
+            grpc.secure_channel(target, credentials)
+            if credentials is not None
+            else grpc.insecure_channel(target)
+            for _ in range(4)
+        ]
+        self.calls = [self.open() for _ in range(count)]
+
+    def open(self) -> grpc.Future:
+        channel = self.channels[len(getattr(self, "calls", ())) % len(self.channels)]
+        push = channel.stream_unary(
+            f"/{SERVICE}/PushResult", request_serializer=_raw, response_deserializer=_raw
+        )
+        return push.future(self._nothing(), timeout=120)
+
+    def _nothing(self) -> Iterator[bytes]:
+        self.released.wait()
+        yield from ()
+
+    def close(self) -> None:
+        self.released.set()
+        for call in self.calls:
+            call.cancel()
+        for channel in self.channels:
+            channel.close()
+
+
+def _wait_open(slots: PeerSlots, peer: str, count: int) -> None:
+    """Until the server holds ``count`` uploads of ``peer`` (it has them all, not yet answered)."""
+    done = threading.Event()
+    for _ in range(600):
+        if slots.open_count(peer) >= count:
+            return
+        done.wait(0.05)
+    raise AssertionError(f"only {slots.open_count(peer)} of {count} uploads reached the server")
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
+    coord = Coordinator(tmp_path, liveness_timeout_s=2.0)
+    try:
+        yield coord
+    finally:
+        coord.close()
+
+
+def test_idle_uploads_starve_neither_heartbeats_nor_registrations(coordinator: Coordinator):
+    honest = coordinator.register("site-honest")
+    coordinator.poll(honest)  # listening: available for rounds
+    attack = IdleUploads(f"127.0.0.1:{coordinator.port}", ATTACKERS, None)
+    try:
+        _wait_open(coordinator.slots, "127.0.0.1", ATTACKERS)
+        pause = threading.Event()
+        # heartbeats for longer than the liveness timeout, while every attack stream is open
+        for i in range(20):
+            assert coordinator.heartbeat(honest)
+            assert coordinator.poll(honest).kind == pb.TASK_KIND_WAIT
+            if i % 4 == 0:
+                assert coordinator.register(f"site-new-{i}").node_id
+            pause.wait(0.15)
+        assert coordinator.slots.open_count("127.0.0.1") == ATTACKERS
+        assert not any(call.done() for call in attack.calls)
+        assert honest.node_id in coordinator.transport.wait_for_nodes(1, timeout_s=0)
+    finally:
+        attack.close()
+
+
+def test_stalled_downloads_starve_neither_heartbeats_nor_registrations(coordinator: Coordinator):
+    transport = coordinator.transport
+    readers = [coordinator.register(f"site-slow-{i}") for i in range(2 * coordinator.pool)]
+    for node in readers:
+        coordinator.poll(node)
+    model = {"w": np.zeros((16 << 20) // 4, dtype=np.float32)}  # far past HTTP/2's windows
+    tasks = transport.dispatch(1, Phase.FIT, [n.node_id for n in readers], model, {})
+    fetch = coordinator.channel.unary_stream(
+        f"/{SERVICE}/FetchModel", request_serializer=_raw, response_deserializer=_raw
+    )
+    streams = []
+    try:
+        for node in readers:  # each reads the header, then stops reading
+            request = pb.FetchModelRequest(
+                node_id=node.node_id, token=node.token, task_id=tasks[node.node_id]
+            )
+            stream = fetch(request.SerializeToString(), timeout=60)
+            assert pb.ModelChunk.FromString(next(stream)).HasField("header")
+            streams.append(stream)
+        for i in range(5):
+            assert coordinator.heartbeat(readers[0])
+            assert coordinator.register(f"site-new-{i}").node_id
+    finally:
+        for stream in streams:
+            stream.cancel()
+
+
+def test_an_upload_without_a_header_is_cancelled_at_the_deadline(tmp_path: Path):
+    coord = Coordinator(tmp_path, header_deadline_s=1.0)
+    attack = IdleUploads(f"127.0.0.1:{coord.port}", 5, None)
+    try:
+        codes = {call.exception().code() for call in attack.calls}  # type: ignore[union-attr]
+        assert codes == {Code.DEADLINE_EXCEEDED}  # the server's deadline, not the client's
+        assert coord.slots.open_count("127.0.0.1") == 0
+        assert coord.throttle.refused == 5
+    finally:
+        attack.close()
+        coord.close()
+
+
+def test_a_peer_past_its_upload_cap_is_refused(tmp_path: Path):
+    coord = Coordinator(tmp_path, uploads_per_peer=4)
+    attack = IdleUploads(f"127.0.0.1:{coord.port}", 4, None)
+    try:
+        _wait_open(coord.slots, "127.0.0.1", 4)
+        extra = attack.open()
+        assert extra.exception().code() == Code.RESOURCE_EXHAUSTED  # type: ignore[union-attr]
+        assert not any(call.done() for call in attack.calls)
+        node = coord.register("site-honest")
+        assert coord.heartbeat(node)
+    finally:
+        attack.close()
+        coord.close()
+
+
+def test_a_flood_of_refused_calls_leaves_bounded_records(tmp_path: Path):
+    coord = Coordinator(tmp_path)
+    try:
+        forged = pb.PullTaskRequest(node_id="node-0001-abcdef", token="guess", wait_ms=0)
+        for _ in range(300):
+            with pytest.raises(grpc.RpcError) as info:
+                coord.call("PullTask", forged.SerializeToString())
+            assert info.value.code() == Code.UNAUTHENTICATED
+        huge = "x" * (16 << 20)
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as info:
+                coord.register(huge)
+            assert info.value.code() == Code.INVALID_ARGUMENT
+            assert "at most 128" in (info.value.details() or "")
+            assert len(info.value.details() or "") < 200
+        assert coord.throttle.refused == 303
+        assert len(coord.store.rejections()) == coord.throttle.burst
+        assert coord.transport.registry.node_ids() == []
+        coord.throttle.flush()
+        rows = coord.store.rejections()
+        assert len(rows) == coord.throttle.burst + 1
+        summary = rows[-1]
+        assert summary["code"] == "RATE_LIMITED" and "300 further" in summary["reason"]
+    finally:
+        coord.close()
+    assert (tmp_path / "run" / LOG_NAME).stat().st_size < 64 * 1024
+
+
+def test_a_second_registration_of_a_site_leaves_one_node(coordinator: Coordinator):
+    first = coordinator.register("site-a")
+    coordinator.poll(first)
+    second = coordinator.register("site-a")
+    assert coordinator.transport.registry.node_ids() == [second.node_id]
+    assert not coordinator.heartbeat(first)
+    with pytest.raises(grpc.RpcError) as info:
+        coordinator.poll(first)
+    assert info.value.code() == Code.UNAUTHENTICATED
+    coordinator.poll(second)
+    assert coordinator.transport.wait_for_nodes(1, timeout_s=0) == [second.node_id]
+
+
+def _consortium(root: Path) -> Path:
+    spec = {
+        "name": "banks",
+        "coordinator": {"name": "hub", "address": "127.0.0.1:8443"},
+        "sites": [{"name": "bank-a"}],
+        "admins": [{"name": "alice"}],
+    }
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+    init_consortium(root / "spec.yaml", root / "banks")
+    return root / "banks" / "kits"
+
+
+def test_kit_mode_checks_the_certificate_before_the_header(tmp_path: Path):
+    kits = _consortium(tmp_path)
+    hub = load_kit(kits / "hub")
+    transport = GrpcTransport(run_id="r1")
+    registry = transport.registry
+    gate = PeerGate(
+        Revocation.from_kit(hub),
+        site_of_node=lambda node: registry.site_name(node) if registry.get(node) else None,
+    )
+    slots = PeerSlots(3)
+    server = build_server(transport, max_workers=4, gate=gate, slots=slots)
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(hub))
+    server.start()
+    target = f"localhost:{port}"
+    observer = IdleUploads(target, 3, channel_credentials(load_kit(kits / "alice")))
+    site = IdleUploads(target, 3, channel_credentials(load_kit(kits / "bank-a")))
+    stub = grpc.secure_channel(target, channel_credentials(load_kit(kits / "bank-a")))
+    try:
+        register = stub.unary_unary(
+            f"/{SERVICE}/Register",
+            request_serializer=pb.RegisterRequest.SerializeToString,
+            response_deserializer=pb.RegisterResponse.FromString,
+        )
+        request = pb.RegisterRequest(protocol_version=PROTOCOL_VERSION, num_train_examples=1)
+        register(request, timeout=CALL_S)
+        second = register(request, timeout=CALL_S)  # the certificate is the site: one node
+        assert registry.node_ids() == [second.node_id]
+        assert registry.site_name(second.node_id) == "bank-a"
+        # an admin may not train: refused with nothing sent, long before any deadline
+        for call in observer.calls:
+            assert call.exception().code() == Code.PERMISSION_DENIED  # type: ignore[union-attr]
+        _wait_open(slots, "cert:bank-a", 3)
+        extra = site.open()  # past the site's cap
+        assert extra.exception().code() == Code.RESOURCE_EXHAUSTED  # type: ignore[union-attr]
+    finally:
+        observer.close()
+        site.close()
+        stub.close()
+        transport.close(grace_s=0)
+        server.stop(grace=0).wait(5)

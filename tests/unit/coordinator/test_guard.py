@@ -1,0 +1,167 @@
+"""Refusal accounting, name bounds and peer keys (issue 17, finding 2), without a network."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from fedops.coordinator.guard import (
+    PEER,
+    PeerSlots,
+    RefusalThrottle,
+    address_of,
+    check_site_name,
+)
+from fedops.coordinator.results import ANSWERS_TASK, Reject
+from fedops.coordinator.transport import GrpcTransport
+from fedops.v1 import fedops_pb2 as pb
+from fedops.wire import PROTOCOL_VERSION
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _throttle(rows: list[tuple[int, str, str, str]], clock: Clock, **kw: object) -> RefusalThrottle:
+    return RefusalThrottle(lambda *row: rows.append(row), clock=clock, **kw)  # type: ignore[arg-type]
+
+
+def test_an_offender_gets_a_burst_then_one_counted_row_per_interval():
+    rows: list[tuple[int, str, str, str]] = []
+    clock = Clock()
+    throttle = _throttle(rows, clock, burst=2, interval_s=60)
+    token = PEER.set("10.0.0.9")
+    try:
+        for _ in range(1000):
+            throttle(0, "?", "INVALID_ARGUMENT", "malformed")
+        assert len(rows) == 2
+        clock.now = 61  # the next interval: last interval's count first, then the new refusal
+        throttle(0, "?", "UNAUTHENTICATED", "bad token")
+    finally:
+        PEER.reset(token)
+    assert len(rows) == 4
+    assert rows[2][1:3] == ("peer:10.0.0.9", "RATE_LIMITED")
+    assert "998 further" in rows[2][3] and "INVALID_ARGUMENT x998" in rows[2][3]
+    assert rows[3][2] == "UNAUTHENTICATED"
+    assert throttle.refused == 1001
+
+
+def test_claimed_node_ids_do_not_make_new_offenders():
+    rows: list[tuple[int, str, str, str]] = []
+    throttle = _throttle(rows, Clock(), burst=1, is_node=lambda node: node == "node-real")
+    token = PEER.set("10.0.0.9")
+    try:
+        for i in range(50):  # a different forged node id on every call: one offender
+            throttle(0, f"node-{i}", "UNAUTHENTICATED", "wrong token")
+        throttle(3, "node-real", "FAILED_PRECONDITION", "stale result")  # authenticated: its own
+        throttle(3, "node-real", "UNAUTHENTICATED", "wrong token")  # not proven: the peer's
+    finally:
+        PEER.reset(token)
+    assert [r[1] for r in rows] == ["node-0", "node-real"]
+    throttle.flush()
+    assert rows[-1][1] == "peer:10.0.0.9" and "50 further" in rows[-1][3]
+
+
+def test_many_offenders_stay_bounded():
+    rows: list[tuple[int, str, str, str]] = []
+    throttle = _throttle(rows, Clock(), burst=1, max_offenders=10)
+    for i in range(100):
+        token = PEER.set(f"10.0.0.{i}")
+        try:
+            throttle(0, "?", "UNAUTHENTICATED", "x")
+            throttle(0, "?", "UNAUTHENTICATED", "x")
+        finally:
+            PEER.reset(token)
+    assert len(throttle._windows) <= 10
+    throttle.flush()
+    refused_rows = sum(1 for r in rows if r[2] == "UNAUTHENTICATED")
+    counted = sum(int(r[3].split()[0]) for r in rows if r[2] == "RATE_LIMITED")
+    assert refused_rows + counted == 200  # every refusal is either written or counted
+
+
+@pytest.mark.parametrize("name", ["bank-a", "site-0", "Hospital_3.north", "a@b+c"])
+def test_plain_site_names_pass(name: str):
+    check_site_name(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["x" * 129, "x" * (16 << 20), "", "-lead", "a b", "a/b", "é", "a\nb", "a\x00"]
+)
+def test_long_or_odd_site_names_are_refused_without_echo(name: str):
+    with pytest.raises(Reject) as info:
+        check_site_name(name)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(info.value.reason) < 200
+
+
+def test_registration_refuses_a_huge_name_and_keeps_nothing():
+    refusals: list[tuple[int, str, str, str]] = []
+    transport = GrpcTransport(run_id="r1", on_rejection=lambda *r: refusals.append(r))
+    request = pb.RegisterRequest(protocol_version=PROTOCOL_VERSION, site_name="x" * (16 << 20))
+    with pytest.raises(Reject):
+        transport.register(request)
+    assert transport.registry.node_ids() == []
+    assert len(refusals) == 1 and len(refusals[0][3]) < 200
+
+
+class _Context:
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
+
+
+@pytest.mark.parametrize(
+    ("peer", "key"),
+    [
+        ("ipv4:10.0.0.5:4711", "10.0.0.5"),
+        ("ipv6:[::1]:50000", "::1"),
+        ("unix:/tmp/sock", "unix:/tmp/sock"),
+    ],
+)
+def test_a_peer_is_its_host_not_its_port(peer: str, key: str):
+    assert address_of(_Context(peer)) == key  # type: ignore[arg-type]
+
+
+def test_slots_refuse_past_the_limit_and_free_on_exit():
+    slots = PeerSlots(1)
+    with slots.hold("p"):
+        with pytest.raises(Reject) as info, slots.hold("p"):
+            pass
+        assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        with slots.hold("q"):
+            assert slots.open_count("q") == 1
+    assert slots.open_count("p") == 0
+
+
+def test_fresh_addresses_share_one_budget():
+    rows: list[tuple[int, str, str, str]] = []
+    throttle = _throttle(rows, Clock(), burst=2, max_written=10)
+    for i in range(1000):  # an attacker with a thousand source addresses
+        token = PEER.set(f"2001:db8::{i:x}")
+        try:
+            throttle(0, "?", "UNAUTHENTICATED", "x")
+        finally:
+            PEER.reset(token)
+    assert len(rows) <= 10 + 2
+    throttle.flush()
+    assert sum(1 for r in rows if r[2] == "RATE_LIMITED") == 1  # the shared offender "*"
+
+
+def test_a_refusal_that_closes_a_task_is_always_written():
+    rows: list[tuple[int, str, str, str]] = []
+    throttle = _throttle(rows, Clock(), burst=1, is_node=lambda node: True)
+    throttle(1, "node-a", "ALREADY_EXISTS", "replayed")
+    throttle(1, "node-a", "ALREADY_EXISTS", "replayed")  # counted, not written
+    token = ANSWERS_TASK.set(True)
+    try:
+        for r in (1, 2, 3):
+            throttle(r, "node-a", "INVALID_ARGUMENT", "update rejected")
+    finally:
+        ANSWERS_TASK.reset(token)
+    assert [row[0] for row in rows] == [1, 1, 2, 3]
