@@ -38,10 +38,19 @@ def _run_tool(args: argparse.Namespace) -> int:
     if args.command == "consortium":
         from fedops.consortium import commands
 
-        if args.consortium_command == "init":
-            return commands.init_command(args.file, args.out)
-        if args.consortium_command == "add-site":
-            return commands.add_site_command(args.out, args.name)
+        verb = args.consortium_command
+        if verb == "init":
+            return commands.init_command(args.file, args.out, demo_keys=args.demo_keys)
+        if verb == "add-site":
+            return commands.add_site_command(args.out, args.name, demo_keys=args.demo_keys)
+        if verb == "request":
+            return commands.request_command(args.name, args.role, args.out, args.consortium)
+        if verb == "sign":
+            return commands.sign_command(args.csrs, args.ca, args.out)
+        if verb == "assemble":
+            return commands.assemble_command(args.keys, args.signed, args.ca_fingerprint)
+        if verb == "crl":
+            return commands.crl_command(args.out, args.days)
         return commands.revoke_command(args.out, args.name)
     from fedops.reporting.audit_commands import audit_export_command, audit_verify_command
 
@@ -50,7 +59,7 @@ def _run_tool(args: argparse.Namespace) -> int:
     return audit_export_command(args.run_dir, args.out, list(args.site_log), args.ca)
 
 
-def _kit_address(kit: Path | None, given: str | None) -> str:
+def _kit_address(kit: Path | None, given: str | None, pin: str | None = None) -> str:
     """The address flag if given, else the kit's coordinator address, else the default."""
     if given:
         return given
@@ -58,24 +67,28 @@ def _kit_address(kit: Path | None, given: str | None) -> str:
         from fedops.consortium.kit import KitError, load_kit
 
         try:
-            return load_kit(kit).coordinator_address
+            return load_kit(kit, ca_fingerprint=pin).coordinator_address
         except KitError as exc:
             raise ConfigError("kit", str(exc)) from exc
     return "127.0.0.1:8765"
 
 
 def _config(args: argparse.Namespace) -> Any:
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "insecure")}
+    skip = ("command", "verbose", "insecure", "ca_fingerprint")  # the pin is the CLI's, not config
+    values = {k: v for k, v in vars(args).items() if k not in skip}
+    pin = args.ca_fingerprint
+    if pin is not None and args.kit is None:
+        raise ConfigError("ca_fingerprint", "pins a kit's CA; pass --kit too")
     if args.command == "coordinator":
         values["insecure"] = args.insecure
-        values["address"] = _kit_address(args.kit, args.address)
+        values["address"] = _kit_address(args.kit, args.address, pin)
         values["round_timeout_s"] = values.pop("round_timeout")
         values["join_timeout_s"] = values.pop("join_timeout")
         values["liveness_timeout_s"] = values.pop("liveness_timeout")
         values["heartbeat_interval_s"] = values.pop("heartbeat_interval")
         return CoordinatorConfig(**values)
     if args.command == "client":
-        values["coordinator"] = _kit_address(args.kit, args.coordinator)
+        values["coordinator"] = _kit_address(args.kit, args.coordinator, pin)
         values["insecure"] = args.insecure
         return ClientConfig(**values)
     raise AssertionError(f"no config for {args.command}")
@@ -110,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flag = FLAG_NAMES.get(exc.key, "--" + exc.key.replace("_", "-"))
         parser.error(f"{flag}: {exc.message}")
     try:
-        return _dispatch(args.command, cfg)
+        return _dispatch(args.command, cfg, args.ca_fingerprint)
     except TaskError as exc:
         print(f"fedops: error: --task: {exc}", file=sys.stderr)
         return 2
@@ -119,13 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _dispatch(command: str, cfg: Any) -> int:
+def _dispatch(command: str, cfg: Any, ca_fingerprint: str | None = None) -> int:
     if command == "coordinator":
         from fedops.coordinator.app import BindError, run_coordinator
         from fedops.runtime.driver import RunAborted
 
         try:
-            summary = run_coordinator(cfg)
+            summary = run_coordinator(cfg, ca_fingerprint=ca_fingerprint)
         except ConfigError as exc:  # checked against the task at start (e.g. its classes)
             print(f"fedops coordinator: error: {exc.key}: {exc.message}", file=sys.stderr)
             return 2
@@ -138,11 +151,11 @@ def _dispatch(command: str, cfg: Any) -> int:
                 print(f"{key.replace('_', ' ')}: {summary[key]}")
         return 0
     if command == "client":
-        return _run_client(cfg)
+        return _run_client(cfg, ca_fingerprint)
     raise AssertionError(f"unknown command {command}")
 
 
-def _run_client(cfg: Any) -> int:
+def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
     from fedops.client.agent import (
         Agent,
         CoordinatorRefused,
@@ -156,7 +169,7 @@ def _run_client(cfg: Any) -> int:
     from fedops.tasks.site import Site
 
     try:
-        kit = load_kit(cfg.kit) if cfg.kit is not None else None
+        kit = load_kit(cfg.kit, ca_fingerprint=ca_fingerprint) if cfg.kit is not None else None
         if kit is not None and kit.role != "site":
             raise KitError(f"{cfg.kit}: a {kit.role}'s kit; a client needs a site's kit")
         policy = site_policy(cfg, kit)

@@ -127,6 +127,7 @@ def _coordinator_parser(sub: Any) -> None:
         help="the coordinator's consortium startup kit: serve mTLS, admit only the "
         "consortium's sites (see `fedops consortium init`)",
     )
+    _ca_fingerprint_flag(coord)
     coord.add_argument(
         "--wait-for-start",
         action="store_true",
@@ -307,6 +308,21 @@ def _monitoring_flags(coord: argparse.ArgumentParser) -> None:
     )
 
 
+def _ca_fingerprint_flag(parser: Any) -> None:
+    """``--ca-fingerprint``: the trust root pinned from outside the kit folder.
+
+    A check inside the folder cannot catch a folder replaced whole (new CA,
+    manifest re-signed by it); a pin kept in the service's command line can.
+    """
+    parser.add_argument(
+        "--ca-fingerprint",
+        default=None,
+        metavar="HEX",
+        help="with --kit: the consortium CA certificate's sha256 (from the CA's operator, out "
+        "of band); a kit from any other CA is refused",
+    )
+
+
 def _client_parser(sub: Any) -> None:
     client = sub.add_parser("client", help="run a site's agent against a coordinator")
     client.add_argument(
@@ -320,6 +336,7 @@ def _client_parser(sub: Any) -> None:
         default=None,
         help="this site's consortium startup kit: mTLS identity, coordinator address, policy",
     )
+    _ca_fingerprint_flag(client)
     client.add_argument(
         "--insecure",
         action="store_true",

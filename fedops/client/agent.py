@@ -29,7 +29,7 @@ from fedops.core.secagg.primitives import ProtocolError
 from fedops.crypto import Crypto
 from fedops.runtime.settings import ClientConfig
 from fedops.tasks.policy import SECAGG_RULES, PolicyViolation, SitePolicy
-from fedops.tasks.site import PolicyRefusal, Site
+from fedops.tasks.site import DP_NUM_EXAMPLES, PolicyRefusal, Site
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
 from fedops.wire import PROTOCOL_VERSION, codec, monitoring
@@ -117,12 +117,13 @@ class Agent:
             run_dir=cfg.run_dir,
             **secure_identity(cfg.identity_key, cfg.trusted_keys, self.site_name, kit=kit),
         )
-        self.guard = TaskGuard(require_secagg=cfg.require_secagg)
+        # a site that caps its ε protects its records: what it sends besides the noised
+        # model must not depend on them (its record count, or a model evaluated at will)
+        self.private = self.policy.max_epsilon is not None
+        self.guard = TaskGuard(require_secagg=cfg.require_secagg, private=self.private)
         # statistics of this site's own rows under a coordinator-chosen model are an
         # exact counting oracle: a site that protects its data keeps them unless it opts in
-        self.withhold_monitoring = not cfg.share_monitoring and (
-            cfg.require_secagg or self.policy.max_epsilon is not None
-        )
+        self.withhold_monitoring = not cfg.share_monitoring and (cfg.require_secagg or self.private)
         if cfg.require_secagg and self.secure.verify is None:
             log.warning(
                 "secure aggregation without site identities: the coordinator could pose as "
@@ -132,6 +133,8 @@ class Agent:
             )
         signer = kit.signing_identity() if kit is not None else None  # the log's key: the kit's
         self.trail = SiteTrail(cfg.run_dir, cfg.site, self.site_name, identity=signer)
+        # each local-DP round's ε goes to this site's own signed log, never to the coordinator
+        site.on_spend = self.trail.privacy_spent
         p = self.policy
         self._audit(
             "site_started",
@@ -195,11 +198,17 @@ class Agent:
     def _record(self, **entry: Any) -> None:
         self.trail.journal(**entry)
 
+    @property
+    def announced_examples(self) -> int:
+        """The record count this site tells the coordinator outside training: none when it
+        caps its ε (n and n - 1 would differ exactly; the coordinator only logs it)."""
+        return 0 if self.private else self.site.num_train_examples
+
     def _register(self) -> Session:
         request = pb.RegisterRequest(
             protocol_version=PROTOCOL_VERSION,
             site_name=self.site_name,
-            num_train_examples=self.site.num_train_examples,
+            num_train_examples=self.announced_examples,
         )
         reply = self._retrying("register", lambda: self.stub.Register(request, timeout=30))
         log.info(
@@ -290,7 +299,10 @@ class Agent:
         if refusal:
             self._decline(task, refusal)
         elif task.kind == pb.TASK_KIND_SEND_INITIAL:
-            self._push(task, self.site.initial_params(), self.site.num_train_examples, {})
+            # a training result needs at least one example: a DP site claims the one it
+            # claims for every local-DP update (Site.fit's DP_NUM_EXAMPLES)
+            n = self.announced_examples or DP_NUM_EXAMPLES
+            self._push(task, self.site.initial_params(), n, {})
         elif task.kind == pb.TASK_KIND_FIT:
             params = self._fetch(task)
             try:
@@ -430,7 +442,7 @@ class Agent:
                 "result_refused", round=task.round, code=exc.code().name, reason=exc.details()
             )
             return
-        self.trail.sent(task, session.node_id, sent if params else "", num_examples, metrics)
+        self.trail.sent(task, session.node_id, sent if params else "", num_examples)
         if report is not None:
             self.trail.shared(task.round, report)
         self._record(

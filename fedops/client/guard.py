@@ -2,10 +2,12 @@
 
 Checked before any work, so a refusal costs the site nothing: the initial
 model only before the first round (it is then freshly built, never the model
-the site trains in); under ``--require-secagg`` no plain training, at most one
-evaluation per round with rounds only forward (each one runs a model the
-coordinator chose over this site's data), and secure aggregation only for the
-run the site registered for.
+the site trains in); under ``--require-secagg`` no plain training; under
+``--require-secagg`` or ``--max-epsilon`` at most one evaluation per round with
+rounds only forward (each one runs a model the coordinator chose over this
+site's test rows, and its loss shows whether a row is there: a site that
+protects its data answers that question once per round, not at will); and
+secure aggregation only for the run the site registered for.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from fedops.v1 import fedops_pb2 as pb
 
 
 class TaskGuard:
-    def __init__(self, *, require_secagg: bool) -> None:
+    """``require_secagg``: ``--require-secagg``; ``private``: the site caps its ε
+    (``--max-epsilon``)."""
+
+    def __init__(self, *, require_secagg: bool, private: bool = False) -> None:
         self.require_secagg = require_secagg
+        self.private = private
         self._working = False  # set by the first round's task: no initial model after it
-        self._evaluated = 0  # the last round evaluated (one per round under --require-secagg)
+        self._evaluated = 0  # the last round evaluated (one per round when protecting data)
 
     def refusal(self, task: pb.Task, run_id: str) -> str:
         """Why ``task`` is declined ("" when it may run); ``run_id``: the run registered for."""
@@ -34,15 +40,14 @@ class TaskGuard:
                 f"secure aggregation: the task names run {task.run_id!r}, but this site "
                 f"registered for run {run_id!r}"
             )
-        if not self.require_secagg:
-            return ""
-        if task.kind == pb.TASK_KIND_FIT:
+        if self.require_secagg and task.kind == pb.TASK_KIND_FIT:
             return "this site only trains under secure aggregation (--require-secagg)"
-        if task.kind == pb.TASK_KIND_EVALUATE:
+        if task.kind == pb.TASK_KIND_EVALUATE and (self.require_secagg or self.private):
             if task.round <= self._evaluated:
+                flag = "--require-secagg" if self.require_secagg else "--max-epsilon"
                 return (
                     f"round {task.round}: this site evaluates once per round, rounds only "
-                    "forward (--require-secagg: each evaluation runs a coordinator-chosen model "
+                    f"forward ({flag}: each evaluation runs a coordinator-chosen model "
                     "over its data)"
                 )
             self._evaluated = task.round

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fedops.core.audit import json_values
 from fedops.crypto import Identity
 from fedops.runtime.audit import AuditLog
+from fedops.tasks.ledger import Spent
 from fedops.v1 import fedops_pb2 as pb
 
 #: what a site's local_epsilon is a guarantee of (README: "Privacy guarantees")
 LOCAL_DP_MECHANISM = (
     "record-level DP-SGD (Opacus): Poisson sampling of records, add/remove-one record "
-    "adjacency, PLD accountant (dp_accounting) over every round this site trained with DP, "
-    "noise from the site's OS entropy; holds against the coordinator, other sites and "
-    "readers of the released models"
+    "adjacency, PLD accountant (dp_accounting; RDP where ε is above 1000) over every round "
+    "this site trained with DP, noise from the site's OS entropy; holds against the "
+    "coordinator, other sites and readers of the released models, for the site's training "
+    "records (not its test rows)"
 )
 
 _SECAGG_PHASES = {
@@ -76,9 +77,7 @@ class SiteTrail:
         if self.log is not None:
             self.log.record(event, json_values(payload))
 
-    def sent(
-        self, task: pb.Task, node: str, digest: str, n: int, metrics: Mapping[str, float]
-    ) -> None:
+    def sent(self, task: pb.Task, node: str, digest: str, n: int) -> None:
         if digest:
             self.audit(
                 "update_sent",
@@ -88,14 +87,23 @@ class SiteTrail:
                 num_examples=n,
                 node_id=node,
             )
-        if "local_epsilon" in metrics:
-            self.audit(
-                "privacy_spent",
-                round=task.round,
-                local_epsilon=metrics["local_epsilon"],
-                local_delta=metrics.get("local_delta"),
-                mechanism=LOCAL_DP_MECHANISM,
-            )
+
+    def privacy_spent(self, spent: Spent) -> None:
+        """A local-DP round as the site charged it, from its ledger (written before the
+        update leaves, and kept here: ε depends on the site's record count, so the
+        coordinator is never told it)."""
+        charge = spent.charge
+        self.audit(
+            "privacy_spent",
+            round=charge.server_round,
+            run_id=charge.run_id,
+            local_epsilon=spent.epsilon,
+            local_delta=spent.delta,
+            accountant=spent.accountant,
+            steps=charge.steps,
+            privacy_event=charge.event.to_json(),
+            mechanism=LOCAL_DP_MECHANISM,
+        )
 
     def shared(self, server_round: int, report: pb.SiteReport) -> None:
         """The statistics this site shared: its largest drift figures and its group counts."""

@@ -31,6 +31,7 @@ PRIVACY_KEYS = (
     "effective_noise_multiplier",
     "clip_norm",
     "privacy_event",
+    "target_epsilon",
 )
 DRIFT_KEYS = ("psi", "psi_feature", "js", "js_feature", "ks", "ks_feature")
 

@@ -91,7 +91,11 @@ def _device(name: str) -> str:
     return name
 
 
-def make_transport(cfg: SimulateConfig, task: Task, data: FederatedData | None) -> Transport:
+def make_transport(
+    cfg: SimulateConfig, task: Task, data: FederatedData | None, run_dir: Path | None = None
+) -> Transport:
+    """The backend; under ``privacy=local`` each sequential site keeps its privacy ledger
+    in ``run_dir/site_ledgers/site-<i>/`` (see :func:`site_ledger_dir`)."""
     c, s = cfg.client, cfg.simulation
     train = TrainConfig(
         epochs=c.epochs,
@@ -124,6 +128,8 @@ def make_transport(cfg: SimulateConfig, task: Task, data: FederatedData | None) 
         return RayTransport(cfg, faults=faults)
     if s.backend == "sequential":
         shared = task.build_model()
+        # on disk, so a crashed and resumed simulation continues what each site spent
+        ledgers = run_dir if run_dir is not None and cfg.privacy.name == "local" else None
         sites = [
             Site(
                 task,
@@ -133,11 +139,17 @@ def make_transport(cfg: SimulateConfig, task: Task, data: FederatedData | None) 
                 model=shared,
                 max_epsilon=cfg.privacy.site_max_epsilon,
                 max_delta=cfg.privacy.delta,  # a simulated site accounts at the run's δ
+                ledger_dir=site_ledger_dir(ledgers, i) if ledgers is not None else None,
             )
             for i in range(s.num_clients)
         ]
         return InMemoryTransport(sites, faults=faults)
     raise ValueError(f"unknown simulation.backend {s.backend!r}")
+
+
+def site_ledger_dir(run_dir: Path, site: int) -> Path:
+    """Where simulated site ``site`` keeps its ``privacy_ledger.sqlite`` under local DP."""
+    return Path(run_dir) / "site_ledgers" / f"site-{site}"
 
 
 def use_threads(threads: int) -> None:
@@ -166,7 +178,7 @@ def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
 def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
     use_threads(cfg.simulation.threads)
     task, data = load_federation(cfg)
-    transport = make_transport(cfg, task, data)
+    transport = make_transport(cfg, task, data, run_dir)
     s, a = cfg.simulation, cfg.secagg
     secagg = None
     if a.name == "secaggplus":

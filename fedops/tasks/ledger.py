@@ -6,6 +6,12 @@ run directory, committed (``synchronous=FULL``) before the update leaves, and
 a restarted agent continues from it, across every run the site takes part in.
 A file that does not read back refuses DP training: counting from zero would
 let a crash or a damaged disk reset the site's budget.
+
+ε is the PLD accountant's, unless RDP's (also an upper bound, and cheap) is
+already above :data:`~fedops.core.privacy.local.PLD_CEILING`: the cost of a
+PLD grows with the ε it describes, and a coordinator that asks an uncapped
+site for little noise round after round would otherwise make every later
+question cost minutes and gigabytes.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedops.core.privacy.accountant import PrivacyLedger, RoundEvent
+from fedops.core.privacy.local import PLD_CEILING
 
 
 class LedgerError(Exception):
@@ -31,6 +38,28 @@ class Charge:
     server_round: int
     event: RoundEvent
     steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """A round as this site charged it: what its own signed audit log records.
+
+    Never sent to the coordinator: ε depends on the site's record count through
+    the sample rate, so it would tell n from n - 1.
+    """
+
+    charge: Charge
+    epsilon: float  # over every round in the ledger, this one included
+    delta: float
+    accountant: str  # "pld", or "rdp" above PLD_CEILING
+
+
+def bound(ledger: PrivacyLedger, delta: float) -> tuple[float, str]:
+    """``(ε, accountant)``: the PLD's ε, or RDP's where that is above :data:`PLD_CEILING`."""
+    rdp = ledger.epsilon(delta, "rdp")
+    if rdp > PLD_CEILING:
+        return rdp, "rdp"
+    return ledger.epsilon(delta, "pld"), "pld"
 
 
 SCHEMA_VERSION = 1
@@ -89,16 +118,20 @@ class SiteLedger:
         return out
 
     def epsilon(self, delta: float) -> float:
-        return self.ledger().epsilon(delta)
+        return bound(self.ledger(), delta)[0]
 
     def epsilon_after(self, event: RoundEvent, steps: int, delta: float) -> float:
         """ε if the site trains one more round of ``steps`` steps like ``event``."""
         trial = self.ledger()
         trial.record(event, rounds=steps)
-        return trial.epsilon(delta)
+        return bound(trial, delta)[0]
 
     def spend(self, charge: Charge, delta: float) -> float:
-        """Record ``charge`` durably (committed and synced on return); ε after it.
+        """Record ``charge`` durably (committed and synced on return); ε after it."""
+        return self.record(charge, delta).epsilon
+
+    def record(self, charge: Charge, delta: float) -> Spent:
+        """Record ``charge`` durably (committed and synced on return); what it cost.
 
         Raises :class:`LedgerError` when the ledger is unreadable or the write fails:
         the caller must then not release what it trained.
@@ -114,7 +147,8 @@ class SiteLedger:
                     f"could not record this round in the privacy ledger {self.path} ({exc}); "
                     "the update is not sent"
                 ) from exc
-        return self.epsilon(delta)
+        eps, accountant = bound(self.ledger(), delta)
+        return Spent(charge, eps, delta, accountant)
 
 
 def _connect(path: Path) -> sqlite3.Connection:

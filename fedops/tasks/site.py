@@ -21,8 +21,17 @@ from torch import nn
 from fedops.core import training
 from fedops.core.monitoring.profile import MonitorSpec, SiteReport
 from fedops.core.params import Params
-from fedops.core.privacy.accountant import RoundEvent, check_delta, noise_for_target
-from fedops.core.privacy.local import LocalDP, round_event, steps_per_round, train_private
+from fedops.core.privacy.accountant import check_delta, epsilon
+from fedops.core.privacy.local import (
+    MAX_EPOCHS,
+    LocalDP,
+    changed_state,
+    model_refusal,
+    noise_for_local_target,
+    round_event,
+    train_private,
+    untrained_state,
+)
 from fedops.core.training import (
     Data,
     TrainConfig,
@@ -32,11 +41,14 @@ from fedops.core.training import (
     set_params,
 )
 from fedops.tasks.base import Task
-from fedops.tasks.ledger import Charge, LedgerError, SiteLedger
+from fedops.tasks.ledger import Charge, LedgerError, SiteLedger, Spent
 from fedops.tasks.monitor import SiteMonitor, split_groups, takes_round
 
 #: the δ a site accounts its local DP at unless its policy says otherwise (``--dp-delta``)
 DEFAULT_DELTA = 1e-5
+#: the example count a site answers a local-DP fit task with: its true count (and any
+#: metric) is outside the noise and tells n from n - 1, so every DP site weighs the same
+DP_NUM_EXAMPLES = 1
 
 
 class PolicyRefusal(Exception):
@@ -77,18 +89,20 @@ def local_dp(
     With ``dp_target_epsilon`` (``noise_multiplier=auto``) the site derives its own σ
     from its own data size: the smallest that keeps this run's rounds within the
     target over ``dp_rounds`` rounds of its local steps. Settings that cannot be
-    used are refused (:class:`PolicyRefusal`), naming the setting.
+    used are refused (:class:`PolicyRefusal`), naming the setting, and so are those
+    past this site's bounds (σ below ``MIN_NOISE_MULTIPLIER``, a target above
+    ``MAX_TARGET_EPSILON`` or over more than ``MAX_PLANNED_ROUNDS``; see
+    :mod:`fedops.core.privacy.local`), before any accounting: a crafted setting
+    otherwise stalls the site for minutes building its privacy-loss distribution.
     """
     if "dp_noise_multiplier" not in config and "dp_target_epsilon" not in config:
         return None
     delta = accounting_delta(config, max_delta)
     try:
         if "dp_target_epsilon" in config:
-            q, steps = steps_per_round(num_examples, train)
-            template = RoundEvent(noise_multiplier=1.0, sampling="poisson", sample_rate=q)
             rounds = int(config.get("dp_rounds", 1))
             target = float(config["dp_target_epsilon"])
-            sigma = noise_for_target(target, delta, template, steps * rounds)
+            sigma = noise_for_local_target(target, delta, num_examples, train, rounds)
         else:
             sigma = float(config["dp_noise_multiplier"])
         return LocalDP(
@@ -98,6 +112,21 @@ def local_dp(
         raise PolicyRefusal(f"local DP settings: {exc.args[0]} is missing") from exc
     except (TypeError, ValueError, OverflowError) as exc:
         raise PolicyRefusal(f"local DP settings cannot be used: {exc}") from exc
+
+
+def _epochs(config: Mapping[str, float], default: int) -> int:
+    """The local epochs a fit task asks for, within ``1..MAX_EPOCHS`` (1e18 trained forever)."""
+    raw = config.get("epochs", default)
+    try:
+        epochs = int(raw)
+    except (TypeError, ValueError, OverflowError):
+        epochs = -1
+    if not 1 <= epochs <= MAX_EPOCHS:
+        raise PolicyRefusal(
+            f"epochs={raw!r} is outside 1..MAX_EPOCHS={MAX_EPOCHS} "
+            "(this site's bound on local epochs per round)"
+        )
+    return epochs
 
 
 def initial_params(task: Task, seed: int) -> Params:
@@ -132,7 +161,11 @@ class Site:
         max_delta: site policy: the largest δ this site accounts at (``--dp-delta``);
             a coordinator may ask for a smaller one.
         ledger_dir: where the site's privacy ledger is kept (the agent's run
-            directory), so its ε survives restarts; None: in memory (simulation).
+            directory, a simulation's run directory), so its ε survives restarts;
+            None: in memory.
+
+    ``on_spend``, when set (the agent sets it to its audit log), is told what each
+    DP round cost, after the ledger has it and before the update leaves.
     """
 
     def __init__(
@@ -153,6 +186,8 @@ class Site:
         self.max_epsilon = max_epsilon
         self.max_delta = max_delta
         self.ledger = SiteLedger(ledger_dir)
+        self.on_spend: Callable[[Spent], None] | None = None
+        self._model_refusal: str | None = None  # checked once: the model's layers are fixed
         self._dp_key: tuple[tuple[str, float], ...] | None = None
         self._dp: LocalDP | None = None
         self.site = site
@@ -204,12 +239,16 @@ class Site:
 
         Under local DP the round is in the site's ledger, committed, before this
         returns (``run_id`` labels it there); a ledger that cannot record it raises
-        :class:`PolicyRefusal` and nothing is returned.
+        :class:`PolicyRefusal` and nothing is returned. The answer then carries
+        nothing data-dependent beside the noised model: no metrics (the train loss is
+        exact; ε depends on n through the sample rate) and :data:`DP_NUM_EXAMPLES`
+        examples, so FedAvg weights every DP site equally. What the round cost stays
+        at the site: its ledger, and its audit log through ``on_spend``.
         """
         self.at_round(server_round)
         cfg = replace(
             self.train_config,
-            epochs=int(config.get("epochs", self.train_config.epochs)),
+            epochs=_epochs(config, self.train_config.epochs),
             proximal_mu=float(config.get("proximal_mu", self.train_config.proximal_mu)),
             seed=shuffle_seed(int(config.get("seed", 0)), server_round, self.site),
         )
@@ -217,31 +256,39 @@ class Site:
         self._check_policy(dp, cfg)
         set_params(self.model, params)
         if dp is not None:
-            metrics = self._fit_private(dp, cfg, run_id, server_round)
-        else:
-            run = self.task.train or training.train
-            metrics = run(self.model, self.train_data, cfg)
+            self._fit_private(dp, cfg, run_id, server_round)
+            return get_params(self.model), DP_NUM_EXAMPLES, {}
+        run = self.task.train or training.train
+        metrics = run(self.model, self.train_data, cfg)
         return (
             get_params(self.model),
             self.num_train_examples,
             {k: float(v) for k, v in metrics.items()},
         )
 
-    def _fit_private(
-        self, dp: LocalDP, cfg: TrainConfig, run_id: str, server_round: int
-    ) -> dict[str, float]:
+    def _fit_private(self, dp: LocalDP, cfg: TrainConfig, run_id: str, server_round: int) -> None:
         """DP-SGD, then the round charged to the ledger before anything leaves."""
-        metrics = train_private(self.model, self.train_data, cfg, dp)
+        untrained = untrained_state(self.model)
+        train_private(self.model, self.train_data, cfg, dp)  # its exact loss stays here
         event, steps = round_event(dp, self.num_train_examples, cfg)
+        changed = changed_state(self.model, untrained)
+        if changed:  # un-noised state that moved: nothing is sent, so nothing is charged
+            self._discard()
+            raise PolicyRefusal(
+                f"local DP: training changed {changed}, which DP-SGD does not noise; "
+                "the update is not sent"
+            )
         try:
-            spent = self.ledger.spend(Charge(run_id, server_round, event, steps), dp.delta)
+            spent = self.ledger.record(Charge(run_id, server_round, event, steps), dp.delta)
         except LedgerError as exc:
-            # the noised model is not on record: it must not stay in the site's model either
-            set_params(self.model, self.initial_params())
+            self._discard()
             raise PolicyRefusal(str(exc)) from exc
-        metrics["local_epsilon"] = spent
-        metrics["local_delta"] = dp.delta  # the site's own δ (at most the one asked for)
-        return metrics
+        if self.on_spend is not None:
+            self.on_spend(spent)
+
+    def _discard(self) -> None:
+        """A trained model that will not be sent must not stay in the site's model either."""
+        set_params(self.model, self.initial_params())
 
     def _local_dp(self, config: Mapping[str, float], cfg: TrainConfig) -> LocalDP | None:
         key = tuple(sorted((k, v) for k, v in config.items() if k.startswith("dp_")))
@@ -263,7 +310,24 @@ class Site:
             return
         if self.task.train is not None:
             raise PolicyRefusal("local DP trains with fedops' DP-SGD loop, not the task's train()")
-        event, steps = round_event(dp, self.num_train_examples, cfg)
+        if self._model_refusal is None:
+            self._model_refusal = model_refusal(self.model)
+        if self._model_refusal:
+            raise PolicyRefusal(self._model_refusal)
+        try:
+            event, steps = round_event(dp, self.num_train_examples, cfg)
+        except ValueError as exc:
+            raise PolicyRefusal(str(exc)) from exc
+        if self.max_epsilon is not None:
+            # cheap first (milliseconds, where a PLD of a crafted round takes minutes):
+            # RDP's ε is an upper bound too, so a round it alone puts over the cap is
+            # refused; every other round is decided by the PLD over the whole ledger
+            alone = epsilon(((event, steps),), dp.delta, "rdp")
+            if alone > self.max_epsilon:
+                raise PolicyRefusal(
+                    f"this round alone would cost this site ε={alone:.3g} (RDP, "
+                    f"δ={dp.delta:g}), above its limit {self.max_epsilon:g} (--max-epsilon)"
+                )
         try:
             after = self.ledger.epsilon_after(event, steps, dp.delta)
         except LedgerError as exc:

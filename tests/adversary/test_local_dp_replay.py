@@ -25,7 +25,7 @@ from fedops.core.params import Params, digest
 from fedops.core.privacy.local import LocalDP, steps_per_round, train_private
 from fedops.core.training import TrainConfig, as_tensors, get_params, set_params
 from fedops.tasks import load_task
-from fedops.tasks.ledger import SiteLedger
+from fedops.tasks.ledger import SiteLedger, Spent
 from fedops.tasks.site import Site, shuffle_seed
 
 TRAIN = TrainConfig(epochs=1, batch_size=64, lr=0.1)
@@ -114,15 +114,15 @@ def test_the_coordinator_cannot_replay_a_sites_dp_sgd(tmp_path: Path):
     }
     assert replays[("D", True)] != replays[("D'", True)]  # the attack could tell D from D'
 
-    update, _, metrics = site.fit(sent, ROUND, CONFIG, run_id="run")
+    charged: list[Spent] = []
+    site.on_spend = charged.append  # the site's own audit log (nothing of it is sent)
+    update, _, _ = site.fit(sent, ROUND, CONFIG, run_id="run")
     assert digest(update) not in set(replays.values())
 
     # asked for the same round again: fresh noise, and the ledger pays for both
-    again, _, again_metrics = site.fit(sent, ROUND, CONFIG, run_id="run")
+    again, _, _ = site.fit(sent, ROUND, CONFIG, run_id="run")
     assert digest(again) != digest(update)
     charges = SiteLedger(tmp_path).charges()
     assert [(c.run_id, c.server_round) for c in charges] == [("run", ROUND)] * 2
-    assert again_metrics["local_epsilon"] > metrics["local_epsilon"]
-    assert again_metrics["local_epsilon"] == pytest.approx(
-        SiteLedger(tmp_path).epsilon(1e-5), rel=1e-12
-    )
+    assert charged[1].epsilon > charged[0].epsilon
+    assert charged[1].epsilon == pytest.approx(SiteLedger(tmp_path).epsilon(1e-5), rel=1e-12)

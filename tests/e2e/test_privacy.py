@@ -15,6 +15,8 @@ import pytest
 from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from procs import Procs, free_port, metrics, query
 
+from fedops.tasks.ledger import SiteLedger
+
 pytestmark = pytest.mark.slow
 
 
@@ -149,7 +151,7 @@ def test_1000_clients_with_central_dp_stay_within_5_points(procs: Procs, tmp_pat
     assert abs(distributed["eval_accuracy"] - central["eval_accuracy"]) <= 0.05
 
 
-def test_local_dp_sites_report_epsilon_and_enforce_their_limit(procs: Procs, tmp_path: Path):
+def test_local_dp_sites_keep_their_epsilon_and_enforce_their_limit(procs: Procs, tmp_path: Path):
     port, run_dir = free_port(), tmp_path / "local"
     coord = procs.coordinator(
         "coordinator",
@@ -174,13 +176,41 @@ def test_local_dp_sites_report_epsilon_and_enforce_their_limit(procs: Procs, tmp
     assert procs.wait(coord, 180, "coordinator") == 0, procs.log("coordinator")
     rows = metrics(run_dir)
     assert [r["num_clients"] for r in rows] == [2, 2, 2]
-    eps = [r["epsilon"] for r in rows]
-    assert 0 < eps[0] < eps[1] < eps[2], eps
+    # a site's ε depends on its record count: the coordinator is never told it
+    assert not any("epsilon" in r for r in rows), rows
+    assert "local_epsilon" not in (run_dir / "audit.jsonl").read_text()
+    assert all(r["noise_multiplier"] == 1.0 and r["delta"] == 1e-5 for r in rows)
+    # a DP site answers with its noised model, one example and no metrics
+    counts = query(
+        run_dir,
+        "SELECT DISTINCT num_examples FROM participants WHERE phase = 'fit' AND outcome = 'ok'",
+    )
+    assert counts == [(1,)], counts
     reasons = dict(
         query(run_dir, "SELECT site, reason FROM participants WHERE round = 1 AND phase = 'fit'")
     )
     assert "--max-epsilon" in reasons["site-2"], reasons
+    # each site's ε is in its own ledger and its own signed audit log, dp_accounting's replay
+    for site in ("site0", "site1"):
+        lines = (procs.workdir / site / "audit.jsonl").read_text().splitlines()
+        spent = [e["payload"] for e in map(json.loads, lines) if e["event"] == "privacy_spent"]
+        assert [e["round"] for e in spent] == [1, 2, 3], spent
+        eps = [e["local_epsilon"] for e in spent]
+        assert 0 < eps[0] < eps[1] < eps[2], eps
+        accountant = PLDAccountant()
+        for e in spent:  # every round's DP-SGD steps, as the site charged them
+            accountant.compose(dp_event(e["privacy_event"]), e["steps"])
+        oracle = float(accountant.get_epsilon(1e-5))
+        assert oracle * (1 - 1e-6) <= eps[-1] <= oracle * (1 + 1e-2), (eps, oracle)
+        assert eps[-1] == pytest.approx(SiteLedger(procs.workdir / site).epsilon(1e-5), rel=1e-12)
+    assert not (procs.workdir / "site2" / SiteLedger.FILE).exists()  # it never trained
     summary = json.loads((run_dir / "summary.json").read_text())
     sentence = summary["privacy"]
-    for words in ("record-level local DP at every site", "3 rounds", "against the coordinator"):
+    for words in (
+        "record-level local DP at every site",
+        "3 rounds",
+        "against the coordinator",
+        "own privacy ledger",
+        "--max-epsilon",
+    ):
         assert words in sentence, (words, sentence)

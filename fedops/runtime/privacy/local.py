@@ -1,4 +1,10 @@
-"""Local DP-SGD as the coordinator sees it: it asks, the sites enforce and report."""
+"""Local DP-SGD as the coordinator sees it: it asks, the sites enforce, account and log.
+
+The coordinator learns nothing of what a site spent: a site's ε depends on its
+record count through the sample rate (q = B/n), so it is kept in the site's
+own ledger and signed audit log and never sent. What the coordinator reports
+is what it asked for.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,32 @@ from collections.abc import Sequence
 from typing import Any
 
 from fedops.core.params import Params
-from fedops.core.privacy.accountant import epsilon_text
 from fedops.core.rounds import sample_clients
 from fedops.runtime.privacy.settings import PrivacySettings, RoundSample
+
+MECHANISM = (
+    "record-level DP-SGD at every site (Opacus: Poisson sampling of records, add/remove-one "
+    "record adjacency, noise from the site's OS entropy, PLD accountant at the site)"
+)
+HOLDS_AGAINST = (
+    "the coordinator, the other sites and anyone who sees the released models (the sites' "
+    "training records; not their test rows)"
+)
+WHERE_EPSILON = (
+    "each site's ε is kept in its own privacy ledger, enforced there (--max-epsilon) and "
+    "written to its own signed audit log (privacy_spent); it is never sent, as it depends "
+    "on the site's record count"
+)
 
 
 class LocalPrivacy:
     """``privacy=local``: every site runs DP-SGD (Opacus) and enforces its own ε limit.
 
-    The coordinator only asks for it (noise multiplier, max grad norm, δ in the fit
-    config), aggregates as usual, and reports the largest ε a site reported: each
-    site's records are (ε, δ)-DP against everyone else, the coordinator included,
-    with noise from the site's own OS entropy and a ledger kept at the site.
+    The coordinator only asks for it (noise multiplier or target ε, max grad norm,
+    δ in the fit config) and aggregates as usual. A DP site answers with its noised
+    model, no metrics and an example count of 1, so FedAvg weights DP sites equally.
+    The coordinator cannot know any site's ε: its metrics and guarantee state what
+    was asked and where each site's ε is kept.
     """
 
     aggregates = False
@@ -32,8 +52,6 @@ class LocalPrivacy:
             )
         self.settings = settings
         self.planned_rounds = planned_rounds
-        self.epsilon = 0.0
-        self.site_delta = 0.0  # the largest δ a site accounted at (each at most its own)
         self.rounds = 0
 
     def fit_config(self) -> dict[str, float]:
@@ -52,12 +70,12 @@ class LocalPrivacy:
         return RoundSample(selected=selected, population=len(nodes), denominator=len(selected))
 
     def ledger_json(self) -> dict[str, Any]:
-        return {"epsilon": self.epsilon, "site_delta": self.site_delta, "rounds": self.rounds}
+        return {"rounds": self.rounds}
 
     def restore(self, saved: Any) -> None:
+        """The rounds asked for so far (a ledger of an older fedops also held the largest ε
+        the sites reported, which they no longer send: it is ignored)."""
         if isinstance(saved, dict):
-            self.epsilon = float(saved.get("epsilon", 0.0))
-            self.site_delta = float(saved.get("site_delta", 0.0))
             self.rounds = int(saved.get("rounds", 0))
 
     def begin_round(self, server_round: int, sample: RoundSample, params: Params) -> None:
@@ -67,35 +85,39 @@ class LocalPrivacy:
         return None
 
     def spend(self, reported: Sequence[Any]) -> None:
-        site = [float(r.metrics["local_epsilon"]) for r in reported if "local_epsilon" in r.metrics]
-        self.epsilon = max([self.epsilon, *site])
-        deltas = [float(r.metrics["local_delta"]) for r in reported if "local_delta" in r.metrics]
-        self.site_delta = max([self.site_delta, *deltas])
+        """Count the round: what it cost each site is the site's to know."""
         self.rounds += 1
 
-    def metrics(self) -> dict[str, Any]:
+    def _sigma(self) -> float | str:
         s = self.settings
-        return {
-            "epsilon": epsilon_text(self.epsilon),
-            "privacy_mechanism": "record-level DP-SGD at every site (Poisson sampling of "
-            "records, add/remove-one record adjacency, PLD accountant at the site)",
-            "privacy_holds_against": "the coordinator, the other sites and anyone who sees "
-            "the released models (the sites' training records only)",
-            "delta": self.site_delta or s.delta,
-            "noise_multiplier": s.noise_multiplier if s.noise_multiplier is not None else "auto",
+        return s.noise_multiplier if s.noise_multiplier is not None else "auto"
+
+    def metrics(self) -> dict[str, Any]:
+        """What the coordinator asked for (no ε: it is each site's, kept at the site)."""
+        s = self.settings
+        out: dict[str, Any] = {
+            # one key the coordinator's audit log carries too (privacy_spent)
+            "privacy_mechanism": f"{MECHANISM}; {WHERE_EPSILON}",
+            "privacy_holds_against": HOLDS_AGAINST,
+            "delta": s.delta,
+            "noise_multiplier": self._sigma(),
             "clip_norm": s.clip_norm,
         }
+        if s.target_epsilon is not None:
+            out["target_epsilon"] = s.target_epsilon
+        return out
 
     def guarantee(self) -> str:
         s = self.settings
-        sigma = f"σ={s.noise_multiplier:g}" if s.noise_multiplier is not None else "σ per site"
-        delta = self.site_delta or s.delta
+        if s.noise_multiplier is not None:
+            sigma = f"σ={s.noise_multiplier:g}"
+        else:
+            sigma = f"σ per site, each calibrated to ε={s.target_epsilon:g} over the planned rounds"
         return (
-            f"(ε={self.epsilon:.3g}, δ={delta:g}) record-level local DP at every site, "
-            f"{self.rounds} rounds of this run (DP-SGD with Opacus: Poisson sampling of "
-            f"records, add/remove-one record adjacency, PLD accountant at the site; {sigma}, "
-            f"max grad norm {s.clip_norm:g}; ε is the largest any site reported, over every "
-            "round that site trained with DP in any run, δ the largest a site accounted at; "
-            "each site keeps and enforces its own ledger); holds against the coordinator, "
-            "the other sites and anyone who sees the released models"
+            f"record-level local DP at every site, {self.rounds} rounds of this run "
+            f"(DP-SGD with Opacus: Poisson sampling of records, add/remove-one record "
+            f"adjacency, PLD accountant at the site; asked for {sigma}, max grad norm "
+            f"{s.clip_norm:g}, δ at most {s.delta:g}); {WHERE_EPSILON}; holds against "
+            f"{HOLDS_AGAINST}. A DP site sends no metrics and an example count of 1, so "
+            "FedAvg weights the DP sites equally"
         )

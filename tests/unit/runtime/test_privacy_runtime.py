@@ -385,14 +385,30 @@ def test_local_dp_refuses_a_noise_multiplier_and_a_target_together():
         )
 
 
-def test_local_dp_reports_the_largest_site_epsilon_and_restores_it():
-    dp = LocalPrivacy(PrivacySettings(mode="local"), planned_rounds=3)
-    dp.spend([SimpleNamespace(metrics={"local_epsilon": 0.5}), SimpleNamespace(metrics={})])
-    dp.spend([SimpleNamespace(metrics={"local_epsilon": 0.9})])
-    again = LocalPrivacy(PrivacySettings(mode="local"), planned_rounds=3)
+def test_local_dp_reports_what_it_asked_for_and_no_site_epsilon():
+    """Issue 16 (red team F1): a site's ε depends on its record count, so the sites keep
+    it; the coordinator reports σ, clip, δ and where each site's ε is kept."""
+    dp = LocalPrivacy(PrivacySettings(mode="local", delta=1e-6), planned_rounds=3)
+    dp.spend([SimpleNamespace(metrics={}), SimpleNamespace(metrics={})])
+    dp.spend([SimpleNamespace(metrics={})])
+    again = LocalPrivacy(PrivacySettings(mode="local", delta=1e-6), planned_rounds=3)
     again.restore(dp.ledger_json())
-    assert again.metrics()["epsilon"] == 0.9 and again.rounds == 2
-    assert "coordinator" in again.guarantee() and "Poisson sampling of records" in again.guarantee()
+    assert again.rounds == 2
+    metrics = again.metrics()
+    assert not any(key.startswith("epsilon") for key in metrics), metrics
+    assert (metrics["noise_multiplier"], metrics["clip_norm"], metrics["delta"]) == (1.0, 1.0, 1e-6)
+    assert "Poisson sampling of records" in metrics["privacy_mechanism"]
+    assert "own privacy ledger" in metrics["privacy_mechanism"]
+    assert "coordinator" in metrics["privacy_holds_against"]
+    sentence = again.guarantee()
+    assert "ε=" not in sentence and "2 rounds" in sentence, sentence
+    for words in ("coordinator", "Poisson sampling of records", "--max-epsilon", "audit log"):
+        assert words in sentence, (words, sentence)
+    assert "weights the DP sites equally" in sentence
+    # a ledger an older fedops committed (with the largest ε sites then reported) restores
+    old = LocalPrivacy(PrivacySettings(mode="local"), planned_rounds=3)
+    old.restore({"epsilon": 0.9, "site_delta": 1e-5, "rounds": 4})
+    assert old.rounds == 4 and "epsilon" not in old.metrics()
 
 
 # -- monitoring beside DP --------------------------------------------------------------------

@@ -4,7 +4,8 @@ The site's privacy ledger lives in its run directory: a restarted agent (a new
 :class:`Site` on the same directory) continues from it and refuses once its
 cap would be passed; a ledger that does not read back refuses DP training.
 δ is the site's: a coordinator may ask for a smaller one, and one that is not
-a probability is refused by name.
+a probability is refused by name. What a round cost is the site's to know:
+its ledger and ``on_spend`` (the agent's audit log) have it, its answer does not.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from fedops.core.privacy.local import steps_per_round
 from fedops.core.training import TrainConfig
 from fedops.tasks import ledger as site_ledger
 from fedops.tasks import load_task
-from fedops.tasks.ledger import Charge, SiteLedger
+from fedops.tasks.ledger import Charge, SiteLedger, Spent
 from fedops.tasks.policy import PolicyViolation, SitePolicy
 from fedops.tasks.site import PolicyRefusal, Site, accounting_delta, local_dp
 
@@ -52,6 +53,13 @@ def _site(ledger_dir: Path | None = None, **policy: float) -> Site:
     )
 
 
+def _charged(site: Site) -> list[Spent]:
+    """What the site tells its own audit log about each DP round, as a list."""
+    spent: list[Spent] = []
+    site.on_spend = spent.append
+    return spent
+
+
 def _oracle(site: Site, sigma: float, rounds: int, delta: float) -> float:
     q, steps = steps_per_round(site.num_train_examples, TRAIN)
     accountant = PLDAccountant()
@@ -59,13 +67,19 @@ def _oracle(site: Site, sigma: float, rounds: int, delta: float) -> float:
     return float(accountant.get_epsilon(delta))
 
 
-def test_the_reported_epsilon_is_dp_accountings_for_the_rounds_trained(tmp_path: Path):
+def test_the_charged_epsilon_is_dp_accountings_for_the_rounds_trained(tmp_path: Path):
     site = _site(tmp_path)
+    charged = _charged(site)
     start = site.initial_params()
     for server_round in (1, 2):
-        _, _, metrics = site.fit(start, server_round, DP, run_id="run-1")
+        _, n, metrics = site.fit(start, server_round, DP, run_id="run-1")
+        assert (n, metrics) == (1, {})  # the answer carries no ε (it depends on n)
         oracle = _oracle(site, 1.0, server_round, 1e-5)
-        assert oracle * (1 - 1e-6) <= metrics["local_epsilon"] <= oracle * (1 + 1e-2)
+        spent = charged[-1]
+        assert oracle * (1 - 1e-6) <= spent.epsilon <= oracle * (1 + 1e-2)
+        assert spent.epsilon == pytest.approx(site.ledger.epsilon(1e-5), rel=1e-12)
+        assert (spent.charge.run_id, spent.charge.server_round) == ("run-1", server_round)
+        assert (spent.delta, spent.accountant) == (1e-5, "pld")
 
 
 def test_the_round_is_committed_to_the_ledger_file_before_fit_returns(tmp_path: Path):
@@ -121,8 +135,10 @@ def test_a_corrupt_ledger_refuses_dp_training_but_not_plain_training(tmp_path: P
 @pytest.mark.parametrize(("asked", "used"), [(1e-3, 1e-5), (1e-5, 1e-5), (1e-7, 1e-7)])
 def test_the_site_accounts_at_its_own_delta_or_a_smaller_one(asked: float, used: float):
     site = _site()
-    _, _, metrics = site.fit(site.initial_params(), 1, {**DP, "dp_delta": asked})
-    assert metrics["local_epsilon"] == pytest.approx(site.ledger.epsilon(used), rel=1e-12)
+    charged = _charged(site)
+    site.fit(site.initial_params(), 1, {**DP, "dp_delta": asked})
+    assert charged[-1].delta == used
+    assert charged[-1].epsilon == pytest.approx(site.ledger.epsilon(used), rel=1e-12)
     assert accounting_delta({"dp_delta": asked}, 1e-5) == used
     assert accounting_delta({}, 3e-6) == 3e-6  # the coordinator says nothing: the site's
 
@@ -165,7 +181,10 @@ def test_auto_sigma_calibrates_at_the_accounting_delta_over_the_planned_steps():
     config = {"dp_target_epsilon": 3.0, "dp_max_grad_norm": 1.0, "dp_rounds": 3.0}
     config |= {"dp_delta": 1e-3}  # the site's 1e-5 is smaller: σ is calibrated at that
     start = site.initial_params()
-    spent = [site.fit(start, r, config)[2]["local_epsilon"] for r in (1, 2, 3)]
+    charged = _charged(site)
+    for r in (1, 2, 3):
+        site.fit(start, r, config)
+    spent = [c.epsilon for c in charged]
     assert spent == sorted(spent)
     assert 0.99 * 3.0 <= spent[-1] <= 3.0
     assert site.ledger.epsilon(1e-5) == pytest.approx(spent[-1], rel=1e-12)
