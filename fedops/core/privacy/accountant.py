@@ -23,6 +23,7 @@ auditor (``dp_accounting`` on the same events) replay the exact composition.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -281,13 +282,7 @@ def noise_for_target(
         raise ValueError(f"rounds must be >= 1, got {rounds}")
 
     def eps(sigma: float) -> float:
-        event = RoundEvent(
-            noise_multiplier=sigma,
-            sampling=template.sampling,
-            sample_rate=template.sample_rate,
-            population=template.population,
-            sample_size=template.sample_size,
-        )
+        event = dataclasses.replace(template, noise_multiplier=sigma)
         return epsilon(((event, rounds),), delta, accountant)
 
     low, high = 0.05, 1.0

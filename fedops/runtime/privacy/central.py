@@ -80,11 +80,16 @@ class CentralPrivacy:
         rng = self._rng(server_round, 1)
         if self.settings.sampling == "poisson":
             selected = poisson_sample(nodes, m / population, rng)
-        elif rng is None:
-            selected = secret_fixed_sample(nodes, m)
         else:
-            selected = sample_clients(nodes, m, seed=int(rng.integers(2**62)), server_round=0)
+            selected = self._fixed_sample(nodes, m, rng)
         return RoundSample(selected=selected, population=population, denominator=float(m))
+
+    @staticmethod
+    def _fixed_sample(nodes: Sequence[str], m: int, rng: np.random.Generator | None) -> list[str]:
+        """``m`` of ``nodes`` without replacement: from the CSPRNG, or ``rng`` when seeded."""
+        if rng is None:
+            return secret_fixed_sample(nodes, m)
+        return sample_clients(nodes, m, seed=int(rng.integers(2**62)), server_round=0)
 
     def round_event(self, sample: RoundSample, sigma: float) -> RoundEvent:
         """The mechanism this round runs, as seen by a reader of the released model."""

@@ -11,7 +11,6 @@ import numpy as np
 
 from fedops.core.params import Params
 from fedops.core.privacy.accountant import RoundEvent, noise_for_target
-from fedops.core.rounds import sample_clients, secret_fixed_sample
 from fedops.runtime.privacy.central import CentralPrivacy
 from fedops.runtime.privacy.settings import PrivacySettings, RoundSample
 
@@ -54,12 +53,7 @@ class DistributedPrivacy(CentralPrivacy):
         """The coordinator knows the cohort whatever the sampling: no secret needed."""
         population = len(nodes)
         m = min(per_round or population, population)
-        rng = self._rng(server_round, 1)
-        selected = (
-            secret_fixed_sample(nodes, m)
-            if rng is None
-            else sample_clients(nodes, m, seed=int(rng.integers(2**62)), server_round=0)
-        )
+        selected = self._fixed_sample(nodes, m, self._rng(server_round, 1))
         return RoundSample(selected=selected, population=population, denominator=float(m))
 
     def effective(self, sigma: float, survivors: int) -> float:
@@ -84,9 +78,7 @@ class DistributedPrivacy(CentralPrivacy):
         return implied_noise_multiplier(encoding, honest, self._dimension)
 
     def worst_case_event(self, sample: RoundSample, params: Params) -> RoundEvent:
-        assert self.sigma is not None
-        self._cohort = len(sample.selected)
-        self._dimension = sum(int(np.size(v)) for v in params.values())
+        assert self.sigma is not None  # begin_round has set the cohort and the dimension
         fewest = min(max(self.settings.min_survivors, 1), self._cohort)
         sigma = self.effective(self.sigma, fewest)
         return RoundEvent(noise_multiplier=sigma, sampling="known")
