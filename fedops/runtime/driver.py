@@ -135,7 +135,10 @@ class RoundDriver:
             fit_config.update(self.privacy.fit_config())
         if self.secure is not None:
             noise = self.privacy.secure_noise() if self.privacy is not None else None
-            fit = self.secure.run(server_round, selected, params, fit_config, noise=noise)
+            floor = self.privacy.survivor_floor() if self.privacy is not None else 0
+            fit = self.secure.run(
+                server_round, selected, params, fit_config, noise=noise, min_survivors=floor
+            )
         else:
             fit = self._plain_fit(server_round, selected, params, fit_config)
         params, aborted = self._aggregate(server_round, params, fit, sample)

@@ -94,9 +94,13 @@ class SecureFit:
         config: Mapping[str, float],
         *,
         noise: tuple[float, float] | None = None,
+        min_survivors: int = 0,
     ) -> FitOutcome:
-        """One secure fit phase; ``noise=(σ, clip)`` makes the clients add distributed DP."""
-        return _SecureRound(self, server_round, sorted(nodes), params, config, noise).run()
+        """One secure fit phase; ``noise=(σ, clip)`` makes the clients add distributed DP,
+        and ``min_survivors`` is the fewest noise shares its accounting assumes."""
+        return _SecureRound(
+            self, server_round, sorted(nodes), params, config, noise, min_survivors
+        ).run()
 
 
 def bounded(start: Params, mean: Params, clip: float) -> Params:
@@ -128,6 +132,7 @@ class _SecureRound:
         params: Params,
         config: Mapping[str, float],
         noise: tuple[float, float] | None,
+        min_survivors: int,
     ) -> None:
         self.owner = owner
         self.server_round = server_round
@@ -139,6 +144,7 @@ class _SecureRound:
         self.left: dict[str, tuple[Outcome, str]] = {}
         self.trained: dict[str, StageResult] = {}
         self.noise = noise  # (σ, clip): the clients add distributed DP noise
+        self.dp_min_survivors = min_survivors
 
     def run(self) -> FitOutcome:
         try:
@@ -166,6 +172,7 @@ class _SecureRound:
                 degree=s.degree,
                 threshold=s.threshold,
                 min_survivors=s.min_survivors,
+                dp_min_survivors=self.dp_min_survivors,
                 noise=self.noise,
             )
         except ValueError as exc:  # e.g. a threshold this round's neighbourhoods cannot meet

@@ -236,18 +236,20 @@ class SecAggPublicKeys(_message.Message):
     def __init__(self, index: _Optional[int] = ..., cipher_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ..., num_examples: _Optional[int] = ..., identity: _Optional[str] = ..., signature: _Optional[bytes] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class SecAggEncoding(_message.Message):
-    __slots__ = ("clip", "levels", "max_weight", "l2_clip", "noise_mu")
+    __slots__ = ("clip", "levels", "max_weight", "l2_clip", "noise_mu", "min_survivors")
     CLIP_FIELD_NUMBER: _ClassVar[int]
     LEVELS_FIELD_NUMBER: _ClassVar[int]
     MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     L2_CLIP_FIELD_NUMBER: _ClassVar[int]
     NOISE_MU_FIELD_NUMBER: _ClassVar[int]
+    MIN_SURVIVORS_FIELD_NUMBER: _ClassVar[int]
     clip: float
     levels: int
     max_weight: int
     l2_clip: float
     noise_mu: float
-    def __init__(self, clip: _Optional[float] = ..., levels: _Optional[int] = ..., max_weight: _Optional[int] = ..., l2_clip: _Optional[float] = ..., noise_mu: _Optional[float] = ...) -> None: ...
+    min_survivors: int
+    def __init__(self, clip: _Optional[float] = ..., levels: _Optional[int] = ..., max_weight: _Optional[int] = ..., l2_clip: _Optional[float] = ..., noise_mu: _Optional[float] = ..., min_survivors: _Optional[int] = ...) -> None: ...
 
 class SecAggNeighbourKeys(_message.Message):
     __slots__ = ("keys", "encoding")
@@ -276,20 +278,22 @@ class SecAggShareKeys(_message.Message):
     def __init__(self, shares: _Optional[_Iterable[_Union[SecAggShare, _Mapping]]] = ..., commitment: _Optional[bytes] = ...) -> None: ...
 
 class SecAggMaskRequest(_message.Message):
-    __slots__ = ("shares", "clip", "levels", "max_weight", "l2_clip", "noise_mu")
+    __slots__ = ("shares", "clip", "levels", "max_weight", "l2_clip", "noise_mu", "min_survivors")
     SHARES_FIELD_NUMBER: _ClassVar[int]
     CLIP_FIELD_NUMBER: _ClassVar[int]
     LEVELS_FIELD_NUMBER: _ClassVar[int]
     MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     L2_CLIP_FIELD_NUMBER: _ClassVar[int]
     NOISE_MU_FIELD_NUMBER: _ClassVar[int]
+    MIN_SURVIVORS_FIELD_NUMBER: _ClassVar[int]
     shares: _containers.RepeatedCompositeFieldContainer[SecAggShare]
     clip: float
     levels: int
     max_weight: int
     l2_clip: float
     noise_mu: float
-    def __init__(self, shares: _Optional[_Iterable[_Union[SecAggShare, _Mapping]]] = ..., clip: _Optional[float] = ..., levels: _Optional[int] = ..., max_weight: _Optional[int] = ..., l2_clip: _Optional[float] = ..., noise_mu: _Optional[float] = ...) -> None: ...
+    min_survivors: int
+    def __init__(self, shares: _Optional[_Iterable[_Union[SecAggShare, _Mapping]]] = ..., clip: _Optional[float] = ..., levels: _Optional[int] = ..., max_weight: _Optional[int] = ..., l2_clip: _Optional[float] = ..., noise_mu: _Optional[float] = ..., min_survivors: _Optional[int] = ...) -> None: ...
 
 class SecAggMasked(_message.Message):
     __slots__ = ("complaints",)

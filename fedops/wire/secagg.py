@@ -111,6 +111,7 @@ def request_to_proto(request: Request) -> pb.SecAggRequest:
                     max_weight=e.max_weight,
                     l2_clip=e.l2_clip,
                     noise_mu=e.noise_mu,
+                    min_survivors=e.min_survivors,
                 )
             )
         return pb.SecAggRequest(keys=keys)
@@ -124,6 +125,7 @@ def request_to_proto(request: Request) -> pb.SecAggRequest:
                 max_weight=request.encoding.max_weight,
                 l2_clip=request.encoding.l2_clip,
                 noise_mu=request.encoding.noise_mu,
+                min_survivors=request.encoding.min_survivors,
             )
         )
     if isinstance(request, ConsistencyRequest):
@@ -146,6 +148,7 @@ def _encoding_from(m: pb.SecAggEncoding | pb.SecAggMaskRequest, where: str) -> E
             max_weight=m.max_weight,
             l2_clip=m.l2_clip,
             noise_mu=m.noise_mu,
+            min_survivors=m.min_survivors,
         )
     except ValueError as exc:
         raise InvalidUpdate(f"secagg {where}: {exc}") from exc

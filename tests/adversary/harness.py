@@ -518,6 +518,7 @@ class Round:
         degree: int | None = None,
         threshold: int | None = None,
         noise: tuple[float, float] | None = None,
+        min_survivors: int | None = None,
         context: bytes | None = None,
         run_id: str = RUN_ID,
         number: int | None = None,  # a round number already used: a second session of it
@@ -534,6 +535,7 @@ class Round:
             crypto=fleet.crypto,
             degree=degree,
             threshold=threshold,
+            min_survivors=min_survivors,
             noise=noise,
         )
         self.evidence = Evidence(bound=self.server.bound, crypto=fleet.crypto)

@@ -523,7 +523,7 @@ def test_replayed_rounds_sessions_and_contexts_are_refused(fleet: Fleet):
 # -- 8. distributed DP at the extremes -----------------------------------------------------------
 def test_distributed_dp_below_the_site_floor_is_refused(fleet: Fleet):
     cohort = [*REGULAR[:3], DP_SITE]
-    rnd = Round(fleet, cohort, noise=(1.0, 1.0))
+    rnd = Round(fleet, cohort, noise=(1.0, 1.0), min_survivors=4)
     rnd.advertise()
     rnd.share()
     requests = rnd.server.close_shares()
@@ -533,12 +533,16 @@ def test_distributed_dp_below_the_site_floor_is_refused(fleet: Fleet):
     assert good.private
     bad = {
         "only sends updates with distributed DP noise": Encoding(
-            quantizer=Quantizer.for_summands(SECAGG_CLIP, 4), max_weight=100
+            quantizer=Quantizer.for_summands(SECAGG_CLIP, 4), max_weight=100, min_survivors=4
         ),
-        "noise multiplier of 0; this site's policy needs at least 1": dataclasses.replace(
+        "noise multiplier of 0 if only 4 of the 4 sites survive": dataclasses.replace(
             good, noise_mu=0.0
         ),
-        "noise multiplier of 0.5;": dataclasses.replace(good, noise_mu=good.noise_mu / 4),
+        "noise multiplier of 0.5 if only 4 of the 4": dataclasses.replace(
+            good, noise_mu=good.noise_mu / 4
+        ),
+        # σ = 1 over all four, but a sum of three may be unmasked: √(3/4) of it
+        "noise multiplier of 0.8661 if only 3 of the 4": dataclasses.replace(good, min_survivors=3),
         "clip 1e+06 exceeds this site's max_l2_clip 1": dataclasses.replace(
             good,
             quantizer=Quantizer(clip=1e6, levels=good.quantizer.levels),
@@ -546,14 +550,14 @@ def test_distributed_dp_below_the_site_floor_is_refused(fleet: Fleet):
         ),
     }
     for reason, encoding in bad.items():  # the encoding comes with the keys: refused there
-        rnd = Round(fleet, cohort, noise=(1.0, 1.0))
+        rnd = Round(fleet, cohort, noise=(1.0, 1.0), min_survivors=4)
         rnd.advertise()
         requests = rnd.server.close_keys()
         request = dataclasses.replace(requests[rnd.index(DP_SITE)], encoding=encoding)
         answers = rnd.ask({rnd.index(DP_SITE): request})
         assert_declined(fleet, rnd.number, by_name(rnd, answers), "secagg_shares", reason)
     # the noise it agreed to: it trains and masks
-    rnd = Round(fleet, cohort, noise=(1.0, 1.0))
+    rnd = Round(fleet, cohort, noise=(1.0, 1.0), min_survivors=4)
     rnd.advertise()
     rnd.share()
     dp = rnd.index(DP_SITE)
@@ -565,6 +569,33 @@ def test_distributed_dp_below_the_site_floor_is_refused(fleet: Fleet):
 
 
 # -- 9. out of order ----------------------------------------------------------------------------
+
+
+def test_sites_drop_after_masking_below_the_sealed_floor(fleet: Fleet):
+    """Red team, issue 16 (B1): the coordinator says sites dropped after masking, so that
+    the DP site's input is unmasked with fewer noise shares than its floor needs. The
+    floor (all 7 shares: σ = 1) is sealed into the encoding, so every site, whatever its
+    own floor, refuses to sign the smaller set: no quorum, nothing is revealed."""
+    cohort = [*REGULAR[:6], DP_SITE]
+    rnd = Round(fleet, cohort, noise=(1.0, 1.0), min_survivors=len(cohort))
+    rnd.through("mask")
+    honest = rnd.server.close_masked()
+    assert all(len(r.survivors) == 7 for r in honest.values())
+    dropped = {rnd.index(REGULAR[0]), rnd.index(REGULAR[1])}
+    smaller = tuple(sorted(set(rnd.names) - dropped))
+    answers = rnd.ask({i: ConsistencyRequest(survivors=smaller) for i in smaller})
+    assert_declined(
+        fleet,
+        rnd.number,
+        by_name(rnd, answers),
+        "secagg_consistency",
+        "only 5 sites survive",
+        "promised a sum of at least 7",
+    )
+    assert not rnd.signatures  # no signature over any set: no reveal can be authorised
+    assert_unrecoverable(rnd, fleet, [rnd.index(DP_SITE)])
+
+
 def test_messages_out_of_stage_order_are_refused(fleet: Fleet):
     rnd = Round(fleet, REGULAR)
     rnd.advertise()

@@ -14,7 +14,9 @@ claim is tested in ``tests/unit/core/secagg`` and ``tests/adversary``):
   to different sites, extreme parameters, replays. Up to ``c`` sites collude
   with it; sites have identities (signed keys) and pin ``2t >= k + c + 1``.
 * It must never rebuild an honest site's update; it learns the sum of the
-  survivors, at least the sites' ``min_cohort`` of them. The consistency
+  survivors, at least the sites' ``min_cohort`` of them and at least the
+  ``min_survivors`` sealed into the round's encoding (no honest site signs a
+  smaller set, so none reveals for one). The consistency
   check (Bonawitz et al. 2017, Fig. 4) makes every honest revealer act on one
   survivor set: a site reveals only once ``⌊(m + c)/2⌋ + 1`` of the round's
   committee (its first ``m`` sites) signed the set it signed, and two sets

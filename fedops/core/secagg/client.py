@@ -287,9 +287,7 @@ class SecAggClient:
             raise ProtocolError("the survivor set must list distinct cohort indices in order")
         if index not in survivors:
             raise ProtocolError(f"the survivor set leaves out this client ({index})")
-        self.policy.check_survivors(len(survivors))
-        if self._encoding is not None:  # the noise actually summed is the survivors' shares
-            self.policy.check_encoding(self._encoding, len(survivors), self._dimension)
+        self.policy.check_survivors(len(survivors), self._encoding)
         # a neighbour called a survivor must be one this client masked with: otherwise its
         # pairwise mask is in one input only, and the server could split the sum around it
         strangers = set(survivors) & set(self.neighbours) - set(self._held)

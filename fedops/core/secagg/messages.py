@@ -94,6 +94,7 @@ def encoding_digest(encoding: Encoding) -> bytes:
         str(encoding.max_weight),
         float(encoding.l2_clip).hex(),
         float(encoding.noise_mu).hex(),
+        str(encoding.min_survivors),
     )
     return hashlib.sha256(b"fedops-secagg-encoding\x00" + "|".join(fields).encode()).digest()
 

@@ -104,20 +104,39 @@ class SecAggPolicy:
         """
         return (committee + self.max_colluders) // 2 + 1
 
-    def check_survivors(self, count: int) -> None:
+    def check_survivors(self, count: int, encoding: Encoding | None = None) -> None:
+        """Refuse a survivor set below this site's cohort floor or the round's sealed one."""
         if count < self.min_cohort:
             raise ProtocolError(
                 f"only {count} sites survive; this site reveals nothing for a sum of fewer "
                 f"than {self.min_cohort} (secagg min_cohort)"
             )
+        if encoding is not None and count < encoding.min_survivors:
+            raise ProtocolError(
+                f"only {count} sites survive; the round's encoding promised a sum of at "
+                f"least {encoding.min_survivors}, which this site's floors were checked "
+                "against: it signs no smaller set"
+            )
 
     def check_encoding(self, encoding: Encoding, cohort: int, dimension: int = 0) -> None:
-        """Refuse distributed-DP noise below the floor, or a clip above the ceiling.
+        """Refuse a survivor floor below the cohort floor, distributed-DP noise below the
+        noise floor, or a clip above the ceiling.
+
+        Both floors are checked against ``encoding.min_survivors``, the fewest survivors
+        the round may sum: every honest site refuses to sign a smaller survivor set
+        (:meth:`check_survivors`), and a committee quorum of signatures is needed
+        before anyone reveals, so no sum with fewer inputs, or fewer noise shares, is
+        ever unmasked, even if this site's neighbours hold lower floors.
 
         ``dimension``: the update's length, once the site knows it (at masking): the
         rounding to the grid then counts in the sensitivity, so a coarse grid the
         coordinator picks cannot turn the noise floor into noise-free ±1 words.
         """
+        if encoding.min_survivors < self.min_cohort:
+            raise ProtocolError(
+                f"the round would unmask a sum of as few as {encoding.min_survivors} sites; "
+                f"this site's policy needs at least {self.min_cohort} (secagg min_cohort)"
+            )
         if not encoding.private:
             if self.min_noise_multiplier > 0:
                 raise ProtocolError(
@@ -130,13 +149,15 @@ class SecAggPolicy:
                 f"distributed DP clip {encoding.l2_clip:g} exceeds this site's "
                 f"max_l2_clip {self.max_l2_clip:g}"
             )
-        honest = max(cohort - self.max_colluders, 0)
+        # the worst case: the fewest survivors, colluders among them adding no noise
+        honest = max(min(encoding.min_survivors, cohort) - self.max_colluders, 0)
         sigma = implied_noise_multiplier(encoding, honest, dimension)
         if sigma < self.min_noise_multiplier * (1 - 1e-9):
             raise ProtocolError(
-                f"the requested noise gives the cohort's sum a noise multiplier of {sigma:.4g}; "
-                f"this site's policy needs at least {self.min_noise_multiplier:g} "
-                "(secagg min_noise_multiplier)"
+                f"the requested noise gives the cohort's sum a noise multiplier of {sigma:.4g} "
+                f"if only {min(encoding.min_survivors, cohort)} of the {cohort} sites survive "
+                f"(the round's sealed minimum); this site's policy needs at least "
+                f"{self.min_noise_multiplier:g} (secagg min_noise_multiplier)"
             )
         if self.min_noise_multiplier > 0 and encoding.noise_mu < MIN_SKELLAM_MU:
             raise ProtocolError(

@@ -64,7 +64,10 @@ class SecAggServer:
         threshold: shares needed to rebuild a secret (``None``: ``⌊k/2⌋ + 1``).
         vector_length: words in every client's encoded update.
         clip: the quantizer's clipping range.
-        min_survivors: fewest inputs the server may sum (default ``max(3, threshold)``).
+        min_survivors: fewest inputs the server may sum (default ``max(3, threshold)``),
+            raised to ``dp_min_survivors`` (the fewest noise shares distributed DP's
+            accounting assumes). Sealed into the encoding: no honest site signs a smaller
+            survivor set, so none reveals for one.
         committee: the first ``m`` sites, whose signatures over the survivor set count
             (default ``min(n, DEFAULT_COMMITTEE)``).
         noise: ``(noise_multiplier, l2_clip)`` for distributed DP: clients clip their update
@@ -82,6 +85,7 @@ class SecAggServer:
         degree: int | None = None,
         threshold: int | None = None,
         min_survivors: int | None = None,
+        dp_min_survivors: int = 0,
         noise: tuple[float, float] | None = None,
         committee: int | None = None,
     ) -> None:
@@ -106,7 +110,8 @@ class SecAggServer:
         self.context = context
         self.bound = bind(context, self.cohort, k, self.threshold, self.committee)
         self.graph = graph.neighbours(clients, k, graph.graph_seed(self.bound))
-        self.min_survivors = max(3, self.threshold) if min_survivors is None else min_survivors
+        floor = max(3, self.threshold) if min_survivors is None else min_survivors
+        self.min_survivors = max(floor, dp_min_survivors)
         self.vector_length = vector_length
         self.noise = noise
         self.clip = clip
@@ -259,6 +264,7 @@ class SecAggServer:
             max_examples=max(self._keys[u].num_examples for u in members),
             noise=self.noise,
             dimension=self.vector_length - 1,  # the last word is the weight
+            min_survivors=self.min_survivors,
         )
 
     # -- stage 3: masked inputs ---------------------------------------------------

@@ -34,6 +34,9 @@ class Encoding:
     # equally, and add Skellam(noise_mu) integer noise to every word before masking
     l2_clip: float = 0.0
     noise_mu: float = 0.0
+    #: no honest site signs, and so none reveals for, a survivor set smaller than this:
+    #: every site checks its own floors (cohort, distributed-DP noise) against it
+    min_survivors: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_weight < MODULUS:
@@ -45,6 +48,8 @@ class Encoding:
                 f"noise_mu must be in [0, {MAX_SKELLAM_MU:g}] (numpy's Poisson samples are exact "
                 f"there; far above, they are coarse in the low bits), got {self.noise_mu}"
             )
+        if not 0 <= self.min_survivors < MODULUS:
+            raise ValueError(f"min_survivors must be >= 0, got {self.min_survivors}")
 
     @property
     def private(self) -> bool:
@@ -59,6 +64,7 @@ def round_encoding(
     max_examples: int,
     noise: tuple[float, float] | None,
     dimension: int = 0,
+    min_survivors: int = 0,
 ) -> Encoding:
     """The grid for ``summands`` updates; with distributed DP ``noise=(σ, l2_clip)``,
     room for the noise the ``cohort`` clients add between them.
@@ -70,7 +76,11 @@ def round_encoding(
     n = summands
     if noise is None:
         max_weight = min(max_examples, (MODULUS - 1) // n)
-        return Encoding(quantizer=Quantizer.for_summands(clip, n), max_weight=max_weight)
+        return Encoding(
+            quantizer=Quantizer.for_summands(clip, n),
+            max_weight=max_weight,
+            min_survivors=min_survivors,
+        )
     sigma, l2_clip = noise
     inflated = sigma  # σ·(1 + √d/S): the noise in units of the clip, rounding included
     for _ in range(3):  # the grid depends on the noise it must hold, and back: settle it
@@ -90,6 +100,7 @@ def round_encoding(
         max_weight=1,
         l2_clip=l2_clip,
         noise_mu=mu,
+        min_survivors=min_survivors,
     )
 
 

@@ -65,6 +65,10 @@ class CentralPrivacy:
         """``(σ, clip)`` the clients add under SecAgg+ (distributed DP only)."""
         return None
 
+    def survivor_floor(self) -> int:
+        """Fewest SecAgg+ survivors the accounting assumes (distributed DP only; 0: none)."""
+        return 0
+
     # -- the round ---------------------------------------------------------------------------
     def _rng(self, server_round: int, stream: int) -> np.random.Generator | None:
         """None (the CSPRNG) in a deployment; per (seed, round, stream) when seeded, so a

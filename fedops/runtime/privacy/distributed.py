@@ -46,6 +46,14 @@ class DistributedPrivacy(CentralPrivacy):
         assert self.sigma is not None
         return self.sigma, self.clip_norm
 
+    def survivor_floor(self) -> int:
+        """The worst case the budget was checked with: sealed into the round's encoding,
+        so no honest site signs (or reveals for) a sum with fewer noise shares."""
+        return self._fewest()
+
+    def _fewest(self) -> int:
+        return max(1, min(self.settings.min_survivors, self._cohort or 1))
+
     def headline(self) -> str:
         return self.settings.accountant
 
@@ -79,8 +87,7 @@ class DistributedPrivacy(CentralPrivacy):
 
     def worst_case_event(self, sample: RoundSample, params: Params) -> RoundEvent:
         assert self.sigma is not None  # begin_round has set the cohort and the dimension
-        fewest = min(max(self.settings.min_survivors, 1), self._cohort)
-        sigma = self.effective(self.sigma, fewest)
+        sigma = self.effective(self.sigma, self._fewest())
         return RoundEvent(noise_multiplier=sigma, sampling="known")
 
     def _calibrate(self, template: RoundEvent) -> float:
@@ -93,7 +100,7 @@ class DistributedPrivacy(CentralPrivacy):
             self.planned_rounds,
             self.headline(),
         )
-        fewest = max(1, min(self.settings.min_survivors, self._cohort or 1))
+        fewest = self._fewest()
         sigma = base
         for _ in range(8):
             ratio = self.effective(sigma, fewest) / sigma if sigma > 0 else 1.0

@@ -84,6 +84,9 @@ class LocalPrivacy:
     def secure_noise(self) -> tuple[float, float] | None:
         return None
 
+    def survivor_floor(self) -> int:
+        return 0
+
     def spend(self, reported: Sequence[Any]) -> None:
         """Count the round: what it cost each site is the site's to know."""
         self.rounds += 1

@@ -168,11 +168,15 @@ def test_two_quorums_share_an_honest_site(n, c):
 def _private(sigma: float, n: int, clip: float = 1.0, levels: int = 1 << 16) -> Encoding:
     mu = (sigma * levels / 2) ** 2 / (2 * n)
     return Encoding(
-        quantizer=Quantizer(clip=clip, levels=levels), max_weight=1, l2_clip=clip, noise_mu=mu
+        quantizer=Quantizer(clip=clip, levels=levels),
+        max_weight=1,
+        l2_clip=clip,
+        noise_mu=mu,
+        min_survivors=n,
     )
 
 
-PLAIN = Encoding(quantizer=Quantizer(clip=1.0, levels=1000), max_weight=10)
+PLAIN = Encoding(quantizer=Quantizer(clip=1.0, levels=1000), max_weight=10, min_survivors=3)
 
 
 def test_a_site_that_needs_noise_refuses_a_plain_round():
@@ -217,7 +221,11 @@ def test_a_coarse_grid_cannot_meet_the_floor_with_noise_free_words(qclip, levels
     # µ such that the old rule (sensitivity = l2_clip / step words) saw exactly the floor
     mu = (floor * (1.0 / step)) ** 2 / (2 * n)
     crafted = Encoding(
-        quantizer=Quantizer(clip=qclip, levels=levels), max_weight=1, l2_clip=1.0, noise_mu=mu
+        quantizer=Quantizer(clip=qclip, levels=levels),
+        max_weight=1,
+        l2_clip=1.0,
+        noise_mu=mu,
+        min_survivors=n,
     )
     policy = SecAggPolicy(min_noise_multiplier=floor, max_l2_clip=1.0)
     # what the old rule (sensitivity l2_clip/step words, any µ) saw: exactly the floor
@@ -226,7 +234,13 @@ def test_a_coarse_grid_cannot_meet_the_floor_with_noise_free_words(qclip, levels
     assert "(secagg min_noise_multiplier)" in message and why in message, message
     # the same floor met honestly, with the rounding covered, passes
     honest = round_encoding(
-        summands=n, cohort=n, clip=1.0, max_examples=1, noise=(floor, 1.0), dimension=d
+        summands=n,
+        cohort=n,
+        clip=1.0,
+        max_examples=1,
+        noise=(floor, 1.0),
+        dimension=d,
+        min_survivors=n,
     )
     policy.check_encoding(honest, n, d)
 
@@ -245,7 +259,7 @@ def _server_encoding(n: int, sigma: float, clip: float, dropped: int) -> tuple[E
         clip=clip,
         crypto=crypto,
         degree=n - 1,
-        min_survivors=2,
+        min_survivors=n - 1,
         noise=(sigma, clip),
     )
     clients = {i: SecAggClient(server.setup_for(i), crypto, policy=LAX) for i in server.clients}
@@ -271,8 +285,12 @@ def test_the_implied_noise_multiplier_is_the_servers(n, sigma, clip, dropped):
     assert encoding.private and encoding.l2_clip == clip
     implied = implied_noise_multiplier(encoding, cohort, dimension=2)  # 3 words: 2 values
     assert implied == pytest.approx(sigma, rel=1e-6)
-    SecAggPolicy(min_noise_multiplier=sigma, max_l2_clip=clip).check_encoding(encoding, cohort)
-    floor = SecAggPolicy(min_noise_multiplier=sigma * 1.001)
+    # a site's floor holds for the fewest survivors the encoding seals (n - 1 here)
+    assert encoding.min_survivors == n - 1
+    worst = sigma * math.sqrt((n - 1) / n)
+    policy = SecAggPolicy(min_cohort=3, min_noise_multiplier=worst * (1 - 1e-6), max_l2_clip=clip)
+    policy.check_encoding(encoding, cohort)
+    floor = SecAggPolicy(min_noise_multiplier=worst * 1.001)
     assert "(secagg min_noise_multiplier)" in refused(floor.check_encoding, encoding, cohort)
 
 
@@ -286,6 +304,7 @@ def test_a_client_refuses_to_share_below_its_noise_floor():
         vector_length=3,
         clip=clip,
         crypto=crypto,
+        min_survivors=n,
         noise=(sigma, clip),
     )
     strict = SecAggPolicy(min_noise_multiplier=2.5)
@@ -297,17 +316,22 @@ def test_a_client_refuses_to_share_below_its_noise_floor():
         server.receive_keys(i, client.advertise(1))
     requests = server.close_keys()
     assert clients[2].share(requests[2]).shares
-    with pytest.raises(ProtocolError, match=r"noise multiplier of 2;.*needs at least 2\.5"):
+    refusal = r"noise multiplier of 2 if only 6 of the 6.*needs at least 2\.5"
+    with pytest.raises(ProtocolError, match=refusal):
         clients[1].share(requests[1])
 
 
 def test_a_quantizer_clip_below_the_l2_clip_counts_as_less_noise():
     """Red-team finding: the grid's own clip scales the noise, the L2 clip the sensitivity."""
-    honest = Encoding(
-        quantizer=Quantizer(clip=1.0, levels=1 << 20), max_weight=1, l2_clip=1.0, noise_mu=1e9
-    )
-    shrunk = Encoding(
-        quantizer=Quantizer(clip=0.02, levels=1 << 20), max_weight=1, l2_clip=1.0, noise_mu=1e9
+    honest, shrunk = (
+        Encoding(
+            quantizer=Quantizer(clip=qclip, levels=1 << 20),
+            max_weight=1,
+            l2_clip=1.0,
+            noise_mu=1e9,
+            min_survivors=8,
+        )
+        for qclip in (1.0, 0.02)
     )
     assert math.isclose(
         implied_noise_multiplier(shrunk, 8), 0.02 * implied_noise_multiplier(honest, 8)
@@ -320,7 +344,11 @@ def test_a_quantizer_clip_below_the_l2_clip_counts_as_less_noise():
 
 def test_colluders_add_no_noise_to_what_the_floor_counts():
     encoding = Encoding(
-        quantizer=Quantizer(clip=1.0, levels=1 << 20), max_weight=1, l2_clip=1.0, noise_mu=1e9
+        quantizer=Quantizer(clip=1.0, levels=1 << 20),
+        max_weight=1,
+        l2_clip=1.0,
+        noise_mu=1e9,
+        min_survivors=6,
     )
     six = implied_noise_multiplier(encoding, 6)
     SecAggPolicy(min_noise_multiplier=six).check_encoding(encoding, 6)

@@ -676,11 +676,28 @@ def test_client_refuses_a_survivor_whose_share_it_could_not_decrypt():
         r.clients[1].sign_survivors(ConsistencyRequest(survivors=(1, 2, 3, 4, 5, 6)))
 
 
-def test_client_refuses_fewer_survivors_than_its_policy_allows():
-    r = new_round(6, policy=SecAggPolicy(min_cohort=6))
-    requests = r.to_consistency(skip={6})
-    with pytest.raises(ProtocolError, match=r"only 5 sites survive.*min_cohort"):
-        r.clients[1].sign_survivors(requests[1])
+def test_client_refuses_a_round_that_may_sum_fewer_sites_than_its_policy_allows():
+    """Checked when the encoding arrives, before any secret is shared: a neighbour with a
+    lower floor would otherwise reveal for a set this site refuses to sign."""
+    r = new_round(6, min_survivors=5, policy=SecAggPolicy(min_cohort=6))
+    requests = r.keys()
+    with pytest.raises(ProtocolError, match=r"as few as 5 sites.*at least 6 \(secagg min_cohort"):
+        r.clients[1].share(requests[1])
+    ok = new_round(6, min_survivors=6, policy=SecAggPolicy(min_cohort=6))
+    assert ok.clients[1].share(ok.keys()[1]).shares
+
+
+def test_no_client_signs_a_survivor_set_below_the_sealed_floor():
+    """A coordinator that seals a floor and then names a smaller set (claiming dropouts)
+    gets no signature from anyone, whatever each site's own floor."""
+    r = new_round(6, min_survivors=6)  # every client's own policy is LAX (min_cohort 2)
+    honest = r.to_consistency()
+    assert all(req.survivors == (1, 2, 3, 4, 5, 6) for req in honest.values())
+    forged = ConsistencyRequest(survivors=(1, 2, 3, 4, 5))
+    for i in range(1, 6):
+        with pytest.raises(ProtocolError, match=r"only 5 sites survive.*at least 6"):
+            r.clients[i].sign_survivors(forged)
+    assert r.clients[6].sign_survivors(honest[6]) is not None  # the sealed floor is met
 
 
 # -- keys from the neighbours --------------------------------------------------------------
