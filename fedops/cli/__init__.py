@@ -186,6 +186,7 @@ def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
         ),
         max_epsilon=policy.max_epsilon,
         max_delta=policy.max_delta,
+        public_records=policy.dp_public_records,
         ledger_dir=cfg.run_dir,  # the site's privacy ledger survives restarts there
     )
     try:

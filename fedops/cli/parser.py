@@ -378,6 +378,14 @@ def _client_parser(sub: Any) -> None:
         "for a smaller one, never a larger (default: the kit's max_delta, else 1e-5)",
     )
     client.add_argument(
+        "--dp-public-records",
+        type=int,
+        default=None,
+        metavar="N",
+        help="site policy: plan and account local DP with N records instead of the true "
+        "count, which then stays hidden (sample rate batch/N, epochs*N/batch steps)",
+    )
+    client.add_argument(
         "--identity-key",
         type=Path,
         default=None,

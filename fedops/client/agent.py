@@ -54,6 +54,7 @@ def site_policy(cfg: ClientConfig, kit: Kit | None) -> SitePolicy:
         kit.policy if kit is not None else {},
         max_epsilon=cfg.max_epsilon,
         max_delta=cfg.dp_delta,
+        dp_public_records=cfg.dp_public_records,
         max_rounds=cfg.max_rounds,
         allowed_tasks=tuple(cfg.allowed_task or ()),
         consent_file=cfg.consent_file,
@@ -119,7 +120,14 @@ class Agent:
         )
         # a site that caps its ε protects its records: what it sends besides the noised
         # model must not depend on them (its record count, or a model evaluated at will)
-        self.private = self.policy.max_epsilon is not None
+        self.private = self.site.hides_count
+        if self.policy.max_epsilon is not None and self.policy.dp_public_records is None:
+            log.warning(
+                "local DP without --dp-public-records: the number of DP-SGD steps a round "
+                "takes, and so the noise in each update, follows this site's record count "
+                "(%d); set --dp-public-records to plan with a public count and hide it",
+                self.site.num_train_examples,
+            )
         self.guard = TaskGuard(require_secagg=cfg.require_secagg, private=self.private)
         # statistics of this site's own rows under a coordinator-chosen model are an
         # exact counting oracle: a site that protects its data keeps them unless it opts in
@@ -148,6 +156,7 @@ class Agent:
                 "share_monitoring": not self.withhold_monitoring,
                 "max_epsilon": p.max_epsilon,
                 "max_delta": p.max_delta,
+                "dp_public_records": p.dp_public_records,
                 "privacy_ledger": site.ledger.path,
                 "max_rounds": p.max_rounds,
                 "allowed_tasks": list(p.allowed_tasks),
@@ -201,7 +210,8 @@ class Agent:
     @property
     def announced_examples(self) -> int:
         """The record count this site tells the coordinator outside training: none when it
-        caps its ε (n and n - 1 would differ exactly; the coordinator only logs it)."""
+        caps its ε or plans local DP with a public count (n and n - 1 would differ
+        exactly; the coordinator only logs it)."""
         return 0 if self.private else self.site.num_train_examples
 
     def _register(self) -> Session:

@@ -35,7 +35,7 @@ from fedops.core.secagg.policy import SecAggPolicy
 from fedops.core.secagg.primitives import ProtocolError, SecAggCrypto, Signer, Verifier
 from fedops.core.secagg.update import encode_update
 from fedops.crypto import Identity, TrustedKeys
-from fedops.tasks.site import Site
+from fedops.tasks.site import DP_NUM_EXAMPLES, Site
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import secagg as secagg_codec
 
@@ -197,7 +197,10 @@ class SecureParticipant:
             policy=self.policy,
         )
         self._round = task.round
-        reply = self._client.advertise(self.site.num_train_examples)
+        # the count only sizes the grid's weight word: a site that hides its count
+        # advertises the weight its local-DP answers carry
+        count = DP_NUM_EXAMPLES if self.site.hides_count else self.site.num_train_examples
+        reply = self._client.advertise(count)
         return (*secagg_codec.reply_to_proto(reply), 0, {})
 
     def _train_and_mask(

@@ -297,6 +297,8 @@ class ClientConfig(TrainOptions, TaskOptions):
     share_monitoring: bool = False
     max_epsilon: float | None = None
     dp_delta: float | None = None  # the δ the site accounts local DP at (None: kit's, else 1e-5)
+    #: local DP is planned and accounted with this record count; the true one stays hidden
+    dp_public_records: int | None = None
     identity_key: Path | None = None
     trusted_keys: Path | None = None
     max_rounds: int | None = None
@@ -354,6 +356,11 @@ class ClientConfig(TrainOptions, TaskOptions):
             self.dp_delta is None or (math.isfinite(self.dp_delta) and 0 < self.dp_delta < 1),
             "dp_delta",
             f"must be in (0, 1), got {self.dp_delta}",
+        )
+        _require(
+            self.dp_public_records is None or self.dp_public_records >= 1,
+            "dp_public_records",
+            f"must be at least 1, got {self.dp_public_records}",
         )
         for key in ("identity_key", "trusted_keys"):
             path = getattr(self, key)

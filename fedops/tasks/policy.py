@@ -41,6 +41,8 @@ class SitePolicy:
     max_epsilon: the most record-level ε this site may spend (local DP).
     max_delta: the δ this site accounts its local DP at; a coordinator may ask for a
         smaller one, never a larger (``--dp-delta``, kit rule ``max_delta``).
+    dp_public_records: the record count local DP is planned and accounted with in
+        place of the true one, which then stays hidden (``--dp-public-records``).
     max_rounds: the last round this site takes part in.
     allowed_tasks: sha256 digests of task code this site agreed to run (empty: any).
     consent_file: JSON ``{"consent": true|false}``, read before every task.
@@ -49,6 +51,7 @@ class SitePolicy:
 
     max_epsilon: float | None = None
     max_delta: float = 1e-5
+    dp_public_records: int | None = None
     max_rounds: int | None = None
     allowed_tasks: Sequence[str] = field(default_factory=tuple)
     consent_file: Path | None = None
@@ -60,12 +63,15 @@ class SitePolicy:
             check_delta(self.max_delta)
         except ValueError as exc:
             raise ValueError(f"policy: max_delta: {exc}") from None
+        n = self.dp_public_records
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"policy: dp_public_records must be a whole number >= 1, got {n!r}")
 
     @classmethod
     def from_mapping(cls, policy: Mapping[str, Any], **overrides: Any) -> SitePolicy:
         """A kit's ``policy`` (``max_epsilon``, ``max_delta``, ``max_rounds``, ``allowed_tasks``),
         overridden by the flags the operator gave (those that are not None)."""
-        known = {"max_epsilon", "max_delta", "max_rounds", "allowed_tasks"}
+        known = {"max_epsilon", "max_delta", "dp_public_records", "max_rounds", "allowed_tasks"}
         known |= {"consent", "consent_file"}
         known |= set(SECAGG_RULES)
         unknown = sorted(set(policy) - known)
@@ -80,6 +86,7 @@ class SitePolicy:
         values = {
             "max_epsilon": policy.get("max_epsilon"),
             "max_delta": float(policy.get("max_delta", 1e-5)),
+            "dp_public_records": policy.get("dp_public_records"),
             "max_rounds": policy.get("max_rounds"),
             "allowed_tasks": tuple(policy.get("allowed_tasks", ())),
             "consent_file": Path(policy["consent_file"]) if policy.get("consent_file") else None,

@@ -163,6 +163,12 @@ class Site:
         ledger_dir: where the site's privacy ledger is kept (the agent's run
             directory, a simulation's run directory), so its ε survives restarts;
             None: in memory.
+        public_records: site policy: the record count local DP is planned and
+            accounted with (``--dp-public-records``), in place of the true n. DP-SGD
+            then samples at q = batch/that and takes epochs·that/batch steps, so the
+            steps, σ=auto, ε and every accept or decline are functions of public
+            values, and n shows only inside the noised gradient sums. None: n is
+            public (it decides q and the steps).
 
     ``on_spend``, when set (the agent sets it to its audit log), is told what each
     DP round cost, after the ledger has it and before the update leaves.
@@ -180,11 +186,15 @@ class Site:
         max_epsilon: float | None = None,
         max_delta: float = DEFAULT_DELTA,
         ledger_dir: Path | None = None,
+        public_records: int | None = None,
     ) -> None:
         check_delta(max_delta)
+        if public_records is not None and public_records < 1:
+            raise ValueError(f"public_records must be at least 1, got {public_records}")
         self.task = task
         self.max_epsilon = max_epsilon
         self.max_delta = max_delta
+        self.public_records = public_records
         self.ledger = SiteLedger(ledger_dir)
         self.on_spend: Callable[[Spent], None] | None = None
         self._model_refusal: str | None = None  # checked once: the model's layers are fixed
@@ -222,6 +232,17 @@ class Site:
     @property
     def num_train_examples(self) -> int:
         return num_examples(self.train_data)
+
+    @property
+    def dp_records(self) -> int:
+        """The record count local DP plans and accounts with: the public one if set."""
+        return self.public_records or self.num_train_examples
+
+    @property
+    def hides_count(self) -> bool:
+        """Whether this site keeps its record count to itself: it caps its ε, or it plans
+        local DP with a public count (then n - 1 and n must look alike)."""
+        return self.max_epsilon is not None or self.public_records is not None
 
     def initial_params(self) -> Params:
         """A freshly built model: never the model this site trains in (its update would leak)."""
@@ -269,8 +290,9 @@ class Site:
     def _fit_private(self, dp: LocalDP, cfg: TrainConfig, run_id: str, server_round: int) -> None:
         """DP-SGD, then the round charged to the ledger before anything leaves."""
         untrained = untrained_state(self.model)
-        train_private(self.model, self.train_data, cfg, dp)  # its exact loss stays here
-        event, steps = round_event(dp, self.num_train_examples, cfg)
+        # its exact loss stays here
+        train_private(self.model, self.train_data, cfg, dp, records=self.dp_records)
+        event, steps = round_event(dp, self.dp_records, cfg)
         changed = changed_state(self.model, untrained)
         if changed:  # un-noised state that moved: nothing is sent, so nothing is charged
             self._discard()
@@ -293,9 +315,9 @@ class Site:
     def _local_dp(self, config: Mapping[str, float], cfg: TrainConfig) -> LocalDP | None:
         key = tuple(sorted((k, v) for k, v in config.items() if k.startswith("dp_")))
         # auto σ spreads the target over this round's steps: epochs and data size count too
-        key += (("epochs", float(cfg.epochs)), ("n", float(self.num_train_examples)))
+        key += (("epochs", float(cfg.epochs)), ("n", float(self.dp_records)))
         if key != self._dp_key:  # derive σ once per setting, not every round
-            self._dp = local_dp(config, self.num_train_examples, cfg, max_delta=self.max_delta)
+            self._dp = local_dp(config, self.dp_records, cfg, max_delta=self.max_delta)
             self._dp_key = key
         return self._dp
 
@@ -315,7 +337,7 @@ class Site:
         if self._model_refusal:
             raise PolicyRefusal(self._model_refusal)
         try:
-            event, steps = round_event(dp, self.num_train_examples, cfg)
+            event, steps = round_event(dp, self.dp_records, cfg)
         except ValueError as exc:
             raise PolicyRefusal(str(exc)) from exc
         if self.max_epsilon is not None:

@@ -222,8 +222,14 @@ def _generator(dp: LocalDP) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def train_private(model: nn.Module, data: Data, cfg: TrainConfig, dp: LocalDP) -> dict[str, float]:
+def train_private(
+    model: nn.Module, data: Data, cfg: TrainConfig, dp: LocalDP, *, records: int | None = None
+) -> dict[str, float]:
     """DP-SGD in place for ``cfg.epochs`` (FedProx's term is not supported here).
+
+    ``records``: the public record count the round is planned with (default: the true
+    n). The sample rate q, the steps and the divisor of the noised sum (q·records)
+    come from it alone, so the noise in the update does not scale with n.
 
     ``cfg.seed`` (derived from the coordinator's run seed) is deliberately not used.
     The returned ``train_loss`` is the exact mean loss of the sampled batches, outside
@@ -236,7 +242,8 @@ def train_private(model: nn.Module, data: Data, cfg: TrainConfig, dp: LocalDP) -
 
     x, y = as_tensors(data)  # type: ignore[misc]
     n = num_examples((x, y))
-    q, steps = steps_per_round(n, cfg)
+    planned = n if records is None else records
+    q, steps = steps_per_round(planned, cfg)
     generator = _generator(dp)
     wrapped = GradSampleModule(model)
     trainable = [p for p in wrapped.parameters() if p.requires_grad]
@@ -249,7 +256,7 @@ def train_private(model: nn.Module, data: Data, cfg: TrainConfig, dp: LocalDP) -
         base,
         noise_multiplier=dp.noise_multiplier,
         max_grad_norm=dp.max_grad_norm,
-        expected_batch_size=max(1, round(q * n)),
+        expected_batch_size=max(1, round(q * planned)),
         generator=generator,
         # noise as a sum of Gaussians, robust to floating-point attacks on the sampler
         # (Mironov 2012; Opacus's fix for arXiv 2112.05307)
