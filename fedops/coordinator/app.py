@@ -148,6 +148,8 @@ class Records:
         # consortium mode: signed with the kit's CA-certified key, not a generated one
         identity = kit.signing_identity() if kit is not None else None
         audit = AuditLog.open(Path(cfg.run_dir), "coordinator", identity=identity)
+        if cfg.privacy == "central" and not cfg.publish_participants:
+            audit.hide_participants(run_id)  # the cohort is secret: see core.audit_pseudonyms
         trail = RunTrail(audit, store)
         trail.run_started(run_id, config, task_digest=task.digest if task else "")
         mlflow = None

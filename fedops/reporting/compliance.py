@@ -31,6 +31,13 @@ must have issued, for a coordinator's log to the coordinator and for a site's
 to a site; the report names the certified party of each log. Writes
 ``compliance.json`` and a self-contained ``compliance.html`` (inline CSS, no
 scripts, every string escaped).
+
+Under central DP the coordinator names the nodes of each round by keyed
+pseudonyms (:mod:`fedops.core.audit_pseudonyms`). With the run directory's
+``participants.key`` (the operator's) they are mapped back and cross-checked
+like any round; without it those rounds are listed as ``pseudonymous_rounds``
+and not cross-checked. A report made with the key names who took part in each
+DP round: its readers get the known-participation ε, not the headline.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from fedops.consortium.signing import Signer
+from fedops.core.audit_pseudonyms import MARK, reidentify
 from fedops.core.audit_verify import VerifyResult, split_log
 from fedops.reporting.compliance_html import render_html
 from fedops.reporting.logs import (
@@ -64,6 +72,8 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "alerts": ("alert",),
 }
 _PHASES = {"fit": 0, "evaluate": 1}
+#: the operator's key for the pseudonyms of central-DP rounds (written by the runtime)
+PSEUDONYM_KEY = "participants.key"
 
 Key = tuple[int, str, str]  # (round, phase, node_id)
 
@@ -137,6 +147,8 @@ class _Coordinator:
     rejected: set[tuple[int, str]] = field(default_factory=set)
     # received in a round the coordinator had not committed when it crashed (log reopened)
     abandoned: set[Key] = field(default_factory=set)
+    # rounds whose nodes are pseudonyms no key was given for: not cross-checked
+    hidden: set[int] = field(default_factory=set)
 
     @classmethod
     def index(cls, entries: list[dict[str, Any]]) -> _Coordinator:
@@ -144,6 +156,9 @@ class _Coordinator:
         pending: set[Key] = set()  # received in rounds not yet committed, in this life
         for e in entries:
             event, p = e["event"], e["payload"]
+            if p.get(MARK) and isinstance(p.get("round"), int):
+                c.hidden.add(p["round"])
+                continue
             if event == "log_reopened":  # the previous life's uncommitted rounds are redone
                 c.abandoned |= pending
                 pending = set()
@@ -251,6 +266,8 @@ def _cross_check(coordinator: _Party, sites: list[_Party]) -> _Check:
         site = party.result.actor or str(party.path)
         for e in party.entries:
             p = e["payload"]
+            if p.get("round") in check.coordinator.hidden:
+                continue
             if e["event"] == "model_received" and (
                 f := _fields(p, "round", "phase", "node_id", "model_digest")
             ):
@@ -303,6 +320,9 @@ def export_compliance(
     """
     run_dir = Path(run_dir)
     coordinator = _load(run_dir / LOG_NAME, "coordinator", ca_pem)
+    key = run_dir / PSEUDONYM_KEY
+    if key.is_file():  # the operator's: DP rounds' pseudonyms back to node ids
+        coordinator.entries = reidentify(coordinator.entries, key.read_bytes())
     sites = [_load(p, "site", ca_pem) for p in _site_paths(run_dir, coordinator.path, site_logs)]
     parties = [coordinator, *sites]
     check = _cross_check(coordinator, sites)
@@ -314,6 +334,7 @@ def export_compliance(
         "parties": [p.summary() for p in parties],
         "rounds": _round_table(check),
         "mismatches": check.mismatches,
+        "pseudonymous_rounds": sorted(check.coordinator.hidden),
         "abandoned_updates": [
             {"round": r, "phase": phase, "node_id": node}
             for r, phase, node in sorted(check.coordinator.abandoned)

@@ -136,6 +136,14 @@ def render_html(report: Mapping[str, Any]) -> str:
         else "FAILED: a log does not verify or digests disagree."
     )
     mismatches = "".join(f"<li>{_e(m['message'])}</li>" for m in report["mismatches"])
+    hidden = report.get("pseudonymous_rounds") or []
+    pseudonymous = (
+        f"<p>Rounds {_e(', '.join(map(str, hidden)))} name their nodes by pseudonyms (central "
+        "DP) and were not cross-checked: run the export where the run directory's "
+        "<code>participants.key</code> is.</p>"
+        if hidden
+        else ""
+    )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>fedops compliance report</title><style>{_CSS}</style></head><body>"
@@ -145,6 +153,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<h2>Audit logs</h2>{_parties(report['parties'])}"
         f"<h2>Mismatches ({len(report['mismatches'])})</h2>"
         + (f"<ul>{mismatches}</ul>" if mismatches else "<p>None.</p>")
+        + pseudonymous
         + f"<h2>Model and update digests per round</h2>{_rounds(report['rounds'])}"
         f"<h2>Events</h2>{_events(report['events'])}"
         "</body></html>\n"

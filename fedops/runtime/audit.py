@@ -15,7 +15,10 @@ Files (``run_dir`` is the coordinator's or a site's own directory):
 * ``audit.head``: the last entry's ``{seq, hash, signature}``, replaced
   atomically after every append, so that entries deleted from the *end* of
   the log are noticed (the chain alone cannot tell a shorter log from a
-  truncated one). A missing head file is a warning, not a failure.
+  truncated one). A missing head file is a warning, not a failure;
+* ``participants.key`` (coordinator, central DP only): the operator's key for
+  the per-round pseudonyms that name who took part
+  (:mod:`fedops.core.audit_pseudonyms`), mode 0600.
 
 Every entry is written, flushed and fsynced before :meth:`AuditLog.record`
 returns (``fsync=False`` for tests and benchmarks), under a lock: the
@@ -38,7 +41,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,7 @@ from fedops.core.audit import (
     opened_payload,
     sha256_hex,
 )
+from fedops.core.audit_pseudonyms import KEY_BYTES, MARK, Pseudonyms
 from fedops.core.audit_verify import split_log, verify_log_bytes
 from fedops.crypto import Identity, verify_ed25519
 
@@ -60,6 +64,7 @@ HEAD_NAME = "audit.head"
 KEY_NAME = "audit_key.pem"
 PUBLIC_NAME = "audit_key.pub"
 CERT_NAME = "audit_key.crt"
+PSEUDONYM_KEY_NAME = "participants.key"
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +156,8 @@ class AuditLog:
         self._size = os.fstat(fd).st_size
         self._next_seq = 0
         self._prev_hash = GENESIS_PREV
+        #: rewrites a payload before it is signed (see :meth:`hide_participants`)
+        self.redact: Callable[[str, Mapping[str, Any]], Mapping[str, Any]] | None = None
         self.public_pem = identity.public_pem()
         self.fingerprint = key_fingerprint(self.public_pem)
 
@@ -221,6 +228,16 @@ class AuditLog:
         assert result.head_seq is not None and result.head_hash is not None
         self._next_seq, self._prev_hash = result.head_seq + 1, result.head_hash
 
+    def hide_participants(self, run_id: str) -> None:
+        """Name the nodes of every round by a keyed per-round pseudonym from now on.
+
+        For central DP, whose ε assumes nobody outside the operator knows who
+        took part. The key (``participants.key`` beside the log, made once, 0600)
+        stays with the operator; with it the compliance cross-check re-identifies.
+        """
+        named = MARK.encode() in self.path.read_bytes()  # earlier rounds used a key
+        self.redact = Pseudonyms(pseudonym_key(self.path.parent, create=not named), run_id)
+
     @property
     def head(self) -> tuple[int, str]:
         """``(seq, hash)`` of the last entry."""
@@ -232,6 +249,8 @@ class AuditLog:
         with self._lock:
             if self._fd is None or self._broken:
                 raise AuditError(f"{self.path} is closed, or broken by a failed write")
+            if self.redact is not None and payload:
+                payload = self.redact(event, payload)
             entry = make_entry(
                 seq=self._next_seq,
                 prev_hash=self._prev_hash,
@@ -278,3 +297,22 @@ class AuditLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def pseudonym_key(run_dir: Path, *, create: bool = True) -> bytes:
+    """The run's participant-pseudonym key: read, or made once (0600) when absent."""
+    path = Path(run_dir) / PSEUDONYM_KEY_NAME
+    if not path.exists():
+        if not create:
+            raise AuditError(
+                f"{path} is missing, but the audit log names participants by pseudonyms made "
+                "with it: restore it from the run's backup rather than start a new key"
+            )
+        _write_private(path, os.urandom(KEY_BYTES))
+    key = path.read_bytes()
+    if len(key) != KEY_BYTES:
+        raise AuditError(
+            f"{path} holds {len(key)} bytes, not a {KEY_BYTES}-byte key: restore it from the "
+            "run's backup (without it the audit log's pseudonyms cannot be re-identified)"
+        )
+    return key

@@ -191,6 +191,8 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
     store = RunStore(run_dir)
     run_id, _ = store.open_run(asdict(cfg))
     audit = AuditLog.open(run_dir, "coordinator")  # the simulated coordinator's signed log
+    if cfg.privacy.name == "central" and not cfg.privacy.publish_participants:
+        audit.hide_participants(run_id)  # the cohort is secret: see core.audit_pseudonyms
     trail = RunTrail(audit, store)
     trail.run_started(run_id, asdict(cfg), task_digest=task.digest)
     mlflow = None

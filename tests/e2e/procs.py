@@ -21,6 +21,17 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBU
 FAST_TRAINING = ["--epochs", "5", "--batch-size", "16", "--lr", "0.5"]
 
 
+def run_fedops(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """One ``fedops`` command to its end, its output kept."""
+    return subprocess.run(
+        [sys.executable, "-m", "fedops", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

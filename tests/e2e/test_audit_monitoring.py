@@ -12,15 +12,13 @@ import base64
 import io
 import json
 import re
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 import torch
-from procs import ENV, Procs, free_port, metrics, wait_until
+from procs import Procs, free_port, metrics, run_fedops, wait_until
 from safetensors.torch import load_file
 
 from fedops.tasks import load_task
@@ -41,14 +39,7 @@ FAIRNESS_KEYS = {
 }
 
 
-def _fedops(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fedops", *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=120,
-    )
+_fedops = run_fedops
 
 
 def _scrape(port: int) -> dict[str, float]:

@@ -13,7 +13,7 @@ from typing import Any
 import dp_accounting as dpa
 import pytest
 from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
-from procs import Procs, free_port, metrics, query
+from procs import Procs, free_port, metrics, query, run_fedops
 
 from fedops.tasks.ledger import SiteLedger
 
@@ -99,6 +99,41 @@ def test_central_dp_reports_epsilon_and_the_budget_stops_the_run(procs: Procs, t
     assert "NOT private" not in sentence  # the coordinator draws from the OS, not --seed
     log = procs.log("coordinator")
     assert "privacy budget reached" in log and "budget_exhausted" in log
+    _assert_participants_hidden(run_dir, [procs.workdir / f"site{i}" for i in range(4)])
+
+
+def _assert_participants_hidden(run_dir: Path, site_dirs: list[Path]) -> None:
+    """The signed log names no node of a DP round; the operator's key maps them back."""
+    entries = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
+    joined = {e["payload"]["node_id"] for e in entries if e["event"] == "node_joined"}
+    assert len(joined) == 4
+    per_round = [e for e in entries if e["payload"].get("round", 0) >= 1]
+    assert {"model_sent", "update_received", "round_committed"} <= {e["event"] for e in per_round}
+    for e in per_round:
+        text = json.dumps(e["payload"])
+        assert not any(node in text for node in joined), e
+    key = run_dir / "participants.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    logs = [str(d / "audit.jsonl") for d in site_dirs if (d / "audit.jsonl").exists()]
+    assert logs, site_dirs
+    args = [a for log in logs for a in ("--site-log", log)]
+    for with_key in (True, False):
+        if not with_key:
+            key.rename(run_dir / "elsewhere.key")
+        out = run_fedops("audit", "export", str(run_dir), *args)
+        assert out.returncode == 0, out.stderr
+        report = json.loads((run_dir / "compliance.json").read_text())
+        assert report["ok"] and report["mismatches"] == [], report["mismatches"]
+        checked = {
+            site["node_id"]
+            for row in report["rounds"]
+            if row["round"] >= 1
+            for site in row["sites"]
+        }
+        if with_key:  # re-identified: the sites' own records match the coordinator's
+            assert report["pseudonymous_rounds"] == [] and checked <= joined and checked
+        else:
+            assert report["pseudonymous_rounds"] == [1, 2] and not checked
 
 
 FLEET = [
