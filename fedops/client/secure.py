@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,6 @@ class SecureParticipant:
         self.record = ContributionRecord(run_dir)
         self._round = -1
         self._client: SecAggClient | None = None
-        self._rng = np.random.default_rng()
 
     def answer(
         self, task: pb.Task, fetch: Callable[[], Params]
@@ -219,7 +219,10 @@ class SecureParticipant:
         trained, n, metrics = self.site.fit(
             start, task.round, dict(task.config), run_id=task.run_id
         )
-        vector, clipped = encode_update(start, trained, n, request.encoding, self._rng)
+        # stochastic rounding and Skellam noise from a generator seeded afresh from the OS
+        # each round (256 bits): PCG64 is no CSPRNG, so no state outlives one masked input
+        rng = np.random.default_rng(secrets.randbits(256))
+        vector, clipped = encode_update(start, trained, n, request.encoding, rng)
         masked = client.mask(request, vector)  # checks the encoding against the sealed one
         self.record.remember(task.run_id, task.round)  # fsynced before the input leaves
         reply, payload = secagg_codec.reply_to_proto(masked)
