@@ -165,6 +165,7 @@ def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
     from fedops.consortium.kit import KitError, load_kit
     from fedops.core.training import TrainConfig
     from fedops.tasks import load_task
+    from fedops.tasks.loader import TaskNotAllowed
     from fedops.tasks.policy import PolicyViolation
     from fedops.tasks.site import Site
 
@@ -176,7 +177,12 @@ def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
     except (KitError, ValueError) as exc:
         print(f"fedops client: error: --kit: {exc}", file=sys.stderr)
         return 2
-    task = load_task(cfg.task, **cfg.builtin_options())
+    try:  # checked against the site's allowed digests before any of its code runs
+        task = load_task(cfg.task, allowed=policy.allowed_tasks, **cfg.builtin_options())
+    except TaskNotAllowed as exc:
+        _refuse_task(cfg, kit, str(exc))
+        print(f"fedops client: error: {exc}", file=sys.stderr)
+        return 1
     site = Site(
         task,
         site=cfg.site,
@@ -194,6 +200,21 @@ def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
     except (CoordinatorUnreachable, CoordinatorRefused, PolicyViolation) as exc:
         print(f"fedops client: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _refuse_task(cfg: Any, kit: Any, reason: str) -> None:
+    """The refusal in the site's signed audit log (with a --run-dir), as the agent would."""
+    from fedops.client.agent import site_name
+    from fedops.client.trail import SiteTrail
+
+    if cfg.run_dir is None:
+        return
+    signer = kit.signing_identity() if kit is not None else None
+    trail = SiteTrail(cfg.run_dir, cfg.site, site_name(cfg, kit), identity=signer)
+    try:
+        trail.audit("policy_refused", reason=reason, task=cfg.task)
+    finally:
+        trail.close()
 
 
 if __name__ == "__main__":

@@ -62,6 +62,13 @@ def site_policy(cfg: ClientConfig, kit: Kit | None) -> SitePolicy:
     )
 
 
+def site_name(cfg: ClientConfig, kit: Kit | None) -> str:
+    """The name a site registers, and signs its audit log, under."""
+    if kit is not None:
+        return kit.name
+    return cfg.site_name or f"site-{cfg.site}"
+
+
 def _check_ledger(cfg: ClientConfig, site: Site, policy: SitePolicy) -> None:
     """A privacy cap holds across restarts only if the site's ledger is on disk."""
     if site.ledger.path is not None:
@@ -169,9 +176,7 @@ class Agent:
 
     @property
     def site_name(self) -> str:
-        if self.kit is not None:
-            return self.kit.name
-        return self.cfg.site_name or f"site-{self.cfg.site}"
+        return site_name(self.cfg, self.kit)
 
     # -- plumbing --------------------------------------------------------
     def _retrying(self, what: str, call: Callable[[], T]) -> T:

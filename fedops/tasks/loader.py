@@ -1,12 +1,21 @@
-"""Find a task by name: a built-in, a ``.py`` file, or an importable module."""
+"""Find a task by name: a built-in, a ``.py`` file, or an importable module.
+
+A task's digest is the sha256 of its code's bytes, taken *before* anything is
+imported (:func:`source_digest`): a ``.py`` file's bytes, a module's file, or
+for a module inside a package every ``.py`` file of its top-level package
+(relative path and bytes, in order). A site that allows only some digests
+(``allowed_tasks``) is checked against it before the first line of the task
+runs, and a ``.py`` file is executed from the very bytes that were hashed.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
-import inspect
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,19 +36,32 @@ class TaskError(ValueError):
     """A task that cannot be loaded; the message says where and why."""
 
 
-def load_task(spec: str, **options: Any) -> Task:
+class TaskNotAllowed(TaskError):
+    """The task's digest is not one the site allows; nothing of it was run."""
+
+
+def load_task(spec: str, *, allowed: Sequence[str] = (), **options: Any) -> Task:
     """Load a task.
 
     Args:
         spec: ``digits`` / ``digits-mlp`` (built-in), ``path/to/task.py``, or
             ``package.module``.
+        allowed: sha256 digests the site agreed to run (empty: any); checked
+            before the task's code is imported.
         options: built-in tasks only: ``partition`` (``iid``/``dirichlet``),
             ``alpha`` and ``seed``.
     """
+    source, digest = _source(spec)
+    if allowed and digest not in allowed:
+        shown = digest or "(a built-in task, no source digest)"
+        raise TaskNotAllowed(
+            f"task {spec!r} has digest {shown}, which this site's policy does not allow "
+            f"(allowed_tasks: {', '.join(allowed)}); none of its code was run"
+        )
     if spec in BUILTIN_TASKS:
         task = digits.make_task(**{**BUILTIN_TASKS[spec], **options})
         return Task(**{**_fields(task), "name": spec})
-    module = _import(spec)
+    module = _import(spec, source)
     missing = [name for name in REQUIRED if not callable(getattr(module, name, None))]
     if missing:
         raise TaskError(
@@ -47,7 +69,6 @@ def load_task(spec: str, **options: Any) -> Task:
             "must define build_model() -> torch.nn.Module and "
             "load_data(site, num_sites) -> (train, test)"
         )
-    source = inspect.getsource(module).encode()
     return Task(
         name=spec,
         build_model=module.build_model,
@@ -56,7 +77,7 @@ def load_task(spec: str, **options: Any) -> Task:
         evaluate=getattr(module, "evaluate", None),
         load_server_data=getattr(module, "load_server_data", None),
         sensitive_groups=getattr(module, "sensitive_groups", None),
-        digest=hashlib.sha256(source).hexdigest(),
+        digest=digest,
     )
 
 
@@ -64,19 +85,62 @@ def _fields(task: Task) -> dict[str, Any]:
     return {name: getattr(task, name) for name in Task.__dataclass_fields__}
 
 
-def _import(spec: str) -> ModuleType:
-    path = Path(spec)
-    if spec.endswith(".py") or path.exists():
+def source_digest(spec: str) -> str:
+    """The sha256 of a task's code, read without importing it ("" for a built-in)."""
+    return _source(spec)[1]
+
+
+def _is_file(spec: str) -> bool:
+    return spec.endswith(".py") or Path(spec).exists()
+
+
+def _source(spec: str) -> tuple[bytes | None, str]:
+    """``(the .py file's bytes, or None, digest)``; nothing is imported or executed."""
+    if spec in BUILTIN_TASKS:
+        return None, ""
+    if _is_file(spec):
+        path = Path(spec)
         if not path.is_file():
             raise TaskError(f"task file {spec!r} does not exist")
+        data = path.read_bytes()
+        return data, hashlib.sha256(data).hexdigest()
+    return None, _module_digest(spec)
+
+
+def _module_digest(spec: str) -> str:
+    """Find ``spec`` on sys.path the way import would, without running any of it, and hash
+    its top-level package's every ``.py`` file (or the lone module's file)."""
+    top = spec.split(".")[0]
+    found = importlib.machinery.PathFinder.find_spec(top)
+    if found is None or (found.origin is None and not found.submodule_search_locations):
+        raise TaskError(
+            f"task {spec!r} is not a built-in ({', '.join(BUILTIN_TASKS)}), a .py file, or a "
+            f"module on the Python path (no {top!r} found)"
+        )
+    digest = hashlib.sha256()
+    if found.submodule_search_locations:
+        roots = [Path(p) for p in found.submodule_search_locations]
+        files = sorted((f.relative_to(r.parent), f) for r in roots for f in r.rglob("*.py"))
+        for relative, path in files:
+            digest.update(str(relative).encode() + b"\x00" + path.read_bytes() + b"\x00")
+    else:
+        assert found.origin is not None
+        digest.update(Path(found.origin).read_bytes())
+    return digest.hexdigest()
+
+
+def _import(spec: str, source: bytes | None) -> ModuleType:
+    if source is not None:  # a .py file: run the very bytes that were hashed
+        path = Path(spec)
         name = f"fedops_user_task_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
-        mod_spec = importlib.util.spec_from_file_location(name, path)
-        if mod_spec is None or mod_spec.loader is None:
+        mod_spec = importlib.util.spec_from_loader(name, loader=None, origin=str(path))
+        if mod_spec is None:
             raise TaskError(f"cannot import task file {spec!r}")
         module = importlib.util.module_from_spec(mod_spec)
+        module.__file__ = str(path)
         sys.modules[name] = module  # dataclasses and pickling-free torch code need this
         try:
-            mod_spec.loader.exec_module(module)
+            exec(compile(source, str(path), "exec"), module.__dict__)
         except Exception as exc:
             raise TaskError(f"task file {spec!r} failed to import: {exc!r}") from exc
         return module

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 import textwrap
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from fedops.tasks import BUILTIN_TASKS, Task, load_task
-from fedops.tasks.loader import TaskError
+from fedops.tasks.loader import TaskError, TaskNotAllowed, source_digest
 
 USER_TASK = textwrap.dedent(
     """
@@ -111,3 +112,53 @@ def test_importable_module_as_task():
 
 def test_task_error_is_a_value_error():
     assert issubclass(TaskError, ValueError)
+
+
+# -- allowed_tasks: checked before any of the task's code runs (issue 17, finding 4) ---------
+EVIL = USER_TASK + textwrap.dedent(
+    """
+    import pathlib
+    pathlib.Path(MARKER).write_text("import-time code ran")
+    """
+)
+
+
+def test_a_task_file_that_is_not_allowed_never_runs(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil_task.py"
+    path.write_text(EVIL.replace("MARKER", repr(str(marker))))
+    digest = source_digest(str(path))
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not marker.exists()  # hashing runs nothing
+    with pytest.raises(TaskNotAllowed, match=r"does not allow.*none of its code was run"):
+        load_task(str(path), allowed=["0" * 64])
+    assert not marker.exists()
+    task = load_task(str(path), allowed=[digest])  # the control: allowed, it runs
+    assert marker.exists() and task.digest == digest
+
+
+def test_a_package_task_is_hashed_whole_and_checked_before_import(tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    package = tmp_path / "evilpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (package / "task.py").write_text(USER_TASK)
+    (package / "helper.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = source_digest("evilpkg.task")
+    assert not marker.exists()
+    with pytest.raises(TaskNotAllowed):
+        load_task("evilpkg.task", allowed=["0" * 64])
+    assert not marker.exists() and "evilpkg" not in sys.modules
+    (package / "helper.py").write_text("X = 2\n")  # any file of the package counts
+    assert source_digest("evilpkg.task") != before
+    task = load_task("evilpkg.task", allowed=[source_digest("evilpkg.task")])
+    assert marker.exists() and task.digest == source_digest("evilpkg.task")
+    for name in [m for m in sys.modules if m.startswith("evilpkg")]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_a_builtin_task_has_no_digest_to_allow():
+    with pytest.raises(TaskNotAllowed, match="a built-in task, no source digest"):
+        load_task("digits", allowed=["0" * 64])
+    assert load_task("digits", allowed=[]).digest == ""
