@@ -365,6 +365,12 @@ def _client_parser(sub: Any) -> None:
         "--require-secagg or --max-epsilon (they are not noised; off there by default)",
     )
     client.add_argument(
+        "--share-evaluation",
+        action="store_true",
+        help="evaluate the coordinator's model on this site's test rows even under "
+        "--max-epsilon or --dp-public-records (the answer shows the test split's size)",
+    )
+    client.add_argument(
         "--max-epsilon",
         type=float,
         default=None,

@@ -55,6 +55,7 @@ def site_policy(cfg: ClientConfig, kit: Kit | None) -> SitePolicy:
         max_epsilon=cfg.max_epsilon,
         max_delta=cfg.dp_delta,
         dp_public_records=cfg.dp_public_records,
+        require_secagg=cfg.require_secagg,
         max_rounds=cfg.max_rounds,
         allowed_tasks=tuple(cfg.allowed_task or ()),
         consent_file=cfg.consent_file,
@@ -135,11 +136,16 @@ class Agent:
                 "(%d); set --dp-public-records to plan with a public count and hide it",
                 self.site.num_train_examples,
             )
-        self.guard = TaskGuard(require_secagg=cfg.require_secagg, private=self.private)
+        self.guard = TaskGuard(
+            require_secagg=self.policy.require_secagg,
+            private=self.private,
+            share_evaluation=cfg.share_evaluation,
+        )
         # statistics of this site's own rows under a coordinator-chosen model are an
         # exact counting oracle: a site that protects its data keeps them unless it opts in
-        self.withhold_monitoring = not cfg.share_monitoring and (cfg.require_secagg or self.private)
-        if cfg.require_secagg and self.secure.verify is None:
+        secure_only = self.policy.require_secagg
+        self.withhold_monitoring = not cfg.share_monitoring and (secure_only or self.private)
+        if secure_only and self.secure.verify is None:
             log.warning(
                 "secure aggregation without site identities: the coordinator could pose as "
                 "every other site, so this site is protected from an honest-but-curious "
@@ -159,7 +165,8 @@ class Agent:
             coordinator=cfg.coordinator,
             consortium=kit.consortium if kit is not None else None,
             policy={
-                "require_secagg": cfg.require_secagg,
+                "require_secagg": p.require_secagg,
+                "share_evaluation": cfg.share_evaluation,
                 "share_monitoring": not self.withhold_monitoring,
                 "max_epsilon": p.max_epsilon,
                 "max_delta": p.max_delta,

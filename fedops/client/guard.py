@@ -2,8 +2,10 @@
 
 Checked before any work, so a refusal costs the site nothing: the initial
 model only before the first round (it is then freshly built, never the model
-the site trains in); under ``--require-secagg`` no plain training; under
-``--require-secagg`` or ``--max-epsilon`` at most one evaluation per round with
+the site trains in); under ``--require-secagg`` (or a distributed-DP noise
+floor) no plain training; a site that hides its record count does not evaluate
+unless it opts in (``--share-evaluation``); under ``--require-secagg``, or with
+that opt-in, at most one evaluation per round with
 rounds only forward (each one runs a model the coordinator chose over this
 site's test rows, and its loss shows whether a row is there: a site that
 protects its data answers that question once per round, not at will); and
@@ -16,12 +18,16 @@ from fedops.v1 import fedops_pb2 as pb
 
 
 class TaskGuard:
-    """``require_secagg``: ``--require-secagg``; ``private``: the site caps its ε
-    (``--max-epsilon``)."""
+    """``require_secagg``: ``--require-secagg`` (or a distributed-DP noise floor);
+    ``private``: the site hides its record count (``--max-epsilon``,
+    ``--dp-public-records``), and so evaluates only with ``share_evaluation``."""
 
-    def __init__(self, *, require_secagg: bool, private: bool = False) -> None:
+    def __init__(
+        self, *, require_secagg: bool, private: bool = False, share_evaluation: bool = False
+    ) -> None:
         self.require_secagg = require_secagg
         self.private = private
+        self.share_evaluation = share_evaluation
         self._working = False  # set by the first round's task: no initial model after it
         self._evaluated = 0  # the last round evaluated (one per round when protecting data)
 
@@ -42,6 +48,12 @@ class TaskGuard:
             )
         if self.require_secagg and task.kind == pb.TASK_KIND_FIT:
             return "this site only trains under secure aggregation (--require-secagg)"
+        if task.kind == pb.TASK_KIND_EVALUATE and self.private and not self.share_evaluation:
+            return (
+                "this site hides its record count (--max-epsilon / --dp-public-records): its "
+                "evaluation's example count and accuracy would show its test split's size "
+                "(--share-evaluation to allow)"
+            )
         if task.kind == pb.TASK_KIND_EVALUATE and (self.require_secagg or self.private):
             if task.round <= self._evaluated:
                 flag = "--require-secagg" if self.require_secagg else "--max-epsilon"

@@ -34,7 +34,7 @@ from fedops.core.secagg.messages import (
 )
 from fedops.core.secagg.policy import SecAggPolicy
 from fedops.core.secagg.primitives import ProtocolError, SecAggCrypto, Signer, Verifier
-from fedops.core.secagg.update import encode_update
+from fedops.core.secagg.update import encode_update, vector_length
 from fedops.crypto import Identity, TrustedKeys
 from fedops.tasks.site import DP_NUM_EXAMPLES, Site
 from fedops.v1 import fedops_pb2 as pb
@@ -216,6 +216,8 @@ class SecureParticipant:
             )
         self.record.check_round(task.run_id, task.round)
         start = fetch()
+        # everything mask() will refuse, refused before a round is trained (and charged)
+        client.check_mask_request(request, vector_length(start) - 1)
         trained, n, metrics = self.site.fit(
             start, task.round, dict(task.config), run_id=task.run_id
         )

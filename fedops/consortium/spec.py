@@ -39,6 +39,8 @@ POLICY_KEYS = {
     "max_epsilon": "a positive number: the largest total privacy budget the site accepts",
     "max_delta": "a number in (0, 1): the largest δ the site accounts its local DP at",
     "max_rounds": "a positive integer: the most rounds the site takes part in",
+    "dp_public_records": "a positive integer: the record count local DP is planned with",
+    "require_secagg": "true or false: whether the site trains only under secure aggregation",
     "allowed_tasks": "a list of sha256 digests (64 lowercase hex) of the task sources it runs",
     "consent": "true or false: whether the site has consented to take part",
     "consent_file": "a path to a JSON file {consent: true|false} the site re-reads before tasks",
@@ -231,7 +233,7 @@ def check_policy(value: Any, where: str) -> dict[str, Any]:
             if isinstance(item, bool) or not isinstance(item, int | float) or not 0 < item < 1:
                 raise SpecError(f"{path}: {POLICY_KEYS[key]}, got {item!r}")
             out[key] = float(item)
-        elif key == "max_rounds":
+        elif key in ("max_rounds", "dp_public_records"):
             if isinstance(item, bool) or not isinstance(item, int) or item <= 0:
                 raise SpecError(f"{path}: {POLICY_KEYS[key]}, got {item!r}")
             out[key] = item
@@ -242,7 +244,7 @@ def check_policy(value: Any, where: str) -> dict[str, Any]:
                 if not isinstance(digest, str) or not DIGEST_PATTERN.fullmatch(digest):
                     raise SpecError(f"{path}[{i}]: not a sha256 digest (64 lowercase hex)")
             out[key] = list(item)
-        elif key == "consent":
+        elif key in ("consent", "require_secagg"):
             if not isinstance(item, bool):
                 raise SpecError(f"{path}: {POLICY_KEYS[key]}, got {item!r}")
             out[key] = item

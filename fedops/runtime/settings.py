@@ -295,6 +295,8 @@ class ClientConfig(TrainOptions, TaskOptions):
     require_secagg: bool = False
     #: send drift and fairness statistics even under --require-secagg or --max-epsilon
     share_monitoring: bool = False
+    #: evaluate on request although the site hides its record count (--max-epsilon etc.)
+    share_evaluation: bool = False
     max_epsilon: float | None = None
     dp_delta: float | None = None  # the δ the site accounts local DP at (None: kit's, else 1e-5)
     #: local DP is planned and accounted with this record count; the true one stays hidden

@@ -16,9 +16,13 @@ question cost minutes and gigabytes.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sqlite3
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,10 +93,29 @@ class SiteLedger:
     """
 
     FILE = "privacy_ledger.sqlite"
+    LOCK = "privacy_ledger.lock"
 
     def __init__(self, directory: Path | None = None) -> None:
         self.path = Path(directory) / self.FILE if directory is not None else None
         self._memory: list[Charge] = []
+        self._thread_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the ledger from the cap check to the charge: two agents on one run
+        directory (two federations, a restart racing the old process) otherwise both
+        pass a check that only one round fits, and both train and send."""
+        with self._thread_lock:
+            if self.path is None:
+                yield
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path.with_name(self.LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd closes, or the process dies
+                yield
+            finally:
+                os.close(fd)
 
     def charges(self) -> list[Charge]:
         """Every recorded round, oldest first (:class:`LedgerError` if unreadable)."""

@@ -43,6 +43,8 @@ class SitePolicy:
         smaller one, never a larger (``--dp-delta``, kit rule ``max_delta``).
     dp_public_records: the record count local DP is planned and accounted with in
         place of the true one, which then stays hidden (``--dp-public-records``).
+    require_secagg: train only under secure aggregation (``--require-secagg``); implied
+        by a distributed-DP noise floor, which a plain fit would bypass.
     max_rounds: the last round this site takes part in.
     allowed_tasks: sha256 digests of task code this site agreed to run (empty: any).
     consent_file: JSON ``{"consent": true|false}``, read before every task.
@@ -52,6 +54,7 @@ class SitePolicy:
     max_epsilon: float | None = None
     max_delta: float = 1e-5
     dp_public_records: int | None = None
+    require_secagg: bool = False
     max_rounds: int | None = None
     allowed_tasks: Sequence[str] = field(default_factory=tuple)
     consent_file: Path | None = None
@@ -72,6 +75,7 @@ class SitePolicy:
         """A kit's ``policy`` (``max_epsilon``, ``max_delta``, ``max_rounds``, ``allowed_tasks``),
         overridden by the flags the operator gave (those that are not None)."""
         known = {"max_epsilon", "max_delta", "dp_public_records", "max_rounds", "allowed_tasks"}
+        known |= {"require_secagg"}
         known |= {"consent", "consent_file"}
         known |= set(SECAGG_RULES)
         unknown = sorted(set(policy) - known)
@@ -87,13 +91,17 @@ class SitePolicy:
             "max_epsilon": policy.get("max_epsilon"),
             "max_delta": float(policy.get("max_delta", 1e-5)),
             "dp_public_records": policy.get("dp_public_records"),
+            "require_secagg": bool(policy.get("require_secagg", False)),
             "max_rounds": policy.get("max_rounds"),
             "allowed_tasks": tuple(policy.get("allowed_tasks", ())),
             "consent_file": Path(policy["consent_file"]) if policy.get("consent_file") else None,
             "consent": bool(policy.get("consent", True)),
             "secagg": SecAggPolicy(**secagg),
         }
-        values |= {k: v for k, v in overrides.items() if v not in (None, ())}
+        flag = bool(overrides.pop("require_secagg", False))  # a flag can add the rule only
+        values |= {k: v for k, v in overrides.items() if v is not None and v != ()}
+        secagg_floor = values["secagg"].min_noise_multiplier > 0
+        values["require_secagg"] = values["require_secagg"] or flag or secagg_floor
         return cls(**values)
 
     def check_task(self, task: Task) -> None:

@@ -274,11 +274,14 @@ class Site:
             seed=shuffle_seed(int(config.get("seed", 0)), server_round, self.site),
         )
         dp = self._local_dp(config, cfg)
+        if dp is not None:
+            with self.ledger.exclusive():  # the check and the charge, with nothing between
+                self._check_policy(dp, cfg)
+                set_params(self.model, params)
+                self._fit_private(dp, cfg, run_id, server_round)
+            return get_params(self.model), DP_NUM_EXAMPLES, {}
         self._check_policy(dp, cfg)
         set_params(self.model, params)
-        if dp is not None:
-            self._fit_private(dp, cfg, run_id, server_round)
-            return get_params(self.model), DP_NUM_EXAMPLES, {}
         run = self.task.train or training.train
         metrics = run(self.model, self.train_data, cfg)
         return (
@@ -328,6 +331,11 @@ class Site:
                 raise PolicyRefusal(
                     f"this site trains only with local DP at ε <= {self.max_epsilon:g} "
                     "(--max-epsilon); the task asks for none"
+                )
+            if self.public_records is not None:
+                raise PolicyRefusal(
+                    "this site trains only with local DP (--dp-public-records: its answer "
+                    "to a plain fit would carry its record count); the task asks for none"
                 )
             return
         if self.task.train is not None:

@@ -556,6 +556,20 @@ def test_distributed_dp_below_the_site_floor_is_refused(fleet: Fleet):
         request = dataclasses.replace(requests[rnd.index(DP_SITE)], encoding=encoding)
         answers = rnd.ask({rnd.index(DP_SITE): request})
         assert_declined(fleet, rnd.number, by_name(rnd, answers), "secagg_shares", reason)
+    # a mask request whose encoding is not the sealed one is refused before the site trains
+    # (red team, issue 16: a round that is then refused must not cost training or budget)
+    rnd = Round(fleet, cohort, noise=(1.0, 1.0), min_survivors=4)
+    rnd.advertise()
+    rnd.share()
+    dp = rnd.index(DP_SITE)
+    request = rnd.server.close_shares()[dp]
+    quieter = dataclasses.replace(request.encoding, noise_mu=request.encoding.noise_mu / 2)
+    trainings = len(fleet.trainings(DP_SITE))
+    answers = rnd.ask({dp: dataclasses.replace(request, encoding=quieter)})
+    assert_declined(
+        fleet, rnd.number, by_name(rnd, answers), "secagg_masked", "shares were sealed with"
+    )
+    assert len(fleet.trainings(DP_SITE)) == trainings
     # the noise it agreed to: it trains and masks
     rnd = Round(fleet, cohort, noise=(1.0, 1.0), min_survivors=4)
     rnd.advertise()

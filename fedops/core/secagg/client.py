@@ -216,6 +216,20 @@ class SecAggClient:
         return bool(signature) and self.verify(keys.identity, message, signature, keys.certificate)
 
     # -- stage 3 -----------------------------------------------------------
+    def check_mask_request(self, request: MaskRequest, dimension: int) -> None:
+        """What :meth:`mask` will check of the encoding, before the site trains: a request
+        it would refuse must not cost a training round (nor, under local DP, budget)."""
+        if self.stage != 2:
+            raise ProtocolError(
+                f"a mask request, but this round's session is at stage {self.stage + 1}"
+            )
+        if request.encoding != self._encoding:
+            raise ProtocolError(
+                "the mask request's encoding is not the one this round's shares were sealed "
+                "with: refusing to mask"
+            )
+        self.policy.check_encoding(request.encoding, len(self.setup.cohort), dimension)
+
     def mask(self, request: MaskRequest, vector: NDArray[np.uint32]) -> MaskedInput:
         """Mask ``vector`` (the encoded update) with the self mask and one mask per neighbour.
 

@@ -45,8 +45,10 @@ class _Stub:
         return pb.RegisterResponse(node_id="n1", token="t", run_id="run-A")
 
 
-def _agent(run_dir: Path, max_epsilon: float | None) -> Agent:
-    cfg = ClientConfig(task="digits", site=0, num_sites=3, run_dir=run_dir, max_epsilon=max_epsilon)
+def _agent(run_dir: Path, max_epsilon: float | None, **flags: Any) -> Agent:
+    cfg = ClientConfig(
+        task="digits", site=0, num_sites=3, run_dir=run_dir, max_epsilon=max_epsilon, **flags
+    )
     site = Site(
         load_task("digits"),
         site=0,
@@ -130,15 +132,28 @@ def test_a_capped_site_registers_and_sends_its_initial_model_without_its_count(
         plain.trail.close()
 
 
-def test_a_capped_site_evaluates_once_per_round_rounds_only_forward(capped: Agent):
+def _evaluate(number: int) -> pb.Task:
+    return pb.Task(kind=pb.TASK_KIND_EVALUATE, run_id="run-A", round=number, task_id=f"e{number}")
+
+
+def test_a_capped_site_does_not_evaluate_unless_it_opts_in(capped: Agent):
+    """Red team, issue 16: an evaluation answer's example count (and accuracy x count, a
+    whole number) shows the test split's size, and so the record count the site hides."""
+    answer = _step(capped, _evaluate(1))
+    assert "hides its record count" in answer["declined"]
+    assert "--share-evaluation" in answer["declined"]
+
+
+def test_a_capped_site_evaluates_once_per_round_rounds_only_forward(tmp_path: Path):
     """Each evaluation runs a coordinator-chosen model over the site's test rows, whose loss
-    tells whether a row is there: a capped site answers once per round, not at will."""
-    for number, expect_declined in ((1, False), (1, True), (2, False), (1, True)):
-        task = pb.Task(
-            kind=pb.TASK_KIND_EVALUATE, run_id="run-A", round=number, task_id=f"e{number}"
-        )
-        answer = _step(capped, task)
-        assert ("declined" in answer) is expect_declined, (number, answer)
-        if expect_declined:
-            assert "evaluates once per round" in answer["declined"]
-            assert "--max-epsilon" in answer["declined"]
+    tells whether a row is there: a capped site that opts in answers once per round."""
+    capped = _agent(tmp_path, 3.0, share_evaluation=True)
+    try:
+        for number, expect_declined in ((1, False), (1, True), (2, False), (1, True)):
+            answer = _step(capped, _evaluate(number))
+            assert ("declined" in answer) is expect_declined, (number, answer)
+            if expect_declined:
+                assert "evaluates once per round" in answer["declined"]
+                assert "--max-epsilon" in answer["declined"]
+    finally:
+        capped.trail.close()

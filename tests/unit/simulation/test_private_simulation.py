@@ -537,12 +537,12 @@ def test_a_resumed_local_dp_simulation_continues_what_each_site_spent(
     trained: dict[str, list[tuple[float, int, float]]] = {}
     real = site_module.train_private
 
-    def recording(model: Any, data: Any, cfg: Any, dp: Any) -> Any:
+    def recording(model: Any, data: Any, cfg: Any, dp: Any, records: Any = None) -> Any:
         x, _ = data  # which site: its rows, the same in both runs
-        q, steps = steps_per_round(len(x), cfg)
+        q, steps = steps_per_round(records or len(x), cfg)
         key = hashlib.sha256(x.numpy().tobytes()).hexdigest()
         trained.setdefault(key, []).append((q, steps, dp.noise_multiplier))
-        return real(model, data, cfg, dp)
+        return real(model, data, cfg, dp, records=records)
 
     monkeypatch.setattr(site_module, "train_private", recording)
     cap, run_dir = 5.0, tmp_path / "run"

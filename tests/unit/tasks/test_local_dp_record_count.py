@@ -119,3 +119,11 @@ def test_the_public_count_comes_from_the_flag_or_the_kit():
             SitePolicy.from_mapping({"dp_public_records": bad})
     with pytest.raises(ValueError, match="public_records"):
         Site(load_task("digits"), site=0, num_sites=1, train_config=TRAIN, public_records=0)
+
+
+def test_a_site_with_a_public_count_refuses_plain_training(digits):
+    """Red team, issue 16: a plain fit's answer carried the true n and the exact loss."""
+    site = _site(digits, 150, public_records=PUBLIC)
+    with pytest.raises(PolicyRefusal, match=r"only with local DP.*--dp-public-records"):
+        site.fit(site.initial_params(), 1, {"epochs": 1.0})
+    assert _site(digits, 150).fit(_site(digits, 150).initial_params(), 1, {})[1] == 150

@@ -96,3 +96,29 @@ def test_the_agent_builds_the_policy_from_its_flags_over_the_kit():
     )
     assert site_policy(ClientConfig(secagg_min_degree=3), None).secagg == SecAggPolicy(min_degree=3)
     assert site_policy(ClientConfig(), None).secagg == SecAggPolicy()
+
+
+def test_a_noise_floor_or_the_kit_rule_means_secure_aggregation_only():
+    """Red team, issue 16: a site pinning a distributed-DP noise floor answered a plain fit
+    with its raw update; the floor now implies --require-secagg, and the kit can say so."""
+    assert not SitePolicy.from_mapping({}).require_secagg
+    assert SitePolicy.from_mapping({"secagg_min_noise_multiplier": 1.0}).require_secagg
+    assert SitePolicy.from_mapping({"require_secagg": True}).require_secagg
+    flagged = site_policy(ClientConfig(require_secagg=True), None)
+    assert flagged.require_secagg
+    floor = site_policy(ClientConfig(secagg_min_noise_multiplier=0.5), None)
+    assert floor.require_secagg
+    # a flag adds the rule, never removes the kit's
+    kit = SimpleNamespace(policy={"require_secagg": True})
+    assert site_policy(ClientConfig(), kit).require_secagg  # type: ignore[arg-type]
+
+
+def test_the_guard_refuses_plain_training_under_a_noise_floor():
+    from fedops.client.guard import TaskGuard
+    from fedops.v1 import fedops_pb2 as pb
+
+    policy = SitePolicy.from_mapping({"secagg_min_noise_multiplier": 1.0})
+    guard = TaskGuard(require_secagg=policy.require_secagg)
+    fit = pb.Task(kind=pb.TASK_KIND_FIT, run_id="r", round=1, task_id="t")
+    assert "only trains under secure aggregation" in guard.refusal(fit, "r")
+    assert TaskGuard(require_secagg=SitePolicy().require_secagg).refusal(fit, "r") == ""

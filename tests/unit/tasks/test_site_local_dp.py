@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
+import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -119,6 +121,46 @@ def test_a_restarted_site_refuses_once_its_persisted_epsilon_would_pass_its_cap(
     with pytest.raises(PolicyRefusal, match=r"--max-epsilon"):
         _site(tmp_path, max_epsilon=cap).fit(start, 1, DP, run_id="run-2")
     assert len(SiteLedger(tmp_path).charges()) == 2
+
+
+def test_two_agents_on_one_ledger_cannot_both_pass_a_cap_one_round_fits(
+    tmp_path: Path, monkeypatch
+):
+    """Red team, issue 16: the cap was checked, then training ran, then the charge was
+    written, with nothing held between: two processes on one run directory both passed.
+    Training is slowed down here so that the second check falls inside the first round."""
+    from fedops.tasks import site as site_module
+
+    probe = _site()
+    two = _oracle(probe, 1.0, 2, 1e-5)
+    cap = two * 0.99  # room for one round (its RDP alone is below: a PLD check), not two
+    real = site_module.train_private
+
+    def slow(*args, **kwargs):
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(site_module, "train_private", slow)
+    sites = [_site(tmp_path, max_epsilon=cap) for _ in range(2)]  # two agents, one directory
+    start = sites[0].initial_params()
+    outcomes: list[str] = []
+
+    def fit(site: Site, run: str) -> None:
+        try:
+            site.fit(start, 1, DP, run_id=run)
+            outcomes.append("trained")
+        except PolicyRefusal as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=fit, args=(s, f"run-{i}")) for i, s in enumerate(sites)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert outcomes.count("trained") == 1, outcomes
+    assert any("--max-epsilon" in o for o in outcomes), outcomes
+    assert len(SiteLedger(tmp_path).charges()) == 1
+    assert SiteLedger(tmp_path).epsilon(1e-5) <= cap
 
 
 def test_a_corrupt_ledger_refuses_dp_training_but_not_plain_training(tmp_path: Path):
