@@ -193,6 +193,7 @@ def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
         max_epsilon=policy.max_epsilon,
         max_delta=policy.max_delta,
         public_records=policy.dp_public_records,
+        report_limits=policy.report_limits,
         ledger_dir=cfg.run_dir,  # the site's privacy ledger survives restarts there
     )
     try:

@@ -371,6 +371,22 @@ def _client_parser(sub: Any) -> None:
         "--max-epsilon or --dp-public-records (the answer shows the test split's size)",
     )
     client.add_argument(
+        "--monitoring-min-count",
+        type=int,
+        default=None,
+        metavar="K",
+        help="site policy: no monitoring bin reports 1..K-1 of this site's rows (small bins "
+        "are merged; fairness groups under K left out; default: the kit's, else 5)",
+    )
+    client.add_argument(
+        "--monitoring-max-cells",
+        type=int,
+        default=None,
+        metavar="C",
+        help="site policy: refuse a monitoring request for more than C bins in all "
+        "(default: the kit's, else 20000)",
+    )
+    client.add_argument(
         "--max-epsilon",
         type=float,
         default=None,

@@ -56,6 +56,8 @@ def site_policy(cfg: ClientConfig, kit: Kit | None) -> SitePolicy:
         max_delta=cfg.dp_delta,
         dp_public_records=cfg.dp_public_records,
         require_secagg=cfg.require_secagg,
+        monitoring_min_count=cfg.monitoring_min_count,
+        monitoring_max_cells=cfg.monitoring_max_cells,
         max_rounds=cfg.max_rounds,
         allowed_tasks=tuple(cfg.allowed_task or ()),
         consent_file=cfg.consent_file,
@@ -171,6 +173,7 @@ class Agent:
                 "max_epsilon": p.max_epsilon,
                 "max_delta": p.max_delta,
                 "dp_public_records": p.dp_public_records,
+                "monitoring": dataclasses.asdict(p.report_limits),
                 "privacy_ledger": site.ledger.path,
                 "max_rounds": p.max_rounds,
                 "allowed_tasks": list(p.allowed_tasks),
@@ -357,9 +360,7 @@ class Agent:
         return True
 
     def _evaluate(self, task: pb.Task) -> None:
-        params = self._fetch(task)
-        n, metrics = self.site.evaluate(params, task.round)
-        report = None
+        spec = None
         if task.HasField("monitor") and self.withhold_monitoring:
             log.info(
                 "round %d: drift and fairness statistics withheld (site policy: "
@@ -367,11 +368,19 @@ class Agent:
                 task.round,
             )
         elif task.HasField("monitor"):
-            try:
+            try:  # refused before the model is fetched or any row is counted
                 spec = monitoring.spec_from_proto(task.monitor)
+                self.site.check_report(spec)
             except InvalidUpdate as exc:
                 self._decline(task, f"monitoring request: {exc}")
                 return
+            except PolicyRefusal as exc:
+                self._decline(task, str(exc))
+                return
+        params = self._fetch(task)
+        n, metrics = self.site.evaluate(params, task.round)
+        report = None
+        if spec is not None:
             site_report = self.site.report(params, spec)
             if site_report is not None:
                 report = monitoring.report_to_proto(site_report)

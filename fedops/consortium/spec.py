@@ -41,6 +41,8 @@ POLICY_KEYS = {
     "max_rounds": "a positive integer: the most rounds the site takes part in",
     "dp_public_records": "a positive integer: the record count local DP is planned with",
     "require_secagg": "true or false: whether the site trains only under secure aggregation",
+    "monitoring_min_count": "a positive integer: no monitoring bin reports fewer of its rows",
+    "monitoring_max_cells": "a positive integer: the most bins a monitoring report may have",
     "allowed_tasks": "a list of sha256 digests (64 lowercase hex) of the task sources it runs",
     "consent": "true or false: whether the site has consented to take part",
     "consent_file": "a path to a JSON file {consent: true|false} the site re-reads before tasks",
@@ -233,7 +235,12 @@ def check_policy(value: Any, where: str) -> dict[str, Any]:
             if isinstance(item, bool) or not isinstance(item, int | float) or not 0 < item < 1:
                 raise SpecError(f"{path}: {POLICY_KEYS[key]}, got {item!r}")
             out[key] = float(item)
-        elif key in ("max_rounds", "dp_public_records"):
+        elif key in (
+            "max_rounds",
+            "dp_public_records",
+            "monitoring_min_count",
+            "monitoring_max_cells",
+        ):
             if isinstance(item, bool) or not isinstance(item, int) or item <= 0:
                 raise SpecError(f"{path}: {POLICY_KEYS[key]}, got {item!r}")
             out[key] = item

@@ -297,6 +297,8 @@ class ClientConfig(TrainOptions, TaskOptions):
     share_monitoring: bool = False
     #: evaluate on request although the site hides its record count (--max-epsilon etc.)
     share_evaluation: bool = False
+    monitoring_min_count: int | None = None  # smallest reported bin (None: kit's, else 5)
+    monitoring_max_cells: int | None = None  # most bins a report may have (None: kit's, else 20k)
     max_epsilon: float | None = None
     dp_delta: float | None = None  # the δ the site accounts local DP at (None: kit's, else 1e-5)
     #: local DP is planned and accounted with this record count; the true one stays hidden
@@ -359,6 +361,9 @@ class ClientConfig(TrainOptions, TaskOptions):
             "dp_delta",
             f"must be in (0, 1), got {self.dp_delta}",
         )
+        for key in ("monitoring_min_count", "monitoring_max_cells"):
+            value = getattr(self, key)
+            _require(value is None or value >= 1, key, f"must be at least 1, got {value}")
         _require(
             self.dp_public_records is None or self.dp_public_records >= 1,
             "dp_public_records",

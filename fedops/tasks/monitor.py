@@ -18,7 +18,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from fedops.core.monitoring.profile import MonitorSpec, SiteReport, Window, site_report
+from fedops.core.monitoring.profile import (
+    MonitorSpec,
+    ReportLimits,
+    SiteReport,
+    Window,
+    site_report,
+)
 from fedops.core.training import Data
 
 GroupsOf = Callable[[Any], Any]
@@ -98,7 +104,12 @@ class SiteMonitor:
 
     @torch.no_grad()
     def report(
-        self, model: nn.Module, spec: MonitorSpec, current: Data, test: Window
+        self,
+        model: nn.Module,
+        spec: MonitorSpec,
+        current: Data,
+        test: Window,
+        limits: ReportLimits | None = None,
     ) -> SiteReport:
         model.eval()
 
@@ -111,5 +122,10 @@ class SiteMonitor:
             return probs
 
         return site_report(
-            spec, predict, reference=self.reference, current=window_of(current), test=test
+            spec,
+            predict,
+            reference=self.reference,
+            current=window_of(current),
+            test=test,
+            limits=limits,
         )

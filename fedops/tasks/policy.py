@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedops.core.monitoring.profile import ReportLimits
 from fedops.core.privacy.accountant import check_delta
 from fedops.core.secagg.policy import SecAggPolicy
 from fedops.tasks.base import Task
@@ -45,6 +46,8 @@ class SitePolicy:
         place of the true one, which then stays hidden (``--dp-public-records``).
     require_secagg: train only under secure aggregation (``--require-secagg``); implied
         by a distributed-DP noise floor, which a plain fit would bypass.
+    report_limits: the smallest bin and the most bins of a monitoring report
+        (``monitoring_min_count``, ``monitoring_max_cells``).
     max_rounds: the last round this site takes part in.
     allowed_tasks: sha256 digests of task code this site agreed to run (empty: any).
     consent_file: JSON ``{"consent": true|false}``, read before every task.
@@ -55,6 +58,7 @@ class SitePolicy:
     max_delta: float = 1e-5
     dp_public_records: int | None = None
     require_secagg: bool = False
+    report_limits: ReportLimits = field(default_factory=ReportLimits)
     max_rounds: int | None = None
     allowed_tasks: Sequence[str] = field(default_factory=tuple)
     consent_file: Path | None = None
@@ -75,30 +79,37 @@ class SitePolicy:
         """A kit's ``policy`` (``max_epsilon``, ``max_delta``, ``max_rounds``, ``allowed_tasks``),
         overridden by the flags the operator gave (those that are not None)."""
         known = {"max_epsilon", "max_delta", "dp_public_records", "max_rounds", "allowed_tasks"}
-        known |= {"require_secagg"}
+        known |= {"require_secagg", "monitoring_min_count", "monitoring_max_cells"}
         known |= {"consent", "consent_file"}
         known |= set(SECAGG_RULES)
         unknown = sorted(set(policy) - known)
         if unknown:
             raise ValueError(f"policy: unknown rule(s) {unknown}; known: {sorted(known)}")
         overrides = dict(overrides)
-        secagg: dict[str, Any] = {}  # a flag the operator gave wins over the kit's rule
-        for key, name in SECAGG_RULES.items():
-            flag, rule = overrides.pop(key, None), policy.get(key)
-            if flag is not None or rule is not None:
-                secagg[name] = flag if flag is not None else rule
+
+        def chosen(key: str) -> Any:  # a flag the operator gave wins over the kit's rule
+            flag = overrides.pop(key, None)
+            return flag if flag is not None else policy.get(key)
+
+        secagg = {name: v for key, name in SECAGG_RULES.items() if (v := chosen(key)) is not None}
+        limits = {
+            name: int(v)
+            for name in ("min_count", "max_cells")
+            if (v := chosen(f"monitoring_{name}")) is not None
+        }
+        flag = bool(overrides.pop("require_secagg", False))  # a flag can add the rule only
         values = {
             "max_epsilon": policy.get("max_epsilon"),
             "max_delta": float(policy.get("max_delta", 1e-5)),
             "dp_public_records": policy.get("dp_public_records"),
             "require_secagg": bool(policy.get("require_secagg", False)),
+            "report_limits": ReportLimits(**limits),
             "max_rounds": policy.get("max_rounds"),
             "allowed_tasks": tuple(policy.get("allowed_tasks", ())),
             "consent_file": Path(policy["consent_file"]) if policy.get("consent_file") else None,
             "consent": bool(policy.get("consent", True)),
             "secagg": SecAggPolicy(**secagg),
         }
-        flag = bool(overrides.pop("require_secagg", False))  # a flag can add the rule only
         values |= {k: v for k, v in overrides.items() if v is not None and v != ()}
         secagg_floor = values["secagg"].min_noise_multiplier > 0
         values["require_secagg"] = values["require_secagg"] or flag or secagg_floor

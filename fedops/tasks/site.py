@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fedops.core import training
-from fedops.core.monitoring.profile import MonitorSpec, SiteReport
+from fedops.core.monitoring.profile import MonitorSpec, ReportLimits, SiteReport
 from fedops.core.params import Params
 from fedops.core.privacy.accountant import check_delta, epsilon
 from fedops.core.privacy.local import (
@@ -169,6 +169,8 @@ class Site:
             steps, σ=auto, ε and every accept or decline are functions of public
             values, and n shows only inside the noised gradient sums. None: n is
             public (it decides q and the steps).
+        report_limits: site policy: the smallest bin count and the most bins a
+            monitoring report may show (``--monitoring-min-count``/``-max-cells``).
 
     ``on_spend``, when set (the agent sets it to its audit log), is told what each
     DP round cost, after the ledger has it and before the update leaves.
@@ -187,6 +189,7 @@ class Site:
         max_delta: float = DEFAULT_DELTA,
         ledger_dir: Path | None = None,
         public_records: int | None = None,
+        report_limits: ReportLimits | None = None,
     ) -> None:
         check_delta(max_delta)
         if public_records is not None and public_records < 1:
@@ -195,6 +198,7 @@ class Site:
         self.max_epsilon = max_epsilon
         self.max_delta = max_delta
         self.public_records = public_records
+        self.report_limits = report_limits if report_limits is not None else ReportLimits()
         self.ledger = SiteLedger(ledger_dir)
         self.on_spend: Callable[[Spent], None] | None = None
         self._model_refusal: str | None = None  # checked once: the model's layers are fixed
@@ -387,7 +391,15 @@ class Site:
             return None
         set_params(self.model, params)
         test = self.monitor.test_window(self.test_data, self.test_groups)
-        return self.monitor.report(self.model, spec, self.train_data, test)
+        return self.monitor.report(self.model, spec, self.train_data, test, self.report_limits)
+
+    def check_report(self, spec: MonitorSpec) -> None:
+        """Refuse (:class:`PolicyRefusal`) a monitoring request past this site's cap,
+        before the model is evaluated or a row counted."""
+        try:
+            self.report_limits.check(spec, spec.num_classes)
+        except ValueError as exc:
+            raise PolicyRefusal(str(exc)) from exc
 
 
 def global_evaluator(task: Task) -> Callable[[Params], Mapping[str, float]] | None:

@@ -29,6 +29,10 @@ OUTPUT_EDGES: NDArray[np.float64] = np.concatenate([[-np.inf], np.linspace(0.1, 
 LABEL = "label"
 PREDICTION = "prediction"
 
+#: a site's defaults for :class:`ReportLimits`
+DEFAULT_MIN_COUNT = 5
+DEFAULT_MAX_CELLS = 20_000
+
 Array = NDArray[np.floating] | NDArray[np.integer]
 Predict = Callable[[NDArray[np.float32]], NDArray[np.float64]]  # inputs -> class probabilities
 
@@ -67,6 +71,72 @@ class MonitorSpec:
                 f"positive_label {self.positive_label} is not a class of a "
                 f"{self.num_classes}-class task"
             )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportLimits:
+    """What a site's monitoring report may show, whatever the coordinator asks (site policy).
+
+    The coordinator chooses the bins; fine bins over a site's rows are marginals exact to
+    the row (issue 17: up to 1024 bins x 4096 features, a bin of one row). So no reported
+    bin counts between 1 and ``min_count - 1`` rows: runs of small adjacent bins are merged
+    into the largest bin of the run (:meth:`merge`), which keeps every histogram's total
+    (the window's row count, the same for every feature); a fairness group of fewer rows
+    is left out. The statistics are computed from what is reported, and a request for
+    more than ``max_cells`` bins in all is refused before any row is counted.
+    """
+
+    min_count: int = DEFAULT_MIN_COUNT
+    max_cells: int = DEFAULT_MAX_CELLS
+
+    def __post_init__(self) -> None:
+        if self.min_count < 1:
+            raise ValueError(f"monitoring_min_count must be >= 1, got {self.min_count}")
+        if self.max_cells < 1:
+            raise ValueError(f"monitoring_max_cells must be >= 1, got {self.max_cells}")
+
+    def check(self, spec: MonitorSpec, num_outputs: int) -> None:
+        """ValueError naming the rule when ``spec`` asks for more bins than allowed."""
+        asked = cells(spec, num_outputs)
+        if asked > self.max_cells:
+            raise ValueError(
+                f"the monitoring request asks for {asked} bins over this site's rows; its "
+                f"policy allows at most {self.max_cells} (monitoring_max_cells)"
+            )
+
+    def merge(self, counts: Counts) -> Counts:
+        """``counts`` with every bin 0 or at least ``min_count``, the total unchanged.
+
+        Left to right, bins join a run until it holds ``min_count`` rows; the run's rows
+        are reported in its largest bin, the rest of the run as 0. A last run still short
+        of the floor joins the run before it (or, alone, is the whole histogram).
+        """
+        raw = np.asarray(counts, np.int64)
+        out = np.zeros_like(raw)
+        runs: list[tuple[int, int]] = []  # [start, end) of each closed run
+        start, held = 0, 0
+        for i, c in enumerate(raw):
+            held += int(c)
+            if held >= self.min_count:
+                runs.append((start, i + 1))
+                start, held = i + 1, 0
+        if start < len(raw):
+            if held and runs:
+                runs[-1] = (runs[-1][0], len(raw))
+            else:
+                runs.append((start, len(raw)))
+        for lo, hi in runs:
+            out[lo + int(np.argmax(raw[lo:hi]))] = raw[lo:hi].sum()
+        return out
+
+
+def cells(spec: MonitorSpec, num_outputs: int) -> int:
+    """Bins a report over ``spec`` fills: features (or outputs), labels, predictions."""
+    if spec.edges:
+        inputs = sum(len(e) - 1 for e in spec.edges.values())
+    else:
+        inputs = num_outputs * (len(OUTPUT_EDGES) - 1)
+    return inputs + 2 * spec.num_classes
 
 
 def input_edges(x: Array, bins: int = 10) -> dict[str, NDArray[np.float64]]:
@@ -130,20 +200,28 @@ def site_report(
     reference: Window,
     current: Window,
     test: Window | None = None,
+    limits: ReportLimits | None = None,
 ) -> SiteReport:
     """Drift of ``current`` against ``reference``, and fairness counts on ``test``.
 
     Fairness needs the test window's sensitive-group ids; without them the
-    report has drift only.
+    report has drift only. ``limits`` (default :class:`ReportLimits`) suppresses
+    small bins and groups, before any statistic is computed from them.
     """
-    ref = histograms(spec, reference.x, reference.y, predict(reference.x))
+    limits = limits if limits is not None else ReportLimits()
+    probs = predict(reference.x)
+    limits.check(spec, probs.shape[1] if probs.ndim == 2 else 1)
+    ref = histograms(spec, reference.x, reference.y, probs)
+    ref = {k: limits.merge(v) for k, v in ref.items()}
     cur = histograms(spec, current.x, current.y, predict(current.x))
+    cur = {k: limits.merge(v) for k, v in cur.items()}
     names = list(ref)
     drift = tuple(drift_report(names, [ref[n] for n in names], [cur[n] for n in names]))
     fairness: dict[int, GroupCounts] = {}
     if test is not None and test.groups is not None and len(test.y):
         predicted = predict(test.x).argmax(axis=1)
-        fairness = confusion_counts(
+        groups = confusion_counts(
             test.y, predicted, test.groups, positive_label=spec.positive_label
         )
+        fairness = {g: c for g, c in groups.items() if c.n >= limits.min_count}
     return SiteReport(drift=drift, reference=ref, current=cur, fairness=fairness)

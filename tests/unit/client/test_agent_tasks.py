@@ -103,3 +103,21 @@ def test_a_secagg_site_withholds_monitoring_statistics_unless_it_opts_in(agent: 
     agent.withhold_monitoring = False  # what --share-monitoring sets
     answer = _step(agent, _monitored_evaluation(2))
     assert answer["report"] is not None and len(answer["report"].histograms) > 0
+
+
+def test_a_monitoring_request_past_the_sites_cap_is_declined_before_any_work(agent: Agent):
+    """Issue 17, finding 7: the coordinator picks bins x features; the site's policy caps
+    them (``monitoring_max_cells``) and says so, before it fetches or evaluates anything."""
+    from fedops.core.monitoring.profile import ReportLimits
+
+    agent.withhold_monitoring = False
+    agent.site.report_limits = ReportLimits(max_cells=10)
+    fetched = []
+    real = agent._fetch
+    agent._fetch = lambda task: fetched.append(task.task_id) or real(task)  # type: ignore[method-assign]
+    answer = _step(agent, _monitored_evaluation(1))
+    assert "monitoring_max_cells" in answer["declined"] and "at most 10" in answer["declined"]
+    assert not fetched
+    agent.site.report_limits = ReportLimits()
+    answer = _step(agent, _monitored_evaluation(2))
+    assert answer["report"] is not None and fetched

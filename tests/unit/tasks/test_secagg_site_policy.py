@@ -122,3 +122,13 @@ def test_the_guard_refuses_plain_training_under_a_noise_floor():
     fit = pb.Task(kind=pb.TASK_KIND_FIT, run_id="r", round=1, task_id="t")
     assert "only trains under secure aggregation" in guard.refusal(fit, "r")
     assert TaskGuard(require_secagg=SitePolicy().require_secagg).refusal(fit, "r") == ""
+
+
+def test_monitoring_limits_come_from_the_kit_or_the_flags():
+    assert SitePolicy().report_limits.min_count == 5
+    kit = SitePolicy.from_mapping({"monitoring_min_count": 20, "monitoring_max_cells": 500})
+    assert (kit.report_limits.min_count, kit.report_limits.max_cells) == (20, 500)
+    flag = SitePolicy.from_mapping({"monitoring_min_count": 20}, monitoring_min_count=7)
+    assert flag.report_limits.min_count == 7
+    with pytest.raises(ValueError, match="monitoring_max_cells"):
+        SitePolicy.from_mapping({"monitoring_max_cells": 0})

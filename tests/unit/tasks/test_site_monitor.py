@@ -16,7 +16,13 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fedops.core.monitoring.fairness import confusion_counts
-from fedops.core.monitoring.profile import LABEL, PREDICTION, MonitorSpec, input_edges
+from fedops.core.monitoring.profile import (
+    LABEL,
+    PREDICTION,
+    MonitorSpec,
+    ReportLimits,
+    input_edges,
+)
 from fedops.core.training import TrainConfig, set_params
 from fedops.tasks import Task, load_task
 from fedops.tasks.monitor import split_groups, takes_round, window_of
@@ -224,7 +230,10 @@ def _predicted(site: Site, params, x: np.ndarray) -> np.ndarray:
 def test_a_group_tensor_in_the_test_split_gives_fairness_counts(tmp_path: Path):
     task = _task(tmp_path, GROUP_TENSOR)
     spec = _spec(task)
-    site = Site(task, site=3, num_sites=4, train_config=CFG)
+    # no small group left out here: the group column's path is under test
+    site = Site(
+        task, site=3, num_sites=4, train_config=CFG, report_limits=ReportLimits(min_count=1)
+    )
     # what the task returned, by hand
     _, test = task.load_data(3, 4)
     x, y, g = (t.numpy() for t in test.tensors)

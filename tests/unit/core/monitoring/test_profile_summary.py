@@ -30,6 +30,7 @@ from fedops.core.monitoring.profile import (
     OUTPUT_EDGES,
     PREDICTION,
     MonitorSpec,
+    ReportLimits,
     SiteReport,
     Window,
     class_edges,
@@ -245,8 +246,10 @@ def test_pooled_drift_is_drift_of_the_concatenated_raw_data(federation):
     sites, bins = federation
     held_out = np.random.default_rng(bins).normal(size=(200, 2))
     spec = MonitorSpec(edges=input_edges(held_out, bins=bins), num_classes=3)
+    exact = ReportLimits(min_count=1)  # no bin merged: the pooling alone is under test
     reports = [
-        site_report(spec, _three_class_probs, reference=ref, current=cur) for ref, cur in sites
+        site_report(spec, _three_class_probs, reference=ref, current=cur, limits=exact)
+        for ref, cur in sites
     ]
     ours = pooled_drift(reports)
     # nobody holds this: every site's rows in one place, binned on the same edges
