@@ -46,6 +46,11 @@ def _report_parsers(sub: Any) -> None:
         help="the consortium CA's certificate (ca.pem): the log's key must be the one the CA "
         "certified (audit_key.crt beside the log); prints the certified party",
     )
+    verify.add_argument(
+        "--allow-missing-head",
+        action="store_true",
+        help="accept a log without its audit.head (entries cut off its end would go unnoticed)",
+    )
     export = verbs.add_parser(
         "export",
         help="cross-check the coordinator's and sites' logs; write compliance.json and .html",
@@ -66,6 +71,11 @@ def _report_parsers(sub: Any) -> None:
         metavar="CA_PEM",
         help="the consortium CA's certificate: pin every log to the key the CA certified for "
         "its party (coordinator or site) and name the parties in the report",
+    )
+    export.add_argument(
+        "--allow-missing-head",
+        action="store_true",
+        help="accept a log without its audit.head (entries cut off its end would go unnoticed)",
     )
 
 

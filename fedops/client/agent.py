@@ -24,6 +24,7 @@ from fedops.client.guard import TaskGuard
 from fedops.client.secure import SecureParticipant, secure_identity
 from fedops.client.trail import SiteTrail, phase_of
 from fedops.consortium.kit import Kit
+from fedops.core.audit_anchor import Anchor, HeadWatch, anchor_of
 from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.primitives import ProtocolError
 from fedops.crypto import Crypto
@@ -131,6 +132,7 @@ class Agent:
         # a site that caps its ε protects its records: what it sends besides the noised
         # model must not depend on them (its record count, or a model evaluated at will)
         self.private = self.site.hides_count
+        self.coordinator_heads = HeadWatch()
         if self.policy.max_epsilon is not None and self.policy.dp_public_records is None:
             log.warning(
                 "local DP without --dp-public-records: the number of DP-SGD steps a round "
@@ -320,7 +322,7 @@ class Agent:
 
     def _handle(self, task: pb.Task, session: Session) -> None:
         """Carry out one task; anything it raises is declined by :meth:`_step`."""
-        refusal = self.guard.refusal(task, session.run_id)
+        refusal = self.guard.refusal(task, session.run_id) or self._coordinator_regress(task)
         if refusal:
             self._decline(task, refusal)
         elif task.kind == pb.TASK_KIND_SEND_INITIAL:
@@ -344,6 +346,22 @@ class Agent:
             self._secure_step(task)
         else:
             self._decline(task, f"unknown task kind {task.kind}")
+
+    def _coordinator_regress(self, task: pb.Task) -> str:
+        """A coordinator whose audit head goes back was truncated or replaced: say so."""
+        head = self._coordinator_head(task)
+        if head is None:
+            return ""
+        reason = self.coordinator_heads.regress(task.run_id, head)
+        if reason:
+            self._audit("audit_anchor_mismatch", round=task.round, reason=reason, **head.payload())
+        return reason
+
+    @staticmethod
+    def _coordinator_head(task: pb.Task) -> Anchor | None:
+        if not task.HasField("coordinator_audit"):
+            return None
+        return anchor_of(task.coordinator_audit.seq, task.coordinator_audit.hash)
 
     def _policy_allows(self, task: pb.Task) -> bool:
         """Consent and the round limit, checked before any work; False: declined."""
@@ -423,6 +441,7 @@ class Agent:
             model_digest=got,
             config=dict(task.config),
         )
+        head = self._coordinator_head(task)
         self._audit(
             "model_received",
             round=task.round,
@@ -430,6 +449,8 @@ class Agent:
             model_digest=got,
             node_id=session.node_id,
             config=dict(task.config),
+            # the coordinator's log head: truncating that log later cannot remove it here
+            **({"coordinator_head": head.payload()} if head is not None else {}),
         )
         return params
 
@@ -460,6 +481,7 @@ class Agent:
                     secagg=secagg,
                     declined=declined,
                     report=report,
+                    audit_head=self.trail.head(),
                 ),
             )
         except grpc.RpcError as exc:

@@ -98,6 +98,7 @@ def push_result(
     secagg: pb.SecAggReply | None = None,
     declined: str = "",
     report: pb.SiteReport | None = None,
+    audit_head: tuple[int, str] | None = None,
 ) -> str:
     """Upload a result (header, then the payload in chunks).
 
@@ -123,6 +124,8 @@ def push_result(
         header.secagg.CopyFrom(secagg)
     if report is not None:
         header.report.CopyFrom(report)
+    if audit_head is not None:
+        header.site_audit.seq, header.site_audit.hash = audit_head
     hasher = codec.payload_hasher(specs) if digest else None
 
     def messages() -> Iterator[pb.PushResultRequest | bytes]:

@@ -68,6 +68,13 @@ class SiteTrail:
     def keeping(self) -> bool:
         return self.log is not None
 
+    def head(self) -> tuple[int, str] | None:
+        """This log's ``(seq, hash)``, sent with every result for the coordinator to anchor."""
+        if self.log is None:
+            return None
+        seq, digest = self.log.head
+        return (seq, digest) if seq >= 0 else None
+
     def journal(self, **entry: Any) -> None:
         if self.journal_path is not None:
             with self.journal_path.open("a") as f:

@@ -64,6 +64,7 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
         heartbeat_interval_s=cfg.heartbeat_interval_s,
         liveness_timeout_s=cfg.liveness_timeout_s,
         audit=audit.record,
+        audit_head=lambda: audit.head,
     )
     # refusals cost the refused peer, not our disk: a few rows per offender per minute
     records.throttle = RefusalThrottle(

@@ -21,6 +21,7 @@ import grpc
 
 from fedops.coordinator.intake import read_result
 from fedops.coordinator.nodes import NodeRegistry, Unauthenticated
+from fedops.core.audit_anchor import anchor_of
 from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import InvalidUpdate, Params, TensorSpec, digest
 from fedops.core.results import EvaluateResult, FitResult, StageResult
@@ -186,11 +187,15 @@ class ResultIntake:
                 )
             self._answered.add(assignment.task.task_id)
             del self._assignments[node]
-        self._audit_result(assignment, node, result)
+        self._audit_result(assignment, node, result, header)
         return ResultArrived(node_id=node, task_id=assignment.task.task_id, result=result)
 
     def _audit_result(
-        self, assignment: Assignment, node: str, result: FitResult | EvaluateResult | StageResult
+        self,
+        assignment: Assignment,
+        node: str,
+        result: FitResult | EvaluateResult | StageResult,
+        header: pb.ResultHeader,
     ) -> None:
         """Record an accepted update's digest (the same hash the site computed as it sent)."""
         if isinstance(result, FitResult):
@@ -199,6 +204,9 @@ class ResultIntake:
             payload = {secagg_codec.MASKED_TENSOR: result.reply.vector}
         else:
             return
+        head = None
+        if header.HasField("site_audit"):
+            head = anchor_of(header.site_audit.seq, header.site_audit.hash)
         kind = assignment.task.kind
         phase = "fit" if kind == pb.TASK_KIND_FIT else str(TRAINING_STAGE)
         if kind == pb.TASK_KIND_SEND_INITIAL:
@@ -212,6 +220,8 @@ class ResultIntake:
                 "phase": phase,
                 "digest": digest(payload),
                 "num_examples": result.num_examples,
+                # the site's own log head: truncating that log later cannot remove it here
+                **({"site_head": head.payload()} if head is not None else {}),
             },
         )
 

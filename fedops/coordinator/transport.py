@@ -58,6 +58,8 @@ class GrpcTransport(ResultIntake):
         on_rejection: ``(round, node_id, code, reason)`` for the run store.
         audit: ``(event, payload)`` for the coordinator's audit log: joins,
             models sent and updates received, each with its digest.
+        audit_head: the coordinator log's ``(seq, hash)``, sent with every task for the
+            sites to anchor (:mod:`fedops.core.audit_anchor`).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class GrpcTransport(ResultIntake):
         max_chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
         on_rejection: Callable[[int, str, str, str], None] = lambda *a: None,
         audit: Callable[[str, Mapping[str, Any]], None] = lambda event, payload: None,
+        audit_head: Callable[[], tuple[int, str]] | None = None,
     ) -> None:
         self.run_id = run_id
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -76,6 +79,7 @@ class GrpcTransport(ResultIntake):
         self.max_chunk_bytes = max_chunk_bytes
         self.on_rejection = on_rejection
         self.audit = audit
+        self.audit_head = audit_head
         self.registry = NodeRegistry()
         self._cond = threading.Condition()
         self._assignments: dict[str, Assignment] = {}
@@ -126,6 +130,7 @@ class GrpcTransport(ResultIntake):
             model_digest = self._last_dispatched[1]
         kind = pb.TASK_KIND_SECAGG if stage is not None else _KIND_OF_PHASE[phase]
         monitor_proto = monitoring.spec_to_proto(monitor) if monitor is not None else None
+        head = self.audit_head() if self.audit_head is not None else None
         with self._cond:
             self._round = server_round
             tasks = {}
@@ -135,6 +140,8 @@ class GrpcTransport(ResultIntake):
                     tasks[node] = ""
                     continue
                 task = self._new_task(kind, server_round, config, model_digest)
+                if head is not None and head[0] >= 0:
+                    task.coordinator_audit.seq, task.coordinator_audit.hash = head
                 assignment = Assignment(
                     task=task, params=params, specs=specs, model_digest=model_digest
                 )

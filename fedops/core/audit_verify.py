@@ -220,6 +220,11 @@ def _result(chain: _Chain, ok: bool, reason: str, first_bad: int | None) -> Veri
 _MOVED = "(a line was deleted, inserted or moved)"
 _TOFU = "no pinned key: trusted the key in the log's first entry (trust on first use)"
 _NO_HEAD = "no head file: entries deleted from the end of the log would go unnoticed"
+_NO_HEAD_FAILS = (
+    "no head file (audit.head): entries may have been deleted from the end of the log; "
+    "only an anchor in another party's log (fedops audit export) or an explicit "
+    "--allow-missing-head accepts it"
+)
 
 
 def split_log(data: bytes) -> tuple[list[bytes], bytes]:
@@ -234,8 +239,14 @@ def verify_log_bytes(
     *,
     public_key_pem: str | bytes | None = None,
     head: bytes | None = None,
+    allow_missing_head: bool = False,
 ) -> VerifyResult:
-    """A whole log file's bytes and, when it exists, its head file's bytes."""
+    """A whole log file's bytes and, when it exists, its head file's bytes.
+
+    A log of more than one entry without a head file fails unless
+    ``allow_missing_head``: the head is written after every entry, so only a crash
+    before the very first one leaves none.
+    """
     lines, tail = split_log(data)
     try:
         parsed = None if head is None else parse_head(head)
@@ -250,15 +261,23 @@ def verify_log_bytes(
             "a write was interrupted (reopening the log recovers it)"
         )
         return replace(result, ok=False, first_bad=line, bad_seq=None, reason=reason)
-    return check_head(result, parsed, verify_signature) if result.ok else result
+    if not result.ok:
+        return result
+    return check_head(result, parsed, verify_signature, allow_missing=allow_missing_head)
 
 
 def check_head(
-    result: VerifyResult, head: Head | None, verify_signature: VerifySignature
+    result: VerifyResult,
+    head: Head | None,
+    verify_signature: VerifySignature,
+    *,
+    allow_missing: bool = False,
 ) -> VerifyResult:
     """Does the verified log end where its signed head says? (Truncation at the end.)"""
     if head is None:
-        return replace(result, warnings=(*result.warnings, _NO_HEAD))
+        if allow_missing or result.entries <= 1:
+            return replace(result, warnings=(*result.warnings, _NO_HEAD))
+        return replace(result, ok=False, reason=_NO_HEAD_FAILS)
     assert result.public_key is not None and result.head_seq is not None
     signature = bytes.fromhex(head.signature)
     if not verify_signature(result.public_key.encode(), bytes.fromhex(head.hash), signature):

@@ -25,7 +25,9 @@ def _read(path: Path | None, what: str) -> bytes | None:
         raise OSError(f"cannot read the {what} {path}: {exc.strerror}") from exc
 
 
-def audit_verify_command(path: Path, public_key: Path | None, ca: Path | None = None) -> int:
+def audit_verify_command(
+    path: Path, public_key: Path | None, ca: Path | None = None, allow_missing_head: bool = False
+) -> int:
     """``fedops audit verify``: 0 when the log verifies, 1 otherwise (verdict on stderr).
 
     ``ca`` (the consortium's ``ca.pem``) also requires the log's key to be the
@@ -38,9 +40,11 @@ def audit_verify_command(path: Path, public_key: Path | None, ca: Path | None = 
         return 1
     signer = None
     if ca_pem is not None:
-        result, signer = verify_certified_log(Path(path), ca_pem)
+        result, signer = verify_certified_log(
+            Path(path), ca_pem, allow_missing_head=allow_missing_head
+        )
     else:
-        result = verify_log_file(Path(path), pem)
+        result = verify_log_file(Path(path), pem, allow_missing_head=allow_missing_head)
     if not result.ok:
         print(f"FAILED: {path}: {result.reason}", file=sys.stderr)
         return 1
@@ -62,7 +66,11 @@ def audit_verify_command(path: Path, public_key: Path | None, ca: Path | None = 
 
 
 def audit_export_command(
-    run_dir: Path, out: Path | None, site_logs: list[Path], ca: Path | None = None
+    run_dir: Path,
+    out: Path | None,
+    site_logs: list[Path],
+    ca: Path | None = None,
+    allow_missing_head: bool = False,
 ) -> int:
     """``fedops audit export``: 0 when every log verifies and every digest matches."""
     try:
@@ -70,7 +78,9 @@ def audit_export_command(
     except OSError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
-    report = export_compliance(run_dir, out, site_logs, ca_pem=ca_pem)
+    report = export_compliance(
+        run_dir, out, site_logs, ca_pem=ca_pem, allow_missing_head=allow_missing_head
+    )
     print(f"compliance report: {report['paths']['html']} (and {report['paths']['json']})")
     for party in report["parties"]:
         if party["certified"] is not None:

@@ -32,6 +32,11 @@ to a site; the report names the certified party of each log. Writes
 ``compliance.json`` and a self-contained ``compliance.html`` (inline CSS, no
 scripts, every string escaped).
 
+Each log's heads as the other side anchored them are checked too
+(:mod:`fedops.core.audit_anchor`): a coordinator head a site recorded, or a site
+head the coordinator recorded, that the log no longer holds is an
+``anchor_missing`` mismatch: that log was truncated or rewritten.
+
 Under central DP the coordinator names the nodes of each round by keyed
 pseudonyms (:mod:`fedops.core.audit_pseudonyms`). With the run directory's
 ``participants.key`` (the operator's) they are mapped back and cross-checked
@@ -51,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from fedops.consortium.signing import Signer
+from fedops.core.audit_anchor import Anchor, anchor_in, missing_anchors
 from fedops.core.audit_pseudonyms import MARK, reidentify
 from fedops.core.audit_verify import VerifyResult, split_log
 from fedops.reporting.compliance_html import render_html
@@ -103,14 +109,18 @@ class _Party:
         }
 
 
-def _load(path: Path, role: str, ca_pem: bytes | None = None) -> _Party:
+def _load(
+    path: Path, role: str, ca_pem: bytes | None = None, allow_missing_head: bool = False
+) -> _Party:
     """Verify a log (pinned to the CA, with one); keep its verified entries (a prefix, when
     it fails)."""
     signer = None
     if ca_pem is None:
-        result = verify_log_file(path)
+        result = verify_log_file(path, allow_missing_head=allow_missing_head)
     else:
-        result, signer = verify_certified_log(path, ca_pem, role=role)
+        result, signer = verify_certified_log(
+            path, ca_pem, role=role, allow_missing_head=allow_missing_head
+        )
     entries: list[dict[str, Any]] = []
     if result.entries:
         lines, _ = split_log(path.read_bytes())
@@ -278,6 +288,42 @@ def _cross_check(coordinator: _Party, sites: list[_Party]) -> _Check:
     return check
 
 
+def _check_anchors(coordinator: _Party, sites: list[_Party]) -> tuple[int, list[str]]:
+    """``(anchors checked, one message per anchor a log no longer holds)``: each party's
+    log heads as the other side recorded them (:mod:`fedops.core.audit_anchor`)."""
+    by_actor = {p.result.actor: p for p in sites if p.result.actor}
+    site_of = {
+        e["payload"].get("node_id"): e["payload"].get("site")
+        for e in coordinator.entries
+        if e["event"] == "node_joined"
+    }
+    held_by_coordinator: dict[str, list[tuple[Anchor, str]]] = {}
+    for e in coordinator.entries:
+        p = e["payload"]
+        if e["event"] == "update_received" and (head := anchor_in(p, "site_head")):
+            site = p.get("site") or site_of.get(p.get("node_id"))
+            where = f"the coordinator's entry {e['seq']} (round {p.get('round')})"
+            held_by_coordinator.setdefault(str(site), []).append((head, where))
+    checked, lost = 0, []
+    for party in sites:
+        name = party.result.actor or str(party.path)
+        mine = [
+            (head, f"site {name!r}'s entry {e['seq']}")
+            for e in party.entries
+            if e["event"] == "model_received"
+            and (head := anchor_in(e["payload"], "coordinator_head"))
+        ]
+        checked += len(mine)
+        lost += [f"the coordinator's log: {m}" for m in missing_anchors(coordinator.entries, mine)]
+    for site, anchors in sorted(held_by_coordinator.items()):
+        party = by_actor.get(site)
+        if party is None:
+            continue  # that site's log was not given: nothing to check it against
+        checked += len(anchors)
+        lost += [f"the log of site {site!r}: {m}" for m in missing_anchors(party.entries, anchors)]
+    return checked, lost
+
+
 def _round_table(check: _Check) -> list[dict[str, Any]]:
     keys = set(check.coordinator.sent) | {k[:2] for k in check.rows}
     table = []
@@ -312,6 +358,7 @@ def export_compliance(
     site_logs: Sequence[Path] = (),
     *,
     ca_pem: bytes | None = None,
+    allow_missing_head: bool = False,
 ) -> dict[str, Any]:
     """Verify all logs, cross-check digests, write ``compliance.{json,html}``; the report.
 
@@ -319,13 +366,18 @@ def export_compliance(
     the key the CA certified for its party (:func:`verify_certified_log`).
     """
     run_dir = Path(run_dir)
-    coordinator = _load(run_dir / LOG_NAME, "coordinator", ca_pem)
+    coordinator = _load(run_dir / LOG_NAME, "coordinator", ca_pem, allow_missing_head)
     key = run_dir / PSEUDONYM_KEY
     if key.is_file():  # the operator's: DP rounds' pseudonyms back to node ids
         coordinator.entries = reidentify(coordinator.entries, key.read_bytes())
-    sites = [_load(p, "site", ca_pem) for p in _site_paths(run_dir, coordinator.path, site_logs)]
+    sites = [
+        _load(p, "site", ca_pem, allow_missing_head)
+        for p in _site_paths(run_dir, coordinator.path, site_logs)
+    ]
     parties = [coordinator, *sites]
     check = _cross_check(coordinator, sites)
+    anchors, lost = _check_anchors(coordinator, sites)
+    check.mismatches += [{"kind": "anchor_missing", "message": m} for m in lost]
     report: dict[str, Any] = {
         "ok": all(p.result.ok for p in parties) and not check.mismatches,
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -335,6 +387,7 @@ def export_compliance(
         "rounds": _round_table(check),
         "mismatches": check.mismatches,
         "pseudonymous_rounds": sorted(check.coordinator.hidden),
+        "anchors_checked": anchors,
         "abandoned_updates": [
             {"round": r, "phase": phase, "node_id": node}
             for r, phase, node in sorted(check.coordinator.abandoned)

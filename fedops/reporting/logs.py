@@ -27,7 +27,9 @@ def _log_path(path: Path) -> Path:
     return path / LOG_NAME if path.is_dir() else path
 
 
-def verify_log_file(path: Path, public_key_pem: bytes | None = None) -> VerifyResult:
+def verify_log_file(
+    path: Path, public_key_pem: bytes | None = None, *, allow_missing_head: bool = False
+) -> VerifyResult:
     """Verify a log file (or a run directory's ``audit.jsonl``) and its signed head file."""
     path = _log_path(path)
     try:
@@ -40,11 +42,12 @@ def verify_log_file(path: Path, public_key_pem: bytes | None = None) -> VerifyRe
         verify_ed25519,
         public_key_pem=public_key_pem,
         head=head.read_bytes() if head.exists() else None,
+        allow_missing_head=allow_missing_head,
     )
 
 
 def verify_certified_log(
-    path: Path, ca_pem: bytes, *, role: str | None = None
+    path: Path, ca_pem: bytes, *, role: str | None = None, allow_missing_head: bool = False
 ) -> tuple[VerifyResult, Signer | None]:
     """Verify a log pinned to the consortium CA: ``(verdict, the certified party)``.
 
@@ -73,7 +76,7 @@ def verify_certified_log(
             f"{cert_path}: certifies {signer.name!r} in role {signer.role!r}, but this is a "
             f"{role} log"
         ), signer
-    result = verify_log_file(path, signer.public_pem)
+    result = verify_log_file(path, signer.public_pem, allow_missing_head=allow_missing_head)
     if not result.ok and "pinned key" in result.reason:
         reason = f"{result.reason}: the log is not signed with the key {CERT_NAME} certifies"
         result = replace(result, reason=f"{reason} for {signer.name!r}")

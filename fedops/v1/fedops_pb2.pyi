@@ -78,7 +78,7 @@ class PullTaskRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., token: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "run_id", "round", "task_id", "config", "model_digest", "message", "secagg", "monitor")
+    __slots__ = ("kind", "run_id", "round", "task_id", "config", "model_digest", "message", "secagg", "monitor", "coordinator_audit")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class Task(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
     MONITOR_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_AUDIT_FIELD_NUMBER: _ClassVar[int]
     kind: TaskKind
     run_id: str
     round: int
@@ -104,7 +105,16 @@ class Task(_message.Message):
     message: str
     secagg: SecAggRequest
     monitor: MonitorRequest
-    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., config: _Optional[_Mapping[str, float]] = ..., model_digest: _Optional[str] = ..., message: _Optional[str] = ..., secagg: _Optional[_Union[SecAggRequest, _Mapping]] = ..., monitor: _Optional[_Union[MonitorRequest, _Mapping]] = ...) -> None: ...
+    coordinator_audit: AuditHead
+    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., config: _Optional[_Mapping[str, float]] = ..., model_digest: _Optional[str] = ..., message: _Optional[str] = ..., secagg: _Optional[_Union[SecAggRequest, _Mapping]] = ..., monitor: _Optional[_Union[MonitorRequest, _Mapping]] = ..., coordinator_audit: _Optional[_Union[AuditHead, _Mapping]] = ...) -> None: ...
+
+class AuditHead(_message.Message):
+    __slots__ = ("seq", "hash")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    hash: str
+    def __init__(self, seq: _Optional[int] = ..., hash: _Optional[str] = ...) -> None: ...
 
 class FetchModelRequest(_message.Message):
     __slots__ = ("node_id", "token", "task_id")
@@ -143,7 +153,7 @@ class PushResultRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("node_id", "token", "run_id", "round", "task_id", "kind", "num_examples", "metrics", "tensors", "total_bytes", "secagg", "declined", "report")
+    __slots__ = ("node_id", "token", "run_id", "round", "task_id", "kind", "num_examples", "metrics", "tensors", "total_bytes", "secagg", "declined", "report", "site_audit")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +174,7 @@ class ResultHeader(_message.Message):
     SECAGG_FIELD_NUMBER: _ClassVar[int]
     DECLINED_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
+    SITE_AUDIT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     token: str
     run_id: str
@@ -177,7 +188,8 @@ class ResultHeader(_message.Message):
     secagg: SecAggReply
     declined: str
     report: SiteReport
-    def __init__(self, node_id: _Optional[str] = ..., token: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., total_bytes: _Optional[int] = ..., secagg: _Optional[_Union[SecAggReply, _Mapping]] = ..., declined: _Optional[str] = ..., report: _Optional[_Union[SiteReport, _Mapping]] = ...) -> None: ...
+    site_audit: AuditHead
+    def __init__(self, node_id: _Optional[str] = ..., token: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., total_bytes: _Optional[int] = ..., secagg: _Optional[_Union[SecAggReply, _Mapping]] = ..., declined: _Optional[str] = ..., report: _Optional[_Union[SiteReport, _Mapping]] = ..., site_audit: _Optional[_Union[AuditHead, _Mapping]] = ...) -> None: ...
 
 class PushResultResponse(_message.Message):
     __slots__ = ("accepted", "message")

@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import re
+import shutil
 import urllib.request
 from pathlib import Path
 
@@ -164,6 +165,52 @@ def test_compliance_export_cross_checks_model_digests(run):
     assert len(report["rounds"]) >= 2 * ROUNDS  # fit and evaluate phases of every round
     html = (run["coord"] / "compliance.html").read_text()
     assert "<script" not in html
+
+
+def _truncate_and_rebuild_head(run_dir: Path, keep: int) -> None:
+    """The attack of issue 17 (finding 3): cut the log after ``keep`` lines and rebuild
+    ``audit.head`` from the new last line, which carries its own signature: no key needed."""
+    log = run_dir / "audit.jsonl"
+    lines = log.read_bytes().split(b"\n")[:keep]
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    last = json.loads(lines[-1])
+    head = {"seq": last["seq"], "hash": last["hash"], "signature": last["signature"]}
+    (run_dir / "audit.head").write_text(json.dumps(head))
+
+
+@pytest.mark.parametrize("victim", ["coordinator", "bank1"])
+def test_a_truncated_log_with_a_rebuilt_head_is_caught_by_the_other_partys_anchors(
+    run, tmp_path, victim
+):
+    copy = tmp_path / "run"
+    shutil.copytree(run["work"], copy)
+    coord = copy / "coordinator"
+    target = coord if victim == "coordinator" else copy / victim
+    lines = (target / "audit.jsonl").read_text().splitlines()
+    _truncate_and_rebuild_head(target, keep=len(lines) * 2 // 3)
+    # the log alone still verifies: its own head cannot show the cut
+    alone = _fedops("audit", "verify", str(target / "audit.jsonl"))
+    assert alone.returncode == 0, alone.stderr
+    sites = [str(copy / f"bank{i}" / "audit.jsonl") for i in range(SITES)]
+    out = _fedops("audit", "export", str(coord), *(a for s in sites for a in ("--site-log", s)))
+    assert out.returncode == 1, out.stdout + out.stderr
+    report = json.loads((coord / "compliance.json").read_text())
+    lost = [m["message"] for m in report["mismatches"] if m["kind"] == "anchor_missing"]
+    assert lost, report["mismatches"]
+    named = "the coordinator's log" if victim == "coordinator" else "the log of site 'site-1'"
+    assert all(m.startswith(named) for m in lost), lost
+    assert all("cut off its end" in m for m in lost), lost
+
+
+def test_every_result_and_task_carries_the_senders_head(run):
+    coordinator = [json.loads(x) for x in (run["coord"] / "audit.jsonl").read_text().splitlines()]
+    received = [e for e in coordinator if e["event"] == "update_received"]
+    assert received and all("site_head" in e["payload"] for e in received)
+    site = [json.loads(x) for x in (run["work"] / "bank0" / "audit.jsonl").read_text().splitlines()]
+    fetched = [e for e in site if e["event"] == "model_received"]
+    assert fetched and all("coordinator_head" in e["payload"] for e in fetched)
+    report = json.loads((run["coord"] / "compliance.json").read_text())
+    assert report["anchors_checked"] >= len(received)
 
 
 def test_run_report_embeds_real_plots(run):

@@ -121,3 +121,23 @@ def test_a_monitoring_request_past_the_sites_cap_is_declined_before_any_work(age
     agent.site.report_limits = ReportLimits()
     answer = _step(agent, _monitored_evaluation(2))
     assert answer["report"] is not None and fetched
+
+
+def test_a_coordinator_whose_audit_head_goes_back_is_refused_and_recorded(agent: Agent):
+    """Issue 17, finding 3: a coordinator log truncated (or replaced) mid-run shows as a head
+    that goes back; the site declines, and its own log says why."""
+    import hashlib
+
+    def evaluation(number: int, seq: int) -> pb.Task:
+        task = pb.Task(
+            kind=pb.TASK_KIND_EVALUATE, run_id="run-A", round=number, task_id=f"h{number}"
+        )
+        task.coordinator_audit.seq = seq
+        task.coordinator_audit.hash = hashlib.sha256(b"%d" % seq).hexdigest()
+        return task
+
+    assert "declined" not in _step(agent, evaluation(1, 40))
+    answer = _step(agent, evaluation(2, 12))
+    assert "went from entry 40 back to entry 12" in answer["declined"]
+    audit = (agent.cfg.run_dir / "audit.jsonl").read_text()  # type: ignore[operator]
+    assert "audit_anchor_mismatch" in audit

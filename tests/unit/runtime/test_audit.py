@@ -156,13 +156,27 @@ def test_truncating_several_entries_is_caught_by_the_head(tmp_path):
     assert "deleted from the end" in result.reason
 
 
-def test_without_the_head_file_truncation_is_only_a_warning(tmp_path):
+def test_without_the_head_file_verification_fails_unless_the_operator_accepts_it(tmp_path):
+    """Issue 17, finding 3: a missing head was a warning only, so deleting it hid any
+    truncation at the end of the log."""
     path = _write(tmp_path, [("e", {"i": i}) for i in range(3)])
     _save(path, _lines(path)[:-1])
     (tmp_path / HEAD_NAME).unlink()
     result = verify_log(path)
-    assert result.ok and result.entries == 3
-    assert any("no head file" in w for w in result.warnings)
+    assert not result.ok and "no head file" in result.reason
+    assert "--allow-missing-head" in result.reason
+    accepted = verify_log(path, allow_missing_head=True)
+    assert accepted.ok and accepted.entries == 3
+    assert any("no head file" in w for w in accepted.warnings)
+
+
+def test_a_log_with_a_missing_head_is_not_continued(tmp_path):
+    """Reopening would sign new entries after a truncation nobody noticed: refused."""
+    path = _write(tmp_path, [("e", {"i": i}) for i in range(3)])
+    (tmp_path / HEAD_NAME).unlink()
+    with pytest.raises(AuditError, match="no head file"):
+        AuditLog.open(tmp_path, "coordinator", fsync=False)
+    assert len(_lines(path)) == 4  # nothing appended (log_opened + 3)
 
 
 def test_a_forged_head_file_fails(tmp_path):
