@@ -172,6 +172,13 @@ def _coordinator_parser(sub: Any) -> None:
         action="store_true",
         help="allow plaintext gRPC on a non-loopback address (dangerous)",
     )
+    coord.add_argument(
+        "--max-nodes",
+        type=int,
+        default=10_000,
+        help="live client nodes at most; a new site registering past it is refused "
+        "(bounds memory under registration floods; default: 10000)",
+    )
     coord.add_argument("--keep-checkpoints", type=int, default=3)
     coord.add_argument("--max-workers", type=int, default=64, help="gRPC handler threads")
     secure = coord.add_argument_group("secure aggregation (SecAgg+)")

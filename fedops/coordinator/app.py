@@ -65,6 +65,7 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
         liveness_timeout_s=cfg.liveness_timeout_s,
         audit=audit.record,
         audit_head=lambda: audit.head,
+        max_nodes=cfg.max_nodes,
     )
     # refusals cost the refused peer, not our disk: a few rows per offender per minute
     records.throttle = RefusalThrottle(

@@ -4,6 +4,12 @@ One node per site: a site that registers again replaces its node. Otherwise
 one site (one certificate in kit mode, one name without) could register any
 number of nodes and be counted that many times by ``--min-clients``, cohort
 sampling, robust aggregation's f and SecAgg neighbourhoods (issue 17).
+
+Bounded: at most ``max_nodes`` live nodes (``--max-nodes``; a registration of a
+new site past it is refused, a site that registers again is not), and the
+names of removed nodes, kept for the records, only for the last
+``HISTORY_FACTOR x max_nodes`` of them: without a kit anyone can register
+under new names, and neither may grow without end.
 """
 
 from __future__ import annotations
@@ -12,13 +18,23 @@ import hmac
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from fedops.wire.codec import shown
 
+#: live nodes a coordinator holds by default (``--max-nodes``)
+DEFAULT_MAX_NODES = 10_000
+#: names of removed nodes kept for the records, as a multiple of ``max_nodes``
+HISTORY_FACTOR = 4
+
 
 class Unauthenticated(Exception):
     """A call named a node that is unknown, or with the wrong token."""
+
+
+class RegistryFull(Exception):
+    """A new site registered while the coordinator holds its maximum of live nodes."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -36,9 +52,13 @@ class Node:
 class NodeRegistry:
     """Thread-safe map of registered nodes (the gRPC handlers run on a pool)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_nodes: int = DEFAULT_MAX_NODES) -> None:
+        if max_nodes < 1:
+            raise ValueError(f"max_nodes must be at least 1, got {max_nodes}")
+        self.max_nodes = max_nodes
         self._nodes: dict[str, Node] = {}
-        self._site_names: dict[str, str] = {}  # kept after removal, for the records
+        # kept after removal, for the records (the oldest removed forgotten first)
+        self._site_names: OrderedDict[str, str] = OrderedDict()
         self._node_of_site: dict[str, str] = {}  # each site's one live node
         self._lock = threading.Lock()
         self._counter = 0
@@ -47,6 +67,11 @@ class NodeRegistry:
         """A new node for ``site_name``, and the node it replaces (removed), if any."""
         with self._lock:
             replaced = self._node_of_site.get(site_name)
+            if replaced is None and len(self._nodes) >= self.max_nodes:
+                raise RegistryFull(
+                    f"the coordinator holds its maximum of {self.max_nodes} nodes "
+                    "(--max-nodes): no new site can register"
+                )
             if replaced is not None:
                 self._nodes.pop(replaced, None)
             self._counter += 1
@@ -60,7 +85,18 @@ class NodeRegistry:
             self._nodes[node.node_id] = node
             self._site_names[node.node_id] = site_name
             self._node_of_site[site_name] = node.node_id
+            self._forget_oldest()
             return node, replaced
+
+    def _forget_oldest(self) -> None:
+        """Drop the oldest names of removed nodes past the history bound (lock held)."""
+        excess = len(self._site_names) - HISTORY_FACTOR * self.max_nodes
+        for node_id in list(self._site_names):
+            if excess <= 0:
+                break
+            if node_id not in self._nodes:
+                del self._site_names[node_id]
+                excess -= 1
 
     def authenticate(self, node_id: str, token: str) -> Node:
         """The node, touched; raise :class:`Unauthenticated` on any mismatch."""

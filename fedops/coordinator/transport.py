@@ -21,7 +21,12 @@ from typing import Any
 import grpc
 
 from fedops.coordinator.guard import check_site_name
-from fedops.coordinator.nodes import NodeRegistry, Unauthenticated
+from fedops.coordinator.nodes import (
+    DEFAULT_MAX_NODES,
+    NodeRegistry,
+    RegistryFull,
+    Unauthenticated,
+)
 from fedops.coordinator.results import TRAINING_STAGE, Assignment, Reject, ResultIntake
 from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import (
@@ -60,6 +65,7 @@ class GrpcTransport(ResultIntake):
             models sent and updates received, each with its digest.
         audit_head: the coordinator log's ``(seq, hash)``, sent with every task for the
             sites to anchor (:mod:`fedops.core.audit_anchor`).
+        max_nodes: live nodes at most (``--max-nodes``); a new site past it is refused.
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class GrpcTransport(ResultIntake):
         on_rejection: Callable[[int, str, str, str], None] = lambda *a: None,
         audit: Callable[[str, Mapping[str, Any]], None] = lambda event, payload: None,
         audit_head: Callable[[], tuple[int, str]] | None = None,
+        max_nodes: int = DEFAULT_MAX_NODES,
     ) -> None:
         self.run_id = run_id
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -80,7 +87,7 @@ class GrpcTransport(ResultIntake):
         self.on_rejection = on_rejection
         self.audit = audit
         self.audit_head = audit_head
-        self.registry = NodeRegistry()
+        self.registry = NodeRegistry(max_nodes)
         self._cond = threading.Condition()
         self._assignments: dict[str, Assignment] = {}
         self._answered: set[str] = set()
@@ -235,7 +242,10 @@ class GrpcTransport(ResultIntake):
         except Reject as exc:
             self._reject(0, "?", exc.code, exc.reason)
         with self._cond:
-            node, replaced = self.registry.register(site, request.num_train_examples)
+            try:
+                node, replaced = self.registry.register(site, request.num_train_examples)
+            except RegistryFull as exc:
+                self._reject(0, "?", grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             if replaced is not None:
                 self._drop_replaced(replaced, site)
         log.info(

@@ -141,6 +141,7 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
     insecure: bool = False
     heartbeat_interval_s: float = 2.0
     liveness_timeout_s: float = 10.0
+    max_nodes: int = 10_000  # live nodes at most: a new site past it is refused
     min_fit_results: int = 1  # fewer accepted updates abort the round (model unchanged)
     keep_checkpoints: int = 3
     max_workers: int = 64
@@ -182,6 +183,7 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
         _require(self.round_timeout_s > 0, "round_timeout_s", "must be > 0")
         _require(self.join_timeout_s > 0, "join_timeout_s", "must be > 0")
         _require(self.liveness_timeout_s >= 1, "liveness_timeout_s", "must be >= 1")
+        _require(self.max_nodes >= 1, "max_nodes", f"must be at least 1, got {self.max_nodes}")
         _require(
             0.1 <= self.heartbeat_interval_s <= self.liveness_timeout_s,
             "heartbeat_interval_s",

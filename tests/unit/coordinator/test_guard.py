@@ -108,6 +108,34 @@ def test_registration_refuses_a_huge_name_and_keeps_nothing():
     assert len(refusals) == 1 and len(refusals[0][3]) < 200
 
 
+def test_a_registration_flood_under_new_names_stays_bounded():
+    """Issue 17, finding 2: without a kit anyone registers under any name; live nodes are
+    capped (a new site past the cap is refused, a known one may register again) and the
+    names of removed nodes, kept for the records, are bounded too."""
+    events: list[str] = []
+    transport = GrpcTransport(
+        run_id="r1", max_nodes=5, audit=lambda event, payload: events.append(event)
+    )
+
+    def register(name: str) -> pb.RegisterResponse:
+        return transport.register(
+            pb.RegisterRequest(protocol_version=PROTOCOL_VERSION, site_name=name)
+        )
+
+    for i in range(5):
+        register(f"site-{i}")
+    with pytest.raises(Reject) as refused:
+        register("flood-0")
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-nodes" in refused.value.reason
+    assert register("site-3").node_id  # a known site registers again: replaced, not refused
+    assert len(transport.registry.node_ids()) == 5
+    for _ in range(200):  # re-registrations churn node ids: the records stay bounded
+        register("site-1")
+    assert len(transport.registry._site_names) <= 4 * 5
+    assert events.count("node_joined") == 206
+
+
 class _Context:
     def __init__(self, peer: str) -> None:
         self._peer = peer
