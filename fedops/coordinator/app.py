@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from fedops.runtime.monitoring import MonitorSettings, monitoring_under_dp
 from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.run import RunPlan, execute, make_strategy
 from fedops.runtime.secure_fit import SecAggSettings
-from fedops.runtime.settings import ConfigError, CoordinatorConfig, as_dict
+from fedops.runtime.settings import ConfigError, CoordinatorConfig, as_dict, parse_address
 from fedops.runtime.store import RunStore
 from fedops.runtime.trail import RunTrail
 from fedops.tasks import Task, load_task
@@ -44,7 +45,23 @@ INSECURE_WARNING = (
 
 
 class BindError(RuntimeError):
-    pass
+    """The coordinator cannot listen where it was told; nothing of the run was written."""
+
+
+def check_port_free(address: str) -> None:
+    """Refuse (:class:`BindError`) an address another program already listens on, before
+    the run directory is touched: binding comes after the run's records are opened."""
+    host, port = parse_address("address", address)
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # a port left in TIME_WAIT by a coordinator that just exited is free; a listener is not
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise BindError(f"cannot listen on {address}: {exc.strerror or exc}") from None
 
 
 def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None) -> dict[str, Any]:
@@ -53,6 +70,7 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
     ``ca_fingerprint`` (``--ca-fingerprint``) pins the kit's CA from outside its folder.
     """
     kit = _coordinator_kit(cfg.kit, ca_fingerprint) if cfg.kit is not None else None
+    check_port_free(cfg.address)
     store = RunStore(cfg.run_dir, keep_checkpoints=cfg.keep_checkpoints)
     config = {k: v for k, v in as_dict(cfg).items() if k not in ("address", "metrics_port")}
     run_id, _ = store.open_run(config)
@@ -247,7 +265,7 @@ def _serve(
 ) -> LoopServer:
     if kit is None:
         server = build_server(transport, max_workers=cfg.max_workers)
-        bound = server.add_insecure_port(cfg.address)
+        bound = _bind(lambda: server.add_insecure_port(cfg.address), cfg.address)
         log.warning(INSECURE_WARNING, cfg.address)
     else:
         registry = transport.registry
@@ -268,12 +286,21 @@ def _serve(
                 ),
             )
         )
-        bound = server.add_secure_port(cfg.address, server_credentials(kit))
+        credentials = server_credentials(kit)
+        bound = _bind(lambda: server.add_secure_port(cfg.address, credentials), cfg.address)
         log.info("mTLS: consortium %r, serving as %r", kit.consortium, kit.name)
     if bound == 0:
         raise BindError(f"cannot listen on {cfg.address} (in use or not a local address)")
     server.start()
     return server
+
+
+def _bind(add_port: Callable[[], int], address: str) -> int:
+    """The bound port; the asyncio server raises where the threaded one returned 0."""
+    try:
+        return add_port()
+    except RuntimeError as exc:
+        raise BindError(f"cannot listen on {address}: {exc}") from None
 
 
 def _coordinator_kit(path: Path, ca_fingerprint: str | None = None) -> Kit:

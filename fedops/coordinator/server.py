@@ -253,6 +253,9 @@ def build_server(
     server = LoopServer(
         max_workers=max_workers,
         options=[
+            # one coordinator per port: gRPC's default SO_REUSEPORT let a second coordinator
+            # bind the same port, and clients were split between two runs at random
+            ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # agents ping every 20 s (fedops.client.channel.KEEPALIVE_MS), also while idle

@@ -145,3 +145,35 @@ def test_simulate_ctrl_c_keeps_the_completed_rounds(tmp_path):
     assert summary["status"] == "interrupted"
     assert summary["rounds_completed"] >= 2
     assert len(metrics.read_text().splitlines()) == summary["rounds_completed"]
+
+
+def test_a_second_coordinator_on_a_taken_port_stops_before_writing_anything(procs, tmp_path):
+    """Issue 18, item 1: gRPC's default SO_REUSEPORT let a second coordinator bind the same
+    port (clients were split between two runs at random); a port held by another program
+    gave a traceback after the audit log's run_started entry was written."""
+    from procs import free_port, run_fedops, wait_until
+
+    port = free_port()
+    first = procs.coordinator(
+        "first", port, tmp_path / "A", "--task", "digits", "--rounds", "1", "--join-timeout", "60"
+    )
+    wait_until(lambda: "listening on" in procs.log("first"), 60, "the first coordinator")
+    second = run_fedops(
+        "coordinator",
+        "--address",
+        f"127.0.0.1:{port}",
+        "--run-dir",
+        str(tmp_path / "B"),
+        "--task",
+        "digits",
+        "--rounds",
+        "1",
+    )
+    assert second.returncode == 1, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert lines[-1] == (
+        f"fedops coordinator: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ), second.stderr
+    assert "Traceback" not in second.stderr
+    assert not (tmp_path / "B").exists()  # no run directory, no audit entry, no store
+    assert first.poll() is None  # the first run is untouched
