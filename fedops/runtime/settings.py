@@ -35,6 +35,20 @@ __all__ = [
     "parse_address",
 ]
 
+#: the coordinator's DP settings: any of them set is an error under --privacy none
+PRIVACY_KEYS = (
+    "noise_multiplier",
+    "clip_norm",
+    "delta",
+    "target_epsilon",
+    "accountant",
+    "adaptive_clipping",
+    "sampling",
+    "publish_participants",
+    "colluders",
+    "release_site_metrics",
+)
+
 FLAG_NAMES = {
     "round_timeout_s": "--round-timeout",
     "join_timeout_s": "--join-timeout",
@@ -258,6 +272,14 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
             f"must be one of {list(PRIVACY_MODES)}, got {self.privacy!r}",
         )
         if self.privacy == "none":
+            # a DP setting without DP would run without it, silently: refuse it by name
+            for key in PRIVACY_KEYS:
+                default = CoordinatorConfig.__dataclass_fields__[key].default
+                _require(
+                    getattr(self, key) == default,
+                    key,
+                    "has no effect without --privacy: choose central, distributed or local",
+                )
             return
         text = self.noise_multiplier
         sigma = None if text == "auto" else float(text) if _is_number(text) else math.nan

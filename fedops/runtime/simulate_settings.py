@@ -11,7 +11,7 @@ names the dotted key it refuses.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fedops.core.secagg import graph
@@ -300,6 +300,15 @@ def check_monitoring(m: MonitoringConfig, *, backend: str) -> None:
 def check_privacy(p: PrivacyConfig, *, secagg: str, rounds: int) -> None:
     _one_of(p.name, PRIVACY_MODES, "privacy.name")
     if p.name == "none":
+        # a DP setting without DP would run without it, silently: refuse it by name
+        for f in fields(PrivacyConfig):
+            if f.name != "name":
+                _require(
+                    getattr(p, f.name) == f.default,
+                    f"privacy.{f.name}",
+                    "has no effect with privacy=none: choose privacy=central, distributed "
+                    "or local",
+                )
         return
     value = p.noise_multiplier
     number = isinstance(value, int | float) and not isinstance(value, bool)

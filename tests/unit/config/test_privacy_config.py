@@ -288,11 +288,6 @@ def test_a_boolean_or_infinite_noise_multiplier_is_refused(value: str):
     assert error.key == "privacy.noise_multiplier"
 
 
-def test_privacy_none_ignores_the_other_privacy_keys():
-    cfg = validate(_compose("privacy.clip_norm=-1", "secagg=secaggplus"))
-    assert cfg.privacy.name == "none"
-
-
 @pytest.mark.parametrize(
     ("override", "words"),
     [
@@ -443,3 +438,37 @@ def test_coordinator_cli_refuses_bad_privacy_flags_by_name(
     err = _cli_error(argv, capsys)
     assert message in err, err
     assert not (tmp_path / "run").exists()  # refused before anything started
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "privacy.noise_multiplier=2",
+        "privacy.clip_norm=0.5",
+        "privacy.target_epsilon=3",
+        "privacy.site_max_epsilon=3",
+        "privacy.sampling=fixed",
+    ],
+)
+def test_a_dp_setting_without_dp_is_refused_by_name(override: str):
+    """Issue 18, item 5: the run went on without DP and said nothing."""
+    error = _refused(override)
+    assert error.key == override.split("=")[0]
+    assert "no effect with privacy=none" in error.message
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("noise_multiplier", "2"),
+        ("clip_norm", 0.5),
+        ("target_epsilon", 3.0),
+        ("accountant", "rdp"),
+        ("release_site_metrics", True),
+    ],
+)
+def test_a_coordinator_dp_flag_without_privacy_is_refused_by_name(field: str, value):
+    with pytest.raises(ConfigError) as info:
+        CoordinatorConfig(**{field: value})
+    assert info.value.key == field and "without --privacy" in info.value.message
+    CoordinatorConfig(privacy="central", **{field: value})  # with DP it is taken
