@@ -306,8 +306,7 @@ def check_privacy(p: PrivacyConfig, *, secagg: str, rounds: int) -> None:
                 _require(
                     getattr(p, f.name) == f.default,
                     f"privacy.{f.name}",
-                    "has no effect with privacy=none: choose privacy=central, distributed "
-                    "or local",
+                    "has no effect with privacy=none: choose privacy=central, distributed or local",
                 )
         return
     value = p.noise_multiplier

@@ -6,6 +6,14 @@ for a module inside a package every ``.py`` file of its top-level package
 (relative path and bytes, in order). A site that allows only some digests
 (``allowed_tasks``) is checked against it before the first line of the task
 runs, and a ``.py`` file is executed from the very bytes that were hashed.
+
+What the digest does not cover must not run either (red team, issue 17): a
+package holding compiled code (``.so``/``.pyd`` extensions, which import prefers
+to ``.py``; a ``.pyc`` without its source) is refused; bytecode caches are
+ignored (the package is compiled from its hashed sources into a fresh
+``sys.pycache_prefix``), so an unchecked ``__pycache__/*.pyc`` never runs; and a
+module beside the package that shadows a standard-library module (a
+``statistics.py`` next to it, found before the stdlib) is refused.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -120,13 +129,47 @@ def _module_digest(spec: str) -> str:
     digest = hashlib.sha256()
     if found.submodule_search_locations:
         roots = [Path(p) for p in found.submodule_search_locations]
+        for root in roots:
+            _refuse_unhashed_code(spec, root)
         files = sorted((f.relative_to(r.parent), f) for r in roots for f in r.rglob("*.py"))
         for relative, path in files:
             digest.update(str(relative).encode() + b"\x00" + path.read_bytes() + b"\x00")
+        homes = {r.parent for r in roots}
     else:
         assert found.origin is not None
         digest.update(Path(found.origin).read_bytes())
+        homes = {Path(found.origin).parent}
+    for home in homes:
+        _refuse_stdlib_shadows(spec, home)
     return digest.hexdigest()
+
+
+_COMPILED = (".so", ".pyd", ".dylib", ".pyc", ".pyo")
+
+
+def _refuse_unhashed_code(spec: str, root: Path) -> None:
+    """Compiled code in a package is not in its digest, yet import would run it."""
+    for path in root.rglob("*"):
+        if "__pycache__" in path.parts or not path.is_file():
+            continue  # caches are ignored at import (a fresh pycache_prefix)
+        if path.name.endswith(_COMPILED):
+            raise TaskError(
+                f"task {spec!r}: {path} is compiled code, which the task digest (its .py "
+                "sources) does not cover and import would run: remove it"
+            )
+
+
+def _refuse_stdlib_shadows(spec: str, home: Path) -> None:
+    """A module beside the package named like a stdlib module would be imported instead
+    of it (the package's directory comes first on sys.path), outside the digest."""
+    for entry in home.iterdir():
+        name = entry.name.split(".")[0]
+        code = entry.suffix in (".py", *_COMPILED) or (entry / "__init__.py").is_file()
+        if code and name in sys.stdlib_module_names:
+            raise TaskError(
+                f"task {spec!r}: {entry} shadows the standard library's {name!r} module and "
+                "is outside the task's digest: move the task package to its own directory"
+            )
 
 
 def _import(spec: str, source: bytes | None) -> ModuleType:
@@ -144,10 +187,16 @@ def _import(spec: str, source: bytes | None) -> ModuleType:
         except Exception as exc:
             raise TaskError(f"task file {spec!r} failed to import: {exc!r}") from exc
         return module
+    previous = sys.pycache_prefix
     try:
-        return importlib.import_module(spec)
+        # compile from the hashed sources: no __pycache__ beside them is read (or written)
+        with tempfile.TemporaryDirectory(prefix="fedops-task-") as cache:
+            sys.pycache_prefix = cache
+            return importlib.import_module(spec)
     except ImportError as exc:
         raise TaskError(
             f"task {spec!r} is not a built-in ({', '.join(BUILTIN_TASKS)}), "
             f"a .py file, or an importable module: {exc}"
         ) from exc
+    finally:
+        sys.pycache_prefix = previous

@@ -162,3 +162,62 @@ def test_a_builtin_task_has_no_digest_to_allow():
     with pytest.raises(TaskNotAllowed, match="a built-in task, no source digest"):
         load_task("digits", allowed=["0" * 64])
     assert load_task("digits", allowed=[]).digest == ""
+
+
+def _package(tmp_path, monkeypatch, name: str):
+    package = tmp_path / name
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "task.py").write_text(USER_TASK + "\nimport statistics\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return package
+
+
+def _forget(monkeypatch, prefix: str) -> None:
+    for name in [m for m in sys.modules if m.startswith(prefix)]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_an_unchecked_pyc_in_pycache_never_runs_in_place_of_the_hashed_source(
+    tmp_path, monkeypatch
+):
+    """Red team, issue 17: an unchecked hash-based .pyc (PEP 552) was loaded instead of the
+    reviewed task.py, under the reviewed package's digest."""
+    import py_compile
+
+    marker = tmp_path / "ran"
+    package = _package(tmp_path, monkeypatch, "pycpkg")
+    evil = tmp_path / "evil.py"
+    evil.write_text(USER_TASK + f"\nopen({str(marker)!r}, 'w').write('pyc ran')\n")
+    cache = package / "__pycache__"
+    cache.mkdir()
+    tag = sys.implementation.cache_tag
+    py_compile.compile(
+        str(evil),
+        cfile=str(cache / f"task.{tag}.pyc"),
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
+    digest = source_digest("pycpkg.task")
+    task = load_task("pycpkg.task", allowed=[digest])
+    assert task.digest == digest and not marker.exists()  # the hashed source ran, not the pyc
+    _forget(monkeypatch, "pycpkg")
+
+
+@pytest.mark.parametrize("compiled", ["task.cpython-311-x86_64-linux-gnu.so", "helper.pyc"])
+def test_compiled_code_in_a_package_is_refused_before_anything_runs(
+    tmp_path, monkeypatch, compiled
+):
+    package = _package(tmp_path, monkeypatch, "sopkg")
+    (package / compiled).write_bytes(b"\x7fELF not really")
+    with pytest.raises(TaskError, match=r"compiled code.*does not cover"):
+        source_digest("sopkg.task")
+    with pytest.raises(TaskError):
+        load_task("sopkg.task", allowed=["0" * 64])
+    assert "sopkg" not in sys.modules
+
+
+def test_a_module_beside_the_package_shadowing_the_stdlib_is_refused(tmp_path, monkeypatch):
+    _package(tmp_path, monkeypatch, "shadowpkg")
+    (tmp_path / "statistics.py").write_text("raise SystemExit('shadow ran')\n")
+    with pytest.raises(TaskError, match=r"shadows the standard library's 'statistics'"):
+        source_digest("shadowpkg.task")
