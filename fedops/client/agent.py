@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 
 from fedops.client.calls import Session, fetch_model, push_result
 from fedops.client.channel import dial
@@ -25,6 +26,7 @@ from fedops.client.secure import SecureParticipant, secure_identity
 from fedops.client.trail import SiteTrail, phase_of
 from fedops.consortium.kit import Kit
 from fedops.core.audit_anchor import Anchor, HeadWatch, anchor_of
+from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.primitives import ProtocolError
 from fedops.crypto import Crypto
@@ -133,6 +135,7 @@ class Agent:
         # model must not depend on them (its record count, or a model evaluated at will)
         self.private = self.site.hides_count
         self.coordinator_heads = HeadWatch()
+        self.monitor_bins: dict[str, object] = {}  # run -> the bins of its first report
         if self.policy.max_epsilon is not None and self.policy.dp_public_records is None:
             log.warning(
                 "local DP without --dp-public-records: the number of DP-SGD steps a round "
@@ -305,7 +308,13 @@ class Agent:
         if task.kind == pb.TASK_KIND_SHUTDOWN:
             log.info("coordinator says: %s; exiting", task.message or "shutdown")
             self._record(event="shutdown", run_id=task.run_id)
-            self._audit("run_finished", run_id=task.run_id, message=task.message)
+            head = self._coordinator_head(task)  # the coordinator's log, anchored to its end
+            self._audit(
+                "run_finished",
+                run_id=task.run_id,
+                message=task.message,
+                **({"coordinator_head": head.payload()} if head is not None else {}),
+            )
             return False
         if task.kind == pb.TASK_KIND_WAIT:
             return True
@@ -348,11 +357,21 @@ class Agent:
             self._decline(task, f"unknown task kind {task.kind}")
 
     def _coordinator_regress(self, task: pb.Task) -> str:
-        """A coordinator whose audit head goes back was truncated or replaced: say so."""
+        """A coordinator whose audit head goes back (or stays put for a new model) was
+        truncated or replaced, or anchors nothing: say so. A site that keeps an audit log
+        needs the head on every task that carries a model."""
         head = self._coordinator_head(task)
+        carries_model = bool(task.model_digest)
         if head is None:
+            if carries_model and self.trail.keeping:
+                return (
+                    "the task carries no head of the coordinator's audit log; this site "
+                    "anchors that log with every model it receives"
+                )
             return ""
-        reason = self.coordinator_heads.regress(task.run_id, head)
+        reason = self.coordinator_heads.regress(
+            task.run_id, head, task_id=task.task_id, strict=carries_model
+        )
         if reason:
             self._audit("audit_anchor_mismatch", round=task.round, reason=reason, **head.payload())
         return reason
@@ -389,6 +408,7 @@ class Agent:
             try:  # refused before the model is fetched or any row is counted
                 spec = monitoring.spec_from_proto(task.monitor)
                 self.site.check_report(spec)
+                self._check_same_bins(task.run_id, spec)
             except InvalidUpdate as exc:
                 self._decline(task, f"monitoring request: {exc}")
                 return
@@ -403,6 +423,21 @@ class Agent:
             if site_report is not None:
                 report = monitoring.report_to_proto(site_report)
         self._push(task, {}, n, metrics, report=report)
+
+    def _check_same_bins(self, run_id: str, spec: MonitorSpec) -> None:
+        """One binning per run: two reports over bins that differ by a sliver count the rows
+        in the sliver, whatever the floor per bin (red team, issue 17)."""
+        shown = (
+            spec.num_classes,
+            spec.positive_label,
+            tuple((name, np.asarray(e, np.float64).tobytes()) for name, e in spec.edges.items()),
+        )
+        first = self.monitor_bins.setdefault(run_id, shown)
+        if first != shown:
+            raise PolicyRefusal(
+                "the monitoring request's bins differ from this run's first request: two "
+                "binnings, differenced, count the rows between their edges"
+            )
 
     def _secure_step(self, task: pb.Task) -> None:
         try:

@@ -276,9 +276,13 @@ class GrpcTransport(ResultIntake):
                 self._cond.notify_all()  # one more node available: wake wait_for_nodes
             if self._closed:
                 self.registry.remove(request.node_id)
-                return pb.Task(
+                done = pb.Task(
                     kind=pb.TASK_KIND_SHUTDOWN, run_id=self.run_id, message="the run is complete"
                 )
+                head = self.audit_head() if self.audit_head is not None else None
+                if head is not None and head[0] >= 0:  # anchors the log to its end
+                    done.coordinator_audit.seq, done.coordinator_audit.hash = head
+                return done
             assignment = self._assignments.get(request.node_id)
             if assignment is not None and not assignment.delivered:
                 assignment.delivered = True

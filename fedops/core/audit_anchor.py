@@ -46,23 +46,38 @@ def anchor_in(payload: Mapping[str, Any], key: str) -> Anchor | None:
 
 
 class HeadWatch:
-    """The last head a party showed, per run: it may only move forward along one chain."""
+    """The last head a party showed, per run: it may only move forward along one chain.
+
+    Each task that carries a model must show a head past the previous such task's (red
+    team, issue 17): between two model dispatches the coordinator logs at least the
+    first one's ``model_sent``, so an honest head always advances, and a coordinator
+    that kept showing one old, real head would anchor nothing after it.
+    """
 
     def __init__(self) -> None:
-        self._last: dict[str, Anchor] = {}
+        self._last: dict[str, tuple[Anchor, str]] = {}  # run -> (head, task id)
 
-    def regress(self, run_id: str, head: Anchor) -> str:
-        """Why ``head`` cannot follow the last one seen in ``run_id`` ("" when it can)."""
-        last = self._last.get(run_id)
-        if last is not None and (
-            head.seq < last.seq or (head.seq == last.seq and head.hash != last.hash)
-        ):
-            return (
-                f"the coordinator's audit log went from entry {last.seq} back to entry "
-                f"{head.seq}{' with another hash' if head.seq == last.seq else ''}: it was "
-                "truncated or replaced"
-            )
-        self._last[run_id] = head
+    def regress(self, run_id: str, head: Anchor, *, task_id: str = "", strict: bool = False) -> str:
+        """Why ``head`` cannot follow the last one seen in ``run_id`` ("" when it can);
+        ``strict``: it must be past it (the same task shown again excepted)."""
+        seen = self._last.get(run_id)
+        if seen is not None:
+            last, last_task = seen
+            back = head.seq < last.seq or (head.seq == last.seq and head.hash != last.hash)
+            stuck = strict and head.seq == last.seq and task_id != last_task
+            if back:
+                return (
+                    f"the coordinator's audit log went from entry {last.seq} back to entry "
+                    f"{head.seq}{' with another hash' if head.seq == last.seq else ''}: it was "
+                    "truncated or replaced"
+                )
+            if stuck:
+                return (
+                    f"the coordinator's audit head is still entry {head.seq} for a new model: "
+                    "an honest coordinator's log grows between two (it records each model it "
+                    "sends), so this head anchors nothing"
+                )
+        self._last[run_id] = (head, task_id)
         return ""
 
 

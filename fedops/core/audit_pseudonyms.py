@@ -32,6 +32,13 @@ def pseudonym(key: bytes, run_id: str, server_round: int, node: str) -> str:
     return "p-" + hmac.new(key, message, hashlib.sha256).hexdigest()[:16]
 
 
+def head_mac(key: bytes, run_id: str, server_round: int, node: str, seq: int, digest: str) -> str:
+    """A site's anchored audit head, sealed: in clear its seq would link the node's rounds.
+    With the key, the compliance check finds the entry it names in the site's log."""
+    message = f"head\x00{run_id}\x00{server_round}\x00{node}\x00{seq}\x00{digest}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
 class Pseudonyms:
     """``(event, payload) -> payload`` with every node id of a round ≥ 1 replaced."""
 
@@ -49,6 +56,13 @@ class Pseudonyms:
         out = dict(payload)
         if "nodes" in out:
             out["nodes"] = sorted(name(str(n)) for n in out["nodes"])
+        head = out.get("site_head")
+        if isinstance(head, Mapping) and "node_id" in out:
+            out["site_head"] = {
+                "mac": head_mac(
+                    self._key, self.run_id, r, str(out["node_id"]), head["seq"], head["hash"]
+                )
+            }
         if "node_id" in out:
             out["node_id"] = name(str(out["node_id"]))
         if "site" in out:

@@ -149,6 +149,8 @@ class MonitoringConfig:
     group_accuracy_gap: float | None = 0.1
     site_accuracy_gap: float | None = 0.15
     action: str = "none"  # none | exclude (a site with a drift alert trains no more)
+    #: no reported bin (or fairness cell) holds 1..min_count-1 of a site's rows; 1: exact
+    min_count: int = 5
 
 
 @dataclass
@@ -290,6 +292,7 @@ def check_monitoring(m: MonitoringConfig, *, backend: str) -> None:
         "each site on its own data window",
     )
     _require(m.bins >= 2, "monitoring.bins", f"must be >= 2, got {m.bins}")
+    _require(m.min_count >= 1, "monitoring.min_count", f"must be >= 1, got {m.min_count}")
     _require(m.positive_label >= 0, "monitoring.positive_label", "must be >= 0")
     for key in ("psi_alert", "js_alert"):
         _require(getattr(m, key) > 0, f"monitoring.{key}", "must be > 0")

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from fedops.core.monitoring.fairness import FairnessThresholds
+from fedops.core.monitoring.profile import ReportLimits
 from fedops.core.monitoring.summary import MonitorThresholds
 from fedops.core.privacy.central import AdaptiveClipping
 from fedops.core.training import TrainConfig
@@ -140,6 +141,7 @@ def make_transport(
                 max_epsilon=cfg.privacy.site_max_epsilon,
                 max_delta=cfg.privacy.delta,  # a simulated site accounts at the run's δ
                 ledger_dir=site_ledger_dir(ledgers, i) if ledgers is not None else None,
+                report_limits=ReportLimits(min_count=cfg.monitoring.min_count),
             )
             for i in range(s.num_clients)
         ]

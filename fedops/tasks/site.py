@@ -397,9 +397,18 @@ class Site:
         """Refuse (:class:`PolicyRefusal`) a monitoring request past this site's cap,
         before the model is evaluated or a row counted."""
         try:
-            self.report_limits.check(spec, spec.num_classes)
+            self.report_limits.check(spec, self._num_outputs())
         except ValueError as exc:
             raise PolicyRefusal(str(exc)) from exc
+
+    def _num_outputs(self) -> int:
+        """The model's output width (output monitoring bins each output), from one row."""
+        x = self.monitor.reference.x
+        if len(x) == 0:
+            return 1
+        with torch.no_grad():
+            out = self.task.build_model()(torch.from_numpy(x[:1]))
+        return int(out.shape[-1]) if out.ndim >= 2 else 1
 
 
 def global_evaluator(task: Task) -> Callable[[Params], Mapping[str, float]] | None:

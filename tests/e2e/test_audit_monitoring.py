@@ -202,15 +202,22 @@ def test_a_truncated_log_with_a_rebuilt_head_is_caught_by_the_other_partys_ancho
     assert all("cut off its end" in m for m in lost), lost
 
 
-def test_every_result_and_task_carries_the_senders_head(run):
+def test_every_result_and_task_carries_the_senders_head(run, tmp_path):
     coordinator = [json.loads(x) for x in (run["coord"] / "audit.jsonl").read_text().splitlines()]
     received = [e for e in coordinator if e["event"] == "update_received"]
     assert received and all("site_head" in e["payload"] for e in received)
     site = [json.loads(x) for x in (run["work"] / "bank0" / "audit.jsonl").read_text().splitlines()]
     fetched = [e for e in site if e["event"] == "model_received"]
     assert fetched and all("coordinator_head" in e["payload"] for e in fetched)
-    report = json.loads((run["coord"] / "compliance.json").read_text())
-    assert report["anchors_checked"] >= len(received)
+    out = tmp_path / "report"
+    sites = [str(p) for p in _logs(run)[1:]]
+    done = _fedops(
+        "audit", "export", str(run["coord"]), "--out", str(out),
+        *(a for s in sites for a in ("--site-log", s)),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((out / "compliance.json").read_text())
+    assert report["anchors_checked"] >= len(received) and report["anchors_unchecked"] == []
 
 
 def test_run_report_embeds_real_plots(run):

@@ -81,9 +81,10 @@ class ReportLimits:
     the row (issue 17: up to 1024 bins x 4096 features, a bin of one row). So no reported
     bin counts between 1 and ``min_count - 1`` rows: runs of small adjacent bins are merged
     into the largest bin of the run (:meth:`merge`), which keeps every histogram's total
-    (the window's row count, the same for every feature); a fairness group of fewer rows
-    is left out. The statistics are computed from what is reported, and a request for
-    more than ``max_cells`` bins in all is refused before any row is counted.
+    (the window's row count, the same for every feature); a fairness group of fewer rows,
+    or with a confusion cell of 1..K-1 rows, is left out. The statistics are computed from
+    what is reported, and a request for more than ``max_cells`` bins in all is refused
+    before any row is counted.
     """
 
     min_count: int = DEFAULT_MIN_COUNT
@@ -103,6 +104,11 @@ class ReportLimits:
                 f"the monitoring request asks for {asked} bins over this site's rows; its "
                 f"policy allows at most {self.max_cells} (monitoring_max_cells)"
             )
+
+    def allows(self, group: GroupCounts) -> bool:
+        """A fairness group may be reported: no cell holds 1..min_count-1 of its rows."""
+        cells = (group.n, group.tp, group.fp, group.tn, group.fn, group.correct)
+        return group.n >= self.min_count and all(c == 0 or c >= self.min_count for c in cells)
 
     def merge(self, counts: Counts) -> Counts:
         """``counts`` with every bin 0 or at least ``min_count``, the total unchanged.
@@ -223,5 +229,7 @@ def site_report(
         groups = confusion_counts(
             test.y, predicted, test.groups, positive_label=spec.positive_label
         )
-        fairness = {g: c for g, c in groups.items() if c.n >= limits.min_count}
+        # a group, or any of its confusion cells, of 1..K-1 rows: a crafted model turns a
+        # small cell into a per-row query (red team, issue 17): the group is left out
+        fairness = {g: c for g, c in groups.items() if limits.allows(c)}
     return SiteReport(drift=drift, reference=ref, current=cur, fairness=fairness)

@@ -141,3 +141,34 @@ def test_a_coordinator_whose_audit_head_goes_back_is_refused_and_recorded(agent:
     assert "went from entry 40 back to entry 12" in answer["declined"]
     audit = (agent.cfg.run_dir / "audit.jsonl").read_text()  # type: ignore[operator]
     assert "audit_anchor_mismatch" in audit
+
+
+def test_a_model_task_without_the_coordinators_head_is_declined(agent: Agent):
+    task = pb.Task(
+        kind=pb.TASK_KIND_EVALUATE, run_id="run-A", round=1, task_id="n1", model_digest="a" * 64
+    )
+    answer = _step(agent, task)
+    assert "carries no head of the coordinator's audit log" in answer["declined"]
+
+
+def test_the_monitoring_bins_are_fixed_for_the_run(agent: Agent):
+    """Red team, issue 17: reports over edges 2.005914 and 2.005916 differ by the one row
+    between them; 41 such reports bisected a row's value exactly."""
+    import numpy as np
+
+    from fedops.core.monitoring.profile import MonitorSpec
+    from fedops.wire import monitoring
+
+    def binned(number: int, edge: float) -> pb.Task:
+        task = pb.Task(
+            kind=pb.TASK_KIND_EVALUATE, run_id="run-A", round=number, task_id=f"b{number}"
+        )
+        edges = {f"x{i}": np.array([-np.inf, edge, np.inf]) for i in range(64)}
+        task.monitor.CopyFrom(monitoring.spec_to_proto(MonitorSpec(edges=edges, num_classes=10)))
+        return task
+
+    agent.withhold_monitoring = False
+    assert _step(agent, binned(1, 2.005914))["report"] is not None
+    assert _step(agent, binned(2, 2.005914))["report"] is not None  # the same bins: fine
+    answer = _step(agent, binned(3, 2.005916))
+    assert "bins differ from this run's first request" in answer["declined"]

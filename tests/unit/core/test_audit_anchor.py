@@ -53,3 +53,14 @@ def test_what_a_peer_sends_is_checked_before_it_is_an_anchor():
         assert anchor_of(seq, digest) is None
     assert anchor_in({"h": {"seq": 2, "hash": _h(2)}}, "h") == Anchor(2, _h(2))
     assert anchor_in({"h": "nope"}, "h") is None and anchor_in({}, "h") is None
+
+
+def test_a_head_that_stays_put_for_a_new_model_anchors_nothing():
+    """Red team, issue 17: a coordinator that always showed the head of its entry 0 (a real
+    entry) anchored nothing after it, and could rewrite the rest of its log."""
+    watch = HeadWatch()
+    assert watch.regress("r", Anchor(0, _h(0)), task_id="t1", strict=True) == ""
+    assert watch.regress("r", Anchor(0, _h(0)), task_id="t1", strict=True) == ""  # same task
+    assert "anchors nothing" in watch.regress("r", Anchor(0, _h(0)), task_id="t2", strict=True)
+    assert watch.regress("r", Anchor(3, _h(3)), task_id="t3", strict=True) == ""
+    assert watch.regress("r", Anchor(3, _h(3)), task_id="t4") == ""  # no model: may stay

@@ -96,3 +96,41 @@ def test_a_request_past_the_cap_is_refused_before_counting():
 def test_an_impossible_limit_is_refused_by_name(field):
     with pytest.raises(ValueError, match=f"monitoring_{field}"):
         ReportLimits(**{field: 0})
+
+
+def test_a_group_with_a_small_confusion_cell_is_left_out():
+    """Red team, issue 17: a group of 60 rows with 3 true positives; a crafted model moving
+    one row across the threshold changes a small cell by one, a per-row query."""
+    x = np.zeros((60, 1), np.float32)
+    y = np.array([1] * 3 + [0] * 57)
+    groups = np.zeros(60, np.int64)
+
+    def predict_one(rows: np.ndarray) -> np.ndarray:
+        return np.tile([0.0, 1.0], (len(rows), 1))  # everyone predicted positive: tp = 3
+
+    spec = MonitorSpec(edges={"x0": np.array([-np.inf, 0.5, np.inf])}, num_classes=2)
+    window = Window(x=x, y=y)
+    test = Window(x=x, y=y, groups=groups)
+    report = site_report(spec, predict_one, reference=window, current=window, test=test)
+    assert report.fairness == {}
+    exact = ReportLimits(min_count=1)
+    full = site_report(spec, predict_one, reference=window, current=window, test=test, limits=exact)
+    assert full.fairness[0].tp == 3
+
+
+def test_the_cap_counts_the_models_real_outputs_before_fetching():
+    """Red team, issue 17: the pre-check counted spec.num_classes outputs (2), the digits
+    model has 10: the request passed, and failed only after every row was run."""
+    from fedops.core.training import TrainConfig
+    from fedops.tasks import load_task
+    from fedops.tasks.site import PolicyRefusal, Site
+
+    site = Site(
+        load_task("digits"),
+        site=0,
+        num_sites=3,
+        train_config=TrainConfig(epochs=1),
+        report_limits=ReportLimits(max_cells=30),
+    )
+    with pytest.raises(PolicyRefusal, match=r"104 bins.*monitoring_max_cells"):
+        site.check_report(MonitorSpec(num_classes=2))
