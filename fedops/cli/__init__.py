@@ -137,14 +137,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(command: str, cfg: Any, ca_fingerprint: str | None = None) -> int:
     if command == "coordinator":
         from fedops.coordinator.app import BindError, run_coordinator
+        from fedops.runtime.audit import AuditError
         from fedops.runtime.driver import RunAborted
+        from fedops.runtime.store import StoreError
 
         try:
             summary = run_coordinator(cfg, ca_fingerprint=ca_fingerprint)
         except ConfigError as exc:  # checked against the task at start (e.g. its classes)
             print(f"fedops coordinator: error: {exc.key}: {exc.message}", file=sys.stderr)
             return 2
-        except (BindError, RunAborted, TimeoutError) as exc:
+        except (BindError, RunAborted, TimeoutError, StoreError, AuditError) as exc:
             print(f"fedops coordinator: error: {exc}", file=sys.stderr)
             return 1
         print(f"run {summary['run_id']} {summary['status']}: {cfg.run_dir}/summary.json")

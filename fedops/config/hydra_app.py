@@ -32,6 +32,8 @@ def register() -> None:
 
 
 def _run(cfg: DictConfig) -> float | None:
+    from fedops.runtime.audit import AuditError
+    from fedops.runtime.store import StoreError
     from fedops.simulation.engine import run_simulation  # torch import: only when running
 
     settings = OmegaConf.to_object(cfg)
@@ -46,6 +48,9 @@ def _run(cfg: DictConfig) -> float | None:
     except ConfigError as exc:
         print(f"fedops simulate: error: {exc.key}: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from exc
+    except (StoreError, AuditError) as exc:  # the run directory cannot be used: say why
+        print(f"fedops simulate: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from exc
     last = summary.get("final_metrics", {})
     # under DP the sites' evaluation is withheld: the coordinator's own data then speaks
     name = "eval_accuracy" if "eval_accuracy" in last else "global_accuracy"

@@ -121,6 +121,14 @@ class RunStore:
             row = self._db.execute("SELECT run_id, config_digest FROM runs").fetchone()
             if row:
                 return row[0], True
+            leftovers = self._earlier_run()
+            if leftovers:
+                raise StoreError(
+                    f"{self.dir} holds an earlier run ({', '.join(leftovers)}) but its "
+                    "state.sqlite records none: the run state was lost (deleting "
+                    "state.sqlite-wal after a crash loses every commit it held). Restore "
+                    "state.sqlite and its -wal file from a backup, or use a new --run-dir"
+                )
             run_id = uuid.uuid4().hex[:12]
             with self._db:
                 self._db.execute(
@@ -133,6 +141,17 @@ class RunStore:
                     ),
                 )
             return run_id, False
+
+    def _earlier_run(self) -> list[str]:
+        """What an earlier run left here: starting a new run over it would mix the two."""
+        found = []
+        if any((self.dir / "checkpoints").glob("*.safetensors")):
+            found.append("checkpoints")
+        for name in ("audit.jsonl", "metrics.jsonl", "summary.json", "model.safetensors"):
+            path = self.dir / name
+            if path.is_file() and path.stat().st_size > 0:
+                found.append(name)
+        return found
 
     def stored_config_digest(self) -> str | None:
         row = self._db.execute("SELECT config_digest FROM runs").fetchone()

@@ -177,3 +177,32 @@ def test_a_second_coordinator_on_a_taken_port_stops_before_writing_anything(proc
     assert "Traceback" not in second.stderr
     assert not (tmp_path / "B").exists()  # no run directory, no audit entry, no store
     assert first.poll() is None  # the first run is untouched
+
+
+@pytest.mark.parametrize("lost", ["state.sqlite*", "state.sqlite-wal"])
+def test_a_run_directory_whose_state_was_lost_is_not_started_over(procs, tmp_path, lost):
+    """Issue 18, item 2: with state.sqlite deleted, or its -wal file deleted after a crash,
+    the coordinator started a new run in a directory holding the old run's checkpoints and
+    audit chain."""
+    import signal
+
+    from procs import free_port, run_fedops, wait_until
+
+    port, run_dir = free_port(), tmp_path / "run"
+    args = ("--task", "digits", "--rounds", "50", "--min-clients", "1", "--join-timeout", "60")
+    coord = procs.coordinator("coordinator", port, run_dir, *args)
+    procs.client("site0", port, 0, 1)
+    wait_until(lambda: list((run_dir / "checkpoints").glob("*.safetensors")), 120, "a round")
+    coord.send_signal(signal.SIGKILL)  # a crash: the WAL holds what was not checkpointed
+    coord.wait(30)
+    procs.kill_all()
+    for path in run_dir.glob(lost):
+        path.unlink()
+    audit = (run_dir / "audit.jsonl").read_bytes()
+    again = run_fedops(
+        "coordinator", "--address", f"127.0.0.1:{port}", "--run-dir", str(run_dir), *args
+    )
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "holds an earlier run" in again.stderr and "Traceback" not in again.stderr
+    assert "checkpoints" in again.stderr and "audit.jsonl" in again.stderr
+    assert (run_dir / "audit.jsonl").read_bytes() == audit  # nothing appended
