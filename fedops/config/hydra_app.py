@@ -9,6 +9,8 @@ ConfigStore, so composition rejects unknown keys and wrong types by name.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +31,11 @@ SCENARIO_DIR = Path(__file__).resolve().parents[2] / "simulations"
 def register() -> None:
     """Put the root schema in the ConfigStore (the primary YAML extends it)."""
     ConfigStore.instance().store(name="simulate_schema", node=SimulateConfig)
+    # run directories are DATE-TIME-XXXX: simulations started in the same second (a shell
+    # loop) got one directory and mixed their records; the suffix is fixed per process
+    OmegaConf.register_new_resolver(
+        "fedops_suffix", lambda: secrets.token_hex(2), use_cache=True, replace=True
+    )
 
 
 def _run(cfg: DictConfig) -> float | None:
@@ -60,11 +67,27 @@ def _run(cfg: DictConfig) -> float | None:
         f"{final if final is None else round(final, 4)} after {summary['rounds_completed']} "
         f"rounds; results in {run_dir}"
     )
+    _point_latest(run_dir)
     if "privacy" in summary:
         print(f"privacy: {summary['privacy']}")
     if "stop_reason" in summary:
         print(summary["stop_reason"])
     return final
+
+
+def _point_latest(run_dir: Path) -> None:
+    """``runs/simulate/latest`` -> this run (single runs only; a sweep has its own folder)."""
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode != RunMode.RUN:
+        return
+    link = run_dir.parent / "latest"
+    aside = run_dir.parent / f".latest-{secrets.token_hex(4)}"
+    try:
+        os.symlink(run_dir.name, aside)
+        os.replace(aside, link)  # atomic: another run finishing at once wins or loses whole
+    except OSError:
+        aside.unlink(missing_ok=True)
 
 
 def simulate_main(argv: Sequence[str]) -> int:

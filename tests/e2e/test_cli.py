@@ -206,3 +206,33 @@ def test_a_run_directory_whose_state_was_lost_is_not_started_over(procs, tmp_pat
     assert "holds an earlier run" in again.stderr and "Traceback" not in again.stderr
     assert "checkpoints" in again.stderr and "audit.jsonl" in again.stderr
     assert (run_dir / "audit.jsonl").read_bytes() == audit  # nothing appended
+
+
+def test_simulations_started_together_get_their_own_run_directories(tmp_path):
+    """Issue 18, item 3: runs started in the same second shared one directory; one crashed
+    and the survivor's config.yaml said seed 1 over seed 3's results."""
+    from procs import ENV
+
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-m", "fedops", "simulate", f"seed={seed}", "rounds=1"],
+            cwd=tmp_path,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for seed in (1, 2, 3)
+    ]
+    outputs = [p.communicate(timeout=300)[0].decode() for p in started]
+    assert [p.returncode for p in started] == [0, 0, 0], outputs
+    runs = sorted(d for d in (tmp_path / "runs" / "simulate").iterdir() if d.name != "latest")
+    assert len(runs) == 3
+    seeds = sorted(
+        int(line.split(":")[1])
+        for run in runs
+        for line in (run / "config.yaml").read_text().splitlines()
+        if line.startswith("seed:")
+    )
+    assert seeds == [1, 2, 3]
+    latest = tmp_path / "runs" / "simulate" / "latest"
+    assert latest.is_symlink() and (latest / "summary.json").is_file()
