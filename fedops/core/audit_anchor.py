@@ -55,29 +55,31 @@ class HeadWatch:
     """
 
     def __init__(self) -> None:
-        self._last: dict[str, tuple[Anchor, str]] = {}  # run -> (head, task id)
+        self._last: dict[str, Anchor] = {}  # run -> the last head seen
+        self._model: dict[str, tuple[Anchor, str]] = {}  # run -> (head, task) of the last model
 
     def regress(self, run_id: str, head: Anchor, *, task_id: str = "", strict: bool = False) -> str:
         """Why ``head`` cannot follow the last one seen in ``run_id`` ("" when it can);
         ``strict``: it must be past it (the same task shown again excepted)."""
-        seen = self._last.get(run_id)
-        if seen is not None:
-            last, last_task = seen
-            back = head.seq < last.seq or (head.seq == last.seq and head.hash != last.hash)
-            stuck = strict and head.seq == last.seq and task_id != last_task
-            if back:
-                return (
-                    f"the coordinator's audit log went from entry {last.seq} back to entry "
-                    f"{head.seq}{' with another hash' if head.seq == last.seq else ''}: it was "
-                    "truncated or replaced"
-                )
-            if stuck:
-                return (
-                    f"the coordinator's audit head is still entry {head.seq} for a new model: "
-                    "an honest coordinator's log grows between two (it records each model it "
-                    "sends), so this head anchors nothing"
-                )
-        self._last[run_id] = (head, task_id)
+        last = self._last.get(run_id)
+        if last is not None and (
+            head.seq < last.seq or (head.seq == last.seq and head.hash != last.hash)
+        ):
+            return (
+                f"the coordinator's audit log went from entry {last.seq} back to entry "
+                f"{head.seq}{' with another hash' if head.seq == last.seq else ''}: it was "
+                "truncated or replaced"
+            )
+        model = self._model.get(run_id)
+        if strict and model is not None and head.seq <= model[0].seq and task_id != model[1]:
+            return (
+                f"the coordinator's audit head is still entry {head.seq} for a new model: "
+                "an honest coordinator's log grows between two (it records each model it "
+                "sends), so this head anchors nothing"
+            )
+        self._last[run_id] = head
+        if strict:
+            self._model[run_id] = (head, task_id)
         return ""
 
 

@@ -20,6 +20,7 @@ from fedops.coordinator.transport import GrpcTransport
 from fedops.core.params import digest
 from fedops.core.strategies import FedAvg
 from fedops.core.training import TrainConfig, get_params
+from fedops.runtime.audit import AuditLog
 from fedops.runtime.driver import DriverConfig, RoundDriver
 from fedops.runtime.settings import ClientConfig
 from fedops.runtime.store import RunStore
@@ -46,7 +47,13 @@ def test_forty_megabyte_model_round_trip(tmp_path: Path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     store = RunStore(tmp_path / "run")
-    transport = GrpcTransport(run_id="big", on_rejection=store.record_rejection)
+    audit = AuditLog.open(tmp_path / "run", "coordinator", fsync=False)  # heads ride on tasks
+    transport = GrpcTransport(
+        run_id="big",
+        on_rejection=store.record_rejection,
+        audit=audit.record,
+        audit_head=lambda: audit.head,
+    )
     server = build_server(transport, max_workers=8)
     assert server.add_insecure_port(f"127.0.0.1:{port}") == port
     server.start()

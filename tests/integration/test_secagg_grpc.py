@@ -50,6 +50,7 @@ from fedops.core.secagg.update import Encoding, encode_update, vector_length
 from fedops.core.strategies import FedAvg
 from fedops.core.training import TrainConfig
 from fedops.crypto import Crypto
+from fedops.runtime.audit import AuditLog
 from fedops.runtime.driver import DriverConfig
 from fedops.runtime.run import RunPlan, execute
 from fedops.runtime.secure_fit import SecAggSettings
@@ -194,8 +195,13 @@ def _run(
     store = RunStore(run_dir, keep_checkpoints=rounds + 1)
     config = {"test": "secagg-grpc", "sites": num_sites}
     run_id, _ = store.open_run(config)  # as the coordinator app does: one id for both
+    audit = AuditLog.open(run_dir, "coordinator", fsync=False)  # its head rides on tasks
     transport = RecordingTransport(
-        run_id=run_id, heartbeat_interval_s=1.0, on_rejection=store.record_rejection
+        run_id=run_id,
+        heartbeat_interval_s=1.0,
+        on_rejection=store.record_rejection,
+        audit=audit.record,
+        audit_head=lambda: audit.head,
     )
     server = build_server(transport, max_workers=16)
     assert server.add_insecure_port(f"127.0.0.1:{port}") == port
