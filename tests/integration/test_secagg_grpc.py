@@ -435,7 +435,11 @@ def test_secure_rounds_over_grpc_reveal_only_the_sum(tmp_path: Path):
     checkpoint_names = [f"checkpoints/round-{r:05d}.safetensors" for r in range(rounds + 1)]
     allowed = {"checkpoints", "state.sqlite", "state.sqlite-wal", "state.sqlite-shm"}
     allowed |= {"metrics.jsonl", "summary.json", "model.safetensors", *checkpoint_names}
+    allowed |= {"audit.jsonl", "audit.head", "audit_key.pem", "audit_key.pub"}
     assert set(files) <= allowed, set(files) - allowed
+    # the audit log holds digests and counts: no tensor of any update is in it
+    for line in (run.run_dir / "audit.jsonl").read_text().splitlines():
+        assert len(line) < 20_000, line[:200]
     assert [f for f in files if f.startswith("checkpoints/")] == checkpoint_names
     client_digests = {digest(trained) for site in run.sites for _, trained, _ in site.fits.values()}
     model_specs = specs_of(run.initial)
