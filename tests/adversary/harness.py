@@ -128,13 +128,25 @@ class Answer:
 
 
 class AdversaryTransport(GrpcTransport):
-    """The coordinator's transport, plus a way to hand one node any kind of task."""
+    """The coordinator's transport, plus a way to hand one node any kind of task.
+
+    Every task carries an audit head that advances (sites require one with each model):
+    this coordinator keeps no log, and the heads it shows anchor nothing real, which only
+    an audit export would notice.
+    """
+
+    heads = 0
+
+    def next_head(self) -> tuple[int, str]:
+        self.heads += 1
+        return self.heads, hashlib.sha256(b"%d" % self.heads).hexdigest()
 
     def post(self, node: str, kind: int, server_round: int, params: Params) -> str:
         model_digest = digest(params) if params else ""
         with self._cond:
             self._round = server_round
             task = self._new_task(kind, server_round, {}, model_digest)
+            task.coordinator_audit.seq, task.coordinator_audit.hash = self.next_head()
             self._assignments[node] = Assignment(
                 task=task, params=params, specs=specs_of(params), model_digest=model_digest
             )
@@ -188,6 +200,7 @@ class Fleet:
         self.transport = AdversaryTransport(
             run_id=RUN_ID, heartbeat_interval_s=1.0, liveness_timeout_s=60.0
         )
+        self.transport.audit_head = self.transport.next_head  # dispatched stages too
         self.server = build_server(self.transport, max_workers=32)
         assert self.server.add_insecure_port(f"127.0.0.1:{port}") == port
         self.server.start()

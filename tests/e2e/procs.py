@@ -21,13 +21,16 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBU
 FAST_TRAINING = ["--epochs", "5", "--batch-size", "16", "--lr", "0.5"]
 
 
-def run_fedops(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_fedops(
+    *args: str, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """One ``fedops`` command to its end, its output kept."""
     return subprocess.run(
         [sys.executable, "-m", "fedops", *args],
         capture_output=True,
         text=True,
         env=ENV,
+        cwd=cwd,
         timeout=timeout,
     )
 

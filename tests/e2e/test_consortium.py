@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
 import pytest
-from procs import ENV, Procs, free_port, metrics, query, wait_until
+from procs import Procs, free_port, metrics, query, run_fedops, wait_until
 
 from fedops.consortium import pki
 from fedops.consortium.enrol import assemble, request, sign_requests
@@ -36,14 +35,7 @@ ROUNDS = 40
 
 
 def _fedops(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fedops", *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        cwd=cwd,
-        timeout=120,
-    )
+    return run_fedops(*args, cwd=cwd)
 
 
 def _init(tmp: Path, name: str, port: int, *, cli: bool = True) -> Path:
