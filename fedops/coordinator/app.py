@@ -48,6 +48,14 @@ class BindError(RuntimeError):
     """The coordinator cannot listen where it was told; nothing of the run was written."""
 
 
+def run_config(cfg: CoordinatorConfig) -> dict[str, Any]:
+    """The settings that make a run what it is, as stored and digested: not where it
+    listens or where its directory is (a moved or absolute --run-dir is the same run)."""
+    return {
+        k: v for k, v in as_dict(cfg).items() if k not in ("address", "metrics_port", "run_dir")
+    }
+
+
 def check_port_free(address: str) -> None:
     """Refuse (:class:`BindError`) an address another program already listens on, before
     the run directory is touched: binding comes after the run's records are opened."""
@@ -71,10 +79,11 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
     """
     kit = _coordinator_kit(cfg.kit, ca_fingerprint) if cfg.kit is not None else None
     check_port_free(cfg.address)
-    store = RunStore(cfg.run_dir, keep_checkpoints=cfg.keep_checkpoints)
-    config = {k: v for k, v in as_dict(cfg).items() if k not in ("address", "metrics_port")}
-    run_id, _ = store.open_run(config)
+    # the task first: a start that fails on it must not leave its config as the run's
     task = load_task(cfg.task, **cfg.builtin_options()) if cfg.task else None
+    store = RunStore(cfg.run_dir, keep_checkpoints=cfg.keep_checkpoints)
+    config = run_config(cfg)
+    run_id, _ = store.open_run(config)
     records = Records.open(cfg, store, run_id, config, task, kit)
     audit, metrics = records.audit, records.metrics
     transport = GrpcTransport(

@@ -236,3 +236,29 @@ def test_simulations_started_together_get_their_own_run_directories(tmp_path):
     assert seeds == [1, 2, 3]
     latest = tmp_path / "runs" / "simulate" / "latest"
     assert latest.is_symlink() and (latest / "summary.json").is_file()
+
+
+def test_a_start_that_fails_on_its_task_leaves_no_run_behind(tmp_path):
+    """Issue 18, item 4: a failed first start (--task digit) fixed the stored config for
+    good; the later correct start resumed as 'digit'."""
+    from procs import free_port, run_fedops
+
+    run_dir = tmp_path / "run"
+    bad = run_fedops(
+        "coordinator", "--address", f"127.0.0.1:{free_port()}", "--run-dir", str(run_dir),
+        "--task", "digit", "--rounds", "1",
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--task" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (run_dir / "state.sqlite").exists()
+
+
+def test_where_the_run_directory_is_is_not_part_of_the_run(tmp_path):
+    from fedops.config import CoordinatorConfig
+    from fedops.coordinator.app import run_config
+    from fedops.runtime.store import config_digest
+
+    here = run_config(CoordinatorConfig(run_dir=tmp_path / "a", task="digits"))
+    moved = run_config(CoordinatorConfig(run_dir=(tmp_path / "b").resolve(), task="digits"))
+    assert config_digest(here) == config_digest(moved)
+    other = run_config(CoordinatorConfig(run_dir=tmp_path / "a", task="digits-mlp"))
+    assert config_digest(other) != config_digest(here)
