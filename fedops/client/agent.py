@@ -313,7 +313,7 @@ class Agent:
                 "run_finished",
                 run_id=task.run_id,
                 message=task.message,
-                **({"coordinator_head": head.payload()} if head is not None else {}),
+                **({"coordinator_head": {**head.payload(), "run_id": task.run_id}} if head else {}),
             )
             return False
         if task.kind == pb.TASK_KIND_WAIT:
@@ -485,7 +485,7 @@ class Agent:
             node_id=session.node_id,
             config=dict(task.config),
             # the coordinator's log head: truncating that log later cannot remove it here
-            **({"coordinator_head": head.payload()} if head is not None else {}),
+            **({"coordinator_head": {**head.payload(), "run_id": task.run_id}} if head else {}),
         )
         return params
 

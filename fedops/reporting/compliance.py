@@ -365,6 +365,8 @@ def _check_anchors(
             for e in party.entries
             if e["event"] in ("model_received", "run_finished")
             and (head := anchor_in(e["payload"], "coordinator_head"))
+            # a site's log may span runs: only this run's coordinator heads are its anchors
+            and e["payload"]["coordinator_head"].get("run_id", run_id) == run_id
         ]
         out.checked += len(mine)
         out.lost += [

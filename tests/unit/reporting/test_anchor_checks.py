@@ -101,3 +101,23 @@ def test_sealed_heads_under_central_dp_are_checked_with_the_key_and_listed_witho
     report = _export(run, tmp_path / "site")
     assert len(report["anchors_unchecked"]) == 3
     assert all("participants.key" in m for m in report["anchors_unchecked"])
+
+
+def test_a_site_log_spanning_runs_is_checked_only_against_this_runs_heads(tmp_path):
+    entries = _site(tmp_path / "site")
+    _coordinator(tmp_path / "run", entries)
+    coordinator = [json.loads(x) for x in (tmp_path / "run" / LOG_NAME).read_text().splitlines()]
+    bogus = {"seq": len(coordinator) + 50, "hash": "b" * 64}
+
+    def received(run_id: str) -> None:
+        payload = {"round": 9, "phase": "fit", "model_digest": "a" * 64, "node_id": NODE}
+        payload["coordinator_head"] = {**bogus, "run_id": run_id}
+        with AuditLog.open(tmp_path / "site", "site-a", fsync=False) as log:
+            log.record("model_received", payload)
+
+    received("an-earlier-run")  # the same site dir served another run before
+    report = _export(tmp_path / "run", tmp_path / "site")
+    assert not [m for m in report["mismatches"] if m["kind"] == "anchor_missing"]
+    received("run-1")
+    report = _export(tmp_path / "run", tmp_path / "site")
+    assert [m for m in report["mismatches"] if m["kind"] == "anchor_missing"]
