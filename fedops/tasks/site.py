@@ -199,6 +199,7 @@ class Site:
         self.max_delta = max_delta
         self.public_records = public_records
         self.report_limits = report_limits if report_limits is not None else ReportLimits()
+        self._outputs: int | None = None  # the model's output width, once asked
         self.ledger = SiteLedger(ledger_dir)
         self.on_spend: Callable[[Spent], None] | None = None
         self._model_refusal: str | None = None  # checked once: the model's layers are fixed
@@ -402,13 +403,16 @@ class Site:
             raise PolicyRefusal(str(exc)) from exc
 
     def _num_outputs(self) -> int:
-        """The model's output width (output monitoring bins each output), from one row."""
-        x = self.monitor.reference.x
-        if len(x) == 0:
-            return 1
-        with torch.no_grad():
-            out = self.task.build_model()(torch.from_numpy(x[:1]))
-        return int(out.shape[-1]) if out.ndim >= 2 else 1
+        """The model's output width (output monitoring bins each output), from one row of
+        a fresh model (the site's own may be in training mode), worked out once."""
+        if self._outputs is None:
+            x = self.monitor.reference.x
+            self._outputs = 1
+            if len(x):
+                with torch.no_grad():
+                    out = self.task.build_model()(torch.from_numpy(x[:1]))
+                self._outputs = int(out.shape[-1]) if out.ndim >= 2 else 1
+        return self._outputs
 
 
 def global_evaluator(task: Task) -> Callable[[Params], Mapping[str, float]] | None:
