@@ -10,7 +10,18 @@ suite independent of which test imports dp_accounting first.
 """
 
 import sys
+import warnings
+from collections.abc import Iterator
 
+import pytest
 from absl import logging as absl_logging
 
 absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
+@pytest.fixture
+def quiet_warnings() -> Iterator[None]:
+    """Every warning off for one test (DP-SGD tests: Opacus warns on every step)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

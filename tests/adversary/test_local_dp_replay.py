@@ -14,7 +14,6 @@ attack fails for that reason alone.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
@@ -33,11 +32,7 @@ RUN_SEED, ROUND, SITE = 0, 3, 1
 CONFIG = {"dp_noise_multiplier": 1.0, "dp_max_grad_norm": 1.0, "dp_delta": 1e-5, "seed": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_warnings")  # Opacus warns on every DP-SGD step
 
 
 def replay(

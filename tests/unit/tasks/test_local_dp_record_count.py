@@ -11,8 +11,6 @@ same check without the public count as its control, so it can fail.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -30,11 +28,7 @@ DP = {"dp_noise_multiplier": 1.0, "dp_max_grad_norm": 1.0, "dp_delta": 1e-5}
 PUBLIC = 256
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_warnings")  # Opacus warns on every DP-SGD step
 
 
 @pytest.fixture(scope="module")

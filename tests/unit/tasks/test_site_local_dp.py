@@ -14,7 +14,6 @@ import math
 import sqlite3
 import threading
 import time
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,11 +36,7 @@ TRAIN = TrainConfig(epochs=1, batch_size=64, lr=0.1)
 DP = {"dp_noise_multiplier": 1.0, "dp_max_grad_norm": 1.0, "dp_delta": 1e-5, "seed": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_warnings")  # Opacus warns on every DP-SGD step
 
 
 def _site(ledger_dir: Path | None = None, **policy: float) -> Site:

@@ -7,8 +7,6 @@ The ledger's persistence is tested in ``tests/unit/tasks/test_ledger.py``.
 
 from __future__ import annotations
 
-import warnings
-
 import dp_accounting as dpa
 import pytest
 import torch
@@ -21,12 +19,7 @@ from fedops.core.privacy.local import LocalDP, round_event, steps_per_round, tra
 from fedops.core.training import TrainConfig
 from fedops.tasks.ledger import Charge, SiteLedger
 
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_warnings")  # Opacus warns on every DP-SGD step
 
 
 def _model() -> nn.Module:
