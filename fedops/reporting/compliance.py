@@ -418,9 +418,10 @@ def export_compliance(
     """
     run_dir = Path(run_dir)
     coordinator = _load(run_dir / LOG_NAME, "coordinator", ca_pem, allow_missing_head)
-    key = run_dir / PSEUDONYM_KEY
-    if key.is_file():  # the operator's: DP rounds' pseudonyms back to node ids
-        coordinator.entries = reidentify(coordinator.entries, key.read_bytes())
+    key_path = run_dir / PSEUDONYM_KEY
+    key = key_path.read_bytes() if key_path.is_file() else None  # the operator's
+    if key is not None:  # DP rounds' pseudonyms back to node ids
+        coordinator.entries = reidentify(coordinator.entries, key)
     sites = [
         _load(p, "site", ca_pem, allow_missing_head)
         for p in _site_paths(run_dir, coordinator.path, site_logs)
@@ -435,9 +436,7 @@ def export_compliance(
         ),
         "",
     )
-    anchors = _check_anchors(
-        coordinator, sites, key.read_bytes() if key.is_file() else None, run_id
-    )
+    anchors = _check_anchors(coordinator, sites, key, run_id)
     check.mismatches += [{"kind": "anchor_missing", "message": m} for m in anchors.lost]
     report: dict[str, Any] = {
         "ok": all(p.result.ok for p in parties) and not check.mismatches,
