@@ -56,9 +56,9 @@ from pathlib import Path
 from typing import Any
 
 from fedops.consortium.signing import Signer
-from fedops.core.audit_anchor import anchor_in, missing_anchors
-from fedops.core.audit_pseudonyms import MARK, head_mac, reidentify
+from fedops.core.audit_pseudonyms import MARK, reidentify
 from fedops.core.audit_verify import VerifyResult, split_log
+from fedops.reporting.anchor_checks import check_anchors
 from fedops.reporting.compliance_html import render_html
 from fedops.reporting.logs import (
     LOG_NAME,
@@ -288,93 +288,6 @@ def _cross_check(coordinator: _Party, sites: list[_Party]) -> _Check:
     return check
 
 
-@dataclass(slots=True)
-class _Anchors:
-    checked: int = 0
-    lost: list[str] = field(default_factory=list)
-    unchecked: list[str] = field(default_factory=list)  # anchors no given log could be matched to
-
-
-def _check_anchors(
-    coordinator: _Party, sites: list[_Party], key: bytes | None, run_id: str
-) -> _Anchors:
-    """Each party's log heads as the other side recorded them (:mod:`fedops.core.audit_anchor`).
-
-    A site's heads are matched to its log by node id (the ids its own entries name), never
-    by the log's self-declared actor, which whoever rewrites the log also chooses. A sealed
-    head (central DP) is checked with the operator's key; without it, it is unchecked.
-    """
-    out = _Anchors()
-    log_of_node = {
-        e["payload"].get("node_id"): party
-        for party in sites
-        for e in party.entries
-        if e["event"] in ("model_received", "update_sent")
-    }
-    joined = {
-        e["payload"].get("node_id") for e in coordinator.entries if e["event"] == "node_joined"
-    }
-    for party in sites:  # a log rewritten under new node ids would match no anchor at all
-        named = {n for n, owner in log_of_node.items() if owner is party}
-        if joined and named and not named & joined:
-            name = party.result.actor or str(party.path)
-            out.lost.append(
-                f"the log of site {name!r} ({party.path}) names no node this run's coordinator "
-                "registered: another run's log, or rewritten"
-            )
-    for e in coordinator.entries:
-        p = e["payload"]
-        if e["event"] != "update_received" or not isinstance(p.get("site_head"), dict):
-            continue
-        node, where = (
-            p.get("node_id"),
-            f"the coordinator's entry {e['seq']} (round {p.get('round')})",
-        )
-        party = log_of_node.get(node)
-        if party is None:
-            why = (
-                "a pseudonymous node (central DP) needs participants.key"
-                if p.get(MARK)
-                else f"no site log names node {node!r}"
-            )
-            out.unchecked.append(f"{where}: {why}")
-            continue
-        name = party.result.actor or str(party.path)
-        out.checked += 1
-        if (head := anchor_in(p, "site_head")) is not None:
-            missing = missing_anchors(party.entries, [(head, where)])
-        elif key is not None and isinstance(p["site_head"].get("mac"), str):
-            macs = {
-                head_mac(key, run_id, p["round"], str(node), x.get("seq"), x.get("hash"))
-                for x in party.entries
-            }
-            missing = (
-                []
-                if p["site_head"]["mac"] in macs
-                else [f"{where} anchored an entry it no longer holds"]
-            )
-        else:
-            out.checked -= 1
-            out.unchecked.append(f"{where}: a sealed head (central DP) needs participants.key")
-            continue
-        out.lost += [f"the log of site {name!r}: {m}" for m in missing]
-    for party in sites:
-        name = party.result.actor or str(party.path)
-        mine = [
-            (head, f"site {name!r}'s entry {e['seq']}")
-            for e in party.entries
-            if e["event"] in ("model_received", "run_finished")
-            and (head := anchor_in(e["payload"], "coordinator_head"))
-            # a site's log may span runs: only this run's coordinator heads are its anchors
-            and e["payload"]["coordinator_head"].get("run_id", run_id) == run_id
-        ]
-        out.checked += len(mine)
-        out.lost += [
-            f"the coordinator's log: {m}" for m in missing_anchors(coordinator.entries, mine)
-        ]
-    return out
-
-
 def _round_table(check: _Check) -> list[dict[str, Any]]:
     keys = set(check.coordinator.sent) | {k[:2] for k in check.rows}
     table = []
@@ -436,7 +349,7 @@ def export_compliance(
         ),
         "",
     )
-    anchors = _check_anchors(coordinator, sites, key, run_id)
+    anchors = check_anchors(coordinator, sites, key, run_id)
     check.mismatches += [{"kind": "anchor_missing", "message": m} for m in anchors.lost]
     report: dict[str, Any] = {
         "ok": all(p.result.ok for p in parties) and not check.mismatches,
