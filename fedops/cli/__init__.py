@@ -55,9 +55,11 @@ def _run_tool(args: argparse.Namespace) -> int:
     from fedops.reporting.audit_commands import audit_export_command, audit_verify_command
 
     if args.audit_command == "verify":
-        return audit_verify_command(args.path, args.public_key, args.ca, args.allow_missing_head)
+        return audit_verify_command(
+            args.path, args.public_key, args.ca, args.allow_missing_head, args.crl
+        )
     return audit_export_command(
-        args.run_dir, args.out, list(args.site_log), args.ca, args.allow_missing_head
+        args.run_dir, args.out, list(args.site_log), args.ca, args.allow_missing_head, args.crl
     )
 
 

@@ -47,6 +47,13 @@ def _report_parsers(sub: Any) -> None:
         "certified (audit_key.crt beside the log); prints the certified party",
     )
     verify.add_argument(
+        "--crl",
+        type=Path,
+        default=None,
+        metavar="CRL_PEM",
+        help="with --ca: the CA's current crl.pem; a log signed by a revoked key fails",
+    )
+    verify.add_argument(
         "--allow-missing-head",
         action="store_true",
         help="accept a log without its audit.head (entries cut off its end would go unnoticed)",
@@ -71,6 +78,13 @@ def _report_parsers(sub: Any) -> None:
         metavar="CA_PEM",
         help="the consortium CA's certificate: pin every log to the key the CA certified for "
         "its party (coordinator or site) and name the parties in the report",
+    )
+    export.add_argument(
+        "--crl",
+        type=Path,
+        default=None,
+        metavar="CRL_PEM",
+        help="with --ca: the CA's current crl.pem; a log signed by a revoked key fails",
     )
     export.add_argument(
         "--allow-missing-head",

@@ -17,16 +17,15 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
 
 from fedops.client.calls import Session, fetch_model, push_result
 from fedops.client.channel import dial
+from fedops.client.checks import CoordinatorChecks, payload_of
 from fedops.client.guard import TaskGuard
 from fedops.client.secure import SecureParticipant, secure_identity
 from fedops.client.trail import SiteTrail, phase_of
+from fedops.consortium.crl import CRL_STATE, DeliveredCrl
 from fedops.consortium.kit import Kit
-from fedops.core.audit_anchor import Anchor, HeadWatch, anchor_of
-from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.primitives import ProtocolError
 from fedops.crypto import Crypto
@@ -124,18 +123,21 @@ class Agent:
         self._buffer = bytearray()  # reused for every model download
         self.policy = policy or site_policy(cfg, kit)
         _check_ledger(cfg, site, self.policy)
+        # a kit site checks its SecAgg+ peers against the CRL the coordinator delivers
+        crl = DeliveredCrl(kit.ca_cert, state_path=kit.directory / CRL_STATE) if kit else None
+        identity = secure_identity(
+            cfg.identity_key,
+            cfg.trusted_keys,
+            self.site_name,
+            kit=kit,
+            revoked=crl.is_revoked if crl is not None else None,
+        )
         self.secure = SecureParticipant(
-            site,
-            Crypto(),
-            policy=self.policy.secagg,
-            run_dir=cfg.run_dir,
-            **secure_identity(cfg.identity_key, cfg.trusted_keys, self.site_name, kit=kit),
+            site, Crypto(), policy=self.policy.secagg, run_dir=cfg.run_dir, **identity
         )
         # a site that caps its ε protects its records: what it sends besides the noised
         # model must not depend on them (its record count, or a model evaluated at will)
         self.private = self.site.hides_count
-        self.coordinator_heads = HeadWatch()
-        self.monitor_bins: dict[str, object] = {}  # run -> the bins of its first report
         if self.policy.max_epsilon is not None and self.policy.dp_public_records is None:
             log.warning(
                 "local DP without --dp-public-records: the number of DP-SGD steps a round "
@@ -161,6 +163,7 @@ class Agent:
             )
         signer = kit.signing_identity() if kit is not None else None  # the log's key: the kit's
         self.trail = SiteTrail(cfg.run_dir, cfg.site, self.site_name, identity=signer)
+        self.checks = CoordinatorChecks(self._audit, anchors=self.trail.keeping, crl=crl)
         # each local-DP round's ε goes to this site's own signed log, never to the coordinator
         site.on_spend = self.trail.privacy_spent
         p = self.policy
@@ -308,12 +311,12 @@ class Agent:
         if task.kind == pb.TASK_KIND_SHUTDOWN:
             log.info("coordinator says: %s; exiting", task.message or "shutdown")
             self._record(event="shutdown", run_id=task.run_id)
-            head = self._coordinator_head(task)  # the coordinator's log, anchored to its end
+            head = self.checks.head(task)  # the coordinator's log, anchored to its end
             self._audit(
                 "run_finished",
                 run_id=task.run_id,
                 message=task.message,
-                **({"coordinator_head": {**head.payload(), "run_id": task.run_id}} if head else {}),
+                **payload_of(head, task.run_id),
             )
             return False
         if task.kind == pb.TASK_KIND_WAIT:
@@ -331,7 +334,7 @@ class Agent:
 
     def _handle(self, task: pb.Task, session: Session) -> None:
         """Carry out one task; anything it raises is declined by :meth:`_step`."""
-        refusal = self.guard.refusal(task, session.run_id) or self._coordinator_regress(task)
+        refusal = self.guard.refusal(task, session.run_id) or self.checks.refusal(task)
         if refusal:
             self._decline(task, refusal)
         elif task.kind == pb.TASK_KIND_SEND_INITIAL:
@@ -355,32 +358,6 @@ class Agent:
             self._secure_step(task)
         else:
             self._decline(task, f"unknown task kind {task.kind}")
-
-    def _coordinator_regress(self, task: pb.Task) -> str:
-        """A coordinator whose audit head goes back (or stays put for a new model) was
-        truncated or replaced, or anchors nothing: say so. A site that keeps an audit log
-        needs the head on every task that carries a model."""
-        head = self._coordinator_head(task)
-        carries_model = bool(task.model_digest)
-        if head is None:
-            if carries_model and self.trail.keeping:
-                return (
-                    "the task carries no head of the coordinator's audit log; this site "
-                    "anchors that log with every model it receives"
-                )
-            return ""
-        reason = self.coordinator_heads.regress(
-            task.run_id, head, task_id=task.task_id, strict=carries_model
-        )
-        if reason:
-            self._audit("audit_anchor_mismatch", round=task.round, reason=reason, **head.payload())
-        return reason
-
-    @staticmethod
-    def _coordinator_head(task: pb.Task) -> Anchor | None:
-        if not task.HasField("coordinator_audit"):
-            return None
-        return anchor_of(task.coordinator_audit.seq, task.coordinator_audit.hash)
 
     def _policy_allows(self, task: pb.Task) -> bool:
         """Consent and the round limit, checked before any work; False: declined."""
@@ -408,7 +385,7 @@ class Agent:
             try:  # refused before the model is fetched or any row is counted
                 spec = monitoring.spec_from_proto(task.monitor)
                 self.site.check_report(spec)
-                self._check_same_bins(task.run_id, spec)
+                self.checks.same_bins(task.run_id, spec)
             except InvalidUpdate as exc:
                 self._decline(task, f"monitoring request: {exc}")
                 return
@@ -423,21 +400,6 @@ class Agent:
             if site_report is not None:
                 report = monitoring.report_to_proto(site_report)
         self._push(task, {}, n, metrics, report=report)
-
-    def _check_same_bins(self, run_id: str, spec: MonitorSpec) -> None:
-        """One binning per run: two reports over bins that differ by a sliver count the rows
-        in the sliver, whatever the floor per bin (red team, issue 17)."""
-        shown = (
-            spec.num_classes,
-            spec.positive_label,
-            tuple((name, np.asarray(e, np.float64).tobytes()) for name, e in spec.edges.items()),
-        )
-        first = self.monitor_bins.setdefault(run_id, shown)
-        if first != shown:
-            raise PolicyRefusal(
-                "the monitoring request's bins differ from this run's first request: two "
-                "binnings, differenced, count the rows between their edges"
-            )
 
     def _secure_step(self, task: pb.Task) -> None:
         try:
@@ -476,7 +438,7 @@ class Agent:
             model_digest=got,
             config=dict(task.config),
         )
-        head = self._coordinator_head(task)
+        head = self.checks.head(task)
         self._audit(
             "model_received",
             round=task.round,
@@ -485,7 +447,7 @@ class Agent:
             node_id=session.node_id,
             config=dict(task.config),
             # the coordinator's log head: truncating that log later cannot remove it here
-            **({"coordinator_head": {**head.payload(), "run_id": task.run_id}} if head else {}),
+            **payload_of(head, task.run_id),
         )
         return params
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography import x509
 
 from fedops.consortium.kit import Kit
 from fedops.consortium.signing import CertificateVerifier
@@ -236,7 +237,12 @@ class SecureParticipant:
 
 
 def secure_identity(
-    identity_key: Path | None, trusted_keys: Path | None, name: str, *, kit: Kit | None = None
+    identity_key: Path | None,
+    trusted_keys: Path | None,
+    name: str,
+    *,
+    kit: Kit | None = None,
+    revoked: Callable[[x509.Certificate], bool] | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for :class:`SecureParticipant` from the client's flags and kit.
 
@@ -245,8 +251,10 @@ def secure_identity(
     keys are not signed by a known site, so the coordinator cannot substitute keys.
     With a kit, neither is needed: the site signs with the kit's signing key and
     sends its certificate along, and trusts a neighbour's keys only with a
-    certificate the consortium CA issued to a site of the name it claims (not
-    revoked, if the kit holds a CRL). A flag, when given, takes the place of
+    certificate the consortium CA issued to a site of the name it claims and
+    that is not revoked: ``revoked`` decides that when given (the agent passes
+    the CRL the coordinator delivers, :class:`~fedops.consortium.crl.DeliveredCrl`),
+    else the kit's CRL if it holds one. A flag, when given, takes the place of
     the kit for its half.
     """
     out: dict[str, Any] = {"identity": name}
@@ -258,8 +266,7 @@ def secure_identity(
     if trusted_keys is not None:
         out["verify"] = TrustedKeys.from_dir(trusted_keys)
     elif kit is not None:
-        crl = Revocation(kit.crl_path, kit.ca_cert) if kit.crl_path is not None else None
-        out["verify"] = CertificateVerifier(
-            kit.ca_cert, role="site", revoked=crl.is_revoked if crl is not None else None
-        )
+        if revoked is None and kit.crl_path is not None:
+            revoked = Revocation(kit.crl_path, kit.ca_cert).is_revoked
+        out["verify"] = CertificateVerifier(kit.ca_cert, role="site", revoked=revoked)
     return out

@@ -21,6 +21,7 @@ so it guards against a CRL swapped in transit or restored from an old copy.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from pathlib import Path
@@ -100,3 +101,56 @@ def load_checked(
         raise CrlError("not a readable PEM CRL") from exc
     mark = highest_seen(state_path) if state_path is not None else 0
     return crl, check_crl(crl, ca_cert, highest_seen=mark)
+
+
+class DeliveredCrl:
+    """The CRL a site holds for checking its SecAgg+ peers, as the coordinator delivers it.
+
+    A site kit carries no CRL, yet a site must not accept a revoked site's
+    keys: a malicious coordinator would otherwise seat a revoked (or stolen)
+    identity among the victim's neighbours. The coordinator sends its CRL
+    with every task; it cannot forge one (the CA signs it) and cannot roll
+    it back (the highest number this site accepted is kept in ``state_path``
+    and in memory), so the most it can do is withhold a newer one, and only
+    until the one it holds passes its ``next_update``. Fail closed: with no
+    current CRL every certificate counts as revoked, so a kit site refuses
+    every SecAgg+ peer until a CRL arrives.
+    """
+
+    def __init__(self, ca_cert: x509.Certificate, *, state_path: Path | None = None) -> None:
+        self._ca = ca_cert
+        self.state_path = state_path
+        self._crl: x509.CertificateRevocationList | None = None
+        self._pem = b""
+        self.highest = highest_seen(state_path) if state_path is not None else 0
+
+    @property
+    def number(self) -> int | None:
+        """The accepted CRL's number (``None`` before any)."""
+        return pki.crl_number(self._crl) if self._crl is not None else None
+
+    def offer(self, pem: bytes, *, now: dt.datetime | None = None) -> bool:
+        """Take ``pem`` if it is the CA's, current and not older; :class:`CrlError` says why not.
+
+        Returns whether it is news (a CRL this site did not hold yet).
+        """
+        if pem == self._pem:
+            return False
+        try:
+            crl = pki.load_crl(pem)
+        except ValueError as exc:
+            raise CrlError("not a readable PEM CRL") from exc
+        number = check_crl(crl, self._ca, highest_seen=self.highest, now=now)
+        self._crl, self._pem, self.highest = crl, pem, number
+        if self.state_path is not None:
+            with contextlib.suppress(CrlError, OSError):  # a read-only kit: kept in memory
+                record_seen(self.state_path, number)
+        return True
+
+    def is_revoked(self, cert: x509.Certificate) -> bool:
+        crl = self._crl
+        if crl is None or crl.next_update_utc is None:
+            return True
+        if dt.datetime.now(dt.UTC) > crl.next_update_utc:
+            return True
+        return pki.is_revoked(cert, crl)

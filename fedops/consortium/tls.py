@@ -117,6 +117,7 @@ class Revocation:
         self._lock = threading.Lock()
         self._seen: tuple[int, int, int, int] | None = None
         self._crl: x509.CertificateRevocationList | None = None
+        self._pem: tuple[x509.CertificateRevocationList, bytes] | None = None
         self._highest = 0  # in memory too: a rollback is caught without a state file
 
     @classmethod
@@ -133,6 +134,16 @@ class Revocation:
         if crl is None:
             return True
         return pki.is_revoked(cert, crl)
+
+    def current_pem(self) -> bytes | None:
+        """The CRL in force, as PEM (``None`` while there is none): what sites are sent."""
+        crl = self._current()
+        if crl is None:
+            return None
+        cached = self._pem
+        if cached is None or cached[0] is not crl:
+            cached = self._pem = (crl, pki.crl_pem(crl))
+        return cached[1]
 
     def _current(self) -> x509.CertificateRevocationList | None:
         try:

@@ -284,6 +284,7 @@ def _serve(
             on_refusal=lambda who, code, reason: transport.on_rejection(0, who, code, reason),
         )
         server = build_server(transport, max_workers=cfg.max_workers, gate=gate)
+        transport.crl = gate.revocation.current_pem  # sites check SecAgg+ peers with it
         server.add_generic_rpc_handlers(
             (
                 admin_handler(

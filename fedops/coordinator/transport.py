@@ -66,6 +66,10 @@ class GrpcTransport(ResultIntake):
         audit_head: the coordinator log's ``(seq, hash)``, sent with every task for the
             sites to anchor (:mod:`fedops.core.audit_anchor`).
         max_nodes: live nodes at most (``--max-nodes``); a new site past it is refused.
+
+    ``crl`` (set in kit mode) returns the CA-signed CRL in force, sent with every
+    task so that sites refuse a revoked site's SecAgg+ keys
+    (:class:`fedops.consortium.crl.DeliveredCrl`).
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class GrpcTransport(ResultIntake):
         self.on_rejection = on_rejection
         self.audit = audit
         self.audit_head = audit_head
+        self.crl: Callable[[], bytes | None] | None = None
         self.registry = NodeRegistry(max_nodes)
         self._cond = threading.Condition()
         self._assignments: dict[str, Assignment] = {}
@@ -138,6 +143,7 @@ class GrpcTransport(ResultIntake):
         kind = pb.TASK_KIND_SECAGG if stage is not None else _KIND_OF_PHASE[phase]
         monitor_proto = monitoring.spec_to_proto(monitor) if monitor is not None else None
         head = self.audit_head() if self.audit_head is not None else None
+        crl = self.crl() if self.crl is not None else None
         with self._cond:
             self._round = server_round
             tasks = {}
@@ -149,6 +155,8 @@ class GrpcTransport(ResultIntake):
                 task = self._new_task(kind, server_round, config, model_digest)
                 if head is not None and head[0] >= 0:
                     task.coordinator_audit.seq, task.coordinator_audit.hash = head
+                if crl:
+                    task.crl = crl
                 assignment = Assignment(
                     task=task, params=params, specs=specs, model_digest=model_digest
                 )

@@ -25,23 +25,35 @@ def _read(path: Path | None, what: str) -> bytes | None:
         raise OSError(f"cannot read the {what} {path}: {exc.strerror}") from exc
 
 
+def _crl(path: Path | None, ca_pem: bytes | None) -> bytes | None:
+    if path is not None and ca_pem is None:
+        raise OSError("--crl checks the keys the CA certified: give the CA's certificate (--ca)")
+    return _read(path, "CRL")
+
+
 def audit_verify_command(
-    path: Path, public_key: Path | None, ca: Path | None = None, allow_missing_head: bool = False
+    path: Path,
+    public_key: Path | None,
+    ca: Path | None = None,
+    allow_missing_head: bool = False,
+    crl: Path | None = None,
 ) -> int:
     """``fedops audit verify``: 0 when the log verifies, 1 otherwise (verdict on stderr).
 
     ``ca`` (the consortium's ``ca.pem``) also requires the log's key to be the
-    one the CA certified (``audit_key.crt`` beside the log) and names its party.
+    one the CA certified (``audit_key.crt`` beside the log) and names its party;
+    ``crl`` (the CA's current ``crl.pem``) also fails a log whose key is revoked.
     """
     try:
         pem, ca_pem = _read(public_key, "public key"), _read(ca, "CA certificate")
+        crl_pem = _crl(crl, ca_pem)
     except OSError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
     signer = None
     if ca_pem is not None:
         result, signer = verify_certified_log(
-            Path(path), ca_pem, allow_missing_head=allow_missing_head
+            Path(path), ca_pem, allow_missing_head=allow_missing_head, crl_pem=crl_pem
         )
     else:
         result = verify_log_file(Path(path), pem, allow_missing_head=allow_missing_head)
@@ -71,15 +83,22 @@ def audit_export_command(
     site_logs: list[Path],
     ca: Path | None = None,
     allow_missing_head: bool = False,
+    crl: Path | None = None,
 ) -> int:
     """``fedops audit export``: 0 when every log verifies and every digest matches."""
     try:
         ca_pem = _read(ca, "CA certificate")
+        crl_pem = _crl(crl, ca_pem)
     except OSError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
     report = export_compliance(
-        run_dir, out, site_logs, ca_pem=ca_pem, allow_missing_head=allow_missing_head
+        run_dir,
+        out,
+        site_logs,
+        ca_pem=ca_pem,
+        allow_missing_head=allow_missing_head,
+        crl_pem=crl_pem,
     )
     print(f"compliance report: {report['paths']['html']} (and {report['paths']['json']})")
     for party in report["parties"]:

@@ -110,7 +110,11 @@ class _Party:
 
 
 def _load(
-    path: Path, role: str, ca_pem: bytes | None = None, allow_missing_head: bool = False
+    path: Path,
+    role: str,
+    ca_pem: bytes | None = None,
+    allow_missing_head: bool = False,
+    crl_pem: bytes | None = None,
 ) -> _Party:
     """Verify a log (pinned to the CA, with one); keep its verified entries (a prefix, when
     it fails)."""
@@ -119,7 +123,7 @@ def _load(
         result = verify_log_file(path, allow_missing_head=allow_missing_head)
     else:
         result, signer = verify_certified_log(
-            path, ca_pem, role=role, allow_missing_head=allow_missing_head
+            path, ca_pem, role=role, allow_missing_head=allow_missing_head, crl_pem=crl_pem
         )
     entries: list[dict[str, Any]] = []
     if result.entries:
@@ -323,20 +327,22 @@ def export_compliance(
     *,
     ca_pem: bytes | None = None,
     allow_missing_head: bool = False,
+    crl_pem: bytes | None = None,
 ) -> dict[str, Any]:
     """Verify all logs, cross-check digests, write ``compliance.{json,html}``; the report.
 
     With ``ca_pem`` (the consortium CA's certificate) every log is pinned to
-    the key the CA certified for its party (:func:`verify_certified_log`).
+    the key the CA certified for its party (:func:`verify_certified_log`), and
+    with ``crl_pem`` a log signed by a revoked key fails.
     """
     run_dir = Path(run_dir)
-    coordinator = _load(run_dir / LOG_NAME, "coordinator", ca_pem, allow_missing_head)
+    coordinator = _load(run_dir / LOG_NAME, "coordinator", ca_pem, allow_missing_head, crl_pem)
     key_path = run_dir / PSEUDONYM_KEY
     key = key_path.read_bytes() if key_path.is_file() else None  # the operator's
     if key is not None:  # DP rounds' pseudonyms back to node ids
         coordinator.entries = reidentify(coordinator.entries, key)
     sites = [
-        _load(p, "site", ca_pem, allow_missing_head)
+        _load(p, "site", ca_pem, allow_missing_head, crl_pem)
         for p in _site_paths(run_dir, coordinator.path, site_logs)
     ]
     parties = [coordinator, *sites]

@@ -13,6 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from fedops.consortium import pki
+from fedops.consortium.crl import CrlError, check_crl
 from fedops.consortium.signing import CertificateError, Signer, certified_log_signer
 from fedops.core.audit_verify import VerifyResult, verify_log_bytes
 from fedops.crypto import verify_ed25519
@@ -47,7 +49,12 @@ def verify_log_file(
 
 
 def verify_certified_log(
-    path: Path, ca_pem: bytes, *, role: str | None = None, allow_missing_head: bool = False
+    path: Path,
+    ca_pem: bytes,
+    *,
+    role: str | None = None,
+    allow_missing_head: bool = False,
+    crl_pem: bytes | None = None,
 ) -> tuple[VerifyResult, Signer | None]:
     """Verify a log pinned to the consortium CA: ``(verdict, the certified party)``.
 
@@ -55,7 +62,9 @@ def verify_certified_log(
     certificate the CA ``ca_pem`` issued (for ``role``, when given), and the
     log must verify with that certificate's key. A log signed with a key of
     its own (no certificate), with another CA's certificate, or with a key other
-    than the certified one fails, and the reason says which.
+    than the certified one fails, and the reason says which. With ``crl_pem``
+    (the CA's current CRL) a log whose key the CA has revoked fails too:
+    whoever holds a revoked key can sign entries with any date.
     """
     path = _log_path(path)
     cert_path = path.parent / CERT_NAME
@@ -71,6 +80,10 @@ def verify_certified_log(
         signer = certified_log_signer(cert_pem, ca_pem)
     except CertificateError as exc:
         return _failed(f"{cert_path}: {exc}"), None
+    if crl_pem is not None:
+        revoked = _revocation(signer, crl_pem, ca_pem)
+        if revoked:
+            return _failed(f"{cert_path}: {revoked}"), signer
     if role is not None and signer.role != role:
         return _failed(
             f"{cert_path}: certifies {signer.name!r} in role {signer.role!r}, but this is a "
@@ -81,6 +94,23 @@ def verify_certified_log(
         reason = f"{result.reason}: the log is not signed with the key {CERT_NAME} certifies"
         result = replace(result, reason=f"{reason} for {signer.name!r}")
     return result, signer
+
+
+def _revocation(signer: Signer, crl_pem: bytes, ca_pem: bytes) -> str:
+    """Why the CRL ``crl_pem`` condemns ``signer``'s key ("" when it does not)."""
+    try:
+        crl = pki.load_crl(crl_pem)
+        check_crl(crl, pki.load_cert(ca_pem))
+    except (ValueError, CrlError) as exc:
+        return f"the CRL cannot be used: {exc}"
+    entry = crl.get_revoked_certificate_by_serial_number(signer.serial)
+    if entry is None:
+        return ""
+    return (
+        f"the key that signed this log ({signer.name!r}, serial {signer.serial:x}) was revoked "
+        f"on {entry.revocation_date_utc:%Y-%m-%d %H:%M} UTC (CRL number {pki.crl_number(crl)}): "
+        "whoever holds it can sign entries with any date, so the log cannot be trusted"
+    )
 
 
 def _failed(reason: str) -> VerifyResult:

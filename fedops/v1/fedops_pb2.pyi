@@ -78,7 +78,7 @@ class PullTaskRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., token: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "run_id", "round", "task_id", "config", "model_digest", "message", "secagg", "monitor", "coordinator_audit")
+    __slots__ = ("kind", "run_id", "round", "task_id", "config", "model_digest", "message", "secagg", "monitor", "coordinator_audit", "crl")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class Task(_message.Message):
     SECAGG_FIELD_NUMBER: _ClassVar[int]
     MONITOR_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_AUDIT_FIELD_NUMBER: _ClassVar[int]
+    CRL_FIELD_NUMBER: _ClassVar[int]
     kind: TaskKind
     run_id: str
     round: int
@@ -106,7 +107,8 @@ class Task(_message.Message):
     secagg: SecAggRequest
     monitor: MonitorRequest
     coordinator_audit: AuditHead
-    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., config: _Optional[_Mapping[str, float]] = ..., model_digest: _Optional[str] = ..., message: _Optional[str] = ..., secagg: _Optional[_Union[SecAggRequest, _Mapping]] = ..., monitor: _Optional[_Union[MonitorRequest, _Mapping]] = ..., coordinator_audit: _Optional[_Union[AuditHead, _Mapping]] = ...) -> None: ...
+    crl: bytes
+    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., config: _Optional[_Mapping[str, float]] = ..., model_digest: _Optional[str] = ..., message: _Optional[str] = ..., secagg: _Optional[_Union[SecAggRequest, _Mapping]] = ..., monitor: _Optional[_Union[MonitorRequest, _Mapping]] = ..., coordinator_audit: _Optional[_Union[AuditHead, _Mapping]] = ..., crl: _Optional[bytes] = ...) -> None: ...
 
 class AuditHead(_message.Message):
     __slots__ = ("seq", "hash")

@@ -335,6 +335,11 @@ def test_a_consortium_secagg_run_signs_keys_and_audit_logs_with_kit_identities(
     rows = metrics(run_dir)
     assert [r["secagg_survivors"] for r in rows] == [3, 3], rows
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    # the coordinator delivered the CA's CRL, with which each site checked its SecAgg+ peers
+    for name in names:
+        entries = [json.loads(line) for line in (tmp_path / name / "audit.jsonl").open()]
+        accepted = [e["payload"] for e in entries if e["event"] == "crl_accepted"]
+        assert [a["crl_number"] for a in accepted] == [1], name
 
     ca = str(cons / "ca" / "ca.pem")
     for log_dir, certified in (
@@ -354,3 +359,16 @@ def test_a_consortium_secagg_run_signs_keys_and_audit_logs_with_kit_identities(
     other = _init(tmp_path, "strangers", free_port(), cli=False) / "ca" / "ca.pem"
     assert audit_verify_command(run_dir, None, other) == 1
     assert "not issued by the consortium CA" in capsys.readouterr().err
+    # with the CA's CRL: a log whose key was revoked since no longer verifies (its holder can
+    # sign entries with any date); the others still do
+    crl = cons / "ca" / "crl.pem"
+    assert audit_verify_command(site_logs[1], None, Path(ca), crl=crl) == 0
+    revoke(cons, "bank-b")
+    assert audit_verify_command(site_logs[0], None, Path(ca), crl=crl) == 0
+    capsys.readouterr()
+    assert audit_verify_command(site_logs[1], None, Path(ca), crl=crl) == 1
+    assert "'bank-b', serial" in capsys.readouterr().err
+    assert audit_export_command(run_dir, None, site_logs, Path(ca), crl=crl) == 1
+    assert "was revoked on" in capsys.readouterr().err
+    assert audit_verify_command(site_logs[0], None, None, crl=crl) == 1  # --crl needs --ca
+    assert "give the CA's certificate (--ca)" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fedops.client.secure import secure_identity
 from fedops.consortium import pki, signing
+from fedops.consortium.crl import DeliveredCrl
 from fedops.consortium.kit import Kit, KitError, load_kit
 from fedops.consortium.kits import add_site, init_consortium, revoke, sign_manifest
 from fedops.consortium.tls import Revocation
@@ -276,18 +277,45 @@ def test_the_verifier_refuses_an_expired_certificate(banks):
 # -- SecAgg+ with kit identities -------------------------------------------------------------------
 
 
-def _round(root: Path, names: tuple[str, ...]) -> tuple[SecAggServer, dict[int, SecAggClient]]:
+def _round(
+    root: Path, names: tuple[str, ...], revoked=None
+) -> tuple[SecAggServer, dict[int, SecAggClient]]:
     crypto = Crypto()
     server = SecAggServer(context=CONTEXT, cohort=names, vector_length=4, clip=1.0, crypto=crypto)
     clients = {
         i: SecAggClient(
             server.setup_for(i),
             crypto,
-            **secure_identity(None, None, names[i - 1], kit=_kit(root, names[i - 1])),
+            **secure_identity(
+                None, None, names[i - 1], kit=_kit(root, names[i - 1]), revoked=revoked
+            ),
         )
         for i in server.clients
     }
     return server, clients
+
+
+def test_kit_sites_refuse_a_revoked_sites_keys_by_the_crl_the_coordinator_delivers(tmp_path):
+    """Site kits hold no CRL; a malicious coordinator that seats a revoked (stolen) identity
+    among a victim's neighbours is caught by the CRL the coordinator itself must deliver
+    (signed by the CA, so it cannot leave the revocation out)."""
+    cons = _provision(tmp_path, "banks")
+    ca = _kit(cons, "bank-b").ca_cert
+    delivered = DeliveredCrl(ca)
+    server, clients = _round(cons, SITES, revoked=delivered.is_revoked)
+    requests = _advertised(server, clients)
+    with pytest.raises(ProtocolError, match="bank-a"):  # no CRL yet: every peer refused
+        clients[2].share(requests[2])
+
+    revoke(cons, "bank-a")
+    assert delivered.offer((cons / "ca" / "crl.pem").read_bytes())
+    server, clients = _round(cons, SITES, revoked=delivered.is_revoked)
+    requests = _advertised(server, clients)
+    with pytest.raises(ProtocolError, match="bank-a"):
+        clients[2].share(requests[2])  # bank-a is bank-b's neighbour: refused, revoked
+    verify = signing.CertificateVerifier(ca, revoked=delivered.is_revoked)
+    assert verify.problem("bank-a", _kit(cons, "bank-a").signing_cert_pem) == "revoked"
+    assert verify("bank-c", b"keys", *_signed(_kit(cons, "bank-c")))
 
 
 def _advertised(server: SecAggServer, clients: dict[int, SecAggClient]) -> dict[int, NeighbourKeys]:

@@ -21,12 +21,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from fedops.cli import main
+from fedops.client.checks import CoordinatorChecks
 from fedops.consortium import crl as crl_checks
 from fedops.consortium import pki
-from fedops.consortium.crl import CRL_STATE, CrlError, check_crl
+from fedops.consortium.crl import CRL_STATE, CrlError, DeliveredCrl, check_crl
 from fedops.consortium.kit import KitError, load_kit
 from fedops.consortium.kits import init_consortium, revoke, sign_manifest
 from fedops.consortium.tls import Revocation
+from fedops.v1 import fedops_pb2 as pb
 
 SPEC = {
     "name": "banks",
@@ -258,3 +260,55 @@ def test_the_ca_refreshes_a_crl_with_the_next_number_and_parties_take_it(ours, c
     assert not revocation.is_revoked(site)
     assert crl_checks.highest_seen(hub / CRL_STATE) == 3
     assert main(["consortium", "crl", "--out", str(ours), "--days", "0"]) == 2
+
+
+# -- the CRL a coordinator delivers to sites ----------------------------------------------------
+
+
+def _task(crl: bytes, **fields) -> pb.Task:
+    return pb.Task(kind=pb.TASK_KIND_SECAGG, run_id="r", round=3, crl=crl, **fields)
+
+
+def test_a_site_takes_the_cas_crl_from_the_coordinator_and_nothing_older_or_forged(ours, tmp_path):
+    """The coordinator relays the CRL; it cannot forge one (the CA signs), roll it back (the
+    site keeps the highest number it accepted, across restarts) or pass a stale one."""
+    ca_cert = load_kit(ours / "kits" / "bank-a").ca_cert
+    bank_b = load_kit(ours / "kits" / "bank-b").cert
+    state = tmp_path / CRL_STATE
+    audit: list[tuple[str, dict]] = []
+    checks = CoordinatorChecks(
+        lambda event, **p: audit.append((event, p)),
+        anchors=False,
+        crl=DeliveredCrl(ca_cert, state_path=state),
+    )
+    assert checks.crl is not None and checks.crl.is_revoked(bank_b)  # fail closed: no CRL yet
+    first = (ours / "ca" / "crl.pem").read_bytes()
+    assert checks.refusal(_task(first)) == ""
+    assert not checks.crl.is_revoked(bank_b)
+    assert audit == [("crl_accepted", {"round": 3, "crl_number": 1})]
+    assert checks.refusal(_task(first)) == "" and len(audit) == 1  # news only once
+
+    revoke(ours, "bank-b")
+    assert checks.refusal(_task((ours / "ca" / "crl.pem").read_bytes())) == ""
+    assert checks.crl.is_revoked(bank_b)
+    assert crl_checks.highest_seen(state) == 2
+
+    now = dt.datetime.now(dt.UTC)
+    forged = _crl(
+        _consortium(tmp_path / "theirs"), number=9, last=now, next_=now + dt.timedelta(days=1)
+    )
+    stale = _crl(ours, number=7, last=now - dt.timedelta(days=9), next_=now - dt.timedelta(days=1))
+    for pem, words in (
+        (first, "rolled back: CRL number 1 is lower than 2"),
+        (forged, "not signed by ca.pem"),
+        (stale, "stale"),
+        (b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n", "not a readable PEM CRL"),
+    ):
+        reason = checks.refusal(_task(pem))
+        assert "the CRL the coordinator sent is refused" in reason and words in reason, reason
+        assert audit[-1][0] == "crl_refused"
+        assert checks.crl.is_revoked(bank_b)  # the accepted CRL stays in force
+    # a restarted site knows the mark from disk: the old CRL is refused on its first task
+    restarted = DeliveredCrl(ca_cert, state_path=state)
+    with pytest.raises(CrlError, match="rolled back"):
+        restarted.offer(first)
