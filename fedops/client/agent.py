@@ -46,6 +46,7 @@ RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,  # the coordinator's per-site limits: back off, retry
 }
 T = TypeVar("T")
 

@@ -20,9 +20,15 @@ served and live nodes are not dropped. So, in this module:
 * :data:`PEER` names the caller (its certificate's name in kit mode, its
   address otherwise) for everything a call does, so refusals are charged
   to an offender the peer cannot choose at will (a claimed node id is not).
-* :class:`PeerSlots` caps the uploads one peer may have open at once; an
-  upload waits for its header on the event loop (holding no thread) for at
-  most ``header_deadline_s`` (see :mod:`fedops.coordinator.server`).
+* :class:`PeerSlots` caps the calls of one kind a peer may have open at
+  once (uploads, downloads, parked polls, unary calls: :class:`CallLimits`),
+  so the bytes a peer has in flight are bounded by its slots times the
+  largest message; an upload waits for its header on the event loop
+  (holding no thread) for at most ``header_deadline_s`` (see
+  :mod:`fedops.coordinator.server`).
+* :class:`RateLimit` bounds how often one site may register: each
+  registration writes a ``node_joined`` audit entry, so re-registering one
+  name in a loop would otherwise grow the signed log without bound.
 * :class:`RefusalThrottle` writes at most ``burst`` refusals per offender
   per interval, then one summary row with the count, instead of one per call.
 * :func:`check_site_name` bounds names before they are stored anywhere.
@@ -53,6 +59,11 @@ HEADER_DEADLINE_S = 5.0
 MAX_UPLOADS_PER_SITE = 8
 #: uploads one address may have open at once without a kit (many agents may share a host/NAT)
 MAX_UPLOADS_PER_ADDRESS = 1024
+#: other calls one certified site may have open at once (its one node needs one or two of each)
+MAX_CALLS_PER_SITE = 8
+#: registrations one site may make in a burst, and then one per this many seconds
+REGISTER_BURST = 6
+REGISTER_EVERY_S = 10.0
 
 
 def check_site_name(name: str) -> None:
@@ -85,8 +96,9 @@ def address_of(context: grpc.ServicerContext) -> str:
 class PeerSlots:
     """Counts one kind of call per peer, refusing past ``limit`` open at once."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, what: str = "uploads") -> None:
         self.limit = limit
+        self.what = what
         self._open: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -97,7 +109,7 @@ class PeerSlots:
             if count >= self.limit:
                 raise Reject(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"{count} uploads already open from this peer; at most {self.limit}",
+                    f"{count} {self.what} already open from this peer; at most {self.limit}",
                 )
             self._open[peer] = count + 1
         try:
@@ -113,6 +125,62 @@ class PeerSlots:
     def open_count(self, peer: str) -> int:
         with self._lock:
             return self._open.get(peer, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class CallLimits:
+    """Open calls per peer, by kind: downloads, parked polls, and the short unary calls."""
+
+    downloads: PeerSlots
+    polls: PeerSlots
+    unary: PeerSlots
+
+    @classmethod
+    def per_peer(cls, limit: int) -> CallLimits:
+        return cls(
+            PeerSlots(limit, "model downloads"),
+            PeerSlots(limit, "task polls"),
+            PeerSlots(limit, "calls"),
+        )
+
+
+class RateLimit:
+    """A token bucket per key: ``burst`` at once, then one per ``every_s`` seconds.
+
+    At most ``max_keys`` keys are tracked; past it the fullest buckets (keys
+    that have been quiet longest) are forgotten first, which only ever
+    forgives, never blocks, an honest key.
+    """
+
+    def __init__(
+        self,
+        *,
+        burst: int = REGISTER_BURST,
+        every_s: float = REGISTER_EVERY_S,
+        max_keys: int = 20_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.burst = burst
+        self.every_s = every_s
+        self.max_keys = max_keys
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._lock = threading.Lock()
+
+    def wait_s(self, key: str) -> float:
+        """0 and one token taken when ``key`` may go now, else the seconds until it may."""
+        now = self._clock()
+        with self._lock:
+            tokens, at = self._buckets.pop(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - at) / self.every_s)
+            if len(self._buckets) >= self.max_keys:
+                for old in list(self._buckets)[: self.max_keys // 2]:  # oldest touched first
+                    del self._buckets[old]
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) * self.every_s
 
 
 @dataclass(slots=True)

@@ -21,10 +21,12 @@ from fedops.consortium.tls import peer_certificate
 from fedops.coordinator.aio import LoopServer, ParkedPolls
 from fedops.coordinator.guard import (
     HEADER_DEADLINE_S,
+    MAX_CALLS_PER_SITE,
     MAX_SITE_NAME,
     MAX_UPLOADS_PER_ADDRESS,
     MAX_UPLOADS_PER_SITE,
     PEER,
+    CallLimits,
     PeerSlots,
     address_of,
 )
@@ -74,20 +76,23 @@ def _unary(
     fn: Callable[[Any], Any],
     method: str,
     gate: PeerGate | None,
+    open_calls: PeerSlots,
 ) -> Callable[[Any, Any], Any]:
     peer_of = _peer_key(gate)
 
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
         # a pool thread's own context: set per call, reset so it never leaks to the next
-        who = PEER.set(peer_of(context))
+        peer = peer_of(context)
+        who = PEER.set(peer)
         try:
             if gate is not None:  # the certificate first: nobody unknown gets the parser's work
                 gate.caller(context, method)
-            if isinstance(request, Malformed):
-                raise _malformed(transport, request)
-            if gate is not None:
-                _check_peer(gate, context, method, request)
-            return fn(request)
+            with open_calls.hold(peer):
+                if isinstance(request, Malformed):
+                    raise _malformed(transport, request)
+                if gate is not None:
+                    _check_peer(gate, context, method, request)
+                return fn(request)
         except Reject as exc:
             _abort(context, exc.code, exc.reason)
         finally:
@@ -163,13 +168,14 @@ def _peer_key(gate: PeerGate | None) -> Callable[[Any], str]:
 
 
 def _pull(
-    transport: GrpcTransport, gate: PeerGate | None, parked: ParkedPolls
+    transport: GrpcTransport, gate: PeerGate | None, parked: ParkedPolls, polls: PeerSlots
 ) -> Callable[[Any, Any], Any]:
     """``PullTask`` as a coroutine: a long-poll waits on the event loop, not on a thread."""
     peer_of = _peer_key(gate)
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        PEER.set(peer_of(context))  # this call's task has its own context
+        peer = peer_of(context)
+        PEER.set(peer)  # this call's task has its own context
         try:
             if gate is not None:
                 gate.caller(context, "PullTask")
@@ -177,9 +183,10 @@ def _pull(
                 raise _malformed(transport, request)
             if gate is not None:
                 _check_peer(gate, context, "PullTask", request)
-            task = await parked.wait(
-                request.node_id, transport.poll_wait_s(request), lambda: transport.poll(request)
-            )
+            with polls.hold(peer):
+                task = await parked.wait(
+                    request.node_id, transport.poll_wait_s(request), lambda: transport.poll(request)
+                )
         except Reject as exc:
             await context.abort(exc.code, exc.reason)
         return task if task is not None else transport.idle_task()
@@ -188,7 +195,7 @@ def _pull(
 
 
 def _fetch(
-    transport: GrpcTransport, gate: PeerGate | None, server: LoopServer
+    transport: GrpcTransport, gate: PeerGate | None, server: LoopServer, downloads: PeerSlots
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     """``FetchModel`` as an async generator: a slow reader waits on the loop, not on a thread.
 
@@ -210,14 +217,19 @@ def _fetch(
         return next(chunks), chunks  # the first step authenticates and checks the task
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        PEER.set(peer_of(context))  # this call's task has its own context
+        peer = peer_of(context)
+        PEER.set(peer)  # this call's task has its own context
         try:
-            header, chunks = await server.in_pool(checked, request, context)
-        except Reject as exc:
+            with downloads.hold(peer):
+                try:
+                    header, chunks = await server.in_pool(checked, request, context)
+                except Reject as exc:
+                    await context.abort(exc.code, exc.reason)
+                yield header
+                while (chunk := await server.in_pool(next, chunks, None)) is not None:
+                    yield chunk
+        except Reject as exc:  # past this peer's open downloads
             await context.abort(exc.code, exc.reason)
-        yield header
-        while (chunk := await server.in_pool(next, chunks, None)) is not None:
-            yield chunk
 
     return handler
 
@@ -235,6 +247,7 @@ def build_server(
     header_deadline_s: float = HEADER_DEADLINE_S,
     max_uploads_per_peer: int | None = None,
     slots: PeerSlots | None = None,
+    limits: CallLimits | None = None,
 ) -> LoopServer:
     """A gRPC server with the Coordinator service; the caller binds and starts it.
 
@@ -245,11 +258,15 @@ def build_server(
     certificate with a kit, an address without) may have at most
     ``max_uploads_per_peer`` uploads open (default: see
     :mod:`fedops.coordinator.guard`); ``slots`` counts them (given: shared).
+    ``limits`` caps its other open calls (default: a few per certificate with a
+    kit, as many as uploads per address without one, where agents share hosts).
     """
     if slots is None:
         if max_uploads_per_peer is None:
             max_uploads_per_peer = MAX_UPLOADS_PER_SITE if gate else MAX_UPLOADS_PER_ADDRESS
         slots = PeerSlots(max_uploads_per_peer)
+    if limits is None:
+        limits = CallLimits.per_peer(MAX_CALLS_PER_SITE if gate else MAX_UPLOADS_PER_ADDRESS)
     server = LoopServer(
         max_workers=max_workers,
         options=[
@@ -271,22 +288,22 @@ def build_server(
     transport.on_task_posted(parked.wake)
     handlers = {
         "Register": grpc.unary_unary_rpc_method_handler(
-            _unary(transport, transport.register, "Register", gate),
+            _unary(transport, transport.register, "Register", gate, limits.unary),
             request_deserializer=_tolerant(pb.RegisterRequest),
             response_serializer=_serialize,
         ),
         "PullTask": grpc.unary_unary_rpc_method_handler(
-            _pull(transport, gate, parked),
+            _pull(transport, gate, parked, limits.polls),
             request_deserializer=_tolerant(pb.PullTaskRequest),
             response_serializer=_serialize,
         ),
         "Heartbeat": grpc.unary_unary_rpc_method_handler(
-            _unary(transport, transport.heartbeat, "Heartbeat", gate),
+            _unary(transport, transport.heartbeat, "Heartbeat", gate, limits.unary),
             request_deserializer=_tolerant(pb.HeartbeatRequest),
             response_serializer=_serialize,
         ),
         "FetchModel": grpc.unary_stream_rpc_method_handler(
-            _fetch(transport, gate, server),
+            _fetch(transport, gate, server, limits.downloads),
             request_deserializer=_tolerant(pb.FetchModelRequest),
             response_serializer=_serialize,
         ),

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from fedops.coordinator.guard import check_site_name
+from fedops.coordinator.guard import RateLimit, check_site_name
 from fedops.coordinator.nodes import (
     DEFAULT_MAX_NODES,
     NodeRegistry,
@@ -93,6 +93,7 @@ class GrpcTransport(ResultIntake):
         self.audit_head = audit_head
         self.crl: Callable[[], bytes | None] | None = None
         self.registry = NodeRegistry(max_nodes)
+        self.registrations = RateLimit(max_keys=2 * max_nodes)
         self._cond = threading.Condition()
         self._assignments: dict[str, Assignment] = {}
         self._answered: set[str] = set()
@@ -249,6 +250,15 @@ class GrpcTransport(ResultIntake):
             check_site_name(site)
         except Reject as exc:
             self._reject(0, "?", exc.code, exc.reason)
+        wait_s = self.registrations.wait_s(site)
+        if wait_s:  # each registration is a signed audit entry: one site may not loop on it
+            self._reject(
+                0,
+                "?",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"site {site!r} registered {self.registrations.burst} times in a short while; "
+                f"it may register again in {wait_s:.0f} s",
+            )
         with self._cond:
             try:
                 node, replaced = self.registry.register(site, request.num_train_examples)

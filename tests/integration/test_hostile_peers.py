@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -27,7 +28,12 @@ from fedops.consortium.kit import load_kit
 from fedops.consortium.kits import init_consortium
 from fedops.consortium.tls import Revocation, channel_credentials, server_credentials
 from fedops.coordinator.aio import LoopServer
-from fedops.coordinator.guard import PeerSlots, RefusalThrottle
+from fedops.coordinator.guard import (
+    MAX_CALLS_PER_SITE,
+    CallLimits,
+    PeerSlots,
+    RefusalThrottle,
+)
 from fedops.coordinator.peers import PeerGate
 from fedops.coordinator.server import SERVICE, build_server
 from fedops.coordinator.transport import GrpcTransport
@@ -285,11 +291,11 @@ def test_a_second_registration_of_a_site_leaves_one_node(coordinator: Coordinato
     assert coordinator.transport.wait_for_nodes(1, timeout_s=0) == [second.node_id]
 
 
-def _consortium(root: Path) -> Path:
+def _consortium(root: Path, sites: tuple[str, ...] = ("bank-a",)) -> Path:
     spec = {
         "name": "banks",
         "coordinator": {"name": "hub", "address": "127.0.0.1:8443"},
-        "sites": [{"name": "bank-a"}],
+        "sites": [{"name": name} for name in sites],
         "admins": [{"name": "alice"}],
     }
     (root / "spec.yaml").write_text(yaml.safe_dump(spec))
@@ -337,3 +343,68 @@ def test_kit_mode_checks_the_certificate_before_the_header(tmp_path: Path):
         stub.close()
         transport.close(grace_s=0)
         server.stop(grace=0).wait(5)
+
+
+def test_one_certified_site_may_hold_only_a_few_parked_polls(tmp_path: Path):
+    """A certificate holder that parks poll after poll (each holds memory and a wake-up)
+    is refused past its per-site cap; another site is served all the while."""
+    kits = _consortium(tmp_path, sites=("bank-a", "bank-b"))
+    hub = load_kit(kits / "hub")
+    transport = GrpcTransport(run_id="r1")
+    registry = transport.registry
+    gate = PeerGate(
+        Revocation.from_kit(hub),
+        site_of_node=lambda node: registry.site_name(node) if registry.get(node) else None,
+    )
+    limits = CallLimits.per_peer(MAX_CALLS_PER_SITE)
+    server = build_server(transport, max_workers=4, gate=gate, limits=limits)
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(hub))
+    server.start()
+    target = f"localhost:{port}"
+    channels = {
+        name: grpc.secure_channel(target, channel_credentials(load_kit(kits / name)))
+        for name in ("bank-a", "bank-b")
+    }
+    try:
+        calls = {name: _calls(channel) for name, channel in channels.items()}
+        nodes = {
+            name: c["register"](
+                pb.RegisterRequest(protocol_version=PROTOCOL_VERSION, num_train_examples=1),
+                timeout=CALL_S,
+            )
+            for name, c in calls.items()
+        }
+        a = nodes["bank-a"]
+        poll = pb.PullTaskRequest(node_id=a.node_id, token=a.token, wait_ms=30_000)
+        pull = calls["bank-a"]["pull"]
+        parked = [pull.future(poll, timeout=CALL_S) for _ in range(MAX_CALLS_PER_SITE)]
+        _wait_open(limits.polls, "cert:bank-a", MAX_CALLS_PER_SITE)
+        with pytest.raises(grpc.RpcError) as info:
+            pull(poll, timeout=CALL_S)
+        assert info.value.code() == Code.RESOURCE_EXHAUSTED
+        assert "task polls already open from this peer" in info.value.details()
+        b = nodes["bank-b"]
+        beat = pb.HeartbeatRequest(node_id=b.node_id, token=b.token)
+        assert calls["bank-b"]["heartbeat"](beat, timeout=CALL_S) is not None
+        for call in parked:
+            call.cancel()
+    finally:
+        for channel in channels.values():
+            channel.close()
+        transport.close(grace_s=0)
+        server.stop(grace=0).wait(5)
+
+
+def _calls(channel: grpc.Channel) -> dict[str, Any]:
+    def unary(method: str, request: Any, response: Any) -> Any:
+        return channel.unary_unary(
+            f"/{SERVICE}/{method}",
+            request_serializer=request.SerializeToString,
+            response_deserializer=response.FromString,
+        )
+
+    return {
+        "register": unary("Register", pb.RegisterRequest, pb.RegisterResponse),
+        "pull": unary("PullTask", pb.PullTaskRequest, pb.Task),
+        "heartbeat": unary("Heartbeat", pb.HeartbeatRequest, pb.HeartbeatResponse),
+    }

@@ -7,7 +7,10 @@ import pytest
 
 from fedops.coordinator.guard import (
     PEER,
+    REGISTER_BURST,
+    REGISTER_EVERY_S,
     PeerSlots,
+    RateLimit,
     RefusalThrottle,
     address_of,
     check_site_name,
@@ -116,6 +119,8 @@ def test_a_registration_flood_under_new_names_stays_bounded():
     transport = GrpcTransport(
         run_id="r1", max_nodes=5, audit=lambda event, payload: events.append(event)
     )
+    now = [0.0]
+    transport.registrations = RateLimit(clock=lambda: now[0])
 
     def register(name: str) -> pb.RegisterResponse:
         return transport.register(
@@ -130,10 +135,20 @@ def test_a_registration_flood_under_new_names_stays_bounded():
     assert "--max-nodes" in refused.value.reason
     assert register("site-3").node_id  # a known site registers again: replaced, not refused
     assert len(transport.registry.node_ids()) == 5
-    for _ in range(200):  # re-registrations churn node ids: the records stay bounded
+    # one site re-registering in a loop: refused past a burst, so its audit entries (each
+    # signed and fsynced) stay bounded; it was told when it may come back
+    for _ in range(200):
+        try:
+            register("site-1")
+        except Reject as exc:
+            assert exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "may register again in 10 s" in exc.reason
+    assert events.count("node_joined") == 5 + 1 + (REGISTER_BURST - 1)  # site-1 spent one
+    for _ in range(200):  # spaced out, re-registrations churn node ids: records stay bounded
+        now[0] += REGISTER_EVERY_S
         register("site-1")
     assert len(transport.registry._site_names) <= 4 * 5
-    assert events.count("node_joined") == 206
+    assert events.count("node_joined") == 5 + 1 + (REGISTER_BURST - 1) + 200
 
 
 class _Context:
@@ -193,3 +208,20 @@ def test_a_refusal_that_closes_a_task_is_always_written():
     finally:
         ANSWERS_TASK.reset(token)
     assert [row[0] for row in rows] == [1, 1, 2, 3]
+
+
+def test_a_rate_limit_allows_a_burst_then_one_per_interval_per_key():
+    now = [100.0]
+    limit = RateLimit(burst=3, every_s=10.0, max_keys=4, clock=lambda: now[0])
+    assert [limit.wait_s("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limit.wait_s("a") == pytest.approx(10.0)
+    assert limit.wait_s("b") == 0.0  # keys are independent
+    now[0] += 4.0
+    assert limit.wait_s("a") == pytest.approx(6.0)  # refused calls earn nothing back
+    now[0] += 6.0
+    assert limit.wait_s("a") == 0.0 and limit.wait_s("a") > 0
+    now[0] += 1000.0  # a long quiet spell refills to the burst, never past it
+    assert [limit.wait_s("a") for _ in range(4)][-1] > 0
+    for key in "cdefgh":  # past max_keys the oldest are forgotten: the map stays bounded
+        limit.wait_s(key)
+    assert len(limit._buckets) <= 4
