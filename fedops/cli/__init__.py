@@ -34,7 +34,9 @@ def _run_tool(args: argparse.Namespace) -> int:
     if args.command == "admin":
         from fedops.coordinator.admin import admin_command
 
-        return admin_command(args.verb, args.kit, args.coordinator, args.reason)
+        return admin_command(
+            args.verb, args.kit, args.coordinator, args.reason, args.ca_fingerprint
+        )
     if args.command == "consortium":
         from fedops.consortium import commands
 

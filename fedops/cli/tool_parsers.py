@@ -165,3 +165,10 @@ def _admin_parser(sub: Any) -> None:
         "--coordinator", default=None, help="HOST:PORT (default: the kit's coordinator)"
     )
     admin.add_argument("--reason", default="", help="recorded in the coordinator's audit log")
+    admin.add_argument(
+        "--ca-fingerprint",
+        default=None,
+        metavar="HEX",
+        help="the consortium CA certificate's sha256 (out of band); a kit from another CA "
+        "is refused",
+    )

@@ -92,10 +92,16 @@ def admin_handler(
     )
 
 
-def admin_command(verb: str, kit_dir: Path, coordinator: str | None, reason: str) -> int:
+def admin_command(
+    verb: str,
+    kit_dir: Path,
+    coordinator: str | None,
+    reason: str,
+    ca_fingerprint: str | None = None,
+) -> int:
     """``fedops admin start|stop|status``: one call with the admin's (or observer's) kit."""
     try:
-        kit = load_kit(kit_dir)
+        kit = load_kit(kit_dir, ca_fingerprint=ca_fingerprint)
     except KitError as exc:
         print(f"fedops admin: error: --kit: {exc}", file=sys.stderr)
         return 2

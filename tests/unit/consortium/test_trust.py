@@ -93,7 +93,7 @@ def test_kit_json_records_the_pin_and_catches_a_swapped_ca(ours, tmp_path):
         load_kit(kit_dir)
 
 
-def test_client_and_coordinator_refuse_a_replaced_kit_when_pinned(ours, tmp_path, capsys):
+def test_client_coordinator_and_admin_refuse_a_replaced_kit_when_pinned(ours, tmp_path, capsys):
     theirs = _consortium(tmp_path / "theirs")
     pin = _pin(ours)
     site = ["client", "--kit", str(theirs / "kits" / "bank-a"), "--ca-fingerprint", pin]
@@ -104,6 +104,9 @@ def test_client_and_coordinator_refuse_a_replaced_kit_when_pinned(ours, tmp_path
     coord = ["coordinator", "--kit", str(theirs / "kits" / "hub"), "--ca-fingerprint", pin]
     run_dir = ["--run-dir", str(tmp_path / "run"), "--address", "127.0.0.1:0"]
     assert main([*coord, "--task", "digits", *run_dir]) == 2
+    assert "not the expected CA" in capsys.readouterr().err
+    admin = ["admin", "status", "--kit", str(theirs / "kits" / "alice"), "--ca-fingerprint", pin]
+    assert main([*admin, "--coordinator", "127.0.0.1:9"]) == 2  # refused before any dial
     assert "not the expected CA" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
         main(
