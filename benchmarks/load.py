@@ -2,6 +2,7 @@
 
     python benchmarks/load.py                      # 1000 agents, 5 rounds
     python benchmarks/load.py --agents 200 --rounds 2 --json out.json
+    python benchmarks/load.py --hostile 100 --side-by-side   # without, then with an attacker
 
 The coordinator is the real ``fedops coordinator`` process; the agents are
 the real :class:`fedops.client.agent.Agent` (the code ``fedops client``
@@ -18,6 +19,13 @@ Printed and written with ``--json``:
 * lost updates: per round, the agents whose journal says their update was
   accepted against the participants the coordinator's signed audit log
   committed. Zero lost means the two sets are equal in every round.
+
+With ``--hostile N`` an attacker process holds N idle ``PushResult``
+streams open against the coordinator for the whole run (each sends no
+header; when the coordinator cuts one, it is reopened at once) from the same
+loopback address as the agents. ``--side-by-side`` runs the load twice in one
+invocation, without and then with the attacker, and prints the ratio of the
+p95 round latencies.
 """
 
 from __future__ import annotations
@@ -60,17 +68,86 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="run directory (default: temp)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--hostile", type=int, default=0, help="idle upload streams an attacker holds open"
+    )
+    parser.add_argument(
+        "--side-by-side", action="store_true", help="run without, then with, the --hostile streams"
+    )
     parser.add_argument("--worker", nargs=4, metavar=("ADDR", "FIRST", "COUNT", "DIR"))
+    parser.add_argument("--attacker", nargs=3, metavar=("ADDR", "STREAMS", "REPORT"))
     args = parser.parse_args()
     if args.worker:
         address, first, count, run_dir = args.worker
         return run_agents(address, int(first), int(count), args.agents, Path(run_dir))
+    if args.attacker:
+        address, streams, report = args.attacker
+        return run_attacker(address, int(streams), Path(report))
     out = args.out or Path(tempfile.mkdtemp(prefix="fedops-load-"))
-    figures = run_load(args, out)
-    print(format_figures(figures))
+    plans = [0, args.hostile] if args.side_by_side else [args.hostile]
+    results = []
+    for hostile in plans:
+        figures = run_load(args, out / f"hostile-{hostile}", hostile)
+        print(format_figures(figures), flush=True)
+        results.append(figures)
+    if len(results) == 2 and results[0]["round_s_p95"] and results[1]["round_s_p95"]:
+        ratio = results[1]["round_s_p95"] / results[0]["round_s_p95"]
+        print(f"p95 round latency with {args.hostile} hostile streams / without: {ratio:.2f}x")
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
-    return 0 if figures["lost_updates"] == 0 and figures["rounds_completed"] == args.rounds else 1
+        args.json.write_text(json.dumps(results if len(results) > 1 else results[0], indent=2))
+    ok = all(f["lost_updates"] == 0 and f["rounds_completed"] == args.rounds for f in results)
+    return 0 if ok else 1
+
+
+# ----------------------------------------------------------------------------
+# the attacker
+# ----------------------------------------------------------------------------
+def run_attacker(address: str, streams: int, report: Path) -> int:
+    """Hold ``streams`` idle uploads open (reopening each one the coordinator cuts) until
+    killed or ``MAX_WALL_S``; every 2 s ``report`` gets how many were opened and cut."""
+    import grpc
+
+    stop = threading.Event()
+    counts = {"opened": 0, "cut": 0}
+    lock = threading.Lock()
+    # a handful of connections, as a real attacker would spread its streams
+    channels = [grpc.insecure_channel(address) for _ in range(max(1, streams // 25))]
+
+    def never() -> Any:
+        stop.wait(MAX_WALL_S)
+        return
+        yield  # a generator that sends nothing: no header, ever
+
+    def hold(channel: grpc.Channel) -> None:
+        push = channel.stream_unary(
+            "/fedops.v1.Coordinator/PushResult",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        deadline = time.monotonic() + MAX_WALL_S
+        while not stop.is_set() and time.monotonic() < deadline:
+            with lock:
+                counts["opened"] += 1
+            try:
+                push(never(), timeout=MAX_WALL_S)
+            except grpc.RpcError:
+                with lock:
+                    counts["cut"] += 1
+                stop.wait(0.05)  # never a hot loop, even against a server that refuses at once
+
+    threads = [
+        threading.Thread(target=hold, args=(channels[i % len(channels)],), daemon=True)
+        for i in range(streams)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + MAX_WALL_S
+    while time.monotonic() < deadline:
+        with lock:
+            report.write_text(json.dumps(counts))
+        time.sleep(2.0)
+    stop.set()
+    return 0
 
 
 # ----------------------------------------------------------------------------
@@ -180,7 +257,7 @@ class ProcessSampler:
         self._thread.join(5)
 
 
-def run_load(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def run_load(args: argparse.Namespace, out: Path, hostile: int = 0) -> dict[str, Any]:
     address = f"127.0.0.1:{_free_port()}"
     coordinator_dir, sites_dir = out / "coordinator", out / "sites"
     sites_dir.mkdir(parents=True, exist_ok=True)
@@ -198,6 +275,12 @@ def run_load(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     coordinator = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     sampler = ProcessSampler(coordinator.pid)
     _wait_listening(out / "coordinator.log", coordinator)
+    attack_report = out / "attacker.json"
+    attacker = None
+    if hostile:
+        attacker = subprocess.Popen(
+            [sys.executable, __file__, "--attacker", address, str(hostile), str(attack_report)]
+        )
     per = -(-n // args.processes)
     worker = [sys.executable, __file__, "--agents", str(n), "--worker", address]
     workers = [
@@ -210,12 +293,16 @@ def run_load(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         worker_codes = [w.wait(left) for w in workers]
     finally:
         sampler.stop()
-        for proc in (coordinator, *workers):
+        for proc in (coordinator, *workers, *([attacker] if attacker else [])):
             if proc.poll() is None:
                 proc.kill()
         log.close()
     wall = time.monotonic() - started
-    return _figures(args, coordinator_dir, sites_dir, sampler, wall, worker_codes)
+    figures = _figures(args, coordinator_dir, sites_dir, sampler, wall, worker_codes)
+    figures["hostile_streams"] = hostile
+    if hostile:
+        figures["hostile_uploads"] = json.loads(attack_report.read_text())
+    return figures
 
 
 def _wait_listening(log_path: Path, proc: subprocess.Popen[bytes]) -> None:
@@ -318,7 +405,8 @@ def format_figures(f: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"{f['agents']} agents in {f['agent_processes']} processes, "
-            f"{f['rounds_completed']} rounds, {f['wall_s']} s wall",
+            f"{f['rounds_completed']} rounds, {f['wall_s']} s wall, "
+            f"{f['hostile_streams']} hostile streams {f.get('hostile_uploads', '')}",
             f"round latency: p50 {f['round_s_p50']} s, p95 {f['round_s_p95']} s, "
             f"max {f['round_s_max']} s",
             f"updates committed per round: {f['updates_per_round']}; lost: {f['lost_updates']}",

@@ -21,6 +21,31 @@ Signer = Callable[[bytes], bytes]
 Verifier = Callable[[str, bytes, bytes, bytes], bool]
 
 
+_P25519 = (1 << 255) - 19
+#: u-coordinates (mod p) of the points X25519 maps to the all-zero secret for every private
+#: key: the 8-torsion of Curve25519 and the 4-torsion of its twist (RFC 7748 §7). A
+#: public key whose u, its top bit cleared as X25519 does, reduces to one of these is weak.
+SMALL_ORDER_U = frozenset(
+    {
+        0,
+        1,
+        _P25519 - 1,
+        0x00B8495F16056286FDB1329CEB8D09DA6AC49FF1FAE35616AEB8413B7C7AEBE0,
+        0x57119FD0DD4E22D8868E1C58C45C44045BEF839C55B1D0B1248C50A3BC959C5F,
+    }
+)
+
+
+def weak_x25519(public: bytes) -> bool:
+    """Whether ``public`` is a small-order X25519 key (any shared secret with it is zero).
+
+    Pure arithmetic, so the server refuses such a key on receipt without a key exchange
+    per key (``tests/unit/core/secagg/test_primitives.py`` checks it against one).
+    """
+    u = int.from_bytes(public, "little") & ((1 << 255) - 1)
+    return u % _P25519 in SMALL_ORDER_U
+
+
 class ProtocolError(ValueError):
     """A party sent something the protocol forbids; the message says what."""
 

@@ -37,7 +37,12 @@ from fedops.core.secagg.messages import (
     UnmaskRequest,
     bind,
 )
-from fedops.core.secagg.primitives import ProtocolError, SecAggAborted, SecAggCrypto
+from fedops.core.secagg.primitives import (
+    ProtocolError,
+    SecAggAborted,
+    SecAggCrypto,
+    weak_x25519,
+)
 from fedops.core.secagg.quantize import MODULUS
 from fedops.core.secagg.update import Encoding, round_encoding
 
@@ -130,7 +135,6 @@ class SecAggServer:
         self._signatures: dict[int, bytes] = {}
         self._requests: dict[int, UnmaskRequest] = {}
         self.encoding: Encoding | None = None
-        self._probe, _ = crypto.keypair()
 
     @property
     def degree(self) -> int:
@@ -186,7 +190,8 @@ class SecAggServer:
         if not 1 <= keys.num_examples < MODULUS:
             raise ProtocolError(f"num_examples {keys.num_examples} is out of range")
         for key in (keys.cipher_key, keys.mask_key):
-            self.crypto.agree(self._probe, key, b"fedops-secagg probe")  # refuses weak keys
+            if weak_x25519(key):  # every secret agreed with it would be public
+                raise ProtocolError("unusable X25519 public key: a small-order point")
         self._keys[index] = keys
 
     def _close(self, stage: int) -> None:
@@ -380,15 +385,11 @@ class SecAggServer:
         total = np.zeros(self.vector_length, dtype=np.uint32)
         for v in sorted(self._u3):
             total += self._masked[v]
-        for u in sorted(self._u3):
-            commitment = self._shares[u].commitment
-            seed = self._recover(u, seeds[u], self._commits_to(commitment))
+        for _, seed in sorted(self._recover(seeds, self._commits_to).items()):
             total -= self.crypto.expand(seed, self.vector_length)
-        for u in sorted(self._u2 - self._u3):
-            if not self._masked_with(u):
-                continue  # no survivor's input carries a mask shared with u
-            mask_pk = self._keys[u].mask_key
-            secret = self._recover(u, keys[u], self._opens(mask_pk))
+        # only dropped clients with whom some survivor's input carries a mask
+        dropped = {u: keys[u] for u in sorted(self._u2 - self._u3) if self._masked_with(u)}
+        for u, secret in sorted(self._recover(dropped, self._opens).items()):
             for v in sorted(self._u3):
                 if u not in self._held[v]:
                     continue  # v never masked with u
@@ -399,17 +400,21 @@ class SecAggServer:
                     total += self.crypto.expand(pair, self.vector_length)
         return SecureSum(total=total, survivors=tuple(sorted(self._u3)), encoding=self.encoding)
 
-    def _commits_to(self, commitment: bytes) -> Callable[[bytes], bool]:
-        return lambda seed: hashlib.sha256(self.bound + seed).digest() == commitment
+    def _commits_to(self, owner: int, seed: bytes) -> bool:
+        """Whether ``seed`` is the self-mask seed ``owner`` committed to."""
+        commitment = self._shares[owner].commitment
+        return hashlib.sha256(self.bound + seed).digest() == commitment
 
-    def _opens(self, public: bytes) -> Callable[[bytes], bool]:
-        return lambda private: self.crypto.public_key(private) == public
+    def _opens(self, owner: int, private: bytes) -> bool:
+        """Whether ``private`` is the mask key whose public half ``owner`` advertised."""
+        return self.crypto.public_key(private) == self._keys[owner].mask_key
 
     def _recover(
-        self, owner: int, shares: Mapping[int, bytes], valid: Callable[[bytes], bool]
-    ) -> bytes:
-        """``owner``'s secret from the revealed shares; holders that lied are excluded."""
-        secret, liars = recovery.recover(owner, shares, self.threshold, valid)
-        for x in liars:
-            self.excluded[x] = f"revealed a wrong share of client {owner}'s secret"
-        return secret
+        self, shares: Mapping[int, Mapping[int, bytes]], valid: Callable[[int, bytes], bool]
+    ) -> dict[int, bytes]:
+        """Every owner's secret from the revealed shares; holders that lied are excluded."""
+        secrets, liars = recovery.recover_all(shares, self.threshold, valid)
+        for owner, lied in sorted(liars.items()):
+            for x in lied:
+                self.excluded[x] = f"revealed a wrong share of client {owner}'s secret"
+        return secrets

@@ -22,7 +22,7 @@ from fakes import FakeCrypto
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-from fedops.core.secagg import ProtocolError, SecAggAborted, graph
+from fedops.core.secagg import ProtocolError, SecAggAborted, graph, shamir
 from fedops.core.secagg.client import SecAggClient, check_setup
 from fedops.core.secagg.messages import (
     ConsistencyRequest,
@@ -1189,7 +1189,7 @@ def test_server_refuses_reveals_that_do_not_answer_the_request():
         with pytest.raises(ProtocolError, match="do not answer"):
             r.server.receive_reveal(1, bad)
     short = tuple((u, s[:-1]) for u, s in reveal.self_mask)
-    with pytest.raises(ProtocolError, match="66 bytes"):
+    with pytest.raises(ProtocolError, match=f"{shamir.SHARE_BYTES} bytes"):
         r.server.receive_reveal(1, dataclasses.replace(reveal, self_mask=short))
 
 

@@ -1,15 +1,17 @@
-"""Shamir sharing of 32-byte secrets: any t shares rebuild the secret, fewer do not."""
+"""Shamir sharing of 32-byte secrets: any t shares rebuild the secret, fewer do not; the
+batched interpolation and recovery agree with one owner at a time."""
 
 from __future__ import annotations
 
 import os
 import random
 
+import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from fedops.core.secagg import shamir
+from fedops.core.secagg import SecAggAborted, recovery, shamir
 
 
 @st.composite
@@ -55,34 +57,44 @@ def test_evaluate_checks_the_other_shares(case, data):
     subset = {x: shares[x] for x in holders[:threshold]}
     for x in holders[threshold:]:
         assert shamir.evaluate(subset, x) == shares[x]
-    assert shamir.evaluate(subset, 0) == secret.rjust(shamir.SHARE_BYTES, b"\0")
+    assert shamir.evaluate(subset, 0) == shamir.to_limbs(secret).astype("<u4").tobytes()
     if holders[threshold:]:
         x = holders[threshold]
-        wrong = int.from_bytes(shares[x], "big") ^ 1
-        assert shamir.evaluate(subset, x) != wrong.to_bytes(shamir.SHARE_BYTES, "big")
+        wrong = bytes([shares[x][0] ^ 1]) + shares[x][1:]
+        assert shamir.evaluate(subset, x) != wrong
 
 
 def test_a_wrong_share_is_caught_by_the_others():
     secret = os.urandom(32)
     shares = shamir.split(secret, 3, range(1, 6), os.urandom)
     off_by_one = dict(shares)
-    off_by_one[2] = (int.from_bytes(shares[2], "big") + 1).to_bytes(shamir.SHARE_BYTES, "big")
+    off_by_one[2] = _plus_one(shares[2])
     subset = {x: off_by_one[x] for x in (1, 2, 3)}
     assert shamir.evaluate(subset, 4) != shares[4]
     assert shamir.evaluate(subset, 5) != shares[5]
-    # a small error moves the secret a little (combine cannot tell); a random one
-    # lands far outside the 32-byte range, which combine refuses
+    # a small error moves one limb of the secret a little (combine cannot tell, the owner's
+    # commitment does); a random one lands outside the 32-byte range in some limb
     assert shamir.combine(subset) != secret
-    garbage = (int.from_bytes(os.urandom(66), "big") % shamir.PRIME).to_bytes(66, "big")
+    garbage = _random_share(np.random.default_rng(7))
     with pytest.raises(ValueError, match="one polynomial"):
         shamir.combine({1: shares[1], 2: garbage, 3: shares[3]})
+
+
+def _plus_one(share: bytes) -> bytes:
+    limbs = np.frombuffer(share, "<u4").astype(np.int64)
+    limbs[0] = (limbs[0] + 1) % shamir.PRIME
+    return limbs.astype("<u4").tobytes()
+
+
+def _random_share(rng: np.random.Generator) -> bytes:
+    return rng.integers(0, shamir.PRIME, shamir.LIMBS).astype("<u4").tobytes()
 
 
 def test_threshold_one_shares_are_the_secret():
     secret = os.urandom(32)
     shares = shamir.split(secret, 1, [1, 2, 3], os.urandom)
     for x, s in shares.items():
-        assert s == secret.rjust(shamir.SHARE_BYTES, b"\0")
+        assert s == shamir.to_limbs(secret).astype("<u4").tobytes()
         assert shamir.combine({x: s}) == secret
 
 
@@ -99,7 +111,7 @@ def test_malformed_shares_are_refused():
         shamir.combine({1: shares[1], 2: shares[2][:-1]})
     with pytest.raises(ValueError, match="malformed"):
         shamir.combine({1: shares[1], 2: shares[2] + b"\0"})
-    too_big = shamir.PRIME.to_bytes(shamir.SHARE_BYTES, "big")
+    too_big = np.full(shamir.LIMBS, shamir.PRIME, "<u4").tobytes()  # outside the field
     with pytest.raises(ValueError, match="malformed"):
         shamir.combine({1: shares[1], 2: too_big})
     with pytest.raises(ValueError, match="malformed"):
@@ -116,3 +128,83 @@ def test_bad_split_arguments_are_refused():
     for holder in (0, -1, shamir.PRIME):
         with pytest.raises(ValueError, match="holder index"):
             shamir.split(bytes(32), 2, [1, holder], os.urandom)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    owners=st.integers(1, 6),
+    threshold=st.integers(1, 6),
+    extra=st.integers(0, 4),
+    seed=st.integers(0, 2**32),
+)
+def test_many_polynomials_at_once_match_one_at_a_time(owners, threshold, extra, seed):
+    rng = random.Random(seed)
+    secrets = [rng.randbytes(32) for _ in range(owners)]
+    holders = sorted(rng.sample(range(1, 200), threshold + extra))
+    shares = [shamir.split(s, threshold, holders, rng.randbytes) for s in secrets]
+    xs = np.asarray([holders[:threshold]] * owners, np.int64)
+    ys = np.stack([shamir.parse([sh[x] for x in holders[:threshold]]) for sh in shares])
+    at = np.asarray([[0, *holders[threshold:]]] * owners, np.int64)
+    values = shamir.interpolate(xs, ys, at)
+    for row, (secret, sh) in enumerate(zip(secrets, shares, strict=True)):
+        assert shamir.from_limbs(values[row, 0]) == secret
+        for col, x in enumerate(holders[threshold:], start=1):
+            assert values[row, col].astype("<u4").tobytes() == sh[x]
+
+
+def test_a_secret_is_its_limbs_and_no_out_of_range_limbs_decode():
+    for secret in (bytes(32), b"\xff" * 32, bytes(31) + b"\x01", os.urandom(32)):
+        assert shamir.from_limbs(shamir.to_limbs(secret)) == secret
+    limbs = shamir.to_limbs(b"\xff" * 32)
+    top = limbs.copy()
+    top[-1] += 1  # 2^256: one bit too many
+    assert shamir.from_limbs(top) is None
+    low = limbs.copy()
+    low[0] = 1 << shamir.LIMB_BITS  # a 31-bit limb
+    assert shamir.from_limbs(low) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    owners=st.integers(1, 5),
+    threshold=st.integers(1, 5),
+    extra=st.integers(0, 3),
+    seed=st.integers(0, 2**32),
+    data=st.data(),
+)
+def test_recovery_rebuilds_every_secret_and_names_every_liar(owners, threshold, extra, seed, data):
+    """Lying holders anywhere (among the first t, among the spares, out of the field) cost a
+    retry, never the secret; every lie is named. Owners differ in their holder counts."""
+    rng = random.Random(seed)
+    nprng = np.random.default_rng(seed)
+    secrets, revealed, lies = {}, {}, {}
+    for owner in range(1, owners + 1):
+        secrets[owner] = rng.randbytes(32)
+        count = threshold + rng.randint(0, extra)
+        holders = sorted(rng.sample(range(1, 100), count))
+        shares = shamir.split(secrets[owner], threshold, holders, rng.randbytes)
+        liars = data.draw(
+            st.sets(st.sampled_from(holders), max_size=count - threshold), label=f"liars {owner}"
+        )
+        for x in liars:
+            how = data.draw(st.sampled_from(["plus_one", "random", "outside"]), label="lie")
+            if how == "plus_one":
+                shares[x] = _plus_one(shares[x])
+            elif how == "random":
+                shares[x] = _random_share(nprng)
+            else:
+                shares[x] = np.full(shamir.LIMBS, 2**32 - 1, "<u4").tobytes()
+        revealed[owner], lies[owner] = shares, sorted(liars)
+    got, named = recovery.recover_all(revealed, threshold, lambda u, s: s == secrets[u])
+    assert got == secrets
+    assert {u: sorted(x) for u, x in named.items()} == lies
+
+
+def test_recovery_aborts_with_too_few_or_only_inconsistent_shares():
+    secret = os.urandom(32)
+    shares = shamir.split(secret, 3, [1, 2, 3, 4], os.urandom)
+    with pytest.raises(SecAggAborted, match="only 2 shares of client 9"):
+        recovery.recover_all({9: {1: shares[1], 2: shares[2]}}, 3, lambda u, s: True)
+    lying = {x: _plus_one(s) for x, s in shares.items() if x > 1}  # three liars of four
+    with pytest.raises(SecAggAborted, match="inconsistent"):
+        recovery.recover_all({9: {1: shares[1], **lying}}, 3, lambda u, s: s == secret)
