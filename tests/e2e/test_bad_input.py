@@ -22,7 +22,7 @@ from procs import Procs, free_port, metrics, query
 from fedops.core.params import specs_of, total_bytes
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
-from fedops.wire import codec
+from fedops.wire import PROTOCOL_VERSION, codec
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ class Mallory:
         self.stub = pb_grpc.CoordinatorStub(self.channel)
         reply = self.stub.Register(
             pb.RegisterRequest(
-                protocol_version="fedops.v1", site_name="mallory", num_train_examples=100
+                protocol_version=PROTOCOL_VERSION, site_name="mallory", num_train_examples=100
             ),
             timeout=30,
             wait_for_ready=True,
