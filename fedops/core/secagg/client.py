@@ -177,8 +177,9 @@ class SecAggClient:
         self.sealed = self.context + encoding_digest(request.encoding)
         self._seed = self.crypto.random(KEY_BYTES)
         holders = sorted(self._keys)
-        seed_shares = shamir.split(self._seed, t, holders, self.crypto.random)
-        key_shares = shamir.split(self._mask_sk, t, holders, self.crypto.random)
+        seed_shares, key_shares = shamir.split_many(
+            [self._seed, self._mask_sk], t, holders, self.crypto.random
+        )
         index, shares = self.setup.index, []
         for v in holders:
             key = self.crypto.agree(

@@ -82,13 +82,15 @@ def _first_subsets(
     at = np.concatenate([np.zeros((len(owners), 1), np.int64), xs[:, t:]], axis=1)
     values = shamir.interpolate(xs[:, :t], ys[:, :t], at)
     wrong = (values[:, 1:] != ys[:, t:]).any(axis=2)  # (owners, h - t)
+    lied = wrong.any(axis=1).tolist()
     found = {}
-    for row, owner in enumerate(owners):
-        if careful[row]:
-            continue
-        secret = shamir.from_limbs(values[row, 0])
+    for row, (owner, limbs, skip) in enumerate(
+        zip(owners, values[:, 0].tolist(), careful.tolist(), strict=True)
+    ):
+        secret = None if skip else shamir.from_limbs(limbs)
         if secret is not None and valid(owner, secret):
-            found[owner] = (secret, [holders[row][t + j] for j in np.flatnonzero(wrong[row])])
+            liars = [holders[row][t + j] for j in np.flatnonzero(wrong[row])] if lied[row] else []
+            found[owner] = (secret, liars)
     return found
 
 

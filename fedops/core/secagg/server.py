@@ -14,7 +14,8 @@ reason in :attr:`SecAggServer.excluded`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -130,6 +131,7 @@ class SecAggServer:
         self._u2: set[int] = set()
         self._u3: set[int] = set()
         self._held: dict[int, set[int]] = {}  # holder -> owners whose shares it holds
+        self._surviving_holders: Counter[int] = Counter()  # owner -> survivors with its shares
         self._masked: dict[int, NDArray[np.uint32]] = {}
         self._reveals: dict[int, Reveal] = {}
         self._signatures: dict[int, bytes] = {}
@@ -140,7 +142,7 @@ class SecAggServer:
     def degree(self) -> int:
         return max(len(v) for v in self.graph.values())
 
-    def _expect(self, stage: int, index: int, members: set[int] | tuple[int, ...]) -> None:
+    def _expect(self, stage: int, index: int, members: Container[int]) -> None:
         if self.stage != stage:
             raise ProtocolError(f"stage {stage} message, but the round is in stage {self.stage}")
         if index not in members:
@@ -302,8 +304,10 @@ class SecAggServer:
             self.excluded.setdefault(u, "sent no masked input")
         self._enough(self._u3, "masking")
         self._quorate(self._u3, "sent a masked input")
+        # per owner, how many survivors hold its shares (0: no survivor masked with it)
+        self._surviving_holders = Counter(u for v in self._u3 for u in self._held[v])
         for u in sorted(self._u2):
-            holders = self._holders(u, self._u3)
+            holders = self._surviving_holders[u]
             if holders < self.threshold and (u in self._u3 or self._masked_with(u)):
                 raise SecAggAborted(
                     f"client {u}'s masks cannot be removed: only {holders} of its neighbours "
@@ -325,7 +329,8 @@ class SecAggServer:
             )
 
     def _masked_with(self, owner: int) -> bool:
-        return any(owner in self._held[v] for v in self._u3)
+        """Whether some survivor's input carries a mask shared with ``owner``."""
+        return self._surviving_holders[owner] > 0
 
     # -- stage 4: consistency check ------------------------------------------------
     def receive_signature(self, index: int, reply: SurvivorSignature) -> None:
@@ -356,12 +361,9 @@ class SecAggServer:
         }
         return dict(self._requests)
 
-    def _holders(self, owner: int, members: set[int]) -> int:
-        return sum(1 for v in members if owner in self._held[v])
-
     # -- stage 5: unmask ----------------------------------------------------------
     def receive_reveal(self, index: int, reply: Reveal) -> None:
-        self._expect(5, index, set(self._requests))
+        self._expect(5, index, self._requests)
         held = self._held[index]
         if tuple(u for u, _ in reply.self_mask) != tuple(sorted(held & self._u3)) or tuple(
             u for u, _ in reply.mask_key

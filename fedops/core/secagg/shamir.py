@@ -37,22 +37,42 @@ def split(
     secret: bytes, threshold: int, holders: Iterable[int], random: Callable[[int], bytes]
 ) -> dict[int, bytes]:
     """Share ``secret`` so that any ``threshold`` of ``holders`` (indices > 0) recover it."""
-    if len(secret) != SECRET_BYTES:
-        raise ValueError(f"secrets are {SECRET_BYTES} bytes, got {len(secret)}")
+    return split_many([secret], threshold, holders, random)[0]
+
+
+def split_many(
+    secrets: Sequence[bytes],
+    threshold: int,
+    holders: Iterable[int],
+    random: Callable[[int], bytes],
+) -> list[dict[int, bytes]]:
+    """:func:`split` for several secrets among the same holders, in one pass."""
+    if any(len(secret) != SECRET_BYTES for secret in secrets):
+        raise ValueError(f"secrets are {SECRET_BYTES} bytes")
     if threshold < 1:
         raise ValueError(f"threshold must be at least 1, got {threshold}")
     xs = list(holders)
     for x in xs:
         if not 0 < x < PRIME:
             raise ValueError(f"holder index {x} must be positive and below {PRIME}")
-    noise = np.frombuffer(random(8 * LIMBS * (threshold - 1)), dtype="<u8")
-    coeffs = (noise % np.uint64(PRIME)).astype(np.int64).reshape(threshold - 1, LIMBS)
+    width = LIMBS * len(secrets)  # every limb of every secret: one polynomial each
+    noise = np.frombuffer(random(8 * width * (threshold - 1)), dtype="<u8")
+    coeffs = (noise % np.uint64(PRIME)).astype(np.int64).reshape(threshold - 1, width)
     points = np.asarray(xs, dtype=np.int64)[:, None]
-    values = np.zeros((len(xs), LIMBS), dtype=np.int64)
-    for c in coeffs[::-1]:  # Horner, highest degree first, then the secret's limbs
+    values = np.zeros((len(xs), width), dtype=np.int64)
+    for c in coeffs[::-1]:  # Horner, highest degree first, then the secrets' limbs
         values = (values * points + c) % _P
-    values = (values * points + to_limbs(secret)) % _P
-    return {x: row.astype("<u4").tobytes() for x, row in zip(xs, values, strict=True)}
+    constant = np.concatenate([to_limbs(secret) for secret in secrets])
+    values = (values * points + constant) % _P
+    raw = values.astype("<u4").tobytes()  # holder by holder, secret by secret
+    row = SHARE_BYTES * len(secrets)
+    return [
+        {
+            x: raw[i * row + j * SHARE_BYTES : i * row + (j + 1) * SHARE_BYTES]
+            for i, x in enumerate(xs)
+        }
+        for j in range(len(secrets))
+    ]
 
 
 def to_limbs(secret: bytes) -> np.ndarray:
@@ -61,15 +81,16 @@ def to_limbs(secret: bytes) -> np.ndarray:
     return np.array([(value >> (LIMB_BITS * k)) & _LIMB_MASK for k in range(LIMBS)], np.int64)
 
 
-def from_limbs(limbs: np.ndarray) -> bytes | None:
+def from_limbs(limbs: np.ndarray | Sequence[int]) -> bytes | None:
     """The secret whose limbs are ``limbs``, or ``None`` when no 32-byte secret has them."""
-    if limbs.shape != (LIMBS,) or (limbs < 0).any() or (limbs > _LIMB_MASK).any():
+    values = limbs.tolist() if isinstance(limbs, np.ndarray) else list(limbs)
+    if len(values) != LIMBS or any(not 0 <= v <= _LIMB_MASK for v in values):
         return None
-    if int(limbs[-1]) >> _TOP_BITS:
+    if values[-1] >> _TOP_BITS:
         return None
     value = 0
-    for k in range(LIMBS - 1, -1, -1):
-        value = (value << LIMB_BITS) | int(limbs[k])
+    for v in reversed(values):
+        value = (value << LIMB_BITS) | v
     return value.to_bytes(SECRET_BYTES, "big")
 
 

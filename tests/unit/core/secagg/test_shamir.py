@@ -208,3 +208,18 @@ def test_recovery_aborts_with_too_few_or_only_inconsistent_shares():
     lying = {x: _plus_one(s) for x, s in shares.items() if x > 1}  # three liars of four
     with pytest.raises(SecAggAborted, match="inconsistent"):
         recovery.recover_all({9: {1: shares[1], **lying}}, 3, lambda u, s: s == secret)
+
+
+@settings(max_examples=30, deadline=None)
+@given(count=st.integers(1, 4), case=sharings(), seed=st.integers(0, 2**32))
+def test_several_secrets_shared_at_once_each_rebuild_alone(count, case, seed):
+    _, threshold, shares = case
+    rng = random.Random(seed)
+    secrets = [rng.randbytes(32) for _ in range(count)]
+    holders = sorted(shares)
+    split = shamir.split_many(secrets, threshold, holders, rng.randbytes)
+    assert len(split) == count
+    for secret, own in zip(secrets, split, strict=True):
+        assert sorted(own) == holders and all(len(s) == shamir.SHARE_BYTES for s in own.values())
+        chosen = rng.sample(holders, threshold)
+        assert shamir.combine({x: own[x] for x in chosen}) == secret
