@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real gRPC servers or processes: the slow lane
+
 BAD = [
     (["coordinator", "--rounds", "0"], "--rounds: must be >= 1"),
     (["coordinator", "--min-clients", "0"], "--min-clients"),

@@ -75,6 +75,8 @@ from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import PROTOCOL_VERSION, codec, framing, monitoring
 from fedops.wire.secagg import MASKED_TENSOR
 
+pytestmark = pytest.mark.slow  # real gRPC servers or processes: the slow lane
+
 #: every call's deadline: a handler that hangs fails the test instead of stalling it
 TIMEOUT_S = 15.0
 Code = grpc.StatusCode

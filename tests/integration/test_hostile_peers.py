@@ -44,6 +44,8 @@ from fedops.runtime.trail import RunTrail
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import PROTOCOL_VERSION
 
+pytestmark = pytest.mark.slow  # real gRPC servers or processes: the slow lane
+
 Code = grpc.StatusCode
 CALL_S = 10.0  # a call's deadline: generous, these are loopback calls
 ATTACKERS = 200  # idle upload streams (as in issue 17): far more than the pool's threads

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from fedops.client.agent import Agent
@@ -26,6 +27,8 @@ from fedops.runtime.settings import ClientConfig
 from fedops.runtime.store import RunStore
 from fedops.tasks.base import Task
 from fedops.tasks.site import Site
+
+pytestmark = pytest.mark.slow  # real gRPC servers or processes: the slow lane
 
 
 def _big_model() -> torch.nn.Module:

@@ -28,6 +28,8 @@ from fedops.consortium.tls import (
     server_credentials,
 )
 
+pytestmark = pytest.mark.slow  # real gRPC servers or processes: the slow lane
+
 TIMEOUT = 5.0  # seconds; every call here is local
 METHOD = "/fedops.test.Echo/WhoAmI"
 

@@ -62,6 +62,8 @@ from fedops.tasks.site import Site, global_evaluator, initial_params
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire.secagg import MASKED_TENSOR
 
+pytestmark = pytest.mark.slow  # real gRPC servers or processes: the slow lane
+
 SECAGG_STAGES = {"keys", "shares", "masked", "signature", "reveal"}
 
 
