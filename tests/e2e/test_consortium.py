@@ -112,7 +112,9 @@ def test_a_consortium_trains_over_mtls_and_refuses_everyone_else(procs: Procs, t
         "--min-clients",
         "1",
         "--liveness-timeout",
-        "2",
+        "8",  # 8x the heartbeat below: a loaded machine must not drop a healthy site
+        "--heartbeat-interval",
+        "1",
         "--run-dir",
         str(run_dir),
         "--round-timeout",

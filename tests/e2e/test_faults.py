@@ -21,8 +21,9 @@ pytestmark = pytest.mark.slow
 def _two_sites_and_a_victim(procs: Procs, port: int, run_dir: Path, *extra: str):
     """A 2-round digits coordinator waiting for 3 sites, and sites 0 and 1; site 2 is the test's.
 
-    A 3 s liveness timeout drops a dead site quickly; the 120 s round timeout is what a
-    stalled round would wait for instead.
+    A 10 s liveness timeout against a 1 s heartbeat drops a dead site long before the 120 s
+    round timeout (what a stalled round would wait for instead), with 10x slack for a
+    healthy site's heartbeats on a loaded machine.
     """
     coord = procs.coordinator(
         "coordinator",
@@ -37,7 +38,9 @@ def _two_sites_and_a_victim(procs: Procs, port: int, run_dir: Path, *extra: str)
         "--round-timeout",
         "120",
         "--liveness-timeout",
-        "3",
+        "10",
+        "--heartbeat-interval",
+        "1",
         *extra,
     )
     for i in range(2):
@@ -65,14 +68,13 @@ def test_killed_client_does_not_stall_the_round(procs: Procs, tmp_path: Path):
 
     rows = metrics(run_dir)
     assert [r["num_clients"] for r in rows] == [3, 2]
-    assert rows[1]["duration_s"] < 30  # not the 120 s deadline, nor the victim's 60 s sleep
     outcomes = query(
         run_dir,
         "SELECT outcome, reason FROM participants "
         "WHERE round = 2 AND phase = 'fit' AND site = 'site-2'",
     )
     assert outcomes and outcomes[0][0] == "dropped", outcomes
-    assert "silent" in outcomes[0][1]
+    assert "silent" in outcomes[0][1]  # the liveness check, not the 120 s round deadline
 
 
 def test_straggler_is_cut_at_the_deadline_and_its_late_result_refused(procs: Procs, tmp_path: Path):
@@ -88,10 +90,10 @@ def test_straggler_is_cut_at_the_deadline_and_its_late_result_refused(procs: Pro
         "--min-clients",
         "3",
         "--round-timeout",
-        "4",
+        "8",
     )
-    for i in range(2):
-        procs.client(f"site{i}", port, i, 3)
+    for i in range(2):  # one epoch: far inside the deadline, even on a loaded machine
+        procs.client(f"site{i}", port, i, 3, "--epochs", "1")
     procs.client(
         "site2",
         port,
@@ -100,14 +102,13 @@ def test_straggler_is_cut_at_the_deadline_and_its_late_result_refused(procs: Pro
         "--max-retries",
         "1",
         task=slow_task(tmp_path),
-        env={"FEDOPS_TEST_SLEEP_S": "6"},
+        env={"FEDOPS_TEST_SLEEP_S": "12"},  # past the deadline, back before the run ends
     )
     assert procs.wait(coord, 120, "coordinator") == 0, procs.log("coordinator")
 
     rows = metrics(run_dir)
     assert rows[0]["num_clients"] == 3
     assert rows[1]["num_clients"] == 2
-    assert rows[1]["duration_s"] < 20  # fit and evaluate each cut at 4 s
     timed_out = query(
         run_dir,
         "SELECT COUNT(*) FROM participants WHERE round = 2 AND "
@@ -287,7 +288,7 @@ def test_client_killed_after_pulling_or_mid_upload_does_not_count(
     sending its masked input and unmasking, under SecAgg+: test_secagg.py.)
     """
     port, run_dir = free_port(), tmp_path / "run"
-    coord = _two_sites_and_a_victim(procs, port, run_dir, "--heartbeat-interval", "1")
+    coord = _two_sites_and_a_victim(procs, port, run_dir)
     task, mark = tmp_path / "crash_task.py", tmp_path / "crashed"
     task.write_text(CRASH_TASK)
     env = {
@@ -304,7 +305,6 @@ def test_client_killed_after_pulling_or_mid_upload_does_not_count(
     rows = metrics(run_dir)
     assert [r["round"] for r in rows] == [1, 2]
     assert [r["num_clients"] for r in rows] == [3, 2]
-    assert rows[1]["duration_s"] < 30  # not the 120 s deadline
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds_completed"] == 2, summary
     fit = {
