@@ -274,14 +274,16 @@ class SecAggNeighbourKeys(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[_Union[SecAggPublicKeys, _Mapping]]] = ..., encoding: _Optional[_Union[SecAggEncoding, _Mapping]] = ...) -> None: ...
 
 class SecAggShare(_message.Message):
-    __slots__ = ("source", "target", "ciphertext")
+    __slots__ = ("source", "target", "ciphertext", "digests")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
     source: int
     target: int
     ciphertext: bytes
-    def __init__(self, source: _Optional[int] = ..., target: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+    digests: bytes
+    def __init__(self, source: _Optional[int] = ..., target: _Optional[int] = ..., ciphertext: _Optional[bytes] = ..., digests: _Optional[bytes] = ...) -> None: ...
 
 class SecAggShareKeys(_message.Message):
     __slots__ = ("shares", "commitment")

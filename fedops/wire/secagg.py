@@ -74,13 +74,15 @@ def _keys_from(m: pb.SecAggPublicKeys) -> PublicKeys:
 
 def _shares_to(shares: Sequence[EncryptedShare]) -> list[pb.SecAggShare]:
     return [
-        pb.SecAggShare(source=s.source, target=s.target, ciphertext=s.ciphertext) for s in shares
+        pb.SecAggShare(source=s.source, target=s.target, ciphertext=s.ciphertext, digests=s.digests)
+        for s in shares
     ]
 
 
 def _shares_from(shares: Sequence[pb.SecAggShare]) -> tuple[EncryptedShare, ...]:
     return tuple(
-        EncryptedShare(source=s.source, target=s.target, ciphertext=s.ciphertext) for s in shares
+        EncryptedShare(source=s.source, target=s.target, ciphertext=s.ciphertext, digests=s.digests)
+        for s in shares
     )
 
 

@@ -189,9 +189,20 @@ class SecAggClient:
             ciphertext = self.crypto.seal(
                 key, seed_shares[v] + key_shares[v], share_aad(self.sealed, index, v)
             )
-            shares.append(EncryptedShare(source=index, target=v, ciphertext=ciphertext))
+            digests = shamir.share_digest(
+                self.context, index, v, b"seed", seed_shares[v]
+            ) + shamir.share_digest(self.context, index, v, b"key", key_shares[v])
+            shares.append(
+                EncryptedShare(source=index, target=v, ciphertext=ciphertext, digests=digests)
+            )
         commitment = hashlib.sha256(self.context + self._seed).digest()
         return ShareKeys(shares=tuple(shares), commitment=commitment)
+
+    def _digests_of(self, owner: int, seed_share: bytes, key_share: bytes) -> bytes:
+        index = self.setup.index
+        return shamir.share_digest(
+            self.context, owner, index, b"seed", seed_share
+        ) + shamir.share_digest(self.context, owner, index, b"key", key_share)
 
     def _accept_keys(self, keys: PublicKeys, own: set[bytes]) -> None:
         if keys.index not in self.neighbours:
@@ -262,10 +273,13 @@ class SecAggClient:
             except DecryptionFailed:
                 complaints.append(share.source)
                 continue
-            if len(plain) != 2 * shamir.SHARE_BYTES:
+            held = (plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :])
+            if len(plain) != 2 * shamir.SHARE_BYTES or share.digests != self._digests_of(
+                share.source, *held
+            ):  # not what its owner vouched for: revealing it would get this site blamed
                 complaints.append(share.source)
                 continue
-            self._held[share.source] = (plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :])
+            self._held[share.source] = held
         if len(self._held) < self.setup.threshold:
             raise ProtocolError(
                 f"only {len(self._held)} neighbours are still in the round; the threshold is "

@@ -104,6 +104,9 @@ class EncryptedShare:
     source: int
     target: int
     ciphertext: bytes
+    #: the owner's digests of the two shares inside (:func:`share_digests`): the holder checks
+    #: what it decrypts against them, the server checks what the holder reveals
+    digests: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

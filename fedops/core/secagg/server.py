@@ -53,6 +53,9 @@ from fedops.core.secagg.update import Encoding, round_encoding
 DEFAULT_COMMITTEE = 64
 
 
+SEED, KEY = 0, 1  # which of an owner's two secrets a share is of
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SecureSum:
     total: NDArray[np.uint32]  # sum of the survivors' encoded updates, masks removed
@@ -236,6 +239,8 @@ class SecAggServer:
             )
         if len(reply.commitment) != 32:
             raise ProtocolError("the self-mask commitment must be 32 bytes")
+        if any(len(s.digests) != 2 * shamir.DIGEST_BYTES for s in reply.shares):
+            raise ProtocolError(f"share digests must be {2 * shamir.DIGEST_BYTES} bytes")
         self._shares[index] = reply
 
     def close_shares(self) -> dict[int, MaskRequest]:
@@ -290,8 +295,8 @@ class SecAggServer:
         if reply.complaints:  # it masked without those neighbours: its input cannot be
             # unmasked in the sum, and only it can know whether the shares were bad
             self.excluded[index] = (
-                f"could not decrypt the shares of clients {list(reply.complaints)}; its input "
-                "is left out of the sum"
+                f"could not decrypt the shares of clients {list(reply.complaints)}, or they "
+                "were not what their owners vouched for; its input is left out of the sum"
             )
             return
         self._masked[index] = vec
@@ -387,11 +392,11 @@ class SecAggServer:
         total = np.zeros(self.vector_length, dtype=np.uint32)
         for v in sorted(self._u3):
             total += self._masked[v]
-        for _, seed in sorted(self._recover(seeds, self._commits_to).items()):
+        for _, seed in sorted(self._recover(seeds, SEED, self._commits_to).items()):
             total -= self.crypto.expand(seed, self.vector_length)
         # only dropped clients with whom some survivor's input carries a mask
         dropped = {u: keys[u] for u in sorted(self._u2 - self._u3) if self._masked_with(u)}
-        for u, secret in sorted(self._recover(dropped, self._opens).items()):
+        for u, secret in sorted(self._recover(dropped, KEY, self._opens).items()):
             for v in sorted(self._u3):
                 if u not in self._held[v]:
                     continue  # v never masked with u
@@ -412,11 +417,22 @@ class SecAggServer:
         return self.crypto.public_key(private) == self._keys[owner].mask_key
 
     def _recover(
-        self, shares: Mapping[int, Mapping[int, bytes]], valid: Callable[[int, bytes], bool]
+        self,
+        shares: Mapping[int, Mapping[int, bytes]],
+        kind: int,
+        valid: Callable[[int, bytes], bool],
     ) -> dict[int, bytes]:
-        """Every owner's secret from the revealed shares; holders that lied are excluded."""
-        secrets, liars = recovery.recover_all(shares, self.threshold, valid)
-        for owner, lied in sorted(liars.items()):
-            for x in lied:
-                self.excluded[x] = f"revealed a wrong share of client {owner}'s secret"
-        return secrets
+        """Every owner's secret from the revealed shares its owner vouched for (the digests
+        it dealt them with); a holder that revealed anything else is named and excluded."""
+        label = (b"seed", b"key")[kind]
+        checked: dict[int, dict[int, bytes]] = {}
+        for owner, revealed in shares.items():
+            dealt = {s.target: s.digests for s in self._shares[owner].shares}
+            good = checked[owner] = {}
+            for v, share in revealed.items():
+                expected = dealt[v][kind * shamir.DIGEST_BYTES : (kind + 1) * shamir.DIGEST_BYTES]
+                if shamir.share_digest(self.bound, owner, v, label, share) == expected:
+                    good[v] = share
+                else:
+                    self.excluded[v] = f"revealed a wrong share of client {owner}'s secret"
+        return recovery.recover_all(checked, self.threshold, valid)

@@ -18,6 +18,7 @@ coefficient, far below anything an observer of fewer than t shares could use.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -28,6 +29,8 @@ LIMB_BITS = 30
 LIMBS = 9  # 9 x 30 bits >= 256
 SECRET_BYTES = 32
 SHARE_BYTES = 4 * LIMBS
+#: bytes of a share's digest (second preimages of a truncated SHA-256: 2^128 work)
+DIGEST_BYTES = 16
 _P = np.int64(PRIME)
 _LIMB_MASK = (1 << LIMB_BITS) - 1
 _TOP_BITS = 8 * SECRET_BYTES - LIMB_BITS * (LIMBS - 1)  # the top limb holds 16 bits
@@ -73,6 +76,18 @@ def split_many(
         }
         for j in range(len(secrets))
     ]
+
+
+def share_digest(context: bytes, owner: int, holder: int, kind: bytes, share: bytes) -> bytes:
+    """The owner's digest of the ``kind`` share it deals ``holder`` in the round ``context``.
+
+    Sent beside the encrypted share: the holder checks what it decrypts against it (a
+    mismatch is a complaint), the server checks what the holder later reveals, so a lying
+    revealer is named for sure and never has to be outvoted by a search over subsets.
+    """
+    head = b"fedops-secagg share digest\0" + kind + b"\0" + context
+    where = owner.to_bytes(4, "big") + holder.to_bytes(4, "big")
+    return hashlib.sha256(head + where + share).digest()[:DIGEST_BYTES]
 
 
 def to_limbs(secret: bytes) -> np.ndarray:

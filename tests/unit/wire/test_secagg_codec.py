@@ -81,7 +81,9 @@ def _over_the_wire_reply(reply, *, chunk_bytes: int = 7):
 
 def _share(source: int, target: int, size: int = 60) -> EncryptedShare:
     rng = np.random.default_rng([source, target])
-    return EncryptedShare(source=source, target=target, ciphertext=rng.bytes(size))
+    return EncryptedShare(
+        source=source, target=target, ciphertext=rng.bytes(size), digests=rng.bytes(32)
+    )
 
 
 def _keys(index: int, **kw) -> PublicKeys:

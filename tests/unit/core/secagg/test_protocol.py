@@ -1029,8 +1029,80 @@ def test_wrong_shares_without_spare_holders_abort():
     reveals[2] = dataclasses.replace(
         reveals[2], self_mask=tuple((u, flip_last_byte(s)) for u, s in pairs)
     )
-    with pytest.raises(SecAggAborted, match="inconsistent"):
+    with pytest.raises(SecAggAborted, match="only 2 good shares of client 1"):
         r.finish(reveals)
+    assert "wrong share" in r.server.excluded[2]
+
+
+def _nudged(share: bytes) -> bytes:
+    """The share with its lowest limb one higher, still inside the field: a lie that
+    interpolates to a valid-looking secret (a flipped bit of a clamped X25519 key)."""
+    limbs = np.frombuffer(share, "<u4").astype(np.int64)
+    limbs[0] = (limbs[0] + 1) % shamir.PRIME
+    return limbs.astype("<u4").tobytes()
+
+
+def test_six_lying_revealers_are_named_and_no_honest_holder_is_blamed():
+    """Red team (issue 15): liars placed on every subset a predictable search would try
+    aborted the round unnamed; liars among the first holders framed honest spares. Each
+    revealed share is now checked against its owner's digest: every lie is caught."""
+    r = new_round(21, degree=20, threshold=11, vector_length=4)  # 20 holders per secret
+    reveals = r.reveal(r.to_unmask(skip={21}))  # 21 drops: its mask key is rebuilt too
+    liars = {1, 2, 3, 4, 9, 20}
+    for liar in liars:
+        reveals[liar] = dataclasses.replace(
+            reveals[liar],
+            self_mask=tuple((u, _nudged(s)) for u, s in reveals[liar].self_mask),
+            mask_key=tuple((u, _nudged(s)) for u, s in reveals[liar].mask_key),
+        )
+    result = r.finish(reveals)
+    assert np.array_equal(result.total, r.expected(result.survivors))
+    assert {v for v, why in r.server.excluded.items() if "wrong share" in why} == liars
+
+
+def test_an_owner_dealing_shares_of_no_polynomial_is_named_when_the_round_aborts():
+    """Its digests vouch for what it dealt, so its holders reveal honestly and are not
+    blamed; the shares rebuild no secret it committed to, and the abort names it."""
+    r = new_round(7, vector_length=4)
+    keys = r.keys()
+    real = shamir.split_many
+
+    def crooked(secrets, threshold, holders, random):
+        dealt = real(secrets, threshold, holders, random)
+        first = sorted(holders)[0]
+        dealt[0][first] = _nudged(dealt[0][first])  # one seed share off the polynomial
+        return dealt
+
+    for i, request in keys.items():
+        shamir.split_many = crooked if i == 3 else real
+        try:
+            r.server.receive_shares(i, r.clients[i].share(request))
+        finally:
+            shamir.split_many = real
+    requests = r.server.close_shares()
+    replies = r.masked(requests)
+    assert not any(reply.complaints for reply in replies.values())  # digests match
+    for i, reply in replies.items():
+        r.server.receive_masked(i, reply)
+    reveals = r.reveal(r.consistency(r.server.close_masked()))
+    with pytest.raises(SecAggAborted, match="client 3's shares rebuild no secret it committed"):
+        r.finish(reveals)
+    assert not any("wrong share" in why for why in r.server.excluded.values())
+
+
+def test_a_holder_complains_about_a_share_its_owner_did_not_vouch_for():
+    """A share whose digest does not match (changed by the owner or on the way) is a
+    complaint at once: revealing it later would get the honest holder blamed."""
+    r = new_round(6, vector_length=4)
+    requests = r.to_mask()
+    victim = 4
+    tampered = tuple(
+        dataclasses.replace(s, digests=bytes(32)) if s.source == 2 else s
+        for s in requests[victim].shares
+    )
+    requests[victim] = dataclasses.replace(requests[victim], shares=tampered)
+    replies = r.masked(requests)
+    assert replies[victim].complaints == (2,)
 
 
 def test_two_lying_revealers_with_spare_holders_do_not_abort():
