@@ -141,7 +141,12 @@ def _consortium_parser(sub: Any) -> None:
         "crl", help="re-issue the CRL (next number) before parties refuse it as stale"
     )
     crl.add_argument("--out", type=Path, required=True, help="the consortium folder (with ca/)")
-    crl.add_argument("--days", type=int, default=825, help="until its next_update (default: 825)")
+    crl.add_argument(
+        "--days",
+        type=int,
+        default=30,
+        help="until its next_update (default: 30; run it again before then, e.g. weekly)",
+    )
 
 
 def _demo_keys(parser: Any) -> None:

@@ -24,7 +24,7 @@ from fedops.client.checks import CoordinatorChecks, payload_of
 from fedops.client.guard import TaskGuard
 from fedops.client.secure import SecureParticipant, secure_identity
 from fedops.client.trail import SiteTrail, phase_of
-from fedops.consortium.crl import CRL_STATE, DeliveredCrl
+from fedops.consortium.crl import CRL_DELIVERED, DeliveredCrl
 from fedops.consortium.kit import Kit
 from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.primitives import ProtocolError
@@ -125,7 +125,11 @@ class Agent:
         self.policy = policy or site_policy(cfg, kit)
         _check_ledger(cfg, site, self.policy)
         # a kit site checks its SecAgg+ peers against the CRL the coordinator delivers
-        crl = DeliveredCrl(kit.ca_cert, state_path=kit.directory / CRL_STATE) if kit else None
+        crl = (
+            DeliveredCrl(kit.ca_cert, state_path=kit.directory / CRL_DELIVERED, floor=kit.crl_floor)
+            if kit
+            else None
+        )
         identity = secure_identity(
             cfg.identity_key,
             cfg.trusted_keys,

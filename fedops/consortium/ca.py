@@ -46,15 +46,29 @@ def sign_manifest(kit_dir: str | Path, ca_key: ec.EllipticCurvePrivateKey) -> Pa
 
 
 def kit_info(
-    consortium: str, name: str, role: str, coordinator: CoordinatorSpec, policy: Mapping[str, Any]
+    consortium: str,
+    name: str,
+    role: str,
+    coordinator: CoordinatorSpec,
+    policy: Mapping[str, Any],
+    crl_number: int = 1,
 ) -> dict[str, Any]:
+    """kit.json: who the party is, and the CRL number current when its kit was issued (a
+    site refuses any older CRL, so a kit issued after a revocation cannot be fed the list
+    from before it)."""
     return {
         "consortium": consortium,
         "name": name,
         "role": role,
         "coordinator": {"name": coordinator.name, "address": coordinator.address},
         "policy": dict(policy),
+        "crl_number": crl_number,
     }
+
+
+def current_crl_number(out: Path) -> int:
+    """The number of the CRL the CA last issued (``ca/crl.pem``)."""
+    return pki.crl_number(pki.load_crl((out / "ca" / "crl.pem").read_bytes()))
 
 
 def consortium_record(

@@ -21,9 +21,9 @@ so it guards against a CRL swapped in transit or restored from an old copy.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 
 from cryptography import x509
@@ -31,8 +31,12 @@ from cryptography import x509
 from fedops.consortium import pki
 from fedops.consortium.spec import ConsortiumError
 
+log = logging.getLogger(__name__)
+
 #: where a party keeps the highest CRL number it has accepted (beside its crl.pem)
 CRL_STATE = "crl-seen.json"
+#: where a site keeps the highest number of the CRLs the coordinator delivered to it
+CRL_DELIVERED = "crl-delivered.json"
 
 
 class CrlError(ConsortiumError):
@@ -117,12 +121,16 @@ class DeliveredCrl:
     every SecAgg+ peer until a CRL arrives.
     """
 
-    def __init__(self, ca_cert: x509.Certificate, *, state_path: Path | None = None) -> None:
+    def __init__(
+        self, ca_cert: x509.Certificate, *, state_path: Path | None = None, floor: int = 0
+    ) -> None:
         self._ca = ca_cert
         self.state_path = state_path
         self._crl: x509.CertificateRevocationList | None = None
         self._pem = b""
-        self.highest = highest_seen(state_path) if state_path is not None else 0
+        mark = highest_seen(state_path) if state_path is not None else 0
+        self.floor = floor  # the CA's CRL number when the site's kit was issued
+        self.highest = max(mark, floor)
 
     @property
     def number(self) -> int | None:
@@ -143,8 +151,17 @@ class DeliveredCrl:
         number = check_crl(crl, self._ca, highest_seen=self.highest, now=now)
         self._crl, self._pem, self.highest = crl, pem, number
         if self.state_path is not None:
-            with contextlib.suppress(CrlError, OSError):  # a read-only kit: kept in memory
+            try:
                 record_seen(self.state_path, number)
+            except (CrlError, OSError) as exc:  # a read-only kit: the mark stays in memory
+                log.warning(
+                    "%s: cannot record CRL number %d (%s): after a restart this site "
+                    "accepts CRLs back to number %d only",
+                    self.state_path,
+                    number,
+                    exc,
+                    self.floor,
+                )
         return True
 
     def is_revoked(self, cert: x509.Certificate) -> bool:

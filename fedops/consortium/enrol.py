@@ -223,7 +223,12 @@ def sign_requests(
                 ca=(ca_cert, ca_key),
                 req=req,
                 info=authority.kit_info(
-                    consortium, req.name, req.role, coordinator, entry.get("policy") or {}
+                    consortium,
+                    req.name,
+                    req.role,
+                    coordinator,
+                    entry.get("policy") or {},
+                    crl_number=authority.current_crl_number(ca_root),
                 ),
                 coordinator=coordinator,
                 crl=(ca_root / "ca" / CRL).read_bytes() if req.role == "coordinator" else None,

@@ -23,6 +23,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import logging
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,18 +37,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedops.consortium import crl as crl_checks
 from fedops.consortium import pki, signing
-from fedops.consortium.crl import CRL_STATE
+from fedops.consortium.crl import CRL_DELIVERED, CRL_STATE
 from fedops.consortium.spec import ConsortiumError
 from fedops.crypto import Identity
 
 MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
 CRL = "crl.pem"
 #: files the CA's signed manifest must list
 KIT_FILES = ("ca.pem", "cert.pem", "kit.json", "signing.crt")
 #: files holding private keys: mode 0600, or the kit is refused; listed only in demo kits
 PRIVATE_FILES = ("key.pem", "signing.key")
 #: files a kit may hold outside the manifest (the CRL has its own signature)
-UNLISTED_FILES = (MANIFEST, CRL, CRL_STATE)
+UNLISTED_FILES = (MANIFEST, CRL, CRL_STATE, CRL_DELIVERED)
 SIGNATURE_ALGORITHM = "ecdsa-p256-sha256"
 
 
@@ -72,6 +74,7 @@ class Kit:
     ca_pem: bytes
     signing_cert_pem: bytes  # Ed25519 signing certificate: audit logs, SecAgg keys
     signing_key_pem: bytes = field(repr=False)
+    crl_floor: int = 0  # the CA's CRL number when the kit was issued: older CRLs are refused
 
     @property
     def ca_fingerprint(self) -> str:
@@ -150,6 +153,7 @@ def load_kit(directory: str | Path, *, ca_fingerprint: str | None = None) -> Kit
         ca_pem=ca_pem,
         signing_cert_pem=contents["signing.crt"],
         signing_key_pem=contents["signing.key"],
+        crl_floor=info.get("crl_number", 0),
     )
 
 
@@ -275,6 +279,9 @@ def _kit_info_of(contents: dict[str, bytes], fail: Fail) -> dict[str, Any]:
     pin = info.get("ca_fingerprint")
     if pin is not None and not isinstance(pin, str):
         raise fail("kit.json", "malformed ca_fingerprint (expected 64 hex digits)")
+    floor = info.get("crl_number", 0)
+    if not isinstance(floor, int) or isinstance(floor, bool) or floor < 0:
+        raise fail("kit.json", "malformed crl_number (expected a whole number >= 0)")
     return info
 
 
@@ -359,6 +366,14 @@ def _check_signing(contents: dict[str, bytes], fail: Fail, ca_cert: x509.Certifi
 
 def _checked_crl(d: Path, fail: Fail, ca_cert: x509.Certificate, role: str) -> Path | None:
     crl_file = d / CRL
+    if crl_file.exists() and role != "coordinator":
+        log.warning(
+            "%s: ignored: a %s takes the CRL the coordinator delivers with its tasks "
+            "(fedops.consortium.crl.DeliveredCrl)",
+            crl_file,
+            role,
+        )
+        return None
     if crl_file.exists():
         try:
             crl_checks.load_checked(crl_file, ca_cert, d / CRL_STATE)

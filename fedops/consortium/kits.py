@@ -194,7 +194,14 @@ def add_site(out_dir: str | Path, name: str, policy: Mapping[str, Any] | None = 
             serials[name] = _write_kit(
                 staging,
                 ca=(ca_cert, ca_key),
-                info=authority.kit_info(consortium, name, "site", coordinator, checked_policy),
+                info=authority.kit_info(
+                    consortium,
+                    name,
+                    "site",
+                    coordinator,
+                    checked_policy,
+                    crl_number=authority.current_crl_number(out),
+                ),
             )
             record.setdefault("parties", {})[name] = {"role": "site", "policy": checked_policy}
             os.rename(staging, kit_dir)
@@ -243,7 +250,7 @@ def revoke(out_dir: str | Path, name: str) -> Revoked:
     )
 
 
-def refresh_crl(out_dir: str | Path, *, days: int = pki.PARTY_DAYS) -> tuple[Path, ...]:
+def refresh_crl(out_dir: str | Path, *, days: int = pki.CRL_DAYS) -> tuple[Path, ...]:
     """Re-issue the CRL (same revocations, next number) valid ``days``; where it was written.
 
     Parties refuse a CRL past its ``next_update``, so a consortium that keeps
@@ -263,7 +270,7 @@ def _publish_crl(
     ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
     serials: Mapping[str, Any],
     *,
-    days: int = pki.PARTY_DAYS,
+    days: int = pki.CRL_DAYS,
 ) -> tuple[Path, ...]:
     """A CRL of every revoked serial, numbered one past the last, into ca/ and the hub's kit."""
     ca_cert, ca_key = ca

@@ -33,6 +33,9 @@ ROLES = ("coordinator", "site", "admin", "observer")
 CA_ROLE = "ca"
 CA_DAYS = 3650
 PARTY_DAYS = 825
+#: a CRL's lifetime by default: a coordinator that withholds a newer one can feed a site
+#: an older one only until it goes stale (`fedops consortium crl` reissues it)
+CRL_DAYS = 30
 #: how far back ``not_valid_before`` is set, for clocks a little behind the CA's
 CLOCK_SKEW = dt.timedelta(minutes=5)
 
@@ -243,7 +246,7 @@ def build_crl(
     revoked_serials: Iterable[int],
     *,
     number: int = 1,
-    days: int = PARTY_DAYS,
+    days: int = CRL_DAYS,
 ) -> x509.CertificateRevocationList:
     """A CA-signed CRL naming ``revoked_serials``; ``number`` should grow with each new one."""
     now = _now()

@@ -424,14 +424,14 @@ class SecAggServer:
     ) -> dict[int, bytes]:
         """Every owner's secret from the revealed shares its owner vouched for (the digests
         it dealt them with); a holder that revealed anything else is named and excluded."""
-        label = (b"seed", b"key")[kind]
+        digest = shamir.share_digester(self.bound, (b"seed", b"key")[kind])
+        part = slice(kind * shamir.DIGEST_BYTES, (kind + 1) * shamir.DIGEST_BYTES)
         checked: dict[int, dict[int, bytes]] = {}
         for owner, revealed in shares.items():
-            dealt = {s.target: s.digests for s in self._shares[owner].shares}
+            dealt = {s.target: s.digests[part] for s in self._shares[owner].shares}
             good = checked[owner] = {}
             for v, share in revealed.items():
-                expected = dealt[v][kind * shamir.DIGEST_BYTES : (kind + 1) * shamir.DIGEST_BYTES]
-                if shamir.share_digest(self.bound, owner, v, label, share) == expected:
+                if digest(owner, v, share) == dealt[v]:
                     good[v] = share
                 else:
                     self.excluded[v] = f"revealed a wrong share of client {owner}'s secret"

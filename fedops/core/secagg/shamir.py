@@ -85,9 +85,19 @@ def share_digest(context: bytes, owner: int, holder: int, kind: bytes, share: by
     mismatch is a complaint), the server checks what the holder later reveals, so a lying
     revealer is named for sure and never has to be outvoted by a search over subsets.
     """
-    head = b"fedops-secagg share digest\0" + kind + b"\0" + context
-    where = owner.to_bytes(4, "big") + holder.to_bytes(4, "big")
-    return hashlib.sha256(head + where + share).digest()[:DIGEST_BYTES]
+    return share_digester(context, kind)(owner, holder, share)
+
+
+def share_digester(context: bytes, kind: bytes) -> Callable[[int, int, bytes], bytes]:
+    """:func:`share_digest` for one round and kind, its common prefix hashed once."""
+    prefix = hashlib.sha256(b"fedops-secagg share digest\0" + kind + b"\0" + context)
+
+    def digest(owner: int, holder: int, share: bytes) -> bytes:
+        h = prefix.copy()
+        h.update(owner.to_bytes(4, "big") + holder.to_bytes(4, "big") + share)
+        return h.digest()[:DIGEST_BYTES]
+
+    return digest
 
 
 def to_limbs(secret: bytes) -> np.ndarray:

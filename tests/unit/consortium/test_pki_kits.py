@@ -233,8 +233,10 @@ def test_init_creates_the_ca_and_every_kit_with_private_keys(consortium):
             "coordinator",
             "policy",
             "ca_fingerprint",
+            "crl_number",
         }
         assert info["ca_fingerprint"] == pki.fingerprint(ca_cert)
+        assert info["crl_number"] == kit.crl_floor == 1
     assert load_kit(consortium / "kits" / "bank-a").policy == {
         "max_epsilon": 8.0,
         "max_rounds": 10,

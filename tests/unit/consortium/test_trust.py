@@ -24,9 +24,9 @@ from fedops.cli import main
 from fedops.client.checks import CoordinatorChecks
 from fedops.consortium import crl as crl_checks
 from fedops.consortium import pki
-from fedops.consortium.crl import CRL_STATE, CrlError, DeliveredCrl, check_crl
+from fedops.consortium.crl import CRL_DELIVERED, CRL_STATE, CrlError, DeliveredCrl, check_crl
 from fedops.consortium.kit import KitError, load_kit
-from fedops.consortium.kits import init_consortium, revoke, sign_manifest
+from fedops.consortium.kits import add_site, init_consortium, revoke, sign_manifest
 from fedops.consortium.tls import Revocation
 from fedops.v1 import fedops_pb2 as pb
 
@@ -315,3 +315,40 @@ def test_a_site_takes_the_cas_crl_from_the_coordinator_and_nothing_older_or_forg
     restarted = DeliveredCrl(ca_cert, state_path=state)
     with pytest.raises(CrlError, match="rolled back"):
         restarted.offer(first)
+
+
+def test_an_old_long_lived_crl_cannot_unrevoke_a_site_for_a_kit_issued_after_it(ours, tmp_path):
+    """Red team (issue 17): a coordinator fed a new site the CRL from before a revocation.
+    A kit records the CA's CRL number when it is issued, and CRLs live 30 days by default."""
+    first = (ours / "ca" / "crl.pem").read_bytes()  # number 1, from init
+    revoke(ours, "bank-b")  # number 2
+    new_site = add_site(ours, "bank-new")
+    kit = load_kit(new_site)
+    assert kit.crl_floor == 2
+    delivered = DeliveredCrl(kit.ca_cert, state_path=tmp_path / CRL_DELIVERED, floor=kit.crl_floor)
+    with pytest.raises(CrlError, match="rolled back: CRL number 1 is lower than 2"):
+        delivered.offer(first)
+    assert delivered.is_revoked(load_kit(ours / "kits" / "bank-b").cert)  # still fail closed
+    crl = pki.load_crl((ours / "ca" / "crl.pem").read_bytes())
+    lifetime = crl.next_update_utc - crl.last_update_utc
+    assert dt.timedelta(days=29) < lifetime <= dt.timedelta(days=30, minutes=5)  # clock skew
+    assert delivered.offer((ours / "ca" / "crl.pem").read_bytes())
+
+
+def test_a_site_kit_keeps_working_when_it_holds_an_old_crl_pem(ours, tmp_path):
+    """Red team (issue 17): an operator who copied crl.pem into a site kit (as the README
+    once said) could not restart the site once the coordinator delivered a newer CRL."""
+    site = tmp_path / "bank-a"
+    shutil.copytree(ours / "kits" / "bank-a", site)
+    pki.write_public(site / "crl.pem", (ours / "ca" / "crl.pem").read_bytes())  # number 1
+    kit = load_kit(site)
+    revoke(ours, "bank-b")
+    delivered = DeliveredCrl(kit.ca_cert, state_path=site / CRL_DELIVERED, floor=kit.crl_floor)
+    assert delivered.offer((ours / "ca" / "crl.pem").read_bytes())  # number 2, recorded
+    stale = _crl(ours, number=3, last=dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
+                 next_=dt.datetime(2020, 2, 1, tzinfo=dt.UTC))  # fmt: skip
+    pki.write_public(site / "crl.pem", stale, replace=True)
+    restarted = load_kit(site)  # neither the delivered mark nor a stale crl.pem stops it
+    assert restarted.crl_path is None and restarted.name == "bank-a"
+    again = DeliveredCrl(kit.ca_cert, state_path=site / CRL_DELIVERED, floor=kit.crl_floor)
+    assert again.highest == 2
