@@ -1,8 +1,11 @@
 """The Admin service (consortium mode): status for observers and admins, start/stop for admins.
 
-Every call is decided by the caller's certificate (its OU is the role) and
-written to the coordinator's audit log with the caller's name, so "who
-stopped round 37" has a signed answer.
+Every call is decided by the caller's certificate (its OU is the role); an
+admin's start and stop are written to the coordinator's audit log with the
+caller's name, so "who stopped round 37" has a signed answer. A refused call
+goes to ``refuse`` (the coordinator's throttled refusal record: a few entries
+per caller per minute, then a count), and a caller may have only a few calls
+open at once, so a certified observer cannot turn refusals into disk work.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from typing import Any
 
 import grpc
 
+from fedops.consortium import pki
 from fedops.consortium.kit import KitError, load_kit
-from fedops.consortium.tls import Revocation, channel_credentials
+from fedops.consortium.tls import Revocation, channel_credentials, peer_certificate
+from fedops.coordinator.guard import MAX_CALLS_PER_SITE, PeerSlots, address_of
 from fedops.coordinator.peers import certified
 from fedops.coordinator.results import Reject
 from fedops.runtime.control import RunControl
@@ -36,8 +41,11 @@ def admin_handler(
     revocation: Revocation,
     sites: Callable[[], list[str]],
     audit: Callable[[str, Mapping[str, Any]], None],
+    refuse: Callable[[str, str, str], None] = lambda who, code, reason: None,
+    open_calls: PeerSlots | None = None,
 ) -> grpc.GenericRpcHandler:
     """The Admin service's handlers, each gated on the caller's certificate."""
+    slots = open_calls or PeerSlots(MAX_CALLS_PER_SITE, "admin calls")
 
     def status(message: str = "") -> pb.RunStatus:
         return pb.RunStatus(
@@ -55,11 +63,9 @@ def admin_handler(
         except Reject as exc:
             context.abort(exc.code, exc.reason)
         if method not in ALLOWED.get(role, frozenset()):
-            audit("admin_refused", {"caller": name, "role": role, "method": method})
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{name!r} has role {role!r}, which may not call Admin.{method}",
-            )
+            why = f"{name!r} has role {role!r}, which may not call Admin.{method}"
+            refuse(f"admin:{name}", grpc.StatusCode.PERMISSION_DENIED.name, why)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
         return name
 
     def on_status(request: pb.AdminRequest, context: grpc.ServicerContext) -> pb.RunStatus:
@@ -79,9 +85,21 @@ def admin_handler(
         audit("admin_stop", {"caller": name, "reason": request.reason[:500], "changed": changed})
         return status("stopping after the current round" if changed else "already stopping")
 
+    def capped(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            cert = peer_certificate(context)  # per certificate: connections are cheap
+            who = pki.name_of(cert) if cert is not None else None
+            try:
+                with slots.hold(f"cert:{who}" if who else address_of(context)):
+                    return fn(request, context)
+            except Reject as exc:
+                context.abort(exc.code, exc.reason)
+
+        return call
+
     def unary(fn: Callable[[Any, Any], Any]) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(
-            fn,
+            capped(fn),
             request_deserializer=pb.AdminRequest.FromString,
             response_serializer=pb.RunStatus.SerializeToString,
         )

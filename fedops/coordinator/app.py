@@ -293,6 +293,7 @@ def _serve(
                     revocation=gate.revocation,
                     sites=lambda: [registry.site_name(n) for n in registry.node_ids()],
                     audit=audit,
+                    refuse=lambda who, code, reason: transport.on_rejection(0, who, code, reason),
                 ),
             )
         )

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from fedops.coordinator.guard import RateLimit, check_site_name
+from fedops.coordinator.guard import PEER, RateLimit, check_site_name
 from fedops.coordinator.nodes import (
     DEFAULT_MAX_NODES,
     NodeRegistry,
@@ -250,7 +250,9 @@ class GrpcTransport(ResultIntake):
             check_site_name(site)
         except Reject as exc:
             self._reject(0, "?", exc.code, exc.reason)
-        wait_s = self.registrations.wait_s(site)
+        # keyed by caller and name: without a kit, a stranger looping on a site's name
+        # must not use up that site's own registrations
+        wait_s = self.registrations.wait_s(f"{PEER.get()}|{site}")
         if wait_s:  # each registration is a signed audit entry: one site may not loop on it
             self._reject(
                 0,
