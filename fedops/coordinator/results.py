@@ -13,6 +13,7 @@ import contextvars
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -23,7 +24,7 @@ from fedops.coordinator.intake import read_result
 from fedops.coordinator.nodes import NodeRegistry, Unauthenticated
 from fedops.core.audit_anchor import anchor_of
 from fedops.core.monitoring.profile import MonitorSpec
-from fedops.core.params import InvalidUpdate, Params, TensorSpec, digest
+from fedops.core.params import InvalidUpdate, Params, TensorSpec, digest, total_bytes
 from fedops.core.results import EvaluateResult, FitResult, StageResult
 from fedops.core.rounds import Event, Phase, ResultArrived, ResultRejected
 from fedops.core.secagg.messages import MaskedInput
@@ -42,6 +43,11 @@ ANSWERS_TASK: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 MAX_NODE_ID = 64  # node ids are ours ("node-0001-…"); a longer one is a peer's invention
 MAX_REASON = 2000
+#: uploads one node may have in progress at once (a retry may overlap a dying attempt)
+UPLOADS_PER_NODE = 2
+#: an upload may take this long, plus its expected size at the slowest rate accepted
+UPLOAD_FLOOR_S = 60.0
+MIN_UPLOAD_BYTES_PER_S = 64 * 1024
 
 #: the secure-aggregation stage that trains (and so downloads the model)
 TRAINING_STAGE = Phase.SECAGG_MASKED
@@ -85,6 +91,7 @@ class ResultIntake:
     _answered: set[str]
     _events: queue.Queue[Event]
     _round: int
+    _uploading: dict[str, int]  # node -> uploads in progress (each holds a pool thread)
 
     def _authenticate(self, node_id: str, token: str) -> None:
         try:
@@ -116,15 +123,29 @@ class ResultIntake:
             finally:
                 ANSWERS_TASK.reset(closing)
             return pb.PushResultResponse(accepted=False, message="noted: task declined")
+        node = header.node_id
+        with self._cond:  # each upload holds a pool thread: a node may not hold many
+            if self._uploading.get(node, 0) >= UPLOADS_PER_NODE:
+                self._reject(
+                    assignment.task.round,
+                    node,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{UPLOADS_PER_NODE} uploads of this node are already in progress",
+                )
+            self._uploading[node] = self._uploading.get(node, 0) + 1
         try:
-            event = self._receive(header, assignment, iter(chunks))
+            reference = assignment.result_specs or assignment.specs
+            budget = UPLOAD_FLOOR_S + total_bytes(reference) / MIN_UPLOAD_BYTES_PER_S
+            event = self._receive(header, assignment, _within(iter(chunks), budget))
         except InvalidUpdate as exc:
             self._fail_task(
-                header.node_id,
-                assignment,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"update rejected: {exc}",
+                node, assignment, grpc.StatusCode.INVALID_ARGUMENT, f"update rejected: {exc}"
             )
+        finally:
+            with self._cond:
+                left = self._uploading.pop(node, 1) - 1
+                if left:
+                    self._uploading[node] = left
         self._events.put(event)
         return pb.PushResultResponse(accepted=True, message="accepted")
 
@@ -245,3 +266,15 @@ class ResultIntake:
                 self._events.put(
                     ResultRejected(node_id=node, task_id=assignment.task.task_id, reason=reason)
                 )
+
+
+def _within(chunks: Iterator[bytes | memoryview], budget_s: float) -> Iterator[bytes | memoryview]:
+    """The chunks, until ``budget_s`` seconds have passed: a trickled upload is cut."""
+    deadline = time.monotonic() + budget_s
+    for chunk in chunks:
+        if time.monotonic() > deadline:
+            raise InvalidUpdate(
+                f"the upload took longer than {budget_s:.0f} s (slower than "
+                f"{MIN_UPLOAD_BYTES_PER_S // 1024} KiB/s for the model's size)"
+            )
+        yield chunk

@@ -97,6 +97,7 @@ class GrpcTransport(ResultIntake):
         self._cond = threading.Condition()
         self._assignments: dict[str, Assignment] = {}
         self._answered: set[str] = set()
+        self._uploading: dict[str, int] = {}
         self._events: queue.Queue[Event] = queue.Queue()
         self._closed = False
         self._round = 0

@@ -225,3 +225,57 @@ def test_a_rate_limit_allows_a_burst_then_one_per_interval_per_key():
     for key in "cdefgh":  # past max_keys the oldest are forgotten: the map stays bounded
         limit.wait_s(key)
     assert len(limit._buckets) <= 4
+
+
+def test_one_node_may_hold_only_two_upload_threads_and_a_trickle_is_cut():
+    """Red team (issue 17): uploads that send their payload slowly held the coordinator's
+    pool threads (one per upload, any number per node) until honest heartbeats failed."""
+    import threading
+
+    import numpy as np
+
+    from fedops.coordinator.results import UPLOADS_PER_NODE, _within
+    from fedops.core.params import InvalidUpdate, specs_of, total_bytes
+    from fedops.core.rounds import Phase
+    from fedops.wire import codec
+
+    transport = GrpcTransport(run_id="r1")
+    reply = transport.register(pb.RegisterRequest(protocol_version=PROTOCOL_VERSION, site_name="a"))
+    params = {"w": np.zeros(4, np.float32)}
+    ids = transport.dispatch(1, Phase.FIT, [reply.node_id], params, {})
+    task = transport.poll(pb.PullTaskRequest(node_id=reply.node_id, token=reply.token))
+    assert task is not None and task.task_id == ids[reply.node_id]
+    header = pb.ResultHeader(
+        node_id=reply.node_id, token=reply.token, run_id="r1", round=1, task_id=task.task_id,
+        kind=task.kind, num_examples=1, tensors=codec.specs_to_proto(specs_of(params)),
+        total_bytes=total_bytes(specs_of(params)),
+    )  # fmt: skip
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def stalled():
+        started.release()
+        release.wait(10)
+        raise InvalidUpdate("the upload was cut off before its end")
+        yield b""  # (a generator that never sends a chunk)
+
+    def push() -> None:
+        with pytest.raises(Reject):
+            transport.push(header, stalled())
+
+    holders = [threading.Thread(target=push) for _ in range(UPLOADS_PER_NODE)]
+    for thread in holders:
+        thread.start()
+    for _ in holders:
+        assert started.acquire(timeout=10)
+    with pytest.raises(Reject) as third:
+        transport.push(header, iter([]))
+    assert third.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "uploads of this node are already in progress" in third.value.reason
+    release.set()
+    for thread in holders:
+        thread.join(10)
+    assert transport._uploading == {}  # every slot given back, failures included
+    with pytest.raises(InvalidUpdate, match="took longer than"):
+        list(_within(iter([b"x"]), budget_s=-1.0))
+    assert list(_within(iter([b"x", b"y"]), budget_s=60.0)) == [b"x", b"y"]
