@@ -27,6 +27,7 @@ import logging
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from fedops.consortium import pki
 from fedops.consortium.spec import ConsortiumError
@@ -148,6 +149,10 @@ class DeliveredCrl:
             crl = pki.load_crl(pem)
         except ValueError as exc:
             raise CrlError("not a readable PEM CRL") from exc
+        if self._crl is not None and crl.fingerprint(hashes.SHA256()) == self._crl.fingerprint(
+            hashes.SHA256()
+        ):
+            return False  # the same CRL, only encoded otherwise: no news
         number = check_crl(crl, self._ca, highest_seen=self.highest, now=now)
         self._crl, self._pem, self.highest = crl, pem, number
         if self.state_path is not None:
