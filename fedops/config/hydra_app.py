@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def _run(cfg: DictConfig) -> float | None:
     from fedops.runtime.audit import AuditError
     from fedops.runtime.store import StoreError
     from fedops.simulation.engine import run_simulation  # torch import: only when running
+    from fedops.tasks.base import TaskError
 
     settings = OmegaConf.to_object(cfg)
     assert isinstance(settings, SimulateConfig)
@@ -57,6 +59,18 @@ def _run(cfg: DictConfig) -> float | None:
         raise SystemExit(2) from exc
     except (StoreError, AuditError) as exc:  # the run directory cannot be used: say why
         print(f"fedops simulate: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from exc
+    except TaskError as exc:  # the task's own mistake, named
+        print(f"fedops simulate: error: task: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    except Exception as exc:  # the task's code (or fedops) failed: one line, the rest on disk
+        trace = run_dir / "error.log"
+        trace.write_text(traceback.format_exc())
+        print(
+            f"fedops simulate: error: the run failed: {type(exc).__name__}: {exc} "
+            f"(traceback in {trace})",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from exc
     last = summary.get("final_metrics", {})
     # under DP the sites' evaluation is withheld: the coordinator's own data then speaks

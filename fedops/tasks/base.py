@@ -14,6 +14,10 @@ from fedops.core.training import Data
 LoadData = Callable[..., tuple[Data, Data]]
 
 
+class TaskError(ValueError):
+    """A task that cannot be loaded or broke its contract; the message says where and why."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Task:
     """What fedops needs to train a model federatedly.

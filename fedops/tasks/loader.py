@@ -30,7 +30,8 @@ from types import ModuleType
 from typing import Any
 
 from fedops.tasks import digits
-from fedops.tasks.base import Task
+from fedops.tasks.base import Task, TaskError
+from fedops.tasks.checks import checked_data, checked_model
 
 #: built-in task names -> the options of their factory that differ from defaults
 BUILTIN_TASKS: dict[str, dict[str, Any]] = {
@@ -39,10 +40,6 @@ BUILTIN_TASKS: dict[str, dict[str, Any]] = {
 }
 
 REQUIRED = ("build_model", "load_data")
-
-
-class TaskError(ValueError):
-    """A task that cannot be loaded; the message says where and why."""
 
 
 class TaskNotAllowed(TaskError):
@@ -78,10 +75,11 @@ def load_task(spec: str, *, allowed: Sequence[str] = (), **options: Any) -> Task
             "must define build_model() -> torch.nn.Module and "
             "load_data(site, num_sites) -> (train, test)"
         )
+    build_model = checked_model(module.build_model, spec)
     return Task(
         name=spec,
-        build_model=module.build_model,
-        load_data=module.load_data,
+        build_model=build_model,
+        load_data=checked_data(module.load_data, build_model, spec),
         train=getattr(module, "train", None),
         evaluate=getattr(module, "evaluate", None),
         load_server_data=getattr(module, "load_server_data", None),

@@ -264,3 +264,41 @@ def test_where_the_run_directory_is_is_not_part_of_the_run(tmp_path):
     assert config_digest(here) == config_digest(moved)
     other = run_config(CoordinatorConfig(run_dir=tmp_path / "a", task="digits-mlp"))
     assert config_digest(other) != config_digest(here)
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "words"),
+    [
+        (
+            "def build_model():\n    return None\n",
+            2,
+            "fedops simulate: error: task: task '{task}': build_model() returned None",
+        ),
+        (
+            "def build_model():\n    return torch.nn.Linear(4, 3)\n"
+            "def train(model, data, config):\n    raise RuntimeError('the GPU caught fire')\n",
+            1,
+            "fedops simulate: error: the run failed: RuntimeError: the GPU caught fire "
+            "(traceback in ",
+        ),
+    ],
+)
+def test_simulate_names_a_broken_task_in_one_line(tmp_path, body, code, words):
+    """Issue 18 #7: a task error in `fedops simulate` was a 19-36 line Hydra traceback."""
+    task = tmp_path / "task.py"
+    task.write_text(
+        "import numpy as np\nimport torch\n" + body + "def load_data(site, num_sites):\n"
+        "    x = np.random.rand(20, 4).astype('float32')\n"
+        "    return (x, np.arange(20) % 3), (x, np.arange(20) % 3)\n"
+    )
+    run_dir = tmp_path / "sim"
+    result = subprocess.run(
+        [sys.executable, "-m", "fedops", "simulate", f"task={task}", "rounds=1",
+         "simulation.backend=sequential", f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == code, result.stderr
+    assert words.format(task=task) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    if code == 1:
+        assert "the GPU caught fire" in (run_dir / "error.log").read_text()

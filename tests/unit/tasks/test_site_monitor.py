@@ -7,6 +7,7 @@ simulation and the agent do (``fit``/``evaluate`` at a round, then ``report``).
 
 from __future__ import annotations
 
+import inspect
 import textwrap
 from pathlib import Path
 
@@ -113,11 +114,11 @@ def _task(tmp_path: Path, body: str, name: str = "task.py") -> Task:
 
 
 def _calls(task: Task) -> list:
-    return task.load_data.__globals__["CALLS"]
+    return inspect.unwrap(task.load_data).__globals__["CALLS"]
 
 
 def _seen(task: Task) -> list:
-    return task.load_data.__globals__["SEEN"]
+    return inspect.unwrap(task.load_data).__globals__["SEEN"]
 
 
 def _spec(task: Task) -> MonitorSpec:
