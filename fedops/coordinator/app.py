@@ -133,6 +133,7 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
         task=task,
         monitoring=_monitoring(cfg),
         observers=records.observers(),
+        on_fallback=records.trail.checkpoint_fallback,
         site_names=transport.registry.site_name,
         summary={
             "task": cfg.task,

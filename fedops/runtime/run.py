@@ -25,7 +25,7 @@ from fedops.runtime.privacy import (
 from fedops.runtime.progress import RoundProgress
 from fedops.runtime.secure_fit import SecAggSettings, SecureFit
 from fedops.runtime.settings import ConfigError
-from fedops.runtime.store import RunStore, config_digest
+from fedops.runtime.store import RunStore, StoreError, config_digest
 from fedops.runtime.transport import Transport
 from fedops.tasks.base import Task
 
@@ -67,12 +67,18 @@ def make_strategy(
 
 
 def start_or_resume(
-    store: RunStore, config: Mapping[str, Any], initial_params: Callable[[], Params]
+    store: RunStore,
+    config: Mapping[str, Any],
+    initial_params: Callable[[], Params],
+    on_fallback: Callable[[dict[str, Any]], None] = lambda event: None,
 ) -> StartPoint:
     """Continue after the last committed round, or commit round 0 (the initial model).
 
     Round 0 is checkpointed too, so a coordinator that dies during round 1
     restarts from the very same initial model instead of a new random one.
+    A last checkpoint that no longer verifies (a disk error, an edit) is not
+    trained on: the run falls back to the newest round whose checkpoint does,
+    says so loudly, and ``on_fallback`` records it (the audit log).
     """
     stored_digest = store.stored_config_digest()
     run_id, _ = store.open_run(config)
@@ -85,7 +91,22 @@ def start_or_resume(
         log.warning(
             "resuming run %s with a configuration that differs from the one it started with", run_id
         )
-    params = store.load_round(last)
+    try:
+        params = store.load_round(last)
+    except StoreError as exc:
+        good = store.newest_intact_round(last - 1)
+        if good is None:
+            raise StoreError(f"{exc}; no earlier checkpoint verifies either") from exc
+        forgotten = store.roll_back_to(good)
+        log.warning(
+            "%s: resuming from round %d, the newest checkpoint that verifies (rounds %s are "
+            "run again; their files are kept as *.corrupt)",
+            exc,
+            good,
+            ", ".join(map(str, forgotten)),
+        )
+        on_fallback({"reason": str(exc), "resumed_from": good, "forgotten": forgotten})
+        last, params = good, store.load_round(good)
     log.info(
         "resuming run %s at round %d from the checkpoint of round %d (model %s)",
         run_id,
@@ -115,6 +136,8 @@ class RunPlan:
     #: called after every committed round, besides the progress view (audit, metrics)
     observers: Sequence[Callable[[RoundRecord], None]] = ()
     on_alert: Callable[[dict[str, Any]], None] = lambda alert: None
+    #: a corrupt last checkpoint was passed over on resume (for the audit log)
+    on_fallback: Callable[[dict[str, Any]], None] = lambda event: None
     control: RunControl | None = None  # admin start/stop (consortium mode)
 
 
@@ -141,7 +164,9 @@ def execute(
         privacy = CentralPrivacy(plan.privacy, planned_rounds=plan.driver.rounds)
     extra: dict[str, Any] = {}
     try:
-        start = start_or_resume(store, plan.config, plan.initial_params)
+        start = start_or_resume(
+            store, plan.config, plan.initial_params, on_fallback=plan.on_fallback
+        )
         if privacy is not None:
             restore_ledger(privacy, store.privacy_ledger(), store.round_metrics())
         if start.start_round > plan.driver.rounds:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -47,6 +48,9 @@ CREATE TABLE IF NOT EXISTS privacy_spent (
     round INTEGER PRIMARY KEY, ledger_json TEXT
 );
 """
+
+
+log = logging.getLogger("fedops.store")
 
 
 class StoreError(RuntimeError):
@@ -222,6 +226,37 @@ class RunStore:
             raise StoreError(f"checkpoint {path} does not match the recorded model digest")
         return params
 
+    def newest_intact_round(self, up_to: int) -> int | None:
+        """The newest committed round at or before ``up_to`` whose checkpoint verifies."""
+        rows = self._db.execute(
+            "SELECT round FROM rounds WHERE round <= ? ORDER BY round DESC", (up_to,)
+        ).fetchall()
+        for (server_round,) in rows:
+            try:
+                self.load_round(server_round)
+            except StoreError:
+                continue
+            found: int = server_round
+            return found
+        return None
+
+    def roll_back_to(self, server_round: int) -> list[int]:
+        """Forget the rounds after ``server_round`` (their checkpoints failed to verify); the
+        rounds forgotten. Their checkpoint files are kept aside as ``*.corrupt`` for a look,
+        and the privacy ledger keeps their spending (the models may have been released)."""
+        rows = self._db.execute(
+            "SELECT round, checkpoint FROM rounds WHERE round > ? ORDER BY round", (server_round,)
+        ).fetchall()
+        for _, name in rows:
+            path = self.dir / "checkpoints" / name
+            if path.exists():
+                path.replace(path.with_name(path.name + ".corrupt"))
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM rounds WHERE round > ?", (server_round,))
+            self._db.execute("DELETE FROM participants WHERE round > ?", (server_round,))
+        self.write_metrics_jsonl()
+        return [int(r) for r, _ in rows]
+
     def model_digest(self, server_round: int) -> str | None:
         row = self._db.execute(
             "SELECT model_digest FROM rounds WHERE round = ?", (server_round,)
@@ -312,7 +347,19 @@ class RunStore:
             **extra,
         }
         if last is not None:
-            summary["model_file"] = self.export_model(last).name
+            good = self.newest_intact_round(last)
+            if good is None:
+                summary["model_file"] = None
+                summary["model_error"] = f"no checkpoint up to round {last} verifies"
+            else:
+                summary["model_file"] = self.export_model(good).name
+                summary["model_round"] = good
+                if good != last:
+                    summary["model_error"] = (
+                        f"the checkpoint of round {last} does not verify; {summary['model_file']}"
+                        f" holds round {good}, the newest that does"
+                    )
+                    log.error("%s", summary["model_error"])
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 

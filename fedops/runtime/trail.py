@@ -46,6 +46,10 @@ class RunTrail:
     def _record(self, event: str, payload: Mapping[str, Any]) -> None:
         self.audit.record(event, json_values(payload))
 
+    def checkpoint_fallback(self, event: Mapping[str, Any]) -> None:
+        """The run resumed from an earlier round: its last checkpoints did not verify."""
+        self._record("checkpoint_fallback", event)
+
     def run_started(self, run_id: str, config: Mapping[str, Any], *, task_digest: str = "") -> None:
         self._record(
             "run_started",

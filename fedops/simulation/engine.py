@@ -234,6 +234,7 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
         monitoring=monitor_settings(cfg.monitoring, privacy=cfg.privacy.name),
         task=task,
         observers=(trail.observe_round, *([mlflow.observe_round] if mlflow else [])),
+        on_fallback=trail.checkpoint_fallback,
     )
     summary: dict[str, Any] = {"status": "failed"}
     try:

@@ -82,3 +82,48 @@ def test_make_strategy():
         make_strategy("fedsgd", mu=0.0)
     with pytest.raises(ValueError, match="mu must be >= 0"):
         make_strategy("fedprox", mu=-1.0)
+
+
+def test_a_corrupt_last_checkpoint_falls_back_to_the_newest_that_verifies(tmp_path, caplog):
+    """Issue 18 #6: a corrupt checkpoint was exported as model.safetensors, and a resume
+    had nowhere to go. Now the run resumes from the newest intact round, says so, and
+    the summary's model is that round's."""
+    store = RunStore(tmp_path / "run", keep_checkpoints=3)
+    start_or_resume(store, {}, _initial)
+    rounds = {r: {"w": np.full(4, float(r), np.float32), "b": np.array([r], np.float64)}
+              for r in (1, 2, 3)}  # fmt: skip
+    for r, params in rounds.items():
+        store.save_round(r, params, {"acc": r / 10})
+    summary = store.write_summary({"status": "interrupted"})
+    assert (summary["model_round"], summary["model_file"]) == (3, "model.safetensors")
+    (checkpoint,) = (tmp_path / "run" / "checkpoints").glob("*00003*")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-8] + b"\0" * 8)  # a disk error
+    summary = store.write_summary({"status": "interrupted"})
+    assert summary["model_round"] == 2 and "round 3 does not verify" in summary["model_error"]
+    store.close()
+
+    store = RunStore(tmp_path / "run", keep_checkpoints=3)
+    events: list[dict] = []
+    with caplog.at_level(logging.WARNING, logger="fedops.run"):
+        start = start_or_resume(store, {}, _refuse, on_fallback=events.append)
+    assert start.start_round == 3 and digest(start.params) == digest(rounds[2])
+    assert events and events[0]["resumed_from"] == 2 and events[0]["forgotten"] == [3]
+    assert "does not match its recorded sha256" in events[0]["reason"]
+    assert any("resuming from round 2" in r.getMessage() for r in caplog.records)
+    assert store.last_round() == 2 and [m["round"] for m in store.round_metrics()] == [1, 2]
+    assert checkpoint.with_name(checkpoint.name + ".corrupt").exists()
+    store.close()
+
+
+def test_with_no_checkpoint_that_verifies_the_resume_is_refused_in_one_line(tmp_path):
+    from fedops.runtime.store import StoreError
+
+    store = RunStore(tmp_path / "run", keep_checkpoints=1)
+    start_or_resume(store, {}, _initial)
+    store.save_round(1, _initial(), {})
+    store.save_round(2, _initial(), {})  # keeps only round 2's checkpoint
+    for path in (tmp_path / "run" / "checkpoints").iterdir():
+        path.write_bytes(b"garbage")
+    with pytest.raises(StoreError, match="no earlier checkpoint verifies either"):
+        start_or_resume(store, {}, _refuse)
+    store.close()
