@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 CRL_STATE = "crl-seen.json"
 #: where a site keeps the highest number of the CRLs the coordinator delivered to it
 CRL_DELIVERED = "crl-delivered.json"
+#: the longest-lived CRL a site takes from the coordinator: a coordinator that withholds a
+#: newer one can replay an older one only until it goes stale, so that must come soon
+MAX_DELIVERED_CRL_DAYS = 90
 
 
 class CrlError(ConsortiumError):
@@ -129,9 +132,11 @@ class DeliveredCrl:
         self.state_path = state_path
         self._crl: x509.CertificateRevocationList | None = None
         self._pem = b""
-        mark = highest_seen(state_path) if state_path is not None else 0
-        self.floor = floor  # the CA's CRL number when the site's kit was issued
-        self.highest = max(mark, floor)
+        marks = [floor]  # the CA's CRL number when the site's kit was issued
+        if state_path is not None:  # and what this site accepted before (also as crl-seen)
+            marks += [highest_seen(state_path), highest_seen(state_path.with_name(CRL_STATE))]
+        self.floor = floor
+        self.highest = max(marks)
 
     @property
     def number(self) -> int | None:
@@ -154,6 +159,13 @@ class DeliveredCrl:
         ):
             return False  # the same CRL, only encoded otherwise: no news
         number = check_crl(crl, self._ca, highest_seen=self.highest, now=now)
+        if crl.next_update_utc is not None:
+            lifetime = crl.next_update_utc - crl.last_update_utc
+            if lifetime > dt.timedelta(days=MAX_DELIVERED_CRL_DAYS):
+                raise CrlError(
+                    f"valid for {lifetime.days} days; a site takes CRLs valid at most "
+                    f"{MAX_DELIVERED_CRL_DAYS} days (reissue it: fedops consortium crl)"
+                )
         self._crl, self._pem, self.highest = crl, pem, number
         if self.state_path is not None:
             try:

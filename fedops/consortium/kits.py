@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fedops.consortium import ca as authority
 from fedops.consortium import pki, signing
 from fedops.consortium.ca import sign_manifest
+from fedops.consortium.crl import MAX_DELIVERED_CRL_DAYS
 from fedops.consortium.kit import (
     CRL,
 )
@@ -257,8 +258,11 @@ def refresh_crl(out_dir: str | Path, *, days: int = pki.CRL_DAYS) -> tuple[Path,
     CRLs short-lived (the shorter, the sooner a withheld CRL is noticed)
     runs this before each one expires.
     """
-    if days < 1:
-        raise ConsortiumError(f"--days: must be at least 1, got {days}")
+    if not 1 <= days <= MAX_DELIVERED_CRL_DAYS:
+        raise ConsortiumError(
+            f"--days: must be 1..{MAX_DELIVERED_CRL_DAYS} (sites refuse longer-lived CRLs), "
+            f"got {days}"
+        )
     out = Path(out_dir)
     with authority.ca_lock(out):
         ca = authority.load_ca(out)

@@ -147,11 +147,14 @@ class _SecureRound:
         self.dp_min_survivors = min_survivors
 
     def run(self) -> FitOutcome:
+        server = None
         try:
             server = self._server()
             result = self._protocol(server)
         except SecAggAborted as exc:
             log.error("round %d: %s", self.server_round, exc)
+            if server is not None:  # who lied or dealt badly is named even when it aborted
+                self._note_excluded(server)
             return self._outcome([], {"secagg_error": str(exc)})
         return self._outcome(
             [result],

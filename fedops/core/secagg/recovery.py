@@ -23,6 +23,17 @@ from fedops.core.secagg.primitives import SecAggAborted
 Valid = Callable[[int, bytes], bool]
 
 
+class DealtBadly(SecAggAborted):
+    """An owner's own shares (each as it vouched for it) rebuild no secret it committed to."""
+
+    def __init__(self, owner: int) -> None:
+        super().__init__(
+            f"client {owner}'s shares rebuild no secret it committed to: it dealt shares "
+            "of no single polynomial; the round is aborted and the model is unchanged"
+        )
+        self.owner = owner
+
+
 def recover_all(
     shares: Mapping[int, Mapping[int, bytes]], threshold: int, valid: Valid
 ) -> dict[int, bytes]:
@@ -46,10 +57,7 @@ def recover_all(
     for owner in owners:
         secret = secrets.get(owner)
         if secret is None or not valid(owner, secret):
-            raise SecAggAborted(
-                f"client {owner}'s shares rebuild no secret it committed to: it dealt shares "
-                "of no single polynomial; the round is aborted and the model is unchanged"
-            )
+            raise DealtBadly(owner)
     return secrets
 
 

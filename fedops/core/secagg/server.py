@@ -435,4 +435,8 @@ class SecAggServer:
                     good[v] = share
                 else:
                     self.excluded[v] = f"revealed a wrong share of client {owner}'s secret"
-        return recovery.recover_all(checked, self.threshold, valid)
+        try:
+            return recovery.recover_all(checked, self.threshold, valid)
+        except recovery.DealtBadly as exc:
+            self.excluded[exc.owner] = "dealt shares of no single polynomial (round aborted)"
+            raise

@@ -26,7 +26,8 @@ from fedops.consortium import crl as crl_checks
 from fedops.consortium import pki
 from fedops.consortium.crl import CRL_DELIVERED, CRL_STATE, CrlError, DeliveredCrl, check_crl
 from fedops.consortium.kit import KitError, load_kit
-from fedops.consortium.kits import add_site, init_consortium, revoke, sign_manifest
+from fedops.consortium.kits import add_site, init_consortium, refresh_crl, revoke, sign_manifest
+from fedops.consortium.spec import ConsortiumError
 from fedops.consortium.tls import Revocation
 from fedops.v1 import fedops_pb2 as pb
 
@@ -352,3 +353,24 @@ def test_a_site_kit_keeps_working_when_it_holds_an_old_crl_pem(ours, tmp_path):
     assert restarted.crl_path is None and restarted.name == "bank-a"
     again = DeliveredCrl(kit.ca_cert, state_path=site / CRL_DELIVERED, floor=kit.crl_floor)
     assert again.highest == 2
+
+
+def test_an_upgraded_site_keeps_its_old_mark_and_refuses_long_lived_crls(ours, tmp_path):
+    """Red team 2 (issue 17): the mark moved to crl-delivered.json, so a site upgraded from
+    crl-seen.json forgot it; and an 825-day CRL from before the upgrade stayed replayable."""
+    ca_cert = load_kit(ours / "kits" / "bank-a").ca_cert
+    site = tmp_path / "bank-a"
+    site.mkdir()
+    crl_checks.record_seen(site / CRL_STATE, 2)  # what the old release recorded
+    delivered = DeliveredCrl(ca_cert, state_path=site / CRL_DELIVERED, floor=1)
+    assert delivered.highest == 2
+    now = dt.datetime.now(dt.UTC)
+    old = _crl(ours, number=1, last=now - dt.timedelta(days=3), next_=now + dt.timedelta(days=800))
+    with pytest.raises(CrlError, match="rolled back"):
+        delivered.offer(old)
+    long_lived = _crl(ours, number=5, last=now, next_=now + dt.timedelta(days=825))
+    with pytest.raises(CrlError, match="valid for 825 days; a site takes CRLs valid at most 90"):
+        delivered.offer(long_lived)
+    assert delivered.offer(_crl(ours, number=6, last=now, next_=now + dt.timedelta(days=30)))
+    with pytest.raises(ConsortiumError, match=r"--days: must be 1\.\.90"):
+        refresh_crl(ours, days=825)

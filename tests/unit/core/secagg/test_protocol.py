@@ -1088,6 +1088,7 @@ def test_an_owner_dealing_shares_of_no_polynomial_is_named_when_the_round_aborts
     with pytest.raises(SecAggAborted, match="client 3's shares rebuild no secret it committed"):
         r.finish(reveals)
     assert not any("wrong share" in why for why in r.server.excluded.values())
+    assert "dealt shares of no single polynomial" in r.server.excluded[3]  # named, recorded
 
 
 def test_a_holder_complains_about_a_share_its_owner_did_not_vouch_for():
