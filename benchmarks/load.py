@@ -87,7 +87,7 @@ def main() -> int:
     plans = [0, args.hostile] if args.side_by_side else [args.hostile]
     results = []
     for hostile in plans:
-        figures = run_load(args, out / f"hostile-{hostile}", hostile)
+        figures = run_load(args, out / f"hostile-{hostile}" if len(plans) > 1 else out, hostile)
         print(format_figures(figures), flush=True)
         results.append(figures)
     if len(results) == 2 and results[0]["round_s_p95"] and results[1]["round_s_p95"]:

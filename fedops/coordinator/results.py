@@ -48,6 +48,8 @@ UPLOADS_PER_NODE = 2
 #: an upload may take this long, plus its expected size at the slowest rate accepted
 UPLOAD_FLOOR_S = 60.0
 MIN_UPLOAD_BYTES_PER_S = 64 * 1024
+#: and at every chunk, after this grace, it must have kept up that rate on average
+UPLOAD_GRACE_S = 10.0
 
 #: the secure-aggregation stage that trains (and so downloads the model)
 TRAINING_STAGE = Phase.SECAGG_MASKED
@@ -269,12 +271,21 @@ class ResultIntake:
 
 
 def _within(chunks: Iterator[bytes | memoryview], budget_s: float) -> Iterator[bytes | memoryview]:
-    """The chunks, until ``budget_s`` seconds have passed: a trickled upload is cut."""
-    deadline = time.monotonic() + budget_s
+    """The chunks, cut when the upload outlasts ``budget_s`` or, past a short grace, falls
+    below the slowest rate accepted on average: a trickled upload holds a thread briefly."""
+    start = time.monotonic()
+    received = 0
     for chunk in chunks:
-        if time.monotonic() > deadline:
+        received += len(chunk)
+        elapsed = time.monotonic() - start
+        if elapsed > budget_s:
             raise InvalidUpdate(
                 f"the upload took longer than {budget_s:.0f} s (slower than "
                 f"{MIN_UPLOAD_BYTES_PER_S // 1024} KiB/s for the model's size)"
+            )
+        if received < MIN_UPLOAD_BYTES_PER_S * (elapsed - UPLOAD_GRACE_S):
+            raise InvalidUpdate(
+                f"the upload sent {received} bytes in {elapsed:.0f} s: slower than "
+                f"{MIN_UPLOAD_BYTES_PER_S // 1024} KiB/s"
             )
         yield chunk

@@ -167,6 +167,31 @@ def _peer_key(gate: PeerGate | None) -> Callable[[Any], str]:
     return key
 
 
+def _heartbeat(
+    transport: GrpcTransport, gate: PeerGate | None, open_calls: PeerSlots
+) -> Callable[[Any, Any], Any]:
+    """``Heartbeat`` on the event loop: it only authenticates and notes the node alive,
+    so it is served even while every pool thread is busy (uploads, a flood of them)."""
+    peer_of = _peer_key(gate)
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        peer = peer_of(context)
+        PEER.set(peer)  # this call's task has its own context
+        try:
+            if gate is not None:
+                gate.caller(context, "Heartbeat")
+            with open_calls.hold(peer):
+                if isinstance(request, Malformed):
+                    raise _malformed(transport, request)
+                if gate is not None:
+                    _check_peer(gate, context, "Heartbeat", request)
+                return transport.heartbeat(request)
+        except Reject as exc:
+            await context.abort(exc.code, exc.reason)
+
+    return handler
+
+
 def _pull(
     transport: GrpcTransport, gate: PeerGate | None, parked: ParkedPolls, polls: PeerSlots
 ) -> Callable[[Any, Any], Any]:
@@ -298,7 +323,7 @@ def build_server(
             response_serializer=_serialize,
         ),
         "Heartbeat": grpc.unary_unary_rpc_method_handler(
-            _unary(transport, transport.heartbeat, "Heartbeat", gate, limits.unary),
+            _heartbeat(transport, gate, limits.unary),
             request_deserializer=_tolerant(pb.HeartbeatRequest),
             response_serializer=_serialize,
         ),

@@ -29,7 +29,7 @@ from fedops.core.params import InvalidUpdate
 from fedops.v1 import fedops_pb2 as pb
 
 #: how long the intake waits for the next payload chunk before refusing the upload
-CHUNK_IDLE_S = 20.0
+CHUNK_IDLE_S = 60.0
 
 _END = object()
 

@@ -14,6 +14,7 @@ refused and stored nowhere; a site that registers again replaces its node
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -410,3 +411,55 @@ def _calls(channel: grpc.Channel) -> dict[str, Any]:
         "pull": unary("PullTask", pb.PullTaskRequest, pb.Task),
         "heartbeat": unary("Heartbeat", pb.HeartbeatRequest, pb.HeartbeatResponse),
     }
+
+
+def test_trickled_uploads_holding_every_pool_thread_leave_heartbeats_served(tmp_path: Path):
+    """Red team 2 (issue 17): nodes given a task opened uploads with a valid header and then
+    sent a byte a second; every pool thread was held and honest nodes were declared dead.
+    Heartbeats are now served on the event loop, and a trickle is cut by the rate check."""
+    import numpy as np
+
+    from fedops.core.params import specs_of, total_bytes
+    from fedops.wire import codec
+
+    coord = Coordinator(tmp_path, pool=2)
+    release = threading.Event()
+    try:
+        honest = coord.register("site-honest")
+        attackers = [coord.register(f"site-evil-{i}") for i in range(2)]
+        params = {"w": np.zeros(64, np.float32)}
+        ids = coord.transport.dispatch(1, Phase.FIT, [a.node_id for a in attackers], params, {})
+        headers = []
+        for node in attackers:
+            task = coord.poll(node)
+            assert task.task_id == ids[node.node_id]
+            header = pb.ResultHeader(
+                node_id=node.node_id, token=node.token, run_id=coord.transport.run_id,
+                round=1, task_id=task.task_id, kind=task.kind, num_examples=1,
+                tensors=codec.specs_to_proto(specs_of(params)),
+                total_bytes=total_bytes(specs_of(params)),
+            )  # fmt: skip
+            headers.append(pb.PushResultRequest(header=header).SerializeToString())
+
+        def trickle(head: bytes) -> Iterator[bytes]:
+            yield head
+            release.wait(30)  # the payload never comes (a byte a minute, say)
+
+        push = coord.channel.stream_unary(
+            f"/{SERVICE}/PushResult", request_serializer=_raw, response_deserializer=_raw
+        )
+        uploads = [push.future(trickle(h), timeout=60) for h in headers]
+        deadline = time.monotonic() + 20
+        while sum(coord.transport._uploading.values()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sum(coord.transport._uploading.values()) == 2  # both pool threads are held
+        for _ in range(5):  # still served, and quickly
+            started = time.monotonic()
+            assert coord.heartbeat(honest)
+            assert time.monotonic() - started < CALL_S
+        release.set()
+        for upload in uploads:
+            assert upload.exception(timeout=30) is not None  # cut off, never accepted
+    finally:
+        release.set()
+        coord.close()

@@ -279,3 +279,15 @@ def test_one_node_may_hold_only_two_upload_threads_and_a_trickle_is_cut():
     with pytest.raises(InvalidUpdate, match="took longer than"):
         list(_within(iter([b"x"]), budget_s=-1.0))
     assert list(_within(iter([b"x", b"y"]), budget_s=60.0)) == [b"x", b"y"]
+
+
+def test_an_upload_below_the_slowest_rate_is_cut_after_the_grace(monkeypatch):
+    from fedops.coordinator import results
+    from fedops.core.params import InvalidUpdate
+
+    clock = iter([0.0, 5.0, 30.0, 30.0])  # start, a chunk inside the grace, one long after
+    monkeypatch.setattr(results.time, "monotonic", lambda: next(clock))
+    chunks = results._within(iter([b"a" * 10, b"b" * 10]), budget_s=3600.0)
+    assert next(chunks) == b"a" * 10  # 10 bytes in 5 s: still inside the grace
+    with pytest.raises(InvalidUpdate, match="sent 20 bytes in 30 s: slower than 64 KiB/s"):
+        next(chunks)
