@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -100,8 +102,22 @@ def _config(args: argparse.Namespace) -> Any:
     raise AssertionError(f"no config for {args.command}")
 
 
+def _stop_as_ctrl_c() -> None:
+    """SIGTERM (``docker stop``, systemd, ``kill``) ends a run like Ctrl-C: the rounds
+    committed so far stay in the run directory and ``summary.json`` says so."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # (an in-process caller on another thread keeps its own handling)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["simulate"], ["coordinator"], ["client"]):
+        _stop_as_ctrl_c()
     if argv[:1] == ["simulate"]:
         from fedops.config.hydra_app import simulate_main
 

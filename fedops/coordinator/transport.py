@@ -51,6 +51,10 @@ MAX_POLL_S = 10.0
 _KIND_OF_PHASE = {Phase.FIT: pb.TASK_KIND_FIT, Phase.EVALUATE: pb.TASK_KIND_EVALUATE}
 
 
+#: how often the coordinator says whom it waits for while below --min-clients
+WAITING_LOG_S = 10.0
+
+
 class GrpcTransport(ResultIntake):
     """Coordinator state shared by the gRPC handlers and the round driver.
 
@@ -110,6 +114,7 @@ class GrpcTransport(ResultIntake):
     # ------------------------------------------------------------------
     def wait_for_nodes(self, count: int, timeout_s: float) -> list[str]:
         deadline = time.monotonic() + timeout_s
+        said = time.monotonic()
         with self._cond:
             while len(self.available_nodes()) < count and not self._closed:
                 remaining = deadline - time.monotonic()
@@ -117,7 +122,23 @@ class GrpcTransport(ResultIntake):
                     break
                 self._cond.wait(min(remaining, 1.0))
                 self._drop_silent()
+                if time.monotonic() - said >= WAITING_LOG_S:  # say what it is waiting for
+                    said = time.monotonic()
+                    self._say_waiting(count, remaining)
         return self.available_nodes()
+
+    def _say_waiting(self, count: int, remaining_s: float) -> None:
+        have = [self.registry.site_name(n) for n in self.available_nodes()]
+        shown = ", ".join(sorted(have)[:8]) + (" …" if len(have) > 8 else "")
+        log.info(
+            "waiting for %d more site(s) to start the round (have %d of --min-clients %d%s); "
+            "giving up in %.0f s",
+            count - len(have),
+            len(have),
+            count,
+            f": {shown}" if have else "",
+            remaining_s,
+        )
 
     def available_nodes(self) -> list[str]:
         """Nodes that have polled for work (see :attr:`~fedops.coordinator.nodes.Node.polled`)."""

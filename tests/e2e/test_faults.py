@@ -366,3 +366,28 @@ def test_client_killed_after_pulling_or_mid_upload_does_not_count(
         assert rejected == [], rejected
     (committed,) = [e for e in entries if e["event"] == "round_committed" and e["round"] == 2]
     assert committed["num_clients"] == 2
+
+
+def test_a_coordinator_says_whom_it_waits_for_and_sigterm_ends_it_like_ctrl_c(
+    procs: Procs, tmp_path: Path
+):
+    """Issue 18 #10: below --min-clients the coordinator said nothing, and SIGTERM (docker
+    stop, systemd) killed it without a summary."""
+    port, run_dir = free_port(), tmp_path / "run"
+    coord = procs.coordinator(
+        "coordinator", port, run_dir, "--task", "digits", "--min-clients", "3",
+        "--join-timeout", "300",
+    )  # fmt: skip
+    procs.client("site0", port, 0, 3)
+    wait_until(
+        lambda: (
+            "waiting for 2 more site(s) to start the round (have 1 of --min-clients 3: "
+            "site-0)" in procs.log("coordinator")
+        ),
+        90,
+        "the coordinator to say whom it waits for",
+    )
+    coord.send_signal(signal.SIGTERM)
+    assert procs.wait(coord, 60, "coordinator") == 130, procs.log("coordinator")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["rounds_completed"] == 0, summary
