@@ -10,6 +10,7 @@ certificate is refused on its next call, and parties that are not sites
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -17,7 +18,10 @@ import grpc
 
 from fedops.consortium import pki
 from fedops.consortium.tls import Revocation, peer_certificate
+from fedops.coordinator.guard import RateLimit
 from fedops.coordinator.results import Reject
+
+log = logging.getLogger("fedops.coordinator")
 
 #: the roles that may call each Coordinator RPC
 TRAINING_ROLES = frozenset({"site"})
@@ -52,6 +56,7 @@ class PeerGate:
         self.revocation = revocation
         self.site_of_node = site_of_node
         self.on_refusal = on_refusal
+        self._said = RateLimit(burst=3, every_s=20.0, max_keys=1024)  # log lines, per reason
 
     def caller(self, context: grpc.ServicerContext, method: str) -> str:
         """The calling site's name; refuses callers without a valid, unrevoked site certificate."""
@@ -79,5 +84,7 @@ class PeerGate:
             )
 
     def _refuse(self, who: str, code: grpc.StatusCode, reason: str) -> NoReturn:
+        if not self._said.wait_s(reason):  # an operator sees who is turned away, and why
+            log.warning("refused a call: %s (%s)", reason, code.name)
         self.on_refusal(who, code.name, reason)
         raise Reject(code, reason)

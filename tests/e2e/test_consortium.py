@@ -163,6 +163,8 @@ def test_a_consortium_trains_over_mtls_and_refuses_everyone_else(procs: Procs, t
     assert sites["bank-b"].wait(timeout=120) == 1  # it cannot take part any more, and says why
     assert "the coordinator refuses this site" in procs.log("bank-b")
     assert "revoked" in procs.log("bank-b")
+    # the operator sees it too: a WARNING naming the site (a few per reason, not a flood)
+    assert "refused a call: the certificate of 'bank-b' is revoked" in procs.log("coordinator")
 
     rows = metrics(run_dir)
     assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
