@@ -161,7 +161,8 @@ class DeliveredCrl:
         number = check_crl(crl, self._ca, highest_seen=self.highest, now=now)
         if crl.next_update_utc is not None:
             lifetime = crl.next_update_utc - crl.last_update_utc
-            if lifetime > dt.timedelta(days=MAX_DELIVERED_CRL_DAYS):
+            # (the CA backdates last_update by the clock skew it allows)
+            if lifetime > dt.timedelta(days=MAX_DELIVERED_CRL_DAYS) + pki.CLOCK_SKEW:
                 raise CrlError(
                     f"valid for {lifetime.days} days; a site takes CRLs valid at most "
                     f"{MAX_DELIVERED_CRL_DAYS} days (reissue it: fedops consortium crl)"

@@ -48,8 +48,8 @@ UPLOADS_PER_NODE = 2
 #: an upload may take this long, plus its expected size at the slowest rate accepted
 UPLOAD_FLOOR_S = 60.0
 MIN_UPLOAD_BYTES_PER_S = 64 * 1024
-#: and at every chunk, after this grace, it must have kept up that rate on average
-UPLOAD_GRACE_S = 10.0
+#: and at every chunk past that floor it must have kept up that rate on average
+UPLOAD_GRACE_S = UPLOAD_FLOOR_S
 
 #: the secure-aggregation stage that trains (and so downloads the model)
 TRAINING_STAGE = Phase.SECAGG_MASKED

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedops.core.params import Params
+from fedops.core.rounds import Outcome, Phase
 from fedops.core.strategies import STRATEGIES, FedProx, Krum, MultiKrum, TrimmedMean
 from fedops.core.strategies.base import Strategy
 from fedops.crypto import Crypto
@@ -203,6 +204,13 @@ def execute(
                 control=plan.control,
             ).run(start.params, start_round=start.start_round)
         status = "completed"
+        if start.start_round <= plan.driver.rounds and not _trained(store, start.start_round):
+            status = "no_progress"  # every round ran, but no site's update was taken
+            extra["stop_reason"] = (
+                f"no round from {start.start_round} on accepted any site's update (every site "
+                "declined, failed or was rejected): the model did not change"
+            )
+            log.warning("%s", extra["stop_reason"])
     except BudgetExhausted as exc:
         log.warning("%s", exc)
         status = "budget_exhausted"
@@ -251,4 +259,14 @@ def _secure_fit(plan: RunPlan, run_id: str, transport: Transport) -> SecureFit |
         run_id=run_id,
         timeout_s=plan.driver.round_timeout_s,
         site_names=plan.site_names,
+    )
+
+
+def _trained(store: RunStore, first_round: int) -> bool:
+    """Whether any round from ``first_round`` on took at least one site's update."""
+    last = store.last_round() or 0
+    return any(
+        p.phase == str(Phase.FIT) and p.outcome == str(Outcome.OK)
+        for r in range(first_round, last + 1)
+        for p in store.participants(r)
     )

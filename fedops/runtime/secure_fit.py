@@ -153,8 +153,8 @@ class _SecureRound:
             result = self._protocol(server)
         except SecAggAborted as exc:
             log.error("round %d: %s", self.server_round, exc)
-            if server is not None:  # who lied or dealt badly is named even when it aborted
-                self._note_excluded(server)
+            if server is not None:  # who provably lied or dealt badly is named even then
+                self._note_excluded(server, proven_only=True)
             return self._outcome([], {"secagg_error": str(exc)})
         return self._outcome(
             [result],
@@ -293,8 +293,10 @@ class _SecureRound:
             if outcome is not Outcome.OK and node not in self.left:
                 self.left[node] = (outcome, f"{tracker.phase}: {tracker.reasons.get(node, '')}")
 
-    def _note_excluded(self, server: SecAggServer) -> None:
-        for i, reason in server.excluded.items():
+    def _note_excluded(self, server: SecAggServer, *, proven_only: bool = False) -> None:
+        """Why the server left clients out. On an abort only what it checked itself: a
+        complaint there may be an honest site's about a dishonest dealer."""
+        for i, reason in (server.proven if proven_only else server.excluded).items():
             node = self.node[i]
             if node not in self.left:
                 self.left[node] = (Outcome.REJECTED, f"secagg: {reason}")

@@ -249,11 +249,21 @@ class RunStore:
         ).fetchall()
         for _, name in rows:
             path = self.dir / "checkpoints" / name
-            if path.exists():
-                path.replace(path.with_name(path.name + ".corrupt"))
+            if path.exists():  # (a second fallback past the same round keeps both copies)
+                aside = path.with_name(path.name + ".corrupt")
+                n = 1
+                while aside.exists() and n < 1000:
+                    aside, n = path.with_name(f"{path.name}.corrupt.{n}"), n + 1
+                path.replace(aside)
+        ledger = self.privacy_ledger()  # the newest: it counts the forgotten rounds' releases
         with self._lock, self._db:
             self._db.execute("DELETE FROM rounds WHERE round > ?", (server_round,))
             self._db.execute("DELETE FROM participants WHERE round > ?", (server_round,))
+            if ledger is not None:  # kept as of the round resumed from, so it stays newest
+                self._db.execute("DELETE FROM privacy_spent WHERE round >= ?", (server_round,))
+                self._db.execute(
+                    "INSERT INTO privacy_spent VALUES (?, ?)", (server_round, json.dumps(ledger))
+                )
         self.write_metrics_jsonl()
         return [int(r) for r, _ in rows]
 

@@ -127,6 +127,9 @@ class SecAggServer:
         self.crypto = crypto
         self.clients = tuple(sorted(clients))
         self.excluded: dict[int, str] = {}
+        #: misbehaviour the server checked itself (a revealed share against its digest, an
+        #: owner's shares against its commitment), unlike a complaint, which only accuses
+        self.proven: dict[int, str] = {}
         self.stage = 1
         self._keys: dict[int, PublicKeys] = {}
         self._shares: dict[int, ShareKeys] = {}
@@ -434,9 +437,11 @@ class SecAggServer:
                 if digest(owner, v, share) == dealt[v]:
                     good[v] = share
                 else:
-                    self.excluded[v] = f"revealed a wrong share of client {owner}'s secret"
+                    why = f"revealed a wrong share of client {owner}'s secret"
+                    self.excluded[v] = self.proven[v] = why
         try:
             return recovery.recover_all(checked, self.threshold, valid)
         except recovery.DealtBadly as exc:
-            self.excluded[exc.owner] = "dealt shares of no single polynomial (round aborted)"
+            why = "dealt shares of no single polynomial (round aborted)"
+            self.excluded[exc.owner] = self.proven[exc.owner] = why
             raise

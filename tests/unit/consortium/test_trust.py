@@ -374,3 +374,5 @@ def test_an_upgraded_site_keeps_its_old_mark_and_refuses_long_lived_crls(ours, t
     assert delivered.offer(_crl(ours, number=6, last=now, next_=now + dt.timedelta(days=30)))
     with pytest.raises(ConsortiumError, match=r"--days: must be 1\.\.90"):
         refresh_crl(ours, days=825)
+    refresh_crl(ours, days=90)  # the longest the CA may issue: sites take it (red team 3)
+    assert DeliveredCrl(ca_cert).offer((ours / "ca" / "crl.pem").read_bytes())

@@ -285,9 +285,13 @@ def test_an_upload_below_the_slowest_rate_is_cut_after_the_grace(monkeypatch):
     from fedops.coordinator import results
     from fedops.core.params import InvalidUpdate
 
-    clock = iter([0.0, 5.0, 30.0, 30.0])  # start, a chunk inside the grace, one long after
+    clock = iter([0.0, 50.0, 90.0, 90.0])  # start, a chunk inside the grace, one past it
     monkeypatch.setattr(results.time, "monotonic", lambda: next(clock))
     chunks = results._within(iter([b"a" * 10, b"b" * 10]), budget_s=3600.0)
-    assert next(chunks) == b"a" * 10  # 10 bytes in 5 s: still inside the grace
-    with pytest.raises(InvalidUpdate, match="sent 20 bytes in 30 s: slower than 64 KiB/s"):
+    assert next(chunks) == b"a" * 10  # 10 bytes in 50 s: still inside the grace
+    with pytest.raises(InvalidUpdate, match="sent 20 bytes in 90 s: slower than 64 KiB/s"):
         next(chunks)
+    # an honest upload on a slow link (32 KiB/s), inside the first minute, is never cut
+    clock = iter([0.0, 30.0, 31.0])
+    slow = results._within(iter([b"x" * (32 * 1024 * 30), b"y"]), budget_s=3600.0)
+    assert len(list(slow)) == 2

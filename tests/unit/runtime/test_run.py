@@ -127,3 +127,24 @@ def test_with_no_checkpoint_that_verifies_the_resume_is_refused_in_one_line(tmp_
     with pytest.raises(StoreError, match="no earlier checkpoint verifies either"):
         start_or_resume(store, {}, _refuse)
     store.close()
+
+
+def test_a_fallback_keeps_the_privacy_spent_in_the_rounds_it_forgot(tmp_path):
+    """Red team 3: after falling back past two rounds, the forgotten round's old ledger row
+    outranked the re-run's, and a restart under-reported the spend."""
+    store = RunStore(tmp_path / "run", keep_checkpoints=5)
+    start_or_resume(store, {}, _initial)
+    for r in range(1, 6):
+        store.save_round(r, {"w": np.full(4, float(r), np.float32), "b": np.array([r])}, {})
+        store.spend_privacy(r, {"rounds": r})
+    for r in (4, 5):
+        (path,) = (tmp_path / "run" / "checkpoints").glob(f"*0000{r}*")
+        path.write_bytes(b"corrupt")
+    start = start_or_resume(store, {}, _refuse)
+    assert start.start_round == 4
+    assert store.privacy_ledger() == {"rounds": 5}  # still counts what rounds 4 and 5 spent
+    store.spend_privacy(4, {"rounds": 6})  # the re-run of round 4 spends again
+    store.close()
+    store = RunStore(tmp_path / "run", keep_checkpoints=5)
+    assert store.privacy_ledger() == {"rounds": 6}  # after a restart: nothing lost
+    store.close()

@@ -241,6 +241,7 @@ def test_write_summary(store):
         "rejections": 1,
         "status": "completed",
         "model_file": "model.safetensors",
+        "model_round": 2,
     }
     assert json.loads((store.dir / "summary.json").read_text()) == summary
 

@@ -990,6 +990,7 @@ def test_a_complaint_leaves_the_complainer_out_and_the_rest_sums_exactly(crypto,
     for i, reply in replies.items():
         r.server.receive_masked(i, reply)
     assert "could not decrypt the shares of clients [2]" in r.server.excluded[complainer]
+    assert complainer not in r.server.proven  # a complaint accuses; it proves nothing
     consistency = r.server.close_masked()
     assert set(consistency) == {1, 2, 3, 5, 6}
     assert all(req.survivors == (1, 2, 3, 5, 6) for req in consistency.values())
@@ -1058,6 +1059,7 @@ def test_six_lying_revealers_are_named_and_no_honest_holder_is_blamed():
     result = r.finish(reveals)
     assert np.array_equal(result.total, r.expected(result.survivors))
     assert {v for v, why in r.server.excluded.items() if "wrong share" in why} == liars
+    assert set(r.server.proven) == liars  # checked by the server: safe to record on an abort
 
 
 def test_an_owner_dealing_shares_of_no_polynomial_is_named_when_the_round_aborts():
