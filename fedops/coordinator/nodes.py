@@ -29,6 +29,10 @@ DEFAULT_MAX_NODES = 10_000
 HISTORY_FACTOR = 4
 
 
+#: node ids and tokens are fedops' own, far shorter; longer ones are refused unread
+MAX_TOKEN_CHARS = 128
+
+
 class Unauthenticated(Exception):
     """A call named a node that is unknown, or with the wrong token."""
 
@@ -100,6 +104,9 @@ class NodeRegistry:
 
     def authenticate(self, node_id: str, token: str) -> Node:
         """The node, touched; raise :class:`Unauthenticated` on any mismatch."""
+        if len(token) > MAX_TOKEN_CHARS or len(node_id) > MAX_TOKEN_CHARS:
+            # ours are short: a megabyte token is refused before any work (or lock)
+            raise Unauthenticated(f"unknown node {shown(node_id)} or wrong token: register again")
         with self._lock:
             node = self._nodes.get(node_id)
             if node is None or not hmac.compare_digest(node.token.encode(), token.encode()):
