@@ -26,7 +26,7 @@ from fedops.client.secure import SecureParticipant, secure_identity
 from fedops.client.trail import SiteTrail, phase_of
 from fedops.consortium.crl import CRL_DELIVERED, DeliveredCrl
 from fedops.consortium.kit import Kit
-from fedops.core.params import InvalidUpdate, Params
+from fedops.core.params import InvalidUpdate, Params, specs_of
 from fedops.core.secagg.primitives import ProtocolError
 from fedops.crypto import Crypto
 from fedops.runtime.settings import ClientConfig
@@ -247,6 +247,7 @@ class Agent:
             protocol_version=PROTOCOL_VERSION,
             site_name=self.site_name,
             num_train_examples=self.announced_examples,
+            model=codec.specs_to_proto(specs_of(self.site.initial_params())),
         )
         reply = self._retrying("register", lambda: self.stub.Register(request, timeout=30))
         log.info(
@@ -291,11 +292,11 @@ class Agent:
                 except _Reregister:
                     log.warning("the coordinator no longer knows this node; registering again")
                     self.session = self._register()
-        except grpc.RpcError as exc:
-            if exc.code() is not grpc.StatusCode.PERMISSION_DENIED:
-                raise
+        except grpc.RpcError as exc:  # not worth a retry: the coordinator said why, say it
             self._audit("refused_by_coordinator", code=exc.code().name, reason=exc.details())
-            raise CoordinatorRefused(f"the coordinator refuses this site: {exc.details()}") from exc
+            raise CoordinatorRefused(
+                f"the coordinator refuses this site ({exc.code().name}): {exc.details()}"
+            ) from exc
         finally:
             # Join the heartbeat thread before closing the channel: a gRPC call still in
             # flight at interpreter exit aborts the process.

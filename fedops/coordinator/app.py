@@ -18,7 +18,7 @@ from fedops.coordinator.peers import PeerGate
 from fedops.coordinator.server import build_server
 from fedops.coordinator.transport import GrpcTransport
 from fedops.core.monitoring.summary import MonitorThresholds
-from fedops.core.params import Params
+from fedops.core.params import Params, specs_of
 from fedops.core.privacy.central import AdaptiveClipping
 from fedops.core.strategies.base import Strategy
 from fedops.runtime.audit import AuditLog
@@ -109,6 +109,9 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
     log.info("coordinator for run %s listening on %s", run_id, cfg.address)
     if cfg.wait_for_start:
         log.info("waiting for an admin's `fedops admin start` before round 1")
+
+    if task is not None:  # a site whose task builds another model is refused at Register
+        transport.model_specs = specs_of(initial_params(task, cfg.seed))
 
     def first_params() -> Params:
         if task is not None:

@@ -30,7 +30,9 @@ from fedops.coordinator.nodes import (
 from fedops.coordinator.results import TRAINING_STAGE, Assignment, Reject, ResultIntake
 from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import (
+    InvalidUpdate,
     Params,
+    TensorSpec,
     digest,
     specs_of,
     total_bytes,
@@ -96,6 +98,8 @@ class GrpcTransport(ResultIntake):
         self.audit = audit
         self.audit_head = audit_head
         self.crl: Callable[[], bytes | None] | None = None
+        #: the run's model (from the coordinator's task): a site building another is refused
+        self.model_specs: list[TensorSpec] | None = None
         self.registry = NodeRegistry(max_nodes)
         self.registrations = RateLimit(max_keys=2 * max_nodes)
         self._cond = threading.Condition()
@@ -126,6 +130,25 @@ class GrpcTransport(ResultIntake):
                     said = time.monotonic()
                     self._say_waiting(count, remaining)
         return self.available_nodes()
+
+    def _check_model(self, request: pb.RegisterRequest) -> None:
+        """A site whose task builds another architecture is refused now, naming both,
+        not after a round's download fails on it."""
+        if self.model_specs is None or not request.model:
+            return
+        try:
+            theirs = codec.specs_from_proto(request.model)
+        except InvalidUpdate as exc:
+            self._reject(0, "?", grpc.StatusCode.INVALID_ARGUMENT, f"model specs: {exc}")
+        difference = _model_difference(self.model_specs, theirs)
+        if difference:
+            self._reject(
+                0,
+                "?",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the site's build_model() is not this run's model: {difference} (check that "
+                "the site runs the same --task as the coordinator)",
+            )
 
     def _say_waiting(self, count: int, remaining_s: float) -> None:
         have = [self.registry.site_name(n) for n in self.available_nodes()]
@@ -274,6 +297,7 @@ class GrpcTransport(ResultIntake):
             self._reject(0, "?", exc.code, exc.reason)
         # keyed by caller and name: without a kit, a stranger looping on a site's name
         # must not use up that site's own registrations
+        self._check_model(request)
         wait_s = self.registrations.wait_s(f"{PEER.get()}|{site}")
         if wait_s:  # each registration is a signed audit entry: one site may not loop on it
             self._reject(
@@ -416,3 +440,22 @@ class GrpcTransport(ResultIntake):
                     NodeDropped(node_id=node, reason=f"silent for {self.liveness_timeout_s:.0f} s")
                 )
             log.warning("node %s dropped: silent for %.0f s", node, self.liveness_timeout_s)
+
+
+def _model_difference(ours: Sequence[TensorSpec], theirs: Sequence[TensorSpec]) -> str:
+    """The first way ``theirs`` differs from ``ours`` ("" when they are the same)."""
+    mine = {s.name: s for s in ours}
+    other = {s.name: s for s in theirs}
+
+    def show(spec: TensorSpec) -> str:
+        return f"{spec.name} {spec.dtype} {list(spec.shape)}"
+
+    for name, spec in mine.items():
+        if name not in other:
+            return f"it has no tensor {name!r} (the run's: {show(spec)})"
+        if (other[name].dtype, tuple(other[name].shape)) != (spec.dtype, tuple(spec.shape)):
+            return f"it has {show(other[name])} where the run has {show(spec)}"
+    extra = [n for n in other if n not in mine]
+    if extra:
+        return f"it has tensors the run's model lacks: {', '.join(repr(n) for n in extra[:3])}"
+    return ""

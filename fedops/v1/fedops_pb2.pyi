@@ -35,7 +35,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("protocol_version", "site_name", "num_train_examples", "properties")
+    __slots__ = ("protocol_version", "site_name", "num_train_examples", "properties", "model")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -47,11 +47,13 @@ class RegisterRequest(_message.Message):
     SITE_NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_TRAIN_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     protocol_version: str
     site_name: str
     num_train_examples: int
     properties: _containers.ScalarMap[str, str]
-    def __init__(self, protocol_version: _Optional[str] = ..., site_name: _Optional[str] = ..., num_train_examples: _Optional[int] = ..., properties: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    model: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    def __init__(self, protocol_version: _Optional[str] = ..., site_name: _Optional[str] = ..., num_train_examples: _Optional[int] = ..., properties: _Optional[_Mapping[str, str]] = ..., model: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("node_id", "token", "run_id", "heartbeat_interval_ms", "max_chunk_bytes")

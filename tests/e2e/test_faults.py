@@ -391,3 +391,15 @@ def test_a_coordinator_says_whom_it_waits_for_and_sigterm_ends_it_like_ctrl_c(
     assert procs.wait(coord, 60, "coordinator") == 130, procs.log("coordinator")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["rounds_completed"] == 0, summary
+
+
+def test_a_site_running_another_task_is_refused_when_it_registers(procs: Procs, tmp_path: Path):
+    """Issue 18 #8: refused at Register with both models named, not mid-round."""
+    port, run_dir = free_port(), tmp_path / "run"
+    procs.coordinator("coordinator", port, run_dir, "--task", "digits", "--min-clients", "1")
+    site = procs.client("site0", port, 0, 1, task="digits-mlp")
+    assert procs.wait(site, 120, "site0") != 0, procs.log("site0")
+    log = procs.log("site0")
+    assert "the site's build_model() is not this run's model" in log, log
+    assert "where the run has" in log or "no tensor" in log or "lacks" in log, log
+    assert "Traceback" not in log, log

@@ -295,3 +295,36 @@ def test_an_upload_below_the_slowest_rate_is_cut_after_the_grace(monkeypatch):
     clock = iter([0.0, 30.0, 31.0])
     slow = results._within(iter([b"x" * (32 * 1024 * 30), b"y"]), budget_s=3600.0)
     assert len(list(slow)) == 2
+
+
+def test_a_site_building_another_model_is_refused_at_registration_naming_both():
+    """Issue 18 #8: a site whose task built another architecture joined, and the round
+    failed on it later ("silent for 10 s")."""
+    from fedops.core.params import TensorSpec
+    from fedops.wire import codec
+
+    transport = GrpcTransport(run_id="r1")
+    ours = [TensorSpec(name="w", dtype="float32", shape=(10, 64)),
+            TensorSpec(name="b", dtype="float32", shape=(10,))]  # fmt: skip
+    transport.model_specs = ours
+
+    def register(specs: list[TensorSpec], name: str) -> pb.RegisterResponse:
+        return transport.register(
+            pb.RegisterRequest(
+                protocol_version=PROTOCOL_VERSION, site_name=name, model=codec.specs_to_proto(specs)
+            )
+        )
+
+    assert register(ours, "a").node_id
+    assert register([], "b").node_id  # an agent that does not say: checked later, as before
+    for specs, words in (
+        ([ours[0], TensorSpec(name="b", dtype="float32", shape=(3,))],
+         "it has b float32 [3] where the run has b float32 [10]"),
+        ([ours[0]], "it has no tensor 'b' (the run's: b float32 [10])"),
+        ([*ours, TensorSpec(name="extra", dtype="float32", shape=(1,))],
+         "it has tensors the run's model lacks: 'extra'"),
+    ):  # fmt: skip
+        with pytest.raises(Reject) as refused:
+            register(specs, "c")
+        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert words in refused.value.reason and "same --task" in refused.value.reason
