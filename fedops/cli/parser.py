@@ -330,6 +330,21 @@ def _ca_fingerprint_flag(parser: Any) -> None:
     )
 
 
+def _duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``30m`` or ``2h``."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (a number with s, m or h: 90s, 30m, 2h)"
+        ) from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be > 0")
+    return seconds
+
+
 def _client_parser(sub: Any) -> None:
     client = sub.add_parser("client", help="run a site's agent against a coordinator")
     client.add_argument(
@@ -358,7 +373,15 @@ def _client_parser(sub: Any) -> None:
         "--max-retries",
         type=int,
         default=30,
-        help="consecutive failed connection attempts before giving up",
+        help="consecutive failed connection attempts before giving up (default: 30)",
+    )
+    client.add_argument(
+        "--retry-for",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="keep retrying an unreachable coordinator this long instead (e.g. 90s, 30m, 2h): "
+        "an agent that outlives a maintenance window",
     )
     client.add_argument(
         "--require-secagg",

@@ -203,19 +203,37 @@ class Agent:
 
     # -- plumbing --------------------------------------------------------
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
-        failures = 0
+        failures, first = 0, time.monotonic()
         while True:
             try:
                 return call()
             except grpc.RpcError as exc:
                 if exc.code() not in RETRYABLE:
                     raise
+                details = exc.details() or ""
+                if "handshake failed" in details.lower():  # not a blip: say so at once
+                    raise CoordinatorRefused(
+                        f"TLS handshake with {self.cfg.coordinator} failed: the coordinator's "
+                        "certificate is not from this kit's CA, or this kit's is not from its "
+                        f"(another consortium, or a replaced kit?): {details[-300:]}"
+                    ) from exc
                 failures += 1
-                if failures > self.cfg.max_retries:
+                if self._out_of_retries(failures, first):
+                    budget = (
+                        f"--retry-for {self.cfg.retry_for:g} s"
+                        if self.cfg.retry_for is not None
+                        else f"--max-retries {self.cfg.max_retries}"
+                    )
+                    hint = (
+                        " (the coordinator closed the connection at once: does it need TLS, "
+                        "a consortium kit (--kit)?)"
+                        if "socket closed" in details.lower() and self.kit is None
+                        else ""
+                    )
                     raise CoordinatorUnreachable(
                         f"coordinator {self.cfg.coordinator} unreachable: {what} failed "
-                        f"{failures} times in a row ({exc.code().name}); giving up "
-                        f"(--max-retries {self.cfg.max_retries})"
+                        f"{failures} times in a row ({exc.code().name}: {details[-200:]}); "
+                        f"giving up ({budget}){hint}"
                     ) from exc
                 delay = min(10.0, 0.5 * 2 ** (failures - 1)) * (0.5 + self._rng.random())
                 log.warning(
@@ -228,6 +246,11 @@ class Agent:
                 )
                 if self._stop.wait(delay):
                     raise CoordinatorUnreachable("stopped") from exc
+
+    def _out_of_retries(self, failures: int, first: float) -> bool:
+        if self.cfg.retry_for is not None:
+            return time.monotonic() - first > self.cfg.retry_for
+        return failures > self.cfg.max_retries
 
     def _audit(self, event: str, **payload: Any) -> None:
         self.trail.audit(event, **payload)
@@ -331,7 +354,7 @@ class Agent:
             return self.policy.consents()  # consent withdrawn: this site leaves the run
         try:
             self._handle(task, session)
-        except (grpc.RpcError, _Reregister, CoordinatorUnreachable):
+        except (grpc.RpcError, _Reregister, CoordinatorUnreachable, CoordinatorRefused):
             raise
         except Exception as exc:  # whatever a task does to the site's code, never fatal
             log.exception("round %d: the task failed at this site", task.round)

@@ -315,6 +315,7 @@ class ClientConfig(TrainOptions, TaskOptions):
     site_name: str = ""
     run_dir: Path | None = None
     max_retries: int = 30
+    retry_for: float | None = None  # seconds of retrying instead of --max-retries attempts
     poll_wait_s: float = 5.0
     require_secagg: bool = False
     #: send drift and fairness statistics even under --require-secagg or --max-epsilon

@@ -24,6 +24,10 @@ BAD = [
     ),
     (["client", "--task", "digits", "--site", "0", "--num-sites", "1", "--lr", "0"], "--lr"),
     (
+        ["client", "--task", "digits", "--site", "0", "--num-sites", "1", "--retry-for", "soon"],
+        "--retry-for: 'soon' is not a duration",
+    ),
+    (
         ["client", "--task", "nope.py", "--site", "0", "--num-sites", "1"],
         "--task: task file 'nope.py' does not exist",
     ),

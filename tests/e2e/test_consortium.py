@@ -381,3 +381,28 @@ def test_a_consortium_secagg_run_signs_keys_and_audit_logs_with_kit_identities(
     assert "was revoked on" in capsys.readouterr().err
     assert audit_verify_command(site_logs[0], None, None, crl=crl) == 1  # --crl needs --ca
     assert "give the CA's certificate (--ca)" in capsys.readouterr().err
+
+
+def test_tls_mistakes_are_named_at_once(procs: Procs, tmp_path: Path):
+    """Issue 18 #9: another consortium's kit, or a plaintext agent, against a TLS coordinator
+    was "unreachable (UNAVAILABLE)" after minutes of retries."""
+    port = free_port()
+    cons = _init(tmp_path, "banks", port, cli=False)
+    coordinator = ["--kit", str(cons / "kits" / "coord"), "--task", "digits"]
+    procs.start("coordinator", "coordinator", *coordinator, "--run-dir", str(tmp_path / "run"))
+    wait_until(lambda: "listening on" in procs.log("coordinator"), 120, "the coordinator")
+    other = _init(tmp_path, "strangers", free_port(), cli=False)
+    site = ["--task", "digits", "--site", "0", "--num-sites", "1"]
+    stranger = procs.start(
+        "stranger", "client", "--kit", str(other / "kits" / "bank-a"),
+        "--coordinator", f"127.0.0.1:{port}", *site,
+    )  # fmt: skip
+    assert procs.wait(stranger, 60, "stranger") == 1
+    assert "TLS handshake with 127.0.0.1" in procs.log("stranger"), procs.log("stranger")
+    assert "retry 2/" not in procs.log("stranger")  # at once, not after minutes
+    plain = procs.start(
+        "plain", "client", "--coordinator", f"127.0.0.1:{port}", *site, "--retry-for", "2s"
+    )
+    assert procs.wait(plain, 60, "plain") == 1
+    assert "giving up (--retry-for 2 s)" in procs.log("plain"), procs.log("plain")
+    assert "does it need TLS, a consortium kit (--kit)?" in procs.log("plain")
