@@ -167,6 +167,16 @@ def _peer_key(gate: PeerGate | None) -> Callable[[Any], str]:
     return key
 
 
+def _parsed_and_owned(
+    transport: GrpcTransport, gate: PeerGate | None, context: Any, method: str, request: Any
+) -> None:
+    """After the certificate: the request parsed, and (kit mode) its node the caller's."""
+    if isinstance(request, Malformed):
+        raise _malformed(transport, request)
+    if gate is not None:
+        _check_peer(gate, context, method, request)
+
+
 def _heartbeat(
     transport: GrpcTransport, gate: PeerGate | None, open_calls: PeerSlots
 ) -> Callable[[Any, Any], Any]:
@@ -181,10 +191,7 @@ def _heartbeat(
             if gate is not None:
                 gate.caller(context, "Heartbeat")
             with open_calls.hold(peer):
-                if isinstance(request, Malformed):
-                    raise _malformed(transport, request)
-                if gate is not None:
-                    _check_peer(gate, context, "Heartbeat", request)
+                _parsed_and_owned(transport, gate, context, "Heartbeat", request)
                 return transport.heartbeat(request)
         except Reject as exc:
             await context.abort(exc.code, exc.reason)
@@ -204,10 +211,7 @@ def _pull(
         try:
             if gate is not None:
                 gate.caller(context, "PullTask")
-            if isinstance(request, Malformed):
-                raise _malformed(transport, request)
-            if gate is not None:
-                _check_peer(gate, context, "PullTask", request)
+            _parsed_and_owned(transport, gate, context, "PullTask", request)
             with polls.hold(peer):
                 task = await parked.wait(
                     request.node_id, transport.poll_wait_s(request), lambda: transport.poll(request)

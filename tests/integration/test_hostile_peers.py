@@ -306,8 +306,8 @@ def _consortium(root: Path, sites: tuple[str, ...] = ("bank-a",)) -> Path:
     return root / "banks" / "kits"
 
 
-def test_kit_mode_checks_the_certificate_before_the_header(tmp_path: Path):
-    kits = _consortium(tmp_path)
+def _kit_server(kits: Path, **options: Any) -> tuple[GrpcTransport, LoopServer, str]:
+    """A coordinator's server in kit mode (mTLS, the gate): transport, server, target."""
     hub = load_kit(kits / "hub")
     transport = GrpcTransport(run_id="r1")
     registry = transport.registry
@@ -315,11 +315,17 @@ def test_kit_mode_checks_the_certificate_before_the_header(tmp_path: Path):
         Revocation.from_kit(hub),
         site_of_node=lambda node: registry.site_name(node) if registry.get(node) else None,
     )
-    slots = PeerSlots(3)
-    server = build_server(transport, max_workers=4, gate=gate, slots=slots)
+    server = build_server(transport, max_workers=4, gate=gate, **options)
     port = server.add_secure_port("127.0.0.1:0", server_credentials(hub))
     server.start()
-    target = f"localhost:{port}"
+    return transport, server, f"localhost:{port}"
+
+
+def test_kit_mode_checks_the_certificate_before_the_header(tmp_path: Path):
+    kits = _consortium(tmp_path)
+    slots = PeerSlots(3)
+    transport, server, target = _kit_server(kits, slots=slots)
+    registry = transport.registry
     observer = IdleUploads(target, 3, channel_credentials(load_kit(kits / "alice")))
     site = IdleUploads(target, 3, channel_credentials(load_kit(kits / "bank-a")))
     stub = grpc.secure_channel(target, channel_credentials(load_kit(kits / "bank-a")))
@@ -352,18 +358,8 @@ def test_one_certified_site_may_hold_only_a_few_parked_polls(tmp_path: Path):
     """A certificate holder that parks poll after poll (each holds memory and a wake-up)
     is refused past its per-site cap; another site is served all the while."""
     kits = _consortium(tmp_path, sites=("bank-a", "bank-b"))
-    hub = load_kit(kits / "hub")
-    transport = GrpcTransport(run_id="r1")
-    registry = transport.registry
-    gate = PeerGate(
-        Revocation.from_kit(hub),
-        site_of_node=lambda node: registry.site_name(node) if registry.get(node) else None,
-    )
     limits = CallLimits.per_peer(MAX_CALLS_PER_SITE)
-    server = build_server(transport, max_workers=4, gate=gate, limits=limits)
-    port = server.add_secure_port("127.0.0.1:0", server_credentials(hub))
-    server.start()
-    target = f"localhost:{port}"
+    transport, server, target = _kit_server(kits, limits=limits)
     channels = {
         name: grpc.secure_channel(target, channel_credentials(load_kit(kits / name)))
         for name in ("bank-a", "bank-b")
