@@ -50,6 +50,8 @@ class RayTransport(WorkerTransport):
             if s.ray_address:
                 ray.init(address=s.ray_address, log_to_driver=False)
             else:
+                # Ray gives its GCS server 30 s to start: a loaded machine can take longer
+                os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
                 ray.init(num_cpus=s.workers, include_dashboard=False, log_to_driver=False)
         actor = ray.remote(num_cpus=1)(_Actor)
         config_json = json.dumps(asdict(cfg))

@@ -511,7 +511,7 @@ def test_client_sending_garbage_is_excluded_and_the_others_aggregate(tmp_path: P
 def test_threshold_too_high_for_the_clients_present_fails_with_a_reason(tmp_path: Path):
     """The round is aborted with the reason, the model is unchanged, and the run goes on."""
     run = _run(tmp_path, num_sites=4, rounds=1, secagg=SecAggSettings(degree=8, threshold=6))
-    assert run.summary["status"] == "completed"
+    assert run.summary["status"] == "no_progress"  # its only round took no update
     (metrics,) = run.metrics
     assert "secagg threshold 6 must be above half" in metrics["secagg_error"]
     assert metrics["secagg_survivors"] == 0 and metrics["num_clients"] == 0
