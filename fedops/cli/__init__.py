@@ -7,11 +7,12 @@ value exits with status 2 and a message naming the flag.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,22 +103,34 @@ def _config(args: argparse.Namespace) -> Any:
     raise AssertionError(f"no config for {args.command}")
 
 
-def _stop_as_ctrl_c() -> None:
+@contextlib.contextmanager
+def _stop_as_ctrl_c() -> Iterator[None]:
     """SIGTERM (``docker stop``, systemd, ``kill``) ends a run like Ctrl-C: the rounds
-    committed so far stay in the run directory and ``summary.json`` says so."""
+    committed so far stay in the run directory and ``summary.json`` says so. The caller's
+    own handler comes back afterwards (``main`` may run inside another program)."""
     if threading.current_thread() is not threading.main_thread():
-        return  # (an in-process caller on another thread keeps its own handling)
+        yield  # (an in-process caller on another thread keeps its own handling)
+        return
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["simulate"], ["coordinator"], ["client"]):
-        _stop_as_ctrl_c()
+        with _stop_as_ctrl_c():
+            return _main(argv)
+    return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["simulate"]:
         from fedops.config.hydra_app import simulate_main
 
