@@ -184,8 +184,12 @@ class DeliveredCrl:
 
     def is_revoked(self, cert: x509.Certificate) -> bool:
         crl = self._crl
-        if crl is None or crl.next_update_utc is None:
-            return True
-        if dt.datetime.now(dt.UTC) > crl.next_update_utc:
+        if crl is None or is_stale(crl):
             return True
         return pki.is_revoked(cert, crl)
+
+
+def is_stale(crl: x509.CertificateRevocationList) -> bool:
+    """Past its ``next_update`` (or without one): it may be missing revocations."""
+    next_update = crl.next_update_utc
+    return next_update is None or dt.datetime.now(dt.UTC) > next_update

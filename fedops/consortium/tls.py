@@ -11,7 +11,6 @@ revoke`` takes effect on a running coordinator at the party's next call.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import threading
@@ -159,7 +158,7 @@ class Revocation:
         with self._lock:
             if seen is not None and seen == self._seen:
                 crl = self._crl
-                if crl is not None and _stale(crl):  # went stale while in use
+                if crl is not None and crl_checks.is_stale(crl):  # went stale while in use
                     log.error("%s: CRL past its next_update; refusing every peer", self.path)
                     self._crl = None
                 return self._crl
@@ -189,8 +188,3 @@ class Revocation:
                     exc,
                 )
         return crl
-
-
-def _stale(crl: x509.CertificateRevocationList) -> bool:
-    next_update = crl.next_update_utc
-    return next_update is None or dt.datetime.now(dt.UTC) > next_update

@@ -17,10 +17,9 @@ from typing import Any
 
 import grpc
 
-from fedops.consortium import pki
 from fedops.consortium.kit import KitError, load_kit
-from fedops.consortium.tls import Revocation, channel_credentials, peer_certificate
-from fedops.coordinator.guard import MAX_CALLS_PER_SITE, PeerSlots, address_of
+from fedops.consortium.tls import Revocation, channel_credentials
+from fedops.coordinator.guard import MAX_CALLS_PER_SITE, PeerSlots, certified_or_address
 from fedops.coordinator.peers import certified
 from fedops.coordinator.results import Reject
 from fedops.runtime.control import RunControl
@@ -87,10 +86,8 @@ def admin_handler(
 
     def capped(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
-            cert = peer_certificate(context)  # per certificate: connections are cheap
-            who = pki.name_of(cert) if cert is not None else None
-            try:
-                with slots.hold(f"cert:{who}" if who else address_of(context)):
+            try:  # per certificate: connections are cheap
+                with slots.hold(certified_or_address(context)):
                     return fn(request, context)
             except Reject as exc:
                 context.abort(exc.code, exc.reason)

@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from fedops.consortium import pki
+from fedops.consortium.tls import peer_certificate
 from fedops.coordinator.results import ANSWERS_TASK, Reject
 
 #: who the current call comes from (set by the server's handlers; "" outside a call)
@@ -91,6 +93,14 @@ def address_of(context: grpc.ServicerContext) -> str:
     if scheme in ("ipv4", "ipv6") and ":" in rest:
         return rest.rsplit(":", 1)[0].strip("[]")
     return peer
+
+
+def certified_or_address(context: grpc.ServicerContext) -> str:
+    """The caller as a key: its certificate's name when it has one (kit mode), else its
+    address (:func:`address_of`)."""
+    cert = peer_certificate(context)
+    name = pki.name_of(cert) if cert is not None else None
+    return f"cert:{name[:MAX_SITE_NAME]}" if name else address_of(context)
 
 
 class PeerSlots:

@@ -9,6 +9,7 @@ every refusal closes the node's task, so the round stops waiting for it.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import queue
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
@@ -31,6 +32,9 @@ from fedops.core.secagg.messages import MaskedInput
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import secagg as secagg_codec
 from fedops.wire.codec import shown
+
+if TYPE_CHECKING:  # (guard imports this module: its slots are given, not imported)
+    from fedops.coordinator.guard import PeerSlots
 
 log = logging.getLogger("fedops.coordinator")
 
@@ -93,7 +97,7 @@ class ResultIntake:
     _answered: set[str]
     _events: queue.Queue[Event]
     _round: int
-    _uploading: dict[str, int]  # node -> uploads in progress (each holds a pool thread)
+    _node_uploads: PeerSlots  # uploads in progress per node (each holds a pool thread)
 
     def _authenticate(self, node_id: str, token: str) -> None:
         try:
@@ -126,28 +130,19 @@ class ResultIntake:
                 ANSWERS_TASK.reset(closing)
             return pb.PushResultResponse(accepted=False, message="noted: task declined")
         node = header.node_id
-        with self._cond:  # each upload holds a pool thread: a node may not hold many
-            if self._uploading.get(node, 0) >= UPLOADS_PER_NODE:
-                self._reject(
-                    assignment.task.round,
-                    node,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"{UPLOADS_PER_NODE} uploads of this node are already in progress",
+        with contextlib.ExitStack() as holding:
+            try:  # each upload holds a pool thread: a node may not hold many
+                holding.enter_context(self._node_uploads.hold(node))
+            except Reject as exc:
+                self._reject(assignment.task.round, node, exc.code, exc.reason)
+            try:
+                reference = assignment.result_specs or assignment.specs
+                budget = UPLOAD_FLOOR_S + total_bytes(reference) / MIN_UPLOAD_BYTES_PER_S
+                event = self._receive(header, assignment, _within(iter(chunks), budget))
+            except InvalidUpdate as exc:
+                self._fail_task(
+                    node, assignment, grpc.StatusCode.INVALID_ARGUMENT, f"update rejected: {exc}"
                 )
-            self._uploading[node] = self._uploading.get(node, 0) + 1
-        try:
-            reference = assignment.result_specs or assignment.specs
-            budget = UPLOAD_FLOOR_S + total_bytes(reference) / MIN_UPLOAD_BYTES_PER_S
-            event = self._receive(header, assignment, _within(iter(chunks), budget))
-        except InvalidUpdate as exc:
-            self._fail_task(
-                node, assignment, grpc.StatusCode.INVALID_ARGUMENT, f"update rejected: {exc}"
-            )
-        finally:
-            with self._cond:
-                left = self._uploading.pop(node, 1) - 1
-                if left:
-                    self._uploading[node] = left
         self._events.put(event)
         return pb.PushResultResponse(accepted=True, message="accepted")
 

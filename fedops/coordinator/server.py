@@ -16,19 +16,17 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from fedops.consortium import pki
-from fedops.consortium.tls import peer_certificate
 from fedops.coordinator.aio import LoopServer, ParkedPolls
 from fedops.coordinator.guard import (
     HEADER_DEADLINE_S,
     MAX_CALLS_PER_SITE,
-    MAX_SITE_NAME,
     MAX_UPLOADS_PER_ADDRESS,
     MAX_UPLOADS_PER_SITE,
     PEER,
     CallLimits,
     PeerSlots,
     address_of,
+    certified_or_address,
 )
 from fedops.coordinator.peers import PeerGate
 from fedops.coordinator.results import Reject
@@ -155,16 +153,7 @@ def _payload_part(request: Any) -> bytes | memoryview:
 
 def _peer_key(gate: PeerGate | None) -> Callable[[Any], str]:
     """Who a call comes from: its certificate's name with a kit, its address without."""
-
-    def key(context: Any) -> str:
-        if gate is not None:
-            cert = peer_certificate(context)
-            name = pki.name_of(cert) if cert is not None else None
-            if name:
-                return f"cert:{name[:MAX_SITE_NAME]}"
-        return address_of(context)
-
-    return key
+    return certified_or_address if gate is not None else address_of
 
 
 def _parsed_and_owned(

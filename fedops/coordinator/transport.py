@@ -20,14 +20,20 @@ from typing import Any
 
 import grpc
 
-from fedops.coordinator.guard import PEER, RateLimit, check_site_name
+from fedops.coordinator.guard import PEER, PeerSlots, RateLimit, check_site_name
 from fedops.coordinator.nodes import (
     DEFAULT_MAX_NODES,
     NodeRegistry,
     RegistryFull,
     Unauthenticated,
 )
-from fedops.coordinator.results import TRAINING_STAGE, Assignment, Reject, ResultIntake
+from fedops.coordinator.results import (
+    TRAINING_STAGE,
+    UPLOADS_PER_NODE,
+    Assignment,
+    Reject,
+    ResultIntake,
+)
 from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import (
     InvalidUpdate,
@@ -105,7 +111,7 @@ class GrpcTransport(ResultIntake):
         self._cond = threading.Condition()
         self._assignments: dict[str, Assignment] = {}
         self._answered: set[str] = set()
-        self._uploading: dict[str, int] = {}
+        self._node_uploads = PeerSlots(UPLOADS_PER_NODE, "uploads of this node")
         self._events: queue.Queue[Event] = queue.Queue()
         self._closed = False
         self._round = 0

@@ -446,9 +446,11 @@ def test_trickled_uploads_holding_every_pool_thread_leave_heartbeats_served(tmp_
         )
         uploads = [push.future(trickle(h), timeout=60) for h in headers]
         deadline = time.monotonic() + 20
-        while sum(coord.transport._uploading.values()) < 2 and time.monotonic() < deadline:
+        held = coord.transport._node_uploads.open_count
+        while held(attackers[0].node_id) + held(attackers[1].node_id) < 2:
+            assert time.monotonic() < deadline, "the uploads never reached the server"
             time.sleep(0.05)
-        assert sum(coord.transport._uploading.values()) == 2  # both pool threads are held
+        assert held(attackers[0].node_id) + held(attackers[1].node_id) == 2  # both threads held
         for _ in range(5):  # still served, and quickly
             started = time.monotonic()
             assert coord.heartbeat(honest)

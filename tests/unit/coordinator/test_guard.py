@@ -271,11 +271,11 @@ def test_one_node_may_hold_only_two_upload_threads_and_a_trickle_is_cut():
     with pytest.raises(Reject) as third:
         transport.push(header, iter([]))
     assert third.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "uploads of this node are already in progress" in third.value.reason
+    assert "2 uploads of this node already open from this peer" in third.value.reason
     release.set()
     for thread in holders:
         thread.join(10)
-    assert transport._uploading == {}  # every slot given back, failures included
+    assert transport._node_uploads.open_count(reply.node_id) == 0  # all given back
     with pytest.raises(InvalidUpdate, match="took longer than"):
         list(_within(iter([b"x"]), budget_s=-1.0))
     assert list(_within(iter([b"x", b"y"]), budget_s=60.0)) == [b"x", b"y"]
