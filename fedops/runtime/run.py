@@ -95,9 +95,10 @@ def start_or_resume(
     try:
         params = store.load_round(last)
     except StoreError as exc:
-        good = store.newest_intact_round(last - 1)
-        if good is None:
+        intact = store.newest_intact(last - 1)
+        if intact is None:
             raise StoreError(f"{exc}; no earlier checkpoint verifies either") from exc
+        good, params = intact
         forgotten = store.roll_back_to(good)
         log.warning(
             "%s: resuming from round %d, the newest checkpoint that verifies (rounds %s are "
@@ -107,7 +108,7 @@ def start_or_resume(
             ", ".join(map(str, forgotten)),
         )
         on_fallback({"reason": str(exc), "resumed_from": good, "forgotten": forgotten})
-        last, params = good, store.load_round(good)
+        last = good
     log.info(
         "resuming run %s at round %d from the checkpoint of round %d (model %s)",
         run_id,

@@ -164,7 +164,7 @@ class RunStore:
     # --- rounds and checkpoints ---------------------------------------
     def last_round(self) -> int | None:
         row = self._db.execute("SELECT MAX(round) FROM rounds").fetchone()
-        return row[0]
+        return None if row[0] is None else int(row[0])
 
     def save_round(
         self,
@@ -226,18 +226,17 @@ class RunStore:
             raise StoreError(f"checkpoint {path} does not match the recorded model digest")
         return params
 
-    def newest_intact_round(self, up_to: int) -> int | None:
-        """The newest committed round at or before ``up_to`` whose checkpoint verifies."""
+    def newest_intact(self, up_to: int) -> tuple[int, Params] | None:
+        """The newest committed round at or before ``up_to`` whose checkpoint verifies,
+        with its model (read once: a resume trains from it)."""
         rows = self._db.execute(
             "SELECT round FROM rounds WHERE round <= ? ORDER BY round DESC", (up_to,)
         ).fetchall()
         for (server_round,) in rows:
             try:
-                self.load_round(server_round)
+                return int(server_round), self.load_round(server_round)
             except StoreError:
                 continue
-            found: int = server_round
-            return found
         return None
 
     def roll_back_to(self, server_round: int) -> list[int]:
@@ -357,7 +356,8 @@ class RunStore:
             **extra,
         }
         if last is not None:
-            good = self.newest_intact_round(last)
+            intact = self.newest_intact(last)
+            good = intact[0] if intact is not None else None
             if good is None:
                 summary["model_file"] = None
                 summary["model_error"] = f"no checkpoint up to round {last} verifies"
