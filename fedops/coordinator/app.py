@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from fedops.consortium.tls import Revocation, server_credentials
 from fedops.coordinator.admin import admin_handler
 from fedops.coordinator.aio import LoopServer
 from fedops.coordinator.guard import RefusalThrottle
+from fedops.coordinator.listening import Listening, remove_listening, write_listening
 from fedops.coordinator.peers import PeerGate
 from fedops.coordinator.server import build_server
 from fedops.coordinator.transport import GrpcTransport
@@ -102,11 +104,14 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
     )
     transport.on_rejection = records.throttle
     metrics.connected.set_function(lambda: len(transport.available_nodes()))
+    metrics_at = None
     if cfg.metrics_port is not None:
-        metrics.serve(cfg.metrics_port, cfg.metrics_address)
+        metrics_at = f"{cfg.metrics_address}:{metrics.serve(cfg.metrics_port, cfg.metrics_address)}"
     control = RunControl(rounds_planned=cfg.rounds, started=not cfg.wait_for_start)
-    server = _serve(transport, cfg, kit, control=control, run_id=run_id, audit=audit.record)
-    log.info("coordinator for run %s listening on %s", run_id, cfg.address)
+    server, port = _serve(transport, cfg, kit, control=control, run_id=run_id, audit=audit.record)
+    address = f"{cfg.address.rpartition(':')[0]}:{port}"  # the bound port, where --address said :0
+    write_listening(cfg.run_dir, Listening(address, os.getpid(), run_id, metrics_at))
+    log.info("coordinator for run %s listening on %s", run_id, address)
     if cfg.wait_for_start:
         log.info("waiting for an admin's `fedops admin start` before round 1")
 
@@ -124,6 +129,7 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
         server.stop(grace=1.0).wait(5)
         records.throttle.flush()  # counts not yet written, while the store is open
         metrics.close()
+        remove_listening(cfg.run_dir)
 
     plan = RunPlan(
         label="run",
@@ -140,6 +146,7 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
         site_names=transport.registry.site_name,
         summary={
             "task": cfg.task,
+            "task_digest": task.digest if task else "",
             "strategy": cfg.strategy,
             "rounds_planned": cfg.rounds,
             "secagg": cfg.secagg,
@@ -275,11 +282,12 @@ def _serve(
     control: RunControl,
     run_id: str,
     audit: Callable[[str, Mapping[str, Any]], None],
-) -> LoopServer:
+) -> tuple[LoopServer, int]:
+    """The started server and the port it bound (the kernel's pick for port 0)."""
     if kit is None:
         server = build_server(transport, max_workers=cfg.max_workers)
         bound = _bind(lambda: server.add_insecure_port(cfg.address), cfg.address)
-        log.warning(INSECURE_WARNING, cfg.address)
+        log.warning(INSECURE_WARNING, f"{cfg.address.rpartition(':')[0]}:{bound}")
     else:
         registry = transport.registry
         gate = PeerGate(
@@ -307,7 +315,7 @@ def _serve(
     if bound == 0:
         raise BindError(f"cannot listen on {cfg.address} (in use or not a local address)")
     server.start()
-    return server
+    return server, bound
 
 
 def _bind(add_port: Callable[[], int], address: str) -> int:
