@@ -200,7 +200,6 @@ def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
         site_policy,
     )
     from fedops.consortium.kit import KitError, load_kit
-    from fedops.core.training import TrainConfig
     from fedops.tasks import load_task
     from fedops.tasks.loader import TaskNotAllowed
     from fedops.tasks.policy import PolicyViolation
@@ -224,9 +223,7 @@ def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
         task,
         site=cfg.site,
         num_sites=cfg.num_sites,
-        train_config=TrainConfig(
-            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer
-        ),
+        train_config=train_config(cfg),
         max_epsilon=policy.max_epsilon,
         max_delta=policy.max_delta,
         public_records=policy.dp_public_records,
@@ -238,6 +235,15 @@ def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
     except (CoordinatorUnreachable, CoordinatorRefused, PolicyViolation) as exc:
         print(f"fedops client: error: {exc}", file=sys.stderr)
         return 1
+
+
+def train_config(cfg: Any) -> Any:
+    """The site's local training settings (``--epochs --batch-size --lr --optimizer``)."""
+    from fedops.core.training import TrainConfig
+
+    return TrainConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer
+    )
 
 
 def _refuse_task(cfg: Any, kit: Any, reason: str) -> None:

@@ -54,7 +54,9 @@ def _round_flags(p: argparse.ArgumentParser, *, min_clients: int, run_dir: str |
         default=None,
         help="clients sampled per round (default: all available)",
     )
-    p.add_argument("--strategy", choices=sorted(STRATEGIES), default="fedavg")
+    p.add_argument(
+        "--strategy", choices=sorted(STRATEGIES), default="fedavg", help="how updates are combined"
+    )
     p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal coefficient")
     robust = p.add_argument_group("robust aggregation (trimmed_mean, median, krum, multi_krum)")
     robust.add_argument(
@@ -96,7 +98,28 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
         default=0.5,
         help="local learning rate (default: 0.5, tuned for the digits tasks)",
     )
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="local optimizer")
+
+
+class DefaultsShown(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says it (some
+    defaults are derived, e.g. "default: 2*log2(n)") or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or not action.option_strings
+            or default is None
+            or default is False
+            or default == ""
+            or default is argparse.SUPPRESS
+            or action.required
+        ):
+            return text
+        shown = ", ".join(map(str, default)) if isinstance(default, list | tuple) else default
+        return f"{text} (default: {str(shown).replace('%', '%%')})".lstrip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     _client_parser(sub)
     _simulate_parser(sub)
     tool_parsers(sub)
+    for each in all_parsers(parser):
+        each.formatter_class = DefaultsShown
     return parser
+
+
+def all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every sub-command's parser below it."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found.extend(all_parsers(child))
+    return found
 
 
 def _coordinator_parser(sub: Any) -> None:
@@ -179,7 +214,12 @@ def _coordinator_parser(sub: Any) -> None:
         help="live client nodes at most; a new site registering past it is refused "
         "(bounds memory under registration floods; default: 10000)",
     )
-    coord.add_argument("--keep-checkpoints", type=int, default=3)
+    coord.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=3,
+        help="newest round checkpoints kept on disk (round 0, the initial model, is always kept)",
+    )
     coord.add_argument("--max-workers", type=int, default=64, help="gRPC handler threads")
     secure = coord.add_argument_group("secure aggregation (SecAgg+)")
     secure.add_argument(
@@ -458,8 +498,8 @@ def _client_parser(sub: Any) -> None:
         action="append",
         default=None,
         metavar="SHA256",
-        help="run only task code with this digest (repeatable; a task file's digest is in the "
-        "coordinator's summary and the site's audit log)",
+        help="run only task code with this digest (repeatable): `sha256sum task.py` for a "
+        "file; the task_digest of the coordinator's summary.json and run_started audit entry",
     )
     for flag, kind, text in (
         ("--secagg-min-cohort", int, "fewest sites in a secure-aggregation cohort (default 3)"),

@@ -112,7 +112,12 @@ def _consortium_parser(sub: Any) -> None:
         "request", help="at a party: make its keys here and write NAME.csr for the CA"
     )
     req.add_argument("name", metavar="NAME")
-    req.add_argument("--role", required=True, choices=("site", "coordinator", "observer", "admin"))
+    req.add_argument(
+        "--role",
+        required=True,
+        choices=("site", "coordinator", "observer", "admin"),
+        help="what the certificate lets the party do",
+    )
     req.add_argument("--out", type=Path, required=True, help="the party's key folder (0700)")
     req.add_argument("--consortium", default=None, help="the consortium's name, checked by the CA")
     sign = verbs.add_parser("sign", help="at the CA: issue certificates for parties' CSRs")
