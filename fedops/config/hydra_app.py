@@ -8,13 +8,16 @@ ConfigStore, so composition rejects unknown keys and wrong types by name.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
+import shutil
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -39,6 +42,44 @@ def register() -> None:
     )
 
 
+#: a run directory holding any of these is a run's; a failed start never removes it
+RUN_RECORDS = ("state.sqlite", "audit.jsonl", "checkpoints", "summary.json")
+#: what Hydra and this app write before a run starts: removed again when it never does
+START_FILES = (".hydra", "config.yaml", "fedops_simulate.log", "multirun.yaml")
+
+#: one row per job of this process's sweep, printed as a table when the sweep ends
+_SWEEP_ROWS: list[dict[str, Any]] = []
+
+
+def _refused(run_dir: Path, message: str, status: int) -> SystemExit:
+    """A start refused before its run began: one line, and no empty run directory left
+    behind (a directory holding a run's records, e.g. one being resumed, is kept)."""
+    print(f"fedops simulate: error: {message}", file=sys.stderr)
+    if run_dir.is_dir() and not any((run_dir / name).exists() for name in RUN_RECORDS):
+        for name in START_FILES:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        _remove_empty(run_dir)
+    return SystemExit(status)
+
+
+def _remove_empty(run_dir: Path) -> None:
+    """``run_dir`` and the default parents Hydra made for it (``runs/simulate``), while
+    empty and below the working directory."""
+    here = Path.cwd().resolve()
+    for path in (run_dir, run_dir.parent, run_dir.parent.parent):
+        resolved = path.resolve()
+        if resolved == here or here not in resolved.parents:
+            return
+        try:
+            path.rmdir()  # only if nothing else is in it
+        except OSError:
+            return
+
+
 def _run(cfg: DictConfig) -> float | None:
     from fedops.runtime.audit import AuditError
     from fedops.runtime.store import StoreError
@@ -47,22 +88,19 @@ def _run(cfg: DictConfig) -> float | None:
 
     settings = OmegaConf.to_object(cfg)
     assert isinstance(settings, SimulateConfig)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         validate(settings)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         # some settings can only be checked against the task's data (e.g. its classes)
         summary = run_simulation(settings, run_dir)
     except ConfigError as exc:
-        print(f"fedops simulate: error: {exc.key}: {exc.message}", file=sys.stderr)
-        raise SystemExit(2) from exc
+        raise _refused(run_dir, f"{exc.key}: {exc.message}", 2) from exc
     except (StoreError, AuditError) as exc:  # the run directory cannot be used: say why
-        print(f"fedops simulate: error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from exc
+        raise _refused(run_dir, str(exc), 1) from exc
     except TaskError as exc:  # the task's own mistake, named
-        print(f"fedops simulate: error: task: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
+        raise _refused(run_dir, f"task: {exc}", 2) from exc
     except Exception as exc:  # the task's code (or fedops) failed: one line, the rest on disk
         trace = run_dir / "error.log"
         trace.write_text(traceback.format_exc())
@@ -82,6 +120,7 @@ def _run(cfg: DictConfig) -> float | None:
         f"rounds; results in {run_dir}"
     )
     _point_latest(run_dir)
+    _sweep_row(run_dir, summary, name, final)
     if "privacy" in summary:
         print(f"privacy: {summary['privacy']}")
     if "stop_reason" in summary:
@@ -104,6 +143,56 @@ def _point_latest(run_dir: Path) -> None:
         aside.unlink(missing_ok=True)
 
 
+def _sweep_row(run_dir: Path, summary: dict[str, Any], metric: str, final: Any) -> None:
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return
+    row = {
+        "job": hydra_cfg.job.num,
+        "overrides": " ".join(hydra_cfg.overrides.task) or "(defaults)",
+        "status": summary["status"],
+        "rounds": summary["rounds_completed"],
+        metric: final,
+        "epsilon": summary.get("final_metrics", {}).get("epsilon"),
+        "run_dir": str(run_dir),
+    }
+    _SWEEP_ROWS.append(row)
+
+
+def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The jobs of a sweep side by side: what each changed and how it ended."""
+    columns = list(dict.fromkeys(k for row in rows for k in row if k != "run_dir"))
+    if all(row.get("epsilon") is None for row in rows):
+        columns.remove("epsilon")
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    table = [columns] + [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in table]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _print_sweep() -> None:
+    if not _SWEEP_ROWS:
+        return
+    rows = sorted(_SWEEP_ROWS, key=lambda row: row["job"])
+    shared = set.intersection(*(set(row["overrides"].split()) for row in rows))
+    for row in rows:  # the column shows what the jobs vary, not what they share
+        row["overrides"] = " ".join(o for o in row["overrides"].split() if o not in shared)
+    sweep_dir = Path(rows[0]["run_dir"]).parent
+    table = sweep_table(rows)
+    print(f"\nsweep of {len(rows)} jobs ({sweep_dir}):\n{table}")
+    with contextlib.suppress(OSError):
+        (sweep_dir / "sweep.txt").write_text(table + "\n")
+    _SWEEP_ROWS.clear()
+
+
 def simulate_main(argv: Sequence[str]) -> int:
     """Run the Hydra app with ``argv`` as its overrides; return an exit status."""
     register()
@@ -118,11 +207,13 @@ def simulate_main(argv: Sequence[str]) -> int:
     # streams that may since have closed
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    _SWEEP_ROWS.clear()
     try:
         app()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     finally:
+        _print_sweep()
         sys.argv = saved
         root.handlers[:] = handlers
         root.setLevel(level)

@@ -22,6 +22,7 @@ from fedops.core.training import TrainConfig
 from fedops.crypto import Crypto
 from fedops.data import FederatedData
 from fedops.data.build import DATASETS, from_task
+from fedops.data.sources import TooManyClients
 from fedops.reporting.plots import plot_run
 from fedops.runtime.audit import AuditLog
 from fedops.runtime.driver import DriverConfig
@@ -79,7 +80,10 @@ def load_federation(cfg: SimulateConfig) -> tuple[Task, FederatedData | None]:
             max_samples=d.max_samples,
         )
     else:
-        data = DATASETS[d.name](num_clients=n, partition=p.name, alpha=p.alpha, seed=cfg.seed)
+        try:
+            data = DATASETS[d.name](num_clients=n, partition=p.name, alpha=p.alpha, seed=cfg.seed)
+        except TooManyClients as exc:
+            raise ConfigError("simulation.num_clients", str(exc)) from exc
     task = task_from_data(data, name=d.name, model=cfg.model.name, hidden=cfg.model.hidden)
     return task, data
 
@@ -221,6 +225,7 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
         evaluate_global=global_evaluator(task),
         summary={
             "task": cfg.task,
+            "task_digest": task.digest,
             "dataset": None if cfg.task else cfg.dataset.name,
             "strategy": cfg.strategy.name,
             "backend": s.backend,
