@@ -50,6 +50,7 @@ def checked_data(
                 f"task {spec!r}: load_data(site={site}) returned {type(splits).__name__}; it "
                 "must return (train, test)"
             )
+        _check_not_empty(splits[0], f"task {spec!r}: load_data(site={site}, num_sites={num_sites})")
         for name, split in zip(("train", "test"), splits, strict=True):
             pair = _pair(split)
             if pair is None:
@@ -85,6 +86,25 @@ def _output_width(build_model: Callable[[], nn.Module], x: Any) -> int | None:
     if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[-1] < 2:
         return None
     return int(out.shape[-1])
+
+
+def _check_not_empty(train: Any, where: str) -> None:
+    """A site with no training rows would leave every round with a warning while the run
+    reports "completed": almost always a split that does not fit the number of sites."""
+    pair = _pair(train)
+    rows = len(pair[1]) if pair is not None else _length(train)
+    if rows == 0:
+        raise TaskError(
+            f"{where} returned an empty train split: every site needs training rows "
+            "(too many sites for the data, or a split that leaves this site out?)"
+        )
+
+
+def _length(split: Any) -> int | None:
+    try:
+        return len(split)
+    except TypeError:  # an iterable without a length: read as it comes
+        return None
 
 
 def _check_labels(y: np.ndarray, width: int | None, where: str) -> None:

@@ -87,3 +87,19 @@ def test_sweep_table_aligns_columns_and_drops_an_all_empty_epsilon():
         "0    seed=1     completed  3       0.5000",
         "1    seed=22    failed     0       -",
     ]
+
+
+def test_a_task_that_leaves_a_site_without_training_rows_is_refused(workdir, capsys):
+    task = workdir / "sparse_task.py"
+    task.write_text(
+        "import numpy as np, torch\n"
+        "def build_model():\n    return torch.nn.Linear(4, 2)\n"
+        "def load_data(site, num_sites):\n"
+        "    n = 0 if site == 3 else 12\n"
+        "    x = np.ones((n, 4), dtype=np.float32)\n"
+        "    return (x, np.zeros(n, dtype=int)), (np.ones((3, 4), np.float32), np.zeros(3, int))\n"
+    )
+    assert simulate_main([f"task={task}", "simulation.num_clients=4", "rounds=1"]) == 2
+    err = capsys.readouterr().err
+    assert "load_data(site=3, num_sites=4) returned an empty train split" in err
+    assert sorted(p.name for p in workdir.iterdir()) == ["sparse_task.py"]

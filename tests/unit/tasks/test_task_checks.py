@@ -83,3 +83,25 @@ def load_data(site, num_sites):
 ''')))  # fmt: skip
     with pytest.raises(TaskError, match=r"load_data\(site=0\) returned ndarray; it must return"):
         task.load_data(0, 1)
+
+
+@pytest.mark.parametrize(
+    "train",
+    [
+        "(X[:0], np.zeros(0, dtype=int))",
+        "torch.utils.data.TensorDataset(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))",
+    ],
+)
+def test_a_site_with_no_training_rows_is_an_error_naming_the_site(tmp_path, train):
+    task = load_task(str(_task(tmp_path, f'''
+def build_model():
+    return torch.nn.Linear(4, 3)
+def load_data(site, num_sites):
+    train = {train} if site == 1 else (X, np.zeros(20, dtype=int))
+    return train, (X, np.zeros(20, dtype=int))
+''')))  # fmt: skip
+    task.load_data(0, 3)  # the other sites' data is fine
+    with pytest.raises(
+        TaskError, match=r"load_data\(site=1, num_sites=3\) returned an empty train split"
+    ):
+        task.load_data(1, 3)
