@@ -40,6 +40,10 @@ def register() -> None:
     OmegaConf.register_new_resolver(
         "fedops_suffix", lambda: secrets.token_hex(2), use_cache=True, replace=True
     )
+    # scenario presets name their task files beside them, whatever the working directory
+    OmegaConf.register_new_resolver(
+        "fedops_scenarios", lambda: str(SCENARIO_DIR), use_cache=True, replace=True
+    )
 
 
 #: a run directory holding any of these is a run's; a failed start never removes it

@@ -10,6 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 
+class SplitError(ValueError):
+    """The data cannot be split across the sites as asked (too many sites for the rows, or
+    too skewed a split): the number of sites or the skew is the setting to change."""
+
+
 def iid(num_examples: int, num_sites: int, *, seed: int) -> list[np.ndarray]:
     """Shuffle, then deal the examples into ``num_sites`` near-equal parts."""
     _check_sites(num_examples, num_sites)
@@ -52,7 +57,7 @@ def dirichlet(
         result = [np.sort(np.concatenate(p)) for p in parts]
         if min(len(r) for r in result) >= min_examples:
             return result
-    raise ValueError(
+    raise SplitError(
         f"no Dirichlet(alpha={alpha}) split gave every one of {num_sites} sites "
         f"{min_examples} examples in {max_attempts} draws; raise alpha or lower num_sites"
     )

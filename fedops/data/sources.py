@@ -31,11 +31,6 @@ PARTITIONS = ("iid", "dirichlet")
 MIN_ROWS = {"iid": 2, "dirichlet": 10}
 
 
-class TooManyClients(ValueError):
-    """The data cannot give every client the rows it needs (the client count is the
-    setting to change, and the error says how far)."""
-
-
 def digits(*, num_clients: int, partition: str, alpha: float, seed: int) -> FederatedData:
     """scikit-learn's 8x8 digits (1797 images, 64 features in [0, 1], 10 classes).
 
@@ -109,7 +104,7 @@ def _federate(
         raise ValueError(f"{name}: num_clients must be >= 1, got {num_clients}")
     most = len(pool) // MIN_ROWS[partition]
     if num_clients > most:
-        raise TooManyClients(
+        raise partitioners.SplitError(
             f"{name}: {num_clients} clients is too many for its {len(pool)} federated rows; "
             f"a {partition} split allows at most {most} (each client needs "
             f"{MIN_ROWS[partition]} rows)"

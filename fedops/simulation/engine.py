@@ -17,12 +17,12 @@ import torch
 from fedops.core.monitoring.fairness import FairnessThresholds
 from fedops.core.monitoring.profile import ReportLimits
 from fedops.core.monitoring.summary import MonitorThresholds
+from fedops.core.partition import SplitError
 from fedops.core.privacy.central import AdaptiveClipping
 from fedops.core.training import TrainConfig
 from fedops.crypto import Crypto
 from fedops.data import FederatedData
 from fedops.data.build import DATASETS, from_task
-from fedops.data.sources import TooManyClients
 from fedops.reporting.plots import plot_run
 from fedops.runtime.audit import AuditLog
 from fedops.runtime.driver import DriverConfig
@@ -82,7 +82,7 @@ def load_federation(cfg: SimulateConfig) -> tuple[Task, FederatedData | None]:
     else:
         try:
             data = DATASETS[d.name](num_clients=n, partition=p.name, alpha=p.alpha, seed=cfg.seed)
-        except TooManyClients as exc:
+        except SplitError as exc:
             raise ConfigError("simulation.num_clients", str(exc)) from exc
     task = task_from_data(data, name=d.name, model=cfg.model.name, hidden=cfg.model.hidden)
     return task, data

@@ -20,6 +20,10 @@ def workdir(tmp_path: Path, monkeypatch) -> Path:
     [
         ("rounds=-1", "rounds: must be >= 1"),
         ("simulation.num_clients=5000", "simulation.num_clients: digits: 5000 clients is too many"),
+        (
+            "simulation.num_clients=100",
+            "simulation.num_clients: no Dirichlet(alpha=0.5) split gave every one of 100 sites",
+        ),
         ("task=/nonexistent/task.py", "task: task file '/nonexistent/task.py' does not exist"),
     ],
 )
@@ -103,3 +107,10 @@ def test_a_task_that_leaves_a_site_without_training_rows_is_refused(workdir, cap
     err = capsys.readouterr().err
     assert "load_data(site=3, num_sites=4) returned an empty train split" in err
     assert sorted(p.name for p in workdir.iterdir()) == ["sparse_task.py"]
+
+
+def test_a_scenario_finds_its_task_file_from_any_directory(workdir, capsys):
+    assert simulate_main(["+scenario=bank_fairness", "rounds=1"]) == 0
+    (run_dir,) = (workdir / "runs" / "simulate").glob("2*")
+    config = (run_dir / "config.yaml").read_text()
+    assert "simulations/tasks/bank_credit.py" in config and "${" not in config
