@@ -31,7 +31,6 @@ from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
 from fedops.core.params import Params, digest
 from fedops.core.privacy.local import steps_per_round
 from fedops.runtime.privacy import CentralPrivacy, PrivacySettings
-from fedops.runtime.settings import ConfigError
 from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
 from fedops.runtime.store import RunStore
 from fedops.simulation.engine import run_simulation, site_ledger_dir
@@ -311,14 +310,11 @@ def test_adaptive_clipping_carries_the_clip_norm_from_round_to_round(tmp_path: P
     assert "adaptive" in run.sentence
 
 
-def test_adaptive_clipping_without_noise_runs_or_is_refused_by_name(tmp_path: Path):
-    try:
-        cfg = _config(rounds=1, adaptive=True, noise_multiplier=0.0)
-    except ConfigError as exc:
-        assert exc.key == "privacy.noise_multiplier"
-        return
-    run = _simulate(cfg, tmp_path / "run")
+def test_adaptive_clipping_without_noise_runs_and_claims_no_privacy(tmp_path: Path):
+    """Decided (issue 21): allowed, as a non-private baseline; its ε is infinite."""
+    run = _simulate(_config(rounds=2, adaptive=True, noise_multiplier=0.0), tmp_path / "run")
     assert run.summary["status"] == "completed"
+    assert [float(e) for e in run.epsilons] == [math.inf, math.inf]  # JSON: "inf"
 
 
 def test_poisson_cohorts_vary_in_size_and_the_mean_divides_by_the_expected_size(tmp_path: Path):

@@ -208,22 +208,22 @@ def test_update_noise_refuses_sigma_at_or_above_twice_the_count_noise(sigma, cou
         AdaptiveClipping(count_noise=count_noise).update_noise(sigma)
 
 
-def test_adaptive_clipping_without_noise_does_not_crash():
-    current = {"w": np.zeros(3)}
-    try:
-        new, noise = private_mean(
-            current,
-            [{"w": np.ones(3)}],
-            denominator=1,
-            clip_norm=1.0,
-            noise_multiplier=0.0,
-            rng=_rng(),
-            adaptive=AdaptiveClipping(),
-        )
-    except ValueError:
-        return  # refusing it by name is acceptable
+def test_adaptive_clipping_without_noise_releases_the_exact_clipped_mean_and_still_adapts():
+    """Decided (issue 21): no noise is a non-private run, not an error; the update is the
+    exact clipped mean and the clip norm still follows the (noised) unclipped count."""
+    new, noise = private_mean(
+        {"w": np.zeros(3)},
+        [{"w": np.ones(3)}],
+        denominator=1,
+        clip_norm=1.0,
+        noise_multiplier=0.0,
+        rng=_rng(),
+        adaptive=AdaptiveClipping(),
+    )
+    np.testing.assert_allclose(new["w"], np.ones(3) / np.sqrt(3), rtol=1e-12)
     assert noise.noise_std == 0.0
-    np.testing.assert_allclose(new["w"], [1 / math.sqrt(3)] * 3)
+    assert noise.clip_norm == 1.0
+    assert noise.next_clip_norm != 1.0  # the one update was clipped: the norm moves
 
 
 def _norm_population(n: int = 41, seed: int = 3):
