@@ -219,9 +219,15 @@ class AuditLog:
             head=head.read_bytes() if head.exists() else None,
         )
         if not result.ok:
+            hint = (
+                " (this directory holds a run signed with another key, e.g. one started "
+                "without --kit or by another party: give this run a new --run-dir)"
+                if "not the pinned key" in result.reason
+                else ""
+            )
             raise AuditError(
                 f"{self.path} does not verify with {key_source}, refusing to "
-                f"continue it: {result.reason}"
+                f"continue it: {result.reason}{hint}"
             )
         if result.actor != self.actor:
             raise AuditError(f"{self.path} is {result.actor!r}'s log, not {self.actor!r}'s")
