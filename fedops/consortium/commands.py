@@ -153,5 +153,5 @@ def crl_command(out: str | Path, days: int) -> int:
 
 
 def _error(exc: Exception) -> int:
-    print(f"error: {exc}", file=sys.stderr)
+    print(f"fedops consortium: error: {exc}", file=sys.stderr)
     return USAGE_ERROR
