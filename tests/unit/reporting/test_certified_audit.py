@@ -96,7 +96,7 @@ def test_reopening_with_another_key_is_refused(banks, tmp_path):
     own = tmp_path / "own"
     _write(own, "bank-a", None)  # a self-generated key first, then the kit: refused too
     with pytest.raises(
-        AuditError, match="does not verify with the kit's signing key.*new --run-dir"
+        AuditError, match=r"does not verify with the kit's signing key.*new --run-dir"
     ):
         AuditLog.open(own, "bank-a", identity=_kit(banks, "bank-a").signing_identity())
     assert not (own / CERT_NAME).exists()
