@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -208,12 +207,6 @@ def run_agents(address: str, first: int, count: int, num_sites: int, run_dir: Pa
 # ----------------------------------------------------------------------------
 # the coordinator's side and the measurement
 # ----------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ProcessSampler:
     """Samples a process's RSS, peak RSS and CPU time from /proc every ``period_s``."""
 
@@ -258,13 +251,12 @@ class ProcessSampler:
 
 
 def run_load(args: argparse.Namespace, out: Path, hostile: int = 0) -> dict[str, Any]:
-    address = f"127.0.0.1:{_free_port()}"
     coordinator_dir, sites_dir = out / "coordinator", out / "sites"
     sites_dir.mkdir(parents=True, exist_ok=True)
     n = args.agents
     cmd = [
         sys.executable, "-m", "fedops", "coordinator",
-        "--address", address, "--task", str(TASK), "--run-dir", str(coordinator_dir),
+        "--address", "127.0.0.1:0", "--task", str(TASK), "--run-dir", str(coordinator_dir),
         "--rounds", str(args.rounds), "--min-clients", str(n), "--clients-per-round", str(n),
         "--round-timeout", "600", "--join-timeout", "900",
         "--heartbeat-interval", str(args.heartbeat), "--liveness-timeout", str(args.liveness),
@@ -274,7 +266,8 @@ def run_load(args: argparse.Namespace, out: Path, hostile: int = 0) -> dict[str,
     started = time.monotonic()
     coordinator = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     sampler = ProcessSampler(coordinator.pid)
-    _wait_listening(out / "coordinator.log", coordinator)
+    # port 0: the kernel picks a free port as the coordinator binds; it says which
+    address = _wait_listening(coordinator_dir, out / "coordinator.log", coordinator)
     attack_report = out / "attacker.json"
     attacker = None
     if hostile:
@@ -305,11 +298,15 @@ def run_load(args: argparse.Namespace, out: Path, hostile: int = 0) -> dict[str,
     return figures
 
 
-def _wait_listening(log_path: Path, proc: subprocess.Popen[bytes]) -> None:
+def _wait_listening(run_dir: Path, log_path: Path, proc: subprocess.Popen[bytes]) -> str:
+    """The address coordinator ``proc`` bound, from the ``listening.json`` it writes."""
+    from fedops.coordinator.listening import read_listening
+
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if "listening on" in log_path.read_text():
-            return
+        record = read_listening(run_dir, proc.pid)
+        if record is not None:
+            return record.address
         if proc.poll() is not None:
             raise RuntimeError(f"the coordinator exited: {log_path.read_text()[-2000:]}")
         time.sleep(0.2)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from procs import Procs, free_port, wait_until
+from procs import Procs, wait_until
 
 from fedops.coordinator.results import Assignment
 from fedops.coordinator.server import build_server
@@ -196,13 +196,13 @@ class Fleet:
         task = self.workdir / "truth_task.py"
         task.write_text(TRUTH_TASK)
 
-        port = free_port()
         self.transport = AdversaryTransport(
             run_id=RUN_ID, heartbeat_interval_s=1.0, liveness_timeout_s=60.0
         )
         self.transport.audit_head = self.transport.next_head  # dispatched stages too
         self.server = build_server(self.transport, max_workers=32)
-        assert self.server.add_insecure_port(f"127.0.0.1:{port}") == port
+        port = self.server.add_insecure_port("127.0.0.1:0")  # the kernel's pick, at bind time
+        assert port != 0, "cannot listen on 127.0.0.1"
         self.server.start()
         for i, name in enumerate(self.names):
             truth = self.truth_dir(name)

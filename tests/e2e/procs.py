@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedops.coordinator.listening import read_listening
 from fedops.reporting.plots import read_metrics
 
 # One torch thread per process: five clients and a coordinator share two cores.
@@ -35,12 +35,6 @@ def run_fedops(
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Procs:
     """Starts processes, keeps their logs, and kills whatever is left at the end."""
 
@@ -60,10 +54,39 @@ class Procs:
         self.procs.append((name, proc))
         return proc
 
-    def coordinator(self, name: str, port: int, run_dir: Path, *args: str):
-        return self.start(
-            name, "coordinator", "--address", f"127.0.0.1:{port}", "--run-dir", str(run_dir), *args
+    def coordinator(
+        self, name: str, run_dir: Path, *args: str, port: int = 0, env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[bytes], int]:
+        """A coordinator and the port it bound. Port 0 (the default) lets the kernel pick a
+        free one at bind time, so no other process can take it first; give ``port`` only to
+        restart a run where its clients already look for it."""
+        proc = self.start(
+            name,
+            "coordinator",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--run-dir",
+            str(run_dir),
+            *args,
+            env=env,
         )
+        return proc, self.bound_port(proc, run_dir, name)
+
+    def bound_port(
+        self, proc: subprocess.Popen[bytes], run_dir: Path, name: str, timeout: float = 120
+    ) -> int:
+        """The port coordinator ``proc`` listens on, from the ``listening.json`` it writes
+        once bound; fails with its log if it exits first."""
+
+        def bound() -> int | None:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"{name} exited ({proc.returncode}) before listening:\n{self.log(name)[-3000:]}"
+                )
+            record = read_listening(run_dir, proc.pid)
+            return record.port if record is not None else None
+
+        return int(wait_until(bound, timeout, f"{name} to listen", lambda: self.log(name)[-3000:]))
 
     def client(
         self,

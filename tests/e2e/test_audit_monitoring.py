@@ -19,9 +19,10 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import torch
-from procs import Procs, free_port, metrics, run_fedops, wait_until
+from procs import Procs, metrics, run_fedops, wait_until
 from safetensors.torch import load_file
 
+from fedops.coordinator.listening import read_listening
 from fedops.tasks import load_task
 
 pytestmark = pytest.mark.slow
@@ -58,12 +59,10 @@ def _scrape(port: int) -> dict[str, float]:
 def run(tmp_path_factory):
     work = tmp_path_factory.mktemp("audit")
     procs = Procs(work)
-    port, metrics_port = free_port(), free_port()
     coord_dir = work / "coordinator"
     try:
-        coord = procs.coordinator(
+        coord, port = procs.coordinator(
             "coordinator",
-            port,
             coord_dir,
             "--task",
             TASK,
@@ -72,8 +71,11 @@ def run(tmp_path_factory):
             "--min-clients",
             str(SITES),
             "--metrics-port",
-            str(metrics_port),
+            "0",  # the kernel picks it; listening.json says which
         )
+        listening = read_listening(coord_dir, coord.pid)
+        assert listening is not None and listening.metrics is not None, listening
+        metrics_port = int(listening.metrics.rpartition(":")[2])
         for site in range(SITES):
             procs.client(f"bank{site}", port, site, SITES, "--lr", "0.1", task=TASK)
         wait_until(lambda: len(metrics(coord_dir)) >= 1, 180, "round 1")

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from procs import Procs, free_port, metrics, query
+from procs import Procs, metrics, query
 
 from fedops.core.params import specs_of, total_bytes
 from fedops.v1 import fedops_pb2 as pb
@@ -99,10 +99,9 @@ class Mallory:
 
 
 def test_bad_updates_are_refused_with_reasons_and_rounds_go_on(procs: Procs, tmp_path: Path):
-    port, run_dir = free_port(), tmp_path / "run"
-    coord = procs.coordinator(
+    run_dir = tmp_path / "run"
+    coord, port = procs.coordinator(
         "coordinator",
-        port,
         run_dir,
         "--task",
         "digits",

@@ -157,13 +157,11 @@ def test_a_second_coordinator_on_a_taken_port_stops_before_writing_anything(proc
     """Issue 18, item 1: gRPC's default SO_REUSEPORT let a second coordinator bind the same
     port (clients were split between two runs at random); a port held by another program
     gave a traceback after the audit log's run_started entry was written."""
-    from procs import free_port, run_fedops, wait_until
+    from procs import run_fedops
 
-    port = free_port()
-    first = procs.coordinator(
-        "first", port, tmp_path / "A", "--task", "digits", "--rounds", "1", "--join-timeout", "60"
+    first, port = procs.coordinator(
+        "first", tmp_path / "A", "--task", "digits", "--rounds", "1", "--join-timeout", "60"
     )
-    wait_until(lambda: "listening on" in procs.log("first"), 60, "the first coordinator")
     second = run_fedops(
         "coordinator",
         "--address",
@@ -192,11 +190,11 @@ def test_a_run_directory_whose_state_was_lost_is_not_started_over(procs, tmp_pat
     audit chain."""
     import signal
 
-    from procs import free_port, run_fedops, wait_until
+    from procs import run_fedops, wait_until
 
-    port, run_dir = free_port(), tmp_path / "run"
+    run_dir = tmp_path / "run"
     args = ("--task", "digits", "--rounds", "50", "--min-clients", "1", "--join-timeout", "60")
-    coord = procs.coordinator("coordinator", port, run_dir, *args)
+    coord, port = procs.coordinator("coordinator", run_dir, *args)
     procs.client("site0", port, 0, 1)
     wait_until(lambda: list((run_dir / "checkpoints").glob("*.safetensors")), 120, "a round")
     coord.send_signal(signal.SIGKILL)  # a crash: the WAL holds what was not checkpointed
@@ -205,9 +203,7 @@ def test_a_run_directory_whose_state_was_lost_is_not_started_over(procs, tmp_pat
     for path in run_dir.glob(lost):
         path.unlink()
     audit = (run_dir / "audit.jsonl").read_bytes()
-    again = run_fedops(
-        "coordinator", "--address", f"127.0.0.1:{port}", "--run-dir", str(run_dir), *args
-    )
+    again = run_fedops("coordinator", "--address", "127.0.0.1:0", "--run-dir", str(run_dir), *args)
     assert again.returncode == 1, again.stdout + again.stderr
     assert "holds an earlier run" in again.stderr and "Traceback" not in again.stderr
     assert "checkpoints" in again.stderr and "audit.jsonl" in again.stderr
@@ -247,11 +243,11 @@ def test_simulations_started_together_get_their_own_run_directories(tmp_path):
 def test_a_start_that_fails_on_its_task_leaves_no_run_behind(tmp_path):
     """Issue 18, item 4: a failed first start (--task digit) fixed the stored config for
     good; the later correct start resumed as 'digit'."""
-    from procs import free_port, run_fedops
+    from procs import run_fedops
 
     run_dir = tmp_path / "run"
     bad = run_fedops(
-        "coordinator", "--address", f"127.0.0.1:{free_port()}", "--run-dir", str(run_dir),
+        "coordinator", "--address", "127.0.0.1:0", "--run-dir", str(run_dir),
         "--task", "digit", "--rounds", "1",
     )  # fmt: skip
     assert bad.returncode == 2 and "--task" in bad.stderr and "Traceback" not in bad.stderr

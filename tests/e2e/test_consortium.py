@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from procs import Procs, free_port, metrics, query, run_fedops, wait_until
+from procs import Procs, metrics, query, run_fedops, wait_until
 
 from fedops.consortium import pki
 from fedops.consortium.enrol import assemble, request, sign_requests
@@ -32,17 +32,23 @@ from fedops.wire import PROTOCOL_VERSION
 pytestmark = pytest.mark.slow
 #: enough rounds (a fraction of a second each) for the checks to run while the run goes on
 ROUNDS = 40
+#: The coordinator address written into the kits. Nothing dials it: kits are made before the
+#: coordinator starts, and it binds 127.0.0.1:0 (the kernel picks the port, so no other
+#: process can take it first); sites and admins are pointed at the bound port with
+#: --coordinator. (Port 9, discard: nothing listens there, so a process that did use the
+#: kit's address would fail at once rather than reach something else.)
+KIT_ADDRESS = "127.0.0.1:9"
 
 
 def _fedops(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return run_fedops(*args, cwd=cwd)
 
 
-def _init(tmp: Path, name: str, port: int, *, cli: bool = True) -> Path:
+def _init(tmp: Path, name: str, *, cli: bool = True) -> Path:
     spec = tmp / f"{name}.yaml"
     spec.write_text(
         f"name: {name}\n"
-        f"coordinator: {{name: coord, address: '127.0.0.1:{port}'}}\n"
+        f"coordinator: {{name: coord, address: '{KIT_ADDRESS}'}}\n"
         "sites: [{name: bank-a}, {name: bank-b}, {name: bank-c}]\n"
         "admins: [{name: alice}]\n"
         "observers: [{name: auditor}]\n"
@@ -68,13 +74,16 @@ def _register(stub: pb_grpc.CoordinatorStub, site_name: str = "") -> pb.Register
     return stub.Register(request, timeout=10)
 
 
-def _site(procs: Procs, kits: Path, name: str, index: int, tmp: Path, *extra: str):  # type: ignore[no-untyped-def]
-    """One of two sites, dialling with its kit (1 local epoch: rounds stay short)."""
+def _site(procs: Procs, kits: Path, name: str, index: int, port: int, tmp: Path, *extra: str):  # type: ignore[no-untyped-def]
+    """One of two sites, dialling the coordinator's bound port with its kit (1 local epoch:
+    rounds stay short)."""
     return procs.start(
         name,
         "client",
         "--kit",
         str(kits / name),
+        "--coordinator",
+        f"127.0.0.1:{port}",
         "--task",
         "digits",
         "--site",
@@ -96,13 +105,12 @@ def _code(call) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
 
 
 def test_a_consortium_trains_over_mtls_and_refuses_everyone_else(procs: Procs, tmp_path: Path):
-    port = free_port()
-    cons = _init(tmp_path, "banks", port)
+    cons = _init(tmp_path, "banks")
     kits = cons / "kits"
     run_dir = tmp_path / "run"
-    coord = procs.start(
+    coord, port = procs.coordinator(
         "coordinator",
-        "coordinator",
+        run_dir,
         "--kit",
         str(kits / "coord"),
         "--task",
@@ -115,17 +123,14 @@ def test_a_consortium_trains_over_mtls_and_refuses_everyone_else(procs: Procs, t
         "8",  # 8x the heartbeat below: a loaded machine must not drop a healthy site
         "--heartbeat-interval",
         "1",
-        "--run-dir",
-        str(run_dir),
         "--round-timeout",
         "30",
     )
-    wait_until(lambda: "listening on" in procs.log("coordinator"), 120, "the coordinator")
     # before any site joins: plaintext, and another consortium's certificate, are refused at
     # the handshake
     plain = pb_grpc.CoordinatorStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
     assert _code(lambda: _register(plain))[0] is grpc.StatusCode.UNAVAILABLE
-    other = _init(tmp_path, "strangers", free_port())
+    other = _init(tmp_path, "strangers")
     assert _code(lambda: _register(_stub(other / "kits" / "bank-a", port)))[0] is (
         grpc.StatusCode.UNAVAILABLE
     )
@@ -146,7 +151,7 @@ def test_a_consortium_trains_over_mtls_and_refuses_everyone_else(procs: Procs, t
     # the sites join (the run starts), and bank-b is revoked during the run: refused at its
     # next call, the others go on
     sites = {
-        name: _site(procs, kits, name, i, tmp_path, "--max-retries", "3")
+        name: _site(procs, kits, name, i, port, tmp_path, "--max-retries", "3")
         for i, name in enumerate(("bank-a", "bank-b"))
     }
     trained = (
@@ -182,11 +187,10 @@ def test_a_consortium_trains_over_mtls_and_refuses_everyone_else(procs: Procs, t
 
 
 def test_a_csr_enrolled_consortium_trains_over_mtls_with_a_pinned_ca(procs: Procs, tmp_path: Path):
-    port = free_port()
     spec = tmp_path / "banks.yaml"
     spec.write_text(
         "name: banks\n"
-        f"coordinator: {{name: coord, address: '127.0.0.1:{port}'}}\n"
+        f"coordinator: {{name: coord, address: '{KIT_ADDRESS}'}}\n"
         "sites: [{name: bank-a}, {name: bank-b}]\n"
         "admins: [{name: alice}]\n"
     )
@@ -201,9 +205,9 @@ def test_a_csr_enrolled_consortium_trains_over_mtls_with_a_pinned_ca(procs: Proc
 
     run_dir = tmp_path / "run"
     pinned = ("--ca-fingerprint", pin)
-    coord = procs.start(
+    coord, port = procs.coordinator(
         "coordinator",
-        "coordinator",
+        run_dir,
         "--kit",
         str(tmp_path / "coord"),
         *pinned,
@@ -213,14 +217,11 @@ def test_a_csr_enrolled_consortium_trains_over_mtls_with_a_pinned_ca(procs: Proc
         "2",
         "--min-clients",
         "2",
-        "--run-dir",
-        str(run_dir),
         "--round-timeout",
         "60",
     )
-    wait_until(lambda: "listening on" in procs.log("coordinator"), 120, "the coordinator")
     sites = [
-        _site(procs, tmp_path, n, i, tmp_path / "runs", *pinned)
+        _site(procs, tmp_path, n, i, port, tmp_path / "runs", *pinned)
         for i, n in enumerate(("bank-a", "bank-b"))
     ]
     assert procs.wait(coord, 180, "coordinator") == 0, procs.log("coordinator")
@@ -233,7 +234,7 @@ def test_a_csr_enrolled_consortium_trains_over_mtls_with_a_pinned_ca(procs: Proc
 
 
 def test_a_tampered_kit_is_refused_before_anything_is_dialled(tmp_path: Path):
-    cons = _init(tmp_path, "banks", free_port())
+    cons = _init(tmp_path, "banks")
     kit = cons / "kits" / "bank-a"
     meta = json.loads((kit / "kit.json").read_text())
     meta["role"] = "coordinator"
@@ -254,6 +255,8 @@ def test_a_tampered_kit_is_refused_before_anything_is_dialled(tmp_path: Path):
     assert "kit.json" in done.stderr, done.stderr
     served = _fedops(
         "coordinator",
+        "--address",
+        "127.0.0.1:0",  # refused before it binds; never the kit's placeholder address
         "--kit",
         str(cons / "kits" / "bank-b"),
         "--task",
@@ -266,12 +269,11 @@ def test_a_tampered_kit_is_refused_before_anything_is_dialled(tmp_path: Path):
 
 
 def test_admins_start_and_stop_a_run_and_observers_only_watch(procs: Procs, tmp_path: Path):
-    port = free_port()
-    kits = _init(tmp_path, "banks", port) / "kits"
+    kits = _init(tmp_path, "banks") / "kits"
     run_dir = tmp_path / "run"
-    coord = procs.start(
+    coord, port = procs.coordinator(
         "coordinator",
-        "coordinator",
+        run_dir,
         "--kit",
         str(kits / "coord"),
         "--task",
@@ -280,16 +282,16 @@ def test_admins_start_and_stop_a_run_and_observers_only_watch(procs: Procs, tmp_
         "500",
         "--min-clients",
         "2",
-        "--run-dir",
-        str(run_dir),
         "--wait-for-start",
     )
-    wait_until(lambda: "listening on" in procs.log("coordinator"), 120, "the coordinator")
     for i, name in enumerate(("bank-a", "bank-b")):
-        _site(procs, kits, name, i, tmp_path)
+        _site(procs, kits, name, i, port, tmp_path)
 
     def admin(verb: str, party: str) -> subprocess.CompletedProcess[str]:
-        return _fedops("admin", verb, "--kit", str(kits / party), "--reason", "test", cwd=tmp_path)
+        at = ("--coordinator", f"127.0.0.1:{port}")
+        return _fedops(
+            "admin", verb, "--kit", str(kits / party), *at, "--reason", "test", cwd=tmp_path
+        )
 
     waiting = wait_until(
         lambda: (r := admin("status", "auditor")).returncode == 0 and "bank-b" in r.stdout and r,
@@ -325,16 +327,15 @@ def test_a_consortium_secagg_run_signs_keys_and_audit_logs_with_kit_identities(
     """SecAgg+ over mTLS with no --identity-key or --trusted-keys: each site signs its keys with
     its kit's signing key and checks its neighbours' certificates against the CA; every audit
     log is signed with its party's certified key, which `audit verify --ca` names."""
-    port = free_port()
-    cons = _init(tmp_path, "banks", port, cli=False)
+    cons = _init(tmp_path, "banks", cli=False)
     kits, run_dir, names = cons / "kits", tmp_path / "run", ("bank-a", "bank-b", "bank-c")
     coordinator = ["--kit", str(kits / "coord"), "--task", "digits", "--rounds", "2"]
-    coordinator += ["--min-clients", "3", "--run-dir", str(run_dir), "--round-timeout", "60"]
-    coord = procs.start("coordinator", "coordinator", *coordinator, "--secagg", "secaggplus")
-    wait_until(lambda: "listening on" in procs.log("coordinator"), 120, "the coordinator")
+    coordinator += ["--min-clients", "3", "--round-timeout", "60"]
+    coord, port = procs.coordinator("coordinator", run_dir, *coordinator, "--secagg", "secaggplus")
     sites = {}
     for i, name in enumerate(names):
-        site = ["--kit", str(kits / name), "--task", "digits", "--site", str(i)]
+        site = ["--kit", str(kits / name), "--coordinator", f"127.0.0.1:{port}"]
+        site += ["--task", "digits", "--site", str(i)]
         site += ["--num-sites", "3", "--run-dir", str(tmp_path / name), "--epochs", "1"]
         sites[name] = procs.start(name, "client", *site, "--require-secagg")
     assert procs.wait(coord, 240, "coordinator") == 0, procs.log("coordinator")
@@ -365,7 +366,7 @@ def test_a_consortium_secagg_run_signs_keys_and_audit_logs_with_kit_identities(
     report = json.loads((run_dir / "compliance.json").read_text())
     assert [p["certified"]["name"] for p in report["parties"]] == ["coord", *names]
     # the CA of another consortium did not certify these keys
-    other = _init(tmp_path, "strangers", free_port(), cli=False) / "ca" / "ca.pem"
+    other = _init(tmp_path, "strangers", cli=False) / "ca" / "ca.pem"
     assert audit_verify_command(run_dir, None, other) == 1
     assert "not issued by the consortium CA" in capsys.readouterr().err
     # with the CA's CRL: a log whose key was revoked since no longer verifies (its holder can
@@ -386,12 +387,10 @@ def test_a_consortium_secagg_run_signs_keys_and_audit_logs_with_kit_identities(
 def test_tls_mistakes_are_named_at_once(procs: Procs, tmp_path: Path):
     """Issue 18 #9: another consortium's kit, or a plaintext agent, against a TLS coordinator
     was "unreachable (UNAVAILABLE)" after minutes of retries."""
-    port = free_port()
-    cons = _init(tmp_path, "banks", port, cli=False)
+    cons = _init(tmp_path, "banks", cli=False)
     coordinator = ["--kit", str(cons / "kits" / "coord"), "--task", "digits"]
-    procs.start("coordinator", "coordinator", *coordinator, "--run-dir", str(tmp_path / "run"))
-    wait_until(lambda: "listening on" in procs.log("coordinator"), 120, "the coordinator")
-    other = _init(tmp_path, "strangers", free_port(), cli=False)
+    _, port = procs.coordinator("coordinator", tmp_path / "run", *coordinator)
+    other = _init(tmp_path, "strangers", cli=False)
     site = ["--task", "digits", "--site", "0", "--num-sites", "1"]
     stranger = procs.start(
         "stranger", "client", "--kit", str(other / "kits" / "bank-a"),

@@ -12,22 +12,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from procs import Procs, free_port, journal, metrics, query, slow_task, wait_until
+from procs import Procs, journal, metrics, query, slow_task, wait_until
 from safetensors.numpy import load_file
 
 pytestmark = pytest.mark.slow
 
 
-def _two_sites_and_a_victim(procs: Procs, port: int, run_dir: Path, *extra: str):
-    """A 2-round digits coordinator waiting for 3 sites, and sites 0 and 1; site 2 is the test's.
+def _two_sites_and_a_victim(procs: Procs, run_dir: Path, *extra: str):
+    """A 2-round digits coordinator waiting for 3 sites, and sites 0 and 1; site 2 is the test's
+    (the coordinator and the port it bound).
 
     A 10 s liveness timeout against a 1 s heartbeat drops a dead site long before the 120 s
     round timeout (what a stalled round would wait for instead), with 10x slack for a
     healthy site's heartbeats on a loaded machine.
     """
-    coord = procs.coordinator(
+    coord, port = procs.coordinator(
         "coordinator",
-        port,
         run_dir,
         "--task",
         "digits",
@@ -45,12 +45,12 @@ def _two_sites_and_a_victim(procs: Procs, port: int, run_dir: Path, *extra: str)
     )
     for i in range(2):
         procs.client(f"site{i}", port, i, 3)
-    return coord
+    return coord, port
 
 
 def test_killed_client_does_not_stall_the_round(procs: Procs, tmp_path: Path):
-    port, run_dir = free_port(), tmp_path / "run"
-    coord = _two_sites_and_a_victim(procs, port, run_dir)
+    run_dir = tmp_path / "run"
+    coord, port = _two_sites_and_a_victim(procs, run_dir)
     victim = procs.client(
         "site2", port, 2, 3, task=slow_task(tmp_path), env={"FEDOPS_TEST_SLEEP_S": "60"}
     )
@@ -78,10 +78,9 @@ def test_killed_client_does_not_stall_the_round(procs: Procs, tmp_path: Path):
 
 
 def test_straggler_is_cut_at_the_deadline_and_its_late_result_refused(procs: Procs, tmp_path: Path):
-    port, run_dir = free_port(), tmp_path / "run"
-    coord = procs.coordinator(
+    run_dir = tmp_path / "run"
+    coord, port = procs.coordinator(
         "coordinator",
-        port,
         run_dir,
         "--task",
         "digits",
@@ -121,9 +120,9 @@ def test_straggler_is_cut_at_the_deadline_and_its_late_result_refused(procs: Pro
 
 
 def test_late_joiner_gets_the_current_model(procs: Procs, tmp_path: Path):
-    port, run_dir = free_port(), tmp_path / "run"
-    coord = procs.coordinator(
-        "coordinator", port, run_dir, "--task", "digits", "--rounds", "12", "--min-clients", "2"
+    run_dir = tmp_path / "run"
+    coord, port = procs.coordinator(
+        "coordinator", run_dir, "--task", "digits", "--rounds", "12", "--min-clients", "2"
     )
     for i in range(2):  # 1.5 s per local training: the run outlasts the late start-up
         procs.client(
@@ -152,9 +151,9 @@ def test_late_joiner_gets_the_current_model(procs: Procs, tmp_path: Path):
 
 
 def test_coordinator_killed_and_restarted_resumes_with_the_same_model(procs: Procs, tmp_path: Path):
-    port, run_dir = free_port(), tmp_path / "run"
+    run_dir = tmp_path / "run"
     args = ("--task", "digits", "--rounds", "6", "--min-clients", "2")
-    first = procs.coordinator("coordinator1", port, run_dir, *args)
+    first, port = procs.coordinator("coordinator1", run_dir, *args)
     clients = [procs.client(f"site{i}", port, i, 2, "--max-retries", "60") for i in range(2)]
     wait_until(lambda: len(metrics(run_dir)) >= 3, 120, "three rounds")
     first.send_signal(signal.SIGKILL)
@@ -164,7 +163,8 @@ def test_coordinator_killed_and_restarted_resumes_with_the_same_model(procs: Pro
     (run_id,) = query(run_dir, "SELECT run_id FROM runs")[0]
     assert 3 <= last < 6
 
-    second = procs.coordinator("coordinator2", port, run_dir, *args)
+    # the same port: the clients keep retrying the address they were given
+    second, _ = procs.coordinator("coordinator2", run_dir, *args, port=port)
     assert procs.wait(second, 180, "coordinator2") == 0, procs.log("coordinator2")
     for i, client in enumerate(clients):
         assert procs.wait(client, 30, f"site{i}") == 0, procs.log(f"site{i}")
@@ -287,8 +287,8 @@ def test_client_killed_after_pulling_or_mid_upload_does_not_count(
     (Killed while training: test_killed_client_does_not_stall_the_round. Killed between
     sending its masked input and unmasking, under SecAgg+: test_secagg.py.)
     """
-    port, run_dir = free_port(), tmp_path / "run"
-    coord = _two_sites_and_a_victim(procs, port, run_dir)
+    run_dir = tmp_path / "run"
+    coord, port = _two_sites_and_a_victim(procs, run_dir)
     task, mark = tmp_path / "crash_task.py", tmp_path / "crashed"
     task.write_text(CRASH_TASK)
     env = {
@@ -373,9 +373,9 @@ def test_a_coordinator_says_whom_it_waits_for_and_sigterm_ends_it_like_ctrl_c(
 ):
     """Issue 18 #10: below --min-clients the coordinator said nothing, and SIGTERM (docker
     stop, systemd) killed it without a summary."""
-    port, run_dir = free_port(), tmp_path / "run"
-    coord = procs.coordinator(
-        "coordinator", port, run_dir, "--task", "digits", "--min-clients", "3",
+    run_dir = tmp_path / "run"
+    coord, port = procs.coordinator(
+        "coordinator", run_dir, "--task", "digits", "--min-clients", "3",
         "--join-timeout", "300",
     )  # fmt: skip
     procs.client("site0", port, 0, 3)
@@ -395,8 +395,8 @@ def test_a_coordinator_says_whom_it_waits_for_and_sigterm_ends_it_like_ctrl_c(
 
 def test_a_site_running_another_task_is_refused_when_it_registers(procs: Procs, tmp_path: Path):
     """Issue 18 #8: refused at Register with both models named, not mid-round."""
-    port, run_dir = free_port(), tmp_path / "run"
-    procs.coordinator("coordinator", port, run_dir, "--task", "digits", "--min-clients", "1")
+    run_dir = tmp_path / "run"
+    _, port = procs.coordinator("coordinator", run_dir, "--task", "digits", "--min-clients", "1")
     site = procs.client("site0", port, 0, 1, task="digits-mlp")
     assert procs.wait(site, 120, "site0") != 0, procs.log("site0")
     log = procs.log("site0")

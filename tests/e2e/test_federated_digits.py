@@ -7,17 +7,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from procs import Procs, free_port, journal, metrics
+from procs import Procs, journal, metrics
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox"])
 def test_five_sites_dirichlet_reach_90_percent(procs: Procs, tmp_path: Path, strategy: str):
-    port, run_dir = free_port(), tmp_path / "run"
-    coord = procs.coordinator(
+    run_dir = tmp_path / "run"
+    coord, port = procs.coordinator(
         "coordinator",
-        port,
         run_dir,
         "--task",
         "digits",
@@ -83,8 +82,8 @@ USER_TASK = textwrap.dedent('''
 def test_user_task_file_and_initial_model_from_first_client(procs: Procs, tmp_path: Path):
     task = tmp_path / "my_task.py"
     task.write_text(USER_TASK)
-    port, run_dir = free_port(), tmp_path / "run"
-    coord = procs.coordinator("coordinator", port, run_dir, "--rounds", "4", "--min-clients", "3")
+    run_dir = tmp_path / "run"
+    coord, port = procs.coordinator("coordinator", run_dir, "--rounds", "4", "--min-clients", "3")
     clients = [
         procs.client(f"site{i}", port, i, 3, "--lr", "0.1", task=str(task)) for i in range(3)
     ]

@@ -13,7 +13,7 @@ from typing import Any
 import dp_accounting as dpa
 import pytest
 from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
-from procs import Procs, free_port, metrics, query, run_fedops
+from procs import Procs, metrics, query, run_fedops
 
 from fedops.tasks.ledger import SiteLedger
 
@@ -42,10 +42,9 @@ def assert_pld_bound(reported: float, oracle: float) -> None:
 
 
 def test_central_dp_reports_epsilon_and_the_budget_stops_the_run(procs: Procs, tmp_path: Path):
-    port, run_dir = free_port(), tmp_path / "run"
-    coord = procs.coordinator(
+    run_dir = tmp_path / "run"
+    coord, port = procs.coordinator(
         "coordinator",
-        port,
         run_dir,
         "--task",
         "digits",
@@ -187,10 +186,9 @@ def test_1000_clients_with_central_dp_stay_within_5_points(procs: Procs, tmp_pat
 
 
 def test_local_dp_sites_keep_their_epsilon_and_enforce_their_limit(procs: Procs, tmp_path: Path):
-    port, run_dir = free_port(), tmp_path / "local"
-    coord = procs.coordinator(
+    run_dir = tmp_path / "local"
+    coord, port = procs.coordinator(
         "coordinator",
-        port,
         run_dir,
         "--task",
         "digits",

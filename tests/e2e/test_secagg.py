@@ -6,7 +6,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from procs import Procs, free_port, journal, metrics, query, wait_until
+from procs import Procs, journal, metrics, query, wait_until
 from safetensors.numpy import load_file
 
 pytestmark = pytest.mark.slow
@@ -38,10 +38,9 @@ def train(model, data, config):
 """
 
 
-def _coordinator(procs: Procs, name: str, port: int, run_dir: Path, *extra: str):
+def _coordinator(procs: Procs, name: str, run_dir: Path, *extra: str):
     return procs.coordinator(
         name,
-        port,
         run_dir,
         "--task",
         "digits",
@@ -65,8 +64,8 @@ def _pushed(site_dir: Path, server_round: int, stage: str) -> bool:
 
 
 def test_secagg_round_survives_two_killed_clients(procs: Procs, tmp_path: Path):
-    port, run_dir = free_port(), tmp_path / "secure"
-    coord = _coordinator(procs, "coordinator", port, run_dir, "--secagg", "secaggplus")
+    run_dir = tmp_path / "secure"
+    coord, port = _coordinator(procs, "coordinator", run_dir, "--secagg", "secaggplus")
     slow = tmp_path / "slow_task.py"
     slow.write_text(SLOW_TASK)
     for i in range(NUM_SITES - 1):
@@ -124,8 +123,8 @@ def test_secagg_round_survives_two_killed_clients(procs: Procs, tmp_path: Path):
             assert column[2].upper() != "BLOB", (table, column)
 
     # The same seeded run without SecAgg, losing site7 the same way, ends within 1 point.
-    port2, plain_dir = free_port(), tmp_path / "plain"
-    coord2 = _coordinator(procs, "plain-coordinator", port2, plain_dir)
+    plain_dir = tmp_path / "plain"
+    coord2, port2 = _coordinator(procs, "plain-coordinator", plain_dir)
     for i in range(NUM_SITES - 1):
         procs.client(f"plain{i}", port2, i, NUM_SITES)
     plain7 = procs.client(
@@ -149,10 +148,9 @@ def test_secagg_round_survives_two_killed_clients(procs: Procs, tmp_path: Path):
 
 
 def test_site_that_requires_secagg_declines_plain_training(procs: Procs, tmp_path: Path):
-    port, run_dir = free_port(), tmp_path / "run"
-    coord = procs.coordinator(
+    run_dir = tmp_path / "run"
+    coord, port = procs.coordinator(
         "coordinator",
-        port,
         run_dir,
         "--task",
         "digits",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from procs import Procs, free_port, query
+from procs import Procs, query
 
 from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
 from fedops.runtime.store import read_checkpoint
@@ -22,10 +22,9 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["fedprox"])
 def test_simulate_equals_coordinator_and_clients(procs: Procs, tmp_path: Path, strategy: str):
     rounds, sites, seed = 3, 3, 0
-    port, run_dir = free_port(), tmp_path / "deployed"
-    coord = procs.coordinator(
+    run_dir = tmp_path / "deployed"
+    coord, port = procs.coordinator(
         "coordinator",
-        port,
         run_dir,
         "--task",
         "digits",

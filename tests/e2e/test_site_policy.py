@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from procs import ENV, Procs, free_port, metrics, query, wait_until
+from procs import ENV, Procs, metrics, query, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -19,11 +19,11 @@ def _events(site_dir: Path) -> list[dict]:
 
 
 def test_round_limit_and_withdrawn_consent_are_enforced_at_the_site(procs: Procs, tmp_path: Path):
-    port, run_dir = free_port(), tmp_path / "run"
+    run_dir = tmp_path / "run"
     consent = tmp_path / "consent.json"
     consent.write_text('{"consent": true}')
-    coord = procs.coordinator(
-        "coordinator", port, run_dir, "--task", "digits", "--rounds", "4", "--min-clients", "2"
+    coord, port = procs.coordinator(
+        "coordinator", run_dir, "--task", "digits", "--rounds", "4", "--min-clients", "2"
     )
     procs.client("site0", port, 0, 3)
     procs.client("site1", port, 1, 3, "--max-rounds", "2")
