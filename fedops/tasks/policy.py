@@ -102,12 +102,12 @@ class SitePolicy:
             "max_epsilon": policy.get("max_epsilon"),
             "max_delta": float(policy.get("max_delta", 1e-5)),
             "dp_public_records": policy.get("dp_public_records"),
-            "require_secagg": bool(policy.get("require_secagg", False)),
+            "require_secagg": _boolean(policy, "require_secagg", False),
             "report_limits": ReportLimits(**limits),
             "max_rounds": policy.get("max_rounds"),
             "allowed_tasks": tuple(policy.get("allowed_tasks", ())),
             "consent_file": Path(policy["consent_file"]) if policy.get("consent_file") else None,
-            "consent": bool(policy.get("consent", True)),
+            "consent": _boolean(policy, "consent", True),
             "secagg": SecAggPolicy(**secagg),
         }
         values |= {k: v for k, v in overrides.items() if v is not None and v != ()}
@@ -142,3 +142,12 @@ class SitePolicy:
         except (OSError, ValueError):
             return False
         return isinstance(value, dict) and value.get("consent") is True
+
+
+def _boolean(policy: Mapping[str, Any], key: str, default: bool) -> bool:
+    """A yes/no rule, refused unless it is a real boolean: ``bool("false")`` is True, and
+    a consent of "false" must never read as consent."""
+    value = policy.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"policy: {key} must be true or false, got {value!r}")
+    return value

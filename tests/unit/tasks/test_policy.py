@@ -311,3 +311,11 @@ def test_an_invalid_kit_rule_fails_validation_not_silently() -> None:
         SitePolicy.from_mapping({"secagg_min_cohort": 1})
     with pytest.raises(ValueError, match="monitoring_min_count must be >= 1"):
         SitePolicy.from_mapping({"monitoring_min_count": 0})
+
+
+@pytest.mark.parametrize("rule", ["consent", "require_secagg"])
+@pytest.mark.parametrize("value", ["false", "true", 0, 1, None])
+def test_a_yes_no_rule_that_is_not_a_boolean_is_refused(rule, value):
+    """``bool("false")`` is True: a consent of "false" must never read as consent."""
+    with pytest.raises(ValueError, match=f"policy: {rule} must be true or false"):
+        SitePolicy.from_mapping({rule: value})
