@@ -78,6 +78,30 @@ def check_robust(
         )
 
 
+#: the strategies that read each option; every other strategy ignores it
+STRATEGY_OPTIONS = {
+    "mu": ("fedprox",),
+    "trim_fraction": ("trimmed_mean",),
+    "byzantine": ("krum", "multi_krum"),
+    "krum_select": ("multi_krum",),
+}
+
+
+def check_unused_options(strategy: str, given: dict[str, tuple[str, object, object]]) -> None:
+    """A strategy option set for a strategy that does not read it would be ignored without
+    a word (e.g. FedProx's mu under FedAvg): refuse it by the key the user typed.
+
+    ``given``: option -> (the user's key, its value, its default).
+    """
+    for option, (key, value, default) in given.items():
+        readers = STRATEGY_OPTIONS[option]
+        require(
+            strategy in readers or value == default,
+            key,
+            f"has no effect with strategy {strategy}: it is read by {' and '.join(readers)} only",
+        )
+
+
 #: the quantizer's range for each coordinate of a model update under SecAgg
 SECAGG_CLIP = 4.0
 SECAGG_MODES = ("none", "secaggplus")

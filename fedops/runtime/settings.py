@@ -17,10 +17,12 @@ from fedops.core.training import OPTIMIZERS
 from fedops.runtime.rules import (
     PRIVACY_MODES,
     SECAGG_CLIP,
+    STRATEGY_OPTIONS,
     ConfigError,
     check_dp,
     check_robust,
     check_secagg,
+    check_unused_options,
 )
 from fedops.runtime.rules import require as _require
 
@@ -123,6 +125,14 @@ class RoundOptions:
             f"must be one of {sorted(STRATEGIES)}, got {self.strategy!r}",
         )
         _require(self.mu >= 0, "mu", f"must be >= 0, got {self.mu}")
+        fields = RoundOptions.__dataclass_fields__
+        check_unused_options(
+            self.strategy,
+            {
+                option: (option, getattr(self, option), fields[option].default)
+                for option in STRATEGY_OPTIONS
+            },
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,6 +24,7 @@ from fedops.runtime.rules import (
     check_dp,
     check_robust,
     check_secagg,
+    check_unused_options,
 )
 
 DATASETS = ("digits", "breast_cancer", "synthetic")
@@ -195,6 +196,7 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     _require(p.alpha > 0, "partition.alpha", f"must be > 0, got {p.alpha}")
     _one_of(cfg.model.name, MODELS, "model.name")
     _require(cfg.model.hidden >= 1, "model.hidden", "must be >= 1")
+    check_data_keys(cfg)
     _one_of(cfg.strategy.name, tuple(STRATEGIES), "strategy.name")
     _require(cfg.strategy.mu >= 0, "strategy.mu", f"must be >= 0, got {cfg.strategy.mu}")
     _require(c.epochs >= 1, "client.epochs", f"must be >= 1, got {c.epochs}")
@@ -264,8 +266,48 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     return cfg
 
 
+def _unread(section: object, prefix: str, why: str, skip: tuple[str, ...] = ()) -> None:
+    """Every key of ``section`` (but ``skip``) must keep its default: nothing reads it."""
+    for name, spec in type(section).__dataclass_fields__.items():  # type: ignore[attr-defined]
+        if name not in skip:
+            value = getattr(section, name)
+            _require(value == spec.default, f"{prefix}.{name}", f"has no effect {why}")
+
+
+def check_data_keys(cfg: SimulateConfig) -> None:
+    """Keys the chosen data source never reads would be ignored without a word (e.g.
+    ``dataset.alpha`` on digits): refuse them by the key the user typed."""
+    d, p = cfg.dataset, cfg.partition
+    if cfg.task:
+        why = "with task=...: the task's load_data and build_model decide"
+        _unread(d, "dataset", why)
+        _unread(p, "partition", why)
+        _unread(cfg.model, "model", why)
+        return
+    if d.name != "synthetic":
+        _unread(d, "dataset", f"with dataset={d.name}: only dataset=synthetic reads it", ("name",))
+    else:
+        why = "with dataset=synthetic, whose clients are generated apart (see dataset.iid)"
+        _unread(p, "partition", why)
+    if p.name == "iid":
+        _unread(p, "partition", "with partition=iid: only partition=dirichlet reads it", ("name",))
+
+
 def check_strategy(cfg: SimulateConfig) -> None:
     st, s = cfg.strategy, cfg.simulation
+    fields = StrategyConfig.__dataclass_fields__
+    check_unused_options(
+        st.name,
+        {
+            option: (f"strategy.{name}", getattr(st, name), fields[name].default)
+            for option, name in (
+                ("mu", "mu"),
+                ("trim_fraction", "trim_fraction"),
+                ("byzantine", "byzantine"),
+                ("krum_select", "select"),
+            )
+        },
+    )
     try:
         check_robust(
             st.name,

@@ -187,10 +187,12 @@ def test_validation_names_the_strategy_key(overrides: list[str], key: str):
 
 
 def test_the_coordinator_takes_the_robust_flags():
-    cfg = CoordinatorConfig(
-        strategy="multi_krum", min_clients=7, byzantine=2, krum_select=3, trim_fraction=0.2
-    )
-    assert (cfg.byzantine, cfg.krum_select, cfg.trim_fraction) == (2, 3, 0.2)
+    cfg = CoordinatorConfig(strategy="multi_krum", min_clients=7, byzantine=2, krum_select=3)
+    assert (cfg.byzantine, cfg.krum_select) == (2, 3)
+    assert CoordinatorConfig(strategy="trimmed_mean", trim_fraction=0.2).trim_fraction == 0.2
+    with pytest.raises(ConfigError) as unread:  # multi_krum would ignore it: refused
+        CoordinatorConfig(strategy="multi_krum", min_clients=7, trim_fraction=0.2)
+    assert unread.value.key == "trim_fraction" and "has no effect" in unread.value.message
     with pytest.raises(ConfigError) as info:
         CoordinatorConfig(strategy="krum", min_clients=4)
     assert info.value.key == "byzantine" and "at least 5 clients" in info.value.message
@@ -198,7 +200,7 @@ def test_the_coordinator_takes_the_robust_flags():
 
 def test_the_cli_names_the_flag(capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit) as info:
-        cli_main(["coordinator", "--strategy", "median", "--trim-fraction", "0.7"])
+        cli_main(["coordinator", "--strategy", "trimmed_mean", "--trim-fraction", "0.7"])
     assert info.value.code == 2
     assert "--trim-fraction: must be in [0, 0.5)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
