@@ -21,6 +21,7 @@ from fedops.cli.parser import all_parsers, build_parser
 from fedops.coordinator import app
 from fedops.coordinator.transport import GrpcTransport
 from fedops.runtime.control import RunControl
+from fedops.runtime.settings import ConfigError
 from fedops.runtime.store import RunStore
 
 
@@ -82,6 +83,24 @@ COORDINATOR_FLAGS: list[tuple[tuple[str, ...], Callable[[Any], Any], Any]] = [
 )
 def test_a_coordinator_flag_reaches_its_setting(flags, setting, expected):
     assert setting(coordinator(*flags)) == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "flag"),
+    [
+        (("--mu", "0.3"), "mu"),
+        (("--strategy", "median", "--trim-fraction", "0.2"), "trim_fraction"),
+        (("--strategy", "trimmed_mean", "--byzantine", "2"), "byzantine"),
+        (("--strategy", "krum", "--min-clients", "9", "--krum-select", "2"), "krum_select"),
+    ],
+)
+def test_a_strategy_flag_the_strategy_does_not_read_is_refused(flags, flag):
+    with pytest.raises(ConfigError) as refused:
+        coordinator(*flags)
+    assert refused.value.key == flag
+    assert (
+        "has no effect" in refused.value.message or "krum keeps a single" in refused.value.message
+    )
 
 
 def test_keep_checkpoints_reaches_the_run_store(tmp_path: Path):

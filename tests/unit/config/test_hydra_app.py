@@ -25,10 +25,17 @@ def workdir(tmp_path: Path, monkeypatch) -> Path:
             "simulation.num_clients: no Dirichlet(alpha=0.5) split gave every one of 100 sites",
         ),
         ("task=/nonexistent/task.py", "task: task file '/nonexistent/task.py' does not exist"),
+        # keys nothing would read are refused, not ignored (issue 18 item 5)
+        ("strategy.mu=0.5", "strategy.mu: has no effect with strategy fedavg"),
+        ("strategy=krum strategy.trim_fraction=0.2", "strategy.trim_fraction: has no effect"),
+        ("dataset.alpha=0.3", "dataset.alpha: has no effect with dataset=digits"),
+        ("partition=iid dataset=synthetic", "partition.name: has no effect with dataset=synthetic"),
+        ("partition=iid partition.alpha=0.2", "partition.alpha: has no effect with partition=iid"),
+        ("task=my.py model=mlp", "model.name: has no effect with task=..."),
     ],
 )
 def test_a_refused_start_names_the_key_and_leaves_no_run_directory(workdir, capsys, override, says):
-    assert simulate_main([override]) == 2
+    assert simulate_main(override.split()) == 2
     err = capsys.readouterr().err
     assert err.strip().startswith(f"fedops simulate: error: {says}")
     assert "Traceback" not in err
