@@ -17,12 +17,10 @@ import torch
 from fedops.core.monitoring.fairness import FairnessThresholds
 from fedops.core.monitoring.profile import ReportLimits
 from fedops.core.monitoring.summary import MonitorThresholds
-from fedops.core.partition import SplitError
 from fedops.core.privacy.central import AdaptiveClipping
 from fedops.core.training import TrainConfig
 from fedops.crypto import Crypto
 from fedops.data import FederatedData
-from fedops.data.build import DATASETS, from_task
 from fedops.reporting.plots import plot_run
 from fedops.runtime.audit import AuditLog
 from fedops.runtime.driver import DriverConfig
@@ -31,61 +29,20 @@ from fedops.runtime.monitoring import MonitorSettings, monitoring_under_dp
 from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.run import RunPlan, execute, make_strategy
 from fedops.runtime.secure_fit import SecAggSettings
-from fedops.runtime.settings import ConfigError
 from fedops.runtime.simulate_settings import MonitoringConfig, SimulateConfig
 from fedops.runtime.store import RunStore
 from fedops.runtime.trail import RunTrail
 from fedops.runtime.transport import Transport
 from fedops.simulation.faults import FaultPlan
+from fedops.simulation.federation import load_federation, use_threads
 from fedops.simulation.inmemory import InMemoryTransport
 from fedops.simulation.process import ProcessTransport
 from fedops.simulation.secure import SecureSimTransport
 from fedops.simulation.vectorized import VectorizedTransport
-from fedops.tasks import Task, load_task
-from fedops.tasks.federated import task_from_data
-from fedops.tasks.monitor import takes_round
+from fedops.tasks import Task
 from fedops.tasks.site import Site, global_evaluator, initial_params
 
 log = logging.getLogger("fedops.simulate")
-
-
-def load_federation(cfg: SimulateConfig) -> tuple[Task, FederatedData | None]:
-    """The task every client runs, and (for built-in data) all clients' rows."""
-    n = cfg.simulation.num_clients
-    if cfg.task:
-        task = load_task(cfg.task)
-        vectorized = cfg.simulation.backend == "vectorized"
-        if vectorized and takes_round(task.load_data):
-            raise ConfigError(
-                "simulation.backend",
-                f"task {cfg.task!r} loads new data every round (load_data takes the round); "
-                "the vectorized backend holds every client's data fixed: use "
-                "simulation=sequential, process or ray",
-            )
-        data = from_task(task, n) if vectorized else None
-        return task, data
-    d, p = cfg.dataset, cfg.partition
-    if d.name == "synthetic":
-        data = DATASETS["synthetic"](
-            num_clients=n,
-            alpha=d.alpha,
-            beta=d.beta,
-            iid=d.iid,
-            num_features=d.num_features,
-            num_classes=d.num_classes,
-            seed=cfg.seed,
-            mean_log=d.mean_log,
-            sigma_log=d.sigma_log,
-            min_samples=d.min_samples,
-            max_samples=d.max_samples,
-        )
-    else:
-        try:
-            data = DATASETS[d.name](num_clients=n, partition=p.name, alpha=p.alpha, seed=cfg.seed)
-        except SplitError as exc:
-            raise ConfigError("simulation.num_clients", str(exc)) from exc
-    task = task_from_data(data, name=d.name, model=cfg.model.name, hidden=cfg.model.hidden)
-    return task, data
 
 
 def _device(name: str) -> str:
@@ -156,13 +113,6 @@ def make_transport(
 def site_ledger_dir(run_dir: Path, site: int) -> Path:
     """Where simulated site ``site`` keeps its ``privacy_ledger.sqlite`` under local DP."""
     return Path(run_dir) / "site_ledgers" / f"site-{site}"
-
-
-def use_threads(threads: int) -> None:
-    """One torch thread by default: measured here, two threads per process gained nothing on
-    an idle 2-core machine and made rounds 2-8x slower once other work shared the cores."""
-    if threads:
-        torch.set_num_threads(threads)
 
 
 def initial_model(task: Task, seed: int) -> torch.nn.Module:

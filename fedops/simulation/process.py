@@ -8,21 +8,20 @@ clients over ``simulation.workers`` spawned processes, each holding one
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import Any
 
 from fedops.runtime.simulate_settings import SimulateConfig
 from fedops.simulation.faults import FaultPlan
-from fedops.simulation.worker import ClientWorker, Job, WorkerTransport
+from fedops.simulation.pool import WorkerTransport
+from fedops.simulation.worker import ClientWorker, Job, WorkerSpec
 
 _worker: list[ClientWorker] = []  # the one ClientWorker of this worker process
 
 
-def _init(config_json: str) -> None:
-    _worker.append(ClientWorker(config_json))
+def _init(spec_json: str) -> None:
+    _worker.append(ClientWorker(spec_json))
 
 
 def _work(job: Job) -> tuple[Any, ...]:
@@ -36,7 +35,7 @@ class ProcessTransport(WorkerTransport):
         super().__init__(cfg, faults)
         context = mp.get_context("spawn")  # no forked torch/gRPC state in workers
         self.pool = context.Pool(
-            cfg.simulation.workers, initializer=_init, initargs=(json.dumps(asdict(cfg)),)
+            cfg.simulation.workers, initializer=_init, initargs=(WorkerSpec.of(cfg).to_json(),)
         )
         self._stream: Iterator[tuple[Any, ...]] | None = None
 

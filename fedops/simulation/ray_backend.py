@@ -10,14 +10,13 @@ existing cluster. Ray is an optional extra: ``pip install -e ".[ray]"``.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict
 from typing import Any
 
 from fedops.runtime.simulate_settings import SimulateConfig
 from fedops.simulation.faults import FaultPlan
-from fedops.simulation.worker import ClientWorker, Job, WorkerTransport
+from fedops.simulation.pool import WorkerTransport
+from fedops.simulation.worker import ClientWorker, Job, WorkerSpec
 
 
 def _ray() -> Any:
@@ -31,8 +30,8 @@ def _ray() -> Any:
 
 
 class _Actor:
-    def __init__(self, config_json: str) -> None:
-        self.worker = ClientWorker(config_json)
+    def __init__(self, spec_json: str) -> None:
+        self.worker = ClientWorker(spec_json)
 
     def run(self, job: Job) -> tuple[Any, ...]:
         return self.worker.run(job)
@@ -54,8 +53,8 @@ class RayTransport(WorkerTransport):
                 os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
                 ray.init(num_cpus=s.workers, include_dashboard=False, log_to_driver=False)
         actor = ray.remote(num_cpus=1)(_Actor)
-        config_json = json.dumps(asdict(cfg))
-        self.actors = [actor.remote(config_json) for _ in range(s.workers)]
+        spec_json = WorkerSpec.of(cfg).to_json()
+        self.actors = [actor.remote(spec_json) for _ in range(s.workers)]
         self._refs: list[Any] = []
 
     def _submit(self, jobs: list[Job]) -> None:
