@@ -11,6 +11,7 @@ import math
 
 from fedops.core.privacy.accountant import ACCOUNTANTS
 from fedops.core.strategies import ROBUST_STRATEGIES
+from fedops.core.strategies.robust import Krum
 
 
 class ConfigError(ValueError):
@@ -63,7 +64,7 @@ def check_robust(
         "clipped and noised mean",
     )
     if strategy in ("krum", "multi_krum"):
-        need = 2 * byzantine + 3
+        need = Krum(byzantine=byzantine).min_results()
         require(
             per_round >= need,
             "byzantine",

@@ -137,7 +137,6 @@ class RunPlan:
     task: Task | None = None  # the coordinator's copy of the task (monitoring bins)
     #: called after every committed round, besides the progress view (audit, metrics)
     observers: Sequence[Callable[[RoundRecord], None]] = ()
-    on_alert: Callable[[dict[str, Any]], None] = lambda alert: None
     #: a corrupt last checkpoint was passed over on resume (for the audit log)
     on_fallback: Callable[[dict[str, Any]], None] = lambda event: None
     control: RunControl | None = None  # admin start/stop (consortium mode)
@@ -247,7 +246,7 @@ def _monitor(plan: RunPlan, params: Params) -> RoundMonitor | None:
         f"{len(spec.edges)} input features" if spec.edges else "the model's outputs",
         spec.positive_label,
     )
-    return RoundMonitor(plan.monitoring, spec, on_alert=plan.on_alert)
+    return RoundMonitor(plan.monitoring, spec)
 
 
 def _secure_fit(plan: RunPlan, run_id: str, transport: Transport) -> SecureFit | None:

@@ -35,25 +35,16 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("protocol_version", "site_name", "num_train_examples", "properties", "model")
-    class PropertiesEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    __slots__ = ("protocol_version", "site_name", "num_train_examples", "model")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SITE_NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_TRAIN_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
-    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     protocol_version: str
     site_name: str
     num_train_examples: int
-    properties: _containers.ScalarMap[str, str]
     model: _containers.RepeatedCompositeFieldContainer[TensorSpec]
-    def __init__(self, protocol_version: _Optional[str] = ..., site_name: _Optional[str] = ..., num_train_examples: _Optional[int] = ..., properties: _Optional[_Mapping[str, str]] = ..., model: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
+    def __init__(self, protocol_version: _Optional[str] = ..., site_name: _Optional[str] = ..., num_train_examples: _Optional[int] = ..., model: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("node_id", "token", "run_id", "heartbeat_interval_ms", "max_chunk_bytes")
