@@ -54,12 +54,12 @@ def read_listening(run_dir: Path, pid: int | None = None) -> Listening | None:
     """The file's record (only if written by ``pid``, when given); None when absent."""
     try:
         body = json.loads((run_dir / LISTENING_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    record = Listening(
-        address=str(body["address"]),
-        pid=int(body["pid"]),
-        run_id=str(body["run_id"]),
-        metrics=body.get("metrics"),
-    )
+        record = Listening(
+            address=str(body["address"]),
+            pid=int(body["pid"]),
+            run_id=str(body["run_id"]),
+            metrics=body.get("metrics"),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # absent, or not a file this module wrote
     return record if pid is None or record.pid == pid else None
