@@ -188,7 +188,8 @@ def _print_sweep() -> None:
     rows = sorted(_SWEEP_ROWS, key=lambda row: row["job"])
     shared = set.intersection(*(set(row["overrides"].split()) for row in rows))
     for row in rows:  # the column shows what the jobs vary, not what they share
-        row["overrides"] = " ".join(o for o in row["overrides"].split() if o not in shared)
+        varied = " ".join(o for o in row["overrides"].split() if o not in shared)
+        row["overrides"] = varied or "(as the others)"
     sweep_dir = Path(rows[0]["run_dir"]).parent
     table = sweep_table(rows)
     print(f"\nsweep of {len(rows)} jobs ({sweep_dir}):\n{table}")
