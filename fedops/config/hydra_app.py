@@ -198,6 +198,20 @@ def _print_sweep() -> None:
     _SWEEP_ROWS.clear()
 
 
+def compose_settings(*overrides: str) -> SimulateConfig:
+    """The typed settings ``fedops simulate OVERRIDES`` composes (scenario presets
+    included), not yet validated: for notebooks, scripts and tests."""
+    from hydra import compose, initialize_config_dir
+
+    register()
+    search = [f"hydra.searchpath=[file://{SCENARIO_DIR}]"] if SCENARIO_DIR.is_dir() else []
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name="simulate", overrides=[*search, *overrides])
+    settings = OmegaConf.to_object(cfg)
+    assert isinstance(settings, SimulateConfig)
+    return settings
+
+
 def simulate_main(argv: Sequence[str]) -> int:
     """Run the Hydra app with ``argv`` as its overrides; return an exit status."""
     register()

@@ -110,11 +110,8 @@ def fedops_commands(body: str) -> list[list[str]]:
 
 
 def check_simulate(overrides: list[str]) -> None:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from fedops.config.hydra_app import CONFIG_DIR, SCENARIO_DIR, register
-    from fedops.runtime.simulate_settings import SimulateConfig, validate
+    from fedops.config.hydra_app import compose_settings
+    from fedops.runtime.simulate_settings import validate
 
     kept, skip = [], False
     for word in overrides:  # Hydra's own flags are not overrides
@@ -126,11 +123,7 @@ def check_simulate(overrides: list[str]) -> None:
             skip = True
         else:
             kept.append(word.split(",")[0] if "=" in word else word)  # a sweep's first value
-    register()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("simulate", overrides=[*kept, f"hydra.searchpath=[file://{SCENARIO_DIR}]"])
-    settings = OmegaConf.to_object(cfg)
-    assert isinstance(settings, SimulateConfig)
+    settings = compose_settings(*kept)
     validate(settings)
 
 

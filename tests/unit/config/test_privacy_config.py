@@ -13,12 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from fedops import cli
 from fedops.config import CoordinatorConfig
-from fedops.config.hydra_app import CONFIG_DIR, register, simulate_main
+from fedops.config.hydra_app import compose_settings, simulate_main
 from fedops.coordinator.app import _privacy as coordinator_privacy
 from fedops.core.privacy.central import AdaptiveClipping
 from fedops.runtime.privacy import PrivacySettings
@@ -28,12 +26,7 @@ from fedops.simulation.engine import privacy_settings
 
 
 def _compose(*overrides: str) -> SimulateConfig:
-    register()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(config_name="simulate", overrides=list(overrides))
-    settings = OmegaConf.to_object(cfg)
-    assert isinstance(settings, SimulateConfig)
-    return settings
+    return compose_settings(*overrides)
 
 
 def _refused(*overrides: str) -> ConfigError:

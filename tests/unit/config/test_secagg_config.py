@@ -10,24 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from fedops import cli
 from fedops.config import ClientConfig, ConfigError, CoordinatorConfig
-from fedops.config.hydra_app import CONFIG_DIR, register, simulate_main
+from fedops.config.hydra_app import compose_settings, simulate_main
 from fedops.runtime.rules import SECAGG_CLIP, SECAGG_MODES, check_secagg
 from fedops.runtime.simulate_settings import SimulateConfig, validate
 
 
 def _compose(*overrides: str) -> SimulateConfig:
-    from omegaconf import OmegaConf
-
-    register()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(config_name="simulate", overrides=list(overrides))
-    settings = OmegaConf.to_object(cfg)
-    assert isinstance(settings, SimulateConfig)
-    return settings
+    return compose_settings(*overrides)
 
 
 def _refused_key(*overrides: str) -> ConfigError:

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from fedops.config.hydra_app import CONFIG_DIR, register
+from fedops.config.hydra_app import compose_settings
 from fedops.runtime.settings import ConfigError
 from fedops.runtime.simulate_settings import SimulateConfig, validate
 
 
 def _compose(*overrides: str) -> SimulateConfig:
-    register()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(config_name="simulate", overrides=list(overrides))
-    settings = OmegaConf.to_object(cfg)
-    assert isinstance(settings, SimulateConfig)
-    return settings
+    return compose_settings(*overrides)
 
 
 def test_defaults_compose_and_validate():

@@ -25,13 +25,11 @@ from fairlearn.metrics import (
     equal_opportunity_difference,
     equalized_odds_difference,
 )
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from sklearn.metrics import accuracy_score
 
 from fedops.cli import main as cli_main
-from fedops.config.hydra_app import CONFIG_DIR, SCENARIO_DIR, register
+from fedops.config.hydra_app import SCENARIO_DIR, compose_settings
 from fedops.core.monitoring.fairness import FAIRNESS_METRICS
 from fedops.runtime.settings import ConfigError
 from fedops.runtime.simulate_settings import SimulateConfig, validate
@@ -63,19 +61,7 @@ def _from_the_repository_root(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _compose(scenario: str, *overrides: str) -> SimulateConfig:
-    register()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(
-            config_name="simulate",
-            overrides=[
-                f"hydra.searchpath=[file://{SCENARIO_DIR}]",
-                f"+scenario={scenario}",
-                *overrides,
-            ],
-        )
-    settings = OmegaConf.to_object(cfg)
-    assert isinstance(settings, SimulateConfig)
-    return settings
+    return compose_settings(f"+scenario={scenario}", *overrides)
 
 
 def _run(cfg: SimulateConfig, run_dir: Path) -> list[dict[str, Any]]:

@@ -17,11 +17,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from fedops.cli import main as cli_main
-from fedops.config.hydra_app import CONFIG_DIR, register
+from fedops.config.hydra_app import compose_settings
 from fedops.core.strategies import Krum, Median, MultiKrum, TrimmedMean
 from fedops.runtime.settings import ConfigError, CoordinatorConfig
 from fedops.runtime.simulate_settings import SimulateConfig, validate
@@ -72,12 +70,7 @@ ROUNDS = 5
 
 
 def _compose(*overrides: str) -> SimulateConfig:
-    register()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(config_name="simulate", overrides=list(overrides))
-    settings = OmegaConf.to_object(cfg)
-    assert isinstance(settings, SimulateConfig)
-    return settings
+    return compose_settings(*overrides)
 
 
 @pytest.fixture(scope="module")

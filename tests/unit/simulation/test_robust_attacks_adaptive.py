@@ -57,10 +57,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from fedops.config.hydra_app import CONFIG_DIR, register
+from fedops.config.hydra_app import compose_settings
 from fedops.core.params import Params
 from fedops.core.results import FitResult
 from fedops.core.strategies import FedAvg, Krum, Median, MultiKrum, TrimmedMean
@@ -414,12 +412,7 @@ STRATEGY_OVERRIDES = {
 
 
 def _compose(*overrides: str) -> SimulateConfig:
-    register()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(config_name="simulate", overrides=list(overrides))
-    settings = OmegaConf.to_object(cfg)
-    assert isinstance(settings, SimulateConfig)
-    return settings
+    return compose_settings(*overrides)
 
 
 Accuracy = Callable[[str, str, str], float]
