@@ -227,21 +227,36 @@ def _start(script: str, cwd: Path) -> subprocess.Popen[str]:
     )
 
 
-# a script's background jobs must succeed too, not only its last command
-WAIT_FOR_JOBS = "\nfor job in $(jobs -p); do wait $job || exit $?; done\n"
+def script(body: str) -> str:
+    """The block as a script whose background jobs must succeed too, not only its last
+    command: each ``&`` line's pid is kept and waited on by pid at the end (``jobs -p``
+    forgets a job that already ended, and a coordinator refusing to start ends at once)."""
+    lines = []
+    for line in body.splitlines():
+        lines.append(line)
+        bare = line.split(" #", 1)[0].rstrip()
+        if bare.endswith("&") and not bare.endswith("&&"):
+            lines.append('__bg+=("$!")')
+    waits = 'for pid in "${__bg[@]}"; do wait "$pid" || exit $?; done'
+    return "\n".join(["set -eo pipefail", "__bg=()", *lines, waits]) + "\n"
 
 
 def run_block(block: Block, cwd: Path) -> None:
     if block.kind == "terminals":
         procs = [(line, _start(line, cwd)) for line in logical_lines(block.body)]
     else:
-        procs = [(block.body, _start("set -eo pipefail\n" + block.body + WAIT_FOR_JOBS, cwd))]
+        procs = [(block.body, _start(script(block.body), cwd))]
     _finish(procs, block, cwd)
 
 
 @pytest.mark.parametrize(
     ("kind", "body"),
-    [("run", "(exit 3) &\ntrue\n"), ("run", "true\nfalse\ntrue\n"), ("terminals", "true\nfalse\n")],
+    [
+        ("run", "(exit 3) &\ntrue\n"),  # a background job that ends before the script does
+        ("run", "(sleep 1; exit 4) &   # a comment\ntrue\n"),
+        ("run", "true\nfalse\ntrue\n"),
+        ("terminals", "true\nfalse\n"),
+    ],
 )
 def test_the_runner_fails_a_block_when_any_command_fails(tmp_path, kind, body):
     with pytest.raises(AssertionError, match="exit"):
