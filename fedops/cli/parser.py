@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fedops import __version__
+from fedops.cli.help import DefaultsShown, all_parsers
 from fedops.cli.tool_parsers import tool_parsers
 from fedops.config import SECAGG_CLIP, SECAGG_MODES
 from fedops.core.strategies import STRATEGIES
@@ -101,27 +102,6 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="local optimizer")
 
 
-class DefaultsShown(argparse.HelpFormatter):
-    """Every option's help ends with its default, unless the help already says it (some
-    defaults are derived, e.g. "default: 2*log2(n)") or there is none to show."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        default = action.default
-        if (
-            "default" in text
-            or not action.option_strings
-            or default is None
-            or default is False
-            or default == ""
-            or default is argparse.SUPPRESS
-            or action.required
-        ):
-            return text
-        shown = ", ".join(map(str, default)) if isinstance(default, list | tuple) else default
-        return f"{text} (default: {str(shown).replace('%', '%%')})".lstrip()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedops", description="Federated learning with privacy built in."
@@ -136,16 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     for each in all_parsers(parser):
         each.formatter_class = DefaultsShown
     return parser
-
-
-def all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
-    """``parser`` and every sub-command's parser below it."""
-    found = [parser]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in dict.fromkeys(action.choices.values()):
-                found.extend(all_parsers(child))
-    return found
 
 
 def _coordinator_parser(sub: Any) -> None:

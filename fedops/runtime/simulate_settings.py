@@ -10,6 +10,7 @@ names the dotted key it refuses.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -268,10 +269,10 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
 
 def _unread(section: object, prefix: str, why: str, skip: tuple[str, ...] = ()) -> None:
     """Every key of ``section`` (but ``skip``) must keep its default: nothing reads it."""
-    for name, spec in type(section).__dataclass_fields__.items():  # type: ignore[attr-defined]
-        if name not in skip:
-            value = getattr(section, name)
-            _require(value == spec.default, f"{prefix}.{name}", f"has no effect {why}")
+    for spec in dataclasses.fields(section):  # type: ignore[arg-type]
+        if spec.name not in skip:
+            value = getattr(section, spec.name)
+            _require(value == spec.default, f"{prefix}.{spec.name}", f"has no effect {why}")
 
 
 def check_data_keys(cfg: SimulateConfig) -> None:

@@ -50,9 +50,13 @@ def checked_data(
                 f"task {spec!r}: load_data(site={site}) returned {type(splits).__name__}; it "
                 "must return (train, test)"
             )
-        _check_not_empty(splits[0], f"task {spec!r}: load_data(site={site}, num_sites={num_sites})")
         for name, split in zip(("train", "test"), splits, strict=True):
             pair = _pair(split)
+            if name == "train":
+                rows = len(pair[1]) if pair is not None else _length(split)
+                _check_not_empty(
+                    rows, f"task {spec!r}: load_data(site={site}, num_sites={num_sites})"
+                )
             if pair is None:
                 continue  # a Dataset: checked where it is read
             x, y = pair
@@ -88,11 +92,9 @@ def _output_width(build_model: Callable[[], nn.Module], x: Any) -> int | None:
     return int(out.shape[-1])
 
 
-def _check_not_empty(train: Any, where: str) -> None:
+def _check_not_empty(rows: int | None, where: str) -> None:
     """A site with no training rows would leave every round with a warning while the run
     reports "completed": almost always a split that does not fit the number of sites."""
-    pair = _pair(train)
-    rows = len(pair[1]) if pair is not None else _length(train)
     if rows == 0:
         raise TaskError(
             f"{where} returned an empty train split: every site needs training rows "

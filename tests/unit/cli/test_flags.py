@@ -17,7 +17,8 @@ import pytest
 
 from fedops import __version__
 from fedops.cli import _config, main, train_config
-from fedops.cli.parser import all_parsers, build_parser
+from fedops.cli.help import all_parsers
+from fedops.cli.parser import build_parser
 from fedops.coordinator import app
 from fedops.coordinator.transport import GrpcTransport
 from fedops.runtime.control import RunControl
