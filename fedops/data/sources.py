@@ -1,13 +1,10 @@
 """Built-in federated datasets from scikit-learn's bundled data (no download).
 
-Both follow the layout of the built-in digits task (``fedops.tasks.digits``): a fixed
-15% of the rows is held out for the coordinator's global evaluation, the rest is split
-across clients (IID, or Dirichlet label skew), and each client keeps 20% of its share
-as its own test split.
-
-``fedops.data`` sits below ``fedops.tasks`` (tasks may build on data, not the reverse),
-so the split is re-implemented here with the task's constants and seeds rather than
-imported; ``tests/unit/data/test_sources.py`` proves that a simulated digits client sees
+Both follow the layout of the built-in digits task (``fedops.tasks.digits``), with the
+same data and split functions (:mod:`fedops.data.bundled`): a fixed 15% of the rows is
+held out for the coordinator's global evaluation, the rest is split across clients
+(IID, or Dirichlet label skew), and each client keeps 20% of its share as its own test
+split. ``tests/unit/data/test_sources.py`` proves that a simulated digits client sees
 exactly the rows a deployed digits site loads.
 """
 
@@ -18,12 +15,9 @@ from functools import cache
 import numpy as np
 
 from fedops.core import partition as partitioners
+from fedops.data.bundled import breast_cancer_raw, holdout_split, site_split
+from fedops.data.bundled import digits as _digits
 from fedops.data.federated import FederatedData
-
-#: the same constants as fedops.tasks.digits: change them together or the rows diverge
-TEST_FRACTION = 0.2
-HOLDOUT_FRACTION = 0.15
-HOLDOUT_SEED = 20240101
 
 PARTITIONS = ("iid", "dirichlet")
 #: the fewest pooled rows a client needs: 2 for iid (one train, one test row), and
@@ -53,37 +47,12 @@ def breast_cancer(*, num_clients: int, partition: str, alpha: float, seed: int) 
 
 
 @cache
-def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    return (bunch.data / 16.0).astype(np.float32), bunch.target.astype(np.int64)
-
-
-@cache
 def _breast_cancer() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_breast_cancer
-
-    bunch = load_breast_cancer()
-    x = bunch.data.astype(np.float64)
-    pool = _holdout_split(len(x))[0]
+    x, y = breast_cancer_raw()
+    pool = holdout_split(len(x))[0]
     mean, std = x[pool].mean(axis=0), x[pool].std(axis=0)
     std[std == 0] = 1.0  # a constant feature stays 0 instead of becoming NaN
-    return ((x - mean) / std).astype(np.float32), bunch.target.astype(np.int64)
-
-
-def _holdout_split(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(federated indices, held-out indices): fixed by HOLDOUT_SEED, whatever the clients."""
-    order = np.random.default_rng(HOLDOUT_SEED).permutation(n)
-    n_hold = round(n * HOLDOUT_FRACTION)
-    return np.sort(order[n_hold:]), np.sort(order[:n_hold])
-
-
-def _client_split(indices: np.ndarray, seed: int, client: int) -> tuple[np.ndarray, np.ndarray]:
-    """One client's (train, test) indices: seeded by (seed, client), as a deployed site does."""
-    order = np.random.default_rng([seed, client]).permutation(indices)
-    n_test = max(1, round(len(order) * TEST_FRACTION))
-    return np.sort(order[n_test:]), np.sort(order[:n_test])
+    return ((x - mean) / std).astype(np.float32), y
 
 
 def _federate(
@@ -99,7 +68,7 @@ def _federate(
     """Hold out the server rows, partition the pool, split each client, and flatten."""
     if partition not in PARTITIONS:
         raise ValueError(f"{name}: unknown partition {partition!r}; choose iid or dirichlet")
-    pool, held = _holdout_split(len(y))
+    pool, held = holdout_split(len(y))
     if num_clients < 1:
         raise ValueError(f"{name}: num_clients must be >= 1, got {num_clients}")
     most = len(pool) // MIN_ROWS[partition]
@@ -113,7 +82,7 @@ def _federate(
         parts = partitioners.iid(len(pool), num_clients, seed=seed)
     else:
         parts = partitioners.dirichlet(y[pool], num_clients, alpha=alpha, seed=seed)
-    splits = [_client_split(pool[p], seed, i) for i, p in enumerate(parts)]
+    splits = [site_split(pool[p], seed, i) for i, p in enumerate(parts)]
     train = np.concatenate([tr for tr, _ in splits])
     test = np.concatenate([te for _, te in splits])
     return FederatedData(

@@ -8,50 +8,23 @@ evaluation runs on data the site never trained on.
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 
 from fedops.core import partition
+from fedops.data.bundled import digits as _digits
+from fedops.data.bundled import holdout_split, site_split
 from fedops.tasks.base import Task
 from fedops.tasks.models import MODELS
 
-TEST_FRACTION = 0.2
-HOLDOUT_FRACTION = 0.15
-HOLDOUT_SEED = 20240101
-
-
-@cache
-def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    return (bunch.data / 16.0).astype(np.float32), bunch.target.astype(np.int64)
-
-
-@cache
-def _holdout_split() -> tuple[np.ndarray, np.ndarray]:
-    """(federated indices, held-out indices): fixed, whatever the sites."""
-    n = len(_digits()[1])
-    order = np.random.default_rng(HOLDOUT_SEED).permutation(n)
-    n_hold = round(n * HOLDOUT_FRACTION)
-    return np.sort(order[n_hold:]), np.sort(order[:n_hold])
-
 
 def _site_indices(num_sites: int, part: str, alpha: float, seed: int) -> list[np.ndarray]:
-    pool = _holdout_split()[0]
+    pool = holdout_split(len(_digits()[1]))[0]
     labels = _digits()[1][pool]
     if part == "iid":
         parts = partition.iid(len(pool), num_sites, seed=seed)
     else:
         parts = partition.dirichlet(labels, num_sites, alpha=alpha, seed=seed)
     return [pool[p] for p in parts]
-
-
-def _split(indices: np.ndarray, seed: int, site: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng([seed, site]).permutation(indices)
-    n_test = max(1, round(len(order) * TEST_FRACTION))
-    return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
 def make_task(
@@ -71,12 +44,12 @@ def make_task(
             raise ValueError(f"site must be in [0, {num_sites}), got {site}")
         x, y = _digits()
         idx = _site_indices(num_sites, partition, alpha, seed)[site]
-        tr, te = _split(idx, seed, site)
+        tr, te = site_split(idx, seed, site)
         return (x[tr], y[tr]), (x[te], y[te])
 
     def load_server_data():
         x, y = _digits()
-        held = _holdout_split()[1]
+        held = holdout_split(len(y))[1]
         return x[held], y[held]
 
     return Task(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_digits
 
-from fedops.data import FederatedData, sources
+from fedops.data import FederatedData, bundled, sources
 from fedops.tasks import digits as digits_task
 
 
@@ -86,7 +86,7 @@ def test_breast_cancer_is_standardised_on_the_federated_pool():
 def test_breast_cancer_rows_are_the_raw_rows_scaled_by_pool_statistics_only():
     raw = load_breast_cancer().data
     data = sources.breast_cancer(num_clients=3, partition="dirichlet", alpha=1.0, seed=0)
-    pool, held = sources._holdout_split(len(raw))
+    pool, held = bundled.holdout_split(len(raw))
     assert len(np.intersect1d(pool, held)) == 0 and len(pool) + len(held) == len(raw)
     mean, std = raw[pool].mean(axis=0), raw[pool].std(axis=0)
     assert not np.allclose(mean, raw.mean(axis=0)), "pool-only statistics are distinguishable"
