@@ -18,10 +18,11 @@ from typing import Any
 
 from fedops.cli.parser import build_parser
 from fedops.config import (
-    FLAG_NAMES,
+    SECTIONS,
     ClientConfig,
     ConfigError,
     CoordinatorConfig,
+    flag_of,
 )
 from fedops.tasks.loader import TaskError
 
@@ -84,7 +85,13 @@ def _kit_address(kit: Path | None, given: str | None, pin: str | None = None) ->
 
 def _config(args: argparse.Namespace) -> Any:
     skip = ("command", "verbose", "insecure", "ca_fingerprint")  # the pin is the CLI's, not config
-    values = {k: v for k, v in vars(args).items() if k not in skip}
+    values = {k: v for k, v in vars(args).items() if k not in skip and "." not in k}
+    sections = {
+        prefix: section(
+            **{k.partition(".")[2]: v for k, v in vars(args).items() if k.startswith(f"{prefix}.")}
+        )
+        for prefix, section in SECTIONS.items()
+    }
     pin = args.ca_fingerprint
     if pin is not None and args.kit is None:
         raise ConfigError("ca_fingerprint", "pins a kit's CA; pass --kit too")
@@ -95,12 +102,17 @@ def _config(args: argparse.Namespace) -> Any:
         values["join_timeout_s"] = values.pop("join_timeout")
         values["liveness_timeout_s"] = values.pop("liveness_timeout")
         values["heartbeat_interval_s"] = values.pop("heartbeat_interval")
-        return CoordinatorConfig(**values)
+        return CoordinatorConfig(**values, strategy=sections["strategy"])
     if args.command == "client":
         values["coordinator"] = _kit_address(args.kit, args.coordinator, pin)
         values["insecure"] = args.insecure
-        return ClientConfig(**values)
+        return ClientConfig(**values, train=sections["client"])
     raise AssertionError(f"no config for {args.command}")
+
+
+def _given(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """The flags of schema section ``prefix`` (their dest is ``prefix.field``)."""
+    return {k.partition(".")[2]: v for k, v in vars(args).items() if k.startswith(f"{prefix}.")}
 
 
 @contextlib.contextmanager
@@ -155,8 +167,7 @@ def _main(argv: list[str]) -> int:
     try:
         cfg = _config(args)
     except ConfigError as exc:
-        flag = FLAG_NAMES.get(exc.key, "--" + exc.key.replace("_", "-"))
-        parser.error(f"{flag}: {exc.message}")
+        parser.error(f"{flag_of(exc.key)}: {exc.message}")
     try:
         return _dispatch(args.command, cfg, args.ca_fingerprint)
     except TaskError as exc:
@@ -238,12 +249,13 @@ def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
 
 
 def train_config(cfg: Any) -> Any:
-    """The site's local training settings (``--epochs --batch-size --lr --optimizer``)."""
+    """The site's local training settings (``--epochs --batch-size --lr --optimizer
+    --momentum``)."""
+    import dataclasses
+
     from fedops.core.training import TrainConfig
 
-    return TrainConfig(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer
-    )
+    return TrainConfig(**dataclasses.asdict(cfg.train))
 
 
 def _refuse_task(cfg: Any, kit: Any, reason: str) -> None:

@@ -8,13 +8,15 @@ config schemas in :mod:`fedops.config`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 from pathlib import Path
 from typing import Any
 
 from fedops import __version__
 from fedops.cli.help import DefaultsShown, all_parsers
 from fedops.cli.tool_parsers import tool_parsers
-from fedops.config import SECAGG_CLIP, SECAGG_MODES
+from fedops.config import SECAGG_CLIP, SECAGG_MODES, SECTIONS, flag_of
 from fedops.core.strategies import STRATEGIES
 from fedops.tasks.loader import BUILTIN_TASKS
 
@@ -55,30 +57,11 @@ def _round_flags(p: argparse.ArgumentParser, *, min_clients: int, run_dir: str |
         default=None,
         help="clients sampled per round (default: all available)",
     )
-    p.add_argument(
-        "--strategy", choices=sorted(STRATEGIES), default="fedavg", help="how updates are combined"
-    )
-    p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal coefficient")
-    robust = p.add_argument_group("robust aggregation (trimmed_mean, median, krum, multi_krum)")
-    robust.add_argument(
-        "--trim-fraction",
-        type=float,
-        default=0.1,
-        help="trimmed_mean: fraction of values dropped at each end of every coordinate; "
-        "at least f/n to tolerate f Byzantine clients (default: 0.1)",
-    )
-    robust.add_argument(
-        "--byzantine",
-        type=int,
-        default=1,
-        help="krum/multi_krum: Byzantine clients f tolerated; a round needs more than "
-        "2f+2 clients (default: 1)",
-    )
-    robust.add_argument(
-        "--krum-select",
-        type=int,
-        default=None,
-        help="multi_krum: how many best-scoring models to average (default: n - f)",
+    schema_flags(
+        p,
+        "strategy",
+        "aggregation (strategy.* in fedops simulate)",
+        choices={"name": sorted(STRATEGIES)},
     )
     p.add_argument("--seed", type=int, default=0, help="seed of sampling, init and shuffling")
     p.add_argument(
@@ -90,16 +73,31 @@ def _round_flags(p: argparse.ArgumentParser, *, min_clients: int, run_dir: str |
     )
 
 
-def _train_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=5, help="local epochs per round (default: 5)")
-    p.add_argument("--batch-size", type=int, default=16, help="local batch size (default: 16)")
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=0.5,
-        help="local learning rate (default: 0.5, tuned for the digits tasks)",
-    )
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="local optimizer")
+def schema_flags(
+    p: argparse.ArgumentParser,
+    prefix: str,
+    title: str,
+    *,
+    choices: dict[str, list[str]] | None = None,
+) -> None:
+    """One flag per field of the schema section ``prefix`` (:mod:`fedops.runtime.schema`):
+    its name, type, default and help come from the field, so flags and Hydra keys agree.
+    The value lands at ``args.<prefix>.<field>``."""
+    section = SECTIONS[prefix]
+    group = p.add_argument_group(title)
+    hints = typing.get_type_hints(section)
+    for spec in dataclasses.fields(section):
+        kind = next(t for t in typing.get_args(hints[spec.name]) or (hints[spec.name],))
+        allowed = (choices or {}).get(spec.name, spec.metadata.get("choices"))
+        group.add_argument(
+            flag_of(f"{prefix}.{spec.name}"),
+            dest=f"{prefix}.{spec.name}",
+            type=kind,
+            default=spec.default,
+            choices=allowed,
+            metavar=None if allowed else spec.name.upper(),
+            help=spec.metadata["help"],
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -497,7 +495,7 @@ def _client_parser(sub: Any) -> None:
         default=None,
         help='JSON {"consent": true}; set it to false to withdraw: the site declines and leaves',
     )
-    _train_flags(client)
+    schema_flags(client, "client", "local training (client.* in fedops simulate)")
 
 
 def _simulate_parser(sub: Any) -> None:

@@ -6,6 +6,7 @@ them and names the offending flag or key when a value is refused.
 """
 
 from fedops.runtime.rules import SECAGG_CLIP, SECAGG_MODES
+from fedops.runtime.schema import SECTIONS, ClientTrainConfig, StrategyConfig, flag_of
 from fedops.runtime.settings import (
     FLAG_NAMES,
     ClientConfig,
@@ -17,7 +18,11 @@ __all__ = [
     "FLAG_NAMES",
     "SECAGG_CLIP",
     "SECAGG_MODES",
+    "SECTIONS",
     "ClientConfig",
+    "ClientTrainConfig",
     "ConfigError",
     "CoordinatorConfig",
+    "StrategyConfig",
+    "flag_of",
 ]

@@ -22,7 +22,6 @@ from fedops.coordinator.transport import GrpcTransport
 from fedops.core.monitoring.summary import MonitorThresholds
 from fedops.core.params import Params, specs_of
 from fedops.core.privacy.central import AdaptiveClipping
-from fedops.core.strategies.base import Strategy
 from fedops.runtime.audit import AuditLog
 from fedops.runtime.control import RunControl
 from fedops.runtime.driver import DriverConfig, RoundRecord
@@ -134,7 +133,7 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
     plan = RunPlan(
         label="run",
         config=config,
-        strategy=_strategy(cfg),
+        strategy=make_strategy(cfg.strategy),
         driver=_driver(cfg),
         initial_params=first_params,
         control=control,
@@ -147,7 +146,7 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
         summary={
             "task": cfg.task,
             "task_digest": task.digest if task else "",
-            "strategy": cfg.strategy,
+            "strategy": cfg.strategy.name,
             "rounds_planned": cfg.rounds,
             "secagg": cfg.secagg,
             "privacy_mode": cfg.privacy,
@@ -215,16 +214,6 @@ class Records:
         self.audit.close()
         if self.mlflow is not None:
             self.mlflow.finish(str(summary["status"]))
-
-
-def _strategy(cfg: CoordinatorConfig) -> Strategy:
-    return make_strategy(
-        cfg.strategy,
-        mu=cfg.mu,
-        trim_fraction=cfg.trim_fraction,
-        byzantine=cfg.byzantine,
-        krum_select=cfg.krum_select,
-    )
 
 
 def _driver(cfg: CoordinatorConfig) -> DriverConfig:

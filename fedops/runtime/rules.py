@@ -1,8 +1,9 @@
 """The rules several configuration schemas share, each naming the key it refuses.
 
 The deployment flags (:mod:`fedops.runtime.settings`) and the Hydra schemas
-(:mod:`fedops.runtime.simulate_settings`) check SecAgg, DP and robust
-aggregation with these same functions, so a setting means the same in both.
+(:mod:`fedops.runtime.simulate_settings`) check SecAgg and DP with these same
+functions, so a setting means the same in both (the shared sections' own rules
+live with them in :mod:`fedops.runtime.schema`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import math
 
 from fedops.core.privacy.accountant import ACCOUNTANTS
-from fedops.core.strategies import ROBUST_STRATEGIES
-from fedops.core.strategies.robust import Krum
 
 
 class ConfigError(ValueError):
@@ -26,81 +25,6 @@ class ConfigError(ValueError):
 def require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(key, message)
-
-
-def check_robust(
-    strategy: str,
-    *,
-    trim_fraction: float,
-    byzantine: int,
-    krum_select: int | None,
-    per_round: int,
-    secagg: str,
-    privacy: str,
-) -> None:
-    """The rules ``--trim-fraction``/``--byzantine``/``--krum-select`` and ``strategy.*`` share.
-
-    ``per_round``: the fewest clients a round is sure to sample.
-    """
-    require(0 <= trim_fraction < 0.5, "trim_fraction", f"must be in [0, 0.5), got {trim_fraction}")
-    require(byzantine >= 0, "byzantine", f"must be >= 0, got {byzantine}")
-    require(krum_select is None or krum_select >= 1, "krum_select", "must be >= 1")
-    require(
-        strategy != "krum" or krum_select in (None, 1),
-        "krum_select",
-        f"krum keeps a single model; use multi_krum to average {krum_select}",
-    )
-    if strategy not in ROBUST_STRATEGIES:
-        return
-    require(
-        secagg == "none",
-        "strategy",
-        f"{strategy} needs every client's model, secure aggregation reveals only their sum",
-    )
-    require(
-        privacy not in ("central", "distributed"),
-        "strategy",
-        f"{strategy} cannot be combined with {privacy} DP, which aggregates by its own "
-        "clipped and noised mean",
-    )
-    if strategy in ("krum", "multi_krum"):
-        need = Krum(byzantine=byzantine).min_results()
-        require(
-            per_round >= need,
-            "byzantine",
-            f"{strategy} with byzantine={byzantine} needs more than 2f+2, i.e. at least "
-            f"{need} clients per round, but a round may have only {per_round}: sample more "
-            "clients per round or lower byzantine",
-        )
-        require(
-            krum_select is None or krum_select <= per_round,
-            "krum_select",
-            f"cannot select {krum_select} of the {per_round} clients a round may have",
-        )
-
-
-#: the strategies that read each option; every other strategy ignores it
-STRATEGY_OPTIONS = {
-    "mu": ("fedprox",),
-    "trim_fraction": ("trimmed_mean",),
-    "byzantine": ("krum", "multi_krum"),
-    "krum_select": ("multi_krum",),
-}
-
-
-def check_unused_options(strategy: str, given: dict[str, tuple[str, object, object]]) -> None:
-    """A strategy option set for a strategy that does not read it would be ignored without
-    a word (e.g. FedProx's mu under FedAvg): refuse it by the key the user typed.
-
-    ``given``: option -> (the user's key, its value, its default).
-    """
-    for option, (key, value, default) in given.items():
-        readers = STRATEGY_OPTIONS[option]
-        require(
-            strategy in readers or value == default,
-            key,
-            f"has no effect with strategy {strategy}: it is read by {' and '.join(readers)} only",
-        )
 
 
 #: the quantizer's range for each coordinate of a model update under SecAgg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from typing import Any
 
 from fedops.core.params import Params
 from fedops.core.rounds import Outcome, Phase
-from fedops.core.strategies import STRATEGIES, FedProx, Krum, MultiKrum, TrimmedMean
+from fedops.core.strategies import build_strategy
 from fedops.core.strategies.base import Strategy
 from fedops.crypto import Crypto
 from fedops.runtime.control import RunControl, RunStopped
@@ -24,6 +25,7 @@ from fedops.runtime.privacy import (
     restore_ledger,
 )
 from fedops.runtime.progress import RoundProgress
+from fedops.runtime.schema import StrategyConfig
 from fedops.runtime.secure_fit import SecAggSettings, SecureFit
 from fedops.runtime.settings import ConfigError
 from fedops.runtime.store import RunStore, StoreError, config_digest
@@ -41,30 +43,9 @@ class StartPoint:
     resumed: bool
 
 
-def make_strategy(
-    name: str,
-    *,
-    mu: float = 0.01,
-    trim_fraction: float = 0.1,
-    byzantine: int = 1,
-    krum_select: int | None = None,
-) -> Strategy:
-    """The strategy registered as ``name``, given the options that concern it.
-
-    ``mu``: FedProx; ``trim_fraction``: trimmed_mean (its beta); ``byzantine``
-    (f) and ``krum_select`` (m, None: n - f): multi_krum; krum takes
-    ``byzantine`` and always selects one model. Other options are ignored.
-    """
-    cls = STRATEGIES[name]
-    if cls is FedProx:
-        return FedProx(mu=mu)
-    if cls is TrimmedMean:
-        return TrimmedMean(beta=trim_fraction)
-    if cls is MultiKrum:
-        return MultiKrum(byzantine=byzantine, select=krum_select)
-    if cls is Krum:
-        return Krum(byzantine=byzantine, select=1)
-    return cls()
+def make_strategy(options: StrategyConfig) -> Strategy:
+    """The strategy ``options.name``, given the ``strategy.*`` settings it reads."""
+    return build_strategy(options.name, dataclasses.asdict(options))
 
 
 def start_or_resume(

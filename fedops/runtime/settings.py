@@ -6,25 +6,22 @@ via :data:`FLAG_NAMES`), so every error the user sees names what they typed.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from fedops.core.strategies import STRATEGIES
-from fedops.core.training import OPTIMIZERS
-from fedops.runtime.rules import (
-    PRIVACY_MODES,
-    SECAGG_CLIP,
-    STRATEGY_OPTIONS,
-    ConfigError,
-    check_dp,
-    check_robust,
-    check_secagg,
-    check_unused_options,
-)
+from fedops.runtime.rules import PRIVACY_MODES, SECAGG_CLIP, ConfigError, check_dp, check_secagg
 from fedops.runtime.rules import require as _require
+from fedops.runtime.schema import (
+    FLAG_NAMES,
+    ClientTrainConfig,
+    StrategyConfig,
+    check_strategy,
+    check_train,
+)
 
 __all__ = [
     "FLAG_NAMES",
@@ -50,13 +47,6 @@ PRIVACY_KEYS = (
     "colluders",
     "release_site_metrics",
 )
-
-FLAG_NAMES = {
-    "round_timeout_s": "--round-timeout",
-    "join_timeout_s": "--join-timeout",
-    "liveness_timeout_s": "--liveness-timeout",
-    "heartbeat_interval_s": "--heartbeat-interval",
-}
 
 
 def parse_address(key: str, address: str) -> tuple[str, int]:
@@ -103,11 +93,7 @@ class RoundOptions:
     rounds: int = 10
     min_clients: int = 2
     clients_per_round: int | None = None
-    strategy: str = "fedavg"
-    mu: float = 0.01
-    trim_fraction: float = 0.1
-    byzantine: int = 1
-    krum_select: int | None = None
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
     seed: int = 0
     run_dir: Path = Path("runs/latest")
 
@@ -118,39 +104,6 @@ class RoundOptions:
             self.clients_per_round is None or self.clients_per_round >= 1,
             "clients_per_round",
             f"must be >= 1, got {self.clients_per_round}",
-        )
-        _require(
-            self.strategy in STRATEGIES,
-            "strategy",
-            f"must be one of {sorted(STRATEGIES)}, got {self.strategy!r}",
-        )
-        _require(self.mu >= 0, "mu", f"must be >= 0, got {self.mu}")
-        fields = RoundOptions.__dataclass_fields__
-        check_unused_options(
-            self.strategy,
-            {
-                option: (option, getattr(self, option), fields[option].default)
-                for option in STRATEGY_OPTIONS
-            },
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainOptions:
-    # Tuned for the built-in digits tasks; set --lr for your own model.
-    epochs: int = 5
-    batch_size: int = 16
-    lr: float = 0.5
-    optimizer: str = "sgd"
-
-    def check_train_options(self) -> None:
-        _require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        _require(
-            self.optimizer in OPTIMIZERS,
-            "optimizer",
-            f"must be one of {OPTIMIZERS}, got {self.optimizer!r}",
         )
 
 
@@ -229,11 +182,8 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
         )
         check_secagg(self.secagg, self.secagg_k, self.secagg_threshold, self.secagg_clip)
         self.check_privacy()
-        check_robust(
+        check_strategy(
             self.strategy,
-            trim_fraction=self.trim_fraction,
-            byzantine=self.byzantine,
-            krum_select=self.krum_select,
             per_round=min(self.min_clients, self.clients_per_round or self.min_clients),
             secagg=self.secagg,
             privacy=self.privacy,
@@ -316,7 +266,8 @@ def _is_number(text: str) -> bool:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClientConfig(TrainOptions, TaskOptions):
+class ClientConfig(TaskOptions):
+    train: ClientTrainConfig = field(default_factory=ClientTrainConfig)
     coordinator: str = "127.0.0.1:8765"
     kit: Path | None = None  # consortium startup kit: mTLS identity, coordinator address, policy
     insecure: bool = False  # plaintext to a non-loopback coordinator (development only)
@@ -351,7 +302,7 @@ class ClientConfig(TrainOptions, TaskOptions):
     secagg_max_l2_clip: float | None = None
 
     def __post_init__(self) -> None:
-        self.check_train_options()
+        check_train(self.train)
         self.check_task_options()
         host, _ = parse_address("coordinator", self.coordinator)
         _require(
@@ -421,7 +372,13 @@ class ClientConfig(TrainOptions, TaskOptions):
 
 
 def as_dict(config: Any) -> dict[str, Any]:
-    return {
-        f.name: (str(v) if isinstance(v := getattr(config, f.name), Path) else v)
-        for f in fields(config)
-    }
+    """The settings as JSON values: paths as text, sections as nested objects."""
+    return {f.name: _plain(getattr(config, f.name)) for f in fields(config)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value

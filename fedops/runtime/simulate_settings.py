@@ -16,17 +16,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fedops.core.secagg import graph
-from fedops.core.strategies import STRATEGIES
-from fedops.core.training import OPTIMIZERS
-from fedops.runtime.rules import (
-    PRIVACY_MODES,
-    SECAGG_CLIP,
-    ConfigError,
-    check_dp,
-    check_robust,
-    check_secagg,
-    check_unused_options,
-)
+from fedops.runtime.rules import PRIVACY_MODES, SECAGG_CLIP, ConfigError, check_dp, check_secagg
+from fedops.runtime.schema import ClientTrainConfig, StrategyConfig, check_strategy, check_train
 
 DATASETS = ("digits", "breast_cancer", "synthetic")
 PARTITIONS = ("iid", "dirichlet")
@@ -63,26 +54,6 @@ class PartitionConfig:
 class ModelConfig:
     name: str = "logreg"
     hidden: int = 64
-
-
-@dataclass
-class StrategyConfig:
-    name: str = "fedavg"
-    mu: float = 0.0  # fedprox
-    trim_fraction: float = 0.1  # trimmed_mean: dropped at each end of every coordinate
-    byzantine: int = 1  # krum, multi_krum: Byzantine clients f tolerated (n > 2f + 2)
-    select: int | None = None  # multi_krum: models averaged; null: n - f
-
-
-@dataclass
-class ClientTrainConfig:
-    """Local training, the same semantics as ``fedops client``'s flags."""
-
-    epochs: int = 5
-    batch_size: int = 16
-    lr: float = 0.5
-    optimizer: str = "sgd"
-    momentum: float = 0.0
 
 
 @dataclass
@@ -198,13 +169,7 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     _one_of(cfg.model.name, MODELS, "model.name")
     _require(cfg.model.hidden >= 1, "model.hidden", "must be >= 1")
     check_data_keys(cfg)
-    _one_of(cfg.strategy.name, tuple(STRATEGIES), "strategy.name")
-    _require(cfg.strategy.mu >= 0, "strategy.mu", f"must be >= 0, got {cfg.strategy.mu}")
-    _require(c.epochs >= 1, "client.epochs", f"must be >= 1, got {c.epochs}")
-    _require(c.batch_size >= 1, "client.batch_size", f"must be >= 1, got {c.batch_size}")
-    _require(c.lr > 0, "client.lr", f"must be > 0, got {c.lr}")
-    _one_of(c.optimizer, OPTIMIZERS, "client.optimizer")
-    _require(0 <= c.momentum < 1, "client.momentum", "must be in [0, 1)")
+    check_train(c)
     _one_of(s.backend, BACKENDS, "simulation.backend")
     _require(s.num_clients >= 1, "simulation.num_clients", f"must be >= 1, got {s.num_clients}")
     _require(
@@ -223,7 +188,12 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     _require(s.max_chunk >= 1, "simulation.max_chunk", "must be >= 1")
     _require(s.workers >= 1, "simulation.workers", "must be >= 1")
     _require(s.threads >= 0, "simulation.threads", "must be >= 0 (0: torch's default)")
-    check_strategy(cfg)
+    check_strategy(
+        cfg.strategy,
+        per_round=s.clients_per_round or s.num_clients,
+        secagg=cfg.secagg.name,
+        privacy=cfg.privacy.name,
+    )
     check_privacy(cfg.privacy, secagg=cfg.secagg.name, rounds=cfg.rounds)
     _require(
         cfg.privacy.name != "central" or s.min_fit_results == 1,
@@ -292,36 +262,6 @@ def check_data_keys(cfg: SimulateConfig) -> None:
         _unread(p, "partition", why)
     if p.name == "iid":
         _unread(p, "partition", "with partition=iid: only partition=dirichlet reads it", ("name",))
-
-
-def check_strategy(cfg: SimulateConfig) -> None:
-    st, s = cfg.strategy, cfg.simulation
-    fields = StrategyConfig.__dataclass_fields__
-    check_unused_options(
-        st.name,
-        {
-            option: (f"strategy.{name}", getattr(st, name), fields[name].default)
-            for option, name in (
-                ("mu", "mu"),
-                ("trim_fraction", "trim_fraction"),
-                ("byzantine", "byzantine"),
-                ("krum_select", "select"),
-            )
-        },
-    )
-    try:
-        check_robust(
-            st.name,
-            trim_fraction=st.trim_fraction,
-            byzantine=st.byzantine,
-            krum_select=st.select,
-            per_round=s.clients_per_round or s.num_clients,
-            secagg=cfg.secagg.name,
-            privacy=cfg.privacy.name,
-        )
-    except ConfigError as exc:
-        key = {"strategy": "name", "krum_select": "select"}.get(exc.key, exc.key)
-        raise ConfigError(f"strategy.{key}", exc.message) from None
 
 
 def check_monitoring(m: MonitoringConfig, *, backend: str) -> None:

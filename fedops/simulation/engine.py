@@ -157,13 +157,7 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
     plan = RunPlan(
         label="simulate",
         config=asdict(cfg),
-        strategy=make_strategy(
-            cfg.strategy.name,
-            mu=cfg.strategy.mu,
-            trim_fraction=cfg.strategy.trim_fraction,
-            byzantine=cfg.strategy.byzantine,
-            krum_select=cfg.strategy.select,
-        ),
+        strategy=make_strategy(cfg.strategy),
         driver=DriverConfig(
             rounds=cfg.rounds,
             min_clients=1,

@@ -3,18 +3,18 @@
 from fedops.core.strategies.base import Strategy
 from fedops.core.strategies.fedavg import FedAvg
 from fedops.core.strategies.fedprox import FedProx
+from fedops.core.strategies.registry import (
+    BUILTIN_STRATEGIES,
+    STRATEGIES,
+    build_strategy,
+    options_of,
+    readers,
+    register_strategy,
+)
 from fedops.core.strategies.robust import ROBUST_STRATEGIES, Krum, Median, MultiKrum, TrimmedMean
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    "fedavg": FedAvg,
-    "fedprox": FedProx,
-    "trimmed_mean": TrimmedMean,
-    "median": Median,
-    "krum": Krum,
-    "multi_krum": MultiKrum,
-}
-
 __all__ = [
+    "BUILTIN_STRATEGIES",
     "ROBUST_STRATEGIES",
     "STRATEGIES",
     "FedAvg",
@@ -24,4 +24,8 @@ __all__ = [
     "MultiKrum",
     "Strategy",
     "TrimmedMean",
+    "build_strategy",
+    "options_of",
+    "readers",
+    "register_strategy",
 ]

@@ -7,7 +7,9 @@ stragglers doing partial work) from drifting away from the global model.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from fedops.core.strategies.fedavg import FedAvg
 
@@ -16,6 +18,7 @@ from fedops.core.strategies.fedavg import FedAvg
 class FedProx(FedAvg):
     """FedAvg aggregation; tells clients the proximal coefficient ``mu``."""
 
+    options: ClassVar[Mapping[str, str]] = {"mu": "mu"}
     name: str = "fedprox"
     mu: float = 0.01
 

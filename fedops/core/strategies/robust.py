@@ -27,8 +27,9 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -107,6 +108,7 @@ class TrimmedMean(_Robust):
         array([2.5])
     """
 
+    options: ClassVar[Mapping[str, str]] = {"trim_fraction": "beta"}
     name: str = "trimmed_mean"
     beta: float = 0.1
 
@@ -221,6 +223,7 @@ class Krum(_Robust):
     (averaged and rounded for ``m > 1``). Costs ``O(n^2 d)`` for ``d`` parameters.
     """
 
+    options: ClassVar[Mapping[str, str]] = {"byzantine": "byzantine"}
     name: str = "krum"
     byzantine: int = 1
     select: int | None = 1
@@ -265,5 +268,6 @@ class Krum(_Robust):
 class MultiKrum(Krum):
     """Multi-Krum: :class:`Krum` averaging the ``select`` best models (default ``n - f``)."""
 
+    options: ClassVar[Mapping[str, str]] = {"byzantine": "byzantine", "select": "select"}
     name: str = "multi_krum"
     select: int | None = None

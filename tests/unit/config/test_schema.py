@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from fedops.config import ClientConfig, ConfigError, CoordinatorConfig
+from fedops.config import (
+    ClientConfig,
+    ClientTrainConfig,
+    ConfigError,
+    CoordinatorConfig,
+    StrategyConfig,
+)
 from fedops.runtime.settings import as_dict, is_loopback, parse_address
 
 
@@ -42,8 +48,8 @@ def test_config_error_carries_key_and_message():
         ({"rounds": 0}, "rounds"),
         ({"min_clients": 0}, "min_clients"),
         ({"clients_per_round": 0}, "clients_per_round"),
-        ({"strategy": "fedsgd"}, "strategy"),
-        ({"mu": -0.1}, "mu"),
+        ({"strategy": StrategyConfig(name="fedsgd")}, "strategy.name"),
+        ({"strategy": StrategyConfig(name="fedprox", mu=-0.1)}, "strategy.mu"),
         ({"partition": "shards"}, "partition"),
         ({"alpha": 0.0}, "alpha"),
         ({"round_timeout_s": 0.0}, "round_timeout_s"),
@@ -94,10 +100,11 @@ def test_loopback_addresses_are_accepted(address):
         ({"task": None}, "task"),
         ({"coordinator": "nohost"}, "coordinator"),
         ({"max_retries": -1}, "max_retries"),
-        ({"epochs": 0}, "epochs"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"lr": 0.0}, "lr"),
-        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"train": ClientTrainConfig(epochs=0)}, "client.epochs"),
+        ({"train": ClientTrainConfig(batch_size=0)}, "client.batch_size"),
+        ({"train": ClientTrainConfig(lr=0.0)}, "client.lr"),
+        ({"train": ClientTrainConfig(optimizer="lbfgs")}, "client.optimizer"),
+        ({"train": ClientTrainConfig(momentum=1.0)}, "client.momentum"),
     ],
 )
 def test_client_errors_name_the_key(kwargs, key):

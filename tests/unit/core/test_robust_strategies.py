@@ -28,6 +28,7 @@ from fedops.core.strategies import (
 )
 from fedops.core.strategies.robust import krum_scores, pairwise_sq_distances
 from fedops.runtime.run import make_strategy
+from fedops.runtime.schema import StrategyConfig
 
 
 def _results(params: list[Params], num_examples: list[int] | None = None) -> list[FitResult]:
@@ -268,17 +269,20 @@ def test_client_facing_parts_match_fedavg():
 # ---- registry and make_strategy -------------------------------------------------------
 
 
+def _made(name: str, **options: object) -> object:
+    return make_strategy(StrategyConfig(name=name, **options))  # type: ignore[arg-type]
+
+
 def test_registered_names_and_make_strategy():
     for name in ("trimmed_mean", "median", "krum", "multi_krum"):
         assert STRATEGIES[name]().name == name
-        assert make_strategy(name).name == name
-    assert make_strategy("trimmed_mean", trim_fraction=0.3) == TrimmedMean(beta=0.3)
-    assert make_strategy("krum", byzantine=2) == Krum(byzantine=2, select=1)
-    assert make_strategy("multi_krum", byzantine=2, krum_select=4) == MultiKrum(
-        byzantine=2, select=4
-    )
-    assert make_strategy("multi_krum").select is None  # n - f
-    assert make_strategy("fedavg", mu=5.0, byzantine=3) == FedAvg()
+        assert _made(name).name == name  # type: ignore[attr-defined]
+    assert _made("trimmed_mean", trim_fraction=0.3) == TrimmedMean(beta=0.3)
+    assert _made("krum", byzantine=2) == Krum(byzantine=2, select=1)
+    assert _made("multi_krum", byzantine=2, select=4) == MultiKrum(byzantine=2, select=4)
+    assert _made("multi_krum").select is None  # type: ignore[attr-defined]  # n - f
+    assert _made("fedavg", mu=5.0, byzantine=3) == FedAvg()  # options it does not read
+    assert _made("krum", select=3) == Krum(byzantine=1, select=1)  # krum keeps one model
 
 
 # ---- robustness: one scaled update ----------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 from fedops.core.params import digest
 from fedops.core.strategies import FedAvg, FedProx
 from fedops.runtime.run import make_strategy, start_or_resume
+from fedops.runtime.schema import StrategyConfig
 from fedops.runtime.store import RunStore
 
 
@@ -75,13 +76,13 @@ def test_resume_with_a_changed_config_warns(tmp_path, caplog):
 
 
 def test_make_strategy():
-    assert make_strategy("fedavg", mu=5.0) == FedAvg()
-    prox = make_strategy("fedprox", mu=0.25)
+    assert make_strategy(StrategyConfig(name="fedavg", mu=5.0)) == FedAvg()
+    prox = make_strategy(StrategyConfig(name="fedprox", mu=0.25))
     assert isinstance(prox, FedProx) and prox.mu == 0.25
     with pytest.raises(KeyError):
-        make_strategy("fedsgd", mu=0.0)
+        make_strategy(StrategyConfig(name="fedsgd"))
     with pytest.raises(ValueError, match="mu must be >= 0"):
-        make_strategy("fedprox", mu=-1.0)
+        make_strategy(StrategyConfig(name="fedprox", mu=-1.0))
 
 
 def test_a_corrupt_last_checkpoint_falls_back_to_the_newest_that_verifies(tmp_path, caplog):

@@ -21,6 +21,7 @@ import pytest
 from fedops.cli import main as cli_main
 from fedops.config.hydra_app import compose_settings
 from fedops.core.strategies import Krum, Median, MultiKrum, TrimmedMean
+from fedops.runtime.schema import StrategyConfig
 from fedops.runtime.settings import ConfigError, CoordinatorConfig
 from fedops.runtime.simulate_settings import SimulateConfig, validate
 from fedops.simulation.engine import run_simulation
@@ -138,14 +139,7 @@ def test_the_strategy_group_builds_each_rule():
     from fedops.runtime.run import make_strategy
 
     def built(*overrides: str) -> object:
-        s = validate(_compose(*overrides)).strategy
-        return make_strategy(
-            s.name,
-            mu=s.mu,
-            trim_fraction=s.trim_fraction,
-            byzantine=s.byzantine,
-            krum_select=s.select,
-        )
+        return make_strategy(validate(_compose(*overrides)).strategy)
 
     assert built("strategy=median") == Median()
     assert built("strategy=trimmed_mean") == TrimmedMean(beta=0.1)
@@ -180,15 +174,20 @@ def test_validation_names_the_strategy_key(overrides: list[str], key: str):
 
 
 def test_the_coordinator_takes_the_robust_flags():
-    cfg = CoordinatorConfig(strategy="multi_krum", min_clients=7, byzantine=2, krum_select=3)
-    assert (cfg.byzantine, cfg.krum_select) == (2, 3)
-    assert CoordinatorConfig(strategy="trimmed_mean", trim_fraction=0.2).trim_fraction == 0.2
+    multi = StrategyConfig(name="multi_krum", byzantine=2, select=3)
+    cfg = CoordinatorConfig(strategy=multi, min_clients=7)
+    assert (cfg.strategy.byzantine, cfg.strategy.select) == (2, 3)
+    trimmed = StrategyConfig(name="trimmed_mean", trim_fraction=0.2)
+    assert CoordinatorConfig(strategy=trimmed).strategy.trim_fraction == 0.2
     with pytest.raises(ConfigError) as unread:  # multi_krum would ignore it: refused
-        CoordinatorConfig(strategy="multi_krum", min_clients=7, trim_fraction=0.2)
-    assert unread.value.key == "trim_fraction" and "has no effect" in unread.value.message
+        CoordinatorConfig(
+            strategy=StrategyConfig(name="multi_krum", trim_fraction=0.2), min_clients=7
+        )
+    assert unread.value.key == "strategy.trim_fraction"
+    assert "has no effect" in unread.value.message
     with pytest.raises(ConfigError) as info:
-        CoordinatorConfig(strategy="krum", min_clients=4)
-    assert info.value.key == "byzantine" and "at least 5 clients" in info.value.message
+        CoordinatorConfig(strategy=StrategyConfig(name="krum"), min_clients=4)
+    assert info.value.key == "strategy.byzantine" and "at least 5 clients" in info.value.message
 
 
 def test_the_cli_names_the_flag(capsys: pytest.CaptureFixture[str]):

@@ -1,0 +1,162 @@
+"""The settings a deployed run and a simulated run share, each written once.
+
+Each section is a dataclass: the Hydra schema of its config group
+(``strategy.*``, ``client.*``) and, nested in the deployment configs, what the
+CLI's flags fill. A field's metadata carries its flag and help text, so
+:mod:`fedops.cli.parser` builds the flags from these fields and both fronts
+get the same names, defaults and checks. Errors name the dotted key
+(``strategy.mu``); the CLI turns it into the flag the user typed
+(:func:`flag_of`).
+
+Adding a strategy option is a field here plus a keyword in the strategy that
+reads it (its ``options`` mapping): nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedops.core.strategies import ROBUST_STRATEGIES, STRATEGIES, readers
+from fedops.core.strategies.robust import Krum
+from fedops.core.training import OPTIMIZERS
+from fedops.runtime.rules import ConfigError, require
+
+
+def option(default: Any, help: str, *, flag: str | None = None, **extra: Any) -> Any:
+    """A setting: its default, the help its flag shows, and the flag when it is not
+    ``--`` plus the field name with dashes. ``extra``: ``choices`` for the flag."""
+    return field(default=default, metadata={"help": help, "flag": flag, **extra})
+
+
+@dataclass
+class StrategyConfig:
+    """How updates become the next model (``--strategy`` / ``strategy=NAME``)."""
+
+    name: str = option(
+        "fedavg", "how updates are combined (built-ins and registered ones)", flag="--strategy"
+    )
+    mu: float = option(0.01, "fedprox: the proximal coefficient of the clients' loss")
+    trim_fraction: float = option(
+        0.1,
+        "trimmed_mean: fraction of values dropped at each end of every coordinate; at "
+        "least f/n to tolerate f Byzantine clients",
+    )
+    byzantine: int = option(
+        1,
+        "krum/multi_krum: Byzantine clients f tolerated; a round needs more than 2f+2 clients",
+    )
+    select: int | None = option(
+        None,
+        "multi_krum: how many best-scoring models to average (default: n - f)",
+        flag="--krum-select",
+    )
+
+
+@dataclass
+class ClientTrainConfig:
+    """Local training at each site (``--epochs`` ... / ``client.*``)."""
+
+    epochs: int = option(5, "local epochs per round")
+    batch_size: int = option(16, "local batch size")
+    lr: float = option(0.5, "local learning rate (tuned for the digits tasks)")
+    optimizer: str = option("sgd", "local optimizer", choices=OPTIMIZERS)
+    momentum: float = option(0.0, "SGD momentum (0: plain SGD)")
+
+
+#: the sections above by the prefix of their keys
+SECTIONS: dict[str, type] = {"strategy": StrategyConfig, "client": ClientTrainConfig}
+
+#: deployment keys whose flag is not ``--`` plus the key with dashes
+FLAG_NAMES = {
+    "round_timeout_s": "--round-timeout",
+    "join_timeout_s": "--join-timeout",
+    "liveness_timeout_s": "--liveness-timeout",
+    "heartbeat_interval_s": "--heartbeat-interval",
+}
+
+
+def flag_of(key: str) -> str:
+    """The CLI flag of a key: ``strategy.select`` -> ``--krum-select``, ``client.lr`` ->
+    ``--lr``, ``round_timeout_s`` -> ``--round-timeout``, ``min_clients`` -> ``--min-clients``."""
+    prefix, _, name = key.rpartition(".")
+    section = SECTIONS.get(prefix)
+    if section is not None:
+        spec = next((f for f in dataclasses.fields(section) if f.name == name), None)
+        if spec is not None:
+            return spec.metadata.get("flag") or "--" + name.replace("_", "-")
+    return FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+
+
+def check_strategy(
+    st: StrategyConfig, *, per_round: int, secagg: str, privacy: str, prefix: str = "strategy"
+) -> None:
+    """Every rule of the ``strategy.*`` keys, named by ``prefix.KEY``."""
+    require(
+        st.name in STRATEGIES,
+        f"{prefix}.name",
+        f"must be one of {sorted(STRATEGIES)}, got {st.name!r}",
+    )
+    require(st.mu >= 0, f"{prefix}.mu", f"must be >= 0, got {st.mu}")
+    for spec in dataclasses.fields(StrategyConfig):
+        value, reading = getattr(st, spec.name), readers(spec.name)
+        require(
+            spec.name == "name" or st.name in reading or value == spec.default,
+            f"{prefix}.{spec.name}",
+            f"has no effect with strategy {st.name}: it is read by "
+            f"{' and '.join(reading) or 'no strategy'} only",
+        )
+    try:
+        _check_robust(st, per_round=per_round, secagg=secagg, privacy=privacy)
+    except ConfigError as exc:
+        raise ConfigError(f"{prefix}.{exc.key}", exc.message) from None
+
+
+def _check_robust(st: StrategyConfig, *, per_round: int, secagg: str, privacy: str) -> None:
+    """``per_round``: the fewest clients a round is sure to sample."""
+    name, f, select = st.name, st.byzantine, st.select
+    require(
+        0 <= st.trim_fraction < 0.5, "trim_fraction", f"must be in [0, 0.5), got {st.trim_fraction}"
+    )
+    require(f >= 0, "byzantine", f"must be >= 0, got {f}")
+    require(select is None or select >= 1, "select", "must be >= 1")
+    if name not in ROBUST_STRATEGIES:
+        return
+    require(
+        secagg == "none",
+        "name",
+        f"{name} needs every client's model, secure aggregation reveals only their sum",
+    )
+    require(
+        privacy not in ("central", "distributed"),
+        "name",
+        f"{name} cannot be combined with {privacy} DP, which aggregates by its own "
+        "clipped and noised mean",
+    )
+    if name in ("krum", "multi_krum"):
+        need = Krum(byzantine=f).min_results()
+        require(
+            per_round >= need,
+            "byzantine",
+            f"{name} with byzantine={f} needs more than 2f+2, i.e. at least {need} clients "
+            f"per round, but a round may have only {per_round}: sample more clients per "
+            "round or lower byzantine",
+        )
+        require(
+            select is None or select <= per_round,
+            "select",
+            f"cannot select {select} of the {per_round} clients a round may have",
+        )
+
+
+def check_train(c: ClientTrainConfig, *, prefix: str = "client") -> None:
+    require(c.epochs >= 1, f"{prefix}.epochs", f"must be >= 1, got {c.epochs}")
+    require(c.batch_size >= 1, f"{prefix}.batch_size", f"must be >= 1, got {c.batch_size}")
+    require(c.lr > 0, f"{prefix}.lr", f"must be > 0, got {c.lr}")
+    require(
+        c.optimizer in OPTIMIZERS,
+        f"{prefix}.optimizer",
+        f"must be one of {list(OPTIMIZERS)}, got {c.optimizer!r}",
+    )
+    require(0 <= c.momentum < 1, f"{prefix}.momentum", "must be in [0, 1)")
