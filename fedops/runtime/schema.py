@@ -160,3 +160,151 @@ def check_train(c: ClientTrainConfig, *, prefix: str = "client") -> None:
         f"must be one of {list(OPTIMIZERS)}, got {c.optimizer!r}",
     )
     require(0 <= c.momentum < 1, f"{prefix}.momentum", "must be in [0, 1)")
+
+
+# ---- where the two fronts meet ---------------------------------------------------------
+# The sections above are shared by construction. Every other deployment flag either is a
+# Hydra key under another name (SAME_SETTING) or exists on one front only, for the reason
+# given; tests/unit/config/test_settings_agree.py fails on a flag or key in neither list,
+# and on a pair whose defaults differ (but for DIFFERENT_DEFAULTS, each with its reason).
+
+#: deployment flag -> the Hydra key of the same setting
+SAME_SETTING = {
+    "--rounds": "rounds",
+    "--seed": "seed",
+    "--task": "task",
+    "--partition": "partition.name",
+    "--alpha": "partition.alpha",
+    "--clients-per-round": "simulation.clients_per_round",
+    "--min-fit-results": "simulation.min_fit_results",
+    "--secagg": "secagg.name",
+    "--secagg-k": "secagg.k",
+    "--secagg-threshold": "secagg.threshold",
+    "--secagg-clip": "secagg.clip",
+    "--privacy": "privacy.name",
+    "--noise-multiplier": "privacy.noise_multiplier",
+    "--clip-norm": "privacy.clip_norm",
+    "--delta": "privacy.delta",
+    "--target-epsilon": "privacy.target_epsilon",
+    "--accountant": "privacy.accountant",
+    "--sampling": "privacy.sampling",
+    "--publish-participants": "privacy.publish_participants",
+    "--colluders": "privacy.colluders",
+    "--release-site-metrics": "privacy.release_site_metrics",
+    "--adaptive-clipping": "privacy.adaptive",
+    "--max-epsilon": "privacy.site_max_epsilon",
+    "--monitoring": "monitoring.name",
+    "--positive-label": "monitoring.positive_label",
+    "--psi-alert": "monitoring.psi_alert",
+    "--js-alert": "monitoring.js_alert",
+    "--drift-action": "monitoring.action",
+    "--mlflow-uri": "mlflow_uri",
+    "--mlflow-experiment": "mlflow_experiment",
+}
+
+#: a pair whose defaults differ on purpose -> why
+DIFFERENT_DEFAULTS = {
+    "--monitoring": "deployed, auto turns monitoring on without DP; simulated, monitoring "
+    "runs on the sequential backend only, so it is off unless asked for (issue 22)",
+}
+
+_SITE = "a site's own policy or identity, set where the site runs"
+_PROCESS = "how the coordinator process serves the network; a simulation has no network"
+
+#: deployment flags with no simulation key -> why
+DEPLOYMENT_ONLY = {
+    "--address": _PROCESS,
+    "--kit": "consortium deployments only (certificates, roles)",
+    "--ca-fingerprint": "consortium deployments only (certificates, roles)",
+    "--wait-for-start": "consortium deployments only (certificates, roles)",
+    "--insecure": _PROCESS,
+    "--data-seed": "a simulation splits its data with `seed`, as its sites are its own",
+    "--min-clients": "a simulation's clients are all there: simulation.num_clients",
+    "--run-dir": "a simulation's run directory is Hydra's: hydra.run.dir",
+    "--round-timeout": _PROCESS,
+    "--join-timeout": _PROCESS,
+    "--liveness-timeout": _PROCESS,
+    "--heartbeat-interval": _PROCESS,
+    "--max-nodes": _PROCESS,
+    "--keep-checkpoints": "a simulation keeps every checkpoint",
+    "--max-workers": _PROCESS,
+    "--metrics-port": _PROCESS,
+    "--metrics-address": _PROCESS,
+    "--coordinator": _PROCESS,
+    "--site": _SITE,
+    "--num-sites": _SITE,
+    "--site-name": _SITE,
+    "--max-retries": _PROCESS,
+    "--retry-for": _PROCESS,
+    "--require-secagg": _SITE,
+    "--share-monitoring": _SITE,
+    "--share-evaluation": _SITE,
+    "--monitoring-min-count": _SITE + " (simulated sites: monitoring.min_count)",
+    "--monitoring-max-cells": _SITE,
+    "--dp-delta": _SITE,
+    "--dp-public-records": _SITE,
+    "--identity-key": _SITE,
+    "--trusted-keys": _SITE,
+    "--max-rounds": _SITE,
+    "--allowed-task": _SITE,
+    "--consent-file": _SITE,
+    "--secagg-min-cohort": _SITE,
+    "--secagg-min-degree": _SITE,
+    "--secagg-max-colluders": _SITE,
+    "--secagg-min-noise-multiplier": _SITE,
+    "--secagg-max-l2-clip": _SITE,
+}
+
+_DATA = "the simulator's built-in data and models; a deployment's come from its --task"
+_FLEET = "how the simulator runs its virtual clients"
+
+#: Hydra keys with no deployment flag -> why
+SIMULATION_ONLY = {
+    **{
+        f"dataset.{key}": _DATA
+        for key in [
+            "name",
+            "alpha",
+            "beta",
+            "iid",
+            "num_features",
+            "num_classes",
+            "mean_log",
+            "sigma_log",
+            "min_samples",
+            "max_samples",
+        ]
+    },
+    "model.name": _DATA,
+    "model.hidden": _DATA,
+    **{
+        f"simulation.{key}": _FLEET
+        for key in [
+            "backend",
+            "num_clients",
+            "dropout_rate",
+            "straggler_rate",
+            "drop_stragglers",
+            "device",
+            "max_chunk",
+            "workers",
+            "ray_address",
+            "threads",
+        ]
+    },
+    "privacy.target_quantile": "adaptive clipping's tuning, fixed at Andrew et al.'s values "
+    "when deployed (fedops.core.privacy.central.AdaptiveClipping)",
+    "privacy.clip_learning_rate": "as privacy.target_quantile",
+    "privacy.count_noise": "as privacy.target_quantile",
+    "privacy.seed": "a deployed coordinator draws DP noise and sampling from the OS only",
+    "secagg.min_survivors": "deployed sites set their floor themselves (--secagg-min-cohort)",
+    "monitoring.bins": "deployed: the coordinator's default profile",
+    "monitoring.ks_pvalue_alert": "deployed: the coordinator's default thresholds",
+    "monitoring.demographic_parity_difference": "deployed: the default fairness thresholds",
+    "monitoring.demographic_parity_ratio": "deployed: the default fairness thresholds",
+    "monitoring.equalized_odds_difference": "deployed: the default fairness thresholds",
+    "monitoring.equal_opportunity_difference": "deployed: the default fairness thresholds",
+    "monitoring.group_accuracy_gap": "deployed: the default fairness thresholds",
+    "monitoring.site_accuracy_gap": "deployed: the default fairness thresholds",
+    "monitoring.min_count": "simulated sites' policy (deployed: --monitoring-min-count)",
+}
