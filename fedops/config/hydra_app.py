@@ -212,6 +212,17 @@ def compose_settings(*overrides: str) -> SimulateConfig:
     return settings
 
 
+def simulate(*overrides: str, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Run ``fedops simulate OVERRIDES`` in this process, in ``run_dir``; return the summary.
+
+    For notebooks and scripts: the same settings, checks and engine as the command
+    (a bad setting raises :class:`ConfigError` naming the key), without its printing.
+    """
+    from fedops.simulation.engine import run_simulation  # torch import: only when running
+
+    return run_simulation(validate(compose_settings(*overrides)), Path(run_dir))
+
+
 def simulate_main(argv: Sequence[str]) -> int:
     """Run the Hydra app with ``argv`` as its overrides; return an exit status."""
     register()
