@@ -1,0 +1,156 @@
+"""``fedops client``'s flags: a site's connection, identity, policy and local training."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from fedops.cli.flags import ca_fingerprint_flag, config_defaults, schema_flags, task_flags
+from fedops.config import ClientConfig
+
+
+def _duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``30m`` or ``2h``."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (a number with s, m or h: 90s, 30m, 2h)"
+        ) from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be > 0")
+    return seconds
+
+
+def client_parser(sub: Any) -> None:
+    client = sub.add_parser("client", help="run a site's agent against a coordinator")
+    client.add_argument(
+        "--coordinator",
+        help="HOST:PORT to dial (default: the kit's coordinator, else 127.0.0.1:8765)",
+    )
+    client.add_argument(
+        "--kit",
+        type=Path,
+        help="this site's consortium startup kit: mTLS identity, coordinator address, policy",
+    )
+    ca_fingerprint_flag(client)
+    client.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext gRPC, no certificates: local development only",
+    )
+    task_flags(client, required=True)
+    client.add_argument("--site", type=int, required=True, help="this site's index (0-based)")
+    client.add_argument("--num-sites", type=int, required=True, help="number of sites")
+    client.add_argument("--site-name", help="name shown to the coordinator")
+    client.add_argument("--run-dir", type=Path, help="where the site's journal goes")
+    client.add_argument(
+        "--max-retries",
+        type=int,
+        help="consecutive failed connection attempts before giving up",
+    )
+    client.add_argument(
+        "--retry-for",
+        type=_duration,
+        metavar="DURATION",
+        help="keep retrying an unreachable coordinator this long instead (e.g. 90s, 30m, 2h): "
+        "an agent that outlives a maintenance window",
+    )
+    client.add_argument(
+        "--require-secagg",
+        action="store_true",
+        help="site policy: decline to train unless the round uses secure aggregation",
+    )
+    client.add_argument(
+        "--share-monitoring",
+        action="store_true",
+        help="send drift histograms and fairness counts of this site's data even under "
+        "--require-secagg or --max-epsilon (they are not noised; off there by default)",
+    )
+    client.add_argument(
+        "--share-evaluation",
+        action="store_true",
+        help="evaluate the coordinator's model on this site's test rows even under "
+        "--max-epsilon or --dp-public-records (the answer shows the test split's size)",
+    )
+    client.add_argument(
+        "--monitoring-min-count",
+        type=int,
+        metavar="K",
+        help="site policy: no monitoring bin reports 1..K-1 of this site's rows (small bins "
+        "are merged; fairness groups under K left out; default: the kit's, else 5)",
+    )
+    client.add_argument(
+        "--monitoring-max-cells",
+        type=int,
+        metavar="C",
+        help="site policy: refuse a monitoring request for more than C bins in all "
+        "(default: the kit's, else 20000)",
+    )
+    client.add_argument(
+        "--max-epsilon",
+        type=float,
+        help="site policy: train only with local DP, and only while this site's ε stays <= this",
+    )
+    client.add_argument(
+        "--dp-delta",
+        type=float,
+        help="site policy: the δ this site accounts its local DP at; a coordinator may ask "
+        "for a smaller one, never a larger (default: the kit's max_delta, else 1e-5)",
+    )
+    client.add_argument(
+        "--dp-public-records",
+        type=int,
+        metavar="N",
+        help="site policy: plan and account local DP with N records instead of the true "
+        "count, which then stays hidden (sample rate batch/N, epochs*N/batch steps)",
+    )
+    client.add_argument(
+        "--identity-key",
+        type=Path,
+        help="Ed25519 private key (PEM) this site signs its SecAgg keys with",
+    )
+    client.add_argument(
+        "--trusted-keys",
+        type=Path,
+        help="directory of NAME.pub (PEM) keys: refuse SecAgg keys not signed by those sites",
+    )
+    policy = client.add_argument_group("site policy (enforced here, whatever the coordinator asks)")
+    policy.add_argument("--max-rounds", type=int, help="take part in rounds 1..N only")
+    policy.add_argument(
+        "--allowed-task",
+        action="append",
+        metavar="SHA256",
+        help="run only task code with this digest (repeatable): `sha256sum task.py` for a "
+        "file; the task_digest of the coordinator's summary.json and run_started audit entry",
+    )
+    for flag, kind, text in (
+        ("--secagg-min-cohort", int, "fewest sites in a secure-aggregation cohort (default 3)"),
+        (
+            "--secagg-min-degree",
+            int,
+            "fewest SecAgg neighbours per site (default min(n-1, 2*ceil(log2 n)))",
+        ),
+        (
+            "--secagg-max-colluders",
+            int,
+            "colluding sites the SecAgg threshold must withstand: 2t > k + c (default 0)",
+        ),
+        (
+            "--secagg-min-noise-multiplier",
+            float,
+            "distributed DP: refuse rounds whose summed noise multiplier is below this",
+        ),
+        ("--secagg-max-l2-clip", float, "distributed DP: refuse a larger L2 clip"),
+    ):
+        policy.add_argument(flag, type=kind, help=text)
+    policy.add_argument(
+        "--consent-file",
+        type=Path,
+        help='JSON {"consent": true}; set it to false to withdraw: the site declines and leaves',
+    )
+    schema_flags(client, "client", "local training (client.* in fedops simulate)")
+    config_defaults(client, ClientConfig, skip=("coordinator",))
