@@ -6,7 +6,6 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +21,16 @@ from fedops.coordinator.transport import GrpcTransport
 from fedops.core.monitoring.summary import MonitorThresholds
 from fedops.core.params import Params, specs_of
 from fedops.core.privacy.central import AdaptiveClipping
-from fedops.runtime.audit import AuditLog
 from fedops.runtime.control import RunControl
-from fedops.runtime.driver import DriverConfig, RoundRecord
+from fedops.runtime.driver import DriverConfig
 from fedops.runtime.metrics import RunMetrics
-from fedops.runtime.mlflow_sink import MlflowSink
 from fedops.runtime.monitoring import MonitorSettings, monitoring_under_dp
 from fedops.runtime.privacy import PrivacySettings
-from fedops.runtime.run import RunPlan, execute, make_strategy
+from fedops.runtime.records import RecordSettings, RunRecords, run_recorded
+from fedops.runtime.run import RunPlan, make_strategy
 from fedops.runtime.secure_fit import SecAggSettings
 from fedops.runtime.settings import ConfigError, CoordinatorConfig, as_dict, parse_address
-from fedops.runtime.store import RunStore
-from fedops.runtime.trail import RunTrail
-from fedops.tasks import Task, load_task
+from fedops.tasks import load_task
 from fedops.tasks.site import global_evaluator, initial_params
 
 log = logging.getLogger("fedops.coordinator")
@@ -82,11 +78,22 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
     check_port_free(cfg.address)
     # the task first: a start that fails on it must not leave its config as the run's
     task = load_task(cfg.task, **cfg.builtin_options()) if cfg.task else None
-    store = RunStore(cfg.run_dir, keep_checkpoints=cfg.keep_checkpoints)
     config = run_config(cfg)
-    run_id, _ = store.open_run(config)
-    records = Records.open(cfg, store, run_id, config, task, kit)
-    audit, metrics = records.audit, records.metrics
+    metrics = RunMetrics()
+    records = RunRecords.open(
+        RecordSettings(
+            run_dir=cfg.run_dir,
+            config=config,
+            task_digest=task.digest if task else "",
+            keep_checkpoints=cfg.keep_checkpoints,
+            identity=kit.signing_identity() if kit is not None else None,
+            hide_participants=cfg.privacy == "central" and not cfg.publish_participants,
+            mlflow_uri=cfg.mlflow_uri,
+            mlflow_experiment=cfg.mlflow_experiment,
+        ),
+        metrics=metrics,
+    )
+    run_id, audit = records.run_id, records.audit
     transport = GrpcTransport(
         run_id=run_id,
         heartbeat_interval_s=cfg.heartbeat_interval_s,
@@ -96,12 +103,12 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
         max_nodes=cfg.max_nodes,
     )
     # refusals cost the refused peer, not our disk: a few rows per offender per minute
-    records.throttle = RefusalThrottle(
+    throttle = RefusalThrottle(
         records.write_rejection,
         is_node=lambda node: transport.registry.get(node) is not None,
         on_every=metrics.observe_rejection,
     )
-    transport.on_rejection = records.throttle
+    transport.on_rejection = throttle
     metrics.connected.set_function(lambda: len(transport.available_nodes()))
     metrics_at = None
     if cfg.metrics_port is not None:
@@ -126,7 +133,7 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
     def stop(status: str) -> None:
         transport.close(grace_s=5.0 if status == "completed" else 0.5)
         server.stop(grace=1.0).wait(5)
-        records.throttle.flush()  # counts not yet written, while the store is open
+        throttle.flush()  # counts not yet written, while the store is open
         metrics.close()
         remove_listening(cfg.run_dir)
 
@@ -154,66 +161,7 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
         privacy=_privacy(cfg),
         secagg=_secagg(cfg),
     )
-    summary: dict[str, Any] = {"status": "failed"}
-    try:
-        summary = execute(plan, store=store, transport=transport, on_exit=stop)
-    finally:
-        records.finish(summary)
-    return summary
-
-
-@dataclass(slots=True)
-class Records:
-    """Where a coordinator's run is written down besides its store: the signed audit log,
-    Prometheus metrics and (optionally) MLflow."""
-
-    store: RunStore
-    audit: AuditLog
-    trail: RunTrail
-    metrics: RunMetrics
-    mlflow: MlflowSink | None
-    throttle: RefusalThrottle = field(init=False)
-
-    @classmethod
-    def open(
-        cls,
-        cfg: CoordinatorConfig,
-        store: RunStore,
-        run_id: str,
-        config: Mapping[str, Any],
-        task: Task | None,
-        kit: Kit | None,
-    ) -> Records:
-        # consortium mode: signed with the kit's CA-certified key, not a generated one
-        identity = kit.signing_identity() if kit is not None else None
-        audit = AuditLog.open(Path(cfg.run_dir), "coordinator", identity=identity)
-        if cfg.privacy == "central" and not cfg.publish_participants:
-            audit.hide_participants(run_id)  # the cohort is secret: see core.audit_pseudonyms
-        trail = RunTrail(audit, store)
-        trail.run_started(run_id, config, task_digest=task.digest if task else "")
-        mlflow = None
-        if cfg.mlflow_uri:
-            mlflow = MlflowSink(cfg.mlflow_uri, cfg.mlflow_experiment, run_id, config)
-        return cls(store, audit, trail, RunMetrics(), mlflow)
-
-    def rejection(self, server_round: int, node: str, code: str, reason: str) -> None:
-        self.write_rejection(server_round, node, code, reason)
-        self.metrics.observe_rejection(server_round, node, code, reason)
-
-    def write_rejection(self, server_round: int, node: str, code: str, reason: str) -> None:
-        """The run store's row and the audit entry (disk work: see ``RefusalThrottle``)."""
-        self.store.record_rejection(server_round, node, code, reason)
-        self.trail.rejection(server_round, node, code, reason)
-
-    def observers(self) -> tuple[Callable[[RoundRecord], None], ...]:
-        extra = (self.mlflow.observe_round,) if self.mlflow is not None else ()
-        return (self.trail.observe_round, self.metrics.observe_round, *extra)
-
-    def finish(self, summary: Mapping[str, Any]) -> None:
-        self.trail.run_finished(summary)
-        self.audit.close()
-        if self.mlflow is not None:
-            self.mlflow.finish(str(summary["status"]))
+    return run_recorded(plan, records, transport, on_exit=stop)
 
 
 def _driver(cfg: CoordinatorConfig) -> DriverConfig:

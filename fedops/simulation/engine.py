@@ -22,16 +22,13 @@ from fedops.core.training import TrainConfig
 from fedops.crypto import Crypto
 from fedops.data import FederatedData
 from fedops.reporting.plots import plot_run
-from fedops.runtime.audit import AuditLog
 from fedops.runtime.driver import DriverConfig
-from fedops.runtime.mlflow_sink import MlflowSink
 from fedops.runtime.monitoring import MonitorSettings, monitoring_under_dp
 from fedops.runtime.privacy import PrivacySettings
-from fedops.runtime.run import RunPlan, execute, make_strategy
+from fedops.runtime.records import RecordSettings, RunRecords, run_recorded
+from fedops.runtime.run import RunPlan, make_strategy
 from fedops.runtime.secure_fit import SecAggSettings
 from fedops.runtime.simulate_settings import MonitoringConfig, SimulateConfig
-from fedops.runtime.store import RunStore
-from fedops.runtime.trail import RunTrail
 from fedops.runtime.transport import Transport
 from fedops.simulation.faults import FaultPlan
 from fedops.simulation.federation import load_federation, use_threads
@@ -144,16 +141,18 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
         secagg = SecAggSettings(
             degree=a.k, threshold=a.threshold, clip=a.clip, min_survivors=a.min_survivors
         )
-    store = RunStore(run_dir)
-    run_id, _ = store.open_run(asdict(cfg))
-    audit = AuditLog.open(run_dir, "coordinator")  # the simulated coordinator's signed log
-    if cfg.privacy.name == "central" and not cfg.privacy.publish_participants:
-        audit.hide_participants(run_id)  # the cohort is secret: see core.audit_pseudonyms
-    trail = RunTrail(audit, store)
-    trail.run_started(run_id, asdict(cfg), task_digest=task.digest)
-    mlflow = None
-    if cfg.mlflow_uri:
-        mlflow = MlflowSink(cfg.mlflow_uri, cfg.mlflow_experiment, run_id, _flat(asdict(cfg)))
+    records = RunRecords.open(  # the simulated coordinator's store and signed log
+        RecordSettings(
+            run_dir=run_dir,
+            config=asdict(cfg),
+            task_digest=task.digest,
+            hide_participants=cfg.privacy.name == "central"
+            and not cfg.privacy.publish_participants,
+            mlflow_uri=cfg.mlflow_uri,
+            mlflow_experiment=cfg.mlflow_experiment,
+            mlflow_params=_flat(asdict(cfg)),
+        )
+    )
     plan = RunPlan(
         label="simulate",
         config=asdict(cfg),
@@ -182,20 +181,10 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
         privacy=privacy_settings(cfg),
         monitoring=monitor_settings(cfg.monitoring, privacy=cfg.privacy.name),
         task=task,
-        observers=(trail.observe_round, *([mlflow.observe_round] if mlflow else [])),
-        on_fallback=trail.checkpoint_fallback,
+        observers=records.observers(),
+        on_fallback=records.trail.checkpoint_fallback,
     )
-    summary: dict[str, Any] = {"status": "failed"}
-    try:
-        summary = execute(
-            plan, store=store, transport=transport, on_exit=lambda status: transport.close()
-        )
-        return summary
-    finally:
-        trail.run_finished(summary)
-        audit.close()
-        if mlflow is not None:
-            mlflow.finish(summary["status"])
+    return run_recorded(plan, records, transport, on_exit=lambda status: transport.close())
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

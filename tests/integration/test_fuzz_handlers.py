@@ -66,9 +66,7 @@ from fedops.core.secagg.messages import (
 from fedops.core.secagg.quantize import Quantizer
 from fedops.core.secagg.update import Encoding
 from fedops.reporting.compliance import verify_log_file
-from fedops.runtime.audit import AuditLog
-from fedops.runtime.store import RunStore
-from fedops.runtime.trail import RunTrail
+from fedops.runtime.records import RecordSettings, RunRecords
 from fedops.runtime.transport import StageRequest
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import PROTOCOL_VERSION, codec, framing, monitoring
@@ -171,17 +169,19 @@ class Harness:
 
     def __post_init__(self) -> None:
         self.run_dir = self.root / "run"
-        self.store = RunStore(self.run_dir)
-        self.run_id, _ = self.store.open_run({"test": "fuzz-handlers"})
+        self.records = RunRecords.open(  # as fedops.coordinator.app opens them
+            RecordSettings(run_dir=self.run_dir, config={"test": "fuzz-handlers"}, fsync=False)
+        )
+        self.run_id, self.store, self.audit = (
+            self.records.run_id,
+            self.records.store,
+            self.records.audit,
+        )
         self.store.save_round(0, PARAMS, {})
-        self.audit = AuditLog.open(self.run_dir, "coordinator", fsync=False)
-        self.trail = RunTrail(self.audit, self.store)
-        self.trail.run_started(self.run_id, {"test": "fuzz-handlers"})
 
         def on_rejection(server_round: int, node: str, code: str, reason: str) -> None:
             # as fedops.coordinator.app wires it: the run store and the audit trail
-            self.store.record_rejection(server_round, node, code, reason)
-            self.trail.rejection(server_round, node, code, reason)
+            self.records.write_rejection(server_round, node, code, reason)
             with self.recorded:
                 self.rejections.append((server_round, node, code, reason))
                 self.recorded.notify_all()

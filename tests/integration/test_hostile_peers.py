@@ -39,9 +39,8 @@ from fedops.coordinator.peers import PeerGate
 from fedops.coordinator.server import SERVICE, build_server
 from fedops.coordinator.transport import GrpcTransport
 from fedops.core.rounds import Phase
-from fedops.runtime.audit import LOG_NAME, AuditLog
-from fedops.runtime.store import RunStore
-from fedops.runtime.trail import RunTrail
+from fedops.runtime.audit import LOG_NAME
+from fedops.runtime.records import RecordSettings, RunRecords
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import PROTOCOL_VERSION
 
@@ -68,18 +67,19 @@ class Coordinator:
     slots: PeerSlots = field(init=False)
 
     def __post_init__(self) -> None:
-        self.store = RunStore(self.root / "run")
-        run_id, _ = self.store.open_run({"test": "hostile-peers"})
-        self.audit = AuditLog.open(self.root / "run", "coordinator", fsync=False)
-        self.trail = RunTrail(self.audit, self.store)
+        self.records = RunRecords.open(
+            RecordSettings(run_dir=self.root / "run", config={"test": "hostile-peers"}, fsync=False)
+        )
+        self.store, self.audit = self.records.store, self.records.audit
         self.transport = GrpcTransport(
-            run_id=run_id,
+            run_id=self.records.run_id,
             heartbeat_interval_s=0.2,
             liveness_timeout_s=self.liveness_timeout_s,
             audit=self.audit.record,
         )
         self.throttle = RefusalThrottle(
-            self._write, is_node=lambda node: self.transport.registry.get(node) is not None
+            self.records.write_rejection,
+            is_node=lambda node: self.transport.registry.get(node) is not None,
         )
         self.transport.on_rejection = self.throttle
         self.slots = PeerSlots(self.uploads_per_peer)
@@ -92,10 +92,6 @@ class Coordinator:
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-
-    def _write(self, server_round: int, node: str, code: str, reason: str) -> None:
-        self.store.record_rejection(server_round, node, code, reason)
-        self.trail.rejection(server_round, node, code, reason)
 
     def close(self) -> None:
         self.transport.close(grace_s=0)

@@ -49,9 +49,9 @@ from fedops.core.secagg.update import Encoding, encode_update, vector_length
 from fedops.core.strategies import FedAvg
 from fedops.core.training import TrainConfig
 from fedops.crypto import Crypto
-from fedops.runtime.audit import AuditLog
 from fedops.runtime.driver import DriverConfig
-from fedops.runtime.run import RunPlan, execute
+from fedops.runtime.records import RecordSettings, RunRecords, run_recorded
+from fedops.runtime.run import RunPlan
 from fedops.runtime.secure_fit import SecAggSettings
 from fedops.runtime.settings import SECAGG_CLIP, ClientConfig
 from fedops.runtime.store import RunStore
@@ -186,14 +186,15 @@ def _run(
     participant: dict[int, type[SecureParticipant]] | None = None,
 ) -> Run:
     run_dir = tmp_path / "run"
-    store = RunStore(run_dir, keep_checkpoints=rounds + 1)
     config = {"test": "secagg-grpc", "sites": num_sites}
-    run_id, _ = store.open_run(config)  # as the coordinator app does: one id for both
-    audit = AuditLog.open(run_dir, "coordinator", fsync=False)  # its head rides on tasks
+    records = RunRecords.open(  # as the coordinator app opens them
+        RecordSettings(run_dir=run_dir, config=config, keep_checkpoints=rounds + 1, fsync=False)
+    )
+    audit = records.audit  # its head rides on tasks
     transport = RecordingTransport(
-        run_id=run_id,
+        run_id=records.run_id,
         heartbeat_interval_s=1.0,
-        on_rejection=store.record_rejection,
+        on_rejection=records.write_rejection,
         audit=audit.record,
         audit_head=lambda: audit.head,
     )
@@ -249,7 +250,7 @@ def _run(
         secagg=secagg,
     )
     try:
-        summary = execute(plan, store=store, transport=transport, on_exit=stop)
+        summary = run_recorded(plan, records, transport, on_exit=stop)
     finally:
         for t in threads:
             t.join(timeout=30)
