@@ -26,6 +26,11 @@ def _report_parsers(sub: Any) -> None:
     report.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/report.html")
     audit = sub.add_parser("audit", help="verify signed audit logs; export a compliance report")
     verbs = audit.add_subparsers(dest="audit_command", required=True, metavar="VERB")
+    _audit_verify_parser(verbs)
+    _audit_export_parser(verbs)
+
+
+def _audit_verify_parser(verbs: Any) -> None:
     verify = verbs.add_parser(
         "verify",
         help="check a party's hash chain and signatures; exit 1 naming the first bad entry",
@@ -58,6 +63,9 @@ def _report_parsers(sub: Any) -> None:
         action="store_true",
         help="accept a log without its audit.head (entries cut off its end would go unnoticed)",
     )
+
+
+def _audit_export_parser(verbs: Any) -> None:
     export = verbs.add_parser(
         "export",
         help="cross-check the coordinator's and sites' logs; write compliance.json and .html",

@@ -8,33 +8,42 @@ if the coordinator no longer knows it (a restart) it simply registers again.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
 
-from fedops.client.calls import Session, fetch_model, push_result
+from fedops.client.calls import Session, fetch_model
 from fedops.client.channel import dial
 from fedops.client.checks import CoordinatorChecks, payload_of
 from fedops.client.guard import TaskGuard
 from fedops.client.secure import SecureParticipant, secure_identity
+from fedops.client.site_config import site_name, site_policy, started_policy
+from fedops.client.task_handling import TaskHandling
 from fedops.client.trail import SiteTrail, phase_of
 from fedops.consortium.crl import CRL_DELIVERED, DeliveredCrl
 from fedops.consortium.kit import Kit
-from fedops.core.params import InvalidUpdate, Params, specs_of
-from fedops.core.secagg.primitives import ProtocolError
+from fedops.core.params import Params, specs_of
 from fedops.crypto import Crypto
 from fedops.runtime.settings import ClientConfig
-from fedops.tasks.policy import SECAGG_RULES, PolicyViolation, SitePolicy
-from fedops.tasks.site import DP_NUM_EXAMPLES, PolicyRefusal, Site
+from fedops.tasks.policy import PolicyViolation, SitePolicy
+from fedops.tasks.site import Site
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
-from fedops.wire import PROTOCOL_VERSION, codec, monitoring
+from fedops.wire import PROTOCOL_VERSION, codec
+
+__all__ = [
+    "RETRYABLE",
+    "Agent",
+    "CoordinatorRefused",
+    "CoordinatorUnreachable",
+    "site_name",
+    "site_policy",
+]
 
 log = logging.getLogger("fedops.client")
 
@@ -49,30 +58,6 @@ RETRYABLE = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,  # the coordinator's per-site limits: back off, retry
 }
 T = TypeVar("T")
-
-
-def site_policy(cfg: ClientConfig, kit: Kit | None) -> SitePolicy:
-    """The site's policy: its kit's, with the flags the operator gave taking precedence."""
-    return SitePolicy.from_mapping(
-        kit.policy if kit is not None else {},
-        max_epsilon=cfg.max_epsilon,
-        max_delta=cfg.dp_delta,
-        dp_public_records=cfg.dp_public_records,
-        require_secagg=cfg.require_secagg,
-        monitoring_min_count=cfg.monitoring_min_count,
-        monitoring_max_cells=cfg.monitoring_max_cells,
-        max_rounds=cfg.max_rounds,
-        allowed_tasks=tuple(cfg.allowed_task or ()),
-        consent_file=cfg.consent_file,
-        **{rule: getattr(cfg, rule) for rule in SECAGG_RULES},  # the --secagg-* flags
-    )
-
-
-def site_name(cfg: ClientConfig, kit: Kit | None) -> str:
-    """The name a site registers, and signs its audit log, under."""
-    if kit is not None:
-        return kit.name
-    return cfg.site_name or f"site-{cfg.site}"
 
 
 def _check_ledger(cfg: ClientConfig, site: Site, policy: SitePolicy) -> None:
@@ -90,6 +75,31 @@ def _check_ledger(cfg: ClientConfig, site: Site, policy: SitePolicy) -> None:
     )
 
 
+def _delivered_crl(kit: Kit | None) -> DeliveredCrl | None:
+    """The CRL the coordinator delivers, kept beside the kit (a kit site only)."""
+    if not kit:
+        return None
+    return DeliveredCrl(kit.ca_cert, state_path=kit.directory / CRL_DELIVERED, floor=kit.crl_floor)
+
+
+def _warn_count_shows(num_train_examples: int) -> None:
+    log.warning(
+        "local DP without --dp-public-records: the number of DP-SGD steps a round "
+        "takes, and so the noise in each update, follows this site's record count "
+        "(%d); set --dp-public-records to plan with a public count and hide it",
+        num_train_examples,
+    )
+
+
+def _warn_without_identities() -> None:
+    log.warning(
+        "secure aggregation without site identities: the coordinator could pose as "
+        "every other site, so this site is protected from an honest-but-curious "
+        "coordinator only; use a consortium kit (or --identity-key and --trusted-keys) "
+        "for protection from a malicious one"
+    )
+
+
 class CoordinatorRefused(RuntimeError):
     """The coordinator denies this site (e.g. its certificate was revoked)."""
 
@@ -102,7 +112,7 @@ class _Reregister(Exception):
     """The coordinator does not know this node (it restarted): register again."""
 
 
-class Agent:
+class Agent(TaskHandling):
     """Runs one site against one coordinator until told to shut down."""
 
     def __init__(
@@ -125,31 +135,13 @@ class Agent:
         self.policy = policy or site_policy(cfg, kit)
         _check_ledger(cfg, site, self.policy)
         # a kit site checks its SecAgg+ peers against the CRL the coordinator delivers
-        crl = (
-            DeliveredCrl(kit.ca_cert, state_path=kit.directory / CRL_DELIVERED, floor=kit.crl_floor)
-            if kit
-            else None
-        )
-        identity = secure_identity(
-            cfg.identity_key,
-            cfg.trusted_keys,
-            self.site_name,
-            kit=kit,
-            revoked=crl.is_revoked if crl is not None else None,
-        )
-        self.secure = SecureParticipant(
-            site, Crypto(), policy=self.policy.secagg, run_dir=cfg.run_dir, **identity
-        )
+        crl = _delivered_crl(kit)
+        self.secure = self._secure_participant(crl)
         # a site that caps its ε protects its records: what it sends besides the noised
         # model must not depend on them (its record count, or a model evaluated at will)
         self.private = self.site.hides_count
         if self.policy.max_epsilon is not None and self.policy.dp_public_records is None:
-            log.warning(
-                "local DP without --dp-public-records: the number of DP-SGD steps a round "
-                "takes, and so the noise in each update, follows this site's record count "
-                "(%d); set --dp-public-records to plan with a public count and hide it",
-                self.site.num_train_examples,
-            )
+            _warn_count_shows(self.site.num_train_examples)
         self.guard = TaskGuard(
             require_secagg=self.policy.require_secagg,
             private=self.private,
@@ -160,41 +152,45 @@ class Agent:
         secure_only = self.policy.require_secagg
         self.withhold_monitoring = not cfg.share_monitoring and (secure_only or self.private)
         if secure_only and self.secure.verify is None:
-            log.warning(
-                "secure aggregation without site identities: the coordinator could pose as "
-                "every other site, so this site is protected from an honest-but-curious "
-                "coordinator only; use a consortium kit (or --identity-key and --trusted-keys) "
-                "for protection from a malicious one"
-            )
+            _warn_without_identities()
         signer = kit.signing_identity() if kit is not None else None  # the log's key: the kit's
         self.trail = SiteTrail(cfg.run_dir, cfg.site, self.site_name, identity=signer)
         self.checks = CoordinatorChecks(self._audit, anchors=self.trail.keeping, crl=crl)
         # each local-DP round's ε goes to this site's own signed log, never to the coordinator
         site.on_spend = self.trail.privacy_spent
-        p = self.policy
+        self._audit_started()
+
+    def _secure_participant(self, crl: DeliveredCrl | None) -> SecureParticipant:
+        """This site's SecAgg+ side, with the identities its peers are checked against."""
+        cfg = self.cfg
+        identity = secure_identity(
+            cfg.identity_key,
+            cfg.trusted_keys,
+            self.site_name,
+            kit=self.kit,
+            revoked=crl.is_revoked if crl is not None else None,
+        )
+        return SecureParticipant(
+            self.site, Crypto(), policy=self.policy.secagg, run_dir=cfg.run_dir, **identity
+        )
+
+    def _audit_started(self) -> None:
+        """The policy the site holds itself to, signed before it takes any task."""
+        cfg, kit = self.cfg, self.kit
         self._audit(
             "site_started",
             site=cfg.site,
             task=cfg.task,
-            task_digest=site.task.digest,
+            task_digest=self.site.task.digest,
             coordinator=cfg.coordinator,
             consortium=kit.consortium if kit is not None else None,
-            policy={
-                "require_secagg": p.require_secagg,
-                "share_evaluation": cfg.share_evaluation,
-                "share_monitoring": not self.withhold_monitoring,
-                "max_epsilon": p.max_epsilon,
-                "max_delta": p.max_delta,
-                "dp_public_records": p.dp_public_records,
-                "monitoring": dataclasses.asdict(p.report_limits),
-                "privacy_ledger": site.ledger.path,
-                "max_rounds": p.max_rounds,
-                "allowed_tasks": list(p.allowed_tasks),
-                "consent": p.consent,
-                "consent_file": p.consent_file,
-                "secagg": dataclasses.asdict(p.secagg),
-                "secagg_identity": self.secure.verify is not None,
-            },
+            policy=started_policy(
+                self.policy,
+                cfg,
+                share_monitoring=not self.withhold_monitoring,
+                privacy_ledger=self.site.ledger.path,
+                secagg_identity=self.secure.verify is not None,
+            ),
         )
 
     @property
@@ -361,91 +357,6 @@ class Agent:
             self._decline(task, f"the task failed at this site: {type(exc).__name__}: {exc}"[:500])
         return True
 
-    def _handle(self, task: pb.Task, session: Session) -> None:
-        """Carry out one task; anything it raises is declined by :meth:`_step`."""
-        refusal = self.guard.refusal(task, session.run_id) or self.checks.refusal(task)
-        if refusal:
-            self._decline(task, refusal)
-        elif task.kind == pb.TASK_KIND_SEND_INITIAL:
-            # a training result needs at least one example: a DP site claims the one it
-            # claims for every local-DP update (Site.fit's DP_NUM_EXAMPLES)
-            n = self.announced_examples or DP_NUM_EXAMPLES
-            self._push(task, self.site.initial_params(), n, {})
-        elif task.kind == pb.TASK_KIND_FIT:
-            params = self._fetch(task)
-            try:
-                new, n, metrics = self.site.fit(
-                    params, task.round, dict(task.config), run_id=task.run_id
-                )
-            except PolicyRefusal as exc:
-                self._decline(task, str(exc))
-                return
-            self._push(task, new, n, metrics)
-        elif task.kind == pb.TASK_KIND_EVALUATE:
-            self._evaluate(task)
-        elif task.kind == pb.TASK_KIND_SECAGG:
-            self._secure_step(task)
-        else:
-            self._decline(task, f"unknown task kind {task.kind}")
-
-    def _policy_allows(self, task: pb.Task) -> bool:
-        """Consent and the round limit, checked before any work; False: declined."""
-        if not self.policy.consents():
-            log.warning("consent withdrawn: declining round %d and leaving the run", task.round)
-            self._audit("consent_withdrawn", round=task.round, consent_file=self.cfg.consent_file)
-            self._decline(task, "this site's consent is withdrawn (site policy)")
-            return False
-        try:
-            self.policy.check_round(task.round)
-        except PolicyViolation as exc:
-            self._decline(task, f"site policy: {exc}")
-            return False
-        return True
-
-    def _evaluate(self, task: pb.Task) -> None:
-        spec = None
-        if task.HasField("monitor") and self.withhold_monitoring:
-            log.info(
-                "round %d: drift and fairness statistics withheld (site policy: "
-                "--require-secagg / --max-epsilon without --share-monitoring)",
-                task.round,
-            )
-        elif task.HasField("monitor"):
-            try:  # refused before the model is fetched or any row is counted
-                spec = monitoring.spec_from_proto(task.monitor)
-                self.site.check_report(spec)
-                self.checks.same_bins(task.run_id, spec)
-            except InvalidUpdate as exc:
-                self._decline(task, f"monitoring request: {exc}")
-                return
-            except PolicyRefusal as exc:
-                self._decline(task, str(exc))
-                return
-        params = self._fetch(task)
-        n, metrics = self.site.evaluate(params, task.round)
-        report = None
-        if spec is not None:
-            site_report = self.site.report(params, spec)
-            if site_report is not None:
-                report = monitoring.report_to_proto(site_report)
-        self._push(task, {}, n, metrics, report=report)
-
-    def _secure_step(self, task: pb.Task) -> None:
-        try:
-            reply, payload, n, metrics = self.secure.answer(task, lambda: self._fetch(task))
-        except (ProtocolError, InvalidUpdate) as exc:
-            self._decline(task, f"secure aggregation: {exc}")
-            return
-        except PolicyRefusal as exc:
-            self._decline(task, str(exc))
-            return
-        self._push(task, payload, n, metrics, secagg=reply)
-
-    def _decline(self, task: pb.Task, reason: str) -> None:
-        log.warning("round %d: declining the task: %s", task.round, reason)
-        self._audit("task_declined", round=task.round, kind=phase_of(task), reason=reason)
-        self._push(task, {}, 0, {}, declined=reason)
-
     def _guarded(self, what: str, call: Callable[[], T]) -> T:
         try:
             return self._retrying(what, call)
@@ -479,58 +390,3 @@ class Agent:
             **payload_of(head, task.run_id),
         )
         return params
-
-    def _push(
-        self,
-        task: pb.Task,
-        params: Params,
-        num_examples: int,
-        metrics: Mapping[str, float],
-        *,
-        secagg: pb.SecAggReply | None = None,
-        declined: str = "",
-        report: pb.SiteReport | None = None,
-    ) -> None:
-        session = self.session
-        assert session is not None
-        try:
-            sent = self._guarded(
-                "push result",
-                lambda: push_result(
-                    self.channel,
-                    session,
-                    task,
-                    params,
-                    num_examples,
-                    metrics,
-                    digest=self.trail.keeping,
-                    secagg=secagg,
-                    declined=declined,
-                    report=report,
-                    audit_head=self.trail.head(),
-                ),
-            )
-        except grpc.RpcError as exc:
-            log.warning(
-                "round %d: result refused (%s): %s", task.round, exc.code().name, exc.details()
-            )
-            self._record(
-                event="refused", round=task.round, code=exc.code().name, reason=exc.details()
-            )
-            self._audit(
-                "result_refused", round=task.round, code=exc.code().name, reason=exc.details()
-            )
-            return
-        self.trail.sent(task, session.node_id, sent if params else "", num_examples)
-        if report is not None:
-            self.trail.shared(task.round, report)
-        self._record(
-            event="pushed",
-            round=task.round,
-            kind=pb.TaskKind.Name(task.kind),
-            num_examples=num_examples,
-            metrics=dict(metrics),
-            model_digest=sent if params else "",
-            **({"declined": declined} if declined else {}),
-            **({"secagg": secagg.WhichOneof("stage")} if secagg is not None else {}),
-        )

@@ -9,17 +9,15 @@ and names its hosts as SANs; the others are TLS-client certificates only.
 Serials are random (:func:`x509.random_serial_number`), so a CRL names one
 certificate exactly.
 
-Files that hold a private key are created with mode 0600 and ``O_EXCL``:
-there is never a moment when the key sits in a file others can read.
+PEM encodings and the files that hold them (a private key's created with mode 0600 and
+``O_EXCL``) are :mod:`fedops.consortium.pem`'s, re-exported here for the callers of ``pki``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from collections.abc import Iterable
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -28,6 +26,54 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedops.consortium.pem import (
+    cert_pem,
+    crl_pem,
+    key_pem,
+    load_cert,
+    load_crl,
+    load_key,
+    write_private,
+    write_public,
+)
+
+__all__ = [
+    "CA_DAYS",
+    "CA_ROLE",
+    "CLOCK_SKEW",
+    "CRL_DAYS",
+    "Certificate",
+    "PARTY_DAYS",
+    "PARTY_KEY_USAGE",
+    "PrivateKey",
+    "ROLES",
+    "build_crl",
+    "cert_pem",
+    "certify_tls",
+    "consortium_of",
+    "crl_number",
+    "crl_pem",
+    "crl_signed_by",
+    "fingerprint",
+    "is_revoked",
+    "issue",
+    "issued_by",
+    "key_pem",
+    "load_cert",
+    "load_crl",
+    "load_key",
+    "name_of",
+    "new_ca",
+    "new_key",
+    "normal_fingerprint",
+    "party_certificate",
+    "role_of",
+    "same_key",
+    "subject",
+    "write_private",
+    "write_public",
+]
 
 ROLES = ("coordinator", "site", "admin", "observer")
 CA_ROLE = "ca"
@@ -288,88 +334,6 @@ def is_revoked(cert: Certificate, crl: x509.CertificateRevocationList) -> bool:
     if crl.issuer != cert.issuer:
         return False
     return crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
-
-
-# -- PEM ----------------------------------------------------------------------------------------
-
-
-def cert_pem(cert: Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def key_pem(key: PrivateKey) -> bytes:
-    """PKCS#8, unencrypted: the file's mode protects it, as gRPC wants the key in the clear."""
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def crl_pem(crl: x509.CertificateRevocationList) -> bytes:
-    return crl.public_bytes(serialization.Encoding.PEM)
-
-
-def load_cert(data: bytes) -> Certificate:
-    """A PEM certificate; ``ValueError`` when it is not one."""
-    return x509.load_pem_x509_certificate(data)
-
-
-def load_key(data: bytes) -> PrivateKey:
-    """A PEM P-256 private key; ``ValueError`` when it is not one."""
-    key = serialization.load_pem_private_key(data, password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        raise ValueError("not an ECDSA P-256 private key")
-    return key
-
-
-def load_crl(data: bytes) -> x509.CertificateRevocationList:
-    """A PEM CRL; ``ValueError`` when it is not one."""
-    return x509.load_pem_x509_crl(data)
-
-
-def write_private(path: str | Path, data: bytes) -> Path:
-    """Create ``path`` (it must not exist) with mode 0600 and write ``data`` to it."""
-    path = Path(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path
-
-
-def write_public(path: str | Path, data: bytes, *, replace: bool = False) -> Path:
-    """Write ``data`` to ``path`` (mode 0644); with ``replace``, atomically over what is there.
-
-    A replacement is written to a temporary file beside ``path`` and renamed
-    over it, so readers see the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    if not replace:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return path
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    write_public(tmp, data)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def subject(cn: str, org: str, ou: str) -> x509.Name:

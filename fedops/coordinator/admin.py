@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,27 +46,8 @@ def admin_handler(
 ) -> grpc.GenericRpcHandler:
     """The Admin service's handlers, each gated on the caller's certificate."""
     slots = open_calls or PeerSlots(MAX_CALLS_PER_SITE, "admin calls")
-
-    def status(message: str = "") -> pb.RunStatus:
-        return pb.RunStatus(
-            run_id=run_id,
-            state=control.state,
-            round=control.round,
-            rounds_planned=control.rounds_planned,
-            sites=sorted(sites()),
-            message=message,
-        )
-
-    def caller(context: grpc.ServicerContext, method: str) -> str:
-        try:
-            name, role = certified(context, revocation)
-        except Reject as exc:
-            context.abort(exc.code, exc.reason)
-        if method not in ALLOWED.get(role, frozenset()):
-            why = f"{name!r} has role {role!r}, which may not call Admin.{method}"
-            refuse(f"admin:{name}", grpc.StatusCode.PERMISSION_DENIED.name, why)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
-        return name
+    status = partial(_run_status, control, run_id, sites)
+    caller = partial(_permitted_caller, revocation, refuse)
 
     def on_status(request: pb.AdminRequest, context: grpc.ServicerContext) -> pb.RunStatus:
         caller(context, "Status")
@@ -84,26 +66,64 @@ def admin_handler(
         audit("admin_stop", {"caller": name, "reason": request.reason[:500], "changed": changed})
         return status("stopping after the current round" if changed else "already stopping")
 
-    def capped(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-        def call(request: Any, context: grpc.ServicerContext) -> Any:
-            try:  # per certificate: connections are cheap
-                with slots.hold(certified_or_address(context)):
-                    return fn(request, context)
-            except Reject as exc:
-                context.abort(exc.code, exc.reason)
-
-        return call
-
-    def unary(fn: Callable[[Any, Any], Any]) -> grpc.RpcMethodHandler:
-        return grpc.unary_unary_rpc_method_handler(
-            capped(fn),
-            request_deserializer=pb.AdminRequest.FromString,
-            response_serializer=pb.RunStatus.SerializeToString,
-        )
-
     return grpc.method_handlers_generic_handler(
         ADMIN_SERVICE,
-        {"Status": unary(on_status), "Start": unary(on_start), "Stop": unary(on_stop)},
+        {
+            "Status": _unary(slots, on_status),
+            "Start": _unary(slots, on_start),
+            "Stop": _unary(slots, on_stop),
+        },
+    )
+
+
+def _run_status(
+    control: RunControl, run_id: str, sites: Callable[[], list[str]], message: str = ""
+) -> pb.RunStatus:
+    return pb.RunStatus(
+        run_id=run_id,
+        state=control.state,
+        round=control.round,
+        rounds_planned=control.rounds_planned,
+        sites=sorted(sites()),
+        message=message,
+    )
+
+
+def _permitted_caller(
+    revocation: Revocation,
+    refuse: Callable[[str, str, str], None],
+    context: grpc.ServicerContext,
+    method: str,
+) -> str:
+    """The certified caller's name; a caller whose role may not call ``method`` is refused
+    on the record, so an observer probing for admin powers leaves a trace."""
+    try:
+        name, role = certified(context, revocation)
+    except Reject as exc:
+        context.abort(exc.code, exc.reason)
+    if method not in ALLOWED.get(role, frozenset()):
+        why = f"{name!r} has role {role!r}, which may not call Admin.{method}"
+        refuse(f"admin:{name}", grpc.StatusCode.PERMISSION_DENIED.name, why)
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+    return name
+
+
+def _capped(slots: PeerSlots, fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        try:  # per certificate: connections are cheap
+            with slots.hold(certified_or_address(context)):
+                return fn(request, context)
+        except Reject as exc:
+            context.abort(exc.code, exc.reason)
+
+    return call
+
+
+def _unary(slots: PeerSlots, fn: Callable[[Any, Any], Any]) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(
+        _capped(slots, fn),
+        request_deserializer=pb.AdminRequest.FromString,
+        response_serializer=pb.RunStatus.SerializeToString,
     )
 
 

@@ -285,26 +285,51 @@ def build_server(
         slots = PeerSlots(max_uploads_per_peer)
     if limits is None:
         limits = CallLimits.per_peer(MAX_CALLS_PER_SITE if gate else MAX_UPLOADS_PER_ADDRESS)
-    server = LoopServer(
-        max_workers=max_workers,
-        options=[
-            # one coordinator per port: gRPC's default SO_REUSEPORT let a second coordinator
-            # bind the same port, and clients were split between two runs at random
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # agents ping every 20 s (fedops.client.channel.KEEPALIVE_MS), also while idle
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-            # gRPC sheds calls as CANCELLED once 1000 wait to be picked up (its default);
-            # a thousand agents all start a call when a round's tasks go out
-            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
-            ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
-        ],
-    )
+    server = LoopServer(max_workers=max_workers, options=_server_options())
     parked = ParkedPolls(server.loop)
     transport.on_task_posted(parked.wake)
-    handlers = {
+    handlers = _coordinator_handlers(
+        transport,
+        server,
+        gate=gate,
+        parked=parked,
+        limits=limits,
+        slots=slots,
+        header_deadline_s=header_deadline_s,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    return server
+
+
+def _server_options() -> list[tuple[str, int]]:
+    """gRPC's defaults suit one client, not a federation of them: what a coordinator changes."""
+    return [
+        # one coordinator per port: gRPC's default SO_REUSEPORT let a second coordinator
+        # bind the same port, and clients were split between two runs at random
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # agents ping every 20 s (fedops.client.channel.KEEPALIVE_MS), also while idle
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        # gRPC sheds calls as CANCELLED once 1000 wait to be picked up (its default);
+        # a thousand agents all start a call when a round's tasks go out
+        ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
+    ]
+
+
+def _coordinator_handlers(
+    transport: GrpcTransport,
+    server: LoopServer,
+    *,
+    gate: PeerGate | None,
+    parked: ParkedPolls,
+    limits: CallLimits,
+    slots: PeerSlots,
+    header_deadline_s: float,
+) -> dict[str, grpc.RpcMethodHandler]:
+    return {
         "Register": grpc.unary_unary_rpc_method_handler(
             _unary(transport, transport.register, "Register", gate, limits.unary),
             request_deserializer=_tolerant(pb.RegisterRequest),
@@ -340,5 +365,3 @@ def build_server(
             response_serializer=_serialize,
         ),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    return server

@@ -6,7 +6,8 @@ that passes every check before it becomes an event for the driver. Every
 refusal carries a gRPC status and a reason, is reported to ``on_rejection``
 (which the coordinator rate-limits per offender: :mod:`fedops.coordinator.guard`),
 and (when it answers the node's current task) tells the round to stop waiting
-for that node. One node per site: a site registering again replaces its node.
+for that node. One node per site: a site registering again replaces its node
+(:mod:`fedops.coordinator.registration`).
 """
 
 from __future__ import annotations
@@ -20,34 +21,17 @@ from typing import Any
 
 import grpc
 
-from fedops.coordinator.guard import PEER, PeerSlots, RateLimit, check_site_name
-from fedops.coordinator.nodes import (
-    DEFAULT_MAX_NODES,
-    NodeRegistry,
-    RegistryFull,
-    Unauthenticated,
-)
-from fedops.coordinator.results import (
-    TRAINING_STAGE,
-    UPLOADS_PER_NODE,
-    Assignment,
-    Reject,
-    ResultIntake,
-)
+from fedops.coordinator.guard import PeerSlots, RateLimit
+from fedops.coordinator.nodes import DEFAULT_MAX_NODES, NodeRegistry
+from fedops.coordinator.registration import NodeRegistration
+from fedops.coordinator.results import TRAINING_STAGE, UPLOADS_PER_NODE, Assignment
 from fedops.core.monitoring.profile import MonitorSpec
-from fedops.core.params import (
-    InvalidUpdate,
-    Params,
-    TensorSpec,
-    digest,
-    specs_of,
-    total_bytes,
-)
-from fedops.core.results import MAX_NUM_EXAMPLES, FitResult
+from fedops.core.params import Params, TensorSpec, digest, specs_of, total_bytes
+from fedops.core.results import FitResult
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived
 from fedops.runtime.transport import StageRequest
 from fedops.v1 import fedops_pb2 as pb
-from fedops.wire import PROTOCOL_VERSION, codec, monitoring
+from fedops.wire import codec, monitoring
 from fedops.wire import secagg as secagg_codec
 from fedops.wire.codec import shown
 
@@ -63,7 +47,7 @@ _KIND_OF_PHASE = {Phase.FIT: pb.TASK_KIND_FIT, Phase.EVALUATE: pb.TASK_KIND_EVAL
 WAITING_LOG_S = 10.0
 
 
-class GrpcTransport(ResultIntake):
+class GrpcTransport(NodeRegistration):
     """Coordinator state shared by the gRPC handlers and the round driver.
 
     Args:
@@ -136,25 +120,6 @@ class GrpcTransport(ResultIntake):
                     said = time.monotonic()
                     self._say_waiting(count, remaining)
         return self.available_nodes()
-
-    def _check_model(self, request: pb.RegisterRequest) -> None:
-        """A site whose task builds another architecture is refused now, naming both,
-        not after a round's download fails on it."""
-        if self.model_specs is None or not request.model:
-            return
-        try:
-            theirs = codec.specs_from_proto(request.model)
-        except InvalidUpdate as exc:
-            self._reject(0, "?", grpc.StatusCode.INVALID_ARGUMENT, f"model specs: {exc}")
-        difference = _model_difference(self.model_specs, theirs)
-        if difference:
-            self._reject(
-                0,
-                "?",
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"the site's build_model() is not this run's model: {difference} (check that "
-                "the site runs the same --task as the coordinator)",
-            )
 
     def _say_waiting(self, count: int, remaining_s: float) -> None:
         have = [self.registry.site_name(n) for n in self.available_nodes()]
@@ -280,61 +245,6 @@ class GrpcTransport(ResultIntake):
     # ------------------------------------------------------------------
     # RPC handlers' logic (called by the servicer, on gRPC threads)
     # ------------------------------------------------------------------
-    def register(self, request: pb.RegisterRequest) -> pb.RegisterResponse:
-        if request.protocol_version != PROTOCOL_VERSION:
-            self._reject(
-                0,
-                "?",
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"protocol {shown(request.protocol_version)} is not supported; "
-                f"this coordinator speaks {PROTOCOL_VERSION!r}",
-            )
-        if not 0 <= request.num_train_examples <= MAX_NUM_EXAMPLES:
-            self._reject(
-                0,
-                "?",
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"num_train_examples {request.num_train_examples} is out of range",
-            )
-        site = request.site_name or "anonymous"
-        try:  # bounded before it reaches the registry, the audit log or the store
-            check_site_name(site)
-        except Reject as exc:
-            self._reject(0, "?", exc.code, exc.reason)
-        # keyed by caller and name: without a kit, a stranger looping on a site's name
-        # must not use up that site's own registrations
-        self._check_model(request)
-        wait_s = self.registrations.wait_s(f"{PEER.get()}|{site}")
-        if wait_s:  # each registration is a signed audit entry: one site may not loop on it
-            self._reject(
-                0,
-                "?",
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"site {site!r} registered {self.registrations.burst} times in a short while; "
-                f"it may register again in {wait_s:.0f} s",
-            )
-        with self._cond:
-            try:
-                node, replaced = self.registry.register(site, request.num_train_examples)
-            except RegistryFull as exc:
-                self._reject(0, "?", grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-            if replaced is not None:
-                self._drop_replaced(replaced, site)
-        log.info(
-            "registered %s (site %r, %d examples)",
-            node.node_id,
-            node.site_name,
-            node.num_train_examples,
-        )
-        self.audit("node_joined", {"node_id": node.node_id, "site": node.site_name})
-        return pb.RegisterResponse(
-            node_id=node.node_id,
-            token=node.token,
-            run_id=self.run_id,
-            heartbeat_interval_ms=int(self.heartbeat_interval_s * 1000),
-            max_chunk_bytes=self.max_chunk_bytes,
-        )
-
     def poll(self, request: pb.PullTaskRequest) -> pb.Task | None:
         """The node's next task if there is one now (SHUTDOWN once closed), else None.
 
@@ -404,13 +314,6 @@ class GrpcTransport(ResultIntake):
         # pre-serialized ModelChunk{data} messages, each built in one copy
         yield from codec.iter_chunks(assignment.params, self.max_chunk_bytes, framed=True)
 
-    def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
-        try:
-            self.registry.authenticate(request.node_id, request.token)
-        except Unauthenticated:
-            return pb.HeartbeatResponse(known=False)
-        return pb.HeartbeatResponse(known=True)
-
     # ------------------------------------------------------------------
     # helpers
     # ------------------------------------------------------------------
@@ -427,15 +330,6 @@ class GrpcTransport(ResultIntake):
             model_digest=model_digest,
         )
 
-    def _drop_replaced(self, node: str, site: str) -> None:
-        """The site registered a new node: close the old one's task, wake its poll (lock held)."""
-        log.warning("node %s replaced: site %r registered a new node", node, site)
-        if self._assignments.pop(node, None) is not None:
-            self._events.put(
-                NodeDropped(node_id=node, reason="replaced: its site registered a new node")
-            )
-        self._post([node])
-
     def _drop_silent(self) -> None:
         """Declare nodes dropped after ``liveness_timeout_s`` of silence (lock held)."""
         for node in self.registry.silent_since(self.liveness_timeout_s):
@@ -446,22 +340,3 @@ class GrpcTransport(ResultIntake):
                     NodeDropped(node_id=node, reason=f"silent for {self.liveness_timeout_s:.0f} s")
                 )
             log.warning("node %s dropped: silent for %.0f s", node, self.liveness_timeout_s)
-
-
-def _model_difference(ours: Sequence[TensorSpec], theirs: Sequence[TensorSpec]) -> str:
-    """The first way ``theirs`` differs from ``ours`` ("" when they are the same)."""
-    mine = {s.name: s for s in ours}
-    other = {s.name: s for s in theirs}
-
-    def show(spec: TensorSpec) -> str:
-        return f"{spec.name} {spec.dtype} {list(spec.shape)}"
-
-    for name, spec in mine.items():
-        if name not in other:
-            return f"it has no tensor {name!r} (the run's: {show(spec)})"
-        if (other[name].dtype, tuple(other[name].shape)) != (spec.dtype, tuple(spec.shape)):
-            return f"it has {show(other[name])} where the run has {show(spec)}"
-    extra = [n for n in other if n not in mine]
-    if extra:
-        return f"it has tensors the run's model lacks: {', '.join(repr(n) for n in extra[:3])}"
-    return ""

@@ -78,19 +78,9 @@ def synthetic(
     )
     n_test = np.minimum(np.rint(sizes * test_fraction).astype(np.int64), sizes - 1)
     n_train = sizes - n_test
-
-    if iid:
-        # one model, one input distribution: broadcast instead of copying per device
-        w = rng.standard_normal((1, num_classes, num_features))
-        b = rng.standard_normal((1, num_classes))
-        v = np.zeros((1, num_features))
-    else:
-        u = rng.normal(0.0, alpha, num_clients)
-        w = rng.standard_normal((num_clients, num_classes, num_features)) + u[:, None, None]
-        b = rng.standard_normal((num_clients, num_classes)) + u[:, None]
-        big_b = rng.normal(0.0, beta, num_clients)
-        v = rng.standard_normal((num_clients, num_features)) + big_b[:, None]
-    w32, b32, v32 = w.astype(np.float32), b.astype(np.float32), v.astype(np.float32)
+    w32, b32, v32 = _device_models(
+        rng, num_clients, alpha, beta, num_features=num_features, num_classes=num_classes, iid=iid
+    )
     std = (np.arange(1, num_features + 1) ** (-COVARIANCE_DECAY / 2)).astype(np.float32)
 
     # rows within a device are i.i.d., so train and test are drawn directly, not split
@@ -105,6 +95,32 @@ def synthetic(
         test_offsets=test_off,
         num_classes=num_classes,
     )
+
+
+def _device_models(
+    rng: np.random.Generator,
+    num_clients: int,
+    alpha: float,
+    beta: float,
+    *,
+    num_features: int,
+    num_classes: int,
+    iid: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each device's (W, b, v), drawn from the population's ``rng`` before any row and
+    always in this order, so that one seed names one population."""
+    if iid:
+        # one model, one input distribution: broadcast instead of copying per device
+        w = rng.standard_normal((1, num_classes, num_features))
+        b = rng.standard_normal((1, num_classes))
+        v = np.zeros((1, num_features))
+    else:
+        u = rng.normal(0.0, alpha, num_clients)
+        w = rng.standard_normal((num_clients, num_classes, num_features)) + u[:, None, None]
+        b = rng.standard_normal((num_clients, num_classes)) + u[:, None]
+        big_b = rng.normal(0.0, beta, num_clients)
+        v = rng.standard_normal((num_clients, num_features)) + big_b[:, None]
+    return w.astype(np.float32), b.astype(np.float32), v.astype(np.float32)
 
 
 def synthetic_iid(**kwargs: Any) -> FederatedData:

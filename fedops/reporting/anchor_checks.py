@@ -6,7 +6,7 @@ that log no longer holds, shows the log was cut or rewritten.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,17 +46,39 @@ def check_anchors(
         for e in party.entries
         if e["event"] in ("model_received", "update_sent")
     }
+    out.lost += _logs_of_other_runs(coordinator, sites, log_of_node)
+    _check_site_heads(out, coordinator, log_of_node, key, run_id)
+    _check_coordinator_heads(out, coordinator, sites, run_id)
+    return out
+
+
+def _logs_of_other_runs(
+    coordinator: Party, sites: Sequence[Party], log_of_node: Mapping[Any, Party]
+) -> list[str]:
+    """A log rewritten under new node ids would match no anchor at all: say so instead."""
+    lost: list[str] = []
     joined = {
         e["payload"].get("node_id") for e in coordinator.entries if e["event"] == "node_joined"
     }
-    for party in sites:  # a log rewritten under new node ids would match no anchor at all
+    for party in sites:
         named = {n for n, owner in log_of_node.items() if owner is party}
         if joined and named and not named & joined:
             name = party.result.actor or str(party.path)
-            out.lost.append(
+            lost.append(
                 f"the log of site {name!r} ({party.path}) names no node this run's coordinator "
                 "registered: another run's log, or rewritten"
             )
+    return lost
+
+
+def _check_site_heads(
+    out: Anchors,
+    coordinator: Party,
+    log_of_node: Mapping[Any, Party],
+    key: bytes | None,
+    run_id: str,
+) -> None:
+    """The sites' heads the coordinator recorded, each against the log of its node."""
     for e in coordinator.entries:
         p = e["payload"]
         if e["event"] != "update_received" or not isinstance(p.get("site_head"), dict):
@@ -94,6 +116,12 @@ def check_anchors(
             out.unchecked.append(f"{where}: a sealed head (central DP) needs participants.key")
             continue
         out.lost += [f"the log of site {name!r}: {m}" for m in missing]
+
+
+def _check_coordinator_heads(
+    out: Anchors, coordinator: Party, sites: Sequence[Party], run_id: str
+) -> None:
+    """The coordinator's heads each site recorded, against the coordinator's log."""
     for party in sites:
         name = party.result.actor or str(party.path)
         mine = [
@@ -108,4 +136,3 @@ def check_anchors(
         out.lost += [
             f"the coordinator's log: {m}" for m in missing_anchors(coordinator.entries, mine)
         ]
-    return out

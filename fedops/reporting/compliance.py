@@ -347,15 +347,7 @@ def export_compliance(
     ]
     parties = [coordinator, *sites]
     check = _cross_check(coordinator, sites)
-    run_id = next(
-        (
-            e["payload"].get("run_id", "")
-            for e in coordinator.entries
-            if e["event"] == "run_started"
-        ),
-        "",
-    )
-    anchors = check_anchors(coordinator, sites, key, run_id)
+    anchors = check_anchors(coordinator, sites, key, _run_id_of(coordinator))
     check.mismatches += [{"kind": "anchor_missing", "message": m} for m in anchors.lost]
     report: dict[str, Any] = {
         "ok": all(p.result.ok for p in parties) and not check.mismatches,
@@ -375,10 +367,26 @@ def export_compliance(
         ],
         "events": _event_totals(parties),
     }
-    out = Path(out_dir) if out_dir is not None else run_dir
+    _write_report(report, Path(out_dir) if out_dir is not None else run_dir)
+    return report
+
+
+def _run_id_of(coordinator: _Party) -> str:
+    """The run the coordinator's log started: a site's anchors of other runs are not its."""
+    return next(
+        (
+            e["payload"].get("run_id", "")
+            for e in coordinator.entries
+            if e["event"] == "run_started"
+        ),
+        "",
+    )
+
+
+def _write_report(report: dict[str, Any], out: Path) -> None:
+    """Write ``compliance.{json,html}`` into ``out``; the report then says where they are."""
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False)
     (out / "compliance.json").write_text(text + "\n", encoding="utf-8")
     (out / "compliance.html").write_text(render_html(report), encoding="utf-8")
     report["paths"] = {"json": str(out / "compliance.json"), "html": str(out / "compliance.html")}
-    return report

@@ -27,6 +27,7 @@ import math
 import secrets
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -238,7 +239,6 @@ def train_private(
     """
     # Imported here: opacus costs ~115 MB and ~1 s to import, paid only by DP-SGD sites.
     from opacus import GradSampleModule
-    from opacus.optimizers import DPOptimizer
 
     x, y = as_tensors(data)  # type: ignore[misc]
     n = num_examples((x, y))
@@ -247,20 +247,8 @@ def train_private(
     generator = _generator(dp)
     wrapped = GradSampleModule(model)
     trainable = [p for p in wrapped.parameters() if p.requires_grad]
-    base: torch.optim.Optimizer
-    if cfg.optimizer == "adam":
-        base = torch.optim.Adam(trainable, lr=cfg.lr)
-    else:
-        base = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum)
-    opt = DPOptimizer(
-        base,
-        noise_multiplier=dp.noise_multiplier,
-        max_grad_norm=dp.max_grad_norm,
-        expected_batch_size=max(1, round(q * planned)),
-        generator=generator,
-        # noise as a sum of Gaussians, robust to floating-point attacks on the sampler
-        # (Mironov 2012; Opacus's fix for arXiv 2112.05307)
-        secure_mode=True,
+    opt = _dp_optimizer(
+        trainable, cfg, dp, expected_batch_size=max(1, round(q * planned)), generator=generator
     )
     loss_fn = nn.CrossEntropyLoss()
     total, seen = 0.0, 0
@@ -285,3 +273,31 @@ def train_private(
     finally:
         wrapped._close()  # remove Opacus's hooks: the site's model is reused
     return {"train_loss": total / max(seen, 1)}
+
+
+def _dp_optimizer(
+    trainable: list[nn.Parameter],
+    cfg: TrainConfig,
+    dp: LocalDP,
+    *,
+    expected_batch_size: int,
+    generator: torch.Generator,
+) -> Any:
+    """The site's optimizer wrapped in Opacus's, which clips and noises every step."""
+    from opacus.optimizers import DPOptimizer  # see train_private: imported on first use
+
+    base: torch.optim.Optimizer
+    if cfg.optimizer == "adam":
+        base = torch.optim.Adam(trainable, lr=cfg.lr)
+    else:
+        base = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum)
+    return DPOptimizer(
+        base,
+        noise_multiplier=dp.noise_multiplier,
+        max_grad_norm=dp.max_grad_norm,
+        expected_batch_size=expected_batch_size,
+        generator=generator,
+        # noise as a sum of Gaussians, robust to floating-point attacks on the sampler
+        # (Mironov 2012; Opacus's fix for arXiv 2112.05307)
+        secure_mode=True,
+    )

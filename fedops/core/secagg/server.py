@@ -13,16 +13,15 @@ reason in :attr:`SecAggServer.excluded`.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
-from collections.abc import Callable, Container, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Container, Sequence
+from dataclasses import replace
 
 import numpy as np
 from numpy.typing import NDArray
 
-from fedops.core.secagg import graph, recovery, shamir
-from fedops.core.secagg.client import KEY_BYTES, MASK_INFO, mask_sign
+from fedops.core.secagg import graph, shamir
+from fedops.core.secagg.client import KEY_BYTES
 from fedops.core.secagg.messages import (
     ConsistencyRequest,
     EncryptedShare,
@@ -45,7 +44,10 @@ from fedops.core.secagg.primitives import (
     weak_x25519,
 )
 from fedops.core.secagg.quantize import MODULUS
+from fedops.core.secagg.unmasking import SecureSum, Unmasking
 from fedops.core.secagg.update import Encoding, round_encoding
+
+__all__ = ["DEFAULT_COMMITTEE", "SecAggServer", "SecureSum"]
 
 #: sites whose survivor-set signatures count: the first this many of the cohort. Each site
 #: verifies about half of them (Ed25519, ~0.1 ms each here); a larger committee tolerates
@@ -53,17 +55,7 @@ from fedops.core.secagg.update import Encoding, round_encoding
 DEFAULT_COMMITTEE = 64
 
 
-SEED, KEY = 0, 1  # which of an owner's two secrets a share is of
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SecureSum:
-    total: NDArray[np.uint32]  # sum of the survivors' encoded updates, masks removed
-    survivors: tuple[int, ...]
-    encoding: Encoding
-
-
-class SecAggServer:
+class SecAggServer(Unmasking):
     """One round of SecAgg+ for the sites of ``cohort`` (indices ``1 … n``).
 
     Args:
@@ -81,6 +73,8 @@ class SecAggServer:
             (default ``min(n, DEFAULT_COMMITTEE)``).
         noise: ``(noise_multiplier, l2_clip)`` for distributed DP: clients clip their update
             and add Skellam noise so the sum over all clients carries ``N(0, (σ·clip)²)``.
+
+    Stage 5 (``receive_reveal``, ``finish``) is :class:`~fedops.core.secagg.unmasking.Unmasking`'s.
     """
 
     def __init__(
@@ -336,10 +330,6 @@ class SecAggServer:
                 "aborted and the model is unchanged"
             )
 
-    def _masked_with(self, owner: int) -> bool:
-        """Whether some survivor's input carries a mask shared with ``owner``."""
-        return self._surviving_holders[owner] > 0
-
     # -- stage 4: consistency check ------------------------------------------------
     def receive_signature(self, index: int, reply: SurvivorSignature) -> None:
         self._expect(4, index, self._u3)
@@ -368,80 +358,3 @@ class SecAggServer:
             v: UnmaskRequest(survivors=survivors, signatures=signatures) for v in signers
         }
         return dict(self._requests)
-
-    # -- stage 5: unmask ----------------------------------------------------------
-    def receive_reveal(self, index: int, reply: Reveal) -> None:
-        self._expect(5, index, self._requests)
-        held = self._held[index]
-        if tuple(u for u, _ in reply.self_mask) != tuple(sorted(held & self._u3)) or tuple(
-            u for u, _ in reply.mask_key
-        ) != tuple(sorted(held - self._u3)):
-            raise ProtocolError("revealed shares do not answer the unmask request")
-        if any(len(s) != shamir.SHARE_BYTES for _, s in reply.self_mask + reply.mask_key):
-            raise ProtocolError(f"shares must be {shamir.SHARE_BYTES} bytes")
-        self._reveals[index] = reply
-
-    def finish(self) -> SecureSum:
-        """Remove every mask from the survivors' sum (or abort, saying why)."""
-        self._close(5)
-        assert self.encoding is not None
-        seeds: dict[int, dict[int, bytes]] = {u: {} for u in self._u3}
-        keys: dict[int, dict[int, bytes]] = {u: {} for u in self._u2 - self._u3}
-        for v, reveal in sorted(self._reveals.items()):
-            for u, s in reveal.self_mask:
-                seeds[u][v] = s
-            for u, s in reveal.mask_key:
-                keys[u][v] = s
-        total = np.zeros(self.vector_length, dtype=np.uint32)
-        for v in sorted(self._u3):
-            total += self._masked[v]
-        for _, seed in sorted(self._recover(seeds, SEED, self._commits_to).items()):
-            total -= self.crypto.expand(seed, self.vector_length)
-        # only dropped clients with whom some survivor's input carries a mask
-        dropped = {u: keys[u] for u in sorted(self._u2 - self._u3) if self._masked_with(u)}
-        for u, secret in sorted(self._recover(dropped, KEY, self._opens).items()):
-            for v in sorted(self._u3):
-                if u not in self._held[v]:
-                    continue  # v never masked with u
-                pair = self.crypto.agree(secret, self._keys[v].mask_key, MASK_INFO + self.bound)
-                if mask_sign(v, u) > 0:
-                    total -= self.crypto.expand(pair, self.vector_length)
-                else:
-                    total += self.crypto.expand(pair, self.vector_length)
-        return SecureSum(total=total, survivors=tuple(sorted(self._u3)), encoding=self.encoding)
-
-    def _commits_to(self, owner: int, seed: bytes) -> bool:
-        """Whether ``seed`` is the self-mask seed ``owner`` committed to."""
-        commitment = self._shares[owner].commitment
-        return hashlib.sha256(self.bound + seed).digest() == commitment
-
-    def _opens(self, owner: int, private: bytes) -> bool:
-        """Whether ``private`` is the mask key whose public half ``owner`` advertised."""
-        return self.crypto.public_key(private) == self._keys[owner].mask_key
-
-    def _recover(
-        self,
-        shares: Mapping[int, Mapping[int, bytes]],
-        kind: int,
-        valid: Callable[[int, bytes], bool],
-    ) -> dict[int, bytes]:
-        """Every owner's secret from the revealed shares its owner vouched for (the digests
-        it dealt them with); a holder that revealed anything else is named and excluded."""
-        digest = shamir.share_digester(self.bound, (b"seed", b"key")[kind])
-        part = slice(kind * shamir.DIGEST_BYTES, (kind + 1) * shamir.DIGEST_BYTES)
-        checked: dict[int, dict[int, bytes]] = {}
-        for owner, revealed in shares.items():
-            dealt = {s.target: s.digests[part] for s in self._shares[owner].shares}
-            good = checked[owner] = {}
-            for v, share in revealed.items():
-                if digest(owner, v, share) == dealt[v]:
-                    good[v] = share
-                else:
-                    why = f"revealed a wrong share of client {owner}'s secret"
-                    self.excluded[v] = self.proven[v] = why
-        try:
-            return recovery.recover_all(checked, self.threshold, valid)
-        except recovery.DealtBadly as exc:
-            why = "dealt shares of no single polynomial (round aborted)"
-            self.excluded[exc.owner] = self.proven[exc.owner] = why
-            raise

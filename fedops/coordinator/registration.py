@@ -1,0 +1,146 @@
+"""Sites joining: who may register a node, and the heartbeats that keep it known.
+
+The registering half of :class:`~fedops.coordinator.transport.GrpcTransport`, split
+from its task board so that each file holds one concern. A registration is refused
+before it reaches the registry, the audit log or the store when its protocol, its
+record count, its site name or its model is not this run's, or when the site loops
+on registering (each one is a signed audit entry).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Sequence
+
+import grpc
+
+from fedops.coordinator.guard import PEER, RateLimit, check_site_name
+from fedops.coordinator.nodes import RegistryFull, Unauthenticated
+from fedops.coordinator.results import Reject, ResultIntake
+from fedops.core.params import InvalidUpdate, TensorSpec
+from fedops.core.results import MAX_NUM_EXAMPLES
+from fedops.core.rounds import NodeDropped
+from fedops.v1 import fedops_pb2 as pb
+from fedops.wire import PROTOCOL_VERSION, codec
+from fedops.wire.codec import shown
+
+log = logging.getLogger("fedops.coordinator")
+
+
+class NodeRegistration(ResultIntake):
+    """Registration and heartbeats; the state is the transport's (see its ``__init__``)."""
+
+    heartbeat_interval_s: float
+    max_chunk_bytes: int
+    model_specs: list[TensorSpec] | None
+    registrations: RateLimit
+    _post: Callable[[Collection[str] | None], None]  # the transport's: wakes nodes' polls
+
+    def register(self, request: pb.RegisterRequest) -> pb.RegisterResponse:
+        if request.protocol_version != PROTOCOL_VERSION:
+            self._reject(
+                0,
+                "?",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol {shown(request.protocol_version)} is not supported; "
+                f"this coordinator speaks {PROTOCOL_VERSION!r}",
+            )
+        if not 0 <= request.num_train_examples <= MAX_NUM_EXAMPLES:
+            self._reject(
+                0,
+                "?",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"num_train_examples {request.num_train_examples} is out of range",
+            )
+        site = request.site_name or "anonymous"
+        try:  # bounded before it reaches the registry, the audit log or the store
+            check_site_name(site)
+        except Reject as exc:
+            self._reject(0, "?", exc.code, exc.reason)
+        # keyed by caller and name: without a kit, a stranger looping on a site's name
+        # must not use up that site's own registrations
+        self._check_model(request)
+        wait_s = self.registrations.wait_s(f"{PEER.get()}|{site}")
+        if wait_s:  # each registration is a signed audit entry: one site may not loop on it
+            self._reject(
+                0,
+                "?",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"site {site!r} registered {self.registrations.burst} times in a short while; "
+                f"it may register again in {wait_s:.0f} s",
+            )
+        with self._cond:
+            try:
+                node, replaced = self.registry.register(site, request.num_train_examples)
+            except RegistryFull as exc:
+                self._reject(0, "?", grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            if replaced is not None:
+                self._drop_replaced(replaced, site)
+        log.info(
+            "registered %s (site %r, %d examples)",
+            node.node_id,
+            node.site_name,
+            node.num_train_examples,
+        )
+        self.audit("node_joined", {"node_id": node.node_id, "site": node.site_name})
+        return pb.RegisterResponse(
+            node_id=node.node_id,
+            token=node.token,
+            run_id=self.run_id,
+            heartbeat_interval_ms=int(self.heartbeat_interval_s * 1000),
+            max_chunk_bytes=self.max_chunk_bytes,
+        )
+
+    def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        try:
+            self.registry.authenticate(request.node_id, request.token)
+        except Unauthenticated:
+            return pb.HeartbeatResponse(known=False)
+        return pb.HeartbeatResponse(known=True)
+
+    def _check_model(self, request: pb.RegisterRequest) -> None:
+        """A site whose task builds another architecture is refused now, naming both,
+        not after a round's download fails on it."""
+        if self.model_specs is None or not request.model:
+            return
+        try:
+            theirs = codec.specs_from_proto(request.model)
+        except InvalidUpdate as exc:
+            self._reject(0, "?", grpc.StatusCode.INVALID_ARGUMENT, f"model specs: {exc}")
+        difference = _model_difference(self.model_specs, theirs)
+        if difference:
+            self._reject(
+                0,
+                "?",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the site's build_model() is not this run's model: {difference} (check that "
+                "the site runs the same --task as the coordinator)",
+            )
+
+    def _drop_replaced(self, node: str, site: str) -> None:
+        """The site registered a new node: close the old one's task, wake its poll (lock held)."""
+        log.warning("node %s replaced: site %r registered a new node", node, site)
+        if self._assignments.pop(node, None) is not None:
+            self._events.put(
+                NodeDropped(node_id=node, reason="replaced: its site registered a new node")
+            )
+        self._post([node])
+
+
+def _model_difference(ours: Sequence[TensorSpec], theirs: Sequence[TensorSpec]) -> str:
+    """The first way ``theirs`` differs from ``ours`` ("" when they are the same)."""
+    mine = {s.name: s for s in ours}
+    other = {s.name: s for s in theirs}
+
+    def show(spec: TensorSpec) -> str:
+        return f"{spec.name} {spec.dtype} {list(spec.shape)}"
+
+    for name, spec in mine.items():
+        if name not in other:
+            return f"it has no tensor {name!r} (the run's: {show(spec)})"
+        if (other[name].dtype, tuple(other[name].shape)) != (spec.dtype, tuple(spec.shape)):
+            return f"it has {show(other[name])} where the run has {show(spec)}"
+    extra = [n for n in other if n not in mine]
+    if extra:
+        return f"it has tensors the run's model lacks: {', '.join(repr(n) for n in extra[:3])}"
+    return ""
