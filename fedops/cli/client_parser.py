@@ -47,6 +47,15 @@ def client_parser(sub: Any) -> None:
     client.add_argument("--num-sites", type=int, required=True, help="number of sites")
     client.add_argument("--site-name", help="name shown to the coordinator")
     client.add_argument("--run-dir", type=Path, help="where the site's journal goes")
+    _retry_flags(client)
+    _sharing_flags(client)
+    _identity_flags(client)
+    _policy_flags(client)
+    schema_flags(client, "client", "local training (client.* in fedops simulate)")
+    config_defaults(client, ClientConfig, skip=("coordinator",))
+
+
+def _retry_flags(client: argparse.ArgumentParser) -> None:
     client.add_argument(
         "--max-retries",
         type=int,
@@ -59,6 +68,10 @@ def client_parser(sub: Any) -> None:
         help="keep retrying an unreachable coordinator this long instead (e.g. 90s, 30m, 2h): "
         "an agent that outlives a maintenance window",
     )
+
+
+def _sharing_flags(client: argparse.ArgumentParser) -> None:
+    """What the site shows the coordinator beyond its (noised, masked) update."""
     client.add_argument(
         "--require-secagg",
         action="store_true",
@@ -108,6 +121,9 @@ def client_parser(sub: Any) -> None:
         help="site policy: plan and account local DP with N records instead of the true "
         "count, which then stays hidden (sample rate batch/N, epochs*N/batch steps)",
     )
+
+
+def _identity_flags(client: argparse.ArgumentParser) -> None:
     client.add_argument(
         "--identity-key",
         type=Path,
@@ -118,6 +134,9 @@ def client_parser(sub: Any) -> None:
         type=Path,
         help="directory of NAME.pub (PEM) keys: refuse SecAgg keys not signed by those sites",
     )
+
+
+def _policy_flags(client: argparse.ArgumentParser) -> None:
     policy = client.add_argument_group("site policy (enforced here, whatever the coordinator asks)")
     policy.add_argument("--max-rounds", type=int, help="take part in rounds 1..N only")
     policy.add_argument(
@@ -152,5 +171,3 @@ def client_parser(sub: Any) -> None:
         type=Path,
         help='JSON {"consent": true}; set it to false to withdraw: the site declines and leaves',
     )
-    schema_flags(client, "client", "local training (client.* in fedops simulate)")
-    config_defaults(client, ClientConfig, skip=("coordinator",))
