@@ -105,6 +105,13 @@ def check_dp(
         "use accountant=rdp (--accountant rdp) or sampling=poisson",
     )
     require(colluders >= 0, "colluders", f"must be >= 0, got {colluders}")
+    _check_dp_mode(mode, sigma=sigma, target_epsilon=target_epsilon, secagg=secagg)
+
+
+def _check_dp_mode(
+    mode: str, *, sigma: float | None, target_epsilon: float | None, secagg: str
+) -> None:
+    """The settings each DP mode cannot take, or needs beside it."""
     require(
         not (mode == "local" and sigma is not None and target_epsilon is not None),
         "target_epsilon",

@@ -151,12 +151,24 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
         self.check_round_options()
         self.check_task_options()
         self.check_monitoring()
+        self.check_serving()
+        self.check_aggregation()
+        host, _ = parse_address("address", self.address)
+        _require(
+            is_loopback(host) or self.insecure or self.kit is not None,
+            "address",
+            f"refusing to serve plaintext gRPC on {host}: without certificates the "
+            "coordinator binds loopback only; pass --insecure to accept the risk",
+        )
+
+    def check_serving(self) -> None:
+        """How the process serves: address, timeouts, limits."""
         _require(
             not self.wait_for_start or self.kit is not None,
             "wait_for_start",
             "only a consortium coordinator (--kit) has admins to start it",
         )
-        host, _ = parse_address("address", self.address)
+        parse_address("address", self.address)
         _require(self.round_timeout_s > 0, "round_timeout_s", "must be > 0")
         _require(self.join_timeout_s > 0, "join_timeout_s", "must be > 0")
         _require(self.liveness_timeout_s >= 1, "liveness_timeout_s", "must be >= 1")
@@ -174,6 +186,9 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
             f"must be >= 1 and at most --clients-per-round, got {self.min_fit_results}",
         )
         _require(self.max_workers >= 4, "max_workers", "must be >= 4")
+
+    def check_aggregation(self) -> None:
+        """What the round computes: secure aggregation, DP and the strategy, together."""
         _require(
             self.privacy != "central" or self.min_fit_results == 1,
             "min_fit_results",
@@ -192,12 +207,6 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
             self.secagg == "none" or self.min_clients >= 2,
             "min_clients",
             "secure aggregation needs at least 2 clients per round",
-        )
-        _require(
-            is_loopback(host) or self.insecure or self.kit is not None,
-            "address",
-            f"refusing to serve plaintext gRPC on {host}: without certificates the "
-            "coordinator binds loopback only; pass --insecure to accept the risk",
         )
 
     def check_monitoring(self) -> None:
@@ -319,6 +328,10 @@ class ClientConfig(TaskOptions):
             f"must be in [0, {self.num_sites}) for --num-sites {self.num_sites}, got {self.site}",
         )
         _require(self.max_retries >= 0, "max_retries", "must be >= 0")
+        self.check_policy()
+
+    def check_policy(self) -> None:
+        """The site's own rules: SecAgg floors, its ε, monitoring limits, what it runs."""
         for name, low in (
             ("secagg_min_cohort", 2),
             ("secagg_min_degree", 1),

@@ -170,24 +170,7 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     _require(cfg.model.hidden >= 1, "model.hidden", "must be >= 1")
     check_data_keys(cfg)
     check_train(c)
-    _one_of(s.backend, BACKENDS, "simulation.backend")
-    _require(s.num_clients >= 1, "simulation.num_clients", f"must be >= 1, got {s.num_clients}")
-    _require(
-        s.clients_per_round is None or 1 <= s.clients_per_round <= s.num_clients,
-        "simulation.clients_per_round",
-        f"must be in [1, simulation.num_clients={s.num_clients}], got {s.clients_per_round}",
-    )
-    _require(0 <= s.dropout_rate < 1, "simulation.dropout_rate", "must be in [0, 1)")
-    _require(0 <= s.straggler_rate <= 1, "simulation.straggler_rate", "must be in [0, 1]")
-    _require(
-        1 <= s.min_fit_results <= (s.clients_per_round or s.num_clients),
-        "simulation.min_fit_results",
-        f"must be in [1, clients per round], got {s.min_fit_results}",
-    )
-    _one_of(s.device, DEVICES, "simulation.device")
-    _require(s.max_chunk >= 1, "simulation.max_chunk", "must be >= 1")
-    _require(s.workers >= 1, "simulation.workers", "must be >= 1")
-    _require(s.threads >= 0, "simulation.threads", "must be >= 0 (0: torch's default)")
+    check_simulation(s)
     check_strategy(
         cfg.strategy,
         per_round=s.clients_per_round or s.num_clients,
@@ -207,7 +190,33 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
         "privacy=local (DP-SGD per site, each site keeping its own ε) runs with "
         "simulation=sequential for now",
     )
-    a = cfg.secagg
+    check_secagg_keys(cfg.secagg, s)
+    check_monitoring(cfg.monitoring, backend=s.backend)
+    return cfg
+
+
+def check_simulation(s: SimulationConfig) -> None:
+    _one_of(s.backend, BACKENDS, "simulation.backend")
+    _require(s.num_clients >= 1, "simulation.num_clients", f"must be >= 1, got {s.num_clients}")
+    _require(
+        s.clients_per_round is None or 1 <= s.clients_per_round <= s.num_clients,
+        "simulation.clients_per_round",
+        f"must be in [1, simulation.num_clients={s.num_clients}], got {s.clients_per_round}",
+    )
+    _require(0 <= s.dropout_rate < 1, "simulation.dropout_rate", "must be in [0, 1)")
+    _require(0 <= s.straggler_rate <= 1, "simulation.straggler_rate", "must be in [0, 1]")
+    _require(
+        1 <= s.min_fit_results <= (s.clients_per_round or s.num_clients),
+        "simulation.min_fit_results",
+        f"must be in [1, clients per round], got {s.min_fit_results}",
+    )
+    _one_of(s.device, DEVICES, "simulation.device")
+    _require(s.max_chunk >= 1, "simulation.max_chunk", "must be >= 1")
+    _require(s.workers >= 1, "simulation.workers", "must be >= 1")
+    _require(s.threads >= 0, "simulation.threads", "must be >= 0 (0: torch's default)")
+
+
+def check_secagg_keys(a: SecAggConfig, s: SimulationConfig) -> None:
     try:
         check_secagg(a.name, a.k, a.threshold, a.clip)
     except ConfigError as exc:
@@ -233,8 +242,6 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
         "must be >= 3 (sites reveal nothing for a sum of two: each would learn the other's "
         f"update), got {a.min_survivors}",
     )
-    check_monitoring(cfg.monitoring, backend=s.backend)
-    return cfg
 
 
 def _unread(section: object, prefix: str, why: str, skip: tuple[str, ...] = ()) -> None:
