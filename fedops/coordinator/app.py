@@ -30,7 +30,7 @@ from fedops.runtime.records import RecordSettings, RunRecords, run_recorded
 from fedops.runtime.run import RunPlan, make_strategy
 from fedops.runtime.secure_fit import SecAggSettings
 from fedops.runtime.settings import ConfigError, CoordinatorConfig, as_dict, parse_address
-from fedops.tasks import load_task
+from fedops.tasks import Task, load_task
 from fedops.tasks.site import global_evaluator, initial_params
 
 log = logging.getLogger("fedops.coordinator")
@@ -78,24 +78,55 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
     check_port_free(cfg.address)
     # the task first: a start that fails on it must not leave its config as the run's
     task = load_task(cfg.task, **cfg.builtin_options()) if cfg.task else None
-    config = run_config(cfg)
     metrics = RunMetrics()
-    records = RunRecords.open(
-        RecordSettings(
-            run_dir=cfg.run_dir,
-            config=config,
-            task_digest=task.digest if task else "",
-            keep_checkpoints=cfg.keep_checkpoints,
-            identity=kit.signing_identity() if kit is not None else None,
-            hide_participants=cfg.privacy == "central" and not cfg.publish_participants,
-            mlflow_uri=cfg.mlflow_uri,
-            mlflow_experiment=cfg.mlflow_experiment,
-        ),
-        metrics=metrics,
+    records = RunRecords.open(_record_settings(cfg, task, kit), metrics=metrics)
+    transport, throttle = _transport(cfg, records, metrics)
+    metrics_at = None
+    if cfg.metrics_port is not None:
+        metrics_at = f"{cfg.metrics_address}:{metrics.serve(cfg.metrics_port, cfg.metrics_address)}"
+    control = RunControl(rounds_planned=cfg.rounds, started=not cfg.wait_for_start)
+    server, port = _serve(
+        transport, cfg, kit, control=control, run_id=records.run_id, audit=records.audit.record
     )
-    run_id, audit = records.run_id, records.audit
+    address = f"{cfg.address.rpartition(':')[0]}:{port}"  # the bound port, where --address said :0
+    write_listening(cfg.run_dir, Listening(address, os.getpid(), records.run_id, metrics_at))
+    log.info("coordinator for run %s listening on %s", records.run_id, address)
+    if cfg.wait_for_start:
+        log.info("waiting for an admin's `fedops admin start` before round 1")
+    if task is not None:  # a site whose task builds another model is refused at Register
+        transport.model_specs = specs_of(initial_params(task, cfg.seed))
+
+    def stop(status: str) -> None:
+        transport.close(grace_s=5.0 if status == "completed" else 0.5)
+        server.stop(grace=1.0).wait(5)
+        throttle.flush()  # counts not yet written, while the store is open
+        metrics.close()
+        remove_listening(cfg.run_dir)
+
+    plan = _plan(cfg, task, records, transport, control)
+    return run_recorded(plan, records, transport, on_exit=stop)
+
+
+def _record_settings(cfg: CoordinatorConfig, task: Task | None, kit: Kit | None) -> RecordSettings:
+    return RecordSettings(
+        run_dir=cfg.run_dir,
+        config=run_config(cfg),
+        task_digest=task.digest if task else "",
+        keep_checkpoints=cfg.keep_checkpoints,
+        # consortium mode: signed with the kit's CA-certified key, not a generated one
+        identity=kit.signing_identity() if kit is not None else None,
+        hide_participants=cfg.privacy == "central" and not cfg.publish_participants,
+        mlflow_uri=cfg.mlflow_uri,
+        mlflow_experiment=cfg.mlflow_experiment,
+    )
+
+
+def _transport(
+    cfg: CoordinatorConfig, records: RunRecords, metrics: RunMetrics
+) -> tuple[GrpcTransport, RefusalThrottle]:
+    audit = records.audit
     transport = GrpcTransport(
-        run_id=run_id,
+        run_id=records.run_id,
         heartbeat_interval_s=cfg.heartbeat_interval_s,
         liveness_timeout_s=cfg.liveness_timeout_s,
         audit=audit.record,
@@ -110,36 +141,25 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
     )
     transport.on_rejection = throttle
     metrics.connected.set_function(lambda: len(transport.available_nodes()))
-    metrics_at = None
-    if cfg.metrics_port is not None:
-        metrics_at = f"{cfg.metrics_address}:{metrics.serve(cfg.metrics_port, cfg.metrics_address)}"
-    control = RunControl(rounds_planned=cfg.rounds, started=not cfg.wait_for_start)
-    server, port = _serve(transport, cfg, kit, control=control, run_id=run_id, audit=audit.record)
-    address = f"{cfg.address.rpartition(':')[0]}:{port}"  # the bound port, where --address said :0
-    write_listening(cfg.run_dir, Listening(address, os.getpid(), run_id, metrics_at))
-    log.info("coordinator for run %s listening on %s", run_id, address)
-    if cfg.wait_for_start:
-        log.info("waiting for an admin's `fedops admin start` before round 1")
+    return transport, throttle
 
-    if task is not None:  # a site whose task builds another model is refused at Register
-        transport.model_specs = specs_of(initial_params(task, cfg.seed))
 
+def _plan(
+    cfg: CoordinatorConfig,
+    task: Task | None,
+    records: RunRecords,
+    transport: GrpcTransport,
+    control: RunControl,
+) -> RunPlan:
     def first_params() -> Params:
         if task is not None:
             return initial_params(task, cfg.seed)
         log.info("no --task: taking the initial model from the first client")
         return transport.fetch_initial_params(cfg.join_timeout_s)
 
-    def stop(status: str) -> None:
-        transport.close(grace_s=5.0 if status == "completed" else 0.5)
-        server.stop(grace=1.0).wait(5)
-        throttle.flush()  # counts not yet written, while the store is open
-        metrics.close()
-        remove_listening(cfg.run_dir)
-
-    plan = RunPlan(
+    return RunPlan(
         label="run",
-        config=config,
+        config=run_config(cfg),
         strategy=make_strategy(cfg.strategy),
         driver=_driver(cfg),
         initial_params=first_params,
@@ -161,7 +181,6 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
         privacy=_privacy(cfg),
         secagg=_secagg(cfg),
     )
-    return run_recorded(plan, records, transport, on_exit=stop)
 
 
 def _driver(cfg: CoordinatorConfig) -> DriverConfig:
