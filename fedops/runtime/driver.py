@@ -112,35 +112,8 @@ class RoundDriver:
 
     def run_round(self, server_round: int, params: Params) -> tuple[Params, RoundRecord]:
         started = time.monotonic()
-        cfg = self.config
-        nodes = self.transport.wait_for_nodes(cfg.min_clients, cfg.join_timeout_s)
-        if len(nodes) < cfg.min_clients:
-            raise RunAborted(
-                f"round {server_round}: only {len(nodes)} of the {cfg.min_clients} required "
-                f"clients (--min-clients) joined within {cfg.join_timeout_s:.0f} s"
-            )
-        if self.monitor is not None:  # action=exclude: flagged sites train no more
-            nodes = [n for n in nodes if not self.monitor.excluded(self.site_names(n))]
-        sample: RoundSample | None = None
-        if self.privacy is not None:  # DP samples from a CSPRNG, and checks its budget first
-            sample = self.privacy.sample(nodes, cfg.clients_per_round, server_round)
-            self.privacy.begin_round(server_round, sample, params)
-            selected = sample.selected
-        else:
-            selected = sample_clients(
-                nodes, cfg.clients_per_round, seed=cfg.seed, server_round=server_round
-            )
-        fit_config = {**self.strategy.fit_config(server_round), "seed": float(cfg.seed)}
-        if self.privacy is not None:
-            fit_config.update(self.privacy.fit_config())
-        if self.secure is not None:
-            noise = self.privacy.secure_noise() if self.privacy is not None else None
-            floor = self.privacy.survivor_floor() if self.privacy is not None else 0
-            fit = self.secure.run(
-                server_round, selected, params, fit_config, noise=noise, min_survivors=floor
-            )
-        else:
-            fit = self._plain_fit(server_round, selected, params, fit_config)
+        selected, sample = self._select(server_round, params)
+        fit = self._fit(server_round, selected, params)
         params, aborted = self._aggregate(server_round, params, fit, sample)
         if self.privacy is not None and sample is not None:
             # what was unmasked or aggregated is spent, even if the round then aborted
@@ -162,20 +135,7 @@ class RoundDriver:
                 {},
                 monitor=self.monitor.spec if self.monitor is not None else None,
             )
-        metrics: dict[str, Any] = {"num_clients": len(fit.reported)}
-        if release and evaluation is not None:
-            eval_metrics = self.strategy.aggregate_evaluate(server_round, evaluation.results)  # type: ignore[arg-type]
-            metrics |= {
-                "train_loss": weighted_metrics(fit.reported).get("train_loss", math.nan),
-                "eval_loss": eval_metrics.get("loss", math.nan),
-                "eval_accuracy": eval_metrics.get("accuracy", math.nan),
-                "num_eval_clients": len(evaluation.results),
-            }
-        if self.evaluate_global is not None:
-            glob = self.evaluate_global(params)
-            metrics["global_loss"] = float(glob["loss"])
-            metrics["global_accuracy"] = float(glob["accuracy"])
-        metrics.update(fit.metrics)
+        metrics = self._metrics(server_round, params, fit, evaluation if release else None)
         if aborted:
             metrics["round_aborted"] = aborted
         if self.privacy is not None:
@@ -190,6 +150,62 @@ class RoundDriver:
         return params, RoundRecord(
             server_round=server_round, metrics=metrics, participants=participants
         )
+
+    def _select(self, server_round: int, params: Params) -> tuple[list[str], RoundSample | None]:
+        """This round's cohort, and (under DP) the sample its accountant knows of."""
+        cfg = self.config
+        nodes = self.transport.wait_for_nodes(cfg.min_clients, cfg.join_timeout_s)
+        if len(nodes) < cfg.min_clients:
+            raise RunAborted(
+                f"round {server_round}: only {len(nodes)} of the {cfg.min_clients} required "
+                f"clients (--min-clients) joined within {cfg.join_timeout_s:.0f} s"
+            )
+        if self.monitor is not None:  # action=exclude: flagged sites train no more
+            nodes = [n for n in nodes if not self.monitor.excluded(self.site_names(n))]
+        if self.privacy is None:
+            return sample_clients(
+                nodes, cfg.clients_per_round, seed=cfg.seed, server_round=server_round
+            ), None
+        # DP samples from a CSPRNG, and checks its budget first
+        sample = self.privacy.sample(nodes, cfg.clients_per_round, server_round)
+        self.privacy.begin_round(server_round, sample, params)
+        return sample.selected, sample
+
+    def _fit(self, server_round: int, selected: list[str], params: Params) -> FitOutcome:
+        fit_config = {**self.strategy.fit_config(server_round), "seed": float(self.config.seed)}
+        if self.privacy is not None:
+            fit_config.update(self.privacy.fit_config())
+        if self.secure is None:
+            return self._plain_fit(server_round, selected, params, fit_config)
+        noise = self.privacy.secure_noise() if self.privacy is not None else None
+        floor = self.privacy.survivor_floor() if self.privacy is not None else 0
+        return self.secure.run(
+            server_round, selected, params, fit_config, noise=noise, min_survivors=floor
+        )
+
+    def _metrics(
+        self,
+        server_round: int,
+        params: Params,
+        fit: FitOutcome,
+        released: RoundTracker | None,
+    ) -> dict[str, Any]:
+        """The round's numbers: the sites' own only from a ``released`` evaluation."""
+        metrics: dict[str, Any] = {"num_clients": len(fit.reported)}
+        if released is not None:
+            eval_metrics = self.strategy.aggregate_evaluate(server_round, released.results)  # type: ignore[arg-type]
+            metrics |= {
+                "train_loss": weighted_metrics(fit.reported).get("train_loss", math.nan),
+                "eval_loss": eval_metrics.get("loss", math.nan),
+                "eval_accuracy": eval_metrics.get("accuracy", math.nan),
+                "num_eval_clients": len(released.results),
+            }
+        if self.evaluate_global is not None:
+            glob = self.evaluate_global(params)
+            metrics["global_loss"] = float(glob["loss"])
+            metrics["global_accuracy"] = float(glob["accuracy"])
+        metrics.update(fit.metrics)
+        return metrics
 
     def _aggregate(
         self, server_round: int, params: Params, fit: FitOutcome, sample: RoundSample | None

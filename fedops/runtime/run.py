@@ -137,61 +137,10 @@ def execute(
     rounds in the store and a summary that says "interrupted".
     """
     status = "failed"
-    privacy: CentralPrivacy | LocalPrivacy | None = None
-    if plan.privacy is not None and plan.privacy.mode == "local":
-        privacy = LocalPrivacy(plan.privacy, planned_rounds=plan.driver.rounds)
-    elif plan.privacy is not None and plan.privacy.mode == "distributed":
-        privacy = DistributedPrivacy(plan.privacy, planned_rounds=plan.driver.rounds)
-    elif plan.privacy is not None:
-        privacy = CentralPrivacy(plan.privacy, planned_rounds=plan.driver.rounds)
+    privacy = _privacy(plan)
     extra: dict[str, Any] = {}
     try:
-        start = start_or_resume(
-            store, plan.config, plan.initial_params, on_fallback=plan.on_fallback
-        )
-        if privacy is not None:
-            restore_ledger(privacy, store.privacy_ledger(), store.round_metrics())
-        if start.start_round > plan.driver.rounds:
-            log.warning(
-                "run %s in %s already has %d of %d rounds: nothing to do. Use a new run "
-                "directory for a new run, or more rounds to extend this one.",
-                start.run_id,
-                store.dir,
-                start.start_round - 1,
-                plan.driver.rounds,
-            )
-        with RoundProgress(
-            total_rounds=plan.driver.rounds,
-            first_round=start.start_round,
-            label=f"{plan.label} {start.run_id}",
-        ) as progress:
-
-            def on_round(record: RoundRecord) -> None:
-                progress.update(record)
-                for observe in plan.observers:
-                    observe(record)
-
-            RoundDriver(
-                transport=transport,
-                strategy=plan.strategy,
-                config=plan.driver,
-                store=store,
-                evaluate_global=plan.evaluate_global,
-                site_names=plan.site_names,
-                on_round=on_round,
-                secure=_secure_fit(plan, start.run_id, transport),
-                privacy=privacy,
-                monitor=_monitor(plan, start.params),
-                control=plan.control,
-            ).run(start.params, start_round=start.start_round)
-        status = "completed"
-        if start.start_round <= plan.driver.rounds and not _trained(store, start.start_round):
-            status = "no_progress"  # every round ran, but no site's update was taken
-            extra["stop_reason"] = (
-                f"no round from {start.start_round} on accepted any site's update (every site "
-                "declined, failed or was rejected): the model did not change"
-            )
-            log.warning("%s", extra["stop_reason"])
+        status = _drive(plan, store, transport, privacy, extra)
     except BudgetExhausted as exc:
         log.warning("%s", exc)
         status = "budget_exhausted"
@@ -213,6 +162,71 @@ def execute(
         summary = store.write_summary({"status": status, **plan.summary, **extra})
         store.close()
     return summary
+
+
+def _privacy(plan: RunPlan) -> CentralPrivacy | LocalPrivacy | None:
+    """The run's DP mechanism and accountant, by mode."""
+    if plan.privacy is None:
+        return None
+    if plan.privacy.mode == "local":
+        return LocalPrivacy(plan.privacy, planned_rounds=plan.driver.rounds)
+    if plan.privacy.mode == "distributed":
+        return DistributedPrivacy(plan.privacy, planned_rounds=plan.driver.rounds)
+    return CentralPrivacy(plan.privacy, planned_rounds=plan.driver.rounds)
+
+
+def _drive(
+    plan: RunPlan,
+    store: RunStore,
+    transport: Transport,
+    privacy: CentralPrivacy | LocalPrivacy | None,
+    extra: dict[str, Any],
+) -> str:
+    """Start or resume and drive every round; the status, with why in ``extra``."""
+    start = start_or_resume(store, plan.config, plan.initial_params, on_fallback=plan.on_fallback)
+    if privacy is not None:
+        restore_ledger(privacy, store.privacy_ledger(), store.round_metrics())
+    if start.start_round > plan.driver.rounds:
+        log.warning(
+            "run %s in %s already has %d of %d rounds: nothing to do. Use a new run "
+            "directory for a new run, or more rounds to extend this one.",
+            start.run_id,
+            store.dir,
+            start.start_round - 1,
+            plan.driver.rounds,
+        )
+    with RoundProgress(
+        total_rounds=plan.driver.rounds,
+        first_round=start.start_round,
+        label=f"{plan.label} {start.run_id}",
+    ) as progress:
+
+        def on_round(record: RoundRecord) -> None:
+            progress.update(record)
+            for observe in plan.observers:
+                observe(record)
+
+        RoundDriver(
+            transport=transport,
+            strategy=plan.strategy,
+            config=plan.driver,
+            store=store,
+            evaluate_global=plan.evaluate_global,
+            site_names=plan.site_names,
+            on_round=on_round,
+            secure=_secure_fit(plan, start.run_id, transport),
+            privacy=privacy,
+            monitor=_monitor(plan, start.params),
+            control=plan.control,
+        ).run(start.params, start_round=start.start_round)
+    if start.start_round <= plan.driver.rounds and not _trained(store, start.start_round):
+        extra["stop_reason"] = (
+            f"no round from {start.start_round} on accepted any site's update (every site "
+            "declined, failed or was rejected): the model did not change"
+        )
+        log.warning("%s", extra["stop_reason"])
+        return "no_progress"  # every round ran, but no site's update was taken
+    return "completed"
 
 
 def _monitor(plan: RunPlan, params: Params) -> RoundMonitor | None:
