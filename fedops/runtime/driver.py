@@ -213,8 +213,12 @@ class RoundDriver:
         """The new model from the accepted updates, or the old one and why the round aborted."""
         if isinstance(self.privacy, CentralPrivacy) and self.privacy.aggregates and sample:
             # central DP releases its noised mean whatever the count: aborting on too few
-            # updates would tell, outside the noise, how many were sampled
-            return self.privacy.aggregate(server_round, params, fit.results, sample=sample), ""
+            # updates would tell, outside the noise, how many were sampled. DP wraps the
+            # strategy: it takes the release as its one result (post-processing, which
+            # spends no privacy), so e.g. a server learning rate applies under DP too
+            release = self.privacy.aggregate(server_round, params, fit.results, sample=sample)
+            mean = FitResult(node_id="dp-release", params=release, num_examples=1)
+            return self.strategy.aggregate_fit(server_round, params, [mean]), ""
         need = self.config.min_fit_results
         # under SecAgg the results are one masked sum; ``reported`` lists who is in it
         accepted = len(fit.reported) if fit.results else 0

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from fedops.core.params import Params, weighted_average
 from fedops.core.results import EvaluateResult, FitResult, weighted_metrics
@@ -21,6 +22,8 @@ class FedAvg:
         array([2.])
     """
 
+    #: the ``strategy.*`` settings it reads -> its keyword (see strategies.registry)
+    options: ClassVar[Mapping[str, str]] = {}
     name: str = "fedavg"
 
     def fit_config(self, server_round: int) -> dict[str, float]:

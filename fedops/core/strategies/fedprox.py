@@ -18,7 +18,7 @@ from fedops.core.strategies.fedavg import FedAvg
 class FedProx(FedAvg):
     """FedAvg aggregation; tells clients the proximal coefficient ``mu``."""
 
-    options: ClassVar[Mapping[str, str]] = {"mu": "mu"}
+    options: ClassVar[Mapping[str, str]] = {**FedAvg.options, "mu": "mu"}
     name: str = "fedprox"
     mu: float = 0.01
 
