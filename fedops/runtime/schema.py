@@ -38,6 +38,9 @@ class StrategyConfig:
         "fedavg", "how updates are combined (built-ins and registered ones)", flag="--strategy"
     )
     mu: float = option(0.01, "fedprox: the proximal coefficient of the clients' loss")
+    server_lr: float = option(
+        1.0, "fedavg/fedprox: server learning rate; the model moves lr x (mean - model)"
+    )
     trim_fraction: float = option(
         0.1,
         "trimmed_mean: fraction of values dropped at each end of every coordinate; at "
@@ -99,6 +102,7 @@ def check_strategy(
         f"must be one of {sorted(STRATEGIES)}, got {st.name!r}",
     )
     require(st.mu >= 0, f"{prefix}.mu", f"must be >= 0, got {st.mu}")
+    require(st.server_lr > 0, f"{prefix}.server_lr", f"must be > 0, got {st.server_lr}")
     for spec in dataclasses.fields(StrategyConfig):
         value, reading = getattr(st, spec.name), readers(spec.name)
         require(
