@@ -12,9 +12,11 @@ suite independent of which test imports dp_accounting first.
 import sys
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from absl import logging as absl_logging
+from procs import Procs  # tests/support, on the path (pyproject: pythonpath)
 
 absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
@@ -25,3 +27,13 @@ def quiet_warnings() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    """Real ``fedops`` processes for one test, with their logs; none outlives it."""
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.kill_all()

@@ -35,6 +35,19 @@ def run_fedops(
     )
 
 
+def flags(**options: Any) -> list[str]:
+    """Keyword options as flags: ``flags(rounds=3, min_clients=8, insecure=True)`` ->
+    ``["--rounds", "3", "--min-clients", "8", "--insecure"]``; False and None are left out."""
+    out: list[str] = []
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        out.append("--" + key.replace("_", "-"))
+        if value is not True:
+            out.append(str(value))
+    return out
+
+
 class Procs:
     """Starts processes, keeps their logs, and kills whatever is left at the end."""
 
@@ -55,11 +68,18 @@ class Procs:
         return proc
 
     def coordinator(
-        self, name: str, run_dir: Path, *args: str, port: int = 0, env: dict[str, str] | None = None
+        self,
+        name: str,
+        run_dir: Path,
+        *args: str,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        **options: Any,
     ) -> tuple[subprocess.Popen[bytes], int]:
         """A coordinator and the port it bound. Port 0 (the default) lets the kernel pick a
         free one at bind time, so no other process can take it first; give ``port`` only to
-        restart a run where its clients already look for it."""
+        restart a run where its clients already look for it. ``options``: more flags, as
+        keywords (:func:`flags`)."""
         proc = self.start(
             name,
             "coordinator",
@@ -68,6 +88,7 @@ class Procs:
             "--run-dir",
             str(run_dir),
             *args,
+            *flags(**options),
             env=env,
         )
         return proc, self.bound_port(proc, run_dir, name)
@@ -97,7 +118,9 @@ class Procs:
         *args: str,
         task: str = "digits",
         env: dict[str, str] | None = None,
+        **options: Any,
     ):
+        """A site agent of ``num_sites``; ``options``: more flags, as keywords (:func:`flags`)."""
         return self.start(
             name,
             "client",
@@ -113,6 +136,7 @@ class Procs:
             str(self.workdir / name),
             *FAST_TRAINING,
             *args,
+            *flags(**options),
             env=env,
         )
 
