@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import doctest
+import re
 import subprocess
 import sys
+import types
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -112,3 +114,18 @@ def test_a_name_taken_by_another_class_is_refused_and_the_same_class_is_not():
     with pytest.raises(ValueError, match="already registered"):
         fedops.register_strategy("damped", Other)
     assert STRATEGIES["damped"] is Damped
+
+
+def test_the_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"```python\n(# notebook\.py\n.*?)```", readme, re.S)
+    assert block is not None, "the README's notebook.py example is gone"
+    monkeypatch.chdir(tmp_path)
+    module = types.ModuleType("notebook")  # dataclasses look their module up
+    monkeypatch.setitem(sys.modules, "notebook", module)
+    exec(compile(block.group(1), "README.md:notebook.py", "exec"), module.__dict__)
+    status, accuracy = capsys.readouterr().out.split()[-2:]
+    assert status == "completed" and 0.5 < float(accuracy) <= 1.0
+    assert (tmp_path / "runs" / "notebook" / "summary.json").is_file()
