@@ -12,7 +12,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -23,9 +23,11 @@ from fedops.client.checks import CoordinatorChecks, payload_of
 from fedops.client.guard import TaskGuard
 from fedops.client.secure import SecureParticipant, secure_identity
 from fedops.client.site_config import site_name, site_policy, started_policy
-from fedops.client.task_handling import TaskHandling
+from fedops.client.startup import check_ledger as _check_ledger
+from fedops.client.startup import delivered_crl, warn_count_shows, warn_without_identities
+from fedops.client.task_handling import Outbox, TaskHandler
 from fedops.client.trail import SiteTrail, phase_of
-from fedops.consortium.crl import CRL_DELIVERED, DeliveredCrl
+from fedops.consortium.crl import DeliveredCrl
 from fedops.consortium.kit import Kit
 from fedops.core.params import Params, specs_of
 from fedops.crypto import Crypto
@@ -60,46 +62,6 @@ RETRYABLE = {
 T = TypeVar("T")
 
 
-def _check_ledger(cfg: ClientConfig, site: Site, policy: SitePolicy) -> None:
-    """A privacy cap holds across restarts only if the site's ledger is on disk."""
-    if site.ledger.path is not None:
-        return
-    if policy.max_epsilon is not None:
-        raise PolicyViolation(
-            f"max_epsilon {policy.max_epsilon:g} needs --run-dir: this site's privacy ledger "
-            "is kept there, and without it a restarted agent would count its ε from zero"
-        )
-    log.warning(
-        "no --run-dir: this site's privacy ledger (local DP) is kept in memory and "
-        "forgotten when the agent stops"
-    )
-
-
-def _delivered_crl(kit: Kit | None) -> DeliveredCrl | None:
-    """The CRL the coordinator delivers, kept beside the kit (a kit site only)."""
-    if not kit:
-        return None
-    return DeliveredCrl(kit.ca_cert, state_path=kit.directory / CRL_DELIVERED, floor=kit.crl_floor)
-
-
-def _warn_count_shows(num_train_examples: int) -> None:
-    log.warning(
-        "local DP without --dp-public-records: the number of DP-SGD steps a round "
-        "takes, and so the noise in each update, follows this site's record count "
-        "(%d); set --dp-public-records to plan with a public count and hide it",
-        num_train_examples,
-    )
-
-
-def _warn_without_identities() -> None:
-    log.warning(
-        "secure aggregation without site identities: the coordinator could pose as "
-        "every other site, so this site is protected from an honest-but-curious "
-        "coordinator only; use a consortium kit (or --identity-key and --trusted-keys) "
-        "for protection from a malicious one"
-    )
-
-
 class CoordinatorRefused(RuntimeError):
     """The coordinator denies this site (e.g. its certificate was revoked)."""
 
@@ -112,7 +74,7 @@ class _Reregister(Exception):
     """The coordinator does not know this node (it restarted): register again."""
 
 
-class Agent(TaskHandling):
+class Agent:
     """Runs one site against one coordinator until told to shut down."""
 
     def __init__(
@@ -135,13 +97,13 @@ class Agent(TaskHandling):
         self.policy = policy or site_policy(cfg, kit)
         _check_ledger(cfg, site, self.policy)
         # a kit site checks its SecAgg+ peers against the CRL the coordinator delivers
-        crl = _delivered_crl(kit)
+        crl = delivered_crl(kit)
         self.secure = self._secure_participant(crl)
         # a site that caps its ε protects its records: what it sends besides the noised
         # model must not depend on them (its record count, or a model evaluated at will)
         self.private = self.site.hides_count
         if self.policy.max_epsilon is not None and self.policy.dp_public_records is None:
-            _warn_count_shows(self.site.num_train_examples)
+            warn_count_shows(self.site.num_train_examples)
         self.guard = TaskGuard(
             require_secagg=self.policy.require_secagg,
             private=self.private,
@@ -152,7 +114,7 @@ class Agent(TaskHandling):
         secure_only = self.policy.require_secagg
         self.withhold_monitoring = not cfg.share_monitoring and (secure_only or self.private)
         if secure_only and self.secure.verify is None:
-            _warn_without_identities()
+            warn_without_identities()
         signer = kit.signing_identity() if kit is not None else None  # the log's key: the kit's
         self.trail = SiteTrail(cfg.run_dir, cfg.site, self.site_name, identity=signer)
         self.checks = CoordinatorChecks(self._audit, anchors=self.trail.keeping, crl=crl)
@@ -346,16 +308,34 @@ class Agent(TaskHandling):
             return False
         if task.kind == pb.TASK_KIND_WAIT:
             return True
-        if not self._policy_allows(task):
+        tasks = self._task_handler()
+        if not tasks.allows(task):
             return self.policy.consents()  # consent withdrawn: this site leaves the run
         try:
-            self._handle(task, session)
+            tasks.handle(task, session)
         except (grpc.RpcError, _Reregister, CoordinatorUnreachable, CoordinatorRefused):
             raise
         except Exception as exc:  # whatever a task does to the site's code, never fatal
             log.exception("round %d: the task failed at this site", task.round)
-            self._decline(task, f"the task failed at this site: {type(exc).__name__}: {exc}"[:500])
+            tasks.decline(task, f"the task failed at this site: {type(exc).__name__}: {exc}"[:500])
         return True
+
+    def _task_handler(self) -> TaskHandler:
+        """What carrying out a task may use, read afresh for each task so that it never
+        works from a stale copy of this agent's parts."""
+        return TaskHandler(
+            site=self.site,
+            policy=self.policy,
+            guard=self.guard,
+            checks=self.checks,
+            secure=self.secure,
+            consent_file=self.cfg.consent_file,
+            withhold_monitoring=self.withhold_monitoring,
+            announced_examples=self.announced_examples,
+            audit=self._audit,
+            fetch=self._fetch,
+            push=self._push,
+        )
 
     def _guarded(self, what: str, call: Callable[[], T]) -> T:
         try:
@@ -390,3 +370,28 @@ class Agent(TaskHandling):
             **payload_of(head, task.run_id),
         )
         return params
+
+    def _push(
+        self,
+        task: pb.Task,
+        params: Params,
+        num_examples: int,
+        metrics: Mapping[str, float],
+        *,
+        secagg: pb.SecAggReply | None = None,
+        declined: str = "",
+        report: pb.SiteReport | None = None,
+    ) -> None:
+        session = self.session
+        assert session is not None
+        outbox = Outbox(
+            channel=self.channel,
+            session=session,
+            trail=self.trail,
+            guarded=self._guarded,
+            record=self._record,
+            audit=self._audit,
+        )
+        outbox.push(
+            task, params, num_examples, metrics, secagg=secagg, declined=declined, report=report
+        )

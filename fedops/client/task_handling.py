@@ -1,16 +1,21 @@
 """What a site does with each task it pulls: carry it out, or decline it with a reason.
 
 The task-handling half of :class:`~fedops.client.agent.Agent`, split from its loop
-(registration, retries, heartbeats) so that each file holds one concern. Whatever a
-task asks, the site's own rules are checked first; a task it will not or cannot do is
-answered with a declined result, never left to time out, so the round need not wait.
+(registration, retries, heartbeats) so that each file holds one concern. The agent
+hands a :class:`TaskHandler` what a task may use (the site, its rules, and the calls
+that fetch a model and push an answer) and an :class:`Outbox` what a push needs, so
+neither reaches back into it. Whatever a task asks, the site's own rules are checked
+first; a task it will not or cannot do is answered with a declined result, never left
+to time out, so the round need not wait.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import grpc
 
@@ -21,7 +26,6 @@ from fedops.client.secure import SecureParticipant
 from fedops.client.trail import SiteTrail, phase_of
 from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.primitives import ProtocolError
-from fedops.runtime.settings import ClientConfig
 from fedops.tasks.policy import PolicyViolation, SitePolicy
 from fedops.tasks.site import DP_NUM_EXAMPLES, PolicyRefusal, Site
 from fedops.v1 import fedops_pb2 as pb
@@ -30,63 +34,91 @@ from fedops.wire import monitoring
 log = logging.getLogger("fedops.client")
 
 
-class TaskHandling:
-    """Carrying out and declining tasks; the state is the agent's (see its ``__init__``)."""
+class Push(Protocol):
+    """Sends a task's answer (the agent's, so that every answer goes out one way)."""
 
-    cfg: ClientConfig
+    def __call__(
+        self,
+        task: pb.Task,
+        params: Params,
+        num_examples: int,
+        metrics: Mapping[str, float],
+        *,
+        secagg: pb.SecAggReply | None = None,
+        declined: str = "",
+        report: pb.SiteReport | None = None,
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskHandler:
+    """Carrying out and declining tasks. The agent builds one for each task from its
+    parts as they are then, so the handling keeps no copy of them that could go stale.
+
+    Args:
+        site: the site's task, data and privacy ledger.
+        policy: the site's own rules (consent, round limit).
+        guard: the checks a task must pass against the session (run, replays, SecAgg).
+        checks: the coordinator's audit head and monitoring bins, checked for going back.
+        secure: this site's SecAgg+ side.
+        consent_file: where consent is given (named when it is withdrawn).
+        withhold_monitoring: keep drift and fairness statistics (site policy).
+        announced_examples: the record count the site tells the coordinator.
+        audit: ``(event, **payload)`` for the site's signed log.
+        fetch: downloads a task's model.
+        push: sends a task's answer.
+    """
+
     site: Site
     policy: SitePolicy
     guard: TaskGuard
     checks: CoordinatorChecks
     secure: SecureParticipant
-    trail: SiteTrail
-    channel: grpc.Channel
-    session: Session | None
+    consent_file: Path | None
     withhold_monitoring: bool
     announced_examples: int
-    _audit: Callable[..., None]
-    _record: Callable[..., None]
-    _fetch: Callable[[pb.Task], Params]
-    _guarded: Callable[[str, Callable[[], Any]], Any]
+    audit: Callable[..., None]
+    fetch: Callable[[pb.Task], Params]
+    push: Push
 
-    def _handle(self, task: pb.Task, session: Session) -> None:
+    def handle(self, task: pb.Task, session: Session) -> None:
         """Carry out one task; anything it raises is declined by ``Agent._step``."""
         refusal = self.guard.refusal(task, session.run_id) or self.checks.refusal(task)
         if refusal:
-            self._decline(task, refusal)
+            self.decline(task, refusal)
         elif task.kind == pb.TASK_KIND_SEND_INITIAL:
             # a training result needs at least one example: a DP site claims the one it
             # claims for every local-DP update (Site.fit's DP_NUM_EXAMPLES)
             n = self.announced_examples or DP_NUM_EXAMPLES
-            self._push(task, self.site.initial_params(), n, {})
+            self.push(task, self.site.initial_params(), n, {})
         elif task.kind == pb.TASK_KIND_FIT:
-            params = self._fetch(task)
+            params = self.fetch(task)
             try:
                 new, n, metrics = self.site.fit(
                     params, task.round, dict(task.config), run_id=task.run_id
                 )
             except PolicyRefusal as exc:
-                self._decline(task, str(exc))
+                self.decline(task, str(exc))
                 return
-            self._push(task, new, n, metrics)
+            self.push(task, new, n, metrics)
         elif task.kind == pb.TASK_KIND_EVALUATE:
             self._evaluate(task)
         elif task.kind == pb.TASK_KIND_SECAGG:
             self._secure_step(task)
         else:
-            self._decline(task, f"unknown task kind {task.kind}")
+            self.decline(task, f"unknown task kind {task.kind}")
 
-    def _policy_allows(self, task: pb.Task) -> bool:
+    def allows(self, task: pb.Task) -> bool:
         """Consent and the round limit, checked before any work; False: declined."""
         if not self.policy.consents():
             log.warning("consent withdrawn: declining round %d and leaving the run", task.round)
-            self._audit("consent_withdrawn", round=task.round, consent_file=self.cfg.consent_file)
-            self._decline(task, "this site's consent is withdrawn (site policy)")
+            self.audit("consent_withdrawn", round=task.round, consent_file=self.consent_file)
+            self.decline(task, "this site's consent is withdrawn (site policy)")
             return False
         try:
             self.policy.check_round(task.round)
         except PolicyViolation as exc:
-            self._decline(task, f"site policy: {exc}")
+            self.decline(task, f"site policy: {exc}")
             return False
         return True
 
@@ -104,37 +136,59 @@ class TaskHandling:
                 self.site.check_report(spec)
                 self.checks.same_bins(task.run_id, spec)
             except InvalidUpdate as exc:
-                self._decline(task, f"monitoring request: {exc}")
+                self.decline(task, f"monitoring request: {exc}")
                 return
             except PolicyRefusal as exc:
-                self._decline(task, str(exc))
+                self.decline(task, str(exc))
                 return
-        params = self._fetch(task)
+        params = self.fetch(task)
         n, metrics = self.site.evaluate(params, task.round)
         report = None
         if spec is not None:
             site_report = self.site.report(params, spec)
             if site_report is not None:
                 report = monitoring.report_to_proto(site_report)
-        self._push(task, {}, n, metrics, report=report)
+        self.push(task, {}, n, metrics, report=report)
 
     def _secure_step(self, task: pb.Task) -> None:
         try:
-            reply, payload, n, metrics = self.secure.answer(task, lambda: self._fetch(task))
+            reply, payload, n, metrics = self.secure.answer(task, lambda: self.fetch(task))
         except (ProtocolError, InvalidUpdate) as exc:
-            self._decline(task, f"secure aggregation: {exc}")
+            self.decline(task, f"secure aggregation: {exc}")
             return
         except PolicyRefusal as exc:
-            self._decline(task, str(exc))
+            self.decline(task, str(exc))
             return
-        self._push(task, payload, n, metrics, secagg=reply)
+        self.push(task, payload, n, metrics, secagg=reply)
 
-    def _decline(self, task: pb.Task, reason: str) -> None:
+    def decline(self, task: pb.Task, reason: str) -> None:
         log.warning("round %d: declining the task: %s", task.round, reason)
-        self._audit("task_declined", round=task.round, kind=phase_of(task), reason=reason)
-        self._push(task, {}, 0, {}, declined=reason)
+        self.audit("task_declined", round=task.round, kind=phase_of(task), reason=reason)
+        self.push(task, {}, 0, {}, declined=reason)
 
-    def _push(
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outbox:
+    """Where a session's answers go, and the records each one leaves at the site. Built
+    for each push: the session changes whenever the site registers again.
+
+    Args:
+        channel: the connection to the coordinator.
+        session: the node this site is registered as.
+        trail: the site's signed log and journal (what it sent, and its log head).
+        guarded: runs a call with the agent's retries (re-registering if forgotten).
+        record: ``(**entry)`` for the site's journal.
+        audit: ``(event, **payload)`` for the site's signed log.
+    """
+
+    channel: grpc.Channel
+    session: Session
+    trail: SiteTrail
+    guarded: Callable[[str, Callable[[], str]], str]
+    record: Callable[..., None]
+    audit: Callable[..., None]
+
+    def push(
         self,
         task: pb.Task,
         params: Params,
@@ -145,14 +199,12 @@ class TaskHandling:
         declined: str = "",
         report: pb.SiteReport | None = None,
     ) -> None:
-        session = self.session
-        assert session is not None
         try:
-            sent = self._guarded(
+            sent = self.guarded(
                 "push result",
                 lambda: push_result(
                     self.channel,
-                    session,
+                    self.session,
                     task,
                     params,
                     num_examples,
@@ -168,17 +220,17 @@ class TaskHandling:
             log.warning(
                 "round %d: result refused (%s): %s", task.round, exc.code().name, exc.details()
             )
-            self._record(
+            self.record(
                 event="refused", round=task.round, code=exc.code().name, reason=exc.details()
             )
-            self._audit(
+            self.audit(
                 "result_refused", round=task.round, code=exc.code().name, reason=exc.details()
             )
             return
-        self.trail.sent(task, session.node_id, sent if params else "", num_examples)
+        self.trail.sent(task, self.session.node_id, sent if params else "", num_examples)
         if report is not None:
             self.trail.shared(task.round, report)
-        self._record(
+        self.record(
             event="pushed",
             round=task.round,
             kind=pb.TaskKind.Name(task.kind),

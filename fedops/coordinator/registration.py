@@ -1,22 +1,26 @@
 """Sites joining: who may register a node, and the heartbeats that keep it known.
 
 The registering half of :class:`~fedops.coordinator.transport.GrpcTransport`, split
-from its task board so that each file holds one concern. A registration is refused
-before it reaches the registry, the audit log or the store when its protocol, its
-record count, its site name or its model is not this run's, or when the site loops
-on registering (each one is a signed audit entry).
+from its task board so that each file holds one concern. It is given the board and the
+transport's way of refusing, and with each registration the settings the coordinator
+may replace after building the transport (the run's model, the rate limit), so it keeps
+no copy that could go stale. A registration is refused before it reaches the registry,
+the audit log or the store when its protocol, its record count, its site name or its
+model is not this run's, or when the site loops on registering (each one is a signed
+audit entry).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import grpc
 
 from fedops.coordinator.guard import PEER, RateLimit, check_site_name
 from fedops.coordinator.nodes import RegistryFull, Unauthenticated
-from fedops.coordinator.results import Reject, ResultIntake
+from fedops.coordinator.results import Gatekeeper, Reject, TaskBoard
 from fedops.core.params import InvalidUpdate, TensorSpec
 from fedops.core.results import MAX_NUM_EXAMPLES
 from fedops.core.rounds import NodeDropped
@@ -27,18 +31,45 @@ from fedops.wire.codec import shown
 log = logging.getLogger("fedops.coordinator")
 
 
-class NodeRegistration(ResultIntake):
-    """Registration and heartbeats; the state is the transport's (see its ``__init__``)."""
+class NodeRegistration:
+    """Registration and heartbeats, for :class:`~fedops.coordinator.transport.GrpcTransport`,
+    given only what a registration may touch, so that its checks read on their own.
 
-    heartbeat_interval_s: float
-    max_chunk_bytes: int
-    model_specs: list[TensorSpec] | None
-    registrations: RateLimit
-    _post: Callable[[Collection[str] | None], None]  # the transport's: wakes nodes' polls
+    Args:
+        run_id: the run served (told to each node that registers).
+        board: the transport's task board: a site's previous node loses its task.
+        gate: refuses on the transport's behalf; its registry holds the nodes.
+        heartbeat_interval_s: how often agents should heartbeat.
+        max_chunk_bytes: chunk size for model downloads (told to clients).
+        audit: ``(event, payload)`` for the coordinator's audit log.
+    """
 
-    def register(self, request: pb.RegisterRequest) -> pb.RegisterResponse:
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        board: TaskBoard,
+        gate: Gatekeeper,
+        heartbeat_interval_s: float,
+        max_chunk_bytes: int,
+        audit: Callable[[str, Mapping[str, Any]], None],
+    ) -> None:
+        self._run_id = run_id
+        self._board = board
+        self._gate = gate
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._max_chunk_bytes = max_chunk_bytes
+        self._audit = audit
+
+    def register(
+        self,
+        request: pb.RegisterRequest,
+        model_specs: Sequence[TensorSpec] | None,
+        registrations: RateLimit,
+    ) -> pb.RegisterResponse:
+        """Admit a site's node, or refuse it (``model_specs``: the run's model, if known)."""
         if request.protocol_version != PROTOCOL_VERSION:
-            self._reject(
+            self._gate.reject(
                 0,
                 "?",
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -46,7 +77,7 @@ class NodeRegistration(ResultIntake):
                 f"this coordinator speaks {PROTOCOL_VERSION!r}",
             )
         if not 0 <= request.num_train_examples <= MAX_NUM_EXAMPLES:
-            self._reject(
+            self._gate.reject(
                 0,
                 "?",
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -56,24 +87,24 @@ class NodeRegistration(ResultIntake):
         try:  # bounded before it reaches the registry, the audit log or the store
             check_site_name(site)
         except Reject as exc:
-            self._reject(0, "?", exc.code, exc.reason)
+            self._gate.reject(0, "?", exc.code, exc.reason)
         # keyed by caller and name: without a kit, a stranger looping on a site's name
         # must not use up that site's own registrations
-        self._check_model(request)
-        wait_s = self.registrations.wait_s(f"{PEER.get()}|{site}")
+        self._check_model(request, model_specs)
+        wait_s = registrations.wait_s(f"{PEER.get()}|{site}")
         if wait_s:  # each registration is a signed audit entry: one site may not loop on it
-            self._reject(
+            self._gate.reject(
                 0,
                 "?",
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"site {site!r} registered {self.registrations.burst} times in a short while; "
+                f"site {site!r} registered {registrations.burst} times in a short while; "
                 f"it may register again in {wait_s:.0f} s",
             )
-        with self._cond:
+        with self._board.cond:
             try:
-                node, replaced = self.registry.register(site, request.num_train_examples)
+                node, replaced = self._gate.registry.register(site, request.num_train_examples)
             except RegistryFull as exc:
-                self._reject(0, "?", grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                self._gate.reject(0, "?", grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             if replaced is not None:
                 self._drop_replaced(replaced, site)
         log.info(
@@ -82,34 +113,36 @@ class NodeRegistration(ResultIntake):
             node.site_name,
             node.num_train_examples,
         )
-        self.audit("node_joined", {"node_id": node.node_id, "site": node.site_name})
+        self._audit("node_joined", {"node_id": node.node_id, "site": node.site_name})
         return pb.RegisterResponse(
             node_id=node.node_id,
             token=node.token,
-            run_id=self.run_id,
-            heartbeat_interval_ms=int(self.heartbeat_interval_s * 1000),
-            max_chunk_bytes=self.max_chunk_bytes,
+            run_id=self._run_id,
+            heartbeat_interval_ms=int(self._heartbeat_interval_s * 1000),
+            max_chunk_bytes=self._max_chunk_bytes,
         )
 
     def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         try:
-            self.registry.authenticate(request.node_id, request.token)
+            self._gate.registry.authenticate(request.node_id, request.token)
         except Unauthenticated:
             return pb.HeartbeatResponse(known=False)
         return pb.HeartbeatResponse(known=True)
 
-    def _check_model(self, request: pb.RegisterRequest) -> None:
+    def _check_model(
+        self, request: pb.RegisterRequest, model_specs: Sequence[TensorSpec] | None
+    ) -> None:
         """A site whose task builds another architecture is refused now, naming both,
         not after a round's download fails on it."""
-        if self.model_specs is None or not request.model:
+        if model_specs is None or not request.model:
             return
         try:
             theirs = codec.specs_from_proto(request.model)
         except InvalidUpdate as exc:
-            self._reject(0, "?", grpc.StatusCode.INVALID_ARGUMENT, f"model specs: {exc}")
-        difference = _model_difference(self.model_specs, theirs)
+            self._gate.reject(0, "?", grpc.StatusCode.INVALID_ARGUMENT, f"model specs: {exc}")
+        difference = _model_difference(model_specs, theirs)
         if difference:
-            self._reject(
+            self._gate.reject(
                 0,
                 "?",
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -120,11 +153,11 @@ class NodeRegistration(ResultIntake):
     def _drop_replaced(self, node: str, site: str) -> None:
         """The site registered a new node: close the old one's task, wake its poll (lock held)."""
         log.warning("node %s replaced: site %r registered a new node", node, site)
-        if self._assignments.pop(node, None) is not None:
-            self._events.put(
+        if self._board.assignments.pop(node, None) is not None:
+            self._board.events.put(
                 NodeDropped(node_id=node, reason="replaced: its site registered a new node")
             )
-        self._post([node])
+        self._board.post([node])
 
 
 def _model_difference(ours: Sequence[TensorSpec], theirs: Sequence[TensorSpec]) -> str:

@@ -1,7 +1,9 @@
 """Results coming in: every check a pushed result passes before the round sees it.
 
 Split from :mod:`fedops.coordinator.transport` (the task board) so each file
-holds one side of the wire. A result must answer the node's current task
+holds one side of the wire; :class:`ResultIntake` is given the board
+(:class:`TaskBoard`) and the way the transport refuses a call (:class:`Gatekeeper`)
+rather than reaching into it. A result must answer the node's current task
 (not a replayed, stale or foreign one), may be declined with a reason, and is
 assembled and checked by :func:`~fedops.coordinator.intake.read_result`;
 every refusal closes the node's task, so the round stops waiting for it.
@@ -15,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -81,43 +83,81 @@ class Assignment:
     delivered: bool = False
 
 
-class ResultIntake:
-    """The result-taking half of :class:`~fedops.coordinator.transport.GrpcTransport`.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gatekeeper:
+    """Who may call the transport, and how a call is refused, for every handler alike.
 
-    The state below is the transport's (its task board): which task each node
-    holds, which task ids were answered, and the event queue the driver reads.
+    ``report`` and ``current_round`` read the transport when called: the coordinator
+    installs its refusal throttle after building the transport, and rounds move on.
     """
 
-    run_id: str
     registry: NodeRegistry
-    on_rejection: Callable[[int, str, str, str], None]
-    audit: Callable[[str, Mapping[str, Any]], None]
-    _cond: threading.Condition
-    _assignments: dict[str, Assignment]
-    _answered: set[str]
-    _events: queue.Queue[Event]
-    _round: int
-    _node_uploads: PeerSlots  # uploads in progress per node (each holds a pool thread)
+    report: Callable[[int, str, str, str], None]  # (round, node, code, reason): on_rejection
+    current_round: Callable[[], int]
 
-    def _authenticate(self, node_id: str, token: str) -> None:
+    def authenticate(self, node_id: str, token: str) -> None:
         try:
             self.registry.authenticate(node_id, token)
         except Unauthenticated as exc:
-            self._reject(self._round, node_id or "?", grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            self.reject(
+                self.current_round(), node_id or "?", grpc.StatusCode.UNAUTHENTICATED, str(exc)
+            )
 
-    def _reject(self, server_round: int, node: str, code: grpc.StatusCode, reason: str) -> NoReturn:
+    def reject(self, server_round: int, node: str, code: grpc.StatusCode, reason: str) -> NoReturn:
         # a peer's strings are capped: a megabyte node id must not fill the store or the
         # status metadata (gRPC would then answer RESOURCE_EXHAUSTED instead of ``code``)
         node, reason = node[:MAX_NODE_ID], reason[:MAX_REASON]
         log.warning("rejected call from %s: %s (%s)", node, reason, code.name)
-        self.on_rejection(server_round, node, code.name, reason)
+        self.report(server_round, node, code.name, reason)
         raise Reject(code, reason)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskBoard:
+    """The transport's task board, handed to the handlers that close tasks so that they
+    change the transport's own state under its own lock, never a copy: which task each
+    node holds, which task ids were answered (a replay is refused), and the events the
+    driver reads."""
+
+    cond: threading.Condition
+    assignments: dict[str, Assignment]
+    answered: set[str]
+    events: queue.Queue[Event]
+    post: Callable[[Collection[str] | None], None]  # wakes the named nodes' polls (cond held)
+
+
+class ResultIntake:
+    """Takes pushed results for :class:`~fedops.coordinator.transport.GrpcTransport`,
+    given only what a result's checks may touch, so that they are all named here.
+
+    Args:
+        run_id: the run served; a result for another is refused.
+        board: the transport's task board, which an accepted or refused result closes.
+        gate: authenticates the node and refuses on the transport's behalf.
+        uploads: uploads in progress per node (each holds a pool thread).
+        audit: ``(event, payload)`` for the coordinator's audit log.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        board: TaskBoard,
+        gate: Gatekeeper,
+        uploads: PeerSlots,
+        audit: Callable[[str, Mapping[str, Any]], None],
+    ) -> None:
+        self._run_id = run_id
+        self._board = board
+        self._gate = gate
+        self._uploads = uploads
+        self._audit = audit
 
     def push(
         self, header: pb.ResultHeader, chunks: Iterable[bytes | memoryview]
     ) -> pb.PushResultResponse:
         """Check and take a result: ``header`` first, then the payload ``chunks``."""
-        self._authenticate(header.node_id, header.token)
+        self._gate.authenticate(header.node_id, header.token)
         assignment = self._check_current(header)
         if header.declined:
             reason = f"the client declined the task: {header.declined[:500]}"
@@ -125,16 +165,16 @@ class ResultIntake:
             log.warning("%s %s", header.node_id, reason)
             closing = ANSWERS_TASK.set(True)
             try:
-                self.on_rejection(assignment.task.round, header.node_id, "DECLINED", reason)
+                self._gate.report(assignment.task.round, header.node_id, "DECLINED", reason)
             finally:
                 ANSWERS_TASK.reset(closing)
             return pb.PushResultResponse(accepted=False, message="noted: task declined")
         node = header.node_id
         with contextlib.ExitStack() as holding:
             try:  # each upload holds a pool thread: a node may not hold many
-                holding.enter_context(self._node_uploads.hold(node))
+                holding.enter_context(self._uploads.hold(node))
             except Reject as exc:
-                self._reject(assignment.task.round, node, exc.code, exc.reason)
+                self._gate.reject(assignment.task.round, node, exc.code, exc.reason)
             try:
                 reference = assignment.result_specs or assignment.specs
                 budget = UPLOAD_FLOOR_S + total_bytes(reference) / MIN_UPLOAD_BYTES_PER_S
@@ -143,40 +183,40 @@ class ResultIntake:
                 self._fail_task(
                     node, assignment, grpc.StatusCode.INVALID_ARGUMENT, f"update rejected: {exc}"
                 )
-        self._events.put(event)
+        self._board.events.put(event)
         return pb.PushResultResponse(accepted=True, message="accepted")
 
     def _check_current(self, header: pb.ResultHeader) -> Assignment:
         """The node's open assignment that this header answers, or a rejection."""
         node = header.node_id
-        if header.run_id != self.run_id:
-            self._reject(
-                self._round,
+        if header.run_id != self._run_id:
+            self._gate.reject(
+                self._gate.current_round(),
                 node,
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"result for run {shown(header.run_id)}; this coordinator runs {self.run_id!r}",
+                f"result for run {shown(header.run_id)}; this coordinator runs {self._run_id!r}",
             )
-        with self._cond:
-            if header.task_id in self._answered:
-                self._reject(
-                    self._round,
+        with self._board.cond:
+            if header.task_id in self._board.answered:
+                self._gate.reject(
+                    self._gate.current_round(),
                     node,
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"replayed result: task {shown(header.task_id)} was already answered",
                 )
-            assignment = self._assignments.get(node)
+            assignment = self._board.assignments.get(node)
         if assignment is None or assignment.task.task_id != header.task_id:
             current = f"round {assignment.task.round}" if assignment else "no open task"
-            self._reject(
-                self._round,
+            self._gate.reject(
+                self._gate.current_round(),
                 node,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"stale result: task {shown(header.task_id)} of round {header.round} is not "
                 f"this node's current task ({current})",
             )
         if header.round != assignment.task.round or header.kind != assignment.task.kind:
-            self._reject(
-                self._round,
+            self._gate.reject(
+                self._gate.current_round(),
                 node,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"result declares round {header.round} kind {header.kind}; the task was "
@@ -195,16 +235,16 @@ class ResultIntake:
         result = read_result(
             header, assignment.task.kind, reference, stream, monitor=assignment.monitor
         )
-        with self._cond:
-            if self._assignments.get(node) is not assignment:
-                self._reject(
-                    self._round,
+        with self._board.cond:
+            if self._board.assignments.get(node) is not assignment:
+                self._gate.reject(
+                    self._gate.current_round(),
                     node,
                     grpc.StatusCode.FAILED_PRECONDITION,
                     "stale result: the task was withdrawn while it was uploading",
                 )
-            self._answered.add(assignment.task.task_id)
-            del self._assignments[node]
+            self._board.answered.add(assignment.task.task_id)
+            del self._board.assignments[node]
         self._audit_result(assignment, node, result, header)
         return ResultArrived(node_id=node, task_id=assignment.task.task_id, result=result)
 
@@ -229,12 +269,12 @@ class ResultIntake:
         phase = "fit" if kind == pb.TASK_KIND_FIT else str(TRAINING_STAGE)
         if kind == pb.TASK_KIND_SEND_INITIAL:
             phase = "initial"
-        self.audit(
+        self._audit(
             "update_received",
             {
                 "round": assignment.task.round,
                 "node_id": node,
-                "site": self.registry.site_name(node),
+                "site": self._gate.registry.site_name(node),
                 "phase": phase,
                 "digest": digest(payload),
                 "num_examples": result.num_examples,
@@ -250,17 +290,17 @@ class ResultIntake:
         self._close_rejected(node, assignment, reason)
         closing = ANSWERS_TASK.set(True)
         try:
-            self._reject(assignment.task.round, node, code, reason)
+            self._gate.reject(assignment.task.round, node, code, reason)
         finally:
             ANSWERS_TASK.reset(closing)
 
     def _close_rejected(self, node: str, assignment: Assignment, reason: str) -> None:
         """If ``assignment`` is still the node's task, close it and tell the round why."""
-        with self._cond:
-            if self._assignments.get(node) is assignment:
-                del self._assignments[node]
-                self._answered.add(assignment.task.task_id)
-                self._events.put(
+        with self._board.cond:
+            if self._board.assignments.get(node) is assignment:
+                del self._board.assignments[node]
+                self._board.answered.add(assignment.task.task_id)
+                self._board.events.put(
                     ResultRejected(node_id=node, task_id=assignment.task.task_id, reason=reason)
                 )
 

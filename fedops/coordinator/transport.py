@@ -7,7 +7,9 @@ refusal carries a gRPC status and a reason, is reported to ``on_rejection``
 (which the coordinator rate-limits per offender: :mod:`fedops.coordinator.guard`),
 and (when it answers the node's current task) tells the round to stop waiting
 for that node. One node per site: a site registering again replaces its node
-(:mod:`fedops.coordinator.registration`).
+(:mod:`fedops.coordinator.registration`). Results are taken by
+:mod:`fedops.coordinator.results`; both are handed the task board and the refusals,
+which stay the transport's.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -24,7 +26,14 @@ import grpc
 from fedops.coordinator.guard import PeerSlots, RateLimit
 from fedops.coordinator.nodes import DEFAULT_MAX_NODES, NodeRegistry
 from fedops.coordinator.registration import NodeRegistration
-from fedops.coordinator.results import TRAINING_STAGE, UPLOADS_PER_NODE, Assignment
+from fedops.coordinator.results import (
+    TRAINING_STAGE,
+    UPLOADS_PER_NODE,
+    Assignment,
+    Gatekeeper,
+    ResultIntake,
+    TaskBoard,
+)
 from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params, TensorSpec, digest, specs_of, total_bytes
 from fedops.core.results import FitResult
@@ -47,7 +56,7 @@ _KIND_OF_PHASE = {Phase.FIT: pb.TASK_KIND_FIT, Phase.EVALUATE: pb.TASK_KIND_EVAL
 WAITING_LOG_S = 10.0
 
 
-class GrpcTransport(NodeRegistration):
+class GrpcTransport:
     """Coordinator state shared by the gRPC handlers and the round driver.
 
     Args:
@@ -102,6 +111,30 @@ class GrpcTransport(NodeRegistration):
         self._task_counter = 0
         self._last_dispatched: tuple[Params, str] | None = None
         self._posted: list[Callable[[Collection[str] | None], None]] = []
+        # read when a call is refused: app.py installs its throttle after construction
+        self._gate = Gatekeeper(
+            registry=self.registry,
+            report=lambda *refusal: self.on_rejection(*refusal),
+            current_round=lambda: self._round,
+        )
+        board = TaskBoard(
+            cond=self._cond,
+            assignments=self._assignments,
+            answered=self._answered,
+            events=self._events,
+            post=self._post,
+        )
+        self._registration = NodeRegistration(
+            run_id=run_id,
+            board=board,
+            gate=self._gate,
+            heartbeat_interval_s=heartbeat_interval_s,
+            max_chunk_bytes=max_chunk_bytes,
+            audit=audit,
+        )
+        self._intake = ResultIntake(
+            run_id=run_id, board=board, gate=self._gate, uploads=self._node_uploads, audit=audit
+        )
 
     # ------------------------------------------------------------------
     # Transport protocol (called by the round driver)
@@ -245,6 +278,19 @@ class GrpcTransport(NodeRegistration):
     # ------------------------------------------------------------------
     # RPC handlers' logic (called by the servicer, on gRPC threads)
     # ------------------------------------------------------------------
+    def register(self, request: pb.RegisterRequest) -> pb.RegisterResponse:
+        # the run's model and the rate limit as they are now: both may be set after start
+        return self._registration.register(request, self.model_specs, self.registrations)
+
+    def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        return self._registration.heartbeat(request)
+
+    def push(
+        self, header: pb.ResultHeader, chunks: Iterable[bytes | memoryview]
+    ) -> pb.PushResultResponse:
+        """Check and take a result: ``header`` first, then the payload ``chunks``."""
+        return self._intake.push(header, chunks)
+
     def poll(self, request: pb.PullTaskRequest) -> pb.Task | None:
         """The node's next task if there is one now (SHUTDOWN once closed), else None.
 
@@ -252,7 +298,7 @@ class GrpcTransport(NodeRegistration):
         thread (see :mod:`fedops.coordinator.server`) and polls again when
         :meth:`on_task_posted`'s callback names the node.
         """
-        self._authenticate(request.node_id, request.token)
+        self._gate.authenticate(request.node_id, request.token)
         with self._cond:
             if self.registry.mark_polled(request.node_id):
                 self._cond.notify_all()  # one more node available: wake wait_for_nodes
@@ -295,11 +341,11 @@ class GrpcTransport(NodeRegistration):
             callback(nodes)
 
     def model_chunks(self, request: pb.FetchModelRequest) -> Iterator[pb.ModelChunk | bytes]:
-        self._authenticate(request.node_id, request.token)
+        self._gate.authenticate(request.node_id, request.token)
         with self._cond:
             assignment = self._assignments.get(request.node_id)
         if assignment is None or assignment.task.task_id != request.task_id:
-            self._reject(
+            self._gate.reject(
                 self._round,
                 request.node_id,
                 grpc.StatusCode.FAILED_PRECONDITION,

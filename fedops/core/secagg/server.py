@@ -44,7 +44,7 @@ from fedops.core.secagg.primitives import (
     weak_x25519,
 )
 from fedops.core.secagg.quantize import MODULUS
-from fedops.core.secagg.unmasking import SecureSum, Unmasking
+from fedops.core.secagg.unmasking import SecureSum, Unmasking, masked_with
 from fedops.core.secagg.update import Encoding, round_encoding
 
 __all__ = ["DEFAULT_COMMITTEE", "SecAggServer", "SecureSum"]
@@ -55,7 +55,7 @@ __all__ = ["DEFAULT_COMMITTEE", "SecAggServer", "SecureSum"]
 DEFAULT_COMMITTEE = 64
 
 
-class SecAggServer(Unmasking):
+class SecAggServer:
     """One round of SecAgg+ for the sites of ``cohort`` (indices ``1 … n``).
 
     Args:
@@ -74,7 +74,8 @@ class SecAggServer(Unmasking):
         noise: ``(noise_multiplier, l2_clip)`` for distributed DP: clients clip their update
             and add Skellam noise so the sum over all clients carries ``N(0, (σ·clip)²)``.
 
-    Stage 5 (``receive_reveal``, ``finish``) is :class:`~fedops.core.secagg.unmasking.Unmasking`'s.
+    Stage 5's sum is :class:`~fedops.core.secagg.unmasking.Unmasking`'s, over the record
+    :meth:`finish` hands it.
     """
 
     def __init__(
@@ -310,7 +311,9 @@ class SecAggServer(Unmasking):
         self._surviving_holders = Counter(u for v in self._u3 for u in self._held[v])
         for u in sorted(self._u2):
             holders = self._surviving_holders[u]
-            if holders < self.threshold and (u in self._u3 or self._masked_with(u)):
+            if holders < self.threshold and (
+                u in self._u3 or masked_with(self._surviving_holders, u)
+            ):
                 raise SecAggAborted(
                     f"client {u}'s masks cannot be removed: only {holders} of its neighbours "
                     f"survive (threshold {self.threshold}); the round is aborted and the model "
@@ -358,3 +361,37 @@ class SecAggServer(Unmasking):
             v: UnmaskRequest(survivors=survivors, signatures=signatures) for v in signers
         }
         return dict(self._requests)
+
+    # -- stage 5: unmasking ----------------------------------------------------------
+    def receive_reveal(self, index: int, reply: Reveal) -> None:
+        self._expect(5, index, self._requests)
+        held = self._held[index]
+        if tuple(u for u, _ in reply.self_mask) != tuple(sorted(held & self._u3)) or tuple(
+            u for u, _ in reply.mask_key
+        ) != tuple(sorted(held - self._u3)):
+            raise ProtocolError("revealed shares do not answer the unmask request")
+        if any(len(s) != shamir.SHARE_BYTES for _, s in reply.self_mask + reply.mask_key):
+            raise ProtocolError(f"shares must be {shamir.SHARE_BYTES} bytes")
+        self._reveals[index] = reply
+
+    def finish(self) -> SecureSum:
+        """Remove every mask from the survivors' sum (or abort, saying why)."""
+        self._close(5)
+        assert self.encoding is not None
+        return Unmasking(
+            bound=self.bound,
+            crypto=self.crypto,
+            threshold=self.threshold,
+            vector_length=self.vector_length,
+            encoding=self.encoding,
+            keys=self._keys,
+            shares=self._shares,
+            shared=self._u2,
+            survivors=self._u3,
+            held=self._held,
+            surviving_holders=self._surviving_holders,
+            masked=self._masked,
+            reveals=self._reveals,
+            excluded=self.excluded,
+            proven=self.proven,
+        ).total()
