@@ -94,7 +94,7 @@ def _median_ms(fn: Callable[[], object], reps: int) -> float:
 def parts(reps: int) -> dict[str, float]:
     from fedops.core.monitoring.summary import MonitorThresholds, summarize
     from fedops.core.training import TrainConfig
-    from fedops.runtime.monitoring import MonitorSettings, monitor_spec
+    from fedops.runtime.round_monitor import MonitorSettings, monitor_spec
     from fedops.tasks import load_task
     from fedops.tasks.site import Site, initial_params
     from fedops.wire import monitoring
@@ -127,7 +127,7 @@ def parts(reps: int) -> dict[str, float]:
 
 def audit_rates(entries: int, work: Path) -> dict[str, float]:
     from fedops.reporting.compliance import verify_log_file
-    from fedops.runtime.audit import AuditLog
+    from fedops.runtime.audit_log import AuditLog
 
     out = {}
     payload = {"round": 7, "node_id": "n-1", "digest": "ab" * 32, "num_examples": 123}

@@ -59,8 +59,8 @@ import grpc
 import numpy as np
 
 from fedops.client.calls import Session, fetch_model, push_result
-from fedops.coordinator.server import build_server
-from fedops.coordinator.transport import GrpcTransport
+from fedops.coordinator.grpc_server import build_server
+from fedops.coordinator.grpc_transport import GrpcTransport
 from fedops.core.params import (
     Params,
     check_finite,

@@ -30,7 +30,8 @@ from torch import nn
 
 from fedops.data.synthetic import synthetic
 from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
-from fedops.simulation import engine, vectorized
+from fedops.simulation import engine
+from fedops.simulation import vectorized_backend as vectorized
 
 
 def floor_round(

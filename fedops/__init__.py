@@ -36,8 +36,8 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _EXPORTS = {
-    "Task": "fedops.tasks.base",
-    "TaskError": "fedops.tasks.base",
+    "Task": "fedops.tasks.contract",
+    "TaskError": "fedops.tasks.contract",
     "Strategy": "fedops.core.strategies",
     "FedAvg": "fedops.core.strategies",
     "FedProx": "fedops.core.strategies",

@@ -181,7 +181,7 @@ def _main(argv: list[str]) -> int:
 def _dispatch(command: str, cfg: Any, ca_fingerprint: str | None = None) -> int:
     if command == "coordinator":
         from fedops.coordinator.app import BindError, run_coordinator
-        from fedops.runtime.audit import AuditError
+        from fedops.runtime.audit_log import AuditError
         from fedops.runtime.driver import RunAborted
         from fedops.runtime.store import StoreError
 
@@ -213,8 +213,8 @@ def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
     from fedops.consortium.kit import KitError, load_kit
     from fedops.tasks import load_task
     from fedops.tasks.loader import TaskNotAllowed
-    from fedops.tasks.policy import PolicyViolation
     from fedops.tasks.site import Site
+    from fedops.tasks.site_policy import PolicyViolation
 
     try:
         kit = load_kit(cfg.kit, ca_fingerprint=ca_fingerprint) if cfg.kit is not None else None
@@ -261,7 +261,7 @@ def train_config(cfg: Any) -> Any:
 def _refuse_task(cfg: Any, kit: Any, reason: str) -> None:
     """The refusal in the site's signed audit log (with a --run-dir), as the agent would."""
     from fedops.client.agent import site_name
-    from fedops.client.trail import SiteTrail
+    from fedops.client.site_trail import SiteTrail
 
     if cfg.run_dir is None:
         return

@@ -19,21 +19,21 @@ import grpc
 
 from fedops.client.calls import Session, fetch_model
 from fedops.client.channel import dial
-from fedops.client.checks import CoordinatorChecks, payload_of
-from fedops.client.guard import TaskGuard
-from fedops.client.secure import SecureParticipant, secure_identity
+from fedops.client.coordinator_checks import CoordinatorChecks, payload_of
+from fedops.client.secure_participant import SecureParticipant, secure_identity
 from fedops.client.site_config import site_name, site_policy, started_policy
+from fedops.client.site_trail import SiteTrail, phase_of
 from fedops.client.startup import check_ledger as _check_ledger
 from fedops.client.startup import delivered_crl, warn_count_shows, warn_without_identities
+from fedops.client.task_guard import TaskGuard
 from fedops.client.task_handling import Outbox, TaskHandler
-from fedops.client.trail import SiteTrail, phase_of
 from fedops.consortium.crl import DeliveredCrl
 from fedops.consortium.kit import Kit
 from fedops.core.params import Params, specs_of
 from fedops.crypto import Crypto
 from fedops.runtime.settings import ClientConfig
-from fedops.tasks.policy import PolicyViolation, SitePolicy
 from fedops.tasks.site import Site
+from fedops.tasks.site_policy import PolicyViolation, SitePolicy
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
 from fedops.wire import PROTOCOL_VERSION, codec

@@ -14,7 +14,7 @@ from typing import Any
 
 from fedops.consortium.kit import Kit
 from fedops.runtime.settings import ClientConfig
-from fedops.tasks.policy import SECAGG_RULES, SitePolicy
+from fedops.tasks.site_policy import SECAGG_RULES, SitePolicy
 
 
 def site_policy(cfg: ClientConfig, kit: Kit | None) -> SitePolicy:

@@ -12,8 +12,8 @@ import logging
 from fedops.consortium.crl import CRL_DELIVERED, DeliveredCrl
 from fedops.consortium.kit import Kit
 from fedops.runtime.settings import ClientConfig
-from fedops.tasks.policy import PolicyViolation, SitePolicy
 from fedops.tasks.site import Site
+from fedops.tasks.site_policy import PolicyViolation, SitePolicy
 
 __all__ = ["check_ledger", "delivered_crl", "warn_count_shows", "warn_without_identities"]
 

@@ -20,14 +20,14 @@ from typing import Protocol
 import grpc
 
 from fedops.client.calls import Session, push_result
-from fedops.client.checks import CoordinatorChecks
-from fedops.client.guard import TaskGuard
-from fedops.client.secure import SecureParticipant
-from fedops.client.trail import SiteTrail, phase_of
+from fedops.client.coordinator_checks import CoordinatorChecks
+from fedops.client.secure_participant import SecureParticipant
+from fedops.client.site_trail import SiteTrail, phase_of
+from fedops.client.task_guard import TaskGuard
 from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.primitives import ProtocolError
-from fedops.tasks.policy import PolicyViolation, SitePolicy
 from fedops.tasks.site import DP_NUM_EXAMPLES, PolicyRefusal, Site
+from fedops.tasks.site_policy import PolicyViolation, SitePolicy
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import monitoring
 

@@ -85,10 +85,10 @@ def _remove_empty(run_dir: Path) -> None:
 
 
 def _run(cfg: DictConfig) -> float | None:
-    from fedops.runtime.audit import AuditError
+    from fedops.runtime.audit_log import AuditError
     from fedops.runtime.store import StoreError
     from fedops.simulation.engine import run_simulation  # torch import: only when running
-    from fedops.tasks.base import TaskError
+    from fedops.tasks.contract import TaskError
 
     settings = OmegaConf.to_object(cfg)
     assert isinstance(settings, SimulateConfig)

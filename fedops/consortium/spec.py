@@ -34,7 +34,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 #: the policy keys a site may state, and what each holds (what
-#: :meth:`fedops.tasks.policy.SitePolicy.from_mapping` reads from a kit)
+#: :meth:`fedops.tasks.site_policy.SitePolicy.from_mapping` reads from a kit)
 POLICY_KEYS = {
     "max_epsilon": "a positive number: the largest total privacy budget the site accepts",
     "max_delta": "a number in (0, 1): the largest δ the site accounts its local DP at",

@@ -20,9 +20,9 @@ import grpc
 
 from fedops.consortium.kit import KitError, load_kit
 from fedops.consortium.tls import Revocation, channel_credentials
-from fedops.coordinator.guard import MAX_CALLS_PER_SITE, PeerSlots, certified_or_address
+from fedops.coordinator.peer_guard import MAX_CALLS_PER_SITE, PeerSlots, certified_or_address
 from fedops.coordinator.peers import certified
-from fedops.coordinator.results import Reject
+from fedops.coordinator.result_intake import Reject
 from fedops.runtime.control import RunControl
 from fedops.v1 import fedops_pb2 as pb
 

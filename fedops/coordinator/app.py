@@ -13,20 +13,20 @@ from fedops.consortium.kit import Kit, KitError, load_kit
 from fedops.consortium.tls import Revocation, server_credentials
 from fedops.coordinator.admin import admin_handler
 from fedops.coordinator.aio import LoopServer
-from fedops.coordinator.guard import RefusalThrottle
+from fedops.coordinator.grpc_server import build_server
+from fedops.coordinator.grpc_transport import GrpcTransport
 from fedops.coordinator.listening import Listening, remove_listening, write_listening
+from fedops.coordinator.peer_guard import RefusalThrottle
 from fedops.coordinator.peers import PeerGate
-from fedops.coordinator.server import build_server
-from fedops.coordinator.transport import GrpcTransport
 from fedops.core.monitoring.summary import MonitorThresholds
 from fedops.core.params import Params, specs_of
 from fedops.core.privacy.central import AdaptiveClipping
 from fedops.runtime.control import RunControl
 from fedops.runtime.driver import DriverConfig
 from fedops.runtime.metrics import RunMetrics
-from fedops.runtime.monitoring import MonitorSettings, monitoring_under_dp
 from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.records import RecordSettings, RunRecords, run_recorded
+from fedops.runtime.round_monitor import MonitorSettings, monitoring_under_dp
 from fedops.runtime.run import RunPlan, make_strategy
 from fedops.runtime.secure_fit import SecAggSettings
 from fedops.runtime.settings import ConfigError, CoordinatorConfig, as_dict, parse_address

@@ -18,8 +18,8 @@ import grpc
 
 from fedops.consortium import pki
 from fedops.consortium.tls import Revocation, peer_certificate
-from fedops.coordinator.guard import RateLimit
-from fedops.coordinator.results import Reject
+from fedops.coordinator.peer_guard import RateLimit
+from fedops.coordinator.result_intake import Reject
 
 log = logging.getLogger("fedops.coordinator")
 

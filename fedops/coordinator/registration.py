@@ -1,6 +1,6 @@
 """Sites joining: who may register a node, and the heartbeats that keep it known.
 
-The registering half of :class:`~fedops.coordinator.transport.GrpcTransport`, split
+The registering half of :class:`~fedops.coordinator.grpc_transport.GrpcTransport`, split
 from its task board so that each file holds one concern. It is given the board and the
 transport's way of refusing, and with each registration the settings the coordinator
 may replace after building the transport (the run's model, the rate limit), so it keeps
@@ -18,9 +18,9 @@ from typing import Any
 
 import grpc
 
-from fedops.coordinator.guard import PEER, RateLimit, check_site_name
 from fedops.coordinator.nodes import RegistryFull, Unauthenticated
-from fedops.coordinator.results import Gatekeeper, Reject, TaskBoard
+from fedops.coordinator.peer_guard import PEER, RateLimit, check_site_name
+from fedops.coordinator.result_intake import Gatekeeper, Reject, TaskBoard
 from fedops.core.params import InvalidUpdate, TensorSpec
 from fedops.core.results import MAX_NUM_EXAMPLES
 from fedops.core.rounds import NodeDropped
@@ -32,7 +32,7 @@ log = logging.getLogger("fedops.coordinator")
 
 
 class NodeRegistration:
-    """Registration and heartbeats, for :class:`~fedops.coordinator.transport.GrpcTransport`,
+    """Registration and heartbeats, for :class:`~fedops.coordinator.grpc_transport.GrpcTransport`,
     given only what a registration may touch, so that its checks read on their own.
 
     Args:

@@ -4,7 +4,7 @@ A thread-pool handler holds its thread from the call's first byte, so idle
 upload streams (64 with the default pool) used to starve heartbeats and
 registrations before any check ran (issue 17, finding 1). Here the stream
 waits for its header on the loop, within a deadline, counted against its
-peer (:class:`~fedops.coordinator.guard.PeerSlots`); the certificate is
+peer (:class:`~fedops.coordinator.peer_guard.PeerSlots`); the certificate is
 checked before the header is even read, and the header's node and token
 before the payload is. Only then does the intake (blocking code shared with
 the simulation) run on a pool thread, reading payload chunks from the loop
@@ -21,10 +21,10 @@ from typing import Any
 import grpc
 
 from fedops.coordinator.aio import LoopServer
-from fedops.coordinator.guard import PEER, PeerSlots
+from fedops.coordinator.grpc_transport import GrpcTransport
+from fedops.coordinator.peer_guard import PEER, PeerSlots
 from fedops.coordinator.peers import PeerGate
-from fedops.coordinator.results import Reject
-from fedops.coordinator.transport import GrpcTransport
+from fedops.coordinator.result_intake import Reject
 from fedops.core.params import InvalidUpdate
 from fedops.v1 import fedops_pb2 as pb
 

@@ -20,7 +20,7 @@ from fedops.core.audit_verify import VerifyResult, verify_log_bytes
 from fedops.crypto import verify_ed25519
 
 LOG_NAME = "audit.jsonl"
-#: the certificate of the log's key, beside the log (:mod:`fedops.runtime.audit` writes it)
+#: the certificate of the log's key, beside the log (:mod:`fedops.runtime.audit_log` writes it)
 CERT_NAME = "audit_key.crt"
 
 

@@ -20,11 +20,11 @@ from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params
 from fedops.core.results import EvaluateResult, FitResult, weighted_metrics
 from fedops.core.rounds import Phase, RoundTracker, sample_clients
-from fedops.core.strategies.base import Strategy
+from fedops.core.strategies.protocol import Strategy
 from fedops.runtime.collect import collect
 from fedops.runtime.control import RunControl
-from fedops.runtime.monitoring import RoundMonitor
 from fedops.runtime.privacy import CentralPrivacy, LocalPrivacy, RoundSample
+from fedops.runtime.round_monitor import RoundMonitor
 from fedops.runtime.secure_fit import FitOutcome, SecureFit
 from fedops.runtime.store import Participant, RunStore
 from fedops.runtime.transport import Transport

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedops.crypto import Identity
-from fedops.runtime.audit import AuditLog
+from fedops.runtime.audit_log import AuditLog
 from fedops.runtime.driver import RoundRecord
 from fedops.runtime.metrics import RunMetrics
 from fedops.runtime.mlflow_sink import MlflowSink

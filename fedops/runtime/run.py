@@ -11,11 +11,10 @@ from typing import Any
 from fedops.core.params import Params
 from fedops.core.rounds import Outcome, Phase
 from fedops.core.strategies import build_strategy
-from fedops.core.strategies.base import Strategy
+from fedops.core.strategies.protocol import Strategy
 from fedops.crypto import Crypto
 from fedops.runtime.control import RunControl, RunStopped
 from fedops.runtime.driver import DriverConfig, RoundDriver, RoundRecord
-from fedops.runtime.monitoring import MonitorSettings, RoundMonitor, monitor_spec
 from fedops.runtime.privacy import (
     BudgetExhausted,
     CentralPrivacy,
@@ -25,12 +24,13 @@ from fedops.runtime.privacy import (
     restore_ledger,
 )
 from fedops.runtime.progress import RoundProgress
+from fedops.runtime.round_monitor import MonitorSettings, RoundMonitor, monitor_spec
 from fedops.runtime.schema import StrategyConfig
 from fedops.runtime.secure_fit import SecAggSettings, SecureFit
 from fedops.runtime.settings import ConfigError
 from fedops.runtime.store import RunStore, StoreError, config_digest
 from fedops.runtime.transport import Transport
-from fedops.tasks.base import Task
+from fedops.tasks.contract import Task
 
 log = logging.getLogger("fedops.run")
 

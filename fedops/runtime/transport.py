@@ -1,7 +1,7 @@
 """The one narrow network seam between the round driver and the clients.
 
 The driver hands the transport instructions and reads back events. gRPC
-(:mod:`fedops.coordinator.transport`) and in-memory
+(:mod:`fedops.coordinator.grpc_transport`) and in-memory
 (:mod:`fedops.simulation.inmemory`) transports implement it, so a deployed
 round and a simulated round run through the same driver code.
 """

@@ -23,9 +23,9 @@ from fedops.crypto import Crypto
 from fedops.data import FederatedData
 from fedops.reporting.plots import plot_run
 from fedops.runtime.driver import DriverConfig
-from fedops.runtime.monitoring import MonitorSettings, monitoring_under_dp
 from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.records import RecordSettings, RunRecords, run_recorded
+from fedops.runtime.round_monitor import MonitorSettings, monitoring_under_dp
 from fedops.runtime.run import RunPlan, make_strategy
 from fedops.runtime.secure_fit import SecAggSettings
 from fedops.runtime.simulate_settings import MonitoringConfig, SimulateConfig
@@ -34,8 +34,8 @@ from fedops.simulation.faults import FaultPlan
 from fedops.simulation.federation import load_federation, use_threads
 from fedops.simulation.inmemory import InMemoryTransport
 from fedops.simulation.process import ProcessTransport
-from fedops.simulation.secure import SecureSimTransport
-from fedops.simulation.vectorized import VectorizedTransport
+from fedops.simulation.secure_backend import SecureSimTransport
+from fedops.simulation.vectorized_backend import VectorizedTransport
 from fedops.tasks import Task
 from fedops.tasks.site import Site, global_evaluator, initial_params
 

@@ -23,7 +23,7 @@ from fedops.runtime.simulate_settings import (
     SimulateConfig,
 )
 from fedops.tasks import Task, load_task
-from fedops.tasks.federated import task_from_data
+from fedops.tasks.dataset_task import task_from_data
 from fedops.tasks.monitor import takes_round
 
 

@@ -15,7 +15,8 @@ from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params, specs_of
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultRejected
 from fedops.runtime.transport import StageRequest
-from fedops.simulation.base import (
+from fedops.simulation.faults import FaultPlan
+from fedops.simulation.sim_transport import (
     SimulatedTransport,
     check_plain,
     evaluate_event,
@@ -23,7 +24,6 @@ from fedops.simulation.base import (
     node_id,
     task_ids,
 )
-from fedops.simulation.faults import FaultPlan
 from fedops.tasks.site import PolicyRefusal, Site
 
 

@@ -16,7 +16,8 @@ from fedops.core.params import Params, specs_of
 from fedops.core.rounds import Event, NodeDropped, Phase
 from fedops.runtime.simulate_settings import SimulateConfig
 from fedops.runtime.transport import StageRequest
-from fedops.simulation.base import (
+from fedops.simulation.faults import FaultPlan
+from fedops.simulation.sim_transport import (
     SimulatedTransport,
     check_plain,
     client_index,
@@ -25,7 +26,6 @@ from fedops.simulation.base import (
     node_id,
     task_ids,
 )
-from fedops.simulation.faults import FaultPlan
 from fedops.simulation.worker import Job, decode, encode
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from fedops.core import partition
 from fedops.data.bundled import digits as _digits
 from fedops.data.bundled import holdout_split, site_split
-from fedops.tasks.base import Task
+from fedops.tasks.contract import Task
 from fedops.tasks.models import MODELS
 
 

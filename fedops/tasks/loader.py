@@ -30,8 +30,8 @@ from types import ModuleType
 from typing import Any
 
 from fedops.tasks import digits
-from fedops.tasks.base import Task, TaskError
-from fedops.tasks.checks import checked_data, checked_model
+from fedops.tasks.contract import Task, TaskError
+from fedops.tasks.task_checks import checked_data, checked_model
 
 #: built-in task names -> the options of their factory that differ from defaults
 BUILTIN_TASKS: dict[str, dict[str, Any]] = {

@@ -37,7 +37,7 @@ from fedops.core.training import (
     num_examples,
     set_params,
 )
-from fedops.tasks.base import Task
+from fedops.tasks.contract import Task
 from fedops.tasks.fit_settings import (
     DEFAULT_DELTA,
     DP_NUM_EXAMPLES,

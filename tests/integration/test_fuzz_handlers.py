@@ -42,8 +42,8 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from fedops.coordinator.server import MAX_CHUNK_MESSAGE_BYTES, SERVICE, build_server
-from fedops.coordinator.transport import GrpcTransport
+from fedops.coordinator.grpc_server import MAX_CHUNK_MESSAGE_BYTES, SERVICE, build_server
+from fedops.coordinator.grpc_transport import GrpcTransport
 from fedops.core.monitoring.drift import drift_report
 from fedops.core.monitoring.profile import MonitorSpec, SiteReport, Window, input_edges, site_report
 from fedops.core.params import (

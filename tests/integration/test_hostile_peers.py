@@ -29,17 +29,17 @@ from fedops.consortium.kit import load_kit
 from fedops.consortium.kits import init_consortium
 from fedops.consortium.tls import Revocation, channel_credentials, server_credentials
 from fedops.coordinator.aio import LoopServer
-from fedops.coordinator.guard import (
+from fedops.coordinator.grpc_server import SERVICE, build_server
+from fedops.coordinator.grpc_transport import GrpcTransport
+from fedops.coordinator.peer_guard import (
     MAX_CALLS_PER_SITE,
     CallLimits,
     PeerSlots,
     RefusalThrottle,
 )
 from fedops.coordinator.peers import PeerGate
-from fedops.coordinator.server import SERVICE, build_server
-from fedops.coordinator.transport import GrpcTransport
 from fedops.core.rounds import Phase
-from fedops.runtime.audit import LOG_NAME
+from fedops.runtime.audit_log import LOG_NAME
 from fedops.runtime.records import RecordSettings, RunRecords
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import PROTOCOL_VERSION

@@ -15,16 +15,16 @@ import pytest
 import torch
 
 from fedops.client.agent import Agent
-from fedops.coordinator.server import build_server
-from fedops.coordinator.transport import GrpcTransport
+from fedops.coordinator.grpc_server import build_server
+from fedops.coordinator.grpc_transport import GrpcTransport
 from fedops.core.params import digest
 from fedops.core.strategies import FedAvg
 from fedops.core.training import TrainConfig, get_params
-from fedops.runtime.audit import AuditLog
+from fedops.runtime.audit_log import AuditLog
 from fedops.runtime.driver import DriverConfig, RoundDriver
 from fedops.runtime.settings import ClientConfig
 from fedops.runtime.store import RunStore
-from fedops.tasks.base import Task
+from fedops.tasks.contract import Task
 from fedops.tasks.site import Site
 
 pytestmark = pytest.mark.slow  # real gRPC servers or processes: the slow lane

@@ -28,9 +28,9 @@ import torch
 from safetensors.numpy import load_file
 
 from fedops.client.agent import Agent
-from fedops.client.secure import SecureParticipant
-from fedops.coordinator.server import build_server
-from fedops.coordinator.transport import GrpcTransport
+from fedops.client.secure_participant import SecureParticipant
+from fedops.coordinator.grpc_server import build_server
+from fedops.coordinator.grpc_transport import GrpcTransport
 from fedops.core.params import Params, digest, specs_of
 from fedops.core.results import EvaluateResult, FitResult, StageResult
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived, ResultRejected

@@ -1,7 +1,7 @@
 """A malicious coordinator built from fedops' own server-side code, and honest sites to attack.
 
 :class:`Fleet` starts the real gRPC server in the test process (a
-:class:`~fedops.coordinator.transport.GrpcTransport`, as the coordinator uses)
+:class:`~fedops.coordinator.grpc_transport.GrpcTransport`, as the coordinator uses)
 and real ``fedops client --require-secagg`` processes with signing identities
 (``--identity-key`` / ``--trusted-keys``); then the test, not a round driver,
 decides which message goes to which site and when. :class:`Round` keeps an
@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 from procs import Procs, wait_until
 
-from fedops.coordinator.results import Assignment
-from fedops.coordinator.server import build_server
-from fedops.coordinator.transport import GrpcTransport
+from fedops.coordinator.grpc_server import build_server
+from fedops.coordinator.grpc_transport import GrpcTransport
+from fedops.coordinator.result_intake import Assignment
 from fedops.core.params import Params, TensorSpec, digest, specs_of
 from fedops.core.results import FitResult, StageResult
 from fedops.core.rounds import Event, Outcome, Phase, RoundTracker

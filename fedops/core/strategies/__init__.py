@@ -1,8 +1,8 @@
 """Aggregation strategies, one per module, chosen by name from :data:`STRATEGIES`."""
 
-from fedops.core.strategies.base import Strategy
 from fedops.core.strategies.fedavg import FedAvg
 from fedops.core.strategies.fedprox import FedProx
+from fedops.core.strategies.protocol import Strategy
 from fedops.core.strategies.registry import (
     BUILTIN_STRATEGIES,
     STRATEGIES,

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fedops.core.strategies.base import Strategy
 from fedops.core.strategies.fedavg import FedAvg
 from fedops.core.strategies.fedprox import FedProx
+from fedops.core.strategies.protocol import Strategy
 from fedops.core.strategies.robust import Krum, Median, MultiKrum, TrimmedMean
 
 STRATEGIES: dict[str, type[Strategy]] = {

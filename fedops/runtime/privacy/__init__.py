@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fedops.runtime.privacy.central import CentralPrivacy
+from fedops.runtime.privacy.central_dp import CentralPrivacy
 from fedops.runtime.privacy.distributed import DistributedPrivacy
-from fedops.runtime.privacy.local import LocalPrivacy
-from fedops.runtime.privacy.settings import (
+from fedops.runtime.privacy.local_dp import LocalPrivacy
+from fedops.runtime.privacy.privacy_settings import (
     SAMPLINGS,
     BudgetExhausted,
     PrivacySettings,

@@ -11,8 +11,8 @@ import numpy as np
 
 from fedops.core.params import Params
 from fedops.core.privacy.accountant import RoundEvent, noise_for_target
-from fedops.runtime.privacy.central import CentralPrivacy
-from fedops.runtime.privacy.settings import PrivacySettings, RoundSample
+from fedops.runtime.privacy.central_dp import CentralPrivacy
+from fedops.runtime.privacy.privacy_settings import PrivacySettings, RoundSample
 
 log = logging.getLogger("fedops.privacy")
 

@@ -20,7 +20,7 @@ from fedops.cli import _config, main, train_config
 from fedops.cli.help import all_parsers
 from fedops.cli.parser import build_parser
 from fedops.coordinator import app
-from fedops.coordinator.transport import GrpcTransport
+from fedops.coordinator.grpc_transport import GrpcTransport
 from fedops.runtime.control import RunControl
 from fedops.runtime.run import make_strategy
 from fedops.runtime.schema import flag_of

@@ -20,7 +20,7 @@ import pytest
 
 from fedops.client.agent import Agent
 from fedops.client.calls import Session
-from fedops.client.trail import LOCAL_DP_MECHANISM
+from fedops.client.site_trail import LOCAL_DP_MECHANISM
 from fedops.core.training import TrainConfig, get_params
 from fedops.runtime.settings import ClientConfig
 from fedops.tasks import load_task

@@ -1,4 +1,4 @@
-"""What a site checks of the coordinator itself (:mod:`fedops.client.checks`).
+"""What a site checks of the coordinator itself (:mod:`fedops.client.coordinator_checks`).
 
 Under test: the coordinator's audit head a task carries must move forward
 (back, or the same entry with another hash: truncated or replaced; the same
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedops.client.checks import CoordinatorChecks, payload_of
+from fedops.client.coordinator_checks import CoordinatorChecks, payload_of
 from fedops.consortium import pki
 from fedops.consortium.crl import MAX_DELIVERED_CRL_DAYS, DeliveredCrl
 from fedops.core.audit_anchor import Anchor

@@ -1,4 +1,4 @@
-"""The agent's side of secure aggregation (:mod:`fedops.client.secure`), its pure parts.
+"""The agent's side of secure aggregation (:mod:`fedops.client.secure_participant`), its pure parts.
 
 Under test: :class:`ContributionRecord` (one masked input per round, rounds
 only forward, kept across restarts in ``secagg_rounds.json``, and a file that
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fedops.client.secure import ContributionRecord, SecureParticipant, secure_identity
+from fedops.client.secure_participant import ContributionRecord, SecureParticipant, secure_identity
 from fedops.core.secagg.messages import Setup, round_context
 from fedops.core.secagg.primitives import ProtocolError
 from fedops.core.training import TrainConfig

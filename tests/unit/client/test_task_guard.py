@@ -1,4 +1,4 @@
-"""Which tasks a site answers at all (:class:`fedops.client.guard.TaskGuard`).
+"""Which tasks a site answers at all (:class:`fedops.client.task_guard.TaskGuard`).
 
 Under test, task by task in the order a coordinator could send them: the
 initial model only before any other task; secure aggregation only for the
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedops.client.guard import TaskGuard
+from fedops.client.task_guard import TaskGuard
 from fedops.v1 import fedops_pb2 as pb
 
 RUN = "run-A"

@@ -1,4 +1,4 @@
-"""What a site writes down (:mod:`fedops.client.trail`): its journal and its audit log.
+"""What a site writes down (:mod:`fedops.client.site_trail`): its journal and its audit log.
 
 Under test: without ``--run-dir`` nothing is written anywhere; with one, the
 journal (``client.jsonl``) and the signed audit log (``audit.jsonl`` with its
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from fedops.client.trail import SiteTrail, phase_of
+from fedops.client.site_trail import SiteTrail, phase_of
 from fedops.core.audit_verify import verify_log_bytes
 from fedops.crypto import verify_ed25519
 from fedops.v1 import fedops_pb2 as pb

@@ -21,7 +21,7 @@ from fedops.core.monitoring.fairness import FairnessThresholds
 from fedops.core.monitoring.summary import MonitorThresholds
 from fedops.core.privacy.central import AdaptiveClipping
 from fedops.runtime import schema
-from fedops.runtime.monitoring import MonitorSettings
+from fedops.runtime.round_monitor import MonitorSettings
 from fedops.runtime.settings import CoordinatorConfig
 
 

@@ -150,7 +150,7 @@ def test_spec_file_errors_name_the_file(tmp_path):
 
 
 def test_a_kit_policy_is_what_the_site_policy_reads(consortium):
-    from fedops.tasks.policy import SitePolicy
+    from fedops.tasks.site_policy import SitePolicy
 
     policy = (
         parse_spec(

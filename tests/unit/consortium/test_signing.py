@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from fedops.client.secure import secure_identity
+from fedops.client.secure_participant import secure_identity
 from fedops.consortium import pki, signing
 from fedops.consortium.crl import DeliveredCrl
 from fedops.consortium.kit import Kit, KitError, load_kit

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from fedops.cli import main
-from fedops.client.checks import CoordinatorChecks
+from fedops.client.coordinator_checks import CoordinatorChecks
 from fedops.consortium import crl as crl_checks
 from fedops.consortium import pki
 from fedops.consortium.crl import CRL_DELIVERED, CRL_STATE, CrlError, DeliveredCrl, check_crl

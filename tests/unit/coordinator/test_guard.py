@@ -5,7 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from fedops.coordinator.guard import (
+from fedops.coordinator.grpc_transport import GrpcTransport
+from fedops.coordinator.peer_guard import (
     PEER,
     REGISTER_BURST,
     REGISTER_EVERY_S,
@@ -15,8 +16,7 @@ from fedops.coordinator.guard import (
     address_of,
     check_site_name,
 )
-from fedops.coordinator.results import ANSWERS_TASK, Reject
-from fedops.coordinator.transport import GrpcTransport
+from fedops.coordinator.result_intake import ANSWERS_TASK, Reject
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import PROTOCOL_VERSION
 
@@ -234,7 +234,7 @@ def test_one_node_may_hold_only_two_upload_threads_and_a_trickle_is_cut():
 
     import numpy as np
 
-    from fedops.coordinator.results import UPLOADS_PER_NODE, _within
+    from fedops.coordinator.result_intake import UPLOADS_PER_NODE, _within
     from fedops.core.params import InvalidUpdate, specs_of, total_bytes
     from fedops.core.rounds import Phase
     from fedops.wire import codec
@@ -282,7 +282,7 @@ def test_one_node_may_hold_only_two_upload_threads_and_a_trickle_is_cut():
 
 
 def test_an_upload_below_the_slowest_rate_is_cut_after_the_grace(monkeypatch):
-    from fedops.coordinator import results
+    from fedops.coordinator import result_intake as results
     from fedops.core.params import InvalidUpdate
 
     clock = iter([0.0, 50.0, 90.0, 90.0])  # start, a chunk inside the grace, one past it

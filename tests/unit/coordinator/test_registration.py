@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedops.coordinator.transport import GrpcTransport
+from fedops.coordinator.grpc_transport import GrpcTransport
 from fedops.core.rounds import Phase
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import PROTOCOL_VERSION

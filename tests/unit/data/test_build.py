@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 from fedops.data import FederatedData
 from fedops.data.build import DATASETS, from_task
 from fedops.tasks import digits as digits_task
-from fedops.tasks.base import Task
+from fedops.tasks.contract import Task
 
 
 def _rows(site: int, n: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:

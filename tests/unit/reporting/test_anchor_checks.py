@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fedops.core.audit_pseudonyms import Pseudonyms
 from fedops.reporting.compliance import export_compliance
-from fedops.runtime.audit import LOG_NAME, PSEUDONYM_KEY_NAME, AuditLog
+from fedops.runtime.audit_log import LOG_NAME, PSEUDONYM_KEY_NAME, AuditLog
 
 NODE = "node-0001-abcdef"
 

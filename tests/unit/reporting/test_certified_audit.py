@@ -19,7 +19,14 @@ from fedops.consortium.kits import init_consortium
 from fedops.reporting.audit_commands import audit_export_command, audit_verify_command
 from fedops.reporting.compliance import export_compliance
 from fedops.reporting.logs import CERT_NAME
-from fedops.runtime.audit import HEAD_NAME, KEY_NAME, LOG_NAME, PUBLIC_NAME, AuditError, AuditLog
+from fedops.runtime.audit_log import (
+    HEAD_NAME,
+    KEY_NAME,
+    LOG_NAME,
+    PUBLIC_NAME,
+    AuditError,
+    AuditLog,
+)
 
 MODEL = "ab" * 32
 

@@ -9,7 +9,7 @@ import pytest
 
 from fedops.reporting.audit_commands import audit_export_command, audit_verify_command
 from fedops.reporting.compliance import export_compliance
-from fedops.runtime.audit import LOG_NAME, PUBLIC_NAME, AuditLog
+from fedops.runtime.audit_log import LOG_NAME, PUBLIC_NAME, AuditLog
 
 MODEL = {
     (r, phase): f"{r}{phase[0]}".ljust(64, "0") for r in (1, 2) for phase in ("fit", "evaluate")

@@ -1,4 +1,4 @@
-"""fedops.runtime.audit and fedops.core.audit: signed, hash-chained audit logs.
+"""fedops.runtime.audit_log and fedops.core.audit: signed, hash-chained audit logs.
 
 Lines must be byte for byte canonical JSON, so the tampering property test
 edits *any* byte of a line to any other value (whitespace included): there is
@@ -32,7 +32,7 @@ from fedops.core.audit import (
 from fedops.core.audit_verify import verify_entries
 from fedops.crypto import Identity, verify_ed25519
 from fedops.reporting.compliance import verify_log_file as verify_log
-from fedops.runtime.audit import (
+from fedops.runtime.audit_log import (
     HEAD_NAME,
     KEY_NAME,
     LOG_NAME,

@@ -1,4 +1,4 @@
-"""Drift and fairness monitoring in a run (:mod:`fedops.runtime.monitoring`).
+"""Drift and fairness monitoring in a run (:mod:`fedops.runtime.round_monitor`).
 
 Under test: the ``monitoring`` settings' validation; ``monitoring_under_dp``
 (``auto`` is off under DP, and monitoring beside DP is said to be outside the
@@ -24,14 +24,14 @@ from fedops.core.monitoring.fairness import GroupCounts
 from fedops.core.monitoring.profile import SiteReport
 from fedops.core.monitoring.summary import MonitorThresholds
 from fedops.core.results import EvaluateResult
-from fedops.runtime.monitoring import (
+from fedops.runtime.round_monitor import (
     OUTSIDE_DP,
     MonitorSettings,
     RoundMonitor,
     monitor_spec,
     monitoring_under_dp,
 )
-from fedops.tasks.base import Task
+from fedops.tasks.contract import Task
 
 NAMES = {"n1": "bank-a", "n2": "bank-b", "n3": "bank-c"}
 

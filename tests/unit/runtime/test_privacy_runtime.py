@@ -415,7 +415,7 @@ def test_local_dp_reports_what_it_asked_for_and_no_site_epsilon():
 def test_monitoring_is_off_under_dp_unless_asked_for_and_then_says_it_is_outside_dp(caplog):
     """Issue 16, finding 8: drift histograms and fairness counts ran by default under DP."""
     from fedops.coordinator.app import _monitoring
-    from fedops.runtime.monitoring import OUTSIDE_DP
+    from fedops.runtime.round_monitor import OUTSIDE_DP
     from fedops.runtime.settings import CoordinatorConfig
 
     assert _monitoring(CoordinatorConfig()) is not None  # no DP: on by default

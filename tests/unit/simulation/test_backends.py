@@ -16,7 +16,7 @@ from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, v
 from fedops.runtime.store import RunStore
 from fedops.simulation.engine import run_simulation
 from fedops.simulation.faults import FaultPlan
-from fedops.simulation.vectorized import VectorizedTransport
+from fedops.simulation.vectorized_backend import VectorizedTransport
 
 
 def _final(run_dir: Path) -> dict[str, np.ndarray]:

@@ -19,9 +19,9 @@ from fedops.core.params import Params, digest
 from fedops.core.secagg.quantize import MODULUS
 from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
 from fedops.runtime.store import Participant, RunStore
-from fedops.simulation.base import node_id
 from fedops.simulation.engine import run_simulation
 from fedops.simulation.faults import FaultPlan
+from fedops.simulation.sim_transport import node_id
 
 CLIP = 4.0  # secagg.clip's default (fedops/configs/secagg/secaggplus.yaml)
 

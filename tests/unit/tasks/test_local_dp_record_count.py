@@ -18,8 +18,8 @@ from fedops.client.agent import site_policy
 from fedops.config import ClientConfig
 from fedops.core.training import TrainConfig
 from fedops.tasks import load_task
-from fedops.tasks.policy import SitePolicy
 from fedops.tasks.site import PolicyRefusal, Site
+from fedops.tasks.site_policy import SitePolicy
 
 TRAIN = TrainConfig(epochs=1, batch_size=32, lr=0.5, momentum=0.0)
 #: noise far above the clipped gradients: the update is almost pure noise

@@ -14,7 +14,7 @@ import pytest
 from fedops.client.agent import site_policy
 from fedops.config import ClientConfig
 from fedops.core.secagg.policy import SecAggPolicy
-from fedops.tasks.policy import SECAGG_RULES, SitePolicy
+from fedops.tasks.site_policy import SECAGG_RULES, SitePolicy
 
 KIT = {
     "secagg_min_cohort": 5,
@@ -114,7 +114,7 @@ def test_a_noise_floor_or_the_kit_rule_means_secure_aggregation_only():
 
 
 def test_the_guard_refuses_plain_training_under_a_noise_floor():
-    from fedops.client.guard import TaskGuard
+    from fedops.client.task_guard import TaskGuard
     from fedops.v1 import fedops_pb2 as pb
 
     policy = SitePolicy.from_mapping({"secagg_min_noise_multiplier": 1.0})

@@ -29,8 +29,8 @@ from fedops.core.training import TrainConfig
 from fedops.tasks import ledger as site_ledger
 from fedops.tasks import load_task
 from fedops.tasks.ledger import Charge, SiteLedger, Spent
-from fedops.tasks.policy import PolicyViolation, SitePolicy
 from fedops.tasks.site import PolicyRefusal, Site, accounting_delta, local_dp
+from fedops.tasks.site_policy import PolicyViolation, SitePolicy
 
 TRAIN = TrainConfig(epochs=1, batch_size=64, lr=0.1)
 DP = {"dp_noise_multiplier": 1.0, "dp_max_grad_norm": 1.0, "dp_delta": 1e-5, "seed": 0.0}

@@ -1,4 +1,4 @@
-"""A site's own policy (:mod:`fedops.tasks.policy`), enforced at the site.
+"""A site's own policy (:mod:`fedops.tasks.site_policy`), enforced at the site.
 
 Under test: consent fails closed (a consent file that is missing, unreadable,
 malformed or anything but ``{"consent": true}`` means the site declines, and it
@@ -18,8 +18,8 @@ from torch import nn
 
 from fedops.core.monitoring.profile import ReportLimits
 from fedops.core.secagg.policy import SecAggPolicy
-from fedops.tasks.base import Task
-from fedops.tasks.policy import SECAGG_RULES, PolicyViolation, SitePolicy
+from fedops.tasks.contract import Task
+from fedops.tasks.site_policy import SECAGG_RULES, PolicyViolation, SitePolicy
 
 DIGEST_A = "a" * 64
 DIGEST_B = "b" * 64

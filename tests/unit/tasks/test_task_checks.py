@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fedops.tasks import load_task
-from fedops.tasks.base import TaskError
+from fedops.tasks.contract import TaskError
 
 HEAD = """
 import numpy as np
@@ -68,7 +68,7 @@ def load_data(site, num_sites, round):
     assert len(train) == 20 and test[1].max() == 2
     assert list(inspect.signature(task.load_data).parameters) == ["site", "num_sites", "round"]
     float_targets = (np.zeros((2, 4), "float32"), np.array([0.5, 9.0]))
-    from fedops.tasks.checks import _check_labels  # regression targets are not labels
+    from fedops.tasks.task_checks import _check_labels  # regression targets are not labels
 
     _check_labels(float_targets[1], 3, "here")
     assert isinstance(task.build_model(), torch.nn.Module)

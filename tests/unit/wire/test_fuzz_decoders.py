@@ -24,8 +24,8 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+from fedops.coordinator.grpc_server import MAX_CHUNK_MESSAGE_BYTES, Malformed, _push_part
 from fedops.coordinator.intake import read_result
-from fedops.coordinator.server import MAX_CHUNK_MESSAGE_BYTES, Malformed, _push_part
 from fedops.core.monitoring.drift import drift_report
 from fedops.core.monitoring.profile import (
     LABEL,

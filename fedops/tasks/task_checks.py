@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedops.tasks.base import TaskError
+from fedops.tasks.contract import TaskError
 
 
 def checked_model(build_model: Callable[[], Any], spec: str) -> Callable[[], nn.Module]:

@@ -20,7 +20,7 @@ from typing import Any
 from fedops.core.monitoring.profile import ReportLimits
 from fedops.core.privacy.accountant import check_delta
 from fedops.core.secagg.policy import SecAggPolicy
-from fedops.tasks.base import Task
+from fedops.tasks.contract import Task
 
 #: kit policy keys (and ``fedops client --secagg-*`` flags) -> SecAggPolicy fields
 SECAGG_RULES = {

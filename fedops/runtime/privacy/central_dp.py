@@ -19,7 +19,7 @@ from fedops.core.privacy.central import private_mean
 from fedops.core.privacy.noise import SecureNormal
 from fedops.core.results import FitResult
 from fedops.core.rounds import poisson_sample, sample_clients, secret_fixed_sample
-from fedops.runtime.privacy.settings import (
+from fedops.runtime.privacy.privacy_settings import (
     SAMPLINGS,
     BudgetExhausted,
     PrivacySettings,

@@ -1,6 +1,6 @@
 """Results coming in: every check a pushed result passes before the round sees it.
 
-Split from :mod:`fedops.coordinator.transport` (the task board) so each file
+Split from :mod:`fedops.coordinator.grpc_transport` (the task board) so each file
 holds one side of the wire; :class:`ResultIntake` is given the board
 (:class:`TaskBoard`) and the way the transport refuses a call (:class:`Gatekeeper`)
 rather than reaching into it. A result must answer the node's current task
@@ -36,13 +36,13 @@ from fedops.wire import secagg as secagg_codec
 from fedops.wire.codec import shown
 
 if TYPE_CHECKING:  # (guard imports this module: its slots are given, not imported)
-    from fedops.coordinator.guard import PeerSlots
+    from fedops.coordinator.peer_guard import PeerSlots
 
 log = logging.getLogger("fedops.coordinator")
 
 #: set while a refusal that closes a node's task is recorded: it is part of the round's
 #: record, and bounded by the tasks dispatched, so it is never rate-limited
-#: (see :class:`~fedops.coordinator.guard.RefusalThrottle`)
+#: (see :class:`~fedops.coordinator.peer_guard.RefusalThrottle`)
 ANSWERS_TASK: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "fedops_answers_task", default=False
 )
@@ -127,7 +127,7 @@ class TaskBoard:
 
 
 class ResultIntake:
-    """Takes pushed results for :class:`~fedops.coordinator.transport.GrpcTransport`,
+    """Takes pushed results for :class:`~fedops.coordinator.grpc_transport.GrpcTransport`,
     given only what a result's checks may touch, so that they are all named here.
 
     Args:

@@ -30,7 +30,7 @@ from fedops.core.secagg.policy import SecAggPolicy
 from fedops.core.secagg.primitives import ProtocolError, SecAggCrypto
 from fedops.core.secagg.update import encode_update
 from fedops.runtime.transport import StageRequest, Transport
-from fedops.simulation.base import client_index, task_ids
+from fedops.simulation.sim_transport import client_index, task_ids
 
 #: how long the wrapped backend may take to train one round's clients
 TRAIN_TIMEOUT_S = 24 * 3600.0

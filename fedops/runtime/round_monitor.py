@@ -22,7 +22,7 @@ from fedops.core.monitoring.summary import MonitorThresholds, summarize
 from fedops.core.params import Params
 from fedops.core.results import EvaluateResult
 from fedops.core.training import as_tensors
-from fedops.tasks.base import Task
+from fedops.tasks.contract import Task
 from fedops.tasks.monitor import split_groups, window_of
 
 log = logging.getLogger("fedops.monitoring")

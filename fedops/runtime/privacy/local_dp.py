@@ -13,7 +13,7 @@ from typing import Any
 
 from fedops.core.params import Params
 from fedops.core.rounds import sample_clients
-from fedops.runtime.privacy.settings import PrivacySettings, RoundSample
+from fedops.runtime.privacy.privacy_settings import PrivacySettings, RoundSample
 
 MECHANISM = (
     "record-level DP-SGD at every site (Opacus: Poisson sampling of records, add/remove-one "

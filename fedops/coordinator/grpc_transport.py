@@ -4,11 +4,11 @@ Clients dial out, so "sending" a task means leaving it where the node's next
 ``PullTask`` finds it, and "receiving" a result means a ``PushResult`` call
 that passes every check before it becomes an event for the driver. Every
 refusal carries a gRPC status and a reason, is reported to ``on_rejection``
-(which the coordinator rate-limits per offender: :mod:`fedops.coordinator.guard`),
+(which the coordinator rate-limits per offender: :mod:`fedops.coordinator.peer_guard`),
 and (when it answers the node's current task) tells the round to stop waiting
 for that node. One node per site: a site registering again replaces its node
 (:mod:`fedops.coordinator.registration`). Results are taken by
-:mod:`fedops.coordinator.results`; both are handed the task board and the refusals,
+:mod:`fedops.coordinator.result_intake`; both are handed the task board and the refusals,
 which stay the transport's.
 """
 
@@ -23,10 +23,10 @@ from typing import Any
 
 import grpc
 
-from fedops.coordinator.guard import PeerSlots, RateLimit
 from fedops.coordinator.nodes import DEFAULT_MAX_NODES, NodeRegistry
+from fedops.coordinator.peer_guard import PeerSlots, RateLimit
 from fedops.coordinator.registration import NodeRegistration
-from fedops.coordinator.results import (
+from fedops.coordinator.result_intake import (
     TRAINING_STAGE,
     UPLOADS_PER_NODE,
     Assignment,
@@ -295,7 +295,7 @@ class GrpcTransport:
         """The node's next task if there is one now (SHUTDOWN once closed), else None.
 
         Never blocks: the server parks an unanswered poll without holding a
-        thread (see :mod:`fedops.coordinator.server`) and polls again when
+        thread (see :mod:`fedops.coordinator.grpc_server`) and polls again when
         :meth:`on_task_posted`'s callback names the node.
         """
         self._gate.authenticate(request.node_id, request.token)

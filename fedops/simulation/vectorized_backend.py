@@ -27,7 +27,8 @@ from fedops.core.training import TrainConfig, set_params
 from fedops.core.vectorized import supports, train_many
 from fedops.data import FederatedData
 from fedops.runtime.transport import StageRequest
-from fedops.simulation.base import (
+from fedops.simulation.faults import FaultPlan
+from fedops.simulation.sim_transport import (
     SimulatedTransport,
     check_plain,
     client_index,
@@ -35,7 +36,6 @@ from fedops.simulation.base import (
     fit_event,
     task_ids,
 )
-from fedops.simulation.faults import FaultPlan
 
 log = logging.getLogger("fedops.simulate")
 

@@ -17,7 +17,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from fedops.coordinator.aio import LoopServer, ParkedPolls
-from fedops.coordinator.guard import (
+from fedops.coordinator.grpc_transport import GrpcTransport
+from fedops.coordinator.peer_guard import (
     HEADER_DEADLINE_S,
     MAX_CALLS_PER_SITE,
     MAX_UPLOADS_PER_ADDRESS,
@@ -29,8 +30,7 @@ from fedops.coordinator.guard import (
     certified_or_address,
 )
 from fedops.coordinator.peers import PeerGate
-from fedops.coordinator.results import Reject
-from fedops.coordinator.transport import GrpcTransport
+from fedops.coordinator.result_intake import Reject
 from fedops.coordinator.upload import push_handler
 from fedops.core.params import InvalidUpdate
 from fedops.v1 import fedops_pb2 as pb
@@ -275,7 +275,7 @@ def build_server(
     their header (at most ``header_deadline_s``) hold none. Each peer (a
     certificate with a kit, an address without) may have at most
     ``max_uploads_per_peer`` uploads open (default: see
-    :mod:`fedops.coordinator.guard`); ``slots`` counts them (given: shared).
+    :mod:`fedops.coordinator.peer_guard`); ``slots`` counts them (given: shared).
     ``limits`` caps its other open calls (default: a few per certificate with a
     kit, as many as uploads per address without one, where agents share hosts).
     """

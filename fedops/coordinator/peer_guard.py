@@ -25,7 +25,7 @@ served and live nodes are not dropped. So, in this module:
   so the bytes a peer has in flight are bounded by its slots times the
   largest message; an upload waits for its header on the event loop
   (holding no thread) for at most ``header_deadline_s`` (see
-  :mod:`fedops.coordinator.server`).
+  :mod:`fedops.coordinator.grpc_server`).
 * :class:`RateLimit` bounds how often one site may register: each
   registration writes a ``node_joined`` audit entry, so re-registering one
   name in a loop would otherwise grow the signed log without bound.
@@ -48,7 +48,7 @@ import grpc
 
 from fedops.consortium import pki
 from fedops.consortium.tls import peer_certificate
-from fedops.coordinator.results import ANSWERS_TASK, Reject
+from fedops.coordinator.result_intake import ANSWERS_TASK, Reject
 
 #: who the current call comes from (set by the server's handlers; "" outside a call)
 PEER: contextvars.ContextVar[str] = contextvars.ContextVar("fedops_peer", default="")
@@ -212,7 +212,7 @@ class RefusalThrottle:
     :meth:`flush`. The offender is the authenticated node when the call got
     that far (``is_node`` says so), else the calling peer (:data:`PEER`):
     never a node id the caller merely claimed. A refusal that closes a
-    node's task (:data:`~fedops.coordinator.results.ANSWERS_TASK`: a rejected
+    node's task (:data:`~fedops.coordinator.result_intake.ANSWERS_TASK`: a rejected
     or declined update) is always written: the round's record needs it, and
     there is at most one per task the coordinator handed out.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedops.data import FederatedData
-from fedops.tasks.base import Task
+from fedops.tasks.contract import Task
 from fedops.tasks.models import MODELS
 
 
