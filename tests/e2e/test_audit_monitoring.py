@@ -64,20 +64,16 @@ def run(tmp_path_factory):
         coord, port = procs.coordinator(
             "coordinator",
             coord_dir,
-            "--task",
-            TASK,
-            "--rounds",
-            str(ROUNDS),
-            "--min-clients",
-            str(SITES),
-            "--metrics-port",
-            "0",  # the kernel picks it; listening.json says which
+            task=TASK,
+            rounds=ROUNDS,
+            min_clients=SITES,
+            metrics_port=0,  # the kernel picks it; listening.json says which
         )
         listening = read_listening(coord_dir, coord.pid)
         assert listening is not None and listening.metrics is not None, listening
         metrics_port = int(listening.metrics.rpartition(":")[2])
         for site in range(SITES):
-            procs.client(f"bank{site}", port, site, SITES, "--lr", "0.1", task=TASK)
+            procs.client(f"bank{site}", port, site, SITES, task=TASK, lr=0.1)
         wait_until(lambda: len(metrics(coord_dir)) >= 1, 180, "round 1")
         early = _scrape(metrics_port)
         wait_until(lambda: len(metrics(coord_dir)) >= 3, 180, "round 3")

@@ -103,18 +103,12 @@ def test_bad_updates_are_refused_with_reasons_and_rounds_go_on(procs: Procs, tmp
     coord, port = procs.coordinator(
         "coordinator",
         run_dir,
-        "--task",
-        "digits",
-        "--rounds",
-        "4",
-        "--min-clients",
-        "3",
-        "--round-timeout",
-        "60",
-        "--liveness-timeout",
-        "5",
-        "--join-timeout",
-        "60",
+        task="digits",
+        rounds=4,
+        min_clients=3,
+        round_timeout=60,
+        liveness_timeout=5,
+        join_timeout=60,
     )
     honest = [procs.client(f"site{i}", port, i, 2) for i in range(2)]
     m = Mallory(port)

@@ -160,7 +160,7 @@ def test_a_second_coordinator_on_a_taken_port_stops_before_writing_anything(proc
     from procs import run_fedops
 
     first, port = procs.coordinator(
-        "first", tmp_path / "A", "--task", "digits", "--rounds", "1", "--join-timeout", "60"
+        "first", tmp_path / "A", task="digits", rounds=1, join_timeout=60
     )
     second = run_fedops(
         "coordinator",

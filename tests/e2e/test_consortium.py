@@ -111,20 +111,13 @@ def test_a_consortium_trains_over_mtls_and_refuses_everyone_else(procs: Procs, t
     coord, port = procs.coordinator(
         "coordinator",
         run_dir,
-        "--kit",
-        str(kits / "coord"),
-        "--task",
-        "digits",
-        "--rounds",
-        str(ROUNDS),
-        "--min-clients",
-        "1",
-        "--liveness-timeout",
-        "8",  # 8x the heartbeat below: a loaded machine must not drop a healthy site
-        "--heartbeat-interval",
-        "1",
-        "--round-timeout",
-        "30",
+        kit=kits / "coord",
+        task="digits",
+        rounds=ROUNDS,
+        min_clients=1,
+        liveness_timeout=8,  # 8x the heartbeat below: a loaded machine must not drop a healthy site
+        heartbeat_interval=1,
+        round_timeout=30,
     )
     # before any site joins: plaintext, and another consortium's certificate, are refused at
     # the handshake
@@ -208,17 +201,12 @@ def test_a_csr_enrolled_consortium_trains_over_mtls_with_a_pinned_ca(procs: Proc
     coord, port = procs.coordinator(
         "coordinator",
         run_dir,
-        "--kit",
-        str(tmp_path / "coord"),
         *pinned,
-        "--task",
-        "digits",
-        "--rounds",
-        "2",
-        "--min-clients",
-        "2",
-        "--round-timeout",
-        "60",
+        kit=tmp_path / "coord",
+        task="digits",
+        rounds=2,
+        min_clients=2,
+        round_timeout=60,
     )
     sites = [
         _site(procs, tmp_path, n, i, port, tmp_path / "runs", *pinned)
@@ -274,15 +262,11 @@ def test_admins_start_and_stop_a_run_and_observers_only_watch(procs: Procs, tmp_
     coord, port = procs.coordinator(
         "coordinator",
         run_dir,
-        "--kit",
-        str(kits / "coord"),
-        "--task",
-        "digits",
-        "--rounds",
-        "500",
-        "--min-clients",
-        "2",
-        "--wait-for-start",
+        kit=kits / "coord",
+        task="digits",
+        rounds=500,
+        min_clients=2,
+        wait_for_start=True,
     )
     for i, name in enumerate(("bank-a", "bank-b")):
         _site(procs, kits, name, i, port, tmp_path)
@@ -329,9 +313,16 @@ def test_a_consortium_secagg_run_signs_keys_and_audit_logs_with_kit_identities(
     log is signed with its party's certified key, which `audit verify --ca` names."""
     cons = _init(tmp_path, "banks", cli=False)
     kits, run_dir, names = cons / "kits", tmp_path / "run", ("bank-a", "bank-b", "bank-c")
-    coordinator = ["--kit", str(kits / "coord"), "--task", "digits", "--rounds", "2"]
-    coordinator += ["--min-clients", "3", "--round-timeout", "60"]
-    coord, port = procs.coordinator("coordinator", run_dir, *coordinator, "--secagg", "secaggplus")
+    coord, port = procs.coordinator(
+        "coordinator",
+        run_dir,
+        kit=kits / "coord",
+        task="digits",
+        rounds=2,
+        min_clients=3,
+        round_timeout=60,
+        secagg="secaggplus",
+    )
     sites = {}
     for i, name in enumerate(names):
         site = ["--kit", str(kits / name), "--coordinator", f"127.0.0.1:{port}"]
@@ -388,8 +379,9 @@ def test_tls_mistakes_are_named_at_once(procs: Procs, tmp_path: Path):
     """Issue 18 #9: another consortium's kit, or a plaintext agent, against a TLS coordinator
     was "unreachable (UNAVAILABLE)" after minutes of retries."""
     cons = _init(tmp_path, "banks", cli=False)
-    coordinator = ["--kit", str(cons / "kits" / "coord"), "--task", "digits"]
-    _, port = procs.coordinator("coordinator", tmp_path / "run", *coordinator)
+    _, port = procs.coordinator(
+        "coordinator", tmp_path / "run", kit=cons / "kits" / "coord", task="digits"
+    )
     other = _init(tmp_path, "strangers", cli=False)
     site = ["--task", "digits", "--site", "0", "--num-sites", "1"]
     stranger = procs.start(

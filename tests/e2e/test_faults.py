@@ -18,7 +18,7 @@ from safetensors.numpy import load_file
 pytestmark = pytest.mark.slow
 
 
-def _two_sites_and_a_victim(procs: Procs, run_dir: Path, *extra: str):
+def _two_sites_and_a_victim(procs: Procs, run_dir: Path, **extra: str):
     """A 2-round digits coordinator waiting for 3 sites, and sites 0 and 1; site 2 is the test's
     (the coordinator and the port it bound).
 
@@ -29,19 +29,13 @@ def _two_sites_and_a_victim(procs: Procs, run_dir: Path, *extra: str):
     coord, port = procs.coordinator(
         "coordinator",
         run_dir,
-        "--task",
-        "digits",
-        "--rounds",
-        "2",
-        "--min-clients",
-        "3",
-        "--round-timeout",
-        "120",
-        "--liveness-timeout",
-        "10",
-        "--heartbeat-interval",
-        "1",
-        *extra,
+        task="digits",
+        rounds=2,
+        min_clients=3,
+        round_timeout=120,
+        liveness_timeout=10,
+        heartbeat_interval=1,
+        **extra,
     )
     for i in range(2):
         procs.client(f"site{i}", port, i, 3)
@@ -80,28 +74,18 @@ def test_killed_client_does_not_stall_the_round(procs: Procs, tmp_path: Path):
 def test_straggler_is_cut_at_the_deadline_and_its_late_result_refused(procs: Procs, tmp_path: Path):
     run_dir = tmp_path / "run"
     coord, port = procs.coordinator(
-        "coordinator",
-        run_dir,
-        "--task",
-        "digits",
-        "--rounds",
-        "3",
-        "--min-clients",
-        "3",
-        "--round-timeout",
-        "8",
+        "coordinator", run_dir, task="digits", rounds=3, min_clients=3, round_timeout=8
     )
     for i in range(2):  # one epoch: far inside the deadline, even on a loaded machine
-        procs.client(f"site{i}", port, i, 3, "--epochs", "1")
+        procs.client(f"site{i}", port, i, 3, epochs=1)
     procs.client(
         "site2",
         port,
         2,
         3,
-        "--max-retries",
-        "1",
         task=slow_task(tmp_path),
         env={"FEDOPS_TEST_SLEEP_S": "12"},  # past the deadline, back before the run ends
+        max_retries=1,
     )
     assert procs.wait(coord, 120, "coordinator") == 0, procs.log("coordinator")
 
@@ -121,9 +105,7 @@ def test_straggler_is_cut_at_the_deadline_and_its_late_result_refused(procs: Pro
 
 def test_late_joiner_gets_the_current_model(procs: Procs, tmp_path: Path):
     run_dir = tmp_path / "run"
-    coord, port = procs.coordinator(
-        "coordinator", run_dir, "--task", "digits", "--rounds", "12", "--min-clients", "2"
-    )
+    coord, port = procs.coordinator("coordinator", run_dir, task="digits", rounds=12, min_clients=2)
     for i in range(2):  # 1.5 s per local training: the run outlasts the late start-up
         procs.client(
             f"site{i}", port, i, 3, task=slow_task(tmp_path), env={"FEDOPS_TEST_SLEEP_S": "1.5"}
@@ -152,9 +134,9 @@ def test_late_joiner_gets_the_current_model(procs: Procs, tmp_path: Path):
 
 def test_coordinator_killed_and_restarted_resumes_with_the_same_model(procs: Procs, tmp_path: Path):
     run_dir = tmp_path / "run"
-    args = ("--task", "digits", "--rounds", "6", "--min-clients", "2")
-    first, port = procs.coordinator("coordinator1", run_dir, *args)
-    clients = [procs.client(f"site{i}", port, i, 2, "--max-retries", "60") for i in range(2)]
+    options = {"task": "digits", "rounds": 6, "min_clients": 2}
+    first, port = procs.coordinator("coordinator1", run_dir, **options)
+    clients = [procs.client(f"site{i}", port, i, 2, max_retries=60) for i in range(2)]
     wait_until(lambda: len(metrics(run_dir)) >= 3, 120, "three rounds")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
@@ -164,7 +146,7 @@ def test_coordinator_killed_and_restarted_resumes_with_the_same_model(procs: Pro
     assert 3 <= last < 6
 
     # the same port: the clients keep retrying the address they were given
-    second, _ = procs.coordinator("coordinator2", run_dir, *args, port=port)
+    second, _ = procs.coordinator("coordinator2", run_dir, port=port, **options)
     assert procs.wait(second, 180, "coordinator2") == 0, procs.log("coordinator2")
     for i, client in enumerate(clients):
         assert procs.wait(client, 30, f"site{i}") == 0, procs.log(f"site{i}")
@@ -375,9 +357,8 @@ def test_a_coordinator_says_whom_it_waits_for_and_sigterm_ends_it_like_ctrl_c(
     stop, systemd) killed it without a summary."""
     run_dir = tmp_path / "run"
     coord, port = procs.coordinator(
-        "coordinator", run_dir, "--task", "digits", "--min-clients", "3",
-        "--join-timeout", "300",
-    )  # fmt: skip
+        "coordinator", run_dir, task="digits", min_clients=3, join_timeout=300
+    )
     procs.client("site0", port, 0, 3)
     wait_until(
         lambda: (
@@ -396,7 +377,7 @@ def test_a_coordinator_says_whom_it_waits_for_and_sigterm_ends_it_like_ctrl_c(
 def test_a_site_running_another_task_is_refused_when_it_registers(procs: Procs, tmp_path: Path):
     """Issue 18 #8: refused at Register with both models named, not mid-round."""
     run_dir = tmp_path / "run"
-    _, port = procs.coordinator("coordinator", run_dir, "--task", "digits", "--min-clients", "1")
+    _, port = procs.coordinator("coordinator", run_dir, task="digits", min_clients=1)
     site = procs.client("site0", port, 0, 1, task="digits-mlp")
     assert procs.wait(site, 120, "site0") != 0, procs.log("site0")
     log = procs.log("site0")

@@ -16,22 +16,10 @@ pytestmark = pytest.mark.slow
 def test_five_sites_dirichlet_reach_90_percent(procs: Procs, tmp_path: Path, strategy: str):
     run_dir = tmp_path / "run"
     coord, port = procs.coordinator(
-        "coordinator",
-        run_dir,
-        "--task",
-        "digits",
-        "--rounds",
-        "10",
-        "--min-clients",
-        "5",
-        "--strategy",
-        strategy,
-        "--mu",
-        "0.01",
+        "coordinator", run_dir, task="digits", rounds=10, min_clients=5, strategy=strategy, mu=0.01
     )
     clients = [
-        procs.client(f"site{i}", port, i, 5, "--partition", "dirichlet", "--alpha", "0.5")
-        for i in range(5)
+        procs.client(f"site{i}", port, i, 5, partition="dirichlet", alpha=0.5) for i in range(5)
     ]
     assert procs.wait(coord, 240, "coordinator") == 0, procs.log("coordinator")
     for i, client in enumerate(clients):
@@ -83,10 +71,8 @@ def test_user_task_file_and_initial_model_from_first_client(procs: Procs, tmp_pa
     task = tmp_path / "my_task.py"
     task.write_text(USER_TASK)
     run_dir = tmp_path / "run"
-    coord, port = procs.coordinator("coordinator", run_dir, "--rounds", "4", "--min-clients", "3")
-    clients = [
-        procs.client(f"site{i}", port, i, 3, "--lr", "0.1", task=str(task)) for i in range(3)
-    ]
+    coord, port = procs.coordinator("coordinator", run_dir, rounds=4, min_clients=3)
+    clients = [procs.client(f"site{i}", port, i, 3, task=str(task), lr=0.1) for i in range(3)]
     assert procs.wait(coord, 180, "coordinator") == 0, procs.log("coordinator")
     for i, client in enumerate(clients):
         assert procs.wait(client, 30, f"site{i}") == 0

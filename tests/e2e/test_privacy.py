@@ -46,22 +46,14 @@ def test_central_dp_reports_epsilon_and_the_budget_stops_the_run(procs: Procs, t
     coord, port = procs.coordinator(
         "coordinator",
         run_dir,
-        "--task",
-        "digits",
-        "--rounds",
-        "10",
-        "--min-clients",
-        "4",
-        "--clients-per-round",
-        "2",
-        "--privacy",
-        "central",
-        "--noise-multiplier",
-        "1.0",
-        "--clip-norm",
-        "2.0",
-        "--target-epsilon",
-        "5.0",
+        task="digits",
+        rounds=10,
+        min_clients=4,
+        clients_per_round=2,
+        privacy="central",
+        noise_multiplier=1.0,
+        clip_norm=2.0,
+        target_epsilon=5.0,
     )
     for i in range(4):
         procs.client(f"site{i}", port, i, 4)
@@ -190,22 +182,16 @@ def test_local_dp_sites_keep_their_epsilon_and_enforce_their_limit(procs: Procs,
     coord, port = procs.coordinator(
         "coordinator",
         run_dir,
-        "--task",
-        "digits",
-        "--rounds",
-        "3",
-        "--min-clients",
-        "3",
-        "--privacy",
-        "local",
-        "--noise-multiplier",
-        "1.0",
-        "--clip-norm",
-        "1.0",
+        task="digits",
+        rounds=3,
+        min_clients=3,
+        privacy="local",
+        noise_multiplier=1.0,
+        clip_norm=1.0,
     )
     procs.client("site0", port, 0, 3)
-    procs.client("site1", port, 1, 3, "--max-epsilon", "1000")
-    procs.client("site2", port, 2, 3, "--max-epsilon", "0.5")  # refuses: one round costs more
+    procs.client("site1", port, 1, 3, max_epsilon=1000)
+    procs.client("site2", port, 2, 3, max_epsilon=0.5)  # refuses: one round costs more
     assert procs.wait(coord, 180, "coordinator") == 0, procs.log("coordinator")
     rows = metrics(run_dir)
     assert [r["num_clients"] for r in rows] == [2, 2, 2]

@@ -38,21 +38,17 @@ def train(model, data, config):
 """
 
 
-def _coordinator(procs: Procs, name: str, run_dir: Path, *extra: str):
+def _coordinator(procs: Procs, name: str, run_dir: Path, **extra: str):
     return procs.coordinator(
         name,
         run_dir,
-        "--task",
-        "digits",
-        "--rounds",
-        str(ROUNDS),
-        "--min-clients",
-        str(NUM_SITES),
-        "--round-timeout",
-        "120",
-        "--liveness-timeout",
-        "10",  # 5x the default 2 s heartbeat: a loaded machine must not drop a healthy site
-        *extra,
+        task="digits",
+        rounds=ROUNDS,
+        min_clients=NUM_SITES,
+        round_timeout=120,
+        # 5x the default 2 s heartbeat: a loaded machine must not drop a healthy site
+        liveness_timeout=10,
+        **extra,
     )
 
 
@@ -65,11 +61,11 @@ def _pushed(site_dir: Path, server_round: int, stage: str) -> bool:
 
 def test_secagg_round_survives_two_killed_clients(procs: Procs, tmp_path: Path):
     run_dir = tmp_path / "secure"
-    coord, port = _coordinator(procs, "coordinator", run_dir, "--secagg", "secaggplus")
+    coord, port = _coordinator(procs, "coordinator", run_dir, secagg="secaggplus")
     slow = tmp_path / "slow_task.py"
     slow.write_text(SLOW_TASK)
     for i in range(NUM_SITES - 1):
-        procs.client(f"site{i}", port, i, NUM_SITES, "--require-secagg")
+        procs.client(f"site{i}", port, i, NUM_SITES, require_secagg=True)
     procs.client(
         "site7",
         port,
@@ -149,18 +145,9 @@ def test_secagg_round_survives_two_killed_clients(procs: Procs, tmp_path: Path):
 
 def test_site_that_requires_secagg_declines_plain_training(procs: Procs, tmp_path: Path):
     run_dir = tmp_path / "run"
-    coord, port = procs.coordinator(
-        "coordinator",
-        run_dir,
-        "--task",
-        "digits",
-        "--rounds",
-        "1",
-        "--min-clients",
-        "2",
-    )
+    coord, port = procs.coordinator("coordinator", run_dir, task="digits", rounds=1, min_clients=2)
     procs.client("site0", port, 0, 2)
-    procs.client("site1", port, 1, 2, "--require-secagg")
+    procs.client("site1", port, 1, 2, require_secagg=True)
     assert procs.wait(coord, 120, "coordinator") == 0, procs.log("coordinator")
     rows = dict(query(run_dir, "SELECT site, reason FROM participants WHERE phase = 'fit'"))
     assert "declined" in rows["site-1"] and "--require-secagg" in rows["site-1"], rows

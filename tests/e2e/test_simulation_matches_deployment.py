@@ -26,33 +26,16 @@ def test_simulate_equals_coordinator_and_clients(procs: Procs, tmp_path: Path, s
     coord, port = procs.coordinator(
         "coordinator",
         run_dir,
-        "--task",
-        "digits",
-        "--rounds",
-        str(rounds),
-        "--min-clients",
-        str(sites),
-        "--strategy",
-        strategy,
-        "--mu",
-        "0.1",
-        "--seed",
-        str(seed),
+        task="digits",
+        rounds=rounds,
+        min_clients=sites,
+        strategy=strategy,
+        mu=0.1,
+        seed=seed,
     )
     for i in range(sites):
         procs.client(
-            f"site{i}",
-            port,
-            i,
-            sites,
-            "--partition",
-            "dirichlet",
-            "--alpha",
-            "0.5",
-            "--data-seed",
-            str(seed),
-            "--epochs",
-            "2",
+            f"site{i}", port, i, sites, partition="dirichlet", alpha=0.5, data_seed=seed, epochs=2
         )
     assert procs.wait(coord, 180, "coordinator") == 0, procs.log("coordinator")
     ((name,),) = query(run_dir, "SELECT checkpoint FROM rounds WHERE round = ?", rounds)

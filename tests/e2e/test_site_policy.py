@@ -22,12 +22,10 @@ def test_round_limit_and_withdrawn_consent_are_enforced_at_the_site(procs: Procs
     run_dir = tmp_path / "run"
     consent = tmp_path / "consent.json"
     consent.write_text('{"consent": true}')
-    coord, port = procs.coordinator(
-        "coordinator", run_dir, "--task", "digits", "--rounds", "4", "--min-clients", "2"
-    )
+    coord, port = procs.coordinator("coordinator", run_dir, task="digits", rounds=4, min_clients=2)
     procs.client("site0", port, 0, 3)
-    procs.client("site1", port, 1, 3, "--max-rounds", "2")
-    leaver = procs.client("site2", port, 2, 3, "--consent-file", str(consent))
+    procs.client("site1", port, 1, 3, max_rounds=2)
+    leaver = procs.client("site2", port, 2, 3, consent_file=consent)
     wait_until(lambda: len(metrics(run_dir)) >= 1, 120, "round 1")
     consent.write_text('{"consent": false}')  # site2 withdraws during the run
     assert procs.wait(leaver, 120, "site2") == 0, procs.log("site2")
