@@ -158,6 +158,7 @@ def run_agents(address: str, first: int, count: int, num_sites: int, run_dir: Pa
 
     from fedops.client.agent import Agent
     from fedops.core.training import TrainConfig
+    from fedops.runtime.schema import ClientTrainConfig
     from fedops.runtime.settings import ClientConfig
     from fedops.tasks import load_task
     from fedops.tasks.site import Site
@@ -179,9 +180,7 @@ def run_agents(address: str, first: int, count: int, num_sites: int, run_dir: Pa
             site=index,
             num_sites=num_sites,
             run_dir=run_dir / f"site-{index}",
-            epochs=1,
-            batch_size=10,
-            lr=0.1,
+            train=ClientTrainConfig(epochs=1, batch_size=10, lr=0.1),
         )
         site = Site(task, site=index, num_sites=num_sites, train_config=train)
         agents.append(Agent(cfg, site))
