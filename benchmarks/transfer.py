@@ -71,6 +71,7 @@ from fedops.core.params import (
 )
 from fedops.core.results import FitResult
 from fedops.core.rounds import Phase, ResultArrived
+from fedops.runtime.transport import Instruction
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
 from fedops.wire import PROTOCOL_VERSION, codec, framing
@@ -351,7 +352,9 @@ class Bench:
         self.round += 1
         self.worker.send("fedops_round")  # the client long-polls PullTask meanwhile
         c0, t0 = cpu_seconds(), time.perf_counter()
-        self.transport.dispatch(self.round, Phase.FIT, [self.node_id], params, {})
+        self.transport.dispatch(
+            self.round, [self.node_id], Instruction(phase=Phase.FIT, params=params)
+        )
         t1 = time.perf_counter()
         deadline = t0 + STEP_TIMEOUT_S
         event, client = None, None

@@ -34,11 +34,10 @@ from fedops.coordinator.result_intake import (
     ResultIntake,
     TaskBoard,
 )
-from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params, TensorSpec, digest, specs_of, total_bytes
 from fedops.core.results import FitResult
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived
-from fedops.runtime.transport import StageRequest
+from fedops.runtime.transport import Instruction
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import codec, monitoring
 from fedops.wire import secagg as secagg_codec
@@ -172,15 +171,10 @@ class GrpcTransport:
         return self.registry.node_ids(polled=True)
 
     def dispatch(
-        self,
-        server_round: int,
-        phase: Phase,
-        nodes: Sequence[str],
-        params: Params,
-        config: Mapping[str, float],
-        stage: StageRequest | None = None,
-        monitor: MonitorSpec | None = None,
+        self, server_round: int, nodes: Sequence[str], instruction: Instruction
     ) -> dict[str, str]:
+        phase, params, config = instruction.phase, instruction.params, instruction.config
+        stage, monitor = instruction.stage, instruction.monitor
         if stage is not None and phase is not TRAINING_STAGE:
             params, config = {}, {}  # key exchange and unmasking need no model
         specs = specs_of(params)

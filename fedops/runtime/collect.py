@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from fedops.core.monitoring.profile import MonitorSpec
-from fedops.core.params import Params
-from fedops.core.rounds import Phase, ResultArrived, RoundTracker
-from fedops.runtime.transport import StageRequest, Transport
+from fedops.core.rounds import ResultArrived, RoundTracker
+from fedops.runtime.transport import Instruction, Transport
 
 log = logging.getLogger("fedops.driver")
 
@@ -17,25 +15,14 @@ log = logging.getLogger("fedops.driver")
 def collect(
     transport: Transport,
     server_round: int,
-    phase: Phase,
     nodes: Sequence[str],
-    params: Params,
-    config: Mapping[str, float],
+    instruction: Instruction,
     *,
     timeout_s: float,
-    stage: StageRequest | None = None,
-    monitor: MonitorSpec | None = None,
 ) -> RoundTracker:
-    """Dispatch ``phase`` to ``nodes`` and feed their events to a tracker until it is done."""
-    tasks: dict[str, str] = {}
-    if nodes and monitor is not None:
-        tasks = transport.dispatch(
-            server_round, phase, list(nodes), params, config, monitor=monitor
-        )
-    elif nodes and stage is None:  # plain phases: transports without SecAgg support work too
-        tasks = transport.dispatch(server_round, phase, list(nodes), params, config)
-    elif nodes:
-        tasks = transport.dispatch(server_round, phase, list(nodes), params, config, stage=stage)
+    """Dispatch ``instruction`` to ``nodes`` and feed their events to a tracker until done."""
+    phase = instruction.phase
+    tasks = transport.dispatch(server_round, list(nodes), instruction) if nodes else {}
     tracker = RoundTracker(server_round=server_round, phase=phase, tasks=tasks)
     deadline = time.monotonic() + timeout_s
     while not tracker.done:

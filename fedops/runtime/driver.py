@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params
 from fedops.core.results import EvaluateResult, FitResult, weighted_metrics
 from fedops.core.rounds import Phase, RoundTracker, sample_clients
@@ -27,7 +26,7 @@ from fedops.runtime.privacy import CentralPrivacy, LocalPrivacy, RoundSample
 from fedops.runtime.round_monitor import RoundMonitor
 from fedops.runtime.secure_fit import FitOutcome, SecureFit
 from fedops.runtime.store import Participant, RunStore
-from fedops.runtime.transport import Transport
+from fedops.runtime.transport import Instruction, Transport
 
 log = logging.getLogger("fedops.driver")
 
@@ -129,11 +128,12 @@ class RoundDriver:
             alive = set(self.transport.available_nodes())
             evaluation = self._collect(
                 server_round,
-                Phase.EVALUATE,
                 [n for n in selected if n in alive],
-                params,
-                {},
-                monitor=self.monitor.spec if self.monitor is not None else None,
+                Instruction(
+                    phase=Phase.EVALUATE,
+                    params=params,
+                    monitor=self.monitor.spec if self.monitor is not None else None,
+                ),
             )
         metrics = self._metrics(server_round, params, fit, evaluation if release else None)
         if aborted:
@@ -229,30 +229,18 @@ class RoundDriver:
         return self.strategy.aggregate_fit(server_round, params, fit.results), ""
 
     def _collect(
-        self,
-        server_round: int,
-        phase: Phase,
-        nodes: list[str],
-        params: Params,
-        config: Mapping[str, float],
-        *,
-        monitor: MonitorSpec | None = None,
+        self, server_round: int, nodes: list[str], instruction: Instruction
     ) -> RoundTracker:
         return collect(
-            self.transport,
-            server_round,
-            phase,
-            nodes,
-            params,
-            config,
-            timeout_s=self.config.round_timeout_s,
-            monitor=monitor,
+            self.transport, server_round, nodes, instruction, timeout_s=self.config.round_timeout_s
         )
 
     def _plain_fit(
         self, server_round: int, nodes: list[str], params: Params, config: Mapping[str, float]
     ) -> FitOutcome:
-        tracker = self._collect(server_round, Phase.FIT, nodes, params, config)
+        tracker = self._collect(
+            server_round, nodes, Instruction(phase=Phase.FIT, params=params, config=config)
+        )
         results = [r for r in tracker.results if isinstance(r, FitResult)]
         return FitOutcome(
             results=results, reported=list(results), participants=self._participants(tracker)

@@ -35,7 +35,7 @@ from fedops.core.secagg.server import SecAggServer, SecureSum
 from fedops.core.secagg.update import decode_mean, vector_length
 from fedops.runtime.collect import collect
 from fedops.runtime.store import Participant
-from fedops.runtime.transport import StageRequest, Transport
+from fedops.runtime.transport import Instruction, StageRequest, Transport
 from fedops.wire.secagg import MASKED_TENSOR
 
 log = logging.getLogger("fedops.secagg")
@@ -262,15 +262,18 @@ class _SecureRound:
         specs: tuple[TensorSpec, ...] = (),
     ) -> None:
         messages = {self.node[i]: r for i, r in requests.items()}
+        instruction = Instruction(
+            phase=phase,
+            params=self.params,
+            config=self.config,
+            stage=StageRequest(messages=messages, result_specs=specs),
+        )
         tracker = collect(
             self.owner.transport,
             self.server_round,
-            phase,
             list(messages),
-            self.params,
-            self.config,
+            instruction,
             timeout_s=self.owner.timeout_s,
-            stage=StageRequest(messages=messages, result_specs=specs),
         )
         self._note_left(tracker)
         for result in tracker.results:

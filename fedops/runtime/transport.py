@@ -9,7 +9,7 @@ round and a simulated round run through the same driver code.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from fedops.core.monitoring.profile import MonitorSpec
@@ -26,6 +26,21 @@ class StageRequest:
     result_specs: tuple[TensorSpec, ...] = ()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Instruction:
+    """What the nodes of one dispatch are asked to do: the one value the driver hands a
+    transport. A feature of a phase is a field here, not a keyword on every transport."""
+
+    phase: Phase
+    params: Params  # the model to train or evaluate ({} for SecAgg stages that need none)
+    config: Mapping[str, float] = field(default_factory=dict)
+    #: a SecAgg stage: a message for each node; ``params`` is then the model the round
+    #: trains, downloaded only at the masked-input stage
+    stage: StageRequest | None = None
+    #: evaluations: each node also answers with a drift and fairness report
+    monitor: MonitorSpec | None = None
+
+
 class Transport(Protocol):
     def wait_for_nodes(self, count: int, timeout_s: float) -> list[str]:
         """Block until ``count`` nodes are available (or the timeout); return them."""
@@ -36,21 +51,9 @@ class Transport(Protocol):
         ...
 
     def dispatch(
-        self,
-        server_round: int,
-        phase: Phase,
-        nodes: Sequence[str],
-        params: Params,
-        config: Mapping[str, float],
-        stage: StageRequest | None = None,
-        monitor: MonitorSpec | None = None,
+        self, server_round: int, nodes: Sequence[str], instruction: Instruction
     ) -> dict[str, str]:
-        """Give each node a task on ``params``; return node id -> task id.
-
-        SecAgg phases pass ``stage``; ``params`` is then the model the round
-        trains, downloaded only at the masked-input stage. Evaluations may pass
-        ``monitor``: each node then also answers with a drift and fairness report.
-        """
+        """Give each node a task carrying ``instruction``; return node id -> task id."""
         ...
 
     def next_event(self, timeout_s: float) -> Event | None:

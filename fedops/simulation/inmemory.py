@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params, specs_of
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultRejected
-from fedops.runtime.transport import StageRequest
+from fedops.runtime.transport import Instruction
 from fedops.simulation.faults import FaultPlan
 from fedops.simulation.sim_transport import (
     SimulatedTransport,
@@ -37,16 +37,11 @@ class InMemoryTransport(SimulatedTransport):
         self._work: deque[Callable[[], Event]] = deque()
 
     def dispatch(
-        self,
-        server_round: int,
-        phase: Phase,
-        nodes: Sequence[str],
-        params: Params,
-        config: Mapping[str, float],
-        stage: StageRequest | None = None,
-        monitor: MonitorSpec | None = None,
+        self, server_round: int, nodes: Sequence[str], instruction: Instruction
     ) -> dict[str, str]:
-        check_plain(phase, stage)  # monitoring: supported here
+        check_plain(instruction, monitoring=True)  # monitoring: supported here
+        phase, params, config = instruction.phase, instruction.params, instruction.config
+        monitor = instruction.monitor
         tasks = task_ids(server_round, phase, nodes)
         for node in nodes:
             if phase is Phase.FIT:

@@ -11,11 +11,10 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params, specs_of
 from fedops.core.rounds import Event, NodeDropped, Phase
 from fedops.runtime.simulate_settings import SimulateConfig
-from fedops.runtime.transport import StageRequest
+from fedops.runtime.transport import Instruction
 from fedops.simulation.faults import FaultPlan
 from fedops.simulation.sim_transport import (
     SimulatedTransport,
@@ -77,16 +76,10 @@ class WorkerTransport(SimulatedTransport):
         raise NotImplementedError
 
     def dispatch(
-        self,
-        server_round: int,
-        phase: Phase,
-        nodes: Sequence[str],
-        params: Params,
-        config: Mapping[str, float],
-        stage: StageRequest | None = None,
-        monitor: MonitorSpec | None = None,
+        self, server_round: int, nodes: Sequence[str], instruction: Instruction
     ) -> dict[str, str]:
-        check_plain(phase, stage, monitor)
+        check_plain(instruction)
+        phase, params, config = instruction.phase, instruction.params, instruction.config
         tasks = task_ids(server_round, phase, nodes)
         jobs, dropped = fault_jobs(
             self.faults, server_round, phase, nodes, params, config, self.epochs

@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params
 from fedops.core.results import FitResult, StageResult
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived, ResultRejected
@@ -29,7 +28,7 @@ from fedops.core.secagg.messages import MaskRequest, Setup
 from fedops.core.secagg.policy import SecAggPolicy
 from fedops.core.secagg.primitives import ProtocolError, SecAggCrypto
 from fedops.core.secagg.update import encode_update
-from fedops.runtime.transport import StageRequest, Transport
+from fedops.runtime.transport import Instruction, StageRequest, Transport
 from fedops.simulation.sim_transport import client_index, task_ids
 
 #: how long the wrapped backend may take to train one round's clients
@@ -72,17 +71,12 @@ class SecureSimTransport:
 
     # -- the protocol ----------------------------------------------------------
     def dispatch(
-        self,
-        server_round: int,
-        phase: Phase,
-        nodes: Sequence[str],
-        params: Params,
-        config: Mapping[str, float],
-        stage: StageRequest | None = None,
-        monitor: MonitorSpec | None = None,
+        self, server_round: int, nodes: Sequence[str], instruction: Instruction
     ) -> dict[str, str]:
+        stage, phase, params = instruction.stage, instruction.phase, instruction.params
         if stage is None:
-            return self.inner.dispatch(server_round, phase, nodes, params, config, monitor=monitor)
+            return self.inner.dispatch(server_round, nodes, instruction)
+        config = instruction.config
         tasks = task_ids(server_round, phase, nodes)
         if phase is Phase.SECAGG_KEYS:
             self._train(server_round, nodes, params, config)
@@ -107,7 +101,8 @@ class SecureSimTransport:
         config: Mapping[str, float],
     ) -> None:
         """Train every node now through the backend; keep each one's event for stage 3."""
-        tasks = self.inner.dispatch(server_round, Phase.FIT, nodes, params, config)
+        fit = Instruction(phase=Phase.FIT, params=params, config=config)
+        tasks = self.inner.dispatch(server_round, nodes, fit)
         self._trained = {}
         deadline = time.monotonic() + TRAIN_TIMEOUT_S
         while len(self._trained) < len(nodes) and time.monotonic() < deadline:

@@ -14,6 +14,7 @@ from fedops.core.params import (
 )
 from fedops.core.results import EvaluateResult, FitResult, check_reported
 from fedops.core.rounds import Event, Phase, ResultArrived, ResultRejected
+from fedops.runtime.transport import Instruction
 from fedops.wire import monitoring
 
 
@@ -72,15 +73,17 @@ def evaluate_event(
     return ResultArrived(node_id=node, task_id=task_id, result=result)
 
 
-def check_plain(phase: Phase, stage: object, monitor: object = None) -> None:
-    """Backends train and evaluate; secure aggregation wraps them (simulation.secure).
+def check_plain(instruction: Instruction, *, monitoring: bool = False) -> None:
+    """Backends train and evaluate; secure aggregation wraps them (simulation.secure_backend).
 
     Monitoring needs a site object per client with its own data window: the
-    sequential backend (or a deployment) has one, batched backends do not.
+    sequential backend (``monitoring=True``, or a deployment) has one, batched
+    backends do not.
     """
-    if stage is not None or phase not in (Phase.FIT, Phase.EVALUATE):
+    phase = instruction.phase
+    if instruction.stage is not None or phase not in (Phase.FIT, Phase.EVALUATE):
         raise NotImplementedError(f"{phase} needs SecureSimTransport around the simulation backend")
-    if monitor is not None:
+    if instruction.monitor is not None and not monitoring:
         raise NotImplementedError(MONITORING_BACKENDS)
 
 

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params, specs_of
 from fedops.core.rounds import Event, NodeDropped, Phase
 from fedops.core.schedule import ClientJob, VectorConfig
@@ -26,7 +25,7 @@ from fedops.core.stacked import chain_of
 from fedops.core.training import TrainConfig, set_params
 from fedops.core.vectorized import supports, train_many
 from fedops.data import FederatedData
-from fedops.runtime.transport import StageRequest
+from fedops.runtime.transport import Instruction
 from fedops.simulation.faults import FaultPlan
 from fedops.simulation.sim_transport import (
     SimulatedTransport,
@@ -83,16 +82,10 @@ class VectorizedTransport(SimulatedTransport):
             log.info("vectorized backend: training a linear/MLP chain with the stacked trainer")
 
     def dispatch(
-        self,
-        server_round: int,
-        phase: Phase,
-        nodes: Sequence[str],
-        params: Params,
-        config: Mapping[str, float],
-        stage: StageRequest | None = None,
-        monitor: MonitorSpec | None = None,
+        self, server_round: int, nodes: Sequence[str], instruction: Instruction
     ) -> dict[str, str]:
-        check_plain(phase, stage, monitor)
+        check_plain(instruction)
+        phase, params, config = instruction.phase, instruction.params, instruction.config
         tasks = task_ids(server_round, phase, nodes)
         if phase is Phase.FIT:
             self._events.extend(self._fit(server_round, nodes, tasks, params, config))

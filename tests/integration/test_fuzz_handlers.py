@@ -67,7 +67,7 @@ from fedops.core.secagg.quantize import Quantizer
 from fedops.core.secagg.update import Encoding
 from fedops.reporting.compliance import verify_log_file
 from fedops.runtime.records import RecordSettings, RunRecords
-from fedops.runtime.transport import StageRequest
+from fedops.runtime.transport import Instruction, StageRequest
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import PROTOCOL_VERSION, codec, framing, monitoring
 from fedops.wire.secagg import MASKED_TENSOR
@@ -284,9 +284,8 @@ class Harness:
         self.round += 1
         if phase is Phase.EVALUATE:
             kwargs.setdefault("monitor", SPEC)
-        ids = self.transport.dispatch(
-            self.round, phase, [n.node_id for n in nodes], PARAMS, {"lr": 0.1}, **kwargs
-        )
+        instruction = Instruction(phase=phase, params=PARAMS, config={"lr": 0.1}, **kwargs)
+        ids = self.transport.dispatch(self.round, [n.node_id for n in nodes], instruction)
         tasks = {}
         for node in nodes:
             task = self.pull(node)
@@ -1302,7 +1301,9 @@ def test_impersonation_on_pull_and_fetch(batch: Harness):
     h = batch
     me, other = h.nodes
     h.round += 1
-    ids = h.transport.dispatch(h.round, Phase.FIT, [other.node_id], PARAMS, {})
+    ids = h.transport.dispatch(
+        h.round, [other.node_id], Instruction(phase=Phase.FIT, params=PARAMS)
+    )
     h.new_audit()
     before = len(h.rejections)
 
@@ -1434,7 +1435,9 @@ def test_bad_masked_inputs(batch: Harness, name: str, fields: dict[str, Any], te
         result_specs=(TensorSpec(name=MASKED_TENSOR, dtype="uint32", shape=(MASK_LENGTH,)),),
     )
     h.transport.dispatch(
-        h.round, Phase.SECAGG_MASKED, [n.node_id for n in h.nodes], PARAMS, {}, stage=stage
+        h.round,
+        [n.node_id for n in h.nodes],
+        Instruction(phase=Phase.SECAGG_MASKED, params=PARAMS, stage=stage),
     )
     tasks = {n.node_id: h.pull(n) for n in h.nodes}
     c = Ctx(h, me, other, tasks[me.node_id], tasks[other.node_id])
@@ -1497,7 +1500,9 @@ def test_bad_survivor_signatures(
         messages={n.node_id: ConsistencyRequest(survivors=(1, 2)) for n in h.nodes}
     )
     h.transport.dispatch(
-        h.round, Phase.SECAGG_CONSISTENCY, [n.node_id for n in h.nodes], PARAMS, {}, stage=stage
+        h.round,
+        [n.node_id for n in h.nodes],
+        Instruction(phase=Phase.SECAGG_CONSISTENCY, params=PARAMS, stage=stage),
     )
     tasks = {n.node_id: h.pull(n) for n in h.nodes}
     c = Ctx(h, me, other, tasks[me.node_id], tasks[other.node_id])

@@ -41,6 +41,7 @@ from fedops.coordinator.peers import PeerGate
 from fedops.core.rounds import Phase
 from fedops.runtime.audit_log import LOG_NAME
 from fedops.runtime.records import RecordSettings, RunRecords
+from fedops.runtime.transport import Instruction
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import PROTOCOL_VERSION
 
@@ -200,7 +201,9 @@ def test_stalled_downloads_starve_neither_heartbeats_nor_registrations(coordinat
     for node in readers:
         coordinator.poll(node)
     model = {"w": np.zeros((16 << 20) // 4, dtype=np.float32)}  # far past HTTP/2's windows
-    tasks = transport.dispatch(1, Phase.FIT, [n.node_id for n in readers], model, {})
+    tasks = transport.dispatch(
+        1, [n.node_id for n in readers], Instruction(phase=Phase.FIT, params=model)
+    )
     fetch = coordinator.channel.unary_stream(
         f"/{SERVICE}/FetchModel", request_serializer=_raw, response_deserializer=_raw
     )
@@ -420,7 +423,9 @@ def test_trickled_uploads_holding_every_pool_thread_leave_heartbeats_served(tmp_
         honest = coord.register("site-honest")
         attackers = [coord.register(f"site-evil-{i}") for i in range(2)]
         params = {"w": np.zeros(64, np.float32)}
-        ids = coord.transport.dispatch(1, Phase.FIT, [a.node_id for a in attackers], params, {})
+        ids = coord.transport.dispatch(
+            1, [a.node_id for a in attackers], Instruction(phase=Phase.FIT, params=params)
+        )
         headers = []
         for node in attackers:
             task = coord.poll(node)

@@ -88,9 +88,9 @@ class RecordingTransport(GrpcTransport):
         self.events: list[Event] = []
         self.sent: list[tuple[int, Phase, StageRequest | None]] = []
 
-    def dispatch(self, server_round, phase, nodes, params, config, stage=None):
-        self.sent.append((server_round, phase, stage))
-        return super().dispatch(server_round, phase, nodes, params, config, stage)
+    def dispatch(self, server_round, nodes, instruction):
+        self.sent.append((server_round, instruction.phase, instruction.stage))
+        return super().dispatch(server_round, nodes, instruction)
 
     def push(self, header: pb.ResultHeader, chunks: Iterable[bytes | memoryview]):
         copy = pb.ResultHeader()

@@ -56,7 +56,7 @@ from fedops.core.secagg.server import SecAggServer
 from fedops.core.secagg.update import Encoding, _decode_private_sum, vector_length
 from fedops.crypto import Crypto, Identity
 from fedops.runtime.settings import SECAGG_CLIP
-from fedops.runtime.transport import StageRequest
+from fedops.runtime.transport import Instruction, StageRequest
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire.secagg import MASKED_TENSOR
 
@@ -284,14 +284,9 @@ class Fleet:
                 TensorSpec(name=MASKED_TENSOR, dtype="uint32", shape=(vector_length(params),)),
             )
         by_node = {self.node[name]: m for name, m in messages.items()}
-        tasks = self.transport.dispatch(
-            server_round,
-            phase,
-            list(by_node),
-            params or {},
-            {},
-            stage=StageRequest(messages=by_node, result_specs=specs),
-        )
+        stage = StageRequest(messages=by_node, result_specs=specs)
+        instruction = Instruction(phase=phase, params=params or {}, stage=stage)
+        tasks = self.transport.dispatch(server_round, list(by_node), instruction)
         return self._wait(server_round, phase, tasks, timeout)
 
     def plain_task(
@@ -301,7 +296,9 @@ class Fleet:
         assert self.transport is not None
         node = self.node[name]
         if kind == pb.TASK_KIND_FIT:
-            tasks = self.transport.dispatch(server_round, Phase.FIT, [node], params, {})
+            tasks = self.transport.dispatch(
+                server_round, [node], Instruction(phase=Phase.FIT, params=params)
+            )
         else:
             tasks = {node: self.transport.post(node, kind, server_round, params)}
         return self._wait(server_round, Phase.FIT, tasks, timeout)[name]

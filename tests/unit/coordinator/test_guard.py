@@ -17,6 +17,7 @@ from fedops.coordinator.peer_guard import (
     check_site_name,
 )
 from fedops.coordinator.result_intake import ANSWERS_TASK, Reject
+from fedops.runtime.transport import Instruction
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import PROTOCOL_VERSION
 
@@ -242,7 +243,7 @@ def test_one_node_may_hold_only_two_upload_threads_and_a_trickle_is_cut():
     transport = GrpcTransport(run_id="r1")
     reply = transport.register(pb.RegisterRequest(protocol_version=PROTOCOL_VERSION, site_name="a"))
     params = {"w": np.zeros(4, np.float32)}
-    ids = transport.dispatch(1, Phase.FIT, [reply.node_id], params, {})
+    ids = transport.dispatch(1, [reply.node_id], Instruction(phase=Phase.FIT, params=params))
     task = transport.poll(pb.PullTaskRequest(node_id=reply.node_id, token=reply.token))
     assert task is not None and task.task_id == ids[reply.node_id]
     header = pb.ResultHeader(

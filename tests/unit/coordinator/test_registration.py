@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fedops.coordinator.grpc_transport import GrpcTransport
 from fedops.core.rounds import Phase
+from fedops.runtime.transport import Instruction
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import PROTOCOL_VERSION
 
@@ -33,7 +34,7 @@ def test_a_poll_takes_a_posted_task_once_and_shutdown_after_close():
     assert transport.poll(request) is None
     woken: list[object] = []
     transport.on_task_posted(woken.append)
-    tasks = transport.dispatch(1, Phase.EVALUATE, [node.node_id], {}, {})
+    tasks = transport.dispatch(1, [node.node_id], Instruction(phase=Phase.EVALUATE, params={}))
     assert woken == [[node.node_id]]
     first = transport.poll(request)
     assert first is not None and first.task_id == tasks[node.node_id]
@@ -50,7 +51,9 @@ def test_a_site_registering_again_replaces_its_node_and_closes_its_task():
     other = _register(transport, "site-b")
     for node in (old, other):
         transport.poll(pb.PullTaskRequest(node_id=node.node_id, token=node.token))
-    transport.dispatch(1, Phase.EVALUATE, [old.node_id, other.node_id], {}, {})
+    transport.dispatch(
+        1, [old.node_id, other.node_id], Instruction(phase=Phase.EVALUATE, params={})
+    )
     new = _register(transport, "site-a")  # the site restarted: same name, a new node
     assert sorted(transport.registry.node_ids()) == sorted([new.node_id, other.node_id])
     dropped = transport.next_event(0.1)

@@ -257,7 +257,8 @@ class _ScriptedTransport:
     def available_nodes(self):
         return list(self.nodes)
 
-    def dispatch(self, server_round, phase, nodes, params, config):
+    def dispatch(self, server_round, nodes, instruction):
+        phase, params, config = instruction.phase, instruction.params, instruction.config
         tasks = {n: f"{n}/{server_round}/{phase}" for n in nodes}
         self.dispatched.append((server_round, phase, list(nodes), dict(config)))
         for n in nodes:

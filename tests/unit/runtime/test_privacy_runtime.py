@@ -183,9 +183,9 @@ def test_under_dp_the_sites_are_not_asked_to_evaluate_unless_their_metrics_are_r
     asked = []
 
     class Recording(InMemoryTransport):
-        def dispatch(self, server_round, phase, nodes, params, config, **kwargs):
-            asked.append(str(phase))
-            return super().dispatch(server_round, phase, nodes, params, config, **kwargs)
+        def dispatch(self, server_round, nodes, instruction):
+            asked.append(str(instruction.phase))
+            return super().dispatch(server_round, nodes, instruction)
 
     for release in (False, True):
         asked.clear()
@@ -267,10 +267,10 @@ def test_the_driver_commits_the_ledger_before_the_noised_model_reaches_evaluator
     """A coordinator that crashes after sending the round's model must still count it."""
 
     class CrashAtEvaluation(InMemoryTransport):
-        def dispatch(self, server_round, phase, nodes, params, config, **kwargs):
-            if str(phase) == "evaluate":
+        def dispatch(self, server_round, nodes, instruction):
+            if str(instruction.phase) == "evaluate":
                 raise SystemExit("the coordinator crashed while sending the model")
-            return super().dispatch(server_round, phase, nodes, params, config, **kwargs)
+            return super().dispatch(server_round, nodes, instruction)
 
     task = load_task("digits")
     sites = [Site(task, site=i, num_sites=3, train_config=TrainConfig(epochs=1)) for i in range(3)]

@@ -10,6 +10,7 @@ from fedops.core.params import digest
 from fedops.core.results import EvaluateResult, FitResult
 from fedops.core.rounds import Phase, ResultArrived, ResultRejected
 from fedops.core.training import TrainConfig
+from fedops.runtime.transport import Instruction
 from fedops.simulation.inmemory import InMemoryTransport
 from fedops.tasks import Task
 from fedops.tasks.site import Site
@@ -64,7 +65,9 @@ def test_fit_and_evaluate_produce_results_lazily_in_dispatch_order():
     params = transport.fetch_initial_params(1.0)
     assert digest(params) == digest(sites[0].initial_params())
     assert transport.next_event(0.0) is None
-    tasks = transport.dispatch(1, Phase.FIT, ["site-1", "site-0"], params, {"seed": 0.0})
+    tasks = transport.dispatch(
+        1, ["site-1", "site-0"], Instruction(phase=Phase.FIT, params=params, config={"seed": 0.0})
+    )
     assert tasks == {"site-1": "site-1:1:fit", "site-0": "site-0:1:fit"}
     events = _events(transport)
     assert [e.node_id for e in events] == ["site-1", "site-0"]
@@ -74,7 +77,7 @@ def test_fit_and_evaluate_produce_results_lazily_in_dispatch_order():
         assert e.result.num_examples == 4
         assert "train_loss" in e.result.metrics
         assert digest(e.result.params) != digest(params)
-    transport.dispatch(1, Phase.EVALUATE, ["site-0"], params, {})
+    transport.dispatch(1, ["site-0"], Instruction(phase=Phase.EVALUATE, params=params))
     (ev,) = _events(transport)
     assert isinstance(ev.result, EvaluateResult)
     assert ev.result.num_examples == 3
@@ -85,7 +88,9 @@ def test_a_site_whose_training_produces_nan_is_rejected_with_a_reason():
     good = Site(_task(), site=0, num_sites=2, train_config=CFG)
     bad = Site(_task(_nan_train), site=1, num_sites=2, train_config=CFG)
     transport = InMemoryTransport([good, bad])
-    tasks = transport.dispatch(1, Phase.FIT, ["site-0", "site-1"], good.initial_params(), {})
+    tasks = transport.dispatch(
+        1, ["site-0", "site-1"], Instruction(phase=Phase.FIT, params=good.initial_params())
+    )
     ok, rejected = _events(transport)
     assert isinstance(ok, ResultArrived)
     assert isinstance(rejected, ResultRejected)
@@ -97,7 +102,7 @@ def test_a_site_whose_training_produces_nan_is_rejected_with_a_reason():
 def test_a_site_that_changes_the_architecture_is_rejected():
     site = Site(_task(_reshape_train), site=0, num_sites=1, train_config=CFG)
     transport = InMemoryTransport([site])
-    transport.dispatch(2, Phase.FIT, ["site-0"], site.initial_params(), {})
+    transport.dispatch(2, ["site-0"], Instruction(phase=Phase.FIT, params=site.initial_params()))
     (event,) = _events(transport)
     assert isinstance(event, ResultRejected)
     assert event.reason == "tensor 'weight' has shape (2, 2), the model has (2, 3)"
@@ -106,7 +111,7 @@ def test_a_site_that_changes_the_architecture_is_rejected():
 def test_close_drops_pending_work():
     site = Site(_task(), site=0, num_sites=1, train_config=CFG)
     transport = InMemoryTransport([site])
-    transport.dispatch(1, Phase.FIT, ["site-0"], site.initial_params(), {})
+    transport.dispatch(1, ["site-0"], Instruction(phase=Phase.FIT, params=site.initial_params()))
     transport.close()
     assert transport.next_event(0.0) is None
 
@@ -127,7 +132,7 @@ def test_a_fit_result_without_examples_is_rejected_like_the_coordinator_does():
     task = Task(name="empty", build_model=_build_model, load_data=_empty_train_data)
     site = Site(task, site=0, num_sites=1, train_config=CFG)
     transport = InMemoryTransport([site])
-    transport.dispatch(1, Phase.FIT, ["site-0"], site.initial_params(), {})
+    transport.dispatch(1, ["site-0"], Instruction(phase=Phase.FIT, params=site.initial_params()))
     (event,) = _events(transport)
     assert isinstance(event, ResultRejected)
     assert "num_examples 0" in event.reason
@@ -136,7 +141,7 @@ def test_a_fit_result_without_examples_is_rejected_like_the_coordinator_does():
 def test_non_finite_training_metrics_are_rejected_like_the_coordinator_does():
     site = Site(_task(_nan_metric_train), site=0, num_sites=1, train_config=CFG)
     transport = InMemoryTransport([site])
-    transport.dispatch(1, Phase.FIT, ["site-0"], site.initial_params(), {})
+    transport.dispatch(1, ["site-0"], Instruction(phase=Phase.FIT, params=site.initial_params()))
     (event,) = _events(transport)
     assert isinstance(event, ResultRejected)
     assert "train_loss" in event.reason
