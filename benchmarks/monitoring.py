@@ -126,8 +126,8 @@ def parts(reps: int) -> dict[str, float]:
 
 
 def audit_rates(entries: int, work: Path) -> dict[str, float]:
-    from fedops.reporting.compliance import verify_log_file
-    from fedops.runtime.audit_log import AuditLog
+    from fedops.reporting.audit.compliance import verify_log_file
+    from fedops.runtime.audit.log_file import AuditLog
 
     out = {}
     payload = {"round": 7, "node_id": "n-1", "digest": "ab" * 32, "num_examples": 123}

@@ -58,7 +58,7 @@ def _run_tool(args: argparse.Namespace) -> int:
         if verb == "crl":
             return commands.crl_command(args.out, args.days)
         return commands.revoke_command(args.out, args.name)
-    from fedops.reporting.audit_commands import audit_export_command, audit_verify_command
+    from fedops.reporting.audit.audit_commands import audit_export_command, audit_verify_command
 
     if args.audit_command == "verify":
         return audit_verify_command(
@@ -181,7 +181,7 @@ def _main(argv: list[str]) -> int:
 def _dispatch(command: str, cfg: Any, ca_fingerprint: str | None = None) -> int:
     if command == "coordinator":
         from fedops.coordinator.app import BindError, run_coordinator
-        from fedops.runtime.audit_log import AuditError
+        from fedops.runtime.audit.log_file import AuditError
         from fedops.runtime.driver import RunAborted
         from fedops.runtime.store import StoreError
 

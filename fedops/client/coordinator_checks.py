@@ -2,7 +2,7 @@
 
 The coordinator is not trusted (a site protects its data from it), so each
 task is read as a claim: its audit head must move forward (a truncated or
-replaced coordinator log is caught, :mod:`fedops.core.audit_anchor`), the CRL
+replaced coordinator log is caught, :mod:`fedops.core.audit.anchor`), the CRL
 it carries must be the CA's, current and no older than one already seen
 (:class:`~fedops.consortium.crl.DeliveredCrl`, with which the site checks its
 SecAgg+ peers), and a monitoring request must keep the run's first binning
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedops.consortium.crl import CrlError, DeliveredCrl
-from fedops.core.audit_anchor import Anchor, HeadWatch, anchor_of
+from fedops.core.audit.anchor import Anchor, HeadWatch, anchor_of
 from fedops.core.monitoring.profile import MonitorSpec
 from fedops.tasks.site import PolicyRefusal
 from fedops.v1 import fedops_pb2 as pb

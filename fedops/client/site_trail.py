@@ -13,7 +13,7 @@ from typing import Any
 
 from fedops.core.audit import json_values
 from fedops.crypto import Identity
-from fedops.runtime.audit_log import AuditLog
+from fedops.runtime.audit.log_file import AuditLog
 from fedops.tasks.ledger import Spent
 from fedops.v1 import fedops_pb2 as pb
 

@@ -85,7 +85,7 @@ def _remove_empty(run_dir: Path) -> None:
 
 
 def _run(cfg: DictConfig) -> float | None:
-    from fedops.runtime.audit_log import AuditError
+    from fedops.runtime.audit.log_file import AuditError
     from fedops.runtime.store import StoreError
     from fedops.simulation.engine import run_simulation  # torch import: only when running
     from fedops.tasks.contract import TaskError

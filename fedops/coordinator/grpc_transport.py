@@ -68,7 +68,7 @@ class GrpcTransport:
         audit: ``(event, payload)`` for the coordinator's audit log: joins,
             models sent and updates received, each with its digest.
         audit_head: the coordinator log's ``(seq, hash)``, sent with every task for the
-            sites to anchor (:mod:`fedops.core.audit_anchor`).
+            sites to anchor (:mod:`fedops.core.audit.anchor`).
         max_nodes: live nodes at most (``--max-nodes``); a new site past it is refused.
 
     ``crl`` (set in kit mode) returns the CA-signed CRL in force, sent with every

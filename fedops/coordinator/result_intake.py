@@ -25,7 +25,7 @@ import grpc
 
 from fedops.coordinator.intake import read_result
 from fedops.coordinator.nodes import NodeRegistry, Unauthenticated
-from fedops.core.audit_anchor import anchor_of
+from fedops.core.audit.anchor import anchor_of
 from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import InvalidUpdate, Params, TensorSpec, digest, total_bytes
 from fedops.core.results import EvaluateResult, FitResult, StageResult

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from fedops.crypto import Identity
-from fedops.runtime.audit_log import AuditLog
+from fedops.runtime.audit.log_file import AuditLog
+from fedops.runtime.audit.run_trail import RunTrail
 from fedops.runtime.driver import RoundRecord
 from fedops.runtime.metrics import RunMetrics
 from fedops.runtime.mlflow_sink import MlflowSink
 from fedops.runtime.run import RunPlan, execute
 from fedops.runtime.store import RunStore
-from fedops.runtime.trail import RunTrail
 from fedops.runtime.transport import Transport
 
 

@@ -24,7 +24,7 @@ from fedops.consortium.enrol import assemble, request, sign_requests
 from fedops.consortium.kit import load_kit
 from fedops.consortium.kits import init_ca, init_consortium, revoke
 from fedops.consortium.tls import channel_credentials
-from fedops.reporting.audit_commands import audit_export_command, audit_verify_command
+from fedops.reporting.audit.audit_commands import audit_export_command, audit_verify_command
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
 from fedops.wire import PROTOCOL_VERSION

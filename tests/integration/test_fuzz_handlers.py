@@ -65,7 +65,7 @@ from fedops.core.secagg.messages import (
 )
 from fedops.core.secagg.quantize import Quantizer
 from fedops.core.secagg.update import Encoding
-from fedops.reporting.compliance import verify_log_file
+from fedops.reporting.audit.compliance import verify_log_file
 from fedops.runtime.records import RecordSettings, RunRecords
 from fedops.runtime.transport import Instruction, StageRequest
 from fedops.v1 import fedops_pb2 as pb

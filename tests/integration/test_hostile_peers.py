@@ -39,7 +39,7 @@ from fedops.coordinator.peer_guard import (
 )
 from fedops.coordinator.peers import PeerGate
 from fedops.core.rounds import Phase
-from fedops.runtime.audit_log import LOG_NAME
+from fedops.runtime.audit.log_file import LOG_NAME
 from fedops.runtime.records import RecordSettings, RunRecords
 from fedops.runtime.transport import Instruction
 from fedops.v1 import fedops_pb2 as pb

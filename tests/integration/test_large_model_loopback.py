@@ -20,7 +20,7 @@ from fedops.coordinator.grpc_transport import GrpcTransport
 from fedops.core.params import digest
 from fedops.core.strategies import FedAvg
 from fedops.core.training import TrainConfig, get_params
-from fedops.runtime.audit_log import AuditLog
+from fedops.runtime.audit.log_file import AuditLog
 from fedops.runtime.driver import DriverConfig, RoundDriver
 from fedops.runtime.settings import ClientConfig
 from fedops.runtime.store import RunStore

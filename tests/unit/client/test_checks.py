@@ -18,7 +18,7 @@ import pytest
 from fedops.client.coordinator_checks import CoordinatorChecks, payload_of
 from fedops.consortium import pki
 from fedops.consortium.crl import MAX_DELIVERED_CRL_DAYS, DeliveredCrl
-from fedops.core.audit_anchor import Anchor
+from fedops.core.audit.anchor import Anchor
 from fedops.core.monitoring.profile import MonitorSpec
 from fedops.tasks.site import PolicyRefusal
 from fedops.v1 import fedops_pb2 as pb

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from fedops.client.site_trail import SiteTrail, phase_of
-from fedops.core.audit_verify import verify_log_bytes
+from fedops.core.audit.verify import verify_log_bytes
 from fedops.crypto import verify_ed25519
 from fedops.v1 import fedops_pb2 as pb
 

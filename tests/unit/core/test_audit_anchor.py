@@ -7,7 +7,7 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedops.core.audit_anchor import Anchor, HeadWatch, anchor_in, anchor_of, missing_anchors
+from fedops.core.audit.anchor import Anchor, HeadWatch, anchor_in, anchor_of, missing_anchors
 
 
 def _h(i: int) -> str:

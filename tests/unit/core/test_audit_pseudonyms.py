@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedops.core.audit_pseudonyms import MARK, Pseudonyms, pseudonym, reidentify
+from fedops.core.audit.pseudonyms import MARK, Pseudonyms, pseudonym, reidentify
 
 KEY = bytes(range(32))
 RUN = "run-7"

@@ -12,9 +12,9 @@ import json
 import os
 from pathlib import Path
 
-from fedops.core.audit_pseudonyms import Pseudonyms
-from fedops.reporting.compliance import export_compliance
-from fedops.runtime.audit_log import LOG_NAME, PSEUDONYM_KEY_NAME, AuditLog
+from fedops.core.audit.pseudonyms import Pseudonyms
+from fedops.reporting.audit.compliance import export_compliance
+from fedops.runtime.audit.log_file import LOG_NAME, PSEUDONYM_KEY_NAME, AuditLog
 
 NODE = "node-0001-abcdef"
 

@@ -16,10 +16,10 @@ import yaml
 from fedops.cli import main
 from fedops.consortium.kit import Kit, load_kit
 from fedops.consortium.kits import init_consortium
-from fedops.reporting.audit_commands import audit_export_command, audit_verify_command
-from fedops.reporting.compliance import export_compliance
-from fedops.reporting.logs import CERT_NAME
-from fedops.runtime.audit_log import (
+from fedops.reporting.audit.audit_commands import audit_export_command, audit_verify_command
+from fedops.reporting.audit.compliance import export_compliance
+from fedops.reporting.audit.logs import CERT_NAME
+from fedops.runtime.audit.log_file import (
     HEAD_NAME,
     KEY_NAME,
     LOG_NAME,

@@ -1,4 +1,4 @@
-"""fedops.reporting.compliance: every party's log verified, digests cross-checked."""
+"""fedops.reporting.audit.compliance: every party's log verified, digests cross-checked."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fedops.reporting.audit_commands import audit_export_command, audit_verify_command
-from fedops.reporting.compliance import export_compliance
-from fedops.runtime.audit_log import LOG_NAME, PUBLIC_NAME, AuditLog
+from fedops.reporting.audit.audit_commands import audit_export_command, audit_verify_command
+from fedops.reporting.audit.compliance import export_compliance
+from fedops.runtime.audit.log_file import LOG_NAME, PUBLIC_NAME, AuditLog
 
 MODEL = {
     (r, phase): f"{r}{phase[0]}".ljust(64, "0") for r in (1, 2) for phase in ("fit", "evaluate")

@@ -1,4 +1,4 @@
-"""fedops.runtime.audit_log and fedops.core.audit: signed, hash-chained audit logs.
+"""fedops.runtime.audit.log_file and fedops.core.audit: signed, hash-chained audit logs.
 
 Lines must be byte for byte canonical JSON, so the tampering property test
 edits *any* byte of a line to any other value (whitespace included): there is
@@ -29,10 +29,10 @@ from fedops.core.audit import (
     opened_payload,
     payload_digest,
 )
-from fedops.core.audit_verify import verify_entries
+from fedops.core.audit.verify import verify_entries
 from fedops.crypto import Identity, verify_ed25519
-from fedops.reporting.compliance import verify_log_file as verify_log
-from fedops.runtime.audit_log import (
+from fedops.reporting.audit.compliance import verify_log_file as verify_log
+from fedops.runtime.audit.log_file import (
     HEAD_NAME,
     KEY_NAME,
     LOG_NAME,

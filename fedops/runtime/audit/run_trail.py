@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedops.core.audit import json_values
-from fedops.runtime.audit_log import AuditLog
+from fedops.runtime.audit.log_file import AuditLog
 from fedops.runtime.driver import RoundRecord
 from fedops.runtime.store import RunStore, config_digest
 

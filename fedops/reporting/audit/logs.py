@@ -1,6 +1,6 @@
 """Verifying one party's audit log file: on its own, with a pinned key, or pinned to the CA.
 
-The chain and signature checks are :mod:`fedops.core.audit_verify`'s; this reads the
+The chain and signature checks are :mod:`fedops.core.audit.verify`'s; this reads the
 files (the log, its signed head, and in consortium mode the certificate of the
 log's key beside it) and, with the consortium CA's certificate, ties the log
 to the party the CA certified, so an auditor needs no key handed over by the
@@ -16,11 +16,11 @@ from typing import Any
 from fedops.consortium import pki
 from fedops.consortium.crl import CrlError, check_crl
 from fedops.consortium.signing import CertificateError, Signer, certified_log_signer
-from fedops.core.audit_verify import VerifyResult, verify_log_bytes
+from fedops.core.audit.verify import VerifyResult, verify_log_bytes
 from fedops.crypto import verify_ed25519
 
 LOG_NAME = "audit.jsonl"
-#: the certificate of the log's key, beside the log (:mod:`fedops.runtime.audit_log` writes it)
+#: the certificate of the log's key, beside the log (:mod:`fedops.runtime.audit.log_file` writes it)
 CERT_NAME = "audit_key.crt"
 
 

@@ -18,7 +18,7 @@ Files (``run_dir`` is the coordinator's or a site's own directory):
   truncated one). A missing head file is a warning, not a failure;
 * ``participants.key`` (coordinator, central DP only): the operator's key for
   the per-round pseudonyms that name who took part
-  (:mod:`fedops.core.audit_pseudonyms`), mode 0600.
+  (:mod:`fedops.core.audit.pseudonyms`), mode 0600.
 
 Every entry is written, flushed and fsynced before :meth:`AuditLog.record`
 returns (``fsync=False`` for tests and benchmarks), under a lock: the
@@ -55,8 +55,8 @@ from fedops.core.audit import (
     opened_payload,
     sha256_hex,
 )
-from fedops.core.audit_pseudonyms import KEY_BYTES, MARK, Pseudonyms
-from fedops.core.audit_verify import split_log, verify_log_bytes
+from fedops.core.audit.pseudonyms import KEY_BYTES, MARK, Pseudonyms
+from fedops.core.audit.verify import split_log, verify_log_bytes
 from fedops.crypto import Identity, verify_ed25519
 
 LOG_NAME = "audit.jsonl"

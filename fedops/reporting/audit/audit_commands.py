@@ -1,7 +1,7 @@
 """``fedops audit verify`` and ``fedops audit export``: verdicts for a terminal.
 
-The checks are in :mod:`fedops.reporting.logs` (one log) and
-:mod:`fedops.reporting.compliance` (every party's log, cross-checked); this is
+The checks are in :mod:`fedops.reporting.audit.logs` (one log) and
+:mod:`fedops.reporting.audit.compliance` (every party's log, cross-checked); this is
 what turns them into exit codes and lines on stdout/stderr (fedops/cli parses
 the arguments).
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fedops.reporting.compliance import export_compliance
-from fedops.reporting.logs import verify_certified_log, verify_log_file
+from fedops.reporting.audit.compliance import export_compliance
+from fedops.reporting.audit.logs import verify_certified_log, verify_log_file
 
 
 def _read(path: Path | None, what: str) -> bytes | None:

@@ -33,12 +33,12 @@ to a site; the report names the certified party of each log. Writes
 scripts, every string escaped).
 
 Each log's heads as the other side anchored them are checked too
-(:mod:`fedops.core.audit_anchor`): a coordinator head a site recorded, or a site
+(:mod:`fedops.core.audit.anchor`): a coordinator head a site recorded, or a site
 head the coordinator recorded, that the log no longer holds is an
 ``anchor_missing`` mismatch: that log was truncated or rewritten.
 
 Under central DP the coordinator names the nodes of each round by keyed
-pseudonyms (:mod:`fedops.core.audit_pseudonyms`). With the run directory's
+pseudonyms (:mod:`fedops.core.audit.pseudonyms`). With the run directory's
 ``participants.key`` (the operator's) they are mapped back and cross-checked
 like any round; without it those rounds are listed as ``pseudonymous_rounds``
 and not cross-checked. A report made with the key names who took part in each
@@ -56,11 +56,11 @@ from pathlib import Path
 from typing import Any
 
 from fedops.consortium.signing import Signer
-from fedops.core.audit_pseudonyms import MARK, reidentify
-from fedops.core.audit_verify import VerifyResult, split_log
-from fedops.reporting.anchor_checks import check_anchors
-from fedops.reporting.compliance_html import render_html
-from fedops.reporting.logs import (
+from fedops.core.audit.pseudonyms import MARK, reidentify
+from fedops.core.audit.verify import VerifyResult, split_log
+from fedops.reporting.audit.anchor_checks import check_anchors
+from fedops.reporting.audit.compliance_html import render_html
+from fedops.reporting.audit.logs import (
     LOG_NAME,
     certified_summary,
     verify_certified_log,

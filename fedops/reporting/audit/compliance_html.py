@@ -128,7 +128,7 @@ def _events(events: Mapping[str, Any]) -> str:
 
 
 def render_html(report: Mapping[str, Any]) -> str:
-    """The report dict of :func:`fedops.reporting.compliance.export_compliance` as HTML."""
+    """The report dict of :func:`fedops.reporting.audit.compliance.export_compliance` as HTML."""
     ok = bool(report["ok"])
     verdict = (
         "All logs verify and every digest matches."

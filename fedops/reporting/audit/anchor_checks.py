@@ -1,6 +1,6 @@
 """The compliance export's anchor check: each log's heads as the other party recorded them.
 
-See :mod:`fedops.core.audit_anchor`: a head one party recorded of the other's log, which
+See :mod:`fedops.core.audit.anchor`: a head one party recorded of the other's log, which
 that log no longer holds, shows the log was cut or rewritten.
 """
 
@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fedops.core.audit_anchor import anchor_in, missing_anchors
-from fedops.core.audit_pseudonyms import MARK, head_mac
-from fedops.core.audit_verify import VerifyResult
+from fedops.core.audit.anchor import anchor_in, missing_anchors
+from fedops.core.audit.pseudonyms import MARK, head_mac
+from fedops.core.audit.verify import VerifyResult
 
 
 class Party(Protocol):
@@ -33,7 +33,7 @@ class Anchors:
 def check_anchors(
     coordinator: Party, sites: Sequence[Party], key: bytes | None, run_id: str
 ) -> Anchors:
-    """Each party's log heads as the other side recorded them (:mod:`fedops.core.audit_anchor`).
+    """Each party's log heads as the other side recorded them (:mod:`fedops.core.audit.anchor`).
 
     A site's heads are matched to its log by node id (the ids its own entries name), never
     by the log's self-declared actor, which whoever rewrites the log also chooses. A sealed
