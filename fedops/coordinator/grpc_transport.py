@@ -123,16 +123,21 @@ class GrpcTransport:
             events=self._events,
             post=self._post,
         )
+
+        # the audit log is read at each call, as dispatch() reads it: one log per transport
+        def record(event: str, payload: Mapping[str, Any]) -> None:
+            self.audit(event, payload)
+
         self._registration = NodeRegistration(
             run_id=run_id,
             board=board,
             gate=self._gate,
             heartbeat_interval_s=heartbeat_interval_s,
             max_chunk_bytes=max_chunk_bytes,
-            audit=audit,
+            audit=record,
         )
         self._intake = ResultIntake(
-            run_id=run_id, board=board, gate=self._gate, uploads=self._node_uploads, audit=audit
+            run_id=run_id, board=board, gate=self._gate, uploads=self._node_uploads, audit=record
         )
 
     # ------------------------------------------------------------------

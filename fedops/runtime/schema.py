@@ -15,6 +15,7 @@ reads it (its ``options`` mapping): nothing else.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,17 +93,20 @@ def flag_of(key: str) -> str:
     return FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
 
 
-def check_strategy(
-    st: StrategyConfig, *, per_round: int, secagg: str, privacy: str, prefix: str = "strategy"
-) -> None:
-    """Every rule of the ``strategy.*`` keys, named by ``prefix.KEY``."""
+def check_strategy_options(st: StrategyConfig, *, prefix: str = "strategy") -> None:
+    """The ``strategy.*`` keys on their own: a known name, values in range, and no option
+    the chosen strategy does not read (it would be ignored without a word)."""
     require(
         st.name in STRATEGIES,
         f"{prefix}.name",
         f"must be one of {sorted(STRATEGIES)}, got {st.name!r}",
     )
     require(st.mu >= 0, f"{prefix}.mu", f"must be >= 0, got {st.mu}")
-    require(st.server_lr > 0, f"{prefix}.server_lr", f"must be > 0, got {st.server_lr}")
+    require(
+        math.isfinite(st.server_lr) and st.server_lr > 0,
+        f"{prefix}.server_lr",
+        f"must be a number > 0, got {st.server_lr}",
+    )
     for spec in dataclasses.fields(StrategyConfig):
         value, reading = getattr(st, spec.name), readers(spec.name)
         require(
@@ -111,6 +115,13 @@ def check_strategy(
             f"has no effect with strategy {st.name}: it is read by "
             f"{' and '.join(reading) or 'no strategy'} only",
         )
+
+
+def check_strategy_fits(
+    st: StrategyConfig, *, per_round: int, secagg: str, privacy: str, prefix: str = "strategy"
+) -> None:
+    """The strategy against the rest of the run: robust rules need every client's model
+    (no SecAgg, no central or distributed DP) and, for Krum, enough clients per round."""
     try:
         _check_robust(st, per_round=per_round, secagg=secagg, privacy=privacy)
     except ConfigError as exc:
@@ -164,6 +175,11 @@ def check_train(c: ClientTrainConfig, *, prefix: str = "client") -> None:
         f"must be one of {list(OPTIMIZERS)}, got {c.optimizer!r}",
     )
     require(0 <= c.momentum < 1, f"{prefix}.momentum", "must be in [0, 1)")
+    require(
+        c.optimizer == "sgd" or c.momentum == 0,
+        f"{prefix}.momentum",
+        f"has no effect with optimizer {c.optimizer}: it is read by sgd only",
+    )
 
 
 # ---- where the two fronts meet ---------------------------------------------------------
@@ -230,7 +246,7 @@ DEPLOYMENT_ONLY = {
     "--liveness-timeout": _PROCESS,
     "--heartbeat-interval": _PROCESS,
     "--max-nodes": _PROCESS,
-    "--keep-checkpoints": "a simulation keeps every checkpoint",
+    "--keep-checkpoints": "a simulation keeps the run store's default (the newest 3)",
     "--max-workers": _PROCESS,
     "--metrics-port": _PROCESS,
     "--metrics-address": _PROCESS,

@@ -19,7 +19,8 @@ from fedops.runtime.schema import (
     FLAG_NAMES,
     ClientTrainConfig,
     StrategyConfig,
-    check_strategy,
+    check_strategy_fits,
+    check_strategy_options,
     check_train,
 )
 
@@ -98,6 +99,7 @@ class RoundOptions:
     run_dir: Path = Path("runs/latest")
 
     def check_round_options(self) -> None:
+        check_strategy_options(self.strategy)
         _require(self.rounds >= 1, "rounds", f"must be >= 1, got {self.rounds}")
         _require(self.min_clients >= 1, "min_clients", f"must be >= 1, got {self.min_clients}")
         _require(
@@ -197,7 +199,7 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
         )
         check_secagg(self.secagg, self.secagg_k, self.secagg_threshold, self.secagg_clip)
         self.check_privacy()
-        check_strategy(
+        check_strategy_fits(
             self.strategy,
             per_round=min(self.min_clients, self.clients_per_round or self.min_clients),
             secagg=self.secagg,

@@ -17,7 +17,13 @@ from typing import Any
 
 from fedops.core.secagg import graph
 from fedops.runtime.rules import PRIVACY_MODES, SECAGG_CLIP, ConfigError, check_dp, check_secagg
-from fedops.runtime.schema import ClientTrainConfig, StrategyConfig, check_strategy, check_train
+from fedops.runtime.schema import (
+    ClientTrainConfig,
+    StrategyConfig,
+    check_strategy_fits,
+    check_strategy_options,
+    check_train,
+)
 
 DATASETS = ("digits", "breast_cancer", "synthetic")
 PARTITIONS = ("iid", "dirichlet")
@@ -169,9 +175,10 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     _one_of(cfg.model.name, MODELS, "model.name")
     _require(cfg.model.hidden >= 1, "model.hidden", "must be >= 1")
     check_data_keys(cfg)
+    check_strategy_options(cfg.strategy)
     check_train(c)
     check_simulation(s)
-    check_strategy(
+    check_strategy_fits(
         cfg.strategy,
         per_round=s.clients_per_round or s.num_clients,
         secagg=cfg.secagg.name,

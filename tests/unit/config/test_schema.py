@@ -105,6 +105,8 @@ def test_loopback_addresses_are_accepted(address):
         ({"train": ClientTrainConfig(lr=0.0)}, "client.lr"),
         ({"train": ClientTrainConfig(optimizer="lbfgs")}, "client.optimizer"),
         ({"train": ClientTrainConfig(momentum=1.0)}, "client.momentum"),
+        # Adam has no momentum term: the setting would be ignored
+        ({"train": ClientTrainConfig(optimizer="adam", momentum=0.9)}, "client.momentum"),
     ],
 )
 def test_client_errors_name_the_key(kwargs, key):

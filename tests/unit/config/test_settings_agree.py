@@ -123,3 +123,18 @@ def test_the_shared_sections_generate_their_flags():
     assert schema.flag_of("strategy.select") == "--krum-select"
     assert schema.flag_of("client.batch_size") == "--batch-size"
     assert schema.flag_of("round_timeout_s") == "--round-timeout"
+
+
+def test_strategy_keys_are_checked_before_the_rest_on_both_fronts():
+    """With two mistakes the strategy's own is named, as before the schema moved it."""
+    from fedops.config.hydra_app import compose_settings
+    from fedops.runtime.rules import ConfigError
+    from fedops.runtime.schema import StrategyConfig
+    from fedops.runtime.simulate_settings import validate
+
+    with pytest.raises(ConfigError) as deployed:
+        CoordinatorConfig(strategy=StrategyConfig(mu=0.5), round_timeout_s=0)
+    assert deployed.value.key == "strategy.mu"
+    with pytest.raises(ConfigError) as simulated:
+        validate(compose_settings("strategy.name=bogus", "client.epochs=0"))
+    assert simulated.value.key == "strategy.name"

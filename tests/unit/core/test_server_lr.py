@@ -48,7 +48,8 @@ def test_the_flag_and_the_key_reach_fedavg_and_fedprox():
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [
-        (["strategy.server_lr=0"], "must be > 0"),
+        (["strategy.server_lr=0"], "must be a number > 0"),
+        (["strategy.server_lr=inf"], "must be a number > 0"),
         (["strategy=median", "strategy.server_lr=0.5"], "has no effect with strategy median"),
     ],
 )
