@@ -24,7 +24,7 @@ from fedops.config import (
     CoordinatorConfig,
     flag_of,
 )
-from fedops.tasks.loader import TaskError
+from fedops.tasks.builtin import TaskError
 
 __all__ = ["build_parser", "main"]
 

@@ -13,7 +13,7 @@ import typing
 from typing import Any
 
 from fedops.config import FLAG_NAMES, SECTIONS, flag_of
-from fedops.tasks.loader import BUILTIN_TASKS
+from fedops.tasks.builtin import BUILTIN_TASKS
 
 
 def task_flags(p: argparse.ArgumentParser, *, required: bool) -> None:

@@ -15,11 +15,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from fedops.core.optimizers import OPTIMIZERS
 from fedops.core.params import Params
 
 Data = Dataset[Any] | tuple[torch.Tensor, torch.Tensor]
-
-OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

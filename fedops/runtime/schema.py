@@ -19,9 +19,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedops.core.optimizers import OPTIMIZERS
 from fedops.core.strategies import ROBUST_STRATEGIES, STRATEGIES, readers
 from fedops.core.strategies.robust import Krum
-from fedops.core.training import OPTIMIZERS
 from fedops.runtime.rules import ConfigError, require
 
 

@@ -9,13 +9,12 @@ from typing import Any
 from torch import nn
 
 from fedops.core.training import Data
+from fedops.tasks.builtin import TaskError
+
+__all__ = ["LoadData", "Task", "TaskError"]
 
 #: ``load_data(site, num_sites)`` or ``load_data(site, num_sites, round)``
 LoadData = Callable[..., tuple[Data, Data]]
-
-
-class TaskError(ValueError):
-    """A task that cannot be loaded or broke its contract; the message says where and why."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -30,14 +30,9 @@ from types import ModuleType
 from typing import Any
 
 from fedops.tasks import digits
+from fedops.tasks.builtin import BUILTIN_TASKS
 from fedops.tasks.contract import Task, TaskError
 from fedops.tasks.task_checks import checked_data, checked_model
-
-#: built-in task names -> the options of their factory that differ from defaults
-BUILTIN_TASKS: dict[str, dict[str, Any]] = {
-    "digits": {"model": "logreg"},
-    "digits-mlp": {"model": "mlp"},
-}
 
 REQUIRED = ("build_model", "load_data")
 
