@@ -159,7 +159,7 @@ def _plan(
 
     return RunPlan(
         label="run",
-        config=run_config(cfg),
+        config=records.config,
         strategy=make_strategy(cfg.strategy),
         driver=_driver(cfg),
         initial_params=first_params,

@@ -47,6 +47,7 @@ class RunRecords:
     """An open run's records; :meth:`open` and :meth:`finish` bracket every run."""
 
     run_id: str
+    config: Mapping[str, Any]  # as stored and digested: the plan runs this very value
     store: RunStore
     audit: AuditLog
     trail: RunTrail
@@ -68,7 +69,7 @@ class RunRecords:
         if settings.mlflow_uri:
             params = settings.config if settings.mlflow_params is None else settings.mlflow_params
             mlflow = MlflowSink(settings.mlflow_uri, settings.mlflow_experiment, run_id, params)
-        return cls(run_id, store, audit, trail, metrics, mlflow)
+        return cls(run_id, settings.config, store, audit, trail, metrics, mlflow)
 
     def write_rejection(self, server_round: int, node: str, code: str, reason: str) -> None:
         """The run store's row and the audit entry of one refused message."""

@@ -141,21 +141,22 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
         secagg = SecAggSettings(
             degree=a.k, threshold=a.threshold, clip=a.clip, min_survivors=a.min_survivors
         )
+    config = asdict(cfg)
     records = RunRecords.open(  # the simulated coordinator's store and signed log
         RecordSettings(
             run_dir=run_dir,
-            config=asdict(cfg),
+            config=config,
             task_digest=task.digest,
             hide_participants=cfg.privacy.name == "central"
             and not cfg.privacy.publish_participants,
             mlflow_uri=cfg.mlflow_uri,
             mlflow_experiment=cfg.mlflow_experiment,
-            mlflow_params=_flat(asdict(cfg)),
+            mlflow_params=_flat(config),
         )
     )
     plan = RunPlan(
         label="simulate",
-        config=asdict(cfg),
+        config=records.config,
         strategy=make_strategy(cfg.strategy),
         driver=DriverConfig(
             rounds=cfg.rounds,
