@@ -12,17 +12,17 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
 
 from fedops.client.calls import Session, fetch_model
 from fedops.client.channel import dial
-from fedops.client.coordinator_checks import CoordinatorChecks, payload_of
+from fedops.client.coordinator_checks import CoordinatorChecks
 from fedops.client.secure_participant import SecureParticipant, secure_identity
 from fedops.client.site_config import site_name, site_policy, started_policy
-from fedops.client.site_trail import SiteTrail, phase_of
+from fedops.client.site_trail import SiteTrail
 from fedops.client.startup import check_ledger as _check_ledger
 from fedops.client.startup import delivered_crl, warn_count_shows, warn_without_identities
 from fedops.client.task_guard import TaskGuard
@@ -213,9 +213,6 @@ class Agent:
     def _audit(self, event: str, **payload: Any) -> None:
         self.trail.audit(event, **payload)
 
-    def _record(self, **entry: Any) -> None:
-        self.trail.journal(**entry)
-
     @property
     def announced_examples(self) -> int:
         """The record count this site tells the coordinator outside training: none when it
@@ -234,8 +231,7 @@ class Agent:
         log.info(
             "registered with %s as %s (run %s)", self.cfg.coordinator, reply.node_id, reply.run_id
         )
-        self._record(event="registered", node_id=reply.node_id, run_id=reply.run_id)
-        self._audit("registered", node_id=reply.node_id, run_id=reply.run_id)
+        self.trail.registered(reply.node_id, reply.run_id)
         return Session(
             node_id=reply.node_id,
             token=reply.token,
@@ -297,14 +293,7 @@ class Agent:
         )
         if task.kind == pb.TASK_KIND_SHUTDOWN:
             log.info("coordinator says: %s; exiting", task.message or "shutdown")
-            self._record(event="shutdown", run_id=task.run_id)
-            head = self.checks.head(task)  # the coordinator's log, anchored to its end
-            self._audit(
-                "run_finished",
-                run_id=task.run_id,
-                message=task.message,
-                **payload_of(head, task.run_id),
-            )
+            self.trail.finished(task, self.checks.head(task))
             return False
         if task.kind == pb.TASK_KIND_WAIT:
             return True
@@ -323,6 +312,11 @@ class Agent:
     def _task_handler(self) -> TaskHandler:
         """What carrying out a task may use, read afresh for each task so that it never
         works from a stale copy of this agent's parts."""
+        session = self.session
+        assert session is not None
+        outbox = Outbox(
+            channel=self.channel, session=session, trail=self.trail, guarded=self._guarded
+        )
         return TaskHandler(
             site=self.site,
             policy=self.policy,
@@ -334,7 +328,7 @@ class Agent:
             announced_examples=self.announced_examples,
             audit=self._audit,
             fetch=self._fetch,
-            push=self._push,
+            outbox=outbox,
         )
 
     def _guarded(self, what: str, call: Callable[[], T]) -> T:
@@ -351,47 +345,5 @@ class Agent:
         params, got = self._guarded(
             "fetch model", lambda: fetch_model(self.channel, session, task, buffer=self._buffer)
         )
-        self._record(
-            event="model",
-            round=task.round,
-            kind=pb.TaskKind.Name(task.kind),
-            model_digest=got,
-            config=dict(task.config),
-        )
-        head = self.checks.head(task)
-        self._audit(
-            "model_received",
-            round=task.round,
-            phase=phase_of(task),
-            model_digest=got,
-            node_id=session.node_id,
-            config=dict(task.config),
-            # the coordinator's log head: truncating that log later cannot remove it here
-            **payload_of(head, task.run_id),
-        )
+        self.trail.received(task, session.node_id, got, self.checks.head(task))
         return params
-
-    def _push(
-        self,
-        task: pb.Task,
-        params: Params,
-        num_examples: int,
-        metrics: Mapping[str, float],
-        *,
-        secagg: pb.SecAggReply | None = None,
-        declined: str = "",
-        report: pb.SiteReport | None = None,
-    ) -> None:
-        session = self.session
-        assert session is not None
-        outbox = Outbox(
-            channel=self.channel,
-            session=session,
-            trail=self.trail,
-            guarded=self._guarded,
-            record=self._record,
-            audit=self._audit,
-        )
-        outbox.push(
-            task, params, num_examples, metrics, secagg=secagg, declined=declined, report=report
-        )

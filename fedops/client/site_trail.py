@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedops.client.coordinator_checks import payload_of
 from fedops.core.audit import json_values
+from fedops.core.audit.anchor import Anchor
 from fedops.crypto import Identity
 from fedops.runtime.audit.log_file import AuditLog
 from fedops.tasks.ledger import Spent
 from fedops.v1 import fedops_pb2 as pb
+from fedops.wire.phases import phase_of
 
 #: what a site's local_epsilon is a guarantee of (README: "Privacy guarantees")
 LOCAL_DP_MECHANISM = (
@@ -25,25 +29,6 @@ LOCAL_DP_MECHANISM = (
     "coordinator, other sites and readers of the released models, for the site's training "
     "records (not its test rows)"
 )
-
-_SECAGG_PHASES = {
-    "setup": "secagg_keys",
-    "keys": "secagg_shares",
-    "mask": "secagg_masked",
-    "consistency": "secagg_consistency",
-    "unmask": "secagg_unmask",
-}
-
-
-def phase_of(task: pb.Task) -> str:
-    """The phase name the coordinator's audit log uses for the same task."""
-    if task.kind == pb.TASK_KIND_SECAGG:
-        return _SECAGG_PHASES.get(task.secagg.WhichOneof("stage") or "", "secagg")
-    return {
-        pb.TASK_KIND_FIT: "fit",
-        pb.TASK_KIND_EVALUATE: "evaluate",
-        pb.TASK_KIND_SEND_INITIAL: "initial",
-    }.get(task.kind, pb.TaskKind.Name(task.kind))
 
 
 class SiteTrail:
@@ -84,7 +69,60 @@ class SiteTrail:
         if self.log is not None:
             self.log.record(event, json_values(payload))
 
-    def sent(self, task: pb.Task, node: str, digest: str, n: int) -> None:
+    # -- the events a site writes to both: one call each, the journal's line and the log's entry
+    def registered(self, node_id: str, run_id: str) -> None:
+        self.journal(event="registered", node_id=node_id, run_id=run_id)
+        self.audit("registered", node_id=node_id, run_id=run_id)
+
+    def finished(self, task: pb.Task, head: Anchor | None) -> None:
+        """The coordinator's SHUTDOWN, with its log's ``head`` (anchors that log to its end)."""
+        self.journal(event="shutdown", run_id=task.run_id)
+        self.audit(
+            "run_finished",
+            run_id=task.run_id,
+            message=task.message,
+            **payload_of(head, task.run_id),
+        )
+
+    def received(self, task: pb.Task, node: str, model_digest: str, head: Anchor | None) -> None:
+        """A task's model, downloaded and checked, with the coordinator's log ``head``."""
+        self.journal(
+            event="model",
+            round=task.round,
+            kind=pb.TaskKind.Name(task.kind),
+            model_digest=model_digest,
+            config=dict(task.config),
+        )
+        self.audit(
+            "model_received",
+            round=task.round,
+            phase=phase_of(task),
+            model_digest=model_digest,
+            node_id=node,
+            config=dict(task.config),
+            # the coordinator's log head: truncating that log later cannot remove it here
+            **payload_of(head, task.run_id),
+        )
+
+    def refused(self, task: pb.Task, code: str, reason: str) -> None:
+        """The coordinator refused this site's answer to ``task``."""
+        self.journal(event="refused", round=task.round, code=code, reason=reason)
+        self.audit("result_refused", round=task.round, code=code, reason=reason)
+
+    def sent(
+        self,
+        task: pb.Task,
+        node: str,
+        digest: str,
+        n: int,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        declined: str = "",
+        secagg: pb.SecAggReply | None = None,
+        report: pb.SiteReport | None = None,
+    ) -> None:
+        """An answer the coordinator took: the update's ``digest`` ("" without a payload)
+        and the statistics in ``report`` go to the log, the answer to the journal."""
         if digest:
             self.audit(
                 "update_sent",
@@ -94,6 +132,18 @@ class SiteTrail:
                 num_examples=n,
                 node_id=node,
             )
+        if report is not None:
+            self.shared(task.round, report)
+        self.journal(
+            event="pushed",
+            round=task.round,
+            kind=pb.TaskKind.Name(task.kind),
+            num_examples=n,
+            metrics=dict(metrics or {}),
+            model_digest=digest,
+            **({"declined": declined} if declined else {}),
+            **({"secagg": secagg.WhichOneof("stage")} if secagg is not None else {}),
+        )
 
     def privacy_spent(self, spent: Spent) -> None:
         """A local-DP round as the site charged it, from its ledger (written before the

@@ -2,9 +2,9 @@
 
 The task-handling half of :class:`~fedops.client.agent.Agent`, split from its loop
 (registration, retries, heartbeats) so that each file holds one concern. The agent
-hands a :class:`TaskHandler` what a task may use (the site, its rules, and the calls
-that fetch a model and push an answer) and an :class:`Outbox` what a push needs, so
-neither reaches back into it. Whatever a task asks, the site's own rules are checked
+hands a :class:`TaskHandler` what a task may use (the site, its rules, the call that
+fetches a model, and an :class:`Outbox` with what a push needs), so neither reaches
+back into it. Whatever a task asks, the site's own rules are checked
 first; a task it will not or cannot do is answered with a declined result, never left
 to time out, so the round need not wait.
 """
@@ -15,14 +15,13 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import grpc
 
 from fedops.client.calls import Session, push_result
 from fedops.client.coordinator_checks import CoordinatorChecks
 from fedops.client.secure_participant import SecureParticipant
-from fedops.client.site_trail import SiteTrail, phase_of
+from fedops.client.site_trail import SiteTrail
 from fedops.client.task_guard import TaskGuard
 from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.primitives import ProtocolError
@@ -30,24 +29,9 @@ from fedops.tasks.site import DP_NUM_EXAMPLES, PolicyRefusal, Site
 from fedops.tasks.site_policy import PolicyViolation, SitePolicy
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import monitoring
+from fedops.wire.phases import phase_of
 
 log = logging.getLogger("fedops.client")
-
-
-class Push(Protocol):
-    """Sends a task's answer (the agent's, so that every answer goes out one way)."""
-
-    def __call__(
-        self,
-        task: pb.Task,
-        params: Params,
-        num_examples: int,
-        metrics: Mapping[str, float],
-        *,
-        secagg: pb.SecAggReply | None = None,
-        declined: str = "",
-        report: pb.SiteReport | None = None,
-    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,7 +50,7 @@ class TaskHandler:
         announced_examples: the record count the site tells the coordinator.
         audit: ``(event, **payload)`` for the site's signed log.
         fetch: downloads a task's model.
-        push: sends a task's answer.
+        outbox: where the task's answer goes (every answer goes out this one way).
     """
 
     site: Site
@@ -79,7 +63,7 @@ class TaskHandler:
     announced_examples: int
     audit: Callable[..., None]
     fetch: Callable[[pb.Task], Params]
-    push: Push
+    outbox: Outbox
 
     def handle(self, task: pb.Task, session: Session) -> None:
         """Carry out one task; anything it raises is declined by ``Agent._step``."""
@@ -90,7 +74,7 @@ class TaskHandler:
             # a training result needs at least one example: a DP site claims the one it
             # claims for every local-DP update (Site.fit's DP_NUM_EXAMPLES)
             n = self.announced_examples or DP_NUM_EXAMPLES
-            self.push(task, self.site.initial_params(), n, {})
+            self.outbox.push(task, self.site.initial_params(), n, {})
         elif task.kind == pb.TASK_KIND_FIT:
             params = self.fetch(task)
             try:
@@ -100,7 +84,7 @@ class TaskHandler:
             except PolicyRefusal as exc:
                 self.decline(task, str(exc))
                 return
-            self.push(task, new, n, metrics)
+            self.outbox.push(task, new, n, metrics)
         elif task.kind == pb.TASK_KIND_EVALUATE:
             self._evaluate(task)
         elif task.kind == pb.TASK_KIND_SECAGG:
@@ -148,7 +132,7 @@ class TaskHandler:
             site_report = self.site.report(params, spec)
             if site_report is not None:
                 report = monitoring.report_to_proto(site_report)
-        self.push(task, {}, n, metrics, report=report)
+        self.outbox.push(task, {}, n, metrics, report=report)
 
     def _secure_step(self, task: pb.Task) -> None:
         try:
@@ -159,12 +143,12 @@ class TaskHandler:
         except PolicyRefusal as exc:
             self.decline(task, str(exc))
             return
-        self.push(task, payload, n, metrics, secagg=reply)
+        self.outbox.push(task, payload, n, metrics, secagg=reply)
 
     def decline(self, task: pb.Task, reason: str) -> None:
         log.warning("round %d: declining the task: %s", task.round, reason)
         self.audit("task_declined", round=task.round, kind=phase_of(task), reason=reason)
-        self.push(task, {}, 0, {}, declined=reason)
+        self.outbox.push(task, {}, 0, {}, declined=reason)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,16 +161,12 @@ class Outbox:
         session: the node this site is registered as.
         trail: the site's signed log and journal (what it sent, and its log head).
         guarded: runs a call with the agent's retries (re-registering if forgotten).
-        record: ``(**entry)`` for the site's journal.
-        audit: ``(event, **payload)`` for the site's signed log.
     """
 
     channel: grpc.Channel
     session: Session
     trail: SiteTrail
     guarded: Callable[[str, Callable[[], str]], str]
-    record: Callable[..., None]
-    audit: Callable[..., None]
 
     def push(
         self,
@@ -220,23 +200,15 @@ class Outbox:
             log.warning(
                 "round %d: result refused (%s): %s", task.round, exc.code().name, exc.details()
             )
-            self.record(
-                event="refused", round=task.round, code=exc.code().name, reason=exc.details()
-            )
-            self.audit(
-                "result_refused", round=task.round, code=exc.code().name, reason=exc.details()
-            )
+            self.trail.refused(task, exc.code().name, exc.details())
             return
-        self.trail.sent(task, self.session.node_id, sent if params else "", num_examples)
-        if report is not None:
-            self.trail.shared(task.round, report)
-        self.record(
-            event="pushed",
-            round=task.round,
-            kind=pb.TaskKind.Name(task.kind),
-            num_examples=num_examples,
-            metrics=dict(metrics),
-            model_digest=sent if params else "",
-            **({"declined": declined} if declined else {}),
-            **({"secagg": secagg.WhichOneof("stage")} if secagg is not None else {}),
+        self.trail.sent(
+            task,
+            self.session.node_id,
+            sent if params else "",
+            num_examples,
+            metrics=metrics,
+            declined=declined,
+            secagg=secagg,
+            report=report,
         )

@@ -39,7 +39,7 @@ from fedops.core.results import FitResult
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived
 from fedops.runtime.transport import Instruction
 from fedops.v1 import fedops_pb2 as pb
-from fedops.wire import codec, monitoring
+from fedops.wire import codec, monitoring, phases
 from fedops.wire import secagg as secagg_codec
 from fedops.wire.codec import shown
 
@@ -47,9 +47,6 @@ log = logging.getLogger("fedops.coordinator")
 
 
 MAX_POLL_S = 10.0
-
-_KIND_OF_PHASE = {Phase.FIT: pb.TASK_KIND_FIT, Phase.EVALUATE: pb.TASK_KIND_EVALUATE}
-
 
 #: how often the coordinator says whom it waits for while below --min-clients
 WAITING_LOG_S = 10.0
@@ -189,7 +186,7 @@ class GrpcTransport:
             if self._last_dispatched is None or self._last_dispatched[0] is not params:
                 self._last_dispatched = (params, digest(params))
             model_digest = self._last_dispatched[1]
-        kind = pb.TASK_KIND_SECAGG if stage is not None else _KIND_OF_PHASE[phase]
+        kind = phases.task_kind(phase)
         monitor_proto = monitoring.spec_to_proto(monitor) if monitor is not None else None
         head = self.audit_head() if self.audit_head is not None else None
         crl = self.crl() if self.crl is not None else None

@@ -32,6 +32,7 @@ from fedops.core.results import EvaluateResult, FitResult, StageResult
 from fedops.core.rounds import Event, Phase, ResultArrived, ResultRejected
 from fedops.core.secagg.messages import MaskedInput
 from fedops.v1 import fedops_pb2 as pb
+from fedops.wire import phases
 from fedops.wire import secagg as secagg_codec
 from fedops.wire.codec import shown
 
@@ -265,17 +266,13 @@ class ResultIntake:
         head = None
         if header.HasField("site_audit"):
             head = anchor_of(header.site_audit.seq, header.site_audit.hash)
-        kind = assignment.task.kind
-        phase = "fit" if kind == pb.TASK_KIND_FIT else str(TRAINING_STAGE)
-        if kind == pb.TASK_KIND_SEND_INITIAL:
-            phase = "initial"
         self._audit(
             "update_received",
             {
                 "round": assignment.task.round,
                 "node_id": node,
                 "site": self._gate.registry.site_name(node),
-                "phase": phase,
+                "phase": phases.phase_of(assignment.task),
                 "digest": digest(payload),
                 "num_examples": result.num_examples,
                 # the site's own log head: truncating that log later cannot remove it here

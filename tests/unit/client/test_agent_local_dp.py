@@ -21,6 +21,7 @@ import pytest
 from fedops.client.agent import Agent
 from fedops.client.calls import Session
 from fedops.client.site_trail import LOCAL_DP_MECHANISM
+from fedops.client.task_handling import Outbox
 from fedops.core.training import TrainConfig, get_params
 from fedops.runtime.settings import ClientConfig
 from fedops.tasks import load_task
@@ -45,7 +46,26 @@ class _Stub:
         return pb.RegisterResponse(node_id="n1", token="t", run_id="run-A")
 
 
-def _agent(run_dir: Path, max_epsilon: float | None, **flags: Any) -> Agent:
+def _answers(a: Agent, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """What ``a`` answers, kept instead of sent: :meth:`Outbox.push` is replaced for the
+    outboxes of ``a`` (another agent's go on to the push in place before)."""
+    answers: list[dict[str, Any]] = []
+    before = Outbox.push
+
+    def push(outbox: Outbox, task: pb.Task, params: Any, n: int, metrics: Any, **kw: Any) -> None:
+        if outbox.trail is not a.trail:
+            return before(outbox, task, params, n, metrics, **kw)
+        assert outbox.session is a.session and outbox.channel is a.channel
+        answers.append({"kind": task.kind, "n": n, "metrics": dict(metrics), **kw})
+        return None
+
+    monkeypatch.setattr(Outbox, "push", push)
+    return answers
+
+
+def _agent(
+    run_dir: Path, max_epsilon: float | None, monkeypatch: pytest.MonkeyPatch, **flags: Any
+) -> Agent:
     cfg = ClientConfig(
         task="digits", site=0, num_sites=3, run_dir=run_dir, max_epsilon=max_epsilon, **flags
     )
@@ -62,22 +82,17 @@ def _agent(run_dir: Path, max_epsilon: float | None, **flags: Any) -> Agent:
         node_id="n1", token="t", run_id="run-A", heartbeat_s=2.0, chunk_bytes=1 << 20
     )
     a.stub = _Stub()  # type: ignore[assignment]
-    a.pushed = []  # type: ignore[attr-defined]
+    a.pushed = _answers(a, monkeypatch)  # type: ignore[attr-defined]
     model = get_params(site.task.build_model())
-
-    def push(task: pb.Task, params: Any, n: int, metrics: Any, **kw: Any) -> None:
-        a.pushed.append({"kind": task.kind, "n": n, "metrics": dict(metrics), **kw})  # type: ignore[attr-defined]
-
-    a._push = push  # type: ignore[method-assign]
     a._fetch = lambda task: model  # type: ignore[method-assign]
     return a
 
 
 @pytest.fixture()
-def capped(tmp_path: Path) -> Iterator[Agent]:
+def capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Agent]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        a = _agent(tmp_path / "site", 30.0)
+        a = _agent(tmp_path / "site", 30.0, monkeypatch)
         yield a
         a.trail.close()
 
@@ -115,7 +130,7 @@ def test_a_capped_site_answers_a_dp_fit_with_its_model_alone(capped: Agent):
 
 
 def test_a_capped_site_registers_and_sends_its_initial_model_without_its_count(
-    capped: Agent, tmp_path: Path
+    capped: Agent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     capped._register()
     assert capped.stub.registered[-1].num_train_examples == 0  # type: ignore[attr-defined]
@@ -124,7 +139,7 @@ def test_a_capped_site_registers_and_sends_its_initial_model_without_its_count(
     # a site without a cap still announces its count (nothing protects it there)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plain = _agent(tmp_path / "plain", None)
+        plain = _agent(tmp_path / "plain", None, monkeypatch)
     try:
         plain._register()
         assert plain.stub.registered[-1].num_train_examples == plain.site.num_train_examples  # type: ignore[attr-defined]
@@ -144,10 +159,12 @@ def test_a_capped_site_does_not_evaluate_unless_it_opts_in(capped: Agent):
     assert "--share-evaluation" in answer["declined"]
 
 
-def test_a_capped_site_evaluates_once_per_round_rounds_only_forward(tmp_path: Path):
+def test_a_capped_site_evaluates_once_per_round_rounds_only_forward(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """Each evaluation runs a coordinator-chosen model over the site's test rows, whose loss
     tells whether a row is there: a capped site that opts in answers once per round."""
-    capped = _agent(tmp_path, 3.0, share_evaluation=True)
+    capped = _agent(tmp_path, 3.0, monkeypatch, share_evaluation=True)
     try:
         for number, expect_declined in ((1, False), (1, True), (2, False), (1, True)):
             answer = _step(capped, _evaluate(number))

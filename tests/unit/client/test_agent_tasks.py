@@ -2,8 +2,9 @@
 under --require-secagg a site evaluates at most once per round.
 
 A real :class:`Agent` over a real site (digits), with the coordinator replaced by a stub
-that hands out one crafted task per step and a push that records what the site answered
-(no network: the handling, not the wire, is under test here).
+that hands out one crafted task per step and the push of the agent's outboxes replaced by
+one that records what the site answered (no network: the handling, not the wire, is
+under test here).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 from fedops.client.agent import Agent
 from fedops.client.calls import Session
+from fedops.client.task_handling import Outbox
 from fedops.core.training import TrainConfig, get_params
 from fedops.runtime.settings import ClientConfig
 from fedops.tasks import load_task
@@ -31,8 +33,25 @@ class _Stub:
         return self.task
 
 
+def _answers(a: Agent, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """What ``a`` answers, kept instead of sent: :meth:`Outbox.push` is replaced for the
+    outboxes of ``a`` (another's go on to the push in place before)."""
+    answers: list[dict[str, Any]] = []
+    before = Outbox.push
+
+    def push(outbox: Outbox, task: pb.Task, params: Any, n: int, metrics: Any, **kw: Any) -> None:
+        if outbox.trail is not a.trail:
+            return before(outbox, task, params, n, metrics, **kw)
+        assert outbox.session is a.session and outbox.channel is a.channel
+        answers.append({"round": task.round, "kind": task.kind, **kw})
+        return None
+
+    monkeypatch.setattr(Outbox, "push", push)
+    return answers
+
+
 @pytest.fixture()
-def agent(tmp_path: Path) -> Agent:
+def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Agent:
     cfg = ClientConfig(
         task="digits", site=0, num_sites=3, require_secagg=True, run_dir=tmp_path / "site"
     )
@@ -42,13 +61,8 @@ def agent(tmp_path: Path) -> Agent:
         node_id="n1", token="t", run_id="run-A", heartbeat_s=2.0, chunk_bytes=1 << 20
     )
     a.stub = _Stub()  # type: ignore[assignment]
-    a.pushed = []  # type: ignore[attr-defined]
+    a.pushed = _answers(a, monkeypatch)  # type: ignore[attr-defined]
     a.model = get_params(site.task.build_model())  # type: ignore[attr-defined]
-
-    def push(task: pb.Task, params: Any, n: int, metrics: Any, **kw: Any) -> None:
-        a.pushed.append({"round": task.round, "kind": task.kind, **kw})  # type: ignore[attr-defined]
-
-    a._push = push  # type: ignore[method-assign]
     a._fetch = lambda task: a.model  # type: ignore[method-assign,attr-defined]
     return a
 

@@ -4,9 +4,11 @@ Under test: without ``--run-dir`` nothing is written anywhere; with one, the
 journal (``client.jsonl``) and the signed audit log (``audit.jsonl`` with its
 head and key) are written in that directory, the log verifies with the site's
 key, the head sent to the coordinator is the log's last entry, and the entries
-use the coordinator's phase names (:func:`phase_of`) so the two logs
-cross-check; ``sent`` records only uploads with a digest; ``shared`` records
-the worst drift figures and the group counts a site shared.
+use the coordinator's phase names (:func:`fedops.wire.phases.phase_of`) so the two
+logs cross-check; each event the site writes to both is one call that writes the
+journal's line and the log's entry; ``sent`` records only uploads with a digest in
+the log (every answer in the journal); ``shared`` records the worst drift figures and
+the group counts a site shared.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from fedops.client.site_trail import SiteTrail, phase_of
+from fedops.client.site_trail import SiteTrail
+from fedops.core.audit.anchor import anchor_of
 from fedops.core.audit.verify import verify_log_bytes
 from fedops.crypto import verify_ed25519
 from fedops.v1 import fedops_pb2 as pb
@@ -110,29 +113,105 @@ def test_a_reopened_trail_continues_the_same_chain(tmp_path: Path) -> None:
     assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(entries))
 
 
-def _secagg(stage: str) -> pb.Task:
-    task = pb.Task(kind=pb.TASK_KIND_SECAGG)
-    getattr(task.secagg, stage).SetInParent()
-    return task
+def _journal(run_dir: Path) -> list[dict[str, Any]]:
+    """The journal's lines without their time (the rest is what the site wrote)."""
+    lines = (run_dir / "client.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
 
 
-@pytest.mark.parametrize(
-    ("task", "phase"),
-    [
-        (pb.Task(kind=pb.TASK_KIND_FIT), "fit"),
-        (pb.Task(kind=pb.TASK_KIND_EVALUATE), "evaluate"),
-        (pb.Task(kind=pb.TASK_KIND_SEND_INITIAL), "initial"),
-        (pb.Task(kind=pb.TASK_KIND_SECAGG), "secagg"),  # no stage set
-        (_secagg("setup"), "secagg_keys"),
-        (_secagg("keys"), "secagg_shares"),
-        (_secagg("mask"), "secagg_masked"),
-        (_secagg("consistency"), "secagg_consistency"),
-        (_secagg("unmask"), "secagg_unmask"),
-        (pb.Task(kind=pb.TASK_KIND_WAIT), "TASK_KIND_WAIT"),
-    ],
-)
-def test_phase_names_are_the_coordinators(task: pb.Task, phase: str) -> None:
-    assert phase_of(task) == phase
+def test_each_event_of_both_files_is_one_call_writing_its_line_and_its_entry(
+    trail: SiteTrail, tmp_path: Path
+) -> None:
+    head = anchor_of(4, "cd" * 32)
+    task = pb.Task(kind=pb.TASK_KIND_FIT, run_id="run-A", round=3, config={"lr": 0.5})
+    secure = pb.Task(kind=pb.TASK_KIND_SECAGG, run_id="run-A", round=3)
+    secure.secagg.mask.SetInParent()
+    done = pb.Task(kind=pb.TASK_KIND_SHUTDOWN, run_id="run-A", message="the run is complete")
+    trail.registered("n1", "run-A")
+    trail.received(task, "n1", "ab" * 32, head)
+    trail.refused(task, "INVALID_ARGUMENT", "update rejected")
+    reply = pb.SecAggReply(masked=pb.SecAggMasked())
+    trail.sent(secure, "n1", "ef" * 32, 40, metrics={"loss": 0.25}, secagg=reply)
+    trail.sent(task, "n1", "", 0, declined="site policy: no")
+    trail.finished(done, head)
+    anchored = {"coordinator_head": {"seq": 4, "hash": "cd" * 32, "run_id": "run-A"}}
+    assert _journal(tmp_path / "site") == [
+        {"site": 2, "event": "registered", "node_id": "n1", "run_id": "run-A"},
+        {
+            "site": 2,
+            "event": "model",
+            "round": 3,
+            "kind": "TASK_KIND_FIT",
+            "model_digest": "ab" * 32,
+            "config": {"lr": 0.5},
+        },
+        {
+            "site": 2,
+            "event": "refused",
+            "round": 3,
+            "code": "INVALID_ARGUMENT",
+            "reason": "update rejected",
+        },
+        {
+            "site": 2,
+            "event": "pushed",
+            "round": 3,
+            "kind": "TASK_KIND_SECAGG",
+            "num_examples": 40,
+            "metrics": {"loss": 0.25},
+            "model_digest": "ef" * 32,
+            "secagg": "masked",
+        },
+        {
+            "site": 2,
+            "event": "pushed",
+            "round": 3,
+            "kind": "TASK_KIND_FIT",
+            "num_examples": 0,
+            "metrics": {},
+            "model_digest": "",
+            "declined": "site policy: no",
+        },
+        {"site": 2, "event": "shutdown", "run_id": "run-A"},
+    ]
+    assert [(e["event"], e["payload"]) for e in _entries(tmp_path / "site")[1:]] == [
+        ("registered", {"node_id": "n1", "run_id": "run-A"}),
+        (
+            "model_received",
+            {
+                "round": 3,
+                "phase": "fit",
+                "model_digest": "ab" * 32,
+                "node_id": "n1",
+                "config": {"lr": 0.5},
+                **anchored,
+            },
+        ),
+        ("result_refused", {"round": 3, "code": "INVALID_ARGUMENT", "reason": "update rejected"}),
+        (
+            "update_sent",
+            {
+                "round": 3,
+                "phase": "secagg_masked",
+                "digest": "ef" * 32,
+                "num_examples": 40,
+                "node_id": "n1",
+            },
+        ),
+        ("run_finished", {"run_id": "run-A", "message": "the run is complete", **anchored}),
+    ]
+
+
+def test_a_sent_report_is_shared_in_the_log_after_the_update(
+    trail: SiteTrail, tmp_path: Path
+) -> None:
+    report = pb.SiteReport(fairness=[pb.GroupConfusion(group=0, n=10, correct=7)])
+    task = pb.Task(kind=pb.TASK_KIND_EVALUATE, round=5)
+    trail.sent(task, "n1", "", 10, metrics={"accuracy": 0.7}, report=report)
+    assert [e["event"] for e in _entries(tmp_path / "site")] == ["log_opened", "fairness_counts"]
+    (pushed,) = _journal(tmp_path / "site")
+    assert pushed["event"] == "pushed" and pushed["metrics"] == {"accuracy": 0.7}
+    assert "declined" not in pushed and "secagg" not in pushed
 
 
 def test_sent_records_an_upload_with_its_digest_only(trail: SiteTrail, tmp_path: Path) -> None:
