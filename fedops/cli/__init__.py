@@ -102,7 +102,8 @@ def _config(args: argparse.Namespace) -> Any:
         values["join_timeout_s"] = values.pop("join_timeout")
         values["liveness_timeout_s"] = values.pop("liveness_timeout")
         values["heartbeat_interval_s"] = values.pop("heartbeat_interval")
-        return CoordinatorConfig(**values, strategy=sections["strategy"])
+        features = {key: sections[key] for key in ("privacy", "secagg", "monitoring")}
+        return CoordinatorConfig(**values, strategy=sections["strategy"], **features)
     if args.command == "client":
         values["coordinator"] = _kit_address(args.kit, args.coordinator, pin)
         values["insecure"] = args.insecure

@@ -12,7 +12,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from fedops.config import FLAG_NAMES, SECTIONS, flag_of
+from fedops.config import FLAG_NAMES, SECTIONS, flag_of, flagged
 from fedops.tasks.builtin import BUILTIN_TASKS
 
 
@@ -41,43 +41,53 @@ def schema_flags(
     title: str,
     *,
     choices: dict[str, list[str]] | None = None,
-) -> None:
-    """One flag per field of the schema section ``prefix`` (:mod:`fedops.runtime.schema`):
-    its name, type, default and help come from the field, so flags and Hydra keys agree.
-    The value lands at ``args.<prefix>.<field>``."""
+) -> Any:
+    """One flag per field of the schema section ``prefix`` (:mod:`fedops.runtime.schema`),
+    but its simulation-only ones: name, type, default and help come from the field, so
+    flags and Hydra keys agree. The value lands at ``args.<prefix>.<field>``; a bool is a
+    switch. Returns the argument group, for the flags that belong beside them."""
     section = SECTIONS[prefix]
     group = p.add_argument_group(title)
     hints = typing.get_type_hints(section)
-    for spec in dataclasses.fields(section):
+    for spec in flagged(section):
+        names = (flag_of(f"{prefix}.{spec.name}"),)
+        dest, text = f"{prefix}.{spec.name}", spec.metadata["help"]
         kind = next(t for t in typing.get_args(hints[spec.name]) or (hints[spec.name],))
+        if kind is bool:
+            group.add_argument(*names, dest=dest, action="store_true", help=text)
+            continue
         allowed = (choices or {}).get(spec.name, spec.metadata.get("choices"))
         group.add_argument(
-            flag_of(f"{prefix}.{spec.name}"),
-            dest=f"{prefix}.{spec.name}",
-            type=kind,
+            *names,
+            dest=dest,
+            type=spec.metadata.get("parse", kind),
             default=spec.default,
             choices=allowed,
-            metavar=None if allowed else spec.name.upper(),
-            help=spec.metadata["help"],
+            metavar=None if allowed else spec.metadata.get("metavar", spec.name.upper()),
+            help=text,
         )
+    return group
 
 
 def config_defaults(
     parser: argparse.ArgumentParser, config: type, *, skip: tuple[str, ...] = ()
 ) -> None:
     """Each flag takes its default from its config field (:mod:`fedops.runtime.settings`),
-    where it is written once; ``skip``: flags whose absence means something else (the
-    kit's address)."""
+    where it is written once, a section's flag from the section the config nests (so a
+    deployment's own default, ``--monitoring auto``, is the flag's); ``skip``: flags whose
+    absence means something else (the kit's address)."""
     specs = {spec.name: spec for spec in dataclasses.fields(config)}
     renamed = {flag[2:].replace("-", "_"): key for key, flag in FLAG_NAMES.items()}
     for action in parser._actions:
-        spec = specs.get(renamed.get(action.dest, action.dest))
+        prefix, _, name = renamed.get(action.dest, action.dest).rpartition(".")
+        spec = specs.get(prefix or name)
         if spec is None or action.dest in skip or action.required:
             continue
         if spec.default is not dataclasses.MISSING:
             action.default = spec.default
         elif spec.default_factory is not dataclasses.MISSING:
-            action.default = spec.default_factory()
+            default = spec.default_factory()  # a section's: its field's, as the config sets it
+            action.default = getattr(default, name) if prefix else default
 
 
 def ca_fingerprint_flag(parser: Any) -> None:

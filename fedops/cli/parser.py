@@ -18,7 +18,7 @@ from fedops.cli.client_parser import client_parser
 from fedops.cli.flags import ca_fingerprint_flag, config_defaults, schema_flags, task_flags
 from fedops.cli.help import DefaultsShown, all_parsers
 from fedops.cli.tool_parsers import tool_parsers
-from fedops.config import SECAGG_MODES, CoordinatorConfig
+from fedops.config import CoordinatorConfig
 from fedops.core.strategies import STRATEGIES
 
 
@@ -85,9 +85,7 @@ def _coordinator_parser(sub: Any) -> None:
     task_flags(coord, required=False)
     _round_flags(coord)
     _serving_flags(coord)
-    _secagg_flags(coord)
-    _privacy_flags(coord)
-    _monitoring_flags(coord)
+    _feature_flags(coord)
     config_defaults(coord, CoordinatorConfig, skip=("address",))
 
 
@@ -138,104 +136,12 @@ def _serving_flags(coord: argparse.ArgumentParser) -> None:
     coord.add_argument("--max-workers", type=int, help="gRPC handler threads")
 
 
-def _secagg_flags(coord: argparse.ArgumentParser) -> None:
-    secure = coord.add_argument_group("secure aggregation (SecAgg+)")
-    secure.add_argument(
-        "--secagg",
-        choices=SECAGG_MODES,
-        help="secaggplus: the coordinator only ever sees the sum of the updates",
-    )
-    secure.add_argument("--secagg-k", type=int, help="neighbours per client (default: 2*log2(n))")
-    secure.add_argument(
-        "--secagg-threshold",
-        type=int,
-        help="shares needed to unmask a client (default: k/2 + 1)",
-    )
-    secure.add_argument(
-        "--secagg-clip",
-        type=float,
-        help="clip each update coordinate to [-c, c] before quantizing",
-    )
-
-
-def _privacy_flags(coord: argparse.ArgumentParser) -> None:
-    private = coord.add_argument_group("differential privacy (central DP-FedAvg)")
-    private.add_argument(
-        "--privacy",
-        choices=("none", "central", "distributed", "local"),
-        help="central: DP-FedAvg at the coordinator; distributed: clients add the noise under "
-        "SecAgg+; local: DP-SGD (Opacus) at every site",
-    )
-    private.add_argument(
-        "--noise-multiplier",
-        help="sigma: noise std / clip norm; 'auto' derives it from --target-epsilon",
-    )
-    private.add_argument("--clip-norm", type=float, help="L2 bound of each update")
-    private.add_argument("--delta", type=float, help="DP delta")
-    private.add_argument(
-        "--target-epsilon",
-        type=float,
-        help="stop the run before a round would spend more epsilon",
-    )
-    private.add_argument(
-        "--accountant",
-        choices=("pld", "rdp"),
-        help="the headline accountant (dp_accounting); the other is reported beside it "
-        "(default: pld; fixed sampling is accounted with rdp)",
-    )
-    private.add_argument(
-        "--sampling",
-        choices=("poisson", "fixed"),
-        help="central DP: each client joins a round with probability q (poisson, the "
-        "default) or exactly --clients-per-round of them join (fixed, replace-one adjacency)",
-    )
-    private.add_argument(
-        "--publish-participants",
-        action="store_true",
-        help="central DP: account as if who took part were public (no amplification by sampling)",
-    )
-    private.add_argument(
-        "--colluders",
-        type=int,
-        help="distributed DP: sites that may pool their noise with the coordinator",
-    )
-    private.add_argument(
-        "--release-site-metrics",
-        action="store_true",
-        help="under DP, record the sites' train loss in the metrics (outside the DP "
-        "guarantee; off by default)",
-    )
-    private.add_argument(
-        "--adaptive-clipping",
-        action="store_true",
-        help="let the clip norm track the median update norm (Andrew et al. 2021)",
-    )
-
-
-def _monitoring_flags(coord: argparse.ArgumentParser) -> None:
-    watch = coord.add_argument_group("monitoring (drift, fairness, metrics)")
-    watch.add_argument(
-        "--monitoring",
-        choices=("auto", "default", "none"),
-        help="sites report drift and per-group confusion counts with every evaluation; auto "
-        "(the default): on without DP, off under DP, whose guarantee does not cover them",
-    )
-    watch.add_argument(
-        "--positive-label",
-        type=int,
-        help="the favourable class in fairness statistics",
-    )
-    watch.add_argument("--psi-alert", type=float, help="PSI above this alerts")
-    watch.add_argument(
-        "--js-alert",
-        type=float,
-        help="Jensen-Shannon distance above this alerts",
-    )
-    watch.add_argument(
-        "--drift-action",
-        choices=("none", "exclude"),
-        help="exclude: a site with a drift alert trains no more in this run",
-    )
+def _feature_flags(coord: argparse.ArgumentParser) -> None:
+    """The ``secagg``, ``privacy`` and ``monitoring`` sections' flags, and the metrics
+    endpoint's and MLflow's beside monitoring."""
+    schema_flags(coord, "secagg", "secure aggregation (SecAgg+)")
+    schema_flags(coord, "privacy", "differential privacy (central DP-FedAvg)")
+    watch = schema_flags(coord, "monitoring", "monitoring (drift, fairness, metrics)")
     watch.add_argument(
         "--metrics-port",
         type=int,

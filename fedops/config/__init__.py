@@ -6,7 +6,16 @@ them and names the offending flag or key when a value is refused.
 """
 
 from fedops.runtime.rules import SECAGG_CLIP, SECAGG_MODES
-from fedops.runtime.schema import SECTIONS, ClientTrainConfig, StrategyConfig, flag_of
+from fedops.runtime.schema import (
+    SECTIONS,
+    ClientTrainConfig,
+    MonitoringConfig,
+    PrivacyConfig,
+    SecAggConfig,
+    StrategyConfig,
+    flag_of,
+    flagged,
+)
 from fedops.runtime.settings import (
     FLAG_NAMES,
     ClientConfig,
@@ -23,6 +32,10 @@ __all__ = [
     "ClientTrainConfig",
     "ConfigError",
     "CoordinatorConfig",
+    "MonitoringConfig",
+    "PrivacyConfig",
+    "SecAggConfig",
     "StrategyConfig",
     "flag_of",
+    "flagged",
 ]

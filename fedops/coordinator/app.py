@@ -18,16 +18,15 @@ from fedops.coordinator.grpc_transport import GrpcTransport
 from fedops.coordinator.listening import Listening, remove_listening, write_listening
 from fedops.coordinator.peer_guard import RefusalThrottle
 from fedops.coordinator.peers import PeerGate
-from fedops.core.monitoring.summary import MonitorThresholds
 from fedops.core.params import Params, specs_of
-from fedops.core.privacy.central import AdaptiveClipping
 from fedops.runtime.control import RunControl
 from fedops.runtime.driver import DriverConfig
 from fedops.runtime.metrics import RunMetrics
 from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.records import RecordSettings, RunRecords, run_recorded
-from fedops.runtime.round_monitor import MonitorSettings, monitoring_under_dp
+from fedops.runtime.round_monitor import MonitorSettings
 from fedops.runtime.run import RunPlan, make_strategy
+from fedops.runtime.section_settings import monitor_settings, privacy_settings, secagg_settings
 from fedops.runtime.secure_fit import SecAggSettings
 from fedops.runtime.settings import ConfigError, CoordinatorConfig, as_dict, parse_address
 from fedops.tasks import Task, load_task
@@ -115,7 +114,7 @@ def _record_settings(cfg: CoordinatorConfig, task: Task | None, kit: Kit | None)
         keep_checkpoints=cfg.keep_checkpoints,
         # consortium mode: signed with the kit's CA-certified key, not a generated one
         identity=kit.signing_identity() if kit is not None else None,
-        hide_participants=cfg.privacy == "central" and not cfg.publish_participants,
+        hide_participants=cfg.privacy.name == "central" and not cfg.privacy.publish_participants,
         mlflow_uri=cfg.mlflow_uri,
         mlflow_experiment=cfg.mlflow_experiment,
     )
@@ -175,8 +174,8 @@ def _plan(
             "task_digest": task.digest if task else "",
             "strategy": cfg.strategy.name,
             "rounds_planned": cfg.rounds,
-            "secagg": cfg.secagg,
-            "privacy_mode": cfg.privacy,
+            "secagg": cfg.secagg.name,
+            "privacy_mode": cfg.privacy.name,
         },
         privacy=_privacy(cfg),
         secagg=_secagg(cfg),
@@ -196,38 +195,15 @@ def _driver(cfg: CoordinatorConfig) -> DriverConfig:
 
 
 def _privacy(cfg: CoordinatorConfig) -> PrivacySettings | None:
-    if cfg.privacy == "none":
-        return None
-    return PrivacySettings(
-        noise_multiplier=None if cfg.noise_multiplier == "auto" else float(cfg.noise_multiplier),
-        clip_norm=cfg.clip_norm,
-        delta=cfg.delta,
-        target_epsilon=cfg.target_epsilon,
-        accountant=cfg.accountant,
-        adaptive=AdaptiveClipping() if cfg.adaptive_clipping else None,
-        mode=cfg.privacy,
-        sampling=cfg.sampling,
-        publish_participants=cfg.publish_participants,
-        colluders=cfg.colluders,
-        min_survivors=max(3, cfg.min_fit_results),
-        release_site_metrics=cfg.release_site_metrics,
-    )
+    return privacy_settings(cfg.privacy, cfg.secagg, min_fit_results=cfg.min_fit_results)
 
 
 def _secagg(cfg: CoordinatorConfig) -> SecAggSettings | None:
-    if cfg.secagg != "secaggplus":
-        return None
-    return SecAggSettings(degree=cfg.secagg_k, threshold=cfg.secagg_threshold, clip=cfg.secagg_clip)
+    return secagg_settings(cfg.secagg)
 
 
 def _monitoring(cfg: CoordinatorConfig) -> MonitorSettings | None:
-    if monitoring_under_dp(cfg.monitoring, cfg.privacy) == "none":
-        return None
-    return MonitorSettings(
-        positive_label=cfg.positive_label,
-        thresholds=MonitorThresholds(psi=cfg.psi_alert, js=cfg.js_alert),
-        action=cfg.drift_action,
-    )
+    return monitor_settings(cfg.monitoring, privacy=cfg.privacy.name)
 
 
 def _serve(

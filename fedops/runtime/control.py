@@ -1,6 +1,7 @@
 """Start and stop a run from outside: what an admin's commands change in the driver.
 
-The driver asks :meth:`RunControl.before_round` before every round: it waits
+The driver asks :meth:`RunControl.before_round` (through the round plug-in
+:class:`AdminControl`) before every round: it waits
 there while the run has not been started (``--wait-for-start``) and raises
 :class:`RunStopped` once an admin asked to stop, so a stop always lands
 between rounds and never leaves a half-aggregated model.
@@ -9,6 +10,8 @@ between rounds and never leaves a half-aggregated model.
 from __future__ import annotations
 
 import threading
+
+from fedops.runtime.round_plugin import RoundContext, RoundPlugin
 
 
 class RunStopped(Exception):
@@ -63,3 +66,16 @@ class RunControl:
 
     def committed(self, server_round: int) -> None:
         self.round = server_round
+
+
+class AdminControl(RoundPlugin):
+    """:class:`RunControl` as a round plug-in: the hold or stop lands between rounds."""
+
+    def __init__(self, control: RunControl) -> None:
+        self.control = control
+
+    def before_round(self, ctx: RoundContext, server_round: int) -> None:
+        self.control.before_round(server_round, ctx.config.join_timeout_s)
+
+    def committed(self, ctx: RoundContext, server_round: int) -> None:
+        self.control.committed(server_round)

@@ -9,6 +9,7 @@ action (``exclude``: a flagged site trains no more in this run).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,7 @@ from fedops.core.monitoring.summary import MonitorThresholds, summarize
 from fedops.core.params import Params
 from fedops.core.results import EvaluateResult
 from fedops.core.training import as_tensors
+from fedops.runtime.round_plugin import EvaluationAsk, RoundContext, RoundPlugin
 from fedops.tasks.contract import Task
 from fedops.tasks.monitor import split_groups, window_of
 
@@ -89,7 +91,7 @@ def monitoring_under_dp(mode: str, privacy: str) -> str:
     return mode
 
 
-class RoundMonitor:
+class RoundMonitor(RoundPlugin):
     """Summarises each round's site reports; remembers flagged sites."""
 
     def __init__(
@@ -105,6 +107,24 @@ class RoundMonitor:
 
     def excluded(self, site: str) -> bool:
         return self.settings.action == "exclude" and site in self.flagged
+
+    def eligible(self, ctx: RoundContext, server_round: int, nodes: list[str]) -> list[str]:
+        """Under ``action=exclude`` flagged sites train no more."""
+        return [n for n in nodes if not self.excluded(ctx.site_names(n))]
+
+    def evaluation(self, ask: EvaluationAsk) -> EvaluationAsk:
+        return dataclasses.replace(ask, monitor=self.spec)
+
+    def metrics(
+        self,
+        ctx: RoundContext,
+        server_round: int,
+        params: Params,
+        evaluated: Sequence[EvaluateResult] | None,
+    ) -> Mapping[str, Any]:
+        if evaluated is None:
+            return {}
+        return self.summarize(server_round, evaluated, ctx.site_names)
 
     def summarize(
         self,

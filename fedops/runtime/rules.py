@@ -51,6 +51,27 @@ def check_secagg(mode: str, k: int | None, threshold: int | None, clip: float) -
 PRIVACY_MODES = ("none", "central", "distributed", "local")
 
 
+def sigma_of(value: object) -> float | None:
+    """A noise multiplier as either front holds it: ``None`` for ``auto``, the number, or
+    NaN for anything else (the check then names what was written)."""
+    if value == "auto":
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return math.nan
+
+
+def noise_multiplier_arg(text: str) -> float | str:
+    """``--noise-multiplier``'s text as ``privacy.noise_multiplier``'s value: the number,
+    when a noise multiplier can be it, else as typed (``auto``, or a mistake that
+    :func:`sigma_of` refuses, naming what the user typed)."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) and number >= 0 else text
+
+
 def check_dp(
     *,
     mode: str,

@@ -8,27 +8,29 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from fedops.core.params import Params
 from fedops.core.rounds import Outcome, Phase
 from fedops.core.strategies import build_strategy
-from fedops.core.strategies.protocol import Strategy
+from fedops.core.strategies.protocol import Strategy, load_strategy_state, strategy_state
 from fedops.crypto import Crypto
-from fedops.runtime.control import RunControl, RunStopped
+from fedops.runtime.control import AdminControl, RunControl, RunStopped
 from fedops.runtime.driver import DriverConfig, RoundDriver, RoundRecord
 from fedops.runtime.privacy import (
     BudgetExhausted,
-    CentralPrivacy,
-    DistributedPrivacy,
-    LocalPrivacy,
+    PrivacyRound,
     PrivacySettings,
+    privacy_round,
     restore_ledger,
 )
 from fedops.runtime.progress import RoundProgress
 from fedops.runtime.round_monitor import MonitorSettings, RoundMonitor, monitor_spec
+from fedops.runtime.round_plugin import GlobalEvaluation, RoundPlugin
 from fedops.runtime.schema import StrategyConfig
-from fedops.runtime.secure_fit import SecAggSettings, SecureFit
+from fedops.runtime.secure_fit import NoiseSource, SecAggSettings, SecureFit
 from fedops.runtime.settings import ConfigError
-from fedops.runtime.store import RunStore, StoreError, config_digest
+from fedops.runtime.store import Checkpoint, RunStore, StoreError, config_digest
 from fedops.runtime.transport import Transport
 from fedops.tasks.contract import Task
 
@@ -53,8 +55,12 @@ def start_or_resume(
     config: Mapping[str, Any],
     initial_params: Callable[[], Params],
     on_fallback: Callable[[dict[str, Any]], None] = lambda event: None,
+    strategy: Strategy | None = None,
 ) -> StartPoint:
     """Continue after the last committed round, or commit round 0 (the initial model).
+
+    A resumed ``strategy`` gets back the state its checkpoint holds (FedAdam's
+    moments), so it continues as if it had never stopped.
 
     Round 0 is checkpointed too, so a coordinator that dies during round 1
     restarts from the very same initial model instead of a new random one.
@@ -67,19 +73,24 @@ def start_or_resume(
     last = store.last_round()
     if last is None:
         params = initial_params()
-        store.save_round(0, params, {})
+        if strategy is None:
+            store.save_round(0, params, {})
+        else:
+            store.save_round(
+                0, params, {}, strategy_state=strategy_state(strategy), strategy=strategy.name
+            )
         return StartPoint(run_id=run_id, params=params, start_round=1, resumed=False)
     if stored_digest and stored_digest != config_digest(config):
         log.warning(
             "resuming run %s with a configuration that differs from the one it started with", run_id
         )
     try:
-        params = store.load_round(last)
+        checkpoint = store.load_checkpoint(last)
     except StoreError as exc:
         intact = store.newest_intact(last - 1)
         if intact is None:
             raise StoreError(f"{exc}; no earlier checkpoint verifies either") from exc
-        good, params = intact
+        good, checkpoint = intact
         forgotten = store.roll_back_to(good)
         log.warning(
             "%s: resuming from round %d, the newest checkpoint that verifies (rounds %s are "
@@ -90,6 +101,9 @@ def start_or_resume(
         )
         on_fallback({"reason": str(exc), "resumed_from": good, "forgotten": forgotten})
         last = good
+    if strategy is not None:
+        _restore_strategy(strategy, checkpoint, last)
+    params = checkpoint.params
     log.info(
         "resuming run %s at round %d from the checkpoint of round %d (model %s)",
         run_id,
@@ -98,6 +112,48 @@ def start_or_resume(
         store.model_digest(last),
     )
     return StartPoint(run_id=run_id, params=params, start_round=last + 1, resumed=True)
+
+
+def _restore_strategy(strategy: Strategy, checkpoint: Checkpoint, server_round: int) -> None:
+    """Give ``strategy`` the state its checkpoint holds; refuse one it cannot continue from."""
+    written_by, state = checkpoint.strategy, checkpoint.strategy_state
+    advice = "resume with the strategy the run started with, or start a new run directory"
+    if written_by and written_by != strategy.name:
+        raise StoreError(
+            f"the checkpoint of round {server_round} was written by strategy {written_by!r}, "
+            f"not {strategy.name!r}: its state would be misread; {advice}"
+        )
+    try:
+        _check_state_fits(state, checkpoint.params)
+        load_strategy_state(strategy, state)
+    except ValueError as exc:
+        raise StoreError(
+            f"the checkpoint of round {server_round} holds a strategy state that "
+            f"{strategy.name!r} cannot continue from ({exc}): {advice}"
+        ) from exc
+    if not state and server_round > 0 and strategy_state(strategy):
+        log.warning(
+            "the checkpoint of round %d holds no state for strategy %r (written by %s): "
+            "its server optimizer starts afresh from round %d",
+            server_round,
+            strategy.name,
+            f"strategy {written_by!r}" if written_by else "an older fedops",
+            server_round + 1,
+        )
+
+
+def _check_state_fits(state: Mapping[str, Any], params: Params) -> None:
+    """A ``<kind>.<tensor>`` buffer must match that tensor of the checkpoint's model: checked
+    before any round runs (not after the sites trained and a sum was unmasked)."""
+    for key, value in state.items():
+        _, _, tensor = key.partition(".")
+        if not tensor:
+            continue  # a scalar such as ``step``
+        if tensor not in params:
+            raise ValueError(f"{key} is for a tensor the model does not have")
+        if np.shape(value) != np.shape(params[tensor]):
+            shape = np.shape(params[tensor])
+            raise ValueError(f"{key} has shape {np.shape(value)}, the model's {tensor} {shape}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,10 +193,12 @@ def execute(
     rounds in the store and a summary that says "interrupted".
     """
     status = "failed"
-    privacy = _privacy(plan)
+    dp = None
+    if plan.privacy is not None:
+        dp = privacy_round(plan.privacy, planned_rounds=plan.driver.rounds)
     extra: dict[str, Any] = {}
     try:
-        status = _drive(plan, store, transport, privacy, extra)
+        status = _drive(plan, store, transport, dp, extra)
     except BudgetExhausted as exc:
         log.warning("%s", exc)
         status = "budget_exhausted"
@@ -156,36 +214,31 @@ def execute(
         if plan.control is not None:
             plan.control.finished = True
         on_exit(status)
-        if privacy is not None:
-            extra["privacy"] = privacy.guarantee()
+        if dp is not None:
+            extra["privacy"] = dp.privacy.guarantee()
             log.info("privacy: %s", extra["privacy"])
         summary = store.write_summary({"status": status, **plan.summary, **extra})
         store.close()
     return summary
 
 
-def _privacy(plan: RunPlan) -> CentralPrivacy | LocalPrivacy | None:
-    """The run's DP mechanism and accountant, by mode."""
-    if plan.privacy is None:
-        return None
-    if plan.privacy.mode == "local":
-        return LocalPrivacy(plan.privacy, planned_rounds=plan.driver.rounds)
-    if plan.privacy.mode == "distributed":
-        return DistributedPrivacy(plan.privacy, planned_rounds=plan.driver.rounds)
-    return CentralPrivacy(plan.privacy, planned_rounds=plan.driver.rounds)
-
-
 def _drive(
     plan: RunPlan,
     store: RunStore,
     transport: Transport,
-    privacy: CentralPrivacy | LocalPrivacy | None,
+    dp: PrivacyRound | None,
     extra: dict[str, Any],
 ) -> str:
     """Start or resume and drive every round; the status, with why in ``extra``."""
-    start = start_or_resume(store, plan.config, plan.initial_params, on_fallback=plan.on_fallback)
-    if privacy is not None:
-        restore_ledger(privacy, store.privacy_ledger(), store.round_metrics())
+    start = start_or_resume(
+        store,
+        plan.config,
+        plan.initial_params,
+        on_fallback=plan.on_fallback,
+        strategy=plan.strategy,
+    )
+    if dp is not None:
+        restore_ledger(dp.privacy, store.privacy_ledger(), store.round_metrics())
     if start.start_round > plan.driver.rounds:
         log.warning(
             "run %s in %s already has %d of %d rounds: nothing to do. Use a new run "
@@ -211,13 +264,9 @@ def _drive(
             strategy=plan.strategy,
             config=plan.driver,
             store=store,
-            evaluate_global=plan.evaluate_global,
+            plugins=_plugins(plan, start, transport, dp),
             site_names=plan.site_names,
             on_round=on_round,
-            secure=_secure_fit(plan, start.run_id, transport),
-            privacy=privacy,
-            monitor=_monitor(plan, start.params),
-            control=plan.control,
         ).run(start.params, start_round=start.start_round)
     if start.start_round <= plan.driver.rounds and not _trained(store, start.start_round):
         extra["stop_reason"] = (
@@ -227,6 +276,26 @@ def _drive(
         log.warning("%s", extra["stop_reason"])
         return "no_progress"  # every round ran, but no site's update was taken
     return "completed"
+
+
+def _plugins(
+    plan: RunPlan, start: StartPoint, transport: Transport, dp: PrivacyRound | None
+) -> list[RoundPlugin]:
+    """The run's features as round plug-ins, in the order their metrics appear."""
+    plugins: list[RoundPlugin] = []
+    if plan.control is not None:
+        plugins.append(AdminControl(plan.control))
+    if plan.evaluate_global is not None:
+        plugins.append(GlobalEvaluation(plan.evaluate_global))
+    if plan.secagg is not None:
+        noise = dp.privacy if dp is not None else None
+        plugins.append(_secure_fit(plan, start.run_id, transport, noise))
+    if dp is not None:
+        plugins.append(dp)
+    monitor = _monitor(plan, start.params)
+    if monitor is not None:
+        plugins.append(monitor)
+    return plugins
 
 
 def _monitor(plan: RunPlan, params: Params) -> RoundMonitor | None:
@@ -244,9 +313,10 @@ def _monitor(plan: RunPlan, params: Params) -> RoundMonitor | None:
     return RoundMonitor(plan.monitoring, spec)
 
 
-def _secure_fit(plan: RunPlan, run_id: str, transport: Transport) -> SecureFit | None:
-    if plan.secagg is None:
-        return None
+def _secure_fit(
+    plan: RunPlan, run_id: str, transport: Transport, noise: NoiseSource | None
+) -> SecureFit:
+    assert plan.secagg is not None
     return SecureFit(
         transport=transport,
         settings=plan.secagg,
@@ -254,6 +324,7 @@ def _secure_fit(plan: RunPlan, run_id: str, transport: Transport) -> SecureFit |
         run_id=run_id,
         timeout_s=plan.driver.round_timeout_s,
         site_names=plan.site_names,
+        noise=noise,
     )
 
 

@@ -1,12 +1,13 @@
 """The settings a deployed run and a simulated run share, each written once.
 
 Each section is a dataclass: the Hydra schema of its config group
-(``strategy.*``, ``client.*``) and, nested in the deployment configs, what the
-CLI's flags fill. A field's metadata carries its flag and help text, so
-:mod:`fedops.cli.parser` builds the flags from these fields and both fronts
-get the same names, defaults and checks. Errors name the dotted key
-(``strategy.mu``); the CLI turns it into the flag the user typed
-(:func:`flag_of`).
+(``strategy.*``, ``client.*``, ``privacy.*``, ``secagg.*``, ``monitoring.*``) and,
+nested in the deployment configs, what the CLI's flags fill. A field's metadata
+carries its flag and help text, so :mod:`fedops.cli.parser` builds the flags from
+these fields and both fronts get the same names, defaults and checks; a field
+marked ``simulation_only`` has no flag (:mod:`fedops.runtime.schema_table` lists
+it with its reason). Errors name the dotted key (``strategy.mu``); the CLI turns
+it into the flag the user typed (:func:`flag_of`).
 
 Adding a strategy option is a field here plus a keyword in the strategy that
 reads it (its ``options`` mapping): nothing else.
@@ -20,15 +21,34 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedops.core.optimizers import OPTIMIZERS
+from fedops.core.privacy.accountant import ACCOUNTANTS
 from fedops.core.strategies import ROBUST_STRATEGIES, STRATEGIES, readers
 from fedops.core.strategies.robust import Krum
-from fedops.runtime.rules import ConfigError, require
+from fedops.runtime.rules import (
+    PRIVACY_MODES,
+    SECAGG_CLIP,
+    SECAGG_MODES,
+    ConfigError,
+    noise_multiplier_arg,
+    require,
+)
 
 
-def option(default: Any, help: str, *, flag: str | None = None, **extra: Any) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    simulation_only: str | None = None,
+    **extra: Any,
+) -> Any:
     """A setting: its default, the help its flag shows, and the flag when it is not
-    ``--`` plus the field name with dashes. ``extra``: ``choices`` for the flag."""
-    return field(default=default, metadata={"help": help, "flag": flag, **extra})
+    ``--`` plus the field name with dashes. ``simulation_only``: why a deployment has no
+    flag for it (none is generated; the key is listed in :data:`SIMULATION_ONLY` with this
+    reason, and a deployed run keeps the default). ``extra``: ``choices``, ``metavar``, and
+    ``parse`` (the flag's type, where the field's annotation is not one)."""
+    metadata = {"help": help, "flag": flag, "simulation_only": simulation_only, **extra}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -39,8 +59,29 @@ class StrategyConfig:
         "fedavg", "how updates are combined (built-ins and registered ones)", flag="--strategy"
     )
     mu: float = option(0.01, "fedprox: the proximal coefficient of the clients' loss")
-    server_lr: float = option(
-        1.0, "fedavg/fedprox: server learning rate; the model moves lr x (mean - model)"
+    server_lr: float | None = option(
+        None,
+        "fedavg/fedprox/fedavgm/fedadagrad/fedadam/fedyogi: server learning rate; fedavg "
+        "moves the model lr x (mean - model) (default: the strategy's own, 1 for "
+        "fedavg/fedprox/fedavgm, 0.1 for fedadagrad, 0.01 for fedadam/fedyogi)",
+    )
+    server_momentum: float = option(
+        0.9, "fedavgm: server momentum b in [0, 1): u = b u + (mean - model), model += lr u"
+    )
+    beta1: float = option(
+        0.9,
+        "fedadagrad/fedadam/fedyogi: decay in [0, 1) of the server's first moment (momentum)",
+        flag="--server-beta1",
+    )
+    beta2: float = option(
+        0.99,
+        "fedadam/fedyogi: decay in [0, 1) of the server's second moment",
+        flag="--server-beta2",
+    )
+    tau: float = option(
+        1e-3,
+        "fedadagrad/fedadam/fedyogi: adaptivity tau > 0, added to sqrt(v) (v starts at tau^2)",
+        flag="--server-tau",
     )
     trim_fraction: float = option(
         0.1,
@@ -69,8 +110,170 @@ class ClientTrainConfig:
     momentum: float = option(0.0, "SGD momentum (0: plain SGD)")
 
 
+_KEPT = "a deployment keeps the default here"
+_ADAPTIVE = "adaptive clipping's tuning: " + _KEPT + " (Andrew et al.'s values)"
+
+
+@dataclass
+class PrivacyConfig:
+    """Differential privacy (``--privacy`` ... / ``privacy.*``; DESIGN §6)."""
+
+    name: str = option(
+        "none",
+        "central: DP-FedAvg at the coordinator; distributed: clients add the noise under "
+        "SecAgg+; local: DP-SGD (Opacus) at every site",
+        flag="--privacy",
+        choices=PRIVACY_MODES,
+    )
+    #: a number, or "auto" (derived from target_epsilon and the rounds); both fronts read
+    #: it with rules.sigma_of (Any: OmegaConf has no number-or-"auto" type)
+    noise_multiplier: Any = option(  # noqa: RUF009 (a field(), as for every option)
+        1.0,
+        "sigma: noise std / clip norm; 'auto' derives it from --target-epsilon",
+        parse=noise_multiplier_arg,
+    )
+    clip_norm: float = option(1.0, "L2 bound of each update")  # the initial one if adaptive
+    delta: float = option(1e-5, "DP delta")
+    target_epsilon: float | None = option(
+        None, "stop the run before a round would spend more epsilon"
+    )
+    accountant: str = option(
+        "pld",
+        "the headline accountant (dp_accounting); the other is reported beside it "
+        "(default: pld; fixed sampling is accounted with rdp)",
+        choices=ACCOUNTANTS,
+    )
+    sampling: str = option(
+        "poisson",
+        "central DP: each client joins a round with probability q (poisson, the "
+        "default) or exactly --clients-per-round of them join (fixed, replace-one adjacency)",
+        choices=("poisson", "fixed"),
+    )
+    publish_participants: bool = option(
+        False,
+        "central DP: account as if who took part were public (no amplification by sampling)",
+    )
+    colluders: int = option(
+        0, "distributed DP: sites that may pool their noise with the coordinator"
+    )
+    release_site_metrics: bool = option(
+        False,
+        "under DP, record the sites' train loss in the metrics (outside the DP "
+        "guarantee; off by default)",
+    )
+    adaptive: bool = option(
+        False,
+        "let the clip norm track the median update norm (Andrew et al. 2021)",
+        flag="--adaptive-clipping",
+    )
+    target_quantile: float = option(
+        0.5, "adaptive: the quantile of the update norms the clip tracks", simulation_only=_ADAPTIVE
+    )
+    clip_learning_rate: float = option(
+        0.2, "adaptive: the clip's geometric learning rate", simulation_only=_ADAPTIVE
+    )
+    count_noise: float = option(
+        10.0,
+        "adaptive: noise multiplier of the clipped-count estimate",
+        simulation_only=_ADAPTIVE,
+    )
+    seed: int | None = option(
+        None,
+        "noise and sampling seed; None: OS entropy (private)",
+        simulation_only="a deployed coordinator draws DP noise and sampling from the OS only",
+    )
+    site_max_epsilon: float | None = option(
+        None,
+        "privacy=local: each site's own ε limit (policy)",
+        simulation_only="simulated sites' policy (deployed: each site's --max-epsilon)",
+    )
+
+
+@dataclass
+class SecAggConfig:
+    """Secure aggregation, SecAgg+ over every round's fit phase (``--secagg`` ... /
+    ``secagg.*``; DESIGN §5)."""
+
+    name: str = option(
+        "none",
+        "secaggplus: the coordinator only ever sees the sum of the updates",
+        flag="--secagg",
+        choices=SECAGG_MODES,
+    )
+    #: None: 2*ceil(log2 n); >= n-1: classic SecAgg
+    k: int | None = option(
+        None,
+        "neighbours per client (default: 2*log2(n))",
+        flag="--secagg-k",
+        metavar="SECAGG_K",
+    )
+    threshold: int | None = option(
+        None,
+        "shares needed to unmask a client (default: k/2 + 1)",
+        flag="--secagg-threshold",
+        metavar="SECAGG_THRESHOLD",
+    )
+    clip: float = option(
+        SECAGG_CLIP,
+        "clip each update coordinate to [-c, c] before quantizing",
+        flag="--secagg-clip",
+        metavar="SECAGG_CLIP",
+    )
+    min_survivors: int | None = option(
+        None,
+        "fewest inputs summed (default: max(3, threshold))",
+        simulation_only="deployed sites set their floor themselves (--secagg-min-cohort)",
+    )
+
+
+@dataclass
+class MonitoringConfig:
+    """Drift and fairness reports with every evaluation (``--monitoring`` ... /
+    ``monitoring.*``; DESIGN §7). The one default the fronts do not share is ``name``'s:
+    a deployment sets ``auto`` (:class:`fedops.runtime.settings.CoordinatorConfig`)."""
+
+    name: str = option(
+        "none",
+        "sites report drift and per-group confusion counts with every evaluation; auto "
+        "(the default): on without DP, off under DP, whose guarantee does not cover them",
+        flag="--monitoring",
+        choices=("auto", "default", "none"),
+    )
+    bins: int = option(10, "quantile bins per feature (from held-out data)", simulation_only=_KEPT)
+    positive_label: int = option(1, "the favourable class in fairness statistics")
+    psi_alert: float = option(0.25, "PSI above this alerts")  # "significant"
+    js_alert: float = option(0.1, "Jensen-Shannon distance above this alerts")
+    ks_pvalue_alert: float = option(
+        0.0, "KS p-value below this alerts (0: never)", simulation_only=_KEPT
+    )
+    # fairness alerts, above a threshold (null: none on that metric)
+    demographic_parity_difference: float | None = option(0.1, "", simulation_only=_KEPT)
+    demographic_parity_ratio: float | None = option(0.8, "below: alerts", simulation_only=_KEPT)
+    equalized_odds_difference: float | None = option(0.1, "", simulation_only=_KEPT)
+    equal_opportunity_difference: float | None = option(0.1, "", simulation_only=_KEPT)
+    group_accuracy_gap: float | None = option(0.1, "", simulation_only=_KEPT)
+    site_accuracy_gap: float | None = option(0.15, "", simulation_only=_KEPT)
+    action: str = option(
+        "none",
+        "exclude: a site with a drift alert trains no more in this run",
+        flag="--drift-action",
+        choices=("none", "exclude"),
+    )
+    min_count: int = option(
+        5,
+        "no reported bin (or fairness cell) holds 1..min_count-1 of a site's rows; 1: exact",
+        simulation_only="simulated sites' policy (deployed: --monitoring-min-count)",
+    )
+
+
 #: the sections above by the prefix of their keys
-SECTIONS: dict[str, type] = {"strategy": StrategyConfig, "client": ClientTrainConfig}
+SECTIONS: dict[str, type] = {
+    "strategy": StrategyConfig,
+    "client": ClientTrainConfig,
+    "privacy": PrivacyConfig,
+    "secagg": SecAggConfig,
+    "monitoring": MonitoringConfig,
+}
 
 #: deployment keys whose flag is not ``--`` plus the key with dashes
 FLAG_NAMES = {
@@ -83,14 +286,22 @@ FLAG_NAMES = {
 
 def flag_of(key: str) -> str:
     """The CLI flag of a key: ``strategy.select`` -> ``--krum-select``, ``client.lr`` ->
-    ``--lr``, ``round_timeout_s`` -> ``--round-timeout``, ``min_clients`` -> ``--min-clients``."""
+    ``--lr``, ``round_timeout_s`` -> ``--round-timeout``, ``min_clients`` -> ``--min-clients``;
+    a simulation-only key (no flag) is named as it is (``privacy.count_noise``)."""
     prefix, _, name = key.rpartition(".")
     section = SECTIONS.get(prefix)
     if section is not None:
         spec = next((f for f in dataclasses.fields(section) if f.name == name), None)
+        if spec is not None and spec.metadata.get("simulation_only"):
+            return key
         if spec is not None:
             return spec.metadata.get("flag") or "--" + name.replace("_", "-")
     return FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+
+
+def flagged(section: type) -> list[dataclasses.Field[Any]]:
+    """The fields of a section a deployment sets by flag (all but the simulation-only)."""
+    return [f for f in dataclasses.fields(section) if not f.metadata.get("simulation_only")]
 
 
 def check_strategy_options(st: StrategyConfig, *, prefix: str = "strategy") -> None:
@@ -103,9 +314,15 @@ def check_strategy_options(st: StrategyConfig, *, prefix: str = "strategy") -> N
     )
     require(st.mu >= 0, f"{prefix}.mu", f"must be >= 0, got {st.mu}")
     require(
-        math.isfinite(st.server_lr) and st.server_lr > 0,
+        st.server_lr is None or (math.isfinite(st.server_lr) and st.server_lr > 0),
         f"{prefix}.server_lr",
         f"must be a number > 0, got {st.server_lr}",
+    )
+    for key in ("server_momentum", "beta1", "beta2"):
+        value = getattr(st, key)
+        require(0 <= value < 1, f"{prefix}.{key}", f"must be a number in [0, 1), got {value}")
+    require(
+        math.isfinite(st.tau) and st.tau > 0, f"{prefix}.tau", f"must be a number > 0, got {st.tau}"
     )
     for spec in dataclasses.fields(StrategyConfig):
         value, reading = getattr(st, spec.name), readers(spec.name)
@@ -180,151 +397,3 @@ def check_train(c: ClientTrainConfig, *, prefix: str = "client") -> None:
         f"{prefix}.momentum",
         f"has no effect with optimizer {c.optimizer}: it is read by sgd only",
     )
-
-
-# ---- where the two fronts meet ---------------------------------------------------------
-# The sections above are shared by construction. Every other deployment flag either is a
-# Hydra key under another name (SAME_SETTING) or exists on one front only, for the reason
-# given; tests/unit/config/test_settings_agree.py fails on a flag or key in neither list,
-# and on a pair whose defaults differ (but for DIFFERENT_DEFAULTS, each with its reason).
-
-#: deployment flag -> the Hydra key of the same setting
-SAME_SETTING = {
-    "--rounds": "rounds",
-    "--seed": "seed",
-    "--task": "task",
-    "--partition": "partition.name",
-    "--alpha": "partition.alpha",
-    "--clients-per-round": "simulation.clients_per_round",
-    "--min-fit-results": "simulation.min_fit_results",
-    "--secagg": "secagg.name",
-    "--secagg-k": "secagg.k",
-    "--secagg-threshold": "secagg.threshold",
-    "--secagg-clip": "secagg.clip",
-    "--privacy": "privacy.name",
-    "--noise-multiplier": "privacy.noise_multiplier",
-    "--clip-norm": "privacy.clip_norm",
-    "--delta": "privacy.delta",
-    "--target-epsilon": "privacy.target_epsilon",
-    "--accountant": "privacy.accountant",
-    "--sampling": "privacy.sampling",
-    "--publish-participants": "privacy.publish_participants",
-    "--colluders": "privacy.colluders",
-    "--release-site-metrics": "privacy.release_site_metrics",
-    "--adaptive-clipping": "privacy.adaptive",
-    "--max-epsilon": "privacy.site_max_epsilon",
-    "--monitoring": "monitoring.name",
-    "--positive-label": "monitoring.positive_label",
-    "--psi-alert": "monitoring.psi_alert",
-    "--js-alert": "monitoring.js_alert",
-    "--drift-action": "monitoring.action",
-    "--mlflow-uri": "mlflow_uri",
-    "--mlflow-experiment": "mlflow_experiment",
-}
-
-#: a pair whose defaults differ on purpose -> why
-DIFFERENT_DEFAULTS = {
-    "--monitoring": "deployed, auto turns monitoring on without DP; simulated, monitoring "
-    "runs on the sequential backend only, so it is off unless asked for (issue 22)",
-}
-
-_SITE = "a site's own policy or identity, set where the site runs"
-_PROCESS = "how the coordinator process serves the network; a simulation has no network"
-
-#: deployment flags with no simulation key -> why
-DEPLOYMENT_ONLY = {
-    "--address": _PROCESS,
-    "--kit": "consortium deployments only (certificates, roles)",
-    "--ca-fingerprint": "consortium deployments only (certificates, roles)",
-    "--wait-for-start": "consortium deployments only (certificates, roles)",
-    "--insecure": _PROCESS,
-    "--data-seed": "a simulation splits its data with `seed`, as its sites are its own",
-    "--min-clients": "a simulation's clients are all there: simulation.num_clients",
-    "--run-dir": "a simulation's run directory is Hydra's: hydra.run.dir",
-    "--round-timeout": _PROCESS,
-    "--join-timeout": _PROCESS,
-    "--liveness-timeout": _PROCESS,
-    "--heartbeat-interval": _PROCESS,
-    "--max-nodes": _PROCESS,
-    "--keep-checkpoints": "a simulation keeps the run store's default (the newest 3)",
-    "--max-workers": _PROCESS,
-    "--metrics-port": _PROCESS,
-    "--metrics-address": _PROCESS,
-    "--coordinator": _PROCESS,
-    "--site": _SITE,
-    "--num-sites": _SITE,
-    "--site-name": _SITE,
-    "--max-retries": _PROCESS,
-    "--retry-for": _PROCESS,
-    "--require-secagg": _SITE,
-    "--share-monitoring": _SITE,
-    "--share-evaluation": _SITE,
-    "--monitoring-min-count": _SITE + " (simulated sites: monitoring.min_count)",
-    "--monitoring-max-cells": _SITE,
-    "--dp-delta": _SITE,
-    "--dp-public-records": _SITE,
-    "--identity-key": _SITE,
-    "--trusted-keys": _SITE,
-    "--max-rounds": _SITE,
-    "--allowed-task": _SITE,
-    "--consent-file": _SITE,
-    "--secagg-min-cohort": _SITE,
-    "--secagg-min-degree": _SITE,
-    "--secagg-max-colluders": _SITE,
-    "--secagg-min-noise-multiplier": _SITE,
-    "--secagg-max-l2-clip": _SITE,
-}
-
-_DATA = "the simulator's built-in data and models; a deployment's come from its --task"
-_FLEET = "how the simulator runs its virtual clients"
-
-#: Hydra keys with no deployment flag -> why
-SIMULATION_ONLY = {
-    **{
-        f"dataset.{key}": _DATA
-        for key in [
-            "name",
-            "alpha",
-            "beta",
-            "iid",
-            "num_features",
-            "num_classes",
-            "mean_log",
-            "sigma_log",
-            "min_samples",
-            "max_samples",
-        ]
-    },
-    "model.name": _DATA,
-    "model.hidden": _DATA,
-    **{
-        f"simulation.{key}": _FLEET
-        for key in [
-            "backend",
-            "num_clients",
-            "dropout_rate",
-            "straggler_rate",
-            "drop_stragglers",
-            "device",
-            "max_chunk",
-            "workers",
-            "ray_address",
-            "threads",
-        ]
-    },
-    "privacy.target_quantile": "adaptive clipping's tuning, fixed at Andrew et al.'s values "
-    "when deployed (fedops.core.privacy.central.AdaptiveClipping)",
-    "privacy.clip_learning_rate": "as privacy.target_quantile",
-    "privacy.count_noise": "as privacy.target_quantile",
-    "privacy.seed": "a deployed coordinator draws DP noise and sampling from the OS only",
-    "secagg.min_survivors": "deployed sites set their floor themselves (--secagg-min-cohort)",
-    "monitoring.bins": "deployed: the coordinator's default profile",
-    "monitoring.ks_pvalue_alert": "deployed: the coordinator's default thresholds",
-    "monitoring.demographic_parity_difference": "deployed: the default fairness thresholds",
-    "monitoring.demographic_parity_ratio": "deployed: the default fairness thresholds",
-    "monitoring.equalized_odds_difference": "deployed: the default fairness thresholds",
-    "monitoring.equal_opportunity_difference": "deployed: the default fairness thresholds",
-    "monitoring.group_accuracy_gap": "deployed: the default fairness thresholds",
-    "monitoring.site_accuracy_gap": "deployed: the default fairness thresholds",
-    "monitoring.min_count": "simulated sites' policy (deployed: --monitoring-min-count)",
-}

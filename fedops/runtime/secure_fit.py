@@ -1,7 +1,7 @@
 """The fit phase under secure aggregation: five round trips, and only the sum is seen.
 
-It replaces the plain fit phase of :class:`~fedops.runtime.driver.RoundDriver`
-and drives the pure :class:`~fedops.core.secagg.server.SecAggServer` over any
+A round plug-in that replaces the plain fit phase of the round driver, it
+drives the pure :class:`~fedops.core.secagg.server.SecAggServer` over any
 transport (gRPC or simulated), so deployment and simulation run the same
 protocol code. The outcome is one :class:`FitResult` holding the example-
 weighted mean model, which FedAvg and FedProx aggregate to itself; nothing
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from fedops.core.secagg.quantize import MODULUS
 from fedops.core.secagg.server import SecAggServer, SecureSum
 from fedops.core.secagg.update import decode_mean, vector_length
 from fedops.runtime.collect import collect
+from fedops.runtime.round_plugin import FitOutcome, RoundContext, RoundPlugin
 from fedops.runtime.store import Participant
 from fedops.runtime.transport import Instruction, StageRequest, Transport
 from fedops.wire.secagg import MASKED_TENSOR
@@ -51,22 +52,26 @@ class SecAggSettings:
     min_survivors: int | None = None
 
 
-@dataclass(slots=True, kw_only=True)
-class FitOutcome:
-    """What the fit phase hands the driver, with or without secure aggregation."""
+class NoiseSource(Protocol):
+    """What a DP mechanism tells the secure fit phase each round."""
 
-    results: list[FitResult]  # what the strategy aggregates
-    reported: list[FitResult | StageResult]  # whose training metrics are averaged
-    participants: list[Participant]
-    metrics: dict[str, Any] = field(default_factory=dict)
+    def secure_noise(self) -> tuple[float, float] | None:
+        """``(σ, clip)`` of the distributed noise the clients add, or None."""
+        ...
+
+    def survivor_floor(self) -> int:
+        """The fewest noise shares the round's accounting assumes."""
+        ...
 
 
-class SecureFit:
+class SecureFit(RoundPlugin):
     """Runs SecAgg+ rounds over ``transport``.
 
     Args:
         run_id: with the round number, the context every key and share is bound to.
         site_names: node id -> site name, for the participants table.
+        noise: the run's DP mechanism, asked each round for the distributed noise the
+            clients add and the fewest survivors its accounting assumes.
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class SecureFit:
         run_id: str,
         timeout_s: float,
         site_names: Callable[[str], str] = lambda node: node,
+        noise: NoiseSource | None = None,
     ) -> None:
         self.transport = transport
         self.settings = settings
@@ -85,6 +91,26 @@ class SecureFit:
         self.run_id = run_id
         self.timeout_s = timeout_s
         self.site_names = site_names
+        self.noise = noise
+
+    def run_fit(
+        self,
+        ctx: RoundContext,
+        server_round: int,
+        selected: Sequence[str],
+        params: Params,
+        fit_config: Mapping[str, float],
+    ) -> FitOutcome:
+        if self.noise is None:
+            return self.run(server_round, selected, params, fit_config)
+        return self.run(
+            server_round,
+            selected,
+            params,
+            fit_config,
+            noise=self.noise.secure_noise(),
+            min_survivors=self.noise.survivor_floor(),
+        )
 
     def run(
         self,

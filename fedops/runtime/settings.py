@@ -13,15 +13,23 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from fedops.runtime.rules import PRIVACY_MODES, SECAGG_CLIP, ConfigError, check_dp, check_secagg
+from fedops.runtime.rules import SECAGG_CLIP, ConfigError
 from fedops.runtime.rules import require as _require
 from fedops.runtime.schema import (
     FLAG_NAMES,
     ClientTrainConfig,
+    MonitoringConfig,
+    PrivacyConfig,
+    SecAggConfig,
     StrategyConfig,
     check_strategy_fits,
     check_strategy_options,
     check_train,
+)
+from fedops.runtime.section_rules import (
+    check_monitoring_section,
+    check_privacy_section,
+    check_secagg_section,
 )
 
 __all__ = [
@@ -35,19 +43,13 @@ __all__ = [
     "parse_address",
 ]
 
-#: the coordinator's DP settings: any of them set is an error under --privacy none
-PRIVACY_KEYS = (
-    "noise_multiplier",
-    "clip_norm",
-    "delta",
-    "target_epsilon",
-    "accountant",
-    "adaptive_clipping",
-    "sampling",
-    "publish_participants",
-    "colluders",
-    "release_site_metrics",
-)
+
+def deployed_monitoring() -> MonitoringConfig:
+    """The one section default a deployment sets apart (``--monitoring auto``, the
+    simulator's ``monitoring=none``; schema_table.DIFFERENT_DEFAULTS): auto turns monitoring
+    on without DP and off under it, whose guarantee does not cover its statistics; a
+    simulation monitors on its sequential backend only, so it is off unless asked for."""
+    return MonitoringConfig(name="auto")
 
 
 def parse_address(key: str, address: str) -> tuple[str, int]:
@@ -124,26 +126,9 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
     min_fit_results: int = 1  # fewer accepted updates abort the round (model unchanged)
     keep_checkpoints: int = 3
     max_workers: int = 64
-    secagg: str = "none"
-    secagg_k: int | None = None
-    secagg_threshold: int | None = None
-    secagg_clip: float = SECAGG_CLIP
-    privacy: str = "none"
-    noise_multiplier: str = "1.0"  # a number or "auto"
-    clip_norm: float = 1.0
-    delta: float = 1e-5
-    target_epsilon: float | None = None
-    accountant: str = "pld"
-    adaptive_clipping: bool = False
-    sampling: str = "poisson"
-    publish_participants: bool = False
-    colluders: int = 0
-    release_site_metrics: bool = False
-    monitoring: str = "auto"  # auto: default without DP, none under DP
-    positive_label: int = 1
-    psi_alert: float = 0.25
-    js_alert: float = 0.1
-    drift_action: str = "none"
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    monitoring: MonitoringConfig = field(default_factory=deployed_monitoring)
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
     mlflow_uri: str | None = None
@@ -192,39 +177,37 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
     def check_aggregation(self) -> None:
         """What the round computes: secure aggregation, DP and the strategy, together."""
         _require(
-            self.privacy != "central" or self.min_fit_results == 1,
+            self.privacy.name != "central" or self.min_fit_results == 1,
             "min_fit_results",
             "central DP releases its noised mean whatever the number of updates (aborting on "
             "a count would tell, outside the noise, how many were sampled): leave it at 1",
         )
-        check_secagg(self.secagg, self.secagg_k, self.secagg_threshold, self.secagg_clip)
-        self.check_privacy()
+        check_secagg_section(self.secagg)
+        check_privacy_section(
+            self.privacy,
+            secagg=self.secagg.name,
+            unused="has no effect without --privacy: choose central, distributed or local",
+        )
         check_strategy_fits(
             self.strategy,
             per_round=min(self.min_clients, self.clients_per_round or self.min_clients),
-            secagg=self.secagg,
-            privacy=self.privacy,
+            secagg=self.secagg.name,
+            privacy=self.privacy.name,
         )
         _require(
-            self.secagg == "none" or self.min_clients >= 2,
+            self.secagg.name == "none" or self.min_clients >= 2,
             "min_clients",
             "secure aggregation needs at least 2 clients per round",
         )
 
     def check_monitoring(self) -> None:
+        name = self.monitoring.name
         _require(
-            self.monitoring in ("auto", "default", "none"),
-            "monitoring",
-            f"must be auto, default or none, got {self.monitoring!r}",
+            name in ("auto", "default", "none"),
+            "monitoring.name",
+            f"must be auto, default or none, got {name!r}",
         )
-        _require(self.positive_label >= 0, "positive_label", "must be >= 0")
-        _require(self.psi_alert > 0, "psi_alert", "must be > 0")
-        _require(self.js_alert > 0, "js_alert", "must be > 0")
-        _require(
-            self.drift_action in ("none", "exclude"),
-            "drift_action",
-            f"must be none or exclude, got {self.drift_action!r}",
-        )
+        check_monitoring_section(self.monitoring)
         _require(
             self.metrics_port is None or 0 <= self.metrics_port <= 65535,
             "metrics_port",
@@ -235,45 +218,6 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
             "metrics_address",
             f"refusing to expose metrics on {self.metrics_address} without --insecure",
         )
-
-    def check_privacy(self) -> None:
-        _require(
-            self.privacy in PRIVACY_MODES,
-            "privacy",
-            f"must be one of {list(PRIVACY_MODES)}, got {self.privacy!r}",
-        )
-        if self.privacy == "none":
-            # a DP setting without DP would run without it, silently: refuse it by name
-            for key in PRIVACY_KEYS:
-                default = CoordinatorConfig.__dataclass_fields__[key].default
-                _require(
-                    getattr(self, key) == default,
-                    key,
-                    "has no effect without --privacy: choose central, distributed or local",
-                )
-            return
-        text = self.noise_multiplier
-        sigma = None if text == "auto" else float(text) if _is_number(text) else math.nan
-        check_dp(
-            mode=self.privacy,
-            sigma=sigma,
-            raw_sigma=text,
-            clip_norm=self.clip_norm,
-            delta=self.delta,
-            target_epsilon=self.target_epsilon,
-            accountant=self.accountant,
-            secagg=self.secagg,
-            sampling=self.sampling,
-            colluders=self.colluders,
-        )
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,18 +11,25 @@ names the dotted key it refuses.
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedops.core.secagg import graph
-from fedops.runtime.rules import PRIVACY_MODES, SECAGG_CLIP, ConfigError, check_dp, check_secagg
+from fedops.runtime.rules import ConfigError
 from fedops.runtime.schema import (
     ClientTrainConfig,
+    MonitoringConfig,
+    PrivacyConfig,
+    SecAggConfig,
     StrategyConfig,
     check_strategy_fits,
     check_strategy_options,
     check_train,
+)
+from fedops.runtime.section_rules import (
+    check_monitoring_section,
+    check_privacy_section,
+    check_secagg_section,
 )
 
 DATASETS = ("digits", "breast_cancer", "synthetic")
@@ -76,60 +83,6 @@ class SimulationConfig:
     workers: int = 2
     ray_address: str | None = None
     threads: int = 1  # torch threads per process; 0 = torch's default (all cores)
-
-
-@dataclass
-class PrivacyConfig:
-    """``privacy=central``: DP-FedAvg with an accountant and a budget (DESIGN §6)."""
-
-    name: str = "none"
-    noise_multiplier: Any = 1.0  # a number, or "auto" (derived from target_epsilon and rounds)
-    clip_norm: float = 1.0  # L2 bound of each client's update (the initial one if adaptive)
-    delta: float = 1e-5
-    target_epsilon: float | None = None  # the run stops before a round would exceed it
-    accountant: str = "pld"  # pld | rdp: the headline (dp_accounting); the other beside it
-    sampling: str = "poisson"  # poisson | fixed (clients_per_round of num_clients)
-    publish_participants: bool = False  # account as if who took part were public
-    colluders: int = 0  # distributed: sites that may pool their noise with the coordinator
-    release_site_metrics: bool = False  # sites' train loss in the metrics (outside DP)
-    adaptive: bool = False  # track a quantile of the update norms (Andrew et al. 2021)
-    target_quantile: float = 0.5
-    clip_learning_rate: float = 0.2
-    count_noise: float = 10.0  # noise multiplier of the clipped-count estimate (adaptive)
-    seed: int | None = None  # noise and sampling seed; None: OS entropy (private)
-    site_max_epsilon: float | None = None  # privacy=local: each site's own ε limit (policy)
-
-
-@dataclass
-class SecAggConfig:
-    """``secagg=secaggplus``: SecAgg+ over every round's fit phase (DESIGN §5)."""
-
-    name: str = "none"
-    k: int | None = None  # neighbours per client; None: 2*ceil(log2 n); >= n-1: classic SecAgg
-    threshold: int | None = None  # shares that unmask a client; None: k/2 + 1
-    clip: float = SECAGG_CLIP  # each update coordinate is clipped to [-clip, clip]
-    min_survivors: int | None = None  # fewest inputs summed; None: max(3, threshold)
-
-
-@dataclass
-class MonitoringConfig:
-    """``monitoring=default``: drift and fairness reports with every evaluation (DESIGN §7)."""
-
-    name: str = "none"
-    bins: int = 10  # quantile bins per input feature (from the held-out data)
-    positive_label: int = 1  # the favourable outcome in fairness statistics
-    psi_alert: float = 0.25  # PSI above this alerts ("significant")
-    js_alert: float = 0.1  # Jensen-Shannon distance above this alerts
-    ks_pvalue_alert: float = 0.0  # KS p-value below this alerts (0: KS never alerts)
-    demographic_parity_difference: float | None = 0.1  # null: no alert on this metric
-    demographic_parity_ratio: float | None = 0.8  # alerts when below (four-fifths rule)
-    equalized_odds_difference: float | None = 0.1
-    equal_opportunity_difference: float | None = 0.1
-    group_accuracy_gap: float | None = 0.1
-    site_accuracy_gap: float | None = 0.15
-    action: str = "none"  # none | exclude (a site with a drift alert trains no more)
-    #: no reported bin (or fairness cell) holds 1..min_count-1 of a site's rows; 1: exact
-    min_count: int = 5
 
 
 @dataclass
@@ -192,13 +145,13 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
         "count would tell, outside the noise, how many were sampled): leave it at 1",
     )
     _require(
-        cfg.privacy.name != "local" or s.backend == "sequential",
+        cfg.privacy.name != "local" or s.backend in ("sequential", "vectorized"),
         "simulation.backend",
         "privacy=local (DP-SGD per site, each site keeping its own ε) runs with "
-        "simulation=sequential for now",
+        "simulation=sequential for now (the default backend switches to it)",
     )
     check_secagg_keys(cfg.secagg, s)
-    check_monitoring(cfg.monitoring, backend=s.backend)
+    check_monitoring(cfg.monitoring)
     return cfg
 
 
@@ -224,11 +177,7 @@ def check_simulation(s: SimulationConfig) -> None:
 
 
 def check_secagg_keys(a: SecAggConfig, s: SimulationConfig) -> None:
-    try:
-        check_secagg(a.name, a.k, a.threshold, a.clip)
-    except ConfigError as exc:
-        key = "name" if exc.key == "secagg" else exc.key.removeprefix("secagg_")
-        raise ConfigError(f"secagg.{key}", exc.message) from None
+    check_secagg_section(a)
     per_round = s.clients_per_round or s.num_clients
     _require(
         a.name == "none" or per_round >= 2,
@@ -243,12 +192,6 @@ def check_secagg_keys(a: SecAggConfig, s: SimulationConfig) -> None:
             f"with {per_round} clients per round each has {k} neighbours, so the threshold "
             f"must be above {k / 2:g} and at most {k}, got {a.threshold}",
         )
-    _require(
-        a.min_survivors is None or a.min_survivors >= 3,
-        "secagg.min_survivors",
-        "must be >= 3 (sites reveal nothing for a sum of two: each would learn the other's "
-        f"update), got {a.min_survivors}",
-    )
 
 
 def _unread(section: object, prefix: str, why: str, skip: tuple[str, ...] = ()) -> None:
@@ -278,71 +221,17 @@ def check_data_keys(cfg: SimulateConfig) -> None:
         _unread(p, "partition", "with partition=iid: only partition=dirichlet reads it", ("name",))
 
 
-def check_monitoring(m: MonitoringConfig, *, backend: str) -> None:
+def check_monitoring(m: MonitoringConfig) -> None:
+    """Every backend reports drift and fairness (the batched one for all clients at once)."""
     _one_of(m.name, ("none", "default"), "monitoring.name")
     if m.name == "none":
         return
-    _require(
-        backend == "sequential",
-        "simulation.backend",
-        "monitoring=default needs simulation=sequential: drift and fairness are measured by "
-        "each site on its own data window",
-    )
-    _require(m.bins >= 2, "monitoring.bins", f"must be >= 2, got {m.bins}")
-    _require(m.min_count >= 1, "monitoring.min_count", f"must be >= 1, got {m.min_count}")
-    _require(m.positive_label >= 0, "monitoring.positive_label", "must be >= 0")
-    for key in ("psi_alert", "js_alert"):
-        _require(getattr(m, key) > 0, f"monitoring.{key}", "must be > 0")
-    _require(0 <= m.ks_pvalue_alert < 1, "monitoring.ks_pvalue_alert", "must be in [0, 1)")
-    _one_of(m.action, ("none", "exclude"), "monitoring.action")
+    check_monitoring_section(m)
 
 
 def check_privacy(p: PrivacyConfig, *, secagg: str, rounds: int) -> None:
-    _one_of(p.name, PRIVACY_MODES, "privacy.name")
-    if p.name == "none":
-        # a DP setting without DP would run without it, silently: refuse it by name
-        for f in fields(PrivacyConfig):
-            if f.name != "name":
-                _require(
-                    getattr(p, f.name) == f.default,
-                    f"privacy.{f.name}",
-                    "has no effect with privacy=none: choose privacy=central, distributed or local",
-                )
-        return
-    value = p.noise_multiplier
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    sigma = None if value == "auto" else float(value) if number else math.nan
-    try:
-        check_dp(
-            mode=p.name,
-            sigma=sigma,
-            raw_sigma=value,
-            clip_norm=p.clip_norm,
-            delta=p.delta,
-            target_epsilon=p.target_epsilon,
-            accountant=p.accountant,
-            secagg=secagg,
-            sampling=p.sampling,
-            colluders=p.colluders,
-        )
-    except ConfigError as exc:
-        key = {"privacy": "privacy.name", "secagg": "secagg.name"}.get(exc.key)
-        raise ConfigError(key or f"privacy.{exc.key}", exc.message) from None
-    auto = sigma is None
-    _require(0 < p.target_quantile < 1, "privacy.target_quantile", "must be in (0, 1)")
-    _require(p.clip_learning_rate > 0, "privacy.clip_learning_rate", "must be > 0")
-    _require(
-        not p.adaptive or auto or 2 * p.count_noise > float(p.noise_multiplier),
-        "privacy.count_noise",
-        "adaptive clipping needs count_noise > noise_multiplier / 2",
-    )
-    _require(
-        p.name != "distributed" or not p.adaptive,
-        "privacy.adaptive",
-        "adaptive clipping is not available with distributed DP",
-    )
-    _require(
-        p.site_max_epsilon is None or p.site_max_epsilon > 0,
-        "privacy.site_max_epsilon",
-        f"must be > 0, got {p.site_max_epsilon}",
+    check_privacy_section(
+        p,
+        secagg=secagg,
+        unused="has no effect with privacy=none: choose privacy=central, distributed or local",
     )

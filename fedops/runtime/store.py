@@ -13,8 +13,8 @@ import json
 import logging
 import math
 import os
-import shutil
 import sqlite3
+import struct
 import threading
 import time
 import uuid
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
+from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save_file
 
 from fedops.core.params import Params, digest
@@ -79,6 +79,17 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], meta: dict[str, str]) -> None:
+    """Write, fsync and rename into place: a crash leaves the old file or the new one."""
+    tmp = path.with_suffix(".tmp")
+    # np.require keeps 0-d tensors 0-d (ascontiguousarray would make them 1-d); safetensors
+    # sorts tensors by name, so the metadata keeps the model's order
+    save_file({k: np.require(v, requirements="C") for k, v in tensors.items()}, str(tmp), meta)
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
 def _json_safe(value: Any) -> Any:
     """NaN/Inf become null, at any depth: strict JSON readers refuse bare NaN."""
     if isinstance(value, float):
@@ -90,12 +101,40 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+#: where a checkpoint keeps the strategy's own state (FedAdam's moments): beside the model,
+#: under the sha256 the round commits, outside the model's digest and its export
+STATE_PREFIX = "strategy_state/"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A checkpoint's contents: the model, and the state of the strategy that wrote it."""
+
+    params: Params
+    strategy_state: dict[str, np.ndarray]
+    strategy: str  # the strategy's registry name ("" in checkpoints from before it was kept)
+
+
+def decode_checkpoint(data: bytes) -> Checkpoint:
+    """The model (in its order) and the strategy state of a safetensors checkpoint's bytes."""
+    (size,) = struct.unpack("<Q", data[:8])
+    meta = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+    tensors = load_safetensors(data)
+    if "order" in meta:
+        names = json.loads(meta["order"])
+    else:
+        names = [k for k in tensors if not k.startswith(STATE_PREFIX)]
+    state = {k[len(STATE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(STATE_PREFIX)}
+    return Checkpoint(
+        params={name: tensors[name] for name in names},
+        strategy_state=state,
+        strategy=str(meta.get("strategy", "")),
+    )
+
+
 def read_checkpoint(path: Path) -> Params:
     """Named arrays of a safetensors checkpoint, in the model's order."""
-    with safe_open(str(path), framework="np") as f:
-        meta = f.metadata() or {}
-        names = json.loads(meta["order"]) if "order" in meta else list(f.keys())
-        return {name: f.get_tensor(name) for name in names}
+    return decode_checkpoint(path.read_bytes()).params
 
 
 class RunStore:
@@ -172,17 +211,19 @@ class RunStore:
         params: Params,
         metrics: Mapping[str, Any],
         participants: Sequence[Participant] = (),
+        strategy_state: Mapping[str, np.ndarray] | None = None,
+        strategy: str = "",
     ) -> str:
-        """Checkpoint ``params`` and commit the round; return the model digest."""
+        """Checkpoint ``params`` (with the state of ``strategy``, if it keeps one) and commit
+        the round; return the model digest."""
+        clash = [k for k in params if k.startswith(STATE_PREFIX)]
+        if clash:
+            raise ValueError(f"model tensor names may not start with {STATE_PREFIX!r}: {clash}")
         path = self.dir / "checkpoints" / f"round-{server_round:05d}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        # np.require keeps 0-d tensors 0-d (ascontiguousarray would make them 1-d).
-        tensors = {k: np.require(v, requirements="C") for k, v in params.items()}
-        # safetensors sorts tensors by name; the metadata keeps the model's order.
-        save_file(tensors, str(tmp), metadata={"order": json.dumps(list(params))})
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        tensors = dict(params)
+        for name, value in (strategy_state or {}).items():
+            tensors[STATE_PREFIX + name] = value
+        _write_safetensors(path, tensors, {"order": json.dumps(list(params)), "strategy": strategy})
         model_digest = digest(params)
         with self._lock, self._db:
             self._db.execute(
@@ -210,6 +251,11 @@ class RunStore:
 
     def load_round(self, server_round: int) -> Params:
         """The checkpoint of a committed round, verified against its sha256."""
+        return self.load_checkpoint(server_round).params
+
+    def load_checkpoint(self, server_round: int) -> Checkpoint:
+        """The model and the strategy state of a committed round, decoded from the very bytes
+        whose sha256 was checked (a file swapped after the check is never read)."""
         row = self._db.execute(
             "SELECT checkpoint, checkpoint_sha256, model_digest FROM rounds WHERE round = ?",
             (server_round,),
@@ -219,22 +265,23 @@ class RunStore:
         path = self.dir / "checkpoints" / row[0]
         if not path.exists():
             raise StoreError(f"checkpoint {path} of round {server_round} is missing")
-        if _file_sha256(path) != row[1]:
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != row[1]:
             raise StoreError(f"checkpoint {path} does not match its recorded sha256")
-        params = read_checkpoint(path)
-        if digest(params) != row[2]:
+        checkpoint = decode_checkpoint(data)
+        if digest(checkpoint.params) != row[2]:
             raise StoreError(f"checkpoint {path} does not match the recorded model digest")
-        return params
+        return checkpoint
 
-    def newest_intact(self, up_to: int) -> tuple[int, Params] | None:
+    def newest_intact(self, up_to: int) -> tuple[int, Params, dict[str, np.ndarray]] | None:
         """The newest committed round at or before ``up_to`` whose checkpoint verifies,
-        with its model (read once: a resume trains from it)."""
+        with its model and strategy state (read once: a resume trains from them)."""
         rows = self._db.execute(
             "SELECT round FROM rounds WHERE round <= ? ORDER BY round DESC", (up_to,)
         ).fetchall()
         for (server_round,) in rows:
             try:
-                return int(server_round), self.load_round(server_round)
+                return int(server_round), self.load_checkpoint(server_round)
             except StoreError:
                 continue
         return None
@@ -374,14 +421,11 @@ class RunStore:
         return summary
 
     def export_model(self, server_round: int) -> Path:
-        """The round's model as ``model.safetensors``, named as ``build_model().state_dict()``."""
-        row = self._db.execute(
-            "SELECT checkpoint FROM rounds WHERE round = ?", (server_round,)
-        ).fetchone()
+        """The round's model as ``model.safetensors``, named as ``build_model().state_dict()``:
+        the model only (no strategy state), so ``load_state_dict(strict=True)`` takes it."""
+        params = self.load_round(server_round)
         out = self.dir / "model.safetensors"
-        tmp = out.with_suffix(".tmp")
-        shutil.copyfile(self.dir / "checkpoints" / row[0], tmp)
-        tmp.replace(out)
+        _write_safetensors(out, params, {"order": json.dumps(list(params))})
         return out
 
     def close(self) -> None:

@@ -14,21 +14,16 @@ from typing import Any
 
 import torch
 
-from fedops.core.monitoring.fairness import FairnessThresholds
 from fedops.core.monitoring.profile import ReportLimits
-from fedops.core.monitoring.summary import MonitorThresholds
-from fedops.core.privacy.central import AdaptiveClipping
 from fedops.core.training import TrainConfig
 from fedops.crypto import Crypto
 from fedops.data import FederatedData
 from fedops.reporting.plots import plot_run
 from fedops.runtime.driver import DriverConfig
-from fedops.runtime.privacy import PrivacySettings
 from fedops.runtime.records import RecordSettings, RunRecords, run_recorded
-from fedops.runtime.round_monitor import MonitorSettings, monitoring_under_dp
 from fedops.runtime.run import RunPlan, make_strategy
-from fedops.runtime.secure_fit import SecAggSettings
-from fedops.runtime.simulate_settings import MonitoringConfig, SimulateConfig
+from fedops.runtime.section_settings import monitor_settings, privacy_settings, secagg_settings
+from fedops.runtime.simulate_settings import SimulateConfig
 from fedops.runtime.transport import Transport
 from fedops.simulation.faults import FaultPlan
 from fedops.simulation.federation import load_federation, use_threads
@@ -133,13 +128,10 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
     task, data = load_federation(cfg)
     transport = make_transport(cfg, task, data, run_dir)
     s, a = cfg.simulation, cfg.secagg
-    secagg = None
-    if a.name == "secaggplus":
+    secagg = secagg_settings(a)
+    if secagg is not None:
         transport = SecureSimTransport(
             transport, Crypto(), seed=cfg.seed, noise_seed=cfg.privacy.seed
-        )
-        secagg = SecAggSettings(
-            degree=a.k, threshold=a.threshold, clip=a.clip, min_survivors=a.min_survivors
         )
     config = asdict(cfg)
     records = RunRecords.open(  # the simulated coordinator's store and signed log
@@ -179,7 +171,7 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
             "privacy_mode": cfg.privacy.name,
         },
         secagg=secagg,
-        privacy=privacy_settings(cfg),
+        privacy=privacy_settings(cfg.privacy, a, min_fit_results=s.min_fit_results),
         monitoring=monitor_settings(cfg.monitoring, privacy=cfg.privacy.name),
         task=task,
         observers=records.observers(),
@@ -197,48 +189,3 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-def monitor_settings(m: MonitoringConfig, *, privacy: str = "none") -> MonitorSettings | None:
-    """The ``monitoring`` group as the runtime's settings (None when off)."""
-    if monitoring_under_dp(m.name, privacy) == "none":
-        return None
-    fairness = FairnessThresholds(
-        **{f: getattr(m, f) for f in FairnessThresholds.__dataclass_fields__}
-    )
-    return MonitorSettings(
-        bins=m.bins,
-        positive_label=m.positive_label,
-        thresholds=MonitorThresholds(
-            psi=m.psi_alert, js=m.js_alert, ks_pvalue=m.ks_pvalue_alert, fairness=fairness
-        ),
-        action=m.action,
-    )
-
-
-def privacy_settings(cfg: SimulateConfig) -> PrivacySettings | None:
-    p = cfg.privacy
-    if p.name == "none":
-        return None
-    adaptive = None
-    if p.adaptive:
-        adaptive = AdaptiveClipping(
-            target_quantile=p.target_quantile,
-            learning_rate=p.clip_learning_rate,
-            count_noise=p.count_noise,
-        )
-    return PrivacySettings(
-        noise_multiplier=None if p.noise_multiplier == "auto" else float(p.noise_multiplier),
-        clip_norm=p.clip_norm,
-        delta=p.delta,
-        target_epsilon=p.target_epsilon,
-        accountant=p.accountant,
-        adaptive=adaptive,
-        seed=p.seed,  # None: OS entropy; a seed is reproducible and says it is not private
-        mode=p.name,
-        sampling=p.sampling,
-        publish_participants=p.publish_participants,
-        colluders=p.colluders,
-        min_survivors=max(3, cfg.simulation.min_fit_results, cfg.secagg.min_survivors or 0),
-        release_site_metrics=p.release_site_metrics,
-    )

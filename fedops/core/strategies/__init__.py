@@ -1,8 +1,15 @@
 """Aggregation strategies, one per module, chosen by name from :data:`STRATEGIES`."""
 
 from fedops.core.strategies.fedavg import FedAvg
+from fedops.core.strategies.fedavgm import FedAvgM
+from fedops.core.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from fedops.core.strategies.fedprox import FedProx
-from fedops.core.strategies.protocol import Strategy
+from fedops.core.strategies.protocol import (
+    StatefulStrategy,
+    Strategy,
+    load_strategy_state,
+    strategy_state,
+)
 from fedops.core.strategies.registry import (
     BUILTIN_STRATEGIES,
     STRATEGIES,
@@ -17,15 +24,23 @@ __all__ = [
     "BUILTIN_STRATEGIES",
     "ROBUST_STRATEGIES",
     "STRATEGIES",
+    "FedAdagrad",
+    "FedAdam",
     "FedAvg",
+    "FedAvgM",
+    "FedOpt",
     "FedProx",
+    "FedYogi",
     "Krum",
     "Median",
     "MultiKrum",
+    "StatefulStrategy",
     "Strategy",
     "TrimmedMean",
     "build_strategy",
+    "load_strategy_state",
     "options_of",
     "readers",
     "register_strategy",
+    "strategy_state",
 ]

@@ -4,7 +4,9 @@ A strategy class lists the run settings it reads in ``options``: the
 ``strategy.*`` key (in :mod:`fedops.runtime.schema`) -> its constructor keyword.
 So a new option is a field in the schema and a keyword in the strategy, and the
 CLI flag, the Hydra key and the rule that refuses it under a strategy that does
-not read it all follow from those two.
+not read it all follow from those two. A setting left at ``None`` is not passed:
+the strategy keeps its own default (``strategy.server_lr``: 1 for FedAvg, 0.01
+for FedAdam).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedops.core.strategies.fedavg import FedAvg
+from fedops.core.strategies.fedavgm import FedAvgM
+from fedops.core.strategies.fedopt import FedAdagrad, FedAdam, FedYogi
 from fedops.core.strategies.fedprox import FedProx
 from fedops.core.strategies.protocol import Strategy
 from fedops.core.strategies.robust import Krum, Median, MultiKrum, TrimmedMean
@@ -24,6 +28,10 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "median": Median,
     "krum": Krum,
     "multi_krum": MultiKrum,
+    "fedavgm": FedAvgM,
+    "fedadagrad": FedAdagrad,
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
 }
 BUILTIN_STRATEGIES = tuple(STRATEGIES)
 
@@ -58,9 +66,16 @@ def register_strategy(name: str, cls: type[Strategy]) -> type[Strategy]:
 
 
 def build_strategy(name: str, options: Mapping[str, Any]) -> Strategy:
-    """The strategy registered as ``name``, given the settings it reads from ``options``."""
+    """The strategy registered as ``name``, given the settings it reads from ``options``
+    (those that are not ``None``: for those it keeps its own default)."""
     cls = STRATEGIES[name]
-    return cls(**{keyword: options[key] for key, keyword in options_of(cls).items()})
+    return cls(
+        **{
+            keyword: options[key]
+            for key, keyword in options_of(cls).items()
+            if options[key] is not None
+        }
+    )
 
 
 def readers(option: str) -> tuple[str, ...]:

@@ -1,9 +1,10 @@
 """DP for a run: sample, noise, account, enforce the budget, and say what ε holds against whom.
 
-The coordinator and ``fedops simulate`` both hand the round driver one of
-:class:`CentralPrivacy`, :class:`DistributedPrivacy` or :class:`LocalPrivacy`;
-the maths lives in :mod:`fedops.core.privacy`. Each round the driver asks the
-privacy object to :meth:`~CentralPrivacy.sample` the cohort, to
+The coordinator and ``fedops simulate`` both give the round driver one of
+:class:`CentralPrivacy`, :class:`DistributedPrivacy` or :class:`LocalPrivacy`
+as a round plug-in (:func:`privacy_round`, in :mod:`.dp_round`); the maths
+lives in :mod:`fedops.core.privacy`. Each round the plug-in asks the mechanism
+to :meth:`~CentralPrivacy.sample` the cohort, to
 :meth:`~CentralPrivacy.begin_round` (σ=auto and the budget, checked with the
 worst case the round can end in), then to :meth:`~CentralPrivacy.spend` the
 round, and commits the ledger (``RunStore.spend_privacy``) before the new
@@ -17,6 +18,7 @@ from typing import Any
 
 from fedops.runtime.privacy.central_dp import CentralPrivacy
 from fedops.runtime.privacy.distributed import DistributedPrivacy
+from fedops.runtime.privacy.dp_round import CentralPrivacyRound, PrivacyRound, privacy_round
 from fedops.runtime.privacy.local_dp import LocalPrivacy
 from fedops.runtime.privacy.privacy_settings import (
     SAMPLINGS,
@@ -29,11 +31,14 @@ __all__ = [
     "SAMPLINGS",
     "BudgetExhausted",
     "CentralPrivacy",
+    "CentralPrivacyRound",
     "DistributedPrivacy",
     "LocalPrivacy",
     "Privacy",
+    "PrivacyRound",
     "PrivacySettings",
     "RoundSample",
+    "privacy_round",
     "restore_ledger",
 ]
 

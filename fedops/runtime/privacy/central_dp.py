@@ -37,10 +37,6 @@ class CentralPrivacy:
     every update in the clear: central DP trusts its curator.
     """
 
-    #: the driver aggregates through :meth:`aggregate`; the strategy then post-processes
-    #: the release (it takes DP's noised mean as its one result)
-    aggregates = True
-
     def __init__(self, settings: PrivacySettings, *, planned_rounds: int) -> None:
         if settings.noise_multiplier is None and settings.target_epsilon is None:
             raise ValueError("noise_multiplier=auto needs a target_epsilon")

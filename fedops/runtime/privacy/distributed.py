@@ -33,8 +33,6 @@ class DistributedPrivacy(CentralPrivacy):
     of µ ~ 1e10 is accounted as the Gaussian of its variance (Agarwal et al. 2021).
     """
 
-    aggregates = False  # SecAgg+ decodes the noised mean
-
     def __init__(self, settings: PrivacySettings, *, planned_rounds: int) -> None:
         if settings.adaptive is not None:
             raise ValueError("adaptive clipping is not available with distributed DP")

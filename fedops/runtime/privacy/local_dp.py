@@ -40,8 +40,6 @@ class LocalPrivacy:
     was asked and where each site's ε is kept.
     """
 
-    aggregates = False
-
     def __init__(self, settings: PrivacySettings, *, planned_rounds: int) -> None:
         if settings.noise_multiplier is None and settings.target_epsilon is None:
             raise ValueError("local DP needs a noise_multiplier or a target_epsilon")

@@ -64,6 +64,16 @@ COORDINATOR_FLAGS: list[tuple[tuple[str, ...], Callable[[Any], Any], Any]] = [
     ),
     (("--strategy", "fedprox", "--mu", "0.3"), lambda c: make_strategy(c.strategy).mu, 0.3),
     (
+        ("--strategy", "fedavgm", "--server-momentum", "0.5"),
+        lambda c: make_strategy(c.strategy).momentum,
+        0.5,
+    ),
+    (
+        ("--strategy", "fedyogi", "--server-beta1", "0.5"),
+        lambda c: make_strategy(c.strategy).beta1,
+        0.5,
+    ),
+    (
         ("--strategy", "trimmed_mean", "--trim-fraction", "0.2"),
         lambda c: make_strategy(c.strategy).beta,
         0.2,
@@ -95,6 +105,10 @@ def test_a_coordinator_flag_reaches_its_setting(flags, setting, expected):
         (("--strategy", "median", "--trim-fraction", "0.2"), "strategy.trim_fraction"),
         (("--strategy", "trimmed_mean", "--byzantine", "2"), "strategy.byzantine"),
         (("--strategy", "krum", "--min-clients", "9", "--krum-select", "2"), "strategy.select"),
+        (("--server-beta2", "0.9"), "strategy.beta2"),
+        (("--strategy", "fedadagrad", "--server-beta2", "0.9"), "strategy.beta2"),
+        (("--strategy", "fedadam", "--server-momentum", "0.5"), "strategy.server_momentum"),
+        (("--strategy", "fedavgm", "--server-tau", "0.1"), "strategy.tau"),
     ],
 )
 def test_a_strategy_flag_the_strategy_does_not_read_is_refused(flags, flag):
@@ -198,6 +212,5 @@ def test_help_shows_a_default_the_flag_text_did_not_state(capsys):
         main(["coordinator", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--seed SEED seed of sampling, init and shuffling (default: 0)" in out
-    assert (
-        "--strategy {fedavg," in out and "(built-ins and registered ones) (default: fedavg)" in out
-    )
+    assert "--strategy {fedadagrad,fedadam,fedavg,fedavgm," in out  # sorted
+    assert "(built-ins and registered ones) (default: fedavg)" in out

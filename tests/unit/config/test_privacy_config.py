@@ -3,9 +3,10 @@
 ``privacy=central`` and ``privacy=central_adaptive`` are Hydra config groups
 (fedops/configs/privacy/); :func:`fedops.runtime.simulate_settings.check_privacy`
 checks them inside :func:`validate`, raising a ConfigError that names the
-dotted ``privacy.*`` key. The coordinator's ``--privacy``… flags share the
-rules (:func:`fedops.runtime.rules.check_dp`) and reach the same
-:class:`~fedops.runtime.privacy.PrivacySettings`.
+dotted ``privacy.*`` key. The coordinator's ``--privacy``… flags fill the same
+section (:class:`fedops.runtime.schema.PrivacyConfig`), share its rules
+(:mod:`fedops.runtime.section_rules`) and reach the same
+:class:`~fedops.runtime.privacy.PrivacySettings` by the same function.
 """
 
 from __future__ import annotations
@@ -15,18 +16,23 @@ from pathlib import Path
 import pytest
 
 from fedops import cli
-from fedops.config import CoordinatorConfig
+from fedops.config import CoordinatorConfig, PrivacyConfig
 from fedops.config.hydra_app import compose_settings, simulate_main
 from fedops.coordinator.app import _privacy as coordinator_privacy
 from fedops.core.privacy.central import AdaptiveClipping
 from fedops.runtime.privacy import PrivacySettings
+from fedops.runtime.section_settings import privacy_settings
 from fedops.runtime.settings import ConfigError
 from fedops.runtime.simulate_settings import SimulateConfig, validate
-from fedops.simulation.engine import privacy_settings
 
 
 def _compose(*overrides: str) -> SimulateConfig:
     return compose_settings(*overrides)
+
+
+def _settings(cfg: SimulateConfig) -> PrivacySettings | None:
+    """The simulator's DP settings, by the function the coordinator calls too."""
+    return privacy_settings(cfg.privacy, cfg.secagg, min_fit_results=cfg.simulation.min_fit_results)
 
 
 def _refused(*overrides: str) -> ConfigError:
@@ -63,13 +69,13 @@ def _fields(cfg: SimulateConfig) -> dict:
 def test_privacy_is_off_by_default():
     cfg = validate(_compose())
     assert cfg.privacy.name == "none"
-    assert privacy_settings(cfg) is None
+    assert _settings(cfg) is None
 
 
 def test_central_composes_with_its_documented_defaults():
     cfg = validate(_compose("privacy=central"))
     assert _fields(cfg) == CENTRAL_DEFAULTS
-    settings = privacy_settings(cfg)
+    settings = _settings(cfg)
     assert settings == PrivacySettings(
         noise_multiplier=1.0,
         clip_norm=1.0,
@@ -91,7 +97,7 @@ def test_central_composes_with_its_documented_defaults():
 def test_central_adaptive_composes_with_its_documented_defaults():
     cfg = validate(_compose("privacy=central_adaptive"))
     assert _fields(cfg) == {**CENTRAL_DEFAULTS, "adaptive": True, "clip_norm": 0.1}
-    settings = privacy_settings(cfg)
+    settings = _settings(cfg)
     assert settings is not None
     assert settings.adaptive == AdaptiveClipping(
         target_quantile=0.5, learning_rate=0.2, count_noise=10.0
@@ -118,7 +124,7 @@ def test_privacy_keys_override():
             "seed=4",
         )
     )
-    settings = privacy_settings(cfg)
+    settings = _settings(cfg)
     assert settings == PrivacySettings(
         noise_multiplier=0.7,
         clip_norm=2.5,
@@ -138,7 +144,7 @@ def test_privacy_keys_override():
 
 def test_distributed_takes_its_colluders():
     cfg = validate(_compose("privacy=distributed", "secagg=secaggplus", "privacy.colluders=2"))
-    settings = privacy_settings(cfg)
+    settings = _settings(cfg)
     assert settings is not None
     assert (settings.mode, settings.colluders, settings.accountant) == ("distributed", 2, "pld")
     # distributed DP accounts known participation: fixed sampling needs no RDP there
@@ -148,7 +154,7 @@ def test_distributed_takes_its_colluders():
 
 def test_fixed_sampling_with_the_rdp_accountant_is_accepted():
     cfg = validate(_compose("privacy=central", "privacy.sampling=fixed", "privacy.accountant=rdp"))
-    settings = privacy_settings(cfg)
+    settings = _settings(cfg)
     assert settings is not None
     assert (settings.sampling, settings.accountant) == ("fixed", "rdp")
 
@@ -158,7 +164,7 @@ def test_auto_noise_with_a_target_is_accepted():
         _compose("privacy=central", "privacy.noise_multiplier=auto", "privacy.target_epsilon=2")
     )
     assert cfg.privacy.noise_multiplier == "auto" and cfg.privacy.target_epsilon == 2
-    settings = privacy_settings(cfg)
+    settings = _settings(cfg)
     assert settings is not None
     assert settings.noise_multiplier is None and settings.target_epsilon == 2.0
 
@@ -166,7 +172,7 @@ def test_auto_noise_with_a_target_is_accepted():
 @pytest.mark.parametrize("sigma", ["0", "0.0", "3", "1.5", "100"])
 def test_any_noise_multiplier_from_zero_up_is_accepted(sigma: str):
     cfg = validate(_compose("privacy=central", f"privacy.noise_multiplier={sigma}"))
-    settings = privacy_settings(cfg)
+    settings = _settings(cfg)
     assert settings is not None and settings.noise_multiplier == float(sigma)
 
 
@@ -244,7 +250,7 @@ def test_local_dp_with_a_target_and_auto_noise_is_accepted():
             "privacy.target_epsilon=1",
         )
     )
-    settings = privacy_settings(cfg)
+    settings = _settings(cfg)
     assert settings is not None
     assert (settings.mode, settings.noise_multiplier, settings.target_epsilon) == (
         "local",
@@ -368,8 +374,9 @@ def test_coordinator_privacy_flags_reach_the_privacy_settings():
         *("--privacy", "central", "--sampling", "fixed", "--accountant", "rdp"),
         *("--colluders", "2", "--publish-participants", "--release-site-metrics"),
     )
-    assert (cfg.sampling, cfg.accountant, cfg.colluders) == ("fixed", "rdp", 2)
-    assert cfg.publish_participants and cfg.release_site_metrics
+    p = cfg.privacy
+    assert (p.sampling, p.accountant, p.colluders) == ("fixed", "rdp", 2)
+    assert p.publish_participants and p.release_site_metrics
     settings = coordinator_privacy(cfg)
     assert settings == PrivacySettings(
         noise_multiplier=1.0,
@@ -453,7 +460,7 @@ def test_a_dp_setting_without_dp_is_refused_by_name(override: str):
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("noise_multiplier", "2"),
+        ("noise_multiplier", 2.0),
         ("clip_norm", 0.5),
         ("target_epsilon", 3.0),
         ("accountant", "rdp"),
@@ -462,6 +469,6 @@ def test_a_dp_setting_without_dp_is_refused_by_name(override: str):
 )
 def test_a_coordinator_dp_flag_without_privacy_is_refused_by_name(field: str, value):
     with pytest.raises(ConfigError) as info:
-        CoordinatorConfig(**{field: value})
-    assert info.value.key == field and "without --privacy" in info.value.message
-    CoordinatorConfig(privacy="central", **{field: value})  # with DP it is taken
+        CoordinatorConfig(privacy=PrivacyConfig(**{field: value}))
+    assert info.value.key == f"privacy.{field}" and "without --privacy" in info.value.message
+    CoordinatorConfig(privacy=PrivacyConfig(name="central", **{field: value}))  # with DP: taken

@@ -1,6 +1,7 @@
 """Secure-aggregation settings: every refused value names its key (Hydra) or its flag (CLI).
 
-The rules live in :func:`fedops.runtime.settings.check_secagg` and apply to the
+The rules live in :func:`fedops.runtime.rules.check_secagg` (the section's in
+:func:`fedops.runtime.section_rules.check_secagg_section`) and apply to the
 ``secagg.*`` keys of ``fedops simulate`` and the ``--secagg*`` flags of
 ``fedops coordinator`` alike: ``k >= 2``, ``k/2 < threshold <= k``, ``clip > 0``.
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fedops import cli
-from fedops.config import ClientConfig, ConfigError, CoordinatorConfig
+from fedops.config import ClientConfig, ConfigError, CoordinatorConfig, SecAggConfig
 from fedops.config.hydra_app import compose_settings, simulate_main
 from fedops.runtime.rules import SECAGG_CLIP, SECAGG_MODES, check_secagg
 from fedops.runtime.simulate_settings import SimulateConfig, validate
@@ -179,28 +180,28 @@ def _key(factory, **kwargs) -> ConfigError:
 @pytest.mark.parametrize(
     ("kwargs", "key"),
     [
-        ({"secagg": "bogus"}, "secagg"),
-        ({"secagg": "secaggplus", "secagg_k": 1}, "secagg_k"),
-        ({"secagg": "secaggplus", "secagg_k": 4, "secagg_threshold": 2}, "secagg_threshold"),
-        ({"secagg": "secaggplus", "secagg_k": 4, "secagg_threshold": 5}, "secagg_threshold"),
-        ({"secagg": "secaggplus", "secagg_threshold": 0}, "secagg_threshold"),
-        ({"secagg": "secaggplus", "secagg_clip": 0.0}, "secagg_clip"),
-        ({"secagg": "secaggplus", "min_clients": 1}, "min_clients"),
+        ({"name": "bogus"}, "secagg.name"),
+        ({"name": "secaggplus", "k": 1}, "secagg.k"),
+        ({"name": "secaggplus", "k": 4, "threshold": 2}, "secagg.threshold"),
+        ({"name": "secaggplus", "k": 4, "threshold": 5}, "secagg.threshold"),
+        ({"name": "secaggplus", "threshold": 0}, "secagg.threshold"),
+        ({"name": "secaggplus", "clip": 0.0}, "secagg.clip"),
     ],
 )
 def test_coordinator_secagg_errors_name_the_key(kwargs, key):
-    assert _key(CoordinatorConfig, **kwargs).key == key
+    assert _key(CoordinatorConfig, secagg=SecAggConfig(**kwargs)).key == key
+
+
+def test_coordinator_secagg_needs_two_clients():
+    secagg = SecAggConfig(name="secaggplus")
+    assert _key(CoordinatorConfig, secagg=secagg, min_clients=1).key == "min_clients"
 
 
 def test_coordinator_accepts_secaggplus():
-    cfg = CoordinatorConfig(secagg="secaggplus", secagg_k=6, secagg_threshold=4, secagg_clip=2.0)
-    assert (cfg.secagg, cfg.secagg_k, cfg.secagg_threshold, cfg.secagg_clip) == (
-        "secaggplus",
-        6,
-        4,
-        2.0,
-    )
-    assert CoordinatorConfig().secagg == "none" and CoordinatorConfig().secagg_clip == SECAGG_CLIP
+    cfg = CoordinatorConfig(secagg=SecAggConfig(name="secaggplus", k=6, threshold=4, clip=2.0))
+    a = cfg.secagg
+    assert (a.name, a.k, a.threshold, a.clip) == ("secaggplus", 6, 4, 2.0)
+    assert CoordinatorConfig().secagg == SecAggConfig(name="none", clip=SECAGG_CLIP)
 
 
 @pytest.mark.parametrize("key", ["identity_key", "trusted_keys"])
@@ -279,12 +280,7 @@ def test_coordinator_cli_maps_secagg_flags_onto_the_config():
     )
     cfg = cli._config(args)
     assert isinstance(cfg, CoordinatorConfig)
-    assert (cfg.secagg, cfg.secagg_k, cfg.secagg_threshold, cfg.secagg_clip) == (
-        "secaggplus",
-        6,
-        4,
-        0.25,
-    )
+    assert cfg.secagg == SecAggConfig(name="secaggplus", k=6, threshold=4, clip=0.25)
 
 
 @pytest.mark.parametrize("flag", ["--identity-key", "--trusted-keys"])

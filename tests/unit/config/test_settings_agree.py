@@ -1,9 +1,11 @@
 """The CLI's flags and the Hydra keys describe one set of settings (issue 19 item 1).
 
-The shared sections (``strategy.*``, ``client.*``) generate their flags; every other
-flag is paired with its Hydra key or listed as deployment-only, every Hydra key is
-paired or listed as simulation-only, each with its reason (``fedops.runtime.schema``).
-A new flag or key in neither list, or a pair whose defaults drift apart, fails here.
+The shared sections (``strategy.*``, ``client.*``, ``privacy.*``, ``secagg.*``,
+``monitoring.*``) generate their flags, but for the fields marked simulation-only (with
+their reason); every other flag is paired with its Hydra key or listed as
+deployment-only, every Hydra key is paired or listed as simulation-only, each with its
+reason (``fedops.runtime.schema_table``). A new flag or key in neither list, or a pair
+whose defaults drift apart, fails here.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from fedops.coordinator import app
 from fedops.core.monitoring.fairness import FairnessThresholds
 from fedops.core.monitoring.summary import MonitorThresholds
 from fedops.core.privacy.central import AdaptiveClipping
-from fedops.runtime import schema
+from fedops.runtime import schema, schema_table
 from fedops.runtime.round_monitor import MonitorSettings
+from fedops.runtime.schema import PrivacyConfig
 from fedops.runtime.settings import CoordinatorConfig
 
 
@@ -54,30 +57,25 @@ KEYS = _leaves(compose_settings())  # the composed defaults: schemas plus group 
 GENERATED = {
     schema.flag_of(f"{prefix}.{spec.name}"): f"{prefix}.{spec.name}"
     for prefix, section in schema.SECTIONS.items()
-    for spec in dataclasses.fields(section)
+    for spec in schema.flagged(section)
 }
-PAIRS = {**GENERATED, **schema.SAME_SETTING}
-
-
-def _same(flag_default: Any, key_default: Any) -> bool:
-    if isinstance(flag_default, str) and isinstance(key_default, float):
-        return float(flag_default) == key_default  # --noise-multiplier takes "auto" too
-    return bool(flag_default == key_default)
+PAIRS = {**GENERATED, **schema_table.SAME_SETTING}
+DEPLOYMENT_ONLY, SIMULATION_ONLY = schema_table.DEPLOYMENT_ONLY, schema_table.SIMULATION_ONLY
 
 
 def test_every_flag_is_a_hydra_key_or_deployment_only():
-    unplaced = sorted(set(FLAGS) - set(PAIRS) - set(schema.DEPLOYMENT_ONLY))
-    assert unplaced == [], "add each to schema.SAME_SETTING or schema.DEPLOYMENT_ONLY"
-    assert sorted(set(schema.DEPLOYMENT_ONLY) & set(PAIRS)) == []
-    assert sorted(set(schema.DEPLOYMENT_ONLY) - set(FLAGS)) == [], "stale entries"
+    unplaced = sorted(set(FLAGS) - set(PAIRS) - set(DEPLOYMENT_ONLY))
+    assert unplaced == [], "add each to schema_table.SAME_SETTING or DEPLOYMENT_ONLY"
+    assert sorted(set(DEPLOYMENT_ONLY) & set(PAIRS)) == []
+    assert sorted(set(DEPLOYMENT_ONLY) - set(FLAGS)) == [], "stale entries"
 
 
 def test_every_hydra_key_is_a_flag_or_simulation_only():
     paired = set(PAIRS.values())
-    unplaced = sorted(set(KEYS) - paired - set(schema.SIMULATION_ONLY))
-    assert unplaced == [], "add each to schema.SAME_SETTING or schema.SIMULATION_ONLY"
-    assert sorted(set(schema.SIMULATION_ONLY) & paired) == []
-    assert sorted(set(schema.SIMULATION_ONLY) - set(KEYS)) == [], "stale entries"
+    unplaced = sorted(set(KEYS) - paired - set(SIMULATION_ONLY))
+    assert unplaced == [], "add each to schema_table.SAME_SETTING or SIMULATION_ONLY"
+    assert sorted(set(SIMULATION_ONLY) & paired) == []
+    assert sorted(set(SIMULATION_ONLY) - set(KEYS)) == [], "stale entries"
     assert sorted(set(PAIRS.values()) - set(KEYS)) == [], "a pair names no Hydra key"
     assert sorted(set(PAIRS) - set(FLAGS)) == [], "a pair names no flag"
 
@@ -85,8 +83,8 @@ def test_every_hydra_key_is_a_flag_or_simulation_only():
 @pytest.mark.parametrize("flag", sorted(PAIRS))
 def test_a_flag_and_its_key_share_their_default(flag: str):
     key = PAIRS[flag]
-    same = _same(FLAGS[flag], KEYS[key])
-    if flag in schema.DIFFERENT_DEFAULTS:
+    same = FLAGS[flag] == KEYS[key]
+    if flag in schema_table.DIFFERENT_DEFAULTS:
         assert not same, f"{flag} and {key} agree now: drop it from DIFFERENT_DEFAULTS"
     else:
         assert same, (flag, FLAGS[flag], key, KEYS[key])
@@ -95,7 +93,8 @@ def test_a_flag_and_its_key_share_their_default(flag: str):
 def test_a_simulation_only_tuning_has_the_value_a_deployment_fixes():
     """A key the deployment does not expose must default to what the deployment uses,
     or the same configuration would mean two things."""
-    deployed_adaptive = app._privacy(CoordinatorConfig(privacy="central", adaptive_clipping=True))
+    central = PrivacyConfig(name="central", adaptive=True)
+    deployed_adaptive = app._privacy(CoordinatorConfig(privacy=central))
     assert deployed_adaptive is not None and deployed_adaptive.adaptive == AdaptiveClipping()
     fixed = {
         "privacy.target_quantile": AdaptiveClipping().target_quantile,
@@ -123,6 +122,41 @@ def test_the_shared_sections_generate_their_flags():
     assert schema.flag_of("strategy.select") == "--krum-select"
     assert schema.flag_of("client.batch_size") == "--batch-size"
     assert schema.flag_of("round_timeout_s") == "--round-timeout"
+
+
+def test_the_feature_sections_generate_their_flags_but_the_simulation_only_keys():
+    coordinator = next(p for p in all_parsers(build_parser()) if p.prog.endswith("coordinator"))
+    actions = {max(a.option_strings, key=len): a for a in coordinator._actions if a.option_strings}
+    k, adaptive = actions["--secagg-k"], actions["--adaptive-clipping"]
+    assert (k.dest, k.default, k.type) == ("secagg.k", None, int)
+    assert (adaptive.dest, adaptive.default, adaptive.const) == ("privacy.adaptive", False, True)
+    assert actions["--drift-action"].dest == "monitoring.action"
+    assert schema.flag_of("privacy.count_noise") == "privacy.count_noise"  # no flag to name
+    hidden = {key for key in SIMULATION_ONLY if key.partition(".")[0] in schema.SECTIONS}
+    assert "privacy.count_noise" in hidden and "monitoring.bins" in hidden
+    assert not {action.dest for action in actions.values()} & hidden
+
+
+@pytest.mark.parametrize(
+    ("typed", "value"), [("2", 2.0), ("0", 0.0), ("auto", "auto"), ("-1", "-1"), ("lots", "lots")]
+)
+def test_noise_multiplier_flag_holds_what_the_key_holds(typed: str, value: Any):
+    """A number or "auto" on both fronts; a mistake stays as typed, for the check to name."""
+    from fedops.cli import _config
+
+    args = build_parser().parse_args(["coordinator", "--noise-multiplier", typed])
+    assert vars(args)["privacy.noise_multiplier"] == value
+    if isinstance(value, float):
+        flags = ["coordinator", "--privacy", "central", "--noise-multiplier", typed]
+        assert _config(build_parser().parse_args(flags)).privacy.noise_multiplier == value
+
+
+def test_the_deployment_sets_its_monitoring_default_in_one_place():
+    from fedops.runtime.settings import deployed_monitoring
+
+    assert FLAGS["--monitoring"] == CoordinatorConfig().monitoring.name == "auto"
+    assert deployed_monitoring() == dataclasses.replace(schema.MonitoringConfig(), name="auto")
+    assert KEYS["monitoring.name"] == schema.MonitoringConfig().name == "none"
 
 
 def test_strategy_keys_are_checked_before_the_rest_on_both_fronts():

@@ -22,7 +22,9 @@ from fedops.core.rounds import Phase, ResultArrived, sample_clients
 from fedops.core.strategies import FedAvg, FedProx
 from fedops.core.training import TrainConfig, get_params
 from fedops.runtime.driver import DriverConfig, RoundDriver, RunAborted
-from fedops.runtime.run import start_or_resume
+from fedops.runtime.round_plugin import GlobalEvaluation
+from fedops.runtime.run import make_strategy, start_or_resume
+from fedops.runtime.schema import StrategyConfig
 from fedops.runtime.store import RunStore
 from fedops.simulation.inmemory import InMemoryTransport
 from fedops.tasks import Task, load_task
@@ -53,7 +55,7 @@ def _driver(task: Task, store: RunStore, *, sites=None, strategy=None, **config)
         strategy=strategy or FedAvg(),
         config=DriverConfig(**config),
         store=store,
-        evaluate_global=global_evaluator(task),
+        plugins=[GlobalEvaluation(global_evaluator(task))],
     )
 
 
@@ -138,24 +140,49 @@ def test_clients_per_round_follows_sample_clients(digits, tmp_path):
     store.close()
 
 
-def test_resumed_run_ends_with_the_same_model_as_an_uninterrupted_one(digits, tmp_path):
-    config = {"rounds": 3}
+@pytest.mark.parametrize("name", ["fedavg", "fedadam", "fedavgm"])
+def test_resumed_run_ends_with_the_same_model_as_an_uninterrupted_one(digits, tmp_path, name):
+    """A server optimizer's state (FedAdam's moments) is checkpointed with the model."""
+    config = {"rounds": 3, "strategy": name}
     whole = RunStore(tmp_path / "whole")
-    start = start_or_resume(whole, config, lambda: _initial(digits))
-    uninterrupted = _driver(digits, whole, rounds=3).run(start.params)
+    strategy = make_strategy(StrategyConfig(name=name))
+    start = start_or_resume(whole, config, lambda: _initial(digits), strategy=strategy)
+    uninterrupted = _driver(digits, whole, rounds=3, strategy=strategy).run(start.params)
     whole.close()
 
     part = RunStore(tmp_path / "part")
-    start = start_or_resume(part, config, lambda: _initial(digits))
-    _driver(digits, part, rounds=2).run(start.params, start_round=start.start_round)
+    strategy = make_strategy(StrategyConfig(name=name))
+    start = start_or_resume(part, config, lambda: _initial(digits), strategy=strategy)
+    _driver(digits, part, rounds=2, strategy=strategy).run(
+        start.params, start_round=start.start_round
+    )
     part.close()
     reopened = RunStore(tmp_path / "part")
-    start = start_or_resume(reopened, config, lambda: pytest.fail("must not rebuild the model"))
+    fresh = make_strategy(
+        StrategyConfig(name=name)
+    )  # a new process: the state comes from the checkpoint
+    start = start_or_resume(
+        reopened, config, lambda: pytest.fail("must not rebuild the model"), strategy=fresh
+    )
     assert (start.start_round, start.resumed) == (3, True)
-    resumed = _driver(digits, reopened, rounds=3).run(start.params, start_round=start.start_round)
+    resumed = _driver(digits, reopened, rounds=3, strategy=fresh).run(
+        start.params, start_round=start.start_round
+    )
     assert digest(resumed) == digest(uninterrupted)
     assert [m["round"] for m in reopened.round_metrics()] == [1, 2, 3]
-    reopened.close()
+    if name != "fedavg":  # without the state the resumed run would differ: it does matter
+        reopened.close()
+        again = RunStore(tmp_path / "part")
+        forgetful = make_strategy(StrategyConfig(name=name))
+        again.roll_back_to(2)  # round 3 again, from round 2's model but a fresh strategy
+        start = start_or_resume(again, config, pytest.fail, strategy=None)
+        lost = _driver(digits, again, rounds=3, strategy=forgetful).run(
+            start.params, start_round=start.start_round
+        )
+        assert digest(lost) != digest(uninterrupted)
+        again.close()
+    else:
+        reopened.close()
 
 
 def test_too_few_clients_aborts_the_run(digits, tmp_path):

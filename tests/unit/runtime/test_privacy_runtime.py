@@ -29,6 +29,7 @@ from fedops.runtime.privacy import (
     LocalPrivacy,
     PrivacySettings,
     RoundSample,
+    privacy_round,
     restore_ledger,
 )
 from fedops.runtime.store import RunStore
@@ -197,7 +198,9 @@ def test_under_dp_the_sites_are_not_asked_to_evaluate_unless_their_metrics_are_r
             strategy=FedAvg(),
             config=DriverConfig(rounds=1, min_clients=3),
             store=RunStore(tmp_path / str(release)),
-            privacy=CentralPrivacy(PrivacySettings(release_site_metrics=release), planned_rounds=1),
+            plugins=[
+                privacy_round(PrivacySettings(release_site_metrics=release), planned_rounds=1)
+            ],
         ).run(get_params(task.build_model()))
         assert ("evaluate" in asked) is release, asked
         metrics = RunStore(tmp_path / str(release)).round_metrics()[-1]
@@ -277,13 +280,12 @@ def test_the_driver_commits_the_ledger_before_the_noised_model_reaches_evaluator
     store = RunStore(tmp_path)
     # the sites evaluate under DP only when their metrics are released
     settings = PrivacySettings(noise_multiplier=1.0, release_site_metrics=True)
-    privacy = CentralPrivacy(settings, planned_rounds=2)
     driver = RoundDriver(
         transport=CrashAtEvaluation(sites),
         strategy=FedAvg(),
         config=DriverConfig(rounds=2, min_clients=3),
         store=store,
-        privacy=privacy,
+        plugins=[privacy_round(settings, planned_rounds=2)],
     )
     with pytest.raises(SystemExit):
         driver.run(get_params(task.build_model()))
@@ -416,21 +418,26 @@ def test_monitoring_is_off_under_dp_unless_asked_for_and_then_says_it_is_outside
     """Issue 16, finding 8: drift histograms and fairness counts ran by default under DP."""
     from fedops.coordinator.app import _monitoring
     from fedops.runtime.round_monitor import OUTSIDE_DP
+    from fedops.runtime.schema import MonitoringConfig, PrivacyConfig
     from fedops.runtime.settings import CoordinatorConfig
 
+    central = PrivacyConfig(name="central")
     assert _monitoring(CoordinatorConfig()) is not None  # no DP: on by default
-    assert _monitoring(CoordinatorConfig(privacy="central")) is None
+    assert _monitoring(CoordinatorConfig(privacy=central)) is None
     assert OUTSIDE_DP not in caplog.text
-    explicit = CoordinatorConfig(privacy="central", monitoring="default")
+    explicit = CoordinatorConfig(privacy=central, monitoring=MonitoringConfig(name="default"))
     assert _monitoring(explicit) is not None
     assert OUTSIDE_DP in caplog.text
 
 
 def test_central_dp_refuses_a_minimum_of_updates_it_would_not_honour():
+    from fedops.runtime.schema import PrivacyConfig
     from fedops.runtime.settings import ConfigError, CoordinatorConfig
 
     with pytest.raises(ConfigError) as info:
-        CoordinatorConfig(privacy="central", clients_per_round=5, min_fit_results=2)
+        CoordinatorConfig(
+            privacy=PrivacyConfig(name="central"), clients_per_round=5, min_fit_results=2
+        )
     assert info.value.key == "min_fit_results" and "noised mean" in str(info.value)
 
 

@@ -1,0 +1,108 @@
+"""The rules of the ``privacy``, ``secagg`` and ``monitoring`` sections, for both fronts.
+
+The coordinator's flags (:mod:`fedops.runtime.settings`) and the simulator's keys
+(:mod:`fedops.runtime.simulate_settings`) fill the same sections
+(:mod:`fedops.runtime.schema`) and are checked here, once. Each refusal names the dotted
+key (``privacy.clip_norm``): the simulator shows it as it is, the CLI as the flag the
+user typed (:func:`fedops.runtime.schema.flag_of`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fedops.runtime.rules import (
+    PRIVACY_MODES,
+    ConfigError,
+    check_dp,
+    check_secagg,
+    require,
+    sigma_of,
+)
+from fedops.runtime.schema import MonitoringConfig, PrivacyConfig, SecAggConfig
+
+
+def check_secagg_section(a: SecAggConfig) -> None:
+    try:
+        check_secagg(a.name, a.k, a.threshold, a.clip)
+    except ConfigError as exc:
+        key = "name" if exc.key == "secagg" else exc.key.removeprefix("secagg_")
+        raise ConfigError(f"secagg.{key}", exc.message) from None
+    require(
+        a.min_survivors is None or a.min_survivors >= 3,
+        "secagg.min_survivors",
+        "must be >= 3 (sites reveal nothing for a sum of two: each would learn the other's "
+        f"update), got {a.min_survivors}",
+    )
+
+
+def check_privacy_section(p: PrivacyConfig, *, secagg: str, unused: str) -> None:
+    """``unused``: what a DP key set without DP is told (each front names its own switch).
+    ``secagg``: the run's secure aggregation mode, which some DP modes need or exclude."""
+    require(
+        p.name in PRIVACY_MODES,
+        "privacy.name",
+        f"must be one of {sorted(PRIVACY_MODES)}, got {p.name!r}",
+    )
+    if p.name == "none":
+        # a DP setting without DP would run without it, silently: refuse it by name
+        for spec in dataclasses.fields(PrivacyConfig):
+            value = getattr(p, spec.name)
+            require(spec.name == "name" or value == spec.default, f"privacy.{spec.name}", unused)
+        return
+    sigma = sigma_of(p.noise_multiplier)
+    try:
+        check_dp(
+            mode=p.name,
+            sigma=sigma,
+            raw_sigma=p.noise_multiplier,
+            clip_norm=p.clip_norm,
+            delta=p.delta,
+            target_epsilon=p.target_epsilon,
+            accountant=p.accountant,
+            secagg=secagg,
+            sampling=p.sampling,
+            colluders=p.colluders,
+        )
+    except ConfigError as exc:
+        key = {"privacy": "privacy.name", "secagg": "secagg.name"}.get(exc.key)
+        raise ConfigError(key or f"privacy.{exc.key}", exc.message) from None
+    _check_tuning(p, sigma)
+
+
+def _check_tuning(p: PrivacyConfig, sigma: float | None) -> None:
+    """Adaptive clipping's tuning and the simulated sites' ε limit."""
+    require(0 < p.target_quantile < 1, "privacy.target_quantile", "must be in (0, 1)")
+    require(p.clip_learning_rate > 0, "privacy.clip_learning_rate", "must be > 0")
+    require(
+        not p.adaptive or sigma is None or 2 * p.count_noise > sigma,
+        "privacy.count_noise",
+        "adaptive clipping needs count_noise > noise_multiplier / 2",
+    )
+    require(
+        p.name != "distributed" or not p.adaptive,
+        "privacy.adaptive",
+        "adaptive clipping is not available with distributed DP",
+    )
+    require(
+        p.site_max_epsilon is None or p.site_max_epsilon > 0,
+        "privacy.site_max_epsilon",
+        f"must be > 0, got {p.site_max_epsilon}",
+    )
+
+
+def check_monitoring_section(m: MonitoringConfig) -> None:
+    """The values of a monitoring section (its ``name``'s choices are each front's own:
+    ``auto`` is the deployment's)."""
+    require(m.bins >= 2, "monitoring.bins", f"must be >= 2, got {m.bins}")
+    require(m.min_count >= 1, "monitoring.min_count", f"must be >= 1, got {m.min_count}")
+    require(m.positive_label >= 0, "monitoring.positive_label", "must be >= 0")
+    for key in ("psi_alert", "js_alert"):
+        require(getattr(m, key) > 0, f"monitoring.{key}", "must be > 0")
+    require(0 <= m.ks_pvalue_alert < 1, "monitoring.ks_pvalue_alert", "must be in [0, 1)")
+    actions = ("none", "exclude")
+    require(
+        m.action in actions,
+        "monitoring.action",
+        f"must be one of {sorted(actions)}, got {m.action!r}",
+    )
