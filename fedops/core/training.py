@@ -89,10 +89,12 @@ def _batches(
             )
             yield x[idx], y[idx]
         return
-    loader = DataLoader(
-        data, batch_size=batch_size, shuffle=generator is not None, generator=generator
-    )
-    yield from loader
+    # the order drawn as for arrays: DataLoader(shuffle=True) first draws a worker seed from
+    # the generator, so a Dataset and the same rows as (X, y) would train in different orders
+    # (and a simulation, which materializes Datasets into arrays, differ from the site)
+    n = len(data)  # type: ignore[arg-type]
+    shuffled = torch.randperm(n, generator=generator).tolist() if generator is not None else None
+    yield from DataLoader(data, batch_size=batch_size, sampler=shuffled)
 
 
 def train(model: nn.Module, data: Data, cfg: TrainConfig) -> dict[str, float]:

@@ -25,6 +25,8 @@ class FederatedData:
     num_classes: int
     server_x: np.ndarray | None = None
     server_y: np.ndarray | None = None
+    #: sensitive-group id of every test row (a task's third test column), for fairness
+    test_groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for name, x, y, off in (
@@ -35,6 +37,8 @@ class FederatedData:
                 raise ValueError(f"{name}: {len(x)} rows but {len(y)} labels")
             if off[0] != 0 or off[-1] != len(x) or np.any(np.diff(off) < 0):
                 raise ValueError(f"{name} offsets must rise from 0 to {len(x)}")
+        if self.test_groups is not None and len(self.test_groups) != len(self.test_y):
+            raise ValueError(f"{len(self.test_groups)} group ids for {len(self.test_y)} test rows")
         if len(self.train_offsets) != len(self.test_offsets):
             raise ValueError("train and test offsets disagree on the number of clients")
 

@@ -25,8 +25,9 @@ from fedops.runtime.run import RunPlan, make_strategy
 from fedops.runtime.section_settings import monitor_settings, privacy_settings, secagg_settings
 from fedops.runtime.simulate_settings import SimulateConfig
 from fedops.runtime.transport import Transport
+from fedops.simulation.backend_choice import settle_backend
 from fedops.simulation.faults import FaultPlan
-from fedops.simulation.federation import load_federation, use_threads
+from fedops.simulation.federation import load_federation, round_loader, use_threads
 from fedops.simulation.inmemory import InMemoryTransport
 from fedops.simulation.process import ProcessTransport
 from fedops.simulation.secure_backend import SecureSimTransport
@@ -73,6 +74,9 @@ def make_transport(
             faults=faults,
             max_chunk=s.max_chunk,
             device=_device(s.device),
+            reload=round_loader(task, s.num_clients) if cfg.task else None,
+            groups_of=task.sensitive_groups,
+            report_limits=ReportLimits(min_count=cfg.monitoring.min_count),
         )
     if s.backend == "process":
         return ProcessTransport(cfg, faults=faults)
@@ -125,8 +129,10 @@ def run_simulation(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
 
 def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
     use_threads(cfg.simulation.threads)
-    task, data = load_federation(cfg)
-    transport = make_transport(cfg, task, data, run_dir)
+    # the backend that can run this task (the batched one unless it cannot), said in the log
+    run_cfg = settle_backend(cfg)
+    task, data = load_federation(run_cfg)
+    transport = make_transport(run_cfg, task, data, run_dir)
     s, a = cfg.simulation, cfg.secagg
     secagg = secagg_settings(a)
     if secagg is not None:
@@ -164,7 +170,7 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
             "task_digest": task.digest,
             "dataset": None if cfg.task else cfg.dataset.name,
             "strategy": cfg.strategy.name,
-            "backend": s.backend,
+            "backend": run_cfg.simulation.backend,
             "num_clients": s.num_clients,
             "rounds_planned": cfg.rounds,
             "secagg": a.name,

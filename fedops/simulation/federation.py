@@ -8,6 +8,7 @@ rebuild the same task and data from it. Nothing here opens a run's records.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -77,14 +78,8 @@ def build_federation(spec: FederationSpec) -> tuple[Task, FederatedData | None]:
     n = spec.num_clients
     if spec.task:
         task = load_task(spec.task)
-        if spec.vectorized and takes_round(task.load_data):
-            raise ConfigError(
-                "simulation.backend",
-                f"task {spec.task!r} loads new data every round (load_data takes the round); "
-                "the vectorized backend holds every client's data fixed: use "
-                "simulation=sequential, process or ray",
-            )
-        data = from_task(task, n) if spec.vectorized else None
+        first = 0 if takes_round(task.load_data) else None  # round 0: the drift reference
+        data = from_task(task, n, first) if spec.vectorized else None
         return task, data
     d, p = spec.dataset, spec.partition
     if d.name == "synthetic":
@@ -108,6 +103,14 @@ def build_federation(spec: FederationSpec) -> tuple[Task, FederatedData | None]:
             raise ConfigError("simulation.num_clients", str(exc)) from exc
     task = task_from_data(data, name=d.name, model=spec.model.name, hidden=spec.model.hidden)
     return task, data
+
+
+def round_loader(task: Task, num_clients: int) -> Callable[[int], FederatedData] | None:
+    """``round -> every client's data of that round``, for a task whose data changes per
+    round (``load_data`` takes the round); None for one whose data is fixed."""
+    if not takes_round(task.load_data):
+        return None
+    return lambda server_round: from_task(task, num_clients, server_round)
 
 
 def use_threads(threads: int) -> None:

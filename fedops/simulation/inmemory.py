@@ -39,7 +39,7 @@ class InMemoryTransport(SimulatedTransport):
     def dispatch(
         self, server_round: int, nodes: Sequence[str], instruction: Instruction
     ) -> dict[str, str]:
-        check_plain(instruction, monitoring=True)  # monitoring: supported here
+        check_plain(instruction)
         phase, params, config = instruction.phase, instruction.params, instruction.config
         monitor = instruction.monitor
         tasks = task_ids(server_round, phase, nodes)

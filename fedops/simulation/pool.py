@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params, specs_of
 from fedops.core.rounds import Event, NodeDropped, Phase
 from fedops.runtime.simulate_settings import SimulateConfig
@@ -36,6 +37,7 @@ def fault_jobs(
     params: Params,
     config: Mapping[str, float],
     epochs: int,
+    monitor: MonitorSpec | None = None,
 ) -> tuple[list[Job], list[Event]]:
     """The jobs to send, and the dropouts injected instead of some of them."""
     blob = encode(params)
@@ -50,7 +52,7 @@ def fault_jobs(
                 dropped.append(NodeDropped(node_id=node, reason=reason))
                 continue
             job_config["epochs"] = float(done)
-        jobs.append((str(phase), client, server_round, blob, job_config))
+        jobs.append((str(phase), client, server_round, blob, job_config, monitor))
     return jobs, dropped
 
 
@@ -67,7 +69,7 @@ class WorkerTransport(SimulatedTransport):
         self.epochs = cfg.client.epochs
         self.faults = faults or FaultPlan()
         self._dropped: deque[Event] = deque()
-        self._current: tuple[Phase, dict[str, str], Params] | None = None
+        self._current: tuple[Phase, dict[str, str], Params, MonitorSpec | None] | None = None
 
     def _submit(self, jobs: list[Job]) -> None:
         raise NotImplementedError
@@ -78,14 +80,15 @@ class WorkerTransport(SimulatedTransport):
     def dispatch(
         self, server_round: int, nodes: Sequence[str], instruction: Instruction
     ) -> dict[str, str]:
-        check_plain(instruction)
+        check_plain(instruction)  # monitoring: each worker's site reports on its data
         phase, params, config = instruction.phase, instruction.params, instruction.config
+        monitor = instruction.monitor
         tasks = task_ids(server_round, phase, nodes)
         jobs, dropped = fault_jobs(
-            self.faults, server_round, phase, nodes, params, config, self.epochs
+            self.faults, server_round, phase, nodes, params, config, self.epochs, monitor
         )
         self._dropped.extend(dropped)
-        self._current = (phase, tasks, params)
+        self._current = (phase, tasks, params, monitor)
         self._submit(jobs)
         return tasks
 
@@ -97,9 +100,9 @@ class WorkerTransport(SimulatedTransport):
         result = self._next_result(timeout_s)
         if result is None:
             return None
-        phase, tasks, start = self._current
-        client, n, metrics, blob = result
+        phase, tasks, start, monitor = self._current
+        client, n, metrics, blob, report = result
         node = node_id(client)
         if phase is Phase.FIT:
             return fit_event(node, tasks[node], specs_of(start), decode(blob), n, metrics)
-        return evaluate_event(node, tasks[node], n, metrics)
+        return evaluate_event(node, tasks[node], n, metrics, report=report, spec=monitor)

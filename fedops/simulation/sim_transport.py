@@ -73,23 +73,12 @@ def evaluate_event(
     return ResultArrived(node_id=node, task_id=task_id, result=result)
 
 
-def check_plain(instruction: Instruction, *, monitoring: bool = False) -> None:
-    """Backends train and evaluate; secure aggregation wraps them (simulation.secure_backend).
-
-    Monitoring needs a site object per client with its own data window: the
-    sequential backend (``monitoring=True``, or a deployment) has one, batched
-    backends do not.
-    """
+def check_plain(instruction: Instruction) -> None:
+    """Backends train and evaluate (and report on monitoring requests, every backend);
+    secure aggregation's stages wrap them (simulation.secure_backend)."""
     phase = instruction.phase
     if instruction.stage is not None or phase not in (Phase.FIT, Phase.EVALUATE):
         raise NotImplementedError(f"{phase} needs SecureSimTransport around the simulation backend")
-    if instruction.monitor is not None and not monitoring:
-        raise NotImplementedError(MONITORING_BACKENDS)
-
-
-MONITORING_BACKENDS = (
-    "drift and fairness monitoring runs with simulation.backend=sequential (or in a deployment)"
-)
 
 
 def task_ids(server_round: int, phase: Phase, nodes: Sequence[str]) -> dict[str, str]:

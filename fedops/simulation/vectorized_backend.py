@@ -3,20 +3,24 @@
 Training goes through :func:`fedops.core.vectorized.train_many` (the same
 loop as a deployed client, batched over clients: the stacked trainer for
 linear/MLP chains, torch.func + vmap for other models); evaluation of the global
-model is one forward pass over every test row, summed per client. The
-driver still sees one event per client, exactly as from a coordinator.
+model is one forward pass over every test row, summed per client; monitoring reports
+are counted for all evaluated clients together (:mod:`fedops.simulation.batched_monitor`).
+A task whose data changes per round is loaded again for each round (``reload``), the
+first round's rows staying the drift reference, as at a site. The driver still sees
+one event per client, exactly as from a coordinator.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedops.core.monitoring.profile import MonitorSpec, ReportLimits
 from fedops.core.params import Params, specs_of
 from fedops.core.rounds import Event, NodeDropped, Phase
 from fedops.core.schedule import ClientJob, VectorConfig
@@ -26,6 +30,7 @@ from fedops.core.training import TrainConfig, set_params
 from fedops.core.vectorized import supports, train_many
 from fedops.data import FederatedData
 from fedops.runtime.transport import Instruction
+from fedops.simulation.batched_monitor import BatchedMonitor, GroupsOf
 from fedops.simulation.faults import FaultPlan
 from fedops.simulation.sim_transport import (
     SimulatedTransport,
@@ -51,7 +56,12 @@ class VectorizedTransport(SimulatedTransport):
         faults: FaultPlan | None = None,
         max_chunk: int = 1024,
         device: str = "cpu",
+        reload: Callable[[int], FederatedData] | None = None,
+        groups_of: GroupsOf | None = None,
+        report_limits: ReportLimits | None = None,
     ) -> None:
+        """``reload(round)``: that round's data, for a task whose data changes per round
+        (``data`` is then round 0's); ``groups_of``: the task's ``sensitive_groups``."""
         reason = supports(model)
         if reason is not None:
             raise ValueError(
@@ -64,16 +74,17 @@ class VectorizedTransport(SimulatedTransport):
                 f"sgd); got {train.optimizer!r}: use simulation=sequential"
             )
         super().__init__(data.num_clients)
-        self.data = data
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.train = train
         self.faults = faults or FaultPlan()
         self.max_chunk = max_chunk
-        self.x = torch.from_numpy(data.train_x).to(self.device)
-        self.y = torch.from_numpy(data.train_y).to(self.device)
-        self._offsets: list[int] = data.train_offsets.tolist()  # Python ints: a job per client
-        self._test_owner = np.repeat(np.arange(data.num_clients), np.diff(data.test_offsets))
+        self.reload = reload
+        self._data_round = 0
+        self._use(data)
+        self.monitor = BatchedMonitor(
+            data, groups_of=groups_of, limits=report_limits, device=self.device
+        )
         self._events: deque[Event] = deque()
         chain = chain_of(self.model, self.x)
         if isinstance(chain, str):  # say why a model misses the fast path, once per run
@@ -81,16 +92,32 @@ class VectorizedTransport(SimulatedTransport):
         else:
             log.info("vectorized backend: training a linear/MLP chain with the stacked trainer")
 
+    def _use(self, data: FederatedData) -> None:
+        """Train and evaluate on ``data`` from now on."""
+        self.data = data
+        self.x = torch.from_numpy(data.train_x).to(self.device)
+        self.y = torch.from_numpy(data.train_y).to(self.device)
+        self._offsets: list[int] = data.train_offsets.tolist()  # Python ints: a job per client
+        self._test_owner = np.repeat(np.arange(data.num_clients), np.diff(data.test_offsets))
+
+    def at_round(self, server_round: int) -> None:
+        """Load this round's data, when the task's data changes with the round (as every
+        site does in :meth:`fedops.tasks.site.Site.at_round`)."""
+        if self.reload is not None and server_round != self._data_round:
+            self._data_round = server_round
+            self._use(self.reload(server_round))
+
     def dispatch(
         self, server_round: int, nodes: Sequence[str], instruction: Instruction
     ) -> dict[str, str]:
         check_plain(instruction)
         phase, params, config = instruction.phase, instruction.params, instruction.config
         tasks = task_ids(server_round, phase, nodes)
+        self.at_round(server_round)
         if phase is Phase.FIT:
             self._events.extend(self._fit(server_round, nodes, tasks, params, config))
         else:
-            self._events.extend(self._evaluate(nodes, tasks, params))
+            self._events.extend(self._evaluate(nodes, tasks, params, instruction.monitor))
         return tasks
 
     def _fit(
@@ -138,7 +165,11 @@ class VectorizedTransport(SimulatedTransport):
 
     @torch.no_grad()
     def _evaluate(
-        self, nodes: Sequence[str], tasks: Mapping[str, str], params: Params
+        self,
+        nodes: Sequence[str],
+        tasks: Mapping[str, str],
+        params: Params,
+        monitor: MonitorSpec | None = None,
     ) -> list[Event]:
         set_params(self.model, params)
         self.model.eval()
@@ -155,12 +186,16 @@ class VectorizedTransport(SimulatedTransport):
             loss_sum += np.bincount(owner, weights=rows, minlength=n_clients)
             correct += np.bincount(owner, weights=hits, minlength=n_clients)
         sizes = np.diff(data.test_offsets)
+        clients = [client_index(node) for node in nodes]
+        reports = self.monitor.reports(self.model, monitor, data, clients) if monitor else {}
         events: list[Event] = []
-        for node in nodes:
-            c = client_index(node)
+        for node, c in zip(nodes, clients, strict=True):
             n = int(sizes[c])
             metrics = {"loss": loss_sum[c] / n, "accuracy": correct[c] / n} if n else {}
-            events.append(evaluate_event(node, tasks[node], n, metrics))
+            report = reports.get(c)
+            events.append(
+                evaluate_event(node, tasks[node], n, metrics, report=report, spec=monitor)
+            )
         return events
 
     def next_event(self, timeout_s: float) -> Event | None:

@@ -16,6 +16,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from fedops.core.monitoring.profile import MonitorSpec, ReportLimits
 from fedops.core.params import Params, TensorSpec, specs_of
 from fedops.core.rounds import Phase
 from fedops.core.training import TrainConfig
@@ -25,7 +26,8 @@ from fedops.tasks.site import Site
 from fedops.wire import codec
 
 Blob = tuple[str, bytes]
-Job = tuple[str, int, int, Blob, dict[str, float]]  # phase, client, round, params, config
+#: phase, client, round, params, config, the monitoring request (evaluations; or None)
+Job = tuple[str, int, int, Blob, dict[str, float], MonitorSpec | None]
 
 
 def encode(params: Params) -> Blob:
@@ -45,6 +47,7 @@ class WorkerSpec:
     federation: FederationSpec
     train: TrainConfig
     threads: int
+    report_min_count: int = ReportLimits().min_count  # each site's monitoring floor
 
     @classmethod
     def of(cls, cfg: SimulateConfig) -> WorkerSpec:
@@ -56,11 +59,13 @@ class WorkerSpec:
             optimizer=c.optimizer,
             momentum=c.momentum,
         )
-        return cls(FederationSpec.of(cfg), train, cfg.simulation.threads)
+        return cls(FederationSpec.of(cfg), train, cfg.simulation.threads, cfg.monitoring.min_count)
 
     def to_json(self) -> str:
         body = {"federation": self.federation.to_json(), "train": asdict(self.train)}
-        return json.dumps({**body, "threads": self.threads})
+        return json.dumps(
+            {**body, "threads": self.threads, "report_min_count": self.report_min_count}
+        )
 
     @classmethod
     def from_json(cls, text: str) -> WorkerSpec:
@@ -69,6 +74,7 @@ class WorkerSpec:
             FederationSpec.from_json(body["federation"]),
             TrainConfig(**body["train"]),
             int(body["threads"]),
+            int(body.get("report_min_count", ReportLimits().min_count)),
         )
 
 
@@ -91,15 +97,19 @@ class ClientWorker:
                 num_sites=self.spec.federation.num_clients,
                 train_config=self.train,
                 model=self.model,
+                report_limits=ReportLimits(min_count=self.spec.report_min_count),
             )
         return self.sites[client]
 
     def run(self, job: Job) -> tuple[Any, ...]:
-        """(client, examples, metrics, trained params blob or None)."""
-        phase, client, server_round, blob, config = job
+        """(client, examples, metrics, trained params blob or None, monitoring report or
+        None): the report is the site's own, computed here beside its data."""
+        phase, client, server_round, blob, config, monitor = job
         site = self.site(client)
         if phase == Phase.FIT:
             new, n, metrics = site.fit(decode(blob), server_round, config)
-            return client, n, metrics, encode(new)
-        n, metrics = site.evaluate(decode(blob))
-        return client, n, metrics, None
+            return client, n, metrics, encode(new), None
+        params = decode(blob)
+        n, metrics = site.evaluate(params, server_round)
+        report = site.report(params, monitor) if monitor is not None else None
+        return client, n, metrics, None, report

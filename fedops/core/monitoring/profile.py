@@ -218,14 +218,32 @@ def site_report(
     probs = predict(reference.x)
     limits.check(spec, probs.shape[1] if probs.ndim == 2 else 1)
     ref = histograms(spec, reference.x, reference.y, probs)
-    ref = {k: limits.merge(v) for k, v in ref.items()}
     cur = histograms(spec, current.x, current.y, predict(current.x))
-    cur = {k: limits.merge(v) for k, v in cur.items()}
+    predicted = None
+    if test is not None and test.groups is not None and len(test.y):
+        predicted = predict(test.x).argmax(axis=1)
+    return report_from_counts(spec, limits, ref, cur, test=test, predicted=predicted)
+
+
+def report_from_counts(
+    spec: MonitorSpec,
+    limits: ReportLimits,
+    reference: Mapping[str, Counts],
+    current: Mapping[str, Counts],
+    *,
+    test: Window | None = None,
+    predicted: NDArray[np.integer] | None = None,
+) -> SiteReport:
+    """A site's report from its raw window histograms and its test predictions: small
+    bins merged and small groups left out (``limits``) before any statistic. Shared by a
+    site and by the batched simulation (which counts every client's windows at once), so
+    both report the same numbers from the same counts."""
+    ref = {k: limits.merge(v) for k, v in reference.items()}
+    cur = {k: limits.merge(v) for k, v in current.items()}
     names = list(ref)
     drift = tuple(drift_report(names, [ref[n] for n in names], [cur[n] for n in names]))
     fairness: dict[int, GroupCounts] = {}
-    if test is not None and test.groups is not None and len(test.y):
-        predicted = predict(test.x).argmax(axis=1)
+    if test is not None and test.groups is not None and predicted is not None and len(test.y):
         groups = confusion_counts(
             test.y, predicted, test.groups, positive_label=spec.positive_label
         )

@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from fedops.data import FederatedData
 from fedops.data.build import DATASETS, from_task
@@ -81,15 +81,55 @@ def test_a_builtin_task_round_trips_to_the_same_rows():
     assert data.num_classes == 10 and len(data.server_x) == round(1797 * 0.15)
 
 
-def test_a_task_that_returns_datasets_is_refused_with_the_way_out():
-    def load_data(site: int, num_sites: int):
-        ds = TensorDataset(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))
-        return ds, ds
+class _Items(Dataset):
+    """A map-style Dataset of (x, y) items, as a user writes one."""
 
-    with pytest.raises(ValueError, match="returns torch Datasets") as err:
-        from_task(_task(load_data), 2)
-    assert "simulation.backend=sequential or process" in str(err.value)
-    assert "'toy'" in str(err.value)
+    def __init__(self, x: np.ndarray, y: np.ndarray, bad: int | None = None) -> None:
+        self.x, self.y, self.bad = x, y, bad
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        if i == self.bad:
+            return {"x": self.x[i]}
+        return torch.from_numpy(self.x[i]), int(self.y[i])
+
+
+def test_datasets_are_read_once_into_the_same_arrays_as_pairs():
+    def pairs(site: int, num_sites: int):
+        rng = np.random.default_rng(site)
+        x = rng.normal(size=(5 + site, 3)).astype(np.float32)
+        y = rng.integers(0, 4, 5 + site)
+        g = rng.integers(0, 2, 5 + site)
+        return (x, y), (x[:3], y[:3], g[:3])
+
+    def tensor_datasets(site: int, num_sites: int):
+        (x, y), (tx, ty, tg) = pairs(site, num_sites)
+        t = torch.from_numpy
+        return TensorDataset(t(x), t(y)), TensorDataset(t(tx), t(ty), t(tg))
+
+    def items(site: int, num_sites: int):
+        (x, y), (tx, ty, tg) = pairs(site, num_sites)
+        return _Items(x, y), (tx, ty, tg)
+
+    want = from_task(_task(pairs), 3)
+    assert want.test_groups is not None and len(want.test_groups) == len(want.test_y)
+    for load in (tensor_datasets, items):
+        got = from_task(_task(load), 3)
+        for name in ("train_x", "train_y", "train_offsets", "test_x", "test_y", "test_groups"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+        assert got.train_x.dtype == np.float32 and got.train_y.dtype == np.int64
+
+
+def test_a_dataset_item_that_is_not_an_x_y_pair_is_named():
+    x, y = np.zeros((4, 3), np.float32), np.zeros(4, np.int64)
+    with pytest.raises(ValueError, match=r"'toy'.*load_data\(1\) train item 2 is a dict"):
+        from_task(_task(lambda site, n: (_Items(x, y, bad=2 if site else None), (x, y))), 2)
+    ragged = _Items(x, y)
+    ragged.x = [np.zeros(3), np.zeros(3), np.zeros(2), np.zeros(3)]  # type: ignore[assignment]
+    with pytest.raises(ValueError, match=r"item 2 has x of shape \(2,\)"):
+        from_task(_task(lambda site, n: (ragged, (x, y))), 1)
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,6 @@ from fairlearn.metrics import (
 from safetensors.torch import load_file
 from sklearn.metrics import accuracy_score
 
-from fedops.cli import main as cli_main
 from fedops.config.hydra_app import SCENARIO_DIR, compose_settings
 from fedops.core.monitoring.fairness import FAIRNESS_METRICS
 from fedops.runtime.settings import ConfigError
@@ -168,41 +167,13 @@ def test_bank_fairness_equals_fairlearn_on_the_pooled_test_data(tmp_path: Path):
         assert ours[name] == pytest.approx(float(value), abs=1e-9), name
 
 
-# -- (c) backends without sites ------------------------------------------------------------------
+# -- (c) every backend monitors -----------------------------------------------------------------
 
 
-def test_monitoring_with_the_vectorized_backend_is_refused_naming_the_key():
-    with pytest.raises(ConfigError) as info:
-        validate(_compose("hospital_drift", "simulation=vectorized"))
-    assert info.value.key == "simulation.backend"
-    assert "sequential" in info.value.message
-
-
-def test_the_cli_refuses_it_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    code = cli_main(
-        [
-            "simulate",
-            "task=simulations/tasks/bank_credit.py",
-            "simulation=vectorized",
-            "monitoring=default",
-            "rounds=1",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ]
-    )
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "simulation.backend" in err and "monitoring=default" in err, err
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()
-
-
-def test_a_round_aware_task_on_the_vectorized_backend_is_not_a_type_error(tmp_path: Path):
-    cfg = _compose(
-        "hospital_drift", "simulation=vectorized", "monitoring=none", "rounds=1", "client.epochs=1"
-    )
-    try:
-        run_simulation(validate(cfg), tmp_path / "run")
-    except ConfigError as exc:
-        assert exc.key == "simulation.backend"
+def test_monitoring_on_the_batched_backend_is_accepted():
+    """Reports are counted for all clients together there (test_batched_workloads.py)."""
+    cfg = validate(_compose("hospital_drift", "simulation=vectorized"))
+    assert cfg.simulation.backend == "vectorized" and cfg.monitoring.name == "default"
 
 
 # -- (d) action=exclude --------------------------------------------------------------------------
