@@ -18,12 +18,12 @@ drawn from the seed, so the numbers are reproducible.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import add_seed_flag, make_parser, print_table, read_jsonl
 
 from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
 from fedops.simulation.engine import run_simulation
@@ -57,10 +57,12 @@ def run(
     )
     cfg.dataset.name, cfg.dataset.alpha, cfg.dataset.beta = "synthetic", 1.0, 1.0
     cfg.client.epochs, cfg.client.batch_size, cfg.client.lr = 20, 10, 0.01
-    cfg.strategy.name, cfg.strategy.mu = strategy, mu
+    cfg.strategy.name = strategy
+    if strategy == "fedprox":  # FedAvg reads no mu: setting it is refused
+        cfg.strategy.mu = mu
     t0 = time.perf_counter()
     run_simulation(validate(cfg), run_dir)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     print(f"  {label}: {time.perf_counter() - t0:.0f} s", flush=True)
     return rows
 
@@ -90,10 +92,19 @@ def plot(results: dict[str, list[dict[str, float]]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def summary_row(label: str, rows: list[dict[str, float]], settled: int) -> list[str]:
+    """Mean test accuracy and loss of the last 10 rounds, and the worst loss after ``settled``."""
+    tail = rows[-10:]
+    acc = sum(r["eval_accuracy"] for r in tail) / len(tail)
+    loss = sum(r["eval_loss"] for r in tail) / len(tail)
+    worst = max(r["eval_loss"] for r in rows[settled:])
+    return [label, f"{acc:.3f}", f"{loss:.3f}", f"{worst:.3f}"]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
+    add_seed_flag(parser)
     parser.add_argument(
         "--figure", type=Path, default=Path(__file__).parent / "figures" / "fedprox_synthetic.png"
     )
@@ -111,17 +122,17 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 run_dir=Path(tmp) / str(i),
             )
-    print(
-        f"\n| run | test accuracy, mean of last 10 rounds | test loss, mean of last 10 | "
-        f"worst test loss after round {args.rounds // 4} |"
+    print()
+    print_table(
+        [
+            "run",
+            "test accuracy, mean of last 10 rounds",
+            "test loss, mean of last 10",
+            f"worst test loss after round {args.rounds // 4}",
+        ],
+        [summary_row(label, rows, args.rounds // 4) for label, rows in results.items()],
+        "lrrr",
     )
-    print("|---|---:|---:|---:|")
-    for label, rows in results.items():
-        tail = rows[-10:]
-        acc = sum(r["eval_accuracy"] for r in tail) / len(tail)
-        loss = sum(r["eval_loss"] for r in tail) / len(tail)
-        worst = max(r["eval_loss"] for r in rows[args.rounds // 4 :])
-        print(f"| {label} | {acc:.3f} | {loss:.3f} | {worst:.3f} |")
     plot(results, args.figure)
     print(f"\nfigure: {args.figure}")
     return 0

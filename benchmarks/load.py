@@ -33,9 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +41,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness import (
+    add_json_flag,
+    make_parser,
+    write_json,
+)
+from load_measure import ProcessSampler, format_figures, read_figures
+
 HERE = Path(__file__).resolve().parent
 TASK = HERE / "load_task.py"
 #: the longest the whole benchmark may run; every wait below is bounded by it
@@ -51,7 +55,7 @@ MAX_WALL_S = 1800.0
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--processes", type=int, default=4, help="agent processes")
@@ -66,7 +70,7 @@ def main() -> int:
         "the coordinator ~11 ms to check, see the monitoring benchmark)",
     )
     parser.add_argument("--out", type=Path, default=None, help="run directory (default: temp)")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    add_json_flag(parser, "write the figures here")
     parser.add_argument(
         "--hostile", type=int, default=0, help="idle upload streams an attacker holds open"
     )
@@ -93,7 +97,7 @@ def main() -> int:
         ratio = results[1]["round_s_p95"] / results[0]["round_s_p95"]
         print(f"p95 round latency with {args.hostile} hostile streams / without: {ratio:.2f}x")
     if args.json:
-        args.json.write_text(json.dumps(results if len(results) > 1 else results[0], indent=2))
+        write_json(args.json, results if len(results) > 1 else results[0])
     ok = all(f["lost_updates"] == 0 and f["rounds_completed"] == args.rounds for f in results)
     return 0 if ok else 1
 
@@ -204,51 +208,8 @@ def run_agents(address: str, first: int, count: int, num_sites: int, run_dir: Pa
 
 
 # ----------------------------------------------------------------------------
-# the coordinator's side and the measurement
+# the coordinator's side
 # ----------------------------------------------------------------------------
-class ProcessSampler:
-    """Samples a process's RSS, peak RSS and CPU time from /proc every ``period_s``."""
-
-    def __init__(self, pid: int, period_s: float = 0.25) -> None:
-        self.pid = pid
-        self.period_s = period_s
-        self.peak_rss = 0
-        self.cpu_s = 0.0
-        self.peak_cores = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> tuple[int, float] | None:
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return None
-        hwm = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")]
-        if not hwm:  # exited, not yet reaped
-            return None
-        fields = stat.rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return hwm[0] * 1024, (int(fields[11]) + int(fields[12])) / ticks
-
-    def _run(self) -> None:
-        last = (time.monotonic(), 0.0)
-        while not self._stop.wait(self.period_s):
-            read = self._read()
-            if read is None:
-                return
-            self.peak_rss, self.cpu_s = max(self.peak_rss, read[0]), read[1]
-            now = time.monotonic()
-            if now - last[0] >= 1.0:
-                self.peak_cores = max(self.peak_cores, (self.cpu_s - last[1]) / (now - last[0]))
-                last = (now, self.cpu_s)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
 def run_load(args: argparse.Namespace, out: Path, hostile: int = 0) -> dict[str, Any]:
     coordinator_dir, sites_dir = out / "coordinator", out / "sites"
     sites_dir.mkdir(parents=True, exist_ok=True)
@@ -290,7 +251,7 @@ def run_load(args: argparse.Namespace, out: Path, hostile: int = 0) -> dict[str,
                 proc.kill()
         log.close()
     wall = time.monotonic() - started
-    figures = _figures(args, coordinator_dir, sites_dir, sampler, wall, worker_codes)
+    figures = read_figures(args, coordinator_dir, sites_dir, sampler, wall, worker_codes)
     figures["hostile_streams"] = hostile
     if hostile:
         figures["hostile_uploads"] = json.loads(attack_report.read_text())
@@ -310,109 +271,6 @@ def _wait_listening(run_dir: Path, log_path: Path, proc: subprocess.Popen[bytes]
             raise RuntimeError(f"the coordinator exited: {log_path.read_text()[-2000:]}")
         time.sleep(0.2)
     raise TimeoutError("the coordinator did not start listening within 120 s")
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def accepted_by_sites(sites_dir: Path) -> dict[int, set[str]]:
-    """Round -> the node ids whose journal says the coordinator accepted their update."""
-    accepted: dict[int, set[str]] = {}
-    for journal in sites_dir.glob("site-*/client.jsonl"):
-        node = ""
-        for entry in _jsonl(journal):
-            if entry.get("event") == "registered":
-                node = entry["node_id"]
-            elif entry.get("event") == "pushed" and entry.get("kind") == "TASK_KIND_FIT":
-                accepted.setdefault(int(entry["round"]), set()).add(node)
-    return accepted
-
-
-def committed_by_coordinator(coordinator_dir: Path) -> dict[int, set[str]]:
-    """Round -> the participants the coordinator's audit log committed."""
-    committed: dict[int, set[str]] = {}
-    for line in _jsonl(coordinator_dir / "audit.jsonl"):
-        if line.get("event") == "round_committed":
-            payload = line["payload"]
-            committed[int(payload["round"])] = {
-                p["node_id"]
-                for p in payload["participants"]
-                if p["phase"] == "fit" and p["outcome"] == "ok"
-            }
-    return committed
-
-
-def agent_retries(sites_dir: Path) -> dict[str, int]:
-    """``"call CODE" -> count`` of the agents' retried calls (from their warning logs)."""
-    pattern = re.compile(r"fedops\.client: (.+?) failed \((\w+)\); retry")
-    counts: dict[str, int] = {}
-    for log_file in sites_dir.glob("agents-*.log"):
-        for match in pattern.finditer(log_file.read_text()):
-            key = f"{match.group(1)} {match.group(2)}"
-            counts[key] = counts.get(key, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def _figures(
-    args: argparse.Namespace,
-    coordinator_dir: Path,
-    sites_dir: Path,
-    sampler: ProcessSampler,
-    wall: float,
-    worker_codes: list[int],
-) -> dict[str, Any]:
-    rounds = _jsonl(coordinator_dir / "metrics.jsonl")
-    durations = sorted(float(r["duration_s"]) for r in rounds)
-    sent, committed = accepted_by_sites(sites_dir), committed_by_coordinator(coordinator_dir)
-    lost = sum(len(sent.get(r, set()) - committed.get(r, set())) for r in committed)
-    unexplained = sum(len(committed[r] - sent.get(r, set())) for r in committed)
-    return {
-        "agents": args.agents,
-        "monitoring": args.monitoring,
-        "agent_processes": len(worker_codes),
-        "rounds_completed": len(rounds),
-        "round_s_p50": statistics.median(durations) if durations else None,
-        "round_s_p95": _percentile(durations, 0.95),
-        "round_s_max": durations[-1] if durations else None,
-        "updates_per_round": [len(committed.get(r, ())) for r in sorted(committed)],
-        "lost_updates": lost,
-        "committed_without_site_record": unexplained,
-        "agent_retries": agent_retries(sites_dir),
-        "final_global_accuracy": rounds[-1].get("global_accuracy") if rounds else None,
-        "coordinator_peak_rss_mb": round(sampler.peak_rss / 2**20, 1),
-        "coordinator_cpu_s": round(sampler.cpu_s, 1),
-        "coordinator_mean_cores": round(sampler.cpu_s / wall, 2),
-        "coordinator_peak_cores": round(sampler.peak_cores, 2),
-        "wall_s": round(wall, 1),
-        "agent_processes_ok": sum(1 for c in worker_codes if c == 0),
-    }
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
-
-
-def format_figures(f: dict[str, Any]) -> str:
-    return "\n".join(
-        [
-            f"{f['agents']} agents in {f['agent_processes']} processes, "
-            f"{f['rounds_completed']} rounds, {f['wall_s']} s wall, "
-            f"{f['hostile_streams']} hostile streams {f.get('hostile_uploads', '')}",
-            f"round latency: p50 {f['round_s_p50']} s, p95 {f['round_s_p95']} s, "
-            f"max {f['round_s_max']} s",
-            f"updates committed per round: {f['updates_per_round']}; lost: {f['lost_updates']}",
-            f"calls the agents retried: {f['agent_retries'] or 'none'}",
-            f"coordinator: peak RSS {f['coordinator_peak_rss_mb']} MB, CPU "
-            f"{f['coordinator_cpu_s']} s (mean {f['coordinator_mean_cores']} cores, "
-            f"peak {f['coordinator_peak_cores']})",
-            f"final global accuracy: {f['final_global_accuracy']}",
-        ]
-    )
 
 
 if __name__ == "__main__":

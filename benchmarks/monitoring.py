@@ -19,8 +19,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -28,36 +26,29 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from harness import (
+    add_json_flag,
+    add_quick_flag,
+    compose_simulate,
+    make_parser,
+    median_time,
+    read_jsonl,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-from fedops.config.hydra_app import CONFIG_DIR, SCENARIO_DIR, register  # noqa: E402
+TASK = ROOT / "simulations" / "tasks" / "hospital_shift.py"
 
 
 def _config(*overrides: str):  # type: ignore[no-untyped-def]
-    from omegaconf import OmegaConf
-
     from fedops.runtime.simulate_settings import validate
 
-    register()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(
-            config_name="simulate",
-            overrides=[
-                f"hydra.searchpath=[file://{SCENARIO_DIR}]",
-                "+scenario=hospital_drift",
-                f"task={ROOT / 'simulations' / 'tasks' / 'hospital_shift.py'}",
-                *overrides,
-            ],
-        )
-    return validate(OmegaConf.to_object(cfg))
+    return validate(compose_simulate(["+scenario=hospital_drift", f"task={TASK}", *overrides]))
 
 
 def _durations(run_dir: Path) -> list[float]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line)["duration_s"] for line in lines]
+    return [row["duration_s"] for row in read_jsonl(run_dir / "metrics.jsonl")]
 
 
 def round_cost(rounds: int, pairs: int, work: Path) -> dict[str, float]:
@@ -82,13 +73,7 @@ def round_cost(rounds: int, pairs: int, work: Path) -> dict[str, float]:
 
 
 def _median_ms(fn: Callable[[], object], reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+    return median_time(fn, reps) * 1000
 
 
 def parts(reps: int) -> dict[str, float]:
@@ -99,7 +84,7 @@ def parts(reps: int) -> dict[str, float]:
     from fedops.tasks.site import Site, initial_params
     from fedops.wire import monitoring
 
-    task = load_task(str(ROOT / "simulations" / "tasks" / "hospital_shift.py"))
+    task = load_task(str(TASK))
     params = initial_params(task, 0)
     spec = monitor_spec(MonitorSettings(), task, params)
     sites = [Site(task, site=i, num_sites=20, train_config=TrainConfig()) for i in range(20)]
@@ -147,9 +132,9 @@ def audit_rates(entries: int, work: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
+    parser = make_parser(__doc__)
+    add_quick_flag(parser)
+    add_json_flag(parser)
     args = parser.parse_args()
     rounds, pairs, reps, entries = (4, 1, 10, 300) if args.quick else (6, 3, 30, 2000)
     import logging
@@ -170,7 +155,7 @@ def main() -> None:
     for key, value in audit.items():
         print(f"    {key:<28} {value:10.0f}")
     if args.json:
-        args.json.write_text(json.dumps({**cost, **split, **audit}, indent=2) + "\n")
+        write_json(args.json, {**cost, **split, **audit}, end="\n")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ of user + system CPU seconds (``resource.getrusage`` of the child) is reported.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import statistics
@@ -20,6 +19,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import cpu_seconds, make_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,9 +35,9 @@ COMMANDS = {
 }  # fmt: skip
 
 
-def cpu_seconds(tree: Path, args: list[str]) -> float:
+def run_cpu_seconds(tree: Path, args: list[str]) -> float:
     """User + system CPU of one ``python -m fedops ARGS`` run against ``tree``."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = cpu_seconds(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "PYTHONPATH": str(tree)}
     with tempfile.TemporaryDirectory() as cwd:
         subprocess.run(
@@ -46,19 +47,18 @@ def cpu_seconds(tree: Path, args: list[str]) -> float:
             capture_output=True,
             timeout=120,
         )
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu_seconds(resource.RUSAGE_CHILDREN) - before
 
 
 def measure(tree: Path, repeats: int) -> dict[str, float]:
     return {
-        name: statistics.median(cpu_seconds(tree, args) for _ in range(repeats))
+        name: statistics.median(run_cpu_seconds(tree, args) for _ in range(repeats))
         for name, args in COMMANDS.items()
     }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--baseline", type=Path, help="another checkout of fedops to compare")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()

@@ -38,79 +38,44 @@ Run from the repository root: ``python benchmarks/transfer.py`` (defaults:
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import gc
-import hashlib
-import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from typing import Any
 
 import grpc
 import numpy as np
+from harness import cpu_seconds, make_parser, print_table
+from transfer_parts.common import (
+    CHANNEL_OPTIONS,
+    CHUNK_BYTES,
+    HOST,
+    MB,
+    RAW_SERVICE,
+    STEP_TIMEOUT_S,
+    identity_bytes,
+    make_params,
+    raw_chunks,
+)
+from transfer_parts.stages import report_stages, stage_costs
+from transfer_parts.worker import WorkerHandle
 
-from fedops.client.calls import Session, fetch_model, push_result
 from fedops.coordinator.grpc_server import build_server
 from fedops.coordinator.grpc_transport import GrpcTransport
-from fedops.core.params import (
-    Params,
-    check_finite,
-    check_specs_match,
-    digest,
-    specs_of,
-    total_bytes,
-)
+from fedops.core.params import Params, specs_of, total_bytes
 from fedops.core.results import FitResult
 from fedops.core.rounds import Phase, ResultArrived
 from fedops.runtime.transport import Instruction
-from fedops.v1 import fedops_pb2 as pb
-from fedops.v1 import fedops_pb2_grpc as pb_grpc
-from fedops.wire import PROTOCOL_VERSION, codec, framing
-
-MB = 1_000_000
-CHUNK_BYTES = codec.DEFAULT_CHUNK_BYTES  # what the coordinator tells clients to use
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # same limit as the coordinator and the agent
-HOST = "127.0.0.1"  # loopback only, on purpose
-RAW_SERVICE = "bench.Raw"
-RPC_TIMEOUT_S = 120.0  # any single RPC; 300 MB moves in seconds on loopback
-STEP_TIMEOUT_S = 180.0  # the driver's wait for one worker step
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
-
-
-def _identity(data: bytes) -> bytes:
-    return data
-
-
-def cpu_seconds() -> float:
-    """User + system CPU of this process, all threads (gRPC's included)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 # ----------------------------------------------------------------------------
 # Raw gRPC floor (server side, in the driver process)
 # ----------------------------------------------------------------------------
-def _raw_chunks(nbytes: int, chunk: bytes) -> Iterator[bytes]:
-    """``nbytes`` in pieces of ``len(chunk)``; one preallocated buffer, no copies."""
-    full, rest = divmod(nbytes, len(chunk))
-    for _ in range(full):
-        yield chunk
-    if rest:
-        yield chunk[:rest]
-
-
 def start_raw_server(chunk: bytes) -> tuple[grpc.Server, int]:
     def up(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         received = 0
@@ -119,14 +84,14 @@ def start_raw_server(chunk: bytes) -> tuple[grpc.Server, int]:
         return received.to_bytes(8, "little")
 
     def down(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        yield from _raw_chunks(int.from_bytes(request, "little"), chunk)
+        yield from raw_chunks(int.from_bytes(request, "little"), chunk)
 
     handlers = {
         "Up": grpc.stream_unary_rpc_method_handler(
-            up, request_deserializer=_identity, response_serializer=_identity
+            up, request_deserializer=identity_bytes, response_serializer=identity_bytes
         ),
         "Down": grpc.unary_stream_rpc_method_handler(
-            down, request_deserializer=_identity, response_serializer=_identity
+            down, request_deserializer=identity_bytes, response_serializer=identity_bytes
         ),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=CHANNEL_OPTIONS)
@@ -137,177 +102,8 @@ def start_raw_server(chunk: bytes) -> tuple[grpc.Server, int]:
 
 
 # ----------------------------------------------------------------------------
-# Client side (runs in the spawned worker process)
+# The measurements
 # ----------------------------------------------------------------------------
-class Worker:
-    """The client end of both paths; one per benchmark, driven over a pipe."""
-
-    def __init__(self) -> None:
-        self.channels: dict[int, grpc.Channel] = {}
-        self.chunk = os.urandom(CHUNK_BYTES)
-        self.session: Session | None = None
-        self.buffer = bytearray()  # reused across downloads, as the agent does
-        self.fedops_channel: grpc.Channel | None = None
-        self.stub: pb_grpc.CoordinatorStub | None = None
-
-    def channel(self, port: int) -> grpc.Channel:
-        if port not in self.channels:
-            channel = grpc.insecure_channel(f"{HOST}:{port}", options=CHANNEL_OPTIONS)
-            grpc.channel_ready_future(channel).result(timeout=10)
-            self.channels[port] = channel
-        return self.channels[port]
-
-    # -- raw ---------------------------------------------------------------
-    def raw_up(self, port: int, nbytes: int) -> dict[str, float]:
-        call = self.channel(port).stream_unary(
-            f"/{RAW_SERVICE}/Up", request_serializer=_identity, response_deserializer=_identity
-        )
-        c0, t0 = cpu_seconds(), time.perf_counter()
-        reply = call(_raw_chunks(nbytes, self.chunk), timeout=RPC_TIMEOUT_S)
-        elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-        if int.from_bytes(reply, "little") != nbytes:
-            raise RuntimeError(f"raw Up: server counted {reply!r}, sent {nbytes}")
-        return {"up": elapsed, "client_cpu": cpu}
-
-    def raw_down(self, port: int, nbytes: int) -> dict[str, float]:
-        call = self.channel(port).unary_stream(
-            f"/{RAW_SERVICE}/Down", request_serializer=_identity, response_deserializer=_identity
-        )
-        c0, t0 = cpu_seconds(), time.perf_counter()
-        received = 0
-        for message in call(nbytes.to_bytes(8, "little"), timeout=RPC_TIMEOUT_S):
-            received += len(message)
-        elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-        if received != nbytes:
-            raise RuntimeError(f"raw Down: received {received} of {nbytes} bytes")
-        return {"down": elapsed, "client_cpu": cpu}
-
-    # -- fedops ------------------------------------------------------------
-    def fedops_register(self, port: int) -> dict[str, Any]:
-        self.fedops_channel = self.channel(port)
-        self.stub = pb_grpc.CoordinatorStub(self.fedops_channel)
-        reply = self.stub.Register(
-            pb.RegisterRequest(
-                protocol_version=PROTOCOL_VERSION, site_name="bench", num_train_examples=1000
-            ),
-            timeout=10,
-        )
-        self.session = Session(
-            node_id=reply.node_id,
-            token=reply.token,
-            run_id=reply.run_id,
-            heartbeat_s=2.0,
-            chunk_bytes=reply.max_chunk_bytes or codec.DEFAULT_CHUNK_BYTES,
-        )
-        return {"node_id": self.session.node_id}
-
-    def fedops_round(self) -> dict[str, float]:
-        """One FIT task, step for step what ``Agent._step`` does (training: identity)."""
-        stub, session = self.stub, self.session
-        assert stub is not None and session is not None
-        task = stub.PullTask(
-            pb.PullTaskRequest(node_id=session.node_id, token=session.token, wait_ms=10_000),
-            timeout=30,
-        )
-        if task.kind != pb.TASK_KIND_FIT:
-            raise RuntimeError(f"expected a FIT task, got {pb.TaskKind.Name(task.kind)}")
-
-        # download and upload: the agent's own calls (training is the identity here)
-        c0, t0 = cpu_seconds(), time.perf_counter()
-        channel = self.fedops_channel
-        assert channel is not None
-        params, _ = fetch_model(channel, session, task, buffer=self.buffer)  # digest verified
-        t1 = time.perf_counter()
-        push_result(channel, session, task, params, 1000, {"loss": 0.5}, digest=False)
-        t2 = time.perf_counter()
-        return {"down": t1 - t0, "up": t2 - t1, "client_cpu": cpu_seconds() - c0}
-
-    def close(self) -> None:
-        for channel in self.channels.values():
-            channel.close()
-
-
-def worker_main(conn: Connection) -> None:
-    """Serve commands from the driver until ``stop`` (or the pipe closes)."""
-    worker = Worker()
-    handlers: dict[str, Callable[..., dict[str, Any]]] = {
-        "raw_up": worker.raw_up,
-        "raw_down": worker.raw_down,
-        "fedops_register": worker.fedops_register,
-        "fedops_round": worker.fedops_round,
-    }
-    try:
-        while conn.poll(600):
-            command, args = conn.recv()
-            if command == "stop":
-                break
-            try:
-                conn.send(("ok", handlers[command](*args)))
-            except Exception as exc:
-                conn.send(("error", f"{type(exc).__name__}: {exc}"))
-    finally:
-        worker.close()
-        conn.close()
-
-
-class WorkerHandle:
-    """Driver-side end of the pipe; every wait is bounded."""
-
-    def __init__(self) -> None:
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=worker_main, args=(child,), name="bench-client", daemon=True
-        )
-        self.process.start()
-        child.close()
-
-    def send(self, command: str, *args: Any) -> None:
-        self.conn.send((command, args))
-
-    def receive(self, timeout_s: float = STEP_TIMEOUT_S) -> dict[str, Any]:
-        if not self.conn.poll(timeout_s):
-            raise TimeoutError(f"client process silent for {timeout_s:.0f} s")
-        status, payload = self.conn.recv()
-        if status != "ok":
-            raise RuntimeError(f"client process: {payload}")
-        return payload
-
-    def call(self, command: str, *args: Any) -> dict[str, Any]:
-        self.send(command, *args)
-        return self.receive()
-
-    def stop(self) -> None:
-        with contextlib.suppress(BrokenPipeError, OSError):
-            self.send("stop")
-        self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(timeout=5)
-
-
-# ----------------------------------------------------------------------------
-# The model and the measurements
-# ----------------------------------------------------------------------------
-def make_params(nbytes: int, seed: int = 0) -> Params:
-    """A float32 model of exactly ``nbytes`` (rounded down to 4): 4 big matrices + biases."""
-    rng = np.random.default_rng(seed)
-    floats = nbytes // 4
-    biases = {f"layer{i}.bias": rng.standard_normal(1024, dtype=np.float32) for i in range(4)}
-    left = floats - 4 * 1024
-    params: Params = {}
-    per_layer = left // 4
-    for i in range(4):
-        count = per_layer if i < 3 else left - 3 * per_layer
-        rows, rest = divmod(count, 1024)
-        params[f"layer{i}.weight"] = rng.standard_normal((rows, 1024), dtype=np.float32)
-        params[f"layer{i}.bias"] = biases[f"layer{i}.bias"]
-        if rest:
-            params[f"layer{i}.extra"] = rng.standard_normal(rest, dtype=np.float32)
-    assert total_bytes(specs_of(params)) == floats * 4
-    return params
-
-
 @dataclass
 class Samples:
     """Seconds per repeat for each measured quantity."""
@@ -413,114 +209,29 @@ def run_transfers(bench: Bench, sizes_mb: list[int], repeats: int) -> dict[int, 
 
 
 # ----------------------------------------------------------------------------
-# Per-stage costs, in-process (no network): where fedops spends its time
-# ----------------------------------------------------------------------------
-def _best(fn: Callable[[], object], repeats: int) -> float:
-    """Fastest of ``repeats`` calls (seconds): the cost with the least noise."""
-    best = float("inf")
-    for _ in range(repeats):
-        gc.collect()
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def stage_costs(nbytes: int, repeats: int) -> list[tuple[str, str, float]]:
-    """(stage, where it runs, seconds) for one model of ``nbytes``, one thread, no network.
-
-    Each stage is isolated: chunk-level stages reuse one 2 MiB chunk so that
-    they measure only their own copies, not the ones before them.
-    """
-    params = make_params(nbytes, seed=1)
-    specs = specs_of(params)
-    sizes = [len(c) for c in _raw_chunks(nbytes, b"x" * CHUNK_BYTES)]
-    chunk = next(codec.iter_chunks(params, CHUNK_BYTES))
-    wire = pb.PushResultRequest(data=chunk).SerializeToString()
-    warm = np.empty(nbytes, dtype=np.uint8)
-    warm.fill(0)  # fault its pages in once
-    source = np.frombuffer(chunk, dtype=np.uint8)
-
-    def memcpy() -> None:
-        offset = 0
-        for size in sizes:
-            warm[offset : offset + size] = source[:size]
-            offset += size
-
-    def chunking() -> None:
-        for _ in codec.iter_chunks(params, CHUNK_BYTES):
-            pass
-
-    def framed() -> None:
-        for _ in codec.iter_chunks(params, CHUNK_BYTES, framed=True):
-            pass
-
-    def serialize() -> None:
-        for _ in sizes:
-            pb.PushResultRequest(data=chunk).SerializeToString()
-
-    def unframe() -> None:
-        for _ in sizes:
-            framing.unframe_data(wire)
-
-    def parse() -> None:
-        for _ in sizes:
-            _ = pb.PushResultRequest.FromString(wire).data
-
-    def allocate() -> None:
-        codec.Assembler(specs, max_bytes=nbytes)
-
-    def add_only() -> float:
-        assembler = codec.Assembler(specs, max_bytes=nbytes)
-        t0 = time.perf_counter()
-        for size in sizes:
-            assembler.add(chunk if size == len(chunk) else chunk[:size])
-        assembler.finish()
-        return time.perf_counter() - t0
-
-    received = codec.Assembler(specs, max_bytes=nbytes)
-    for data in codec.iter_chunks(params, CHUNK_BYTES):
-        received.add(data)
-    model = received.finish()
-    return [
-        ("reference: memcpy of the payload into a warm buffer", "-", _best(memcpy, repeats)),
-        ("codec.iter_chunks (one copy per chunk)", "sender", _best(chunking, repeats)),
-        ("iter_chunks(framed=True): what is sent", "sender", _best(framed, repeats)),
-        ("  vs protobuf wrap + SerializeToString", "(not used)", _best(serialize, repeats)),
-        ("framing.unframe_data: what is received", "receiver", _best(unframe, repeats)),
-        ("  vs protobuf FromString + .data", "(not used)", _best(parse, repeats)),
-        ("Assembler(): np.empty(n), huge pages", "receiver", _best(allocate, repeats)),
-        (
-            "Assembler.add + finish (buffer allocated)",
-            "receiver",
-            min(add_only() for _ in range(repeats)),
-        ),
-        (
-            "check_specs_match",
-            "coordinator",
-            _best(lambda: check_specs_match(specs, specs_of(model)), repeats),
-        ),
-        ("check_finite (np.isfinite)", "coordinator", _best(lambda: check_finite(model), repeats)),
-        (
-            "digest() = sha256 over little-endian views",
-            "dispatch",
-            _best(lambda: digest(model), repeats),
-        ),
-        (
-            "  of which sha256 alone",
-            "",
-            _best(
-                lambda: [hashlib.sha256(memoryview(a).cast("B")) for a in model.values()], repeats
-            ),
-        ),
-    ]
-
-
-# ----------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------
 def _rate(nbytes: int, seconds: float) -> float:
     return nbytes / MB / seconds
+
+
+def throughput_row(size: int, s: Samples) -> list[str]:
+    n = size * MB
+    rd, fd = s.median("raw_down"), s.median("fed_down")
+    ru, fu = s.median("raw_up"), s.median("fed_up")
+    rt, raw_rt = s.median("fed_round_trip"), rd + ru
+    return [
+        f"{size} MB",
+        f"{_rate(n, rd):.0f}",
+        f"{_rate(n, fd):.0f}",
+        f"{rd / fd:.2f}",
+        f"{_rate(n, ru):.0f}",
+        f"{_rate(n, fu):.0f}",
+        f"{ru / fu:.2f}",
+        f"{rt:.2f}",
+        f"{raw_rt:.2f}",
+        f"{raw_rt / rt:.2f}",
+    ]
 
 
 def report(results: dict[int, Samples], repeats: int) -> None:
@@ -528,33 +239,18 @@ def report(results: dict[int, Samples], repeats: int) -> None:
         f"\nThroughput, median of {repeats} (MB/s, 1 MB = 10^6 bytes; ratio = fedops/raw "
         "throughput = raw time / fedops time):\n"
     )
-    print(
-        "| size | raw down | fedops down (verified) | ratio down | raw up | fedops up "
-        "| ratio up | round trip (s) | raw down+up (s) | ratio round trip |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for size, s in results.items():
-        n = size * MB
-        rd, fd = s.median("raw_down"), s.median("fed_down")
-        ru, fu = s.median("raw_up"), s.median("fed_up")
-        rt, raw_rt = s.median("fed_round_trip"), rd + ru
-        print(
-            f"| {size} MB | {_rate(n, rd):.0f} | {_rate(n, fd):.0f} | {rd / fd:.2f} "
-            f"| {_rate(n, ru):.0f} | {_rate(n, fu):.0f} | {ru / fu:.2f} "
-            f"| {rt:.2f} | {raw_rt:.2f} | {raw_rt / rt:.2f} |"
-        )
-
+    header = ["size", "raw down", "fedops down (verified)", "ratio down", "raw up", "fedops up"]
+    header += ["ratio up", "round trip (s)", "raw down+up (s)", "ratio round trip"]
+    print_table(header, [throughput_row(size, s) for size, s in results.items()])
     print(
         "\nCPU seconds, median, down + up together (server = this process: raw server "
         "or coordinator incl. dispatch; client = the worker process):\n"
     )
-    print("| size | raw server | raw client | fedops coordinator | fedops client |")
-    print("|---:|---:|---:|---:|---:|")
-    for size, s in results.items():
-        print(
-            f"| {size} MB | {s.median('raw_server_cpu'):.2f} | {s.median('raw_client_cpu'):.2f} "
-            f"| {s.median('fed_server_cpu'):.2f} | {s.median('fed_client_cpu'):.2f} |"
-        )
+    cpu = ("raw_server_cpu", "raw_client_cpu", "fed_server_cpu", "fed_client_cpu")
+    print_table(
+        ["size", "raw server", "raw client", "fedops coordinator", "fedops client"],
+        [[f"{size} MB"] + [f"{s.median(k):.2f}" for k in cpu] for size, s in results.items()],
+    )
     print(
         "\ndown = the agent's fetch_model: FetchModel + Assembler into a reused buffer, "
         "sha256 verified while the chunks arrive; up = the agent's push_result until the "
@@ -563,19 +259,8 @@ def report(results: dict[int, Samples], repeats: int) -> None:
     )
 
 
-def report_stages(nbytes: int, costs: list[tuple[str, str, float]]) -> None:
-    print(
-        f"\nPer-stage cost for {nbytes // MB} MB, in-process, one thread, no network "
-        "(best of runs):\n"
-    )
-    print("| stage | runs on | ms | GB/s |")
-    print("|---|---|---:|---:|")
-    for name, where, seconds in costs:
-        print(f"| {name} | {where} | {seconds * 1000:.0f} | {nbytes / seconds / 1e9:.2f} |")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument(
         "--sizes",
         type=int,

@@ -18,7 +18,6 @@ evaluation (goal: < 10%).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -26,12 +25,14 @@ import time
 from pathlib import Path
 
 import torch
+from harness import add_seed_flag, make_parser, read_jsonl, time_into
 from torch import nn
 
 from fedops.data.synthetic import synthetic
 from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
 from fedops.simulation import engine
 from fedops.simulation import vectorized_backend as vectorized
+from fedops.tasks.dataset_task import task_from_data
 
 
 def floor_round(
@@ -90,45 +91,31 @@ def run_floor(data, rounds: int, lr: float, batch: int, seed: int) -> tuple[list
 def run_fedops(cfg: SimulateConfig, data, run_dir: Path) -> tuple[list[float], float, float]:
     """Round durations, the share spent in local training/evaluation, final accuracy."""
     inside = {"s": 0.0}
+
+    def add(seconds: float) -> None:
+        inside["s"] += seconds
+
     real_train, real_eval = vectorized.train_many, vectorized.VectorizedTransport._evaluate
-
-    def timed_train(*args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return real_train(*args, **kwargs)
-        finally:
-            inside["s"] += time.perf_counter() - t0
-
-    def timed_eval(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return real_eval(self, *args, **kwargs)
-        finally:
-            inside["s"] += time.perf_counter() - t0
-
     engine.load_federation = lambda _cfg: (  # reuse the already generated data
-        engine.task_from_data(data, name="synthetic"),
+        task_from_data(data, name="synthetic"),
         data,
     )
-    vectorized.train_many = timed_train
-    vectorized.VectorizedTransport._evaluate = timed_eval
+    vectorized.train_many = time_into(real_train, add)
+    vectorized.VectorizedTransport._evaluate = time_into(real_eval, add)
     try:
         summary = engine.run_simulation(cfg, run_dir)
     finally:
         vectorized.train_many = real_train
         vectorized.VectorizedTransport._evaluate = real_eval
-    rows = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    import json
-
-    durations = [json.loads(line)["duration_s"] for line in rows]
+    durations = [row["duration_s"] for row in read_jsonl(run_dir / "metrics.jsonl")]
     return durations, inside["s"], summary["final_metrics"]["eval_accuracy"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    add_seed_flag(parser)
     args = parser.parse_args(argv)
     lr, batch = 0.01, 10
     t0 = time.perf_counter()

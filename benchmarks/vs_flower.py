@@ -37,486 +37,67 @@ of rounds 2..R; round 1 (lazy one-time costs in both frameworks) is shown on its
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
-import json
 import os
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
+from harness import (
+    NO_TELEMETRY,
+    add_seed_flag,
+    fmt,
+    make_parser,
+    print_table,
+    run_json_child,
+    steady_median,
+)
+from vs_flower_parts.memory import TreeMemory
+from vs_flower_parts.shared import global_accuracy, test_rows
 
-HERE = Path(__file__).resolve().parent
 FRAMEWORKS = ("fedops", "flower")
-WARMUP_MESSAGES_PER_ACTOR = 4
-
-
-# --------------------------------------------------------------------------------------
-# Shared by both frameworks' children
-# --------------------------------------------------------------------------------------
-def build_model(num_features: int, num_classes: int, seed: int):  # type: ignore[no-untyped-def]
-    """The same freshly initialised logistic regression fedops builds for round 0."""
-    import torch
-    from torch import nn
-
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return nn.Sequential(nn.Flatten(), nn.Linear(num_features, num_classes))
-
-
-@functools.cache
-def test_rows(clients: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every client's test rows of the benchmark's federation (the same generator, seed)."""
-    from fedops.data.synthetic import synthetic
-
-    data = synthetic(num_clients=clients, alpha=1.0, beta=1.0, seed=seed)
-    return data.test_x, data.test_y
-
-
-def global_accuracy(params: dict[str, np.ndarray], test_x: np.ndarray, test_y: np.ndarray):  # type: ignore[no-untyped-def]
-    """Accuracy over all clients' test rows = example-weighted mean of per-client accuracy."""
-    import torch
-
-    model = build_model(test_x.shape[1], int(params["1.bias"].shape[0]), 0)
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params.items()})
-    with torch.no_grad():
-        pred = model(torch.from_numpy(np.ascontiguousarray(test_x))).argmax(1).numpy()
-    return float((pred == test_y).mean())
-
-
-def shuffle_order(n: int, seed: int, server_round: int, client: int):  # type: ignore[no-untyped-def]
-    """The row order fedops uses for (run seed, round, client): same seeds, same permutation."""
-    import torch
-
-    s = int(np.random.SeedSequence([seed, server_round, client]).generate_state(2, np.uint64)[0])
-    return torch.randperm(n, generator=torch.Generator().manual_seed(s >> 1))
-
-
-# --------------------------------------------------------------------------------------
-# Flower side: a ServerApp with Flower's FedAvg, a ClientApp on Ray virtual clients
-# --------------------------------------------------------------------------------------
-_CLIENT_DATA: dict[str, dict[str, np.ndarray]] = {}  # per Ray worker process: data dir -> arrays
-
-
-def _client_rows(data_dir: str, split: str, partition: int):  # type: ignore[no-untyped-def]
-    """Partition ``partition``'s rows, memory-mapped once per Ray worker (like a cached dataset)."""
-    import torch
-
-    arrays = _CLIENT_DATA.get(data_dir)
-    if arrays is None:
-        arrays = {p.stem: np.load(p, mmap_mode="r") for p in Path(data_dir).glob("*.npy")}
-        _CLIENT_DATA[data_dir] = arrays
-    off = arrays[f"{split}_offsets"]
-    a, b = int(off[partition]), int(off[partition + 1])
-    x = torch.from_numpy(np.array(arrays[f"{split}_x"][a:b]))
-    y = torch.from_numpy(np.array(arrays[f"{split}_y"][a:b]))
-    return x, y
-
-
-def flower_train(msg, context):  # type: ignore[no-untyped-def]
-    """ClientApp train: load the global arrays, one local epoch of SGD, reply with arrays."""
-    import torch
-    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-    from torch import nn
-
-    cfg = msg.content["config"]
-    partition = int(context.node_config["partition-id"])
-    x, y = _client_rows(str(cfg["data-dir"]), "train", partition)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(x.shape[1], int(cfg["num-classes"])))
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    opt = torch.optim.SGD(model.parameters(), lr=float(cfg["lr"]))
-    loss_fn = nn.CrossEntropyLoss()
-    batch = int(cfg["batch-size"])
-    order = shuffle_order(len(x), int(cfg["seed"]), int(cfg["server-round"]), partition)
-    total = 0.0
-    for lo in range(0, len(x), batch):
-        idx = order[lo : lo + batch]
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x[idx]), y[idx])
-        loss.backward()
-        opt.step()
-        total += float(loss.detach()) * len(idx)
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord(model.state_dict()),
-            "metrics": MetricRecord({"train_loss": total / max(len(x), 1), "num-examples": len(x)}),
-        }
-    )
-    return Message(content=content, reply_to=msg)
-
-
-def flower_evaluate(msg, context):  # type: ignore[no-untyped-def]
-    """ClientApp evaluate: accuracy and loss of the global model on this client's test rows."""
-    import torch
-    from flwr.app import Message, MetricRecord, RecordDict
-    from torch import nn
-
-    cfg = msg.content["config"]
-    x, y = _client_rows(str(cfg["data-dir"]), "test", int(context.node_config["partition-id"]))
-    model = nn.Sequential(nn.Flatten(), nn.Linear(x.shape[1], int(cfg["num-classes"])))
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    with torch.no_grad():
-        logits = model(x)
-        loss = float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        correct = int((logits.argmax(1) == y).sum())
-    n = max(len(y), 1)
-    metrics = {"accuracy": correct / n, "loss": loss / n, "num-examples": len(y)}
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
-
-
-def flower_query(msg, context):  # type: ignore[no-untyped-def]
-    """Warm-up: touch this worker's data cache and torch, reply with nothing."""
-    from flwr.app import Message, RecordDict
-
-    _client_rows(str(msg.content["config"]["data-dir"]), "train", 0)
-    return Message(content=RecordDict(), reply_to=msg)
-
-
-def make_client_app():  # type: ignore[no-untyped-def]
-    from flwr.clientapp import ClientApp
-
-    app = ClientApp()
-    app.train()(flower_train)
-    app.evaluate()(flower_evaluate)
-    app.query()(flower_query)
-    return app
-
-
-def child_flower(spec: dict) -> dict:
-    import torch
-    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
-    from flwr.serverapp import ServerApp
-    from flwr.serverapp.strategy import FedAvg
-    from flwr.simulation import run_simulation
-
-    from fedops.data.synthetic import synthetic
-
-    n, seed, rounds = spec["clients"], spec["seed"], spec["rounds"]
-    t = time.perf_counter()
-    data = synthetic(num_clients=n, alpha=1.0, beta=1.0, seed=seed)
-    data_dir = Path(spec["work_dir"]) / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("train_x", "train_y", "train_offsets", "test_x", "test_y", "test_offsets"):
-        np.save(data_dir / f"{name}.npy", getattr(data, name))
-    num_features, num_classes = data.num_features, data.num_classes
-    del data  # the driver does not need the rows; every Ray worker maps them from disk
-    data_s = time.perf_counter() - t
-
-    config = ConfigRecord(
-        {
-            "data-dir": str(data_dir),
-            "lr": spec["lr"],
-            "batch-size": spec["batch"],
-            "seed": seed,
-            "num-classes": num_classes,
-        }
-    )
-    initial = ArrayRecord(build_model(num_features, num_classes, seed).state_dict())
-    marks: dict[str, float] = {}
-    round_ends: list[float] = []
-    out: dict = {}
-
-    server_app = ServerApp()
-
-    @server_app.main()
-    def _main(grid, context) -> None:  # type: ignore[no-untyped-def]
-        # Warm-up (start-up, not a round): wait for the Ray actor pool and let every actor
-        # import torch and map the data once, through a few query messages.
-        deadline = time.monotonic() + spec["timeout"]
-        while len(node_ids := list(grid.get_node_ids())) < n and time.monotonic() < deadline:
-            time.sleep(0.05)  # the SuperNodes register after the ServerApp thread starts
-        k = min(len(node_ids), WARMUP_MESSAGES_PER_ACTOR * spec["flower_actors"])
-        warm = [
-            Message(RecordDict({"config": config}), dst_node_id=i, message_type=MessageType.QUERY)
-            for i in node_ids[:k]
-        ]
-        replies = list(grid.send_and_receive(warm, timeout=spec["timeout"]))
-        out["warmup_errors"] = sum(r.has_error() for r in replies)
-        marks["warm"] = time.perf_counter()
-
-        def evaluate_fn(server_round, arrays):  # type: ignore[no-untyped-def]
-            round_ends.append(time.perf_counter())  # called before round 1 and after each round
-
-        strategy = FedAvg(fraction_train=1.0, fraction_evaluate=1.0)
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=rounds,
-            timeout=spec["timeout"],
-            train_config=config,
-            evaluate_config=config,
-            evaluate_fn=evaluate_fn,
-        )
-        out["params"] = {k: v.numpy() for k, v in result.arrays.items()}
-        out["reported_accuracy"] = {
-            r: float(m["accuracy"]) for r, m in result.evaluate_metrics_clientapp.items()
-        }
-
-    backend_config = {
-        "client_resources": {"num_cpus": spec["flower_client_cpus"], "num_gpus": 0.0},
-        "init_args": {"num_cpus": spec["cpus"], "num_gpus": 0},
-    }
-    torch.set_num_threads(1)  # the driver only aggregates; leave the cores to the actors
-    t_call = time.perf_counter()
-    run_simulation(
-        server_app=server_app,
-        client_app=make_client_app(),
-        num_supernodes=n,
-        backend_name="ray",
-        backend_config=backend_config,
-    )
-    t_end = time.perf_counter()
-    if "params" not in out or len(round_ends) != rounds + 1:
-        raise RuntimeError(f"Flower finished {max(len(round_ends) - 1, 0)} of {rounds} rounds")
-
-    return {
-        "data_s": data_s,
-        "startup_s": marks["warm"] - t_call,
-        "rounds_s": list(np.diff(round_ends)),
-        "teardown_s": t_end - round_ends[-1],
-        "params": {k: v.tolist() for k, v in out["params"].items()},
-        "reported_accuracy": out["reported_accuracy"],
-        "warmup_errors": out["warmup_errors"],
-    }
-
-
-# --------------------------------------------------------------------------------------
-# fedops side: the real simulate path, vectorized backend
-# --------------------------------------------------------------------------------------
-def child_fedops(spec: dict) -> dict:
-    import torch
-
-    from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
-    from fedops.runtime.store import RunStore, read_checkpoint
-    from fedops.simulation import engine
-
-    if spec["fedops_threads"]:
-        torch.set_num_threads(spec["fedops_threads"])
-    n, seed, rounds = spec["clients"], spec["seed"], spec["rounds"]
-
-    # Time rounds from commit to commit (the checkpoint and metrics writes included).
-    commits: dict[int, float] = {}
-    real_save = RunStore.save_round
-
-    def save_round(self, server_round, *args, **kwargs):  # type: ignore[no-untyped-def]
-        digest = real_save(self, server_round, *args, **kwargs)
-        commits[server_round] = time.perf_counter()
-        return digest
-
-    RunStore.save_round = save_round  # type: ignore[method-assign]
-    # fedops generates the data itself, as `fedops simulate dataset=synthetic` does (the
-    # dataset group's defaults are Synthetic(1, 1) with the generator's own defaults); the
-    # wrapper only times it, so that start-up can be reported without data generation.
-    real_load, timing = engine.load_federation, {}
-
-    def timed_load(cfg):  # type: ignore[no-untyped-def]
-        t = time.perf_counter()
-        loaded = real_load(cfg)
-        timing["data_s"] = time.perf_counter() - t
-        return loaded
-
-    engine.load_federation = timed_load
-
-    cfg = SimulateConfig(rounds=rounds, seed=seed, simulation=SimulationConfig(num_clients=n))
-    cfg.dataset.name = "synthetic"
-    cfg.client.epochs, cfg.client.batch_size, cfg.client.lr = 1, spec["batch"], spec["lr"]
-    run_dir = Path(spec["work_dir"]) / "run"
-    t_call = time.perf_counter()
-    engine.run_simulation(validate(cfg), run_dir)
-    t_end = time.perf_counter()
-
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    params = read_checkpoint(run_dir / "checkpoints" / f"round-{rounds:05d}.safetensors")
-    return {
-        "data_s": timing["data_s"],
-        "startup_s": commits[0] - t_call - timing["data_s"],
-        "rounds_s": [commits[r] - commits[r - 1] for r in range(1, rounds + 1)],
-        "teardown_s": t_end - commits[rounds],
-        "params": {k: v.tolist() for k, v in params.items()},
-        "reported_accuracy": {i + 1: m["eval_accuracy"] for i, m in enumerate(metrics)},
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
-def child_main(argv: list[str]) -> int:
-    framework, spec_path = argv
-    spec = json.loads(Path(spec_path).read_text())
-    result = (child_fedops if framework == "fedops" else child_flower)(spec)
-    Path(spec["result"]).write_text(json.dumps(result))
-    return 0
-
-
-# --------------------------------------------------------------------------------------
-# Parent: run each framework in its own subprocess, sample its process tree's memory
-# --------------------------------------------------------------------------------------
-def _proc_children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # comm may hold spaces and parens
-        children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def _proc_kb(path: str, key: str) -> int:
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _session_members(sid: int) -> list[int]:
-    """Live processes of the session ``sid`` (one this script created with setsid)."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid:  # state ppid pgrp session ...
-                members.append(int(entry.name))
-    return members
-
-
-class TreeMemory(threading.Thread):
-    """Peak of the summed RSS (and PSS) over a process and all its descendants.
-
-    RSS counts pages shared between processes (Ray's object store in /dev/shm, the
-    memory-mapped data, shared libraries) once per process; PSS splits them.
-    """
-
-    def __init__(self, root: int, interval: float = 0.1, pss_every: int = 5) -> None:
-        super().__init__(daemon=True)
-        self.root, self.interval, self.pss_every = root, interval, pss_every
-        self.peak_rss_kb = self.peak_pss_kb = self.max_procs = 0
-        self._stop_event = threading.Event()
-        try:
-            import psutil  # noqa: F401
-
-            self.source = "psutil"
-        except ImportError:
-            self.source = "/proc"
-
-    def tree(self) -> list[int]:
-        if self.source == "psutil":
-            import psutil
-
-            try:
-                root = psutil.Process(self.root)
-                return [self.root] + [p.pid for p in root.children(recursive=True)]
-            except psutil.Error:
-                return []
-        children, out, todo = _proc_children(), [], [self.root]
-        while todo:
-            pid = todo.pop()
-            out.append(pid)
-            todo.extend(children.get(pid, ()))
-        return out
-
-    def run(self) -> None:
-        i = 0
-        while not self._stop_event.is_set():
-            pids = self.tree()
-            self.max_procs = max(self.max_procs, len(pids))
-            rss = sum(_proc_kb(f"/proc/{p}/status", "VmRSS:") for p in pids)
-            self.peak_rss_kb = max(self.peak_rss_kb, rss)
-            if i % self.pss_every == 0:
-                pss = sum(_proc_kb(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids)
-                self.peak_pss_kb = max(self.peak_pss_kb, pss)
-            i += 1
-            self._stop_event.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
 
 
 def run_child(framework: str, spec: dict, timeout: float, work: Path) -> dict:
-    """Run one framework at one size in a subprocess; never raises for a failed run."""
-    work.mkdir(parents=True, exist_ok=True)
-    spec = {**spec, "work_dir": str(work), "result": str(work / "result.json")}
-    (work / "spec.json").write_text(json.dumps(spec))
-    env = {
-        **os.environ,
-        "FLWR_TELEMETRY_ENABLED": "0",  # no network: Flower would post usage events
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-    }
-    code = "import sys, vs_flower; sys.exit(vs_flower.child_main(sys.argv[1:]))"
-    log_path = work / "log.txt"
-    t0, load0 = time.perf_counter(), os.getloadavg()[0]
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code, framework, str(work / "spec.json")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=HERE,
-            start_new_session=True,
-        )
-        mem = TreeMemory(proc.pid)
-        mem.start()
-        status = "ok"
-        try:
-            rc = proc.wait(timeout=timeout)
-            if rc != 0:
-                status = f"failed (exit {rc})"
-        except subprocess.TimeoutExpired:
-            status = f"timed out after {timeout:.0f} s"
-        mem.stop()
-        # Whatever is left of this run (Ray's processes included) is in the session and
-        # process group this child leads: end exactly those, never anything by name.
-        for pid in _session_members(proc.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait()
-    wall = time.perf_counter() - t0
+    """Run one framework at one size in a subprocess, sampling its process tree's memory;
+    never raises for a failed run."""
+    watched: list[TreeMemory] = []
+
+    def watch(pid: int):  # type: ignore[no-untyped-def]
+        watched.append(TreeMemory(pid))
+        watched[0].start()
+        return watched[0].stop
+
+    load0 = os.getloadavg()[0]
+    run = run_json_child(
+        "vs_flower_parts.child",
+        "child_main",
+        {**spec, "framework": framework, "work_dir": str(work)},
+        work,
+        timeout=timeout,
+        env=NO_TELEMETRY,  # no network: Flower would post usage events
+        watch=watch,
+        tail=25,
+    )
+    mem = watched[0]
     result = {
-        "status": status,
-        "wall_s": wall,
+        "status": run.status,
+        "wall_s": run.seconds,
         "peak_rss_mb": mem.peak_rss_kb / 1024,
         "peak_pss_mb": mem.peak_pss_kb / 1024,
         "max_procs": mem.max_procs,
         "mem_source": mem.source,
         "load_avg": (load0, os.getloadavg()[0]),
     }
-    if status == "ok":
-        result.update(json.loads((work / "result.json").read_text()))
+    if run.result is not None:
+        result.update(run.result)
         # Scored here, after the child has exited: neither framework's peak memory
         # includes the test rows this script needs for the check.
         params = {k: np.asarray(v, dtype=np.float32) for k, v in result.pop("params").items()}
         result["accuracy"] = global_accuracy(params, *test_rows(spec["clients"], spec["seed"]))
     else:
-        tail = log_path.read_text(errors="replace").splitlines()[-25:]
-        result["log_tail"] = tail
+        result["log_tail"] = run.log_tail
     return result
-
-
-def steady_round(rounds_s: list[float]) -> float:
-    """Median round time after the first (which pays lazy one-time costs), if there is one."""
-    return statistics.median(rounds_s[1:] if len(rounds_s) > 1 else rounds_s)
-
-
-def _fmt(x: float | None, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
 
 
 def _variants(args: argparse.Namespace, torch_threads: int) -> list[tuple[str, str, dict]]:
@@ -569,48 +150,72 @@ def _accuracy_gap(f: dict, o: dict) -> str:
     return f"{100 * (fl - fo):+.2f} (after round {f['rounds']})"
 
 
+def run_row(r: dict) -> list[str]:
+    ok = r["status"] == "ok"
+    r["s_per_round"] = steady_median(r["rounds_s"]) if ok else None
+    status = "" if ok else f" **{r['status']}**"
+    return [
+        str(r["clients"]),
+        f"{r['label']}{status}",
+        str(r["rounds"]),
+        fmt(r.get("startup_s"), ".1f"),
+        fmt(r["rounds_s"][0] if ok else None, ".2f"),
+        fmt(r["s_per_round"], ".3f"),
+        f"{r['peak_rss_mb']:.0f}",
+        f"{r['peak_pss_mb']:.0f}",
+        fmt(r.get("accuracy"), ".4f"),
+    ]
+
+
+def ratio_rows(rows: list[dict], n: int) -> list[list[str]]:
+    """Every Flower configuration against every fedops one at ``n`` clients."""
+    flowers = [r for r in rows if r["clients"] == n and r["framework"] == "flower"]
+    fedopses = [r for r in rows if r["clients"] == n and r["framework"] == "fedops"]
+    out = []
+    for f in flowers:
+        for o in fedopses:
+            if f["status"] != "ok" or o["status"] != "ok":
+                why = f["status"] if f["status"] != "ok" else "fedops " + o["status"]
+                out.append([str(n), f["label"], o["label"], f"- ({why})", "-", "-", "-"])
+                continue
+            out.append(
+                [
+                    str(n),
+                    f["label"],
+                    o["label"],
+                    f"{f['s_per_round'] / o['s_per_round']:.1f}x",
+                    f"{f['peak_rss_mb'] / o['peak_rss_mb']:.1f}x",
+                    f"{f['peak_pss_mb'] / o['peak_pss_mb']:.1f}x",
+                    _accuracy_gap(f, o),
+                ]
+            )
+    return out
+
+
 def print_tables(rows: list[dict], clients: list[int]) -> None:
-    print(
-        "\n| clients | framework | rounds | startup s | round 1 s | s/round | peak RSS MB "
-        "| peak PSS MB | final accuracy |"
+    print()
+    header = ["clients", "framework", "rounds", "startup s", "round 1 s", "s/round"]
+    header += ["peak RSS MB", "peak PSS MB", "final accuracy"]
+    print_table(header, [run_row(r) for r in rows], "rl" + "r" * 7)
+    print()
+    print_table(
+        [
+            "clients",
+            "Flower",
+            "fedops",
+            "Flower s/round / fedops s/round",
+            "Flower RSS / fedops RSS",
+            "Flower PSS / fedops PSS",
+            "accuracy Flower - fedops (points)",
+        ],
+        [row for n in clients for row in ratio_rows(rows, n)],
+        "rllrrrr",
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        ok = r["status"] == "ok"
-        r["s_per_round"] = steady_round(r["rounds_s"]) if ok else None
-        status = "" if ok else f" **{r['status']}**"
-        print(
-            f"| {r['clients']} | {r['label']}{status} | {r['rounds']} "
-            f"| {_fmt(r.get('startup_s'), '.1f')} "
-            f"| {_fmt(r['rounds_s'][0] if ok else None, '.2f')} "
-            f"| {_fmt(r['s_per_round'], '.3f')} "
-            f"| {r['peak_rss_mb']:.0f} | {r['peak_pss_mb']:.0f} "
-            f"| {_fmt(r.get('accuracy'), '.4f')} |"
-        )
-    print(
-        "\n| clients | Flower | fedops | Flower s/round / fedops s/round "
-        "| Flower RSS / fedops RSS | Flower PSS / fedops PSS | accuracy Flower - fedops (points) |"
-    )
-    print("|---:|---|---|---:|---:|---:|---:|")
-    for n in clients:
-        flowers = [r for r in rows if r["clients"] == n and r["framework"] == "flower"]
-        fedopses = [r for r in rows if r["clients"] == n and r["framework"] == "fedops"]
-        for f in flowers:
-            for o in fedopses:
-                if f["status"] != "ok" or o["status"] != "ok":
-                    why = f["status"] if f["status"] != "ok" else "fedops " + o["status"]
-                    print(f"| {n} | {f['label']} | {o['label']} | - ({why}) | - | - | - |")
-                    continue
-                print(
-                    f"| {n} | {f['label']} | {o['label']} "
-                    f"| {f['s_per_round'] / o['s_per_round']:.1f}x "
-                    f"| {f['peak_rss_mb'] / o['peak_rss_mb']:.1f}x "
-                    f"| {f['peak_pss_mb'] / o['peak_pss_mb']:.1f}x | {_accuracy_gap(f, o)} |"
-                )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[int]]:
+    """The flags, and Flower's rounds for each size (one value, or one per --clients)."""
+    parser = make_parser(__doc__)
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
@@ -621,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Flower's rounds per size (one value, or one per --clients); default --rounds",
     )
     parser.add_argument("--timeout", type=float, default=1200.0, help="s per run (one size)")
-    parser.add_argument("--seed", type=int, default=0)
+    add_seed_flag(parser)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="Ray's num_cpus")
     parser.add_argument(
         "--flower-client-cpus",
@@ -644,20 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         flower_rounds = flower_rounds * len(args.clients)
     if len(flower_rounds) != len(args.clients):
         parser.error("--flower-rounds takes one value or one per --clients")
+    return args, flower_rounds
 
-    import flwr
-    import ray
-    import torch
 
-    print(
-        f"Synthetic(1,1), logistic regression 60->10, 1 local epoch, batch 10, lr 0.01 SGD, "
-        f"all clients train and evaluate every round, FedAvg by examples.\n"
-        f"fedops (vectorized backend) vs flwr {flwr.__version__} run_simulation on Ray "
-        f"{ray.__version__} (ray.init num_cpus={args.cpus}); torch {torch.__version__}; "
-        f"{os.cpu_count()} CPUs here; load average {os.getloadavg()[0]:.2f} at start.",
-        flush=True,
-    )
-    variants = _variants(args, torch.get_num_threads())
+def run_all(args: argparse.Namespace, flower_rounds: list[int], torch_threads: int) -> list[dict]:
+    """Every configuration at every size, each in its own subprocess, printed as it ends."""
+    variants = _variants(args, torch_threads)
     rows = []
     with tempfile.TemporaryDirectory(prefix="vs_flower_") as tmp:
         for n, f_rounds in zip(args.clients, flower_rounds, strict=True):
@@ -678,6 +275,25 @@ def main(argv: list[str] | None = None) -> int:
                 r.update(clients=n, framework=framework, label=label, rounds=rounds)
                 _print_run(r)
                 rows.append(r)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, flower_rounds = parse_args(argv)
+
+    import flwr
+    import ray
+    import torch
+
+    print(
+        f"Synthetic(1,1), logistic regression 60->10, 1 local epoch, batch 10, lr 0.01 SGD, "
+        f"all clients train and evaluate every round, FedAvg by examples.\n"
+        f"fedops (vectorized backend) vs flwr {flwr.__version__} run_simulation on Ray "
+        f"{ray.__version__} (ray.init num_cpus={args.cpus}); torch {torch.__version__}; "
+        f"{os.cpu_count()} CPUs here; load average {os.getloadavg()[0]:.2f} at start.",
+        flush=True,
+    )
+    rows = run_all(args, flower_rounds, torch.get_num_threads())
     print_tables(rows, args.clients)
     return 0
 
