@@ -17,10 +17,10 @@ from numpy.typing import NDArray
 from fedops.core.monitoring.drift import Counts
 from fedops.core.monitoring.profile import (
     LABEL,
-    OUTPUT_EDGES,
     PREDICTION,
     Array,
     MonitorSpec,
+    binned_columns,
     class_edges,
 )
 
@@ -45,17 +45,8 @@ def client_histograms(
         for i in range(clients):
             out[i][name] = counts[i]
 
-    if spec.edges:
-        rows = np.asarray(x, np.float64).reshape(len(x), -1)
-        if rows.shape[1] != len(spec.edges):
-            raise ValueError(
-                f"the data has {rows.shape[1]} features, the monitoring spec {len(spec.edges)}"
-            )
-        for j, (name, edges) in enumerate(spec.edges.items()):
-            count(name, rows[:, j], edges)
-    else:
-        for k in range(probs.shape[1]):
-            count(f"output{k}", probs[:, k], OUTPUT_EDGES)
+    for name, values, edges in binned_columns(spec, x, probs):
+        count(name, values, edges)
     classes = class_edges(spec.num_classes)
     count(LABEL, np.asarray(y, np.float64).ravel(), classes)
     count(PREDICTION, probs.argmax(axis=1).astype(np.float64), classes)

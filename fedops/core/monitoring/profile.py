@@ -158,22 +158,28 @@ def input_edges(x: Array, bins: int = 10) -> dict[str, NDArray[np.float64]]:
     }
 
 
+def binned_columns(
+    spec: MonitorSpec, x: Array, probs: NDArray[np.float64]
+) -> list[tuple[str, NDArray[np.float64], NDArray[np.float64]]]:
+    """What a report bins, with its edges: each input feature (on the spec's shared
+    quantile edges), or each output probability when the spec has no input edges."""
+    if not spec.edges:
+        return [(f"output{k}", probs[:, k], OUTPUT_EDGES) for k in range(probs.shape[1])]
+    rows = np.asarray(x, np.float64).reshape(len(x), -1)
+    if rows.shape[1] != len(spec.edges):
+        raise ValueError(
+            f"the data has {rows.shape[1]} features, the monitoring spec {len(spec.edges)}"
+        )
+    return [(name, rows[:, j], edges) for j, (name, edges) in enumerate(spec.edges.items())]
+
+
 def histograms(
     spec: MonitorSpec, x: Array, y: Array, probs: NDArray[np.float64]
 ) -> dict[str, Counts]:
     """One window's counts: inputs (or outputs), labels and predicted classes."""
-    out: dict[str, Counts] = {}
-    if spec.edges:
-        rows = np.asarray(x, np.float64).reshape(len(x), -1)
-        if rows.shape[1] != len(spec.edges):
-            raise ValueError(
-                f"the data has {rows.shape[1]} features, the monitoring spec {len(spec.edges)}"
-            )
-        for j, (name, edges) in enumerate(spec.edges.items()):
-            out[name] = histogram(rows[:, j], edges)
-    else:
-        for k in range(probs.shape[1]):
-            out[f"output{k}"] = histogram(probs[:, k], OUTPUT_EDGES)
+    out: dict[str, Counts] = {
+        name: histogram(values, edges) for name, values, edges in binned_columns(spec, x, probs)
+    }
     classes = class_edges(spec.num_classes)
     out[LABEL] = histogram(np.asarray(y), classes)
     out[PREDICTION] = histogram(probs.argmax(axis=1), classes)

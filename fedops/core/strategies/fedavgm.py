@@ -19,29 +19,19 @@ The momentum buffer is the strategy's state (:meth:`FedAvgM.state`):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from fedops.core.params import Params
-from fedops.core.results import EvaluateResult, FitResult, weighted_metrics
-from fedops.core.strategies.server_state import (
-    Buffers,
-    apply_step,
-    check_buffers_fit,
-    pack_state,
-    pseudo_gradient,
-    unpack_state,
-)
-
-_KINDS = ("m",)
+from fedops.core.results import FitResult
+from fedops.core.strategies.server_state import ServerOptimizer, apply_step, pseudo_gradient
 
 
 @dataclass(slots=True, kw_only=True)
-class FedAvgM:
+class FedAvgM(ServerOptimizer):
     """FedAvg with server momentum ``momentum`` (β) and learning rate ``server_lr`` (η).
 
     Not frozen: the momentum buffer changes every round. Two instances compare
@@ -60,25 +50,15 @@ class FedAvgM:
         "server_lr": "server_lr",
         "server_momentum": "momentum",
     }
+    KINDS: ClassVar[tuple[str, ...]] = ("m",)
     name: str = "fedavgm"
     server_lr: float = 1.0
     momentum: float = 0.9
-    _buffers: Buffers = field(
-        default_factory=lambda: {kind: {} for kind in _KINDS},
-        init=False,
-        repr=False,
-        compare=False,
-    )
-    _step: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.server_lr) and self.server_lr > 0):
-            raise ValueError(f"server_lr must be a number > 0, got {self.server_lr}")
+        ServerOptimizer.__post_init__(self)
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-
-    def fit_config(self, server_round: int) -> dict[str, float]:
-        return {}
 
     def aggregate_fit(
         self, server_round: int, current: Params, results: Sequence[FitResult]
@@ -86,31 +66,10 @@ class FedAvgM:
         if not results:
             return current
         deltas, counters = pseudo_gradient(current, results)
-        old = self._buffers["m"]
-        if self._step == 0 and not old:
-            old = {name: np.zeros_like(d) for name, d in deltas.items()}
-        else:
-            check_buffers_fit(self._buffers, deltas, self.name)
+        previous = self._previous(deltas)
+        fresh = {n: np.zeros_like(d) for n, d in deltas.items()}
+        old = previous["m"] if previous is not None else fresh
         u = {name: self.momentum * old[name] + d for name, d in deltas.items()}
         out = apply_step(current, {name: self.server_lr * b for name, b in u.items()}, counters)
-        self._buffers, self._step = {"m": u}, self._step + 1
+        self._advance({"m": u})
         return out
-
-    def aggregate_evaluate(
-        self, server_round: int, results: Sequence[EvaluateResult]
-    ) -> dict[str, float]:
-        return weighted_metrics(results)
-
-    def state(self) -> dict[str, np.ndarray]:
-        """The momentum buffer, ``m.<param>`` (float64), and ``step`` (0-d int64): copies."""
-        return pack_state(self._buffers, self._step)
-
-    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
-        """Continue from ``state`` (what :meth:`state` returned; ``{}``: start afresh).
-
-        Raises :class:`ValueError`, changing nothing, for an unknown or missing entry
-        (a FedAdam state, with its ``v.*``, is refused) or a non-finite value. The buffer
-        is checked against the model's tensors at the next :meth:`aggregate_fit`, which
-        raises before changing anything if they differ.
-        """
-        self._buffers, self._step = unpack_state(state, _KINDS, self.name)

@@ -34,23 +34,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from fedops.core.params import Params
-from fedops.core.results import EvaluateResult, FitResult, weighted_metrics
-from fedops.core.strategies.server_state import (
-    Buffers,
-    apply_step,
-    check_buffers_fit,
-    pack_state,
-    pseudo_gradient,
-    unpack_state,
-)
-
-_KINDS = ("m", "v")
+from fedops.core.results import FitResult
+from fedops.core.strategies.server_state import ServerOptimizer, apply_step, pseudo_gradient
 
 
 def _check_unit(name: str, value: float) -> None:
@@ -59,7 +50,7 @@ def _check_unit(name: str, value: float) -> None:
 
 
 @dataclass(slots=True, kw_only=True)
-class FedOpt:
+class FedOpt(ServerOptimizer):
     """Algorithm 2's common part; :class:`FedAdagrad`, :class:`FedAdam` and :class:`FedYogi`
     differ only in how the second moment ``v`` is updated (:meth:`second_moment`).
 
@@ -67,21 +58,14 @@ class FedOpt:
     their hyperparameters are equal, whatever their state.
     """
 
+    KINDS: ClassVar[tuple[str, ...]] = ("m", "v")
     name: str = "fedopt"
     server_lr: float = 0.01
     beta1: float = 0.9
     tau: float = 1e-3
-    _buffers: Buffers = field(
-        default_factory=lambda: {kind: {} for kind in _KINDS},
-        init=False,
-        repr=False,
-        compare=False,
-    )
-    _step: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.server_lr) and self.server_lr > 0):
-            raise ValueError(f"server_lr must be a number > 0, got {self.server_lr}")
+        ServerOptimizer.__post_init__(self)
         _check_unit("beta1", self.beta1)
         if not (math.isfinite(self.tau) and self.tau > 0):
             raise ValueError(f"tau must be a number > 0, got {self.tau}")
@@ -90,48 +74,24 @@ class FedOpt:
         """``v_t`` from ``v_{t-1}`` and ``Δ_t²``."""
         raise NotImplementedError(f"{type(self).__name__} does not define its second moment")
 
-    def fit_config(self, server_round: int) -> dict[str, float]:
-        return {}
-
     def aggregate_fit(
         self, server_round: int, current: Params, results: Sequence[FitResult]
     ) -> Params:
         if not results:
             return current
         deltas, counters = pseudo_gradient(current, results)
-        old_m, old_v = self._buffers["m"], self._buffers["v"]
-        if self._step == 0 and not old_m:
-            tau_sq = self.tau**2
+        previous = self._previous(deltas)
+        if previous is None:  # m_{-1} = 0, v_{-1} = τ²
             old_m = {name: np.zeros_like(d) for name, d in deltas.items()}
-            old_v = {name: np.full_like(d, tau_sq) for name, d in deltas.items()}
+            old_v = {name: np.full_like(d, self.tau**2) for name, d in deltas.items()}
         else:
-            check_buffers_fit(self._buffers, deltas, self.name)
+            old_m, old_v = previous["m"], previous["v"]
         m = {name: self.beta1 * old_m[name] + (1 - self.beta1) * d for name, d in deltas.items()}
         v = {name: self.second_moment(old_v[name], d * d) for name, d in deltas.items()}
         steps = {name: self.server_lr * m[name] / (np.sqrt(v[name]) + self.tau) for name in deltas}
         out = apply_step(current, steps, counters)
-        self._buffers, self._step = {"m": m, "v": v}, self._step + 1
+        self._advance({"m": m, "v": v})
         return out
-
-    def aggregate_evaluate(
-        self, server_round: int, results: Sequence[EvaluateResult]
-    ) -> dict[str, float]:
-        return weighted_metrics(results)
-
-    def state(self) -> dict[str, np.ndarray]:
-        """The moments, ``m.<param>`` and ``v.<param>`` (float64), and ``step`` (0-d int64):
-        copies, safe to keep or write out."""
-        return pack_state(self._buffers, self._step)
-
-    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
-        """Continue from ``state`` (what :meth:`state` returned; ``{}``: start afresh).
-
-        Raises :class:`ValueError`, changing nothing, for an unknown or missing entry, a
-        shape that differs between ``m`` and ``v``, a non-finite value or a negative
-        ``v``. The buffers are checked against the model's tensors at the next
-        :meth:`aggregate_fit`, which raises before changing anything if they differ.
-        """
-        self._buffers, self._step = unpack_state(state, _KINDS, self.name)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -18,12 +18,15 @@ have no buffers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from fedops.core.params import Params
-from fedops.core.results import FitResult
+from fedops.core.results import EvaluateResult, FitResult, weighted_metrics
 
 #: the state entry holding the number of updates applied
 STEP = "step"
@@ -153,3 +156,59 @@ def unpack_state(
                     f"{first}.{name} has {buffers[first][name].shape}"
                 )
     return buffers, int(raw_step)
+
+
+@dataclass(slots=True, kw_only=True)
+class ServerOptimizer:
+    """The part every server optimizer shares: a server learning rate, the buffers it keeps
+    between rounds (its checkpointable state) and the number of updates applied.
+
+    Subclasses name their buffer kinds (``KINDS``) and compute one update in
+    ``aggregate_fit``, with :meth:`_previous` for the buffers to update and
+    :meth:`_advance` to keep the new ones. Not frozen: the buffers change every
+    round; two instances compare equal when their hyperparameters are equal.
+    """
+
+    KINDS: ClassVar[tuple[str, ...]] = ()
+    name: str = "server_optimizer"
+    server_lr: float = 1.0
+    _buffers: Buffers = field(default_factory=dict, init=False, repr=False, compare=False)
+    _step: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.server_lr) and self.server_lr > 0):
+            raise ValueError(f"server_lr must be a number > 0, got {self.server_lr}")
+
+    def fit_config(self, server_round: int) -> dict[str, float]:
+        return {}
+
+    def aggregate_evaluate(
+        self, server_round: int, results: Sequence[EvaluateResult]
+    ) -> dict[str, float]:
+        return weighted_metrics(results)
+
+    def _previous(self, deltas: Mapping[str, np.ndarray]) -> Buffers | None:
+        """The buffers this round updates; None before the first update. Buffers that do not
+        fit the model (e.g. a loaded state for another model) raise before any change."""
+        if self._step == 0 and not any(self._buffers.values()):
+            return None
+        check_buffers_fit(self._buffers, deltas, self.name)
+        return self._buffers
+
+    def _advance(self, buffers: Buffers) -> None:
+        self._buffers, self._step = buffers, self._step + 1
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The buffers as ``<kind>.<param>`` (float64) and ``step`` (0-d int64): copies,
+        safe to keep or write out."""
+        return pack_state(self._buffers, self._step)
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Continue from ``state`` (what :meth:`state` returned; ``{}``: start afresh).
+
+        Raises :class:`ValueError`, changing nothing, for an unknown or missing entry
+        (another optimizer's kinds included), mismatched shapes between kinds, a
+        non-finite value or a negative second moment. The buffers are checked against
+        the model's tensors at the next ``aggregate_fit``, before anything changes.
+        """
+        self._buffers, self._step = unpack_state(state, self.KINDS, self.name)
