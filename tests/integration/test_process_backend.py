@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from procs import final_model
 
 from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
-from fedops.runtime.store import RunStore
 from fedops.simulation.engine import run_simulation
 
 pytestmark = pytest.mark.slow
@@ -29,14 +29,6 @@ def build_model():
 """
 
 
-def _final(run_dir: Path) -> dict[str, np.ndarray]:
-    store = RunStore(run_dir)
-    try:
-        return store.load_round(store.last_round())
-    finally:
-        store.close()
-
-
 def test_process_pool_equals_sequential_on_a_user_task(tmp_path: Path):
     task = tmp_path / "bn_task.py"
     task.write_text(BATCHNORM_TASK)
@@ -53,7 +45,7 @@ def test_process_pool_equals_sequential_on_a_user_task(tmp_path: Path):
         cfg.client.lr, cfg.client.epochs, cfg.client.batch_size = 0.1, 1, 64
         summary = run_simulation(validate(cfg), tmp_path / backend)
         assert summary["status"] == "completed"
-        finals[backend] = _final(tmp_path / backend)
+        finals[backend] = final_model(tmp_path / backend)
     assert "1.running_mean" in finals["process"]  # buffers travelled and were averaged
     for name, value in finals["sequential"].items():
         np.testing.assert_allclose(finals["process"][name], value, rtol=1e-5, atol=1e-6)

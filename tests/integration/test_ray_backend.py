@@ -6,20 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from procs import final_model
 
 from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
-from fedops.runtime.store import RunStore
 from fedops.simulation.engine import run_simulation
 
 pytestmark = pytest.mark.slow
-
-
-def _final(run_dir: Path) -> dict[str, np.ndarray]:
-    store = RunStore(run_dir)
-    try:
-        return store.load_round(store.last_round())
-    finally:
-        store.close()
 
 
 def test_ray_actors_equal_sequential(tmp_path: Path):
@@ -36,6 +28,6 @@ def test_ray_actors_equal_sequential(tmp_path: Path):
         cfg.strategy.name, cfg.strategy.mu = "fedprox", 0.1
         summary = run_simulation(validate(cfg), tmp_path / backend)
         assert summary["status"] == "completed"
-        finals[backend] = _final(tmp_path / backend)
+        finals[backend] = final_model(tmp_path / backend)
     for name, value in finals["sequential"].items():
         np.testing.assert_allclose(finals["ray"][name], value, rtol=1e-5, atol=1e-6)

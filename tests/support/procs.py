@@ -189,6 +189,17 @@ def journal(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
 
 
+def final_model(run_dir: Path) -> dict[str, Any]:
+    """The last committed round's model of a run directory (verified against its sha256)."""
+    from fedops.runtime.store import RunStore
+
+    store = RunStore(run_dir)
+    try:
+        return store.load_round(store.last_round())
+    finally:
+        store.close()
+
+
 def query(run_dir: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     with sqlite3.connect(run_dir / "state.sqlite") as db:
         return db.execute(sql, params).fetchall()

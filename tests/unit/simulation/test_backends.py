@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from procs import final_model
 from torch import nn
 
 from fedops.core.training import TrainConfig
@@ -17,14 +18,6 @@ from fedops.runtime.store import RunStore
 from fedops.simulation.engine import run_simulation
 from fedops.simulation.faults import FaultPlan
 from fedops.simulation.vectorized_backend import VectorizedTransport
-
-
-def _final(run_dir: Path) -> dict[str, np.ndarray]:
-    store = RunStore(run_dir)
-    try:
-        return store.load_round(store.last_round())
-    finally:
-        store.close()
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox"])
@@ -44,7 +37,7 @@ def test_vectorized_equals_sequential(tmp_path: Path, strategy: str):
         cfg.client.epochs = 2
         summary = run_simulation(validate(cfg), tmp_path / backend)
         assert summary["status"] == "completed"
-        results[backend] = (_final(tmp_path / backend), summary["final_metrics"])
+        results[backend] = (final_model(tmp_path / backend), summary["final_metrics"])
     (vec, vec_metrics), (seq, seq_metrics) = results["vectorized"], results["sequential"]
     for name in seq:
         np.testing.assert_allclose(vec[name], seq[name], rtol=1e-4, atol=1e-5)

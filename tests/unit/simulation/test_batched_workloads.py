@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from procs import final_model
 
 from fedops.config.hydra_app import SCENARIO_DIR, compose_settings
 from fedops.core.monitoring.profile import ReportLimits, SiteReport
@@ -27,7 +28,6 @@ from fedops.core.training import TrainConfig
 from fedops.data.build import from_task
 from fedops.runtime.round_monitor import MonitorSettings, monitor_spec
 from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
-from fedops.runtime.store import RunStore
 from fedops.runtime.transport import Instruction
 from fedops.simulation.engine import initial_model, run_simulation
 from fedops.simulation.federation import round_loader
@@ -210,14 +210,6 @@ def load_data(site, num_sites):
 """
 
 
-def _final(run_dir: Path) -> dict[str, np.ndarray]:
-    store = RunStore(run_dir)
-    try:
-        return store.load_round(store.last_round())
-    finally:
-        store.close()
-
-
 def _run_task(tmp_path: Path, name: str, body: str, backend: str = "vectorized") -> dict[str, Any]:
     path = tmp_path / f"{name}.py"
     path.write_text(body)
@@ -232,9 +224,9 @@ def test_datasets_train_the_same_model_as_arrays_on_the_default_backend(tmp_path
     for form in ("arrays", "tensors", "items"):
         summary = _run_task(tmp_path, form, TASK_FILE.format(form=form))
         assert summary["status"] == "completed" and summary["backend"] == "vectorized"
-        models[form] = _final(tmp_path / f"run-{form}-vectorized")
+        models[form] = final_model(tmp_path / f"run-{form}-vectorized")
     _run_task(tmp_path, "arrays", TASK_FILE.format(form="arrays"), backend="sequential")
-    reference = _final(tmp_path / "run-arrays-sequential")
+    reference = final_model(tmp_path / "run-arrays-sequential")
     for form, params in models.items():
         for name, value in params.items():
             np.testing.assert_array_equal(value, models["arrays"][name], err_msg=form)
@@ -267,8 +259,8 @@ def test_per_round_data_runs_on_the_default_backend_and_changes(tmp_path: Path):
     summary = _run_task(tmp_path, "rounds", ROUND_TASK)
     assert summary["status"] == "completed" and summary["backend"] == "vectorized"
     _run_task(tmp_path, "rounds", ROUND_TASK, backend="sequential")
-    vec = _final(tmp_path / "run-rounds-vectorized")
-    seq = _final(tmp_path / "run-rounds-sequential")
+    vec = final_model(tmp_path / "run-rounds-vectorized")
+    seq = final_model(tmp_path / "run-rounds-sequential")
     for name in seq:
         np.testing.assert_allclose(vec[name], seq[name], rtol=1e-4, atol=1e-5)
     task = load_task(str(tmp_path / "rounds.py"))
