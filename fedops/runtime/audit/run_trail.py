@@ -15,7 +15,7 @@ from typing import Any
 from fedops.core.audit import json_values
 from fedops.runtime.audit.log_file import AuditLog
 from fedops.runtime.driver import RoundRecord
-from fedops.runtime.store import RunStore, config_digest
+from fedops.runtime.store import Participant, RunStore, config_digest
 
 PRIVACY_KEYS = (
     "privacy_mechanism",
@@ -69,38 +69,62 @@ class RunTrail:
         )
 
     def observe_round(self, record: RoundRecord) -> None:
+        """The round's entries (commit, DP spent, each site's drift report, alerts), written
+        together: one disk flush per round whatever the number of sites."""
         r, m = record.server_round, record.metrics
-        self._record(
-            "round_committed",
-            {
-                "round": r,
-                "model_digest": self.store.model_digest(r),
-                "num_clients": m.get("num_clients"),
-                "participants": [
-                    {"node_id": p.node_id, "site": p.site, "phase": p.phase, "outcome": p.outcome}
-                    for p in record.participants
-                ],
-            },
-        )
+        entries: list[tuple[str, dict[str, Any]]] = [
+            (
+                "round_committed",
+                {
+                    "round": r,
+                    "model_digest": self.store.model_digest(r),
+                    "num_clients": m.get("num_clients"),
+                    "participants": [
+                        {
+                            "node_id": p.node_id,
+                            "site": p.site,
+                            "phase": p.phase,
+                            "outcome": p.outcome,
+                        }
+                        for p in record.participants
+                    ],
+                },
+            )
+        ]
         privacy = {k: m[k] for k in PRIVACY_KEYS if k in m}
         if privacy:
-            self._record("privacy_spent", {"round": r, **privacy})
+            entries.append(("privacy_spent", {"round": r, **privacy}))
         for site, drift in m.get("drift", {}).items():
-            self._record(
-                "drift_report", {"round": r, "site": site, **{k: drift.get(k) for k in DRIFT_KEYS}}
+            entries.append(
+                (
+                    "drift_report",
+                    {"round": r, "site": site, **{k: drift.get(k) for k in DRIFT_KEYS}},
+                )
             )
         if "fairness" in m:
-            self._record("fairness_report", {"round": r, **m["fairness"]})
-        self._alerts(r, m)
+            entries.append(("fairness_report", {"round": r, **m["fairness"]}))
+        entries += _alerts(r, m)
+        self.audit.record_many([(event, json_values(payload)) for event, payload in entries])
 
-    def _alerts(self, server_round: int, m: Mapping[str, Any]) -> None:
-        """One entry per alerting site (drift) or metric (fairness), not per statistic."""
-        by_site: dict[str, list[dict[str, Any]]] = {}
-        for alert in m.get("drift_alerts", []):
-            by_site.setdefault(alert["site"], []).append(alert)
-        for site, alerts in sorted(by_site.items()):
-            worst = max(alerts, key=lambda a: a["value"])
-            self._record(
+    def run_finished(self, summary: Mapping[str, Any]) -> None:
+        keys = ("status", "rounds_completed", "model_digest", "privacy", "stop_reason")
+        self._record("run_finished", {k: summary[k] for k in keys if k in summary})
+
+
+def _participant(p: Participant) -> dict[str, str]:
+    return {"node_id": p.node_id, "site": p.site, "phase": p.phase, "outcome": p.outcome}
+
+
+def _alerts(server_round: int, m: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """One entry per alerting site (drift) or metric (fairness), not per statistic."""
+    by_site: dict[str, list[dict[str, Any]]] = {}
+    for alert in m.get("drift_alerts", []):
+        by_site.setdefault(alert["site"], []).append(alert)
+    entries = []
+    for site, alerts in sorted(by_site.items()):
+        worst = max(alerts, key=lambda a: a["value"])
+        entries.append(
+            (
                 "alert",
                 {
                     "round": server_round,
@@ -111,9 +135,7 @@ class RunTrail:
                     "worst": worst,
                 },
             )
-        for alert in m.get("fairness_alerts", []):
-            self._record("alert", {"round": server_round, "kind": "fairness", **alert})
-
-    def run_finished(self, summary: Mapping[str, Any]) -> None:
-        keys = ("status", "rounds_completed", "model_digest", "privacy", "stop_reason")
-        self._record("run_finished", {k: summary[k] for k in keys if k in summary})
+        )
+    for alert in m.get("fairness_alerts", []):
+        entries.append(("alert", {"round": server_round, "kind": "fairness", **alert}))
+    return entries

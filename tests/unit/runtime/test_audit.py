@@ -434,3 +434,37 @@ def test_a_failed_write_is_cut_back_off(tmp_path, monkeypatch):
         log.record("e", {"i": 2})
     result = verify_log(tmp_path)
     assert result.ok and result.entries == 2
+
+
+# -- a round's entries in one write -----------------------------------------------------
+@given(st.lists(_records, min_size=1, max_size=4))
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_record_many_writes_what_one_by_one_writes(batches):
+    """Batched entries chain, sign and verify exactly as entries recorded one at a time."""
+    with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as many:
+        _write(Path(one), [r for batch in batches for r in batch])
+        with AuditLog.open(Path(many), "coordinator", fsync=False) as log:
+            for batch in batches:
+                log.record_many(batch)
+        strip = ("time", "hash", "prev_hash", "signature")
+        read = [
+            [{k: v for k, v in json.loads(line).items() if k not in strip} for line in _lines(p)]
+            for p in (Path(one) / LOG_NAME, Path(many) / LOG_NAME)
+        ]
+        assert read[0][1:] == read[1][1:]  # the same events, payloads and sequence numbers
+        assert verify_log(Path(many) / LOG_NAME).ok
+
+
+def test_record_many_is_all_or_nothing_and_flushes_once(tmp_path, monkeypatch):
+    with AuditLog.open(tmp_path, "coordinator", fsync=True) as log:
+        before = (tmp_path / LOG_NAME).read_bytes()
+        with pytest.raises(ValueError):
+            log.record_many([("drift_report", {"psi": 0.1}), ("drift_report", {"psi": math.nan})])
+        assert (tmp_path / LOG_NAME).read_bytes() == before  # the good first entry is not in
+        flushed: list[int] = []
+        real = os.fsync
+        monkeypatch.setattr(os, "fsync", lambda fd: (flushed.append(fd), real(fd))[1])
+        log.record_many([("drift_report", {"site": f"s{i}", "psi": 0.1}) for i in range(50)])
+        assert len(flushed) == 2  # the log once, its head file once: not 50 times each
+    lines = _lines(tmp_path / LOG_NAME)
+    assert len(lines) == 51 and verify_log(tmp_path / LOG_NAME).ok
