@@ -162,7 +162,6 @@ def run_agents(address: str, first: int, count: int, num_sites: int, run_dir: Pa
 
     from fedops.client.agent import Agent
     from fedops.core.training import TrainConfig
-    from fedops.runtime.schema import ClientTrainConfig
     from fedops.runtime.settings import ClientConfig
     from fedops.tasks import load_task
     from fedops.tasks.site import Site
@@ -175,7 +174,7 @@ def run_agents(address: str, first: int, count: int, num_sites: int, run_dir: Pa
         force=True,  # Opacus configures the root logger on import
     )
     task = load_task(str(TASK))
-    train = TrainConfig(epochs=1, batch_size=10, lr=0.1, optimizer="sgd")
+    train = TrainConfig()  # unused: every task brings the run's (the coordinator's --epochs ...)
     agents = []
     for index in range(first, first + count):
         cfg = ClientConfig(
@@ -184,7 +183,6 @@ def run_agents(address: str, first: int, count: int, num_sites: int, run_dir: Pa
             site=index,
             num_sites=num_sites,
             run_dir=run_dir / f"site-{index}",
-            train=ClientTrainConfig(epochs=1, batch_size=10, lr=0.1),
         )
         site = Site(task, site=index, num_sites=num_sites, train_config=train)
         agents.append(Agent(cfg, site))
@@ -221,6 +219,8 @@ def run_load(args: argparse.Namespace, out: Path, hostile: int = 0) -> dict[str,
         "--round-timeout", "600", "--join-timeout", "900",
         "--heartbeat-interval", str(args.heartbeat), "--liveness-timeout", str(args.liveness),
         "--max-workers", str(args.max_workers), "--monitoring", args.monitoring,
+        # the run's training settings, sent to every agent with each task
+        "--epochs", "1", "--batch-size", "10", "--lr", "0.1",
     ]  # fmt: skip
     log = (out / "coordinator.log").open("w")
     started = time.monotonic()

@@ -103,11 +103,13 @@ def _config(args: argparse.Namespace) -> Any:
         values["liveness_timeout_s"] = values.pop("liveness_timeout")
         values["heartbeat_interval_s"] = values.pop("heartbeat_interval")
         features = {key: sections[key] for key in ("privacy", "secagg", "monitoring")}
-        return CoordinatorConfig(**values, strategy=sections["strategy"], **features)
+        return CoordinatorConfig(
+            **values, strategy=sections["strategy"], train=sections["client"], **features
+        )
     if args.command == "client":
         values["coordinator"] = _kit_address(args.kit, args.coordinator, pin)
         values["insecure"] = args.insecure
-        return ClientConfig(**values, train=sections["client"])
+        return ClientConfig(**values)
     raise AssertionError(f"no config for {args.command}")
 
 
@@ -205,17 +207,14 @@ def _dispatch(command: str, cfg: Any, ca_fingerprint: str | None = None) -> int:
 
 
 def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
-    from fedops.client.agent import (
-        Agent,
-        CoordinatorRefused,
-        CoordinatorUnreachable,
-        site_policy,
-    )
+    from fedops.client.agent import site_policy
+    from fedops.client.flower_startup import flower_site
     from fedops.consortium.kit import KitError, load_kit
+    from fedops.core.training import TrainConfig
     from fedops.tasks import load_task
+    from fedops.tasks.flower_app import FlowerAppError
     from fedops.tasks.loader import TaskNotAllowed
     from fedops.tasks.site import Site
-    from fedops.tasks.site_policy import PolicyViolation
 
     try:
         kit = load_kit(cfg.kit, ca_fingerprint=ca_fingerprint) if cfg.kit is not None else None
@@ -226,37 +225,40 @@ def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
         print(f"fedops client: error: --kit: {exc}", file=sys.stderr)
         return 2
     try:  # checked against the site's allowed digests before any of its code runs
+        if cfg.flower_app is not None:  # a Flower app as the site (README: Coming from Flower)
+            return _run_agent(cfg, flower_site(cfg, policy), kit, policy)
         task = load_task(cfg.task, allowed=policy.allowed_tasks, **cfg.builtin_options())
     except TaskNotAllowed as exc:
         _refuse_task(cfg, kit, str(exc))
         print(f"fedops client: error: {exc}", file=sys.stderr)
         return 1
+    except FlowerAppError as exc:
+        print(f"fedops client: error: --flower-app: {exc}", file=sys.stderr)
+        return 2
     site = Site(
         task,
         site=cfg.site,
         num_sites=cfg.num_sites,
-        train_config=train_config(cfg),
+        train_config=TrainConfig(),  # unused: every training task brings the run's settings
+        train_caps=policy.train_caps,
         max_epsilon=policy.max_epsilon,
         max_delta=policy.max_delta,
         public_records=policy.dp_public_records,
         report_limits=policy.report_limits,
         ledger_dir=cfg.run_dir,  # the site's privacy ledger survives restarts there
     )
+    return _run_agent(cfg, site, kit, policy)
+
+
+def _run_agent(cfg: Any, site: Any, kit: Any, policy: Any) -> int:
+    from fedops.client.agent import Agent, CoordinatorRefused, CoordinatorUnreachable
+    from fedops.tasks.site_policy import PolicyViolation
+
     try:
         return Agent(cfg, site, kit=kit, policy=policy).run()
     except (CoordinatorUnreachable, CoordinatorRefused, PolicyViolation) as exc:
         print(f"fedops client: error: {exc}", file=sys.stderr)
         return 1
-
-
-def train_config(cfg: Any) -> Any:
-    """The site's local training settings (``--epochs --batch-size --lr --optimizer
-    --momentum``)."""
-    import dataclasses
-
-    from fedops.core.training import TrainConfig
-
-    return TrainConfig(**dataclasses.asdict(cfg.train))
 
 
 def _refuse_task(cfg: Any, kit: Any, reason: str) -> None:

@@ -1,4 +1,10 @@
-"""``fedops client``'s flags: a site's connection, identity, policy and local training."""
+"""``fedops client``'s flags: a site's connection, identity and policy.
+
+A site's local training is the run's (``fedops coordinator --epochs`` ...), sent with
+every task; the site caps it (``--max-epochs`` ...). The training flags a site once had
+are kept as names only, to say so (:class:`_Moved`) instead of argparse's bare
+"unrecognized arguments".
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fedops.cli.flags import ca_fingerprint_flag, config_defaults, schema_flags, task_flags
-from fedops.config import ClientConfig
+from fedops.cli.flags import ca_fingerprint_flag, config_defaults, task_flags
+from fedops.config import SECTIONS, ClientConfig, flag_of, flagged
 
 
 def _duration(text: str) -> float:
@@ -42,7 +48,8 @@ def client_parser(sub: Any) -> None:
         action="store_true",
         help="plaintext gRPC, no certificates: local development only",
     )
-    task_flags(client, required=True)
+    task_flags(client, required=False)  # or --flower-app: ClientConfig wants one of them
+    _flower_flags(client)
     client.add_argument("--site", type=int, required=True, help="this site's index (0-based)")
     client.add_argument("--num-sites", type=int, required=True, help="number of sites")
     client.add_argument("--site-name", help="name shown to the coordinator")
@@ -51,8 +58,24 @@ def client_parser(sub: Any) -> None:
     _sharing_flags(client)
     _identity_flags(client)
     _policy_flags(client)
-    schema_flags(client, "client", "local training (client.* in fedops simulate)")
-    config_defaults(client, ClientConfig, skip=("coordinator",))
+    _moved_flags(client)
+    config_defaults(client, ClientConfig, skip=("coordinator", "task"))  # no task: --flower-app?
+
+
+def _flower_flags(client: argparse.ArgumentParser) -> None:
+    """A Flower app run unchanged as this site (README: "Coming from Flower")."""
+    client.add_argument(
+        "--flower-app",
+        metavar="MODULE:ATTR",
+        help="run this Flower ClientApp, client_fn or NumPyClient factory as the site "
+        "instead of a --task (needs fedops[flower]; imported from PYTHONPATH or this directory)",
+    )
+    client.add_argument(
+        "--flower-initial",
+        metavar="MODULE:ATTR",
+        help="with a Message API --flower-app: a callable building the model's first "
+        "parameters (a torch module, state_dict, ArrayRecord or list of arrays)",
+    )
 
 
 def _retry_flags(client: argparse.ArgumentParser) -> None:
@@ -147,6 +170,9 @@ def _policy_flags(client: argparse.ArgumentParser) -> None:
         "file; the task_digest of the coordinator's summary.json and run_started audit entry",
     )
     for flag, kind, text in (
+        ("--max-epochs", int, "decline a training task asking more local epochs than this"),
+        ("--max-batch-size", int, "decline a training task asking a larger batch than this"),
+        ("--max-lr", float, "decline a training task asking a larger learning rate than this"),
         ("--secagg-min-cohort", int, "fewest sites in a secure-aggregation cohort (default 3)"),
         (
             "--secagg-min-degree",
@@ -171,3 +197,31 @@ def _policy_flags(client: argparse.ArgumentParser) -> None:
         type=Path,
         help='JSON {"consent": true}; set it to false to withdraw: the site declines and leaves',
     )
+
+
+class _Moved(argparse.Action):
+    """A training flag a site no longer takes: the parse stops with where it went."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        key = self.dest.removeprefix("moved.")
+        cap = f"--max-{key.replace('_', '-')}"
+        capped = f"; a site caps it with {cap}" if key in ("epochs", "batch_size", "lr") else ""
+        parser.error(
+            f"{option} moved to the run: the coordinator sends every site the run's training "
+            f"settings with each task, so set it there (fedops coordinator {option}, or "
+            f"client.{key} in a simulation's config){capped}"
+        )
+
+
+def _moved_flags(client: argparse.ArgumentParser) -> None:
+    """The run's training flags (the ``client.*`` section), hidden here: each one names
+    the coordinator's flag of the same name and this site's cap on it."""
+    for spec in flagged(SECTIONS["client"]):
+        client.add_argument(
+            flag_of(f"client.{spec.name}"),
+            dest=f"moved.{spec.name}",
+            nargs="?",
+            action=_Moved,
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )

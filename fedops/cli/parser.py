@@ -84,6 +84,12 @@ def _coordinator_parser(sub: Any) -> None:
     )
     task_flags(coord, required=False)
     _round_flags(coord)
+    schema_flags(
+        coord,
+        "client",
+        "the run's local training, sent to every site with each task (client.* in fedops "
+        "simulate; a site caps it: fedops client --max-epochs ...)",
+    )
     _serving_flags(coord)
     _feature_flags(coord)
     config_defaults(coord, CoordinatorConfig, skip=("address",))

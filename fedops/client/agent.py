@@ -32,7 +32,7 @@ from fedops.consortium.kit import Kit
 from fedops.core.params import Params, specs_of
 from fedops.crypto import Crypto
 from fedops.runtime.settings import ClientConfig
-from fedops.tasks.site import Site
+from fedops.tasks.local_site import LocalSite
 from fedops.tasks.site_policy import PolicyViolation, SitePolicy
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
@@ -80,7 +80,7 @@ class Agent:
     def __init__(
         self,
         cfg: ClientConfig,
-        site: Site,
+        site: LocalSite,
         *,
         kit: Kit | None = None,
         policy: SitePolicy | None = None,

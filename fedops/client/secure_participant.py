@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from cryptography import x509
 
+from fedops.client.task_guard import run_training
 from fedops.consortium.kit import Kit
 from fedops.consortium.signing import CertificateVerifier
 from fedops.consortium.tls import Revocation
@@ -37,7 +38,8 @@ from fedops.core.secagg.policy import SecAggPolicy
 from fedops.core.secagg.primitives import ProtocolError, SecAggCrypto, Signer, Verifier
 from fedops.core.secagg.update import encode_update, vector_length
 from fedops.crypto import Identity, TrustedKeys
-from fedops.tasks.site import DP_NUM_EXAMPLES, Site
+from fedops.tasks.local_site import LocalSite
+from fedops.tasks.site import DP_NUM_EXAMPLES
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import secagg as secagg_codec
 
@@ -117,7 +119,7 @@ class SecureParticipant:
 
     def __init__(
         self,
-        site: Site,
+        site: LocalSite,
         crypto: SecAggCrypto,
         *,
         sign: Signer | None = None,
@@ -216,11 +218,13 @@ class SecureParticipant:
                 f"a mask request, but this round's session is at stage {client.stage + 1}"
             )
         self.record.check_round(task.run_id, task.round)
+        train = run_training(task)
+        self.site.training(train)  # the site's caps, before the download
         start = fetch()
         # everything mask() will refuse, refused before a round is trained (and charged)
         client.check_mask_request(request, vector_length(start) - 1)
         trained, n, metrics = self.site.fit(
-            start, task.round, dict(task.config), run_id=task.run_id
+            start, task.round, dict(task.config), run_id=task.run_id, train=train
         )
         # stochastic rounding and Skellam noise from a generator seeded afresh from the OS
         # each round (256 bits): PCG64 is no CSPRNG, so no state outlives one masked input

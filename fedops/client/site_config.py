@@ -14,7 +14,7 @@ from typing import Any
 
 from fedops.consortium.kit import Kit
 from fedops.runtime.settings import ClientConfig
-from fedops.tasks.site_policy import SECAGG_RULES, SitePolicy
+from fedops.tasks.site_policy import SECAGG_RULES, TRAIN_CAPS, SitePolicy
 
 
 def site_policy(cfg: ClientConfig, kit: Kit | None) -> SitePolicy:
@@ -31,6 +31,7 @@ def site_policy(cfg: ClientConfig, kit: Kit | None) -> SitePolicy:
         allowed_tasks=tuple(cfg.allowed_task or ()),
         consent_file=cfg.consent_file,
         **{rule: getattr(cfg, rule) for rule in SECAGG_RULES},  # the --secagg-* flags
+        **{cap: getattr(cfg, cap) for cap in TRAIN_CAPS},  # --max-epochs ...
     )
 
 
@@ -65,5 +66,6 @@ def started_policy(
         "consent": p.consent,
         "consent_file": p.consent_file,
         "secagg": dataclasses.asdict(p.secagg),
+        "train_caps": dataclasses.asdict(p.train_caps),
         "secagg_identity": secagg_identity,
     }

@@ -20,6 +20,7 @@ from fedops.runtime.audit.log_file import AuditLog
 from fedops.tasks.ledger import Spent
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire.phases import phase_of
+from fedops.wire.training import train_record
 
 #: what a site's local_epsilon is a guarantee of (README: "Privacy guarantees")
 LOCAL_DP_MECHANISM = (
@@ -85,13 +86,17 @@ class SiteTrail:
         )
 
     def received(self, task: pb.Task, node: str, model_digest: str, head: Anchor | None) -> None:
-        """A task's model, downloaded and checked, with the coordinator's log ``head``."""
+        """A task's model, downloaded and checked, with the coordinator's log ``head``, and
+        the run's training settings a training task carries (what the site trained with)."""
+        train = train_record(task)
+        trains = {"train": train} if train is not None else {}
         self.journal(
             event="model",
             round=task.round,
             kind=pb.TaskKind.Name(task.kind),
             model_digest=model_digest,
             config=dict(task.config),
+            **trains,
         )
         self.audit(
             "model_received",
@@ -100,6 +105,7 @@ class SiteTrail:
             model_digest=model_digest,
             node_id=node,
             config=dict(task.config),
+            **trains,
             # the coordinator's log head: truncating that log later cannot remove it here
             **payload_of(head, task.run_id),
         )

@@ -12,7 +12,7 @@ import logging
 from fedops.consortium.crl import CRL_DELIVERED, DeliveredCrl
 from fedops.consortium.kit import Kit
 from fedops.runtime.settings import ClientConfig
-from fedops.tasks.site import Site
+from fedops.tasks.local_site import LocalSite
 from fedops.tasks.site_policy import PolicyViolation, SitePolicy
 
 __all__ = ["check_ledger", "delivered_crl", "warn_count_shows", "warn_without_identities"]
@@ -20,7 +20,7 @@ __all__ = ["check_ledger", "delivered_crl", "warn_count_shows", "warn_without_id
 log = logging.getLogger("fedops.client")
 
 
-def check_ledger(cfg: ClientConfig, site: Site, policy: SitePolicy) -> None:
+def check_ledger(cfg: ClientConfig, site: LocalSite, policy: SitePolicy) -> None:
     """A privacy cap holds across restarts only if the site's ledger is on disk."""
     if site.ledger.path is not None:
         return

@@ -14,7 +14,10 @@ secure aggregation only for the run the site registered for.
 
 from __future__ import annotations
 
+from fedops.core.train_settings import TrainSettings
+from fedops.tasks.fit_settings import PolicyRefusal
 from fedops.v1 import fedops_pb2 as pb
+from fedops.wire.training import train_of
 
 
 class TaskGuard:
@@ -64,3 +67,16 @@ class TaskGuard:
                 )
             self._evaluated = task.round
         return ""
+
+
+def run_training(task: pb.Task) -> TrainSettings:
+    """The run's training settings a training task must carry (``Task.train``), else a
+    refusal: a site has no training settings of its own to fall back on, and guessing
+    would train differently from what the run's config records."""
+    train = train_of(task)
+    if train is None:
+        raise PolicyRefusal(
+            "the task carries no training settings (Task.train, protocol fedops.v1.3): this "
+            "site trains only with the run's, which the coordinator sends with every task"
+        )
+    return train

@@ -22,10 +22,11 @@ from fedops.client.calls import Session, push_result
 from fedops.client.coordinator_checks import CoordinatorChecks
 from fedops.client.secure_participant import SecureParticipant
 from fedops.client.site_trail import SiteTrail
-from fedops.client.task_guard import TaskGuard
+from fedops.client.task_guard import TaskGuard, run_training
 from fedops.core.params import InvalidUpdate, Params
 from fedops.core.secagg.primitives import ProtocolError
-from fedops.tasks.site import DP_NUM_EXAMPLES, PolicyRefusal, Site
+from fedops.tasks.local_site import LocalSite
+from fedops.tasks.site import DP_NUM_EXAMPLES, PolicyRefusal
 from fedops.tasks.site_policy import PolicyViolation, SitePolicy
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import monitoring
@@ -53,7 +54,7 @@ class TaskHandler:
         outbox: where the task's answer goes (every answer goes out this one way).
     """
 
-    site: Site
+    site: LocalSite
     policy: SitePolicy
     guard: TaskGuard
     checks: CoordinatorChecks
@@ -76,10 +77,12 @@ class TaskHandler:
             n = self.announced_examples or DP_NUM_EXAMPLES
             self.outbox.push(task, self.site.initial_params(), n, {})
         elif task.kind == pb.TASK_KIND_FIT:
-            params = self.fetch(task)
-            try:
+            try:  # the run's settings, checked against the site's caps before the download
+                train = run_training(task)
+                self.site.training(train)
+                params = self.fetch(task)
                 new, n, metrics = self.site.fit(
-                    params, task.round, dict(task.config), run_id=task.run_id
+                    params, task.round, dict(task.config), run_id=task.run_id, train=train
                 )
             except PolicyRefusal as exc:
                 self.decline(task, str(exc))

@@ -39,6 +39,9 @@ POLICY_KEYS = {
     "max_epsilon": "a positive number: the largest total privacy budget the site accepts",
     "max_delta": "a number in (0, 1): the largest δ the site accounts its local DP at",
     "max_rounds": "a positive integer: the most rounds the site takes part in",
+    "max_epochs": "a positive integer: the most local epochs a run may ask the site to train",
+    "max_batch_size": "a positive integer: the largest batch a run may ask the site to train with",
+    "max_lr": "a positive number: the largest learning rate a run may ask the site to train at",
     "dp_public_records": "a positive integer: the record count local DP is planned with",
     "require_secagg": "true or false: whether the site trains only under secure aggregation",
     "monitoring_min_count": "a positive integer: no monitoring bin reports fewer of its rows",
@@ -222,7 +225,7 @@ def check_policy(value: Any, where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, item in policy.items():
         path = f"{where}.{key}"
-        if key == "max_epsilon":
+        if key in ("max_epsilon", "max_lr"):
             if (
                 isinstance(item, bool)
                 or not isinstance(item, int | float)
@@ -237,6 +240,8 @@ def check_policy(value: Any, where: str) -> dict[str, Any]:
             out[key] = float(item)
         elif key in (
             "max_rounds",
+            "max_epochs",
+            "max_batch_size",
             "dp_public_records",
             "monitoring_min_count",
             "monitoring_max_cells",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -176,6 +177,7 @@ def _plan(
             "rounds_planned": cfg.rounds,
             "secagg": cfg.secagg.name,
             "privacy_mode": cfg.privacy.name,
+            "train": dataclasses.asdict(cfg.train),
         },
         privacy=_privacy(cfg),
         secagg=_secagg(cfg),
@@ -191,6 +193,7 @@ def _driver(cfg: CoordinatorConfig) -> DriverConfig:
         join_timeout_s=cfg.join_timeout_s,
         seed=cfg.seed,
         min_fit_results=cfg.min_fit_results,
+        train=cfg.train.plan(),  # the run's: every fit task carries this round's
     )
 
 

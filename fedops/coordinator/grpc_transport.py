@@ -42,6 +42,7 @@ from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import codec, monitoring, phases
 from fedops.wire import secagg as secagg_codec
 from fedops.wire.codec import shown
+from fedops.wire.training import train_to_proto
 
 log = logging.getLogger("fedops.coordinator")
 
@@ -179,6 +180,9 @@ class GrpcTransport:
         stage, monitor = instruction.stage, instruction.monitor
         if stage is not None and phase is not TRAINING_STAGE:
             params, config = {}, {}  # key exchange and unmasking need no model
+        train = None
+        if instruction.train is not None and (stage is None or phase is TRAINING_STAGE):
+            train = train_to_proto(instruction.train)
         specs = specs_of(params)
         model_digest = ""
         if params:
@@ -209,6 +213,8 @@ class GrpcTransport:
                 if stage is not None:
                     task.secagg.CopyFrom(secagg_codec.request_to_proto(stage.messages[node]))
                     assignment.result_specs = list(stage.result_specs)
+                if train is not None:
+                    task.train.CopyFrom(train)
                 if monitor is not None and phase is Phase.EVALUATE:
                     task.monitor.CopyFrom(monitor_proto)
                     assignment.monitor = monitor

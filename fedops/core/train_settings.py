@@ -11,6 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+#: every site's bounds on what a run may ask, caps or not (the run's config is refused
+#: above them first): more epochs train for ever (1e18 did), a larger batch is no batch a
+#: site holds, a larger rate no sane step (a crafted 1e300 trains to inf)
+MAX_EPOCHS = 100
+MAX_BATCH_SIZE = 1_000_000
+MAX_LR = 100.0
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainSettings:

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedops.core.optimizers import OPTIMIZERS
 from fedops.core.params import Params
+from fedops.core.train_settings import TrainSettings
 
 Data = Dataset[Any] | tuple[torch.Tensor, torch.Tensor]
 
@@ -44,6 +45,16 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.proximal_mu < 0:
             raise ValueError(f"proximal_mu must be >= 0, got {self.proximal_mu}")
+
+    def settings(self) -> TrainSettings:
+        """These settings as a fit task carries them (without the per-round keys)."""
+        return TrainSettings(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            momentum=self.momentum,
+        )
 
 
 def get_params(model: nn.Module) -> Params:

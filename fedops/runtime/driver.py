@@ -178,9 +178,13 @@ class RoundDriver:
             outcome = phase.run_fit(ctx, server_round, selected, params, fit_config)
             if outcome is not None:
                 return outcome
-        tracker = self._collect(
-            server_round, selected, Instruction(phase=Phase.FIT, params=params, config=fit_config)
+        fit = Instruction(
+            phase=Phase.FIT,
+            params=params,
+            config=fit_config,
+            train=ctx.config.train_at(server_round),
         )
+        tracker = self._collect(server_round, selected, fit)
         results = [r for r in tracker.results if isinstance(r, FitResult)]
         return FitOutcome(
             results=results,

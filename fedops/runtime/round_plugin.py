@@ -23,6 +23,7 @@ from typing import Any
 from fedops.core.params import Params
 from fedops.core.results import EvaluateResult, FitResult, StageResult
 from fedops.core.strategies.protocol import Strategy
+from fedops.core.train_settings import TrainPlan, TrainSettings
 from fedops.runtime.store import Participant, RunStore
 from fedops.runtime.transport import Transport
 
@@ -37,6 +38,13 @@ class DriverConfig:
     seed: int = 0
     #: fewer accepted updates than this abort the round: the model stays as it was
     min_fit_results: int = 1
+    #: how sites train, round by round: every fit task carries ``train.at(round)``
+    #: (None: the tasks carry none, for callers driving sites that train as they are built)
+    train: TrainPlan | None = None
+
+    def train_at(self, server_round: int) -> TrainSettings | None:
+        """The training settings of this round's fit tasks."""
+        return self.train.at(server_round) if self.train is not None else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,6 +24,7 @@ from fedops.core.optimizers import OPTIMIZERS
 from fedops.core.privacy.accountant import ACCOUNTANTS
 from fedops.core.strategies import ROBUST_STRATEGIES, STRATEGIES, readers
 from fedops.core.strategies.robust import Krum
+from fedops.core.train_settings import TrainPlan, TrainSettings
 from fedops.runtime.rules import (
     PRIVACY_MODES,
     SECAGG_CLIP,
@@ -101,13 +102,32 @@ class StrategyConfig:
 
 @dataclass
 class ClientTrainConfig:
-    """Local training at each site (``--epochs`` ... / ``client.*``)."""
+    """How every site trains, owned by the run (``fedops coordinator --epochs`` ... /
+    ``client.*``): each fit task carries this round's values, and a site only checks them
+    against its caps (``fedops client --max-epochs`` ...)."""
 
-    epochs: int = option(5, "local epochs per round")
+    epochs: int = option(5, "local epochs per round, at every site")
     batch_size: int = option(16, "local batch size")
-    lr: float = option(0.5, "local learning rate (tuned for the digits tasks)")
+    lr: float = option(0.5, "local learning rate of round 1 (tuned for the digits tasks)")
     optimizer: str = option("sgd", "local optimizer", choices=OPTIMIZERS)
     momentum: float = option(0.0, "SGD momentum (0: plain SGD)")
+    lr_decay: float = option(
+        1.0, "per-round learning-rate decay in (0, 1]: round t trains at lr * lr_decay^(t-1)"
+    )
+
+    def plan(self) -> TrainPlan:
+        """The settings each round's fit tasks carry (:meth:`TrainPlan.at`)."""
+        return TrainPlan(base=self.settings(), lr_decay=self.lr_decay)
+
+    def settings(self) -> TrainSettings:
+        """Round 1's settings (the base the schedule decays from)."""
+        return TrainSettings(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            momentum=self.momentum,
+        )
 
 
 _KEPT = "a deployment keeps the default here"
@@ -380,20 +400,3 @@ def _check_robust(st: StrategyConfig, *, per_round: int, secagg: str, privacy: s
             "select",
             f"cannot select {select} of the {per_round} clients a round may have",
         )
-
-
-def check_train(c: ClientTrainConfig, *, prefix: str = "client") -> None:
-    require(c.epochs >= 1, f"{prefix}.epochs", f"must be >= 1, got {c.epochs}")
-    require(c.batch_size >= 1, f"{prefix}.batch_size", f"must be >= 1, got {c.batch_size}")
-    require(c.lr > 0, f"{prefix}.lr", f"must be > 0, got {c.lr}")
-    require(
-        c.optimizer in OPTIMIZERS,
-        f"{prefix}.optimizer",
-        f"must be one of {list(OPTIMIZERS)}, got {c.optimizer!r}",
-    )
-    require(0 <= c.momentum < 1, f"{prefix}.momentum", "must be in [0, 1)")
-    require(
-        c.optimizer == "sgd" or c.momentum == 0,
-        f"{prefix}.momentum",
-        f"has no effect with optimizer {c.optimizer}: it is read by sgd only",
-    )

@@ -1,4 +1,5 @@
-"""The rules of the ``privacy``, ``secagg`` and ``monitoring`` sections, for both fronts.
+"""The rules of the ``client``, ``privacy``, ``secagg`` and ``monitoring`` sections, for both
+fronts.
 
 The coordinator's flags (:mod:`fedops.runtime.settings`) and the simulator's keys
 (:mod:`fedops.runtime.simulate_settings`) fill the same sections
@@ -10,7 +11,10 @@ user typed (:func:`fedops.runtime.schema.flag_of`).
 from __future__ import annotations
 
 import dataclasses
+import math
 
+from fedops.core.optimizers import OPTIMIZERS
+from fedops.core.train_settings import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR
 from fedops.runtime.rules import (
     PRIVACY_MODES,
     ConfigError,
@@ -19,7 +23,7 @@ from fedops.runtime.rules import (
     require,
     sigma_of,
 )
-from fedops.runtime.schema import MonitoringConfig, PrivacyConfig, SecAggConfig
+from fedops.runtime.schema import ClientTrainConfig, MonitoringConfig, PrivacyConfig, SecAggConfig
 
 
 def check_secagg_section(a: SecAggConfig) -> None:
@@ -105,4 +109,33 @@ def check_monitoring_section(m: MonitoringConfig) -> None:
         m.action in actions,
         "monitoring.action",
         f"must be one of {sorted(actions)}, got {m.action!r}",
+    )
+
+
+def check_train(c: ClientTrainConfig, *, prefix: str = "client") -> None:
+    """The run's training settings (the ``client.*`` section, the coordinator's
+    ``--epochs`` ...): what a site would refuse is refused here first, by key."""
+    for key, high in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH_SIZE)):
+        value = getattr(c, key)
+        require(1 <= value <= high, f"{prefix}.{key}", f"must be in 1..{high}, got {value}")
+    require(
+        math.isfinite(c.lr) and 0 < c.lr <= MAX_LR,
+        f"{prefix}.lr",
+        f"must be in (0, {MAX_LR:g}], got {c.lr}",
+    )
+    require(
+        math.isfinite(c.lr_decay) and 0 < c.lr_decay <= 1,
+        f"{prefix}.lr_decay",
+        f"must be in (0, 1] (1: a constant rate), got {c.lr_decay}",
+    )
+    require(
+        c.optimizer in OPTIMIZERS,
+        f"{prefix}.optimizer",
+        f"must be one of {list(OPTIMIZERS)}, got {c.optimizer!r}",
+    )
+    require(0 <= c.momentum < 1, f"{prefix}.momentum", "must be in [0, 1)")
+    require(
+        c.optimizer == "sgd" or c.momentum == 0,
+        f"{prefix}.momentum",
+        f"has no effect with optimizer {c.optimizer}: it is read by sgd only",
     )

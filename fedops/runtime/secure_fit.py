@@ -33,6 +33,7 @@ from fedops.core.secagg.primitives import ProtocolError, SecAggAborted, SecAggCr
 from fedops.core.secagg.quantize import MODULUS
 from fedops.core.secagg.server import SecAggServer, SecureSum
 from fedops.core.secagg.update import decode_mean, vector_length
+from fedops.core.train_settings import TrainSettings
 from fedops.runtime.collect import collect
 from fedops.runtime.round_plugin import FitOutcome, RoundContext, RoundPlugin
 from fedops.runtime.store import Participant
@@ -101,8 +102,9 @@ class SecureFit(RoundPlugin):
         params: Params,
         fit_config: Mapping[str, float],
     ) -> FitOutcome:
+        train = ctx.config.train_at(server_round)
         if self.noise is None:
-            return self.run(server_round, selected, params, fit_config)
+            return self.run(server_round, selected, params, fit_config, train=train)
         return self.run(
             server_round,
             selected,
@@ -110,6 +112,7 @@ class SecureFit(RoundPlugin):
             fit_config,
             noise=self.noise.secure_noise(),
             min_survivors=self.noise.survivor_floor(),
+            train=train,
         )
 
     def run(
@@ -121,11 +124,13 @@ class SecureFit(RoundPlugin):
         *,
         noise: tuple[float, float] | None = None,
         min_survivors: int = 0,
+        train: TrainSettings | None = None,
     ) -> FitOutcome:
         """One secure fit phase; ``noise=(σ, clip)`` makes the clients add distributed DP,
-        and ``min_survivors`` is the fewest noise shares its accounting assumes."""
+        ``min_survivors`` is the fewest noise shares its accounting assumes, and ``train``
+        the run's training settings the masked-input stage trains with."""
         return _SecureRound(
-            self, server_round, sorted(nodes), params, config, noise, min_survivors
+            self, server_round, sorted(nodes), params, config, noise, min_survivors, train=train
         ).run()
 
 
@@ -159,6 +164,8 @@ class _SecureRound:
         config: Mapping[str, float],
         noise: tuple[float, float] | None,
         min_survivors: int,
+        *,
+        train: TrainSettings | None = None,
     ) -> None:
         self.owner = owner
         self.server_round = server_round
@@ -171,6 +178,7 @@ class _SecureRound:
         self.trained: dict[str, StageResult] = {}
         self.noise = noise  # (σ, clip): the clients add distributed DP noise
         self.dp_min_survivors = min_survivors
+        self.train = train  # the run's training settings, for the masked-input stage
 
     def run(self) -> FitOutcome:
         server = None
@@ -293,6 +301,7 @@ class _SecureRound:
             params=self.params,
             config=self.config,
             stage=StageRequest(messages=messages, result_specs=specs),
+            train=self.train,
         )
         tracker = collect(
             self.owner.transport,

@@ -24,12 +24,12 @@ from fedops.runtime.schema import (
     StrategyConfig,
     check_strategy_fits,
     check_strategy_options,
-    check_train,
 )
 from fedops.runtime.section_rules import (
     check_monitoring_section,
     check_privacy_section,
     check_secagg_section,
+    check_train,
 )
 
 __all__ = [
@@ -126,6 +126,9 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
     min_fit_results: int = 1  # fewer accepted updates abort the round (model unchanged)
     keep_checkpoints: int = 3
     max_workers: int = 64
+    #: how every site trains (``client.*`` in a simulation): the run owns it, each fit task
+    #: carries this round's values, and a site only checks them against its caps
+    train: ClientTrainConfig = field(default_factory=ClientTrainConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     monitoring: MonitoringConfig = field(default_factory=deployed_monitoring)
@@ -136,6 +139,7 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
 
     def __post_init__(self) -> None:
         self.check_round_options()
+        check_train(self.train)
         self.check_task_options()
         self.check_monitoring()
         self.check_serving()
@@ -222,10 +226,13 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
 
 @dataclass(frozen=True, kw_only=True)
 class ClientConfig(TaskOptions):
-    train: ClientTrainConfig = field(default_factory=ClientTrainConfig)
     coordinator: str = "127.0.0.1:8765"
     kit: Path | None = None  # consortium startup kit: mTLS identity, coordinator address, policy
     insecure: bool = False  # plaintext to a non-loopback coordinator (development only)
+    #: a Flower ClientApp / client_fn / NumPyClient factory (module:attr) instead of a task
+    flower_app: str | None = None
+    #: module:attr building a Message API app's first model (its ServerApp's initial_arrays)
+    flower_initial: str | None = None
     site: int = 0
     num_sites: int = 1
     site_name: str = ""
@@ -247,6 +254,11 @@ class ClientConfig(TaskOptions):
     identity_key: Path | None = None
     trusted_keys: Path | None = None
     max_rounds: int | None = None
+    # caps on the run's training settings (None: the kit's rule, else none): a task above one
+    # is declined with the reason, never trained with less
+    max_epochs: int | None = None
+    max_batch_size: int | None = None
+    max_lr: float | None = None
     allowed_task: list[str] | None = None
     consent_file: Path | None = None
     # secure-aggregation floors (None: the kit's rule, else SecAggPolicy's default)
@@ -257,7 +269,6 @@ class ClientConfig(TaskOptions):
     secagg_max_l2_clip: float | None = None
 
     def __post_init__(self) -> None:
-        check_train(self.train)
         self.check_task_options()
         host, _ = parse_address("coordinator", self.coordinator)
         _require(
@@ -266,7 +277,16 @@ class ClientConfig(TaskOptions):
             f"refusing plaintext gRPC to {host}: outside loopback a site dials with its "
             "consortium kit (--kit); pass --insecure to accept the risk",
         )
-        _require(self.task is not None, "task", "a client needs a task")
+        _require(
+            (self.task is None) != (self.flower_app is None),
+            "task",
+            "a client runs a task (--task) or a Flower app (--flower-app): one of them",
+        )
+        _require(
+            self.flower_initial is None or self.flower_app is not None,
+            "flower_initial",
+            "builds a Flower app's first model: pass --flower-app too",
+        )
         _require(self.num_sites >= 1, "num_sites", f"must be >= 1, got {self.num_sites}")
         _require(
             0 <= self.site < self.num_sites,
@@ -321,6 +341,14 @@ class ClientConfig(TaskOptions):
             self.max_rounds is None or self.max_rounds >= 1,
             "max_rounds",
             f"must be >= 1, got {self.max_rounds}",
+        )
+        for key in ("max_epochs", "max_batch_size"):
+            value = getattr(self, key)
+            _require(value is None or value >= 1, key, f"must be >= 1, got {value}")
+        _require(
+            self.max_lr is None or (math.isfinite(self.max_lr) and self.max_lr > 0),
+            "max_lr",
+            f"must be a number > 0, got {self.max_lr}",
         )
         for digest in self.allowed_task or ():
             _require(

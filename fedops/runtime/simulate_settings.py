@@ -24,12 +24,18 @@ from fedops.runtime.schema import (
     StrategyConfig,
     check_strategy_fits,
     check_strategy_options,
-    check_train,
 )
 from fedops.runtime.section_rules import (
     check_monitoring_section,
     check_privacy_section,
     check_secagg_section,
+    check_train,
+)
+from fedops.tasks.flower_app import (
+    LOCAL_DP_REFUSAL,
+    MONITORING_REFUSAL,
+    FlowerAppError,
+    split_spec,
 )
 
 DATASETS = ("digits", "breast_cancer", "synthetic")
@@ -92,6 +98,10 @@ class SimulateConfig:
     rounds: int = 10
     seed: int = 0
     task: str | None = None
+    #: a Flower ClientApp / client_fn / NumPyClient factory (module:attr) as every client
+    flower_app: str | None = None
+    #: module:attr building a Message API Flower app's first model (initial_arrays)
+    flower_initial: str | None = None
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -127,6 +137,7 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     _require(p.alpha > 0, "partition.alpha", f"must be > 0, got {p.alpha}")
     _one_of(cfg.model.name, MODELS, "model.name")
     _require(cfg.model.hidden >= 1, "model.hidden", "must be >= 1")
+    check_flower_app(cfg)  # first: its data keys are refused as a Flower app's
     check_data_keys(cfg)
     check_strategy_options(cfg.strategy)
     check_train(c)
@@ -219,6 +230,30 @@ def check_data_keys(cfg: SimulateConfig) -> None:
         _unread(p, "partition", why)
     if p.name == "iid":
         _unread(p, "partition", "with partition=iid: only partition=dirichlet reads it", ("name",))
+
+
+def check_flower_app(cfg: SimulateConfig) -> None:
+    """``flower_app=``: what a Flower app's virtual clients can run, refused by the key
+    the user typed (README: "Coming from Flower")."""
+    if cfg.flower_app is None:
+        _require(cfg.flower_initial is None, "flower_initial", "is read with flower_app= only")
+        return
+    _require(not cfg.task, "flower_app", "a run trains a task (task=) or a Flower app, not both")
+    try:
+        split_spec(cfg.flower_app)
+    except FlowerAppError as exc:
+        raise ConfigError("flower_app", str(exc)) from exc
+    why = "with flower_app=...: the Flower app loads its data and builds its model"
+    _unread(cfg.dataset, "dataset", why)
+    _unread(cfg.partition, "partition", why)
+    _unread(cfg.model, "model", why)
+    _require(
+        cfg.simulation.backend in ("vectorized", "sequential"),
+        "simulation.backend",
+        "a Flower app's clients run on simulation=sequential (the default switches to it)",
+    )
+    _require(cfg.privacy.name != "local", "privacy", LOCAL_DP_REFUSAL)
+    _require(cfg.monitoring.name == "none", "monitoring", MONITORING_REFUSAL)
 
 
 def check_monitoring(m: MonitoringConfig) -> None:

@@ -16,6 +16,7 @@ from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params, TensorSpec
 from fedops.core.rounds import Event, Phase
 from fedops.core.secagg.messages import Request
+from fedops.core.train_settings import TrainSettings
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,6 +40,8 @@ class Instruction:
     stage: StageRequest | None = None
     #: evaluations: each node also answers with a drift and fairness report
     monitor: MonitorSpec | None = None
+    #: fit (and SecAgg's training stage): the run's training settings for this round
+    train: TrainSettings | None = None
 
 
 class Transport(Protocol):

@@ -47,6 +47,8 @@ def choose_backend(cfg: SimulateConfig) -> str:
 
 def batching_refusal(cfg: SimulateConfig) -> str | None:
     """Why the batched backend cannot run this task as a site would, or None if it can."""
+    if cfg.flower_app:
+        return f"flower_app={cfg.flower_app} trains in the Flower app's own loop, client by client"
     if cfg.privacy.name == "local":
         return "privacy=local trains with per-site DP-SGD and per-site privacy ledgers"
     if cfg.client.optimizer != "sgd":

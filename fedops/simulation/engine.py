@@ -28,6 +28,7 @@ from fedops.runtime.transport import Transport
 from fedops.simulation.backend_choice import settle_backend
 from fedops.simulation.faults import FaultPlan
 from fedops.simulation.federation import load_federation, round_loader, use_threads
+from fedops.simulation.flower_federation import flower_run_task, flower_sites
 from fedops.simulation.inmemory import InMemoryTransport
 from fedops.simulation.process import ProcessTransport
 from fedops.simulation.secure_backend import SecureSimTransport
@@ -84,6 +85,8 @@ def make_transport(
         from fedops.simulation.ray_backend import RayTransport  # optional dependency
 
         return RayTransport(cfg, faults=faults)
+    if s.backend == "sequential" and cfg.flower_app:  # the app's own training, per client
+        return InMemoryTransport(flower_sites(cfg, train), faults=faults)
     if s.backend == "sequential":
         shared = task.build_model()
         # on disk, so a crashed and resumed simulation continues what each site spent
@@ -131,7 +134,7 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
     use_threads(cfg.simulation.threads)
     # the backend that can run this task (the batched one unless it cannot), said in the log
     run_cfg = settle_backend(cfg)
-    task, data = load_federation(run_cfg)
+    task, data = (flower_run_task(run_cfg), None) if cfg.flower_app else load_federation(run_cfg)
     transport = make_transport(run_cfg, task, data, run_dir)
     s, a = cfg.simulation, cfg.secagg
     secagg = secagg_settings(a)
@@ -162,19 +165,26 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
             clients_per_round=s.clients_per_round,
             seed=cfg.seed,
             min_fit_results=s.min_fit_results,
+            train=cfg.client.plan(),  # what a deployed coordinator sends its sites
         ),
-        initial_params=lambda: initial_params(task, cfg.seed),
+        initial_params=(
+            (lambda: transport.fetch_initial_params(0))  # the app's own, as a site's
+            if cfg.flower_app
+            else (lambda: initial_params(task, cfg.seed))
+        ),
         evaluate_global=global_evaluator(task),
         summary={
             "task": cfg.task,
+            "flower_app": cfg.flower_app,
             "task_digest": task.digest,
-            "dataset": None if cfg.task else cfg.dataset.name,
+            "dataset": None if cfg.task or cfg.flower_app else cfg.dataset.name,
             "strategy": cfg.strategy.name,
             "backend": run_cfg.simulation.backend,
             "num_clients": s.num_clients,
             "rounds_planned": cfg.rounds,
             "secagg": a.name,
             "privacy_mode": cfg.privacy.name,
+            "train": asdict(cfg.client),
         },
         secagg=secagg,
         privacy=privacy_settings(cfg.privacy, a, min_fit_results=s.min_fit_results),

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params, specs_of
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultRejected
+from fedops.core.train_settings import TrainSettings
 from fedops.runtime.transport import Instruction
 from fedops.simulation.faults import FaultPlan
 from fedops.simulation.sim_transport import (
@@ -24,13 +26,15 @@ from fedops.simulation.sim_transport import (
     node_id,
     task_ids,
 )
-from fedops.tasks.site import PolicyRefusal, Site
+from fedops.tasks.local_site import LocalSite
+from fedops.tasks.site import PolicyRefusal
 
 
 class InMemoryTransport(SimulatedTransport):
-    """Drives in-process :class:`Site` objects; node ids are ``site-<index>``."""
+    """Drives in-process sites (:class:`~fedops.tasks.local_site.LocalSite`); node ids are
+    ``site-<index>``."""
 
-    def __init__(self, sites: Sequence[Site], faults: FaultPlan | None = None) -> None:
+    def __init__(self, sites: Sequence[LocalSite], faults: FaultPlan | None = None) -> None:
         super().__init__(len(sites))
         self.sites = {node_id(s.site): s for s in sites}
         self.faults = faults or FaultPlan()
@@ -41,12 +45,12 @@ class InMemoryTransport(SimulatedTransport):
     ) -> dict[str, str]:
         check_plain(instruction)
         phase, params, config = instruction.phase, instruction.params, instruction.config
-        monitor = instruction.monitor
+        monitor, train = instruction.monitor, instruction.train
         tasks = task_ids(server_round, phase, nodes)
         for node in nodes:
             if phase is Phase.FIT:
                 self._work.append(
-                    lambda n=node: self._fit(n, tasks[n], server_round, params, config)
+                    lambda n=node: self._fit(n, tasks[n], server_round, params, config, train)
                 )
             else:
                 self._work.append(
@@ -61,13 +65,19 @@ class InMemoryTransport(SimulatedTransport):
         server_round: int,
         params: Params,
         config: Mapping[str, float],
+        train: TrainSettings | None,
     ) -> Event:
+        """The run's settings as a deployed site gets them (``train``; None: the site's
+        own), but for a straggler's epochs."""
         site = self.sites[node]
-        epochs, dropped = self.faults.plan(server_round, site.site, site.train_config.epochs)
+        settings = train if train is not None else site.train_config.settings()
+        epochs, dropped = self.faults.plan(server_round, site.site, settings.epochs)
         if dropped:
             return NodeDropped(node_id=node, reason=dropped)
         try:
-            new, n, metrics = site.fit(params, server_round, {**config, "epochs": float(epochs)})
+            new, n, metrics = site.fit(
+                params, server_round, config, train=replace(settings, epochs=epochs)
+            )
         except PolicyRefusal as exc:
             return ResultRejected(node_id=node, task_id=task_id, reason=f"declined: {exc}")
         return fit_event(node, task_id, specs_of(params), new, n, metrics)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, replace
 from typing import Any
 
 from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import Params, specs_of
 from fedops.core.rounds import Event, NodeDropped, Phase
+from fedops.core.train_settings import TrainSettings
 from fedops.runtime.simulate_settings import SimulateConfig
 from fedops.runtime.transport import Instruction
 from fedops.simulation.faults import FaultPlan
@@ -36,23 +38,24 @@ def fault_jobs(
     nodes: Sequence[str],
     params: Params,
     config: Mapping[str, float],
-    epochs: int,
+    train: TrainSettings,
     monitor: MonitorSpec | None = None,
 ) -> tuple[list[Job], list[Event]]:
-    """The jobs to send, and the dropouts injected instead of some of them."""
+    """The jobs to send, and the dropouts injected instead of some of them: each
+    fit job trains with the run's ``train``, a straggler with fewer epochs."""
     blob = encode(params)
     jobs: list[Job] = []
     dropped: list[Event] = []
     for node in nodes:
         client = client_index(node)
-        job_config = dict(config)
+        job_train: dict[str, Any] | None = None
         if phase is Phase.FIT:
-            done, reason = faults.plan(server_round, client, epochs)
+            done, reason = faults.plan(server_round, client, train.epochs)
             if reason:
                 dropped.append(NodeDropped(node_id=node, reason=reason))
                 continue
-            job_config["epochs"] = float(done)
-        jobs.append((str(phase), client, server_round, blob, job_config, monitor))
+            job_train = asdict(replace(train, epochs=done))
+        jobs.append((str(phase), client, server_round, blob, dict(config), job_train, monitor))
     return jobs, dropped
 
 
@@ -66,7 +69,7 @@ class WorkerTransport(SimulatedTransport):
 
     def __init__(self, cfg: SimulateConfig, faults: FaultPlan | None) -> None:
         super().__init__(cfg.simulation.num_clients)
-        self.epochs = cfg.client.epochs
+        self.train = cfg.client.settings()  # tasks without the run's (a direct dispatch)
         self.faults = faults or FaultPlan()
         self._dropped: deque[Event] = deque()
         self._current: tuple[Phase, dict[str, str], Params, MonitorSpec | None] | None = None
@@ -84,8 +87,9 @@ class WorkerTransport(SimulatedTransport):
         phase, params, config = instruction.phase, instruction.params, instruction.config
         monitor = instruction.monitor
         tasks = task_ids(server_round, phase, nodes)
+        train = instruction.train if instruction.train is not None else self.train
         jobs, dropped = fault_jobs(
-            self.faults, server_round, phase, nodes, params, config, self.epochs, monitor
+            self.faults, server_round, phase, nodes, params, config, train, monitor
         )
         self._dropped.extend(dropped)
         self._current = (phase, tasks, params, monitor)

@@ -28,6 +28,7 @@ from fedops.core.secagg.messages import MaskRequest, Setup
 from fedops.core.secagg.policy import SecAggPolicy
 from fedops.core.secagg.primitives import ProtocolError, SecAggCrypto
 from fedops.core.secagg.update import encode_update
+from fedops.core.train_settings import TrainSettings
 from fedops.runtime.transport import Instruction, StageRequest, Transport
 from fedops.simulation.sim_transport import client_index, task_ids
 
@@ -79,7 +80,7 @@ class SecureSimTransport:
         config = instruction.config
         tasks = task_ids(server_round, phase, nodes)
         if phase is Phase.SECAGG_KEYS:
-            self._train(server_round, nodes, params, config)
+            self._train(server_round, nodes, params, config, instruction.train)
             self._clients = {}
         for node in nodes:
             event = self._answer(server_round, phase, node, tasks[node], stage, params)
@@ -99,9 +100,12 @@ class SecureSimTransport:
         nodes: Sequence[str],
         params: Params,
         config: Mapping[str, float],
+        train: TrainSettings | None,
     ) -> None:
-        """Train every node now through the backend; keep each one's event for stage 3."""
-        fit = Instruction(phase=Phase.FIT, params=params, config=config)
+        """Train every node now through the backend, with the run's ``train`` (the driver
+        gives every stage the round's; a deployed site trains at the masked-input stage);
+        keep each one's event for stage 3."""
+        fit = Instruction(phase=Phase.FIT, params=params, config=config, train=train)
         tasks = self.inner.dispatch(server_round, nodes, fit)
         self._trained = {}
         deadline = time.monotonic() + TRAIN_TIMEOUT_S

@@ -26,6 +26,7 @@ from fedops.core.rounds import Event, NodeDropped, Phase
 from fedops.core.schedule import ClientJob, VectorConfig
 from fedops.core.seeds import shuffle_seeds
 from fedops.core.stacked import chain_of
+from fedops.core.train_settings import TrainSettings
 from fedops.core.training import TrainConfig, set_params
 from fedops.core.vectorized import supports, train_many
 from fedops.data import FederatedData
@@ -115,7 +116,8 @@ class VectorizedTransport(SimulatedTransport):
         tasks = task_ids(server_round, phase, nodes)
         self.at_round(server_round)
         if phase is Phase.FIT:
-            self._events.extend(self._fit(server_round, nodes, tasks, params, config))
+            train = instruction.train if instruction.train is not None else self.train.settings()
+            self._events.extend(self._fit(server_round, nodes, tasks, params, config, train))
         else:
             self._events.extend(self._evaluate(nodes, tasks, params, instruction.monitor))
         return tasks
@@ -127,12 +129,15 @@ class VectorizedTransport(SimulatedTransport):
         tasks: Mapping[str, str],
         params: Params,
         config: Mapping[str, float],
+        train: TrainSettings,
     ) -> list[Event]:
+        """Every client trains with the run's ``train`` (a straggler fewer epochs), as a
+        deployed site does."""
         events: list[Event] = []
         working: list[tuple[str, int, int]] = []  # node, client, epochs
         for node in nodes:
             client = client_index(node)
-            epochs, dropped = self.faults.plan(server_round, client, self.train.epochs)
+            epochs, dropped = self.faults.plan(server_round, client, train.epochs)
             if dropped:
                 events.append(NodeDropped(node_id=node, reason=dropped))
             else:
@@ -150,9 +155,9 @@ class VectorizedTransport(SimulatedTransport):
             for (_, client, epochs), seed in zip(working, seeds, strict=True)
         ]
         cfg = VectorConfig(
-            batch_size=self.train.batch_size,
-            lr=self.train.lr,
-            momentum=self.train.momentum,
+            batch_size=train.batch_size,
+            lr=train.lr,
+            momentum=train.momentum,
             proximal_mu=float(config.get("proximal_mu", 0.0)),
             max_chunk=self.max_chunk,
         )

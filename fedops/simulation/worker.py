@@ -19,6 +19,7 @@ from typing import Any
 from fedops.core.monitoring.profile import MonitorSpec, ReportLimits
 from fedops.core.params import Params, TensorSpec, specs_of
 from fedops.core.rounds import Phase
+from fedops.core.train_settings import TrainSettings
 from fedops.core.training import TrainConfig
 from fedops.runtime.simulate_settings import SimulateConfig
 from fedops.simulation.federation import FederationSpec, build_federation, use_threads
@@ -26,8 +27,9 @@ from fedops.tasks.site import Site
 from fedops.wire import codec
 
 Blob = tuple[str, bytes]
-#: phase, client, round, params, config, the monitoring request (evaluations; or None)
-Job = tuple[str, int, int, Blob, dict[str, float], MonitorSpec | None]
+#: phase, client, round, params, config, the run's training settings (fits; or None), the
+#: monitoring request (evaluations; or None)
+Job = tuple[str, int, int, Blob, dict[str, float], dict[str, Any] | None, MonitorSpec | None]
 
 
 def encode(params: Params) -> Blob:
@@ -104,10 +106,11 @@ class ClientWorker:
     def run(self, job: Job) -> tuple[Any, ...]:
         """(client, examples, metrics, trained params blob or None, monitoring report or
         None): the report is the site's own, computed here beside its data."""
-        phase, client, server_round, blob, config, monitor = job
+        phase, client, server_round, blob, config, train, monitor = job
         site = self.site(client)
         if phase == Phase.FIT:
-            new, n, metrics = site.fit(decode(blob), server_round, config)
+            settings = TrainSettings(**train) if train is not None else None
+            new, n, metrics = site.fit(decode(blob), server_round, config, train=settings)
             return client, n, metrics, encode(new), None
         params = decode(blob)
         n, metrics = site.evaluate(params, server_round)

@@ -1,4 +1,4 @@
-"""What a fit task may ask of a site: its local-DP settings and its epochs, or a refusal.
+"""What a fit task may ask of a site: its local-DP and training settings, or a refusal.
 
 Split from :mod:`fedops.tasks.site` (which re-exports these names) so that the site's
 reading of a coordinator's config, which a hostile coordinator writes, sits in one
@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from fedops.core.privacy.local import MAX_EPOCHS, LocalDP, noise_for_local_target
+from fedops.core.optimizers import OPTIMIZERS
+from fedops.core.privacy.local import LocalDP, noise_for_local_target
+from fedops.core.train_settings import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, TrainSettings
 from fedops.core.training import TrainConfig
 
 #: the δ a site accounts its local DP at unless its policy says otherwise (``--dp-delta``)
@@ -83,16 +86,63 @@ def local_dp(
         raise PolicyRefusal(f"local DP settings cannot be used: {exc}") from exc
 
 
-def fit_epochs(config: Mapping[str, float], default: int) -> int:
-    """The local epochs a fit task asks for, within ``1..MAX_EPOCHS`` (1e18 trained forever)."""
-    raw = config.get("epochs", default)
-    try:
-        epochs = int(raw)
-    except (TypeError, ValueError, OverflowError):
-        epochs = -1
-    if not 1 <= epochs <= MAX_EPOCHS:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainCaps:
+    """A site's own limits on the run's training settings (``fedops client --max-epochs``,
+    ``--max-batch-size``, ``--max-lr``, or its kit's policy): a task above one is declined
+    with the reason, never trained with a smaller value (the run would silently differ
+    from what its config says). None: no cap beyond the site's bounds."""
+
+    max_epochs: int | None = None
+    max_batch_size: int | None = None
+    max_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("max_epochs", "max_batch_size"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"policy: {key} must be a whole number >= 1, got {value!r}")
+            if value is not None and value < 1:
+                raise ValueError(f"policy: {key} must be >= 1, got {value}")
+        lr = self.max_lr
+        if lr is not None and not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"policy: max_lr must be a number > 0, got {lr!r}")
+
+
+def checked_train(train: TrainSettings, caps: TrainCaps) -> TrainSettings:
+    """The coordinator's training settings if this site may train with them, else a
+    :class:`PolicyRefusal` naming the setting: each value within the site's bounds
+    (``1..MAX_EPOCHS`` epochs: 1e18 trained forever), then within its caps."""
+    _within("epochs", train.epochs, 1, MAX_EPOCHS, "MAX_EPOCHS")
+    _within("batch_size", train.batch_size, 1, MAX_BATCH_SIZE, "MAX_BATCH_SIZE")
+    if not (math.isfinite(train.lr) and 0 < train.lr <= MAX_LR):
         raise PolicyRefusal(
-            f"epochs={raw!r} is outside 1..MAX_EPOCHS={MAX_EPOCHS} "
-            "(this site's bound on local epochs per round)"
+            f"lr={train.lr!r} is outside (0, MAX_LR={MAX_LR:g}] (a bound of this site)"
         )
-    return epochs
+    if train.optimizer not in OPTIMIZERS:
+        raise PolicyRefusal(f"optimizer={train.optimizer!r} is not one of {list(OPTIMIZERS)}")
+    if not (math.isfinite(train.momentum) and 0 <= train.momentum < 1):
+        raise PolicyRefusal(f"momentum={train.momentum!r} is outside [0, 1)")
+    if train.optimizer != "sgd" and train.momentum != 0:
+        raise PolicyRefusal(
+            f"momentum={train.momentum!r} with optimizer {train.optimizer}: sgd only"
+        )
+    for key, value, cap in (
+        ("epochs", train.epochs, caps.max_epochs),
+        ("batch_size", train.batch_size, caps.max_batch_size),
+        ("lr", train.lr, caps.max_lr),
+    ):
+        if cap is not None and value > cap:
+            flag = "--max-" + key.replace("_", "-")
+            raise PolicyRefusal(
+                f"site policy: the run asks {key}={value:g}, above this site's cap of {cap:g} "
+                f"({flag}, policy rule max_{key}); declined, not trained with less"
+            )
+    return train
+
+
+def _within(key: str, value: int, low: int, high: int, name: str) -> None:
+    if not low <= value <= high:
+        raise PolicyRefusal(
+            f"{key}={value!r} is outside {low}..{name}={high} (a bound of this site)"
+        )

@@ -83,6 +83,19 @@ def load_task(spec: str, *, allowed: Sequence[str] = (), **options: Any) -> Task
     )
 
 
+def import_checked(spec: str, *, allowed: Sequence[str] = ()) -> tuple[ModuleType, str]:
+    """``(module, digest)`` of an importable module (a Flower app's), by the rules a task
+    module is imported by: its digest checked against ``allowed`` before any of its code
+    runs, compiled from the hashed sources (no stale bytecode)."""
+    digest = _module_digest(spec)
+    if allowed and digest not in allowed:
+        raise TaskNotAllowed(
+            f"{spec!r} has digest {digest}, which this site's policy does not allow "
+            f"(allowed_tasks: {', '.join(allowed)}); none of its code was run"
+        )
+    return _import(spec, None), digest
+
+
 def _fields(task: Task) -> dict[str, Any]:
     return {name: getattr(task, name) for name in Task.__dataclass_fields__}
 

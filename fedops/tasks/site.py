@@ -29,6 +29,7 @@ from fedops.core.privacy.local import (
     train_private,
     untrained_state,
 )
+from fedops.core.train_settings import TrainSettings
 from fedops.core.training import (
     Data,
     TrainConfig,
@@ -42,8 +43,9 @@ from fedops.tasks.fit_settings import (
     DEFAULT_DELTA,
     DP_NUM_EXAMPLES,
     PolicyRefusal,
+    TrainCaps,
     accounting_delta,
-    fit_epochs,
+    checked_train,
     local_dp,
 )
 from fedops.tasks.ledger import Charge, LedgerError, SiteLedger, Spent
@@ -83,8 +85,11 @@ class Site:
         task: the task (built-in or user).
         site: this site's index in ``[0, num_sites)``.
         num_sites: how many sites the data is split across.
-        train_config: local hyperparameters (the coordinator may add
-            ``proximal_mu`` and ``seed`` per round).
+        train_config: local hyperparameters when a fit brings none (a caller driving the
+            site itself); a run's fit tasks bring the run's (:meth:`training`), and the
+            coordinator adds ``proximal_mu`` and ``seed`` per round.
+        train_caps: site policy: the largest epochs, batch size and learning rate this
+            site trains with (``--max-epochs`` ...); a task above one is refused.
         data: the site's (train, test), when the caller already has them
             (a simulation slicing one array); otherwise ``task.load_data``.
         model: a model to train in (sites of one simulation share one, since
@@ -123,6 +128,7 @@ class Site:
         ledger_dir: Path | None = None,
         public_records: int | None = None,
         report_limits: ReportLimits | None = None,
+        train_caps: TrainCaps | None = None,
     ) -> None:
         check_delta(max_delta)
         if public_records is not None and public_records < 1:
@@ -141,6 +147,7 @@ class Site:
         self.site = site
         self.num_sites = num_sites
         self.train_config = train_config
+        self.train_caps = train_caps if train_caps is not None else TrainCaps()
         # a task whose load_data takes the round is asked again each round
         self.round_aware = data is None and takes_round(task.load_data)
         self._data_round = 0
@@ -193,8 +200,10 @@ class Site:
         config: Mapping[str, float],
         *,
         run_id: str = "",
+        train: TrainSettings | None = None,
     ) -> tuple[Params, int, dict[str, float]]:
-        """Train from ``params``; return (new params, examples used, metrics).
+        """Train from ``params`` with the run's settings ``train`` (checked by
+        :meth:`training`); return (new params, examples used, metrics).
 
         Under local DP the round is in the site's ledger, committed, before this
         returns (``run_id`` labels it there); a ledger that cannot record it raises
@@ -206,8 +215,7 @@ class Site:
         """
         self.at_round(server_round)
         cfg = replace(
-            self.train_config,
-            epochs=fit_epochs(config, self.train_config.epochs),
+            self.training(train),
             proximal_mu=float(config.get("proximal_mu", self.train_config.proximal_mu)),
             seed=shuffle_seed(int(config.get("seed", 0)), server_round, self.site),
         )
@@ -226,6 +234,22 @@ class Site:
             get_params(self.model),
             self.num_train_examples,
             {k: float(v) for k, v in metrics.items()},
+        )
+
+    def training(self, train: TrainSettings | None) -> TrainConfig:
+        """The local training of a fit task: the run's ``train`` once it passes this
+        site's bounds and caps (else :class:`PolicyRefusal`, naming the setting), or the
+        site's own ``train_config`` for a caller that sends none."""
+        if train is None:
+            return self.train_config
+        t = checked_train(train, self.train_caps)
+        return replace(
+            self.train_config,
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            lr=t.lr,
+            optimizer=t.optimizer,
+            momentum=t.momentum,
         )
 
     def _fit_private(self, dp: LocalDP, cfg: TrainConfig, run_id: str, server_round: int) -> None:

@@ -21,6 +21,7 @@ from fedops.core.monitoring.profile import ReportLimits
 from fedops.core.privacy.accountant import check_delta
 from fedops.core.secagg.policy import SecAggPolicy
 from fedops.tasks.contract import Task
+from fedops.tasks.fit_settings import TrainCaps
 
 #: kit policy keys (and ``fedops client --secagg-*`` flags) -> SecAggPolicy fields
 SECAGG_RULES = {
@@ -30,6 +31,10 @@ SECAGG_RULES = {
     "secagg_min_noise_multiplier": "min_noise_multiplier",
     "secagg_max_l2_clip": "max_l2_clip",
 }
+
+
+#: kit policy keys (and ``fedops client`` flags) capping the run's training settings
+TRAIN_CAPS = ("max_epochs", "max_batch_size", "max_lr")
 
 
 class PolicyViolation(Exception):
@@ -52,6 +57,8 @@ class SitePolicy:
     allowed_tasks: sha256 digests of task code this site agreed to run (empty: any).
     consent_file: JSON ``{"consent": true|false}``, read before every task.
     secagg: the floors this site holds a secure-aggregation round to (``secagg_*`` rules).
+    train_caps: the largest epochs, batch size and learning rate the run may ask this site
+        to train with (``max_epochs``, ``max_batch_size``, ``max_lr``; ``--max-epochs`` ...).
     """
 
     max_epsilon: float | None = None
@@ -64,6 +71,7 @@ class SitePolicy:
     consent_file: Path | None = None
     consent: bool = True
     secagg: SecAggPolicy = field(default_factory=SecAggPolicy)
+    train_caps: TrainCaps = field(default_factory=TrainCaps)
 
     def __post_init__(self) -> None:
         try:
@@ -81,6 +89,7 @@ class SitePolicy:
         known = {"max_epsilon", "max_delta", "dp_public_records", "max_rounds", "allowed_tasks"}
         known |= {"require_secagg", "monitoring_min_count", "monitoring_max_cells"}
         known |= {"consent", "consent_file"}
+        known |= set(TRAIN_CAPS)
         known |= set(SECAGG_RULES)
         unknown = sorted(set(policy) - known)
         if unknown:
@@ -92,6 +101,7 @@ class SitePolicy:
             return flag if flag is not None else policy.get(key)
 
         secagg = {name: v for key, name in SECAGG_RULES.items() if (v := chosen(key)) is not None}
+        caps = {key: v for key in TRAIN_CAPS if (v := chosen(key)) is not None}
         limits = {
             name: int(v)
             for name in ("min_count", "max_cells")
@@ -109,6 +119,7 @@ class SitePolicy:
             "consent_file": Path(policy["consent_file"]) if policy.get("consent_file") else None,
             "consent": _boolean(policy, "consent", True),
             "secagg": SecAggPolicy(**secagg),
+            "train_caps": TrainCaps(**caps),
         }
         values |= {k: v for k, v in overrides.items() if v is not None and v != ()}
         secagg_floor = values["secagg"].min_noise_multiplier > 0

@@ -71,7 +71,7 @@ class PullTaskRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., token: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "run_id", "round", "task_id", "config", "model_digest", "message", "secagg", "monitor", "coordinator_audit", "crl")
+    __slots__ = ("kind", "run_id", "round", "task_id", "config", "model_digest", "message", "secagg", "monitor", "coordinator_audit", "crl", "train")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class Task(_message.Message):
     MONITOR_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_AUDIT_FIELD_NUMBER: _ClassVar[int]
     CRL_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
     kind: TaskKind
     run_id: str
     round: int
@@ -101,7 +102,22 @@ class Task(_message.Message):
     monitor: MonitorRequest
     coordinator_audit: AuditHead
     crl: bytes
-    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., config: _Optional[_Mapping[str, float]] = ..., model_digest: _Optional[str] = ..., message: _Optional[str] = ..., secagg: _Optional[_Union[SecAggRequest, _Mapping]] = ..., monitor: _Optional[_Union[MonitorRequest, _Mapping]] = ..., coordinator_audit: _Optional[_Union[AuditHead, _Mapping]] = ..., crl: _Optional[bytes] = ...) -> None: ...
+    train: TrainSettings
+    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., config: _Optional[_Mapping[str, float]] = ..., model_digest: _Optional[str] = ..., message: _Optional[str] = ..., secagg: _Optional[_Union[SecAggRequest, _Mapping]] = ..., monitor: _Optional[_Union[MonitorRequest, _Mapping]] = ..., coordinator_audit: _Optional[_Union[AuditHead, _Mapping]] = ..., crl: _Optional[bytes] = ..., train: _Optional[_Union[TrainSettings, _Mapping]] = ...) -> None: ...
+
+class TrainSettings(_message.Message):
+    __slots__ = ("epochs", "batch_size", "lr", "optimizer", "momentum")
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LR_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    MOMENTUM_FIELD_NUMBER: _ClassVar[int]
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    momentum: float
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ...) -> None: ...
 
 class AuditHead(_message.Message):
     __slots__ = ("seq", "hash")

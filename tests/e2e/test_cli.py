@@ -22,7 +22,16 @@ BAD = [
         ["client", "--task", "digits", "--site", "3", "--num-sites", "3"],
         "--site: must be in [0, 3)",
     ),
-    (["client", "--task", "digits", "--site", "0", "--num-sites", "1", "--lr", "0"], "--lr"),
+    (["coordinator", "--lr", "0"], "--lr: must be in (0, 100]"),
+    (["coordinator", "--lr-decay", "1.5"], "--lr-decay: must be in (0, 1]"),
+    (
+        ["client", "--task", "digits", "--site", "0", "--num-sites", "1", "--lr", "0.1"],
+        "--lr moved to the run",
+    ),
+    (
+        ["client", "--task", "digits", "--site", "0", "--num-sites", "1", "--max-epochs", "0"],
+        "--max-epochs: must be >= 1",
+    ),
     (
         ["client", "--task", "digits", "--site", "0", "--num-sites", "1", "--retry-for", "soon"],
         "--retry-for: 'soon' is not a duration",
@@ -36,7 +45,8 @@ BAD = [
         "is not a built-in",
     ),
     (["simulate", "simulation.num_clients=0"], "simulation.num_clients: must be >= 1"),
-    (["simulate", "client.lr=-1"], "client.lr: must be > 0"),
+    (["simulate", "client.lr=-1"], "client.lr: must be in (0, 100]"),
+    (["simulate", "client.lr_decay=0"], "client.lr_decay: must be in (0, 1]"),
 ]
 
 

@@ -75,8 +75,8 @@ def _register(stub: pb_grpc.CoordinatorStub, site_name: str = "") -> pb.Register
 
 
 def _site(procs: Procs, kits: Path, name: str, index: int, port: int, tmp: Path, *extra: str):  # type: ignore[no-untyped-def]
-    """One of two sites, dialling the coordinator's bound port with its kit (1 local epoch:
-    rounds stay short)."""
+    """One of two sites, dialling the coordinator's bound port with its kit (the run's
+    coordinator sets 1 local epoch: rounds stay short)."""
     return procs.start(
         name,
         "client",
@@ -92,8 +92,6 @@ def _site(procs: Procs, kits: Path, name: str, index: int, port: int, tmp: Path,
         "2",
         "--run-dir",
         str(tmp / name),
-        "--epochs",
-        "1",
         *extra,
     )
 
@@ -118,6 +116,7 @@ def test_a_consortium_trains_over_mtls_and_refuses_everyone_else(procs: Procs, t
         liveness_timeout=8,  # 8x the heartbeat below: a loaded machine must not drop a healthy site
         heartbeat_interval=1,
         round_timeout=30,
+        epochs=1,  # the run's training settings: 1 local epoch keeps rounds short
     )
     # before any site joins: plaintext, and another consortium's certificate, are refused at
     # the handshake
@@ -207,6 +206,7 @@ def test_a_csr_enrolled_consortium_trains_over_mtls_with_a_pinned_ca(procs: Proc
         rounds=2,
         min_clients=2,
         round_timeout=60,
+        epochs=1,
     )
     sites = [
         _site(procs, tmp_path, n, i, port, tmp_path / "runs", *pinned)
@@ -267,6 +267,7 @@ def test_admins_start_and_stop_a_run_and_observers_only_watch(procs: Procs, tmp_
         rounds=500,
         min_clients=2,
         wait_for_start=True,
+        epochs=1,
     )
     for i, name in enumerate(("bank-a", "bank-b")):
         _site(procs, kits, name, i, port, tmp_path)
@@ -322,12 +323,13 @@ def test_a_consortium_secagg_run_signs_keys_and_audit_logs_with_kit_identities(
         min_clients=3,
         round_timeout=60,
         secagg="secaggplus",
+        epochs=1,
     )
     sites = {}
     for i, name in enumerate(names):
         site = ["--kit", str(kits / name), "--coordinator", f"127.0.0.1:{port}"]
         site += ["--task", "digits", "--site", str(i)]
-        site += ["--num-sites", "3", "--run-dir", str(tmp_path / name), "--epochs", "1"]
+        site += ["--num-sites", "3", "--run-dir", str(tmp_path / name)]
         sites[name] = procs.start(name, "client", *site, "--require-secagg")
     assert procs.wait(coord, 240, "coordinator") == 0, procs.log("coordinator")
     for name, proc in sites.items():

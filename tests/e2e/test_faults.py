@@ -74,10 +74,10 @@ def test_killed_client_does_not_stall_the_round(procs: Procs, tmp_path: Path):
 def test_straggler_is_cut_at_the_deadline_and_its_late_result_refused(procs: Procs, tmp_path: Path):
     run_dir = tmp_path / "run"
     coord, port = procs.coordinator(
-        "coordinator", run_dir, task="digits", rounds=3, min_clients=3, round_timeout=8
+        "coordinator", run_dir, task="digits", rounds=3, min_clients=3, round_timeout=8, epochs=1
     )
-    for i in range(2):  # one epoch: far inside the deadline, even on a loaded machine
-        procs.client(f"site{i}", port, i, 3, epochs=1)
+    for i in range(2):  # one epoch (the run's): far inside the deadline, even on a loaded machine
+        procs.client(f"site{i}", port, i, 3)
     procs.client(
         "site2",
         port,

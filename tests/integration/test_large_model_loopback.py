@@ -19,6 +19,7 @@ from fedops.coordinator.grpc_server import build_server
 from fedops.coordinator.grpc_transport import GrpcTransport
 from fedops.core.params import digest
 from fedops.core.strategies import FedAvg
+from fedops.core.train_settings import TrainPlan
 from fedops.core.training import TrainConfig, get_params
 from fedops.runtime.audit.log_file import AuditLog
 from fedops.runtime.driver import DriverConfig, RoundDriver
@@ -80,7 +81,13 @@ def test_forty_megabyte_model_round_trip(tmp_path: Path):
         driver = RoundDriver(
             transport=transport,
             strategy=FedAvg(),
-            config=DriverConfig(rounds=1, min_clients=1, round_timeout_s=120, join_timeout_s=60),
+            config=DriverConfig(
+                rounds=1,
+                min_clients=1,
+                round_timeout_s=120,
+                join_timeout_s=60,
+                train=TrainPlan(base=site.train_config.settings()),  # the run's, with each task
+            ),
             store=store,
         )
         final = driver.run(initial, start_round=1)

@@ -73,12 +73,13 @@ def test_a_consortium_run_across_two_network_namespaces(hosts, tmp_path: Path):
     procs = [
         _fedops(coord_ns, tmp_path / "coordinator.log", "coordinator", "--kit",
                 str(kits / "coordinator"), "--task", "digits", "--rounds", "3",
-                "--min-clients", "2", "--run-dir", str(run_dir), "--join-timeout", "120"),
+                "--min-clients", "2", "--run-dir", str(run_dir), "--join-timeout", "120",
+                "--epochs", "1"),
     ]  # fmt: skip
     for i, name in enumerate(("bank-a", "bank-b")):
         procs.append(
             _fedops(site_ns, tmp_path / f"{name}.log", "client", "--kit", str(kits / name),
-                    "--task", "digits", "--site", str(i), "--num-sites", "2", "--epochs", "1",
+                    "--task", "digits", "--site", str(i), "--num-sites", "2",
                     "--run-dir", str(tmp_path / name), "--max-retries", "10")
         )  # fmt: skip
     try:

@@ -177,11 +177,11 @@ def _run(
                 "--min-clients", str(min_clients), "--round-timeout", "40",
                 "--liveness-timeout", str(liveness_s),
                 "--heartbeat-interval", str(min(2.0, liveness_s / 5)),  # 5x slack at least
-                "--join-timeout", "60", "--run-dir", str(run_dir))  # fmt: skip
+                "--join-timeout", "60", "--epochs", "1", "--run-dir", str(run_dir))  # fmt: skip
     for i, ns in enumerate(net.sites):
         hosts.start(ns, f"site{i}", "client", "--coordinator", net.address, "--insecure",
                     "--task", str(task), "--site", str(i), "--num-sites", str(SITES),
-                    "--epochs", "1", "--run-dir", str(tmp_path / f"site{i}"),
+                    "--run-dir", str(tmp_path / f"site{i}"),
                     "--max-retries", str(MAX_RETRIES),
                     env={"FEDOPS_TEST_PACE_FILE": str(tmp_path / "pace")})  # fmt: skip
     return run_dir

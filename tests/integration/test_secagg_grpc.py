@@ -47,6 +47,7 @@ from fedops.core.secagg.messages import (
 from fedops.core.secagg.quantize import MODULUS
 from fedops.core.secagg.update import Encoding, encode_update, vector_length
 from fedops.core.strategies import FedAvg
+from fedops.core.train_settings import TrainPlan
 from fedops.core.training import TrainConfig
 from fedops.crypto import Crypto
 from fedops.runtime.driver import DriverConfig
@@ -242,7 +243,12 @@ def _run(
         config=config,
         strategy=FedAvg(),
         driver=DriverConfig(
-            rounds=rounds, min_clients=num_sites, round_timeout_s=60, join_timeout_s=60, seed=0
+            rounds=rounds,
+            min_clients=num_sites,
+            round_timeout_s=60,
+            join_timeout_s=60,
+            seed=0,
+            train=TrainPlan(base=train.settings()),  # the run's, with each training task
         ),
         initial_params=lambda: _copy(initial),
         evaluate_global=global_evaluator(task),

@@ -54,6 +54,7 @@ from fedops.core.secagg.messages import (
 )
 from fedops.core.secagg.server import SecAggServer
 from fedops.core.secagg.update import Encoding, _decode_private_sum, vector_length
+from fedops.core.train_settings import TrainSettings
 from fedops.crypto import Crypto, Identity
 from fedops.runtime.settings import SECAGG_CLIP
 from fedops.runtime.transport import Instruction, StageRequest
@@ -62,8 +63,10 @@ from fedops.wire.secagg import MASKED_TENSOR
 
 RUN_ID = "adversary-run"
 DECLINED = "the client declined the task: "
-#: one local epoch, a small step: quick, and the update stays well inside the SecAgg clip
-TRAINING = ["--epochs", "1", "--batch-size", "32", "--lr", "0.1"]
+#: the run's training settings every training task carries (as a coordinator's --epochs ...
+#: send them): one local epoch, a small step: quick, and the update stays well inside the
+#: SecAgg clip
+TRAINING = TrainSettings(epochs=1, batch_size=32, lr=0.1)
 
 # The digits task, but train() writes the site's true update where the test can read it:
 # NNNN-<digest of the start model>.npz holding the start model and trained - start.
@@ -219,7 +222,6 @@ class Fleet:
                 str(keys / f"{name}.pem"),
                 "--trusted-keys",
                 str(trusted),
-                *TRAINING,
                 *self.extra.get(name, ()),
                 task=str(task),
                 env={"FEDOPS_TEST_TRUTH_DIR": str(truth)},
@@ -285,7 +287,7 @@ class Fleet:
             )
         by_node = {self.node[name]: m for name, m in messages.items()}
         stage = StageRequest(messages=by_node, result_specs=specs)
-        instruction = Instruction(phase=phase, params=params or {}, stage=stage)
+        instruction = Instruction(phase=phase, params=params or {}, stage=stage, train=TRAINING)
         tasks = self.transport.dispatch(server_round, list(by_node), instruction)
         return self._wait(server_round, phase, tasks, timeout)
 
@@ -297,7 +299,7 @@ class Fleet:
         node = self.node[name]
         if kind == pb.TASK_KIND_FIT:
             tasks = self.transport.dispatch(
-                server_round, [node], Instruction(phase=Phase.FIT, params=params)
+                server_round, [node], Instruction(phase=Phase.FIT, params=params, train=TRAINING)
             )
         else:
             tasks = {node: self.transport.post(node, kind, server_round, params)}

@@ -18,7 +18,6 @@ from fedops.reporting.plots import read_metrics
 
 # One torch thread per process: five clients and a coordinator share two cores.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-FAST_TRAINING = ["--epochs", "5", "--batch-size", "16", "--lr", "0.5"]
 
 
 def run_fedops(
@@ -134,7 +133,6 @@ class Procs:
             str(num_sites),
             "--run-dir",
             str(self.workdir / name),
-            *FAST_TRAINING,
             *args,
             *flags(**options),
             env=env,

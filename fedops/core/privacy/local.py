@@ -33,13 +33,13 @@ import torch
 from torch import nn
 
 from fedops.core.privacy.accountant import RoundEvent, check_delta, epsilon, noise_for_target
+from fedops.core.train_settings import MAX_EPOCHS
 from fedops.core.training import Data, TrainConfig, as_tensors, num_examples
 
 #: the least noise a site trains with, besides 0 (clipping only, ε = ∞, accounted at once):
 #: below it one round already costs hundreds of ε, and its PLD costs seconds to gigabytes
 MIN_NOISE_MULTIPLIER = 0.1
 #: the most local epochs a fit task may ask for (federated rounds run a few)
-MAX_EPOCHS = 100
 #: the most DP-SGD steps one round may take (a million records at batch 64 for 5 epochs: 78k)
 MAX_STEPS_PER_ROUND = 1_000_000
 #: the loosest ``dp_target_epsilon`` a site calibrates its σ for

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from fedops import __version__
-from fedops.cli import _config, main, train_config
+from fedops.cli import _config, main
 from fedops.cli.help import all_parsers
 from fedops.cli.parser import build_parser
 from fedops.coordinator import app
@@ -148,17 +148,54 @@ def test_max_workers_reaches_the_servers_thread_pool(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    ("flags", "field", "expected"),
+    ("flags", "expected"),
     [
-        (("--optimizer", "adam"), "optimizer", "adam"),
-        (("--epochs", "2"), "epochs", 2),
-        (("--batch-size", "8"), "batch_size", 8),
-        (("--lr", "0.05"), "lr", 0.05),
-        (("--momentum", "0.9"), "momentum", 0.9),
+        (("--optimizer", "adam"), {"optimizer": "adam"}),
+        (("--epochs", "2"), {"epochs": 2}),
+        (("--batch-size", "8"), {"batch_size": 8}),
+        (("--lr", "0.05"), {"lr": 0.05}),
+        (("--momentum", "0.9"), {"momentum": 0.9}),
+        (("--lr", "0.4", "--lr-decay", "0.5"), {"lr": 0.4 * 0.5**2}),  # round 3's
     ],
 )
-def test_a_client_training_flag_reaches_the_training_config(flags, field, expected):
-    assert getattr(train_config(client(*flags)), field) == expected
+def test_a_coordinator_training_flag_reaches_the_fit_tasks(flags, expected):
+    """The run owns the training settings: the coordinator's flags reach the driver's
+    per-round settings, which every fit task carries (round 3 here)."""
+    train = app._driver(coordinator(*flags)).train_at(3)
+    assert train is not None
+    for field, value in expected.items():
+        assert getattr(train, field) == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    ("flag", "cap"),
+    [("--epochs", "--max-epochs"), ("--batch-size", "--max-batch-size"), ("--lr", "--max-lr")],
+)
+def test_a_site_passing_a_training_flag_is_told_it_moved_to_the_run(flag, cap, capsys):
+    """The site's old training flags: a clear error naming the coordinator's flag and the
+    site's cap, not argparse's bare "unrecognized arguments", and no traceback."""
+    base = ["client", "--task", "digits", "--site", "0", "--num-sites", "2"]
+    with pytest.raises(SystemExit) as exited:
+        main([*base, flag, "3"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{flag} moved to the run" in err
+    assert f"fedops coordinator {flag}" in err and cap in err
+    assert "unrecognized" not in err and "Traceback" not in err
+
+
+def test_optimizer_on_a_site_is_told_it_moved_even_without_a_value(capsys):
+    with pytest.raises(SystemExit):
+        main(["client", "--optimizer"])
+    err = capsys.readouterr().err
+    assert "--optimizer moved to the run" in err and "client.optimizer" in err
+
+
+def test_a_site_cap_flag_reaches_the_sites_policy():
+    from fedops.client.site_config import site_policy
+
+    caps = site_policy(client("--max-epochs", "3", "--max-lr", "0.2"), None).train_caps
+    assert (caps.max_epochs, caps.max_batch_size, caps.max_lr) == (3, None, 0.2)
 
 
 def test_site_name_names_the_site():

@@ -111,7 +111,11 @@ def _audit(agent: Agent, event: str) -> list[dict[str, Any]]:
 def test_a_capped_site_answers_a_dp_fit_with_its_model_alone(capped: Agent):
     for server_round in (1, 2):
         task = pb.Task(
-            kind=pb.TASK_KIND_FIT, run_id="run-A", round=server_round, task_id=f"f{server_round}"
+            kind=pb.TASK_KIND_FIT,
+            run_id="run-A",
+            round=server_round,
+            task_id=f"f{server_round}",
+            train=pb.TrainSettings(epochs=1, batch_size=64, lr=0.05, optimizer="sgd"),
         )
         task.config.update(DP)
         answer = _step(capped, task)

@@ -100,17 +100,35 @@ def test_loopback_addresses_are_accepted(address):
         ({"task": None}, "task"),
         ({"coordinator": "nohost"}, "coordinator"),
         ({"max_retries": -1}, "max_retries"),
-        ({"train": ClientTrainConfig(epochs=0)}, "client.epochs"),
-        ({"train": ClientTrainConfig(batch_size=0)}, "client.batch_size"),
-        ({"train": ClientTrainConfig(lr=0.0)}, "client.lr"),
-        ({"train": ClientTrainConfig(optimizer="lbfgs")}, "client.optimizer"),
-        ({"train": ClientTrainConfig(momentum=1.0)}, "client.momentum"),
-        # Adam has no momentum term: the setting would be ignored
-        ({"train": ClientTrainConfig(optimizer="adam", momentum=0.9)}, "client.momentum"),
+        ({"max_epochs": 0}, "max_epochs"),
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"max_lr": float("nan")}, "max_lr"),
+        ({"max_lr": 0.0}, "max_lr"),
     ],
 )
 def test_client_errors_name_the_key(kwargs, key):
     assert _key(ClientConfig, **kwargs) == key
+
+
+@pytest.mark.parametrize(
+    ("train", "key"),
+    [
+        (ClientTrainConfig(epochs=0), "client.epochs"),
+        (ClientTrainConfig(epochs=101), "client.epochs"),  # past every site's bound
+        (ClientTrainConfig(batch_size=0), "client.batch_size"),
+        (ClientTrainConfig(lr=0.0), "client.lr"),
+        (ClientTrainConfig(lr=float("inf")), "client.lr"),
+        (ClientTrainConfig(lr_decay=0.0), "client.lr_decay"),
+        (ClientTrainConfig(lr_decay=1.01), "client.lr_decay"),
+        (ClientTrainConfig(optimizer="lbfgs"), "client.optimizer"),
+        (ClientTrainConfig(momentum=1.0), "client.momentum"),
+        # Adam has no momentum term: the setting would be ignored
+        (ClientTrainConfig(optimizer="adam", momentum=0.9), "client.momentum"),
+    ],
+)
+def test_the_runs_training_errors_name_the_key(train, key):
+    """The run owns the training settings: the coordinator refuses what every site would."""
+    assert _key(CoordinatorConfig, train=train) == key
 
 
 def test_site_out_of_range_message_names_num_sites():

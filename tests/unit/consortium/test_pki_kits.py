@@ -112,6 +112,14 @@ def _refused(kit_dir: Path, file: str, words: str) -> None:
             "sites[0].policy.max_rounds: a positive integer",
         ),
         (
+            {"sites": [{"name": "x", "policy": {"max_epochs": 0}}]},
+            "sites[0].policy.max_epochs: a positive integer",
+        ),
+        (
+            {"sites": [{"name": "x", "policy": {"max_lr": float("nan")}}]},
+            "sites[0].policy.max_lr: a positive number",
+        ),
+        (
             {"sites": [{"name": "x", "policy": {"allowed_tasks": ["abc"]}}]},
             "sites[0].policy.allowed_tasks[0]: not a sha256 digest",
         ),
@@ -160,6 +168,9 @@ def test_a_kit_policy_is_what_the_site_policy_reads(consortium):
         .policy
     )
     assert SitePolicy.from_mapping(policy).max_rounds == 2
+    capped = parse_spec(_spec(sites=[{"name": "x", "policy": {"max_epochs": 3, "max_lr": 0.2}}]))
+    caps = SitePolicy.from_mapping(capped.sites[0].policy).train_caps
+    assert (caps.max_epochs, caps.max_batch_size, caps.max_lr) == (3, None, 0.2)
     for spec_site in load_spec(EXAMPLE).sites:
         assert SitePolicy.from_mapping(spec_site.policy).consent is True
     kit = load_kit(consortium / "kits" / "bank-a")

@@ -130,7 +130,7 @@ def test_a_process_worker_reports_as_a_site():
     task = load_task(BANK)
     params = initial_params(task, 0)
     spec = monitor_spec(MonitorSettings(), task, params)
-    *_, report = worker.run(("evaluate", 2, 1, encode(params), {}, spec))
+    *_, report = worker.run(("evaluate", 2, 1, encode(params), {}, None, spec))
     site = Site(task, site=2, num_sites=5, train_config=TrainConfig())
     _same_report(report, site.report(params, spec), "worker")
 

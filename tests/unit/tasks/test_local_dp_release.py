@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -164,8 +165,10 @@ def test_a_crafted_fit_config_is_refused_at_once_naming_the_bound(
     config = {**DP, **crafted}
     if "dp_target_epsilon" in crafted:
         del config["dp_noise_multiplier"]
+    # epochs are the run's training settings (Task.train), the rest the DP keys of config
+    epochs = int(config.pop("epochs", TRAIN.epochs))
     with pytest.raises(PolicyRefusal, match=bound):
-        site.fit(start, 1, config)
+        site.fit(start, 1, config, train=replace(TRAIN.settings(), epochs=epochs))
     assert SiteLedger(tmp_path).charges() == []
 
 
@@ -176,9 +179,10 @@ def test_a_capped_site_refuses_a_round_that_alone_passes_its_cap_without_a_pld(
     site = _site(ledger_dir=tmp_path, max_epsilon=3.0)
     start = site.initial_params()
     _no_pld(monkeypatch)
-    config = {**DP, "dp_noise_multiplier": 0.1, "epochs": 100.0}  # ε in the thousands
+    config = {**DP, "dp_noise_multiplier": 0.1}
+    train = replace(TRAIN.settings(), epochs=100)  # ε in the thousands
     with pytest.raises(PolicyRefusal, match=r"this round alone .*\(RDP.*--max-epsilon"):
-        site.fit(start, 1, config)
+        site.fit(start, 1, config, train=train)
 
 
 def test_the_steps_of_one_round_are_bounded():
