@@ -15,7 +15,7 @@ secure aggregation only for the run the site registered for.
 from __future__ import annotations
 
 from fedops.core.train_settings import TrainSettings
-from fedops.tasks.fit_settings import PolicyRefusal
+from fedops.tasks.fit_settings import PolicyRefusal, checked_round_config
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire.training import train_of
 
@@ -73,6 +73,7 @@ def run_training(task: pb.Task) -> TrainSettings:
     """The run's training settings a training task must carry (``Task.train``), else a
     refusal: a site has no training settings of its own to fall back on, and guessing
     would train differently from what the run's config records."""
+    checked_round_config(task.config)  # before the download: μ, seed, no training keys
     train = train_of(task)
     if train is None:
         raise PolicyRefusal(

@@ -149,9 +149,15 @@ class TaskHandler:
         self.outbox.push(task, payload, n, metrics, secagg=reply)
 
     def decline(self, task: pb.Task, reason: str) -> None:
+        reason = reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
         log.warning("round %d: declining the task: %s", task.round, reason)
         self.audit("task_declined", round=task.round, kind=phase_of(task), reason=reason)
         self.outbox.push(task, {}, 0, {}, declined=reason)
+
+
+#: the longest decline reason a site records and sends: a hostile task's text quoted into
+#: it must not fill the site's audit log
+MAX_REASON = 500
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -112,9 +112,14 @@ def check_monitoring_section(m: MonitoringConfig) -> None:
     )
 
 
-def check_train(c: ClientTrainConfig, *, prefix: str = "client") -> None:
+#: the smallest learning rate a decayed schedule may reach: below it a round trains nothing
+MIN_DECAYED_LR = 1e-8
+
+
+def check_train(c: ClientTrainConfig, *, rounds: int, prefix: str = "client") -> None:
     """The run's training settings (the ``client.*`` section, the coordinator's
-    ``--epochs`` ...): what a site would refuse is refused here first, by key."""
+    ``--epochs`` ...): what a site would refuse is refused here first, by key, the
+    last round's decayed rate included."""
     for key, high in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH_SIZE)):
         value = getattr(c, key)
         require(1 <= value <= high, f"{prefix}.{key}", f"must be in 1..{high}, got {value}")
@@ -127,6 +132,13 @@ def check_train(c: ClientTrainConfig, *, prefix: str = "client") -> None:
         math.isfinite(c.lr_decay) and 0 < c.lr_decay <= 1,
         f"{prefix}.lr_decay",
         f"must be in (0, 1] (1: a constant rate), got {c.lr_decay}",
+    )
+    last = c.lr * c.lr_decay ** max(rounds - 1, 0)
+    require(
+        last >= MIN_DECAYED_LR,
+        f"{prefix}.lr_decay",
+        f"takes the rate from {c.lr:g} to {last:.3g} by round {rounds}, below "
+        f"{MIN_DECAYED_LR:g}: rounds that train nothing (use a decay closer to 1)",
     )
     require(
         c.optimizer in OPTIMIZERS,

@@ -139,7 +139,7 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
 
     def __post_init__(self) -> None:
         self.check_round_options()
-        check_train(self.train)
+        check_train(self.train, rounds=self.rounds)
         self.check_task_options()
         self.check_monitoring()
         self.check_serving()

@@ -140,7 +140,7 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     check_flower_app(cfg)  # first: its data keys are refused as a Flower app's
     check_data_keys(cfg)
     check_strategy_options(cfg.strategy)
-    check_train(c)
+    check_train(c, rounds=cfg.rounds)
     check_simulation(s)
     check_strategy_fits(
         cfg.strategy,

@@ -113,6 +113,10 @@ def checked_train(train: TrainSettings, caps: TrainCaps) -> TrainSettings:
     """The coordinator's training settings if this site may train with them, else a
     :class:`PolicyRefusal` naming the setting: each value within the site's bounds
     (``1..MAX_EPOCHS`` epochs: 1e18 trained forever), then within its caps."""
+    if len(train.optimizer) > MAX_OPTIMIZER_NAME:  # before it is quoted into any record
+        raise PolicyRefusal(
+            f"optimizer name of {len(train.optimizer)} characters: not one of {list(OPTIMIZERS)}"
+        )
     _within("epochs", train.epochs, 1, MAX_EPOCHS, "MAX_EPOCHS")
     _within("batch_size", train.batch_size, 1, MAX_BATCH_SIZE, "MAX_BATCH_SIZE")
     if not (math.isfinite(train.lr) and 0 < train.lr <= MAX_LR):
@@ -135,10 +139,44 @@ def checked_train(train: TrainSettings, caps: TrainCaps) -> TrainSettings:
         if cap is not None and value > cap:
             flag = "--max-" + key.replace("_", "-")
             raise PolicyRefusal(
-                f"site policy: the run asks {key}={value:g}, above this site's cap of {cap:g} "
+                f"site policy: the run asks {key}={value!r}, above this site's cap of {cap!r} "
                 f"({flag}, policy rule max_{key}); declined, not trained with less"
             )
     return train
+
+
+#: the longest optimizer name a site reads (the known ones are a few letters)
+MAX_OPTIMIZER_NAME = 32
+#: the largest FedProx μ a site trains with: far past it the proximal term is all the loss
+MAX_PROXIMAL_MU = 1e4
+#: what only ``Task.train`` may carry (checked against the caps), never ``Task.config``
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "lr_decay")
+
+
+def checked_round_config(config: Mapping[str, float]) -> tuple[float, int]:
+    """The round config's FedProx ``proximal_mu`` and shuffle ``seed`` if usable, else a
+    :class:`PolicyRefusal`: a NaN μ silently dropped the proximal term, a huge one made
+    the model non-finite, and a training setting here would bypass the site's caps."""
+    clash = sorted(key for key in config if key in TRAIN_KEYS)
+    if clash:
+        raise PolicyRefusal(
+            f"the task's config sets {clash}: the run's training settings travel only in "
+            "Task.train, where this site checks them against its caps"
+        )
+    mu = _number(config, "proximal_mu")
+    if not (math.isfinite(mu) and 0 <= mu <= MAX_PROXIMAL_MU):
+        raise PolicyRefusal(f"proximal_mu={mu!r} is outside [0, {MAX_PROXIMAL_MU:g}]")
+    seed = _number(config, "seed")
+    if not (math.isfinite(seed) and seed.is_integer() and 0 <= seed < 2**53):
+        raise PolicyRefusal(f"seed={seed!r} is not a whole number in [0, 2^53)")
+    return mu, int(seed)
+
+
+def _number(config: Mapping[str, float], key: str) -> float:
+    try:
+        return float(config.get(key, 0.0))
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _within(key: str, value: int, low: int, high: int, name: str) -> None:

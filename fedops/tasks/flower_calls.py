@@ -157,11 +157,20 @@ def _metric_record(content: Any) -> dict[str, Any]:
 
 def _count(metrics: Mapping[str, Any], kind: str) -> int:
     """``num-examples`` of a reply: what FedAvg weights the answer by (Flower's key)."""
-    raw = metrics.get("num-examples")
-    if not isinstance(raw, int | float) or raw < 0:
+    return checked_count(metrics.get("num-examples"), kind)
+
+
+def checked_count(raw: Any, kind: str) -> int:
+    """An app's example count if it is a whole number >= 0, else :class:`FlowerAppError`
+    (``inf``, ``nan`` or ``-5`` would weigh the site's answer by nonsense)."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        ok = False
+    else:
+        ok = math.isfinite(raw) and raw >= 0 and float(raw).is_integer()
+    if not ok:
         raise FlowerAppError(
-            f"the Flower app's {kind} reply has no 'num-examples' in its MetricRecord "
-            f"(got {raw!r}): fedops weighs each site's answer by it, as Flower's FedAvg does"
+            f"the Flower app's {kind} reply has no whole 'num-examples' >= 0 (got {raw!r}): "
+            "fedops weighs each site's answer by it, as Flower's FedAvg does"
         )
     return int(raw)
 
@@ -198,7 +207,7 @@ class LegacyCalls:
             keep_input=False,
         )
         new = from_arrays(params, parameters_to_ndarrays(res.parameters), "fit")
-        return new, int(res.num_examples), metrics_of(res.metrics)
+        return new, checked_count(res.num_examples, "fit"), metrics_of(res.metrics)
 
     def evaluate(
         self, context: Any, params: Params, config: Mapping[str, Any]
@@ -212,4 +221,5 @@ class LegacyCalls:
         ins = EvaluateIns(ndarrays_to_parameters(list(params.values())), dict(config))
         content = evaluateins_to_recorddict(ins, keep_input=False)
         res = recorddict_to_evaluateres(ask(self.app, "evaluate", context, content, config))
-        return int(res.num_examples), {**metrics_of(res.metrics), "loss": float(res.loss)}
+        n = checked_count(res.num_examples, "evaluate")
+        return n, {**metrics_of(res.metrics), "loss": float(res.loss)}

@@ -30,7 +30,12 @@ from fedops.core.params import Params
 from fedops.core.train_settings import TrainSettings
 from fedops.core.training import TrainConfig
 from fedops.tasks.contract import Task
-from fedops.tasks.fit_settings import PolicyRefusal, TrainCaps, checked_train
+from fedops.tasks.fit_settings import (
+    PolicyRefusal,
+    TrainCaps,
+    checked_round_config,
+    checked_train,
+)
 from fedops.tasks.flower_app import (
     LOCAL_DP_REFUSAL,
     MONITORING_REFUSAL,
@@ -42,6 +47,8 @@ from fedops.tasks.ledger import SiteLedger, Spent
 
 __all__ = ["FlowerSite", "flower_task", "initial_of"]
 
+#: the run's training settings an app reads from its config (after the site's checks)
+TRAIN_FIELDS = ("epochs", "batch_size", "lr", "optimizer", "momentum")
 #: fit-config keys a Flower app reads as whole numbers (``range(config["epochs"])``)
 _WHOLE = ("epochs", "batch_size", "seed", "server-round")
 
@@ -191,9 +198,11 @@ class FlowerSite:
     ) -> dict[str, Any]:
         """What the app reads as its round's config (whole numbers as ints, as an app
         writing ``range(config["epochs"])`` needs them)."""
+        checked_round_config(config)  # μ and seed usable; no training setting in config
+        # the checked settings last: nothing in the coordinator's config replaces them
         merged: dict[str, Any] = {
-            **dataclasses.asdict(train),
             **config,
+            **{key: getattr(train, key) for key in TRAIN_FIELDS},
             "server-round": server_round,
         }
         for key in _WHOLE:

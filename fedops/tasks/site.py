@@ -45,6 +45,7 @@ from fedops.tasks.fit_settings import (
     PolicyRefusal,
     TrainCaps,
     accounting_delta,
+    checked_round_config,
     checked_train,
     local_dp,
 )
@@ -213,11 +214,12 @@ class Site:
         examples, so FedAvg weights every DP site equally. What the round cost stays
         at the site: its ledger, and its audit log through ``on_spend``.
         """
+        mu, seed = checked_round_config(config)
         self.at_round(server_round)
         cfg = replace(
             self.training(train),
-            proximal_mu=float(config.get("proximal_mu", self.train_config.proximal_mu)),
-            seed=shuffle_seed(int(config.get("seed", 0)), server_round, self.site),
+            proximal_mu=mu,
+            seed=shuffle_seed(seed, server_round, self.site),
         )
         dp = self._local_dp(config, cfg)
         if dp is not None:

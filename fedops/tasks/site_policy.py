@@ -101,7 +101,7 @@ class SitePolicy:
             return flag if flag is not None else policy.get(key)
 
         secagg = {name: v for key, name in SECAGG_RULES.items() if (v := chosen(key)) is not None}
-        caps = {key: v for key in TRAIN_CAPS if (v := chosen(key)) is not None}
+        caps = {k: v for k in TRAIN_CAPS if (v := _stricter(policy, overrides, k)) is not None}
         limits = {
             name: int(v)
             for name in ("min_count", "max_cells")
@@ -162,3 +162,15 @@ def _boolean(policy: Mapping[str, Any], key: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"policy: {key} must be true or false, got {value!r}")
     return value
+
+
+def _stricter(policy: Mapping[str, Any], overrides: dict[str, Any], key: str) -> Any:
+    """A training cap from the flag and the kit: the smaller, so a flag can tighten the
+    kit's cap but never loosen it (the kit's policy is what the consortium agreed to)."""
+    flag, rule = overrides.pop(key, None), policy.get(key)
+    if flag is None or rule is None:
+        return flag if flag is not None else rule
+    try:
+        return min(flag, rule)
+    except TypeError:  # a malformed rule: TrainCaps refuses it by name
+        return rule

@@ -68,12 +68,13 @@ def run(tmp_path_factory):
             rounds=ROUNDS,
             min_clients=SITES,
             metrics_port=0,  # the kernel picks it; listening.json says which
+            lr=0.1,  # the run's training settings: the coordinator's
         )
         listening = read_listening(coord_dir, coord.pid)
         assert listening is not None and listening.metrics is not None, listening
         metrics_port = int(listening.metrics.rpartition(":")[2])
         for site in range(SITES):
-            procs.client(f"bank{site}", port, site, SITES, task=TASK, lr=0.1)
+            procs.client(f"bank{site}", port, site, SITES, task=TASK)
         wait_until(lambda: len(metrics(coord_dir)) >= 1, 180, "round 1")
         early = _scrape(metrics_port)
         wait_until(lambda: len(metrics(coord_dir)) >= 3, 180, "round 3")

@@ -71,8 +71,8 @@ def test_user_task_file_and_initial_model_from_first_client(procs: Procs, tmp_pa
     task = tmp_path / "my_task.py"
     task.write_text(USER_TASK)
     run_dir = tmp_path / "run"
-    coord, port = procs.coordinator("coordinator", run_dir, rounds=4, min_clients=3)
-    clients = [procs.client(f"site{i}", port, i, 3, task=str(task), lr=0.1) for i in range(3)]
+    coord, port = procs.coordinator("coordinator", run_dir, rounds=4, min_clients=3, lr=0.1)
+    clients = [procs.client(f"site{i}", port, i, 3, task=str(task)) for i in range(3)]
     assert procs.wait(coord, 180, "coordinator") == 0, procs.log("coordinator")
     for i, client in enumerate(clients):
         assert procs.wait(client, 30, f"site{i}") == 0

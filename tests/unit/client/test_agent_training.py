@@ -85,3 +85,30 @@ def test_a_fit_the_site_will_not_train_is_declined_and_audited_before_any_downlo
     assert agent.fetched == []  # type: ignore[attr-defined]
     (declined,) = _declines(agent)
     assert declined["round"] == 1 and reason in declined["reason"]
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ({"proximal_mu": float("nan")}, "proximal_mu=nan"),
+        ({"seed": float("nan")}, "seed=nan"),
+        ({"epochs": 1e9}, "travel only in Task.train"),
+    ],
+)
+def test_a_hostile_round_config_is_declined_before_any_download(
+    agent: Agent, config: dict[str, float], reason: str
+):
+    task = _fit(1, epochs=1, batch_size=32, lr=0.1, optimizer="sgd")
+    task.config.update(config)
+    answer = _step(agent, task)
+    assert reason in answer["declined"]
+    assert agent.fetched == []  # type: ignore[attr-defined]
+
+
+def test_a_declined_reason_is_bounded_whatever_the_task_quotes(agent: Agent):
+    """A 15 MB optimizer name must not become a 60 MB signed audit entry."""
+    answer = _step(agent, _fit(1, epochs=1, batch_size=32, lr=0.1, optimizer="\x00" * 100_000))
+    assert len(answer["declined"]) <= 500
+    (declined,) = _declines(agent)
+    assert len(declined["reason"]) <= 500
+    assert (agent.cfg.run_dir / "audit.jsonl").stat().st_size < 50_000  # type: ignore[operator]

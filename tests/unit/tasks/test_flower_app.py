@@ -159,6 +159,26 @@ def test_the_site_caps_apply_to_what_a_flower_app_is_sent():
         site.fit({"w": np.zeros(2)}, 1, {}, train=TrainSettings(epochs=3, batch_size=8, lr=0.1))
 
 
+def test_the_coordinators_config_cannot_replace_the_checked_training_settings():
+    """A hostile config carrying epochs=1e9 (or NaN settings) must not reach the app."""
+    site = _site(_message_app(), message_api=True, train_caps=TrainCaps(max_epochs=2))
+    train = TrainSettings(epochs=1, batch_size=8, lr=0.1)
+    for hostile in ({"epochs": 1e9}, {"lr": float("nan"), "batch_size": 0.0}):
+        with pytest.raises(PolicyRefusal, match=r"travel only in Task\.train"):
+            site.fit({"w": np.zeros(2)}, 1, hostile, train=train)
+    with pytest.raises(PolicyRefusal, match="proximal_mu=nan"):
+        site.fit({"w": np.zeros(2)}, 1, {"proximal_mu": float("nan")}, train=train)
+
+
+@pytest.mark.parametrize("count", [-5, float("inf"), float("nan"), 2.5, True, "7"])
+def test_an_app_example_count_that_is_not_a_whole_number_is_refused(count):
+    from fedops.tasks.flower_calls import checked_count
+
+    with pytest.raises(FlowerAppError, match="num-examples"):
+        checked_count(count, "fit")
+    assert checked_count(12.0, "fit") == 12
+
+
 def _project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A Flower project on the path: pyproject with run config, a NumPyClient app."""
     pkg = tmp_path / "proj" / "flwr_proj_app"

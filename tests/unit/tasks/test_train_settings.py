@@ -90,11 +90,54 @@ def test_a_cap_that_is_no_cap_is_refused_at_start(bad):
         TrainCaps(**bad)
 
 
-def test_a_kits_policy_caps_training_and_a_flag_wins():
+def test_a_kits_policy_caps_training_and_a_flag_only_tightens_it():
     from fedops.tasks.site_policy import SitePolicy
 
     policy = SitePolicy.from_mapping({"max_epochs": 4, "max_lr": 0.3}, max_epochs=2)
     assert policy.train_caps == TrainCaps(max_epochs=2, max_lr=0.3)
+    # a flag above the kit's cap does not loosen what the consortium agreed to
+    loose = SitePolicy.from_mapping({"max_epochs": 2, "max_lr": 0.01}, max_epochs=100, max_lr=9.0)
+    assert loose.train_caps == TrainCaps(max_epochs=2, max_lr=0.01)
+    flag_only = SitePolicy.from_mapping({}, max_batch_size=64)
+    assert flag_only.train_caps == TrainCaps(max_batch_size=64)
+
+
+def test_a_long_optimizer_name_is_refused_without_being_quoted():
+    name = "\x00" * 1_000_000
+    with pytest.raises(PolicyRefusal) as refused:
+        checked_train(replace(RUN, optimizer=name), TrainCaps())
+    assert len(str(refused.value)) < 200
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ({"proximal_mu": math.nan}, "proximal_mu=nan"),
+        ({"proximal_mu": 1e308}, "proximal_mu=1e+308"),
+        ({"proximal_mu": -1.0}, "proximal_mu=-1.0"),
+        ({"seed": math.nan}, "seed=nan"),
+        ({"seed": 1.5}, "seed=1.5"),
+        ({"seed": -1.0}, "seed=-1.0"),
+        ({"epochs": 1e9}, "['epochs']"),
+        ({"lr": 0.1, "batch_size": 0}, "['batch_size', 'lr']"),
+    ],
+)
+def test_a_round_config_the_site_cannot_use_is_refused_naming_it(config, named):
+    from fedops.tasks.fit_settings import checked_round_config
+
+    with pytest.raises(PolicyRefusal, match=re.escape(named)):
+        checked_round_config(config)
+    assert checked_round_config({"proximal_mu": 0.01, "seed": 7.0}) == (0.01, 7)
+
+
+def test_a_decay_that_reaches_a_rate_of_nothing_is_refused_at_configuration():
+    from fedops.runtime.rules import ConfigError
+    from fedops.runtime.schema import ClientTrainConfig
+    from fedops.runtime.section_rules import check_train
+
+    with pytest.raises(ConfigError, match=r"client\.lr_decay"):
+        check_train(ClientTrainConfig(lr=0.1, lr_decay=0.5), rounds=1100)
+    check_train(ClientTrainConfig(lr=0.1, lr_decay=0.5), rounds=20)  # 0.1 * 2^-19: fine
 
 
 def test_the_lr_schedule_decays_per_round():
