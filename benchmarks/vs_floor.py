@@ -14,6 +14,8 @@ evaluation (goal: < 10%).
 
     python benchmarks/vs_floor.py                  # 1000 clients, 5 rounds
     python benchmarks/vs_floor.py --clients 200 --rounds 3
+    python benchmarks/vs_floor.py --model cnn      # 100 clients, a two-conv CNN on images
+                                                   # (vs_floor_cnn.py), plus the compute floor
 """
 
 from __future__ import annotations
@@ -113,10 +115,17 @@ def run_fedops(cfg: SimulateConfig, data, run_dir: Path) -> tuple[list[float], f
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__doc__)
-    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=None, help="1000; 100 for --model cnn")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--model", choices=["logreg", "cnn"], default="logreg")
+    parser.add_argument("--threads", type=int, default=0, help="--model cnn: torch threads")
     add_seed_flag(parser)
     args = parser.parse_args(argv)
+    if args.model == "cnn":
+        from vs_floor_cnn import run_cnn
+
+        return run_cnn(args.clients or 100, args.rounds, args.seed, args.threads)
+    args.clients = args.clients or 1000
     lr, batch = 0.01, 10
     t0 = time.perf_counter()
     data = synthetic(num_clients=args.clients, alpha=1.0, beta=1.0, seed=args.seed)

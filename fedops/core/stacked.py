@@ -145,7 +145,7 @@ class _Plan:
     offsets: list[int]  # where each step's entries start
 
 
-def _plan(jobs: Sequence[ClientJob], steps: np.ndarray, batch: int) -> _Plan:
+def batch_plan(jobs: Sequence[ClientJob], steps: np.ndarray, batch: int) -> _Plan:
     """Every client's minibatches (:meth:`ClientJob.batches`), rearranged step-major."""
     drawn = [job.batches(batch) for job in jobs]
     rows = np.concatenate([r for r, _ in drawn])
@@ -179,7 +179,7 @@ def _train_prefix(
     cfg: VectorConfig,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     count, batch = len(jobs), cfg.batch_size
-    plan = _plan(jobs, steps, batch)
+    plan = batch_plan(jobs, steps, batch)
     rows, weights = plan.rows.to(x.device), plan.weights.to(x.device, x.dtype)
     stack = {n: t.expand(count, *t.shape).clone() for n, t in base.items()}
     velocity = {n: torch.zeros_like(t) for n, t in stack.items()} if cfg.momentum else {}
@@ -255,12 +255,12 @@ def _backward_and_step(
             d_bias = grad.sum(dim=1) if layer.bias is not None else None
             if k > 0:  # the gradient below needs the weights before this step
                 grad = torch.bmm(grad, stack[layer.weight][:n])
-            _step(stack, velocity, base, layer.weight, d_weight, n, cfg)
+            sgd_step(stack, velocity, base, layer.weight, d_weight, n, cfg)
             if layer.bias is not None and d_bias is not None:
-                _step(stack, velocity, base, layer.bias, d_bias, n, cfg)
+                sgd_step(stack, velocity, base, layer.bias, d_bias, n, cfg)
 
 
-def _step(
+def sgd_step(
     stack: dict[str, torch.Tensor],
     velocity: dict[str, torch.Tensor],
     base: dict[str, torch.Tensor],

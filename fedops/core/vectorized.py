@@ -11,7 +11,10 @@ per-client loop up to floating-point summation order.
 
 :func:`train_many` hands chains of linear layers and pointwise activations to
 :mod:`fedops.core.stacked` instead (the same computation with the backward
-written out, ~10x cheaper per step); this module's vmap path takes the rest.
+written out, ~10x cheaper per step), CNN-style chains (convolutions, pooling,
+normalization with per-client BatchNorm statistics, dropout, embeddings) to
+:mod:`fedops.core.batched_cnn` (one autograd graph over stacked weights); this
+module's vmap path takes the rest.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from fedops.core.batched_cnn import cnn_chain, structure, train_cnn
 from fedops.core.params import Params
 from fedops.core.schedule import ClientJob, VectorConfig
 from fedops.core.stacked import chain_of, train_stacked
@@ -32,7 +36,9 @@ from fedops.core.training import TrainConfig, get_params, set_params, train
 def supports(model: nn.Module) -> str | None:
     """Why this model cannot be trained vectorized, or None if it can."""
     if any(True for _ in model.buffers()):
-        return "the model has buffers (e.g. BatchNorm running statistics)"
+        chain = structure(model)  # BatchNorm's statistics: per client in batched_cnn
+        if isinstance(chain, str):
+            return f"the model has buffers outside a chain of batched_cnn layers ({chain})"
     if not any(p.requires_grad for p in model.parameters()):
         return "the model has no trainable parameters"
     return None
@@ -81,8 +87,10 @@ def train_many(
 ) -> list[tuple[Params, float]]:
     """Train every job from ``start``; return (params, mean training loss) per job, in order.
 
-    Linear/MLP chains go to the stacked trainer (``cfg.stacked``, default on), any other
-    model through torch.func; both compute the per-client loop's parameters.
+    Linear/MLP chains go to the stacked trainer and CNN-style chains to batched_cnn
+    (``cfg.stacked``, default on: the fast paths), any other model through torch.func, a
+    model with buffers that batched_cnn cannot take on these inputs client by client; all
+    compute the per-client loop's parameters.
     """
     reason = supports(model)
     if reason is not None:
@@ -90,6 +98,11 @@ def train_many(
     chain = chain_of(model, x) if cfg.stacked else None
     if isinstance(chain, list):
         return train_stacked(chain, start, x, y, jobs, cfg)
+    cnn = cnn_chain(model, x) if cfg.stacked else None
+    if cnn is not None and not isinstance(cnn, str):
+        return train_cnn(model, cnn, start, x, y, jobs, cfg)
+    if any(True for _ in model.buffers()):  # vmap cannot update buffers: the plain loop can
+        return [_train_one(model, start, x, y, job, cfg) for job in jobs]
     names = [n for n, p in model.named_parameters()]
     base = {n: torch.as_tensor(np.asarray(start[n])).to(x.device) for n in names}
     results: list[tuple[Params, float] | None] = [None] * len(jobs)

@@ -5,11 +5,12 @@ every client's data in flat arrays (pairs, TensorDatasets and map-style Datasets
 read into them once), per-round data reloaded each round, monitoring counted for all
 clients together. What the batched trainers cannot run is a user ``train()`` or
 ``evaluate()`` (fedops' own loop is what they batch), another optimizer than SGD, a
-model :func:`fedops.core.vectorized.supports` refuses (buffers such as BatchNorm's
-running statistics), or local DP-SGD with per-site ledgers. Such a run goes to the
-fastest backend that can run it, and says so in one log line, never an error: Hydra
-composes the default and an explicit ``simulation=vectorized`` into the same config,
-so the two cannot be told apart, and a run that works beats a run that refuses.
+model :func:`fedops.core.vectorized.supports` refuses (buffers outside a chain whose
+BatchNorm statistics :mod:`fedops.core.batched_cnn` keeps per client), or local DP-SGD
+with per-site ledgers. Such a run goes to the fastest backend that can run it, and says
+so in one log line, never an error: Hydra composes the default and an explicit
+``simulation=vectorized`` into the same config, so the two cannot be told apart, and a
+run that works beats a run that refuses.
 Naming ``sequential``, ``process`` or ``ray`` is never overridden.
 """
 

@@ -2,9 +2,10 @@
 
 Training goes through :func:`fedops.core.vectorized.train_many` (the same
 loop as a deployed client, batched over clients: the stacked trainer for
-linear/MLP chains, torch.func + vmap for other models); evaluation of the global
-model is one forward pass over every test row, summed per client; monitoring reports
-are counted for all evaluated clients together (:mod:`fedops.simulation.batched_monitor`).
+linear/MLP chains, batched_cnn for CNN-style chains, torch.func + vmap for other
+models); evaluation of the global model is one forward pass over every test row, summed
+per client; monitoring reports are counted for all evaluated clients together
+(:mod:`fedops.simulation.batched_monitor`).
 A task whose data changes per round is loaded again for each round (``reload``), the
 first round's rows staying the drift reference, as at a site. The driver still sees
 one event per client, exactly as from a coordinator.
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedops.core.batched_cnn import cnn_chain
 from fedops.core.monitoring.profile import MonitorSpec, ReportLimits
 from fedops.core.params import Params, specs_of
 from fedops.core.rounds import Event, NodeDropped, Phase
@@ -88,8 +90,11 @@ class VectorizedTransport(SimulatedTransport):
         )
         self._events: deque[Event] = deque()
         chain = chain_of(self.model, self.x)
-        if isinstance(chain, str):  # say why a model misses the fast path, once per run
-            log.info("vectorized backend: training through torch.func/vmap (%s)", chain)
+        cnn = cnn_chain(self.model, self.x) if isinstance(chain, str) else None
+        if isinstance(cnn, str):  # say why a model misses the fast paths, once per run
+            log.info("vectorized backend: training through torch.func/vmap (%s; %s)", chain, cnn)
+        elif cnn is not None:
+            log.info("vectorized backend: training a CNN-style chain with the batched_cnn trainer")
         else:
             log.info("vectorized backend: training a linear/MLP chain with the stacked trainer")
 
@@ -181,13 +186,16 @@ class VectorizedTransport(SimulatedTransport):
         data, n_clients = self.data, self.data.num_clients
         loss_sum = np.zeros(n_clients)
         correct = np.zeros(n_clients)
-        for lo in range(0, len(data.test_y), 65536):
-            x = torch.from_numpy(data.test_x[lo : lo + 65536]).to(self.device)
-            y = torch.from_numpy(data.test_y[lo : lo + 65536]).to(self.device)
+        # images in cache-sized slices: 2,000 28x28 rows through a two-conv CNN took 0.38 s
+        # at once and 0.17 s in slices of 256 (one CPU thread)
+        step = 256 if data.test_x.ndim == 4 else 65536
+        for lo in range(0, len(data.test_y), step):
+            x = torch.from_numpy(data.test_x[lo : lo + step]).to(self.device)
+            y = torch.from_numpy(data.test_y[lo : lo + step]).to(self.device)
             logits = self.model(x)
             rows = nn.functional.cross_entropy(logits, y, reduction="none").double().cpu().numpy()
             hits = (logits.argmax(dim=1) == y).double().cpu().numpy()
-            owner = self._test_owner[lo : lo + 65536]
+            owner = self._test_owner[lo : lo + step]
             loss_sum += np.bincount(owner, weights=rows, minlength=n_clients)
             correct += np.bincount(owner, weights=hits, minlength=n_clients)
         sizes = np.diff(data.test_offsets)

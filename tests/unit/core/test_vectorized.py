@@ -232,7 +232,10 @@ def test_chunks_group_similar_step_counts_and_cover_every_client():
 
 
 def test_models_with_buffers_are_refused_with_a_reason():
+    """Buffers other than BatchNorm's statistics (which batched_cnn keeps per client)."""
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    assert supports(model) is None
+    model.register_buffer("scale", torch.ones(1))
     assert "buffers" in (supports(model) or "")
     with pytest.raises(ValueError, match="buffers"):
         train_many(
