@@ -104,9 +104,9 @@ def test_unknown_name_is_neither_builtin_file_nor_module():
         load_task("no_such_module_for_fedops_tests")
 
 
-def test_importable_module_as_task():
-    # fedops.tasks.models has neither build_model nor load_data
-    with pytest.raises(TaskError, match="does not define build_model"):
+def test_a_module_of_a_package_imported_before_the_check_is_refused():
+    # fedops was imported from disk long before: its modules are not the code just hashed
+    with pytest.raises(TaskError, match=r"imported .*before the task's digest was checked"):
         load_task("fedops.tasks.models")
 
 
@@ -221,3 +221,239 @@ def test_a_module_beside_the_package_shadowing_the_stdlib_is_refused(tmp_path, m
     (tmp_path / "statistics.py").write_text("raise SystemExit('shadow ran')\n")
     with pytest.raises(TaskError, match=r"shadows the standard library's 'statistics'"):
         source_digest("shadowpkg.task")
+
+
+# -- the digest pins the code that runs (issue 17, TOCTOU follow-up) -------------------------
+def _app(tmp_path, monkeypatch, name: str, files: dict[str, str]):
+    """A package ``name`` under tmp_path/home (on sys.path), forgotten after the test."""
+    home = tmp_path / "home"
+    for relative, text in files.items():
+        path = home / name / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    monkeypatch.syspath_prepend(str(home))
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as a default interpreter
+    return home / name
+
+
+def _old_digest(*roots) -> str:
+    """The digest format sites pinned before the in-memory import: kept identical."""
+    digest = hashlib.sha256()
+    for relative, path in sorted(
+        (f.relative_to(r.parent), f) for r in roots for f in r.rglob("*.py")
+    ):
+        digest.update(str(relative).encode() + b"\x00" + path.read_bytes() + b"\x00")
+    return digest.hexdigest()
+
+
+def test_a_file_swapped_after_the_hash_is_not_what_runs(tmp_path, monkeypatch):
+    """Exploit a: the files were hashed, then import read them again from disk."""
+    import importlib
+
+    from fedops.tasks.loader import import_checked
+
+    package = _app(tmp_path, monkeypatch, "toctouapp", {"__init__.py": "EVIL = False\n"})
+    good = source_digest("toctouapp")
+    real = importlib.import_module
+
+    def swap_then_import(name, *args):
+        (package / "__init__.py").write_text("EVIL = True\n")  # after the hash, before import
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", swap_then_import)
+    module, digest = import_checked("toctouapp", allowed=[good])
+    assert digest == good and module.EVIL is False
+    _forget(monkeypatch, "toctouapp")
+
+
+def test_a_lazily_imported_submodule_runs_the_hashed_bytes(tmp_path, monkeypatch):
+    """Exploit b: a submodule imported after the check was read from disk then."""
+    from fedops.tasks.loader import import_checked
+
+    package = _app(
+        tmp_path,
+        monkeypatch,
+        "lazyapp",
+        {
+            "__init__.py": "def train():\n    from lazyapp import helper\n    return helper.WHO\n",
+            "helper.py": "WHO = 'reviewed'\n",
+        },
+    )
+    module, _ = import_checked("lazyapp", allowed=[source_digest("lazyapp")])
+    (package / "helper.py").write_text("WHO = 'swapped'\n")
+    assert module.train() == "reviewed"
+    _forget(monkeypatch, "lazyapp")
+
+
+def _planted_pyc(source, evil: str, good: str) -> None:
+    """A __pycache__ .pyc of ``evil`` whose header matches ``good``'s mtime and size."""
+    import importlib.util
+    import os
+    import py_compile
+
+    assert len(evil) == len(good)
+    source.write_text(evil)
+    py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)))
+    stat = os.stat(source)
+    source.write_text(good)
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_planted_pyc_never_runs_even_for_a_lazy_submodule(tmp_path, monkeypatch):
+    """Exploit c: after the check the bytecode cache was read again."""
+    from fedops.tasks.loader import import_checked
+
+    package = _app(
+        tmp_path,
+        monkeypatch,
+        "pycapp",
+        {"__init__.py": "def train():\n    from pycapp import helper\n    return helper.WHO\n"},
+    )
+    _planted_pyc(package / "helper.py", "WHO = 'PLANTED!'\n", "WHO = 'reviewed'\n")
+    init = package / "__init__.py"
+    _planted_pyc(init, "raise SystemExit(3)\n".ljust(len(init.read_text())), init.read_text())
+    module, _ = import_checked("pycapp", allowed=[source_digest("pycapp")])
+    assert module.train() == "reviewed"
+    _forget(monkeypatch, "pycapp")
+
+
+def test_no_bytecode_is_written_beside_the_sources(tmp_path, monkeypatch):
+    package = _app(tmp_path, monkeypatch, "nopycapp", {"__init__.py": "", "task.py": USER_TASK})
+    load_task("nopycapp.task")
+    assert not list(package.rglob("*.pyc")) and not (package / "__pycache__").exists()
+    _forget(monkeypatch, "nopycapp")
+
+
+def test_a_lone_module_importing_a_sibling_is_refused_before_it_runs(tmp_path, monkeypatch):
+    """Exploit d: a lone module was hashed alone; the sibling it imports was not."""
+    from fedops.tasks.loader import import_checked
+
+    marker = tmp_path / "ran"
+    (tmp_path / "my_app.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom my_sibling import WHO\n"
+    )
+    (tmp_path / "my_sibling.py").write_text("WHO = 'unhashed'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TaskError, match=r"imports 'my_sibling'.*outside its digest"):
+        import_checked("my_app")
+    assert not marker.exists() and "my_sibling" not in sys.modules
+
+
+def test_a_lone_modules_sibling_cannot_be_imported_at_run_time(tmp_path, monkeypatch):
+    """The static refusal misses a computed name; the import itself is refused then."""
+    from fedops.tasks.loader import import_checked
+
+    (tmp_path / "lone_app.py").write_text(
+        "import importlib\ndef later():\n    return importlib.import_module('lone_' + 'sib')\n"
+    )
+    (tmp_path / "lone_sib.py").write_text("WHO = 'unhashed'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module, digest = import_checked("lone_app")
+    assert digest == hashlib.sha256((tmp_path / "lone_app.py").read_bytes()).hexdigest()
+    with pytest.raises(ImportError, match=r"beside a task .*outside its digest"):
+        module.later()
+    assert "lone_sib" not in sys.modules
+    _forget(monkeypatch, "lone_app")
+
+
+def test_a_module_shadowing_an_installed_package_is_refused(tmp_path, monkeypatch):
+    """Exploit d (shadowing): only stdlib names were refused beside a task package."""
+    _package(tmp_path, monkeypatch, "npshadowpkg")
+    (tmp_path / "numpy.py").write_text("raise SystemExit('shadow ran')\n")
+    with pytest.raises(TaskError, match=r"shadows the installed 'numpy' package"):
+        load_task("npshadowpkg.task")
+    assert "npshadowpkg" not in sys.modules
+
+
+def test_a_task_raising_at_import_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    """Exploit e: a non-ImportError at import crashed ``fedops client`` with a traceback."""
+    from fedops.cli import main
+
+    _app(tmp_path, monkeypatch, "crashapp", {"__init__.py": "raise RuntimeError('boom')\n"})
+    with pytest.raises(TaskError, match=r"task 'crashapp' failed to import: RuntimeError: boom"):
+        load_task("crashapp")
+    assert main(["client", "--task", "crashapp", "--site", "0", "--num-sites", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "failed to import: RuntimeError: boom" in err and "Traceback" not in err
+
+
+def test_a_submodule_that_was_not_hashed_cannot_be_imported(tmp_path, monkeypatch):
+    from fedops.tasks.loader import import_checked
+
+    package = _app(tmp_path, monkeypatch, "closedapp", {"__init__.py": "", "task.py": USER_TASK})
+    import_checked("closedapp")
+    (package / "late.py").write_text("WHO = 'added after the check'\n")
+    with pytest.raises(ModuleNotFoundError, match=r"not among the sources hashed"):
+        __import__("closedapp.late")
+    _forget(monkeypatch, "closedapp")
+
+
+def test_the_digest_of_an_unchanged_package_keeps_its_format(tmp_path, monkeypatch):
+    package = _app(
+        tmp_path,
+        monkeypatch,
+        "fmtapp",
+        {"__init__.py": "", "task.py": USER_TASK, "sub/__init__.py": "", "sub/deep.py": "X = 1\n"},
+    )
+    assert source_digest("fmtapp.task") == _old_digest(package)
+    lone = tmp_path / "home" / "fmt_lone.py"
+    lone.write_text(USER_TASK)
+    assert source_digest("fmt_lone") == hashlib.sha256(lone.read_bytes()).hexdigest()
+
+
+def test_a_task_with_subpackages_loads(tmp_path, monkeypatch):
+    _app(
+        tmp_path,
+        monkeypatch,
+        "subapp",
+        {
+            "__init__.py": "",
+            "task.py": "from subapp.models.nets import build_model\n"
+            "from .data.io import load_data\n",
+            "models/__init__.py": "",
+            "models/nets.py": "from torch import nn\n"
+            "def build_model():\n    return nn.Linear(3, 2)\n",
+            "data/io.py": USER_TASK,  # a folder without __init__.py: a namespace package
+        },
+    )
+    digest = source_digest("subapp.task")
+    task = load_task("subapp.task", allowed=[digest])
+    assert task.digest == digest and task.build_model()(torch.zeros(1, 3)).shape == (1, 2)
+    assert sys.modules["subapp.data"].__path__ and task.load_data(0, 2)[0][0].shape == (4, 3)
+    _forget(monkeypatch, "subapp")
+
+
+def test_a_pyc_beside_the_source_is_never_used(tmp_path, monkeypatch):
+    """A sourceless or legacy .pyc beside the sources is refused, never imported."""
+    package = _app(tmp_path, monkeypatch, "besideapp", {"__init__.py": "", "task.py": USER_TASK})
+    import py_compile
+
+    evil = tmp_path / "evil.py"
+    evil.write_text("raise SystemExit('pyc ran')\n")
+    py_compile.compile(str(evil), cfile=str(package / "task.pyc"))
+    with pytest.raises(TaskError, match=r"compiled code"):
+        load_task("besideapp.task")
+    (package / "task.pyc").unlink()
+    assert load_task("besideapp.task").digest == _old_digest(package)
+    _forget(monkeypatch, "besideapp")
+
+
+def test_a_task_beside_the_fedops_package_in_use_is_not_a_shadow(tmp_path):
+    """A newcomer's task file in a checkout's root sits beside fedops/ (installed editable):
+    that is the package this process runs, not code outside the digest."""
+    import fedops
+
+    (tmp_path / "fedops").symlink_to(next(iter(fedops.__path__)), target_is_directory=True)
+    (tmp_path / "fedops.egg-info").mkdir()  # metadata, not an importable name
+    path = tmp_path / "root_task.py"
+    path.write_text(
+        "from fedops.tasks.digits import make_task\n"
+        "_t = make_task()\nbuild_model = _t.build_model\nload_data = _t.load_data\n"
+    )
+    task = load_task(str(path))
+    assert task.digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    (tmp_path / "helper_mod.py").write_text("X = 1\n")  # … while a real sibling is refused
+    other = tmp_path / "other_task.py"
+    other.write_text("import helper_mod\n" + path.read_text())
+    with pytest.raises(TaskError, match="imports 'helper_mod', which lies beside it"):
+        load_task(str(other))

@@ -119,5 +119,5 @@ def test_a_site_with_a_public_count_refuses_plain_training(digits):
     """Red team, issue 16: a plain fit's answer carried the true n and the exact loss."""
     site = _site(digits, 150, public_records=PUBLIC)
     with pytest.raises(PolicyRefusal, match=r"only with local DP.*--dp-public-records"):
-        site.fit(site.initial_params(), 1, {"epochs": 1.0})
+        site.fit(site.initial_params(), 1, {})
     assert _site(digits, 150).fit(_site(digits, 150).initial_params(), 1, {})[1] == 150
