@@ -19,7 +19,6 @@ from fedops.cli.flags import ca_fingerprint_flag, config_defaults, schema_flags,
 from fedops.cli.help import DefaultsShown, all_parsers
 from fedops.cli.tool_parsers import tool_parsers
 from fedops.config import CoordinatorConfig
-from fedops.core.strategies import STRATEGIES
 
 
 def _round_flags(p: argparse.ArgumentParser) -> None:
@@ -34,12 +33,7 @@ def _round_flags(p: argparse.ArgumentParser) -> None:
         type=int,
         help="clients sampled per round (default: all available)",
     )
-    schema_flags(
-        p,
-        "strategy",
-        "aggregation (strategy.* in fedops simulate)",
-        choices={"name": sorted(STRATEGIES)},
-    )
+    schema_flags(p, "strategy", "aggregation (strategy.* in fedops simulate)")
     p.add_argument("--seed", type=int, help="seed of sampling, init and shuffling")
     p.add_argument(
         "--run-dir",

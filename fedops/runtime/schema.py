@@ -33,6 +33,7 @@ from fedops.runtime.rules import (
     noise_multiplier_arg,
     require,
 )
+from fedops.runtime.strategy_import import import_strategy
 
 
 def option(
@@ -57,7 +58,11 @@ class StrategyConfig:
     """How updates become the next model (``--strategy`` / ``strategy=NAME``)."""
 
     name: str = option(
-        "fedavg", "how updates are combined (built-ins and registered ones)", flag="--strategy"
+        "fedavg",
+        "how updates are combined: " + ", ".join(sorted(STRATEGIES)) + ", a registered name, "
+        "or module:Class (a user's strategy class, imported from the current directory or "
+        "PYTHONPATH)",
+        flag="--strategy",
     )
     mu: float = option(0.01, "fedprox: the proximal coefficient of the clients' loss")
     server_lr: float | None = option(
@@ -327,10 +332,12 @@ def flagged(section: type) -> list[dataclasses.Field[Any]]:
 def check_strategy_options(st: StrategyConfig, *, prefix: str = "strategy") -> None:
     """The ``strategy.*`` keys on their own: a known name, values in range, and no option
     the chosen strategy does not read (it would be ignored without a word)."""
+    if ":" in st.name and st.name not in STRATEGIES:
+        import_strategy(st.name, key=f"{prefix}.name")
     require(
         st.name in STRATEGIES,
         f"{prefix}.name",
-        f"must be one of {sorted(STRATEGIES)}, got {st.name!r}",
+        f"must be one of {sorted(STRATEGIES)} or module:Class, got {st.name!r}",
     )
     require(st.mu >= 0, f"{prefix}.mu", f"must be >= 0, got {st.mu}")
     require(

@@ -16,7 +16,7 @@ BAD = [
     (["coordinator", "--address", "0.0.0.0:8765"], "--address: refusing to serve plaintext"),
     (["coordinator", "--address", "nonsense"], "--address: expected HOST:PORT"),
     (["coordinator", "--round-timeout", "-1"], "--round-timeout"),
-    (["coordinator", "--strategy", "fedsgd"], "--strategy: invalid choice"),
+    (["coordinator", "--strategy", "fedsgd"], "--strategy: must be one of ['fedadagrad'"),
     (["coordinator", "--task", "digits", "--alpha", "0"], "--alpha: must be > 0"),
     (
         ["client", "--task", "digits", "--site", "3", "--num-sites", "3"],

@@ -53,8 +53,10 @@ def register_strategy(name: str, cls: type[Strategy]) -> type[Strategy]:
     name already taken by another class, is refused: a run must not change
     meaning because some module was imported first.
     """
-    if not name.isidentifier():
-        raise ValueError(f"strategy name must be an identifier, got {name!r}")
+    module, _, attr = name.rpartition(":")
+    dotted = all(part.isidentifier() for part in module.split(".")) if module else True
+    if not (attr.isidentifier() and dotted):
+        raise ValueError(f"strategy name must be an identifier or module:Class, got {name!r}")
     missing = [m for m in _METHODS if not callable(getattr(cls, m, None))]
     if not isinstance(cls, type) or missing:
         raise TypeError(f"{cls!r} is not a strategy class: it lacks {', '.join(missing)}")

@@ -249,5 +249,6 @@ def test_help_shows_a_default_the_flag_text_did_not_state(capsys):
         main(["coordinator", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--seed SEED seed of sampling, init and shuffling (default: 0)" in out
-    assert "--strategy {fedadagrad,fedadam,fedavg,fedavgm," in out  # sorted
-    assert "(built-ins and registered ones) (default: fedavg)" in out
+    assert "how updates are combined: fedadagrad, fedadam, fedavg, fedavgm," in out  # sorted
+    assert "or module:Class (a user's strategy class," in out
+    assert "PYTHONPATH) (default: fedavg)" in out
