@@ -10,6 +10,7 @@ is hostile until :func:`fedops.tasks.fit_settings.checked_train` has passed it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 #: every site's bounds on what a run may ask, caps or not (the run's config is refused
 #: above them first): more epochs train for ever (1e18 did), a larger batch is no batch a
@@ -28,6 +29,33 @@ class TrainSettings:
     lr: float
     optimizer: str = "sgd"
     momentum: float = 0.0
+
+
+class HasTrainSettings(Protocol):
+    """Any settings object that holds the five training settings (the run's config section,
+    a site's TrainConfig)."""
+
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def optimizer(self) -> str: ...
+    @property
+    def momentum(self) -> float: ...
+
+
+def settings_of(c: HasTrainSettings) -> TrainSettings:
+    """The five settings a fit task carries, read off ``c``."""
+    return TrainSettings(
+        epochs=c.epochs,
+        batch_size=c.batch_size,
+        lr=c.lr,
+        optimizer=c.optimizer,
+        momentum=c.momentum,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

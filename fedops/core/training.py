@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedops.core.optimizers import OPTIMIZERS
 from fedops.core.params import Params
-from fedops.core.train_settings import TrainSettings
+from fedops.core.train_settings import TrainSettings, settings_of
 
 Data = Dataset[Any] | tuple[torch.Tensor, torch.Tensor]
 
@@ -48,13 +48,7 @@ class TrainConfig:
 
     def settings(self) -> TrainSettings:
         """These settings as a fit task carries them (without the per-round keys)."""
-        return TrainSettings(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            optimizer=self.optimizer,
-            momentum=self.momentum,
-        )
+        return settings_of(self)
 
 
 def get_params(model: nn.Module) -> Params:

@@ -24,7 +24,7 @@ from fedops.core.optimizers import OPTIMIZERS
 from fedops.core.privacy.accountant import ACCOUNTANTS
 from fedops.core.strategies import ROBUST_STRATEGIES, STRATEGIES, readers
 from fedops.core.strategies.robust import Krum
-from fedops.core.train_settings import TrainPlan, TrainSettings
+from fedops.core.train_settings import TrainPlan, TrainSettings, settings_of
 from fedops.runtime.rules import (
     PRIVACY_MODES,
     SECAGG_CLIP,
@@ -126,13 +126,7 @@ class ClientTrainConfig:
 
     def settings(self) -> TrainSettings:
         """Round 1's settings (the base the schedule decays from)."""
-        return TrainSettings(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            optimizer=self.optimizer,
-            momentum=self.momentum,
-        )
+        return settings_of(self)
 
 
 _KEPT = "a deployment keeps the default here"

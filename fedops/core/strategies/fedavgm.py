@@ -19,15 +19,13 @@ The momentum buffer is the strategy's state (:meth:`FedAvgM.state`):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from fedops.core.params import Params
-from fedops.core.results import FitResult
-from fedops.core.strategies.server_state import ServerOptimizer, apply_step, pseudo_gradient
+from fedops.core.strategies.server_state import Buffers, ServerOptimizer
 
 
 @dataclass(slots=True, kw_only=True)
@@ -38,6 +36,7 @@ class FedAvgM(ServerOptimizer):
     equal when their hyperparameters are equal, whatever their state.
 
     Example:
+        >>> from fedops.core.results import FitResult
         >>> a = FitResult(node_id="a", params={"w": np.array([2.0])}, num_examples=1)
         >>> opt = FedAvgM(momentum=0.5)
         >>> x = opt.aggregate_fit(1, {"w": np.array([0.0])}, [a])  # u = 2, x = 0 + 2
@@ -60,16 +59,10 @@ class FedAvgM(ServerOptimizer):
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
 
-    def aggregate_fit(
-        self, server_round: int, current: Params, results: Sequence[FitResult]
-    ) -> Params:
-        if not results:
-            return current
-        deltas, counters = pseudo_gradient(current, results)
-        previous = self._previous(deltas)
+    def _update(
+        self, deltas: Mapping[str, np.ndarray], previous: Buffers | None
+    ) -> tuple[dict[str, np.ndarray], Buffers]:
         fresh = {n: np.zeros_like(d) for n, d in deltas.items()}
         old = previous["m"] if previous is not None else fresh
         u = {name: self.momentum * old[name] + d for name, d in deltas.items()}
-        out = apply_step(current, {name: self.server_lr * b for name, b in u.items()}, counters)
-        self._advance({"m": u})
-        return out
+        return {name: self.server_lr * b for name, b in u.items()}, {"m": u}

@@ -33,15 +33,13 @@ The moments are the strategy's state (:meth:`FedOpt.state`, :meth:`FedOpt.load_s
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from fedops.core.params import Params
-from fedops.core.results import FitResult
-from fedops.core.strategies.server_state import ServerOptimizer, apply_step, pseudo_gradient
+from fedops.core.strategies.server_state import Buffers, ServerOptimizer
 
 
 def _check_unit(name: str, value: float) -> None:
@@ -74,13 +72,9 @@ class FedOpt(ServerOptimizer):
         """``v_t`` from ``v_{t-1}`` and ``Δ_t²``."""
         raise NotImplementedError(f"{type(self).__name__} does not define its second moment")
 
-    def aggregate_fit(
-        self, server_round: int, current: Params, results: Sequence[FitResult]
-    ) -> Params:
-        if not results:
-            return current
-        deltas, counters = pseudo_gradient(current, results)
-        previous = self._previous(deltas)
+    def _update(
+        self, deltas: Mapping[str, np.ndarray], previous: Buffers | None
+    ) -> tuple[dict[str, np.ndarray], Buffers]:
         if previous is None:  # m_{-1} = 0, v_{-1} = τ²
             old_m = {name: np.zeros_like(d) for name, d in deltas.items()}
             old_v = {name: np.full_like(d, self.tau**2) for name, d in deltas.items()}
@@ -89,9 +83,7 @@ class FedOpt(ServerOptimizer):
         m = {name: self.beta1 * old_m[name] + (1 - self.beta1) * d for name, d in deltas.items()}
         v = {name: self.second_moment(old_v[name], d * d) for name, d in deltas.items()}
         steps = {name: self.server_lr * m[name] / (np.sqrt(v[name]) + self.tau) for name in deltas}
-        out = apply_step(current, steps, counters)
-        self._advance({"m": m, "v": v})
-        return out
+        return steps, {"m": m, "v": v}
 
 
 @dataclass(slots=True, kw_only=True)
@@ -99,6 +91,7 @@ class FedAdagrad(FedOpt):
     """FedAdagrad: ``v_t = v_{t-1} + Δ_t²`` (η = 0.1, β1 = 0.9, τ = 1e-3 by default).
 
     Example:
+        >>> from fedops.core.results import FitResult
         >>> a = FitResult(node_id="a", params={"w": np.array([1.0])}, num_examples=1)
         >>> opt = FedAdagrad(server_lr=0.1, beta1=0.0, tau=1e-3)
         >>> # Δ = 1, v = τ² + 1, x = 0.1 * 1 / (√(1 + 1e-6) + 1e-3)

@@ -187,6 +187,26 @@ class ServerOptimizer:
     ) -> dict[str, float]:
         return weighted_metrics(results)
 
+    def aggregate_fit(
+        self, server_round: int, current: Params, results: Sequence[FitResult]
+    ) -> Params:
+        """Step the model along the round's pseudo-gradient (see :meth:`_update`); a round
+        without results changes neither the model nor the buffers."""
+        if not results:
+            return current
+        deltas, counters = pseudo_gradient(current, results)
+        steps, buffers = self._update(deltas, self._previous(deltas))
+        out = apply_step(current, steps, counters)
+        self._advance(buffers)
+        return out
+
+    def _update(
+        self, deltas: Mapping[str, np.ndarray], previous: Buffers | None
+    ) -> tuple[dict[str, np.ndarray], Buffers]:
+        """The step to add to each float tensor, and the new buffers, from the round's
+        ``deltas`` and the ``previous`` buffers (None before the first update)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its update")
+
     def _previous(self, deltas: Mapping[str, np.ndarray]) -> Buffers | None:
         """The buffers this round updates; None before the first update. Buffers that do not
         fit the model (e.g. a loaded state for another model) raise before any change."""
