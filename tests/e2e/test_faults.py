@@ -74,7 +74,7 @@ def test_killed_client_does_not_stall_the_round(procs: Procs, tmp_path: Path):
 def test_straggler_is_cut_at_the_deadline_and_its_late_result_refused(procs: Procs, tmp_path: Path):
     run_dir = tmp_path / "run"
     coord, port = procs.coordinator(
-        "coordinator", run_dir, task="digits", rounds=3, min_clients=3, round_timeout=8, epochs=1
+        "coordinator", run_dir, task="digits", rounds=3, min_clients=3, round_timeout=15, epochs=1
     )
     for i in range(2):  # one epoch (the run's): far inside the deadline, even on a loaded machine
         procs.client(f"site{i}", port, i, 3)
@@ -84,7 +84,10 @@ def test_straggler_is_cut_at_the_deadline_and_its_late_result_refused(procs: Pro
         2,
         3,
         task=slow_task(tmp_path),
-        env={"FEDOPS_TEST_SLEEP_S": "12"},  # past the deadline, back before the run ends
+        # past the deadline (15 s), back before the run ends (round 3 waits for it again, so
+        # the run lasts 2 deadlines): 15 < 22 < 30. A deadline of 8 s was once missed in
+        # round 1 on a machine loaded by several test suites at once.
+        env={"FEDOPS_TEST_SLEEP_S": "22"},
         max_retries=1,
     )
     assert procs.wait(coord, 120, "coordinator") == 0, procs.log("coordinator")
