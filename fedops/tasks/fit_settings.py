@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fedops.core.optimizers import OPTIMIZERS
 from fedops.core.privacy.local import LocalDP, noise_for_local_target
@@ -177,6 +177,22 @@ def _number(config: Mapping[str, float], key: str) -> float:
         return float(config.get(key, 0.0))
     except (TypeError, ValueError):
         return math.nan
+
+
+def capped_training(base: TrainConfig, train: TrainSettings | None, caps: TrainCaps) -> TrainConfig:
+    """``base`` with the run's ``train`` once it passes the site's bounds and ``caps`` (else
+    :class:`PolicyRefusal`, naming the setting); ``base`` itself for a caller sending none."""
+    if train is None:
+        return base
+    t = checked_train(train, caps)
+    return replace(
+        base,
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        optimizer=t.optimizer,
+        momentum=t.momentum,
+    )
 
 
 def _within(key: str, value: int, low: int, high: int, name: str) -> None:

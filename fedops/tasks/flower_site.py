@@ -17,7 +17,6 @@ them (as Flower's examples do) runs unchanged.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,8 @@ from fedops.tasks.contract import Task
 from fedops.tasks.fit_settings import (
     PolicyRefusal,
     TrainCaps,
+    capped_training,
     checked_round_config,
-    checked_train,
 )
 from fedops.tasks.flower_app import (
     LOCAL_DP_REFUSAL,
@@ -180,17 +179,7 @@ class FlowerSite:
     def training(self, train: TrainSettings | None) -> TrainConfig:
         """The round's training settings once they pass this site's bounds and caps
         (else :class:`PolicyRefusal`, naming the setting), as a Site checks them."""
-        if train is None:
-            return self.train_config
-        t = checked_train(train, self.train_caps)
-        return dataclasses.replace(
-            self.train_config,
-            epochs=t.epochs,
-            batch_size=t.batch_size,
-            lr=t.lr,
-            optimizer=t.optimizer,
-            momentum=t.momentum,
-        )
+        return capped_training(self.train_config, train, self.train_caps)
 
     @staticmethod
     def _config(

@@ -45,8 +45,8 @@ from fedops.tasks.fit_settings import (
     PolicyRefusal,
     TrainCaps,
     accounting_delta,
+    capped_training,
     checked_round_config,
-    checked_train,
     local_dp,
 )
 from fedops.tasks.ledger import Charge, LedgerError, SiteLedger, Spent
@@ -242,17 +242,7 @@ class Site:
         """The local training of a fit task: the run's ``train`` once it passes this
         site's bounds and caps (else :class:`PolicyRefusal`, naming the setting), or the
         site's own ``train_config`` for a caller that sends none."""
-        if train is None:
-            return self.train_config
-        t = checked_train(train, self.train_caps)
-        return replace(
-            self.train_config,
-            epochs=t.epochs,
-            batch_size=t.batch_size,
-            lr=t.lr,
-            optimizer=t.optimizer,
-            momentum=t.momentum,
-        )
+        return capped_training(self.train_config, train, self.train_caps)
 
     def _fit_private(self, dp: LocalDP, cfg: TrainConfig, run_id: str, server_round: int) -> None:
         """DP-SGD, then the round charged to the ledger before anything leaves."""
