@@ -12,8 +12,9 @@ from harness import child_entry, read_jsonl, time_into
 def child_fedops(spec: dict) -> dict:
     import torch
 
+    from fedops.runtime.checkpoint_file import read_checkpoint
     from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
-    from fedops.runtime.store import RunStore, read_checkpoint
+    from fedops.runtime.store import RunStore
     from fedops.simulation import engine
 
     if spec["fedops_threads"]:

@@ -15,6 +15,7 @@ from fedops.core.rounds import Outcome, Phase
 from fedops.core.strategies import build_strategy
 from fedops.core.strategies.protocol import Strategy, load_strategy_state, strategy_state
 from fedops.crypto import Crypto
+from fedops.runtime.checkpoint_file import Checkpoint
 from fedops.runtime.control import AdminControl, RunControl, RunStopped
 from fedops.runtime.driver import DriverConfig, RoundDriver, RoundRecord
 from fedops.runtime.privacy import (
@@ -30,7 +31,7 @@ from fedops.runtime.round_plugin import GlobalEvaluation, RoundPlugin
 from fedops.runtime.schema import StrategyConfig
 from fedops.runtime.secure_fit import NoiseSource, SecAggSettings, SecureFit
 from fedops.runtime.settings import ConfigError
-from fedops.runtime.store import Checkpoint, RunStore, StoreError, config_digest
+from fedops.runtime.store import RunStore, StoreError, config_digest
 from fedops.runtime.transport import Transport
 from fedops.tasks.contract import Task
 
@@ -84,8 +85,27 @@ def start_or_resume(
         log.warning(
             "resuming run %s with a configuration that differs from the one it started with", run_id
         )
+    last, checkpoint = _newest_verified(store, last, on_fallback)
+    if strategy is not None:
+        _restore_strategy(strategy, checkpoint, last)
+    params = checkpoint.params
+    log.info(
+        "resuming run %s at round %d from the checkpoint of round %d (model %s)",
+        run_id,
+        last + 1,
+        last,
+        store.model_digest(last),
+    )
+    return StartPoint(run_id=run_id, params=params, start_round=last + 1, resumed=True)
+
+
+def _newest_verified(
+    store: RunStore, last: int, on_fallback: Callable[[dict[str, Any]], None]
+) -> tuple[int, Checkpoint]:
+    """The last round's checkpoint, or (said loudly, recorded, the later rounds forgotten)
+    the newest earlier one that still verifies."""
     try:
-        checkpoint = store.load_checkpoint(last)
+        return last, store.load_checkpoint(last)
     except StoreError as exc:
         intact = store.newest_intact(last - 1)
         if intact is None:
@@ -100,18 +120,7 @@ def start_or_resume(
             ", ".join(map(str, forgotten)),
         )
         on_fallback({"reason": str(exc), "resumed_from": good, "forgotten": forgotten})
-        last = good
-    if strategy is not None:
-        _restore_strategy(strategy, checkpoint, last)
-    params = checkpoint.params
-    log.info(
-        "resuming run %s at round %d from the checkpoint of round %d (model %s)",
-        run_id,
-        last + 1,
-        last,
-        store.model_digest(last),
-    )
-    return StartPoint(run_id=run_id, params=params, start_round=last + 1, resumed=True)
+        return good, checkpoint
 
 
 def _restore_strategy(strategy: Strategy, checkpoint: Checkpoint, server_round: int) -> None:

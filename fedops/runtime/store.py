@@ -12,9 +12,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sqlite3
-import struct
 import threading
 import time
 import uuid
@@ -24,10 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load as load_safetensors
-from safetensors.numpy import save_file
 
 from fedops.core.params import Params, digest
+from fedops.runtime.checkpoint_file import (
+    STATE_PREFIX,
+    Checkpoint,
+    decode_checkpoint,
+    write_safetensors,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -79,17 +81,6 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], meta: dict[str, str]) -> None:
-    """Write, fsync and rename into place: a crash leaves the old file or the new one."""
-    tmp = path.with_suffix(".tmp")
-    # np.require keeps 0-d tensors 0-d (ascontiguousarray would make them 1-d); safetensors
-    # sorts tensors by name, so the metadata keeps the model's order
-    save_file({k: np.require(v, requirements="C") for k, v in tensors.items()}, str(tmp), meta)
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def _json_safe(value: Any) -> Any:
     """NaN/Inf become null, at any depth: strict JSON readers refuse bare NaN."""
     if isinstance(value, float):
@@ -99,42 +90,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
-
-
-#: where a checkpoint keeps the strategy's own state (FedAdam's moments): beside the model,
-#: under the sha256 the round commits, outside the model's digest and its export
-STATE_PREFIX = "strategy_state/"
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """A checkpoint's contents: the model, and the state of the strategy that wrote it."""
-
-    params: Params
-    strategy_state: dict[str, np.ndarray]
-    strategy: str  # the strategy's registry name ("" in checkpoints from before it was kept)
-
-
-def decode_checkpoint(data: bytes) -> Checkpoint:
-    """The model (in its order) and the strategy state of a safetensors checkpoint's bytes."""
-    (size,) = struct.unpack("<Q", data[:8])
-    meta = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
-    tensors = load_safetensors(data)
-    if "order" in meta:
-        names = json.loads(meta["order"])
-    else:
-        names = [k for k in tensors if not k.startswith(STATE_PREFIX)]
-    state = {k[len(STATE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(STATE_PREFIX)}
-    return Checkpoint(
-        params={name: tensors[name] for name in names},
-        strategy_state=state,
-        strategy=str(meta.get("strategy", "")),
-    )
-
-
-def read_checkpoint(path: Path) -> Params:
-    """Named arrays of a safetensors checkpoint, in the model's order."""
-    return decode_checkpoint(path.read_bytes()).params
 
 
 class RunStore:
@@ -223,7 +178,7 @@ class RunStore:
         tensors = dict(params)
         for name, value in (strategy_state or {}).items():
             tensors[STATE_PREFIX + name] = value
-        _write_safetensors(path, tensors, {"order": json.dumps(list(params)), "strategy": strategy})
+        write_safetensors(path, tensors, {"order": json.dumps(list(params)), "strategy": strategy})
         model_digest = digest(params)
         with self._lock, self._db:
             self._db.execute(
@@ -425,7 +380,7 @@ class RunStore:
         the model only (no strategy state), so ``load_state_dict(strict=True)`` takes it."""
         params = self.load_round(server_round)
         out = self.dir / "model.safetensors"
-        _write_safetensors(out, params, {"order": json.dumps(list(params))})
+        write_safetensors(out, params, {"order": json.dumps(list(params))})
         return out
 
     def close(self) -> None:

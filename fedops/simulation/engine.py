@@ -173,19 +173,7 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
             else (lambda: initial_params(task, cfg.seed))
         ),
         evaluate_global=global_evaluator(task),
-        summary={
-            "task": cfg.task,
-            "flower_app": cfg.flower_app,
-            "task_digest": task.digest,
-            "dataset": None if cfg.task or cfg.flower_app else cfg.dataset.name,
-            "strategy": cfg.strategy.name,
-            "backend": run_cfg.simulation.backend,
-            "num_clients": s.num_clients,
-            "rounds_planned": cfg.rounds,
-            "secagg": a.name,
-            "privacy_mode": cfg.privacy.name,
-            "train": asdict(cfg.client),
-        },
+        summary=_summary(cfg, task, backend=run_cfg.simulation.backend),
         secagg=secagg,
         privacy=privacy_settings(cfg.privacy, a, min_fit_results=s.min_fit_results),
         monitoring=monitor_settings(cfg.monitoring, privacy=cfg.privacy.name),
@@ -194,6 +182,23 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
         on_fallback=records.trail.checkpoint_fallback,
     )
     return run_recorded(plan, records, transport, on_exit=lambda status: transport.close())
+
+
+def _summary(cfg: SimulateConfig, task: Task, *, backend: str) -> dict[str, Any]:
+    """What the run's summary.json says of its set-up (``backend``: the one that ran)."""
+    return {
+        "task": cfg.task,
+        "flower_app": cfg.flower_app,
+        "task_digest": task.digest,
+        "dataset": None if cfg.task or cfg.flower_app else cfg.dataset.name,
+        "strategy": cfg.strategy.name,
+        "backend": backend,
+        "num_clients": cfg.simulation.num_clients,
+        "rounds_planned": cfg.rounds,
+        "secagg": cfg.secagg.name,
+        "privacy_mode": cfg.privacy.name,
+        "train": asdict(cfg.client),
+    }
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

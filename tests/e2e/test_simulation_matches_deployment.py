@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from procs import Procs, query
 
+from fedops.runtime.checkpoint_file import read_checkpoint
 from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
-from fedops.runtime.store import read_checkpoint
 from fedops.simulation.engine import run_simulation
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,8 @@ from torch import nn
 
 from fedops.core.params import digest
 from fedops.core.training import get_params
-from fedops.runtime.store import Participant, RunStore, StoreError, config_digest, read_checkpoint
+from fedops.runtime.checkpoint_file import read_checkpoint
+from fedops.runtime.store import Participant, RunStore, StoreError, config_digest
 
 
 def _params(value: float = 0.0) -> dict[str, np.ndarray]:

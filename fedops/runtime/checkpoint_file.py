@@ -1,0 +1,78 @@
+"""A checkpoint file: the model (in its order) and the strategy's state, as safetensors.
+
+Split from :mod:`fedops.runtime.store`, which decides when checkpoints are written,
+verified and pruned; this module only says how one file is laid out and read. Raw
+tensors with a JSON header, never pickle: the model's tensor order in the metadata
+(safetensors sorts by name), the writing strategy's name, and its server state
+under :data:`STATE_PREFIX`, outside the model's digest and its export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save_file
+
+from fedops.core.params import Params
+
+__all__ = [
+    "STATE_PREFIX",
+    "Checkpoint",
+    "decode_checkpoint",
+    "read_checkpoint",
+    "write_safetensors",
+]
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], meta: dict[str, str]) -> None:
+    """Write, fsync and rename into place: a crash leaves the old file or the new one."""
+    tmp = path.with_suffix(".tmp")
+    # np.require keeps 0-d tensors 0-d (ascontiguousarray would make them 1-d); safetensors
+    # sorts tensors by name, so the metadata keeps the model's order
+    save_file({k: np.require(v, requirements="C") for k, v in tensors.items()}, str(tmp), meta)
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+#: where a checkpoint keeps the strategy's own state (FedAdam's moments): beside the model,
+#: under the sha256 the round commits, outside the model's digest and its export
+STATE_PREFIX = "strategy_state/"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A checkpoint's contents: the model, and the state of the strategy that wrote it."""
+
+    params: Params
+    strategy_state: dict[str, np.ndarray]
+    strategy: str  # the strategy's registry name ("" in checkpoints from before it was kept)
+
+
+def decode_checkpoint(data: bytes) -> Checkpoint:
+    """The model (in its order) and the strategy state of a safetensors checkpoint's bytes."""
+    (size,) = struct.unpack("<Q", data[:8])
+    meta = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+    tensors = load_safetensors(data)
+    if "order" in meta:
+        names = json.loads(meta["order"])
+    else:
+        names = [k for k in tensors if not k.startswith(STATE_PREFIX)]
+    state = {k[len(STATE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(STATE_PREFIX)}
+    return Checkpoint(
+        params={name: tensors[name] for name in names},
+        strategy_state=state,
+        strategy=str(meta.get("strategy", "")),
+    )
+
+
+def read_checkpoint(path: Path) -> Params:
+    """Named arrays of a safetensors checkpoint, in the model's order."""
+    return decode_checkpoint(path.read_bytes()).params
