@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 from harness import add_seed_flag, make_parser, read_jsonl, time_into
+from plain_loop import plain_fedavg_round
 from torch import nn
 
 from fedops.data.synthetic import synthetic
@@ -48,24 +49,14 @@ def floor_round(
     server_round: int,
 ) -> tuple[dict[str, torch.Tensor], float]:
     """One FedAvg round as a plain loop: train each client, average, evaluate."""
-    total = 0
-    acc = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_state.items()}
-    loss_fn = nn.CrossEntropyLoss()
-    for c in range(data.num_clients):
-        x, y = (torch.from_numpy(a) for a in data.client_train(c))
-        model.load_state_dict(global_state)
-        opt = torch.optim.SGD(model.parameters(), lr=lr)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + server_round * 10_007 + c)
-        order = torch.randperm(len(x), generator=g)
-        for lo in range(0, len(x), batch):
-            idx = order[lo : lo + batch]
-            opt.zero_grad()
-            loss_fn(model(x[idx]), y[idx]).backward()
-            opt.step()
-        for k, v in model.state_dict().items():
-            acc[k] += v.double() * len(x)
-        total += len(x)
-    new_state = {k: (v / total).float() for k, v in acc.items()}
+    new_state = plain_fedavg_round(
+        data,
+        model,
+        global_state,
+        lr=lr,
+        batch=batch,
+        shuffle_seed=lambda c: seed * 1_000_003 + server_round * 10_007 + c,
+    )
     model.load_state_dict(new_state)
     correct = seen = 0
     with torch.no_grad():

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from harness import read_jsonl, steady_median
+from plain_loop import plain_fedavg_round
 from torch import nn
 
 from fedops.data import FederatedData
@@ -92,22 +93,9 @@ def _accuracy(model: nn.Module, data: FederatedData) -> float:
 
 def loop_round(data: FederatedData, model: nn.Module, state: dict, seed: int, rnd: int) -> dict:
     """One FedAvg round as a plain loop: train each client one epoch, average."""
-    acc = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in state.items()}
-    loss_fn, total = nn.CrossEntropyLoss(), 0
-    for c in range(data.num_clients):
-        x, y = (torch.from_numpy(a) for a in data.client_train(c))
-        model.load_state_dict(state)
-        opt = torch.optim.SGD(model.parameters(), lr=LR)
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + rnd * c))
-        for lo in range(0, len(x), BATCH):
-            idx = order[lo : lo + BATCH]
-            opt.zero_grad()
-            loss_fn(model(x[idx]), y[idx]).backward()
-            opt.step()
-        for k, v in model.state_dict().items():
-            acc[k] += v.double() * len(x)
-        total += len(x)
-    return {k: (v / total).float() for k, v in acc.items()}
+    return plain_fedavg_round(
+        data, model, state, lr=LR, batch=BATCH, shuffle_seed=lambda c: seed + rnd * c
+    )
 
 
 def run_loop(data: FederatedData, rounds: int, seed: int) -> tuple[list[float], float]:
