@@ -16,24 +16,19 @@ reads it (its ``options`` mapping): nothing else.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from fedops.core.optimizers import OPTIMIZERS
 from fedops.core.privacy.accountant import ACCOUNTANTS
-from fedops.core.strategies import ROBUST_STRATEGIES, STRATEGIES, readers
-from fedops.core.strategies.robust import Krum
+from fedops.core.strategies import STRATEGIES
 from fedops.core.train_settings import TrainPlan, TrainSettings, settings_of
 from fedops.runtime.rules import (
     PRIVACY_MODES,
     SECAGG_CLIP,
     SECAGG_MODES,
-    ConfigError,
     noise_multiplier_arg,
-    require,
 )
-from fedops.runtime.strategy_import import import_strategy
 
 
 def option(
@@ -321,83 +316,3 @@ def flag_of(key: str) -> str:
 def flagged(section: type) -> list[dataclasses.Field[Any]]:
     """The fields of a section a deployment sets by flag (all but the simulation-only)."""
     return [f for f in dataclasses.fields(section) if not f.metadata.get("simulation_only")]
-
-
-def check_strategy_options(st: StrategyConfig, *, prefix: str = "strategy") -> None:
-    """The ``strategy.*`` keys on their own: a known name, values in range, and no option
-    the chosen strategy does not read (it would be ignored without a word)."""
-    if ":" in st.name and st.name not in STRATEGIES:
-        import_strategy(st.name, key=f"{prefix}.name")
-    require(
-        st.name in STRATEGIES,
-        f"{prefix}.name",
-        f"must be one of {sorted(STRATEGIES)} or module:Class, got {st.name!r}",
-    )
-    require(st.mu >= 0, f"{prefix}.mu", f"must be >= 0, got {st.mu}")
-    require(
-        st.server_lr is None or (math.isfinite(st.server_lr) and st.server_lr > 0),
-        f"{prefix}.server_lr",
-        f"must be a number > 0, got {st.server_lr}",
-    )
-    for key in ("server_momentum", "beta1", "beta2"):
-        value = getattr(st, key)
-        require(0 <= value < 1, f"{prefix}.{key}", f"must be a number in [0, 1), got {value}")
-    require(
-        math.isfinite(st.tau) and st.tau > 0, f"{prefix}.tau", f"must be a number > 0, got {st.tau}"
-    )
-    for spec in dataclasses.fields(StrategyConfig):
-        value, reading = getattr(st, spec.name), readers(spec.name)
-        require(
-            spec.name == "name" or st.name in reading or value == spec.default,
-            f"{prefix}.{spec.name}",
-            f"has no effect with strategy {st.name}: it is read by "
-            f"{' and '.join(reading) or 'no strategy'} only",
-        )
-
-
-def check_strategy_fits(
-    st: StrategyConfig, *, per_round: int, secagg: str, privacy: str, prefix: str = "strategy"
-) -> None:
-    """The strategy against the rest of the run: robust rules need every client's model
-    (no SecAgg, no central or distributed DP) and, for Krum, enough clients per round."""
-    try:
-        _check_robust(st, per_round=per_round, secagg=secagg, privacy=privacy)
-    except ConfigError as exc:
-        raise ConfigError(f"{prefix}.{exc.key}", exc.message) from None
-
-
-def _check_robust(st: StrategyConfig, *, per_round: int, secagg: str, privacy: str) -> None:
-    """``per_round``: the fewest clients a round is sure to sample."""
-    name, f, select = st.name, st.byzantine, st.select
-    require(
-        0 <= st.trim_fraction < 0.5, "trim_fraction", f"must be in [0, 0.5), got {st.trim_fraction}"
-    )
-    require(f >= 0, "byzantine", f"must be >= 0, got {f}")
-    require(select is None or select >= 1, "select", "must be >= 1")
-    if name not in ROBUST_STRATEGIES:
-        return
-    require(
-        secagg == "none",
-        "name",
-        f"{name} needs every client's model, secure aggregation reveals only their sum",
-    )
-    require(
-        privacy not in ("central", "distributed"),
-        "name",
-        f"{name} cannot be combined with {privacy} DP, which aggregates by its own "
-        "clipped and noised mean",
-    )
-    if name in ("krum", "multi_krum"):
-        need = Krum(byzantine=f).min_results()
-        require(
-            per_round >= need,
-            "byzantine",
-            f"{name} with byzantine={f} needs more than 2f+2, i.e. at least {need} clients "
-            f"per round, but a round may have only {per_round}: sample more clients per "
-            "round or lower byzantine",
-        )
-        require(
-            select is None or select <= per_round,
-            "select",
-            f"cannot select {select} of the {per_round} clients a round may have",
-        )

@@ -22,13 +22,13 @@ from fedops.runtime.schema import (
     PrivacyConfig,
     SecAggConfig,
     StrategyConfig,
-    check_strategy_fits,
-    check_strategy_options,
 )
 from fedops.runtime.section_rules import (
     check_monitoring_section,
     check_privacy_section,
     check_secagg_section,
+    check_strategy_fits,
+    check_strategy_options,
     check_train,
 )
 

@@ -17,7 +17,8 @@ import pytest
 import fedops
 from fedops.core.strategies import STRATEGIES
 from fedops.runtime.rules import ConfigError
-from fedops.runtime.schema import StrategyConfig, check_strategy_options
+from fedops.runtime.schema import StrategyConfig
+from fedops.runtime.section_rules import check_strategy_options
 
 MODULE = textwrap.dedent('''
     from dataclasses import dataclass
