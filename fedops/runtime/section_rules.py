@@ -14,7 +14,7 @@ import dataclasses
 import math
 
 from fedops.core.optimizers import OPTIMIZERS
-from fedops.core.strategies import ROBUST_STRATEGIES, STRATEGIES, readers
+from fedops.core.strategies import ROBUST_STRATEGIES, STRATEGIES, build_strategy, readers
 from fedops.core.strategies.robust import Krum
 from fedops.core.train_settings import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR
 from fedops.runtime.rules import (
@@ -192,6 +192,11 @@ def check_strategy_options(st: StrategyConfig, *, prefix: str = "strategy") -> N
             f"has no effect with strategy {st.name}: it is read by "
             f"{' and '.join(reading) or 'no strategy'} only",
         )
+    try:  # a user's class may refuse its settings: say so by key, before the run starts
+        build_strategy(st.name, dataclasses.asdict(st))
+    except Exception as exc:
+        why = f"strategy {st.name} refused its settings: {type(exc).__name__}: {exc}"
+        raise ConfigError(f"{prefix}.name", why) from exc
 
 
 def check_strategy_fits(

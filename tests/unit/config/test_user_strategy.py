@@ -38,8 +38,14 @@ MODULE = textwrap.dedent('''
         pass
 
 
-    def broken():
-        raise RuntimeError("boom")
+    @dataclass(frozen=True)
+    class Picky(FedAvg):
+        """Refuses any settings at all."""
+
+        name: str = "{module}:Picky"
+
+        def __post_init__(self):
+            raise ValueError("Picky refuses its settings")
 ''')
 
 
@@ -87,3 +93,10 @@ def test_a_module_that_does_not_import_is_refused_by_key(tmp_path, monkeypatch):
 def test_an_option_the_user_strategy_does_not_read_is_refused(module):
     with pytest.raises(ConfigError, match=r"strategy\.mu"):
         check_strategy_options(StrategyConfig(name=f"{module}:HalfStep", mu=0.5))
+
+
+def test_a_user_strategy_that_refuses_its_settings_is_a_config_error(module):
+    """Its constructor's error is named by the key, before any run starts (no traceback)."""
+    with pytest.raises(ConfigError, match="Picky refuses its settings") as refused:
+        check_strategy_options(StrategyConfig(name=f"{module}:Picky"))
+    assert refused.value.key == "strategy.name"
