@@ -192,11 +192,6 @@ def check_strategy_options(st: StrategyConfig, *, prefix: str = "strategy") -> N
             f"has no effect with strategy {st.name}: it is read by "
             f"{' and '.join(reading) or 'no strategy'} only",
         )
-    try:  # a user's class may refuse its settings: say so by key, before the run starts
-        build_strategy(st.name, dataclasses.asdict(st))
-    except Exception as exc:
-        why = f"strategy {st.name} refused its settings: {type(exc).__name__}: {exc}"
-        raise ConfigError(f"{prefix}.name", why) from exc
 
 
 def check_strategy_fits(
@@ -208,6 +203,13 @@ def check_strategy_fits(
         _check_robust(st, per_round=per_round, secagg=secagg, privacy=privacy)
     except ConfigError as exc:
         raise ConfigError(f"{prefix}.{exc.key}", exc.message) from None
+    # last, after every rule that names its own key: a user's class may still refuse its
+    # settings; say so by key, before the run starts
+    try:
+        build_strategy(st.name, dataclasses.asdict(st))
+    except Exception as exc:
+        why = f"strategy {st.name} refused its settings: {type(exc).__name__}: {exc}"
+        raise ConfigError(f"{prefix}.name", why) from exc
 
 
 def _check_robust(st: StrategyConfig, *, per_round: int, secagg: str, privacy: str) -> None:

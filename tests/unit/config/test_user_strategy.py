@@ -18,7 +18,7 @@ import fedops
 from fedops.core.strategies import STRATEGIES
 from fedops.runtime.rules import ConfigError
 from fedops.runtime.schema import StrategyConfig
-from fedops.runtime.section_rules import check_strategy_options
+from fedops.runtime.section_rules import check_strategy_fits, check_strategy_options
 
 MODULE = textwrap.dedent('''
     from dataclasses import dataclass
@@ -97,6 +97,8 @@ def test_an_option_the_user_strategy_does_not_read_is_refused(module):
 
 def test_a_user_strategy_that_refuses_its_settings_is_a_config_error(module):
     """Its constructor's error is named by the key, before any run starts (no traceback)."""
+    picky = StrategyConfig(name=f"{module}:Picky")
+    check_strategy_options(picky)  # the name imports, the options are its to read …
     with pytest.raises(ConfigError, match="Picky refuses its settings") as refused:
-        check_strategy_options(StrategyConfig(name=f"{module}:Picky"))
+        check_strategy_fits(picky, per_round=5, secagg="none", privacy="none")
     assert refused.value.key == "strategy.name"
