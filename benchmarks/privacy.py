@@ -20,8 +20,8 @@ set of Hydra overrides on top of the same composed ``simulate`` config:
   (workload (b) only, not with --quick): DP's clipping took norms with ``np.vdot``, which
   OpenBLAS ran on several threads, and on a shared 2-core machine that made a call anywhere
   from 1x to ~100x slower; norms now avoid BLAS, and this row checks it stays so;
-* ``privacy=local``: DP-SGD with Opacus on every site; it runs with ``simulation=sequential``
-  only, so it has its own table (c) against ``none`` on that backend.
+* ``privacy=local``: DP-SGD on every site (batched: ``fedops.simulation.local_dp_sites``); its
+  own table (c) against ``none``, both on the default (vectorized) backend.
 A mode whose config ``validate`` refuses (not implemented yet, or not with this backend) is
 printed as "not available yet" with validate's message; a mode that fails while running is
 printed with its error.
@@ -31,7 +31,7 @@ Synthetic(1,1), 1000 clients (power-law sizes), 100 sampled per round (q = 0.1),
 epoch of SGD (batch 10, lr 0.01), 1 torch thread, seed 0, evaluation on the round's sampled
 clients. (a) ``logreg``: logistic regression 60 -> 10 (610 parameters), vectorized backend,
 12 rounds; (b) ``mlp``: ``model=mlp model.hidden=1408`` (99,978 parameters), vectorized, 7
-rounds; (c) ``local``: (a)'s model on ``simulation=sequential``, 4 rounds (--quick: 20 clients
+rounds; (c) ``local``: (a)'s model on the default backend, 4 rounds (--quick: 20 clients
 per round). Every mode of a workload starts from the same model. DP draws its own cohort
 (Poisson from the OS's CSPRNG; distributed DP m of N from it), which would make rounds
 unpaired (the fleet's client sizes follow a power law): so every DP mode except "as deployed"
@@ -96,9 +96,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--per-round", type=int, default=100, help="clients sampled per round")
     p.add_argument("--rounds", type=int, default=12, help="rounds of the logreg workload")
     p.add_argument("--mlp-rounds", type=int, default=7, help="rounds of the MLP workload")
-    p.add_argument(
-        "--local-rounds", type=int, default=4, help="rounds of the sequential (local DP) workload"
-    )
+    p.add_argument("--local-rounds", type=int, default=4, help="rounds of the local DP workload")
     p.add_argument(
         "--local-per-round",
         type=int,

@@ -60,8 +60,8 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
         Workload(
             "c",
             "local",
-            "logistic regression, sequential backend (what privacy=local runs on)",
-            [*fleet(args.local_per_round), "simulation=sequential"],
+            "logistic regression, the default (batched) backend, local DP-SGD",
+            fleet(args.local_per_round),
             args.local_rounds,
             ["none", "local"],
             args.local_per_round,

@@ -34,7 +34,8 @@ from fedops.coordinator.result_intake import (
     ResultIntake,
     TaskBoard,
 )
-from fedops.core.params import Params, TensorSpec, digest, specs_of, total_bytes
+from fedops.core.params import Params, TensorSpec, specs_of, total_bytes
+from fedops.core.params import model_digest as digest_once
 from fedops.core.results import FitResult
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived
 from fedops.runtime.transport import Instruction
@@ -176,10 +177,11 @@ class GrpcTransport:
     def dispatch(
         self, server_round: int, nodes: Sequence[str], instruction: Instruction
     ) -> dict[str, str]:
-        phase, params, config = instruction.phase, instruction.params, instruction.config
+        phase, params = instruction.phase, instruction.params
         stage, monitor = instruction.stage, instruction.monitor
-        if stage is not None and phase is not TRAINING_STAGE:
-            params, config = {}, {}  # key exchange and unmasking need no model
+        bare = stage is not None and phase is not TRAINING_STAGE
+        if bare:
+            params = {}  # key exchange and unmasking need no model (and no config)
         train = None
         if instruction.train is not None and (stage is None or phase is TRAINING_STAGE):
             train = train_to_proto(instruction.train)
@@ -188,7 +190,8 @@ class GrpcTransport:
         if params:
             # A round evaluates the model the next round trains: digest it once, not twice.
             if self._last_dispatched is None or self._last_dispatched[0] is not params:
-                self._last_dispatched = (params, digest(params))
+                # the run store checkpoints the same model: digest_once hashes it once
+                self._last_dispatched = (params, digest_once(params))
             model_digest = self._last_dispatched[1]
         kind = phases.task_kind(phase)
         monitor_proto = monitoring.spec_to_proto(monitor) if monitor is not None else None
@@ -202,6 +205,7 @@ class GrpcTransport:
                     self._events.put(NodeDropped(node_id=node, reason="no longer connected"))
                     tasks[node] = ""
                     continue
+                config = {} if bare else instruction.config_for(node)  # the node's own, if any
                 task = self._new_task(kind, server_round, config, model_digest)
                 if head is not None and head[0] >= 0:
                     task.coordinator_audit.seq, task.coordinator_audit.hash = head

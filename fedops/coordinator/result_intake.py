@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
-from fedops.coordinator.intake import read_result
+from fedops.coordinator.intake import Received, read_result
 from fedops.coordinator.nodes import NodeRegistry, Unauthenticated
 from fedops.core.audit.anchor import anchor_of
 from fedops.core.monitoring.profile import MonitorSpec
@@ -233,8 +233,14 @@ class ResultIntake:
     ) -> Event:
         node = header.node_id
         reference = assignment.specs if assignment.result_specs is None else assignment.result_specs
+        received = Received()  # the payload's digest, hashed while it streamed in
         result = read_result(
-            header, assignment.task.kind, reference, stream, monitor=assignment.monitor
+            header,
+            assignment.task.kind,
+            reference,
+            stream,
+            monitor=assignment.monitor,
+            received=received,
         )
         with self._board.cond:
             if self._board.assignments.get(node) is not assignment:
@@ -246,7 +252,7 @@ class ResultIntake:
                 )
             self._board.answered.add(assignment.task.task_id)
             del self._board.assignments[node]
-        self._audit_result(assignment, node, result, header)
+        self._audit_result(assignment, node, result, header, received.digest)
         return ResultArrived(node_id=node, task_id=assignment.task.task_id, result=result)
 
     def _audit_result(
@@ -255,8 +261,10 @@ class ResultIntake:
         node: str,
         result: FitResult | EvaluateResult | StageResult,
         header: pb.ResultHeader,
+        streamed: str,
     ) -> None:
-        """Record an accepted update's digest (the same hash the site computed as it sent)."""
+        """Record an accepted update's digest (the same hash the site computed as it sent):
+        ``streamed``, hashed as the payload arrived, unless the intake had none."""
         if isinstance(result, FitResult):
             payload = result.params
         elif isinstance(result, StageResult) and isinstance(result.reply, MaskedInput):
@@ -273,7 +281,7 @@ class ResultIntake:
                 "node_id": node,
                 "site": self._gate.registry.site_name(node),
                 "phase": phases.phase_of(assignment.task),
-                "digest": digest(payload),
+                "digest": streamed or digest(payload),
                 "num_examples": result.num_examples,
                 # the site's own log head: truncating that log later cannot remove it here
                 **({"site_head": head.payload()} if head is not None else {}),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -77,6 +78,53 @@ def digest(params: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+class _LastDigest:
+    """The digest of the last finished model hashed, so that each model is hashed once.
+
+    The coordinator's transport digests a model for the tasks that carry it and the run
+    store again for its checkpoint, one right after the other; both ask
+    :func:`model_digest`, which keeps one entry: the model and each of its arrays (held, so no
+    identity compared can be a freed object's reused one), and the digest.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._params: Mapping[str, np.ndarray] | None = None
+        # the arrays themselves, held: an identity compared is never a freed array's reused one
+        self._arrays: tuple[tuple[str, np.ndarray], ...] = ()
+        self._digest = ""
+
+    def get(self, params: Mapping[str, np.ndarray]) -> str:
+        arrays = tuple(params.items())
+        with self._lock:
+            if self._params is params and _same_arrays(self._arrays, arrays):
+                return self._digest
+        value = digest(params)
+        with self._lock:
+            self._params, self._arrays, self._digest = params, arrays, value
+        return value
+
+
+def _same_arrays(
+    held: tuple[tuple[str, np.ndarray], ...], now: tuple[tuple[str, np.ndarray], ...]
+) -> bool:
+    return len(held) == len(now) and all(
+        a_name == b_name and a is b for (a_name, a), (b_name, b) in zip(held, now, strict=True)
+    )
+
+
+_LAST_DIGEST = _LastDigest()
+
+
+def model_digest(params: Mapping[str, np.ndarray]) -> str:
+    """:func:`digest` of a finished model (a round's output, never changed in place),
+    remembered for the last one asked: a model is hashed once per round, not again for
+    its checkpoint. The same value as :func:`digest`; a mapping given anew, or with an
+    array replaced, is hashed anew. Arrays written in place after this are not detected,
+    so only models that no one changes any more are digested through it."""
+    return _LAST_DIGEST.get(params)
+
+
 def check_specs_match(expected: Sequence[TensorSpec], got: Sequence[TensorSpec]) -> None:
     """Raise :class:`InvalidUpdate` unless ``got`` describes the same tensors."""
     if len(got) != len(expected):
@@ -116,7 +164,12 @@ def check_finite(params: Mapping[str, np.ndarray]) -> None:
         if arr.dtype.kind == "f":
             bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
             if bad:
-                raise InvalidUpdate(f"tensor {name!r} has {bad} non-finite values (NaN/Inf)")
+                raise non_finite(name, bad)
+
+
+def non_finite(name: str, bad: int) -> InvalidUpdate:
+    """The refusal of a tensor with ``bad`` NaN/Inf values (:func:`check_finite`'s)."""
+    return InvalidUpdate(f"tensor {name!r} has {bad} non-finite values (NaN/Inf)")
 
 
 def weighted_average(updates: Sequence[tuple[Mapping[str, np.ndarray], float]]) -> Params:

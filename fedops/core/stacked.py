@@ -190,7 +190,7 @@ def _train_prefix(
         picked = rows[lo:hi].reshape(-1)
         inputs = x.index_select(0, picked).view(n, batch, -1)
         targets = y.index_select(0, picked).view(n, batch, 1)
-        outputs = _forward(layers, stack, inputs, n)
+        outputs = forward_layers(layers, stack, inputs, n)
         log_p = torch.log_softmax(outputs[-1], dim=2)
         w = weights[lo:hi]
         torch.sum(log_p.gather(2, targets).squeeze(2) * w, dim=1, out=batch_loss[lo:hi])
@@ -202,7 +202,7 @@ def _train_prefix(
     return {n: t.cpu().numpy() for n, t in stack.items()}, loss_sum / np.maximum(seen, 1)
 
 
-def _forward(
+def forward_layers(
     layers: Sequence[Layer], stack: dict[str, torch.Tensor], inputs: torch.Tensor, n: int
 ) -> list[torch.Tensor]:
     """Every layer's output, input first: the backward pass needs them."""

@@ -18,8 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedops.core.params import Params
-from fedops.core.results import EvaluateResult, FitResult, weighted_metrics
+from fedops.core.results import EvaluateResult, FitResult
 from fedops.core.rounds import Phase, RoundTracker, sample_clients
+from fedops.core.strategies.hooks import (
+    ClientConfigStrategy,
+    ClientInfo,
+    client_fit_configs,
+    fit_metrics,
+)
 from fedops.core.strategies.protocol import Strategy, strategy_state
 from fedops.runtime.collect import collect
 from fedops.runtime.round_plugin import (
@@ -98,6 +104,13 @@ class RoundDriver:
         )
         self.plugins = tuple(plugins)
         self.replaced = {hook: replacing(self.plugins, hook) for hook in REPLACING_HOOKS}
+        if isinstance(strategy, ClientConfigStrategy):
+            for plugin in self.plugins:
+                if why := plugin.client_config_refusal():
+                    raise ValueError(
+                        f"strategy {strategy.name!r} sets a fit config per client "
+                        f"(client_fit_config), which this run refuses: {why}"
+                    )
         self.on_round = on_round
 
     def run(self, params: Params, *, start_round: int = 1) -> Params:
@@ -171,18 +184,28 @@ class RoundDriver:
     def _fit(self, server_round: int, selected: list[str], params: Params) -> FitOutcome:
         ctx = self.ctx
         fit_config = {**ctx.strategy.fit_config(server_round), "seed": float(ctx.config.seed)}
+        owned = {"seed"}  # the run's keys, not the strategy's: never set per client
         for plugin in self.plugins:
-            fit_config.update(plugin.fit_config(ctx, server_round))
+            added = plugin.fit_config(ctx, server_round)
+            fit_config.update(added)
+            owned.update(added)
         phase = self.replaced["run_fit"]
         if phase is not None:
             outcome = phase.run_fit(ctx, server_round, selected, params, fit_config)
             if outcome is not None:
                 return outcome
+        cohort = [
+            ClientInfo(node_id=node, site=ctx.site_names(node), index=i, cohort_size=len(selected))
+            for i, node in enumerate(selected)
+        ]
         fit = Instruction(
             phase=Phase.FIT,
             params=params,
             config=fit_config,
             train=ctx.config.train_at(server_round),
+            client_configs=client_fit_configs(
+                ctx.strategy, server_round, cohort, fit_config, reserved=owned
+            ),
         )
         tracker = self._collect(server_round, selected, fit)
         results = [r for r in tracker.results if isinstance(r, FitResult)]
@@ -226,8 +249,12 @@ class RoundDriver:
         metrics: dict[str, Any] = {"num_clients": len(fit.reported)}
         if released is not None:
             eval_metrics = self.ctx.strategy.aggregate_evaluate(server_round, released.results)  # type: ignore[arg-type]
+            # the strategy's own reduction (aggregate_fit_metrics) only where the sites'
+            # metrics are released: its names join train_loss (plug-ins' keys win over them)
+            metrics |= {"train_loss": math.nan} | fit_metrics(
+                self.ctx.strategy, server_round, fit.reported
+            )
             metrics |= {
-                "train_loss": weighted_metrics(fit.reported).get("train_loss", math.nan),
                 "eval_loss": eval_metrics.get("loss", math.nan),
                 "eval_accuracy": eval_metrics.get("accuracy", math.nan),
                 "num_eval_clients": len(released.results),

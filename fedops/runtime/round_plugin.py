@@ -99,8 +99,15 @@ class RoundPlugin:
         return None
 
     def fit_config(self, ctx: RoundContext, server_round: int) -> Mapping[str, float]:
-        """Keys this feature adds to what every selected site trains with."""
+        """Keys this feature adds to what every selected site trains with (the run owns
+        them: a strategy's per-client fit config may not change them)."""
         return {}
+
+    def client_config_refusal(self) -> str:
+        """Why this feature forbids a fit config per client ("": it allows one), e.g. one
+        that could single a site out of a secure sum (see
+        :class:`~fedops.core.strategies.hooks.ClientConfigStrategy`)."""
+        return ""
 
     def run_fit(
         self,

@@ -14,7 +14,13 @@ import dataclasses
 import math
 
 from fedops.core.optimizers import OPTIMIZERS
-from fedops.core.strategies import ROBUST_STRATEGIES, STRATEGIES, build_strategy, readers
+from fedops.core.strategies import (
+    ROBUST_STRATEGIES,
+    STRATEGIES,
+    ClientConfigStrategy,
+    build_strategy,
+    readers,
+)
 from fedops.core.strategies.robust import Krum
 from fedops.core.train_settings import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR
 from fedops.runtime.rules import (
@@ -206,10 +212,19 @@ def check_strategy_fits(
     # last, after every rule that names its own key: a user's class may still refuse its
     # settings; say so by key, before the run starts
     try:
-        build_strategy(st.name, dataclasses.asdict(st))
+        strategy = build_strategy(st.name, dataclasses.asdict(st))
     except Exception as exc:
         why = f"strategy {st.name} refused its settings: {type(exc).__name__}: {exc}"
         raise ConfigError(f"{prefix}.name", why) from exc
+    guarded = "secure aggregation" if secagg != "none" else f"{privacy} DP"
+    require(
+        not isinstance(strategy, ClientConfigStrategy)
+        or (secagg == "none" and privacy not in ("central", "distributed")),
+        f"{prefix}.name",
+        f"strategy {st.name} sets a fit config per client (client_fit_config), which "
+        f"{guarded} refuses: a config of its own could single a site out of the sum, and "
+        "central DP's secret sample would show to the strategy",
+    )
 
 
 def _check_robust(st: StrategyConfig, *, per_round: int, secagg: str, privacy: str) -> None:

@@ -94,6 +94,12 @@ class SecureFit(RoundPlugin):
         self.site_names = site_names
         self.noise = noise
 
+    def client_config_refusal(self) -> str:
+        return (
+            "under secure aggregation every site trains with the round's one config: a "
+            "config of its own could fingerprint its contribution to the sum"
+        )
+
     def run_fit(
         self,
         ctx: RoundContext,

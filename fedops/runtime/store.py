@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from fedops.core.params import Params, digest
+from fedops.core.params import model_digest as digest_once
 from fedops.runtime.checkpoint_file import (
     STATE_PREFIX,
     Checkpoint,
@@ -179,7 +180,7 @@ class RunStore:
         for name, value in (strategy_state or {}).items():
             tensors[STATE_PREFIX + name] = value
         write_safetensors(path, tensors, {"order": json.dumps(list(params)), "strategy": strategy})
-        model_digest = digest(params)
+        model_digest = digest_once(params)  # the transport hashed it for its tasks
         with self._lock, self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?, ?, ?)",

@@ -42,6 +42,23 @@ class Instruction:
     monitor: MonitorSpec | None = None
     #: fit (and SecAgg's training stage): the run's training settings for this round
     train: TrainSettings | None = None
+    #: fit: node -> that node's whole config, for a strategy with a per-client fit config
+    #: (:func:`~fedops.core.strategies.hooks.client_fit_configs`); a node not here gets ``config``
+    client_configs: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def config_for(self, node: str) -> Mapping[str, float]:
+        """The config ``node`` is sent: its own, else the dispatch's one ``config``."""
+        return self.client_configs.get(node, self.config)
+
+    def config_groups(self, nodes: Sequence[str]) -> list[tuple[list[str], Mapping[str, float]]]:
+        """``nodes`` grouped by the config each is sent (first-seen order, and the nodes'
+        order within a group): one group unless configs differ per client."""
+        groups: dict[tuple[tuple[str, float], ...], tuple[list[str], Mapping[str, float]]] = {}
+        for node in nodes:
+            config = self.config_for(node)
+            key = tuple(sorted(config.items()))
+            groups.setdefault(key, ([], config))[0].append(node)
+        return list(groups.values())
 
 
 class Transport(Protocol):

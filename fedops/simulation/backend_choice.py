@@ -6,8 +6,9 @@ read into them once), per-round data reloaded each round, monitoring counted for
 clients together. What the batched trainers cannot run is a user ``train()`` or
 ``evaluate()`` (fedops' own loop is what they batch), another optimizer than SGD, a
 model :func:`fedops.core.vectorized.supports` refuses (buffers outside a chain whose
-BatchNorm statistics :mod:`fedops.core.batched_cnn` keeps per client), or local DP-SGD
-with per-site ledgers. Such a run goes to the fastest backend that can run it, and says
+BatchNorm statistics :mod:`fedops.core.batched_cnn` keeps per client). Local DP-SGD is
+batched too (:mod:`fedops.simulation.local_dp_sites`: every site's own policy, ledger,
+Poisson batches and noise). Such a run goes to the fastest backend that can run it, and says
 so in one log line, never an error: Hydra composes the default and an explicit
 ``simulation=vectorized`` into the same config, so the two cannot be told apart, and a
 run that works beats a run that refuses.
@@ -50,8 +51,6 @@ def batching_refusal(cfg: SimulateConfig) -> str | None:
     """Why the batched backend cannot run this task as a site would, or None if it can."""
     if cfg.flower_app:
         return f"flower_app={cfg.flower_app} trains in the Flower app's own loop, client by client"
-    if cfg.privacy.name == "local":
-        return "privacy=local trains with per-site DP-SGD and per-site privacy ledgers"
     if cfg.client.optimizer != "sgd":
         return f"client.optimizer={cfg.client.optimizer} (the batched trainers run SGD)"
     if not cfg.task:

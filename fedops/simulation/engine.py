@@ -30,6 +30,7 @@ from fedops.simulation.faults import FaultPlan
 from fedops.simulation.federation import load_federation, round_loader, use_threads
 from fedops.simulation.flower_federation import flower_run_task, flower_sites
 from fedops.simulation.inmemory import InMemoryTransport
+from fedops.simulation.local_dp_sites import LocalDPSites
 from fedops.simulation.process import ProcessTransport
 from fedops.simulation.secure_backend import SecureSimTransport
 from fedops.simulation.vectorized_backend import VectorizedTransport
@@ -50,8 +51,8 @@ def _device(name: str) -> str:
 def make_transport(
     cfg: SimulateConfig, task: Task, data: FederatedData | None, run_dir: Path | None = None
 ) -> Transport:
-    """The backend; under ``privacy=local`` each sequential site keeps its privacy ledger
-    in ``run_dir/site_ledgers/site-<i>/`` (see :func:`site_ledger_dir`)."""
+    """The backend; under ``privacy=local`` each simulated site (sequential or batched) keeps
+    its privacy ledger in ``run_dir/site_ledgers/site-<i>/`` (see :func:`site_ledger_dir`)."""
     c, s = cfg.client, cfg.simulation
     train = TrainConfig(
         epochs=c.epochs,
@@ -68,9 +69,10 @@ def make_transport(
     )
     if s.backend == "vectorized":
         assert data is not None
+        model = initial_model(task, cfg.seed)
         return VectorizedTransport(
             data,
-            initial_model(task, cfg.seed),
+            model,
             train,
             faults=faults,
             max_chunk=s.max_chunk,
@@ -78,6 +80,13 @@ def make_transport(
             reload=round_loader(task, s.num_clients) if cfg.task else None,
             groups_of=task.sensitive_groups,
             report_limits=ReportLimits(min_count=cfg.monitoring.min_count),
+            local_dp=LocalDPSites(
+                model,
+                max_epsilon=cfg.privacy.site_max_epsilon,
+                max_delta=cfg.privacy.delta,  # a simulated site accounts at the run's δ
+                ledger_root=run_dir if cfg.privacy.name == "local" else None,
+                ledger_dir=site_ledger_dir,
+            ),
         )
     if s.backend == "process":
         return ProcessTransport(cfg, faults=faults)

@@ -44,13 +44,14 @@ class InMemoryTransport(SimulatedTransport):
         self, server_round: int, nodes: Sequence[str], instruction: Instruction
     ) -> dict[str, str]:
         check_plain(instruction)
-        phase, params, config = instruction.phase, instruction.params, instruction.config
+        phase, params = instruction.phase, instruction.params
         monitor, train = instruction.monitor, instruction.train
         tasks = task_ids(server_round, phase, nodes)
         for node in nodes:
             if phase is Phase.FIT:
+                config = instruction.config_for(node)  # the node's own, if it has one
                 self._work.append(
-                    lambda n=node: self._fit(n, tasks[n], server_round, params, config, train)
+                    lambda n=node, c=config: self._fit(n, tasks[n], server_round, params, c, train)
                 )
             else:
                 self._work.append(

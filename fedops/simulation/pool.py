@@ -8,7 +8,7 @@ round driver's events, checked as the coordinator checks results.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -37,12 +37,13 @@ def fault_jobs(
     phase: Phase,
     nodes: Sequence[str],
     params: Params,
-    config: Mapping[str, float],
+    config_for: Callable[[str], Mapping[str, float]],
     train: TrainSettings,
     monitor: MonitorSpec | None = None,
 ) -> tuple[list[Job], list[Event]]:
     """The jobs to send, and the dropouts injected instead of some of them: each
-    fit job trains with the run's ``train``, a straggler with fewer epochs."""
+    fit job trains with the run's ``train``, a straggler with fewer epochs, and with
+    its node's config (``config_for``: :meth:`Instruction.config_for`)."""
     blob = encode(params)
     jobs: list[Job] = []
     dropped: list[Event] = []
@@ -55,7 +56,8 @@ def fault_jobs(
                 dropped.append(NodeDropped(node_id=node, reason=reason))
                 continue
             job_train = asdict(replace(train, epochs=done))
-        jobs.append((str(phase), client, server_round, blob, dict(config), job_train, monitor))
+        config = dict(config_for(node))
+        jobs.append((str(phase), client, server_round, blob, config, job_train, monitor))
     return jobs, dropped
 
 
@@ -84,12 +86,11 @@ class WorkerTransport(SimulatedTransport):
         self, server_round: int, nodes: Sequence[str], instruction: Instruction
     ) -> dict[str, str]:
         check_plain(instruction)  # monitoring: each worker's site reports on its data
-        phase, params, config = instruction.phase, instruction.params, instruction.config
-        monitor = instruction.monitor
+        phase, params, monitor = instruction.phase, instruction.params, instruction.monitor
         tasks = task_ids(server_round, phase, nodes)
         train = instruction.train if instruction.train is not None else self.train
         jobs, dropped = fault_jobs(
-            self.faults, server_round, phase, nodes, params, config, train, monitor
+            self.faults, server_round, phase, nodes, params, instruction.config_for, train, monitor
         )
         self._dropped.extend(dropped)
         self._current = (phase, tasks, params, monitor)

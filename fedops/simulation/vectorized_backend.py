@@ -35,6 +35,7 @@ from fedops.data import FederatedData
 from fedops.runtime.transport import Instruction
 from fedops.simulation.batched_monitor import BatchedMonitor, GroupsOf
 from fedops.simulation.faults import FaultPlan
+from fedops.simulation.local_dp_sites import LocalDPSites, SiteFit, asks_local_dp
 from fedops.simulation.sim_transport import (
     SimulatedTransport,
     check_plain,
@@ -62,9 +63,11 @@ class VectorizedTransport(SimulatedTransport):
         reload: Callable[[int], FederatedData] | None = None,
         groups_of: GroupsOf | None = None,
         report_limits: ReportLimits | None = None,
+        local_dp: LocalDPSites | None = None,
     ) -> None:
         """``reload(round)``: that round's data, for a task whose data changes per round
-        (``data`` is then round 0's); ``groups_of``: the task's ``sensitive_groups``."""
+        (``data`` is then round 0's); ``groups_of``: the task's ``sensitive_groups``;
+        ``local_dp``: every site's local-DP policy and ledger (default: uncapped, in memory)."""
         reason = supports(model)
         if reason is not None:
             raise ValueError(
@@ -82,6 +85,7 @@ class VectorizedTransport(SimulatedTransport):
         self.train = train
         self.faults = faults or FaultPlan()
         self.max_chunk = max_chunk
+        self.local_dp = local_dp if local_dp is not None else LocalDPSites(self.model)
         self.reload = reload
         self._data_round = 0
         self._use(data)
@@ -117,12 +121,13 @@ class VectorizedTransport(SimulatedTransport):
         self, server_round: int, nodes: Sequence[str], instruction: Instruction
     ) -> dict[str, str]:
         check_plain(instruction)
-        phase, params, config = instruction.phase, instruction.params, instruction.config
+        phase, params = instruction.phase, instruction.params
         tasks = task_ids(server_round, phase, nodes)
         self.at_round(server_round)
         if phase is Phase.FIT:
             train = instruction.train if instruction.train is not None else self.train.settings()
-            self._events.extend(self._fit(server_round, nodes, tasks, params, config, train))
+            for group, config in instruction.config_groups(nodes):  # one unless per-client
+                self._events.extend(self._fit(server_round, group, tasks, params, config, train))
         else:
             self._events.extend(self._evaluate(nodes, tasks, params, instruction.monitor))
         return tasks
@@ -147,6 +152,9 @@ class VectorizedTransport(SimulatedTransport):
                 events.append(NodeDropped(node_id=node, reason=dropped))
             else:
                 working.append((node, client, epochs))
+        if asks_local_dp(config):  # every site's own DP-SGD, policy and ledger, together
+            events.extend(self._fit_private(server_round, working, tasks, params, config, train))
+            return events
         # each site's own shuffle seed (tasks.site.shuffle_seed), for all sites at once
         clients = np.array([client for _, client, _ in working], dtype=np.int64)
         seeds = shuffle_seeds(int(config.get("seed", 0)), server_round, clients).tolist()
@@ -172,6 +180,26 @@ class VectorizedTransport(SimulatedTransport):
             metrics = {"train_loss": loss}
             events.append(fit_event(node, tasks[node], expected, new, job.size, metrics))
         return events
+
+    def _fit_private(
+        self,
+        server_round: int,
+        working: Sequence[tuple[str, int, int]],
+        tasks: Mapping[str, str],
+        params: Params,
+        config: Mapping[str, float],
+        train: TrainSettings,
+    ) -> list[Event]:
+        """Local DP-SGD at every working site (:mod:`fedops.simulation.local_dp_sites`)."""
+        sites = [
+            SiteFit(node, tasks[node], c, self._offsets[c], self._offsets[c + 1], epochs)
+            for node, c, epochs in working
+        ]
+        cfg = TrainConfig(
+            epochs=train.epochs, batch_size=train.batch_size, lr=train.lr, momentum=train.momentum
+        )
+        data = (self.x, self.y)
+        return self.local_dp.fit(server_round, sites, params, config, cfg, data, self.max_chunk)
 
     @torch.no_grad()
     def _evaluate(

@@ -133,19 +133,23 @@ class SiteLedger:
                 "it sent)."
             ) from exc
 
-    def ledger(self) -> PrivacyLedger:
-        """The charges as one composition (one entry per run of equal events)."""
+    def ledger(self, run_id: str | None = None) -> PrivacyLedger:
+        """The charges (of run ``run_id`` only, when given) as one composition."""
         out = PrivacyLedger()
         for charge in self.charges():
-            out.record(charge.event, rounds=charge.steps)
+            if run_id is None or charge.run_id == run_id:
+                out.record(charge.event, rounds=charge.steps)
         return out
 
-    def epsilon(self, delta: float) -> float:
-        return bound(self.ledger(), delta)[0]
+    def epsilon(self, delta: float, run_id: str | None = None) -> float:
+        return bound(self.ledger(run_id), delta)[0]
 
-    def epsilon_after(self, event: RoundEvent, steps: int, delta: float) -> float:
-        """ε if the site trains one more round of ``steps`` steps like ``event``."""
-        trial = self.ledger()
+    def epsilon_after(
+        self, event: RoundEvent, steps: int, delta: float, run_id: str | None = None
+    ) -> float:
+        """ε if the site trains one more round of ``steps`` steps like ``event``: over
+        every run, or over run ``run_id``'s rounds alone (a per-run cap)."""
+        trial = self.ledger(run_id)
         trial.record(event, rounds=steps)
         return bound(trial, delta)[0]
 
@@ -159,19 +163,27 @@ class SiteLedger:
         Raises :class:`LedgerError` when the ledger is unreadable or the write fails:
         the caller must then not release what it trained.
         """
+        self.append(charge)
+        eps, accountant = bound(self.ledger(), delta)
+        return Spent(charge, eps, delta, accountant)
+
+    def append(self, charge: Charge) -> None:
+        """Record ``charge`` durably, without working out ε (:meth:`record` does): for a
+        caller that reports no ε per round (a simulated site; ε is read off the ledger).
+
+        Raises :class:`LedgerError` as :meth:`record` does.
+        """
         self.charges()  # never append to a ledger that does not read back
         if self.path is None:
             self._memory.append(charge)
-        else:
-            try:
-                _append(self.path, charge)
-            except (OSError, sqlite3.Error) as exc:
-                raise LedgerError(
-                    f"could not record this round in the privacy ledger {self.path} ({exc}); "
-                    "the update is not sent"
-                ) from exc
-        eps, accountant = bound(self.ledger(), delta)
-        return Spent(charge, eps, delta, accountant)
+            return
+        try:
+            _append(self.path, charge)
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(
+                f"could not record this round in the privacy ledger {self.path} ({exc}); "
+                "the update is not sent"
+            ) from exc
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -20,7 +20,7 @@ from torch import nn
 from fedops.core import training
 from fedops.core.monitoring.profile import MonitorSpec, ReportLimits, SiteReport
 from fedops.core.params import Params
-from fedops.core.privacy.accountant import check_delta, epsilon
+from fedops.core.privacy.accountant import check_delta
 from fedops.core.privacy.local import (
     LocalDP,
     changed_state,
@@ -39,6 +39,7 @@ from fedops.core.training import (
     set_params,
 )
 from fedops.tasks.contract import Task
+from fedops.tasks.dp_policy import check_dp_round
 from fedops.tasks.fit_settings import (
     DEFAULT_DELTA,
     DP_NUM_EXAMPLES,
@@ -125,6 +126,7 @@ class Site:
         data: tuple[Data, Data] | None = None,
         model: nn.Module | None = None,
         max_epsilon: float | None = None,
+        max_run_epsilon: float | None = None,
         max_delta: float = DEFAULT_DELTA,
         ledger_dir: Path | None = None,
         public_records: int | None = None,
@@ -136,6 +138,7 @@ class Site:
             raise ValueError(f"public_records must be at least 1, got {public_records}")
         self.task = task
         self.max_epsilon = max_epsilon
+        self.max_run_epsilon = max_run_epsilon
         self.max_delta = max_delta
         self.public_records = public_records
         self.report_limits = report_limits if report_limits is not None else ReportLimits()
@@ -188,7 +191,8 @@ class Site:
     def hides_count(self) -> bool:
         """Whether this site keeps its record count to itself: it caps its ε, or it plans
         local DP with a public count (then n - 1 and n must look alike)."""
-        return self.max_epsilon is not None or self.public_records is not None
+        capped = self.max_epsilon is not None or self.max_run_epsilon is not None
+        return capped or self.public_records is not None
 
     def initial_params(self) -> Params:
         """A freshly built model: never the model this site trains in (its update would leak)."""
@@ -224,7 +228,7 @@ class Site:
         dp = self._local_dp(config, cfg)
         if dp is not None:
             with self.ledger.exclusive():  # the check and the charge, with nothing between
-                self._check_policy(dp, cfg)
+                self._check_policy(dp, cfg, run_id)
                 set_params(self.model, params)
                 self._fit_private(dp, cfg, run_id, server_round)
             return get_params(self.model), DP_NUM_EXAMPLES, {}
@@ -278,13 +282,18 @@ class Site:
             self._dp_key = key
         return self._dp
 
-    def _check_policy(self, dp: LocalDP | None, cfg: TrainConfig) -> None:
+    def _check_policy(self, dp: LocalDP | None, cfg: TrainConfig, run_id: str = "") -> None:
         """Before any training: the site's cap against its ledger plus this round."""
         if dp is None:
             if self.max_epsilon is not None:
                 raise PolicyRefusal(
                     f"this site trains only with local DP at ε <= {self.max_epsilon:g} "
                     "(--max-epsilon); the task asks for none"
+                )
+            if self.max_run_epsilon is not None:
+                raise PolicyRefusal(
+                    f"this site trains only with local DP at ε <= {self.max_run_epsilon:g} "
+                    "per run (--max-run-epsilon); the task asks for none"
                 )
             if self.public_records is not None:
                 raise PolicyRefusal(
@@ -298,30 +307,15 @@ class Site:
             self._model_refusal = model_refusal(self.model)
         if self._model_refusal:
             raise PolicyRefusal(self._model_refusal)
-        try:
-            event, steps = round_event(dp, self.dp_records, cfg)
-        except ValueError as exc:
-            raise PolicyRefusal(str(exc)) from exc
-        if self.max_epsilon is not None:
-            # cheap first (milliseconds, where a PLD of a crafted round takes minutes):
-            # RDP's ε is an upper bound too, so a round it alone puts over the cap is
-            # refused; every other round is decided by the PLD over the whole ledger
-            alone = epsilon(((event, steps),), dp.delta, "rdp")
-            if alone > self.max_epsilon:
-                raise PolicyRefusal(
-                    f"this round alone would cost this site ε={alone:.3g} (RDP, "
-                    f"δ={dp.delta:g}), above its limit {self.max_epsilon:g} (--max-epsilon)"
-                )
-        try:
-            after = self.ledger.epsilon_after(event, steps, dp.delta)
-        except LedgerError as exc:
-            raise PolicyRefusal(str(exc)) from exc
-        if self.max_epsilon is not None and after > self.max_epsilon:
-            raise PolicyRefusal(
-                f"training this round would raise this site's ε to {after:.3g} (δ={dp.delta:g}, "
-                f"over every round in its privacy ledger), above its limit "
-                f"{self.max_epsilon:g} (--max-epsilon)"
-            )
+        check_dp_round(
+            self.ledger,
+            dp,
+            self.dp_records,
+            cfg,
+            max_epsilon=self.max_epsilon,
+            max_run_epsilon=self.max_run_epsilon,
+            run_id=run_id,
+        )
 
     def evaluate(
         self, params: Params, server_round: int | None = None

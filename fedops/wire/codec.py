@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import threading
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -23,6 +26,7 @@ from fedops.core.params import (
     TensorSpec,
     digest_header,
     le_bytes,
+    non_finite,
     total_bytes,
 )
 from fedops.v1 import fedops_pb2 as pb
@@ -68,8 +72,11 @@ def _wire_dtype(dtype: str) -> np.dtype:
     return np.dtype(dtype).newbyteorder("<")
 
 
-#: One thread hashes for every PayloadHasher in the process, in submission order.
-_HASH_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedops-hash")
+#: Threads that hash for every PayloadHasher in the process; each hasher's chunks are
+#: hashed in order by one of them at a time, so uploads arriving together hash in parallel.
+_HASH_POOL = ThreadPoolExecutor(
+    max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="fedops-hash"
+)
 
 
 class PayloadHasher:
@@ -77,21 +84,46 @@ class PayloadHasher:
 
     sha256 runs at about 1.8 GB/s here, slower than loopback gRPC; hashlib
     releases the GIL, so hashing on a helper thread instead of inline keeps
-    verification off the transfer's critical path. All hashers share one
-    long-lived thread, so an abandoned hasher leaves nothing running.
+    verification off the transfer's critical path. The chunks queue here and
+    one pool thread at a time drains them in order; the pool's threads are
+    long-lived, so an abandoned hasher leaves nothing running.
     """
 
     def __init__(self, specs: Sequence[TensorSpec]) -> None:
         self._hash = hashlib.sha256(digest_header(specs))
-        self._last: Future[None] | None = None
+        self._lock = threading.Lock()
+        self._queue: deque[bytes | memoryview] = deque()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._error: BaseException | None = None
 
     def update(self, chunk: bytes | memoryview) -> None:
-        self._last = _HASH_THREAD.submit(self._hash.update, chunk)
+        """Queue ``chunk``; it must stay unchanged until :meth:`hexdigest` returns."""
+        with self._lock:
+            self._queue.append(chunk)
+            if not self._idle.is_set():
+                return  # a drain is running and will take it
+            self._idle.clear()
+        _HASH_POOL.submit(self._drain)
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        self._idle.set()  # under the lock: update() then starts a new drain
+                        return
+                    chunk = self._queue.popleft()
+                self._hash.update(chunk)
+        except BaseException as exc:  # handed to hexdigest, never lost on the pool
+            self._error = exc
+            self._idle.set()
 
     def hexdigest(self) -> str:
         """The digest of every chunk given so far (waits for the queued ones)."""
-        if self._last is not None:
-            self._last.result()
+        self._idle.wait()
+        if self._error is not None:
+            raise self._error
         return self._hash.hexdigest()
 
 
@@ -146,17 +178,22 @@ def _pieces(params: Mapping[str, np.ndarray], chunk_bytes: int) -> Iterator[list
 class Assembler:
     """Collects chunks for declared specs into one buffer; refuses any excess.
 
-    With a ``hasher``, the model digest (:func:`fedops.core.params.digest`) is
-    computed as the chunks arrive, so verifying a download needs no second pass.
+    Every chunk is copied once, straight into place; with a ``hasher`` the model
+    digest (:func:`fedops.core.params.digest`) and with ``finite`` the NaN/Inf
+    check run on each chunk as it arrives, so neither needs a second pass over
+    the model once it is complete.
 
     Args:
         specs: the tensors the sender declared (already validated).
         max_bytes: the most this receiver accepts; larger declarations fail
             before a byte is buffered.
-        buffer: optional reusable buffer (grown when too small); the arrays
-            returned by :meth:`finish` are views into it, valid until it is
+        buffer: optional buffer to fill (a reused ``bytearray``, grown when too
+            small, or a flat ``uint8`` array of at least the payload's size); the
+            arrays returned by :meth:`finish` are views into it, valid until it is
             reused. Reuse spares the page faults of a fresh allocation.
-        hasher: optional :class:`PayloadHasher` fed every chunk.
+        hasher: optional :class:`PayloadHasher` fed every chunk (from the buffer).
+        finite: count NaN/Inf in floating tensors as chunks arrive; :meth:`finish`
+            then refuses as :func:`fedops.core.params.check_finite` does.
     """
 
     def __init__(
@@ -164,8 +201,9 @@ class Assembler:
         specs: Sequence[TensorSpec],
         *,
         max_bytes: int,
-        buffer: bytearray | None = None,
+        buffer: bytearray | np.ndarray | None = None,
         hasher: PayloadHasher | None = None,
+        finite: bool = False,
     ) -> None:
         self.specs = list(specs)
         self.expected = total_bytes(self.specs)
@@ -173,34 +211,31 @@ class Assembler:
             raise InvalidUpdate(
                 f"payload of {self.expected} bytes declared; at most {max_bytes} are accepted"
             )
-        if buffer is None:
-            # numpy's large allocations get transparent huge pages: filling a fresh
-            # 300 MB bytearray page-faults about 5x longer than this.
-            fresh = np.empty(self.expected, dtype=np.uint8)
-            self._buf = fresh.data.cast("B")
-        else:
-            if len(buffer) < self.expected:
-                buffer.extend(bytes(self.expected - len(buffer)))
-            self._buf = memoryview(buffer)[: self.expected]
+        self._buf = _receive_view(buffer, self.expected)
         self._filled = 0
         self._hasher = hasher
+        self._finite = FiniteCheck(self.specs, self._buf) if finite else None
 
     def add(self, chunk: bytes | memoryview) -> None:
-        end = self._filled + len(chunk)
+        start, end = self._filled, self._filled + len(chunk)
         if end > self.expected:
             raise InvalidUpdate(
                 f"payload exceeds its declared size: more than {self.expected} bytes received"
             )
-        self._buf[self._filled : end] = chunk
-        if self._hasher is not None:
-            self._hasher.update(chunk)
+        self._buf[start:end] = chunk
         self._filled = end
+        if self._hasher is not None and end > start:
+            self._hasher.update(self._buf[start:end])
+        if self._finite is not None:
+            self._finite.advance(end)
 
     def finish(self) -> Params:
         if self._filled != self.expected:
             raise InvalidUpdate(
                 f"payload truncated: {self._filled} of {self.expected} declared bytes received"
             )
+        if self._finite is not None:
+            self._finite.check()
         return decode(self.specs, self._buf)
 
     def digest(self) -> str:
@@ -208,6 +243,66 @@ class Assembler:
         if self._hasher is None:
             raise ValueError("this Assembler was created without a hasher")
         return self._hasher.hexdigest()
+
+
+def _receive_view(buffer: bytearray | np.ndarray | None, nbytes: int) -> memoryview:
+    """``nbytes`` of ``buffer`` (or of a fresh allocation) as a flat byte view."""
+    if buffer is None:
+        # numpy's large allocations get transparent huge pages: filling a fresh
+        # 300 MB bytearray page-faults about 5x longer than this.
+        return np.empty(nbytes, dtype=np.uint8).data.cast("B")
+    if isinstance(buffer, np.ndarray):
+        if buffer.dtype != np.uint8 or buffer.ndim != 1 or len(buffer) < nbytes:
+            raise ValueError(f"a receive buffer must be flat uint8 of at least {nbytes} bytes")
+        return buffer.data.cast("B")[:nbytes]
+    if len(buffer) < nbytes:
+        buffer.extend(bytes(nbytes - len(buffer)))
+    return memoryview(buffer)[:nbytes]
+
+
+class FiniteCheck:
+    """NaN/Inf counted per floating tensor while a payload fills ``buffer`` in order.
+
+    Each call to :meth:`advance` looks only at the whole elements received since
+    the last one (a chunk may end inside an element; its bytes wait for the next
+    chunk), while they are still in cache.
+    """
+
+    def __init__(self, specs: Sequence[TensorSpec], buffer: memoryview) -> None:
+        self._specs = list(specs)
+        self._buf = buffer
+        self._ends: list[int] = []
+        end = 0
+        for spec in self._specs:
+            end += spec.nbytes
+            self._ends.append(end)
+        self._bad = [0] * len(self._specs)
+        self._tensor = 0  # the first tensor not yet fully checked
+        self._checked = 0  # bytes checked (or skipped: not floating) so far
+
+    def advance(self, filled: int) -> None:
+        """Check what lies between the last position and ``filled`` bytes."""
+        while self._tensor < len(self._specs) and self._checked < filled:
+            spec, end = self._specs[self._tensor], self._ends[self._tensor]
+            upto = min(end, filled)
+            wire = _wire_dtype(spec.dtype)
+            if wire.kind == "f":
+                count = (upto - self._checked) // wire.itemsize
+                if count:
+                    part = np.frombuffer(self._buf, dtype=wire, count=count, offset=self._checked)
+                    self._bad[self._tensor] += count - int(np.count_nonzero(np.isfinite(part)))
+                self._checked += count * wire.itemsize
+            else:
+                self._checked = upto
+            if self._checked < end:
+                return  # the rest of this tensor is still to come
+            self._tensor += 1
+
+    def check(self) -> None:
+        """Refuse the first tensor with NaN/Inf, as :func:`~fedops.core.params.check_finite`."""
+        for spec, bad in zip(self._specs, self._bad, strict=True):
+            if bad:
+                raise non_finite(spec.name, bad)
 
 
 def decode(specs: Sequence[TensorSpec], buffer: bytes | bytearray | memoryview) -> Params:

@@ -4,6 +4,13 @@ from fedops.core.strategies.fedavg import FedAvg
 from fedops.core.strategies.fedavgm import FedAvgM
 from fedops.core.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from fedops.core.strategies.fedprox import FedProx
+from fedops.core.strategies.hooks import (
+    ClientConfigStrategy,
+    ClientInfo,
+    FitMetricsStrategy,
+    client_fit_configs,
+    fit_metrics,
+)
 from fedops.core.strategies.protocol import (
     StatefulStrategy,
     Strategy,
@@ -24,6 +31,8 @@ __all__ = [
     "BUILTIN_STRATEGIES",
     "ROBUST_STRATEGIES",
     "STRATEGIES",
+    "ClientConfigStrategy",
+    "ClientInfo",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
@@ -31,6 +40,7 @@ __all__ = [
     "FedOpt",
     "FedProx",
     "FedYogi",
+    "FitMetricsStrategy",
     "Krum",
     "Median",
     "MultiKrum",
@@ -38,6 +48,8 @@ __all__ = [
     "Strategy",
     "TrimmedMean",
     "build_strategy",
+    "client_fit_configs",
+    "fit_metrics",
     "load_strategy_state",
     "options_of",
     "readers",

@@ -55,6 +55,15 @@ class PrivacyRound(RoundPlugin):
     def fit_config(self, ctx: RoundContext, server_round: int) -> Mapping[str, float]:
         return self.privacy.fit_config()
 
+    def client_config_refusal(self) -> str:
+        if not isinstance(self.privacy, CentralPrivacy):
+            return ""  # local DP: each site noises its own update, whatever else it is told
+        return (
+            f"{self.privacy.settings.mode} DP keeps the round's sample secret (its accounting "
+            "counts on it), and a per-client config would show it to the strategy, which "
+            "post-processes the released model, and could single one site out"
+        )
+
     def aggregated(self, ctx: RoundContext, server_round: int, fit: FitOutcome) -> None:
         # what was unmasked or aggregated is spent, even if the round then aborted, and
         # committed before the noised model leaves for evaluation (a crash between the

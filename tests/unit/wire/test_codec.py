@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -157,13 +158,13 @@ def _new_threads_after(before: set[threading.Thread], wait_s: float = 0.5) -> li
     return sorted(t.name for t in set(threading.enumerate()) - before if t.is_alive())
 
 
-def test_hashing_assemblers_share_one_thread_and_abandoned_ones_leave_none():
+def test_hashing_assemblers_share_a_small_pool_and_abandoned_ones_leave_none():
     params = {"w": np.arange(4, dtype=np.float32)}
     specs = specs_of(params)
     warm = Assembler(specs, max_bytes=16, hasher=payload_hasher(specs))
     warm.add(next(iter_chunks(params)))
     warm.finish()
-    assert warm.digest() == digest(params)  # starts the shared hashing thread, if not yet
+    assert warm.digest() == digest(params)  # starts the shared hashing pool, if not yet
     before = set(threading.enumerate())
     for _ in range(50):
         finished = Assembler(specs, max_bytes=16, hasher=payload_hasher(specs))
@@ -173,7 +174,10 @@ def test_hashing_assemblers_share_one_thread_and_abandoned_ones_leave_none():
         refused = Assembler(specs, max_bytes=16, hasher=payload_hasher(specs))
         with pytest.raises(InvalidUpdate):
             refused.add(b"x" * 17)
-    assert _new_threads_after(before) == []
+    # the pool may have grown to its few threads; nothing else was left running
+    assert all(name.startswith("fedops-hash") for name in _new_threads_after(before))
+    hashing = [t for t in threading.enumerate() if t.name.startswith("fedops-hash")]
+    assert len(hashing) <= min(4, os.cpu_count() or 1)
 
 
 def test_assembler_digest_equals_params_digest_and_needs_a_hasher():
