@@ -13,17 +13,11 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
+from fedops.cli.configs import config_of
 from fedops.cli.parser import build_parser
-from fedops.config import (
-    SECTIONS,
-    ClientConfig,
-    ConfigError,
-    CoordinatorConfig,
-    flag_of,
-)
+from fedops.config import ConfigError, flag_of
 from fedops.tasks.builtin import TaskError
 
 __all__ = ["build_parser", "main"]
@@ -69,55 +63,6 @@ def _run_tool(args: argparse.Namespace) -> int:
     )
 
 
-def _kit_address(kit: Path | None, given: str | None, pin: str | None = None) -> str:
-    """The address flag if given, else the kit's coordinator address, else the default."""
-    if given:
-        return given
-    if kit is not None:
-        from fedops.consortium.kit import KitError, load_kit
-
-        try:
-            return load_kit(kit, ca_fingerprint=pin).coordinator_address
-        except KitError as exc:
-            raise ConfigError("kit", str(exc)) from exc
-    return "127.0.0.1:8765"
-
-
-def _config(args: argparse.Namespace) -> Any:
-    skip = ("command", "verbose", "insecure", "ca_fingerprint")  # the pin is the CLI's, not config
-    values = {k: v for k, v in vars(args).items() if k not in skip and "." not in k}
-    sections = {
-        prefix: section(
-            **{k.partition(".")[2]: v for k, v in vars(args).items() if k.startswith(f"{prefix}.")}
-        )
-        for prefix, section in SECTIONS.items()
-    }
-    pin = args.ca_fingerprint
-    if pin is not None and args.kit is None:
-        raise ConfigError("ca_fingerprint", "pins a kit's CA; pass --kit too")
-    if args.command == "coordinator":
-        values["insecure"] = args.insecure
-        values["address"] = _kit_address(args.kit, args.address, pin)
-        values["round_timeout_s"] = values.pop("round_timeout")
-        values["join_timeout_s"] = values.pop("join_timeout")
-        values["liveness_timeout_s"] = values.pop("liveness_timeout")
-        values["heartbeat_interval_s"] = values.pop("heartbeat_interval")
-        features = {key: sections[key] for key in ("privacy", "secagg", "monitoring")}
-        return CoordinatorConfig(
-            **values, strategy=sections["strategy"], train=sections["client"], **features
-        )
-    if args.command == "client":
-        values["coordinator"] = _kit_address(args.kit, args.coordinator, pin)
-        values["insecure"] = args.insecure
-        return ClientConfig(**values)
-    raise AssertionError(f"no config for {args.command}")
-
-
-def _given(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
-    """The flags of schema section ``prefix`` (their dest is ``prefix.field``)."""
-    return {k.partition(".")[2]: v for k, v in vars(args).items() if k.startswith(f"{prefix}.")}
-
-
 @contextlib.contextmanager
 def _stop_as_ctrl_c() -> Iterator[None]:
     """SIGTERM (``docker stop``, systemd, ``kill``) ends a run like Ctrl-C: the rounds
@@ -139,7 +84,7 @@ def _stop_as_ctrl_c() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["simulate"], ["coordinator"], ["client"]):
+    if argv[:1] in (["simulate"], ["coordinator"], ["client"], ["serve"]):
         with _stop_as_ctrl_c():
             return _main(argv)
     return _main(argv)
@@ -167,8 +112,12 @@ def _main(argv: list[str]) -> int:
     )
     if args.command in ("report", "audit", "consortium", "admin"):
         return _run_tool(args)
+    if args.command in ("serve", "run"):
+        from fedops.cli.federation_commands import run_command, serve_command
+
+        return serve_command(args) if args.command == "serve" else run_command(args)
     try:
-        cfg = _config(args)
+        cfg = config_of(args)
     except ConfigError as exc:
         parser.error(f"{flag_of(exc.key)}: {exc.message}")
     try:
@@ -209,12 +158,11 @@ def _dispatch(command: str, cfg: Any, ca_fingerprint: str | None = None) -> int:
 def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
     from fedops.client.agent import site_policy
     from fedops.client.flower_startup import flower_site
+    from fedops.client.site_build import task_site
     from fedops.consortium.kit import KitError, load_kit
-    from fedops.core.training import TrainConfig
     from fedops.tasks import load_task
     from fedops.tasks.flower_app import FlowerAppError
     from fedops.tasks.loader import TaskNotAllowed
-    from fedops.tasks.site import Site
 
     try:
         kit = load_kit(cfg.kit, ca_fingerprint=ca_fingerprint) if cfg.kit is not None else None
@@ -224,6 +172,8 @@ def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
     except (KitError, ValueError) as exc:
         print(f"fedops client: error: --kit: {exc}", file=sys.stderr)
         return 2
+    if cfg.standing:  # README: Running a standing federation
+        return _run_standing(cfg, kit, policy)
     try:  # checked against the site's allowed digests before any of its code runs
         if cfg.flower_app is not None:  # a Flower app as the site (README: Coming from Flower)
             return _run_agent(cfg, flower_site(cfg, policy), kit, policy)
@@ -235,19 +185,22 @@ def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
     except FlowerAppError as exc:
         print(f"fedops client: error: --flower-app: {exc}", file=sys.stderr)
         return 2
-    site = Site(
-        task,
-        site=cfg.site,
-        num_sites=cfg.num_sites,
-        train_config=TrainConfig(),  # unused: every training task brings the run's settings
-        train_caps=policy.train_caps,
-        max_epsilon=policy.max_epsilon,
-        max_delta=policy.max_delta,
-        public_records=policy.dp_public_records,
-        report_limits=policy.report_limits,
-        ledger_dir=cfg.run_dir,  # the site's privacy ledger survives restarts there
-    )
-    return _run_agent(cfg, site, kit, policy)
+    return _run_agent(cfg, task_site(cfg, task, policy), kit, policy)
+
+
+def _run_standing(cfg: Any, kit: Any, policy: Any) -> int:
+    from fedops.client.agent import CoordinatorRefused, CoordinatorUnreachable
+    from fedops.client.site_build import task_site
+    from fedops.client.standing import StandingSite
+
+    try:
+        return StandingSite(cfg, policy, task_site, kit=kit).run()
+    except TaskError as exc:
+        print(f"fedops client: error: --task: {exc}", file=sys.stderr)
+        return 2
+    except (CoordinatorUnreachable, CoordinatorRefused) as exc:
+        print(f"fedops client: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def _run_agent(cfg: Any, site: Any, kit: Any, policy: Any) -> int:

@@ -48,7 +48,19 @@ def client_parser(sub: Any) -> None:
         action="store_true",
         help="plaintext gRPC, no certificates: local development only",
     )
-    task_flags(client, required=False)  # or --flower-app: ClientConfig wants one of them
+    task_flags(client, required=False, repeatable=True)  # or --flower-app
+    client.add_argument(
+        "--standing",
+        action="store_true",
+        help="stay up across a standing federation's runs (fedops serve), joining each run "
+        "this site's policy accepts; needs --run-dir (README: Running a standing federation)",
+    )
+    client.add_argument(
+        "--max-runs",
+        type=int,
+        metavar="N",
+        help="with --standing: exit (status 0) after taking part in or declining N runs",
+    )
     _flower_flags(client)
     client.add_argument("--site", type=int, required=True, help="this site's index (0-based)")
     client.add_argument("--num-sites", type=int, required=True, help="number of sites")
@@ -130,6 +142,12 @@ def _sharing_flags(client: argparse.ArgumentParser) -> None:
         "--max-epsilon",
         type=float,
         help="site policy: train only with local DP, and only while this site's ε stays <= this",
+    )
+    client.add_argument(
+        "--max-run-epsilon",
+        type=float,
+        help="site policy: the most ε one run may spend at this site (with --standing, "
+        "--max-epsilon bounds the sum over all runs); trains only with local DP",
     )
     client.add_argument(
         "--dp-delta",

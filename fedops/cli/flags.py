@@ -16,11 +16,13 @@ from fedops.config import FLAG_NAMES, SECTIONS, flag_of, flagged
 from fedops.tasks.builtin import BUILTIN_TASKS
 
 
-def task_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
+def task_flags(p: argparse.ArgumentParser, *, required: bool, repeatable: bool = False) -> None:
     p.add_argument(
         "--task",
         required=required,
-        help=f"built-in ({', '.join(BUILTIN_TASKS)}), path/to/task.py or pkg.module",
+        action="append" if repeatable else "store",
+        help=f"built-in ({', '.join(BUILTIN_TASKS)}), path/to/task.py or pkg.module"
+        + ("; repeat it for a --standing site: the tasks it runs" if repeatable else ""),
     )
     p.add_argument(
         "--partition",

@@ -15,6 +15,7 @@ from typing import Any
 
 from fedops import __version__
 from fedops.cli.client_parser import client_parser
+from fedops.cli.federation_parser import federation_parsers
 from fedops.cli.flags import ca_fingerprint_flag, config_defaults, schema_flags, task_flags
 from fedops.cli.help import DefaultsShown, all_parsers
 from fedops.cli.tool_parsers import tool_parsers
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     _coordinator_parser(sub)
     client_parser(sub)
     _simulate_parser(sub)
+    federation_parsers(sub)
     tool_parsers(sub)
     for each in all_parsers(parser):
         each.formatter_class = DefaultsShown

@@ -43,6 +43,7 @@ __all__ = [
     "Agent",
     "CoordinatorRefused",
     "CoordinatorUnreachable",
+    "RunOver",
     "site_name",
     "site_policy",
 ]
@@ -70,6 +71,10 @@ class CoordinatorUnreachable(RuntimeError):
     """Gave up after ``max_retries`` consecutive failed attempts."""
 
 
+class RunOver(Exception):
+    """A standing site's run is not (or no longer) the one served: back to the offers."""
+
+
 class _Reregister(Exception):
     """The coordinator does not know this node (it restarted): register again."""
 
@@ -84,8 +89,10 @@ class Agent:
         *,
         kit: Kit | None = None,
         policy: SitePolicy | None = None,
+        run_id: str = "",
     ) -> None:
         self.cfg = cfg
+        self.run_id = run_id  # a standing site's accepted run: it registers for that one only
         self.site = site
         self.kit = kit
         self.channel = dial(cfg.coordinator, kit)
@@ -226,8 +233,16 @@ class Agent:
             site_name=self.site_name,
             num_train_examples=self.announced_examples,
             model=codec.specs_to_proto(specs_of(self.site.initial_params())),
+            run_id=self.run_id,
         )
-        reply = self._retrying("register", lambda: self.stub.Register(request, timeout=30))
+        try:
+            reply = self._retrying("register", lambda: self.stub.Register(request, timeout=30))
+        except grpc.RpcError as exc:
+            if self.run_id and exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise RunOver(exc.details() or "the run is over") from exc
+            raise
+        if self.run_id and reply.run_id != self.run_id:  # never train for a run not accepted
+            raise RunOver(f"the coordinator serves run {reply.run_id[:40]!r}, not {self.run_id}")
         log.info(
             "registered with %s as %s (run %s)", self.cfg.coordinator, reply.node_id, reply.run_id
         )
@@ -292,7 +307,8 @@ class Agent:
             "pull", lambda: self.stub.PullTask(request, timeout=self.cfg.poll_wait_s + 15)
         )
         if task.kind == pb.TASK_KIND_SHUTDOWN:
-            log.info("coordinator says: %s; exiting", task.message or "shutdown")
+            then = "leaving the run" if self.run_id else "exiting"
+            log.info("coordinator says: %s; %s", task.message or "shutdown", then)
             self.trail.finished(task, self.checks.head(task))
             return False
         if task.kind == pb.TASK_KIND_WAIT:

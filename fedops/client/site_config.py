@@ -22,6 +22,7 @@ def site_policy(cfg: ClientConfig, kit: Kit | None) -> SitePolicy:
     return SitePolicy.from_mapping(
         kit.policy if kit is not None else {},
         max_epsilon=cfg.max_epsilon,
+        max_run_epsilon=cfg.max_run_epsilon,
         max_delta=cfg.dp_delta,
         dp_public_records=cfg.dp_public_records,
         require_secagg=cfg.require_secagg,
@@ -57,6 +58,7 @@ def started_policy(
         "share_evaluation": cfg.share_evaluation,
         "share_monitoring": share_monitoring,
         "max_epsilon": p.max_epsilon,
+        "max_run_epsilon": p.max_run_epsilon,
         "max_delta": p.max_delta,
         "dp_public_records": p.dp_public_records,
         "monitoring": dataclasses.asdict(p.report_limits),

@@ -7,8 +7,11 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import grpc
 
 from fedops.consortium.kit import Kit, KitError, load_kit
 from fedops.consortium.tls import Revocation, server_credentials
@@ -30,6 +33,7 @@ from fedops.runtime.run import RunPlan, make_strategy
 from fedops.runtime.section_settings import monitor_settings, privacy_settings, secagg_settings
 from fedops.runtime.secure_fit import SecAggSettings
 from fedops.runtime.settings import ConfigError, CoordinatorConfig, as_dict, parse_address
+from fedops.runtime.store import config_digest
 from fedops.tasks import Task, load_task
 from fedops.tasks.site import global_evaluator, initial_params
 
@@ -69,13 +73,48 @@ def check_port_free(address: str) -> None:
             raise BindError(f"cannot listen on {address}: {exc.strerror or exc}") from None
 
 
-def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None) -> dict[str, Any]:
+class RunHost(Protocol):
+    """Where a run's Coordinator service is served: its own server (``fedops coordinator``)
+    or a standing federation's (:mod:`fedops.coordinator.standing`)."""
+
+    def check(self, cfg: CoordinatorConfig) -> None:
+        """Refuse (:class:`BindError`) before anything of the run is written."""
+        ...
+
+    def serve(self, run: ServedRun) -> str:
+        """Start serving ``run``; the address it is reachable at."""
+        ...
+
+    def close(self, status: str) -> None:
+        """Stop serving the run (``status``: how it ended)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServedRun:
+    """What a host needs to serve one run."""
+
+    transport: GrpcTransport
+    cfg: CoordinatorConfig
+    kit: Kit | None
+    control: RunControl
+    run_id: str
+    config_digest: str
+    task: Task | None
+    audit: Callable[[str, Mapping[str, Any]], None]
+
+
+def run_coordinator(
+    cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None, host: RunHost | None = None
+) -> dict[str, Any]:
     """Serve (or resume) the configured run until its last round; return its summary.
 
-    ``ca_fingerprint`` (``--ca-fingerprint``) pins the kit's CA from outside its folder.
+    ``ca_fingerprint`` (``--ca-fingerprint``) pins the kit's CA from outside its folder;
+    ``host``: where the run is served (default: a server of its own on ``cfg.address``).
     """
-    kit = _coordinator_kit(cfg.kit, ca_fingerprint) if cfg.kit is not None else None
-    check_port_free(cfg.address)
+    kit = coordinator_kit(cfg.kit, ca_fingerprint) if cfg.kit is not None else None
+    host = host or OwnServer()
+    host.check(cfg)
     # the task first: a start that fails on it must not leave its config as the run's
     task = load_task(cfg.task, **cfg.builtin_options()) if cfg.task else None
     metrics = RunMetrics()
@@ -85,10 +124,17 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
     if cfg.metrics_port is not None:
         metrics_at = f"{cfg.metrics_address}:{metrics.serve(cfg.metrics_port, cfg.metrics_address)}"
     control = RunControl(rounds_planned=cfg.rounds, started=not cfg.wait_for_start)
-    server, port = _serve(
-        transport, cfg, kit, control=control, run_id=records.run_id, audit=records.audit.record
+    served = ServedRun(
+        transport=transport,
+        cfg=cfg,
+        kit=kit,
+        control=control,
+        run_id=records.run_id,
+        config_digest=config_digest(records.config),
+        task=task,
+        audit=records.audit.record,
     )
-    address = f"{cfg.address.rpartition(':')[0]}:{port}"  # the bound port, where --address said :0
+    address = host.serve(served)
     write_listening(cfg.run_dir, Listening(address, os.getpid(), records.run_id, metrics_at))
     log.info("coordinator for run %s listening on %s", records.run_id, address)
     if cfg.wait_for_start:
@@ -98,7 +144,7 @@ def run_coordinator(cfg: CoordinatorConfig, *, ca_fingerprint: str | None = None
 
     def stop(status: str) -> None:
         transport.close(grace_s=5.0 if status == "completed" else 0.5)
-        server.stop(grace=1.0).wait(5)
+        host.close(status)
         throttle.flush()  # counts not yet written, while the store is open
         metrics.close()
         remove_listening(cfg.run_dir)
@@ -209,6 +255,31 @@ def _monitoring(cfg: CoordinatorConfig) -> MonitorSettings | None:
     return monitor_settings(cfg.monitoring, privacy=cfg.privacy.name)
 
 
+class OwnServer:
+    """A run served on a server of its own, bound to ``--address`` for the run's life."""
+
+    def __init__(self) -> None:
+        self._server: LoopServer | None = None
+
+    def check(self, cfg: CoordinatorConfig) -> None:
+        check_port_free(cfg.address)
+
+    def serve(self, run: ServedRun) -> str:
+        self._server, port = _serve(
+            run.transport,
+            run.cfg,
+            run.kit,
+            control=run.control,
+            run_id=run.run_id,
+            audit=run.audit,
+        )
+        return f"{run.cfg.address.rpartition(':')[0]}:{port}"  # the bound port, for :0
+
+    def close(self, status: str) -> None:
+        if self._server is not None:
+            self._server.stop(grace=1.0).wait(5)
+
+
 def _serve(
     transport: GrpcTransport,
     cfg: CoordinatorConfig,
@@ -221,31 +292,16 @@ def _serve(
     """The started server and the port it bound (the kernel's pick for port 0)."""
     if kit is None:
         server = build_server(transport, max_workers=cfg.max_workers)
-        bound = _bind(lambda: server.add_insecure_port(cfg.address), cfg.address)
+        bound = bind_port(lambda: server.add_insecure_port(cfg.address), cfg.address)
         log.warning(INSECURE_WARNING, f"{cfg.address.rpartition(':')[0]}:{bound}")
     else:
-        registry = transport.registry
-        gate = PeerGate(
-            Revocation.from_kit(kit),
-            site_of_node=lambda node: registry.site_name(node) if registry.get(node) else None,
-            on_refusal=lambda who, code, reason: transport.on_rejection(0, who, code, reason),
-        )
+        gate = kit_gate(transport, kit)
         server = build_server(transport, max_workers=cfg.max_workers, gate=gate)
-        transport.crl = gate.revocation.current_pem  # sites check SecAgg+ peers with it
         server.add_generic_rpc_handlers(
-            (
-                admin_handler(
-                    control,
-                    run_id=run_id,
-                    revocation=gate.revocation,
-                    sites=lambda: [registry.site_name(n) for n in registry.node_ids()],
-                    audit=audit,
-                    refuse=lambda who, code, reason: transport.on_rejection(0, who, code, reason),
-                ),
-            )
+            (run_admin(transport, gate, control=control, run_id=run_id, audit=audit),)
         )
         credentials = server_credentials(kit)
-        bound = _bind(lambda: server.add_secure_port(cfg.address, credentials), cfg.address)
+        bound = bind_port(lambda: server.add_secure_port(cfg.address, credentials), cfg.address)
         log.info("mTLS: consortium %r, serving as %r", kit.consortium, kit.name)
     if bound == 0:
         raise BindError(f"cannot listen on {cfg.address} (in use or not a local address)")
@@ -253,7 +309,39 @@ def _serve(
     return server, bound
 
 
-def _bind(add_port: Callable[[], int], address: str) -> int:
+def kit_gate(transport: GrpcTransport, kit: Kit) -> PeerGate:
+    """Consortium mode: every call of the run checked against the caller's certificate."""
+    registry = transport.registry
+    gate = PeerGate(
+        Revocation.from_kit(kit),
+        site_of_node=lambda node: registry.site_name(node) if registry.get(node) else None,
+        on_refusal=lambda who, code, reason: transport.on_rejection(0, who, code, reason),
+    )
+    transport.crl = gate.revocation.current_pem  # sites check SecAgg+ peers with it
+    return gate
+
+
+def run_admin(
+    transport: GrpcTransport,
+    gate: PeerGate,
+    *,
+    control: RunControl,
+    run_id: str,
+    audit: Callable[[str, Mapping[str, Any]], None],
+) -> grpc.GenericRpcHandler:
+    """The run's Admin service (``fedops admin status|start|stop``)."""
+    registry = transport.registry
+    return admin_handler(
+        control,
+        run_id=run_id,
+        revocation=gate.revocation,
+        sites=lambda: [registry.site_name(n) for n in registry.node_ids()],
+        audit=audit,
+        refuse=lambda who, code, reason: transport.on_rejection(0, who, code, reason),
+    )
+
+
+def bind_port(add_port: Callable[[], int], address: str) -> int:
     """The bound port; the asyncio server raises where the threaded one returned 0."""
     try:
         return add_port()
@@ -261,7 +349,7 @@ def _bind(add_port: Callable[[], int], address: str) -> int:
         raise BindError(f"cannot listen on {address}: {exc}") from None
 
 
-def _coordinator_kit(path: Path, ca_fingerprint: str | None = None) -> Kit:
+def coordinator_kit(path: Path, ca_fingerprint: str | None = None) -> Kit:
     try:
         kit = load_kit(path, ca_fingerprint=ca_fingerprint)
     except KitError as exc:

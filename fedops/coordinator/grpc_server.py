@@ -279,13 +279,43 @@ def build_server(
     ``limits`` caps its other open calls (default: a few per certificate with a
     kit, as many as uploads per address without one, where agents share hosts).
     """
+    server = new_server(max_workers)
+    service = coordinator_service(
+        transport,
+        server,
+        gate=gate,
+        header_deadline_s=header_deadline_s,
+        max_uploads_per_peer=max_uploads_per_peer,
+        slots=slots,
+        limits=limits,
+    )
+    server.add_generic_rpc_handlers((service,))
+    return server
+
+
+def new_server(max_workers: int = 64) -> LoopServer:
+    """An unbound, unstarted server with the options a coordinator needs."""
+    return LoopServer(max_workers=max_workers, options=_server_options())
+
+
+def coordinator_service(
+    transport: GrpcTransport,
+    server: LoopServer,
+    *,
+    gate: PeerGate | None = None,
+    header_deadline_s: float = HEADER_DEADLINE_S,
+    max_uploads_per_peer: int | None = None,
+    slots: PeerSlots | None = None,
+    limits: CallLimits | None = None,
+) -> grpc.GenericRpcHandler:
+    """The Coordinator service of one run on ``server`` (see :func:`build_server`); a
+    standing federation (:mod:`fedops.coordinator.standing`) swaps one in per run."""
     if slots is None:
         if max_uploads_per_peer is None:
             max_uploads_per_peer = MAX_UPLOADS_PER_SITE if gate else MAX_UPLOADS_PER_ADDRESS
         slots = PeerSlots(max_uploads_per_peer)
     if limits is None:
         limits = CallLimits.per_peer(MAX_CALLS_PER_SITE if gate else MAX_UPLOADS_PER_ADDRESS)
-    server = LoopServer(max_workers=max_workers, options=_server_options())
     parked = ParkedPolls(server.loop)
     transport.on_task_posted(parked.wake)
     handlers = _coordinator_handlers(
@@ -297,8 +327,7 @@ def build_server(
         slots=slots,
         header_deadline_s=header_deadline_s,
     )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    return server
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
 def _server_options() -> list[tuple[str, int]]:

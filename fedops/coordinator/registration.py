@@ -76,6 +76,13 @@ class NodeRegistration:
                 f"protocol {shown(request.protocol_version)} is not supported; "
                 f"this coordinator speaks {PROTOCOL_VERSION!r}",
             )
+        if request.run_id and request.run_id != self._run_id:  # a standing site's other run
+            self._gate.reject(
+                0,
+                "?",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"run {shown(request.run_id)} is not the run served here ({self._run_id})",
+            )
         if not 0 <= request.num_train_examples <= MAX_NUM_EXAMPLES:
             self._gate.reject(
                 0,

@@ -7,12 +7,12 @@ via :data:`FLAG_NAMES`), so every error the user sees names what they typed.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from fedops.runtime.addresses import is_loopback, parse_address
 from fedops.runtime.rules import SECAGG_CLIP, ConfigError
 from fedops.runtime.rules import require as _require
 from fedops.runtime.schema import (
@@ -50,24 +50,6 @@ def deployed_monitoring() -> MonitoringConfig:
     on without DP and off under it, whose guarantee does not cover its statistics; a
     simulation monitors on its sequential backend only, so it is off unless asked for."""
     return MonitoringConfig(name="auto")
-
-
-def parse_address(key: str, address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    _require(
-        bool(sep) and bool(host) and port.isdigit(), key, f"expected HOST:PORT, got {address!r}"
-    )
-    _require(0 <= int(port) <= 65535, key, f"port {port} is out of range")
-    return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,6 +219,11 @@ class ClientConfig(TaskOptions):
     num_sites: int = 1
     site_name: str = ""
     run_dir: Path | None = None
+    #: stay up across runs (``fedops serve``), joining those the site's policy accepts
+    standing: bool = False
+    #: a standing site's tasks: a run naming another is declined (its code is never fetched)
+    tasks: tuple[str, ...] = ()
+    max_runs: int | None = None  # a standing site leaves after deciding this many runs
     max_retries: int = 30
     retry_for: float | None = None  # seconds of retrying instead of --max-retries attempts
     poll_wait_s: float = 5.0
@@ -248,6 +235,7 @@ class ClientConfig(TaskOptions):
     monitoring_min_count: int | None = None  # smallest reported bin (None: kit's, else 5)
     monitoring_max_cells: int | None = None  # most bins a report may have (None: kit's, else 20k)
     max_epsilon: float | None = None
+    max_run_epsilon: float | None = None  # a standing site's per-run ε (the ledger's run rows)
     dp_delta: float | None = None  # the δ the site accounts local DP at (None: kit's, else 1e-5)
     #: local DP is planned and accounted with this record count; the true one stays hidden
     dp_public_records: int | None = None
@@ -278,10 +266,18 @@ class ClientConfig(TaskOptions):
             "consortium kit (--kit); pass --insecure to accept the risk",
         )
         _require(
-            (self.task is None) != (self.flower_app is None),
-            "task",
-            "a client runs a task (--task) or a Flower app (--flower-app): one of them",
+            self.max_runs is None or (self.standing and self.max_runs >= 1),
+            "max_runs",
+            f"counts a standing site's runs: with --standing, >= 1 (got {self.max_runs})",
         )
+        if self.standing:
+            self.check_standing()
+        else:
+            _require(
+                (self.task is None) != (self.flower_app is None),
+                "task",
+                "a client runs a task (--task) or a Flower app (--flower-app): one of them",
+            )
         _require(
             self.flower_initial is None or self.flower_app is not None,
             "flower_initial",
@@ -295,6 +291,25 @@ class ClientConfig(TaskOptions):
         )
         _require(self.max_retries >= 0, "max_retries", "must be >= 0")
         self.check_policy()
+
+    def check_standing(self) -> None:
+        """A standing site: the tasks it runs, and a directory for what outlives a run."""
+        _require(
+            self.flower_app is None,
+            "flower_app",
+            "a standing site runs fedops tasks (--task); a Flower app joins one run at a time",
+        )
+        _require(
+            bool(self.tasks),
+            "task",
+            "a standing site (--standing) names the tasks it runs: --task NAME, repeatable",
+        )
+        _require(
+            self.run_dir is not None,
+            "run_dir",
+            "a standing site keeps its privacy ledger, audit log and one directory per run "
+            "there: pass --run-dir",
+        )
 
     def check_policy(self) -> None:
         """The site's own rules: SecAgg floors, its ε, monitoring limits, what it runs."""
@@ -320,6 +335,11 @@ class ClientConfig(TaskOptions):
             self.max_epsilon is None or self.max_epsilon > 0,
             "max_epsilon",
             f"must be > 0, got {self.max_epsilon}",
+        )
+        _require(
+            self.max_run_epsilon is None or self.max_run_epsilon > 0,
+            "max_run_epsilon",
+            f"must be > 0, got {self.max_run_epsilon}",
         )
         _require(
             self.dp_delta is None or (math.isfinite(self.dp_delta) and 0 < self.dp_delta < 1),

@@ -44,7 +44,10 @@ class PolicyViolation(Exception):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SitePolicy:
     """Args:
-    max_epsilon: the most record-level ε this site may spend (local DP).
+    max_epsilon: the most record-level ε this site may spend (local DP), over every
+        run it ever trained in (its ledger composes them all).
+    max_run_epsilon: the most ε one run may spend at this site (a standing site's
+        per-run budget, ``--max-run-epsilon``); ``max_epsilon`` still bounds the sum.
     max_delta: the δ this site accounts its local DP at; a coordinator may ask for a
         smaller one, never a larger (``--dp-delta``, kit rule ``max_delta``).
     dp_public_records: the record count local DP is planned and accounted with in
@@ -62,6 +65,7 @@ class SitePolicy:
     """
 
     max_epsilon: float | None = None
+    max_run_epsilon: float | None = None
     max_delta: float = 1e-5
     dp_public_records: int | None = None
     require_secagg: bool = False
@@ -87,6 +91,7 @@ class SitePolicy:
         """A kit's ``policy`` (``max_epsilon``, ``max_delta``, ``max_rounds``, ``allowed_tasks``),
         overridden by the flags the operator gave (those that are not None)."""
         known = {"max_epsilon", "max_delta", "dp_public_records", "max_rounds", "allowed_tasks"}
+        known |= {"max_run_epsilon"}
         known |= {"require_secagg", "monitoring_min_count", "monitoring_max_cells"}
         known |= {"consent", "consent_file"}
         known |= set(TRAIN_CAPS)
@@ -110,6 +115,7 @@ class SitePolicy:
         flag = bool(overrides.pop("require_secagg", False))  # a flag can add the rule only
         values = {
             "max_epsilon": policy.get("max_epsilon"),
+            "max_run_epsilon": policy.get("max_run_epsilon"),
             "max_delta": float(policy.get("max_delta", 1e-5)),
             "dp_public_records": policy.get("dp_public_records"),
             "require_secagg": _boolean(policy, "require_secagg", False),

@@ -35,16 +35,18 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("protocol_version", "site_name", "num_train_examples", "model")
+    __slots__ = ("protocol_version", "site_name", "num_train_examples", "model", "run_id")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SITE_NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_TRAIN_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     protocol_version: str
     site_name: str
     num_train_examples: int
     model: _containers.RepeatedCompositeFieldContainer[TensorSpec]
-    def __init__(self, protocol_version: _Optional[str] = ..., site_name: _Optional[str] = ..., num_train_examples: _Optional[int] = ..., model: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
+    run_id: str
+    def __init__(self, protocol_version: _Optional[str] = ..., site_name: _Optional[str] = ..., num_train_examples: _Optional[int] = ..., model: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("node_id", "token", "run_id", "heartbeat_interval_ms", "max_chunk_bytes")
@@ -491,3 +493,83 @@ class RunStatus(_message.Message):
     sites: _containers.RepeatedScalarFieldContainer[str]
     message: str
     def __init__(self, run_id: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., rounds_planned: _Optional[int] = ..., sites: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class OfferRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RunOffer(_message.Message):
+    __slots__ = ("open", "run_id", "task", "task_digest", "partition", "alpha", "data_seed", "train", "privacy", "epsilon", "delta", "secagg", "rounds", "config_digest", "message")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    TASK_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    DATA_SEED_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    open: bool
+    run_id: str
+    task: str
+    task_digest: str
+    partition: str
+    alpha: float
+    data_seed: int
+    train: TrainSettings
+    privacy: str
+    epsilon: float
+    delta: float
+    secagg: str
+    rounds: int
+    config_digest: str
+    message: str
+    def __init__(self, open: _Optional[bool] = ..., run_id: _Optional[str] = ..., task: _Optional[str] = ..., task_digest: _Optional[str] = ..., partition: _Optional[str] = ..., alpha: _Optional[float] = ..., data_seed: _Optional[int] = ..., train: _Optional[_Union[TrainSettings, _Mapping]] = ..., privacy: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., secagg: _Optional[str] = ..., rounds: _Optional[int] = ..., config_digest: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RunSubmit(_message.Message):
+    __slots__ = ("config_yaml", "reason")
+    CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    config_yaml: str
+    reason: str
+    def __init__(self, config_yaml: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RunInfo(_message.Message):
+    __slots__ = ("id", "state", "submitted_by", "submitted_at", "task", "run_id", "message")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_BY_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    state: str
+    submitted_by: str
+    submitted_at: str
+    task: str
+    run_id: str
+    message: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., submitted_by: _Optional[str] = ..., submitted_at: _Optional[str] = ..., task: _Optional[str] = ..., run_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RunList(_message.Message):
+    __slots__ = ("runs", "message")
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[RunInfo]
+    message: str
+    def __init__(self, runs: _Optional[_Iterable[_Union[RunInfo, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RunStopRequest(_message.Message):
+    __slots__ = ("id", "reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    reason: str
+    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

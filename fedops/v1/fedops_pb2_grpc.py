@@ -425,3 +425,208 @@ class Admin:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class FederationStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Offer = channel.unary_unary(
+                '/fedops.v1.Federation/Offer',
+                request_serializer=fedops_dot_v1_dot_fedops__pb2.OfferRequest.SerializeToString,
+                response_deserializer=fedops_dot_v1_dot_fedops__pb2.RunOffer.FromString,
+                _registered_method=True)
+        self.Submit = channel.unary_unary(
+                '/fedops.v1.Federation/Submit',
+                request_serializer=fedops_dot_v1_dot_fedops__pb2.RunSubmit.SerializeToString,
+                response_deserializer=fedops_dot_v1_dot_fedops__pb2.RunList.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/fedops.v1.Federation/List',
+                request_serializer=fedops_dot_v1_dot_fedops__pb2.AdminRequest.SerializeToString,
+                response_deserializer=fedops_dot_v1_dot_fedops__pb2.RunList.FromString,
+                _registered_method=True)
+        self.Stop = channel.unary_unary(
+                '/fedops.v1.Federation/Stop',
+                request_serializer=fedops_dot_v1_dot_fedops__pb2.RunStopRequest.SerializeToString,
+                response_deserializer=fedops_dot_v1_dot_fedops__pb2.RunList.FromString,
+                _registered_method=True)
+
+
+class FederationServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Offer(self, request, context):
+        """sites
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Submit(self, request, context):
+        """admins
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """admins and observers
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stop(self, request, context):
+        """admins
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_FederationServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Offer': grpc.unary_unary_rpc_method_handler(
+                    servicer.Offer,
+                    request_deserializer=fedops_dot_v1_dot_fedops__pb2.OfferRequest.FromString,
+                    response_serializer=fedops_dot_v1_dot_fedops__pb2.RunOffer.SerializeToString,
+            ),
+            'Submit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Submit,
+                    request_deserializer=fedops_dot_v1_dot_fedops__pb2.RunSubmit.FromString,
+                    response_serializer=fedops_dot_v1_dot_fedops__pb2.RunList.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=fedops_dot_v1_dot_fedops__pb2.AdminRequest.FromString,
+                    response_serializer=fedops_dot_v1_dot_fedops__pb2.RunList.SerializeToString,
+            ),
+            'Stop': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stop,
+                    request_deserializer=fedops_dot_v1_dot_fedops__pb2.RunStopRequest.FromString,
+                    response_serializer=fedops_dot_v1_dot_fedops__pb2.RunList.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedops.v1.Federation', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedops.v1.Federation', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Federation:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Offer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedops.v1.Federation/Offer',
+            fedops_dot_v1_dot_fedops__pb2.OfferRequest.SerializeToString,
+            fedops_dot_v1_dot_fedops__pb2.RunOffer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Submit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedops.v1.Federation/Submit',
+            fedops_dot_v1_dot_fedops__pb2.RunSubmit.SerializeToString,
+            fedops_dot_v1_dot_fedops__pb2.RunList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedops.v1.Federation/List',
+            fedops_dot_v1_dot_fedops__pb2.AdminRequest.SerializeToString,
+            fedops_dot_v1_dot_fedops__pb2.RunList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedops.v1.Federation/Stop',
+            fedops_dot_v1_dot_fedops__pb2.RunStopRequest.SerializeToString,
+            fedops_dot_v1_dot_fedops__pb2.RunList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

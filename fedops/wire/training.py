@@ -25,7 +25,11 @@ def train_of(task: pb.Task) -> TrainSettings | None:
     or a task that does not train)."""
     if not task.HasField("train"):
         return None
-    t = task.train
+    return train_from_proto(task.train)
+
+
+def train_from_proto(t: pb.TrainSettings) -> TrainSettings:
+    """The values as sent (a run offer's, a task's), unchecked."""
     return TrainSettings(
         epochs=int(t.epochs),
         batch_size=int(t.batch_size),

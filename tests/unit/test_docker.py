@@ -18,7 +18,8 @@ import pytest
 import yaml
 from cryptography import x509
 
-from fedops.cli import _config, build_parser
+from fedops.cli import build_parser
+from fedops.cli.configs import config_of as _config
 from fedops.config import ClientConfig, CoordinatorConfig
 from fedops.consortium.kit import load_kit
 from fedops.consortium.kits import init_consortium

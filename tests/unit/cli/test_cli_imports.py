@@ -19,7 +19,7 @@ def test_parsing_every_command_imports_no_torch():
     code = (
         "import sys\n"
         "from fedops.cli.parser import build_parser\n"
-        "from fedops.cli import _config\n"
+        "from fedops.cli.configs import config_of as _config\n"
         "p = build_parser()\n"
         "_config(p.parse_args(['coordinator', '--rounds', '3', '--mu', '0.1', "
         "'--strategy', 'fedprox', '--lr', '0.1', '--lr-decay', '0.9']))\n"

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from fedops import __version__
-from fedops.cli import _config, main
+from fedops.cli import main
+from fedops.cli.configs import config_of as _config
 from fedops.cli.help import all_parsers
 from fedops.cli.parser import build_parser
 from fedops.coordinator import app

@@ -27,6 +27,7 @@ from fedops.client.agent import (
     Agent,
     CoordinatorRefused,
     CoordinatorUnreachable,
+    RunOver,
     _Reregister,
     site_name,
     site_policy,
@@ -38,6 +39,7 @@ from fedops.core.training import TrainConfig
 from fedops.runtime.settings import ClientConfig
 from fedops.tasks import load_task
 from fedops.tasks.site import Site
+from fedops.v1 import fedops_pb2 as pb
 
 DIGEST = "c" * 64
 
@@ -364,3 +366,39 @@ def test_an_unknown_node_registers_again(make_agent: Any) -> None:
     with pytest.raises(grpc.RpcError) as info:
         agent._guarded("pull", other)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED  # not a reason to re-register
+
+
+class _Registrar:
+    """A coordinator's Register, as a malicious one may answer it."""
+
+    def __init__(
+        self, reply: pb.RegisterResponse | None = None, error: grpc.RpcError | None = None
+    ):
+        self.reply, self.error = reply, error
+        self.asked: list[pb.RegisterRequest] = []
+
+    def Register(self, request: pb.RegisterRequest, timeout: float) -> pb.RegisterResponse:
+        self.asked.append(request)
+        if self.error is not None:
+            raise self.error
+        assert self.reply is not None
+        return self.reply
+
+
+def test_a_standing_site_registers_only_for_the_run_it_accepted(site: Site) -> None:
+    agent = Agent(_cfg(), site, run_id="accepted")
+    try:
+        other = pb.RegisterResponse(node_id="n", token="t", run_id="something-else")
+        agent.stub = _Registrar(other)  # type: ignore[assignment]
+        with pytest.raises(RunOver, match="serves run 'something-else', not accepted"):
+            agent._register()
+        assert agent.stub.asked[0].run_id == "accepted"  # type: ignore[attr-defined]
+        agent.stub = _Registrar(error=_Rpc(grpc.StatusCode.FAILED_PRECONDITION, "not here"))  # type: ignore[assignment]
+        with pytest.raises(RunOver, match="not here"):
+            agent._register()
+        same = pb.RegisterResponse(node_id="n", token="t", run_id="accepted")
+        agent.stub = _Registrar(same)  # type: ignore[assignment]
+        assert agent._register().run_id == "accepted"
+    finally:
+        agent.channel.close()
+        agent.trail.close()

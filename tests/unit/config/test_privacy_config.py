@@ -351,7 +351,7 @@ def test_simulate_command_refuses_the_new_privacy_keys_by_name(
 
 # -- the coordinator's flags ---------------------------------------------------------------------
 def _coordinator(*flags: str) -> CoordinatorConfig:
-    cfg = cli._config(cli.build_parser().parse_args(["coordinator", *flags]))
+    cfg = cli.config_of(cli.build_parser().parse_args(["coordinator", *flags]))
     assert isinstance(cfg, CoordinatorConfig)
     return cfg
 

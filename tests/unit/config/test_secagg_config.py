@@ -278,7 +278,7 @@ def test_coordinator_cli_maps_secagg_flags_onto_the_config():
             "0.25",
         ]
     )
-    cfg = cli._config(args)
+    cfg = cli.config_of(args)
     assert isinstance(cfg, CoordinatorConfig)
     assert cfg.secagg == SecAggConfig(name="secaggplus", k=6, threshold=4, clip=0.25)
 
@@ -312,7 +312,7 @@ def test_client_cli_maps_secagg_flags_onto_the_config(tmp_path: Path):
             str(trusted),
         ]
     )
-    cfg = cli._config(args)
+    cfg = cli.config_of(args)
     assert isinstance(cfg, ClientConfig)
     assert (cfg.require_secagg, cfg.identity_key, cfg.trusted_keys) == (True, key, trusted)
 
@@ -364,7 +364,7 @@ def test_client_cli_maps_the_secagg_floor_flags_onto_the_config():
         *("--secagg-max-colluders", "2", "--secagg-min-noise-multiplier", "0.8"),
         *("--secagg-max-l2-clip", "1.5"),
     ]
-    cfg = cli._config(cli.build_parser().parse_args([*base, *floors]))
+    cfg = cli.config_of(cli.build_parser().parse_args([*base, *floors]))
     assert isinstance(cfg, ClientConfig)
     assert (
         cfg.secagg_min_cohort,
@@ -373,7 +373,7 @@ def test_client_cli_maps_the_secagg_floor_flags_onto_the_config():
         cfg.secagg_min_noise_multiplier,
         cfg.secagg_max_l2_clip,
     ) == (5, 6, 2, 0.8, 1.5)
-    plain = cli._config(cli.build_parser().parse_args(base))
+    plain = cli.config_of(cli.build_parser().parse_args(base))
     assert plain.secagg_min_cohort is None and plain.secagg_max_l2_clip is None
 
 

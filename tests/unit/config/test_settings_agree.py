@@ -142,7 +142,7 @@ def test_the_feature_sections_generate_their_flags_but_the_simulation_only_keys(
 )
 def test_noise_multiplier_flag_holds_what_the_key_holds(typed: str, value: Any):
     """A number or "auto" on both fronts; a mistake stays as typed, for the check to name."""
-    from fedops.cli import _config
+    from fedops.cli.configs import config_of as _config
 
     args = build_parser().parse_args(["coordinator", "--noise-multiplier", typed])
     assert vars(args)["privacy.noise_multiplier"] == value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedops.cli import _config
+from fedops.cli.configs import config_of as _config
 from fedops.cli.parser import build_parser
 from fedops.config.hydra_app import compose_settings
 from fedops.core.results import FitResult

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedops.cli import _config
+from fedops.cli.configs import config_of as _config
 from fedops.cli.parser import build_parser
 from fedops.config.hydra_app import compose_settings
 from fedops.core.results import FitResult

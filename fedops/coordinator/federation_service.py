@@ -1,0 +1,176 @@
+"""The ``Federation`` service of ``fedops serve``: which run is open, and the run queue.
+
+Who may call what (threat model in the README, "Running a standing federation"):
+
+- ``Offer``: any certified member (kit mode) or any caller on loopback (without a
+  kit, where the server binds loopback only). The offer is what a standing site
+  weighs against its own policy; the site trusts none of it: every value is checked
+  again on every task, and the task's code must be the site's own copy.
+- ``Submit``, ``Stop``: a certificate with role ``admin`` (kit mode only). ``List``:
+  ``admin`` or ``observer``. Each submission and stop is in the federation's signed
+  audit log with the caller's name. Without a kit these three are refused: runs are
+  then submitted by whoever can write the serve root (``fedops run submit --root``).
+- A submitted run's settings are parsed by the coordinator's own rules before they
+  are queued; a refusal says which key and why, and nothing is queued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+
+from fedops.consortium.tls import Revocation
+from fedops.coordinator.peer_guard import MAX_CALLS_PER_SITE, PeerSlots, certified_or_address
+from fedops.coordinator.peers import certified
+from fedops.coordinator.result_intake import Reject
+from fedops.runtime.run_queue import QueuedRun, QueueError, RunQueue, SpecError, parse_run_name
+from fedops.v1 import fedops_pb2 as pb
+
+FEDERATION_SERVICE = "fedops.v1.Federation"
+#: role -> the Federation methods it may call (kit mode)
+ALLOWED = {
+    "admin": frozenset({"Offer", "Submit", "List", "Stop"}),
+    "observer": frozenset({"Offer", "List"}),
+    "site": frozenset({"Offer"}),
+}
+
+
+class OfferBoard:
+    """The open run's offer, set by the serve loop and read by every ``Offer`` call."""
+
+    def __init__(self) -> None:
+        self._offer: pb.RunOffer | None = None
+        self._lock = threading.Lock()
+
+    def open(self, offer: pb.RunOffer) -> None:
+        with self._lock:
+            self._offer = offer
+
+    def close(self) -> None:
+        with self._lock:
+            self._offer = None
+
+    def current(self, queued: int) -> pb.RunOffer:
+        with self._lock:
+            offer = self._offer
+        if offer is not None:
+            return offer
+        return pb.RunOffer(open=False, message=f"no run is open; {queued} queued")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FederationParts:
+    """What the service acts on, all owned by the serve loop."""
+
+    board: OfferBoard
+    queue: RunQueue
+    check_spec: Callable[[str], str]  # the run's settings -> its task (SpecError if refused)
+    audit: Callable[[str, Mapping[str, Any]], None]
+    wake: Callable[[], None]  # the serve loop: a run was queued or stopped
+    stop_running: Callable[[int, str], bool]  # (queue seq, reason) -> the run was open
+    revocation: Revocation | None = None  # kit mode; None: Submit/List/Stop are refused
+
+
+def federation_handler(parts: FederationParts) -> grpc.GenericRpcHandler:
+    slots = PeerSlots(MAX_CALLS_PER_SITE, "federation calls")
+
+    def caller(context: grpc.ServicerContext, method: str) -> str:
+        if parts.revocation is None:
+            if method != "Offer":
+                raise Reject(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "without a consortium kit, runs are submitted, listed and stopped "
+                    "through the serve root: fedops run submit|list|stop --root DIR",
+                )
+            return "local"
+        name, role = certified(context, parts.revocation)
+        if method not in ALLOWED.get(role, frozenset()):
+            raise Reject(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{name!r} has role {role!r}, which may not call Federation.{method}",
+            )
+        return name
+
+    def on_offer(request: pb.OfferRequest, context: grpc.ServicerContext) -> pb.RunOffer:
+        caller(context, "Offer")
+        queued = sum(run.state == "queued" for run in parts.queue.runs())
+        return parts.board.current(queued)
+
+    def on_submit(request: pb.RunSubmit, context: grpc.ServicerContext) -> pb.RunList:
+        name = caller(context, "Submit")
+        try:
+            task = parts.check_spec(request.config_yaml)
+            run = parts.queue.submit(request.config_yaml, task=task, by=name)
+        except (SpecError, QueueError) as exc:
+            raise Reject(grpc.StatusCode.INVALID_ARGUMENT, str(exc)[:2000]) from None
+        digest = hashlib.sha256(request.config_yaml.encode()).hexdigest()
+        parts.audit(
+            "run_submitted",
+            {"id": run.id, "by": name, "spec_sha256": digest, "reason": request.reason[:500]},
+        )
+        parts.wake()
+        return run_list([run], f"queued {run.id}")
+
+    def on_list(request: pb.AdminRequest, context: grpc.ServicerContext) -> pb.RunList:
+        caller(context, "List")
+        return run_list(parts.queue.runs())
+
+    def on_stop(request: pb.RunStopRequest, context: grpc.ServicerContext) -> pb.RunList:
+        name = caller(context, "Stop")
+        reason = f"{name}: {request.reason[:500] or 'no reason given'}"
+        try:
+            run = parts.queue.stop(parse_run_name(request.id), reason)
+        except QueueError as exc:
+            raise Reject(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
+        parts.audit("run_stop_requested", {"id": run.id, "by": name, "reason": reason})
+        open_now = parts.stop_running(run.seq, reason)
+        parts.wake()
+        word = "stopping after its current round" if open_now else run.state
+        return run_list([run], f"{run.id}: {word}")
+
+    def unary(fn: Callable[[Any, Any], Any], request_type: Any) -> grpc.RpcMethodHandler:
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                with slots.hold(certified_or_address(context)):
+                    return fn(request, context)
+            except Reject as exc:
+                context.abort(exc.code, exc.reason)
+
+        return grpc.unary_unary_rpc_method_handler(
+            call,
+            request_deserializer=request_type.FromString,
+            response_serializer=lambda message: message.SerializeToString(),
+        )
+
+    return grpc.method_handlers_generic_handler(
+        FEDERATION_SERVICE,
+        {
+            "Offer": unary(on_offer, pb.OfferRequest),
+            "Submit": unary(on_submit, pb.RunSubmit),
+            "List": unary(on_list, pb.AdminRequest),
+            "Stop": unary(on_stop, pb.RunStopRequest),
+        },
+    )
+
+
+def run_list(runs: list[QueuedRun], message: str = "") -> pb.RunList:
+    return pb.RunList(runs=[run_info(run) for run in runs], message=message)
+
+
+def run_info(run: QueuedRun) -> pb.RunInfo:
+    stopping = f"stop requested: {run.stop_requested}" if run.stop_requested else ""
+    return pb.RunInfo(
+        id=run.id,
+        state=run.state,
+        submitted_by=run.submitted_by,
+        submitted_at=datetime.fromtimestamp(run.submitted_at, UTC).isoformat(timespec="seconds"),
+        task=run.task,
+        run_id=run.run_id,
+        message=run.message or stopping,
+    )

@@ -1,0 +1,60 @@
+"""A standing federation's run file becomes the same config as the coordinator's flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedops.cli.configs import config_of
+from fedops.cli.parser import build_parser
+from fedops.cli.run_spec import parse_run_spec
+from fedops.runtime.run_queue import SpecError
+
+WHERE = {"run_dir": Path("runs/x"), "address": "127.0.0.1:0", "kit": None}
+
+
+def test_a_run_file_means_what_the_same_flags_mean():
+    spec = "task: digits\nrounds: 4\nmin_clients: 3\nepochs: 2\nlr: 0.1\nstrategy: fedadam\n"
+    typed = build_parser().parse_args(
+        [
+            "coordinator",
+            *("--task", "digits", "--rounds", "4", "--min-clients", "3", "--epochs", "2"),
+            *("--lr", "0.1", "--strategy", "fedadam", "--run-dir", "runs/x"),
+            *("--address", "127.0.0.1:0"),
+        ]
+    )
+    assert parse_run_spec(spec, **WHERE) == config_of(typed)
+
+
+def test_sections_may_be_nested_as_in_the_simulator():
+    cfg = parse_run_spec(
+        "task: digits\nclient: {epochs: 3, batch_size: 8}\nstrategy: {name: fedprox, mu: 0.2}\n"
+        "secagg: none\nadaptive_clipping: false\n",
+        **WHERE,
+    )
+    assert (cfg.train.epochs, cfg.train.batch_size) == (3, 8)
+    assert (cfg.strategy.name, cfg.strategy.mu) == ("fedprox", 0.2)
+
+
+@pytest.mark.parametrize(
+    ("spec", "refusal"),
+    [
+        ("task: digits\nepochs: x\n", "epochs: invalid int value"),
+        ("task: digits\nrounds: 0\n", "rounds: must be >= 1"),
+        ("task: digits\nroundz: 3\n", "roundz: not a setting of a run"),
+        ("task: digits\naddress: 0.0.0.0:1\n", "address: set by `fedops serve`"),
+        ("task: digits\nrun_dir: /etc\n", "run_dir: set by `fedops serve`"),
+        ("task: digits\nkit: /tmp/kit\n", "kit: set by `fedops serve`"),
+        ("task: digits\ninsecure: true\n", "insecure: set by `fedops serve`"),
+        ("task: nope.py\n", "task: .*does not exist"),
+        ("rounds: 2\n", "task: a standing federation's run names its task"),
+        ("- task\n", "a mapping of the coordinator's flags"),
+        ("task: [unclosed\n", "not YAML"),
+        ("task: digits\nclient: {epochs: {a: 1}}\n", "client.epochs: a mapping"),
+        ("1: 2\n", "keys are the coordinator's flag names"),
+    ],
+)
+def test_a_bad_run_file_is_refused_by_key(spec: str, refusal: str):
+    with pytest.raises(SpecError, match=refusal):
+        parse_run_spec(spec, **WHERE)
