@@ -31,10 +31,12 @@ from fedops.simulation.federation import load_federation, round_loader, use_thre
 from fedops.simulation.flower_federation import flower_run_task, flower_sites
 from fedops.simulation.inmemory import InMemoryTransport
 from fedops.simulation.local_dp_sites import LocalDPSites
+from fedops.simulation.pool import WorkerTransport
 from fedops.simulation.process import ProcessTransport
 from fedops.simulation.secure_backend import SecureSimTransport
 from fedops.simulation.vectorized_backend import VectorizedTransport
 from fedops.tasks import Task
+from fedops.tasks.ledger_book import LedgerBook
 from fedops.tasks.site import Site, global_evaluator, initial_params
 
 log = logging.getLogger("fedops.simulate")
@@ -51,8 +53,9 @@ def _device(name: str) -> str:
 def make_transport(
     cfg: SimulateConfig, task: Task, data: FederatedData | None, run_dir: Path | None = None
 ) -> Transport:
-    """The backend; under ``privacy=local`` each simulated site (sequential or batched) keeps
-    its privacy ledger in ``run_dir/site_ledgers/site-<i>/`` (see :func:`site_ledger_dir`)."""
+    """The backend; under ``privacy=local`` every simulated site (sequential or batched) keeps
+    its privacy ledger in one book, ``run_dir/site_ledgers/ledger_book.sqlite`` (see
+    :func:`site_ledger_book`)."""
     c, s = cfg.client, cfg.simulation
     train = TrainConfig(
         epochs=c.epochs,
@@ -84,8 +87,7 @@ def make_transport(
                 model,
                 max_epsilon=cfg.privacy.site_max_epsilon,
                 max_delta=cfg.privacy.delta,  # a simulated site accounts at the run's δ
-                ledger_root=run_dir if cfg.privacy.name == "local" else None,
-                ledger_dir=site_ledger_dir,
+                book=site_ledger_book(run_dir if cfg.privacy.name == "local" else None),
             ),
         )
     if s.backend == "process":
@@ -99,7 +101,7 @@ def make_transport(
     if s.backend == "sequential":
         shared = task.build_model()
         # on disk, so a crashed and resumed simulation continues what each site spent
-        ledgers = run_dir if run_dir is not None and cfg.privacy.name == "local" else None
+        book = site_ledger_book(run_dir if cfg.privacy.name == "local" else None)
         sites = [
             Site(
                 task,
@@ -109,18 +111,21 @@ def make_transport(
                 model=shared,
                 max_epsilon=cfg.privacy.site_max_epsilon,
                 max_delta=cfg.privacy.delta,  # a simulated site accounts at the run's δ
-                ledger_dir=site_ledger_dir(ledgers, i) if ledgers is not None else None,
                 report_limits=ReportLimits(min_count=cfg.monitoring.min_count),
             )
             for i in range(s.num_clients)
         ]
+        for i, site in enumerate(sites):
+            site.ledger = book.page(i)
         return InMemoryTransport(sites, faults=faults)
     raise ValueError(f"unknown simulation.backend {s.backend!r}")
 
 
-def site_ledger_dir(run_dir: Path, site: int) -> Path:
-    """Where simulated site ``site`` keeps its ``privacy_ledger.sqlite`` under local DP."""
-    return Path(run_dir) / "site_ledgers" / f"site-{site}"
+def site_ledger_book(run_dir: Path | None) -> LedgerBook:
+    """Every simulated site's privacy ledger under local DP: one file in ``run_dir`` (a
+    resumed simulation continues what each site spent, and imports the per-site
+    ``site-<i>/privacy_ledger.sqlite`` an older fedops kept there); None: in memory."""
+    return LedgerBook(Path(run_dir) / "site_ledgers" if run_dir is not None else None)
 
 
 def initial_model(task: Task, seed: int) -> torch.nn.Module:
@@ -147,7 +152,9 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
     transport = make_transport(run_cfg, task, data, run_dir)
     s, a = cfg.simulation, cfg.secagg
     secagg = secagg_settings(a)
-    if secagg is not None:
+    if secagg is not None and not isinstance(transport, WorkerTransport):
+        # in-process backends: the virtual clients' SecAgg+ side runs here; the process
+        # and Ray backends run it in the worker that owns each client (secure_worker)
         transport = SecureSimTransport(
             transport, Crypto(), seed=cfg.seed, noise_seed=cfg.privacy.seed
         )

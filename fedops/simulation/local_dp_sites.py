@@ -14,18 +14,18 @@ the training of all accepted sites in one call
 - the round's mechanism is the one a site alone runs and accounts (the same q, steps,
   σ, C and expected batch size; Poisson sampling), with a fresh secret seed per site
   and round from the OS (never the run's seed);
-- each site's ledger (``RUN_DIR/site_ledgers/site-<i>/`` in a run) is held from the
-  check to the charge, and the round is charged, committed, before the update is an
-  event; the answer is the noised model, no metrics and an example count of 1.
+- every site's ledger is a page of one :class:`~fedops.tasks.ledger_book.LedgerBook`
+  (``RUN_DIR/site_ledgers/ledger_book.sqlite`` in a run), held from the checks to the
+  charges; the round's charges are committed together, in one transaction, before any
+  of its updates is an event (a book that cannot record them: every accepted site
+  declines); the answer is the noised model, no metrics and an example count of 1.
 """
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -40,7 +40,8 @@ from fedops.core.training import TrainConfig
 from fedops.simulation.sim_transport import fit_event
 from fedops.tasks.dp_policy import check_dp_round
 from fedops.tasks.fit_settings import DP_NUM_EXAMPLES, PolicyRefusal, local_dp
-from fedops.tasks.ledger import Charge, LedgerError, SiteLedger
+from fedops.tasks.ledger import Charge, LedgerError
+from fedops.tasks.ledger_book import BookPage, LedgerBook
 
 
 def asks_local_dp(config: Mapping[str, float]) -> bool:
@@ -67,8 +68,7 @@ class LocalDPSites:
         model: the simulation's model (checked once for what local DP refuses).
         max_epsilon: each site's cap (``privacy.site_max_epsilon``); None: uncapped.
         max_delta: the δ a site accounts at, or the coordinator's if smaller.
-        ledger_root: ``site_ledger_dir(root, i)`` holds site i's ledger; None: in memory.
-        ledger_dir: where site i keeps its ledger under ``ledger_root``.
+        book: every site's ledger (default: in memory).
         seeds: each site's secret seed for a round (default: 63 bits of OS entropy).
     """
 
@@ -78,27 +78,19 @@ class LocalDPSites:
         *,
         max_epsilon: float | None = None,
         max_delta: float = 1e-5,
-        ledger_root: Path | None = None,
-        ledger_dir: Callable[[Path, int], Path] | None = None,
+        book: LedgerBook | None = None,
         seeds: Callable[[], int] | None = None,
     ) -> None:
         self.model = model
         self.max_epsilon = max_epsilon
         self.max_delta = max_delta
-        self.ledger_root = ledger_root
-        self.ledger_dir = ledger_dir or (lambda root, i: root / "site_ledgers" / f"site-{i}")
+        self.book = book if book is not None else LedgerBook()
         self.seeds = seeds or (lambda: secrets.randbits(63))
-        self._ledgers: dict[int, SiteLedger] = {}
         self._dp: dict[int, tuple[tuple[tuple[str, float], ...], LocalDP | None]] = {}
         self._refusal: str | None = None
 
-    def ledger(self, client: int) -> SiteLedger:
-        if client not in self._ledgers:
-            root = self.ledger_root
-            self._ledgers[client] = SiteLedger(
-                self.ledger_dir(root, client) if root is not None else None
-            )
-        return self._ledgers[client]
+    def ledger(self, client: int) -> BookPage:
+        return self.book.page(client)
 
     def fit(
         self,
@@ -113,10 +105,10 @@ class LocalDPSites:
         """Every site's answer to this round's DP fit task (declines included)."""
         events: list[Event] = []
         accepted: list[tuple[SiteFit, PrivateJob, Charge]] = []
-        with contextlib.ExitStack() as held:  # each ledger from its check to its charge
+        with self.book.exclusive():  # every ledger from its check to its charge
             for site in sites:
                 try:
-                    accepted.append((site, *self._plan(server_round, site, config, train, held)))
+                    accepted.append((site, *self._plan(server_round, site, config, train)))
                 except PolicyRefusal as exc:
                     events.append(_declined(site, str(exc)))
             x, y = data
@@ -128,13 +120,12 @@ class LocalDPSites:
             )
             jobs = [job for _, job, _ in accepted]
             trained = train_private_many(self.model, params, x, y, jobs, cfg) if jobs else []
+            try:  # committed before any update is an event; unrecorded, none is sent
+                self.book.append_all([(site.client, charge) for site, _, charge in accepted])
+            except LedgerError as exc:
+                return events + [_declined(site, str(exc)) for site, _, _ in accepted]
             expected = specs_of(params)
-            for (site, _, charge), new in zip(accepted, trained, strict=True):
-                try:  # committed before the update is an event; unrecorded, it is not sent
-                    self.ledger(site.client).append(charge)
-                except LedgerError as exc:
-                    events.append(_declined(site, str(exc)))
-                    continue
+            for (site, _, _), new in zip(accepted, trained, strict=True):
                 node, task_id = site.node, site.task_id
                 events.append(fit_event(node, task_id, expected, new, DP_NUM_EXAMPLES, {}))
         return events
@@ -145,7 +136,6 @@ class LocalDPSites:
         site: SiteFit,
         config: Mapping[str, float],
         train: TrainConfig,
-        held: contextlib.ExitStack,
     ) -> tuple[PrivateJob, Charge]:
         """The site's job and the charge it will record, or :class:`PolicyRefusal`."""
         n = site.stop - site.start
@@ -159,8 +149,7 @@ class LocalDPSites:
             self._refusal = model_refusal(self.model)
         if self._refusal:
             raise PolicyRefusal(self._refusal)
-        ledger = self.ledger(site.client)
-        held.enter_context(ledger.exclusive())
+        ledger = self.ledger(site.client)  # the caller holds the book
         event, steps = check_dp_round(ledger, dp, n, cfg, max_epsilon=self.max_epsilon)
         job = private_job(site.start, site.stop, dp, cfg, seed=self.seeds())
         return job, Charge("", server_round, event, steps)

@@ -2,7 +2,10 @@
 
 :class:`WorkerTransport` turns a round's dispatch into jobs for workers
 (:mod:`fedops.simulation.worker`), with injected faults, and their results into the
-round driver's events, checked as the coordinator checks results.
+round driver's events, checked as the coordinator checks results. Under secure
+aggregation each client's SecAgg+ side runs in the worker that owns the client
+(:func:`owner`); the parent only relays the protocol's messages
+(:mod:`fedops.simulation.secure_pool`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from fedops.core.train_settings import TrainSettings
 from fedops.runtime.simulate_settings import SimulateConfig
 from fedops.runtime.transport import Instruction
 from fedops.simulation.faults import FaultPlan
+from fedops.simulation.jobs import Job, decode, encode
+from fedops.simulation.secure_pool import SecureStages
+from fedops.simulation.secure_worker import StageAnswer, StageJob
 from fedops.simulation.sim_transport import (
     SimulatedTransport,
     check_plain,
@@ -28,7 +34,11 @@ from fedops.simulation.sim_transport import (
     node_id,
     task_ids,
 )
-from fedops.simulation.worker import Job, decode, encode
+
+
+def owner(client: int, workers: int) -> int:
+    """The worker that runs ``client``'s pinned jobs (its SecAgg+ session lives there)."""
+    return client % workers
 
 
 def fault_jobs(
@@ -75,27 +85,52 @@ class WorkerTransport(SimulatedTransport):
         self.faults = faults or FaultPlan()
         self._dropped: deque[Event] = deque()
         self._current: tuple[Phase, dict[str, str], Params, MonitorSpec | None] | None = None
+        self._round = 0
+        # secure aggregation: the parent relays each stage's messages to the clients' owners
+        self.secure = SecureStages(seed=cfg.seed, noise_seed=cfg.privacy.seed)
 
-    def _submit(self, jobs: list[Job]) -> None:
+    def _submit(self, jobs: Sequence[Job | StageJob], *, pinned: bool = False) -> None:
+        """Start ``jobs``; ``pinned``: each on its client's :func:`owner`, in order (a
+        client's SecAgg+ session stays in that worker between stages)."""
         raise NotImplementedError
 
-    def _next_result(self, timeout_s: float) -> tuple[Any, ...] | None:
+    def _next_result(self, timeout_s: float) -> tuple[Any, ...] | StageAnswer | None:
         raise NotImplementedError
 
     def dispatch(
         self, server_round: int, nodes: Sequence[str], instruction: Instruction
     ) -> dict[str, str]:
-        check_plain(instruction)  # monitoring: each worker's site reports on its data
         phase, params, monitor = instruction.phase, instruction.params, instruction.monitor
         tasks = task_ids(server_round, phase, nodes)
         train = instruction.train if instruction.train is not None else self.train
+        self._current, self._round = (phase, tasks, params, monitor), server_round
+        if instruction.stage is not None:  # a SecAgg+ stage: the workers' clients answer it
+            self._dispatch_stage(server_round, nodes, instruction, train)
+            return tasks
+        check_plain(instruction)  # monitoring: each worker's site reports on its data
         jobs, dropped = fault_jobs(
             self.faults, server_round, phase, nodes, params, instruction.config_for, train, monitor
         )
         self._dropped.extend(dropped)
-        self._current = (phase, tasks, params, monitor)
         self._submit(jobs)
         return tasks
+
+    def _dispatch_stage(
+        self,
+        server_round: int,
+        nodes: Sequence[str],
+        instruction: Instruction,
+        train: TrainSettings,
+    ) -> None:
+        fits: tuple[list[Job], list[Event]] = ([], [])
+        if instruction.phase is Phase.SECAGG_KEYS:  # the clients train now, keep the result
+            params, config_for = instruction.params, instruction.config_for
+            fits = fault_jobs(
+                self.faults, server_round, Phase.FIT, nodes, params, config_for, train
+            )
+        jobs, due = self.secure.jobs(server_round, nodes, instruction, fits)
+        self._dropped.extend(due)
+        self._submit(jobs, pinned=True)
 
     def next_event(self, timeout_s: float) -> Event | None:
         if self._dropped:
@@ -106,6 +141,8 @@ class WorkerTransport(SimulatedTransport):
         if result is None:
             return None
         phase, tasks, start, monitor = self._current
+        if isinstance(result, StageAnswer):
+            return self.secure.event(result, phase, self._round, tasks)
         client, n, metrics, blob, report = result
         node = node_id(client)
         if phase is Phase.FIT:

@@ -4,28 +4,55 @@ User tasks with their own ``train()``, models with buffers (BatchNorm) or
 optimisers other than SGD run client by client; this backend spreads those
 clients over ``simulation.workers`` spawned processes, each holding one
 :class:`~fedops.simulation.worker.ClientWorker`.
+
+Each worker has its own inbox, so the parent decides who runs what: a plain job
+goes to whichever worker has room (at most :data:`DEPTH` jobs in flight each), a
+pinned one (a SecAgg+ stage) to the worker that owns its client
+(:func:`~fedops.simulation.pool.owner`), behind that worker's earlier jobs.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections.abc import Iterator
+import pickle
+import queue
+import traceback
+from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from fedops.runtime.simulate_settings import SimulateConfig
 from fedops.simulation.faults import FaultPlan
-from fedops.simulation.pool import WorkerTransport
-from fedops.simulation.worker import ClientWorker, Job, WorkerSpec
+from fedops.simulation.jobs import Job
+from fedops.simulation.pool import WorkerTransport, owner
+from fedops.simulation.secure_worker import StageAnswer, StageJob
+from fedops.simulation.worker import ClientWorker, WorkerSpec
 
-_worker: list[ClientWorker] = []  # the one ClientWorker of this worker process
+#: jobs in flight per worker: one running, one queued behind it
+DEPTH = 2
+
+AnyJob = Job | StageJob
 
 
-def _init(spec_json: str) -> None:
-    _worker.append(ClientWorker(spec_json))
+def _serve(spec_json: str, slot: int, inbox: Any, outbox: Any) -> None:
+    """A worker process: run jobs from ``inbox`` until ``None``; answer on ``outbox``."""
+    worker = ClientWorker(spec_json)
+    while (job := inbox.get()) is not None:
+        try:
+            outbox.put((slot, worker.run(job), None))
+        except Exception as exc:  # the parent raises it: a failed job ends the run
+            outbox.put((slot, None, _portable(exc)))
 
 
-def _work(job: Job) -> tuple[Any, ...]:
-    return _worker[0].run(job)
+def _portable(exc: Exception) -> Exception:
+    """``exc`` if it pickles (the parent raises the same type), else a RuntimeError."""
+    text = traceback.format_exc()
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"a simulation worker failed:\n{text}")
+    exc.add_note(f"in a simulation worker:\n{text}")
+    return exc
 
 
 class ProcessTransport(WorkerTransport):
@@ -34,25 +61,62 @@ class ProcessTransport(WorkerTransport):
     def __init__(self, cfg: SimulateConfig, *, faults: FaultPlan | None = None) -> None:
         super().__init__(cfg, faults)
         context = mp.get_context("spawn")  # no forked torch/gRPC state in workers
-        self.pool = context.Pool(
-            cfg.simulation.workers, initializer=_init, initargs=(WorkerSpec.of(cfg).to_json(),)
-        )
-        self._stream: Iterator[tuple[Any, ...]] | None = None
+        spec = WorkerSpec.of(cfg).to_json()
+        count = cfg.simulation.workers
+        self._outbox = context.Queue()
+        self._inboxes = [context.Queue() for _ in range(count)]
+        self._procs = [
+            context.Process(target=_serve, args=(spec, i, inbox, self._outbox), daemon=True)
+            for i, inbox in enumerate(self._inboxes)
+        ]
+        for proc in self._procs:
+            proc.start()
+        self._free: deque[AnyJob] = deque()  # jobs any worker may run
+        self._pinned: list[deque[AnyJob]] = [deque() for _ in range(count)]
+        self._busy = [0] * count
 
-    def _submit(self, jobs: list[Job]) -> None:
-        self._stream = self.pool.imap_unordered(_work, jobs)
+    def _submit(self, jobs: Sequence[AnyJob], *, pinned: bool = False) -> None:
+        if not pinned:
+            self._free.extend(jobs)
+        for job in jobs if pinned else ():
+            client = job.client if isinstance(job, StageJob) else job[1]
+            self._pinned[owner(client, len(self._procs))].append(job)
+        self._feed()
 
-    def _next_result(self, timeout_s: float) -> tuple[Any, ...] | None:
-        if self._stream is None:
+    def _feed(self) -> None:
+        for slot, inbox in enumerate(self._inboxes):
+            own = self._pinned[slot]
+            while self._busy[slot] < DEPTH and (own or self._free):
+                inbox.put(own.popleft() if own else self._free.popleft())
+                self._busy[slot] += 1
+
+    def _next_result(self, timeout_s: float) -> tuple[Any, ...] | StageAnswer | None:
+        if not any(self._busy):
             return None
         try:
-            return self._stream.next(timeout_s)  # type: ignore[attr-defined,no-any-return]
-        except StopIteration:
-            self._stream = None
-        except mp.TimeoutError:
-            pass
-        return None
+            slot, result, error = self._outbox.get(timeout=timeout_s)
+        except queue.Empty:
+            self._check_alive()
+            return None
+        self._busy[slot] -= 1
+        self._feed()
+        if error is not None:
+            raise error
+        return result  # type: ignore[no-any-return]
+
+    def _check_alive(self) -> None:
+        for slot, proc in enumerate(self._procs):
+            if self._busy[slot] and not proc.is_alive():
+                raise RuntimeError(
+                    f"simulation worker {slot} exited (code {proc.exitcode}) with "
+                    f"{self._busy[slot]} jobs unfinished"
+                )
 
     def close(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
+        for proc in self._procs:
+            proc.terminate()
+        for proc in self._procs:
+            proc.join()
+        for q in (*self._inboxes, self._outbox):
+            q.cancel_join_thread()  # what a terminated worker never read is dropped
+            q.close()

@@ -2,7 +2,9 @@
 
 ``simulation.workers`` actors each hold one
 :class:`~fedops.simulation.worker.ClientWorker`; jobs go to them round-robin
-and results are taken as they finish. Without ``simulation.ray_address``
+and results are taken as they finish. A pinned job (a SecAgg+ stage) goes to the
+actor that owns its client (:func:`~fedops.simulation.pool.owner`), which runs its
+calls in order and keeps the client's session between stages. Without ``simulation.ray_address``
 a local Ray instance is started (and stopped with the run); with
 ``simulation.ray_address=auto`` (or ``ray://host:10001``) the run joins an
 existing cluster. Ray is an optional extra: ``pip install -e ".[ray]"``.
@@ -11,12 +13,15 @@ existing cluster. Ray is an optional extra: ``pip install -e ".[ray]"``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from fedops.runtime.simulate_settings import SimulateConfig
 from fedops.simulation.faults import FaultPlan
-from fedops.simulation.pool import WorkerTransport
-from fedops.simulation.worker import ClientWorker, Job, WorkerSpec
+from fedops.simulation.jobs import Job
+from fedops.simulation.pool import WorkerTransport, owner
+from fedops.simulation.secure_worker import StageAnswer, StageJob
+from fedops.simulation.worker import ClientWorker, WorkerSpec
 
 
 def _ray() -> Any:
@@ -33,7 +38,7 @@ class _Actor:
     def __init__(self, spec_json: str) -> None:
         self.worker = ClientWorker(spec_json)
 
-    def run(self, job: Job) -> tuple[Any, ...]:
+    def run(self, job: Job | StageJob) -> tuple[Any, ...] | StageAnswer:
         return self.worker.run(job)
 
 
@@ -57,12 +62,14 @@ class RayTransport(WorkerTransport):
         self.actors = [actor.remote(spec_json) for _ in range(s.workers)]
         self._refs: list[Any] = []
 
-    def _submit(self, jobs: list[Job]) -> None:
-        self._refs = [
-            self.actors[i % len(self.actors)].run.remote(job) for i, job in enumerate(jobs)
-        ]
+    def _submit(self, jobs: Sequence[Job | StageJob], *, pinned: bool = False) -> None:
+        count, self._refs = len(self.actors), []
+        for i, job in enumerate(jobs):
+            client = job.client if isinstance(job, StageJob) else job[1]
+            slot = owner(client, count) if pinned else i % count
+            self._refs.append(self.actors[slot].run.remote(job))
 
-    def _next_result(self, timeout_s: float) -> tuple[Any, ...] | None:
+    def _next_result(self, timeout_s: float) -> tuple[Any, ...] | StageAnswer | None:
         if not self._refs:
             return None
         ray = _ray()

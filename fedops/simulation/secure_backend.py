@@ -1,8 +1,10 @@
 """Secure aggregation in a simulation: every virtual client runs the real SecAgg+ client.
 
-:class:`SecureSimTransport` wraps any backend. The coordinator side is the
-deployment's own :class:`~fedops.runtime.secure_fit.SecureFit`; here each
-virtual node holds a :class:`~fedops.core.secagg.client.SecAggClient` with
+:class:`SecureSimTransport` wraps the in-process backends (sequential, vectorized): the
+clients' side runs in this process. The process and Ray backends run each client's side in
+the worker that owns it instead (:mod:`fedops.simulation.secure_worker`, the same steps).
+The coordinator side is the deployment's own :class:`~fedops.runtime.secure_fit.SecureFit`;
+here each virtual node holds a :class:`~fedops.core.secagg.client.SecAggClient` with
 real X25519/AES keys, so a simulated round performs the full protocol,
 consistency check included, messages passing in memory instead of over gRPC.
 

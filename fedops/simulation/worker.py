@@ -4,10 +4,11 @@ train many.
 A worker is sent a :class:`WorkerSpec` (the federation's few settings, local training,
 threads) as JSON, rebuilds the task and data exactly as the parent does
 (:mod:`fedops.simulation.federation`), and then trains or evaluates the clients it is
-sent through :class:`~fedops.tasks.site.Site`, the deployed agent's code. Parameters
-travel as the wire codec's raw bytes plus a JSON spec list. Nothing here imports the
-engine or a run's records (an import-linter contract keeps it so); the parent's side is
-:mod:`fedops.simulation.pool`.
+sent through :class:`~fedops.tasks.site.Site`, the deployed agent's code; under secure
+aggregation it also runs those clients' SecAgg+ side (:mod:`fedops.simulation.secure_worker`).
+Parameters travel as the wire codec's raw bytes plus a JSON spec list
+(:mod:`fedops.simulation.jobs`). Nothing here imports the engine or a run's records (an
+import-linter contract keeps it so); the parent's side is :mod:`fedops.simulation.pool`.
 """
 
 from __future__ import annotations
@@ -16,30 +17,18 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fedops.core.monitoring.profile import MonitorSpec, ReportLimits
-from fedops.core.params import Params, TensorSpec, specs_of
+from fedops.core.monitoring.profile import ReportLimits
+from fedops.core.params import Params
 from fedops.core.rounds import Phase
 from fedops.core.train_settings import TrainSettings
 from fedops.core.training import TrainConfig
 from fedops.runtime.simulate_settings import SimulateConfig
 from fedops.simulation.federation import FederationSpec, build_federation, use_threads
+from fedops.simulation.jobs import Blob, Job, decode, encode
+from fedops.simulation.secure_worker import SecureSessions, StageAnswer, StageJob
 from fedops.tasks.site import Site
-from fedops.wire import codec
 
-Blob = tuple[str, bytes]
-#: phase, client, round, params, config, the run's training settings (fits; or None), the
-#: monitoring request (evaluations; or None)
-Job = tuple[str, int, int, Blob, dict[str, float], dict[str, Any] | None, MonitorSpec | None]
-
-
-def encode(params: Params) -> Blob:
-    specs = [[s.name, s.dtype, list(s.shape)] for s in specs_of(params)]
-    return json.dumps(specs), b"".join(codec.iter_chunks(params))
-
-
-def decode(blob: Blob) -> Params:
-    specs = [TensorSpec(name=n, dtype=d, shape=tuple(s)) for n, d, s in json.loads(blob[0])]
-    return {k: v.copy() for k, v in codec.decode(specs, blob[1]).items()}
+__all__ = ["Blob", "ClientWorker", "Job", "WorkerSpec", "decode", "encode"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +79,7 @@ class ClientWorker:
         self.model = self.task.build_model()
         self.train = self.spec.train
         self.sites: dict[int, Site] = {}
+        self.secure = SecureSessions(self.fit)  # the SecAgg+ sessions of this worker's clients
 
     def site(self, client: int) -> Site:
         if client not in self.sites:
@@ -103,16 +93,24 @@ class ClientWorker:
             )
         return self.sites[client]
 
-    def run(self, job: Job) -> tuple[Any, ...]:
+    def run(self, job: Job | StageJob) -> tuple[Any, ...] | StageAnswer:
         """(client, examples, metrics, trained params blob or None, monitoring report or
-        None): the report is the site's own, computed here beside its data."""
-        phase, client, server_round, blob, config, train, monitor = job
-        site = self.site(client)
+        None): the report is the site's own, computed here beside its data. A secure
+        aggregation stage is answered by the client's session here (:class:`StageAnswer`)."""
+        if isinstance(job, StageJob):
+            return self.secure.run(job)
+        phase, client, server_round, blob, _, _, monitor = job
         if phase == Phase.FIT:
-            settings = TrainSettings(**train) if train is not None else None
-            new, n, metrics = site.fit(decode(blob), server_round, config, train=settings)
+            new, n, metrics = self.fit(job)
             return client, n, metrics, encode(new), None
+        site = self.site(client)
         params = decode(blob)
         n, metrics = site.evaluate(params, server_round)
         report = site.report(params, monitor) if monitor is not None else None
         return client, n, metrics, None, report
+
+    def fit(self, job: Job) -> tuple[Params, int, dict[str, float]]:
+        """Train a fit job's client: (new params, examples, metrics)."""
+        _, client, server_round, blob, config, train, _ = job
+        settings = TrainSettings(**train) if train is not None else None
+        return self.site(client).fit(decode(blob), server_round, config, train=settings)

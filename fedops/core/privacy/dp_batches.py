@@ -21,7 +21,7 @@ Many simulated sites run DP-SGD side by side (:mod:`fedops.core.privacy.stacked_
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -205,3 +205,55 @@ class NoiseStream:
                 continue
             draws = torch.randn((k, 4, self.dim), generator=g, dtype=self.dtype)
             self._buffer[i, :k] = (draws.sum(dim=1) * (job.noise_std / 2)).to(self.device)
+
+
+def flat_slices(base: Mapping[str, torch.Tensor]) -> tuple[dict[str, slice], int]:
+    """Each parameter's slice of one flat noise vector (in ``base``'s order), and its length."""
+    where, at = {}, 0
+    for name, t in base.items():
+        where[name] = slice(at, at + t.numel())
+        at += t.numel()
+    return where, at
+
+
+@dataclass(slots=True, kw_only=True)
+class ChunkRun:
+    """What a chunk of sites trains from, whatever computes its per-example gradients:
+    each site's batches and noise, its clip norm and divisor, and its parameters (and
+    momentum) stacked along the first dimension."""
+
+    plan: StepPlan
+    noise: NoiseStream
+    where: dict[str, slice]  # each parameter's slice of the flat noise vector
+    rows: torch.Tensor
+    mask: torch.Tensor
+    params: dict[str, torch.Tensor]
+    velocity: dict[str, torch.Tensor]
+    clip: torch.Tensor
+    divisor: torch.Tensor
+
+    @property
+    def width(self) -> int:
+        return int(self.rows.shape[1])
+
+
+def chunk_run(
+    jobs: Sequence[PrivateJob], base: Mapping[str, torch.Tensor], x: torch.Tensor, momentum: float
+) -> ChunkRun:
+    """The chunk's draws (batches first, then the noise) and its stacked parameters."""
+    count = len(jobs)
+    generators = site_generators(jobs)
+    plan = step_plan(jobs, generators, len(x))  # batches first, then the noise
+    where, dim = flat_slices(base)
+    params = {n: t.expand(count, *t.shape).clone() for n, t in base.items()}
+    return ChunkRun(
+        plan=plan,
+        noise=NoiseStream(jobs, generators, dim, dtype=x.dtype, device=x.device),
+        where=where,
+        rows=plan.rows.to(x.device),
+        mask=plan.mask.to(x.device, x.dtype),
+        params=params,
+        velocity={n: torch.zeros_like(t) for n, t in params.items()} if momentum else {},
+        clip=torch.tensor([job.max_grad_norm for job in jobs], dtype=x.dtype, device=x.device),
+        divisor=torch.tensor([float(j.divisor) for j in jobs], dtype=x.dtype, device=x.device),
+    )

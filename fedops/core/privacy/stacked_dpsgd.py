@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from fedops.core.params import Params
-from fedops.core.privacy.dp_batches import NoiseStream, PrivateJob, site_generators, step_plan
+from fedops.core.privacy.dp_batches import PrivateJob, chunk_run
 from fedops.core.schedule import VectorConfig
 from fedops.core.stacked import Layer, chain_of, forward_layers, sgd_step
 
@@ -85,17 +85,11 @@ def _train_chunk(
     jobs: Sequence[PrivateJob],
     cfg: VectorConfig,
 ) -> dict[str, np.ndarray]:
+    run = chunk_run(jobs, base, x, cfg.momentum)
+    plan, noise, where, rows, mask = run.plan, run.noise, run.where, run.rows, run.mask
+    stack, velocity, clip, divisor = run.params, run.velocity, run.clip, run.divisor
+    width = run.width
     count = len(jobs)
-    generators = site_generators(jobs)
-    plan = step_plan(jobs, generators, len(x))  # batches first, then the noise
-    where, dim = flat_slices(base)
-    noise = NoiseStream(jobs, generators, dim, dtype=x.dtype, device=x.device)
-    rows, mask = plan.rows.to(x.device), plan.mask.to(x.device, x.dtype)
-    width = rows.shape[1]
-    stack = {n: t.expand(count, *t.shape).clone() for n, t in base.items()}
-    velocity = {n: torch.zeros_like(t) for n, t in stack.items()} if cfg.momentum else {}
-    clip = torch.tensor([job.max_grad_norm for job in jobs], dtype=x.dtype, device=x.device)
-    divisor = torch.tensor([float(job.divisor) for job in jobs], dtype=x.dtype, device=x.device)
     minus_one = torch.full((count, width, 1), -1.0, dtype=x.dtype, device=x.device)
     for t, n in enumerate(plan.active):
         lo, hi = plan.offsets[t], plan.offsets[t] + n
@@ -150,12 +144,3 @@ def _per_example(
             if k > 0:
                 grad = torch.bmm(grad, stack[layer.weight][:n])
     return parts, norm2
-
-
-def flat_slices(base: Mapping[str, torch.Tensor]) -> tuple[dict[str, slice], int]:
-    """Each parameter's slice of one flat noise vector (in ``base``'s order), and its length."""
-    where, at = {}, 0
-    for name, t in base.items():
-        where[name] = slice(at, at + t.numel())
-        at += t.numel()
-    return where, at

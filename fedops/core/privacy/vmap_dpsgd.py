@@ -19,8 +19,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fedops.core.params import Params
-from fedops.core.privacy.dp_batches import NoiseStream, PrivateJob, site_generators, step_plan
-from fedops.core.privacy.stacked_dpsgd import NORM_EPS, flat_slices
+from fedops.core.privacy.dp_batches import PrivateJob, chunk_run
+from fedops.core.privacy.stacked_dpsgd import NORM_EPS
 from fedops.core.schedule import VectorConfig
 
 #: per-sample gradients of one chunk's step at most (sites x batch x parameters, bytes)
@@ -63,17 +63,10 @@ def _train_chunk(
     jobs: Sequence[PrivateJob],
     cfg: VectorConfig,
 ) -> dict[str, torch.Tensor]:
-    count = len(jobs)
-    generators = site_generators(jobs)
-    plan = step_plan(jobs, generators, len(x))  # batches first, then the noise
-    where, dim = flat_slices(base)
-    noise = NoiseStream(jobs, generators, dim, dtype=x.dtype, device=x.device)
-    rows, mask = plan.rows.to(x.device), plan.mask.to(x.device, x.dtype)
-    width = rows.shape[1]
-    params = {n: t.expand(count, *t.shape).clone() for n, t in base.items()}
-    velocity = {n: torch.zeros_like(t) for n, t in params.items()} if cfg.momentum else {}
-    clip = torch.tensor([job.max_grad_norm for job in jobs], dtype=x.dtype, device=x.device)
-    divisor = torch.tensor([float(job.divisor) for job in jobs], dtype=x.dtype, device=x.device)
+    run = chunk_run(jobs, base, x, cfg.momentum)
+    plan, noise, where, rows, mask = run.plan, run.noise, run.where, run.rows, run.mask
+    params, velocity, clip, divisor = run.params, run.velocity, run.clip, run.divisor
+    width = run.width
     others = {k: v for k, v in fixed.items() if k not in base}
 
     def example_loss(

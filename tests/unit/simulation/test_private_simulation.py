@@ -33,9 +33,8 @@ from fedops.core.privacy.local import steps_per_round
 from fedops.runtime.privacy import CentralPrivacy, PrivacySettings
 from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
 from fedops.runtime.store import RunStore
-from fedops.simulation.engine import run_simulation, site_ledger_dir
+from fedops.simulation.engine import run_simulation, site_ledger_book
 from fedops.tasks import site as site_module
-from fedops.tasks.ledger import SiteLedger
 
 DELTA = 1e-5
 DP_KEYS = ("epsilon", "delta", "accountant", "noise_multiplier", "clip_norm", "privacy_event")
@@ -496,7 +495,8 @@ def test_distributed_dp_is_accounted_without_amplification_and_with_its_colluder
 # -- local DP ------------------------------------------------------------------------------------
 def _site_epsilons(run_dir: Path, sites: int = 10) -> list[float]:
     """Each simulated site's ε, from its own ledger (the coordinator is never told it)."""
-    return [SiteLedger(site_ledger_dir(run_dir, i)).epsilon(DELTA) for i in range(sites)]
+    book = site_ledger_book(run_dir)
+    return [book.epsilon(i, DELTA) for i in range(sites)]
 
 
 def test_local_dp_with_a_target_lets_every_site_derive_its_noise(tmp_path: Path):
