@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fedops.cli.configs import kit_address
-from fedops.cli.run_spec import parse_run_spec
+from fedops.cli.run_spec import load_run_file, parse_run_spec
 from fedops.config import ConfigError, CoordinatorConfig
 from fedops.runtime.settings import is_loopback, parse_address
 
@@ -37,6 +39,7 @@ def serve_command(args: argparse.Namespace) -> int:
         ca_fingerprint=args.ca_fingerprint,
         max_workers=args.max_workers,
         max_runs=args.max_runs,
+        allowed_tasks=tuple(args.allowed_task),
     )
 
     def parse(spec: str, run_dir: Path, served_at: str) -> CoordinatorConfig:
@@ -93,6 +96,7 @@ def _read_spec(path: Path) -> str:
 def _local(args: argparse.Namespace) -> int:
     from fedops.coordinator.federation_service import run_list
     from fedops.runtime.run_queue import RunQueue, parse_run_name
+    from fedops.tasks.loader import source_digest
 
     root: Path = args.root
     if args.run_command != "submit" and not (root / RunQueue.FILE).exists():
@@ -101,11 +105,12 @@ def _local(args: argparse.Namespace) -> int:
     queue = RunQueue(root)
     try:
         if args.run_command == "submit":
-            spec = _read_spec(args.config)
-            cfg = parse_run_spec(
-                spec, run_dir=root / "runs" / "(check)", address="127.0.0.1:0", kit=None
-            )
-            _print(run_list([queue.submit(spec, task=cfg.task or "", by="root")]))
+            spec = _anchored(_read_spec(args.config))
+            check_dir = root / "runs" / "(check)"  # parsed only: nothing is written there
+            cfg = parse_run_spec(spec, run_dir=check_dir, address="127.0.0.1:0", kit=None)
+            task = cfg.task or ""
+            digest = source_digest(task)  # the run starts on this code or not at all
+            _print(run_list([queue.submit(spec, task=task, by="root", task_digest=digest)]))
         elif args.run_command == "list":
             _print(run_list(queue.runs()))
         else:
@@ -113,6 +118,17 @@ def _local(args: argparse.Namespace) -> int:
     finally:
         queue.close()
     return 0
+
+
+def _anchored(spec: str) -> str:
+    """The run file with a task given as a relative path made absolute: ``fedops serve``
+    runs in another directory, and must load the very file checked here."""
+    values = dict(load_run_file(spec))
+    task = values.get("task")
+    if isinstance(task, str) and task.endswith(".py") and not Path(task).is_absolute():
+        values["task"] = str(Path(task).resolve())
+        return yaml.safe_dump(values, sort_keys=False)
+    return spec
 
 
 def _remote(args: argparse.Namespace) -> int:

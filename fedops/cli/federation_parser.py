@@ -34,6 +34,14 @@ def federation_parsers(sub: Any) -> None:
     )
     serve.add_argument("--max-workers", type=int, default=64, help="gRPC handler threads")
     serve.add_argument(
+        "--allowed-task",
+        action="append",
+        default=[],
+        metavar="SHA256",
+        help="run only task code with this digest (repeatable; built-in tasks always): a run "
+        "naming another is refused at submit and at start (default: any task on this host)",
+    )
+    serve.add_argument(
         "--max-runs",
         type=_positive,
         metavar="N",

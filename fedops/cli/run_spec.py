@@ -17,7 +17,9 @@ threads) belongs to ``fedops serve``; a run that names one is refused by key.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ import yaml
 from fedops.cli.configs import run_config_of
 from fedops.cli.parser import build_parser
 from fedops.config import SECTIONS, ConfigError, CoordinatorConfig, flag_of
-from fedops.runtime.run_queue import SpecError
+from fedops.runtime.run_queue import MAX_SPEC_BYTES, SpecError
 
 #: keys of ``fedops serve``, not of a run
 SERVE_OWNED = (
@@ -40,7 +42,12 @@ SERVE_OWNED = (
     "metrics_address",
     "max_workers",
     "verbose",
+    "help",
 )
+#: a key is a flag's name, lowercase (``min_clients`` or ``min-clients``), nothing else
+KEY = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+#: the most items a list value may hold (a repeatable flag's values)
+MAX_LIST = 32
 
 
 def parse_run_spec(
@@ -48,13 +55,7 @@ def parse_run_spec(
 ) -> CoordinatorConfig:
     """The run's config, served at ``address`` into ``run_dir``; :class:`SpecError` naming
     the key for anything the coordinator's own parser or checks refuse."""
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"not YAML: {exc}") from None
-    if not isinstance(values, Mapping):
-        raise SpecError("a run's settings are a mapping of the coordinator's flags (task: ...)")
-    argv = run_flags(values)
+    argv = run_flags(load_run_file(text))
     argv += ["--run-dir", str(run_dir), "--address", address]
     argv += ["--kit", str(kit)] if kit is not None else []
     argv += ["--insecure"] if insecure else []
@@ -87,14 +88,31 @@ def _check_task(task: str | None) -> None:
         raise SpecError(f"task: {exc}") from None
 
 
+def load_run_file(text: str) -> Mapping[str, Any]:
+    """The run file's mapping, size-bounded and plain: no anchors or aliases (a few hundred
+    bytes of them expand to gigabytes), no tags beyond YAML's safe ones."""
+    if len(text.encode()) > MAX_SPEC_BYTES:
+        raise SpecError(f"a run file is at most {MAX_SPEC_BYTES} bytes")
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise SpecError("anchors and aliases (& and *) are not accepted in a run file")
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"not YAML: {exc}") from None
+    if not isinstance(values, Mapping):
+        raise SpecError("a run's settings are a mapping of the coordinator's flags (task: ...)")
+    return values
+
+
 def run_flags(values: Mapping[Any, Any]) -> list[str]:
     """A run file's mapping as the coordinator's flags (:class:`SpecError` by key)."""
     argv: list[str] = []
     for key, value in values.items():
-        if not isinstance(key, str):
-            raise SpecError(f"key {key!r}: keys are the coordinator's flag names")
+        _check_key(key)
         if isinstance(value, Mapping) and key in SECTIONS:
             for name, inner in value.items():
+                _check_key(name)
                 argv += _flag(f"{key}.{name}", flag_of(f"{key}.{name}"), inner)
             continue
         if key.replace("-", "_") in SERVE_OWNED:
@@ -103,16 +121,37 @@ def run_flags(values: Mapping[Any, Any]) -> list[str]:
     return argv
 
 
+def _check_key(key: object) -> None:
+    if not isinstance(key, str) or not KEY.fullmatch(key):
+        raise SpecError(f"key {str(key)[:40]!r}: keys are the coordinator's flag names")
+
+
+@functools.cache
+def _run_options() -> frozenset[str]:
+    """``fedops coordinator``'s own option strings: a run file names them exactly (no
+    abbreviation argparse would accept, so no serve-owned flag gets in by a prefix)."""
+    sub = build_parser()._subparsers
+    assert sub is not None
+    coordinator = sub._group_actions[0].choices["coordinator"]  # type: ignore[attr-defined]
+    return frozenset(coordinator._option_string_actions)
+
+
 def _flag(key: str, flag: str, value: Any) -> list[str]:
+    if flag not in _run_options():
+        raise SpecError(f"{key}: not a setting of a run (see fedops coordinator --help)")
     if value is None or value is False:
         return []
     if value is True:
         return [flag]
-    if isinstance(value, list):
-        return [part for item in value for part in (flag, str(item))]
-    if isinstance(value, Mapping):
-        raise SpecError(f"{key}: a mapping, where a value is expected")
-    return [flag, str(value)]
+    items = value if isinstance(value, list) else [value]
+    if len(items) > MAX_LIST:
+        raise SpecError(f"{key}: at most {MAX_LIST} values")
+    for item in items:
+        if isinstance(item, (Mapping, list)):
+            raise SpecError(f"{key}: a plain value is expected here")
+        if not isinstance(item, (str, int, float)):
+            raise SpecError(f"{key}: {type(item).__name__} is not a setting's value")
+    return [part for item in items for part in (flag, str(item))]
 
 
 def _as_key(message: str) -> str:

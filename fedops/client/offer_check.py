@@ -11,6 +11,7 @@ coordinator says it runs, so both sides provably run the same code.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -51,10 +52,19 @@ def decline_reason(
     return None
 
 
+def offered_task(offer: pb.RunOffer, tasks: dict[str, SiteTask]) -> SiteTask | None:
+    """The site's own task the offer names: by name, or a task file of this site with the
+    digest the coordinator's copy has (paths differ between hosts; code does not)."""
+    task = tasks.get(offer.task)
+    if task is None and offer.task_digest:
+        task = next((t for t in tasks.values() if t.digest == offer.task_digest), None)
+    return task
+
+
 def _task_rule(
     offer: pb.RunOffer, tasks: dict[str, SiteTask], policy: SitePolicy, ledger: SiteLedger
 ) -> str | None:
-    task = tasks.get(offer.task)
+    task = offered_task(offer, tasks)
     if task is None:
         return (
             f"task {offer.task[:100]!r} is not one this site runs (its tasks: "
@@ -67,6 +77,17 @@ def _task_rule(
         )
     if policy.allowed_tasks and task.digest not in policy.allowed_tasks:
         return f"task {offer.task!r} (digest {task.digest or '-'}) is not in allowed_tasks"
+    return _split_rule(offer)
+
+
+def _split_rule(offer: pb.RunOffer) -> str | None:
+    """A built-in task's data split, as the run names it: within what the split accepts."""
+    if offer.partition not in ("iid", "dirichlet"):
+        return f"partition {offer.partition[:40]!r}: not iid or dirichlet"
+    if not (math.isfinite(offer.alpha) and 0 < offer.alpha <= 1e6):
+        return f"alpha {offer.alpha!r}: not a number in (0, 1e6]"
+    if not 0 <= offer.data_seed < 2**32:
+        return f"data_seed {offer.data_seed}: not in [0, 2**32)"
     return None
 
 

@@ -21,6 +21,7 @@ import logging
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 import grpc
@@ -33,7 +34,7 @@ from fedops.client.agent import (
     RunOver,
 )
 from fedops.client.channel import dial
-from fedops.client.offer_check import SiteTask, decline_reason
+from fedops.client.offer_check import SiteTask, decline_reason, offered_task
 from fedops.client.site_config import site_name, started_policy
 from fedops.client.site_trail import SiteTrail
 from fedops.consortium.kit import Kit
@@ -51,6 +52,10 @@ log = logging.getLogger("fedops.client")
 
 #: seconds between questions while no run is open (or the open one was decided)
 OFFER_POLL_S = 2.0
+#: the longest pause between decisions while offers keep being declined
+MAX_PAUSE_S = 60.0
+#: the most runs whose outcome a site remembers (the oldest are forgotten)
+MAX_REMEMBERED = 1024
 #: how long a standing site keeps retrying an unreachable coordinator (no --retry-for)
 STANDING_PATIENCE_S = 24 * 3600.0
 
@@ -76,7 +81,9 @@ class StandingSite:
         self.trail = SiteTrail(self.root, cfg.site, site_name(cfg, kit), identity=signer)
         self.channel = dial(cfg.coordinator, kit)
         self.stub = pb_grpc.FederationStub(self.channel)
-        self.decided: dict[str, str] = {}  # run id -> how this site left it
+        self.decided: OrderedDict[str, str] = OrderedDict()  # run id -> how the site left it
+        self._pause = OFFER_POLL_S  # after a decision; grows while offers keep being declined
+        self._counted = 0  # runs decided (--max-runs counts them)
         self._stop = threading.Event()
         self._rng = random.Random(f"{cfg.site}-{time.time_ns()}")
 
@@ -96,10 +103,11 @@ class StandingSite:
         )
         try:
             limit = self.cfg.max_runs
-            while not self._stop.is_set() and (limit is None or len(self.decided) < limit):
+            while not self._stop.is_set() and (limit is None or self._counted < limit):
                 offer = self._offer()
                 if offer.open and offer.run_id not in self.decided:
                     self._consider(offer)
+                    self._stop.wait(self._pause)  # never two decisions back to back
                 else:
                     self._stop.wait(OFFER_POLL_S)
             return 0
@@ -136,7 +144,7 @@ class StandingSite:
         run_id = offer.run_id
         reason = decline_reason(offer, tasks=self.tasks, policy=self.policy, ledger=self.ledger)
         if reason is not None:
-            self._decline(run_id[:80], offer.task[:200], reason)
+            self._decline(run_id, offer.task[:200], reason)
             return
         self.trail.audit(
             "run_accepted",
@@ -153,18 +161,31 @@ class StandingSite:
         log.info("left run %s: %s", run_id, outcome)
         self.trail.audit("run_left", run_id=run_id, outcome=outcome[:500])
         if outcome != "unreachable":  # an outage: join again when it is offered again
-            self.decided[run_id] = outcome
+            self._decided(run_id, outcome)
 
     def _decline(self, run_id: str, task: str, reason: str) -> None:
-        log.warning("declining run %s: %s", run_id, reason)
-        self.trail.audit("run_declined", run_id=run_id, task=task, reason=reason)
-        self.decided[run_id] = "declined"
+        log.warning("declining run %s: %s", run_id[:80], reason)
+        self.trail.audit("run_declined", run_id=run_id[:80], task=task, reason=reason)
+        self._decided(run_id, "declined")
+
+    def _decided(self, run_id: str, outcome: str) -> None:
+        """Remember how the site left run ``run_id`` (the full id: a shortened one would
+        not match the next offer); a coordinator offering ever new runs that the site
+        declines meets a growing pause, and a bounded memory."""
+        self.decided[run_id] = outcome
+        self._counted += 1
+        while len(self.decided) > MAX_REMEMBERED:
+            self.decided.popitem(last=False)
+        refused = outcome.startswith(("declined", "over", "refused"))
+        self._pause = min(MAX_PAUSE_S, self._pause * 2) if refused else OFFER_POLL_S
 
     def _take_part(self, offer: pb.RunOffer) -> str:
         """Run the offered run as an agent pinned to it; how it ended."""
-        try:
+        mine = offered_task(offer, self.tasks)
+        assert mine is not None  # decline_reason: an offer naming no task of the site's
+        try:  # the site's own copy, by the name it was started with
             task = load_task(
-                offer.task,
+                mine.name,
                 allowed=self.policy.allowed_tasks,
                 partition=offer.partition,
                 alpha=offer.alpha,
@@ -176,10 +197,14 @@ class StandingSite:
             return "declined: the task's code changed on this site's disk since it started"
         cfg = dataclasses.replace(self.cfg, run_dir=self.root / "runs" / offer.run_id)
         try:
-            site = self.make_site(
-                self.cfg, task, self.policy
-            )  # the ledger: the root's, shared by every run
-            Agent(cfg, site, kit=self.kit, policy=self.policy, run_id=offer.run_id).run()
+            # the root's cfg: the site's privacy ledger is the root's, shared by every run
+            site = self.make_site(self.cfg, task, self.policy)
+            agent = Agent(cfg, site, kit=self.kit, policy=self.policy, run_id=offer.run_id)
+        except Exception as exc:  # the run's data split or model fails here: decline it
+            log.exception("run %s: this site could not build the task", offer.run_id)
+            return f"declined: the site could not build the task: {type(exc).__name__}: {exc}"
+        try:
+            agent.run()
         except CoordinatorUnreachable:
             return "unreachable"
         except RunOver as exc:

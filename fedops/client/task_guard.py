@@ -9,7 +9,9 @@ that opt-in, at most one evaluation per round with
 rounds only forward (each one runs a model the coordinator chose over this
 site's test rows, and its loss shows whether a row is there: a site that
 protects its data answers that question once per round, not at will); and
-secure aggregation only for the run the site registered for.
+every task only for the run the site registered for (its privacy charges, its
+monitoring bins and its anchors of the coordinator's log are kept per run: a
+task labelled with another run would start each afresh).
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ class TaskGuard:
 
     def refusal(self, task: pb.Task, run_id: str) -> str:
         """Why ``task`` is declined ("" when it may run); ``run_id``: the run registered for."""
+        if task.run_id != run_id:  # every charge, binning and anchor is keyed by the run
+            return (
+                f"the task names run {task.run_id[:80]!r}, but this site registered for run "
+                f"{run_id!r}"
+            )
         if task.kind == pb.TASK_KIND_SEND_INITIAL:
             if self._working:
                 return (
@@ -44,11 +51,6 @@ class TaskGuard:
                 )
             return ""
         self._working = True
-        if task.kind == pb.TASK_KIND_SECAGG and task.run_id != run_id:
-            return (
-                f"secure aggregation: the task names run {task.run_id!r}, but this site "
-                f"registered for run {run_id!r}"
-            )
         if self.require_secagg and task.kind == pb.TASK_KIND_FIT:
             return "this site only trains under secure aggregation (--require-secagg)"
         if task.kind == pb.TASK_KIND_EVALUATE and self.private and not self.share_evaluation:

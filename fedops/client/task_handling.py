@@ -82,7 +82,7 @@ class TaskHandler:
                 self.site.training(train)
                 params = self.fetch(task)
                 new, n, metrics = self.site.fit(
-                    params, task.round, dict(task.config), run_id=task.run_id, train=train
+                    params, task.round, dict(task.config), run_id=session.run_id, train=train
                 )
             except PolicyRefusal as exc:
                 self.decline(task, str(exc))
@@ -121,7 +121,7 @@ class TaskHandler:
             try:  # refused before the model is fetched or any row is counted
                 spec = monitoring.spec_from_proto(task.monitor)
                 self.site.check_report(spec)
-                self.checks.same_bins(task.run_id, spec)
+                self.checks.same_bins(task.run_id, spec)  # = the session's (TaskGuard)
             except InvalidUpdate as exc:
                 self.decline(task, f"monitoring request: {exc}")
                 return

@@ -115,32 +115,38 @@ def run_coordinator(
     kit = coordinator_kit(cfg.kit, ca_fingerprint) if cfg.kit is not None else None
     host = host or OwnServer()
     host.check(cfg)
-    # the task first: a start that fails on it must not leave its config as the run's
+    # the task first, its model too: a start that fails on it leaves nothing of the run
     task = load_task(cfg.task, **cfg.builtin_options()) if cfg.task else None
+    specs = specs_of(initial_params(task, cfg.seed)) if task is not None else None
     metrics = RunMetrics()
     records = RunRecords.open(_record_settings(cfg, task, kit), metrics=metrics)
-    transport, throttle = _transport(cfg, records, metrics)
-    metrics_at = None
-    if cfg.metrics_port is not None:
-        metrics_at = f"{cfg.metrics_address}:{metrics.serve(cfg.metrics_port, cfg.metrics_address)}"
-    control = RunControl(rounds_planned=cfg.rounds, started=not cfg.wait_for_start)
-    served = ServedRun(
-        transport=transport,
-        cfg=cfg,
-        kit=kit,
-        control=control,
-        run_id=records.run_id,
-        config_digest=config_digest(records.config),
-        task=task,
-        audit=records.audit.record,
-    )
-    address = host.serve(served)
-    write_listening(cfg.run_dir, Listening(address, os.getpid(), records.run_id, metrics_at))
+    try:
+        transport, throttle = _transport(cfg, records, metrics)
+        transport.model_specs = specs  # a site whose task builds another model is refused
+        control = RunControl(rounds_planned=cfg.rounds, started=not cfg.wait_for_start)
+        metrics_at = _serve_metrics(cfg, metrics)
+        served = ServedRun(
+            transport=transport,
+            cfg=cfg,
+            kit=kit,
+            control=control,
+            run_id=records.run_id,
+            config_digest=config_digest(records.config),
+            task=task,
+            audit=records.audit.record,
+        )
+        address = host.serve(served)
+        write_listening(cfg.run_dir, Listening(address, os.getpid(), records.run_id, metrics_at))
+        plan = _plan(cfg, task, records, transport, control)
+    except BaseException as exc:  # nothing left open: the records, the served run, the port
+        host.close("failed")
+        metrics.close()
+        remove_listening(cfg.run_dir)
+        records.abandon(f"{type(exc).__name__}: {exc}")
+        raise
     log.info("coordinator for run %s listening on %s", records.run_id, address)
     if cfg.wait_for_start:
         log.info("waiting for an admin's `fedops admin start` before round 1")
-    if task is not None:  # a site whose task builds another model is refused at Register
-        transport.model_specs = specs_of(initial_params(task, cfg.seed))
 
     def stop(status: str) -> None:
         transport.close(grace_s=5.0 if status == "completed" else 0.5)
@@ -149,8 +155,14 @@ def run_coordinator(
         metrics.close()
         remove_listening(cfg.run_dir)
 
-    plan = _plan(cfg, task, records, transport, control)
     return run_recorded(plan, records, transport, on_exit=stop)
+
+
+def _serve_metrics(cfg: CoordinatorConfig, metrics: RunMetrics) -> str | None:
+    """Where /metrics is served (``--metrics-port``), or None."""
+    if cfg.metrics_port is None:
+        return None
+    return f"{cfg.metrics_address}:{metrics.serve(cfg.metrics_port, cfg.metrics_address)}"
 
 
 def _record_settings(cfg: CoordinatorConfig, task: Task | None, kit: Kit | None) -> RecordSettings:
@@ -278,6 +290,7 @@ class OwnServer:
     def close(self, status: str) -> None:
         if self._server is not None:
             self._server.stop(grace=1.0).wait(5)
+            self._server = None
 
 
 def _serve(

@@ -70,7 +70,8 @@ class FederationParts:
 
     board: OfferBoard
     queue: RunQueue
-    check_spec: Callable[[str], str]  # the run's settings -> its task (SpecError if refused)
+    #: the run's settings -> its task and the task's code digest (SpecError if refused)
+    check_spec: Callable[[str], tuple[str, str]]
     audit: Callable[[str, Mapping[str, Any]], None]
     wake: Callable[[], None]  # the serve loop: a run was queued or stopped
     stop_running: Callable[[int, str], bool]  # (queue seq, reason) -> the run was open
@@ -99,20 +100,27 @@ def federation_handler(parts: FederationParts) -> grpc.GenericRpcHandler:
 
     def on_offer(request: pb.OfferRequest, context: grpc.ServicerContext) -> pb.RunOffer:
         caller(context, "Offer")
-        queued = sum(run.state == "queued" for run in parts.queue.runs())
-        return parts.board.current(queued)
+        return parts.board.current(parts.queue.queued())
 
     def on_submit(request: pb.RunSubmit, context: grpc.ServicerContext) -> pb.RunList:
         name = caller(context, "Submit")
         try:
-            task = parts.check_spec(request.config_yaml)
-            run = parts.queue.submit(request.config_yaml, task=task, by=name)
+            task, task_digest = parts.check_spec(request.config_yaml)
+            run = parts.queue.submit(
+                request.config_yaml, task=task, by=name, task_digest=task_digest
+            )
         except (SpecError, QueueError) as exc:
             raise Reject(grpc.StatusCode.INVALID_ARGUMENT, str(exc)[:2000]) from None
-        digest = hashlib.sha256(request.config_yaml.encode()).hexdigest()
         parts.audit(
             "run_submitted",
-            {"id": run.id, "by": name, "spec_sha256": digest, "reason": request.reason[:500]},
+            {
+                "id": run.id,
+                "by": name,
+                "spec_sha256": hashlib.sha256(request.config_yaml.encode()).hexdigest(),
+                "task": task[:200],
+                "task_digest": task_digest,
+                "reason": request.reason[:500],
+            },
         )
         parts.wake()
         return run_list([run], f"queued {run.id}")

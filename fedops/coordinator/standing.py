@@ -52,6 +52,8 @@ from fedops.runtime.audit.log_file import AuditLog
 from fedops.runtime.control import RunControl
 from fedops.runtime.run_queue import QueuedRun, RunQueue, SpecError
 from fedops.runtime.settings import CoordinatorConfig
+from fedops.tasks.builtin import TaskError
+from fedops.tasks.loader import source_digest
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire.training import train_to_proto
 
@@ -70,6 +72,9 @@ class ServeSettings:
     max_workers: int = 64
     poll_s: float = 1.0  # how often the queue file is read for runs submitted with --root
     max_runs: int | None = None  # exit 0 once this many runs closed (scripts, CI); None: never
+    #: the task code a run may name, by sha256 (``--allowed-task``); empty: any (built-ins
+    #: always: they ship with fedops)
+    allowed_tasks: tuple[str, ...] = ()
 
 
 def offer_of(run: ServedRun) -> pb.RunOffer:
@@ -150,7 +155,7 @@ class Federation:
         self.server, self.address = self._start_server()
 
     def _closed(self) -> str:
-        queued = sum(run.state == "queued" for run in self.queue.runs())
+        queued = self.queue.queued()
         return f"no run is open at this federation ({queued} queued); ask again shortly"
 
     def _start_server(self) -> tuple[LoopServer, str]:
@@ -183,10 +188,26 @@ class Federation:
         write_listening(settings.root, Listening(address, os.getpid(), "federation"))
         return server, address
 
-    def _check_spec(self, spec: str) -> str:
-        """A submitted run's task, once its settings parse by the coordinator's rules."""
+    def _check_spec(self, spec: str) -> tuple[str, str]:
+        """A submitted run's task and its code's digest, once its settings parse by the
+        coordinator's rules and the task is one this federation runs."""
         cfg = self.parse_run(spec, self.settings.root / "runs" / "(check)", self.address)
-        return cfg.task or ""
+        task = cfg.task or ""
+        return task, self._allowed_digest(task)
+
+    def _allowed_digest(self, task: str) -> str:
+        """The task's code digest ("" for a built-in); :class:`SpecError` unless allowed."""
+        try:
+            digest = source_digest(task)
+        except (TaskError, OSError) as exc:
+            raise SpecError(f"task: {exc}") from None
+        allowed = self.settings.allowed_tasks
+        if digest and allowed and digest not in allowed:
+            raise SpecError(
+                f"task: {task[:200]!r} has digest {digest}, which this federation does not "
+                "run (fedops serve --allowed-task)"
+            )
+        return digest
 
     def _stop_running(self, seq: int, reason: str) -> bool:
         host, entry = self._host, self._open
@@ -232,6 +253,19 @@ class Federation:
             self._finish(entry, "failed", f"its settings are refused: {exc}")
             return
         cfg = dataclasses.replace(cfg, kit=self.settings.kit)
+        try:  # the code the run was submitted with, and still one this federation runs
+            digest = self._allowed_digest(cfg.task or "")
+        except SpecError as exc:
+            self._finish(entry, "failed", str(exc))
+            return
+        if entry.task_digest and digest != entry.task_digest:
+            self._finish(
+                entry,
+                "failed",
+                f"task: its code changed since the run was submitted (sha256 "
+                f"{entry.task_digest[:16]}... then, {digest[:16]}... now)",
+            )
+            return
         self.audit.record("run_opened", {"id": entry.id, "resumed": entry.state == "running"})
         host = StandingHost(self, entry)
         self._host, self._open = host, entry
@@ -247,6 +281,7 @@ class Federation:
             self._finish(entry, "failed", f"{type(exc).__name__}: {exc}")
             return
         finally:
+            host.close("ended")  # once more, for a run that failed before it could close
             self._host = self._open = None
             done.set()
             watch.join(timeout=5)

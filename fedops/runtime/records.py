@@ -85,6 +85,13 @@ class RunRecords:
             found.append(self.mlflow.observe_round)
         return tuple(found)
 
+    def abandon(self, reason: str) -> None:
+        """Close the records of a run that failed before its first round could start."""
+        try:
+            self.finish({"status": "failed", "reason": reason[:500]})
+        finally:
+            self.store.close()
+
     def finish(self, summary: Mapping[str, Any]) -> None:
         self.trail.run_finished(summary)
         self.audit.close()

@@ -15,6 +15,7 @@ parsed again, by the same rules, when the run starts.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
@@ -39,9 +40,13 @@ CREATE TABLE IF NOT EXISTS runs (
     state TEXT NOT NULL,
     run_id TEXT NOT NULL DEFAULT '',
     message TEXT NOT NULL DEFAULT '',
-    stop_requested TEXT NOT NULL DEFAULT ''
+    stop_requested TEXT NOT NULL DEFAULT '',
+    task_digest TEXT NOT NULL DEFAULT ''
 );
 """
+
+
+RUN_NAME = re.compile(r"run-[0-9]{1,9}")  # ASCII digits only: int() reads others too
 
 
 class QueueError(Exception):
@@ -59,6 +64,7 @@ class QueuedRun:
     run_id: str = ""  # the run store's id, once it started
     message: str = ""  # why it failed, was stopped or cancelled
     stop_requested: str = ""  # an admin's stop, waiting for the run to reach a round's end
+    task_digest: str = ""  # sha256 of the task's code when submitted: the run starts on it only
 
     @property
     def id(self) -> str:
@@ -72,10 +78,9 @@ def run_name(seq: int) -> str:
 
 def parse_run_name(name: str) -> int:
     """The queue position of ``run-0007`` (:class:`QueueError` for anything else)."""
-    prefix, _, digits = name.partition("-")
-    if prefix != "run" or not digits.isdigit() or len(digits) > 9:
+    if not RUN_NAME.fullmatch(name):
         raise QueueError(f"{name[:40]!r} is not a run of this queue (they are named run-0001 ...)")
-    return int(digits)
+    return int(name[4:])
 
 
 class RunQueue:
@@ -90,12 +95,15 @@ class RunQueue:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "task_digest" not in columns:  # a queue from before the digest was kept
+            self._db.execute("ALTER TABLE runs ADD COLUMN task_digest TEXT NOT NULL DEFAULT ''")
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self._db.close()
 
-    def submit(self, spec: str, *, task: str, by: str) -> QueuedRun:
+    def submit(self, spec: str, *, task: str, by: str, task_digest: str = "") -> QueuedRun:
         """Queue a run (its settings already checked by the caller); the new entry."""
         if len(spec.encode()) > MAX_SPEC_BYTES:
             raise QueueError(f"the run's settings exceed {MAX_SPEC_BYTES} bytes")
@@ -104,9 +112,9 @@ class RunQueue:
             if waiting.fetchone()[0] >= MAX_QUEUED:
                 raise QueueError(f"{MAX_QUEUED} runs are already queued; stop some first")
             cursor = self._db.execute(
-                "INSERT INTO runs (spec, task, submitted_by, submitted_at, state) "
-                "VALUES (?, ?, ?, ?, 'queued')",
-                (spec, task, by[:200], time.time()),
+                "INSERT INTO runs (spec, task, submitted_by, submitted_at, state, task_digest) "
+                "VALUES (?, ?, ?, ?, 'queued', ?)",
+                (spec, task, by[:200], time.time(), task_digest),
             )
             seq = cursor.lastrowid
         assert seq is not None
@@ -124,6 +132,10 @@ class RunQueue:
             f"SELECT {_COLUMNS} FROM runs ORDER BY seq DESC LIMIT ?", (limit,)
         ).fetchall()
         return [QueuedRun(*row) for row in reversed(rows)]
+
+    def queued(self) -> int:
+        """How many runs wait (counted, never read: a site asks this on every offer)."""
+        return int(self._db.execute("SELECT COUNT(*) FROM runs WHERE state='queued'").fetchone()[0])
 
     def next_run(self) -> QueuedRun | None:
         """The run to serve now: one left ``running`` by a killed process first (it
@@ -174,7 +186,10 @@ class RunQueue:
             self._db.execute(sql, values)
 
 
-_COLUMNS = "seq, spec, task, submitted_by, submitted_at, state, run_id, message, stop_requested"
+_COLUMNS = (
+    "seq, spec, task, submitted_by, submitted_at, state, run_id, message, stop_requested, "
+    "task_digest"
+)
 
 
 class SpecError(ValueError):

@@ -25,6 +25,7 @@ from fedops.consortium.tls import channel_credentials
 from fedops.coordinator.standing import Federation, ServeSettings
 from fedops.runtime.audit.log_file import LOG_NAME
 from fedops.runtime.run_queue import RunQueue
+from fedops.tasks.loader import source_digest
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
 from fedops.wire import PROTOCOL_VERSION
@@ -35,11 +36,15 @@ FAILING_RUN = "task: digits\nrounds: 1\nmin_clients: 2\njoin_timeout: 1\nmonitor
 
 
 @contextlib.contextmanager
-def _federation(root: Path, kit: Path | None = None) -> Iterator[Federation]:
+def _federation(
+    root: Path, kit: Path | None = None, allowed: tuple[str, ...] = ()
+) -> Iterator[Federation]:
     def parse(spec: str, run_dir: Path, address: str):  # as `fedops serve` parses runs
         return parse_run_spec(spec, run_dir=run_dir, address=address, kit=kit)
 
-    settings = ServeSettings(root=root, address="127.0.0.1:0", kit=kit, poll_s=0.1)
+    settings = ServeSettings(
+        root=root, address="127.0.0.1:0", kit=kit, poll_s=0.1, allowed_tasks=allowed
+    )
     fed = Federation(settings, parse)
     thread = threading.Thread(target=fed.serve, daemon=True)
     thread.start()
@@ -181,3 +186,57 @@ def test_only_a_certified_admin_changes_the_queue_and_each_change_is_signed(
             assert "alice: enough" in final.message
     events = [(e["event"], e["payload"].get("by")) for e in _entries(tmp_path / "fed")]
     assert ("run_submitted", "alice") in events and ("run_stop_requested", "alice") in events
+
+
+TASK = """\
+import torch
+
+
+def build_model():
+    return torch.nn.Linear(64, 10)
+
+
+def load_data(site, num_sites):
+    x = torch.zeros(8, 64)
+    y = torch.zeros(8, dtype=torch.long)
+    return (x, y), (x, y)
+"""
+
+
+def _run(task: Path) -> str:
+    return f"task: {task}\nrounds: 1\nmin_clients: 2\njoin_timeout: 1\nmonitoring: none\n"
+
+
+def test_a_run_whose_task_fails_as_it_opens_leaves_nothing_open(tmp_path: Path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "def build_model():\n    raise RuntimeError('boom')\n\n\ndef load_data(s, n):\n    pass\n"
+    )
+    with _federation(tmp_path / "fed") as fed:
+        queue = RunQueue(fed.settings.root)
+        queue.submit(_run(bad), task=str(bad), by="root")
+        failed = _wait(lambda: (r := queue.get(1)).state == "failed" and r, "the run to fail")
+        assert "boom" in failed.message
+        with grpc.insecure_channel(fed.address) as channel:  # no offer, no registration
+            assert not pb_grpc.FederationStub(channel).Offer(pb.OfferRequest(), timeout=10).open
+            with pytest.raises(grpc.RpcError) as caught:
+                _register(channel, "")
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_run_starts_only_on_the_code_it_was_submitted_with_and_allowed(tmp_path: Path):
+    task = tmp_path / "task.py"
+    task.write_text(TASK)
+    digest = source_digest(str(task))
+    with _federation(tmp_path / "fed", allowed=(digest,)) as fed:
+        queue = RunQueue(fed.settings.root)
+        # the file changed between submission and start (or another cwd resolved it)
+        queue.submit(_run(task), task=str(task), by="root", task_digest="0" * 64)
+        changed = _wait(lambda: (r := queue.get(1)).state == "failed" and r, "a refusal")
+        assert "its code changed since the run was submitted" in changed.message
+        other = tmp_path / "other.py"
+        other.write_text(TASK + "\n# another task\n")
+        queue.submit(_run(other), task=str(other), by="root")
+        refused = _wait(lambda: (r := queue.get(2)).state == "failed" and r, "a refusal")
+        assert "does not run (fedops serve --allowed-task)" in refused.message
+        assert not (fed.settings.root / "runs" / "run-0002" / "state.sqlite").exists()

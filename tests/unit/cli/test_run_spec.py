@@ -51,7 +51,19 @@ def test_sections_may_be_nested_as_in_the_simulator():
         ("rounds: 2\n", "task: a standing federation's run names its task"),
         ("- task\n", "a mapping of the coordinator's flags"),
         ("task: [unclosed\n", "not YAML"),
-        ("task: digits\nclient: {epochs: {a: 1}}\n", "client.epochs: a mapping"),
+        ("task: digits\nclient: {epochs: {a: 1}}\n", "client.epochs: a plain value"),
+        # serve-owned flags by another spelling (red team, issue 20): abbreviations argparse
+        # would accept, a key carrying its own value, help
+        ("task: digits\nmetrics_p: 9101\n", "metrics_p: not a setting of a run"),
+        ("task: digits\ninsec: true\n", "insec: not a setting of a run"),
+        ("task: digits\n'metrics_port=9100': true\n", "keys are the coordinator's flag names"),
+        ("task: digits\nhelp: true\n", "help: set by `fedops serve`"),
+        ("task: digits\nMIN_CLIENTS: 3\n", "keys are the coordinator's flag names"),
+        # a few hundred bytes that expand to gigabytes, and lists past any flag's use
+        ("a: &a [1, 1]\nb: &b [*a, *a]\ntask: digits\nepochs: *b\n", "anchors and aliases"),
+        ("task: digits\nepochs: [" + ", ".join(["1"] * 40) + "]\n", "at most 32 values"),
+        ("task: digits\n# " + "x" * 70_000 + "\n", "at most 65536 bytes"),
+        ("task: !!python/name:os.system\n", "not YAML"),
         ("1: 2\n", "keys are the coordinator's flag names"),
     ],
 )

@@ -27,6 +27,8 @@ def _offer(**changes: object) -> pb.RunOffer:
         run_id="a1b2c3",
         task="digits",
         task_digest="",
+        partition="dirichlet",
+        alpha=0.5,
         train=pb.TrainSettings(epochs=2, batch_size=16, lr=0.1, optimizer="sgd"),
         privacy="local",
         epsilon=1.0,
@@ -51,6 +53,8 @@ def _decide(offer: pb.RunOffer, tmp_path: Path, **policy: object) -> str | None:
 def test_an_offer_within_the_policy_is_taken(tmp_path: Path):
     assert _decide(_offer(), tmp_path) is None
     assert _decide(_offer(task="mine.py", task_digest="ab" * 32), tmp_path) is None
+    # the same code under another path on the coordinator's host: matched by its digest
+    assert _decide(_offer(task="/srv/tasks/theirs.py", task_digest="ab" * 32), tmp_path) is None
 
 
 @pytest.mark.parametrize(
@@ -61,6 +65,10 @@ def test_an_offer_within_the_policy_is_taken(tmp_path: Path):
         ({"task": "mine.py", "task_digest": ""}, "not the same code"),
         ({"run_id": "../../home"}, "not a plain name"),
         ({"run_id": ""}, "not a plain name"),
+        ({"partition": "../../etc/passwd"}, "not iid or dirichlet"),
+        ({"alpha": math.nan}, "alpha nan"),
+        ({"alpha": 0.0}, "alpha 0.0"),
+        ({"data_seed": -1}, "data_seed -1"),
         ({"run_id": "x" * 65}, "not a plain name"),
         (
             {"train": pb.TrainSettings(epochs=10**9, batch_size=16, lr=0.1, optimizer="sgd")},

@@ -47,18 +47,17 @@ def test_even_a_refused_task_ends_the_initial_phase() -> None:
     assert guard.refusal(_task(pb.TASK_KIND_SEND_INITIAL), RUN) != ""
 
 
-def test_secure_aggregation_for_another_run_is_refused_naming_both() -> None:
+@pytest.mark.parametrize(
+    "kind",
+    [pb.TASK_KIND_SECAGG, pb.TASK_KIND_FIT, pb.TASK_KIND_EVALUATE, pb.TASK_KIND_SEND_INITIAL],
+)
+def test_a_task_for_another_run_is_refused_naming_both(kind: int) -> None:
+    """A coordinator that relabels tasks with new run ids would start the site's per-run
+    ε, its monitoring binning and its anchors afresh each time (red team, issue 20)."""
     guard = TaskGuard(require_secagg=False)
-    reason = guard.refusal(_task(pb.TASK_KIND_SECAGG, run_id="run-B"), RUN)
-    assert reason == (
-        "secure aggregation: the task names run 'run-B', but this site registered for run 'run-A'"
-    )
-
-
-def test_only_secure_aggregation_is_checked_against_the_run() -> None:
-    guard = TaskGuard(require_secagg=False)
-    assert guard.refusal(_task(pb.TASK_KIND_FIT, run_id="run-B"), RUN) == ""
-    assert guard.refusal(_task(pb.TASK_KIND_EVALUATE, run_id="run-B"), RUN) == ""
+    reason = guard.refusal(_task(kind, run_id="run-B"), RUN)
+    assert reason == "the task names run 'run-B', but this site registered for run 'run-A'"
+    assert guard.refusal(_task(kind, run_id=RUN), RUN) == ""
 
 
 def test_require_secagg_refuses_plain_training_but_not_secure_aggregation() -> None:
