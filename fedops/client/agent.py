@@ -93,6 +93,7 @@ class Agent:
     ) -> None:
         self.cfg = cfg
         self.run_id = run_id  # a standing site's accepted run: it registers for that one only
+        self.ended = ""  # the coordinator's word on how the run ended (SHUTDOWN's message)
         self.site = site
         self.kit = kit
         self.channel = dial(cfg.coordinator, kit)
@@ -307,6 +308,7 @@ class Agent:
             "pull", lambda: self.stub.PullTask(request, timeout=self.cfg.poll_wait_s + 15)
         )
         if task.kind == pb.TASK_KIND_SHUTDOWN:
+            self.ended = task.message[:200] or "shutdown"  # how the run ended, as told
             then = "leaving the run" if self.run_id else "exiting"
             log.info("coordinator says: %s; %s", task.message or "shutdown", then)
             self.trail.finished(task, self.checks.head(task))

@@ -211,4 +211,4 @@ class StandingSite:
             return f"over: {exc}"
         except (CoordinatorRefused, PolicyViolation) as exc:
             return f"refused: {exc}"
-        return "finished"
+        return f"finished ({agent.ended})" if agent.ended else "finished"

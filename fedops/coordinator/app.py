@@ -149,7 +149,7 @@ def run_coordinator(
         log.info("waiting for an admin's `fedops admin start` before round 1")
 
     def stop(status: str) -> None:
-        transport.close(grace_s=5.0 if status == "completed" else 0.5)
+        transport.close(grace_s=5.0 if status == "completed" else 0.5, status=status)
         host.close(status)
         throttle.flush()  # counts not yet written, while the store is open
         metrics.close()

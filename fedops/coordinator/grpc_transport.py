@@ -105,6 +105,7 @@ class GrpcTransport:
         self._node_uploads = PeerSlots(UPLOADS_PER_NODE, "uploads of this node")
         self._events: queue.Queue[Event] = queue.Queue()
         self._closed = False
+        self._ended = "the run is complete"  # what SHUTDOWN says (close: how the run ended)
         self._round = 0
         self._task_counter = 0
         self._last_dispatched: tuple[Params, str] | None = None
@@ -272,10 +273,12 @@ class GrpcTransport:
                 break
         raise TimeoutError(f"no client sent an initial model within {timeout_s:.0f} s")
 
-    def close(self, grace_s: float = 5.0) -> None:
-        """Answer every poll with SHUTDOWN; wait (bounded) until nodes have heard it."""
+    def close(self, grace_s: float = 5.0, status: str = "completed") -> None:
+        """Answer every poll with SHUTDOWN (saying how the run ended); wait (bounded) until
+        nodes have heard it."""
         with self._cond:
             self._closed = True
+            self._ended = "the run is complete" if status == "completed" else f"the run {status}"
             self._post(None)
         deadline = time.monotonic() + grace_s
         while self.registry.node_ids(polled=True) and time.monotonic() < deadline:
@@ -310,9 +313,7 @@ class GrpcTransport:
                 self._cond.notify_all()  # one more node available: wake wait_for_nodes
             if self._closed:
                 self.registry.remove(request.node_id)
-                done = pb.Task(
-                    kind=pb.TASK_KIND_SHUTDOWN, run_id=self.run_id, message="the run is complete"
-                )
+                done = pb.Task(kind=pb.TASK_KIND_SHUTDOWN, run_id=self.run_id, message=self._ended)
                 head = self.audit_head() if self.audit_head is not None else None
                 if head is not None and head[0] >= 0:  # anchors the log to its end
                     done.coordinator_audit.seq, done.coordinator_audit.hash = head

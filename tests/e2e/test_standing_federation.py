@@ -129,8 +129,8 @@ def test_standing_sites_take_two_runs_across_a_coordinator_kill(tmp_path: Path) 
         for site in (0, 1):
             left = _events(tmp_path / f"site{site}", "run_left")
             assert [(e["run_id"], e["outcome"]) for e in left] == [
-                (first["run_id"], "finished"),
-                (second["run_id"], "finished"),
+                (first["run_id"], "finished (the run is complete)"),
+                (second["run_id"], "finished (the run is complete)"),
             ]
             # each run trained with its own settings at the site, recorded in its journal
             per_run = tmp_path / f"site{site}" / "runs" / second["run_id"]
