@@ -33,7 +33,7 @@ def _run_tool(args: argparse.Namespace) -> int:
         from fedops.coordinator.admin import admin_command
 
         return admin_command(
-            args.verb, args.kit, args.coordinator, args.reason, args.ca_fingerprint
+            args.verb, args.kit, args.coordinator, args.reason, args.ca_fingerprint, args.run_id
         )
     if args.command == "consortium":
         from fedops.consortium import commands
@@ -204,11 +204,18 @@ def _run_standing(cfg: Any, kit: Any, policy: Any) -> int:
 
 
 def _run_agent(cfg: Any, site: Any, kit: Any, policy: Any) -> int:
-    from fedops.client.agent import Agent, CoordinatorRefused, CoordinatorUnreachable
+    from fedops.client.agent import Agent, CoordinatorRefused, CoordinatorUnreachable, RunOver
     from fedops.tasks.site_policy import PolicyViolation
 
     try:
         return Agent(cfg, site, kit=kit, policy=policy).run()
+    except RunOver as exc:
+        print(
+            f"fedops client: error: this agent joined one run and the coordinator now serves "
+            f"another ({exc}); start it again to join that run (or run it with --standing)",
+            file=sys.stderr,
+        )
+        return 1
     except (CoordinatorUnreachable, CoordinatorRefused, PolicyViolation) as exc:
         print(f"fedops client: error: {exc}", file=sys.stderr)
         return 1

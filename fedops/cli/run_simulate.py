@@ -11,16 +11,18 @@ coordinator's rules first, so it is refused here exactly as ``fedops run submit`
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import yaml
-
-from fedops.cli.run_spec import parse_run_spec, run_flags
+from fedops.cli.run_spec import load_run_file, parse_run_spec, run_flags
 from fedops.config import SECTIONS, flag_of, flagged
 from fedops.runtime.run_queue import SpecError
 from fedops.runtime.schema_table import DEPLOYMENT_ONLY, SAME_SETTING
+
+#: a value Hydra takes literally in an override
+PLAIN = re.compile(r"[A-Za-z0-9._+/:@-]{1,500}")
 
 
 def _keys_of_flags() -> dict[str, str]:
@@ -40,13 +42,18 @@ def simulate_overrides(text: str) -> tuple[list[str], dict[str, str]]:
     keys = _keys_of_flags()
     overrides: list[str] = []
     skipped: dict[str, str] = {}
-    for flag, value in _pairs(run_flags(yaml.safe_load(text))):
+    for flag, value in _pairs(run_flags(load_run_file(text))):
         key = keys.get(flag)
         if key is None:
             skipped[flag.removeprefix("--").replace("-", "_")] = DEPLOYMENT_ONLY.get(
                 flag, "a deployment's setting"
             )
             continue
+        if not PLAIN.fullmatch(value):  # Hydra reads ${...}, a,b, [..] and quotes itself
+            raise SpecError(
+                f"{key}: {value[:60]!r}: fedops run simulate takes plain values only "
+                "(letters, digits and . _ - + / : @)"
+            )
         overrides.append(f"{key}={value}")
     return overrides, skipped
 

@@ -43,11 +43,16 @@ SERVE_OWNED = (
     "max_workers",
     "verbose",
     "help",
+    # the serve host would call the endpoint a run file names, as the run opens
+    "mlflow_uri",
+    "mlflow_experiment",
 )
 #: a key is a flag's name, lowercase (``min_clients`` or ``min-clients``), nothing else
 KEY = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 #: the most items a list value may hold (a repeatable flag's values)
 MAX_LIST = 32
+#: the deepest a run file nests (a section's mapping is 2)
+MAX_DEPTH = 4
 
 
 def parse_run_spec(
@@ -94,12 +99,17 @@ def load_run_file(text: str) -> Mapping[str, Any]:
     if len(text.encode()) > MAX_SPEC_BYTES:
         raise SpecError(f"a run file is at most {MAX_SPEC_BYTES} bytes")
     try:
+        depth = 0
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
                 raise SpecError("anchors and aliases (& and *) are not accepted in a run file")
+            depth += isinstance(event, yaml.CollectionStartEvent)
+            depth -= isinstance(event, yaml.CollectionEndEvent)
+            if depth > MAX_DEPTH:
+                raise SpecError(f"a run file nests at most {MAX_DEPTH} levels")
         values = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"not YAML: {exc}") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: int() limits
+        raise SpecError(f"not YAML: {str(exc)[:300]}") from None
     if not isinstance(values, Mapping):
         raise SpecError("a run's settings are a mapping of the coordinator's flags (task: ...)")
     return values
@@ -151,6 +161,8 @@ def _flag(key: str, flag: str, value: Any) -> list[str]:
             raise SpecError(f"{key}: a plain value is expected here")
         if not isinstance(item, (str, int, float)):
             raise SpecError(f"{key}: {type(item).__name__} is not a setting's value")
+        if isinstance(item, int) and not -(2**63) <= item < 2**63:
+            raise SpecError(f"{key}: {str(item)[:30]}... is out of range")
     return [part for item in items for part in (flag, str(item))]
 
 

@@ -177,6 +177,12 @@ def _admin_parser(sub: Any) -> None:
     )
     admin.add_argument("verb", choices=("status", "start", "stop"))
     admin.add_argument(
+        "--run-id",
+        default="",
+        help="the run meant (its id, as status shows it): refused if another run is served "
+        "now, as a standing federation (fedops serve) switches runs",
+    )
+    admin.add_argument(
         "--kit", type=Path, required=True, help="an admin's kit (observers: status only)"
     )
     admin.add_argument(

@@ -94,6 +94,7 @@ class Agent:
         self.cfg = cfg
         self.run_id = run_id  # a standing site's accepted run: it registers for that one only
         self.ended = ""  # the coordinator's word on how the run ended (SHUTDOWN's message)
+        self.tasks_seen = 0  # tasks of the run this agent was given (not WAIT or SHUTDOWN)
         self.site = site
         self.kit = kit
         self.channel = dial(cfg.coordinator, kit)
@@ -244,6 +245,9 @@ class Agent:
             raise
         if self.run_id and reply.run_id != self.run_id:  # never train for a run not accepted
             raise RunOver(f"the coordinator serves run {reply.run_id[:40]!r}, not {self.run_id}")
+        # pinned from the first registration on: a coordinator that answers a later one with
+        # another run would start this site's per-run ε, binning and anchors afresh
+        self.run_id = reply.run_id
         log.info(
             "registered with %s as %s (run %s)", self.cfg.coordinator, reply.node_id, reply.run_id
         )
@@ -315,6 +319,7 @@ class Agent:
             return False
         if task.kind == pb.TASK_KIND_WAIT:
             return True
+        self.tasks_seen += 1
         tasks = self._task_handler()
         if not tasks.allows(task):
             return self.policy.consents()  # consent withdrawn: this site leaves the run

@@ -176,7 +176,7 @@ class StandingSite:
         self._counted += 1
         while len(self.decided) > MAX_REMEMBERED:
             self.decided.popitem(last=False)
-        refused = outcome.startswith(("declined", "over", "refused"))
+        refused = outcome.startswith(("declined", "over", "refused", "empty"))
         self._pause = min(MAX_PAUSE_S, self._pause * 2) if refused else OFFER_POLL_S
 
     def _take_part(self, offer: pb.RunOffer) -> str:
@@ -211,4 +211,7 @@ class StandingSite:
             return f"over: {exc}"
         except (CoordinatorRefused, PolicyViolation) as exc:
             return f"refused: {exc}"
-        return f"finished ({agent.ended})" if agent.ended else "finished"
+        ended = f" ({agent.ended})" if agent.ended else ""
+        if not agent.tasks_seen:  # a run that asked nothing: offered again and again, it pauses
+            return f"empty: the run ended without a task for this site{ended}"
+        return f"finished{ended}"

@@ -53,14 +53,23 @@ def admin_handler(
         caller(context, "Status")
         return status()
 
+    def meant(request: pb.AdminRequest, context: grpc.ServicerContext) -> None:
+        if request.run_id and request.run_id != run_id:  # the run switched under the caller
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"run {request.run_id[:64]!r} is not the run served now ({run_id})",
+            )
+
     def on_start(request: pb.AdminRequest, context: grpc.ServicerContext) -> pb.RunStatus:
         name = caller(context, "Start")
+        meant(request, context)
         changed = control.start()
         audit("admin_start", {"caller": name, "reason": request.reason[:500], "changed": changed})
         return status("started" if changed else "already started")
 
     def on_stop(request: pb.AdminRequest, context: grpc.ServicerContext) -> pb.RunStatus:
         name = caller(context, "Stop")
+        meant(request, context)
         reason = f"{name}: {request.reason[:500] or 'no reason given'}"
         changed = control.stop(reason)
         audit("admin_stop", {"caller": name, "reason": request.reason[:500], "changed": changed})
@@ -133,6 +142,7 @@ def admin_command(
     coordinator: str | None,
     reason: str,
     ca_fingerprint: str | None = None,
+    run_id: str = "",
 ) -> int:
     """``fedops admin start|stop|status``: one call with the admin's (or observer's) kit."""
     try:
@@ -148,7 +158,7 @@ def admin_command(
             response_deserializer=pb.RunStatus.FromString,
         )
         try:
-            reply = call(pb.AdminRequest(reason=reason), timeout=15)
+            reply = call(pb.AdminRequest(reason=reason, run_id=run_id), timeout=15)
         except grpc.RpcError as exc:
             print(f"fedops admin: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1

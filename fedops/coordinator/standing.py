@@ -111,6 +111,10 @@ class StandingHost:
 
     def serve(self, run: ServedRun) -> str:
         fed = self._federation
+        loaded = run.task.digest if run.task is not None else ""
+        if self._entry.task_digest and loaded != self._entry.task_digest:  # read once more
+            raise SpecError("task: its code changed between the checks and the load")
+        fed.check_allowed(run.cfg.task or "", loaded)
         gate = kit_gate(run.transport, run.kit) if run.kit is not None else None
         fed.coordinator.open(coordinator_service(run.transport, fed.server, gate=gate))
         if gate is not None:
@@ -201,13 +205,16 @@ class Federation:
             digest = source_digest(task)
         except (TaskError, OSError) as exc:
             raise SpecError(f"task: {exc}") from None
+        self.check_allowed(task, digest)
+        return digest
+
+    def check_allowed(self, task: str, digest: str) -> None:
         allowed = self.settings.allowed_tasks
         if digest and allowed and digest not in allowed:
             raise SpecError(
                 f"task: {task[:200]!r} has digest {digest}, which this federation does not "
                 "run (fedops serve --allowed-task)"
             )
-        return digest
 
     def _stop_running(self, seq: int, reason: str) -> bool:
         host, entry = self._host, self._open
@@ -277,6 +284,10 @@ class Federation:
         except KeyboardInterrupt:
             raise  # left "running": a restarted serve process resumes it
         except Exception as exc:  # one run's failure must not end the federation
+            asked = host.control.stop_reason if host.control is not None else None
+            if asked:  # stopped while it waited for its sites: the stop is why it ended
+                self._finish(entry, "stopped", f"{asked} ({type(exc).__name__}: {exc})")
+                return
             log.exception("%s failed", entry.id)
             self._finish(entry, "failed", f"{type(exc).__name__}: {exc}")
             return
@@ -290,11 +301,18 @@ class Federation:
         self._finish(entry, state.get(status, "failed"), str(summary.get("stop_reason", "")))
 
     def _watch_stop(self, seq: int, done: threading.Event) -> None:
-        """A stop asked through the serve root (``fedops run stop --root``) reaches the run."""
+        """A stop asked through the serve root (``fedops run stop --root``) reaches the run;
+        one asked of the run itself (``fedops admin stop``) reaches the queue, so a serve
+        process killed before the run ends does not resume it."""
         while not done.wait(self.settings.poll_s):
             reason = self.queue.get(seq).stop_requested
             if reason:
                 self._stop_running(seq, reason)
+                return
+            host = self._host
+            asked = host.control.stop_reason if host and host.control else None
+            if asked:
+                self.queue.stop(seq, asked)
                 return
 
     def _finish(self, entry: QueuedRun, state: str, message: str) -> None:

@@ -39,6 +39,11 @@ class RunControl:
             return "stopping"
         return "running" if self._started.is_set() else "waiting_for_start"
 
+    @property
+    def stop_reason(self) -> str | None:
+        """Why a stop was asked for (None: none was)."""
+        return self._stop_reason
+
     def start(self) -> bool:
         """Let the rounds begin; False if the run was already started."""
         already = self._started.is_set()

@@ -342,6 +342,12 @@ class ClientConfig(TaskOptions):
             f"must be > 0, got {self.max_run_epsilon}",
         )
         _require(
+            self.max_run_epsilon is None or (self.standing and self.max_epsilon is not None),
+            "max_run_epsilon",
+            "a standing site's per-run budget: pass --standing, and --max-epsilon to bound "
+            "the sum over every run (new runs each bring a fresh per-run allowance)",
+        )
+        _require(
             self.dp_delta is None or (math.isfinite(self.dp_delta) and 0 < self.dp_delta < 1),
             "dp_delta",
             f"must be in (0, 1), got {self.dp_delta}",

@@ -473,10 +473,12 @@ class SiteReport(_message.Message):
     def __init__(self, drift: _Optional[_Iterable[_Union[DriftStatistic, _Mapping]]] = ..., histograms: _Optional[_Iterable[_Union[Histogram, _Mapping]]] = ..., fairness: _Optional[_Iterable[_Union[GroupConfusion, _Mapping]]] = ...) -> None: ...
 
 class AdminRequest(_message.Message):
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "run_id")
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     reason: str
-    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, reason: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class RunStatus(_message.Message):
     __slots__ = ("run_id", "state", "round", "rounds_planned", "sites", "message")

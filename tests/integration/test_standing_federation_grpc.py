@@ -24,7 +24,7 @@ from fedops.consortium.kits import init_consortium
 from fedops.consortium.tls import channel_credentials
 from fedops.coordinator.standing import Federation, ServeSettings
 from fedops.runtime.audit.log_file import LOG_NAME
-from fedops.runtime.run_queue import RunQueue
+from fedops.runtime.run_queue import FINAL, RunQueue
 from fedops.tasks.loader import source_digest
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
@@ -240,3 +240,28 @@ def test_a_run_starts_only_on_the_code_it_was_submitted_with_and_allowed(tmp_pat
         refused = _wait(lambda: (r := queue.get(2)).state == "failed" and r, "a refusal")
         assert "does not run (fedops serve --allowed-task)" in refused.message
         assert not (fed.settings.root / "runs" / "run-0002" / "state.sqlite").exists()
+
+
+def test_an_admin_stop_names_its_run_and_reaches_the_queue(tmp_path: Path, consortium: Path):
+    waiting = FAILING_RUN.replace("join_timeout: 1", "join_timeout: 4")
+    with _federation(tmp_path / "fed", kit=consortium / "hub") as fed:
+        admin_channel, admin = _stub(fed, consortium / "alice")
+        with admin_channel:
+            admin.Submit(pb.RunSubmit(config_yaml=waiting), timeout=10)
+            offer = _wait(
+                lambda: (o := admin.Offer(pb.OfferRequest(), timeout=10)).open and o, "open"
+            )
+            call = admin_channel.unary_unary(
+                "/fedops.v1.Admin/Stop",
+                request_serializer=pb.AdminRequest.SerializeToString,
+                response_deserializer=pb.RunStatus.FromString,
+            )
+            with pytest.raises(grpc.RpcError) as caught:  # meant for a run no longer open
+                call(pb.AdminRequest(reason="x", run_id="an-earlier-run"), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            call(pb.AdminRequest(reason="wrong data", run_id=offer.run_id), timeout=10)
+            queue = RunQueue(fed.settings.root)
+            asked = _wait(lambda: queue.get(1).stop_requested, "the stop in the queue")
+            assert "alice: wrong data" in asked  # a killed serve process will not resume it
+            ended = _wait(lambda: (r := queue.get(1)).state in FINAL and r, "the run to end")
+            assert ended.state == "stopped"

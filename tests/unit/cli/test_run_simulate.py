@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fedops.cli.run_simulate import simulate_overrides
 from fedops.cli.run_spec import parse_run_spec
@@ -44,3 +45,13 @@ def test_a_run_file_the_federation_refuses_is_refused_here_too():
         simulate_overrides("task: digits\nepochs: x\n")
     with pytest.raises(SpecError, match="address: set by `fedops serve`"):
         simulate_overrides("task: digits\naddress: 127.0.0.1:1\n")
+
+
+@pytest.mark.parametrize("name", ["${oc.env:HOME}.py", "a,b.py", "[1,2].py", "a=b.py", "it's.py"])
+def test_values_hydra_would_read_as_syntax_are_refused(tmp_path: Path, name: str):
+    """A value the federation takes literally (a task file's path) must not become Hydra
+    syntax (an interpolation, a sweep, a list) in the simulation (red team, issue 20)."""
+    task = tmp_path / name
+    task.write_text("def build_model():\n    pass\n\n\ndef load_data(s, n):\n    pass\n")
+    with pytest.raises(SpecError, match="plain values only"):
+        simulate_overrides(yaml.safe_dump({"task": str(task)}))

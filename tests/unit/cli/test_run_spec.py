@@ -64,6 +64,10 @@ def test_sections_may_be_nested_as_in_the_simulator():
         ("task: digits\nepochs: [" + ", ".join(["1"] * 40) + "]\n", "at most 32 values"),
         ("task: digits\n# " + "x" * 70_000 + "\n", "at most 65536 bytes"),
         ("task: !!python/name:os.system\n", "not YAML"),
+        ("task: digits\nmlflow_uri: http://10.0.0.1/x\n", "mlflow_uri: set by `fedops serve`"),
+        ("task: digits\nrounds: " + "9" * 40 + "\n", "rounds: 9+... is out of range"),
+        ("task: digits\nrounds: " + "9" * 5000 + "\n", "not YAML"),
+        ("task: digits\nx: " + "[" * 3000 + "\n", "not YAML|nests at most"),
         ("1: 2\n", "keys are the coordinator's flag names"),
     ],
 )

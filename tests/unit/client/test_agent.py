@@ -36,7 +36,7 @@ from fedops.consortium.kit import Kit
 from fedops.core.monitoring.profile import ReportLimits
 from fedops.core.secagg.policy import SecAggPolicy
 from fedops.core.training import TrainConfig
-from fedops.runtime.settings import ClientConfig
+from fedops.runtime.settings import ClientConfig, ConfigError
 from fedops.tasks import load_task
 from fedops.tasks.site import Site
 from fedops.v1 import fedops_pb2 as pb
@@ -402,3 +402,28 @@ def test_a_standing_site_registers_only_for_the_run_it_accepted(site: Site) -> N
     finally:
         agent.channel.close()
         agent.trail.close()
+
+
+def test_a_plain_agent_is_pinned_to_the_run_of_its_first_registration(site: Site) -> None:
+    """A coordinator answering a later registration with another run would start the
+    site's per-run state afresh (red team, issue 20)."""
+    agent = Agent(_cfg(), site)
+    try:
+        first = pb.RegisterResponse(node_id="n", token="t", run_id="run-1")
+        agent.stub = _Registrar(first)  # type: ignore[assignment]
+        agent._register()
+        later = pb.RegisterResponse(node_id="n", token="t", run_id="run-2")
+        agent.stub = _Registrar(later)  # type: ignore[assignment]
+        with pytest.raises(RunOver, match="serves run 'run-2', not run-1"):
+            agent._register()
+        assert agent.stub.asked[0].run_id == "run-1"  # type: ignore[attr-defined]
+    finally:
+        agent.channel.close()
+        agent.trail.close()
+
+
+def test_a_per_run_budget_needs_a_standing_site_and_a_total_budget() -> None:
+    with pytest.raises(ConfigError, match="max_run_epsilon"):
+        ClientConfig(task="digits", max_run_epsilon=1.0, max_epsilon=5.0)
+    with pytest.raises(ConfigError, match="max_run_epsilon"):
+        ClientConfig(standing=True, tasks=("digits",), run_dir=Path("x"), max_run_epsilon=1.0)

@@ -101,3 +101,12 @@ def test_a_crafted_split_is_declined_before_any_data_is_read(tmp_path: Path, alp
     site = _site(tmp_path, _Offers(lambda n: offer), stop_after=2, make_site=never)
     site.run()
     assert site.decided == {"run-a": "declined"}
+
+
+def test_runs_that_ask_nothing_meet_the_same_growing_pause(tmp_path: Path):
+    site = _site(tmp_path, _Offers(lambda n: _offer(f"run-{n}")), stop_after=1)
+    for n in range(10):
+        site._decided(f"run-{n}", "empty: the run ended without a task for this site")
+    assert site._pause == MAX_PAUSE_S
+    site._decided("run-x", "finished (the run is complete)")
+    assert site._pause == OFFER_POLL_S

@@ -66,7 +66,16 @@ def test_the_queue_is_bounded_in_runs_and_in_bytes(tmp_path: Path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name", ["run-", "run-x", "job-0001", "../run-0001", "run-1234567890", "run-²", "run-٠٠٠١"]
+    "name",
+    [
+        "run-",
+        "run-x",
+        "job-0001",
+        "../run-0001",
+        "run-1234567890",
+        "run-²",
+        "run-\u0660\u0660\u0660\u0661",
+    ],
 )
 def test_only_queue_names_are_runs(name: str):
     with pytest.raises(QueueError, match="not a run of this queue"):
