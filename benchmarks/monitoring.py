@@ -15,6 +15,12 @@
     ``summarize`` of 20 reports (pooled drift, fairness, alerts).
 (c) The audit log: appends per second with and without fsync (each append also rewrites the
     signed head file), and verification speed in entries per second.
+(d) The 1000-client LR run of issue 22 ("every workload on the fast path"): ``+scenario=
+    fleet_1000`` (Synthetic(1,1), 1000 clients, logistic regression, every client every round)
+    on the default (vectorized) backend, ``monitoring=none`` against ``monitoring=default``,
+    paired as (a). Goal: the monitored round <= 1.5x the round without monitoring.
+
+    python benchmarks/monitoring.py --fleet-only   # (d) alone, 3 pairs of 6 rounds (~1 min)
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from harness import (
     add_json_flag,
@@ -52,15 +59,36 @@ def _durations(run_dir: Path) -> list[float]:
 
 
 def round_cost(rounds: int, pairs: int, work: Path) -> dict[str, float]:
+    return _paired(
+        lambda mode: _config(f"monitoring={mode}", f"rounds={rounds}", "simulation.threads=1"),
+        pairs,
+        work / "hospital",
+    )
+
+
+def fleet_cost(rounds: int, pairs: int, work: Path) -> dict[str, float]:
+    from fedops.runtime.simulate_settings import validate
+
+    return _paired(
+        lambda mode: validate(
+            compose_simulate(["+scenario=fleet_1000", f"monitoring={mode}", f"rounds={rounds}"])
+        ),
+        pairs,
+        work / "fleet",
+    )
+
+
+def _paired(config: Callable[[str], Any], pairs: int, work: Path) -> dict[str, float]:
+    """Runs without and with monitoring, alternating; each round (from the second) paired
+    with the same round of the run before it (same seed: same clients, same model)."""
     from fedops.simulation.engine import run_simulation
 
     off, on, ratios = [], [], []
     for i in range(pairs):
         runs = {}
         for mode in ("none", "default"):
-            cfg = _config(f"monitoring={mode}", f"rounds={rounds}", "simulation.threads=1")
             run_dir = work / f"{mode}-{i}"
-            run_simulation(cfg, run_dir)
+            run_simulation(config(mode), run_dir)
             runs[mode] = _durations(run_dir)[1:]
         off += runs["none"]
         on += runs["default"]
@@ -135,16 +163,39 @@ def main() -> None:
     parser = make_parser(__doc__)
     add_quick_flag(parser)
     add_json_flag(parser)
+    parser.add_argument("--fleet-only", action="store_true", help="(d) alone")
     args = parser.parse_args()
     rounds, pairs, reps, entries = (4, 1, 10, 300) if args.quick else (6, 3, 30, 2000)
     import logging
 
     logging.disable(logging.WARNING)  # the shifted sites' alerts, every round
+    out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        cost = round_cost(rounds, pairs, work)
-        split = parts(reps)
-        audit = audit_rates(entries, work)
+        if not args.fleet_only:
+            cost = round_cost(rounds, pairs, work)
+            split = parts(reps)
+            audit = audit_rates(entries, work)
+            _print_abc(rounds, pairs, reps, cost, split, audit)
+            out |= {**cost, **split, **audit}
+        fleet = fleet_cost(rounds, pairs, work)
+    print(
+        f"(d) fleet_1000, 1000 clients, LR, vectorized backend, rounds 2..{rounds}, {pairs} pairs"
+    )
+    print(f"    monitoring=none     {fleet['off_s']:.3f} s/round")
+    print(f"    monitoring=default  {fleet['on_s']:.3f} s/round   ratio {fleet['ratio']:.3f}x")
+    if args.json:
+        write_json(args.json, {**out, **{f"fleet_{k}": v for k, v in fleet.items()}}, end="\n")
+
+
+def _print_abc(
+    rounds: int,
+    pairs: int,
+    reps: int,
+    cost: dict[str, float],
+    split: dict[str, float],
+    audit: dict[str, float],
+) -> None:
     print(f"(a) hospital_drift, 20 sites, sequential backend, rounds 2..{rounds}, {pairs} pairs")
     print(f"    monitoring=none     {cost['off_s']:.3f} s/round")
     print(f"    monitoring=default  {cost['on_s']:.3f} s/round   ratio {cost['ratio']:.3f}x")
@@ -154,8 +205,6 @@ def main() -> None:
     print("(c) audit log")
     for key, value in audit.items():
         print(f"    {key:<28} {value:10.0f}")
-    if args.json:
-        write_json(args.json, {**cost, **split, **audit}, end="\n")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -151,11 +152,23 @@ def check_params_match(expected: Sequence[TensorSpec], params: Mapping[str, np.n
     """
     if len(params) == len(expected):
         for (name, arr), spec in zip(params.items(), expected, strict=True):
-            if name != spec.name or arr.shape != spec.shape or arr.dtype.name != spec.dtype:
+            if name != spec.name or arr.shape != spec.shape or dtype_name(arr.dtype) != spec.dtype:
                 break
         else:
             return
     check_specs_match(expected, specs_of(params))
+
+
+_DTYPE_NAMES: dict[np.dtype[Any], str] = {}
+
+
+def dtype_name(dtype: np.dtype[Any]) -> str:
+    """``dtype.name``, remembered: numpy builds the name anew on every access (3.4 µs, more
+    than the rest of :func:`check_params_match`; 100,000 updates a round took 0.7 s)."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = dtype.name
+    return name
 
 
 def check_finite(params: Mapping[str, np.ndarray]) -> None:

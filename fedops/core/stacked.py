@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedops.core.batch_plans import StepPlan, step_major
 from fedops.core.params import Params
 from fedops.core.schedule import ClientJob, VectorConfig
 
@@ -133,40 +134,10 @@ def train_stacked(
     return [r for r in results if r is not None]
 
 
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """Every step's minibatches, step-major: step t holds the first ``active[t]`` clients."""
-
-    rows: torch.Tensor  # [sum of steps, batch] row indices into x (the client's first where padded)
-    weights: torch.Tensor  # [sum of steps, batch] 1/len(minibatch), 0 where padded
-    owner: np.ndarray  # [sum of steps] client slot of each entry
-    lengths: np.ndarray  # [sum of steps] rows in each minibatch
-    active: list[int]  # clients still training at each step
-    offsets: list[int]  # where each step's entries start
-
-
-def batch_plan(jobs: Sequence[ClientJob], steps: np.ndarray, batch: int) -> _Plan:
-    """Every client's minibatches (:meth:`ClientJob.batches`), rearranged step-major."""
-    drawn = [job.batches(batch) for job in jobs]
-    rows = np.concatenate([r for r, _ in drawn])
-    lengths = np.concatenate([n for _, n in drawn])
-    total = int(steps[0]) if len(steps) else 0
-    active = len(steps) - np.searchsorted(steps[::-1], np.arange(total), side="right")
-    starts = np.concatenate([[0], np.cumsum(active)])
-    step_of = np.repeat(np.arange(total), active)
-    slot = np.arange(len(step_of)) - np.repeat(starts[:-1], active)
-    position = np.concatenate([[0], np.cumsum(steps)])[slot] + step_of
-    lengths = lengths[position]
-    filled = np.arange(batch)[None, :] < lengths[:, None]
-    weights = np.where(filled, 1.0 / np.maximum(lengths, 1)[:, None], 0.0)
-    return _Plan(
-        rows=torch.from_numpy(rows[position]),
-        weights=torch.from_numpy(weights.astype(np.float32)),
-        owner=slot,
-        lengths=lengths,
-        active=active.tolist(),
-        offsets=starts.tolist(),
-    )
+def batch_plan(jobs: Sequence[ClientJob], steps: np.ndarray, batch: int) -> StepPlan:
+    """Every client's minibatches (:meth:`ClientJob.batches`), rearranged step-major, planned
+    for all clients at once (:func:`fedops.core.batch_plans.step_major`)."""
+    return step_major(jobs, steps, batch)
 
 
 def _train_prefix(
@@ -191,15 +162,33 @@ def _train_prefix(
         inputs = x.index_select(0, picked).view(n, batch, -1)
         targets = y.index_select(0, picked).view(n, batch, 1)
         outputs = forward_layers(layers, stack, inputs, n)
-        log_p = torch.log_softmax(outputs[-1], dim=2)
         w = weights[lo:hi]
-        torch.sum(log_p.gather(2, targets).squeeze(2) * w, dim=1, out=batch_loss[lo:hi])
-        grad = log_p.exp_().scatter_add_(2, targets, minus_one[:n]).mul_(w.unsqueeze(2))
+        probs = softmax_loss(outputs[-1], targets, w, batch_loss[lo:hi])
+        grad = probs.scatter_add_(2, targets, minus_one[:n]).mul_(w.unsqueeze(2))
         _backward_and_step(layers, stack, velocity, base, outputs, grad, n, cfg)
     mean_batch = -batch_loss.double().cpu().numpy()
     loss_sum = np.bincount(plan.owner, weights=mean_batch * plan.lengths, minlength=count)
-    seen = np.array([job.size * job.epochs for job in jobs], dtype=np.float64)
+    seen = np.fromiter((job.size * job.epochs for job in jobs), dtype=np.float64, count=count)
     return {n: t.cpu().numpy() for n, t in stack.items()}, loss_sum / np.maximum(seen, 1)
+
+
+def softmax_loss(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    """Each minibatch's weighted sum of log-probabilities of its targets, into ``out``; the
+    softmax probabilities, computed in place of ``logits`` (the backward pass does not
+    read them again).
+
+    ``log_softmax`` over a last axis of a few classes ran at ~1/4 the speed of these
+    elementwise passes (8.5 against 2.1 ms on [1024, 10, 10], one thread), and this
+    computes the same ``z - log(sum(exp(z)))`` with ``z = logits - max``.
+    """
+    z = logits.sub_(logits.amax(dim=2, keepdim=True))
+    probs = torch.exp(z)
+    total = probs.sum(dim=2, keepdim=True)
+    picked = z.gather(2, targets).sub_(total.log())
+    torch.sum(picked.squeeze(2).mul_(weights), dim=1, out=out)
+    return probs.div_(total)
 
 
 def forward_layers(

@@ -57,14 +57,19 @@ def evaluate_event(
     *,
     report: SiteReport | None = None,
     spec: MonitorSpec | None = None,
+    fault: str | None = None,
 ) -> Event:
     """The coordinator's checks, applied to a simulated evaluation (and its report).
 
-    A monitoring report makes the round trip through its wire form, so a
-    simulated site's report is checked exactly as a deployed one's.
+    With ``spec``, a monitoring report makes the round trip through its wire form, so a
+    simulated site's report is checked exactly as a deployed one's. Without it the report
+    was already checked by the same rules (:mod:`fedops.core.monitoring.checks`, the
+    batched backend checks a round's reports together), ``fault`` the rule it broke.
     """
     try:
         check_reported(num_examples=num_examples, metrics=metrics, training=False)
+        if fault is not None:
+            raise InvalidUpdate(fault)
         if report is not None and spec is not None:
             report = monitoring.report_from_proto(monitoring.report_to_proto(report), spec)
     except InvalidUpdate as exc:

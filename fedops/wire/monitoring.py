@@ -4,34 +4,48 @@ A report is checked before the coordinator uses it: every histogram must have
 the bins the request defined, counts must be plausible, and the statistics a
 site sends must be the ones its own counts give (they are recomputed here, so
 a site cannot report drift its histograms do not show). Any failure raises
-:class:`~fedops.core.params.InvalidUpdate` with the reason.
+:class:`~fedops.core.params.InvalidUpdate` with the reason. The rules past decoding
+are :mod:`fedops.core.monitoring.checks`', which the batched simulation applies to its
+in-process reports without the protobuf round trip.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from fedops.core.monitoring.drift import FeatureDrift, drift_report
-from fedops.core.monitoring.fairness import GroupCounts
-from fedops.core.monitoring.profile import (
-    LABEL,
-    OUTPUT_EDGES,
-    PREDICTION,
-    MonitorSpec,
-    SiteReport,
+from fedops.core.monitoring.checks import (
+    MAX_COUNT,
+    MAX_GROUPS,
+    STATISTICS,
+    TOLERANCE,
+    count_faults,
+    drift_faults,
+    expected_bins,
+    fairness_fault,
 )
+from fedops.core.monitoring.drift import FeatureDrift, drift_list
+from fedops.core.monitoring.fairness import GroupCounts
+from fedops.core.monitoring.profile import MonitorSpec, SiteReport
+from fedops.core.monitoring.rows import RowDrift
 from fedops.core.params import InvalidUpdate
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire.codec import shown
 
+__all__ = [
+    "MAX_BINS",
+    "MAX_COUNT",
+    "MAX_FEATURES",
+    "MAX_GROUPS",
+    "TOLERANCE",
+    "expected_bins",
+    "report_from_proto",
+    "report_to_proto",
+    "spec_from_proto",
+    "spec_to_proto",
+]
+
 MAX_FEATURES = 4096
 MAX_BINS = 1024
-MAX_GROUPS = 1024
-MAX_COUNT = 1 << 40
-#: recomputed statistics may differ from a site's by float rounding only
-TOLERANCE = 1e-9
 
 
 def spec_to_proto(spec: MonitorSpec) -> pb.MonitorRequest:
@@ -87,15 +101,6 @@ def report_to_proto(report: SiteReport) -> pb.SiteReport:
     )
 
 
-def expected_bins(spec: MonitorSpec) -> dict[str, int]:
-    """Histogram name -> number of bins, for every histogram a report must carry."""
-    if spec.edges:
-        bins = {name: len(e) - 1 for name, e in spec.edges.items()}
-    else:
-        bins = {f"output{k}": len(OUTPUT_EDGES) - 1 for k in range(spec.num_classes)}
-    return {**bins, LABEL: spec.num_classes, PREDICTION: spec.num_classes}
-
-
 def report_from_proto(msg: pb.SiteReport, spec: MonitorSpec) -> SiteReport:
     """Check a site's report against the request it answers; recompute its drift."""
     bins = expected_bins(spec)
@@ -108,13 +113,9 @@ def report_from_proto(msg: pb.SiteReport, spec: MonitorSpec) -> SiteReport:
     for h in msg.histograms:
         reference[h.name] = _counts(h.name, h.reference, bins[h.name])
         current[h.name] = _counts(h.name, h.current, bins[h.name])
-    for window, counts in (("reference", reference), ("current", current)):
-        rows = {int(c.sum()) for c in counts.values()}
-        if len(rows) != 1:
-            raise InvalidUpdate(
-                f"the {window} histograms count different numbers of rows ({sorted(rows)[:4]})"
-            )
-    drift = _checked_drift(msg, reference, current)
+    windows = {"reference": _one(reference), "current": _one(current)}
+    _raise(count_faults(names, windows)[0])
+    drift = _checked_drift(msg, names, windows)
     return SiteReport(drift=drift, reference=reference, current=current, fairness=_fairness(msg))
 
 
@@ -122,49 +123,39 @@ def _counts(name: str, values: object, bins: int) -> np.ndarray:
     c = np.asarray(values, np.int64)
     if c.shape != (bins,):
         raise InvalidUpdate(f"histogram {name!r} has {c.size} bins, the request defines {bins}")
-    total = sum(int(v) for v in c.tolist())  # Python ints: an int64 sum could wrap around
-    if np.any(c < 0) or not 0 < total <= MAX_COUNT:
-        raise InvalidUpdate(f"histogram {name!r} has negative, empty or implausible counts")
     return c
 
 
+def _one(counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each histogram as the single row the checks take."""
+    return {name: c[None, :] for name, c in counts.items()}
+
+
+def _raise(fault: str | None) -> None:
+    if fault is not None:
+        raise InvalidUpdate(fault)
+
+
 def _checked_drift(
-    msg: pb.SiteReport, reference: dict[str, np.ndarray], current: dict[str, np.ndarray]
+    msg: pb.SiteReport, names: list[str], windows: dict[str, dict[str, np.ndarray]]
 ) -> tuple[FeatureDrift, ...]:
-    names = list(reference)
-    ours = {
-        d.feature: d
-        for d in drift_report(names, [reference[n] for n in names], [current[n] for n in names])
-    }
-    if len(msg.drift) != len(ours) or {d.feature for d in msg.drift} != set(ours):
+    sent = {d.feature: d for d in msg.drift}
+    if len(msg.drift) != len(names) or set(sent) != set(names):
         raise InvalidUpdate("the report's drift statistics do not cover its histograms")
-    for d in msg.drift:
-        mine = ours[d.feature]
-        for stat in ("psi", "js", "ks", "ks_pvalue"):
-            theirs, expected = getattr(d, stat), getattr(mine, stat)
-            if not math.isfinite(theirs) or abs(theirs - expected) > TOLERANCE * max(
-                1.0, abs(expected)
-            ):
-                raise InvalidUpdate(
-                    f"drift statistic {stat} of {d.feature!r} is {theirs!r}, but the site's "
-                    f"own histograms give {expected!r}"
-                )
-    return tuple(ours[n] for n in names)
+    claimed = {
+        n: RowDrift(*(np.array([getattr(sent[n], stat)], np.float64) for stat in STATISTICS))
+        for n in names
+    }
+    faults, ours = drift_faults(names, windows["reference"], windows["current"], claimed)
+    _raise(faults[0])
+    return tuple(d for n in names for d in drift_list([n], ours[n]))
 
 
 def _fairness(msg: pb.SiteReport) -> dict[int, GroupCounts]:
     if len(msg.fairness) > MAX_GROUPS:
         raise InvalidUpdate(f"fairness counts for {len(msg.fairness)} groups")
-    out: dict[int, GroupCounts] = {}
-    for g in msg.fairness:
-        cells = (g.tp, g.fp, g.tn, g.fn)
-        if (
-            g.group in out
-            or min(*cells, g.correct) < 0
-            or sum(cells) != g.n
-            or g.correct > g.n
-            or g.n > MAX_COUNT
-        ):
-            raise InvalidUpdate(f"fairness counts of group {g.group} are inconsistent")
-        out[g.group] = GroupCounts(n=g.n, tp=g.tp, fp=g.fp, tn=g.tn, fn=g.fn, correct=g.correct)
-    return out
+    _raise(fairness_fault([(g.group, g) for g in msg.fairness]))
+    return {
+        g.group: GroupCounts(n=g.n, tp=g.tp, fp=g.fp, tn=g.tn, fn=g.fn, correct=g.correct)
+        for g in msg.fairness
+    }

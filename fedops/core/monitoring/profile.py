@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from fedops.core.monitoring.drift import Counts, FeatureDrift, drift_report, histogram
 from fedops.core.monitoring.fairness import GroupCounts, confusion_counts
+from fedops.core.monitoring.rows import merge_named
 
 #: input-feature drift only for tabular inputs up to this many columns; wider
 #: inputs (images, embeddings) are monitored through the model's outputs
@@ -80,11 +81,12 @@ class ReportLimits:
     The coordinator chooses the bins; fine bins over a site's rows are marginals exact to
     the row (issue 17: up to 1024 bins x 4096 features, a bin of one row). So no reported
     bin counts between 1 and ``min_count - 1`` rows: runs of small adjacent bins are merged
-    into the largest bin of the run (:meth:`merge`), which keeps every histogram's total
-    (the window's row count, the same for every feature); a fairness group of fewer rows,
-    or with a confusion cell of 1..K-1 rows, is left out. The statistics are computed from
-    what is reported, and a request for more than ``max_cells`` bins in all is refused
-    before any row is counted.
+    into the largest bin of the run (:meth:`merge`; reports merge all their histograms at
+    once with :func:`~fedops.core.monitoring.rows.merge_rows`, equal to it), which keeps
+    every histogram's total (the window's row count, the same for every feature); a
+    fairness group of fewer rows, or with a confusion cell of 1..K-1 rows, is left out. The
+    statistics are computed from what is reported, and a request for more than
+    ``max_cells`` bins in all is refused before any row is counted.
     """
 
     min_count: int = DEFAULT_MIN_COUNT
@@ -244,16 +246,24 @@ def report_from_counts(
     bins merged and small groups left out (``limits``) before any statistic. Shared by a
     site and by the batched simulation (which counts every client's windows at once), so
     both report the same numbers from the same counts."""
-    ref = {k: limits.merge(v) for k, v in reference.items()}
-    cur = {k: limits.merge(v) for k, v in current.items()}
+    ref = merge_named(reference, limits.min_count)
+    cur = merge_named(current, limits.min_count)
     names = list(ref)
     drift = tuple(drift_report(names, [ref[n] for n in names], [cur[n] for n in names]))
-    fairness: dict[int, GroupCounts] = {}
-    if test is not None and test.groups is not None and predicted is not None and len(test.y):
-        groups = confusion_counts(
-            test.y, predicted, test.groups, positive_label=spec.positive_label
-        )
-        # a group, or any of its confusion cells, of 1..K-1 rows: a crafted model turns a
-        # small cell into a per-row query (red team, issue 17): the group is left out
-        fairness = {g: c for g, c in groups.items() if limits.allows(c)}
+    fairness = site_fairness(spec, limits, test, predicted)
     return SiteReport(drift=drift, reference=ref, current=cur, fairness=fairness)
+
+
+def site_fairness(
+    spec: MonitorSpec,
+    limits: ReportLimits,
+    test: Window | None,
+    predicted: NDArray[np.integer] | None,
+) -> dict[int, GroupCounts]:
+    """Per-group confusion counts on the test window, small groups left out (``limits``)."""
+    if test is None or test.groups is None or predicted is None or not len(test.y):
+        return {}
+    groups = confusion_counts(test.y, predicted, test.groups, positive_label=spec.positive_label)
+    # a group, or any of its confusion cells, of 1..K-1 rows: a crafted model turns a
+    # small cell into a per-row query (red team, issue 17): the group is left out
+    return {g: c for g, c in groups.items() if limits.allows(c)}

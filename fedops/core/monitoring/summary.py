@@ -18,7 +18,7 @@ from fedops.core.monitoring.drift import (
     PSI_SIGNIFICANT,
     FeatureDrift,
     drift_report,
-    pooled,
+    pooled_many,
     psi_level,
 )
 from fedops.core.monitoring.fairness import (
@@ -49,8 +49,10 @@ class MonitorThresholds:
 
 
 def _largest(drift: Sequence[FeatureDrift], statistic: str) -> tuple[float, str]:
-    best = max(drift, key=lambda d: getattr(d, statistic))
-    return float(getattr(best, statistic)), best.feature
+    """The largest value and its feature (the first of equals, as ``max`` picks)."""
+    values = [getattr(d, statistic) for d in drift]
+    best = max(values)
+    return float(best), drift[values.index(best)].feature
 
 
 def drift_summary(drift: Sequence[FeatureDrift]) -> dict[str, Any]:
@@ -95,9 +97,33 @@ def pooled_drift(reports: Sequence[SiteReport]) -> list[FeatureDrift]:
     if not with_counts:
         return []
     names = [n for n in with_counts[0].reference if all(n in r.reference for r in with_counts)]
-    ref = [pooled([r.reference[n] for r in with_counts]) for n in names]
-    cur = [pooled([r.current[n] for r in with_counts]) for n in names]
+    ref = pooled_many([r.reference for r in with_counts], names)
+    cur = pooled_many([r.current for r in with_counts], names)
     return drift_report(names, ref, cur)
+
+
+class _PerDrift:
+    """:func:`drift_summary` and :func:`drift_alerts` of each site, computed once per drift
+    value: the batched simulation gives every site whose data did not move the same
+    (immutable) tuple, a thousand sites in a round. Each site still gets its own dicts."""
+
+    def __init__(self, thresholds: MonitorThresholds) -> None:
+        self.thresholds = thresholds
+        self._summaries: dict[int, dict[str, Any]] = {}
+        self._alerting: dict[int, bool] = {}
+
+    def summary(self, drift: Sequence[FeatureDrift]) -> dict[str, Any]:
+        known = self._summaries.get(id(drift))
+        if known is None:
+            known = self._summaries[id(drift)] = drift_summary(drift)
+        return {**known, "by_feature": dict(known["by_feature"])}
+
+    def alerts(self, site: str, drift: Sequence[FeatureDrift]) -> list[dict[str, Any]]:
+        if self._alerting.get(id(drift), True):
+            alerts = drift_alerts(site, drift, self.thresholds)
+            self._alerting[id(drift)] = bool(alerts)
+            return alerts
+        return []
 
 
 def summarize(
@@ -106,12 +132,13 @@ def summarize(
     thresholds: MonitorThresholds,
 ) -> dict[str, Any]:
     """The monitoring fields of one round's metrics line."""
+    per_site = _PerDrift(thresholds)
     out: dict[str, Any] = {
-        "drift": {site: drift_summary(r.drift) for site, r in sorted(reports.items()) if r.drift},
+        "drift": {
+            site: per_site.summary(r.drift) for site, r in sorted(reports.items()) if r.drift
+        },
         "drift_alerts": [
-            alert
-            for site, r in sorted(reports.items())
-            for alert in drift_alerts(site, r.drift, thresholds)
+            alert for site, r in sorted(reports.items()) for alert in per_site.alerts(site, r.drift)
         ],
     }
     pooled_stats = pooled_drift(list(reports.values()))

@@ -292,3 +292,12 @@ def test_weighted_average_equals_np_average_and_ignores_order(case):
         assert out[name].shape == _SHAPES[name]
         _assert_close(out[name], want, scale)
         _assert_close(permuted[name], out[name].astype(np.float64), scale)
+
+
+def test_dtype_name_is_numpys_name_of_every_allowed_dtype():
+    from fedops.core.params import ALLOWED_DTYPES, dtype_name
+
+    for name in sorted(ALLOWED_DTYPES):
+        assert dtype_name(np.dtype(name)) == name
+        assert dtype_name(np.dtype(name)) == name  # remembered, still the same
+    assert dtype_name(np.dtype(">f4")) == np.dtype(">f4").name
