@@ -32,9 +32,6 @@ from plain_loop import plain_fedavg_round
 from torch import nn
 
 from fedops.data import FederatedData
-from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
-from fedops.simulation import engine
-from fedops.tasks import Task
 
 LR, BATCH, FLOOR_BATCH = 0.05, 32, 256
 
@@ -130,6 +127,11 @@ def run_floor(data: FederatedData, rounds: int, seed: int) -> tuple[list[float],
 
 
 def run_fedops(data: FederatedData, rounds: int, seed: int) -> tuple[list[float], float]:
+    # Imported here: vs_flower.py's Ray workers import cnn() from this module.
+    from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
+    from fedops.simulation import engine
+    from fedops.tasks import Task
+
     def load_data(site: int, num_sites: int):  # type: ignore[no-untyped-def]
         return data.client_train(site), data.client_test(site)
 

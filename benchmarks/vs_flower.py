@@ -32,6 +32,18 @@ Per-round time excludes one-time start-up, reported separately: for fedops, from
 ``run_simulation`` call to the round-0 checkpoint; for Flower, from the ``run_simulation``
 call until Ray is up and warm-up queries (4 per actor) came back. "s/round" is the median
 of rounds 2..R; round 1 (lazy one-time costs in both frameworks) is shown on its own.
+
+``--model cnn`` (issue 22): the same comparison on an image model, default 100 clients: the
+two-conv CNN on generated 28x28 single-channel images of ``vs_floor_cnn.py`` (its ``cnn`` and
+``images``, imported: class templates shifted and scaled per client plus noise), 1 epoch of
+SGD, batch 32, lr 0.05, rows shuffled with fedops' per-(seed, round, client) seed on both
+sides. Besides fedops and Flower it runs, in a child per ``--fedops-threads`` value, that
+script's plain per-client PyTorch loop and its compute floor (one pass of the same training
+rows through one model in batches of 256), and prints fedops against each: the goals are
+Flower / fedops >= 3x per round, fedops <= 0.4x the loop and <= 1.5x the floor, accuracy
+equal within 2 points.
+
+    python benchmarks/vs_flower.py --model cnn --clients 100 --rounds 4
 """
 
 from __future__ import annotations
@@ -55,7 +67,7 @@ from harness import (
 from vs_flower_parts.memory import TreeMemory
 from vs_flower_parts.shared import global_accuracy, test_rows
 
-FRAMEWORKS = ("fedops", "flower")
+FRAMEWORKS = ("fedops", "flower", "loop")  # "loop": the CNN's plain loop and floor
 
 
 def run_child(framework: str, spec: dict, timeout: float, work: Path) -> dict:
@@ -93,8 +105,10 @@ def run_child(framework: str, spec: dict, timeout: float, work: Path) -> dict:
         result.update(run.result)
         # Scored here, after the child has exited: neither framework's peak memory
         # includes the test rows this script needs for the check.
-        params = {k: np.asarray(v, dtype=np.float32) for k, v in result.pop("params").items()}
-        result["accuracy"] = global_accuracy(params, *test_rows(spec["clients"], spec["seed"]))
+        if "params" in result:  # the loop child scores itself
+            params = {k: np.asarray(v, dtype=np.float32) for k, v in result.pop("params").items()}
+            rows = test_rows(spec["clients"], spec["seed"], spec["model"])
+            result["accuracy"] = global_accuracy(params, *rows, spec["model"])
     else:
         result["log_tail"] = run.log_tail
     return result
@@ -105,7 +119,8 @@ def _variants(args: argparse.Namespace, torch_threads: int) -> list[tuple[str, s
     out = []
     if "fedops" in args.frameworks:
         for t in args.fedops_threads:
-            label = f"fedops, torch threads {t or torch_threads}{'' if t else ' (default)'}"
+            # simulation.threads = t: 0 is torch's default, 1 fedops' own default
+            label = f"fedops, torch threads {t or torch_threads}{'' if t else ' (torch default)'}"
             out.append(("fedops", label, {"fedops_threads": t}))
     if "flower" in args.frameworks:
         for c in args.flower_client_cpus:
@@ -117,6 +132,10 @@ def _variants(args: argparse.Namespace, torch_threads: int) -> list[tuple[str, s
                     {"flower_client_cpus": c, "flower_actors": actors},
                 )
             )
+    if "loop" in args.frameworks and args.model == "cnn":
+        for t in args.fedops_threads:
+            label = f"plain PyTorch loop, torch threads {t or torch_threads}"
+            out.append(("loop", label, {"fedops_threads": t}))
     return out
 
 
@@ -126,15 +145,24 @@ def _print_run(r: dict) -> None:
         for line in r["log_tail"]:
             print(f"    {line}")
         return
+    # the CNN's plain loop has no start-up to speak of
+    phases = f"startup {r['startup_s']:.1f} s, rounds " if "startup_s" in r else "rounds "
+    phases += ", ".join(f"{s:.2f}" for s in r["rounds_s"]) + " s, "
+    if "floor_rounds_s" in r:
+        phases += "floor " + ", ".join(f"{s:.2f}" for s in r["floor_rounds_s"]) + " s, "
+    if "teardown_s" in r:
+        phases += f"teardown {r['teardown_s']:.1f} s, "
+    if "torch_threads" in r:
+        phases += f"torch threads {r['torch_threads']}, "
+    own = ""
+    if "reported_accuracy" in r:
+        own = " (framework's own per round: "
+        own += ", ".join(f"{v:.4f}" for v in r["reported_accuracy"].values()) + ")"
     print(
-        f"  startup {r['startup_s']:.1f} s, rounds "
-        + ", ".join(f"{s:.2f}" for s in r["rounds_s"])
-        + f" s, teardown {r['teardown_s']:.1f} s, data {r['data_s']:.1f} s, "
-        f"wall {r['wall_s']:.1f} s; peak RSS {r['peak_rss_mb']:.0f} MB "
-        f"(PSS {r['peak_pss_mb']:.0f} MB, up to {r['max_procs']} processes); "
-        f"accuracy {r['accuracy']:.4f} (framework's own per round: "
-        + ", ".join(f"{v:.4f}" for v in r["reported_accuracy"].values())
-        + f"); 1-min load average {r['load_avg'][0]:.1f} -> {r['load_avg'][1]:.1f}",
+        f"  {phases}data {r['data_s']:.1f} s, wall {r['wall_s']:.1f} s; "
+        f"peak RSS {r['peak_rss_mb']:.0f} MB (PSS {r['peak_pss_mb']:.0f} MB, up to "
+        f"{r['max_procs']} processes); accuracy {r['accuracy']:.4f}{own}; "
+        f"1-min load average {r['load_avg'][0]:.1f} -> {r['load_avg'][1]:.1f}",
         flush=True,
     )
     if r.get("warmup_errors"):
@@ -161,8 +189,8 @@ def run_row(r: dict) -> list[str]:
         fmt(r.get("startup_s"), ".1f"),
         fmt(r["rounds_s"][0] if ok else None, ".2f"),
         fmt(r["s_per_round"], ".3f"),
-        f"{r['peak_rss_mb']:.0f}",
-        f"{r['peak_pss_mb']:.0f}",
+        fmt(r.get("peak_rss_mb"), ".0f"),
+        fmt(r.get("peak_pss_mb"), ".0f"),
         fmt(r.get("accuracy"), ".4f"),
     ]
 
@@ -192,7 +220,43 @@ def ratio_rows(rows: list[dict], n: int) -> list[list[str]]:
     return out
 
 
-def print_tables(rows: list[dict], clients: list[int]) -> None:
+def _cnn_ratio(o: dict, b: dict) -> list[str]:
+    """fedops run ``o`` against baseline ``b`` (Flower, the plain loop or the floor)."""
+    kind = b["framework"]
+    goal = {"flower": ">= 3x", "loop": "<= 0.4x", "floor": "<= 1.5x"}[kind]
+    row = [str(o["clients"]), o["label"], b["label"]]
+    if b["status"] != "ok" or o["status"] != "ok":
+        return [*row, "-", "-", goal, "-"]
+    speedup = b["s_per_round"] / o["s_per_round"]
+    ratio = f"{speedup:.2f}x" if kind == "flower" else f"{1 / speedup:.2f}x"
+    own_gap = f"{100 * (b['accuracy'] - o['accuracy']):+.2f}"
+    gap = _accuracy_gap(b, o) if kind == "flower" else own_gap
+    return [*row, f"{speedup:.2f}x", ratio, goal, gap]
+
+
+def cnn_ratio_rows(rows: list[dict], n: int) -> list[list[str]]:
+    """Every fedops configuration against every Flower one, and against the plain loop and
+    the floor run with the same torch threads."""
+    at_n = [r for r in rows if r["clients"] == n]
+    out = []
+    for o in (r for r in at_n if r["framework"] == "fedops"):
+        for b in at_n:
+            same_threads = b.get("spec_threads") == o.get("spec_threads")
+            if b["framework"] == "flower" or (b["framework"] in ("loop", "floor") and same_threads):
+                out.append(_cnn_ratio(o, b))
+    return out
+
+
+def print_cnn_ratios(rows: list[dict], clients: list[int]) -> None:
+    print()
+    print("Goals (issue 22): Flower / fedops >= 3x; fedops / loop <= 0.4x; fedops / floor <= 1.5x.")
+    header = ["clients", "fedops", "against", "its s/round / fedops s/round"]
+    header += ["goal figure (Flower / fedops, else fedops / it)", "goal"]
+    header += ["accuracy it - fedops (points)"]
+    print_table(header, [row for n in clients for row in cnn_ratio_rows(rows, n)], "rllrrlr")
+
+
+def print_tables(rows: list[dict], clients: list[int], model: str = "logreg") -> None:
     print()
     header = ["clients", "framework", "rounds", "startup s", "round 1 s", "s/round"]
     header += ["peak RSS MB", "peak PSS MB", "final accuracy"]
@@ -211,12 +275,17 @@ def print_tables(rows: list[dict], clients: list[int]) -> None:
         [row for n in clients for row in ratio_rows(rows, n)],
         "rllrrrr",
     )
+    if model == "cnn":
+        print_cnn_ratios(rows, clients)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[int]]:
     """The flags, and Flower's rounds for each size (one value, or one per --clients)."""
     parser = make_parser(__doc__)
-    parser.add_argument("--clients", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--model", choices=["logreg", "cnn"], default="logreg")
+    parser.add_argument(
+        "--clients", type=int, nargs="+", default=None, help="100 1000; 100 for --model cnn"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--flower-rounds",
@@ -240,10 +309,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[int]]:
         type=int,
         nargs="+",
         default=[0, 1],
-        help="torch threads in the fedops process, one fedops run each (0: torch's default)",
+        help="fedops' simulation.threads, one fedops run each (0: torch's default; fedops' "
+        "default is 1)",
     )
     parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS))
     args = parser.parse_args(argv)
+    args.clients = args.clients or ([100] if args.model == "cnn" else [100, 1000])
     flower_rounds = args.flower_rounds or [args.rounds]
     if len(flower_rounds) == 1:
         flower_rounds = flower_rounds * len(args.clients)
@@ -252,9 +323,31 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[int]]:
     return args, flower_rounds
 
 
+def _workload(model: str) -> tuple[float, int]:
+    """(lr, batch) of the workload: the LR benchmark's, or ``vs_floor_cnn``'s for the CNN."""
+    if model == "cnn":
+        from vs_floor_cnn import BATCH, LR
+
+        return LR, BATCH
+    return 0.01, 10
+
+
+def _floor_row(r: dict) -> dict:
+    """The loop child's second figure as its own row: the compute floor (same process, so no
+    memory figure of its own)."""
+    from vs_floor_cnn import FLOOR_BATCH
+
+    label = r["label"].replace("plain PyTorch loop", f"compute floor (batch {FLOOR_BATCH})")
+    floor = {**r, "framework": "floor", "label": label, "peak_rss_mb": None, "peak_pss_mb": None}
+    if r["status"] == "ok":
+        floor.update(rounds_s=r["floor_rounds_s"], accuracy=r["floor_accuracy"])
+    return floor
+
+
 def run_all(args: argparse.Namespace, flower_rounds: list[int], torch_threads: int) -> list[dict]:
     """Every configuration at every size, each in its own subprocess, printed as it ends."""
     variants = _variants(args, torch_threads)
+    lr, batch = _workload(args.model)
     rows = []
     with tempfile.TemporaryDirectory(prefix="vs_flower_") as tmp:
         for n, f_rounds in zip(args.clients, flower_rounds, strict=True):
@@ -264,8 +357,9 @@ def run_all(args: argparse.Namespace, flower_rounds: list[int], torch_threads: i
                     "clients": n,
                     "rounds": rounds,
                     "seed": args.seed,
-                    "lr": 0.01,
-                    "batch": 10,
+                    "lr": lr,
+                    "batch": batch,
+                    "model": args.model,
                     "timeout": args.timeout,
                     "cpus": args.cpus,
                     **overrides,
@@ -273,8 +367,11 @@ def run_all(args: argparse.Namespace, flower_rounds: list[int], torch_threads: i
                 print(f"\n[{n} clients] {label}, {rounds} rounds ...", flush=True)
                 r = run_child(framework, spec, args.timeout, Path(tmp) / f"{n}-{k}-{framework}")
                 r.update(clients=n, framework=framework, label=label, rounds=rounds)
+                r["spec_threads"] = overrides.get("fedops_threads")
                 _print_run(r)
                 rows.append(r)
+                if framework == "loop":
+                    rows.append(_floor_row(r))
     return rows
 
 
@@ -285,8 +382,13 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
+    lr, batch = _workload(args.model)
+    if args.model == "cnn":
+        what = "generated 28x28 images, CNN Conv(1->8)-pool-Conv(8->16)-pool-Linear(784->10)"
+    else:
+        what = "Synthetic(1,1), logistic regression 60->10"
     print(
-        f"Synthetic(1,1), logistic regression 60->10, 1 local epoch, batch 10, lr 0.01 SGD, "
+        f"{what}, 1 local epoch, batch {batch}, lr {lr} SGD, "
         f"all clients train and evaluate every round, FedAvg by examples.\n"
         f"fedops (vectorized backend) vs flwr {flwr.__version__} run_simulation on Ray "
         f"{ray.__version__} (ray.init num_cpus={args.cpus}); torch {torch.__version__}; "
@@ -294,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     rows = run_all(args, flower_rounds, torch.get_num_threads())
-    print_tables(rows, args.clients)
+    print_tables(rows, args.clients, args.model)
     return 0
 
 

@@ -1,4 +1,7 @@
-"""Flower's side: a ServerApp with Flower's FedAvg, a ClientApp on Ray virtual clients."""
+"""Flower's side: a ServerApp with Flower's FedAvg, a ClientApp on Ray virtual clients.
+
+The ClientApp trains whichever model the run's config names (``model``: logistic regression,
+or the two-conv CNN of ``vs_floor_cnn.py``) in plain PyTorch."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from vs_flower_parts.shared import build_model, shuffle_order
+from vs_flower_parts.shared import build_model, federation, make_model, shuffle_order
 
 WARMUP_MESSAGES_PER_ACTOR = 4
 _CLIENT_DATA: dict[str, dict[str, np.ndarray]] = {}  # per Ray worker process: data dir -> arrays
@@ -39,7 +42,7 @@ def flower_train(msg, context):  # type: ignore[no-untyped-def]
     cfg = msg.content["config"]
     partition = int(context.node_config["partition-id"])
     x, y = _client_rows(str(cfg["data-dir"]), "train", partition)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(x.shape[1], int(cfg["num-classes"])))
+    model = make_model(str(cfg["model"]), x[0].numel(), int(cfg["num-classes"]))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     opt = torch.optim.SGD(model.parameters(), lr=float(cfg["lr"]))
     loss_fn = nn.CrossEntropyLoss()
@@ -70,7 +73,7 @@ def flower_evaluate(msg, context):  # type: ignore[no-untyped-def]
 
     cfg = msg.content["config"]
     x, y = _client_rows(str(cfg["data-dir"]), "test", int(context.node_config["partition-id"]))
-    model = nn.Sequential(nn.Flatten(), nn.Linear(x.shape[1], int(cfg["num-classes"])))
+    model = make_model(str(cfg["model"]), x[0].numel(), int(cfg["num-classes"]))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     with torch.no_grad():
         logits = model(x)
@@ -82,10 +85,12 @@ def flower_evaluate(msg, context):  # type: ignore[no-untyped-def]
 
 
 def flower_query(msg, context):  # type: ignore[no-untyped-def]
-    """Warm-up: touch this worker's data cache and torch, reply with nothing."""
+    """Warm-up: touch this worker's data cache, torch and the model, reply with nothing."""
     from flwr.app import Message, RecordDict
 
-    _client_rows(str(msg.content["config"]["data-dir"]), "train", 0)
+    cfg = msg.content["config"]
+    x, _ = _client_rows(str(cfg["data-dir"]), "train", 0)
+    make_model(str(cfg["model"]), x[0].numel(), int(cfg["num-classes"]))
     return Message(content=RecordDict(), reply_to=msg)
 
 
@@ -102,10 +107,8 @@ def make_client_app():  # type: ignore[no-untyped-def]
 def write_partitions(spec: dict) -> tuple[Path, int, int, float]:
     """Generate the federation once and save its arrays for the Ray workers to map; the
     driver keeps none of the rows. Returns (data dir, features, classes, seconds)."""
-    from fedops.data.synthetic import synthetic
-
     t = time.perf_counter()
-    data = synthetic(num_clients=spec["clients"], alpha=1.0, beta=1.0, seed=spec["seed"])
+    data = federation(spec["model"], spec["clients"], spec["seed"])
     data_dir = Path(spec["work_dir"]) / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     for name in ("train_x", "train_y", "train_offsets", "test_x", "test_y", "test_offsets"):
@@ -193,9 +196,10 @@ def child_flower(spec: dict) -> dict:
             "batch-size": spec["batch"],
             "seed": seed,
             "num-classes": num_classes,
+            "model": spec["model"],
         }
     )
-    initial = ArrayRecord(build_model(num_features, num_classes, seed).state_dict())
+    initial = ArrayRecord(build_model(num_features, num_classes, seed, spec["model"]).state_dict())
     log = ServerLog()
     app = server_app(spec, config, initial, log)
     backend_config = {
