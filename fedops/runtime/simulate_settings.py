@@ -11,6 +11,7 @@ names the dotted key it refuses.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,8 @@ PARTITIONS = ("iid", "dirichlet")
 MODELS = ("logreg", "mlp")
 BACKENDS = ("vectorized", "sequential", "process", "ray")
 DEVICES = ("cpu", "cuda", "auto")
+#: simulation.ray_address: ``auto``, or a head's ``HOST:PORT`` / ``ray://HOST:PORT``
+RAY_ADDRESS = re.compile(r"auto|(?:ray://)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})")
 
 
 @dataclass
@@ -184,6 +187,14 @@ def check_simulation(s: SimulationConfig) -> None:
     _one_of(s.device, DEVICES, "simulation.device")
     _require(s.max_chunk >= 1, "simulation.max_chunk", "must be >= 1")
     _require(s.workers >= 1, "simulation.workers", "must be >= 1")
+    if s.ray_address is not None:
+        _require(s.backend == "ray", "simulation.ray_address", "needs simulation.backend=ray")
+        match = RAY_ADDRESS.fullmatch(s.ray_address)
+        _require(
+            match is not None and (match[1] is None or 1 <= int(match[1]) <= 65535),
+            "simulation.ray_address",
+            f"must be auto, HOST:PORT or ray://HOST:PORT, got {s.ray_address!r}",
+        )
     _require(s.threads >= 0, "simulation.threads", "must be >= 0 (0: torch's default)")
 
 

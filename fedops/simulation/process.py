@@ -14,7 +14,6 @@ pinned one (a SecAgg+ stage) to the worker that owns its client
 from __future__ import annotations
 
 import multiprocessing as mp
-import pickle
 import queue
 import traceback
 from collections import deque
@@ -45,14 +44,20 @@ def _serve(spec_json: str, slot: int, inbox: Any, outbox: Any) -> None:
 
 
 def _portable(exc: Exception) -> Exception:
-    """``exc`` if it pickles (the parent raises the same type), else a RuntimeError."""
+    """``exc`` rebuilt the way the queue rebuilds it in the parent (its type from its
+    module, called with its args), so the parent raises the same type; a RuntimeError with
+    the traceback where that would fail (the queue would otherwise drop it, and the parent
+    wait for an answer until its timeout)."""
     text = traceback.format_exc()
+    kind = type(exc)
     try:
-        pickle.loads(pickle.dumps(exc))
+        if kind.__qualname__ != kind.__name__ or kind.__module__ == "__main__":
+            raise TypeError("not importable by name")
+        same = kind(*exc.args)
     except Exception:
         return RuntimeError(f"a simulation worker failed:\n{text}")
-    exc.add_note(f"in a simulation worker:\n{text}")
-    return exc
+    same.add_note(f"in a simulation worker:\n{text}")
+    return same
 
 
 class ProcessTransport(WorkerTransport):
