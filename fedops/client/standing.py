@@ -84,6 +84,7 @@ class StandingSite:
         self.decided: OrderedDict[str, str] = OrderedDict()  # run id -> how the site left it
         self._pause = OFFER_POLL_S  # after a decision; grows while offers keep being declined
         self._counted = 0  # runs decided (--max-runs counts them)
+        self._idle_said = False  # "waiting for a run" logged since the last change
         self._stop = threading.Event()
         self._rng = random.Random(f"{cfg.site}-{time.time_ns()}")
 
@@ -107,8 +108,10 @@ class StandingSite:
                 offer = self._offer()
                 if offer.open and offer.run_id not in self.decided:
                     self._consider(offer)
+                    self._idle_said = False
                     self._stop.wait(self._pause)  # never two decisions back to back
                 else:
+                    self._say_idle(offer)
                     self._stop.wait(OFFER_POLL_S)
             return 0
         finally:
@@ -129,6 +132,7 @@ class StandingSite:
                         f"the coordinator refuses this site ({exc.code().name}): {exc.details()}"
                     ) from exc
                 failures += 1
+                self._idle_said = False  # said again once the coordinator answers
                 if time.monotonic() - first > patience:
                     raise CoordinatorUnreachable(
                         f"coordinator {self.cfg.coordinator} unreachable for {patience:g} s "
@@ -139,6 +143,15 @@ class StandingSite:
                     "asking for the open run failed (%s); retry in %.1f s", exc.code().name, delay
                 )
                 self._stop.wait(delay)
+
+    def _say_idle(self, offer: pb.RunOffer) -> None:
+        """One line when the site starts waiting for a run (after a run, at start, after an
+        outage), not one per question: what an operator watching the log wants to know."""
+        if self._idle_said:
+            return
+        self._idle_said = True
+        why = "no new run is open" if offer.open else (offer.message[:200] or "no run is open")
+        log.info("waiting for a run at %s: %s", self.cfg.coordinator, why)
 
     def _consider(self, offer: pb.RunOffer) -> None:
         run_id = offer.run_id

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,16 @@ def _state(root: Path, run: str) -> str:
     return line.split()[1] if line else ""
 
 
+def _wait_idle(procs: Procs, times: int, logs: Any) -> None:
+    """Until every standing site has said it is waiting for a run ``times`` times."""
+
+    def idle() -> bool:
+        said = [procs.log(f"site{s}").count("waiting for a run at") for s in range(3)]
+        return all(n >= times for n in said)
+
+    wait_until(idle, 120, f"every site to wait for a run ({times})", logs)
+
+
 def _serve(procs: Procs, root: Path, name: str, port: int = 0) -> int:
     proc = procs.start(name, "serve", "--root", str(root), "--address", f"127.0.0.1:{port}")
 
@@ -99,14 +110,27 @@ def test_standing_sites_take_two_runs_across_a_coordinator_kill(tmp_path: Path) 
         assert "run-0001" in submitted.stdout
         logs = lambda: "\n".join(procs.log(n)[-2000:] for n in ("serve-1", "site0", "site2"))  # noqa: E731
         wait_until(lambda: _state(root, "run-0001") == "completed", 240, "run 1", logs)
+        _wait_idle(procs, 1, logs)  # every site back to asking for a run
 
         # the coordinator dies hard between the runs; the sites keep asking
         procs.procs[0][1].send_signal(signal.SIGKILL)
         procs.procs[0][1].wait(timeout=10)
+        time.sleep(3)  # down longer than a site's 2 s between questions: each one notices
         _serve(procs, root, "serve-2", port=serve)
+        # each site back (it says so once, after its outage) before run 2 exists: site 2
+        # must see run 2 to decline it, not find it already over
+        _wait_idle(procs, 2, logs)
         (tmp_path / "run2.yaml").write_text(RUN_2)
+        # sites 0 and 1 paused (a slow host, not a restart) until site 2 has seen run 2: the
+        # two of them could otherwise finish it between two of site 2's questions
+        for site in sites[:2]:
+            site.send_signal(signal.SIGSTOP)
         submitted = run_fedops("run", "submit", str(tmp_path / "run2.yaml"), "--root", str(root))
         assert submitted.returncode == 0, submitted.stderr
+        declined = lambda: _events(tmp_path / "site2", "run_declined")  # noqa: E731
+        wait_until(declined, 120, "site 2 to decline run 2", logs)
+        for site in sites[:2]:
+            site.send_signal(signal.SIGCONT)
         logs2 = lambda: "\n".join(procs.log(n)[-2000:] for n in ("serve-2", "site0", "site2"))  # noqa: E731
         wait_until(lambda: _state(root, "run-0002") == "completed", 240, "run 2", logs2)
 
