@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ def serve_command(args: argparse.Namespace) -> int:
 
     try:
         serve_federation(settings, parse)
+    except (OSError, sqlite3.Error) as exc:  # the root: not writable, not a queue
+        print(f"fedops serve: error: --root: {args.root}: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"fedops serve: error: --{exc.key}: {exc.message}", file=sys.stderr)
         return 2
