@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from one_ray import one_ray_at_a_time
 from procs import final_model
 
 from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
 from fedops.simulation.engine import run_simulation
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _one_ray() -> Iterator[None]:
+    with one_ray_at_a_time():  # the two-node test starts Ray too
+        yield
 
 
 def test_ray_actors_equal_sequential(tmp_path: Path):

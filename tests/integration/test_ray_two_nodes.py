@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from netns import ENV, cannot_make_namespaces, contained, linked_pair
+from one_ray import one_ray_at_a_time
 from procs import final_model
 
 from fedops.runtime.rules import ConfigError
@@ -87,6 +88,11 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     why = _skip_reason()
     if why:
         pytest.skip(why)
+    with one_ray_at_a_time():  # test_ray_backend starts a local Ray too
+        yield from _cluster(tmp_path)
+
+
+def _cluster(tmp_path: Path) -> Iterator[Cluster]:
     ray_cmd = str(Path(sys.executable).with_name("ray"))
     tag = f"{os.getpid() % 100000}"
     subnet = f"10.{77 + os.getpid() % 100}.1"
