@@ -88,6 +88,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     why = _skip_reason()
     if why:
         pytest.skip(why)
+    if os.environ.get("FEDOPS_RAY_TWO_NODES") != "1":  # opt-in: see the note below
+        pytest.skip(
+            "set FEDOPS_RAY_TWO_NODES=1: two Ray clusters on a loaded 2-core CI machine made "
+            "the single-node Ray test miss Ray's start-up deadline (fresh clones of 1891c47 "
+            "and 29b063a)"
+        )
     with one_ray_at_a_time():  # test_ray_backend starts a local Ray too
         yield from _cluster(tmp_path)
 
