@@ -72,6 +72,7 @@ def make_transport(
     )
     if s.backend == "vectorized":
         assert data is not None
+        device = _device(s.device)
         model = initial_model(task, cfg.seed)
         return VectorizedTransport(
             data,
@@ -79,7 +80,8 @@ def make_transport(
             train,
             faults=faults,
             max_chunk=s.max_chunk,
-            device=_device(s.device),
+            device=device,
+            workers=s.workers if device == "cpu" else 1,  # one thread drives a GPU
             reload=round_loader(task, s.num_clients) if cfg.task else None,
             groups_of=task.sensitive_groups,
             report_limits=ReportLimits(min_count=cfg.monitoring.min_count),

@@ -1,0 +1,97 @@
+"""The default backend trains a round's clients in ``simulation.workers`` threads: the run
+is the same with one thread or several, on each of its three trainers, up to float rounding
+(a client's chunk-mates change with the split, and with them the kernels' summation order)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from procs import final_model
+
+from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
+from fedops.simulation.engine import run_simulation
+
+DATA = """
+import numpy as np
+
+
+def load_data(site, num_sites):
+    rng = np.random.default_rng([9, site])
+    n = 12 + 7 * site  # ragged sites: short last minibatches, chunks of different steps
+    x = rng.normal(size=(n, 1, 6, 6)).astype(np.float32)
+    y = (x[:, 0, :3].mean(axis=(1, 2)) > 0).astype(np.int64)
+    return (x[:-3], y[:-3]), (x[-3:], y[-3:])
+"""
+
+MODELS = {
+    "stacked": """
+from torch import nn
+
+
+def build_model():
+    return nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 2))
+""",
+    "batched_cnn": """
+from torch import nn
+
+
+def build_model():
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 2)
+    )
+""",
+    "torch.func": """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):  # not a chain of known layers: the vmap path
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.linspace(-0.1, 0.1, 36 * 2).reshape(36, 2))
+
+    def forward(self, x):
+        return torch.sin(x.flatten(1)) @ self.w
+
+
+def build_model():
+    return Net()
+""",
+}
+
+
+def _run(tmp_path: Path, trainer: str, workers: int) -> Path:
+    path = tmp_path / f"task_{trainer.replace('.', '_')}.py"
+    path.write_text(MODELS[trainer] + DATA)
+    cfg = SimulateConfig(rounds=2, seed=3, task=str(path))
+    cfg.simulation = SimulationConfig(backend="vectorized", num_clients=9, workers=workers)
+    cfg.client.epochs, cfg.client.batch_size, cfg.client.lr = 2, 4, 0.05
+    cfg.monitoring.name = "default"  # evaluation and reports go through the threads too
+    run_dir = tmp_path / f"run-{workers}"
+    result = run_simulation(validate(cfg), run_dir)
+    assert result["status"] == "completed"
+    return run_dir
+
+
+@pytest.mark.parametrize("trainer", list(MODELS))
+def test_threads_train_the_same_model_as_one_thread(
+    tmp_path: Path, trainer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="fedops.simulate"):
+        one = final_model(_run(tmp_path, trainer, 1))
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert trainer in said, said  # the model took the trainer this case is about
+    three = final_model(_run(tmp_path, trainer, 3))
+    assert one.keys() == three.keys()
+    for name in one:  # ~1 float32 ulp apart after two rounds
+        np.testing.assert_allclose(three[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    last = [
+        json.loads((tmp_path / f"run-{w}" / "metrics.jsonl").read_text().splitlines()[-1])
+        for w in (1, 3)
+    ]
+    for key in ("train_loss", "eval_loss", "eval_accuracy"):
+        assert last[1][key] == pytest.approx(last[0][key], rel=1e-5), key
