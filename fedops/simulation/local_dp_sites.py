@@ -38,6 +38,7 @@ from fedops.core.rounds import Event, ResultRejected
 from fedops.core.schedule import VectorConfig
 from fedops.core.training import TrainConfig
 from fedops.simulation.sim_transport import fit_event
+from fedops.simulation.spread import Spread
 from fedops.tasks.dp_policy import check_dp_round
 from fedops.tasks.fit_settings import DP_NUM_EXAMPLES, PolicyRefusal, local_dp
 from fedops.tasks.ledger import Charge, LedgerError
@@ -88,6 +89,13 @@ class LocalDPSites:
         self.seeds = seeds or (lambda: secrets.randbits(63))
         self._dp: dict[int, tuple[tuple[tuple[str, float], ...], LocalDP | None]] = {}
         self._refusal: str | None = None
+        self.spread = Spread(1)
+        self.models = [model]
+
+    def train_in(self, spread: Spread, models: Sequence[nn.Module]) -> None:
+        """Train a round's sites in ``spread``'s threads, thread ``w`` with ``models[w]``
+        (the backend's own threads and per-thread model copies)."""
+        self.spread, self.models = spread, list(models)
 
     def ledger(self, client: int) -> BookPage:
         return self.book.page(client)
@@ -119,7 +127,12 @@ class LocalDPSites:
                 max_chunk=max_chunk,
             )
             jobs = [job for _, job, _ in accepted]
-            trained = train_private_many(self.model, params, x, y, jobs, cfg) if jobs else []
+            trained = self.spread.map(  # each job has its own noise seed: split-independent
+                lambda w, part: train_private_many(
+                    self.models[w], params, x, y, [jobs[i] for i in part], cfg
+                ),
+                [job.steps * job.divisor for job in jobs],
+            )
             try:  # committed before any update is an event; unrecorded, none is sent
                 self.book.append_all([(site.client, charge) for site, _, charge in accepted])
             except LedgerError as exc:

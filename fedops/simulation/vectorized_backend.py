@@ -94,11 +94,12 @@ class VectorizedTransport(SimulatedTransport):
         self.faults = faults or FaultPlan()
         self.max_chunk = max_chunk
         self.local_dp = local_dp if local_dp is not None else LocalDPSites(self.model)
+        self.local_dp.train_in(self.spread, self.models)
         self.reload = reload
         self._data_round = 0
         self._use(data)
         self.monitor = BatchedMonitor(
-            data, groups_of=groups_of, limits=report_limits, device=self.device
+            data, groups_of=groups_of, limits=report_limits, device=self.device, spread=self.spread
         )
         self._events: deque[Event] = deque()
         chain = chain_of(self.model, self.x)
@@ -244,7 +245,7 @@ class VectorizedTransport(SimulatedTransport):
         clients = [client_index(node) for node in nodes]
         # reports counted, finished and checked as the coordinator checks them, all at once
         reports, refused = (
-            self.monitor.reports(self.model, monitor, data, clients) if monitor else ({}, {})
+            self.monitor.reports(self.models, monitor, data, clients) if monitor else ({}, {})
         )
         events: list[Event] = []
         for node, c in zip(nodes, clients, strict=True):
