@@ -247,7 +247,7 @@ class VectorizedTransport(SimulatedTransport):
         clients = [client_index(node) for node in nodes]
         # reports counted, finished and checked as the coordinator checks them, all at once
         reports, refused = (
-            self.monitor.reports(self.models, monitor, data, clients) if monitor else ({}, {})
+            self.monitor.reports(self.model, monitor, data, clients) if monitor else ({}, {})
         )
         events: list[Event] = []
         for node, c in zip(nodes, clients, strict=True):
