@@ -112,6 +112,9 @@ class RunStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        # (last round, size) of the metrics.jsonl this store wrote: the next round appends
+        # a line to exactly that file instead of rewriting every earlier one
+        self._jsonl: tuple[int, int] | None = None
 
     # --- run identity -------------------------------------------------
     def open_run(self, config: Mapping[str, Any]) -> tuple[str, bool]:
@@ -202,7 +205,7 @@ class RunStore:
             )
         self._prune_checkpoints()
         if server_round > 0:
-            self.write_metrics_jsonl()
+            self._add_metrics_line(server_round)
         return model_digest
 
     def load_round(self, server_round: int) -> Params:
@@ -229,7 +232,7 @@ class RunStore:
             raise StoreError(f"checkpoint {path} does not match the recorded model digest")
         return checkpoint
 
-    def newest_intact(self, up_to: int) -> tuple[int, Params, dict[str, np.ndarray]] | None:
+    def newest_intact(self, up_to: int) -> tuple[int, Checkpoint] | None:
         """The newest committed round at or before ``up_to`` whose checkpoint verifies,
         with its model and strategy state (read once: a resume trains from them)."""
         rows = self._db.execute(
@@ -310,10 +313,31 @@ class RunStore:
         return [{"round": r, **json.loads(m)} for r, m in rows]
 
     def write_metrics_jsonl(self) -> None:
-        lines = [json.dumps(_json_safe(m), allow_nan=False) for m in self.round_metrics()]
+        """Rewrite ``metrics.jsonl`` from the store, one line per committed round."""
+        metrics = self.round_metrics()
+        text = "".join(_metrics_line(m) for m in metrics)
         tmp = self.dir / "metrics.jsonl.tmp"
-        tmp.write_text("".join(line + "\n" for line in lines))
+        tmp.write_text(text)
         tmp.replace(self.dir / "metrics.jsonl")
+        self._jsonl = (metrics[-1]["round"], len(text.encode())) if metrics else None
+
+    def _add_metrics_line(self, server_round: int) -> None:
+        """Append round ``server_round``'s line when the file is the one this store wrote up
+        to the round before (rewriting every line after each round was quadratic in rounds,
+        with a thousand sites' drift per line); any other state is rewritten whole."""
+        path = self.dir / "metrics.jsonl"
+        known = self._jsonl
+        size = path.stat().st_size if path.exists() else -1
+        if known is None or known != (server_round - 1, size):
+            self.write_metrics_jsonl()
+            return
+        row = self._db.execute(
+            "SELECT metrics_json FROM rounds WHERE round = ?", (server_round,)
+        ).fetchone()
+        line = _metrics_line({"round": server_round, **json.loads(row[0])}).encode()
+        with path.open("ab") as f:
+            f.write(line)
+        self._jsonl = (server_round, size + len(line))
 
     def record_rejection(self, server_round: int, node_id: str, code: str, reason: str) -> None:
         with self._lock, self._db:
@@ -387,3 +411,7 @@ class RunStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _metrics_line(metrics: Mapping[str, Any]) -> str:
+    return json.dumps(_json_safe(metrics), allow_nan=False) + "\n"

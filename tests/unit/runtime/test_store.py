@@ -193,6 +193,54 @@ def test_write_metrics_jsonl_rebuilds_a_damaged_file(store):
     assert [json.loads(line)["round"] for line in lines] == [1, 2]
 
 
+def test_each_round_appends_one_line_and_leaves_the_earlier_ones_alone(store):
+    """A round adds its line; the earlier lines are not rewritten (quadratic over a long
+    run), and the file stays what a full rewrite would produce."""
+    for r in (1, 2):
+        store.save_round(r, _params(), {"loss": float(r)})
+    path = store.dir / "metrics.jsonl"
+    before = path.stat().st_ino
+    store.save_round(3, _params(), {"loss": 3.0})
+    assert path.stat().st_ino == before  # appended in place, not replaced
+    appended = path.read_text()
+    store.write_metrics_jsonl()
+    assert path.read_text() == appended
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.write_text("garbage\n"),  # replaced by someone else
+        lambda p: p.unlink(),  # deleted
+        lambda p: p.write_text(p.read_text() + '{"round": 9}\n'),  # grown by someone else
+    ],
+)
+def test_a_metrics_file_changed_behind_the_store_is_rewritten_whole(store, damage):
+    for r in (1, 2):
+        store.save_round(r, _params(), {"loss": float(r)})
+    damage(store.dir / "metrics.jsonl")
+    store.save_round(3, _params(), {"loss": 3.0})
+    lines = (store.dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == store.round_metrics()
+
+
+def test_a_reopened_store_rewrites_before_it_appends(tmp_path):
+    """A crash can leave half a line: the next process's first round rewrites the file."""
+    first = RunStore(tmp_path)
+    first.save_round(1, _params(), {"loss": 1.0})
+    first.close()
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"round": 2, "lo')  # torn append
+    second = RunStore(tmp_path)
+    try:
+        second.save_round(2, _params(), {"loss": 2.0})
+        lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line) for line in lines] == second.round_metrics()
+        assert [json.loads(line)["round"] for line in lines] == [1, 2]
+    finally:
+        second.close()
+
+
 def test_the_summary_brings_a_round_short_metrics_file_up_to_date(store):
     """Ctrl-C between a round's commit and its metrics.jsonl rewrite loses no line."""
     store.open_run({"rounds": 3})
