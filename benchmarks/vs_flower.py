@@ -119,9 +119,14 @@ def _variants(args: argparse.Namespace, torch_threads: int) -> list[tuple[str, s
     out = []
     if "fedops" in args.frameworks:
         for t in args.fedops_threads:
-            # simulation.threads = t: 0 is torch's default, 1 fedops' own default
-            label = f"fedops, torch threads {t or torch_threads}{'' if t else ' (torch default)'}"
-            out.append(("fedops", label, {"fedops_threads": t}))
+            for w in args.fedops_workers:
+                # simulation.threads = t: 0 is torch's default, 1 fedops' own default;
+                # simulation.workers = w: threads training a round's clients side by side
+                label = (
+                    f"fedops, torch threads {t or torch_threads}{'' if t else ' (torch default)'}"
+                    f", {w} worker{'s' if w > 1 else ''}"
+                )
+                out.append(("fedops", label, {"fedops_threads": t, "fedops_workers": w}))
     if "flower" in args.frameworks:
         for c in args.flower_client_cpus:
             actors = int(args.cpus / c)
@@ -311,6 +316,14 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[int]]:
         default=[0, 1],
         help="fedops' simulation.threads, one fedops run each (0: torch's default; fedops' "
         "default is 1)",
+    )
+    parser.add_argument(
+        "--fedops-workers",
+        type=int,
+        nargs="+",
+        default=[2],
+        help="fedops' simulation.workers (threads training a round's clients side by side), "
+        "one fedops run each per --fedops-threads value (fedops' default is 2)",
     )
     parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS))
     args = parser.parse_args(argv)

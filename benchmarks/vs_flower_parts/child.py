@@ -67,7 +67,9 @@ def child_fedops(spec: dict) -> dict:
 
     # fedops' own setting: 0 keeps torch's default (one thread per core); fedops defaults to 1
     # and sets it itself, so a set_num_threads here would be overridden.
-    simulation = SimulationConfig(num_clients=n, threads=spec["fedops_threads"])
+    simulation = SimulationConfig(
+        num_clients=n, threads=spec["fedops_threads"], workers=spec.get("fedops_workers", 2)
+    )
     cfg = SimulateConfig(rounds=rounds, seed=seed, simulation=simulation)
     if spec["model"] != "cnn":
         cfg.dataset.name = "synthetic"

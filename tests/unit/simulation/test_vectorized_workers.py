@@ -11,9 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from procs import final_model
+from torch import nn
 
+from fedops.core.training import TrainConfig
+from fedops.data import FederatedData
 from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, validate
 from fedops.simulation.engine import run_simulation
+from fedops.simulation.vectorized_backend import VectorizedTransport
 
 DATA = """
 import numpy as np
@@ -64,6 +68,15 @@ def build_model():
 }
 
 
+DP_CONV = """
+from torch import nn
+
+
+def build_model():
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 2))
+"""
+
+
 def _run(tmp_path: Path, trainer: str, workers: int) -> Path:
     path = tmp_path / f"task_{trainer.replace('.', '_')}.py"
     path.write_text(MODELS[trainer] + DATA)
@@ -75,6 +88,22 @@ def _run(tmp_path: Path, trainer: str, workers: int) -> Path:
     result = run_simulation(validate(cfg), run_dir)
     assert result["status"] == "completed"
     return run_dir
+
+
+def test_the_stacked_trainer_stays_on_one_thread(tmp_path: Path) -> None:
+    """Its small kernels gained nothing from a second thread (GIL hand-overs)."""
+    x = np.random.default_rng(0).normal(size=(48, 1, 4, 4)).astype(np.float32)
+    y, offsets = np.arange(48) % 2, np.arange(0, 49, 6)
+    data = FederatedData(
+        train_x=x, train_y=y, train_offsets=offsets, test_x=x, test_y=y, test_offsets=offsets,
+        num_classes=2,
+    )  # fmt: skip
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+    for model, fit_workers in ((nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), 1), (conv, 3)):
+        transport = VectorizedTransport(data, model, TrainConfig(), workers=3)
+        assert transport.spread.workers == 3 and transport.fit_spread.workers == fit_workers
+        assert transport.local_dp.spread is transport.fit_spread
+        transport.close()
 
 
 @pytest.mark.parametrize("trainer", list(MODELS))
@@ -113,7 +142,9 @@ def test_local_dp_sites_train_in_threads_as_in_one(
         monkeypatch.setattr(
             local_dp_sites, "secrets", SimpleNamespace(randbits=lambda _: next(drawn))
         )
-        cfg = SimulateConfig(rounds=2, seed=0)
+        path = tmp_path / "dp_conv_task.py"  # a conv net: the vmap DP-SGD path, in threads
+        path.write_text(DP_CONV + DATA)
+        cfg = SimulateConfig(rounds=2, seed=0, task=str(path))
         cfg.simulation = SimulationConfig(backend="vectorized", num_clients=8, workers=workers)
         cfg.privacy.name, cfg.privacy.noise_multiplier = "local", 1.0
         run_dir = tmp_path / f"dp-{workers}"
