@@ -136,6 +136,7 @@ SIMULATION_ONLY = {
             "workers",
             "ray_address",
             "threads",
+            "data",
         ]
     },
     **_simulation_only(),

@@ -44,6 +44,8 @@ PARTITIONS = ("iid", "dirichlet")
 MODELS = ("logreg", "mlp")
 BACKENDS = ("vectorized", "sequential", "process", "ray")
 DEVICES = ("cpu", "cuda", "auto")
+#: simulation.data: every client's rows held, or each round's loaded as it starts (auto: by size)
+DATA_MODES = ("auto", "memory", "lazy")
 #: simulation.ray_address: ``auto``, or a head's ``HOST:PORT`` / ``ray://HOST:PORT``
 RAY_ADDRESS = re.compile(r"auto|(?:ray://)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})")
 
@@ -92,6 +94,10 @@ class SimulationConfig:
     workers: int = 2
     ray_address: str | None = None
     threads: int = 1  # torch threads per process; 0 = torch's default (all cores)
+    #: the batched backend's client data: ``memory`` (all clients' rows at once), ``lazy``
+    #: (each round's clients loaded as it starts), ``auto`` (lazy when all would take
+    #: over half the memory available): fedops.simulation.lazy_federation
+    data: str = "auto"
 
 
 @dataclass
@@ -145,6 +151,12 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     check_strategy_options(cfg.strategy)
     check_train(c, rounds=cfg.rounds)
     check_simulation(s)
+    _require(
+        s.data != "lazy" or bool(cfg.task),
+        "simulation.data",
+        "lazy loads a task's clients round by round (task=...); a built-in dataset is "
+        "generated whole, in memory",
+    )
     check_strategy_fits(
         cfg.strategy,
         per_round=s.clients_per_round or s.num_clients,
@@ -196,6 +208,13 @@ def check_simulation(s: SimulationConfig) -> None:
             f"must be auto, HOST:PORT or ray://HOST:PORT, got {s.ray_address!r}",
         )
     _require(s.threads >= 0, "simulation.threads", "must be >= 0 (0: torch's default)")
+    _one_of(s.data, DATA_MODES, "simulation.data")
+    _require(
+        s.data == "auto" or s.backend == "vectorized",
+        "simulation.data",
+        f"is read by simulation=vectorized only (simulation={s.backend} keeps each client's "
+        "data with the client)",
+    )
 
 
 def check_secagg_keys(a: SecAggConfig, s: SimulationConfig) -> None:

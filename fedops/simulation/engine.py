@@ -8,7 +8,9 @@ store and metrics as the coordinator. Nothing here decides how a round goes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,14 @@ from fedops.runtime.simulate_settings import SimulateConfig
 from fedops.runtime.transport import Transport
 from fedops.simulation.backend_choice import settle_backend
 from fedops.simulation.faults import FaultPlan
-from fedops.simulation.federation import load_federation, round_loader, use_threads
+from fedops.simulation.federation import round_loader, use_threads
 from fedops.simulation.flower_federation import flower_run_task, flower_sites
 from fedops.simulation.inmemory import InMemoryTransport
+from fedops.simulation.lazy_federation import (
+    LazyFederation,
+    LazyVectorizedTransport,
+    open_federation,
+)
 from fedops.simulation.local_dp_sites import LocalDPSites
 from fedops.simulation.pool import WorkerTransport
 from fedops.simulation.process import ProcessTransport
@@ -41,6 +48,10 @@ from fedops.tasks.site import Site, global_evaluator, initial_params
 
 log = logging.getLogger("fedops.simulate")
 
+#: the task and data a run trains on: a module attribute, so the benchmarks can hand a run
+#: the federation they generated (``engine.load_federation = ...``)
+load_federation = open_federation
+
 
 def _device(name: str) -> str:
     if name == "auto":
@@ -51,7 +62,10 @@ def _device(name: str) -> str:
 
 
 def make_transport(
-    cfg: SimulateConfig, task: Task, data: FederatedData | None, run_dir: Path | None = None
+    cfg: SimulateConfig,
+    task: Task,
+    data: FederatedData | LazyFederation | None,
+    run_dir: Path | None = None,
 ) -> Transport:
     """The backend; under ``privacy=local`` every simulated site (sequential or batched) keeps
     its privacy ledger in one book, ``run_dir/site_ledgers/ledger_book.sqlite`` (see
@@ -74,8 +88,11 @@ def make_transport(
         assert data is not None
         device = _device(s.device)
         model = initial_model(task, cfg.seed)
-        return VectorizedTransport(
-            data,
+        if isinstance(data, LazyFederation):  # too big for memory: each round's clients
+            batched: Callable[..., VectorizedTransport] = partial(LazyVectorizedTransport, data)
+        else:
+            batched = partial(VectorizedTransport, data)
+        return batched(
             model,
             train,
             faults=faults,

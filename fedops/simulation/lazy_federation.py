@@ -1,0 +1,237 @@
+"""The batched backend on a federation too big for memory: each round loads its own clients.
+
+The vectorized backend normally holds every client's rows in one
+:class:`~fedops.data.FederatedData` (:func:`fedops.simulation.federation.load_federation`).
+A run of 100,000 image clients of which 1,000 train per round cannot. Here
+(``simulation.data``: ``auto``, the default, decides from the first site's size; ``lazy``
+forces it, ``memory`` refuses it) only the clients a round dispatches are loaded, as the
+round starts:
+
+- :func:`open_federation` loads site 0, estimates the whole federation as its bytes times
+  the number of sites (twice that for a task whose data changes per round: the drift
+  reference and the round's window are both held) and, over half of the memory available
+  (``MemAvailable``; on a GPU also half of its free memory), says so in one INFO line and
+  hands the engine a :class:`LazyFederation` instead of every client's rows;
+- :class:`LazyVectorizedTransport` is the batched transport itself, pointed at each
+  dispatch at a :func:`~fedops.data.partial.partial_federation` of the dispatched
+  clients: every other client present with no rows, so node ids, faults, shuffle seeds
+  and privacy ledgers stay those of the whole federation and training, evaluation and
+  reports are the in-memory run's (up to float summation order);
+- a site is loaded through :func:`fedops.data.partial.load_site`, the in-memory path's
+  call and checks: a malformed site fails the run with the same error (task, site, why),
+  only when a round first uses it;
+- loading is bounded by the round: a client is loaded once per round it takes part in
+  (evaluation reuses the fit's rows; a static task's client picked again keeps its rows),
+  and nothing holds more than the clients of the current round (about twice their rows
+  while one round's arrays replace the last's);
+- drift reference: a static task's is the data itself, as in memory; a task whose data
+  changes per round compares with its round-0 window (what the in-memory run loads
+  first), loaded again for the clients a monitored evaluation asks (their training rows
+  kept, for as long as they stay asked), which supposes ``load_data(site, num_sites, 0)``
+  gives the same rows each time it is called.
+
+The trade: a round's clients are read from the task's storage every round (a static
+task's only when newly picked), where the in-memory run reads each once; under ``auto``
+a federation that fits is read whole as before, site 0 twice (once to size it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedops.core.rounds import Phase
+from fedops.core.training import TrainConfig
+from fedops.data import FederatedData
+from fedops.data.build import from_task
+from fedops.data.partial import SiteRows, load_site, partial_federation, site_rows
+from fedops.runtime.simulate_settings import SimulateConfig
+from fedops.runtime.transport import Instruction
+from fedops.simulation.federation import load_federation
+from fedops.simulation.sim_transport import check_plain, client_index
+from fedops.simulation.vectorized_backend import VectorizedTransport
+from fedops.tasks import Task, load_task
+from fedops.tasks.monitor import takes_round
+
+log = logging.getLogger("fedops.simulate")
+
+#: the share of available memory the whole federation may take before it is loaded per
+#: round: the in-memory build holds every site's arrays and their concatenation at once
+MEMORY_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class LazyFederation:
+    """A task's federation loaded per round: the task, its size and its first site."""
+
+    task: Task
+    num_sites: int
+    #: ``load_data`` takes the round: each round's rows are loaded for it
+    round_aware: bool
+    #: site 0 (of round 0 for a round-aware task): the shape every site must share
+    first: SiteRows
+
+    def load(self, site: int, server_round: int) -> SiteRows:
+        """``site``'s rows of ``server_round`` (of any round, for a static task)."""
+        return load_site(
+            self.task, site, self.num_sites, server_round if self.round_aware else None
+        )
+
+    def hold(self, sites: Mapping[int, SiteRows]) -> FederatedData:
+        """``sites`` in flat arrays, every other client of the federation without rows."""
+        return partial_federation(self.task.name, sites, self.num_sites, self.first)
+
+
+def open_federation(cfg: SimulateConfig) -> tuple[Task, FederatedData | LazyFederation | None]:
+    """:func:`load_federation`, unless the vectorized backend runs a task whose clients do
+    not fit in memory (or ``simulation.data=lazy``): then a :class:`LazyFederation`."""
+    s = cfg.simulation
+    if s.backend != "vectorized" or not cfg.task or s.data == "memory":
+        if s.data == "lazy":  # the batched backend fell back (backend_choice); said once
+            log.warning("simulation.data=lazy has no effect on the %s backend", s.backend)
+        return load_federation(cfg)
+    task = load_task(cfg.task)
+    round_aware = takes_round(task.load_data)
+    first_round = 0 if round_aware else None  # round 0: the drift reference
+    first = load_site(task, 0, s.num_clients, first_round)
+    need = first.nbytes * s.num_clients * (2 if round_aware else 1)
+    per_round = s.clients_per_round or s.num_clients
+    if s.data == "auto":
+        room = available_memory(s.device)
+        if room is None or need <= MEMORY_SHARE * room:
+            return task, from_task(task, s.num_clients, first_round)  # load_federation's
+        log.info(
+            "federation data ~%s > half of the %s available: loading the %s clients of "
+            "each round as it starts",
+            _size(need),
+            _size(room),
+            f"{per_round:,}",
+        )
+    else:
+        log.info(
+            "simulation.data=lazy: loading the %s clients of each round as it starts "
+            "(federation data ~%s)",
+            f"{per_round:,}",
+            _size(need),
+        )
+    return task, LazyFederation(task, s.num_clients, round_aware, first)
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes this run may still take: ``MemAvailable`` (None where unknown), and on a GPU
+    the smaller of that and the device's free memory (the batched backend copies the
+    training rows there)."""
+    room = _mem_available()
+    if device in ("cuda", "auto") and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        room = free if room is None else min(room, free)
+    return room
+
+
+def _mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    try:  # not Linux: free physical pages, a lower bound of what is available
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 1e9:,.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:,.1f} MB"
+
+
+class LazyVectorizedTransport(VectorizedTransport):
+    """:class:`VectorizedTransport` holding only the clients of the round being dispatched.
+
+    Before each dispatch the dispatched clients' rows are loaded (or kept from the last
+    holding) into a partial federation the batched transport is pointed at; node ids
+    stay ``site-<index in the whole federation>``."""
+
+    def __init__(
+        self,
+        federation: LazyFederation,
+        model: nn.Module,
+        train: TrainConfig,
+        *,
+        reload: Callable[[int], FederatedData] | None = None,
+        **options: Any,
+    ) -> None:
+        """``options``: :class:`VectorizedTransport`'s; ``reload`` (every client's data of
+        a round) is not used: this transport loads each round's clients itself."""
+        self.federation = federation
+        first = {0: federation.first}
+        super().__init__(federation.hold(first), model, train, **options)
+        self._held_round = -1  # the round whose clients ``self.data`` holds
+        #: the drift reference of a round-aware task (round-0 rows) of the clients asked
+        self._drift_reference = self.data if federation.round_aware else None
+        #: the clients (by index) ``self.data`` and ``self._drift_reference`` hold
+        self._held: set[int] = {0}
+        self._drift_referenced: set[int] = {0} if federation.round_aware else set()
+        self.loads = 1  # sites loaded so far: site 0 sized the federation
+
+    def dispatch(
+        self, server_round: int, nodes: Sequence[str], instruction: Instruction
+    ) -> dict[str, str]:
+        check_plain(instruction)
+        clients = {client_index(node) for node in nodes}
+        self._hold(server_round, clients)
+        if instruction.phase is Phase.EVALUATE and instruction.monitor is not None:
+            self._hold_reference(clients)
+        return super().dispatch(server_round, nodes, instruction)
+
+    def _hold(self, server_round: int, clients: set[int]) -> None:
+        """Point the transport at ``clients``' rows of ``server_round`` (the round's later
+        dispatches: the clients held so far and these)."""
+        same_round = server_round == self._held_round
+        if same_round and clients <= self._held:
+            return  # evaluation after the round's fit: its rows are held already
+        # a static task's rows stay valid across rounds; a round-aware task's do not
+        keep = self._held if same_round or not self.federation.round_aware else set()
+        wanted = clients | self._held if same_round else clients
+        rows = {
+            c: site_rows(self.data, c) if c in keep else self._load(c, server_round)
+            for c in sorted(wanted)
+        }
+        data = self.federation.hold(rows)
+        del rows  # views of the last holding: let it go once copied
+        self._use(data)
+        log.debug(
+            "round %d: %d clients held, %d sites loaded so far",
+            server_round,
+            len(wanted),
+            self.loads,
+        )
+        self._held_round, self._held = server_round, wanted
+        if not self.federation.round_aware:  # the data never changes: it is its reference
+            self.monitor.reference = data
+
+    def _hold_reference(self, clients: set[int]) -> None:
+        """A round-aware task's drift reference for ``clients``: their round-0 rows."""
+        if self._drift_reference is None or clients <= self._drift_referenced:
+            return
+        reference = self._drift_reference
+        rows = {
+            c: site_rows(reference, c)
+            if c in self._drift_referenced
+            else self._load(c, 0).train_only()
+            for c in sorted(clients)
+        }
+        self._drift_reference = self.federation.hold(rows)
+        self._drift_referenced = clients
+        self.monitor.reference = self._drift_reference
+
+    def _load(self, site: int, server_round: int) -> SiteRows:
+        self.loads += 1
+        return self.federation.load(site, server_round)
