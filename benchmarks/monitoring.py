@@ -93,11 +93,22 @@ def _paired(config: Callable[[str], Any], pairs: int, work: Path) -> dict[str, f
         off += runs["none"]
         on += runs["default"]
         ratios += [b / a for a, b in zip(runs["none"], runs["default"], strict=True)]
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return {
         "off_s": statistics.median(off),
         "on_s": statistics.median(on),
         "ratio": statistics.median(ratios),
+        "ratio_q1": quartiles[0],
+        "ratio_q3": quartiles[-1],
     }
+
+
+def _load() -> str:
+    """The 1-minute load average (the 2-core machine is shared): '' where there is none."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return ""
 
 
 def _median_ms(fn: Callable[[], object], reps: int) -> float:
@@ -178,12 +189,17 @@ def main() -> None:
             audit = audit_rates(entries, work)
             _print_abc(rounds, pairs, reps, cost, split, audit)
             out |= {**cost, **split, **audit}
+        load = _load()
         fleet = fleet_cost(rounds, pairs, work)
     print(
         f"(d) fleet_1000, 1000 clients, LR, vectorized backend, rounds 2..{rounds}, {pairs} pairs"
+        f" (load average {load} -> {_load()})"
     )
     print(f"    monitoring=none     {fleet['off_s']:.3f} s/round")
-    print(f"    monitoring=default  {fleet['on_s']:.3f} s/round   ratio {fleet['ratio']:.3f}x")
+    print(
+        f"    monitoring=default  {fleet['on_s']:.3f} s/round   ratio {fleet['ratio']:.3f}x"
+        f" (paired ratios' quartiles {fleet['ratio_q1']:.2f}-{fleet['ratio_q3']:.2f})"
+    )
     if args.json:
         write_json(args.json, {**out, **{f"fleet_{k}": v for k, v in fleet.items()}}, end="\n")
 

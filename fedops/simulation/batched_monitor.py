@@ -5,8 +5,10 @@ A deployed site (and the sequential backend) reports on its own windows through
 reference, this round's training window the current one, its test split (with group
 ids) the fairness window. Here the same windows are slices of the flat arrays the
 vectorized backend already holds, so the model predicts every selected client's rows
-in one pass and the histograms are counted for all clients together
-(:func:`fedops.core.monitoring.batched.client_histograms`); the reports are then
+in slices spread over the round's worker threads and the histograms are counted for all
+clients together (:mod:`fedops.simulation.monitor_outputs`); what the model does not
+change (the reference window's input and label counts) is counted once per run
+(:func:`fedops.core.monitoring.batched.fixed_histograms`). The reports are then
 finished and checked for all clients together too
 (:func:`fedops.core.monitoring.batched.batch_reports`: the functions a site computes its
 report with, and the coordinator's checks of a report, on every client's histograms at
@@ -22,7 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedops.core.monitoring.batched import batch_reports, client_histograms
+from fedops.core.monitoring.batched import (
+    batch_reports,
+    fixed_histograms,
+    window_histograms,
+)
 from fedops.core.monitoring.checks import Faults
 from fedops.core.monitoring.profile import (
     MonitorSpec,
@@ -31,7 +37,10 @@ from fedops.core.monitoring.profile import (
     Window,
     site_fairness,
 )
+from fedops.core.monitoring.rows import Rows
 from fedops.data import FederatedData
+from fedops.simulation.monitor_outputs import SLICE_ROWS, Counting, window_outputs
+from fedops.simulation.spread import Spread
 
 GroupsOf = Callable[[Any], Any]
 
@@ -58,7 +67,12 @@ def train_windows(
 
 class BatchedMonitor:
     """Holds the drift reference (every client's first training window) and answers
-    a round's monitoring request for the clients evaluated."""
+    a round's monitoring request for the clients evaluated.
+
+    The model's work (forward pass, probabilities, their counts) is spread over ``spread``'s
+    threads, worker ``w`` on the ``w``-th model :meth:`reports` is given. What the model
+    does not change (the reference window's input and label counts) is counted once per
+    run, as long as the request and the clients asked stay the same."""
 
     def __init__(
         self,
@@ -67,54 +81,103 @@ class BatchedMonitor:
         groups_of: GroupsOf | None = None,
         limits: ReportLimits | None = None,
         device: torch.device | None = None,
+        spread: Spread | None = None,
     ) -> None:
         self.reference = reference
         self.groups_of = groups_of
         self.limits = limits if limits is not None else ReportLimits()
         self.device = device or torch.device("cpu")
+        self.spread = spread if spread is not None else Spread(1)
+        #: rows of one work item (tests make it small to spread a small federation)
+        self.slice_rows = SLICE_ROWS
+        self._fixed: tuple[MonitorSpec, np.ndarray, dict[str, Rows], FederatedData] | None = None
 
     @torch.no_grad()
     def reports(
         self,
-        model: nn.Module,
+        model: nn.Module | Sequence[nn.Module],
         spec: MonitorSpec,
         current: FederatedData,
         clients: Sequence[int],
     ) -> tuple[dict[int, SiteReport | None], dict[int, str]]:
         """Each client's report (None, as a site's, when it has no rows to report on), and
-        the reason for each report the coordinator's checks refuse."""
-        model.eval()
+        the reason for each report the coordinator's checks refuse. ``model``: the global
+        model, or one copy of it per worker thread (all with the same parameters)."""
+        models = [model] if isinstance(model, nn.Module) else list(model)
+        for m in models:
+            m.eval()
+        spread = self.spread if len(models) >= self.spread.workers else Spread(1)
         picked = np.sort(np.asarray(clients, dtype=np.int64))  # keyed by client: any order
-        ref_x, ref_y, ref_off = train_windows(self.reference, picked)
-        ref_probs, ref_classes = self._predict(model, ref_x)
-        if len(ref_x):  # what a site checks before counting (the same for every client)
-            self.limits.check(spec, ref_probs.shape[1])
-        ref = client_histograms(spec, ref_x, ref_y, ref_probs, ref_off, ref_classes)
-        cur_off = ref_off
-        if current is self.reference:  # data that never changes: the windows are one
-            cur = ref
-        else:
-            cur_x, cur_y, cur_off = train_windows(current, picked)
-            cur_probs, cur_classes = self._predict(model, cur_x)
-            cur = client_histograms(spec, cur_x, cur_y, cur_probs, cur_off, cur_classes)
+        ref, ref_off = self._window(models, spread, spec, self.reference, picked)
+        cur, cur_off = ref, ref_off
+        if current is not self.reference:  # data that never changes: the windows are one
+            cur, cur_off = self._window(models, spread, spec, current, picked)
         has_rows = (np.diff(ref_off) > 0) & (np.diff(cur_off) > 0)
         kept = np.flatnonzero(has_rows)
         fairness = [
             site_fairness(spec, self.limits, test, predicted)
-            for test, predicted in self._test_windows(model, current, picked[kept])
+            for test, predicted in self._test_windows(models, spread, current, picked[kept])
         ]
-        built, faults = batch_reports(
-            self.limits,
-            {n: c[kept] for n, c in ref.items()},
-            {n: c[kept] for n, c in cur.items()},
-            fairness,
-        )
+        ref_kept = {n: c[kept] for n, c in ref.items()}
+        cur_kept = ref_kept if cur is ref else {n: c[kept] for n, c in cur.items()}
+        built, faults = batch_reports(self.limits, ref_kept, cur_kept, fairness)
         out: dict[int, SiteReport | None] = {client: None for client in clients}
         out.update(zip(picked[kept].tolist(), built, strict=True))
         return out, _refused(picked[kept].tolist(), faults)
 
+    def _window(
+        self,
+        models: Sequence[nn.Module],
+        spread: Spread,
+        spec: MonitorSpec,
+        data: FederatedData,
+        picked: np.ndarray,
+    ) -> tuple[dict[str, Rows], np.ndarray]:
+        """One training window's histograms per picked client, and its row offsets."""
+        x, y, offsets = train_windows(data, picked)
+        # the probabilities are binned only without input bins
+        counting = Counting.of(offsets, spec.num_classes, probabilities=not spec.edges)
+        found = window_outputs(
+            models, spread, x, counting, device=self.device, slice_rows=self.slice_rows
+        )
+        if len(x):  # what a site checks before counting (the same for every client)
+            self.limits.check(spec, found.num_outputs)
+        if data is self.reference:
+            fixed = self._reference_counts(spec, picked, x, y, offsets)
+        else:  # a window of this round's data (a task whose data changes per round)
+            fixed = fixed_histograms(spec, x, y, offsets)
+        outputs: dict[str, Rows] = {}
+        if found.counts is not None:
+            outputs = {f"output{k}": c for k, c in enumerate(found.counts)}
+        assert found.predicted is not None
+        return window_histograms(spec, fixed, outputs, found.predicted), offsets
+
+    def _reference_counts(
+        self,
+        spec: MonitorSpec,
+        picked: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        offsets: np.ndarray,
+    ) -> dict[str, Rows]:
+        """:func:`fixed_histograms` of the reference window, which keeps its rows: counted
+        again only when the request or the clients asked changed since the last round."""
+        held = self._fixed
+        if (
+            held is not None
+            and held[0] is spec
+            and held[3] is self.reference  # a lazily loaded federation swaps it
+            and np.array_equal(held[1], picked)
+        ):
+            return held[2]
+        counts = fixed_histograms(spec, x, y, offsets)
+        for c in counts.values():
+            c.flags.writeable = False  # shared by every later round's reports
+        self._fixed = (spec, picked.copy(), counts, self.reference)
+        return counts
+
     def _test_windows(
-        self, model: nn.Module, data: FederatedData, clients: np.ndarray
+        self, models: Sequence[nn.Module], spread: Spread, data: FederatedData, clients: np.ndarray
     ) -> list[tuple[Window | None, np.ndarray | None]]:
         """Each client's test window with its group ids, and the model's predicted classes
         on it (one forward pass over all clients); (None, None) without group ids."""
@@ -122,7 +185,12 @@ class BatchedMonitor:
             return [(None, None)] * len(clients)
         rows, off = select_rows(data.test_offsets, clients)
         x, y = data.test_x[rows], data.test_y[rows]
-        predicted = self._predict(model, x)[1] if len(rows) else None
+        predicted = None
+        if len(rows):
+            found = window_outputs(
+                models, spread, x, Counting(), device=self.device, slice_rows=self.slice_rows
+            )
+            predicted = found.classes
         out: list[tuple[Window | None, np.ndarray | None]] = []
         for i in range(len(clients)):
             a, b = int(off[i]), int(off[i + 1])
@@ -141,24 +209,6 @@ class BatchedMonitor:
         if len(ids) != len(x):
             raise ValueError(f"sensitive_groups() returned {len(ids)} ids for {len(x)} rows")
         return ids
-
-    def _predict(self, model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities as a site computes them (softmax in float32, then float64),
-        stored column by column (each class's column contiguous, as the histograms read
-        them), and the predicted class of each row."""
-        if not len(x):
-            return np.zeros((0, 1)), np.zeros(0, np.int64)
-        columns, classes = torch.empty(0, dtype=torch.float64), np.empty(len(x), np.int64)
-        for i in range(0, len(x), 4096):
-            chunk = torch.softmax(model(torch.from_numpy(x[i : i + 4096]).to(self.device)), dim=1)
-            chunk = chunk.cpu()
-            if i == 0:
-                columns = torch.empty((chunk.shape[1], len(x)), dtype=torch.float64)
-            columns[:, i : i + len(chunk)] = chunk.T  # float32 -> float64: exact
-            # float32 or float64, the same largest value first (the conversion keeps order)
-            classes[i : i + len(chunk)] = chunk.numpy().argmax(axis=1)
-        probs: np.ndarray = columns.numpy().T
-        return probs, classes
 
 
 def _refused(clients: Sequence[int], faults: Faults) -> dict[int, str]:

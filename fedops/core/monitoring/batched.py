@@ -57,25 +57,60 @@ def client_histograms(
     ``predicted``: ``probs.argmax(axis=1)``, when the caller has it. Columns are binned
     one at a time, so ``probs`` (and ``x``, with input bins) in column order
     (``order="F"``) are read contiguously: several times faster than across rows."""
-    clients = len(offsets) - 1
-    if spec.edges:
-        x = np.asfortranarray(np.asarray(x, np.float64).reshape(len(x), -1))
-    owner = np.repeat(np.arange(clients, dtype=np.int64), np.diff(offsets))
-    out: dict[str, Rows] = {}
-
-    def count(name: str, values: NDArray[np.float64], edges: NDArray[np.float64]) -> None:
-        bins = len(edges) - 1
-        idx = bin_index(values, edges)
-        flat = np.bincount(owner * bins + idx, minlength=clients * bins)
-        out[name] = flat.astype(np.int64).reshape(clients, bins)
-
-    for name, values, edges in binned_columns(spec, x, probs):
-        count(name, values, edges)
-    classes = class_edges(spec.num_classes)
-    count(LABEL, np.asarray(y, np.float64).ravel(), classes)
+    fixed = fixed_histograms(spec, x, y, offsets)
+    outputs: dict[str, Rows] = {}
+    if not spec.edges:
+        owner = _owner(offsets)
+        for name, values, edges in binned_columns(spec, x, probs):
+            outputs[name] = _count(owner, len(offsets) - 1, values, edges)
     if predicted is None:
         predicted = probs.argmax(axis=1)
-    count(PREDICTION, predicted.astype(np.float64), classes)
+    return window_histograms(spec, fixed, outputs, prediction_histogram(spec, predicted, offsets))
+
+
+def fixed_histograms(
+    spec: MonitorSpec, x: Array, y: Array, offsets: NDArray[np.int64]
+) -> dict[str, Rows]:
+    """The counts the model does not change: each input feature (with input bins) and the
+    labels, per client. A window that keeps its rows (every drift reference) keeps them."""
+    owner, clients = _owner(offsets), len(offsets) - 1
+    out: dict[str, Rows] = {}
+    if spec.edges:
+        x = np.asfortranarray(np.asarray(x, np.float64).reshape(len(x), -1))
+        for name, values, edges in binned_columns(spec, x, np.zeros((len(x), 0))):
+            out[name] = _count(owner, clients, values, edges)
+    out[LABEL] = _count(
+        owner, clients, np.asarray(y, np.float64).ravel(), class_edges(spec.num_classes)
+    )
+    return out
+
+
+def prediction_histogram(
+    spec: MonitorSpec, predicted: NDArray[np.integer], offsets: NDArray[np.int64]
+) -> Rows:
+    """Per client, the counts of its rows' predicted classes."""
+    classes = class_edges(spec.num_classes)
+    return _count(_owner(offsets), len(offsets) - 1, predicted.astype(np.float64), classes)
+
+
+def window_histograms(
+    spec: MonitorSpec, fixed: Mapping[str, Rows], outputs: Mapping[str, Rows], prediction: Rows
+) -> dict[str, Rows]:
+    """One window's histograms in a site's order (inputs or outputs, label, prediction)."""
+    first = {n: c for n, c in fixed.items() if n != LABEL} if spec.edges else dict(outputs)
+    return {**first, LABEL: fixed[LABEL], PREDICTION: prediction}
+
+
+def _owner(offsets: NDArray[np.int64]) -> NDArray[np.int64]:
+    return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+
+
+def _count(
+    owner: NDArray[np.int64], clients: int, values: NDArray[np.float64], edges: NDArray[np.float64]
+) -> Rows:
+    bins = len(edges) - 1
+    flat = np.bincount(owner * bins + bin_index(values, edges), minlength=clients * bins)
+    out: Rows = flat.astype(np.int64).reshape(clients, bins)
     return out
 
 
@@ -91,26 +126,30 @@ def batch_reports(
     alone; and per client the first rule of the coordinator's checks it breaks (None)."""
     names = list(reference)
     ref = merge_named(reference, limits.min_count)
-    cur = merge_named(current, limits.min_count)
+    cur = ref if current is reference else merge_named(current, limits.min_count)
     claimed = drift_named(ref, cur)
     faults = count_faults(names, {"reference": ref, "current": cur})
     checked, ours = drift_faults(names, ref, cur, claimed)
     for i, fault in enumerate(checked):
         faults[i] = faults[i] or fault or fairness_fault(sorted(fairness[i].items()))
     drift = _per_client(names, ours)
-    # per client, its row of every histogram (row views, listed by numpy in one call each)
-    ref_rows = list(zip(*(list(ref[n]) for n in names), strict=True)) or [()] * len(fairness)
-    cur_rows = list(zip(*(list(cur[n]) for n in names), strict=True)) or [()] * len(fairness)
+    # per client, its row of every histogram (row views, listed by numpy in one call each);
+    # windows that are one (data that never changes) share one read-only mapping
+    ref_maps = _client_maps(names, ref, len(fairness))
+    cur_maps = ref_maps if cur is ref else _client_maps(names, cur, len(fairness))
     reports = [
-        SiteReport(
-            drift=d,
-            reference=dict(zip(names, r, strict=True)),
-            current=dict(zip(names, c, strict=True)),
-            fairness=dict(groups),
-        )
-        for d, r, c, groups in zip(drift, ref_rows, cur_rows, fairness, strict=True)
+        SiteReport(drift=d, reference=r, current=c, fairness=dict(groups))
+        for d, r, c, groups in zip(drift, ref_maps, cur_maps, fairness, strict=True)
     ]
     return reports, faults
+
+
+def _client_maps(
+    names: Sequence[str], counts: Mapping[str, Rows], clients: int
+) -> list[dict[str, Rows]]:
+    """Per client (row), its histogram of each name."""
+    rows = list(zip(*(list(counts[n]) for n in names), strict=True)) or [()] * clients
+    return [dict(zip(names, r, strict=True)) for r in rows]
 
 
 def _per_client(

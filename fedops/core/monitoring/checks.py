@@ -71,7 +71,11 @@ def count_faults(names: Sequence[str], windows: Mapping[str, Mapping[str, Rows]]
     numbers of rows. ``windows``: ``reference``/``current`` -> name -> counts."""
     faults: Faults = [None] * _rows(windows)
     bad = {n: np.zeros(len(faults), np.bool_) for n in names}
+    checked: list[Mapping[str, Rows]] = []
     for counts in windows.values():  # the histograms with the same bins checked together
+        if any(counts is c for c in checked):  # one window twice (data that never changes)
+            continue
+        checked.append(counts)
         by_bins: dict[int, list[str]] = {}
         for n in names:
             by_bins.setdefault(counts[n].shape[1], []).append(n)
@@ -82,7 +86,9 @@ def count_faults(names: Sequence[str], windows: Mapping[str, Mapping[str, Rows]]
     for name in names:
         for i in np.flatnonzero(bad[name]).tolist():
             _first(faults, i, f"histogram {name!r} has negative, empty or implausible counts")
-    for window, by_name in windows.items():
+    for position, (window, by_name) in enumerate(windows.items()):
+        if any(by_name is earlier for earlier in list(windows.values())[:position]):
+            continue  # the same rows as an earlier window: flagged first under its name
         totals = np.stack([by_name[n].sum(axis=1) for n in names], axis=1)
         for i in np.flatnonzero(np.any(totals != totals[:, :1], axis=1)).tolist():
             rows = sorted(set(totals[i].tolist()))

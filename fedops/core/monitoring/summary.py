@@ -98,7 +98,10 @@ def pooled_drift(reports: Sequence[SiteReport]) -> list[FeatureDrift]:
         return []
     names = [n for n in with_counts[0].reference if all(n in r.reference for r in with_counts)]
     ref = pooled_many([r.reference for r in with_counts], names)
-    cur = pooled_many([r.current for r in with_counts], names)
+    if all(r.current is r.reference for r in with_counts):  # one window (batched, no drift)
+        cur = ref
+    else:
+        cur = pooled_many([r.current for r in with_counts], names)
     return drift_report(names, ref, cur)
 
 
