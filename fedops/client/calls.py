@@ -74,9 +74,14 @@ def fetch_model(
     assembler = codec.Assembler(
         specs, max_bytes=first.header.total_bytes, buffer=buffer, hasher=codec.payload_hasher(specs)
     )
-    for part in stream:
-        assembler.add(part if isinstance(part, memoryview) else part.data)
-    params = assembler.finish()
+    try:
+        for part in stream:
+            assembler.add(part if isinstance(part, memoryview) else part.data)
+        params = assembler.finish()
+    except BaseException:
+        assembler.cancel()  # refused or cut off: no thread goes on hashing it
+        stream.cancel()
+        raise
     got = assembler.digest()
     if got != task.model_digest:
         raise DigestMismatch(

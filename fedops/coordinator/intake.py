@@ -112,9 +112,13 @@ def _assemble(
     size = total_bytes(specs)
     buffer = RECEIVE_BUFFERS.take(size) if size <= limit else None  # else refused at once
     assembler = codec.Assembler(specs, max_bytes=limit, buffer=buffer, hasher=hasher, finite=finite)
-    for chunk in chunks:
-        assembler.add(chunk)
-    params = assembler.finish()
+    try:
+        for chunk in chunks:
+            assembler.add(chunk)
+        params = assembler.finish()
+    except BaseException:
+        assembler.cancel()  # refused or cut off: no thread goes on hashing it
+        raise
     if received is not None:
         received.digest = assembler.digest()
     return params

@@ -96,10 +96,13 @@ class PayloadHasher:
         self._idle = threading.Event()
         self._idle.set()
         self._error: BaseException | None = None
+        self._cancelled = False
 
     def update(self, chunk: bytes | memoryview) -> None:
         """Queue ``chunk``; it must stay unchanged until :meth:`hexdigest` returns."""
         with self._lock:
+            if self._cancelled:
+                return  # nobody will ask for this digest
             self._queue.append(chunk)
             if not self._idle.is_set():
                 return  # a drain is running and will take it
@@ -119,11 +122,21 @@ class PayloadHasher:
             self._error = exc
             self._idle.set()
 
+    def cancel(self) -> None:
+        """Drop the chunks not hashed yet and take no more: for a payload that was refused
+        or cut off. The chunk being hashed finishes; then no thread works for this hasher,
+        it holds no chunk, and :meth:`hexdigest` refuses."""
+        with self._lock:
+            self._cancelled = True
+            self._queue.clear()
+
     def hexdigest(self) -> str:
         """The digest of every chunk given so far (waits for the queued ones)."""
         self._idle.wait()
         if self._error is not None:
             raise self._error
+        if self._cancelled:
+            raise RuntimeError("this payload's hashing was cancelled")
         return self._hash.hexdigest()
 
 
@@ -237,6 +250,11 @@ class Assembler:
         if self._finite is not None:
             self._finite.check()
         return decode(self.specs, self._buf)
+
+    def cancel(self) -> None:
+        """The payload is abandoned (refused, cut off): its hashing stops at once."""
+        if self._hasher is not None:
+            self._hasher.cancel()
 
     def digest(self) -> str:
         """The model digest (needs a ``hasher``; call after :meth:`finish`)."""

@@ -157,6 +157,38 @@ def test_a_model_other_than_the_announced_one_is_refused(server: Any) -> None:
     )
 
 
+def test_one_flipped_bit_in_any_chunk_is_refused(server: Any) -> None:
+    """The streamed hash sees every chunk: a bit flipped in the first, a middle or the last
+    chunk (the same size, still finite) is a digest mismatch, never a model."""
+    coordinator, channel = server
+    honest = _model_stream(PARAMS)
+    for where in (1, len(honest) // 2, len(honest) - 1):
+        stream = list(honest)
+        flipped = bytearray(stream[where])
+        flipped[-1] ^= 0x01
+        stream[where] = bytes(flipped)
+        coordinator.model = stream
+        with pytest.raises(DigestMismatch, match="model digest mismatch"):
+            fetch_model(channel, SESSION, _task(digest(PARAMS)))
+
+
+def test_a_download_refused_midway_stops_its_hashing(server: Any, monkeypatch) -> None:
+    coordinator, channel = server
+    coordinator.model = [*_model_stream(PARAMS), framing.frame_data(b"\x00" * 8)]
+    hashers: list[codec.PayloadHasher] = []
+
+    def noted(specs: Any) -> codec.PayloadHasher:
+        hashers.append(codec.PayloadHasher(specs))
+        return hashers[-1]
+
+    monkeypatch.setattr(codec, "payload_hasher", noted)
+    with pytest.raises(InvalidUpdate, match="payload exceeds its declared size"):
+        fetch_model(channel, SESSION, _task(digest(PARAMS)))
+    (hasher,) = hashers
+    with pytest.raises(RuntimeError, match="cancelled"):
+        hasher.hexdigest()  # cancelled, and nothing of it is still being hashed
+
+
 def test_a_task_announcing_no_digest_takes_no_model(server: Any) -> None:
     coordinator, channel = server
     coordinator.model = _model_stream(PARAMS)

@@ -180,6 +180,82 @@ def test_hashing_assemblers_share_a_small_pool_and_abandoned_ones_leave_none():
     assert len(hashing) <= min(4, os.cpu_count() or 1)
 
 
+def test_a_tampered_chunk_gives_another_digest_whatever_the_chunking():
+    params = {"w": np.arange(1000, dtype=np.float32), "b": np.ones(3, np.float64)}
+    specs = specs_of(params)
+    for size in (1, 7, 64, 4000, 5000):
+        chunks = [bytes(c) for c in iter_chunks(params, size)]
+        honest = payload_hasher(specs)
+        for chunk in chunks:
+            honest.update(chunk)
+        assert honest.hexdigest() == digest(params)
+        for where in (0, len(chunks) // 2, len(chunks) - 1):
+            tampered = list(chunks)
+            flipped = bytearray(tampered[where])
+            flipped[-1] ^= 0x01
+            tampered[where] = bytes(flipped)
+            hasher = payload_hasher(specs)
+            for chunk in tampered:
+                hasher.update(chunk)
+            assert hasher.hexdigest() != digest(params)
+
+
+def test_an_error_while_hashing_reaches_whoever_asks_for_the_digest():
+    hasher = payload_hasher([])
+    hasher.update(b"fine")
+    hasher.update(object())  # type: ignore[arg-type]  # not a buffer: fails on the pool thread
+    hasher.update(b"never hashed")
+    with pytest.raises(TypeError):
+        hasher.hexdigest()
+
+
+def test_a_cancelled_hasher_drops_its_queue_takes_nothing_more_and_refuses_a_digest():
+    specs = specs_of({"w": np.zeros(4, np.float32)})
+    hasher = payload_hasher(specs)
+    held = threading.Event()
+    gate = threading.Event()
+    hashing = hasher._hash  # the pool thread calls its update; hold it on the first chunk
+
+    class Slow:
+        def update(self, chunk):
+            held.set()
+            gate.wait(10)
+            hashing.update(chunk)
+
+        def hexdigest(self):
+            return hashing.hexdigest()
+
+    hasher._hash = Slow()
+    queued = [memoryview(bytearray(8)) for _ in range(5)]
+    for chunk in queued:
+        hasher.update(chunk)
+    assert held.wait(10)  # the first chunk is being hashed, four wait
+    hasher.cancel()
+    assert len(hasher._queue) == 0  # the waiting chunks are let go at once
+    hasher.update(b"after")  # taken by no one
+    assert len(hasher._queue) == 0
+    gate.set()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        hasher.hexdigest()  # returns once the chunk being hashed is done: no thread works on
+    assert hasher._idle.is_set()
+
+
+def test_an_abandoned_assembler_stops_hashing_and_leaves_no_thread():
+    params = {"w": np.arange(1 << 16, dtype=np.float32)}
+    specs = specs_of(params)
+    before = set(threading.enumerate())
+    for _ in range(20):
+        asm = Assembler(specs, max_bytes=total_bytes(specs), hasher=payload_hasher(specs))
+        chunks = iter_chunks(params, 1 << 12)
+        for _ in range(5):
+            asm.add(next(chunks))  # cut off here
+        asm.cancel()
+        with pytest.raises(RuntimeError, match="cancelled"):
+            asm.digest()
+    assert all(name.startswith("fedops-hash") for name in _new_threads_after(before))
+    Assembler(specs, max_bytes=total_bytes(specs)).cancel()  # no hasher: nothing to stop
+
+
 def test_assembler_digest_equals_params_digest_and_needs_a_hasher():
     params = {"a": np.arange(6, dtype=np.float64).reshape(2, 3), "b": np.array(3, np.int64)}
     specs = specs_of(params)
