@@ -305,7 +305,7 @@ def _serve(
     """The started server and the port it bound (the kernel's pick for port 0)."""
     if kit is None:
         server = build_server(transport, max_workers=cfg.max_workers)
-        bound = bind_port(lambda: server.add_insecure_port(cfg.address), cfg.address)
+        bound = listen_on(server, cfg.address, kit)
         log.warning(INSECURE_WARNING, f"{cfg.address.rpartition(':')[0]}:{bound}")
     else:
         gate = kit_gate(transport, kit)
@@ -313,11 +313,8 @@ def _serve(
         server.add_generic_rpc_handlers(
             (run_admin(transport, gate, control=control, run_id=run_id, audit=audit),)
         )
-        credentials = server_credentials(kit)
-        bound = bind_port(lambda: server.add_secure_port(cfg.address, credentials), cfg.address)
+        bound = listen_on(server, cfg.address, kit)
         log.info("mTLS: consortium %r, serving as %r", kit.consortium, kit.name)
-    if bound == 0:
-        raise BindError(f"cannot listen on {cfg.address} (in use or not a local address)")
     server.start()
     return server, bound
 
@@ -354,12 +351,22 @@ def run_admin(
     )
 
 
-def bind_port(add_port: Callable[[], int], address: str) -> int:
-    """The bound port; the asyncio server raises where the threaded one returned 0."""
+def listen_on(server: LoopServer, address: str, kit: Kit | None) -> int:
+    """Bind ``address`` on ``server`` (mTLS with ``kit``'s credentials; plaintext without a
+    kit) and return the bound port, the kernel's pick for port 0: one way for a run's server
+    and a standing federation's. :class:`BindError` where it cannot listen (the asyncio
+    server raises where the threaded one returned 0)."""
+    credentials = server_credentials(kit) if kit is not None else None
     try:
-        return add_port()
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise BindError(f"cannot listen on {address}: {exc}") from None
+    if bound == 0:
+        raise BindError(f"cannot listen on {address} (in use or not a local address)")
+    return bound
 
 
 def coordinator_kit(path: Path, ca_fingerprint: str | None = None) -> Kit:

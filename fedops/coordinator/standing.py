@@ -29,17 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedops.consortium.kit import Kit
-from fedops.consortium.tls import Revocation, server_credentials
+from fedops.consortium.tls import Revocation
 from fedops.coordinator.admin import ADMIN_SERVICE
 from fedops.coordinator.aio import LoopServer
 from fedops.coordinator.app import (
     INSECURE_WARNING,
-    BindError,
     ServedRun,
-    bind_port,
     check_port_free,
     coordinator_kit,
     kit_gate,
+    listen_on,
     run_admin,
     run_coordinator,
 )
@@ -176,15 +175,7 @@ class Federation:
         )
         server.add_generic_rpc_handlers((self.coordinator, self.admin, federation_handler(parts)))
         host = settings.address.rpartition(":")[0]
-        if self.kit is None:
-            port = bind_port(lambda: server.add_insecure_port(settings.address), settings.address)
-        else:
-            credentials = server_credentials(self.kit)
-            port = bind_port(
-                lambda: server.add_secure_port(settings.address, credentials), settings.address
-            )
-        if port == 0:
-            raise BindError(f"cannot listen on {settings.address}")
+        port = listen_on(server, settings.address, self.kit)
         server.start()
         address = f"{host}:{port}"
         if self.kit is None:

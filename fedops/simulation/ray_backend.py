@@ -11,6 +11,11 @@ existing cluster (``HOST:PORT``, the head's GCS address, from a machine of the c
 A joined run logs the cluster's live nodes, and every run logs, at its end, the node each
 actor ran on and how many results it gave. Ray is an optional extra:
 ``pip install -e ".[ray]"``.
+
+A local instance is started with Ray's start-up deadlines that are settings raised
+(:data:`SLOW_START`), and one that still does not start (Ray gives its raylet a fixed 30 s
+to register, which a loaded machine can miss) is cleaned up and started once more; a second
+failure is a :class:`RayStartError` saying so in one line.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from types import TracebackType
 from typing import Any
 
 from fedops.runtime.simulate_settings import SimulateConfig
@@ -38,6 +44,63 @@ def _ray() -> Any:
     except ImportError as exc:
         raise ValueError("simulation.backend=ray needs Ray: pip install -e '.[ray]'") from exc
     return ray
+
+
+#: tries at starting a local Ray: the second one finds the first one's files in the page
+#: cache, which is what a loaded machine lacked when its raylet missed Ray's fixed deadline
+START_TRIES = 2
+#: Ray's start-up deadlines that are settings (each read by Ray from the environment, the
+#: started processes' included), raised so that a loaded machine is slow, not failed
+SLOW_START = {
+    "RAY_gcs_server_port_wait_time_s": "120",  # the GCS publishing its port (30 s)
+    "RAY_raylet_start_wait_time_s": "120",  # the raylet's own waits at start (10 s)
+    "RAY_worker_register_timeout_seconds": "120",  # a started worker registering (60 s)
+}
+
+
+class RayStartError(RuntimeError):
+    """A local Ray instance did not start in :data:`START_TRIES` tries: the run cannot use
+    Ray on this machine now (Ray's own traceback is the cause, kept for the error log)."""
+
+
+def start_local_ray(ray: Any, num_cpus: int) -> None:
+    """Start a local Ray instance of ``num_cpus`` CPUs, trying once more after a failed
+    start-up (its processes stopped first); raise :class:`RayStartError` after the last."""
+    for name, value in SLOW_START.items():
+        os.environ.setdefault(name, value)  # a user's own setting stands
+    for attempt in range(1, START_TRIES + 1):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for its start-up timeout
+            _stop_failed_node(exc.__traceback__)
+            ray.shutdown()
+            why = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+            if attempt == START_TRIES:
+                raise RayStartError(
+                    f"simulation.backend=ray: a local Ray instance did not start in "
+                    f"{START_TRIES} tries (last: {why}); on a busy machine try again when it "
+                    "is less loaded, or run with simulation.backend=process"
+                ) from exc
+            log.warning("a local Ray instance did not start (%s); trying once more", why)
+
+
+def _stop_failed_node(trace: TracebackType | None) -> None:
+    """Stop the processes a failed ``ray.init`` started: its node object never reached Ray's
+    own bookkeeping (``ray.shutdown`` does not see it), only the failed call's frames."""
+    try:
+        from ray._private.node import Node  # Ray's internals: best effort, never fatal
+    except ImportError:
+        return
+    while trace is not None:
+        node = trace.tb_frame.f_locals.get("self")
+        if isinstance(node, Node):
+            try:
+                node.kill_all_processes(check_alive=False, allow_graceful=False, wait=True)
+            except Exception as exc:  # the retry goes on; a leftover only costs memory
+                log.debug("could not stop a failed Ray node's processes: %s", exc)
+            return
+        trace = trace.tb_next
 
 
 class _Actor:
@@ -73,9 +136,7 @@ class RayTransport(WorkerTransport):
                     ray.cluster_resources().get("CPU", 0),
                 )
             else:
-                # Ray gives its GCS server 30 s to start: a loaded machine can take longer
-                os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
-                ray.init(num_cpus=s.workers, include_dashboard=False, log_to_driver=False)
+                start_local_ray(ray, s.workers)
         actor = ray.remote(num_cpus=1)(_Actor)
         spec_json = WorkerSpec.of(cfg).to_json()
         self.actors = [actor.remote(spec_json) for _ in range(s.workers)]

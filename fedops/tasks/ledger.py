@@ -192,15 +192,29 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def check_file(
+    conn: sqlite3.Connection, version: int, *, application_id: int | None = None, what: str = ""
+) -> None:
+    """Raise ValueError unless ``conn``'s file is intact (``PRAGMA quick_check``) and of
+    schema ``version`` (and ``application_id``, where given, then named ``what``): a damaged
+    or foreign file must refuse DP training, not read back as fewer charges."""
+    (check,) = conn.execute("PRAGMA quick_check").fetchone()
+    if check != "ok":
+        raise ValueError(f"integrity check: {check}")
+    (found,) = conn.execute("PRAGMA user_version").fetchone()
+    if application_id is None:
+        if found != version:
+            raise ValueError(f"schema version {found}, expected {version}")
+        return
+    (app,) = conn.execute("PRAGMA application_id").fetchone()
+    if (app, found) != (application_id, version):
+        raise ValueError(f"not {what} of schema {version}")
+
+
 def _read(path: Path) -> list[Charge]:
     conn = _connect(path)
     try:
-        (check,) = conn.execute("PRAGMA quick_check").fetchone()
-        if check != "ok":
-            raise ValueError(f"integrity check: {check}")
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"schema version {version}, expected {SCHEMA_VERSION}")
+        check_file(conn, SCHEMA_VERSION)
         rows = conn.execute("SELECT run_id, round, event, steps FROM charges ORDER BY id")
         return [_charge(*row) for row in rows.fetchall()]
     finally:

@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from fedops.core.privacy.accountant import PrivacyLedger, RoundEvent
-from fedops.tasks.ledger import Charge, LedgerError, SiteLedger, _charge, bound
+from fedops.tasks.ledger import Charge, LedgerError, SiteLedger, _charge, bound, check_file
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x46444C42  # "FDLB": not a site's own ledger, nor any other SQLite file
@@ -162,13 +162,7 @@ class LedgerBook:
     def _read_new(self, path: Path) -> None:
         conn = _connect(path)
         try:
-            (check,) = conn.execute("PRAGMA quick_check").fetchone()
-            if check != "ok":
-                raise ValueError(f"integrity check: {check}")
-            (app,) = conn.execute("PRAGMA application_id").fetchone()
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if (app, version) != (APPLICATION_ID, SCHEMA_VERSION):
-                raise ValueError(f"not a ledger book of schema {SCHEMA_VERSION}")
+            check_file(conn, SCHEMA_VERSION, application_id=APPLICATION_ID, what="a ledger book")
             (kept,) = conn.execute(
                 "SELECT count(*) FROM charges WHERE id <= ?", (self._last_id,)
             ).fetchone()

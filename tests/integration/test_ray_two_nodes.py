@@ -41,6 +41,7 @@ from procs import final_model
 
 from fedops.runtime.rules import ConfigError
 from fedops.runtime.simulate_settings import SimulationConfig, check_simulation
+from fedops.simulation.ray_backend import SLOW_START, START_TRIES
 
 PORT = 6379  # free: nothing else listens inside a namespace the test has just made
 STARTED = "Ray runtime started."
@@ -63,15 +64,31 @@ def _start(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[
     return subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
 
 
-def _wait_started(proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+def _started(proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if STARTED in log.read_text(errors="replace"):
-            return
+            return True
         if proc.poll() is not None:
             break
         time.sleep(0.5)
-    pytest.fail(f"{log.name}: no {STARTED!r} (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+    return False
+
+
+def _start_node(
+    argv: list[str], log: Path, env: dict[str, str], nodes: list[subprocess.Popen[bytes]]
+) -> None:
+    """Start a node and wait for it; once more after a failed start, as fedops's own local
+    start does (Ray gives a raylet a fixed 30 s to register, which a loaded machine can
+    miss). Every process started goes into ``nodes``, for the fixture to kill."""
+    for attempt in range(1, START_TRIES + 1):
+        nodes.append(_start(argv, log, env))
+        if _started(nodes[-1], log, 90):
+            return
+        nodes[-1].kill()  # its whole PID namespace: nothing of the failed try is left
+        nodes[-1].wait(timeout=30)
+        failed = log.rename(log.with_name(f"{log.stem}.try{attempt}.log"))
+    pytest.fail(f"{log.name}: no {STARTED!r} in {START_TRIES} tries:\n{failed.read_text()[-3000:]}")
 
 
 def _skip_reason() -> str:
@@ -106,7 +123,7 @@ def _cluster(tmp_path: Path) -> Iterator[Cluster]:
         **ENV,
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
-        "RAY_gcs_server_port_wait_time_s": "120",  # a loaded machine starts the GCS slowly
+        **SLOW_START,  # fedops's own raised deadlines: a loaded machine starts Ray slowly
     }
     env.pop("RAY_ADDRESS", None)
     # short: a node's unix socket paths under it must fit in 107 bytes
@@ -116,16 +133,14 @@ def _cluster(tmp_path: Path) -> Iterator[Cluster]:
     with linked_pair(tag, subnet) as (ns_a, ns_b):
         try:
             head_log, node_log = tmp_path / "head.log", tmp_path / "node.log"
-            nodes.append(_start(contained(ns_a, ray_cmd, "start", "--head", *common,
-                                          f"--node-ip-address={subnet}.1", f"--port={PORT}",
-                                          "--include-dashboard=false",
-                                          f"--temp-dir={temp / 'a'}"), head_log, env))  # fmt: skip
-            _wait_started(nodes[0], head_log, 90)
-            nodes.append(_start(contained(ns_b, ray_cmd, "start", *common,
-                                          f"--address={subnet}.1:{PORT}",
-                                          f"--node-ip-address={subnet}.2",
-                                          f"--temp-dir={temp / 'b'}"), node_log, env))  # fmt: skip
-            _wait_started(nodes[1], node_log, 90)
+            _start_node(contained(ns_a, ray_cmd, "start", "--head", *common,
+                                  f"--node-ip-address={subnet}.1", f"--port={PORT}",
+                                  "--include-dashboard=false",
+                                  f"--temp-dir={temp / 'a'}"), head_log, env, nodes)  # fmt: skip
+            _start_node(contained(ns_b, ray_cmd, "start", *common,
+                                  f"--address={subnet}.1:{PORT}",
+                                  f"--node-ip-address={subnet}.2",
+                                  f"--temp-dir={temp / 'b'}"), node_log, env, nodes)  # fmt: skip
             yield Cluster(ns_a, f"{subnet}.1", f"{subnet}.2", env)
         finally:
             for proc in nodes:  # SIGKILL to unshare: every process of that node goes with it
