@@ -156,3 +156,24 @@ def test_local_dp_sites_train_in_threads_as_in_one(
     assert charges_one == charges_three and all(charges_one)
     for name in one:
         np.testing.assert_allclose(three[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_evaluation_spread_over_threads_scores_like_one_thread(tmp_path: Path) -> None:
+    """Image test splits are scored in slices of 256 rows, one slice per thread at a time:
+    885 test rows make four slices, enough to spread."""
+    big_tests = DATA.replace("n = 12 + 7 * site", "n = 150 + 7 * site").replace(
+        "(x[:-3], y[:-3]), (x[-3:], y[-3:])", "(x[:20], y[:20]), (x[20:], y[20:])"
+    )
+    path = tmp_path / "task_big_tests.py"
+    path.write_text(MODELS["batched_cnn"] + big_tests)
+
+    def last_metrics(workers: int) -> dict[str, float]:
+        cfg = SimulateConfig(rounds=1, seed=3, task=str(path))
+        cfg.simulation = SimulationConfig(backend="vectorized", num_clients=6, workers=workers)
+        run_dir = tmp_path / f"eval-{workers}"
+        assert run_simulation(validate(cfg), run_dir)["status"] == "completed"
+        return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+
+    one, three = last_metrics(1), last_metrics(3)
+    for key in ("eval_loss", "eval_accuracy"):
+        assert three[key] == pytest.approx(one[key], rel=1e-6), key
