@@ -35,7 +35,7 @@ RUNS = {
             *("--model", "cnn", "--clients", "4", "--rounds", "2"),
             *("--frameworks", "fedops", "loop", "--fedops-threads", "1"),
         ],
-        "| fedops, torch threads 1 | compute floor (batch 256), torch threads 1 |",
+        "| fedops, torch threads 1, 2 workers | compute floor (batch 256), torch threads 1 |",
     ),
 }
 
