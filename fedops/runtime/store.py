@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import sqlite3
 import threading
 import time
@@ -31,6 +30,7 @@ from fedops.runtime.checkpoint_file import (
     decode_checkpoint,
     write_safetensors,
 )
+from fedops.runtime.metrics_file import MetricsFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -82,17 +82,6 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN/Inf become null, at any depth: strict JSON readers refuse bare NaN."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 class RunStore:
     """Everything a run persists, in one directory.
 
@@ -112,9 +101,7 @@ class RunStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
-        # (last round, size) of the metrics.jsonl this store wrote: the next round appends
-        # a line to exactly that file instead of rewriting every earlier one
-        self._jsonl: tuple[int, int] | None = None
+        self._metrics_file = MetricsFile(self.dir)
 
     # --- run identity -------------------------------------------------
     def open_run(self, config: Mapping[str, Any]) -> tuple[str, bool]:
@@ -314,30 +301,18 @@ class RunStore:
 
     def write_metrics_jsonl(self) -> None:
         """Rewrite ``metrics.jsonl`` from the store, one line per committed round."""
-        metrics = self.round_metrics()
-        text = "".join(_metrics_line(m) for m in metrics)
-        tmp = self.dir / "metrics.jsonl.tmp"
-        tmp.write_text(text)
-        tmp.replace(self.dir / "metrics.jsonl")
-        self._jsonl = (metrics[-1]["round"], len(text.encode())) if metrics else None
+        self._metrics_file.rewrite(self.round_metrics())
 
     def _add_metrics_line(self, server_round: int) -> None:
-        """Append round ``server_round``'s line when the file is the one this store wrote up
-        to the round before (rewriting every line after each round was quadratic in rounds,
-        with a thousand sites' drift per line); any other state is rewritten whole."""
-        path = self.dir / "metrics.jsonl"
-        known = self._jsonl
-        size = path.stat().st_size if path.exists() else -1
-        if known is None or known != (server_round - 1, size):
+        """Round ``server_round``'s line, appended where the file is as this store left
+        it (:class:`fedops.runtime.metrics_file.MetricsFile`), else the file rewritten."""
+        if not self._metrics_file.extends(server_round):
             self.write_metrics_jsonl()
             return
         row = self._db.execute(
             "SELECT metrics_json FROM rounds WHERE round = ?", (server_round,)
         ).fetchone()
-        line = _metrics_line({"round": server_round, **json.loads(row[0])}).encode()
-        with path.open("ab") as f:
-            f.write(line)
-        self._jsonl = (server_round, size + len(line))
+        self._metrics_file.append({"round": server_round, **json.loads(row[0])})
 
     def record_rejection(self, server_round: int, node_id: str, code: str, reason: str) -> None:
         with self._lock, self._db:
@@ -411,7 +386,3 @@ class RunStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _metrics_line(metrics: Mapping[str, Any]) -> str:
-    return json.dumps(_json_safe(metrics), allow_nan=False) + "\n"
