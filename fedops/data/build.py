@@ -35,7 +35,30 @@ class TaskLike(Protocol):
     def load_data(self) -> Callable[..., tuple[Any, Any]]: ...
 
 
-def from_task(task: TaskLike, num_clients: int, server_round: int | None = None) -> FederatedData:
+def load_split(
+    task: TaskLike, site: int, num_sites: int, server_round: int | None = None
+) -> tuple[Split, Split]:
+    """``task.load_data(site, num_sites[, server_round])`` read into arrays: the site's
+    (train, test) splits, or a ValueError naming the task, the site and why."""
+    extra = () if server_round is None else (server_round,)
+    loaded = task.load_data(site, num_sites, *extra)
+    if not isinstance(loaded, tuple | list) or len(loaded) != 2:
+        raise ValueError(
+            f"task {task.name!r}: load_data({site}, {num_sites}) must return (train, test), "
+            f"got {type(loaded).__name__}"
+        )
+    train = split_arrays(task.name, loaded[0], f"load_data({site}) train")
+    test = split_arrays(task.name, loaded[1], f"load_data({site}) test", groups_ok=True)
+    return train, test
+
+
+def from_task(
+    task: TaskLike,
+    num_clients: int,
+    server_round: int | None = None,
+    *,
+    first: tuple[Split, Split] | None = None,
+) -> FederatedData:
     """Every client's data from ``task.load_data(i, num_clients)``, flattened.
 
     ``server_round`` (a task whose data changes per round): ``load_data(i, num_clients,
@@ -44,21 +67,20 @@ def from_task(task: TaskLike, num_clients: int, server_round: int | None = None)
     :mod:`fedops.data.materialize`); a test split may add a third column of group ids.
     Features become float32 and labels int64. ``num_classes`` is the largest label seen
     (clients and server) plus one. Server rows come from ``task.load_server_data()``.
+    ``first``: client 0's splits, already read by the caller (:func:`load_split`).
     """
     if num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     train: list[Split] = []
     test: list[Split] = []
-    extra = () if server_round is None else (server_round,)
     for i in range(num_clients):
-        loaded = task.load_data(i, num_clients, *extra)
-        if not isinstance(loaded, tuple | list) or len(loaded) != 2:
-            raise ValueError(
-                f"task {task.name!r}: load_data({i}, {num_clients}) must return (train, test), "
-                f"got {type(loaded).__name__}"
-            )
-        train.append(split_arrays(task.name, loaded[0], f"load_data({i}) train"))
-        test.append(split_arrays(task.name, loaded[1], f"load_data({i}) test", groups_ok=True))
+        a, b = (
+            first
+            if i == 0 and first is not None
+            else load_split(task, i, num_clients, server_round)
+        )
+        train.append(a)
+        test.append(b)
 
     server: list[Split] = []
     load_server = getattr(task, "load_server_data", None)

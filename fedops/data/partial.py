@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedops.data.build import TaskLike
+from fedops.data.build import TaskLike, load_split
 from fedops.data.federated import FederatedData
-from fedops.data.materialize import Split, split_arrays
+from fedops.data.materialize import Split
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,18 +48,9 @@ class SiteRows:
 def load_site(
     task: TaskLike, site: int, num_sites: int, server_round: int | None = None
 ) -> SiteRows:
-    """``task.load_data(site, num_sites[, server_round])`` read into arrays, or the
-    ValueError :func:`fedops.data.build.from_task` raises for that site."""
-    extra = () if server_round is None else (server_round,)
-    loaded = task.load_data(site, num_sites, *extra)
-    if not isinstance(loaded, tuple | list) or len(loaded) != 2:
-        raise ValueError(
-            f"task {task.name!r}: load_data({site}, {num_sites}) must return (train, test), "
-            f"got {type(loaded).__name__}"
-        )
-    train = split_arrays(task.name, loaded[0], f"load_data({site}) train")
-    test = split_arrays(task.name, loaded[1], f"load_data({site}) test", groups_ok=True)
-    return SiteRows(train, test)
+    """The site's splits as :func:`fedops.data.build.from_task` reads them
+    (:func:`fedops.data.build.load_split`: the same call, checks and messages)."""
+    return SiteRows(*load_split(task, site, num_sites, server_round))
 
 
 def site_rows(data: FederatedData, client: int) -> SiteRows:

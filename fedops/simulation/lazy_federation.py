@@ -32,7 +32,7 @@ round starts:
 
 The trade: a round's clients are read from the task's storage every round (a static
 task's only when newly picked), where the in-memory run reads each once; under ``auto``
-a federation that fits is read whole as before, site 0 twice (once to size it).
+a federation that fits is read whole as before (site 0, read to size it, once).
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ def open_federation(cfg: SimulateConfig) -> tuple[Task, FederatedData | LazyFede
     if s.data == "auto":
         room = available_memory(s.device)
         if room is None or need <= MEMORY_SHARE * room:
-            return task, from_task(task, s.num_clients, first_round)  # load_federation's
+            whole = from_task(task, s.num_clients, first_round, first=(first.train, first.test))
+            return task, whole  # load_federation's, site 0 not read again
         log.info(
             "federation data ~%s > half of the %s available: loading the %s clients of "
             "each round as it starts",

@@ -155,6 +155,13 @@ def test_a_lazy_run_is_the_in_memory_run(
     assert set(memory_loads) == set(range(9))  # the in-memory run loads everyone
 
 
+def test_a_federation_that_fits_reads_each_site_once(tmp_path: Path) -> None:
+    """``auto`` reads site 0 to size the federation; the in-memory build reuses it."""
+    task, log = _task(tmp_path, "static", "task_auto")
+    assert run_simulation(validate(_cfg(task, "auto")), tmp_path / "run")["status"] == "completed"
+    assert Counter(site for site, _ in _calls(log)) == Counter(range(9))
+
+
 def _cohorts(run_dir: Path) -> list[set[int]]:
     """Each round's fitting clients, by index, from the run's store."""
     from fedops.runtime.store import RunStore
@@ -246,7 +253,7 @@ def test_auto_goes_lazy_only_past_half_the_memory_available(
     monkeypatch.setattr(lazy_federation, "available_memory", lambda device: 2 * need)
     _, data = open_federation(cfg)
     assert isinstance(data, FederatedData) and data.num_clients == 1000
-    assert len(_calls(log)) - loads == 1 + 1000  # site 0 measured, then everyone
+    assert len(_calls(log)) - loads == 1000  # site 0 measured and kept, then the others
     memory = validate(_cfg(task_path, "memory", clients=1000, per_round=10))
     monkeypatch.setattr(lazy_federation, "available_memory", lambda device: 1)
     assert isinstance(open_federation(memory)[1], FederatedData)  # memory: never lazy
