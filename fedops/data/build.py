@@ -8,7 +8,7 @@ deployment simulates unchanged, on exactly the rows each site would load.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -57,7 +57,7 @@ def from_task(
     num_clients: int,
     server_round: int | None = None,
     *,
-    first: tuple[Split, Split] | None = None,
+    read: Mapping[int, tuple[Split, Split]] | None = None,
 ) -> FederatedData:
     """Every client's data from ``task.load_data(i, num_clients)``, flattened.
 
@@ -67,18 +67,16 @@ def from_task(
     :mod:`fedops.data.materialize`); a test split may add a third column of group ids.
     Features become float32 and labels int64. ``num_classes`` is the largest label seen
     (clients and server) plus one. Server rows come from ``task.load_server_data()``.
-    ``first``: client 0's splits, already read by the caller (:func:`load_split`).
+    ``read``: splits of some clients (by index) the caller already read with
+    :func:`load_split` for the same round (to size the federation), not read again.
     """
     if num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
+    read = read or {}
     train: list[Split] = []
     test: list[Split] = []
     for i in range(num_clients):
-        a, b = (
-            first
-            if i == 0 and first is not None
-            else load_split(task, i, num_clients, server_round)
-        )
+        a, b = read[i] if i in read else load_split(task, i, num_clients, server_round)
         train.append(a)
         test.append(b)
 
@@ -87,12 +85,7 @@ def from_task(
     if load_server is not None:
         server.append(split_arrays(task.name, load_server(), "load_server_data()"))
     shape = _feature_shape(task.name, train + test + server)
-    grouped = {g is not None for _, y, g in test}
-    if len(grouped) > 1:
-        raise ValueError(
-            f"task {task.name!r}: some clients' test splits carry a group column and some "
-            "do not; give every client's test split one, or none"
-        )
+    grouped = group_column(task.name, test)
     top = max((int(y.max()) for _, y, _ in train + test + server if len(y)), default=-1)
     train_x, train_y, train_off, _ = _concat(train, shape)
     test_x, test_y, test_off, test_groups = _concat(test, shape)
@@ -106,8 +99,23 @@ def from_task(
         num_classes=top + 1,
         server_x=server[0][0] if server else None,
         server_y=server[0][1] if server else None,
-        test_groups=test_groups if grouped == {True} else None,
+        test_groups=test_groups if grouped else None,
     )
+
+
+def group_column(name: str, tests: Iterable[Split]) -> bool:
+    """Whether the test splits carry a group column, all of them or none (else a
+    ValueError naming task ``name``): fairness statistics compare groups across every
+    client, so a federation where only some sites say who is in which group has none to
+    compare. The one check :func:`from_task` and
+    :func:`fedops.data.partial.partial_federation` share, with one message."""
+    grouped = {groups is not None for _, _, groups in tests}
+    if len(grouped) > 1:
+        raise ValueError(
+            f"task {name!r}: some clients' test splits carry a group column and some "
+            "do not; give every client's test split one, or none"
+        )
+    return grouped == {True}
 
 
 def _feature_shape(name: str, splits: list[Split]) -> tuple[int, ...]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedops.data.build import TaskLike, load_split
+from fedops.data.build import TaskLike, group_column, load_split
 from fedops.data.federated import FederatedData
 from fedops.data.materialize import Split
 
@@ -72,7 +72,6 @@ def partial_federation(
     column every site must share (as :func:`fedops.data.build.from_task` checks across all
     clients); ``name``: the task's, for the error."""
     shape = like.train[0].shape[1:]
-    grouped = like.test[2] is not None
     for site, rows in sites.items():
         for x, y, _ in (rows.train, rows.test):
             if len(y) and x.shape[1:] != shape:
@@ -80,11 +79,7 @@ def partial_federation(
                     f"task {name!r}: clients' features differ in shape: "
                     f"{ {shape, x.shape[1:]} } (load_data({site}) against the first site's)"
                 )
-        if (rows.test[2] is not None) != grouped:
-            raise ValueError(
-                f"task {name!r}: some clients' test splits carry a group column and some "
-                "do not; give every client's test split one, or none"
-            )
+    grouped = group_column(name, [like.test, *(rows.test for rows in sites.values())])
     order = sorted(sites)
     train = [sites[s].train for s in order]
     test = [sites[s].test for s in order]

@@ -3,12 +3,14 @@
 The vectorized backend normally holds every client's rows in one
 :class:`~fedops.data.FederatedData` (:func:`fedops.simulation.federation.load_federation`).
 A run of 100,000 image clients of which 1,000 train per round cannot. Here
-(``simulation.data``: ``auto``, the default, decides from the first site's size; ``lazy``
+(``simulation.data``: ``auto``, the default, decides from a few sites' sizes; ``lazy``
 forces it, ``memory`` refuses it) only the clients a round dispatches are loaded, as the
 round starts:
 
-- :func:`open_federation` loads site 0, estimates the whole federation as its bytes times
-  the number of sites (twice that for a task whose data changes per round: the drift
+- :func:`open_federation` loads up to four sites spread over the federation
+  (:func:`sampled_sites`: site 0, the last and two between; all of a federation of four
+  or fewer), estimates the whole federation as their mean bytes times the number of sites
+  (:func:`estimate_bytes`; twice that for a task whose data changes per round: the drift
   reference and the round's window are both held) and, over half of the memory available
   (``MemAvailable``; on a GPU also half of its free memory), says so in one INFO line and
   hands the engine a :class:`LazyFederation` instead of every client's rows;
@@ -32,7 +34,10 @@ round starts:
 
 The trade: a round's clients are read from the task's storage every round (a static
 task's only when newly picked), where the in-memory run reads each once; under ``auto``
-a federation that fits is read whole as before (site 0, read to size it, once).
+a federation that fits is read whole as before (the sites read to size it, once each),
+and one that does not reads its sampled sites other than site 0 again when a round picks
+them (at most three reads more in the whole run, where keeping them would hold up to
+three sites' rows for all of it).
 """
 
 from __future__ import annotations
@@ -64,6 +69,10 @@ log = logging.getLogger("fedops.simulate")
 #: the share of available memory the whole federation may take before it is loaded per
 #: round: the in-memory build holds every site's arrays and their concatenation at once
 MEMORY_SHARE = 0.5
+
+#: sites read under ``auto`` to estimate the federation's size (site 0 among them): a few
+#: reads that a federation that fits reuses, enough to see sizes trend over the indices
+SAMPLED_SITES = 4
 
 
 @dataclass(frozen=True)
@@ -99,29 +108,58 @@ def open_federation(cfg: SimulateConfig) -> tuple[Task, FederatedData | LazyFede
     task = load_task(cfg.task)
     round_aware = takes_round(task.load_data)
     first_round = 0 if round_aware else None  # round 0: the drift reference
-    first = load_site(task, 0, s.num_clients, first_round)
-    need = first.nbytes * s.num_clients * (2 if round_aware else 1)
-    per_round = s.clients_per_round or s.num_clients
+    n = s.num_clients
+    # lazy has nothing to decide: site 0 (the shape every site must share) is enough
+    sampled = sampled_sites(n) if s.data == "auto" else [0]
+    read = {site: load_site(task, site, n, first_round) for site in sampled}
+    need = estimate_bytes(read, n) * (2 if round_aware else 1)
+    basis = f"all {n:,} sites" if len(read) == n else f"mean of {len(read)} sites times {n:,}"
+    per_round = s.clients_per_round or n
     if s.data == "auto":
         room = available_memory(s.device)
         if room is None or need <= MEMORY_SHARE * room:
-            whole = from_task(task, s.num_clients, first_round, first=(first.train, first.test))
-            return task, whole  # load_federation's, site 0 not read again
+            splits = {site: (rows.train, rows.test) for site, rows in read.items()}
+            return task, from_task(task, n, first_round, read=splits)  # none read twice
         log.info(
-            "federation data ~%s > half of the %s available: loading the %s clients of "
-            "each round as it starts",
+            "federation data ~%s (from %s) > half of the %s available: loading the %s "
+            "clients of each round as it starts",
             _size(need),
+            basis,
             _size(room),
             f"{per_round:,}",
         )
     else:
         log.info(
             "simulation.data=lazy: loading the %s clients of each round as it starts "
-            "(federation data ~%s)",
+            "(federation data ~%s, from site 0 times %s)",
             f"{per_round:,}",
             _size(need),
+            f"{n:,}",
         )
-    return task, LazyFederation(task, s.num_clients, round_aware, first)
+    return task, LazyFederation(task, n, round_aware, read[0])
+
+
+def sampled_sites(num_sites: int) -> list[int]:
+    """The sites :func:`open_federation` reads to size a federation: site 0, the last and
+    two evenly between (every site of a federation of four or fewer). Spread over the
+    indices, they follow a federation whose sizes trend with the site (a partition by
+    index, a sorted source) that site 0 alone misjudges; deterministic, so a run that
+    fits reads the same sites first every time, and they are reused, not read again."""
+    last = num_sites - 1
+    return sorted({k * last // (SAMPLED_SITES - 1) for k in range(SAMPLED_SITES)})
+
+
+def estimate_bytes(read: Mapping[int, SiteRows], num_sites: int) -> int:
+    """The whole federation's bytes from the sites ``read``: their mean times
+    ``num_sites`` (exact when every site was read).
+
+    The mean, not a max-based bound: the largest site read times the number of sites is
+    no bound either (a site not read may be larger still), and it would send every skewed
+    federation (quantity skew is the norm in federated partitions) to the slower per-round
+    path as if each site were its largest sampled one. The mean of sites spread over the
+    federation is its estimate of the total; a site far larger than all four sampled can
+    still be misjudged, which ``simulation.data=lazy`` (or ``memory``) settles."""
+    return sum(rows.nbytes for rows in read.values()) * num_sites // len(read)
 
 
 def available_memory(device: str) -> int | None:

@@ -239,21 +239,22 @@ def test_auto_goes_lazy_only_past_half_the_memory_available(
 ) -> None:
     task_path, log = _task(tmp_path, "per_round", "auto")
     cfg = validate(_cfg(task_path, "auto", clients=1000, per_round=10))
-    site0 = lazy_federation.load_site(
-        lazy_federation.load_task(str(task_path)), 0, 1000, server_round=0
-    )
-    need = site0.nbytes * 1000 * 2  # reference and round window both held in memory
+    task = lazy_federation.load_task(str(task_path))
+    sampled = [lazy_federation.load_site(task, s, 1000, 0) for s in (0, 333, 666, 999)]
+    # their mean times the sites; reference and round window both held in memory
+    need = sum(rows.nbytes for rows in sampled) * 1000 // 4 * 2
     monkeypatch.setattr(lazy_federation, "available_memory", lambda device: 2 * need - 1)
     with caplog.at_level(logging.INFO, logger="fedops.simulate"):
         _, federation = open_federation(cfg)
     assert isinstance(federation, LazyFederation)
     assert "> half of the" in caplog.text and "loading the 10 clients of each round" in caplog.text
+    assert "(from mean of 4 sites times 1,000)" in caplog.text
     assert federation.round_aware
     loads = len(_calls(log))
     monkeypatch.setattr(lazy_federation, "available_memory", lambda device: 2 * need)
     _, data = open_federation(cfg)
     assert isinstance(data, FederatedData) and data.num_clients == 1000
-    assert len(_calls(log)) - loads == 1000  # site 0 measured and kept, then the others
+    assert len(_calls(log)) - loads == 1000  # 4 sites measured and kept, then the others
     memory = validate(_cfg(task_path, "memory", clients=1000, per_round=10))
     monkeypatch.setattr(lazy_federation, "available_memory", lambda device: 1)
     assert isinstance(open_federation(memory)[1], FederatedData)  # memory: never lazy
