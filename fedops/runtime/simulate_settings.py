@@ -11,6 +11,7 @@ names the dotted key it refuses.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,13 @@ DEVICES = ("cpu", "cuda", "auto")
 DATA_MODES = ("auto", "memory", "lazy")
 #: simulation.ray_address: ``auto``, or a head's ``HOST:PORT`` / ``ray://HOST:PORT``
 RAY_ADDRESS = re.compile(r"auto|(?:ray://)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})")
+#: the backends that read simulation.workers, and what they run that many of
+WORKER_BACKENDS = {"vectorized": "threads", "process": "processes", "ray": "actors"}
+#: simulation.workers left unset (null): the vectorized backend's CPU threads, the process
+#: pool's processes, Ray's actors (one CPU each)
+DEFAULT_WORKERS = 2
+
+log = logging.getLogger("fedops.simulate")
 
 
 @dataclass
@@ -91,7 +99,9 @@ class SimulationConfig:
     min_fit_results: int = 1  # fewer updates abort the round (model unchanged), as deployed
     device: str = "cpu"
     max_chunk: int = 1024
-    workers: int = 2
+    #: None: the backend's default (:func:`backend_workers`), so that a key the user never
+    #: set can be told from one they did (sequential refuses the latter)
+    workers: int | None = None
     ray_address: str | None = None
     threads: int = 1  # torch threads per process; 0 = torch's default (all cores)
     #: the batched backend's client data: ``memory`` (all clients' rows at once), ``lazy``
@@ -198,7 +208,7 @@ def check_simulation(s: SimulationConfig) -> None:
     )
     _one_of(s.device, DEVICES, "simulation.device")
     _require(s.max_chunk >= 1, "simulation.max_chunk", "must be >= 1")
-    _require(s.workers >= 1, "simulation.workers", "must be >= 1")
+    _require(s.workers is None or s.workers >= 1, "simulation.workers", "must be >= 1")
     if s.ray_address is not None:
         _require(s.backend == "ray", "simulation.ray_address", "needs simulation.backend=ray")
         match = RAY_ADDRESS.fullmatch(s.ray_address)
@@ -215,6 +225,48 @@ def check_simulation(s: SimulationConfig) -> None:
         f"is read by simulation=vectorized only (simulation={s.backend} keeps each client's "
         "data with the client)",
     )
+    check_backend_keys(s)
+
+
+def check_backend_keys(s: SimulationConfig) -> None:
+    """Keys the chosen backend never reads would be ignored without a word: refuse them by
+    the key the user typed (only when set: a value at its default could be anyone's)."""
+    readers = ", ".join(f"{name} ({what})" for name, what in WORKER_BACKENDS.items())
+    _require(
+        s.workers is None or s.backend in WORKER_BACKENDS,
+        "simulation.workers",
+        f"has no effect with simulation={s.backend}, which runs one client at a time in this "
+        f"process: it is read by simulation={readers}",
+    )
+    if s.backend != "vectorized":  # the batched trainers' chunking and device, no other's
+        _unread(
+            s,
+            "simulation",
+            f"with simulation={s.backend}: only simulation=vectorized reads it",
+            only=("device", "max_chunk"),
+        )
+
+
+def backend_workers(s: SimulationConfig, device: str = "cpu") -> int:
+    """How many threads (vectorized), processes or actors ``s``'s backend runs, on
+    ``device`` (resolved: ``cpu`` or ``cuda``): every reader of ``simulation.workers`` asks
+    here, so an unset key means one default and never reaches a backend as None.
+
+    On a GPU one thread drives the device whatever was set, said in the log (no error: the
+    same config may run on a machine without one).
+    """
+    if s.backend not in WORKER_BACKENDS:
+        return 1  # sequential: one client at a time (check_backend_keys refuses a setting)
+    if s.backend == "vectorized" and device != "cpu":
+        if s.workers is not None and s.workers > 1:
+            log.info(
+                "simulation.device=%s: one thread drives the GPU; simulation.workers=%d is not "
+                "used (it sets the CPU's threads)",
+                device,
+                s.workers,
+            )
+        return 1
+    return DEFAULT_WORKERS if s.workers is None else s.workers
 
 
 def check_secagg_keys(a: SecAggConfig, s: SimulationConfig) -> None:
@@ -235,10 +287,17 @@ def check_secagg_keys(a: SecAggConfig, s: SimulationConfig) -> None:
         )
 
 
-def _unread(section: object, prefix: str, why: str, skip: tuple[str, ...] = ()) -> None:
-    """Every key of ``section`` (but ``skip``) must keep its default: nothing reads it."""
+def _unread(
+    section: object,
+    prefix: str,
+    why: str,
+    skip: tuple[str, ...] = (),
+    only: tuple[str, ...] | None = None,
+) -> None:
+    """Every key of ``section`` (but ``skip``; of ``only`` when given) must keep its
+    default: nothing reads it."""
     for spec in dataclasses.fields(section):  # type: ignore[arg-type]
-        if spec.name not in skip:
+        if spec.name not in skip and (only is None or spec.name in only):
             value = getattr(section, spec.name)
             _require(value == spec.default, f"{prefix}.{spec.name}", f"has no effect {why}")
 

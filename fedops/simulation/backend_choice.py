@@ -21,7 +21,7 @@ import dataclasses
 import logging
 
 from fedops.core.vectorized import supports
-from fedops.runtime.simulate_settings import SimulateConfig
+from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig
 from fedops.tasks import load_task
 
 log = logging.getLogger("fedops.simulate")
@@ -43,8 +43,25 @@ def choose_backend(cfg: SimulateConfig) -> str:
     if why is None:
         return "vectorized"
     backend = FALLBACK
-    log.warning("simulation runs on the %s backend, not the batched one: %s", backend, why)
+    log.warning(
+        "simulation runs on the %s backend, not the batched one: %s%s",
+        backend,
+        why,
+        _unused_there(cfg.simulation),
+    )
     return backend
+
+
+def _unused_there(s: SimulationConfig) -> str:
+    """The batched backend's keys the user set, which the fallback does not read: said
+    with the move, never dropped without a word."""
+    unused = [f"simulation.workers={s.workers}"] if s.workers is not None else []
+    unused += [
+        f"simulation.{key}={getattr(s, key)}"
+        for key in ("device", "max_chunk")
+        if getattr(s, key) != getattr(SimulationConfig, key)
+    ]
+    return f" ({', '.join(unused)} not used there: it runs one client at a time)" if unused else ""
 
 
 def batching_refusal(cfg: SimulateConfig) -> str | None:

@@ -25,7 +25,7 @@ from fedops.runtime.driver import DriverConfig
 from fedops.runtime.records import RecordSettings, RunRecords, run_recorded
 from fedops.runtime.run import RunPlan, make_strategy
 from fedops.runtime.section_settings import monitor_settings, privacy_settings, secagg_settings
-from fedops.runtime.simulate_settings import SimulateConfig
+from fedops.runtime.simulate_settings import SimulateConfig, backend_workers
 from fedops.runtime.transport import Transport
 from fedops.simulation.backend_choice import settle_backend
 from fedops.simulation.faults import FaultPlan
@@ -98,7 +98,7 @@ def make_transport(
             faults=faults,
             max_chunk=s.max_chunk,
             device=device,
-            workers=s.workers if device == "cpu" else 1,  # one thread drives a GPU
+            workers=backend_workers(s, device),  # one thread drives a GPU (said in the log)
             reload=round_loader(task, s.num_clients) if cfg.task else None,
             groups_of=task.sensitive_groups,
             report_limits=ReportLimits(min_count=cfg.monitoring.min_count),

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from fedops.runtime.simulate_settings import SimulateConfig
+from fedops.runtime.simulate_settings import SimulateConfig, backend_workers
 from fedops.simulation.faults import FaultPlan
 from fedops.simulation.jobs import Job
 from fedops.simulation.pool import WorkerTransport, owner
@@ -67,7 +67,7 @@ class ProcessTransport(WorkerTransport):
         super().__init__(cfg, faults)
         context = mp.get_context("spawn")  # no forked torch/gRPC state in workers
         spec = WorkerSpec.of(cfg).to_json()
-        count = cfg.simulation.workers
+        count = backend_workers(cfg.simulation)  # unset: the default, never None
         self._outbox = context.Queue()
         self._inboxes = [context.Queue() for _ in range(count)]
         self._procs = [

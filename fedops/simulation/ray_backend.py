@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from fedops.runtime.simulate_settings import SimulateConfig
+from fedops.runtime.simulate_settings import SimulateConfig, backend_workers
 from fedops.simulation.faults import FaultPlan
 from fedops.simulation.jobs import Job
 from fedops.simulation.pool import WorkerTransport, owner
@@ -123,6 +123,7 @@ class RayTransport(WorkerTransport):
         super().__init__(cfg, faults)
         ray = _ray()
         s = cfg.simulation
+        workers = backend_workers(s)  # unset: the default, never None
         self._owns_ray = not ray.is_initialized() and not s.ray_address
         if not ray.is_initialized():
             if s.ray_address:
@@ -136,10 +137,10 @@ class RayTransport(WorkerTransport):
                     ray.cluster_resources().get("CPU", 0),
                 )
             else:
-                start_local_ray(ray, s.workers)
+                start_local_ray(ray, workers)
         actor = ray.remote(num_cpus=1)(_Actor)
         spec_json = WorkerSpec.of(cfg).to_json()
-        self.actors = [actor.remote(spec_json) for _ in range(s.workers)]
+        self.actors = [actor.remote(spec_json) for _ in range(workers)]
         # asked first, so answered before any job of its actor (calls from here run in order)
         self._where = [a.where.remote() for a in self.actors]
         self._results = [0] * len(self.actors)  # results taken from each actor

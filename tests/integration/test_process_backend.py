@@ -38,9 +38,7 @@ def test_process_pool_equals_sequential_on_a_user_task(tmp_path: Path):
             rounds=2,
             seed=1,
             task=str(task),
-            simulation=SimulationConfig(
-                backend=backend, num_clients=4, workers=2, dropout_rate=0.25
-            ),
+            simulation=SimulationConfig(backend=backend, num_clients=4, dropout_rate=0.25),
         )
         cfg.client.lr, cfg.client.epochs, cfg.client.batch_size = 0.1, 1, 64
         summary = run_simulation(validate(cfg), tmp_path / backend)

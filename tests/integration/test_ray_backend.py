@@ -29,9 +29,7 @@ def test_ray_actors_equal_sequential(tmp_path: Path):
         cfg = SimulateConfig(
             rounds=2,
             seed=2,
-            simulation=SimulationConfig(
-                backend=backend, num_clients=3, workers=2, straggler_rate=0.5
-            ),
+            simulation=SimulationConfig(backend=backend, num_clients=3, straggler_rate=0.5),
         )
         cfg.strategy.name, cfg.strategy.mu = "fedprox", 0.1
         summary = run_simulation(validate(cfg), tmp_path / backend)
