@@ -253,8 +253,8 @@ def report(results: dict[int, Samples], repeats: int) -> None:
     )
     print(
         "\ndown = the agent's fetch_model: FetchModel + Assembler into a reused buffer, "
-        "sha256 verified while the chunks arrive; up = the agent's push_result until the "
-        "coordinator accepted it (specs match, reassembly, check_finite); round trip = "
+        "its BLAKE3 digest verified while the chunks arrive; up = the agent's push_result "
+        "until the coordinator accepted it (specs match, reassembly, check_finite); round trip = "
         "dispatch() (model digest) -> ResultArrived."
     )
 

@@ -6,7 +6,6 @@ tensor is wrong, and map one-to-one onto safetensors checkpoints.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import threading
@@ -15,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from fedops.core.model_hash import NamedHash, hash_named
 
 Params = dict[str, np.ndarray]
 
@@ -66,17 +67,32 @@ def le_bytes(arr: np.ndarray) -> memoryview:
     return contiguous.reshape(-1).data.cast("B")
 
 
-def digest(params: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 of the specs header, then every tensor's little-endian bytes in order.
+def model_hasher(specs: Sequence[TensorSpec], name: str | None = None) -> NamedHash:
+    """A running model digest, the specs header already in: feed it the tensors' bytes."""
+    h = NamedHash() if name is None else NamedHash(name)
+    h.update(digest_header(specs))
+    return h
+
+
+def digest(params: Mapping[str, np.ndarray], name: str | None = None) -> str:
+    """The model digest (``blake3:<hex>``): the specs header, then every tensor's
+    little-endian bytes in order (:mod:`fedops.core.model_hash` says why BLAKE3).
 
     Equal digests, equal models. The bytes are hashed in wire order, so a
     receiver can compute the same digest chunk by chunk while they arrive
     (:class:`fedops.wire.codec.Assembler`) instead of in a second pass.
     """
-    h = hashlib.sha256(digest_header(specs_of(params)))
+    h = model_hasher(specs_of(params), name)
     for arr in params.values():
         h.update(le_bytes(arr))
     return h.hexdigest()
+
+
+def digest_matches(params: Mapping[str, np.ndarray], recorded: str) -> bool:
+    """Whether ``params`` hash to ``recorded``, in the algorithm ``recorded`` names: a run
+    directory from before fedops.v1.4 holds bare SHA-256 digests, and still verifies.
+    :class:`fedops.core.model_hash.UnknownDigest` if it names none fedops reads."""
+    return digest(params, hash_named(recorded)) == recorded
 
 
 class _LastDigest:

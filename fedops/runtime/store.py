@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from fedops.core.params import Params, digest
+from fedops.core.model_hash import UnknownDigest
+from fedops.core.params import Params, digest_matches
 from fedops.core.params import model_digest as digest_once
 from fedops.runtime.checkpoint_file import (
     STATE_PREFIX,
@@ -215,7 +216,11 @@ class RunStore:
         if hashlib.sha256(data).hexdigest() != row[1]:
             raise StoreError(f"checkpoint {path} does not match its recorded sha256")
         checkpoint = decode_checkpoint(data)
-        if digest(checkpoint.params) != row[2]:
+        try:
+            intact = digest_matches(checkpoint.params, row[2] or "")
+        except UnknownDigest as exc:
+            raise StoreError(f"checkpoint {path} of round {server_round}: {exc}") from None
+        if not intact:
             raise StoreError(f"checkpoint {path} does not match the recorded model digest")
         return checkpoint
 

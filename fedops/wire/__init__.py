@@ -3,5 +3,6 @@
 #: sent at registration; a coordinator refuses any other. Raised whenever a peer of the
 #: previous version would fail mid-round instead (v1.1: 36-byte SecAgg+ shares over
 #: GF(2^31 - 1), the CRL with tasks; v1.2: shares dealt with their owners' digests; v1.3:
-#: training tasks carry the run's training settings, Task.train, which a site requires).
-PROTOCOL_VERSION = "fedops.v1.3"
+#: training tasks carry the run's training settings, Task.train, which a site requires;
+#: v1.4: model digests are BLAKE3, "blake3:<hex>", fedops.core.model_hash).
+PROTOCOL_VERSION = "fedops.v1.4"

@@ -157,6 +157,16 @@ def test_a_model_other_than_the_announced_one_is_refused(server: Any) -> None:
     )
 
 
+def test_the_right_models_sha256_digest_is_refused_on_the_wire(server: Any) -> None:
+    """fedops.v1.4 speaks BLAKE3 only: a coordinator announcing the (correct) bare SHA-256
+    digest of older run directories gets no model used, rather than a second algorithm
+    to choose from."""
+    coordinator, channel = server
+    coordinator.model = _model_stream(PARAMS)
+    with pytest.raises(DigestMismatch, match="model digest mismatch"):
+        fetch_model(channel, SESSION, _task(digest(PARAMS, "sha256")))
+
+
 def test_one_flipped_bit_in_any_chunk_is_refused(server: Any) -> None:
     """The streamed hash sees every chunk: a bit flipped in the first, a middle or the last
     chunk (the same size, still finite) is a digest mismatch, never a model."""

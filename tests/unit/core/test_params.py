@@ -186,7 +186,7 @@ def test_check_finite_ignores_integer_and_bool_tensors():
 
 def test_digest_is_stable_for_equal_params():
     assert digest(_model()) == digest(_model())
-    assert re.fullmatch(r"[0-9a-f]{64}", digest(_model()))
+    assert re.fullmatch(r"blake3:[0-9a-f]{64}", digest(_model()))
 
 
 def test_digest_changes_when_one_value_changes():

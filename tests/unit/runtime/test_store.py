@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
 import pytest
 from torch import nn
 
-from fedops.core.params import digest
+from fedops.core.params import digest, digest_header, le_bytes, specs_of
 from fedops.core.training import get_params
 from fedops.runtime.checkpoint_file import read_checkpoint
 from fedops.runtime.store import Participant, RunStore, StoreError, config_digest
@@ -115,6 +116,41 @@ def test_load_round_detects_a_checkpoint_swapped_for_another_round(store):
     _ckpt(store, 1).write_bytes(_ckpt(store, 2).read_bytes())
     with pytest.raises(StoreError, match="sha256"):
         store.load_round(1)
+
+
+def _record_model_digest(store: RunStore, r: int, value: str) -> None:
+    with store._db:
+        store._db.execute("UPDATE rounds SET model_digest = ? WHERE round = ?", (value, r))
+
+
+def _legacy_digest(params: dict[str, np.ndarray]) -> str:
+    """A model digest as runs before fedops.v1.4 recorded it: bare SHA-256 hex."""
+    h = hashlib.sha256(digest_header(specs_of(params)))
+    for arr in params.values():
+        h.update(le_bytes(arr))
+    return h.hexdigest()
+
+
+def test_a_round_recorded_with_an_older_runs_sha256_digest_still_loads(store):
+    store.save_round(0, _params(), {})
+    assert store.model_digest(0).startswith("blake3:")
+    _record_model_digest(store, 0, _legacy_digest(_params()))
+    assert digest(store.load_round(0)) == digest(_params())
+
+
+def test_an_older_runs_sha256_digest_of_another_model_is_still_a_mismatch(store):
+    store.save_round(0, _params(), {})
+    _record_model_digest(store, 0, _legacy_digest(_params(1.0)))
+    with pytest.raises(StoreError, match="does not match the recorded model digest"):
+        store.load_round(0)
+
+
+@pytest.mark.parametrize("recorded", ["md5:" + "0" * 32, "sha256:" + "0" * 64, "", "blake3:zz"])
+def test_a_recorded_digest_fedops_cannot_read_refuses_the_checkpoint(store, recorded):
+    store.save_round(0, _params(), {})
+    _record_model_digest(store, 0, recorded)
+    with pytest.raises(StoreError, match=r"round 0: .* is not a model digest fedops reads"):
+        store.load_round(0)
 
 
 def test_load_round_of_an_uncommitted_round_fails(store):
