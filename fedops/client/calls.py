@@ -86,9 +86,15 @@ def fetch_model(
     if got != task.model_digest:
         raise DigestMismatch(
             f"model digest mismatch: the task announced "
-            f"{task.model_digest}, the download hashes to {got}"
+            f"{_announced(task.model_digest)}, the download hashes to {got}"
         )
     return params, got
+
+
+def _announced(value: str) -> str:
+    """The coordinator's digest as a refusal shows it: as sent, or quoted and cut short
+    when it is not a digest's length (a hostile one must not fill the site's log)."""
+    return value if len(value) <= 80 and value.isprintable() else codec.shown(value, 80)
 
 
 def push_result(

@@ -74,6 +74,8 @@ def hash_named(recorded: str) -> str:
 
     ``blake3:<hex>`` names its own; bare hex is a digest from before fedops.v1.4 (SHA-256).
     """
+    if not isinstance(recorded, str):  # a BLOB in a tampered SQLite row, say
+        raise UnknownDigest(f"a {type(recorded).__name__} is not a model digest fedops reads")
     name, sep, hex_value = recorded.rpartition(":")
     if not sep:
         name = LEGACY_HASH
@@ -85,6 +87,14 @@ def hash_named(recorded: str) -> str:
             f"('{MODEL_HASH}:' and {_HEX_LENGTH} hex digits, or a bare {LEGACY_HASH} hex digest)"
         )
     return name
+
+
+def shortened(value: str, hex_digits: int = 16) -> str:
+    """``value`` for a message or a table: its algorithm name kept whole, then the first
+    ``hex_digits`` of its hex (a cut of the whole string would spend them on the name)."""
+    name, sep, hex_value = str(value).rpartition(":")
+    cut = hex_value if len(hex_value) <= hex_digits else hex_value[:hex_digits] + "…"
+    return f"{name}{sep}{cut}"
 
 
 def _is_hex(value: str) -> bool:

@@ -209,6 +209,8 @@ class RunStore:
         ).fetchone()
         if row is None:
             raise StoreError(f"round {server_round} was never committed in {self.dir}")
+        if not all(isinstance(v, str) for v in row):  # a tampered row: BLOBs, numbers
+            raise StoreError(f"round {server_round}'s row in {self.dir} is not text: damaged")
         path = self.dir / "checkpoints" / row[0]
         if not path.exists():
             raise StoreError(f"checkpoint {path} of round {server_round} is missing")
@@ -217,7 +219,7 @@ class RunStore:
             raise StoreError(f"checkpoint {path} does not match its recorded sha256")
         checkpoint = decode_checkpoint(data)
         try:
-            intact = digest_matches(checkpoint.params, row[2] or "")
+            intact = digest_matches(checkpoint.params, row[2])
         except UnknownDigest as exc:
             raise StoreError(f"checkpoint {path} of round {server_round}: {exc}") from None
         if not intact:

@@ -58,6 +58,7 @@ from typing import Any
 from fedops.consortium.signing import Signer
 from fedops.core.audit.pseudonyms import MARK, reidentify
 from fedops.core.audit.verify import VerifyResult, split_log
+from fedops.core.model_hash import shortened
 from fedops.reporting.audit.anchor_checks import check_anchors
 from fedops.reporting.audit.compliance_html import render_html
 from fedops.reporting.audit.logs import (
@@ -231,7 +232,7 @@ class _Check:
         elif digest not in sent:
             self.mismatch(
                 "model_digest", site, key,
-                f"received model {digest[:16]}…, the coordinator sent {_short(sent)}",
+                f"received model {shortened(digest)}, the coordinator sent {_short(sent)}",
                 site_digest=digest, coordinator_digest=sorted(sent),
             )  # fmt: skip
 
@@ -254,7 +255,7 @@ class _Check:
             row["update_status"] = "mismatch"
             self.mismatch(
                 "update_digest", site, key,
-                f"sent update {digest[:16]}…, the coordinator received {got[0][:16]}…",
+                f"sent update {shortened(digest)}, the coordinator received {shortened(got[0])}",
                 site_digest=digest, coordinator_digest=got[0],
             )  # fmt: skip
 
@@ -271,7 +272,7 @@ class _Check:
 
 
 def _short(digests: set[str]) -> str:
-    return " or ".join(f"{d[:16]}…" for d in sorted(digests))
+    return " or ".join(shortened(d) for d in sorted(digests))
 
 
 def _cross_check(coordinator: _Party, sites: list[_Party]) -> _Check:

@@ -12,6 +12,8 @@ import html
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from fedops.core.model_hash import shortened
+
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em}
@@ -33,7 +35,7 @@ def _digest(value: Any) -> str:
     if not value:
         return ""
     text = str(value)
-    short = text if len(text) <= 16 else text[:16] + "…"
+    short = shortened(text)
     return f'<code title="{_e(text)}">{_e(short)}</code>'
 
 

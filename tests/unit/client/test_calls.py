@@ -167,6 +167,14 @@ def test_the_right_models_sha256_digest_is_refused_on_the_wire(server: Any) -> N
         fetch_model(channel, SESSION, _task(digest(PARAMS, "sha256")))
 
 
+def test_a_hostile_length_announced_digest_is_shown_cut_short(server: Any) -> None:
+    coordinator, channel = server
+    coordinator.model = _model_stream(PARAMS)
+    with pytest.raises(DigestMismatch) as info:
+        fetch_model(channel, SESSION, _task("blake3:" + "f" * 2_000_000))
+    assert len(str(info.value)) < 300 and "2000007 chars" in str(info.value)
+
+
 def test_one_flipped_bit_in_any_chunk_is_refused(server: Any) -> None:
     """The streamed hash sees every chunk: a bit flipped in the first, a middle or the last
     chunk (the same size, still finite) is a digest mismatch, never a model."""

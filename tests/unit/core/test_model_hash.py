@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedops.core.model_hash import MODEL_HASH, UnknownDigest, hash_named
+from fedops.core.model_hash import MODEL_HASH, UnknownDigest, hash_named, shortened
 from fedops.core.params import digest, digest_header, digest_matches, le_bytes, specs_of
 
 
@@ -91,3 +91,16 @@ def test_a_digest_fedops_does_not_read_is_refused_not_skipped(recorded):
 def test_the_names_fedops_reads():
     assert hash_named("blake3:" + "0" * 64) == "blake3"
     assert hash_named("0" * 64) == "sha256"
+
+
+@pytest.mark.parametrize("recorded", [b"blake3:" + b"0" * 64, 7, None, 1.5])
+def test_a_recorded_digest_that_is_not_text_is_refused(recorded):
+    with pytest.raises(UnknownDigest, match="is not a model digest fedops reads"):
+        hash_named(recorded)  # type: ignore[arg-type]
+
+
+def test_a_shortened_digest_keeps_its_name_and_sixteen_hex_digits():
+    hex_value = "0123456789abcdef" * 4
+    assert shortened("blake3:" + hex_value) == "blake3:0123456789abcdef…"
+    assert shortened(hex_value) == "0123456789abcdef…"
+    assert shortened("blake3:01") == "blake3:01"

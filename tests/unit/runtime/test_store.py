@@ -153,6 +153,20 @@ def test_a_recorded_digest_fedops_cannot_read_refuses_the_checkpoint(store, reco
         store.load_round(0)
 
 
+@pytest.mark.parametrize("column", ["model_digest", "checkpoint", "checkpoint_sha256"])
+def test_a_round_row_made_a_blob_is_refused_and_an_older_round_resumes(store, column):
+    """An operator's edit that turns a column into a BLOB is a clear StoreError (never a
+    TypeError), so a resume falls back to the newest round that still verifies."""
+    for r in range(3):
+        store.save_round(r, _params(float(r)), {})
+    with store._db:
+        store._db.execute(f"UPDATE rounds SET {column} = CAST({column} AS BLOB) WHERE round = 2")
+    with pytest.raises(StoreError, match=r"round 2's row .* is not text"):
+        store.load_round(2)
+    newest = store.newest_intact(2)
+    assert newest is not None and newest[0] == 1
+
+
 def test_load_round_of_an_uncommitted_round_fails(store):
     with pytest.raises(StoreError, match="round 4 was never committed"):
         store.load_round(4)
