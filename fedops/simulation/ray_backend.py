@@ -58,6 +58,12 @@ SLOW_START = {
 }
 
 
+#: the most a run waits, before its first round, for its actors to be up (each a worker
+#: process that imports the task and builds its client): minutes on a loaded machine, which
+#: the first round's deadline would otherwise spend, going on without the slow actors' clients
+ACTORS_UP_S = 180.0
+
+
 class RayStartError(RuntimeError):
     """A local Ray instance did not start in :data:`START_TRIES` tries: the run cannot use
     Ray on this machine now (Ray's own traceback is the cause, kept for the error log)."""
@@ -143,9 +149,23 @@ class RayTransport(WorkerTransport):
         self.actors = [actor.remote(spec_json) for _ in range(workers)]
         # asked first, so answered before any job of its actor (calls from here run in order)
         self._where = [a.where.remote() for a in self.actors]
+        self._await_actors(ray)
         self._results = [0] * len(self.actors)  # results taken from each actor
         self._refs: list[Any] = []
         self._slot_of: dict[Any, int] = {}
+
+    def _await_actors(self, ray: Any) -> None:
+        """Wait, at most :data:`ACTORS_UP_S`, until every actor has answered where it runs
+        (so has started); one that has not by then is left to the rounds' own deadlines."""
+        _, pending = ray.wait(self._where, num_returns=len(self._where), timeout=ACTORS_UP_S)
+        if pending:
+            log.warning(
+                "%d of %d Ray actor(s) not started after %g s; the rounds go on without "
+                "waiting for them",
+                len(pending),
+                len(self._where),
+                ACTORS_UP_S,
+            )
 
     def _submit(self, jobs: Sequence[Job | StageJob], *, pinned: bool = False) -> None:
         count, self._refs, self._slot_of = len(self.actors), [], {}
