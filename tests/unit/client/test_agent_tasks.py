@@ -9,13 +9,14 @@ under test here).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fedops.client.agent import Agent
-from fedops.client.calls import Session
+from fedops.client.calls import DigestMismatch, Session
 from fedops.client.task_handling import Outbox
 from fedops.core.training import TrainConfig, get_params
 from fedops.runtime.settings import ClientConfig
@@ -81,6 +82,27 @@ def test_a_task_that_breaks_the_sites_code_is_declined_with_the_reason(agent: Ag
     assert answer["declined"].startswith("the task failed at this site: RuntimeError")
     audit = (agent.cfg.run_dir / "audit.jsonl").read_text()  # type: ignore[operator]
     assert "the task failed at this site" in audit
+
+
+def test_a_model_other_than_the_announced_one_is_declined_in_one_line(
+    agent: Agent, caplog: pytest.LogCaptureFixture
+):
+    """A coordinator serving a model its task did not name: the site trains on nothing,
+    declines saying why, and logs one warning line (no traceback: not the site's fault)."""
+
+    def refuse(task: pb.Task) -> Any:
+        raise DigestMismatch("model digest mismatch: the task announced a, the download b")
+
+    agent._fetch = refuse  # type: ignore[method-assign]
+    task = pb.Task(kind=pb.TASK_KIND_EVALUATE, run_id="run-A", round=1, task_id="e1")
+    with caplog.at_level(logging.WARNING, logger="fedops.client"):
+        answer = _step(agent, task)
+    assert answer["declined"] == (
+        "the model was refused: model digest mismatch: the task announced a, the download b"
+    )
+    said = [r for r in caplog.records if r.name == "fedops.client"]
+    assert len(said) == 1 and said[0].exc_info is None, [r.getMessage() for r in said]
+    assert "the model was refused" in said[0].getMessage()
 
 
 def test_a_secagg_site_evaluates_once_per_round_rounds_only_forward(agent: Agent):
