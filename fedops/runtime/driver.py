@@ -28,6 +28,7 @@ from fedops.core.strategies.hooks import (
 )
 from fedops.core.strategies.protocol import Strategy, strategy_state
 from fedops.runtime.collect import collect
+from fedops.runtime.gc_pause import gc_paused
 from fedops.runtime.round_plugin import (
     REPLACING_HOOKS,
     DriverConfig,
@@ -61,17 +62,21 @@ class RoundRecord:
 def participants_of(tracker: RoundTracker, site_names: Callable[[str], str]) -> list[Participant]:
     """The participants table's rows for one phase: who answered, dropped or was rejected."""
     examples = {r.node_id: r.num_examples for r in tracker.results}
-    return [
-        Participant(
-            phase=str(tracker.phase),
-            node_id=node,
-            site=site_names(node),
-            outcome=str(outcome),
-            num_examples=examples.get(node, 0),
-            reason=tracker.reasons.get(node, ""),
-        )
-        for node, outcome in tracker.outcomes.items()
-    ]
+    # per phase and per outcome, not per row: at 100,000 clients each str() adds up
+    phase, named = str(tracker.phase), {o: str(o) for o in set(tracker.outcomes.values())}
+    reasons = tracker.reasons
+    with gc_paused():  # a row per node, all kept: no collections while they pile up
+        return [
+            Participant(
+                phase=phase,
+                node_id=node,
+                site=site_names(node),
+                outcome=named[outcome],
+                num_examples=examples.get(node, 0),
+                reason=reasons.get(node, ""),
+            )
+            for node, outcome in tracker.outcomes.items()
+        ]
 
 
 class RoundDriver:
@@ -119,17 +124,19 @@ class RoundDriver:
             for plugin in self.plugins:
                 plugin.before_round(ctx, server_round)
             params, record = self.run_round(server_round, params)
-            ctx.store.save_round(
-                server_round,
-                params,
-                record.metrics,
-                record.participants,
-                strategy_state=strategy_state(ctx.strategy),
-                strategy=ctx.strategy.name,
-            )
-            for plugin in self.plugins:
-                plugin.committed(ctx, server_round)
-            self.on_round(record)
+            with gc_paused():  # the participants table and the audit entry, row by row
+                ctx.store.save_round(
+                    server_round,
+                    params,
+                    record.metrics,
+                    record.participants,
+                    strategy_state=strategy_state(ctx.strategy),
+                    strategy=ctx.strategy.name,
+                )
+                for plugin in self.plugins:
+                    plugin.committed(ctx, server_round)
+                self.on_round(record)
+            del record  # its participants rows are not kept alive through the next round
         return params
 
     def run_round(self, server_round: int, params: Params) -> tuple[Params, RoundRecord]:
@@ -137,7 +144,8 @@ class RoundDriver:
         selected = self._select(server_round, params)
         fit = self._fit(server_round, selected, params)
         try:
-            params, aborted = self._aggregate(server_round, params, fit)
+            with gc_paused():  # a strategy reads every update at once
+                params, aborted = self._aggregate(server_round, params, fit)
         finally:  # e.g. DP commits what it spent before the model leaves, even if a strategy
             for plugin in self.plugins:  # failed after a release or an unmasked sum
                 plugin.aggregated(self.ctx, server_round, fit)
@@ -194,10 +202,16 @@ class RoundDriver:
             outcome = phase.run_fit(ctx, server_round, selected, params, fit_config)
             if outcome is not None:
                 return outcome
-        cohort = [
-            ClientInfo(node_id=node, site=ctx.site_names(node), index=i, cohort_size=len(selected))
-            for i, node in enumerate(selected)
-        ]
+        # who is who, only for a strategy that reads it: 100,000 ClientInfo a round are
+        # otherwise built for nothing (client_fit_configs returns {} without looking)
+        cohort = (
+            [
+                ClientInfo(node_id=n, site=ctx.site_names(n), index=i, cohort_size=len(selected))
+                for i, n in enumerate(selected)
+            ]
+            if isinstance(ctx.strategy, ClientConfigStrategy)
+            else []
+        )
         fit = Instruction(
             phase=Phase.FIT,
             params=params,

@@ -186,10 +186,10 @@ class RunStore:
             )
             self._db.executemany(
                 "INSERT INTO participants VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
+                (  # a generator: 200,000 row tuples are not all alive at once
                     (server_round, p.phase, p.node_id, p.site, p.outcome, p.num_examples, p.reason)
                     for p in participants
-                ],
+                ),
             )
         self._prune_checkpoints()
         if server_round > 0:

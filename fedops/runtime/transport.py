@@ -53,6 +53,8 @@ class Instruction:
     def config_groups(self, nodes: Sequence[str]) -> list[tuple[list[str], Mapping[str, float]]]:
         """``nodes`` grouped by the config each is sent (first-seen order, and the nodes'
         order within a group): one group unless configs differ per client."""
+        if not self.client_configs:  # everyone gets ``config``: no per-node sort and lookup
+            return [(list(nodes), self.config)] if nodes else []
         groups: dict[tuple[tuple[str, float], ...], tuple[list[str], Mapping[str, float]]] = {}
         for node in nodes:
             config = self.config_for(node)
