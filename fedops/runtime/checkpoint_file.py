@@ -9,6 +9,7 @@ under :data:`STATE_PREFIX`, outside the model's digest and its export.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -71,6 +72,15 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
         strategy_state=state,
         strategy=str(meta.get("strategy", "")),
     )
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a checkpoint file as written (checked before it is decoded)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_checkpoint(path: Path) -> Params:

@@ -339,9 +339,4 @@ def _secure_fit(
 
 def _trained(store: RunStore, first_round: int) -> bool:
     """Whether any round from ``first_round`` on took at least one site's update."""
-    last = store.last_round() or 0
-    return any(
-        p.phase == str(Phase.FIT) and p.outcome == str(Outcome.OK)
-        for r in range(first_round, last + 1)
-        for p in store.participants(r)
-    )
+    return store.any_participant(first_round, str(Phase.FIT), str(Outcome.OK))
