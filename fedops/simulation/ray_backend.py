@@ -64,6 +64,35 @@ SLOW_START = {
 ACTORS_UP_S = 180.0
 
 
+#: after this long, a run still waiting for its actors says so (once), then waits the rest
+ACTORS_SAID_S = 10.0
+
+
+def await_actors(ray: Any, started: Sequence[Any]) -> None:
+    """Wait, at most :data:`ACTORS_UP_S`, until every actor has answered ``started`` (its
+    first call, so it is up); past :data:`ACTORS_SAID_S` the wait is said in the log, and an
+    actor still not up at the end is left to the rounds' own deadlines, with a warning."""
+    total = len(started)
+    _, pending = ray.wait(list(started), num_returns=total, timeout=ACTORS_SAID_S)
+    if not pending:
+        return
+    log.info(
+        "waiting for %d of %d Ray actor(s) to start (up to %g s more)",
+        len(pending),
+        total,
+        ACTORS_UP_S - ACTORS_SAID_S,
+    )
+    _, pending = ray.wait(pending, num_returns=len(pending), timeout=ACTORS_UP_S - ACTORS_SAID_S)
+    if pending:
+        log.warning(
+            "%d of %d Ray actor(s) not started after %g s; the rounds go on without waiting "
+            "for them",
+            len(pending),
+            total,
+            ACTORS_UP_S,
+        )
+
+
 class RayStartError(RuntimeError):
     """A local Ray instance did not start in :data:`START_TRIES` tries: the run cannot use
     Ray on this machine now (Ray's own traceback is the cause, kept for the error log)."""
@@ -149,23 +178,10 @@ class RayTransport(WorkerTransport):
         self.actors = [actor.remote(spec_json) for _ in range(workers)]
         # asked first, so answered before any job of its actor (calls from here run in order)
         self._where = [a.where.remote() for a in self.actors]
-        self._await_actors(ray)
+        await_actors(ray, self._where)
         self._results = [0] * len(self.actors)  # results taken from each actor
         self._refs: list[Any] = []
         self._slot_of: dict[Any, int] = {}
-
-    def _await_actors(self, ray: Any) -> None:
-        """Wait, at most :data:`ACTORS_UP_S`, until every actor has answered where it runs
-        (so has started); one that has not by then is left to the rounds' own deadlines."""
-        _, pending = ray.wait(self._where, num_returns=len(self._where), timeout=ACTORS_UP_S)
-        if pending:
-            log.warning(
-                "%d of %d Ray actor(s) not started after %g s; the rounds go on without "
-                "waiting for them",
-                len(pending),
-                len(self._where),
-                ACTORS_UP_S,
-            )
 
     def _submit(self, jobs: Sequence[Job | StageJob], *, pinned: bool = False) -> None:
         count, self._refs, self._slot_of = len(self.actors), [], {}

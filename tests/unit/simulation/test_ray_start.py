@@ -10,10 +10,13 @@ from typing import Any, ClassVar
 import pytest
 
 from fedops.simulation.ray_backend import (
+    ACTORS_SAID_S,
+    ACTORS_UP_S,
     SLOW_START,
     START_TRIES,
     RayStartError,
     _stop_failed_node,
+    await_actors,
     start_local_ray,
 )
 
@@ -91,3 +94,32 @@ def test_a_failed_nodes_processes_are_stopped() -> None:
     _stop_failed_node(raised.value.__traceback__)
     assert FailingNode.stopped == [{"check_alive": False, "allow_graceful": False, "wait": True}]
     _stop_failed_node(None)  # no traceback: nothing to stop, no error
+
+
+class SlowActors:
+    """``ray.wait`` over actors' first calls: the next ``ready_per_call`` of them are up."""
+
+    def __init__(self, ready_per_call: list[int]) -> None:
+        self.ready_per_call = ready_per_call
+        self.timeouts: list[float] = []
+
+    def wait(self, refs: list[Any], *, num_returns: int, timeout: float) -> tuple[list, list]:
+        assert num_returns == len(refs)
+        self.timeouts.append(timeout)
+        ready = self.ready_per_call.pop(0)
+        return refs[:ready], refs[ready:]
+
+
+@pytest.mark.parametrize(
+    ("ready_per_call", "said", "warned"),
+    [([3], False, False), ([1, 2], True, False), ([1, 1], True, True)],
+)
+def test_a_run_says_when_it_waits_for_its_actors_and_when_it_gives_up(
+    caplog: pytest.LogCaptureFixture, ready_per_call: list[int], said: bool, warned: bool
+) -> None:
+    ray = SlowActors(ready_per_call)
+    with caplog.at_level(logging.INFO, logger="fedops.simulate"):
+        await_actors(ray, ["a", "b", "c"])
+    assert ray.timeouts == [ACTORS_SAID_S, ACTORS_UP_S - ACTORS_SAID_S][: len(ray.timeouts)]
+    assert ("waiting for 2 of 3 Ray actor(s) to start" in caplog.text) is said
+    assert ("1 of 3 Ray actor(s) not started after 180 s" in caplog.text) is warned
