@@ -53,7 +53,10 @@ def _run_tool(args: argparse.Namespace) -> int:
             return commands.crl_command(args.out, args.days)
         return commands.revoke_command(args.out, args.name)
     from fedops.reporting.audit.audit_commands import audit_export_command, audit_verify_command
+    from fedops.runtime.audit.digest_command import audit_digest_command
 
+    if args.audit_command == "digest":
+        return audit_digest_command(args.path, args.expect)
     if args.audit_command == "verify":
         return audit_verify_command(
             args.path, args.public_key, args.ca, args.allow_missing_head, args.crl

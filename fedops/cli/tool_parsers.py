@@ -24,10 +24,23 @@ def _report_parsers(sub: Any) -> None:
     )
     report.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     report.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/report.html")
-    audit = sub.add_parser("audit", help="verify signed audit logs; export a compliance report")
+    audit = sub.add_parser(
+        "audit", help="verify signed audit logs; export a compliance report; digest a model"
+    )
     verbs = audit.add_subparsers(dest="audit_command", required=True, metavar="VERB")
     _audit_verify_parser(verbs)
     _audit_export_parser(verbs)
+    digest = verbs.add_parser(
+        "digest",
+        help="print a model file's model digest, as the audit logs record it; with --expect, "
+        "exit 1 unless it is that model",
+    )
+    digest.add_argument(
+        "path", type=Path, metavar="MODEL", help="model.safetensors or a round's checkpoint"
+    )
+    digest.add_argument(
+        "--expect", default=None, metavar="DIGEST", help="a digest from an audit log"
+    )
 
 
 def _audit_verify_parser(verbs: Any) -> None:
