@@ -6,12 +6,15 @@ safetensors model files (:mod:`fedops.runtime.checkpoint_file`), which the repor
 
 from __future__ import annotations
 
+import json
+import struct
 import sys
 from pathlib import Path
 
 from fedops.core.model_hash import UnknownDigest, shortened
 from fedops.core.params import digest, digest_matches
-from fedops.runtime.checkpoint_file import decode_checkpoint
+from fedops.runtime.checkpoint_file import STATE_PREFIX, Checkpoint, decode_checkpoint
+from fedops.wire.codec import shown
 
 
 def audit_digest_command(path: Path, expect: str | None) -> int:
@@ -24,7 +27,9 @@ def audit_digest_command(path: Path, expect: str | None) -> int:
     ``b3sum`` prints for the file, so an auditor gets the value from here.
     """
     try:
-        params = decode_checkpoint(Path(path).read_bytes()).params
+        data = Path(path).read_bytes()
+        checkpoint = decode_checkpoint(data)
+        extra = sorted(_tensor_names(data) - set(checkpoint.params) - _state_names(checkpoint))
     except OSError as exc:
         print(f"FAILED: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -34,6 +39,14 @@ def audit_digest_command(path: Path, expect: str | None) -> int:
             file=sys.stderr,
         )
         return 1
+    if extra:  # the digest would cover the model and say nothing of these
+        print(
+            f"FAILED: {path} holds tensors outside its model and strategy state: "
+            f"{shown(', '.join(extra))}",
+            file=sys.stderr,
+        )
+        return 1
+    params = checkpoint.params
     got = digest(params)
     print(got)
     if expect is None:
@@ -48,3 +61,14 @@ def audit_digest_command(path: Path, expect: str | None) -> int:
         return 1
     print(f"OK: {path} is the model {shortened(expect)} names", file=sys.stderr)
     return 0
+
+
+def _tensor_names(data: bytes) -> set[str]:
+    """Every tensor a safetensors file's header lists (decode_checkpoint keeps only the
+    model's, in its recorded order, and the strategy state)."""
+    (size,) = struct.unpack("<Q", data[:8])
+    return {name for name in json.loads(data[8 : 8 + size]) if name != "__metadata__"}
+
+
+def _state_names(checkpoint: Checkpoint) -> set[str]:
+    return {STATE_PREFIX + name for name in checkpoint.strategy_state}

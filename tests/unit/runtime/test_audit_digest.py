@@ -10,6 +10,7 @@ and never with a traceback for a file that is not a model.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 
 from fedops.cli import main
 from fedops.core.params import digest_header, le_bytes, specs_of
+from fedops.runtime.checkpoint_file import write_safetensors
 from fedops.runtime.store import RunStore
 
 
@@ -84,3 +86,16 @@ def test_a_missing_or_broken_file_fails_in_one_line(tmp_path, capsys, content):
     code, out, err = _digest(capsys, str(path))
     assert code == 1 and out == "" and err.startswith("FAILED:") and "\n" not in err
     assert "Traceback" not in err
+
+
+def test_a_file_holding_tensors_beside_the_model_is_refused(run, capsys):
+    """The digest covers the tensors the file's recorded order names; a tensor slipped in
+    beside them (which a loader might still read) makes the file fail, even with the right
+    --expect."""
+    store, model = run
+    params = _params(1.0)
+    extra = model.with_name("padded.safetensors")
+    write_safetensors(extra, {**params, "hidden": np.ones(2)}, {"order": json.dumps(list(params))})
+    code, out, err = _digest(capsys, str(extra), "--expect", str(store.model_digest(1)))
+    assert code == 1 and out == ""
+    assert err == f"FAILED: {extra} holds tensors outside its model and strategy state: 'hidden'"
