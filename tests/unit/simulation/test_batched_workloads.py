@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
+from grouped_tasks import grouped_digits
 from procs import final_model
 
 from fedops.config.hydra_app import SCENARIO_DIR, compose_settings
@@ -40,22 +40,6 @@ from fedops.tasks.site import Site, initial_params
 HOSPITAL = str(SCENARIO_DIR / "tasks" / "hospital_shift.py")
 BANK = str(SCENARIO_DIR / "tasks" / "bank_credit.py")
 TRAIN = TrainConfig(epochs=1, batch_size=16, lr=0.1)
-
-
-def _grouped_digits() -> Task:
-    """Digits with a sensitive_groups() function (ink above the median: group 1)."""
-    base = load_task("digits")
-
-    def groups(x: torch.Tensor) -> np.ndarray:
-        return (x.reshape(len(x), -1).mean(dim=1) > 0.3).long().numpy()
-
-    return Task(
-        name="digits-grouped",
-        build_model=base.build_model,
-        load_data=base.load_data,
-        load_server_data=base.load_server_data,
-        sensitive_groups=groups,
-    )
 
 
 def _reports(transport: Any, server_round: int, params: Params, spec: Any) -> dict[str, Any]:
@@ -92,7 +76,7 @@ def test_batched_reports_equal_the_sites(task_name: str, server_round: int):
     task = {
         "digits": lambda: load_task("digits"),
         "bank": lambda: load_task(BANK),
-        "grouped": _grouped_digits,
+        "grouped": grouped_digits,
         "hospital": lambda: load_task(HOSPITAL),
     }[task_name]()
     n = 20 if task_name == "hospital" else 5

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from grouped_tasks import grouped_digits
 from torch import nn
 
 from fedops.core.monitoring.batched import client_histograms
@@ -30,7 +31,7 @@ from fedops.simulation.inmemory import InMemoryTransport
 from fedops.simulation.monitor_outputs import SLICE_ROWS, Counting, window_outputs
 from fedops.simulation.spread import Spread
 from fedops.simulation.vectorized_backend import VectorizedTransport
-from fedops.tasks import Task, load_task
+from fedops.tasks import load_task
 from fedops.tasks.site import Site, initial_params
 
 TRAIN = TrainConfig(epochs=1, batch_size=16, lr=0.1)
@@ -71,22 +72,6 @@ def test_window_counts_equal_a_sites_softmax_counts(workers: int):
     np.testing.assert_array_equal(found.classes, exact.numpy().argmax(1))
 
 
-def _grouped_digits() -> Task:
-    """Digits with a sensitive_groups() function: fairness counts on the test windows."""
-    base = load_task("digits")
-
-    def groups(x: torch.Tensor) -> np.ndarray:
-        return (x.reshape(len(x), -1).mean(dim=1) > 0.3).long().numpy()
-
-    return Task(
-        name="digits-grouped",
-        build_model=base.build_model,
-        load_data=base.load_data,
-        load_server_data=base.load_server_data,
-        sensitive_groups=groups,
-    )
-
-
 def _reports(transport: Any, params: Params, spec: MonitorSpec) -> dict[str, SiteReport | None]:
     nodes = transport.available_nodes()
     transport.dispatch(1, nodes, Instruction(phase=Phase.EVALUATE, params=params, monitor=spec))
@@ -112,7 +97,7 @@ def _same(got: SiteReport | None, want: SiteReport | None, where: str) -> None:
 
 @pytest.mark.parametrize("bins", ["outputs", "inputs"])
 def test_reports_with_one_or_two_workers_equal_the_sites(bins: str):
-    task = _grouped_digits()
+    task = grouped_digits()
     n = 6
     params = {k: v * 30 for k, v in initial_params(task, 0).items()}  # confident, spread out
     spec = (
