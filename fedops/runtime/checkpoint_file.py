@@ -16,6 +16,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import load as load_safetensors
@@ -27,7 +28,9 @@ __all__ = [
     "STATE_PREFIX",
     "Checkpoint",
     "decode_checkpoint",
+    "file_sha256",
     "read_checkpoint",
+    "safetensors_header",
     "write_safetensors",
 ]
 
@@ -57,10 +60,16 @@ class Checkpoint:
     strategy: str  # the strategy's registry name ("" in checkpoints from before it was kept)
 
 
+def safetensors_header(data: bytes) -> dict[str, Any]:
+    """A safetensors file's header: every tensor's entry, and ``__metadata__``."""
+    (size,) = struct.unpack("<Q", data[:8])
+    header: dict[str, Any] = json.loads(data[8 : 8 + size])
+    return header
+
+
 def decode_checkpoint(data: bytes) -> Checkpoint:
     """The model (in its order) and the strategy state of a safetensors checkpoint's bytes."""
-    (size,) = struct.unpack("<Q", data[:8])
-    meta = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+    meta = safetensors_header(data).get("__metadata__") or {}
     tensors = load_safetensors(data)
     if "order" in meta:
         names = json.loads(meta["order"])

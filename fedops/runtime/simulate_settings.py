@@ -51,6 +51,8 @@ DATA_MODES = ("auto", "memory", "lazy")
 RAY_ADDRESS = re.compile(r"auto|(?:ray://)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})")
 #: the backends that read simulation.workers, and what they run that many of
 WORKER_BACKENDS = {"vectorized": "threads", "process": "processes", "ray": "actors"}
+#: the vectorized backend's own keys: no other backend reads them
+BATCHED_ONLY_KEYS = ("device", "max_chunk")
 #: simulation.workers left unset (null): the vectorized backend's CPU threads, the process
 #: pool's processes, Ray's actors (one CPU each)
 DEFAULT_WORKERS = 2
@@ -243,7 +245,7 @@ def check_backend_keys(s: SimulationConfig) -> None:
             s,
             "simulation",
             f"with simulation={s.backend}: only simulation=vectorized reads it",
-            only=("device", "max_chunk"),
+            only=BATCHED_ONLY_KEYS,
         )
 
 

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 
 from fedops.core.vectorized import supports
-from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig
+from fedops.runtime.simulate_settings import BATCHED_ONLY_KEYS, SimulateConfig, SimulationConfig
 from fedops.tasks import load_task
 
 log = logging.getLogger("fedops.simulate")
@@ -58,7 +58,7 @@ def _unused_there(s: SimulationConfig) -> str:
     unused = [f"simulation.workers={s.workers}"] if s.workers is not None else []
     unused += [
         f"simulation.{key}={getattr(s, key)}"
-        for key in ("device", "max_chunk")
+        for key in BATCHED_ONLY_KEYS
         if getattr(s, key) != getattr(SimulationConfig, key)
     ]
     return f" ({', '.join(unused)} not used there: it runs one client at a time)" if unused else ""

@@ -6,14 +6,17 @@ safetensors model files (:mod:`fedops.runtime.checkpoint_file`), which the repor
 
 from __future__ import annotations
 
-import json
-import struct
 import sys
 from pathlib import Path
 
 from fedops.core.model_hash import UnknownDigest, shortened
 from fedops.core.params import digest, digest_matches
-from fedops.runtime.checkpoint_file import STATE_PREFIX, Checkpoint, decode_checkpoint
+from fedops.runtime.checkpoint_file import (
+    STATE_PREFIX,
+    Checkpoint,
+    decode_checkpoint,
+    safetensors_header,
+)
 from fedops.wire.codec import shown
 
 
@@ -66,8 +69,7 @@ def audit_digest_command(path: Path, expect: str | None) -> int:
 def _tensor_names(data: bytes) -> set[str]:
     """Every tensor a safetensors file's header lists (decode_checkpoint keeps only the
     model's, in its recorded order, and the strategy state)."""
-    (size,) = struct.unpack("<Q", data[:8])
-    return {name for name in json.loads(data[8 : 8 + size]) if name != "__metadata__"}
+    return {name for name in safetensors_header(data) if name != "__metadata__"}
 
 
 def _state_names(checkpoint: Checkpoint) -> set[str]:
