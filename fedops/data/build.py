@@ -9,6 +9,7 @@ deployment simulates unchanged, on exactly the rows each site would load.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,6 +25,41 @@ DATASETS: dict[str, Callable[..., FederatedData]] = {
     "synthetic": synthetic.synthetic,
     "synthetic_iid": synthetic.synthetic_iid,
 }
+
+
+@dataclass(frozen=True)
+class ReadBudget:
+    """The bytes :func:`from_task` may read before it gives up: an estimate from a few
+    sites can miss one far larger than them, and the in-memory build would then read (and
+    hold) everything before anyone sees the federation does not fit.
+
+    The bytes read so far times ``factor`` (bytes held per byte read: 2 where a second
+    copy is kept, e.g. a drift reference beside each round's window) are compared with
+    ``max_bytes`` after each site. What is read is counted, not projected: the total only
+    grows, so a federation that fits is never stopped, and one that does not is stopped
+    holding about ``max_bytes`` (and the site that tipped it over), not everything."""
+
+    max_bytes: int
+    factor: int = 1
+
+    def check(self, sites_read: int, bytes_read: int) -> None:
+        """:class:`DataOverBudget` if ``bytes_read`` (of ``sites_read`` sites) is over."""
+        if bytes_read * self.factor > self.max_bytes:
+            raise DataOverBudget(sites_read, bytes_read, bytes_read * self.factor)
+
+
+class DataOverBudget(Exception):
+    """:func:`from_task` stopped reading: the federation is over its :class:`ReadBudget`.
+
+    What it read is dropped; the caller decides what to do instead (load per round)."""
+
+    def __init__(self, sites_read: int, bytes_read: int, need: int) -> None:
+        super().__init__(f"{sites_read} sites read, {bytes_read} bytes: ~{need} bytes needed")
+        self.sites_read = sites_read
+        #: bytes of the sites' arrays as read (before ``factor``)
+        self.bytes_read = bytes_read
+        #: ``bytes_read`` times the budget's ``factor``: the figure over ``max_bytes``
+        self.need = need
 
 
 class TaskLike(Protocol):
@@ -58,6 +94,7 @@ def from_task(
     server_round: int | None = None,
     *,
     read: Mapping[int, tuple[Split, Split]] | None = None,
+    budget: ReadBudget | None = None,
 ) -> FederatedData:
     """Every client's data from ``task.load_data(i, num_clients)``, flattened.
 
@@ -69,14 +106,24 @@ def from_task(
     (clients and server) plus one. Server rows come from ``task.load_server_data()``.
     ``read``: splits of some clients (by index) the caller already read with
     :func:`load_split` for the same round (to size the federation), not read again.
+    ``budget``: :class:`DataOverBudget` as soon as the sites read (``read`` among them)
+    put the federation over it (the rows read go with the exception once handled); None:
+    read everything.
     """
     if num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     read = read or {}
     train: list[Split] = []
     test: list[Split] = []
+    sites_read, bytes_read = len(read), sum(split_bytes(*split) for split in read.values())
     for i in range(num_clients):
-        a, b = read[i] if i in read else load_split(task, i, num_clients, server_round)
+        if i in read:
+            a, b = read[i]
+        else:
+            a, b = load_split(task, i, num_clients, server_round)
+            sites_read, bytes_read = sites_read + 1, bytes_read + split_bytes(a, b)
+            if budget is not None:
+                budget.check(sites_read, bytes_read)
         train.append(a)
         test.append(b)
 
@@ -101,6 +148,11 @@ def from_task(
         server_y=server[0][1] if server else None,
         test_groups=test_groups if grouped else None,
     )
+
+
+def split_bytes(*splits: Split) -> int:
+    """Bytes of the splits' arrays (group ids included): what holding them costs."""
+    return sum(a.nbytes for split in splits for a in split if a is not None)
 
 
 def group_column(name: str, tests: Iterable[Split]) -> bool:

@@ -13,7 +13,11 @@ round starts:
   (:func:`estimate_bytes`; twice that for a task whose data changes per round: the drift
   reference and the round's window are both held) and, over half of the memory available
   (``MemAvailable``; on a GPU also half of its free memory), says so in one INFO line and
-  hands the engine a :class:`LazyFederation` instead of every client's rows;
+  hands the engine a :class:`LazyFederation` instead of every client's rows; under it,
+  the other sites are read for the in-memory build against that same half, counting
+  the bytes read: once a site far larger than the sampled ones puts them over it, the
+  reading stops there, the rows read are dropped and the run goes lazy, said in one INFO
+  line (sites and bytes read, memory available);
 - :class:`LazyVectorizedTransport` is the batched transport itself, pointed at each
   dispatch at a :func:`~fedops.data.partial.partial_federation` of the dispatched
   clients: every other client present with no rows, so node ids, faults, shuffle seeds
@@ -37,7 +41,8 @@ task's only when newly picked), where the in-memory run reads each once; under `
 a federation that fits is read whole as before (the sites read to size it, once each),
 and one that does not reads its sampled sites other than site 0 again when a round picks
 them (at most three reads more in the whole run, where keeping them would hold up to
-three sites' rows for all of it).
+three sites' rows for all of it); one found not to fit only while read whole reads each
+site read until then again when a round picks it.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from torch import nn
 from fedops.core.rounds import Phase
 from fedops.core.training import TrainConfig
 from fedops.data import FederatedData
-from fedops.data.build import from_task
+from fedops.data.build import DataOverBudget, ReadBudget, from_task
 from fedops.data.partial import SiteRows, load_site, partial_federation, site_rows
 from fedops.runtime.simulate_settings import SimulateConfig
 from fedops.runtime.transport import Instruction
@@ -118,16 +123,18 @@ def open_federation(cfg: SimulateConfig) -> tuple[Task, FederatedData | LazyFede
     if s.data == "auto":
         room = available_memory(s.device)
         if room is None or need <= MEMORY_SHARE * room:
-            splits = {site: (rows.train, rows.test) for site, rows in read.items()}
-            return task, from_task(task, n, first_round, read=splits)  # none read twice
-        log.info(
-            "federation data ~%s (from %s) > half of the %s available: loading the %s "
-            "clients of each round as it starts",
-            _size(need),
-            basis,
-            _size(room),
-            f"{per_round:,}",
-        )
+            data = _read_whole(task, n, first_round, read, room, per_round)
+            if data is not None:
+                return task, data
+        else:
+            log.info(
+                "federation data ~%s (from %s) > half of the %s available: loading the %s "
+                "clients of each round as it starts",
+                _size(need),
+                basis,
+                _size(room),
+                f"{per_round:,}",
+            )
     else:
         log.info(
             "simulation.data=lazy: loading the %s clients of each round as it starts "
@@ -137,6 +144,40 @@ def open_federation(cfg: SimulateConfig) -> tuple[Task, FederatedData | LazyFede
             f"{n:,}",
         )
     return task, LazyFederation(task, n, round_aware, read[0])
+
+
+def _read_whole(
+    task: Task,
+    num_sites: int,
+    first_round: int | None,
+    read: Mapping[int, SiteRows],
+    room: int | None,
+    per_round: int,
+) -> FederatedData | None:
+    """Every site's rows in memory (``read``, the sampled sites, not read again), or None
+    with one INFO line if, while the rest are read, the bytes read come to over the share
+    of ``room`` the estimate was held to (twice the bytes for a round-aware task, as in the
+    estimate): a site far larger than the sampled ones (:func:`estimate_bytes`) stops the
+    reading once the federation is known not to fit, before all of it is held; one that
+    fits is read whole. ``room`` None: nothing to hold it to."""
+    splits = {site: (rows.train, rows.test) for site, rows in read.items()}
+    if room is None:
+        return from_task(task, num_sites, first_round, read=splits)
+    factor = 1 if first_round is None else 2  # as the estimate: reference and window held
+    budget = ReadBudget(int(MEMORY_SHARE * room), factor)
+    try:
+        return from_task(task, num_sites, first_round, read=splits, budget=budget)
+    except DataOverBudget as over:  # the rows read go with it (its traceback's frame)
+        log.info(
+            "federation data ~%s+ (from the %s of %s sites read so far) > half of the %s "
+            "available: loading the %s clients of each round as it starts",
+            _size(over.need),
+            f"{over.sites_read:,}",
+            f"{num_sites:,}",
+            _size(room),
+            f"{per_round:,}",
+        )
+    return None
 
 
 def sampled_sites(num_sites: int) -> list[int]:
@@ -157,8 +198,8 @@ def estimate_bytes(read: Mapping[int, SiteRows], num_sites: int) -> int:
     no bound either (a site not read may be larger still), and it would send every skewed
     federation (quantity skew is the norm in federated partitions) to the slower per-round
     path as if each site were its largest sampled one. The mean of sites spread over the
-    federation is its estimate of the total; a site far larger than all four sampled can
-    still be misjudged, which ``simulation.data=lazy`` (or ``memory``) settles."""
+    federation is its estimate of the total; a site far larger than all four sampled is
+    misjudged, and found while the in-memory build reads it (:func:`_read_whole`)."""
     return sum(rows.nbytes for rows in read.values()) * num_sites // len(read)
 
 
