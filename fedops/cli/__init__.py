@@ -54,6 +54,7 @@ def _run_tool(args: argparse.Namespace) -> int:
         return commands.revoke_command(args.out, args.name)
     from fedops.reporting.audit.audit_commands import audit_export_command, audit_verify_command
     from fedops.runtime.audit.digest_command import audit_digest_command
+    from fedops.runtime.audit.model_files import check_model_files
 
     if args.audit_command == "digest":
         return audit_digest_command(args.path, args.expect)
@@ -62,7 +63,13 @@ def _run_tool(args: argparse.Namespace) -> int:
             args.path, args.public_key, args.ca, args.allow_missing_head, args.crl
         )
     return audit_export_command(
-        args.run_dir, args.out, list(args.site_log), args.ca, args.allow_missing_head, args.crl
+        args.run_dir,
+        args.out,
+        list(args.site_log),
+        args.ca,
+        args.allow_missing_head,
+        args.crl,
+        model_files=check_model_files,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fedops.reporting.audit.compliance import export_compliance
+from fedops.reporting.audit.compliance import ModelFilesCheck, export_compliance
 from fedops.reporting.audit.logs import verify_certified_log, verify_log_file
 
 
@@ -84,8 +84,10 @@ def audit_export_command(
     ca: Path | None = None,
     allow_missing_head: bool = False,
     crl: Path | None = None,
+    model_files: ModelFilesCheck | None = None,
 ) -> int:
-    """``fedops audit export``: 0 when every log verifies and every digest matches."""
+    """``fedops audit export``: 0 when every log verifies and every digest matches, the run
+    directory's model files' included (with ``model_files``, the runtime's check)."""
     try:
         ca_pem = _read(ca, "CA certificate")
         crl_pem = _crl(crl, ca_pem)
@@ -99,6 +101,7 @@ def audit_export_command(
         ca_pem=ca_pem,
         allow_missing_head=allow_missing_head,
         crl_pem=crl_pem,
+        model_files=model_files,
     )
     print(f"compliance report: {report['paths']['html']} (and {report['paths']['json']})")
     for party in report["parties"]:
@@ -108,7 +111,12 @@ def audit_export_command(
     bad = [p for p in report["parties"] if not p["ok"]]
     logs, n_bad = len(report["parties"]), len(report["mismatches"])
     if report["ok"]:
-        print(f"OK: {logs} logs verified, {len(report['rounds'])} round phases, no mismatches")
+        files = report["model_files"]
+        checked = f", {len(files)} model files match the log" if files else ""
+        print(
+            f"OK: {logs} logs verified, {len(report['rounds'])} round phases{checked}, "
+            "no mismatches"
+        )
         return 0
     problems = [f"{len(bad)} of {logs} logs do not verify"] if bad else []
     problems += [f"{n_bad} digest mismatch{'es' if n_bad > 1 else ''}"] if n_bad else []

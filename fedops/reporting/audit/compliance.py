@@ -22,15 +22,15 @@ Payloads cross-checked (``round`` int, ``phase`` ``"fit"`` or ``"evaluate"``):
   ``update_sent``: ``{round, phase, digest, num_examples, node_id}`` (an empty
   digest, e.g. a masked SecAgg+ contribution, is not cross-checked).
 
-Event totals group event names by substring (:data:`CATEGORIES`). Keys are
-trusted on first use (the report shows each key's fingerprint, to compare with
-the parties' ``audit_key.pub``), unless the consortium's CA certificate is
-given: then every log must verify with the key of the certificate beside it
-(``audit_key.crt``, written by a party started with its kit), which that CA
-must have issued, for a coordinator's log to the coordinator and for a site's
-to a site; the report names the certified party of each log. Writes
-``compliance.json`` and a self-contained ``compliance.html`` (inline CSS, no
-scripts, every string escaped).
+Event totals group event names by substring
+(:data:`fedops.reporting.audit.event_totals.CATEGORIES`). Keys are trusted on first
+use (the report shows each key's fingerprint, to compare with the parties'
+``audit_key.pub``), unless the consortium's CA certificate is given: then every log
+must verify with the key of the certificate beside it (``audit_key.crt``, written by a
+party started with its kit), which that CA must have issued, for a coordinator's log
+to the coordinator and for a site's to a site; the report names the certified party of
+each log. Writes ``compliance.json`` and a self-contained ``compliance.html`` (inline
+CSS, no scripts, every string escaped).
 
 Each log's heads as the other side anchored them are checked too
 (:mod:`fedops.core.audit.anchor`): a coordinator head a site recorded, or a site
@@ -43,17 +43,21 @@ pseudonyms (:mod:`fedops.core.audit.pseudonyms`). With the run directory's
 like any round; without it those rounds are listed as ``pseudonymous_rounds``
 and not cross-checked. A report made with the key names who took part in each
 DP round: its readers get the known-participation ε, not the headline.
+
+The run directory's model files are checked too when the caller gives a check
+(``fedops audit export`` gives :func:`fedops.runtime.audit.model_files.check_model_files`,
+which reads checkpoints, a runtime format this package does not import): a model file
+that is not the model the coordinator's log committed is a ``model_file`` mismatch.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fedops.consortium.signing import Signer
 from fedops.core.audit.pseudonyms import MARK, reidentify
@@ -61,6 +65,7 @@ from fedops.core.audit.verify import VerifyResult, split_log
 from fedops.core.model_hash import shortened
 from fedops.reporting.audit.anchor_checks import check_anchors
 from fedops.reporting.audit.compliance_html import render_html
+from fedops.reporting.audit.event_totals import event_totals
 from fedops.reporting.audit.logs import (
     LOG_NAME,
     certified_summary,
@@ -69,20 +74,22 @@ from fedops.reporting.audit.logs import (
 )
 
 __all__ = ["export_compliance", "verify_certified_log", "verify_log_file"]
-#: report totals: event names containing any of the substrings
-CATEGORIES: dict[str, tuple[str, ...]] = {
-    "joins": ("join",),
-    "rejections": ("reject",),
-    "privacy": ("privacy", "epsilon", "dp_"),
-    "drift": ("drift",),
-    "fairness": ("fairness",),
-    "alerts": ("alert",),
-}
 _PHASES = {"fit": 0, "evaluate": 1}
 #: the operator's key for the pseudonyms of central-DP rounds (written by the runtime)
 PSEUDONYM_KEY = "participants.key"
 
 Key = tuple[int, str, str]  # (round, phase, node_id)
+
+
+class FileCheck(Protocol):
+    """A check of the run directory's files: a row per file, the failures as mismatches."""
+
+    rows: list[dict[str, Any]]
+    mismatches: list[dict[str, Any]]
+
+
+#: ``(run_dir, the coordinator's verified entries)`` -> the model files' check
+ModelFilesCheck = Callable[[Path, list[dict[str, Any]]], FileCheck]
 
 
 @dataclass(slots=True)
@@ -303,24 +310,6 @@ def _round_table(check: _Check) -> list[dict[str, Any]]:
     return table
 
 
-def _event_totals(parties: list[_Party]) -> dict[str, Any]:
-    by_role: dict[str, Counter[str]] = {"coordinator": Counter(), "sites": Counter()}
-    for party in parties:
-        role = "coordinator" if party.role == "coordinator" else "sites"
-        by_role[role].update(e["event"] for e in party.entries)
-    total = by_role["coordinator"] + by_role["sites"]
-    categories = {
-        name: sum(n for event, n in total.items() if any(s in event for s in needles))
-        for name, needles in CATEGORIES.items()
-    }
-    return {
-        "by_event": dict(sorted(total.items())),
-        "coordinator": dict(sorted(by_role["coordinator"].items())),
-        "sites": dict(sorted(by_role["sites"].items())),
-        "categories": categories,
-    }
-
-
 def export_compliance(
     run_dir: Path,
     out_dir: Path | None = None,
@@ -329,12 +318,14 @@ def export_compliance(
     ca_pem: bytes | None = None,
     allow_missing_head: bool = False,
     crl_pem: bytes | None = None,
+    model_files: ModelFilesCheck | None = None,
 ) -> dict[str, Any]:
     """Verify all logs, cross-check digests, write ``compliance.{json,html}``; the report.
 
     With ``ca_pem`` (the consortium CA's certificate) every log is pinned to
     the key the CA certified for its party (:func:`verify_certified_log`), and
-    with ``crl_pem`` a log signed by a revoked key fails.
+    with ``crl_pem`` a log signed by a revoked key fails. ``model_files`` checks the
+    run directory's model files against the coordinator's log (none without it).
     """
     run_dir = Path(run_dir)
     coordinator = _load(run_dir / LOG_NAME, "coordinator", ca_pem, allow_missing_head, crl_pem)
@@ -350,6 +341,8 @@ def export_compliance(
     check = _cross_check(coordinator, sites)
     anchors = check_anchors(coordinator, sites, key, _run_id_of(coordinator))
     check.mismatches += [{"kind": "anchor_missing", "message": m} for m in anchors.lost]
+    files = model_files(run_dir, coordinator.entries) if model_files is not None else None
+    check.mismatches += files.mismatches if files is not None else []
     report: dict[str, Any] = {
         "ok": all(p.result.ok for p in parties) and not check.mismatches,
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -358,6 +351,7 @@ def export_compliance(
         "parties": [p.summary() for p in parties],
         "rounds": _round_table(check),
         "mismatches": check.mismatches,
+        "model_files": files.rows if files is not None else None,
         "pseudonymous_rounds": sorted(check.coordinator.hidden),
         "anchors_checked": anchors.checked,
         # the coordinator's records of site heads no given log (or no key) could check
@@ -366,7 +360,7 @@ def export_compliance(
             {"round": r, "phase": phase, "node_id": node}
             for r, phase, node in sorted(check.coordinator.abandoned)
         ],
-        "events": _event_totals(parties),
+        "events": event_totals((p.role, p.entries) for p in parties),
     }
     _write_report(report, Path(out_dir) if out_dir is not None else run_dir)
     return report

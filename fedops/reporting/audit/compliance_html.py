@@ -114,6 +114,26 @@ def _rounds(rounds: Sequence[Mapping[str, Any]]) -> str:
     return _table(headers, rows)
 
 
+def _model_files(rows: Sequence[Mapping[str, Any]] | None) -> str:
+    if rows is None:
+        return "<p>Not checked.</p>"
+    if not rows:
+        return "<p>The run directory holds no model file.</p>"
+    css = {"ok": "ok", "unlogged": ""}
+    cells = [
+        [
+            f"<code>{_e(r['file'])}</code>",
+            _e(r.get("round") if r.get("round") is not None else "final"),
+            _digest(r.get("expected")),
+            _digest(r.get("digest")),
+            f'<span class="{css.get(r["status"], "bad")}">{_e(r["status"])}</span>',
+            _e(r["message"]),
+        ]
+        for r in rows
+    ]
+    return _table(["file", "round", "logged", "file's digest", "status", "why"], cells)
+
+
 def _events(events: Mapping[str, Any]) -> str:
     categories = _table(
         ["category", "events"], [[_e(k), _e(v)] for k, v in events["categories"].items()]
@@ -156,7 +176,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<h2>Mismatches ({len(report['mismatches'])})</h2>"
         + (f"<ul>{mismatches}</ul>" if mismatches else "<p>None.</p>")
         + pseudonymous
-        + f"<h2>Model and update digests per round</h2>{_rounds(report['rounds'])}"
+        + f"<h2>Model files</h2>{_model_files(report.get('model_files'))}"
+        f"<h2>Model and update digests per round</h2>{_rounds(report['rounds'])}"
         f"<h2>Events</h2>{_events(report['events'])}"
         "</body></html>\n"
     )

@@ -11,13 +11,7 @@ from pathlib import Path
 
 from fedops.core.model_hash import UnknownDigest, shortened
 from fedops.core.params import digest, digest_matches
-from fedops.runtime.checkpoint_file import (
-    STATE_PREFIX,
-    Checkpoint,
-    decode_checkpoint,
-    safetensors_header,
-)
-from fedops.wire.codec import shown
+from fedops.runtime.audit.model_files import ModelFileError, read_model
 
 
 def audit_digest_command(path: Path, expect: str | None) -> int:
@@ -30,26 +24,10 @@ def audit_digest_command(path: Path, expect: str | None) -> int:
     ``b3sum`` prints for the file, so an auditor gets the value from here.
     """
     try:
-        data = Path(path).read_bytes()
-        checkpoint = decode_checkpoint(data)
-        extra = sorted(_tensor_names(data) - set(checkpoint.params) - _state_names(checkpoint))
-    except OSError as exc:
-        print(f"FAILED: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        params = read_model(path)
+    except ModelFileError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # struct, JSON, safetensors' own errors: not a model file
-        print(
-            f"FAILED: {path} is not a model file fedops reads ({type(exc).__name__}: {exc})",
-            file=sys.stderr,
-        )
-        return 1
-    if extra:  # the digest would cover the model and say nothing of these
-        print(
-            f"FAILED: {path} holds tensors outside its model and strategy state: "
-            f"{shown(', '.join(extra))}",
-            file=sys.stderr,
-        )
-        return 1
-    params = checkpoint.params
     got = digest(params)
     print(got)
     if expect is None:
@@ -64,13 +42,3 @@ def audit_digest_command(path: Path, expect: str | None) -> int:
         return 1
     print(f"OK: {path} is the model {shortened(expect)} names", file=sys.stderr)
     return 0
-
-
-def _tensor_names(data: bytes) -> set[str]:
-    """Every tensor a safetensors file's header lists (decode_checkpoint keeps only the
-    model's, in its recorded order, and the strategy state)."""
-    return {name for name in safetensors_header(data) if name != "__metadata__"}
-
-
-def _state_names(checkpoint: Checkpoint) -> set[str]:
-    return {STATE_PREFIX + name for name in checkpoint.strategy_state}

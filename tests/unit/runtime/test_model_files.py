@@ -1,0 +1,187 @@
+"""``fedops audit export`` checks the run directory's model files against the signed log.
+
+Threat model: the operator holding the run directory (not the coordinator's signing key)
+hands on a model file other than the one the run committed: a retrained or backdoored
+model, an earlier round's (stale) model, a checkpoint edited in place, or a file carrying
+extra tensors that a non-strict ``load_state_dict`` would take. The logs themselves stay
+intact, so every check of the logs passes; the export must still fail and name the file,
+and it must not fail an honest run, a run resumed across the v1.4 digest change, or a
+checkpoint no log vouches for (a crash between the checkpoint and its log entry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedops.cli import main
+from fedops.config.hydra_app import simulate_main
+from fedops.core.params import digest, digest_header, le_bytes, specs_of
+from fedops.runtime.audit.model_files import check_model_files
+from fedops.runtime.checkpoint_file import read_checkpoint, write_safetensors
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real `fedops simulate` run of 3 rounds (4 clients), audit log and all."""
+    work = tmp_path_factory.mktemp("sim")
+    run_dir = work / "run"
+    argv = ["rounds=3", "simulation.num_clients=4", "seed=1", f"hydra.run.dir={run_dir}"]
+    assert simulate_main(argv) == 0
+    return run_dir
+
+
+@pytest.fixture
+def run(simulated: Path, tmp_path: Path) -> Path:
+    """A copy of the simulated run for one test to tamper with."""
+    return Path(shutil.copytree(simulated, tmp_path / "run"))
+
+
+def _export(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, dict]:
+    code = main(["audit", "export", str(run_dir), "--out", str(run_dir / "report")])
+    _, err = capsys.readouterr()
+    report = json.loads((run_dir / "report" / "compliance.json").read_text())
+    return code, err, report
+
+
+def _entries(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "audit.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _checkpoint(run_dir: Path, server_round: int) -> Path:
+    return run_dir / "checkpoints" / f"round-{server_round:05d}.safetensors"
+
+
+def test_an_honest_run_exports_with_every_model_file_matching(run, capsys):
+    code, err, report = _export(run, capsys)
+    assert code == 0, err
+    rows = {r["file"]: r for r in report["model_files"]}
+    kept = {f"checkpoints/{p.name}" for p in (run / "checkpoints").glob("*.safetensors")}
+    assert len(kept) >= 3 and set(rows) == {"model.safetensors", *kept}
+    # round 0 (the initial model) has no round_committed entry: listed, not failed
+    initial = rows.pop("checkpoints/round-00000.safetensors")
+    assert initial["status"] == "unlogged"
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    final = json.loads((run / "summary.json").read_text())["model_digest"]
+    assert rows["model.safetensors"]["digest"] == final
+    assert "Model files" in (run / "report" / "compliance.html").read_text()
+
+
+def test_a_retrained_model_file_fails_the_export(run, capsys):
+    params = read_checkpoint(run / "model.safetensors")
+    params = {n: (a + np.float32(1e-3)).astype(a.dtype) for n, a in params.items()}
+    write_safetensors(run / "model.safetensors", params, {"order": json.dumps(list(params))})
+    code, err, report = _export(run, capsys)
+    assert code == 1
+    assert "model.safetensors holds a model no round committed" in err
+    assert [m["kind"] for m in report["mismatches"]] == ["model_file"]
+
+
+def test_an_earlier_rounds_model_handed_on_as_final_is_named_as_that_round(run, capsys):
+    params = read_checkpoint(_checkpoint(run, 2))
+    write_safetensors(run / "model.safetensors", params, {"order": json.dumps(list(params))})
+    code, err, report = _export(run, capsys)
+    assert code == 1
+    assert "model.safetensors holds round 2's model" in err and "not the final" in err
+    row = next(r for r in report["model_files"] if r["file"] == "model.safetensors")
+    assert row["status"] == "mismatch" and row["holds_round"] == 2
+
+
+def test_a_checkpoint_swapped_for_another_rounds_fails(run, capsys):
+    shutil.copyfile(_checkpoint(run, 1), _checkpoint(run, 3))
+    code, err, _ = _export(run, capsys)
+    assert code == 1
+    assert "checkpoints/round-00003.safetensors holds round 1's model" in err
+
+
+def test_a_checkpoint_edited_in_place_fails_and_is_never_read_as_another(run, capsys):
+    path = _checkpoint(run, 2)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x40  # one bit of the last tensor's last byte
+    path.write_bytes(bytes(data))
+    code, err, report = _export(run, capsys)
+    assert code == 1 and "round-00002.safetensors holds a model no round committed" in err
+    row = next(r for r in report["model_files"] if r["file"].endswith("round-00002.safetensors"))
+    assert row["status"] == "mismatch" and row["holds_round"] is None
+
+
+def test_extra_tensors_beside_the_model_fail_even_though_the_model_matches(run, capsys):
+    params = read_checkpoint(run / "model.safetensors")
+    extra = {**params, "backdoor.trigger": np.ones(3, dtype=np.float32)}
+    write_safetensors(run / "model.safetensors", extra, {"order": json.dumps(list(params))})
+    code, err, _ = _export(run, capsys)
+    assert code == 1
+    assert "holds tensors outside its model and strategy state: 'backdoor.trigger'" in err
+
+
+def test_a_file_that_is_no_model_fails_in_one_line_without_a_traceback(run, capsys):
+    (run / "model.safetensors").write_bytes(b"\x00" * 7)
+    code, err, _ = _export(run, capsys)
+    assert code == 1 and "Traceback" not in err
+    assert "model.safetensors" in err and "is not a model file fedops reads" in err
+
+
+def test_a_checkpoint_no_round_committed_is_listed_not_failed(run, capsys):
+    shutil.copyfile(_checkpoint(run, 3), _checkpoint(run, 4))
+    code, err, report = _export(run, capsys)
+    assert code == 0, err
+    row = next(r for r in report["model_files"] if r["file"].endswith("round-00004.safetensors"))
+    assert row["status"] == "unlogged"
+
+
+def test_without_run_finished_the_model_is_checked_against_the_last_committed_round(tmp_path):
+    params = {"w": np.arange(4, dtype=np.float32)}
+    stale = {"w": np.zeros(4, dtype=np.float32)}
+    entries = [
+        {"event": "round_committed", "payload": {"round": 1, "model_digest": digest(stale)}},
+        {"event": "round_committed", "payload": {"round": 2, "model_digest": digest(params)}},
+    ]
+    write_safetensors(tmp_path / "model.safetensors", params, {"order": '["w"]'})
+    (row,) = check_model_files(tmp_path, entries).rows
+    assert row["status"] == "ok"
+    write_safetensors(tmp_path / "model.safetensors", stale, {"order": '["w"]'})
+    check = check_model_files(tmp_path, entries)
+    assert check.rows[0]["holds_round"] == 1 and len(check.mismatches) == 1
+
+
+def test_a_run_resumed_across_the_digest_change_checks_in_each_rounds_algorithm(tmp_path):
+    """Rounds committed before fedops.v1.4 logged bare SHA-256 digests."""
+    old, new = {"w": np.ones(3, dtype=np.float32)}, {"w": np.full(3, 2.0, dtype=np.float32)}
+    h = hashlib.sha256(digest_header(specs_of(old)))
+    h.update(le_bytes(old["w"]))
+    entries = [
+        {"event": "round_committed", "payload": {"round": 1, "model_digest": h.hexdigest()}},
+        {"event": "round_committed", "payload": {"round": 2, "model_digest": digest(new)}},
+        {"event": "run_finished", "payload": {"model_digest": digest(new)}},
+    ]
+    (tmp_path / "checkpoints").mkdir()
+    write_safetensors(_checkpoint(tmp_path, 1), old, {"order": '["w"]'})
+    write_safetensors(_checkpoint(tmp_path, 2), new, {"order": '["w"]'})
+    write_safetensors(tmp_path / "model.safetensors", new, {"order": '["w"]'})
+    check = check_model_files(tmp_path, entries)
+    assert [r["status"] for r in check.rows] == ["ok", "ok", "ok"] and not check.mismatches
+    # the old round's model handed on as final is found in SHA-256 and named
+    write_safetensors(tmp_path / "model.safetensors", old, {"order": '["w"]'})
+    check = check_model_files(tmp_path, entries)
+    assert check.rows[-1]["holds_round"] == 1
+
+
+@pytest.mark.parametrize("recorded", [7, "", "md5:abc", "blake3:" + "Z" * 64, None])
+def test_a_digest_it_cannot_read_in_the_log_never_passes_a_file(tmp_path, recorded):
+    params = {"w": np.arange(4, dtype=np.float32)}
+    write_safetensors(tmp_path / "model.safetensors", params, {"order": '["w"]'})
+    entries = [
+        {"event": "round_committed", "payload": {"round": 1, "model_digest": digest(params)}},
+        {"event": "run_finished", "payload": {"model_digest": recorded}},
+    ]
+    (row,) = check_model_files(tmp_path, entries).rows
+    if isinstance(recorded, str) and recorded:
+        assert row["status"] == "unreadable"  # the final model's digest names no algorithm
+    else:  # no digest at all: the newest committed round's is the final model
+        assert row["status"] == "ok"
