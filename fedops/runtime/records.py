@@ -12,17 +12,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedops.crypto import Identity
 from fedops.runtime.audit.log_file import AuditLog
 from fedops.runtime.audit.run_trail import RunTrail
 from fedops.runtime.driver import RoundRecord
-from fedops.runtime.metrics import RunMetrics
 from fedops.runtime.mlflow_sink import MlflowSink
 from fedops.runtime.run import RunPlan, execute
 from fedops.runtime.store import RunStore
 from fedops.runtime.transport import Transport
+
+if TYPE_CHECKING:  # only the deployed coordinator exports Prometheus metrics; prometheus_client
+    # and the HTTP server modules it imports stay out of ``fedops simulate`` (~1.2 MB RSS)
+    from fedops.runtime.metrics import RunMetrics
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
