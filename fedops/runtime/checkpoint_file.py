@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -81,6 +82,42 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
         strategy_state=state,
         strategy=str(meta.get("strategy", "")),
     )
+
+
+#: the most a safetensors header may take: names, dtypes, shapes and offsets of every tensor
+MAX_HEADER_BYTES = 100 << 20
+
+
+def read_safetensors_file(path: Path) -> bytes:
+    """A safetensors file's bytes, read only if it is a regular file exactly as long as its
+    header says: a FIFO, a device (``/dev/zero``) or a sparse file far longer than its
+    header would otherwise hang the reader or fill its memory. One open file is checked and
+    read, so it cannot be swapped in between. ``ValueError`` says what is wrong."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise ValueError("not a regular file")
+        size = status.st_size
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{size} bytes: too short for a safetensors header")
+        (header_bytes,) = struct.unpack("<Q", head)
+        if header_bytes > min(MAX_HEADER_BYTES, size - 8):
+            raise ValueError(f"a header of {header_bytes} bytes in a file of {size}")
+        header = f.read(header_bytes)
+        entries = json.loads(header)
+        if not isinstance(entries, dict):
+            raise ValueError("the header is not a JSON object")
+        ends = [
+            int(e["data_offsets"][1])
+            for k, e in entries.items()
+            if k != "__metadata__" and isinstance(e, dict) and "data_offsets" in e
+        ]
+        expected = 8 + header_bytes + max(ends, default=0)
+        if expected != size:
+            raise ValueError(f"its header describes {expected} bytes, the file holds {size}")
+        return head + header + f.read(size - 8 - header_bytes)
 
 
 def file_sha256(path: Path) -> str:

@@ -111,8 +111,8 @@ def audit_export_command(
     bad = [p for p in report["parties"] if not p["ok"]]
     logs, n_bad = len(report["parties"]), len(report["mismatches"])
     if report["ok"]:
-        files = report["model_files"]
-        checked = f", {len(files)} model files match the log" if files else ""
+        matching = sum(r["status"] == "ok" for r in report["model_files"] or [])
+        checked = f", {matching} model files match the log" if matching else ""
         print(
             f"OK: {logs} logs verified, {len(report['rounds'])} round phases{checked}, "
             "no mismatches"

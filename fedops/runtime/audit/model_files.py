@@ -5,20 +5,30 @@ an operator hands on, ``model.safetensors`` and the round checkpoints, are in no
 swapped file would pass every check of the logs. Here each file's model digest is
 recomputed and compared with what the coordinator's log recorded:
 
-* ``checkpoints/round-N.safetensors``: round N's ``round_committed`` ``model_digest``;
-* ``model.safetensors``: the final model, the one the newest ``run_finished`` names (a run
-  that stopped without one: the newest committed round's). A file holding an earlier
-  round's model fails too, named as that round's: whoever deploys it gets a stale model.
+* ``checkpoints/round-N.safetensors``: round N's ``round_committed`` ``model_digest``
+  (round 0: the ``initial_model`` entry), and the file's SHA-256 the entry's
+  ``checkpoint_sha256`` where it records one (it covers the strategy state too);
+* ``model.safetensors``: the model of the log's last committed round when the run
+  finished after it, and the newest ``run_finished`` must name that same model (a run
+  directory whose store was edited could otherwise have the coordinator sign another).
+  A run that has not finished since its last commit (it crashed, or still runs) keeps
+  the file of an earlier finish: it must then be some committed round's model. A file
+  holding an earlier round's model fails, named as that round's: whoever deploys it
+  gets a stale model.
 
 A digest is recomputed in the algorithm it names (:func:`fedops.core.params.digest_matches`),
-so a run resumed across ``fedops.v1.4`` (bare SHA-256 before, BLAKE3 after) checks. A
-checkpoint of a round the log never committed is listed, not failed: a crash between a
-checkpoint and its log entry leaves one, and no log vouches for it. A file holding tensors
-beside its model and strategy state fails: the digest would say nothing of them.
+so a run resumed across ``fedops.v1.4`` (bare SHA-256 before, BLAKE3 after) checks. A file
+no entry vouches for (a checkpoint of a round the log never committed, or of a name the run
+store does not write) is listed as ``unlogged``, not failed: a crash between a checkpoint
+and its log entry leaves one, and the coordinator resumes only from rounds the log commits.
+A file holding tensors beside its model and strategy state fails: the digest would say
+nothing of them. Files are read only if regular and as long as their header says
+(:func:`fedops.runtime.checkpoint_file.read_safetensors_file`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,11 +37,16 @@ from typing import Any
 
 from fedops.core.model_hash import UnknownDigest, hash_named, shortened
 from fedops.core.params import Params, digest, digest_matches
-from fedops.runtime.checkpoint_file import STATE_PREFIX, decode_checkpoint, safetensors_header
+from fedops.runtime.checkpoint_file import (
+    STATE_PREFIX,
+    decode_checkpoint,
+    read_safetensors_file,
+    safetensors_header,
+)
 from fedops.wire.codec import shown
 
 MODEL_FILE = "model.safetensors"
-CHECKPOINT_NAME = re.compile(r"round-(\d{1,9})\.safetensors")
+CHECKPOINT_NAME = re.compile(r"round-(\d{5,9})\.safetensors")
 
 
 class ModelFileError(Exception):
@@ -44,15 +59,21 @@ def read_model(path: Path) -> Params:
     Raises:
         ModelFileError: unreadable, not a safetensors model, or holding other tensors.
     """
+    return _read(path)[0]
+
+
+def _read(path: Path) -> tuple[Params, bytes]:
+    """:func:`read_model`, and the file's bytes as read."""
     try:
-        data = Path(path).read_bytes()
+        data = read_safetensors_file(Path(path))
         checkpoint = decode_checkpoint(data)
         names = {n for n in safetensors_header(data) if n != "__metadata__"}
     except OSError as exc:
         raise ModelFileError(f"cannot read {path}: {exc.strerror}") from exc
     except Exception as exc:  # struct, JSON, safetensors' own errors: not a model file
         raise ModelFileError(
-            f"{path} is not a model file fedops reads ({type(exc).__name__}: {exc})"
+            f"{path} is not a model file fedops reads ({type(exc).__name__}: "
+            f"{shown(str(exc), 200)})"
         ) from exc
     state = {STATE_PREFIX + name for name in checkpoint.strategy_state}
     extra = sorted(names - set(checkpoint.params) - state)
@@ -60,7 +81,15 @@ def read_model(path: Path) -> Params:
         raise ModelFileError(
             f"{path} holds tensors outside its model and strategy state: {shown(', '.join(extra))}"
         )
-    return checkpoint.params
+    return checkpoint.params, data
+
+
+@dataclass(frozen=True, slots=True)
+class Commitment:
+    """What the log recorded of a round's checkpoint."""
+
+    model_digest: str
+    checkpoint_sha256: str = ""  # "" in entries from before it was recorded
 
 
 @dataclass(slots=True)
@@ -72,73 +101,104 @@ class ModelFileCheck:
 
     def add(self, file: str, status: str, message: str, **row: Any) -> None:
         self.rows.append({"file": file, "status": status, "message": message, **row})
-        if status != "ok" and status != "unlogged":
+        if status not in ("ok", "unlogged", "missing"):
             self.mismatches.append({"kind": "model_file", "file": file, "message": message})
+
+
+@dataclass(slots=True)
+class _Log:
+    """The coordinator log's commitments, and how its run ended."""
+
+    committed: dict[int, Commitment] = field(default_factory=dict)
+    finished: str | None = None  # the newest run_finished's model digest ("" if none named)
+    finished_after_last_commit: bool = False
 
 
 def check_model_files(run_dir: Path, entries: Sequence[Mapping[str, Any]]) -> ModelFileCheck:
     """Each model file of ``run_dir`` against the coordinator's log ``entries`` (its verified
     prefix, as ``{"event", "payload"}`` dicts)."""
-    committed, final = _recorded(entries)
+    log = _recorded(entries)
     check = ModelFileCheck()
     folder = Path(run_dir) / "checkpoints"
-    paths = sorted(folder.glob("round-*.safetensors")) if folder.is_dir() else []
-    for path in paths:
-        match = CHECKPOINT_NAME.fullmatch(path.name)
-        if match is None:
-            continue  # not a name the run store writes
-        server_round = int(match.group(1))
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
         name = f"checkpoints/{path.name}"
-        if server_round not in committed:
-            message = f"{name}: no round_committed entry for round {server_round}"
-            check.add(name, "unlogged", message)
-            continue
-        _check_one(check, path, name, committed[server_round], server_round, committed)
-    model = Path(run_dir) / MODEL_FILE
-    if model.exists():
-        if final is None and committed:
-            final = committed[max(committed)]
-        if final is None:
-            check.add(MODEL_FILE, "unlogged", f"{MODEL_FILE}: the log commits no round")
+        match = CHECKPOINT_NAME.fullmatch(path.name)
+        server_round = int(match.group(1)) if match else None
+        if server_round is None or path.name != f"round-{server_round:05d}.safetensors":
+            check.add(name, "unlogged", f"{name}: not a checkpoint name the run store writes")
+        elif server_round not in log.committed:
+            check.add(name, "unlogged", f"{name}: the log commits no round {server_round}")
         else:
-            _check_one(check, model, MODEL_FILE, final, None, committed)
+            _check_one(check, path, name, log.committed[server_round], server_round, log)
+    _check_final(check, Path(run_dir) / MODEL_FILE, log)
     return check
 
 
-def _recorded(entries: Sequence[Mapping[str, Any]]) -> tuple[dict[int, str], str | None]:
-    """Each committed round's model digest (the newest entry of a round redone after a
-    resume), and the digest the newest ``run_finished`` names."""
-    committed: dict[int, str] = {}
-    final: str | None = None
+def _check_final(check: ModelFileCheck, model: Path, log: _Log) -> None:
+    """``model.safetensors`` against the last committed round, and the log's own word on the
+    final model (``run_finished``) against that round's commitment."""
+    if not log.committed:
+        if model.exists():
+            check.add(MODEL_FILE, "unlogged", f"{MODEL_FILE}: the log commits no round")
+        return
+    last = max(log.committed)
+    final = log.committed[last]
+    if log.finished_after_last_commit and log.finished and log.finished != final.model_digest:
+        check.add(
+            "audit.jsonl",
+            "mismatch",
+            f"run_finished names the model {shortened(log.finished)}, not round {last}'s "
+            f"committed model {shortened(final.model_digest)}",
+        )
+    if not model.exists():
+        if log.finished_after_last_commit:
+            check.add(MODEL_FILE, "missing", f"no {MODEL_FILE}: the final model is not here")
+        return
+    if log.finished_after_last_commit:
+        _check_one(check, model, MODEL_FILE, final, None, log)
+    else:  # not finished since its last commit: the file of an earlier finish, if any
+        _check_one(check, model, MODEL_FILE, None, None, log)
+
+
+def _recorded(entries: Sequence[Mapping[str, Any]]) -> _Log:
+    """Each committed round's commitment (the newest entry of a round redone after a
+    resume; round 0's from ``initial_model``), and how the run ended."""
+    log = _Log()
     for entry in entries:
         payload = entry.get("payload")
+        event = entry.get("event")
         if not isinstance(payload, Mapping):
             continue
-        recorded = payload.get("model_digest")
+        if event == "run_finished":
+            named = payload.get("model_digest")
+            log.finished = named if isinstance(named, str) else ""
+            log.finished_after_last_commit = True
+            continue
+        recorded, server_round = payload.get("model_digest"), payload.get("round")
+        if event not in ("round_committed", "initial_model") or type(server_round) is not int:
+            continue
         if not isinstance(recorded, str) or not recorded:
             continue
-        server_round = payload.get("round")
-        if entry.get("event") == "round_committed" and type(server_round) is int:
-            committed[server_round] = recorded
-        elif entry.get("event") == "run_finished":
-            final = recorded
-    return committed, final
+        sha = payload.get("checkpoint_sha256")
+        log.committed[server_round] = Commitment(recorded, sha if isinstance(sha, str) else "")
+        log.finished_after_last_commit = False
+    return log
 
 
 def _check_one(
     check: ModelFileCheck,
     path: Path,
     name: str,
-    expected: str,
+    expected: Commitment | None,
     server_round: int | None,
-    committed: Mapping[int, str],
+    log: _Log,
 ) -> None:
-    """``path`` against ``expected``; a file that is not the expected model is named as the
-    committed round whose model it is, if any."""
-    row = {"round": server_round, "expected": expected}
+    """``path`` against ``expected`` (None: any committed round's model); a file that is
+    not the expected model is named as the committed round whose model it is, if any."""
+    row = {"round": server_round, "expected": expected.model_digest if expected else None}
     try:
-        params = read_model(path)
-        same = digest_matches(params, expected)
+        params, data = _read(path)
+        same = expected is not None and digest_matches(params, expected.model_digest)
     except ModelFileError as exc:  # its message names the file
         check.add(name, "unreadable", str(exc), **row)
         return
@@ -146,27 +206,44 @@ def _check_one(
         check.add(name, "unreadable", f"{name}: the log's digest: {exc}", **row)
         return
     got = digest(params)
-    if same:
-        check.add(name, "ok", f"{name}: the model {shortened(expected)} names", digest=got, **row)
+    holds = _round_holding(params, log.committed) if not same else server_round
+    if expected is None:  # an earlier finish's file: any committed round's model
+        if holds is None:
+            check.add(name, "mismatch", f"{name} holds a model no round committed", digest=got)
+        else:
+            message = f"{name}: round {holds}'s model (the run has not finished since)"
+            check.add(name, "ok", message, digest=got, holds_round=holds, **row)
         return
-    other = _round_holding(params, committed)
-    held = f"round {other}'s model" if other is not None else "a model no round committed"
+    committed_file = expected.checkpoint_sha256 if server_round is not None else ""
+    if same and committed_file and hashlib.sha256(data).hexdigest() != committed_file:
+        message = (
+            f"{name}: holds round {server_round}'s model, but is not the file the log "
+            "committed (its strategy state or metadata differs)"
+        )
+        check.add(name, "mismatch", message, digest=got, **row)
+        return
+    if same:
+        check.add(name, "ok", f"{name}: the model {shortened(got)} committed", digest=got, **row)
+        return
+    held = f"round {holds}'s model" if holds is not None else "a model no round committed"
     want = f"round {server_round}'s" if server_round is not None else "the final"
-    message = f"{name} holds {held} ({shortened(got)}), not {want} ({shortened(expected)})"
-    check.add(name, "mismatch", message, digest=got, holds_round=other, **row)
+    message = (
+        f"{name} holds {held} ({shortened(got)}), not {want} ({shortened(expected.model_digest)})"
+    )
+    check.add(name, "mismatch", message, digest=got, holds_round=holds, **row)
 
 
-def _round_holding(params: Params, committed: Mapping[int, str]) -> int | None:
+def _round_holding(params: Params, committed: Mapping[int, Commitment]) -> int | None:
     """The first committed round whose model ``params`` are: hashed once per algorithm the
     log's digests name, whatever the number of rounds."""
     mine: dict[str, str] = {}  # algorithm -> params' digest in it
-    for server_round, recorded in sorted(committed.items()):
+    for server_round, commitment in sorted(committed.items()):
         try:
-            algorithm = hash_named(recorded)
+            algorithm = hash_named(commitment.model_digest)
         except UnknownDigest:
             continue
         if algorithm not in mine:
             mine[algorithm] = digest(params, algorithm)
-        if mine[algorithm] == recorded:
+        if mine[algorithm] == commitment.model_digest:
             return server_round
     return None

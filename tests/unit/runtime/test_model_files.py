@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -135,19 +136,110 @@ def test_a_checkpoint_no_round_committed_is_listed_not_failed(run, capsys):
     assert row["status"] == "unlogged"
 
 
-def test_without_run_finished_the_model_is_checked_against_the_last_committed_round(tmp_path):
-    params = {"w": np.arange(4, dtype=np.float32)}
-    stale = {"w": np.zeros(4, dtype=np.float32)}
+def _write(path: Path, params: dict, **state: np.ndarray) -> str:
+    """Write a checkpoint-like file; its SHA-256."""
+    tensors = {**params, **{f"strategy_state/{k}": v for k, v in state.items()}}
+    write_safetensors(path, tensors, {"order": json.dumps(list(params))})
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _committed(server_round: int, params: dict, sha: str = "") -> dict:
+    payload = {"round": server_round, "model_digest": digest(params)}
+    return {"event": "round_committed", "payload": {**payload, "checkpoint_sha256": sha}}
+
+
+W1, W2 = {"w": np.zeros(4, dtype=np.float32)}, {"w": np.arange(4, dtype=np.float32)}
+
+
+def test_a_run_not_finished_since_its_last_commit_keeps_an_earlier_finishs_model(tmp_path):
+    """Finished at round 1, resumed, crashed after committing round 2: the model file is
+    round 1's, from that finish; it must be some committed round's model, and is named."""
     entries = [
-        {"event": "round_committed", "payload": {"round": 1, "model_digest": digest(stale)}},
-        {"event": "round_committed", "payload": {"round": 2, "model_digest": digest(params)}},
+        _committed(1, W1),
+        {"event": "run_finished", "payload": {"model_digest": digest(W1)}},
+        _committed(2, W2),
     ]
-    write_safetensors(tmp_path / "model.safetensors", params, {"order": '["w"]'})
-    (row,) = check_model_files(tmp_path, entries).rows
-    assert row["status"] == "ok"
-    write_safetensors(tmp_path / "model.safetensors", stale, {"order": '["w"]'})
+    _write(tmp_path / "model.safetensors", W1)
     check = check_model_files(tmp_path, entries)
-    assert check.rows[0]["holds_round"] == 1 and len(check.mismatches) == 1
+    assert [(r["status"], r["holds_round"]) for r in check.rows] == [("ok", 1)]
+    _write(tmp_path / "model.safetensors", {"w": np.ones(4, dtype=np.float32)})
+    assert len(check_model_files(tmp_path, entries).mismatches) == 1
+
+
+def test_run_finished_must_name_the_last_committed_rounds_model(tmp_path):
+    """A store edited under a restarted coordinator must not get another model signed as
+    final and pass: the log's own run_finished is held to its last round_committed."""
+    entries = [
+        _committed(1, W1),
+        _committed(2, W2),
+        {"event": "run_finished", "payload": {"model_digest": digest(W1)}},
+    ]
+    _write(tmp_path / "model.safetensors", W1)
+    check = check_model_files(tmp_path, entries)
+    messages = [m["message"] for m in check.mismatches]
+    assert any(m.startswith("run_finished names the model") for m in messages), messages
+    assert any("holds round 1's model" in m and "not the final" in m for m in messages)
+
+
+def test_a_checkpoint_whose_state_differs_from_the_committed_file_fails(tmp_path):
+    """The model matches, the strategy state (FedAdam's moments, say) was edited."""
+    (tmp_path / "checkpoints").mkdir()
+    path = _checkpoint(tmp_path, 1)
+    sha = _write(path, W2, m=np.zeros(4, dtype=np.float32))
+    entries = [_committed(1, W2, sha)]
+    assert [r["status"] for r in check_model_files(tmp_path, entries).rows] == ["ok"]
+    _write(path, W2, m=np.full(4, 50.0, dtype=np.float32))
+    (row,) = check_model_files(tmp_path, entries).rows
+    assert row["status"] == "mismatch" and "strategy state" in row["message"]
+
+
+def test_round_zero_is_checked_against_its_initial_model_entry(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    sha = _write(_checkpoint(tmp_path, 0), W1)
+    entry = {"event": "initial_model", "payload": {"round": 0, "model_digest": digest(W1)}}
+    entries = [{**entry, "payload": {**entry["payload"], "checkpoint_sha256": sha}}]
+    assert [r["status"] for r in check_model_files(tmp_path, entries).rows] == ["ok"]
+    _write(_checkpoint(tmp_path, 0), W2)
+    assert len(check_model_files(tmp_path, entries).mismatches) == 1
+
+
+def test_files_the_store_never_names_are_listed_unlogged_and_not_counted(run, capsys):
+    for odd in ("round-3.safetensors", "round-000003.safetensors", "evil.safetensors"):
+        shutil.copyfile(_checkpoint(run, 3), run / "checkpoints" / odd)
+    code, err, report = _export(run, capsys)
+    assert code == 0, err
+    unlogged = {r["file"] for r in report["model_files"] if r["status"] == "unlogged"}
+    assert {"checkpoints/round-3.safetensors", "checkpoints/evil.safetensors"} <= unlogged
+    assert "checkpoints/round-000003.safetensors" in unlogged
+    ok = sum(r["status"] == "ok" for r in report["model_files"])
+    assert f"{ok} model files match the log" in capsys.readouterr().out or ok
+
+
+def test_a_missing_final_model_is_listed(run, capsys):
+    (run / "model.safetensors").unlink()
+    code, err, report = _export(run, capsys)
+    assert code == 0, err
+    row = next(r for r in report["model_files"] if r["file"] == "model.safetensors")
+    assert row["status"] == "missing"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "sparse", "directory"])
+def test_a_file_that_would_hang_or_fill_memory_is_refused_without_reading_it(run, capsys, kind):
+    model = run / "model.safetensors"
+    model.unlink()
+    if kind == "fifo":
+        os.mkfifo(model)
+    elif kind == "dev_zero":
+        model.symlink_to("/dev/zero")
+    elif kind == "directory":
+        model.mkdir()
+    else:  # a valid small header, then 8 GiB of holes
+        good = _checkpoint(run, 3).read_bytes()
+        with model.open("wb") as f:
+            f.write(good)
+            f.truncate(8 << 30)
+    code, err, _ = _export(run, capsys)
+    assert code == 1 and "Traceback" not in err and "model.safetensors" in err
 
 
 def test_a_run_resumed_across_the_digest_change_checks_in_each_rounds_algorithm(tmp_path):
@@ -173,15 +265,14 @@ def test_a_run_resumed_across_the_digest_change_checks_in_each_rounds_algorithm(
 
 
 @pytest.mark.parametrize("recorded", [7, "", "md5:abc", "blake3:" + "Z" * 64, None])
-def test_a_digest_it_cannot_read_in_the_log_never_passes_a_file(tmp_path, recorded):
-    params = {"w": np.arange(4, dtype=np.float32)}
-    write_safetensors(tmp_path / "model.safetensors", params, {"order": '["w"]'})
+def test_a_final_digest_it_cannot_read_in_the_log_never_passes(tmp_path, recorded):
     entries = [
-        {"event": "round_committed", "payload": {"round": 1, "model_digest": digest(params)}},
+        _committed(1, W2),
         {"event": "run_finished", "payload": {"model_digest": recorded}},
     ]
-    (row,) = check_model_files(tmp_path, entries).rows
-    if isinstance(recorded, str) and recorded:
-        assert row["status"] == "unreadable"  # the final model's digest names no algorithm
-    else:  # no digest at all: the newest committed round's is the final model
-        assert row["status"] == "ok"
+    _write(tmp_path / "model.safetensors", W2)
+    check = check_model_files(tmp_path, entries)
+    if isinstance(recorded, str) and recorded:  # it names no model the log committed
+        assert [m["file"] for m in check.mismatches] == ["audit.jsonl"]
+    else:  # it names none: the file is held to the last committed round alone
+        assert not check.mismatches and check.rows[-1]["status"] == "ok"
