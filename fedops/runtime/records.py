@@ -10,7 +10,7 @@ them whatever happens, so a deployed and a simulated run leave the same files.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +114,10 @@ def run_recorded(
     its server there).
     """
     summary: dict[str, Any] = {"status": "failed"}
+    # the resume trusts only the checkpoints the signed log vouches for, and round 0 is signed
+    plan = replace(
+        plan, commitments=records.audit.commitments, on_initial=records.trail.initial_model
+    )
     try:
         summary = execute(plan, store=records.store, transport=transport, on_exit=on_exit)
     finally:

@@ -15,6 +15,7 @@ from fedops.core.rounds import Outcome, Phase
 from fedops.core.strategies import build_strategy
 from fedops.core.strategies.protocol import Strategy, load_strategy_state, strategy_state
 from fedops.crypto import Crypto
+from fedops.runtime.audit.commitments import Commitments
 from fedops.runtime.checkpoint_file import Checkpoint
 from fedops.runtime.control import AdminControl, RunControl, RunStopped
 from fedops.runtime.driver import DriverConfig, RoundDriver, RoundRecord
@@ -57,6 +58,9 @@ def start_or_resume(
     initial_params: Callable[[], Params],
     on_fallback: Callable[[dict[str, Any]], None] = lambda event: None,
     strategy: Strategy | None = None,
+    *,
+    commitments: Commitments | None = None,
+    on_initial: Callable[[dict[str, Any]], None] = lambda event: None,
 ) -> StartPoint:
     """Continue after the last committed round, or commit round 0 (the initial model).
 
@@ -64,28 +68,36 @@ def start_or_resume(
     moments), so it continues as if it had never stopped.
 
     Round 0 is checkpointed too, so a coordinator that dies during round 1
-    restarts from the very same initial model instead of a new random one.
+    restarts from the very same initial model instead of a new random one;
+    ``on_initial`` records it (the audit log's ``initial_model``).
     A last checkpoint that no longer verifies (a disk error, an edit) is not
     trained on: the run falls back to the newest round whose checkpoint does,
     says so loudly, and ``on_fallback`` records it (the audit log).
+
+    ``commitments`` are what the signed audit log committed: state.sqlite can be
+    edited by whoever holds the run directory, so a checkpoint the log does not
+    vouch for (another file, an added round, an edited strategy state) counts as
+    one that does not verify. That includes a round committed to state.sqlite by
+    a coordinator that died before logging it: it is run again. ``None`` (a
+    store used without an audit log, as in unit tests) trusts state.sqlite alone.
     """
     stored_digest = store.stored_config_digest()
     run_id, _ = store.open_run(config)
     last = store.last_round()
     if last is None:
         params = initial_params()
-        if strategy is None:
-            store.save_round(0, params, {})
-        else:
-            store.save_round(
-                0, params, {}, strategy_state=strategy_state(strategy), strategy=strategy.name
-            )
+        state = {} if strategy is None else strategy_state(strategy)
+        digest = store.save_round(
+            0, params, {}, strategy_state=state, strategy=strategy.name if strategy else ""
+        )
+        sha256 = store.checkpoint_sha256(0)
+        on_initial({"round": 0, "model_digest": digest, "checkpoint_sha256": sha256})
         return StartPoint(run_id=run_id, params=params, start_round=1, resumed=False)
     if stored_digest and stored_digest != config_digest(config):
         log.warning(
             "resuming run %s with a configuration that differs from the one it started with", run_id
         )
-    last, checkpoint = _newest_verified(store, last, on_fallback)
+    last, checkpoint = _newest_verified(store, last, on_fallback, commitments)
     if strategy is not None:
         _restore_strategy(strategy, checkpoint, last)
     params = checkpoint.params
@@ -100,14 +112,18 @@ def start_or_resume(
 
 
 def _newest_verified(
-    store: RunStore, last: int, on_fallback: Callable[[dict[str, Any]], None]
+    store: RunStore,
+    last: int,
+    on_fallback: Callable[[dict[str, Any]], None],
+    commitments: Commitments | None,
 ) -> tuple[int, Checkpoint]:
     """The last round's checkpoint, or (said loudly, recorded, the later rounds forgotten)
-    the newest earlier one that still verifies."""
+    the newest earlier one that still verifies and that the audit log vouches for."""
     try:
+        _check_vouched(store, last, commitments)
         return last, store.load_checkpoint(last)
     except StoreError as exc:
-        intact = store.newest_intact(last - 1)
+        intact = _newest_vouched(store, last - 1, commitments)
         if intact is None:
             raise StoreError(f"{exc}; no earlier checkpoint verifies either") from exc
         good, checkpoint = intact
@@ -121,6 +137,32 @@ def _newest_verified(
         )
         on_fallback({"reason": str(exc), "resumed_from": good, "forgotten": forgotten})
         return good, checkpoint
+
+
+def _check_vouched(store: RunStore, server_round: int, commitments: Commitments | None) -> None:
+    """StoreError unless the audit log committed the checkpoint state.sqlite names for the
+    round (the file itself is then checked against that row: together, against the log)."""
+    if commitments is None:
+        return
+    sha256, digest = store.checkpoint_sha256(server_round), store.model_digest(server_round)
+    refusal = commitments.refusal(server_round, sha256, digest)
+    if refusal is not None:
+        raise StoreError(refusal)
+
+
+def _newest_vouched(
+    store: RunStore, up_to: int, commitments: Commitments | None
+) -> tuple[int, Checkpoint] | None:
+    """The newest round at or before ``up_to`` whose checkpoint verifies and is vouched for."""
+    while (intact := store.newest_intact(up_to)) is not None:
+        try:
+            _check_vouched(store, intact[0], commitments)
+        except StoreError as exc:
+            log.warning("passing over round %d: %s", intact[0], exc)
+            up_to = intact[0] - 1
+            continue
+        return intact
+    return None
 
 
 def _restore_strategy(strategy: Strategy, checkpoint: Checkpoint, server_round: int) -> None:
@@ -186,6 +228,11 @@ class RunPlan:
     #: a corrupt last checkpoint was passed over on resume (for the audit log)
     on_fallback: Callable[[dict[str, Any]], None] = lambda event: None
     control: RunControl | None = None  # admin start/stop (consortium mode)
+    #: what the signed audit log committed: a resume trusts no other checkpoint (None: no
+    #: log, state.sqlite alone); :func:`fedops.runtime.records.run_recorded` sets both
+    commitments: Commitments | None = None
+    #: round 0 was committed (for the audit log's ``initial_model``)
+    on_initial: Callable[[dict[str, Any]], None] = lambda event: None
 
 
 def execute(
@@ -245,6 +292,8 @@ def _drive(
         plan.initial_params,
         on_fallback=plan.on_fallback,
         strategy=plan.strategy,
+        commitments=plan.commitments,
+        on_initial=plan.on_initial,
     )
     if dp is not None:
         restore_ledger(dp.privacy, store.privacy_ledger(), store.round_metrics())

@@ -260,10 +260,15 @@ class RunStore:
         return [int(r) for r, _ in rows]
 
     def model_digest(self, server_round: int) -> str | None:
-        row = self._db.execute(
-            "SELECT model_digest FROM rounds WHERE round = ?", (server_round,)
-        ).fetchone()
-        return row[0] if row else None
+        return self._round_text(server_round)[1]
+
+    def checkpoint_sha256(self, server_round: int) -> str | None:
+        """The checkpoint's sha256 as committed: the model and strategy state the log vouches."""
+        return self._round_text(server_round)[0]
+
+    def _round_text(self, server_round: int) -> tuple[str | None, str | None]:
+        sql = "SELECT checkpoint_sha256, model_digest FROM rounds WHERE round = ?"
+        return self._db.execute(sql, (server_round,)).fetchone() or (None, None)
 
     def _prune_checkpoints(self) -> None:
         rows = self._db.execute(
@@ -333,10 +338,8 @@ class RunStore:
             "WHERE round = ?",
             (server_round,),
         ).fetchall()
-        return [
-            Participant(phase=a, node_id=b, site=c, outcome=d, num_examples=e, reason=f)
-            for a, b, c, d, e, f in rows
-        ]
+        names = ("phase", "node_id", "site", "outcome", "num_examples", "reason")
+        return [Participant(**dict(zip(names, row, strict=True))) for row in rows]
 
     def any_participant(self, since: int, phase: str, outcome: str) -> bool:
         """Whether a committed round from ``since`` on has a ``phase`` row with ``outcome``;

@@ -58,6 +58,7 @@ from fedops.core.audit import (
 from fedops.core.audit.pseudonyms import KEY_BYTES, MARK, Pseudonyms
 from fedops.core.audit.verify import split_log, verify_log_bytes
 from fedops.crypto import Identity, verify_ed25519
+from fedops.runtime.audit.commitments import Commitments
 
 LOG_NAME = "audit.jsonl"
 HEAD_NAME = "audit.head"
@@ -160,6 +161,9 @@ class AuditLog:
         self.redact: Callable[[str, Mapping[str, Any]], Mapping[str, Any]] | None = None
         self.public_pem = identity.public_pem()
         self.fingerprint = key_fingerprint(self.public_pem)
+        #: the checkpoints the log vouches for, read from the verified lines and kept up to
+        #: date as entries are signed: a resume trusts no other (see :mod:`.commitments`)
+        self.commitments = Commitments()
 
     @classmethod
     def open(
@@ -199,6 +203,7 @@ class AuditLog:
         head = head_path(path)
         if lines or head.exists():
             self._continue(data[: len(data) - len(tail)], head, key_source)
+            self.commitments = Commitments.from_lines(lines)  # the very lines just verified
         _publish(path.parent, identity)  # only once the log is known to be this key's
         if not (lines or head.exists()):
             self.record(OPEN_EVENT, opened_payload(actor, self.public_pem))
@@ -284,6 +289,8 @@ class AuditLog:
                 return entries
             self._append(self._fd, b"".join(encode_entry(e) for e in entries))
             self._next_seq, self._prev_hash = seq, prev
+            for entry in entries:
+                self.commitments.observe(entry["event"], entry["payload"])
             try:
                 _write_atomic(head_path(self.path), Head.of(entries[-1]).encode(), fsync=self.fsync)
             except OSError as exc:  # the entries are durable; the head lags until the next one

@@ -2,9 +2,11 @@
 
 Per-node events (joins, models sent, updates received, each with digests)
 come from the transport; this adds the run's frame (config digest, start,
-end) and, for every committed round, the model digest, the privacy spent,
-the drift and fairness reports and the alerts, so an auditor can answer
-"what happened in round 37" from the signed log alone.
+end) and, for every committed round, the model digest and the checkpoint
+file's sha256, the privacy spent, the drift and fairness reports and the
+alerts, so an auditor can answer "what happened in round 37" from the signed
+log alone, and a resumed coordinator trusts only the checkpoints the log
+committed (:mod:`fedops.runtime.audit.commitments`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fedops.core.audit import json_values
+from fedops.runtime.audit.commitments import COMMIT_EVENT, FALLBACK_EVENT, INITIAL_EVENT
 from fedops.runtime.audit.log_file import AuditLog
 from fedops.runtime.driver import RoundRecord
 from fedops.runtime.store import Participant, RunStore, config_digest
@@ -48,7 +51,12 @@ class RunTrail:
 
     def checkpoint_fallback(self, event: Mapping[str, Any]) -> None:
         """The run resumed from an earlier round: its last checkpoints did not verify."""
-        self._record("checkpoint_fallback", event)
+        self._record(FALLBACK_EVENT, event)
+
+    def initial_model(self, event: Mapping[str, Any]) -> None:
+        """Round 0 was committed (``{round, model_digest, checkpoint_sha256}``): signed like
+        every later round, so a resume can refuse an initial model swapped in state.sqlite."""
+        self._record(INITIAL_EVENT, event)
 
     def run_started(self, run_id: str, config: Mapping[str, Any], *, task_digest: str = "") -> None:
         self._record(
@@ -74,10 +82,11 @@ class RunTrail:
         r, m = record.server_round, record.metrics
         entries: list[tuple[str, dict[str, Any]]] = [
             (
-                "round_committed",
+                COMMIT_EVENT,
                 {
                     "round": r,
                     "model_digest": self.store.model_digest(r),
+                    "checkpoint_sha256": self.store.checkpoint_sha256(r),
                     "num_clients": m.get("num_clients"),
                 },
             )
@@ -100,8 +109,20 @@ class RunTrail:
         self.audit.record_many(payloads)
 
     def run_finished(self, summary: Mapping[str, Any]) -> None:
+        """The run's end. Its final model digest is signed only if the log committed it as
+        that round's model: state.sqlite (editable) names it, and a run that failed before
+        it could fall back must not sign a model swapped in there."""
         keys = ("status", "rounds_completed", "model_digest", "privacy", "stop_reason")
-        self._record("run_finished", {k: summary[k] for k in keys if k in summary})
+        payload = {k: summary[k] for k in keys if k in summary}
+        final, last = payload.get("model_digest"), payload.get("rounds_completed")
+        if final is not None and not (
+            isinstance(last, int) and self.audit.commitments.vouches_model(last, final)
+        ):
+            payload["model_digest"] = None
+            payload["model_unvouched"] = (
+                f"state.sqlite names model {final} for round {last}, which the log never committed"
+            )
+        self._record("run_finished", payload)
 
 
 def _participant_rows(participants: Sequence[Participant]) -> list[dict[str, Any]]:

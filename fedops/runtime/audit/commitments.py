@@ -1,0 +1,116 @@
+"""What a coordinator's signed audit log vouches for: each round's checkpoint, as committed.
+
+The run directory's ``state.sqlite`` names every round's checkpoint file with
+its sha256 and model digest, but whoever holds the directory can edit it: a
+resume that trusted it alone would train from (and sign the digest of) a model
+nobody committed. The audit log is signed with a key the operator of the
+directory does not hold, so a resume trusts a round's checkpoint only when the
+log vouches for it: its ``round_committed`` entry (``initial_model`` for round
+0) names the same ``checkpoint_sha256``, which covers the model and the
+strategy state (FedAdam's moments) alike.
+
+Entries written before fedops recorded ``checkpoint_sha256`` carry the model
+digest alone: for those rounds the model is checked, the strategy state cannot
+be. A log with no ``initial_model`` entry (a run directory from before it was
+recorded, or a coordinator that died between committing round 0 and logging
+it) leaves round 0 unchecked, as before.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+COMMIT_EVENT = "round_committed"
+INITIAL_EVENT = "initial_model"
+FALLBACK_EVENT = "checkpoint_fallback"
+_EVENTS = (COMMIT_EVENT, INITIAL_EVENT, FALLBACK_EVENT)
+
+
+@dataclass(frozen=True, slots=True)
+class Commitment:
+    """One round's checkpoint as the log committed it."""
+
+    model_digest: str | None
+    checkpoint_sha256: str | None  # None: an entry from before fedops recorded it
+
+
+@dataclass(slots=True)
+class Commitments:
+    """``{round: Commitment}`` from a verified log, the newest entry of each round.
+
+    A ``checkpoint_fallback`` entry forgets the rounds after the one it resumed
+    from, as the store did: their old entries vouch for checkpoints that the run
+    no longer continues from (a copy put back later must not pass).
+    """
+
+    rounds: dict[int, Commitment] = field(default_factory=dict)
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[bytes]) -> Commitments:
+        """The commitments of a log's lines, which the caller has just verified."""
+        found = cls()
+        for line in lines:
+            if not any(event.encode() in line for event in _EVENTS):
+                continue  # a site's thousands of reports are not parsed twice
+            entry = json.loads(line)
+            found.observe(entry.get("event", ""), entry.get("payload", {}))
+        return found
+
+    def observe(self, event: str, payload: Mapping[str, Any]) -> None:
+        """Take in one entry (read back, or just signed): a commit, or a fallback."""
+        server_round = payload.get("round")
+        if event == FALLBACK_EVENT:
+            kept = payload.get("resumed_from")
+            if _is_round(kept):
+                self.rounds = {r: c for r, c in self.rounds.items() if r <= kept}
+        elif event in (COMMIT_EVENT, INITIAL_EVENT) and _is_round(server_round):
+            self.rounds[server_round] = Commitment(
+                model_digest=_text(payload.get("model_digest")),
+                checkpoint_sha256=_text(payload.get("checkpoint_sha256")),
+            )
+
+    def refusal(
+        self, server_round: int, checkpoint_sha256: str | None, model_digest: str | None
+    ) -> str | None:
+        """Why the log does not vouch for a round's checkpoint as ``state.sqlite`` names it
+        (its file's sha256, its model digest); ``None`` when it does."""
+        committed = self.rounds.get(server_round)
+        if committed is None:
+            if server_round == 0:
+                return None  # a log from before initial_model was recorded: see above
+            return (
+                f"the audit log does not vouch for round {server_round}'s checkpoint: it "
+                f"records no commit of round {server_round} (a coordinator stopped before "
+                "logging it, or a round added to state.sqlite)"
+            )
+        if committed.checkpoint_sha256 is not None:
+            same = committed.checkpoint_sha256 == checkpoint_sha256
+            what = f"sha256 {checkpoint_sha256}, the log's {committed.checkpoint_sha256}"
+        else:  # an older entry: the model only
+            same = committed.model_digest == model_digest
+            what = f"model {model_digest}, the log's {committed.model_digest}"
+        if same:
+            return None
+        return (
+            f"the audit log does not vouch for round {server_round}'s checkpoint: "
+            f"state.sqlite names one it did not commit ({what})"
+        )
+
+    def vouches_model(self, server_round: int, model_digest: str | None) -> bool:
+        """Whether the log committed ``model_digest`` as round ``server_round``'s model (a
+        round 0 it never recorded passes, as on resume)."""
+        committed = self.rounds.get(server_round)
+        if committed is None:
+            return server_round == 0
+        return committed.model_digest == model_digest
+
+
+def _is_round(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

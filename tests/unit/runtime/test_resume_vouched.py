@@ -1,0 +1,324 @@
+"""A resumed coordinator trusts only the checkpoints its signed audit log committed.
+
+Whoever holds the run directory can edit ``state.sqlite`` and the checkpoint
+files, not the audit signing key. Real ``fedops simulate`` runs, tampered with
+as the red team did, then resumed in process.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedops.config.hydra_app import simulate_main
+from fedops.core.params import digest
+from fedops.runtime.audit.commitments import Commitments
+from fedops.runtime.audit.log_file import AuditLog
+from fedops.runtime.audit.run_trail import RunTrail
+from fedops.runtime.checkpoint_file import (
+    STATE_PREFIX,
+    Checkpoint,
+    decode_checkpoint,
+    file_sha256,
+    write_safetensors,
+)
+from fedops.runtime.store import RunStore
+
+
+def _simulate(run_dir: Path, rounds: int, *extra: str) -> int:
+    argv = [f"rounds={rounds}", "simulation.num_clients=4", "seed=1", *extra]
+    return simulate_main([*argv, f"hydra.run.dir={run_dir}"])
+
+
+@pytest.fixture(scope="module")
+def fedavg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("fedavg") / "run"
+    assert _simulate(run_dir, 3) == 0
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def fedadam(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("fedadam") / "run"
+    assert _simulate(run_dir, 3, "strategy=fedadam") == 0
+    return run_dir
+
+
+def _copy(run_dir: Path, to: Path) -> Path:
+    return Path(shutil.copytree(run_dir, to))
+
+
+def _entries(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (run_dir / "audit.jsonl").read_text().splitlines()]
+
+
+def _events(entries: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+    return [e["payload"] for e in entries if e["event"] == event]
+
+
+def _checkpoint(run_dir: Path, server_round: int) -> Path:
+    return run_dir / "checkpoints" / f"round-{server_round:05d}.safetensors"
+
+
+def _params(path: Path) -> dict[str, np.ndarray]:
+    return dict(decode_checkpoint(path.read_bytes()).params)
+
+
+def _write_evil(run_dir: Path, name: str) -> tuple[str, str]:
+    """An attacker's model, shaped like the run's, at ``checkpoints/name``: (sha256, digest)."""
+    evil = {k: np.full_like(v, 0.5) for k, v in _params(_checkpoint(run_dir, 0)).items()}
+    path = run_dir / "checkpoints" / name
+    write_safetensors(path, evil, {"order": json.dumps(list(evil)), "strategy": "fedavg"})
+    return file_sha256(path), digest(evil)
+
+
+def _sql(run_dir: Path, statement: str, *args: Any) -> None:
+    db = sqlite3.connect(run_dir / "state.sqlite")
+    with db:
+        db.execute(statement, args)
+    db.close()
+
+
+def _point_round_at(run_dir: Path, server_round: int, name: str, sha: str, model: str) -> None:
+    _sql(
+        run_dir,
+        "UPDATE rounds SET checkpoint = ?, checkpoint_sha256 = ?, model_digest = ? WHERE round = ?",
+        name,
+        sha,
+        model,
+        server_round,
+    )
+
+
+def _committed(run_dir: Path, server_round: int) -> str | None:
+    store = RunStore(run_dir)
+    try:
+        return store.model_digest(server_round)
+    finally:
+        store.close()
+
+
+def test_every_commit_signs_its_checkpoint_file_and_round_0_is_signed_too(fedavg: Path):
+    entries = _entries(fedavg)
+    events = [e["event"] for e in entries]
+    assert events.index("initial_model") == events.index("run_started") + 1
+    (initial,) = _events(entries, "initial_model")
+    assert initial == {
+        "round": 0,
+        "model_digest": _committed(fedavg, 0),
+        "checkpoint_sha256": file_sha256(_checkpoint(fedavg, 0)),
+    }
+    commits = {p["round"]: p for p in _events(entries, "round_committed")}
+    assert sorted(commits) == [1, 2, 3]
+    for r, payload in commits.items():
+        assert payload["checkpoint_sha256"] == file_sha256(_checkpoint(fedavg, r))
+        assert payload["model_digest"] == _committed(fedavg, r)
+
+
+def test_an_honest_resume_continues_from_the_last_round(fedavg: Path, tmp_path: Path):
+    run = _copy(fedavg, tmp_path / "run")
+    before = len(_entries(run))
+    assert _simulate(run, 4) == 0
+    new = _entries(run)[before:]
+    assert _events(new, "checkpoint_fallback") == []
+    assert _events(new, "initial_model") == []
+    assert [p["round"] for p in _events(new, "round_committed")] == [4]
+    assert _events(new, "run_finished")[-1]["model_digest"] == _committed(run, 4)
+
+
+def test_b1_a_swapped_checkpoint_is_neither_exported_nor_signed(fedavg: Path, tmp_path: Path):
+    """Nothing left to do (rounds=3): the coordinator used to load the evil round 3, export
+    it as model.safetensors and sign a run_finished naming it."""
+    run = _copy(fedavg, tmp_path / "run")
+    honest_3 = _committed(run, 3)
+    sha, evil = _write_evil(run, "evil.safetensors")
+    _point_round_at(run, 3, "evil.safetensors", sha, evil)
+    before = len(_entries(run))
+    assert _simulate(run, 3) == 0
+    new = _entries(run)[before:]
+    assert all(e["payload"].get("model_digest") != evil for e in new)
+    (fallback,) = _events(new, "checkpoint_fallback")
+    assert fallback["resumed_from"] == 2 and fallback["forgotten"] == [3]
+    assert "does not vouch for round 3" in fallback["reason"]
+    assert [p["round"] for p in _events(new, "round_committed")] == [3]
+    # round 3 again from round 2: the very model the honest run committed (seeded)
+    assert _events(new, "run_finished")[-1]["model_digest"] == honest_3 == _committed(run, 3)
+    assert digest(_params(run / "model.safetensors")) == honest_3
+
+
+def test_b2_a_resume_never_trains_from_an_uncommitted_checkpoint(fedavg: Path, tmp_path: Path):
+    run = _copy(fedavg, tmp_path / "run")
+    honest_3 = _committed(run, 3)
+    sha, evil = _write_evil(run, "evil.safetensors")
+    _point_round_at(run, 3, "evil.safetensors", sha, evil)
+    before = len(_entries(run))
+    assert _simulate(run, 4) == 0
+    new = _entries(run)[before:]
+    (fallback,) = _events(new, "checkpoint_fallback")
+    assert fallback["resumed_from"] == 2
+    assert [p["round"] for p in _events(new, "round_committed")] == [3, 4]
+    assert _committed(run, 3) == honest_3  # round 4 trained on round 3 as committed
+    assert all(e["payload"].get("model_digest") != evil for e in new)
+
+
+def test_b2_an_added_round_the_log_never_committed_is_run_again(fedavg: Path, tmp_path: Path):
+    run = _copy(fedavg, tmp_path / "run")
+    sha, evil = _write_evil(run, "round-00004.safetensors")
+    _sql(
+        run,
+        "INSERT INTO rounds VALUES (4, 0, '{}', 'round-00004.safetensors', ?, ?)",
+        sha,
+        evil,
+    )
+    before = len(_entries(run))
+    assert _simulate(run, 5) == 0
+    new = _entries(run)[before:]
+    (fallback,) = _events(new, "checkpoint_fallback")
+    assert fallback["resumed_from"] == 3 and fallback["forgotten"] == [4]
+    assert "records no commit of round 4" in fallback["reason"]
+    assert [p["round"] for p in _events(new, "round_committed")] == [4, 5]
+    assert all(e["payload"].get("model_digest") != evil for e in new)
+    assert _committed(run, 4) != evil
+
+
+def _poison_moments(run_dir: Path, server_round: int) -> None:
+    """FedAdam's first moments set to 50 (every weight pushed by ~lr a step), the checkpoint
+    rewritten and its sha256 in state.sqlite fixed to match."""
+    path = _checkpoint(run_dir, server_round)
+    raw = decode_checkpoint(path.read_bytes())
+    state = {k: np.full_like(v, 50.0) if k.startswith("m") else v for k, v in _moments(raw)}
+    assert any(k.startswith("m") for k in state), sorted(state)
+    tensors = {**raw.params, **{STATE_PREFIX + k: v for k, v in state.items()}}
+    meta = {"order": json.dumps(list(raw.params)), "strategy": raw.strategy}
+    write_safetensors(path, tensors, meta)
+    sha = file_sha256(path)
+    _sql(run_dir, "UPDATE rounds SET checkpoint_sha256 = ? WHERE round = ?", sha, server_round)
+
+
+def _moments(checkpoint: Checkpoint) -> list[tuple[str, np.ndarray]]:
+    return [(k, np.asarray(v)) for k, v in checkpoint.strategy_state.items()]
+
+
+def test_b3_an_edited_strategy_state_is_not_resumed_from(fedadam: Path, tmp_path: Path):
+    clean = _copy(fedadam, tmp_path / "clean")
+    poisoned = _copy(fedadam, tmp_path / "poisoned")
+    _poison_moments(poisoned, 3)
+    before = len(_entries(poisoned))
+    assert _simulate(clean, 4, "strategy=fedadam") == 0
+    assert _simulate(poisoned, 4, "strategy=fedadam") == 0
+    new = _entries(poisoned)[before:]
+    (fallback,) = _events(new, "checkpoint_fallback")
+    assert fallback["resumed_from"] == 2 and "does not vouch for round 3" in fallback["reason"]
+    assert _events(_entries(clean)[before:], "checkpoint_fallback") == []
+    # round 3 again from round 2's model and moments: the honest resume's round 4
+    assert _committed(poisoned, 4) == _committed(clean, 4)
+    redone = decode_checkpoint(_checkpoint(poisoned, 3).read_bytes())
+    assert not any(np.any(v == 50.0) for k, v in _moments(redone) if k.startswith("m"))
+
+
+def test_a_crash_between_the_commit_and_its_log_entry_runs_the_round_again(
+    fedavg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The legitimate case of a round in state.sqlite the log never committed."""
+    run = tmp_path / "run"
+    observe = RunTrail.observe_round
+
+    def dies_before_logging_round_3(self: RunTrail, record: Any) -> None:
+        if record.server_round == 3:
+            raise KeyboardInterrupt  # the coordinator stops right after the SQLite commit
+        observe(self, record)
+
+    monkeypatch.setattr(RunTrail, "observe_round", dies_before_logging_round_3)
+    with pytest.raises(KeyboardInterrupt):
+        _simulate(run, 3)
+    monkeypatch.setattr(RunTrail, "observe_round", observe)
+    assert _committed(run, 3) is not None
+    entries = _entries(run)
+    assert [p["round"] for p in _events(entries, "round_committed")] == [1, 2]
+    (finished,) = _events(entries, "run_finished")
+    assert finished.get("model_digest") is None  # round 3's model was never committed
+
+    before = len(entries)
+    assert _simulate(run, 3) == 0
+    new = _entries(run)[before:]
+    (fallback,) = _events(new, "checkpoint_fallback")
+    assert fallback["resumed_from"] == 2 and fallback["forgotten"] == [3]
+    rounds = [p["round"] for p in _events(_entries(run), "round_committed")]
+    assert rounds == [1, 2, 3]  # no round committed twice
+    assert _events(new, "run_finished")[-1]["model_digest"] == _committed(fedavg, 3)
+
+
+def test_a_swapped_initial_model_is_refused_and_never_signed(tmp_path: Path):
+    """Round 1 and round 0 both swapped: nothing the log vouches for is left to resume from,
+    and the failed run's run_finished names no model."""
+    run = tmp_path / "run"
+    assert _simulate(run, 1) == 0
+    sha, evil = _write_evil(run, "evil.safetensors")
+    _point_round_at(run, 1, "evil.safetensors", sha, evil)
+    _point_round_at(run, 0, "evil.safetensors", sha, evil)
+    before = len(_entries(run))
+    assert _simulate(run, 2) != 0
+    new = _entries(run)[before:]
+    assert all(e["payload"].get("model_digest") != evil for e in new)
+    assert _events(new, "round_committed") == []
+    finished = _events(new, "run_finished")[-1]
+    assert finished["status"] == "failed" and finished.get("model_digest") is None
+
+
+def test_run_finished_names_no_model_the_log_never_committed(tmp_path: Path):
+    store = RunStore(tmp_path)
+    with AuditLog.open(tmp_path, "coordinator", fsync=False) as audit:
+        trail = RunTrail(audit, store)
+        trail.initial_model({"round": 0, "model_digest": "m0", "checkpoint_sha256": "s0"})
+        trail.run_finished({"status": "completed", "rounds_completed": 0, "model_digest": "m0"})
+        trail.run_finished({"status": "completed", "rounds_completed": 1, "model_digest": "m1"})
+    store.close()
+    first, second = _events(_entries(tmp_path), "run_finished")
+    assert first["model_digest"] == "m0"
+    assert second["model_digest"] is None and "m1" in second["model_unvouched"]
+
+
+def test_commitments_survive_pseudonymised_payloads(tmp_path: Path):
+    """Central DP hides who took part in round_committed; the digests stay readable."""
+    run = tmp_path / "run"
+    assert _simulate(run, 2, "privacy=central") == 0
+    entries = _entries(run)
+    commits = _events(entries, "round_committed")
+    assert commits and all(p.get("participants_pseudonymous") for p in commits)
+    sha, evil = _write_evil(run, "evil.safetensors")
+    _point_round_at(run, 2, "evil.safetensors", sha, evil)
+    before = len(entries)
+    assert _simulate(run, 2, "privacy=central") == 0
+    new = _entries(run)[before:]
+    (fallback,) = _events(new, "checkpoint_fallback")
+    assert fallback["resumed_from"] == 1
+    assert all(e["payload"].get("model_digest") != evil for e in new)
+
+
+def _line(event: str, payload: dict[str, Any]) -> bytes:
+    return json.dumps({"event": event, "payload": payload}).encode()
+
+
+def test_older_entries_vouch_for_the_model_only_and_a_fallback_forgets_later_rounds():
+    found = Commitments.from_lines(
+        [
+            _line("round_committed", {"round": 1, "model_digest": "m1"}),  # before sha256
+            _line("round_committed", {"round": 2, "model_digest": "m2", "checkpoint_sha256": "s2"}),
+            _line("round_committed", {"round": 3, "model_digest": "m3", "checkpoint_sha256": "s3"}),
+            _line("checkpoint_fallback", {"resumed_from": 2, "forgotten": [3]}),
+        ]
+    )
+    assert found.refusal(0, "any", "any") is None  # no initial_model: as before
+    assert found.refusal(1, "whatever", "m1") is None  # the strategy state is unverifiable
+    assert found.refusal(1, "whatever", "other") is not None
+    assert found.refusal(2, "s2", "m2") is None
+    assert found.refusal(2, "edited", "m2") is not None
+    assert found.refusal(3, "s3", "m3") is not None  # forgotten by the fallback
+    found.observe("initial_model", {"round": 0, "model_digest": "m0", "checkpoint_sha256": "s0"})
+    assert found.refusal(0, "s0", "m0") is None and found.refusal(0, "x", "m0") is not None
