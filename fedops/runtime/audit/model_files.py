@@ -37,6 +37,7 @@ from typing import Any
 
 from fedops.core.model_hash import UnknownDigest, hash_named, shortened
 from fedops.core.params import Params, digest, digest_matches
+from fedops.runtime.audit.commitments import COMMIT_EVENT, INITIAL_EVENT, Commitment, Commitments
 from fedops.runtime.checkpoint_file import (
     STATE_PREFIX,
     decode_checkpoint,
@@ -84,14 +85,6 @@ def _read(path: Path) -> tuple[Params, bytes]:
     return checkpoint.params, data
 
 
-@dataclass(frozen=True, slots=True)
-class Commitment:
-    """What the log recorded of a round's checkpoint."""
-
-    model_digest: str
-    checkpoint_sha256: str = ""  # "" in entries from before it was recorded
-
-
 @dataclass(slots=True)
 class ModelFileCheck:
     """One row per file checked, and the failures as compliance mismatches."""
@@ -109,9 +102,15 @@ class ModelFileCheck:
 class _Log:
     """The coordinator log's commitments, and how its run ended."""
 
-    committed: dict[int, Commitment] = field(default_factory=dict)
+    commitments: Commitments = field(default_factory=Commitments)
     finished: str | None = None  # the newest run_finished's model digest ("" if none named)
     finished_after_last_commit: bool = False
+    #: the coordinator's own word that its store named a final model the log never committed
+    unvouched: str = ""
+
+    @property
+    def committed(self) -> dict[int, Commitment]:
+        return self.commitments.rounds
 
 
 def check_model_files(run_dir: Path, entries: Sequence[Mapping[str, Any]]) -> ModelFileCheck:
@@ -143,12 +142,17 @@ def _check_final(check: ModelFileCheck, model: Path, log: _Log) -> None:
         return
     last = max(log.committed)
     final = log.committed[last]
+    if log.finished_after_last_commit and log.unvouched:
+        message = (
+            f"run_finished: the coordinator did not vouch for its final model: {log.unvouched}"
+        )
+        check.add("audit.jsonl", "mismatch", message)
     if log.finished_after_last_commit and log.finished and log.finished != final.model_digest:
         check.add(
             "audit.jsonl",
             "mismatch",
             f"run_finished names the model {shortened(log.finished)}, not round {last}'s "
-            f"committed model {shortened(final.model_digest)}",
+            f"committed model {shortened(str(final.model_digest))}",
         )
     if not model.exists():
         if log.finished_after_last_commit:
@@ -161,27 +165,23 @@ def _check_final(check: ModelFileCheck, model: Path, log: _Log) -> None:
 
 
 def _recorded(entries: Sequence[Mapping[str, Any]]) -> _Log:
-    """Each committed round's commitment (the newest entry of a round redone after a
-    resume; round 0's from ``initial_model``), and how the run ended."""
+    """What the log committed, as a resume reads it (:class:`Commitments`: the newest entry
+    of each round, round 0's from ``initial_model``, none past a fallback's round until
+    committed again), and how the run ended."""
     log = _Log()
     for entry in entries:
-        payload = entry.get("payload")
-        event = entry.get("event")
-        if not isinstance(payload, Mapping):
+        event, payload = entry.get("event"), entry.get("payload")
+        if not isinstance(payload, Mapping) or not isinstance(event, str):
             continue
         if event == "run_finished":
             named = payload.get("model_digest")
             log.finished = named if isinstance(named, str) else ""
             log.finished_after_last_commit = True
-            continue
-        recorded, server_round = payload.get("model_digest"), payload.get("round")
-        if event not in ("round_committed", "initial_model") or type(server_round) is not int:
-            continue
-        if not isinstance(recorded, str) or not recorded:
-            continue
-        sha = payload.get("checkpoint_sha256")
-        log.committed[server_round] = Commitment(recorded, sha if isinstance(sha, str) else "")
-        log.finished_after_last_commit = False
+            why = payload.get("model_unvouched")
+            log.unvouched = shown(why, 200) if isinstance(why, str) else ""
+        elif event in (COMMIT_EVENT, INITIAL_EVENT):
+            log.finished_after_last_commit = False
+        log.commitments.observe(event, payload)
     return log
 
 
@@ -198,7 +198,7 @@ def _check_one(
     row = {"round": server_round, "expected": expected.model_digest if expected else None}
     try:
         params, data = _read(path)
-        same = expected is not None and digest_matches(params, expected.model_digest)
+        same = expected is not None and digest_matches(params, str(expected.model_digest))
     except ModelFileError as exc:  # its message names the file
         check.add(name, "unreadable", str(exc), **row)
         return
@@ -239,7 +239,7 @@ def _round_holding(params: Params, committed: Mapping[int, Commitment]) -> int |
     mine: dict[str, str] = {}  # algorithm -> params' digest in it
     for server_round, commitment in sorted(committed.items()):
         try:
-            algorithm = hash_named(commitment.model_digest)
+            algorithm = hash_named(str(commitment.model_digest))
         except UnknownDigest:
             continue
         if algorithm not in mine:

@@ -65,9 +65,8 @@ def test_an_honest_run_exports_with_every_model_file_matching(run, capsys):
     rows = {r["file"]: r for r in report["model_files"]}
     kept = {f"checkpoints/{p.name}" for p in (run / "checkpoints").glob("*.safetensors")}
     assert len(kept) >= 3 and set(rows) == {"model.safetensors", *kept}
-    # round 0 (the initial model) has no round_committed entry: listed, not failed
-    initial = rows.pop("checkpoints/round-00000.safetensors")
-    assert initial["status"] == "unlogged"
+    # round 0 (the initial model) is checked against the log's initial_model entry
+    assert "checkpoints/round-00000.safetensors" in rows
     assert {r["status"] for r in rows.values()} == {"ok"}
     final = json.loads((run / "summary.json").read_text())["model_digest"]
     assert rows["model.safetensors"]["digest"] == final
@@ -279,3 +278,34 @@ def test_a_final_digest_it_cannot_read_in_the_log_never_passes(tmp_path, recorde
         assert [m["file"] for m in check.mismatches] == ["audit.jsonl"]
     else:  # it names none: the file is held to the last committed round alone
         assert not check.mismatches and check.rows[-1]["status"] == "ok"
+
+
+def test_a_final_model_the_coordinator_would_not_vouch_for_fails(tmp_path):
+    """Its store named a final model the log never committed: it signed none, said why."""
+    entries = [
+        _committed(1, W2),
+        {
+            "event": "run_finished",
+            "payload": {"model_digest": None, "model_unvouched": "state.sqlite names another"},
+        },
+    ]
+    _write(tmp_path / "model.safetensors", W2)
+    check = check_model_files(tmp_path, entries)
+    assert [m["file"] for m in check.mismatches] == ["audit.jsonl"]
+    assert (
+        "did not vouch for its final model: 'state.sqlite names another'"
+        in (check.mismatches[0]["message"])
+    )
+
+
+def test_a_round_forgotten_by_a_fallback_no_longer_vouches_for_its_old_file(tmp_path):
+    """After a checkpoint_fallback to round 1, round 2's old entry vouches for nothing."""
+    (tmp_path / "checkpoints").mkdir()
+    _write(_checkpoint(tmp_path, 2), W2)
+    entries = [
+        _committed(1, W1),
+        _committed(2, W2),
+        {"event": "checkpoint_fallback", "payload": {"resumed_from": 1, "forgotten": [2]}},
+    ]
+    (row,) = check_model_files(tmp_path, entries).rows
+    assert row["status"] == "unlogged"
