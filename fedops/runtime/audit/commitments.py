@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 COMMIT_EVENT = "round_committed"
 INITIAL_EVENT = "initial_model"
@@ -108,7 +108,7 @@ class Commitments:
         return committed.model_digest == model_digest
 
 
-def _is_round(value: Any) -> bool:
+def _is_round(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 

@@ -227,9 +227,8 @@ def _check_one(
         return
     held = f"round {holds}'s model" if holds is not None else "a model no round committed"
     want = f"round {server_round}'s" if server_round is not None else "the final"
-    message = (
-        f"{name} holds {held} ({shortened(got)}), not {want} ({shortened(expected.model_digest)})"
-    )
+    logged = shortened(str(expected.model_digest))
+    message = f"{name} holds {held} ({shortened(got)}), not {want} ({logged})"
     check.add(name, "mismatch", message, digest=got, holds_round=holds, **row)
 
 

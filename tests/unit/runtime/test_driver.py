@@ -22,8 +22,9 @@ from fedops.core.rounds import Phase, ResultArrived, sample_clients
 from fedops.core.strategies import FedAvg, FedProx
 from fedops.core.training import TrainConfig, get_params
 from fedops.runtime.driver import DriverConfig, RoundDriver, RunAborted
+from fedops.runtime.resume import start_or_resume
 from fedops.runtime.round_plugin import GlobalEvaluation
-from fedops.runtime.run import make_strategy, start_or_resume
+from fedops.runtime.run import make_strategy
 from fedops.runtime.schema import StrategyConfig
 from fedops.runtime.store import RunStore
 from fedops.simulation.inmemory import InMemoryTransport

@@ -322,3 +322,22 @@ def test_older_entries_vouch_for_the_model_only_and_a_fallback_forgets_later_rou
     assert found.refusal(3, "s3", "m3") is not None  # forgotten by the fallback
     found.observe("initial_model", {"round": 0, "model_digest": "m0", "checkpoint_sha256": "s0"})
     assert found.refusal(0, "s0", "m0") is None and found.refusal(0, "x", "m0") is not None
+
+
+def test_a_store_rolled_back_past_committed_rounds_is_said_and_recorded(
+    fedavg: Path, tmp_path: Path
+):
+    """Round 3's rows deleted from state.sqlite: the resume starts from round 2, which the
+    log vouches for, but never silently: a checkpoint_fallback names the rounds redone."""
+    run = _copy(fedavg, tmp_path / "run")
+    honest_3 = _committed(run, 3)
+    _sql(run, "DELETE FROM rounds WHERE round = 3")
+    _sql(run, "DELETE FROM participants WHERE round = 3")
+    before = len(_entries(run))
+    assert _simulate(run, 3) == 0
+    new = _entries(run)[before:]
+    (fallback,) = _events(new, "checkpoint_fallback")
+    assert fallback["resumed_from"] == 2 and fallback["forgotten"] == [3]
+    assert "rolled back" in fallback["reason"]
+    assert [p["round"] for p in _events(new, "round_committed")] == [3]
+    assert _committed(run, 3) == honest_3

@@ -9,7 +9,8 @@ import pytest
 
 from fedops.core.params import digest
 from fedops.core.strategies import FedAvg, FedProx
-from fedops.runtime.run import make_strategy, start_or_resume
+from fedops.runtime.resume import start_or_resume
+from fedops.runtime.run import make_strategy
 from fedops.runtime.schema import StrategyConfig
 from fedops.runtime.store import RunStore
 

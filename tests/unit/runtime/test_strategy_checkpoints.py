@@ -20,7 +20,7 @@ from fedops.core.results import FitResult
 from fedops.core.strategies import FedAdam, FedAvg, FedAvgM, FedYogi
 from fedops.core.strategies.protocol import strategy_state
 from fedops.runtime.checkpoint_file import STATE_PREFIX
-from fedops.runtime.run import start_or_resume
+from fedops.runtime.resume import start_or_resume
 from fedops.runtime.store import RunStore, StoreError
 
 PARAMS = {"w": np.zeros(3, np.float32), "b": np.zeros(1, np.float32)}
