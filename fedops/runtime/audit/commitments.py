@@ -19,6 +19,7 @@ it) leaves round 0 unchecked, as before.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
@@ -26,7 +27,8 @@ from typing import Any, TypeGuard
 COMMIT_EVENT = "round_committed"
 INITIAL_EVENT = "initial_model"
 FALLBACK_EVENT = "checkpoint_fallback"
-_EVENTS = (COMMIT_EVENT, INITIAL_EVENT, FALLBACK_EVENT)
+PRIVACY_EVENT = "privacy_spent"
+_EVENTS = (COMMIT_EVENT, INITIAL_EVENT, FALLBACK_EVENT, PRIVACY_EVENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,9 @@ class Commitments:
     """
 
     rounds: dict[int, Commitment] = field(default_factory=dict)
+    #: the largest ε a ``privacy_spent`` entry recorded: spending is never undone (a
+    #: fallback keeps the forgotten rounds' releases), so a resumed ledger owes at least it
+    epsilon_spent: float | None = None
 
     @classmethod
     def from_lines(cls, lines: Iterable[bytes]) -> Commitments:
@@ -62,7 +67,13 @@ class Commitments:
     def observe(self, event: str, payload: Mapping[str, Any]) -> None:
         """Take in one entry (read back, or just signed): a commit, or a fallback."""
         server_round = payload.get("round")
-        if event == FALLBACK_EVENT:
+        if event == PRIVACY_EVENT:
+            eps = payload.get("epsilon")
+            if isinstance(eps, int | float) and not isinstance(eps, bool) and eps >= 0:
+                self.epsilon_spent = max(self.epsilon_spent or 0.0, float(eps))
+            elif eps == "inf":  # no noise: no guarantee left to keep
+                self.epsilon_spent = math.inf
+        elif event == FALLBACK_EVENT:
             kept = payload.get("resumed_from")
             if _is_round(kept):
                 self.rounds = {r: c for r, c in self.rounds.items() if r <= kept}

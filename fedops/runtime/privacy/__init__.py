@@ -45,12 +45,30 @@ __all__ = [
 Privacy = CentralPrivacy | LocalPrivacy
 
 
-def restore_ledger(privacy: Privacy, saved: Any, metrics: Sequence[Mapping[str, Any]]) -> None:
-    """Restore from the committed ledger; refuse a run that spent DP rounds but lost it."""
-    spent = any("epsilon" in row for row in metrics)
+def restore_ledger(
+    privacy: Privacy,
+    saved: Any,
+    metrics: Sequence[Mapping[str, Any]],
+    *,
+    logged_epsilon: float | None = None,
+) -> None:
+    """Restore from the committed ledger; refuse a run that spent DP rounds but lost it, or
+    whose ledger accounts for less than ``logged_epsilon``, the most ε the signed audit log
+    recorded (state.sqlite can be edited or put back by whoever holds the run directory:
+    a ledger rolled back would let the run spend its budget again)."""
+    spent = any("epsilon" in row for row in metrics) or logged_epsilon is not None
     if saved is None and spent:
         raise ValueError(
             "this run directory holds DP rounds but no committed privacy ledger "
             "(state.sqlite's privacy_spent): refusing to resume and under-report ε"
         )
     privacy.restore(saved)
+    if logged_epsilon is None or not isinstance(privacy, CentralPrivacy):
+        return  # local DP: each site keeps its own ledger
+    now = privacy.epsilon()
+    if now < logged_epsilon * (1 - 1e-9):
+        raise ValueError(
+            f"the privacy ledger in state.sqlite accounts for ε = {now:.6g}, but the signed "
+            f"audit log recorded ε = {logged_epsilon:.6g} spent: it was rolled back or "
+            "edited; refusing to resume and spend the budget again"
+        )

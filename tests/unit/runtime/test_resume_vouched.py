@@ -341,3 +341,23 @@ def test_a_store_rolled_back_past_committed_rounds_is_said_and_recorded(
     assert "rolled back" in fallback["reason"]
     assert [p["round"] for p in _events(new, "round_committed")] == [3]
     assert _committed(run, 3) == honest_3
+
+
+def test_a_privacy_ledger_rolled_back_in_state_sqlite_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """Central DP: the ledger put back to round 1's would let the run spend ε again; the
+    signed log's privacy_spent entries say how much was spent, and the resume refuses."""
+    run = tmp_path / "run"
+    assert _simulate(run, 3, "privacy=central") == 0
+    spent = [p["epsilon"] for p in _events(_entries(run), "privacy_spent")]
+    assert len(spent) == 3 and spent == sorted(spent) and spent[0] < spent[-1]
+    honest = _copy(run, tmp_path / "honest")
+    assert _simulate(honest, 4, "privacy=central") == 0  # the untouched ledger resumes
+    _sql(run, "DELETE FROM privacy_spent WHERE round >= 2")
+    capsys.readouterr()
+    before = len(_entries(run))
+    assert _simulate(run, 4, "privacy=central") != 0
+    err = capsys.readouterr().err
+    assert "privacy ledger in state.sqlite accounts for" in err and "rolled back" in err
+    assert _events(_entries(run)[before:], "round_committed") == []
