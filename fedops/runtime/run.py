@@ -132,9 +132,7 @@ def _drive(
     )
     if dp is not None:
         logged = plan.commitments.epsilon_spent if plan.commitments is not None else None
-        restore_ledger(
-            dp.privacy, store.privacy_ledger(), store.round_metrics(), logged_epsilon=logged
-        )
+        restore_ledger(dp.privacy, store.privacy_ledger(), store.round_metrics(), logged=logged)
     if start.start_round > plan.driver.rounds:
         log.warning(
             "run %s in %s already has %d of %d rounds: nothing to do. Use a new run "

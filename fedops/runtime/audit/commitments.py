@@ -49,9 +49,10 @@ class Commitments:
     """
 
     rounds: dict[int, Commitment] = field(default_factory=dict)
-    #: the largest ε a ``privacy_spent`` entry recorded: spending is never undone (a
-    #: fallback keeps the forgotten rounds' releases), so a resumed ledger owes at least it
-    epsilon_spent: float | None = None
+    #: the largest ε ``privacy_spent`` entries recorded, per (δ, accountant) they were
+    #: computed at: spending is never undone (a fallback keeps the forgotten rounds'
+    #: releases), so a resumed ledger owes at least as much at that δ, by that accountant
+    epsilon_spent: dict[tuple[float, str], float] = field(default_factory=dict)
 
     @classmethod
     def from_lines(cls, lines: Iterable[bytes]) -> Commitments:
@@ -68,11 +69,7 @@ class Commitments:
         """Take in one entry (read back, or just signed): a commit, or a fallback."""
         server_round = payload.get("round")
         if event == PRIVACY_EVENT:
-            eps = payload.get("epsilon")
-            if isinstance(eps, int | float) and not isinstance(eps, bool) and eps >= 0:
-                self.epsilon_spent = max(self.epsilon_spent or 0.0, float(eps))
-            elif eps == "inf":  # no noise: no guarantee left to keep
-                self.epsilon_spent = math.inf
+            self._spent(payload)
         elif event == FALLBACK_EVENT:
             kept = payload.get("resumed_from")
             if _is_round(kept):
@@ -82,6 +79,15 @@ class Commitments:
                 model_digest=_text(payload.get("model_digest")),
                 checkpoint_sha256=_text(payload.get("checkpoint_sha256")),
             )
+
+    def _spent(self, payload: Mapping[str, Any]) -> None:
+        eps, delta, accountant = (payload.get(k) for k in ("epsilon", "delta", "accountant"))
+        if eps == "inf":  # no noise: no guarantee left to keep
+            eps = math.inf
+        if not (_is_number(eps) and _is_number(delta) and isinstance(accountant, str)):
+            return  # a local-DP round's entry (sites account), or one from an older fedops
+        key = (float(delta), accountant)
+        self.epsilon_spent[key] = max(self.epsilon_spent.get(key, 0.0), float(eps))
 
     def refusal(
         self, server_round: int, checkpoint_sha256: str | None, model_digest: str | None
@@ -117,6 +123,10 @@ class Commitments:
         if committed is None:
             return server_round == 0
         return committed.model_digest == model_digest
+
+
+def _is_number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
 def _is_round(value: Any) -> TypeGuard[int]:

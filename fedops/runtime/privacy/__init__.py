@@ -50,25 +50,30 @@ def restore_ledger(
     saved: Any,
     metrics: Sequence[Mapping[str, Any]],
     *,
-    logged_epsilon: float | None = None,
+    logged: Mapping[tuple[float, str], float] | None = None,
 ) -> None:
     """Restore from the committed ledger; refuse a run that spent DP rounds but lost it, or
-    whose ledger accounts for less than ``logged_epsilon``, the most ε the signed audit log
-    recorded (state.sqlite can be edited or put back by whoever holds the run directory:
-    a ledger rolled back would let the run spend its budget again)."""
-    spent = any("epsilon" in row for row in metrics) or logged_epsilon is not None
+    whose ledger accounts for less than the signed audit log recorded: ``logged`` is the
+    most ε its ``privacy_spent`` entries gave per (δ, accountant), and the ledger's ε is
+    computed at that δ by that accountant (a resume may change δ or the headline
+    accountant, which changes ε, not what was spent). state.sqlite can be edited or put
+    back by whoever holds the run directory: a ledger rolled back would let the run spend
+    its budget again."""
+    spent = any("epsilon" in row for row in metrics) or bool(logged)
     if saved is None and spent:
         raise ValueError(
             "this run directory holds DP rounds but no committed privacy ledger "
             "(state.sqlite's privacy_spent): refusing to resume and under-report ε"
         )
     privacy.restore(saved)
-    if logged_epsilon is None or not isinstance(privacy, CentralPrivacy):
+    if not isinstance(privacy, CentralPrivacy):
         return  # local DP: each site keeps its own ledger
-    now = privacy.epsilon()
-    if now < logged_epsilon * (1 - 1e-9):
-        raise ValueError(
-            f"the privacy ledger in state.sqlite accounts for ε = {now:.6g}, but the signed "
-            f"audit log recorded ε = {logged_epsilon:.6g} spent: it was rolled back or "
-            "edited; refusing to resume and spend the budget again"
-        )
+    for (delta, accountant), eps in (logged or {}).items():
+        now = privacy.ledger.epsilon(delta, accountant)
+        if now < eps * (1 - 1e-9):
+            raise ValueError(
+                f"the privacy ledger in state.sqlite accounts for ε = {now:.6g} at δ = "
+                f"{delta:g} ({accountant}), but the signed audit log recorded ε = {eps:.6g} "
+                "spent there: it was rolled back or edited; refusing to resume and spend "
+                "the budget again"
+            )

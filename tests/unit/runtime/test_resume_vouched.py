@@ -361,3 +361,21 @@ def test_a_privacy_ledger_rolled_back_in_state_sqlite_is_refused(
     err = capsys.readouterr().err
     assert "privacy ledger in state.sqlite accounts for" in err and "rolled back" in err
     assert _events(_entries(run)[before:], "round_committed") == []
+
+
+def test_a_resume_at_another_delta_or_accountant_is_compared_like_with_like(tmp_path: Path):
+    """δ or the headline accountant changed on resume change ε, not what was spent: the
+    ledger is held to each logged ε at that entry's own δ and accountant."""
+    run = tmp_path / "run"
+    assert _simulate(run, 2, "privacy=central") == 0
+    assert _simulate(run, 3, "privacy=central", "privacy.delta=0.01") == 0
+    assert _simulate(run, 4, "privacy=central", "privacy.accountant=rdp") == 0
+    spent = _events(_entries(run), "privacy_spent")
+    assert spent[2]["epsilon"] < spent[1]["epsilon"]  # δ = 0.01 gives a smaller ε
+    assert {(p["delta"], p["accountant"]) for p in spent} == {
+        (1e-05, "pld"),
+        (0.01, "pld"),
+        (1e-05, "rdp"),
+    }
+    _sql(run, "DELETE FROM privacy_spent WHERE round >= 2")  # round 1's ledger put back
+    assert _simulate(run, 5, "privacy=central", "privacy.delta=0.01") != 0
