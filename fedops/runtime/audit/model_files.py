@@ -12,9 +12,9 @@ recomputed and compared with what the coordinator's log recorded:
   finished after it, and the newest ``run_finished`` must name that same model (a run
   directory whose store was edited could otherwise have the coordinator sign another).
   A run that has not finished since its last commit (it crashed, or still runs) keeps
-  the file of an earlier finish: it must then be some committed round's model. A file
-  holding an earlier round's model fails, named as that round's: whoever deploys it
-  gets a stale model.
+  the file of its newest finish: it must be the model that ``run_finished`` named (with
+  none, the last committed round's). A file holding an earlier round's model fails,
+  named as that round's: whoever deploys it gets a stale model.
 
 A digest is recomputed in the algorithm it names (:func:`fedops.core.params.digest_matches`),
 so a run resumed across ``fedops.v1.4`` (bare SHA-256 before, BLAKE3 after) checks. A file
@@ -158,10 +158,11 @@ def _check_final(check: ModelFileCheck, model: Path, log: _Log) -> None:
         if log.finished_after_last_commit:
             check.add(MODEL_FILE, "missing", f"no {MODEL_FILE}: the final model is not here")
         return
-    if log.finished_after_last_commit:
-        _check_one(check, model, MODEL_FILE, final, None, log)
-    else:  # not finished since its last commit: the file of an earlier finish, if any
-        _check_one(check, model, MODEL_FILE, None, None, log)
+    # finished since the last commit: that round's model. Else (a later resume crashed or
+    # still runs) the file is still the newest finish's, never another round's.
+    named = Commitment(model_digest=log.finished, checkpoint_sha256=None) if log.finished else None
+    expected = final if log.finished_after_last_commit or named is None else named
+    _check_one(check, model, MODEL_FILE, expected, None, log)
 
 
 def _recorded(entries: Sequence[Mapping[str, Any]]) -> _Log:
@@ -189,16 +190,16 @@ def _check_one(
     check: ModelFileCheck,
     path: Path,
     name: str,
-    expected: Commitment | None,
+    expected: Commitment,
     server_round: int | None,
     log: _Log,
 ) -> None:
-    """``path`` against ``expected`` (None: any committed round's model); a file that is
-    not the expected model is named as the committed round whose model it is, if any."""
-    row = {"round": server_round, "expected": expected.model_digest if expected else None}
+    """``path`` against ``expected``; a file that is not the expected model is named as the
+    committed round whose model it is, if any."""
+    row = {"round": server_round, "expected": expected.model_digest}
     try:
         params, data = _read(path)
-        same = expected is not None and digest_matches(params, str(expected.model_digest))
+        same = digest_matches(params, str(expected.model_digest))
     except ModelFileError as exc:  # its message names the file
         check.add(name, "unreadable", str(exc), **row)
         return
@@ -207,13 +208,6 @@ def _check_one(
         return
     got = digest(params)
     holds = _round_holding(params, log.committed) if not same else server_round
-    if expected is None:  # an earlier finish's file: any committed round's model
-        if holds is None:
-            check.add(name, "mismatch", f"{name} holds a model no round committed", digest=got)
-        else:
-            message = f"{name}: round {holds}'s model (the run has not finished since)"
-            check.add(name, "ok", message, digest=got, holds_round=holds, **row)
-        return
     committed_file = expected.checkpoint_sha256 if server_round is not None else ""
     if same and committed_file and hashlib.sha256(data).hexdigest() != committed_file:
         message = (
