@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import struct
 from collections.abc import Mapping
@@ -82,6 +83,19 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
         strategy_state=state,
         strategy=str(meta.get("strategy", "")),
     )
+
+
+#: the name of every checkpoint file a run store writes (``round-00007.safetensors``)
+CHECKPOINT_NAME = re.compile(r"round-\d{5,9}\.safetensors")
+
+
+def checkpoint_in(folder: Path, name: object) -> Path | None:
+    """The checkpoint file a store's row names, if it is a name the store writes. A row
+    edited to hold a BLOB, ``../audit.jsonl`` or any other file names nothing to read,
+    set aside or delete."""
+    if isinstance(name, str) and CHECKPOINT_NAME.fullmatch(name):
+        return folder / name
+    return None
 
 
 #: the most a safetensors header may take: names, dtypes, shapes and offsets of every tensor

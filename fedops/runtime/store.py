@@ -28,32 +28,13 @@ from fedops.core.params import model_digest as digest_once
 from fedops.runtime.checkpoint_file import (
     STATE_PREFIX,
     Checkpoint,
+    checkpoint_in,
     decode_checkpoint,
     file_sha256,
     write_safetensors,
 )
 from fedops.runtime.metrics_file import MetricsFile
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, created REAL, config_json TEXT, config_digest TEXT
-);
-CREATE TABLE IF NOT EXISTS rounds (
-    round INTEGER PRIMARY KEY, finished REAL, metrics_json TEXT,
-    checkpoint TEXT, checkpoint_sha256 TEXT, model_digest TEXT
-);
-CREATE TABLE IF NOT EXISTS participants (
-    round INTEGER, phase TEXT, node_id TEXT, site TEXT, outcome TEXT,
-    num_examples INTEGER, reason TEXT
-);
-CREATE TABLE IF NOT EXISTS rejections (
-    time REAL, round INTEGER, node_id TEXT, code TEXT, reason TEXT
-);
-CREATE TABLE IF NOT EXISTS privacy_spent (
-    round INTEGER PRIMARY KEY, ledger_json TEXT
-);
-"""
-
+from fedops.runtime.store_schema import SCHEMA
 
 log = logging.getLogger("fedops.store")
 
@@ -204,7 +185,9 @@ class RunStore:
             raise StoreError(f"round {server_round} was never committed in {self.dir}")
         if not all(isinstance(v, str) for v in row):  # a tampered row: BLOBs, numbers
             raise StoreError(f"round {server_round}'s row in {self.dir} is not text: damaged")
-        path = self.dir / "checkpoints" / row[0]
+        path = checkpoint_in(self.dir / "checkpoints", row[0])
+        if path is None:
+            raise StoreError(f"round {server_round}'s row in {self.dir} names no checkpoint file")
         if not path.exists():
             raise StoreError(f"checkpoint {path} of round {server_round} is missing")
         data = path.read_bytes()
@@ -240,8 +223,8 @@ class RunStore:
             "SELECT round, checkpoint FROM rounds WHERE round > ? ORDER BY round", (server_round,)
         ).fetchall()
         for _, name in rows:
-            path = self.dir / "checkpoints" / name
-            if path.exists():  # (a second fallback past the same round keeps both copies)
+            path = checkpoint_in(self.dir / "checkpoints", name)
+            if path is not None and path.exists():  # (a second fallback keeps both copies)
                 aside = path.with_name(path.name + ".corrupt")
                 n = 1
                 while aside.exists() and n < 1000:
@@ -275,7 +258,8 @@ class RunStore:
             "SELECT round, checkpoint FROM rounds WHERE round > 0 ORDER BY round"
         ).fetchall()
         for _, name in rows[: -self.keep_checkpoints]:
-            (self.dir / "checkpoints" / name).unlink(missing_ok=True)
+            if (path := checkpoint_in(self.dir / "checkpoints", name)) is not None:
+                path.unlink(missing_ok=True)
 
     # --- the privacy ledger ------------------------------------------
     def spend_privacy(self, server_round: int, ledger: Any) -> None:

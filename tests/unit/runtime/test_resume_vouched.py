@@ -379,3 +379,20 @@ def test_a_resume_at_another_delta_or_accountant_is_compared_like_with_like(tmp_
     }
     _sql(run, "DELETE FROM privacy_spent WHERE round >= 2")  # round 1's ledger put back
     assert _simulate(run, 5, "privacy=central", "privacy.delta=0.01") != 0
+
+
+@pytest.mark.parametrize("name", [b"A", "../audit.jsonl", "evil.safetensors", 7])
+def test_a_row_naming_no_checkpoint_file_is_refused_and_nothing_is_moved(
+    fedavg: Path, tmp_path: Path, name: Any
+):
+    """A BLOB, a path out of checkpoints/ or a name the store never writes: the resume
+    falls back without a traceback, and no file outside checkpoints/ is set aside."""
+    run = _copy(fedavg, tmp_path / "run")
+    honest_3 = _committed(run, 3)
+    _sql(run, "UPDATE rounds SET checkpoint = ? WHERE round = 3", name)
+    log_bytes = (run / "audit.jsonl").read_bytes()
+    assert _simulate(run, 3) == 0
+    assert (run / "audit.jsonl").read_bytes().startswith(log_bytes)  # not renamed away
+    new = _entries(run)[len(log_bytes.splitlines()) :]
+    (fallback,) = _events(new, "checkpoint_fallback")
+    assert fallback["resumed_from"] == 2 and _committed(run, 3) == honest_3
