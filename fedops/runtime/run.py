@@ -131,8 +131,8 @@ def _drive(
         on_initial=plan.on_initial,
     )
     if dp is not None:
-        logged = plan.commitments.epsilon_spent if plan.commitments is not None else None
-        restore_ledger(dp.privacy, store.privacy_ledger(), store.round_metrics(), logged=logged)
+        ledger, metrics = store.privacy_ledger(), store.round_metrics()
+        restore_ledger(dp.privacy, ledger, metrics, logged=plan.commitments)
     if start.start_round > plan.driver.rounds:
         log.warning(
             "run %s in %s already has %d of %d rounds: nothing to do. Use a new run "

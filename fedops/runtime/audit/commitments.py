@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
@@ -53,6 +54,9 @@ class Commitments:
     #: computed at: spending is never undone (a fallback keeps the forgotten rounds'
     #: releases), so a resumed ledger owes at least as much at that δ, by that accountant
     epsilon_spent: dict[tuple[float, str], float] = field(default_factory=dict)
+    #: each ``privacy_event`` (JSON, keys sorted) the log's ``privacy_spent`` entries name,
+    #: counted: the rounds a central-DP ledger must hold at least
+    privacy_events: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def from_lines(cls, lines: Iterable[bytes]) -> Commitments:
@@ -88,6 +92,9 @@ class Commitments:
             return  # a local-DP round's entry (sites account), or one from an older fedops
         key = (float(delta), accountant)
         self.epsilon_spent[key] = max(self.epsilon_spent.get(key, 0.0), float(eps))
+        event = payload.get("privacy_event")
+        if isinstance(event, Mapping):
+            self.privacy_events[json.dumps(event, sort_keys=True)] += 1
 
     def refusal(
         self, server_round: int, checkpoint_sha256: str | None, model_digest: str | None

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fedops.runtime.audit.commitments import Commitments
 from fedops.runtime.privacy.central_dp import CentralPrivacy
 from fedops.runtime.privacy.distributed import DistributedPrivacy
 from fedops.runtime.privacy.dp_round import CentralPrivacyRound, PrivacyRound, privacy_round
@@ -50,30 +51,42 @@ def restore_ledger(
     saved: Any,
     metrics: Sequence[Mapping[str, Any]],
     *,
-    logged: Mapping[tuple[float, str], float] | None = None,
+    logged: Commitments | None = None,
 ) -> None:
     """Restore from the committed ledger; refuse a run that spent DP rounds but lost it, or
-    whose ledger accounts for less than the signed audit log recorded: ``logged`` is the
-    most ε its ``privacy_spent`` entries gave per (δ, accountant), and the ledger's ε is
-    computed at that δ by that accountant (a resume may change δ or the headline
-    accountant, which changes ε, not what was spent). state.sqlite can be edited or put
-    back by whoever holds the run directory: a ledger rolled back would let the run spend
-    its budget again."""
-    spent = any("epsilon" in row for row in metrics) or bool(logged)
+    whose ledger accounts for less than the signed audit log recorded (``logged``).
+
+    state.sqlite can be edited or put back by whoever holds the run directory: a ledger
+    rolled back would let the run spend its budget again, and one of other events can give
+    as much ε now and less after more rounds. So a central-DP ledger must hold every round
+    event the log's ``privacy_spent`` entries name (and each one's known-participant twin),
+    and any ledger at least the most ε those entries gave, computed at each entry's own δ
+    by its own accountant (a resume may change δ or the headline accountant, which changes
+    ε, not what was spent). Distributed DP logs an event for a round it aborted before
+    unmasking, which its ledger rightly lacks: only its ε is held to the log.
+    """
+    spent = any("epsilon" in row for row in metrics) or bool(logged and logged.epsilon_spent)
     if saved is None and spent:
         raise ValueError(
             "this run directory holds DP rounds but no committed privacy ledger "
             "(state.sqlite's privacy_spent): refusing to resume and under-report ε"
         )
     privacy.restore(saved)
-    if not isinstance(privacy, CentralPrivacy):
+    if logged is None or not isinstance(privacy, CentralPrivacy):
         return  # local DP: each site keeps its own ledger
-    for (delta, accountant), eps in (logged or {}).items():
+    rolled_back = "it was rolled back or edited; refusing to resume and spend the budget again"
+    if type(privacy) is CentralPrivacy and (
+        missing := privacy.missing_rounds(logged.privacy_events)
+    ):
+        raise ValueError(
+            f"the privacy ledger in state.sqlite lacks rounds the signed audit log recorded "
+            f"({missing}): {rolled_back}"
+        )
+    for (delta, accountant), eps in logged.epsilon_spent.items():
         now = privacy.ledger.epsilon(delta, accountant)
         if now < eps * (1 - 1e-9):
             raise ValueError(
                 f"the privacy ledger in state.sqlite accounts for ε = {now:.6g} at δ = "
                 f"{delta:g} ({accountant}), but the signed audit log recorded ε = {eps:.6g} "
-                "spent there: it was rolled back or edited; refusing to resume and spend "
-                "the budget again"
+                f"spent there: {rolled_back}"
             )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -172,7 +174,7 @@ class CentralPrivacy:
             adaptive=adaptive,
         )
         self.ledger.record(self._event)
-        self.known.record(RoundEvent(noise_multiplier=self._known_sigma(), sampling="known"))
+        self.known.record(known_event(self._event))
         self._last = {"clip_norm": noise.clip_norm, "update_noise_multiplier": sigma}
         if adaptive is not None:
             self._last |= {
@@ -188,13 +190,6 @@ class CentralPrivacy:
             return False
         known = self.known.epsilon(self.settings.delta, self.headline())
         return known > self.epsilon() * (1 + 1e-6)
-
-    def _known_sigma(self) -> float:
-        """σ of the round for a party that knows who took part: the plain Gaussian, at σ/2
-        under replace-one (fixed sampling), where the sum moves by up to 2C."""
-        assert self._event is not None
-        sigma = self._event.noise_multiplier
-        return sigma / 2 if self._event.sampling == "fixed" else sigma
 
     def spend(self, reported: Sequence[Any]) -> None:
         """Central DP spent its round in :meth:`aggregate`."""
@@ -219,6 +214,26 @@ class CentralPrivacy:
         if saved.get("sigma") is not None:
             self.sigma = float(saved["sigma"])
         self.clip_norm = float(saved.get("clip_norm", self.clip_norm))
+
+    def missing_rounds(self, logged: Mapping[str, int]) -> str:
+        """What the restored ledgers lack of the rounds the signed log recorded (``logged``:
+        each round's event, JSON with sorted keys, counted), or ``""``. A ledger of other
+        events can give as much ε now and less after more rounds: the events themselves
+        must be there, and each one's counterpart for a party that knows who took part."""
+        held = Counter[str]()
+        for event, n in self.ledger.history:
+            held[json.dumps(event.to_json(), sort_keys=True)] += n
+        known = Counter[str]()
+        for event, n in self.known.history:
+            known[json.dumps(event.to_json(), sort_keys=True)] += n
+        for text, count in logged.items():
+            event = RoundEvent.from_json(json.loads(text))
+            if held[text] < count:
+                return f"{count - held[text]} of the {count} rounds of {text}"
+            twin = json.dumps(known_event(event).to_json(), sort_keys=True)
+            if known[twin] < count:
+                return f"{count - known[twin]} of the {count} known-participant rounds of {text}"
+        return ""
 
     def epsilon(self) -> float:
         return self.ledger.epsilon(self.settings.delta, self.headline())
@@ -313,3 +328,12 @@ class CentralPrivacy:
             f"only the released models{known}; none against the coordinator, which sees "
             f"every update{self.seeded_note()}"
         )
+
+
+def known_event(event: RoundEvent) -> RoundEvent:
+    """The round for a party that knows who took part: the plain Gaussian, at σ/2 under
+    replace-one (fixed sampling), where the sum moves by up to 2C."""
+    sigma = event.noise_multiplier
+    return RoundEvent(
+        noise_multiplier=sigma / 2 if event.sampling == "fixed" else sigma, sampling="known"
+    )

@@ -359,7 +359,7 @@ def test_a_privacy_ledger_rolled_back_in_state_sqlite_is_refused(
     before = len(_entries(run))
     assert _simulate(run, 4, "privacy=central") != 0
     err = capsys.readouterr().err
-    assert "privacy ledger in state.sqlite accounts for" in err and "rolled back" in err
+    assert "privacy ledger in state.sqlite" in err and "rolled back" in err
     assert _events(_entries(run)[before:], "round_committed") == []
 
 
@@ -396,3 +396,47 @@ def test_a_row_naming_no_checkpoint_file_is_refused_and_nothing_is_moved(
     new = _entries(run)[len(log_bytes.splitlines()) :]
     (fallback,) = _events(new, "checkpoint_fallback")
     assert fallback["resumed_from"] == 2 and _committed(run, 3) == honest_3
+
+
+def _edit_ledger(run_dir: Path, edit: Any) -> None:
+    """Rewrite the newest committed privacy ledger in state.sqlite with ``edit(ledger)``."""
+    db = sqlite3.connect(run_dir / "state.sqlite")
+    with db:
+        server_round, text = db.execute(
+            "SELECT round, ledger_json FROM privacy_spent ORDER BY round DESC LIMIT 1"
+        ).fetchone()
+        ledger = json.loads(text)
+        edit(ledger)
+        db.execute(
+            "UPDATE privacy_spent SET ledger_json = ? WHERE round = ?",
+            (json.dumps(ledger), server_round),
+        )
+    db.close()
+
+
+CENTRAL = ("privacy=central", "simulation.num_clients=10", "simulation.clients_per_round=3")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        # red team: as much ε now as the log's, less after more rounds (σ 0.5, q 0.02)
+        lambda led: led.update(
+            events=[
+                {"noise_multiplier": 0.5, "sampling": "poisson", "sample_rate": 0.02, "rounds": 2}
+            ]
+        ),
+        lambda led: led.update(known_events=[]),  # the ε for readers of the records, dropped
+    ],
+    ids=["crafted_events", "no_known_events"],
+)
+def test_a_ledger_of_other_events_than_the_log_recorded_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Any
+):
+    run = tmp_path / "run"
+    assert _simulate(run, 3, *CENTRAL) == 0
+    _edit_ledger(run, edit)
+    capsys.readouterr()
+    assert _simulate(run, 5, *CENTRAL) != 0
+    err = capsys.readouterr().err
+    assert "lacks rounds the signed audit log recorded" in err, err
