@@ -132,16 +132,25 @@ def test_an_honest_resume_continues_from_the_last_round(fedavg: Path, tmp_path: 
     assert _events(new, "run_finished")[-1]["model_digest"] == _committed(run, 4)
 
 
-def test_b1_a_swapped_checkpoint_is_neither_exported_nor_signed(fedavg: Path, tmp_path: Path):
-    """Nothing left to do (rounds=3): the coordinator used to load the evil round 3, export
-    it as model.safetensors and sign a run_finished naming it."""
+def _resume_with_round_3_swapped(
+    fedavg: Path, tmp_path: Path, *, rounds: int
+) -> tuple[Path, str | None, str, list[dict[str, Any]]]:
+    """A copy of the run whose round-3 row names an attacker's model (file, sha256 and digest
+    all edited to match), resumed to ``rounds``: the run, round 3's honest digest, the evil
+    digest, and the entries the resume signed."""
     run = _copy(fedavg, tmp_path / "run")
     honest_3 = _committed(run, 3)
     sha, evil = _write_evil(run, "evil.safetensors")
     _point_round_at(run, 3, "evil.safetensors", sha, evil)
     before = len(_entries(run))
-    assert _simulate(run, 3) == 0
-    new = _entries(run)[before:]
+    assert _simulate(run, rounds) == 0
+    return run, honest_3, evil, _entries(run)[before:]
+
+
+def test_b1_a_swapped_checkpoint_is_neither_exported_nor_signed(fedavg: Path, tmp_path: Path):
+    """Nothing left to do (rounds=3): the coordinator used to load the evil round 3, export
+    it as model.safetensors and sign a run_finished naming it."""
+    run, honest_3, evil, new = _resume_with_round_3_swapped(fedavg, tmp_path, rounds=3)
     assert all(e["payload"].get("model_digest") != evil for e in new)
     (fallback,) = _events(new, "checkpoint_fallback")
     assert fallback["resumed_from"] == 2 and fallback["forgotten"] == [3]
@@ -153,13 +162,7 @@ def test_b1_a_swapped_checkpoint_is_neither_exported_nor_signed(fedavg: Path, tm
 
 
 def test_b2_a_resume_never_trains_from_an_uncommitted_checkpoint(fedavg: Path, tmp_path: Path):
-    run = _copy(fedavg, tmp_path / "run")
-    honest_3 = _committed(run, 3)
-    sha, evil = _write_evil(run, "evil.safetensors")
-    _point_round_at(run, 3, "evil.safetensors", sha, evil)
-    before = len(_entries(run))
-    assert _simulate(run, 4) == 0
-    new = _entries(run)[before:]
+    run, honest_3, evil, new = _resume_with_round_3_swapped(fedavg, tmp_path, rounds=4)
     (fallback,) = _events(new, "checkpoint_fallback")
     assert fallback["resumed_from"] == 2
     assert [p["round"] for p in _events(new, "round_committed")] == [3, 4]
