@@ -180,6 +180,15 @@ class PrivacyLedger:
         return ledger
 
 
+def known_event(event: RoundEvent) -> RoundEvent:
+    """The round for a party that knows who took part: the plain Gaussian, at σ/2 under
+    replace-one (fixed sampling), where the sum moves by up to 2C."""
+    sigma = event.noise_multiplier
+    return RoundEvent(
+        noise_multiplier=sigma / 2 if event.sampling == "fixed" else sigma, sampling="known"
+    )
+
+
 def check_delta(delta: float) -> None:
     if not (math.isfinite(delta) and 0 < delta < 1):
         raise ValueError(f"δ must be in (0, 1), got {delta}")

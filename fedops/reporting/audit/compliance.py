@@ -48,6 +48,9 @@ The run directory's model files are checked too when the caller gives a check
 (``fedops audit export`` gives :func:`fedops.runtime.audit.model_files.check_model_files`,
 which reads checkpoints, a runtime format this package does not import): a model file
 that is not the model the coordinator's log committed is a ``model_file`` mismatch.
+The ε the coordinator's ``privacy_spent`` entries report is recomputed from the round
+events they logged (:mod:`fedops.reporting.audit.privacy_recheck`): a ``privacy_epsilon``
+mismatch when they disagree.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from fedops.reporting.audit.logs import (
     verify_certified_log,
     verify_log_file,
 )
+from fedops.reporting.audit.privacy_recheck import recheck_privacy
 
 __all__ = ["export_compliance", "verify_certified_log", "verify_log_file"]
 _PHASES = {"fit": 0, "evaluate": 1}
@@ -343,6 +347,8 @@ def export_compliance(
     check.mismatches += [{"kind": "anchor_missing", "message": m} for m in anchors.lost]
     files = model_files(run_dir, coordinator.entries) if model_files is not None else None
     check.mismatches += files.mismatches if files is not None else []
+    privacy, privacy_mismatches = recheck_privacy(coordinator.entries)
+    check.mismatches += privacy_mismatches
     report: dict[str, Any] = {
         "ok": all(p.result.ok for p in parties) and not check.mismatches,
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -352,6 +358,7 @@ def export_compliance(
         "rounds": _round_table(check),
         "mismatches": check.mismatches,
         "model_files": files.rows if files is not None else None,
+        "privacy_recomputed": privacy,
         "pseudonymous_rounds": sorted(check.coordinator.hidden),
         "anchors_checked": anchors.checked,
         # the coordinator's records of site heads no given log (or no key) could check

@@ -134,6 +134,19 @@ def _model_files(rows: Sequence[Mapping[str, Any]] | None) -> str:
     return _table(["file", "round", "logged", "file's digest", "status", "why"], cells)
 
 
+def _privacy(rows: Sequence[Mapping[str, Any]] | None) -> str:
+    if not rows:
+        return "<p>No DP round events in the coordinator's log.</p>"
+    cells = [
+        [_e(r["key"]), _e(r["round"]), _e(f"{r['delta']:g}"), _e(r["accountant"]),
+         _e(r["rounds"]), _e(f"{r['logged']:.6g}"), _e(f"{r['recomputed']:.6g}"),
+         _flag(r["ok"], "match", "MISMATCH")]
+        for r in rows
+    ]  # fmt: skip
+    headers = ["ε", "round", "δ", "accountant", "events", "logged", "recomputed", ""]
+    return _table(headers, cells)
+
+
 def _events(events: Mapping[str, Any]) -> str:
     categories = _table(
         ["category", "events"], [[_e(k), _e(v)] for k, v in events["categories"].items()]
@@ -177,6 +190,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         + (f"<ul>{mismatches}</ul>" if mismatches else "<p>None.</p>")
         + pseudonymous
         + f"<h2>Model files</h2>{_model_files(report.get('model_files'))}"
+        f"<h2>Privacy: ε recomputed from the logged round events</h2>"
+        f"{_privacy(report.get('privacy_recomputed'))}"
         f"<h2>Model and update digests per round</h2>{_rounds(report['rounds'])}"
         f"<h2>Events</h2>{_events(report['events'])}"
         "</body></html>\n"

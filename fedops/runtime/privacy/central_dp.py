@@ -15,6 +15,7 @@ from fedops.core.privacy.accountant import (
     PrivacyLedger,
     RoundEvent,
     epsilon_text,
+    known_event,
     noise_for_target,
 )
 from fedops.core.privacy.central import private_mean
@@ -328,12 +329,3 @@ class CentralPrivacy:
             f"only the released models{known}; none against the coordinator, which sees "
             f"every update{self.seeded_note()}"
         )
-
-
-def known_event(event: RoundEvent) -> RoundEvent:
-    """The round for a party that knows who took part: the plain Gaussian, at σ/2 under
-    replace-one (fixed sampling), where the sum moves by up to 2C."""
-    sigma = event.noise_multiplier
-    return RoundEvent(
-        noise_multiplier=sigma / 2 if event.sampling == "fixed" else sigma, sampling="known"
-    )
