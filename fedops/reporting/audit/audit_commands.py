@@ -119,7 +119,7 @@ def audit_export_command(
         )
         return 0
     problems = [f"{len(bad)} of {logs} logs do not verify"] if bad else []
-    problems += [f"{n_bad} digest mismatch{'es' if n_bad > 1 else ''}"] if n_bad else []
+    problems += [f"{n_bad} mismatch{'es' if n_bad > 1 else ''}"] if n_bad else []
     print(f"FAILED: {', '.join(problems)}", file=sys.stderr)
     for party in bad:
         print(f"  {party['path']}: {party['reason']}", file=sys.stderr)

@@ -4,9 +4,10 @@ Every ``privacy_spent`` entry carries the round's DP event (``privacy_event``: �
 sampling, its rate) and the ε spent so far, at the entry's δ, by its accountant. An
 auditor need not take that ε on trust: composing the logged events again gives it, and
 a coordinator that reported less than its own events imply (a ledger rolled back, a
-modified build) is caught from the signed log alone. Checked: each (δ, accountant)'s
-newest ``epsilon``, and ``epsilon_known_participants`` (each event's twin for a party
-that knows who took part). A distributed-DP round that unmasked nothing logs
+modified build) is caught from the signed log alone. More than they imply is honest: a
+round run again after a crash is in the ledger twice and in the log once. Checked: each
+(δ, accountant)'s newest ``epsilon``, and ``epsilon_known_participants`` (each event's
+twin for a party that knows who took part). A distributed-DP round that unmasked nothing logs
 ``effective_noise_multiplier: null`` and spent nothing: its event is not counted.
 Entries without an event (local DP: each site accounts for itself) are not checked.
 """
@@ -97,6 +98,10 @@ def _number(value: Any) -> float | None:
 
 
 def _close(logged: float, again: float) -> bool:
-    if math.isinf(logged) or math.isinf(again):
-        return logged == again
-    return abs(logged - again) <= TOLERANCE * max(1.0, abs(again))
+    """Whether ``logged`` is no less than ``again``. More is honest: a coordinator killed
+    after committing a round's ledger and before logging the round runs it again, and its
+    ledger (and every ε logged after) counts the first run's release too, which the log
+    names only once."""
+    if math.isinf(again):
+        return math.isinf(logged)
+    return logged >= again - TOLERANCE * max(1.0, abs(again))

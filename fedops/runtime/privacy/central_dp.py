@@ -212,28 +212,35 @@ class CentralPrivacy:
             raise ValueError("the stored privacy ledger is not a JSON object with 'events'")
         self.ledger = PrivacyLedger.from_json(saved["events"])
         self.known = PrivacyLedger.from_json(saved.get("known_events", []))
-        if saved.get("sigma") is not None:
+        # σ=auto was calibrated once for the whole run, and adaptive clipping moves the clip
+        # norm round by round: both continue from the ledger. An explicit σ or a fixed clip
+        # norm is the configuration's: a resume with another one runs with it (said), and
+        # the rounds it releases are accounted at it
+        if saved.get("sigma") is not None and self.settings.noise_multiplier is None:
             self.sigma = float(saved["sigma"])
-        self.clip_norm = float(saved.get("clip_norm", self.clip_norm))
+        if self.settings.adaptive is not None:
+            self.clip_norm = float(saved.get("clip_norm", self.clip_norm))
+        for name, now, then in (
+            ("noise_multiplier", self.sigma, saved.get("sigma")),
+            ("clip_norm", self.clip_norm, saved.get("clip_norm")),
+        ):
+            if isinstance(then, int | float) and now is not None and float(then) != now:
+                log.warning("resumed with privacy.%s=%g (the run had %g so far)", name, now, then)
 
     def missing_rounds(self, logged: Mapping[str, int]) -> str:
         """What the restored ledgers lack of the rounds the signed log recorded (``logged``:
         each round's event, JSON with sorted keys, counted), or ``""``. A ledger of other
         events can give as much ε now and less after more rounds: the events themselves
         must be there, and each one's counterpart for a party that knows who took part."""
-        held = Counter[str]()
-        for event, n in self.ledger.history:
-            held[json.dumps(event.to_json(), sort_keys=True)] += n
-        known = Counter[str]()
-        for event, n in self.known.history:
-            known[json.dumps(event.to_json(), sort_keys=True)] += n
+        held, known = _counted(self.ledger), _counted(self.known)
+        twins = Counter[str]()  # rounds of other events can share a twin: summed
         for text, count in logged.items():
-            event = RoundEvent.from_json(json.loads(text))
             if held[text] < count:
                 return f"{count - held[text]} of the {count} rounds of {text}"
-            twin = json.dumps(known_event(event).to_json(), sort_keys=True)
+            twins[_text(known_event(RoundEvent.from_json(json.loads(text))))] += count
+        for twin, count in twins.items():
             if known[twin] < count:
-                return f"{count - known[twin]} of the {count} known-participant rounds of {text}"
+                return f"{count - known[twin]} of the {count} known-participant rounds of {twin}"
         return ""
 
     def epsilon(self) -> float:
@@ -329,3 +336,15 @@ class CentralPrivacy:
             f"only the released models{known}; none against the coordinator, which sees "
             f"every update{self.seeded_note()}"
         )
+
+
+def _text(event: RoundEvent) -> str:
+    """An event as the audit log's ``privacy_event`` reads, keys sorted: comparable."""
+    return json.dumps(event.to_json(), sort_keys=True)
+
+
+def _counted(ledger: PrivacyLedger) -> Counter[str]:
+    counted = Counter[str]()
+    for event, n in ledger.history:
+        counted[_text(event)] += n
+    return counted

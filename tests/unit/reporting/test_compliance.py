@@ -98,7 +98,7 @@ def test_a_different_model_digest_is_a_mismatch(tmp_path, capsys):
     assert mismatch["site"] == "<b>x</b>" and mismatch["site_digest"] == "e" * 64
     assert (tmp_path / "out" / "compliance.html").exists()
     assert audit_export_command(run_dir, tmp_path / "out", []) == 1
-    assert "FAILED: 1 digest mismatch" in capsys.readouterr().err
+    assert "FAILED: 1 mismatch" in capsys.readouterr().err
 
 
 def test_html_is_self_contained_and_escaped(run):

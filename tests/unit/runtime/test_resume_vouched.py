@@ -443,3 +443,70 @@ def test_a_ledger_of_other_events_than_the_log_recorded_is_refused(
     assert _simulate(run, 5, *CENTRAL) != 0
     err = capsys.readouterr().err
     assert "lacks rounds the signed audit log recorded" in err, err
+
+
+def test_a_dp_round_spent_then_run_again_after_a_crash_resumes_and_exports_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    """Central DP commits round 3's ledger, then dies before logging the round: the resume
+    runs round 3 again and its ledger counts both releases, which the log names once. The
+    ε logged after is the honest, larger one; the export's recomputation must not flag it."""
+    from fedops.cli import main
+
+    run = tmp_path / "run"
+    observe = RunTrail.observe_round
+
+    def dies_before_logging_round_3(self: RunTrail, record: Any) -> None:
+        if record.server_round == 3:
+            raise KeyboardInterrupt
+        observe(self, record)
+
+    monkeypatch.setattr(RunTrail, "observe_round", dies_before_logging_round_3)
+    with pytest.raises(KeyboardInterrupt):
+        _simulate(run, 3, *CENTRAL)
+    monkeypatch.setattr(RunTrail, "observe_round", observe)
+    assert _simulate(run, 4, *CENTRAL) == 0
+    capsys.readouterr()
+    assert main(["audit", "export", str(run), "--out", str(run / "rep")]) == 0, (
+        capsys.readouterr().err
+    )
+    report = json.loads((run / "rep" / "compliance.json").read_text())
+    (headline,) = [r for r in report["privacy_recomputed"] if r["key"] == "epsilon"]
+    assert headline["logged"] > headline["recomputed"]  # the first round 3 counted too
+
+
+def test_an_explicit_noise_multiplier_changed_on_resume_is_used_and_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """Not σ=auto: the configuration's σ is the one the resumed rounds add and account."""
+    run = tmp_path / "run"
+    assert _simulate(run, 2, *CENTRAL) == 0
+    capsys.readouterr()
+    assert _simulate(run, 3, *CENTRAL, "privacy.noise_multiplier=1.5") == 0
+    said = "".join(capsys.readouterr())  # (Hydra's logging handler, not caplog's)
+    assert "resumed with privacy.noise_multiplier=1.5 (the run had 1 so far)" in said
+    sigmas = [
+        p["privacy_event"]["noise_multiplier"] for p in _events(_entries(run), "privacy_spent")
+    ]
+    assert sigmas == [1.0, 1.0, 1.5]
+
+
+def test_rounds_of_other_events_sharing_a_twin_need_its_rounds_summed():
+    """Three logged events (other sampling rates) with the same known-participant twin,
+    twice each: the known ledger owes the twin six rounds, not two (red team)."""
+    from fedops.core.privacy.accountant import PrivacyLedger, RoundEvent, known_event
+    from fedops.runtime.privacy.central_dp import CentralPrivacy
+    from fedops.runtime.privacy.privacy_settings import PrivacySettings
+
+    events = [
+        RoundEvent(noise_multiplier=1.0, sampling="poisson", sample_rate=q) for q in (0.3, 0.5, 0.7)
+    ]
+    dp = CentralPrivacy(PrivacySettings(mode="central"), planned_rounds=6)
+    dp.ledger, dp.known = PrivacyLedger(), PrivacyLedger()
+    for event in events:
+        dp.ledger.record(event, 2)
+    logged = {json.dumps(e.to_json(), sort_keys=True): 2 for e in events}
+    dp.known.record(known_event(events[0]), 2)
+    assert "4 of the 6 known-participant rounds" in dp.missing_rounds(logged)
+    dp.known.record(known_event(events[0]), 4)
+    assert dp.missing_rounds(logged) == ""
