@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
+from fedops.core.privacy.accountant import RoundEvent
+
 COMMIT_EVENT = "round_committed"
 INITIAL_EVENT = "initial_model"
 FALLBACK_EVENT = "checkpoint_fallback"
@@ -92,9 +94,12 @@ class Commitments:
             return  # a local-DP round's entry (sites account), or one from an older fedops
         key = (float(delta), accountant)
         self.epsilon_spent[key] = max(self.epsilon_spent.get(key, 0.0), float(eps))
-        event = payload.get("privacy_event")
-        if isinstance(event, Mapping):
-            self.privacy_events[json.dumps(event, sort_keys=True)] += 1
+        raw = payload.get("privacy_event")
+        try:  # as the ledger writes it back (σ 2 and 2.0 are one event)
+            event = RoundEvent.from_json(dict(raw) if isinstance(raw, Mapping) else raw)
+        except (KeyError, TypeError, ValueError):
+            return  # no event to hold a ledger to: its ε still is
+        self.privacy_events[json.dumps(event.to_json(), sort_keys=True)] += 1
 
     def refusal(
         self, server_round: int, checkpoint_sha256: str | None, model_digest: str | None

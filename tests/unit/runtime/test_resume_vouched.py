@@ -510,3 +510,20 @@ def test_rounds_of_other_events_sharing_a_twin_need_its_rounds_summed():
     assert "4 of the 6 known-participant rounds" in dp.missing_rounds(logged)
     dp.known.record(known_event(events[0]), 4)
     assert dp.missing_rounds(logged) == ""
+
+
+def test_a_logged_event_is_compared_as_the_ledger_writes_it_back():
+    """σ logged as 2 and read back as 2.0 are one event, not a missing round."""
+    from fedops.core.privacy.accountant import PrivacyLedger, RoundEvent
+    from fedops.runtime.privacy.central_dp import CentralPrivacy
+    from fedops.runtime.privacy.privacy_settings import PrivacySettings
+
+    found = Commitments()
+    payload = {"epsilon": 1.0, "delta": 1e-5, "accountant": "pld"}
+    event = {"noise_multiplier": 2, "sampling": "poisson", "sample_rate": 0.5}
+    found.observe("privacy_spent", {**payload, "privacy_event": event})
+    dp = CentralPrivacy(PrivacySettings(mode="central"), planned_rounds=1)
+    dp.ledger, dp.known = PrivacyLedger(), PrivacyLedger()
+    dp.ledger.record(RoundEvent.from_json(event))
+    dp.known.record(RoundEvent(noise_multiplier=2.0, sampling="known"))
+    assert dp.missing_rounds(found.privacy_events) == ""
