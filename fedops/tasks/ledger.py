@@ -246,7 +246,7 @@ def _append(path: Path, charge: Charge) -> None:
                 (
                     charge.run_id,
                     charge.server_round,
-                    json.dumps(charge.event.to_json(), sort_keys=True),
+                    charge.event.key(),
                     charge.steps,
                 ),
             )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import sqlite3
@@ -206,7 +205,7 @@ class BookPage(SiteLedger):
 
 
 def _row(site: int, charge: Charge) -> tuple[int, str, int, str, int]:
-    event = json.dumps(charge.event.to_json(), sort_keys=True)
+    event = charge.event.key()
     return site, charge.run_id, charge.server_round, event, charge.steps
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -92,6 +93,11 @@ class RoundEvent:
         if self.sampling == "fixed":
             out |= {"population": self.population, "sample_size": self.sample_size}
         return out
+
+    def key(self) -> str:
+        """The event as one JSON string, keys sorted: equal events, equal strings. What a
+        site's ledger stores and what a resumed coordinator counts the log's events by."""
+        return json.dumps(self.to_json(), sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: Any) -> RoundEvent:

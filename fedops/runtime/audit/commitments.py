@@ -99,7 +99,7 @@ class Commitments:
             event = RoundEvent.from_json(dict(raw) if isinstance(raw, Mapping) else raw)
         except (KeyError, TypeError, ValueError):
             return  # no event to hold a ledger to: its ε still is
-        self.privacy_events[json.dumps(event.to_json(), sort_keys=True)] += 1
+        self.privacy_events[event.key()] += 1
 
     def refusal(
         self, server_round: int, checkpoint_sha256: str | None, model_digest: str | None

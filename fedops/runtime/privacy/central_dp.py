@@ -237,7 +237,7 @@ class CentralPrivacy:
         for text, count in logged.items():
             if held[text] < count:
                 return f"{count - held[text]} of the {count} rounds of {text}"
-            twins[_text(known_event(RoundEvent.from_json(json.loads(text))))] += count
+            twins[known_event(RoundEvent.from_json(json.loads(text))).key()] += count
         for twin, count in twins.items():
             if known[twin] < count:
                 return f"{count - known[twin]} of the {count} known-participant rounds of {twin}"
@@ -338,13 +338,8 @@ class CentralPrivacy:
         )
 
 
-def _text(event: RoundEvent) -> str:
-    """An event as the audit log's ``privacy_event`` reads, keys sorted: comparable."""
-    return json.dumps(event.to_json(), sort_keys=True)
-
-
 def _counted(ledger: PrivacyLedger) -> Counter[str]:
     counted = Counter[str]()
     for event, n in ledger.history:
-        counted[_text(event)] += n
+        counted[event.key()] += n
     return counted
