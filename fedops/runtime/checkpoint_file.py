@@ -123,11 +123,14 @@ def read_safetensors_file(path: Path) -> bytes:
         entries = json.loads(header)
         if not isinstance(entries, dict):
             raise ValueError("the header is not a JSON object")
-        ends = [
-            int(e["data_offsets"][1])
-            for k, e in entries.items()
-            if k != "__metadata__" and isinstance(e, dict) and "data_offsets" in e
-        ]
+        try:
+            ends = [
+                int(e["data_offsets"][1])
+                for k, e in entries.items()
+                if k != "__metadata__" and isinstance(e, dict) and "data_offsets" in e
+            ]
+        except (TypeError, IndexError, KeyError) as exc:
+            raise ValueError(f"a tensor's data_offsets in the header: {exc!r}") from None
         expected = 8 + header_bytes + max(ends, default=0)
         if expected != size:
             raise ValueError(f"its header describes {expected} bytes, the file holds {size}")

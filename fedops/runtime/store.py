@@ -31,6 +31,7 @@ from fedops.runtime.checkpoint_file import (
     checkpoint_in,
     decode_checkpoint,
     file_sha256,
+    read_safetensors_file,
     write_safetensors,
 )
 from fedops.runtime.metrics_file import MetricsFile
@@ -190,7 +191,10 @@ class RunStore:
             raise StoreError(f"round {server_round}'s row in {self.dir} names no checkpoint file")
         if not path.exists():
             raise StoreError(f"checkpoint {path} of round {server_round} is missing")
-        data = path.read_bytes()
+        try:  # a FIFO or a device in its place would hang or fill memory: refused
+            data = read_safetensors_file(path)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"checkpoint {path} of round {server_round}: {exc}") from None
         if hashlib.sha256(data).hexdigest() != row[1]:
             raise StoreError(f"checkpoint {path} does not match its recorded sha256")
         checkpoint = decode_checkpoint(data)

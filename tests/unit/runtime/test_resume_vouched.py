@@ -527,3 +527,24 @@ def test_a_logged_event_is_compared_as_the_ledger_writes_it_back():
     dp.ledger.record(RoundEvent.from_json(event))
     dp.known.record(RoundEvent(noise_multiplier=2.0, sampling="known"))
     assert dp.missing_rounds(found.privacy_events) == ""
+
+
+def test_a_fifo_in_place_of_the_last_checkpoint_is_passed_over_not_waited_on(
+    fedavg: Path, tmp_path: Path
+):
+    """The store reads a checkpoint as the export does (regular file, as long as its
+    header says): a FIFO named round-00003.safetensors used to block the resume forever."""
+    import os
+    import threading
+
+    run = _copy(fedavg, tmp_path / "run")
+    _checkpoint(run, 3).unlink()
+    os.mkfifo(_checkpoint(run, 3))
+    store, outcome = RunStore(run), []
+    reader = threading.Thread(target=lambda: outcome.append(store.newest_intact(3)), daemon=True)
+    reader.start()
+    reader.join(30)
+    store.close()
+    assert not reader.is_alive(), "the store blocked on a FIFO"
+    ((server_round, _),) = outcome
+    assert server_round == 2
