@@ -153,16 +153,17 @@ def _check_vouched(store: RunStore, server_round: int, commitments: Commitments 
 def _newest_vouched(
     store: RunStore, up_to: int, commitments: Commitments | None
 ) -> tuple[int, Checkpoint] | None:
-    """The newest round at or before ``up_to`` whose checkpoint verifies and is vouched for."""
-    while (intact := store.newest_intact(up_to)) is not None:
+    """The newest round at or before ``up_to`` whose checkpoint verifies and is vouched for
+    (the log asked first: a round it does not vouch for is not read)."""
+
+    def vouched(server_round: int) -> None:
         try:
-            _check_vouched(store, intact[0], commitments)
+            _check_vouched(store, server_round, commitments)
         except StoreError as exc:
-            log.warning("passing over round %d: %s", intact[0], exc)
-            up_to = intact[0] - 1
-            continue
-        return intact
-    return None
+            log.warning("passing over round %d: %s", server_round, exc)
+            raise
+
+    return store.newest_intact(up_to, check=vouched)
 
 
 def _restore_strategy(strategy: Strategy, checkpoint: Checkpoint, server_round: int) -> None:

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,14 +206,18 @@ class RunStore:
             raise StoreError(f"checkpoint {path} does not match the recorded model digest")
         return checkpoint
 
-    def newest_intact(self, up_to: int) -> tuple[int, Checkpoint] | None:
+    def newest_intact(
+        self, up_to: int, check: Callable[[int], None] = lambda server_round: None
+    ) -> tuple[int, Checkpoint] | None:
         """The newest committed round at or before ``up_to`` whose checkpoint verifies,
-        with its model and strategy state (read once: a resume trains from them)."""
+        with its model and strategy state (read once: a resume trains from them). ``check``
+        may pass over a round first (StoreError), before its checkpoint is read."""
         rows = self._db.execute(
             "SELECT round FROM rounds WHERE round <= ? ORDER BY round DESC", (up_to,)
         ).fetchall()
         for (server_round,) in rows:
             try:
+                check(int(server_round))
                 return int(server_round), self.load_checkpoint(server_round)
             except StoreError:
                 continue
