@@ -7,18 +7,10 @@ modules it pulls in (~1.2 MB) serve only ``fedops coordinator --metrics-port``.
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from fresh_imports import loaded_after
 
 
 def test_the_simulation_engine_imports_no_prometheus_client():
-    code = (
-        "import sys\n"
-        "import fedops.simulation.engine\n"
-        "import fedops.runtime.records\n"
-        "loaded = sorted(m for m in ('prometheus_client', 'fedops.runtime.metrics', "
-        "'wsgiref', 'http.server') if m in sys.modules)\n"
-        "assert not loaded, loaded\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    code = "import fedops.simulation.engine\nimport fedops.runtime.records"
+    modules = ("prometheus_client", "fedops.runtime.metrics", "wsgiref", "http.server")
+    assert loaded_after(code, modules) == []
