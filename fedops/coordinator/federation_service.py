@@ -79,10 +79,44 @@ class FederationParts:
 
 
 def federation_handler(parts: FederationParts) -> grpc.GenericRpcHandler:
-    slots = PeerSlots(MAX_CALLS_PER_SITE, "federation calls")
+    return FederationService(parts).handler()
 
-    def caller(context: grpc.ServicerContext, method: str) -> str:
-        if parts.revocation is None:
+
+class FederationService:
+    """One method per RPC; each checks who calls before it acts."""
+
+    def __init__(self, parts: FederationParts) -> None:
+        self.parts = parts
+        self.slots = PeerSlots(MAX_CALLS_PER_SITE, "federation calls")
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            FEDERATION_SERVICE,
+            {
+                "Offer": self._unary(self.offer, pb.OfferRequest),
+                "Submit": self._unary(self.submit, pb.RunSubmit),
+                "List": self._unary(self.list_runs, pb.AdminRequest),
+                "Stop": self._unary(self.stop, pb.RunStopRequest),
+            },
+        )
+
+    def _unary(self, fn: Callable[[Any, Any], Any], request_type: Any) -> grpc.RpcMethodHandler:
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                with self.slots.hold(certified_or_address(context)):
+                    return fn(request, context)
+            except Reject as exc:
+                context.abort(exc.code, exc.reason)
+
+        return grpc.unary_unary_rpc_method_handler(
+            call,
+            request_deserializer=request_type.FromString,
+            response_serializer=lambda message: message.SerializeToString(),
+        )
+
+    def caller(self, context: grpc.ServicerContext, method: str) -> str:
+        """The caller's certified name, if its role may call ``method`` (Reject if not)."""
+        if self.parts.revocation is None:
             if method != "Offer":
                 raise Reject(
                     grpc.StatusCode.PERMISSION_DENIED,
@@ -90,7 +124,7 @@ def federation_handler(parts: FederationParts) -> grpc.GenericRpcHandler:
                     "through the serve root: fedops run submit|list|stop --root DIR",
                 )
             return "local"
-        name, role = certified(context, parts.revocation)
+        name, role = certified(context, self.parts.revocation)
         if method not in ALLOWED.get(role, frozenset()):
             raise Reject(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -98,12 +132,13 @@ def federation_handler(parts: FederationParts) -> grpc.GenericRpcHandler:
             )
         return name
 
-    def on_offer(request: pb.OfferRequest, context: grpc.ServicerContext) -> pb.RunOffer:
-        caller(context, "Offer")
-        return parts.board.current(parts.queue.queued())
+    def offer(self, request: pb.OfferRequest, context: grpc.ServicerContext) -> pb.RunOffer:
+        self.caller(context, "Offer")
+        return self.parts.board.current(self.parts.queue.queued())
 
-    def on_submit(request: pb.RunSubmit, context: grpc.ServicerContext) -> pb.RunList:
-        name = caller(context, "Submit")
+    def submit(self, request: pb.RunSubmit, context: grpc.ServicerContext) -> pb.RunList:
+        name = self.caller(context, "Submit")
+        parts = self.parts
         try:
             task, task_digest = parts.check_spec(request.config_yaml)
             run = parts.queue.submit(
@@ -125,46 +160,22 @@ def federation_handler(parts: FederationParts) -> grpc.GenericRpcHandler:
         parts.wake()
         return run_list([run], f"queued {run.id}")
 
-    def on_list(request: pb.AdminRequest, context: grpc.ServicerContext) -> pb.RunList:
-        caller(context, "List")
-        return run_list(parts.queue.runs())
+    def list_runs(self, request: pb.AdminRequest, context: grpc.ServicerContext) -> pb.RunList:
+        self.caller(context, "List")
+        return run_list(self.parts.queue.runs())
 
-    def on_stop(request: pb.RunStopRequest, context: grpc.ServicerContext) -> pb.RunList:
-        name = caller(context, "Stop")
+    def stop(self, request: pb.RunStopRequest, context: grpc.ServicerContext) -> pb.RunList:
+        name = self.caller(context, "Stop")
         reason = f"{name}: {request.reason[:500] or 'no reason given'}"
         try:
-            run = parts.queue.stop(parse_run_name(request.id), reason)
+            run = self.parts.queue.stop(parse_run_name(request.id), reason)
         except QueueError as exc:
             raise Reject(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
-        parts.audit("run_stop_requested", {"id": run.id, "by": name, "reason": reason})
-        open_now = parts.stop_running(run.seq, reason)
-        parts.wake()
+        self.parts.audit("run_stop_requested", {"id": run.id, "by": name, "reason": reason})
+        open_now = self.parts.stop_running(run.seq, reason)
+        self.parts.wake()
         word = "stopping after its current round" if open_now else run.state
         return run_list([run], f"{run.id}: {word}")
-
-    def unary(fn: Callable[[Any, Any], Any], request_type: Any) -> grpc.RpcMethodHandler:
-        def call(request: Any, context: grpc.ServicerContext) -> Any:
-            try:
-                with slots.hold(certified_or_address(context)):
-                    return fn(request, context)
-            except Reject as exc:
-                context.abort(exc.code, exc.reason)
-
-        return grpc.unary_unary_rpc_method_handler(
-            call,
-            request_deserializer=request_type.FromString,
-            response_serializer=lambda message: message.SerializeToString(),
-        )
-
-    return grpc.method_handlers_generic_handler(
-        FEDERATION_SERVICE,
-        {
-            "Offer": unary(on_offer, pb.OfferRequest),
-            "Submit": unary(on_submit, pb.RunSubmit),
-            "List": unary(on_list, pb.AdminRequest),
-            "Stop": unary(on_stop, pb.RunStopRequest),
-        },
-    )
 
 
 def run_list(runs: list[QueuedRun], message: str = "") -> pb.RunList:
