@@ -86,29 +86,7 @@ def make_transport(
     )
     if s.backend == "vectorized":
         assert data is not None
-        device = _device(s.device)
-        model = initial_model(task, cfg.seed)
-        if isinstance(data, LazyFederation):  # too big for memory: each round's clients
-            batched: Callable[..., VectorizedTransport] = partial(LazyVectorizedTransport, data)
-        else:
-            batched = partial(VectorizedTransport, data)
-        return batched(
-            model,
-            train,
-            faults=faults,
-            max_chunk=s.max_chunk,
-            device=device,
-            workers=backend_workers(s, device),  # one thread drives a GPU (said in the log)
-            reload=round_loader(task, s.num_clients) if cfg.task else None,
-            groups_of=task.sensitive_groups,
-            report_limits=ReportLimits(min_count=cfg.monitoring.min_count),
-            local_dp=LocalDPSites(
-                model,
-                max_epsilon=cfg.privacy.site_max_epsilon,
-                max_delta=cfg.privacy.delta,  # a simulated site accounts at the run's δ
-                book=site_ledger_book(run_dir if cfg.privacy.name == "local" else None),
-            ),
-        )
+        return _vectorized(cfg, task, data, train, faults, run_dir)
     if s.backend == "process":
         return ProcessTransport(cfg, faults=faults)
     if s.backend == "ray":
@@ -118,26 +96,68 @@ def make_transport(
     if s.backend == "sequential" and cfg.flower_app:  # the app's own training, per client
         return InMemoryTransport(flower_sites(cfg, train), faults=faults)
     if s.backend == "sequential":
-        shared = task.build_model()
-        # on disk, so a crashed and resumed simulation continues what each site spent
-        book = site_ledger_book(run_dir if cfg.privacy.name == "local" else None)
-        sites = [
-            Site(
-                task,
-                site=i,
-                num_sites=s.num_clients,
-                train_config=train,
-                model=shared,
-                max_epsilon=cfg.privacy.site_max_epsilon,
-                max_delta=cfg.privacy.delta,  # a simulated site accounts at the run's δ
-                report_limits=ReportLimits(min_count=cfg.monitoring.min_count),
-            )
-            for i in range(s.num_clients)
-        ]
-        for i, site in enumerate(sites):
-            site.ledger = book.page(i)
-        return InMemoryTransport(sites, faults=faults)
+        return InMemoryTransport(_sequential_sites(cfg, task, train, run_dir), faults=faults)
     raise ValueError(f"unknown simulation.backend {s.backend!r}")
+
+
+def _vectorized(
+    cfg: SimulateConfig,
+    task: Task,
+    data: FederatedData | LazyFederation,
+    train: TrainConfig,
+    faults: FaultPlan,
+    run_dir: Path | None,
+) -> VectorizedTransport:
+    s = cfg.simulation
+    device = _device(s.device)
+    model = initial_model(task, cfg.seed)
+    if isinstance(data, LazyFederation):  # too big for memory: each round's clients
+        batched: Callable[..., VectorizedTransport] = partial(LazyVectorizedTransport, data)
+    else:
+        batched = partial(VectorizedTransport, data)
+    return batched(
+        model,
+        train,
+        faults=faults,
+        max_chunk=s.max_chunk,
+        device=device,
+        workers=backend_workers(s, device),  # one thread drives a GPU (said in the log)
+        reload=round_loader(task, s.num_clients) if cfg.task else None,
+        groups_of=task.sensitive_groups,
+        report_limits=ReportLimits(min_count=cfg.monitoring.min_count),
+        local_dp=LocalDPSites(
+            model,
+            max_epsilon=cfg.privacy.site_max_epsilon,
+            max_delta=cfg.privacy.delta,  # a simulated site accounts at the run's δ
+            book=site_ledger_book(run_dir if cfg.privacy.name == "local" else None),
+        ),
+    )
+
+
+def _sequential_sites(
+    cfg: SimulateConfig, task: Task, train: TrainConfig, run_dir: Path | None
+) -> list[Site]:
+    """One :class:`Site` per simulated client, sharing one model object."""
+    num_clients = cfg.simulation.num_clients
+    shared = task.build_model()
+    # on disk, so a crashed and resumed simulation continues what each site spent
+    book = site_ledger_book(run_dir if cfg.privacy.name == "local" else None)
+    sites = [
+        Site(
+            task,
+            site=i,
+            num_sites=num_clients,
+            train_config=train,
+            model=shared,
+            max_epsilon=cfg.privacy.site_max_epsilon,
+            max_delta=cfg.privacy.delta,  # a simulated site accounts at the run's δ
+            report_limits=ReportLimits(min_count=cfg.monitoring.min_count),
+        )
+        for i in range(num_clients)
+    ]
+    for i, site in enumerate(sites):
+        site.ledger = book.page(i)
+    return sites
 
 
 def site_ledger_book(run_dir: Path | None) -> LedgerBook:
