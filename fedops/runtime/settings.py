@@ -313,6 +313,11 @@ class ClientConfig(TaskOptions):
 
     def check_policy(self) -> None:
         """The site's own rules: SecAgg floors, its ε, monitoring limits, what it runs."""
+        self._check_secagg_floors()
+        self._check_privacy_limits()
+        self._check_training_limits()
+
+    def _check_secagg_floors(self) -> None:
         for name, low in (
             ("secagg_min_cohort", 2),
             ("secagg_min_degree", 1),
@@ -331,6 +336,8 @@ class ClientConfig(TaskOptions):
             "secagg_max_l2_clip",
             f"must be a number > 0, got {clip}",
         )
+
+    def _check_privacy_limits(self) -> None:
         _require(
             self.max_epsilon is None or self.max_epsilon > 0,
             "max_epsilon",
@@ -360,6 +367,9 @@ class ClientConfig(TaskOptions):
             "dp_public_records",
             f"must be at least 1, got {self.dp_public_records}",
         )
+
+    def _check_training_limits(self) -> None:
+        """What the site runs: its keys, and how far a coordinator may push its training."""
         for key in ("identity_key", "trusted_keys"):
             path = getattr(self, key)
             _require(path is None or Path(path).exists(), key, f"{path} does not exist")
