@@ -68,36 +68,10 @@ class NodeRegistration:
         registrations: RateLimit,
     ) -> pb.RegisterResponse:
         """Admit a site's node, or refuse it (``model_specs``: the run's model, if known)."""
-        if request.protocol_version != PROTOCOL_VERSION:
-            self._gate.reject(
-                0,
-                "?",
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"protocol {shown(request.protocol_version)} is not supported; "
-                f"this coordinator speaks {PROTOCOL_VERSION!r}",
-            )
-        if request.run_id and request.run_id != self._run_id:  # a standing site's other run
-            self._gate.reject(
-                0,
-                "?",
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"run {shown(request.run_id)} is not the run served here ({self._run_id})",
-            )
-        if not 0 <= request.num_train_examples <= MAX_NUM_EXAMPLES:
-            self._gate.reject(
-                0,
-                "?",
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"num_train_examples {request.num_train_examples} is out of range",
-            )
-        site = request.site_name or "anonymous"
-        try:  # bounded before it reaches the registry, the audit log or the store
-            check_site_name(site)
-        except Reject as exc:
-            self._gate.reject(0, "?", exc.code, exc.reason)
+        site = self._checked_site(request)
+        self._check_model(request, model_specs)
         # keyed by caller and name: without a kit, a stranger looping on a site's name
         # must not use up that site's own registrations
-        self._check_model(request, model_specs)
         wait_s = registrations.wait_s(f"{PEER.get()}|{site}")
         if wait_s:  # each registration is a signed audit entry: one site may not loop on it
             self._gate.reject(
@@ -128,6 +102,37 @@ class NodeRegistration:
             heartbeat_interval_ms=int(self._heartbeat_interval_s * 1000),
             max_chunk_bytes=self._max_chunk_bytes,
         )
+
+    def _checked_site(self, request: pb.RegisterRequest) -> str:
+        """The request's site name, once its protocol, run, size and name are acceptable."""
+        if request.protocol_version != PROTOCOL_VERSION:
+            self._gate.reject(
+                0,
+                "?",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol {shown(request.protocol_version)} is not supported; "
+                f"this coordinator speaks {PROTOCOL_VERSION!r}",
+            )
+        if request.run_id and request.run_id != self._run_id:  # a standing site's other run
+            self._gate.reject(
+                0,
+                "?",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"run {shown(request.run_id)} is not the run served here ({self._run_id})",
+            )
+        if not 0 <= request.num_train_examples <= MAX_NUM_EXAMPLES:
+            self._gate.reject(
+                0,
+                "?",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"num_train_examples {request.num_train_examples} is out of range",
+            )
+        site = request.site_name or "anonymous"
+        try:  # bounded before it reaches the registry, the audit log or the store
+            check_site_name(site)
+        except Reject as exc:
+            self._gate.reject(0, "?", exc.code, exc.reason)
+        return site
 
     def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         try:
