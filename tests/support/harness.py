@@ -37,7 +37,7 @@ from fedops.core.params import Params, TensorSpec, digest, specs_of
 from fedops.core.results import FitResult, StageResult
 from fedops.core.rounds import Event, Outcome, Phase, RoundTracker
 from fedops.core.secagg import shamir
-from fedops.core.secagg.client import MASK_INFO, mask_sign
+from fedops.core.secagg.client import MASK_INFO, mask_sign, pair_info
 from fedops.core.secagg.messages import (
     ConsistencyRequest,
     MaskedInput,
@@ -444,7 +444,7 @@ class Evidence:
 
     def pair_seed(self, u: int, v: int) -> bytes | None:
         """The mask seed ``u`` and ``v`` agreed, from either one's mask private key."""
-        info = MASK_INFO + self.bound
+        info = pair_info(MASK_INFO, self.bound, u, v)
         for own, other in ((u, v), (v, u)):
             key = self.mask_private_key(own)
             if key is not None and other in self.keys:

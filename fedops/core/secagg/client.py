@@ -52,6 +52,18 @@ SHARE_INFO = b"fedops-secagg share key"
 MASK_INFO = b"fedops-secagg pairwise mask"
 
 
+def pair_info(info: bytes, context: bytes, u: int, v: int) -> bytes:
+    """The key-derivation info for the secret sites ``u`` and ``v`` agree (either order).
+
+    The pair is bound in: a site that advertises another's public key as its own (or an
+    alias of it: X25519 ignores the top bit, and low-order points multiply out) agrees a
+    different secret with each neighbour, so no two of a site's pairwise masks can be
+    equal and cancel, which would leave its input under its self mask alone.
+    """
+    low, high = sorted((u, v))
+    return info + context + low.to_bytes(4, "big") + high.to_bytes(4, "big")
+
+
 def share_aad(context: bytes, source: int, target: int) -> bytes:
     return context + source.to_bytes(4, "big") + target.to_bytes(4, "big")
 
@@ -183,7 +195,9 @@ class SecAggClient:
         index, shares = self.setup.index, []
         for v in holders:
             key = self.crypto.agree(
-                self._cipher_sk, self._keys[v].cipher_key, SHARE_INFO + self.context
+                self._cipher_sk,
+                self._keys[v].cipher_key,
+                pair_info(SHARE_INFO, self.context, index, v),
             )
             self._share_keys[v] = key
             ciphertext = self.crypto.seal(
@@ -291,7 +305,7 @@ class SecAggClient:
         out += self.crypto.expand(self._seed, out.size)
         for v in sorted(self._held):
             seed = self.crypto.agree(
-                self._mask_sk, self._keys[v].mask_key, MASK_INFO + self.context
+                self._mask_sk, self._keys[v].mask_key, pair_info(MASK_INFO, self.context, index, v)
             )
             if mask_sign(index, v) > 0:
                 out += self.crypto.expand(seed, out.size)

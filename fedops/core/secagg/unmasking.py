@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedops.core.secagg import recovery, shamir
-from fedops.core.secagg.client import MASK_INFO, mask_sign
+from fedops.core.secagg.client import MASK_INFO, mask_sign, pair_info
 from fedops.core.secagg.messages import PublicKeys, Reveal, ShareKeys
 from fedops.core.secagg.primitives import SecAggCrypto
 from fedops.core.secagg.update import Encoding
@@ -91,7 +91,9 @@ class Unmasking:
             for v in sorted(self.survivors):
                 if u not in self.held[v]:
                     continue  # v never masked with u
-                pair = self.crypto.agree(secret, self.keys[v].mask_key, MASK_INFO + self.bound)
+                pair = self.crypto.agree(
+                    secret, self.keys[v].mask_key, pair_info(MASK_INFO, self.bound, u, v)
+                )
                 if mask_sign(v, u) > 0:
                     total -= self.crypto.expand(pair, self.vector_length)
                 else:
