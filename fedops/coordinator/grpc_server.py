@@ -39,11 +39,20 @@ from fedops.wire import framing
 log = logging.getLogger("fedops.coordinator")
 
 SERVICE = "fedops.v1.Coordinator"
-#: gRPC's own per-message limit: past it gRPC cuts the call before fedops sees it.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: fedops' limit for one payload chunk (clients are told to send 2 MiB chunks);
 #: checked by fedops so that an oversized chunk rejects the update with a reason.
 MAX_CHUNK_MESSAGE_BYTES = 8 * 1024 * 1024
+#: gRPC's own per-message limit: past it gRPC cuts the call before fedops sees it. No
+#: request is larger than a chunk; gRPC holds a message whole before any handler runs, so
+#: this bounds what one unfinished call can make the coordinator buffer (red team
+#: 2026-12-07: 64 MiB let 100 stalled calls hold 6 GB).
+MAX_MESSAGE_BYTES = MAX_CHUNK_MESSAGE_BYTES + 64 * 1024
+#: what the coordinator sends in one message (model chunks are ``max_chunk_bytes``)
+MAX_SEND_MESSAGE_BYTES = 64 * 1024 * 1024
+#: calls open at once on one connection (HTTP/2 MAX_CONCURRENT_STREAMS; gRPC's default is
+#: unbounded). An agent has at most a poll, a heartbeat, a download and two uploads open;
+#: a client past it queues its calls, it is not refused.
+MAX_STREAMS_PER_CONNECTION = 16
 #: calls that may wait for the server to pick them up before gRPC sheds new ones
 MAX_PENDING_CALLS = 20_000
 
@@ -337,7 +346,8 @@ def _server_options() -> list[tuple[str, int]]:
         # bind the same port, and clients were split between two runs at random
         ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
         # agents ping every 20 s (fedops.client.channel.KEEPALIVE_MS), also while idle
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),

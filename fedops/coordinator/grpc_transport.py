@@ -24,7 +24,12 @@ from typing import Any
 import grpc
 
 from fedops.coordinator.nodes import DEFAULT_MAX_NODES, NodeRegistry
-from fedops.coordinator.peer_guard import PeerSlots, RateLimit
+from fedops.coordinator.peer_guard import (
+    REGISTER_PEER_BURST,
+    REGISTER_PEER_EVERY_S,
+    PeerSlots,
+    RateLimit,
+)
 from fedops.coordinator.registration import NodeRegistration
 from fedops.coordinator.result_intake import (
     TRAINING_STAGE,
@@ -98,7 +103,10 @@ class GrpcTransport:
         #: the run's model (from the coordinator's task): a site building another is refused
         self.model_specs: list[TensorSpec] | None = None
         self.registry = NodeRegistry(max_nodes)
-        self.registrations = RateLimit(max_keys=2 * max_nodes)
+        self.registrations = RateLimit(max_keys=2 * max_nodes)  # per peer and site name
+        self.peer_registrations = RateLimit(
+            burst=REGISTER_PEER_BURST, every_s=REGISTER_PEER_EVERY_S
+        )  # per peer, under any names
         self._cond = threading.Condition()
         self._assignments: dict[str, Assignment] = {}
         self._answered: set[str] = set()
@@ -289,7 +297,9 @@ class GrpcTransport:
     # ------------------------------------------------------------------
     def register(self, request: pb.RegisterRequest) -> pb.RegisterResponse:
         # the run's model and the rate limit as they are now: both may be set after start
-        return self._registration.register(request, self.model_specs, self.registrations)
+        return self._registration.register(
+            request, self.model_specs, self.registrations, self.peer_registrations
+        )
 
     def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         return self._registration.heartbeat(request)

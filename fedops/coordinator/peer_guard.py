@@ -66,6 +66,12 @@ MAX_CALLS_PER_SITE = 8
 #: registrations one site may make in a burst, and then one per this many seconds
 REGISTER_BURST = 6
 REGISTER_EVERY_S = 10.0
+#: registrations one peer (an address without a kit) may make under any names: a burst as
+#: large as the agents a host may run, then 20 a second. Keyed by name alone, a flood under
+#: fresh names went unchecked: 439 signed, fsynced node_joined entries a second (red team
+#: 2026-12-07)
+REGISTER_PEER_BURST = MAX_UPLOADS_PER_ADDRESS
+REGISTER_PEER_EVERY_S = 0.05
 
 
 def check_site_name(name: str) -> None:

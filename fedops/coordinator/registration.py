@@ -66,6 +66,7 @@ class NodeRegistration:
         request: pb.RegisterRequest,
         model_specs: Sequence[TensorSpec] | None,
         registrations: RateLimit,
+        peer_registrations: RateLimit,
     ) -> pb.RegisterResponse:
         """Admit a site's node, or refuse it (``model_specs``: the run's model, if known)."""
         site = self._checked_site(request)
@@ -80,6 +81,15 @@ class NodeRegistration:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"site {site!r} registered {registrations.burst} times in a short while; "
                 f"it may register again in {wait_s:.0f} s",
+            )
+        wait_s = peer_registrations.wait_s(PEER.get())
+        if wait_s:  # fresh names each time: the peer's own budget
+            self._gate.reject(
+                0,
+                "?",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this peer registered {peer_registrations.burst} nodes in a short while; "
+                f"it may register again in {wait_s:.1f} s",
             )
         with self._board.cond:
             try:

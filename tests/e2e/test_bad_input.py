@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from procs import Procs, metrics, query
 
+from fedops.coordinator.grpc_server import MAX_CHUNK_MESSAGE_BYTES
 from fedops.core.params import specs_of, total_bytes
 from fedops.v1 import fedops_pb2 as pb
 from fedops.v1 import fedops_pb2_grpc as pb_grpc
@@ -147,7 +148,8 @@ def test_bad_updates_are_refused_with_reasons_and_rounds_go_on(procs: Procs, tmp
         m.push(m.header(fit3, params), iter([*codec.iter_chunks(params), b"\0" * 1024]))
     )
     ev3 = m.pull(pb.TASK_KIND_EVALUATE)
-    refusals.append(m.push(m.header(ev3, {}), iter([b"\0" * (17 * 1024 * 1024)])))
+    # past fedops' chunk limit, within gRPC's (which cuts a larger message before any handler)
+    refusals.append(m.push(m.header(ev3, {}), iter([b"\0" * (MAX_CHUNK_MESSAGE_BYTES + 1024)])))
     # ...and then Mallory vanishes: round 4 must not wait for her.
     m.channel.close()
 
@@ -165,7 +167,10 @@ def test_bad_updates_are_refused_with_reasons_and_rounds_go_on(procs: Procs, tmp
         (grpc.StatusCode.FAILED_PRECONDITION, "stale result"),
         (grpc.StatusCode.INVALID_ARGUMENT, "carries no payload"),
         (grpc.StatusCode.INVALID_ARGUMENT, "exceeds its declared size"),
-        (grpc.StatusCode.INVALID_ARGUMENT, "exceeds the 8388608-byte chunk limit"),
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"exceeds the {MAX_CHUNK_MESSAGE_BYTES}-byte chunk limit",
+        ),
     ]
     for (code, details), (want_code, want_text) in zip(refusals, expected, strict=True):
         assert code == want_code, (details, want_code)

@@ -6,9 +6,10 @@ node is not declared dead; idle streams are cancelled by the header
 deadline; downloads that stop reading hold no thread; a peer past its
 upload cap is refused; a certificate that may not train is refused before
 its upload's header is read; a flood of refused calls leaves a handful of
-store rows and audit entries, not one per call; a 16 MiB site name is
-refused and stored nowhere; a site that registers again replaces its node
-(by name without a kit, by certificate with one).
+store rows and audit entries, not one per call; a 4 MiB site name is
+refused and stored nowhere, a message past gRPC's limit is cut before any
+handler; a site that registers again replaces its node (by name without a
+kit, by certificate with one).
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ from fedops.consortium.kit import load_kit
 from fedops.consortium.kits import init_consortium
 from fedops.consortium.tls import Revocation, channel_credentials, server_credentials
 from fedops.coordinator.aio import LoopServer
-from fedops.coordinator.grpc_server import SERVICE, build_server
+from fedops.coordinator.grpc_server import (
+    MAX_MESSAGE_BYTES,
+    MAX_STREAMS_PER_CONNECTION,
+    SERVICE,
+    build_server,
+)
 from fedops.coordinator.grpc_transport import GrpcTransport
 from fedops.coordinator.peer_guard import (
     MAX_CALLS_PER_SITE,
@@ -128,16 +134,18 @@ class IdleUploads:
 
     def __init__(self, target: str, count: int, credentials: grpc.ChannelCredentials | None):
         self.released = threading.Event()
+        # one connection each (a channel of its own subchannel pool), as many as the
+        # coordinator's cap on calls per connection makes these streams need
         self.channels = [
-            grpc.secure_channel(target, credentials)
+            grpc.secure_channel(target, credentials, options=[("fedops.test.connection", i)])
             if credentials is not None
-            else grpc.insecure_channel(target)
-            for _ in range(4)
+            else grpc.insecure_channel(target, options=[("fedops.test.connection", i)])
+            for i in range(-(-count // MAX_STREAMS_PER_CONNECTION))
         ]
-        self.calls = [self.open() for _ in range(count)]
+        self.calls = [self.open(i) for i in range(count)]
 
-    def open(self) -> grpc.Future:
-        channel = self.channels[len(getattr(self, "calls", ())) % len(self.channels)]
+    def open(self, i: int) -> grpc.Future:
+        channel = self.channels[i % len(self.channels)]
         push = channel.stream_unary(
             f"/{SERVICE}/PushResult", request_serializer=_raw, response_deserializer=_raw
         )
@@ -242,7 +250,7 @@ def test_a_peer_past_its_upload_cap_is_refused(tmp_path: Path):
     attack = IdleUploads(f"127.0.0.1:{coord.port}", 4, None)
     try:
         _wait_open(coord.slots, "127.0.0.1", 4)
-        extra = attack.open()
+        extra = attack.open(len(attack.calls))
         assert extra.exception().code() == Code.RESOURCE_EXHAUSTED  # type: ignore[union-attr]
         assert not any(call.done() for call in attack.calls)
         node = coord.register("site-honest")
@@ -260,7 +268,13 @@ def test_a_flood_of_refused_calls_leaves_bounded_records(tmp_path: Path):
             with pytest.raises(grpc.RpcError) as info:
                 coord.call("PullTask", forged.SerializeToString())
             assert info.value.code() == Code.UNAUTHENTICATED
-        huge = "x" * (16 << 20)
+        # past gRPC's message limit: cut by gRPC before a handler runs (red team 2026-12-07:
+        # it buffers a message whole first, so the limit bounds what a stalled call holds)
+        too_big = pb.RegisterRequest(site_name="x" * MAX_MESSAGE_BYTES).SerializeToString()
+        with pytest.raises(grpc.RpcError) as info:
+            coord.call("Register", too_big)
+        assert info.value.code() == Code.RESOURCE_EXHAUSTED
+        huge = "x" * (MAX_MESSAGE_BYTES // 2)
         for _ in range(3):
             with pytest.raises(grpc.RpcError) as info:
                 coord.register(huge)
@@ -343,7 +357,7 @@ def test_kit_mode_checks_the_certificate_before_the_header(tmp_path: Path):
         for call in observer.calls:
             assert call.exception().code() == Code.PERMISSION_DENIED  # type: ignore[union-attr]
         _wait_open(slots, "cert:bank-a", 3)
-        extra = site.open()  # past the site's cap
+        extra = site.open(len(site.calls))  # past the site's cap
         assert extra.exception().code() == Code.RESOURCE_EXHAUSTED  # type: ignore[union-attr]
     finally:
         observer.close()

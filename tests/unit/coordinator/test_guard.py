@@ -152,6 +152,37 @@ def test_a_registration_flood_under_new_names_stays_bounded():
     assert events.count("node_joined") == 5 + 1 + (REGISTER_BURST - 1) + 200
 
 
+def test_a_flood_under_fresh_names_is_limited_per_peer():
+    """Red team 2026-12-07: keyed by peer and name, registrations under a fresh name each
+    time were never limited (439 signed, fsynced audit entries a second from one peer). A
+    peer now has its own budget under any names; another peer keeps its own."""
+    events: list[str] = []
+    transport = GrpcTransport(run_id="r1", audit=lambda event, payload: events.append(event))
+    clock = Clock()
+    transport.peer_registrations = RateLimit(burst=10, every_s=0.5, clock=clock)
+
+    def register(peer: str, name: str) -> pb.RegisterResponse:
+        token = PEER.set(peer)
+        try:
+            return transport.register(
+                pb.RegisterRequest(protocol_version=PROTOCOL_VERSION, site_name=name)
+            )
+        finally:
+            PEER.reset(token)
+
+    for i in range(10):
+        register("10.0.0.9", f"sybil-{i}")
+    with pytest.raises(Reject) as refused:
+        register("10.0.0.9", "sybil-10")
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "this peer registered 10 nodes" in refused.value.reason
+    assert "may register again in 0.5 s" in refused.value.reason
+    assert register("10.0.0.5", "honest").node_id  # another host is not held back
+    clock.now += 0.5
+    assert register("10.0.0.9", "sybil-11").node_id  # the bucket refills
+    assert events.count("node_joined") == 12
+
+
 class _Context:
     def __init__(self, peer: str) -> None:
         self._peer = peer
