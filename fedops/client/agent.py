@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from fedops.client.calls import DigestMismatch, Session, fetch_model
+from fedops.client.calls import ModelRefused, Session, fetch_model
 from fedops.client.channel import dial
 from fedops.client.coordinator_checks import CoordinatorChecks
 from fedops.client.secure_participant import SecureParticipant, secure_identity
@@ -327,7 +327,7 @@ class Agent:
             tasks.handle(task, session)
         except (grpc.RpcError, _Reregister, CoordinatorUnreachable, CoordinatorRefused):
             raise
-        except DigestMismatch as exc:  # the coordinator's doing: decline's one line, no trace
+        except ModelRefused as exc:  # the coordinator's doing: decline's one line, no trace
             tasks.decline(task, f"the model was refused: {exc}"[:500])
         except Exception as exc:  # whatever a task does to the site's code, never fatal
             log.exception("round %d: the task failed at this site", task.round)

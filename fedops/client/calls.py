@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from fedops.core.params import InvalidUpdate, Params, specs_of, total_bytes
+from fedops.core.params import InvalidUpdate, Params, check_finite, specs_of, total_bytes
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import codec, framing
 
@@ -22,7 +22,11 @@ FETCH_MODEL = "/fedops.v1.Coordinator/FetchModel"
 PUSH_RESULT = "/fedops.v1.Coordinator/PushResult"
 
 
-class DigestMismatch(RuntimeError):
+class ModelRefused(RuntimeError):
+    """The downloaded model is refused: the coordinator's doing, never the site's."""
+
+
+class DigestMismatch(ModelRefused):
     """The downloaded model is not the one the task announced."""
 
 
@@ -56,7 +60,9 @@ def fetch_model(
     """Download the task's model; return it (views into ``buffer``) and its digest.
 
     The digest is computed while the chunks arrive and must equal the one the
-    task announced, so a corrupted or substituted model is never trained on.
+    task announced, so a corrupted or substituted model is never trained on; a
+    model with NaN or Inf is refused as well (:class:`ModelRefused`): no honest
+    coordinator sends one, and training from it would only spread it.
     """
     request = pb.FetchModelRequest(
         node_id=session.node_id, token=session.token, task_id=task.task_id
@@ -88,6 +94,10 @@ def fetch_model(
             f"model digest mismatch: the task announced "
             f"{_announced(task.model_digest)}, the download hashes to {got}"
         )
+    try:
+        check_finite(params)
+    except InvalidUpdate as exc:
+        raise ModelRefused(f"the model is not finite: {exc}") from None
     return params, got
 
 

@@ -25,8 +25,10 @@ from fedops.wire import codec, monitoring
 from fedops.wire import secagg as secagg_codec
 from fedops.wire.buffers import BufferPool
 
-#: the most a first client may send as the initial model (no reference to match yet)
-MAX_INITIAL_MODEL_BYTES = 4 << 30
+#: the most a first client may send as the initial model (no reference to match yet; its
+#: declared size is buffered before a byte arrives): a larger model is built by the
+#: coordinator itself (``--task``), whose model every update is then checked against
+MAX_INITIAL_MODEL_BYTES = 512 << 20
 
 #: where uploads are reassembled: a buffer is used again once its round let go of it
 RECEIVE_BUFFERS = BufferPool()
@@ -83,7 +85,16 @@ def read_result(
             f"total_bytes {header.total_bytes} disagrees with the declared "
             f"tensors ({total_bytes(specs)} bytes)"
         )
-    limit = total_bytes(reference) if kind == pb.TASK_KIND_FIT else MAX_INITIAL_MODEL_BYTES
+    if kind == pb.TASK_KIND_FIT:
+        limit = total_bytes(reference)
+    else:
+        limit = MAX_INITIAL_MODEL_BYTES
+        if header.total_bytes > limit:
+            raise InvalidUpdate(
+                f"an initial model of {header.total_bytes} bytes declared; a site may send at "
+                f"most {limit >> 20} MiB as the initial model (start the coordinator with "
+                "--task to build a larger model there)"
+            )
     params = _assemble(specs, limit, chunks, finite=True, received=received)
     return FitResult(
         node_id=header.node_id, params=params, num_examples=header.num_examples, metrics=metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -66,19 +67,40 @@ def weighted_metrics(
     }
 
 
+def median_metrics(results: Sequence[EvaluateResult]) -> dict[str, float]:
+    """The unweighted median across sites of every metric that all results report.
+
+    For robust strategies: ``num_examples`` is the site's own claim, so no site's
+    count may move the summary; a minority of sites cannot move a median far.
+    """
+    usable = [r for r in results if r.num_examples > 0]
+    if not usable:
+        return {}
+    names = set(usable[0].metrics)
+    for r in usable[1:]:
+        names &= set(r.metrics)
+    return {
+        name: float(statistics.median(float(r.metrics[name]) for r in usable))
+        for name in sorted(names)
+    }
+
+
 def check_reported(*, num_examples: int, metrics: Mapping[str, float], training: bool) -> None:
     """Refuse example counts and metrics no honest client reports.
 
     A training result must rest on at least one example (FedAvg weights by
-    it); every metric must be finite. Both runtimes apply the same rule.
+    it); every metric must be finite, and an evaluation's ``accuracy`` a
+    fraction in [0, 1]. Both runtimes apply the same rule.
     """
     low = 1 if training else 0
     if not low <= num_examples <= MAX_NUM_EXAMPLES:
         raise InvalidUpdate(
             f"num_examples {num_examples} is out of range [{low}, {MAX_NUM_EXAMPLES}]"
         )
-    if all(map(math.isfinite, metrics.values())):  # nearly always: no sort, no generator
-        return
-    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
-    if bad:
+    if not all(map(math.isfinite, metrics.values())):  # rare: sorted only then
+        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
         raise InvalidUpdate(f"metrics {bad} are not finite")
+    # ``in`` first: a protobuf map's lookup of a missing key may add it
+    accuracy = metrics["accuracy"] if not training and "accuracy" in metrics else None
+    if accuracy is not None and not 0.0 <= accuracy <= 1.0:
+        raise InvalidUpdate(f"metric 'accuracy' is {accuracy:g}; an accuracy is in [0, 1]")

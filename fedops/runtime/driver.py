@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedops.core.params import Params
+from fedops.core.params import InvalidUpdate, Params, check_finite
 from fedops.core.results import EvaluateResult, FitResult
 from fedops.core.rounds import Phase, RoundTracker, sample_clients
 from fedops.core.strategies.hooks import (
@@ -26,7 +26,7 @@ from fedops.core.strategies.hooks import (
     client_fit_configs,
     fit_metrics,
 )
-from fedops.core.strategies.protocol import Strategy, strategy_state
+from fedops.core.strategies.protocol import Strategy, load_strategy_state, strategy_state
 from fedops.runtime.collect import collect
 from fedops.runtime.gc_pause import gc_paused
 from fedops.runtime.round_plugin import (
@@ -156,7 +156,8 @@ class RoundDriver:
         evaluated = None
         if evaluation is not None:
             evaluated = [r for r in evaluation.results if isinstance(r, EvaluateResult)]
-        metrics = self._metrics(server_round, fit, evaluation if ask.release_site_metrics else None)
+        released = evaluation if ask.release_site_metrics else None
+        metrics = self._metrics(server_round, fit, released)
         if aborted:
             metrics["round_aborted"] = aborted
         for plugin in self.plugins:
@@ -230,7 +231,28 @@ class RoundDriver:
         )
 
     def _aggregate(self, server_round: int, params: Params, fit: FitOutcome) -> tuple[Params, str]:
-        """The new model from the accepted updates, or the old one and why the round aborted."""
+        """The new model from the accepted updates, or the old one and why the round aborted.
+
+        A new model with NaN or Inf (e.g. finite updates whose weighted sum overflows
+        float32) is never committed: the round aborts, the model and the strategy's state
+        stay as they were, and the run goes on.
+        """
+        strategy = self.ctx.strategy
+        before = strategy_state(strategy)  # copies: a refused aggregate must not move it
+        new, aborted = self._new_model(server_round, params, fit)
+        if aborted or new is params:
+            return new, aborted
+        try:
+            check_finite(new)
+        except InvalidUpdate as exc:
+            load_strategy_state(strategy, before)
+            reason = f"the aggregated model is not finite ({exc})"
+            log.warning("round %d aborted: %s; the model is unchanged", server_round, reason)
+            return params, reason
+        return new, ""
+
+    def _new_model(self, server_round: int, params: Params, fit: FitOutcome) -> tuple[Params, str]:
+        """The strategy's (or a plug-in's) new model, or the old one and why not."""
         rule = self.replaced["aggregate"]
         if rule is not None:
             replaced = rule.aggregate(self.ctx, server_round, params, fit)
@@ -257,12 +279,16 @@ class RoundDriver:
         )
 
     def _metrics(
-        self, server_round: int, fit: FitOutcome, released: RoundTracker | None
+        self,
+        server_round: int,
+        fit: FitOutcome,
+        released: RoundTracker | None,
     ) -> dict[str, Any]:
         """The round's numbers: the sites' own only from a ``released`` evaluation."""
         metrics: dict[str, Any] = {"num_clients": len(fit.reported)}
         if released is not None:
-            eval_metrics = self.ctx.strategy.aggregate_evaluate(server_round, released.results)  # type: ignore[arg-type]
+            evaluated = [r for r in released.results if isinstance(r, EvaluateResult)]
+            eval_metrics = self.ctx.strategy.aggregate_evaluate(server_round, evaluated)
             # the strategy's own reduction (aggregate_fit_metrics) only where the sites'
             # metrics are released: its names join train_loss (plug-ins' keys win over them)
             metrics |= {"train_loss": math.nan} | fit_metrics(

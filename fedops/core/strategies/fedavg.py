@@ -63,4 +63,5 @@ def _step(current: np.ndarray, mean: np.ndarray, lr: float) -> np.ndarray:
     if mean.dtype.kind != "f":
         return mean
     moved: np.ndarray = current.astype(np.float64) + lr * (mean.astype(np.float64) - current)
-    return moved.astype(mean.dtype)
+    with np.errstate(over="ignore"):  # past the dtype's range: Inf, which the driver refuses
+        return moved.astype(mean.dtype)

@@ -10,7 +10,9 @@ trained models), not their differences from the global model; since every
 client starts from the same global model ``w``, a rule that is
 translation-equivariant (all of these are) gives the same result either way.
 They are **unweighted**: ``num_examples`` is reported by the client itself, so
-a Byzantine client could claim a huge count to dominate any weighting.
+a Byzantine client could claim a huge count to dominate any weighting. For the
+same reason their evaluation summary is the unweighted median across sites of
+each metric (:func:`~fedops.core.results.median_metrics`), not a weighted mean.
 
 Dtypes and shapes are kept. Statistics are computed in float64 and cast back;
 integer and boolean tensors (e.g. BatchNorm's ``num_batches_tracked``) are
@@ -34,7 +36,7 @@ from typing import ClassVar
 import numpy as np
 
 from fedops.core.params import Params, weighted_average
-from fedops.core.results import EvaluateResult, FitResult, weighted_metrics
+from fedops.core.results import EvaluateResult, FitResult, median_metrics
 
 #: the names under which :data:`fedops.core.strategies.STRATEGIES` registers these rules
 ROBUST_STRATEGIES = ("trimmed_mean", "median", "krum", "multi_krum")
@@ -69,7 +71,8 @@ def _per_coordinate(
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Robust:
-    """What every robust rule shares: no client hyperparameters, FedAvg's evaluation summary."""
+    """What every robust rule shares: no client hyperparameters, and an evaluation
+    summary that no site's claimed count can steer (the median across sites)."""
 
     name: str = "robust"
 
@@ -79,8 +82,9 @@ class _Robust:
     def aggregate_evaluate(
         self, server_round: int, results: Sequence[EvaluateResult]
     ) -> dict[str, float]:
-        # Evaluation metrics are only reported, never fed back into the model.
-        return weighted_metrics(results)
+        # only reported, never fed back into the model; yet one site's claimed count
+        # must not set the run's reported accuracy: unweighted, per site
+        return median_metrics(results)
 
 
 def _median(stacked: np.ndarray) -> np.ndarray:

@@ -71,11 +71,14 @@ def apply_step(
     """The next model, in ``current``'s order and dtypes: ``current + step`` for the float
     tensors, the counters' mean for the others."""
     out: Params = {}
-    for name, ref in current.items():
-        if name in steps:
-            out[name] = (np.asarray(ref, dtype=np.float64) + steps[name]).astype(ref.dtype)
-        else:
-            out[name] = counters[name]
+    # summed in float64; a value past the dtype's range becomes Inf in the cast, which
+    # the round driver refuses to commit (RoundDriver._aggregate), so numpy need not warn
+    with np.errstate(over="ignore"):
+        for name, ref in current.items():
+            if name in steps:
+                out[name] = (np.asarray(ref, dtype=np.float64) + steps[name]).astype(ref.dtype)
+            else:
+                out[name] = counters[name]
     return out
 
 

@@ -25,6 +25,7 @@ from fedops.client.calls import (
     FETCH_MODEL,
     PUSH_RESULT,
     DigestMismatch,
+    ModelRefused,
     Session,
     fetch_model,
     push_result,
@@ -155,6 +156,17 @@ def test_a_model_other_than_the_announced_one_is_refused(server: Any) -> None:
         f"model digest mismatch: the task announced {announced}, "
         f"the download hashes to {digest(other)}"
     )
+
+
+def test_a_model_with_nan_or_inf_is_refused_even_when_announced(server: Any) -> None:
+    """A coordinator that committed a non-finite model (or a hostile one) gets no site
+    to train from it: the download is refused, naming the tensor."""
+    coordinator, channel = server
+    for bad in (np.inf, np.nan):
+        poisoned = {**PARAMS, "b": np.array([-1.5, bad, 2.25])}
+        coordinator.model = _model_stream(poisoned)
+        with pytest.raises(ModelRefused, match=r"not finite: tensor 'b' has 1 non-finite"):
+            fetch_model(channel, SESSION, _task(digest(poisoned)))
 
 
 def test_the_right_models_sha256_digest_is_refused_on_the_wire(server: Any) -> None:

@@ -256,14 +256,17 @@ def test_without_results_the_model_is_unchanged():
         assert rule.aggregate_fit(1, current, []) is current
 
 
-def test_client_facing_parts_match_fedavg():
+def test_client_facing_parts_take_no_claimed_count_into_account():
+    # the evaluation summary is the unweighted median across sites: a site's own
+    # claimed count (here 2**40) cannot set the run's reported accuracy
     evals = [
-        EvaluateResult(node_id="a", num_examples=1, metrics={"accuracy": 1.0}),
-        EvaluateResult(node_id="b", num_examples=3, metrics={"accuracy": 0.0}),
+        EvaluateResult(node_id="a", num_examples=1, metrics={"accuracy": 0.9}),
+        EvaluateResult(node_id="b", num_examples=1, metrics={"accuracy": 0.8}),
+        EvaluateResult(node_id="c", num_examples=1 << 40, metrics={"accuracy": 0.0}),
     ]
     for rule in ALL_RULES:
         assert rule.fit_config(1) == {}
-        assert rule.aggregate_evaluate(1, evals) == {"accuracy": 0.25}
+        assert rule.aggregate_evaluate(1, evals) == {"accuracy": 0.8}
 
 
 # ---- registry and make_strategy -------------------------------------------------------
