@@ -34,7 +34,7 @@ from fedops.core.secagg.messages import MaskedInput
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import phases
 from fedops.wire import secagg as secagg_codec
-from fedops.wire.codec import shown
+from fedops.wire.codec import loggable, shown
 
 if TYPE_CHECKING:  # (guard imports this module: its slots are given, not imported)
     from fedops.coordinator.peer_guard import PeerSlots
@@ -55,8 +55,15 @@ UPLOADS_PER_NODE = 2
 #: an upload may take this long, plus its expected size at the slowest rate accepted
 UPLOAD_FLOOR_S = 60.0
 MIN_UPLOAD_BYTES_PER_S = 64 * 1024
-#: and at every chunk past that floor it must have kept up that rate on average
+#: and at every chunk past that floor it must have kept up that rate on average: the
+#: first minute is never held against a slow link (tests/unit/coordinator/test_guard.py)
 UPLOAD_GRACE_S = UPLOAD_FLOOR_S
+#: an upload may carry one payload message per this many bytes, plus ``MESSAGE_SLACK``: an
+#: agent's are 2 MiB bar its last; a flood of tiny ones costs CPU and sends next to nothing
+MIN_MESSAGE_BYTES = 64 * 1024
+MESSAGE_SLACK = 1024
+#: why an upload whose task was withdrawn (node dropped, replaced, round moved on) is refused
+WITHDRAWN = "stale result: the task was withdrawn while it was uploading"
 
 #: the secure-aggregation stage that trains (and so downloads the model)
 TRAINING_STAGE = Phase.SECAGG_MASKED
@@ -107,7 +114,8 @@ class Gatekeeper:
     def reject(self, server_round: int, node: str, code: grpc.StatusCode, reason: str) -> NoReturn:
         # a peer's strings are capped: a megabyte node id must not fill the store or the
         # status metadata (gRPC would then answer RESOURCE_EXHAUSTED instead of ``code``)
-        node, reason = node[:MAX_NODE_ID], reason[:MAX_REASON]
+        # and escaped: a newline or a terminal escape in them must forge no log line
+        node, reason = loggable(node[:MAX_NODE_ID], MAX_NODE_ID), loggable(reason, MAX_REASON)
         log.warning("rejected call from %s: %s (%s)", node, reason, code.name)
         self.report(server_round, node, code.name, reason)
         raise Reject(code, reason)
@@ -161,7 +169,7 @@ class ResultIntake:
         self._gate.authenticate(header.node_id, header.token)
         assignment = self._check_current(header)
         if header.declined:
-            reason = f"the client declined the task: {header.declined[:500]}"
+            reason = f"the client declined the task: {loggable(header.declined, 500)}"
             self._close_rejected(header.node_id, assignment, reason)
             log.warning("%s %s", header.node_id, reason)
             closing = ANSWERS_TASK.set(True)
@@ -177,15 +185,32 @@ class ResultIntake:
             except Reject as exc:
                 self._gate.reject(assignment.task.round, node, exc.code, exc.reason)
             try:
-                reference = assignment.result_specs or assignment.specs
-                budget = UPLOAD_FLOOR_S + total_bytes(reference) / MIN_UPLOAD_BYTES_PER_S
-                event = self._receive(header, assignment, _within(iter(chunks), budget))
+                event = self._receive(header, assignment, self._paced(header, assignment, chunks))
+            except _Withdrawn:
+                self._gate.reject(
+                    self._gate.current_round(), node, grpc.StatusCode.FAILED_PRECONDITION, WITHDRAWN
+                )
             except InvalidUpdate as exc:
                 self._fail_task(
                     node, assignment, grpc.StatusCode.INVALID_ARGUMENT, f"update rejected: {exc}"
                 )
         self._board.events.put(event)
         return pb.PushResultResponse(accepted=True, message="accepted")
+
+    def _paced(
+        self, header: pb.ResultHeader, assignment: Assignment, chunks: Iterable[bytes | memoryview]
+    ) -> Iterator[bytes | memoryview]:
+        """The payload, cut when too slow, too finely split, or no longer the node's task."""
+        due = total_bytes(assignment.result_specs or assignment.specs)
+        board, node = self._board, header.node_id
+        return _within(
+            iter(chunks),
+            UPLOAD_FLOOR_S + due / MIN_UPLOAD_BYTES_PER_S,
+            # the initial model has no reference: its declared size (capped by read_result)
+            declared=due or header.total_bytes,
+            # one lookup, no lock: the check under the lock at the end stays the final word
+            wanted=lambda: board.assignments.get(node) is assignment,
+        )
 
     def _check_current(self, header: pb.ResultHeader) -> Assignment:
         """The node's open assignment that this header answers, or a rejection."""
@@ -248,7 +273,7 @@ class ResultIntake:
                     self._gate.current_round(),
                     node,
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    "stale result: the task was withdrawn while it was uploading",
+                    WITHDRAWN,
                 )
             self._board.answered.add(assignment.task.task_id)
             del self._board.assignments[node]
@@ -301,6 +326,7 @@ class ResultIntake:
 
     def _close_rejected(self, node: str, assignment: Assignment, reason: str) -> None:
         """If ``assignment`` is still the node's task, close it and tell the round why."""
+        reason = loggable(reason, MAX_REASON)  # the driver logs it
         with self._board.cond:
             if self._board.assignments.get(node) is assignment:
                 del self._board.assignments[node]
@@ -310,12 +336,33 @@ class ResultIntake:
                 )
 
 
-def _within(chunks: Iterator[bytes | memoryview], budget_s: float) -> Iterator[bytes | memoryview]:
+class _Withdrawn(Exception):  # the node's task was withdrawn while its upload was read
+    pass
+
+
+def _within(
+    chunks: Iterator[bytes | memoryview],
+    budget_s: float,
+    *,
+    declared: int | None = None,
+    wanted: Callable[[], bool] = lambda: True,
+) -> Iterator[bytes | memoryview]:
     """The chunks, cut when the upload outlasts ``budget_s`` or, past a short grace, falls
-    below the slowest rate accepted on average: a trickled upload holds a thread briefly."""
+    below the slowest rate accepted on average: a trickled upload holds a thread briefly.
+    Cut too at an empty message (:func:`_nonempty`), past :func:`most_messages` (each costs
+    CPU, whatever it carries), and once ``wanted`` says its task is gone."""
     start = time.monotonic()
     received = 0
-    for chunk in chunks:
+    most = most_messages(declared) if declared is not None else None
+    for count, chunk in enumerate(_nonempty(chunks), 1):
+        if not wanted():
+            raise _Withdrawn
+        if most is not None and count > most:
+            raise InvalidUpdate(
+                f"the upload sent more than {most} payload messages for {declared} bytes "
+                f"(one per {MIN_MESSAGE_BYTES // 1024} KiB, plus {MESSAGE_SLACK}): "
+                "send the payload in fewer, larger messages"
+            )
         received += len(chunk)
         elapsed = time.monotonic() - start
         if elapsed > budget_s:
@@ -329,3 +376,26 @@ def _within(chunks: Iterator[bytes | memoryview], budget_s: float) -> Iterator[b
                 f"{MIN_UPLOAD_BYTES_PER_S // 1024} KiB/s"
             )
         yield chunk
+
+
+def _nonempty(chunks: Iterator[bytes | memoryview]) -> Iterator[bytes | memoryview]:
+    """The chunks, refusing an empty message that another follows: a flood of them costs CPU
+    and carries nothing. An empty last message passes (the payload is short, and says so)."""
+    empty = 0  # the number of an empty message just read
+    for count, chunk in enumerate(chunks, 1):
+        if empty:
+            raise InvalidUpdate(
+                f"payload message {empty} of the upload is empty: every message after the "
+                "header must carry payload bytes"
+            )
+        if len(chunk) == 0:
+            empty = count
+            continue
+        yield chunk
+    if empty:
+        yield b""
+
+
+def most_messages(declared: int) -> int:
+    """The payload messages an upload of ``declared`` bytes may take."""
+    return -(-declared // MIN_MESSAGE_BYTES) + MESSAGE_SLACK

@@ -63,8 +63,31 @@ def specs_from_proto(messages: Sequence[pb.TensorSpec]) -> list[TensorSpec]:
 
 
 def shown(value: str, limit: int = 64) -> str:
-    """A peer's string as it may appear in a refusal: quoted, and never longer than ``limit``."""
-    return repr(value) if len(value) <= limit else f"{value[:limit]!r}… ({len(value)} chars)"
+    """A peer's string as it may appear in a refusal or a log: quoted, its newlines, control
+    characters and terminal escapes escaped (as ``repr`` escapes them: it can forge no log
+    line), and at most ``limit`` characters of it, escapes counted, then its length."""
+    head = value[:limit]
+    quoted = repr(head)
+    if len(quoted) > limit + 2:  # escapes lengthened it: keep the characters that fit
+        head = head[: _fitting(head, limit)]
+        quoted = repr(head)
+    return quoted if len(head) == len(value) else f"{quoted}… ({len(value)} chars)"
+
+
+def loggable(text: str, limit: int = 2000) -> str:
+    """Text that holds a peer's words, as a log, the audit log or a refusal may take it:
+    unchanged when it is printable and at most ``limit`` long, else :func:`shown`."""
+    return text if len(text) <= limit and text.isprintable() else shown(text, limit)
+
+
+def _fitting(text: str, width: int) -> int:
+    """How many of ``text``'s leading characters ``repr`` writes in ``width`` characters."""
+    used = 0
+    for count, char in enumerate(text):
+        used += 2 if char in "'\"\\" else len(repr(char)) - 2
+        if used > width:
+            return count
+    return len(text)
 
 
 def _wire_dtype(dtype: str) -> np.dtype:
