@@ -21,6 +21,7 @@ from fedops.core.params import Params
 from fedops.core.strategies.protocol import Strategy, load_strategy_state, strategy_state
 from fedops.runtime.audit.commitments import Commitments
 from fedops.runtime.checkpoint_file import Checkpoint
+from fedops.runtime.privacy.regime import Regime, check_resume
 from fedops.runtime.store import RunStore, StoreError, config_digest
 
 log = logging.getLogger("fedops.run")
@@ -79,6 +80,7 @@ def start_or_resume(
         log.warning(
             "resuming run %s with a configuration that differs from the one it started with", run_id
         )
+    _check_privacy_off(store, config, commitments)
     _check_rolled_back(last, commitments, on_fallback)
     last, checkpoint = _newest_verified(store, last, on_fallback, commitments)
     if strategy is not None:
@@ -92,6 +94,23 @@ def start_or_resume(
         store.model_digest(last),
     )
     return StartPoint(run_id=run_id, params=params, start_round=last + 1, resumed=True)
+
+
+def _check_privacy_off(
+    store: RunStore, config: Mapping[str, Any], commitments: Commitments | None
+) -> None:
+    """Refuse (a :class:`StoreError`) to go on without DP after rounds under DP: the models
+    released from then on would be outside the run's guarantee. A run under DP checks its
+    rounds itself, with its settings (:func:`fedops.runtime.privacy.restore_ledger`)."""
+    section = config.get("privacy")
+    if not isinstance(section, Mapping) or section.get("name") != "none":
+        return  # DP, or a config that does not say (a store used alone, in unit tests)
+    check_resume(
+        Regime("none"),
+        saved=store.privacy_ledger(),
+        metrics=store.round_metrics(),
+        logged=commitments,
+    )
 
 
 def _newest_verified(

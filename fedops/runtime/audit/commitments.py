@@ -9,6 +9,11 @@ log vouches for it: its ``round_committed`` entry (``initial_model`` for round
 0) names the same ``checkpoint_sha256``, which covers the model and the
 strategy state (FedAdam's moments) alike.
 
+Each committed round also keeps what the log says of its DP: the ``privacy`` section of
+the config its run started with (``run_started``) and what its ``privacy_spent`` entry
+claimed, so a resume under other privacy settings is refused
+(:mod:`fedops.runtime.privacy.regime`) whatever ``state.sqlite`` was edited to say.
+
 Entries written before fedops recorded ``checkpoint_sha256`` carry the model
 digest alone: for those rounds the model is checked, the strategy state cannot
 be. A log with no ``initial_model`` entry (a run directory from before it was
@@ -31,7 +36,10 @@ COMMIT_EVENT = "round_committed"
 INITIAL_EVENT = "initial_model"
 FALLBACK_EVENT = "checkpoint_fallback"
 PRIVACY_EVENT = "privacy_spent"
-_EVENTS = (COMMIT_EVENT, INITIAL_EVENT, FALLBACK_EVENT, PRIVACY_EVENT)
+START_EVENT = "run_started"
+_EVENTS = (COMMIT_EVENT, INITIAL_EVENT, FALLBACK_EVENT, PRIVACY_EVENT, START_EVENT)
+#: what a round's ``privacy_spent`` entry says of its mechanism (kept per round)
+_CLAIM_KEYS = ("privacy_mechanism", "privacy_holds_against", "privacy_event", "epsilon")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +67,11 @@ class Commitments:
     #: each ``privacy_event`` (JSON, keys sorted) the log's ``privacy_spent`` entries name,
     #: counted: the rounds a central-DP ledger must hold at least
     privacy_events: Counter[str] = field(default_factory=Counter)
+    #: every round the log committed (never forgotten: a fallback keeps what was released)
+    #: -> (the ``privacy`` config section its run started with, or None where the entry
+    #: held none; what its ``privacy_spent`` entry claimed, or None: no DP that round)
+    round_privacy: dict[int, tuple[Any, dict[str, Any] | None]] = field(default_factory=dict)
+    _started: Any = None  # the newest run_started's privacy section
 
     @classmethod
     def from_lines(cls, lines: Iterable[bytes]) -> Commitments:
@@ -74,8 +87,14 @@ class Commitments:
     def observe(self, event: str, payload: Mapping[str, Any]) -> None:
         """Take in one entry (read back, or just signed): a commit, or a fallback."""
         server_round = payload.get("round")
-        if event == PRIVACY_EVENT:
+        if event == START_EVENT:
+            config = payload.get("config")
+            self._started = config.get("privacy") if isinstance(config, Mapping) else None
+        elif event == PRIVACY_EVENT:
             self._spent(payload)
+            if _is_round(server_round):
+                claim = {k: payload[k] for k in _CLAIM_KEYS if k in payload}
+                self.round_privacy[server_round] = (self._started, claim)
         elif event == FALLBACK_EVENT:
             kept = payload.get("resumed_from")
             if _is_round(kept):
@@ -85,6 +104,8 @@ class Commitments:
                 model_digest=_text(payload.get("model_digest")),
                 checkpoint_sha256=_text(payload.get("checkpoint_sha256")),
             )
+            if event == COMMIT_EVENT and server_round > 0:  # its privacy_spent comes next
+                self.round_privacy[server_round] = (self._started, None)
 
     def _spent(self, payload: Mapping[str, Any]) -> None:
         eps, delta, accountant = (payload.get(k) for k in ("epsilon", "delta", "accountant"))

@@ -27,6 +27,7 @@ from fedops.runtime.privacy.privacy_settings import (
     PrivacySettings,
     RoundSample,
 )
+from fedops.runtime.privacy.regime import PrivacyResumeRefused, check_resume, regime_of
 
 __all__ = [
     "SAMPLINGS",
@@ -36,6 +37,7 @@ __all__ = [
     "DistributedPrivacy",
     "LocalPrivacy",
     "Privacy",
+    "PrivacyResumeRefused",
     "PrivacyRound",
     "PrivacySettings",
     "RoundSample",
@@ -53,10 +55,32 @@ def restore_ledger(
     *,
     logged: Commitments | None = None,
 ) -> None:
-    """Restore from the committed ledger; refuse a run that spent DP rounds but lost it, or
-    whose ledger accounts for less than the signed audit log recorded (``logged``).
+    """Restore from the committed ledger; refuse (:class:`PrivacyResumeRefused`) a resume
+    under another privacy regime than the run's rounds ran under (:mod:`.regime`), a run
+    that spent DP rounds but lost its ledger, or one whose ledger accounts for less than
+    the signed audit log recorded (``logged``). A refused run claims no guarantee.
+    """
+    try:
+        check_resume(
+            regime_of(privacy.settings),
+            saved=saved,
+            metrics=metrics,
+            logged=logged,
+            seed=privacy.settings.seed,
+        )
+        _restore(privacy, saved, metrics, logged)
+    except PrivacyResumeRefused as exc:
+        privacy.refusal = str(exc)
+        raise
 
-    state.sqlite can be edited or put back by whoever holds the run directory: a ledger
+
+def _restore(
+    privacy: Privacy,
+    saved: Any,
+    metrics: Sequence[Mapping[str, Any]],
+    logged: Commitments | None,
+) -> None:
+    """state.sqlite can be edited or put back by whoever holds the run directory: a ledger
     rolled back would let the run spend its budget again, and one of other events can give
     as much ε now and less after more rounds. So a central-DP ledger must hold every round
     event the log's ``privacy_spent`` entries name (and each one's known-participant twin),
@@ -67,7 +91,7 @@ def restore_ledger(
     """
     spent = any("epsilon" in row for row in metrics) or bool(logged and logged.epsilon_spent)
     if saved is None and spent:
-        raise ValueError(
+        raise PrivacyResumeRefused(
             "this run directory holds DP rounds but no committed privacy ledger "
             "(state.sqlite's privacy_spent): refusing to resume and under-report ε"
         )
@@ -78,14 +102,14 @@ def restore_ledger(
     if type(privacy) is CentralPrivacy and (
         missing := privacy.missing_rounds(logged.privacy_events)
     ):
-        raise ValueError(
+        raise PrivacyResumeRefused(
             f"the privacy ledger in state.sqlite lacks rounds the signed audit log recorded "
             f"({missing}): {rolled_back}"
         )
     for (delta, accountant), eps in logged.epsilon_spent.items():
         now = privacy.ledger.epsilon(delta, accountant)
         if now < eps * (1 - 1e-9):
-            raise ValueError(
+            raise PrivacyResumeRefused(
                 f"the privacy ledger in state.sqlite accounts for ε = {now:.6g} at δ = "
                 f"{delta:g} ({accountant}), but the signed audit log recorded ε = {eps:.6g} "
                 f"spent there: {rolled_back}"

@@ -28,6 +28,7 @@ from fedops.runtime.privacy.privacy_settings import (
     PrivacySettings,
     RoundSample,
 )
+from fedops.runtime.privacy.regime import refused_guarantee, regime_of
 
 log = logging.getLogger("fedops.privacy")
 
@@ -56,6 +57,9 @@ class CentralPrivacy:
         self._last: dict[str, Any] = {}
         self._event: RoundEvent | None = None
         self.population: int | None = None
+        #: why resuming the run was refused (:func:`~fedops.runtime.privacy.restore_ledger`):
+        #: it then claims no guarantee
+        self.refusal = ""
 
     # -- what the clients are told ------------------------------------------------------------
     def fit_config(self) -> dict[str, float]:
@@ -202,6 +206,7 @@ class CentralPrivacy:
             "known_events": self.known.to_json(),
             "sigma": self.sigma,
             "clip_norm": self.clip_norm,
+            "regime": regime_of(self.settings).to_json(),  # a resume may not change it
         }
 
     def restore(self, saved: Any) -> None:
@@ -319,6 +324,8 @@ class CentralPrivacy:
 
     def guarantee(self) -> str:
         """One sentence for the summary, the audit log and the console."""
+        if self.refusal:
+            return refused_guarantee(self.refusal)
         s = self.settings
         eps = self.epsilon()
         sigma = f"σ={self.sigma:.3g}" if self.sigma is not None else "σ=auto"

@@ -4,7 +4,7 @@ cannot subtract (dropouts, colluders, the rounding to the integer grid)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ from fedops.core.params import Params
 from fedops.core.privacy.accountant import RoundEvent, noise_for_target
 from fedops.runtime.privacy.central_dp import CentralPrivacy
 from fedops.runtime.privacy.privacy_settings import PrivacySettings, RoundSample
+from fedops.runtime.privacy.regime import refused_guarantee
 
 log = logging.getLogger("fedops.privacy")
 
@@ -39,6 +40,9 @@ class DistributedPrivacy(CentralPrivacy):
         super().__init__(settings, planned_rounds=planned_rounds)
         self._cohort = 0
         self._dimension = 0
+        self._charged = False  # this round's sum was unmasked and spent (:meth:`unmasked`)
+        #: commits the ledger as it now is (set each round by the round plug-in)
+        self.commit: Callable[[], None] = lambda: None
 
     def secure_noise(self) -> tuple[float, float] | None:
         assert self.sigma is not None
@@ -119,16 +123,31 @@ class DistributedPrivacy(CentralPrivacy):
     def begin_round(self, server_round: int, sample: RoundSample, params: Params) -> None:
         self._cohort = len(sample.selected)
         self._dimension = sum(int(np.size(v)) for v in params.values())
+        self._charged = False
         super().begin_round(server_round, sample, params)
 
+    def unmasked(self, survivors: int) -> None:
+        """The coordinator has just unmasked a sum of ``survivors`` noise shares: spent and
+        committed now, whatever fails after (decoding it, the strategy), so the round is
+        never forgotten and a re-run of it on resume is charged again."""
+        self._charge(survivors)
+        self._charged = True
+        self.commit()
+
     def spend(self, reported: Sequence[Any]) -> None:
-        """Account the round with the noise its survivors actually left."""
-        assert self.sigma is not None
+        """Account the round with the noise its survivors actually left (once: a sum
+        :meth:`unmasked` charged is not charged again)."""
+        if self._charged:
+            return
         if not self._cohort or not reported:
             # nothing was unmasked (the round aborted before the sum): nothing was released
             self._last = {"effective_noise_multiplier": None, "clip_norm": self.clip_norm}
             return
-        effective = self.effective(self.sigma, len(reported))
+        self._charge(len(reported))
+
+    def _charge(self, survivors: int) -> None:
+        assert self.sigma is not None
+        effective = self.effective(self.sigma, survivors)
         event = RoundEvent(noise_multiplier=effective, sampling="known")
         self.ledger.record(event)
         self._event = event
@@ -150,6 +169,8 @@ class DistributedPrivacy(CentralPrivacy):
         )
 
     def guarantee(self) -> str:
+        if self.refusal:
+            return refused_guarantee(self.refusal)
         s = self.settings
         return (
             f"(ε={self.epsilon():.3g}, δ={s.delta:g}) user-level distributed DP over "

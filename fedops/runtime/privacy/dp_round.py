@@ -41,6 +41,12 @@ class PrivacyRound(RoundPlugin):
 
     def before_round(self, ctx: RoundContext, server_round: int) -> None:
         self.round_sample = None  # a round never aggregates with another round's sample
+        if isinstance(self.privacy, DistributedPrivacy):  # spent as soon as a sum is unmasked
+
+            def commit() -> None:
+                ctx.store.spend_privacy(server_round, self.privacy.ledger_json())
+
+            self.privacy.commit = commit
 
     def sample(
         self, ctx: RoundContext, server_round: int, nodes: list[str], params: Params

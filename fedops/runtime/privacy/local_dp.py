@@ -14,6 +14,7 @@ from typing import Any
 from fedops.core.params import Params
 from fedops.core.rounds import sample_clients
 from fedops.runtime.privacy.privacy_settings import PrivacySettings, RoundSample
+from fedops.runtime.privacy.regime import refused_guarantee, regime_of
 
 MECHANISM = (
     "record-level DP-SGD at every site (Opacus: Poisson sampling of records, add/remove-one "
@@ -51,6 +52,7 @@ class LocalPrivacy:
         self.settings = settings
         self.planned_rounds = planned_rounds
         self.rounds = 0
+        self.refusal = ""  # why resuming the run was refused: it then claims no guarantee
 
     def fit_config(self) -> dict[str, float]:
         s = self.settings
@@ -68,7 +70,7 @@ class LocalPrivacy:
         return RoundSample(selected=selected, population=len(nodes), denominator=len(selected))
 
     def ledger_json(self) -> dict[str, Any]:
-        return {"rounds": self.rounds}
+        return {"rounds": self.rounds, "regime": regime_of(self.settings).to_json()}
 
     def restore(self, saved: Any) -> None:
         """The rounds asked for so far (a ledger of an older fedops also held the largest ε
@@ -109,6 +111,8 @@ class LocalPrivacy:
         return out
 
     def guarantee(self) -> str:
+        if self.refusal:
+            return refused_guarantee(self.refusal)
         s = self.settings
         if s.noise_multiplier is not None:
             sigma = f"σ={s.noise_multiplier:g}"
