@@ -195,11 +195,32 @@ class _SecureRound:
             log.error("round %d: %s", self.server_round, exc)
             if server is not None:  # who provably lied or dealt badly is named even then
                 self._note_excluded(server, proven_only=True)
-            return self._outcome([], {"secagg_error": str(exc)})
+            return self._outcome([], {"secagg_error": str(exc), **self._accused(server)})
         return self._outcome(
             [result],
-            {"secagg_degree": server.degree, "secagg_threshold": server.threshold},
+            {
+                "secagg_degree": server.degree,
+                "secagg_threshold": server.threshold,
+                **self._accused(server),
+            },
         )
+
+    def _accused(self, server: SecAggServer | None) -> dict[str, str]:
+        """The sites whose shares neighbours complained about, each with how many did.
+
+        Not proof (a colluder may complain falsely, so nobody is excluded for it), but a
+        dealer of bad shares leaves its honest neighbours out of the sum, or aborts the
+        round, and without this only they would show (red team 2026-12-07)."""
+        if server is None or not server.accused:
+            return {}
+        named = ", ".join(
+            f"{self.owner.site_names(self.node[dealer])} ({len(holders)})"
+            for dealer, holders in sorted(server.accused.items())
+        )
+        log.warning(
+            "round %d: neighbours complained about the shares of %s", self.server_round, named
+        )
+        return {"secagg_accused": named}
 
     def _server(self) -> SecAggServer:
         s, n = self.owner.settings, len(self.nodes)
@@ -249,6 +270,11 @@ class _SecureRound:
         requests = server.close_consistency()
         self._stage(Phase.SECAGG_UNMASK, requests, Reveal, server.receive_reveal)
         secure_sum = server.finish()
+        # the coordinator has seen one noised sum: distributed DP spends (and commits) it
+        # now, before anything below can fail and leave the round unaccounted
+        unmasked = getattr(self.owner.noise, "unmasked", None)
+        if unmasked is not None:
+            unmasked(len(secure_sum.survivors))
         self._note_excluded(server)
         survivors = [self.node[i] for i in secure_sum.survivors]
         params, weight = self._decode(secure_sum, survivors)

@@ -24,9 +24,11 @@ claim is tested in ``tests/unit/core/secagg`` and ``tests/adversary``):
   derives its neighbours itself from a hash of the round
   (:func:`graph.graph_seed`), so the coordinator picks neither.
 * In clear: example counts (coordinator only), losses, evaluation metrics.
-* A malicious site can bias the sum (inputs are hidden, not validated) but
-  cannot stop the run: its complaints exclude itself, a malformed sum aborts
-  one round.
+* A malicious site can bias the sum (inputs are hidden, not validated) and
+  spoil a round, but not the run: its complaints exclude itself; shares it
+  deals badly exclude the honest neighbours that complain (or abort the round),
+  and the server counts who is accused (``SecAggServer.accused``: the round
+  names them); a malformed sum aborts one round.
 * Out of scope: a coordinator that drops honest sites down to the floor;
   without identities, a malicious coordinator (it could pose as every site).
 """

@@ -125,6 +125,10 @@ class SecAggServer:
         #: misbehaviour the server checked itself (a revealed share against its digest, an
         #: owner's shares against its commitment), unlike a complaint, which only accuses
         self.proven: dict[int, str] = {}
+        #: dealer -> the holders that complained about its shares. Not proof (a colluder may
+        #: complain falsely), but a dealer many neighbours accuse is named for the operator:
+        #: otherwise only the honest complainers, left out of the sum, would show
+        self.accused: dict[int, set[int]] = {}
         self.stage = 1
         self._keys: dict[int, PublicKeys] = {}
         self._shares: dict[int, ShareKeys] = {}
@@ -290,6 +294,8 @@ class SecAggServer:
         if unknown:
             raise ProtocolError(f"complaints about clients {sorted(unknown)} it holds no shares of")
         self._held[index] -= set(reply.complaints)
+        for dealer in reply.complaints:
+            self.accused.setdefault(dealer, set()).add(index)
         if reply.complaints:  # it masked without those neighbours: its input cannot be
             # unmasked in the sum, and only it can know whether the shares were bad
             self.excluded[index] = (

@@ -9,6 +9,7 @@ differs from the plain run's only by the quantizer (documented bound:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +242,33 @@ def test_a_lone_survivor_is_never_unmasked(tmp_path: Path):
     ), m
     assert m["secagg_survivors"] == 0
     assert digest(run.checkpoints[1]) == digest(run.checkpoints[0])
+
+
+def test_a_dealer_of_bad_shares_is_named_in_the_round(tmp_path: Path, monkeypatch):
+    """Red team 2026-12-07: a site dealing shares that do not match their digests makes each
+    honest holder complain, and the complainers leave the sum (they masked without it);
+    the dealer, which no check can convict, stayed unnamed. The round now names it, with
+    how many neighbours complained (``secagg_accused``), and excludes nobody for it."""
+    from fedops.core.secagg.client import SecAggClient
+
+    honest_share = SecAggClient.share
+
+    def share(self, request):  # the cohort's first site deals shares no digest vouches for
+        keys = honest_share(self, request)
+        if self.setup.index != 1:
+            return keys
+        bad = tuple(dataclasses.replace(s, digests=bytes(len(s.digests))) for s in keys.shares)
+        return dataclasses.replace(keys, shares=bad)
+
+    monkeypatch.setattr(SecAggClient, "share", share)
+    cfg = _config("sequential", secagg=True, num_clients=8, rounds=1)
+    run_simulation(cfg, tmp_path / "run")
+    store = RunStore(tmp_path / "run")
+    try:
+        (metrics,) = store.round_metrics()
+    finally:
+        store.close()
+    # every honest neighbour complained: the dealer is the one site named, with its count
+    site, count = metrics["secagg_accused"].rsplit(" (", 1)
+    assert site.startswith("site-") and "," not in site
+    assert int(count.rstrip(")")) >= 2

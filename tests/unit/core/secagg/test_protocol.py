@@ -991,6 +991,8 @@ def test_a_complaint_leaves_the_complainer_out_and_the_rest_sums_exactly(crypto,
         r.server.receive_masked(i, reply)
     assert "could not decrypt the shares of clients [2]" in r.server.excluded[complainer]
     assert complainer not in r.server.proven  # a complaint accuses; it proves nothing
+    assert r.server.accused == {accused: {complainer}}  # named for the operator, not proven
+    assert accused not in r.server.proven
     consistency = r.server.close_masked()
     assert set(consistency) == {1, 2, 3, 5, 6}
     assert all(req.survivors == (1, 2, 3, 5, 6) for req in consistency.values())
