@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fedops.core.params import Params
+from fedops.core.params import InvalidUpdate, Params, check_specs_match, specs_of
 from fedops.core.strategies.protocol import Strategy, load_strategy_state, strategy_state
 from fedops.runtime.audit.commitments import Commitments
 from fedops.runtime.checkpoint_file import Checkpoint
@@ -44,6 +44,7 @@ def start_or_resume(
     *,
     commitments: Commitments | None = None,
     on_initial: Callable[[dict[str, Any]], None] = lambda event: None,
+    model: Callable[[], Params] | None = None,
 ) -> StartPoint:
     """Continue after the last committed round, or commit round 0 (the initial model).
 
@@ -63,6 +64,10 @@ def start_or_resume(
     one that does not verify. That includes a round committed to state.sqlite by
     a coordinator that died before logging it: it is run again. ``None`` (a
     store used without an audit log, as in unit tests) trusts state.sqlite alone.
+
+    ``model`` builds the model this run trains (its task's), when there is one: a
+    checkpoint of other tensors (a resume with another task or model) is refused before
+    any round, instead of failing inside the first one.
     """
     stored_digest = store.stored_config_digest()
     run_id, _ = store.open_run(config)
@@ -83,6 +88,8 @@ def start_or_resume(
     _check_privacy_off(store, config, commitments)
     _check_rolled_back(last, commitments, on_fallback)
     last, checkpoint = _newest_verified(store, last, on_fallback, commitments)
+    if model is not None:
+        _check_same_model(checkpoint.params, model(), last)
     if strategy is not None:
         _restore_strategy(strategy, checkpoint, last)
     params = checkpoint.params
@@ -94,6 +101,17 @@ def start_or_resume(
         store.model_digest(last),
     )
     return StartPoint(run_id=run_id, params=params, start_round=last + 1, resumed=True)
+
+
+def _check_same_model(saved: Params, built: Params, last: int) -> None:
+    try:
+        check_specs_match(specs_of(built), specs_of(saved))
+    except InvalidUpdate as exc:
+        raise StoreError(
+            f"this run directory's model (round {last}) is not the one this run's task builds "
+            f"({exc}): resume it with the task and model it started with, or start a new run "
+            "directory"
+        ) from None
 
 
 def _check_privacy_off(

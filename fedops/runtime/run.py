@@ -129,6 +129,7 @@ def _drive(
         strategy=plan.strategy,
         commitments=plan.commitments,
         on_initial=plan.on_initial,
+        model=plan.initial_params if plan.task is not None else None,
     )
     if dp is not None:
         ledger, metrics = store.privacy_ledger(), store.round_metrics()
