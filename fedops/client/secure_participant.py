@@ -45,16 +45,18 @@ from fedops.wire import secagg as secagg_codec
 
 
 class ContributionRecord:
-    """The last round of each run this site sent a masked input for, kept across restarts.
+    """The last round of each run this site dealt its secrets in, kept across restarts.
 
-    A masked input is what the coordinator unmasks (the site's neighbours reveal
-    its self mask), so a site sends at most one per round, and rounds only go
-    forward: a coordinator that replays a round, or runs a second session of
-    it, gets a refusal instead of a second sum holding this site's update.
-    Kept in ``secagg_rounds.json`` in the site's run directory, written and
-    fsynced before the masked input leaves; a file that does not read back as
-    such a record refuses every secure-aggregation task, with the reason,
-    rather than forget. Without a run directory, in memory only.
+    A site runs one session per round, and rounds only go forward: a coordinator
+    that replays a round, or sets up a second session of it, gets a refusal. The
+    record is written when the site shares its keys, not when it sends its masked
+    input (red team 2026-12-07): a session abandoned after that point had signed
+    survivor sets, and a coordinator that ran sessions of one round until each
+    gathered a quorum for another set got two sets revealed for, and one site's
+    update. Kept in ``secagg_rounds.json`` in the site's run directory, written
+    and fsynced before the shares leave; a file that does not read back as such
+    a record refuses every secure-aggregation task, with the reason, rather than
+    forget. Without a run directory, in memory only.
     """
 
     FILE = "secagg_rounds.json"
@@ -78,8 +80,9 @@ class ContributionRecord:
         last = self._last.get(run_id, 0)
         if server_round <= last:
             raise ProtocolError(
-                f"round {server_round}: this site already sent a masked input for round "
-                f"{last} of this run; rounds only go forward (replay refused)"
+                f"round {server_round}: this site already dealt its secrets in round "
+                f"{last} of this run; a round has one session and rounds only go forward "
+                "(replay refused)"
             )
 
     def remember(self, run_id: str, server_round: int) -> None:
@@ -158,9 +161,19 @@ class SecureParticipant:
                 f"no secure-aggregation session for round {task.round} (this site joined or "
                 "restarted mid-round, or the coordinator skipped the setup)"
             )
+        try:
+            return self._answer(task, client, request, fetch)
+        except BaseException:
+            self._client = None  # a session that refused once answers nothing more
+            raise
+
+    def _answer(
+        self, task: pb.Task, client: SecAggClient, request: Any, fetch: Callable[[], Params]
+    ) -> tuple[pb.SecAggReply, Params, int, dict[str, float]]:
         reply: Any
         if isinstance(request, NeighbourKeys):
             reply = client.share(request)
+            self.record.remember(task.run_id, task.round)  # fsynced before the shares leave
         elif isinstance(request, MaskRequest):
             return self._train_and_mask(task, client, request, fetch)
         elif isinstance(request, ConsistencyRequest):
@@ -217,7 +230,6 @@ class SecureParticipant:
             raise ProtocolError(
                 f"a mask request, but this round's session is at stage {client.stage + 1}"
             )
-        self.record.check_round(task.run_id, task.round)
         train = run_training(task)
         self.site.training(train)  # the site's caps, before the download
         start = fetch()
@@ -231,7 +243,6 @@ class SecureParticipant:
         rng = np.random.default_rng(secrets.randbits(256))
         vector, clipped = encode_update(start, trained, n, request.encoding, rng)
         masked = client.mask(request, vector)  # checks the encoding against the sealed one
-        self.record.remember(task.run_id, task.round)  # fsynced before the input leaves
         reply, payload = secagg_codec.reply_to_proto(masked)
         if request.encoding.private:
             # distributed DP: the noised sum is all that may leave; the site's loss, its

@@ -491,7 +491,7 @@ def test_replayed_rounds_sessions_and_contexts_are_refused(fleet: Fleet):
         answers = fleet.ask(number, {first.names[i]: s for i, s in setups.items()})
         assert_declined(fleet, number, answers, "secagg_keys", "rounds only go forward")
         if number == first.number:
-            assert f"already sent a masked input for round {number}" in answers["site-0"].declined
+            assert f"already dealt its secrets in round {number}" in answers["site-0"].declined
 
     # a later round number with that round's context: its signatures would verify again
     reused = Round(fleet, REGULAR, context=round_context(RUN_ID, first.number))
@@ -515,7 +515,7 @@ def test_replayed_rounds_sessions_and_contexts_are_refused(fleet: Fleet):
         rnd.number,
         by_name(again, answers),
         "secagg_keys",
-        f"already sent a masked input for round {rnd.number}",
+        f"already dealt its secrets in round {rnd.number}",
     )
     assert_unrecoverable(rnd, fleet, list(rnd.names))
 

@@ -15,7 +15,10 @@ follows from that one set, so no two honest sites can be told different stories.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -71,6 +74,28 @@ def share_aad(context: bytes, source: int, target: int) -> bytes:
 def mask_sign(own: int, other: int) -> int:
     """+1 if ``own`` adds the pairwise mask it shares with ``other``, -1 if it subtracts."""
     return 1 if own < other else -1
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _stage(expected: int, name: str) -> Callable[[_Method], _Method]:
+    """A stage method: it runs only at stage ``expected`` (moving to the next), and any
+    error inside it fails the whole session, so nothing half-done is ever answered."""
+
+    def wrap(method: _Method) -> _Method:
+        @functools.wraps(method)
+        def run(self: SecAggClient, *args: Any, **kwargs: Any) -> Any:
+            self._advance(expected, name)
+            try:
+                return method(self, *args, **kwargs)
+            except BaseException as exc:
+                self.failed = f"{name}: {exc}"[:300]
+                raise
+
+        return cast(_Method, run)
+
+    return wrap
 
 
 def check_setup(
@@ -134,6 +159,10 @@ class SecAggClient:
         self.identity = identity
         self.certificate = certificate
         self.stage = 0
+        #: why a stage failed; a failed session answers nothing more (red team 2026-12-07:
+        #: a mask that failed after its stage advanced still signed survivor sets, which a
+        #: coordinator then gathered across sessions into quorums for two different sets)
+        self.failed = ""
         self.survivors: tuple[int, ...] | None = None  # the one set this client signed
         self._encoding: Encoding | None = None  # the round's, from the key request
         self._dimension = 0  # the update's length, known once it is masked
@@ -146,6 +175,10 @@ class SecAggClient:
         self._held: dict[int, tuple[bytes, bytes]] = {}  # owner -> (self-mask share, key share)
 
     def _advance(self, expected: int, name: str) -> None:
+        if self.failed:
+            raise ProtocolError(
+                f"{name}: this round's session failed ({self.failed}); it answers nothing more"
+            )
         if self.stage != expected:
             raise ProtocolError(
                 f"{name} is stage {expected + 1}, but this client is at stage {self.stage + 1}"
@@ -153,8 +186,8 @@ class SecAggClient:
         self.stage = expected + 1
 
     # -- stage 1 -----------------------------------------------------------
+    @_stage(0, "advertising keys")
     def advertise(self, num_examples: int) -> PublicKeys:
-        self._advance(0, "advertising keys")
         self._cipher_sk, cipher_pk = self.crypto.keypair()
         self._mask_sk, mask_pk = self.crypto.keypair()
         signature = b""
@@ -172,8 +205,8 @@ class SecAggClient:
         )
 
     # -- stage 2 -----------------------------------------------------------
+    @_stage(1, "sharing keys")
     def share(self, request: NeighbourKeys) -> ShareKeys:
-        self._advance(1, "sharing keys")
         own = {self.crypto.public_key(self._cipher_sk), self.crypto.public_key(self._mask_sk)}
         for keys in request.keys:
             self._accept_keys(keys, own)
@@ -245,6 +278,8 @@ class SecAggClient:
     def check_mask_request(self, request: MaskRequest, dimension: int) -> None:
         """What :meth:`mask` will check of the encoding, before the site trains: a request
         it would refuse must not cost a training round (nor, under local DP, budget)."""
+        if self.failed:
+            raise ProtocolError(f"this round's session failed ({self.failed})")
         if self.stage != 2:
             raise ProtocolError(
                 f"a mask request, but this round's session is at stage {self.stage + 1}"
@@ -256,13 +291,13 @@ class SecAggClient:
             )
         self.policy.check_encoding(request.encoding, len(self.setup.cohort), dimension)
 
+    @_stage(2, "masking the input")
     def mask(self, request: MaskRequest, vector: NDArray[np.uint32]) -> MaskedInput:
         """Mask ``vector`` (the encoded update) with the self mask and one mask per neighbour.
 
         A share that does not decrypt is a complaint: this client does not mask with
         that neighbour, and the server leaves this client's input out of the sum.
         """
-        self._advance(2, "masking the input")
         if request.encoding != self._encoding:
             raise ProtocolError(
                 "the mask request's encoding is not the one this round's shares were sealed "
@@ -314,9 +349,9 @@ class SecAggClient:
         return MaskedInput(vector=out, complaints=tuple(sorted(complaints)))
 
     # -- stage 4 -----------------------------------------------------------
+    @_stage(3, "signing the survivor set")
     def sign_survivors(self, request: ConsistencyRequest) -> SurvivorSignature:
         """Sign the survivor set: the only one this client will ever reveal for this round."""
-        self._advance(3, "signing the survivor set")
         survivors = self._check_survivors(request.survivors)
         self.survivors = survivors
         signature = b""
@@ -342,9 +377,9 @@ class SecAggClient:
         return tuple(survivors)
 
     # -- stage 5 -----------------------------------------------------------
+    @_stage(4, "unmasking")
     def unmask(self, request: UnmaskRequest) -> Reveal:
         """Reveal shares for the set this client signed, once a committee quorum signed it."""
-        self._advance(4, "unmasking")
         if tuple(request.survivors) != self.survivors:
             raise ProtocolError(
                 "the unmask request names another survivor set than the one this client "

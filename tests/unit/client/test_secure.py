@@ -38,8 +38,8 @@ def test_rounds_only_go_forward_per_run_in_memory() -> None:
         with pytest.raises(ProtocolError) as info:
             record.check_round("run-A", r)
         assert str(info.value) == (
-            f"round {r}: this site already sent a masked input for round 3 of this run; "
-            "rounds only go forward (replay refused)"
+            f"round {r}: this site already dealt its secrets in round 3 of this run; "
+            "a round has one session and rounds only go forward (replay refused)"
         )
     record.check_round("run-A", 4)
     record.check_round("run-B", 1)  # another run starts from scratch
