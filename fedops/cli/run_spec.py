@@ -116,19 +116,31 @@ def load_run_file(text: str) -> Mapping[str, Any]:
 
 
 def run_flags(values: Mapping[Any, Any]) -> list[str]:
-    """A run file's mapping as the coordinator's flags (:class:`SpecError` by key)."""
+    """A run file's mapping as the coordinator's flags (:class:`SpecError` by key); a
+    setting given twice (``epochs`` and ``client: {epochs: ...}``) is refused, not decided
+    by whichever comes last."""
     argv: list[str] = []
+    given: dict[str, str] = {}  # flag -> the key that set it
     for key, value in values.items():
         _check_key(key)
         if isinstance(value, Mapping) and key in SECTIONS:
             for name, inner in value.items():
                 _check_key(name)
-                argv += _flag(f"{key}.{name}", flag_of(f"{key}.{name}"), inner)
+                flag = flag_of(f"{key}.{name}")
+                argv += _flag(f"{key}.{name}", _once(given, flag, f"{key}.{name}"), inner)
             continue
         if key.replace("-", "_") in SERVE_OWNED:
             raise SpecError(f"{key}: set by `fedops serve` for every run, not by a run")
-        argv += _flag(key, "--" + key.replace("_", "-"), value)
+        argv += _flag(key, _once(given, "--" + key.replace("_", "-"), key), value)
     return argv
+
+
+def _once(given: dict[str, str], flag: str, key: str) -> str:
+    """``flag``, first seen here (``given``: the flags so far and the keys that set them)."""
+    if flag in given:
+        raise SpecError(f"{key}: set twice, as {given[flag]} and as {key}: keep one")
+    given[flag] = key
+    return flag
 
 
 def _check_key(key: object) -> None:

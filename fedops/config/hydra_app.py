@@ -24,6 +24,13 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from fedops.config.overrides import (
+    check_known_keys,
+    check_run_dirs,
+    config_error_of,
+    hydra_args,
+    planned_jobs,
+)
 from fedops.runtime.settings import ConfigError
 from fedops.runtime.simulate_settings import SimulateConfig, validate
 
@@ -53,6 +60,8 @@ START_FILES = (".hydra", "config.yaml", "fedops_simulate.log", "multirun.yaml")
 
 #: one row per job of this process's sweep, printed as a table when the sweep ends
 _SWEEP_ROWS: list[dict[str, Any]] = []
+#: the keys this process's sweep varies (its table shows those)
+_SWEPT: set[str] = set()
 
 
 def _refused(run_dir: Path, message: str, status: int) -> SystemExit:
@@ -90,10 +99,9 @@ def _run(cfg: DictConfig) -> float | None:
     from fedops.simulation.engine import run_simulation  # torch import: only when running
     from fedops.tasks.contract import TaskError
 
-    settings = OmegaConf.to_object(cfg)
-    assert isinstance(settings, SimulateConfig)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        settings = _settings_of(cfg)
         validate(settings)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -130,6 +138,14 @@ def _run(cfg: DictConfig) -> float | None:
     if "stop_reason" in summary:
         print(summary["stop_reason"])
     return final
+
+
+def _settings_of(cfg: DictConfig) -> SimulateConfig:
+    """The typed settings of a composed config, none of its keys outside the schema."""
+    check_known_keys(cfg, SimulateConfig())
+    settings = OmegaConf.to_object(cfg)
+    assert isinstance(settings, SimulateConfig)
+    return settings
 
 
 def _point_latest(run_dir: Path) -> None:
@@ -186,10 +202,16 @@ def _print_sweep() -> None:
     if not _SWEEP_ROWS:
         return
     rows = sorted(_SWEEP_ROWS, key=lambda row: row["job"])
+    # the column shows what the jobs vary (the swept keys), not what they share; one job
+    # alone shares nothing (it shows all its overrides)
     shared = set.intersection(*(set(row["overrides"].split()) for row in rows))
-    for row in rows:  # the column shows what the jobs vary, not what they share
-        varied = " ".join(o for o in row["overrides"].split() if o not in shared)
-        row["overrides"] = varied or "(as the others)"
+    for row in rows:
+        each = row["overrides"].split()
+        if _SWEPT:
+            each = [o for o in each if _key_of(o) in _SWEPT]
+        elif len(rows) > 1:
+            each = [o for o in each if o not in shared]
+        row["overrides"] = " ".join(each) or "(as the others)"
     sweep_dir = Path(rows[0]["run_dir"]).parent
     table = sweep_table(rows)
     print(f"\nsweep of {len(rows)} jobs ({sweep_dir}):\n{table}")
@@ -198,18 +220,47 @@ def _print_sweep() -> None:
     _SWEEP_ROWS.clear()
 
 
+def _key_of(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
 def compose_settings(*overrides: str) -> SimulateConfig:
     """The typed settings ``fedops simulate OVERRIDES`` composes (scenario presets
-    included), not yet validated: for notebooks, scripts and tests."""
+    included), not yet validated: for notebooks, scripts and tests. A key Hydra refuses,
+    or one outside the schema, raises :class:`ConfigError` naming it."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     register()
-    search = [f"hydra.searchpath=[file://{SCENARIO_DIR}]"] if SCENARIO_DIR.is_dir() else []
+    given = any(_key_of(o) == "hydra.searchpath" for o in overrides)
+    search = [] if given or not SCENARIO_DIR.is_dir() else [_scenario_path()]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(config_name="simulate", overrides=[*search, *overrides])
-    settings = OmegaConf.to_object(cfg)
-    assert isinstance(settings, SimulateConfig)
-    return settings
+        try:
+            cfg = compose(config_name="simulate", overrides=[*search, *overrides])
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise config_error_of(exc) from None
+    return _settings_of(cfg)
+
+
+def _scenario_path() -> str:
+    return f"hydra.searchpath=[file://{SCENARIO_DIR}]"
+
+
+def _check_jobs(argv: Sequence[str]) -> None:
+    """Every job ``fedops simulate ARGV`` would run, composed and checked before the first
+    one starts (a sweep's bad value stops it whole, not at its job); :class:`ConfigError`."""
+    args = hydra_args(argv)
+    _SWEPT.clear()
+    if args is None:  # --help, another config ...: Hydra's own
+        return
+    check_run_dirs(args.overrides)
+    jobs, swept = planned_jobs(args.overrides, args.multirun)
+    _SWEPT.update(swept)
+    for job in jobs:
+        settings = compose_settings(*job)
+        if not args.cfg:  # --cfg prints the config as composed, whatever its values
+            validate(settings)
 
 
 def simulate(*overrides: str, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -230,7 +281,12 @@ def simulate_main(argv: Sequence[str]) -> int:
     saved = sys.argv
     extra = []
     if SCENARIO_DIR.is_dir() and not any(a.startswith("hydra.searchpath") for a in argv):
-        extra = [f"hydra.searchpath=[file://{SCENARIO_DIR}]"]
+        extra = [_scenario_path()]
+    try:
+        _check_jobs(argv)
+    except ConfigError as exc:  # as the run's own checks would say it, before any job
+        print(f"fedops simulate: error: {exc.key}: {exc.message}", file=sys.stderr)
+        return 2
     sys.argv = ["fedops simulate", *argv, *extra]
     # Hydra points the root logger at the streams of the moment; an in-process caller
     # (a notebook, a test) keeps its own logging once the run is over, not handlers on

@@ -42,8 +42,11 @@ def option(
     """A setting: its default, the help its flag shows, and the flag when it is not
     ``--`` plus the field name with dashes. ``simulation_only``: why a deployment has no
     flag for it (none is generated; the key is listed in :data:`SIMULATION_ONLY` with this
-    reason, and a deployed run keeps the default). ``extra``: ``choices``, ``metavar``, and
-    ``parse`` (the flag's type, where the field's annotation is not one)."""
+    reason, and a deployed run keeps the default). ``extra``: ``choices``, ``metavar``,
+    ``parse`` (the flag's type, where the field's annotation is not one), and what reads the
+    key (:func:`fedops.runtime.section_rules.check_read`): ``modes``, the section's ``name``
+    values that read it, and ``needs``, a key of the section that must be set for it to be
+    read (``adaptive`` for adaptive clipping's tuning)."""
     metadata = {"help": help, "flag": flag, "simulation_only": simulation_only, **extra}
     return field(default=default, metadata=metadata)
 
@@ -125,6 +128,16 @@ class ClientTrainConfig:
 
 
 _KEPT = "a deployment keeps the default here"
+#: the ``name`` values that read a key (``option(..., modes=...)``)
+_CENTRAL = ("central",)
+_DIST = ("distributed",)
+_SECAGG_ON = tuple(mode for mode in SECAGG_MODES if mode != "none")
+#: a deployment's ``auto`` monitors without DP (under DP it is ``none``: settings.py)
+_MONITORED = ("default", "auto")
+#: the largest run: a round count past it is a typo (or a run that never ends)
+MAX_ROUNDS = 100_000
+#: seeds are whole numbers a float carries exactly (a task's config is JSON: a double)
+MAX_SEED = 2**53
 _ADAPTIVE = "adaptive clipping's tuning: " + _KEPT + " (Andrew et al.'s values)"
 
 
@@ -162,13 +175,15 @@ class PrivacyConfig:
         "central DP: each client joins a round with probability q (poisson, the "
         "default) or exactly --clients-per-round of them join (fixed, replace-one adjacency)",
         choices=("poisson", "fixed"),
+        modes=_CENTRAL,
     )
     publish_participants: bool = option(
         False,
         "central DP: account as if who took part were public (no amplification by sampling)",
+        modes=_CENTRAL,
     )
     colluders: int = option(
-        0, "distributed DP: sites that may pool their noise with the coordinator"
+        0, "distributed DP: sites that may pool their noise with the coordinator", modes=_DIST
     )
     release_site_metrics: bool = option(
         False,
@@ -179,17 +194,25 @@ class PrivacyConfig:
         False,
         "let the clip norm track the median update norm (Andrew et al. 2021)",
         flag="--adaptive-clipping",
+        modes=_CENTRAL,
     )
     target_quantile: float = option(
-        0.5, "adaptive: the quantile of the update norms the clip tracks", simulation_only=_ADAPTIVE
+        0.5,
+        "adaptive: the quantile of the update norms the clip tracks",
+        simulation_only=_ADAPTIVE,
+        needs="adaptive",
     )
     clip_learning_rate: float = option(
-        0.2, "adaptive: the clip's geometric learning rate", simulation_only=_ADAPTIVE
+        0.2,
+        "adaptive: the clip's geometric learning rate",
+        simulation_only=_ADAPTIVE,
+        needs="adaptive",
     )
     count_noise: float = option(
         10.0,
         "adaptive: noise multiplier of the clipped-count estimate",
         simulation_only=_ADAPTIVE,
+        needs="adaptive",
     )
     seed: int | None = option(
         None,
@@ -200,6 +223,7 @@ class PrivacyConfig:
         None,
         "privacy=local: each site's own ε limit (policy)",
         simulation_only="simulated sites' policy (deployed: each site's --max-epsilon)",
+        modes=("local",),
     )
 
 
@@ -220,24 +244,33 @@ class SecAggConfig:
         "neighbours per client (default: 2*log2(n))",
         flag="--secagg-k",
         metavar="SECAGG_K",
+        modes=_SECAGG_ON,
     )
     threshold: int | None = option(
         None,
         "shares needed to unmask a client (default: k/2 + 1)",
         flag="--secagg-threshold",
         metavar="SECAGG_THRESHOLD",
+        modes=_SECAGG_ON,
     )
     clip: float = option(
         SECAGG_CLIP,
         "clip each update coordinate to [-c, c] before quantizing",
         flag="--secagg-clip",
         metavar="SECAGG_CLIP",
+        modes=_SECAGG_ON,
     )
     min_survivors: int | None = option(
         None,
         "fewest inputs summed (default: max(3, threshold))",
         simulation_only="deployed sites set their floor themselves (--secagg-min-cohort)",
+        modes=_SECAGG_ON,
     )
+
+
+def _watch(default: Any, help: str, **extra: Any) -> Any:
+    """A monitoring setting: read while monitoring is on."""
+    return option(default, help, modes=_MONITORED, **extra)
 
 
 @dataclass
@@ -253,27 +286,27 @@ class MonitoringConfig:
         flag="--monitoring",
         choices=("auto", "default", "none"),
     )
-    bins: int = option(10, "quantile bins per feature (from held-out data)", simulation_only=_KEPT)
-    positive_label: int = option(1, "the favourable class in fairness statistics")
-    psi_alert: float = option(0.25, "PSI above this alerts")  # "significant"
-    js_alert: float = option(0.1, "Jensen-Shannon distance above this alerts")
-    ks_pvalue_alert: float = option(
+    bins: int = _watch(10, "quantile bins per feature (from held-out data)", simulation_only=_KEPT)
+    positive_label: int = _watch(1, "the favourable class in fairness statistics")
+    psi_alert: float = _watch(0.25, "PSI above this alerts")  # "significant"
+    js_alert: float = _watch(0.1, "Jensen-Shannon distance above this alerts")
+    ks_pvalue_alert: float = _watch(
         0.0, "KS p-value below this alerts (0: never)", simulation_only=_KEPT
     )
     # fairness alerts, above a threshold (null: none on that metric)
-    demographic_parity_difference: float | None = option(0.1, "", simulation_only=_KEPT)
-    demographic_parity_ratio: float | None = option(0.8, "below: alerts", simulation_only=_KEPT)
-    equalized_odds_difference: float | None = option(0.1, "", simulation_only=_KEPT)
-    equal_opportunity_difference: float | None = option(0.1, "", simulation_only=_KEPT)
-    group_accuracy_gap: float | None = option(0.1, "", simulation_only=_KEPT)
-    site_accuracy_gap: float | None = option(0.15, "", simulation_only=_KEPT)
-    action: str = option(
+    demographic_parity_difference: float | None = _watch(0.1, "", simulation_only=_KEPT)
+    demographic_parity_ratio: float | None = _watch(0.8, "below: alerts", simulation_only=_KEPT)
+    equalized_odds_difference: float | None = _watch(0.1, "", simulation_only=_KEPT)
+    equal_opportunity_difference: float | None = _watch(0.1, "", simulation_only=_KEPT)
+    group_accuracy_gap: float | None = _watch(0.1, "", simulation_only=_KEPT)
+    site_accuracy_gap: float | None = _watch(0.15, "", simulation_only=_KEPT)
+    action: str = _watch(
         "none",
         "exclude: a site with a drift alert trains no more in this run",
         flag="--drift-action",
         choices=("none", "exclude"),
     )
-    min_count: int = option(
+    min_count: int = _watch(
         5,
         "no reported bin (or fairness cell) holds 1..min_count-1 of a site's rows; 1: exact",
         simulation_only="simulated sites' policy (deployed: --monitoring-min-count)",

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from fedops.core.optimizers import OPTIMIZERS
 from fedops.core.strategies import (
@@ -32,6 +34,8 @@ from fedops.runtime.rules import (
     sigma_of,
 )
 from fedops.runtime.schema import (
+    MAX_ROUNDS,
+    MAX_SEED,
     ClientTrainConfig,
     MonitoringConfig,
     PrivacyConfig,
@@ -39,9 +43,101 @@ from fedops.runtime.schema import (
     StrategyConfig,
 )
 from fedops.runtime.strategy_import import import_strategy
+from fedops.tasks.builtin import BUILTIN_TASKS
+
+
+def _metadata_readers(section: object) -> Callable[[str], tuple[str, ...] | None]:
+    """Which ``name`` values read each key: its ``option(..., modes=...)`` (None: all)."""
+    specs = {spec.name: spec for spec in dataclasses.fields(section)}  # type: ignore[arg-type]
+    return lambda key: specs[key].metadata.get("modes")
+
+
+def check_read(
+    section: object,
+    prefix: str,
+    *,
+    mode: str | None = None,
+    mode_key: str = "name",
+    readers: Callable[[str], tuple[str, ...] | None] | None = None,
+    off: str | None = None,
+) -> None:
+    """A key set (away from its default) that the section's ``mode`` does not read would be
+    ignored without a word: refuse it, naming the key and what reads it. ``mode``: the
+    section's ``mode_key`` unless given (a deployment's ``auto`` resolved); ``readers``:
+    which modes read a key (default: the fields' ``modes`` metadata; a key whose
+    ``needs`` field is unset is not read either); ``off``: what a key set while the
+    section is ``none`` is told (each front names its own switch)."""
+    mode = getattr(section, mode_key) if mode is None else mode
+    reading_of = readers or _metadata_readers(section)
+    for spec in dataclasses.fields(section):  # type: ignore[arg-type]
+        key = f"{prefix}.{spec.name}"
+        if spec.name == mode_key or getattr(section, spec.name) == spec.default:
+            continue
+        reading = reading_of(spec.name)
+        require(off is None or mode != "none", key, off or "")
+        require(
+            reading is None or mode in reading,
+            key,
+            f"has no effect with {prefix} {mode}: it is read by "
+            f"{' and '.join(reading or ()) or f'no {prefix}'} only",
+        )
+        needs = spec.metadata.get("needs")
+        if needs is None:
+            continue
+        require(
+            bool(getattr(section, needs)),
+            key,
+            f"has no effect while {prefix}.{needs} is {_shown(getattr(section, needs))}:"
+            f" it is read only when {prefix}.{needs} is set",
+        )
+
+
+def _shown(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_seed(seed: int | None, key: str) -> None:
+    """A seed is a whole number in [0, 2^53): a site checks the same of the seed it is sent."""
+    require(
+        seed is None or 0 <= seed < MAX_SEED,
+        key,
+        f"must be in [0, 2^53), got {seed}",
+    )
+
+
+def check_rounds(rounds: int, key: str) -> None:
+    require(rounds >= 1, key, f"must be >= 1, got {rounds}")
+    require(
+        rounds <= MAX_ROUNDS,
+        key,
+        f"must be at most {MAX_ROUNDS} (a run that long never ends), got {rounds}",
+    )
+
+
+def check_split_keys(
+    given: Mapping[str, Any], defaults: Mapping[str, Any], *, task: str | None
+) -> None:
+    """How a built-in task splits its data (``partition``, ``alpha``, ``data_seed``, as
+    ``given`` against their ``defaults``): a user's task splits its own, a standing site
+    takes each run's split from its offer, and ``iid`` has no concentration. Set there,
+    they would be ignored without a word."""
+    builtin = ", ".join(BUILTIN_TASKS)
+    where = f"with --task {task}" if task else "without --task (a standing site: the offer's)"
+    for key, value in given.items():
+        require(
+            task in BUILTIN_TASKS or value == defaults[key],
+            key,
+            f"has no effect {where}: only a built-in task ({builtin}) reads it",
+        )
+    require(
+        given["partition"] != "iid" or given["alpha"] == defaults["alpha"],
+        "alpha",
+        "has no effect with --partition iid: only --partition dirichlet reads it",
+    )
 
 
 def check_secagg_section(a: SecAggConfig) -> None:
+    check_read(a, "secagg")
     try:
         check_secagg(a.name, a.k, a.threshold, a.clip)
     except ConfigError as exc:
@@ -65,10 +161,9 @@ def check_privacy_section(p: PrivacyConfig, *, secagg: str, unused: str) -> None
     )
     if p.name == "none":
         # a DP setting without DP would run without it, silently: refuse it by name
-        for spec in dataclasses.fields(PrivacyConfig):
-            value = getattr(p, spec.name)
-            require(spec.name == "name" or value == spec.default, f"privacy.{spec.name}", unused)
+        check_read(p, "privacy", off=unused)
         return
+    check_seed(p.seed, "privacy.seed")
     sigma = sigma_of(p.noise_multiplier)
     try:
         check_dp(
@@ -87,6 +182,7 @@ def check_privacy_section(p: PrivacyConfig, *, secagg: str, unused: str) -> None
         key = {"privacy": "privacy.name", "secagg": "secagg.name"}.get(exc.key)
         raise ConfigError(key or f"privacy.{exc.key}", exc.message) from None
     _check_tuning(p, sigma)
+    check_read(p, "privacy")  # last: the mode's own refusals say more
 
 
 def _check_tuning(p: PrivacyConfig, sigma: float | None) -> None:
@@ -110,9 +206,16 @@ def _check_tuning(p: PrivacyConfig, sigma: float | None) -> None:
     )
 
 
-def check_monitoring_section(m: MonitoringConfig) -> None:
+def check_monitoring_section(m: MonitoringConfig, *, privacy: str = "none") -> None:
     """The values of a monitoring section (its ``name``'s choices are each front's own:
-    ``auto`` is the deployment's)."""
+    ``auto`` is the deployment's, off under DP: its keys are then read by nothing)."""
+    if m.name == "auto" and privacy != "none":
+        off = (
+            "has no effect: --monitoring auto is off under DP (pass --monitoring default to "
+            "monitor beside it, outside the DP guarantee)"
+        )
+        check_read(m, "monitoring", mode="none", off=off)
+    check_read(m, "monitoring")
     require(m.bins >= 2, "monitoring.bins", f"must be >= 2, got {m.bins}")
     require(m.min_count >= 1, "monitoring.min_count", f"must be >= 1, got {m.min_count}")
     require(m.positive_label >= 0, "monitoring.positive_label", "must be >= 0")
@@ -190,14 +293,7 @@ def check_strategy_options(st: StrategyConfig, *, prefix: str = "strategy") -> N
     require(
         math.isfinite(st.tau) and st.tau > 0, f"{prefix}.tau", f"must be a number > 0, got {st.tau}"
     )
-    for spec in dataclasses.fields(StrategyConfig):
-        value, reading = getattr(st, spec.name), readers(spec.name)
-        require(
-            spec.name == "name" or st.name in reading or value == spec.default,
-            f"{prefix}.{spec.name}",
-            f"has no effect with strategy {st.name}: it is read by "
-            f"{' and '.join(reading) or 'no strategy'} only",
-        )
+    check_read(st, prefix, readers=readers)
 
 
 def check_strategy_fits(

@@ -26,7 +26,10 @@ from fedops.runtime.schema import (
 from fedops.runtime.section_rules import (
     check_monitoring_section,
     check_privacy_section,
+    check_rounds,
     check_secagg_section,
+    check_seed,
+    check_split_keys,
     check_strategy_fits,
     check_strategy_options,
     check_train,
@@ -68,6 +71,12 @@ class TaskOptions:
             f"must be iid or dirichlet, got {self.partition!r}",
         )
         _require(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        split = ("partition", "alpha", "data_seed")
+        check_split_keys(
+            {key: getattr(self, key) for key in split},
+            {key: getattr(TaskOptions, key) for key in split},
+            task=self.task,
+        )
 
     def builtin_options(self) -> dict[str, Any]:
         return {"partition": self.partition, "alpha": self.alpha, "seed": self.data_seed}
@@ -84,7 +93,8 @@ class RoundOptions:
 
     def check_round_options(self) -> None:
         check_strategy_options(self.strategy)
-        _require(self.rounds >= 1, "rounds", f"must be >= 1, got {self.rounds}")
+        check_rounds(self.rounds, "rounds")
+        check_seed(self.seed, "seed")
         _require(self.min_clients >= 1, "min_clients", f"must be >= 1, got {self.min_clients}")
         _require(
             self.clients_per_round is None or self.clients_per_round >= 1,
@@ -193,7 +203,7 @@ class CoordinatorConfig(RoundOptions, TaskOptions):
             "monitoring.name",
             f"must be auto, default or none, got {name!r}",
         )
-        check_monitoring_section(self.monitoring)
+        check_monitoring_section(self.monitoring, privacy=self.privacy.name)
         _require(
             self.metrics_port is None or 0 <= self.metrics_port <= 65535,
             "metrics_port",

@@ -28,7 +28,10 @@ from fedops.runtime.schema import (
 from fedops.runtime.section_rules import (
     check_monitoring_section,
     check_privacy_section,
+    check_read,
+    check_rounds,
     check_secagg_section,
+    check_seed,
     check_strategy_fits,
     check_strategy_options,
     check_train,
@@ -87,7 +90,7 @@ class PartitionConfig:
 @dataclass
 class ModelConfig:
     name: str = "logreg"
-    hidden: int = 64
+    hidden: int = field(default=64, metadata={"modes": ("mlp",)})
 
 
 @dataclass
@@ -97,7 +100,8 @@ class SimulationConfig:
     clients_per_round: int | None = None
     dropout_rate: float = 0.0
     straggler_rate: float = 0.0
-    drop_stragglers: bool = False
+    #: read when stragglers are drawn (section_rules.check_read)
+    drop_stragglers: bool = field(default=False, metadata={"needs": "straggler_rate"})
     min_fit_results: int = 1  # fewer updates abort the round (model unchanged), as deployed
     device: str = "cpu"
     max_chunk: int = 1024
@@ -147,7 +151,8 @@ def _one_of(value: Any, choices: tuple[str, ...] | Any, key: str) -> None:
 
 def validate(cfg: SimulateConfig) -> SimulateConfig:
     """Check ranges and choices; raise :class:`ConfigError` naming the dotted key."""
-    _require(cfg.rounds >= 1, "rounds", f"must be >= 1, got {cfg.rounds}")
+    check_rounds(cfg.rounds, "rounds")
+    check_seed(cfg.seed, "seed")
     d, p, s, c = cfg.dataset, cfg.partition, cfg.simulation, cfg.client
     _one_of(d.name, DATASETS, "dataset.name")
     _require(d.alpha >= 0 and d.beta >= 0, "dataset.alpha", "alpha and beta must be >= 0")
@@ -160,6 +165,7 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     _require(cfg.model.hidden >= 1, "model.hidden", "must be >= 1")
     check_flower_app(cfg)  # first: its data keys are refused as a Flower app's
     check_data_keys(cfg)
+    check_read(cfg.model, "model")
     check_strategy_options(cfg.strategy)
     check_train(c, rounds=cfg.rounds)
     check_simulation(s)
@@ -220,6 +226,7 @@ def check_simulation(s: SimulationConfig) -> None:
             f"must be auto, HOST:PORT or ray://HOST:PORT, got {s.ray_address!r}",
         )
     _require(s.threads >= 0, "simulation.threads", "must be >= 0 (0: torch's default)")
+    check_read(s, "simulation", mode_key="backend")
     _one_of(s.data, DATA_MODES, "simulation.data")
     _require(
         s.data == "auto" or s.backend == "vectorized",
@@ -350,9 +357,7 @@ def check_flower_app(cfg: SimulateConfig) -> None:
 def check_monitoring(m: MonitoringConfig) -> None:
     """Every backend reports drift and fairness (the batched one for all clients at once)."""
     _one_of(m.name, ("none", "default"), "monitoring.name")
-    if m.name == "none":
-        return
-    check_monitoring_section(m)
+    check_monitoring_section(m)  # with none: refuses every key set, nothing would read it
 
 
 def check_privacy(p: PrivacyConfig, *, secagg: str, rounds: int) -> None:

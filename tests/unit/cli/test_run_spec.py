@@ -74,3 +74,23 @@ def test_sections_may_be_nested_as_in_the_simulator():
 def test_a_bad_run_file_is_refused_by_key(spec: str, refusal: str):
     with pytest.raises(SpecError, match=refusal):
         parse_run_spec(spec, **WHERE)
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        # nothing would read them: refused when the run is submitted, not ignored when served
+        ("task: digits\nsecagg_k: 4\n", "secagg.k: has no effect with secagg none"),
+        ("task: digits\nmonitoring: none\npsi_alert: 0.5\n", "monitoring.psi_alert: has no"),
+        # one setting, two keys: neither wins by coming last
+        (
+            "task: digits\nepochs: 2\nclient: {epochs: 3}\n",
+            "client.epochs: set twice, as epochs and as client.epochs",
+        ),
+        ("task: digits\nmin_clients: 2\nmin-clients: 3\n", "min-clients: set twice"),
+    ],
+)
+def test_a_run_file_setting_nothing_reads_or_set_twice_is_refused(spec: str, says: str):
+    with pytest.raises(SpecError) as info:
+        parse_run_spec(spec, **WHERE)
+    assert str(info.value).startswith(says), str(info.value)

@@ -147,9 +147,11 @@ def test_distributed_takes_its_colluders():
     settings = _settings(cfg)
     assert settings is not None
     assert (settings.mode, settings.colluders, settings.accountant) == ("distributed", 2, "pld")
-    # distributed DP accounts known participation: fixed sampling needs no RDP there
-    fixed = validate(_compose("privacy=distributed", "secagg=secaggplus", "privacy.sampling=fixed"))
-    assert fixed.privacy.sampling == "fixed" and fixed.privacy.accountant == "pld"
+    # distributed DP accounts known participation: the clients' sampling is central DP's
+    # setting, refused here by name rather than ignored
+    with pytest.raises(ConfigError) as info:
+        validate(_compose("privacy=distributed", "secagg=secaggplus", "privacy.sampling=fixed"))
+    assert str(info.value).startswith("privacy.sampling: has no effect with privacy distributed")
 
 
 def test_fixed_sampling_with_the_rdp_accountant_is_accepted():
@@ -290,7 +292,7 @@ def test_a_boolean_or_infinite_noise_multiplier_is_refused(value: str):
 @pytest.mark.parametrize(
     ("override", "words"),
     [
-        ("privacy=gaussian", "privacy/gaussian"),
+        ("privacy=gaussian", "privacy: no option 'gaussian'"),
         ("privacy.epsilon=1", "epsilon"),
         ("privacy.clip_norm=wide", "privacy.clip_norm"),
         ("privacy.target_epsilon=many", "privacy.target_epsilon"),
@@ -372,10 +374,10 @@ def test_coordinator_privacy_flags_default_to_the_private_choices():
 def test_coordinator_privacy_flags_reach_the_privacy_settings():
     cfg = _coordinator(
         *("--privacy", "central", "--sampling", "fixed", "--accountant", "rdp"),
-        *("--colluders", "2", "--publish-participants", "--release-site-metrics"),
+        *("--publish-participants", "--release-site-metrics"),
     )
     p = cfg.privacy
-    assert (p.sampling, p.accountant, p.colluders) == ("fixed", "rdp", 2)
+    assert (p.sampling, p.accountant, p.colluders) == ("fixed", "rdp", 0)
     assert p.publish_participants and p.release_site_metrics
     settings = coordinator_privacy(cfg)
     assert settings == PrivacySettings(
@@ -389,7 +391,7 @@ def test_coordinator_privacy_flags_reach_the_privacy_settings():
         mode="central",
         sampling="fixed",
         publish_participants=True,
-        colluders=2,
+        colluders=0,
         min_survivors=3,
         release_site_metrics=True,
     )
