@@ -18,6 +18,7 @@ from typing import Any
 from fedops.cli.configs import config_of
 from fedops.cli.parser import build_parser
 from fedops.config import ConfigError, flag_of
+from fedops.reporting.out_dirs import out_dir_problem
 from fedops.tasks.builtin import TaskError
 
 __all__ = ["build_parser", "main"]
@@ -130,6 +131,10 @@ def _main(argv: list[str]) -> int:
         cfg = config_of(args)
     except ConfigError as exc:
         parser.error(f"{flag_of(exc.key)}: {exc.message}")
+    problem = out_dir_problem("--run-dir", cfg.run_dir) if cfg.run_dir is not None else None
+    if problem:  # before anything is written: no traceback, nothing left behind
+        print(f"fedops {args.command}: error: {problem}", file=sys.stderr)
+        return 2
     try:
         return _dispatch(args.command, cfg, args.ca_fingerprint)
     except TaskError as exc:
@@ -181,6 +186,15 @@ def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
         policy = site_policy(cfg, kit)
     except (KitError, ValueError) as exc:
         print(f"fedops client: error: --kit: {exc}", file=sys.stderr)
+        return 2
+    if policy.max_epsilon is not None and cfg.run_dir is None:  # a usage error, said now
+        source = "--max-epsilon" if cfg.max_epsilon is not None else "the kit's max_epsilon"
+        print(
+            f"fedops client: error: {source} {policy.max_epsilon:g} needs --run-dir: the "
+            "site's privacy ledger is kept there, and without it a restarted agent would "
+            "count its ε from zero",
+            file=sys.stderr,
+        )
         return 2
     if cfg.standing:  # README: Running a standing federation
         return _run_standing(cfg, kit, policy)

@@ -13,6 +13,7 @@ import yaml
 from fedops.cli.configs import kit_address
 from fedops.cli.run_spec import load_run_file, parse_run_spec
 from fedops.config import ConfigError, CoordinatorConfig
+from fedops.reporting.out_dirs import out_dir_problem
 from fedops.runtime.settings import is_loopback, parse_address
 
 
@@ -32,6 +33,10 @@ def serve_command(args: argparse.Namespace) -> int:
             )
     except ConfigError as exc:
         print(f"fedops serve: error: --{exc.key.replace('_', '-')}: {exc.message}", file=sys.stderr)
+        return 2
+    problem = out_dir_problem("--root", args.root)
+    if problem:
+        print(f"fedops serve: error: {problem}", file=sys.stderr)
         return 2
     settings = ServeSettings(
         root=args.root,
@@ -105,6 +110,10 @@ def _local(args: argparse.Namespace) -> int:
     root: Path = args.root
     if args.run_command != "submit" and not (root / RunQueue.FILE).exists():
         print(f"fedops run: error: --root: {root} holds no federation queue", file=sys.stderr)
+        return 2
+    problem = out_dir_problem("--root", root)  # submit creates the queue there
+    if problem:
+        print(f"fedops run {args.run_command}: error: {problem}", file=sys.stderr)
         return 2
     queue = RunQueue(root)
     try:

@@ -90,7 +90,8 @@ def _audit_export_parser(verbs: Any) -> None:
         type=Path,
         action="append",
         default=[],
-        help="a site's audit.jsonl (repeatable; logs under RUN_DIR are found on their own)",
+        help="a site's audit.jsonl (repeatable; logs at RUN_DIR/*/audit.jsonl and "
+        "RUN_DIR/*/*/audit.jsonl are found on their own)",
     )
     export.add_argument(
         "--ca",

@@ -16,7 +16,7 @@ import numpy as np
 
 from fedops.data import sources, synthetic
 from fedops.data.federated import FederatedData
-from fedops.data.materialize import Split, split_arrays
+from fedops.data.materialize import DataError, Split, split_arrays
 
 #: built-in datasets by the name a config uses; each takes keyword arguments only
 DATASETS: dict[str, Callable[..., FederatedData]] = {
@@ -79,7 +79,7 @@ def load_split(
     extra = () if server_round is None else (server_round,)
     loaded = task.load_data(site, num_sites, *extra)
     if not isinstance(loaded, tuple | list) or len(loaded) != 2:
-        raise ValueError(
+        raise DataError(
             f"task {task.name!r}: load_data({site}, {num_sites}) must return (train, test), "
             f"got {type(loaded).__name__}"
         )
@@ -163,7 +163,7 @@ def group_column(name: str, tests: Iterable[Split]) -> bool:
     :func:`fedops.data.partial.partial_federation` share, with one message."""
     grouped = {groups is not None for _, _, groups in tests}
     if len(grouped) > 1:
-        raise ValueError(
+        raise DataError(
             f"task {name!r}: some clients' test splits carry a group column and some "
             "do not; give every client's test split one, or none"
         )
@@ -174,7 +174,7 @@ def _feature_shape(name: str, splits: list[Split]) -> tuple[int, ...]:
     """The one shape of a row's features (empty splits, read from empty Datasets, aside)."""
     shapes = {x.shape[1:] for x, y, _ in splits if len(y)}
     if len(shapes) > 1:
-        raise ValueError(f"task {name!r}: clients' features differ in shape: {shapes}")
+        raise DataError(f"task {name!r}: clients' features differ in shape: {shapes}")
     return next(iter(shapes)) if shapes else splits[0][0].shape[1:]
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from fedops.data.build import TaskLike, group_column, load_split
 from fedops.data.federated import FederatedData
-from fedops.data.materialize import Split
+from fedops.data.materialize import DataError, Split
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +75,7 @@ def partial_federation(
     for site, rows in sites.items():
         for x, y, _ in (rows.train, rows.test):
             if len(y) and x.shape[1:] != shape:
-                raise ValueError(
+                raise DataError(
                     f"task {name!r}: clients' features differ in shape: "
                     f"{ {shape, x.shape[1:]} } (load_data({site}) against the first site's)"
                 )

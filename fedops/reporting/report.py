@@ -22,6 +22,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from fedops.reporting import figures as fg
+from fedops.reporting.out_dirs import out_dir_problem
 from fedops.reporting.plots import RUN_PLOTS, read_metrics
 
 #: summary.json keys shown first, in this order; the rest follow sorted
@@ -282,12 +283,22 @@ def render_report(run_dir: Path, out: Path | None = None) -> Path:
             f"{run_dir / 'metrics.jsonl'} not found: not a run directory, or no round finished"
         )
     path = run_dir / "report.html" if out is None else Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)  # --out's folder (checked by the command)
     path.write_text(render_html(load_run(run_dir)), encoding="utf-8")
     return path
 
 
 def report_command(run_dir: Path, out: Path | None) -> int:
-    """``fedops report``: print the report's path; 2 when ``run_dir`` holds no run."""
+    """``fedops report``: print the report's path; 2 when ``run_dir`` holds no run or
+    ``out`` is no place for a file (its folder is created if missing)."""
+    problem = None
+    if out is not None and Path(out).is_dir():
+        problem = f"--out: {out} is a directory; give the report's file name"
+    elif out is not None:
+        problem = out_dir_problem("--out", Path(out).parent)
+    if problem:
+        print(f"fedops report: error: {problem}", file=sys.stderr)
+        return 2
     try:
         path = render_report(run_dir, out)
     except FileNotFoundError as exc:

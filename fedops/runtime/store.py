@@ -69,8 +69,13 @@ class RunStore:
 
     def __init__(self, run_dir: Path, *, keep_checkpoints: int = 3) -> None:
         self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "checkpoints").mkdir(exist_ok=True)
+        try:  # the CLI checked --run-dir (fedops.reporting.out_dirs); an API caller did not
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "checkpoints").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot use {self.dir} as a run directory: {exc.strerror or exc}"
+            ) from exc
         self.keep_checkpoints = max(1, keep_checkpoints)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.dir / "state.sqlite", check_same_thread=False)

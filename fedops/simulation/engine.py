@@ -20,6 +20,7 @@ from fedops.core.monitoring.profile import ReportLimits
 from fedops.core.training import TrainConfig
 from fedops.crypto import Crypto
 from fedops.data import FederatedData
+from fedops.data.materialize import DataError
 from fedops.reporting.plots import plot_run
 from fedops.runtime.driver import DriverConfig
 from fedops.runtime.records import RecordSettings, RunRecords, run_recorded
@@ -43,6 +44,7 @@ from fedops.simulation.process import ProcessTransport
 from fedops.simulation.secure_backend import SecureSimTransport
 from fedops.simulation.vectorized_backend import VectorizedTransport
 from fedops.tasks import Task
+from fedops.tasks.contract import TaskError
 from fedops.tasks.ledger_book import LedgerBook
 from fedops.tasks.site import Site, global_evaluator, initial_params
 
@@ -187,8 +189,14 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
     use_threads(cfg.simulation.threads)
     # the backend that can run this task (the batched one unless it cannot), said in the log
     run_cfg = settle_backend(cfg)
-    task, data = (flower_run_task(run_cfg), None) if cfg.flower_app else load_federation(run_cfg)
+    try:  # the task's data read and checked before the run directory holds anything
+        task, data = (
+            (flower_run_task(run_cfg), None) if cfg.flower_app else load_federation(run_cfg)
+        )
+    except DataError as exc:
+        raise TaskError(str(exc)) from None
     transport = make_transport(run_cfg, task, data, run_dir)
+    evaluate_global = global_evaluator(task)  # load_server_data() checked: before the records
     s, a = cfg.simulation, cfg.secagg
     secagg = secagg_settings(a)
     if secagg is not None and not isinstance(transport, WorkerTransport):
@@ -227,7 +235,7 @@ def _run(cfg: SimulateConfig, run_dir: Path) -> dict[str, Any]:
             if cfg.flower_app
             else (lambda: initial_params(task, cfg.seed))
         ),
-        evaluate_global=global_evaluator(task),
+        evaluate_global=evaluate_global,
         summary=_summary(cfg, task, backend=run_cfg.simulation.backend),
         secagg=secagg,
         privacy=privacy_settings(cfg.privacy, a, min_fit_results=s.min_fit_results),

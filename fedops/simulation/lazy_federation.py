@@ -60,6 +60,7 @@ from fedops.core.rounds import Phase
 from fedops.core.training import TrainConfig
 from fedops.data import FederatedData
 from fedops.data.build import DataOverBudget, ReadBudget, from_task
+from fedops.data.materialize import DataError
 from fedops.data.partial import SiteRows, load_site, partial_federation, site_rows
 from fedops.runtime.simulate_settings import SimulateConfig
 from fedops.runtime.transport import Instruction
@@ -67,6 +68,7 @@ from fedops.simulation.federation import load_federation
 from fedops.simulation.sim_transport import check_plain, client_index
 from fedops.simulation.vectorized_backend import VectorizedTransport
 from fedops.tasks import Task, load_task
+from fedops.tasks.contract import TaskError
 from fedops.tasks.monitor import takes_round
 
 log = logging.getLogger("fedops.simulate")
@@ -92,10 +94,14 @@ class LazyFederation:
     first: SiteRows
 
     def load(self, site: int, server_round: int) -> SiteRows:
-        """``site``'s rows of ``server_round`` (of any round, for a static task)."""
-        return load_site(
-            self.task, site, self.num_sites, server_round if self.round_aware else None
-        )
+        """``site``'s rows of ``server_round`` (of any round, for a static task); data
+        fedops cannot train on is the task's mistake (:class:`TaskError`), as at start-up."""
+        try:
+            return load_site(
+                self.task, site, self.num_sites, server_round if self.round_aware else None
+            )
+        except DataError as exc:
+            raise TaskError(str(exc)) from None
 
     def hold(self, sites: Mapping[int, SiteRows]) -> FederatedData:
         """``sites`` in flat arrays, every other client of the federation without rows."""

@@ -25,11 +25,18 @@ from typing import Any
 from fedops.tasks import digits
 from fedops.tasks.builtin import BUILTIN_TASKS
 from fedops.tasks.contract import Task, TaskError
-from fedops.tasks.task_checks import checked_data, checked_model
+from fedops.tasks.task_checks import (
+    checked_data,
+    checked_metrics,
+    checked_model,
+    checked_server_data,
+)
 from fedops.tasks.task_code import TaskCode, read_file, read_module
 from fedops.tasks.task_import import import_served
 
 REQUIRED = ("build_model", "load_data")
+#: optional functions whose results fedops checks (:mod:`fedops.tasks.task_checks`)
+OPTIONAL = ("train", "evaluate", "load_server_data")
 
 
 class TaskNotAllowed(TaskError):
@@ -67,16 +74,22 @@ def load_task(spec: str, *, allowed: Sequence[str] = (), **options: Any) -> Task
             "load_data(site, num_sites) -> (train, test)"
         )
     build_model = checked_model(module.build_model, spec)
+    train, evaluate, server = (_optional(module, n) for n in OPTIONAL)
     return Task(
         name=spec,
         build_model=build_model,
-        load_data=checked_data(module.load_data, build_model, spec),
-        train=getattr(module, "train", None),
-        evaluate=getattr(module, "evaluate", None),
-        load_server_data=getattr(module, "load_server_data", None),
+        load_data=checked_data(module.load_data, build_model, spec, own_train=train is not None),
+        train=checked_metrics(train, spec) if callable(train) else train,
+        evaluate=checked_metrics(evaluate, spec) if callable(evaluate) else evaluate,
+        load_server_data=checked_server_data(server, spec) if callable(server) else server,
         sensitive_groups=getattr(module, "sensitive_groups", None),
         digest=digest,
     )
+
+
+def _optional(module: ModuleType, name: str) -> Any:
+    """The task's optional function ``name`` (None when it defines none)."""
+    return getattr(module, name, None)
 
 
 def import_checked(spec: str, *, allowed: Sequence[str] = ()) -> tuple[ModuleType, str]:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from fedops.reporting.audit.compliance import ModelFilesCheck, export_compliance
 from fedops.reporting.audit.logs import verify_certified_log, verify_log_file
+from fedops.reporting.audit.run_logs import NotARunDirectory, coordinator_log
+from fedops.reporting.out_dirs import out_dir_problem
 
 
 def _read(path: Path | None, what: str) -> bytes | None:
@@ -77,6 +79,23 @@ def audit_verify_command(
     return 0
 
 
+def _export_refused(run_dir: Path, out: Path | None) -> int | None:
+    """The exit status of an export refused before anything is read or written (a path
+    that is no run directory, an ``--out`` no folder can be made at), said in one line;
+    None when it may go on."""
+    try:
+        coordinator_log(run_dir)
+    except NotARunDirectory as exc:
+        print(f"{'FAILED' if exc.lost else 'fedops audit export: error'}: {exc}", file=sys.stderr)
+        return 1 if exc.lost else 2
+    flag = "--out" if out is not None else "--out (default: RUN_DIR)"
+    problem = out_dir_problem(flag, out if out is not None else run_dir)
+    if problem:
+        print(f"fedops audit export: error: {problem}", file=sys.stderr)
+        return 2
+    return None
+
+
 def audit_export_command(
     run_dir: Path,
     out: Path | None,
@@ -87,7 +106,11 @@ def audit_export_command(
     model_files: ModelFilesCheck | None = None,
 ) -> int:
     """``fedops audit export``: 0 when every log verifies and every digest matches, the run
-    directory's model files' included (with ``model_files``, the runtime's check)."""
+    directory's model files' included (with ``model_files``, the runtime's check); 2, with
+    nothing written, when ``run_dir`` is no run directory or ``out`` no place to write."""
+    refused = _export_refused(run_dir, out)
+    if refused is not None:
+        return refused
     try:
         ca_pem = _read(ca, "CA certificate")
         crl_pem = _crl(crl, ca_pem)
@@ -104,10 +127,16 @@ def audit_export_command(
         model_files=model_files,
     )
     print(f"compliance report: {report['paths']['html']} (and {report['paths']['json']})")
+    print(
+        f"site logs: {len(report['parties']) - 1} read (given with --site-log, or found at "
+        f"{' and '.join(report['site_logs_searched'])})"
+    )
     for party in report["parties"]:
         if party["certified"] is not None:
             c = party["certified"]
             print(f"  {party['path']}: certified {c['name']!r} ({c['role']})")
+    if report["model_files_unchecked"]:
+        print(f"model files: {report['model_files_unchecked']}", file=sys.stderr)
     bad = [p for p in report["parties"] if not p["ok"]]
     logs, n_bad = len(report["parties"]), len(report["mismatches"])
     if report["ok"]:

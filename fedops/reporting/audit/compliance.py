@@ -70,12 +70,17 @@ from fedops.reporting.audit.anchor_checks import check_anchors
 from fedops.reporting.audit.compliance_html import render_html
 from fedops.reporting.audit.event_totals import event_totals
 from fedops.reporting.audit.logs import (
-    LOG_NAME,
     certified_summary,
     verify_certified_log,
     verify_log_file,
 )
 from fedops.reporting.audit.privacy_recheck import recheck_privacy
+from fedops.reporting.audit.run_logs import (
+    SITE_LOG_PATTERNS,
+    coordinator_log,
+    model_files_against,
+    site_log_paths,
+)
 
 __all__ = ["export_compliance", "verify_certified_log", "verify_log_file"]
 _PHASES = {"fit": 0, "evaluate": 1}
@@ -142,17 +147,6 @@ def _load(
         lines, _ = split_log(path.read_bytes())
         entries = [json.loads(line) for line in lines[: result.entries]]
     return _Party(role, path, result, entries, signer)
-
-
-def _site_paths(run_dir: Path, coordinator: Path, given: Sequence[Path]) -> list[Path]:
-    found = [p / LOG_NAME if p.is_dir() else p for p in map(Path, given)]
-    found += sorted(run_dir.rglob(LOG_NAME)) if run_dir.is_dir() else []
-    seen, out = {coordinator.resolve()}, []
-    for p in found:
-        if p.resolve() not in seen:
-            seen.add(p.resolve())
-            out.append(p)
-    return out
 
 
 def _fields(payload: Mapping[str, Any], *names: str) -> tuple[Any, ...] | None:
@@ -332,20 +326,23 @@ def export_compliance(
     run directory's model files against the coordinator's log (none without it).
     """
     run_dir = Path(run_dir)
-    coordinator = _load(run_dir / LOG_NAME, "coordinator", ca_pem, allow_missing_head, crl_pem)
+    log = coordinator_log(run_dir)  # NotARunDirectory: nothing read, nothing written
+    coordinator = _load(log, "coordinator", ca_pem, allow_missing_head, crl_pem)
     key_path = run_dir / PSEUDONYM_KEY
     key = key_path.read_bytes() if key_path.is_file() else None  # the operator's
     if key is not None:  # DP rounds' pseudonyms back to node ids
         coordinator.entries = reidentify(coordinator.entries, key)
     sites = [
         _load(p, "site", ca_pem, allow_missing_head, crl_pem)
-        for p in _site_paths(run_dir, coordinator.path, site_logs)
+        for p in site_log_paths(run_dir, coordinator.path, site_logs)
     ]
     parties = [coordinator, *sites]
     check = _cross_check(coordinator, sites)
     anchors = check_anchors(coordinator, sites, key, _run_id_of(coordinator))
     check.mismatches += [{"kind": "anchor_missing", "message": m} for m in anchors.lost]
-    files = model_files(run_dir, coordinator.entries) if model_files is not None else None
+    files, unchecked = model_files_against(
+        run_dir, coordinator.result.ok, coordinator.entries, model_files
+    )
     check.mismatches += files.mismatches if files is not None else []
     privacy, privacy_mismatches = recheck_privacy(coordinator.entries)
     check.mismatches += privacy_mismatches
@@ -358,6 +355,8 @@ def export_compliance(
         "rounds": _round_table(check),
         "mismatches": check.mismatches,
         "model_files": files.rows if files is not None else None,
+        "model_files_unchecked": unchecked,
+        "site_logs_searched": [str(run_dir / p) for p in SITE_LOG_PATTERNS],
         "privacy_recomputed": privacy,
         "pseudonymous_rounds": sorted(check.coordinator.hidden),
         "anchors_checked": anchors.checked,

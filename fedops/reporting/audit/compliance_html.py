@@ -114,9 +114,9 @@ def _rounds(rounds: Sequence[Mapping[str, Any]]) -> str:
     return _table(headers, rows)
 
 
-def _model_files(rows: Sequence[Mapping[str, Any]] | None) -> str:
+def _model_files(rows: Sequence[Mapping[str, Any]] | None, why: str = "") -> str:
     if rows is None:
-        return "<p>Not checked.</p>"
+        return f"<p>{_e(why[:1].upper() + why[1:]) if why else 'Not checked'}.</p>"
     if not rows:
         return "<p>The run directory holds no model file.</p>"
     css = {"ok": "ok", "unlogged": ""}
@@ -179,6 +179,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         if hidden
         else ""
     )
+    files = _model_files(report.get("model_files"), report.get("model_files_unchecked", ""))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>fedops compliance report</title><style>{_CSS}</style></head><body>"
@@ -189,7 +190,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<h2>Mismatches ({len(report['mismatches'])})</h2>"
         + (f"<ul>{mismatches}</ul>" if mismatches else "<p>None.</p>")
         + pseudonymous
-        + f"<h2>Model files</h2>{_model_files(report.get('model_files'))}"
+        + f"<h2>Model files</h2>{files}"
         f"<h2>Privacy: ε recomputed from the logged round events</h2>"
         f"{_privacy(report.get('privacy_recomputed'))}"
         f"<h2>Model and update digests per round</h2>{_rounds(report['rounds'])}"

@@ -9,6 +9,7 @@ import pytest
 
 from fedops.reporting.audit.audit_commands import audit_export_command, audit_verify_command
 from fedops.reporting.audit.compliance import export_compliance
+from fedops.reporting.audit.run_logs import NotARunDirectory
 from fedops.runtime.audit.log_file import LOG_NAME, PUBLIC_NAME, AuditLog
 
 MODEL = {
@@ -144,9 +145,14 @@ def test_a_tampered_site_log_fails_the_report(run):
     assert len(bad) == 1 and bad[0]["first_bad"] == 3 and "line 3" in bad[0]["reason"]
 
 
-def test_a_missing_coordinator_log_fails(tmp_path):
-    report = export_compliance(tmp_path)
-    assert not report["ok"] and "cannot read" in report["parties"][0]["reason"]
+def test_a_missing_coordinator_log_is_no_run_directory_and_nothing_is_written(tmp_path):
+    with pytest.raises(NotARunDirectory, match=r"holds no audit\.jsonl"):
+        export_compliance(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "state.sqlite").write_bytes(b"")  # a run's records, its log gone: a failure
+    with pytest.raises(NotARunDirectory, match="log is missing") as lost:
+        export_compliance(tmp_path)
+    assert lost.value.lost
 
 
 def test_verify_command(run, capsys):

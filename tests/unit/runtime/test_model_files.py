@@ -73,6 +73,23 @@ def test_an_honest_run_exports_with_every_model_file_matching(run, capsys):
     assert "Model files" in (run / "report" / "compliance.html").read_text()
 
 
+def test_a_log_that_does_not_verify_fails_alone_its_model_files_left_unchecked(run, capsys):
+    """Only the verified prefix of a tampered log is read: its "final" model would be an
+    early round's, and every honest model file would be reported as the wrong model."""
+    lines = (run / "audit.jsonl").read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if '"round_committed"' in line)
+    entry = json.loads(lines[first])
+    entry["payload"]["round"] = 99
+    lines[first] = json.dumps(entry)
+    (run / "audit.jsonl").write_text("\n".join(lines) + "\n")
+    code, err, report = _export(run, capsys)
+    assert code == 1 and "FAILED: 1 of 1 logs do not verify" in err
+    assert report["mismatches"] == [] and report["model_files"] is None
+    assert "holds a model no round committed" not in err
+    assert "model files: not checked: the coordinator's log does not verify" in err
+    assert "Not checked: the coordinator" in (run / "report" / "compliance.html").read_text()
+
+
 def test_a_retrained_model_file_fails_the_export(run, capsys):
     params = read_checkpoint(run / "model.safetensors")
     params = {n: (a + np.float32(1e-3)).astype(a.dtype) for n, a in params.items()}

@@ -279,7 +279,7 @@ def test_a_malformed_site_fails_as_in_memory(tmp_path: Path) -> None:
             run_simulation(validate(_cfg(path, data, per_round=9)), tmp_path / f"run-{data}")
         errors[data] = str(caught.value)
     assert errors["lazy"] == errors["memory"]
-    assert "broken.py" in errors["lazy"] and "load_data(6) train" in errors["lazy"]
+    assert "broken.py" in errors["lazy"] and "load_data(site=6) train" in errors["lazy"]
 
 
 @pytest.mark.parametrize(
