@@ -172,8 +172,12 @@ def validate(cfg: SimulateConfig) -> SimulateConfig:
     _require(
         s.data != "lazy" or bool(cfg.task),
         "simulation.data",
-        "lazy loads a task's clients round by round (task=...); a built-in dataset is "
-        "generated whole, in memory",
+        "lazy loads a task's clients round by round (task=...); "
+        + (
+            "a Flower app's clients load their own data, each time they are built"
+            if cfg.flower_app
+            else "a built-in dataset is generated whole, in memory"
+        ),
     )
     check_strategy_fits(
         cfg.strategy,

@@ -80,6 +80,7 @@ def test_flower_app_sites_take_part_in_a_secagg_plus_round(tmp_path):
         ("simulation=process", "simulation.backend", "simulation=sequential"),
         ("task=digits", "flower_app", "not both"),
         ("dataset.alpha=0.3", "dataset.alpha", "Flower app loads its data"),
+        ("simulation.data=lazy", "simulation.data", "a Flower app's clients load their own"),
     ],
 )
 def test_what_a_flower_app_cannot_run_is_refused_by_key(override, key, says):
