@@ -25,6 +25,7 @@ from fedops.coordinator.peers import certified
 from fedops.coordinator.result_intake import Reject
 from fedops.runtime.control import RunControl
 from fedops.v1 import fedops_pb2 as pb
+from fedops.wire.codec import loggable
 
 ADMIN_SERVICE = "fedops.v1.Admin"
 #: role -> the Admin methods it may call
@@ -64,15 +65,21 @@ def admin_handler(
         name = caller(context, "Start")
         meant(request, context)
         changed = control.start()
-        audit("admin_start", {"caller": name, "reason": request.reason[:500], "changed": changed})
+        audit(
+            "admin_start",
+            {"caller": name, "reason": loggable(request.reason, 500), "changed": changed},
+        )
         return status("started" if changed else "already started")
 
     def on_stop(request: pb.AdminRequest, context: grpc.ServicerContext) -> pb.RunStatus:
         name = caller(context, "Stop")
         meant(request, context)
-        reason = f"{name}: {request.reason[:500] or 'no reason given'}"
+        reason = f"{name}: {loggable(request.reason, 500) or 'no reason given'}"
         changed = control.stop(reason)
-        audit("admin_stop", {"caller": name, "reason": request.reason[:500], "changed": changed})
+        audit(
+            "admin_stop",
+            {"caller": name, "reason": loggable(request.reason, 500), "changed": changed},
+        )
         return status("stopping after the current round" if changed else "already stopping")
 
     return grpc.method_handlers_generic_handler(

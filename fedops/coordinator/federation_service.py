@@ -31,6 +31,7 @@ from fedops.coordinator.peers import certified
 from fedops.coordinator.result_intake import Reject
 from fedops.runtime.run_queue import QueuedRun, QueueError, RunQueue, SpecError, parse_run_name
 from fedops.v1 import fedops_pb2 as pb
+from fedops.wire.codec import loggable
 
 FEDERATION_SERVICE = "fedops.v1.Federation"
 #: role -> the Federation methods it may call (kit mode)
@@ -154,7 +155,7 @@ class FederationService:
                 "spec_sha256": hashlib.sha256(request.config_yaml.encode()).hexdigest(),
                 "task": task[:200],
                 "task_digest": task_digest,
-                "reason": request.reason[:500],
+                "reason": loggable(request.reason, 500),
             },
         )
         parts.wake()
@@ -166,7 +167,7 @@ class FederationService:
 
     def stop(self, request: pb.RunStopRequest, context: grpc.ServicerContext) -> pb.RunList:
         name = self.caller(context, "Stop")
-        reason = f"{name}: {request.reason[:500] or 'no reason given'}"
+        reason = f"{name}: {loggable(request.reason, 500) or 'no reason given'}"
         try:
             run = self.parts.queue.stop(parse_run_name(request.id), reason)
         except QueueError as exc:
