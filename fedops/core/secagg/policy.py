@@ -39,7 +39,9 @@ class SecAggPolicy:
     """A site's floors for secure aggregation (kit policy ``secagg_*`` keys or client flags).
 
     Args:
-        min_cohort: fewest sites in the cohort, and in the survivor set it reveals for.
+        min_cohort: fewest sites in the cohort, and in the survivor set it reveals for,
+            colluders included: a sum at the floor hides ``min_cohort - c`` honest inputs
+            from a coordinator with ``c`` colluders (pin it with that in mind).
         min_degree: fewest neighbours (``None``: ``min(n - 1, 2·⌈log2 n⌉)`` for a cohort of n).
         max_colluders: colluding sites the threshold must withstand (``2t >= k + c + 1``).
         min_noise_multiplier: distributed DP: the least noise multiplier of the cohort's
