@@ -196,6 +196,19 @@ def _run_client(cfg: Any, ca_fingerprint: str | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if policy.require_secagg and cfg.run_dir is None:  # a usage error, said now
+        source = (
+            "--require-secagg"
+            if cfg.require_secagg
+            else "secure aggregation, which this site requires (a SecAgg floor or its kit),"
+        )
+        print(
+            f"fedops client: error: {source} needs --run-dir: the site keeps there the rounds "
+            "it dealt its secrets in (secagg_rounds.json), and without it a restarted agent "
+            "could be made to run a round's secure aggregation twice",
+            file=sys.stderr,
+        )
+        return 2
     if cfg.standing:  # README: Running a standing federation
         return _run_standing(cfg, kit, policy)
     try:  # checked against the site's allowed digests before any of its code runs

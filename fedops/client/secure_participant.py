@@ -33,6 +33,7 @@ from fedops.core.secagg.messages import (
     Setup,
     UnmaskRequest,
     round_context,
+    round_terms,
 )
 from fedops.core.secagg.policy import SecAggPolicy
 from fedops.core.secagg.primitives import ProtocolError, SecAggCrypto, Signer, Verifier
@@ -42,6 +43,10 @@ from fedops.tasks.local_site import LocalSite
 from fedops.tasks.site import DP_NUM_EXAMPLES
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import secagg as secagg_codec
+from fedops.wire.training import train_of
+
+#: a round's terms (:func:`~fedops.core.secagg.messages.round_terms`): a SHA-256
+TERMS_BYTES = 32
 
 
 class ContributionRecord:
@@ -97,6 +102,11 @@ class ContributionRecord:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY)  # the rename itself, durable too
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 def _read_record(path: Path) -> dict[str, int]:
@@ -172,6 +182,11 @@ class SecureParticipant:
     ) -> tuple[pb.SecAggReply, Params, int, dict[str, float]]:
         reply: Any
         if isinstance(request, NeighbourKeys):
+            if len(request.terms) != TERMS_BYTES:  # no terms: sites could each train another
+                raise ProtocolError(
+                    "the key request does not seal what the round's sites train (its terms): "
+                    "refusing to deal secrets in a round where each site may be told otherwise"
+                )
             reply = client.share(request)
             self.record.remember(task.run_id, task.round)  # fsynced before the shares leave
         elif isinstance(request, MaskRequest):
@@ -232,9 +247,11 @@ class SecureParticipant:
             )
         train = run_training(task)
         self.site.training(train)  # the site's caps, before the download
-        start = fetch()
+        # what this site is asked to train, held to what the round sealed for every site
+        terms = round_terms(task.model_digest, train_of(task), dict(task.config))
+        start = fetch()  # verified against task.model_digest as it arrives
         # everything mask() will refuse, refused before a round is trained (and charged)
-        client.check_mask_request(request, vector_length(start) - 1)
+        client.check_mask_request(request, vector_length(start) - 1, terms)
         trained, n, metrics = self.site.fit(
             start, task.round, dict(task.config), run_id=task.run_id, train=train
         )
@@ -242,7 +259,7 @@ class SecureParticipant:
         # each round (256 bits): PCG64 is no CSPRNG, so no state outlives one masked input
         rng = np.random.default_rng(secrets.randbits(256))
         vector, clipped = encode_update(start, trained, n, request.encoding, rng)
-        masked = client.mask(request, vector)  # checks the encoding against the sealed one
+        masked = client.mask(request, vector, terms)  # encoding and terms: the sealed ones
         reply, payload = secagg_codec.reply_to_proto(masked)
         if request.encoding.private:
             # distributed DP: the noised sum is all that may leave; the site's loss, its

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedops.core.params import Params, TensorSpec
+from fedops.core.params import Params, TensorSpec, model_digest
 from fedops.core.results import FitResult, StageResult
 from fedops.core.rounds import Outcome, Phase, RoundTracker
 from fedops.core.secagg.messages import (
@@ -28,6 +28,7 @@ from fedops.core.secagg.messages import (
     ShareKeys,
     SurvivorSignature,
     round_context,
+    round_terms,
 )
 from fedops.core.secagg.primitives import ProtocolError, SecAggAborted, SecAggCrypto
 from fedops.core.secagg.quantize import MODULUS
@@ -238,6 +239,9 @@ class _SecureRound:
                 min_survivors=s.min_survivors,
                 dp_min_survivors=self.dp_min_survivors,
                 noise=self.noise,
+                # what every site trains this round, sealed: a site given another model or
+                # other settings than its neighbours masks nothing (red team 2026-12-07)
+                terms=round_terms(model_digest(self.params), self.train, self.config),
             )
         except ValueError as exc:  # e.g. a threshold this round's neighbourhoods cannot meet
             raise SecAggAborted(

@@ -22,11 +22,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from fedops.core.params import Params
+from fedops.core.params import Params, model_digest
 from fedops.core.results import FitResult, StageResult
 from fedops.core.rounds import Event, NodeDropped, Phase, ResultArrived, ResultRejected
 from fedops.core.secagg.client import SecAggClient
-from fedops.core.secagg.messages import MaskRequest, Setup
+from fedops.core.secagg.messages import MaskRequest, Setup, round_terms
 from fedops.core.secagg.policy import SecAggPolicy
 from fedops.core.secagg.primitives import ProtocolError, SecAggCrypto
 from fedops.core.secagg.update import encode_update
@@ -57,6 +57,7 @@ class SecureSimTransport:
         self.policy = policy  # the virtual sites' floors (the deployment's defaults)
         self._clients: dict[str, SecAggClient] = {}
         self._trained: dict[str, Event] = {}
+        self._terms = b""  # what this round's virtual sites trained (round_terms)
         self._events: deque[Event] = deque()
 
     # -- delegated -----------------------------------------------------------
@@ -108,6 +109,8 @@ class SecureSimTransport:
         gives every stage the round's; a deployed site trains at the masked-input stage);
         keep each one's event for stage 3."""
         fit = Instruction(phase=Phase.FIT, params=params, config=config, train=train)
+        # what the virtual sites trained, as a deployed site computes it from its task
+        self._terms = round_terms(model_digest(params), train, config)
         tasks = self.inner.dispatch(server_round, nodes, fit)
         self._trained = {}
         deadline = time.monotonic() + TRAIN_TIMEOUT_S
@@ -172,7 +175,7 @@ class SecureSimTransport:
         vector, clipped = encode_update(
             params, result.params, result.num_examples, request.encoding, rng
         )
-        masked = self._clients[node].mask(request, vector)
+        masked = self._clients[node].mask(request, vector, self._terms)
         reply = StageResult(
             node_id=node,
             reply=masked,

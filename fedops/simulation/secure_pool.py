@@ -17,9 +17,10 @@ from collections.abc import Mapping, Sequence
 
 from google.protobuf.message import DecodeError
 
-from fedops.core.params import InvalidUpdate
+from fedops.core.params import InvalidUpdate, model_digest
 from fedops.core.results import StageResult
 from fedops.core.rounds import Event, Phase, ResultArrived, ResultRejected
+from fedops.core.secagg.messages import round_terms
 from fedops.core.secagg.primitives import ProtocolError
 from fedops.runtime.transport import Instruction
 from fedops.simulation.jobs import Job, decode
@@ -57,9 +58,14 @@ class SecureStages:
         stage, phase = instruction.stage, instruction.phase
         assert stage is not None
         trains: dict[int, Job] = {}
+        terms = b""
         if phase is Phase.SECAGG_KEYS:
             trains = {job[1]: job for job in fits[0]}
             self._left = {event.node_id: event for event in fits[1]}
+            # what the round's sites train, as a deployed site computes it from its task (a
+            # simulated straggler's fewer epochs are its own, as a slow site's time is)
+            params, train, config = instruction.params, instruction.train, instruction.config
+            terms = round_terms(model_digest(params), train, config)
         due: list[Event] = []
         jobs: list[StageJob] = []
         for node in nodes:
@@ -76,6 +82,7 @@ class SecureStages:
                     request=request.SerializeToString(),
                     fit=trains.get(client),
                     seeds=(self.seed, self.noise_seed),
+                    terms=terms,
                 )
             )
         if phase is Phase.SECAGG_UNMASK:

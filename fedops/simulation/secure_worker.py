@@ -55,6 +55,9 @@ class StageJob:
     #: masked-input stage: the run's seed (stochastic rounding) and distributed DP's
     #: noise seed (None: OS entropy, as a deployed site draws it)
     seeds: tuple[int, int | None] = (0, None)
+    #: key stage: what the round's sites train (round_terms of the round's model, training
+    #: settings and config), which the client masks against
+    terms: bytes = b""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +82,7 @@ class _Session:
     client: SecAggClient
     start: Params | None = None
     trained: ResultArrived | ResultRejected | None = None  # the checked fit result
+    terms: bytes = b""  # what it trained from (round_terms), held to the round's sealed terms
 
 
 class SecureSessions:
@@ -122,6 +126,7 @@ class SecureSessions:
         examples = 1
         if job.fit is not None:
             session.start = decode(job.fit[3])
+            session.terms = job.terms
             new, n, metrics = self.fit(job.fit)
             node = node_id(job.client)
             trained = fit_event(node, "", specs_of(session.start), new, n, metrics)
@@ -163,7 +168,7 @@ class SecureSessions:
         vector, clipped = encode_update(
             session.start, result.params, result.num_examples, request.encoding, rng
         )
-        masked = session.client.mask(request, vector)
+        masked = session.client.mask(request, vector, session.terms)
         session.start = session.trained = None  # the update leaves only masked
         answer = self._reply(job, masked)
         if request.encoding.private:  # distributed DP: nothing of the site's but the sum

@@ -277,12 +277,14 @@ class SecAggEncoding(_message.Message):
     def __init__(self, clip: _Optional[float] = ..., levels: _Optional[int] = ..., max_weight: _Optional[int] = ..., l2_clip: _Optional[float] = ..., noise_mu: _Optional[float] = ..., min_survivors: _Optional[int] = ...) -> None: ...
 
 class SecAggNeighbourKeys(_message.Message):
-    __slots__ = ("keys", "encoding")
+    __slots__ = ("keys", "encoding", "terms")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
+    TERMS_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[SecAggPublicKeys]
     encoding: SecAggEncoding
-    def __init__(self, keys: _Optional[_Iterable[_Union[SecAggPublicKeys, _Mapping]]] = ..., encoding: _Optional[_Union[SecAggEncoding, _Mapping]] = ...) -> None: ...
+    terms: bytes
+    def __init__(self, keys: _Optional[_Iterable[_Union[SecAggPublicKeys, _Mapping]]] = ..., encoding: _Optional[_Union[SecAggEncoding, _Mapping]] = ..., terms: _Optional[bytes] = ...) -> None: ...
 
 class SecAggShare(_message.Message):
     __slots__ = ("source", "target", "ciphertext", "digests")

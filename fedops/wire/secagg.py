@@ -103,7 +103,7 @@ def request_to_proto(request: Request) -> pb.SecAggRequest:
             )
         )
     if isinstance(request, NeighbourKeys):
-        keys = pb.SecAggNeighbourKeys(keys=[_keys_to(k) for k in request.keys])
+        keys = pb.SecAggNeighbourKeys(keys=[_keys_to(k) for k in request.keys], terms=request.terms)
         if request.encoding is not None:
             q, e = request.encoding.quantizer, request.encoding
             keys.encoding.CopyFrom(
@@ -175,7 +175,9 @@ def request_from_proto(message: pb.SecAggRequest) -> Request:
     if stage == "keys":
         k = message.keys
         encoding = _encoding_from(k.encoding, "key request") if k.HasField("encoding") else None
-        return NeighbourKeys(keys=tuple(_keys_from(x) for x in k.keys), encoding=encoding)
+        return NeighbourKeys(
+            keys=tuple(_keys_from(x) for x in k.keys), encoding=encoding, terms=k.terms[:64]
+        )
     if stage == "mask":
         m = message.mask
         return MaskRequest(

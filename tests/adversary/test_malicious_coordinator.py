@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 
+import harness
 import numpy as np
 import pytest
 from harness import (
@@ -400,8 +401,9 @@ def test_substituted_neighbour_keys_are_refused(fleet: Fleet):
     for victim, forge in forgeries.items():
         target = rnd.graph[victim][0]
         keys = honest[victim].keys
-        requests[victim] = NeighbourKeys(
-            keys=tuple(forge(victim, target) if k.index == target else k for k in keys)
+        requests[victim] = dataclasses.replace(
+            honest[victim],
+            keys=tuple(forge(victim, target) if k.index == target else k for k in keys),
         )
         targets[victim] = rnd.names[target]
     answers = rnd.ask(requests)
@@ -457,10 +459,14 @@ def test_crafted_cohorts_and_non_neighbour_keys_are_refused(fleet: Fleet):
     added, replaced = 1, next(i for i in everyone if i not in (1, stranger[1]))
     doubled = next(i for i in everyone if i not in (added, replaced))
     requests = dict(honest)
+
     # the genuine keys of a site the victim's own graph does not connect it to
-    requests[added] = NeighbourKeys(keys=(*honest[added].keys, keys[stranger[added]]))
-    requests[replaced] = NeighbourKeys(keys=(*honest[replaced].keys[1:], keys[stranger[replaced]]))
-    requests[doubled] = NeighbourKeys(keys=(*honest[doubled].keys, honest[doubled].keys[0]))
+    def keyed(i: int, *chosen: PublicKeys) -> NeighbourKeys:  # the honest request, other keys
+        return dataclasses.replace(honest[i], keys=chosen)
+
+    requests[added] = keyed(added, *honest[added].keys, keys[stranger[added]])
+    requests[replaced] = keyed(replaced, *honest[replaced].keys[1:], keys[stranger[replaced]])
+    requests[doubled] = keyed(doubled, *honest[doubled].keys, honest[doubled].keys[0])
     answers = rnd.ask(requests)
     for victim in (added, replaced):
         assert_declined(
@@ -674,3 +680,31 @@ def test_messages_out_of_stage_order_are_refused(fleet: Fleet):
         "signing the survivor set is stage 4, but this client is at stage 2",
     )
     assert_unrecoverable(rnd, fleet, everyone)
+
+
+# -- 10. one round, different training per site ---------------------------------------------------
+def test_sites_told_to_train_otherwise_than_the_round_sealed_mask_nothing(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+):
+    """Red team 2026-12-07 (the model-inconsistency attack, Pasquini et al. 2022): the
+    coordinator gives the victim the run's settings and every other site a learning rate
+    of 1e-30. Their updates are exactly zero, every SecAgg check passes, and the sum of
+    all n sites was the victim's update alone, rebuilt to 1.8e-7 (real agents, c = 0,
+    every site pinning a floor of n). The key request now seals what the round's sites
+    train (model digest, settings, config); a site told otherwise refuses to train."""
+    rnd = Round(fleet, REGULAR)
+    rnd.through("share")
+    masks = rnd.server.close_shares()
+    victim = 2
+    assert rnd.stage({victim: masks[victim]})[victim].ok  # trained as the round sealed
+    frozen = dataclasses.replace(harness.TRAINING, lr=1e-30)
+    monkeypatch.setattr(harness, "TRAINING", frozen)
+    others = rnd.stage({i: m for i, m in masks.items() if i != victim})
+    assert_declined(
+        fleet,
+        rnd.number,
+        by_name(rnd, others),
+        "secagg_masked",
+        "not the ones this round's shares were sealed with",
+    )
+    assert_unrecoverable(rnd, fleet, [victim])

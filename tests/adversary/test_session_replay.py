@@ -36,6 +36,7 @@ from fedops.core.secagg.messages import (
     Setup,
     bind,
     round_context,
+    round_terms,
 )
 from fedops.core.secagg.policy import SecAggPolicy
 from fedops.core.secagg.primitives import ProtocolError
@@ -43,6 +44,7 @@ from fedops.core.secagg.update import round_encoding
 from fedops.crypto import Crypto, Identity, TrustedKeys
 from fedops.v1 import fedops_pb2 as pb
 from fedops.wire import secagg as codec
+from fedops.wire.training import train_of
 
 RUN, ROUND, N, LENGTH = "run-red", 3, 8, 16
 
@@ -70,6 +72,11 @@ def _task(request: Any) -> pb.Task:
     task.train.epochs, task.train.batch_size, task.train.lr = 1, 10, 0.01
     task.train.optimizer = "sgd"
     return task
+
+
+#: what every site trains in these rounds: what _task carries (no model digest, its settings)
+_TASK = _task(Setup(context=b"", index=1, cohort=("a",), degree=1, threshold=1))
+TERMS = round_terms(_TASK.model_digest, train_of(_TASK), dict(_TASK.config))
 
 
 @pytest.fixture
@@ -114,7 +121,12 @@ def fleet(tmp_path: Path):
             for i in parts
         }
         shares = {
-            u: ask(u, NeighbourKeys(keys=tuple(keys[w] for w in neighbours[u]), encoding=encoding))
+            u: ask(
+                u,
+                NeighbourKeys(
+                    keys=tuple(keys[w] for w in neighbours[u]), encoding=encoding, terms=TERMS
+                ),
+            )
             for u in parts
         }
         return {u: [s for o in parts for s in shares[o].shares if s.target == u] for u in parts}

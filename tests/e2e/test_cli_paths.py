@@ -39,6 +39,8 @@ BAD_PATHS = [
     (["coordinator", "--task", "digits", "--run-dir", "a_file"], "--run-dir: a_file is a file"),
     ([*CLIENT, "--run-dir", "a_file/sub"], "--run-dir: cannot create a_file/sub: a_file is a"),
     ([*CLIENT, "--max-epsilon", "3"], "--max-epsilon 3 needs --run-dir"),
+    ([*CLIENT, "--require-secagg"], "--require-secagg needs --run-dir"),
+    ([*CLIENT, "--secagg-min-noise-multiplier", "1"], "this site requires (a SecAgg floor"),
     (["run", "submit", "a_file", "--root", "a_file"], "--root: a_file is a file"),
     (["audit", "export", "no_run"], "RUN_DIR: no_run does not exist"),
 ]

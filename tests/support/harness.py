@@ -51,6 +51,7 @@ from fedops.core.secagg.messages import (
     SignedSurvivors,
     SurvivorSignature,
     UnmaskRequest,
+    round_terms,
 )
 from fedops.core.secagg.server import SecAggServer
 from fedops.core.secagg.update import Encoding, _decode_private_sum, vector_length
@@ -549,6 +550,9 @@ class Round:
             threshold=threshold,
             min_survivors=min_survivors,
             noise=noise,
+            # what every site trains this round: the model the mask stage sends, the run's
+            # training settings and no config (Fleet.ask sends none)
+            terms=round_terms(digest(self.start), TRAINING, {}),
         )
         self.evidence = Evidence(bound=self.server.bound, crypto=fleet.crypto)
         self.signatures: dict[int, dict[tuple[int, ...], bytes]] = {}  # who signed which set

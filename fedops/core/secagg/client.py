@@ -165,6 +165,7 @@ class SecAggClient:
         self.failed = ""
         self.survivors: tuple[int, ...] | None = None  # the one set this client signed
         self._encoding: Encoding | None = None  # the round's, from the key request
+        self._terms = b""  # what the round's sites train (round_terms), from the key request
         self._dimension = 0  # the update's length, known once it is masked
         self.sealed = b""  # bound context + encoding digest: share AAD, survivor signatures
         self._cipher_sk = b""
@@ -219,7 +220,8 @@ class SecAggClient:
             raise ProtocolError("the key request names no encoding for the round")
         self.policy.check_encoding(request.encoding, len(self.setup.cohort))
         self._encoding = request.encoding
-        self.sealed = self.context + encoding_digest(request.encoding)
+        self._terms = request.terms
+        self.sealed = self.context + encoding_digest(request.encoding) + request.terms
         self._seed = self.crypto.random(KEY_BYTES)
         holders = sorted(self._keys)
         seed_shares, key_shares = shamir.split_many(
@@ -275,7 +277,7 @@ class SecAggClient:
         return bool(signature) and self.verify(keys.identity, message, signature, keys.certificate)
 
     # -- stage 3 -----------------------------------------------------------
-    def check_mask_request(self, request: MaskRequest, dimension: int) -> None:
+    def check_mask_request(self, request: MaskRequest, dimension: int, terms: bytes = b"") -> None:
         """What :meth:`mask` will check of the encoding, before the site trains: a request
         it would refuse must not cost a training round (nor, under local DP, budget)."""
         if self.failed:
@@ -289,10 +291,20 @@ class SecAggClient:
                 "the mask request's encoding is not the one this round's shares were sealed "
                 "with: refusing to mask"
             )
+        self._check_terms(terms)
         self.policy.check_encoding(request.encoding, len(self.setup.cohort), dimension)
 
+    def _check_terms(self, terms: bytes) -> None:
+        if terms != self._terms:
+            raise ProtocolError(
+                "this task's model or training settings are not the ones this round's shares "
+                "were sealed with (every site of a round trains the same): refusing to train"
+            )
+
     @_stage(2, "masking the input")
-    def mask(self, request: MaskRequest, vector: NDArray[np.uint32]) -> MaskedInput:
+    def mask(
+        self, request: MaskRequest, vector: NDArray[np.uint32], terms: bytes = b""
+    ) -> MaskedInput:
         """Mask ``vector`` (the encoded update) with the self mask and one mask per neighbour.
 
         A share that does not decrypt is a complaint: this client does not mask with
@@ -303,6 +315,7 @@ class SecAggClient:
                 "the mask request's encoding is not the one this round's shares were sealed "
                 "with: refusing to mask"
             )
+        self._check_terms(terms)  # ``vector`` was trained from exactly what was sealed
         # the update's length is known now: the floor is checked with the grid's rounding
         self._dimension = max(int(vector.size) - 1, 0)  # the last word is the weight
         self.policy.check_encoding(self._encoding, len(self.setup.cohort), self._dimension)

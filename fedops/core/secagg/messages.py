@@ -14,12 +14,15 @@ Clients are numbered ``1 … n`` within a round (Shamir x-coordinates); client
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
 from fedops.core.secagg.update import Encoding
+from fedops.core.train_settings import TrainSettings
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +86,40 @@ class NeighbourKeys:
     # (associated data) and every survivor-set signature, so sites told different encodings
     # can neither decrypt each other's shares nor count each other's signatures
     encoding: Encoding | None = None
+    #: what every site of the round trains (:func:`round_terms`), sealed the same way: a
+    #: site masks only an update trained from exactly that
+    terms: bytes = b""
+
+
+def round_terms(
+    model_digest: str, train: TrainSettings | None, config: Mapping[str, float]
+) -> bytes:
+    """What a round's sites train: the model (its digest), the training settings and the
+    training config, hashed.
+
+    Sealed into the round with the encoding, so every honest site that signs a survivor
+    set trained the same thing. Otherwise a coordinator could give every site but one a
+    learning rate of 1e-30 (or a model whose gradients vanish): their updates are zero,
+    every check of the protocol passes, and the unmasked sum is one site's update (red
+    team 2026-12-07; the model-inconsistency attack of Pasquini et al. 2022).
+    """
+    settings = None
+    if train is not None:
+        settings = [
+            int(train.epochs),
+            int(train.batch_size),
+            float(train.lr).hex(),
+            str(train.optimizer),
+            float(train.momentum).hex(),
+        ]
+    # JSON, not joined text: a config key holding a separator must not make two different
+    # configs hash alike
+    terms = {
+        "model": model_digest,
+        "train": settings,
+        "config": sorted([str(k), float(v).hex()] for k, v in config.items()),
+    }
+    return hashlib.sha256(json.dumps(terms, separators=(",", ":")).encode()).digest()
 
 
 def encoding_digest(encoding: Encoding) -> bytes:

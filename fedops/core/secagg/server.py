@@ -71,6 +71,8 @@ class SecAggServer:
             survivor set, so none reveals for one.
         committee: the first ``m`` sites, whose signatures over the survivor set count
             (default ``min(n, DEFAULT_COMMITTEE)``).
+        terms: what every site of the round trains
+            (:func:`~fedops.core.secagg.messages.round_terms`), sealed into the round.
         noise: ``(noise_multiplier, l2_clip)`` for distributed DP: clients clip their update
             and add Skellam noise so the sum over all clients carries ``N(0, (σ·clip)²)``.
 
@@ -92,6 +94,7 @@ class SecAggServer:
         dp_min_survivors: int = 0,
         noise: tuple[float, float] | None = None,
         committee: int | None = None,
+        terms: bytes = b"",
     ) -> None:
         n = len(cohort)
         if n < 2:
@@ -112,6 +115,7 @@ class SecAggServer:
         if not 1 <= self.committee <= n:
             raise ValueError(f"secagg committee must be in 1..{n}, got {self.committee}")
         self.context = context
+        self.terms = terms
         self.bound = bind(context, self.cohort, k, self.threshold, self.committee)
         self.graph = graph.neighbours(clients, k, graph.graph_seed(self.bound))
         floor = max(3, self.threshold) if min_survivors is None else min_survivors
@@ -223,6 +227,7 @@ class SecAggServer:
             u: NeighbourKeys(
                 keys=tuple(relayed[v] for v in self.graph[u] if v in self._u1),
                 encoding=self.encoding,
+                terms=self.terms,
             )
             for u in sorted(self._u1)
         }
