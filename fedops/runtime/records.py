@@ -118,6 +118,10 @@ def run_recorded(
     plan = replace(
         plan, commitments=records.audit.commitments, on_initial=records.trail.initial_model
     )
+    if plan.privacy is not None:  # each DP charge is signed before its ledger is committed
+        plan = replace(
+            plan, privacy=replace(plan.privacy, sign_charge=records.trail.privacy_charged)
+        )
     try:
         summary = execute(plan, store=records.store, transport=transport, on_exit=on_exit)
     finally:

@@ -14,6 +14,13 @@ the config its run started with (``run_started``) and what its ``privacy_spent``
 claimed, so a resume under other privacy settings is refused
 (:mod:`fedops.runtime.privacy.regime`) whatever ``state.sqlite`` was edited to say.
 
+A DP round is spent before it is committed: once its noised model is released (central
+DP) or its sum unmasked (distributed DP), the coordinator signs a ``privacy_charged``
+entry with the round's event before it commits its ledger to ``state.sqlite``. A crash
+before the round is committed therefore still leaves the charge in the log, and a
+ledger edited to forget it is caught. The round's ``privacy_spent`` entry later names
+the same event: it confirms that charge and is not counted again.
+
 Entries written before fedops recorded ``checkpoint_sha256`` carry the model
 digest alone: for those rounds the model is checked, the strategy state cannot
 be. A log with no ``initial_model`` entry (a run directory from before it was
@@ -36,8 +43,9 @@ COMMIT_EVENT = "round_committed"
 INITIAL_EVENT = "initial_model"
 FALLBACK_EVENT = "checkpoint_fallback"
 PRIVACY_EVENT = "privacy_spent"
+CHARGE_EVENT = "privacy_charged"
 START_EVENT = "run_started"
-_EVENTS = (COMMIT_EVENT, INITIAL_EVENT, FALLBACK_EVENT, PRIVACY_EVENT, START_EVENT)
+_EVENTS = (COMMIT_EVENT, INITIAL_EVENT, FALLBACK_EVENT, PRIVACY_EVENT, CHARGE_EVENT, START_EVENT)
 #: what a round's ``privacy_spent`` entry says of its mechanism (kept per round)
 _CLAIM_KEYS = ("privacy_mechanism", "privacy_holds_against", "privacy_event", "epsilon")
 
@@ -64,9 +72,15 @@ class Commitments:
     #: computed at: spending is never undone (a fallback keeps the forgotten rounds'
     #: releases), so a resumed ledger owes at least as much at that δ, by that accountant
     epsilon_spent: dict[tuple[float, str], float] = field(default_factory=dict)
-    #: each ``privacy_event`` (JSON, keys sorted) the log's ``privacy_spent`` entries name,
-    #: counted: the rounds a central-DP ledger must hold at least
+    #: each ``privacy_event`` (JSON, keys sorted) the log charged, counted: every
+    #: ``privacy_charged`` entry, and every ``privacy_spent`` entry that confirms none (an
+    #: older log's; a distributed round that unmasked nothing spent nothing and is not
+    #: counted): the rounds a central- or distributed-DP ledger must hold at least
     privacy_events: Counter[str] = field(default_factory=Counter)
+    #: round -> the event of its newest charge no ``privacy_spent`` entry confirmed yet (a
+    #: coordinator stopped between the two): a ledger may honestly lack it (the charge is
+    #: signed before the ledger is committed), and a resume charges it again
+    unconfirmed: dict[int, str] = field(default_factory=dict)
     #: every round the log committed (never forgotten: a fallback keeps what was released)
     #: -> (the ``privacy`` config section its run started with, or None where the entry
     #: held none; what its ``privacy_spent`` entry claimed, or None: no DP that round)
@@ -90,11 +104,13 @@ class Commitments:
         if event == START_EVENT:
             config = payload.get("config")
             self._started = config.get("privacy") if isinstance(config, Mapping) else None
-        elif event == PRIVACY_EVENT:
-            self._spent(payload)
+        elif event in (PRIVACY_EVENT, CHARGE_EVENT):
+            self._spent(event, payload)
             if _is_round(server_round):
                 claim = {k: payload[k] for k in _CLAIM_KEYS if k in payload}
-                self.round_privacy[server_round] = (self._started, claim)
+                if event == PRIVACY_EVENT or server_round not in self.round_privacy:
+                    # a charged round that never committed still ran under its config
+                    self.round_privacy[server_round] = (self._started, claim)
         elif event == FALLBACK_EVENT:
             kept = payload.get("resumed_from")
             if _is_round(kept):
@@ -107,7 +123,7 @@ class Commitments:
             if event == COMMIT_EVENT and server_round > 0:  # its privacy_spent comes next
                 self.round_privacy[server_round] = (self._started, None)
 
-    def _spent(self, payload: Mapping[str, Any]) -> None:
+    def _spent(self, kind: str, payload: Mapping[str, Any]) -> None:
         eps, delta, accountant = (payload.get(k) for k in ("epsilon", "delta", "accountant"))
         if eps == "inf":  # no noise: no guarantee left to keep
             eps = math.inf
@@ -115,12 +131,22 @@ class Commitments:
             return  # a local-DP round's entry (sites account), or one from an older fedops
         key = (float(delta), accountant)
         self.epsilon_spent[key] = max(self.epsilon_spent.get(key, 0.0), float(eps))
-        raw = payload.get("privacy_event")
-        try:  # as the ledger writes it back (σ 2 and 2.0 are one event)
-            event = RoundEvent.from_json(dict(raw) if isinstance(raw, Mapping) else raw)
-        except (KeyError, TypeError, ValueError):
-            return  # no event to hold a ledger to: its ε still is
-        self.privacy_events[event.key()] += 1
+        event = charged_event(payload)
+        if event is None:
+            return  # no event to hold a ledger to (or nothing unmasked): its ε still is
+        server_round = payload.get("round")
+        if kind == CHARGE_EVENT:
+            self.privacy_events[event] += 1
+            if _is_round(server_round):  # an earlier unconfirmed charge stays counted
+                self.unconfirmed[server_round] = event
+        elif _is_round(server_round) and self.unconfirmed.get(server_round) == event:
+            del self.unconfirmed[server_round]  # the charge it confirms was counted
+        else:
+            self.privacy_events[event] += 1
+
+    def unconfirmed_charges(self) -> Counter[str]:
+        """The events of the charges no round commit confirmed, counted."""
+        return Counter(self.unconfirmed.values())
 
     def refusal(
         self, server_round: int, checkpoint_sha256: str | None, model_digest: str | None
@@ -156,6 +182,20 @@ class Commitments:
         if committed is None:
             return server_round == 0
         return committed.model_digest == model_digest
+
+
+def charged_event(payload: Mapping[str, Any]) -> str | None:
+    """The key of the round event a ``privacy_spent``/``privacy_charged`` entry spent, as the
+    ledger writes it back (σ 2 and 2.0 are one event); None: it names none, or it is a
+    distributed round aborted before its sum was unmasked
+    (``effective_noise_multiplier: null``), which spent nothing."""
+    if "effective_noise_multiplier" in payload and payload["effective_noise_multiplier"] is None:
+        return None
+    raw = payload.get("privacy_event")
+    try:
+        return RoundEvent.from_json(dict(raw) if isinstance(raw, Mapping) else raw).key()
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _is_number(value: Any) -> TypeGuard[float]:

@@ -15,7 +15,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fedops.core.audit import json_values
-from fedops.runtime.audit.commitments import COMMIT_EVENT, FALLBACK_EVENT, INITIAL_EVENT
+from fedops.runtime.audit.commitments import (
+    CHARGE_EVENT,
+    COMMIT_EVENT,
+    FALLBACK_EVENT,
+    INITIAL_EVENT,
+)
 from fedops.runtime.audit.log_file import AuditLog
 from fedops.runtime.driver import RoundRecord
 from fedops.runtime.store import Participant, RunStore, config_digest
@@ -57,6 +62,12 @@ class RunTrail:
         """Round 0 was committed (``{round, model_digest, checkpoint_sha256}``): signed like
         every later round, so a resume can refuse an initial model swapped in state.sqlite."""
         self._record(INITIAL_EVENT, event)
+
+    def privacy_charged(self, charge: Mapping[str, Any]) -> None:
+        """A DP round was spent (its noised model released, or its sum unmasked): signed
+        before the ledger is committed to ``state.sqlite``, which whoever holds the run
+        directory can edit, so a crash before the round commits cannot hide the charge."""
+        self._record(CHARGE_EVENT, charge)
 
     def run_started(self, run_id: str, config: Mapping[str, Any], *, task_digest: str = "") -> None:
         self._record(

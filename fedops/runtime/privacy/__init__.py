@@ -7,8 +7,10 @@ lives in :mod:`fedops.core.privacy`. Each round the plug-in asks the mechanism
 to :meth:`~CentralPrivacy.sample` the cohort, to
 :meth:`~CentralPrivacy.begin_round` (σ=auto and the budget, checked with the
 worst case the round can end in), then to :meth:`~CentralPrivacy.spend` the
-round, and commits the ledger (``RunStore.spend_privacy``) before the new
-model leaves for evaluation. A resumed run restores the committed ledger.
+round, signs the charge into the audit log (``privacy_charged``) and commits the
+ledger (``RunStore.spend_privacy``) before the new model leaves for evaluation (a
+distributed sum: as soon as it is unmasked). A resumed run restores the committed
+ledger, held to what the signed log charged (:mod:`.ledger_log`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fedops.runtime.audit.commitments import Commitments
 from fedops.runtime.privacy.central_dp import CentralPrivacy
 from fedops.runtime.privacy.distributed import DistributedPrivacy
 from fedops.runtime.privacy.dp_round import CentralPrivacyRound, PrivacyRound, privacy_round
+from fedops.runtime.privacy.ledger_log import hold_to_log, only_unconfirmed
 from fedops.runtime.privacy.local_dp import LocalPrivacy
 from fedops.runtime.privacy.privacy_settings import (
     SAMPLINGS,
@@ -80,37 +83,17 @@ def _restore(
     metrics: Sequence[Mapping[str, Any]],
     logged: Commitments | None,
 ) -> None:
-    """state.sqlite can be edited or put back by whoever holds the run directory: a ledger
-    rolled back would let the run spend its budget again, and one of other events can give
-    as much ε now and less after more rounds. So a central-DP ledger must hold every round
-    event the log's ``privacy_spent`` entries name (and each one's known-participant twin),
-    and any ledger at least the most ε those entries gave, computed at each entry's own δ
-    by its own accountant (a resume may change δ or the headline accountant, which changes
-    ε, not what was spent). Distributed DP logs an event for a round it aborted before
-    unmasking, which its ledger rightly lacks: only its ε is held to the log.
-    """
-    spent = any("epsilon" in row for row in metrics) or bool(logged and logged.epsilon_spent)
+    """A central- or distributed-DP ledger is held to the signed log (:mod:`.ledger_log`):
+    every round event it charged (a distributed round aborted before its sum was unmasked
+    spent nothing and is not counted) and the most ε it recorded."""
+    spent = any("epsilon" in row for row in metrics) or bool(
+        logged and logged.epsilon_spent and not only_unconfirmed(logged)
+    )
     if saved is None and spent:
         raise PrivacyResumeRefused(
             "this run directory holds DP rounds but no committed privacy ledger "
             "(state.sqlite's privacy_spent): refusing to resume and under-report ε"
         )
     privacy.restore(saved)
-    if logged is None or not isinstance(privacy, CentralPrivacy):
-        return  # local DP: each site keeps its own ledger
-    rolled_back = "it was rolled back or edited; refusing to resume and spend the budget again"
-    if type(privacy) is CentralPrivacy and (
-        missing := privacy.missing_rounds(logged.privacy_events)
-    ):
-        raise PrivacyResumeRefused(
-            f"the privacy ledger in state.sqlite lacks rounds the signed audit log recorded "
-            f"({missing}): {rolled_back}"
-        )
-    for (delta, accountant), eps in logged.epsilon_spent.items():
-        now = privacy.ledger.epsilon(delta, accountant)
-        if now < eps * (1 - 1e-9):
-            raise PrivacyResumeRefused(
-                f"the privacy ledger in state.sqlite accounts for ε = {now:.6g} at δ = "
-                f"{delta:g} ({accountant}), but the signed audit log recorded ε = {eps:.6g} "
-                f"spent there: {rolled_back}"
-            )
+    if logged is not None and isinstance(privacy, CentralPrivacy):
+        hold_to_log(privacy, logged)  # local DP: each site keeps its own ledger

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +20,7 @@ from fedops.core.privacy.central import private_mean
 from fedops.core.privacy.noise import SecureNormal
 from fedops.core.results import FitResult
 from fedops.core.rounds import poisson_sample, sample_clients, secret_fixed_sample
+from fedops.runtime.privacy.ledger_log import missing_rounds
 from fedops.runtime.privacy.privacy_settings import (
     SAMPLINGS,
     BudgetExhausted,
@@ -41,6 +40,9 @@ class CentralPrivacy:
     every update in the clear: central DP trusts its curator.
     """
 
+    #: whether the ledger keeps each round's twin for a party that knows who took part
+    KNOWN_TWINS = True
+
     def __init__(self, settings: PrivacySettings, *, planned_rounds: int) -> None:
         if settings.noise_multiplier is None and settings.target_epsilon is None:
             raise ValueError("noise_multiplier=auto needs a target_epsilon")
@@ -56,6 +58,10 @@ class CentralPrivacy:
         self.known = PrivacyLedger()
         self._last: dict[str, Any] = {}
         self._event: RoundEvent | None = None
+        self._unsigned = False  # a charge not yet signed into the audit log (sign_charge)
+        #: what took more than one value over the run's rounds ("σ", "clip"): the claim
+        #: then names none of them alone
+        self.varied: set[str] = set()
         self.population: int | None = None
         #: why resuming the run was refused (:func:`~fedops.runtime.privacy.restore_ledger`):
         #: it then claims no guarantee
@@ -180,6 +186,7 @@ class CentralPrivacy:
         )
         self.ledger.record(self._event)
         self.known.record(known_event(self._event))
+        self._unsigned = True  # released: signed before the ledger commits (sign_charge)
         self._last = {"clip_norm": noise.clip_norm, "update_noise_multiplier": sigma}
         if adaptive is not None:
             self._last |= {
@@ -199,6 +206,33 @@ class CentralPrivacy:
     def spend(self, reported: Sequence[Any]) -> None:
         """Central DP spent its round in :meth:`aggregate`."""
 
+    def sign_charge(self, server_round: int) -> None:
+        """Sign the round's charge into the audit log (``privacy_charged``: its event and ε
+        so far), once, before the ledger is committed: the signed log, which the holder of
+        the run directory cannot edit, then knows the round was spent even if the
+        coordinator stops before committing the round."""
+        sign, event = self.settings.sign_charge, self._event
+        if not self._unsigned or sign is None or event is None:
+            return
+        self._unsigned = False
+        s = self.settings
+        sign(
+            {
+                "round": server_round,
+                "privacy_event": event.to_json(),
+                "epsilon": epsilon_text(self.epsilon()),
+                "delta": s.delta,
+                "accountant": self.headline(),
+                "privacy_mechanism": self.mechanism(),
+                "privacy_holds_against": self.holds_against(),
+                **self._charge_details(),
+            }
+        )
+
+    def _charge_details(self) -> dict[str, Any]:
+        """What else a charge entry says of the round (distributed DP: its survivors)."""
+        return {}
+
     # -- resume and reporting ----------------------------------------------------------------
     def ledger_json(self) -> dict[str, Any]:
         return {
@@ -207,6 +241,7 @@ class CentralPrivacy:
             "sigma": self.sigma,
             "clip_norm": self.clip_norm,
             "regime": regime_of(self.settings).to_json(),  # a resume may not change it
+            "varied": sorted(self.varied),
         }
 
     def restore(self, saved: Any) -> None:
@@ -225,28 +260,22 @@ class CentralPrivacy:
             self.sigma = float(saved["sigma"])
         if self.settings.adaptive is not None:
             self.clip_norm = float(saved.get("clip_norm", self.clip_norm))
-        for name, now, then in (
-            ("noise_multiplier", self.sigma, saved.get("sigma")),
-            ("clip_norm", self.clip_norm, saved.get("clip_norm")),
+        varied = saved.get("varied")
+        self.varied = set(varied) & {"σ", "clip"} if isinstance(varied, list) else set()
+        for name, short, now, then in (
+            ("noise_multiplier", "σ", self.sigma, saved.get("sigma")),
+            ("clip_norm", "clip", self.clip_norm, saved.get("clip_norm")),
         ):
             if isinstance(then, int | float) and now is not None and float(then) != now:
                 log.warning("resumed with privacy.%s=%g (the run had %g so far)", name, now, then)
+                if self.ledger.rounds:
+                    self.varied.add(short)
 
     def missing_rounds(self, logged: Mapping[str, int]) -> str:
-        """What the restored ledgers lack of the rounds the signed log recorded (``logged``:
-        each round's event, JSON with sorted keys, counted), or ``""``. A ledger of other
-        events can give as much ε now and less after more rounds: the events themselves
-        must be there, and each one's counterpart for a party that knows who took part."""
-        held, known = _counted(self.ledger), _counted(self.known)
-        twins = Counter[str]()  # rounds of other events can share a twin: summed
-        for text, count in logged.items():
-            if held[text] < count:
-                return f"{count - held[text]} of the {count} rounds of {text}"
-            twins[known_event(RoundEvent.from_json(json.loads(text))).key()] += count
-        for twin, count in twins.items():
-            if known[twin] < count:
-                return f"{count - known[twin]} of the {count} known-participant rounds of {twin}"
-        return ""
+        """What the restored ledgers lack of the rounds the signed log charged (``logged``:
+        each round's event, JSON with sorted keys, counted), or ``""``; see
+        :func:`.ledger_log.missing_rounds`."""
+        return missing_rounds(self.ledger, self.known if self.KNOWN_TWINS else None, logged)
 
     def epsilon(self) -> float:
         return self.ledger.epsilon(self.settings.delta, self.headline())
@@ -314,6 +343,22 @@ class CentralPrivacy:
         )
         return f"{sampling}, {adjacency} client adjacency, {self.headline().upper()} accountant"
 
+    def noise_text(self, split: str = "") -> tuple[str, str]:
+        """σ (``split``: how it is shared) and the clip as the claim names them: one value
+        each, unless a resume changed them, when each round's record says what it ran with."""
+        s = self.settings
+        if "σ" in self.varied:
+            sigma = f"σ{split} varied across rounds (now {self.sigma:.3g}): see each round's "
+            sigma += "privacy_event"
+        else:
+            sigma = f"σ={self.sigma:.3g}" if self.sigma is not None else "σ=auto"
+            sigma += split
+        if "clip" in self.varied:
+            clip = f"clip varied across rounds (now {self.clip_norm:g}): see each round's metrics"
+        else:
+            clip = f"{'adaptive clip from' if s.adaptive else 'clip'} {s.clip_norm:g}"
+        return sigma, clip
+
     def seeded_note(self) -> str:
         if self.settings.seed is None:
             return ""
@@ -328,8 +373,7 @@ class CentralPrivacy:
             return refused_guarantee(self.refusal)
         s = self.settings
         eps = self.epsilon()
-        sigma = f"σ={self.sigma:.3g}" if self.sigma is not None else "σ=auto"
-        clip = f"{'adaptive clip from' if s.adaptive else 'clip'} {s.clip_norm:g}"
+        sigma, clip = self.noise_text()
         known = ""
         if self._amplified():
             known = (
@@ -343,10 +387,3 @@ class CentralPrivacy:
             f"only the released models{known}; none against the coordinator, which sees "
             f"every update{self.seeded_note()}"
         )
-
-
-def _counted(ledger: PrivacyLedger) -> Counter[str]:
-    counted = Counter[str]()
-    for event, n in ledger.history:
-        counted[event.key()] += n
-    return counted

@@ -13,7 +13,7 @@ from fedops.core.params import Params
 from fedops.core.privacy.accountant import RoundEvent, noise_for_target
 from fedops.runtime.privacy.central_dp import CentralPrivacy
 from fedops.runtime.privacy.privacy_settings import PrivacySettings, RoundSample
-from fedops.runtime.privacy.regime import refused_guarantee
+from fedops.runtime.privacy.regime import PrivacyResumeRefused, refused_guarantee
 
 log = logging.getLogger("fedops.privacy")
 
@@ -34,6 +34,8 @@ class DistributedPrivacy(CentralPrivacy):
     of µ ~ 1e10 is accounted as the Gaussian of its variance (Agarwal et al. 2021).
     """
 
+    KNOWN_TWINS = False  # its events are already a known party's (no amplification)
+
     def __init__(self, settings: PrivacySettings, *, planned_rounds: int) -> None:
         if settings.adaptive is not None:
             raise ValueError("adaptive clipping is not available with distributed DP")
@@ -41,7 +43,9 @@ class DistributedPrivacy(CentralPrivacy):
         self._cohort = 0
         self._dimension = 0
         self._charged = False  # this round's sum was unmasked and spent (:meth:`unmasked`)
-        #: commits the ledger as it now is (set each round by the round plug-in)
+        self._survivors = 0
+        #: signs the charge and commits the ledger as it now is (set each round by the
+        #: round plug-in)
         self.commit: Callable[[], None] = lambda: None
 
     def secure_noise(self) -> tuple[float, float] | None:
@@ -127,9 +131,10 @@ class DistributedPrivacy(CentralPrivacy):
         super().begin_round(server_round, sample, params)
 
     def unmasked(self, survivors: int) -> None:
-        """The coordinator has just unmasked a sum of ``survivors`` noise shares: spent and
-        committed now, whatever fails after (decoding it, the strategy), so the round is
-        never forgotten and a re-run of it on resume is charged again."""
+        """The coordinator has just unmasked a sum of ``survivors`` noise shares: spent,
+        signed into the audit log and committed now (:attr:`commit`), whatever fails after
+        (decoding it, the strategy), so the round is never forgotten and a re-run of it on
+        resume is charged again."""
         self._charge(survivors)
         self._charged = True
         self.commit()
@@ -151,7 +156,28 @@ class DistributedPrivacy(CentralPrivacy):
         event = RoundEvent(noise_multiplier=effective, sampling="known")
         self.ledger.record(event)
         self._event = event
+        self._unsigned = True  # seen: signed before the ledger commits (sign_charge)
         self._last = {"effective_noise_multiplier": effective, "clip_norm": self.clip_norm}
+        self._survivors = survivors
+
+    def _charge_details(self) -> dict[str, Any]:
+        return {
+            "effective_noise_multiplier": self._last["effective_noise_multiplier"],
+            "survivors": self._survivors,
+        }
+
+    def restore(self, saved: Any) -> None:
+        """As central DP's, but every round must be accounted as a known party sees it: the
+        coordinator picks the cohort, so no event of a distributed ledger is amplified by
+        sampling (one that is came from elsewhere, e.g. an edited state.sqlite)."""
+        super().restore(saved)
+        amplified = sorted({e.sampling for e, _ in self.ledger.history} - {"known"})
+        if amplified:
+            raise PrivacyResumeRefused(
+                f"the privacy ledger in state.sqlite holds rounds sampled {amplified[0]!r}, "
+                "which distributed DP never accounts (its coordinator knows who took part): "
+                "it was edited; refusing to resume under a claim its rounds never had"
+            )
 
     def holds_against(self) -> str:
         c = self.settings.colluders
@@ -172,9 +198,10 @@ class DistributedPrivacy(CentralPrivacy):
         if self.refusal:
             return refused_guarantee(self.refusal)
         s = self.settings
+        sigma, clip = self.noise_text(" split among the sampled clients")
         return (
             f"(ε={self.epsilon():.3g}, δ={s.delta:g}) user-level distributed DP over "
-            f"{self.ledger.rounds} rounds ({self.mechanism()}; σ={self.sigma:.3g} split "
-            f"among the sampled clients, clip {s.clip_norm:g}); holds against the "
-            f"coordinator and anyone who sees the released models{self.seeded_note()}"
+            f"{self.ledger.rounds} rounds ({self.mechanism()}; {sigma}, {clip}); holds "
+            f"against the coordinator and anyone who sees the released models"
+            f"{self.seeded_note()}"
         )

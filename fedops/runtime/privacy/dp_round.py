@@ -44,9 +44,19 @@ class PrivacyRound(RoundPlugin):
         if isinstance(self.privacy, DistributedPrivacy):  # spent as soon as a sum is unmasked
 
             def commit() -> None:
-                ctx.store.spend_privacy(server_round, self.privacy.ledger_json())
+                self._commit(ctx, server_round)
 
             self.privacy.commit = commit
+
+    def _commit(self, ctx: RoundContext, server_round: int) -> None:
+        """Sign what the round spent into the audit log, then commit the ledger: the signed
+        log is the record the holder of the run directory cannot edit, so a crash after the
+        release and before the round commits cannot make the resumed run forget it (the
+        ledger is committed even if signing fails)."""
+        try:
+            self.privacy.sign_charge(server_round)
+        finally:
+            ctx.store.spend_privacy(server_round, self.privacy.ledger_json())
 
     def sample(
         self, ctx: RoundContext, server_round: int, nodes: list[str], params: Params
@@ -72,10 +82,10 @@ class PrivacyRound(RoundPlugin):
 
     def aggregated(self, ctx: RoundContext, server_round: int, fit: FitOutcome) -> None:
         # what was unmasked or aggregated is spent, even if the round then aborted, and
-        # committed before the noised model leaves for evaluation (a crash between the
-        # two must not forget the round)
+        # signed and committed before the noised model leaves for evaluation (a crash
+        # between the two must not forget the round)
         self.privacy.spend(fit.reported)
-        ctx.store.spend_privacy(server_round, self.privacy.ledger_json())
+        self._commit(ctx, server_round)
 
     def evaluation(self, ask: EvaluationAsk) -> EvaluationAsk:
         # under DP the sites' own losses, accuracies and counts of their data are outside

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from fedops.core.privacy.central import AdaptiveClipping
 
@@ -36,6 +38,12 @@ class PrivacySettings:
     colluders: int = 0  # distributed: sites that may pool their noise shares with the server
     min_survivors: int = 1  # distributed: the fewest noise shares a committed round can hold
     release_site_metrics: bool = False  # sites' losses and accuracies, outside the guarantee
+    #: signs a round's charge into the run's audit log (``privacy_charged``) before its
+    #: ledger is committed: :func:`fedops.runtime.records.run_recorded` sets it (None: the
+    #: run keeps no signed log, e.g. a store driven alone in tests)
+    sign_charge: Callable[[Mapping[str, Any]], None] | None = field(
+        default=None, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,7 +6,10 @@ rounds claimed against the coordinator as distributed DP), without the seed that
 made earlier rounds NOT private, with participants published after they were kept
 secret (or the reverse), or with the other sampling would sign a claim some of
 its rounds never had. So the regime is persisted in the ledger (``regime``) and a
-resume that changes any part of it is refused before a round runs.
+resume that changes any part of it is refused before a round runs. Distributed DP's
+rounds were accounted with the noise left once ``privacy.colluders`` sites subtract
+theirs: a resume may lower it (those rounds had more noise than the claim needs), never
+raise it.
 
 What the run had is read from every record that tells: the committed ledger, the
 signed audit log (each ``run_started`` holds the run's config, each
@@ -18,6 +21,7 @@ regime was persisted is judged by the other two.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +32,8 @@ from fedops.runtime.store import StoreError
 
 MODES = ("none", "central", "distributed", "local")
 ADVICE = "or start a new run directory"
+#: how a distributed-DP round's claim names its colluders (``DistributedPrivacy.mechanism``)
+_COLLUDERS = re.compile(r"up to (\d+) colluding site")
 
 
 class PrivacyResumeRefused(StoreError, ValueError):
@@ -44,13 +50,14 @@ class Regime:
     seeded: bool | None = None  # central and distributed: NOT private when seeded
     publish_participants: bool | None = None  # central only
     sampling: str | None = None  # central with secret participants only
+    colluders: int | None = None  # distributed only: the most its rounds were accounted for
 
     def relevant(self) -> Regime:
         """Only what the mode's guarantee depends on (local DP's is the sites')."""
         if self.mode in ("none", "local"):
             return Regime(self.mode)
         if self.mode == "distributed":
-            return Regime(self.mode, seeded=self.seeded)
+            return Regime(self.mode, seeded=self.seeded, colluders=self.colluders)
         sampling = None if self.publish_participants else self.sampling
         return Regime(self.mode, self.seeded, self.publish_participants, sampling)
 
@@ -60,6 +67,7 @@ class Regime:
             "seeded": self.seeded,
             "publish_participants": self.publish_participants,
             "sampling": self.sampling,
+            "colluders": self.colluders,
         }
 
     @classmethod
@@ -71,6 +79,7 @@ class Regime:
             seeded=_flag(raw.get("seeded")),
             publish_participants=_flag(raw.get("publish_participants")),
             sampling=raw["sampling"] if isinstance(raw.get("sampling"), str) else None,
+            colluders=_colluders(raw.get("colluders")),
         ).relevant()
 
 
@@ -88,6 +97,7 @@ def regime_of(settings: PrivacySettings | None) -> Regime:
         seeded=settings.seed is not None,
         publish_participants=settings.publish_participants,
         sampling=settings.sampling,
+        colluders=settings.colluders,
     ).relevant()
 
 
@@ -100,6 +110,7 @@ def regime_of_config(section: Any) -> Regime | None:
         seeded=section.get("seed") is not None,
         publish_participants=_flag(section.get("publish_participants")),
         sampling=section["sampling"] if isinstance(section.get("sampling"), str) else None,
+        colluders=_colluders(section.get("colluders")),
     ).relevant()
 
 
@@ -114,7 +125,8 @@ def regime_of_spent(entry: Mapping[str, Any]) -> Regime | None:
     if "DP-SGD" in mechanism:
         return Regime("local")
     if "colluding site" in mechanism:
-        return Regime("distributed")
+        found = _COLLUDERS.search(mechanism)
+        return Regime("distributed", colluders=int(found[1]) if found else None)
     event = entry.get("privacy_event")
     sampling = event.get("sampling") if isinstance(event, Mapping) else None
     publish = mechanism.startswith("participants published") or sampling == "known"
@@ -200,6 +212,8 @@ def _refusal(had: Regime, now: Regime, rounds: int, seed: int | None) -> str:
             "make the run's noise reproducible (NOT private) under its one guarantee: "
             f"resume without privacy.seed, {ADVICE}"
         )
+    if had.colluders is not None and now.colluders is not None and now.colluders > had.colluders:
+        return _colluders_refusal(had.colluders, now.colluders, spent)
     for key, old, new in (
         ("publish_participants", had.publish_participants, now.publish_participants),
         ("sampling", had.sampling, now.sampling),
@@ -211,6 +225,16 @@ def _refusal(had: Regime, now: Regime, rounds: int, seed: int | None) -> str:
                 f"ran: keep privacy.{key}={_text(old)}, {ADVICE}"
             )
     return ""
+
+
+def _colluders_refusal(had: int, now: int, spent: str) -> str:
+    """A resume against more colluders than some rounds' noise was accounted for."""
+    return (
+        f"privacy.colluders: {spent} accounted against up to {had} colluding "
+        f"site{'s' if had != 1 else ''}; resuming with privacy.colluders={now} would claim "
+        f"them against {now}, which their noise was never accounted for: keep "
+        f"privacy.colluders at most {had}, {ADVICE}"
+    )
 
 
 def _mode_refusal(had: str, now: str, rounds: int, spent: str) -> str:
@@ -239,6 +263,10 @@ def _text(value: Any) -> str:
 
 def _flag(value: Any) -> bool | None:
     return value if isinstance(value, bool) else None
+
+
+def _colluders(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _count(value: Any) -> bool:

@@ -449,8 +449,9 @@ def test_a_dp_round_spent_then_run_again_after_a_crash_resumes_and_exports_clean
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ):
     """Central DP commits round 3's ledger, then dies before logging the round: the resume
-    runs round 3 again and its ledger counts both releases, which the log names once. The
-    ε logged after is the honest, larger one; the export's recomputation must not flag it."""
+    runs round 3 again and its ledger counts both releases, which the log names too (each
+    signed as charged, before its ledger was committed). The export's recomputation of the
+    ε logged after counts both and must not flag it."""
     from fedops.cli import main
 
     run = tmp_path / "run"
@@ -472,7 +473,10 @@ def test_a_dp_round_spent_then_run_again_after_a_crash_resumes_and_exports_clean
     )
     report = json.loads((run / "rep" / "compliance.json").read_text())
     (headline,) = [r for r in report["privacy_recomputed"] if r["key"] == "epsilon"]
-    assert headline["logged"] > headline["recomputed"]  # the first round 3 counted too
+    assert headline["rounds"] == 5 and headline["ok"]  # the first round 3 counted too
+    assert headline["logged"] == pytest.approx(headline["recomputed"], rel=1e-9)
+    charged = [p["round"] for p in _events(_entries(run), "privacy_charged")]
+    assert charged == [1, 2, 3, 3, 4]
 
 
 def test_an_explicit_noise_multiplier_changed_on_resume_is_used_and_said(
