@@ -37,6 +37,7 @@ served and live nodes are not dropped. So, in this module:
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import re
 import threading
 import time
@@ -66,8 +67,8 @@ MAX_CALLS_PER_SITE = 8
 #: registrations one site may make in a burst, and then one per this many seconds
 REGISTER_BURST = 6
 REGISTER_EVERY_S = 10.0
-#: registrations one peer (an address without a kit) may make under any names: a burst as
-#: large as the agents a host may run, then 20 a second. Keyed by name alone, a flood under
+#: registrations one peer (a network without a kit: network_of) may make under any names: a
+#: burst as large as the agents a host may run, then 20 a second. Keyed by name alone, a flood under
 #: fresh names went unchecked: 439 signed, fsynced node_joined entries a second (red team
 #: 2026-12-07)
 REGISTER_PEER_BURST = MAX_UPLOADS_PER_ADDRESS
@@ -99,6 +100,19 @@ def address_of(context: grpc.ServicerContext) -> str:
     if scheme in ("ipv4", "ipv6") and ":" in rest:
         return rest.rsplit(":", 1)[0].strip("[]")
     return peer
+
+
+def network_of(peer: str) -> str:
+    """The network a peer key belongs to: an IPv4 address's /24, an IPv6 address's /64, a
+    certificate's name as it is. One host holds many addresses of its network (127.0.0.0/8
+    on loopback, a /64 for IPv6), so a budget kept per address is one per address it
+    chooses to use (red team 2026-12-07: 8 loopback addresses, 8 budgets)."""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer  # "cert:NAME", a unix socket, "?"
+    prefix = 24 if address.version == 4 else 64
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
 def certified_or_address(context: grpc.ServicerContext) -> str:

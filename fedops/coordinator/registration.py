@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from fedops.coordinator.nodes import RegistryFull, Unauthenticated
-from fedops.coordinator.peer_guard import PEER, RateLimit, check_site_name
+from fedops.coordinator.peer_guard import PEER, RateLimit, check_site_name, network_of
 from fedops.coordinator.result_intake import Gatekeeper, Reject, TaskBoard
 from fedops.core.params import InvalidUpdate, TensorSpec
 from fedops.core.results import MAX_NUM_EXAMPLES
@@ -82,13 +82,14 @@ class NodeRegistration:
                 f"site {site!r} registered {registrations.burst} times in a short while; "
                 f"it may register again in {wait_s:.0f} s",
             )
-        wait_s = peer_registrations.wait_s(PEER.get())
-        if wait_s:  # fresh names each time: the peer's own budget
+        wait_s = peer_registrations.wait_s(network_of(PEER.get()))
+        if wait_s:  # fresh names each time: the peer network's own budget
             self._gate.reject(
                 0,
                 "?",
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"this peer registered {peer_registrations.burst} nodes in a short while; "
+                f"this peer's network registered {peer_registrations.burst} nodes in a short "
+                "while; "
                 f"it may register again in {wait_s:.1f} s",
             )
         with self._board.cond:

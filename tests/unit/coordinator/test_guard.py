@@ -15,6 +15,7 @@ from fedops.coordinator.peer_guard import (
     RefusalThrottle,
     address_of,
     check_site_name,
+    network_of,
 )
 from fedops.coordinator.result_intake import ANSWERS_TASK, Reject
 from fedops.runtime.transport import Instruction
@@ -175,12 +176,30 @@ def test_a_flood_under_fresh_names_is_limited_per_peer():
     with pytest.raises(Reject) as refused:
         register("10.0.0.9", "sybil-10")
     assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "this peer registered 10 nodes" in refused.value.reason
+    assert "this peer's network registered 10 nodes" in refused.value.reason
     assert "may register again in 0.5 s" in refused.value.reason
-    assert register("10.0.0.5", "honest").node_id  # another host is not held back
+    # another address of the same /24 shares the budget (red team: 8 loopback addresses
+    # were 8 budgets); another network does not
+    with pytest.raises(Reject):
+        register("10.0.0.77", "sybil-from-a-neighbour")
+    assert register("10.0.1.5", "honest").node_id
     clock.now += 0.5
     assert register("10.0.0.9", "sybil-11").node_id  # the bucket refills
     assert events.count("node_joined") == 12
+
+
+@pytest.mark.parametrize(
+    ("peer", "network"),
+    [
+        ("10.0.0.9", "10.0.0.0/24"),
+        ("127.0.0.11", "127.0.0.0/24"),
+        ("2001:db8::1", "2001:db8::/64"),
+        ("cert:bank-a", "cert:bank-a"),
+        ("unix:/tmp/sock", "unix:/tmp/sock"),
+    ],
+)
+def test_a_peer_budget_is_kept_per_network(peer: str, network: str):
+    assert network_of(peer) == network
 
 
 class _Context:
