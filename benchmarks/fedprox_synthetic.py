@@ -29,7 +29,7 @@ from fedops.runtime.simulate_settings import SimulateConfig, SimulationConfig, v
 from fedops.simulation.engine import run_simulation
 
 RUNS = [  # (label, straggler share, strategy, mu, drop stragglers)
-    ("FedAvg, 0% stragglers", 0.0, "fedavg", 0.0, True),
+    ("FedAvg, 0% stragglers", 0.0, "fedavg", 0.0, False),  # none to drop: the flag is refused
     ("FedProx mu=1, 0% stragglers", 0.0, "fedprox", 1.0, False),
     ("FedAvg, 90% stragglers (dropped)", 0.9, "fedavg", 0.0, True),
     ("FedProx mu=0, 90% stragglers (partial work kept)", 0.9, "fedprox", 0.0, False),
