@@ -18,7 +18,7 @@ import grpc
 
 from fedops.consortium import pki
 from fedops.consortium.tls import Revocation, peer_certificate
-from fedops.coordinator.peer_guard import RateLimit
+from fedops.coordinator.refusal_log import RefusalLog
 from fedops.coordinator.result_intake import Reject
 
 log = logging.getLogger("fedops.coordinator")
@@ -56,7 +56,7 @@ class PeerGate:
         self.revocation = revocation
         self.site_of_node = site_of_node
         self.on_refusal = on_refusal
-        self._said = RateLimit(burst=3, every_s=20.0, max_keys=1024)  # log lines, per reason
+        self._said = RefusalLog(log)  # log lines: a few per offender, then a count
 
     def caller(self, context: grpc.ServicerContext, method: str) -> str:
         """The calling site's name; refuses callers without a valid, unrevoked site certificate."""
@@ -84,7 +84,7 @@ class PeerGate:
             )
 
     def _refuse(self, who: str, code: grpc.StatusCode, reason: str) -> NoReturn:
-        if not self._said.wait_s(reason):  # an operator sees who is turned away, and why
-            log.warning("refused a call: %s (%s)", reason, code.name)
+        # an operator sees who is turned away, and why, without a line per call
+        self._said.warning(who, "refused a call: %s (%s)", reason, code.name)
         self.on_refusal(who, code.name, reason)
         raise Reject(code, reason)

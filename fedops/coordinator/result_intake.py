@@ -18,13 +18,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
 from fedops.coordinator.intake import Received, read_result
 from fedops.coordinator.nodes import NodeRegistry, Unauthenticated
+from fedops.coordinator.refusal_log import RefusalLog
 from fedops.core.audit.anchor import anchor_of
 from fedops.core.monitoring.profile import MonitorSpec
 from fedops.core.params import InvalidUpdate, Params, TensorSpec, digest, total_bytes
@@ -102,6 +103,7 @@ class Gatekeeper:
     registry: NodeRegistry
     report: Callable[[int, str, str, str], None]  # (round, node, code, reason): on_rejection
     current_round: Callable[[], int]
+    said: RefusalLog = field(default_factory=lambda: RefusalLog(log))  # the log's lines
 
     def authenticate(self, node_id: str, token: str) -> None:
         try:
@@ -116,7 +118,7 @@ class Gatekeeper:
         # status metadata (gRPC would then answer RESOURCE_EXHAUSTED instead of ``code``)
         # and escaped: a newline or a terminal escape in them must forge no log line
         node, reason = loggable(node[:MAX_NODE_ID], MAX_NODE_ID), loggable(reason, MAX_REASON)
-        log.warning("rejected call from %s: %s (%s)", node, reason, code.name)
+        self.said.warning(node, "rejected call from %s: %s (%s)", node, reason, code.name)
         self.report(server_round, node, code.name, reason)
         raise Reject(code, reason)
 

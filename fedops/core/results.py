@@ -13,6 +13,11 @@ from fedops.core.params import InvalidUpdate, Params
 MAX_NUM_EXAMPLES = 1 << 40
 
 
+class AggregationRefused(ValueError):
+    """A strategy will not aggregate this round's results (e.g. too few for the rule to
+    bound one site's influence); the runtime aborts the round and keeps the model."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FitResult:
     """A client's locally trained parameters and how many examples shaped them."""
@@ -67,7 +72,9 @@ def weighted_metrics(
     }
 
 
-def median_metrics(results: Sequence[EvaluateResult]) -> dict[str, float]:
+def median_metrics(
+    results: Sequence[FitResult | EvaluateResult | StageResult],
+) -> dict[str, float]:
     """The unweighted median across sites of every metric that all results report.
 
     For robust strategies: ``num_examples`` is the site's own claim, so no site's

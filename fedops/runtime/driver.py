@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedops.core.params import InvalidUpdate, Params, check_finite
-from fedops.core.results import EvaluateResult, FitResult
+from fedops.core.results import AggregationRefused, EvaluateResult, FitResult
 from fedops.core.rounds import Phase, RoundTracker, sample_clients
 from fedops.core.strategies.hooks import (
     ClientConfigStrategy,
@@ -234,22 +234,27 @@ class RoundDriver:
         """The new model from the accepted updates, or the old one and why the round aborted.
 
         A new model with NaN or Inf (e.g. finite updates whose weighted sum overflows
-        float32) is never committed: the round aborts, the model and the strategy's state
-        stay as they were, and the run goes on.
+        float32) is never committed, nor one the strategy refuses to compute
+        (:class:`AggregationRefused`, e.g. too few results to trim): the round aborts,
+        the model and the strategy's state stay as they were, and the run goes on.
         """
         strategy = self.ctx.strategy
         before = strategy_state(strategy)  # copies: a refused aggregate must not move it
-        new, aborted = self._new_model(server_round, params, fit)
-        if aborted or new is params:
-            return new, aborted
         try:
-            check_finite(new)
-        except InvalidUpdate as exc:
+            new, aborted = self._new_model(server_round, params, fit)
+        except AggregationRefused as exc:
+            new, aborted = params, str(exc)
+        else:
+            if aborted or new is params:
+                return new, aborted
+            try:
+                check_finite(new)
+            except InvalidUpdate as exc:
+                new, aborted = params, f"the aggregated model is not finite ({exc})"
+        if aborted:
             load_strategy_state(strategy, before)
-            reason = f"the aggregated model is not finite ({exc})"
-            log.warning("round %d aborted: %s; the model is unchanged", server_round, reason)
-            return params, reason
-        return new, ""
+            log.warning("round %d aborted: %s; the model is unchanged", server_round, aborted)
+        return new, aborted
 
     def _new_model(self, server_round: int, params: Params, fit: FitOutcome) -> tuple[Params, str]:
         """The strategy's (or a plug-in's) new model, or the old one and why not."""

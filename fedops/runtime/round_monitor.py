@@ -138,7 +138,9 @@ class RoundMonitor(RoundPlugin):
         accuracy = {
             s: float(r.metrics["accuracy"]) for s, r in by_site.items() if "accuracy" in r.metrics
         }
-        out |= summarize(reports, accuracy, self.settings.thresholds)
+        # a site's fairness counts weigh at most the examples it says it evaluated
+        examples = {s: r.num_examples for s, r in by_site.items()}
+        out |= summarize(reports, accuracy, self.settings.thresholds, examples)
         self._raise(server_round, out)
         return out
 

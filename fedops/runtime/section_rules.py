@@ -23,7 +23,7 @@ from fedops.core.strategies import (
     build_strategy,
     readers,
 )
-from fedops.core.strategies.robust import Krum
+from fedops.core.strategies.robust import Krum, TrimmedMean
 from fedops.core.train_settings import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR
 from fedops.runtime.rules import (
     PRIVACY_MODES,
@@ -300,7 +300,8 @@ def check_strategy_fits(
     st: StrategyConfig, *, per_round: int, secagg: str, privacy: str, prefix: str = "strategy"
 ) -> None:
     """The strategy against the rest of the run: robust rules need every client's model
-    (no SecAgg, no central or distributed DP) and, for Krum, enough clients per round."""
+    (no SecAgg, no central or distributed DP) and, for Krum and the trimmed mean, enough
+    clients per round."""
     try:
         _check_robust(st, per_round=per_round, secagg=secagg, privacy=privacy)
     except ConfigError as exc:
@@ -344,6 +345,12 @@ def _check_robust(st: StrategyConfig, *, per_round: int, secagg: str, privacy: s
         f"{name} cannot be combined with {privacy} DP, which aggregates by its own "
         "clipped and noised mean",
     )
+    if name == "trimmed_mean":
+        require(
+            TrimmedMean(beta=st.trim_fraction).trimmed(per_round) >= 1,
+            "trim_fraction",
+            _trims_nothing(st.trim_fraction, per_round),
+        )
     if name in ("krum", "multi_krum"):
         need = Krum(byzantine=f).min_results()
         require(
@@ -358,3 +365,18 @@ def _check_robust(st: StrategyConfig, *, per_round: int, secagg: str, privacy: s
             "select",
             f"cannot select {select} of the {per_round} clients a round may have",
         )
+
+
+def _trims_nothing(fraction: float, per_round: int) -> str:
+    """Why ``fraction`` of ``per_round`` results trims nothing, and what would."""
+    why = (
+        f"trimmed_mean with trim_fraction={fraction:g} drops floor({fraction:g} x {per_round}) "
+        f"= 0 values at each end when a round has {per_round} clients: that is the plain "
+        "mean, which one site can set to anything; "
+    )
+    if per_round < 3:  # one dropped at each end and one kept; trim_fraction < 0.5
+        return why + "it needs at least 3 clients per round (or use median)"
+    smallest = math.ceil(1000 / per_round) / 1000
+    while TrimmedMean(beta=smallest).trimmed(per_round) < 1:
+        smallest += 0.001
+    return why + f"use trim_fraction >= {smallest:g} to drop one at each end"

@@ -4,6 +4,13 @@ Sites send counts and their own drift statistics; here they become the
 ``drift``, ``drift_alerts``, ``fairness`` and ``fairness_alerts`` fields of a
 round's metrics line. Fairness is computed once, on counts summed over sites,
 which is what makes it equal to the same metric on the pooled data.
+
+Pooled fairness is only as honest as the sites: a site's counts are its own word, and
+the larger its counts the more it moves the pooled numbers. Given each site's evaluated
+``examples`` (also its claim, but the one its evaluation is counted by), no site's
+fairness counts may exceed it: larger ones are scaled down to it (:func:`capped`), so a
+site claiming ``n = 2**39`` rows in its groups outweighs the others only by claiming as
+many evaluated examples.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from fedops.core.monitoring.drift import (
 )
 from fedops.core.monitoring.fairness import (
     FairnessThresholds,
+    GroupCounts,
     fairness_alerts,
     fairness_metrics,
     pool,
@@ -129,12 +137,30 @@ class _PerDrift:
         return []
 
 
+def capped(groups: Mapping[int, GroupCounts], limit: int) -> Mapping[int, GroupCounts]:
+    """A site's fairness counts, scaled down (each cell rounded down) to at most ``limit``
+    rows in all when they claim more: a site weighs no more than the examples it evaluated."""
+    total = sum(c.n for c in groups.values())
+    if total <= limit:
+        return groups
+    out = {}
+    for group, c in groups.items():
+        tp, fp, tn, fn = (cell * limit // total for cell in (c.tp, c.fp, c.tn, c.fn))
+        n = tp + fp + tn + fn
+        out[group] = GroupCounts(
+            n=n, tp=tp, fp=fp, tn=tn, fn=fn, correct=min(c.correct * limit // total, n)
+        )
+    return out
+
+
 def summarize(
     reports: Mapping[str, SiteReport],
     site_accuracy: Mapping[str, float],
     thresholds: MonitorThresholds,
+    examples: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The monitoring fields of one round's metrics line."""
+    """The monitoring fields of one round's metrics line; ``examples``: each site's evaluated
+    examples, which caps its fairness counts (:func:`capped`)."""
     per_site = _PerDrift(thresholds)
     out: dict[str, Any] = {
         "drift": {
@@ -147,7 +173,13 @@ def summarize(
     pooled_stats = pooled_drift(list(reports.values()))
     if pooled_stats:
         out["drift_pooled"] = {k: v for k, v in drift_summary(pooled_stats).items()}
-    counts = pool([r.fairness for r in reports.values() if r.fairness])
+    counts = pool(
+        [
+            r.fairness if examples is None else capped(r.fairness, max(0, examples.get(s, 0)))
+            for s, r in reports.items()
+            if r.fairness
+        ]
+    )
     fairness: dict[str, float] = fairness_metrics(counts) if counts else {}
     gap = site_accuracy_gap(site_accuracy)
     if not math.isnan(gap):

@@ -161,7 +161,8 @@ def fit_metrics(
 ) -> dict[str, float]:
     """The round's training metrics as its metrics line shows them: the example-weighted
     mean ``train_loss`` (if every result reports one), updated by the strategy's
-    ``aggregate_fit_metrics`` if it has one (which may replace ``train_loss`` too).
+    ``aggregate_fit_metrics`` if it has one (which may replace ``train_loss`` too: the
+    robust strategies put the median across sites there, which no claimed count moves).
 
     Raises:
         ValueError: the hook returned a name the metrics line already holds

@@ -11,8 +11,9 @@ client starts from the same global model ``w``, a rule that is
 translation-equivariant (all of these are) gives the same result either way.
 They are **unweighted**: ``num_examples`` is reported by the client itself, so
 a Byzantine client could claim a huge count to dominate any weighting. For the
-same reason their evaluation summary is the unweighted median across sites of
-each metric (:func:`~fedops.core.results.median_metrics`), not a weighted mean.
+same reason their evaluation summary, and the round's ``train_loss``, are the
+unweighted median across sites of each metric
+(:func:`~fedops.core.results.median_metrics`), not a weighted mean.
 
 Dtypes and shapes are kept. Statistics are computed in float64 and cast back;
 integer and boolean tensors (e.g. BatchNorm's ``num_batches_tracked``) are
@@ -36,7 +37,13 @@ from typing import ClassVar
 import numpy as np
 
 from fedops.core.params import Params, weighted_average
-from fedops.core.results import EvaluateResult, FitResult, median_metrics
+from fedops.core.results import (
+    AggregationRefused,
+    EvaluateResult,
+    FitResult,
+    StageResult,
+    median_metrics,
+)
 
 #: the names under which :data:`fedops.core.strategies.STRATEGIES` registers these rules
 ROBUST_STRATEGIES = ("trimmed_mean", "median", "krum", "multi_krum")
@@ -71,8 +78,8 @@ def _per_coordinate(
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Robust:
-    """What every robust rule shares: no client hyperparameters, and an evaluation
-    summary that no site's claimed count can steer (the median across sites)."""
+    """What every robust rule shares: no client hyperparameters, and training and
+    evaluation summaries that no site's claimed count can steer (medians across sites)."""
 
     name: str = "robust"
 
@@ -85,6 +92,14 @@ class _Robust:
         # only reported, never fed back into the model; yet one site's claimed count
         # must not set the run's reported accuracy: unweighted, per site
         return median_metrics(results)
+
+    def aggregate_fit_metrics(
+        self, server_round: int, results: Sequence[FitResult | StageResult]
+    ) -> dict[str, float]:
+        # replaces the example-weighted mean train_loss (see fit_metrics), which one
+        # site claiming 2**40 examples would set: the median across sites instead
+        median = median_metrics(results)
+        return {"train_loss": median["train_loss"]} if "train_loss" in median else {}
 
 
 def _median(stacked: np.ndarray) -> np.ndarray:
@@ -103,7 +118,10 @@ class TrimmedMean(_Robust):
     every coordinate drops at least that many values at each end, i.e.
     ``floor(beta * n) >= f`` (Yin et al.'s bound assumes ``beta >= f / n``). With
     ``beta = 0`` it is the plain unweighted mean; ``beta`` must be below 0.5
-    so at least one value survives.
+    so at least one value survives. With ``beta > 0`` but too few results to drop
+    one value at each end (``n < min_results()``, e.g. after dropouts) it raises
+    :class:`~fedops.core.results.AggregationRefused` rather than return the plain
+    mean, which one site could set to anything.
 
     Example:
         >>> r = [FitResult(node_id=str(v), params={"w": np.array([v])}, num_examples=1)
@@ -124,6 +142,15 @@ class TrimmedMean(_Robust):
         """How many values are dropped at *each* end of every coordinate with ``n`` results."""
         return math.floor(self.beta * n)
 
+    def min_results(self) -> int:
+        """The fewest results that drop at least one value at each end (1 for ``beta = 0``)."""
+        if self.beta == 0:
+            return 1
+        n = math.ceil(1 / self.beta)
+        while self.trimmed(n) < 1:  # 1 / beta rounded down in floating point
+            n += 1
+        return n
+
     def aggregate_fit(
         self, server_round: int, current: Params, results: Sequence[FitResult]
     ) -> Params:
@@ -131,6 +158,12 @@ class TrimmedMean(_Robust):
             return current
         n = len(results)
         k = self.trimmed(n)
+        if k == 0 and self.beta > 0:
+            raise AggregationRefused(
+                f"{self.name} with trim_fraction={self.beta:g} drops no value of {n} "
+                f"result(s) (floor({self.beta:g} x {n}) = 0): untrimmed, one site sets the "
+                f"mean; it needs at least {self.min_results()} results"
+            )
 
         def trimmed_mean(stacked: np.ndarray) -> np.ndarray:
             return np.asarray(np.sort(stacked, axis=0)[k : n - k].mean(axis=0))
@@ -219,8 +252,9 @@ class Krum(_Robust):
     (the most models that can all be honest). Ties go to the earlier result.
 
     How ``f`` enters: the score looks at the ``n - f - 2`` nearest neighbours
-    and the guarantee needs ``n > 2f + 2``; a round with fewer results raises
-    :class:`ValueError` naming ``n`` and ``f``.
+    and the guarantee needs ``n > 2f + 2``; a round with fewer results (or fewer
+    than ``select``) raises :class:`~fedops.core.results.AggregationRefused` (a
+    :class:`ValueError`) naming ``n`` and ``f``.
 
     Distances use the floating-point tensors only (see :func:`_flatten`);
     every tensor of the selected models, integers included, is returned
@@ -246,13 +280,13 @@ class Krum(_Robust):
         """Indices of the results Krum keeps, best score first."""
         n, f = len(results), self.byzantine
         if n <= 2 * f + 2:
-            raise ValueError(
+            raise AggregationRefused(
                 f"{self.name} with byzantine f={f} needs n > 2f + 2 = {2 * f + 2} results, "
                 f"got n={n}; use fewer byzantine or more clients per round"
             )
         m = n - f if self.select is None else self.select
         if m > n:
-            raise ValueError(f"{self.name} cannot select m={m} of only n={n} results")
+            raise AggregationRefused(f"{self.name} cannot select m={m} of only n={n} results")
         scores = krum_scores(pairwise_sq_distances(_flatten(results)), f)
         order = np.argsort(scores, kind="stable")
         return [int(i) for i in order[:m]]

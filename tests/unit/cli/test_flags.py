@@ -75,7 +75,7 @@ COORDINATOR_FLAGS: list[tuple[tuple[str, ...], Callable[[Any], Any], Any]] = [
         0.5,
     ),
     (
-        ("--strategy", "trimmed_mean", "--trim-fraction", "0.2"),
+        ("--strategy", "trimmed_mean", "--min-clients", "5", "--trim-fraction", "0.2"),
         lambda c: make_strategy(c.strategy).beta,
         0.2,
     ),

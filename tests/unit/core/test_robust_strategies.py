@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedops.core.params import Params
-from fedops.core.results import EvaluateResult, FitResult
+from fedops.core.results import AggregationRefused, EvaluateResult, FitResult
 from fedops.core.strategies import (
     STRATEGIES,
     FedAvg,
@@ -89,7 +89,12 @@ def test_median_is_numpy_median_per_coordinate(stacked: np.ndarray):
 @settings(max_examples=60, deadline=None)
 @given(_stacks(), st.floats(0.0, 0.49))
 def test_trimmed_mean_is_the_sorted_trim_mean(stacked: np.ndarray, beta: float):
-    out = TrimmedMean(beta=beta).aggregate_fit(1, {"w": stacked[0]}, _split(stacked))["w"]
+    rule = TrimmedMean(beta=beta)
+    if beta > 0 and rule.trimmed(len(stacked)) == 0:  # would trim nothing: refused
+        with pytest.raises(AggregationRefused):
+            rule.aggregate_fit(1, {"w": stacked[0]}, _split(stacked))
+        return
+    out = rule.aggregate_fit(1, {"w": stacked[0]}, _split(stacked))["w"]
     expected = _reference_trimmed_mean(stacked, beta)
     np.testing.assert_allclose(out, expected.astype(np.float32), rtol=1e-6, atol=1e-4)
     assert out.dtype == np.float32 and out.shape == stacked.shape[1:]

@@ -142,7 +142,8 @@ def test_the_strategy_group_builds_each_rule():
         return make_strategy(validate(_compose(*overrides)).strategy)
 
     assert built("strategy=median") == Median()
-    assert built("strategy=trimmed_mean") == TrimmedMean(beta=0.1)
+    # 0.1 trims one value per side from 10 clients a round (of 5 it would trim none: refused)
+    assert built("strategy=trimmed_mean", "simulation.num_clients=10") == TrimmedMean(beta=0.1)
     assert built("strategy=trimmed_mean", "strategy.trim_fraction=0.3") == TrimmedMean(beta=0.3)
     assert built("strategy=krum") == Krum(byzantine=1, select=1)
     assert built("strategy=multi_krum") == MultiKrum(byzantine=1, select=None)
@@ -178,7 +179,7 @@ def test_the_coordinator_takes_the_robust_flags():
     cfg = CoordinatorConfig(strategy=multi, min_clients=7)
     assert (cfg.strategy.byzantine, cfg.strategy.select) == (2, 3)
     trimmed = StrategyConfig(name="trimmed_mean", trim_fraction=0.2)
-    assert CoordinatorConfig(strategy=trimmed).strategy.trim_fraction == 0.2
+    assert CoordinatorConfig(strategy=trimmed, min_clients=5).strategy.trim_fraction == 0.2
     with pytest.raises(ConfigError) as unread:  # multi_krum would ignore it: refused
         CoordinatorConfig(
             strategy=StrategyConfig(name="multi_krum", trim_fraction=0.2), min_clients=7

@@ -1,0 +1,85 @@
+"""The driver turns a strategy's refusal to aggregate into an aborted round.
+
+``trimmed_mean`` configured for 10 clients a round, but only 3 answer (dropouts):
+the rule would trim nothing, so one site's float32-max update would be the model.
+The strategy raises :class:`~fedops.core.results.AggregationRefused`; the round
+aborts with that reason, the model stays, and the run goes on (red team B8).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+
+from fedops.core.params import digest
+from fedops.core.results import EvaluateResult, FitResult
+from fedops.core.rounds import Phase, ResultArrived
+from fedops.core.strategies.robust import Krum, TrimmedMean
+from fedops.runtime.driver import DriverConfig, RoundDriver
+from fedops.runtime.store import RunStore
+
+BIG = float(np.finfo(np.float32).max)
+
+
+class _Transport:
+    """Every node answers at once: a fit with ``fit[node]`` in every tensor."""
+
+    def __init__(self, fit: dict[str, float]) -> None:
+        self.fit = fit
+        self.events: deque[ResultArrived] = deque()
+
+    def wait_for_nodes(self, count, timeout_s):
+        return sorted(self.fit)
+
+    def available_nodes(self):
+        return sorted(self.fit)
+
+    def dispatch(self, server_round, nodes, instruction):
+        tasks = {n: f"{n}/{server_round}/{instruction.phase}" for n in nodes}
+        for n in nodes:
+            result: FitResult | EvaluateResult
+            if instruction.phase is Phase.FIT:
+                new = {k: np.full_like(v, self.fit[n]) for k, v in instruction.params.items()}
+                result = FitResult(node_id=n, params=new, num_examples=100)
+            else:
+                result = EvaluateResult(node_id=n, num_examples=10, metrics={"loss": 1.0})
+            self.events.append(ResultArrived(node_id=n, task_id=tasks[n], result=result))
+        return tasks
+
+    def next_event(self, timeout_s):
+        if self.events:
+            return self.events.popleft()
+        time.sleep(min(timeout_s, 0.005))
+        return None
+
+
+def _run(tmp_path, strategy, rounds=2):
+    store = RunStore(tmp_path / "run")
+    initial = {"w": np.zeros(3, dtype=np.float32)}
+    store.save_round(0, initial, {})
+    driver = RoundDriver(
+        transport=_Transport({"a": 0.1, "b": 0.2, "evil": BIG}),
+        strategy=strategy,
+        config=DriverConfig(rounds=rounds, min_clients=1, round_timeout_s=5.0),
+        store=store,
+    )
+    return initial, driver.run(initial), store
+
+
+def test_a_round_too_small_to_trim_aborts_and_the_model_stays(tmp_path):
+    initial, final, store = _run(tmp_path, TrimmedMean(beta=0.1))
+    assert digest(final) == digest(initial)
+    rows = store.round_metrics()
+    assert [m["round"] for m in rows] == [1, 2]  # the run goes on
+    for server_round, metrics in enumerate(rows, 1):
+        assert "trim_fraction=0.1" in metrics["round_aborted"]
+        assert "at least 10 results" in metrics["round_aborted"]
+        assert digest(store.load_round(server_round)) == digest(initial)
+
+
+def test_krum_short_of_results_aborts_the_round_rather_than_the_run(tmp_path):
+    initial, final, store = _run(tmp_path, Krum(byzantine=1), rounds=1)
+    assert digest(final) == digest(initial)
+    assert "needs n > 2f + 2" in store.round_metrics()[0]["round_aborted"]
