@@ -8,14 +8,10 @@ evaluation across sites, which no site's claimed count moves.
 
 from __future__ import annotations
 
-import time
-from collections import deque
-
 import numpy as np
+from answering_transport import AnsweringTransport
 
 from fedops.core.params import digest
-from fedops.core.results import EvaluateResult, FitResult
-from fedops.core.rounds import Phase, ResultArrived
 from fedops.core.strategies import FedAvg
 from fedops.core.strategies.fedavgm import FedAvgM
 from fedops.core.strategies.robust import Median
@@ -26,40 +22,11 @@ BIG = float(np.finfo(np.float32).max)
 HUGE = 1 << 40
 
 
-class _Transport:
-    """Every node answers at once: ``fit[node] -> (values, num_examples)`` and
-    ``evals[node] -> (accuracy, num_examples)``."""
-
-    def __init__(self, fit, evals):
-        self.fit, self.evals = fit, evals
-        self.events = deque()
-
-    def wait_for_nodes(self, count, timeout_s):
-        return sorted(self.fit)
-
-    def available_nodes(self):
-        return sorted(self.fit)
-
-    def dispatch(self, server_round, nodes, instruction):
-        tasks = {n: f"{n}/{server_round}/{instruction.phase}" for n in nodes}
-        for n in nodes:
-            if instruction.phase is Phase.FIT:
-                value, count = self.fit[n]
-                new = {k: np.full_like(v, value) for k, v in instruction.params.items()}
-                result = FitResult(node_id=n, params=new, num_examples=count)
-            else:
-                accuracy, count = self.evals[n]
-                result = EvaluateResult(
-                    node_id=n, num_examples=count, metrics={"accuracy": accuracy, "loss": 1.0}
-                )
-            self.events.append(ResultArrived(node_id=n, task_id=tasks[n], result=result))
-        return tasks
-
-    def next_event(self, timeout_s):
-        if self.events:
-            return self.events.popleft()
-        time.sleep(min(timeout_s, 0.005))
-        return None
+def _transport(fit, evals) -> AnsweringTransport:
+    """``evals[node] -> (accuracy, num_examples)``, each with a loss of 1."""
+    return AnsweringTransport(
+        fit, {n: ({"accuracy": acc, "loss": 1.0}, count) for n, (acc, count) in evals.items()}
+    )
 
 
 def _run(tmp_path, transport, strategy, rounds=2):
@@ -81,7 +48,7 @@ HONEST_EVALS = {"a": (0.8, 10), "b": (0.9, 10), "evil": (0.0, HUGE)}
 def test_a_non_finite_aggregate_is_never_committed_and_the_run_goes_on(tmp_path):
     # finite updates, yet FedAvg with a server step of 2 lands past float32's range
     fit = {"a": (1.0, 10), "b": (1.0, 10), "evil": (BIG, HUGE)}
-    initial, final, store = _run(tmp_path, _Transport(fit, HONEST_EVALS), FedAvg(server_lr=2.0))
+    initial, final, store = _run(tmp_path, _transport(fit, HONEST_EVALS), FedAvg(server_lr=2.0))
     assert digest(final) == digest(initial)
     for server_round, metrics in zip((1, 2), store.round_metrics(), strict=True):
         assert metrics["round"] == server_round
@@ -93,7 +60,7 @@ def test_a_refused_aggregate_leaves_the_strategys_state_as_it_was(tmp_path):
     strategy = FedAvgM(server_lr=2.0, momentum=0.9)
     before = strategy.state()
     fit = {"a": (1.0, 10), "b": (1.0, 10), "evil": (BIG, HUGE)}
-    initial, final, store = _run(tmp_path, _Transport(fit, HONEST_EVALS), strategy, rounds=1)
+    initial, final, store = _run(tmp_path, _transport(fit, HONEST_EVALS), strategy, rounds=1)
     assert "not finite" in store.round_metrics()[0]["round_aborted"]
     assert digest(final) == digest(initial)
     after = strategy.state()  # the momentum must not carry the overflow into later rounds
@@ -104,5 +71,5 @@ def test_a_refused_aggregate_leaves_the_strategys_state_as_it_was(tmp_path):
 
 def test_a_robust_strategy_reports_the_median_evaluation(tmp_path):
     fit = {"a": (1.0, 10), "b": (1.0, 10), "evil": (1.0, 10)}
-    _, _, store = _run(tmp_path, _Transport(fit, HONEST_EVALS), Median(), rounds=1)
+    _, _, store = _run(tmp_path, _transport(fit, HONEST_EVALS), Median(), rounds=1)
     assert store.round_metrics()[0]["eval_accuracy"] == 0.8

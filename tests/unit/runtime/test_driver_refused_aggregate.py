@@ -8,14 +8,10 @@ aborts with that reason, the model stays, and the run goes on (red team B8).
 
 from __future__ import annotations
 
-import time
-from collections import deque
-
 import numpy as np
+from answering_transport import AnsweringTransport
 
 from fedops.core.params import digest
-from fedops.core.results import EvaluateResult, FitResult
-from fedops.core.rounds import Phase, ResultArrived
 from fedops.core.strategies.robust import Krum, TrimmedMean
 from fedops.runtime.driver import DriverConfig, RoundDriver
 from fedops.runtime.store import RunStore
@@ -23,36 +19,11 @@ from fedops.runtime.store import RunStore
 BIG = float(np.finfo(np.float32).max)
 
 
-class _Transport:
-    """Every node answers at once: a fit with ``fit[node]`` in every tensor."""
-
-    def __init__(self, fit: dict[str, float]) -> None:
-        self.fit = fit
-        self.events: deque[ResultArrived] = deque()
-
-    def wait_for_nodes(self, count, timeout_s):
-        return sorted(self.fit)
-
-    def available_nodes(self):
-        return sorted(self.fit)
-
-    def dispatch(self, server_round, nodes, instruction):
-        tasks = {n: f"{n}/{server_round}/{instruction.phase}" for n in nodes}
-        for n in nodes:
-            result: FitResult | EvaluateResult
-            if instruction.phase is Phase.FIT:
-                new = {k: np.full_like(v, self.fit[n]) for k, v in instruction.params.items()}
-                result = FitResult(node_id=n, params=new, num_examples=100)
-            else:
-                result = EvaluateResult(node_id=n, num_examples=10, metrics={"loss": 1.0})
-            self.events.append(ResultArrived(node_id=n, task_id=tasks[n], result=result))
-        return tasks
-
-    def next_event(self, timeout_s):
-        if self.events:
-            return self.events.popleft()
-        time.sleep(min(timeout_s, 0.005))
-        return None
+def _transport(fit: dict[str, float]) -> AnsweringTransport:
+    """A fit with ``fit[node]`` in every tensor (100 examples each); evaluations of loss 1."""
+    return AnsweringTransport(
+        {n: (value, 100) for n, value in fit.items()}, {n: ({"loss": 1.0}, 10) for n in fit}
+    )
 
 
 def _run(tmp_path, strategy, rounds=2):
@@ -60,7 +31,7 @@ def _run(tmp_path, strategy, rounds=2):
     initial = {"w": np.zeros(3, dtype=np.float32)}
     store.save_round(0, initial, {})
     driver = RoundDriver(
-        transport=_Transport({"a": 0.1, "b": 0.2, "evil": BIG}),
+        transport=_transport({"a": 0.1, "b": 0.2, "evil": BIG}),
         strategy=strategy,
         config=DriverConfig(rounds=rounds, min_clients=1, round_timeout_s=5.0),
         store=store,
